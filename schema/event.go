@@ -1,0 +1,188 @@
+package schema
+
+import (
+	"strconv"
+	"time"
+)
+
+// Operation names, as they appear in the envelope's "op" and as the last
+// token of a change subject.
+const (
+	OpCreate   = "create"
+	OpUpdate   = "update"
+	OpDelete   = "delete"
+	OpTruncate = "truncate"
+	OpRead     = "read"
+)
+
+// Value kinds of one column in a row image, as pgoutput tags them.
+const (
+	KindNull      = 'n' // SQL NULL
+	KindUnchanged = 'u' // unchanged TOASTed value: PostgreSQL did not send it
+	KindText      = 't' // text-format value
+)
+
+// Value is one column of a row image. Data aliases the decoder's buffer and
+// is only valid until the next message is read.
+type Value struct {
+	Kind byte
+	Data []byte
+}
+
+// Txn holds what every event of one transaction shares. Call Reset at the
+// transaction's Begin; the formatted parts are then computed once for all of
+// its events instead of once per event.
+type Txn struct {
+	CommitLSN  uint64
+	XID        uint32
+	CommitTime time.Time
+
+	idPrefix []byte // `"id":"<16 hex>-`
+	tail     []byte // `,"lsn":"X/Y","xid":N,"commit_time":"…"`
+}
+
+// Reset prepares t for a new transaction.
+func (t *Txn) Reset(commitLSN uint64, xid uint32, commitTime time.Time) {
+	t.CommitLSN, t.XID, t.CommitTime = commitLSN, xid, commitTime
+
+	t.idPrefix = append(t.idPrefix[:0], `"id":"`...)
+	t.idPrefix = appendHex(t.idPrefix, commitLSN, 16)
+	t.idPrefix = append(t.idPrefix, '-')
+
+	t.tail = append(t.tail[:0], `,"lsn":"`...)
+	t.tail = AppendLSN(t.tail, commitLSN)
+	t.tail = append(t.tail, `","xid":`...)
+	t.tail = strconv.AppendUint(t.tail, uint64(xid), 10)
+	t.tail = append(t.tail, `,"commit_time":"`...)
+	t.tail = commitTime.UTC().AppendFormat(t.tail, time.RFC3339Nano)
+	t.tail = append(t.tail, '"')
+}
+
+// AppendID appends the event id of the change with the given ordinal:
+// the commit LSN as 16 hex digits, a dash, the ordinal as at least 4 hex
+// digits. Stable across replays of the same transaction.
+func (t *Txn) AppendID(dst []byte, ordinal uint32) []byte {
+	dst = append(dst, t.idPrefix[len(`"id":"`):]...)
+	return appendHex(dst, uint64(ordinal), 4)
+}
+
+// Change is one row change to encode.
+type Change struct {
+	Op      string
+	Ordinal uint32
+	// New is the new row image (create, update, read); nil otherwise.
+	New []Value
+	// Old is the old row image when PostgreSQL sent one; nil otherwise.
+	// OldKeyOnly says it holds only the replica-identity columns (pgoutput's
+	// 'K' tuple), the other columns being placeholders that are not written.
+	Old        []Value
+	OldKeyOnly bool
+}
+
+// AppendEvent appends the JSON envelope of one change of table tbl in
+// database db to dst. The column values of c must match tbl's columns.
+func AppendEvent(dst []byte, db string, tbl *Table, txn *Txn, c *Change) []byte {
+	dst = append(dst, '{')
+	dst = append(dst, txn.idPrefix...)
+	dst = appendHex(dst, uint64(c.Ordinal), 4)
+	dst = append(dst, `","op":"`...)
+	dst = append(dst, c.Op...)
+	dst = append(dst, `",`...)
+	dst = append(dst, tbl.header(db)...)
+	dst = append(dst, txn.tail...)
+
+	// key: replica-identity columns from the old image when there is one
+	// (the row as it was), else from the new one.
+	dst = append(dst, `,"key":{`...)
+	keySrc := c.New
+	if c.Old != nil {
+		keySrc = c.Old
+	}
+	dst = appendRow(dst, tbl, keySrc, true)
+	dst = append(dst, '}')
+
+	if c.New != nil {
+		dst = append(dst, `,"data":{`...)
+		dst = appendRow(dst, tbl, c.New, false)
+		dst = append(dst, '}')
+	}
+	if c.Old != nil {
+		dst = append(dst, `,"old":{`...)
+		dst = appendRow(dst, tbl, c.Old, c.OldKeyOnly)
+		dst = append(dst, '}')
+	}
+	if c.New != nil {
+		first := true
+		for i := range c.New {
+			if c.New[i].Kind != KindUnchanged || i >= len(tbl.Columns) {
+				continue
+			}
+			if first {
+				dst = append(dst, `,"unchanged":[`...)
+				first = false
+			} else {
+				dst = append(dst, ',')
+			}
+			dst = AppendString(dst, tbl.Columns[i].Name)
+		}
+		if !first {
+			dst = append(dst, ']')
+		}
+	}
+	return append(dst, '}')
+}
+
+// appendRow writes the members of one row object (without braces). With
+// keyOnly, only replica-identity columns are written. Unchanged TOASTed
+// values are left out, never written as null.
+func appendRow(dst []byte, tbl *Table, row []Value, keyOnly bool) []byte {
+	names := tbl.jsonNames()
+	first := true
+	for i := range row {
+		if i >= len(tbl.Columns) {
+			break
+		}
+		col := &tbl.Columns[i]
+		if keyOnly && !col.Key {
+			continue
+		}
+		v := &row[i]
+		if v.Kind == KindUnchanged {
+			continue
+		}
+		if !first {
+			dst = append(dst, ',')
+		}
+		first = false
+		dst = append(dst, names[i]...)
+		if v.Kind == KindNull {
+			dst = append(dst, "null"...)
+		} else {
+			dst = AppendValue(dst, col.TypeOID, v.Data)
+		}
+	}
+	return dst
+}
+
+// AppendLSN appends lsn in PostgreSQL's X/Y form.
+func AppendLSN(dst []byte, lsn uint64) []byte {
+	dst = appendHexMin(dst, lsn>>32)
+	dst = append(dst, '/')
+	return appendHexMin(dst, lsn&0xFFFFFFFF)
+}
+
+const hexDigits = "0123456789ABCDEF"
+
+// appendHex appends v as upper-case hex, zero-padded to at least width digits.
+func appendHex(dst []byte, v uint64, width int) []byte {
+	var buf [16]byte
+	i := len(buf)
+	for v != 0 || len(buf)-i < width {
+		i--
+		buf[i] = hexDigits[v&0xF]
+		v >>= 4
+	}
+	return append(dst, buf[i:]...)
+}
+
+func appendHexMin(dst []byte, v uint64) []byte { return appendHex(dst, v, 1) }
