@@ -1,0 +1,97 @@
+package schema
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func testTable() *Table {
+	return &Table{RelationID: 1, Schema: "public", Name: `Order "Items"`, ReplicaIdentity: 'd', Columns: []Column{
+		{Name: "id", TypeOID: 20, Key: true},
+		{Name: "status", TypeOID: 25},
+		{Name: "total", TypeOID: 1700},
+		{Name: "notes", TypeOID: 25},
+	}}
+}
+
+func text(s string) Value { return Value{Kind: KindText, Data: []byte(s)} }
+
+func TestAppendEvent(t *testing.T) {
+	var txn Txn
+	txn.Reset(0x16B3748, 771, time.Date(2026, 11, 22, 7, 0, 0, 123456000, time.UTC))
+	const head = `{"id":"00000000016B3748-0003","op":"%s","db":"shop","schema":"public","table":"Order \"Items\"","lsn":"0/16B3748","xid":771,"commit_time":"2026-11-22T07:00:00.123456Z"`
+	tests := []struct {
+		name string
+		c    Change
+		want string
+	}{
+		{"create", Change{Op: OpCreate, Ordinal: 3, New: []Value{text("42"), text("open"), text("19.90"), {Kind: KindNull}}},
+			`,"key":{"id":42},"data":{"id":42,"status":"open","total":"19.90","notes":null}}`},
+		{"update keeps unchanged TOAST out of data", Change{Op: OpUpdate, Ordinal: 3, New: []Value{text("42"), text("paid"), text("19.90"), {Kind: KindUnchanged}}},
+			`,"key":{"id":42},"data":{"id":42,"status":"paid","total":"19.90"},"unchanged":["notes"]}`},
+		{"update of the key: key and old from the old key", Change{Op: OpUpdate, Ordinal: 3,
+			Old: []Value{text("41"), {Kind: KindNull}, {Kind: KindNull}, {Kind: KindNull}}, OldKeyOnly: true,
+			New: []Value{text("42"), text("paid"), text("1"), text("n")}},
+			`,"key":{"id":41},"data":{"id":42,"status":"paid","total":"1","notes":"n"},"old":{"id":41}}`},
+		{"update under full identity", Change{Op: OpUpdate, Ordinal: 3,
+			Old: []Value{text("42"), text("open"), text("1"), {Kind: KindUnchanged}},
+			New: []Value{text("42"), text("paid"), text("1"), {Kind: KindUnchanged}}},
+			`,"key":{"id":42},"data":{"id":42,"status":"paid","total":"1"},"old":{"id":42,"status":"open","total":"1"},"unchanged":["notes"]}`},
+		{"delete by key", Change{Op: OpDelete, Ordinal: 3, Old: []Value{text("42"), {Kind: KindNull}, {Kind: KindNull}, {Kind: KindNull}}, OldKeyOnly: true},
+			`,"key":{"id":42},"old":{"id":42}}`},
+		{"truncate", Change{Op: OpTruncate, Ordinal: 3}, `,"key":{}}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := string(AppendEvent(nil, "shop", testTable(), &txn, &tt.c))
+			want := strings.Replace(head, "%s", tt.c.Op, 1) + tt.want
+			if got != want {
+				t.Fatalf("got\n%s\nwant\n%s", got, want)
+			}
+			if !json.Valid([]byte(got)) {
+				t.Fatalf("not valid JSON: %s", got)
+			}
+		})
+	}
+}
+
+func TestTxnIDs(t *testing.T) {
+	var txn Txn
+	txn.Reset(0xFFFFFFFF00000001, 1, time.Unix(0, 0))
+	for ordinal, want := range map[uint32]string{1: "FFFFFFFF00000001-0001", 0xFFFF: "FFFFFFFF00000001-FFFF", 0x10000: "FFFFFFFF00000001-10000"} {
+		if got := string(txn.AppendID(nil, ordinal)); got != want {
+			t.Errorf("AppendID(%d) = %s, want %s", ordinal, got, want)
+		}
+	}
+	if got := string(AppendLSN(nil, 0x16B3748)); got != "0/16B3748" {
+		t.Errorf("AppendLSN = %s", got)
+	}
+	if got := string(AppendLSN(nil, 0xA00000000)); got != "A/0" {
+		t.Errorf("AppendLSN = %s", got)
+	}
+}
+
+func TestAppendEventAllocatesNothing(t *testing.T) {
+	var txn Txn
+	txn.Reset(1, 2, time.Now())
+	tbl := testTable()
+	c := Change{Op: OpUpdate, Ordinal: 1, New: []Value{text("42"), text("paid"), text("19.90"), {Kind: KindUnchanged}}}
+	buf := AppendEvent(nil, "shop", tbl, &txn, &c)
+	if n := testing.AllocsPerRun(100, func() { buf = AppendEvent(buf[:0], "shop", tbl, &txn, &c) }); n != 0 {
+		t.Fatalf("AppendEvent allocates %.1f times per event, want 0", n)
+	}
+}
+
+func BenchmarkAppendEvent(b *testing.B) {
+	var txn Txn
+	txn.Reset(1, 2, time.Now())
+	tbl := testTable()
+	c := Change{Op: OpCreate, Ordinal: 1, New: []Value{text("42"), text("paid"), text("19.90"), text("a short note")}}
+	buf := AppendEvent(nil, "shop", tbl, &txn, &c)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = AppendEvent(buf[:0], "shop", tbl, &txn, &c)
+	}
+}
