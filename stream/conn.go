@@ -1,0 +1,150 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Reconnect pacing. Half a second plus up to half a second of jitter brings a
+// reader back within about a second of NATS returning, while the jitter keeps
+// many processes from reconnecting in lock step after a server restart.
+const (
+	reconnectWait      = 500 * time.Millisecond
+	reconnectJitter    = 500 * time.Millisecond
+	reconnectJitterTLS = time.Second
+)
+
+// Connect dials the NATS server(s) at url (a comma-separated list is allowed)
+// as the client called name, and returns once connected.
+//
+// The connection reconnects forever, with a jittered wait between attempts,
+// and keeps no reconnect buffer: a publish while disconnected fails at once
+// instead of being buffered and perhaps sent after messages published later
+// (see [Publisher]). Every change of state (disconnected with its error,
+// reconnected with the server's URL, closed) and every asynchronous error
+// is logged to log (default: slog.Default()).
+//
+// The first dial is retried until ctx is done; then Connect returns an error
+// that wraps ctx.Err() and names the last dial error.
+func Connect(ctx context.Context, url, name string, log *slog.Logger) (*nats.Conn, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURLs(url), err)
+	}
+	log = log.With(slog.String("component", "nats"))
+
+	var (
+		mu      sync.Mutex
+		lastErr error
+	)
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(reconnectWait),
+		nats.ReconnectJitter(reconnectJitter, reconnectJitterTLS),
+		nats.ReconnectBufSize(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			log.Info("connected to NATS", slog.String("url", redactURLs(nc.ConnectedUrl())))
+		}),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("disconnected from NATS", slog.Any("error", err))
+			} else {
+				log.Info("disconnected from NATS")
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("reconnected to NATS", slog.String("url", redactURLs(nc.ConnectedUrl())))
+		}),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			mu.Lock()
+			lastErr = err
+			mu.Unlock()
+			log.Debug("NATS connection attempt failed", slog.Any("error", err))
+		}),
+		nats.ClosedHandler(func(*nats.Conn) {
+			log.Info("NATS connection closed")
+		}),
+		// Asynchronous errors (a slow consumer, a permission violation, a
+		// failed write) would otherwise be printed to stderr by nats.go.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				log.Warn("NATS asynchronous error", slog.Any("error", err), slog.String("subscription", sub.Subject))
+				return
+			}
+			log.Warn("NATS asynchronous error", slog.Any("error", err))
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURLs(url), err)
+	}
+
+	if err := WaitConnected(ctx, nc); err != nil {
+		nc.Close()
+		mu.Lock()
+		last := lastErr
+		mu.Unlock()
+		if last == nil || !errors.Is(err, ctx.Err()) {
+			return nil, fmt.Errorf("connect to NATS at %s: %w", redactURLs(url), err)
+		}
+		return nil, fmt.Errorf("connect to NATS at %s: %w (last attempt: %v)", redactURLs(url), err, last)
+	}
+	return nc, nil
+}
+
+// WaitConnected returns once nc is connected, or with ctx.Err() when ctx
+// ends first, or nats.ErrConnectionClosed if nc is closed. After a
+// Publisher fails, the CDC reader waits here before it starts again.
+func WaitConnected(ctx context.Context, nc *nats.Conn) error {
+	if nc.IsConnected() {
+		return nil
+	}
+	// Register before checking again, so that a change in between is not
+	// missed.
+	ch := nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
+	defer nc.RemoveStatusListener(ch)
+	for !nc.IsConnected() {
+		if nc.IsClosed() {
+			return nats.ErrConnectionClosed
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// redactURLs replaces the password of every URL in a comma-separated list, so
+// URLs can be logged and put into errors.
+func redactURLs(list string) string {
+	if !strings.Contains(list, "@") {
+		return list
+	}
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil || u.User == nil {
+			continue
+		}
+		parts[i] = u.Redacted()
+		if _, hasPass := u.User.Password(); !hasPass {
+			// A lone user part is often a token: hide it too.
+			u.User = url.User("xxxxx")
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
+}

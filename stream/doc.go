@@ -1,0 +1,73 @@
+// Package stream is tablecast's side of NATS: subject names, the embedded
+// server, connecting, provisioning the one JetStream stream, and publishing
+// row changes with acknowledgements and de-duplication ids.
+//
+// It imports no other package of this repository; cdc publishes through it
+// and wsgate reads through it.
+//
+// # Subjects
+//
+// Row changes go to <prefix>.<database>.<schema>.<table>.<op> and custom
+// topics to <prefix>.topic.<name> (the contract in DESIGN.md). Names are
+// encoded into single tokens by [AppendToken]: the bytes NATS reserves ('.',
+// '*', '>', white space, control bytes) and '%' become %XX, so
+// "order.items" is "order%2Eitems"; [DecodeToken] reverses it. On the hot
+// path, build subjects into a reused buffer with [AppendChangeSubject], which
+// allocates nothing. [ValidatePrefix] checks the configured prefix once.
+//
+// # Server and connection
+//
+// [StartEmbedded] runs a NATS server with JetStream inside the process, for a
+// single machine; a larger deployment points [Connect] at an existing
+// cluster instead. Connect reconnects forever, logs every change of state,
+// and keeps no reconnect buffer, so a publish during a disconnect fails at
+// once rather than being sent, later, behind messages published after it.
+// [EnsureStream] creates or updates the stream that holds "<prefix>.>".
+//
+// # Publishing
+//
+// A [Publisher] sends messages asynchronously, in order, with at most
+// maxInFlight awaiting their acknowledgement, and keeps a watermark:
+// [Publisher.Acked] is the largest n such that messages 1..n are stored.
+// The CDC reader confirms to PostgreSQL the LSN of the last event at or
+// below the watermark, never beyond it:
+//
+//	p, err := stream.NewPublisher(nc, js, 512, log, stream.WithStream(cfg.Name))
+//	...
+//	subject := subjects[key] // stream.ChangeSubject(...), built once per table and op
+//	n, err := p.Publish(ctx, subject, ev.ID, payload) // remember (n, commit LSN)
+//	...
+//	case <-p.Progress(): confirm the LSN of the last transaction whose events are all <= p.Acked()
+//	case <-p.Failed():   p.Close(); stream.WaitConnected(ctx, nc);
+//	                     restart replication from the confirmed LSN with a new Publisher
+//
+// Every message carries Nats-Msg-Id, so whatever is published again after a
+// failure is dropped by JetStream's duplicate window. The first failure is
+// final for that Publisher: a negative ack, an ack from another stream, an
+// ack timeout, the connection dropping with messages in flight, or a Publish
+// while the connection is down (ErrNotConnected). It never skips a message.
+//
+// Order: messages are sent on one connection in the order of Publish, and
+// JetStream stores them in that order. Should one message be refused while
+// later ones are already on the wire, those later ones may be stored, and the
+// refused one lands after them when it is published again; the watermark is
+// never wrong, but that table's order in the stream is. This needs a negative
+// ack of one message followed by success of the next (a message over the
+// server's size limit, a stream at a limit with DiscardNew), not a crash or a
+// dropped connection.
+//
+// # Goroutines
+//
+// Publish runs on the caller's goroutine (normally the one CDC reader);
+// calls are serialised by an internal lock that honours ctx. Each Publisher
+// owns two more: the subscription goroutine nats.go runs for its
+// acknowledgements, which advances the watermark, and a watcher that
+// enforces the ack timeout and reacts to the connection's state. Close stops
+// both. Both sides share the window state under one mutex, Publisher.mu,
+// which is held only for a few field updates and never while calling into
+// nats.go; the send lock, when held, is always taken before it.
+//
+// The embedded server runs its own goroutines; [Embedded.Shutdown] stops them
+// and waits. Connect's handlers run on nats.go's callback goroutine and only
+// log.
+package stream

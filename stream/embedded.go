@@ -1,0 +1,243 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// DefaultListen is where the embedded server listens when EmbeddedConfig.Listen
+// is empty: loopback only, on the standard NATS port.
+const DefaultListen = "127.0.0.1:4222"
+
+// embeddedReadyTimeout bounds how long StartEmbedded waits for the server to
+// accept clients. Recovering a large JetStream store can take seconds; ten is
+// generous on a healthy disk and still fails a wedged start in bounded time.
+const embeddedReadyTimeout = 10 * time.Second
+
+// embeddedMaxPayload is the largest message the embedded server accepts.
+const embeddedMaxPayload = 8 << 20
+
+// EmbeddedConfig configures an embedded NATS server with JetStream.
+type EmbeddedConfig struct {
+	// Listen is the host:port on which the server accepts client connections,
+	// so that backend services can connect. A port of 0 or -1 picks a random
+	// free port (tests). Default (empty): DefaultListen, "127.0.0.1:4222".
+	Listen string
+	// StoreDir is the directory of JetStream's file storage; it is created if
+	// missing. Required: there is no default here (the configuration layer
+	// supplies ./data).
+	StoreDir string
+	// Logger receives the server's notices, warnings and errors; its debug and
+	// trace output is dropped. Default (nil): slog.Default().
+	Logger *slog.Logger
+}
+
+// Embedded is a NATS server with JetStream running inside this process.
+type Embedded struct {
+	srv *server.Server
+}
+
+// AddrInUseError is returned by StartEmbedded when another process already
+// listens on the configured address. It unwraps to the system error, so
+// errors.Is(err, syscall.EADDRINUSE) holds.
+type AddrInUseError struct {
+	Addr string
+	Err  error
+}
+
+func (e *AddrInUseError) Error() string {
+	return fmt.Sprintf("embedded NATS: listen %s: address already in use (is another NATS server or tablecast running? choose another listen address)", e.Addr)
+}
+
+func (e *AddrInUseError) Unwrap() error { return e.Err }
+
+// StartEmbedded starts a NATS server with JetStream (file storage in
+// cfg.StoreDir), without signal handling, and returns once it accepts client
+// connections. If the listen address is taken, the error is an
+// *AddrInUseError.
+func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultListen
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	host, port, err := parseListen(cfg.Listen)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.StoreDir == "" {
+		return nil, errors.New("embedded NATS: StoreDir is empty; JetStream needs a directory for its files")
+	}
+	if err := os.MkdirAll(cfg.StoreDir, 0o750); err != nil {
+		return nil, fmt.Errorf("embedded NATS: create store directory: %w", err)
+	}
+
+	// Try the address first: a taken port is the common failure (a second
+	// instance, another NATS), and the server itself would only log it and
+	// keep going without a listener, after recovering the whole store.
+	if port != server.RANDOM_PORT {
+		addr := net.JoinHostPort(host, strconv.Itoa(port))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, listenError(addr, err)
+		}
+		_ = l.Close()
+	}
+
+	opts := &server.Options{
+		ServerName: "tablecast",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   cfg.StoreDir,
+		NoSigs:     true,
+		// A row change is one message, and a row with large values can
+		// exceed NATS's default of 1 MB; 8 MB is the largest payload NATS
+		// recommends.
+		MaxPayload: embeddedMaxPayload,
+		// Logging goes through SetLoggerV2 below, not the server's own setup.
+		NoLog: true,
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	sl := &serverLogger{log: cfg.Logger, fatal: make(chan struct{})}
+	srv.SetLoggerV2(sl, false, false, false)
+	srv.Start()
+
+	if err := waitReady(srv, sl, embeddedReadyTimeout); err != nil {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, listenError(net.JoinHostPort(host, strconv.Itoa(port)), err)
+		}
+		return nil, err
+	}
+	if !srv.JetStreamEnabled() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, errors.New("embedded NATS: JetStream did not start (see the server's log)")
+	}
+	return &Embedded{srv: srv}, nil
+}
+
+// waitReady polls the server until it accepts clients, giving up at once if
+// the server reported a fatal error (such as failing to listen).
+func waitReady(srv *server.Server, sl *serverLogger, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case <-sl.fatal:
+			return fmt.Errorf("embedded NATS: start: %w", sl.fatalErr())
+		default:
+		}
+		if srv.ReadyForConnections(50 * time.Millisecond) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("embedded NATS: not ready for connections after %s", timeout)
+		}
+	}
+}
+
+func parseListen(listen string) (host string, port int, err error) {
+	host, p, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", 0, fmt.Errorf("embedded NATS: listen address %q: %w", listen, err)
+	}
+	port, err = strconv.Atoi(p)
+	if err != nil || port < -1 || port > 65535 {
+		return "", 0, fmt.Errorf("embedded NATS: listen address %q: invalid port %q", listen, p)
+	}
+	if port == 0 {
+		// For nats-server, port 0 means its default (4222); -1 means random.
+		port = server.RANDOM_PORT
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	return host, port, nil
+}
+
+func listenError(addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return &AddrInUseError{Addr: addr, Err: err}
+	}
+	return fmt.Errorf("embedded NATS: listen %s: %w", addr, err)
+}
+
+// ClientURL returns the URL clients use to connect, such as
+// "nats://127.0.0.1:4222".
+func (e *Embedded) ClientURL() string { return e.srv.ClientURL() }
+
+// Server returns the underlying server, for tests and advanced use.
+func (e *Embedded) Server() *server.Server { return e.srv }
+
+// Shutdown stops the server gracefully: JetStream flushes its stores, clients
+// are disconnected, and Shutdown returns when everything has stopped.
+func (e *Embedded) Shutdown() {
+	e.srv.Shutdown()
+	e.srv.WaitForShutdown()
+}
+
+// serverLogger bridges the server.Logger interface to slog. Debug and trace
+// output is dropped: the server is configured without them anyway, and they
+// are far too chatty for the process log.
+type serverLogger struct {
+	log *slog.Logger
+
+	mu       sync.Mutex
+	fatal    chan struct{} // closed on the first Fatalf
+	fatalMsg string
+}
+
+func (l *serverLogger) logf(level slog.Level, format string, v []any) string {
+	if !l.log.Enabled(context.Background(), level) {
+		return ""
+	}
+	msg := strings.TrimSpace(fmt.Sprintf(format, v...))
+	l.log.Log(context.Background(), level, msg, slog.String("component", "nats-server"))
+	return msg
+}
+
+func (l *serverLogger) Noticef(format string, v ...any) { l.logf(slog.LevelInfo, format, v) }
+func (l *serverLogger) Warnf(format string, v ...any)   { l.logf(slog.LevelWarn, format, v) }
+func (l *serverLogger) Errorf(format string, v ...any)  { l.logf(slog.LevelError, format, v) }
+func (l *serverLogger) Debugf(string, ...any)           {}
+func (l *serverLogger) Tracef(string, ...any)           {}
+
+// Fatalf logs at error level and records the failure for StartEmbedded;
+// unlike the server's own logger it never exits the process.
+func (l *serverLogger) Fatalf(format string, v ...any) {
+	l.logf(slog.LevelError, format, v)
+	msg := fmt.Sprintf(format, v...)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fatalMsg == "" {
+		l.fatalMsg = msg
+		close(l.fatal)
+	}
+}
+
+func (l *serverLogger) fatalErr() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	msg := l.fatalMsg
+	if strings.Contains(msg, "address already in use") {
+		return fmt.Errorf("%s: %w", msg, syscall.EADDRINUSE)
+	}
+	return errors.New(msg)
+}

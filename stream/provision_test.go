@@ -1,0 +1,87 @@
+package stream
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestEnsureStreamCreateThenUpdate(t *testing.T) {
+	e := startTestServer(t, "")
+	_, js := connectTest(t, e.ClientURL())
+	ctx := testContext(t)
+
+	s, err := EnsureStream(ctx, js, StreamConfig{})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	cfg := s.CachedInfo().Config
+	if cfg.Name != DefaultStreamName || len(cfg.Subjects) != 1 || cfg.Subjects[0] != "tablecast.>" ||
+		cfg.Duplicates != DefaultDuplicateWindow || cfg.Storage != jetstream.FileStorage || cfg.Replicas != 1 {
+		t.Fatalf("created with %+v", cfg)
+	}
+
+	for i := range 10 {
+		msg := nats.NewMsg(ChangeSubject("tablecast", "shop", "public", "orders", OpCreate))
+		msg.Data = []byte(fmt.Sprintf(`{"n":%d}`, i))
+		msg.Header.Set(msgIDHeader, fmt.Sprintf("id-%d", i))
+		if _, err := js.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Same config again: nothing to do.
+	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
+		t.Fatalf("ensure unchanged: %v", err)
+	}
+
+	// A different duplicate window and max age: updated in place.
+	s, err = EnsureStream(ctx, js, StreamConfig{DuplicateWindow: 30 * time.Second, MaxAge: 24 * time.Hour})
+	if err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.Duplicates != 30*time.Second || info.Config.MaxAge != 24*time.Hour {
+		t.Fatalf("not updated: duplicates %s, max age %s", info.Config.Duplicates, info.Config.MaxAge)
+	}
+	if info.State.Msgs != 10 {
+		t.Fatalf("stream holds %d messages after the update, want 10", info.State.Msgs)
+	}
+}
+
+func TestEnsureStreamInvalidConfig(t *testing.T) {
+	e := startTestServer(t, "")
+	_, js := connectTest(t, e.ClientURL())
+	ctx := testContext(t)
+
+	_, err := EnsureStream(ctx, js, StreamConfig{Name: "bad.name", Prefix: "a..b", DuplicateWindow: time.Minute, MaxAge: time.Second})
+	if err == nil {
+		t.Fatal("EnsureStream accepted an invalid config")
+	}
+	for _, want := range []string{"stream name", "subject prefix", "must not exceed max age"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}
+
+func TestEnsureStreamStorageMismatch(t *testing.T) {
+	e := startTestServer(t, "")
+	_, js := connectTest(t, e.ClientURL())
+	ctx := testContext(t)
+
+	if _, err := EnsureStream(ctx, js, StreamConfig{Storage: jetstream.MemoryStorage}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := EnsureStream(ctx, js, StreamConfig{Storage: jetstream.FileStorage})
+	if err == nil || !strings.Contains(err.Error(), "storage cannot be changed") {
+		t.Fatalf("got %v, want a storage mismatch error", err)
+	}
+}
