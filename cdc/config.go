@@ -1,0 +1,133 @@
+package cdc
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Config is what the reader needs to know. The zero value of each optional
+// field means the default written beside it.
+type Config struct {
+	// DatabaseURL is the PostgreSQL connection string (required). The reader
+	// adds replication=database itself for its replication connection.
+	DatabaseURL string
+	// Publication to read; created if missing. Default "tablecast".
+	Publication string
+	// Tables the created publication covers, as schema.table, or ["*"] for
+	// all tables. Default ["*"]. Ignored when the publication already exists.
+	Tables []string
+	// Slot is the logical replication slot; created if missing. Default "tablecast".
+	Slot string
+	// Stream is the JetStream stream the events must be stored in; an
+	// acknowledgement from any other stream is a failure. Default "TABLECAST".
+	Stream string
+	// StatusInterval is how often a standby status update is sent to
+	// PostgreSQL even when nothing changed. Default 10s, well under
+	// PostgreSQL's wal_sender_timeout (60s by default).
+	StatusInterval time.Duration
+	// RetryMin and RetryMax bound the backoff between replication sessions.
+	// Defaults 500ms and 30s.
+	RetryMin, RetryMax time.Duration
+	// MaxInFlight bounds events published but not yet acknowledged by
+	// JetStream. Default 8192: deep enough to keep JetStream busy at 150k
+	// events/s with ~10ms ack latency, small enough to bound memory.
+	MaxInFlight int
+	// StallAfter and StallLagBytes define an unhealthy reader: the slot's
+	// confirmed position has not moved for StallAfter while PostgreSQL's WAL
+	// is at least StallLagBytes ahead of it. Defaults 60s and 16 MiB.
+	StallAfter    time.Duration
+	StallLagBytes int64
+	// WatchInterval is how often the slot's lag is read from PostgreSQL for
+	// metrics and health. Default 5s.
+	WatchInterval time.Duration
+}
+
+var tableNameRE = regexp.MustCompile(`^[^.\s]+\.[^.\s]+$`)
+
+// withDefaults returns c with every zero optional field set to its default,
+// or every problem found at once.
+func (c Config) withDefaults() (Config, error) {
+	if c.Publication == "" {
+		c.Publication = "tablecast"
+	}
+	if c.Slot == "" {
+		c.Slot = "tablecast"
+	}
+	if c.Stream == "" {
+		c.Stream = "TABLECAST"
+	}
+	if len(c.Tables) == 0 {
+		c.Tables = []string{"*"}
+	}
+	if c.StatusInterval <= 0 {
+		c.StatusInterval = 10 * time.Second
+	}
+	if c.RetryMin <= 0 {
+		c.RetryMin = 500 * time.Millisecond
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = 30 * time.Second
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 8192
+	}
+	if c.StallAfter <= 0 {
+		c.StallAfter = 60 * time.Second
+	}
+	if c.StallLagBytes <= 0 {
+		c.StallLagBytes = 16 << 20
+	}
+	if c.WatchInterval <= 0 {
+		c.WatchInterval = 5 * time.Second
+	}
+
+	var errs []error
+	if c.DatabaseURL == "" {
+		errs = append(errs, errors.New("TABLECAST_DATABASE_URL is empty: set it to a PostgreSQL connection string"))
+	}
+	if !validIdent(c.Slot) {
+		errs = append(errs, fmt.Errorf("TABLECAST_SLOT %q: a slot name is 1-63 characters of a-z, 0-9 and _", c.Slot))
+	}
+	if len(c.Publication) > 63 {
+		errs = append(errs, fmt.Errorf("TABLECAST_PUBLICATION %q: longer than 63 bytes", c.Publication))
+	}
+	for _, t := range c.Tables {
+		if t == "*" {
+			if len(c.Tables) > 1 {
+				errs = append(errs, errors.New(`TABLECAST_TABLES: "*" cannot be combined with table names`))
+			}
+			continue
+		}
+		if !tableNameRE.MatchString(t) {
+			errs = append(errs, fmt.Errorf("TABLECAST_TABLES: %q is not schema.table", t))
+		}
+	}
+	if c.RetryMin > c.RetryMax {
+		errs = append(errs, fmt.Errorf("retry backoff: minimum %s above maximum %s", c.RetryMin, c.RetryMax))
+	}
+	return c, errors.Join(errs...)
+}
+
+// validIdent reports whether s is a valid replication slot name: PostgreSQL
+// allows lower-case letters, digits and underscores, at most 63 bytes.
+func validIdent(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if !(b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// splitTable splits "schema.table" into its parts.
+func splitTable(s string) (schemaName, table string) {
+	i := strings.IndexByte(s, '.')
+	return s[:i], s[i+1:]
+}

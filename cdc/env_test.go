@@ -1,0 +1,342 @@
+package cdc
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/pgtest"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// This file holds the test environment: the package's own PostgreSQL
+// cluster, in-process NATS servers, readers run in goroutines and ways to
+// read back what reached JetStream.
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+const testPrefix = "tc"
+
+// natsEnv is an embedded NATS server with the stream provisioned.
+type natsEnv struct {
+	t      testing.TB
+	dir    string
+	listen string
+	emb    *stream.Embedded
+	nc     *nats.Conn
+	js     jetstream.JetStream
+}
+
+func startNATS(t testing.TB) *natsEnv {
+	t.Helper()
+	n := &natsEnv{t: t, dir: t.TempDir(), listen: "127.0.0.1:-1"}
+	n.start()
+	t.Cleanup(n.stop)
+	return n
+}
+
+func (n *natsEnv) start() {
+	n.t.Helper()
+	emb, err := stream.StartEmbedded(stream.EmbeddedConfig{Listen: n.listen, StoreDir: n.dir, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		n.t.Fatalf("start NATS: %v", err)
+	}
+	n.emb = emb
+	n.listen = strings.TrimPrefix(emb.ClientURL(), "nats://") // same port on restart
+	if n.nc == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		nc, err := stream.Connect(ctx, emb.ClientURL(), "test", slog.New(slog.DiscardHandler))
+		if err != nil {
+			n.t.Fatalf("connect NATS: %v", err)
+		}
+		n.nc = nc
+		n.js, _ = jetstream.New(nc)
+		if _, err := stream.EnsureStream(ctx, n.js, stream.StreamConfig{Name: "TABLECAST", Prefix: testPrefix, DuplicateWindow: 10 * time.Minute}); err != nil {
+			n.t.Fatalf("provision stream: %v", err)
+		}
+	}
+}
+
+func (n *natsEnv) stop() {
+	if n.emb != nil {
+		n.emb.Shutdown()
+		n.emb = nil
+	}
+}
+
+func (n *natsEnv) close() {
+	n.stop()
+	if n.nc != nil {
+		n.nc.Close()
+	}
+}
+
+// event is the envelope as a consumer sees it.
+type event struct {
+	Subject    string
+	Seq        uint64
+	ID         string            `json:"id"`
+	Op         string            `json:"op"`
+	DB         string            `json:"db"`
+	Schema     string            `json:"schema"`
+	Table      string            `json:"table"`
+	LSN        string            `json:"lsn"`
+	XID        uint32            `json:"xid"`
+	CommitTime string            `json:"commit_time"`
+	Key        map[string]any    `json:"key"`
+	Data       map[string]any    `json:"data"`
+	Old        map[string]any    `json:"old"`
+	Unchanged  []string          `json:"unchanged"`
+	Raw        json.RawMessage   `json:"-"`
+	Header     map[string]string `json:"-"`
+}
+
+// readAll returns every event in the stream, in stream order, once at
+// least want of them are there (or fails at the deadline).
+func (n *natsEnv) readAll(t testing.TB, want int, within time.Duration) []event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	var got []event
+	for {
+		s, err := n.js.Stream(ctx, "TABLECAST")
+		if err == nil {
+			info, err2 := s.Info(ctx)
+			if err2 == nil && info.State.Msgs >= uint64(want) {
+				got = n.fetch(t, ctx, info.State.Msgs)
+				if len(got) >= want {
+					return got
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if got == nil {
+				got = n.fetch(t, context.Background(), 0)
+			}
+			t.Fatalf("stream holds %d events after %s, want %d", len(got), within, want)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// fetch reads the whole stream with an ordered consumer.
+func (n *natsEnv) fetch(t testing.TB, ctx context.Context, count uint64) []event {
+	t.Helper()
+	s, err := n.js.Stream(ctx, "TABLECAST")
+	if err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatalf("stream info: %v", err)
+	}
+	total := info.State.Msgs
+	if total == 0 {
+		return nil
+	}
+	cons, err := n.js.OrderedConsumer(ctx, "TABLECAST", jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatalf("consumer: %v", err)
+	}
+	out := make([]event, 0, total)
+	for uint64(len(out)) < total {
+		batch, err := cons.Fetch(int(min(total-uint64(len(out)), 5000)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatalf("fetch: %v", err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			var e event
+			if err := json.Unmarshal(m.Data(), &e); err != nil {
+				t.Fatalf("event %q is not JSON: %v", m.Data(), err)
+			}
+			md, _ := m.Metadata()
+			e.Subject, e.Seq, e.Raw = m.Subject(), md.Sequence.Stream, append(json.RawMessage(nil), m.Data()...)
+			e.Header = map[string]string{"Nats-Msg-Id": m.Headers().Get("Nats-Msg-Id")}
+			out = append(out, e)
+		}
+		if batch.Error() != nil {
+			t.Fatalf("fetch: %v", batch.Error())
+		}
+		if got == 0 {
+			t.Fatalf("fetch returned nothing after %d of %d events", len(out), total)
+		}
+	}
+	return out
+}
+
+// logBuffer is a slog destination tests can search.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if testing.Verbose() {
+		os.Stderr.Write(p)
+	}
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) contains(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Contains(l.buf.String(), s)
+}
+
+// runningReader is a Reader running in a goroutine.
+type runningReader struct {
+	*Reader
+	log    *logBuffer
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startReader runs a reader and waits until it streams, so that the slot
+// exists before the test writes anything.
+func startReader(t testing.TB, cfg Config, n *natsEnv) *runningReader {
+	t.Helper()
+	r := launchReader(t, cfg, n)
+	waitFor(t, 20*time.Second, "the reader to stream", func() bool { return r.Health().Streaming })
+	return r
+}
+
+// launchReader runs a reader without waiting for anything.
+func launchReader(t testing.TB, cfg Config, n *natsEnv) *runningReader {
+	t.Helper()
+	if cfg.RetryMin == 0 {
+		cfg.RetryMin, cfg.RetryMax = 100*time.Millisecond, 500*time.Millisecond
+	}
+	lb := &logBuffer{}
+	r, err := New(cfg, n.nc, n.js, testPrefix, slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), nil)
+	if err != nil {
+		t.Fatalf("new reader: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rr := &runningReader{Reader: r, log: lb, cancel: cancel, done: make(chan error, 1)}
+	go func() { rr.done <- r.Run(ctx) }()
+	t.Cleanup(func() { rr.stop(t) })
+	return rr
+}
+
+func (r *runningReader) stop(t testing.TB) {
+	r.cancel()
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Errorf("reader ended with %v", err)
+		}
+		r.done <- nil // later stops return at once
+	case <-time.After(15 * time.Second):
+		t.Errorf("reader did not stop within 15s")
+	}
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// testDB is a fresh database with a slot name of its own.
+type testDB struct {
+	name, url string
+	conn      *pgx.Conn
+	slot      string
+}
+
+var slotSeq struct {
+	sync.Mutex
+	n int
+}
+
+func newTestDB(t testing.TB, setup ...string) *testDB {
+	t.Helper()
+	c := pgtest.Require(t)
+	name, url := c.CreateDatabase(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatalf("connect %s: %v", name, err)
+	}
+	slotSeq.Lock()
+	slotSeq.n++
+	slot := fmt.Sprintf("tc_slot_%d_%d", os.Getpid(), slotSeq.n)
+	slotSeq.Unlock()
+	db := &testDB{name: name, url: url, conn: conn, slot: slot}
+	t.Cleanup(func() {
+		conn.Close(context.Background())
+		// The database is dropped by pgtest; its slot must go first.
+		c2, err := pgx.Connect(context.Background(), url)
+		if err == nil {
+			_, _ = c2.Exec(context.Background(), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, slot)
+			c2.Close(context.Background())
+		}
+	})
+	for _, sql := range setup {
+		db.exec(t, sql)
+	}
+	return db
+}
+
+func (d *testDB) exec(t testing.TB, sql string, args ...any) {
+	t.Helper()
+	if _, err := d.conn.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("exec %q: %v", sql, err)
+	}
+}
+
+func (d *testDB) config() Config {
+	return Config{DatabaseURL: d.url, Slot: d.slot, Publication: "tc_pub", StallAfter: time.Hour, WatchInterval: 200 * time.Millisecond}
+}
+
+// slotLSN returns the slot's confirmed_flush_lsn as text.
+func (d *testDB) slotLSN(t testing.TB) string {
+	t.Helper()
+	var lsn *string
+	if err := d.conn.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, d.slot).Scan(&lsn); err != nil {
+		t.Fatalf("read slot: %v", err)
+	}
+	if lsn == nil {
+		return ""
+	}
+	return *lsn
+}
+
+func pgtestCluster(t testing.TB) *pgtest.Cluster { return pgtest.Require(t) }
+
+// reconnect replaces the test's connection, e.g. after PostgreSQL restarted.
+func (d *testDB) reconnect(t testing.TB) {
+	t.Helper()
+	d.conn.Close(context.Background())
+	var err error
+	for i := 0; i < 100; i++ {
+		if d.conn, err = pgx.Connect(context.Background(), d.url); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("reconnect: %v", err)
+}

@@ -1,0 +1,120 @@
+package cdc
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+)
+
+// Health is the reader's state as /healthz reports it.
+type Health struct {
+	Healthy   bool     `json:"healthy"`
+	Streaming bool     `json:"streaming"`
+	AckedLSN  string   `json:"acked_lsn"`
+	LagBytes  int64    `json:"lag_bytes"`
+	Reasons   []string `json:"reasons,omitempty"`
+}
+
+// Health returns the reader's current health.
+func (r *Reader) Health() Health {
+	r.healthMu.Lock()
+	h := r.health
+	r.healthMu.Unlock()
+	h.Streaming = r.streaming.Load()
+	h.AckedLSN = pglogrepl.LSN(r.ackedLSN.Load()).String()
+	return h
+}
+
+// watch reads the slot's lag from PostgreSQL on its own connection, every
+// WatchInterval, and judges health from it. It looks from the outside on
+// purpose: a reader whose publishing silently stopped cannot be trusted to
+// notice that itself, but the slot's confirmed position standing still
+// while WAL grows is plain to see.
+func (r *Reader) watch(ctx context.Context) {
+	var (
+		conn      *pgx.Conn
+		lastLSN   string
+		lastMove  = time.Now()
+		downSince time.Time
+	)
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	tick := time.NewTicker(r.cfg.WatchInterval)
+	defer tick.Stop()
+	for {
+		now := time.Now()
+		var reasons []string
+		var lag int64
+		err := func() error {
+			if conn == nil {
+				c, err := pgx.Connect(ctx, r.cfg.DatabaseURL)
+				if err != nil {
+					return err
+				}
+				conn = c
+			}
+			var confirmed *string
+			qctx, cancel := context.WithTimeout(ctx, r.cfg.WatchInterval)
+			defer cancel()
+			err := conn.QueryRow(qctx, `SELECT confirmed_flush_lsn::text,
+				coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint
+				FROM pg_replication_slots WHERE slot_name = $1`, r.cfg.Slot).Scan(&confirmed, &lag)
+			if err != nil {
+				conn.Close(context.Background())
+				conn = nil
+				return err
+			}
+			if confirmed != nil && *confirmed != lastLSN {
+				lastLSN, lastMove = *confirmed, now
+			}
+			return nil
+		}()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			if downSince.IsZero() {
+				downSince = now
+			}
+			reasons = append(reasons, "cannot read slot lag from PostgreSQL: "+oneLine(err))
+		} else {
+			downSince = time.Time{}
+			r.m.lagBytes.Set(float64(lag))
+			if lag >= r.cfg.StallLagBytes && now.Sub(lastMove) >= r.cfg.StallAfter {
+				reasons = append(reasons, fmt.Sprintf("stalled: slot lags %d bytes behind WAL and its position has not moved for %s",
+					lag, now.Sub(lastMove).Round(time.Second)))
+			}
+		}
+		if !r.streaming.Load() {
+			r.healthMu.Lock()
+			since := r.streamSince
+			r.healthMu.Unlock()
+			if !since.IsZero() && now.Sub(since) >= r.cfg.StallAfter {
+				reasons = append(reasons, fmt.Sprintf("not streaming for %s", now.Sub(since).Round(time.Second)))
+			}
+		}
+		healthy := len(reasons) == 0 || (err != nil && now.Sub(downSince) < r.cfg.StallAfter && len(reasons) == 1)
+		r.healthMu.Lock()
+		if r.health.Healthy != healthy {
+			if healthy {
+				r.log.Info("reader healthy again")
+			} else {
+				r.log.Warn("reader unhealthy", "reasons", reasons)
+			}
+		}
+		r.health = Health{Healthy: healthy, LagBytes: lag, Reasons: reasons}
+		r.healthMu.Unlock()
+
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,54 @@
+package cdc
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tablecast/tablecast/schema"
+)
+
+// metrics are the reader's Prometheus series, all prefixed tablecast_cdc_.
+type metrics struct {
+	published      map[string]prometheus.Counter // by op
+	publishLatency prometheus.Histogram
+	ackedLSN       prometheus.Gauge
+	lagBytes       prometheus.Gauge
+	streaming      prometheus.Gauge
+	sessions       prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	published := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tablecast_cdc_events_published_total",
+		Help: "Row-change events published to JetStream, by operation.",
+	}, []string{"op"})
+	m := &metrics{
+		published: map[string]prometheus.Counter{},
+		publishLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tablecast_cdc_publish_latency_seconds",
+			Help:    "Time from a transaction's commit message to JetStream's acknowledgement of all its events.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16), // 0.5ms .. 16s
+		}),
+		ackedLSN: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_cdc_acked_lsn",
+			Help: "Highest commit LSN up to which JetStream has acknowledged every event (as a number).",
+		}),
+		lagBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_cdc_replication_lag_bytes",
+			Help: "Bytes of WAL between PostgreSQL's current position and the slot's confirmed position.",
+		}),
+		streaming: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_cdc_streaming",
+			Help: "1 while a replication session is streaming, else 0.",
+		}),
+		sessions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_cdc_sessions_total",
+			Help: "Replication sessions started (1 plus the number of reconnects).",
+		}),
+	}
+	for _, op := range []string{schema.OpCreate, schema.OpUpdate, schema.OpDelete, schema.OpTruncate, schema.OpRead} {
+		m.published[op] = published.WithLabelValues(op)
+	}
+	if reg != nil {
+		reg.MustRegister(published, m.publishLatency, m.ackedLSN, m.lagBytes, m.streaming, m.sessions)
+	}
+	return m
+}

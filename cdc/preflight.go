@@ -1,0 +1,193 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// ConfigError is a problem that retrying will not fix: the database or the
+// role is not set up for logical replication, or the configuration names
+// something that does not exist. Its message is one line that says what to
+// change.
+type ConfigError struct{ msg string }
+
+func (e *ConfigError) Error() string { return e.msg }
+
+func configErrorf(format string, args ...any) error {
+	return &ConfigError{msg: fmt.Sprintf(format, args...)}
+}
+
+// IsConfigError reports whether err is (or wraps) a ConfigError.
+func IsConfigError(err error) bool {
+	var ce *ConfigError
+	return errors.As(err, &ce)
+}
+
+// source is what preflight learned about the database.
+type source struct {
+	database string // current_database(), the subjects' <database> token
+}
+
+// preflight checks that the database can be streamed from and creates the
+// publication and the slot when missing. Every failure is returned as a
+// ConfigError except a lost connection.
+func preflight(ctx context.Context, cfg Config, log *slog.Logger) (source, error) {
+	var src source
+	conn, err := pgx.Connect(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return src, &ConfigError{msg: "connect to PostgreSQL: " + oneLine(err)}
+	}
+	defer conn.Close(context.Background())
+
+	var walLevel, user string
+	var canReplicate bool
+	err = conn.QueryRow(ctx, `SELECT current_setting('wal_level'), current_database(), current_user,
+		(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)`).
+		Scan(&walLevel, &src.database, &user, &canReplicate)
+	if err != nil {
+		return src, fmt.Errorf("read server settings: %w", err)
+	}
+	if walLevel != "logical" {
+		return src, configErrorf("wal_level is %q, logical replication needs \"logical\": run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL", walLevel)
+	}
+	if !canReplicate {
+		return src, configErrorf("role %q lacks the REPLICATION attribute: run ALTER ROLE %s REPLICATION", user, pgx.Identifier{user}.Sanitize())
+	}
+
+	tables, err := resolveTables(ctx, conn, cfg.Tables)
+	if err != nil {
+		return src, err
+	}
+	if err := ensurePublication(ctx, conn, cfg.Publication, tables, log); err != nil {
+		return src, err
+	}
+	if err := ensureSlot(ctx, conn, cfg, src.database, log); err != nil {
+		return src, err
+	}
+	return src, nil
+}
+
+// resolveTables checks that every named table exists and returns them as
+// quoted identifiers; nil means all tables.
+func resolveTables(ctx context.Context, conn *pgx.Conn, names []string) ([]string, error) {
+	if len(names) == 1 && names[0] == "*" {
+		return nil, nil
+	}
+	var quoted, missing []string
+	for _, name := range names {
+		s, t := splitTable(name)
+		var kind string
+		err := conn.QueryRow(ctx, `SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $2`, s, t).Scan(&kind)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			missing = append(missing, name)
+			continue
+		case err != nil:
+			return nil, fmt.Errorf("look up table %s: %w", name, err)
+		case kind != "r" && kind != "p":
+			return nil, configErrorf("%s in TABLECAST_TABLES is not a table (relkind %s)", name, kind)
+		}
+		quoted = append(quoted, pgx.Identifier{s, t}.Sanitize())
+	}
+	if len(missing) > 0 {
+		return nil, configErrorf("TABLECAST_TABLES names tables that do not exist: %s", strings.Join(missing, ", "))
+	}
+	return quoted, nil
+}
+
+func ensurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []string, log *slog.Logger) error {
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, name).Scan(&exists); err != nil {
+		return fmt.Errorf("look up publication %s: %w", name, err)
+	}
+	if exists {
+		if tables != nil {
+			log.Info("publication exists; TABLECAST_TABLES applies only when creating it", "publication", name)
+		}
+		return nil
+	}
+	target := "ALL TABLES"
+	if tables != nil {
+		target = "TABLE " + strings.Join(tables, ", ")
+	}
+	// publish_via_partition_root: changes to partitions are published under
+	// the partitioned table's name, which is what subscribers ask for.
+	sql := fmt.Sprintf("CREATE PUBLICATION %s FOR %s WITH (publish_via_partition_root = true)", pgx.Identifier{name}.Sanitize(), target)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+			return configErrorf("create publication %s: %s (FOR ALL TABLES needs a superuser; set TABLECAST_TABLES or have a DBA create the publication)", name, pgErr.Message)
+		}
+		return fmt.Errorf("create publication %s: %w", name, err)
+	}
+	log.Info("created publication", "publication", name, "tables", target)
+	return nil
+}
+
+func ensureSlot(ctx context.Context, conn *pgx.Conn, cfg Config, database string, log *slog.Logger) error {
+	var plugin, slotDB string
+	err := conn.QueryRow(ctx, `SELECT plugin, database FROM pg_replication_slots WHERE slot_name = $1`, cfg.Slot).Scan(&plugin, &slotDB)
+	switch {
+	case err == nil:
+		if plugin != "pgoutput" {
+			return configErrorf("replication slot %q uses plugin %q, not pgoutput: choose another TABLECAST_SLOT or drop it", cfg.Slot, plugin)
+		}
+		if slotDB != database {
+			return configErrorf("replication slot %q belongs to database %q, not %q: choose another TABLECAST_SLOT", cfg.Slot, slotDB, database)
+		}
+		return nil
+	case !errors.Is(err, pgx.ErrNoRows):
+		return fmt.Errorf("look up replication slot %s: %w", cfg.Slot, err)
+	}
+
+	log.Info("creating replication slot (waits for transactions already open to finish)", "slot", cfg.Slot)
+	rc, err := connectReplication(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer rc.Close(context.Background())
+	res, err := pglogrepl.CreateReplicationSlot(ctx, rc, cfg.Slot, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{SnapshotAction: "NOEXPORT_SNAPSHOT"})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42710" { // created meanwhile by another reader
+			return nil
+		}
+		return fmt.Errorf("create replication slot %s: %w", cfg.Slot, err)
+	}
+	log.Info("created replication slot", "slot", cfg.Slot, "consistent_point", res.ConsistentPoint)
+	return nil
+}
+
+// connectReplication opens a logical replication connection to the
+// database of url.
+func connectReplication(ctx context.Context, url string) (*pgconn.PgConn, error) {
+	pc, err := pgconn.ParseConfig(url)
+	if err != nil {
+		return nil, &ConfigError{msg: "TABLECAST_DATABASE_URL: " + oneLine(err)}
+	}
+	pc.RuntimeParams["replication"] = "database"
+	// Values are converted from their text form; keep it stable.
+	pc.RuntimeParams["DateStyle"] = "ISO, YMD"
+	pc.RuntimeParams["IntervalStyle"] = "postgres"
+	pc.RuntimeParams["extra_float_digits"] = "3"
+	pc.RuntimeParams["TimeZone"] = "UTC"
+	pc.RuntimeParams["application_name"] = "tablecast"
+	conn, err := pgconn.ConnectConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("open replication connection: %w", err)
+	}
+	return conn, nil
+}
+
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
+}
