@@ -1,0 +1,60 @@
+# tablecast — developer entry points. `make run` and `make test` are the two
+# commands a fresh machine needs (Debian with Go); everything else is optional.
+
+GO      ?= go
+BIN     := bin/tablecast
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# Short fuzz runs in `make test`; longer ones with `make fuzz FUZZTIME=5m`.
+FUZZTIME ?= 10s
+
+.PHONY: build run test vet fuzz bench soak pg-start pg-stop clean
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/tablecast
+
+# Local PostgreSQL (installed from Debian's packages when missing, run as the
+# postgres user in .data/pg on port 54329) and tablecast with embedded NATS.
+run: build
+	@scripts/pg.sh start
+	@scripts/pg.sh psql -q -f scripts/demo.sql >/dev/null
+	@echo
+	@echo "tablecast is starting; in another terminal:"
+	@echo "  watch events:   $(BIN) tail public.orders"
+	@echo "  make a change:  scripts/pg.sh psql -c \"INSERT INTO orders (status, total) VALUES ('open', 19.90)\""
+	@echo "  health/metrics: curl -s localhost:8080/healthz; curl -s localhost:8080/metrics"
+	@echo
+	TABLECAST_DATABASE_URL="$${TABLECAST_DATABASE_URL:-$$(scripts/pg.sh url)}" \
+	TABLECAST_DATA_DIR="$${TABLECAST_DATA_DIR:-.data/nats}" \
+		exec $(BIN) run
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+# Every test, with the race detector, against real PostgreSQL clusters (each
+# test package starts its own) and in-process NATS servers.
+test: vet
+	@scripts/pg.sh install
+	$(GO) test -race -count=1 -timeout 9m ./...
+	@$(MAKE) --no-print-directory fuzz
+
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzAppendValue$$' -fuzztime=$(FUZZTIME) ./schema
+	$(GO) test -run='^$$' -fuzz='^FuzzToken$$' -fuzztime=$(FUZZTIME) ./stream
+	$(GO) test -run='^$$' -fuzz='^FuzzRowMessage$$' -fuzztime=$(FUZZTIME) ./cdc
+
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem ./schema ./stream ./cdc
+	scripts/bench-cdc.sh
+
+# Long chaos and soak runs, run before resolving pipeline changes.
+soak:
+	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 60m -run 'Soak|Crash' -v ./cmd/tablecast
+
+pg-start:
+	scripts/pg.sh start
+pg-stop:
+	scripts/pg.sh stop
+
+clean:
+	rm -rf bin

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+
+	"github.com/tablecast/tablecast/cdc"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// envPrefix is the prefix of every environment variable tablecast reads.
+const envPrefix = "TABLECAST"
+
+// Config is everything tablecast reads from its environment. Each field's
+// default is in its tag; `tablecast help` prints them all.
+type Config struct {
+	DatabaseURL string   `envconfig:"DATABASE_URL" desc:"PostgreSQL connection string (the cdc side); required by run and cdc"`
+	Publication string   `envconfig:"PUBLICATION" default:"tablecast" desc:"publication to read; created if missing"`
+	Tables      []string `envconfig:"TABLES" default:"*" desc:"tables the created publication covers: comma-separated schema.table list, * for all"`
+	Slot        string   `envconfig:"SLOT" default:"tablecast" desc:"logical replication slot; created if missing"`
+
+	NATSURL       string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty runs an embedded NATS with JetStream"`
+	NATSListen    string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"where the embedded NATS listens, so backend services can connect"`
+	DataDir       string `envconfig:"DATA_DIR" default:"./data" desc:"where the embedded NATS keeps its JetStream files"`
+	SubjectPrefix string `envconfig:"SUBJECT_PREFIX" default:"tablecast" desc:"first token of every subject"`
+
+	Stream          string        `envconfig:"STREAM" default:"TABLECAST" desc:"JetStream stream that holds every event"`
+	DuplicateWindow time.Duration `envconfig:"DUPLICATE_WINDOW" default:"2m" desc:"JetStream duplicate window: a replay within it is dropped, not delivered twice"`
+	StreamMaxAge    time.Duration `envconfig:"STREAM_MAX_AGE" default:"0" desc:"how long the stream keeps events; 0 keeps them until STREAM_MAX_BYTES"`
+	StreamMaxBytes  int64         `envconfig:"STREAM_MAX_BYTES" default:"-1" desc:"size limit of the stream in bytes, oldest events dropped first; -1 for none"`
+	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"stream replicas in a NATS cluster"`
+	MaxInFlight     int           `envconfig:"MAX_IN_FLIGHT" default:"8192" desc:"events published but not yet acknowledged by JetStream, at most"`
+
+	HTTPAddr      string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"address of /healthz and /metrics"`
+	StallAfter    time.Duration `envconfig:"STALL_AFTER" default:"60s" desc:"unhealthy when the slot has not advanced for this long while lagging STALL_LAG_BYTES"`
+	StallLagBytes int64         `envconfig:"STALL_LAG_BYTES" default:"16777216" desc:"WAL lag in bytes that counts as stalled after STALL_AFTER"`
+	LogLevel      string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	LogFormat     string        `envconfig:"LOG_FORMAT" default:"text" desc:"text or json"`
+}
+
+// loadConfig reads the environment and returns every problem at once.
+func loadConfig() (Config, error) {
+	var c Config
+	if err := envconfig.Process(envPrefix, &c); err != nil {
+		return c, fmt.Errorf("read environment: %w", err)
+	}
+	var errs []error
+	if err := stream.ValidatePrefix(c.SubjectPrefix); err != nil {
+		errs = append(errs, fmt.Errorf("TABLECAST_SUBJECT_PREFIX: %w", err))
+	}
+	if c.NATSURL == "" {
+		if _, _, err := net.SplitHostPort(c.NATSListen); err != nil {
+			errs = append(errs, fmt.Errorf("TABLECAST_NATS_LISTEN %q: %w", c.NATSListen, err))
+		}
+		if c.DataDir == "" {
+			errs = append(errs, errors.New("TABLECAST_DATA_DIR is empty: the embedded NATS needs a directory"))
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		errs = append(errs, fmt.Errorf("TABLECAST_HTTP_ADDR %q: %w", c.HTTPAddr, err))
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		errs = append(errs, fmt.Errorf("TABLECAST_LOG_FORMAT %q: want text or json", c.LogFormat))
+	}
+	if c.DuplicateWindow <= 0 {
+		errs = append(errs, fmt.Errorf("TABLECAST_DUPLICATE_WINDOW %s: must be positive, it is what drops replays", c.DuplicateWindow))
+	}
+	for i, t := range c.Tables {
+		c.Tables[i] = strings.TrimSpace(t)
+	}
+	return c, errors.Join(errs...)
+}
+
+func (c Config) cdcConfig() cdc.Config {
+	return cdc.Config{
+		DatabaseURL:   c.DatabaseURL,
+		Publication:   c.Publication,
+		Tables:        c.Tables,
+		Slot:          c.Slot,
+		Stream:        c.Stream,
+		MaxInFlight:   c.MaxInFlight,
+		StallAfter:    c.StallAfter,
+		StallLagBytes: c.StallLagBytes,
+	}
+}
+
+func (c Config) streamConfig() stream.StreamConfig {
+	return stream.StreamConfig{
+		Name:            c.Stream,
+		Prefix:          c.SubjectPrefix,
+		DuplicateWindow: c.DuplicateWindow,
+		MaxAge:          c.StreamMaxAge,
+		MaxBytes:        c.StreamMaxBytes,
+		Replicas:        c.StreamReplicas,
+	}
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("TABLECAST_LOG_LEVEL %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func newLogger(c Config, w io.Writer) *slog.Logger {
+	level, _ := parseLevel(c.LogLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// printHelp writes the usage and every environment variable with its
+// default and meaning, straight from Config's tags.
+func printHelp(w io.Writer) {
+	fmt.Fprint(w, `tablecast streams PostgreSQL row changes to NATS JetStream.
+
+Usage:
+  tablecast run                  reader and embedded NATS (when TABLECAST_NATS_URL is empty)
+  tablecast cdc                  the reader alone (embedded NATS too when TABLECAST_NATS_URL is empty)
+  tablecast tail [schema.table]  print events as JSON lines; --all from the stream's start, -n N to stop after N
+  tablecast help                 this text
+  tablecast version              version and build information
+
+Environment:
+`)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  VARIABLE\tDEFAULT\tMEANING")
+	_ = envconfig.Usagef(envPrefix, &Config{}, tw, "{{range .}}  {{usage_key .}}\t{{if usage_default .}}{{usage_default .}}{{else}}(empty){{end}}\t{{usage_description .}}\n{{end}}")
+	tw.Flush()
+}

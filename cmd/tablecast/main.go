@@ -1,0 +1,82 @@
+// Command tablecast streams PostgreSQL row changes to NATS JetStream.
+//
+// It is thin on purpose: it reads the configuration, builds the parts from
+// the packages, runs them and stops them on SIGINT or SIGTERM.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := dispatch(ctx, os.Args[1:])
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tablecast: "+err.Error())
+		var ue usageError
+		if errors.As(err, &ue) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func dispatch(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		printHelp(os.Stdout)
+		return nil
+	}
+	switch args[0] {
+	case "help", "-h", "--help":
+		printHelp(os.Stdout)
+		return nil
+	case "version", "--version":
+		printVersion()
+		return nil
+	case "run", "cdc":
+		if len(args) > 1 {
+			return usageError{fmt.Sprintf("%s takes no arguments (configure it with TABLECAST_ variables; see tablecast help)", args[0])}
+		}
+		cfg, err := loadConfig()
+		if err != nil {
+			return err
+		}
+		return runReader(ctx, cfg)
+	case "tail":
+		cfg, err := loadConfig()
+		if err != nil {
+			return err
+		}
+		return tail(ctx, cfg, args[1:], os.Stdout)
+	default:
+		return usageError{fmt.Sprintf("unknown command %q (try tablecast help)", args[0])}
+	}
+}
+
+func printVersion() {
+	fmt.Printf("tablecast %s", version)
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		fmt.Printf(" (%s", bi.GoVersion)
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				fmt.Printf(", %s", s.Value)
+			}
+		}
+		fmt.Print(")")
+	}
+	fmt.Println()
+}

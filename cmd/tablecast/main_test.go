@@ -1,0 +1,311 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/pgtest"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// These tests run the real binary, as a user or an init system would.
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+var build struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// binary builds tablecast once per test run (with the race detector when
+// the tests have it) and returns its path.
+func binary(t testing.TB) string {
+	t.Helper()
+	build.once.Do(func() {
+		dir, err := os.MkdirTemp("", "tablecast-bin-")
+		if err != nil {
+			build.err = err
+			return
+		}
+		build.path = filepath.Join(dir, "tablecast")
+		args := []string{"build", "-o", build.path}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
+		if err != nil {
+			build.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if build.err != nil {
+		t.Fatal(build.err)
+	}
+	return build.path
+}
+
+// runBinary runs tablecast to completion with env added to a clean
+// environment, and returns its exit code, stdout and stderr.
+func runBinary(t *testing.T, timeout time.Duration, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary(t), args...)
+	cmd.Env = append(baseEnv(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("tablecast %v did not finish within %s; stderr:\n%s", args, timeout, stderr.String())
+	}
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run tablecast: %v", err)
+	}
+	return code, stdout.String(), stderr.String()
+}
+
+// baseEnv is the environment without any TABLECAST_ variable of the
+// developer's, so that tests see the defaults.
+func baseEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "TABLECAST_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// natsServer is an in-process NATS with JetStream that outlives the
+// tablecast processes under test.
+type natsServer struct {
+	emb *stream.Embedded
+	nc  *nats.Conn
+	js  jetstream.JetStream
+}
+
+func startNATS(t testing.TB) *natsServer {
+	t.Helper()
+	emb, err := stream.StartEmbedded(stream.EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Shutdown)
+	nc, err := nats.Connect(emb.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	return &natsServer{emb: emb, nc: nc, js: js}
+}
+
+// events reads every message of the stream, in order.
+func (n *natsServer) events(t testing.TB) []map[string]any {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s, err := n.js.Stream(ctx, "TABLECAST")
+	if err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	cons, err := n.js.OrderedConsumer(ctx, "TABLECAST", jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for uint64(len(out)) < info.State.Msgs {
+		batch, err := cons.Fetch(5000, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			var e map[string]any
+			if err := json.Unmarshal(m.Data(), &e); err != nil {
+				t.Fatalf("event %q: %v", m.Data(), err)
+			}
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func (n *natsServer) count(t testing.TB) uint64 {
+	t.Helper()
+	s, err := n.js.Stream(context.Background(), "TABLECAST")
+	if err != nil {
+		return 0
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		return 0
+	}
+	return info.State.Msgs
+}
+
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func connect(t testing.TB, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// dropSlotAtCleanup drops the slot before pgtest drops the database.
+func dropSlotAtCleanup(t testing.TB, url, slot string) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, url)
+		if err != nil {
+			return
+		}
+		defer c.Close(ctx)
+		for ctx.Err() == nil {
+			_, err := c.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+			if err == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond) // still held by a dying walsender
+		}
+	})
+}
+
+func TestHelpListsEveryVariable(t *testing.T) {
+	code, out, _ := runBinary(t, time.Minute, nil, "help")
+	if code != 0 {
+		t.Fatalf("help exited %d", code)
+	}
+	for _, v := range []string{"TABLECAST_DATABASE_URL", "TABLECAST_PUBLICATION", "TABLECAST_TABLES", "TABLECAST_SLOT",
+		"TABLECAST_NATS_URL", "TABLECAST_NATS_LISTEN", "TABLECAST_DATA_DIR", "TABLECAST_SUBJECT_PREFIX", "TABLECAST_HTTP_ADDR",
+		"TABLECAST_DUPLICATE_WINDOW", "TABLECAST_MAX_IN_FLIGHT"} {
+		if !strings.Contains(out, v) {
+			t.Errorf("help does not mention %s", v)
+		}
+	}
+	if !strings.Contains(out, "127.0.0.1:4222") || !strings.Contains(out, "./data") {
+		t.Errorf("help does not show defaults:\n%s", out)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := runBinary(t, time.Minute, nil, "version")
+	if code != 0 || !strings.HasPrefix(out, "tablecast ") {
+		t.Fatalf("version: exit %d, %q", code, out)
+	}
+}
+
+// TestMisconfigurationExits: each problem a retry cannot fix ends the
+// process with a non-zero code and a one-line reason.
+func TestMisconfigurationExits(t *testing.T) {
+	c := pgtest.Require(t)
+	name, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	if _, err := conn.Exec(context.Background(), `CREATE TABLE items (id int PRIMARY KEY); DROP ROLE IF EXISTS tc_cmd_norepl; CREATE ROLE tc_cmd_norepl LOGIN`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `DROP ROLE IF EXISTS tc_cmd_norepl`) })
+	n := startNATS(t)
+	base := []string{"TABLECAST_NATS_URL=" + n.emb.ClientURL(), "TABLECAST_HTTP_ADDR=127.0.0.1:0", "TABLECAST_SLOT=tc_cmd_bad", "TABLECAST_PUBLICATION=tc_cmd_bad"}
+	_ = name
+
+	tests := []struct {
+		name string
+		env  []string
+		want string
+	}{
+		{"no database url", nil, "TABLECAST_DATABASE_URL is empty"},
+		{"unreachable database", []string{"TABLECAST_DATABASE_URL=postgres://postgres@127.0.0.1:1/x"}, "connect to PostgreSQL"},
+		{"missing table", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_TABLES=public.items,public.nope"}, "do not exist: public.nope"},
+		{"role without replication", []string{"TABLECAST_DATABASE_URL=" + strings.Replace(url, "postgres://postgres@", "postgres://tc_cmd_norepl@", 1)}, "lacks the REPLICATION attribute"},
+		{"bad duration", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_DUPLICATE_WINDOW=soon"}, "TABLECAST_DUPLICATE_WINDOW"},
+		{"bad prefix", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_SUBJECT_PREFIX=a.*"}, "TABLECAST_SUBJECT_PREFIX"},
+		{"bad slot name", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_SLOT=Bad Slot"}, "TABLECAST_SLOT"},
+		{"unknown command", []string{}, "unknown command"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := []string{"cdc"}
+			if tt.name == "unknown command" {
+				args = []string{"frobnicate"}
+			}
+			code, _, stderr := runBinary(t, time.Minute, append(append([]string{}, base...), tt.env...), args...)
+			last := lastLine(stderr)
+			if code == 0 || !strings.HasPrefix(last, "tablecast: ") || !strings.Contains(last, tt.want) {
+				t.Fatalf("exit %d, last line %q; want non-zero and a line containing %q\nstderr:\n%s", code, last, tt.want, stderr)
+			}
+		})
+	}
+
+	// wal_level last: it restarts this package's cluster.
+	t.Run("wal_level not logical", func(t *testing.T) {
+		setWalLevel(t, c, conn, "replica")
+		defer setWalLevel(t, c, nil, "logical")
+		code, _, stderr := runBinary(t, time.Minute, append(base, "TABLECAST_DATABASE_URL="+url), "cdc")
+		if last := lastLine(stderr); code == 0 || !strings.Contains(last, `wal_level is "replica"`) {
+			t.Fatalf("exit %d, last line %q; want non-zero and the wal_level reason", code, last)
+		}
+	})
+}
+
+func setWalLevel(t *testing.T, c *pgtest.Cluster, conn *pgx.Conn, level string) {
+	t.Helper()
+	var err error
+	if conn == nil {
+		conn, err = pgx.Connect(context.Background(), c.URL("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+	}
+	if _, err := conn.Exec(context.Background(), "ALTER SYSTEM SET wal_level = "+level); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Restart(context.Background()); err != nil {
+		t.Fatalf("restart PostgreSQL: %v", err)
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+func pgtestRequire(t testing.TB) *pgtest.Cluster { return pgtest.Require(t) }
