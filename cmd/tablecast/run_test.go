@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func httpGet(url string) (int, string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// TestRunEndToEnd runs `tablecast run` as a user would, on its embedded
+// NATS: /healthz says healthy, changes reach `tablecast tail`, and /metrics
+// counts them.
+func TestRunEndToEnd(t *testing.T) {
+	c := pgtestRequire(t)
+	_, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	if _, err := conn.Exec(context.Background(), `CREATE TABLE items (id int PRIMARY KEY, label text)`); err != nil {
+		t.Fatal(err)
+	}
+	slot := fmt.Sprintf("tc_run_%d", os.Getpid())
+	dropSlotAtCleanup(t, url, slot)
+	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
+	env := append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_run",
+		"TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir())
+
+	run := exec.Command(binary(t), "run")
+	run.Env = env
+	run.Stderr = os.Stderr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = run.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- run.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("tablecast run did not exit cleanly on SIGTERM: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			_ = run.Process.Kill()
+			t.Error("tablecast run did not stop within 20s of SIGTERM")
+		}
+	})
+
+	waitFor(t, time.Minute, "/healthz to report streaming", func() bool {
+		code, body, err := httpGet("http://" + httpAddr + "/healthz")
+		return err == nil && code == 200 && strings.Contains(body, `"streaming":true`)
+	})
+
+	// tail, started before the changes, sees them as they come; --all so
+	// that it cannot miss them while its consumer attaches.
+	tail := exec.Command(binary(t), "tail", "--all", "-n", "2", "public.items")
+	tail.Env = env
+	stdout, err := tail.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail.Stderr = os.Stderr
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(context.Background(), `INSERT INTO items VALUES (1, 'one'), (2, 'two')`); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 4)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var got []map[string]any
+	timeout := time.After(30 * time.Second)
+	for len(got) < 2 {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("tail ended after %d events", len(got))
+			}
+			var e map[string]any
+			if err := json.Unmarshal([]byte(l), &e); err != nil {
+				t.Fatalf("tail printed %q, not a JSON event: %v", l, err)
+			}
+			got = append(got, e)
+		case <-timeout:
+			t.Fatalf("tail printed %d events in 30s, want 2", len(got))
+		}
+	}
+	if err := tail.Wait(); err != nil {
+		t.Fatalf("tail -n 2 did not exit cleanly: %v", err)
+	}
+	for i, e := range got {
+		if e["op"] != "create" || e["table"] != "items" || e["data"].(map[string]any)["id"] != float64(i+1) {
+			t.Errorf("tail event %d: %v", i, e)
+		}
+	}
+
+	created := regexp.MustCompile(`(?m)^tablecast_cdc_events_published_total\{op="create"\} (\d+)$`)
+	waitFor(t, 20*time.Second, "/metrics to count 2 published creates", func() bool {
+		_, body, err := httpGet("http://" + httpAddr + "/metrics")
+		m := created.FindStringSubmatch(body)
+		return err == nil && m != nil && m[1] == "2"
+	})
+	_, body, _ := httpGet("http://" + httpAddr + "/metrics")
+	for _, name := range []string{"tablecast_cdc_publish_latency_seconds_bucket", "tablecast_cdc_acked_lsn", "tablecast_cdc_replication_lag_bytes", "tablecast_cdc_streaming 1"} {
+		if !strings.Contains(body, name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+}
+
+// TestTailRejectsBadArguments: usage errors exit 2 with the usage.
+func TestTailRejectsBadArguments(t *testing.T) {
+	for _, args := range [][]string{{"tail", "nodot"}, {"tail", "a.b", "c.d"}, {"tail", "-n", "x"}, {"run", "extra"}} {
+		code, _, stderr := runBinary(t, time.Minute, nil, args...)
+		if code != 2 || !strings.HasPrefix(lastLine(stderr), "tablecast: ") {
+			t.Errorf("tablecast %v: exit %d, stderr %q; want 2 and a reason", args, code, stderr)
+		}
+	}
+}
