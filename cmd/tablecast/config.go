@@ -42,6 +42,7 @@ type Config struct {
 	HTTPAddr      string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"address of /healthz and /metrics"`
 	StallAfter    time.Duration `envconfig:"STALL_AFTER" default:"60s" desc:"unhealthy when the slot has not advanced for this long while lagging STALL_LAG_BYTES"`
 	StallLagBytes int64         `envconfig:"STALL_LAG_BYTES" default:"16777216" desc:"WAL lag in bytes that counts as stalled after STALL_AFTER"`
+	PProf         bool          `envconfig:"PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on TABLECAST_HTTP_ADDR (keep that address private)"`
 	LogLevel      string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 	LogFormat     string        `envconfig:"LOG_FORMAT" default:"text" desc:"text or json"`
 }
@@ -141,4 +142,5 @@ Environment:
 	fmt.Fprintln(tw, "  VARIABLE\tDEFAULT\tMEANING")
 	_ = envconfig.Usagef(envPrefix, &Config{}, tw, "{{range .}}  {{usage_key .}}\t{{if usage_default .}}{{usage_default .}}{{else}}(empty){{end}}\t{{usage_description .}}\n{{end}}")
 	tw.Flush()
+	fmt.Fprintln(w, "\nGo's own GOGC and GOMEMLIMIT apply too; tablecast uses GOGC=200 when GOGC is unset.")
 }
