@@ -193,9 +193,9 @@ func (e *Embedded) Shutdown() {
 	e.srv.WaitForShutdown()
 }
 
-// serverLogger bridges the server.Logger interface to slog. Debug and trace
-// output is dropped: the server is configured without them anyway, and they
-// are far too chatty for the process log.
+// serverLogger bridges the server.Logger interface to slog. Notices go to
+// debug; the server's own debug and trace output is dropped: the server is
+// configured without them anyway, and they are far too chatty.
 type serverLogger struct {
 	log *slog.Logger
 
@@ -213,7 +213,10 @@ func (l *serverLogger) logf(level slog.Level, format string, v []any) string {
 	return msg
 }
 
-func (l *serverLogger) Noticef(format string, v ...any) { l.logf(slog.LevelInfo, format, v) }
+// Noticef logs at debug: the server's notices are its start-up banner and
+// routine housekeeping, which would drown the process log; tablecast logs
+// its own line when the embedded server is up.
+func (l *serverLogger) Noticef(format string, v ...any) { l.logf(slog.LevelDebug, format, v) }
 func (l *serverLogger) Warnf(format string, v ...any)   { l.logf(slog.LevelWarn, format, v) }
 func (l *serverLogger) Errorf(format string, v ...any)  { l.logf(slog.LevelError, format, v) }
 func (l *serverLogger) Debugf(string, ...any)           {}
