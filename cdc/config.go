@@ -40,6 +40,11 @@ type Config struct {
 	// is at least StallLagBytes ahead of it. Defaults 60s and 16 MiB.
 	StallAfter    time.Duration
 	StallLagBytes int64
+	// HeartbeatInterval is how often the reader writes a heartbeat into the
+	// WAL (pg_logical_emit_message), so that the slot advances even when no
+	// published table changes, and end-to-end lag is measured. Default 10s;
+	// negative disables it.
+	HeartbeatInterval time.Duration
 	// WatchInterval is how often the slot's lag is read from PostgreSQL for
 	// metrics and health. Default 5s.
 	WatchInterval time.Duration
@@ -79,6 +84,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.StallLagBytes <= 0 {
 		c.StallLagBytes = 16 << 20
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 10 * time.Second
 	}
 	if c.WatchInterval <= 0 {
 		c.WatchInterval = 5 * time.Second

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tablecast/tablecast/internal/pgtest"
 	"github.com/tablecast/tablecast/stream"
@@ -161,8 +162,13 @@ func (n *natsEnv) fetch(t testing.TB, ctx context.Context, count uint64) []event
 		for m := range batch.Messages() {
 			got++
 			var e event
-			if err := json.Unmarshal(m.Data(), &e); err != nil {
-				t.Fatalf("event %q is not JSON: %v", m.Data(), err)
+			if !json.Valid(m.Data()) {
+				t.Fatalf("message %q is not JSON", m.Data())
+			}
+			if strings.HasPrefix(m.Subject(), testPrefix+".topic.") {
+				// custom topic: any JSON value, not an envelope
+			} else if err := json.Unmarshal(m.Data(), &e); err != nil {
+				t.Fatalf("event %q is not an envelope: %v", m.Data(), err)
 			}
 			md, _ := m.Metadata()
 			e.Subject, e.Seq, e.Raw = m.Subject(), md.Sequence.Stream, append(json.RawMessage(nil), m.Data()...)
@@ -204,6 +210,7 @@ func (l *logBuffer) contains(s string) bool {
 type runningReader struct {
 	*Reader
 	log    *logBuffer
+	reg    *prometheus.Registry
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -224,15 +231,37 @@ func launchReader(t testing.TB, cfg Config, n *natsEnv) *runningReader {
 		cfg.RetryMin, cfg.RetryMax = 100*time.Millisecond, 500*time.Millisecond
 	}
 	lb := &logBuffer{}
-	r, err := New(cfg, n.nc, n.js, testPrefix, slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), nil)
+	reg := prometheus.NewRegistry()
+	r, err := New(cfg, n.nc, n.js, testPrefix, slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), reg)
 	if err != nil {
 		t.Fatalf("new reader: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	rr := &runningReader{Reader: r, log: lb, cancel: cancel, done: make(chan error, 1)}
+	rr := &runningReader{Reader: r, log: lb, reg: reg, cancel: cancel, done: make(chan error, 1)}
 	go func() { rr.done <- r.Run(ctx) }()
 	t.Cleanup(func() { rr.stop(t) })
 	return rr
+}
+
+// metric returns the value of an unlabelled gauge or counter, or of the
+// series with the given label value, and whether it exists.
+func (r *runningReader) metric(name, label string) (float64, bool) {
+	mfs, _ := r.reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if label != "" && (len(m.GetLabel()) == 0 || m.GetLabel()[0].GetValue() != label) {
+				continue
+			}
+			if m.GetGauge() != nil {
+				return m.GetGauge().GetValue(), true
+			}
+			return m.GetCounter().GetValue(), true
+		}
+	}
+	return 0, false
 }
 
 func (r *runningReader) stop(t testing.TB) {

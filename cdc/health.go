@@ -35,10 +35,12 @@ func (r *Reader) Health() Health {
 // while WAL grows is plain to see.
 func (r *Reader) watch(ctx context.Context) {
 	var (
-		conn      *pgx.Conn
-		lastLSN   string
-		lastMove  = time.Now()
-		downSince time.Time
+		conn                  *pgx.Conn
+		lastLSN               string
+		lastMove              = time.Now()
+		downSince             time.Time
+		walStatus, lastStatus string
+		warnedNear            bool
 	)
 	defer func() {
 		if conn != nil {
@@ -59,16 +61,48 @@ func (r *Reader) watch(ctx context.Context) {
 				}
 				conn = c
 			}
-			var confirmed *string
+			var (
+				confirmed *string
+				retained  int64
+				safe      *int64
+			)
 			qctx, cancel := context.WithTimeout(ctx, r.cfg.WatchInterval)
 			defer cancel()
 			err := conn.QueryRow(qctx, `SELECT confirmed_flush_lsn::text,
-				coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint
-				FROM pg_replication_slots WHERE slot_name = $1`, r.cfg.Slot).Scan(&confirmed, &lag)
+				coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint,
+				coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,
+				coalesce(wal_status, ''), safe_wal_size
+				FROM pg_replication_slots WHERE slot_name = $1`, r.cfg.Slot).Scan(&confirmed, &lag, &retained, &walStatus, &safe)
 			if err != nil {
 				conn.Close(context.Background())
 				conn = nil
 				return err
+			}
+			r.m.retainedWAL.Set(float64(retained))
+			if safe != nil {
+				r.m.safeWALSize.Set(float64(*safe))
+			} else {
+				r.m.safeWALSize.Set(-1)
+			}
+			// Warn while there is time to act: once safe_wal_size (WAL that
+			// may still be written before PostgreSQL invalidates the slot)
+			// is smaller than what the slot already holds back.
+			nearLimit := safe != nil && *safe < retained
+			if (walStatus != lastStatus || nearLimit != warnedNear) && walStatus != "" {
+				switch {
+				case walStatus == "lost":
+					r.log.Error("replication slot invalidated: PostgreSQL removed WAL it needed; drop the slot and start again with a new snapshot", "wal_status", walStatus)
+				case walStatus == "unreserved" || nearLimit:
+					r.log.Warn("replication slot close to invalidation by max_slot_wal_keep_size", "wal_status", walStatus, "retained_bytes", retained, "safe_wal_size", safe)
+				}
+				for _, st := range []string{"reserved", "extended", "unreserved", "lost"} {
+					v := 0.0
+					if st == walStatus {
+						v = 1
+					}
+					r.m.walStatus.WithLabelValues(st).Set(v)
+				}
+				lastStatus, warnedNear = walStatus, nearLimit
 			}
 			if confirmed != nil && *confirmed != lastLSN {
 				lastLSN, lastMove = *confirmed, now
@@ -86,6 +120,9 @@ func (r *Reader) watch(ctx context.Context) {
 		} else {
 			downSince = time.Time{}
 			r.m.lagBytes.Set(float64(lag))
+			if walStatus == "lost" {
+				reasons = append(reasons, "replication slot invalidated (wal_status lost): drop it and start again")
+			}
 			if lag >= r.cfg.StallLagBytes && now.Sub(lastMove) >= r.cfg.StallAfter {
 				reasons = append(reasons, fmt.Sprintf("stalled: slot lags %d bytes behind WAL and its position has not moved for %s",
 					lag, now.Sub(lastMove).Round(time.Second)))

@@ -13,6 +13,11 @@ type metrics struct {
 	lagBytes       prometheus.Gauge
 	streaming      prometheus.Gauge
 	sessions       prometheus.Counter
+	messages       prometheus.Counter
+	heartbeatLag   prometheus.Gauge
+	retainedWAL    prometheus.Gauge
+	safeWALSize    prometheus.Gauge
+	walStatus      *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -43,12 +48,33 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "tablecast_cdc_sessions_total",
 			Help: "Replication sessions started (1 plus the number of reconnects).",
 		}),
+		messages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_cdc_topic_messages_published_total",
+			Help: "Logical decoding messages (pg_logical_emit_message(true, 'tablecast:<topic>', …)) published on custom topics.",
+		}),
+		heartbeatLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_cdc_heartbeat_lag_seconds",
+			Help: "Time from the last heartbeat's emission in PostgreSQL to its arrival in the reader: end-to-end replication lag.",
+		}),
+		retainedWAL: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_cdc_slot_retained_wal_bytes",
+			Help: "WAL PostgreSQL keeps for the slot (current position minus the slot's restart_lsn).",
+		}),
+		safeWALSize: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_cdc_slot_safe_wal_size_bytes",
+			Help: "WAL that can still be written before the slot is invalidated (pg_replication_slots.safe_wal_size); -1 when unlimited.",
+		}),
+		walStatus: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tablecast_cdc_slot_wal_status",
+			Help: "1 for the slot's current wal_status (reserved, extended, unreserved, lost).",
+		}, []string{"status"}),
 	}
 	for _, op := range []string{schema.OpCreate, schema.OpUpdate, schema.OpDelete, schema.OpTruncate, schema.OpRead} {
 		m.published[op] = published.WithLabelValues(op)
 	}
 	if reg != nil {
-		reg.MustRegister(published, m.publishLatency, m.ackedLSN, m.lagBytes, m.streaming, m.sessions)
+		reg.MustRegister(published, m.publishLatency, m.ackedLSN, m.lagBytes, m.streaming, m.sessions,
+			m.messages, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus)
 	}
 	return m
 }

@@ -3,6 +3,7 @@ package cdc
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -78,6 +79,9 @@ func (r *Reader) Run(ctx context.Context) error {
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go r.watch(wctx)
+	if r.cfg.HeartbeatInterval > 0 {
+		go r.heartbeat(wctx)
+	}
 
 	backoff := r.cfg.RetryMin
 	for {
@@ -163,7 +167,9 @@ func (r *Reader) session(ctx context.Context) (progressed bool, err error) {
 	}
 	pubArg := strings.ReplaceAll(`"`+strings.ReplaceAll(r.cfg.Publication, `"`, `""`)+`"`, `'`, `''`)
 	err = pglogrepl.StartReplication(ctx, conn, r.cfg.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + pubArg + "'"},
+		// messages: logical decoding messages, for the transactional
+		// outbox (custom topics) and the heartbeat.
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + pubArg + "'", "messages 'true'"},
 	})
 	if err != nil {
 		var pgErr *pgconn.PgError
@@ -366,11 +372,63 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 				return err
 			}
 		}
+	case 'M':
+		var m pglogrepl.LogicalDecodingMessage
+		if err := m.Decode(wal[1:]); err != nil {
+			return fmt.Errorf("decode logical decoding message: %w", err)
+		}
+		return s.handleMessage(ctx, &m, now)
 	default:
-		// Type, Origin and logical decoding messages carry nothing to
-		// publish: values are converted from their text form whatever
-		// their type.
+		// Type and Origin messages carry nothing to publish: values are
+		// converted from their text form whatever their type.
 	}
+	return nil
+}
+
+// topicMessagePrefix marks a logical decoding message as one for a custom
+// topic: pg_logical_emit_message(true, 'tablecast:<topic>', '<json>').
+const topicMessagePrefix = "tablecast:"
+
+// handleMessage publishes a transactional logical decoding message whose
+// prefix names a custom topic on that topic's subject, in its place among
+// the transaction's changes: PostgreSQL sends it only if the transaction
+// commits, which makes a transactional outbox without an outbox table.
+// Heartbeats measure the lag from their emission to their arrival.
+func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodingMessage, now time.Time) error {
+	if m.Prefix == heartbeatPrefix {
+		if sent, err := time.Parse(time.RFC3339Nano, string(m.Content)); err == nil {
+			s.r.m.heartbeatLag.Set(now.Sub(sent).Seconds())
+		}
+		return nil
+	}
+	topic, ok := strings.CutPrefix(m.Prefix, topicMessagePrefix)
+	if !ok {
+		return nil // some other tool's message
+	}
+	if !m.Transactional || !s.inTxn {
+		s.r.log.Warn("ignoring a non-transactional message for a custom topic: only pg_logical_emit_message(true, …) is published, at commit",
+			"topic", topic, "lsn", m.LSN.String())
+		return nil
+	}
+	if topic == "" {
+		s.r.log.Warn("ignoring a message with an empty topic name", "lsn", m.LSN.String())
+		return nil
+	}
+	s.ordinal++
+	s.buf = s.buf[:0]
+	if json.Valid(m.Content) {
+		s.buf = append(s.buf, m.Content...)
+	} else {
+		// Not JSON: carried as a JSON string rather than lost.
+		s.buf = schema.AppendStringBytes(s.buf, m.Content)
+	}
+	s.ids = s.txn.AppendID(s.ids[:0], s.ordinal)
+	seq, err := s.pub.Publish(ctx, stream.TopicSubject(s.r.prefix, topic), string(s.ids), s.buf)
+	if err != nil {
+		return fmt.Errorf("publish message for topic %s: %w", topic, err)
+	}
+	s.lastSeq = seq
+	s.r.m.messages.Inc()
 	return nil
 }
 

@@ -1,0 +1,65 @@
+package cdc
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// heartbeatPrefix marks the reader's own logical decoding messages. It does
+// not start with topicMessagePrefix, so a heartbeat is never published.
+const heartbeatPrefix = "tablecast-heartbeat"
+
+// heartbeat writes a non-transactional logical decoding message into the
+// WAL every HeartbeatInterval. Two reasons: on a database whose published
+// tables are quiet, it gives the slot something to confirm, so PostgreSQL
+// does not retain WAL forever; and the message carries the time it was
+// sent, so the reader measures end-to-end lag when it arrives (both ends
+// read this process's clock, so no clock skew enters the figure).
+func (r *Reader) heartbeat(ctx context.Context) {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	failing := false
+	tick := time.NewTicker(r.cfg.HeartbeatInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		err := func() error {
+			if conn == nil {
+				c, err := pgx.Connect(ctx, r.cfg.DatabaseURL)
+				if err != nil {
+					return err
+				}
+				conn = c
+			}
+			qctx, cancel := context.WithTimeout(ctx, r.cfg.HeartbeatInterval)
+			defer cancel()
+			_, err := conn.Exec(qctx, `SELECT pg_logical_emit_message(false, $1, $2)`,
+				heartbeatPrefix, time.Now().UTC().Format(time.RFC3339Nano))
+			if err != nil {
+				conn.Close(context.Background())
+				conn = nil
+			}
+			return err
+		}()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil && !failing:
+			r.log.Warn("cannot write heartbeat", "err", oneLine(err))
+			failing = true
+		case err == nil && failing:
+			r.log.Info("heartbeats written again")
+			failing = false
+		}
+	}
+}
