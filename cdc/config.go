@@ -24,6 +24,9 @@ type Config struct {
 	// Stream is the JetStream stream the events must be stored in; an
 	// acknowledgement from any other stream is a failure. Default "TABLECAST".
 	Stream string
+	// SchemaBucket is the JetStream key-value bucket of the schema
+	// registry. Default "TABLECAST_SCHEMAS".
+	SchemaBucket string
 	// StatusInterval is how often a standby status update is sent to
 	// PostgreSQL even when nothing changed. Default 10s, well under
 	// PostgreSQL's wal_sender_timeout (60s by default).

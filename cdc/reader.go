@@ -32,7 +32,8 @@ type Reader struct {
 	log    *slog.Logger
 	m      *metrics
 
-	db string // current_database(), learnt in preflight
+	db       string           // current_database(), learnt in preflight
+	registry *stream.Registry // schema registry, opened in Run
 
 	// state shared with Health and the watchdog
 	streaming   atomic.Bool
@@ -74,6 +75,14 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.db = src.database
+	reg, err := stream.OpenRegistry(ctx, r.js, r.cfg.SchemaBucket, 1)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	r.registry = reg
 	r.log.Info("reader ready", "database", r.db, "publication", r.cfg.Publication)
 
 	wctx, stopWatch := context.WithCancel(ctx)
@@ -195,6 +204,7 @@ func (r *Reader) session(ctx context.Context) (progressed bool, err error) {
 		conn:      conn,
 		pub:       pub,
 		relations: map[uint32]*relation{},
+		typeNames: map[uint32]string{},
 		confirmed: start,
 	}
 	err = s.loop(ctx)
@@ -238,6 +248,7 @@ type session struct {
 	conn      *pgconn.PgConn
 	pub       *stream.Publisher
 	relations map[uint32]*relation
+	typeNames map[uint32]string // user types, from pgoutput's Type messages
 
 	txn      schema.Txn
 	inTxn    bool
@@ -356,7 +367,11 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 		if err := rm.Decode(wal[1:]); err != nil {
 			return fmt.Errorf("decode relation: %w", err)
 		}
-		s.relations[rm.RelationID] = s.newRelation(&rm)
+		rel := s.newRelation(&rm)
+		s.relations[rm.RelationID] = rel
+		if err := s.recordShape(ctx, rel.table); err != nil {
+			return err
+		}
 	case 'T':
 		var tm pglogrepl.TruncateMessage
 		if err := tm.Decode(wal[1:]); err != nil {
@@ -372,6 +387,12 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 				return err
 			}
 		}
+	case 'Y':
+		var tm pglogrepl.TypeMessage
+		if err := tm.Decode(wal[1:]); err != nil {
+			return fmt.Errorf("decode type: %w", err)
+		}
+		s.typeNames[tm.DataType] = tm.Namespace + "." + tm.Name
 	case 'M':
 		var m pglogrepl.LogicalDecodingMessage
 		if err := m.Decode(wal[1:]); err != nil {
@@ -379,8 +400,7 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 		}
 		return s.handleMessage(ctx, &m, now)
 	default:
-		// Type and Origin messages carry nothing to publish: values are
-		// converted from their text form whatever their type.
+		// Origin messages carry nothing to publish.
 	}
 	return nil
 }

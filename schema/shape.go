@@ -1,0 +1,69 @@
+package schema
+
+// Shape is a table's shape as the schema registry holds it: what consumers
+// (the gateway, backend services) need to interpret its events.
+type Shape struct {
+	DB     string `json:"db"`
+	Schema string `json:"schema"`
+	Table  string `json:"table"`
+	// Version counts the shape's changes, from 1. It changes when a column
+	// is added, dropped, renamed or changes type, or the replica identity
+	// changes.
+	Version int `json:"version"`
+	// LSN is the commit LSN of the first transaction seen with this shape
+	// (or the position streaming started from, for the first version).
+	LSN             string        `json:"lsn"`
+	ReplicaIdentity string        `json:"replica_identity"` // default, full, index, nothing
+	Columns         []ShapeColumn `json:"columns"`
+}
+
+// ShapeColumn is one column of a Shape.
+type ShapeColumn struct {
+	Name    string `json:"name"`
+	Type    string `json:"type"` // PostgreSQL's type name; empty if unknown
+	TypeOID uint32 `json:"type_oid"`
+	Key     bool   `json:"key,omitempty"` // part of the replica identity
+}
+
+// ReplicaIdentityName spells out pgoutput's replica identity byte.
+func ReplicaIdentityName(b byte) string {
+	switch b {
+	case 'd':
+		return "default"
+	case 'f':
+		return "full"
+	case 'i':
+		return "index"
+	case 'n':
+		return "nothing"
+	}
+	return string(rune(b))
+}
+
+// ShapeOf describes t. typeName names a type OID ("" if unknown).
+func ShapeOf(db string, t *Table, typeName func(uint32) string) Shape {
+	s := Shape{DB: db, Schema: t.Schema, Table: t.Name, ReplicaIdentity: ReplicaIdentityName(t.ReplicaIdentity),
+		Columns: make([]ShapeColumn, len(t.Columns))}
+	for i, c := range t.Columns {
+		s.Columns[i] = ShapeColumn{Name: c.Name, TypeOID: c.TypeOID, Key: c.Key}
+		if typeName != nil {
+			s.Columns[i].Type = typeName(c.TypeOID)
+		}
+	}
+	return s
+}
+
+// SameAs reports whether s and o describe the same shape, whatever their
+// versions and LSNs.
+func (s Shape) SameAs(o Shape) bool {
+	if s.DB != o.DB || s.Schema != o.Schema || s.Table != o.Table || s.ReplicaIdentity != o.ReplicaIdentity || len(s.Columns) != len(o.Columns) {
+		return false
+	}
+	for i := range s.Columns {
+		a, b := s.Columns[i], o.Columns[i]
+		if a.Name != b.Name || a.TypeOID != b.TypeOID || a.Key != b.Key {
+			return false
+		}
+	}
+	return true
+}

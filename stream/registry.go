@@ -1,0 +1,107 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DefaultSchemaBucket is the key-value bucket of the schema registry.
+const DefaultSchemaBucket = "TABLECAST_SCHEMAS"
+
+// schemaHistory is how many shapes per table the bucket keeps: enough to
+// interpret events that are still in the stream after a few schema
+// changes, small enough to stay negligible.
+const schemaHistory = 64
+
+// Registry is the schema registry: per table, its shape (columns, types, key
+// columns, a version) as JSON, in a JetStream key-value bucket that the CDC
+// reader writes and consumers read or watch. The values are opaque here;
+// package schema defines them.
+type Registry struct {
+	kv jetstream.KeyValue
+}
+
+// OpenRegistry creates the bucket if missing and returns the registry.
+func OpenRegistry(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (*Registry, error) {
+	if bucket == "" {
+		bucket = DefaultSchemaBucket
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      bucket,
+		Description: "tablecast schema registry: the shape of every streamed table",
+		History:     schemaHistory,
+		Replicas:    max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open schema registry bucket %s: %w", bucket, err)
+	}
+	return &Registry{kv: kv}, nil
+}
+
+// SchemaKey is the registry key of a table: "<db>.<schema>.<table>", each
+// part with every byte other than ASCII letters, digits, '-' and '_'
+// written as =XX (hex), since keys allow few characters.
+func SchemaKey(db, schema, table string) string {
+	var b strings.Builder
+	for i, part := range []string{db, schema, table} {
+		if i > 0 {
+			b.WriteByte('.')
+		}
+		for j := 0; j < len(part); j++ {
+			c := part[j]
+			if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' {
+				b.WriteByte(c)
+			} else {
+				fmt.Fprintf(&b, "=%02X", c)
+			}
+		}
+	}
+	return b.String()
+}
+
+// Get returns a table's current shape and its revision, or found=false.
+func (r *Registry) Get(ctx context.Context, key string) (value []byte, revision uint64, found bool, err error) {
+	e, err := r.kv.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return nil, 0, false, nil
+	case err != nil:
+		return nil, 0, false, fmt.Errorf("read schema %s: %w", key, err)
+	}
+	return e.Value(), e.Revision(), true, nil
+}
+
+// Put stores a table's new shape. revision is the one the caller read (0
+// for a new key): if another writer changed the key meanwhile, Put fails
+// rather than overwrite a newer shape.
+func (r *Registry) Put(ctx context.Context, key string, value []byte, revision uint64) error {
+	var err error
+	if revision == 0 {
+		_, err = r.kv.Create(ctx, key, value)
+	} else {
+		_, err = r.kv.Update(ctx, key, value, revision)
+	}
+	if err != nil {
+		return fmt.Errorf("write schema %s: %w", key, err)
+	}
+	return nil
+}
+
+// History returns every stored shape of a table, oldest first.
+func (r *Registry) History(ctx context.Context, key string) ([][]byte, error) {
+	entries, err := r.kv.History(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("read schema history %s: %w", key, err)
+	}
+	out := make([][]byte, 0, len(entries))
+	for _, e := range entries {
+		if e.Operation() == jetstream.KeyValuePut {
+			out = append(out, e.Value())
+		}
+	}
+	return out, nil
+}
