@@ -24,6 +24,12 @@ type Config struct {
 	// Stream is the JetStream stream the events must be stored in; an
 	// acknowledgement from any other stream is a failure. Default "TABLECAST".
 	Stream string
+	// Snapshot says what happens when the reader creates the slot:
+	// SnapshotInitial (default) publishes the rows already in the
+	// published tables as op "read", from the slot's exported snapshot, so
+	// snapshot and stream join with no gap and no duplicate; SnapshotNever
+	// publishes only changes from then on.
+	Snapshot string
 	// SchemaBucket is the JetStream key-value bucket of the schema
 	// registry. Default "TABLECAST_SCHEMAS".
 	SchemaBucket string
@@ -63,6 +69,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Slot == "" {
 		c.Slot = "tablecast"
+	}
+	if c.Snapshot == "" {
+		c.Snapshot = SnapshotInitial
 	}
 	if c.Stream == "" {
 		c.Stream = "TABLECAST"
@@ -115,6 +124,9 @@ func (c Config) withDefaults() (Config, error) {
 		if !tableNameRE.MatchString(t) {
 			errs = append(errs, fmt.Errorf("TABLECAST_TABLES: %q is not schema.table", t))
 		}
+	}
+	if c.Snapshot != SnapshotInitial && c.Snapshot != SnapshotNever {
+		errs = append(errs, fmt.Errorf("TABLECAST_SNAPSHOT %q: want initial or never", c.Snapshot))
 	}
 	if c.RetryMin > c.RetryMax {
 		errs = append(errs, fmt.Errorf("retry backoff: minimum %s above maximum %s", c.RetryMin, c.RetryMax))

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"strings"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -32,11 +31,13 @@ func IsConfigError(err error) bool {
 
 // source is what preflight learned about the database.
 type source struct {
-	database string // current_database(), the subjects' <database> token
+	database   string // current_database(), the subjects' <database> token
+	slotExists bool
 }
 
-// preflight checks that the database can be streamed from and creates the
-// publication and the slot when missing. Every failure is returned as a
+// preflight checks that the database can be streamed from, creates the
+// publication when missing and checks the slot (created by the reader,
+// which may take a snapshot with it). Every failure is returned as a
 // ConfigError except a lost connection.
 func preflight(ctx context.Context, cfg Config, log *slog.Logger) (source, error) {
 	var src source
@@ -68,7 +69,7 @@ func preflight(ctx context.Context, cfg Config, log *slog.Logger) (source, error
 	if err := ensurePublication(ctx, conn, cfg.Publication, tables, log); err != nil {
 		return src, err
 	}
-	if err := ensureSlot(ctx, conn, cfg, src.database, log); err != nil {
+	if src.slotExists, err = checkSlot(ctx, conn, cfg, src.database); err != nil {
 		return src, err
 	}
 	return src, nil
@@ -132,39 +133,22 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 	return nil
 }
 
-func ensureSlot(ctx context.Context, conn *pgx.Conn, cfg Config, database string, log *slog.Logger) error {
+// checkSlot reports whether the slot exists, and fails when it exists but
+// cannot be ours: another plugin, or another database.
+func checkSlot(ctx context.Context, conn *pgx.Conn, cfg Config, database string) (bool, error) {
 	var plugin, slotDB string
 	err := conn.QueryRow(ctx, `SELECT plugin, database FROM pg_replication_slots WHERE slot_name = $1`, cfg.Slot).Scan(&plugin, &slotDB)
 	switch {
-	case err == nil:
-		if plugin != "pgoutput" {
-			return configErrorf("replication slot %q uses plugin %q, not pgoutput: choose another TABLECAST_SLOT or drop it", cfg.Slot, plugin)
-		}
-		if slotDB != database {
-			return configErrorf("replication slot %q belongs to database %q, not %q: choose another TABLECAST_SLOT", cfg.Slot, slotDB, database)
-		}
-		return nil
-	case !errors.Is(err, pgx.ErrNoRows):
-		return fmt.Errorf("look up replication slot %s: %w", cfg.Slot, err)
+	case errors.Is(err, pgx.ErrNoRows):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("look up replication slot %s: %w", cfg.Slot, err)
+	case plugin != "pgoutput":
+		return false, configErrorf("replication slot %q uses plugin %q, not pgoutput: choose another TABLECAST_SLOT or drop it", cfg.Slot, plugin)
+	case slotDB != database:
+		return false, configErrorf("replication slot %q belongs to database %q, not %q: choose another TABLECAST_SLOT", cfg.Slot, slotDB, database)
 	}
-
-	log.Info("creating replication slot (waits for transactions already open to finish)", "slot", cfg.Slot)
-	rc, err := connectReplication(ctx, cfg.DatabaseURL)
-	if err != nil {
-		return err
-	}
-	defer rc.Close(context.Background())
-	res, err := pglogrepl.CreateReplicationSlot(ctx, rc, cfg.Slot, "pgoutput",
-		pglogrepl.CreateReplicationSlotOptions{SnapshotAction: "NOEXPORT_SNAPSHOT"})
-	if err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42710" { // created meanwhile by another reader
-			return nil
-		}
-		return fmt.Errorf("create replication slot %s: %w", cfg.Slot, err)
-	}
-	log.Info("created replication slot", "slot", cfg.Slot, "consistent_point", res.ConsistentPoint)
-	return nil
+	return true, nil
 }
 
 // connectReplication opens a logical replication connection to the

@@ -83,6 +83,12 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.registry = reg
+	if err := r.prepareSlot(ctx, src.slotExists); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	r.log.Info("reader ready", "database", r.db, "publication", r.cfg.Publication)
 
 	wctx, stopWatch := context.WithCancel(ctx)

@@ -1,0 +1,291 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// Snapshot modes (TABLECAST_SNAPSHOT).
+const (
+	SnapshotInitial = "initial" // rows already in the tables go out as op "read" when the slot is created
+	SnapshotNever   = "never"   // only changes from the slot's creation on
+)
+
+// stateBucket holds the reader's own bookkeeping: whether the initial
+// snapshot that came with a slot was completed.
+const stateBucket = "TABLECAST_STATE"
+
+const (
+	snapshotPending = "pending"
+	snapshotDone    = "done"
+)
+
+// prepareSlot creates the slot when missing, with the initial snapshot
+// when configured. A snapshot is complete only once JetStream has
+// acknowledged every row; until then a marker says "pending", and a reader
+// that finds its slot with a pending snapshot (it crashed midway) drops the
+// slot and starts over, rather than stream changes on top of a partial
+// copy. The repeated rows of a redone snapshot are at-least-once.
+func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
+	state, err := r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stateBucket, History: 1,
+		Description: "tablecast reader bookkeeping"})
+	if err != nil {
+		return fmt.Errorf("open state bucket %s: %w", stateBucket, err)
+	}
+	key := "snapshot." + stream.SchemaKey(r.db, r.cfg.Slot, "")
+	key = strings.TrimSuffix(key, ".")
+
+	if exists {
+		e, err := state.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			return nil
+		case err != nil:
+			return fmt.Errorf("read snapshot state: %w", err)
+		case string(e.Value()) != snapshotPending:
+			return nil
+		}
+		r.log.Warn("the initial snapshot of this slot was interrupted; dropping the slot to take it again")
+		if err := dropSlot(ctx, r.cfg.DatabaseURL, r.cfg.Slot); err != nil {
+			return err
+		}
+	}
+
+	rc, err := connectReplication(ctx, r.cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer rc.Close(context.Background())
+	action := "NOEXPORT_SNAPSHOT"
+	if r.cfg.Snapshot == SnapshotInitial {
+		action = "EXPORT_SNAPSHOT"
+		if _, err := state.Put(ctx, key, []byte(snapshotPending)); err != nil {
+			return fmt.Errorf("record snapshot state: %w", err)
+		}
+	}
+	r.log.Info("creating replication slot (waits for transactions already open to finish)")
+	res, err := pglogrepl.CreateReplicationSlot(ctx, rc, r.cfg.Slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{SnapshotAction: action})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42710" {
+			return &slotInUseError{slot: r.cfg.Slot, pid: "(another reader created it just now)"}
+		}
+		return fmt.Errorf("create replication slot %s: %w", r.cfg.Slot, err)
+	}
+	r.log.Info("created replication slot", "consistent_point", res.ConsistentPoint)
+	if r.cfg.Snapshot != SnapshotInitial {
+		return nil
+	}
+	point, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return fmt.Errorf("parse consistent point %q: %w", res.ConsistentPoint, err)
+	}
+	// The exported snapshot lives as long as rc stays open and idle.
+	if err := r.snapshot(ctx, res.SnapshotName, uint64(point)); err != nil {
+		return fmt.Errorf("initial snapshot: %w", err)
+	}
+	if _, err := state.Put(ctx, key, []byte(snapshotDone)); err != nil {
+		return fmt.Errorf("record snapshot state: %w", err)
+	}
+	return nil
+}
+
+func dropSlot(ctx context.Context, url, slot string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return fmt.Errorf("drop replication slot %s: %w", slot, err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
+			return &slotInUseError{slot: slot, pid: "(active)"}
+		}
+		return fmt.Errorf("drop replication slot %s: %w", slot, err)
+	}
+	return nil
+}
+
+// snapshotTable is a published table as the snapshot reads it.
+type snapshotTable struct {
+	schema, name string
+	columns      []string // published columns, in order
+	keys         map[string]bool
+	identity     byte
+}
+
+// snapshot publishes every row of every published table, as seen by the
+// exported snapshot, as a "read" event. Every event has the slot's
+// consistent point as its LSN, so ids are "<consistent point>-<n>" with n
+// counting across the whole snapshot. It returns once JetStream has
+// acknowledged them all.
+func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64) error {
+	conn, err := connectSnapshot(ctx, r.cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
+		return fmt.Errorf("begin snapshot transaction: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(snapshotName, "'", "''")+"'"); err != nil {
+		return fmt.Errorf("use exported snapshot %s: %w", snapshotName, err)
+	}
+	tables, err := publishedTables(ctx, conn, r.cfg.Publication)
+	if err != nil {
+		return err
+	}
+
+	pub, err := stream.NewPublisher(r.nc, r.js, r.cfg.MaxInFlight, r.log, stream.WithStream(r.cfg.Stream))
+	if err != nil {
+		return fmt.Errorf("start publisher: %w", err)
+	}
+	defer pub.Close()
+	var (
+		txn     schema.Txn
+		ordinal uint32
+		lastSeq uint64
+		buf     []byte
+		ids     []byte
+		row     []schema.Value
+	)
+	txn.Reset(point, 0, time.Now())
+	r.log.Info("initial snapshot started", "tables", len(tables), "at", pglogrepl.LSN(point).String())
+	for _, st := range tables {
+		began, rows := time.Now(), 0
+		quoted := make([]string, len(st.columns))
+		for i, c := range st.columns {
+			quoted[i] = pgx.Identifier{c}.Sanitize()
+		}
+		rr := conn.PgConn().ExecParams(ctx, "SELECT "+strings.Join(quoted, ", ")+" FROM "+pgx.Identifier{st.schema, st.name}.Sanitize(), nil, nil, nil, nil)
+		fds := rr.FieldDescriptions()
+		tbl := &schema.Table{Schema: st.schema, Name: st.name, ReplicaIdentity: st.identity, Columns: make([]schema.Column, len(fds))}
+		for i, fd := range fds {
+			tbl.Columns[i] = schema.Column{Name: fd.Name, TypeOID: fd.DataTypeOID, TypeMod: fd.TypeModifier, Key: st.keys[fd.Name]}
+		}
+		subject := stream.ChangeSubject(r.prefix, r.db, st.schema, st.name, schema.OpRead)
+		for rr.NextRow() {
+			row = row[:0]
+			for _, v := range rr.Values() {
+				if v == nil {
+					row = append(row, schema.Value{Kind: schema.KindNull})
+				} else {
+					row = append(row, schema.Value{Kind: schema.KindText, Data: v})
+				}
+			}
+			ordinal++
+			buf = schema.AppendEvent(buf[:0], r.db, tbl, &txn, &schema.Change{Op: schema.OpRead, Ordinal: ordinal, New: row})
+			ids = txn.AppendID(ids[:0], ordinal)
+			if lastSeq, err = pub.Publish(ctx, subject, string(ids), buf); err != nil {
+				rr.Close()
+				return fmt.Errorf("publish snapshot of %s.%s: %w", st.schema, st.name, err)
+			}
+			r.m.published[schema.OpRead].Inc()
+			rows++
+			if rows%100_000 == 0 {
+				r.log.Info("snapshot progress", "table", st.schema+"."+st.name, "rows", rows)
+			}
+		}
+		if _, err := rr.Close(); err != nil {
+			return fmt.Errorf("read %s.%s: %w", st.schema, st.name, err)
+		}
+		r.log.Info("snapshot of table done", "table", st.schema+"."+st.name, "rows", rows, "took", time.Since(began).Round(time.Millisecond))
+	}
+	for pub.Acked() < lastSeq {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-pub.Failed():
+			return pub.Err()
+		case <-pub.Progress():
+		}
+	}
+	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+		return fmt.Errorf("end snapshot transaction: %w", err)
+	}
+	r.log.Info("initial snapshot done", "rows", ordinal)
+	return nil
+}
+
+// connectSnapshot opens a regular connection whose text output matches the
+// replication connection's, so that snapshot rows and streamed changes
+// convert alike.
+func connectSnapshot(ctx context.Context, url string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, &ConfigError{msg: "TABLECAST_DATABASE_URL: " + oneLine(err)}
+	}
+	for k, v := range map[string]string{"DateStyle": "ISO, YMD", "IntervalStyle": "postgres", "extra_float_digits": "3", "TimeZone": "UTC", "application_name": "tablecast-snapshot"} {
+		cfg.RuntimeParams[k] = v
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open snapshot connection: %w", err)
+	}
+	return conn, nil
+}
+
+// publishedTables lists the publication's tables with their published
+// columns (a PostgreSQL 15 column list, or all columns) and replica
+// identity columns, in a stable order.
+func publishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([]snapshotTable, error) {
+	var version int
+	if err := conn.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		return nil, fmt.Errorf("read server version: %w", err)
+	}
+	attnames := "NULL::text[]"
+	if version >= 150000 {
+		attnames = "pt.attnames"
+	}
+	rows, err := conn.Query(ctx, `
+		SELECT pt.schemaname, pt.tablename, c.relreplident::text,
+			coalesce(`+attnames+`, ARRAY(
+				SELECT a.attname::text FROM pg_attribute a
+				WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+				ORDER BY a.attnum)),
+			ARRAY(
+				SELECT a.attname::text FROM pg_attribute a
+				WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND (
+					c.relreplident = 'f'
+					OR a.attnum = ANY((SELECT i.indkey FROM pg_index i WHERE i.indrelid = c.oid AND
+						((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))::int2[])))
+		FROM pg_publication_tables pt
+		JOIN pg_namespace n ON n.nspname = pt.schemaname
+		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+		WHERE pt.pubname = $1
+		ORDER BY 1, 2`, publication)
+	if err != nil {
+		return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
+	}
+	defer rows.Close()
+	var out []snapshotTable
+	for rows.Next() {
+		var st snapshotTable
+		var identity string
+		var keys []string
+		if err := rows.Scan(&st.schema, &st.name, &identity, &st.columns, &keys); err != nil {
+			return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
+		}
+		st.identity = identity[0]
+		st.keys = map[string]bool{}
+		for _, k := range keys {
+			st.keys[k] = true
+		}
+		out = append(out, st)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
+	}
+	return out, nil
+}

@@ -1,0 +1,183 @@
+package cdc
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestInitialSnapshot: rows already in the tables go out as "read" events
+// from the slot's exported snapshot, and rows written while the snapshot
+// is taken arrive as changes: replaying the stream rebuilds the tables
+// exactly, and no row is both read and created.
+func TestInitialSnapshot(t *testing.T) {
+	db := newTestDB(t,
+		`CREATE TABLE items (id int PRIMARY KEY, v text)`,
+		`INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 3000) g`,
+		`CREATE TABLE "Other Table" (k text PRIMARY KEY, n numeric)`,
+		`INSERT INTO "Other Table" VALUES ('a', 1.5), ('b', NULL)`)
+	n := startNATS(t)
+
+	// Writes racing the snapshot.
+	writer, err := pgx.Connect(context.Background(), db.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close(context.Background())
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 3001; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := writer.Exec(context.Background(), fmt.Sprintf(`INSERT INTO items VALUES (%d, 'new'); UPDATE items SET v = 'changed' WHERE id = %d`, i, i-3000)); err != nil {
+				t.Errorf("writer: %v", err)
+				return
+			}
+		}
+	}()
+	r := startReader(t, db.config(), n)
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	var total int
+	if err := db.conn.QueryRow(context.Background(), `SELECT count(*) FROM items`).Scan(&total); err != nil {
+		t.Fatal(err)
+	}
+	db.exec(t, `INSERT INTO "Other Table" VALUES ('end', 0)`) // a marker: last event
+	waitFor(t, 60*time.Second, "the marker row", func() bool {
+		evs := n.fetch(t, context.Background(), 0)
+		return len(evs) > 0 && evs[len(evs)-1].Table == "Other Table" && evs[len(evs)-1].Op == "create"
+	})
+	evs := n.fetch(t, context.Background(), 0)
+
+	state := map[string]map[string]any{}
+	read, created := map[string]bool{}, map[string]bool{}
+	var readLSN string
+	for _, e := range evs {
+		if e.Table != "items" {
+			continue
+		}
+		id := fmt.Sprint(e.Key["id"])
+		switch e.Op {
+		case "read":
+			if readLSN == "" {
+				readLSN = e.LSN
+			}
+			if e.LSN != readLSN || e.Subject != "tc."+db.name+".public.items.read" {
+				t.Fatalf("read event %s: lsn %s subject %s; want the snapshot's LSN %s and a .read subject", e.ID, e.LSN, e.Subject, readLSN)
+			}
+			if read[id] {
+				t.Fatalf("row %s read twice", id)
+			}
+			read[id] = true
+		case "create":
+			created[id] = true
+		}
+		if read[id] && created[id] {
+			t.Fatalf("row %s both read by the snapshot and created by the stream", id)
+		}
+		state[id] = e.Data
+	}
+	if len(read) < 3000 {
+		t.Fatalf("snapshot read %d rows of items, want at least the 3000 that were there", len(read))
+	}
+	rows, err := db.conn.Query(context.Background(), `SELECT id, v FROM items`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 0
+	for rows.Next() {
+		var id int
+		var v string
+		if err := rows.Scan(&id, &v); err != nil {
+			t.Fatal(err)
+		}
+		want++
+		got := state[fmt.Sprint(id)]
+		if got == nil || got["v"] != v {
+			t.Errorf("row %d: stream says %v, table says %q", id, got, v)
+		}
+	}
+	if len(state) != want || want != total {
+		t.Fatalf("stream rebuilds %d rows, table has %d (%d counted before)", len(state), want, total)
+	}
+
+	var other []event
+	for _, e := range evs {
+		if e.Table == "Other Table" && e.Op == "read" {
+			other = append(other, e)
+		}
+	}
+	if len(other) != 2 || other[0].Data["k"] != "a" || other[0].Data["n"] != "1.5" || other[1].Data["n"] != nil {
+		t.Fatalf("snapshot of \"Other Table\": %v", other)
+	}
+	if !r.log.contains("initial snapshot done") {
+		t.Error("no log line for the finished snapshot")
+	}
+}
+
+// TestSnapshotNever: with TABLECAST_SNAPSHOT=never, rows already there are
+// not published.
+func TestSnapshotNever(t *testing.T) {
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`, `INSERT INTO items VALUES (1), (2)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO items VALUES (3)`)
+	evs := n.readAll(t, 1, 15*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	evs = n.fetch(t, context.Background(), 0)
+	if len(evs) != 1 || evs[0].Op != "create" || evs[0].Data["id"] != float64(3) {
+		t.Fatalf("got %d events (first %s), want only the insert of row 3", len(evs), evs[0].Raw)
+	}
+}
+
+// TestInterruptedSnapshotIsRedone: a reader that finds its slot with a
+// snapshot still marked pending (it died midway) drops the slot and takes
+// the snapshot again instead of streaming on top of a partial copy.
+func TestInterruptedSnapshotIsRedone(t *testing.T) {
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`, `INSERT INTO items SELECT generate_series(1, 100)`)
+	n := startNATS(t)
+	r := startReader(t, db.config(), n)
+	n.readAll(t, 100, 30*time.Second)
+	r.stop(t)
+
+	kv, err := n.js.KeyValue(context.Background(), stateBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := kv.ListKeys(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	marked := 0
+	for k := range keys.Keys() {
+		if _, err := kv.Put(context.Background(), k, []byte(snapshotPending)); err != nil {
+			t.Fatal(err)
+		}
+		marked++
+	}
+	if marked != 1 {
+		t.Fatalf("%d snapshot markers, want 1", marked)
+	}
+	r2 := startReader(t, db.config(), n)
+	evs := n.readAll(t, 200, 30*time.Second)
+	if !r2.log.contains("initial snapshot of this slot was interrupted") {
+		t.Error("no log line about the interrupted snapshot")
+	}
+	if evs[100].Op != "read" || evs[100].LSN == evs[0].LSN {
+		t.Errorf("second snapshot: op %s lsn %s (first at %s); want reads from a new slot", evs[100].Op, evs[100].LSN, evs[0].LSN)
+	}
+}
