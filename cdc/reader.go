@@ -34,6 +34,7 @@ type Reader struct {
 
 	db       string           // current_database(), learnt in preflight
 	registry *stream.Registry // schema registry, opened in Run
+	snaps    *snapshots       // on-demand snapshots (ondemand.go)
 
 	// state shared with Health and the watchdog
 	streaming   atomic.Bool
@@ -56,7 +57,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, prefix string, log *
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Reader{cfg: cfg, nc: nc, js: js, prefix: prefix, log: log.With("component", "cdc", "slot", cfg.Slot), m: newMetrics(reg)}
+	r := &Reader{cfg: cfg, nc: nc, js: js, prefix: prefix, log: log.With("component", "cdc", "slot", cfg.Slot), m: newMetrics(reg), snaps: newSnapshots()}
 	r.health = Health{Healthy: true}
 	r.streamSince = time.Now()
 	return r, nil
@@ -94,6 +95,7 @@ func (r *Reader) Run(ctx context.Context) error {
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go r.watch(wctx)
+	go r.snapshotWorker(wctx)
 	if r.cfg.HeartbeatInterval > 0 {
 		go r.heartbeat(wctx)
 	}
@@ -211,8 +213,10 @@ func (r *Reader) session(ctx context.Context) (progressed bool, err error) {
 		pub:       pub,
 		relations: map[uint32]*relation{},
 		typeNames: map[uint32]string{},
+		windows:   map[string]*window{},
 		confirmed: start,
 	}
+	defer s.types.close()
 	err = s.loop(ctx)
 	return s.confirmed > start, err
 }
@@ -254,7 +258,9 @@ type session struct {
 	conn      *pgconn.PgConn
 	pub       *stream.Publisher
 	relations map[uint32]*relation
-	typeNames map[uint32]string // user types, from pgoutput's Type messages
+	typeNames map[uint32]string  // user types, from pgoutput's Type messages
+	windows   map[string]*window // open on-demand snapshot chunks, by watermark id
+	types     sessionTypes       // JSON rules of user-defined column types (types.go)
 
 	txn      schema.Txn
 	inTxn    bool
@@ -373,7 +379,10 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 		if err := rm.Decode(wal[1:]); err != nil {
 			return fmt.Errorf("decode relation: %w", err)
 		}
-		rel := s.newRelation(&rm)
+		rel, err := s.newRelation(ctx, &rm)
+		if err != nil {
+			return err
+		}
 		s.relations[rm.RelationID] = rel
 		if err := s.recordShape(ctx, rel.table); err != nil {
 			return err
@@ -427,6 +436,9 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 		}
 		return nil
 	}
+	if m.Prefix == snapshotRequestPrefix || m.Prefix == watermarkPrefix {
+		return s.onDemandMessage(ctx, m.Prefix, m.Content, uint64(m.LSN))
+	}
 	topic, ok := strings.CutPrefix(m.Prefix, topicMessagePrefix)
 	if !ok {
 		return nil // some other tool's message
@@ -458,7 +470,7 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 	return nil
 }
 
-func (s *session) newRelation(rm *pglogrepl.RelationMessage) *relation {
+func (s *session) newRelation(ctx context.Context, rm *pglogrepl.RelationMessage) (*relation, error) {
 	t := &schema.Table{
 		RelationID:      rm.RelationID,
 		Schema:          rm.Namespace,
@@ -469,11 +481,14 @@ func (s *session) newRelation(rm *pglogrepl.RelationMessage) *relation {
 	for i, c := range rm.Columns {
 		t.Columns[i] = schema.Column{Name: c.Name, TypeOID: c.DataType, TypeMod: c.TypeModifier, Key: c.Flags&1 != 0}
 	}
+	if err := s.resolveColumnTypes(ctx, t); err != nil {
+		return nil, err
+	}
 	rel := &relation{table: t, subjects: map[string]string{}}
 	for _, op := range []string{schema.OpCreate, schema.OpUpdate, schema.OpDelete, schema.OpTruncate, schema.OpRead} {
 		rel.subjects[op] = stream.ChangeSubject(s.r.prefix, s.r.db, t.Schema, t.Name, op)
 	}
-	return rel
+	return rel, nil
 }
 
 func (s *session) handleRow(ctx context.Context, wal []byte) error {
@@ -495,6 +510,10 @@ func (s *session) handleRow(ctx context.Context, wal []byte) error {
 	}
 	s.ordinal++
 	c.Ordinal = s.ordinal
+	if len(s.windows) > 0 {
+		s.noteChange(rel, c.Old)
+		s.noteChange(rel, c.New)
+	}
 	return s.publish(ctx, rel, &c)
 }
 

@@ -159,6 +159,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		buf     []byte
 		ids     []byte
 		row     []schema.Value
+		types   typeResolver
 	)
 	txn.Reset(point, 0, time.Now())
 	r.log.Info("initial snapshot started", "tables", len(tables), "at", pglogrepl.LSN(point).String())
@@ -168,12 +169,22 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		for i, c := range st.columns {
 			quoted[i] = pgx.Identifier{c}.Sanitize()
 		}
-		rr := conn.PgConn().ExecParams(ctx, "SELECT "+strings.Join(quoted, ", ")+" FROM "+pgx.Identifier{st.schema, st.name}.Sanitize(), nil, nil, nil, nil)
-		fds := rr.FieldDescriptions()
+		query := "SELECT " + strings.Join(quoted, ", ") + " FROM " + pgx.Identifier{st.schema, st.name}.Sanitize()
+		// The columns' types first (LIMIT 0), resolved while the
+		// connection is idle, then the rows.
+		shape := conn.PgConn().ExecParams(ctx, query+" LIMIT 0", nil, nil, nil, nil)
+		fds := shape.FieldDescriptions()
 		tbl := &schema.Table{Schema: st.schema, Name: st.name, ReplicaIdentity: st.identity, Columns: make([]schema.Column, len(fds))}
 		for i, fd := range fds {
 			tbl.Columns[i] = schema.Column{Name: fd.Name, TypeOID: fd.DataTypeOID, TypeMod: fd.TypeModifier, Key: st.keys[fd.Name]}
 		}
+		if _, err := shape.Close(); err != nil {
+			return fmt.Errorf("read columns of %s.%s: %w", st.schema, st.name, err)
+		}
+		if err := applyTypes(ctx, conn, &types, tbl.Columns); err != nil {
+			return fmt.Errorf("look up the column types of %s.%s: %w", st.schema, st.name, err)
+		}
+		rr := conn.PgConn().ExecParams(ctx, query, nil, nil, nil, nil)
 		subject := stream.ChangeSubject(r.prefix, r.db, st.schema, st.name, schema.OpRead)
 		for rr.NextRow() {
 			row = row[:0]

@@ -3,6 +3,7 @@ package cdc
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,8 +19,9 @@ func TestInitialSnapshot(t *testing.T) {
 	db := newTestDB(t,
 		`CREATE TABLE items (id int PRIMARY KEY, v text)`,
 		`INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 3000) g`,
-		`CREATE TABLE "Other Table" (k text PRIMARY KEY, n numeric)`,
-		`INSERT INTO "Other Table" VALUES ('a', 1.5), ('b', NULL)`)
+		`CREATE DOMAIN posint AS int CHECK (VALUE > 0)`,
+		`CREATE TABLE "Other Table" (k text PRIMARY KEY, n numeric, d posint, ds posint[])`,
+		`INSERT INTO "Other Table" VALUES ('a', 1.5, 7, '{1,2}'), ('b', NULL, NULL, NULL)`)
 	n := startNATS(t)
 
 	// Writes racing the snapshot.
@@ -121,6 +123,11 @@ func TestInitialSnapshot(t *testing.T) {
 	}
 	if len(other) != 2 || other[0].Data["k"] != "a" || other[0].Data["n"] != "1.5" || other[1].Data["n"] != nil {
 		t.Fatalf("snapshot of \"Other Table\": %v", other)
+	}
+	// A domain over int is a number, an array of it a JSON array, as in
+	// streamed changes.
+	if d := string(other[0].Raw); !strings.Contains(d, `"d":7,"ds":[1,2]`) {
+		t.Errorf("snapshot row %s: want the domain as a number and its array as a JSON array", d)
 	}
 	if !r.log.contains("initial snapshot done") {
 		t.Error("no log line for the finished snapshot")

@@ -155,9 +155,12 @@ func appendRow(dst []byte, tbl *Table, row []Value, keyOnly bool) []byte {
 		}
 		first = false
 		dst = append(dst, names[i]...)
-		if v.Kind == KindNull {
+		switch {
+		case v.Kind == KindNull:
 			dst = append(dst, "null"...)
-		} else {
+		case col.ValueOID != 0:
+			dst = AppendValue(dst, col.ValueOID, v.Data)
+		default:
 			dst = AppendValue(dst, col.TypeOID, v.Data)
 		}
 	}

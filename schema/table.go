@@ -5,7 +5,12 @@ package schema
 type Column struct {
 	Name    string
 	TypeOID uint32
-	TypeMod int32
+	// ValueOID is the built-in type whose JSON rules apply to the column's
+	// values (the base type of a domain, text for an enum, the built-in array
+	// of an array of domains…); 0 means TypeOID. The reader sets it for types
+	// that are not built in.
+	ValueOID uint32
+	TypeMod  int32
 	// Key is true for replica-identity columns (all columns under
 	// REPLICA IDENTITY FULL, none under NOTHING).
 	Key bool
