@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -276,7 +277,17 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 type window struct {
 	table   string   // schema.table
 	keys    []string // primary key column names
+	lowLSN  uint64   // the reader confirms nothing past it while the window is open
 	changed map[string]struct{}
+}
+
+// pendingChunk is a published chunk awaiting JetStream's acknowledgement.
+// Until then the worker keeps it, so that a session restarted in between
+// publishes it again at the replayed high watermark (same ids: JetStream
+// drops what it already has).
+type pendingChunk struct {
+	id  string
+	seq uint64
 }
 
 // onDemandMessage handles requests and watermarks seen in the stream.
@@ -304,31 +315,55 @@ func (s *session) onDemandMessage(ctx context.Context, prefix string, content []
 	}
 	s.r.snaps.mu.Lock()
 	c := s.r.snaps.chunks[id]
-	if kind == "high" {
-		delete(s.r.snaps.chunks, id)
-	}
 	s.r.snaps.mu.Unlock()
 	if c == nil {
 		return nil // another reader's watermark, or a chunk published before a reconnect
 	}
 	switch kind {
 	case "low":
-		s.windows[id] = &window{table: c.table, keys: c.keys, changed: map[string]struct{}{}}
+		s.windows[id] = &window{table: c.table, keys: c.keys, lowLSN: lsn, changed: map[string]struct{}{}}
 	case "high":
 		w := s.windows[id]
 		delete(s.windows, id)
 		if w == nil {
-			// The low watermark was replayed past (a reconnect in
-			// between): without the window the chunk cannot be judged,
-			// so it is read again.
-			w = &window{table: c.table, keys: c.keys, changed: map[string]struct{}{}}
-			s.r.log.Warn("snapshot chunk without its low watermark; publishing it anyway", "table", c.table)
+			// Cannot happen while confirming stops at open windows: a
+			// replay always starts at or before the low watermark.
+			s.r.log.Error("snapshot chunk without its low watermark; skipped", "table", c.table, "watermark", id)
+			return nil
 		}
-		err := s.publishChunk(ctx, c, w, lsn)
-		close(c.consumed)
-		return err
+		if err := s.publishChunk(ctx, c, w, lsn); err != nil {
+			return err
+		}
+		s.pendingChunks = append(s.pendingChunks, pendingChunk{id: id, seq: s.lastSeq})
+		return nil
 	}
 	return nil
+}
+
+// releaseChunks hands back to the worker every published chunk whose
+// events JetStream has all acknowledged.
+func (s *session) releaseChunks(acked uint64) {
+	for len(s.pendingChunks) > 0 && s.pendingChunks[0].seq <= acked {
+		id := s.pendingChunks[0].id
+		s.pendingChunks = s.pendingChunks[1:]
+		s.r.snaps.mu.Lock()
+		c := s.r.snaps.chunks[id]
+		delete(s.r.snaps.chunks, id)
+		s.r.snaps.mu.Unlock()
+		if c != nil {
+			close(c.consumed)
+		}
+	}
+}
+
+// confirmLimit is the highest LSN the reader may confirm: the low
+// watermark of the oldest open window, so that a replay always sees it.
+func (s *session) confirmLimit() uint64 {
+	limit := uint64(math.MaxUint64)
+	for _, w := range s.windows {
+		limit = min(limit, w.lowLSN)
+	}
+	return limit
 }
 
 func cutLast(s, sep string) (string, string, bool) {

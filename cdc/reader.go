@@ -260,7 +260,9 @@ type session struct {
 	relations map[uint32]*relation
 	typeNames map[uint32]string  // user types, from pgoutput's Type messages
 	windows   map[string]*window // open on-demand snapshot chunks, by watermark id
-	types     sessionTypes       // JSON rules of user-defined column types (types.go)
+	// published chunks awaiting acknowledgement
+	pendingChunks []pendingChunk
+	types         sessionTypes // JSON rules of user-defined column types (types.go)
 
 	txn      schema.Txn
 	inTxn    bool
@@ -538,11 +540,15 @@ func (s *session) publish(ctx context.Context, rel *relation, c *schema.Change) 
 // tables are not published) does not hold WAL forever.
 func (s *session) advance(now time.Time) {
 	acked := s.pub.Acked()
+	limit := s.confirmLimit()
 	if lsn := s.commits.advance(acked, now, s.observe); lsn > s.confirmed {
-		s.confirmed = lsn
+		s.confirmed = max(s.confirmed, min(lsn, limit))
 	}
 	if !s.inTxn && s.commits.empty() && acked == s.lastSeq && s.walEnd > s.confirmed {
-		s.confirmed = s.walEnd
+		s.confirmed = max(s.confirmed, min(s.walEnd, limit))
+	}
+	if len(s.pendingChunks) > 0 {
+		s.releaseChunks(acked)
 	}
 	if s.r.ackedLSN.Load() != s.confirmed {
 		s.r.ackedLSN.Store(s.confirmed)
