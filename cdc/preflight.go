@@ -104,6 +104,18 @@ func resolveTables(ctx context.Context, conn *pgx.Conn, names []string) ([]strin
 	return quoted, nil
 }
 
+// publicationSQL is the statement that creates the publication: for the
+// given quoted tables, or all tables when tables is nil. With
+// publish_via_partition_root, changes to partitions are published under the
+// partitioned table's name, which is what subscribers ask for.
+func publicationSQL(name string, tables []string) string {
+	target := "ALL TABLES"
+	if tables != nil {
+		target = "TABLE " + strings.Join(tables, ", ")
+	}
+	return fmt.Sprintf("CREATE PUBLICATION %s FOR %s WITH (publish_via_partition_root = true)", pgx.Identifier{name}.Sanitize(), target)
+}
+
 func ensurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []string, log *slog.Logger) error {
 	var exists bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, name).Scan(&exists); err != nil {
@@ -115,21 +127,14 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 		}
 		return nil
 	}
-	target := "ALL TABLES"
-	if tables != nil {
-		target = "TABLE " + strings.Join(tables, ", ")
-	}
-	// publish_via_partition_root: changes to partitions are published under
-	// the partitioned table's name, which is what subscribers ask for.
-	sql := fmt.Sprintf("CREATE PUBLICATION %s FOR %s WITH (publish_via_partition_root = true)", pgx.Identifier{name}.Sanitize(), target)
-	if _, err := conn.Exec(ctx, sql); err != nil {
+	if _, err := conn.Exec(ctx, publicationSQL(name, tables)); err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
 			return configErrorf("create publication %s: %s (FOR ALL TABLES needs a superuser; set TABLECAST_TABLES or have a DBA create the publication)", name, pgErr.Message)
 		}
 		return fmt.Errorf("create publication %s: %w", name, err)
 	}
-	log.Info("created publication", "publication", name, "tables", target)
+	log.Info("created publication", "publication", name, "tables", len(tables), "all_tables", tables == nil)
 	return nil
 }
 

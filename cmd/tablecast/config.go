@@ -42,6 +42,8 @@ type Config struct {
 	HTTPAddr      string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"address of /healthz and /metrics"`
 	StallAfter    time.Duration `envconfig:"STALL_AFTER" default:"60s" desc:"unhealthy when the slot has not advanced for this long while lagging STALL_LAG_BYTES"`
 	StallLagBytes int64         `envconfig:"STALL_LAG_BYTES" default:"16777216" desc:"WAL lag in bytes that counts as stalled after STALL_AFTER"`
+	Snapshot      string        `envconfig:"SNAPSHOT" default:"initial" desc:"when the slot is created: initial publishes the rows already there as op read, never does not"`
+	Heartbeat     time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"10s" desc:"how often a heartbeat is written to the WAL so an idle slot advances and lag is measured; 0 turns it off"`
 	PProf         bool          `envconfig:"PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on TABLECAST_HTTP_ADDR (keep that address private)"`
 	LogLevel      string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 	LogFormat     string        `envconfig:"LOG_FORMAT" default:"text" desc:"text or json"`
@@ -90,9 +92,16 @@ func (c Config) cdcConfig() cdc.Config {
 		Tables:        c.Tables,
 		Slot:          c.Slot,
 		Stream:        c.Stream,
+		Snapshot:      c.Snapshot,
 		MaxInFlight:   c.MaxInFlight,
 		StallAfter:    c.StallAfter,
 		StallLagBytes: c.StallLagBytes,
+		HeartbeatInterval: func() time.Duration {
+			if c.Heartbeat == 0 {
+				return -1 // off
+			}
+			return c.Heartbeat
+		}(),
 	}
 }
 
@@ -130,11 +139,15 @@ func printHelp(w io.Writer) {
 	fmt.Fprint(w, `tablecast streams PostgreSQL row changes to NATS JetStream.
 
 Usage:
-  tablecast run                  reader and embedded NATS (when TABLECAST_NATS_URL is empty)
-  tablecast cdc                  the reader alone (embedded NATS too when TABLECAST_NATS_URL is empty)
-  tablecast tail [schema.table]  print events as JSON lines; --all from the stream's start, -n N to stop after N
-  tablecast help                 this text
-  tablecast version              version and build information
+  tablecast run                    reader and embedded NATS (when TABLECAST_NATS_URL is empty)
+  tablecast cdc                    the reader alone (embedded NATS too when TABLECAST_NATS_URL is empty)
+  tablecast tail [schema.table]    print events as JSON lines; --all from the stream's start, -n N to stop after N
+  tablecast doctor                 check PostgreSQL for tablecast, each problem with the SQL that fixes it; exit 1 on a failure
+  tablecast snapshot schema.table  ask the running reader to snapshot one table (op read) while it streams
+  tablecast slot status            the replication slot: holder, LSNs, lag, retained WAL, wal_status
+  tablecast slot drop [--force]    drop the replication slot; --force terminates the process holding it first
+  tablecast help                   this text
+  tablecast version                version and build information
 
 Environment:
 `)

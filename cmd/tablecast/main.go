@@ -73,6 +73,31 @@ func dispatch(ctx context.Context, args []string) error {
 			return err
 		}
 		return tail(ctx, cfg, args[1:], os.Stdout)
+	case "doctor":
+		if len(args) > 1 {
+			return usageError{"doctor takes no arguments (it checks what TABLECAST_DATABASE_URL, TABLECAST_PUBLICATION, TABLECAST_TABLES and TABLECAST_SLOT name)"}
+		}
+		cfg, err := loadConfig()
+		if err != nil {
+			return err
+		}
+		return doctor(ctx, cfg, os.Stdout)
+	case "snapshot":
+		cfg, err := loadConfig()
+		if err != nil {
+			return err
+		}
+		return snapshotCmd(ctx, cfg, args[1:], os.Stdout)
+	case "slot":
+		cmd, err := parseSlotArgs(args[1:])
+		if err != nil {
+			return err
+		}
+		cfg, err := loadConfig()
+		if err != nil {
+			return err
+		}
+		return cmd.run(ctx, cfg, os.Stdout)
 	default:
 		return usageError{fmt.Sprintf("unknown command %q (try tablecast help)", args[0])}
 	}

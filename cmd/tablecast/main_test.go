@@ -258,6 +258,8 @@ func TestMisconfigurationExits(t *testing.T) {
 		{"bad duration", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_DUPLICATE_WINDOW=soon"}, "TABLECAST_DUPLICATE_WINDOW"},
 		{"bad prefix", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_SUBJECT_PREFIX=a.*"}, "TABLECAST_SUBJECT_PREFIX"},
 		{"bad slot name", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_SLOT=Bad Slot"}, "TABLECAST_SLOT"},
+		{"bad snapshot mode", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_SNAPSHOT=sometimes"}, "TABLECAST_SNAPSHOT"},
+		{"bad heartbeat", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_HEARTBEAT_INTERVAL=often"}, "TABLECAST_HEARTBEAT_INTERVAL"},
 		{"unknown command", []string{}, "unknown command"},
 	}
 	for _, tt := range tests {

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestSnapshotCommand: `tablecast snapshot schema.table` makes a running
+// reader (started with TABLECAST_SNAPSHOT=never) publish the table's rows
+// as op read; bad tables get a clear refusal.
+func TestSnapshotCommand(t *testing.T) {
+	c := pgtestRequire(t)
+	_, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	if _, err := conn.Exec(context.Background(), `CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 10) g; CREATE TABLE nokey (v int)`); err != nil {
+		t.Fatal(err)
+	}
+	slot := fmt.Sprintf("tc_snapcmd_%d", os.Getpid())
+	dropSlotAtCleanup(t, url, slot)
+	n := startNATS(t)
+	env := []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_NATS_URL=" + n.emb.ClientURL(), "TABLECAST_SLOT=" + slot,
+		"TABLECAST_PUBLICATION=tc_snapcmd", "TABLECAST_HTTP_ADDR=127.0.0.1:0", "TABLECAST_SNAPSHOT=never", "TABLECAST_LOG_LEVEL=warn"}
+	reader := exec.Command(binary(t), "cdc")
+	reader.Env = append(baseEnv(), env...)
+	reader.Stderr = os.Stderr
+	if err := reader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = reader.Process.Signal(syscall.SIGTERM); _ = reader.Wait() })
+	waitFor(t, time.Minute, "the reader to hold its slot", func() bool {
+		var active bool
+		_ = conn.QueryRow(context.Background(), `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
+		return active
+	})
+	if n.count(t) != 0 {
+		t.Fatalf("TABLECAST_SNAPSHOT=never published %d rows", n.count(t))
+	}
+
+	code, out, stderr := runBinary(t, time.Minute, env, "snapshot", "public.items")
+	if code != 0 || !strings.Contains(out, "requested a snapshot of public.items") {
+		t.Fatalf("snapshot: exit %d, out %q, stderr %q", code, out, stderr)
+	}
+	waitFor(t, time.Minute, "10 read events", func() bool { return n.count(t) == 10 })
+	for i, e := range n.events(t) {
+		if e["op"] != "read" || e["data"].(map[string]any)["id"] != float64(i+1) {
+			t.Fatalf("event %d: %v, want row %d read", i, e, i+1)
+		}
+	}
+
+	code, _, stderr = runBinary(t, time.Minute, env, "snapshot", "public.nokey")
+	if code == 0 || !strings.Contains(lastLine(stderr), "has no primary key") {
+		t.Fatalf("snapshot of a table without a key: exit %d, %q", code, stderr)
+	}
+}
