@@ -34,48 +34,33 @@ func (r *Reader) Health() Health {
 // notice that itself, but the slot's confirmed position standing still
 // while WAL grows is plain to see.
 func (r *Reader) watch(ctx context.Context) {
+	conn := &lazyConn{url: r.cfg.DatabaseURL}
+	defer conn.close()
 	var (
-		conn                  *pgx.Conn
 		lastLSN               string
 		lastMove              = time.Now()
 		downSince             time.Time
 		walStatus, lastStatus string
 		warnedNear            bool
 	)
-	defer func() {
-		if conn != nil {
-			conn.Close(context.Background())
-		}
-	}()
 	tick := time.NewTicker(r.cfg.WatchInterval)
 	defer tick.Stop()
 	for {
 		now := time.Now()
 		var reasons []string
 		var lag int64
-		err := func() error {
-			if conn == nil {
-				c, err := pgx.Connect(ctx, r.cfg.DatabaseURL)
-				if err != nil {
-					return err
-				}
-				conn = c
-			}
+		err := conn.do(ctx, r.cfg.WatchInterval, func(ctx context.Context, conn *pgx.Conn) error {
 			var (
 				confirmed *string
 				retained  int64
 				safe      *int64
 			)
-			qctx, cancel := context.WithTimeout(ctx, r.cfg.WatchInterval)
-			defer cancel()
-			err := conn.QueryRow(qctx, `SELECT confirmed_flush_lsn::text,
+			err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text,
 				coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint,
 				coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,
 				coalesce(wal_status, ''), safe_wal_size
 				FROM pg_replication_slots WHERE slot_name = $1`, r.cfg.Slot).Scan(&confirmed, &lag, &retained, &walStatus, &safe)
 			if err != nil {
-				conn.Close(context.Background())
-				conn = nil
 				return err
 			}
 			r.m.retainedWAL.Set(float64(retained))
@@ -108,7 +93,7 @@ func (r *Reader) watch(ctx context.Context) {
 				lastLSN, lastMove = *confirmed, now
 			}
 			return nil
-		}()
+		})
 		if ctx.Err() != nil {
 			return
 		}

@@ -18,12 +18,8 @@ const heartbeatPrefix = "tablecast-heartbeat"
 // sent, so the reader measures end-to-end lag when it arrives (both ends
 // read this process's clock, so no clock skew enters the figure).
 func (r *Reader) heartbeat(ctx context.Context) {
-	var conn *pgx.Conn
-	defer func() {
-		if conn != nil {
-			conn.Close(context.Background())
-		}
-	}()
+	conn := &lazyConn{url: r.cfg.DatabaseURL}
+	defer conn.close()
 	failing := false
 	tick := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer tick.Stop()
@@ -33,24 +29,11 @@ func (r *Reader) heartbeat(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		err := func() error {
-			if conn == nil {
-				c, err := pgx.Connect(ctx, r.cfg.DatabaseURL)
-				if err != nil {
-					return err
-				}
-				conn = c
-			}
-			qctx, cancel := context.WithTimeout(ctx, r.cfg.HeartbeatInterval)
-			defer cancel()
-			_, err := conn.Exec(qctx, `SELECT pg_logical_emit_message(false, $1, $2)`,
+		err := conn.do(ctx, r.cfg.HeartbeatInterval, func(ctx context.Context, c *pgx.Conn) error {
+			_, err := c.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2)`,
 				heartbeatPrefix, time.Now().UTC().Format(time.RFC3339Nano))
-			if err != nil {
-				conn.Close(context.Background())
-				conn = nil
-			}
 			return err
-		}()
+		})
 		switch {
 		case ctx.Err() != nil:
 			return
