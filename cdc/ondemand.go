@@ -82,6 +82,7 @@ func RequestSnapshot(ctx context.Context, databaseURL, publication, table string
 type tablePlan struct {
 	schema, name string
 	columns      []string // published columns
+	rowFilter    string   // the publication's WHERE for the table, or ""
 	keys         []string // primary key columns, in index order
 }
 
@@ -94,7 +95,7 @@ func chunkPlan(ctx context.Context, conn *pgx.Conn, publication, schemaName, nam
 	found := false
 	for _, t := range tables {
 		if t.schema == schemaName && t.name == name {
-			p.columns, found = t.columns, true
+			p.columns, p.rowFilter, found = t.columns, t.rowFilter, true
 		}
 	}
 	if !found {
@@ -188,8 +189,9 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 	}
 	from := " FROM " + pgx.Identifier{plan.schema, plan.name}.Sanitize()
 	order := fmt.Sprintf(" ORDER BY %s LIMIT %d", strings.Join(keyList, ", "), chunkRows)
-	first := "SELECT " + strings.Join(quoted, ", ") + from + order
-	next := "SELECT " + strings.Join(quoted, ", ") + from + " WHERE (" + strings.Join(keyList, ", ") + ") > (" + strings.Join(params, ", ") + ")" + order
+	first := "SELECT " + strings.Join(quoted, ", ") + from + rowFilterClause(plan.rowFilter, "WHERE") + order
+	next := "SELECT " + strings.Join(quoted, ", ") + from + " WHERE (" + strings.Join(keyList, ", ") + ") > (" + strings.Join(params, ", ") + ")" +
+		rowFilterClause(plan.rowFilter, "AND") + order
 
 	var types typeResolver
 	r.log.Info("on-demand snapshot started", "table", req.Table, "id", req.ID)

@@ -121,6 +121,7 @@ func dropSlot(ctx context.Context, url, slot string) error {
 type snapshotTable struct {
 	schema, name string
 	columns      []string // published columns, in order
+	rowFilter    string   // the publication's WHERE for the table (PostgreSQL 15), or ""
 	keys         map[string]bool
 	identity     byte
 }
@@ -169,7 +170,9 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		for i, c := range st.columns {
 			quoted[i] = pgx.Identifier{c}.Sanitize()
 		}
-		query := "SELECT " + strings.Join(quoted, ", ") + " FROM " + pgx.Identifier{st.schema, st.name}.Sanitize()
+		// The publication's row filter applies to the snapshot as to the
+		// stream: a row it keeps out must not leave by this path either.
+		query := "SELECT " + strings.Join(quoted, ", ") + " FROM " + pgx.Identifier{st.schema, st.name}.Sanitize() + rowFilterClause(st.rowFilter, "WHERE")
 		// The columns' types first (LIMIT 0), resolved while the
 		// connection is idle, then the rows.
 		shape := conn.PgConn().ExecParams(ctx, query+" LIMIT 0", nil, nil, nil, nil)
@@ -229,6 +232,15 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 	return nil
 }
 
+// rowFilterClause is " <keyword> (<filter>)", or "" without a filter. The
+// filter is PostgreSQL's own text of the publication's WHERE clause.
+func rowFilterClause(filter, keyword string) string {
+	if filter == "" {
+		return ""
+	}
+	return " " + keyword + " (" + filter + ")"
+}
+
 // connectSnapshot opens a regular connection whose text output matches the
 // replication connection's, so that snapshot rows and streamed changes
 // convert alike.
@@ -255,12 +267,12 @@ func publishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([
 	if err := conn.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
 		return nil, fmt.Errorf("read server version: %w", err)
 	}
-	attnames := "NULL::text[]"
+	attnames, rowfilter := "NULL::text[]", "NULL::text"
 	if version >= 150000 {
-		attnames = "pt.attnames"
+		attnames, rowfilter = "pt.attnames", "pt.rowfilter"
 	}
 	rows, err := conn.Query(ctx, `
-		SELECT pt.schemaname, pt.tablename, c.relreplident::text,
+		SELECT pt.schemaname, pt.tablename, c.relreplident::text, coalesce(`+rowfilter+`, ''),
 			coalesce(`+attnames+`, ARRAY(
 				SELECT a.attname::text FROM pg_attribute a
 				WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
@@ -285,7 +297,7 @@ func publishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([
 		var st snapshotTable
 		var identity string
 		var keys []string
-		if err := rows.Scan(&st.schema, &st.name, &identity, &st.columns, &keys); err != nil {
+		if err := rows.Scan(&st.schema, &st.name, &identity, &st.rowFilter, &st.columns, &keys); err != nil {
 			return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
 		}
 		st.identity = identity[0]
