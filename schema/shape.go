@@ -22,7 +22,11 @@ type ShapeColumn struct {
 	Name    string `json:"name"`
 	Type    string `json:"type"` // PostgreSQL's type name; empty if unknown
 	TypeOID uint32 `json:"type_oid"`
-	Key     bool   `json:"key,omitempty"` // part of the replica identity
+	// ValueOID is the built-in type whose JSON rules the values follow (a
+	// domain's base type, …) when it differs from TypeOID; consumers
+	// compare values by it.
+	ValueOID uint32 `json:"value_type_oid,omitempty"`
+	Key      bool   `json:"key,omitempty"` // part of the replica identity
 }
 
 // ReplicaIdentityName spells out pgoutput's replica identity byte.
@@ -45,7 +49,7 @@ func ShapeOf(db string, t *Table, typeName func(uint32) string) Shape {
 	s := Shape{DB: db, Schema: t.Schema, Table: t.Name, ReplicaIdentity: ReplicaIdentityName(t.ReplicaIdentity),
 		Columns: make([]ShapeColumn, len(t.Columns))}
 	for i, c := range t.Columns {
-		s.Columns[i] = ShapeColumn{Name: c.Name, TypeOID: c.TypeOID, Key: c.Key}
+		s.Columns[i] = ShapeColumn{Name: c.Name, TypeOID: c.TypeOID, ValueOID: c.ValueOID, Key: c.Key}
 		if typeName != nil {
 			s.Columns[i].Type = typeName(c.TypeOID)
 		}
@@ -61,7 +65,7 @@ func (s Shape) SameAs(o Shape) bool {
 	}
 	for i := range s.Columns {
 		a, b := s.Columns[i], o.Columns[i]
-		if a.Name != b.Name || a.TypeOID != b.TypeOID || a.Key != b.Key {
+		if a.Name != b.Name || a.TypeOID != b.TypeOID || a.ValueOID != b.ValueOID || a.Key != b.Key {
 			return false
 		}
 	}
