@@ -3,8 +3,6 @@ package cdc
 import (
 	"errors"
 	"fmt"
-	"regexp"
-	"strings"
 	"time"
 )
 
@@ -58,8 +56,6 @@ type Config struct {
 	// metrics and health. Default 5s.
 	WatchInterval time.Duration
 }
-
-var tableNameRE = regexp.MustCompile(`^[^.\s]+\.[^.\s]+$`)
 
 // withDefaults returns c with every zero optional field set to its default,
 // or every problem found at once.
@@ -121,8 +117,8 @@ func (c Config) withDefaults() (Config, error) {
 			}
 			continue
 		}
-		if !tableNameRE.MatchString(t) {
-			errs = append(errs, fmt.Errorf("TABLECAST_TABLES: %q is not schema.table", t))
+		if _, _, err := ParseTableName(t); err != nil {
+			errs = append(errs, fmt.Errorf("TABLECAST_TABLES: %w", err))
 		}
 	}
 	if c.Snapshot != SnapshotInitial && c.Snapshot != SnapshotNever {
@@ -147,10 +143,4 @@ func validIdent(s string) bool {
 		}
 	}
 	return true
-}
-
-// splitTable splits "schema.table" into its parts.
-func splitTable(s string) (schemaName, table string) {
-	i := strings.IndexByte(s, '.')
-	return s[:i], s[i+1:]
 }

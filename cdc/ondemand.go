@@ -48,17 +48,19 @@ const (
 
 // snapshotRequest is the content of a request message.
 type snapshotRequest struct {
-	ID    string `json:"id"`
-	Table string `json:"table"` // schema.table
+	ID     string `json:"id"`
+	Schema string `json:"schema"`
+	Name   string `json:"name"`
+	Table  string `json:"table"` // schema.table, for logs
 }
 
 // RequestSnapshot asks the running reader of the publication to snapshot
 // one table ("schema.table") while it streams. It checks that the table
 // exists, is published and has a primary key, and returns the request's id.
 func RequestSnapshot(ctx context.Context, databaseURL, publication, table string) (string, error) {
-	schemaName, name, ok := strings.Cut(table, ".")
-	if !ok || schemaName == "" || name == "" {
-		return "", configErrorf("%q is not schema.table", table)
+	schemaName, name, err := ParseTableName(table)
+	if err != nil {
+		return "", &ConfigError{msg: err.Error()}
 	}
 	conn, err := pgx.Connect(ctx, databaseURL)
 	if err != nil {
@@ -70,7 +72,7 @@ func RequestSnapshot(ctx context.Context, databaseURL, publication, table string
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	req := snapshotRequest{ID: hex.EncodeToString(b[:]), Table: table}
+	req := snapshotRequest{ID: hex.EncodeToString(b[:]), Schema: schemaName, Name: name, Table: schemaName + "." + name}
 	content, _ := json.Marshal(req)
 	if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, snapshotRequestPrefix, string(content)); err != nil {
 		return "", fmt.Errorf("write snapshot request: %w", err)
@@ -132,7 +134,9 @@ func chunkPlan(ctx context.Context, conn *pgx.Conn, publication, schemaName, nam
 // before its low watermark (table and keys) and filled before its high
 // watermark (columns, rows); the session reads it under snapshots.mu.
 type chunk struct {
-	table    string   // schema.table
+	schema   string
+	name     string
+	table    string   // schema.table, as QualifiedName writes it
 	keys     []string // primary key column names
 	columns  []schema.Column
 	keyIdx   []int      // positions of the key columns in columns
@@ -172,8 +176,7 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	schemaName, name, _ := strings.Cut(req.Table, ".")
-	plan, err := chunkPlan(ctx, conn, r.cfg.Publication, schemaName, name)
+	plan, err := chunkPlan(ctx, conn, r.cfg.Publication, req.Schema, req.Name)
 	if err != nil {
 		return err
 	}
@@ -199,7 +202,7 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 	var after [][]byte
 	for n := 1; ; n++ {
 		wm := fmt.Sprintf("%s:%d", req.ID, n)
-		c := &chunk{table: req.Table, keys: plan.keys, consumed: make(chan struct{})}
+		c := &chunk{schema: plan.schema, name: plan.name, table: plan.schema + "." + plan.name, keys: plan.keys, consumed: make(chan struct{})}
 		r.snaps.mu.Lock()
 		r.snaps.chunks[wm] = c
 		r.snaps.mu.Unlock()
@@ -297,7 +300,7 @@ func (s *session) onDemandMessage(ctx context.Context, prefix string, content []
 	switch prefix {
 	case snapshotRequestPrefix:
 		var req snapshotRequest
-		if err := json.Unmarshal(content, &req); err != nil || req.Table == "" {
+		if err := json.Unmarshal(content, &req); err != nil || req.Schema == "" || req.Name == "" {
 			s.r.log.Warn("ignoring a malformed snapshot request", "content", string(content))
 			return nil
 		}
@@ -402,7 +405,7 @@ func (s *session) noteChange(rel *relation, vals []schema.Value) {
 // publishChunk publishes the chunk's rows whose keys did not change inside
 // its window, as op "read".
 func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uint64) error {
-	schemaName, name, _ := strings.Cut(c.table, ".")
+	schemaName, name := c.schema, c.name
 	tbl := &schema.Table{Schema: schemaName, Name: name, Columns: c.columns}
 	var txn schema.Txn
 	txn.Reset(lsn, 0, time.Now())

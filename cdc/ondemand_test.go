@@ -141,7 +141,7 @@ func TestRequestSnapshotRefusesBadTables(t *testing.T) {
 		"public.nokey":       "has no primary key",
 		"public.unpublished": "is not in publication",
 		"public.missing":     "is not in publication",
-		"nodot":              "is not schema.table",
+		"nodot":              "want schema.table",
 	} {
 		_, err := RequestSnapshot(context.Background(), db.url, "tc_pub", table)
 		if !IsConfigError(err) || !strings.Contains(err.Error(), want) {

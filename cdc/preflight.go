@@ -83,9 +83,12 @@ func resolveTables(ctx context.Context, conn *pgx.Conn, names []string) ([]strin
 	}
 	var quoted, missing []string
 	for _, name := range names {
-		s, t := splitTable(name)
+		s, t, err := ParseTableName(name)
+		if err != nil {
+			return nil, configErrorf("TABLECAST_TABLES: %v", err)
+		}
 		var kind string
-		err := conn.QueryRow(ctx, `SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		err = conn.QueryRow(ctx, `SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 			WHERE n.nspname = $1 AND c.relname = $2`, s, t).Scan(&kind)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):

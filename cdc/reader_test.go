@@ -417,7 +417,7 @@ func TestConfigErrors(t *testing.T) {
 
 func TestConfigValidation(t *testing.T) {
 	_, err := Config{Slot: "Bad-Slot", Tables: []string{"*", "public.x", "nodot"}, RetryMin: time.Minute, RetryMax: time.Second}.withDefaults()
-	for _, want := range []string{"TABLECAST_DATABASE_URL is empty", "TABLECAST_SLOT", `"*" cannot be combined`, `"nodot" is not schema.table`, "retry backoff"} {
+	for _, want := range []string{"TABLECAST_DATABASE_URL is empty", "TABLECAST_SLOT", `"*" cannot be combined`, `table "nodot": want schema.table`, "retry backoff"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("validation error %v does not mention %q", err, want)
 		}

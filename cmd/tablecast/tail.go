@@ -9,10 +9,10 @@ import (
 	"io"
 	"net"
 	"os"
-	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/cdc"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -31,9 +31,9 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 	switch fs.NArg() {
 	case 0:
 	case 1:
-		schemaName, table, ok := strings.Cut(fs.Arg(0), ".")
-		if !ok || schemaName == "" || table == "" {
-			return usageError{fmt.Sprintf("tail: %q is not schema.table", fs.Arg(0))}
+		schemaName, table, err := cdc.ParseTableName(fs.Arg(0))
+		if err != nil {
+			return usageError{"tail: " + err.Error()}
 		}
 		filter = stream.TableSubjects(cfg.SubjectPrefix, "", schemaName, table)
 	default:
