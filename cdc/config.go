@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // Config is what the reader needs to know. The zero value of each optional
@@ -117,7 +119,7 @@ func (c Config) withDefaults() (Config, error) {
 			}
 			continue
 		}
-		if _, _, err := ParseTableName(t); err != nil {
+		if _, _, err := schema.ParseTableName(t); err != nil {
 			errs = append(errs, fmt.Errorf("TABLECAST_TABLES: %w", err))
 		}
 	}

@@ -58,7 +58,7 @@ type snapshotRequest struct {
 // one table ("schema.table") while it streams. It checks that the table
 // exists, is published and has a primary key, and returns the request's id.
 func RequestSnapshot(ctx context.Context, databaseURL, publication, table string) (string, error) {
-	schemaName, name, err := ParseTableName(table)
+	schemaName, name, err := schema.ParseTableName(table)
 	if err != nil {
 		return "", &ConfigError{msg: err.Error()}
 	}

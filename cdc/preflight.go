@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // ConfigError is a problem that retrying will not fix: the database or the
@@ -83,7 +85,7 @@ func resolveTables(ctx context.Context, conn *pgx.Conn, names []string) ([]strin
 	}
 	var quoted, missing []string
 	for _, name := range names {
-		s, t, err := ParseTableName(name)
+		s, t, err := schema.ParseTableName(name)
 		if err != nil {
 			return nil, configErrorf("TABLECAST_TABLES: %v", err)
 		}

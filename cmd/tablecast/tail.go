@@ -12,7 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tablecast/tablecast/cdc"
+	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -31,7 +31,7 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 	switch fs.NArg() {
 	case 0:
 	case 1:
-		schemaName, table, err := cdc.ParseTableName(fs.Arg(0))
+		schemaName, table, err := schema.ParseTableName(fs.Arg(0))
 		if err != nil {
 			return usageError{"tail: " + err.Error()}
 		}

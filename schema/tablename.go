@@ -1,4 +1,4 @@
-package cdc
+package schema
 
 import (
 	"fmt"
@@ -6,9 +6,9 @@ import (
 )
 
 // ParseTableName splits "schema.table" into its parts. A part is taken as
-// written (no case folding: it must match the catalog), or double-quoted
-// as in SQL when it holds a dot, white space or a quote ("" for a quote
-// inside): `"My Schema"."orders.v2"`.
+// written (no case folding: it must match the catalog; spaces and unicode
+// are fine), or double-quoted as in SQL when it holds a dot or a quote (""
+// for a quote inside): `"My Schema"."orders.v2"`.
 func ParseTableName(s string) (schemaName, table string, err error) {
 	schemaName, rest, err := identPart(s)
 	if err == nil && (rest == "" || rest[0] != '.') {
@@ -47,7 +47,7 @@ func identPart(s string) (ident, rest string, err error) {
 		}
 		return "", "", fmt.Errorf("unterminated quote")
 	}
-	end := strings.IndexFunc(s, func(r rune) bool { return r == '.' || r == '"' || r == ' ' || r == '\t' || r == '\n' })
+	end := strings.IndexAny(s, `."`)
 	if end < 0 {
 		end = len(s)
 	}
@@ -55,7 +55,7 @@ func identPart(s string) (ident, rest string, err error) {
 		return "", "", fmt.Errorf("want schema.table")
 	}
 	if end < len(s) && s[end] != '.' {
-		return "", "", fmt.Errorf("%q needs double quotes", s)
+		return "", "", fmt.Errorf("a quote inside %q: double-quote the whole part", s)
 	}
 	return s[:end], s[end:], nil
 }
