@@ -42,9 +42,13 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzAppendValue$$' -fuzztime=$(FUZZTIME) ./schema
 	$(GO) test -run='^$$' -fuzz='^FuzzToken$$' -fuzztime=$(FUZZTIME) ./stream
 	$(GO) test -run='^$$' -fuzz='^FuzzRowMessage$$' -fuzztime=$(FUZZTIME) ./cdc
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeClientMessage$$' -fuzztime=$(FUZZTIME) ./wsgate
+	$(GO) test -run='^$$' -fuzz='^FuzzParseURLSubscription$$' -fuzztime=$(FUZZTIME) ./wsgate
+	$(GO) test -run='^$$' -fuzz='^FuzzCompileWhere$$' -fuzztime=$(FUZZTIME) ./wsgate
+	$(GO) test -run='^$$' -fuzz='^FuzzRowReset$$' -fuzztime=$(FUZZTIME) ./wsgate
 
 bench:
-	$(GO) test -run='^$$' -bench=. -benchmem ./schema ./stream ./cdc
+	$(GO) test -run='^$$' -bench=. -benchmem ./schema ./stream ./cdc ./wsgate
 	scripts/bench-cdc.sh
 
 # Long chaos and soak runs, run before resolving pipeline changes.
