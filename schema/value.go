@@ -190,13 +190,14 @@ func isJSONInteger(b []byte) bool {
 
 // isJSONNumber reports whether b is a number in JSON's grammar (RFC 8259 §6).
 func isJSONNumber(b []byte) bool {
-	end, ok := scanJSONNumber(b, 0)
+	end, ok := ScanJSONNumber(b, 0)
 	return ok && end == len(b)
 }
 
-// scanJSONNumber reads the JSON number starting at b[i] and returns the
-// index after it.
-func scanJSONNumber(b []byte, i int) (int, bool) {
+// ScanJSONNumber reads the JSON number starting at b[i] and returns the
+// index after it, and whether it is one. The gateway uses it too, to index
+// the rows of events.
+func ScanJSONNumber(b []byte, i int) (int, bool) {
 	if i < len(b) && b[i] == '-' {
 		i++
 	}
@@ -305,7 +306,7 @@ value:
 		}
 		i += 4
 	default:
-		if i, ok = scanJSONNumber(b, i); !ok {
+		if i, ok = ScanJSONNumber(b, i); !ok {
 			return false
 		}
 	}

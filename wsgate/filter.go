@@ -45,6 +45,8 @@ import (
 	"strconv"
 
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // ColumnType is how a column's values compare.
@@ -500,7 +502,7 @@ func parseLiteral(col string, typ ColumnType, raw []byte, lit *scalar) error {
 		}
 		var ok bool
 		if lit.dec, ok = parseDecimal(text); !ok {
-			if end, ok := scanNumber(text, 0); ok && end == len(text) {
+			if end, ok := schema.ScanJSONNumber(text, 0); ok && end == len(text) {
 				return filterErrorf("value %s is out of range for column %q (%s)", shorten(raw), col, typ)
 			}
 			return bad()

@@ -598,7 +598,7 @@ func quoteShort(s string) string {
 // value a client resumes "from"), event the (projected) envelope.
 func AppendEventFrame(dst []byte, subID string, seq uint64, event []byte) []byte {
 	dst = append(dst, `{"type":"event","id":`...)
-	dst = appendFrameString(dst, subID)
+	dst = schema.AppendString(dst, subID)
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)
 	dst = append(dst, `,"event":`...)
@@ -611,9 +611,9 @@ func AppendEventFrame(dst []byte, subID string, seq uint64, event []byte) []byte
 //	{"type":"message","id":"s2","topic":"chat","seq":88,"data":{…}}
 func AppendMessageFrame(dst []byte, subID, topic string, seq uint64, data []byte) []byte {
 	dst = append(dst, `{"type":"message","id":`...)
-	dst = appendFrameString(dst, subID)
+	dst = schema.AppendString(dst, subID)
 	dst = append(dst, `,"topic":`...)
-	dst = appendFrameString(dst, topic)
+	dst = schema.AppendString(dst, topic)
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)
 	dst = append(dst, `,"data":`...)
@@ -629,7 +629,7 @@ func AppendMessageFrame(dst []byte, subID, topic string, seq uint64, data []byte
 // matching event with a greater sequence will be sent.
 func AppendSubscribed(dst []byte, id string, seq uint64) []byte {
 	dst = append(dst, `{"type":"subscribed","id":`...)
-	dst = appendFrameString(dst, id)
+	dst = schema.AppendString(dst, id)
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)
 	return append(dst, '}')
@@ -640,7 +640,7 @@ func AppendSubscribed(dst []byte, id string, seq uint64) []byte {
 //	{"type":"unsubscribed","id":"s1"}
 func AppendUnsubscribed(dst []byte, id string) []byte {
 	dst = append(dst, `{"type":"unsubscribed","id":`...)
-	dst = appendFrameString(dst, id)
+	dst = schema.AppendString(dst, id)
 	return append(dst, '}')
 }
 
@@ -668,13 +668,13 @@ func AppendError(dst []byte, id string, code ErrorCode, message string) []byte {
 	dst = append(dst, `{"type":"error",`...)
 	if id != "" {
 		dst = append(dst, `"id":`...)
-		dst = appendFrameString(dst, id)
+		dst = schema.AppendString(dst, id)
 		dst = append(dst, ',')
 	}
 	dst = append(dst, `"code":`...)
-	dst = appendFrameString(dst, string(code))
+	dst = schema.AppendString(dst, string(code))
 	dst = append(dst, `,"message":`...)
-	dst = appendFrameString(dst, message)
+	dst = schema.AppendString(dst, message)
 	return append(dst, '}')
 }
 
@@ -691,63 +691,9 @@ func appendStringArray(dst []byte, list []string) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendFrameString(dst, s)
+		dst = schema.AppendString(dst, s)
 	}
 	return append(dst, ']')
-}
-
-// appendFrameString appends s as a JSON string. It escapes '"', '\\' and
-// control characters, writes invalid UTF-8 as \ufffd, and escapes U+2028 and
-// U+2029 (valid JSON, but line ends to older JavaScript), as encoding/json
-// does. It leaves '<', '>' and '&' alone: frames are not embedded in HTML.
-func appendFrameString(dst []byte, s string) []byte {
-	const hexDigits = "0123456789abcdef"
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		if c := s[i]; c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			case '\b':
-				dst = append(dst, '\\', 'b')
-			case '\f':
-				dst = append(dst, '\\', 'f')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-		case r == '\u2028' || r == '\u2029':
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-		default:
-			i += size
-			continue
-		}
-		i += size
-		start = i
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
 
 // Compile-time check that ProtocolError is an error.

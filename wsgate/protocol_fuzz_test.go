@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // Seeds are both here (so plain `go test` runs them) and under
@@ -101,7 +103,7 @@ func FuzzParseURLSubscription(f *testing.F) {
 		}
 		// The same where must be accepted by the JSON protocol.
 		frame := []byte(`{"type":"subscribe","id":"u","table":`)
-		frame = appendFrameString(frame, sub.Table)
+		frame = schema.AppendString(frame, sub.Table)
 		frame = append(frame, `,"where":`...)
 		frame = append(frame, sub.Where...)
 		frame = append(frame, '}')

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 func u64(n uint64) *uint64 { return &n }
@@ -413,7 +415,7 @@ func replaceInvalidUTF8(s string) string {
 
 func TestAppendFrameStringMatchesEncodingJSON(t *testing.T) {
 	for _, s := range []string{"a\"b\\c", "\x01\x1f", "\u2028x\u2029", "\xff", "é\xc3(", "\xf0\x9f\x98"} {
-		got := appendFrameString(nil, s)
+		got := schema.AppendString(nil, s)
 		var back string
 		if err := json.Unmarshal(got, &back); err != nil {
 			t.Fatalf("%q → %s: %v", s, got, err)
@@ -422,10 +424,10 @@ func TestAppendFrameStringMatchesEncodingJSON(t *testing.T) {
 			t.Errorf("%q → %s → %q, want %q", s, got, back, want)
 		}
 	}
-	if got := string(appendFrameString(nil, "\x00\n")); got != `"\u0000\n"` {
+	if got := string(schema.AppendString(nil, "\x00\n")); got != `"\u0000\n"` {
 		t.Errorf("got %s", got)
 	}
-	if got := string(appendFrameString(nil, "\u2028")); got != `"\u2028"` {
+	if got := string(schema.AppendString(nil, "\u2028")); got != `"\u2028"` {
 		t.Errorf("got %s", got)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // Row is one row image of an event: its "data", or for a delete its "old"
@@ -181,7 +183,7 @@ value:
 		}
 		i += 4
 	default:
-		end, ok := scanNumber(b, i)
+		end, ok := schema.ScanJSONNumber(b, i)
 		if !ok {
 			return i, errSyntax
 		}
@@ -277,43 +279,6 @@ func scanString(b []byte, i int) (end int, plain, ok bool) {
 		}
 	}
 	return i, false, false
-}
-
-// scanNumber reads the JSON number starting at b[i] and returns the index
-// after it.
-func scanNumber(b []byte, i int) (int, bool) {
-	if i < len(b) && b[i] == '-' {
-		i++
-	}
-	switch {
-	case i >= len(b):
-		return i, false
-	case b[i] == '0':
-		i++
-	case b[i] >= '1' && b[i] <= '9':
-		i = skipDigits(b, i+1)
-	default:
-		return i, false
-	}
-	if i < len(b) && b[i] == '.' {
-		j := skipDigits(b, i+1)
-		if j == i+1 {
-			return j, false
-		}
-		i = j
-	}
-	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
-		i++
-		if i < len(b) && (b[i] == '+' || b[i] == '-') {
-			i++
-		}
-		j := skipDigits(b, i)
-		if j == i {
-			return j, false
-		}
-		i = j
-	}
-	return i, true
 }
 
 func skipDigits(b []byte, i int) int {

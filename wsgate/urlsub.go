@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // URL subscriptions serve clients that connect and send nothing (a curl, an
@@ -168,7 +170,7 @@ func ParseURLSubscription(path string, query url.Values) (URLSubscription, *Prot
 		if i > 0 {
 			where = append(where, ',')
 		}
-		where = appendFrameString(where, col)
+		where = schema.AppendString(where, col)
 		where = append(where, ':', '{')
 		var seen []string
 		for j, v := range query[col] {
@@ -183,7 +185,7 @@ func ParseURLSubscription(path string, query url.Values) (URLSubscription, *Prot
 			if j > 0 {
 				where = append(where, ',')
 			}
-			where = appendFrameString(where, op)
+			where = schema.AppendString(where, op)
 			where = append(where, ':')
 			if op == "in" || op == "nin" {
 				items, msg := parseInList(value)
@@ -192,7 +194,7 @@ func ParseURLSubscription(path string, query url.Values) (URLSubscription, *Prot
 				}
 				where = appendStringArray(where, items)
 			} else {
-				where = appendFrameString(where, value)
+				where = schema.AppendString(where, value)
 			}
 		}
 		where = append(where, '}')
