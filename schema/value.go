@@ -19,6 +19,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/tablecast/tablecast/internal/civil"
 )
 
 // Type OIDs that pgtype has no constant for.
@@ -450,18 +452,18 @@ func scanISODateTime(t []byte) (int, bool) {
 	if len(t) < 19 || t[4] != '-' || t[7] != '-' || t[10] != ' ' || t[13] != ':' || t[16] != ':' {
 		return 0, false
 	}
-	year, ok1 := twoDigits(t[0], t[1])
-	y2, ok2 := twoDigits(t[2], t[3])
-	month, ok3 := twoDigits(t[5], t[6])
-	day, ok4 := twoDigits(t[8], t[9])
-	hour, ok5 := twoDigits(t[11], t[12])
-	minute, ok6 := twoDigits(t[14], t[15])
-	second, ok7 := twoDigits(t[17], t[18])
+	year, ok1 := civil.TwoDigits(t[0], t[1])
+	y2, ok2 := civil.TwoDigits(t[2], t[3])
+	month, ok3 := civil.TwoDigits(t[5], t[6])
+	day, ok4 := civil.TwoDigits(t[8], t[9])
+	hour, ok5 := civil.TwoDigits(t[11], t[12])
+	minute, ok6 := civil.TwoDigits(t[14], t[15])
+	second, ok7 := civil.TwoDigits(t[17], t[18])
 	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6 && ok7) {
 		return 0, false
 	}
 	year = year*100 + y2
-	if month < 1 || month > 12 || day < 1 || day > daysIn(month, year) ||
+	if month < 1 || month > 12 || day < 1 || day > civil.DaysIn(month, int64(year)) ||
 		hour > 23 || minute > 59 || second > 59 {
 		return 0, false
 	}
@@ -487,7 +489,7 @@ func rfc3339Offset(s []byte, zone *[6]byte) (int, bool) {
 	if s[0] != '+' && s[0] != '-' {
 		return 0, false
 	}
-	hh, ok := twoDigits(s[1], s[2])
+	hh, ok := civil.TwoDigits(s[1], s[2])
 	if !ok || hh > 23 {
 		return 0, false
 	}
@@ -496,7 +498,7 @@ func rfc3339Offset(s []byte, zone *[6]byte) (int, bool) {
 		if s[3] != ':' {
 			return 0, false
 		}
-		if mm, ok = twoDigits(s[4], s[5]); !ok || mm > 59 {
+		if mm, ok = civil.TwoDigits(s[4], s[5]); !ok || mm > 59 {
 			return 0, false
 		}
 	}
@@ -509,26 +511,6 @@ func rfc3339Offset(s []byte, zone *[6]byte) (int, bool) {
 	}
 	*zone = [6]byte{s[0], s[1], s[2], ':', byte('0' + mm/10), byte('0' + mm%10)}
 	return 6, true
-}
-
-func twoDigits(a, b byte) (int, bool) {
-	if a < '0' || a > '9' || b < '0' || b > '9' {
-		return 0, false
-	}
-	return int(a-'0')*10 + int(b-'0'), true
-}
-
-func daysIn(month, year int) int {
-	switch month {
-	case 2:
-		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
-			return 29
-		}
-		return 28
-	case 4, 6, 9, 11:
-		return 30
-	}
-	return 31
 }
 
 // byteaChunk is how many decoded bytes appendBytea encodes at a time. A

@@ -46,6 +46,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/tablecast/tablecast/internal/civil"
 	"github.com/tablecast/tablecast/schema"
 )
 
@@ -1166,15 +1167,15 @@ func parseInstant(s []byte, dateOnly bool) (instant, bool) {
 	for _, c := range s[:i] {
 		year = year*10 + int64(c-'0')
 	}
-	month, ok1 := digits2(s[i+1], s[i+2])
-	day, ok2 := digits2(s[i+4], s[i+5])
+	month, ok1 := civil.TwoDigits(s[i+1], s[i+2])
+	day, ok2 := civil.TwoDigits(s[i+4], s[i+5])
 	if !ok1 || !ok2 || year == 0 {
 		return instant{}, false
 	}
 	if bc {
 		year = 1 - year
 	}
-	if month < 1 || month > 12 || day < 1 || day > daysIn(month, year) {
+	if month < 1 || month > 12 || day < 1 || day > civil.DaysIn(month, year) {
 		return instant{}, false
 	}
 	t := instant{sec: daysFromCivil(year, month, day) * 86400}
@@ -1185,15 +1186,15 @@ func parseInstant(s []byte, dateOnly bool) (instant, bool) {
 	if dateOnly || len(s) < 6 || s[0] != 'T' && s[0] != 't' && s[0] != ' ' || s[3] != ':' {
 		return instant{}, false
 	}
-	hour, ok1 := digits2(s[1], s[2])
-	minute, ok2 := digits2(s[4], s[5])
+	hour, ok1 := civil.TwoDigits(s[1], s[2])
+	minute, ok2 := civil.TwoDigits(s[4], s[5])
 	if !ok1 || !ok2 || minute > 59 {
 		return instant{}, false
 	}
 	s = s[6:]
 	second := int64(0)
 	if len(s) >= 3 && s[0] == ':' {
-		ss, ok := digits2(s[1], s[2])
+		ss, ok := civil.TwoDigits(s[1], s[2])
 		if !ok || ss > 60 { // 60: PostgreSQL reads a leap second as the next minute
 			return instant{}, false
 		}
@@ -1247,7 +1248,7 @@ func parseOffset(s []byte) (int64, bool) {
 		if len(s) < 2 {
 			return 0, false
 		}
-		v, ok := digits2(s[0], s[1])
+		v, ok := civil.TwoDigits(s[0], s[1])
 		if !ok {
 			return 0, false
 		}
@@ -1259,26 +1260,6 @@ func parseOffset(s []byte) (int64, bool) {
 		return 0, false
 	}
 	return int64(parts[0])*3600 + int64(parts[1])*60 + int64(parts[2]), true
-}
-
-func digits2(a, b byte) (int, bool) {
-	if a < '0' || a > '9' || b < '0' || b > '9' {
-		return 0, false
-	}
-	return int(a-'0')*10 + int(b-'0'), true
-}
-
-func daysIn(month int, year int64) int {
-	switch month {
-	case 2:
-		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
-			return 29
-		}
-		return 28
-	case 4, 6, 9, 11:
-		return 30
-	}
-	return 31
 }
 
 // daysFromCivil returns the days from 1970-01-01 to a date of the proleptic
