@@ -13,10 +13,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tablecast/tablecast/internal/natstest"
 	"github.com/tablecast/tablecast/internal/pgtest"
 	"github.com/tablecast/tablecast/stream"
 )
@@ -29,59 +28,20 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 
 const testPrefix = "tc"
 
-// natsEnv is an embedded NATS server with the stream provisioned.
+// natsEnv is the shared test NATS server with the stream provisioned.
 type natsEnv struct {
-	t      testing.TB
-	dir    string
-	listen string
-	emb    *stream.Embedded
-	nc     *nats.Conn
-	js     jetstream.JetStream
+	*natstest.Server
 }
 
 func startNATS(t testing.TB) *natsEnv {
 	t.Helper()
-	n := &natsEnv{t: t, dir: t.TempDir(), listen: "127.0.0.1:-1"}
-	n.start()
-	t.Cleanup(n.stop)
+	n := &natsEnv{natstest.Start(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := stream.EnsureStream(ctx, n.JS, stream.StreamConfig{Name: "TABLECAST", Prefix: testPrefix, DuplicateWindow: 10 * time.Minute}); err != nil {
+		t.Fatalf("provision stream: %v", err)
+	}
 	return n
-}
-
-func (n *natsEnv) start() {
-	n.t.Helper()
-	emb, err := stream.StartEmbedded(stream.EmbeddedConfig{Listen: n.listen, StoreDir: n.dir, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		n.t.Fatalf("start NATS: %v", err)
-	}
-	n.emb = emb
-	n.listen = strings.TrimPrefix(emb.ClientURL(), "nats://") // same port on restart
-	if n.nc == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		nc, err := stream.Connect(ctx, emb.ClientURL(), "test", slog.New(slog.DiscardHandler))
-		if err != nil {
-			n.t.Fatalf("connect NATS: %v", err)
-		}
-		n.nc = nc
-		n.js, _ = jetstream.New(nc)
-		if _, err := stream.EnsureStream(ctx, n.js, stream.StreamConfig{Name: "TABLECAST", Prefix: testPrefix, DuplicateWindow: 10 * time.Minute}); err != nil {
-			n.t.Fatalf("provision stream: %v", err)
-		}
-	}
-}
-
-func (n *natsEnv) stop() {
-	if n.emb != nil {
-		n.emb.Shutdown()
-		n.emb = nil
-	}
-}
-
-func (n *natsEnv) close() {
-	n.stop()
-	if n.nc != nil {
-		n.nc.Close()
-	}
 }
 
 // event is the envelope as a consumer sees it.
@@ -108,79 +68,33 @@ type event struct {
 // least want of them are there (or fails at the deadline).
 func (n *natsEnv) readAll(t testing.TB, want int, within time.Duration) []event {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
-	var got []event
-	for {
-		s, err := n.js.Stream(ctx, "TABLECAST")
-		if err == nil {
-			info, err2 := s.Info(ctx)
-			if err2 == nil && info.State.Msgs >= uint64(want) {
-				got = n.fetch(t, ctx, info.State.Msgs)
-				if len(got) >= want {
-					return got
-				}
-			}
+	deadline := time.Now().Add(within)
+	for n.Count("TABLECAST") < uint64(want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("stream holds %d events after %s, want %d", n.Count("TABLECAST"), within, want)
 		}
-		select {
-		case <-ctx.Done():
-			if got == nil {
-				got = n.fetch(t, context.Background(), 0)
-			}
-			t.Fatalf("stream holds %d events after %s, want %d", len(got), within, want)
-		case <-time.After(50 * time.Millisecond):
-		}
+		time.Sleep(50 * time.Millisecond)
 	}
+	return n.fetch(t)
 }
 
-// fetch reads the whole stream with an ordered consumer.
-func (n *natsEnv) fetch(t testing.TB, ctx context.Context, count uint64) []event {
+// fetch returns every event the stream holds, decoded.
+func (n *natsEnv) fetch(t testing.TB) []event {
 	t.Helper()
-	s, err := n.js.Stream(ctx, "TABLECAST")
-	if err != nil {
-		t.Fatalf("stream: %v", err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatalf("stream info: %v", err)
-	}
-	total := info.State.Msgs
-	if total == 0 {
-		return nil
-	}
-	cons, err := n.js.OrderedConsumer(ctx, "TABLECAST", jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatalf("consumer: %v", err)
-	}
-	out := make([]event, 0, total)
-	for uint64(len(out)) < total {
-		batch, err := cons.Fetch(int(min(total-uint64(len(out)), 5000)), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatalf("fetch: %v", err)
+	var out []event
+	for _, m := range n.ReadAll(t, "TABLECAST") {
+		var e event
+		if !json.Valid(m.Data) {
+			t.Fatalf("message %q is not JSON", m.Data)
 		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			var e event
-			if !json.Valid(m.Data()) {
-				t.Fatalf("message %q is not JSON", m.Data())
-			}
-			if strings.HasPrefix(m.Subject(), testPrefix+".topic.") {
-				// custom topic: any JSON value, not an envelope
-			} else if err := json.Unmarshal(m.Data(), &e); err != nil {
-				t.Fatalf("event %q is not an envelope: %v", m.Data(), err)
-			}
-			md, _ := m.Metadata()
-			e.Subject, e.Seq, e.Raw = m.Subject(), md.Sequence.Stream, append(json.RawMessage(nil), m.Data()...)
-			e.Header = map[string]string{"Nats-Msg-Id": m.Headers().Get("Nats-Msg-Id")}
-			out = append(out, e)
+		if strings.HasPrefix(m.Subject, testPrefix+".topic.") {
+			// custom topic: any JSON value, not an envelope
+		} else if err := json.Unmarshal(m.Data, &e); err != nil {
+			t.Fatalf("event %q is not an envelope: %v", m.Data, err)
 		}
-		if batch.Error() != nil {
-			t.Fatalf("fetch: %v", batch.Error())
-		}
-		if got == 0 {
-			t.Fatalf("fetch returned nothing after %d of %d events", len(out), total)
-		}
+		e.Subject, e.Seq, e.Raw = m.Subject, m.Seq, m.Data
+		e.Header = map[string]string{"Nats-Msg-Id": m.MsgID}
+		out = append(out, e)
 	}
 	return out
 }
@@ -232,7 +146,7 @@ func launchReader(t testing.TB, cfg Config, n *natsEnv) *runningReader {
 	}
 	lb := &logBuffer{}
 	reg := prometheus.NewRegistry()
-	r, err := New(cfg, n.nc, n.js, testPrefix, slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), reg)
+	r, err := New(cfg, n.NC, n.JS, testPrefix, slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), reg)
 	if err != nil {
 		t.Fatalf("new reader: %v", err)
 	}

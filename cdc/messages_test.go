@@ -26,7 +26,7 @@ func TestTransactionalOutbox(t *testing.T) {
 
 	evs := n.readAll(t, 4, 15*time.Second)
 	time.Sleep(300 * time.Millisecond)
-	evs = n.fetch(t, context.Background(), 0)
+	evs = n.fetch(t)
 	if len(evs) != 4 {
 		var subjects []string
 		for _, e := range evs {
@@ -82,7 +82,7 @@ func TestHeartbeat(t *testing.T) {
 		safe, _ := r.metric("tablecast_cdc_slot_safe_wal_size_bytes", "")
 		return reserved == 1 && retained && safe == -1 // max_slot_wal_keep_size is unlimited here
 	})
-	if msgs := n.fetch(t, context.Background(), 0); len(msgs) != 0 {
+	if msgs := n.fetch(t); len(msgs) != 0 {
 		t.Fatalf("heartbeats were published: %d messages", len(msgs))
 	}
 }

@@ -69,7 +69,7 @@ func TestOnDemandSnapshot(t *testing.T) {
 	wg.Wait()
 	db.exec(t, `INSERT INTO items VALUES (-1, -1)`) // marker: the last event
 	waitFor(t, 60*time.Second, "the marker row", func() bool {
-		evs := n.fetch(t, context.Background(), 0)
+		evs := n.fetch(t)
 		return len(evs) > 0 && evs[len(evs)-1].Key["id"] == float64(-1)
 	})
 
@@ -79,7 +79,7 @@ func TestOnDemandSnapshot(t *testing.T) {
 	}
 	state := map[float64]*rowState{}
 	reads := 0
-	for _, e := range n.fetch(t, context.Background(), 0) {
+	for _, e := range n.fetch(t) {
 		id := e.Key["id"].(float64)
 		st := state[id]
 		switch e.Op {

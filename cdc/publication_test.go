@@ -32,7 +32,7 @@ func TestPublicationColumnListAndRowFilter(t *testing.T) {
 
 	n.readAll(t, 6, 20*time.Second)
 	time.Sleep(300 * time.Millisecond)
-	evs := n.fetch(t, context.Background(), 0)
+	evs := n.fetch(t)
 	var users []string
 	for _, e := range evs {
 		if strings.Contains(string(e.Raw), "secret") || strings.Contains(string(e.Raw), "password_hash") {
@@ -67,9 +67,9 @@ func TestPublicationColumnListAndRowFilter(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 30*time.Second, "the on-demand snapshot", func() bool { return r.log.contains("on-demand snapshot done") })
-	waitFor(t, 10*time.Second, "2 read events", func() bool { return len(n.fetch(t, context.Background(), 0)) >= len(evs)+2 })
+	waitFor(t, 10*time.Second, "2 read events", func() bool { return len(n.fetch(t)) >= len(evs)+2 })
 	var reads []string
-	for _, e := range n.fetch(t, context.Background(), 0)[len(evs):] {
+	for _, e := range n.fetch(t)[len(evs):] {
 		if strings.Contains(string(e.Raw), "secret") || e.Data["tenant"] != float64(1) {
 			t.Fatalf("on-demand snapshot event %s leaves the publication's column list or row filter", e.Raw)
 		}

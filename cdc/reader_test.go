@@ -41,7 +41,7 @@ func TestStreamsChanges(t *testing.T) {
 
 	evs := n.readAll(t, 6, 15*time.Second)
 	time.Sleep(300 * time.Millisecond) // a rolled-back insert would have come by now
-	if extra := n.fetch(t, context.Background(), 0); len(extra) != 6 {
+	if extra := n.fetch(t); len(extra) != 6 {
 		t.Fatalf("stream holds %d events, want 6 (the rolled-back insert must not appear)", len(extra))
 	}
 
@@ -222,7 +222,7 @@ func TestResumesFromSlotPosition(t *testing.T) {
 	r2 := startReader(t, db.config(), n)
 	n.readAll(t, 2, 15*time.Second)
 	time.Sleep(300 * time.Millisecond)
-	evs := n.fetch(t, context.Background(), 0)
+	evs := n.fetch(t)
 	var got []float64
 	for _, e := range evs {
 		got = append(got, e.Data["id"].(float64))
@@ -279,7 +279,7 @@ func TestNATSOutage(t *testing.T) {
 	db.exec(t, `INSERT INTO items SELECT generate_series(1, 100)`)
 	n.readAll(t, 100, 15*time.Second)
 
-	n.stop()
+	n.Stop()
 	for i := 101; i <= 300; i++ {
 		db.exec(t, `INSERT INTO items VALUES ($1)`, i)
 	}
@@ -287,11 +287,11 @@ func TestNATSOutage(t *testing.T) {
 	// with events in flight it fails and the session restarts from the
 	// slot. Either way nothing may be lost.
 	_ = r
-	n.start()
+	n.Restart()
 
 	evs := n.readAll(t, 300, 60*time.Second)
 	time.Sleep(500 * time.Millisecond)
-	evs = n.fetch(t, context.Background(), 0)
+	evs = n.fetch(t)
 	assertExactlyInOrder(t, evs, 300)
 }
 
@@ -343,14 +343,14 @@ func TestHealthCatchesStalledPublishing(t *testing.T) {
 	r := startReader(t, cfg, n)
 	waitFor(t, 10*time.Second, "healthy and streaming", func() bool { h := r.Health(); return h.Healthy && h.Streaming })
 
-	n.stop()
+	n.Stop()
 	db.exec(t, `INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g`)
 	waitFor(t, 20*time.Second, "unhealthy", func() bool { return !r.Health().Healthy })
 	h := r.Health()
 	if !strings.Contains(strings.Join(h.Reasons, ";"), "stalled") {
 		t.Errorf("unhealthy for %v, want a stall reason", h.Reasons)
 	}
-	n.start()
+	n.Restart()
 	n.readAll(t, 2000, 60*time.Second)
 	waitFor(t, 20*time.Second, "healthy again", func() bool { return r.Health().Healthy })
 }
@@ -375,7 +375,7 @@ func TestIdleSlotAdvances(t *testing.T) {
 		_ = db.conn.QueryRow(context.Background(), `SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = $2`, walNow, db.slot).Scan(&past)
 		return past
 	})
-	if msgs := n.fetch(t, context.Background(), 0); len(msgs) != 0 {
+	if msgs := n.fetch(t); len(msgs) != 0 {
 		t.Fatalf("%d events published for a table outside the publication", len(msgs))
 	}
 	t.Logf("slot moved from %s past %s", before, walNow)
@@ -401,7 +401,7 @@ func TestConfigErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := db.config()
 			tt.modify(&cfg)
-			r, err := New(cfg, n.nc, n.js, testPrefix, nil, nil)
+			r, err := New(cfg, n.NC, n.JS, testPrefix, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

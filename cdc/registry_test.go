@@ -88,7 +88,7 @@ func TestSchemaChangesDuringLoad(t *testing.T) {
 		t.Fatalf("last event has columns %v, want the final shape %v", shapes[last], shapes[len(shapes)-1])
 	}
 
-	reg, err := stream.OpenRegistry(context.Background(), n.js, "", 1)
+	reg, err := stream.OpenRegistry(context.Background(), n.JS, "", 1)
 	if err != nil {
 		t.Fatal(err)
 	}

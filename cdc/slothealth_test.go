@@ -30,7 +30,7 @@ func TestSlotInvalidationWarnings(t *testing.T) {
 	n := startNATS(t)
 	cfg := Config{DatabaseURL: url, Slot: "tc_invalidate", Publication: "tc_pub", Snapshot: SnapshotNever, WatchInterval: 100 * time.Millisecond, StallAfter: time.Hour}
 	r := startReader(t, cfg, n)
-	n.stop()
+	n.Stop()
 
 	next := 0
 	writeWAL := func(checkpoint bool) {

@@ -58,10 +58,10 @@ func TestInitialSnapshot(t *testing.T) {
 	}
 	db.exec(t, `INSERT INTO "Other Table" VALUES ('end', 0)`) // a marker: last event
 	waitFor(t, 60*time.Second, "the marker row", func() bool {
-		evs := n.fetch(t, context.Background(), 0)
+		evs := n.fetch(t)
 		return len(evs) > 0 && evs[len(evs)-1].Table == "Other Table" && evs[len(evs)-1].Op == "create"
 	})
-	evs := n.fetch(t, context.Background(), 0)
+	evs := n.fetch(t)
 
 	state := map[string]map[string]any{}
 	read, created := map[string]bool{}, map[string]bool{}
@@ -145,7 +145,7 @@ func TestSnapshotNever(t *testing.T) {
 	db.exec(t, `INSERT INTO items VALUES (3)`)
 	evs := n.readAll(t, 1, 15*time.Second)
 	time.Sleep(300 * time.Millisecond)
-	evs = n.fetch(t, context.Background(), 0)
+	evs = n.fetch(t)
 	if len(evs) != 1 || evs[0].Op != "create" || evs[0].Data["id"] != float64(3) {
 		t.Fatalf("got %d events (first %s), want only the insert of row 3", len(evs), evs[0].Raw)
 	}
@@ -161,7 +161,7 @@ func TestInterruptedSnapshotIsRedone(t *testing.T) {
 	n.readAll(t, 100, 30*time.Second)
 	r.stop(t)
 
-	kv, err := n.js.KeyValue(context.Background(), stateBucket)
+	kv, err := n.JS.KeyValue(context.Background(), stateBucket)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -283,7 +283,7 @@ func changeEvents(t *testing.T, n *natsEnv, db *testDB, want int) []event {
 	var evs []event
 	waitFor(t, 20*time.Second, fmt.Sprintf("%d row changes", want), func() bool {
 		evs = evs[:0]
-		for _, e := range n.fetch(t, context.Background(), 0) {
+		for _, e := range n.fetch(t) {
 			if strings.HasPrefix(e.Subject, prefix) {
 				evs = append(evs, e)
 			}

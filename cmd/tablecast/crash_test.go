@@ -35,7 +35,7 @@ func TestCrashSafety(t *testing.T) {
 	dropSlotAtCleanup(t, url, slot)
 	n := startNATS(t)
 	env := []string{
-		"TABLECAST_DATABASE_URL=" + url, "TABLECAST_NATS_URL=" + n.emb.ClientURL(), "TABLECAST_SLOT=" + slot,
+		"TABLECAST_DATABASE_URL=" + url, "TABLECAST_NATS_URL=" + n.URL(), "TABLECAST_SLOT=" + slot,
 		"TABLECAST_PUBLICATION=tc_crash", "TABLECAST_HTTP_ADDR=127.0.0.1:0", "TABLECAST_DUPLICATE_WINDOW=30m",
 		"TABLECAST_SUBJECT_PREFIX=tc", "TABLECAST_LOG_LEVEL=warn",
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,11 +14,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/internal/natstest"
 	"github.com/tablecast/tablecast/internal/pgtest"
-	"github.com/tablecast/tablecast/stream"
 )
 
 // These tests run the real binary, as a user or an init system would.
@@ -93,79 +90,29 @@ func baseEnv() []string {
 	return env
 }
 
-// natsServer is an in-process NATS with JetStream that outlives the
-// tablecast processes under test.
+// natsServer is the shared test NATS; the tablecast processes under test
+// connect to it, and it outlives them.
 type natsServer struct {
-	emb *stream.Embedded
-	nc  *nats.Conn
-	js  jetstream.JetStream
+	*natstest.Server
 }
 
-func startNATS(t testing.TB) *natsServer {
-	t.Helper()
-	emb, err := stream.StartEmbedded(stream.EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(emb.Shutdown)
-	nc, err := nats.Connect(emb.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	return &natsServer{emb: emb, nc: nc, js: js}
-}
+func startNATS(t testing.TB) *natsServer { return &natsServer{natstest.Start(t)} }
 
-// events reads every message of the stream, in order.
+// events decodes every message of the stream, in order.
 func (n *natsServer) events(t testing.TB) []map[string]any {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	s, err := n.js.Stream(ctx, "TABLECAST")
-	if err != nil {
-		t.Fatalf("stream: %v", err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []map[string]any
-	if info.State.Msgs == 0 {
-		return nil
-	}
-	cons, err := n.js.OrderedConsumer(ctx, "TABLECAST", jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for uint64(len(out)) < info.State.Msgs {
-		batch, err := cons.Fetch(5000, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatal(err)
+	for _, m := range n.ReadAll(t, "TABLECAST") {
+		var e map[string]any
+		if err := json.Unmarshal(m.Data, &e); err != nil {
+			t.Fatalf("event %q: %v", m.Data, err)
 		}
-		for m := range batch.Messages() {
-			var e map[string]any
-			if err := json.Unmarshal(m.Data(), &e); err != nil {
-				t.Fatalf("event %q: %v", m.Data(), err)
-			}
-			out = append(out, e)
-		}
+		out = append(out, e)
 	}
 	return out
 }
 
-func (n *natsServer) count(t testing.TB) uint64 {
-	t.Helper()
-	s, err := n.js.Stream(context.Background(), "TABLECAST")
-	if err != nil {
-		return 0
-	}
-	info, err := s.Info(context.Background())
-	if err != nil {
-		return 0
-	}
-	return info.State.Msgs
-}
+func (n *natsServer) count(testing.TB) uint64 { return n.Count("TABLECAST") }
 
 func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -243,7 +190,7 @@ func TestMisconfigurationExits(t *testing.T) {
 	}
 	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `DROP ROLE IF EXISTS tc_cmd_norepl`) })
 	n := startNATS(t)
-	base := []string{"TABLECAST_NATS_URL=" + n.emb.ClientURL(), "TABLECAST_HTTP_ADDR=127.0.0.1:0", "TABLECAST_SLOT=tc_cmd_bad", "TABLECAST_PUBLICATION=tc_cmd_bad"}
+	base := []string{"TABLECAST_NATS_URL=" + n.URL(), "TABLECAST_HTTP_ADDR=127.0.0.1:0", "TABLECAST_SLOT=tc_cmd_bad", "TABLECAST_PUBLICATION=tc_cmd_bad"}
 	_ = name
 
 	tests := []struct {

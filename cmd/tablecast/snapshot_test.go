@@ -24,7 +24,7 @@ func TestSnapshotCommand(t *testing.T) {
 	slot := fmt.Sprintf("tc_snapcmd_%d", os.Getpid())
 	dropSlotAtCleanup(t, url, slot)
 	n := startNATS(t)
-	env := []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_NATS_URL=" + n.emb.ClientURL(), "TABLECAST_SLOT=" + slot,
+	env := []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_NATS_URL=" + n.URL(), "TABLECAST_SLOT=" + slot,
 		"TABLECAST_PUBLICATION=tc_snapcmd", "TABLECAST_HTTP_ADDR=127.0.0.1:0", "TABLECAST_SNAPSHOT=never", "TABLECAST_LOG_LEVEL=warn"}
 	reader := exec.Command(binary(t), "cdc")
 	reader.Env = append(baseEnv(), env...)
