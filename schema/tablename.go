@@ -59,3 +59,16 @@ func identPart(s string) (ident, rest string, err error) {
 	}
 	return s[:end], s[end:], nil
 }
+
+// FormatTableName is the inverse of ParseTableName: "schema.table", a part
+// double-quoted when it holds a dot or a quote.
+func FormatTableName(schemaName, table string) string {
+	return quoteIdentPart(schemaName) + "." + quoteIdentPart(table)
+}
+
+func quoteIdentPart(s string) string {
+	if s != "" && !strings.ContainsAny(s, `."`) {
+		return s
+	}
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}

@@ -46,8 +46,15 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream, bucket string, re
 // part with every byte other than ASCII letters, digits, '-' and '_'
 // written as =XX (hex), since keys allow few characters.
 func SchemaKey(db, schema, table string) string {
+	return kvKey(db, schema, table)
+}
+
+// kvKey joins parts with '.', each with every byte other than ASCII letters,
+// digits, '-' and '_' written as =XX (hex): key-value keys allow few
+// characters, and this keeps the mapping one-to-one.
+func kvKey(parts ...string) string {
 	var b strings.Builder
-	for i, part := range []string{db, schema, table} {
+	for i, part := range parts {
 		if i > 0 {
 			b.WriteByte('.')
 		}
@@ -61,6 +68,17 @@ func SchemaKey(db, schema, table string) string {
 		}
 	}
 	return b.String()
+}
+
+// Watch follows every table's current shape: first each stored shape, then
+// a nil entry marking that the stored ones have all been sent, then every
+// change as it happens (a deleted table arrives as a delete operation).
+func (r *Registry) Watch(ctx context.Context) (jetstream.KeyWatcher, error) {
+	w, err := r.kv.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watch schema registry: %w", err)
+	}
+	return w, nil
 }
 
 // Get returns a table's current shape and its revision, or found=false.

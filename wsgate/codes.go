@@ -40,6 +40,14 @@ const (
 	// stream it (no such table, or it is not in the publication).
 	CodeUnknownTable ErrorCode = "unknown_table"
 
+	// CodeUnknownTopic: the custom topic does not exist (subscribe,
+	// publish, destroy-topic), or it was destroyed while subscribed (the
+	// error is followed by unsubscribed).
+	CodeUnknownTopic ErrorCode = "unknown_topic"
+
+	// CodeTopicExists: create-topic of a topic that exists.
+	CodeTopicExists ErrorCode = "topic_exists"
+
 	// CodeInvalidFilter: the "where" object (or a URL subscription's filter
 	// parameters) cannot be compiled: unknown column or operator, a value
 	// that does not parse as the column's type, a malformed in-list.

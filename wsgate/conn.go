@@ -1,0 +1,535 @@
+package wsgate
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// conn is one WebSocket connection. It holds no goroutine while idle: a
+// goroutine reads only while the poller reports input (readAvailable), and
+// one writes only while frames are queued (flush).
+type conn struct {
+	g      *Gateway
+	nc     net.Conn
+	fd     int // for the poller; -1 when read by a goroutine of its own
+	remote string
+
+	lastRead atomic.Int64 // unix nanos of the last frame read (pings count)
+	reading  atomic.Bool  // a goroutine is in readAvailable
+
+	// mu guards the send queue and the closing state.
+	mu         sync.Mutex
+	queue      [][]byte // frames waiting to be written
+	queued     int      // bytes in queue
+	inflight   int      // bytes being written by flush
+	flushing   bool     // a flush goroutine runs
+	closing    bool     // no more frames are queued
+	closeFrame []byte   // written once the in-flight batch is done
+	drained    chan struct{}
+
+	// subs is touched only by the goroutine handling the connection's
+	// messages (one at a time, see reading) and by release after closing.
+	subsMu sync.Mutex
+	subs   map[string]*sub
+
+	// assembly of a fragmented message (reader goroutine only)
+	frag    []byte
+	inFrag  bool
+	request *upgradeRequest // kept only until the first read
+}
+
+// upgradeRequest is what the handshake learned of the request.
+type upgradeRequest struct {
+	path, rawQuery string
+	host, origin   string
+	urlSub         *URLSubscription
+}
+
+// handshake tells a WebSocket request from another HTTP request by its
+// first bytes, and upgrades it without net/http (gobwas/ws's zero-copy
+// upgrade: no per-connection bufio survives it).
+func (g *Gateway) handshake(nc net.Conn, httpLn *chanListener) {
+	_ = nc.SetDeadline(deadline(g.cfg.ReadTimeout))
+	var head [8]byte
+	n, err := io.ReadFull(nc, head[:])
+	if err != nil {
+		if n > 0 {
+			httpLn.push(&prefixConn{Conn: nc, prefix: bytes.Clone(head[:n])})
+			return
+		}
+		_ = nc.Close()
+		return
+	}
+	if !bytes.HasPrefix(head[:], []byte("GET /ws")) || (head[7] != ' ' && head[7] != '/' && head[7] != '?') {
+		_ = nc.SetDeadline(time.Time{})
+		httpLn.push(&prefixConn{Conn: nc, prefix: bytes.Clone(head[:n])})
+		return
+	}
+	req := &upgradeRequest{}
+	pc := &prefixConn{Conn: nc, prefix: head[:]}
+	u := ws.Upgrader{
+		OnRequest: func(uri []byte) error {
+			p, q, _ := strings.Cut(string(uri), "?")
+			req.path, req.rawQuery = p, q
+			if p != "/ws" && !strings.HasPrefix(p, URLSubscriptionPrefix) {
+				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusNotFound))
+			}
+			return nil
+		},
+		OnHost: func(host []byte) error { req.host = string(host); return nil },
+		OnHeader: func(key, value []byte) error {
+			if bytes.EqualFold(key, []byte("Origin")) {
+				req.origin = string(value)
+			}
+			return nil
+		},
+	}
+	if _, err := u.Upgrade(pc); err != nil {
+		g.log.Debug("websocket upgrade refused", "remote", nc.RemoteAddr().String(), "err", err)
+		_ = nc.Close()
+		return
+	}
+	_ = nc.SetDeadline(time.Time{})
+	g.start(nc, req)
+}
+
+// ServeHTTP upgrades a WebSocket request that came through net/http (a
+// kept-alive connection, or TLS).
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	req := &upgradeRequest{path: r.URL.EscapedPath(), rawQuery: r.URL.RawQuery, host: r.Host, origin: r.Header.Get("Origin")}
+	nc, rw, _, err := ws.UpgradeHTTP(r, w)
+	if err != nil {
+		return // UpgradeHTTP answered the request
+	}
+	if rw != nil && rw.Reader.Buffered() > 0 {
+		// RFC 6455 clients wait for the 101 before sending; one that did
+		// not is broken.
+		_ = nc.Close()
+		return
+	}
+	g.start(nc, req)
+}
+
+// start runs an upgraded connection: origin check, URL subscription, then
+// registration with the poller.
+func (g *Gateway) start(nc net.Conn, req *upgradeRequest) {
+	c := &conn{g: g, nc: nc, fd: -1, remote: nc.RemoteAddr().String(), subs: map[string]*sub{}}
+	c.lastRead.Store(time.Now().UnixNano())
+	if g.closing.Load() {
+		c.closeWith(CloseGoingAway, CloseGoingAway.Reason())
+		return
+	}
+	g.addConn(c)
+	if !g.originAllowed(req.origin, req.host) {
+		c.closeWith(CloseForbiddenOrigin, "origin "+quoteShort(req.origin)+" is not allowed")
+		return
+	}
+	if strings.HasPrefix(req.path, URLSubscriptionPrefix) {
+		q, err := url.ParseQuery(req.rawQuery)
+		if err != nil {
+			c.closeWith(CloseBadRequest, "malformed query string")
+			return
+		}
+		us, perr := ParseURLSubscription(req.path, q)
+		if perr != nil {
+			c.closeWith(CloseBadRequest, perr.Message)
+			return
+		}
+		if perr := c.subscribeURL(&us); perr != nil {
+			c.closeWith(CloseBadRequest, perr.Message)
+			return
+		}
+	}
+	if err := g.poll.add(c); err != nil {
+		// No poller here (or it failed): a goroutine reads instead.
+		go c.readLoop()
+	}
+}
+
+// originAllowed applies AllowedOrigins to a browser's Origin header.
+func (g *Gateway) originAllowed(origin, host string) bool {
+	if origin == "" {
+		return true // not a browser: nothing to check
+	}
+	for _, o := range g.cfg.AllowedOrigins {
+		if o == "*" || strings.EqualFold(o, origin) {
+			return true
+		}
+	}
+	if len(g.cfg.AllowedOrigins) > 0 {
+		return false
+	}
+	u, err := url.Parse(origin)
+	return err == nil && u.Host != "" && strings.EqualFold(u.Host, host)
+}
+
+// dispatchRead is the poller's callback: the connection has input. One
+// goroutine at a time reads it, for as long as complete messages are
+// buffered, then the poller is re-armed.
+func (g *Gateway) dispatchRead(c *conn) {
+	if !c.reading.CompareAndSwap(false, true) {
+		return
+	}
+	g.readSem <- struct{}{}
+	go func() {
+		defer func() { <-g.readSem }()
+		br := readerPool.Get().(*bufio.Reader)
+		br.Reset(c.nc)
+		ok := c.readAvailable(br)
+		br.Reset(nil)
+		readerPool.Put(br)
+		c.reading.Store(false)
+		if ok {
+			if err := g.poll.rearm(c); err != nil && !c.isClosing() {
+				c.closeWith(CloseGoingAway, "internal poller error")
+			}
+		}
+	}()
+}
+
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
+// readLoop reads the connection with a goroutine of its own, where no
+// poller is available.
+func (c *conn) readLoop() {
+	br := bufio.NewReaderSize(c.nc, 4096)
+	for {
+		_ = c.nc.SetReadDeadline(time.Time{})
+		if _, err := br.Peek(1); err != nil {
+			c.readFailed(err)
+			return
+		}
+		if !c.readAvailable(br) {
+			return
+		}
+	}
+}
+
+// readAvailable reads and handles messages while input is buffered. Each
+// message must arrive whole within ReadTimeout of its first byte, so that a
+// client sending half a frame cannot hold the goroutine. It returns false
+// once the connection is closing.
+func (c *conn) readAvailable(br *bufio.Reader) bool {
+	for {
+		_ = c.nc.SetReadDeadline(deadline(c.g.cfg.ReadTimeout))
+		msg, err := c.readMessage(br)
+		if err != nil {
+			c.readFailed(err)
+			return false
+		}
+		if msg != nil {
+			c.handleMessage(msg)
+		}
+		if c.isClosing() {
+			return false
+		}
+		if br.Buffered() == 0 {
+			return true
+		}
+	}
+}
+
+// closeError is a reason to close the connection found while reading.
+type closeError struct {
+	code   CloseCode
+	reason string
+}
+
+func (e *closeError) Error() string { return e.reason }
+
+// readFailed closes the connection after a failed read.
+func (c *conn) readFailed(err error) {
+	var ce *closeError
+	switch {
+	case errors.As(err, &ce):
+		c.closeWith(ce.code, ce.reason)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		c.closeWith(CloseProtocolError, "incomplete frame: nothing more arrived within "+c.g.cfg.ReadTimeout.String())
+	default: // EOF, reset: the peer is gone
+		c.closeWith(CloseGoingAway, "")
+	}
+}
+
+// readMessage reads frames until a whole text message is in, answering
+// control frames on the way. It returns a nil message when only control
+// frames were read.
+func (c *conn) readMessage(br *bufio.Reader) ([]byte, error) {
+	for {
+		h, err := ws.ReadHeader(br)
+		if err != nil {
+			if errors.Is(err, ws.ErrHeaderLengthUnexpected) || errors.Is(err, ws.ErrHeaderLengthMSB) {
+				return nil, &closeError{CloseProtocolError, "malformed frame header"}
+			}
+			return nil, err
+		}
+		c.lastRead.Store(time.Now().UnixNano())
+		if h.Rsv != 0 {
+			return nil, &closeError{CloseProtocolError, "reserved bits set (no extension was negotiated)"}
+		}
+		if !h.Masked {
+			return nil, &closeError{CloseProtocolError, "client frames must be masked"}
+		}
+		max := int64(c.g.cfg.MaxMessageBytes)
+		if h.OpCode.IsControl() {
+			if h.Length > 125 || !h.Fin {
+				return nil, &closeError{CloseProtocolError, "malformed control frame"}
+			}
+			payload := make([]byte, h.Length)
+			if _, err := io.ReadFull(br, payload); err != nil {
+				return nil, err
+			}
+			ws.Cipher(payload, h.Mask, 0)
+			switch h.OpCode {
+			case ws.OpClose:
+				code, reason := closeEcho(payload)
+				c.closeWith(code, reason)
+				return nil, nil
+			case ws.OpPing:
+				c.enqueue(finishFrame(append(newFrame(len(payload)), payload...), opPong), false)
+			}
+			if !c.inFrag {
+				return nil, nil
+			}
+			continue
+		}
+		switch h.OpCode {
+		case ws.OpBinary:
+			return nil, &closeError{CloseUnsupportedData, CloseUnsupportedData.Reason() + ": send JSON text"}
+		case ws.OpText:
+			if c.inFrag {
+				return nil, &closeError{CloseProtocolError, "new message inside a fragmented one"}
+			}
+		case ws.OpContinuation:
+			if !c.inFrag {
+				return nil, &closeError{CloseProtocolError, "continuation frame without a message to continue"}
+			}
+		default:
+			return nil, &closeError{CloseProtocolError, "unknown opcode"}
+		}
+		if int64(len(c.frag))+h.Length > max {
+			return nil, &closeError{CloseMessageTooBig, "message larger than " + formatSize(max)}
+		}
+		start := len(c.frag)
+		c.frag = append(c.frag, make([]byte, h.Length)...)
+		if _, err := io.ReadFull(br, c.frag[start:]); err != nil {
+			return nil, err
+		}
+		ws.Cipher(c.frag[start:], h.Mask, 0)
+		if !h.Fin {
+			c.inFrag = true
+			continue
+		}
+		msg := c.frag
+		c.frag, c.inFrag = nil, false
+		return msg, nil
+	}
+}
+
+// closeEcho returns the code and reason to answer a client's close with.
+func closeEcho(payload []byte) (CloseCode, string) {
+	if len(payload) < 2 {
+		return CloseNormal, ""
+	}
+	code := CloseCode(binary.BigEndian.Uint16(payload))
+	if code < 1000 || code == 1004 || code == 1005 || code == 1006 || code == 1015 || code >= 5000 || (code > 1015 && code < 3000) {
+		return CloseProtocolError, "invalid close code"
+	}
+	return code, ""
+}
+
+func formatSize(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.FormatInt(n>>20, 10) + " MiB"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return strconv.FormatInt(n>>10, 10) + " KiB"
+	}
+	return strconv.FormatInt(n, 10) + " bytes"
+}
+
+// enqueue queues a frame for writing. A frame that would take the queue past
+// SendQueueBytes closes the connection with 4008 instead, unless wait is
+// set: then it waits for room (resuming subscriptions pace themselves this
+// way). It reports whether the frame was queued.
+func (c *conn) enqueue(frame []byte, wait bool) bool {
+	limit := c.g.cfg.SendQueueBytes
+	c.mu.Lock()
+	for {
+		if c.closing {
+			c.mu.Unlock()
+			return false
+		}
+		if c.queued+c.inflight+len(frame) <= limit || c.queued+c.inflight == 0 {
+			break
+		}
+		if !wait {
+			c.mu.Unlock()
+			c.g.met.slowCloses.Inc()
+			c.closeWith(CloseSlowConsumer, "slow consumer: send queue over "+formatSize(int64(limit))+"; resume from your last seq")
+			return false
+		}
+		if c.drained == nil {
+			c.drained = make(chan struct{})
+		}
+		ch := c.drained
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-time.After(c.g.cfg.WriteTimeout):
+			c.g.met.slowCloses.Inc()
+			c.closeWith(CloseSlowConsumer, "slow consumer: no room in the send queue for "+c.g.cfg.WriteTimeout.String())
+			return false
+		}
+		c.mu.Lock()
+	}
+	c.queue = append(c.queue, frame)
+	c.queued += len(frame)
+	start := !c.flushing
+	c.flushing = true
+	c.mu.Unlock()
+	if start {
+		go c.flush()
+	}
+	return true
+}
+
+// flush writes queued frames, batched into one writev, until the queue is
+// empty; then the goroutine ends. Once closing, it writes the close frame
+// and closes the socket.
+func (c *conn) flush() {
+	for {
+		c.mu.Lock()
+		bufs := c.queue
+		c.queue = nil
+		n := c.queued
+		c.queued = 0
+		c.inflight = n
+		if len(bufs) == 0 {
+			if c.drained != nil {
+				close(c.drained)
+				c.drained = nil
+			}
+			if c.closing {
+				cf := c.closeFrame
+				c.closeFrame = nil
+				c.mu.Unlock()
+				c.finish(cf)
+				return
+			}
+			c.flushing = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		frames := len(bufs)
+		_ = c.nc.SetWriteDeadline(deadline(c.g.cfg.WriteTimeout))
+		nb := net.Buffers(bufs)
+		_, err := nb.WriteTo(c.nc)
+		c.g.met.framesSent.Add(float64(frames))
+		c.g.met.bytesSent.Add(float64(n))
+		c.mu.Lock()
+		c.inflight = 0
+		if c.drained != nil {
+			close(c.drained)
+			c.drained = nil
+		}
+		if err != nil {
+			c.closing = true
+			c.queue, c.queued = nil, 0
+			c.mu.Unlock()
+			c.release()
+			_ = c.nc.Close()
+			return
+		}
+		c.mu.Unlock()
+	}
+}
+
+// finish writes the close frame (if any) and closes the socket.
+func (c *conn) finish(cf []byte) {
+	if cf != nil {
+		_ = c.nc.SetWriteDeadline(deadline(time.Second))
+		_, _ = c.nc.Write(cf)
+	}
+	_ = c.nc.Close()
+}
+
+// closeWith closes the connection with a close frame: frames still queued
+// are dropped, one being written is finished first. An empty reason with
+// CloseGoingAway means the peer is gone: no close frame is sent.
+func (c *conn) closeWith(code CloseCode, reason string) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = true
+	c.queue, c.queued = nil, 0
+	if code != CloseGoingAway || reason != "" {
+		if reason == "" {
+			reason = code.Reason()
+		}
+		c.closeFrame = closeFrame(code, reason)
+	}
+	start := !c.flushing
+	c.flushing = true
+	if c.drained != nil {
+		close(c.drained)
+		c.drained = nil
+	}
+	c.mu.Unlock()
+	// Detaching takes feed locks, which the caller may hold (a feed
+	// overflowing this connection's queue): do it on a goroutine of its own.
+	go c.release()
+	if start {
+		go c.flush()
+	}
+}
+
+func (c *conn) isClosing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing
+}
+
+// release detaches a closing connection from the poller, its feeds and the
+// gateway.
+func (c *conn) release() {
+	c.g.poll.remove(c)
+	c.subsMu.Lock()
+	subs := c.subs
+	c.subs = nil // addSub refuses from now on
+	c.subsMu.Unlock()
+	for _, s := range subs {
+		c.g.detach(s)
+	}
+	c.g.removeConn(c)
+}
+
+// send queues a protocol frame built by appendPayload (an answer, an
+// error).
+func (c *conn) send(payload []byte) {
+	c.enqueue(textFrame(payload), false)
+}
+
+// sendError answers with an error frame.
+func (c *conn) sendError(id string, code ErrorCode, msg string) {
+	c.g.met.errorFrames.WithLabelValues(string(code)).Inc()
+	buf := newFrame(64 + len(msg))
+	buf = AppendError(buf, id, code, msg)
+	c.enqueue(finishFrame(buf, opText), false)
+}

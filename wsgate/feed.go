@@ -1,0 +1,555 @@
+package wsgate
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/schema"
+)
+
+// Event kinds as bits of a subscription's mask.
+const (
+	bitCreate uint8 = 1 << iota
+	bitUpdate
+	bitDelete
+	bitTruncate
+	bitRead
+	allOps = bitCreate | bitUpdate | bitDelete | bitTruncate | bitRead
+)
+
+func opBit(op string) uint8 {
+	switch op {
+	case EventCreate:
+		return bitCreate
+	case EventUpdate:
+		return bitUpdate
+	case EventDelete:
+		return bitDelete
+	case EventTruncate:
+		return bitTruncate
+	case EventRead:
+		return bitRead
+	}
+	return 0
+}
+
+func opsOf(events []string) uint8 {
+	if events == nil {
+		return allOps
+	}
+	var m uint8
+	for _, e := range events {
+		m |= opBit(e)
+	}
+	return m
+}
+
+// sub is one subscription of one connection, to a table or a topic.
+type sub struct {
+	c      *conn
+	id     string
+	topic  string // a topic subscription's topic; "" for a table
+	table  *tableInfo
+	ops    uint8
+	filter *Filter
+	proj   atomic.Pointer[Projection]
+
+	// The rest is guarded by f.mu.
+	f        *feed
+	grp      *frameGroup
+	idx      *eqIndex // nil: in f.scan
+	idxKey   string
+	pos      int // index in f.scan or idx.byKey[idxKey]
+	gone     bool
+	failedAt time.Time // last filter_failed frame sent
+
+	// While resuming ("from"), live frames wait in held until the
+	// history up to boundary has been sent.
+	catching  bool
+	boundary  uint64
+	held      [][]byte
+	heldBytes int
+}
+
+// frameGroup is the subscriptions of one feed with the same id and projection:
+// their frames are the same bytes, encoded once per event.
+type frameGroup struct {
+	key   string
+	id    string
+	proj  *Projection
+	refs  int
+	seq   uint64
+	frame []byte
+}
+
+// eqIndex holds the subscriptions indexed by one column's equality.
+type eqIndex struct {
+	col   string
+	typ   ColumnType
+	byKey map[string][]*sub
+	n     int
+}
+
+// feed is one table or topic followed in NATS: one ordered JetStream
+// consumer, shared by every subscription to it on this gateway. Events are
+// handled one at a time (the consumer's callback) under mu: decoded once,
+// matched against the index, encoded once per frameGroup, and queued on each
+// subscriber's connection.
+type feed struct {
+	g       *Gateway
+	key     string
+	subject string
+	topic   string
+	ready   chan struct{}
+	err     error // set before ready is closed
+
+	mu      sync.Mutex
+	last    uint64 // stream sequence of the last message handled
+	scan    []*sub
+	eqs     []*eqIndex
+	groups  map[string]*frameGroup
+	n       int
+	stopped bool
+	cc      jetstream.ConsumeContext
+
+	env, row Row // scratch of the consumer callback
+	keyBuf   []byte
+}
+
+// feedFor returns the running feed of subject, starting it if needed.
+func (g *Gateway) feedFor(ctx context.Context, key, subject, topic string) (*feed, error) {
+	g.feedMu.Lock()
+	if g.closing.Load() {
+		g.feedMu.Unlock()
+		return nil, errShuttingDown
+	}
+	f := g.feeds[key]
+	if f != nil {
+		g.feedMu.Unlock()
+		<-f.ready
+		return f, f.err
+	}
+	f = &feed{g: g, key: key, subject: subject, topic: topic, ready: make(chan struct{}), groups: map[string]*frameGroup{}}
+	g.feeds[key] = f
+	g.feedMu.Unlock()
+	f.err = f.start(ctx)
+	if f.err != nil {
+		g.feedMu.Lock()
+		if g.feeds[key] == f {
+			delete(g.feeds, key)
+		}
+		g.feedMu.Unlock()
+	} else {
+		g.met.feeds.Inc()
+	}
+	close(f.ready)
+	return f, f.err
+}
+
+// start creates the feed's consumer at the end of the stream: every message
+// after f.last, the stream's last sequence now, will be handled.
+func (f *feed) start(ctx context.Context) error {
+	info, err := f.g.str.Info(ctx)
+	if err != nil {
+		return wrapf(err, "read stream %s", f.g.cfg.Stream)
+	}
+	f.last = info.State.LastSeq
+	cons, err := f.g.js.OrderedConsumer(ctx, f.g.cfg.Stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{f.subject},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    f.last + 1,
+	})
+	if err != nil {
+		return wrapf(err, "follow %s", f.subject)
+	}
+	f.cc, err = cons.Consume(f.onMsg, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		f.g.log.Debug("gateway feed consumer", "subject", f.subject, "err", err)
+	}))
+	if err != nil {
+		return wrapf(err, "follow %s", f.subject)
+	}
+	return nil
+}
+
+func (f *feed) stop() {
+	if f.cc != nil {
+		f.cc.Stop()
+	}
+}
+
+// onMsg handles one message of the feed's consumer.
+func (f *feed) onMsg(msg jetstream.Msg) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return
+	}
+	start := time.Now()
+	seq := meta.Sequence.Stream
+	f.mu.Lock()
+	if f.stopped || seq <= f.last {
+		f.mu.Unlock()
+		return
+	}
+	f.last = seq
+	if f.topic != "" {
+		f.deliverMessage(seq, msg.Data())
+	} else {
+		f.deliverEvent(seq, msg.Subject(), msg.Data())
+	}
+	f.mu.Unlock()
+	f.g.met.events.Inc()
+	f.g.met.fanout.Observe(time.Since(start).Seconds())
+}
+
+// subjectOp returns the last token of a row change's subject, its op.
+func subjectOp(subject string) string {
+	return subject[strings.LastIndexByte(subject, '.')+1:]
+}
+
+// eventRow indexes the row an event is matched on into row: "data" for
+// create, update and read; "old", or else "key", for delete. It reports
+// false when there is none (truncate) or it is malformed.
+func eventRow(env, row *Row, bit uint8) bool {
+	var obj []byte
+	var ok bool
+	switch bit {
+	case bitTruncate:
+		return false
+	case bitDelete:
+		if obj, ok = env.Get("old"); !ok || obj[0] != '{' {
+			obj, ok = env.Get("key")
+		}
+	default:
+		obj, ok = env.Get("data")
+	}
+	return ok && obj[0] == '{' && row.Reset(obj) == nil
+}
+
+func (f *feed) deliverEvent(seq uint64, subject string, data []byte) {
+	bit := opBit(subjectOp(subject))
+	if bit == 0 {
+		return
+	}
+	if err := f.env.Reset(data); err != nil {
+		f.g.log.Warn("gateway skips a malformed event", "subject", subject, "seq", seq, "err", err)
+		return
+	}
+	hasRow := eventRow(&f.env, &f.row, bit)
+	for _, ix := range f.eqs {
+		var raw []byte
+		ok := hasRow
+		if ok {
+			raw, ok = f.row.Get(ix.col)
+		}
+		if ok && raw[0] == 'n' {
+			continue // null equals nothing
+		}
+		if ok {
+			f.keyBuf, ok = appendIndexKey(f.keyBuf[:0], ix.typ, raw)
+		}
+		if !ok {
+			// No row (truncate), the column is missing or of another
+			// type: every filter decides (and reports) for itself.
+			for _, list := range ix.byKey {
+				for _, s := range list {
+					f.offer(s, seq, bit, data, hasRow)
+				}
+			}
+			continue
+		}
+		for _, s := range ix.byKey[string(f.keyBuf)] {
+			f.offer(s, seq, bit, data, hasRow)
+		}
+	}
+	for _, s := range f.scan {
+		f.offer(s, seq, bit, data, hasRow)
+	}
+}
+
+// offer sends the event to s if it matches.
+func (f *feed) offer(s *sub, seq uint64, bit uint8, data []byte, hasRow bool) {
+	ok, err := s.matches(bit, &f.row, hasRow)
+	if err != nil {
+		f.filterFailed(s, seq, err)
+		return
+	}
+	if !ok {
+		return
+	}
+	if frame := s.grp.eventFrame(seq, data); frame != nil {
+		f.sendTo(s, frame)
+	}
+}
+
+// matches decides whether s wants an event of kind bit whose row is row.
+// A truncate has no row and goes to every subscription that asks for
+// truncates.
+func (s *sub) matches(bit uint8, row *Row, hasRow bool) (bool, error) {
+	if s.ops&bit == 0 {
+		return false, nil
+	}
+	if bit == bitTruncate || s.filter == nil {
+		return true, nil
+	}
+	if !hasRow {
+		return false, nil
+	}
+	return s.filter.Match(row)
+}
+
+// filterFailed tells the client, at most once a second per subscription,
+// that an event was not delivered because its filter could not be
+// evaluated; the subscription stays.
+func (f *feed) filterFailed(s *sub, seq uint64, err error) {
+	now := time.Now()
+	if now.Sub(s.failedAt) < time.Second {
+		return
+	}
+	s.failedAt = now
+	f.g.met.errorFrames.WithLabelValues(string(CodeFilterFailed)).Inc()
+	msg := "event seq " + strconv.FormatUint(seq, 10) + " not delivered: " + err.Error()
+	f.sendTo(s, finishFrame(AppendError(newFrame(len(msg)+64), s.id, CodeFilterFailed, msg), opText))
+}
+
+// sendTo queues a frame for s (or holds it while s resumes).
+func (f *feed) sendTo(s *sub, frame []byte) {
+	if !s.catching {
+		s.c.enqueue(frame, false)
+		return
+	}
+	s.held = append(s.held, frame)
+	s.heldBytes += len(frame)
+	if s.heldBytes > f.g.cfg.SendQueueBytes {
+		s.held, s.heldBytes = nil, 0
+		f.g.met.slowCloses.Inc()
+		s.c.closeWith(CloseSlowConsumer, "slow consumer: too many live events while resuming; resume from your last seq")
+	}
+}
+
+// eventFrame returns the frameGroup's frame of the event seq, encoding it on
+// first use; nil if the event cannot be projected.
+func (gr *frameGroup) eventFrame(seq uint64, data []byte) []byte {
+	if gr.seq != seq {
+		gr.seq = seq
+		gr.frame = encodeEvent(gr.id, gr.proj, seq, data)
+	}
+	return gr.frame
+}
+
+// encodeEvent builds an event frame.
+func encodeEvent(id string, proj *Projection, seq uint64, data []byte) []byte {
+	buf := newFrame(len(data) + len(id) + 48)
+	buf = append(buf, `{"type":"event","id":`...)
+	buf = schema.AppendString(buf, id)
+	buf = append(buf, `,"seq":`...)
+	buf = strconv.AppendUint(buf, seq, 10)
+	buf = append(buf, `,"event":`...)
+	if proj == nil {
+		buf = append(buf, data...) // the reader's bytes, already indexed by Row.Reset
+	} else {
+		var err error
+		if buf, err = proj.AppendEvent(buf, data); err != nil {
+			return nil
+		}
+	}
+	return finishFrame(append(buf, '}'), opText)
+}
+
+// topicPayload returns a topic message's data as JSON: as it is when it is
+// JSON (the gateway's own publishes always are), else as a JSON string.
+func topicPayload(data []byte) []byte {
+	if json.Valid(data) {
+		return data
+	}
+	return schema.AppendString(nil, string(data))
+}
+
+func (f *feed) deliverMessage(seq uint64, data []byte) {
+	payload := topicPayload(data)
+	for _, s := range f.scan {
+		if s.grp.seq != seq {
+			s.grp.seq = seq
+			s.grp.frame = encodeMessage(s.id, f.topic, seq, payload)
+		}
+		f.sendTo(s, s.grp.frame)
+	}
+}
+
+func encodeMessage(id, topic string, seq uint64, payload []byte) []byte {
+	buf := newFrame(len(payload) + len(id) + len(topic) + 64)
+	return finishFrame(AppendMessageFrame(buf, id, topic, seq, payload), opText)
+}
+
+// attach adds s to the feed and queues its subscribed frame, whose seq is
+// where delivery starts: every matching message after it will be sent.
+// With from, the history after from is sent first (see catchUp), and
+// boundary is set to the feed's position. It reports false when the feed
+// has stopped meanwhile.
+func (f *feed) attach(s *sub, from *uint64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped {
+		return false
+	}
+	s.f = f
+	s.grp = f.groupFor(s.id, s.proj.Load())
+	f.index(s)
+	f.n++
+	seq := f.last
+	if from != nil {
+		s.catching, s.boundary = true, f.last
+		seq = *from
+	}
+	s.c.send(AppendSubscribed(nil, s.id, seq))
+	return true
+}
+
+// detach removes s; the last subscription stops the feed.
+func (g *Gateway) detach(s *sub) {
+	f := s.f
+	if f == nil {
+		return
+	}
+	f.mu.Lock()
+	if s.gone {
+		f.mu.Unlock()
+		return
+	}
+	s.gone = true
+	f.unindex(s)
+	f.dropGroup(s.grp)
+	s.held = nil
+	f.n--
+	empty := f.n == 0
+	f.mu.Unlock()
+	g.met.subscriptions.Dec()
+	if !empty {
+		return
+	}
+	g.feedMu.Lock()
+	f.mu.Lock()
+	stop := f.n == 0 && !f.stopped
+	if stop {
+		f.stopped = true
+		if g.feeds[f.key] == f {
+			delete(g.feeds, f.key)
+		}
+	}
+	f.mu.Unlock()
+	g.feedMu.Unlock()
+	if stop {
+		f.stop()
+		g.met.feeds.Dec()
+	}
+}
+
+// setProjection changes s's projection and returns the sequence of the last
+// event sent with the old one.
+func (f *feed) setProjection(s *sub, p *Projection) uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s.gone {
+		return f.last
+	}
+	s.proj.Store(p)
+	f.dropGroup(s.grp)
+	s.grp = f.groupFor(s.id, p)
+	return f.last
+}
+
+func (f *feed) groupFor(id string, p *Projection) *frameGroup {
+	key := id + "\x01" + p.Key()
+	gr := f.groups[key]
+	if gr == nil {
+		gr = &frameGroup{key: key, id: id, proj: p}
+		f.groups[key] = gr
+	}
+	gr.refs++
+	return gr
+}
+
+func (f *feed) dropGroup(gr *frameGroup) {
+	if gr == nil {
+		return
+	}
+	if gr.refs--; gr.refs == 0 {
+		delete(f.groups, gr.key)
+	}
+}
+
+// index places s in the equality index when its filter has an indexable
+// condition, else in the scan list.
+func (f *feed) index(s *sub) {
+	col, typ, key, ok := s.filter.eqKey()
+	if !ok || f.topic != "" {
+		s.idx, s.pos = nil, len(f.scan)
+		f.scan = append(f.scan, s)
+		return
+	}
+	var ix *eqIndex
+	for _, e := range f.eqs {
+		if e.col == col && e.typ == typ {
+			ix = e
+			break
+		}
+	}
+	if ix == nil {
+		ix = &eqIndex{col: col, typ: typ, byKey: map[string][]*sub{}}
+		f.eqs = append(f.eqs, ix)
+	}
+	list := ix.byKey[key]
+	s.idx, s.idxKey, s.pos = ix, key, len(list)
+	ix.byKey[key] = append(list, s)
+	ix.n++
+}
+
+func (f *feed) unindex(s *sub) {
+	if s.idx == nil {
+		last := len(f.scan) - 1
+		moved := f.scan[last]
+		f.scan[s.pos], moved.pos = moved, s.pos
+		f.scan[last] = nil
+		f.scan = f.scan[:last]
+		return
+	}
+	ix := s.idx
+	list := ix.byKey[s.idxKey]
+	last := len(list) - 1
+	moved := list[last]
+	list[s.pos], moved.pos = moved, s.pos
+	list[last] = nil
+	if last == 0 {
+		delete(ix.byKey, s.idxKey)
+	} else {
+		ix.byKey[s.idxKey] = list[:last]
+	}
+	if ix.n--; ix.n == 0 {
+		for i, e := range f.eqs {
+			if e == ix {
+				f.eqs = append(f.eqs[:i], f.eqs[i+1:]...)
+				break
+			}
+		}
+	}
+	s.idx = nil
+}
+
+// subs returns the feed's subscriptions.
+func (f *feed) subs() []*sub {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := append([]*sub(nil), f.scan...)
+	for _, ix := range f.eqs {
+		for _, list := range ix.byKey {
+			out = append(out, list...)
+		}
+	}
+	return out
+}

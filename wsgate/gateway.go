@@ -1,0 +1,324 @@
+package wsgate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tablecast/tablecast/stream"
+)
+
+// Config is the gateway's configuration. Zero fields take the defaults
+// documented on each.
+type Config struct {
+	// Prefix is the subject prefix (TABLECAST_SUBJECT_PREFIX).
+	Prefix string
+	// Stream is the JetStream stream that holds every event.
+	Stream string
+	// SchemaBucket and TopicBucket are the key-value buckets of the schema
+	// registry and of the custom topics.
+	SchemaBucket, TopicBucket string
+	// Replicas of the topic bucket when the gateway creates it.
+	Replicas int
+
+	// AllowedOrigins are the browser origins that may open a WebSocket
+	// ("https://app.example.com"), "*" for any. Empty allows only an Origin
+	// whose host is the request's Host. Requests without an Origin header
+	// are not from browsers and are not checked.
+	AllowedOrigins []string
+
+	// MaxMessageBytes bounds a client message (all its fragments); a
+	// bigger one closes the connection with 1009. Default 64 KiB.
+	MaxMessageBytes int
+	// SendQueueBytes bounds what may wait to be written to one connection;
+	// a client that lets more pile up is closed with 4008. Default 4 MiB.
+	SendQueueBytes int
+	// MaxSubscriptions per connection. Default 100.
+	MaxSubscriptions int
+	// ReadTimeout bounds the reading of one client message once its first
+	// byte has arrived, and the handshake. Default 10s.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds one write to a client. Default 10s.
+	WriteTimeout time.Duration
+	// PingInterval is how often idle connections are pinged; a peer silent
+	// for two intervals is dropped. Default 30s.
+	PingInterval time.Duration
+
+	Logger *slog.Logger
+	// Registerer receives the gateway's metrics (nil: none).
+	Registerer prometheus.Registerer
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Prefix == "" {
+		c.Prefix = "tablecast"
+	}
+	if err := stream.ValidatePrefix(c.Prefix); err != nil {
+		return c, err
+	}
+	if c.Stream == "" {
+		c.Stream = "TABLECAST"
+	}
+	if c.SchemaBucket == "" {
+		c.SchemaBucket = stream.DefaultSchemaBucket
+	}
+	if c.TopicBucket == "" {
+		c.TopicBucket = stream.DefaultTopicBucket
+	}
+	if c.MaxMessageBytes <= 0 {
+		c.MaxMessageBytes = 64 << 10
+	}
+	if c.SendQueueBytes <= 0 {
+		c.SendQueueBytes = 4 << 20
+	}
+	if c.MaxSubscriptions <= 0 {
+		c.MaxSubscriptions = 100
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = 10 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	for _, o := range c.AllowedOrigins {
+		if o != "*" && !strings.Contains(o, "://") {
+			return c, fmt.Errorf("allowed origin %q: want scheme://host[:port] or *", o)
+		}
+	}
+	return c, nil
+}
+
+// Gateway is the WebSocket gateway. It serves clients from NATS alone: any
+// number of gateways can run side by side.
+type Gateway struct {
+	cfg Config
+	log *slog.Logger
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	str jetstream.Stream
+
+	cat    *catalog
+	topics *stream.Topics
+	met    *metrics
+	poll   poller
+
+	feedMu sync.Mutex
+	feeds  map[string]*feed
+
+	connMu sync.Mutex
+	conns  map[*conn]struct{}
+
+	readSem  chan struct{} // bounds goroutines reading client messages
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	closing  atomic.Bool
+	ln       net.Listener
+	httpLn   *chanListener
+	httpSrv  *http.Server
+	started  atomic.Bool
+	serveErr chan error
+}
+
+// New checks the configuration and opens the buckets; Start begins
+// watching them.
+func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream) (*Gateway, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	str, err := js.Stream(ctx, cfg.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", cfg.Stream, err)
+	}
+	schemas, err := stream.OpenRegistry(ctx, js, cfg.SchemaBucket, cfg.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	topics, err := stream.OpenTopics(ctx, js, str, cfg.Prefix, cfg.TopicBucket, cfg.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		nc:      nc,
+		js:      js,
+		str:     str,
+		cat:     newCatalog(cfg.Prefix, cfg.Logger),
+		topics:  topics,
+		met:     newMetrics(cfg.Registerer),
+		feeds:   map[string]*feed{},
+		conns:   map[*conn]struct{}{},
+		readSem: make(chan struct{}, 1024),
+	}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.poll, err = newPoller(g.dispatchRead)
+	if err != nil {
+		g.cancel()
+		return nil, fmt.Errorf("start gateway poller: %w", err)
+	}
+	g.wg.Add(2)
+	go func() {
+		defer g.wg.Done()
+		g.cat.run(g.ctx, schemas, topics, g.topicDestroyed)
+	}()
+	go func() {
+		defer g.wg.Done()
+		g.pingLoop()
+	}()
+	return g, nil
+}
+
+// Ready reports whether the gateway has loaded the tables and topics and
+// can serve subscriptions.
+func (g *Gateway) Ready() bool { return g.cat.ready.Load() && g.nc.IsConnected() && !g.closing.Load() }
+
+// Serve accepts connections on ln until Shutdown. WebSocket requests (GET
+// /ws, /ws/tables/…) are upgraded without going through net/http; every
+// other request is served by h (health, metrics, the page).
+func (g *Gateway) Serve(ln net.Listener, h http.Handler) error {
+	mux := http.NewServeMux()
+	mux.Handle("/", h)
+	mux.Handle("/ws", g)
+	mux.Handle("/ws/", g)
+	httpLn := newChanListener(ln.Addr())
+	httpSrv := &http.Server{Handler: mux, ReadHeaderTimeout: g.cfg.ReadTimeout, ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelDebug)}
+	g.connMu.Lock()
+	if g.closing.Load() {
+		g.connMu.Unlock()
+		return nil
+	}
+	g.ln, g.httpLn, g.httpSrv = ln, httpLn, httpSrv
+	g.connMu.Unlock()
+	go func() { _ = httpSrv.Serve(httpLn) }()
+	var tempDelay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if g.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporaryAccept(err) {
+				// Out of file descriptors, typically: wait and retry
+				// rather than spin or die.
+				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
+				g.log.Warn("gateway accept failed; retrying", "err", err, "retry_in", tempDelay)
+				time.Sleep(tempDelay)
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		}
+		tempDelay = 0
+		go g.handshake(nc, httpLn)
+	}
+}
+
+// Shutdown closes every WebSocket connection with 1001 (clients reconnect
+// and resume elsewhere), stops the feeds and the HTTP side.
+func (g *Gateway) Shutdown(ctx context.Context) {
+	if g.closing.Swap(true) {
+		return
+	}
+	g.connMu.Lock()
+	ln, httpLn, httpSrv := g.ln, g.httpLn, g.httpSrv
+	if ln != nil {
+		_ = ln.Close()
+		_ = httpLn.Close()
+	}
+	conns := make([]*conn, 0, len(g.conns))
+	for c := range g.conns {
+		conns = append(conns, c)
+	}
+	g.connMu.Unlock()
+	for _, c := range conns {
+		c.closeWith(CloseGoingAway, CloseGoingAway.Reason())
+	}
+	if httpSrv != nil {
+		_ = httpSrv.Shutdown(ctx)
+	}
+	g.cancel()
+	g.feedMu.Lock()
+	for _, f := range g.feeds {
+		f.stop()
+	}
+	g.feeds = map[string]*feed{}
+	g.feedMu.Unlock()
+	g.poll.close()
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// pingLoop pings every connection each PingInterval and drops those that
+// have been silent (not even a pong) for two intervals.
+func (g *Gateway) pingLoop() {
+	t := time.NewTicker(g.cfg.PingInterval)
+	defer t.Stop()
+	ping := finishFrame(append(newFrame(0), nil...), opPing)
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case now := <-t.C:
+			dead := now.Add(-2 * g.cfg.PingInterval).UnixNano()
+			g.connMu.Lock()
+			conns := make([]*conn, 0, len(g.conns))
+			for c := range g.conns {
+				conns = append(conns, c)
+			}
+			g.connMu.Unlock()
+			for _, c := range conns {
+				if c.lastRead.Load() < dead {
+					c.closeWith(CloseGoingAway, "no answer to pings")
+					continue
+				}
+				c.enqueue(ping, false)
+			}
+		}
+	}
+}
+
+func (g *Gateway) addConn(c *conn) {
+	g.connMu.Lock()
+	g.conns[c] = struct{}{}
+	n := len(g.conns)
+	g.connMu.Unlock()
+	g.met.connections.Set(float64(n))
+}
+
+func (g *Gateway) removeConn(c *conn) {
+	g.connMu.Lock()
+	delete(g.conns, c)
+	n := len(g.conns)
+	g.connMu.Unlock()
+	g.met.connections.Set(float64(n))
+}
+
+// Connections returns the number of open WebSocket connections.
+func (g *Gateway) Connections() int {
+	g.connMu.Lock()
+	defer g.connMu.Unlock()
+	return len(g.conns)
+}

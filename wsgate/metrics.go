@@ -1,0 +1,67 @@
+package wsgate
+
+import (
+	"errors"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the gateway's Prometheus metrics.
+type metrics struct {
+	connections   prometheus.Gauge
+	subscriptions prometheus.Gauge
+	feeds         prometheus.Gauge
+	framesSent    prometheus.Counter
+	bytesSent     prometheus.Counter
+	slowCloses    prometheus.Counter
+	events        prometheus.Counter
+	errorFrames   *prometheus.CounterVec
+	fanout        prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_gateway_connections", Help: "Open WebSocket connections.",
+		}),
+		subscriptions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_gateway_subscriptions", Help: "Subscriptions of all connections.",
+		}),
+		feeds: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_gateway_feeds", Help: "Tables and topics followed in NATS (one consumer each, shared by all their subscribers).",
+		}),
+		framesSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_gateway_frames_sent_total", Help: "WebSocket frames written to clients.",
+		}),
+		bytesSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_gateway_bytes_sent_total", Help: "Bytes written to WebSocket clients.",
+		}),
+		slowCloses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_gateway_slow_consumer_closes_total", Help: "Connections closed with 4008 because their send queue overflowed.",
+		}),
+		events: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_gateway_events_received_total", Help: "Events and topic messages received from NATS for fan-out.",
+		}),
+		errorFrames: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_gateway_error_frames_total", Help: "Error frames sent, by code.",
+		}, []string{"code"}),
+		fanout: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tablecast_gateway_fanout_seconds",
+			Help:    "Time from an event's arrival from NATS to its frames queued for every matching subscriber.",
+			Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10),
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.connections, m.subscriptions, m.feeds, m.framesSent, m.bytesSent,
+			m.slowCloses, m.events, m.errorFrames, m.fanout)
+	}
+	return m
+}
+
+// isTemporaryAccept reports an accept error worth retrying: the process or
+// system is out of file descriptors, or the peer gave up before accept.
+func isTemporaryAccept(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS)
+}
