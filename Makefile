@@ -46,6 +46,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseURLSubscription$$' -fuzztime=$(FUZZTIME) ./wsgate
 	$(GO) test -run='^$$' -fuzz='^FuzzCompileWhere$$' -fuzztime=$(FUZZTIME) ./wsgate
 	$(GO) test -run='^$$' -fuzz='^FuzzRowReset$$' -fuzztime=$(FUZZTIME) ./wsgate
+	$(GO) test -run='^$$' -fuzz='^FuzzProjectEvent$$' -fuzztime=$(FUZZTIME) ./wsgate
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./schema ./stream ./cdc ./wsgate

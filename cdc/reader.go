@@ -90,6 +90,13 @@ func (r *Reader) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	if err := r.registerNewTables(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Not fatal: the shapes arrive with the first change of each table.
+		r.log.Warn("cannot register the published tables ahead of their first change", "err", err)
+	}
 	r.log.Info("reader ready", "database", r.db, "publication", r.cfg.Publication)
 
 	wctx, stopWatch := context.WithCancel(ctx)

@@ -76,3 +76,82 @@ func isWrongSequence(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
+
+// registerNewTables writes the shape of every published table the schema
+// registry does not hold yet, read from the catalog, so that consumers (the
+// gateway) know a table before its first change: pgoutput describes a table
+// only when a change to it is streamed. Tables already registered are left
+// to the stream's Relation messages, which are ordered with the events.
+func (r *Reader) registerNewTables(ctx context.Context) error {
+	conn, err := connectSnapshot(ctx, r.cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	tables, err := publishedTables(ctx, conn, r.cfg.Publication)
+	if err != nil {
+		return err
+	}
+	var tr typeResolver
+	for _, st := range tables {
+		key := stream.SchemaKey(r.db, st.schema, st.name)
+		if _, _, found, err := r.registry.Get(ctx, key); err != nil || found {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		t := schema.Table{Schema: st.schema, Name: st.name, ReplicaIdentity: st.identity}
+		names := map[uint32]string{}
+		rows, err := conn.Query(ctx, `
+			SELECT a.attname::text, a.atttypid, a.atttypmod, tn.nspname || '.' || t.typname
+			FROM pg_attribute a
+			JOIN pg_type t ON t.oid = a.atttypid
+			JOIN pg_namespace tn ON tn.oid = t.typnamespace
+			WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass
+				AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY($3)
+			ORDER BY a.attnum`, st.schema, st.name, st.columns)
+		if err != nil {
+			return fmt.Errorf("read the columns of %s: %w", t.QualifiedName(), err)
+		}
+		for rows.Next() {
+			var c schema.Column
+			var typeName string
+			if err := rows.Scan(&c.Name, &c.TypeOID, &c.TypeMod, &typeName); err != nil {
+				rows.Close()
+				return fmt.Errorf("read the columns of %s: %w", t.QualifiedName(), err)
+			}
+			c.Key = st.keys[c.Name]
+			names[c.TypeOID] = typeName
+			t.Columns = append(t.Columns, c)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read the columns of %s: %w", t.QualifiedName(), err)
+		}
+		if err := applyTypes(ctx, conn, &tr, t.Columns); err != nil {
+			return fmt.Errorf("look up the column types of %s: %w", t.QualifiedName(), err)
+		}
+		// Named as the stream names them: pgx's names for built-in types,
+		// namespace.name (as in pgoutput's Type messages) for the others.
+		shape := schema.ShapeOf(r.db, &t, func(oid uint32) string {
+			if bt, ok := builtinTypes.TypeForOID(oid); ok {
+				return bt.Name
+			}
+			return names[oid]
+		})
+		shape.Version = 1
+		b, err := json.Marshal(shape)
+		if err != nil {
+			return fmt.Errorf("encode shape of %s: %w", t.QualifiedName(), err)
+		}
+		if err := r.registry.Put(ctx, key, b, 0); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				continue // another reader was first
+			}
+			return err
+		}
+		r.log.Info("table shape registered from the catalog", "table", t.QualifiedName(), "columns", len(t.Columns))
+	}
+	return nil
+}

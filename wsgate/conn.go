@@ -184,9 +184,10 @@ func (g *Gateway) dispatchRead(c *conn) {
 	if !c.reading.CompareAndSwap(false, true) {
 		return
 	}
-	g.readSem <- struct{}{}
+	// No bound here beyond one goroutine per connection with input: the
+	// poller's loop must never wait, or clients that send half a frame
+	// would hold up everyone else until their read timeout.
 	go func() {
-		defer func() { <-g.readSem }()
 		br := readerPool.Get().(*bufio.Reader)
 		br.Reset(c.nc)
 		ok := c.readAvailable(br)
@@ -260,7 +261,7 @@ func (c *conn) readFailed(err error) {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.closeWith(CloseProtocolError, "incomplete frame: nothing more arrived within "+c.g.cfg.ReadTimeout.String())
 	default: // EOF, reset: the peer is gone
-		c.closeWith(CloseGoingAway, "")
+		c.abort()
 	}
 }
 
@@ -334,6 +335,9 @@ func (c *conn) readMessage(br *bufio.Reader) ([]byte, error) {
 			continue
 		}
 		msg := c.frag
+		if msg == nil {
+			msg = []byte{} // an empty message is still a message
+		}
 		c.frag, c.inFrag = nil, false
 		return msg, nil
 	}
@@ -348,7 +352,7 @@ func closeEcho(payload []byte) (CloseCode, string) {
 	if code < 1000 || code == 1004 || code == 1005 || code == 1006 || code == 1015 || code >= 5000 || (code > 1015 && code < 3000) {
 		return CloseProtocolError, "invalid close code"
 	}
-	return code, ""
+	return code, "closed by the client"
 }
 
 func formatSize(n int64) string {
@@ -469,9 +473,19 @@ func (c *conn) finish(cf []byte) {
 }
 
 // closeWith closes the connection with a close frame: frames still queued
-// are dropped, one being written is finished first. An empty reason with
-// CloseGoingAway means the peer is gone: no close frame is sent.
+// are dropped, one being written is finished first.
 func (c *conn) closeWith(code CloseCode, reason string) {
+	if reason == "" {
+		reason = code.Reason()
+	}
+	c.shut(closeFrame(code, reason))
+}
+
+// abort closes the connection of a peer that is gone, without a close
+// frame.
+func (c *conn) abort() { c.shut(nil) }
+
+func (c *conn) shut(cf []byte) {
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
@@ -479,12 +493,7 @@ func (c *conn) closeWith(code CloseCode, reason string) {
 	}
 	c.closing = true
 	c.queue, c.queued = nil, 0
-	if code != CloseGoingAway || reason != "" {
-		if reason == "" {
-			reason = code.Reason()
-		}
-		c.closeFrame = closeFrame(code, reason)
-	}
+	c.closeFrame = cf
 	start := !c.flushing
 	c.flushing = true
 	if c.drained != nil {

@@ -3,6 +3,7 @@ package wsgate
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,7 +101,7 @@ type eqIndex struct {
 // feed is one table or topic followed in NATS: one ordered JetStream
 // consumer, shared by every subscription to it on this gateway. Events are
 // handled one at a time (the consumer's callback) under mu: decoded once,
-// matched against the index, encoded once per frameGroup, and queued on each
+// matched against the index, encoded once per group of subscribers, and queued on each
 // subscriber's connection.
 type feed struct {
 	g       *Gateway
@@ -301,7 +302,19 @@ func (s *sub) matches(bit uint8, row *Row, hasRow bool) (bool, error) {
 	if !hasRow {
 		return false, nil
 	}
-	return s.filter.Match(row)
+	ok, err := s.filter.Match(row)
+	if err != nil && bit == bitDelete {
+		// Under the default replica identity a delete carries only the
+		// key. When the filter cannot rule the row out from what is there,
+		// the delete is sent: the client may hold the row, and a stale row
+		// is worse than a delete of a row it never had. (Row policies, which
+		// guard data, withhold such deletes instead.)
+		var ee *EvalError
+		if errors.As(err, &ee) && ee.Missing {
+			return true, nil
+		}
+	}
+	return ok, err
 }
 
 // filterFailed tells the client, at most once a second per subscription,
@@ -333,7 +346,7 @@ func (f *feed) sendTo(s *sub, frame []byte) {
 	}
 }
 
-// eventFrame returns the frameGroup's frame of the event seq, encoding it on
+// eventFrame returns the group's frame of the event seq, encoding it on
 // first use; nil if the event cannot be projected.
 func (gr *frameGroup) eventFrame(seq uint64, data []byte) []byte {
 	if gr.seq != seq {

@@ -125,7 +125,6 @@ type Gateway struct {
 	connMu sync.Mutex
 	conns  map[*conn]struct{}
 
-	readSem  chan struct{} // bounds goroutines reading client messages
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -157,17 +156,16 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 		return nil, err
 	}
 	g := &Gateway{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		nc:      nc,
-		js:      js,
-		str:     str,
-		cat:     newCatalog(cfg.Prefix, cfg.Logger),
-		topics:  topics,
-		met:     newMetrics(cfg.Registerer),
-		feeds:   map[string]*feed{},
-		conns:   map[*conn]struct{}{},
-		readSem: make(chan struct{}, 1024),
+		cfg:    cfg,
+		log:    cfg.Logger,
+		nc:     nc,
+		js:     js,
+		str:    str,
+		cat:    newCatalog(cfg.Prefix, cfg.Logger),
+		topics: topics,
+		met:    newMetrics(cfg.Registerer),
+		feeds:  map[string]*feed{},
+		conns:  map[*conn]struct{}{},
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.poll, err = newPoller(g.dispatchRead)
@@ -291,7 +289,7 @@ func (g *Gateway) pingLoop() {
 			g.connMu.Unlock()
 			for _, c := range conns {
 				if c.lastRead.Load() < dead {
-					c.closeWith(CloseGoingAway, "no answer to pings")
+					c.abort() // no answer to pings: the peer is gone
 					continue
 				}
 				c.enqueue(ping, false)
