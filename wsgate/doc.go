@@ -14,10 +14,9 @@
 //
 // # Filters
 //
-// The part in place today is the row filter. CompileWhere compiles a
-// subscription's `where` against the table's column types once; an event's
-// row is indexed once with Row.Reset and shared by every subscription's
-// Filter.Match, which compares values by their PostgreSQL type (numeric as
+// CompileWhere compiles a subscription's `where` against the table's
+// column types once; an event's row is indexed once with Row.Reset and
+// shared by every subscription's Filter.Match, which compares values by their PostgreSQL type (numeric as
 // exact decimals, timestamps as instants, SQL NULL semantics) and allocates
 // nothing for the common types. A delete is matched on its "old" row, or
 // its "key" when PostgreSQL sent no old row.
@@ -26,6 +25,27 @@
 // between Resets. Both may be shared by any number of goroutines calling
 // Match.
 //
-// The server parts — upgrade, connection loop, subscriptions, fan-out,
-// authentication — arrive in later changes.
+// # The server
+//
+// Gateway serves the protocol. It upgrades WebSocket requests itself
+// (gobwas/ws, off net/http) and hands every other request to an
+// http.Handler. An idle connection holds no goroutine and no buffer: it is
+// registered in one epoll set (netpoll_linux.go), a goroutine reads only
+// when input arrives, bounded by a read deadline, and a goroutine writes
+// only while frames are queued (conn.go).
+//
+// Each table or topic in use is a feed (feed.go): one ordered JetStream
+// consumer shared by every subscriber on the gateway. The feed indexes each
+// event once, finds the subscriptions it may match through an index of
+// their equality conditions (index.go) plus a list of the others, and
+// encodes one frame per group of subscriptions with the same id and
+// projection (NewProjection, project.go), queued as the same bytes on every
+// connection of the group. A subscription is attached under the feed's
+// lock, so the seq its subscribed frame carries is exactly where live
+// delivery starts; a resume replays the history up to that point from a
+// consumer of its own while live frames wait (resume.go).
+//
+// Tables and their column types come from the schema registry, custom
+// topics from a key-value bucket every gateway shares (catalog.go): the
+// gateway never talks to PostgreSQL.
 package wsgate

@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tablecast/tablecast/cdc"
 	"github.com/tablecast/tablecast/stream"
+	"github.com/tablecast/tablecast/wsgate"
 )
 
 // envPrefix is the prefix of every environment variable tablecast reads.
@@ -39,14 +41,23 @@ type Config struct {
 	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"stream replicas in a NATS cluster"`
 	MaxInFlight     int           `envconfig:"MAX_IN_FLIGHT" default:"8192" desc:"events published but not yet acknowledged by JetStream, at most"`
 
-	HTTPAddr      string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"address of /healthz and /metrics"`
+	HTTPAddr      string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"gateway address: WebSocket /ws, the page at /, /healthz, /readyz and /metrics"`
 	StallAfter    time.Duration `envconfig:"STALL_AFTER" default:"60s" desc:"unhealthy when the slot has not advanced for this long while lagging STALL_LAG_BYTES"`
 	StallLagBytes int64         `envconfig:"STALL_LAG_BYTES" default:"16777216" desc:"WAL lag in bytes that counts as stalled after STALL_AFTER"`
 	Snapshot      string        `envconfig:"SNAPSHOT" default:"initial" desc:"when the slot is created: initial publishes the rows already there as op read, never does not"`
 	Heartbeat     time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"10s" desc:"how often a heartbeat is written to the WAL so an idle slot advances and lag is measured; 0 turns it off"`
-	PProf         bool          `envconfig:"PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on TABLECAST_HTTP_ADDR (keep that address private)"`
-	LogLevel      string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
-	LogFormat     string        `envconfig:"LOG_FORMAT" default:"text" desc:"text or json"`
+
+	AllowedOrigins []string      `envconfig:"ALLOWED_ORIGINS" desc:"origins allowed to open a WebSocket, comma-separated scheme://host[:port], * for any; empty: same host only (requests without Origin are not checked)"`
+	WSMaxMessage   int           `envconfig:"WS_MAX_MESSAGE" default:"65536" desc:"largest client WebSocket message in bytes; a bigger one closes the connection with 1009"`
+	WSSendQueue    int           `envconfig:"WS_SEND_QUEUE" default:"4194304" desc:"bytes that may wait to be sent to one client; beyond, it is closed with 4008 and resumes from its last seq"`
+	WSMaxSubs      int           `envconfig:"WS_MAX_SUBSCRIPTIONS" default:"100" desc:"subscriptions one WebSocket connection may hold"`
+	WSPingInterval time.Duration `envconfig:"WS_PING_INTERVAL" default:"30s" desc:"how often idle WebSocket clients are pinged; one silent for two intervals is dropped"`
+	WSReadTimeout  time.Duration `envconfig:"WS_READ_TIMEOUT" default:"10s" desc:"time for a client message to arrive whole once begun, and for the handshake"`
+	WSWriteTimeout time.Duration `envconfig:"WS_WRITE_TIMEOUT" default:"10s" desc:"time one write to a client may take before the client is dropped"`
+
+	PProf     bool   `envconfig:"PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on TABLECAST_HTTP_ADDR (keep that address private)"`
+	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	LogFormat string `envconfig:"LOG_FORMAT" default:"text" desc:"text or json"`
 }
 
 // loadConfig reads the environment and returns every problem at once.
@@ -76,6 +87,22 @@ func loadConfig() (Config, error) {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("TABLECAST_LOG_FORMAT %q: want text or json", c.LogFormat))
 	}
+	for name, v := range map[string]int{"TABLECAST_WS_MAX_MESSAGE": c.WSMaxMessage, "TABLECAST_WS_SEND_QUEUE": c.WSSendQueue, "TABLECAST_WS_MAX_SUBSCRIPTIONS": c.WSMaxSubs} {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("%s %d: must be positive", name, v))
+		}
+	}
+	for name, v := range map[string]time.Duration{"TABLECAST_WS_PING_INTERVAL": c.WSPingInterval, "TABLECAST_WS_READ_TIMEOUT": c.WSReadTimeout, "TABLECAST_WS_WRITE_TIMEOUT": c.WSWriteTimeout} {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("%s %s: must be positive", name, v))
+		}
+	}
+	for i, o := range c.AllowedOrigins {
+		c.AllowedOrigins[i] = strings.TrimSpace(o)
+		if o := c.AllowedOrigins[i]; o != "*" && !strings.Contains(o, "://") {
+			errs = append(errs, fmt.Errorf("TABLECAST_ALLOWED_ORIGINS %q: want scheme://host[:port] or *", o))
+		}
+	}
 	if c.DuplicateWindow <= 0 {
 		errs = append(errs, fmt.Errorf("TABLECAST_DUPLICATE_WINDOW %s: must be positive, it is what drops replays", c.DuplicateWindow))
 	}
@@ -102,6 +129,23 @@ func (c Config) cdcConfig() cdc.Config {
 			}
 			return c.Heartbeat
 		}(),
+	}
+}
+
+func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer) wsgate.Config {
+	return wsgate.Config{
+		Prefix:           c.SubjectPrefix,
+		Stream:           c.Stream,
+		Replicas:         c.StreamReplicas,
+		AllowedOrigins:   c.AllowedOrigins,
+		MaxMessageBytes:  c.WSMaxMessage,
+		SendQueueBytes:   c.WSSendQueue,
+		MaxSubscriptions: c.WSMaxSubs,
+		ReadTimeout:      c.WSReadTimeout,
+		WriteTimeout:     c.WSWriteTimeout,
+		PingInterval:     c.WSPingInterval,
+		Logger:           log.With("component", "gateway"),
+		Registerer:       reg,
 	}
 }
 
@@ -139,8 +183,9 @@ func printHelp(w io.Writer) {
 	fmt.Fprint(w, `tablecast streams PostgreSQL row changes to NATS JetStream.
 
 Usage:
-  tablecast run                    reader and embedded NATS (when TABLECAST_NATS_URL is empty)
+  tablecast run                    reader, WebSocket gateway and embedded NATS (when TABLECAST_NATS_URL is empty)
   tablecast cdc                    the reader alone (embedded NATS too when TABLECAST_NATS_URL is empty)
+  tablecast gateway                the WebSocket gateway alone (embedded NATS too when TABLECAST_NATS_URL is empty)
   tablecast tail [schema.table]    print events as JSON lines; --all from the stream's start, -n N to stop after N
   tablecast doctor                 check PostgreSQL for tablecast, each problem with the SQL that fixes it; exit 1 on a failure
   tablecast snapshot schema.table  ask the running reader to snapshot one table (op read) while it streams

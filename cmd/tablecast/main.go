@@ -66,7 +66,16 @@ func dispatch(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		return runReader(ctx, cfg)
+		return runServer(ctx, cfg, true, args[0] == "run")
+	case "gateway":
+		if len(args) > 1 {
+			return usageError{"gateway takes no arguments (configure it with TABLECAST_ variables; see tablecast help)"}
+		}
+		cfg, err := loadConfig()
+		if err != nil {
+			return err
+		}
+		return runServer(ctx, cfg, false, true)
 	case "tail":
 		cfg, err := loadConfig()
 		if err != nil {

@@ -20,15 +20,22 @@ import (
 
 	"github.com/tablecast/tablecast/cdc"
 	"github.com/tablecast/tablecast/stream"
+	"github.com/tablecast/tablecast/wsgate"
 )
 
-// runReader runs the reader, with the embedded NATS when no NATS URL is
-// configured, and the HTTP endpoints, until ctx ends or the reader fails.
-func runReader(ctx context.Context, cfg Config) error {
+// runServer runs the reader, the gateway or both, with the embedded NATS
+// when no NATS URL is configured, and the HTTP endpoints, until ctx ends or
+// a part fails.
+func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) error {
 	log := newLogger(cfg, os.Stderr)
-	if cfg.DatabaseURL == "" {
+	if withReader && cfg.DatabaseURL == "" {
 		return errors.New("TABLECAST_DATABASE_URL is empty: set it to a PostgreSQL connection string (make run supplies a local one)")
 	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on TABLECAST_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+	}
+	defer ln.Close()
 
 	nc, js, closeNATS, err := connectNATS(ctx, cfg, log)
 	if err != nil {
@@ -38,44 +45,110 @@ func runReader(ctx context.Context, cfg Config) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reader, err := cdc.New(cfg.cdcConfig(), nc, js, cfg.SubjectPrefix, log, reg)
-	if err != nil {
-		return err
+	var reader *cdc.Reader
+	if withReader {
+		if reader, err = cdc.New(cfg.cdcConfig(), nc, js, cfg.SubjectPrefix, log, reg); err != nil {
+			return err
+		}
+	}
+	var gw *wsgate.Gateway
+	if withGateway {
+		if gw, err = wsgate.New(ctx, cfg.gatewayConfig(log, reg), nc, js); err != nil {
+			return fmt.Errorf("start gateway: %w", err)
+		}
 	}
 
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("listen on TABLECAST_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
-	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		h := reader.Health()
-		w.Header().Set("Content-Type", "application/json")
-		if !h.Healthy {
-			w.WriteHeader(http.StatusServiceUnavailable)
+		h := health{Healthy: true}
+		if reader != nil {
+			rh := reader.Health()
+			h.Reader, h.Healthy = &rh, rh.Healthy
 		}
-		_ = json.NewEncoder(w).Encode(h)
+		if gw != nil {
+			h.Gateway = &gatewayHealth{Ready: gw.Ready(), Connections: gw.Connections(), NATS: nc.IsConnected()}
+			h.Healthy = h.Healthy && nc.IsConnected()
+		}
+		writeJSON(w, h.Healthy, h)
 	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ready := nc.IsConnected()
+		if gw != nil {
+			ready = ready && gw.Ready()
+		}
+		if reader != nil {
+			ready = ready && reader.Health().Streaming
+		}
+		writeJSON(w, ready, map[string]bool{"ready": ready})
+	})
+	if gw != nil {
+		mux.Handle("GET /{$}", wsgate.PageHandler())
+	}
 	if cfg.PProf {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("http server stopped", "err", err)
-		}
-	}()
+
+	errc := make(chan error, 2)
+	var srv *http.Server
+	if gw != nil {
+		go func() { errc <- gw.Serve(ln, mux) }()
+		log.Info("gateway listening", "addr", ln.Addr().String(), "endpoints", "/ /ws /ws/tables/… /healthz /readyz /metrics")
+	} else {
+		srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+		log.Info("http listening", "addr", ln.Addr().String(), "endpoints", "/healthz /readyz /metrics")
+	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = srv.Shutdown(sctx)
+		if gw != nil {
+			gw.Shutdown(sctx)
+		}
+		if srv != nil {
+			_ = srv.Shutdown(sctx)
+		}
 	}()
-	log.Info("http listening", "addr", ln.Addr().String(), "endpoints", "/healthz /metrics")
 
-	return reader.Run(ctx)
+	if reader != nil {
+		go func() { errc <- reader.Run(ctx) }()
+	}
+	select {
+	case <-ctx.Done():
+		if reader != nil {
+			return <-errc // the reader's own clean stop
+		}
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+// health is the body of /healthz.
+type health struct {
+	Healthy bool           `json:"healthy"`
+	Reader  *cdc.Health    `json:"reader,omitempty"`
+	Gateway *gatewayHealth `json:"gateway,omitempty"`
+}
+
+type gatewayHealth struct {
+	Ready       bool `json:"ready"`
+	Connections int  `json:"connections"`
+	NATS        bool `json:"nats_connected"`
+}
+
+func writeJSON(w http.ResponseWriter, ok bool, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	if !ok {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(v)
 }
 
 // connectNATS starts the embedded server when no URL is configured, connects

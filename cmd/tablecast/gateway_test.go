@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// startProcess starts the binary with env and stops it with SIGTERM when
+// the test ends, checking that it exits cleanly.
+func startProcess(t *testing.T, env []string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(binary(t), args...)
+	cmd.Env = env
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("tablecast %s did not exit cleanly on SIGTERM: %v", args[0], err)
+			}
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Errorf("tablecast %s did not stop within 20s of SIGTERM", args[0])
+		}
+	})
+}
+
+type wsFrame struct {
+	Type  string          `json:"type"`
+	ID    string          `json:"id"`
+	Seq   uint64          `json:"seq"`
+	Code  string          `json:"code"`
+	Event json.RawMessage `json:"event"`
+}
+
+func wsDial(t *testing.T, url string) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	t.Cleanup(func() { _ = ws.CloseNow() })
+	return ws
+}
+
+func wsRead(t *testing.T, ws *websocket.Conn) wsFrame {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, b, err := ws.Read(ctx)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	var f wsFrame
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatalf("frame %s: %v", b, err)
+	}
+	return f
+}
+
+func wsSend(t *testing.T, ws *websocket.Conn, msg string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ws.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGatewayEndToEnd runs the whole product as a user would: `tablecast
+// run` (reader, gateway, embedded NATS) and a second gateway alone
+// (`tablecast gateway`) on the same NATS. A client that writes to
+// PostgreSQL right after `subscribed` always gets its own change, on both
+// gateways, as does a URL subscription; the page and /readyz are served.
+func TestGatewayEndToEnd(t *testing.T) {
+	c := pgtestRequire(t)
+	_, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	if _, err := conn.Exec(context.Background(), `CREATE TABLE items (id int PRIMARY KEY, label text, qty int)`); err != nil {
+		t.Fatal(err)
+	}
+	slot := fmt.Sprintf("tc_gw_%d", os.Getpid())
+	dropSlotAtCleanup(t, url, slot)
+	httpAddr, natsAddr, gwAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	env := append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_gw",
+		"TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir())
+	startProcess(t, env, "run")
+	waitFor(t, time.Minute, "/readyz of tablecast run", func() bool {
+		code, _, err := httpGet("http://" + httpAddr + "/readyz")
+		return err == nil && code == 200
+	})
+	startProcess(t, append(baseEnv(), "TABLECAST_NATS_URL=nats://"+natsAddr, "TABLECAST_HTTP_ADDR="+gwAddr), "gateway")
+	waitFor(t, time.Minute, "/readyz of tablecast gateway", func() bool {
+		code, _, err := httpGet("http://" + gwAddr + "/readyz")
+		return err == nil && code == 200
+	})
+
+	code, body, err := httpGet("http://" + httpAddr + "/")
+	if err != nil || code != 200 || !strings.Contains(body, "subscribe") {
+		t.Fatalf("GET /: %d %v", code, err)
+	}
+
+	urlSub := wsDial(t, "ws://"+gwAddr+"/ws/tables/public.items?select=id,qty&qty=gte.10")
+	if f := wsRead(t, urlSub); f.Type != "subscribed" || f.ID != "url" {
+		t.Fatalf("URL subscription answered %+v", f)
+	}
+	for i, addr := range []string{httpAddr, gwAddr, httpAddr, gwAddr} {
+		ws := wsDial(t, "ws://"+addr+"/ws")
+		wsSend(t, ws, `{"type":"subscribe","id":"mine","table":"public.items"}`)
+		sub := wsRead(t, ws)
+		if sub.Type != "subscribed" {
+			t.Fatalf("subscribe answered %+v", sub)
+		}
+		// The client's own write, right after subscribed.
+		if _, err := conn.Exec(context.Background(), `INSERT INTO items VALUES ($1, 'mine', $2)`, i, i*10); err != nil {
+			t.Fatal(err)
+		}
+		f := wsRead(t, ws)
+		if f.Type != "event" || f.Seq <= sub.Seq {
+			t.Fatalf("after subscribed seq %d got %+v", sub.Seq, f)
+		}
+		var ev struct {
+			Op   string         `json:"op"`
+			Data map[string]any `json:"data"`
+		}
+		_ = json.Unmarshal(f.Event, &ev)
+		if ev.Op != "create" || ev.Data["id"] != float64(i) || ev.Data["label"] != "mine" {
+			t.Fatalf("event %s", f.Event)
+		}
+	}
+	// The URL subscription saw qty 10, 20, 30 (not 0), projected.
+	for _, want := range []float64{1, 2, 3} {
+		f := wsRead(t, urlSub)
+		var ev struct {
+			Data map[string]any `json:"data"`
+		}
+		_ = json.Unmarshal(f.Event, &ev)
+		if f.Type != "event" || ev.Data["id"] != want || len(ev.Data) != 2 {
+			t.Fatalf("URL subscription got %+v %s, want row %v projected to id, qty", f, f.Event, want)
+		}
+	}
+	_, metrics, _ := httpGet("http://" + httpAddr + "/metrics")
+	for _, m := range []string{"tablecast_gateway_connections", "tablecast_gateway_frames_sent_total", "tablecast_gateway_fanout_seconds", "tablecast_cdc_events_published_total"} {
+		if !strings.Contains(metrics, m) {
+			t.Errorf("/metrics lacks %s", m)
+		}
+	}
+}
