@@ -47,9 +47,8 @@ type conn struct {
 	subs   map[string]*sub
 
 	// assembly of a fragmented message (reader goroutine only)
-	frag    []byte
-	inFrag  bool
-	request *upgradeRequest // kept only until the first read
+	frag   []byte
+	inFrag bool
 }
 
 // upgradeRequest is what the handshake learned of the request.

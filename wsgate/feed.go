@@ -62,8 +62,9 @@ type sub struct {
 	filter *Filter
 	proj   atomic.Pointer[Projection]
 
-	// The rest is guarded by f.mu.
-	f        *feed
+	f atomic.Pointer[feed] // set once attached
+
+	// The rest is guarded by the feed's mu.
 	grp      *frameGroup
 	idx      *eqIndex // nil: in f.scan
 	idxKey   string
@@ -411,7 +412,7 @@ func (f *feed) attach(s *sub, from *uint64) bool {
 	if f.stopped {
 		return false
 	}
-	s.f = f
+	s.f.Store(f)
 	s.grp = f.groupFor(s.id, s.proj.Load())
 	f.index(s)
 	f.n++
@@ -426,7 +427,7 @@ func (f *feed) attach(s *sub, from *uint64) bool {
 
 // detach removes s; the last subscription stops the feed.
 func (g *Gateway) detach(s *sub) {
-	f := s.f
+	f := s.f.Load()
 	if f == nil {
 		return
 	}

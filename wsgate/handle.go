@@ -194,7 +194,7 @@ func (c *conn) selectFields(id string, fields []string) {
 			return
 		}
 	}
-	seq := s.f.setProjection(s, NewProjection(fields))
+	seq := s.f.Load().setProjection(s, NewProjection(fields))
 	c.send(AppendSubscribed(nil, id, seq))
 }
 

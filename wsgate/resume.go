@@ -42,7 +42,7 @@ func (g *Gateway) checkHistory(ctx context.Context, id string, from uint64) *Pro
 // held meanwhile. No message is sent twice and none is skipped: history
 // ends at the boundary, live frames start after it.
 func (g *Gateway) catchUp(s *sub, from uint64) {
-	f := s.f
+	f := s.f.Load()
 	if err := g.replay(s, from); err != nil {
 		if s.c.isClosing() {
 			return
@@ -68,7 +68,7 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 
 // replay sends the history of s after from through its boundary.
 func (g *Gateway) replay(s *sub, from uint64) error {
-	f := s.f
+	f := s.f.Load()
 	f.mu.Lock()
 	boundary := s.boundary
 	f.mu.Unlock()
