@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -25,7 +26,8 @@ import (
 type conn struct {
 	g      *Gateway
 	nc     net.Conn
-	fd     int // for the poller; -1 when read by a goroutine of its own
+	raw    syscall.RawConn // nc's descriptor for non-blocking writes; nil if none
+	fd     int             // for the poller; -1 when read by a goroutine of its own
 	remote string
 
 	lastRead atomic.Int64 // unix nanos of the last frame read (pings count)
@@ -34,6 +36,7 @@ type conn struct {
 	// mu guards the send queue and the closing state.
 	mu         sync.Mutex
 	queue      [][]byte // frames waiting to be written
+	spare      [][]byte // the other half of the double buffer, empty
 	queued     int      // bytes in queue
 	inflight   int      // bytes being written by flush
 	flushing   bool     // a flush goroutine runs
@@ -127,6 +130,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // registration with the poller.
 func (g *Gateway) start(nc net.Conn, req *upgradeRequest) {
 	c := &conn{g: g, nc: nc, fd: -1, remote: nc.RemoteAddr().String(), subs: map[string]*sub{}}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
 	c.lastRead.Store(time.Now().UnixNano())
 	if g.closing.Load() {
 		c.closeWith(CloseGoingAway, CloseGoingAway.Reason())
@@ -405,60 +411,207 @@ func (c *conn) enqueue(frame []byte, wait bool) bool {
 	c.flushing = true
 	c.mu.Unlock()
 	if start {
-		go c.flush()
+		c.schedule()
 	}
 	return true
 }
 
-// flush writes queued frames, batched into one writev, until the queue is
-// empty; then the goroutine ends. Once closing, it writes the close frame
-// and closes the socket.
-func (c *conn) flush() {
+// maxSpareFrames bounds the spare queue a connection keeps between bursts:
+// enough to batch a busy client's frames without allocating, small enough
+// for idle connections to stay cheap.
+const maxSpareFrames = 16
+
+// Writing. A connection with frames queued is handed to the gateway's few
+// writer goroutines (writeLoop), which write each one's whole queue with a
+// non-blocking writev: a goroutine per connection and burst would cost more
+// than the write itself when one event goes to thousands of clients. A
+// client whose socket buffer is full (the write would block) gets a
+// goroutine of its own (flush) until its queue is empty again, so a slow
+// client never holds a writer.
+
+// schedule arranges for c's queue to be written.
+func (c *conn) schedule() {
+	if c.raw != nil && c.g.ctx.Err() == nil {
+		select {
+		case c.g.writeq <- c:
+			return
+		default: // writers swamped: do not wait, write on a goroutine
+		}
+	}
+	go c.flush()
+}
+
+// writeLoop is one of the gateway's writer goroutines.
+func (g *Gateway) writeLoop() {
 	for {
-		c.mu.Lock()
-		bufs := c.queue
-		c.queue = nil
-		n := c.queued
-		c.queued = 0
-		c.inflight = n
-		if len(bufs) == 0 {
-			if c.drained != nil {
-				close(c.drained)
-				c.drained = nil
+		select {
+		case c := <-g.writeq:
+			c.writeReady()
+		case <-g.ctx.Done():
+			for { // hand what is left to goroutines of their own
+				select {
+				case c := <-g.writeq:
+					go c.flush()
+				default:
+					return
+				}
 			}
-			if c.closing {
-				cf := c.closeFrame
-				c.closeFrame = nil
-				c.mu.Unlock()
-				c.finish(cf)
-				return
+		}
+	}
+}
+
+// take moves the queue into a batch being written; ok is false when there
+// was nothing to write, and then the flushing state has been settled: the
+// close frame (if closing) is returned to be written last.
+func (c *conn) take() (bufs [][]byte, n int, ok bool, closing bool, cf []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	bufs = c.queue
+	c.queue, c.spare = c.spare, nil // double-buffered: no allocation per burst
+	n = c.queued
+	c.queued = 0
+	c.inflight = n
+	if len(bufs) > 0 {
+		return bufs, n, true, false, nil
+	}
+	c.signalDrained()
+	if c.closing {
+		cf = c.closeFrame
+		c.closeFrame = nil
+		return nil, 0, false, true, cf
+	}
+	c.flushing = false
+	return nil, 0, false, false, nil
+}
+
+// written records a batch as written (err nil) or the connection as failed.
+func (c *conn) written(bufs [][]byte, n int, err error) bool {
+	c.g.met.framesSent.Add(float64(len(bufs)))
+	c.g.met.bytesSent.Add(float64(n))
+	c.mu.Lock()
+	c.inflight = 0
+	if cap(bufs) <= maxSpareFrames && err == nil {
+		clear(bufs[:cap(bufs)])
+		c.spare = bufs[:0]
+	}
+	c.signalDrained()
+	if err != nil {
+		c.closing = true
+		c.queue, c.queued = nil, 0
+		c.mu.Unlock()
+		go c.release()
+		_ = c.nc.Close()
+		return false
+	}
+	c.mu.Unlock()
+	return true
+}
+
+func (c *conn) signalDrained() {
+	if c.drained != nil {
+		close(c.drained)
+		c.drained = nil
+	}
+}
+
+// writeReady writes c's queue without blocking, a few batches at most (a
+// busy connection goes to the back of the line after them).
+func (c *conn) writeReady() {
+	for range 4 {
+		bufs, n, ok, closing, cf := c.take()
+		if !ok {
+			if closing {
+				go c.finish(cf)
 			}
-			c.flushing = false
-			c.mu.Unlock()
 			return
 		}
-		c.mu.Unlock()
-		frames := len(bufs)
+		rest, err := c.writeNonBlocking(bufs)
+		if err == nil && len(rest) > 0 {
+			// The socket is full: finish this batch, and the queue, on a
+			// goroutine that may wait.
+			go c.flushRest(bufs, rest, n)
+			return
+		}
+		if !c.written(bufs, n, err) {
+			return
+		}
+	}
+	c.schedule()
+}
+
+// writeNonBlocking writes bufs with writev until done or the socket is full,
+// returning what is left to write (bufs' elements are trimmed in place).
+func (c *conn) writeNonBlocking(bufs [][]byte) (net.Buffers, error) {
+	var werr error
+	rest := net.Buffers(bufs)
+	err := c.raw.Write(func(fd uintptr) bool {
+		for len(rest) > 0 {
+			iov := rest
+			if len(iov) > 1024 { // IOV_MAX
+				iov = iov[:1024]
+			}
+			k, err := writev(int(fd), iov)
+			if k > 0 {
+				consume(&rest, k)
+			}
+			if err != nil {
+				if !errors.Is(err, errWouldBlock) {
+					werr = err
+				}
+				break
+			}
+		}
+		return true // never wait here; see writeReady
+	})
+	if err == nil {
+		err = werr
+	}
+	return rest, err
+}
+
+// consume drops the first n bytes of v.
+func consume(v *net.Buffers, n int) {
+	for len(*v) > 0 && n > 0 {
+		if l := len((*v)[0]); l > n {
+			(*v)[0] = (*v)[0][n:]
+			return
+		} else {
+			n -= l
+		}
+		*v = (*v)[1:]
+	}
+	for len(*v) > 0 && len((*v)[0]) == 0 {
+		*v = (*v)[1:]
+	}
+}
+
+// flushRest finishes a batch that filled the socket, then goes on as flush.
+func (c *conn) flushRest(bufs [][]byte, rest net.Buffers, n int) {
+	_ = c.nc.SetWriteDeadline(deadline(c.g.cfg.WriteTimeout))
+	_, err := rest.WriteTo(c.nc)
+	if c.written(bufs, n, err) {
+		c.flush()
+	}
+}
+
+// flush writes queued frames, batched into one writev, until the queue is
+// empty, waiting on a full socket up to WriteTimeout; then the goroutine
+// ends. Once closing, it writes the close frame and closes the socket.
+func (c *conn) flush() {
+	for {
+		bufs, n, ok, closing, cf := c.take()
+		if !ok {
+			if closing {
+				c.finish(cf)
+			}
+			return
+		}
 		_ = c.nc.SetWriteDeadline(deadline(c.g.cfg.WriteTimeout))
 		nb := net.Buffers(bufs)
 		_, err := nb.WriteTo(c.nc)
-		c.g.met.framesSent.Add(float64(frames))
-		c.g.met.bytesSent.Add(float64(n))
-		c.mu.Lock()
-		c.inflight = 0
-		if c.drained != nil {
-			close(c.drained)
-			c.drained = nil
-		}
-		if err != nil {
-			c.closing = true
-			c.queue, c.queued = nil, 0
-			c.mu.Unlock()
-			c.release()
-			_ = c.nc.Close()
+		if !c.written(bufs, n, err) {
 			return
 		}
-		c.mu.Unlock()
 	}
 }
 
@@ -504,7 +657,7 @@ func (c *conn) shut(cf []byte) {
 	// overflowing this connection's queue): do it on a goroutine of its own.
 	go c.release()
 	if start {
-		go c.flush()
+		c.schedule()
 	}
 }
 

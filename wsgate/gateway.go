@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -125,6 +126,7 @@ type Gateway struct {
 	connMu sync.Mutex
 	conns  map[*conn]struct{}
 
+	writeq   chan *conn // connections with frames to write, for writeLoop
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -172,6 +174,14 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 	if err != nil {
 		g.cancel()
 		return nil, fmt.Errorf("start gateway poller: %w", err)
+	}
+	g.writeq = make(chan *conn, 1<<16)
+	for range max(2, runtime.GOMAXPROCS(0)) {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			g.writeLoop()
+		}()
 	}
 	g.wg.Add(2)
 	go func() {

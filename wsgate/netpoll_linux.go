@@ -123,3 +123,15 @@ func (p *epoller) loop() {
 }
 
 func (p *epoller) close() { p.closed.Store(true) }
+
+var errWouldBlock = unix.EAGAIN
+
+func writev(fd int, iov [][]byte) (int, error) {
+	for {
+		n, err := unix.Writev(fd, iov)
+		if err == unix.EINTR {
+			continue
+		}
+		return n, err
+	}
+}
