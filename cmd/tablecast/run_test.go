@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -53,26 +52,7 @@ func TestRunEndToEnd(t *testing.T) {
 	env := append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_run",
 		"TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir())
 
-	run := exec.Command(binary(t), "run")
-	run.Env = env
-	run.Stderr = os.Stderr
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = run.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- run.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("tablecast run did not exit cleanly on SIGTERM: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			_ = run.Process.Kill()
-			t.Error("tablecast run did not stop within 20s of SIGTERM")
-		}
-	})
+	startProcess(t, env, "run")
 
 	waitFor(t, time.Minute, "/healthz to report streaming", func() bool {
 		code, body, err := httpGet("http://" + httpAddr + "/healthz")
