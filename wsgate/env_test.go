@@ -204,23 +204,11 @@ type client struct {
 	ws *websocket.Conn
 }
 
-// dial connects to path ("/ws", "/ws/tables/…").
+// dial connects to path ("/ws", "/ws/tables/…") for the test that started
+// the gateway; hdr holds header name, value pairs.
 func (e *testEnv) dial(path string, hdr ...string) *client {
 	e.t.Helper()
-	h := http.Header{}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		h.Set(hdr[i], hdr[i+1])
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ws, _, err := websocket.Dial(ctx, "ws://"+e.addr+path, &websocket.DialOptions{HTTPHeader: h})
-	if err != nil {
-		e.t.Fatalf("dial %s: %v", path, err)
-	}
-	ws.SetReadLimit(64 << 20)
-	c := &client{t: e.t, ws: ws}
-	e.t.Cleanup(func() { _ = ws.CloseNow() })
-	return c
+	return e2eDial(e.t, e, path, hdr...)
 }
 
 func (c *client) sendRaw(s string) {

@@ -48,9 +48,9 @@ import (
 // e2eMarkID is the id of the marker row; no other row of these tests has it.
 const e2eMarkID = 1000000
 
-// e2eDial connects a client for t (rather than for the test that started the
-// gateway, so that a subtest's failure stays in the subtest). hdr holds
-// header name, value pairs.
+// e2eDial connects a client for t (which may be a subtest of the test that
+// started the gateway, so that a subtest's failure stays in the subtest).
+// hdr holds header name, value pairs.
 func e2eDial(t testing.TB, e *testEnv, path string, hdr ...string) *client {
 	t.Helper()
 	h := http.Header{}
