@@ -28,7 +28,6 @@ type conn struct {
 	nc     net.Conn
 	raw    syscall.RawConn // nc's descriptor for non-blocking writes; nil if none
 	fd     int             // for the poller; -1 when read by a goroutine of its own
-	remote string
 
 	lastRead atomic.Int64 // unix nanos of the last frame read (pings count)
 	reading  atomic.Bool  // a goroutine is in readAvailable
@@ -44,10 +43,11 @@ type conn struct {
 	closeFrame []byte   // written once the in-flight batch is done
 	drained    chan struct{}
 
-	// subs is touched only by the goroutine handling the connection's
-	// messages (one at a time, see reading) and by release after closing.
-	subsMu sync.Mutex
-	subs   map[string]*sub
+	// subs are the connection's subscriptions (a few, typically: a slice
+	// costs less than a map); nil once closing.
+	subsMu     sync.Mutex
+	subs       []*sub
+	subsClosed bool
 
 	// assembly of a fragmented message (reader goroutine only)
 	frag   []byte
@@ -129,7 +129,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // start runs an upgraded connection: origin check, URL subscription, then
 // registration with the poller.
 func (g *Gateway) start(nc net.Conn, req *upgradeRequest) {
-	c := &conn{g: g, nc: nc, fd: -1, remote: nc.RemoteAddr().String(), subs: map[string]*sub{}}
+	c := &conn{g: g, nc: nc, fd: -1}
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}
@@ -673,7 +673,7 @@ func (c *conn) release() {
 	c.g.poll.remove(c)
 	c.subsMu.Lock()
 	subs := c.subs
-	c.subs = nil // addSub refuses from now on
+	c.subs, c.subsClosed = nil, true // addSub refuses from now on
 	c.subsMu.Unlock()
 	for _, s := range subs {
 		c.g.detach(s)

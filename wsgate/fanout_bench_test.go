@@ -29,7 +29,7 @@ func benchFeed(b *testing.B, n int, where func(i int) string) (*feed, []*discard
 	ncs := make([]*discardConn, n)
 	for i := range n {
 		ncs[i] = &discardConn{}
-		c := &conn{g: g, nc: ncs[i], fd: -1, subs: map[string]*sub{}}
+		c := &conn{g: g, nc: ncs[i], fd: -1}
 		flt, err := CompileWhere([]byte(where(i)), t.name, t.types)
 		if err != nil {
 			b.Fatal(err)

@@ -3,6 +3,7 @@ package wsgate
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"time"
 
@@ -61,8 +62,8 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 	fail := func(code ErrorCode, msg string) *ProtocolError {
 		return &ProtocolError{Code: code, ID: m.ID, Message: msg}
 	}
+	exists := c.lookupSub(m.ID) != nil
 	c.subsMu.Lock()
-	_, exists := c.subs[m.ID]
 	n := len(c.subs)
 	c.subsMu.Unlock()
 	switch {
@@ -82,6 +83,9 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 		f, err := CompileWhere(m.Where, t.name, t.types)
 		if err != nil {
 			return fail(CodeInvalidFilter, err.Error())
+		}
+		if f.matchesAll() {
+			f = nil // no filter: nothing to keep per subscription
 		}
 		for _, col := range m.Select {
 			if !t.hasColumn(col) {
@@ -134,25 +138,33 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 func (c *conn) addSub(s *sub) bool {
 	c.subsMu.Lock()
 	defer c.subsMu.Unlock()
-	if c.subs == nil {
+	if c.subsClosed {
 		return false
 	}
-	c.subs[s.id] = s
+	c.subs = append(c.subs, s)
 	return true
 }
 
 func (c *conn) removeSub(s *sub) {
 	c.subsMu.Lock()
 	defer c.subsMu.Unlock()
-	if c.subs != nil && c.subs[s.id] == s {
-		delete(c.subs, s.id)
+	for i, o := range c.subs {
+		if o == s {
+			c.subs = slices.Delete(c.subs, i, i+1) // clears the vacated slot
+			return
+		}
 	}
 }
 
 func (c *conn) lookupSub(id string) *sub {
 	c.subsMu.Lock()
 	defer c.subsMu.Unlock()
-	return c.subs[id]
+	for _, s := range c.subs {
+		if s.id == id {
+			return s
+		}
+	}
+	return nil
 }
 
 // dropSub removes and detaches s.

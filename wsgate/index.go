@@ -69,3 +69,8 @@ func appendIndexKey(dst []byte, typ ColumnType, raw []byte) ([]byte, bool) {
 	}
 	return dst, false
 }
+
+// matchesAll reports whether the filter has no condition at all.
+func (f *Filter) matchesAll() bool {
+	return f == nil || len(f.root.conds) == 0 && len(f.root.ors) == 0
+}

@@ -47,7 +47,7 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 		if s.c.isClosing() {
 			return
 		}
-		g.log.Warn("gateway resume failed", "subscription", s.id, "remote", s.c.remote, "err", err)
+		g.log.Warn("gateway resume failed", "subscription", s.id, "remote", s.c.nc.RemoteAddr().String(), "err", err)
 		s.c.sendError(s.id, CodeInternal, "resume failed: "+err.Error()+"; subscribe again with from")
 		s.c.dropSub(s)
 		s.c.send(AppendUnsubscribed(nil, s.id))
