@@ -24,10 +24,10 @@ import (
 // goroutine reads only while the poller reports input (readAvailable), and
 // one writes only while frames are queued (flush).
 type conn struct {
-	g      *Gateway
-	nc     net.Conn
-	raw    syscall.RawConn // nc's descriptor for non-blocking writes; nil if none
-	fd     int             // for the poller; -1 when read by a goroutine of its own
+	g   *Gateway
+	nc  net.Conn
+	raw syscall.RawConn // nc's descriptor for non-blocking writes; nil if none
+	fd  int             // for the poller; -1 when read by a goroutine of its own
 
 	lastRead atomic.Int64 // unix nanos of the last frame read (pings count)
 	reading  atomic.Bool  // a goroutine is in readAvailable
