@@ -1,0 +1,933 @@
+package wsgate
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"log/slog"
+	"math/big"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	jose "github.com/go-jose/go-jose/v4"
+)
+
+// Keys are generated once per test binary: RSA generation takes a while.
+type authTestKeys struct {
+	rsa, rsa2, rsaOther *rsa.PrivateKey
+	ec, ecOther         *ecdsa.PrivateKey
+	ed, edOther         ed25519.PrivateKey
+}
+
+var authKeys = sync.OnceValue(func() *authTestKeys {
+	must := func(err error) {
+		if err != nil {
+			panic(err)
+		}
+	}
+	var k authTestKeys
+	var err error
+	k.rsa, err = rsa.GenerateKey(rand.Reader, 2048)
+	must(err)
+	k.rsa2, err = rsa.GenerateKey(rand.Reader, 2048)
+	must(err)
+	k.rsaOther, err = rsa.GenerateKey(rand.Reader, 2048)
+	must(err)
+	k.ec, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(err)
+	k.ecOther, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(err)
+	_, k.ed, err = ed25519.GenerateKey(rand.Reader)
+	must(err)
+	_, k.edOther, err = ed25519.GenerateKey(rand.Reader)
+	must(err)
+	return &k
+})
+
+var authTestSecret = []byte("0123456789abcdef0123456789abcdef-test-secret")
+
+const (
+	authTestAudience = "tablecast-test"
+	authTestIssuer   = "https://issuer.test"
+)
+
+// authNow is the fixed "now" of the tests: tokens carry whole seconds.
+var authNow = time.Unix(1_800_000_000, 0)
+
+// signToken signs claims as a compact JWT. A nil claims value signs the
+// raw payload given as claims["raw"] instead.
+func signToken(t testing.TB, alg jose.SignatureAlgorithm, key any, kid string, claims map[string]any) string {
+	t.Helper()
+	opts := (&jose.SignerOptions{}).WithType("JWT")
+	if kid != "" {
+		opts = opts.WithHeader("kid", kid)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
+	if err != nil {
+		t.Fatalf("NewSigner(%s): %v", alg, err)
+	}
+	var payload []byte
+	if raw, ok := claims["raw"].(string); ok && len(claims) == 1 {
+		payload = []byte(raw)
+	} else if payload, err = json.Marshal(claims); err != nil {
+		t.Fatal(err)
+	}
+	jws, err := signer.Sign(payload)
+	if err != nil {
+		t.Fatalf("Sign: %v", err)
+	}
+	s, err := jws.CompactSerialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// unsignedToken builds a token with any header, unsigned (alg none) or
+// with a made-up signature.
+func unsignedToken(header string, claims map[string]any, sig string) string {
+	payload, _ := json.Marshal(claims)
+	enc := base64.RawURLEncoding.EncodeToString
+	return enc([]byte(header)) + "." + enc(payload) + "." + sig
+}
+
+// baseClaims are the claims of a valid token; with adds or removes (nil
+// value) members.
+func baseClaims(with map[string]any) map[string]any {
+	c := map[string]any{
+		"sub": "user-1",
+		"aud": authTestAudience,
+		"iss": authTestIssuer,
+		"iat": authNow.Add(-time.Minute).Unix(),
+		"exp": authNow.Add(time.Hour).Unix(),
+		GrantsClaim: map[string]any{
+			"tables": map[string]any{"public.orders": []string{"*"}},
+		},
+	}
+	for k, v := range with {
+		if v == nil {
+			delete(c, k)
+		} else {
+			c[k] = v
+		}
+	}
+	return c
+}
+
+func pemPublic(t testing.TB, pub any) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+}
+
+type jwkSpec struct {
+	kid string
+	key any
+	alg string
+	use string
+}
+
+func jwksJSON(t testing.TB, specs ...jwkSpec) []byte {
+	t.Helper()
+	var set jose.JSONWebKeySet
+	for _, s := range specs {
+		set.Keys = append(set.Keys, jose.JSONWebKey{Key: s.key, KeyID: s.kid, Algorithm: s.alg, Use: s.use})
+	}
+	b, err := json.Marshal(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func writeAuthFile(t testing.TB, dir, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// logBuffer is a concurrency-safe log sink for asserting what was logged.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func newAuthTestLogger() (*slog.Logger, *logBuffer) {
+	var b logBuffer
+	return slog.New(slog.NewTextHandler(&b, &slog.HandlerOptions{Level: slog.LevelDebug})), &b
+}
+
+// fullAuthConfig configures every method: the secret, a JWKS of one key of
+// each type, the audience, the issuer and one API key.
+func fullAuthConfig(t testing.TB) (AuthConfig, string) {
+	t.Helper()
+	k := authKeys()
+	file := writeAuthFile(t, t.TempDir(), "keys.json", jwksJSON(t,
+		jwkSpec{kid: "rsa1", key: &k.rsa.PublicKey, alg: "RS256", use: "sig"},
+		jwkSpec{kid: "rsa2", key: &k.rsa2.PublicKey},
+		jwkSpec{kid: "ec1", key: &k.ec.PublicKey},
+		jwkSpec{kid: "ed1", key: k.ed.Public()},
+	))
+	apiKey := "tck_test-service-key-0123456789"
+	log, _ := newAuthTestLogger()
+	return AuthConfig{
+		JWTSecret:   authTestSecret,
+		JWTKeysFile: file,
+		Audience:    authTestAudience,
+		Issuer:      authTestIssuer,
+		APIKeys: []APIKey{{
+			Name: "billing",
+			Hash: HashAPIKey(apiKey),
+			Claims: map[string]any{
+				"tenant":    "acme",
+				GrantsClaim: map[string]any{"tables": map[string][]string{"public.*": {"read"}}},
+			},
+		}},
+		Logger: log,
+	}, apiKey
+}
+
+func mustAuthenticator(t testing.TB, cfg AuthConfig) *Authenticator {
+	t.Helper()
+	a, err := NewAuthenticator(cfg)
+	if err != nil {
+		t.Fatalf("NewAuthenticator: %v", err)
+	}
+	return a
+}
+
+func wantReason(t *testing.T, id *Identity, err error, reason string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("accepted as %q, want refusal %q", id.Subject, reason)
+	}
+	var ae *AuthError
+	if !errors.As(err, &ae) {
+		t.Fatalf("error %T %v, want *AuthError", err, err)
+	}
+	if ae.Reason != reason && !(strings.HasSuffix(reason, "*") && strings.HasPrefix(ae.Reason, strings.TrimSuffix(reason, "*"))) {
+		t.Fatalf("reason %q (%v), want %q", ae.Reason, err, reason)
+	}
+	if len(ae.Reason) > maxReasonLen || !utf8.ValidString(ae.Reason) {
+		t.Fatalf("reason %q does not fit a close frame", ae.Reason)
+	}
+}
+
+func TestAuthenticateRefusals(t *testing.T) {
+	k := authKeys()
+	cfg, _ := fullAuthConfig(t)
+	full := mustAuthenticator(t, cfg)
+
+	hsOnly := mustAuthenticator(t, AuthConfig{JWTSecret: authTestSecret})
+	keysOnly := mustAuthenticator(t, AuthConfig{JWTKeysFile: cfg.JWTKeysFile, Logger: cfg.Logger})
+	apiOnly := mustAuthenticator(t, AuthConfig{APIKeys: cfg.APIKeys})
+
+	rsaPEM := pemPublic(t, &k.rsa.PublicKey)
+	hs := func(c map[string]any) string { return signToken(t, jose.HS256, authTestSecret, "", c) }
+	good := hs(baseClaims(nil))
+	parts := strings.Split(good, ".")
+
+	cases := []struct {
+		name   string
+		a      *Authenticator
+		token  string
+		reason string
+	}{
+		{"no token", full, "", ReasonNoToken},
+		{"garbage", full, "not a token", ReasonMalformedToken},
+		{"two parts", full, parts[0] + "." + parts[1], ReasonMalformedToken},
+		{"bad base64", full, parts[0] + ".!!!." + parts[2], ReasonMalformedToken},
+		{"header not JSON", full, base64.RawURLEncoding.EncodeToString([]byte("{alg")) + "." + parts[1] + "." + parts[2], ReasonMalformedToken},
+		{"too long", full, strings.Repeat("a", maxTokenLen+1), ReasonMalformedToken},
+		{"payload not an object", full, hs(map[string]any{"raw": `[1,2]`}), ReasonMalformedToken},
+		{"payload null", full, hs(map[string]any{"raw": `null`}), ReasonMalformedToken},
+		{"payload trailing data", full, hs(map[string]any{"raw": `{"sub":"x"} {}`}), ReasonMalformedToken},
+		{"exp not a number", full, hs(baseClaims(map[string]any{"exp": "tomorrow"})), ReasonMalformedToken},
+		{"exp absurd", full, hs(baseClaims(map[string]any{"exp": 1e300})), ReasonMalformedToken},
+		{"sub not a string", full, hs(baseClaims(map[string]any{"sub": 42})), ReasonMalformedToken},
+		{"aud not strings", full, hs(baseClaims(map[string]any{"aud": []any{1}})), ReasonMalformedToken},
+
+		{"expired", full, hs(baseClaims(map[string]any{"exp": authNow.Add(-time.Hour).Unix()})), ReasonTokenExpired},
+		{"expired past the leeway", full, hs(baseClaims(map[string]any{"exp": authNow.Add(-DefaultLeeway).Unix()})), ReasonTokenExpired},
+		{"not yet valid", full, hs(baseClaims(map[string]any{"nbf": authNow.Add(time.Hour).Unix()})), ReasonTokenNotYetValid},
+		{"issued in the future", full, hs(baseClaims(map[string]any{"iat": authNow.Add(time.Hour).Unix()})), ReasonTokenNotYetValid},
+
+		{"HS256 wrong secret", full, signToken(t, jose.HS256, []byte("another secret of at least 32 bytes!"), "", baseClaims(nil)), ReasonBadSignature},
+		{"HS256 tampered payload", full, parts[0] + "." + base64.RawURLEncoding.EncodeToString([]byte(`{"sub":"admin"}`)) + "." + parts[2], ReasonBadSignature},
+		{"RS256 wrong key, right kid", full, signToken(t, jose.RS256, k.rsaOther, "rsa1", baseClaims(nil)), ReasonBadSignature},
+		{"RS256 wrong key, no kid", full, signToken(t, jose.RS256, k.rsaOther, "", baseClaims(nil)), ReasonBadSignature},
+		{"ES256 wrong key", full, signToken(t, jose.ES256, k.ecOther, "ec1", baseClaims(nil)), ReasonBadSignature},
+		{"EdDSA wrong key", full, signToken(t, jose.EdDSA, k.edOther, "ed1", baseClaims(nil)), ReasonBadSignature},
+
+		{"alg none", full, unsignedToken(`{"alg":"none","typ":"JWT"}`, baseClaims(nil), ""), ReasonAlgorithm},
+		{"alg None", full, unsignedToken(`{"alg":"None"}`, baseClaims(nil), ""), ReasonAlgorithm},
+		{"alg missing", full, unsignedToken(`{"typ":"JWT"}`, baseClaims(nil), "c2ln"), ReasonAlgorithm},
+		{"HS512", full, signToken(t, jose.HS512, append(authTestSecret, authTestSecret...), "", baseClaims(nil)), ReasonAlgorithm},
+		{"RS512", full, signToken(t, jose.RS512, k.rsa, "rsa1", baseClaims(nil)), ReasonAlgorithm},
+		{"PS256", full, signToken(t, jose.PS256, k.rsa, "rsa1", baseClaims(nil)), ReasonAlgorithm},
+		// The key confusion attack: the RSA public key's PEM as an HMAC secret.
+		{"HS256 with public key PEM, secret configured", full, signToken(t, jose.HS256, rsaPEM, "rsa1", baseClaims(nil)), ReasonBadSignature},
+		{"HS256 with public key PEM, keys only", keysOnly, signToken(t, jose.HS256, rsaPEM, "rsa1", baseClaims(nil)), ReasonAlgorithm},
+		{"HS256 with public key PEM, no kid, keys only", keysOnly, signToken(t, jose.HS256, rsaPEM, "", baseClaims(nil)), ReasonAlgorithm},
+		{"RS256 when only HS256", hsOnly, signToken(t, jose.RS256, k.rsa, "rsa1", baseClaims(nil)), ReasonAlgorithm},
+		{"EdDSA when only HS256", hsOnly, signToken(t, jose.EdDSA, k.ed, "", baseClaims(nil)), ReasonAlgorithm},
+		{"JWT when only API keys", apiOnly, good, ReasonAlgorithm},
+		{"ES256 with an RSA key's kid", full, signToken(t, jose.ES256, k.ec, "rsa1", baseClaims(nil)), ReasonAlgorithm},
+
+		{"wrong audience", full, hs(baseClaims(map[string]any{"aud": "someone-else"})), ReasonWrongAudience},
+		{"wrong audience list", full, hs(baseClaims(map[string]any{"aud": []string{"a", "b"}})), ReasonWrongAudience},
+		{"no audience", full, hs(baseClaims(map[string]any{"aud": nil})), ReasonWrongAudience},
+		{"wrong issuer", full, hs(baseClaims(map[string]any{"iss": "https://evil.test"})), ReasonWrongIssuer},
+		{"no issuer", full, hs(baseClaims(map[string]any{"iss": nil})), ReasonWrongIssuer},
+
+		{"unknown kid", full, signToken(t, jose.RS256, k.rsa, "nope", baseClaims(nil)), ReasonUnknownKey},
+		{"unknown API key", full, "tck_not-a-key", ReasonUnknownAPIKey},
+		{"API key when none configured", hsOnly, "tck_not-a-key", ReasonUnknownAPIKey},
+
+		{"malformed grants", full, hs(baseClaims(map[string]any{GrantsClaim: map[string]any{"tables": map[string]any{"public.orders": []string{"insert"}}}})), ReasonMalformedGrants + ": *"},
+		{"grants not an object", full, hs(baseClaims(map[string]any{GrantsClaim: "all"})), ReasonMalformedGrants + ": *"},
+		{"misspelt policies", full, hs(baseClaims(map[string]any{GrantsClaim: map[string]any{"policy": map[string]any{}}})), ReasonMalformedGrants + ": *"},
+		{"long malformed grants", full, hs(baseClaims(map[string]any{GrantsClaim: map[string]any{"tables": map[string]any{strings.Repeat("é", 200) + ".*x": []string{}}}})), ReasonMalformedGrants + ": *"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			id, err := tc.a.Authenticate(tc.token, authNow)
+			wantReason(t, id, err, tc.reason)
+		})
+	}
+}
+
+func TestAuthenticateAccepts(t *testing.T) {
+	k := authKeys()
+	cfg, apiKey := fullAuthConfig(t)
+	a := mustAuthenticator(t, cfg)
+	exp := authNow.Add(time.Hour)
+
+	cases := []struct {
+		name    string
+		token   string
+		subject string
+		method  string
+		expires time.Time
+	}{
+		{"HS256", signToken(t, jose.HS256, authTestSecret, "", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"HS256 with a kid", signToken(t, jose.HS256, authTestSecret, "rsa1", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"RS256 by kid", signToken(t, jose.RS256, k.rsa, "rsa1", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"RS256 second key by kid", signToken(t, jose.RS256, k.rsa2, "rsa2", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"RS256 without kid", signToken(t, jose.RS256, k.rsa2, "", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"ES256", signToken(t, jose.ES256, k.ec, "ec1", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"EdDSA", signToken(t, jose.EdDSA, k.ed, "ed1", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"EdDSA without kid", signToken(t, jose.EdDSA, k.ed, "", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"audience in a list", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"aud": []string{"x", authTestAudience}})), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"expired within the leeway", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": authNow.Add(-10 * time.Second).Unix()})), "user-1", MethodJWT, authNow.Add(20 * time.Second)},
+		{"nbf within the leeway", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"nbf": authNow.Add(10 * time.Second).Unix()})), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"fractional exp", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": float64(exp.Unix()) + 0.5})), "user-1", MethodJWT, exp.Add(DefaultLeeway + 500*time.Millisecond)},
+		{"no exp", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": nil})), "user-1", MethodJWT, time.Time{}},
+		{"no sub", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"sub": nil})), "", MethodJWT, exp.Add(DefaultLeeway)},
+		{"API key", apiKey, "apikey:billing", MethodAPIKey, time.Time{}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			id, err := a.Authenticate(tc.token, authNow)
+			if err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			if id.Subject != tc.subject || id.Method != tc.method || !id.Expires.Equal(tc.expires) {
+				t.Fatalf("identity %q %s expires %v, want %q %s %v", id.Subject, id.Method, id.Expires, tc.subject, tc.method, tc.expires)
+			}
+			if id.Grants == nil || id.Claims == nil {
+				t.Fatal("no grants or claims")
+			}
+		})
+	}
+
+	t.Run("grants and claims", func(t *testing.T) {
+		tok := signToken(t, jose.ES256, k.ec, "ec1", baseClaims(map[string]any{
+			"tenant":    int64(9007199254740993), // 2^53+1: no float rounding
+			GrantsClaim: map[string]any{"tables": map[string]any{"public.orders": []string{"update"}}, "policies": map[string]any{"public.orders": map[string]any{"tenant_id": map[string]any{"eq": map[string]any{"claim": "tenant"}}}}},
+		}))
+		id, err := a.Authenticate(tok, authNow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !id.Grants.CanRead("public", "orders", EventUpdate) || id.Grants.CanRead("public", "orders", EventDelete) {
+			t.Fatalf("ops %v", id.Grants.OpsFor("public", "orders").Names())
+		}
+		p, err := id.Grants.Policy("public", "orders")
+		if err != nil || string(p) != `{"tenant_id":{"eq":9007199254740993}}` {
+			t.Fatalf("policy %s, %v", p, err)
+		}
+		if id.Claims["tenant"] != json.Number("9007199254740993") {
+			t.Fatalf("claim tenant %#v", id.Claims["tenant"])
+		}
+	})
+
+	t.Run("API key grants", func(t *testing.T) {
+		id, err := a.Authenticate(apiKey, authNow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !id.Grants.CanRead("public", "x", EventRead) || id.Grants.CanRead("public", "x", EventCreate) || id.Grants.CanRead("other", "x", EventRead) {
+			t.Fatal("API key grants wrong")
+		}
+		if id.Claims["tenant"] != "acme" {
+			t.Fatalf("claims %v", id.Claims)
+		}
+	})
+
+	t.Run("no grants claim allows nothing", func(t *testing.T) {
+		id, err := a.Authenticate(signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{GrantsClaim: nil})), authNow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id.Grants.OpsFor("public", "orders") != 0 || id.Grants.CanSubscribeTopic("chat") {
+			t.Fatal("a token without grants may do something")
+		}
+	})
+}
+
+func TestAuthenticateLeeway(t *testing.T) {
+	exp := authNow.Add(-10 * time.Second)
+	tok := signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": exp.Unix(), "aud": nil, "iss": nil}))
+	for _, tc := range []struct {
+		leeway time.Duration
+		ok     bool
+	}{{0, true}, {-1, false}, {5 * time.Second, false}, {11 * time.Second, true}} {
+		a := mustAuthenticator(t, AuthConfig{JWTSecret: authTestSecret, Leeway: tc.leeway})
+		id, err := a.Authenticate(tok, authNow)
+		if (err == nil) != tc.ok {
+			t.Errorf("leeway %v: err %v, want ok %v", tc.leeway, err, tc.ok)
+		}
+		if err == nil && !id.Expires.After(authNow) {
+			t.Errorf("leeway %v: accepted with Expires %v not after now", tc.leeway, id.Expires)
+		}
+	}
+}
+
+func TestAuthenticateDisabled(t *testing.T) {
+	var nilAuth *Authenticator
+	empty := mustAuthenticator(t, AuthConfig{})
+	for _, a := range []*Authenticator{nilAuth, empty} {
+		if a.Enabled() {
+			t.Fatal("enabled without a method")
+		}
+		for _, tok := range []string{"", "garbage", "tck_x"} {
+			id, err := a.Authenticate(tok, authNow)
+			if err != nil || id != AnonymousIdentity() {
+				t.Fatalf("Authenticate(%q) = %v, %v; want the anonymous identity", tok, id, err)
+			}
+		}
+	}
+	for _, cfg := range []AuthConfig{
+		{JWTSecret: authTestSecret},
+		{APIKeys: []APIKey{{Name: "x", Hash: HashAPIKey("tck_x")}}},
+	} {
+		if !mustAuthenticator(t, cfg).Enabled() {
+			t.Fatalf("%+v not enabled", cfg)
+		}
+	}
+}
+
+func TestAuthenticatePEM(t *testing.T) {
+	k := authKeys()
+	dir := t.TempDir()
+
+	// A self-signed certificate for the EC key: only a container.
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "issuer"},
+		NotBefore: time.Unix(0, 0), NotAfter: time.Unix(1, 0)} // long expired: dates are not checked
+	certDER, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.ec.PublicKey, k.ec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file []byte
+	file = append(file, "# keys of the issuer\n"...)
+	file = append(file, pem.EncodeToMemory(&pem.Block{Type: "RSA PUBLIC KEY", Bytes: x509.MarshalPKCS1PublicKey(&k.rsa.PublicKey)})...)
+	file = append(file, pemPublic(t, &k.rsa2.PublicKey)...)
+	file = append(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER})...)
+	file = append(file, pemPublic(t, k.ed.Public())...)
+	a := mustAuthenticator(t, AuthConfig{JWTKeysFile: writeAuthFile(t, dir, "keys.pem", file)})
+
+	for _, tc := range []struct {
+		name   string
+		token  string
+		reason string
+	}{
+		{"RS256 PKCS#1", signToken(t, jose.RS256, k.rsa, "", baseClaims(nil)), ""},
+		{"RS256 PKIX", signToken(t, jose.RS256, k.rsa2, "", baseClaims(nil)), ""},
+		// PEM keys have no kid: a token's kid no key has is tried on them.
+		{"RS256 with a kid", signToken(t, jose.RS256, k.rsa2, "some-kid", baseClaims(nil)), ""},
+		{"ES256 from a certificate", signToken(t, jose.ES256, k.ec, "", baseClaims(nil)), ""},
+		{"EdDSA", signToken(t, jose.EdDSA, k.ed, "", baseClaims(nil)), ""},
+		{"RS256 unknown key", signToken(t, jose.RS256, k.rsaOther, "", baseClaims(nil)), ReasonBadSignature},
+		{"HS256 with the PEM as secret", signToken(t, jose.HS256, file, "", baseClaims(nil)), ReasonAlgorithm},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, err := a.Authenticate(tc.token, authNow)
+			if tc.reason == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			wantReason(t, id, err, tc.reason)
+		})
+	}
+}
+
+func TestAuthenticateJWKSSkipsUnusableKeys(t *testing.T) {
+	k := authKeys()
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, logs := newAuthTestLogger()
+	file := writeAuthFile(t, t.TempDir(), "jwks.json", jwksJSON(t,
+		jwkSpec{kid: "enc", key: &k.rsaOther.PublicKey, use: "enc"},
+		jwkSpec{kid: "p384", key: &p384.PublicKey},
+		jwkSpec{kid: "rs512", key: &k.rsa2.PublicKey, alg: "RS512"},
+		jwkSpec{kid: "ok", key: &k.rsa.PublicKey},
+	))
+	a := mustAuthenticator(t, AuthConfig{JWTKeysFile: file, Logger: log})
+	if n := len(a.keys.Load().keys); n != 1 {
+		t.Fatalf("%d keys loaded, want 1", n)
+	}
+	for _, kid := range []string{"enc", "p384", "rs512"} {
+		if !strings.Contains(logs.String(), "kid="+kid) {
+			t.Errorf("skipping key %s not logged:\n%s", kid, logs)
+		}
+	}
+	if _, err := a.Authenticate(signToken(t, jose.RS256, k.rsa, "ok", baseClaims(nil)), authNow); err != nil {
+		t.Fatal(err)
+	}
+	id, err := a.Authenticate(signToken(t, jose.RS256, k.rsa2, "rs512", baseClaims(nil)), authNow)
+	wantReason(t, id, err, ReasonUnknownKey) // skipped: as if absent
+
+	// A single JWK, not in a set.
+	single, _ := json.Marshal(jose.JSONWebKey{Key: k.ed.Public(), KeyID: "solo"})
+	a = mustAuthenticator(t, AuthConfig{JWTKeysFile: writeAuthFile(t, t.TempDir(), "jwk.json", single)})
+	if _, err := a.Authenticate(signToken(t, jose.EdDSA, k.ed, "solo", baseClaims(nil)), authNow); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNewAuthenticatorErrors(t *testing.T) {
+	k := authKeys()
+	dir := t.TempDir()
+	weak, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	privDER, _ := x509.MarshalPKCS8PrivateKey(k.ec)
+	file := func(name string, data []byte) string { return writeAuthFile(t, dir, name, data) }
+	privJWK, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: k.ec, KeyID: "p"}}})
+	octJWK, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: []byte("0123456789abcdef0123456789abcdef"), KeyID: "o"}}})
+	onlyEnc := jwksJSON(t, jwkSpec{kid: "e", key: &k.rsa.PublicKey, use: "enc"})
+
+	cases := []struct {
+		name string
+		cfg  AuthConfig
+		want []string // every one must be in the error
+	}{
+		{"short secret", AuthConfig{JWTSecret: []byte("short")}, []string{"TABLECAST_JWT_SECRET", "32"}},
+		{"missing keys file", AuthConfig{JWTKeysFile: filepath.Join(dir, "nope.pem")}, []string{"TABLECAST_JWT_KEYS", "nope.pem"}},
+		{"empty keys file", AuthConfig{JWTKeysFile: file("empty", nil)}, []string{"TABLECAST_JWT_KEYS", "empty"}},
+		{"garbage keys file", AuthConfig{JWTKeysFile: file("garbage", []byte("hello"))}, []string{"TABLECAST_JWT_KEYS", "neither PEM nor JWKS"}},
+		{"bad JSON", AuthConfig{JWTKeysFile: file("bad.json", []byte("{keys"))}, []string{"TABLECAST_JWT_KEYS", "JWKS"}},
+		{"JSON without keys", AuthConfig{JWTKeysFile: file("nokeys.json", []byte(`{"x":1}`))}, []string{"TABLECAST_JWT_KEYS", `"keys"`}},
+		{"private PEM", AuthConfig{JWTKeysFile: file("priv.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}))}, []string{"TABLECAST_JWT_KEYS", "private key"}},
+		{"private JWK", AuthConfig{JWTKeysFile: file("priv.json", privJWK)}, []string{"TABLECAST_JWT_KEYS", "private key"}},
+		{"symmetric JWK", AuthConfig{JWTKeysFile: file("oct.json", octJWK)}, []string{"TABLECAST_JWT_KEYS", "symmetric"}},
+		{"JWKS without a usable key", AuthConfig{JWTKeysFile: file("enc.json", onlyEnc)}, []string{"TABLECAST_JWT_KEYS", "no usable key"}},
+		{"weak RSA PEM", AuthConfig{JWTKeysFile: file("weak.pem", pemPublic(t, &weak.PublicKey))}, []string{"TABLECAST_JWT_KEYS", "1024 bits"}},
+		{"P-384 PEM", AuthConfig{JWTKeysFile: file("p384.pem", pemPublic(t, &p384.PublicKey))}, []string{"TABLECAST_JWT_KEYS", "P-384"}},
+		{"other PEM block", AuthConfig{JWTKeysFile: file("csr.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte{1}}))}, []string{"TABLECAST_JWT_KEYS", "CERTIFICATE REQUEST"}},
+		{"leeway", AuthConfig{JWTSecret: authTestSecret, Leeway: time.Hour}, []string{"TABLECAST_JWT_LEEWAY"}},
+		{"audience without a method", AuthConfig{Audience: "x"}, []string{"TABLECAST_JWT_AUDIENCE"}},
+		{"API key hash", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: "md5:abc"}}}, []string{"TABLECAST_API_KEYS", `"a"`, "sha256"}},
+		{"API key hash short", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: "sha256:abcd"}}}, []string{"TABLECAST_API_KEYS", "64 hex"}},
+		{"API key no name", AuthConfig{APIKeys: []APIKey{{Hash: HashAPIKey("tck_a")}}}, []string{"TABLECAST_API_KEYS", "no name"}},
+		{"API key names twice", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a")}, {Name: "a", Hash: HashAPIKey("tck_b")}}}, []string{"TABLECAST_API_KEYS", "twice"}},
+		{"API key twice", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a")}, {Name: "b", Hash: HashAPIKey("tck_a")}}}, []string{"TABLECAST_API_KEYS", `"b"`, "same key"}},
+		{"API key grants", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a"), Claims: map[string]any{GrantsClaim: map[string]any{"tables": "all"}}}}}, []string{"TABLECAST_API_KEYS", ReasonMalformedGrants}},
+		{"every problem at once", AuthConfig{JWTSecret: []byte("short"), Leeway: time.Hour}, []string{"TABLECAST_JWT_SECRET", "TABLECAST_JWT_LEEWAY"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			log, _ := newAuthTestLogger()
+			tc.cfg.Logger = log
+			_, err := NewAuthenticator(tc.cfg)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if !strings.HasPrefix(line, "TABLECAST_") {
+					t.Errorf("error line %q does not start with the setting", line)
+				}
+			}
+		})
+	}
+}
+
+func TestAuthenticateKeysReload(t *testing.T) {
+	k := authKeys()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keys.json")
+	write := func(data []byte) {
+		t.Helper()
+		// Through a temporary file and a rename, as a careful deployer
+		// does; the check sees a new inode.
+		tmp := writeAuthFile(t, dir, "keys.tmp", data)
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(jwksJSON(t, jwkSpec{kid: "old", key: &k.rsa.PublicKey}))
+	log, logs := newAuthTestLogger()
+	a := mustAuthenticator(t, AuthConfig{JWTKeysFile: path, Logger: log})
+	a.checkEvery = 0
+	a.nextCheck.Store(0)
+
+	oldTok := signToken(t, jose.RS256, k.rsa, "old", baseClaims(nil))
+	newTok := signToken(t, jose.ES256, k.ec, "new", baseClaims(nil))
+	check := func(tok, reason string) {
+		t.Helper()
+		id, err := a.Authenticate(tok, authNow)
+		if reason == "" {
+			if err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			return
+		}
+		if err == nil {
+			t.Fatalf("accepted %q, want %q", id.Subject, reason)
+		}
+		if ae := (*AuthError)(nil); !errors.As(err, &ae) || ae.Reason != reason {
+			t.Fatalf("error %v, want %q", err, reason)
+		}
+	}
+	check(oldTok, "")
+	check(newTok, ReasonAlgorithm) // no EC key yet
+
+	// A new key is added: accepted after the reload.
+	write(jwksJSON(t, jwkSpec{kid: "old", key: &k.rsa.PublicKey}, jwkSpec{kid: "new", key: &k.ec.PublicKey}))
+	check(newTok, "")
+	check(oldTok, "")
+
+	// A broken file keeps the keys, and is logged once.
+	write([]byte(`{"keys": [`))
+	for range 3 {
+		check(newTok, "")
+		check(oldTok, "")
+	}
+	if n := strings.Count(logs.String(), "reload failed"); n != 1 {
+		t.Fatalf("failed reload logged %d times, want once:\n%s", n, logs)
+	}
+
+	// The old key is removed.
+	write(jwksJSON(t, jwkSpec{kid: "new", key: &k.ec.PublicKey}))
+	check(newTok, "")
+	check(oldTok, ReasonAlgorithm)
+
+	// A change in place, same size, same modification time: only the
+	// forced reload sees it.
+	same := jwksJSON(t, jwkSpec{kid: "new", key: &k.ecOther.PublicKey})
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(same) != int(fi.Size()) {
+		t.Fatalf("test keys differ in size: %d, %d", len(same), fi.Size())
+	}
+	if err := os.WriteFile(path, same, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(path, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	check(newTok, "")
+	if err := a.ReloadKeys(); err != nil {
+		t.Fatal(err)
+	}
+	check(newTok, ReasonBadSignature)
+
+	// Removed: the keys stay, logged once.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	otherTok := signToken(t, jose.ES256, k.ecOther, "new", baseClaims(nil))
+	for range 3 {
+		check(otherTok, "")
+	}
+	if n := strings.Count(logs.String(), "unreadable"); n != 1 {
+		t.Fatalf("missing file logged %d times, want once:\n%s", n, logs)
+	}
+	if err := a.ReloadKeys(); err == nil {
+		t.Fatal("ReloadKeys of a removed file succeeded")
+	}
+	check(otherTok, "")
+
+	// Back again: checked and loaded.
+	write(jwksJSON(t, jwkSpec{kid: "old", key: &k.rsa.PublicKey}))
+	check(oldTok, "")
+}
+
+func TestAuthenticateKeysCheckInterval(t *testing.T) {
+	k := authKeys()
+	path := writeAuthFile(t, t.TempDir(), "keys.pem", pemPublic(t, &k.rsa.PublicKey))
+	log, _ := newAuthTestLogger()
+	before := time.Now()
+	a := mustAuthenticator(t, AuthConfig{JWTKeysFile: path, Logger: log})
+	if next := time.Unix(0, a.nextCheck.Load()); next.Before(before.Add(keysCheckInterval)) || next.After(time.Now().Add(keysCheckInterval)) {
+		t.Fatalf("first check at %v, want %v after New", next, keysCheckInterval)
+	}
+	if err := os.WriteFile(path, pemPublic(t, k.ed.Public()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tok := signToken(t, jose.EdDSA, k.ed, "", baseClaims(nil))
+	// Not due yet: the old keys.
+	a.nextCheck.Store(time.Now().Add(time.Hour).UnixNano())
+	if _, err := a.Authenticate(tok, authNow); err == nil {
+		t.Fatal("file checked before it was due")
+	}
+	// Due: checked by the next call.
+	a.nextCheck.Store(time.Now().Add(-time.Millisecond).UnixNano())
+	if _, err := a.Authenticate(tok, authNow); err != nil {
+		t.Fatalf("not reloaded when due: %v", err)
+	}
+	if next := time.Unix(0, a.nextCheck.Load()); time.Until(next) < keysCheckInterval/2 {
+		t.Fatalf("next check at %v, want about %v from now", next, keysCheckInterval)
+	}
+}
+
+// TestAuthenticateConcurrentReload runs verifications while the keys file
+// is rewritten (run with -race).
+func TestAuthenticateConcurrentReload(t *testing.T) {
+	k := authKeys()
+	dir := t.TempDir()
+	path := writeAuthFile(t, dir, "keys.json", jwksJSON(t, jwkSpec{kid: "a", key: k.ed.Public()}))
+	log, _ := newAuthTestLogger()
+	a := mustAuthenticator(t, AuthConfig{JWTKeysFile: path, JWTSecret: authTestSecret, Logger: log})
+	a.checkEvery = 0
+	a.nextCheck.Store(0)
+	edTok := signToken(t, jose.EdDSA, k.ed, "a", baseClaims(nil))
+	hsTok := signToken(t, jose.HS256, authTestSecret, "", baseClaims(nil))
+
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	errs := make(chan error, 8)
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for _, tok := range []string{edTok, hsTok} {
+					if _, err := a.Authenticate(tok, authNow); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+		})
+	}
+	for i := range 50 {
+		// Same keys, each write a new file (rename), sometimes broken.
+		data := jwksJSON(t, jwkSpec{kid: "a", key: k.ed.Public()})
+		if i%5 == 4 {
+			data = data[:len(data)/2]
+		}
+		tmp := writeAuthFile(t, dir, "keys.tmp", data)
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+		if i%10 == 0 {
+			_ = a.ReloadKeys()
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func TestTokenFrom(t *testing.T) {
+	q := func(s string) url.Values {
+		v, err := url.ParseQuery(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	const jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig-_x"
+	cases := []struct {
+		name                 string
+		query                url.Values
+		auth, cookie, protos string
+		wantToken, wantProto string
+	}{
+		{"nothing", nil, "", "", "", "", ""},
+		{"query", q("token=" + jwt + "&events=create"), "", "", "", jwt, ""},
+		{"query empty", q("token="), "", "", "", "", ""},
+		{"bearer", nil, "Bearer " + jwt, "", "", jwt, ""},
+		{"bearer any case, spaces", nil, "  bearer   " + jwt + " ", "", "", jwt, ""},
+		{"basic is not bearer", nil, "Basic dXNlcjpwYXNz", "", "", "", ""},
+		{"bearer empty", nil, "Bearer ", "", "", "", ""},
+		{"cookie", nil, "", "theme=dark; tablecast_token=" + jwt + "; other=1", "", jwt, ""},
+		{"cookie among malformed ones", nil, "", `bad cookie"; tablecast_token=` + jwt, "", jwt, ""},
+		{"other cookies only", nil, "", "session=abc", "", "", ""},
+		{"subprotocol", nil, "", "", "tablecast.v1, token." + jwt, jwt, Subprotocol},
+		{"subprotocol, token first", nil, "", "", "token." + jwt + ",tablecast.v1", jwt, Subprotocol},
+		{"subprotocol without tablecast.v1", nil, "", "", "token." + jwt, jwt, ""},
+		{"subprotocol tablecast.v1 only", nil, "", "", "tablecast.v1", "", Subprotocol},
+		{"subprotocol first token wins", nil, "", "", "tablecast.v1, token.first, token.second", "first", Subprotocol},
+		{"subprotocol empty token", nil, "", "", "tablecast.v1, token.", "", Subprotocol},
+		{"other subprotocols", nil, "", "", "mqtt, tablecast.v2", "", ""},
+		{"api key in a subprotocol", nil, "", "", "tablecast.v1, token.tck_abc-DEF_1", "tck_abc-DEF_1", Subprotocol},
+		{"query before bearer", q("token=fromquery"), "Bearer frombearer", "tablecast_token=fromcookie", "tablecast.v1, token.fromproto", "fromquery", Subprotocol},
+		{"bearer before cookie", nil, "Bearer frombearer", "tablecast_token=fromcookie", "tablecast.v1, token.fromproto", "frombearer", Subprotocol},
+		{"cookie before subprotocol", nil, "", "tablecast_token=fromcookie", "tablecast.v1, token.fromproto", "fromcookie", Subprotocol},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tok, proto := TokenFrom(tc.query, tc.auth, tc.cookie, tc.protos)
+			if tok != tc.wantToken || proto != tc.wantProto {
+				t.Fatalf("TokenFrom = %q, %q; want %q, %q", tok, proto, tc.wantToken, tc.wantProto)
+			}
+		})
+	}
+}
+
+func TestAuthAPIKeyHelpers(t *testing.T) {
+	key, err := GenerateAPIKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(key, APIKeyPrefix) || len(key) != len(APIKeyPrefix)+43 {
+		t.Fatalf("key %q", key)
+	}
+	other, _ := GenerateAPIKey()
+	if other == key {
+		t.Fatal("two keys alike")
+	}
+	// The documented shell recipe: printf %s "$KEY" | sha256sum.
+	if got, want := HashAPIKey("tck_abc"), "sha256:c537139c917239b6e6dedbc1280691f379f6e1659a3779be2228759f25087e5d"; got != want {
+		t.Fatalf("HashAPIKey = %q, want %q", got, want)
+	}
+	h := crypto.SHA256.New()
+	h.Write([]byte(key))
+	a := mustAuthenticator(t, AuthConfig{APIKeys: []APIKey{{Name: "svc", Hash: "sha256:" + strings.ToUpper(hexString(h.Sum(nil)))}}})
+	id, err := a.Authenticate(key, authNow)
+	if err != nil || id.Subject != "apikey:svc" || !id.Expires.IsZero() {
+		t.Fatalf("Authenticate = %+v, %v", id, err)
+	}
+	// No grants configured: nothing allowed.
+	if id.Grants.OpsFor("public", "orders") != 0 || id.Grants.CanPublish("chat") {
+		t.Fatal("an API key without claims may do something")
+	}
+}
+
+func hexString(b []byte) string {
+	const digits = "0123456789abcdef"
+	out := make([]byte, 0, 2*len(b))
+	for _, c := range b {
+		out = append(out, digits[c>>4], digits[c&15])
+	}
+	return string(out)
+}
+
+// FuzzAuthenticate feeds arbitrary tokens: never a panic, and every
+// refusal is an *AuthError with a known reason that fits a close frame.
+func FuzzAuthenticate(f *testing.F) {
+	k := authKeys()
+	cfg, apiKey := fullAuthConfig(f)
+	a := mustAuthenticator(f, cfg)
+	f.Add(signToken(f, jose.HS256, authTestSecret, "", baseClaims(nil)))
+	f.Add(signToken(f, jose.ES256, k.ec, "ec1", baseClaims(nil)))
+	f.Add(unsignedToken(`{"alg":"none"}`, baseClaims(nil), ""))
+	f.Add(apiKey)
+	f.Add("tck_")
+	f.Add("a.b.c")
+	known := []string{ReasonNoToken, ReasonMalformedToken, ReasonTokenExpired, ReasonTokenNotYetValid, ReasonBadSignature,
+		ReasonAlgorithm, ReasonWrongAudience, ReasonWrongIssuer, ReasonUnknownKey, ReasonUnknownAPIKey}
+	f.Fuzz(func(t *testing.T, token string) {
+		id, err := a.Authenticate(token, authNow)
+		if err == nil {
+			if id.Grants == nil {
+				t.Fatal("identity without grants")
+			}
+			return
+		}
+		var ae *AuthError
+		if !errors.As(err, &ae) {
+			t.Fatalf("error %T", err)
+		}
+		if !slices.Contains(known, ae.Reason) && !strings.HasPrefix(ae.Reason, ReasonMalformedGrants+": ") {
+			t.Fatalf("unknown reason %q", ae.Reason)
+		}
+		if len(ae.Reason) > maxReasonLen || !utf8.ValidString(ae.Reason) {
+			t.Fatalf("reason %q does not fit a close frame", ae.Reason)
+		}
+	})
+}
+
+// FuzzTokenFrom: never a panic, and the answered subprotocol is only ever
+// tablecast.v1.
+func FuzzTokenFrom(f *testing.F) {
+	f.Add("token=x", "Bearer y", "tablecast_token=z", "tablecast.v1, token.w")
+	f.Add("", "", `a="b; tablecast_token`, "token.")
+	f.Fuzz(func(t *testing.T, query, auth, cookie, protos string) {
+		q, _ := url.ParseQuery(query)
+		_, proto := TokenFrom(q, auth, cookie, protos)
+		if proto != "" && proto != Subprotocol {
+			t.Fatalf("answered %q", proto)
+		}
+	})
+}

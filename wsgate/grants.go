@@ -1,0 +1,897 @@
+// Grants: what an authenticated client may read, publish and manage, and
+// the row policies pinned to its table subscriptions (DESIGN.md,
+// "Security").
+//
+// # The grants claim
+//
+// A token's grants are the claim "tablecast" (GrantsClaim), a JSON object;
+// an API key's grants are the same claim in its configured Claims:
+//
+//	{"sub": "user-42", "tenant": "acme", "exp": 1798000000,
+//	 "tablecast": {
+//	   "tables":   {"public.orders": ["create", "update", "delete", "truncate", "read"],
+//	                "public.*": ["create"],
+//	                "*": ["*"],
+//	                "audit.log": []},
+//	   "topics":   {"subscribe": ["chat", "room.*"],
+//	                "publish": ["chat"],
+//	                "create": ["room.*"],
+//	                "destroy": []},
+//	   "policies": {"public.orders": {"tenant_id": {"eq": {"claim": "tenant"}}}},
+//	   "limits":   {"connections": 5, "subscriptions": 20}
+//	 }}
+//
+// Every member is optional; whatever is not granted is refused. A token
+// without the claim authenticates but may read and publish nothing. A
+// member or operation the gateway does not know is an error, never
+// ignored (a misspelt "policy" must not silently drop a row policy): the
+// token is refused with the reason "malformed grants: …".
+//
+// tables maps a table pattern to the operations allowed on matching tables:
+// any of "create", "update", "delete", "truncate", "read" (a row sent by a
+// snapshot), or "*" for all five. A pattern is "schema.table" (an exact
+// table, each part as schema.ParseTableName reads it, so `"My
+// Schema"."orders.v2"` works), "schema.*" (every table of the schema) or
+// "*" (every table). A table takes the operations of its MOST SPECIFIC
+// matching pattern, alone: exact, else schema.*, else *. So an exact
+// entry can narrow a wildcard, and an empty list denies a table that a
+// wildcard would allow ("audit.log": [] above). An unquoted * anywhere
+// else is an error; quote a name that really holds one.
+//
+// topics lists, per action, the custom topic patterns allowed: "name"
+// (exact), "prefix.*" (every topic whose name starts with "prefix.", at
+// any depth, but not "prefix" itself) or "*" (every topic). The actions
+// are independent: subscribe (receive messages), publish, create
+// (create-topic) and destroy (destroy-topic); publishing does not imply
+// subscribing.
+//
+// policies maps a table pattern (the same patterns as tables) to a row
+// policy: a where object, the same shape as a subscription's where
+// (CompileWhere). Unlike tables, EVERY matching pattern's policy applies,
+// ANDed together: a policy only ever narrows, so a wildcard policy cannot
+// be widened by a more specific one. A table with a policy whose columns it
+// does not have cannot be subscribed to (the filter does not compile):
+// that is refused, never widened. Inside a policy, an operator's value
+// written {"claim": "<name>"} is replaced by the value of the top-level
+// claim <name> of the same token (a string, number, boolean, array or
+// object, as the token has it); an array claim fits in and nin
+// ({"tenant_id": {"in": {"claim": "tenants"}}}), and a claim reference
+// inside an in-list is spliced in. A claim that is missing or null makes
+// the policy, and so every subscription to its tables, fail
+// (ErrMissingClaim) rather than match more rows. The only way to compare a
+// json column with the literal object {"claim": "…"} is not to: that
+// object always means a claim reference.
+//
+// limits tightens per-identity limits: connections (simultaneous
+// connections of this identity) and subscriptions (per connection). 0 or
+// absent leaves the gateway's own setting.
+
+package wsgate
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"slices"
+	"strings"
+
+	"github.com/tablecast/tablecast/schema"
+)
+
+// GrantsClaim is the name of the claim that holds a token's grants.
+const GrantsClaim = "tablecast"
+
+// ErrMissingClaim is wrapped by Grants.Policy when a row policy refers to a
+// claim the token does not have (or has as null). The gateway refuses the
+// subscription.
+var ErrMissingClaim = errors.New("claim missing from the token")
+
+// maxPolicyDepth bounds how deeply a policy's "or" groups may nest while it
+// is read; CompileWhere applies its own, smaller, limit (MaxOrDepth) when
+// the policy is compiled. It only stops a pathological claim from
+// recursing deeply here.
+const maxPolicyDepth = 32
+
+// maxLimit bounds a limit in the grants claim; anything larger is a typo.
+const maxLimit = 1_000_000_000
+
+// OpSet is a set of row-change operations (EventCreate … EventRead). Bit i
+// is the i-th of create, update, delete, truncate, read: the same layout as
+// the feed's subscription mask.
+type OpSet uint8
+
+// AllOps holds every operation.
+const AllOps OpSet = 1<<5 - 1
+
+// opSetBit is the bit of an operation name, 0 for an unknown name.
+func opSetBit(op string) OpSet {
+	switch op {
+	case EventCreate:
+		return 1 << 0
+	case EventUpdate:
+		return 1 << 1
+	case EventDelete:
+		return 1 << 2
+	case EventTruncate:
+		return 1 << 3
+	case EventRead:
+		return 1 << 4
+	}
+	return 0
+}
+
+// Has reports whether the set holds op (one of EventCreate … EventRead).
+func (s OpSet) Has(op string) bool {
+	b := opSetBit(op)
+	return b != 0 && s&b != 0
+}
+
+// Names lists the operations of the set in the canonical order.
+func (s OpSet) Names() []string {
+	var out []string
+	for _, op := range []string{EventCreate, EventUpdate, EventDelete, EventTruncate, EventRead} {
+		if s.Has(op) {
+			out = append(out, op)
+		}
+	}
+	return out
+}
+
+// Limits are the per-identity limits of a grants claim. Zero means the
+// gateway's own setting.
+type Limits struct {
+	// Connections is the most simultaneous connections of this identity
+	// (claim limits.connections).
+	Connections int
+	// Subscriptions is the most subscriptions per connection (claim
+	// limits.subscriptions).
+	Subscriptions int
+}
+
+// Topic actions, the members of the grants claim's "topics".
+const (
+	topicSubscribe = iota
+	topicPublish
+	topicCreate
+	topicDestroy
+	topicActions
+)
+
+var topicActionNames = [topicActions]string{"subscribe", "publish", "create", "destroy"}
+
+// Grants is what an identity may do, read from the grants claim (its format
+// is documented at the top of grants.go, for the README). It is immutable
+// once built, and safe for concurrent use. A nil *Grants allows nothing.
+type Grants struct {
+	all bool // the anonymous identity: everything, no policies
+
+	exact   map[grantTable]OpSet // "schema.table"
+	schemas map[string]OpSet     // "schema.*", by schema
+	anyOps  OpSet                // "*"
+	hasAny  bool
+
+	topics   [topicActions][]topicPattern
+	policies []grantPolicy // sorted: "*" first, then schema.*, then exact
+	limits   Limits
+}
+
+type grantTable struct{ schema, table string }
+
+// tablePattern is a parsed table pattern.
+type tablePattern struct {
+	kind          patternKind
+	schema, table string // table only for patExact
+}
+
+type patternKind uint8
+
+const (
+	patAny    patternKind = iota // "*"
+	patSchema                    // "schema.*"
+	patExact                     // "schema.table"
+)
+
+func (p tablePattern) match(schemaName, table string) bool {
+	switch p.kind {
+	case patAny:
+		return true
+	case patSchema:
+		return p.schema == schemaName
+	}
+	return p.schema == schemaName && p.table == table
+}
+
+func (p tablePattern) String() string {
+	switch p.kind {
+	case patAny:
+		return "*"
+	case patSchema:
+		s := schema.FormatTableName(p.schema, "x") // the schema, quoted as needed
+		return s[:len(s)-1] + "*"
+	}
+	return schema.FormatTableName(p.schema, p.table)
+}
+
+// topicPattern is a parsed topic pattern: all, a prefix ending in '.', or
+// an exact name.
+type topicPattern struct {
+	all    bool
+	prefix string
+	exact  string
+}
+
+func (p topicPattern) match(name string) bool {
+	switch {
+	case p.all:
+		return true
+	case p.prefix != "":
+		return len(name) > len(p.prefix) && strings.HasPrefix(name, p.prefix)
+	}
+	return name == p.exact
+}
+
+// grantPolicy is one row policy, its claim references already resolved
+// (where), or the error resolving them gave (a missing claim), which every
+// subscription to a matching table then gets.
+type grantPolicy struct {
+	pat   tablePattern
+	where map[string]any
+	err   error
+}
+
+// allGrants is the anonymous identity's grants.
+var allGrants = &Grants{all: true}
+
+// OpsFor returns the operations the identity may read on a table: those of
+// the most specific matching pattern of the grants claim's "tables"
+// (exact, then schema.*, then *). An empty set means the table may not be
+// read at all; the gateway answers as for a table that does not exist.
+func (g *Grants) OpsFor(schemaName, table string) OpSet {
+	switch {
+	case g == nil:
+		return 0
+	case g.all:
+		return AllOps
+	}
+	if ops, ok := g.exact[grantTable{schemaName, table}]; ok {
+		return ops
+	}
+	if ops, ok := g.schemas[schemaName]; ok {
+		return ops
+	}
+	if g.hasAny {
+		return g.anyOps
+	}
+	return 0
+}
+
+// CanRead reports whether the identity may receive op (EventCreate …
+// EventRead) events of a table.
+func (g *Grants) CanRead(schemaName, table, op string) bool {
+	return g.OpsFor(schemaName, table).Has(op)
+}
+
+// CanSubscribeTopic reports whether the identity may subscribe to a custom
+// topic.
+func (g *Grants) CanSubscribeTopic(name string) bool { return g.topic(topicSubscribe, name) }
+
+// CanPublish reports whether the identity may publish to a custom topic.
+func (g *Grants) CanPublish(name string) bool { return g.topic(topicPublish, name) }
+
+// CanCreateTopic reports whether the identity may create a custom topic.
+func (g *Grants) CanCreateTopic(name string) bool { return g.topic(topicCreate, name) }
+
+// CanDestroyTopic reports whether the identity may destroy a custom topic.
+func (g *Grants) CanDestroyTopic(name string) bool { return g.topic(topicDestroy, name) }
+
+func (g *Grants) topic(action int, name string) bool {
+	switch {
+	case g == nil:
+		return false
+	case g.all:
+		return true
+	}
+	for _, p := range g.topics[action] {
+		if p.match(name) {
+			return true
+		}
+	}
+	return false
+}
+
+// Limits returns the per-identity limits of the grants claim (zero: the
+// gateway's setting).
+func (g *Grants) Limits() Limits {
+	if g == nil {
+		return Limits{}
+	}
+	return g.limits
+}
+
+// Policy returns the row policy of a table: a where object, in the shape
+// CompileWhere takes, that every subscription to the table must match
+// whatever the client's own where says; the AND of every matching
+// pattern's policy, claim references replaced by the claim values. nil and
+// no error means no policy. An error (a missing claim, wrapping
+// ErrMissingClaim, or policies that cannot be combined) means the
+// subscription must be refused: the error never stands for "no policy".
+//
+// The gateway can compile the policy on its own and require both filters
+// to match, or combine it with the client's where with AndWhere and
+// compile one filter (which lets an eq condition of the policy feed the
+// equality index).
+func (g *Grants) Policy(schemaName, table string) (json.RawMessage, error) {
+	switch {
+	case g == nil:
+		return nil, errors.New("no grants")
+	case g.all:
+		return nil, nil
+	}
+	var where map[string]any
+	for _, p := range g.policies {
+		if !p.pat.match(schemaName, table) {
+			continue
+		}
+		if p.err != nil {
+			return nil, fmt.Errorf("row policy %s for %s: %w", p.pat, schema.FormatTableName(schemaName, table), p.err)
+		}
+		if where == nil {
+			where = p.where
+			continue
+		}
+		var err error
+		if where, err = andWhere(where, p.where, 0); err != nil {
+			return nil, fmt.Errorf("row policies for %s: %w", schema.FormatTableName(schemaName, table), err)
+		}
+	}
+	if where == nil {
+		return nil, nil
+	}
+	return marshalWhere(where)
+}
+
+// AndWhere returns a where object (CompileWhere's shape) that matches the
+// rows both a and b match. A nil, empty or null a or b is no condition.
+// Conditions on distinct columns are merged into one object; conditions
+// that collide (the same operator on the same column, two "or" groups) are
+// nested under "or" groups, so the result is one object without duplicate
+// members.
+func AndWhere(a, b json.RawMessage) (json.RawMessage, error) {
+	am, err := decodeWhere(a)
+	if err != nil {
+		return nil, err
+	}
+	bm, err := decodeWhere(b)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case am == nil && bm == nil:
+		return nil, nil
+	case am == nil:
+		return marshalWhere(bm)
+	case bm == nil:
+		return marshalWhere(am)
+	}
+	w, err := andWhere(am, bm, 0)
+	if err != nil {
+		return nil, err
+	}
+	return marshalWhere(w)
+}
+
+func decodeWhere(raw json.RawMessage) (map[string]any, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	v, err := decodeStrict(dec, 0)
+	if err == nil {
+		if _, end := dec.Token(); end != io.EOF {
+			err = errors.New("data after the where object")
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("where is not valid JSON: %w", err)
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, errors.New("where must be a JSON object of column conditions")
+	}
+	return m, nil
+}
+
+// decodeStrict decodes one JSON value like encoding/json into any (numbers
+// as json.Number), but refuses an object that repeats a member name:
+// CompileWhere would AND both members, a map keeps one, and AndWhere must
+// not change what a where means.
+func decodeStrict(dec *json.Decoder, depth int) (any, error) {
+	if depth > 10*maxPolicyDepth {
+		return nil, errors.New("nested too deeply")
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	switch tok {
+	case json.Delim('{'):
+		obj := map[string]any{}
+		for dec.More() {
+			tok, err := dec.Token()
+			if err != nil {
+				return nil, err
+			}
+			name := tok.(string) // the decoder only gives strings here
+			if _, dup := obj[name]; dup {
+				return nil, fmt.Errorf("member %q is repeated", name)
+			}
+			if obj[name], err = decodeStrict(dec, depth+1); err != nil {
+				return nil, err
+			}
+		}
+		_, err := dec.Token() // '}'
+		return obj, err
+	case json.Delim('['):
+		list := []any{}
+		for dec.More() {
+			v, err := decodeStrict(dec, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			list = append(list, v)
+		}
+		_, err := dec.Token() // ']'
+		return list, err
+	}
+	return tok, nil
+}
+
+func marshalWhere(w map[string]any) (json.RawMessage, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(w); err != nil {
+		return nil, fmt.Errorf("encode where: %w", err)
+	}
+	return bytes.TrimRight(buf.Bytes(), "\n"), nil
+}
+
+// andWhere returns a where object matching what both a and b match, without
+// changing either. A member of b whose column a does not constrain is
+// added; operators of the same column merge; what collides (the same
+// operator on a column, two "or" groups) is collected in extra and ANDed
+// into each of a's "or" groups, or added as a new one-group "or" (an "or"
+// of one group is that group).
+func andWhere(a, b map[string]any, depth int) (map[string]any, error) {
+	if depth > maxPolicyDepth {
+		return nil, errors.New("conditions nest too deeply to combine")
+	}
+	out := maps.Clone(a)
+	var extra map[string]any
+	for k, bv := range b {
+		av, ok := out[k]
+		if !ok {
+			out[k] = bv
+			continue
+		}
+		am, aCol := av.(map[string]any)
+		bm, bCol := bv.(map[string]any)
+		if !aCol || !bCol {
+			// Two "or" groups, or a column called "or" next to a group.
+			if extra == nil {
+				extra = map[string]any{}
+			}
+			extra[k] = bv
+			continue
+		}
+		merged := maps.Clone(am)
+		var rest map[string]any
+		for op, v := range bm {
+			if _, dup := merged[op]; dup {
+				if rest == nil {
+					rest = map[string]any{}
+				}
+				rest[op] = v
+				continue
+			}
+			merged[op] = v
+		}
+		out[k] = merged
+		if rest != nil {
+			if extra == nil {
+				extra = map[string]any{}
+			}
+			extra[k] = rest
+		}
+	}
+	if extra == nil {
+		return out, nil
+	}
+	switch ors := out["or"].(type) {
+	case nil:
+		out["or"] = []any{extra}
+	case []any:
+		groups := make([]any, len(ors))
+		for i, g := range ors {
+			gm, ok := g.(map[string]any)
+			if !ok {
+				return nil, errors.New(`each group of "or" must be an object of column conditions`)
+			}
+			var err error
+			if groups[i], err = andWhere(gm, extra, depth+1); err != nil {
+				return nil, err
+			}
+		}
+		out["or"] = groups
+	default:
+		return nil, errors.New(`cannot combine an "or" group with a condition on a column called "or"`)
+	}
+	return out, nil
+}
+
+// GrantsFromClaims reads the grants of a token's claims (the claim
+// GrantsClaim, see the file comment) as decoded by encoding/json, numbers
+// as json.Number or float64. Claim references in row policies are
+// resolved against claims. A missing grants claim gives grants that allow
+// nothing; a malformed one is an error that says what is wrong.
+func GrantsFromClaims(claims map[string]any) (*Grants, error) {
+	g := &Grants{}
+	raw, ok := claims[GrantsClaim]
+	if !ok || raw == nil {
+		return g, nil
+	}
+	obj, ok := raw.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("claim %q must be an object", GrantsClaim)
+	}
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
+		v := obj[k]
+		var err error
+		switch k {
+		case "tables":
+			err = g.readTables(v)
+		case "topics":
+			err = g.readTopics(v)
+		case "policies":
+			err = g.readPolicies(v, claims)
+		case "limits":
+			err = g.readLimits(v)
+		default:
+			err = fmt.Errorf("unknown member %q (want tables, topics, policies or limits)", k)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return g, nil
+}
+
+func (g *Grants) readTables(v any) error {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return errors.New("tables must be an object of table pattern to operations")
+	}
+	for _, pat := range slices.Sorted(maps.Keys(obj)) {
+		p, err := parseTablePattern(pat)
+		if err != nil {
+			return fmt.Errorf("tables: %w", err)
+		}
+		ops, err := readOps(obj[pat])
+		if err != nil {
+			return fmt.Errorf("tables[%q]: %w", pat, err)
+		}
+		switch p.kind {
+		case patAny:
+			g.anyOps, g.hasAny = ops, true
+		case patSchema:
+			if _, dup := g.schemas[p.schema]; dup {
+				return fmt.Errorf("tables: %q repeats a pattern", pat)
+			}
+			if g.schemas == nil {
+				g.schemas = map[string]OpSet{}
+			}
+			g.schemas[p.schema] = ops
+		case patExact:
+			key := grantTable{p.schema, p.table}
+			if _, dup := g.exact[key]; dup {
+				return fmt.Errorf("tables: %q repeats a table", pat)
+			}
+			if g.exact == nil {
+				g.exact = map[grantTable]OpSet{}
+			}
+			g.exact[key] = ops
+		}
+	}
+	return nil
+}
+
+func readOps(v any) (OpSet, error) {
+	list, ok := v.([]any)
+	if !ok {
+		return 0, errors.New("want a list of operations")
+	}
+	var ops OpSet
+	for _, e := range list {
+		s, _ := e.(string)
+		if s == "*" {
+			ops = AllOps
+			continue
+		}
+		b := opSetBit(s)
+		if b == 0 {
+			return 0, fmt.Errorf("unknown operation %s (want create, update, delete, truncate, read or *)", shortJSON(e))
+		}
+		ops |= b
+	}
+	return ops, nil
+}
+
+// parseTablePattern reads "*", "schema.*" or "schema.table".
+func parseTablePattern(pat string) (tablePattern, error) {
+	bad := func(why string) (tablePattern, error) {
+		return tablePattern{}, fmt.Errorf("pattern %q: %s (want schema.table, schema.* or *)", pat, why)
+	}
+	if pat == "*" {
+		return tablePattern{kind: patAny}, nil
+	}
+	if s, ok := strings.CutSuffix(pat, ".*"); ok {
+		sch, _, err := schema.ParseTableName(s + ".x")
+		if err != nil {
+			return bad("malformed schema")
+		}
+		if strings.Contains(sch, "*") && !strings.HasPrefix(s, `"`) {
+			return bad("* is a pattern only as a whole table or a whole pattern; quote a name that holds one")
+		}
+		return tablePattern{kind: patSchema, schema: sch}, nil
+	}
+	sch, tbl, err := schema.ParseTableName(pat)
+	if err != nil {
+		return bad("malformed table name")
+	}
+	if strings.Contains(sch, "*") && !strings.HasPrefix(pat, `"`) ||
+		strings.Contains(tbl, "*") && !strings.HasSuffix(pat, `"`) {
+		return bad("* is a pattern only as a whole table or a whole pattern; quote a name that holds one")
+	}
+	return tablePattern{kind: patExact, schema: sch, table: tbl}, nil
+}
+
+func (g *Grants) readTopics(v any) error {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return errors.New("topics must be an object of subscribe, publish, create and destroy lists")
+	}
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
+		action := slices.Index(topicActionNames[:], k)
+		if action < 0 {
+			return fmt.Errorf("topics: unknown action %q (want subscribe, publish, create or destroy)", k)
+		}
+		list, ok := obj[k].([]any)
+		if !ok {
+			return fmt.Errorf("topics.%s must be a list of topic patterns", k)
+		}
+		for _, e := range list {
+			s, ok := e.(string)
+			if !ok {
+				return fmt.Errorf("topics.%s: %s is not a string", k, shortJSON(e))
+			}
+			p, err := parseTopicPattern(s)
+			if err != nil {
+				return fmt.Errorf("topics.%s: %w", k, err)
+			}
+			g.topics[action] = append(g.topics[action], p)
+		}
+	}
+	return nil
+}
+
+// parseTopicPattern reads "*", "prefix.*" or an exact topic name.
+func parseTopicPattern(pat string) (topicPattern, error) {
+	if pat == "*" {
+		return topicPattern{all: true}, nil
+	}
+	name, wild := strings.CutSuffix(pat, ".*")
+	if name == "" || strings.ContainsAny(name, "*> \t\r\n") || name[0] == '.' || name[len(name)-1] == '.' ||
+		len(name) > MaxTopicLen {
+		return topicPattern{}, fmt.Errorf("pattern %q: want a topic name, prefix.* or *", pat)
+	}
+	if wild {
+		return topicPattern{prefix: name + "."}, nil
+	}
+	return topicPattern{exact: name}, nil
+}
+
+func (g *Grants) readLimits(v any) error {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return errors.New("limits must be an object")
+	}
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
+		var dst *int
+		switch k {
+		case "connections":
+			dst = &g.limits.Connections
+		case "subscriptions":
+			dst = &g.limits.Subscriptions
+		default:
+			return fmt.Errorf("limits: unknown limit %q (want connections or subscriptions)", k)
+		}
+		n, ok := claimInt(obj[k])
+		if !ok || n < 0 || n > maxLimit {
+			return fmt.Errorf("limits.%s must be a whole number from 0 to %d", k, maxLimit)
+		}
+		*dst = int(n)
+	}
+	return nil
+}
+
+// claimInt reads a whole number decoded by encoding/json.
+func claimInt(v any) (int64, bool) {
+	var f float64
+	switch n := v.(type) {
+	case json.Number:
+		if i, err := n.Int64(); err == nil {
+			return i, true
+		}
+		var err error
+		if f, err = n.Float64(); err != nil {
+			return 0, false
+		}
+	case float64:
+		f = n
+	default:
+		return 0, false
+	}
+	if f != math.Trunc(f) || math.Abs(f) > 1<<53 {
+		return 0, false
+	}
+	return int64(f), true
+}
+
+func (g *Grants) readPolicies(v any, claims map[string]any) error {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return errors.New("policies must be an object of table pattern to where object")
+	}
+	seen := map[tablePattern]bool{}
+	for _, pat := range slices.Sorted(maps.Keys(obj)) {
+		p, err := parseTablePattern(pat)
+		if err != nil {
+			return fmt.Errorf("policies: %w", err)
+		}
+		if seen[p] {
+			return fmt.Errorf("policies: %q repeats a pattern", pat)
+		}
+		seen[p] = true
+		r := policyResolver{claims: claims}
+		where, err := r.group(obj[pat], 0)
+		if err != nil {
+			return fmt.Errorf("policies[%q]: %w", pat, err)
+		}
+		g.policies = append(g.policies, grantPolicy{pat: p, where: where, err: r.missing})
+	}
+	slices.SortStableFunc(g.policies, func(a, b grantPolicy) int { return int(a.pat.kind) - int(b.pat.kind) })
+	return nil
+}
+
+// policyResolver checks the shape of a policy's where object and copies it
+// with claim references replaced. A malformed shape is an error at once
+// (the token is refused); a missing claim is kept in missing, for the
+// policy's subscriptions to fail.
+type policyResolver struct {
+	claims  map[string]any
+	missing error
+}
+
+func (r *policyResolver) group(v any, depth int) (map[string]any, error) {
+	if depth > maxPolicyDepth {
+		return nil, errors.New(`"or" groups nest too deeply`)
+	}
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return nil, errors.New("a row policy must be an object of column conditions, like a subscription's where")
+	}
+	out := make(map[string]any, len(obj))
+	for col, cv := range obj {
+		if arr, ok := cv.([]any); ok && col == "or" {
+			if len(arr) == 0 {
+				return nil, errors.New(`"or" needs a non-empty list of condition objects`)
+			}
+			groups := make([]any, len(arr))
+			for i, e := range arr {
+				var err error
+				if groups[i], err = r.group(e, depth+1); err != nil {
+					return nil, err
+				}
+			}
+			out[col] = groups
+			continue
+		}
+		ops, ok := cv.(map[string]any)
+		if !ok || len(ops) == 0 {
+			return nil, fmt.Errorf(`condition on column %q must be an object of operators, like {"eq": …}`, col)
+		}
+		resolved := make(map[string]any, len(ops))
+		for op, operand := range ops {
+			val, err := r.operand(operand)
+			if err != nil {
+				return nil, fmt.Errorf("column %q, %s: %w", col, op, err)
+			}
+			resolved[op] = val
+		}
+		out[col] = resolved
+	}
+	return out, nil
+}
+
+// operand resolves an operator's value: a claim reference, a list that may
+// hold claim references (spliced in when they are arrays), or a literal.
+func (r *policyResolver) operand(v any) (any, error) {
+	name, isRef, err := claimRef(v)
+	switch {
+	case err != nil:
+		return nil, err
+	case isRef:
+		return r.claim(name), nil
+	}
+	list, ok := v.([]any)
+	if !ok {
+		return v, nil
+	}
+	out := make([]any, 0, len(list))
+	for _, e := range list {
+		name, isRef, err := claimRef(e)
+		switch {
+		case err != nil:
+			return nil, err
+		case !isRef:
+			out = append(out, e)
+		default:
+			if arr, ok := r.claim(name).([]any); ok {
+				out = append(out, arr...)
+			} else {
+				out = append(out, r.claim(name))
+			}
+		}
+	}
+	return out, nil
+}
+
+// claimRef reports whether v is a claim reference {"claim": "name"}.
+func claimRef(v any) (name string, isRef bool, err error) {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return "", false, nil
+	}
+	ref, ok := obj["claim"]
+	if !ok {
+		return "", false, nil
+	}
+	name, ok = ref.(string)
+	if !ok || name == "" || len(obj) != 1 {
+		return "", false, errors.New(`a claim reference is {"claim": "<claim name>"} and nothing else`)
+	}
+	return name, true, nil
+}
+
+func (r *policyResolver) claim(name string) any {
+	v, ok := r.claims[name]
+	if (!ok || v == nil) && r.missing == nil {
+		r.missing = fmt.Errorf("%w: %q", ErrMissingClaim, name)
+	}
+	return v
+}
+
+// shortJSON renders a decoded JSON value for an error message, cut short.
+func shortJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprintf("%v", v)
+	}
+	return cutUTF8(string(b), 40)
+}
