@@ -231,3 +231,24 @@ func (c *catalog) removeTopic(name string) bool {
 	delete(c.topics, name)
 	return true
 }
+
+// visible returns the table and topic names a client with grants may
+// subscribe to, sorted.
+func (c *catalog) visible(grants *Grants) (tables, topics []string) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	tables, topics = []string{}, []string{}
+	for k, t := range c.tables {
+		if grants.OpsFor(k.schema, k.table) != 0 {
+			tables = append(tables, t.name)
+		}
+	}
+	for name := range c.topics {
+		if grants.CanSubscribeTopic(name) {
+			topics = append(topics, name)
+		}
+	}
+	slices.Sort(tables)
+	slices.Sort(topics)
+	return tables, topics
+}

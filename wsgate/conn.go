@@ -29,6 +29,9 @@ type conn struct {
 	raw syscall.RawConn // nc's descriptor for non-blocking writes; nil if none
 	fd  int             // for the poller; -1 when read by a goroutine of its own
 
+	id     *Identity   // who the client is and what it may do
+	expiry *time.Timer // closes the connection when the token expires
+
 	lastRead atomic.Int64 // unix nanos of the last frame read (pings count)
 	reading  atomic.Bool  // a goroutine is in readAvailable
 
@@ -56,9 +59,10 @@ type conn struct {
 
 // upgradeRequest is what the handshake learned of the request.
 type upgradeRequest struct {
-	path, rawQuery string
-	host, origin   string
-	urlSub         *URLSubscription
+	path, rawQuery        string
+	host, origin          string
+	authorization, cookie string
+	protocols             string // Sec-WebSocket-Protocol values, joined with ", "
 }
 
 // handshake tells a WebSocket request from another HTTP request by its
@@ -94,10 +98,27 @@ func (g *Gateway) handshake(nc net.Conn, httpLn *chanListener) {
 		},
 		OnHost: func(host []byte) error { req.host = string(host); return nil },
 		OnHeader: func(key, value []byte) error {
-			if bytes.EqualFold(key, []byte("Origin")) {
+			switch {
+			case bytes.EqualFold(key, []byte("Origin")):
 				req.origin = string(value)
+			case bytes.EqualFold(key, []byte("Authorization")):
+				req.authorization = string(value)
+			case bytes.EqualFold(key, []byte("Cookie")):
+				req.cookie = joinHeader(req.cookie, "; ", string(value))
 			}
 			return nil
+		},
+		// The upgrader keeps Sec-WebSocket-Protocol to itself: read the
+		// values here (a token may travel in one) and answer protocol v1's
+		// own name, never a token.
+		ProtocolCustom: func(v []byte) (string, bool) {
+			req.protocols = joinHeader(req.protocols, ", ", string(v))
+			for p := range strings.SplitSeq(string(v), ",") {
+				if answerProtocol([]byte(strings.TrimSpace(p))) {
+					return Subprotocol, true
+				}
+			}
+			return "", true
 		},
 	}
 	if _, err := u.Upgrade(pc); err != nil {
@@ -112,8 +133,10 @@ func (g *Gateway) handshake(nc net.Conn, httpLn *chanListener) {
 // ServeHTTP upgrades a WebSocket request that came through net/http (a
 // kept-alive connection, or TLS).
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	req := &upgradeRequest{path: r.URL.EscapedPath(), rawQuery: r.URL.RawQuery, host: r.Host, origin: r.Header.Get("Origin")}
-	nc, rw, _, err := ws.UpgradeHTTP(r, w)
+	req := &upgradeRequest{path: r.URL.EscapedPath(), rawQuery: r.URL.RawQuery, host: r.Host, origin: r.Header.Get("Origin"),
+		authorization: r.Header.Get("Authorization"), cookie: strings.Join(r.Header.Values("Cookie"), "; "),
+		protocols: strings.Join(r.Header.Values("Sec-WebSocket-Protocol"), ", ")}
+	nc, rw, _, err := ws.HTTPUpgrader{Protocol: func(p string) bool { return answerProtocol([]byte(p)) }}.Upgrade(r, w)
 	if err != nil {
 		return // UpgradeHTTP answered the request
 	}
@@ -143,12 +166,15 @@ func (g *Gateway) start(nc net.Conn, req *upgradeRequest) {
 		c.closeWith(CloseForbiddenOrigin, "origin "+quoteShort(req.origin)+" is not allowed")
 		return
 	}
+	q, err := url.ParseQuery(req.rawQuery)
+	if err != nil {
+		c.closeWith(CloseBadRequest, "malformed query string")
+		return
+	}
+	if !c.authenticate(q, req) {
+		return
+	}
 	if strings.HasPrefix(req.path, URLSubscriptionPrefix) {
-		q, err := url.ParseQuery(req.rawQuery)
-		if err != nil {
-			c.closeWith(CloseBadRequest, "malformed query string")
-			return
-		}
 		us, perr := ParseURLSubscription(req.path, q)
 		if perr != nil {
 			c.closeWith(CloseBadRequest, perr.Message)
@@ -163,6 +189,50 @@ func (g *Gateway) start(nc net.Conn, req *upgradeRequest) {
 		// No poller here (or it failed): a goroutine reads instead.
 		go c.readLoop()
 	}
+}
+
+// answerProtocol picks the subprotocol to answer: only protocol v1's own,
+// never a "token.…" value, so a token does not travel back.
+func answerProtocol(p []byte) bool { return string(p) == Subprotocol }
+
+func joinHeader(a, sep, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + sep + b
+}
+
+// authenticate establishes who the client is; a refused client is closed
+// with 4001 and the reason. A token that expires closes the connection
+// with 4001 "token expired" at that moment.
+func (c *conn) authenticate(q url.Values, req *upgradeRequest) bool {
+	if !c.g.cfg.Auth.Enabled() {
+		c.id = AnonymousIdentity()
+		return true
+	}
+	token, _ := TokenFrom(q, req.authorization, req.cookie, req.protocols)
+	id, err := c.g.cfg.Auth.Authenticate(token, time.Now())
+	if err != nil {
+		reason := CloseUnauthorized.Reason()
+		var ae *AuthError
+		if errors.As(err, &ae) {
+			reason = ae.Reason
+		}
+		c.g.log.Info("websocket client refused", "remote", c.nc.RemoteAddr().String(), "reason", reason, "err", err)
+		c.closeWith(CloseUnauthorized, reason)
+		return false
+	}
+	c.id = id
+	if !id.Expires.IsZero() {
+		c.mu.Lock()
+		if !c.closing {
+			c.expiry = time.AfterFunc(time.Until(id.Expires), func() {
+				c.closeWith(CloseUnauthorized, CloseReasonTokenExpired)
+			})
+		}
+		c.mu.Unlock()
+	}
+	return true
 }
 
 // originAllowed applies AllowedOrigins to a browser's Origin header.
@@ -671,6 +741,11 @@ func (c *conn) isClosing() bool {
 // gateway.
 func (c *conn) release() {
 	c.g.poll.remove(c)
+	c.mu.Lock()
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
+	c.mu.Unlock()
 	c.subsMu.Lock()
 	subs := c.subs
 	c.subs, c.subsClosed = nil, true // addSub refuses from now on

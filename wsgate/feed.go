@@ -59,7 +59,8 @@ type sub struct {
 	topic  string // a topic subscription's topic; "" for a table
 	table  *tableInfo
 	ops    uint8
-	filter *Filter
+	filter *Filter // the client's where; nil for none
+	policy *Filter // the row policy of its grants; nil for none
 	proj   atomic.Pointer[Projection]
 
 	f atomic.Pointer[feed] // set once attached
@@ -123,6 +124,8 @@ type feed struct {
 
 	env, row Row // scratch of the consumer callback
 	keyBuf   []byte
+
+	withheldWarned bool
 }
 
 // feedFor returns the running feed of subject, starting it if needed.
@@ -278,6 +281,10 @@ func (f *feed) deliverEvent(seq uint64, subject string, data []byte) {
 // offer sends the event to s if it matches.
 func (f *feed) offer(s *sub, seq uint64, bit uint8, data []byte, hasRow bool) {
 	ok, err := s.matches(bit, &f.row, hasRow)
+	if err == errWithheld {
+		f.warnWithheld(s)
+		return
+	}
 	if err != nil {
 		f.filterFailed(s, seq, err)
 		return
@@ -292,12 +299,30 @@ func (f *feed) offer(s *sub, seq uint64, bit uint8, data []byte, hasRow bool) {
 
 // matches decides whether s wants an event of kind bit whose row is row.
 // A truncate has no row and goes to every subscription that asks for
-// truncates.
+// truncates. The row policy comes first: a row it does not let through, or
+// cannot judge (errWithheld), is never sent.
 func (s *sub) matches(bit uint8, row *Row, hasRow bool) (bool, error) {
 	if s.ops&bit == 0 {
 		return false, nil
 	}
-	if bit == bitTruncate || s.filter == nil {
+	if bit == bitTruncate {
+		return true, nil
+	}
+	if s.policy != nil {
+		if !hasRow {
+			return false, errWithheld
+		}
+		ok, err := s.policy.Match(row)
+		if err != nil {
+			// A delete under the default replica identity carries only the
+			// key: without the policy's columns it is withheld, never leaked.
+			return false, errWithheld
+		}
+		if !ok {
+			return false, nil
+		}
+	}
+	if s.filter == nil {
 		return true, nil
 	}
 	if !hasRow {
@@ -306,16 +331,32 @@ func (s *sub) matches(bit uint8, row *Row, hasRow bool) (bool, error) {
 	ok, err := s.filter.Match(row)
 	if err != nil && bit == bitDelete {
 		// Under the default replica identity a delete carries only the
-		// key. When the filter cannot rule the row out from what is there,
-		// the delete is sent: the client may hold the row, and a stale row
-		// is worse than a delete of a row it never had. (Row policies, which
-		// guard data, withhold such deletes instead.)
+		// key. When the client's filter cannot rule the row out from what
+		// is there, the delete is sent: the client may hold the row, and a
+		// stale row is worse than a delete of a row it never had. (Row
+		// policies, which guard data, withhold such deletes instead.)
 		var ee *EvalError
 		if errors.As(err, &ee) && ee.Missing {
 			return true, nil
 		}
 	}
 	return ok, err
+}
+
+// errWithheld: the row policy could not judge the event's row, which is
+// therefore not sent.
+var errWithheld = errors.New("withheld by the row policy")
+
+// warnWithheld logs, once per feed, that events are withheld because the
+// row policy cannot judge them: the table needs REPLICA IDENTITY FULL so
+// that deletes carry the policy's columns.
+func (f *feed) warnWithheld(s *sub) {
+	if f.withheldWarned {
+		return
+	}
+	f.withheldWarned = true
+	f.g.log.Warn("events withheld: the row policy's columns are not in them (deletes under the default replica identity carry only the key); set REPLICA IDENTITY FULL on the table",
+		"table", s.table.name, "policy_columns", s.policy.Columns())
 }
 
 // filterFailed tells the client, at most once a second per subscription,

@@ -56,6 +56,10 @@ type Config struct {
 	// for two intervals is dropped. Default 30s.
 	PingInterval time.Duration
 
+	// Auth authenticates clients; nil lets every client in with every
+	// grant (keep the gateway on loopback then).
+	Auth *Authenticator
+
 	Logger *slog.Logger
 	// Registerer receives the gateway's metrics (nil: none).
 	Registerer prometheus.Registerer

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -27,8 +28,7 @@ func (c *conn) handleMessage(frame []byte) {
 	case TypePing:
 		c.send(AppendPong(nil))
 	case TypeTopics:
-		tables, topics := c.g.cat.lists()
-		c.send(AppendTopics(nil, tables, topics))
+		c.sendTopics()
 	case TypeSubscribe:
 		if perr := c.subscribe(&m); perr != nil {
 			c.sendError(perr.ID, perr.Code, perr.Message)
@@ -74,11 +74,19 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 	}
 	s := &sub{c: c, id: m.ID}
 	var key, subject string
+	grants := c.id.Grants
 	if m.Table != "" {
 		schemaName, table := SplitTableName(m.Table)
 		t := g.cat.table(schemaName, table)
-		if t == nil {
+		granted := uint8(grants.OpsFor(schemaName, table))
+		if t == nil || granted == 0 {
+			// The same answer whether the table is missing or not
+			// granted: a client learns nothing of tables it may not read.
 			return fail(CodeUnknownTable, "table "+quoteShort(m.Table)+" is not streamed")
+		}
+		ops := opsOf(m.Events)
+		if m.Events != nil && ops&^granted != 0 {
+			return fail(CodeNotAllowed, "events "+strings.Join(OpSet(ops&^granted).Names(), ", ")+" of "+t.name+" are not granted")
 		}
 		f, err := CompileWhere(m.Where, t.name, t.types)
 		if err != nil {
@@ -87,15 +95,28 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 		if f.matchesAll() {
 			f = nil // no filter: nothing to keep per subscription
 		}
+		policy, err := grants.Policy(schemaName, table)
+		if err != nil {
+			return fail(CodeNotAllowed, "the row policy of "+t.name+" cannot be applied: "+err.Error())
+		}
+		if policy != nil {
+			if s.policy, err = CompileWhere(policy, t.name, t.types); err != nil {
+				g.log.Warn("row policy does not compile; subscriptions to the table are refused", "table", t.name, "subject", c.id.Subject, "err", err)
+				return fail(CodeNotAllowed, "the row policy of "+t.name+" does not apply to its columns")
+			}
+		}
 		for _, col := range m.Select {
 			if !t.hasColumn(col) {
 				return fail(CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+t.name)
 			}
 		}
-		s.table, s.filter, s.ops = t, f, opsOf(m.Events)
+		s.table, s.filter, s.ops = t, f, ops&granted
 		s.proj.Store(NewProjection(m.Select))
 		key, subject = "t\x00"+t.subject, t.subject
 	} else {
+		if !grants.CanSubscribeTopic(m.Topic) {
+			return fail(CodeNotAllowed, "topic "+quoteShort(m.Topic)+" is not granted")
+		}
 		if !g.cat.hasTopic(m.Topic) {
 			return fail(CodeUnknownTopic, "topic "+quoteShort(m.Topic)+" does not exist; create it first")
 		}
@@ -212,6 +233,10 @@ func (c *conn) selectFields(id string, fields []string) {
 
 // createTopic creates a custom topic, answered with the topics list.
 func (c *conn) createTopic(name string) {
+	if !c.id.Grants.CanCreateTopic(name) {
+		c.sendError("", CodeNotAllowed, "creating topic "+quoteShort(name)+" is not granted")
+		return
+	}
 	ctx, cancel := context.WithTimeout(c.g.ctx, requestTimeout)
 	defer cancel()
 	switch err := c.g.topics.CreateTopic(ctx, name); {
@@ -223,13 +248,16 @@ func (c *conn) createTopic(name string) {
 		return
 	}
 	c.g.cat.addTopic(name)
-	tables, topics := c.g.cat.lists()
-	c.send(AppendTopics(nil, tables, topics))
+	c.sendTopics()
 }
 
 // destroyTopic removes a custom topic and its messages; its subscribers
 // get an error frame and unsubscribed. Answered with the topics list.
 func (c *conn) destroyTopic(name string) {
+	if !c.id.Grants.CanDestroyTopic(name) {
+		c.sendError("", CodeNotAllowed, "destroying topic "+quoteShort(name)+" is not granted")
+		return
+	}
 	ctx, cancel := context.WithTimeout(c.g.ctx, requestTimeout)
 	defer cancel()
 	switch err := c.g.topics.DestroyTopic(ctx, name); {
@@ -243,7 +271,13 @@ func (c *conn) destroyTopic(name string) {
 	if c.g.cat.removeTopic(name) {
 		c.g.topicDestroyed(name)
 	}
-	tables, topics := c.g.cat.lists()
+	c.sendTopics()
+}
+
+// sendTopics answers with the tables and topics the client may subscribe
+// to: nothing it may not use is listed.
+func (c *conn) sendTopics() {
+	tables, topics := c.g.cat.visible(c.id.Grants)
 	c.send(AppendTopics(nil, tables, topics))
 }
 
@@ -265,6 +299,10 @@ func (g *Gateway) topicDestroyed(name string) {
 // publish stores a message on a custom topic; it reaches the topic's
 // subscribers through the stream like any backend's message would.
 func (c *conn) publish(topic string, data []byte) {
+	if !c.id.Grants.CanPublish(topic) {
+		c.sendError("", CodeNotAllowed, "publishing to topic "+quoteShort(topic)+" is not granted")
+		return
+	}
 	if !c.g.cat.hasTopic(topic) {
 		c.sendError("", CodeUnknownTopic, "topic "+quoteShort(topic)+" does not exist; create it first")
 		return

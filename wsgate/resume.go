@@ -152,6 +152,9 @@ func (s *sub) historyFrame(seq uint64, subject string, data []byte, env, row *Ro
 	}
 	hasRow := eventRow(env, row, bit)
 	ok, err := s.matches(bit, row, hasRow)
+	if err == errWithheld {
+		return nil
+	}
 	if err != nil {
 		msg := "event seq " + strconv.FormatUint(seq, 10) + " not delivered: " + err.Error()
 		return finishFrame(AppendError(newFrame(len(msg)+64), s.id, CodeFilterFailed, msg), opText)

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -47,6 +49,12 @@ type Config struct {
 	Snapshot      string        `envconfig:"SNAPSHOT" default:"initial" desc:"when the slot is created: initial publishes the rows already there as op read, never does not"`
 	Heartbeat     time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"10s" desc:"how often a heartbeat is written to the WAL so an idle slot advances and lag is measured; 0 turns it off"`
 
+	JWTSecret      string        `envconfig:"JWT_SECRET" desc:"HS256 secret (32 bytes or more) that client tokens are signed with; empty: HS256 off"`
+	JWTKeys        string        `envconfig:"JWT_KEYS" desc:"PEM or JWKS file of public keys for RS256, ES256 and EdDSA client tokens, reloaded when it changes; empty: off"`
+	JWTAudience    string        `envconfig:"JWT_AUDIENCE" desc:"the aud a client token must carry; empty: not checked"`
+	JWTIssuer      string        `envconfig:"JWT_ISSUER" desc:"the iss a client token must carry; empty: not checked"`
+	APIKeysFile    string        `envconfig:"API_KEYS_FILE" desc:"JSON file of service API keys, a list of {name, hash (sha256:<hex>), claims}; empty: none"`
+	AllowAnonymous bool          `envconfig:"ALLOW_ANONYMOUS" default:"false" desc:"let clients in without credentials, with every grant, on a non-loopback TABLECAST_HTTP_ADDR"`
 	AllowedOrigins []string      `envconfig:"ALLOWED_ORIGINS" desc:"origins allowed to open a WebSocket, comma-separated scheme://host[:port], * for any; empty: same host only (requests without Origin are not checked)"`
 	WSMaxMessage   int           `envconfig:"WS_MAX_MESSAGE" default:"65536" desc:"largest client WebSocket message in bytes; a bigger one closes the connection with 1009"`
 	WSSendQueue    int           `envconfig:"WS_SEND_QUEUE" default:"4194304" desc:"bytes that may wait to be sent to one client; beyond, it is closed with 4008 and resumes from its last seq"`
@@ -132,8 +140,46 @@ func (c Config) cdcConfig() cdc.Config {
 	}
 }
 
-func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer) wsgate.Config {
+// authenticator builds the gateway's authentication from the JWT and API
+// key variables; with none of them, clients are anonymous, which is
+// refused off loopback unless TABLECAST_ALLOW_ANONYMOUS is set.
+func (c Config) authenticator(log *slog.Logger) (*wsgate.Authenticator, error) {
+	ac := wsgate.AuthConfig{JWTSecret: []byte(c.JWTSecret), JWTKeysFile: c.JWTKeys, Audience: c.JWTAudience, Issuer: c.JWTIssuer, Logger: log}
+	if c.APIKeysFile != "" {
+		b, err := os.ReadFile(c.APIKeysFile)
+		if err != nil {
+			return nil, fmt.Errorf("TABLECAST_API_KEYS_FILE: %w", err)
+		}
+		if err := json.Unmarshal(b, &ac.APIKeys); err != nil {
+			return nil, fmt.Errorf("TABLECAST_API_KEYS_FILE %s: not a JSON list of {name, hash, claims}: %w", c.APIKeysFile, err)
+		}
+	}
+	auth, err := wsgate.NewAuthenticator(ac)
+	if err != nil {
+		return nil, err
+	}
+	if !auth.Enabled() && !c.AllowAnonymous && !loopback(c.HTTPAddr) {
+		return nil, fmt.Errorf("TABLECAST_HTTP_ADDR %s is not a loopback address and no authentication is configured: set TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE, or TABLECAST_ALLOW_ANONYMOUS=true to let anyone in", c.HTTPAddr)
+	}
+	return auth, nil
+}
+
+// loopback reports whether addr (host:port) listens on loopback only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer, auth *wsgate.Authenticator) wsgate.Config {
 	return wsgate.Config{
+		Auth:             auth,
 		Prefix:           c.SubjectPrefix,
 		Stream:           c.Stream,
 		Replicas:         c.StreamReplicas,

@@ -31,6 +31,13 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	if withReader && cfg.DatabaseURL == "" {
 		return errors.New("TABLECAST_DATABASE_URL is empty: set it to a PostgreSQL connection string (make run supplies a local one)")
 	}
+	var auth *wsgate.Authenticator
+	if withGateway {
+		var err error
+		if auth, err = cfg.authenticator(log.With("component", "gateway")); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("listen on TABLECAST_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
@@ -53,7 +60,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	}
 	var gw *wsgate.Gateway
 	if withGateway {
-		if gw, err = wsgate.New(ctx, cfg.gatewayConfig(log, reg), nc, js); err != nil {
+		if gw, err = wsgate.New(ctx, cfg.gatewayConfig(log, reg, auth), nc, js); err != nil {
 			return fmt.Errorf("start gateway: %w", err)
 		}
 	}

@@ -1,0 +1,235 @@
+package wsgate
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	jose "github.com/go-jose/go-jose/v4"
+)
+
+// The gateway with authentication on: each refusal path at the upgrade,
+// the grants at subscribe, and the row policy on every path a row can take
+// (live, resume, URL subscription).
+
+var e2eSecret = []byte("0123456789abcdef0123456789abcdef-gateway")
+
+// startAuthGateway starts a gateway that takes HS256 tokens signed with
+// e2eSecret.
+func startAuthGateway(t *testing.T) *testEnv {
+	t.Helper()
+	auth, err := NewAuthenticator(AuthConfig{JWTSecret: e2eSecret, Leeway: -1, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startGateway(t, func(c *Config) { c.Auth = auth })
+}
+
+// token signs claims: a subject, an expiry an hour away and the grants
+// claim given.
+func token(t *testing.T, grants map[string]any, with map[string]any) string {
+	t.Helper()
+	claims := map[string]any{"sub": "user-1", "exp": time.Now().Add(time.Hour).Unix(), GrantsClaim: grants}
+	for k, v := range with {
+		claims[k] = v
+	}
+	return signToken(t, jose.HS256, e2eSecret, "", claims)
+}
+
+// dialRefused opens path with hdr and expects a close with 4001 and reason.
+func (e *testEnv) dialRefused(t *testing.T, path, reason string, hdr ...string) {
+	t.Helper()
+	c := e2eDial(t, e, path, hdr...)
+	if got := c.expectClose(CloseUnauthorized); got != reason {
+		t.Fatalf("closed with reason %q, want %q", got, reason)
+	}
+}
+
+func TestAuthRefusals(t *testing.T) {
+	t.Parallel()
+	e := startAuthGateway(t)
+	grants := map[string]any{"tables": map[string]any{"*": []string{"*"}}}
+	other := signToken(t, jose.HS256, []byte("another-secret-another-secret-xxx"), "", map[string]any{"sub": "x", "exp": time.Now().Add(time.Hour).Unix()})
+	cases := []struct{ name, path, reason string }{
+		{"no token", "/ws", ReasonNoToken},
+		{"malformed", "/ws?token=not.a.jwt", ReasonMalformedToken},
+		{"expired", "/ws?token=" + token(t, grants, map[string]any{"exp": time.Now().Add(-time.Minute).Unix()}), ReasonTokenExpired},
+		{"not yet valid", "/ws?token=" + token(t, grants, map[string]any{"nbf": time.Now().Add(time.Hour).Unix()}), ReasonTokenNotYetValid},
+		{"wrong signature", "/ws?token=" + other, ReasonBadSignature},
+		{"alg none", "/ws?token=" + unsignedToken(`{"alg":"none","typ":"JWT"}`, map[string]any{"sub": "x"}, ""), ReasonAlgorithm},
+		{"url subscription without token", "/ws/tables/public.orders", ReasonNoToken},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) { e.dialRefused(t, tc.path, tc.reason) })
+	}
+}
+
+// TestAuthTransports: the token is taken from the query, a Bearer header,
+// the cookie, or a Sec-WebSocket-Protocol value, answered with tablecast.v1.
+func TestAuthTransports(t *testing.T) {
+	t.Parallel()
+	e := startAuthGateway(t)
+	tok := token(t, map[string]any{"tables": map[string]any{"public.orders": []string{"*"}}}, nil)
+	for name, dial := range map[string]func() *client{
+		"query":  func() *client { return e2eDial(t, e, "/ws?token="+url.QueryEscape(tok)) },
+		"bearer": func() *client { return e2eDial(t, e, "/ws", "Authorization", "Bearer "+tok) },
+		"cookie": func() *client { return e2eDial(t, e, "/ws", "Cookie", TokenCookie+"="+tok) },
+	} {
+		c := dial()
+		c.send(map[string]any{"type": "topics"})
+		if f := c.expect("topics", ""); !slices.Equal(f.Tables, []string{"public.orders"}) {
+			t.Fatalf("%s: topics %s", name, f.raw)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, resp, err := websocket.Dial(ctx, "ws://"+e.addr+"/ws", &websocket.DialOptions{Subprotocols: []string{Subprotocol, SubprotocolTokenPrefix + tok}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	if got := resp.Header.Get("Sec-WebSocket-Protocol"); got != Subprotocol {
+		t.Fatalf("answered subprotocol %q, want %q (never the token)", got, Subprotocol)
+	}
+	c := &client{t: t, ws: ws}
+	c.send(map[string]any{"type": "ping"})
+	c.expect("pong", "")
+}
+
+// TestAuthExpiryDuringConnection: at exp the connection closes with 4001
+// "token expired".
+func TestAuthExpiryDuringConnection(t *testing.T) {
+	t.Parallel()
+	e := startAuthGateway(t)
+	exp := time.Now().Add(1500 * time.Millisecond).Truncate(time.Second).Add(time.Second)
+	tok := token(t, map[string]any{"tables": map[string]any{"*": []string{"*"}}}, map[string]any{"exp": exp.Unix()})
+	c := e.dial("/ws?token=" + tok)
+	c.subscribe(map[string]any{"id": "s", "table": "public.orders"})
+	if got := c.expectClose(CloseUnauthorized); got != CloseReasonTokenExpired {
+		t.Fatalf("reason %q", got)
+	}
+	if late := time.Since(exp); late < 0 || late > 2*time.Second {
+		t.Fatalf("closed %v after exp", late)
+	}
+}
+
+// TestAuthGrants: tables, operations and topics not granted are refused,
+// and a table not granted gets the same answer as one that does not exist.
+func TestAuthGrants(t *testing.T) {
+	t.Parallel()
+	e := startAuthGateway(t)
+	s := ordersShape()
+	s.Table = "secret"
+	e.putShape(s)
+	e.publish("create", map[string]any{"id": 1}) // keep the stream's start fixed
+	c := e.dial("/ws?token=" + token(t, map[string]any{
+		"tables": map[string]any{"public.orders": []string{"create", "update"}},
+		"topics": map[string]any{"subscribe": []string{"room.*"}, "publish": []string{"room.a"}, "create": []string{"room.*"}},
+	}, nil))
+
+	c.send(map[string]any{"type": "topics"})
+	if f := c.expect("topics", ""); !slices.Equal(f.Tables, []string{"public.orders"}) {
+		t.Fatalf("topics lists %v, want only the granted table", f.Tables)
+	}
+	c.send(map[string]any{"type": "subscribe", "id": "a", "table": "public.secret"})
+	secret := c.expectError(CodeUnknownTable, "a")
+	c.send(map[string]any{"type": "subscribe", "id": "b", "table": "public.nothing"})
+	missing := c.expectError(CodeUnknownTable, "b")
+	if strings.Replace(secret.Message, "secret", "X", 1) != strings.Replace(missing.Message, "nothing", "X", 1) {
+		t.Fatalf("a table not granted is told apart from a missing one: %q vs %q", secret.Message, missing.Message)
+	}
+	c.send(map[string]any{"type": "subscribe", "id": "c", "table": "public.orders", "events": []string{"create", "delete"}})
+	c.expectError(CodeNotAllowed, "c")
+	// Without events: only the granted ones are delivered.
+	c.subscribe(map[string]any{"id": "d", "table": "public.orders"})
+	e.publish("delete", map[string]any{"id": 2})
+	upd := e.publish("update", map[string]any{"id": 2})
+	if f := c.expect("event", "d"); f.Seq != upd {
+		t.Fatalf("got seq %d, want the update %d (deletes are not granted)", f.Seq, upd)
+	}
+
+	c.send(map[string]any{"type": "create-topic", "topic": "chat"})
+	c.expectError(CodeNotAllowed, "")
+	c.send(map[string]any{"type": "create-topic", "topic": "room.a"})
+	c.expect("topics", "")
+	c.send(map[string]any{"type": "destroy-topic", "topic": "room.a"})
+	c.expectError(CodeNotAllowed, "")
+	c.send(map[string]any{"type": "subscribe", "id": "t", "topic": "chat"})
+	c.expectError(CodeNotAllowed, "t")
+	c.subscribe(map[string]any{"id": "r", "topic": "room.a"})
+	c.send(map[string]any{"type": "publish", "topic": "room.b", "data": 1})
+	c.expectError(CodeNotAllowed, "")
+	c.send(map[string]any{"type": "publish", "topic": "room.a", "data": 2})
+	if f := c.expect("message", "r"); string(f.Data) != "2" {
+		t.Fatalf("message %s", f.raw)
+	}
+}
+
+// TestAuthRowPolicy: a row outside the policy is never delivered: live, on
+// resume, through a URL subscription; a delete that does not carry the
+// policy's column is withheld.
+func TestAuthRowPolicy(t *testing.T) {
+	t.Parallel()
+	e := startAuthGateway(t)
+	tok := token(t, map[string]any{
+		"tables":   map[string]any{"public.orders": []string{"*"}},
+		"policies": map[string]any{"public.orders": map[string]any{"tenant": map[string]any{"eq": map[string]any{"claim": "tenant"}}}},
+	}, map[string]any{"tenant": "acme"})
+	start := e.publish("create", map[string]any{"id": 1, "tenant": "acme"})
+
+	live := e.dial("/ws?token=" + tok)
+	live.subscribe(map[string]any{"id": "l", "table": "public.orders", "where": map[string]any{"id": map[string]any{"gte": 0}}})
+	urlSub := e.dial("/ws/tables/public.orders?token=" + url.QueryEscape(tok))
+	urlSub.expect("subscribed", URLSubscriptionID)
+
+	var want []uint64
+	for i, tenant := range []string{"acme", "other", "acme", "other", "acme"} {
+		seq := e.publish("create", map[string]any{"id": 10 + i, "tenant": tenant})
+		if tenant == "acme" {
+			want = append(want, seq)
+		}
+	}
+	e.publish("delete", nil, "key", `{"id":10}`) // key only: cannot be judged, withheld
+	e.publish("delete", map[string]any{"id": 11, "tenant": "other"})
+	del := e.publish("delete", map[string]any{"id": 12, "tenant": "acme"})
+	want = append(want, del)
+	marker := e.publish("create", map[string]any{"id": 99, "tenant": "acme"})
+	want = append(want, marker)
+
+	check := func(name string, c *client, id string) {
+		t.Helper()
+		var got []uint64
+		for len(got) < len(want) {
+			f := c.read(10 * time.Second)
+			if f.Type != "event" {
+				t.Fatalf("%s: unexpected %s", name, f.raw)
+			}
+			if tenant := f.event()["data"]; tenant != nil && tenant.(map[string]any)["tenant"] != "acme" {
+				t.Fatalf("%s: row of another tenant delivered: %s", name, f.Event)
+			}
+			got = append(got, f.Seq)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: got seqs %v, want %v", name, got, want)
+		}
+	}
+	check("live", live, "l")
+	check("url", urlSub, URLSubscriptionID)
+	resumed := e.dial("/ws?token=" + tok)
+	resumed.subscribe(map[string]any{"id": "r", "table": "public.orders", "from": start})
+	check("resume", resumed, "r")
+
+	// A token without the claim the policy needs is refused, never widened.
+	bare := e.dial("/ws", "Authorization", "Bearer "+token(t, map[string]any{
+		"tables":   map[string]any{"public.orders": []string{"*"}},
+		"policies": map[string]any{"public.orders": map[string]any{"tenant": map[string]any{"eq": map[string]any{"claim": "tenant"}}}},
+	}, nil))
+	bare.send(map[string]any{"type": "subscribe", "id": "x", "table": "public.orders"})
+	bare.expectError(CodeNotAllowed, "x")
+	_ = http.StatusOK
+}
