@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -21,13 +22,18 @@ var e2eSecret = []byte("0123456789abcdef0123456789abcdef-gateway")
 
 // startAuthGateway starts a gateway that takes HS256 tokens signed with
 // e2eSecret.
-func startAuthGateway(t *testing.T) *testEnv {
+func startAuthGateway(t *testing.T, mods ...func(*Config)) *testEnv {
 	t.Helper()
 	auth, err := NewAuthenticator(AuthConfig{JWTSecret: e2eSecret, Leeway: -1, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return startGateway(t, func(c *Config) { c.Auth = auth })
+	return startGateway(t, func(c *Config) {
+		c.Auth = auth
+		for _, m := range mods {
+			m(c)
+		}
+	})
 }
 
 // token signs claims: a subject, an expiry an hour away and the grants
@@ -232,4 +238,93 @@ func TestAuthRowPolicy(t *testing.T) {
 	bare.send(map[string]any{"type": "subscribe", "id": "x", "table": "public.orders"})
 	bare.expectError(CodeNotAllowed, "x")
 	_ = http.StatusOK
+}
+
+// TestLimits: each limit is answered with an error frame or a close with a
+// reason, and the connection (or the gateway) goes on.
+func TestLimits(t *testing.T) {
+	t.Parallel()
+	e := startAuthGateway(t, func(c *Config) {
+		c.MessagesPerSecond = 20
+		c.MaxConnsPerIdentity = 3
+		c.MaxTopics = 2
+		c.MaxSubscriptions = 5
+	})
+	all := map[string]any{"tables": map[string]any{"*": []string{"*"}},
+		"topics": map[string]any{"subscribe": []string{"*"}, "publish": []string{"*"}, "create": []string{"*"}, "destroy": []string{"*"}}}
+
+	t.Run("connections per identity", func(t *testing.T) {
+		tok := token(t, all, map[string]any{"sub": "many"})
+		var open []*client
+		for range 3 {
+			c := e2eDial(t, e, "/ws?token="+tok)
+			c.send(map[string]any{"type": "ping"})
+			c.expect("pong", "")
+			open = append(open, c)
+		}
+		over := e2eDial(t, e, "/ws?token="+tok)
+		if reason := over.expectClose(CloseTooManyConnections); !strings.Contains(reason, "too many connections") {
+			t.Fatalf("reason %q", reason)
+		}
+		// The token's own limit is lower still.
+		low := token(t, map[string]any{"tables": map[string]any{"*": []string{"*"}}, "limits": map[string]any{"connections": 1}}, map[string]any{"sub": "one"})
+		first := e2eDial(t, e, "/ws?token="+low)
+		first.send(map[string]any{"type": "ping"})
+		first.expect("pong", "")
+		e2eDial(t, e, "/ws?token="+low).expectClose(CloseTooManyConnections)
+		// Closing one frees its place.
+		_ = open[0].ws.Close(websocket.StatusNormalClosure, "")
+		e.waitFor("the identity's count to drop", func() bool {
+			e.gw.connMu.Lock()
+			defer e.gw.connMu.Unlock()
+			return e.gw.identConns["many"] == 2
+		})
+		again := e2eDial(t, e, "/ws?token="+tok)
+		again.send(map[string]any{"type": "ping"})
+		again.expect("pong", "")
+	})
+
+	t.Run("messages per second", func(t *testing.T) {
+		c := e2eDial(t, e, "/ws?token="+token(t, all, map[string]any{"sub": "chatty"}))
+		for range 100 {
+			c.send(map[string]any{"type": "ping"})
+		}
+		pongs, limited := 0, 0
+		for pongs+limited < 100 {
+			f := c.read(10 * time.Second)
+			switch {
+			case f.Type == "pong":
+				pongs++
+			case f.Type == "error" && f.Code == string(CodeRateLimited):
+				limited++
+			default:
+				t.Fatalf("unexpected %s", f.raw)
+			}
+		}
+		if pongs < 40 || pongs > 60 || limited == 0 {
+			t.Fatalf("%d answered and %d rate limited of 100 at once, want the burst of 40 (and a few refilled) answered", pongs, limited)
+		}
+		time.Sleep(200 * time.Millisecond) // the bucket refills: the connection goes on
+		c.send(map[string]any{"type": "ping"})
+		c.expect("pong", "")
+	})
+
+	t.Run("subscriptions and topics", func(t *testing.T) {
+		c := e2eDial(t, e, "/ws?token="+token(t, all, map[string]any{"sub": "subs"}))
+		for i := range 5 {
+			c.subscribe(map[string]any{"id": "s" + strconv.Itoa(i), "table": "public.orders"})
+		}
+		c.send(map[string]any{"type": "subscribe", "id": "s5", "table": "public.orders"})
+		c.expectError(CodeTooManySubscriptions, "s5")
+		for _, name := range []string{"a", "b"} {
+			c.send(map[string]any{"type": "create-topic", "topic": name})
+			c.expect("topics", "")
+		}
+		c.send(map[string]any{"type": "create-topic", "topic": "c"})
+		c.expectError(CodeTooManyTopics, "")
+		c.send(map[string]any{"type": "destroy-topic", "topic": "a"})
+		c.expect("topics", "")
+		c.send(map[string]any{"type": "create-topic", "topic": "c"})
+		c.expect("topics", "")
+	})
 }

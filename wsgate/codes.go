@@ -66,6 +66,10 @@ const (
 	// subscriptions the gateway allows; unsubscribe first.
 	CodeTooManySubscriptions ErrorCode = "too_many_subscriptions"
 
+	// CodeTooManyTopics: create-topic when the gateway holds the most
+	// custom topics it allows.
+	CodeTooManyTopics ErrorCode = "too_many_topics"
+
 	// CodeHistoryUnavailable: the subscription asked to resume "from" a
 	// sequence that is no longer in the stream (removed by its retention
 	// limits). The client must reload its state and subscribe without

@@ -29,8 +29,13 @@ type conn struct {
 	raw syscall.RawConn // nc's descriptor for non-blocking writes; nil if none
 	fd  int             // for the poller; -1 when read by a goroutine of its own
 
-	id     *Identity   // who the client is and what it may do
-	expiry *time.Timer // closes the connection when the token expires
+	id      *Identity   // who the client is and what it may do
+	counted bool        // id counts against its connection limit
+	expiry  *time.Timer // closes the connection when the token expires
+
+	// a token bucket of the messages the client may send (reader only)
+	tokens   float64
+	tokensAt time.Time
 
 	lastRead atomic.Int64 // unix nanos of the last frame read (pings count)
 	reading  atomic.Bool  // a goroutine is in readAvailable
@@ -222,7 +227,13 @@ func (c *conn) authenticate(q url.Values, req *upgradeRequest) bool {
 		c.closeWith(CloseUnauthorized, reason)
 		return false
 	}
-	c.id = id
+	if !c.g.admitIdentity(id) {
+		c.closeWith(CloseTooManyConnections, "too many connections for "+quoteShort(id.Subject))
+		return false
+	}
+	c.mu.Lock()
+	c.id, c.counted = id, true
+	c.mu.Unlock()
 	if !id.Expires.IsZero() {
 		c.mu.Lock()
 		if !c.closing {
@@ -745,7 +756,12 @@ func (c *conn) release() {
 	if c.expiry != nil {
 		c.expiry.Stop()
 	}
+	counted := c.counted
+	c.counted = false
 	c.mu.Unlock()
+	if counted {
+		c.g.leaveIdentity(c.id)
+	}
 	c.subsMu.Lock()
 	subs := c.subs
 	c.subs, c.subsClosed = nil, true // addSub refuses from now on

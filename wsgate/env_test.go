@@ -62,7 +62,8 @@ func startGateway(t testing.TB, mod func(*Config)) *testEnv {
 	}
 	e := &testEnv{t: t, nats: ns, reg: prometheus.NewRegistry()}
 	e.putShape(ordersShape())
-	cfg := Config{Logger: testLogger(), Registerer: e.reg}
+	// Tests send bursts of messages; the rate limit has a test of its own.
+	cfg := Config{Logger: testLogger(), Registerer: e.reg, MessagesPerSecond: 1 << 20}
 	if mod != nil {
 		mod(&cfg)
 	}

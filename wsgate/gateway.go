@@ -45,8 +45,21 @@ type Config struct {
 	// SendQueueBytes bounds what may wait to be written to one connection;
 	// a client that lets more pile up is closed with 4008. Default 4 MiB.
 	SendQueueBytes int
-	// MaxSubscriptions per connection. Default 100.
+	// MaxSubscriptions per connection. Default 100. A token's
+	// limits.subscriptions may lower it.
 	MaxSubscriptions int
+	// MaxConnsPerIdentity bounds the simultaneous connections of one
+	// authenticated identity (token subject or API key); more are closed
+	// with 4029. Default 100; a token's limits.connections may lower it.
+	// Anonymous clients are not counted.
+	MaxConnsPerIdentity int
+	// MessagesPerSecond bounds what one connection may send: beyond it (a
+	// burst of twice as many is allowed) messages are dropped and answered
+	// with rate_limited. Default 50.
+	MessagesPerSecond int
+	// MaxTopics bounds the custom topics; create-topic beyond it is
+	// answered with too_many_topics. Default 1000.
+	MaxTopics int
 	// ReadTimeout bounds the reading of one client message once its first
 	// byte has arrived, and the handshake. Default 10s.
 	ReadTimeout time.Duration
@@ -90,6 +103,15 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxSubscriptions <= 0 {
 		c.MaxSubscriptions = 100
 	}
+	if c.MaxConnsPerIdentity <= 0 {
+		c.MaxConnsPerIdentity = 100
+	}
+	if c.MessagesPerSecond <= 0 {
+		c.MessagesPerSecond = 50
+	}
+	if c.MaxTopics <= 0 {
+		c.MaxTopics = 1000
+	}
 	if c.ReadTimeout <= 0 {
 		c.ReadTimeout = 10 * time.Second
 	}
@@ -127,8 +149,9 @@ type Gateway struct {
 	feedMu sync.Mutex
 	feeds  map[string]*feed
 
-	connMu sync.Mutex
-	conns  map[*conn]struct{}
+	connMu     sync.Mutex
+	conns      map[*conn]struct{}
+	identConns map[string]int // open connections per authenticated subject
 
 	writeq   chan *conn // connections with frames to write, for writeLoop
 	ctx      context.Context
@@ -162,16 +185,17 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 		return nil, err
 	}
 	g := &Gateway{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		nc:     nc,
-		js:     js,
-		str:    str,
-		cat:    newCatalog(cfg.Prefix, cfg.Logger),
-		topics: topics,
-		met:    newMetrics(cfg.Registerer),
-		feeds:  map[string]*feed{},
-		conns:  map[*conn]struct{}{},
+		cfg:        cfg,
+		log:        cfg.Logger,
+		nc:         nc,
+		js:         js,
+		str:        str,
+		cat:        newCatalog(cfg.Prefix, cfg.Logger),
+		topics:     topics,
+		met:        newMetrics(cfg.Registerer),
+		feeds:      map[string]*feed{},
+		conns:      map[*conn]struct{}{},
+		identConns: map[string]int{},
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.poll, err = newPoller(g.dispatchRead)
@@ -333,4 +357,28 @@ func (g *Gateway) Connections() int {
 	g.connMu.Lock()
 	defer g.connMu.Unlock()
 	return len(g.conns)
+}
+
+// admitIdentity counts a connection of an authenticated identity, refusing
+// it beyond the identity's limit.
+func (g *Gateway) admitIdentity(id *Identity) bool {
+	limit := g.cfg.MaxConnsPerIdentity
+	if l := id.Grants.Limits().Connections; l > 0 && l < limit {
+		limit = l
+	}
+	g.connMu.Lock()
+	defer g.connMu.Unlock()
+	if g.identConns[id.Subject] >= limit {
+		return false
+	}
+	g.identConns[id.Subject]++
+	return true
+}
+
+func (g *Gateway) leaveIdentity(id *Identity) {
+	g.connMu.Lock()
+	defer g.connMu.Unlock()
+	if g.identConns[id.Subject]--; g.identConns[id.Subject] <= 0 {
+		delete(g.identConns, id.Subject)
+	}
 }

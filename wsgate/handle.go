@@ -19,6 +19,10 @@ const requestTimeout = 5 * time.Second
 
 // handleMessage answers one client message.
 func (c *conn) handleMessage(frame []byte) {
+	if !c.allowMessage(time.Now()) {
+		c.sendError("", CodeRateLimited, "more than "+strconv.Itoa(c.g.cfg.MessagesPerSecond)+" messages a second; this one was dropped")
+		return
+	}
 	m, perr := DecodeClientMessage(frame)
 	if perr != nil {
 		c.sendError(perr.ID, perr.Code, perr.Message)
@@ -46,6 +50,23 @@ func (c *conn) handleMessage(frame []byte) {
 	}
 }
 
+// allowMessage takes a token from the connection's bucket: MessagesPerSecond
+// a second, up to twice that in a burst.
+func (c *conn) allowMessage(now time.Time) bool {
+	rate := float64(c.g.cfg.MessagesPerSecond)
+	if c.tokensAt.IsZero() {
+		c.tokens = 2 * rate
+	} else {
+		c.tokens = min(2*rate, c.tokens+now.Sub(c.tokensAt).Seconds()*rate)
+	}
+	c.tokensAt = now
+	if c.tokens < 1 {
+		return false
+	}
+	c.tokens--
+	return true
+}
+
 // subscribeURL makes the subscription of a /ws/tables/… URL.
 func (c *conn) subscribeURL(us *URLSubscription) *ProtocolError {
 	return c.subscribe(&ClientMessage{
@@ -69,8 +90,8 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 	switch {
 	case exists:
 		return fail(CodeInvalidSubscription, "subscription id "+quoteShort(m.ID)+" is in use; unsubscribe it first")
-	case n >= g.cfg.MaxSubscriptions:
-		return fail(CodeTooManySubscriptions, "a connection may hold at most "+strconv.Itoa(g.cfg.MaxSubscriptions)+" subscriptions")
+	case n >= c.maxSubscriptions():
+		return fail(CodeTooManySubscriptions, "a connection may hold at most "+strconv.Itoa(c.maxSubscriptions())+" subscriptions")
 	}
 	s := &sub{c: c, id: m.ID}
 	var key, subject string
@@ -155,6 +176,14 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 	return nil
 }
 
+// maxSubscriptions is the gateway's limit, or the token's when lower.
+func (c *conn) maxSubscriptions() int {
+	if l := c.id.Grants.Limits().Subscriptions; l > 0 && l < c.g.cfg.MaxSubscriptions {
+		return l
+	}
+	return c.g.cfg.MaxSubscriptions
+}
+
 // addSub records s under its id; false once the connection is closing.
 func (c *conn) addSub(s *sub) bool {
 	c.subsMu.Lock()
@@ -235,6 +264,10 @@ func (c *conn) selectFields(id string, fields []string) {
 func (c *conn) createTopic(name string) {
 	if !c.id.Grants.CanCreateTopic(name) {
 		c.sendError("", CodeNotAllowed, "creating topic "+quoteShort(name)+" is not granted")
+		return
+	}
+	if _, topics := c.g.cat.lists(); len(topics) >= c.g.cfg.MaxTopics {
+		c.sendError("", CodeTooManyTopics, "there are "+strconv.Itoa(len(topics))+" topics, the most the gateway allows; destroy one first")
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.g.ctx, requestTimeout)

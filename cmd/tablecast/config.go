@@ -49,19 +49,24 @@ type Config struct {
 	Snapshot      string        `envconfig:"SNAPSHOT" default:"initial" desc:"when the slot is created: initial publishes the rows already there as op read, never does not"`
 	Heartbeat     time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"10s" desc:"how often a heartbeat is written to the WAL so an idle slot advances and lag is measured; 0 turns it off"`
 
-	JWTSecret      string        `envconfig:"JWT_SECRET" desc:"HS256 secret (32 bytes or more) that client tokens are signed with; empty: HS256 off"`
-	JWTKeys        string        `envconfig:"JWT_KEYS" desc:"PEM or JWKS file of public keys for RS256, ES256 and EdDSA client tokens, reloaded when it changes; empty: off"`
-	JWTAudience    string        `envconfig:"JWT_AUDIENCE" desc:"the aud a client token must carry; empty: not checked"`
-	JWTIssuer      string        `envconfig:"JWT_ISSUER" desc:"the iss a client token must carry; empty: not checked"`
-	APIKeysFile    string        `envconfig:"API_KEYS_FILE" desc:"JSON file of service API keys, a list of {name, hash (sha256:<hex>), claims}; empty: none"`
-	AllowAnonymous bool          `envconfig:"ALLOW_ANONYMOUS" default:"false" desc:"let clients in without credentials, with every grant, on a non-loopback TABLECAST_HTTP_ADDR"`
-	AllowedOrigins []string      `envconfig:"ALLOWED_ORIGINS" desc:"origins allowed to open a WebSocket, comma-separated scheme://host[:port], * for any; empty: same host only (requests without Origin are not checked)"`
-	WSMaxMessage   int           `envconfig:"WS_MAX_MESSAGE" default:"65536" desc:"largest client WebSocket message in bytes; a bigger one closes the connection with 1009"`
-	WSSendQueue    int           `envconfig:"WS_SEND_QUEUE" default:"4194304" desc:"bytes that may wait to be sent to one client; beyond, it is closed with 4008 and resumes from its last seq"`
-	WSMaxSubs      int           `envconfig:"WS_MAX_SUBSCRIPTIONS" default:"100" desc:"subscriptions one WebSocket connection may hold"`
-	WSPingInterval time.Duration `envconfig:"WS_PING_INTERVAL" default:"30s" desc:"how often idle WebSocket clients are pinged; one silent for two intervals is dropped"`
-	WSReadTimeout  time.Duration `envconfig:"WS_READ_TIMEOUT" default:"10s" desc:"time for a client message to arrive whole once begun, and for the handshake"`
-	WSWriteTimeout time.Duration `envconfig:"WS_WRITE_TIMEOUT" default:"10s" desc:"time one write to a client may take before the client is dropped"`
+	JWTSecret             string        `envconfig:"JWT_SECRET" desc:"HS256 secret (32 bytes or more) that client tokens are signed with; empty: HS256 off"`
+	JWTKeys               string        `envconfig:"JWT_KEYS" desc:"PEM or JWKS file of public keys for RS256, ES256 and EdDSA client tokens, reloaded when it changes; empty: off"`
+	JWTAudience           string        `envconfig:"JWT_AUDIENCE" desc:"the aud a client token must carry; empty: not checked"`
+	JWTIssuer             string        `envconfig:"JWT_ISSUER" desc:"the iss a client token must carry; empty: not checked"`
+	APIKeysFile           string        `envconfig:"API_KEYS_FILE" desc:"JSON file of service API keys, a list of {name, hash (sha256:<hex>), claims}; empty: none"`
+	AllowAnonymous        bool          `envconfig:"ALLOW_ANONYMOUS" default:"false" desc:"let clients in without credentials, with every grant, on a non-loopback TABLECAST_HTTP_ADDR"`
+	AllowedOrigins        []string      `envconfig:"ALLOWED_ORIGINS" desc:"origins allowed to open a WebSocket, comma-separated scheme://host[:port], * for any; empty: same host only (requests without Origin are not checked)"`
+	WSMaxMessage          int           `envconfig:"WS_MAX_MESSAGE" default:"65536" desc:"largest client WebSocket message in bytes; a bigger one closes the connection with 1009"`
+	WSSendQueue           int           `envconfig:"WS_SEND_QUEUE" default:"4194304" desc:"bytes that may wait to be sent to one client; beyond, it is closed with 4008 and resumes from its last seq"`
+	WSMaxSubs             int           `envconfig:"WS_MAX_SUBSCRIPTIONS" default:"100" desc:"subscriptions one WebSocket connection may hold"`
+	WSMaxConnsPerIdentity int           `envconfig:"WS_MAX_CONNECTIONS_PER_IDENTITY" default:"100" desc:"simultaneous connections of one token subject or API key; more are closed with 4029 (a token's limits.connections may lower it)"`
+	WSMessagesPerSecond   int           `envconfig:"WS_MESSAGES_PER_SECOND" default:"50" desc:"messages a connection may send a second (bursts of twice that); beyond, they are dropped and answered rate_limited"`
+	MaxTopics             int           `envconfig:"MAX_TOPICS" default:"1000" desc:"custom topics at most; create-topic beyond is answered too_many_topics"`
+	TLSCert               string        `envconfig:"TLS_CERT" desc:"certificate file (PEM, with its chain) for https and wss on TABLECAST_HTTP_ADDR; with TABLECAST_TLS_KEY"`
+	TLSKey                string        `envconfig:"TLS_KEY" desc:"private key file (PEM) of TABLECAST_TLS_CERT"`
+	WSPingInterval        time.Duration `envconfig:"WS_PING_INTERVAL" default:"30s" desc:"how often idle WebSocket clients are pinged; one silent for two intervals is dropped"`
+	WSReadTimeout         time.Duration `envconfig:"WS_READ_TIMEOUT" default:"10s" desc:"time for a client message to arrive whole once begun, and for the handshake"`
+	WSWriteTimeout        time.Duration `envconfig:"WS_WRITE_TIMEOUT" default:"10s" desc:"time one write to a client may take before the client is dropped"`
 
 	PProf     bool   `envconfig:"PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on TABLECAST_HTTP_ADDR (keep that address private)"`
 	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
@@ -95,7 +100,8 @@ func loadConfig() (Config, error) {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("TABLECAST_LOG_FORMAT %q: want text or json", c.LogFormat))
 	}
-	for name, v := range map[string]int{"TABLECAST_WS_MAX_MESSAGE": c.WSMaxMessage, "TABLECAST_WS_SEND_QUEUE": c.WSSendQueue, "TABLECAST_WS_MAX_SUBSCRIPTIONS": c.WSMaxSubs} {
+	for name, v := range map[string]int{"TABLECAST_WS_MAX_MESSAGE": c.WSMaxMessage, "TABLECAST_WS_SEND_QUEUE": c.WSSendQueue, "TABLECAST_WS_MAX_SUBSCRIPTIONS": c.WSMaxSubs,
+		"TABLECAST_WS_MAX_CONNECTIONS_PER_IDENTITY": c.WSMaxConnsPerIdentity, "TABLECAST_WS_MESSAGES_PER_SECOND": c.WSMessagesPerSecond, "TABLECAST_MAX_TOPICS": c.MaxTopics} {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s %d: must be positive", name, v))
 		}
@@ -110,6 +116,9 @@ func loadConfig() (Config, error) {
 		if o := c.AllowedOrigins[i]; o != "*" && !strings.Contains(o, "://") {
 			errs = append(errs, fmt.Errorf("TABLECAST_ALLOWED_ORIGINS %q: want scheme://host[:port] or *", o))
 		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("TABLECAST_TLS_CERT and TABLECAST_TLS_KEY go together: set both, or neither"))
 	}
 	if c.DuplicateWindow <= 0 {
 		errs = append(errs, fmt.Errorf("TABLECAST_DUPLICATE_WINDOW %s: must be positive, it is what drops replays", c.DuplicateWindow))
@@ -179,19 +188,22 @@ func loopback(addr string) bool {
 
 func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer, auth *wsgate.Authenticator) wsgate.Config {
 	return wsgate.Config{
-		Auth:             auth,
-		Prefix:           c.SubjectPrefix,
-		Stream:           c.Stream,
-		Replicas:         c.StreamReplicas,
-		AllowedOrigins:   c.AllowedOrigins,
-		MaxMessageBytes:  c.WSMaxMessage,
-		SendQueueBytes:   c.WSSendQueue,
-		MaxSubscriptions: c.WSMaxSubs,
-		ReadTimeout:      c.WSReadTimeout,
-		WriteTimeout:     c.WSWriteTimeout,
-		PingInterval:     c.WSPingInterval,
-		Logger:           log.With("component", "gateway"),
-		Registerer:       reg,
+		Auth:                auth,
+		Prefix:              c.SubjectPrefix,
+		Stream:              c.Stream,
+		Replicas:            c.StreamReplicas,
+		AllowedOrigins:      c.AllowedOrigins,
+		MaxMessageBytes:     c.WSMaxMessage,
+		SendQueueBytes:      c.WSSendQueue,
+		MaxSubscriptions:    c.WSMaxSubs,
+		MaxConnsPerIdentity: c.WSMaxConnsPerIdentity,
+		MessagesPerSecond:   c.WSMessagesPerSecond,
+		MaxTopics:           c.MaxTopics,
+		ReadTimeout:         c.WSReadTimeout,
+		WriteTimeout:        c.WSWriteTimeout,
+		PingInterval:        c.WSPingInterval,
+		Logger:              log.With("component", "gateway"),
+		Registerer:          reg,
 	}
 }
 

@@ -208,12 +208,19 @@ func TestMisconfigurationExits(t *testing.T) {
 		{"bad snapshot mode", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_SNAPSHOT=sometimes"}, "TABLECAST_SNAPSHOT"},
 		{"bad heartbeat", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_HEARTBEAT_INTERVAL=often"}, "TABLECAST_HEARTBEAT_INTERVAL"},
 		{"unknown command", []string{}, "unknown command"},
+		{"gateway anonymous off loopback", []string{"TABLECAST_HTTP_ADDR=0.0.0.0:0"}, "not a loopback address and no authentication is configured"},
+		{"gateway short JWT secret", []string{"TABLECAST_JWT_SECRET=short"}, "TABLECAST_JWT_SECRET"},
+		{"gateway TLS key without cert", []string{"TABLECAST_TLS_KEY=/nonexistent"}, "TABLECAST_TLS_CERT and TABLECAST_TLS_KEY go together"},
+		{"gateway bad origin", []string{"TABLECAST_ALLOWED_ORIGINS=example.com"}, "TABLECAST_ALLOWED_ORIGINS"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			args := []string{"cdc"}
-			if tt.name == "unknown command" {
+			switch {
+			case tt.name == "unknown command":
 				args = []string{"frobnicate"}
+			case strings.HasPrefix(tt.name, "gateway "):
+				args = []string{"gateway"}
 			}
 			code, _, stderr := runBinary(t, time.Minute, append(append([]string{}, base...), tt.env...), args...)
 			last := lastLine(stderr)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +44,15 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		return fmt.Errorf("listen on TABLECAST_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
 	}
 	defer ln.Close()
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return fmt.Errorf("TABLECAST_TLS_CERT, TABLECAST_TLS_KEY: %w", err)
+		}
+		// WebSocket connections over TLS are read by a goroutine each: the
+		// TLS layer buffers what epoll would have to see.
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}})
+	}
 
 	nc, js, closeNATS, err := connectNATS(ctx, cfg, log)
 	if err != nil {
