@@ -409,6 +409,11 @@ func (d *doctor) judgeTable(ctx context.Context, p publication, t pubTable) erro
 		}
 	}
 	detail := strings.Join(parts, ", ")
+	if problem == "" && t.replident != "f" && p.delete {
+		// The gateway judges a delete by its row policy on the old row;
+		// without REPLICA IDENTITY FULL that row is only the key.
+		detail += fmt.Sprintf("; deletes carry only the key, so the gateway withholds them from subscriptions whose row policy reads another column (ALTER TABLE %s REPLICA IDENTITY FULL sends whole old rows)", table)
+	}
 
 	switch {
 	case problem != "" && changesOld:

@@ -80,6 +80,9 @@ func TestDoctorHealthy(t *testing.T) {
 	expect(t, fs, "role", StatusOK, "superuser", "")
 	expect(t, fs, "publication", StatusOK, "tc_pub: 2 tables, publishes insert, update, delete, truncate, publish_via_partition_root = true", "")
 	expect(t, fs, "table public.orders", StatusOK, "all columns, all rows, key: primary key (id)", "")
+	// Deletes carry only the key: the doctor says which table a row policy
+	// on another column needs REPLICA IDENTITY FULL for.
+	expect(t, fs, "table public.orders", StatusOK, `deletes carry only the key, so the gateway withholds them from subscriptions whose row policy reads another column (ALTER TABLE "public"."orders" REPLICA IDENTITY FULL`, "")
 	expect(t, fs, "table public.lines", StatusOK, "key: primary key (order_id, n)", "")
 	expect(t, fs, "slot", StatusOK, db.slot+": pgoutput in database "+db.name+", inactive", "")
 	expect(t, fs, "slot WAL", StatusOK, "max_slot_wal_keep_size unlimited, wal_status reserved", "")
