@@ -328,3 +328,27 @@ func TestLimits(t *testing.T) {
 		c.expect("topics", "")
 	})
 }
+
+// TestAuthAPIKey: a service's static key, stored hashed, maps to grants
+// like a token's; a key not in the configuration is refused.
+func TestAuthAPIKey(t *testing.T) {
+	t.Parallel()
+	key, err := GenerateAPIKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := NewAuthenticator(AuthConfig{Logger: testLogger(), APIKeys: []APIKey{{Name: "billing", Hash: HashAPIKey(key),
+		Claims: map[string]any{GrantsClaim: map[string]any{"tables": map[string]any{"public.orders": []string{"update"}}}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startGateway(t, func(c *Config) { c.Auth = auth })
+	c := e.dial("/ws", "Authorization", "Bearer "+key)
+	c.subscribe(map[string]any{"id": "b", "table": "public.orders"})
+	e.publish("create", map[string]any{"id": 1})
+	upd := e.publish("update", map[string]any{"id": 1})
+	if f := c.expect("event", "b"); f.Seq != upd {
+		t.Fatalf("got seq %d, want only the granted update %d", f.Seq, upd)
+	}
+	e.dialRefused(t, "/ws?token="+key+"x", ReasonUnknownAPIKey)
+}
