@@ -190,41 +190,26 @@ func (p *pool) close() {
 	p.wg.Wait()
 }
 
-// alive is the number of subscribed connections still open.
-func (p *pool) alive() int64 {
+// sum adds up one counter of every loop.
+func (p *pool) sum(counter func(*loop) *atomic.Int64) int64 {
 	var n int64
 	for _, l := range p.loops {
-		n += l.sAlive.Load()
+		n += counter(l).Load()
 	}
 	return n
 }
+
+// alive is the number of subscribed connections still open.
+func (p *pool) alive() int64 { return p.sum(func(l *loop) *atomic.Int64 { return &l.sAlive }) }
 
 // frames is the number of data frames received by subscribed connections.
-func (p *pool) frames() int64 {
-	var n int64
-	for _, l := range p.loops {
-		n += l.sFrames.Load()
-	}
-	return n
-}
+func (p *pool) frames() int64 { return p.sum(func(l *loop) *atomic.Int64 { return &l.sFrames }) }
 
 // bytes is the number of bytes read, handshakes included.
-func (p *pool) bytes() int64 {
-	var n int64
-	for _, l := range p.loops {
-		n += l.sBytes.Load()
-	}
-	return n
-}
+func (p *pool) bytes() int64 { return p.sum(func(l *loop) *atomic.Int64 { return &l.sBytes }) }
 
 // pings is the number of pings answered.
-func (p *pool) pings() int64 {
-	var n int64
-	for _, l := range p.loops {
-		n += l.sPings.Load()
-	}
-	return n
-}
+func (p *pool) pings() int64 { return p.sum(func(l *loop) *atomic.Int64 { return &l.sPings }) }
 
 // lastData is when the last data frame arrived (unix nanos).
 func (p *pool) lastData() int64 {
