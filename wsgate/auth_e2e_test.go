@@ -286,6 +286,7 @@ func TestLimits(t *testing.T) {
 
 	t.Run("messages per second", func(t *testing.T) {
 		c := e2eDial(t, e, "/ws?token="+token(t, all, map[string]any{"sub": "chatty"}))
+		start := time.Now()
 		for range 100 {
 			c.send(map[string]any{"type": "ping"})
 		}
@@ -301,8 +302,11 @@ func TestLimits(t *testing.T) {
 				t.Fatalf("unexpected %s", f.raw)
 			}
 		}
-		if pongs < 40 || pongs > 60 || limited == 0 {
-			t.Fatalf("%d answered and %d rate limited of 100 at once, want the burst of 40 (and a few refilled) answered", pongs, limited)
+		// The burst (40) is answered, plus what the bucket refilled (20 a
+		// second) while the messages came in, however slow this machine is.
+		refilled := int(20*time.Since(start).Seconds()) + 1
+		if pongs < 40 || pongs > 40+refilled || limited != 100-pongs {
+			t.Fatalf("%d answered and %d rate limited of 100 sent within %v, want 40 to %d answered and the rest limited", pongs, limited, time.Since(start), 40+refilled)
 		}
 		time.Sleep(200 * time.Millisecond) // the bucket refills: the connection goes on
 		c.send(map[string]any{"type": "ping"})

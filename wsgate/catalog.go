@@ -83,21 +83,11 @@ func (c *catalog) hasTopic(name string) bool {
 	return c.topics[name]
 }
 
-// lists returns the table names and topic names, sorted.
-func (c *catalog) lists() (tables, topics []string) {
+// topicCount returns how many custom topics exist.
+func (c *catalog) topicCount() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	tables = make([]string, 0, len(c.tables))
-	for _, t := range c.tables {
-		tables = append(tables, t.name)
-	}
-	topics = make([]string, 0, len(c.topics))
-	for name := range c.topics {
-		topics = append(topics, name)
-	}
-	slices.Sort(tables)
-	slices.Sort(topics)
-	return tables, topics
+	return len(c.topics)
 }
 
 // run watches both buckets until ctx ends, restarting a watch that fails.

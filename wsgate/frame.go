@@ -74,16 +74,6 @@ func closeFrame(code CloseCode, reason string) []byte {
 	return finishFrame(buf, opClose)
 }
 
-// frameCount returns how many frames and bytes bufs hold; every element is
-// one frame.
-func frameBytes(bufs [][]byte) int {
-	n := 0
-	for _, b := range bufs {
-		n += len(b)
-	}
-	return n
-}
-
 // deadline returns now + d.
 func deadline(d time.Duration) time.Time { return time.Now().Add(d) }
 

@@ -266,8 +266,8 @@ func (c *conn) createTopic(name string) {
 		c.sendError("", CodeNotAllowed, "creating topic "+quoteShort(name)+" is not granted")
 		return
 	}
-	if _, topics := c.g.cat.lists(); len(topics) >= c.g.cfg.MaxTopics {
-		c.sendError("", CodeTooManyTopics, "there are "+strconv.Itoa(len(topics))+" topics, the most the gateway allows; destroy one first")
+	if n := c.g.cat.topicCount(); n >= c.g.cfg.MaxTopics {
+		c.sendError("", CodeTooManyTopics, "there are "+strconv.Itoa(n)+" topics, the most the gateway allows; destroy one first")
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.g.ctx, requestTimeout)

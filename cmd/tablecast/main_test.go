@@ -212,6 +212,10 @@ func TestMisconfigurationExits(t *testing.T) {
 		{"gateway short JWT secret", []string{"TABLECAST_JWT_SECRET=short"}, "TABLECAST_JWT_SECRET"},
 		{"gateway TLS key without cert", []string{"TABLECAST_TLS_KEY=/nonexistent"}, "TABLECAST_TLS_CERT and TABLECAST_TLS_KEY go together"},
 		{"gateway bad origin", []string{"TABLECAST_ALLOWED_ORIGINS=example.com"}, "TABLECAST_ALLOWED_ORIGINS"},
+		{"gateway zero rate", []string{"TABLECAST_WS_MESSAGES_PER_SECOND=0"}, "TABLECAST_WS_MESSAGES_PER_SECOND 0: must be positive"},
+		{"gateway bad timeout", []string{"TABLECAST_WS_READ_TIMEOUT=soon"}, "TABLECAST_WS_READ_TIMEOUT"},
+		{"gateway missing keys file", []string{"TABLECAST_JWT_KEYS=/nonexistent/keys.pem"}, "TABLECAST_JWT_KEYS"},
+		{"gateway missing API keys file", []string{"TABLECAST_API_KEYS_FILE=/nonexistent/keys.json"}, "TABLECAST_API_KEYS_FILE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
