@@ -49,6 +49,68 @@ func SchemaKey(db, schema, table string) string {
 	return kvKey(db, schema, table)
 }
 
+// ErrNoRegistry: the schema registry's bucket does not exist, so no reader
+// has streamed into this NATS yet.
+var ErrNoRegistry = errors.New("the schema registry does not exist: no tablecast reader has streamed into this NATS")
+
+// LookupRegistry opens an existing registry without creating it, for
+// commands that only read: ErrNoRegistry when it is missing.
+func LookupRegistry(ctx context.Context, js jetstream.JetStream, bucket string) (*Registry, error) {
+	if bucket == "" {
+		bucket = DefaultSchemaBucket
+	}
+	kv, err := js.KeyValue(ctx, bucket)
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		return nil, ErrNoRegistry
+	case err != nil:
+		return nil, fmt.Errorf("open schema registry bucket %s: %w", bucket, err)
+	}
+	return &Registry{kv: kv}, nil
+}
+
+// TableName is a table as the registry names it.
+type TableName struct{ DB, Schema, Table string }
+
+// Tables lists every table with a shape in the registry.
+func (r *Registry) Tables(ctx context.Context) ([]TableName, error) {
+	lister, err := r.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list schema registry: %w", err)
+	}
+	var out []TableName
+	for key := range lister.Keys() {
+		parts, err := parseKVKey(key)
+		if err != nil || len(parts) != 3 {
+			continue // not a table's key
+		}
+		out = append(out, TableName{DB: parts[0], Schema: parts[1], Table: parts[2]})
+	}
+	return out, nil
+}
+
+// parseKVKey undoes kvKey.
+func parseKVKey(key string) ([]string, error) {
+	var parts []string
+	var b []byte
+	for i := 0; i < len(key); i++ {
+		switch c := key[i]; c {
+		case '.':
+			parts = append(parts, string(b))
+			b = b[:0]
+		case '=':
+			if i+2 >= len(key) || unhex(key[i+1]) < 0 || unhex(key[i+2]) < 0 {
+				return nil, fmt.Errorf("key %q: bad escape at %d", key, i)
+			}
+			b = append(b, byte(unhex(key[i+1])<<4|unhex(key[i+2])))
+			i += 2
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(parts, string(b)), nil
+}
+
 // kvKey joins parts with '.', each with every byte other than ASCII letters,
 // digits, '-' and '_' written as =XX (hex): key-value keys allow few
 // characters, and this keeps the mapping one-to-one.

@@ -8,10 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"reflect"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/kelseyhightower/envconfig"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -73,13 +76,44 @@ type Config struct {
 	LogFormat string `envconfig:"LOG_FORMAT" default:"text" desc:"text or json"`
 }
 
-// loadConfig reads the environment and returns every problem at once.
+// loadConfig reads the environment and returns every problem at once, each
+// naming its variable.
 func loadConfig() (Config, error) {
 	var c Config
+	if errs := checkSyntax(os.LookupEnv); len(errs) > 0 {
+		return c, errors.Join(errs...)
+	}
 	if err := envconfig.Process(envPrefix, &c); err != nil {
+		// checkSyntax parses what envconfig parses, so this is not expected.
 		return c, fmt.Errorf("read environment: %w", err)
 	}
 	var errs []error
+	if c.DatabaseURL != "" {
+		if err := checkDatabaseURL(c.DatabaseURL); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.MaxInFlight < 1 || c.MaxInFlight > stream.MaxInFlightLimit {
+		errs = append(errs, fmt.Errorf("TABLECAST_MAX_IN_FLIGHT %d: must be between 1 and %d", c.MaxInFlight, stream.MaxInFlightLimit))
+	}
+	if c.StallAfter <= 0 {
+		errs = append(errs, fmt.Errorf("TABLECAST_STALL_AFTER %s: must be positive", c.StallAfter))
+	}
+	if c.StallLagBytes <= 0 {
+		errs = append(errs, fmt.Errorf("TABLECAST_STALL_LAG_BYTES %d: must be positive", c.StallLagBytes))
+	}
+	if c.Heartbeat < 0 {
+		errs = append(errs, fmt.Errorf("TABLECAST_HEARTBEAT_INTERVAL %s: must be positive, or 0 to turn heartbeats off", c.Heartbeat))
+	}
+	if c.StreamMaxAge < 0 {
+		errs = append(errs, fmt.Errorf("TABLECAST_STREAM_MAX_AGE %s: must be positive, or 0 for no age limit", c.StreamMaxAge))
+	}
+	if c.StreamMaxBytes == 0 || c.StreamMaxBytes < -1 {
+		errs = append(errs, fmt.Errorf("TABLECAST_STREAM_MAX_BYTES %d: must be positive, or -1 for no size limit", c.StreamMaxBytes))
+	}
+	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
+		errs = append(errs, fmt.Errorf("TABLECAST_STREAM_REPLICAS %d: must be between 1 and 5", c.StreamReplicas))
+	}
 	if err := stream.ValidatePrefix(c.SubjectPrefix); err != nil {
 		errs = append(errs, fmt.Errorf("TABLECAST_SUBJECT_PREFIX: %w", err))
 	}
@@ -120,13 +154,71 @@ func loadConfig() (Config, error) {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("TABLECAST_TLS_CERT and TABLECAST_TLS_KEY go together: set both, or neither"))
 	}
-	if c.DuplicateWindow <= 0 {
-		errs = append(errs, fmt.Errorf("TABLECAST_DUPLICATE_WINDOW %s: must be positive, it is what drops replays", c.DuplicateWindow))
+	switch {
+	case c.DuplicateWindow < 100*time.Millisecond:
+		errs = append(errs, fmt.Errorf("TABLECAST_DUPLICATE_WINDOW %s: must be at least 100ms, it is what drops replays", c.DuplicateWindow))
+	case c.StreamMaxAge > 0 && c.DuplicateWindow > c.StreamMaxAge:
+		errs = append(errs, fmt.Errorf("TABLECAST_DUPLICATE_WINDOW %s: must not exceed TABLECAST_STREAM_MAX_AGE %s", c.DuplicateWindow, c.StreamMaxAge))
 	}
 	for i, t := range c.Tables {
 		c.Tables[i] = strings.TrimSpace(t)
 	}
 	return c, errors.Join(errs...)
+}
+
+// checkSyntax parses every TABLECAST_ variable that is set with the rules of
+// its field's type, and says what is wrong in the user's words, every
+// problem at once: envconfig stops at the first and names Go types.
+func checkSyntax(lookup func(string) (string, bool)) []error {
+	var errs []error
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key := envPrefix + "_" + f.Tag.Get("envconfig")
+		v, ok := lookup(key)
+		if !ok {
+			continue
+		}
+		var problem string
+		switch {
+		case f.Type == reflect.TypeFor[time.Duration]():
+			if _, err := time.ParseDuration(v); err != nil {
+				problem = "not a duration: write a number with a unit, such as 500ms, 30s, 5m or 2h"
+			}
+		case f.Type.Kind() == reflect.Int || f.Type.Kind() == reflect.Int64:
+			if _, err := strconv.ParseInt(v, 0, f.Type.Bits()); err != nil {
+				problem = "not a whole number"
+				if errors.Is(err, strconv.ErrRange) {
+					problem = "out of range"
+				}
+			}
+		case f.Type.Kind() == reflect.Bool:
+			if _, err := strconv.ParseBool(v); err != nil {
+				problem = "want true or false"
+			}
+		}
+		if problem != "" {
+			errs = append(errs, fmt.Errorf("%s %q: %s", key, v, problem))
+		}
+	}
+	return errs
+}
+
+// checkDatabaseURL rejects a connection string PostgreSQL's driver would
+// misread, saying why, without printing its password. A mistyped scheme is
+// named: the driver would otherwise read the URL as key=value pairs and
+// answer about those.
+func checkDatabaseURL(dsn string) error {
+	if scheme, _, ok := strings.Cut(dsn, "://"); ok && !strings.ContainsAny(scheme, " =") {
+		if scheme != "postgres" && scheme != "postgresql" {
+			return fmt.Errorf("TABLECAST_DATABASE_URL: scheme %q is not postgres:// or postgresql://", scheme)
+		}
+	}
+	if _, err := pgconn.ParseConfig(dsn); err != nil {
+		// pgconn's message shows the string with its password redacted.
+		return fmt.Errorf("TABLECAST_DATABASE_URL: not a PostgreSQL connection string (postgres://user:password@host:port/database, or key=value pairs): %s", oneLine(err))
+	}
+	return nil
 }
 
 func (c Config) cdcConfig() cdc.Config {
@@ -260,3 +352,6 @@ Environment:
 	tw.Flush()
 	fmt.Fprintln(w, "\nGo's own GOGC and GOMEMLIMIT apply too; tablecast uses GOGC=200 when GOGC is unset.")
 }
+
+// oneLine folds an error's message onto one line.
+func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tablecast/tablecast/stream"
 )
 
 func freeAddr(t *testing.T) string {
@@ -130,4 +132,57 @@ func TestTailRejectsBadArguments(t *testing.T) {
 			t.Errorf("tablecast %v: exit %d, stderr %q; want 2 and a reason", args, code, stderr)
 		}
 	}
+}
+
+// TestTailUnknownTable: tail of a table no reader streams says so and
+// exits, naming the tables that are streamed, instead of waiting forever.
+func TestTailUnknownTable(t *testing.T) {
+	n := startNATS(t)
+	env := []string{"TABLECAST_NATS_URL=" + n.URL()}
+
+	code, _, stderr := runBinary(t, time.Minute, env, "tail", "public.nope")
+	if last := lastLine(stderr); code != 1 || !strings.Contains(last, "table public.nope is not streamed") || !strings.Contains(last, "schema registry does not exist") {
+		t.Fatalf("without a registry: exit %d, last line %q; want 1 and the reason", code, last)
+	}
+
+	ctx := context.Background()
+	reg, err := stream.OpenRegistry(ctx, n.JS, "", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{stream.SchemaKey("shop", "public", "orders"), stream.SchemaKey("shop", "My Schema", "ordérs.v2")} {
+		if err := reg.Put(ctx, key, []byte(`{}`), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, _, stderr = runBinary(t, time.Minute, env, "tail", "public.nope")
+	last := lastLine(stderr)
+	if code != 1 || !strings.Contains(last, "table public.nope is not streamed") || !strings.Contains(last, `streamed tables: My Schema."ordérs.v2", public.orders`) {
+		t.Fatalf("exit %d, last line %q; want 1, the reason and the streamed tables", code, last)
+	}
+
+	// A streamed table is followed: -n 1 returns once its event arrives.
+	if _, err := stream.EnsureStream(ctx, n.JS, stream.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan string, 1)
+	go func() {
+		code, stdout, stderr := runBinary(t, time.Minute, env, "tail", "-n", "1", `"My Schema"."ordérs.v2"`)
+		done <- fmt.Sprintf("%d|%s|%s", code, stdout, stderr)
+	}()
+	subject := stream.ChangeSubject("tablecast", "shop", "My Schema", "ordérs.v2", "create")
+	waitFor(t, 30*time.Second, "tail to print the event", func() bool {
+		if _, err := n.JS.Publish(ctx, subject, []byte(`{"op":"create"}`)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case out := <-done:
+			if !strings.HasPrefix(out, `0|{"op":"create"}`) {
+				t.Fatalf("tail of a streamed table: %s", out)
+			}
+			return true
+		case <-time.After(200 * time.Millisecond):
+			return false
+		}
+	})
 }

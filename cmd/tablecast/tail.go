@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -28,10 +30,12 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 		return usageError{"tail: " + err.Error() + " (usage: tablecast tail [--all] [-n N] [schema.table])"}
 	}
 	filter := cfg.SubjectPrefix + ".>"
+	var schemaName, table string
 	switch fs.NArg() {
 	case 0:
 	case 1:
-		schemaName, table, err := schema.ParseTableName(fs.Arg(0))
+		var err error
+		schemaName, table, err = schema.ParseTableName(fs.Arg(0))
 		if err != nil {
 			return usageError{"tail: " + err.Error()}
 		}
@@ -57,6 +61,11 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("open JetStream: %w", err)
+	}
+	if table != "" {
+		if err := checkStreamed(ctx, js, schemaName, table); err != nil {
+			return err
+		}
 	}
 	policy := jetstream.DeliverNewPolicy
 	if *all {
@@ -95,4 +104,37 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 	}
 	it.Stop()
 	return nil
+}
+
+// checkStreamed fails, naming what is streamed, when no database's reader
+// has registered the table: tail would otherwise wait for it forever.
+func checkStreamed(ctx context.Context, js jetstream.JetStream, schemaName, table string) error {
+	reg, err := stream.LookupRegistry(ctx, js, "")
+	if errors.Is(err, stream.ErrNoRegistry) {
+		return fmt.Errorf("table %s is not streamed: %w (is tablecast cdc running against this NATS?)", schema.FormatTableName(schemaName, table), err)
+	}
+	if err != nil {
+		return err
+	}
+	tables, err := reg.Tables(ctx)
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, t := range tables {
+		if t.Schema == schemaName && t.Table == table {
+			return nil
+		}
+		names = append(names, schema.FormatTableName(t.Schema, t.Table))
+	}
+	slices.Sort(names)
+	names = slices.Compact(names)
+	known := "none yet"
+	if len(names) > 0 {
+		if len(names) > 20 {
+			names = append(names[:20], fmt.Sprintf("and %d more", len(names)-20))
+		}
+		known = strings.Join(names, ", ")
+	}
+	return fmt.Errorf("table %s is not streamed: no publication read by a tablecast reader includes it (streamed tables: %s)", schema.FormatTableName(schemaName, table), known)
 }

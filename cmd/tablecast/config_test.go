@@ -1,0 +1,89 @@
+package main
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+// TestLoadConfigNamesEveryProblem checks that each bad value is refused
+// with its variable and a reason in the user's words, never silently
+// replaced by a default and never in envconfig's terms.
+func TestLoadConfigNamesEveryProblem(t *testing.T) {
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, envPrefix+"_") {
+			t.Setenv(k, "") // restored after the test
+			os.Unsetenv(k)
+		}
+	}
+	tests := []struct {
+		env  map[string]string
+		want []string // every one must appear
+	}{
+		{map[string]string{"TABLECAST_MAX_IN_FLIGHT": "100000"}, []string{"TABLECAST_MAX_IN_FLIGHT 100000: must be between 1 and 65536"}},
+		{map[string]string{"TABLECAST_MAX_IN_FLIGHT": "0"}, []string{"TABLECAST_MAX_IN_FLIGHT 0: must be between 1 and 65536"}},
+		{map[string]string{"TABLECAST_MAX_IN_FLIGHT": "-5"}, []string{"TABLECAST_MAX_IN_FLIGHT -5: must be between 1 and 65536"}},
+		{map[string]string{"TABLECAST_MAX_IN_FLIGHT": "lots"}, []string{`TABLECAST_MAX_IN_FLIGHT "lots": not a whole number`}},
+		{map[string]string{"TABLECAST_STREAM_MAX_BYTES": "99999999999999999999"}, []string{`TABLECAST_STREAM_MAX_BYTES "99999999999999999999": out of range`}},
+		{map[string]string{"TABLECAST_STALL_AFTER": "10"}, []string{`TABLECAST_STALL_AFTER "10": not a duration: write a number with a unit`}},
+		{map[string]string{"TABLECAST_PPROF": "yes please"}, []string{`TABLECAST_PPROF "yes please": want true or false`}},
+		// Every syntax problem at once, not only the first.
+		{map[string]string{"TABLECAST_STALL_AFTER": "soon", "TABLECAST_WS_READ_TIMEOUT": "1 minute", "TABLECAST_STREAM_REPLICAS": "three"},
+			[]string{"TABLECAST_STALL_AFTER", "TABLECAST_WS_READ_TIMEOUT", "TABLECAST_STREAM_REPLICAS"}},
+		{map[string]string{"TABLECAST_STALL_AFTER": "0s"}, []string{"TABLECAST_STALL_AFTER 0s: must be positive"}},
+		{map[string]string{"TABLECAST_STALL_LAG_BYTES": "-1"}, []string{"TABLECAST_STALL_LAG_BYTES -1: must be positive"}},
+		{map[string]string{"TABLECAST_HEARTBEAT_INTERVAL": "-10s"}, []string{"TABLECAST_HEARTBEAT_INTERVAL -10s: must be positive, or 0"}},
+		{map[string]string{"TABLECAST_STREAM_MAX_AGE": "-1h"}, []string{"TABLECAST_STREAM_MAX_AGE -1h0m0s: must be positive"}},
+		{map[string]string{"TABLECAST_STREAM_MAX_BYTES": "0"}, []string{"TABLECAST_STREAM_MAX_BYTES 0: must be positive, or -1"}},
+		{map[string]string{"TABLECAST_STREAM_REPLICAS": "7"}, []string{"TABLECAST_STREAM_REPLICAS 7: must be between 1 and 5"}},
+		{map[string]string{"TABLECAST_DUPLICATE_WINDOW": "10ms"}, []string{"TABLECAST_DUPLICATE_WINDOW 10ms: must be at least 100ms"}},
+		{map[string]string{"TABLECAST_DUPLICATE_WINDOW": "2h", "TABLECAST_STREAM_MAX_AGE": "1h"}, []string{"must not exceed TABLECAST_STREAM_MAX_AGE"}},
+		{map[string]string{"TABLECAST_DATABASE_URL": "postgre://app:s3cret@db.example/shop"}, []string{`TABLECAST_DATABASE_URL: scheme "postgre" is not postgres:// or postgresql://`}},
+		{map[string]string{"TABLECAST_DATABASE_URL": "postgres://app:s3cret@db.example:99999/shop"}, []string{"TABLECAST_DATABASE_URL: not a PostgreSQL connection string", "invalid port"}},
+		{map[string]string{"TABLECAST_DATABASE_URL": "host=db password=s3cret port=five"}, []string{"TABLECAST_DATABASE_URL: not a PostgreSQL connection string"}},
+	}
+	for _, tt := range tests {
+		var name []string
+		for k, v := range tt.env {
+			name = append(name, k+"="+v)
+		}
+		t.Run(strings.Join(name, ","), func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			_, err := loadConfig()
+			if err == nil {
+				t.Fatalf("accepted; want an error containing %q", tt.want)
+			}
+			msg := err.Error()
+			for _, w := range tt.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q does not contain %q", msg, w)
+				}
+			}
+			for _, bad := range []string{"envconfig", "s3cret", "time.Duration", "converting"} {
+				if strings.Contains(msg, bad) {
+					t.Errorf("error %q shows %q", msg, bad)
+				}
+			}
+		})
+	}
+
+	t.Run("defaults are valid", func(t *testing.T) {
+		if _, err := loadConfig(); err != nil {
+			t.Fatalf("the defaults are refused: %v", err)
+		}
+	})
+	t.Run("good values are kept", func(t *testing.T) {
+		t.Setenv("TABLECAST_MAX_IN_FLIGHT", "65536")
+		t.Setenv("TABLECAST_DATABASE_URL", "postgresql://app@db.example/shop?sslmode=disable")
+		t.Setenv("TABLECAST_HEARTBEAT_INTERVAL", "0")
+		c, err := loadConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.MaxInFlight != 65536 || c.Heartbeat != 0 {
+			t.Fatalf("got MaxInFlight %d, Heartbeat %s", c.MaxInFlight, c.Heartbeat)
+		}
+	})
+}
