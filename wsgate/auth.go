@@ -28,14 +28,40 @@
 // and Audience are set ("aud" may be a string or a list); "sub" names the
 // identity. Then the grants claim (grants.go).
 //
-// API keys are stored hashed (AuthConfig.APIKeys, HashAPIKey): the SHA-256
-// of the whole key, prefix included, as "sha256:<64 hex digits>":
+// The payload must not name a member twice, at any depth: encoding/json
+// would keep the last copy and another parser the first, so a token with
+// a repeated claim could mean different things to its issuer and to the
+// gateway. A repeated claim is refused with "duplicate claim", a member
+// repeated inside the grants claim with "malformed grants: …".
+//
+// # Identities
+//
+// An identity is what connection limits count and what an in-band
+// refresh must keep (Identity.SameAs): a JWT's "sub", an API key's name,
+// never one for the other (a token whose sub is "apikey:billing" is not
+// the API key named billing). A token without "sub" (or with an empty
+// one) is refused with "no subject" unless AuthConfig.AllowNoSubject is
+// set; then each such token is an identity of its own, counted by the
+// token's hash: clients holding different sub-less tokens never share a
+// limit, and a sub-less token cannot be refreshed in band (there is no
+// subject to keep: the client reconnects with the new token).
+//
+// API keys are stored hashed (AuthConfig.APIKeys, AuthConfig.APIKeysFile,
+// HashAPIKey): the SHA-256 of the whole key, prefix included, as
+// "sha256:<64 hex digits>":
 //
 //	printf %s "$KEY" | sha256sum
 //
-// GenerateAPIKey makes a new key.
+// GenerateAPIKey makes a new key. The keys file (ParseAPIKeys) is a JSON
+// list of {"name", "hash", "claims"}; like a token, it must not repeat a
+// member anywhere.
 //
-// # Keys file
+// A client that presents no credential at all gets AuthConfig's
+// AnonymousGrants when they are set (ParseGrants), and is refused with
+// "no token" when they are not. A client that presents a credential is
+// judged on it, never downgraded to anonymous.
+//
+// # Keys files
 //
 // AuthConfig.JWTKeysFile is PEM (any number of "PUBLIC KEY", "RSA PUBLIC
 // KEY" or "CERTIFICATE" blocks; a certificate is only a container for its
@@ -47,18 +73,23 @@
 // warning in the log, as RFC 7517 §5 asks; a set with no usable key is an
 // error. In a PEM file every block must be usable.
 //
-// The file is checked for changes at most once a second (keysCheckInterval),
-// by the Authenticate call that comes due: a stat, and a reload when its
-// modification time, size or identity (inode: an atomic rename, a
-// Kubernetes ConfigMap update) changed. No goroutine runs for it.
-// ReloadKeys reloads at once (for SIGHUP). A reload that fails (a file half
-// written, removed, malformed) keeps the keys loaded before and logs the
-// reason once per change of the file.
+// Both files, the JWT keys file and the API keys file, are checked for
+// changes at most once a second (keysCheckInterval), by the Authenticate
+// call that comes due, and by the Gateway every second so that a removed
+// API key's connections are closed even when nobody connects: a stat, and
+// a reload when its modification time, size or identity (inode: an atomic
+// rename, a Kubernetes ConfigMap update) changed. ReloadKeys reloads both
+// at once (for SIGHUP). A reload that fails (a file half written, removed,
+// malformed) keeps the keys loaded before and logs the reason once per
+// change of the file. Each API keys reload that changes the keys bumps a
+// generation the Gateway watches: it then closes the connections of keys
+// that are gone (4001 "credentials revoked") and re-applies the claims of
+// keys that changed.
 //
 // # Concurrency
 //
 // An Authenticator is safe for concurrent use. Authenticate takes no lock:
-// the key set is an immutable value behind an atomic pointer, replaced
+// the key sets are immutable values behind atomic pointers, replaced
 // whole by a reload; reloads are serialized by a mutex that Authenticate
 // never waits on (only the one call that wins the due check does the
 // stat).
@@ -82,10 +113,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net/http"
 	"net/url"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -159,6 +192,9 @@ const (
 	ReasonUnknownKey       = "unknown key"
 	ReasonUnknownAPIKey    = "unknown API key"
 	ReasonMalformedGrants  = "malformed grants"
+	ReasonNoSubject        = "no subject"
+	ReasonDuplicateClaim   = "duplicate claim"
+	ReasonRevoked          = CloseReasonRevoked // "credentials revoked"
 )
 
 // maxReasonLen is the most a close frame's reason may hold (RFC 6455 §5.5:
@@ -209,9 +245,38 @@ type Identity struct {
 	// Claims are the token's claims as encoding/json decodes them, numbers
 	// as json.Number; an API key's configured Claims. Nil for anonymous.
 	Claims map[string]any
+
+	// key is what connection limits count and a refresh must keep:
+	// "jwt:<sub>", "jwt-token:<hash of the token>" for a token without
+	// sub, "apikey:<name>", "anonymous" for anonymous clients whose grants
+	// set limits.connections, "" for those not counted.
+	key string
+	// exp is the token's "exp" claim (Expires without the leeway), zero
+	// for none.
+	exp time.Time
+	// keySum is an API key's SHA-256, by which a reload of the keys file
+	// tells whether the key a connection presented is still there.
+	keySum [sha256.Size]byte
 }
 
-// anonymous is the one anonymous identity: it holds nothing per client.
+// SameAs reports whether id and o are the same identity: the same token
+// subject, or the same API key name. A token without a subject is the same
+// as no other token. A connection may refresh its credential only with one
+// of the same identity.
+func (id *Identity) SameAs(o *Identity) bool {
+	return id.key != "" && id.key == o.key && !strings.HasPrefix(id.key, keyNoSubject) && id.Method != MethodAnonymous
+}
+
+// Prefixes of Identity.key.
+const (
+	keyJWT       = "jwt:"
+	keyNoSubject = "jwt-token:"
+	keyAPIKey    = "apikey:"
+	keyAnonymous = "anonymous"
+)
+
+// anonymous is the one anonymous identity when no authentication is
+// configured: it holds nothing per client.
 var anonymous = &Identity{Method: MethodAnonymous, Grants: allGrants}
 
 // AnonymousIdentity is the identity of every client when no authentication
@@ -222,12 +287,12 @@ func AnonymousIdentity() *Identity { return anonymous }
 // AuthConfig is how clients are authenticated. The zero value configures
 // nothing: every client is anonymous (Authenticator.Enabled is false).
 type AuthConfig struct {
-	// JWTSecret is the HS256 shared secret (TABLECAST_JWT_SECRET), at least
-	// 32 bytes. Empty: HS256 tokens are refused.
+	// JWTSecret is the HS256 shared secret, at least 32 bytes. Empty:
+	// HS256 tokens are refused.
 	JWTSecret []byte
 	// JWTKeysFile is a PEM or JWKS file of the public keys that verify
-	// RS256, ES256 and EdDSA tokens (TABLECAST_JWT_KEYS), reloaded when it
-	// changes (file comment). Empty: those algorithms are refused.
+	// RS256, ES256 and EdDSA tokens, reloaded when it changes (file
+	// comment). Empty: those algorithms are refused.
 	JWTKeysFile string
 	// Audience, when set, must be in the token's "aud". Empty: not checked.
 	Audience string
@@ -236,16 +301,42 @@ type AuthConfig struct {
 	// Leeway is the clock skew allowed on exp, nbf and iat, at most 5m.
 	// Zero: DefaultLeeway (30s); negative: none.
 	Leeway time.Duration
-	// APIKeys are the static keys of services. Empty: none.
+	// AllowNoSubject accepts tokens without "sub", each counted as an
+	// identity of its own (file comment). False: they are refused with
+	// "no subject".
+	AllowNoSubject bool
+	// APIKeys are static keys of services, beside those of APIKeysFile.
+	// Empty: none.
 	APIKeys []APIKey
+	// APIKeysFile is a JSON file of API keys (ParseAPIKeys), reloaded when
+	// it changes (file comment). Empty: none.
+	APIKeysFile string
+	// AnonymousGrants are the grants of clients that present no
+	// credential (ParseGrants). Nil: such clients are refused with
+	// "no token" once any method is configured. Setting it turns
+	// authentication on by itself: a gateway with only anonymous grants
+	// serves those to everyone and refuses every credential.
+	AnonymousGrants *Grants
 	// Logger receives key reloads and skipped keys. Nil: slog.Default().
 	Logger *slog.Logger
 }
 
+// ConfigError is a problem with one field of a configuration (AuthConfig):
+// Field is the field's name, for the caller to name the setting it came
+// from.
+type ConfigError struct {
+	Field string
+	Err   error
+}
+
+func (e *ConfigError) Error() string { return e.Field + ": " + e.Err.Error() }
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
 // APIKey is one static key of a service, stored hashed.
 type APIKey struct {
-	// Name identifies the key in logs; the identity's Subject is
-	// "apikey:<name>". Required, unique.
+	// Name identifies the key: in logs, and as the identity connection
+	// limits count (the Subject is "apikey:<name>"). Required, unique.
 	Name string
 	// Hash is HashAPIKey of the key: "sha256:<64 hex digits>". Required,
 	// unique.
@@ -275,42 +366,59 @@ func GenerateAPIKey() (string, error) {
 
 // Authenticator verifies credentials. Safe for concurrent use.
 type Authenticator struct {
-	secret   []byte
-	keysFile string
-	audience string
-	issuer   string
-	leeway   time.Duration
-	apiKeys  map[[sha256.Size]byte]*Identity
-	log      *slog.Logger
-	enabled  bool
+	secret         []byte
+	audience       string
+	issuer         string
+	leeway         time.Duration
+	allowNoSubject bool
+	staticKeys     []APIKey
+	anon           *Identity // nil: no anonymous grants
+	log            *slog.Logger
+	enabled        bool
 
-	keys       atomic.Pointer[keySet] // never nil after New
-	checkEvery time.Duration          // keysCheckInterval; tests set 0
-	nextCheck  atomic.Int64           // UnixNano when the keys file is due
+	keys       atomic.Pointer[keySet]    // never nil after New
+	apiKeys    atomic.Pointer[apiKeySet] // never nil after New
+	apiKeysGen atomic.Uint64             // bumped by each reload that changes apiKeys
+	checkEvery time.Duration             // keysCheckInterval; tests set 0
+	nextCheck  atomic.Int64              // UnixNano when the files are due
 
-	reloadMu sync.Mutex  // serializes reloads; guards seen and missing
-	seen     os.FileInfo // the file as last read (loaded or refused)
-	missing  bool        // the last stat failed (logged once)
+	reloadMu sync.Mutex // serializes reloads; guards the watches
+	keysFile watch      // JWTKeysFile
+	apiFile  watch      // APIKeysFile
 }
 
-// NewAuthenticator checks the configuration and loads the keys file. Every
-// problem is returned at once, one line each, naming the setting.
+// watch is a file reloaded when it changes.
+type watch struct {
+	path    string
+	seen    os.FileInfo // the file as last read (loaded or refused)
+	missing bool        // the last stat failed (logged once)
+}
+
+// apiKeySet is an immutable set of API keys, by the SHA-256 of the key.
+type apiKeySet map[[sha256.Size]byte]*Identity
+
+// NewAuthenticator checks the configuration and loads the keys files.
+// Every problem is returned at once, each a *ConfigError naming the field.
 func NewAuthenticator(cfg AuthConfig) (*Authenticator, error) {
 	a := &Authenticator{
-		secret:     bytes.Clone(cfg.JWTSecret),
-		keysFile:   cfg.JWTKeysFile,
-		audience:   cfg.Audience,
-		issuer:     cfg.Issuer,
-		leeway:     cfg.Leeway,
-		log:        cfg.Logger,
-		checkEvery: keysCheckInterval,
+		secret:         bytes.Clone(cfg.JWTSecret),
+		keysFile:       watch{path: cfg.JWTKeysFile},
+		apiFile:        watch{path: cfg.APIKeysFile},
+		audience:       cfg.Audience,
+		issuer:         cfg.Issuer,
+		leeway:         cfg.Leeway,
+		allowNoSubject: cfg.AllowNoSubject,
+		staticKeys:     slices.Clone(cfg.APIKeys),
+		log:            cfg.Logger,
+		checkEvery:     keysCheckInterval,
 	}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
 	var errs []error
+	bad := func(field string, err error) { errs = append(errs, &ConfigError{Field: field, Err: err}) }
 	if n := len(a.secret); n > 0 && n < minSecretLen {
-		errs = append(errs, fmt.Errorf("TABLECAST_JWT_SECRET: %d bytes is too short: HS256 needs at least %d", n, minSecretLen))
+		bad("JWTSecret", fmt.Errorf("%d bytes is too short: HS256 needs at least %d", n, minSecretLen))
 	}
 	switch {
 	case a.leeway == 0:
@@ -318,73 +426,189 @@ func NewAuthenticator(cfg AuthConfig) (*Authenticator, error) {
 	case a.leeway < 0:
 		a.leeway = 0
 	case a.leeway > maxLeeway:
-		errs = append(errs, fmt.Errorf("TABLECAST_JWT_LEEWAY: %s is more than the %s allowed for clock skew", a.leeway, maxLeeway))
+		bad("Leeway", fmt.Errorf("%s is more than the %s allowed for clock skew", a.leeway, maxLeeway))
 	}
-	if (a.audience != "" || a.issuer != "") && len(a.secret) == 0 && a.keysFile == "" {
-		errs = append(errs, errors.New("TABLECAST_JWT_AUDIENCE or TABLECAST_JWT_ISSUER set without TABLECAST_JWT_SECRET or TABLECAST_JWT_KEYS: nothing verifies tokens"))
+	if (a.audience != "" || a.issuer != "") && len(a.secret) == 0 && a.keysFile.path == "" {
+		field := "Audience"
+		if a.audience == "" {
+			field = "Issuer"
+		}
+		bad(field, errors.New("set, but neither a JWT secret nor a JWT keys file verifies tokens"))
 	}
 	ks := &keySet{}
-	if a.keysFile != "" {
-		fi, data, err := readKeysFile(a.keysFile)
+	if a.keysFile.path != "" {
+		fi, data, err := readKeysFile(a.keysFile.path)
 		if err == nil {
-			ks, err = parseKeys(data, a.log.With("file", a.keysFile))
+			ks, err = parseKeys(data, a.log.With("file", a.keysFile.path))
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("TABLECAST_JWT_KEYS: %w", err))
+			bad("JWTKeysFile", err)
 			ks = &keySet{}
 		}
-		a.seen = fi
+		a.keysFile.seen = fi
 	}
 	ks.setAlgs(len(a.secret) > 0)
 	a.keys.Store(ks)
-	a.nextCheck.Store(time.Now().Add(a.checkEvery).UnixNano())
-	if err := a.setAPIKeys(cfg.APIKeys); err != nil {
-		errs = append(errs, err)
+	var fileKeys []APIKey
+	if a.apiFile.path != "" {
+		fi, data, err := readKeysFile(a.apiFile.path)
+		if err == nil {
+			fileKeys, err = ParseAPIKeys(data)
+		}
+		if err != nil {
+			bad("APIKeysFile", err)
+		}
+		a.apiFile.seen = fi
 	}
+	set, err := a.buildAPIKeys(fileKeys, nil)
+	if err != nil {
+		errs = append(errs, err)
+		set = apiKeySet{}
+	}
+	a.apiKeys.Store(&set)
+	if g := cfg.AnonymousGrants; g != nil {
+		for _, p := range g.policies {
+			if p.err != nil {
+				bad("AnonymousGrants", fmt.Errorf("the row policy of %s refers to a claim, and anonymous clients have none", p.pat))
+				break
+			}
+		}
+		a.anon = &Identity{Method: MethodAnonymous, Grants: g}
+		if g.Limits().Connections > 0 {
+			a.anon.key = keyAnonymous
+		}
+	}
+	a.nextCheck.Store(time.Now().Add(a.checkEvery).UnixNano())
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	a.enabled = len(a.secret) > 0 || a.keysFile != "" || len(a.apiKeys) > 0
+	a.enabled = len(a.secret) > 0 || a.keysFile.path != "" || len(a.staticKeys) > 0 || a.apiFile.path != "" || a.anon != nil
 	return a, nil
 }
 
-func (a *Authenticator) setAPIKeys(keys []APIKey) error {
+// buildAPIKeys checks the static keys and those of the file and returns
+// them as a set. An entry of old with the same key, name and claims is
+// kept as it was, so that a reload tells changed keys by their identity
+// pointer. Problems are *ConfigErrors of APIKeys or APIKeysFile.
+func (a *Authenticator) buildAPIKeys(fileKeys []APIKey, old apiKeySet) (apiKeySet, error) {
 	var errs []error
 	names := map[string]bool{}
-	a.apiKeys = make(map[[sha256.Size]byte]*Identity, len(keys))
-	for i, k := range keys {
-		bad := func(format string, args ...any) {
-			errs = append(errs, fmt.Errorf("TABLECAST_API_KEYS: key %d (%q): %s", i+1, k.Name, fmt.Sprintf(format, args...)))
+	set := make(apiKeySet, len(a.staticKeys)+len(fileKeys))
+	add := func(field string, keys []APIKey) {
+		for i, k := range keys {
+			bad := func(format string, args ...any) {
+				errs = append(errs, &ConfigError{Field: field, Err: fmt.Errorf("key %d (%q): %s", i+1, k.Name, fmt.Sprintf(format, args...))})
+			}
+			if k.Name == "" {
+				bad("no name")
+			} else if names[k.Name] {
+				bad("the name is used twice")
+			}
+			names[k.Name] = true
+			hexSum, ok := strings.CutPrefix(k.Hash, "sha256:")
+			var sum [sha256.Size]byte
+			if n, err := hex.Decode(sum[:], []byte(hexSum)); !ok || err != nil || n != sha256.Size || len(hexSum) != 2*sha256.Size {
+				bad(`hash must be "sha256:" and 64 hex digits (HashAPIKey; printf %%s "$KEY" | sha256sum)`)
+				continue
+			}
+			if _, dup := set[sum]; dup {
+				bad("the same key as another")
+				continue
+			}
+			claims, err := normalizeClaims(k.Claims)
+			if err != nil {
+				bad("claims: %v", err)
+				continue
+			}
+			grants, err := GrantsFromClaims(claims)
+			if err != nil {
+				bad("%s: %v", ReasonMalformedGrants, err)
+				continue
+			}
+			id := &Identity{Subject: keyAPIKey + k.Name, Method: MethodAPIKey, Grants: grants, Claims: claims,
+				key: keyAPIKey + k.Name, keySum: sum}
+			if prev := old[sum]; prev != nil && prev.key == id.key && reflect.DeepEqual(prev.Claims, id.Claims) {
+				id = prev
+			}
+			set[sum] = id
 		}
-		if k.Name == "" {
-			bad("no name")
-		} else if names[k.Name] {
-			bad("the name is used twice")
-		}
-		names[k.Name] = true
-		hexSum, ok := strings.CutPrefix(k.Hash, "sha256:")
-		var sum [sha256.Size]byte
-		if n, err := hex.Decode(sum[:], []byte(hexSum)); !ok || err != nil || n != sha256.Size || len(hexSum) != 2*sha256.Size {
-			bad(`hash must be "sha256:" and 64 hex digits (HashAPIKey; printf %%s "$KEY" | sha256sum)`)
-			continue
-		}
-		if _, dup := a.apiKeys[sum]; dup {
-			bad("the same key as another")
-			continue
-		}
-		claims, err := normalizeClaims(k.Claims)
-		if err != nil {
-			bad("claims: %v", err)
-			continue
-		}
-		grants, err := GrantsFromClaims(claims)
-		if err != nil {
-			bad("%s: %v", ReasonMalformedGrants, err)
-			continue
-		}
-		a.apiKeys[sum] = &Identity{Subject: "apikey:" + k.Name, Method: MethodAPIKey, Grants: grants, Claims: claims}
 	}
-	return errors.Join(errs...)
+	add("APIKeys", a.staticKeys)
+	add("APIKeysFile", fileKeys)
+	return set, errors.Join(errs...)
+}
+
+// ParseAPIKeys reads an API keys file: a JSON list of objects with the
+// members "name", "hash" and "claims" (the APIKey fields; claims may be
+// absent or null). A member given twice anywhere, or a member it does not
+// know, is an error: a misspelt "claims" must not silently grant nothing,
+// and a repeated one must not mean what one parser picks. Whether names
+// and hashes are valid is checked by NewAuthenticator.
+func ParseAPIKeys(data []byte) ([]APIKey, error) {
+	v, err := decodeStrictJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("not a JSON list of {name, hash, claims}: %w", err)
+	}
+	list, ok := v.([]any)
+	if !ok {
+		return nil, errors.New("not a JSON list of {name, hash, claims}")
+	}
+	keys := make([]APIKey, 0, len(list))
+	for i, e := range list {
+		obj, ok := e.(map[string]any)
+		if !ok {
+			return nil, fmt.Errorf("key %d is not an object {name, hash, claims}", i+1)
+		}
+		var k APIKey
+		for _, m := range slices.Sorted(maps.Keys(obj)) {
+			var ok bool
+			switch m {
+			case "name":
+				k.Name, ok = obj[m].(string)
+			case "hash":
+				k.Hash, ok = obj[m].(string)
+			case "claims":
+				k.Claims, ok = obj[m].(map[string]any)
+				ok = ok || obj[m] == nil
+			default:
+				return nil, fmt.Errorf("key %d: unknown member %q (want name, hash and claims)", i+1, m)
+			}
+			if !ok {
+				return nil, fmt.Errorf("key %d: %q has the wrong type (name and hash are strings, claims an object)", i+1, m)
+			}
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
+// ParseGrants reads a grants object, in the language of the grants claim
+// (grants.go): {"tables": …, "topics": …, "policies": …, "limits": …}. A
+// member given twice anywhere is an error, as in a token.
+func ParseGrants(data []byte) (*Grants, error) {
+	v, err := decodeStrictJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("grants are not valid JSON: %w", err)
+	}
+	if _, ok := v.(map[string]any); !ok {
+		return nil, errors.New(`grants must be a JSON object like {"tables": {"public.prices": ["*"]}}`)
+	}
+	return GrantsFromClaims(map[string]any{GrantsClaim: v})
+}
+
+// decodeStrictJSON decodes one JSON value (numbers as json.Number),
+// refusing an object that repeats a member name.
+func decodeStrictJSON(data []byte) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	v, err := decodeStrict(dec, 0)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("data after the value")
+	}
+	return v, nil
 }
 
 // normalizeClaims gives configured claims the types a token's claims have
@@ -402,8 +626,13 @@ func normalizeClaims(claims map[string]any) (map[string]any, error) {
 }
 
 // decodeClaims decodes a JSON object, numbers as json.Number so that no
-// integer claim loses digits.
+// integer claim loses digits. A member repeated anywhere is an error
+// (checkRepeated): an *AuthError "duplicate claim" at the top level and
+// outside the grants claim, "malformed grants: …" inside it.
 func decodeClaims(b []byte) (map[string]any, error) {
+	if err := checkRepeated(b); err != nil {
+		return nil, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	var claims map[string]any
@@ -419,19 +648,146 @@ func decodeClaims(b []byte) (map[string]any, error) {
 	return claims, nil
 }
 
-// Enabled reports whether any authentication method is configured. When it
-// is not, Authenticate returns AnonymousIdentity for every client. A nil
-// Authenticator is not enabled.
+// maxClaimsDepth bounds how deeply a token's claims may nest: far beyond
+// any real token, and it bounds the recursion of the check for repeated
+// names.
+const maxClaimsDepth = 64
+
+// checkRepeated refuses claims that name a member twice in any object, at
+// any depth. It reads the bytes once, without decoding them (a token's
+// claims are checked on every connection): names are compared as slices of
+// the payload, decoded only when they hold escapes or non-ASCII. What is
+// not valid JSON is left for the decoder to report.
+func checkRepeated(payload []byte) error {
+	d := repeatScan{b: payload, names: make([]repeatName, 0, 32)}
+	i := skipSpace(payload, 0)
+	if i >= len(payload) || payload[i] != '{' {
+		return nil
+	}
+	_, err := d.value(i, 0)
+	switch {
+	case err == errRepeated && d.claim == nil:
+		return authErr(ReasonDuplicateClaim, fmt.Errorf("claim %q is repeated", d.name))
+	case err == errRepeated && decodeJSONString(d.claim) == GrantsClaim:
+		return authErr(cutUTF8(ReasonMalformedGrants+": "+repeatedMemberError(d.name).Error(), maxReasonLen), nil)
+	case err == errRepeated:
+		return authErr(ReasonDuplicateClaim, fmt.Errorf("claim %q: %w", decodeJSONString(d.claim), repeatedMemberError(d.name)))
+	case err == errTooDeep:
+		return fmt.Errorf("claims nested deeper than %d", maxClaimsDepth)
+	}
+	return nil // valid, or for the decoder to refuse
+}
+
+var errRepeated = errors.New("repeated member")
+
+// repeatScan is checkRepeated's scanner.
+type repeatScan struct {
+	b     []byte
+	names []repeatName // the names of the objects open, outermost first
+	claim []byte       // the top-level member being read; nil when a claim itself is repeated
+	name  string       // the repeated name, once found
+	skip  Row          // skips scalars
+}
+
+// repeatName is a member name as it is in the payload.
+type repeatName struct {
+	raw   []byte
+	plain bool // no escapes, ASCII: its bytes are its value
+}
+
+func (n repeatName) equal(o repeatName) bool {
+	if n.plain && o.plain {
+		return bytes.Equal(n.raw, o.raw)
+	}
+	return decodeJSONString(n.raw) == decodeJSONString(o.raw)
+}
+
+// value reads the value at b[i] and returns the index after it:
+// errRepeated when an object in it repeats a name, errTooDeep, or errSyntax.
+func (d *repeatScan) value(i, depth int) (int, error) {
+	b := d.b
+	if i >= len(b) {
+		return i, errSyntax
+	}
+	if b[i] != '{' && b[i] != '[' {
+		return d.skip.skipValue(b, i)
+	}
+	if depth > maxClaimsDepth {
+		return i, errTooDeep
+	}
+	open, end := b[i], byte('}')
+	if open == '[' {
+		end = ']'
+	}
+	start := len(d.names)
+	defer func() { d.names = d.names[:start] }()
+	if i = skipSpace(b, i+1); i < len(b) && b[i] == end {
+		return i + 1, nil
+	}
+	for {
+		if open == '{' {
+			if i >= len(b) || b[i] != '"' {
+				return i, errSyntax
+			}
+			after, plain, ok := scanString(b, i)
+			if !ok {
+				return i, errSyntax
+			}
+			n := repeatName{raw: b[i+1 : after-1], plain: plain}
+			for _, o := range d.names[start:] {
+				if o.equal(n) {
+					d.name = decodeJSONString(n.raw)
+					if depth == 0 {
+						d.claim = nil // a claim itself is repeated
+					}
+					return i, errRepeated
+				}
+			}
+			d.names = append(d.names, n)
+			if depth == 0 {
+				d.claim = n.raw
+			}
+			if i = skipSpace(b, after); i >= len(b) || b[i] != ':' {
+				return i, errSyntax
+			}
+			i = skipSpace(b, i+1)
+		}
+		var err error
+		if i, err = d.value(i, depth+1); err != nil {
+			return i, err
+		}
+		if i = skipSpace(b, i); i >= len(b) {
+			return i, errSyntax
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case end:
+			return i + 1, nil
+		default:
+			return i, errSyntax
+		}
+	}
+}
+
+// Enabled reports whether any authentication method (or anonymous
+// grants) is configured. When it is not, Authenticate returns
+// AnonymousIdentity for every client. A nil Authenticator is not enabled.
 func (a *Authenticator) Enabled() bool { return a != nil && a.enabled }
 
 // Authenticate verifies a token, a JWT or an API key (APIKeyPrefix), at
 // time now and returns the identity. The error is always an *AuthError.
 // When no method is configured (Enabled is false) every token, or none,
-// is the anonymous identity.
+// is the anonymous identity. No token at all is the identity of the
+// anonymous grants, when they are configured.
 func (a *Authenticator) Authenticate(token string, now time.Time) (*Identity, error) {
-	switch {
-	case !a.Enabled():
+	if !a.Enabled() {
 		return AnonymousIdentity(), nil
+	}
+	a.checkFilesIfDue()
+	switch {
+	case token == "" && a.anon != nil:
+		return a.anon, nil
 	case token == "":
 		return nil, authErr(ReasonNoToken, nil)
 	case len(token) > maxTokenLen:
@@ -445,15 +801,30 @@ func (a *Authenticator) Authenticate(token string, now time.Time) (*Identity, er
 func (a *Authenticator) apiKey(token string) (*Identity, error) {
 	// A map lookup by the hash: its timing depends on the SHA-256 of the
 	// presented key, which tells an attacker nothing about stored keys.
-	id, ok := a.apiKeys[sha256.Sum256([]byte(token))]
+	id, ok := (*a.apiKeys.Load())[sha256.Sum256([]byte(token))]
 	if !ok {
 		return nil, authErr(ReasonUnknownAPIKey, nil)
 	}
 	return id, nil
 }
 
+// currentAPIKey returns the identity that the API key of id has in the
+// keys loaded now: id itself when nothing changed, another identity of
+// the same name when its claims changed, nil when the key is gone or now
+// has another name (the connection must be closed).
+func (a *Authenticator) currentAPIKey(id *Identity) *Identity {
+	cur := (*a.apiKeys.Load())[id.keySum]
+	if cur == nil || cur.key != id.key {
+		return nil
+	}
+	return cur
+}
+
+// apiKeysGeneration counts the reloads that changed the API keys.
+func (a *Authenticator) apiKeysGeneration() uint64 { return a.apiKeysGen.Load() }
+
 func (a *Authenticator) jwt(token string, now time.Time) (*Identity, error) {
-	ks := a.currentKeys()
+	ks := a.keys.Load()
 	if len(ks.algs) == 0 {
 		return nil, authErr(ReasonAlgorithm, errors.New("no JWT verification is configured"))
 	}
@@ -491,11 +862,22 @@ func (a *Authenticator) jwt(token string, now time.Time) (*Identity, error) {
 
 	claims, err := decodeClaims(payload)
 	if err != nil {
+		var ae *AuthError
+		if errors.As(err, &ae) {
+			return nil, ae
+		}
 		return nil, authErr(ReasonMalformedToken, fmt.Errorf("claims: %w", err))
 	}
 	id := &Identity{Method: MethodJWT, Claims: claims}
 	if err := a.checkClaims(id, now); err != nil {
 		return nil, err
+	}
+	if id.Subject != "" {
+		id.key = keyJWT + id.Subject
+	} else {
+		// Each token without a subject is an identity of its own.
+		sum := sha256.Sum256([]byte(token))
+		id.key = keyNoSubject + hex.EncodeToString(sum[:16])
 	}
 	if id.Grants, err = GrantsFromClaims(claims); err != nil {
 		return nil, authErr(cutUTF8(ReasonMalformedGrants+": "+err.Error(), maxReasonLen), nil)
@@ -511,6 +893,7 @@ func (a *Authenticator) checkClaims(id *Identity, now time.Time) error {
 		return authErr(ReasonMalformedToken, err)
 	}
 	if !exp.IsZero() {
+		id.exp = exp
 		id.Expires = exp.Add(a.leeway)
 		if !now.Before(id.Expires) {
 			return authErr(ReasonTokenExpired, fmt.Errorf("expired at %s", exp.UTC().Format(time.RFC3339)))
@@ -528,6 +911,9 @@ func (a *Authenticator) checkClaims(id *Identity, now time.Time) error {
 	sub, ok := c["sub"].(string)
 	if _, has := c["sub"]; has && !ok {
 		return authErr(ReasonMalformedToken, errors.New(`"sub" is not a string`))
+	}
+	if sub == "" && !a.allowNoSubject {
+		return authErr(ReasonNoSubject, nil)
 	}
 	id.Subject = sub
 	iss, ok := c["iss"].(string)
@@ -635,68 +1021,124 @@ func TokenFrom(query url.Values, authorization, cookie, protocols string) (token
 	return protoToken, answerProto
 }
 
-// ReloadKeys reads the keys file now, whether or not it changed. On error
-// the keys loaded before stay in use.
+// ReloadKeys reads the JWT keys file and the API keys file now, whether or
+// not they changed. On error the keys loaded before stay in use; the error
+// says which file failed and why.
 func (a *Authenticator) ReloadKeys() error {
-	if a == nil || a.keysFile == "" {
+	if a == nil {
 		return nil
 	}
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
-	return a.reloadLocked()
-}
-
-// currentKeys returns the key set, first checking the keys file for changes
-// when that is due. One caller wins the due check; the others go on with
-// the keys they have.
-func (a *Authenticator) currentKeys() *keySet {
-	if a.keysFile != "" {
-		now := time.Now().UnixNano()
-		next := a.nextCheck.Load()
-		if now >= next && a.nextCheck.CompareAndSwap(next, now+int64(a.checkEvery)) {
-			a.checkKeysFile()
-		}
+	var errs []error
+	if a.keysFile.path != "" {
+		errs = append(errs, a.reloadJWTKeysLocked())
 	}
-	return a.keys.Load()
+	if a.apiFile.path != "" {
+		errs = append(errs, a.reloadAPIKeysLocked())
+	}
+	return errors.Join(errs...)
 }
 
-// checkKeysFile reloads the keys file if it changed since last read.
-func (a *Authenticator) checkKeysFile() {
+// checkFilesIfDue checks the files for changes when that is due. One
+// caller wins the due check; the others go on with the keys they have.
+func (a *Authenticator) checkFilesIfDue() {
+	if a.keysFile.path == "" && a.apiFile.path == "" {
+		return
+	}
+	now := time.Now().UnixNano()
+	next := a.nextCheck.Load()
+	if now >= next && a.nextCheck.CompareAndSwap(next, now+int64(a.checkEvery)) {
+		a.checkFiles()
+	}
+}
+
+// checkFiles reloads each file that changed since it was last read.
+func (a *Authenticator) checkFiles() {
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
-	fi, err := os.Stat(a.keysFile)
-	if err != nil {
-		if !a.missing {
-			a.log.Error("JWT keys file unreadable; keeping the keys loaded before", "file", a.keysFile, "err", err)
-		}
-		a.missing = true
-		return
+	if a.keysFile.changed(a.log, "JWT keys file") {
+		_ = a.reloadJWTKeysLocked() // logged
 	}
-	a.missing = false
-	if old := a.seen; old != nil && os.SameFile(old, fi) && old.ModTime().Equal(fi.ModTime()) && old.Size() == fi.Size() {
-		return
+	if a.apiFile.changed(a.log, "API keys file") {
+		_ = a.reloadAPIKeysLocked() // logged
 	}
-	_ = a.reloadLocked() // logged
 }
 
-func (a *Authenticator) reloadLocked() error {
-	fi, data, err := readKeysFile(a.keysFile)
-	if fi != nil {
-		// Remember even a refused file, so that it is logged once, not
-		// every second; a change to it is tried again.
-		a.seen = fi
+// changed stats the file and reports whether it differs from the one last
+// read. A file that cannot be stat'ed is logged once and counts as
+// unchanged: the keys loaded before stay.
+func (w *watch) changed(log *slog.Logger, what string) bool {
+	if w.path == "" {
+		return false
 	}
+	fi, err := os.Stat(w.path)
+	if err != nil {
+		if !w.missing {
+			log.Error(what+" unreadable; keeping the keys loaded before", "file", w.path, "err", err)
+		}
+		w.missing = true
+		return false
+	}
+	w.missing = false
+	old := w.seen
+	return old == nil || !os.SameFile(old, fi) || !old.ModTime().Equal(fi.ModTime()) || old.Size() != fi.Size()
+}
+
+// read reads the file, remembering even a refused one, so that it is
+// logged once, not every second; a change to it is tried again.
+func (w *watch) read() ([]byte, error) {
+	fi, data, err := readKeysFile(w.path)
+	if fi != nil {
+		w.seen = fi
+	}
+	return data, err
+}
+
+func (a *Authenticator) reloadJWTKeysLocked() error {
+	path := a.keysFile.path
+	data, err := a.keysFile.read()
 	var ks *keySet
 	if err == nil {
-		ks, err = parseKeys(data, a.log.With("file", a.keysFile))
+		ks, err = parseKeys(data, a.log.With("file", path))
 	}
 	if err != nil {
-		a.log.Error("JWT keys file reload failed; keeping the keys loaded before", "file", a.keysFile, "err", err)
-		return fmt.Errorf("reload %s: %w", a.keysFile, err)
+		a.log.Error("JWT keys file reload failed; keeping the keys loaded before", "file", path, "err", err)
+		return fmt.Errorf("reload %s: %w", path, err)
 	}
 	ks.setAlgs(len(a.secret) > 0)
 	a.keys.Store(ks)
-	a.log.Info("JWT keys loaded", "file", a.keysFile, "keys", len(ks.keys))
+	a.log.Info("JWT keys loaded", "file", path, "keys", len(ks.keys))
+	return nil
+}
+
+// reloadAPIKeysLocked reads the API keys file and, when the keys changed,
+// replaces them and bumps the generation the gateway watches.
+func (a *Authenticator) reloadAPIKeysLocked() error {
+	path := a.apiFile.path
+	data, err := a.apiFile.read()
+	var fileKeys []APIKey
+	if err == nil {
+		fileKeys, err = ParseAPIKeys(data)
+	}
+	old := *a.apiKeys.Load()
+	var set apiKeySet
+	if err == nil {
+		set, err = a.buildAPIKeys(fileKeys, old)
+	}
+	if err != nil {
+		a.log.Error("API keys file reload failed; keeping the keys loaded before", "file", path, "err", err)
+		return fmt.Errorf("reload %s: %w", path, err)
+	}
+	same := len(set) == len(old)
+	for sum, id := range set {
+		same = same && old[sum] == id
+	}
+	a.apiKeys.Store(&set)
+	if !same {
+		a.apiKeysGen.Add(1)
+	}
+	a.log.Info("API keys loaded", "file", path, "keys", len(set), "changed", !same)
 	return nil
 }
 
@@ -871,7 +1313,7 @@ func parseJWKS(data []byte, log *slog.Logger) ([]authKey, error) {
 			return nil, fmt.Errorf("JWKS key %d: %w", i+1, err)
 		}
 		if _, ok := jwk.Key.([]byte); ok {
-			return nil, fmt.Errorf("JWKS key %d (kid %q) is a symmetric key: HS256 takes its secret from TABLECAST_JWT_SECRET only", i+1, jwk.KeyID)
+			return nil, fmt.Errorf("JWKS key %d (kid %q) is a symmetric key: HS256 takes its secret from the JWT secret setting only", i+1, jwk.KeyID)
 		}
 		if !jwk.IsPublic() {
 			return nil, fmt.Errorf("JWKS key %d (kid %q) is a private key: give only public keys", i+1, jwk.KeyID)

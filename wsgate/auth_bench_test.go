@@ -1,6 +1,8 @@
 package wsgate
 
 import (
+	"encoding/base64"
+	"strings"
 	"testing"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -70,5 +72,40 @@ func BenchmarkAuthenticateParallel(b *testing.B) {
 			})
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "verifies/s")
 		})
+	}
+}
+
+// BenchmarkCheckRepeated measures the check for repeated member names on
+// the claims of the realistic token of benchAuthTokens, the part of
+// Authenticate it adds.
+func BenchmarkCheckRepeated(b *testing.B) {
+	_, tokens := benchAuthTokens(b)
+	parts := strings.Split(tokens[0].token, ".")
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := checkRepeated(payload); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDecodeClaims measures decoding a token's claims, the check for
+// repeated names included.
+func BenchmarkDecodeClaims(b *testing.B) {
+	_, tokens := benchAuthTokens(b)
+	parts := strings.Split(tokens[0].token, ".")
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decodeClaims(payload); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -277,7 +277,7 @@ func TestLimits(t *testing.T) {
 		e.waitFor("the identity's count to drop", func() bool {
 			e.gw.connMu.Lock()
 			defer e.gw.connMu.Unlock()
-			return e.gw.identConns["many"] == 2
+			return e.gw.identConns[keyJWT+"many"] == 2
 		})
 		again := e2eDial(t, e, "/ws?token="+tok)
 		again.send(map[string]any{"type": "ping"})

@@ -358,7 +358,6 @@ func TestAuthenticateAccepts(t *testing.T) {
 		{"nbf within the leeway", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"nbf": authNow.Add(10 * time.Second).Unix()})), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
 		{"fractional exp", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": float64(exp.Unix()) + 0.5})), "user-1", MethodJWT, exp.Add(DefaultLeeway + 500*time.Millisecond)},
 		{"no exp", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": nil})), "user-1", MethodJWT, time.Time{}},
-		{"no sub", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"sub": nil})), "", MethodJWT, exp.Add(DefaultLeeway)},
 		{"API key", apiKey, "apikey:billing", MethodAPIKey, time.Time{}},
 	}
 	for _, tc := range cases {
@@ -567,28 +566,28 @@ func TestNewAuthenticatorErrors(t *testing.T) {
 		cfg  AuthConfig
 		want []string // every one must be in the error
 	}{
-		{"short secret", AuthConfig{JWTSecret: []byte("short")}, []string{"TABLECAST_JWT_SECRET", "32"}},
-		{"missing keys file", AuthConfig{JWTKeysFile: filepath.Join(dir, "nope.pem")}, []string{"TABLECAST_JWT_KEYS", "nope.pem"}},
-		{"empty keys file", AuthConfig{JWTKeysFile: file("empty", nil)}, []string{"TABLECAST_JWT_KEYS", "empty"}},
-		{"garbage keys file", AuthConfig{JWTKeysFile: file("garbage", []byte("hello"))}, []string{"TABLECAST_JWT_KEYS", "neither PEM nor JWKS"}},
-		{"bad JSON", AuthConfig{JWTKeysFile: file("bad.json", []byte("{keys"))}, []string{"TABLECAST_JWT_KEYS", "JWKS"}},
-		{"JSON without keys", AuthConfig{JWTKeysFile: file("nokeys.json", []byte(`{"x":1}`))}, []string{"TABLECAST_JWT_KEYS", `"keys"`}},
-		{"private PEM", AuthConfig{JWTKeysFile: file("priv.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}))}, []string{"TABLECAST_JWT_KEYS", "private key"}},
-		{"private JWK", AuthConfig{JWTKeysFile: file("priv.json", privJWK)}, []string{"TABLECAST_JWT_KEYS", "private key"}},
-		{"symmetric JWK", AuthConfig{JWTKeysFile: file("oct.json", octJWK)}, []string{"TABLECAST_JWT_KEYS", "symmetric"}},
-		{"JWKS without a usable key", AuthConfig{JWTKeysFile: file("enc.json", onlyEnc)}, []string{"TABLECAST_JWT_KEYS", "no usable key"}},
-		{"weak RSA PEM", AuthConfig{JWTKeysFile: file("weak.pem", pemPublic(t, &weak.PublicKey))}, []string{"TABLECAST_JWT_KEYS", "1024 bits"}},
-		{"P-384 PEM", AuthConfig{JWTKeysFile: file("p384.pem", pemPublic(t, &p384.PublicKey))}, []string{"TABLECAST_JWT_KEYS", "P-384"}},
-		{"other PEM block", AuthConfig{JWTKeysFile: file("csr.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte{1}}))}, []string{"TABLECAST_JWT_KEYS", "CERTIFICATE REQUEST"}},
-		{"leeway", AuthConfig{JWTSecret: authTestSecret, Leeway: time.Hour}, []string{"TABLECAST_JWT_LEEWAY"}},
-		{"audience without a method", AuthConfig{Audience: "x"}, []string{"TABLECAST_JWT_AUDIENCE"}},
-		{"API key hash", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: "md5:abc"}}}, []string{"TABLECAST_API_KEYS", `"a"`, "sha256"}},
-		{"API key hash short", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: "sha256:abcd"}}}, []string{"TABLECAST_API_KEYS", "64 hex"}},
-		{"API key no name", AuthConfig{APIKeys: []APIKey{{Hash: HashAPIKey("tck_a")}}}, []string{"TABLECAST_API_KEYS", "no name"}},
-		{"API key names twice", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a")}, {Name: "a", Hash: HashAPIKey("tck_b")}}}, []string{"TABLECAST_API_KEYS", "twice"}},
-		{"API key twice", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a")}, {Name: "b", Hash: HashAPIKey("tck_a")}}}, []string{"TABLECAST_API_KEYS", `"b"`, "same key"}},
-		{"API key grants", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a"), Claims: map[string]any{GrantsClaim: map[string]any{"tables": "all"}}}}}, []string{"TABLECAST_API_KEYS", ReasonMalformedGrants}},
-		{"every problem at once", AuthConfig{JWTSecret: []byte("short"), Leeway: time.Hour}, []string{"TABLECAST_JWT_SECRET", "TABLECAST_JWT_LEEWAY"}},
+		{"short secret", AuthConfig{JWTSecret: []byte("short")}, []string{"JWTSecret", "32"}},
+		{"missing keys file", AuthConfig{JWTKeysFile: filepath.Join(dir, "nope.pem")}, []string{"JWTKeysFile", "nope.pem"}},
+		{"empty keys file", AuthConfig{JWTKeysFile: file("empty", nil)}, []string{"JWTKeysFile", "empty"}},
+		{"garbage keys file", AuthConfig{JWTKeysFile: file("garbage", []byte("hello"))}, []string{"JWTKeysFile", "neither PEM nor JWKS"}},
+		{"bad JSON", AuthConfig{JWTKeysFile: file("bad.json", []byte("{keys"))}, []string{"JWTKeysFile", "JWKS"}},
+		{"JSON without keys", AuthConfig{JWTKeysFile: file("nokeys.json", []byte(`{"x":1}`))}, []string{"JWTKeysFile", `"keys"`}},
+		{"private PEM", AuthConfig{JWTKeysFile: file("priv.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}))}, []string{"JWTKeysFile", "private key"}},
+		{"private JWK", AuthConfig{JWTKeysFile: file("priv.json", privJWK)}, []string{"JWTKeysFile", "private key"}},
+		{"symmetric JWK", AuthConfig{JWTKeysFile: file("oct.json", octJWK)}, []string{"JWTKeysFile", "symmetric"}},
+		{"JWKS without a usable key", AuthConfig{JWTKeysFile: file("enc.json", onlyEnc)}, []string{"JWTKeysFile", "no usable key"}},
+		{"weak RSA PEM", AuthConfig{JWTKeysFile: file("weak.pem", pemPublic(t, &weak.PublicKey))}, []string{"JWTKeysFile", "1024 bits"}},
+		{"P-384 PEM", AuthConfig{JWTKeysFile: file("p384.pem", pemPublic(t, &p384.PublicKey))}, []string{"JWTKeysFile", "P-384"}},
+		{"other PEM block", AuthConfig{JWTKeysFile: file("csr.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte{1}}))}, []string{"JWTKeysFile", "CERTIFICATE REQUEST"}},
+		{"leeway", AuthConfig{JWTSecret: authTestSecret, Leeway: time.Hour}, []string{"Leeway"}},
+		{"audience without a method", AuthConfig{Audience: "x"}, []string{"Audience"}},
+		{"API key hash", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: "md5:abc"}}}, []string{"APIKeys", `"a"`, "sha256"}},
+		{"API key hash short", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: "sha256:abcd"}}}, []string{"APIKeys", "64 hex"}},
+		{"API key no name", AuthConfig{APIKeys: []APIKey{{Hash: HashAPIKey("tck_a")}}}, []string{"APIKeys", "no name"}},
+		{"API key names twice", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a")}, {Name: "a", Hash: HashAPIKey("tck_b")}}}, []string{"APIKeys", "twice"}},
+		{"API key twice", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a")}, {Name: "b", Hash: HashAPIKey("tck_a")}}}, []string{"APIKeys", `"b"`, "same key"}},
+		{"API key grants", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a"), Claims: map[string]any{GrantsClaim: map[string]any{"tables": "all"}}}}}, []string{"APIKeys", ReasonMalformedGrants}},
+		{"every problem at once", AuthConfig{JWTSecret: []byte("short"), Leeway: time.Hour}, []string{"JWTSecret", "Leeway"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -603,9 +602,16 @@ func TestNewAuthenticatorErrors(t *testing.T) {
 					t.Errorf("error %q does not say %q", err, w)
 				}
 			}
-			for _, line := range strings.Split(err.Error(), "\n") {
-				if !strings.HasPrefix(line, "TABLECAST_") {
-					t.Errorf("error line %q does not start with the setting", line)
+			// Each problem is a *ConfigError naming the field, for the
+			// caller to name its own setting.
+			errs := []error{err}
+			if j, ok := err.(interface{ Unwrap() []error }); ok {
+				errs = j.Unwrap()
+			}
+			for _, e := range errs {
+				var ce *ConfigError
+				if !errors.As(e, &ce) || !strings.HasPrefix(e.Error(), ce.Field+": ") || strings.Contains(e.Error(), "TABLECAST_") {
+					t.Errorf("problem %q is not a *ConfigError naming its field alone", e)
 				}
 			}
 		})

@@ -59,8 +59,15 @@ const (
 
 	// CodeNotAllowed: the client's credentials do not grant what it asked for
 	// (reading a table or topic, publishing, creating a topic). Reserved for
-	// the auth layer.
+	// the auth layer. Also sent, with the subscription's id and followed by
+	// unsubscribed, when a refreshed token or a changed API key no longer
+	// grants an open subscription.
 	CodeNotAllowed ErrorCode = "not_allowed"
+
+	// CodeRefreshFailed: a refresh message's token was refused (expired,
+	// bad signature, another subject, …: the message says why). The
+	// connection keeps the credential it had, until that one expires.
+	CodeRefreshFailed ErrorCode = "refresh_failed"
 
 	// CodeTooManySubscriptions: the connection already holds the most
 	// subscriptions the gateway allows; unsubscribe first.
@@ -134,9 +141,10 @@ const (
 	// Do not resend the same frame.
 	CloseMessageTooBig CloseCode = 1009
 
-	// CloseUnauthorized (4001): the credentials are missing, invalid, or
-	// the token expired while connected (reason CloseReasonTokenExpired).
-	// Reconnect only with new credentials.
+	// CloseUnauthorized (4001): the credentials are missing, invalid, the
+	// token expired while connected (reason CloseReasonTokenExpired), or
+	// the API key was removed or replaced while connected (reason
+	// CloseReasonRevoked). Reconnect only with new credentials.
 	CloseUnauthorized CloseCode = 4001
 
 	// CloseForbiddenOrigin (4003): the browser's Origin is not allowed.
@@ -163,6 +171,10 @@ const (
 // at the moment the client's token expires, so a client can tell it from a
 // refused token: it should fetch a fresh token and reconnect.
 const CloseReasonTokenExpired = "token expired"
+
+// CloseReasonRevoked is the reason of the CloseUnauthorized close sent to
+// the connections of an API key that the keys file no longer holds.
+const CloseReasonRevoked = "credentials revoked"
 
 // Reason returns the default reason text of a close code, for close frames
 // that have nothing more specific to say. It is short: a close frame's

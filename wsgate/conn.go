@@ -29,9 +29,15 @@ type conn struct {
 	raw syscall.RawConn // nc's descriptor for non-blocking writes; nil if none
 	fd  int             // for the poller; -1 when read by a goroutine of its own
 
+	// authMu serializes what depends on the identity: the handling of
+	// each client message, and a change of identity (a refresh, a
+	// reloaded API key). It guards id. Lock order: authMu, then subsMu,
+	// mu, a feed's mu.
+	authMu  sync.Mutex
 	id      *Identity   // who the client is and what it may do
-	counted bool        // id counts against its connection limit
-	expiry  *time.Timer // closes the connection when the token expires
+	counted string      // the identity key counted against its limit, "" for none (mu)
+	apiKey  atomic.Bool // authenticated with an API key: re-checked when the keys change
+	expiry  *time.Timer // closes the connection when the credential expires (mu)
 
 	// a token bucket of the messages the client may send (reader only)
 	tokens   float64
@@ -211,6 +217,8 @@ func joinHeader(a, sep, b string) string {
 // with 4001 and the reason. A token that expires closes the connection
 // with 4001 "token expired" at that moment.
 func (c *conn) authenticate(q url.Values, req *upgradeRequest) bool {
+	c.authMu.Lock()
+	defer c.authMu.Unlock()
 	if !c.g.cfg.Auth.Enabled() {
 		c.id = AnonymousIdentity()
 		return true
@@ -227,23 +235,62 @@ func (c *conn) authenticate(q url.Values, req *upgradeRequest) bool {
 		c.closeWith(CloseUnauthorized, reason)
 		return false
 	}
-	if !c.g.admitIdentity(id) {
-		c.closeWith(CloseTooManyConnections, "too many connections for "+quoteShort(id.Subject))
+	key, ok := c.g.admitIdentity(id)
+	if !ok {
+		who := "for " + quoteShort(id.Subject)
+		switch {
+		case id.Method == MethodAnonymous:
+			who = "without credentials"
+		case id.Subject == "":
+			who = "for this token"
+		}
+		c.closeWith(CloseTooManyConnections, "too many connections "+who)
 		return false
 	}
 	c.mu.Lock()
-	c.id, c.counted = id, true
-	c.mu.Unlock()
-	if !id.Expires.IsZero() {
-		c.mu.Lock()
-		if !c.closing {
-			c.expiry = time.AfterFunc(time.Until(id.Expires), func() {
-				c.closeWith(CloseUnauthorized, CloseReasonTokenExpired)
-			})
-		}
+	if c.closing {
+		// Closed meanwhile (shutdown): release may have run already.
 		c.mu.Unlock()
+		if key != "" {
+			c.g.leaveIdentity(key)
+		}
+		return false
 	}
-	return true
+	c.counted = key
+	c.mu.Unlock()
+	c.id = id
+	c.setExpiry(id.Expires)
+	if id.Method == MethodAPIKey {
+		c.apiKey.Store(true)
+		// The keys may have been reloaded since Authenticate, before the
+		// gateway could see this connection's key.
+		c.recheckAPIKey()
+	}
+	return !c.isClosing()
+}
+
+// setExpiry arms the close of the connection at exp (zero: never),
+// replacing the one of the credential before.
+func (c *conn) setExpiry(exp time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.expiry != nil {
+		c.expiry.Stop()
+		c.expiry = nil
+	}
+	if c.closing || exp.IsZero() {
+		return
+	}
+	var t *time.Timer
+	t = time.AfterFunc(time.Until(exp), func() {
+		c.mu.Lock()
+		current := c.expiry == t // not replaced by a refresh as it fired
+		c.mu.Unlock()
+		if current {
+			c.closeWith(CloseUnauthorized, CloseReasonTokenExpired)
+		}
+	})
+	c.expiry = t
 }
 
 // originAllowed applies AllowedOrigins to a browser's Origin header.
@@ -455,11 +502,16 @@ func formatSize(n int64) string {
 // SendQueueBytes closes the connection with 4008 instead, unless wait is
 // set: then it waits for room (resuming subscriptions pace themselves this
 // way). It reports whether the frame was queued.
-func (c *conn) enqueue(frame []byte, wait bool) bool {
+func (c *conn) enqueue(frame []byte, wait bool) bool { return c.enqueueFor(nil, frame, wait) }
+
+// enqueueFor is enqueue of a frame of subscription s, which is dropped
+// once s has ended (a resume that waited for room while s was
+// unsubscribed): no frame of s follows its unsubscribed.
+func (c *conn) enqueueFor(s *sub, frame []byte, wait bool) bool {
 	limit := c.g.cfg.SendQueueBytes
 	c.mu.Lock()
 	for {
-		if c.closing {
+		if c.closing || s != nil && s.ended.Load() {
 			c.mu.Unlock()
 			return false
 		}
@@ -757,10 +809,10 @@ func (c *conn) release() {
 		c.expiry.Stop()
 	}
 	counted := c.counted
-	c.counted = false
+	c.counted = ""
 	c.mu.Unlock()
-	if counted {
-		c.g.leaveIdentity(c.id)
+	if counted != "" {
+		c.g.leaveIdentity(counted)
 	}
 	c.subsMu.Lock()
 	subs := c.subs

@@ -45,6 +45,13 @@
 // delivery starts; a resume replays the history up to that point from a
 // consumer of its own while live frames wait (resume.go).
 //
+// A connection's identity can change while it is open: a refresh message
+// (handle.go) or a reloaded API keys file (Gateway.apiKeysLoop) re-applies
+// grants and row policies to its open subscriptions. The connection's
+// authMu serializes that with the handling of its messages, which all read
+// the identity; the lock order is authMu, then the connection's subsMu and
+// mu, then a feed's mu.
+//
 // Tables and their column types come from the schema registry, custom
 // topics from a key-value bucket every gateway shares (catalog.go): the
 // gateway never talks to PostgreSQL.

@@ -59,11 +59,12 @@ type sub struct {
 	topic  string // a topic subscription's topic; "" for a table
 	table  *tableInfo
 	ops    uint8
-	filter *Filter // the client's where; nil for none
-	policy *Filter // the row policy of its grants; nil for none
+	filter *Filter                // the client's where; nil for none
+	policy atomic.Pointer[Filter] // the row policy of its grants; nil for none (setPolicy)
 	proj   atomic.Pointer[Projection]
 
-	f atomic.Pointer[feed] // set once attached
+	f     atomic.Pointer[feed] // set once attached
+	ended atomic.Bool          // set with gone, for the resume goroutine, which reads it without the feed's lock
 
 	// The rest is guarded by the feed's mu.
 	grp      *frameGroup
@@ -308,11 +309,11 @@ func (s *sub) matches(bit uint8, row *Row, hasRow bool) (bool, error) {
 	if bit == bitTruncate {
 		return true, nil
 	}
-	if s.policy != nil {
+	if policy := s.policy.Load(); policy != nil {
 		if !hasRow {
 			return false, errWithheld
 		}
-		ok, err := s.policy.Match(row)
+		ok, err := policy.Match(row)
 		if err != nil {
 			// A delete under the default replica identity carries only the
 			// key: without the policy's columns it is withheld, never leaked.
@@ -355,8 +356,12 @@ func (f *feed) warnWithheld(s *sub) {
 		return
 	}
 	f.withheldWarned = true
+	var cols []string
+	if policy := s.policy.Load(); policy != nil {
+		cols = policy.Columns()
+	}
 	f.g.log.Warn("events withheld: the row policy's columns are not in them (deletes under the default replica identity carry only the key); set REPLICA IDENTITY FULL on the table",
-		"table", s.table.name, "policy_columns", s.policy.Columns())
+		"table", s.table.name, "policy_columns", cols)
 }
 
 // filterFailed tells the client, at most once a second per subscription,
@@ -478,6 +483,7 @@ func (g *Gateway) detach(s *sub) {
 		return
 	}
 	s.gone = true
+	s.ended.Store(true)
 	f.unindex(s)
 	f.dropGroup(s.grp)
 	s.held = nil
@@ -517,6 +523,15 @@ func (f *feed) setProjection(s *sub, p *Projection) uint64 {
 	f.dropGroup(s.grp)
 	s.grp = f.groupFor(s.id, p)
 	return f.last
+}
+
+// setPolicy replaces s's row policy (a refreshed credential). It takes the
+// feed's lock, so every event the feed handles after it returns is judged
+// by the new policy.
+func (f *feed) setPolicy(s *sub, p *Filter) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s.policy.Store(p)
 }
 
 func (f *feed) groupFor(id string, p *Projection) *frameGroup {

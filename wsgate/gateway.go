@@ -49,9 +49,11 @@ type Config struct {
 	// limits.subscriptions may lower it.
 	MaxSubscriptions int
 	// MaxConnsPerIdentity bounds the simultaneous connections of one
-	// authenticated identity (token subject or API key); more are closed
-	// with 4029. Default 100; a token's limits.connections may lower it.
-	// Anonymous clients are not counted.
+	// authenticated identity (token subject, API key name, or a token
+	// without subject); more are closed with 4029. Default 100; a token's
+	// limits.connections may lower it. Anonymous clients are not counted
+	// per identity: the anonymous grants' limits.connections, when set,
+	// caps all of them together instead.
 	MaxConnsPerIdentity int
 	// MessagesPerSecond bounds what one connection may send: beyond it (a
 	// burst of twice as many is allowed) messages are dropped and answered
@@ -151,7 +153,7 @@ type Gateway struct {
 
 	connMu     sync.Mutex
 	conns      map[*conn]struct{}
-	identConns map[string]int // open connections per authenticated subject
+	identConns map[string]int // open connections per identity (Identity.key)
 
 	writeq   chan *conn // connections with frames to write, for writeLoop
 	ctx      context.Context
@@ -216,6 +218,13 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 		defer g.wg.Done()
 		g.cat.run(g.ctx, schemas, topics, g.topicDestroyed)
 	}()
+	if cfg.Auth.Enabled() && cfg.Auth.apiFile.path != "" {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			g.apiKeysLoop()
+		}()
+	}
 	go func() {
 		defer g.wg.Done()
 		g.pingLoop()
@@ -359,26 +368,80 @@ func (g *Gateway) Connections() int {
 	return len(g.conns)
 }
 
-// admitIdentity counts a connection of an authenticated identity, refusing
-// it beyond the identity's limit.
-func (g *Gateway) admitIdentity(id *Identity) bool {
+// admitIdentity counts a connection of an identity, refusing it beyond the
+// identity's limit. It returns the key counted ("" for an identity that is
+// not counted: anonymous clients without a limit of their own).
+func (g *Gateway) admitIdentity(id *Identity) (key string, ok bool) {
+	if id.key == "" {
+		return "", true
+	}
 	limit := g.cfg.MaxConnsPerIdentity
-	if l := id.Grants.Limits().Connections; l > 0 && l < limit {
+	l := id.Grants.Limits().Connections
+	switch {
+	case id.key == keyAnonymous:
+		// Not one client's identity: the anonymous grants' own cap on
+		// every anonymous connection together.
+		limit = l
+	case l > 0 && l < limit:
 		limit = l
 	}
 	g.connMu.Lock()
 	defer g.connMu.Unlock()
-	if g.identConns[id.Subject] >= limit {
-		return false
+	if g.identConns[id.key] >= limit {
+		return "", false
 	}
-	g.identConns[id.Subject]++
-	return true
+	g.identConns[id.key]++
+	return id.key, true
 }
 
-func (g *Gateway) leaveIdentity(id *Identity) {
+func (g *Gateway) leaveIdentity(key string) {
 	g.connMu.Lock()
 	defer g.connMu.Unlock()
-	if g.identConns[id.Subject]--; g.identConns[id.Subject] <= 0 {
-		delete(g.identConns, id.Subject)
+	if g.identConns[key]--; g.identConns[key] <= 0 {
+		delete(g.identConns, key)
+	}
+}
+
+// apiKeysLoop checks the API keys file every second and, when a reload
+// (by this check, an Authenticate call or ReloadKeys) changed the keys,
+// re-checks the connections of API keys.
+func (g *Gateway) apiKeysLoop() {
+	auth := g.cfg.Auth
+	seen := auth.apiKeysGeneration()
+	t := time.NewTicker(keysCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-t.C:
+		}
+		auth.checkFiles()
+		if gen := auth.apiKeysGeneration(); gen != seen {
+			seen = gen
+			g.recheckAPIKeys()
+		}
+	}
+}
+
+// recheckAPIKeys closes the connections whose API key is gone and
+// re-applies the claims of those whose key changed, each on a goroutine of
+// its own (a connection busy with a message is dealt with when that is
+// done).
+func (g *Gateway) recheckAPIKeys() {
+	g.connMu.Lock()
+	var conns []*conn
+	for c := range g.conns {
+		if c.apiKey.Load() {
+			conns = append(conns, c)
+		}
+	}
+	g.connMu.Unlock()
+	for _, c := range conns {
+		go func() {
+			c.authMu.Lock()
+			defer c.authMu.Unlock()
+			c.recheckAPIKey()
+		}()
 	}
 }

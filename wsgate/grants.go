@@ -429,7 +429,7 @@ func decodeStrict(dec *json.Decoder, depth int) (any, error) {
 			}
 			name := tok.(string) // the decoder only gives strings here
 			if _, dup := obj[name]; dup {
-				return nil, fmt.Errorf("member %q is repeated", name)
+				return nil, repeatedMemberError(name)
 			}
 			if obj[name], err = decodeStrict(dec, depth+1); err != nil {
 				return nil, err
@@ -451,6 +451,11 @@ func decodeStrict(dec *json.Decoder, depth int) (any, error) {
 	}
 	return tok, nil
 }
+
+// repeatedMemberError is decodeStrict's error for a repeated member name.
+type repeatedMemberError string
+
+func (e repeatedMemberError) Error() string { return fmt.Sprintf("member %q is repeated", string(e)) }
 
 func marshalWhere(w map[string]any) (json.RawMessage, error) {
 	var buf bytes.Buffer

@@ -28,6 +28,8 @@ func (c *conn) handleMessage(frame []byte) {
 		c.sendError(perr.ID, perr.Code, perr.Message)
 		return
 	}
+	c.authMu.Lock()
+	defer c.authMu.Unlock()
 	switch m.Type {
 	case TypePing:
 		c.send(AppendPong(nil))
@@ -47,6 +49,8 @@ func (c *conn) handleMessage(frame []byte) {
 		c.destroyTopic(m.Topic)
 	case TypePublish:
 		c.publish(m.Topic, m.Data)
+	case TypeRefresh:
+		c.refresh(m.Token)
 	}
 }
 
@@ -69,6 +73,8 @@ func (c *conn) allowMessage(now time.Time) bool {
 
 // subscribeURL makes the subscription of a /ws/tables/… URL.
 func (c *conn) subscribeURL(us *URLSubscription) *ProtocolError {
+	c.authMu.Lock()
+	defer c.authMu.Unlock()
 	return c.subscribe(&ClientMessage{
 		Type: TypeSubscribe, ID: URLSubscriptionID, Table: us.Table, Events: us.Events,
 		Where: us.Where, Select: us.Select, SelectGiven: us.Select != nil, From: us.From,
@@ -116,16 +122,11 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 		if f.matchesAll() {
 			f = nil // no filter: nothing to keep per subscription
 		}
-		policy, err := grants.Policy(schemaName, table)
-		if err != nil {
-			return fail(CodeNotAllowed, "the row policy of "+t.name+" cannot be applied: "+err.Error())
+		policy, msg := c.rowPolicy(grants, t)
+		if msg != "" {
+			return fail(CodeNotAllowed, msg)
 		}
-		if policy != nil {
-			if s.policy, err = CompileWhere(policy, t.name, t.types); err != nil {
-				g.log.Warn("row policy does not compile; subscriptions to the table are refused", "table", t.name, "subject", c.id.Subject, "err", err)
-				return fail(CodeNotAllowed, "the row policy of "+t.name+" does not apply to its columns")
-			}
-		}
+		s.policy.Store(policy)
 		for _, col := range m.Select {
 			if !t.hasColumn(col) {
 				return fail(CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+t.name)
@@ -174,6 +175,135 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 		go g.catchUp(s, *m.From)
 	}
 	return nil
+}
+
+// rowPolicy compiles the row policy grants give table t: nil for none, or
+// why the table cannot be read under them.
+func (c *conn) rowPolicy(grants *Grants, t *tableInfo) (*Filter, string) {
+	policy, err := grants.Policy(t.shape.Schema, t.shape.Table)
+	if err != nil {
+		return nil, "the row policy of " + t.name + " cannot be applied: " + err.Error()
+	}
+	if policy == nil {
+		return nil, ""
+	}
+	f, err := CompileWhere(policy, t.name, t.types)
+	if err != nil {
+		c.g.log.Warn("row policy does not compile; subscriptions to the table are refused", "table", t.name, "subject", c.id.Subject, "err", err)
+		return nil, "the row policy of " + t.name + " does not apply to its columns"
+	}
+	return f, ""
+}
+
+// refresh replaces the connection's credential with a new one of the same
+// identity (Identity.SameAs): its grants and row policies apply to every
+// open subscription, its expiry replaces the old one, and it is answered
+// with refreshed. A token refused, or of another identity, is answered
+// with refresh_failed and changes nothing.
+func (c *conn) refresh(token string) {
+	auth := c.g.cfg.Auth
+	fail := func(why string) {
+		c.g.log.Info("websocket refresh refused", "remote", c.nc.RemoteAddr().String(), "subject", c.id.Subject, "reason", why)
+		c.sendError("", CodeRefreshFailed, why)
+	}
+	cur := c.id
+	switch {
+	case !auth.Enabled():
+		fail("no authentication is configured: there is nothing to refresh")
+		return
+	case cur.Method == MethodAnonymous:
+		fail("this connection has no credential; reconnect with one to change identity")
+		return
+	case cur.Subject == "" && cur.Method == MethodJWT:
+		fail("the connection's token has no subject, so a new token cannot be told to be the same identity; reconnect with it")
+		return
+	}
+	id, err := auth.Authenticate(token, time.Now())
+	if err != nil {
+		reason := err.Error()
+		var ae *AuthError
+		if errors.As(err, &ae) {
+			reason = ae.Reason
+		}
+		fail(reason)
+		return
+	}
+	if !id.SameAs(cur) {
+		fail("the credential is for another identity than " + quoteShort(cur.Subject) + "; reconnect to change identity")
+		return
+	}
+	c.reauthorize(id)
+	var exp int64
+	if !id.exp.IsZero() {
+		exp = id.exp.Unix()
+	}
+	c.send(AppendRefreshed(nil, exp))
+}
+
+// recheckAPIKey closes the connection when its API key has been removed
+// (or replaced) from the keys, and applies the key's claims when they
+// changed. The caller holds authMu.
+func (c *conn) recheckAPIKey() {
+	id := c.id
+	if id == nil || id.Method != MethodAPIKey || c.isClosing() {
+		return
+	}
+	switch cur := c.g.cfg.Auth.currentAPIKey(id); {
+	case cur == nil:
+		c.g.log.Info("websocket client's API key revoked", "remote", c.nc.RemoteAddr().String(), "subject", id.Subject)
+		c.closeWith(CloseUnauthorized, CloseReasonRevoked)
+	case cur != id:
+		c.reauthorize(cur)
+	}
+}
+
+// reauthorize makes id the connection's identity (the same identity as
+// before, with new grants): each open subscription that its grants no
+// longer allow is ended with a not_allowed error and unsubscribed, the
+// others take its row policies from the next event on, and the
+// connection closes at id's expiry instead. The caller holds authMu.
+func (c *conn) reauthorize(id *Identity) {
+	c.id = id
+	c.subsMu.Lock()
+	subs := slices.Clone(c.subs)
+	c.subsMu.Unlock()
+	for _, s := range subs {
+		f := s.f.Load()
+		if f == nil {
+			continue
+		}
+		policy, why := c.regrant(s, id.Grants)
+		if why == "" {
+			f.setPolicy(s, policy)
+			continue
+		}
+		c.dropSub(s)
+		c.sendError(s.id, CodeNotAllowed, "subscription "+quoteShort(s.id)+" ended: "+why)
+		c.send(AppendUnsubscribed(nil, s.id))
+	}
+	c.setExpiry(id.Expires)
+}
+
+// regrant judges subscription s under new grants: the row policy it takes
+// now, or why the grants no longer allow it. A table subscription must
+// still be granted every operation it receives (one made without
+// "events" received the operations granted then: a narrower grant ends
+// it rather than silently narrowing it).
+func (c *conn) regrant(s *sub, grants *Grants) (*Filter, string) {
+	if s.topic != "" {
+		if !grants.CanSubscribeTopic(s.topic) {
+			return nil, "topic " + quoteShort(s.topic) + " is no longer granted"
+		}
+		return nil, ""
+	}
+	t := c.g.cat.table(s.table.shape.Schema, s.table.shape.Table)
+	if t == nil {
+		t = s.table
+	}
+	if lost := OpSet(s.ops &^ uint8(grants.OpsFor(t.shape.Schema, t.shape.Table))); lost != 0 {
+		return nil, "events " + strings.Join(lost.Names(), ", ") + " of " + t.name + " are no longer granted"
+	}
+	return c.rowPolicy(grants, t)
 }
 
 // maxSubscriptions is the gateway's limit, or the token's when lower.

@@ -47,6 +47,7 @@ const (
 	TypeDestroyTopic MessageType = "destroy-topic"
 	TypePublish      MessageType = "publish"
 	TypePing         MessageType = "ping"
+	TypeRefresh      MessageType = "refresh"
 )
 
 // Event kinds a subscription can ask for in "events"; the same words as the
@@ -117,6 +118,10 @@ type ClientMessage struct {
 	// Data is the payload of a publish message, any JSON value (null
 	// included), as the client sent it.
 	Data json.RawMessage
+
+	// Token is the new credential of a refresh message: a JWT or an API
+	// key, never empty after a successful decode.
+	Token string
 }
 
 // ProtocolError is a client message the gateway refuses. It is answered with
@@ -174,6 +179,8 @@ func DecodeClientMessage(frame []byte) (ClientMessage, *ProtocolError) {
 		m.Topic, perr = d.topicField()
 	case TypePublish:
 		perr = d.publish(&m)
+	case TypeRefresh:
+		m.Token, perr = d.token()
 	case TypeTopics, TypePing:
 	default:
 		return ClientMessage{}, d.fail(CodeUnknownType, "unknown message type "+quoteShort(typ))
@@ -515,6 +522,18 @@ func (d *decoder) publish(m *ClientMessage) *ProtocolError {
 	return nil
 }
 
+// token reads the required credential of a refresh message.
+func (d *decoder) token() (string, *ProtocolError) {
+	tok, ok, perr := d.str("token")
+	switch {
+	case perr != nil:
+		return "", perr
+	case !ok || tok == "":
+		return "", d.fail(CodeInvalidMessage, `refresh needs "token", the new credential`)
+	}
+	return tok, nil
+}
+
 // SplitTableName splits a table name already accepted by the decoder (or by
 // ParseURLSubscription) into schema and table: "schema.table", each part
 // as written or SQL-style double-quoted when it holds a dot or white space
@@ -653,6 +672,20 @@ func AppendTopics(dst []byte, tables, topics []string) []byte {
 	dst = appendStringArray(dst, tables)
 	dst = append(dst, `,"topics":`...)
 	dst = appendStringArray(dst, topics)
+	return append(dst, '}')
+}
+
+// AppendRefreshed appends the answer to a refresh message: the new
+// credential is in force, and exp (unix seconds) is when it expires; exp
+// is left out when zero (a credential that does not expire):
+//
+//	{"type":"refreshed","exp":1798000000}
+func AppendRefreshed(dst []byte, exp int64) []byte {
+	dst = append(dst, `{"type":"refreshed"`...)
+	if exp != 0 {
+		dst = append(dst, `,"exp":`...)
+		dst = strconv.AppendInt(dst, exp, 10)
+	}
 	return append(dst, '}')
 }
 

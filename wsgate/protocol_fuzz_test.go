@@ -24,6 +24,7 @@ func FuzzDecodeClientMessage(f *testing.F) {
 		`{"type":"publish","topic":"chat","data":{"hello":"world"}}`,
 		`{"type":"ping"}`,
 		`{"type":"ping","type":"ping"}`,
+		`{"type":"refresh","token":"eyJhbGciOiJIUzI1NiJ9.e30.sig"}`,
 		`{"type":"subscribe","id":"\u0000","table":"a.\ud800"}`,
 		`{"type":"subscribe","id":"s","table":"a.b","from":1e3}`,
 		`[1,2]`, `{`, ``, `null`, `{"type":7}`,
@@ -31,7 +32,7 @@ func FuzzDecodeClientMessage(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	known := map[MessageType]bool{TypeSubscribe: true, TypeSelect: true, TypeUnsubscribe: true, TypeTopics: true,
-		TypeCreateTopic: true, TypeDestroyTopic: true, TypePublish: true, TypePing: true}
+		TypeCreateTopic: true, TypeDestroyTopic: true, TypePublish: true, TypePing: true, TypeRefresh: true}
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		m, perr := DecodeClientMessage(frame)
 		if perr != nil {

@@ -68,6 +68,8 @@ func TestDecodeClientMessage(t *testing.T) {
 		{"publish scalar data", `{"type":"publish","topic":"chat","data": 12.5 }`,
 			ClientMessage{Type: TypePublish, Topic: "chat", Data: json.RawMessage(`12.5`)}},
 		{"ping", `{"type":"ping"}`, ClientMessage{Type: TypePing}},
+		{"refresh", `{"type":"refresh","token":"eyJ.x.y"}`, ClientMessage{Type: TypeRefresh, Token: "eyJ.x.y"}},
+		{"refresh API key", `{"type":"refresh","token":"tck_abc"}`, ClientMessage{Type: TypeRefresh, Token: "tck_abc"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -232,6 +234,11 @@ func TestDecodeClientMessageErrors(t *testing.T) {
 		{"publish no data", `{"type":"publish","topic":"chat"}`, CodeInvalidMessage, "", `field "data" is required`},
 		{"publish bad topic", `{"type":"publish","topic":"chat.","data":1}`, CodeInvalidMessage, "",
 			`topic "chat." starts or ends with '.'`},
+		{"refresh no token", `{"type":"refresh"}`, CodeInvalidMessage, "", `refresh needs "token", the new credential`},
+		{"refresh null token", `{"type":"refresh","token":null}`, CodeInvalidMessage, "", `refresh needs "token", the new credential`},
+		{"refresh empty token", `{"type":"refresh","token":""}`, CodeInvalidMessage, "", `refresh needs "token", the new credential`},
+		{"refresh token not a string", `{"type":"refresh","token":{"jwt":"x"}}`, CodeInvalidMessage, "", `field "token" must be a string`},
+		{"refresh token twice", `{"type":"refresh","token":"a","token":"b"}`, CodeInvalidMessage, "", `field "token" is given twice`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -319,6 +326,8 @@ func TestAppendFrames(t *testing.T) {
 			`{"type":"topics","tables":["public.orders","public.items"],"topics":["chat"]}`},
 		{"topics empty", AppendTopics(nil, nil, []string{}), `{"type":"topics","tables":[],"topics":[]}`},
 		{"pong", AppendPong(nil), `{"type":"pong"}`},
+		{"refreshed", AppendRefreshed(nil, 1798000000), `{"type":"refreshed","exp":1798000000}`},
+		{"refreshed without exp", AppendRefreshed(nil, 0), `{"type":"refreshed"}`},
 		{"error with id", AppendError(nil, "s1", CodeInvalidFilter, `column "totl" does not exist in public.orders`),
 			`{"type":"error","id":"s1","code":"invalid_filter","message":"column \"totl\" does not exist in public.orders"}`},
 		{"error without id", AppendError(nil, "", CodeInvalidMessage, "message must be a JSON object"),

@@ -123,7 +123,10 @@ func (g *Gateway) replay(s *sub, from uint64) error {
 				return errors.New("connection closed")
 			}
 			if frame := s.historyFrame(seq, msg.Subject(), msg.Data(), &env, &row); frame != nil {
-				if !s.c.enqueue(frame, true) {
+				if !s.c.enqueueFor(s, frame, true) {
+					if s.ended.Load() {
+						return nil // unsubscribed, or ended by new grants
+					}
 					return errors.New("connection closed")
 				}
 			}

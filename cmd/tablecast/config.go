@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -56,8 +55,10 @@ type Config struct {
 	JWTKeys               string        `envconfig:"JWT_KEYS" desc:"PEM or JWKS file of public keys for RS256, ES256 and EdDSA client tokens, reloaded when it changes; empty: off"`
 	JWTAudience           string        `envconfig:"JWT_AUDIENCE" desc:"the aud a client token must carry; empty: not checked"`
 	JWTIssuer             string        `envconfig:"JWT_ISSUER" desc:"the iss a client token must carry; empty: not checked"`
-	APIKeysFile           string        `envconfig:"API_KEYS_FILE" desc:"JSON file of service API keys, a list of {name, hash (sha256:<hex>), claims}; empty: none"`
+	JWTAllowNoSubject     bool          `envconfig:"JWT_ALLOW_NO_SUBJECT" default:"false" desc:"accept client tokens without sub; each such token is then an identity of its own (its own connection limit) and cannot be refreshed in band"`
+	APIKeysFile           string        `envconfig:"API_KEYS_FILE" desc:"JSON file of service API keys, a list of {name, hash (sha256:<hex>), claims}, reloaded when it changes and on SIGHUP; empty: none"`
 	AllowAnonymous        bool          `envconfig:"ALLOW_ANONYMOUS" default:"false" desc:"let clients in without credentials, with every grant, on a non-loopback TABLECAST_HTTP_ADDR"`
+	AnonymousGrants       string        `envconfig:"ANONYMOUS_GRANTS" desc:"grants of clients that present no credential, JSON like the tablecast claim ({\"tables\":{\"public.prices\":[\"*\"]}}) or @/path/to/file.json; empty: such clients are refused once authentication is on"`
 	AllowedOrigins        []string      `envconfig:"ALLOWED_ORIGINS" desc:"origins allowed to open a WebSocket, comma-separated scheme://host[:port], * for any; empty: same host only (requests without Origin are not checked)"`
 	WSMaxMessage          int           `envconfig:"WS_MAX_MESSAGE" default:"65536" desc:"largest client WebSocket message in bytes; a bigger one closes the connection with 1009"`
 	WSSendQueue           int           `envconfig:"WS_SEND_QUEUE" default:"4194304" desc:"bytes that may wait to be sent to one client; beyond, it is closed with 4008 and resumes from its last seq"`
@@ -151,6 +152,9 @@ func loadConfig() (Config, error) {
 			errs = append(errs, fmt.Errorf("TABLECAST_ALLOWED_ORIGINS %q: want scheme://host[:port] or *", o))
 		}
 	}
+	if c.AllowAnonymous && c.AnonymousGrants != "" {
+		errs = append(errs, errors.New("TABLECAST_ALLOW_ANONYMOUS and TABLECAST_ANONYMOUS_GRANTS contradict each other: the first lets clients without credentials in with every grant when no authentication is configured, the second gives them only the grants it lists; unset one"))
+	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("TABLECAST_TLS_CERT and TABLECAST_TLS_KEY go together: set both, or neither"))
 	}
@@ -241,28 +245,62 @@ func (c Config) cdcConfig() cdc.Config {
 	}
 }
 
-// authenticator builds the gateway's authentication from the JWT and API
-// key variables; with none of them, clients are anonymous, which is
-// refused off loopback unless TABLECAST_ALLOW_ANONYMOUS is set.
+// authVariables names the variable each field of wsgate.AuthConfig comes
+// from, for its errors.
+var authVariables = map[string]string{
+	"JWTSecret":       "TABLECAST_JWT_SECRET",
+	"JWTKeysFile":     "TABLECAST_JWT_KEYS",
+	"Audience":        "TABLECAST_JWT_AUDIENCE",
+	"Issuer":          "TABLECAST_JWT_ISSUER",
+	"APIKeysFile":     "TABLECAST_API_KEYS_FILE",
+	"AnonymousGrants": "TABLECAST_ANONYMOUS_GRANTS",
+}
+
+// authenticator builds the gateway's authentication from the JWT, API key
+// and anonymous grants variables; with none of them, clients are
+// anonymous with every grant, which is refused off loopback unless
+// TABLECAST_ALLOW_ANONYMOUS is set.
 func (c Config) authenticator(log *slog.Logger) (*wsgate.Authenticator, error) {
-	ac := wsgate.AuthConfig{JWTSecret: []byte(c.JWTSecret), JWTKeysFile: c.JWTKeys, Audience: c.JWTAudience, Issuer: c.JWTIssuer, Logger: log}
-	if c.APIKeysFile != "" {
-		b, err := os.ReadFile(c.APIKeysFile)
-		if err != nil {
-			return nil, fmt.Errorf("TABLECAST_API_KEYS_FILE: %w", err)
+	ac := wsgate.AuthConfig{JWTSecret: []byte(c.JWTSecret), JWTKeysFile: c.JWTKeys, Audience: c.JWTAudience, Issuer: c.JWTIssuer,
+		AllowNoSubject: c.JWTAllowNoSubject, APIKeysFile: c.APIKeysFile, Logger: log}
+	if g := strings.TrimSpace(c.AnonymousGrants); g != "" {
+		data := []byte(g)
+		if path, ok := strings.CutPrefix(g, "@"); ok {
+			var err error
+			if data, err = os.ReadFile(path); err != nil {
+				return nil, fmt.Errorf("TABLECAST_ANONYMOUS_GRANTS: %w", err)
+			}
 		}
-		if err := json.Unmarshal(b, &ac.APIKeys); err != nil {
-			return nil, fmt.Errorf("TABLECAST_API_KEYS_FILE %s: not a JSON list of {name, hash, claims}: %w", c.APIKeysFile, err)
+		var err error
+		if ac.AnonymousGrants, err = wsgate.ParseGrants(data); err != nil {
+			return nil, fmt.Errorf("TABLECAST_ANONYMOUS_GRANTS: %w", err)
 		}
 	}
 	auth, err := wsgate.NewAuthenticator(ac)
 	if err != nil {
-		return nil, err
+		return nil, nameAuthErrors(err)
 	}
 	if !auth.Enabled() && !c.AllowAnonymous && !loopback(c.HTTPAddr) {
 		return nil, fmt.Errorf("TABLECAST_HTTP_ADDR %s is not a loopback address and no authentication is configured: set TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE, or TABLECAST_ALLOW_ANONYMOUS=true to let anyone in", c.HTTPAddr)
 	}
 	return auth, nil
+}
+
+// nameAuthErrors names the variable of each wsgate.ConfigError of err.
+func nameAuthErrors(err error) error {
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	out := make([]error, 0, len(errs))
+	for _, e := range errs {
+		var ce *wsgate.ConfigError
+		if errors.As(e, &ce) && authVariables[ce.Field] != "" {
+			e = fmt.Errorf("%s: %w", authVariables[ce.Field], ce.Err)
+		}
+		out = append(out, e)
+	}
+	return errors.Join(out...)
 }
 
 // loopback reports whether addr (host:port) listens on loopback only.

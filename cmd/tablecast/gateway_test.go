@@ -13,6 +13,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -30,7 +31,7 @@ import (
 
 // startProcess starts the binary with env and stops it with SIGTERM when
 // the test ends, checking that it exits cleanly.
-func startProcess(t *testing.T, env []string, args ...string) {
+func startProcess(t *testing.T, env []string, args ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(binary(t), args...)
 	cmd.Env = env
@@ -52,6 +53,7 @@ func startProcess(t *testing.T, env []string, args ...string) {
 			t.Errorf("tablecast %s did not stop within 20s of SIGTERM", args[0])
 		}
 	})
+	return cmd
 }
 
 type wsFrame struct {
@@ -266,5 +268,90 @@ func TestGatewayTLSAndAuth(t *testing.T) {
 	}
 	if f := wsRead(t, ws); f.Type != "subscribed" {
 		t.Fatalf("subscribe answered %+v", f)
+	}
+}
+
+// TestGatewaySIGHUP runs `tablecast gateway` with an API keys file and
+// anonymous grants from a file: a client without credentials gets only the
+// anonymous grants; SIGHUP reloads the keys file even when the change
+// cannot be seen by polling it (same size, same modification time), closes
+// the connection of the key it no longer holds with 4001 "credentials
+// revoked", and leaves the process and its other clients running.
+func TestGatewaySIGHUP(t *testing.T) {
+	dir := t.TempDir()
+	key := "tck_sighup-test-key-0123456789"
+	keysFile := filepath.Join(dir, "keys.json")
+	keys := func(hash string) []byte {
+		return []byte(`[{"name":"publisher","hash":"` + hash + `","claims":{"tablecast":{"topics":{"create":["*"],"publish":["*"]}}}}]`)
+	}
+	sum := sha256.Sum256([]byte(key))
+	if err := os.WriteFile(keysFile, keys("sha256:"+fmt.Sprintf("%x", sum)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	grantsFile := filepath.Join(dir, "public.json")
+	if err := os.WriteFile(grantsFile, []byte(`{"topics":{"subscribe":["prices"]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr, natsAddr := freeAddr(t), freeAddr(t)
+	cmd := startProcess(t, append(baseEnv(), "TABLECAST_HTTP_ADDR="+addr, "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir(),
+		"TABLECAST_API_KEYS_FILE="+keysFile, "TABLECAST_ANONYMOUS_GRANTS=@"+grantsFile), "gateway")
+	ready := func() bool {
+		code, _, err := httpGet("http://" + addr + "/readyz")
+		return err == nil && code == 200
+	}
+	waitFor(t, time.Minute, "/readyz", ready)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	svc, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws", &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + key}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.CloseNow()
+	wsSend(t, svc, `{"type":"create-topic","topic":"prices"}`)
+	if f := wsRead(t, svc); f.Type != "topics" {
+		t.Fatalf("create-topic answered %+v", f)
+	}
+	anon := wsDial(t, "ws://"+addr+"/ws")
+	wsSend(t, anon, `{"type":"create-topic","topic":"other"}`)
+	if f := wsRead(t, anon); f.Type != "error" || f.Code != "not_allowed" {
+		t.Fatalf("anonymous create-topic answered %+v", f)
+	}
+	wsSend(t, anon, `{"type":"subscribe","id":"p","topic":"prices"}`)
+	if f := wsRead(t, anon); f.Type != "subscribed" {
+		t.Fatalf("anonymous subscribe answered %+v", f)
+	}
+	wsSend(t, svc, `{"type":"publish","topic":"prices","data":{"eur":1}}`)
+	if f := wsRead(t, anon); f.Type != "message" {
+		t.Fatalf("anonymous subscriber got %+v", f)
+	}
+
+	// Another key in its place: same size, same modification time, same
+	// file. Polling cannot see it; SIGHUP reads it.
+	fi, err := os.Stat(keysFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := sha256.Sum256([]byte(key + "-rotated"))
+	if err := os.WriteFile(keysFile, keys("sha256:"+fmt.Sprintf("%x", other)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(keysFile, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = svc.Read(ctx)
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != 4001 || ce.Reason != "credentials revoked" {
+		t.Fatalf("the revoked key's connection ended with %v, want 4001 credentials revoked", err)
+	}
+	if !ready() {
+		t.Fatal("the gateway is not ready after SIGHUP")
+	}
+	wsSend(t, anon, `{"type":"ping"}`)
+	if f := wsRead(t, anon); f.Type != "pong" {
+		t.Fatalf("anonymous client after SIGHUP: %+v", f)
 	}
 }

@@ -1,7 +1,8 @@
 // Command tablecast streams PostgreSQL row changes to NATS JetStream.
 //
 // It is thin on purpose: it reads the configuration, builds the parts from
-// the packages, runs them and stops them on SIGINT or SIGTERM.
+// the packages, runs them and stops them on SIGINT or SIGTERM. SIGHUP
+// makes a running gateway reload its keys files; it never stops tablecast.
 package main
 
 import (
@@ -25,10 +26,16 @@ var version = "dev"
 // peak memory.
 const defaultGCPercent = 200
 
+// hangups receives SIGHUP. A running gateway reloads its keys files on it
+// (runServer); for every other command it is ignored rather than ending
+// the process, as it would by default.
+var hangups = make(chan os.Signal, 1)
+
 func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
 	}
+	signal.Notify(hangups, syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := dispatch(ctx, os.Args[1:])
 	stop()

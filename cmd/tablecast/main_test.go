@@ -191,6 +191,10 @@ func TestMisconfigurationExits(t *testing.T) {
 	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `DROP ROLE IF EXISTS tc_cmd_norepl`) })
 	n := startNATS(t)
 	base := []string{"TABLECAST_NATS_URL=" + n.URL(), "TABLECAST_HTTP_ADDR=127.0.0.1:0", "TABLECAST_SLOT=tc_cmd_bad", "TABLECAST_PUBLICATION=tc_cmd_bad"}
+	repeatedKeys := filepath.Join(t.TempDir(), "keys.json")
+	if err := os.WriteFile(repeatedKeys, []byte(`[{"name":"a","hash":"sha256:`+strings.Repeat("0", 64)+`","claims":{},"claims":{"tablecast":{"tables":{"*":["*"]}}}}]`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	_ = name
 
 	tests := []struct {
@@ -219,6 +223,11 @@ func TestMisconfigurationExits(t *testing.T) {
 		{"gateway bad timeout", []string{"TABLECAST_WS_READ_TIMEOUT=soon"}, "TABLECAST_WS_READ_TIMEOUT"},
 		{"gateway missing keys file", []string{"TABLECAST_JWT_KEYS=/nonexistent/keys.pem"}, "TABLECAST_JWT_KEYS"},
 		{"gateway missing API keys file", []string{"TABLECAST_API_KEYS_FILE=/nonexistent/keys.json"}, "TABLECAST_API_KEYS_FILE"},
+		{"gateway API keys file repeating a member", []string{"TABLECAST_API_KEYS_FILE=" + repeatedKeys}, `TABLECAST_API_KEYS_FILE: not a JSON list of {name, hash, claims}: member "claims" is repeated`},
+		{"gateway bad anonymous grants", []string{`TABLECAST_ANONYMOUS_GRANTS={"tables":{"public.prices":["select"]}}`}, `TABLECAST_ANONYMOUS_GRANTS: tables["public.prices"]: unknown operation "select"`},
+		{"gateway anonymous grants with a claim", []string{`TABLECAST_ANONYMOUS_GRANTS={"tables":{"*":["*"]},"policies":{"*":{"t":{"eq":{"claim":"tenant"}}}}}`}, "TABLECAST_ANONYMOUS_GRANTS: the row policy of * refers to a claim"},
+		{"gateway missing anonymous grants file", []string{"TABLECAST_ANONYMOUS_GRANTS=@/nonexistent/public.json"}, "TABLECAST_ANONYMOUS_GRANTS"},
+		{"gateway anonymous twice", []string{"TABLECAST_ALLOW_ANONYMOUS=true", `TABLECAST_ANONYMOUS_GRANTS={"tables":{"*":["read"]}}`}, "contradict"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

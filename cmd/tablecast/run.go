@@ -136,6 +136,9 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	if reader != nil {
 		go func() { errc <- reader.Run(ctx) }()
 	}
+	if auth.Enabled() {
+		go reloadOnHangup(ctx, auth, log)
+	}
 	select {
 	case <-ctx.Done():
 		if reader != nil {
@@ -144,6 +147,24 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		return nil
 	case err := <-errc:
 		return err
+	}
+}
+
+// reloadOnHangup reloads the JWT keys file and the API keys file on each
+// SIGHUP until ctx ends; connections of removed API keys are then closed
+// by the gateway. A file that does not load keeps the keys before, and
+// says why in the log.
+func reloadOnHangup(ctx context.Context, auth *wsgate.Authenticator, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hangups:
+			log.Info("SIGHUP: reloading the keys files")
+			if err := auth.ReloadKeys(); err != nil {
+				log.Error("SIGHUP: keys files not reloaded; keeping the keys loaded before", "err", err)
+			}
+		}
 	}
 }
 
