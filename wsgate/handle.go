@@ -97,42 +97,62 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 	var key, subject string
 	grants := c.id.Grants
 	if m.Table != "" {
-		schemaName, table := SplitTableName(m.Table)
-		t := g.cat.table(schemaName, table)
-		granted := uint8(grants.OpsFor(schemaName, table))
-		if t == nil || granted == 0 {
+		db, schemaName, table := SplitQualifiedName(m.Table)
+		t, choices := g.cat.resolve(db, schemaName, table, grants)
+		if choices != nil {
+			return fail(CodeAmbiguousTable, "table "+quoteShort(m.Table)+" is in several databases; name one of: "+strings.Join(choices, ", "))
+		}
+		if t == nil {
 			// The same answer whether the table is missing or not
 			// granted: a client learns nothing of tables it may not read.
 			return fail(CodeUnknownTable, "table "+quoteShort(m.Table)+" is not streamed")
 		}
+		schemaName, table = t.shape.Schema, t.shape.Table
+		shown := t.name // the table as the client named it, in messages
+		if db != "" {
+			shown = t.qualified
+		}
+		granted := uint8(grants.TableOps(t.db, schemaName, table))
 		ops := opsOf(m.Events)
 		if m.Events != nil && ops&^granted != 0 {
-			return fail(CodeNotAllowed, "events "+strings.Join(OpSet(ops&^granted).Names(), ", ")+" of "+t.name+" are not granted")
+			return fail(CodeNotAllowed, "events "+strings.Join(OpSet(ops&^granted).Names(), ", ")+" of "+shown+" are not granted")
 		}
-		f, err := CompileWhere(m.Where, t.name, t.types)
+		// A column not granted is, to the client's where and select,
+		// a column that does not exist; the row policy reads any.
+		s.granted, s.allColumns = grants.TableColumns(t.db, schemaName, table)
+		visible := t.types
+		if !s.allColumns {
+			visible = make(map[string]ColumnType, len(s.granted))
+			for _, col := range s.granted {
+				if typ, ok := t.types[col]; ok {
+					visible[col] = typ
+				}
+			}
+		}
+		f, err := CompileWhere(m.Where, shown, visible)
 		if err != nil {
 			return fail(CodeInvalidFilter, err.Error())
 		}
 		if f.matchesAll() {
 			f = nil // no filter: nothing to keep per subscription
 		}
-		policy, err := grants.Policy(schemaName, table)
+		policy, err := grants.TablePolicy(t.db, schemaName, table)
 		if err != nil {
-			return fail(CodeNotAllowed, "the row policy of "+t.name+" cannot be applied: "+err.Error())
+			return fail(CodeNotAllowed, "the row policy of "+shown+" cannot be applied: "+err.Error())
 		}
 		if policy != nil {
-			if s.policy, err = CompileWhere(policy, t.name, t.types); err != nil {
-				g.log.Warn("row policy does not compile; subscriptions to the table are refused", "table", t.name, "subject", c.id.Subject, "err", err)
-				return fail(CodeNotAllowed, "the row policy of "+t.name+" does not apply to its columns")
+			if s.policy, err = CompileWhere(policy, t.qualified, t.types); err != nil {
+				g.log.Warn("row policy does not compile; subscriptions to the table are refused", "table", t.qualified, "subject", c.id.Subject, "err", err)
+				return fail(CodeNotAllowed, "the row policy of "+shown+" does not apply to its columns")
 			}
 		}
 		for _, col := range m.Select {
-			if !t.hasColumn(col) {
-				return fail(CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+t.name)
+			if _, ok := visible[col]; !ok {
+				return fail(CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+shown)
 			}
 		}
 		s.table, s.filter, s.ops = t, f, ops&granted
-		s.proj.Store(NewProjection(m.Select))
+		s.proj.Store(s.projection(m.Select))
 		key, subject = "t\x00"+t.subject, t.subject
 	} else {
 		if !grants.CanSubscribeTopic(m.Topic) {
@@ -174,6 +194,24 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 		go g.catchUp(s, *m.From)
 	}
 	return nil
+}
+
+// projection compiles a table subscription's select list under its column
+// grant.
+func (s *sub) projection(selected []string) *Projection {
+	if s.allColumns {
+		return NewProjection(selected)
+	}
+	return NewGrantedProjection(selected, s.granted)
+}
+
+// columnGranted reports whether s may see the column.
+func (s *sub) columnGranted(col string) bool {
+	if s.allColumns {
+		return true
+	}
+	_, ok := slices.BinarySearch(s.granted, col)
+	return ok
 }
 
 // maxSubscriptions is the gateway's limit, or the token's when lower.
@@ -246,17 +284,17 @@ func (c *conn) selectFields(id string, fields []string) {
 		c.sendError(id, CodeInvalidSubscription, "select applies to table subscriptions; "+quoteShort(id)+" is a topic subscription")
 		return
 	}
-	t := c.g.cat.table(s.table.shape.Schema, s.table.shape.Table)
+	t := c.g.cat.tableIn(s.table.db, s.table.shape.Schema, s.table.shape.Table)
 	if t == nil {
 		t = s.table
 	}
 	for _, col := range fields {
-		if !t.hasColumn(col) {
+		if !t.hasColumn(col) || !s.columnGranted(col) {
 			c.sendError(id, CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+t.name)
 			return
 		}
 	}
-	seq := s.f.Load().setProjection(s, NewProjection(fields))
+	seq := s.f.Load().setProjection(s, s.projection(fields))
 	c.send(AppendSubscribed(nil, id, seq))
 }
 
