@@ -133,12 +133,11 @@ type feed struct {
 
 	env, row Row // scratch of the consumer callback
 	keyBuf   []byte
-	// An update's old row, indexed when some subscription has a row
-	// policy (policies counts them): the policy judges it apart.
+	// An update's old row, when PostgreSQL sent one: row policies judge
+	// it apart from the new row.
 	old       Row
 	hasOld    bool
 	oldKeyBuf []byte
-	policies  int
 
 	withheldWarned bool
 }
@@ -270,7 +269,10 @@ func (f *feed) deliverEvent(seq uint64, subject string, data []byte) {
 		return
 	}
 	hasRow := eventRow(&f.env, &f.row, bit)
-	f.hasOld = bit == bitUpdate && f.policies > 0 && oldRow(&f.env, &f.old)
+	// Indexed whether or not a subscription has a row policy now: a
+	// policy may be set at any time, and must never meet an update whose
+	// old row it cannot see.
+	f.hasOld = bit == bitUpdate && oldRow(&f.env, &f.old)
 	for _, ix := range f.eqs {
 		var look, oldLook lookup
 		f.keyBuf, look = lookupKey(f.keyBuf[:0], ix, &f.row, hasRow)
@@ -369,18 +371,19 @@ func (s *sub) decide(bit uint8, row *Row, hasRow bool, old *Row, hasOld bool) (e
 	if bit == bitTruncate {
 		return viewWhole, s.ops&bit != 0, nil
 	}
-	split := bit == bitUpdate && hasOld && s.policy != nil
+	policy := s.policy // read once: both rows are judged by the same policy
+	split := bit == bitUpdate && hasOld && policy != nil
 	if s.ops&bit == 0 && (!split || s.ops&bitDelete == 0) {
 		return viewWhole, false, nil
 	}
-	if s.policy == nil {
+	if policy == nil {
 		ok, err := s.matchWhere(bit, row, hasRow)
 		return viewWhole, ok, err
 	}
 	if !hasRow {
 		return viewWhole, false, errWithheld
 	}
-	newOK, err := s.policy.Match(row)
+	newOK, err := policy.Match(row)
 	if err != nil {
 		// A delete under the default replica identity carries only the
 		// key: without the policy's columns it is withheld, never leaked.
@@ -393,7 +396,7 @@ func (s *sub) decide(bit uint8, row *Row, hasRow bool, old *Row, hasOld bool) (e
 		ok, err := s.matchWhere(bit, row, true)
 		return viewWhole, ok, err
 	}
-	oldOK, err := s.policy.Match(old)
+	oldOK, err := policy.Match(old)
 	oldOK = oldOK && err == nil
 	switch {
 	case newOK && s.ops&bitUpdate == 0:
@@ -648,9 +651,6 @@ func (f *feed) dropGroup(gr *frameGroup) {
 // index places s in the equality index when its filter has an indexable
 // condition, else in the scan list.
 func (f *feed) index(s *sub) {
-	if s.policy != nil {
-		f.policies++
-	}
 	col, typ, key, ok := s.filter.eqKey()
 	if !ok || f.topic != "" {
 		s.idx, s.pos = nil, len(f.scan)
@@ -675,9 +675,6 @@ func (f *feed) index(s *sub) {
 }
 
 func (f *feed) unindex(s *sub) {
-	if s.policy != nil {
-		f.policies--
-	}
 	if s.idx == nil {
 		last := len(f.scan) - 1
 		moved := f.scan[last]

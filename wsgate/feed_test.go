@@ -2,6 +2,7 @@ package wsgate
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -112,5 +113,49 @@ func BenchmarkFanoutTenantMove(b *testing.B) {
 				f.mu.Unlock()
 			}
 		})
+	}
+}
+
+// TestFeedPolicySetAfterAttach: a row policy given to a subscription after
+// it joined its feed (as new grants do) judges an update's old row too:
+// the feed reads old rows whatever its subscriptions' policies were.
+func TestFeedPolicySetAfterAttach(t *testing.T) {
+	cfg, _ := Config{}.withDefaults()
+	g := &Gateway{cfg: cfg, log: cfg.Logger, met: newMetrics(nil), poll: nopoll{}, conns: map[*conn]struct{}{}}
+	tbl := newTableInfo("tablecast", ordersShape())
+	f := &feed{g: g, subject: tbl.subject, groups: map[string]*frameGroup{}}
+	subs := map[string]*sub{}
+	for i, tenant := range []string{"acme", "globex"} {
+		s := &sub{c: &conn{g: g, nc: &discardConn{}, fd: -1}, id: fmt.Sprint("s", i), table: tbl, ops: allOps}
+		f.attach(s, nil)
+		policy, err := CompileWhere(fmt.Appendf(nil, `{"tenant":{"eq":%q}}`, tenant), tbl.name, tbl.types)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.mu.Lock()
+		s.policy = policy
+		f.mu.Unlock()
+		subs[tenant] = s
+	}
+	event := []byte(`{"id":"1","op":"update","db":"shop","schema":"public","table":"orders","lsn":"0/1","xid":1,"commit_time":"2026-11-22T07:00:00Z",` +
+		`"key":{"id":1},"data":{"id":1,"tenant":"globex","notes":"new"},"old":{"id":1,"tenant":"acme","notes":"old"}}`)
+	f.mu.Lock()
+	f.deliverEvent(7, "tablecast.shop.public.orders.update", event)
+	f.mu.Unlock()
+	for tenant, want := range map[string]struct {
+		view      eventView
+		has, hasn string
+	}{
+		"acme":   {viewOldAsDelete, `"op":"delete"`, `"globex"`},
+		"globex": {viewNew, `"tenant":"globex"`, `"acme"`},
+	} {
+		gr := subs[tenant].grp
+		if gr.seq != 7 || gr.done != 1<<want.view {
+			t.Fatalf("%s: views encoded %b, want only view %d", tenant, gr.done, want.view)
+		}
+		frame := string(gr.views[want.view-1])
+		if !strings.Contains(frame, want.has) || strings.Contains(frame, want.hasn) {
+			t.Errorf("%s: frame %q", tenant, frame)
+		}
 	}
 }

@@ -154,7 +154,7 @@ func (s *sub) historyFrame(seq uint64, subject string, data []byte, env, row *Ro
 	hasRow := eventRow(env, row, bit)
 	var old *Row
 	hasOld := false
-	if bit == bitUpdate && s.policy != nil {
+	if bit == bitUpdate {
 		old = oldRows.Get().(*Row)
 		defer oldRows.Put(old)
 		hasOld = oldRow(env, old)
