@@ -48,6 +48,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzRowReset$$' -fuzztime=$(FUZZTIME) ./wsgate
 	$(GO) test -run='^$$' -fuzz='^FuzzProjectEvent$$' -fuzztime=$(FUZZTIME) ./wsgate
 	$(GO) test -run='^$$' -fuzz='^FuzzCheckRepeated$$' -fuzztime=$(FUZZTIME) ./wsgate
+	$(GO) test -run='^$$' -fuzz='^FuzzProjectView$$' -fuzztime=$(FUZZTIME) ./wsgate
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./schema ./stream ./cdc ./wsgate

@@ -66,6 +66,63 @@ func FormatTableName(schemaName, table string) string {
 	return quoteIdentPart(schemaName) + "." + quoteIdentPart(table)
 }
 
+// NamePart is one dot-separated part of a name read by SplitName.
+type NamePart struct {
+	Name   string
+	Quoted bool // written in double quotes, so taken literally (a "*" in quotes is a name)
+}
+
+// SplitName splits a dotted name into its parts, each read as
+// ParseTableName reads a part: as written, or double-quoted when it holds
+// a dot or a quote ("" for a quote inside). It checks only the quoting; how
+// many parts make a name is for the caller.
+func SplitName(s string) ([]NamePart, error) {
+	var parts []NamePart
+	rest := s
+	for {
+		quoted := strings.HasPrefix(rest, `"`)
+		ident, after, err := identPart(rest)
+		if err != nil {
+			return nil, fmt.Errorf("name %q: %w", s, err)
+		}
+		parts = append(parts, NamePart{Name: ident, Quoted: quoted})
+		if after == "" {
+			return parts, nil
+		}
+		if after[0] != '.' {
+			return nil, fmt.Errorf("name %q: unexpected %q after a part", s, after)
+		}
+		rest = after[1:]
+	}
+}
+
+// ParseQualifiedName reads a table name that may name its database:
+// "db.schema.table", or "schema.table" (db is then ""), each part as
+// ParseTableName reads it: `"my.db".public."orders.v2"`.
+func ParseQualifiedName(s string) (db, schemaName, table string, err error) {
+	parts, err := SplitName(s)
+	if err != nil {
+		return "", "", "", err
+	}
+	switch len(parts) {
+	case 2:
+		return "", parts[0].Name, parts[1].Name, nil
+	case 3:
+		return parts[0].Name, parts[1].Name, parts[2].Name, nil
+	}
+	return "", "", "", fmt.Errorf("table %q: want schema.table or database.schema.table", s)
+}
+
+// FormatQualifiedName is the inverse of ParseQualifiedName:
+// "db.schema.table", or "schema.table" when db is "", a part double-quoted
+// when it holds a dot or a quote.
+func FormatQualifiedName(db, schemaName, table string) string {
+	if db == "" {
+		return FormatTableName(schemaName, table)
+	}
+	return quoteIdentPart(db) + "." + FormatTableName(schemaName, table)
+}
+
 func quoteIdentPart(s string) string {
 	if s != "" && !strings.ContainsAny(s, `."`) {
 		return s

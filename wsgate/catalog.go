@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,20 +20,22 @@ import (
 // tableInfo is what the gateway knows of a streamed table, from the schema
 // registry. It is immutable; a shape change replaces it.
 type tableInfo struct {
-	name    string // "schema.table" as clients write it
-	db      string
-	shape   schema.Shape
-	types   map[string]ColumnType // column name → how its values compare
-	subject string                // every change to the table
+	name      string // "schema.table" as clients write it
+	qualified string // "db.schema.table", the name that is never ambiguous
+	db        string
+	shape     schema.Shape
+	types     map[string]ColumnType // column name → how its values compare
+	subject   string                // every change to the table
 }
 
 func newTableInfo(prefix string, s schema.Shape) *tableInfo {
 	t := &tableInfo{
-		name:    schema.FormatTableName(s.Schema, s.Table),
-		db:      s.DB,
-		shape:   s,
-		types:   make(map[string]ColumnType, len(s.Columns)),
-		subject: stream.TableSubjects(prefix, s.DB, s.Schema, s.Table),
+		name:      schema.FormatTableName(s.Schema, s.Table),
+		qualified: schema.FormatQualifiedName(s.DB, s.Schema, s.Table),
+		db:        s.DB,
+		shape:     s,
+		types:     make(map[string]ColumnType, len(s.Columns)),
+		subject:   stream.TableSubjects(prefix, s.DB, s.Schema, s.Table),
 	}
 	for _, c := range s.Columns {
 		oid := c.ValueOID
@@ -52,28 +56,83 @@ func (t *tableInfo) hasColumn(name string) bool {
 // catalog holds the tables (from the schema registry) and custom topics
 // (from the topic bucket) every gateway shares, kept current by watching
 // both buckets.
+//
+// A table is known by its database, schema and name: readers of several
+// databases may publish into one stream, and each database's public.orders
+// is a table of its own, with its own shape, subject and grants.
 type catalog struct {
 	prefix string
 	log    *slog.Logger
 
 	mu     sync.RWMutex
 	tables map[tableKey]*tableInfo
+	byName map[nameKey][]*tableInfo // schema.table → the table in each database, by database
 	topics map[string]bool
 
 	ready atomic.Bool
 }
 
-type tableKey struct{ schema, table string }
+type tableKey struct{ db, schema, table string }
+
+type nameKey struct{ schema, table string }
 
 func newCatalog(prefix string, log *slog.Logger) *catalog {
-	return &catalog{prefix: prefix, log: log, tables: map[tableKey]*tableInfo{}, topics: map[string]bool{}}
+	return &catalog{prefix: prefix, log: log, tables: map[tableKey]*tableInfo{}, byName: map[nameKey][]*tableInfo{}, topics: map[string]bool{}}
 }
 
-// table returns the table, or nil when the gateway does not stream it.
+// tableIn returns the table of database db, or nil when the gateway does
+// not stream it.
+func (c *catalog) tableIn(db, schemaName, table string) *tableInfo {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.tables[tableKey{db, schemaName, table}]
+}
+
+// table returns the table schemaName.table when exactly one database
+// streams it, else nil.
 func (c *catalog) table(schemaName, table string) *tableInfo {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return c.tables[tableKey{schemaName, table}]
+	if list := c.byName[nameKey{schemaName, table}]; len(list) == 1 {
+		return list[0]
+	}
+	return nil
+}
+
+// resolve finds the table a client names, among the tables its grants let
+// it read: db.schema.table, or (db "") schema.table when exactly one
+// database the client may read streams that table. It returns nil when
+// there is none, and nil with the qualified names of the candidates,
+// sorted, when schema.table is in several such databases. Tables the
+// client may not read are never counted nor named: a client learns
+// nothing of them.
+func (c *catalog) resolve(db, schemaName, table string, grants *Grants) (t *tableInfo, choices []string) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if db != "" {
+		t = c.tables[tableKey{db, schemaName, table}]
+		if t == nil || grants.TableOps(t.db, schemaName, table) == 0 {
+			return nil, nil
+		}
+		return t, nil
+	}
+	for _, cand := range c.byName[nameKey{schemaName, table}] {
+		if grants.TableOps(cand.db, schemaName, table) == 0 {
+			continue
+		}
+		if t == nil {
+			t = cand
+			continue
+		}
+		if choices == nil {
+			choices = []string{t.qualified}
+		}
+		choices = append(choices, cand.qualified)
+	}
+	if choices != nil {
+		return nil, choices // byName is sorted by database, so are choices
+	}
+	return t, nil
 }
 
 // hasTopic reports whether the custom topic exists.
@@ -166,20 +225,20 @@ func (c *catalog) applyShape(e jetstream.KeyValueEntry) {
 		return
 	}
 	t := newTableInfo(c.prefix, s)
-	k := tableKey{s.Schema, s.Table}
+	k := tableKey{s.DB, s.Schema, s.Table}
 	c.mu.Lock()
-	if old := c.tables[k]; old != nil && old.db != s.DB {
-		c.log.Warn("table is streamed from two databases; the gateway follows the latest shape's",
-			"table", t.name, "db", s.DB, "other_db", old.db)
-	}
+	defer c.mu.Unlock()
 	// Copy on write, so that tablesSnapshot can hand out the map.
-	next := make(map[tableKey]*tableInfo, len(c.tables)+1)
-	for key, v := range c.tables {
-		next[key] = v
-	}
+	next := maps.Clone(c.tables)
 	next[k] = t
 	c.tables = next
-	c.mu.Unlock()
+	// The same table name in each database, sorted by database.
+	nk := nameKey{s.Schema, s.Table}
+	list := slices.DeleteFunc(slices.Clone(c.byName[nk]), func(o *tableInfo) bool { return o.db == s.DB })
+	i, _ := slices.BinarySearchFunc(list, s.DB, func(o *tableInfo, db string) int { return strings.Compare(o.db, db) })
+	byName := maps.Clone(c.byName)
+	byName[nk] = slices.Insert(list, i, t)
+	c.byName = byName
 }
 
 // applyTopic records a topic's creation or destruction and returns the name
@@ -223,14 +282,29 @@ func (c *catalog) removeTopic(name string) bool {
 }
 
 // visible returns the table and topic names a client with grants may
-// subscribe to, sorted.
+// subscribe to, sorted. A table is listed as schema.table when it is in
+// one of the databases the client may read, and as db.schema.table for
+// each database when it is in several, so that every name listed can be
+// subscribed to as it is.
 func (c *catalog) visible(grants *Grants) (tables, topics []string) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	tables, topics = []string{}, []string{}
-	for k, t := range c.tables {
-		if grants.OpsFor(k.schema, k.table) != 0 {
-			tables = append(tables, t.name)
+	for k, list := range c.byName {
+		n := 0
+		for _, t := range list {
+			if grants.TableOps(t.db, k.schema, k.table) != 0 {
+				n++
+			}
+		}
+		for _, t := range list {
+			switch {
+			case grants.TableOps(t.db, k.schema, k.table) == 0:
+			case n == 1:
+				tables = append(tables, t.name)
+			default:
+				tables = append(tables, t.qualified)
+			}
 		}
 	}
 	for name := range c.topics {

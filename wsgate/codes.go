@@ -40,6 +40,11 @@ const (
 	// stream it (no such table, or it is not in the publication).
 	CodeUnknownTable ErrorCode = "unknown_table"
 
+	// CodeAmbiguousTable: the table is named "schema.table" and more than
+	// one database the client may read streams a table of that name. The
+	// message names each as "db.schema.table"; subscribe with one of them.
+	CodeAmbiguousTable ErrorCode = "ambiguous_table"
+
 	// CodeUnknownTopic: the custom topic does not exist (subscribe,
 	// publish, destroy-topic), or it was destroyed while subscribed (the
 	// error is followed by unsubscribed).

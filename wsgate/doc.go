@@ -1,8 +1,8 @@
 // Package wsgate is the WebSocket gateway: it lets browsers and apps
 // follow table changes live, without talking to PostgreSQL.
 //
-// A client opens GET /ws (or /ws/tables/<schema.table>?… to subscribe by the
-// URL alone), authenticates with a token, and subscribes per table, naming
+// A client opens GET /ws (or /ws/tables/<[db.]schema.table>?… to subscribe by
+// the URL alone), authenticates with a token, and subscribes per table, naming
 // the operations it wants (create, update, delete, truncate, read), a
 // `where` filter on the row and a `select` projection of its columns; it
 // may also subscribe to custom topics and publish to them. The gateway
@@ -54,5 +54,19 @@
 //
 // Tables and their column types come from the schema registry, custom
 // topics from a key-value bucket every gateway shares (catalog.go): the
-// gateway never talks to PostgreSQL.
+// gateway never talks to PostgreSQL. A table is its database, schema and
+// name: readers of several databases may share the stream, and a client
+// names a table "db.schema.table", or "schema.table" when only one database
+// it may read has it.
+//
+// # What a subscription sees
+//
+// Grants (grants.go) decide the tables, operations, rows and columns an
+// identity may read. The row policy and the client's where are compiled
+// per subscription; the column grant joins the client's select in its
+// Projection, so that subscriptions of identities with different grants
+// never share frames. A row policy judges an update's old and new rows
+// apart (sub.decide): a subscriber may get the update whole, without its
+// old row, or as a delete of the old row; each of these views is encoded
+// once per frame group.
 package wsgate

@@ -142,7 +142,7 @@ func (e *testEnv) putShape(s schema.Shape) {
 	}
 	if e.gw != nil {
 		e.waitFor("shape "+s.Table+" loaded", func() bool {
-			ti := e.gw.cat.table(s.Schema, s.Table)
+			ti := e.gw.cat.tableIn(s.DB, s.Schema, s.Table)
 			return ti != nil && len(ti.shape.Columns) == len(s.Columns) && ti.shape.Version == s.Version
 		})
 	}

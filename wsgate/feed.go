@@ -1,6 +1,7 @@
 package wsgate
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -62,6 +63,13 @@ type sub struct {
 	filter *Filter                // the client's where; nil for none
 	policy atomic.Pointer[Filter] // the row policy of its grants; nil for none (setPolicy)
 	proj   atomic.Pointer[Projection]
+	// The columns its grants let it see: every one, or granted (sorted),
+	// and the client's select list (nil: every column), kept to project
+	// again under a refreshed credential's grants. Handled with the
+	// connection's authMu held.
+	allColumns bool
+	granted    []string
+	selected   []string
 
 	f     atomic.Pointer[feed] // set once attached
 	ended atomic.Bool          // set with gone, for the resume goroutine, which reads it without the feed's lock
@@ -82,15 +90,20 @@ type sub struct {
 	heldBytes int
 }
 
-// frameGroup is the subscriptions of one feed with the same id and projection:
-// their frames are the same bytes, encoded once per event.
+// frameGroup is the subscriptions of one feed with the same id and projection
+// (column grant included): their frames are the same bytes, encoded once
+// per event and view.
 type frameGroup struct {
 	key   string
 	id    string
 	proj  *Projection
 	refs  int
 	seq   uint64
-	frame []byte
+	frame []byte // seq's frame: the whole event, or a topic's message
+	// The frames of seq's other views (viewNew, viewOldAsDelete), and which
+	// views of seq are encoded (bit v; a view that cannot be encoded stays nil).
+	views [numViews - 1][]byte
+	done  uint8
 }
 
 // eqIndex holds the subscriptions indexed by one column's equality.
@@ -125,6 +138,11 @@ type feed struct {
 
 	env, row Row // scratch of the consumer callback
 	keyBuf   []byte
+	// An update's old row, when PostgreSQL sent one: row policies judge
+	// it apart from the new row.
+	old       Row
+	hasOld    bool
+	oldKeyBuf []byte
 
 	withheldWarned bool
 }
@@ -219,6 +237,14 @@ func subjectOp(subject string) string {
 	return subject[strings.LastIndexByte(subject, '.')+1:]
 }
 
+// oldRow indexes an update's "old" row into row; false when PostgreSQL
+// sent none (the default replica identity, the key unchanged) or it is
+// malformed.
+func oldRow(env, row *Row) bool {
+	obj, ok := env.Get("old")
+	return ok && obj[0] == '{' && row.Reset(obj) == nil
+}
+
 // eventRow indexes the row an event is matched on into row: "data" for
 // create, update and read; "old", or else "key", for delete. It reports
 // false when there is none (truncate) or it is malformed.
@@ -248,19 +274,19 @@ func (f *feed) deliverEvent(seq uint64, subject string, data []byte) {
 		return
 	}
 	hasRow := eventRow(&f.env, &f.row, bit)
+	// Indexed whether or not a subscription has a row policy now: a
+	// policy may be set at any time, and must never meet an update whose
+	// old row it cannot see.
+	f.hasOld = bit == bitUpdate && oldRow(&f.env, &f.old)
 	for _, ix := range f.eqs {
-		var raw []byte
-		ok := hasRow
-		if ok {
-			raw, ok = f.row.Get(ix.col)
+		var look, oldLook lookup
+		f.keyBuf, look = lookupKey(f.keyBuf[:0], ix, &f.row, hasRow)
+		if f.hasOld {
+			// A subscription indexed under the old row's value may be
+			// sent the update as a delete (sub.decide).
+			f.oldKeyBuf, oldLook = lookupKey(f.oldKeyBuf[:0], ix, &f.old, true)
 		}
-		if ok && raw[0] == 'n' {
-			continue // null equals nothing
-		}
-		if ok {
-			f.keyBuf, ok = appendIndexKey(f.keyBuf[:0], ix.typ, raw)
-		}
-		if !ok {
+		if look == lookAll || oldLook == lookAll {
 			// No row (truncate), the column is missing or of another
 			// type: every filter decides (and reports) for itself.
 			for _, list := range ix.byKey {
@@ -270,8 +296,15 @@ func (f *feed) deliverEvent(seq uint64, subject string, data []byte) {
 			}
 			continue
 		}
-		for _, s := range ix.byKey[string(f.keyBuf)] {
-			f.offer(s, seq, bit, data, hasRow)
+		if look == lookKey {
+			for _, s := range ix.byKey[string(f.keyBuf)] {
+				f.offer(s, seq, bit, data, hasRow)
+			}
+		}
+		if oldLook == lookKey && (look != lookKey || !bytes.Equal(f.keyBuf, f.oldKeyBuf)) {
+			for _, s := range ix.byKey[string(f.oldKeyBuf)] {
+				f.offer(s, seq, bit, data, hasRow)
+			}
 		}
 	}
 	for _, s := range f.scan {
@@ -279,9 +312,36 @@ func (f *feed) deliverEvent(seq uint64, subject string, data []byte) {
 	}
 }
 
+// lookup is how a row finds the subscriptions of an equality index.
+type lookup uint8
+
+const (
+	lookNone lookup = iota // the value is null, which equals nothing
+	lookKey                // the subscriptions under the key
+	lookAll                // every subscription of the index decides for itself
+)
+
+// lookupKey appends to dst the index key of row's value of ix's column.
+func lookupKey(dst []byte, ix *eqIndex, row *Row, hasRow bool) ([]byte, lookup) {
+	if !hasRow {
+		return dst, lookAll
+	}
+	raw, ok := row.Get(ix.col)
+	switch {
+	case !ok:
+		return dst, lookAll
+	case raw[0] == 'n':
+		return dst, lookNone
+	}
+	if dst, ok = appendIndexKey(dst, ix.typ, raw); !ok {
+		return dst, lookAll
+	}
+	return dst, lookKey
+}
+
 // offer sends the event to s if it matches.
 func (f *feed) offer(s *sub, seq uint64, bit uint8, data []byte, hasRow bool) {
-	ok, err := s.matches(bit, &f.row, hasRow)
+	view, ok, err := s.decide(bit, &f.row, hasRow, &f.old, f.hasOld)
 	if err == errWithheld {
 		f.warnWithheld(s)
 		return
@@ -293,36 +353,76 @@ func (f *feed) offer(s *sub, seq uint64, bit uint8, data []byte, hasRow bool) {
 	if !ok {
 		return
 	}
-	if frame := s.grp.eventFrame(seq, data); frame != nil {
+	if frame := s.grp.eventFrame(seq, data, view, &f.row); frame != nil {
 		f.sendTo(s, frame)
 	}
 }
 
-// matches decides whether s wants an event of kind bit whose row is row.
-// A truncate has no row and goes to every subscription that asks for
-// truncates. The row policy comes first: a row it does not let through, or
-// cannot judge (errWithheld), is never sent.
-func (s *sub) matches(bit uint8, row *Row, hasRow bool) (bool, error) {
-	if s.ops&bit == 0 {
-		return false, nil
-	}
+// decide says what s is sent of an event of kind bit whose row is row
+// (eventRow): nothing (ok false), or the event seen as view. A truncate
+// has no row and goes to every subscription that asks for truncates.
+//
+// The row policy comes first: a row it does not let through, or cannot
+// judge (errWithheld), is never sent. When PostgreSQL sent an update's
+// old row (old, hasOld: REPLICA IDENTITY FULL, or a changed key), the
+// policy judges the old and the new row apart, since the update may move
+// the row from what one subscriber may see to what another may: allowed
+// both, the subscriber gets the update whole; only the new row, the update
+// without "old" (viewNew); only the old row, a delete of it
+// (viewOldAsDelete), if it takes deletes, matched on the old row as
+// deletes are; neither, nothing. An old row the policy cannot judge (only
+// the key, without the policy's columns) counts as not allowed.
+func (s *sub) decide(bit uint8, row *Row, hasRow bool, old *Row, hasOld bool) (eventView, bool, error) {
 	if bit == bitTruncate {
-		return true, nil
+		return viewWhole, s.ops&bit != 0, nil
 	}
-	if policy := s.policy.Load(); policy != nil {
-		if !hasRow {
-			return false, errWithheld
-		}
-		ok, err := policy.Match(row)
-		if err != nil {
-			// A delete under the default replica identity carries only the
-			// key: without the policy's columns it is withheld, never leaked.
-			return false, errWithheld
-		}
-		if !ok {
-			return false, nil
-		}
+	policy := s.policy.Load() // read once: both rows are judged by the same policy
+	split := bit == bitUpdate && hasOld && policy != nil
+	if s.ops&bit == 0 && (!split || s.ops&bitDelete == 0) {
+		return viewWhole, false, nil
 	}
+	if policy == nil {
+		ok, err := s.matchWhere(bit, row, hasRow)
+		return viewWhole, ok, err
+	}
+	if !hasRow {
+		return viewWhole, false, errWithheld
+	}
+	newOK, err := policy.Match(row)
+	if err != nil {
+		// A delete under the default replica identity carries only the
+		// key: without the policy's columns it is withheld, never leaked.
+		return viewWhole, false, errWithheld
+	}
+	if !split {
+		if !newOK {
+			return viewWhole, false, nil
+		}
+		ok, err := s.matchWhere(bit, row, true)
+		return viewWhole, ok, err
+	}
+	oldOK, err := policy.Match(old)
+	oldOK = oldOK && err == nil
+	switch {
+	case newOK && s.ops&bitUpdate == 0:
+		return viewWhole, false, nil
+	case newOK:
+		view := viewWhole
+		if !oldOK {
+			view = viewNew
+		}
+		ok, err := s.matchWhere(bitUpdate, row, true)
+		return view, ok, err
+	case oldOK && s.ops&bitDelete != 0:
+		ok, err := s.matchWhere(bitDelete, old, true)
+		return viewOldAsDelete, ok, err
+	}
+	return viewWhole, false, nil
+}
+
+// matchWhere matches the client's where on the row an event of kind bit
+// is judged on.
+func (s *sub) matchWhere(bit uint8, row *Row, hasRow bool) (bool, error) {
 	if s.filter == nil {
 		return true, nil
 	}
@@ -393,29 +493,42 @@ func (f *feed) sendTo(s *sub, frame []byte) {
 	}
 }
 
-// eventFrame returns the group's frame of the event seq, encoding it on
-// first use; nil if the event cannot be projected.
-func (gr *frameGroup) eventFrame(seq uint64, data []byte) []byte {
+// eventFrame returns the group's frame of the event seq seen as view,
+// encoding it on first use; nil if the event cannot be projected. row is
+// the event's indexed "data" (eventRow), which viewNew takes its key from.
+func (gr *frameGroup) eventFrame(seq uint64, data []byte, view eventView, row *Row) []byte {
 	if gr.seq != seq {
-		gr.seq = seq
-		gr.frame = encodeEvent(gr.id, gr.proj, seq, data)
+		gr.seq, gr.frame, gr.views, gr.done = seq, nil, [numViews - 1][]byte{}, 0
 	}
-	return gr.frame
+	if gr.done&(1<<view) == 0 {
+		gr.done |= 1 << view
+		frame := encodeEvent(gr.id, gr.proj, seq, data, view, row)
+		if view == viewWhole {
+			gr.frame = frame
+		} else {
+			gr.views[view-1] = frame
+		}
+	}
+	if view == viewWhole {
+		return gr.frame
+	}
+	return gr.views[view-1]
 }
 
-// encodeEvent builds an event frame.
-func encodeEvent(id string, proj *Projection, seq uint64, data []byte) []byte {
+// encodeEvent builds an event frame of the event seen as view (row: see
+// eventFrame).
+func encodeEvent(id string, proj *Projection, seq uint64, data []byte, view eventView, row *Row) []byte {
 	buf := newFrame(len(data) + len(id) + 48)
 	buf = append(buf, `{"type":"event","id":`...)
 	buf = schema.AppendString(buf, id)
 	buf = append(buf, `,"seq":`...)
 	buf = strconv.AppendUint(buf, seq, 10)
 	buf = append(buf, `,"event":`...)
-	if proj == nil {
+	if proj == nil && view == viewWhole {
 		buf = append(buf, data...) // the reader's bytes, already indexed by Row.Reset
 	} else {
 		var err error
-		if buf, err = proj.AppendEvent(buf, data); err != nil {
+		if buf, err = proj.appendView(buf, data, view, row); err != nil {
 			return nil
 		}
 	}
@@ -525,13 +638,19 @@ func (f *feed) setProjection(s *sub, p *Projection) uint64 {
 	return f.last
 }
 
-// setPolicy replaces s's row policy (a refreshed credential). It takes the
-// feed's lock, so every event the feed handles after it returns is judged
-// by the new policy.
-func (f *feed) setPolicy(s *sub, p *Filter) {
+// setGrants replaces s's row policy and projection (a refreshed
+// credential's grants). It takes the feed's lock, so every event the feed
+// handles after it returns is judged and projected under the new grants,
+// never under one new and one old.
+func (f *feed) setGrants(s *sub, policy *Filter, p *Projection) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	s.policy.Store(p)
+	s.policy.Store(policy)
+	if p.Key() != s.proj.Load().Key() {
+		s.proj.Store(p)
+		f.dropGroup(s.grp)
+		s.grp = f.groupFor(s.id, p)
+	}
 }
 
 func (f *feed) groupFor(id string, p *Projection) *frameGroup {

@@ -12,7 +12,9 @@
 //	   "tables":   {"public.orders": ["create", "update", "delete", "truncate", "read"],
 //	                "public.*": ["create"],
 //	                "*": ["*"],
-//	                "audit.log": []},
+//	                "audit.log": [],
+//	                "legacy.*.*": []},
+//	   "columns":  {"public.users": ["id", "name"]},
 //	   "topics":   {"subscribe": ["chat", "room.*"],
 //	                "publish": ["chat"],
 //	                "create": ["room.*"],
@@ -32,11 +34,29 @@
 // snapshot), or "*" for all five. A pattern is "schema.table" (an exact
 // table, each part as schema.ParseTableName reads it, so `"My
 // Schema"."orders.v2"` works), "schema.*" (every table of the schema) or
-// "*" (every table). A table takes the operations of its MOST SPECIFIC
-// matching pattern, alone: exact, else schema.*, else *. So an exact
-// entry can narrow a wildcard, and an empty list denies a table that a
-// wildcard would allow ("audit.log": [] above). An unquoted * anywhere
-// else is an error; quote a name that really holds one.
+// "*" (every table); these match the table in every database. Prefixed
+// with a database they match in that database only: "db.schema.table",
+// "db.schema.*", and "db.*.*" (every table of the database). A table takes
+// the operations of its MOST SPECIFIC matching pattern, alone. Naming the
+// table is more specific than naming its schema, which is more specific
+// than naming neither; at each of these levels a pattern naming the
+// database is more specific than one that does not: db.schema.table, then
+// schema.table, db.schema.*, schema.*, db.*.*, *. So an exact entry can
+// narrow a wildcard, and an empty list denies a table that a wildcard would
+// allow ("audit.log": [] above). "legacy.*.*": [] above denies the tables
+// of the database legacy but those of its public schema, which the more
+// specific public.orders and public.* grant in every database; to deny
+// them there too, name them: "legacy.public.*": [] and
+// "legacy.public.orders": []. An unquoted * anywhere else is an error;
+// quote a name that really holds one.
+//
+// columns maps a table pattern (the patterns and precedence of tables) to
+// the columns a subscriber may see, or ["*"] for every one; a table no
+// pattern matches shows every column. A column not granted is removed
+// from "data", "old", "unchanged" and "key" before the client's select,
+// and a where or select naming it is refused exactly as a column the table
+// does not have, so that nothing of its values or existence shows. Row
+// policies may read any column.
 //
 // topics lists, per action, the custom topic patterns allowed: "name"
 // (exact), "prefix.*" (every topic whose name starts with "prefix.", at
@@ -47,7 +67,8 @@
 //
 // policies maps a table pattern (the same patterns as tables) to a row
 // policy: a where object, the same shape as a subscription's where
-// (CompileWhere). Unlike tables, EVERY matching pattern's policy applies,
+// (CompileWhere). Unlike tables, EVERY matching pattern's policy applies
+// (those of other databases do not),
 // ANDed together: a policy only ever narrows, so a wildcard policy cannot
 // be widened by a more specific one. A table with a policy whose columns it
 // does not have cannot be subscribed to (the filter does not compile):
@@ -61,6 +82,10 @@
 // (ErrMissingClaim) rather than match more rows. The only way to compare a
 // json column with the literal object {"claim": "…"} is not to: that
 // object always means a claim reference.
+//
+// A policy judges each row an event carries: an update whose old row
+// PostgreSQL sends (REPLICA IDENTITY FULL) is judged on both, and a
+// subscriber allowed only one of them sees only that one (see sub.decide).
 //
 // limits tightens per-identity limits: connections (simultaneous
 // connections of this identity) and subscriptions (per connection). 0 or
@@ -169,35 +194,46 @@ var topicActionNames = [topicActions]string{"subscribe", "publish", "create", "d
 type Grants struct {
 	all bool // the anonymous identity: everything, no policies
 
-	exact   map[grantTable]OpSet // "schema.table"
-	schemas map[string]OpSet     // "schema.*", by schema
-	anyOps  OpSet                // "*"
-	hasAny  bool
+	tables  tableRules[OpSet]
+	columns tableRules[columnGrant]
 
 	topics   [topicActions][]topicPattern
-	policies []grantPolicy // sorted: "*" first, then schema.*, then exact
+	policies []grantPolicy // sorted: "*" first, then db.*.*, schema.*, exact
 	limits   Limits
 }
 
-type grantTable struct{ schema, table string }
+// columnGrant is the columns a pattern of the claim's "columns" grants.
+type columnGrant struct {
+	all   bool     // "*": every column
+	names []string // sorted, distinct; empty: no column
+}
+
+// grantTable is a table, or with table "" a schema, of a pattern; db ""
+// stands for every database.
+type grantTable struct{ db, schema, table string }
 
 // tablePattern is a parsed table pattern.
 type tablePattern struct {
-	kind          patternKind
-	schema, table string // table only for patExact
+	kind              patternKind
+	db, schema, table string // db "" for every database; schema unless patAny or patDB; table only for patExact
 }
 
 type patternKind uint8
 
+// Pattern kinds, least specific first (the order of the policies).
 const (
 	patAny    patternKind = iota // "*"
-	patSchema                    // "schema.*"
-	patExact                     // "schema.table"
+	patDB                        // "db.*.*"
+	patSchema                    // "schema.*", "db.schema.*"
+	patExact                     // "schema.table", "db.schema.table"
 )
 
-func (p tablePattern) match(schemaName, table string) bool {
+func (p tablePattern) match(db, schemaName, table string) bool {
+	if p.db != "" && p.db != db {
+		return false
+	}
 	switch p.kind {
-	case patAny:
+	case patAny, patDB:
 		return true
 	case patSchema:
 		return p.schema == schemaName
@@ -209,11 +245,89 @@ func (p tablePattern) String() string {
 	switch p.kind {
 	case patAny:
 		return "*"
+	case patDB:
+		s := schema.FormatQualifiedName(p.db, "x", "x") // the database, quoted as needed
+		return s[:len(s)-3] + "*.*"
 	case patSchema:
-		s := schema.FormatTableName(p.schema, "x") // the schema, quoted as needed
+		s := schema.FormatQualifiedName(p.db, p.schema, "x") // the schema, quoted as needed
 		return s[:len(s)-1] + "*"
 	}
-	return schema.FormatTableName(p.schema, p.table)
+	return schema.FormatQualifiedName(p.db, p.schema, p.table)
+}
+
+// tableRules maps the table patterns of one member of the claim ("tables",
+// "columns") to their values. A table takes the value of its most specific
+// matching pattern alone. Specificity goes by the table first, then by the
+// database: db.schema.table, schema.table, db.schema.*, schema.*, db.*.*,
+// *. So naming the table always beats a wildcard over it, and among
+// patterns that say as much of the table, the one that names the database
+// wins.
+type tableRules[V any] struct {
+	exact   map[grantTable]V // db.schema.table and schema.table (db "")
+	schemas map[grantTable]V // db.schema.* and schema.* (table "")
+	dbs     map[string]V     // db.*.*
+	anyV    V                // *
+	hasAny  bool
+}
+
+// add records the value of a pattern; false if the pattern is there already.
+func (r *tableRules[V]) add(p tablePattern, v V) bool {
+	put := func(m *map[grantTable]V, k grantTable) bool {
+		if _, dup := (*m)[k]; dup {
+			return false
+		}
+		if *m == nil {
+			*m = map[grantTable]V{}
+		}
+		(*m)[k] = v
+		return true
+	}
+	switch p.kind {
+	case patAny:
+		if r.hasAny {
+			return false
+		}
+		r.anyV, r.hasAny = v, true
+		return true
+	case patDB:
+		if _, dup := r.dbs[p.db]; dup {
+			return false
+		}
+		if r.dbs == nil {
+			r.dbs = map[string]V{}
+		}
+		r.dbs[p.db] = v
+		return true
+	case patSchema:
+		return put(&r.schemas, grantTable{p.db, p.schema, ""})
+	}
+	return put(&r.exact, grantTable{p.db, p.schema, p.table})
+}
+
+// lookup returns the value of the most specific pattern matching the table
+// of database db ("" when the caller names none: then only the patterns
+// that name no database apply).
+func (r *tableRules[V]) lookup(db, schemaName, table string) (V, bool) {
+	if v, ok := r.exact[grantTable{db, schemaName, table}]; ok {
+		return v, true
+	}
+	if v, ok := r.exact[grantTable{"", schemaName, table}]; ok {
+		return v, true
+	}
+	if v, ok := r.schemas[grantTable{db, schemaName, ""}]; ok {
+		return v, true
+	}
+	if v, ok := r.schemas[grantTable{"", schemaName, ""}]; ok {
+		return v, true
+	}
+	if v, ok := r.dbs[db]; ok && db != "" {
+		return v, true
+	}
+	if r.hasAny {
+		return r.anyV, true
+	}
+	var zero V
+	return zero, false
 }
 
 // topicPattern is a parsed topic pattern: all, a prefix ending in '.', or
@@ -246,33 +360,49 @@ type grantPolicy struct {
 // allGrants is the anonymous identity's grants.
 var allGrants = &Grants{all: true}
 
-// OpsFor returns the operations the identity may read on a table: those of
-// the most specific matching pattern of the grants claim's "tables"
-// (exact, then schema.*, then *). An empty set means the table may not be
-// read at all; the gateway answers as for a table that does not exist.
-func (g *Grants) OpsFor(schemaName, table string) OpSet {
+// TableOps returns the operations the identity may read on the table
+// schemaName.table of database db: those of the most specific matching
+// pattern of the grants claim's "tables" (see tableRules). An empty set
+// means the table may not be read at all; the gateway answers as for a
+// table that does not exist.
+func (g *Grants) TableOps(db, schemaName, table string) OpSet {
 	switch {
 	case g == nil:
 		return 0
 	case g.all:
 		return AllOps
 	}
-	if ops, ok := g.exact[grantTable{schemaName, table}]; ok {
-		return ops
-	}
-	if ops, ok := g.schemas[schemaName]; ok {
-		return ops
-	}
-	if g.hasAny {
-		return g.anyOps
-	}
-	return 0
+	ops, _ := g.tables.lookup(db, schemaName, table)
+	return ops
+}
+
+// OpsFor is TableOps for a table whose database is not named: only the
+// patterns that name no database apply.
+func (g *Grants) OpsFor(schemaName, table string) OpSet {
+	return g.TableOps("", schemaName, table)
 }
 
 // CanRead reports whether the identity may receive op (EventCreate …
-// EventRead) events of a table.
+// EventRead) events of a table, its database not named (see OpsFor).
 func (g *Grants) CanRead(schemaName, table, op string) bool {
 	return g.OpsFor(schemaName, table).Has(op)
+}
+
+// TableColumns returns the columns of the table schemaName.table of
+// database db the identity may see, from the most specific matching
+// pattern of the grants claim's "columns" (the precedence of "tables"):
+// all is true when every column is granted (no matching pattern, or "*"),
+// else cols lists the granted names, sorted (possibly none). The caller may
+// keep but not change cols.
+func (g *Grants) TableColumns(db, schemaName, table string) (cols []string, all bool) {
+	if g == nil || g.all {
+		return nil, true
+	}
+	c, ok := g.columns.lookup(db, schemaName, table)
+	if !ok || c.all {
+		return nil, true
+	}
+	return c.names, false
 }
 
 // CanSubscribeTopic reports whether the identity may subscribe to a custom
@@ -325,6 +455,12 @@ func (g *Grants) Limits() Limits {
 // compile one filter (which lets an eq condition of the policy feed the
 // equality index).
 func (g *Grants) Policy(schemaName, table string) (json.RawMessage, error) {
+	return g.TablePolicy("", schemaName, table)
+}
+
+// TablePolicy is Policy for the table schemaName.table of database db:
+// every pattern that names no database or names db applies.
+func (g *Grants) TablePolicy(db, schemaName, table string) (json.RawMessage, error) {
 	switch {
 	case g == nil:
 		return nil, errors.New("no grants")
@@ -333,11 +469,11 @@ func (g *Grants) Policy(schemaName, table string) (json.RawMessage, error) {
 	}
 	var where map[string]any
 	for _, p := range g.policies {
-		if !p.pat.match(schemaName, table) {
+		if !p.pat.match(db, schemaName, table) {
 			continue
 		}
 		if p.err != nil {
-			return nil, fmt.Errorf("row policy %s for %s: %w", p.pat, schema.FormatTableName(schemaName, table), p.err)
+			return nil, fmt.Errorf("row policy %s for %s: %w", p.pat, schema.FormatQualifiedName(db, schemaName, table), p.err)
 		}
 		if where == nil {
 			where = p.where
@@ -345,7 +481,7 @@ func (g *Grants) Policy(schemaName, table string) (json.RawMessage, error) {
 		}
 		var err error
 		if where, err = andWhere(where, p.where, 0); err != nil {
-			return nil, fmt.Errorf("row policies for %s: %w", schema.FormatTableName(schemaName, table), err)
+			return nil, fmt.Errorf("row policies for %s: %w", schema.FormatQualifiedName(db, schemaName, table), err)
 		}
 	}
 	if where == nil {
@@ -563,12 +699,14 @@ func GrantsFromClaims(claims map[string]any) (*Grants, error) {
 			err = g.readTables(v)
 		case "topics":
 			err = g.readTopics(v)
+		case "columns":
+			err = g.readColumns(v)
 		case "policies":
 			err = g.readPolicies(v, claims)
 		case "limits":
 			err = g.readLimits(v)
 		default:
-			err = fmt.Errorf("unknown member %q (want tables, topics, policies or limits)", k)
+			err = fmt.Errorf("unknown member %q (want tables, columns, topics, policies or limits)", k)
 		}
 		if err != nil {
 			return nil, err
@@ -591,29 +729,66 @@ func (g *Grants) readTables(v any) error {
 		if err != nil {
 			return fmt.Errorf("tables[%q]: %w", pat, err)
 		}
-		switch p.kind {
-		case patAny:
-			g.anyOps, g.hasAny = ops, true
-		case patSchema:
-			if _, dup := g.schemas[p.schema]; dup {
-				return fmt.Errorf("tables: %q repeats a pattern", pat)
-			}
-			if g.schemas == nil {
-				g.schemas = map[string]OpSet{}
-			}
-			g.schemas[p.schema] = ops
-		case patExact:
-			key := grantTable{p.schema, p.table}
-			if _, dup := g.exact[key]; dup {
+		if !g.tables.add(p, ops) {
+			if p.kind == patExact {
 				return fmt.Errorf("tables: %q repeats a table", pat)
 			}
-			if g.exact == nil {
-				g.exact = map[grantTable]OpSet{}
-			}
-			g.exact[key] = ops
+			return fmt.Errorf("tables: %q repeats a pattern", pat)
 		}
 	}
 	return nil
+}
+
+func (g *Grants) readColumns(v any) error {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return errors.New("columns must be an object of table pattern to column names")
+	}
+	for _, pat := range slices.Sorted(maps.Keys(obj)) {
+		p, err := parseTablePattern(pat)
+		if err != nil {
+			return fmt.Errorf("columns: %w", err)
+		}
+		cols, err := readColumnList(obj[pat])
+		if err != nil {
+			return fmt.Errorf("columns[%q]: %w", pat, err)
+		}
+		if !g.columns.add(p, cols) {
+			return fmt.Errorf("columns: %q repeats a pattern", pat)
+		}
+	}
+	return nil
+}
+
+// readColumnList reads the column names of one pattern: ["*"] for every
+// column, else distinct non-empty names (an empty list grants none).
+func readColumnList(v any) (columnGrant, error) {
+	list, ok := v.([]any)
+	if !ok {
+		return columnGrant{}, errors.New(`want a list of column names, or ["*"] for every column`)
+	}
+	if len(list) == 1 && list[0] == "*" {
+		return columnGrant{all: true}, nil
+	}
+	names := make([]string, 0, len(list))
+	for _, e := range list {
+		name, ok := e.(string)
+		switch {
+		case !ok:
+			return columnGrant{}, fmt.Errorf("%s is not a column name", shortJSON(e))
+		case name == "":
+			return columnGrant{}, errors.New("an empty column name")
+		case name == "*":
+			return columnGrant{}, errors.New(`"*" (every column) must stand alone in its list`)
+		case len(name) > maxIdentLen:
+			return columnGrant{}, fmt.Errorf("column %s is longer than %d bytes, which no column is", shortJSON(e), maxIdentLen)
+		case slices.Contains(names, name):
+			return columnGrant{}, fmt.Errorf("column %s is listed twice", shortJSON(e))
+		}
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return columnGrant{names: names}, nil
 }
 
 func readOps(v any) (OpSet, error) {
@@ -637,33 +812,54 @@ func readOps(v any) (OpSet, error) {
 	return ops, nil
 }
 
-// parseTablePattern reads "*", "schema.*" or "schema.table".
+// parseTablePattern reads a table pattern: "*", "schema.*",
+// "schema.table", "db.*.*", "db.schema.*" or "db.schema.table", each part
+// as schema.ParseTableName reads it (double-quoted when it holds a dot or
+// a quote; a quoted "*" is a name, not a wildcard).
 func parseTablePattern(pat string) (tablePattern, error) {
 	bad := func(why string) (tablePattern, error) {
-		return tablePattern{}, fmt.Errorf("pattern %q: %s (want schema.table, schema.* or *)", pat, why)
+		return tablePattern{}, fmt.Errorf("pattern %q: %s (want schema.table, schema.*, db.schema.table, db.schema.*, db.*.* or *)", pat, why)
 	}
 	if pat == "*" {
 		return tablePattern{kind: patAny}, nil
 	}
-	if s, ok := strings.CutSuffix(pat, ".*"); ok {
-		sch, _, err := schema.ParseTableName(s + ".x")
-		if err != nil {
-			return bad("malformed schema")
-		}
-		if strings.Contains(sch, "*") && !strings.HasPrefix(s, `"`) {
-			return bad("* is a pattern only as a whole table or a whole pattern; quote a name that holds one")
-		}
-		return tablePattern{kind: patSchema, schema: sch}, nil
-	}
-	sch, tbl, err := schema.ParseTableName(pat)
+	parts, err := schema.SplitName(pat)
 	if err != nil {
-		return bad("malformed table name")
+		return bad("malformed name")
 	}
-	if strings.Contains(sch, "*") && !strings.HasPrefix(pat, `"`) ||
-		strings.Contains(tbl, "*") && !strings.HasSuffix(pat, `"`) {
-		return bad("* is a pattern only as a whole table or a whole pattern; quote a name that holds one")
+	wild := make([]bool, len(parts))
+	for i, p := range parts {
+		if !p.Quoted && strings.Contains(p.Name, "*") {
+			if p.Name != "*" {
+				return bad("* is a pattern only as a whole part; quote a name that holds one")
+			}
+			wild[i] = true
+		}
 	}
-	return tablePattern{kind: patExact, schema: sch, table: tbl}, nil
+	switch len(parts) {
+	case 2:
+		switch {
+		case wild[0]:
+			return bad("* is a pattern only for the table, or the whole pattern; quote a name that holds one")
+		case wild[1]:
+			return tablePattern{kind: patSchema, schema: parts[0].Name}, nil
+		}
+		return tablePattern{kind: patExact, schema: parts[0].Name, table: parts[1].Name}, nil
+	case 3:
+		db := parts[0].Name
+		switch {
+		case wild[0]:
+			return bad("a pattern for every database leaves the database out (schema.table); quote a name that holds *")
+		case wild[1] && wild[2]:
+			return tablePattern{kind: patDB, db: db}, nil
+		case wild[1]:
+			return bad("* for the schema needs * for the table (db.*.*); quote a name that holds one")
+		case wild[2]:
+			return tablePattern{kind: patSchema, db: db, schema: parts[1].Name}, nil
+		}
+		return tablePattern{kind: patExact, db: db, schema: parts[1].Name, table: parts[2].Name}, nil
+	}
+	return bad("want two or three parts")
 }
 
 func (g *Grants) readTopics(v any) error {

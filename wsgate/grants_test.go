@@ -144,7 +144,7 @@ func TestGrantsMalformed(t *testing.T) {
 		{`{"tables": {"public.ord*": ["read"]}}`, "quote a name"},
 		{`{"tables": {"*.orders": ["read"]}}`, "quote a name"},
 		{`{"tables": {"*.*": ["read"]}}`, "quote a name"},
-		{`{"tables": {"a.b.c": ["read"]}}`, `pattern "a.b.c"`},
+		{`{"tables": {"a.b.c.d": ["read"]}}`, `pattern "a.b.c.d"`},
 		{`{"tables": {"public.orders": ["read"], "\"public\".orders": ["create"]}}`, "repeats a table"},
 		{`{"topics": ["chat"]}`, "topics must be an object"},
 		{`{"topics": {"read": ["chat"]}}`, `unknown action "read"`},
@@ -549,4 +549,141 @@ func FuzzGrantsAndWhere(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestGrantsDatabases: a pattern may name the database; two-part patterns
+// mean every database. The table decides first, then the database:
+// db.schema.table, schema.table, db.schema.*, schema.*, db.*.*, *.
+func TestGrantsDatabases(t *testing.T) {
+	g := grantsOf(t, `{"tablecast": {"tables": {
+		"shop.public.orders": ["create"],
+		"public.orders": ["update"],
+		"billing.public.*": ["delete"],
+		"public.*": ["truncate"],
+		"legacy.*.*": [],
+		"crm.*.*": ["read"],
+		"\"my.db\".\"a.b\".c": ["*"],
+		"*": ["read", "create"]
+	}}}`)
+	cases := []struct {
+		db, schema, table string
+		want              []string
+	}{
+		{"shop", "public", "orders", []string{EventCreate}},          // db.schema.table beats schema.table
+		{"billing", "public", "orders", []string{EventUpdate}},       // schema.table beats db.schema.*
+		{"legacy", "public", "orders", []string{EventUpdate}},        // and db.*.*: naming the table decides
+		{"billing", "public", "items", []string{EventDelete}},        // db.schema.* beats schema.*
+		{"shop", "public", "items", []string{EventTruncate}},         // schema.* beats db.*.*
+		{"legacy", "public", "items", []string{EventTruncate}},       //
+		{"legacy", "audit", "log", nil},                              // db.*.* beats *
+		{"crm", "sales", "leads", []string{EventRead}},               //
+		{"shop", "sales", "leads", []string{EventCreate, EventRead}}, // only *
+		{"my.db", "a.b", "c", AllOps.Names()},                        // quoted parts
+		{"my", "db.a", "b.c", []string{EventCreate, EventRead}},      // not the same table
+		{"", "public", "orders", []string{EventUpdate}},              // no database named: two-part patterns only
+		{"", "audit", "log", []string{EventCreate, EventRead}},       //
+		{"Shop", "public", "orders", []string{EventUpdate}},          // names are case-sensitive
+	}
+	for _, tc := range cases {
+		got := g.TableOps(tc.db, tc.schema, tc.table).Names()
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("TableOps(%q, %q, %q) = %v, want %v", tc.db, tc.schema, tc.table, got, tc.want)
+		}
+	}
+	if got := g.OpsFor("public", "orders"); got != g.TableOps("", "public", "orders") {
+		t.Errorf("OpsFor = %v, want the ops of the two-part patterns", got.Names())
+	}
+
+	// Policies: every pattern that names no database or names this one.
+	p := grantsOf(t, `{"tenant": "acme", "tablecast": {"policies": {
+		"public.orders": {"tenant": {"eq": {"claim": "tenant"}}},
+		"shop.public.orders": {"region": {"eq": "eu"}},
+		"billing.*.*": {"currency": {"eq": "EUR"}}
+	}}}`)
+	for _, tc := range []struct{ db, want string }{
+		{"shop", `{"tenant": {"eq": "acme"}, "region": {"eq": "eu"}}`},
+		{"billing", `{"tenant": {"eq": "acme"}, "currency": {"eq": "EUR"}}`},
+		{"other", `{"tenant": {"eq": "acme"}}`},
+		{"", `{"tenant": {"eq": "acme"}}`},
+	} {
+		got, err := p.TablePolicy(tc.db, "public", "orders")
+		if err != nil || !jsonEqual(t, got, tc.want) {
+			t.Errorf("TablePolicy(%q, public, orders) = %s, %v; want %s", tc.db, got, err, tc.want)
+		}
+	}
+	if got, err := p.TablePolicy("shop", "public", "items"); err != nil || got != nil {
+		t.Errorf("TablePolicy(shop, public, items) = %s, %v; want none", got, err)
+	}
+}
+
+// TestGrantsColumns: "columns" narrows what a table shows, with the
+// precedence of "tables"; absent means every column.
+func TestGrantsColumns(t *testing.T) {
+	g := grantsOf(t, `{"tablecast": {"columns": {
+		"public.users": ["name", "id"],
+		"shop.public.users": ["id"],
+		"public.*": ["id", "tenant"],
+		"public.open": ["*"],
+		"secret.*": [],
+		"billing.*.*": ["amount"]
+	}}}`)
+	cases := []struct {
+		db, schema, table string
+		want              []string
+		all               bool
+	}{
+		{"", "public", "users", []string{"id", "name"}, false}, // sorted
+		{"shop", "public", "users", []string{"id"}, false},
+		{"billing", "public", "users", []string{"id", "name"}, false}, // the table decides before the database
+		{"billing", "public", "items", []string{"id", "tenant"}, false},
+		{"billing", "other", "items", []string{"amount"}, false},
+		{"shop", "public", "open", nil, true}, // "*" under a narrower wildcard
+		{"shop", "secret", "keys", []string{}, false},
+		{"shop", "other", "items", nil, true}, // no pattern: every column
+	}
+	for _, tc := range cases {
+		got, all := g.TableColumns(tc.db, tc.schema, tc.table)
+		if all != tc.all || !slices.Equal(got, tc.want) || (!tc.all && got == nil) {
+			t.Errorf("TableColumns(%q, %q, %q) = %q, %v; want %q, %v", tc.db, tc.schema, tc.table, got, all, tc.want, tc.all)
+		}
+	}
+	for name, g := range map[string]*Grants{"anonymous": allGrants, "no columns member": grantsOf(t, `{"tablecast": {"tables": {"*": ["*"]}}}`)} {
+		if cols, all := g.TableColumns("shop", "public", "users"); !all || cols != nil {
+			t.Errorf("%s: TableColumns = %q, %v; want every column", name, cols, all)
+		}
+	}
+}
+
+func TestGrantsMalformedDatabasesAndColumns(t *testing.T) {
+	cases := []struct{ grants, want string }{
+		{`{"tables": {"*.public.orders": ["read"]}}`, "leaves the database out"},
+		{`{"tables": {"shop.*.orders": ["read"]}}`, "needs * for the table"},
+		{`{"tables": {"shop.pub*.orders": ["read"]}}`, "quote a name"},
+		{`{"tables": {"shop.public.orders": ["read"], "\"shop\".public.orders": ["create"]}}`, "repeats a table"},
+		{`{"tables": {"shop.*.*": ["read"], "\"shop\".*.*": ["create"]}}`, "repeats a pattern"},
+		{`{"tables": {"a..b": ["read"]}}`, `pattern "a..b"`},
+		{`{"columns": []}`, "columns must be an object"},
+		{`{"columns": {"public.users": "id"}}`, "list of column names"},
+		{`{"columns": {"public.users": null}}`, "list of column names"},
+		{`{"columns": {"public.users": [1]}}`, "1 is not a column name"},
+		{`{"columns": {"public.users": [""]}}`, "empty column name"},
+		{`{"columns": {"public.users": ["id", "*"]}}`, "must stand alone"},
+		{`{"columns": {"public.users": ["id", "id"]}}`, "listed twice"},
+		{`{"columns": {"public.users": ["` + strings.Repeat("c", 64) + `"]}}`, "longer than 63 bytes"},
+		{`{"columns": {"users": ["id"]}}`, `pattern "users"`},
+		{`{"columns": {"public.users": ["id"], "\"public\".users": ["name"]}}`, "repeats a pattern"},
+		{`{"column": {"public.users": ["id"]}}`, `unknown member "column"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.grants, func(t *testing.T) {
+			claims, err := decodeClaims([]byte(`{"tablecast": ` + tc.grants + `}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = GrantsFromClaims(claims)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one saying %q", err, tc.want)
+			}
+		})
+	}
 }

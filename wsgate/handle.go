@@ -103,37 +103,58 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 	var key, subject string
 	grants := c.id.Grants
 	if m.Table != "" {
-		schemaName, table := SplitTableName(m.Table)
-		t := g.cat.table(schemaName, table)
-		granted := uint8(grants.OpsFor(schemaName, table))
-		if t == nil || granted == 0 {
+		db, schemaName, table := SplitQualifiedName(m.Table)
+		t, choices := g.cat.resolve(db, schemaName, table, grants)
+		if choices != nil {
+			return fail(CodeAmbiguousTable, "table "+quoteShort(m.Table)+" is in several databases; name one of: "+strings.Join(choices, ", "))
+		}
+		if t == nil {
 			// The same answer whether the table is missing or not
 			// granted: a client learns nothing of tables it may not read.
 			return fail(CodeUnknownTable, "table "+quoteShort(m.Table)+" is not streamed")
 		}
+		schemaName, table = t.shape.Schema, t.shape.Table
+		shown := t.name // the table as the client named it, in messages
+		if db != "" {
+			shown = t.qualified
+		}
+		granted := uint8(grants.TableOps(t.db, schemaName, table))
 		ops := opsOf(m.Events)
 		if m.Events != nil && ops&^granted != 0 {
-			return fail(CodeNotAllowed, "events "+strings.Join(OpSet(ops&^granted).Names(), ", ")+" of "+t.name+" are not granted")
+			return fail(CodeNotAllowed, "events "+strings.Join(OpSet(ops&^granted).Names(), ", ")+" of "+shown+" are not granted")
 		}
-		f, err := CompileWhere(m.Where, t.name, t.types)
+		// A column not granted is, to the client's where and select,
+		// a column that does not exist; the row policy reads any.
+		s.granted, s.allColumns = grants.TableColumns(t.db, schemaName, table)
+		visible := t.types
+		if !s.allColumns {
+			visible = make(map[string]ColumnType, len(s.granted))
+			for _, col := range s.granted {
+				if typ, ok := t.types[col]; ok {
+					visible[col] = typ
+				}
+			}
+		}
+		f, err := CompileWhere(m.Where, shown, visible)
 		if err != nil {
 			return fail(CodeInvalidFilter, err.Error())
 		}
 		if f.matchesAll() {
 			f = nil // no filter: nothing to keep per subscription
 		}
-		policy, msg := c.rowPolicy(grants, t)
+		policy, msg := c.rowPolicy(grants, t, shown)
 		if msg != "" {
 			return fail(CodeNotAllowed, msg)
 		}
 		s.policy.Store(policy)
 		for _, col := range m.Select {
-			if !t.hasColumn(col) {
-				return fail(CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+t.name)
+			if _, ok := visible[col]; !ok {
+				return fail(CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+shown)
 			}
 		}
 		s.table, s.filter, s.ops = t, f, ops&granted
-		s.proj.Store(NewProjection(m.Select))
+		s.selected = slices.Clone(m.Select)
+		s.proj.Store(s.projection(m.Select))
 		key, subject = "t\x00"+t.subject, t.subject
 	} else {
 		if !grants.CanSubscribeTopic(m.Topic) {
@@ -177,20 +198,21 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 	return nil
 }
 
-// rowPolicy compiles the row policy grants give table t: nil for none, or
-// why the table cannot be read under them.
-func (c *conn) rowPolicy(grants *Grants, t *tableInfo) (*Filter, string) {
-	policy, err := grants.Policy(t.shape.Schema, t.shape.Table)
+// rowPolicy compiles the row policy grants give table t (shown to the
+// client as shown): nil for none, or why the table cannot be read under
+// them. A policy reads every column, granted to the client or not.
+func (c *conn) rowPolicy(grants *Grants, t *tableInfo, shown string) (*Filter, string) {
+	policy, err := grants.TablePolicy(t.db, t.shape.Schema, t.shape.Table)
 	if err != nil {
-		return nil, "the row policy of " + t.name + " cannot be applied: " + err.Error()
+		return nil, "the row policy of " + shown + " cannot be applied: " + err.Error()
 	}
 	if policy == nil {
 		return nil, ""
 	}
-	f, err := CompileWhere(policy, t.name, t.types)
+	f, err := CompileWhere(policy, t.qualified, t.types)
 	if err != nil {
-		c.g.log.Warn("row policy does not compile; subscriptions to the table are refused", "table", t.name, "subject", c.id.Subject, "err", err)
-		return nil, "the row policy of " + t.name + " does not apply to its columns"
+		c.g.log.Warn("row policy does not compile; subscriptions to the table are refused", "table", t.qualified, "subject", c.id.Subject, "err", err)
+		return nil, "the row policy of " + shown + " does not apply to its columns"
 	}
 	return f, ""
 }
@@ -272,9 +294,12 @@ func (c *conn) reauthorize(id *Identity) {
 		if f == nil {
 			continue
 		}
-		policy, why := c.regrant(s, id.Grants)
+		policy, columns, why := c.regrant(s, id.Grants)
 		if why == "" {
-			f.setPolicy(s, policy)
+			if s.topic == "" {
+				s.allColumns, s.granted = columns.all, columns.names
+			}
+			f.setGrants(s, policy, s.projection(s.selected))
 			continue
 		}
 		c.dropSub(s)
@@ -284,26 +309,65 @@ func (c *conn) reauthorize(id *Identity) {
 	c.setExpiry(id.Expires)
 }
 
-// regrant judges subscription s under new grants: the row policy it takes
-// now, or why the grants no longer allow it. A table subscription must
-// still be granted every operation it receives (one made without
-// "events" received the operations granted then: a narrower grant ends
-// it rather than silently narrowing it).
-func (c *conn) regrant(s *sub, grants *Grants) (*Filter, string) {
+// regranted is a table subscription's column grant under new grants.
+type regranted struct {
+	all   bool
+	names []string // sorted, when !all
+}
+
+// regrant judges subscription s under new grants: the row policy and the
+// column grant it takes now, or why the grants no longer allow it. A table
+// subscription must still be granted every operation it receives (one made
+// without "events" received the operations granted then: a narrower grant
+// ends it rather than silently narrowing it), and every column its where
+// and select name; its projection narrows to the new column grant.
+func (c *conn) regrant(s *sub, grants *Grants) (*Filter, regranted, string) {
 	if s.topic != "" {
 		if !grants.CanSubscribeTopic(s.topic) {
-			return nil, "topic " + quoteShort(s.topic) + " is no longer granted"
+			return nil, regranted{}, "topic " + quoteShort(s.topic) + " is no longer granted"
 		}
-		return nil, ""
+		return nil, regranted{}, ""
 	}
-	t := c.g.cat.table(s.table.shape.Schema, s.table.shape.Table)
+	t := c.g.cat.tableIn(s.table.db, s.table.shape.Schema, s.table.shape.Table)
 	if t == nil {
 		t = s.table
 	}
-	if lost := OpSet(s.ops &^ uint8(grants.OpsFor(t.shape.Schema, t.shape.Table))); lost != 0 {
-		return nil, "events " + strings.Join(lost.Names(), ", ") + " of " + t.name + " are no longer granted"
+	if lost := OpSet(s.ops &^ uint8(grants.TableOps(t.db, t.shape.Schema, t.shape.Table))); lost != 0 {
+		return nil, regranted{}, "events " + strings.Join(lost.Names(), ", ") + " of " + t.qualified + " are no longer granted"
 	}
-	return c.rowPolicy(grants, t)
+	var cols regranted
+	cols.names, cols.all = grants.TableColumns(t.db, t.shape.Schema, t.shape.Table)
+	if !cols.all {
+		named := slices.Clone(s.selected)
+		if s.filter != nil {
+			named = append(named, s.filter.Columns()...)
+		}
+		for _, col := range named {
+			if _, ok := slices.BinarySearch(cols.names, col); !ok {
+				return nil, regranted{}, "column " + quoteShort(col) + " of " + t.qualified + " is no longer granted"
+			}
+		}
+	}
+	policy, why := c.rowPolicy(grants, t, t.qualified)
+	return policy, cols, why
+}
+
+// projection compiles a table subscription's select list under its column
+// grant.
+func (s *sub) projection(selected []string) *Projection {
+	if s.allColumns {
+		return NewProjection(selected)
+	}
+	return NewGrantedProjection(selected, s.granted)
+}
+
+// columnGranted reports whether s may see the column.
+func (s *sub) columnGranted(col string) bool {
+	if s.allColumns {
+		return true
+	}
+	_, ok := slices.BinarySearch(s.granted, col)
+	return ok
 }
 
 // maxSubscriptions is the gateway's limit, or the token's when lower.
@@ -376,17 +440,18 @@ func (c *conn) selectFields(id string, fields []string) {
 		c.sendError(id, CodeInvalidSubscription, "select applies to table subscriptions; "+quoteShort(id)+" is a topic subscription")
 		return
 	}
-	t := c.g.cat.table(s.table.shape.Schema, s.table.shape.Table)
+	t := c.g.cat.tableIn(s.table.db, s.table.shape.Schema, s.table.shape.Table)
 	if t == nil {
 		t = s.table
 	}
 	for _, col := range fields {
-		if !t.hasColumn(col) {
+		if !t.hasColumn(col) || !s.columnGranted(col) {
 			c.sendError(id, CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+t.name)
 			return
 		}
 	}
-	seq := s.f.Load().setProjection(s, NewProjection(fields))
+	s.selected = slices.Clone(fields)
+	seq := s.f.Load().setProjection(s, s.projection(fields))
 	c.send(AppendSubscribed(nil, id, seq))
 }
 

@@ -472,3 +472,55 @@ func TestAnonymousGrants(t *testing.T) {
 	})
 	_ = context.Background
 }
+
+// TestRefreshColumnGrants: a refreshed credential's column grant applies to
+// open subscriptions: one whose select or where names a column no longer
+// granted ends, the others are projected to the new grant from the next
+// event, and a wider grant widens them again.
+func TestRefreshColumnGrants(t *testing.T) {
+	t.Parallel()
+	e := startAuthGateway(t)
+	grant := func(cols ...string) map[string]any {
+		return map[string]any{"tables": map[string]any{"public.orders": []string{"*"}}, "columns": map[string]any{"public.orders": cols}}
+	}
+	c := e.dial("/ws?token=" + token(t, grant("id", "tenant", "status", "notes"), nil))
+	c.subscribe(map[string]any{"id": "all", "table": "public.orders"})
+	c.subscribe(map[string]any{"id": "sel", "table": "public.orders", "select": []string{"id", "status"}})
+	c.subscribe(map[string]any{"id": "where", "table": "public.orders", "where": map[string]any{"notes": map[string]any{"is": "null"}}})
+	e.publish(EventCreate, map[string]any{"id": 1, "tenant": "acme", "status": "open", "notes": nil})
+	for range 3 {
+		f := c.read(10 * time.Second)
+		if f.Type != "event" {
+			t.Fatalf("before the refresh: %s", f.raw)
+		}
+		if data, _ := f.event()["data"].(map[string]any); f.ID == "all" && (data["status"] == nil || data["tenant"] == nil) {
+			t.Fatalf("before the refresh, all granted columns: %s", f.raw)
+		}
+	}
+
+	c.send(map[string]any{"type": "refresh", "token": token(t, grant("id", "tenant"), nil)})
+	for _, id := range []string{"sel", "where"} {
+		if f := c.expectError(CodeNotAllowed, id); !strings.Contains(f.Message, "no longer granted") {
+			t.Errorf("%s ended with %q", id, f.Message)
+		}
+		c.expect("unsubscribed", id)
+	}
+	c.expect("refreshed", "")
+	e.publish(EventCreate, map[string]any{"id": 2, "tenant": "acme", "status": "paid"})
+	f := c.read(10 * time.Second)
+	data, _ := f.event()["data"].(map[string]any)
+	if f.ID != "all" || data["tenant"] != "acme" || data["status"] != nil || len(data) != 2 {
+		t.Fatalf("after narrowing, the event still shows more than id and tenant: %s", f.raw)
+	}
+
+	c.send(map[string]any{"type": "refresh", "token": token(t, grant("*"), nil)})
+	c.expect("refreshed", "")
+	e.publish(EventCreate, map[string]any{"id": 3, "tenant": "acme", "status": "paid"})
+	f = c.read(10 * time.Second)
+	if data, _ := f.event()["data"].(map[string]any); f.ID != "all" || data["status"] != "paid" {
+		t.Fatalf("after widening again: %s", f.raw)
+	}
+	if got := c.sync(); len(got) != 0 {
+		t.Fatalf("unexpected frames: %v", e2eRaws(got))
+	}
+}

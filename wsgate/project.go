@@ -23,13 +23,22 @@ import (
 	"sync"
 )
 
-// Projection is a compiled select list. A nil *Projection keeps every column.
+// Projection is a compiled select list, and the column grant of the
+// subscription's identity when one applies (NewGrantedProjection). A nil
+// *Projection keeps every column.
 //
 // A Projection is immutable once compiled: any number of goroutines may call
 // its methods at once.
 type Projection struct {
+	rows colSet // what "data", "old" and "unchanged" keep
+	keys colSet // what "key" keeps: every column unless a column grant applies
+	key  string
+}
+
+// colSet is a set of column names, or every column.
+type colSet struct {
+	all     bool
 	columns []string // sorted, distinct
-	key     string
 	// bloom has nameBit(c) set for every column c: most names of a row
 	// that are not selected are turned away by one test of it.
 	bloom uint64
@@ -37,6 +46,26 @@ type Projection struct {
 	// no more than comparing a few names in turn, even for a list of two
 	// (BenchmarkProjectEvent), and it stays flat for a list of fifty.
 	set map[string]struct{}
+}
+
+// everyColumn is the colSet of a nil Projection.
+var everyColumn = &colSet{all: true}
+
+// newColSet makes the set of cols, sorted and distinct.
+func newColSet(cols []string) colSet {
+	c := colSet{columns: cols, set: make(map[string]struct{}, len(cols))}
+	for _, name := range cols {
+		c.bloom |= nameBit(name)
+		c.set[name] = struct{}{}
+	}
+	return c
+}
+
+// sortedDistinct returns a sorted copy of list without duplicates.
+func sortedDistinct(list []string) []string {
+	cols := slices.Clone(list)
+	slices.Sort(cols)
+	return slices.Compact(cols)
 }
 
 // NewProjection compiles a select list. nil or an empty list returns nil (all
@@ -48,21 +77,30 @@ func NewProjection(columns []string) *Projection {
 	if len(columns) == 0 {
 		return nil
 	}
-	cols := slices.Clone(columns)
-	slices.Sort(cols)
-	cols = slices.Compact(cols)
-	p := &Projection{columns: cols, key: projectionKey(cols)}
-	for _, c := range cols {
-		p.bloom |= nameBit(c)
-	}
-	p.set = make(map[string]struct{}, len(cols))
-	for _, c := range cols {
-		p.set[c] = struct{}{}
-	}
-	return p
+	cols := sortedDistinct(columns)
+	return &Projection{rows: newColSet(cols), keys: colSet{all: true}, key: projectionKey(cols)}
 }
 
-// nameBit returns the bit of Projection.bloom for the name s: one of 64,
+// NewGrantedProjection compiles a select list under a column grant: the
+// columns granted (sorted or not; an empty list grants none). "data", "old"
+// and "unchanged" keep the selected columns that are granted, or every
+// granted column when selected is empty; "key" keeps its granted columns.
+// A select list is meant to name granted columns only (the gateway refuses
+// any other, as a column that does not exist); one that does not still
+// shows no other.
+func NewGrantedProjection(selected, granted []string) *Projection {
+	keys := sortedDistinct(granted)
+	rows := keys
+	if len(selected) > 0 {
+		rows = slices.DeleteFunc(sortedDistinct(selected), func(c string) bool {
+			_, ok := slices.BinarySearch(keys, c)
+			return !ok
+		})
+	}
+	return &Projection{rows: newColSet(rows), keys: newColSet(keys), key: grantedKey(rows, keys)}
+}
+
+// nameBit returns the bit of colSet.bloom for the name s: one of 64,
 // chosen by its length and first and last bytes, which tell apart most
 // column names of a table.
 func nameBit[S string | []byte](s S) uint64 {
@@ -99,12 +137,32 @@ func projectionKey(cols []string) string {
 	return string(key)
 }
 
-// Key returns a canonical string for the projection (sorted, distinct names
-// joined with "\x00"; "" for nil), so that subscriptions with the same
-// projection share encoded frames. Two projections have the same Key exactly
-// when they have the same Columns: a list holding an empty name or a name
-// with a NUL, which no PostgreSQL column has, gets a key of another form that
-// starts with a NUL.
+// grantedKey returns the Key of a projection under a column grant: three
+// NULs, then each list (rows, then keys) as its length (uvarint) and each
+// name as its length (uvarint) and bytes. No other key starts with three
+// NULs: a joined key does not start with one, and in a key of projectionKey's
+// second form the NUL is followed by the length of the first name and then
+// its bytes, so a third NUL would take a first name that is empty and a
+// second one that is empty too, and names are distinct.
+func grantedKey(rows, keys []string) string {
+	key := []byte{0, 0, 0}
+	for _, list := range [2][]string{rows, keys} {
+		key = binary.AppendUvarint(key, uint64(len(list)))
+		for _, c := range list {
+			key = binary.AppendUvarint(key, uint64(len(c)))
+			key = append(key, c...)
+		}
+	}
+	return string(key)
+}
+
+// Key returns a canonical string for the projection ("" for nil), so that
+// subscriptions with the same projection share encoded frames: two
+// projections have the same Key exactly when they keep the same columns of
+// the rows and of the key. Without a column grant it is the sorted distinct
+// names joined with "\x00" (a list holding an empty name or a name with a
+// NUL, which no PostgreSQL column has, gets a key of another form that
+// starts with a NUL); under a column grant it starts with three NULs.
 func (p *Projection) Key() string {
 	if p == nil {
 		return ""
@@ -112,18 +170,38 @@ func (p *Projection) Key() string {
 	return p.key
 }
 
-// Columns returns the sorted distinct names (nil for nil p).
+// Columns returns the sorted distinct names "data", "old" and "unchanged"
+// keep (nil for nil p).
 func (p *Projection) Columns() []string {
 	if p == nil {
 		return nil
 	}
-	return slices.Clone(p.columns)
+	return slices.Clone(p.rows.columns)
+}
+
+// rowCols is the set "data", "old" and "unchanged" keep.
+func (p *Projection) rowCols() *colSet {
+	if p == nil {
+		return everyColumn
+	}
+	return &p.rows
+}
+
+// keyCols is the set "key" keeps.
+func (p *Projection) keyCols() *colSet {
+	if p == nil {
+		return everyColumn
+	}
+	return &p.keys
 }
 
 // selects reports whether the member whose raw name (between its quotes, as
-// scanString read it, plain as scanString reported) is selected.
-func (p *Projection) selects(name []byte, plain bool) bool {
-	cols := p.columns
+// scanString read it, plain as scanString reported) is in the set.
+func (c *colSet) selects(name []byte, plain bool) bool {
+	if c.all {
+		return true
+	}
+	cols := c.columns
 	if !plain && !isPlainText(name) {
 		// Escapes or invalid UTF-8: compare the decoded name.
 		lo, hi := 0, len(cols)
@@ -137,18 +215,37 @@ func (p *Projection) selects(name []byte, plain bool) bool {
 		}
 		return lo < len(cols) && compareJSONString(name, cols[lo]) == 0
 	}
-	if p.bloom&nameBit(name) == 0 {
+	if c.bloom&nameBit(name) == 0 {
 		return false
 	}
-	_, ok := p.set[string(name)] // no allocation: the compiler converts in place
+	_, ok := c.set[string(name)] // no allocation: the compiler converts in place
 	return ok
 }
 
-// Envelope members AppendEvent projects.
+// eventView is what of an event a subscription is sent. A row policy
+// judges an update's old and new rows apart, and a subscriber may see one
+// and not the other (feed.go, sub.decide).
+type eventView uint8
+
 const (
-	memberOther     = iota
-	memberRow       // "data" or "old"
-	memberUnchanged // "unchanged"
+	// viewWhole: the event as published.
+	viewWhole eventView = iota
+	// viewNew: an update without "old", its "key" taken from "data".
+	viewNew
+	// viewOldAsDelete: an update's old row as a delete: "op" "delete",
+	// without "data" and "unchanged"; "key" and "old" as published.
+	viewOldAsDelete
+	numViews
+)
+
+// Envelope members AppendEvent rewrites.
+const (
+	memberOther = iota
+	memberData
+	memberOld
+	memberUnchanged
+	memberKey
+	memberOp
 )
 
 // envelopeMember classifies a top-level member of the envelope by its raw
@@ -156,20 +253,28 @@ const (
 func envelopeMember(name []byte, plain bool) int {
 	if plain {
 		switch string(name) {
-		case "data", "old":
-			return memberRow
+		case "data":
+			return memberData
+		case "old":
+			return memberOld
 		case "unchanged":
 			return memberUnchanged
+		case "key":
+			return memberKey
+		case "op":
+			return memberOp
 		}
 		return memberOther
 	}
 	// A name spelt with escapes ("d\u0061ta") is still that name, as
 	// encoding/json reads it.
-	switch {
-	case compareJSONString(name, "data") == 0, compareJSONString(name, "old") == 0:
-		return memberRow
-	case compareJSONString(name, "unchanged") == 0:
-		return memberUnchanged
+	for _, m := range [...]struct {
+		name string
+		kind int
+	}{{"data", memberData}, {"old", memberOld}, {"unchanged", memberUnchanged}, {"key", memberKey}, {"op", memberOp}} {
+		if compareJSONString(name, m.name) == 0 {
+			return m.kind
+		}
 	}
 	return memberOther
 }
@@ -209,13 +314,21 @@ var projectScratch = sync.Pool{New: func() any { return new(Row) }}
 // error. On error the bytes of dst's spare capacity, past len(dst), may have
 // been written to.
 func (p *Projection) AppendEvent(dst, event []byte) ([]byte, error) {
+	return p.appendView(dst, event, viewWhole, nil)
+}
+
+// appendView is AppendEvent for the view v of the event. For viewNew, data
+// is the event's "data" indexed: the values of "key" are taken from it
+// (a key column it lacks, an unchanged TOASTed value, keeps the value of
+// "key"). Under a column grant "key" keeps its granted columns.
+func (p *Projection) appendView(dst, event []byte, v eventView, data *Row) ([]byte, error) {
 	sc := projectScratch.Get().(*Row)
-	out, i, err := p.appendEvent(dst, event, sc)
+	out, i, err := p.appendEvent(dst, event, sc, v, data)
 	projectScratch.Put(sc)
 	if err != nil {
 		return dst, fmt.Errorf("project event: %w at byte %d", err, i)
 	}
-	if p == nil {
+	if p == nil && v == viewWhole {
 		// Checked, and written without its white space; the promise is
 		// the event's own bytes.
 		return append(dst, event...), nil
@@ -223,9 +336,9 @@ func (p *Projection) AppendEvent(dst, event []byte) ([]byte, error) {
 	return out, nil
 }
 
-// appendEvent projects the envelope b into dst. On error it returns the
-// offset of the fault; what it wrote to dst is then garbage.
-func (p *Projection) appendEvent(dst, b []byte, sc *Row) ([]byte, int, error) {
+// appendEvent projects the envelope b into dst as the view v. On error it
+// returns the offset of the fault; what it wrote to dst is then garbage.
+func (p *Projection) appendEvent(dst, b []byte, sc *Row, v eventView, data *Row) ([]byte, int, error) {
 	i := skipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return dst, i, errNotObject
@@ -239,6 +352,8 @@ func (p *Projection) appendEvent(dst, b []byte, sc *Row) ([]byte, int, error) {
 		}
 		return append(dst, '}'), i, nil
 	}
+	rows, keys := p.rowCols(), p.keyCols()
+	rewrite := p != nil || v != viewWhole
 	first := true
 	for {
 		if i >= len(b) || b[i] != '"' {
@@ -262,23 +377,45 @@ func (p *Projection) appendEvent(dst, b []byte, sc *Row) ([]byte, int, error) {
 		dst = append(dst, name...)
 		dst = append(dst, ':')
 		kind := memberOther
-		if p != nil {
+		if rewrite {
 			kind = envelopeMember(name[1:len(name)-1], plain)
 		}
+		isObject := i < len(b) && b[i] == '{'
 		var err error
 		switch {
-		case kind == memberRow && i < len(b) && b[i] == '{':
-			dst, end, err = p.appendRow(dst, b, i, sc)
+		case v == viewOldAsDelete && (kind == memberData || kind == memberUnchanged),
+			v == viewNew && kind == memberOld:
+			// Not part of this view.
+			if end, err = sc.skipValue(b, i); err != nil {
+				return dst, end, err
+			}
+			dst = dst[:mark]
+		case v == viewOldAsDelete && kind == memberOp:
+			if end, err = sc.skipValue(b, i); err != nil {
+				return dst, end, err
+			}
+			dst = append(dst, `"delete"`...)
+		case (kind == memberData || kind == memberOld) && isObject && !rows.all:
+			dst, end, err = appendRow(dst, b, i, sc, rows, nil)
 			if err != nil {
 				return dst, end, err
 			}
-		case kind == memberUnchanged:
+		case kind == memberKey && isObject && (!keys.all || v == viewNew):
+			var from *Row
+			if v == viewNew {
+				from = data
+			}
+			dst, end, err = appendRow(dst, b, i, sc, keys, from)
+			if err != nil {
+				return dst, end, err
+			}
+		case kind == memberUnchanged && !rows.all:
 			end, err = sc.skipValue(b, i)
 			if err != nil {
 				return dst, end, err
 			}
 			var keep bool
-			if dst, keep = p.appendUnchanged(dst, b[i:end]); !keep {
+			if dst, keep = rows.appendUnchanged(dst, b[i:end]); !keep {
 				dst = dst[:mark]
 			}
 		default:
@@ -319,8 +456,10 @@ func (p *Projection) appendEvent(dst, b []byte, sc *Row) ([]byte, int, error) {
 const deepValue = 2 * (maxRowDepth - 1)
 
 // appendRow appends the row object starting at b[i] ('{'), keeping the
-// selected members, and returns the index after it.
-func (p *Projection) appendRow(dst, b []byte, i int, sc *Row) ([]byte, int, error) {
+// members in cols, and returns the index after it. With from, a kept
+// member takes the value of the member of the same name in from, when from
+// has one.
+func appendRow(dst, b []byte, i int, sc *Row, cols *colSet, from *Row) ([]byte, int, error) {
 	start := i
 	dst = append(dst, '{')
 	i = skipSpace(b, i+1)
@@ -349,14 +488,20 @@ func (p *Projection) appendRow(dst, b []byte, i int, sc *Row) ([]byte, int, erro
 		if end-i >= deepValue {
 			deep = true
 		}
-		if p.selects(name[1:len(name)-1], plain) {
+		if cols.selects(name[1:len(name)-1], plain) {
 			if !first {
 				dst = append(dst, ',')
 			}
 			first = false
 			dst = append(dst, name...)
 			dst = append(dst, ':')
-			dst = append(dst, b[i:end]...)
+			value := b[i:end]
+			if from != nil {
+				if nv, ok := from.getRaw(name[1:len(name)-1], plain); ok {
+					value = nv
+				}
+			}
+			dst = append(dst, value...)
 		}
 		i = skipSpace(b, end)
 		if i >= len(b) {
@@ -381,7 +526,7 @@ func (p *Projection) appendRow(dst, b []byte, i int, sc *Row) ([]byte, int, erro
 // appendUnchanged appends the "unchanged" value v (valid JSON), keeping the
 // selected names if it is an array of strings, else verbatim. It reports
 // false, having appended nothing that counts, if no name is left.
-func (p *Projection) appendUnchanged(dst, v []byte) ([]byte, bool) {
+func (c *colSet) appendUnchanged(dst, v []byte) ([]byte, bool) {
 	if v[0] != '[' {
 		return append(dst, v...), true
 	}
@@ -394,7 +539,7 @@ func (p *Projection) appendUnchanged(dst, v []byte) ([]byte, bool) {
 			return append(dst[:mark], v...), true
 		}
 		end, plain, _ := scanString(v, k)
-		if p.selects(v[k+1:end-1], plain) {
+		if c.selects(v[k+1:end-1], plain) {
 			if n > 0 {
 				dst = append(dst, ',')
 			}

@@ -3,6 +3,7 @@ package wsgate
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"reflect"
 	"slices"
 	"testing"
@@ -174,6 +175,114 @@ func FuzzProjectEvent(f *testing.F) {
 			again, err := p.AppendEvent(nil, got)
 			if err != nil || !bytes.Equal(again, got) {
 				t.Fatalf("%q: projecting %q again gives %q, %v", p.Columns(), got, again, err)
+			}
+		}
+	})
+}
+
+// referenceView rewrites a decoded envelope into the view v the way
+// appendView is documented to, before any projection: viewNew drops "old"
+// and takes the key's values from "data"; viewOldAsDelete makes "op"
+// "delete" and drops "data" and "unchanged".
+func referenceView(env map[string]any, v eventView) map[string]any {
+	out := make(map[string]any, len(env))
+	for name, x := range env {
+		switch {
+		case v == viewNew && name == "old",
+			v == viewOldAsDelete && (name == "data" || name == "unchanged"):
+			continue
+		case v == viewOldAsDelete && name == "op":
+			x = "delete"
+		case v == viewNew && name == "key":
+			key, isObj := x.(map[string]any)
+			data, hasData := env["data"].(map[string]any)
+			if isObj && hasData {
+				rebuilt := make(map[string]any, len(key))
+				for col, val := range key {
+					if nv, ok := data[col]; ok {
+						val = nv
+					}
+					rebuilt[col] = val
+				}
+				x = rebuilt
+			}
+		}
+		out[name] = x
+	}
+	return out
+}
+
+// referenceGrant keeps "key" to the granted columns.
+func referenceGrant(env map[string]any, granted []string) map[string]any {
+	key, ok := env["key"].(map[string]any)
+	if !ok {
+		return env
+	}
+	kept := map[string]any{}
+	for col, x := range key {
+		if slices.Contains(granted, col) {
+			kept[col] = x
+		}
+	}
+	out := maps.Clone(env)
+	out["key"] = kept
+	return out
+}
+
+// FuzzProjectView checks every view of an event, under a select list and
+// under a column grant, against encoding/json and the reference above.
+func FuzzProjectView(f *testing.F) {
+	for _, seed := range []string{
+		projectMove, projectUpdate, projectCreate,
+		`{"op":"update","key":{"id":1,"id":2},"data":{"id":3},"old":{"id":1},"old":{"id":2}}`,
+		`{"\u006fp":"update","k\u0065y":{"\u0069d":1,"caf\u00e9":2},"d\u0061ta":{"id":9,"café":8},"unch\u0061nged":["x"]}`,
+		`{"key":{"id":1},"data":null,"old":{"id":1}}`,
+		`{"key":[1],"data":{"id":1},"op":7}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	type grant struct {
+		sel, granted []string
+		grant        bool
+	}
+	grants := []grant{{nil, nil, false}, {[]string{"id", "tenant"}, nil, false}, {nil, []string{"id", "café", "notes"}, true},
+		{[]string{"notes"}, []string{"id", "notes", "tenant"}, true}, {nil, []string{}, true}}
+	f.Fuzz(func(t *testing.T, event []byte) {
+		env, isObject := decodeEnvelope(event)
+		var envRow, data Row
+		hasData := envRow.Reset(event) == nil && eventRow(&envRow, &data, bitUpdate)
+		for _, gr := range grants {
+			p := NewProjection(gr.sel)
+			if gr.grant {
+				p = NewGrantedProjection(gr.sel, gr.granted)
+			}
+			for v := range numViews {
+				var dataRow *Row
+				if hasData {
+					dataRow = &data
+				}
+				got, err := p.appendView(nil, event, v, dataRow)
+				if (err == nil) != isObject {
+					t.Fatalf("%v view %d: appendView(%q) error %v; encoding/json reads an object: %v", gr, v, event, err, isObject)
+				}
+				if err != nil {
+					continue
+				}
+				out, ok := decodeEnvelope(got)
+				if !ok {
+					t.Fatalf("%v view %d: appendView(%q) = %q: not a JSON object", gr, v, event, got)
+				}
+				want := referenceProject(referenceView(env, v), p)
+				if gr.grant {
+					want = referenceGrant(want, gr.granted)
+				}
+				if countEnvelopeMember(t, event, "unchanged") > 1 {
+					delete(out, "unchanged")
+					delete(want, "unchanged")
+				}
+				if !reflect.DeepEqual(out, want) {
+					t.Fatalf("%v view %d: appendView(%q)\n = %q\ndecodes to %v\nreference  %v", gr, v, event, got, out, want)
+				}
 			}
 		}
 	})

@@ -83,9 +83,9 @@ type ClientMessage struct {
 	// MaxIDLen printable characters, chosen by the client.
 	ID string
 
-	// Table is the table of a subscribe message, "schema.table" as the
-	// client wrote it (split it with SplitTableName). Empty for a topic
-	// subscription.
+	// Table is the table of a subscribe message, "schema.table" or
+	// "db.schema.table" as the client wrote it (split it with
+	// SplitQualifiedName). Empty for a topic subscription.
 	Table string
 
 	// Topic is the custom topic of subscribe, create-topic, destroy-topic
@@ -543,8 +543,19 @@ func SplitTableName(name string) (schemaName, table string) {
 	return schemaName, table
 }
 
-// checkTableName returns what is wrong with a "schema.table" name, or "".
-// Whether the table exists is for the caller.
+// SplitQualifiedName splits a table name already accepted by the decoder
+// (or by ParseURLSubscription) into database, schema and table:
+// "db.schema.table", or "schema.table" with db "" (which names the table in
+// whichever database streams it), each part as SplitTableName reads it
+// (schema.ParseQualifiedName).
+func SplitQualifiedName(name string) (db, schemaName, table string) {
+	db, schemaName, table, _ = schema.ParseQualifiedName(name)
+	return db, schemaName, table
+}
+
+// checkTableName returns what is wrong with a "schema.table" or
+// "db.schema.table" name, or "". Whether the table exists is for the
+// caller.
 func checkTableName(name string) string {
 	q := "table " + quoteShort(name)
 	if !utf8.ValidString(name) {
@@ -553,11 +564,11 @@ func checkTableName(name string) string {
 	if strings.IndexFunc(name, unicode.IsControl) >= 0 {
 		return q + " holds a control character"
 	}
-	schemaName, table, err := schema.ParseTableName(name)
+	db, schemaName, table, err := schema.ParseQualifiedName(name)
 	switch {
 	case err != nil:
-		return q + ": want schema.table (double-quote a part that holds a dot)"
-	case len(schemaName) > maxIdentLen || len(table) > maxIdentLen:
+		return q + ": want schema.table or database.schema.table (double-quote a part that holds a dot)"
+	case len(db) > maxIdentLen || len(schemaName) > maxIdentLen || len(table) > maxIdentLen:
 		return q + ": a name is longer than 63 bytes"
 	}
 	return ""

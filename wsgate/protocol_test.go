@@ -35,6 +35,10 @@ func TestDecodeClientMessage(t *testing.T) {
 			ClientMessage{Type: TypeSubscribe, ID: "s1", Table: "a.b", Events: []string{"delete", "read", "truncate"}}},
 		{"subscribe unicode table, dots in a quoted table part", `{"type":"subscribe","id":"s1","table":"société.\"commandes.v2\""}`,
 			ClientMessage{Type: TypeSubscribe, ID: "s1", Table: `société."commandes.v2"`}},
+		{"subscribe with the database", `{"type":"subscribe","id":"s1","table":"shop.public.orders"}`,
+			ClientMessage{Type: TypeSubscribe, ID: "s1", Table: "shop.public.orders"}},
+		{"subscribe with a quoted database", `{"type":"subscribe","id":"s1","table":"\"my.db\".public.orders"}`,
+			ClientMessage{Type: TypeSubscribe, ID: "s1", Table: `"my.db".public.orders`}},
 		{"subscribe from zero", `{"type":"subscribe","id":"s1","table":"a.b","from":0}`,
 			ClientMessage{Type: TypeSubscribe, ID: "s1", Table: "a.b", From: u64(0)}},
 		{"subscribe from max", `{"type":"subscribe","id":"s1","table":"a.b","from":18446744073709551615}`,
@@ -145,12 +149,16 @@ func TestDecodeClientMessageErrors(t *testing.T) {
 		{"table not a string", `{"type":"subscribe","id":"s1","table":["a.b"]}`, CodeInvalidMessage, "s1", `field "table" must be a string`},
 		{"topic not a string", `{"type":"subscribe","id":"s1","topic":{}}`, CodeInvalidMessage, "s1", `field "topic" must be a string`},
 		{"table without schema", `{"type":"subscribe","id":"s1","table":"orders"}`, CodeInvalidSubscription, "s1",
-			`table "orders": want schema.table (double-quote a part that holds a dot)`},
-		{"table empty", `{"type":"subscribe","id":"s1","table":""}`, CodeInvalidSubscription, "s1", `table "": want schema.table (double-quote a part that holds a dot)`},
+			`table "orders": want schema.table or database.schema.table (double-quote a part that holds a dot)`},
+		{"table empty", `{"type":"subscribe","id":"s1","table":""}`, CodeInvalidSubscription, "s1", `table "": want schema.table or database.schema.table (double-quote a part that holds a dot)`},
 		{"table empty schema", `{"type":"subscribe","id":"s1","table":".orders"}`, CodeInvalidSubscription, "s1",
-			`table ".orders": want schema.table (double-quote a part that holds a dot)`},
+			`table ".orders": want schema.table or database.schema.table (double-quote a part that holds a dot)`},
 		{"table empty table", `{"type":"subscribe","id":"s1","table":"public."}`, CodeInvalidSubscription, "s1",
-			`table "public.": want schema.table (double-quote a part that holds a dot)`},
+			`table "public.": want schema.table or database.schema.table (double-quote a part that holds a dot)`},
+		{"table of four parts", `{"type":"subscribe","id":"s1","table":"a.b.c.d"}`, CodeInvalidSubscription, "s1",
+			`table "a.b.c.d": want schema.table or database.schema.table (double-quote a part that holds a dot)`},
+		{"database too long", `{"type":"subscribe","id":"s1","table":"` + strings.Repeat("d", 64) + `.public.orders"}`,
+			CodeInvalidSubscription, "s1", `table "` + strings.Repeat("d", 64) + `"…: a name is longer than 63 bytes`},
 		{"table part too long", `{"type":"subscribe","id":"s1","table":"public.` + strings.Repeat("t", 64) + `"}`,
 			CodeInvalidSubscription, "s1", `table "public.` + strings.Repeat("t", 57) + `"…: a name is longer than 63 bytes`},
 		{"table control char", `{"type":"subscribe","id":"s1","table":"public.a\u0000b"}`, CodeInvalidSubscription, "s1",
@@ -300,6 +308,19 @@ func TestSplitTableName(t *testing.T) {
 		s, tb := SplitTableName(tt.in)
 		if s != tt.schema || tb != tt.table {
 			t.Errorf("SplitTableName(%q) = %q, %q", tt.in, s, tb)
+		}
+	}
+}
+
+func TestSplitQualifiedName(t *testing.T) {
+	for _, tt := range []struct{ in, db, schema, table string }{
+		{"public.orders", "", "public", "orders"},
+		{"shop.public.orders", "shop", "public", "orders"},
+		{`"my.db"."My Schema"."t.v2"`, "my.db", "My Schema", "t.v2"},
+	} {
+		db, s, tb := SplitQualifiedName(tt.in)
+		if db != tt.db || s != tt.schema || tb != tt.table {
+			t.Errorf("SplitQualifiedName(%q) = %q, %q, %q", tt.in, db, s, tb)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -154,7 +155,14 @@ func (s *sub) historyFrame(seq uint64, subject string, data []byte, env, row *Ro
 		return nil
 	}
 	hasRow := eventRow(env, row, bit)
-	ok, err := s.matches(bit, row, hasRow)
+	var old *Row
+	hasOld := false
+	if bit == bitUpdate {
+		old = oldRows.Get().(*Row)
+		defer oldRows.Put(old)
+		hasOld = oldRow(env, old)
+	}
+	view, ok, err := s.decide(bit, row, hasRow, old, hasOld)
 	if err == errWithheld {
 		return nil
 	}
@@ -165,5 +173,8 @@ func (s *sub) historyFrame(seq uint64, subject string, data []byte, env, row *Ro
 	if !ok {
 		return nil
 	}
-	return encodeEvent(s.id, s.proj.Load(), seq, data)
+	return encodeEvent(s.id, s.proj.Load(), seq, data, view, row)
 }
+
+// oldRows are the scratch Rows historyFrame indexes an update's old row in.
+var oldRows = sync.Pool{New: func() any { return new(Row) }}

@@ -129,6 +129,25 @@ func (r *Row) Get(column string) (raw []byte, ok bool) {
 	return nil, false
 }
 
+// getRaw is Get for a member name as scanString read it: raw, between its
+// quotes, plain as scanString reported.
+func (r *Row) getRaw(name []byte, plain bool) ([]byte, bool) {
+	if !plain && !isPlainText(name) {
+		return r.Get(decodeJSONString(name)) // escapes: rare enough to allocate
+	}
+	for k := len(r.members) - 1; k >= 0; k-- {
+		m := &r.members[k]
+		if m.plain {
+			if bytes.Equal(m.name, name) {
+				return m.value, true
+			}
+		} else if compareJSONString(m.name, name) == 0 {
+			return m.value, true
+		}
+	}
+	return nil, false
+}
+
 // Len returns the number of members indexed (duplicates included).
 func (r *Row) Len() int { return len(r.members) }
 

@@ -15,7 +15,8 @@ import (
 //
 //	GET /ws/tables/public.orders?events=create,update&select=id,status&status=eq.paid&total=gte.10&from=1234
 //
-// The path names the table; the query holds the same choices as a subscribe
+// The path names the table, "schema.table" or "db.schema.table" as a
+// subscribe message does; the query holds the same choices as a subscribe
 // message:
 //
 //   - events=create,update: event kinds, comma separated (absent or empty:
@@ -50,7 +51,8 @@ const URLSubscriptionID = "url"
 
 // URLSubscription is the subscription a URL asks for.
 type URLSubscription struct {
-	// Table is "schema.table" (split it with SplitTableName).
+	// Table is "schema.table" or "db.schema.table" (split it with
+	// SplitQualifiedName).
 	Table string
 	// Events are the event kinds wanted, without duplicates; nil means all.
 	Events []string
@@ -78,7 +80,7 @@ const (
 
 // ParseURLSubscription reads a URL subscription. path is the request's
 // escaped path (r.URL.EscapedPath()), URLSubscriptionPrefix followed by the
-// percent-encoded "schema.table" as one segment; query is the parsed query
+// percent-encoded "[db.]schema.table" as one segment; query is the parsed query
 // (r.URL.Query()). A bad path or reserved parameter is
 // CodeInvalidSubscription, a bad select CodeInvalidSelect, a bad filter
 // parameter CodeInvalidFilter; the gateway closes such a connection with
