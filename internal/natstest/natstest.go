@@ -9,10 +9,12 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -29,12 +31,28 @@ type Server struct {
 	dir    string
 	listen string
 	emb    *stream.Embedded
+	stock  bool // StartStock's: srv instead of emb
+	srv    *server.Server
 }
 
 // Start starts a server for t, stopped (and its client closed) when t ends.
+// It is tablecast's embedded server (stream.StartEmbedded), whose maximum
+// payload is 8 MiB.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{t: t, dir: t.TempDir(), listen: "127.0.0.1:-1"}
+	return start(t, &Server{t: t, dir: t.TempDir(), listen: "127.0.0.1:-1"})
+}
+
+// StartStock starts a stock nats-server instead: nats-server's default
+// options (a maximum payload of 1 MiB), JetStream on, on a random loopback
+// port. Processes under test reach it by URL, as any external NATS.
+func StartStock(t testing.TB) *Server {
+	t.Helper()
+	return start(t, &Server{t: t, dir: t.TempDir(), listen: "127.0.0.1:-1", stock: true})
+}
+
+func start(t testing.TB, s *Server) *Server {
+	t.Helper()
 	s.Restart()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -60,12 +78,21 @@ func (s *Server) Stop() {
 		s.emb.Shutdown()
 		s.emb = nil
 	}
+	if s.srv != nil {
+		s.srv.Shutdown()
+		s.srv.WaitForShutdown()
+		s.srv = nil
+	}
 }
 
 // Restart starts the server again (or for the first time) on the same port
 // and store.
 func (s *Server) Restart() {
 	s.t.Helper()
+	if s.stock {
+		s.restartStock()
+		return
+	}
 	emb, err := stream.StartEmbedded(stream.EmbeddedConfig{Listen: s.listen, StoreDir: s.dir, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		s.t.Fatalf("start NATS: %v", err)
@@ -131,4 +158,24 @@ func (s *Server) ReadAll(t testing.TB, streamName string) []Stored {
 		}
 	}
 	return out
+}
+
+func (s *Server) restartStock() {
+	s.t.Helper()
+	host, port, _ := strings.Cut(s.listen, ":")
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		s.t.Fatalf("NATS listen address %q: %v", s.listen, err)
+	}
+	srv, err := server.NewServer(&server.Options{Host: host, Port: p, JetStream: true, StoreDir: s.dir, NoLog: true, NoSigs: true})
+	if err != nil {
+		s.t.Fatalf("start NATS: %v", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		s.t.Fatal("start NATS: not ready for connections within 10s")
+	}
+	s.srv = srv
+	s.listen = strings.TrimPrefix(srv.ClientURL(), "nats://")
 }
