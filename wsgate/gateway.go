@@ -143,6 +143,7 @@ type Gateway struct {
 
 	cat    *catalog
 	topics *stream.Topics
+	claims *stream.Resolver // reads the objects claims name (claims.go)
 	met    *metrics
 	poll   poller
 
@@ -192,6 +193,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 		str:        str,
 		cat:        newCatalog(cfg.Prefix, cfg.Logger),
 		topics:     topics,
+		claims:     stream.NewResolver(js),
 		met:        newMetrics(cfg.Registerer),
 		feeds:      map[string]*feed{},
 		conns:      map[*conn]struct{}{},
