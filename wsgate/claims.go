@@ -3,7 +3,9 @@ package wsgate
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/tablecast/tablecast/stream"
@@ -44,6 +46,9 @@ func (g *Gateway) resolve(subject string, seq uint64, data []byte, env *Row) []b
 		return data // a column named claim, not ours
 	}
 	c, ok, err := stream.DecodeClaim(raw)
+	if err == nil && ok {
+		err = g.checkClaim(env, c)
+	}
 	if err != nil || !ok {
 		g.met.claims.WithLabelValues("failed").Inc()
 		g.log.Warn("gateway delivers an event with a malformed claim as received", "subject", subject, "seq", seq, "err", err)
@@ -64,4 +69,25 @@ func (g *Gateway) resolve(subject string, seq uint64, data []byte, env *Row) []b
 		g.log.Warn("gateway cannot read a claimed object; delivering the event as received", "subject", subject, "seq", seq, "object", c.Object, "err", err)
 	}
 	return data
+}
+
+// checkClaim accepts only the claims the reader writes: to the payload
+// bucket, naming the object of this very event (its database and id).
+// Anything else, published by another hand, could make the gateway send one
+// table's row to the subscribers of another.
+func (g *Gateway) checkClaim(env *Row, c stream.Claim) error {
+	if c.Bucket != g.cfg.PayloadBucket {
+		return fmt.Errorf("claim names bucket %q, not the payload bucket %s", c.Bucket, g.cfg.PayloadBucket)
+	}
+	var db, id string
+	if raw, ok := env.Get("db"); !ok || json.Unmarshal(raw, &db) != nil {
+		return errors.New("claim in an envelope without db")
+	}
+	if raw, ok := env.Get("id"); !ok || json.Unmarshal(raw, &id) != nil {
+		return errors.New("claim in an envelope without id")
+	}
+	if want := stream.PayloadObjectName(db, id); c.Object != want {
+		return fmt.Errorf("claim names object %q, not this event's %q", c.Object, want)
+	}
+	return nil
 }

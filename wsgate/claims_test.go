@@ -154,3 +154,70 @@ func (e *testEnv) onlyFeed() *feed {
 	}
 	return nil
 }
+
+// TestSmallFramesAfterABigOne: frames queued while a frame larger than the
+// send queue limit is still being written (the client reads slowly) count
+// against the limit by their own size, not the big frame's.
+func TestSmallFramesAfterABigOne(t *testing.T) {
+	e := startGateway(t, func(c *Config) {
+		c.SendQueueBytes = 64 << 10
+		c.WriteTimeout = time.Minute
+	})
+	c := e.dial("/ws")
+	c.subscribe(map[string]any{"id": "s", "table": "public.orders"})
+	f := e.onlyFeed()
+	// Far more than the socket buffers take: it stays in flight while the
+	// client does not read.
+	bigSeq, full, _ := e.publishClaimed("create", map[string]any{"id": 1, "notes": strings.Repeat("n", 16<<20)}, true)
+	var small []uint64
+	for i := range 20 {
+		small = append(small, e.publish("create", map[string]any{"id": 2 + i, "status": "open"}))
+	}
+	e.waitFor("the feed to queue every event", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.last >= small[len(small)-1]
+	})
+	if got := c.read(time.Minute); got.Seq != bigSeq || string(got.Event) != string(full) {
+		t.Fatalf("first: %.200s, want the big event (seq %d) whole", got.raw, bigSeq)
+	}
+	for _, want := range small {
+		if got := c.read(10 * time.Second); got.Type != "event" || got.Seq != want {
+			t.Fatalf("%.200s, want event seq %d", got.raw, want)
+		}
+	}
+}
+
+// TestForgedClaimNotResolved: the gateway resolves only the claims the
+// reader writes: in the payload bucket, naming the object of the event that
+// carries the claim. A claim in another event's envelope (which could send
+// one table's row to another's subscribers) or to another bucket goes out
+// as received.
+func TestForgedClaimNotResolved(t *testing.T) {
+	e := startGateway(t, nil)
+	c := e.dial("/ws")
+	c.subscribe(map[string]any{"id": "all", "table": "public.orders"})
+	_, secret, _ := e.publishClaimed("create", map[string]any{"id": 1, "notes": "secret"}, true)
+	c.expect("event", "all")
+
+	var target map[string]any
+	_ = json.Unmarshal(secret, &target)
+	forge := func(claim stream.Claim) []byte {
+		n := e.ids.Add(1)
+		id := fmt.Sprintf("%016X-%04X", n, 1)
+		b, _ := json.Marshal(map[string]any{"id": id, "op": "create", "db": testDB, "schema": "public", "table": "orders",
+			"lsn": "0/1", "xid": n, "commit_time": "2026-11-22T07:00:00Z", "key": map[string]any{"id": 2}, "claim": claim})
+		e.publishRaw(stream.ChangeSubject("tablecast", testDB, "public", "orders", "create"), id, b)
+		return b
+	}
+	other := stream.Claim{Bucket: stream.DefaultPayloadBucket, Object: stream.PayloadObjectName(testDB, target["id"].(string)), Size: int64(len(secret))}
+	for _, claim := range []stream.Claim{other, {Bucket: "OTHER", Object: other.Object, Size: other.Size}} {
+		stub := forge(claim)
+		if f := c.expect("event", "all"); string(f.Event) != string(stub) {
+			t.Fatalf("a forged claim (%+v) was resolved: %.200s", claim, f.raw)
+		}
+	}
+	if got := e.metric(e.gw.met.claims.WithLabelValues("failed")); got != 2 {
+		t.Errorf("%v claims counted failed, want 2", got)
+	}
+}

@@ -30,6 +30,10 @@ type Config struct {
 	// SchemaBucket and TopicBucket are the key-value buckets of the schema
 	// registry and of the custom topics.
 	SchemaBucket, TopicBucket string
+	// PayloadBucket is the object store bucket of the events too large for
+	// one NATS message; claims to any other bucket are not resolved.
+	// Default stream.DefaultPayloadBucket, "TABLECAST_PAYLOADS".
+	PayloadBucket string
 	// Replicas of the topic bucket when the gateway creates it.
 	Replicas int
 
@@ -93,6 +97,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.TopicBucket == "" {
 		c.TopicBucket = stream.DefaultTopicBucket
+	}
+	if c.PayloadBucket == "" {
+		c.PayloadBucket = stream.DefaultPayloadBucket
 	}
 	if c.MaxMessageBytes <= 0 {
 		c.MaxMessageBytes = 64 << 10
