@@ -57,6 +57,12 @@ func (l *lockedBuffer) String() string {
 
 // startLogged starts the binary like startProcess, its stderr collected.
 func startLogged(t *testing.T, env []string, args ...string) *lockedBuffer {
+	logs, _ := startCmd(t, env, args...)
+	return logs
+}
+
+// startCmd is startLogged, returning the process too.
+func startCmd(t *testing.T, env []string, args ...string) (*lockedBuffer, *exec.Cmd) {
 	t.Helper()
 	logs := &lockedBuffer{}
 	cmd := exec.Command(binary(t), args...)
@@ -79,7 +85,7 @@ func startLogged(t *testing.T, env []string, args ...string) *lockedBuffer {
 			t.Errorf("tablecast %s did not stop within 20s of SIGTERM", args[0])
 		}
 	})
-	return logs
+	return logs, cmd
 }
 
 // oversizeSetup creates the tables, a stock NATS and the environment of a
@@ -375,4 +381,25 @@ func natsStream(t *testing.T, js jetstream.JetStream, name string) jetstream.Str
 		t.Fatalf("stream %s: %v", name, err)
 	}
 	return s.CachedInfo().Config
+}
+
+// TestMaxEventBytesConfig: TABLECAST_MAX_EVENT_BYTES is listed by help and
+// in the README, and a value that would strip ordinary rows, or that is not
+// a number, is refused with the variable's name.
+func TestMaxEventBytesConfig(t *testing.T) {
+	_, help, _ := runBinary(t, time.Minute, nil, "help")
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(help, "TABLECAST_MAX_EVENT_BYTES") || !strings.Contains(help, "67108864") ||
+		!strings.Contains(string(readme), "| `TABLECAST_MAX_EVENT_BYTES` | `67108864` |") {
+		t.Errorf("TABLECAST_MAX_EVENT_BYTES and its default are missing from help or from the README's table")
+	}
+	for _, v := range []string{"1000", "lots"} {
+		code, _, stderr := runBinary(t, time.Minute, []string{"TABLECAST_DATABASE_URL=postgres://postgres@127.0.0.1:1/x", "TABLECAST_MAX_EVENT_BYTES=" + v}, "cdc")
+		if last := lastLine(stderr); code == 0 || !strings.Contains(last, "TABLECAST_MAX_EVENT_BYTES") {
+			t.Errorf("TABLECAST_MAX_EVENT_BYTES=%s: exit %d, last line %q; want a refusal naming the variable", v, code, last)
+		}
+	}
 }
