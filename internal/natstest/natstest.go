@@ -8,9 +8,16 @@ package natstest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,6 +40,8 @@ type Server struct {
 	emb    *stream.Embedded
 	stock  bool // StartStock's: srv instead of emb
 	srv    *server.Server
+	proc   bool // StartProcess's: cmd instead of emb
+	cmd    *exec.Cmd
 }
 
 // Start starts a server for t, stopped (and its client closed) when t ends.
@@ -49,6 +58,71 @@ func Start(t testing.TB) *Server {
 func StartStock(t testing.TB) *Server {
 	t.Helper()
 	return start(t, &Server{t: t, dir: t.TempDir(), listen: "127.0.0.1:-1", stock: true})
+}
+
+// StartProcess runs a stock nats-server as a process of its own, built
+// from the nats-server module this repository depends on: default options (a
+// maximum payload of 1 MiB), JetStream on, on a free loopback port. Tests
+// that measure a process under test use it, so that NATS is neither in that
+// process nor slowed by the race detector of the test binary.
+func StartProcess(t testing.TB) *Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := ln.Addr().String()
+	ln.Close()
+	return start(t, &Server{t: t, dir: t.TempDir(), listen: listen, proc: true})
+}
+
+var serverBinary struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// buildServer builds nats-server once per test binary.
+func buildServer(t testing.TB) string {
+	t.Helper()
+	serverBinary.once.Do(func() {
+		dir, err := os.MkdirTemp("", "natstest-")
+		if err != nil {
+			serverBinary.err = err
+			return
+		}
+		serverBinary.path = filepath.Join(dir, "nats-server")
+		out, err := exec.Command("go", "build", "-o", serverBinary.path, "github.com/nats-io/nats-server/v2").CombinedOutput()
+		if err != nil {
+			serverBinary.err = fmt.Errorf("go build nats-server: %v\n%s", err, out)
+		}
+	})
+	if serverBinary.err != nil {
+		t.Fatal(serverBinary.err)
+	}
+	return serverBinary.path
+}
+
+func (s *Server) restartProcess() {
+	s.t.Helper()
+	host, port, _ := strings.Cut(s.listen, ":")
+	cmd := exec.Command(buildServer(s.t), "-js", "-sd", s.dir, "-a", host, "-p", port)
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("start nats-server: %v", err)
+	}
+	s.cmd = cmd
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", s.listen, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("nats-server does not accept connections on %s: %v", s.listen, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func start(t testing.TB, s *Server) *Server {
@@ -83,6 +157,11 @@ func (s *Server) Stop() {
 		s.srv.WaitForShutdown()
 		s.srv = nil
 	}
+	if s.cmd != nil {
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
 }
 
 // Restart starts the server again (or for the first time) on the same port
@@ -91,6 +170,10 @@ func (s *Server) Restart() {
 	s.t.Helper()
 	if s.stock {
 		s.restartStock()
+		return
+	}
+	if s.proc {
+		s.restartProcess()
 		return
 	}
 	emb, err := stream.StartEmbedded(stream.EmbeddedConfig{Listen: s.listen, StoreDir: s.dir, Logger: slog.New(slog.DiscardHandler)})
