@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/stream"
 )
 
 // Config is what the reader needs to know. The zero value of each optional
@@ -57,6 +58,17 @@ type Config struct {
 	// WatchInterval is how often the slot's lag is read from PostgreSQL for
 	// metrics and health. Default 5s.
 	WatchInterval time.Duration
+	// MaxEventBytes is the largest event the reader publishes whole. An
+	// event larger than the NATS server's maximum payload is stored as an
+	// object of PayloadBucket and the stream carries a claim to it; one
+	// larger than MaxEventBytes is published without its rows ("truncated")
+	// and recorded in the dead-letter stream. It also bounds the memory one
+	// event takes in the reader. Default DefaultMaxEventBytes, 64 MiB.
+	MaxEventBytes int
+	// PayloadBucket is the JetStream object store bucket of the events
+	// larger than the server's maximum payload, created when first needed.
+	// Default stream.DefaultPayloadBucket, "TABLECAST_PAYLOADS".
+	PayloadBucket string
 }
 
 // withDefaults returns c with every zero optional field set to its default,
@@ -100,6 +112,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.WatchInterval <= 0 {
 		c.WatchInterval = 5 * time.Second
+	}
+	if c.MaxEventBytes <= 0 {
+		c.MaxEventBytes = DefaultMaxEventBytes
+	}
+	if c.PayloadBucket == "" {
+		c.PayloadBucket = stream.DefaultPayloadBucket
 	}
 
 	var errs []error

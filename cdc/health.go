@@ -28,6 +28,48 @@ func (r *Reader) Health() Health {
 	return h
 }
 
+// stuckAfterSessions is how many replication sessions in a row must fail
+// at the same position before the reader is unhealthy. A restart of NATS or
+// PostgreSQL costs one session, rarely two; a reader that cannot get one
+// event into JetStream fails every session there, within seconds of the
+// last (the backoff starts at half a second).
+const stuckAfterSessions = 3
+
+// failingSessions counts the replication sessions in a row that streamed
+// and then ended in an error without confirming anything past the
+// position they started from: a reader stuck on one event (one JetStream
+// refuses, or that cannot be decoded), which the slot's lag alone does not
+// show when little else is written.
+type failingSessions struct {
+	at    uint64    // the position they all started from
+	count int       // how many in a row
+	since time.Time // when the first of them ended
+	last  string    // the last one's error
+}
+
+// noteSessionEnd counts a session that ended toward failingSessions.
+func (r *Reader) noteSessionEnd(res sessionResult, err error) {
+	r.healthMu.Lock()
+	defer r.healthMu.Unlock()
+	f := &r.failing
+	switch {
+	case res.progressed || res.streamed >= r.cfg.StallAfter:
+		// It got somewhere, or ran long enough not to be stuck.
+		if f.count >= stuckAfterSessions {
+			r.log.Info("replication got past the position where it kept failing", "lsn", pglogrepl.LSN(f.at).String())
+		}
+		*f = failingSessions{}
+	case err == nil || res.streamed == 0:
+		// It never streamed (PostgreSQL unreachable, the slot held
+		// elsewhere): "not streaming" reports that.
+	case f.count > 0 && f.at == res.start:
+		f.count++
+		f.last = oneLine(err)
+	default:
+		*f = failingSessions{at: res.start, count: 1, since: time.Now(), last: oneLine(err)}
+	}
+}
+
 // watch reads the slot's lag from PostgreSQL on its own connection, every
 // WatchInterval, and judges health from it. It looks from the outside on
 // purpose: a reader whose publishing silently stopped cannot be trusted to
@@ -112,6 +154,20 @@ func (r *Reader) watch(ctx context.Context) {
 				reasons = append(reasons, fmt.Sprintf("stalled: slot lags %d bytes behind WAL and its position has not moved for %s",
 					lag, now.Sub(lastMove).Round(time.Second)))
 			}
+		}
+		r.healthMu.Lock()
+		if r.failing.count > 0 && r.ackedLSN.Load() > r.failing.at {
+			// The running session got past it.
+			if r.failing.count >= stuckAfterSessions {
+				r.log.Info("replication got past the position where it kept failing", "lsn", pglogrepl.LSN(r.failing.at).String())
+			}
+			r.failing = failingSessions{}
+		}
+		failing := r.failing
+		r.healthMu.Unlock()
+		if failing.count >= stuckAfterSessions {
+			reasons = append(reasons, fmt.Sprintf("stuck: %d replication sessions in a row since %s failed before getting past LSN %s; last error: %s",
+				failing.count, failing.since.UTC().Format(time.RFC3339), pglogrepl.LSN(failing.at), failing.last))
 		}
 		if !r.streaming.Load() {
 			r.healthMu.Lock()

@@ -18,6 +18,7 @@ type metrics struct {
 	retainedWAL    prometheus.Gauge
 	safeWALSize    prometheus.Gauge
 	walStatus      *prometheus.GaugeVec
+	oversize       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -68,13 +69,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "tablecast_cdc_slot_wal_status",
 			Help: "1 for the slot's current wal_status (reserved, extended, unreserved, lost).",
 		}, []string{"status"}),
+		oversize: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_cdc_oversize_events_total",
+			Help: "Events too large for one NATS message, by what became of them: claim (stored as an object, claimed in the stream), truncated (larger than the reader's limit: published without rows, dead-lettered), topic_dead_letter (a custom topic message, dead-lettered).",
+		}, []string{"outcome"}),
 	}
 	for _, op := range []string{schema.OpCreate, schema.OpUpdate, schema.OpDelete, schema.OpTruncate, schema.OpRead} {
 		m.published[op] = published.WithLabelValues(op)
 	}
 	if reg != nil {
 		reg.MustRegister(published, m.publishLatency, m.ackedLSN, m.lagBytes, m.streaming, m.sessions,
-			m.messages, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus)
+			m.messages, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus, m.oversize)
 	}
 	return m
 }

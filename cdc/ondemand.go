@@ -430,9 +430,7 @@ func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uin
 				row[i] = schema.Value{Kind: schema.KindText, Data: v}
 			}
 		}
-		s.buf = schema.AppendEvent(s.buf[:0], s.r.db, tbl, &txn, &schema.Change{Op: schema.OpRead, Ordinal: uint32(n + 1), New: row})
-		s.ids = txn.AppendID(s.ids[:0], uint32(n+1))
-		seq, err := s.pub.Publish(ctx, subject, string(s.ids), s.buf)
+		seq, err := s.r.publishChange(ctx, s.pub, subject, tbl, &txn, &schema.Change{Op: schema.OpRead, Ordinal: uint32(n + 1), New: row}, &s.ev)
 		if err != nil {
 			return fmt.Errorf("publish snapshot chunk of %s: %w", c.table, err)
 		}

@@ -35,6 +35,7 @@ type Reader struct {
 	db       string           // current_database(), learnt in preflight
 	registry *stream.Registry // schema registry, opened in Run
 	snaps    *snapshots       // on-demand snapshots (ondemand.go)
+	big      oversize         // events too large for one message (oversize.go)
 
 	// state shared with Health and the watchdog
 	streaming   atomic.Bool
@@ -42,6 +43,7 @@ type Reader struct {
 	healthMu    sync.Mutex
 	health      Health
 	streamSince time.Time
+	failing     failingSessions // guarded by healthMu
 }
 
 // New validates cfg and returns a reader that publishes with nc / js under
@@ -109,13 +111,14 @@ func (r *Reader) Run(ctx context.Context) error {
 
 	backoff := r.cfg.RetryMin
 	for {
-		progressed, err := r.session(ctx)
+		res, err := r.session(ctx)
 		r.setStreaming(false)
 		if ctx.Err() != nil {
 			r.log.Info("reader stopped")
 			return nil
 		}
-		if progressed {
+		r.noteSessionEnd(res, err)
+		if res.progressed {
 			backoff = r.cfg.RetryMin
 		}
 		var inUse *slotInUseError
@@ -174,21 +177,28 @@ func (e *slotInUseError) Error() string {
 	return fmt.Sprintf("replication slot %q is in use by process %s", e.slot, e.pid)
 }
 
+// sessionResult is what Run learns of a session that ended.
+type sessionResult struct {
+	start      uint64        // the slot's position it started from
+	streamed   time.Duration // how long it streamed; 0 if it never started
+	progressed bool          // whether it confirmed anything past start
+}
+
 // session runs one replication connection from the slot's confirmed
-// position until an error. progressed says whether it confirmed anything,
-// which resets the backoff.
-func (r *Reader) session(ctx context.Context) (progressed bool, err error) {
+// position until an error.
+func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 	r.m.sessions.Inc()
 	conn, err := connectReplication(ctx, r.cfg.DatabaseURL)
 	if err != nil {
-		return false, err
+		return res, err
 	}
 	defer conn.Close(context.Background())
 
 	start, err := slotPosition(ctx, conn, r.cfg.Slot)
 	if err != nil {
-		return false, err
+		return res, err
 	}
+	res.start = start
 	pubArg := strings.ReplaceAll(`"`+strings.ReplaceAll(r.cfg.Publication, `"`, `""`)+`"`, `'`, `''`)
 	err = pglogrepl.StartReplication(ctx, conn, r.cfg.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
 		// messages: logical decoding messages, for the transactional
@@ -198,16 +208,18 @@ func (r *Reader) session(ctx context.Context) (progressed bool, err error) {
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55006" { // object_in_use
-			return false, &slotInUseError{slot: r.cfg.Slot, pid: strings.TrimPrefix(pgErr.Message, fmt.Sprintf("replication slot \"%s\" is active for PID ", r.cfg.Slot))}
+			return res, &slotInUseError{slot: r.cfg.Slot, pid: strings.TrimPrefix(pgErr.Message, fmt.Sprintf("replication slot \"%s\" is active for PID ", r.cfg.Slot))}
 		}
-		return false, fmt.Errorf("start replication from %s: %w", pglogrepl.LSN(start), err)
+		return res, fmt.Errorf("start replication from %s: %w", pglogrepl.LSN(start), err)
 	}
 
 	pub, err := stream.NewPublisher(r.nc, r.js, r.cfg.MaxInFlight, r.log, stream.WithStream(r.cfg.Stream))
 	if err != nil {
-		return false, fmt.Errorf("start publisher: %w", err)
+		return res, fmt.Errorf("start publisher: %w", err)
 	}
 	defer pub.Close()
+	// The payload bucket follows the stream's settings as they are now.
+	r.big.reset()
 
 	r.log.Info("streaming", "from", pglogrepl.LSN(start).String())
 	r.setStreaming(true)
@@ -224,8 +236,10 @@ func (r *Reader) session(ctx context.Context) (progressed bool, err error) {
 		confirmed: start,
 	}
 	defer s.types.close()
+	began := time.Now()
 	err = s.loop(ctx)
-	return s.confirmed > start, err
+	res.streamed, res.progressed = time.Since(began), s.confirmed > start
+	return res, err
 }
 
 // slotPosition reads the slot's confirmed_flush_lsn: the one position from
@@ -278,7 +292,8 @@ type session struct {
 	commits  commitTracker
 	walEnd   uint64 // latest server WAL end seen
 	row      rowMessage
-	buf, ids []byte
+	buf, ids []byte   // a topic message and its id
+	ev       eventBuf // row change events
 
 	confirmed  uint64 // highest LSN safe to confirm
 	sent       uint64 // last LSN sent in a status update
@@ -470,6 +485,13 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 		s.buf = schema.AppendStringBytes(s.buf, m.Content)
 	}
 	s.ids = s.txn.AppendID(s.ids[:0], s.ordinal)
+	if len(s.buf) > s.r.cfg.MaxEventBytes || !s.pub.Fits(string(s.ids), len(s.buf)) {
+		err := s.r.deadLetterTopicMessage(ctx, topic, string(s.ids), s.txn.CommitLSN, s.buf)
+		if cap(s.buf) > keptBufferBytes {
+			s.buf = nil
+		}
+		return err
+	}
 	seq, err := s.pub.Publish(ctx, stream.TopicSubject(s.r.prefix, topic), string(s.ids), s.buf)
 	if err != nil {
 		return fmt.Errorf("publish message for topic %s: %w", topic, err)
@@ -530,11 +552,9 @@ func (s *session) publish(ctx context.Context, rel *relation, c *schema.Change) 
 	if !s.inTxn {
 		return errors.New("row change outside a transaction")
 	}
-	s.buf = schema.AppendEvent(s.buf[:0], s.r.db, rel.table, &s.txn, c)
-	s.ids = s.txn.AppendID(s.ids[:0], c.Ordinal)
-	seq, err := s.pub.Publish(ctx, rel.subjects[c.Op], string(s.ids), s.buf)
+	seq, err := s.r.publishChange(ctx, s.pub, rel.subjects[c.Op], rel.table, &s.txn, c, &s.ev)
 	if err != nil {
-		return fmt.Errorf("publish %s %s: %w", c.Op, rel.table.QualifiedName(), err)
+		return err
 	}
 	s.lastSeq = seq
 	s.r.m.published[c.Op].Inc()

@@ -157,8 +157,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		txn     schema.Txn
 		ordinal uint32
 		lastSeq uint64
-		buf     []byte
-		ids     []byte
+		ev      eventBuf
 		row     []schema.Value
 		types   typeResolver
 	)
@@ -199,9 +198,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 				}
 			}
 			ordinal++
-			buf = schema.AppendEvent(buf[:0], r.db, tbl, &txn, &schema.Change{Op: schema.OpRead, Ordinal: ordinal, New: row})
-			ids = txn.AppendID(ids[:0], ordinal)
-			if lastSeq, err = pub.Publish(ctx, subject, string(ids), buf); err != nil {
+			if lastSeq, err = r.publishChange(ctx, pub, subject, tbl, &txn, &schema.Change{Op: schema.OpRead, Ordinal: ordinal, New: row}, &ev); err != nil {
 				rr.Close()
 				return fmt.Errorf("publish snapshot of %s.%s: %w", st.schema, st.name, err)
 			}

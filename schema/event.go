@@ -82,6 +82,30 @@ type Change struct {
 // AppendEvent appends the JSON envelope of one change of table tbl in
 // database db to dst. The column values of c must match tbl's columns.
 func AppendEvent(dst []byte, db string, tbl *Table, txn *Txn, c *Change) []byte {
+	dst, _ = appendEvent(dst, db, tbl, txn, c, -1)
+	return dst
+}
+
+// AppendEventLimited is AppendEvent for events that may be too large to
+// keep: it appends the event when it takes at most limit bytes, and returns
+// its size either way. For a larger event it stops building it as soon as
+// it is past the limit and measures the rest one value at a time, without
+// keeping it: dst comes back as it was, and while the call runs it holds at
+// most limit bytes of the event plus one column value's encoding.
+func AppendEventLimited(dst []byte, db string, tbl *Table, txn *Txn, c *Change, limit int) (out []byte, size int) {
+	start := len(dst)
+	out, size = appendEvent(dst, db, tbl, txn, c, start+limit)
+	if size > limit {
+		return out[:start], size
+	}
+	return out, size
+}
+
+// AppendEventHead appends the envelope of a change without its row images:
+// every member up to and including "key", without "data", "old" and
+// "unchanged", and without the closing brace. The caller appends what
+// stands for the rows ("claim", "truncated") and the brace.
+func AppendEventHead(dst []byte, db string, tbl *Table, txn *Txn, c *Change) []byte {
 	dst = append(dst, '{')
 	dst = append(dst, txn.idPrefix...)
 	dst = appendHex(dst, uint64(c.Ordinal), 4)
@@ -91,24 +115,38 @@ func AppendEvent(dst []byte, db string, tbl *Table, txn *Txn, c *Change) []byte 
 	dst = append(dst, tbl.header(db)...)
 	dst = append(dst, txn.tail...)
 
-	// key: replica-identity columns from the old image when there is one
-	// (the row as it was), else from the new one.
-	dst = append(dst, `,"key":{`...)
+	dst = append(dst, `,"key":`...)
+	return AppendEventKey(dst, tbl, c)
+}
+
+// AppendEventKey appends the "key" of a change's event: the
+// replica-identity columns from the old image when there is one (the row
+// as it was), else from the new one, as a JSON object.
+func AppendEventKey(dst []byte, tbl *Table, c *Change) []byte {
+	dst = append(dst, '{')
 	keySrc := c.New
 	if c.Old != nil {
 		keySrc = c.Old
 	}
-	dst = appendRow(dst, tbl, keySrc, true)
-	dst = append(dst, '}')
+	dst, _ = appendRow(dst, tbl, keySrc, true, -1, 0)
+	return append(dst, '}')
+}
 
+// appendEvent appends the event. With end >= 0, once len(dst) passes end
+// the rest of the event is measured rather than kept (see
+// AppendEventLimited). size is the event's full size.
+func appendEvent(dst []byte, db string, tbl *Table, txn *Txn, c *Change, end int) (out []byte, size int) {
+	start := len(dst)
+	dst = AppendEventHead(dst, db, tbl, txn, c)
+	var over int // bytes measured beyond end and not kept
 	if c.New != nil {
 		dst = append(dst, `,"data":{`...)
-		dst = appendRow(dst, tbl, c.New, false)
+		dst, over = appendRow(dst, tbl, c.New, false, end, over)
 		dst = append(dst, '}')
 	}
 	if c.Old != nil {
 		dst = append(dst, `,"old":{`...)
-		dst = appendRow(dst, tbl, c.Old, c.OldKeyOnly)
+		dst, over = appendRow(dst, tbl, c.Old, c.OldKeyOnly, end, over)
 		dst = append(dst, '}')
 	}
 	if c.New != nil {
@@ -129,13 +167,18 @@ func AppendEvent(dst []byte, db string, tbl *Table, txn *Txn, c *Change) []byte 
 			dst = append(dst, ']')
 		}
 	}
-	return append(dst, '}')
+	dst = append(dst, '}')
+	return dst, len(dst) - start + over
 }
 
 // appendRow writes the members of one row object (without braces). With
 // keyOnly, only replica-identity columns are written. Unchanged TOASTed
 // values are left out, never written as null.
-func appendRow(dst []byte, tbl *Table, row []Value, keyOnly bool) []byte {
+//
+// With end >= 0, a value that takes dst past end is measured and dropped
+// again, as is every value after it, so that dst stops growing: over, the
+// bytes measured and dropped so far, comes back increased by theirs.
+func appendRow(dst []byte, tbl *Table, row []Value, keyOnly bool, end, over int) ([]byte, int) {
 	names := tbl.jsonNames()
 	first := true
 	for i := range row {
@@ -150,6 +193,7 @@ func appendRow(dst []byte, tbl *Table, row []Value, keyOnly bool) []byte {
 		if v.Kind == KindUnchanged {
 			continue
 		}
+		mark := len(dst)
 		if !first {
 			dst = append(dst, ',')
 		}
@@ -163,8 +207,12 @@ func appendRow(dst []byte, tbl *Table, row []Value, keyOnly bool) []byte {
 		default:
 			dst = AppendValue(dst, col.TypeOID, v.Data)
 		}
+		if end >= 0 && (over > 0 || len(dst) > end) {
+			over += len(dst) - mark
+			dst = dst[:mark]
+		}
 	}
-	return dst
+	return dst, over
 }
 
 // AppendLSN appends lsn in PostgreSQL's X/Y form.

@@ -95,3 +95,64 @@ func BenchmarkAppendEvent(b *testing.B) {
 		buf = AppendEvent(buf[:0], "shop", tbl, &txn, &c)
 	}
 }
+
+// TestAppendEventLimited: within the limit the event is AppendEvent's, byte
+// for byte; beyond it dst comes back as it was, the size is still exact, and
+// the buffer never holds much more than the limit plus one value.
+func TestAppendEventLimited(t *testing.T) {
+	var txn Txn
+	txn.Reset(0x16B3748, 771, time.Unix(0, 0))
+	tbl := testTable()
+	big := strings.Repeat("\"x\n", 100_000) // 300 kB of text, 700 kB of JSON
+	tests := []struct {
+		name string
+		c    Change
+	}{
+		{"small", Change{Op: OpCreate, Ordinal: 1, New: []Value{text("1"), text("open"), text("1"), text("n")}}},
+		{"one big value", Change{Op: OpCreate, Ordinal: 1, New: []Value{text("1"), text(big), text("1"), text("n")}}},
+		{"big values in data and old", Change{Op: OpUpdate, Ordinal: 1,
+			Old: []Value{text("1"), text(big), text("1"), text(big)}, New: []Value{text("1"), text(big), text("2"), text(big)}}},
+		{"unchanged listed after a big value", Change{Op: OpUpdate, Ordinal: 1, New: []Value{text("1"), text(big), text("1"), {Kind: KindUnchanged}}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			whole := AppendEvent(nil, "shop", tbl, &txn, &tt.c)
+			for _, limit := range []int{len(whole), len(whole) - 1, 1000, 10} {
+				prefix := []byte("kept")
+				out, size := AppendEventLimited(append(make([]byte, 0, 64), prefix...), "shop", tbl, &txn, &tt.c, limit)
+				if size != len(whole) {
+					t.Fatalf("limit %d: size %d, want %d", limit, size, len(whole))
+				}
+				if limit >= len(whole) {
+					if string(out) != "kept"+string(whole) {
+						t.Fatalf("limit %d: the event differs from AppendEvent's", limit)
+					}
+					continue
+				}
+				if string(out) != "kept" {
+					t.Fatalf("limit %d: dst came back as %.40q…, want it as it was", limit, out)
+				}
+				if cap(out) > 2*(limit+len(big)*2+1024) {
+					t.Fatalf("limit %d: the buffer grew to %d bytes for an event of %d", limit, cap(out), len(whole))
+				}
+			}
+		})
+	}
+}
+
+// TestAppendEventHead: the envelope without rows, ready for a claim or
+// "truncated"; the key is the event's.
+func TestAppendEventHead(t *testing.T) {
+	var txn Txn
+	txn.Reset(0x16B3748, 771, time.Date(2026, 11, 22, 7, 0, 0, 123456000, time.UTC))
+	c := Change{Op: OpUpdate, Ordinal: 3, Old: []Value{text("41"), {Kind: KindNull}, {Kind: KindNull}, {Kind: KindNull}}, OldKeyOnly: true,
+		New: []Value{text("42"), text("paid"), text("1"), text("n")}}
+	got := string(AppendEventHead(nil, "shop", testTable(), &txn, &c)) + `,"truncated":true}`
+	want := `{"id":"00000000016B3748-0003","op":"update","db":"shop","schema":"public","table":"Order \"Items\"","lsn":"0/16B3748","xid":771,"commit_time":"2026-11-22T07:00:00.123456Z","key":{"id":41},"truncated":true}`
+	if got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+	if key := string(AppendEventKey(nil, testTable(), &c)); key != `{"id":41}` {
+		t.Fatalf("key %s", key)
+	}
+}

@@ -56,6 +56,18 @@
 // server's size limit, a stream at a limit with DiscardNew), not a crash or a
 // dropped connection.
 //
+// # Claims and dead letters
+//
+// A message larger than the server's maximum payload ([Publisher.Fits] tells,
+// headers included) cannot be published. The CDC reader stores such an event
+// whole in the object store bucket [DefaultPayloadBucket] ([OpenPayloadStore],
+// object [PayloadObjectName]: a replay replaces it), then publishes its
+// envelope with a [Claim] instead of its rows. [ResolveEvent], or a [Resolver]
+// that keeps its buckets open, turns a claim back into the event;
+// [ErrClaimGone] means the object expired. Events the reader will not keep
+// whole are recorded in the dead-letter stream beside the event stream
+// ([EnsureDeadLetterStream], [DeadLetterSubject]).
+//
 // # Goroutines
 //
 // Publish runs on the caller's goroutine (normally the one CDC reader);

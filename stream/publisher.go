@@ -303,6 +303,24 @@ func (p *Publisher) Publish(ctx context.Context, subject string, msgID string, d
 	return n, nil
 }
 
+// Fits reports whether a message of n bytes with Nats-Msg-Id msgID fits in
+// one NATS message: its data and headers within the server's maximum
+// payload, as the connection last learnt it (it follows reconnects to other
+// servers). A message that does not fit would fail the Publisher.
+func (p *Publisher) Fits(msgID string, n int) bool {
+	return int64(n+MessageHeaderSize(msgID)) <= p.nc.MaxPayload()
+}
+
+// MessageHeaderSize is the size of the headers Publish sends with a message
+// whose Nats-Msg-Id is msgID ("NATS/1.0\r\nNats-Msg-Id: <id>\r\n\r\n"), which
+// count against the server's maximum payload with the data.
+func MessageHeaderSize(msgID string) int {
+	if msgID == "" {
+		return 0
+	}
+	return len("NATS/1.0\r\n") + len(msgIDHeader) + len(": ") + len(msgID) + len("\r\n\r\n")
+}
+
 // ready waits, with sendLock held, until a message may be sent: the
 // publisher is alive, the connection is up and the window has room.
 func (p *Publisher) ready(ctx context.Context) error {

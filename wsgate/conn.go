@@ -52,6 +52,8 @@ type conn struct {
 	spare      [][]byte // the other half of the double buffer, empty
 	queued     int      // bytes in queue
 	inflight   int      // bytes being written by flush
+	bigQueued  int      // of queued, a frame larger than SendQueueBytes (see enqueue)
+	bigFlight  int      // of inflight, likewise
 	flushing   bool     // a flush goroutine runs
 	closing    bool     // no more frames are queued
 	closeFrame []byte   // written once the in-flight batch is done
@@ -502,6 +504,11 @@ func formatSize(n int64) string {
 // SendQueueBytes closes the connection with 4008 instead, unless wait is
 // set: then it waits for room (resuming subscriptions pace themselves this
 // way). It reports whether the frame was queued.
+//
+// The limit bounds a backlog, not one event: a frame larger than the limit
+// is queued whenever no other such frame is waiting or being written, and
+// does not count against the limit of the frames around it. A connection
+// thus holds at most SendQueueBytes plus one large frame.
 func (c *conn) enqueue(frame []byte, wait bool) bool { return c.enqueueFor(nil, frame, wait) }
 
 // enqueueFor is enqueue of a frame of subscription s, which is dropped
@@ -509,13 +516,15 @@ func (c *conn) enqueue(frame []byte, wait bool) bool { return c.enqueueFor(nil, 
 // unsubscribed): no frame of s follows its unsubscribed.
 func (c *conn) enqueueFor(s *sub, frame []byte, wait bool) bool {
 	limit := c.g.cfg.SendQueueBytes
+	big := len(frame) > limit
 	c.mu.Lock()
 	for {
 		if c.closing || s != nil && s.ended.Load() {
 			c.mu.Unlock()
 			return false
 		}
-		if c.queued+c.inflight+len(frame) <= limit || c.queued+c.inflight == 0 {
+		if big && c.bigQueued+c.bigFlight == 0 ||
+			!big && c.queued-c.bigQueued+c.inflight-c.bigFlight+len(frame) <= limit {
 			break
 		}
 		if !wait {
@@ -540,6 +549,9 @@ func (c *conn) enqueueFor(s *sub, frame []byte, wait bool) bool {
 	}
 	c.queue = append(c.queue, frame)
 	c.queued += len(frame)
+	if big {
+		c.bigQueued += len(frame)
+	}
 	start := !c.flushing
 	c.flushing = true
 	c.mu.Unlock()
@@ -604,6 +616,7 @@ func (c *conn) take() (bufs [][]byte, n int, ok bool, closing bool, cf []byte) {
 	n = c.queued
 	c.queued = 0
 	c.inflight = n
+	c.bigFlight, c.bigQueued = c.bigQueued, 0
 	if len(bufs) > 0 {
 		return bufs, n, true, false, nil
 	}
@@ -622,7 +635,7 @@ func (c *conn) written(bufs [][]byte, n int, err error) bool {
 	c.g.met.framesSent.Add(float64(len(bufs)))
 	c.g.met.bytesSent.Add(float64(n))
 	c.mu.Lock()
-	c.inflight = 0
+	c.inflight, c.bigFlight = 0, 0
 	if cap(bufs) <= maxSpareFrames && err == nil {
 		clear(bufs[:cap(bufs)])
 		c.spare = bufs[:0]
@@ -630,7 +643,7 @@ func (c *conn) written(bufs [][]byte, n int, err error) bool {
 	c.signalDrained()
 	if err != nil {
 		c.closing = true
-		c.queue, c.queued = nil, 0
+		c.queue, c.queued, c.bigQueued = nil, 0, 0
 		c.mu.Unlock()
 		go c.release()
 		_ = c.nc.Close()
@@ -777,7 +790,7 @@ func (c *conn) shut(cf []byte) {
 		return
 	}
 	c.closing = true
-	c.queue, c.queued = nil, 0
+	c.queue, c.queued, c.bigQueued = nil, 0, 0
 	c.closeFrame = cf
 	start := !c.flushing
 	c.flushing = true

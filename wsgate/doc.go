@@ -52,6 +52,12 @@
 // the identity; the lock order is authMu, then the connection's subsMu and
 // mu, then a feed's mu.
 //
+// An event too large for one NATS message arrives as a claim to an object
+// (package stream); the feed, and a resume, read the object before matching
+// (claims.go), outside the feed's lock, and send the event as received when
+// it cannot be read. A connection's send queue bounds a backlog, not one
+// event: a frame larger than the limit still goes out (conn.enqueue).
+//
 // Tables and their column types come from the schema registry, custom
 // topics from a key-value bucket every gateway shares (catalog.go): the
 // gateway never talks to PostgreSQL. A table is its database, schema and

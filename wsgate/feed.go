@@ -87,7 +87,8 @@ type sub struct {
 	catching  bool
 	boundary  uint64
 	held      [][]byte
-	heldBytes int
+	heldBytes int // of the held frames up to SendQueueBytes
+	heldBig   int // held frames larger than SendQueueBytes
 }
 
 // frameGroup is the subscriptions of one feed with the same id and projection
@@ -136,7 +137,8 @@ type feed struct {
 	stopped bool
 	cc      jetstream.ConsumeContext
 
-	env, row Row // scratch of the consumer callback
+	env, row Row // scratch of the consumer callback, under mu
+	claimEnv Row // scratch of the consumer callback, outside mu
 	keyBuf   []byte
 	// An update's old row, when PostgreSQL sent one: row policies judge
 	// it apart from the new row.
@@ -216,6 +218,12 @@ func (f *feed) onMsg(msg jetstream.Msg) {
 	}
 	start := time.Now()
 	seq := meta.Sequence.Stream
+	data := msg.Data()
+	if f.topic == "" {
+		// Before the lock: reading a claimed object must not hold up
+		// subscribing and unsubscribing.
+		data = f.g.resolve(msg.Subject(), seq, data, &f.claimEnv)
+	}
 	f.mu.Lock()
 	if f.stopped || seq <= f.last {
 		f.mu.Unlock()
@@ -223,9 +231,9 @@ func (f *feed) onMsg(msg jetstream.Msg) {
 	}
 	f.last = seq
 	if f.topic != "" {
-		f.deliverMessage(seq, msg.Data())
+		f.deliverMessage(seq, data)
 	} else {
-		f.deliverEvent(seq, msg.Subject(), msg.Data())
+		f.deliverEvent(seq, msg.Subject(), data)
 	}
 	f.mu.Unlock()
 	f.g.met.events.Inc()
@@ -478,16 +486,22 @@ func (f *feed) filterFailed(s *sub, seq uint64, err error) {
 	f.sendTo(s, finishFrame(AppendError(newFrame(len(msg)+64), s.id, CodeFilterFailed, msg), opText))
 }
 
-// sendTo queues a frame for s (or holds it while s resumes).
+// sendTo queues a frame for s (or holds it while s resumes). Held frames
+// are bounded as the send queue is (see conn.enqueue): SendQueueBytes of
+// them, plus one frame larger than that.
 func (f *feed) sendTo(s *sub, frame []byte) {
 	if !s.catching {
 		s.c.enqueue(frame, false)
 		return
 	}
 	s.held = append(s.held, frame)
-	s.heldBytes += len(frame)
-	if s.heldBytes > f.g.cfg.SendQueueBytes {
-		s.held, s.heldBytes = nil, 0
+	if len(frame) > f.g.cfg.SendQueueBytes {
+		s.heldBig++
+	} else {
+		s.heldBytes += len(frame)
+	}
+	if s.heldBytes > f.g.cfg.SendQueueBytes || s.heldBig > 1 {
+		s.held, s.heldBytes, s.heldBig = nil, 0, 0
 		f.g.met.slowCloses.Inc()
 		s.c.closeWith(CloseSlowConsumer, "slow consumer: too many live events while resuming; resume from your last seq")
 	}

@@ -30,6 +30,10 @@ type Config struct {
 	// SchemaBucket and TopicBucket are the key-value buckets of the schema
 	// registry and of the custom topics.
 	SchemaBucket, TopicBucket string
+	// PayloadBucket is the object store bucket of the events too large for
+	// one NATS message; claims to any other bucket are not resolved.
+	// Default stream.DefaultPayloadBucket, "TABLECAST_PAYLOADS".
+	PayloadBucket string
 	// Replicas of the topic bucket when the gateway creates it.
 	Replicas int
 
@@ -96,6 +100,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.TopicBucket == "" {
 		c.TopicBucket = stream.DefaultTopicBucket
 	}
+	if c.PayloadBucket == "" {
+		c.PayloadBucket = stream.DefaultPayloadBucket
+	}
 	if c.MaxMessageBytes <= 0 {
 		c.MaxMessageBytes = 64 << 10
 	}
@@ -145,6 +152,7 @@ type Gateway struct {
 
 	cat    *catalog
 	topics *stream.Topics
+	claims *stream.Resolver // reads the objects claims name (claims.go)
 	met    *metrics
 	poll   poller
 
@@ -194,6 +202,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 		str:        str,
 		cat:        newCatalog(cfg.Prefix, cfg.Logger),
 		topics:     topics,
+		claims:     stream.NewResolver(js),
 		met:        newMetrics(cfg.Registerer),
 		feeds:      map[string]*feed{},
 		conns:      map[*conn]struct{}{},

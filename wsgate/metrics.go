@@ -18,6 +18,7 @@ type metrics struct {
 	events        prometheus.Counter
 	errorFrames   *prometheus.CounterVec
 	fanout        prometheus.Histogram
+	claims        *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -51,10 +52,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time from an event's arrival from NATS to its frames queued for every matching subscriber.",
 			Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10),
 		}),
+		claims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_gateway_claims_total",
+			Help: "Claims of events too large for one NATS message, by result: resolved (the object read), gone (expired: the event sent as received), failed (unreadable in time, or malformed: sent as received).",
+		}, []string{"result"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.subscriptions, m.feeds, m.framesSent, m.bytesSent,
-			m.slowCloses, m.events, m.errorFrames, m.fanout)
+			m.slowCloses, m.events, m.errorFrames, m.fanout, m.claims)
 	}
 	return m
 }

@@ -54,17 +54,35 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 		s.c.send(AppendUnsubscribed(nil, s.id))
 		return
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if s.gone {
-		return
-	}
-	for _, frame := range s.held {
-		if !s.c.enqueue(frame, false) {
-			break
+	// The live frames held meanwhile go out one at a time, paced to the
+	// client like the history (a frame may wait for room in the send
+	// queue), and without the feed's lock while they wait. Frames arriving
+	// meanwhile are still held behind them, so the order stays; the last
+	// one out ends the catching up, under the lock.
+	for {
+		f.mu.Lock()
+		if s.gone {
+			f.mu.Unlock()
+			return
+		}
+		if len(s.held) == 0 {
+			s.held, s.heldBytes, s.heldBig, s.catching = nil, 0, 0, false
+			f.mu.Unlock()
+			return
+		}
+		frame := s.held[0]
+		s.held[0] = nil
+		s.held = s.held[1:]
+		if len(frame) > f.g.cfg.SendQueueBytes {
+			s.heldBig--
+		} else {
+			s.heldBytes -= len(frame)
+		}
+		f.mu.Unlock()
+		if !s.c.enqueueFor(s, frame, true) {
+			return
 		}
 	}
-	s.held, s.heldBytes, s.catching = nil, 0, false
 }
 
 // replay sends the history of s after from through its boundary.
@@ -103,7 +121,7 @@ func (g *Gateway) replay(s *sub, from uint64) error {
 	if cons.CachedInfo().NumPending == 0 {
 		return nil
 	}
-	var env, row Row
+	var env, row, claimEnv Row
 	for {
 		batch, err := cons.Fetch(512, jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
@@ -123,7 +141,11 @@ func (g *Gateway) replay(s *sub, from uint64) error {
 			if s.c.isClosing() {
 				return errors.New("connection closed")
 			}
-			if frame := s.historyFrame(seq, msg.Subject(), msg.Data(), &env, &row); frame != nil {
+			data := msg.Data()
+			if s.topic == "" {
+				data = g.resolve(msg.Subject(), seq, data, &claimEnv)
+			}
+			if frame := s.historyFrame(seq, msg.Subject(), data, &env, &row); frame != nil {
 				if !s.c.enqueueFor(s, frame, true) {
 					if s.ended.Load() {
 						return nil // unsubscribed, or ended by new grants

@@ -25,6 +25,10 @@ import (
 // envPrefix is the prefix of every environment variable tablecast reads.
 const envPrefix = "TABLECAST"
 
+// minMaxEventBytes is the smallest TABLECAST_MAX_EVENT_BYTES accepted: below
+// it, ordinary rows would lose their data.
+const minMaxEventBytes = 64 << 10
+
 // Config is everything tablecast reads from its environment. Each field's
 // default is in its tag; `tablecast help` prints them all.
 type Config struct {
@@ -44,6 +48,7 @@ type Config struct {
 	StreamMaxBytes  int64         `envconfig:"STREAM_MAX_BYTES" default:"-1" desc:"size limit of the stream in bytes, oldest events dropped first; -1 for none"`
 	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"stream replicas in a NATS cluster"`
 	MaxInFlight     int           `envconfig:"MAX_IN_FLIGHT" default:"8192" desc:"events published but not yet acknowledged by JetStream, at most"`
+	MaxEventBytes   int           `envconfig:"MAX_EVENT_BYTES" default:"67108864" desc:"largest event published whole; one larger than NATS's max payload goes to the TABLECAST_PAYLOADS object store with a claim in the stream, one larger than this is published without its rows and dead-lettered"`
 
 	HTTPAddr      string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"gateway address: WebSocket /ws, the page at /, /healthz, /readyz and /metrics"`
 	StallAfter    time.Duration `envconfig:"STALL_AFTER" default:"60s" desc:"unhealthy when the slot has not advanced for this long while lagging STALL_LAG_BYTES"`
@@ -164,6 +169,9 @@ func loadConfig() (Config, error) {
 	case c.StreamMaxAge > 0 && c.DuplicateWindow > c.StreamMaxAge:
 		errs = append(errs, fmt.Errorf("TABLECAST_DUPLICATE_WINDOW %s: must not exceed TABLECAST_STREAM_MAX_AGE %s", c.DuplicateWindow, c.StreamMaxAge))
 	}
+	if c.MaxEventBytes < minMaxEventBytes {
+		errs = append(errs, fmt.Errorf("TABLECAST_MAX_EVENT_BYTES %d: must be at least %d (64 KiB); events above it lose their rows", c.MaxEventBytes, minMaxEventBytes))
+	}
 	for i, t := range c.Tables {
 		c.Tables[i] = strings.TrimSpace(t)
 	}
@@ -234,6 +242,7 @@ func (c Config) cdcConfig() cdc.Config {
 		Stream:        c.Stream,
 		Snapshot:      c.Snapshot,
 		MaxInFlight:   c.MaxInFlight,
+		MaxEventBytes: c.MaxEventBytes,
 		StallAfter:    c.StallAfter,
 		StallLagBytes: c.StallLagBytes,
 		HeartbeatInterval: func() time.Duration {

@@ -21,6 +21,9 @@ import (
 // tail prints the events of one table (or of all) as JSON lines: a user's
 // first look at what tablecast publishes. It reads the stream with an
 // ordered consumer, so it never misses or repeats an event while it runs.
+// An event stored as an object (too large for one NATS message) is printed
+// whole: its claim is resolved; when the object is gone, the event is
+// printed as received, with a warning.
 func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("tail", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -86,6 +89,7 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 		<-ctx.Done()
 		it.Stop()
 	}()
+	claims := stream.NewResolver(js)
 	w := bufio.NewWriter(out)
 	defer w.Flush()
 	for n := 0; *count == 0 || n < *count; n++ {
@@ -96,7 +100,19 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 			}
 			return fmt.Errorf("read stream %s: %w", cfg.Stream, err)
 		}
-		w.Write(msg.Data())
+		data := msg.Data()
+		if isChangeSubject(cfg.SubjectPrefix, msg.Subject()) {
+			full, err := claims.Resolve(ctx, data)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				log.Warn("printing an event as received: cannot resolve its claim", "subject", msg.Subject(), "err", err)
+			} else {
+				data = full
+			}
+		}
+		w.Write(data)
 		w.WriteByte('\n')
 		if err := w.Flush(); err != nil {
 			return fmt.Errorf("write event: %w", err)
@@ -137,4 +153,11 @@ func checkStreamed(ctx context.Context, js jetstream.JetStream, schemaName, tabl
 		known = strings.Join(names, ", ")
 	}
 	return fmt.Errorf("table %s is not streamed: no publication read by a tablecast reader includes it (streamed tables: %s)", schema.FormatTableName(schemaName, table), known)
+}
+
+// isChangeSubject tells a row change's subject,
+// <prefix>.<db>.<schema>.<table>.<op>, from a custom topic's,
+// <prefix>.topic.<name>, whose messages are the application's own JSON.
+func isChangeSubject(prefix, subject string) bool {
+	return len(subject) > len(prefix) && strings.Count(subject[len(prefix)+1:], ".") == 3
 }

@@ -8,11 +8,20 @@ package natstest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -29,12 +38,95 @@ type Server struct {
 	dir    string
 	listen string
 	emb    *stream.Embedded
+	stock  bool // StartStock's: srv instead of emb
+	srv    *server.Server
+	proc   bool // StartProcess's: cmd instead of emb
+	cmd    *exec.Cmd
 }
 
 // Start starts a server for t, stopped (and its client closed) when t ends.
+// It is tablecast's embedded server (stream.StartEmbedded), whose maximum
+// payload is 8 MiB.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{t: t, dir: t.TempDir(), listen: "127.0.0.1:-1"}
+	return start(t, &Server{t: t, dir: t.TempDir(), listen: "127.0.0.1:-1"})
+}
+
+// StartStock starts a stock nats-server instead: nats-server's default
+// options (a maximum payload of 1 MiB), JetStream on, on a random loopback
+// port. Processes under test reach it by URL, as any external NATS.
+func StartStock(t testing.TB) *Server {
+	t.Helper()
+	return start(t, &Server{t: t, dir: t.TempDir(), listen: "127.0.0.1:-1", stock: true})
+}
+
+// StartProcess runs a stock nats-server as a process of its own, built
+// from the nats-server module this repository depends on: default options (a
+// maximum payload of 1 MiB), JetStream on, on a free loopback port. Tests
+// that measure a process under test use it, so that NATS is neither in that
+// process nor slowed by the race detector of the test binary.
+func StartProcess(t testing.TB) *Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := ln.Addr().String()
+	ln.Close()
+	return start(t, &Server{t: t, dir: t.TempDir(), listen: listen, proc: true})
+}
+
+var serverBinary struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// buildServer builds nats-server once per test binary.
+func buildServer(t testing.TB) string {
+	t.Helper()
+	serverBinary.once.Do(func() {
+		dir, err := os.MkdirTemp("", "natstest-")
+		if err != nil {
+			serverBinary.err = err
+			return
+		}
+		serverBinary.path = filepath.Join(dir, "nats-server")
+		out, err := exec.Command("go", "build", "-o", serverBinary.path, "github.com/nats-io/nats-server/v2").CombinedOutput()
+		if err != nil {
+			serverBinary.err = fmt.Errorf("go build nats-server: %v\n%s", err, out)
+		}
+	})
+	if serverBinary.err != nil {
+		t.Fatal(serverBinary.err)
+	}
+	return serverBinary.path
+}
+
+func (s *Server) restartProcess() {
+	s.t.Helper()
+	host, port, _ := strings.Cut(s.listen, ":")
+	cmd := exec.Command(buildServer(s.t), "-js", "-sd", s.dir, "-a", host, "-p", port)
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("start nats-server: %v", err)
+	}
+	s.cmd = cmd
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", s.listen, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("nats-server does not accept connections on %s: %v", s.listen, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func start(t testing.TB, s *Server) *Server {
+	t.Helper()
 	s.Restart()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -60,12 +152,30 @@ func (s *Server) Stop() {
 		s.emb.Shutdown()
 		s.emb = nil
 	}
+	if s.srv != nil {
+		s.srv.Shutdown()
+		s.srv.WaitForShutdown()
+		s.srv = nil
+	}
+	if s.cmd != nil {
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
 }
 
 // Restart starts the server again (or for the first time) on the same port
 // and store.
 func (s *Server) Restart() {
 	s.t.Helper()
+	if s.stock {
+		s.restartStock()
+		return
+	}
+	if s.proc {
+		s.restartProcess()
+		return
+	}
 	emb, err := stream.StartEmbedded(stream.EmbeddedConfig{Listen: s.listen, StoreDir: s.dir, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		s.t.Fatalf("start NATS: %v", err)
@@ -131,4 +241,24 @@ func (s *Server) ReadAll(t testing.TB, streamName string) []Stored {
 		}
 	}
 	return out
+}
+
+func (s *Server) restartStock() {
+	s.t.Helper()
+	host, port, _ := strings.Cut(s.listen, ":")
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		s.t.Fatalf("NATS listen address %q: %v", s.listen, err)
+	}
+	srv, err := server.NewServer(&server.Options{Host: host, Port: p, JetStream: true, StoreDir: s.dir, NoLog: true, NoSigs: true})
+	if err != nil {
+		s.t.Fatalf("start NATS: %v", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		s.t.Fatal("start NATS: not ready for connections within 10s")
+	}
+	s.srv = srv
+	s.listen = strings.TrimPrefix(srv.ClientURL(), "nats://")
 }

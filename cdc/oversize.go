@@ -1,0 +1,243 @@
+package cdc
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// Events of any size. An event that fits in one NATS message (the server's
+// maximum payload, with its headers) is published as it is. A larger one is
+// stored whole as an object of the payload bucket first, and the stream
+// gets its envelope without the rows plus a "claim" naming the object. One
+// larger than MaxEventBytes is not kept at all: the stream gets its
+// envelope with "truncated":true, and the dead-letter stream a record of
+// it. No event can stop the reader.
+
+// DefaultMaxEventBytes is the default of Config.MaxEventBytes: 64 MiB. Large
+// enough for the rows applications really store (documents, JSON blobs,
+// images of tens of megabytes go through whole, as objects), small enough
+// that the memory one event takes in the reader (its JSON, beside the WAL
+// record PostgreSQL sent) and in each gateway that resolves it stays a
+// small multiple of a hundred megabytes, and that a client on a slow link
+// receives it within the gateway's write timeout.
+const DefaultMaxEventBytes = 64 << 20
+
+// keptBufferBytes bounds the encoding buffer a reader keeps between events:
+// a buffer grown by one large event is dropped after it, so that memory
+// returns to what ordinary events need.
+const keptBufferBytes = 1 << 20
+
+// eventBuf is the scratch one publishing loop encodes its events in.
+type eventBuf struct {
+	buf  []byte // the event
+	ids  []byte // its id
+	head []byte // a claim's or a truncated event's envelope, a dead-letter record
+}
+
+// release drops buffers grown past keptBufferBytes.
+func (e *eventBuf) release() {
+	if cap(e.buf) > keptBufferBytes {
+		e.buf = nil
+	}
+	if cap(e.head) > keptBufferBytes {
+		e.head = nil
+	}
+}
+
+// oversize is the reader's state for events too large for one message:
+// the payload bucket and the dead-letter stream, opened on first need.
+type oversize struct {
+	mu         sync.Mutex
+	store      *stream.PayloadStore
+	deadLetter string // the dead-letter stream's name, once it exists
+}
+
+// reset forgets the bucket, so that the next session opens it again with
+// the stream's settings of the moment.
+func (o *oversize) reset() {
+	o.mu.Lock()
+	o.store = nil
+	o.mu.Unlock()
+}
+
+// publishChange encodes change c of tbl and publishes it on subject with
+// pub, whatever its size (see the top of this file), and returns its
+// publisher sequence.
+func (r *Reader) publishChange(ctx context.Context, pub *stream.Publisher, subject string, tbl *schema.Table, txn *schema.Txn, c *schema.Change, e *eventBuf) (uint64, error) {
+	e.ids = txn.AppendID(e.ids[:0], c.Ordinal)
+	id := string(e.ids)
+	var size int
+	e.buf, size = schema.AppendEventLimited(e.buf[:0], r.db, tbl, txn, c, r.cfg.MaxEventBytes)
+	if size <= r.cfg.MaxEventBytes && pub.Fits(id, size) {
+		seq, err := pub.Publish(ctx, subject, id, e.buf)
+		e.release()
+		if err != nil {
+			return 0, fmt.Errorf("publish %s %s: %w", c.Op, tbl.QualifiedName(), err)
+		}
+		return seq, nil
+	}
+	seq, err := r.publishOversize(ctx, pub, subject, id, tbl, txn, c, e, size)
+	e.release()
+	if err != nil {
+		return 0, fmt.Errorf("publish %s %s (event %s of %d bytes): %w", c.Op, tbl.QualifiedName(), id, size, err)
+	}
+	return seq, nil
+}
+
+// publishOversize publishes an event that does not fit in one message: as
+// a claim when it is within MaxEventBytes (e.buf holds it then), else
+// truncated, with a dead-letter record.
+func (r *Reader) publishOversize(ctx context.Context, pub *stream.Publisher, subject, id string, tbl *schema.Table, txn *schema.Txn, c *schema.Change, e *eventBuf, size int) (uint64, error) {
+	e.head = schema.AppendEventHead(e.head[:0], r.db, tbl, txn, c)
+	if size <= r.cfg.MaxEventBytes {
+		// The object first: the stream never holds a claim to nothing.
+		claim, err := r.storePayload(ctx, id, e.buf)
+		if err != nil {
+			return 0, err
+		}
+		e.head = append(e.head, `,"`+stream.ClaimMember+`":`...)
+		e.head = claim.AppendJSON(e.head)
+		e.head = append(e.head, '}')
+		r.m.oversize.WithLabelValues("claim").Inc()
+		r.log.Debug("event larger than NATS's maximum payload stored as an object; the stream carries its claim",
+			"table", tbl.QualifiedName(), "id", id, "size", size, "max_payload", r.nc.MaxPayload())
+		return pub.Publish(ctx, subject, id, e.head)
+	}
+
+	key := schema.AppendEventKey(nil, tbl, c)
+	reason := "event of " + strconv.Itoa(size) + " bytes is larger than the reader's limit of " + strconv.Itoa(r.cfg.MaxEventBytes) +
+		" bytes: published without data, old and unchanged"
+	record := append([]byte(nil), e.head...)
+	record = append(record, `,"size":`...)
+	record = strconv.AppendInt(record, int64(size), 10)
+	record = append(record, `,"reason":`...)
+	record = schema.AppendString(record, reason)
+	record = append(record, '}')
+	if err := r.publishDeadLetter(ctx, stream.DeadLetterSubject(r.prefix, r.db, tbl.Schema, tbl.Name), id, record); err != nil {
+		return 0, err
+	}
+	r.log.Warn("event larger than the reader's limit published without its rows; the dead-letter stream has a record of it",
+		"table", tbl.QualifiedName(), "key", string(key), "id", id, "size", size, "limit", r.cfg.MaxEventBytes)
+	e.head = append(e.head, `,"truncated":true}`...)
+	r.m.oversize.WithLabelValues("truncated").Inc()
+	return pub.Publish(ctx, subject, id, e.head)
+}
+
+// deadLetterTopicMessage records, instead of publishing it, a custom topic
+// message too large for one NATS message: its content is stored as an
+// object when within MaxEventBytes, and the dead-letter record claims it.
+// A topic message is the application's own JSON, with no envelope that
+// could carry a claim.
+func (r *Reader) deadLetterTopicMessage(ctx context.Context, topic, id string, lsn uint64, content []byte) error {
+	record := append([]byte(nil), `{"id":`...)
+	record = schema.AppendString(record, id)
+	record = append(record, `,"db":`...)
+	record = schema.AppendString(record, r.db)
+	record = append(record, `,"topic":`...)
+	record = schema.AppendString(record, topic)
+	record = append(record, `,"lsn":"`...)
+	record = schema.AppendLSN(record, lsn)
+	record = append(record, `","size":`...)
+	record = strconv.AppendInt(record, int64(len(content)), 10)
+	var reason string
+	if len(content) <= r.cfg.MaxEventBytes {
+		claim, err := r.storePayload(ctx, id, content)
+		if err != nil {
+			return fmt.Errorf("store message %s of topic %s: %w", id, topic, err)
+		}
+		record = append(record, `,"`+stream.ClaimMember+`":`...)
+		record = claim.AppendJSON(record)
+		reason = "message of " + strconv.Itoa(len(content)) + " bytes is larger than NATS's maximum payload: not published; the claim holds it"
+	} else {
+		reason = "message of " + strconv.Itoa(len(content)) + " bytes is larger than the reader's limit of " + strconv.Itoa(r.cfg.MaxEventBytes) + " bytes: not published"
+	}
+	record = append(record, `,"reason":`...)
+	record = schema.AppendString(record, reason)
+	record = append(record, '}')
+	if err := r.publishDeadLetter(ctx, stream.DeadLetterTopicSubject(r.prefix, topic), id, record); err != nil {
+		return fmt.Errorf("dead-letter message %s of topic %s: %w", id, topic, err)
+	}
+	r.log.Warn("custom topic message too large to publish; the dead-letter stream has a record of it",
+		"topic", topic, "id", id, "size", len(content), "max_payload", r.nc.MaxPayload(), "limit", r.cfg.MaxEventBytes)
+	r.m.oversize.WithLabelValues("topic_dead_letter").Inc()
+	return nil
+}
+
+// storePayload stores the full event (or message) id as an object, and
+// returns the claim that names it. A replay stores it again under the same
+// name, replacing it.
+func (r *Reader) storePayload(ctx context.Context, id string, data []byte) (stream.Claim, error) {
+	store, err := r.payloadStore(ctx)
+	if err != nil {
+		return stream.Claim{}, err
+	}
+	name := stream.PayloadObjectName(r.db, id)
+	if err := store.Put(ctx, name, data); err != nil {
+		return stream.Claim{}, err
+	}
+	return stream.Claim{Bucket: store.Bucket(), Object: name, Size: int64(len(data))}, nil
+}
+
+// payloadStore opens the payload bucket, creating it when missing, with
+// the event stream's replicas, storage and max age.
+func (r *Reader) payloadStore(ctx context.Context) (*stream.PayloadStore, error) {
+	o := &r.big
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.store != nil {
+		return o.store, nil
+	}
+	str, err := r.js.Stream(ctx, r.cfg.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("read the settings of stream %s for the payload bucket: %w", r.cfg.Stream, err)
+	}
+	sc := str.CachedInfo().Config
+	store, err := stream.OpenPayloadStore(ctx, r.js, stream.PayloadStoreConfig{
+		Bucket: r.cfg.PayloadBucket, Replicas: sc.Replicas, MaxAge: sc.MaxAge, Storage: sc.Storage, MaxPayload: r.nc.MaxPayload(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	o.store = store
+	return store, nil
+}
+
+// publishDeadLetter stores a dead-letter record, creating the dead-letter
+// stream when missing, and returns once JetStream has stored it. id is its
+// Nats-Msg-Id, so that a replay inside the duplicate window adds nothing.
+func (r *Reader) publishDeadLetter(ctx context.Context, subject, id string, record []byte) error {
+	o := &r.big
+	o.mu.Lock()
+	name := o.deadLetter
+	o.mu.Unlock()
+	if name == "" {
+		str, err := r.js.Stream(ctx, r.cfg.Stream)
+		if err != nil {
+			return fmt.Errorf("read the settings of stream %s for its dead-letter stream: %w", r.cfg.Stream, err)
+		}
+		sc := str.CachedInfo().Config
+		name, err = stream.EnsureDeadLetterStream(ctx, r.js, stream.DeadLetterConfig{
+			EventStream: r.cfg.Stream, Prefix: r.prefix, Replicas: sc.Replicas, Storage: sc.Storage,
+		})
+		if err != nil {
+			return err
+		}
+		o.mu.Lock()
+		o.deadLetter = name
+		o.mu.Unlock()
+	}
+	msg := &nats.Msg{Subject: subject, Data: record, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, id)
+	if _, err := r.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(name)); err != nil {
+		return fmt.Errorf("store dead-letter record on %s: %w", subject, err)
+	}
+	return nil
+}

@@ -1,0 +1,162 @@
+package cdc
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/natstest"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// startStockNATS is startNATS on a stock nats-server: a maximum payload of
+// 1 MiB.
+func startStockNATS(t testing.TB) *natsEnv {
+	t.Helper()
+	n := &natsEnv{natstest.StartStock(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := stream.EnsureStream(ctx, n.JS, stream.StreamConfig{Name: "TABLECAST", Prefix: testPrefix, DuplicateWindow: 10 * time.Minute}); err != nil {
+		t.Fatalf("provision stream: %v", err)
+	}
+	return n
+}
+
+func resolve(t testing.TB, n *natsEnv, msg []byte) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	full, err := stream.ResolveEvent(ctx, n.JS, msg)
+	if err != nil {
+		t.Fatalf("resolve %.200s: %v", msg, err)
+	}
+	return full
+}
+
+// TestOversizeEvents: every path that publishes (the initial snapshot, row
+// changes, custom topic messages) gets past events larger than a stock
+// server's 1 MiB: as claims up to MaxEventBytes, truncated and
+// dead-lettered beyond it; a topic message too large for NATS is
+// dead-lettered with a claim to its content. Nothing stops the reader.
+func TestOversizeEvents(t *testing.T) {
+	db := newTestDB(t, `CREATE TABLE docs (id int PRIMARY KEY, body text)`,
+		`INSERT INTO docs VALUES (1, repeat('s', 2000000))`)
+	n := startStockNATS(t)
+	cfg := db.config()
+	cfg.MaxEventBytes = 3 << 20
+	r := startReader(t, cfg, n)
+
+	db.exec(t, `INSERT INTO docs VALUES (2, repeat('t', 4000000))`)
+	db.exec(t, `UPDATE docs SET body = repeat('u', 2500000) WHERE id = 1`)
+	bigTopic := `"` + strings.Repeat("m", 1500000) + `"`
+	db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast:big', $1::text)`, bigTopic)
+	db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast:big', '{"small":true}')`)
+	db.exec(t, `INSERT INTO docs VALUES (3, 'small')`)
+
+	evs := n.readAll(t, 5, 60*time.Second)
+	if len(evs) != 5 {
+		t.Fatalf("stream holds %d messages, want 5", len(evs))
+	}
+	type want struct {
+		subject, op, body string
+		id                float64
+		claim, truncated  bool
+	}
+	wants := []want{
+		{"docs.read", "read", strings.Repeat("s", 2000000), 1, true, false},
+		{"docs.create", "create", "", 2, false, true},
+		{"docs.update", "update", strings.Repeat("u", 2500000), 1, true, false},
+		{"topic.big", "", "", 0, false, false},
+		{"docs.create", "create", "small", 3, false, false},
+	}
+	for i, w := range wants {
+		e := evs[i]
+		if !strings.HasSuffix(e.Subject, w.subject) {
+			t.Fatalf("message %d on %s, want …%s", i, e.Subject, w.subject)
+		}
+		if w.op == "" {
+			if string(e.Raw) != `{"small":true}` {
+				t.Errorf("topic message %s, want the small one (the large one is dead-lettered)", e.Raw)
+			}
+			continue
+		}
+		var raw map[string]json.RawMessage
+		_ = json.Unmarshal(e.Raw, &raw)
+		_, hasClaim := raw["claim"]
+		_, hasTruncated := raw["truncated"]
+		if e.Op != w.op || e.Key["id"] != w.id || hasClaim != w.claim || hasTruncated != w.truncated || (e.Data != nil) != (!w.claim && !w.truncated) {
+			t.Errorf("message %d: %.300s; want op %s key %v claim %v truncated %v", i, e.Raw, w.op, w.id, w.claim, w.truncated)
+			continue
+		}
+		if w.claim {
+			var full event
+			if err := json.Unmarshal(resolve(t, n, e.Raw), &full); err != nil {
+				t.Fatal(err)
+			}
+			if full.ID != e.ID || full.Op != w.op || full.Data["body"] != w.body {
+				t.Errorf("message %d resolves to id %s op %s and a body of %d bytes; want %s %s and %d bytes", i, full.ID, full.Op, len(full.Data["body"].(string)), e.ID, w.op, len(w.body))
+			}
+		}
+		if w.truncated && string(e.Raw[len(e.Raw)-len(`,"truncated":true}`):]) != `,"truncated":true}` {
+			t.Errorf("truncated event %s", e.Raw)
+		}
+	}
+
+	dl := n.ReadAll(t, "TABLECAST_DEADLETTER")
+	if len(dl) != 2 {
+		t.Fatalf("dead-letter stream holds %d records, want 2", len(dl))
+	}
+	var row, topic map[string]any
+	_ = json.Unmarshal(dl[0].Data, &row)
+	_ = json.Unmarshal(dl[1].Data, &topic)
+	if dl[0].Subject != "tc_deadletter."+db.name+".public.docs" || row["id"] != evs[1].ID || row["size"].(float64) < 4000000 || dl[0].MsgID != evs[1].ID {
+		t.Errorf("row record on %s: %s", dl[0].Subject, dl[0].Data)
+	}
+	if dl[1].Subject != "tc_deadletter.topic.big" || topic["topic"] != "big" || topic["size"] != float64(len(bigTopic)) {
+		t.Errorf("topic record on %s: %s", dl[1].Subject, dl[1].Data)
+	}
+	if got := resolve(t, n, dl[1].Data); string(got) != bigTopic {
+		t.Errorf("the topic record's claim resolves to %d bytes, want the message's %d", len(got), len(bigTopic))
+	}
+	for outcome, want := range map[string]float64{"claim": 2, "truncated": 1, "topic_dead_letter": 1} {
+		if got, _ := r.metric("tablecast_cdc_oversize_events_total", outcome); got != want {
+			t.Errorf("tablecast_cdc_oversize_events_total{outcome=%q} = %v, want %v", outcome, got, want)
+		}
+	}
+	if h := r.Health(); !h.Healthy {
+		t.Errorf("unhealthy: %v", h.Reasons)
+	}
+}
+
+// TestHealthReportsRepeatedFailures: a reader that cannot get one event
+// into JetStream (here the stream refuses messages over 4 KiB) fails every
+// session at the same place; the slot's lag is small, yet /healthz must
+// turn unhealthy with the reason, and healthy again once the event passes.
+func TestHealthReportsRepeatedFailures(t *testing.T) {
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY, pad text)`)
+	n := &natsEnv{natstest.Start(t)}
+	ctx := context.Background()
+	sc := jetstream.StreamConfig{Name: "TABLECAST", Subjects: []string{testPrefix + ".>"}, Duplicates: 10 * time.Minute, MaxMsgSize: 4096}
+	if _, err := n.JS.CreateStream(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	r := startReader(t, db.config(), n)
+	db.exec(t, `INSERT INTO items VALUES (1, repeat('x', 10000))`)
+	waitFor(t, 60*time.Second, "unhealthy", func() bool { return !r.Health().Healthy })
+	h := r.Health()
+	reasons := strings.Join(h.Reasons, "; ")
+	if !strings.Contains(reasons, "stuck") || !strings.Contains(reasons, "public.items") || !strings.Contains(reasons, "maximum") {
+		t.Errorf("unhealthy for %q; want it stuck, naming the table and JetStream's refusal", reasons)
+	}
+
+	sc.MaxMsgSize = -1
+	if _, err := n.JS.UpdateStream(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	n.readAll(t, 1, 60*time.Second)
+	waitFor(t, 30*time.Second, "healthy again", func() bool { return r.Health().Healthy })
+}

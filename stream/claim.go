@@ -1,0 +1,191 @@
+package stream
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Claim checks. A message that would exceed the NATS server's maximum
+// payload is stored whole as an object in a JetStream object store, and the
+// stream carries a small message that names it instead: the claim. Readers
+// resolve it with a Resolver (or ResolveEvent), the gateway and `tablecast
+// tail` included.
+
+// DefaultPayloadBucket is the object store bucket that holds the events too
+// large for one NATS message.
+const DefaultPayloadBucket = "TABLECAST_PAYLOADS"
+
+// ClaimMember is the name of the envelope member that carries a claim.
+const ClaimMember = "claim"
+
+// Claim names the object that holds a message's full content.
+type Claim struct {
+	// Bucket is the object store bucket, normally DefaultPayloadBucket.
+	Bucket string `json:"bucket"`
+	// Object is the object's name in it.
+	Object string `json:"object"`
+	// Size is the object's size in bytes: the full message's.
+	Size int64 `json:"size"`
+}
+
+// AppendJSON appends c as a JSON object.
+func (c Claim) AppendJSON(dst []byte) []byte {
+	dst = append(dst, `{"bucket":`...)
+	dst = appendJSONString(dst, c.Bucket)
+	dst = append(dst, `,"object":`...)
+	dst = appendJSONString(dst, c.Object)
+	dst = append(dst, `,"size":`...)
+	dst = strconv.AppendInt(dst, c.Size, 10)
+	return append(dst, '}')
+}
+
+// appendJSONString appends s as a JSON string. Names and ids are short, so
+// encoding/json's escaping is good enough here.
+func appendJSONString(dst []byte, s string) []byte {
+	b, _ := json.Marshal(s)
+	return append(dst, b...)
+}
+
+// PayloadObjectName is the name of the object that holds the event with id
+// eventID of database db. Event ids are unique per database, so the name is
+// unique, and the same on every replay of the event: storing it again
+// replaces the object rather than adding another.
+func PayloadObjectName(db, eventID string) string { return db + "/" + eventID }
+
+// ErrClaimGone: the object a claim names is no longer stored (it expired
+// with the stream's max age, or was deleted), or its bucket does not exist.
+var ErrClaimGone = errors.New("the claimed object is no longer stored")
+
+// ParseClaim returns the claim of a message: the "claim" member of the
+// top-level JSON object. ok is false when there is none (a message that
+// carries its content itself); err is set when the member is there but is
+// not a claim.
+func ParseClaim(msg []byte) (c Claim, ok bool, err error) {
+	// Cheap test first: every claim has this text, and most messages do not.
+	if !bytes.Contains(msg, []byte(`"`+ClaimMember+`":{`)) {
+		return Claim{}, false, nil
+	}
+	var env struct {
+		Claim json.RawMessage `json:"claim"`
+	}
+	if err := json.Unmarshal(msg, &env); err != nil || env.Claim == nil {
+		// Not an object, or the text was inside a row: no claim of ours.
+		return Claim{}, false, nil
+	}
+	return DecodeClaim(env.Claim)
+}
+
+// DecodeClaim decodes the value of a "claim" member. ok is false for a JSON
+// null.
+func DecodeClaim(v []byte) (c Claim, ok bool, err error) {
+	if string(v) == "null" {
+		return Claim{}, false, nil
+	}
+	if err := json.Unmarshal(v, &c); err != nil {
+		return Claim{}, false, fmt.Errorf("malformed claim %.200s: %w", v, err)
+	}
+	if c.Bucket == "" || c.Object == "" || c.Size < 0 {
+		return Claim{}, false, fmt.Errorf("malformed claim %.200s: want bucket, object and a size", v)
+	}
+	return c, true, nil
+}
+
+// ResolveEvent returns the full event a stream message stands for: the
+// message itself when it carries no claim, else the content of the object
+// its claim names, read from JetStream with js. It fails with an error
+// wrapping ErrClaimGone when that object is no longer stored. A service
+// that resolves many claims keeps a Resolver instead, which opens each
+// bucket once.
+func ResolveEvent(ctx context.Context, js jetstream.JetStream, msg []byte) ([]byte, error) {
+	return NewResolver(js).Resolve(ctx, msg)
+}
+
+// Resolver resolves claims. It keeps the object stores it has opened, and
+// is safe for concurrent use.
+type Resolver struct {
+	js     jetstream.JetStream
+	mu     sync.Mutex
+	stores map[string]jetstream.ObjectStore
+}
+
+// NewResolver returns a Resolver that reads objects with js.
+func NewResolver(js jetstream.JetStream) *Resolver {
+	return &Resolver{js: js, stores: map[string]jetstream.ObjectStore{}}
+}
+
+// Resolve returns the full event msg stands for; see ResolveEvent.
+func (r *Resolver) Resolve(ctx context.Context, msg []byte) ([]byte, error) {
+	c, ok, err := ParseClaim(msg)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return msg, nil
+	}
+	return r.Fetch(ctx, c)
+}
+
+// Fetch reads the object c names. Its size must be c.Size; JetStream checks
+// its digest as it is read.
+func (r *Resolver) Fetch(ctx context.Context, c Claim) ([]byte, error) {
+	obs, err := r.store(ctx, c.Bucket)
+	if err != nil {
+		return nil, err
+	}
+	res, err := obs.Get(ctx, c.Object)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, ErrClaimGone)
+		}
+		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
+	}
+	defer res.Close()
+	info, err := res.Info()
+	if err != nil {
+		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
+	}
+	if int64(info.Size) != c.Size {
+		return nil, fmt.Errorf("read object %s of bucket %s: it holds %d bytes, the claim says %d", c.Object, c.Bucket, info.Size, c.Size)
+	}
+	buf := make([]byte, c.Size)
+	if _, err := io.ReadFull(res, buf); err != nil {
+		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
+	}
+	// The digest is checked at the end of the object: read up to it.
+	var one [1]byte
+	if n, err := res.Read(one[:]); n != 0 || !errors.Is(err, io.EOF) {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = errors.New("more bytes than its size")
+		}
+		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
+	}
+	return buf, nil
+}
+
+func (r *Resolver) store(ctx context.Context, bucket string) (jetstream.ObjectStore, error) {
+	r.mu.Lock()
+	obs := r.stores[bucket]
+	r.mu.Unlock()
+	if obs != nil {
+		return obs, nil
+	}
+	obs, err := r.js.ObjectStore(ctx, bucket)
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		return nil, fmt.Errorf("open object store %s: %w", bucket, ErrClaimGone)
+	case err != nil:
+		return nil, fmt.Errorf("open object store %s: %w", bucket, err)
+	}
+	r.mu.Lock()
+	r.stores[bucket] = obs
+	r.mu.Unlock()
+	return obs, nil
+}

@@ -1,0 +1,191 @@
+package stream_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/natstest"
+	"github.com/tablecast/tablecast/stream"
+)
+
+func ctxFor(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestParseClaim(t *testing.T) {
+	c := stream.Claim{Bucket: "TABLECAST_PAYLOADS", Object: `shop "db"/0000000001-0001`, Size: 9_000_123}
+	stub := append([]byte(`{"id":"0000000001-0001","key":{"id":1},"claim":`), c.AppendJSON(nil)...)
+	stub = append(stub, '}')
+	tests := []struct {
+		name string
+		msg  string
+		ok   bool
+		err  bool
+	}{
+		{"a claim", string(stub), true, false},
+		{"an ordinary event", `{"id":"x","data":{"id":1}}`, false, false},
+		{"a column named claim", `{"id":"x","data":{"claim":{"bucket":"b","object":"o","size":1}}}`, false, false},
+		{"a custom topic's JSON that is not an object", `["claim",{"x":1}]`, false, false},
+		{"a claim without an object", `{"claim":{"bucket":"b","size":1}}`, false, true},
+		{"a claim of negative size", `{"claim":{"bucket":"b","object":"o","size":-1}}`, false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok, err := stream.ParseClaim([]byte(tt.msg))
+			if ok != tt.ok || (err != nil) != tt.err {
+				t.Fatalf("ParseClaim(%s) = %+v, %v, %v; want ok %v, error %v", tt.msg, got, ok, err, tt.ok, tt.err)
+			}
+			if ok && got != c {
+				t.Fatalf("ParseClaim = %+v, want %+v", got, c)
+			}
+		})
+	}
+}
+
+// TestPayloadStoreAndResolve: an event stored as an object resolves to
+// exactly its bytes; storing it again under its name (a replay) replaces
+// the object instead of adding one; a claim whose object or bucket is gone
+// fails with ErrClaimGone, and a claim whose size is not the object's is
+// refused.
+func TestPayloadStoreAndResolve(t *testing.T) {
+	n := natstest.StartStock(t)
+	ctx := ctxFor(t)
+	store, err := stream.OpenPayloadStore(ctx, n.JS, stream.PayloadStoreConfig{MaxAge: time.Hour, MaxPayload: n.NC.MaxPayload()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	event := []byte(`{"id":"00000000016B3748-0003","data":{"body":"` + strings.Repeat("é\"", 1_500_000) + `"}}`)
+	name := stream.PayloadObjectName("shop", "00000000016B3748-0003")
+	if name != "shop/00000000016B3748-0003" {
+		t.Fatalf("object name %q", name)
+	}
+	for range 3 { // the first store, then two replays
+		if err := store.Put(ctx, name, event); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bucket, err := n.JS.Stream(ctx, "OBJ_"+stream.DefaultPayloadBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := bucket.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One object: its chunks of at most 128 KiB, and one meta message.
+	if chunks := uint64(len(event)+128<<10-1) / (128 << 10); info.State.Msgs != chunks+1 || info.Config.MaxAge != time.Hour+time.Minute {
+		t.Fatalf("bucket holds %d messages (want %d chunks and a meta) and keeps them %s (want 1h1m)", info.State.Msgs, chunks, info.Config.MaxAge)
+	}
+
+	claim := stream.Claim{Bucket: store.Bucket(), Object: name, Size: int64(len(event))}
+	stub := append(claim.AppendJSON([]byte(`{"id":"00000000016B3748-0003","claim":`)), '}')
+	got, err := stream.ResolveEvent(ctx, n.JS, stub)
+	if err != nil || !bytes.Equal(got, event) {
+		t.Fatalf("ResolveEvent: %d bytes, %v; want the %d stored", len(got), err, len(event))
+	}
+	plain := []byte(`{"id":"x","data":{}}`)
+	if got, err := stream.ResolveEvent(ctx, n.JS, plain); err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("ResolveEvent of an event without claim: %s, %v", got, err)
+	}
+
+	r := stream.NewResolver(n.JS)
+	wrong := claim
+	wrong.Size--
+	if _, err := r.Fetch(ctx, wrong); err == nil || errors.Is(err, stream.ErrClaimGone) {
+		t.Fatalf("Fetch with a wrong size: %v, want an error", err)
+	}
+	obs, err := n.JS.ObjectStore(ctx, store.Bucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := obs.Delete(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Fetch(ctx, claim); !errors.Is(err, stream.ErrClaimGone) {
+		t.Fatalf("Fetch of a deleted object: %v, want ErrClaimGone", err)
+	}
+	noBucket := claim
+	noBucket.Bucket = "NO_SUCH_BUCKET"
+	if _, err := r.Fetch(ctx, noBucket); !errors.Is(err, stream.ErrClaimGone) {
+		t.Fatalf("Fetch from a missing bucket: %v, want ErrClaimGone", err)
+	}
+}
+
+// TestPublisherFits: Fits is exact, headers included, against a stock
+// server (1 MiB): the largest message it accepts is stored, one byte more
+// is what the server would refuse.
+func TestPublisherFits(t *testing.T) {
+	n := natstest.StartStock(t)
+	ctx := ctxFor(t)
+	if _, err := stream.EnsureStream(ctx, n.JS, stream.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := stream.NewPublisher(n.NC, n.JS, 8, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	const id = "00000000016B3748-0003"
+	limit := int(n.NC.MaxPayload()) - stream.MessageHeaderSize(id)
+	if !p.Fits(id, limit) || p.Fits(id, limit+1) {
+		t.Fatalf("Fits(%d) = %v, Fits(%d) = %v; want true, false", limit, p.Fits(id, limit), limit+1, p.Fits(id, limit+1))
+	}
+	// nats.go refuses what does not fit before sending it.
+	over := &nats.Msg{Subject: "tablecast.x.y.z.create", Data: make([]byte, limit+1), Header: nats.Header{jetstream.MsgIDHeader: []string{id}}}
+	if err := n.NC.PublishMsg(over); !errors.Is(err, nats.ErrMaxPayload) {
+		t.Fatalf("publishing one byte more: %v, want ErrMaxPayload", err)
+	}
+	if _, err := p.Publish(ctx, "tablecast.x.y.z.create", id, make([]byte, limit)); err != nil {
+		t.Fatal(err)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for p.Acked() < 1 {
+		select {
+		case <-p.Progress():
+		case <-p.Failed():
+			t.Fatalf("the largest message that fits failed: %v", p.Err())
+		case <-waitCtx.Done():
+			t.Fatal("no acknowledgement")
+		}
+	}
+}
+
+// TestDeadLetterStream: the dead-letter stream sits beside the event
+// stream, on subjects outside "<prefix>.>".
+func TestDeadLetterStream(t *testing.T) {
+	n := natstest.Start(t)
+	ctx := ctxFor(t)
+	if _, err := stream.EnsureStream(ctx, n.JS, stream.StreamConfig{Name: "EVENTS", Prefix: "app.cdc"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // created, then found
+		name, err := stream.EnsureDeadLetterStream(ctx, n.JS, stream.DeadLetterConfig{EventStream: "EVENTS", Prefix: "app.cdc"})
+		if err != nil || name != "EVENTS_DEADLETTER" {
+			t.Fatalf("EnsureDeadLetterStream = %q, %v", name, err)
+		}
+	}
+	subject := stream.DeadLetterSubject("app.cdc", "shop", "public", "order.items")
+	if subject != "app.cdc_deadletter.shop.public.order%2Eitems" {
+		t.Fatalf("subject %q", subject)
+	}
+	if got := stream.DeadLetterTopicSubject("app.cdc", "chat"); got != "app.cdc_deadletter.topic.chat" {
+		t.Fatalf("topic subject %q", got)
+	}
+	ack, err := n.JS.Publish(ctx, subject, []byte(`{}`))
+	if err != nil || ack.Stream != "EVENTS_DEADLETTER" {
+		t.Fatalf("a record is stored by %v (%v), want EVENTS_DEADLETTER", ack, err)
+	}
+	if n.Count("EVENTS") != 0 {
+		t.Fatal("the event stream took a dead-letter record")
+	}
+}

@@ -1,0 +1,93 @@
+package wsgate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/tablecast/tablecast/stream"
+)
+
+// Claims. An event too large for one NATS message reaches the stream as its
+// envelope without rows and a "claim" naming the object that holds it whole
+// (package stream). The gateway resolves the claim before it filters and
+// projects the event, so clients get the full event, live and on resume;
+// when the object cannot be read (it expired with the stream's max age, or
+// NATS failed to deliver it in time) the event goes out as received, with
+// its claim, rather than not at all.
+
+// resolveTimeout bounds the reading of one claimed object. A feed delivers
+// its events in order, so its subscribers wait for the object; reading 64
+// MiB from a local JetStream takes a fraction of a second, and a few seconds
+// covers a loaded cluster without holding a feed up for long when NATS does
+// not answer.
+const resolveTimeout = 5 * time.Second
+
+// claimMarker is text every claim envelope holds: a cheap test that spares
+// ordinary events any further look.
+var claimMarker = []byte(`"` + stream.ClaimMember + `":{`)
+
+// resolve returns the full event a table's message stands for: the object
+// its claim names, or data itself when it has no claim or the object cannot
+// be read. env is scratch for indexing the envelope. It runs outside every
+// lock: a feed's subscriptions can change while it reads.
+func (g *Gateway) resolve(subject string, seq uint64, data []byte, env *Row) []byte {
+	if !bytes.Contains(data, claimMarker) {
+		return data
+	}
+	if env.Reset(data) != nil {
+		return data
+	}
+	raw, ok := env.Get(stream.ClaimMember)
+	if !ok || raw[0] != '{' {
+		return data // a column named claim, not ours
+	}
+	c, ok, err := stream.DecodeClaim(raw)
+	if err == nil && ok {
+		err = g.checkClaim(env, c)
+	}
+	if err != nil || !ok {
+		g.met.claims.WithLabelValues("failed").Inc()
+		g.log.Warn("gateway delivers an event with a malformed claim as received", "subject", subject, "seq", seq, "err", err)
+		return data
+	}
+	ctx, cancel := context.WithTimeout(g.ctx, resolveTimeout)
+	defer cancel()
+	full, err := g.claims.Fetch(ctx, c)
+	switch {
+	case err == nil:
+		g.met.claims.WithLabelValues("resolved").Inc()
+		return full
+	case errors.Is(err, stream.ErrClaimGone):
+		g.met.claims.WithLabelValues("gone").Inc()
+		g.log.Debug("gateway delivers an event whose claimed object is gone as received", "subject", subject, "seq", seq, "object", c.Object)
+	default:
+		g.met.claims.WithLabelValues("failed").Inc()
+		g.log.Warn("gateway cannot read a claimed object; delivering the event as received", "subject", subject, "seq", seq, "object", c.Object, "err", err)
+	}
+	return data
+}
+
+// checkClaim accepts only the claims the reader writes: to the payload
+// bucket, naming the object of this very event (its database and id).
+// Anything else, published by another hand, could make the gateway send one
+// table's row to the subscribers of another.
+func (g *Gateway) checkClaim(env *Row, c stream.Claim) error {
+	if c.Bucket != g.cfg.PayloadBucket {
+		return fmt.Errorf("claim names bucket %q, not the payload bucket %s", c.Bucket, g.cfg.PayloadBucket)
+	}
+	var db, id string
+	if raw, ok := env.Get("db"); !ok || json.Unmarshal(raw, &db) != nil {
+		return errors.New("claim in an envelope without db")
+	}
+	if raw, ok := env.Get("id"); !ok || json.Unmarshal(raw, &id) != nil {
+		return errors.New("claim in an envelope without id")
+	}
+	if want := stream.PayloadObjectName(db, id); c.Object != want {
+		return fmt.Errorf("claim names object %q, not this event's %q", c.Object, want)
+	}
+	return nil
+}
