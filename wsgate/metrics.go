@@ -18,6 +18,7 @@ type metrics struct {
 	events        prometheus.Counter
 	errorFrames   *prometheus.CounterVec
 	fanout        prometheus.Histogram
+	refused       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -51,10 +52,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time from an event's arrival from NATS to its frames queued for every matching subscriber.",
 			Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10),
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_gateway_refused_total",
+			Help: "Connections refused before a request was served, by reason: address (too many unauthenticated from one address), handshakes (too many being opened).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.subscriptions, m.feeds, m.framesSent, m.bytesSent,
-			m.slowCloses, m.events, m.errorFrames, m.fanout)
+			m.slowCloses, m.events, m.errorFrames, m.fanout, m.refused)
 	}
 	return m
 }
