@@ -187,9 +187,9 @@ func parseUpgradeRequest(head []byte) (*upgradeRequest, *httpError) {
 	req.path, req.rawQuery, _ = strings.Cut(target, "?")
 	var (
 		upgrade, connection, wsVersion, key bool
-		hosts, keys, origins, auths          int
-		keyValue                             []byte
-		versionValue                         []byte
+		hosts, keys, origins, auths         int
+		keyValue                            []byte
+		versionValue                        []byte
 	)
 	rest := head
 	_, rest, _ = bytes.Cut(rest, []byte("\n")) // the request line
