@@ -795,28 +795,31 @@ func (c *conn) finish(cf []byte) {
 	connlimit.LingerClose(c.nc, closeLinger)
 }
 
-// closeWith closes the connection with a close frame: frames still queued
-// are dropped, the batch being written is finished first and the close
-// frame follows it.
+// closeWith closes the connection with a close frame, sent after the
+// frames already queued (answers to the messages read before, in order):
+// nothing more is queued. A slow consumer's 4008 drops the queue instead,
+// and follows only the batch being written.
 func (c *conn) closeWith(code CloseCode, reason string) {
 	if reason == "" {
 		reason = code.Reason()
 	}
-	c.shut(closeFrame(code, reason))
+	c.shut(closeFrame(code, reason), code == CloseSlowConsumer)
 }
 
 // abort closes the connection of a peer that is gone, without a close
 // frame.
-func (c *conn) abort() { c.shut(nil) }
+func (c *conn) abort() { c.shut(nil, true) }
 
-func (c *conn) shut(cf []byte) {
+func (c *conn) shut(cf []byte, dropQueue bool) {
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
 		return
 	}
 	c.closing = true
-	c.queue, c.queued = nil, 0
+	if dropQueue {
+		c.queue, c.queued = nil, 0
+	}
 	c.closeFrame = cf
 	start := !c.flushing
 	c.flushing = true
