@@ -103,4 +103,3 @@ func TestSlowConsumerGetsCloseFrame(t *testing.T) {
 		})
 	}
 }
-
