@@ -214,6 +214,12 @@ func TestMisconfigurationExits(t *testing.T) {
 		{"gateway bad origin", []string{"TABLECAST_ALLOWED_ORIGINS=example.com"}, "TABLECAST_ALLOWED_ORIGINS"},
 		{"gateway zero rate", []string{"TABLECAST_WS_MESSAGES_PER_SECOND=0"}, "TABLECAST_WS_MESSAGES_PER_SECOND 0: must be positive"},
 		{"gateway bad timeout", []string{"TABLECAST_WS_READ_TIMEOUT=soon"}, "TABLECAST_WS_READ_TIMEOUT"},
+		{"gateway allowed host with scheme", []string{"TABLECAST_ALLOWED_HOSTS=localhost,http://app.example"}, "TABLECAST_ALLOWED_HOSTS \"http://app.example\""},
+		{"gateway allowed host with port", []string{"TABLECAST_ALLOWED_HOSTS=app.example:443"}, "TABLECAST_ALLOWED_HOSTS"},
+		{"gateway zero per-address limit", []string{"TABLECAST_HTTP_MAX_UNAUTHENTICATED_PER_ADDR=0"}, "TABLECAST_HTTP_MAX_UNAUTHENTICATED_PER_ADDR 0: must be positive, or -1"},
+		{"gateway tiny header limit", []string{"TABLECAST_HTTP_MAX_HEADER_BYTES=100"}, "TABLECAST_HTTP_MAX_HEADER_BYTES 100"},
+		{"gateway zero idle timeout", []string{"TABLECAST_HTTP_IDLE_TIMEOUT=0s"}, "TABLECAST_HTTP_IDLE_TIMEOUT 0s: must be positive"},
+		{"gateway zero handshakes", []string{"TABLECAST_HTTP_MAX_HANDSHAKES=0"}, "TABLECAST_HTTP_MAX_HANDSHAKES 0: must be positive"},
 		{"gateway missing keys file", []string{"TABLECAST_JWT_KEYS=/nonexistent/keys.pem"}, "TABLECAST_JWT_KEYS"},
 		{"gateway missing API keys file", []string{"TABLECAST_API_KEYS_FILE=/nonexistent/keys.json"}, "TABLECAST_API_KEYS_FILE"},
 	}
