@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha1"
 	"encoding/base64"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -64,7 +65,7 @@ func errStatus(status int, msg string) *httpError { return &httpError{status: st
 // buf[:n], and what came after it (WebSocket frames sent with the request,
 // a body, a pipelined request) is buf[n:]. A read error (a timeout, the
 // peer gone) is returned as is; a request too large is an *httpError.
-func readHead(nc net.Conn, maxHead int) (buf []byte, n int, err error) {
+func readHead(nc io.Reader, maxHead int) (buf []byte, n int, err error) {
 	buf = make([]byte, 0, min(headChunk, maxHead))
 	var sc headScanner
 	for {
@@ -259,8 +260,11 @@ func parseUpgradeRequest(head []byte) (*upgradeRequest, *httpError) {
 	case !key:
 		return nil, errStatus(400, "Sec-WebSocket-Key missing")
 	}
-	var nonce [18]byte
-	if n, err := base64.StdEncoding.Decode(nonce[:], keyValue); err != nil || n != 16 || len(keyValue) != 24 {
+	var nonce [18]byte // DecodedLen(24): Decode panics on a shorter destination
+	if len(keyValue) != 24 {
+		return nil, errStatus(400, "Sec-WebSocket-Key is not 16 bytes in base64")
+	}
+	if n, err := base64.StdEncoding.Decode(nonce[:], keyValue); err != nil || n != 16 {
 		return nil, errStatus(400, "Sec-WebSocket-Key is not 16 bytes in base64")
 	}
 	req.key = string(keyValue)

@@ -44,6 +44,7 @@ func TestUpgradeRequestLimits(t *testing.T) {
 		{"no Host", "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", nil, http.StatusBadRequest},
 		{"two Hosts", "GET /ws HTTP/1.1\r\n" + okHead + "Host: " + host + "\r\n\r\n", nil, http.StatusBadRequest},
 		{"no Upgrade", "GET /ws HTTP/1.1\r\nHost: " + host + "\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", nil, http.StatusBadRequest},
+		{"key too long", "GET /ws HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + strings.Repeat("QUFB", 40) + "\r\nSec-WebSocket-Version: 13\r\n\r\n", nil, http.StatusBadRequest},
 		{"bad key", "GET /ws HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n", nil, http.StatusBadRequest},
 		{"version 8", "GET /ws HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n", nil, http.StatusUpgradeRequired},
 		{"HTTP/1.0", "GET /ws HTTP/1.0\r\n" + okHead + "\r\n", nil, http.StatusBadRequest},
