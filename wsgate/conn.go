@@ -845,6 +845,7 @@ func (c *conn) isClosing() bool {
 // release detaches a closing connection from the poller, its feeds and the
 // gateway.
 func (c *conn) release() {
+	c.slot.Release() // closed before it authenticated
 	c.g.poll.remove(c)
 	c.mu.Lock()
 	if c.expiry != nil {

@@ -72,9 +72,11 @@ func TestUnauthenticatedPerAddress(t *testing.T) {
 	e := startGateway(t, func(c *Config) { c.MaxUnauthenticatedPerAddr = limit })
 	get := "GET /healthz HTTP/1.1\r\nHost: " + e.addr + "\r\n\r\n"
 
-	// Upgraded connections do not count: more than the limit of them.
+	// Upgraded connections do not count: more than the limit of them. Nor
+	// do those refused after the upgrade, once closed.
 	for range 2 * limit {
 		e2eExpectPong(e.dial("/ws"))
+		e2eDial(t, e, "/ws", "Origin", "http://evil.example").expectClose(CloseForbiddenOrigin)
 	}
 	held := make([]*rawConn, 0, limit)
 	for i := range limit {
