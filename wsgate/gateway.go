@@ -291,8 +291,10 @@ func (g *Gateway) Serve(ln net.Listener, h http.Handler) error {
 	mux.Handle("/ws", g)
 	mux.Handle("/ws/", g)
 	g.hosts = newHostPolicy(g.cfg.AllowedHosts, ln.Addr())
-	if !g.hosts.loopback && len(g.cfg.AllowedHosts) == 0 {
-		g.log.Warn("no host names are allowed: requests are answered only for the listening IP address", "addr", ln.Addr().String())
+	if (g.hosts.anyIP || !g.hosts.loopback) && len(g.cfg.AllowedHosts) == 0 {
+		// Off loopback, clients usually come by a name; without one listed
+		// they are all answered 421.
+		g.log.Warn("no host names allowed: only requests for an IP address (or localhost) are answered", "addr", ln.Addr().String())
 	}
 	httpLn := newChanListener(ln.Addr())
 	httpSrv := &http.Server{

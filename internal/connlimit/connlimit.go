@@ -240,6 +240,13 @@ func LingerClose(nc net.Conn, timeout time.Duration) {
 		_ = nc.Close()
 		return
 	}
+	// A TLS connection's CloseWrite sends close_notify only: the FIN is
+	// the socket's.
+	if tc, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		if cw, ok := tc.NetConn().(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+	}
 	_ = nc.SetReadDeadline(time.Now().Add(timeout))
 	var buf [512]byte
 	for n := 0; n < lingerLimit; {
