@@ -49,6 +49,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzProjectEvent$$' -fuzztime=$(FUZZTIME) ./wsgate
 	$(GO) test -run='^$$' -fuzz='^FuzzCheckRepeated$$' -fuzztime=$(FUZZTIME) ./wsgate
 	$(GO) test -run='^$$' -fuzz='^FuzzProjectView$$' -fuzztime=$(FUZZTIME) ./wsgate
+	$(GO) test -run='^$$' -fuzz='^FuzzUpgradeRequest$$' -fuzztime=$(FUZZTIME) ./wsgate
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./schema ./stream ./cdc ./wsgate

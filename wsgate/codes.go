@@ -142,6 +142,10 @@ const (
 	// protocol is JSON text only. A client bug: do not reconnect in a loop.
 	CloseUnsupportedData CloseCode = 1003
 
+	// CloseInvalidPayload (1007): a text message (or a close frame's
+	// reason) is not valid UTF-8. A client bug: do not reconnect in a loop.
+	CloseInvalidPayload CloseCode = 1007
+
 	// CloseMessageTooBig (1009): a client frame exceeded the read limit.
 	// Do not resend the same frame.
 	CloseMessageTooBig CloseCode = 1009
@@ -194,6 +198,8 @@ func (c CloseCode) Reason() string {
 		return "protocol error"
 	case CloseUnsupportedData:
 		return "binary frames are not supported"
+	case CloseInvalidPayload:
+		return "invalid UTF-8"
 	case CloseMessageTooBig:
 		return "message too big"
 	case CloseUnauthorized:

@@ -3,7 +3,6 @@ package wsgate
 import (
 	"bufio"
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -18,6 +17,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/tablecast/tablecast/internal/connlimit"
 )
 
 // conn is one WebSocket connection. It holds no goroutine while idle: a
@@ -66,8 +67,16 @@ type conn struct {
 	subsClosed bool
 
 	// assembly of a fragmented message (reader goroutine only)
-	frag   []byte
-	inFrag bool
+	frag      []byte
+	fragValid int // leading bytes of frag checked to be UTF-8
+	inFrag    bool
+
+	// pending holds bytes read with the upgrade request, to be read before
+	// the socket (reader goroutine only).
+	pending []byte
+	// slot counts the connection against its address's limit of
+	// unauthenticated connections until it is authenticated.
+	slot *connlimit.Slot
 }
 
 // upgradeRequest is what the handshake learned of the request.
@@ -76,71 +85,68 @@ type upgradeRequest struct {
 	host, origin          string
 	authorization, cookie string
 	protocols             string // Sec-WebSocket-Protocol values, joined with ", "
+	key                   string // Sec-WebSocket-Key
 }
 
-// handshake tells a WebSocket request from another HTTP request by its
-// first bytes, and upgrades it without net/http (gobwas/ws's zero-copy
-// upgrade: no per-connection bufio survives it).
-func (g *Gateway) handshake(nc net.Conn, httpLn *chanListener) {
-	_ = nc.SetDeadline(deadline(g.cfg.ReadTimeout))
-	var head [8]byte
-	n, err := io.ReadFull(nc, head[:])
+// handshake reads the first request of a connection (bounded: upgrade.go),
+// upgrades a WebSocket request itself, without net/http (no per-connection
+// bufio survives it), and hands any other request to net/http with the
+// bytes read. slot counts the connection against its address's limit of
+// unauthenticated connections until it is authenticated or closed.
+func (g *Gateway) handshake(nc net.Conn, slot *connlimit.Slot, httpLn *chanListener) {
+	inProgress := true
+	done := func() {
+		if inProgress {
+			inProgress = false
+			g.handshakes.Add(-1)
+		}
+	}
+	defer done()
+	_ = nc.SetDeadline(deadline(g.cfg.HeaderTimeout))
+	buf, n, err := readHead(nc, g.cfg.MaxHeaderBytes)
 	if err != nil {
-		if n > 0 {
-			httpLn.push(&prefixConn{Conn: nc, prefix: bytes.Clone(head[:n])})
+		slot.Release()
+		var he *httpError
+		if errors.As(err, &he) {
+			g.log.Debug("request refused", "remote", nc.RemoteAddr().String(), "status", he.status, "err", he.msg)
+			g.refuse(nc, he)
 			return
 		}
-		_ = nc.Close()
+		_ = nc.Close() // nothing whole arrived in time, or the peer left
 		return
 	}
-	if !bytes.HasPrefix(head[:], []byte("GET /ws")) || (head[7] != ' ' && head[7] != '/' && head[7] != '?') {
+	method, target, _, ok := requestLine(buf[:n])
+	if !ok || !isUpgradePath(method, target) {
 		_ = nc.SetDeadline(time.Time{})
-		httpLn.push(&prefixConn{Conn: nc, prefix: bytes.Clone(head[:n])})
+		done()
+		httpLn.push(&prefixConn{Conn: nc, prefix: buf, slot: slot})
 		return
 	}
-	req := &upgradeRequest{}
-	pc := &prefixConn{Conn: nc, prefix: head[:]}
-	u := ws.Upgrader{
-		OnRequest: func(uri []byte) error {
-			p, q, _ := strings.Cut(string(uri), "?")
-			req.path, req.rawQuery = p, q
-			if p != "/ws" && !strings.HasPrefix(p, URLSubscriptionPrefix) {
-				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusNotFound))
-			}
-			return nil
-		},
-		OnHost: func(host []byte) error { req.host = string(host); return nil },
-		OnHeader: func(key, value []byte) error {
-			switch {
-			case bytes.EqualFold(key, []byte("Origin")):
-				req.origin = string(value)
-			case bytes.EqualFold(key, []byte("Authorization")):
-				req.authorization = string(value)
-			case bytes.EqualFold(key, []byte("Cookie")):
-				req.cookie = joinHeader(req.cookie, "; ", string(value))
-			}
-			return nil
-		},
-		// The upgrader keeps Sec-WebSocket-Protocol to itself: read the
-		// values here (a token may travel in one) and answer protocol v1's
-		// own name, never a token.
-		ProtocolCustom: func(v []byte) (string, bool) {
-			req.protocols = joinHeader(req.protocols, ", ", string(v))
-			for p := range strings.SplitSeq(string(v), ",") {
-				if answerProtocol([]byte(strings.TrimSpace(p))) {
-					return Subprotocol, true
-				}
-			}
-			return "", true
-		},
+	req, he := parseUpgradeRequest(buf[:n])
+	if he == nil && !g.hosts.allowed(req.host) {
+		he = errStatus(http.StatusMisdirectedRequest, "host "+quoteShort(req.host)+" is not served here")
 	}
-	if _, err := u.Upgrade(pc); err != nil {
-		g.log.Debug("websocket upgrade refused", "remote", nc.RemoteAddr().String(), "err", err)
+	if he != nil {
+		slot.Release()
+		g.log.Debug("websocket upgrade refused", "remote", nc.RemoteAddr().String(), "status", he.status, "err", he.msg)
+		g.refuse(nc, he)
+		return
+	}
+	_ = nc.SetWriteDeadline(deadline(g.cfg.WriteTimeout))
+	if _, err := nc.Write(acceptResponse(req)); err != nil {
+		slot.Release()
 		_ = nc.Close()
 		return
 	}
 	_ = nc.SetDeadline(time.Time{})
-	g.start(nc, req)
+	var pending []byte
+	if len(buf) > n {
+		// Frames sent right behind the request (in the same packet,
+		// typically): read before anything else from the socket.
+		pending = bytes.Clone(buf[n:])
+	}
+	done()
+	g.start(nc, req, pending, slot)
 }
 
 // ServeHTTP upgrades a WebSocket request that came through net/http (a
@@ -149,28 +155,43 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req := &upgradeRequest{path: r.URL.EscapedPath(), rawQuery: r.URL.RawQuery, host: r.Host, origin: r.Header.Get("Origin"),
 		authorization: r.Header.Get("Authorization"), cookie: strings.Join(r.Header.Values("Cookie"), "; "),
 		protocols: strings.Join(r.Header.Values("Sec-WebSocket-Protocol"), ", ")}
+	if len(req.cookie) > maxCookieBytes || len(req.protocols) > maxProtocolBytes {
+		http.Error(w, "Cookie or Sec-WebSocket-Protocol too large", http.StatusRequestHeaderFieldsTooLarge)
+		return
+	}
 	nc, rw, _, err := ws.HTTPUpgrader{Protocol: func(p string) bool { return answerProtocol([]byte(p)) }}.Upgrade(r, w)
 	if err != nil {
 		return // UpgradeHTTP answered the request
 	}
+	// Frames the client sent right behind the request are in net/http's
+	// buffer (and possibly still in the prefix the connection started
+	// with): they are read first.
+	var pending []byte
 	if rw != nil && rw.Reader.Buffered() > 0 {
-		// RFC 6455 clients wait for the 101 before sending; one that did
-		// not is broken.
-		_ = nc.Close()
-		return
+		p, _ := rw.Reader.Peek(rw.Reader.Buffered())
+		pending = bytes.Clone(p)
 	}
-	g.start(nc, req)
+	var slot *connlimit.Slot
+	if pc, ok := nc.(*prefixConn); ok {
+		pending = append(pending, pc.prefix...)
+		slot, pc.slot, pc.prefix = pc.slot, nil, nil
+		nc = pc.Conn // the socket itself, for the poller
+	}
+	_ = nc.SetDeadline(time.Time{}) // net/http's deadlines do not apply any more
+	g.start(nc, req, pending, slot)
 }
 
 // start runs an upgraded connection: origin check, URL subscription, then
-// registration with the poller.
-func (g *Gateway) start(nc net.Conn, req *upgradeRequest) {
-	c := &conn{g: g, nc: nc, fd: -1}
+// registration with the poller. pending holds bytes already read from the
+// connection.
+func (g *Gateway) start(nc net.Conn, req *upgradeRequest, pending []byte, slot *connlimit.Slot) {
+	c := &conn{g: g, nc: nc, fd: -1, pending: pending, slot: slot}
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}
 	c.lastRead.Store(time.Now().UnixNano())
 	if g.closing.Load() {
+		slot.Release()
 		c.closeWith(CloseGoingAway, CloseGoingAway.Reason())
 		return
 	}
@@ -187,6 +208,7 @@ func (g *Gateway) start(nc net.Conn, req *upgradeRequest) {
 	if !c.authenticate(q, req) {
 		return
 	}
+	c.slot.Release() // authenticated: no longer counted against its address
 	if strings.HasPrefix(req.path, URLSubscriptionPrefix) {
 		us, perr := ParseURLSubscription(req.path, q)
 		if perr != nil {
@@ -201,6 +223,8 @@ func (g *Gateway) start(nc net.Conn, req *upgradeRequest) {
 	if err := g.poll.add(c); err != nil {
 		// No poller here (or it failed): a goroutine reads instead.
 		go c.readLoop()
+	} else if len(pending) > 0 {
+		g.dispatchRead(c) // the poller only sees what is still in the socket
 	}
 }
 
@@ -295,23 +319,6 @@ func (c *conn) setExpiry(exp time.Time) {
 	c.expiry = t
 }
 
-// originAllowed applies AllowedOrigins to a browser's Origin header.
-func (g *Gateway) originAllowed(origin, host string) bool {
-	if origin == "" {
-		return true // not a browser: nothing to check
-	}
-	for _, o := range g.cfg.AllowedOrigins {
-		if o == "*" || strings.EqualFold(o, origin) {
-			return true
-		}
-	}
-	if len(g.cfg.AllowedOrigins) > 0 {
-		return false
-	}
-	u, err := url.Parse(origin)
-	return err == nil && u.Host != "" && strings.EqualFold(u.Host, host)
-}
-
 // dispatchRead is the poller's callback: the connection has input. One
 // goroutine at a time reads it, for as long as complete messages are
 // buffered, then the poller is re-armed.
@@ -324,7 +331,7 @@ func (g *Gateway) dispatchRead(c *conn) {
 	// would hold up everyone else until their read timeout.
 	go func() {
 		br := readerPool.Get().(*bufio.Reader)
-		br.Reset(c.nc)
+		br.Reset(c)
 		ok := c.readAvailable(br)
 		br.Reset(nil)
 		readerPool.Put(br)
@@ -342,7 +349,7 @@ var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 409
 // readLoop reads the connection with a goroutine of its own, where no
 // poller is available.
 func (c *conn) readLoop() {
-	br := bufio.NewReaderSize(c.nc, 4096)
+	br := bufio.NewReaderSize(c, 4096)
 	for {
 		_ = c.nc.SetReadDeadline(time.Time{})
 		if _, err := br.Peek(1); err != nil {
@@ -373,10 +380,23 @@ func (c *conn) readAvailable(br *bufio.Reader) bool {
 		if c.isClosing() {
 			return false
 		}
-		if br.Buffered() == 0 {
+		if br.Buffered() == 0 && len(c.pending) == 0 {
 			return true
 		}
 	}
+}
+
+// Read reads the connection for the frame reader: first what arrived with
+// the upgrade request, then the socket.
+func (c *conn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		if c.pending = c.pending[n:]; len(c.pending) == 0 {
+			c.pending = nil
+		}
+		return n, nil
+	}
+	return c.nc.Read(p)
 }
 
 // closeError is a reason to close the connection found while reading.
@@ -402,70 +422,79 @@ func (c *conn) readFailed(err error) {
 
 // readMessage reads frames until a whole text message is in, answering
 // control frames on the way. It returns a nil message when only control
-// frames were read.
+// frames were read. A text message is checked to be UTF-8 fragment by
+// fragment, so that an invalid one fails as soon as it can be told.
 func (c *conn) readMessage(br *bufio.Reader) ([]byte, error) {
 	for {
-		h, err := ws.ReadHeader(br)
+		h, err := readFrameHeader(br)
 		if err != nil {
-			if errors.Is(err, ws.ErrHeaderLengthUnexpected) || errors.Is(err, ws.ErrHeaderLengthMSB) {
+			if errors.Is(err, errMalformedHeader) {
 				return nil, &closeError{CloseProtocolError, "malformed frame header"}
 			}
 			return nil, err
 		}
 		c.lastRead.Store(time.Now().UnixNano())
-		if h.Rsv != 0 {
+		if h.rsv != 0 {
 			return nil, &closeError{CloseProtocolError, "reserved bits set (no extension was negotiated)"}
 		}
-		if !h.Masked {
+		if !h.masked {
 			return nil, &closeError{CloseProtocolError, "client frames must be masked"}
 		}
-		max := int64(c.g.cfg.MaxMessageBytes)
-		if h.OpCode.IsControl() {
-			if h.Length > 125 || !h.Fin {
+		switch h.op {
+		case opClose, opPing, opPong:
+			if h.length > 125 || !h.fin {
 				return nil, &closeError{CloseProtocolError, "malformed control frame"}
 			}
-			payload := make([]byte, h.Length)
-			if _, err := io.ReadFull(br, payload); err != nil {
+			var buf [125]byte
+			payload := buf[:h.length]
+			if err := readPayload(br, payload); err != nil {
 				return nil, err
 			}
-			ws.Cipher(payload, h.Mask, 0)
-			switch h.OpCode {
-			case ws.OpClose:
-				code, reason := closeEcho(payload)
+			ws.Cipher(payload, h.mask, 0)
+			switch h.op {
+			case opClose:
+				code, reason, cerr := parseClose(payload)
+				if cerr != nil {
+					return nil, cerr
+				}
 				c.closeWith(code, reason)
 				return nil, nil
-			case ws.OpPing:
+			case opPing:
 				c.enqueue(finishFrame(append(newFrame(len(payload)), payload...), opPong), false)
 			}
 			if !c.inFrag {
 				return nil, nil
 			}
 			continue
-		}
-		switch h.OpCode {
-		case ws.OpBinary:
+		case opBinary:
 			return nil, &closeError{CloseUnsupportedData, CloseUnsupportedData.Reason() + ": send JSON text"}
-		case ws.OpText:
+		case opText:
 			if c.inFrag {
 				return nil, &closeError{CloseProtocolError, "new message inside a fragmented one"}
 			}
-		case ws.OpContinuation:
+		case opContinuation:
 			if !c.inFrag {
 				return nil, &closeError{CloseProtocolError, "continuation frame without a message to continue"}
 			}
 		default:
-			return nil, &closeError{CloseProtocolError, "unknown opcode"}
+			return nil, &closeError{CloseProtocolError, "reserved opcode " + strconv.Itoa(int(h.op))}
 		}
-		if int64(len(c.frag))+h.Length > max {
+		max := int64(c.g.cfg.MaxMessageBytes)
+		if int64(len(c.frag))+h.length > max {
 			return nil, &closeError{CloseMessageTooBig, "message larger than " + formatSize(max)}
 		}
 		start := len(c.frag)
-		c.frag = append(c.frag, make([]byte, h.Length)...)
+		c.frag = append(c.frag, make([]byte, h.length)...)
 		if _, err := io.ReadFull(br, c.frag[start:]); err != nil {
 			return nil, err
 		}
-		ws.Cipher(c.frag[start:], h.Mask, 0)
-		if !h.Fin {
+		ws.Cipher(c.frag[start:], h.mask, 0)
+		n, ok := validUTF8Prefix(c.frag[c.fragValid:])
+		if c.fragValid += n; !ok || h.fin && c.fragValid != len(c.frag) {
+			c.frag, c.fragValid, c.inFrag = c.frag[:0], 0, false
+			return nil, &closeError{CloseInvalidPayload, "text message is not valid UTF-8"}
+		}
+		if !h.fin {
 			c.inFrag = true
 			continue
 		}
@@ -473,21 +502,21 @@ func (c *conn) readMessage(br *bufio.Reader) ([]byte, error) {
 		if msg == nil {
 			msg = []byte{} // an empty message is still a message
 		}
-		c.frag, c.inFrag = nil, false
+		c.frag, c.fragValid, c.inFrag = nil, 0, false
 		return msg, nil
 	}
 }
 
-// closeEcho returns the code and reason to answer a client's close with.
-func closeEcho(payload []byte) (CloseCode, string) {
-	if len(payload) < 2 {
-		return CloseNormal, ""
+// readPayload reads a control frame's payload (125 bytes at most, within
+// br's buffer) without allocating.
+func readPayload(br *bufio.Reader, p []byte) error {
+	b, err := br.Peek(len(p))
+	if err != nil {
+		return err
 	}
-	code := CloseCode(binary.BigEndian.Uint16(payload))
-	if code < 1000 || code == 1004 || code == 1005 || code == 1006 || code == 1015 || code >= 5000 || (code > 1015 && code < 3000) {
-		return CloseProtocolError, "invalid close code"
-	}
-	return code, "closed by the client"
+	copy(p, b)
+	_, _ = br.Discard(len(p))
+	return nil
 }
 
 func formatSize(n int64) string {
@@ -733,11 +762,67 @@ func consume(v *net.Buffers, n int) {
 
 // flushRest finishes a batch that filled the socket, then goes on as flush.
 func (c *conn) flushRest(bufs [][]byte, rest net.Buffers, n int) {
-	_ = c.nc.SetWriteDeadline(deadline(c.g.cfg.WriteTimeout))
-	_, err := rest.WriteTo(c.nc)
-	if c.written(bufs, n, err) {
+	if c.writeBlocking(&rest) && c.written(bufs, n, nil) {
 		c.flush()
 	}
+}
+
+// writeBlocking writes bufs, waiting on a full socket up to WriteTimeout.
+// It reports whether all was written; if not, it has dealt with the
+// connection: a client that read nothing for WriteTimeout is a slow
+// consumer (slowClose), any other failure means the peer is gone.
+func (c *conn) writeBlocking(bufs *net.Buffers) bool {
+	_ = c.nc.SetWriteDeadline(deadline(c.g.cfg.WriteTimeout))
+	_, err := bufs.WriteTo(c.nc)
+	if err == nil {
+		// No deadline left behind: the writers' non-blocking writes would
+		// fail on it once it passed.
+		_ = c.nc.SetWriteDeadline(time.Time{})
+		return true
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		c.slowClose(*bufs)
+		return false
+	}
+	c.written(nil, 0, err)
+	return false
+}
+
+// slowClose closes a client that has read nothing for WriteTimeout with
+// 4008, like one whose queue overflowed. What is left of the batch being
+// written (a frame may be half written) is finished, then the close frame
+// follows it, all within another WriteTimeout; the socket is then closed
+// without a reset, so that a client that reads late still gets everything
+// up to the close frame. A client that reads nothing in that time either is
+// dropped.
+func (c *conn) slowClose(rest net.Buffers) {
+	reason := "slow consumer: nothing read for " + c.g.cfg.WriteTimeout.String() + "; resume from your last seq"
+	c.mu.Lock()
+	first := !c.closing
+	if first {
+		c.closing = true
+		c.closeFrame = closeFrame(CloseSlowConsumer, reason)
+	}
+	cf := c.closeFrame
+	c.closeFrame = nil
+	c.queue, c.queued, c.inflight = nil, 0, 0
+	c.signalDrained()
+	c.mu.Unlock()
+	if first {
+		c.g.met.slowCloses.Inc()
+		go c.release()
+	}
+	if cf == nil { // aborted meanwhile: the peer is gone
+		_ = c.nc.Close()
+		return
+	}
+	rest = append(rest, cf)
+	_ = c.nc.SetWriteDeadline(deadline(c.g.cfg.WriteTimeout))
+	if _, err := rest.WriteTo(c.nc); err != nil {
+		_ = c.nc.Close()
+		return
+	}
+	connlimit.LingerClose(c.nc, closeLinger)
 }
 
 // flush writes queued frames, batched into one writev, until the queue is
@@ -752,45 +837,54 @@ func (c *conn) flush() {
 			}
 			return
 		}
-		_ = c.nc.SetWriteDeadline(deadline(c.g.cfg.WriteTimeout))
 		nb := net.Buffers(bufs)
-		_, err := nb.WriteTo(c.nc)
-		if !c.written(bufs, n, err) {
+		if !c.writeBlocking(&nb) || !c.written(bufs, n, nil) {
 			return
 		}
 	}
 }
 
-// finish writes the close frame (if any) and closes the socket.
+// finish writes the close frame (if any), waiting up to WriteTimeout for
+// room, and closes the socket; after a close frame, without a reset (see
+// connlimit.LingerClose), so that the client reads all that was sent.
 func (c *conn) finish(cf []byte) {
-	if cf != nil {
-		_ = c.nc.SetWriteDeadline(deadline(time.Second))
-		_, _ = c.nc.Write(cf)
+	if cf == nil {
+		_ = c.nc.Close()
+		return
 	}
-	_ = c.nc.Close()
+	_ = c.nc.SetWriteDeadline(deadline(c.g.cfg.WriteTimeout))
+	if _, err := c.nc.Write(cf); err != nil {
+		_ = c.nc.Close()
+		return
+	}
+	connlimit.LingerClose(c.nc, closeLinger)
 }
 
-// closeWith closes the connection with a close frame: frames still queued
-// are dropped, one being written is finished first.
+// closeWith closes the connection with a close frame, sent after the
+// frames already queued (answers to the messages read before, in order):
+// nothing more is queued. A slow consumer's 4008 drops the queue instead,
+// and follows only the batch being written.
 func (c *conn) closeWith(code CloseCode, reason string) {
 	if reason == "" {
 		reason = code.Reason()
 	}
-	c.shut(closeFrame(code, reason))
+	c.shut(closeFrame(code, reason), code == CloseSlowConsumer)
 }
 
 // abort closes the connection of a peer that is gone, without a close
 // frame.
-func (c *conn) abort() { c.shut(nil) }
+func (c *conn) abort() { c.shut(nil, true) }
 
-func (c *conn) shut(cf []byte) {
+func (c *conn) shut(cf []byte, dropQueue bool) {
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
 		return
 	}
 	c.closing = true
-	c.queue, c.queued, c.bigQueued = nil, 0, 0
+	if dropQueue {
+		c.queue, c.queued, c.bigQueued = nil, 0, 0
+	}
 	c.closeFrame = cf
 	start := !c.flushing
 	c.flushing = true
@@ -816,6 +910,7 @@ func (c *conn) isClosing() bool {
 // release detaches a closing connection from the poller, its feeds and the
 // gateway.
 func (c *conn) release() {
+	c.slot.Release() // closed before it authenticated
 	c.g.poll.remove(c)
 	c.mu.Lock()
 	if c.expiry != nil {

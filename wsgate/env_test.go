@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tablecast/tablecast/internal/natstest"
@@ -79,6 +80,8 @@ func startGateway(t testing.TB, mod func(*Config)) *testEnv {
 	served := make(chan error, 1)
 	mux := http.NewServeMux()
 	mux.Handle("GET /{$}", PageHandler())
+	mux.Handle("GET /metrics", promhttp.HandlerFor(e.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"healthy":true}`)) })
 	go func() { served <- gw.Serve(ln, mux) }()
 	t.Cleanup(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tablecast/tablecast/internal/connlimit"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -38,10 +39,43 @@ type Config struct {
 	Replicas int
 
 	// AllowedOrigins are the browser origins that may open a WebSocket
-	// ("https://app.example.com"), "*" for any. Empty allows only an Origin
-	// whose host is the request's Host. Requests without an Origin header
-	// are not from browsers and are not checked.
+	// ("https://app.example.com"), "*" for any. Empty allows only the
+	// gateway's own origin: an Origin whose host and port are the request's
+	// Host and, when Auth is off (anonymous access), whose host is served by
+	// name or address (AllowedHosts without "*"). Requests without an
+	// Origin header are not from browsers and are not checked.
 	AllowedOrigins []string
+	// AllowedHosts are the host names (without port) the gateway answers
+	// requests for, besides those it always serves: "localhost" and loopback
+	// IPs when it listens on loopback or on every address, the IP it
+	// listens on, and any IP literal when it listens on every address (a
+	// name can be made to point anywhere; an address cannot). "*.example.com"
+	// allows the subdomains of example.com, "*" every host. A request for
+	// another Host, on any path, is answered 421 Misdirected Request: this
+	// is what stops DNS rebinding. Empty: only those served always.
+	AllowedHosts []string
+
+	// MaxHeaderBytes bounds a request's head (request line and headers)
+	// before the client is known; beyond it the answer is 431 (414 for the
+	// request line alone, which is bounded to 8 KiB). net/http, which serves
+	// kept-alive connections, allows 4 KiB more. Default 16 KiB.
+	MaxHeaderBytes int
+	// HeaderTimeout bounds the reading of a request's head, from its first
+	// byte on a kept-alive connection. Default ReadTimeout.
+	HeaderTimeout time.Duration
+	// IdleTimeout closes a kept-alive HTTP connection that sends no new
+	// request for this long. Default 60s.
+	IdleTimeout time.Duration
+	// MaxHandshakes bounds the connections whose first request is being
+	// read at once; more are answered 503. Default 1024.
+	MaxHandshakes int
+	// MaxUnauthenticatedPerAddr bounds the connections one source address
+	// (an IPv4 address, an IPv6 /64) may hold before they are authenticated:
+	// WebSocket connections until authenticated (anonymous ones count only
+	// during the handshake), other HTTP connections for as long as they
+	// stay open. More are answered 429. Default 128; negative: no limit
+	// (behind a proxy, every client has the proxy's address).
+	MaxUnauthenticatedPerAddr int
 
 	// MaxMessageBytes bounds a client message (all its fragments); a
 	// bigger one closes the connection with 1009. Default 64 KiB.
@@ -130,6 +164,21 @@ func (c Config) withDefaults() (Config, error) {
 	if c.PingInterval <= 0 {
 		c.PingInterval = 30 * time.Second
 	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = 16 << 10
+	}
+	if c.HeaderTimeout <= 0 {
+		c.HeaderTimeout = c.ReadTimeout
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 60 * time.Second
+	}
+	if c.MaxHandshakes <= 0 {
+		c.MaxHandshakes = 1024
+	}
+	if c.MaxUnauthenticatedPerAddr == 0 {
+		c.MaxUnauthenticatedPerAddr = 128
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -158,6 +207,10 @@ type Gateway struct {
 
 	feedMu sync.Mutex
 	feeds  map[string]*feed
+
+	hosts      *hostPolicy
+	handshakes atomic.Int64       // connections whose first request is being read
+	unauth     *connlimit.PerAddr // unauthenticated connections per address
 
 	connMu     sync.Mutex
 	conns      map[*conn]struct{}
@@ -207,6 +260,8 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 		feeds:      map[string]*feed{},
 		conns:      map[*conn]struct{}{},
 		identConns: map[string]int{},
+		hosts:      newHostPolicy(cfg.AllowedHosts, nil),
+		unauth:     connlimit.NewPerAddr(cfg.MaxUnauthenticatedPerAddr),
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.poll, err = newPoller(g.dispatchRead)
@@ -253,8 +308,20 @@ func (g *Gateway) Serve(ln net.Listener, h http.Handler) error {
 	mux.Handle("/", h)
 	mux.Handle("/ws", g)
 	mux.Handle("/ws/", g)
+	g.hosts = newHostPolicy(g.cfg.AllowedHosts, ln.Addr())
+	if (g.hosts.anyIP || !g.hosts.loopback) && len(g.cfg.AllowedHosts) == 0 {
+		// Off loopback, clients usually come by a name; without one listed
+		// they are all answered 421.
+		g.log.Warn("no host names allowed: only requests for an IP address (or localhost) are answered", "addr", ln.Addr().String())
+	}
 	httpLn := newChanListener(ln.Addr())
-	httpSrv := &http.Server{Handler: mux, ReadHeaderTimeout: g.cfg.ReadTimeout, ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelDebug)}
+	httpSrv := &http.Server{
+		Handler:           g.checkHost(mux),
+		ReadHeaderTimeout: g.cfg.HeaderTimeout,
+		IdleTimeout:       g.cfg.IdleTimeout,
+		MaxHeaderBytes:    g.cfg.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+	}
 	g.connMu.Lock()
 	if g.closing.Load() {
 		g.connMu.Unlock()
@@ -282,7 +349,20 @@ func (g *Gateway) Serve(ln net.Listener, h http.Handler) error {
 			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 		}
 		tempDelay = 0
-		go g.handshake(nc, httpLn)
+		slot, ok := g.unauth.Acquire(nc.RemoteAddr())
+		if !ok {
+			g.met.refused.WithLabelValues("address").Inc()
+			go connlimit.Refuse(nc, http.StatusTooManyRequests, "too many unauthenticated connections from your address", time.Second)
+			continue
+		}
+		if g.handshakes.Add(1) > int64(g.cfg.MaxHandshakes) {
+			g.handshakes.Add(-1)
+			slot.Release()
+			g.met.refused.WithLabelValues("handshakes").Inc()
+			go connlimit.Refuse(nc, http.StatusServiceUnavailable, "too many connections being opened; retry", time.Second)
+			continue
+		}
+		go g.handshake(nc, slot, httpLn)
 	}
 }
 

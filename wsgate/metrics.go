@@ -19,6 +19,7 @@ type metrics struct {
 	errorFrames   *prometheus.CounterVec
 	fanout        prometheus.Histogram
 	claims        *prometheus.CounterVec
+	refused       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -56,10 +57,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "tablecast_gateway_claims_total",
 			Help: "Claims of events too large for one NATS message, by result: resolved (the object read), gone (expired: the event sent as received), failed (unreadable in time, or malformed: sent as received).",
 		}, []string{"result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_gateway_refused_total",
+			Help: "Connections refused before a request was served, by reason: address (too many unauthenticated from one address), handshakes (too many being opened).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.subscriptions, m.feeds, m.framesSent, m.bytesSent,
-			m.slowCloses, m.events, m.errorFrames, m.fanout, m.claims)
+			m.slowCloses, m.events, m.errorFrames, m.fanout, m.claims, m.refused)
 	}
 	return m
 }

@@ -83,18 +83,20 @@ func (p *epoller) rearm(c *conn) error {
 	return nil
 }
 
-// remove unregisters c; it runs before the socket is closed, so that its
-// descriptor number, once reused, is never mistaken for c.
+// remove unregisters c. The socket may be closed already and its
+// descriptor number reused by a new connection: the map tells whose the
+// number is now, and the EPOLL_CTL_DEL is made under the same lock, so that
+// it can never remove the new connection's registration (add registers a
+// number only after taking it in the map).
 func (p *epoller) remove(c *conn) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	fd := c.fd
 	if fd < 0 || p.conns[int32(fd)] != c {
-		p.mu.Unlock()
 		return
 	}
 	delete(p.conns, int32(fd))
 	c.fd = -1
-	p.mu.Unlock()
 	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 }
 

@@ -64,7 +64,13 @@ type Config struct {
 	APIKeysFile           string        `envconfig:"API_KEYS_FILE" desc:"JSON file of service API keys, a list of {name, hash (sha256:<hex>), claims}, reloaded when it changes and on SIGHUP; empty: none"`
 	AllowAnonymous        bool          `envconfig:"ALLOW_ANONYMOUS" default:"false" desc:"let clients in without credentials, with every grant, on a non-loopback TABLECAST_HTTP_ADDR"`
 	AnonymousGrants       string        `envconfig:"ANONYMOUS_GRANTS" desc:"grants of clients that present no credential, JSON like the tablecast claim ({\"tables\":{\"public.prices\":[\"*\"]}}) or @/path/to/file.json; empty: such clients are refused once authentication is on"`
-	AllowedOrigins        []string      `envconfig:"ALLOWED_ORIGINS" desc:"origins allowed to open a WebSocket, comma-separated scheme://host[:port], * for any; empty: same host only (requests without Origin are not checked)"`
+	AllowedOrigins        []string      `envconfig:"ALLOWED_ORIGINS" desc:"origins allowed to open a WebSocket, comma-separated scheme://host[:port], * for any; empty: the gateway's own origin only (requests without Origin are not checked)"`
+	AllowedHosts          []string      `envconfig:"ALLOWED_HOSTS" desc:"host names the gateway answers (the Host header, without port), comma-separated, *.example.com for subdomains, * for any; always answered: localhost and loopback IPs when listening on loopback, the listening IP, any IP when listening on every address, the TLS certificate's names; others get 421"`
+	HTTPMaxHeaderBytes    int           `envconfig:"HTTP_MAX_HEADER_BYTES" default:"16384" desc:"largest request head (request line and headers) before a client is authenticated; beyond, 431 (414 for a request line over 8 KiB)"`
+	HTTPHeaderTimeout     time.Duration `envconfig:"HTTP_HEADER_TIMEOUT" default:"10s" desc:"time for a request's head to arrive, WebSocket handshakes included; the connection is closed beyond"`
+	HTTPIdleTimeout       time.Duration `envconfig:"HTTP_IDLE_TIMEOUT" default:"60s" desc:"a kept-alive HTTP connection that sends no new request for this long is closed"`
+	HTTPMaxHandshakes     int           `envconfig:"HTTP_MAX_HANDSHAKES" default:"1024" desc:"connections whose first request is being read at once, at most; more are answered 503"`
+	HTTPMaxUnauthPerAddr  int           `envconfig:"HTTP_MAX_UNAUTHENTICATED_PER_ADDR" default:"128" desc:"connections one client address (IPv4, IPv6 /64) may hold before authenticating (plain HTTP ones for their whole life); more are answered 429; -1 for no limit (behind a proxy)"`
 	WSMaxMessage          int           `envconfig:"WS_MAX_MESSAGE" default:"65536" desc:"largest client WebSocket message in bytes; a bigger one closes the connection with 1009"`
 	WSSendQueue           int           `envconfig:"WS_SEND_QUEUE" default:"4194304" desc:"bytes that may wait to be sent to one client; beyond, it is closed with 4008 and resumes from its last seq"`
 	WSMaxSubs             int           `envconfig:"WS_MAX_SUBSCRIPTIONS" default:"100" desc:"subscriptions one WebSocket connection may hold"`
@@ -74,7 +80,7 @@ type Config struct {
 	TLSCert               string        `envconfig:"TLS_CERT" desc:"certificate file (PEM, with its chain) for https and wss on TABLECAST_HTTP_ADDR; with TABLECAST_TLS_KEY"`
 	TLSKey                string        `envconfig:"TLS_KEY" desc:"private key file (PEM) of TABLECAST_TLS_CERT"`
 	WSPingInterval        time.Duration `envconfig:"WS_PING_INTERVAL" default:"30s" desc:"how often idle WebSocket clients are pinged; one silent for two intervals is dropped"`
-	WSReadTimeout         time.Duration `envconfig:"WS_READ_TIMEOUT" default:"10s" desc:"time for a client message to arrive whole once begun, and for the handshake"`
+	WSReadTimeout         time.Duration `envconfig:"WS_READ_TIMEOUT" default:"10s" desc:"time for a client message to arrive whole once begun"`
 	WSWriteTimeout        time.Duration `envconfig:"WS_WRITE_TIMEOUT" default:"10s" desc:"time one write to a client may take before the client is dropped"`
 
 	PProf     bool   `envconfig:"PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on TABLECAST_HTTP_ADDR (keep that address private)"`
@@ -141,12 +147,26 @@ func loadConfig() (Config, error) {
 		errs = append(errs, fmt.Errorf("TABLECAST_LOG_FORMAT %q: want text or json", c.LogFormat))
 	}
 	for name, v := range map[string]int{"TABLECAST_WS_MAX_MESSAGE": c.WSMaxMessage, "TABLECAST_WS_SEND_QUEUE": c.WSSendQueue, "TABLECAST_WS_MAX_SUBSCRIPTIONS": c.WSMaxSubs,
-		"TABLECAST_WS_MAX_CONNECTIONS_PER_IDENTITY": c.WSMaxConnsPerIdentity, "TABLECAST_WS_MESSAGES_PER_SECOND": c.WSMessagesPerSecond, "TABLECAST_MAX_TOPICS": c.MaxTopics} {
+		"TABLECAST_WS_MAX_CONNECTIONS_PER_IDENTITY": c.WSMaxConnsPerIdentity, "TABLECAST_WS_MESSAGES_PER_SECOND": c.WSMessagesPerSecond, "TABLECAST_MAX_TOPICS": c.MaxTopics,
+		"TABLECAST_HTTP_MAX_HANDSHAKES": c.HTTPMaxHandshakes} {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s %d: must be positive", name, v))
 		}
 	}
-	for name, v := range map[string]time.Duration{"TABLECAST_WS_PING_INTERVAL": c.WSPingInterval, "TABLECAST_WS_READ_TIMEOUT": c.WSReadTimeout, "TABLECAST_WS_WRITE_TIMEOUT": c.WSWriteTimeout} {
+	if c.HTTPMaxHeaderBytes < 1024 {
+		errs = append(errs, fmt.Errorf("TABLECAST_HTTP_MAX_HEADER_BYTES %d: must be 1024 or more (browsers send about 1 KiB of headers)", c.HTTPMaxHeaderBytes))
+	}
+	if c.HTTPMaxUnauthPerAddr == 0 || c.HTTPMaxUnauthPerAddr < -1 {
+		errs = append(errs, fmt.Errorf("TABLECAST_HTTP_MAX_UNAUTHENTICATED_PER_ADDR %d: must be positive, or -1 for no limit", c.HTTPMaxUnauthPerAddr))
+	}
+	for i, h := range c.AllowedHosts {
+		c.AllowedHosts[i] = strings.TrimSpace(h)
+		if h := c.AllowedHosts[i]; h == "" || strings.ContainsAny(h, "/@ ") || strings.Contains(h, ":") && net.ParseIP(strings.Trim(h, "[]")) == nil {
+			errs = append(errs, fmt.Errorf("TABLECAST_ALLOWED_HOSTS %q: want a host name or IP without scheme or port (app.example.com, *.example.com, 10.0.0.5), or *", h))
+		}
+	}
+	for name, v := range map[string]time.Duration{"TABLECAST_WS_PING_INTERVAL": c.WSPingInterval, "TABLECAST_WS_READ_TIMEOUT": c.WSReadTimeout, "TABLECAST_WS_WRITE_TIMEOUT": c.WSWriteTimeout,
+		"TABLECAST_HTTP_HEADER_TIMEOUT": c.HTTPHeaderTimeout, "TABLECAST_HTTP_IDLE_TIMEOUT": c.HTTPIdleTimeout} {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s %s: must be positive", name, v))
 		}
@@ -327,22 +347,28 @@ func loopback(addr string) bool {
 
 func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer, auth *wsgate.Authenticator) wsgate.Config {
 	return wsgate.Config{
-		Auth:                auth,
-		Prefix:              c.SubjectPrefix,
-		Stream:              c.Stream,
-		Replicas:            c.StreamReplicas,
-		AllowedOrigins:      c.AllowedOrigins,
-		MaxMessageBytes:     c.WSMaxMessage,
-		SendQueueBytes:      c.WSSendQueue,
-		MaxSubscriptions:    c.WSMaxSubs,
-		MaxConnsPerIdentity: c.WSMaxConnsPerIdentity,
-		MessagesPerSecond:   c.WSMessagesPerSecond,
-		MaxTopics:           c.MaxTopics,
-		ReadTimeout:         c.WSReadTimeout,
-		WriteTimeout:        c.WSWriteTimeout,
-		PingInterval:        c.WSPingInterval,
-		Logger:              log.With("component", "gateway"),
-		Registerer:          reg,
+		Auth:                      auth,
+		Prefix:                    c.SubjectPrefix,
+		Stream:                    c.Stream,
+		Replicas:                  c.StreamReplicas,
+		AllowedOrigins:            c.AllowedOrigins,
+		AllowedHosts:              c.AllowedHosts,
+		MaxHeaderBytes:            c.HTTPMaxHeaderBytes,
+		HeaderTimeout:             c.HTTPHeaderTimeout,
+		IdleTimeout:               c.HTTPIdleTimeout,
+		MaxHandshakes:             c.HTTPMaxHandshakes,
+		MaxUnauthenticatedPerAddr: c.HTTPMaxUnauthPerAddr,
+		MaxMessageBytes:           c.WSMaxMessage,
+		SendQueueBytes:            c.WSSendQueue,
+		MaxSubscriptions:          c.WSMaxSubs,
+		MaxConnsPerIdentity:       c.WSMaxConnsPerIdentity,
+		MessagesPerSecond:         c.WSMessagesPerSecond,
+		MaxTopics:                 c.MaxTopics,
+		ReadTimeout:               c.WSReadTimeout,
+		WriteTimeout:              c.WSWriteTimeout,
+		PingInterval:              c.WSPingInterval,
+		Logger:                    log.With("component", "gateway"),
+		Registerer:                reg,
 	}
 }
 

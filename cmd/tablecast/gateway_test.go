@@ -190,7 +190,7 @@ func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "tablecast test"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"tablecast.test"}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
 		t.Fatal(err)
@@ -226,13 +226,14 @@ func hs256(secret string, claims map[string]any) string {
 
 // TestGatewayTLSAndAuth runs `tablecast gateway` with TLS and a JWT secret:
 // https and wss work with the certificate, a client without a token is
-// closed with 4001, one with a token subscribes.
+// closed with 4001, one with a token subscribes. Requests are answered for
+// the certificate's names and TABLECAST_ALLOWED_HOSTS, and 421 for others.
 func TestGatewayTLSAndAuth(t *testing.T) {
 	certFile, keyFile, pool := selfSigned(t)
 	secret := "a-secret-of-at-least-32-bytes-for-hs256"
 	addr, natsAddr := freeAddr(t), freeAddr(t)
 	startProcess(t, append(baseEnv(), "TABLECAST_HTTP_ADDR="+addr, "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir(),
-		"TABLECAST_TLS_CERT="+certFile, "TABLECAST_TLS_KEY="+keyFile, "TABLECAST_JWT_SECRET="+secret), "gateway")
+		"TABLECAST_TLS_CERT="+certFile, "TABLECAST_TLS_KEY="+keyFile, "TABLECAST_JWT_SECRET="+secret, "TABLECAST_ALLOWED_HOSTS=app.example"), "gateway")
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	waitFor(t, time.Minute, "https /readyz", func() bool {
 		resp, err := client.Get("https://" + addr + "/readyz")
@@ -242,6 +243,19 @@ func TestGatewayTLSAndAuth(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
+	_, port, _ := net.SplitHostPort(addr)
+	for host, want := range map[string]int{"tablecast.test": 200, "app.example": 200, "127.0.0.1": 200, "evil.example": 421} {
+		req, _ := http.NewRequest(http.MethodGet, "https://"+addr+"/healthz", nil)
+		req.Host = host + ":" + port
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("GET /healthz with Host %s: %v", host, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET /healthz with Host %s answered %s, want %d", host, resp.Status, want)
+		}
+	}
 	dial := func(path string) *websocket.Conn {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

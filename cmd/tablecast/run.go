@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tablecast/tablecast/cdc"
+	"github.com/tablecast/tablecast/internal/connlimit"
 	"github.com/tablecast/tablecast/stream"
 	"github.com/tablecast/tablecast/wsgate"
 )
@@ -52,6 +53,13 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		// WebSocket connections over TLS are read by a goroutine each: the
 		// TLS layer buffers what epoll would have to see.
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}})
+		// The names the certificate is for are names the gateway serves.
+		if leaf := cert.Leaf; leaf != nil {
+			cfg.AllowedHosts = append(cfg.AllowedHosts, leaf.DNSNames...)
+			for _, ip := range leaf.IPAddresses {
+				cfg.AllowedHosts = append(cfg.AllowedHosts, ip.String())
+			}
+		}
 	}
 
 	nc, js, closeNATS, err := connectNATS(ctx, cfg, log)
@@ -114,9 +122,9 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		go func() { errc <- gw.Serve(ln, mux) }()
 		log.Info("gateway listening", "addr", ln.Addr().String(), "endpoints", "/ /ws /ws/tables/… /healthz /readyz /metrics")
 	} else {
-		srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		srv = cfg.httpServer(mux)
 		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := serveHTTP(srv, ln, cfg); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- err
 			}
 		}()
@@ -166,6 +174,25 @@ func reloadOnHangup(ctx context.Context, auth *wsgate.Authenticator, log *slog.L
 			}
 		}
 	}
+}
+
+// httpServer is the HTTP server of the endpoints when no gateway serves
+// them (tablecast cdc): the same header bound and timeouts as the
+// gateway's, so that idle or slow clients cannot hold connections forever.
+func (c Config) httpServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: c.HTTPHeaderTimeout,
+		IdleTimeout:       c.HTTPIdleTimeout,
+		MaxHeaderBytes:    c.HTTPMaxHeaderBytes,
+	}
+}
+
+// serveHTTP serves srv on ln, bounding each client address to
+// TABLECAST_HTTP_MAX_UNAUTHENTICATED_PER_ADDR connections (none of them
+// ever authenticates).
+func serveHTTP(srv *http.Server, ln net.Listener, c Config) error {
+	return srv.Serve(connlimit.NewListener(ln, c.HTTPMaxUnauthPerAddr))
 }
 
 // health is the body of /healthz.
