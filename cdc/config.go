@@ -14,10 +14,18 @@ type Config struct {
 	// DatabaseURL is the PostgreSQL connection string (required). The reader
 	// adds replication=database itself for its replication connection.
 	DatabaseURL string
-	// Publication to read; created if missing. Default "tablecast".
+	// Publication to read; created if missing, FOR TABLE the tables of
+	// Tables that can publish their updates and deletes, and marked (by its
+	// comment) as managed by tablecast, which then keeps it in step with
+	// the catalog. A publication without the mark is read as it is.
+	// Default "tablecast".
 	Publication string
-	// Tables the created publication covers, as schema.table, or ["*"] for
-	// all tables. Default ["*"]. Ignored when the publication already exists.
+	// Tables a publication tablecast manages covers, as schema.table, or
+	// ["*"] for every table that can publish its updates and deletes (a
+	// primary key, or REPLICA IDENTITY FULL or USING INDEX), outside the
+	// system schemas and extensions. A named table that cannot is a
+	// ConfigError. Default ["*"]. Ignored for a publication tablecast does
+	// not manage.
 	Tables []string
 	// Slot is the logical replication slot; created if missing. Default "tablecast".
 	Slot string
@@ -57,6 +65,17 @@ type Config struct {
 	// WatchInterval is how often the slot's lag is read from PostgreSQL for
 	// metrics and health. Default 5s.
 	WatchInterval time.Duration
+	// CatalogInterval is how often the catalog is read to keep a managed
+	// publication in step (tables created, or gaining or losing a key).
+	// Default 2s: a table that loses its key has its writes refused until
+	// it is dropped from the publication, so the round must be short, and
+	// one catalog query is cheap.
+	CatalogInterval time.Duration
+	// TopicRoles are the roles, besides the reader's own and superusers,
+	// the DBA lets publish custom-topic messages with
+	// pg_logical_emit_message; Doctor warns about any other role that can
+	// execute it. Default none.
+	TopicRoles []string
 }
 
 // withDefaults returns c with every zero optional field set to its default,
@@ -100,6 +119,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.WatchInterval <= 0 {
 		c.WatchInterval = 5 * time.Second
+	}
+	if c.CatalogInterval <= 0 {
+		c.CatalogInterval = 2 * time.Second
 	}
 
 	var errs []error
