@@ -569,6 +569,9 @@ func (d *doctor) candidateTables(ctx context.Context, names []string) ([]pubTabl
 }
 
 func (d *doctor) queryTables(ctx context.Context, sql string, args ...any) ([]pubTable, error) {
+	if _, err := d.conn.Exec(ctx, `SET jit = off`); err != nil { // see readTables
+		return nil, err
+	}
 	rows, err := d.conn.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, err

@@ -256,7 +256,7 @@ Usage:
   tablecast gateway                the WebSocket gateway alone (embedded NATS too when TABLECAST_NATS_URL is empty)
   tablecast tail [schema.table]    print events as JSON lines; --all from the stream's start, -n N to stop after N
   tablecast doctor                 check PostgreSQL for tablecast, each problem with the SQL that fixes it; exit 1 on a failure
-  tablecast snapshot schema.table  ask the running reader to snapshot one table (op read) while it streams
+  tablecast snapshot schema.table  ask the running reader, over NATS, to snapshot one table (op read) while it streams
   tablecast slot status            the replication slot: holder, LSNs, lag, retained WAL, wal_status
   tablecast slot drop [--force]    drop the replication slot; --force terminates the process holding it first
   tablecast help                   this text
