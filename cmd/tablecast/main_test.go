@@ -207,6 +207,8 @@ func TestMisconfigurationExits(t *testing.T) {
 		{"bad slot name", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_SLOT=Bad Slot"}, "TABLECAST_SLOT"},
 		{"bad snapshot mode", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_SNAPSHOT=sometimes"}, "TABLECAST_SNAPSHOT"},
 		{"bad heartbeat", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_HEARTBEAT_INTERVAL=often"}, "TABLECAST_HEARTBEAT_INTERVAL"},
+		{"empty topic role", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_TOPIC_ROLES=app,,other"}, "TABLECAST_TOPIC_ROLES: an empty role name"},
+		{"control subject prefix", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_SUBJECT_PREFIX=_TABLECAST.x"}, "the token _TABLECAST starts tablecast's control subjects"},
 		{"unknown command", []string{}, "unknown command"},
 		{"gateway anonymous off loopback", []string{"TABLECAST_HTTP_ADDR=0.0.0.0:0"}, "not a loopback address and no authentication is configured"},
 		{"gateway short JWT secret", []string{"TABLECAST_JWT_SECRET=short"}, "TABLECAST_JWT_SECRET"},
