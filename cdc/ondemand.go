@@ -169,12 +169,19 @@ func RequestSnapshot(ctx context.Context, nc *nats.Conn, prefix, slot, table str
 // serveSnapshotRequests answers requests on SnapshotSubject until the
 // subscription is drained. A reader that is not streaming (a second one
 // waiting for the slot, or one between sessions) stays silent, so the
-// reader that holds the slot is the one that answers.
+// reader that holds the slot is the one that answers; one about to stream
+// (starting, or reconnecting) waits a little for it first.
 func (r *Reader) serveSnapshotRequests(ctx context.Context) (*nats.Subscription, error) {
 	subject := SnapshotSubject(r.prefix, r.cfg.Slot)
 	sub, err := r.nc.Subscribe(subject, func(m *nats.Msg) {
-		if m.Reply == "" || !r.streaming.Load() {
+		if m.Reply == "" {
 			return
+		}
+		for deadline := time.Now().Add(snapshotAnswerTimeout / 2); !r.streaming.Load(); {
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 		ans := r.answerSnapshot(ctx, m.Data)
 		b, _ := json.Marshal(ans)
@@ -184,6 +191,12 @@ func (r *Reader) serveSnapshotRequests(ctx context.Context) (*nats.Subscription,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listen for snapshot requests on %s: %w", subject, err)
+	}
+	// The server has the subscription once Flush returns: a request sent
+	// once the reader streams finds it. (Without NATS now, the client
+	// subscribes again when it reconnects.)
+	if err := r.nc.FlushTimeout(5 * time.Second); err != nil {
+		r.log.Warn("NATS did not confirm the subscription for snapshot requests", "subject", subject, "err", err)
 	}
 	return sub, nil
 }

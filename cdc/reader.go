@@ -81,6 +81,13 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.db = src.database
+	// Listening before the slot exists: a request sent once it does is
+	// answered (after a short wait, while the reader is not streaming yet).
+	sub, err := r.serveSnapshotRequests(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
 	reg, err := stream.OpenRegistry(ctx, r.js, r.cfg.SchemaBucket, 1)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -117,7 +124,8 @@ func (r *Reader) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return err
+		// Their records stay: the next start takes them.
+		r.log.Error("cannot resume the catch-up snapshots a previous run did not finish", "err", err)
 	}
 	// The first round before streaming: what is left out, or what a DBA's
 	// publication breaks, is said at once.
@@ -137,11 +145,6 @@ func (r *Reader) Run(ctx context.Context) error {
 	if r.cfg.HeartbeatInterval > 0 {
 		go r.heartbeat(wctx)
 	}
-	sub, err := r.serveSnapshotRequests(wctx)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = sub.Unsubscribe() }()
 
 	backoff := r.cfg.RetryMin
 	for {
