@@ -15,10 +15,18 @@ type Config struct {
 	// DatabaseURL is the PostgreSQL connection string (required). The reader
 	// adds replication=database itself for its replication connection.
 	DatabaseURL string
-	// Publication to read; created if missing. Default "tablecast".
+	// Publication to read; created if missing, FOR TABLE the tables of
+	// Tables that can publish their updates and deletes, and marked (by its
+	// comment) as managed by tablecast, which then keeps it in step with
+	// the catalog. A publication without the mark is read as it is.
+	// Default "tablecast".
 	Publication string
-	// Tables the created publication covers, as schema.table, or ["*"] for
-	// all tables. Default ["*"]. Ignored when the publication already exists.
+	// Tables a publication tablecast manages covers, as schema.table, or
+	// ["*"] for every table that can publish its updates and deletes (a
+	// primary key, or REPLICA IDENTITY FULL or USING INDEX), outside the
+	// system schemas and extensions. A named table that cannot is a
+	// ConfigError. Default ["*"]. Ignored for a publication tablecast does
+	// not manage.
 	Tables []string
 	// Slot is the logical replication slot; created if missing. Default "tablecast".
 	Slot string
@@ -69,6 +77,17 @@ type Config struct {
 	// larger than the server's maximum payload, created when first needed.
 	// Default stream.DefaultPayloadBucket, "TABLECAST_PAYLOADS".
 	PayloadBucket string
+	// CatalogInterval is how often the catalog is read to keep a managed
+	// publication in step (tables created, or gaining or losing a key).
+	// Default 2s: a table that loses its key has its writes refused until
+	// it is dropped from the publication, so the round must be short, and
+	// one catalog query is cheap.
+	CatalogInterval time.Duration
+	// TopicRoles are the roles, besides the reader's own and superusers,
+	// the DBA lets publish custom-topic messages with
+	// pg_logical_emit_message; Doctor warns about any other role that can
+	// execute it. Default none.
+	TopicRoles []string
 }
 
 // withDefaults returns c with every zero optional field set to its default,
@@ -118,6 +137,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.PayloadBucket == "" {
 		c.PayloadBucket = stream.DefaultPayloadBucket
+	}
+	if c.CatalogInterval <= 0 {
+		c.CatalogInterval = 2 * time.Second
 	}
 
 	var errs []error

@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -48,8 +49,11 @@ const (
 // tablecast, and that what it has is in good shape: wal_level, free
 // replication slots and WAL senders, the role's REPLICATION attribute, the
 // publication and the tables it covers (their column lists, row filters and
-// replica identities), and the slot: its plugin, database, holder and the
-// WAL it retains. It changes nothing.
+// replica identities: a table PostgreSQL refuses UPDATE and DELETE on
+// because of the publication fails), who may execute
+// pg_logical_emit_message (custom-topic messages, and the reader's own
+// heartbeats and watermarks), and the slot: its plugin, database, holder
+// and the WAL it retains. It changes nothing.
 //
 // Every finding that is not ok says how to fix it. The error is for what
 // keeps the checks from running (a bad configuration, an unreachable
@@ -65,7 +69,7 @@ func Doctor(ctx context.Context, cfg Config) ([]Finding, error) {
 	}
 	defer conn.Close(context.Background())
 	d := &doctor{cfg: cfg, conn: conn}
-	for _, check := range []func(context.Context) error{d.checkServer, d.checkPublication, d.checkSlot} {
+	for _, check := range []func(context.Context) error{d.checkServer, d.checkMessages, d.checkPublication, d.checkSlot} {
 		if err := check(ctx); err != nil {
 			return d.findings, err
 		}
@@ -80,8 +84,10 @@ type doctor struct {
 	findings []Finding
 
 	database   string
+	user       string
 	version    int // server_version_num
 	superuser  bool
+	canCreate  bool // CREATE on the database: the role may create a publication
 	slotExists bool
 }
 
@@ -92,7 +98,7 @@ func (d *doctor) add(check, status, detail, fix string) {
 // checkServer checks the settings and the role.
 func (d *doctor) checkServer(ctx context.Context) error {
 	var (
-		user, version, walLevel                      string
+		version, walLevel                            string
 		replication                                  bool
 		maxSlots, maxSenders, usedSlots, usedSenders int
 	)
@@ -101,13 +107,15 @@ func (d *doctor) checkServer(ctx context.Context) error {
 			current_setting('max_replication_slots')::int, current_setting('max_wal_senders')::int,
 			(SELECT count(*) FROM pg_replication_slots)::int,
 			(SELECT count(*) FROM pg_stat_replication)::int,
-			EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)
+			EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+			has_database_privilege(current_database(), 'CREATE')
 		FROM pg_roles r WHERE r.rolname = current_user`, d.cfg.Slot).
-		Scan(&d.database, &user, &version, &d.version, &walLevel, &d.superuser, &replication,
-			&maxSlots, &maxSenders, &usedSlots, &usedSenders, &d.slotExists)
+		Scan(&d.database, &d.user, &version, &d.version, &walLevel, &d.superuser, &replication,
+			&maxSlots, &maxSenders, &usedSlots, &usedSenders, &d.slotExists, &d.canCreate)
 	if err != nil {
 		return fmt.Errorf("read server settings: %w", err)
 	}
+	user := d.user
 
 	if d.version < 140000 {
 		d.add("server", StatusWarn, fmt.Sprintf("database %s as role %s on PostgreSQL %s; tablecast supports PostgreSQL 14 and later", d.database, user, version),
@@ -163,29 +171,208 @@ func (d *doctor) checkServer(ctx context.Context) error {
 	return nil
 }
 
+// checkMessages checks who may execute pg_logical_emit_message, in both
+// its overloads. Any role that may can publish custom-topic messages
+// (prefix "tablecast:<topic>"), which subscribers receive as they would
+// the application's, so only the roles the DBA accepts (TopicRoles) should;
+// PostgreSQL grants it to PUBLIC by default. The reader's own role needs
+// the text overload, for its heartbeats and snapshot watermarks.
+func (d *doctor) checkMessages(ctx context.Context) error {
+	rows, err := d.conn.Query(ctx, `SELECT p.oid::regprocedure::text, has_function_privilege(p.oid, 'EXECUTE'),
+			ARRAY(SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END
+				FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+				LEFT JOIN pg_roles r ON r.oid = a.grantee
+				WHERE a.privilege_type = 'EXECUTE' AND (a.grantee = 0 OR NOT r.rolsuper) AND a.grantee <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+				ORDER BY 1)
+		FROM pg_proc p WHERE p.proname = 'pg_logical_emit_message' AND p.pronamespace = 'pg_catalog'::regnamespace
+		ORDER BY 1`)
+	if err != nil {
+		return fmt.Errorf("read the privileges of pg_logical_emit_message: %w", err)
+	}
+	type overload struct {
+		signature string
+		mine      bool
+		grantees  []string
+	}
+	overloads, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (overload, error) {
+		var o overload
+		err := row.Scan(&o.signature, &o.mine, &o.grantees)
+		return o, err
+	})
+	if err != nil {
+		return fmt.Errorf("read the privileges of pg_logical_emit_message: %w", err)
+	}
+	role := pgx.Identifier{d.user}.Sanitize()
+
+	// The reader writes text messages.
+	var textSig string
+	var mine bool
+	for _, o := range overloads {
+		if strings.HasPrefix(o.signature, "pg_logical_emit_message(boolean,text,text") {
+			textSig, mine = o.signature, o.mine
+		}
+	}
+	switch {
+	case textSig == "":
+		d.add("emit message", StatusFail, "pg_logical_emit_message(boolean, text, text) is missing: the reader writes its heartbeats and snapshot watermarks with it", "use PostgreSQL 14 or later")
+	case !mine:
+		d.add("emit message", StatusFail, fmt.Sprintf("role %s may not execute %s: the reader writes its heartbeats and snapshot watermarks with it", d.user, textSig),
+			fmt.Sprintf("GRANT EXECUTE ON FUNCTION pg_catalog.%s TO %s;", textSig, role))
+	default:
+		d.add("emit message", StatusOK, fmt.Sprintf("role %s may execute %s (heartbeats, snapshot watermarks)", d.user, textSig), "")
+	}
+
+	// Who else may write custom-topic messages.
+	var (
+		others  []string // role names beyond the accepted
+		signs   []string // the overloads they may execute
+		revokes []string
+	)
+	for _, o := range overloads {
+		var extra []string
+		for _, g := range o.grantees {
+			if !slices.Contains(d.cfg.TopicRoles, g) {
+				extra = append(extra, g)
+			}
+		}
+		if len(extra) == 0 {
+			continue
+		}
+		signs = append(signs, o.signature)
+		quoted := make([]string, len(extra))
+		for i, g := range extra {
+			quoted[i] = g
+			if g != "PUBLIC" {
+				quoted[i] = pgx.Identifier{g}.Sanitize()
+			}
+			if !slices.Contains(others, g) {
+				others = append(others, g)
+			}
+		}
+		revokes = append(revokes, fmt.Sprintf("REVOKE EXECUTE ON FUNCTION pg_catalog.%s FROM %s;", o.signature, strings.Join(quoted, ", ")))
+	}
+	accepted := "superusers"
+	if !d.superuser {
+		accepted = d.user + ", superusers"
+	}
+	if len(d.cfg.TopicRoles) > 0 {
+		accepted += " and the accepted roles " + strings.Join(d.cfg.TopicRoles, ", ")
+	}
+	if len(others) == 0 {
+		d.add("topic writers", StatusOK, "only "+accepted+" may execute pg_logical_emit_message, so only they can publish custom-topic messages", "")
+		return nil
+	}
+	who := "roles " + strings.Join(others, ", ")
+	if slices.Contains(others, "PUBLIC") {
+		who = "PUBLIC (every role)"
+	}
+	fix := strings.Join(revokes, " ")
+	if textSig != "" && !d.superuser {
+		fix += fmt.Sprintf(" GRANT EXECUTE ON FUNCTION pg_catalog.%s TO %s;", textSig, role)
+	}
+	if textSig != "" {
+		if len(d.cfg.TopicRoles) > 0 {
+			grantees := make([]string, len(d.cfg.TopicRoles))
+			for i, r := range d.cfg.TopicRoles {
+				grantees[i] = pgx.Identifier{r}.Sanitize()
+			}
+			fix += fmt.Sprintf(" GRANT EXECUTE ON FUNCTION pg_catalog.%s TO %s;", textSig, strings.Join(grantees, ", "))
+		} else {
+			fix += fmt.Sprintf(" -- then, to each role that may publish custom-topic messages: GRANT EXECUTE ON FUNCTION pg_catalog.%s TO <role>; and list it in TABLECAST_TOPIC_ROLES", textSig)
+		}
+	}
+	d.add("topic writers", StatusWarn, fmt.Sprintf("%s may execute %s, so can publish custom-topic messages (tablecast:<topic>) that subscribers receive as the application's; accepted: %s",
+		who, strings.Join(signs, " and "), accepted), fix)
+	return nil
+}
+
 // publication is a row of pg_publication; exists is false when there is
 // none and the values are those tablecast would create it with.
 type publication struct {
 	exists                 bool
+	managed                bool // its comment marks it as tablecast's
 	allTables              bool
+	inSchema               bool // FOR TABLES IN SCHEMA
 	insert, update, delete bool
 	truncate, viaRoot      bool
 }
 
 // checkPublication checks the publication and each table it covers (or
-// would cover, once tablecast creates it).
+// would cover, once tablecast creates it or brings it in step).
 func (d *doctor) checkPublication(ctx context.Context) error {
 	name := d.cfg.Publication
 	var p publication
-	err := d.conn.QueryRow(ctx, `SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot
+	var comment string
+	err := d.conn.QueryRow(ctx, `SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot,
+			coalesce(obj_description(oid, 'pg_publication'), '')
 		FROM pg_publication WHERE pubname = $1`, name).
-		Scan(&p.allTables, &p.insert, &p.update, &p.delete, &p.truncate, &p.viaRoot)
+		Scan(&p.allTables, &p.insert, &p.update, &p.delete, &p.truncate, &p.viaRoot, &comment)
 	switch {
 	case err == nil:
 		p.exists = true
+		p.managed = strings.HasPrefix(comment, managedMark)
+		info, err := readPublication(ctx, d.conn, name)
+		if err != nil {
+			return err
+		}
+		p.inSchema = info.inSchema
 	case errors.Is(err, pgx.ErrNoRows):
 	default:
 		return fmt.Errorf("look up publication %s: %w", name, err)
+	}
+
+	if p.exists && !p.managed {
+		// A DBA's publication: read as it is, and judged.
+		tables, err := d.publishedTables(ctx)
+		if err != nil {
+			return err
+		}
+		if err := d.judgePublication(ctx, p, tables); err != nil {
+			return err
+		}
+		for _, t := range tables {
+			if err := d.judgeTable(ctx, p, t); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+
+	// Created by tablecast, or to be: FOR TABLE what Tables asks for that
+	// can publish its updates and deletes.
+	names, err := resolveTables(ctx, d.conn, d.cfg.Tables)
+	if IsConfigError(err) {
+		what := "does not exist, and"
+		if p.exists {
+			what = "is managed by tablecast, and"
+		}
+		d.add("publication", StatusFail, fmt.Sprintf("%s %s %s", name, what, err),
+			"set TABLECAST_TABLES to existing tables (schema.table,…), or create the tables")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	sc := scopeAll
+	if names != nil {
+		sc = scopeListed
+	}
+	states, err := readTables(ctx, d.conn, name, sc, names)
+	if err != nil {
+		return err
+	}
+	set, err := listedSet(d.cfg.Tables)
+	if err != nil {
+		return err
+	}
+	plan := planSync(name, d.user, states, set)
+	var adds []string
+	for _, t := range plan.add {
+		adds = append(adds, t.quoted())
+	}
+	leftOut := ""
+	if n := len(plan.leftOut); n > 0 {
+		leftOut = fmt.Sprintf(" (%d left out, below)", n)
 	}
 
 	var tables []pubTable
@@ -193,44 +380,53 @@ func (d *doctor) checkPublication(ctx context.Context) error {
 		if tables, err = d.publishedTables(ctx); err != nil {
 			return err
 		}
-		d.judgePublication(p, tables)
-	} else {
-		names, err := resolveTables(ctx, d.conn, d.cfg.Tables)
-		if IsConfigError(err) {
-			d.add("publication", StatusFail, fmt.Sprintf("%s does not exist, and %s", name, err),
-				"set TABLECAST_TABLES to existing tables (schema.table,…), or create the tables")
-			return nil
+		if err := d.judgePublication(ctx, p, tables); err != nil {
+			return err
 		}
+	} else {
+		p = publication{insert: true, update: true, delete: true, truncate: true, viaRoot: true}
+		target := "no table yet"
+		if len(adds) > 0 {
+			target = "TABLE " + strings.Join(adds, ", ")
+		}
+		create := createPublicationSQL(name, adds) + "; " + commentSQL(name) + ";"
+		switch {
+		case !d.superuser && !d.canCreate:
+			d.add("publication", StatusFail, fmt.Sprintf("%s does not exist, and role %s may not create it (it needs CREATE on database %s)", name, d.user, d.database),
+				fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s; -- or have a DBA run: %s", pgx.Identifier{d.database}.Sanitize(), pgx.Identifier{d.user}.Sanitize(), create))
+		default:
+			d.add("publication", StatusWarn, fmt.Sprintf("%s does not exist: it will be created on first run, FOR %s%s, managed by tablecast", name, target, leftOut),
+				create+" -- or let tablecast create it")
+		}
+	}
+	if len(plan.add) > 0 {
+		added, err := d.candidateTables(ctx, adds)
 		if err != nil {
 			return err
 		}
-		p = publication{allTables: names == nil, insert: true, update: true, delete: true, truncate: true, viaRoot: true}
-		create := publicationSQL(name, names) + ";"
-		switch {
-		case names == nil && !d.superuser:
-			d.add("publication", StatusFail, name+" does not exist, and the first run would create it FOR ALL TABLES, which needs a superuser",
-				"have a superuser run: "+create+" -- or set TABLECAST_TABLES=schema.table,… to the tables to stream")
-		case names == nil:
-			d.add("publication", StatusWarn, name+" does not exist: it will be created on first run, FOR ALL TABLES (which needs a superuser)",
-				create+" -- or let tablecast create it")
-		default:
-			d.add("publication", StatusWarn, fmt.Sprintf("%s does not exist: it will be created on first run, FOR TABLE %s", name, strings.Join(names, ", ")),
-				create+" -- or let tablecast create it")
-		}
-		if tables, err = d.candidateTables(ctx, names); err != nil {
-			return err
-		}
+		tables = append(tables, added...)
 	}
 	for _, t := range tables {
 		if err := d.judgeTable(ctx, p, t); err != nil {
 			return err
 		}
+		if p.exists && slices.Contains(adds, pgx.Identifier{t.schema, t.name}.Sanitize()) {
+			d.findings[len(d.findings)-1].Detail += "; not in the publication yet: the reader adds it"
+		}
+	}
+	for _, k := range sortedKeys(plan.leftOut) {
+		lo := plan.leftOut[k]
+		if set != nil {
+			d.add("table "+lo.table, StatusFail, fmt.Sprintf("in TABLECAST_TABLES, but %s: the reader refuses to start, since PostgreSQL would refuse UPDATE and DELETE on it once published", lo.reason), lo.fix)
+			continue
+		}
+		d.add("table "+lo.table, StatusWarn, "left out of the publication: "+lo.reason, lo.fix)
 	}
 	return nil
 }
 
 // judgePublication adds the finding on an existing publication.
-func (d *doctor) judgePublication(p publication, tables []pubTable) {
+func (d *doctor) judgePublication(ctx context.Context, p publication, tables []pubTable) error {
 	name := d.cfg.Publication
 	quoted := pgx.Identifier{name}.Sanitize()
 	var ops []string
@@ -246,17 +442,42 @@ func (d *doctor) judgePublication(p publication, tables []pubTable) {
 	if len(tables) == 1 {
 		covers = "1 table"
 	}
-	if p.allTables {
+	switch {
+	case p.allTables:
 		covers = "FOR ALL TABLES (" + covers + ")"
+	case p.inSchema:
+		covers = "FOR TABLES IN SCHEMA (" + covers + ")"
 	}
 	publishes := "publishes " + strings.Join(ops, ", ")
 	if len(ops) == 0 {
 		publishes = "publishes nothing"
 	}
 	detail := fmt.Sprintf("%s: %s, %s, publish_via_partition_root = %t", name, covers, publishes, p.viaRoot)
+	if p.managed {
+		detail += ", managed by tablecast"
+	}
 	partitions := slices.ContainsFunc(tables, func(t pubTable) bool { return t.partition })
+	broken := 0
+	for _, t := range tables {
+		if len(t.gaps) > 0 {
+			broken++
+		}
+	}
+	changesOld := p.update || p.delete
 	switch {
-	case len(tables) == 0:
+	case changesOld && !p.managed && (p.allTables || p.inSchema):
+		replace, err := d.replacement(ctx)
+		if err != nil {
+			return err
+		}
+		if broken > 0 {
+			d.add("publication", StatusFail, fmt.Sprintf("%s: PostgreSQL refuses UPDATE and DELETE on %d of its tables (below), and will on every table created later without a primary key or replica identity", detail, broken),
+				replace+" -- replaces it with one tablecast manages, which leaves such tables out; or fix each table below")
+		} else {
+			d.add("publication", StatusWarn, detail+": PostgreSQL will refuse UPDATE and DELETE on every table created later without a primary key or replica identity",
+				replace+" -- replaces it with one tablecast manages, which leaves such tables out")
+		}
+	case len(tables) == 0 && !p.managed:
 		d.add("publication", StatusWarn, detail+": nothing will be streamed",
 			fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE <schema.table>;", quoted))
 	case len(ops) == 0:
@@ -268,24 +489,45 @@ func (d *doctor) judgePublication(p publication, tables []pubTable) {
 	default:
 		d.add("publication", StatusOK, detail, "")
 	}
+	return nil
+}
+
+// replacement is the SQL that replaces the publication, in one
+// transaction (so that decoding never finds it missing), with one tablecast
+// manages, FOR TABLE every table that can publish its updates and deletes.
+func (d *doctor) replacement(ctx context.Context) (string, error) {
+	name := d.cfg.Publication
+	states, err := readTables(ctx, d.conn, name, scopeAll, nil)
+	if err != nil {
+		return "", err
+	}
+	var names []string
+	for _, t := range states {
+		if what, _ := writeGap(t); what == "" {
+			names = append(names, t.quoted())
+		}
+	}
+	return fmt.Sprintf("BEGIN; DROP PUBLICATION %s; %s; %s; COMMIT;", pgx.Identifier{name}.Sanitize(), createPublicationSQL(name, names), commentSQL(name)), nil
 }
 
 // pubTable is a table the publication covers (or would cover).
 type pubTable struct {
 	schema, name string
-	partition    bool
-	replident    string   // relreplident: d(efault), n(othing), f(ull), i(ndex)
-	columns      []string // every column
-	published    []string // the published columns; nil when all are
-	rowFilter    string   // the publication's WHERE clause; "" when none
-	primaryKey   []string // its columns; nil when there is no primary key
-	identIndex   string   // the replica identity index, under REPLICA IDENTITY USING INDEX
-	identColumns []string // its columns
+	partition    bool      // a partition
+	partitioned  bool      // a partitioned table
+	gaps         []leafGap // it or its partitions, without a replica identity
+	replident    string    // relreplident: d(efault), n(othing), f(ull), i(ndex)
+	columns      []string  // every column
+	published    []string  // the published columns; nil when all are
+	rowFilter    string    // the publication's WHERE clause; "" when none
+	primaryKey   []string  // its columns; nil when there is no primary key
+	identIndex   string    // the replica identity index, under REPLICA IDENTITY USING INDEX
+	identColumns []string  // its columns
 }
 
 // tableColumns is the select list of a pubTable, over pg_class c and
 // pg_namespace n, followed by the published columns and the row filter.
-const tableColumns = `n.nspname::text, c.relname::text, c.relispartition, c.relreplident::text,
+const tableColumns = `n.nspname::text, c.relname::text, c.relispartition, c.relkind = 'p', ` + badLeavesSQL + `, c.relreplident::text,
 	ARRAY(SELECT a.attname::text FROM pg_attribute a
 		WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
 	ARRAY(SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
@@ -313,25 +555,13 @@ func (d *doctor) publishedTables(ctx context.Context) ([]pubTable, error) {
 	return tables, nil
 }
 
-// candidateTables reads the tables a publication created by tablecast
-// would cover: names (quoted), or nil for every table FOR ALL TABLES takes.
+// candidateTables reads the tables of names (quoted) that a publication
+// tablecast manages would cover.
 func (d *doctor) candidateTables(ctx context.Context, names []string) ([]pubTable, error) {
-	var (
-		tables []pubTable
-		err    error
-	)
-	if names == nil {
-		tables, err = d.queryTables(ctx, `SELECT `+tableColumns+`, NULL::text[], NULL::text
-			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
-				AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
-			ORDER BY 1, 2`)
-	} else {
-		tables, err = d.queryTables(ctx, `SELECT `+tableColumns+`, NULL::text[], NULL::text
-			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE c.oid = ANY (SELECT unnest($1::text[])::regclass)
-			ORDER BY 1, 2`, names)
-	}
+	tables, err := d.queryTables(ctx, `SELECT `+tableColumns+`, NULL::text[], NULL::text
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.oid = ANY (SELECT unnest($1::text[])::regclass)
+		ORDER BY 1, 2`, names)
 	if err != nil {
 		return nil, fmt.Errorf("read the tables publication %s would cover: %w", d.cfg.Publication, err)
 	}
@@ -339,6 +569,9 @@ func (d *doctor) candidateTables(ctx context.Context, names []string) ([]pubTabl
 }
 
 func (d *doctor) queryTables(ctx context.Context, sql string, args ...any) ([]pubTable, error) {
+	if _, err := d.conn.Exec(ctx, `SET jit = off`); err != nil { // see readTables
+		return nil, err
+	}
 	rows, err := d.conn.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, err
@@ -347,9 +580,13 @@ func (d *doctor) queryTables(ctx context.Context, sql string, args ...any) ([]pu
 		var (
 			t         pubTable
 			rowFilter *string
+			gaps      string
 		)
-		err := row.Scan(&t.schema, &t.name, &t.partition, &t.replident, &t.columns, &t.primaryKey,
+		err := row.Scan(&t.schema, &t.name, &t.partition, &t.partitioned, &gaps, &t.replident, &t.columns, &t.primaryKey,
 			&t.identIndex, &t.identColumns, &t.published, &rowFilter)
+		if err == nil {
+			err = json.Unmarshal([]byte(gaps), &t.gaps)
+		}
 		if len(t.published) == len(t.columns) {
 			t.published = nil // every column
 		}
@@ -391,22 +628,22 @@ func (d *doctor) judgeTable(ctx context.Context, p publication, t pubTable) erro
 		parts = append(parts, fmt.Sprintf("key: index %s (%s)", t.identIndex, strings.Join(t.identColumns, ", ")))
 	case t.replident == "d" && t.primaryKey != nil:
 		parts = append(parts, fmt.Sprintf("key: primary key (%s)", strings.Join(t.primaryKey, ", ")))
+	default:
+		parts = append(parts, "no key")
+	}
+	switch {
+	case len(t.gaps) == 0:
+	case t.partitioned:
+		// What PostgreSQL checks is each partition's own replica identity.
+		var what string
+		what, fix = writeGap(tableState{schema: t.schema, name: t.name, partitioned: true, gaps: t.gaps})
+		problem = what + ": PostgreSQL refuses UPDATE and DELETE on those partitions while the publication publishes them"
 	case t.replident == "d":
-		parts = append(parts, "no key")
-		problem = "no primary key and REPLICA IDENTITY DEFAULT: PostgreSQL refuses UPDATE and DELETE on it while the publication publishes them, and its events would carry no key"
-		fix = fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL; -- or give it a primary key: ALTER TABLE %s ADD PRIMARY KEY (…);", table, table)
+		what, f, _ := identityGap(table, t.replident, t.primaryKey != nil, t.identIndex != "")
+		problem, fix = what+": PostgreSQL refuses UPDATE and DELETE on it while the publication publishes them, and its events would carry no key", f
 	default: // n, or i whose index is gone
-		parts = append(parts, "no key")
-		what := "REPLICA IDENTITY NOTHING"
-		if t.replident == "i" {
-			what = "REPLICA IDENTITY USING INDEX, but the index is gone"
-		}
-		problem = what + ": PostgreSQL refuses UPDATE and DELETE on it while the publication publishes them, and updates and deletes would carry no key and no old row"
-		if t.primaryKey != nil {
-			fix = fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL; -- or REPLICA IDENTITY DEFAULT, to use its primary key", table)
-		} else {
-			fix = fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL; -- or REPLICA IDENTITY USING INDEX <a unique index on NOT NULL columns>", table)
-		}
+		what, f, _ := identityGap(table, t.replident, t.primaryKey != nil, t.identIndex != "")
+		problem, fix = what+": PostgreSQL refuses UPDATE and DELETE on it while the publication publishes them, and updates and deletes would carry no key and no old row", f
 	}
 	detail := strings.Join(parts, ", ")
 	if problem == "" && t.replident != "f" && p.delete {
@@ -417,7 +654,12 @@ func (d *doctor) judgeTable(ctx context.Context, p publication, t pubTable) erro
 
 	switch {
 	case problem != "" && changesOld:
-		d.add(check, StatusWarn, detail+": "+problem, fix)
+		// The application's writes to it fail now: that is a failure,
+		// whoever made the publication.
+		if p.managed {
+			problem += " (a running reader drops it from the publication within seconds)"
+		}
+		d.add(check, StatusFail, detail+": "+problem, fix)
 		return nil
 	case problem != "":
 		d.add(check, StatusOK, detail+" (the publication publishes no updates or deletes)", "")
@@ -431,7 +673,7 @@ func (d *doctor) judgeTable(ctx context.Context, p publication, t pubTable) erro
 			return err
 		}
 		if refusal != nil {
-			d.add(check, StatusWarn, fmt.Sprintf("%s: PostgreSQL refuses UPDATE and DELETE on it: %s", detail, strings.TrimSuffix(refusal.Detail, ".")),
+			d.add(check, StatusFail, fmt.Sprintf("%s: PostgreSQL refuses UPDATE and DELETE on it: %s", detail, strings.TrimSuffix(refusal.Detail, ".")),
 				d.coverFix(t, refusal))
 			return nil
 		}

@@ -60,12 +60,20 @@ func createSlot(t *testing.T, db *testDB) {
 	db.exec(t, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, db.slot)
 }
 
+// revokeEmitMessage is what a DBA runs so that only the roles it grants
+// it to may write custom-topic messages (per database).
+var revokeEmitMessage = []string{
+	`REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) FROM PUBLIC`,
+	`REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, bytea) FROM PUBLIC`,
+}
+
 // TestDoctorHealthy: a database ready for tablecast gives nothing but ok.
+// (Ready includes that not every role may write custom-topic messages.)
 func TestDoctorHealthy(t *testing.T) {
-	db := newTestDB(t,
+	db := newTestDB(t, append(revokeEmitMessage,
 		`CREATE TABLE orders (id int PRIMARY KEY, status text)`,
 		`CREATE TABLE lines (order_id int, n int, PRIMARY KEY (order_id, n))`,
-		`CREATE PUBLICATION tc_pub FOR TABLE orders, lines WITH (publish_via_partition_root = true)`)
+		`CREATE PUBLICATION tc_pub FOR TABLE orders, lines WITH (publish_via_partition_root = true)`)...)
 	createSlot(t, db)
 	fs := doctorFindings(t, db.config())
 	for _, f := range fs {
@@ -88,9 +96,9 @@ func TestDoctorHealthy(t *testing.T) {
 	expect(t, fs, "slot WAL", StatusOK, "max_slot_wal_keep_size unlimited, wal_status reserved", "")
 }
 
-// TestDoctorReplicaIdentity: tables whose updates and deletes PostgreSQL
-// would refuse to publish are warned about, each with SQL that fixes it,
-// and that SQL does.
+// TestDoctorReplicaIdentity: tables of a publication whose updates and
+// deletes PostgreSQL refuses fail (the application's writes fail now),
+// each with SQL that fixes it, and that SQL does.
 func TestDoctorReplicaIdentity(t *testing.T) {
 	db := newTestDB(t,
 		`CREATE TABLE nopk (a int, b text)`,
@@ -106,19 +114,19 @@ func TestDoctorReplicaIdentity(t *testing.T) {
 			users (id, email, tenant) WHERE (id > 0), flagged WHERE (active), fullrow (id, a), keyless_list (a, b) WHERE (id > 0)`)
 	createSlot(t, db)
 	fs := doctorFindings(t, db.config())
-	if Failed(fs) {
-		t.Errorf("warnings only, yet Failed")
+	if !Failed(fs) {
+		t.Errorf("writes refused, yet not Failed")
 	}
 
-	nopk := expect(t, fs, "table public.nopk", StatusWarn, "no primary key and REPLICA IDENTITY DEFAULT", `ALTER TABLE "public"."nopk" REPLICA IDENTITY FULL;`)
-	nothing := expect(t, fs, "table public.nothing", StatusWarn, "REPLICA IDENTITY NOTHING", `ALTER TABLE "public"."nothing" REPLICA IDENTITY FULL;`)
-	mixed := expect(t, fs, "table public.Mixed Case", StatusWarn, "no primary key", `ALTER TABLE "public"."Mixed Case" REPLICA IDENTITY FULL;`)
+	nopk := expect(t, fs, "table public.nopk", StatusFail, "no primary key and REPLICA IDENTITY DEFAULT", `ALTER TABLE "public"."nopk" REPLICA IDENTITY FULL;`)
+	nothing := expect(t, fs, "table public.nothing", StatusFail, "REPLICA IDENTITY NOTHING", `ALTER TABLE "public"."nothing" REPLICA IDENTITY FULL;`)
+	mixed := expect(t, fs, "table public.Mixed Case", StatusFail, "no primary key", `ALTER TABLE "public"."Mixed Case" REPLICA IDENTITY FULL;`)
 	expect(t, fs, "table public.users", StatusOK, "columns id, email, tenant (withheld: password_hash), rows WHERE (id > 0), key: primary key (id)", "")
-	expect(t, fs, "table public.flagged", StatusWarn, "Column used in the publication WHERE expression is not part of the replica identity", `ALTER TABLE "public"."flagged" REPLICA IDENTITY FULL;`)
+	expect(t, fs, "table public.flagged", StatusFail, "Column used in the publication WHERE expression is not part of the replica identity", `ALTER TABLE "public"."flagged" REPLICA IDENTITY FULL;`)
 	// Under REPLICA IDENTITY FULL, PostgreSQL 15 admits no column list.
-	fullrow := expect(t, fs, "table public.fullrow", StatusWarn, "Column list used by the publication does not cover the replica identity",
+	fullrow := expect(t, fs, "table public.fullrow", StatusFail, "Column list used by the publication does not cover the replica identity",
 		`ALTER TABLE "public"."fullrow" REPLICA IDENTITY DEFAULT;`)
-	keyless := expect(t, fs, "table public.keyless_list", StatusWarn, "Column list used by the publication does not cover the replica identity",
+	keyless := expect(t, fs, "table public.keyless_list", StatusFail, "Column list used by the publication does not cover the replica identity",
 		`BEGIN; ALTER PUBLICATION "tc_pub" DROP TABLE "public"."keyless_list"; ALTER PUBLICATION "tc_pub" ADD TABLE "public"."keyless_list" ("a", "b", "id") WHERE ((id > 0)); COMMIT;`)
 
 	// The warnings are true: PostgreSQL refuses these updates.
@@ -150,8 +158,10 @@ func TestDoctorNoPublicationNoSlot(t *testing.T) {
 		if Failed(fs) {
 			t.Errorf("a superuser gets the publication created; nothing should fail")
 		}
-		expect(t, fs, "publication", StatusWarn, "will be created on first run, FOR ALL TABLES (which needs a superuser)",
-			`CREATE PUBLICATION "tc_pub" FOR ALL TABLES WITH (publish_via_partition_root = true);`)
+		// Never FOR ALL TABLES: FOR TABLE those that can publish their
+		// updates and deletes, and marked as tablecast's.
+		expect(t, fs, "publication", StatusWarn, `will be created on first run, FOR TABLE "public"."orders" (1 left out, below), managed by tablecast`,
+			`CREATE PUBLICATION "tc_pub" FOR TABLE "public"."orders" WITH (publish_via_partition_root = true); COMMENT ON PUBLICATION "tc_pub" IS 'managed by tablecast`)
 		expect(t, fs, "slot", StatusWarn, "does not exist",
 			fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput');", db.slot))
 		// The tables it would cover are judged already.

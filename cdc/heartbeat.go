@@ -16,7 +16,10 @@ const heartbeatPrefix = "tablecast-heartbeat"
 // tables are quiet, it gives the slot something to confirm, so PostgreSQL
 // does not retain WAL forever; and the message carries the time it was
 // sent, so the reader measures end-to-end lag when it arrives (both ends
-// read this process's clock, so no clock skew enters the figure).
+// read this process's clock, so no clock skew enters the figure). It
+// carries the reader's random token too: a heartbeat without it (another
+// reader's, or one any role forged with pg_logical_emit_message) is not
+// measured.
 func (r *Reader) heartbeat(ctx context.Context) {
 	conn := &lazyConn{url: r.cfg.DatabaseURL}
 	defer conn.close()
@@ -31,7 +34,7 @@ func (r *Reader) heartbeat(ctx context.Context) {
 		}
 		err := conn.do(ctx, r.cfg.HeartbeatInterval, func(ctx context.Context, c *pgx.Conn) error {
 			_, err := c.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2)`,
-				heartbeatPrefix, time.Now().UTC().Format(time.RFC3339Nano))
+				heartbeatPrefix, r.token+" "+time.Now().UTC().Format(time.RFC3339Nano))
 			return err
 		})
 		switch {

@@ -5,13 +5,17 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
 
 	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
@@ -21,63 +25,220 @@ import (
 // a long transaction, and without ever sending a row older than a change
 // already sent (the watermark technique of Netflix's DBLog):
 //
-//  1. `tablecast snapshot schema.table` writes a request into the WAL
-//     (RequestSnapshot), so it needs nothing but the database.
-//  2. The reader sees the request in the stream and its snapshot worker
-//     reads the table in primary-key order, chunkRows at a time. For each
-//     chunk it writes a low watermark into the WAL, SELECTs the chunk, and
-//     writes a high watermark.
+//  1. A snapshot is asked for over NATS: `tablecast snapshot schema.table`
+//     sends a request on SnapshotSubject, outside the stream's subjects,
+//     and the streaming reader answers it (RequestSnapshot). Whoever can
+//     publish there can ask; a request written into the WAL, where any
+//     database role can write one, is ignored. The publication manager
+//     asks too, for a table it adds while streaming (a catch-up).
+//  2. The reader's snapshot worker reads the table in primary-key order,
+//     chunkRows at a time. For each chunk it writes a low watermark into
+//     the WAL, SELECTs the chunk, and writes a high watermark.
 //  3. The session, reading the stream, notes the keys of that table changed
 //     between the low and the high watermark. At the high watermark it
 //     publishes the chunk's rows as op "read", except those whose keys
 //     changed in between: their newer state is already in the stream. A
 //     change committed after the high watermark comes after the read rows.
 //
+// A watermark's id is 128 random bits the worker draws for its chunk and
+// never shows anyone (it is not the request's id), and the session acts on
+// a watermark only for a chunk its own worker registered, a low one once
+// and a high one only after it: a role that writes WAL messages can forge
+// neither.
+//
 // A read row's id is the high watermark's LSN and the row's ordinal in the
 // chunk, so a chunk replayed after a reconnect has the same ids and
-// JetStream's duplicate window drops the repeats. A request lost to a
-// crash of the reader is not resumed: run the command again.
+// JetStream's duplicate window drops the repeats. A requested snapshot lost
+// to a crash of the reader is not resumed: run the command again. A
+// catch-up is recorded in the state bucket before its table is added, and
+// taken again after a crash.
 
 const (
+	// snapshotRequestPrefix marked the requests of an earlier version,
+	// written into the WAL; they are ignored with a warning now.
 	snapshotRequestPrefix = "tablecast-snapshot"
 	watermarkPrefix       = "tablecast-watermark"
 	// chunkRows bounds one chunk: the rows the reader holds at once, and
 	// the keys it watches between the watermarks.
 	chunkRows = 2048
+	// maxQueuedRequests bounds the requested snapshots waiting for the
+	// worker; catch-ups are not counted, one per table at most.
+	maxQueuedRequests = 16
+	// snapshotAnswerTimeout bounds how long RequestSnapshot waits for the
+	// reader's answer; the reader answers after a catalog look-up.
+	snapshotAnswerTimeout = 10 * time.Second
+	// catchUpRetry is the pause before a failed catch-up is tried again.
+	catchUpRetry = 5 * time.Second
 )
 
-// snapshotRequest is the content of a request message.
-type snapshotRequest struct {
-	ID     string `json:"id"`
-	Schema string `json:"schema"`
-	Name   string `json:"name"`
-	Table  string `json:"table"` // schema.table, for logs
+// SnapshotSubject is the NATS subject on which the reader of slot, under
+// subject prefix, answers snapshot requests. It lies outside the stream's
+// "<prefix>.>", so a request is never stored as an event: its first token
+// is _TABLECAST, which no subject prefix may start with.
+func SnapshotSubject(prefix, slot string) string {
+	return controlToken + "." + prefix + "." + slot + ".snapshot"
 }
 
-// RequestSnapshot asks the running reader of the publication to snapshot
-// one table ("schema.table") while it streams. It checks that the table
-// exists, is published and has a primary key, and returns the request's id.
-func RequestSnapshot(ctx context.Context, databaseURL, publication, table string) (string, error) {
-	schemaName, name, err := schema.ParseTableName(table)
-	if err != nil {
-		return "", &ConfigError{msg: err.Error()}
+// controlToken is the first token of tablecast's control subjects.
+const controlToken = "_TABLECAST"
+
+// ErrNoReader is returned by RequestSnapshot when no reader answers.
+var ErrNoReader = errors.New("no reader answered the snapshot request")
+
+// snapshotRequest is a snapshot waiting for the worker.
+type snapshotRequest struct {
+	id           string // random; shown to whoever asked, never used in the WAL
+	schema, name string
+	table        string // schema.table, for logs
+	catchUp      bool   // asked by the publication manager for a table it added
+	stateKey     string // the catch-up's record in the state bucket
+}
+
+// snapshotQuery is the body of a request on SnapshotSubject.
+type snapshotQuery struct {
+	Table string `json:"table"` // schema.table, as TABLECAST_TABLES takes it
+}
+
+// snapshotAnswer is the reader's answer: an id, or a code and a message.
+type snapshotAnswer struct {
+	ID    string `json:"id,omitempty"`
+	Table string `json:"table,omitempty"`
+	Ahead int    `json:"ahead,omitempty"` // snapshots queued before it
+	Code  string `json:"code,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// Codes of a refused snapshot request.
+const (
+	refusedInvalidTable = "invalid_table"
+	refusedUnknownTable = "unknown_table"
+	refusedNoKey        = "no_primary_key"
+	refusedKeyWithheld  = "key_not_published"
+	refusedQueueFull    = "queue_full"
+	refusedInternal     = "internal"
+)
+
+// refusal is why a table cannot be snapshotted on demand.
+type refusal struct{ code, msg string }
+
+func (e *refusal) Error() string { return e.msg }
+
+// SnapshotTicket is the reader's answer to an accepted request.
+type SnapshotTicket struct {
+	ID    string // the request's id, as the reader logs it
+	Table string // schema.table
+	Ahead int    // snapshots queued before it
+}
+
+// RequestSnapshot asks the reader of slot, streaming under subject prefix,
+// to snapshot one table ("schema.table") while it streams, over nc. The
+// reader checks that the table exists, is published and has a primary key,
+// and queues it. A refusal (no such table, no primary key, …) is a
+// ConfigError; no answer is ErrNoReader.
+func RequestSnapshot(ctx context.Context, nc *nats.Conn, prefix, slot, table string) (SnapshotTicket, error) {
+	if _, _, err := schema.ParseTableName(table); err != nil {
+		return SnapshotTicket{}, &ConfigError{msg: err.Error()}
 	}
-	conn, err := pgx.Connect(ctx, databaseURL)
+	body, _ := json.Marshal(snapshotQuery{Table: table})
+	subject := SnapshotSubject(prefix, slot)
+	rctx, cancel := context.WithTimeout(ctx, snapshotAnswerTimeout)
+	defer cancel()
+	msg, err := nc.RequestWithContext(rctx, subject, body)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return SnapshotTicket{}, fmt.Errorf("%w: nothing listens on %s", ErrNoReader, subject)
+	case err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
+		return SnapshotTicket{}, fmt.Errorf("%w within %s on %s: a reader answers only while it streams", ErrNoReader, snapshotAnswerTimeout, subject)
+	case err != nil:
+		return SnapshotTicket{}, fmt.Errorf("send snapshot request on %s: %w", subject, err)
+	}
+	var ans snapshotAnswer
+	if err := json.Unmarshal(msg.Data, &ans); err != nil {
+		return SnapshotTicket{}, fmt.Errorf("read the reader's answer %q: %w", msg.Data, err)
+	}
+	switch ans.Code {
+	case "":
+		return SnapshotTicket{ID: ans.ID, Table: ans.Table, Ahead: ans.Ahead}, nil
+	case refusedQueueFull, refusedInternal:
+		return SnapshotTicket{}, fmt.Errorf("the reader refused the snapshot: %s", ans.Error)
+	default:
+		return SnapshotTicket{}, &ConfigError{msg: ans.Error}
+	}
+}
+
+// serveSnapshotRequests answers requests on SnapshotSubject until the
+// subscription is drained. A reader that is not streaming (a second one
+// waiting for the slot, or one between sessions) stays silent, so the
+// reader that holds the slot is the one that answers; one about to stream
+// (starting, or reconnecting) waits a little for it first.
+func (r *Reader) serveSnapshotRequests(ctx context.Context) (*nats.Subscription, error) {
+	subject := SnapshotSubject(r.prefix, r.cfg.Slot)
+	sub, err := r.nc.Subscribe(subject, func(m *nats.Msg) {
+		if m.Reply == "" {
+			return
+		}
+		for deadline := time.Now().Add(snapshotAnswerTimeout / 2); !r.streaming.Load(); {
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		ans := r.answerSnapshot(ctx, m.Data)
+		b, _ := json.Marshal(ans)
+		if err := m.Respond(b); err != nil {
+			r.log.Warn("cannot answer a snapshot request", "err", err)
+		}
+	})
 	if err != nil {
-		return "", &ConfigError{msg: "connect to PostgreSQL: " + oneLine(err)}
+		return nil, fmt.Errorf("listen for snapshot requests on %s: %w", subject, err)
+	}
+	// The server has the subscription once Flush returns: a request sent
+	// once the reader streams finds it. (Without NATS now, the client
+	// subscribes again when it reconnects.)
+	if err := r.nc.FlushTimeout(5 * time.Second); err != nil {
+		r.log.Warn("NATS did not confirm the subscription for snapshot requests", "subject", subject, "err", err)
+	}
+	return sub, nil
+}
+
+func (r *Reader) answerSnapshot(ctx context.Context, body []byte) snapshotAnswer {
+	var q snapshotQuery
+	if err := json.Unmarshal(body, &q); err != nil {
+		return snapshotAnswer{Code: refusedInvalidTable, Error: "a snapshot request is JSON: {\"table\":\"schema.table\"}"}
+	}
+	schemaName, name, err := schema.ParseTableName(q.Table)
+	if err != nil {
+		return snapshotAnswer{Code: refusedInvalidTable, Error: err.Error()}
+	}
+	table := schemaName + "." + name
+	qctx, cancel := context.WithTimeout(ctx, snapshotAnswerTimeout)
+	defer cancel()
+	conn, err := connectSnapshot(qctx, r.cfg.DatabaseURL)
+	if err != nil {
+		return snapshotAnswer{Code: refusedInternal, Error: "the reader cannot reach PostgreSQL: " + oneLine(err)}
 	}
 	defer conn.Close(context.Background())
-	if _, err := chunkPlan(ctx, conn, publication, schemaName, name); err != nil {
-		return "", err
+	if _, err := chunkPlan(qctx, conn, r.cfg.Publication, schemaName, name); err != nil {
+		var ref *refusal
+		if errors.As(err, &ref) {
+			return snapshotAnswer{Code: ref.code, Error: ref.msg}
+		}
+		return snapshotAnswer{Code: refusedInternal, Error: oneLine(err)}
 	}
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	req := snapshotRequest{ID: hex.EncodeToString(b[:]), Schema: schemaName, Name: name, Table: schemaName + "." + name}
-	content, _ := json.Marshal(req)
-	if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, snapshotRequestPrefix, string(content)); err != nil {
-		return "", fmt.Errorf("write snapshot request: %w", err)
+	req := snapshotRequest{id: randomID(), schema: schemaName, name: name, table: table}
+	id, ahead, err := r.snaps.enqueue(req)
+	if err != nil {
+		return snapshotAnswer{Code: refusedQueueFull, Error: err.Error()}
 	}
-	return req.ID, nil
+	r.log.Info("on-demand snapshot requested", "table", table, "id", id, "ahead", ahead)
+	return snapshotAnswer{ID: id, Table: table, Ahead: ahead}
+}
+
+// randomID is 128 random bits in hex: unguessable.
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
 }
 
 // tablePlan is what chunking a table needs.
@@ -88,8 +249,33 @@ type tablePlan struct {
 	keys         []string // primary key columns, in index order
 }
 
+// chunkPlan checks that the table can be snapshotted on demand and says
+// how. Its refusals are *refusal errors.
 func chunkPlan(ctx context.Context, conn *pgx.Conn, publication, schemaName, name string) (tablePlan, error) {
 	p := tablePlan{schema: schemaName, name: name}
+	table := schemaName + "." + name
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, pgx.Identifier{schemaName, name}.Sanitize()).Scan(&exists); err != nil {
+		return p, fmt.Errorf("look up table %s: %w", table, err)
+	}
+	if !exists {
+		return p, &refusal{refusedUnknownTable, fmt.Sprintf("table %s is not in publication %s: there is no such table", table, publication)}
+	}
+	rows, err := conn.Query(ctx, `SELECT a.attname::text FROM pg_index i
+		CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+		WHERE i.indrelid = $1::regclass AND i.indisprimary ORDER BY k.ord`,
+		pgx.Identifier{schemaName, name}.Sanitize())
+	if err != nil {
+		return p, fmt.Errorf("read primary key of %s: %w", table, err)
+	}
+	p.keys, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return p, fmt.Errorf("read primary key of %s: %w", table, err)
+	}
+	if len(p.keys) == 0 {
+		return p, &refusal{refusedNoKey, fmt.Sprintf("table %s has no primary key: an on-demand snapshot reads in key order", table)}
+	}
 	tables, err := publishedTables(ctx, conn, publication)
 	if err != nil {
 		return p, err
@@ -101,30 +287,11 @@ func chunkPlan(ctx context.Context, conn *pgx.Conn, publication, schemaName, nam
 		}
 	}
 	if !found {
-		return p, configErrorf("table %s.%s is not in publication %s (or does not exist)", schemaName, name, publication)
-	}
-	rows, err := conn.Query(ctx, `SELECT a.attname::text FROM pg_index i
-		CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-		WHERE i.indrelid = $1::regclass AND i.indisprimary ORDER BY k.ord`,
-		pgx.Identifier{schemaName, name}.Sanitize())
-	if err != nil {
-		return p, fmt.Errorf("read primary key of %s.%s: %w", schemaName, name, err)
-	}
-	p.keys, err = pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return p, fmt.Errorf("read primary key of %s.%s: %w", schemaName, name, err)
-	}
-	if len(p.keys) == 0 {
-		return p, configErrorf("table %s.%s has no primary key: an on-demand snapshot reads in key order", schemaName, name)
+		return p, &refusal{refusedUnknownTable, fmt.Sprintf("table %s is not in publication %s", table, publication)}
 	}
 	for _, k := range p.keys {
-		published := false
-		for _, c := range p.columns {
-			published = published || c == k
-		}
-		if !published {
-			return p, configErrorf("primary key column %q of %s.%s is not in the publication's column list", k, schemaName, name)
+		if !slices.Contains(p.columns, k) {
+			return p, &refusal{refusedKeyWithheld, fmt.Sprintf("primary key column %q of %s is not in the publication's column list", k, table)}
 		}
 	}
 	return p, nil
@@ -132,7 +299,8 @@ func chunkPlan(ctx context.Context, conn *pgx.Conn, publication, schemaName, nam
 
 // chunk is one chunk of an on-demand snapshot, registered by the worker
 // before its low watermark (table and keys) and filled before its high
-// watermark (columns, rows); the session reads it under snapshots.mu.
+// watermark (columns, rows, filled); the session reads it under
+// snapshots.mu.
 type chunk struct {
 	schema   string
 	name     string
@@ -141,31 +309,96 @@ type chunk struct {
 	columns  []schema.Column
 	keyIdx   []int      // positions of the key columns in columns
 	rows     [][][]byte // text values; nil is NULL
+	filled   bool       // rows are read: its high watermark may come
 	consumed chan struct{}
 }
 
-// snapshots is the reader's on-demand snapshot state shared by the worker
-// and the session.
+// snapshots is the reader's on-demand snapshot state shared by the worker,
+// the session, the NATS responder and the publication manager.
 type snapshots struct {
-	requests chan snapshotRequest
-	mu       sync.Mutex
-	chunks   map[string]*chunk // by watermark id, from its SELECT to its publication
+	mu     sync.Mutex
+	queue  []snapshotRequest
+	wake   chan struct{}     // cap 1: the queue grew
+	chunks map[string]*chunk // by watermark id, from its SELECT to its publication
 }
 
 func newSnapshots() *snapshots {
-	return &snapshots{requests: make(chan snapshotRequest, 16), chunks: map[string]*chunk{}}
+	return &snapshots{wake: make(chan struct{}, 1), chunks: map[string]*chunk{}}
 }
 
-// worker runs requested snapshots one after another.
-func (r *Reader) snapshotWorker(ctx context.Context) {
+// enqueue queues req unless its table is queued already, and returns the
+// id it goes by and how many snapshots are queued before it. Requested
+// snapshots beyond maxQueuedRequests are refused.
+func (q *snapshots) enqueue(req snapshotRequest) (id string, ahead int, err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	requested := 0
+	for i, queued := range q.queue {
+		if queued.schema == req.schema && queued.name == req.name {
+			if req.catchUp && !queued.catchUp { // a catch-up keeps its record
+				q.queue[i].catchUp, q.queue[i].stateKey = true, req.stateKey
+			}
+			return queued.id, i, nil
+		}
+		if !queued.catchUp {
+			requested++
+		}
+	}
+	if !req.catchUp && requested >= maxQueuedRequests {
+		return "", 0, fmt.Errorf("%d snapshots are queued already; ask again when they are done", requested)
+	}
+	q.queue = append(q.queue, req)
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return req.id, len(q.queue) - 1, nil
+}
+
+// next waits for the first queued request.
+func (q *snapshots) next(ctx context.Context) (snapshotRequest, bool) {
 	for {
+		q.mu.Lock()
+		if len(q.queue) > 0 {
+			req := q.queue[0]
+			q.queue = q.queue[1:]
+			q.mu.Unlock()
+			return req, true
+		}
+		q.mu.Unlock()
 		select {
 		case <-ctx.Done():
+			return snapshotRequest{}, false
+		case <-q.wake:
+		}
+	}
+}
+
+// snapshotWorker runs queued snapshots one after another.
+func (r *Reader) snapshotWorker(ctx context.Context) {
+	for {
+		req, ok := r.snaps.next(ctx)
+		if !ok {
 			return
-		case req := <-r.snaps.requests:
-			if err := r.runOnDemand(ctx, req); err != nil && ctx.Err() == nil {
-				r.log.Error("on-demand snapshot failed; request it again", "table", req.Table, "id", req.ID, "err", err)
-			}
+		}
+		err := r.runOnDemand(ctx, req)
+		var ref *refusal
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil && req.catchUp:
+			r.forgetCatchUp(ctx, req)
+		case err == nil:
+		case req.catchUp && errors.As(err, &ref):
+			// The table left the publication or lost its key meanwhile;
+			// the publication manager asks again if it comes back.
+			r.log.Warn("catch-up snapshot dropped", "table", req.table, "reason", ref.msg)
+			r.forgetCatchUp(ctx, req)
+		case req.catchUp:
+			r.log.Error("catch-up snapshot failed; trying again", "table", req.table, "id", req.id, "err", err, "retry_in", catchUpRetry)
+			time.AfterFunc(catchUpRetry, func() { _, _, _ = r.snaps.enqueue(req) })
+		default:
+			r.log.Error("on-demand snapshot failed; request it again", "table", req.table, "id", req.id, "err", err)
 		}
 	}
 }
@@ -176,7 +409,7 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	plan, err := chunkPlan(ctx, conn, r.cfg.Publication, req.Schema, req.Name)
+	plan, err := chunkPlan(ctx, conn, r.cfg.Publication, req.schema, req.name)
 	if err != nil {
 		return err
 	}
@@ -197,16 +430,26 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 		rowFilterClause(plan.rowFilter, "AND") + order
 
 	var types typeResolver
-	r.log.Info("on-demand snapshot started", "table", req.Table, "id", req.ID)
+	what := "on-demand snapshot"
+	if req.catchUp {
+		what = "catch-up snapshot"
+	}
+	r.log.Info(what+" started", "table", req.table, "id", req.id)
 	began, total := time.Now(), 0
 	var after [][]byte
 	for n := 1; ; n++ {
-		wm := fmt.Sprintf("%s:%d", req.ID, n)
+		wm := randomID() // unguessable, and never shown: see the top of this file
 		c := &chunk{schema: plan.schema, name: plan.name, table: plan.schema + "." + plan.name, keys: plan.keys, consumed: make(chan struct{})}
 		r.snaps.mu.Lock()
 		r.snaps.chunks[wm] = c
 		r.snaps.mu.Unlock()
+		drop := func() {
+			r.snaps.mu.Lock()
+			delete(r.snaps.chunks, wm)
+			r.snaps.mu.Unlock()
+		}
 		if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2)`, watermarkPrefix, wm+":low"); err != nil {
+			drop()
 			return fmt.Errorf("write low watermark: %w", err)
 		}
 		sql, args := first, [][]byte(nil)
@@ -241,26 +484,24 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 			rows = append(rows, row)
 		}
 		if _, err := rr.Close(); err != nil {
-			r.snaps.mu.Lock()
-			delete(r.snaps.chunks, wm)
-			r.snaps.mu.Unlock()
-			return fmt.Errorf("read chunk %d of %s: %w", n, req.Table, err)
+			drop()
+			return fmt.Errorf("read chunk %d of %s: %w", n, req.table, err)
 		}
 		if err := applyTypes(ctx, conn, &types, columns); err != nil {
-			r.snaps.mu.Lock()
-			delete(r.snaps.chunks, wm)
-			r.snaps.mu.Unlock()
-			return fmt.Errorf("look up the column types of %s: %w", req.Table, err)
+			drop()
+			return fmt.Errorf("look up the column types of %s: %w", req.table, err)
 		}
 		r.snaps.mu.Lock()
-		c.columns, c.keyIdx, c.rows = columns, keyIdx, rows
+		c.columns, c.keyIdx, c.rows, c.filled = columns, keyIdx, rows, true
 		r.snaps.mu.Unlock()
 		if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2)`, watermarkPrefix, wm+":high"); err != nil {
+			drop()
 			return fmt.Errorf("write high watermark: %w", err)
 		}
 		select { // one chunk at a time: memory stays bounded
 		case <-c.consumed:
 		case <-ctx.Done():
+			drop()
 			return ctx.Err()
 		}
 		total += len(c.rows)
@@ -273,7 +514,7 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 			after[i] = last[k]
 		}
 	}
-	r.log.Info("on-demand snapshot done", "table", req.Table, "id", req.ID, "rows", total, "took", time.Since(began).Round(time.Millisecond))
+	r.log.Info(what+" done", "table", req.table, "id", req.id, "rows", total, "took", time.Since(began).Round(time.Millisecond))
 	return nil
 }
 
@@ -295,23 +536,12 @@ type pendingChunk struct {
 	seq uint64
 }
 
-// onDemandMessage handles requests and watermarks seen in the stream.
+// onDemandMessage handles watermarks seen in the stream, and ignores
+// snapshot requests written into the WAL.
 func (s *session) onDemandMessage(ctx context.Context, prefix string, content []byte, lsn uint64) error {
-	switch prefix {
-	case snapshotRequestPrefix:
-		var req snapshotRequest
-		if err := json.Unmarshal(content, &req); err != nil || req.Schema == "" || req.Name == "" {
-			s.r.log.Warn("ignoring a malformed snapshot request", "content", string(content))
-			return nil
-		}
-		select {
-		case s.r.snaps.requests <- req:
-		default:
-			s.r.log.Warn("too many snapshot requests queued; request it again later", "table", req.Table)
-		}
-		return nil
-	case watermarkPrefix:
-	default:
+	if prefix == snapshotRequestPrefix {
+		s.r.log.Warn("ignoring a snapshot request found in the WAL: any database role can write one; snapshots are requested over NATS (tablecast snapshot)",
+			"lsn", pglogrepl.LSN(lsn).String())
 		return nil
 	}
 	id, kind, ok := cutLast(string(content), ":")
@@ -320,22 +550,33 @@ func (s *session) onDemandMessage(ctx context.Context, prefix string, content []
 	}
 	s.r.snaps.mu.Lock()
 	c := s.r.snaps.chunks[id]
+	filled := c != nil && c.filled
 	s.r.snaps.mu.Unlock()
 	if c == nil {
-		return nil // another reader's watermark, or a chunk published before a reconnect
+		return nil // another reader's watermark, one forged, or a chunk published before a reconnect
 	}
 	switch kind {
 	case "low":
+		if s.windows[id] != nil {
+			// The worker writes one low watermark per chunk, and a replay
+			// starts a new session: a second one is forged.
+			s.r.log.Warn("ignoring a repeated low watermark", "table", c.table, "lsn", pglogrepl.LSN(lsn).String())
+			return nil
+		}
 		s.windows[id] = &window{table: c.table, keys: c.keys, lowLSN: lsn, changed: map[string]struct{}{}}
 	case "high":
 		w := s.windows[id]
-		delete(s.windows, id)
 		if w == nil {
 			// Cannot happen while confirming stops at open windows: a
 			// replay always starts at or before the low watermark.
-			s.r.log.Error("snapshot chunk without its low watermark; skipped", "table", c.table, "watermark", id)
+			s.r.log.Error("snapshot chunk without its low watermark; skipped", "table", c.table)
 			return nil
 		}
+		if !filled {
+			s.r.log.Warn("ignoring a high watermark written before its chunk was read", "table", c.table, "lsn", pglogrepl.LSN(lsn).String())
+			return nil
+		}
+		delete(s.windows, id)
 		if err := s.publishChunk(ctx, c, w, lsn); err != nil {
 			return err
 		}

@@ -61,7 +61,7 @@ func TestOnDemandSnapshot(t *testing.T) {
 	}()
 
 	time.Sleep(100 * time.Millisecond)
-	if _, err := RequestSnapshot(context.Background(), db.url, cfg.Publication, "public.items"); err != nil {
+	if _, err := RequestSnapshot(context.Background(), n.NC, testPrefix, cfg.Slot, "public.items"); err != nil {
 		t.Fatalf("request snapshot: %v", err)
 	}
 	waitFor(t, 60*time.Second, "the on-demand snapshot to finish", func() bool { return r.log.contains("on-demand snapshot done") })
@@ -137,18 +137,22 @@ func TestOnDemandSnapshot(t *testing.T) {
 func TestRequestSnapshotRefusesBadTables(t *testing.T) {
 	db := newTestDB(t, `CREATE TABLE nokey (v int)`, `CREATE TABLE keyed (id int PRIMARY KEY)`, `CREATE TABLE unpublished (id int PRIMARY KEY)`)
 	db.exec(t, `CREATE PUBLICATION tc_pub FOR TABLE nokey, keyed`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	startReader(t, cfg, n)
 	for table, want := range map[string]string{
 		"public.nokey":       "has no primary key",
 		"public.unpublished": "is not in publication",
 		"public.missing":     "is not in publication",
 		"nodot":              "want schema.table",
 	} {
-		_, err := RequestSnapshot(context.Background(), db.url, "tc_pub", table)
+		_, err := RequestSnapshot(context.Background(), n.NC, testPrefix, db.slot, table)
 		if !IsConfigError(err) || !strings.Contains(err.Error(), want) {
 			t.Errorf("RequestSnapshot(%s) = %v, want a ConfigError with %q", table, err, want)
 		}
 	}
-	if _, err := RequestSnapshot(context.Background(), db.url, "tc_pub", "public.keyed"); err != nil {
+	if _, err := RequestSnapshot(context.Background(), n.NC, testPrefix, db.slot, "public.keyed"); err != nil {
 		t.Errorf("RequestSnapshot(public.keyed) = %v", err)
 	}
 }

@@ -17,12 +17,24 @@ import (
 // role is not set up for logical replication, or the configuration names
 // something that does not exist. Its message is one line that says what to
 // change.
-type ConfigError struct{ msg string }
+type ConfigError struct {
+	msg   string
+	field string
+}
 
 func (e *ConfigError) Error() string { return e.msg }
 
+// Field names the Config field at fault ("Tables"), or is "" when the
+// problem is not one field's.
+func (e *ConfigError) Field() string { return e.field }
+
 func configErrorf(format string, args ...any) error {
 	return &ConfigError{msg: fmt.Sprintf(format, args...)}
+}
+
+// tablesErrorf is a ConfigError about Config.Tables.
+func tablesErrorf(format string, args ...any) error {
+	return &ConfigError{msg: fmt.Sprintf(format, args...), field: "Tables"}
 }
 
 // IsConfigError reports whether err is (or wraps) a ConfigError.
@@ -64,11 +76,11 @@ func preflight(ctx context.Context, cfg Config, log *slog.Logger) (source, error
 		return src, configErrorf("role %q lacks the REPLICATION attribute: run ALTER ROLE %s REPLICATION", user, pgx.Identifier{user}.Sanitize())
 	}
 
-	tables, err := resolveTables(ctx, conn, cfg.Tables)
+	listed, err := resolveTables(ctx, conn, cfg.Tables)
 	if err != nil {
 		return src, err
 	}
-	if err := ensurePublication(ctx, conn, cfg.Publication, tables, log); err != nil {
+	if err := ensurePublication(ctx, conn, cfg, user, listed, log); err != nil {
 		return src, err
 	}
 	if src.slotExists, err = checkSlot(ctx, conn, cfg, src.database); err != nil {
@@ -109,38 +121,80 @@ func resolveTables(ctx context.Context, conn *pgx.Conn, names []string) ([]strin
 	return quoted, nil
 }
 
-// publicationSQL is the statement that creates the publication: for the
-// given quoted tables, or all tables when tables is nil. With
-// publish_via_partition_root, changes to partitions are published under the
-// partitioned table's name, which is what subscribers ask for.
-func publicationSQL(name string, tables []string) string {
-	target := "ALL TABLES"
-	if tables != nil {
-		target = "TABLE " + strings.Join(tables, ", ")
+// ensurePublication creates the publication when it is missing, FOR TABLE
+// the tables that can publish their updates and deletes (listed, quoted,
+// or all of them for nil), and marked as managed by tablecast. For a
+// publication tablecast manages, or creates, the listed tables must all be
+// able to: a table PostgreSQL would then refuse UPDATE and DELETE on is a
+// ConfigError with the SQL that fixes it. A DBA's publication is left as
+// it is.
+func ensurePublication(ctx context.Context, conn *pgx.Conn, cfg Config, role string, listed []string, log *slog.Logger) error {
+	name := cfg.Publication
+	pub, err := readPublication(ctx, conn, name)
+	if err != nil {
+		return err
 	}
-	return fmt.Sprintf("CREATE PUBLICATION %s FOR %s WITH (publish_via_partition_root = true)", pgx.Identifier{name}.Sanitize(), target)
-}
-
-func ensurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []string, log *slog.Logger) error {
-	var exists bool
-	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, name).Scan(&exists); err != nil {
-		return fmt.Errorf("look up publication %s: %w", name, err)
-	}
-	if exists {
-		if tables != nil {
-			log.Info("publication exists; TABLECAST_TABLES applies only when creating it", "publication", name)
+	if pub.exists && !pub.managed {
+		if listed != nil {
+			log.Info("the publication is not managed by tablecast, so the configured tables do not apply: it is read as it is", "publication", name)
 		}
 		return nil
 	}
-	if _, err := conn.Exec(ctx, publicationSQL(name, tables)); err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
-			return configErrorf("create publication %s: %s (FOR ALL TABLES needs a superuser; set TABLECAST_TABLES or have a DBA create the publication)", name, pgErr.Message)
+	sc := scopeAll
+	if listed != nil {
+		sc = scopeListed
+	}
+	tables, err := readTables(ctx, conn, name, sc, listed)
+	if err != nil {
+		return err
+	}
+	set, err := listedSet(cfg.Tables)
+	if err != nil {
+		return tablesErrorf("%v", err)
+	}
+	p := planSync(name, role, tables, set)
+	if listed != nil && len(p.leftOut) > 0 {
+		var problems []string
+		for _, k := range sortedKeys(p.leftOut) {
+			lo := p.leftOut[k]
+			problems = append(problems, fmt.Sprintf("%s: %s; fix: %s", lo.table, lo.reason, lo.fix))
 		}
+		return tablesErrorf("tables PostgreSQL would refuse UPDATE and DELETE on once published, or that the role may not publish: %s", strings.Join(problems, " | "))
+	}
+	if pub.exists {
+		return nil // the reader's publication manager keeps it in step
+	}
+	names := make([]string, len(p.add))
+	for i, t := range p.add {
+		names[i] = t.quoted()
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
 		return fmt.Errorf("create publication %s: %w", name, err)
 	}
-	log.Info("created publication", "publication", name, "tables", len(tables), "all_tables", tables == nil)
+	defer tx.Rollback(context.Background())
+	for _, sql := range []string{createPublicationSQL(name, names), commentSQL(name)} {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			if isPrivilegeError(err) {
+				var pgErr *pgconn.PgError
+				errors.As(err, &pgErr)
+				return configErrorf("create publication %s: %s (the role needs CREATE on the database: GRANT CREATE ON DATABASE %s TO %s; or have a DBA create the publication, which tablecast then reads as it is)",
+					name, pgErr.Message, pgx.Identifier{currentDatabase(ctx, conn)}.Sanitize(), pgx.Identifier{role}.Sanitize())
+			}
+			return fmt.Errorf("create publication %s: %w", name, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("create publication %s: %w", name, err)
+	}
+	log.Info("created publication, managed by tablecast", "publication", name, "tables", len(names), "left_out", len(p.leftOut))
 	return nil
+}
+
+func currentDatabase(ctx context.Context, conn *pgx.Conn) string {
+	var db string
+	_ = conn.QueryRow(ctx, `SELECT current_database()`).Scan(&db)
+	return db
 }
 
 // checkSlot reports whether the slot exists, and fails when it exists but

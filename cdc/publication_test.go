@@ -63,7 +63,7 @@ func TestPublicationColumnListAndRowFilter(t *testing.T) {
 	assertJSON(t, "accounts delete old", accounts[2].Old, `{"code":"acc-10"}`)
 
 	// An on-demand snapshot keeps to the same column list and row filter.
-	if _, err := RequestSnapshot(context.Background(), db.url, "tc_pub", "public.users"); err != nil {
+	if _, err := RequestSnapshot(context.Background(), n.NC, testPrefix, db.slot, "public.users"); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 30*time.Second, "the on-demand snapshot", func() bool { return r.log.contains("on-demand snapshot done") })

@@ -21,7 +21,7 @@ func TestQuotedTableNames(t *testing.T) {
 	startReader(t, cfg, n)
 	db.exec(t, `INSERT INTO other VALUES (1)`) // not in the publication
 	db.exec(t, `INSERT INTO "My Schema"."ordérs.v2" VALUES (2, 1)`)
-	if _, err := RequestSnapshot(context.Background(), db.url, cfg.Publication, `"My Schema"."ordérs.v2"`); err != nil {
+	if _, err := RequestSnapshot(context.Background(), n.NC, testPrefix, cfg.Slot, `"My Schema"."ordérs.v2"`); err != nil {
 		t.Fatal(err)
 	}
 	evs := n.readAll(t, 4, 30*time.Second) // initial read of 1, create 2, on-demand reads of 1 and 2

@@ -32,10 +32,12 @@ type Reader struct {
 	log    *slog.Logger
 	m      *metrics
 
-	db       string           // current_database(), learnt in preflight
-	registry *stream.Registry // schema registry, opened in Run
-	snaps    *snapshots       // on-demand snapshots (ondemand.go)
-	big      oversize         // events too large for one message (oversize.go)
+	db       string             // current_database(), learnt in preflight
+	registry *stream.Registry   // schema registry, opened in Run
+	state    jetstream.KeyValue // the reader's bookkeeping (stateBucket), opened in Run
+	snaps    *snapshots         // on-demand snapshots (ondemand.go)
+	big      oversize           // events too large for one message (oversize.go)
+	token    string             // random, in this process's heartbeats: others' are not measured
 
 	// state shared with Health and the watchdog
 	streaming   atomic.Bool
@@ -56,10 +58,13 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, prefix string, log *
 	if err := stream.ValidatePrefix(prefix); err != nil {
 		return nil, err
 	}
+	if prefix == controlToken || strings.HasPrefix(prefix, controlToken+".") {
+		return nil, fmt.Errorf("subject prefix %q: its first token %s is kept for control subjects, outside every stream", prefix, controlToken)
+	}
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Reader{cfg: cfg, nc: nc, js: js, prefix: prefix, log: log.With("component", "cdc", "slot", cfg.Slot), m: newMetrics(reg), snaps: newSnapshots()}
+	r := &Reader{cfg: cfg, nc: nc, js: js, prefix: prefix, log: log.With("component", "cdc", "slot", cfg.Slot), m: newMetrics(reg), snaps: newSnapshots(), token: randomID()}
 	r.health = Health{Healthy: true}
 	r.streamSince = time.Now()
 	return r, nil
@@ -78,6 +83,13 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.db = src.database
+	// Listening before the slot exists: a request sent once it does is
+	// answered (after a short wait, while the reader is not streaming yet).
+	sub, err := r.serveSnapshotRequests(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
 	reg, err := stream.OpenRegistry(ctx, r.js, r.cfg.SchemaBucket, 1)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -86,6 +98,13 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.registry = reg
+	if r.state, err = r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stateBucket, History: 1,
+		Description: "tablecast reader bookkeeping"}); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("open state bucket %s: %w", stateBucket, err)
+	}
 	if err := r.prepareSlot(ctx, src.slotExists); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -99,12 +118,32 @@ func (r *Reader) Run(ctx context.Context) error {
 		// Not fatal: the shapes arrive with the first change of each table.
 		r.log.Warn("cannot register the published tables ahead of their first change", "err", err)
 	}
+	pw, err := newPubWatch(r)
+	if err != nil {
+		return err
+	}
+	if err := r.resumeCatchUps(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Their records stay: the next start takes them.
+		r.log.Error("cannot resume the catch-up snapshots a previous run did not finish", "err", err)
+	}
+	// The first round before streaming: what is left out, or what a DBA's
+	// publication breaks, is said at once.
+	if err := pw.round(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		r.log.Warn("cannot read the catalog to keep the publication in step; retrying", "err", oneLine(err))
+	}
 	r.log.Info("reader ready", "database", r.db, "publication", r.cfg.Publication)
 
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go r.watch(wctx)
 	go r.snapshotWorker(wctx)
+	go pw.run(wctx)
 	if r.cfg.HeartbeatInterval > 0 {
 		go r.heartbeat(wctx)
 	}
@@ -446,6 +485,11 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 
 // topicMessagePrefix marks a logical decoding message as one for a custom
 // topic: pg_logical_emit_message(true, 'tablecast:<topic>', '<json>').
+// The WAL does not say which role wrote a message: whoever may execute the
+// function may publish on any topic, which the DBA decides with its EXECUTE
+// privilege (Doctor reports who may). The reader acts on nothing else a
+// message says, except heartbeats and watermarks carrying its own random
+// ids.
 const topicMessagePrefix = "tablecast:"
 
 // handleMessage publishes a transactional logical decoding message whose
@@ -455,7 +499,11 @@ const topicMessagePrefix = "tablecast:"
 // Heartbeats measure the lag from their emission to their arrival.
 func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodingMessage, now time.Time) error {
 	if m.Prefix == heartbeatPrefix {
-		if sent, err := time.Parse(time.RFC3339Nano, string(m.Content)); err == nil {
+		token, at, _ := strings.Cut(string(m.Content), " ")
+		if token != s.r.token {
+			return nil
+		}
+		if sent, err := time.Parse(time.RFC3339Nano, at); err == nil {
 			s.r.m.heartbeatLag.Set(now.Sub(sent).Seconds())
 		}
 		return nil

@@ -38,11 +38,7 @@ const (
 // slot and starts over, rather than stream changes on top of a partial
 // copy. The repeated rows of a redone snapshot are at-least-once.
 func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
-	state, err := r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stateBucket, History: 1,
-		Description: "tablecast reader bookkeeping"})
-	if err != nil {
-		return fmt.Errorf("open state bucket %s: %w", stateBucket, err)
-	}
+	state := r.state
 	key := "snapshot." + stream.SchemaKey(r.db, r.cfg.Slot, "")
 	key = strings.TrimSuffix(key, ".")
 

@@ -202,7 +202,10 @@ func TestNames(t *testing.T) {
 		db := newTestDB(t,
 			`CREATE TABLE "no key" (a int, "b c" text)`, // REPLICA IDENTITY DEFAULT, but no key
 			`CREATE TABLE full_nokey (a int, b text)`,
-			`ALTER TABLE full_nokey REPLICA IDENTITY FULL`)
+			`ALTER TABLE full_nokey REPLICA IDENTITY FULL`,
+			// A DBA's publication: tablecast never puts a table without a
+			// replica identity into one it creates.
+			`CREATE PUBLICATION tc_pub FOR TABLE "no key", full_nokey WITH (publish_via_partition_root = true)`)
 		n := startNATS(t)
 		startReader(t, db.config(), n)
 

@@ -55,6 +55,7 @@ type Config struct {
 	StallLagBytes int64         `envconfig:"STALL_LAG_BYTES" default:"16777216" desc:"WAL lag in bytes that counts as stalled after STALL_AFTER"`
 	Snapshot      string        `envconfig:"SNAPSHOT" default:"initial" desc:"when the slot is created: initial publishes the rows already there as op read, never does not"`
 	Heartbeat     time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"10s" desc:"how often a heartbeat is written to the WAL so an idle slot advances and lag is measured; 0 turns it off"`
+	TopicRoles    []string      `envconfig:"TOPIC_ROLES" desc:"database roles that may publish custom-topic messages (pg_logical_emit_message), comma-separated; tablecast doctor warns about any other; empty: only tablecast's role and superusers"`
 
 	JWTSecret             string        `envconfig:"JWT_SECRET" desc:"HS256 secret (32 bytes or more) that client tokens are signed with; empty: HS256 off"`
 	JWTKeys               string        `envconfig:"JWT_KEYS" desc:"PEM or JWKS file of public keys for RS256, ES256 and EdDSA client tokens, reloaded when it changes; empty: off"`
@@ -128,6 +129,8 @@ func loadConfig() (Config, error) {
 	}
 	if err := stream.ValidatePrefix(c.SubjectPrefix); err != nil {
 		errs = append(errs, fmt.Errorf("TABLECAST_SUBJECT_PREFIX: %w", err))
+	} else if first, _, _ := strings.Cut(c.SubjectPrefix, "."); first == "_TABLECAST" {
+		errs = append(errs, fmt.Errorf("TABLECAST_SUBJECT_PREFIX %q: the token _TABLECAST starts tablecast's control subjects, which no stream may hold; choose another prefix", c.SubjectPrefix))
 	}
 	if c.NATSURL == "" {
 		if _, _, err := net.SplitHostPort(c.NATSListen); err != nil {
@@ -194,6 +197,12 @@ func loadConfig() (Config, error) {
 	}
 	for i, t := range c.Tables {
 		c.Tables[i] = strings.TrimSpace(t)
+	}
+	for i, r := range c.TopicRoles {
+		c.TopicRoles[i] = strings.TrimSpace(r)
+		if c.TopicRoles[i] == "" {
+			errs = append(errs, errors.New("TABLECAST_TOPIC_ROLES: an empty role name (a doubled or trailing comma?)"))
+		}
 	}
 	return c, errors.Join(errs...)
 }
@@ -265,6 +274,7 @@ func (c Config) cdcConfig() cdc.Config {
 		MaxEventBytes: c.MaxEventBytes,
 		StallAfter:    c.StallAfter,
 		StallLagBytes: c.StallLagBytes,
+		TopicRoles:    c.TopicRoles,
 		HeartbeatInterval: func() time.Duration {
 			if c.Heartbeat == 0 {
 				return -1 // off
@@ -411,7 +421,7 @@ Usage:
   tablecast gateway                the WebSocket gateway alone (embedded NATS too when TABLECAST_NATS_URL is empty)
   tablecast tail [schema.table]    print events as JSON lines; --all from the stream's start, -n N to stop after N
   tablecast doctor                 check PostgreSQL for tablecast, each problem with the SQL that fixes it; exit 1 on a failure
-  tablecast snapshot schema.table  ask the running reader to snapshot one table (op read) while it streams
+  tablecast snapshot schema.table  ask the running reader, over NATS, to snapshot one table (op read) while it streams
   tablecast slot status            the replication slot: holder, LSNs, lag, retained WAL, wal_status
   tablecast slot drop [--force]    drop the replication slot; --force terminates the process holding it first
   tablecast help                   this text

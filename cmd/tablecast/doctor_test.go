@@ -36,7 +36,20 @@ func TestDoctorCommand(t *testing.T) {
 	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `DROP ROLE IF EXISTS `+role) })
 	env := []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_PUBLICATION=tc_doctor", "TABLECAST_SLOT=" + slot}
 
+	emitMessage := func(t *testing.T, sql string) {
+		t.Helper()
+		for _, sig := range []string{"boolean, text, text", "boolean, text, bytea"} {
+			if _, err := conn.Exec(context.Background(), fmt.Sprintf(sql, sig)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
 	t.Run("healthy", func(t *testing.T) {
+		// Healthy includes that only the roles granted it may write
+		// custom-topic messages.
+		emitMessage(t, `REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(%s) FROM PUBLIC`)
+		defer emitMessage(t, `GRANT EXECUTE ON FUNCTION pg_logical_emit_message(%s) TO PUBLIC`)
 		code, out, stderr := runBinary(t, time.Minute, env, "doctor")
 		if code != 0 {
 			t.Fatalf("exit %d, want 0\n%s%s", code, out, stderr)
@@ -52,15 +65,30 @@ func TestDoctorCommand(t *testing.T) {
 	})
 
 	t.Run("warnings", func(t *testing.T) {
+		// PostgreSQL's default: every role may write custom-topic messages.
+		code, out, stderr := runBinary(t, time.Minute, env, "doctor")
+		if code != 0 {
+			t.Fatalf("exit %d, want 0 for warnings alone\n%s%s", code, out, stderr)
+		}
+		want := regexp.MustCompile(`(?m)^warn  topic writers +PUBLIC \(every role\) may execute .*\n` +
+			`      fix: REVOKE EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message\(boolean,text,bytea\) FROM PUBLIC;`)
+		if !want.MatchString(out) {
+			t.Errorf("output does not match %s:\n%s", want, out)
+		}
+	})
+
+	// A publication that makes PostgreSQL refuse the application's writes
+	// fails, whoever made it.
+	t.Run("writes refused", func(t *testing.T) {
 		if _, err := conn.Exec(context.Background(), `ALTER PUBLICATION tc_doctor ADD TABLE events`); err != nil {
 			t.Fatal(err)
 		}
 		defer conn.Exec(context.Background(), `ALTER PUBLICATION tc_doctor DROP TABLE events`)
 		code, out, stderr := runBinary(t, time.Minute, env, "doctor")
-		if code != 0 {
-			t.Fatalf("exit %d, want 0 for warnings alone\n%s%s", code, out, stderr)
+		if code != 1 {
+			t.Fatalf("exit %d, want 1\n%s%s", code, out, stderr)
 		}
-		want := regexp.MustCompile(`(?m)^warn  table public.events +all columns, all rows, no key: no primary key and REPLICA IDENTITY DEFAULT: .*\n` +
+		want := regexp.MustCompile(`(?m)^fail  table public.events +all columns, all rows, no key: no primary key and REPLICA IDENTITY DEFAULT: .*\n` +
 			`      fix: ALTER TABLE "public"."events" REPLICA IDENTITY FULL;`)
 		if !want.MatchString(out) {
 			t.Errorf("output does not match %s:\n%s", want, out)

@@ -12,7 +12,10 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
+
+	"github.com/tablecast/tablecast/cdc"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -40,7 +43,7 @@ func main() {
 	err := dispatch(ctx, os.Args[1:])
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "tablecast: "+err.Error())
+		fmt.Fprintln(os.Stderr, "tablecast: "+describe(err))
 		var ue usageError
 		if errors.As(err, &ue) {
 			os.Exit(2)
@@ -48,6 +51,23 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// describe is err's message, with the variable a cdc.ConfigError is
+// about named in front of its part: library packages speak of Config
+// fields, users of environment variables.
+func describe(err error) string {
+	msg := err.Error()
+	var ce *cdc.ConfigError
+	if errors.As(err, &ce) {
+		if v, ok := fieldVariables[ce.Field()]; ok {
+			msg = strings.Replace(msg, ce.Error(), v+": "+ce.Error(), 1)
+		}
+	}
+	return msg
+}
+
+// fieldVariables maps cdc.Config fields to their environment variables.
+var fieldVariables = map[string]string{"Tables": envPrefix + "_TABLES"}
 
 type usageError struct{ msg string }
 

@@ -214,6 +214,8 @@ func TestMisconfigurationExits(t *testing.T) {
 		{"in-flight beyond the publisher's limit", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_MAX_IN_FLIGHT=100000"}, "TABLECAST_MAX_IN_FLIGHT 100000: must be between 1 and 65536"},
 		{"in-flight zero", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_MAX_IN_FLIGHT=0"}, "TABLECAST_MAX_IN_FLIGHT 0"},
 		{"mistyped URL scheme", []string{"TABLECAST_DATABASE_URL=postgre://postgres:pw@127.0.0.1/x"}, `scheme "postgre" is not postgres://`},
+		{"empty topic role", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_TOPIC_ROLES=app,,other"}, "TABLECAST_TOPIC_ROLES: an empty role name"},
+		{"control subject prefix", []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_SUBJECT_PREFIX=_TABLECAST.x"}, "the token _TABLECAST starts tablecast's control subjects"},
 		{"unknown command", []string{}, "unknown command"},
 		{"gateway anonymous off loopback", []string{"TABLECAST_HTTP_ADDR=0.0.0.0:0"}, "not a loopback address and no authentication is configured"},
 		{"gateway short JWT secret", []string{"TABLECAST_JWT_SECRET=short"}, "TABLECAST_JWT_SECRET"},

@@ -5,24 +5,46 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"time"
 
 	"github.com/tablecast/tablecast/cdc"
+	"github.com/tablecast/tablecast/stream"
 )
 
+// snapshotConnectTimeout bounds the wait for NATS: the command is one
+// request, and a user waiting on a NATS that is not there wants to know.
+const snapshotConnectTimeout = 10 * time.Second
+
 // snapshotCmd asks the running reader to snapshot one table while it
-// streams. It only writes a request into the WAL, so it needs the database
-// and nothing else; the reader does the work.
+// streams: a request over NATS, answered by the reader (queued with an id,
+// or refused with the reason). NATS access is what lets one ask; the
+// database is not involved, so no database role can.
 func snapshotCmd(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 	if len(args) != 1 {
 		return usageError{"snapshot: name one table (usage: tablecast snapshot schema.table)"}
 	}
-	if cfg.DatabaseURL == "" {
-		return errors.New("TABLECAST_DATABASE_URL is empty: set it to the database the reader streams")
+	url := natsClientURL(cfg)
+	cctx, cancel := context.WithTimeout(ctx, snapshotConnectTimeout)
+	defer cancel()
+	nc, err := stream.Connect(cctx, url, "tablecast-snapshot", newLogger(cfg, os.Stderr))
+	if err != nil {
+		return fmt.Errorf("%w (set TABLECAST_NATS_URL to the NATS the reader publishes to)", err)
 	}
-	id, err := cdc.RequestSnapshot(ctx, cfg.DatabaseURL, cfg.Publication, args[0])
+	defer nc.Close()
+	ticket, err := cdc.RequestSnapshot(ctx, nc, cfg.SubjectPrefix, cfg.Slot, args[0])
+	if errors.Is(err, cdc.ErrNoReader) {
+		return fmt.Errorf("%w; is tablecast run or tablecast cdc streaming, with this TABLECAST_SLOT (%s) and TABLECAST_SUBJECT_PREFIX (%s), on the NATS at %s?",
+			err, cfg.Slot, cfg.SubjectPrefix, url)
+	}
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "requested a snapshot of %s (id %s).\nThe running reader publishes its rows as op read, in key-ordered chunks, while it streams; watch with: tablecast tail %s\n", args[0], id, args[0])
+	queued := "next"
+	if ticket.Ahead > 0 {
+		queued = fmt.Sprintf("after %d other snapshots", ticket.Ahead)
+	}
+	fmt.Fprintf(out, "requested a snapshot of %s (id %s), queued %s.\nThe running reader publishes its rows as op read, in key-ordered chunks, while it streams; watch with: tablecast tail %s\n",
+		ticket.Table, ticket.ID, queued, args[0])
 	return nil
 }

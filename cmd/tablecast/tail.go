@@ -47,14 +47,7 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 		return usageError{"tail: at most one table (usage: tablecast tail [--all] [-n N] [schema.table])"}
 	}
 
-	url := cfg.NATSURL
-	if url == "" {
-		host, port, _ := net.SplitHostPort(cfg.NATSListen)
-		if host == "" || host == "0.0.0.0" || host == "::" {
-			host = "127.0.0.1"
-		}
-		url = "nats://" + net.JoinHostPort(host, port)
-	}
+	url := natsClientURL(cfg)
 	log := newLogger(cfg, os.Stderr)
 	nc, err := stream.Connect(ctx, url, "tablecast-tail", log)
 	if err != nil {
@@ -160,4 +153,18 @@ func checkStreamed(ctx context.Context, js jetstream.JetStream, schemaName, tabl
 // <prefix>.topic.<name>, whose messages are the application's own JSON.
 func isChangeSubject(prefix, subject string) bool {
 	return len(subject) > len(prefix) && strings.Count(subject[len(prefix)+1:], ".") == 3
+}
+
+// natsClientURL is the NATS a client command (tail, snapshot) connects to:
+// TABLECAST_NATS_URL, or the embedded NATS of a running tablecast, at
+// TABLECAST_NATS_LISTEN.
+func natsClientURL(cfg Config) string {
+	if cfg.NATSURL != "" {
+		return cfg.NATSURL
+	}
+	host, port, _ := net.SplitHostPort(cfg.NATSListen)
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return "nats://" + net.JoinHostPort(host, port)
 }

@@ -1,0 +1,326 @@
+package cdc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// pubWatch keeps a publication tablecast manages in step with the catalog,
+// every CatalogInterval on a regular connection (an event trigger would
+// need a superuser): it adds the tables that appeared or became able to
+// publish their updates and deletes, each with a catch-up snapshot of the
+// rows it already had, and drops at once a table that lost its key, since
+// PostgreSQL refuses its writes while it is published. A DBA's publication
+// it only reads, and logs the tables whose writes it breaks. Every round
+// logs only what changed since the last one. Only its goroutine uses it.
+type pubWatch struct {
+	r      *Reader
+	conn   lazyConn
+	role   string
+	listed map[string]bool // tableKey set of the configured tables; nil for "*"
+	quoted []string        // the configured tables, quoted
+
+	first    bool
+	leftOut  map[string]leftOut // as last logged
+	broken   map[string]leftOut // a DBA publication's tables whose writes PostgreSQL refuses, as last logged
+	failures map[string]string  // by table: the last error altering the publication for it, as logged
+	gone     bool               // the publication was missing at the last round
+	kind     string             // "managed" or "unmanaged", as last logged
+}
+
+func newPubWatch(r *Reader) (*pubWatch, error) {
+	listed, err := listedSet(r.cfg.Tables)
+	if err != nil {
+		return nil, tablesErrorf("%v", err)
+	}
+	var quoted []string
+	if listed != nil {
+		for _, t := range r.cfg.Tables {
+			s, n, _ := schema.ParseTableName(t)
+			quoted = append(quoted, pgx.Identifier{s, n}.Sanitize())
+		}
+	}
+	return &pubWatch{r: r, conn: lazyConn{url: r.cfg.DatabaseURL}, listed: listed, quoted: quoted, first: true,
+		leftOut: map[string]leftOut{}, broken: map[string]leftOut{}, failures: map[string]string{}}, nil
+}
+
+// run does a round every CatalogInterval until ctx ends.
+func (w *pubWatch) run(ctx context.Context) {
+	defer w.conn.close()
+	tick := time.NewTicker(w.r.cfg.CatalogInterval)
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		err := w.round(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil && !failing:
+			w.r.log.Warn("cannot read the catalog to keep the publication in step; retrying", "err", oneLine(err))
+			failing = true
+		case err == nil && failing:
+			w.r.log.Info("reading the catalog again")
+			failing = false
+		}
+	}
+}
+
+// round reads the catalog once and acts on it.
+func (w *pubWatch) round(ctx context.Context) error {
+	name := w.r.cfg.Publication
+	var added []tableState
+	err := w.conn.do(ctx, max(w.r.cfg.CatalogInterval, 10*time.Second), func(ctx context.Context, c *pgx.Conn) error {
+		if w.role == "" {
+			if err := c.QueryRow(ctx, `SELECT current_user::text`).Scan(&w.role); err != nil {
+				return fmt.Errorf("read the current role: %w", err)
+			}
+		}
+		pub, err := readPublication(ctx, c, name)
+		if err != nil {
+			return err
+		}
+		if !pub.exists {
+			if !w.gone {
+				w.r.log.Error("the publication no longer exists; nothing is streamed until it does", "publication", name)
+				w.gone = true
+			}
+			return nil
+		}
+		w.gone = false
+		if !pub.managed {
+			return w.watchUnmanaged(ctx, c, pub)
+		}
+		if w.kind != "managed" {
+			w.kind = "managed"
+			w.broken = map[string]leftOut{}
+		}
+		sc := scopeAll
+		if w.listed != nil {
+			sc = scopeListed
+		}
+		tables, err := readTables(ctx, c, name, sc, w.quoted)
+		if err != nil {
+			return err
+		}
+		p := planSync(name, w.role, tables, w.listed)
+		if len(p.drop)+len(p.add) > 0 {
+			// Never queue behind DDL holding the table: try again next round.
+			if _, err := c.Exec(ctx, `SET lock_timeout = '2s'`); err != nil {
+				return fmt.Errorf("set lock_timeout: %w", err)
+			}
+		}
+		quotedPub := pgx.Identifier{name}.Sanitize()
+		for _, t := range p.drop {
+			if err := w.alter(ctx, c, t, "ALTER PUBLICATION "+quotedPub+" DROP TABLE "+t.quoted()); errors.Is(err, errSkipped) {
+				continue
+			} else if err != nil {
+				return err
+			}
+			if lo, ok := p.leftOut[t.key()]; ok {
+				w.r.log.Warn("table dropped from the publication: PostgreSQL refuses its UPDATE and DELETE while a publication publishes them; it is added again once it has a replica identity",
+					"table", t.qualified(), "reason", lo.reason, "fix", lo.fix)
+				w.leftOut[t.key()] = lo // logged
+			} else {
+				w.r.log.Info("table dropped from the publication: not among the configured tables", "table", t.qualified())
+			}
+		}
+		for _, t := range p.add {
+			if err := w.add(ctx, c, quotedPub, t); err != nil {
+				return err
+			}
+			added = append(added, t)
+		}
+		w.logLeftOut(p.leftOut)
+		return nil
+	})
+	if len(added) > 0 {
+		if err := w.r.registerNewTables(ctx); err != nil && ctx.Err() == nil {
+			w.r.log.Warn("cannot register the added tables ahead of their first change", "err", err)
+		}
+	}
+	w.first = false
+	return err
+}
+
+// alter runs one ALTER PUBLICATION for table t. A refusal (not the owner,
+// a lock timeout, a table dropped meanwhile) is logged once and tried
+// again next round; a lost connection is returned.
+func (w *pubWatch) alter(ctx context.Context, c *pgx.Conn, t tableState, sql string) error {
+	_, err := c.Exec(ctx, sql)
+	if err == nil {
+		delete(w.failures, t.key())
+		return nil
+	}
+	if c.IsClosed() || ctx.Err() != nil {
+		return err
+	}
+	msg := oneLine(err)
+	if w.failures[t.key()] != msg {
+		w.r.log.Error("cannot alter the publication; trying again", "table", t.qualified(), "statement", sql, "err", msg)
+		w.failures[t.key()] = msg
+	}
+	return errSkipped
+}
+
+// errSkipped is alter's refusal; the round goes on with other tables.
+var errSkipped = errors.New("skipped")
+
+// add adds t to the publication, with a catch-up snapshot of the rows it
+// already has, recorded before the table is added so that a crash in
+// between does not lose it.
+func (w *pubWatch) add(ctx context.Context, c *pgx.Conn, quotedPub string, t tableState) error {
+	req := snapshotRequest{id: randomID(), schema: t.schema, name: t.name, table: t.qualified(), catchUp: true}
+	if t.hasPK {
+		var err error
+		if req.stateKey, err = w.r.recordCatchUp(ctx, req); err != nil {
+			return err
+		}
+	}
+	err := w.alter(ctx, c, t, "ALTER PUBLICATION "+quotedPub+" ADD TABLE "+t.quoted())
+	if err != nil {
+		if req.stateKey != "" {
+			w.r.forgetCatchUp(ctx, req)
+		}
+		if errors.Is(err, errSkipped) {
+			return nil
+		}
+		return err
+	}
+	delete(w.leftOut, t.key())
+	switch {
+	case t.hasPK:
+		w.r.log.Info("table added to the publication; its rows are sent as op read", "table", t.qualified())
+	default:
+		w.r.log.Warn("table added to the publication without a primary key: its changes are streamed, its rows from before are not sent (a snapshot reads in key order)", "table", t.qualified())
+	}
+	if req.stateKey != "" {
+		_, _, _ = w.r.snaps.enqueue(req)
+	}
+	return nil
+}
+
+// logLeftOut logs the tables newly left out, or left out for a new reason.
+func (w *pubWatch) logLeftOut(now map[string]leftOut) {
+	for _, k := range sortedKeys(now) {
+		lo := now[k]
+		if prev, ok := w.leftOut[k]; ok && prev == lo {
+			continue
+		}
+		w.r.log.Warn("table left out of the publication", "table", lo.table, "reason", lo.reason, "fix", lo.fix)
+	}
+	w.leftOut = now
+}
+
+// watchUnmanaged logs, at the first round and when they change, the
+// tables of a DBA's publication on which PostgreSQL refuses UPDATE and
+// DELETE: tablecast may not alter it, but must say so.
+func (w *pubWatch) watchUnmanaged(ctx context.Context, c *pgx.Conn, pub pubInfo) error {
+	name := w.r.cfg.Publication
+	if w.kind != "unmanaged" {
+		w.kind = "unmanaged"
+		w.leftOut = map[string]leftOut{}
+	}
+	now := map[string]leftOut{}
+	if pub.update || pub.delete {
+		tables, err := readTables(ctx, c, name, scopePublished, nil)
+		if err != nil {
+			return err
+		}
+		for _, t := range tables {
+			if what, fix := writeGap(t); what != "" {
+				now[t.key()] = leftOut{table: t.qualified(), reason: what, fix: fix}
+			}
+		}
+	}
+	for _, k := range sortedKeys(now) {
+		b := now[k]
+		if prev, ok := w.broken[k]; ok && prev == b {
+			continue
+		}
+		w.r.log.Error("the publication breaks the application's writes: PostgreSQL refuses UPDATE and DELETE on this table while it is published (tablecast does not alter a publication it did not create; tablecast doctor says more)",
+			"publication", name, "table", b.table, "reason", b.reason, "fix", b.fix)
+	}
+	if w.first && len(now) == 0 && (pub.allTables || pub.inSchema) {
+		w.r.log.Warn("the publication covers tables created later: one without a primary key or replica identity will refuse UPDATE and DELETE (tablecast doctor says how to let tablecast manage it)",
+			"publication", name)
+	}
+	w.broken = now
+	return nil
+}
+
+// catchUpRecord is a catch-up's record in the state bucket.
+type catchUpRecord struct {
+	Schema string `json:"schema"`
+	Name   string `json:"name"`
+}
+
+// catchUpKeyPrefix starts the state keys of this reader's catch-ups.
+func (r *Reader) catchUpKeyPrefix() string {
+	return "catchup." + stream.SchemaKey(r.db, r.cfg.Slot, "") // ends in '.'
+}
+
+// recordCatchUp records a catch-up snapshot to take, and returns its key.
+func (r *Reader) recordCatchUp(ctx context.Context, req snapshotRequest) (string, error) {
+	key := "catchup." + stream.SchemaKey(r.db, r.cfg.Slot, req.schema+"\x00"+req.name)
+	b, _ := json.Marshal(catchUpRecord{Schema: req.schema, Name: req.name})
+	if _, err := r.state.Put(ctx, key, b); err != nil {
+		return "", fmt.Errorf("record the catch-up snapshot of %s: %w", req.table, err)
+	}
+	return key, nil
+}
+
+// forgetCatchUp deletes a catch-up's record once it is done or moot.
+func (r *Reader) forgetCatchUp(ctx context.Context, req snapshotRequest) {
+	if req.stateKey == "" {
+		return
+	}
+	if err := r.state.Delete(ctx, req.stateKey); err != nil && ctx.Err() == nil {
+		r.log.Warn("cannot clear the record of a catch-up snapshot; it will be taken again at the next start", "table", req.table, "err", err)
+	}
+}
+
+// resumeCatchUps queues the catch-ups a previous run recorded and did not
+// finish.
+func (r *Reader) resumeCatchUps(ctx context.Context) error {
+	lister, err := r.state.ListKeysFiltered(ctx, r.catchUpKeyPrefix()+">")
+	if err != nil {
+		return fmt.Errorf("list recorded catch-up snapshots: %w", err)
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		e, err := r.state.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read recorded catch-up snapshot %s: %w", k, err)
+		}
+		var rec catchUpRecord
+		if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.Schema == "" || rec.Name == "" {
+			r.log.Warn("dropping an unreadable catch-up record", "key", k)
+			_ = r.state.Delete(ctx, k)
+			continue
+		}
+		req := snapshotRequest{id: randomID(), schema: rec.Schema, name: rec.Name, table: rec.Schema + "." + rec.Name, catchUp: true, stateKey: k}
+		r.log.Info("resuming a catch-up snapshot a previous run did not finish", "table", req.table)
+		_, _, _ = r.snaps.enqueue(req)
+	}
+	return nil
+}
