@@ -33,10 +33,13 @@ import (
 //     changed in between: their newer state is already in the stream. A
 //     change committed after the high watermark comes after the read rows.
 //
-// A read row's id is the high watermark's LSN and the row's ordinal in the
-// chunk, so a chunk replayed after a reconnect has the same ids and
-// JetStream's duplicate window drops the repeats. A request lost to a
-// crash of the reader is not resumed: run the command again.
+// A read row's lsn is the high watermark's LSN H, and its id is built on
+// H-1 and the row's ordinal in the chunk (schema.Txn.ResetSnapshot): ids
+// stay increasing, between the changes committed before the watermark and
+// those committed after it, and a chunk replayed after a reconnect has the
+// same ids, so that what the stream holds already is not published again.
+// A request lost to a crash of the reader is not resumed: run the command
+// again.
 
 const (
 	snapshotRequestPrefix = "tablecast-snapshot"
@@ -408,7 +411,7 @@ func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uin
 	schemaName, name := c.schema, c.name
 	tbl := &schema.Table{Schema: schemaName, Name: name, Columns: c.columns}
 	var txn schema.Txn
-	txn.Reset(lsn, 0, time.Now())
+	txn.ResetSnapshot(lsn, time.Now())
 	subject := stream.ChangeSubject(s.r.prefix, s.r.db, schemaName, name, schema.OpRead)
 	row := make([]schema.Value, len(c.columns))
 	var key []byte
@@ -421,6 +424,9 @@ func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uin
 		}
 		if _, changed := w.changed[string(key)]; changed {
 			skipped++
+			continue
+		}
+		if s.alreadyStored(txn.CommitLSN-1, uint32(n+1)) {
 			continue
 		}
 		for i, v := range vals {

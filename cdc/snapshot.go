@@ -23,7 +23,8 @@ const (
 )
 
 // stateBucket holds the reader's own bookkeeping: whether the initial
-// snapshot that came with a slot was completed.
+// snapshot that came with a slot was completed, and the slot's position
+// record (position.go).
 const stateBucket = "TABLECAST_STATE"
 
 const (
@@ -37,12 +38,12 @@ const (
 // that finds its slot with a pending snapshot (it crashed midway) drops the
 // slot and starts over, rather than stream changes on top of a partial
 // copy. The repeated rows of a redone snapshot are at-least-once.
+//
+// A new slot gets its position record at once (position.go), so that even
+// a reader that dies before it first confirms anything skips, when it
+// comes back, what the stream holds already.
 func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
-	state, err := r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stateBucket, History: 1,
-		Description: "tablecast reader bookkeeping"})
-	if err != nil {
-		return fmt.Errorf("open state bucket %s: %w", stateBucket, err)
-	}
+	state := r.state
 	key := "snapshot." + stream.SchemaKey(r.db, r.cfg.Slot, "")
 	key = strings.TrimSuffix(key, ".")
 
@@ -67,6 +68,15 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 		return err
 	}
 	defer rc.Close(context.Background())
+	origin, err := r.identifyOrigin(ctx, rc)
+	if err != nil {
+		return err
+	}
+	// Nothing of this origin is after the stream's end as it is now.
+	last, _, created, err := r.streamState(ctx)
+	if err != nil {
+		return err
+	}
 	action := "NOEXPORT_SNAPSHOT"
 	if r.cfg.Snapshot == SnapshotInitial {
 		action = "EXPORT_SNAPSHOT"
@@ -84,16 +94,26 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 		return fmt.Errorf("create replication slot %s: %w", r.cfg.Slot, err)
 	}
 	r.log.Info("created replication slot", "consistent_point", res.ConsistentPoint)
-	if r.cfg.Snapshot != SnapshotInitial {
-		return nil
-	}
 	point, err := pglogrepl.ParseLSN(res.ConsistentPoint)
 	if err != nil {
 		return fmt.Errorf("parse consistent point %q: %w", res.ConsistentPoint, err)
 	}
+	if err := r.writePosition(ctx, origin, uint64(point), last, created); err != nil {
+		return err
+	}
+	if r.cfg.Snapshot != SnapshotInitial {
+		return nil
+	}
 	// The exported snapshot lives as long as rc stays open and idle.
-	if err := r.snapshot(ctx, res.SnapshotName, uint64(point)); err != nil {
+	wm, err := r.snapshot(ctx, res.SnapshotName, uint64(point), origin)
+	if err != nil {
 		return fmt.Errorf("initial snapshot: %w", err)
+	}
+	if wm.N > 0 {
+		// The snapshot's rows are all stored at or before wm.StreamSeq.
+		if err := r.writePosition(ctx, origin, uint64(point), wm.StreamSeq, created); err != nil {
+			return err
+		}
 	}
 	if _, err := state.Put(ctx, key, []byte(snapshotDone)); err != nil {
 		return fmt.Errorf("record snapshot state: %w", err)
@@ -128,29 +148,30 @@ type snapshotTable struct {
 
 // snapshot publishes every row of every published table, as seen by the
 // exported snapshot, as a "read" event. Every event has the slot's
-// consistent point as its LSN, so ids are "<consistent point>-<n>" with n
-// counting across the whole snapshot. It returns once JetStream has
-// acknowledged them all.
-func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64) error {
+// consistent point P as its LSN, and ids are "<P-1>-<n>" with n counting
+// across the whole snapshot (schema.Txn.ResetSnapshot). It returns, once
+// JetStream has acknowledged them all, the publisher's final watermark.
+func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64, origin string) (stream.Watermark, error) {
+	var none stream.Watermark
 	conn, err := connectSnapshot(ctx, r.cfg.DatabaseURL)
 	if err != nil {
-		return err
+		return none, err
 	}
 	defer conn.Close(context.Background())
 	if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
-		return fmt.Errorf("begin snapshot transaction: %w", err)
+		return none, fmt.Errorf("begin snapshot transaction: %w", err)
 	}
 	if _, err := conn.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(snapshotName, "'", "''")+"'"); err != nil {
-		return fmt.Errorf("use exported snapshot %s: %w", snapshotName, err)
+		return none, fmt.Errorf("use exported snapshot %s: %w", snapshotName, err)
 	}
 	tables, err := publishedTables(ctx, conn, r.cfg.Publication)
 	if err != nil {
-		return err
+		return none, err
 	}
 
-	pub, err := stream.NewPublisher(r.nc, r.js, r.cfg.MaxInFlight, r.log, stream.WithStream(r.cfg.Stream))
+	pub, err := stream.NewPublisher(r.nc, r.js, r.cfg.MaxInFlight, r.log, stream.WithStream(r.cfg.Stream), stream.WithHeader(stream.OriginHeader, origin))
 	if err != nil {
-		return fmt.Errorf("start publisher: %w", err)
+		return none, fmt.Errorf("start publisher: %w", err)
 	}
 	defer pub.Close()
 	var (
@@ -162,7 +183,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		row     []schema.Value
 		types   typeResolver
 	)
-	txn.Reset(point, 0, time.Now())
+	txn.ResetSnapshot(point, time.Now())
 	r.log.Info("initial snapshot started", "tables", len(tables), "at", pglogrepl.LSN(point).String())
 	for _, st := range tables {
 		began, rows := time.Now(), 0
@@ -182,10 +203,10 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 			tbl.Columns[i] = schema.Column{Name: fd.Name, TypeOID: fd.DataTypeOID, TypeMod: fd.TypeModifier, Key: st.keys[fd.Name]}
 		}
 		if _, err := shape.Close(); err != nil {
-			return fmt.Errorf("read columns of %s.%s: %w", st.schema, st.name, err)
+			return none, fmt.Errorf("read columns of %s.%s: %w", st.schema, st.name, err)
 		}
 		if err := applyTypes(ctx, conn, &types, tbl.Columns); err != nil {
-			return fmt.Errorf("look up the column types of %s.%s: %w", st.schema, st.name, err)
+			return none, fmt.Errorf("look up the column types of %s.%s: %w", st.schema, st.name, err)
 		}
 		rr := conn.PgConn().ExecParams(ctx, query, nil, nil, nil, nil)
 		subject := stream.ChangeSubject(r.prefix, r.db, st.schema, st.name, schema.OpRead)
@@ -203,7 +224,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 			ids = txn.AppendID(ids[:0], ordinal)
 			if lastSeq, err = pub.Publish(ctx, subject, string(ids), buf); err != nil {
 				rr.Close()
-				return fmt.Errorf("publish snapshot of %s.%s: %w", st.schema, st.name, err)
+				return none, fmt.Errorf("publish snapshot of %s.%s: %w", st.schema, st.name, err)
 			}
 			r.m.published[schema.OpRead].Inc()
 			rows++
@@ -212,24 +233,24 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 			}
 		}
 		if _, err := rr.Close(); err != nil {
-			return fmt.Errorf("read %s.%s: %w", st.schema, st.name, err)
+			return none, fmt.Errorf("read %s.%s: %w", st.schema, st.name, err)
 		}
 		r.log.Info("snapshot of table done", "table", st.schema+"."+st.name, "rows", rows, "took", time.Since(began).Round(time.Millisecond))
 	}
 	for pub.Acked() < lastSeq {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return none, ctx.Err()
 		case <-pub.Failed():
-			return pub.Err()
+			return none, pub.Err()
 		case <-pub.Progress():
 		}
 	}
 	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
-		return fmt.Errorf("end snapshot transaction: %w", err)
+		return none, fmt.Errorf("end snapshot transaction: %w", err)
 	}
 	r.log.Info("initial snapshot done", "rows", ordinal)
-	return nil
+	return pub.Watermark(), nil
 }
 
 // rowFilterClause is " <keyword> (<filter>)", or "" without a filter. The

@@ -58,12 +58,60 @@ func (t *Txn) Reset(commitLSN uint64, xid uint32, commitTime time.Time) {
 	t.tail = append(t.tail, '"')
 }
 
+// ResetSnapshot prepares t for the rows a snapshot reads at position point
+// (the slot's consistent point, or an on-demand chunk's high watermark).
+// They carry point as their lsn, no xid, and ids built on point-1 instead of
+// a commit LSN: a transaction committed after point may have its commit
+// record start at point itself, and the reader's ids must stay unique and
+// increasing, so the snapshot's rows sort after every change committed
+// before point and before every change committed from it on.
+func (t *Txn) ResetSnapshot(point uint64, at time.Time) {
+	t.Reset(point, 0, at)
+	t.idPrefix = append(t.idPrefix[:0], `"id":"`...)
+	t.idPrefix = appendHex(t.idPrefix, point-1, 16)
+	t.idPrefix = append(t.idPrefix, '-')
+}
+
 // AppendID appends the event id of the change with the given ordinal:
 // the commit LSN as 16 hex digits, a dash, the ordinal as at least 4 hex
 // digits. Stable across replays of the same transaction.
 func (t *Txn) AppendID(dst []byte, ordinal uint32) []byte {
 	dst = append(dst, t.idPrefix[len(`"id":"`):]...)
 	return appendHex(dst, uint64(ordinal), 4)
+}
+
+// ParseEventID splits an event id as AppendID writes it into its commit LSN
+// and ordinal. ok is false for anything else: the LSN must be 16 hex
+// digits and the ordinal 4 to 16.
+func ParseEventID(id string) (lsn, ordinal uint64, ok bool) {
+	if len(id) < 16+1+4 || len(id) > 16+1+16 || id[16] != '-' {
+		return 0, 0, false
+	}
+	lsn, ok = parseHex(id[:16])
+	if !ok {
+		return 0, 0, false
+	}
+	ordinal, ok = parseHex(id[17:])
+	return lsn, ordinal, ok
+}
+
+func parseHex(s string) (uint64, bool) {
+	var v uint64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		default:
+			return 0, false
+		}
+		v = v<<4 | uint64(c)
+	}
+	return v, true
 }
 
 // Change is one row change to encode.

@@ -146,6 +146,7 @@ type Publisher struct {
 	sent        uint64 // number of the last message handed to the connection
 	acked       uint64 // watermark: 1..acked are all acknowledged
 	ackedStream uint64 // stream sequence JetStream reported for message acked
+	ackedAt     int64  // when acked was reached, in nanoseconds since start
 	ring        []slot // message n lives in ring[n&mask] while acked < n <= sent
 	mask        uint64
 	maxInFlight uint64 // high-water mark of sent-acked, for tests
@@ -438,7 +439,7 @@ func (p *Publisher) onAck(m *nats.Msg) {
 	}
 	advanced := acked != p.acked
 	if advanced {
-		p.acked, p.ackedStream = acked, p.ring[acked&p.mask].streamSeq
+		p.acked, p.ackedStream, p.ackedAt = acked, p.ring[acked&p.mask].streamSeq, int64(time.Since(p.start))
 	}
 	p.mu.Unlock()
 
@@ -638,15 +639,30 @@ func (p *Publisher) fail(err error) {
 // all acknowledged by JetStream.
 func (p *Publisher) Acked() uint64 { return p.ackedA.Load() }
 
-// AckedStream returns the watermark n (as Acked) together with the stream
-// sequence JetStream stored message n at: for a message it dropped as a
-// duplicate, the sequence of the copy it already held. 0, 0 before the
-// first acknowledgement. The two are read together, under the lock the
-// acknowledgements take, so it costs more than Acked.
-func (p *Publisher) AckedStream() (n, streamSeq uint64) {
+// Watermark is a Publisher's progress, as Watermark reads it.
+type Watermark struct {
+	// N is the watermark, as Acked: messages 1..N are all acknowledged.
+	N uint64
+	// StreamSeq is the stream sequence JetStream stored message N at; for
+	// a message it dropped as a duplicate, that of the copy it already
+	// held, which is where the message's id lives.
+	StreamSeq uint64
+	// At is when the acknowledgement that moved the watermark to N was
+	// handled. Zero before the first.
+	At time.Time
+}
+
+// Watermark returns the watermark together with where its message is
+// stored and when it was reached, read together under the lock the
+// acknowledgements take (so it costs more than Acked). The zero Watermark
+// before the first acknowledgement.
+func (p *Publisher) Watermark() Watermark {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.acked, p.ackedStream
+	if p.acked == 0 {
+		return Watermark{}
+	}
+	return Watermark{N: p.acked, StreamSeq: p.ackedStream, At: p.start.Add(time.Duration(p.ackedAt))}
 }
 
 // InFlight returns how many messages have been sent and are not yet under

@@ -716,9 +716,10 @@ func TestAckError(t *testing.T) {
 	}
 }
 
-// TestPublisherStreamSequence: AckedStream pairs the watermark with the
-// stream sequence its message is stored at, read from the acknowledgement;
-// a duplicate reports where the first copy is, which is where its id lives.
+// TestPublisherStreamSequence: Watermark pairs the watermark with the
+// stream sequence its message is stored at, read from the acknowledgement
+// (a duplicate reports where the first copy is, which is where its id
+// lives), and with when it was reached.
 func TestPublisherStreamSequence(t *testing.T) {
 	e := startTestServer(t, "")
 	nc, js := connectTest(t, e.ClientURL())
@@ -733,21 +734,24 @@ func TestPublisherStreamSequence(t *testing.T) {
 		}
 	}
 	p := newTestPublisher(t, nc, js, 4)
-	if n, seq := p.AckedStream(); n != 0 || seq != 0 {
-		t.Fatalf("AckedStream() = %d, %d before any ack, want 0, 0", n, seq)
+	if wm := p.Watermark(); wm != (Watermark{}) {
+		t.Fatalf("Watermark() = %+v before any ack, want the zero value", wm)
 	}
 	for i := 1; i <= 100; i++ {
+		before := time.Now()
 		publishN(t, p, i, i, uint64(i))
 		waitAcked(t, p, uint64(i))
-		if n, seq := p.AckedStream(); n != uint64(i) || seq != uint64(7+i) {
-			t.Fatalf("AckedStream() = %d, %d after message %d, want %d, %d", n, seq, i, i, 7+i)
+		after := time.Now()
+		if wm := p.Watermark(); wm.N != uint64(i) || wm.StreamSeq != uint64(7+i) || wm.At.Before(before) || wm.At.After(after) {
+			t.Fatalf("Watermark() = %+v after message %d (published at %s, seen acked at %s), want %d, %d, between the two",
+				wm, i, before, after, i, 7+i)
 		}
 	}
 	// Message 50 again: dropped as a duplicate, reported at its first copy.
 	publishN(t, p, 50, 50, 101)
 	waitAcked(t, p, 101)
-	if n, seq := p.AckedStream(); n != 101 || seq != 7+50 {
-		t.Fatalf("AckedStream() = %d, %d after a duplicate of message 50, want 101, %d", n, seq, 7+50)
+	if wm := p.Watermark(); wm.N != 101 || wm.StreamSeq != 7+50 {
+		t.Fatalf("Watermark() = %+v after a duplicate of message 50, want 101, %d", wm, 7+50)
 	}
 	// An acknowledgement that is not the template still gives its sequence.
 	fake := newFakeJetStream(t, nc)
@@ -762,8 +766,8 @@ func TestPublisherStreamSequence(t *testing.T) {
 	fake.reply(t, 1, `{"seq":42,"stream":"FAKE"}`)
 	fake.reply(t, 2, `{"stream":"FAKE","seq":17,"duplicate": true}`)
 	waitAcked(t, pf, 3)
-	if n, seq := pf.AckedStream(); n != 3 || seq != 17 {
-		t.Fatalf("AckedStream() = %d, %d, want 3, 17", n, seq)
+	if wm := pf.Watermark(); wm.N != 3 || wm.StreamSeq != 17 {
+		t.Fatalf("Watermark() = %+v, want 3, 17", wm)
 	}
 }
 
