@@ -89,6 +89,7 @@ type tablePlan struct {
 	columns      []string // published columns
 	rowFilter    string   // the publication's WHERE for the table, or ""
 	keys         []string // primary key columns, in index order
+	table        snapshotTable
 }
 
 func chunkPlan(ctx context.Context, conn *pgx.Conn, publication, schemaName, name string) (tablePlan, error) {
@@ -100,7 +101,7 @@ func chunkPlan(ctx context.Context, conn *pgx.Conn, publication, schemaName, nam
 	found := false
 	for _, t := range tables {
 		if t.schema == schemaName && t.name == name {
-			p.columns, p.rowFilter, found = t.columns, t.rowFilter, true
+			p.columns, p.rowFilter, p.table, found = t.columns, t.rowFilter, t, true
 		}
 	}
 	if !found {
@@ -229,10 +230,11 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 			for i, col := range columns {
 				if col.Name == k {
 					keyIdx = append(keyIdx, i)
-					columns[i].Key = true
 				}
 			}
 		}
+		// Keyed as the stream and the initial snapshot key the table.
+		columns = plan.table.table(columns).Columns
 		for rr.NextRow() {
 			vals := rr.Values()
 			row := make([][]byte, len(vals))

@@ -542,9 +542,12 @@ func (s *session) newRelation(ctx context.Context, rm *pglogrepl.RelationMessage
 		Columns:         make([]schema.Column, len(rm.Columns)),
 	}
 	for i, c := range rm.Columns {
-		t.Columns[i] = schema.Column{Name: c.Name, TypeOID: c.DataType, TypeMod: c.TypeModifier, Key: c.Flags&1 != 0}
+		t.Columns[i] = schema.Column{Name: c.Name, TypeOID: c.DataType, TypeMod: c.TypeModifier, Identity: c.Flags&1 != 0}
 	}
 	if err := s.resolveColumnTypes(ctx, t); err != nil {
+		return nil, err
+	}
+	if err := s.lookUpKey(ctx, rm.RelationID, t); err != nil {
 		return nil, err
 	}
 	rel := &relation{table: t, subjects: map[string]string{}}

@@ -142,8 +142,21 @@ type snapshotTable struct {
 	schema, name string
 	columns      []string // published columns, in order
 	rowFilter    string   // the publication's WHERE for the table (PostgreSQL 15), or ""
-	keys         map[string]bool
+	keys         keyColumns
+	identityCols map[string]bool // the replica identity's columns
 	identity     byte
+}
+
+// table is st's shape with the given columns (in the order a query
+// returned them), its key and replica identity marked as the stream marks
+// them.
+func (st snapshotTable) table(columns []schema.Column) *schema.Table {
+	t := &schema.Table{Schema: st.schema, Name: st.name, ReplicaIdentity: st.identity, Columns: columns}
+	for i := range t.Columns {
+		t.Columns[i].Identity = st.identityCols[t.Columns[i].Name]
+	}
+	setKey(t, st.keys)
+	return t
 }
 
 // snapshot publishes every row of every published table, as seen by the
@@ -198,10 +211,11 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		// connection is idle, then the rows.
 		shape := conn.PgConn().ExecParams(ctx, query+" LIMIT 0", nil, nil, nil, nil)
 		fds := shape.FieldDescriptions()
-		tbl := &schema.Table{Schema: st.schema, Name: st.name, ReplicaIdentity: st.identity, Columns: make([]schema.Column, len(fds))}
+		columns := make([]schema.Column, len(fds))
 		for i, fd := range fds {
-			tbl.Columns[i] = schema.Column{Name: fd.Name, TypeOID: fd.DataTypeOID, TypeMod: fd.TypeModifier, Key: st.keys[fd.Name]}
+			columns[i] = schema.Column{Name: fd.Name, TypeOID: fd.DataTypeOID, TypeMod: fd.TypeModifier}
 		}
+		tbl := st.table(columns)
 		if _, err := shape.Close(); err != nil {
 			return none, fmt.Errorf("read columns of %s.%s: %w", st.schema, st.name, err)
 		}
@@ -281,8 +295,8 @@ func connectSnapshot(ctx context.Context, url string) (*pgx.Conn, error) {
 }
 
 // publishedTables lists the publication's tables with their published
-// columns (a PostgreSQL 15 column list, or all columns) and replica
-// identity columns, in a stable order.
+// columns (a PostgreSQL 15 column list, or all columns), replica identity
+// columns, primary key and replica identity index, in a stable order.
 func publishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([]snapshotTable, error) {
 	var version int
 	if err := conn.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
@@ -303,7 +317,7 @@ func publishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([
 				WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND (
 					c.relreplident = 'f'
 					OR a.attnum = ANY((SELECT i.indkey FROM pg_index i WHERE i.indrelid = c.oid AND
-						((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))::int2[])))
+						((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))::int2[]))),`+keyArrays+`
 		FROM pg_publication_tables pt
 		JOIN pg_namespace n ON n.nspname = pt.schemaname
 		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
@@ -317,14 +331,15 @@ func publishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([
 	for rows.Next() {
 		var st snapshotTable
 		var identity string
-		var keys []string
-		if err := rows.Scan(&st.schema, &st.name, &identity, &st.rowFilter, &st.columns, &keys); err != nil {
+		var identityCols []string
+		if err := rows.Scan(&st.schema, &st.name, &identity, &st.rowFilter, &st.columns, &identityCols,
+			&st.keys.primaryKey, &st.keys.identityIndex); err != nil {
 			return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
 		}
 		st.identity = identity[0]
-		st.keys = map[string]bool{}
-		for _, k := range keys {
-			st.keys[k] = true
+		st.identityCols = map[string]bool{}
+		for _, k := range identityCols {
+			st.identityCols[k] = true
 		}
 		out = append(out, st)
 	}

@@ -122,7 +122,9 @@ type Change struct {
 	New []Value
 	// Old is the old row image when PostgreSQL sent one; nil otherwise.
 	// OldKeyOnly says it holds only the replica-identity columns (pgoutput's
-	// 'K' tuple), the other columns being placeholders that are not written.
+	// 'K' tuple, written with the Identity and Key columns: the key lies
+	// within the identity whenever PostgreSQL sends such a tuple), the other
+	// columns being placeholders that are not written.
 	Old        []Value
 	OldKeyOnly bool
 }
@@ -139,24 +141,28 @@ func AppendEvent(dst []byte, db string, tbl *Table, txn *Txn, c *Change) []byte 
 	dst = append(dst, tbl.header(db)...)
 	dst = append(dst, txn.tail...)
 
-	// key: replica-identity columns from the old image when there is one
-	// (the row as it was), else from the new one.
+	// key: the key columns from the old image when there is one (the row
+	// as it was), else from the new one.
 	dst = append(dst, `,"key":{`...)
 	keySrc := c.New
 	if c.Old != nil {
 		keySrc = c.Old
 	}
-	dst = appendRow(dst, tbl, keySrc, true)
+	dst = appendRow(dst, tbl, keySrc, rowKey)
 	dst = append(dst, '}')
 
 	if c.New != nil {
 		dst = append(dst, `,"data":{`...)
-		dst = appendRow(dst, tbl, c.New, false)
+		dst = appendRow(dst, tbl, c.New, rowAll)
 		dst = append(dst, '}')
 	}
 	if c.Old != nil {
 		dst = append(dst, `,"old":{`...)
-		dst = appendRow(dst, tbl, c.Old, c.OldKeyOnly)
+		which := rowAll
+		if c.OldKeyOnly {
+			which = rowIdentity
+		}
+		dst = appendRow(dst, tbl, c.Old, which)
 		dst = append(dst, '}')
 	}
 	if c.New != nil {
@@ -180,10 +186,17 @@ func AppendEvent(dst []byte, db string, tbl *Table, txn *Txn, c *Change) []byte 
 	return append(dst, '}')
 }
 
-// appendRow writes the members of one row object (without braces). With
-// keyOnly, only replica-identity columns are written. Unchanged TOASTed
-// values are left out, never written as null.
-func appendRow(dst []byte, tbl *Table, row []Value, keyOnly bool) []byte {
+// Which columns appendRow writes.
+const (
+	rowAll      = iota
+	rowKey      // the key's
+	rowIdentity // the replica identity's, and the key's
+)
+
+// appendRow writes the members of one row object (without braces): the
+// columns which says. Unchanged TOASTed values are left out, never
+// written as null.
+func appendRow(dst []byte, tbl *Table, row []Value, which int) []byte {
 	names := tbl.jsonNames()
 	first := true
 	for i := range row {
@@ -191,7 +204,7 @@ func appendRow(dst []byte, tbl *Table, row []Value, keyOnly bool) []byte {
 			break
 		}
 		col := &tbl.Columns[i]
-		if keyOnly && !col.Key {
+		if which == rowKey && !col.Key || which == rowIdentity && !col.Key && !col.Identity {
 			continue
 		}
 		v := &row[i]

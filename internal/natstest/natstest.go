@@ -91,7 +91,7 @@ func (s *Server) Count(streamName string) uint64 {
 // Stored is one message of a stream.
 type Stored struct {
 	Subject string
-	Seq     uint64 // stream sequence
+	Seq     uint64      // stream sequence
 	MsgID   string      // Nats-Msg-Id header
 	Header  nats.Header // every header
 	Data    []byte
