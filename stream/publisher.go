@@ -116,7 +116,8 @@ func WithHeader(name, value string) PublisherOption {
 // fails. From then on Err returns the failure, Failed is closed, and Publish
 // returns the error. A message is never skipped: the caller starts again
 // from its last confirmed position with a new Publisher, and JetStream's
-// duplicate window drops what had already been stored.
+// duplicate window drops what had already been stored (beyond the window,
+// the caller must know it; see Watermark).
 type Publisher struct {
 	nc         *nats.Conn
 	log        *slog.Logger

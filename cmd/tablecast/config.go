@@ -37,7 +37,7 @@ type Config struct {
 	SubjectPrefix string `envconfig:"SUBJECT_PREFIX" default:"tablecast" desc:"first token of every subject"`
 
 	Stream          string        `envconfig:"STREAM" default:"TABLECAST" desc:"JetStream stream that holds every event"`
-	DuplicateWindow time.Duration `envconfig:"DUPLICATE_WINDOW" default:"2m" desc:"JetStream duplicate window: a replay within it is dropped, not delivered twice"`
+	DuplicateWindow time.Duration `envconfig:"DUPLICATE_WINDOW" default:"30s" desc:"JetStream duplicate window: a message whose Nats-Msg-Id was stored within it is dropped (the reader skips older repeats itself)"`
 	StreamMaxAge    time.Duration `envconfig:"STREAM_MAX_AGE" default:"0" desc:"how long the stream keeps events; 0 keeps them until STREAM_MAX_BYTES"`
 	StreamMaxBytes  int64         `envconfig:"STREAM_MAX_BYTES" default:"-1" desc:"size limit of the stream in bytes, oldest events dropped first; -1 for none"`
 	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"stream replicas in a NATS cluster"`
@@ -121,7 +121,7 @@ func loadConfig() (Config, error) {
 		errs = append(errs, errors.New("TABLECAST_TLS_CERT and TABLECAST_TLS_KEY go together: set both, or neither"))
 	}
 	if c.DuplicateWindow <= 0 {
-		errs = append(errs, fmt.Errorf("TABLECAST_DUPLICATE_WINDOW %s: must be positive, it is what drops replays", c.DuplicateWindow))
+		errs = append(errs, fmt.Errorf("TABLECAST_DUPLICATE_WINDOW %s: must be positive: it drops the repeats of a publish that failed midway", c.DuplicateWindow))
 	}
 	for i, t := range c.Tables {
 		c.Tables[i] = strings.TrimSpace(t)
