@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -17,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/stream"
 )
 
 // Exactly once into the stream across outages longer than JetStream's
@@ -341,4 +344,140 @@ func assertCommitted(t *testing.T, n *natsServer, committed map[string][]change)
 			}
 		}
 	}
+}
+
+// TestSoakOutageBeyondDuplicateWindow (make soak): under a pgbench-like
+// writer (TPC-B transactions on four connections), the reader is killed
+// twice while JetStream holds events it has not confirmed, and stays down
+// for longer than the default duplicate window each time. Every committed
+// transaction is in the stream exactly once, in commit order, and replaying
+// the stream gives every account its balance.
+func TestSoakOutageBeyondDuplicateWindow(t *testing.T) {
+	if os.Getenv("TABLECAST_SOAK") == "" {
+		t.Skip("a soak test: TABLECAST_SOAK=1 (make soak)")
+	}
+	const (
+		accounts, tellers, clients = 10_000, 10, 4
+		outages                    = 2
+	)
+	down := stream.DefaultDuplicateWindow + 15*time.Second
+	c := pgtestRequire(t)
+	_, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	if _, err := conn.Exec(context.Background(), fmt.Sprintf(`
+		CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int NOT NULL);
+		CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int NOT NULL, tbalance int NOT NULL);
+		CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int NOT NULL, abalance int NOT NULL, filler char(84));
+		CREATE TABLE pgbench_history (hid bigint PRIMARY KEY, tid int, bid int, aid int, delta int, mtime timestamp);
+		INSERT INTO pgbench_branches VALUES (1, 0);
+		INSERT INTO pgbench_tellers SELECT g, 1, 0 FROM generate_series(1, %d) g;
+		INSERT INTO pgbench_accounts SELECT g, 1, 0, '' FROM generate_series(1, %d) g;`, tellers, accounts)); err != nil {
+		t.Fatal(err)
+	}
+	slot := fmt.Sprintf("tc_soak_once_%d", os.Getpid())
+	dropSlotAtCleanup(t, url, slot)
+	n := startNATS(t)
+	r := &outageReader{t: t, n: n, conn: connect(t, url), slot: slot, env: []string{
+		"TABLECAST_DATABASE_URL=" + url, "TABLECAST_NATS_URL=" + n.URL(), "TABLECAST_SLOT=" + slot,
+		"TABLECAST_PUBLICATION=tc_soak_once", "TABLECAST_HTTP_ADDR=127.0.0.1:0", "TABLECAST_SNAPSHOT=never",
+		"TABLECAST_SUBJECT_PREFIX=tc", "TABLECAST_LOG_LEVEL=warn", // the default duplicate window
+	}}
+	r.start()
+	t.Cleanup(r.stop)
+
+	var (
+		mu        sync.Mutex
+		committed = map[int64]int{} // history id → its delta
+		quit      = make(chan struct{})
+		wg        sync.WaitGroup
+		loadErr   error
+	)
+	for cl := 0; cl < clients; cl++ {
+		wc := connect(t, url)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			rng := rand.New(rand.NewPCG(uint64(cl), 11))
+			for i := int64(1); ; i++ {
+				select {
+				case <-quit:
+					return
+				default:
+				}
+				hid := int64(cl)<<40 | i
+				aid, tid, delta := 1+rng.IntN(accounts), 1+rng.IntN(tellers), rng.IntN(10001)-5000
+				batch := &pgx.Batch{}
+				batch.Queue(`UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2`, delta, aid)
+				batch.Queue(`SELECT abalance FROM pgbench_accounts WHERE aid = $1`, aid)
+				batch.Queue(`UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2`, delta, tid)
+				batch.Queue(`UPDATE pgbench_branches SET bbalance = bbalance + $1 WHERE bid = 1`, delta)
+				batch.Queue(`INSERT INTO pgbench_history VALUES ($1, $2, 1, $3, $4, now())`, hid, tid, aid, delta)
+				err := pgx.BeginFunc(ctx, wc, func(tx pgx.Tx) error { return tx.SendBatch(ctx, batch).Close() })
+				if err != nil {
+					mu.Lock()
+					loadErr = err
+					mu.Unlock()
+					return
+				}
+				mu.Lock()
+				committed[hid] = delta
+				mu.Unlock()
+			}
+		}()
+	}
+	for done := 0; done < outages; {
+		if r.outage(down) {
+			done++
+		}
+	}
+	close(quit)
+	wg.Wait()
+	if loadErr != nil {
+		t.Fatalf("load: %v", loadErr)
+	}
+
+	want := uint64(4 * len(committed))
+	waitFor(t, 10*time.Minute, fmt.Sprintf("%d events in the stream", want), func() bool {
+		got := n.count(t)
+		if got > want {
+			t.Fatalf("stream holds %d events, more than the %d of the %d committed transactions", got, want, len(committed))
+		}
+		return got == want
+	})
+	assertIDsIncrease(t, n)
+	history := map[int64]bool{}
+	balance := map[int]float64{}
+	for _, e := range n.events(t) {
+		data := e["data"].(map[string]any)
+		switch e["table"] {
+		case "pgbench_history":
+			hid := int64(data["hid"].(float64))
+			if _, ok := committed[hid]; !ok || history[hid] {
+				t.Fatalf("history row %d: committed %v, seen before %v", hid, ok, history[hid])
+			}
+			history[hid] = true
+		case "pgbench_accounts":
+			balance[int(data["aid"].(float64))] = data["abalance"].(float64)
+		}
+	}
+	if len(history) != len(committed) {
+		t.Fatalf("%d history rows in the stream, %d transactions committed", len(history), len(committed))
+	}
+	rows, err := conn.Query(context.Background(), `SELECT aid, abalance FROM pgbench_accounts WHERE abalance <> 0 OR aid = ANY($1)`, slices.Collect(maps.Keys(balance)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var aid, abalance int
+	checked := 0
+	if _, err := pgx.ForEachRow(rows, []any{&aid, &abalance}, func() error {
+		if balance[aid] != float64(abalance) {
+			return fmt.Errorf("account %d: the stream's last update says %v, the table %d", aid, balance[aid], abalance)
+		}
+		checked++
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d transactions (%d events), %d outages of %s: each once, in commit order; %d balances agree", len(committed), want, outages, down, checked)
 }
