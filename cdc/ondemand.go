@@ -293,8 +293,8 @@ type window struct {
 
 // pendingChunk is a published chunk awaiting JetStream's acknowledgement.
 // Until then the worker keeps it, so that a session restarted in between
-// publishes it again at the replayed high watermark (same ids: JetStream
-// drops what it already has).
+// publishes it again at the replayed high watermark (same ids: what the
+// stream already holds is not stored again).
 type pendingChunk struct {
 	id  string
 	seq uint64
