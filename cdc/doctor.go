@@ -622,8 +622,10 @@ func (d *doctor) judgeTable(ctx context.Context, p publication, t pubTable) erro
 	changesOld := p.update || p.delete
 	var problem, fix string
 	switch {
+	case t.replident == "f" && t.primaryKey != nil:
+		parts = append(parts, fmt.Sprintf("key: primary key (%s), old rows in full (REPLICA IDENTITY FULL)", strings.Join(t.primaryKey, ", ")))
 	case t.replident == "f":
-		parts = append(parts, "key: REPLICA IDENTITY FULL (old rows in full)")
+		parts = append(parts, "key: every column (REPLICA IDENTITY FULL without a primary key), old rows in full")
 	case t.replident == "i" && t.identIndex != "":
 		parts = append(parts, fmt.Sprintf("key: index %s (%s)", t.identIndex, strings.Join(t.identColumns, ", ")))
 	case t.replident == "d" && t.primaryKey != nil:

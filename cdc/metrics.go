@@ -14,6 +14,7 @@ type metrics struct {
 	streaming      prometheus.Gauge
 	sessions       prometheus.Counter
 	messages       prometheus.Counter
+	skipped        prometheus.Counter
 	heartbeatLag   prometheus.Gauge
 	retainedWAL    prometheus.Gauge
 	safeWALSize    prometheus.Gauge
@@ -53,6 +54,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "tablecast_cdc_topic_messages_published_total",
 			Help: "Logical decoding messages (pg_logical_emit_message(true, 'tablecast:<topic>', …)) published on custom topics.",
 		}),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_cdc_events_skipped_total",
+			Help: "Events a replay after a restart reached again and did not publish, because the stream already held them.",
+		}),
 		heartbeatLag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tablecast_cdc_heartbeat_lag_seconds",
 			Help: "Time from the last heartbeat's emission in PostgreSQL to its arrival in the reader: end-to-end replication lag.",
@@ -79,7 +84,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(published, m.publishLatency, m.ackedLSN, m.lagBytes, m.streaming, m.sessions,
-			m.messages, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus, m.oversize)
+			m.messages, m.skipped, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus, m.oversize)
 	}
 	return m
 }

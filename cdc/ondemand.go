@@ -46,12 +46,14 @@ import (
 // and a high one only after it: a role that writes WAL messages can forge
 // neither.
 //
-// A read row's id is the high watermark's LSN and the row's ordinal in the
-// chunk, so a chunk replayed after a reconnect has the same ids and
-// JetStream's duplicate window drops the repeats. A requested snapshot lost
-// to a crash of the reader is not resumed: run the command again. A
-// catch-up is recorded in the state bucket before its table is added, and
-// taken again after a crash.
+// A read row's lsn is the high watermark's LSN H, and its id is built on
+// H-1 and the row's ordinal in the chunk (schema.Txn.ResetSnapshot): ids
+// stay increasing, between the changes committed before the watermark and
+// those committed after it, and a chunk replayed after a reconnect has the
+// same ids, so that what the stream holds already is not published again.
+// A requested snapshot lost to a crash of the reader is not resumed: run
+// the command again. A catch-up is recorded in the state bucket before its
+// table is added, and taken again after a crash.
 
 const (
 	// snapshotRequestPrefix marked the requests of an earlier version,
@@ -247,6 +249,7 @@ type tablePlan struct {
 	columns      []string // published columns
 	rowFilter    string   // the publication's WHERE for the table, or ""
 	keys         []string // primary key columns, in index order
+	table        snapshotTable
 }
 
 // chunkPlan checks that the table can be snapshotted on demand and says
@@ -283,7 +286,7 @@ func chunkPlan(ctx context.Context, conn *pgx.Conn, publication, schemaName, nam
 	found := false
 	for _, t := range tables {
 		if t.schema == schemaName && t.name == name {
-			p.columns, p.rowFilter, found = t.columns, t.rowFilter, true
+			p.columns, p.rowFilter, p.table, found = t.columns, t.rowFilter, t, true
 		}
 	}
 	if !found {
@@ -469,10 +472,11 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 			for i, col := range columns {
 				if col.Name == k {
 					keyIdx = append(keyIdx, i)
-					columns[i].Key = true
 				}
 			}
 		}
+		// Keyed as the stream and the initial snapshot key the table.
+		columns = plan.table.table(columns).Columns
 		for rr.NextRow() {
 			vals := rr.Values()
 			row := make([][]byte, len(vals))
@@ -529,8 +533,8 @@ type window struct {
 
 // pendingChunk is a published chunk awaiting JetStream's acknowledgement.
 // Until then the worker keeps it, so that a session restarted in between
-// publishes it again at the replayed high watermark (same ids: JetStream
-// drops what it already has).
+// publishes it again at the replayed high watermark (same ids: what the
+// stream already holds is not stored again).
 type pendingChunk struct {
 	id  string
 	seq uint64
@@ -649,7 +653,7 @@ func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uin
 	schemaName, name := c.schema, c.name
 	tbl := &schema.Table{Schema: schemaName, Name: name, Columns: c.columns}
 	var txn schema.Txn
-	txn.Reset(lsn, 0, time.Now())
+	txn.ResetSnapshot(lsn, time.Now())
 	subject := stream.ChangeSubject(s.r.prefix, s.r.db, schemaName, name, schema.OpRead)
 	row := make([]schema.Value, len(c.columns))
 	var key []byte
@@ -662,6 +666,9 @@ func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uin
 		}
 		if _, changed := w.changed[string(key)]; changed {
 			skipped++
+			continue
+		}
+		if s.alreadyStored(txn.CommitLSN-1, uint32(n+1)) {
 			continue
 		}
 		for i, v := range vals {

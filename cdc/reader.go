@@ -98,8 +98,9 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.registry = reg
-	if r.state, err = r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stateBucket, History: 1,
-		Description: "tablecast reader bookkeeping"}); err != nil {
+	r.state, err = r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stateBucket, History: 1,
+		Description: "tablecast reader bookkeeping"})
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -238,6 +239,16 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 		return res, err
 	}
 	res.start = start
+	origin, err := r.identifyOrigin(ctx, conn)
+	if err != nil {
+		return res, err
+	}
+	// What the stream holds already is learnt before streaming, while
+	// PostgreSQL waits for nothing from us.
+	rp, err := r.resume(ctx, origin)
+	if err != nil {
+		return res, fmt.Errorf("learn what the stream holds of %s: %w", origin, err)
+	}
 	pubArg := strings.ReplaceAll(`"`+strings.ReplaceAll(r.cfg.Publication, `"`, `""`)+`"`, `'`, `''`)
 	err = pglogrepl.StartReplication(ctx, conn, r.cfg.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
 		// messages: logical decoding messages, for the transactional
@@ -252,7 +263,7 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 		return res, fmt.Errorf("start replication from %s: %w", pglogrepl.LSN(start), err)
 	}
 
-	pub, err := stream.NewPublisher(r.nc, r.js, r.cfg.MaxInFlight, r.log, stream.WithStream(r.cfg.Stream))
+	pub, err := stream.NewPublisher(r.nc, r.js, r.cfg.MaxInFlight, r.log, stream.WithStream(r.cfg.Stream), stream.WithHeader(stream.OriginHeader, origin))
 	if err != nil {
 		return res, fmt.Errorf("start publisher: %w", err)
 	}
@@ -273,6 +284,13 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 		typeNames: map[uint32]string{},
 		windows:   map[string]*window{},
 		confirmed: start,
+
+		origin:        origin,
+		streamCreated: rp.streamCreated,
+		skipping:      rp.skip,
+		skipThrough:   rp.skipThrough,
+		floor:         rp.floor,
+		recorded:      rp.recordLSN,
 	}
 	defer s.types.close()
 	began := time.Now()
@@ -324,19 +342,34 @@ type session struct {
 	pendingChunks []pendingChunk
 	types         sessionTypes // JSON rules of user-defined column types (types.go)
 
-	txn      schema.Txn
-	inTxn    bool
-	ordinal  uint32
-	lastSeq  uint64 // publisher sequence of the last event published
-	commits  commitTracker
-	walEnd   uint64 // latest server WAL end seen
-	row      rowMessage
-	buf, ids []byte   // a topic message and its id
-	ev       eventBuf // row change events
+	txn          schema.Txn
+	inTxn        bool
+	txnPublished bool // the open transaction published an event
+	ordinal      uint32
+	lastSeq      uint64 // publisher sequence of the last event published
+	commits      commitTracker
+	wm           stream.Watermark // the publisher's, as last read by advance
+	walEnd       uint64           // latest server WAL end seen
+	row          rowMessage
+	buf, ids     []byte   // a topic message and its id
+	ev           eventBuf // row change events
 
 	confirmed  uint64 // highest LSN safe to confirm
 	sent       uint64 // last LSN sent in a status update
 	lastStatus time.Time
+
+	// What the stream held at the start (position.go).
+	origin        string
+	streamCreated time.Time
+	skipping      bool
+	skipThrough   eventID // while skipping, events up to it are stored already
+	skipped       uint64
+	// floor is a stream sequence every message of ours with an id beyond
+	// confirmed lies after; sentFloor, the one for sent.
+	floor, sentFloor uint64
+	recorded         uint64 // LSN of the position record last written
+	lastRecord       time.Time
+	recordFailing    bool
 }
 
 const (
@@ -359,12 +392,13 @@ func (s *session) loop(ctx context.Context) error {
 		if err := s.pub.Err(); err != nil {
 			return fmt.Errorf("publish to JetStream: %w", err)
 		}
-		s.advance(now)
+		s.advance()
 		if (s.confirmed != s.sent && now.Sub(s.lastStatus) >= statusMinInterval) || now.Sub(s.lastStatus) >= s.r.cfg.StatusInterval {
 			if err := s.sendStatus(now); err != nil {
 				return err
 			}
 		}
+		s.recordPosition(ctx, now)
 		if err := netConn.SetReadDeadline(now.Add(readTick)); err != nil {
 			return fmt.Errorf("set read deadline: %w", err)
 		}
@@ -375,9 +409,12 @@ func (s *session) loop(ctx context.Context) error {
 			}
 			return fmt.Errorf("receive replication message: %w", err)
 		}
+		// The receive may have waited up to readTick: what arrived is
+		// timed from now on, not from the top of the loop.
+		arrived := time.Now()
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
-			if err := s.handleCopyData(ctx, msg.Data, now); err != nil {
+			if err := s.handleCopyData(ctx, msg.Data, arrived); err != nil {
 				return err
 			}
 		case *pgproto3.ErrorResponse:
@@ -390,6 +427,8 @@ func (s *session) loop(ctx context.Context) error {
 	}
 }
 
+// handleCopyData handles one message of the replication stream, which
+// arrived at now.
 func (s *session) handleCopyData(ctx context.Context, data []byte, now time.Time) error {
 	if len(data) == 0 {
 		return nil
@@ -401,7 +440,7 @@ func (s *session) handleCopyData(ctx context.Context, data []byte, now time.Time
 			return fmt.Errorf("parse keepalive: %w", err)
 		}
 		s.walEnd = max(s.walEnd, uint64(ka.ServerWALEnd))
-		s.advance(now)
+		s.advance()
 		if ka.ReplyRequested {
 			return s.sendStatus(now)
 		}
@@ -429,14 +468,18 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 			return fmt.Errorf("decode begin: %w", err)
 		}
 		s.txn.Reset(uint64(b.FinalLSN), b.Xid, b.CommitTime)
-		s.inTxn, s.ordinal = true, 0
+		s.inTxn, s.ordinal, s.txnPublished = true, 0, false
 	case 'C':
 		var c pglogrepl.CommitMessage
 		if err := c.Decode(wal[1:]); err != nil {
 			return fmt.Errorf("decode commit: %w", err)
 		}
 		s.inTxn = false
-		s.commits.add(s.lastSeq, uint64(c.TransactionEndLSN), now)
+		seen := now
+		if !s.txnPublished {
+			seen = time.Time{} // nothing published: no latency to observe
+		}
+		s.commits.add(s.lastSeq, uint64(c.TransactionEndLSN), seen)
 	case 'R':
 		var rm pglogrepl.RelationMessage
 		if err := rm.Decode(wal[1:]); err != nil {
@@ -525,6 +568,9 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 		return nil
 	}
 	s.ordinal++
+	if s.alreadyStored(s.txn.CommitLSN, s.ordinal) {
+		return nil
+	}
 	s.buf = s.buf[:0]
 	if json.Valid(m.Content) {
 		s.buf = append(s.buf, m.Content...)
@@ -544,7 +590,7 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 	if err != nil {
 		return fmt.Errorf("publish message for topic %s: %w", topic, err)
 	}
-	s.lastSeq = seq
+	s.lastSeq, s.txnPublished = seq, true
 	s.r.m.messages.Inc()
 	return nil
 }
@@ -558,9 +604,12 @@ func (s *session) newRelation(ctx context.Context, rm *pglogrepl.RelationMessage
 		Columns:         make([]schema.Column, len(rm.Columns)),
 	}
 	for i, c := range rm.Columns {
-		t.Columns[i] = schema.Column{Name: c.Name, TypeOID: c.DataType, TypeMod: c.TypeModifier, Key: c.Flags&1 != 0}
+		t.Columns[i] = schema.Column{Name: c.Name, TypeOID: c.DataType, TypeMod: c.TypeModifier, Identity: c.Flags&1 != 0}
 	}
 	if err := s.resolveColumnTypes(ctx, t); err != nil {
+		return nil, err
+	}
+	if err := s.lookUpKey(ctx, rm.RelationID, t); err != nil {
 		return nil, err
 	}
 	rel := &relation{table: t, subjects: map[string]string{}}
@@ -600,11 +649,14 @@ func (s *session) publish(ctx context.Context, rel *relation, c *schema.Change) 
 	if !s.inTxn {
 		return errors.New("row change outside a transaction")
 	}
+	if s.alreadyStored(s.txn.CommitLSN, c.Ordinal) {
+		return nil
+	}
 	seq, err := s.r.publishChange(ctx, s.pub, rel.subjects[c.Op], rel.table, &s.txn, c, &s.ev)
 	if err != nil {
 		return err
 	}
-	s.lastSeq = seq
+	s.lastSeq, s.txnPublished = seq, true
 	s.r.m.published[c.Op].Inc()
 	return nil
 }
@@ -612,18 +664,43 @@ func (s *session) publish(ctx context.Context, rel *relation, c *schema.Change) 
 // advance moves the confirmable position forward: to the end of every
 // transaction JetStream has fully acknowledged and, when nothing is in
 // flight, to the server's WAL end, so that an idle slot (or one whose busy
-// tables are not published) does not hold WAL forever.
-func (s *session) advance(now time.Time) {
-	acked := s.pub.Acked()
-	limit := s.confirmLimit()
-	if lsn := s.commits.advance(acked, now, s.observe); lsn > s.confirmed {
-		s.confirmed = max(s.confirmed, min(lsn, limit))
+// tables are not published) does not hold WAL forever. With it moves the
+// floor of the position record (position.go).
+func (s *session) advance() {
+	prev := s.wm
+	if s.pub.Acked() != prev.N {
+		s.wm = s.pub.Watermark()
 	}
-	if !s.inTxn && s.commits.empty() && acked == s.lastSeq && s.walEnd > s.confirmed {
-		s.confirmed = max(s.confirmed, min(s.walEnd, limit))
+	wm := s.wm
+	limit := s.confirmLimit()
+	// Latency runs to when JetStream's acknowledgement was handled, not to
+	// now: the loop may have been waiting in a receive meanwhile.
+	if lsn := s.commits.advance(wm.N, wm.At, s.observe); lsn > s.confirmed {
+		if lsn <= limit {
+			s.confirmed = lsn
+			// The floor is where the last message of the last confirmed
+			// transaction is stored, or, when the watermark is already
+			// beyond it, where the watermark of the previous advance was:
+			// before it, since JetStream stores our messages in order.
+			if s.commits.lastPopped == wm.N {
+				s.setFloor(wm)
+			} else {
+				s.setFloor(prev)
+			}
+		} else {
+			s.confirmed = max(s.confirmed, limit) // the floor stays: still below
+		}
+	}
+	if !s.inTxn && s.commits.empty() && wm.N == s.lastSeq && s.walEnd > s.confirmed {
+		if to := min(s.walEnd, limit); to > s.confirmed {
+			s.confirmed = to
+			if to == s.walEnd {
+				s.setFloor(wm) // every message published so far is at or below it
+			}
+		}
 	}
 	if len(s.pendingChunks) > 0 {
-		s.releaseChunks(acked)
+		s.releaseChunks(wm.N)
 	}
 	if s.r.ackedLSN.Load() != s.confirmed {
 		s.r.ackedLSN.Store(s.confirmed)
@@ -631,7 +708,19 @@ func (s *session) advance(now time.Time) {
 	}
 }
 
-func (s *session) observe(d time.Duration) { s.r.m.publishLatency.Observe(d.Seconds()) }
+// setFloor makes the stream sequence of wm's message the floor, if wm is
+// one of this session's: before any, the floor learnt at the start stays.
+func (s *session) setFloor(wm stream.Watermark) {
+	if wm.N > 0 {
+		s.floor = wm.StreamSeq
+	}
+}
+
+func (s *session) observe(d time.Duration) {
+	// A transaction whose events were all acknowledged before its commit
+	// message was read waited for nothing.
+	s.r.m.publishLatency.Observe(max(d, 0).Seconds())
+}
 
 func (s *session) sendStatus(now time.Time) error {
 	lsn := pglogrepl.LSN(s.confirmed)
@@ -641,6 +730,6 @@ func (s *session) sendStatus(now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("confirm LSN %s: %w", lsn, err)
 	}
-	s.sent, s.lastStatus = s.confirmed, now
+	s.sent, s.sentFloor, s.lastStatus = s.confirmed, s.floor, now
 	return nil
 }

@@ -101,7 +101,7 @@ func (r *Reader) registerNewTables(ctx context.Context) error {
 			}
 			continue
 		}
-		t := schema.Table{Schema: st.schema, Name: st.name, ReplicaIdentity: st.identity}
+		var columns []schema.Column
 		names := map[uint32]string{}
 		rows, err := conn.Query(ctx, `
 			SELECT a.attname::text, a.atttypid, a.atttypmod, tn.nspname || '.' || t.typname
@@ -112,29 +112,29 @@ func (r *Reader) registerNewTables(ctx context.Context) error {
 				AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY($3)
 			ORDER BY a.attnum`, st.schema, st.name, st.columns)
 		if err != nil {
-			return fmt.Errorf("read the columns of %s: %w", t.QualifiedName(), err)
+			return fmt.Errorf("read the columns of %s.%s: %w", st.schema, st.name, err)
 		}
 		for rows.Next() {
 			var c schema.Column
 			var typeName string
 			if err := rows.Scan(&c.Name, &c.TypeOID, &c.TypeMod, &typeName); err != nil {
 				rows.Close()
-				return fmt.Errorf("read the columns of %s: %w", t.QualifiedName(), err)
+				return fmt.Errorf("read the columns of %s.%s: %w", st.schema, st.name, err)
 			}
-			c.Key = st.keys[c.Name]
 			names[c.TypeOID] = typeName
-			t.Columns = append(t.Columns, c)
+			columns = append(columns, c)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return fmt.Errorf("read the columns of %s: %w", t.QualifiedName(), err)
+			return fmt.Errorf("read the columns of %s.%s: %w", st.schema, st.name, err)
 		}
+		t := st.table(columns)
 		if err := applyTypes(ctx, conn, &tr, t.Columns); err != nil {
 			return fmt.Errorf("look up the column types of %s: %w", t.QualifiedName(), err)
 		}
 		// Named as the stream names them: pgx's names for built-in types,
 		// namespace.name (as in pgoutput's Type messages) for the others.
-		shape := schema.ShapeOf(r.db, &t, func(oid uint32) string {
+		shape := schema.ShapeOf(r.db, t, func(oid uint32) string {
 			if bt, ok := builtinTypes.TypeForOID(oid); ok {
 				return bt.Name
 			}

@@ -23,7 +23,8 @@ const (
 )
 
 // stateBucket holds the reader's own bookkeeping: whether the initial
-// snapshot that came with a slot was completed.
+// snapshot that came with a slot was completed, and the slot's position
+// record (position.go).
 const stateBucket = "TABLECAST_STATE"
 
 const (
@@ -37,6 +38,10 @@ const (
 // that finds its slot with a pending snapshot (it crashed midway) drops the
 // slot and starts over, rather than stream changes on top of a partial
 // copy. The repeated rows of a redone snapshot are at-least-once.
+//
+// A new slot gets its position record at once (position.go), so that even
+// a reader that dies before it first confirms anything skips, when it
+// comes back, what the stream holds already.
 func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 	state := r.state
 	key := "snapshot." + stream.SchemaKey(r.db, r.cfg.Slot, "")
@@ -63,6 +68,15 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 		return err
 	}
 	defer rc.Close(context.Background())
+	origin, err := r.identifyOrigin(ctx, rc)
+	if err != nil {
+		return err
+	}
+	// Nothing of this origin is after the stream's end as it is now.
+	last, _, created, err := r.streamState(ctx)
+	if err != nil {
+		return err
+	}
 	action := "NOEXPORT_SNAPSHOT"
 	if r.cfg.Snapshot == SnapshotInitial {
 		action = "EXPORT_SNAPSHOT"
@@ -80,16 +94,26 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 		return fmt.Errorf("create replication slot %s: %w", r.cfg.Slot, err)
 	}
 	r.log.Info("created replication slot", "consistent_point", res.ConsistentPoint)
-	if r.cfg.Snapshot != SnapshotInitial {
-		return nil
-	}
 	point, err := pglogrepl.ParseLSN(res.ConsistentPoint)
 	if err != nil {
 		return fmt.Errorf("parse consistent point %q: %w", res.ConsistentPoint, err)
 	}
+	if err := r.writePosition(ctx, origin, uint64(point), last, created); err != nil {
+		return err
+	}
+	if r.cfg.Snapshot != SnapshotInitial {
+		return nil
+	}
 	// The exported snapshot lives as long as rc stays open and idle.
-	if err := r.snapshot(ctx, res.SnapshotName, uint64(point)); err != nil {
+	wm, err := r.snapshot(ctx, res.SnapshotName, uint64(point), origin)
+	if err != nil {
 		return fmt.Errorf("initial snapshot: %w", err)
+	}
+	if wm.N > 0 {
+		// The snapshot's rows are all stored at or before wm.StreamSeq.
+		if err := r.writePosition(ctx, origin, uint64(point), wm.StreamSeq, created); err != nil {
+			return err
+		}
 	}
 	if _, err := state.Put(ctx, key, []byte(snapshotDone)); err != nil {
 		return fmt.Errorf("record snapshot state: %w", err)
@@ -118,35 +142,49 @@ type snapshotTable struct {
 	schema, name string
 	columns      []string // published columns, in order
 	rowFilter    string   // the publication's WHERE for the table (PostgreSQL 15), or ""
-	keys         map[string]bool
+	keys         keyColumns
+	identityCols map[string]bool // the replica identity's columns
 	identity     byte
+}
+
+// table is st's shape with the given columns (in the order a query
+// returned them), its key and replica identity marked as the stream marks
+// them.
+func (st snapshotTable) table(columns []schema.Column) *schema.Table {
+	t := &schema.Table{Schema: st.schema, Name: st.name, ReplicaIdentity: st.identity, Columns: columns}
+	for i := range t.Columns {
+		t.Columns[i].Identity = st.identityCols[t.Columns[i].Name]
+	}
+	setKey(t, st.keys)
+	return t
 }
 
 // snapshot publishes every row of every published table, as seen by the
 // exported snapshot, as a "read" event. Every event has the slot's
-// consistent point as its LSN, so ids are "<consistent point>-<n>" with n
-// counting across the whole snapshot. It returns once JetStream has
-// acknowledged them all.
-func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64) error {
+// consistent point P as its LSN, and ids are "<P-1>-<n>" with n counting
+// across the whole snapshot (schema.Txn.ResetSnapshot). It returns, once
+// JetStream has acknowledged them all, the publisher's final watermark.
+func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64, origin string) (stream.Watermark, error) {
+	var none stream.Watermark
 	conn, err := connectSnapshot(ctx, r.cfg.DatabaseURL)
 	if err != nil {
-		return err
+		return none, err
 	}
 	defer conn.Close(context.Background())
 	if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
-		return fmt.Errorf("begin snapshot transaction: %w", err)
+		return none, fmt.Errorf("begin snapshot transaction: %w", err)
 	}
 	if _, err := conn.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(snapshotName, "'", "''")+"'"); err != nil {
-		return fmt.Errorf("use exported snapshot %s: %w", snapshotName, err)
+		return none, fmt.Errorf("use exported snapshot %s: %w", snapshotName, err)
 	}
 	tables, err := publishedTables(ctx, conn, r.cfg.Publication)
 	if err != nil {
-		return err
+		return none, err
 	}
 
-	pub, err := stream.NewPublisher(r.nc, r.js, r.cfg.MaxInFlight, r.log, stream.WithStream(r.cfg.Stream))
+	pub, err := stream.NewPublisher(r.nc, r.js, r.cfg.MaxInFlight, r.log, stream.WithStream(r.cfg.Stream), stream.WithHeader(stream.OriginHeader, origin))
 	if err != nil {
-		return fmt.Errorf("start publisher: %w", err)
+		return none, fmt.Errorf("start publisher: %w", err)
 	}
 	defer pub.Close()
 	var (
@@ -157,7 +195,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		row     []schema.Value
 		types   typeResolver
 	)
-	txn.Reset(point, 0, time.Now())
+	txn.ResetSnapshot(point, time.Now())
 	r.log.Info("initial snapshot started", "tables", len(tables), "at", pglogrepl.LSN(point).String())
 	for _, st := range tables {
 		began, rows := time.Now(), 0
@@ -172,15 +210,16 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		// connection is idle, then the rows.
 		shape := conn.PgConn().ExecParams(ctx, query+" LIMIT 0", nil, nil, nil, nil)
 		fds := shape.FieldDescriptions()
-		tbl := &schema.Table{Schema: st.schema, Name: st.name, ReplicaIdentity: st.identity, Columns: make([]schema.Column, len(fds))}
+		columns := make([]schema.Column, len(fds))
 		for i, fd := range fds {
-			tbl.Columns[i] = schema.Column{Name: fd.Name, TypeOID: fd.DataTypeOID, TypeMod: fd.TypeModifier, Key: st.keys[fd.Name]}
+			columns[i] = schema.Column{Name: fd.Name, TypeOID: fd.DataTypeOID, TypeMod: fd.TypeModifier}
 		}
+		tbl := st.table(columns)
 		if _, err := shape.Close(); err != nil {
-			return fmt.Errorf("read columns of %s.%s: %w", st.schema, st.name, err)
+			return none, fmt.Errorf("read columns of %s.%s: %w", st.schema, st.name, err)
 		}
 		if err := applyTypes(ctx, conn, &types, tbl.Columns); err != nil {
-			return fmt.Errorf("look up the column types of %s.%s: %w", st.schema, st.name, err)
+			return none, fmt.Errorf("look up the column types of %s.%s: %w", st.schema, st.name, err)
 		}
 		rr := conn.PgConn().ExecParams(ctx, query, nil, nil, nil, nil)
 		subject := stream.ChangeSubject(r.prefix, r.db, st.schema, st.name, schema.OpRead)
@@ -196,7 +235,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 			ordinal++
 			if lastSeq, err = r.publishChange(ctx, pub, subject, tbl, &txn, &schema.Change{Op: schema.OpRead, Ordinal: ordinal, New: row}, &ev); err != nil {
 				rr.Close()
-				return fmt.Errorf("publish snapshot of %s.%s: %w", st.schema, st.name, err)
+				return none, fmt.Errorf("publish snapshot of %s.%s: %w", st.schema, st.name, err)
 			}
 			r.m.published[schema.OpRead].Inc()
 			rows++
@@ -205,24 +244,24 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 			}
 		}
 		if _, err := rr.Close(); err != nil {
-			return fmt.Errorf("read %s.%s: %w", st.schema, st.name, err)
+			return none, fmt.Errorf("read %s.%s: %w", st.schema, st.name, err)
 		}
 		r.log.Info("snapshot of table done", "table", st.schema+"."+st.name, "rows", rows, "took", time.Since(began).Round(time.Millisecond))
 	}
 	for pub.Acked() < lastSeq {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return none, ctx.Err()
 		case <-pub.Failed():
-			return pub.Err()
+			return none, pub.Err()
 		case <-pub.Progress():
 		}
 	}
 	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
-		return fmt.Errorf("end snapshot transaction: %w", err)
+		return none, fmt.Errorf("end snapshot transaction: %w", err)
 	}
 	r.log.Info("initial snapshot done", "rows", ordinal)
-	return nil
+	return pub.Watermark(), nil
 }
 
 // rowFilterClause is " <keyword> (<filter>)", or "" without a filter. The
@@ -253,8 +292,8 @@ func connectSnapshot(ctx context.Context, url string) (*pgx.Conn, error) {
 }
 
 // publishedTables lists the publication's tables with their published
-// columns (a PostgreSQL 15 column list, or all columns) and replica
-// identity columns, in a stable order.
+// columns (a PostgreSQL 15 column list, or all columns), replica identity
+// columns, primary key and replica identity index, in a stable order.
 func publishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([]snapshotTable, error) {
 	var version int
 	if err := conn.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
@@ -275,7 +314,7 @@ func publishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([
 				WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND (
 					c.relreplident = 'f'
 					OR a.attnum = ANY((SELECT i.indkey FROM pg_index i WHERE i.indrelid = c.oid AND
-						((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))::int2[])))
+						((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))::int2[]))),`+keyArrays+`
 		FROM pg_publication_tables pt
 		JOIN pg_namespace n ON n.nspname = pt.schemaname
 		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
@@ -289,14 +328,15 @@ func publishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([
 	for rows.Next() {
 		var st snapshotTable
 		var identity string
-		var keys []string
-		if err := rows.Scan(&st.schema, &st.name, &identity, &st.rowFilter, &st.columns, &keys); err != nil {
+		var identityCols []string
+		if err := rows.Scan(&st.schema, &st.name, &identity, &st.rowFilter, &st.columns, &identityCols,
+			&st.keys.primaryKey, &st.keys.identityIndex); err != nil {
 			return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
 		}
 		st.identity = identity[0]
-		st.keys = map[string]bool{}
-		for _, k := range keys {
-			st.keys[k] = true
+		st.identityCols = map[string]bool{}
+		for _, k := range identityCols {
+			st.identityCols[k] = true
 		}
 		out = append(out, st)
 	}

@@ -204,7 +204,8 @@ var builtinArrayOf = sync.OnceValue(func() map[uint32]uint32 {
 })
 
 // sessionTypes is a session's type resolver with the regular connection it
-// queries over, opened on first need and closed with the session.
+// queries over (the catalog connection, also used for keys), opened on
+// first need and closed with the session.
 type sessionTypes struct {
 	conn     *pgx.Conn
 	resolver typeResolver
@@ -218,17 +219,27 @@ func (s *session) resolveColumnTypes(ctx context.Context, t *schema.Table) error
 	}
 	ctx, cancel := context.WithTimeout(ctx, typeLookupTimeout)
 	defer cancel()
-	if s.types.conn == nil {
-		conn, err := pgx.Connect(ctx, s.r.cfg.DatabaseURL)
-		if err != nil {
-			return fmt.Errorf("connect to look up the column types of %s: %w", t.QualifiedName(), err)
-		}
-		s.types.conn = conn
+	conn, err := s.catalogConn(ctx)
+	if err != nil {
+		return fmt.Errorf("connect to look up the column types of %s: %w", t.QualifiedName(), err)
 	}
-	if err := applyTypes(ctx, s.types.conn, &s.types.resolver, t.Columns); err != nil {
+	if err := applyTypes(ctx, conn, &s.types.resolver, t.Columns); err != nil {
 		return fmt.Errorf("look up the column types of %s: %w", t.QualifiedName(), err)
 	}
 	return nil
+}
+
+// catalogConn returns the session's regular connection, for the catalog
+// look-ups Relation messages need (types, keys), opening it on first use.
+func (s *session) catalogConn(ctx context.Context) (*pgx.Conn, error) {
+	if s.types.conn == nil {
+		conn, err := pgx.Connect(ctx, s.r.cfg.DatabaseURL)
+		if err != nil {
+			return nil, err
+		}
+		s.types.conn = conn
+	}
+	return s.types.conn, nil
 }
 
 func needsTypes(cols []schema.Column) bool {

@@ -58,12 +58,60 @@ func (t *Txn) Reset(commitLSN uint64, xid uint32, commitTime time.Time) {
 	t.tail = append(t.tail, '"')
 }
 
+// ResetSnapshot prepares t for the rows a snapshot reads at position point
+// (the slot's consistent point, or an on-demand chunk's high watermark).
+// They carry point as their lsn, no xid, and ids built on point-1 instead of
+// a commit LSN: a transaction committed after point may have its commit
+// record start at point itself, and the reader's ids must stay unique and
+// increasing, so the snapshot's rows sort after every change committed
+// before point and before every change committed from it on.
+func (t *Txn) ResetSnapshot(point uint64, at time.Time) {
+	t.Reset(point, 0, at)
+	t.idPrefix = append(t.idPrefix[:0], `"id":"`...)
+	t.idPrefix = appendHex(t.idPrefix, point-1, 16)
+	t.idPrefix = append(t.idPrefix, '-')
+}
+
 // AppendID appends the event id of the change with the given ordinal:
 // the commit LSN as 16 hex digits, a dash, the ordinal as at least 4 hex
 // digits. Stable across replays of the same transaction.
 func (t *Txn) AppendID(dst []byte, ordinal uint32) []byte {
 	dst = append(dst, t.idPrefix[len(`"id":"`):]...)
 	return appendHex(dst, uint64(ordinal), 4)
+}
+
+// ParseEventID splits an event id as AppendID writes it into its commit LSN
+// and ordinal. ok is false for anything else: the LSN must be 16 hex
+// digits and the ordinal 4 to 16.
+func ParseEventID(id string) (lsn, ordinal uint64, ok bool) {
+	if len(id) < 16+1+4 || len(id) > 16+1+16 || id[16] != '-' {
+		return 0, 0, false
+	}
+	lsn, ok = parseHex(id[:16])
+	if !ok {
+		return 0, 0, false
+	}
+	ordinal, ok = parseHex(id[17:])
+	return lsn, ordinal, ok
+}
+
+func parseHex(s string) (uint64, bool) {
+	var v uint64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		default:
+			return 0, false
+		}
+		v = v<<4 | uint64(c)
+	}
+	return v, true
 }
 
 // Change is one row change to encode.
@@ -74,7 +122,9 @@ type Change struct {
 	New []Value
 	// Old is the old row image when PostgreSQL sent one; nil otherwise.
 	// OldKeyOnly says it holds only the replica-identity columns (pgoutput's
-	// 'K' tuple), the other columns being placeholders that are not written.
+	// 'K' tuple, written with the Identity and Key columns: the key lies
+	// within the identity whenever PostgreSQL sends such a tuple), the other
+	// columns being placeholders that are not written.
 	Old        []Value
 	OldKeyOnly bool
 }
@@ -119,16 +169,16 @@ func AppendEventHead(dst []byte, db string, tbl *Table, txn *Txn, c *Change) []b
 	return AppendEventKey(dst, tbl, c)
 }
 
-// AppendEventKey appends the "key" of a change's event: the
-// replica-identity columns from the old image when there is one (the row
-// as it was), else from the new one, as a JSON object.
+// AppendEventKey appends the "key" of a change's event: the key columns
+// (Column.Key) from the old image when there is one (the row as it was),
+// else from the new one, as a JSON object.
 func AppendEventKey(dst []byte, tbl *Table, c *Change) []byte {
 	dst = append(dst, '{')
 	keySrc := c.New
 	if c.Old != nil {
 		keySrc = c.Old
 	}
-	dst, _ = appendRow(dst, tbl, keySrc, true, -1, 0)
+	dst, _ = appendRow(dst, tbl, keySrc, rowKey, -1, 0)
 	return append(dst, '}')
 }
 
@@ -141,12 +191,16 @@ func appendEvent(dst []byte, db string, tbl *Table, txn *Txn, c *Change, end int
 	var over int // bytes measured beyond end and not kept
 	if c.New != nil {
 		dst = append(dst, `,"data":{`...)
-		dst, over = appendRow(dst, tbl, c.New, false, end, over)
+		dst, over = appendRow(dst, tbl, c.New, rowAll, end, over)
 		dst = append(dst, '}')
 	}
 	if c.Old != nil {
 		dst = append(dst, `,"old":{`...)
-		dst, over = appendRow(dst, tbl, c.Old, c.OldKeyOnly, end, over)
+		which := rowAll
+		if c.OldKeyOnly {
+			which = rowIdentity
+		}
+		dst, over = appendRow(dst, tbl, c.Old, which, end, over)
 		dst = append(dst, '}')
 	}
 	if c.New != nil {
@@ -171,14 +225,21 @@ func appendEvent(dst []byte, db string, tbl *Table, txn *Txn, c *Change, end int
 	return dst, len(dst) - start + over
 }
 
-// appendRow writes the members of one row object (without braces). With
-// keyOnly, only replica-identity columns are written. Unchanged TOASTed
-// values are left out, never written as null.
+// Which columns appendRow writes.
+const (
+	rowAll      = iota
+	rowKey      // the key's
+	rowIdentity // the replica identity's, and the key's
+)
+
+// appendRow writes the members of one row object (without braces): the
+// columns which says. Unchanged TOASTed values are left out, never
+// written as null.
 //
 // With end >= 0, a value that takes dst past end is measured and dropped
 // again, as is every value after it, so that dst stops growing: over, the
 // bytes measured and dropped so far, comes back increased by theirs.
-func appendRow(dst []byte, tbl *Table, row []Value, keyOnly bool, end, over int) ([]byte, int) {
+func appendRow(dst []byte, tbl *Table, row []Value, which int, end, over int) ([]byte, int) {
 	names := tbl.jsonNames()
 	first := true
 	for i := range row {
@@ -186,7 +247,7 @@ func appendRow(dst []byte, tbl *Table, row []Value, keyOnly bool, end, over int)
 			break
 		}
 		col := &tbl.Columns[i]
-		if keyOnly && !col.Key {
+		if which == rowKey && !col.Key || which == rowIdentity && !col.Key && !col.Identity {
 			continue
 		}
 		v := &row[i]

@@ -156,3 +156,47 @@ func TestAppendEventHead(t *testing.T) {
 		t.Fatalf("key %s", key)
 	}
 }
+
+func TestParseEventID(t *testing.T) {
+	var txn Txn
+	txn.Reset(0x16B3748, 771, time.Unix(0, 0))
+	for _, ord := range []uint32{1, 0xFFFF, 0x10000, 0xFFFFFFFF} {
+		id := string(txn.AppendID(nil, ord))
+		lsn, got, ok := ParseEventID(id)
+		if !ok || lsn != 0x16B3748 || got != uint64(ord) {
+			t.Errorf("ParseEventID(%q) = %X, %X, %v; want 16B3748, %X", id, lsn, got, ok, ord)
+		}
+	}
+	for _, bad := range []string{"", "00000000016B3748", "00000000016B3748-", "00000000016B3748-001", "00000000016B3748_0001",
+		"0000000016B3748-0001", "00000000016B3748-00G1", "00000000016B3748-00000000000000001", "id-1"} {
+		if _, _, ok := ParseEventID(bad); ok {
+			t.Errorf("ParseEventID(%q) accepted it", bad)
+		}
+	}
+}
+
+// TestSnapshotIDsSortBetween: a snapshot row read at position P sorts after
+// a change committed before P and before one committed at P itself.
+func TestSnapshotIDsSortBetween(t *testing.T) {
+	const point = 0x16B3748
+	var before, snap, at Txn
+	before.Reset(point-0x38, 770, time.Unix(0, 0))
+	snap.ResetSnapshot(point, time.Unix(0, 0))
+	at.Reset(point, 771, time.Unix(0, 0))
+	ids := []string{string(before.AppendID(nil, 0xFFFFF)), string(snap.AppendID(nil, 1)), string(snap.AppendID(nil, 0x12345)), string(at.AppendID(nil, 1))}
+	for i := 1; i < len(ids); i++ {
+		l0, o0, _ := ParseEventID(ids[i-1])
+		l1, o1, _ := ParseEventID(ids[i])
+		if l0 > l1 || l0 == l1 && o0 >= o1 {
+			t.Errorf("id %s does not sort before %s", ids[i-1], ids[i])
+		}
+	}
+	var e map[string]any
+	ev := AppendEvent(nil, "shop", testTable(), &snap, &Change{Op: OpRead, Ordinal: 1, New: []Value{{Kind: KindText, Data: []byte("1")}}})
+	if err := json.Unmarshal(ev, &e); err != nil {
+		t.Fatal(err)
+	}
+	if e["lsn"] != "0/16B3748" || e["id"] != "00000000016B3747-0001" {
+		t.Errorf("snapshot row: lsn %v id %v; want lsn 0/16B3748 and an id on the LSN before it", e["lsn"], e["id"])
+	}
+}

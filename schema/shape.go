@@ -7,8 +7,8 @@ type Shape struct {
 	Schema string `json:"schema"`
 	Table  string `json:"table"`
 	// Version counts the shape's changes, from 1. It changes when a column
-	// is added, dropped, renamed or changes type, or the replica identity
-	// changes.
+	// is added, dropped, renamed or changes type, or the key or the
+	// replica identity changes.
 	Version int `json:"version"`
 	// LSN is the commit LSN of the first transaction seen with this shape
 	// (or the position streaming started from, for the first version).
@@ -26,7 +26,12 @@ type ShapeColumn struct {
 	// domain's base type, …) when it differs from TypeOID; consumers
 	// compare values by it.
 	ValueOID uint32 `json:"value_type_oid,omitempty"`
-	Key      bool   `json:"key,omitempty"` // part of the replica identity
+	// Key: part of the events' key (the primary key, or the replica
+	// identity index, whatever the replica identity).
+	Key bool `json:"key,omitempty"`
+	// Identity: part of the replica identity, what PostgreSQL sends of an
+	// old row that it does not send whole (every column under FULL).
+	Identity bool `json:"identity,omitempty"`
 }
 
 // ReplicaIdentityName spells out pgoutput's replica identity byte.
@@ -49,7 +54,7 @@ func ShapeOf(db string, t *Table, typeName func(uint32) string) Shape {
 	s := Shape{DB: db, Schema: t.Schema, Table: t.Name, ReplicaIdentity: ReplicaIdentityName(t.ReplicaIdentity),
 		Columns: make([]ShapeColumn, len(t.Columns))}
 	for i, c := range t.Columns {
-		s.Columns[i] = ShapeColumn{Name: c.Name, TypeOID: c.TypeOID, ValueOID: c.ValueOID, Key: c.Key}
+		s.Columns[i] = ShapeColumn{Name: c.Name, TypeOID: c.TypeOID, ValueOID: c.ValueOID, Key: c.Key, Identity: c.Identity}
 		if typeName != nil {
 			s.Columns[i].Type = typeName(c.TypeOID)
 		}
@@ -65,7 +70,7 @@ func (s Shape) SameAs(o Shape) bool {
 	}
 	for i := range s.Columns {
 		a, b := s.Columns[i], o.Columns[i]
-		if a.Name != b.Name || a.TypeOID != b.TypeOID || a.ValueOID != b.ValueOID || a.Key != b.Key {
+		if a.Name != b.Name || a.TypeOID != b.TypeOID || a.ValueOID != b.ValueOID || a.Key != b.Key || a.Identity != b.Identity {
 			return false
 		}
 	}

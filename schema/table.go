@@ -11,9 +11,15 @@ type Column struct {
 	// that are not built in.
 	ValueOID uint32
 	TypeMod  int32
-	// Key is true for replica-identity columns (all columns under
-	// REPLICA IDENTITY FULL, none under NOTHING).
+	// Key is true for the columns of the event's key: the primary key, or
+	// the replica identity index's columns, whatever the replica identity
+	// (all columns only for a table with neither under REPLICA IDENTITY
+	// FULL).
 	Key bool
+	// Identity is true for replica-identity columns as pgoutput flags them
+	// (all columns under REPLICA IDENTITY FULL, none under NOTHING): what
+	// PostgreSQL sends of an old row that is not sent whole.
+	Identity bool
 }
 
 // Table is the shape of one published table at one point in the stream.

@@ -41,11 +41,17 @@
 //	case <-p.Failed():   p.Close(); stream.WaitConnected(ctx, nc);
 //	                     restart replication from the confirmed LSN with a new Publisher
 //
-// Every message carries Nats-Msg-Id, so whatever is published again after a
-// failure is dropped by JetStream's duplicate window. The first failure is
-// final for that Publisher: a negative ack, an ack from another stream, an
-// ack timeout, the connection dropping with messages in flight, or a Publish
-// while the connection is down (ErrNotConnected). It never skips a message.
+// Every message carries Nats-Msg-Id, so whatever is published again soon
+// after a failure is dropped by JetStream's duplicate window. For longer
+// outages the reader tells itself: [Publisher.Watermark] gives the stream
+// sequence each acknowledgement reported, [WithHeader] marks every message
+// with the reader's [OriginHeader], and [ScanLastWithHeader] finds, reading
+// headers only, the last message of that origin after a sequence.
+//
+// The first failure is final for that Publisher: a negative ack, an ack from
+// another stream, an ack timeout, the connection dropping with messages in
+// flight, or a Publish while the connection is down (ErrNotConnected). It
+// never skips a message.
 //
 // Order: messages are sent on one connection in the order of Publish, and
 // JetStream stores them in that order. Should one message be refused while

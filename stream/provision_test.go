@@ -40,7 +40,7 @@ func TestEnsureStreamCreateThenUpdate(t *testing.T) {
 	}
 
 	// A different duplicate window and max age: updated in place.
-	s, err = EnsureStream(ctx, js, StreamConfig{DuplicateWindow: 30 * time.Second, MaxAge: 24 * time.Hour})
+	s, err = EnsureStream(ctx, js, StreamConfig{DuplicateWindow: 45 * time.Second, MaxAge: 24 * time.Hour})
 	if err != nil {
 		t.Fatalf("update: %v", err)
 	}
@@ -48,7 +48,7 @@ func TestEnsureStreamCreateThenUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.Config.Duplicates != 30*time.Second || info.Config.MaxAge != 24*time.Hour {
+	if info.Config.Duplicates != 45*time.Second || info.Config.MaxAge != 24*time.Hour {
 		t.Fatalf("not updated: duplicates %s, max age %s", info.Config.Duplicates, info.Config.MaxAge)
 	}
 	if info.State.Msgs != 10 {

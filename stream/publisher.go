@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/bits"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,6 +58,10 @@ var (
 // msgIDHeader is the header JetStream de-duplicates on.
 const msgIDHeader = "Nats-Msg-Id"
 
+// seqField is the member of an acknowledgement that holds the stream
+// sequence the message was stored at.
+var seqField = []byte(`"seq":`)
+
 // PublisherOption adjusts a Publisher; see NewPublisher.
 type PublisherOption func(*Publisher)
 
@@ -83,6 +88,17 @@ func WithStream(name string) PublisherOption {
 	}
 }
 
+// WithHeader adds a header with the same value to every message, such as
+// the origin of a CDC reader's events. The name must be a valid header name
+// (no white space or ':') and neither Nats-Msg-Id nor a NATS or JetStream
+// header (Nats-…); the value must not hold CR or LF. Default: no header
+// but Nats-Msg-Id.
+func WithHeader(name, value string) PublisherOption {
+	return func(p *Publisher) {
+		p.extra = append(p.extra, [2]string{name, value})
+	}
+}
+
 // Publisher publishes messages to JetStream asynchronously with a bounded
 // number awaiting acknowledgement, and reports progress as a contiguous
 // watermark: Acked is the largest n such that messages 1..n are all
@@ -100,14 +116,16 @@ func WithStream(name string) PublisherOption {
 // fails. From then on Err returns the failure, Failed is closed, and Publish
 // returns the error. A message is never skipped: the caller starts again
 // from its last confirmed position with a new Publisher, and JetStream's
-// duplicate window drops what had already been stored.
+// duplicate window drops what had already been stored (beyond the window,
+// the caller must know it; see Watermark).
 type Publisher struct {
 	nc         *nats.Conn
 	log        *slog.Logger
 	ackTimeout time.Duration
-	stream     string // see WithStream; learnt from the first ack if empty
-	ackPrefix  []byte // `{"stream":"<name>",`: how every ack from it starts
-	window     uint64 // maxInFlight
+	stream     string      // see WithStream; learnt from the first ack if empty
+	extra      [][2]string // see WithHeader
+	ackPrefix  []byte      // `{"stream":"<name>",`: how every ack from it starts
+	window     uint64      // maxInFlight
 	start      time.Time
 
 	inbox  string // "<inbox>."; a reply subject is inbox + slot number
@@ -119,7 +137,8 @@ type Publisher struct {
 	sendLock   chan struct{}
 	replies    []string // reply subject of each slot, made on first use
 	msg        nats.Msg
-	header     nats.Header // {msgIDHeader: msgID}, reused
+	header     nats.Header // {msgIDHeader: msgID} and the WithHeader headers, reused
+	headerNoID nats.Header // the WithHeader headers alone; nil without any
 	msgID      []string
 	reconnects uint64 // nc's reconnect count as last seen by Publish
 
@@ -127,6 +146,8 @@ type Publisher struct {
 	mu          sync.Mutex
 	sent        uint64 // number of the last message handed to the connection
 	acked       uint64 // watermark: 1..acked are all acknowledged
+	ackedStream uint64 // stream sequence JetStream reported for message acked
+	ackedAt     int64  // when acked was reached, in nanoseconds since start
 	ring        []slot // message n lives in ring[n&mask] while acked < n <= sent
 	mask        uint64
 	maxInFlight uint64 // high-water mark of sent-acked, for tests
@@ -146,9 +167,10 @@ type Publisher struct {
 }
 
 type slot struct {
-	subject string // for error messages
-	sentAt  int64  // nanoseconds since Publisher.start
-	acked   bool
+	subject   string // for error messages
+	sentAt    int64  // nanoseconds since Publisher.start
+	acked     bool
+	streamSeq uint64 // where JetStream stored it (for a duplicate: the first copy)
 }
 
 // NewPublisher returns a Publisher that publishes on nc with at most
@@ -202,6 +224,20 @@ func NewPublisher(nc *nats.Conn, js jetstream.JetStream, maxInFlight int, log *s
 		p.expectStream(p.stream)
 	}
 	p.header = nats.Header{msgIDHeader: p.msgID}
+	for _, h := range p.extra {
+		name, value := h[0], h[1]
+		if !validHeaderName(name) || strings.EqualFold(name, msgIDHeader) || strings.HasPrefix(strings.ToLower(name), "nats-") {
+			return nil, fmt.Errorf("new publisher: header name %q: not a valid name of a header of our own", name)
+		}
+		if strings.ContainsAny(value, "\r\n") {
+			return nil, fmt.Errorf("new publisher: value of header %s holds a line break", name)
+		}
+		if p.headerNoID == nil {
+			p.headerNoID = nats.Header{}
+		}
+		p.header[name] = []string{value}
+		p.headerNoID[name] = []string{value}
+	}
 	p.reconnects = nc.Stats().Reconnects
 
 	sub, err := nc.Subscribe(p.inbox+"*", p.onAck)
@@ -281,7 +317,7 @@ func (p *Publisher) Publish(ctx context.Context, subject string, msgID string, d
 	p.msg.Subject = subject
 	p.msg.Reply = reply
 	p.msg.Data = data
-	p.msg.Header = nil
+	p.msg.Header = p.headerNoID
 	if msgID != "" {
 		p.msgID[0] = msgID
 		p.msg.Header = p.header
@@ -397,7 +433,7 @@ func (p *Publisher) onAck(m *nats.Msg) {
 	if !ok || i > p.mask {
 		return
 	}
-	ackErr := p.ackError(m)
+	streamSeq, ackErr := p.ackSeq(m)
 
 	p.mu.Lock()
 	base := p.acked + 1
@@ -414,14 +450,16 @@ func (p *Publisher) onAck(m *nats.Msg) {
 		p.fail(fmt.Errorf("message %d to %q: %w", n, subject, ackErr))
 		return
 	}
-	s.acked = true
+	s.acked, s.streamSeq = true, streamSeq
 	acked := p.acked
 	for acked < p.sent && p.ring[(acked+1)&p.mask].acked {
 		acked++
 		p.ring[acked&p.mask].subject = "" // let the caller's string go
 	}
 	advanced := acked != p.acked
-	p.acked = acked
+	if advanced {
+		p.acked, p.ackedStream, p.ackedAt = acked, p.ring[acked&p.mask].streamSeq, int64(time.Since(p.start))
+	}
 	p.mu.Unlock()
 
 	if advanced {
@@ -447,22 +485,36 @@ func (p *Publisher) expectStream(name string) {
 }
 
 // ackError returns nil if m acknowledges a message stored in our stream
-// (a duplicate included), and otherwise says why not. It runs on the
-// subscription's goroutine only, which owns stream and ackPrefix once
-// NewPublisher has returned.
+// (a duplicate included), and otherwise says why not.
 func (p *Publisher) ackError(m *nats.Msg) error {
+	_, err := p.ackSeq(m)
+	return err
+}
+
+// ackSeq returns the stream sequence m acknowledges a message stored at in
+// our stream (for a duplicate, that of the copy stored first), or why m is
+// not such an acknowledgement. It runs on the subscription's goroutine
+// only, which owns stream and ackPrefix once NewPublisher has returned.
+func (p *Publisher) ackSeq(m *nats.Msg) (uint64, error) {
 	// JetStream writes every successful acknowledgement from a template:
 	// {"stream":"<name>",["domain":"<domain>",]"seq":<n>[,"duplicate": true]}.
+	// A domain is a token without quotes, so the first "seq": is the member.
 	if p.ackPrefix != nil && bytes.HasPrefix(m.Data, p.ackPrefix) {
-		return nil
+		rest := m.Data[len(p.ackPrefix):]
+		if i := bytes.Index(rest, seqField); i >= 0 {
+			if seq, ok := parseDigits(rest[i+len(seqField):]); ok && seq > 0 {
+				return seq, nil
+			}
+		}
+		// Not the template after all: the careful path decides.
 	}
 	if len(m.Data) == 0 {
 		if status := m.Header.Get("Status"); status == "503" {
-			return ErrNoStream
+			return 0, ErrNoStream
 		} else if status != "" {
-			return fmt.Errorf("%w: status %s %s", ErrNegativeAck, status, m.Header.Get("Description"))
+			return 0, fmt.Errorf("%w: status %s %s", ErrNegativeAck, status, m.Header.Get("Description"))
 		}
-		return fmt.Errorf("%w: empty reply", ErrNegativeAck)
+		return 0, fmt.Errorf("%w: empty reply", ErrNegativeAck)
 	}
 	// Not the usual shape: parse it properly.
 	var resp struct {
@@ -475,19 +527,50 @@ func (p *Publisher) ackError(m *nats.Msg) error {
 		Seq    uint64 `json:"seq"`
 	}
 	if err := json.Unmarshal(m.Data, &resp); err != nil {
-		return fmt.Errorf("%w: reply is not an acknowledgement: %q", ErrNegativeAck, truncate(m.Data, 200))
+		return 0, fmt.Errorf("%w: reply is not an acknowledgement: %q", ErrNegativeAck, truncate(m.Data, 200))
 	}
 	switch {
 	case resp.Error != nil:
-		return fmt.Errorf("%w: %s (code %d, error code %d)", ErrNegativeAck, resp.Error.Description, resp.Error.Code, resp.Error.ErrCode)
+		return 0, fmt.Errorf("%w: %s (code %d, error code %d)", ErrNegativeAck, resp.Error.Description, resp.Error.Code, resp.Error.ErrCode)
 	case resp.Stream == "" || resp.Seq == 0:
-		return fmt.Errorf("%w: reply is not an acknowledgement: %q", ErrNegativeAck, truncate(m.Data, 200))
+		return 0, fmt.Errorf("%w: reply is not an acknowledgement: %q", ErrNegativeAck, truncate(m.Data, 200))
 	case p.stream == "":
 		p.expectStream(resp.Stream)
 	case resp.Stream != p.stream:
-		return fmt.Errorf("%w: acknowledged by stream %q, not %q", ErrNegativeAck, resp.Stream, p.stream)
+		return 0, fmt.Errorf("%w: acknowledged by stream %q, not %q", ErrNegativeAck, resp.Stream, p.stream)
 	}
-	return nil
+	return resp.Seq, nil
+}
+
+// parseDigits parses the decimal number at the start of b, which must be
+// followed by a non-digit: the digits of a JSON number member.
+func parseDigits(b []byte) (uint64, bool) {
+	var n uint64
+	i := 0
+	for ; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+		if i == 19 {
+			return 0, false // beyond any stream sequence
+		}
+		n = n*10 + uint64(b[i]-'0')
+	}
+	if i == 0 || i == len(b) {
+		return 0, false
+	}
+	return n, true
+}
+
+// validHeaderName reports whether name is a header name nats.go sends: 1 or
+// more printable ASCII bytes other than ':' and space.
+func validHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c <= ' ' || c >= 0x7f || c == ':' {
+			return false
+		}
+	}
+	return true
 }
 
 func truncate(b []byte, n int) []byte {
@@ -574,6 +657,32 @@ func (p *Publisher) fail(err error) {
 // Acked returns the watermark: the largest n such that messages 1..n are
 // all acknowledged by JetStream.
 func (p *Publisher) Acked() uint64 { return p.ackedA.Load() }
+
+// Watermark is a Publisher's progress, as Watermark reads it.
+type Watermark struct {
+	// N is the watermark, as Acked: messages 1..N are all acknowledged.
+	N uint64
+	// StreamSeq is the stream sequence JetStream stored message N at; for
+	// a message it dropped as a duplicate, that of the copy it already
+	// held, which is where the message's id lives.
+	StreamSeq uint64
+	// At is when the acknowledgement that moved the watermark to N was
+	// handled. Zero before the first.
+	At time.Time
+}
+
+// Watermark returns the watermark together with where its message is
+// stored and when it was reached, read together under the lock the
+// acknowledgements take (so it costs more than Acked). The zero Watermark
+// before the first acknowledgement.
+func (p *Publisher) Watermark() Watermark {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.acked == 0 {
+		return Watermark{}
+	}
+	return Watermark{N: p.acked, StreamSeq: p.ackedStream, At: p.start.Add(time.Duration(p.ackedAt))}
+}
 
 // InFlight returns how many messages have been sent and are not yet under
 // the watermark.

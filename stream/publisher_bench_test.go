@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -182,5 +183,74 @@ func reportThroughput(b *testing.B, elapsed, cpu time.Duration) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
 	if cpu > 0 {
 		b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/msg")
+	}
+}
+
+// BenchmarkDuplicateIndex measures what JetStream's duplicate window costs
+// the server's heap per message id it remembers: the same messages are
+// published with and without a Nats-Msg-Id into a fresh server each, and
+// the difference in the live heap each added (server and client are in
+// this process) is divided by their number. At a sustained rate R, the
+// index holds R × TABLECAST_DUPLICATE_WINDOW ids.
+//
+//	go test -run='^$' -bench=DuplicateIndex -benchtime=1x ./stream/
+func BenchmarkDuplicateIndex(b *testing.B) {
+	const msgs = 300_000
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	// growth returns how much live heap a server holding msgs messages
+	// adds, with or without ids.
+	growth := func(withIDs bool) float64 {
+		before := heap()
+		e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: b.TempDir(), Logger: quietLogger()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer e.Shutdown()
+		ctx := context.Background()
+		nc, err := Connect(ctx, e.ClientURL(), "bench", quietLogger())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer nc.Close()
+		js, _ := jetstream.New(nc)
+		if _, err := EnsureStream(ctx, js, StreamConfig{DuplicateWindow: time.Hour}); err != nil {
+			b.Fatal(err)
+		}
+		p, err := NewPublisher(nc, js, 4096, quietLogger())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		subject := ChangeSubject("tablecast", "shop", "public", "orders", OpUpdate)
+		id := make([]byte, 0, 32)
+		for i := range msgs {
+			var msgID string
+			if withIDs {
+				id = strconv.AppendInt(append(id[:0], "00000000016B3748-"...), int64(i), 10)
+				msgID = string(id)
+			}
+			if _, err := p.Publish(ctx, subject, msgID, benchPayload); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for p.Acked() < msgs {
+			select {
+			case <-p.Progress():
+			case <-p.Failed():
+				b.Fatal(p.Err())
+			}
+		}
+		return float64(heap()) - float64(before)
+	}
+	for range b.N {
+		without := growth(false)
+		with := growth(true)
+		b.ReportMetric((with-without)/msgs, "heap-B/id")
 	}
 }

@@ -715,3 +715,120 @@ func TestAckError(t *testing.T) {
 		})
 	}
 }
+
+// TestPublisherStreamSequence: Watermark pairs the watermark with the
+// stream sequence its message is stored at, read from the acknowledgement
+// (a duplicate reports where the first copy is, which is where its id
+// lives), and with when it was reached.
+func TestPublisherStreamSequence(t *testing.T) {
+	e := startTestServer(t, "")
+	nc, js := connectTest(t, e.ClientURL())
+	if _, err := EnsureStream(testContext(t), js, StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	// Someone else's messages first, so that stream sequences and publisher
+	// numbers differ.
+	for i := range 7 {
+		if _, err := js.Publish(testContext(t), testSubject, []byte("other "+strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := newTestPublisher(t, nc, js, 4)
+	if wm := p.Watermark(); wm != (Watermark{}) {
+		t.Fatalf("Watermark() = %+v before any ack, want the zero value", wm)
+	}
+	for i := 1; i <= 100; i++ {
+		before := time.Now()
+		publishN(t, p, i, i, uint64(i))
+		waitAcked(t, p, uint64(i))
+		after := time.Now()
+		if wm := p.Watermark(); wm.N != uint64(i) || wm.StreamSeq != uint64(7+i) || wm.At.Before(before) || wm.At.After(after) {
+			t.Fatalf("Watermark() = %+v after message %d (published at %s, seen acked at %s), want %d, %d, between the two",
+				wm, i, before, after, i, 7+i)
+		}
+	}
+	// Message 50 again: dropped as a duplicate, reported at its first copy.
+	publishN(t, p, 50, 50, 101)
+	waitAcked(t, p, 101)
+	if wm := p.Watermark(); wm.N != 101 || wm.StreamSeq != 7+50 {
+		t.Fatalf("Watermark() = %+v after a duplicate of message 50, want 101, %d", wm, 7+50)
+	}
+	// An acknowledgement that is not the template still gives its sequence.
+	fake := newFakeJetStream(t, nc)
+	pf := newTestPublisher(t, nc, js, 4, WithStream("FAKE"))
+	for i := 1; i <= 3; i++ {
+		if _, err := pf.Publish(testContext(t), "fake.x", msgID(i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "the fake to receive 3 messages", func() bool { return fake.count() == 3 })
+	fake.reply(t, 0, `{"stream":"FAKE","domain":"hub","seq":41}`)
+	fake.reply(t, 1, `{"seq":42,"stream":"FAKE"}`)
+	fake.reply(t, 2, `{"stream":"FAKE","seq":17,"duplicate": true}`)
+	waitAcked(t, pf, 3)
+	if wm := pf.Watermark(); wm.N != 3 || wm.StreamSeq != 17 {
+		t.Fatalf("Watermark() = %+v, want 3, 17", wm)
+	}
+}
+
+// TestPublisherHeaders: WithHeader puts its header on every message, with
+// or without an id; names JetStream owns, or that nats.go cannot send, are
+// refused up front.
+func TestPublisherHeaders(t *testing.T) {
+	e := startTestServer(t, "")
+	nc, js := connectTest(t, e.ClientURL())
+	fake := newFakeJetStream(t, nc)
+	p := newTestPublisher(t, nc, js, 4, WithStream("FAKE"), WithHeader("Tablecast-Origin", "7/1/shop/tablecast"))
+	for _, id := range []string{"a", ""} {
+		if _, err := p.Publish(testContext(t), "fake.x", id, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "the fake to receive 2 messages", func() bool { return fake.count() == 2 })
+	fake.mu.Lock()
+	first, second := fake.msgs[0], fake.msgs[1]
+	fake.mu.Unlock()
+	if first.Header.Get("Tablecast-Origin") != "7/1/shop/tablecast" || first.Header.Get(msgIDHeader) != "a" {
+		t.Errorf("message with an id has headers %v", first.Header)
+	}
+	if second.Header.Get("Tablecast-Origin") != "7/1/shop/tablecast" || second.Header.Get(msgIDHeader) != "" {
+		t.Errorf("message without an id has headers %v", second.Header)
+	}
+	for _, h := range [][2]string{{"Nats-Msg-Id", "x"}, {"nats-expected-stream", "x"}, {"Bad Name", "x"}, {"Bad:Name", "x"}, {"", "x"}, {"Ok", "line\r\nInjected: 1"}} {
+		if p, err := NewPublisher(nc, js, 4, quietLogger(), WithHeader(h[0], h[1])); err == nil {
+			p.Close()
+			t.Errorf("NewPublisher accepted header %q: %q", h[0], h[1])
+		}
+	}
+}
+
+func TestParseDigits(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want uint64
+		ok   bool
+	}{
+		{"7}", 7, true}, {"123,\"duplicate\": true}", 123, true}, {"18446744073709551615}", 0, false},
+		{"}", 0, false}, {"", 0, false}, {"12", 0, false}, {"-1}", 0, false},
+	} {
+		got, ok := parseDigits([]byte(tt.in))
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("parseDigits(%q) = %d, %v; want %d, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+// TestAckSeqAllocatesNothing: reading the stream sequence of a usual
+// acknowledgement costs no allocation on the acknowledgement path.
+func TestAckSeqAllocatesNothing(t *testing.T) {
+	p := &Publisher{}
+	p.expectStream("TABLECAST")
+	for _, data := range []string{`{"stream":"TABLECAST","seq":123456}`, `{"stream":"TABLECAST","domain":"hub","seq":9,"duplicate": true}`} {
+		m := &nats.Msg{Data: []byte(data)}
+		var seq uint64
+		allocs := testing.AllocsPerRun(1000, func() { seq, _ = p.ackSeq(m) })
+		if allocs != 0 || seq == 0 {
+			t.Errorf("ackSeq(%s) = %d with %.1f allocations, want a sequence and none", data, seq, allocs)
+		}
+	}
+}

@@ -43,7 +43,7 @@ type Config struct {
 	SubjectPrefix string `envconfig:"SUBJECT_PREFIX" default:"tablecast" desc:"first token of every subject"`
 
 	Stream          string        `envconfig:"STREAM" default:"TABLECAST" desc:"JetStream stream that holds every event"`
-	DuplicateWindow time.Duration `envconfig:"DUPLICATE_WINDOW" default:"2m" desc:"JetStream duplicate window: a replay within it is dropped, not delivered twice"`
+	DuplicateWindow time.Duration `envconfig:"DUPLICATE_WINDOW" default:"30s" desc:"JetStream duplicate window: a message whose Nats-Msg-Id was stored within it is dropped (the reader skips older repeats itself)"`
 	StreamMaxAge    time.Duration `envconfig:"STREAM_MAX_AGE" default:"0" desc:"how long the stream keeps events; 0 keeps them until STREAM_MAX_BYTES"`
 	StreamMaxBytes  int64         `envconfig:"STREAM_MAX_BYTES" default:"-1" desc:"size limit of the stream in bytes, oldest events dropped first; -1 for none"`
 	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"stream replicas in a NATS cluster"`
@@ -188,7 +188,7 @@ func loadConfig() (Config, error) {
 	}
 	switch {
 	case c.DuplicateWindow < 100*time.Millisecond:
-		errs = append(errs, fmt.Errorf("TABLECAST_DUPLICATE_WINDOW %s: must be at least 100ms, it is what drops replays", c.DuplicateWindow))
+		errs = append(errs, fmt.Errorf("TABLECAST_DUPLICATE_WINDOW %s: must be at least 100ms, it drops the repeats of a publish that failed midway", c.DuplicateWindow))
 	case c.StreamMaxAge > 0 && c.DuplicateWindow > c.StreamMaxAge:
 		errs = append(errs, fmt.Errorf("TABLECAST_DUPLICATE_WINDOW %s: must not exceed TABLECAST_STREAM_MAX_AGE %s", c.DuplicateWindow, c.StreamMaxAge))
 	}

@@ -201,8 +201,9 @@ func (s *Server) Count(streamName string) uint64 {
 // Stored is one message of a stream.
 type Stored struct {
 	Subject string
-	Seq     uint64 // stream sequence
-	MsgID   string // Nats-Msg-Id header
+	Seq     uint64      // stream sequence
+	MsgID   string      // Nats-Msg-Id header
+	Header  nats.Header // every header
 	Data    []byte
 }
 
@@ -231,7 +232,7 @@ func (s *Server) ReadAll(t testing.TB, streamName string) []Stored {
 			got++
 			md, _ := m.Metadata()
 			out = append(out, Stored{Subject: m.Subject(), Seq: md.Sequence.Stream, MsgID: m.Headers().Get("Nats-Msg-Id"),
-				Data: append([]byte(nil), m.Data()...)})
+				Header: m.Headers(), Data: append([]byte(nil), m.Data()...)})
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
 			t.Fatalf("read stream %s: %v", streamName, err)

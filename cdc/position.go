@@ -1,0 +1,257 @@
+package cdc
+
+// Exactly once into the stream, whatever the length of an outage.
+//
+// The slot replays from its confirmed position, and the reader confirms at
+// most once a second, so a restart replays events JetStream already stored.
+// JetStream's duplicate window drops the repeats only while it remembers
+// their ids; after a longer outage the reader itself must know what the
+// stream holds. It does so with three things:
+//
+//   - Every message it publishes carries stream.OriginHeader:
+//     "<system identifier>/<timeline>/<database>/<slot>" (IDENTIFY_SYSTEM),
+//     and one origin publishes its event ids (commit LSN, ordinal) in
+//     strictly increasing order, snapshots included (schema.Txn.ResetSnapshot).
+//   - A position record per slot in the state bucket: the origin, an LSN
+//     confirmed to PostgreSQL, and a stream sequence at or before which lies
+//     the last message of ours with an id at or below that LSN, so that every
+//     message of ours beyond it lies after that sequence. It is written after
+//     the status update that confirmed the LSN (never ahead of the slot), at
+//     most once a second, and when the slot is created.
+//   - At the start of every session, the reader reads the headers of the
+//     stream from that sequence on and takes the last message of its origin:
+//     every event up to its id is stored already and is skipped, as is every
+//     event committed before the record's LSN (for a PostgreSQL that lost
+//     the slot's latest position in a crash and replays from before it).
+//
+// No record, a record of another origin (a restored cluster reuses LSNs on
+// a new timeline; a new cluster starts them again), or a record of another
+// stream (deleted and created again, or beyond its end) skip nothing, and
+// say why. What the duplicate window still guards is the one race left: a
+// failed publisher's messages still queued in the server, stored after the
+// scan.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// recordTimeout bounds one write of the position record, which the read
+// loop waits for: a NATS that does not answer within it leaves the record
+// as it was (older, so still correct) rather than stall the stream.
+const recordTimeout = 5 * time.Second
+
+// eventID is an event id as numbers, ordered as the reader publishes.
+type eventID struct{ lsn, ord uint64 }
+
+func (a eventID) after(b eventID) bool { return a.lsn > b.lsn || a.lsn == b.lsn && a.ord > b.ord }
+
+func (a eventID) String() string {
+	return fmt.Sprintf("%016X-%04X", a.lsn, a.ord)
+}
+
+// positionRecord is what the state bucket holds per slot.
+type positionRecord struct {
+	Origin string `json:"origin"`
+	// LSN was confirmed to PostgreSQL: every event committed before it is
+	// stored.
+	LSN string `json:"lsn"`
+	// StreamSeq: every message of this origin with an id beyond LSN is
+	// stored after it.
+	StreamSeq     uint64    `json:"stream_seq"`
+	Stream        string    `json:"stream"`
+	StreamCreated time.Time `json:"stream_created"`
+}
+
+// positionKey is the record's key in the state bucket.
+func positionKey(db, slot string) string {
+	return "position." + strings.TrimSuffix(stream.SchemaKey(db, slot, ""), ".")
+}
+
+// identifyOrigin asks PostgreSQL, over a replication connection, for the
+// origin the reader's messages carry.
+func (r *Reader) identifyOrigin(ctx context.Context, conn *pgconn.PgConn) (string, error) {
+	sys, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return "", fmt.Errorf("identify system: %w", err)
+	}
+	return sys.SystemID + "/" + strconv.Itoa(int(sys.Timeline)) + "/" + stream.Token(r.db) + "/" + r.cfg.Slot, nil
+}
+
+// streamState is the stream's last sequence and creation time.
+func (r *Reader) streamState(ctx context.Context) (last uint64, first uint64, created time.Time, err error) {
+	st, err := r.js.Stream(ctx, r.cfg.Stream)
+	if err != nil {
+		return 0, 0, time.Time{}, fmt.Errorf("look up stream %s: %w", r.cfg.Stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return 0, 0, time.Time{}, fmt.Errorf("read the state of stream %s: %w", r.cfg.Stream, err)
+	}
+	return info.State.LastSeq, info.State.FirstSeq, info.Created, nil
+}
+
+// writePosition stores the slot's position record.
+func (r *Reader) writePosition(ctx context.Context, origin string, lsn, streamSeq uint64, created time.Time) error {
+	b, err := json.Marshal(positionRecord{Origin: origin, LSN: pglogrepl.LSN(lsn).String(), StreamSeq: streamSeq, Stream: r.cfg.Stream, StreamCreated: created})
+	if err != nil {
+		return fmt.Errorf("encode position record: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, recordTimeout)
+	defer cancel()
+	if _, err := r.state.Put(ctx, positionKey(r.db, r.cfg.Slot), b); err != nil {
+		return fmt.Errorf("write position record at %s: %w", pglogrepl.LSN(lsn), err)
+	}
+	return nil
+}
+
+// scanFilters are the subjects the reader publishes on: its database's
+// changes and the custom topics.
+func (r *Reader) scanFilters() []string {
+	changes := r.prefix + "." + stream.Token(r.db) + ".>"
+	topics := r.prefix + ".topic.>"
+	if changes == topics { // a database named "topic"
+		return []string{topics}
+	}
+	return []string{changes, topics}
+}
+
+// resumePoint is what a session learns, before it streams, of what the
+// stream already holds of its origin.
+type resumePoint struct {
+	skip        bool
+	skipThrough eventID // with skip: every event up to it is stored
+	// floor is a stream sequence every message of ours beyond the slot's
+	// position lies after: where the next record's scan may start.
+	floor uint64
+	// recordLSN is the LSN of the record read, 0 without a valid one: no
+	// record is written below it.
+	recordLSN     uint64
+	streamCreated time.Time
+}
+
+// resume reads the slot's position record and the stream after it, and
+// says which events the session must not publish again.
+func (r *Reader) resume(ctx context.Context, origin string) (resumePoint, error) {
+	last, first, created, err := r.streamState(ctx)
+	if err != nil {
+		return resumePoint{}, err
+	}
+	// Without a usable record nothing is skipped, and nothing of this
+	// origin is known before the stream's end: a new record scans from it.
+	rp := resumePoint{floor: last, streamCreated: created}
+	key := positionKey(r.db, r.cfg.Slot)
+	e, err := r.state.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		r.log.Warn("no position record for this slot: a replay repeats what the stream already holds beyond the duplicate window", "key", key)
+		return rp, nil
+	}
+	if err != nil {
+		return rp, fmt.Errorf("read position record %s: %w", key, err)
+	}
+	var rec positionRecord
+	recLSN := pglogrepl.LSN(0)
+	if err := json.Unmarshal(e.Value(), &rec); err == nil {
+		recLSN, err = pglogrepl.ParseLSN(rec.LSN)
+		if err != nil {
+			recLSN = 0
+		}
+	}
+	switch {
+	case recLSN == 0:
+		r.log.Warn("unreadable position record: skipping nothing", "key", key, "value", string(e.Value()))
+		return rp, nil
+	case rec.Origin != origin:
+		r.log.Warn("position record is of another origin (a restored or different PostgreSQL reuses LSNs): skipping nothing",
+			"record_origin", rec.Origin, "origin", origin)
+		return rp, nil
+	case rec.Stream != r.cfg.Stream || !rec.StreamCreated.Equal(created):
+		r.log.Warn("position record is of another stream (deleted and created again?): skipping nothing",
+			"record_stream", rec.Stream, "record_stream_created", rec.StreamCreated, "stream", r.cfg.Stream, "stream_created", created)
+		return rp, nil
+	case rec.StreamSeq > last:
+		r.log.Warn("position record lies beyond the stream's end (the stream was reset?): skipping nothing",
+			"record_stream_seq", rec.StreamSeq, "stream_last_seq", last)
+		return rp, nil
+	}
+	rp.floor, rp.recordLSN = rec.StreamSeq, uint64(recLSN)
+	rp.skip, rp.skipThrough = true, eventID{uint64(recLSN) - 1, math.MaxUint64}
+	if first > rec.StreamSeq+1 {
+		r.log.Warn("the stream no longer holds every message after the position record (limits or a purge removed them); what they held may be published again",
+			"record_stream_seq", rec.StreamSeq, "stream_first_seq", first)
+	}
+	began := time.Now()
+	found, err := stream.ScanLastWithHeader(ctx, r.js, r.cfg.Stream, rec.StreamSeq+1, last, r.scanFilters(), stream.OriginHeader, origin)
+	if err != nil {
+		return rp, err
+	}
+	if found.MsgID != "" {
+		lsn, ord, ok := schema.ParseEventID(found.MsgID)
+		if !ok {
+			return rp, fmt.Errorf("message %d of stream %s carries our origin but an id %q that is not an event id", found.Seq, r.cfg.Stream, found.MsgID)
+		}
+		if id := (eventID{lsn, ord}); id.after(rp.skipThrough) {
+			rp.skipThrough = id
+		}
+	}
+	r.log.Info("resuming: the stream holds this slot's events up to an id, which are not published again",
+		"through", rp.skipThrough.String(), "record_lsn", rec.LSN, "scanned", found.Scanned,
+		"from_seq", rec.StreamSeq+1, "to_seq", last, "took", time.Since(began).Round(time.Millisecond))
+	return rp, nil
+}
+
+// alreadyStored reports whether the stream holds the event with this id
+// already, as learnt at the session's start, and counts it: the reader then
+// does not publish it again. Ids only grow, so the first id beyond ends the
+// skipping.
+func (s *session) alreadyStored(lsn uint64, ordinal uint32) bool {
+	if !s.skipping {
+		return false
+	}
+	id := eventID{lsn, uint64(ordinal)}
+	if !id.after(s.skipThrough) {
+		s.r.m.skipped.Inc()
+		s.skipped++
+		return true
+	}
+	s.skipping = false
+	if s.skipped > 0 {
+		s.r.log.Info("caught up with what the stream held; publishing again", "skipped", s.skipped, "first", id.String())
+	}
+	return false
+}
+
+// recordPosition writes the position record for the LSN last confirmed to
+// PostgreSQL, at most once a second. Failing is not fatal: the record left
+// in place is older, which costs only a longer scan at the next start.
+func (s *session) recordPosition(ctx context.Context, now time.Time) {
+	if s.sent <= s.recorded || now.Sub(s.lastRecord) < statusMinInterval || ctx.Err() != nil {
+		return
+	}
+	s.lastRecord = now
+	if err := s.r.writePosition(ctx, s.origin, s.sent, s.sentFloor, s.streamCreated); err != nil {
+		if !s.recordFailing {
+			s.r.log.Warn("cannot write the position record; a restart will read more of the stream", "err", err)
+			s.recordFailing = true
+		}
+		return
+	}
+	if s.recordFailing {
+		s.r.log.Info("position record written again")
+		s.recordFailing = false
+	}
+	s.recorded = s.sent
+}

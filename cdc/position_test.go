@@ -1,0 +1,123 @@
+package cdc
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/nats-io/nats.go"
+
+	"github.com/tablecast/tablecast/stream"
+)
+
+// TestPositionRecordOfAnotherOrigin: a PostgreSQL restored from a backup
+// (a new timeline) or replaced by another cluster reuses LSNs the stream
+// has seen. A position record of another origin, however far ahead it
+// claims to be, skips nothing; and in a stream shared with others, only the
+// reader's own messages say what it has stored.
+func TestPositionRecordOfAnotherOrigin(t *testing.T) {
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	r := startReader(t, db.config(), n)
+	db.exec(t, `INSERT INTO items SELECT generate_series(1, 10)`)
+	n.readAll(t, 10, 15*time.Second)
+
+	// Every message carries the origin IDENTIFY_SYSTEM gives.
+	var sysid string
+	var timeline int
+	if err := db.conn.QueryRow(context.Background(), `SELECT system_identifier::text, (SELECT timeline_id FROM pg_control_checkpoint()) FROM pg_control_system()`).Scan(&sysid, &timeline); err != nil {
+		t.Fatal(err)
+	}
+	origin := fmt.Sprintf("%s/%d/%s/%s", sysid, timeline, stream.Token(db.name), db.slot)
+	for _, m := range n.ReadAll(t, "TABLECAST") {
+		if got := m.Header.Get(stream.OriginHeader); got != origin {
+			t.Fatalf("message %d carries %s %q, want %q", m.Seq, stream.OriginHeader, got, origin)
+		}
+	}
+
+	// The reader keeps its position record up to date.
+	kv, err := n.JS.KeyValue(context.Background(), stateBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := positionKey(db.name, db.slot)
+	readRecord := func() positionRecord {
+		t.Helper()
+		e, err := kv.Get(context.Background(), key)
+		if err != nil {
+			t.Fatalf("read position record %s: %v", key, err)
+		}
+		var rec positionRecord
+		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+			t.Fatalf("position record %s: %v", e.Value(), err)
+		}
+		return rec
+	}
+	walNow := func() pglogrepl.LSN {
+		t.Helper()
+		var s string
+		if err := db.conn.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		lsn, _ := pglogrepl.ParseLSN(s)
+		return lsn
+	}
+	// recordPast waits for the reader's record of a position past lsn.
+	recordPast := func(lsn pglogrepl.LSN) positionRecord {
+		t.Helper()
+		var rec positionRecord
+		waitFor(t, 20*time.Second, "a position record past "+lsn.String(), func() bool {
+			rec = readRecord()
+			at, _ := pglogrepl.ParseLSN(rec.LSN)
+			return rec.Origin == origin && at >= lsn
+		})
+		return rec
+	}
+	recordPast(walNow())
+	if rec := readRecord(); rec.StreamSeq != 10 || rec.Stream != "TABLECAST" {
+		t.Errorf("position record %+v: want stream TABLECAST, sequence 10 (the last event, all confirmed)", rec)
+	}
+	r.stop(t)
+
+	// The record of the same slot name on a later timeline, far ahead.
+	ahead := walNow() + 64<<20
+	rec := readRecord()
+	rec.Origin = fmt.Sprintf("%s/%d/%s/%s", sysid, timeline+1, stream.Token(db.name), db.slot)
+	rec.LSN = ahead.String()
+	b, _ := json.Marshal(rec)
+	if _, err := kv.Put(context.Background(), key, b); err != nil {
+		t.Fatal(err)
+	}
+	db.exec(t, `INSERT INTO items SELECT generate_series(11, 20)`)
+	r2 := startReader(t, db.config(), n)
+	evs := n.readAll(t, 20, 15*time.Second)
+	assertExactlyInOrder(t, evs, 20)
+	if !r2.log.contains("position record is of another origin") {
+		t.Error("no log line about the record of another origin")
+	}
+	recordPast(walNow())
+	r2.stop(t)
+
+	// Now the record is ours; another origin's message after it, with an
+	// id far ahead, must not count as ours.
+	foreign := nats.NewMsg(testPrefix + ".topic.elsewhere")
+	foreign.Header.Set(stream.OriginHeader, rec.Origin)
+	foreign.Header.Set(nats.MsgIdHdr, fmt.Sprintf("%016X-0001", uint64(ahead)))
+	foreign.Data = []byte(`{}`)
+	if _, err := n.JS.PublishMsg(context.Background(), foreign); err != nil {
+		t.Fatal(err)
+	}
+	db.exec(t, `INSERT INTO items SELECT generate_series(21, 30)`)
+	startReader(t, db.config(), n)
+	n.readAll(t, 31, 15*time.Second)
+	var rows []event
+	for _, e := range n.fetch(t) {
+		if e.Table == "items" {
+			rows = append(rows, e)
+		}
+	}
+	assertExactlyInOrder(t, rows, 30)
+}
