@@ -99,7 +99,7 @@ func (g *Gateway) handshake(nc net.Conn, httpLn *chanListener) {
 			if p != "/ws" && !strings.HasPrefix(p, URLSubscriptionPrefix) {
 				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusNotFound))
 			}
-			return nil
+			return g.notReadyRejection()
 		},
 		OnHost: func(host []byte) error { req.host = string(host); return nil },
 		OnHeader: func(key, value []byte) error {
@@ -141,6 +141,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req := &upgradeRequest{path: r.URL.EscapedPath(), rawQuery: r.URL.RawQuery, host: r.Host, origin: r.Header.Get("Origin"),
 		authorization: r.Header.Get("Authorization"), cookie: strings.Join(r.Header.Values("Cookie"), "; "),
 		protocols: strings.Join(r.Header.Values("Sec-WebSocket-Protocol"), ", ")}
+	if g.refuseNotReady(w) {
+		return
+	}
 	nc, rw, _, err := ws.HTTPUpgrader{Protocol: func(p string) bool { return answerProtocol([]byte(p)) }}.Upgrade(r, w)
 	if err != nil {
 		return // UpgradeHTTP answered the request

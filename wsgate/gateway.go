@@ -8,11 +8,13 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,6 +70,15 @@ type Config struct {
 	// PingInterval is how often idle connections are pinged; a peer silent
 	// for two intervals is dropped. Default 30s.
 	PingInterval time.Duration
+
+	// StartAfter, when set, holds the gateway not ready (WebSocket
+	// upgrades are refused with 503) until it is closed and the tables
+	// then reflect the schema registry as it stands at that moment.
+	// tablecast run closes it once the reader has registered the
+	// published tables. Nil: no wait.
+	StartAfter <-chan struct{}
+	// holdCatalog (tests) holds back the catalog's load until closed.
+	holdCatalog <-chan struct{}
 
 	// Auth authenticates clients; nil lets every client in with every
 	// grant (keep the gateway on loopback then).
@@ -214,7 +225,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()
-		g.cat.run(g.ctx, schemas, topics, g.topicDestroyed)
+		g.cat.run(g.ctx, schemas, topics, g.topicDestroyed, catalogStart{after: cfg.StartAfter, hold: cfg.holdCatalog})
 	}()
 	go func() {
 		defer g.wg.Done()
@@ -225,7 +236,49 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 
 // Ready reports whether the gateway has loaded the tables and topics and
 // can serve subscriptions.
-func (g *Gateway) Ready() bool { return g.cat.ready.Load() && g.nc.IsConnected() && !g.closing.Load() }
+func (g *Gateway) Ready() bool { return g.notReady() == "" && !g.closing.Load() }
+
+// notReadyRetryAfter is the Retry-After (seconds) of a WebSocket upgrade
+// refused because the gateway is not ready: loading takes a moment, and a
+// client retrying sooner would only be refused again.
+const notReadyRetryAfter = 2
+
+// notReady says why the gateway cannot serve subscriptions yet, "" when it
+// can. WebSocket upgrades are refused meanwhile (503 and Retry-After), so
+// that no client is told a table it asks for does not exist while the
+// gateway is still learning the tables.
+func (g *Gateway) notReady() string {
+	switch {
+	case !g.cat.ready.Load():
+		return "the gateway is loading its tables and topics; retry shortly"
+	case !g.nc.IsConnected():
+		return "the gateway is not connected to NATS; retry shortly"
+	}
+	return ""
+}
+
+// refuseNotReady answers a WebSocket upgrade through net/http with 503 when
+// the gateway is not ready, and reports whether it did.
+func (g *Gateway) refuseNotReady(w http.ResponseWriter) bool {
+	reason := g.notReady()
+	if reason == "" {
+		return false
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(notReadyRetryAfter))
+	http.Error(w, reason, http.StatusServiceUnavailable)
+	return true
+}
+
+// notReadyRejection is refuseNotReady for the upgrader off net/http: an
+// error for its hooks, nil when the gateway is ready.
+func (g *Gateway) notReadyRejection() error {
+	reason := g.notReady()
+	if reason == "" {
+		return nil
+	}
+	return ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason(reason),
+		ws.RejectionHeader(ws.HandshakeHeaderString("Retry-After: "+strconv.Itoa(notReadyRetryAfter)+"\r\n")))
+}
 
 // Serve accepts connections on ln until Shutdown. WebSocket requests (GET
 // /ws, /ws/tables/…) are upgraded without going through net/http; every
