@@ -74,11 +74,22 @@ type sub struct {
 	failedAt time.Time // last filter_failed frame sent
 
 	// While resuming ("from"), live frames wait in held until the
-	// history up to boundary has been sent.
+	// history up to boundary has been sent. While the resume waits for its
+	// turn (waiting), they are dropped instead and the boundary moves
+	// with them: the history will cover them.
 	catching  bool
+	waiting   bool
 	boundary  uint64
 	held      [][]byte
 	heldBytes int
+	endMsg    string // why the feed ended it (ended)
+
+	// ended: the feed found messages dropped by the stream and ended the
+	// subscription (endAll); done: ended or detached. Set under the feed's
+	// mu, read by its resume without it.
+	ended, done atomic.Bool
+
+	turn *replayTurn // its resume's place in line; guarded by replays.mu
 }
 
 // frameGroup is the subscriptions of one feed with the same id and projection:
@@ -101,8 +112,9 @@ type eqIndex struct {
 }
 
 // feed is one table or topic followed in NATS: one ordered JetStream
-// consumer, shared by every subscription to it on this gateway. Events are
-// handled one at a time (the consumer's callback) under mu: decoded once,
+// consumer, shared by every subscription to it on this gateway. The
+// consumer's callback puts each message in the feed's inbox (inbox.go); the
+// feed's goroutine handles them one at a time under mu: decoded once,
 // matched against the index, encoded once per group of subscribers, and queued on each
 // subscriber's connection.
 type feed struct {
@@ -110,8 +122,13 @@ type feed struct {
 	key     string
 	subject string
 	topic   string
+	name    string // the table's name, or the topic's, for people
 	ready   chan struct{}
 	err     error // set before ready is closed
+	cons    jetstream.Consumer
+
+	in    inbox     // messages received, not yet handled
+	check feedCheck // used by the feed's goroutine only (retention.go)
 
 	mu      sync.Mutex
 	last    uint64 // stream sequence of the last message handled
@@ -128,8 +145,9 @@ type feed struct {
 	withheldWarned bool
 }
 
-// feedFor returns the running feed of subject, starting it if needed.
-func (g *Gateway) feedFor(ctx context.Context, key, subject, topic string) (*feed, error) {
+// feedFor returns the running feed of subject, starting it if needed; name
+// says what it follows, for people.
+func (g *Gateway) feedFor(ctx context.Context, key, subject, topic, name string) (*feed, error) {
 	g.feedMu.Lock()
 	if g.closing.Load() {
 		g.feedMu.Unlock()
@@ -141,7 +159,7 @@ func (g *Gateway) feedFor(ctx context.Context, key, subject, topic string) (*fee
 		<-f.ready
 		return f, f.err
 	}
-	f = &feed{g: g, key: key, subject: subject, topic: topic, ready: make(chan struct{}), groups: map[string]*frameGroup{}}
+	f = &feed{g: g, key: key, subject: subject, topic: topic, name: name, ready: make(chan struct{}), groups: map[string]*frameGroup{}}
 	g.feeds[key] = f
 	g.feedMu.Unlock()
 	f.err = f.start(ctx)
@@ -174,12 +192,22 @@ func (f *feed) start(ctx context.Context) error {
 	if err != nil {
 		return wrapf(err, "follow %s", f.subject)
 	}
-	f.cc, err = cons.Consume(f.onMsg, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+	f.cons = cons
+	f.in.init(f.g.cfg.feedInboxBytes)
+	f.cc, err = cons.Consume(f.receive, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		f.g.log.Debug("gateway feed consumer", "subject", f.subject, "err", err)
 	}))
 	if err != nil {
 		return wrapf(err, "follow %s", f.subject)
 	}
+	// The consumer exists once Consume returns: its messages are checked
+	// against its name (retention.go), recorded before the feed's
+	// goroutine starts.
+	f.check.caughtUp = true // it starts at the end of the stream
+	if info := cons.CachedInfo(); info != nil {
+		f.check.consumer = info.Name
+	}
+	go f.run()
 	return nil
 }
 
@@ -187,30 +215,73 @@ func (f *feed) stop() {
 	if f.cc != nil {
 		f.cc.Stop()
 	}
+	f.in.close()
 }
 
-// onMsg handles one message of the feed's consumer.
-func (f *feed) onMsg(msg jetstream.Msg) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		return
-	}
-	start := time.Now()
-	seq := meta.Sequence.Stream
+// handle handles one message of the feed's consumer, received at. When
+// messages of the subject before it were dropped by the stream unsent,
+// every subscription ends with history_unavailable instead (retention.go).
+func (f *feed) handle(e *received, stall stallMark) {
+	msg, meta, seq := e.msg, e.meta, e.meta.Sequence.Stream
 	f.mu.Lock()
-	if f.stopped || seq <= f.last {
+	last, stopped := f.last, f.stopped
+	f.mu.Unlock()
+	if stopped || seq <= last {
+		return // a repeat, after the ordered consumer was recreated
+	}
+	gone := f.discarded(last, seq, meta, stall) // may read the stream: not under mu
+	f.mu.Lock()
+	if f.stopped {
 		f.mu.Unlock()
 		return
 	}
 	f.last = seq
-	if f.topic != "" {
+	var ended []*sub
+	switch {
+	case gone != nil:
+		ended = f.endAll(gone.msg)
+	case f.topic != "":
 		f.deliverMessage(seq, msg.Data())
-	} else {
+	default:
 		f.deliverEvent(seq, msg.Subject(), msg.Data())
 	}
 	f.mu.Unlock()
+	if gone != nil {
+		f.g.met.historyLost.Inc()
+		for _, s := range ended {
+			s.c.removeSub(s)
+			// Detaching may stop this feed, whose goroutine this is:
+			// not from here.
+			go f.g.detach(s)
+		}
+	}
 	f.g.met.events.Inc()
-	f.g.met.fanout.Observe(time.Since(start).Seconds())
+	f.g.met.fanout.Observe(time.Since(e.at).Seconds())
+}
+
+// endAll ends every subscription of the feed with history_unavailable (msg)
+// and unsubscribed, and returns them to be removed; nothing more is sent to
+// them. A resuming subscription is told by its resume, after the history
+// frames it is sending.
+func (f *feed) endAll(msg string) []*sub {
+	var out []*sub
+	for _, s := range f.subsLocked() {
+		if s.ended.Load() {
+			continue
+		}
+		s.endMsg = msg
+		s.ended.Store(true)
+		s.done.Store(true)
+		s.held, s.heldBytes = nil, 0
+		if s.catching {
+			f.g.replays.cancel(s)
+			continue
+		}
+		s.c.sendError(s.id, CodeHistoryUnavailable, msg)
+		s.c.send(AppendUnsubscribed(nil, s.id))
+		out = append(out, s)
+	}
+	return out
 }
 
 // subjectOp returns the last token of a row change's subject, its op.
@@ -373,10 +444,16 @@ func (f *feed) filterFailed(s *sub, seq uint64, err error) {
 	f.sendTo(s, finishFrame(AppendError(newFrame(len(msg)+64), s.id, CodeFilterFailed, msg), opText))
 }
 
-// sendTo queues a frame for s (or holds it while s resumes).
+// sendTo queues a frame for s (or holds it while s resumes, or drops it
+// while the resume waits for its turn and will read it from the stream).
 func (f *feed) sendTo(s *sub, frame []byte) {
-	if !s.catching {
+	switch {
+	case s.ended.Load():
+		return
+	case !s.catching:
 		s.c.enqueue(frame, false)
+		return
+	case s.waiting:
 		return
 	}
 	s.held = append(s.held, frame)
@@ -459,7 +536,7 @@ func (f *feed) attach(s *sub, from *uint64) bool {
 	f.n++
 	seq := f.last
 	if from != nil {
-		s.catching, s.boundary = true, f.last
+		s.catching, s.waiting, s.boundary = true, true, f.last
 		seq = *from
 	}
 	s.c.send(AppendSubscribed(nil, s.id, seq))
@@ -478,12 +555,14 @@ func (g *Gateway) detach(s *sub) {
 		return
 	}
 	s.gone = true
+	s.done.Store(true)
 	f.unindex(s)
 	f.dropGroup(s.grp)
 	s.held = nil
 	f.n--
 	empty := f.n == 0
 	f.mu.Unlock()
+	g.replays.cancel(s)
 	g.met.subscriptions.Dec()
 	if !empty {
 		return
@@ -600,6 +679,10 @@ func (f *feed) unindex(s *sub) {
 func (f *feed) subs() []*sub {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return f.subsLocked()
+}
+
+func (f *feed) subsLocked() []*sub {
 	out := append([]*sub(nil), f.scan...)
 	for _, ix := range f.eqs {
 		for _, list := range ix.byKey {

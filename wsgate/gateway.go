@@ -71,6 +71,18 @@ type Config struct {
 	// for two intervals is dropped. Default 30s.
 	PingInterval time.Duration
 
+	// MaxReplays bounds the resumes (subscriptions with "from") reading
+	// history at once on the gateway; the others wait their turn, in the
+	// order they came, losing nothing (replays.go). Default 8.
+	MaxReplays int
+	// MaxReplaysPerConn bounds the resumes reading history at once on one
+	// connection. Default 2.
+	MaxReplaysPerConn int
+	// ReplayRate bounds the messages of history all resumes together read
+	// a second, so that live delivery keeps its latency while history is
+	// served. Default 20,000.
+	ReplayRate int
+
 	// StartAfter, when set, holds the gateway not ready (WebSocket
 	// upgrades are refused with 503) until it is closed and the tables
 	// then reflect the schema registry as it stands at that moment.
@@ -79,6 +91,10 @@ type Config struct {
 	StartAfter <-chan struct{}
 	// holdCatalog (tests) holds back the catalog's load until closed.
 	holdCatalog <-chan struct{}
+	// feedInboxBytes (tests) bounds a feed's inbox (inbox.go). Default
+	// 8 MiB: a few thousand events, taken in well under a second, and
+	// small beside the send queues of a feed's subscribers.
+	feedInboxBytes int
 
 	// Auth authenticates clients; nil lets every client in with every
 	// grant (keep the gateway on loopback then).
@@ -132,6 +148,18 @@ func (c Config) withDefaults() (Config, error) {
 	if c.PingInterval <= 0 {
 		c.PingInterval = 30 * time.Second
 	}
+	if c.MaxReplays <= 0 {
+		c.MaxReplays = 8
+	}
+	if c.MaxReplaysPerConn <= 0 {
+		c.MaxReplaysPerConn = 2
+	}
+	if c.ReplayRate <= 0 {
+		c.ReplayRate = 20000
+	}
+	if c.feedInboxBytes <= 0 {
+		c.feedInboxBytes = 8 << 20
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -159,6 +187,8 @@ type Gateway struct {
 
 	feedMu sync.Mutex
 	feeds  map[string]*feed
+
+	replays *replays
 
 	connMu     sync.Mutex
 	conns      map[*conn]struct{}
@@ -195,6 +225,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 	if err != nil {
 		return nil, err
 	}
+	met := newMetrics(cfg.Registerer)
 	g := &Gateway{
 		cfg:        cfg,
 		log:        cfg.Logger,
@@ -203,8 +234,9 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 		str:        str,
 		cat:        newCatalog(cfg.Prefix, cfg.Logger),
 		topics:     topics,
-		met:        newMetrics(cfg.Registerer),
+		met:        met,
 		feeds:      map[string]*feed{},
+		replays:    newReplays(cfg.MaxReplays, cfg.MaxReplaysPerConn, cfg.ReplayRate, met),
 		conns:      map[*conn]struct{}{},
 		identConns: map[string]int{},
 	}

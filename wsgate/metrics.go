@@ -18,6 +18,11 @@ type metrics struct {
 	events        prometheus.Counter
 	errorFrames   *prometheus.CounterVec
 	fanout        prometheus.Histogram
+
+	replaysRunning prometheus.Gauge
+	replaysWaiting prometheus.Gauge
+	replayed       prometheus.Counter
+	historyLost    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -51,10 +56,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time from an event's arrival from NATS to its frames queued for every matching subscriber.",
 			Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10),
 		}),
+		replaysRunning: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_gateway_replays_running", Help: "Resumes (subscriptions with from) reading history now.",
+		}),
+		replaysWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_gateway_replays_waiting", Help: "Resumes waiting for their turn to read history.",
+		}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_gateway_replayed_messages_total", Help: "Messages of history read for resumes.",
+		}),
+		historyLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_gateway_history_discarded_total", Help: "Resumes and feeds that found messages discarded by the stream before they were sent (their subscriptions got history_unavailable).",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.subscriptions, m.feeds, m.framesSent, m.bytesSent,
-			m.slowCloses, m.events, m.errorFrames, m.fanout)
+			m.slowCloses, m.events, m.errorFrames, m.fanout, m.replaysRunning, m.replaysWaiting, m.replayed, m.historyLost)
 	}
 	return m
 }
