@@ -131,7 +131,7 @@ type feed struct {
 	check feedCheck // used by the feed's goroutine only (retention.go)
 
 	mu      sync.Mutex
-	last    uint64 // stream sequence of the last message handled
+	last    uint64 // stream sequence of the last message handled (or being handled)
 	scan    []*sub
 	eqs     []*eqIndex
 	groups  map[string]*frameGroup
@@ -160,6 +160,7 @@ func (g *Gateway) feedFor(ctx context.Context, key, subject, topic, name string)
 		return f, f.err
 	}
 	f = &feed{g: g, key: key, subject: subject, topic: topic, name: name, ready: make(chan struct{}), groups: map[string]*frameGroup{}}
+	f.in.init(g.cfg.feedInboxBytes)
 	g.feeds[key] = f
 	g.feedMu.Unlock()
 	f.err = f.start(ctx)
@@ -193,7 +194,6 @@ func (f *feed) start(ctx context.Context) error {
 		return wrapf(err, "follow %s", f.subject)
 	}
 	f.cons = cons
-	f.in.init(f.g.cfg.feedInboxBytes)
 	f.cc, err = cons.Consume(f.receive, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		f.g.log.Debug("gateway feed consumer", "subject", f.subject, "err", err)
 	}))
@@ -218,9 +218,10 @@ func (f *feed) stop() {
 	f.in.close()
 }
 
-// handle handles one message of the feed's consumer, received at. When
-// messages of the subject before it were dropped by the stream unsent,
-// every subscription ends with history_unavailable instead (retention.go).
+// handle delivers one message of the feed's consumer, taken from the inbox
+// with the stall mark then current. When messages of the subject before it
+// were dropped by the stream unsent, every subscription ends with
+// history_unavailable instead (retention.go).
 func (f *feed) handle(e *received, stall stallMark) {
 	msg, meta, seq := e.msg, e.meta, e.meta.Sequence.Stream
 	f.mu.Lock()
@@ -453,8 +454,8 @@ func (f *feed) sendTo(s *sub, frame []byte) {
 	case !s.catching:
 		s.c.enqueue(frame, false)
 		return
-	case s.waiting:
-		return
+	case s.waiting || f.last <= s.boundary:
+		return // the history will have it, or the client has it
 	}
 	s.held = append(s.held, frame)
 	s.heldBytes += len(frame)

@@ -10,14 +10,14 @@ import (
 )
 
 // TestReplayStormTakesTurns: 100 "from": 0 subscriptions on one connection
-// and 20 on another, with live events published while they replay. No more
+// and 10 on another, with live events published while they replay. No more
 // resumes read history at once than the limits allow (the gateway's own
 // count, and NATS's count of consumers), and every subscription gets every
 // event exactly once, in order, history then live.
 func TestReplayStormTakesTurns(t *testing.T) {
 	const maxTotal, maxPerConn = 3, 2
 	e := startGateway(t, func(c *Config) { c.MaxReplays, c.MaxReplaysPerConn = maxTotal, maxPerConn })
-	history := e.mustPublishAsync(200, 200)
+	history := e.mustPublishAsync(100, 200)
 
 	// NATS's own count: the feed's consumer plus one per resume reading.
 	var maxConsumers atomic.Int64
@@ -43,13 +43,13 @@ func TestReplayStormTakesTurns(t *testing.T) {
 	}()
 
 	a, b := e.dial("/ws"), e.dial("/ws")
-	subs := map[*client]int{a: 100, b: 20}
+	subs := map[*client]int{a: 100, b: 10}
 	for c, n := range subs {
 		for i := range n {
 			c.send(map[string]any{"type": "subscribe", "id": fmt.Sprint("r", i), "table": "public.orders", "from": 0})
 		}
 	}
-	live := e.mustPublishAsync(50, 200) // while the resumes run or wait
+	live := e.mustPublishAsync(30, 200) // while the resumes run or wait
 	want := append(append([]uint64{}, history...), live...)
 
 	var wg sync.WaitGroup

@@ -75,7 +75,10 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 	if turn := g.replays.wait(s, cancel); turn != nil {
 		f.mu.Lock()
 		s.waiting = false
-		s.boundary = f.last
+		// History runs to where live delivery stands; or to from, when
+		// the feed is not there yet (live frames up to it are the
+		// client's already: they are dropped, see sendTo).
+		s.boundary = max(f.last, from)
 		f.mu.Unlock()
 		err = g.replay(ctx, s, from)
 		g.replays.done(turn)
