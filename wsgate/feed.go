@@ -76,7 +76,8 @@ type sub struct {
 	// While resuming ("from"), live frames wait in held until the
 	// history up to boundary has been sent. While the resume waits for its
 	// turn (waiting), they are dropped instead and the boundary moves
-	// with them: the history will cover them.
+	// with them: the history will cover them. Frames up to boundary are
+	// never sent live (0 for a subscription without from).
 	catching  bool
 	waiting   bool
 	boundary  uint64
@@ -451,11 +452,13 @@ func (f *feed) sendTo(s *sub, frame []byte) {
 	switch {
 	case s.ended.Load():
 		return
+	case f.last <= s.boundary, s.catching && s.waiting:
+		// The client has it (its from was ahead of the feed), or the
+		// history will.
+		return
 	case !s.catching:
 		s.c.enqueue(frame, false)
 		return
-	case s.waiting || f.last <= s.boundary:
-		return // the history will have it, or the client has it
 	}
 	s.held = append(s.held, frame)
 	s.heldBytes += len(frame)
