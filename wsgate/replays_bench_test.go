@@ -27,8 +27,9 @@ import (
 // subscriber of another table, p50 and p99, with no storm ("quiet") and
 // with one ("storm"). Everything shares this machine's cores: NATS, the
 // gateway, the storm's client (which reads and discards as fast as it can)
-// and the live client. Run with -benchtime=1x; each run measures for
-// liveSeconds.
+// and the live client; cpu-% is what the whole process (all of them) used
+// meanwhile, in percent of one core. Run with -benchtime=1x; each run
+// measures for liveSeconds.
 //
 //	go test -run '^$' -bench LiveLatencyDuringReplayStorm -benchtime=1x ./wsgate
 func BenchmarkLiveLatencyDuringReplayStorm(b *testing.B) {
@@ -56,7 +57,9 @@ func BenchmarkLiveLatencyDuringReplayStorm(b *testing.B) {
 					benchStorm(b, e, stormSubs)
 					time.Sleep(500 * time.Millisecond) // the storm under way
 				}
+				cpu0, wall0 := processCPU(), time.Now()
 				lat := benchLive(b, e, liveRate, liveSeconds)
+				b.ReportMetric(100*(processCPU()-cpu0).Seconds()/time.Since(wall0).Seconds(), "cpu-%")
 				slices.Sort(lat)
 				q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))]) / 1e6 }
 				b.ReportMetric(q(0.5), "p50-ms")
