@@ -288,6 +288,8 @@ type replayCheck struct {
 // new message since the consumer was created, else by the stream's first
 // sequence.
 func (rc *replayCheck) batch(ctx context.Context, pending uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
 	last, err := rc.g.lastSeqOf(ctx, rc.subject)
 	if err != nil {
 		return err
