@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,7 +29,8 @@ import (
 // with one ("storm"). Everything shares this machine's cores: NATS, the
 // gateway, the storm's client (which reads and discards as fast as it can)
 // and the live client; cpu-% is what the whole process (all of them) used
-// meanwhile, in percent of one core. Run with -benchtime=1x; each run
+// meanwhile, in percent of one core, and storm-MiB/s what the storm's
+// client received. Run with -benchtime=1x; each run
 // measures for liveSeconds.
 //
 //	go test -run '^$' -bench LiveLatencyDuringReplayStorm -benchtime=1x ./wsgate
@@ -52,14 +54,17 @@ func BenchmarkLiveLatencyDuringReplayStorm(b *testing.B) {
 				items := ordersShape()
 				items.Table = "items"
 				e.putShape(items)
+				var stormBytes atomic.Int64
 				if storm {
 					benchHistory(b, e, historyEvents)
-					benchStorm(b, e, stormSubs)
+					benchStorm(b, e, stormSubs, &stormBytes)
 					time.Sleep(500 * time.Millisecond) // the storm under way
 				}
-				cpu0, wall0 := processCPU(), time.Now()
+				cpu0, wall0, bytes0 := processCPU(), time.Now(), stormBytes.Load()
 				lat := benchLive(b, e, liveRate, liveSeconds)
-				b.ReportMetric(100*(processCPU()-cpu0).Seconds()/time.Since(wall0).Seconds(), "cpu-%")
+				elapsed := time.Since(wall0).Seconds()
+				b.ReportMetric(100*(processCPU()-cpu0).Seconds()/elapsed, "cpu-%")
+				b.ReportMetric(float64(stormBytes.Load()-bytes0)/elapsed/(1<<20), "storm-MiB/s")
 				slices.Sort(lat)
 				q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))]) / 1e6 }
 				b.ReportMetric(q(0.5), "p50-ms")
@@ -96,8 +101,9 @@ func benchHistory(b *testing.B, e *testEnv, n int) {
 
 // benchStorm connects one raw WebSocket client that subscribes n times to
 // public.items from 0 and reads everything into io.Discard (cheaper than
-// decoding: the storm's client should not be what takes the cores).
-func benchStorm(b *testing.B, e *testEnv, n int) {
+// decoding: the storm's client should not be what takes the cores),
+// counting the bytes.
+func benchStorm(b *testing.B, e *testEnv, n int, read *atomic.Int64) {
 	nc, err := net.Dial("tcp", e.addr)
 	if err != nil {
 		b.Fatal(err)
@@ -119,8 +125,12 @@ func benchStorm(b *testing.B, e *testEnv, n int) {
 			b.Fatal(err)
 		}
 	}
-	go func() { _, _ = io.Copy(io.Discard, br) }()
+	go func() { _, _ = io.Copy(countingWriter{read}, br) }()
 }
+
+type countingWriter struct{ n *atomic.Int64 }
+
+func (w countingWriter) Write(p []byte) (int, error) { w.n.Add(int64(len(p))); return len(p), nil }
 
 // maskedText is a client's text frame (masked with a zero key).
 func maskedText(p []byte) []byte {
