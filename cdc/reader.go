@@ -39,6 +39,8 @@ type Reader struct {
 	big      oversize           // events too large for one message (oversize.go)
 	token    string             // random, in this process's heartbeats: others' are not measured
 
+	registered chan struct{} // closed once the published tables are registered
+
 	// state shared with Health and the watchdog
 	streaming   atomic.Bool
 	ackedLSN    atomic.Uint64
@@ -64,7 +66,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, prefix string, log *
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Reader{cfg: cfg, nc: nc, js: js, prefix: prefix, log: log.With("component", "cdc", "slot", cfg.Slot), m: newMetrics(reg), snaps: newSnapshots(), token: randomID()}
+	r := &Reader{cfg: cfg, nc: nc, js: js, prefix: prefix, log: log.With("component", "cdc", "slot", cfg.Slot), m: newMetrics(reg), snaps: newSnapshots(), token: randomID(),
+		registered: make(chan struct{})}
 	r.health = Health{Healthy: true}
 	r.streamSince = time.Now()
 	return r, nil
@@ -138,6 +141,7 @@ func (r *Reader) Run(ctx context.Context) error {
 		}
 		r.log.Warn("cannot read the catalog to keep the publication in step; retrying", "err", oneLine(err))
 	}
+	close(r.registered)
 	r.log.Info("reader ready", "database", r.db, "publication", r.cfg.Publication)
 
 	wctx, stopWatch := context.WithCancel(ctx)
@@ -191,6 +195,12 @@ func (r *Reader) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// Registered is closed once Run has written the shape of every published
+// table to the schema registry (or tried: a table it could not register
+// is registered with its first change), before the first change is
+// streamed. A gateway waits for it to know every table a client may ask for.
+func (r *Reader) Registered() <-chan struct{} { return r.registered }
 
 // setStreaming records whether a session is streaming, and since when it
 // is not, for health.

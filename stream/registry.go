@@ -143,6 +143,24 @@ func (r *Registry) Watch(ctx context.Context) (jetstream.KeyWatcher, error) {
 	return w, nil
 }
 
+// Revision returns the registry's revision: that of its latest change, 0
+// while it has none. A watcher that has seen an entry of this revision or
+// later has seen every change made before it was read.
+func (r *Registry) Revision(ctx context.Context) (uint64, error) {
+	st, err := r.kv.Status(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read schema registry status: %w", err)
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok || bs.StreamInfo() == nil {
+		return 0, fmt.Errorf("read schema registry status: no stream state in %T", st)
+	}
+	if state := bs.StreamInfo().State; state.Msgs > 0 {
+		return state.LastSeq, nil
+	}
+	return 0, nil
+}
+
 // Get returns a table's current shape and its revision, or found=false.
 func (r *Registry) Get(ctx context.Context, key string) (value []byte, revision uint64, found bool, err error) {
 	e, err := r.kv.Get(ctx, key)

@@ -69,7 +69,22 @@ type catalog struct {
 	byName map[nameKey][]*tableInfo // schema.table → the table in each database, by database
 	topics map[string]bool
 
+	// ready: both buckets are loaded, and the tables reflect the schema
+	// registry (becomeReady).
 	ready atomic.Bool
+
+	// The revision of the latest schema registry entry applied; revCh is
+	// closed (and replaced) at each.
+	revMu   sync.Mutex
+	applied uint64
+	revCh   chan struct{}
+}
+
+// catalogStart holds back the catalog: its readiness until after is closed
+// (then it catches up with the schema registry as it stands), and (tests)
+// its very load until hold is closed. Nil channels hold nothing.
+type catalogStart struct {
+	after, hold <-chan struct{}
 }
 
 type tableKey struct{ db, schema, table string }
@@ -77,7 +92,7 @@ type tableKey struct{ db, schema, table string }
 type nameKey struct{ schema, table string }
 
 func newCatalog(prefix string, log *slog.Logger) *catalog {
-	return &catalog{prefix: prefix, log: log, tables: map[tableKey]*tableInfo{}, byName: map[nameKey][]*tableInfo{}, topics: map[string]bool{}}
+	return &catalog{prefix: prefix, log: log, tables: map[tableKey]*tableInfo{}, byName: map[nameKey][]*tableInfo{}, topics: map[string]bool{}, revCh: make(chan struct{})}
 }
 
 // tableIn returns the table of database db, or nil when the gateway does
@@ -151,20 +166,20 @@ func (c *catalog) topicCount() int {
 
 // run watches both buckets until ctx ends, restarting a watch that fails.
 // onTopicGone is called (without locks held) for each destroyed topic.
-func (c *catalog) run(ctx context.Context, schemas *stream.Registry, topics *stream.Topics, onTopicGone func(string)) {
+func (c *catalog) run(ctx context.Context, schemas *stream.Registry, topics *stream.Topics, onTopicGone func(string), start catalogStart) {
 	var wg sync.WaitGroup
-	var schemasReady, topicsReady atomic.Bool
-	markReady := func() {
-		if schemasReady.Load() && topicsReady.Load() && !c.ready.Swap(true) {
-			c.log.Info("gateway catalog loaded", "tables", len(c.tablesSnapshot()))
-		}
-	}
-	wg.Add(2)
+	schemasLoaded, topicsLoaded := make(chan struct{}), make(chan struct{})
+	var schemasOnce, topicsOnce sync.Once
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
+		if !waitClosed(ctx, start.hold) {
+			return
+		}
 		c.watch(ctx, "schema registry", schemas.Watch, func(e jetstream.KeyValueEntry) {
 			c.applyShape(e)
-		}, func() { schemasReady.Store(true); markReady() })
+			c.noteApplied(e.Revision())
+		}, func() { schemasOnce.Do(func() { close(schemasLoaded) }) })
 	}()
 	go func() {
 		defer wg.Done()
@@ -172,9 +187,83 @@ func (c *catalog) run(ctx context.Context, schemas *stream.Registry, topics *str
 			if gone := c.applyTopic(e); gone != "" && onTopicGone != nil {
 				onTopicGone(gone)
 			}
-		}, func() { topicsReady.Store(true); markReady() })
+		}, func() { topicsOnce.Do(func() { close(topicsLoaded) }) })
+	}()
+	go func() {
+		defer wg.Done()
+		c.becomeReady(ctx, schemas, schemasLoaded, topicsLoaded, start.after)
 	}()
 	wg.Wait()
+}
+
+// waitClosed waits for ch (nil: nothing to wait for), false if ctx ends first.
+func waitClosed(ctx context.Context, ch <-chan struct{}) bool {
+	if ch == nil {
+		return true
+	}
+	select {
+	case <-ch:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// becomeReady marks the catalog ready once both buckets are loaded and,
+// after holds (closed), the schema registry's every entry up to its
+// revision at that moment has been applied: every table the registry then
+// holds is known. (A watch's first pass alone could end early: the marker
+// that ends it comes from a count taken as the watch starts.)
+func (c *catalog) becomeReady(ctx context.Context, schemas *stream.Registry, holds ...<-chan struct{}) {
+	for _, h := range holds {
+		if !waitClosed(ctx, h) {
+			return
+		}
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		rev, err := schemas.Revision(ctx)
+		if err == nil {
+			if c.waitApplied(ctx, rev) {
+				c.ready.Store(true)
+				c.log.Info("gateway catalog loaded", "tables", len(c.tablesSnapshot()), "schema_revision", rev)
+			}
+			return
+		}
+		c.log.Warn("gateway cannot read the schema registry's revision; retrying", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// noteApplied records that the schema registry entry of revision rev has
+// been applied.
+func (c *catalog) noteApplied(rev uint64) {
+	c.revMu.Lock()
+	c.applied = max(c.applied, rev)
+	close(c.revCh)
+	c.revCh = make(chan struct{})
+	c.revMu.Unlock()
+}
+
+// waitApplied waits until the schema registry entry of revision rev has
+// been applied, false if ctx ends first.
+func (c *catalog) waitApplied(ctx context.Context, rev uint64) bool {
+	for {
+		c.revMu.Lock()
+		applied, ch := c.applied, c.revCh
+		c.revMu.Unlock()
+		if applied >= rev {
+			return true
+		}
+		if !waitClosed(ctx, ch) {
+			return false
+		}
+	}
 }
 
 func (c *catalog) tablesSnapshot() map[tableKey]*tableInfo {

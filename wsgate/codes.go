@@ -84,8 +84,10 @@ const (
 
 	// CodeHistoryUnavailable: the subscription asked to resume "from" a
 	// sequence that is no longer in the stream (removed by its retention
-	// limits). The client must reload its state and subscribe without
-	// "from".
+	// limits); or, after subscribed, the stream discarded events of the
+	// subscription before they were sent (during its resume, or behind a
+	// gateway that fell behind the stream), and "unsubscribed" follows. The
+	// client must reload its state and subscribe without "from".
 	CodeHistoryUnavailable ErrorCode = "history_unavailable"
 
 	// CodeMessageTooLarge: a client message (a publish payload, typically)

@@ -126,6 +126,11 @@ func (g *Gateway) handshake(nc net.Conn, slot *connlimit.Slot, httpLn *chanListe
 	if he == nil && !g.hosts.allowed(req.host) {
 		he = errStatus(http.StatusMisdirectedRequest, "host "+quoteShort(req.host)+" is not served here")
 	}
+	if he == nil {
+		if reason := g.notReady(); reason != "" {
+			he = &httpError{status: http.StatusServiceUnavailable, msg: reason, header: "Retry-After: " + strconv.Itoa(notReadyRetryAfter) + "\r\n"}
+		}
+	}
 	if he != nil {
 		slot.Release()
 		g.log.Debug("websocket upgrade refused", "remote", nc.RemoteAddr().String(), "status", he.status, "err", he.msg)
@@ -157,6 +162,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		protocols: strings.Join(r.Header.Values("Sec-WebSocket-Protocol"), ", ")}
 	if len(req.cookie) > maxCookieBytes || len(req.protocols) > maxProtocolBytes {
 		http.Error(w, "Cookie or Sec-WebSocket-Protocol too large", http.StatusRequestHeaderFieldsTooLarge)
+		return
+	}
+	if g.refuseNotReady(w) {
 		return
 	}
 	nc, rw, _, err := ws.HTTPUpgrader{Protocol: func(p string) bool { return answerProtocol([]byte(p)) }}.Upgrade(r, w)
@@ -548,7 +556,7 @@ func (c *conn) enqueueFor(s *sub, frame []byte, wait bool) bool {
 	big := len(frame) > limit
 	c.mu.Lock()
 	for {
-		if c.closing || s != nil && s.ended.Load() {
+		if c.closing || s != nil && s.done.Load() {
 			c.mu.Unlock()
 			return false
 		}

@@ -44,7 +44,16 @@
 // connection of the group. A subscription is attached under the feed's
 // lock, so the seq its subscribed frame carries is exactly where live
 // delivery starts; a resume replays the history up to that point from a
-// consumer of its own while live frames wait (resume.go).
+// consumer of its own while live frames wait (resume.go), taking turns
+// with the other resumes at a bounded rate (replays.go). A feed's consumer
+// only queues what it receives (inbox.go), and the feed's goroutine handles
+// it. Resumes and feeds tell events the stream discarded before they were
+// sent from the other tables' events between theirs (retention.go), and end
+// the subscriptions concerned with history_unavailable.
+//
+// Lock order: the gateway's feedMu, then a feed's mu, then replays.mu or a
+// connection's mu; a feed's inbox lock and the catalog's locks are taken
+// alone.
 //
 // A connection's identity can change while it is open: a refresh message
 // (handle.go) or a reloaded API keys file (Gateway.apiKeysLoop) re-applies

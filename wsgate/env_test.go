@@ -53,8 +53,17 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// startGateway starts NATS, the stream, and a gateway configured by mod.
+// startGateway starts NATS, the stream, and a gateway configured by mod,
+// and waits until it is ready.
 func startGateway(t testing.TB, mod func(*Config)) *testEnv {
+	t.Helper()
+	e := startGatewayLoading(t, mod)
+	e.waitFor("gateway ready", func() bool { return e.gw.Ready() && e.gw.cat.table("public", "orders") != nil })
+	return e
+}
+
+// startGatewayLoading is startGateway without waiting for readiness.
+func startGatewayLoading(t testing.TB, mod func(*Config)) *testEnv {
 	t.Helper()
 	ns := natstest.Start(t)
 	ctx := testCtx(t)
@@ -91,7 +100,6 @@ func startGateway(t testing.TB, mod func(*Config)) *testEnv {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	e.waitFor("gateway ready", func() bool { return gw.Ready() && gw.cat.table("public", "orders") != nil })
 	return e
 }
 

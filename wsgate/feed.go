@@ -71,8 +71,7 @@ type sub struct {
 	granted    []string
 	selected   []string
 
-	f     atomic.Pointer[feed] // set once attached
-	ended atomic.Bool          // set with gone, for the resume goroutine, which reads it without the feed's lock
+	f atomic.Pointer[feed] // set once attached
 
 	// The rest is guarded by the feed's mu.
 	grp      *frameGroup
@@ -83,12 +82,25 @@ type sub struct {
 	failedAt time.Time // last filter_failed frame sent
 
 	// While resuming ("from"), live frames wait in held until the
-	// history up to boundary has been sent.
+	// history up to boundary has been sent. While the resume waits for its
+	// turn (waiting), they are dropped instead and the boundary moves
+	// with them: the history will cover them. Frames up to boundary are
+	// never sent live (0 for a subscription without from).
 	catching  bool
+	waiting   bool
 	boundary  uint64
 	held      [][]byte
-	heldBytes int // of the held frames up to SendQueueBytes
-	heldBig   int // held frames larger than SendQueueBytes
+	heldBytes int    // of the held frames up to SendQueueBytes
+	heldBig   int    // held frames larger than SendQueueBytes
+	endMsg    string // why the feed ended it (ended)
+
+	// ended: the feed found messages dropped by the stream and ended the
+	// subscription (endAll); done: ended, detached, unsubscribed, or ended
+	// by a refreshed credential's grants. Set under the feed's mu, read by
+	// its resume without it.
+	ended, done atomic.Bool
+
+	turn *replayTurn // its resume's place in line; guarded by replays.mu
 }
 
 // frameGroup is the subscriptions of one feed with the same id and projection
@@ -116,8 +128,9 @@ type eqIndex struct {
 }
 
 // feed is one table or topic followed in NATS: one ordered JetStream
-// consumer, shared by every subscription to it on this gateway. Events are
-// handled one at a time (the consumer's callback) under mu: decoded once,
+// consumer, shared by every subscription to it on this gateway. The
+// consumer's callback puts each message in the feed's inbox (inbox.go); the
+// feed's goroutine handles them one at a time under mu: decoded once,
 // matched against the index, encoded once per group of subscribers, and queued on each
 // subscriber's connection.
 type feed struct {
@@ -125,11 +138,16 @@ type feed struct {
 	key     string
 	subject string
 	topic   string
+	name    string // the table's name, or the topic's, for people
 	ready   chan struct{}
 	err     error // set before ready is closed
+	cons    jetstream.Consumer
+
+	in    inbox     // messages received, not yet handled
+	check feedCheck // used by the feed's goroutine only (retention.go)
 
 	mu      sync.Mutex
-	last    uint64 // stream sequence of the last message handled
+	last    uint64 // stream sequence of the last message handled (or being handled)
 	scan    []*sub
 	eqs     []*eqIndex
 	groups  map[string]*frameGroup
@@ -149,8 +167,9 @@ type feed struct {
 	withheldWarned bool
 }
 
-// feedFor returns the running feed of subject, starting it if needed.
-func (g *Gateway) feedFor(ctx context.Context, key, subject, topic string) (*feed, error) {
+// feedFor returns the running feed of subject, starting it if needed; name
+// says what it follows, for people.
+func (g *Gateway) feedFor(ctx context.Context, key, subject, topic, name string) (*feed, error) {
 	g.feedMu.Lock()
 	if g.closing.Load() {
 		g.feedMu.Unlock()
@@ -162,7 +181,8 @@ func (g *Gateway) feedFor(ctx context.Context, key, subject, topic string) (*fee
 		<-f.ready
 		return f, f.err
 	}
-	f = &feed{g: g, key: key, subject: subject, topic: topic, ready: make(chan struct{}), groups: map[string]*frameGroup{}}
+	f = &feed{g: g, key: key, subject: subject, topic: topic, name: name, ready: make(chan struct{}), groups: map[string]*frameGroup{}}
+	f.in.init(g.cfg.feedInboxBytes)
 	g.feeds[key] = f
 	g.feedMu.Unlock()
 	f.err = f.start(ctx)
@@ -195,12 +215,21 @@ func (f *feed) start(ctx context.Context) error {
 	if err != nil {
 		return wrapf(err, "follow %s", f.subject)
 	}
-	f.cc, err = cons.Consume(f.onMsg, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+	f.cons = cons
+	f.cc, err = cons.Consume(f.receive, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		f.g.log.Debug("gateway feed consumer", "subject", f.subject, "err", err)
 	}))
 	if err != nil {
 		return wrapf(err, "follow %s", f.subject)
 	}
+	// The consumer exists once Consume returns: its messages are checked
+	// against its name (retention.go), recorded before the feed's
+	// goroutine starts.
+	f.check.caughtUp = true // it starts at the end of the stream
+	if info := cons.CachedInfo(); info != nil {
+		f.check.consumer = info.Name
+	}
+	go f.run()
 	return nil
 }
 
@@ -208,36 +237,80 @@ func (f *feed) stop() {
 	if f.cc != nil {
 		f.cc.Stop()
 	}
+	f.in.close()
 }
 
-// onMsg handles one message of the feed's consumer.
-func (f *feed) onMsg(msg jetstream.Msg) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		return
+// handle delivers one message of the feed's consumer, taken from the inbox
+// with the stall mark then current. When messages of the subject before it
+// were dropped by the stream unsent, every subscription ends with
+// history_unavailable instead (retention.go).
+func (f *feed) handle(e *received, stall stallMark) {
+	msg, meta, seq := e.msg, e.meta, e.meta.Sequence.Stream
+	f.mu.Lock()
+	last, stopped := f.last, f.stopped
+	f.mu.Unlock()
+	if stopped || seq <= last {
+		return // a repeat, after the ordered consumer was recreated
 	}
-	start := time.Now()
-	seq := meta.Sequence.Stream
+	gone := f.discarded(last, seq, meta, stall) // may read the stream: not under mu
 	data := msg.Data()
-	if f.topic == "" {
+	if gone == nil && f.topic == "" {
 		// Before the lock: reading a claimed object must not hold up
 		// subscribing and unsubscribing.
 		data = f.g.resolve(msg.Subject(), seq, data, &f.claimEnv)
 	}
 	f.mu.Lock()
-	if f.stopped || seq <= f.last {
+	if f.stopped {
 		f.mu.Unlock()
 		return
 	}
 	f.last = seq
-	if f.topic != "" {
+	var ended []*sub
+	switch {
+	case gone != nil:
+		ended = f.endAll(gone.msg)
+	case f.topic != "":
 		f.deliverMessage(seq, data)
-	} else {
+	default:
 		f.deliverEvent(seq, msg.Subject(), data)
 	}
 	f.mu.Unlock()
+	if gone != nil {
+		f.g.met.historyLost.Inc()
+		for _, s := range ended {
+			s.c.removeSub(s)
+			// Detaching may stop this feed, whose goroutine this is:
+			// not from here.
+			go f.g.detach(s)
+		}
+	}
 	f.g.met.events.Inc()
-	f.g.met.fanout.Observe(time.Since(start).Seconds())
+	f.g.met.fanout.Observe(time.Since(e.at).Seconds())
+}
+
+// endAll ends every subscription of the feed with history_unavailable (msg)
+// and unsubscribed, and returns them to be removed; nothing more is sent to
+// them. A resuming subscription is told by its resume, after the history
+// frames it is sending.
+func (f *feed) endAll(msg string) []*sub {
+	var out []*sub
+	for _, s := range f.subsLocked() {
+		if s.ended.Load() {
+			continue
+		}
+		s.endMsg = msg
+		s.ended.Store(true)
+		s.done.Store(true)
+		s.held, s.heldBytes = nil, 0
+		if s.catching {
+			f.g.replays.cancel(s)
+			continue
+		}
+		s.c.sendError(s.id, CodeHistoryUnavailable, msg)
+		s.c.send(AppendUnsubscribed(nil, s.id))
+		out = append(out, s)
+	}
+	return out
 }
 
 // subjectOp returns the last token of a row change's subject, its op.
@@ -486,11 +559,19 @@ func (f *feed) filterFailed(s *sub, seq uint64, err error) {
 	f.sendTo(s, finishFrame(AppendError(newFrame(len(msg)+64), s.id, CodeFilterFailed, msg), opText))
 }
 
-// sendTo queues a frame for s (or holds it while s resumes). Held frames
-// are bounded as the send queue is (see conn.enqueue): SendQueueBytes of
-// them, plus one frame larger than that.
+// sendTo queues a frame for s (or holds it while s resumes, or drops it
+// while the resume waits for its turn and will read it from the stream).
+// Held frames are bounded as the send queue is (see conn.enqueue):
+// SendQueueBytes of them, plus one frame larger than that.
 func (f *feed) sendTo(s *sub, frame []byte) {
-	if !s.catching {
+	switch {
+	case s.ended.Load():
+		return
+	case f.last <= s.boundary, s.catching && s.waiting:
+		// The client has it (its from was ahead of the feed), or the
+		// history will.
+		return
+	case !s.catching:
 		s.c.enqueue(frame, false)
 		return
 	}
@@ -591,7 +672,7 @@ func (f *feed) attach(s *sub, from *uint64) bool {
 	f.n++
 	seq := f.last
 	if from != nil {
-		s.catching, s.boundary = true, f.last
+		s.catching, s.waiting, s.boundary = true, true, f.last
 		seq = *from
 	}
 	s.c.send(AppendSubscribed(nil, s.id, seq))
@@ -610,13 +691,14 @@ func (g *Gateway) detach(s *sub) {
 		return
 	}
 	s.gone = true
-	s.ended.Store(true)
+	s.done.Store(true)
 	f.unindex(s)
 	f.dropGroup(s.grp)
 	s.held = nil
 	f.n--
 	empty := f.n == 0
 	f.mu.Unlock()
+	g.replays.cancel(s)
 	g.met.subscriptions.Dec()
 	if !empty {
 		return
@@ -748,6 +830,10 @@ func (f *feed) unindex(s *sub) {
 func (f *feed) subs() []*sub {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return f.subsLocked()
+}
+
+func (f *feed) subsLocked() []*sub {
 	out := append([]*sub(nil), f.scan...)
 	for _, ix := range f.eqs {
 		for _, list := range ix.byKey {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -109,6 +110,31 @@ type Config struct {
 	// for two intervals is dropped. Default 30s.
 	PingInterval time.Duration
 
+	// MaxReplays bounds the resumes (subscriptions with "from") reading
+	// history at once on the gateway; the others wait their turn, in the
+	// order they came, losing nothing (replays.go). Default 8.
+	MaxReplays int
+	// MaxReplaysPerConn bounds the resumes reading history at once on one
+	// connection. Default 2.
+	MaxReplaysPerConn int
+	// ReplayRate bounds the messages of history all resumes together read
+	// a second, so that live delivery keeps its latency while history is
+	// served. Default 20,000.
+	ReplayRate int
+
+	// StartAfter, when set, holds the gateway not ready (WebSocket
+	// upgrades are refused with 503) until it is closed and the tables
+	// then reflect the schema registry as it stands at that moment.
+	// tablecast run closes it once the reader has registered the
+	// published tables. Nil: no wait.
+	StartAfter <-chan struct{}
+	// holdCatalog (tests) holds back the catalog's load until closed.
+	holdCatalog <-chan struct{}
+	// feedInboxBytes (tests) bounds a feed's inbox (inbox.go). Default
+	// 8 MiB: a few thousand events, taken in well under a second, and
+	// small beside the send queues of a feed's subscribers.
+	feedInboxBytes int
+
 	// Auth authenticates clients; nil lets every client in with every
 	// grant (keep the gateway on loopback then).
 	Auth *Authenticator
@@ -179,6 +205,18 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxUnauthenticatedPerAddr == 0 {
 		c.MaxUnauthenticatedPerAddr = 128
 	}
+	if c.MaxReplays <= 0 {
+		c.MaxReplays = 8
+	}
+	if c.MaxReplaysPerConn <= 0 {
+		c.MaxReplaysPerConn = 2
+	}
+	if c.ReplayRate <= 0 {
+		c.ReplayRate = 20000
+	}
+	if c.feedInboxBytes <= 0 {
+		c.feedInboxBytes = 8 << 20
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -211,6 +249,7 @@ type Gateway struct {
 	hosts      *hostPolicy
 	handshakes atomic.Int64       // connections whose first request is being read
 	unauth     *connlimit.PerAddr // unauthenticated connections per address
+	replays    *replays
 
 	connMu     sync.Mutex
 	conns      map[*conn]struct{}
@@ -247,6 +286,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 	if err != nil {
 		return nil, err
 	}
+	met := newMetrics(cfg.Registerer)
 	g := &Gateway{
 		cfg:        cfg,
 		log:        cfg.Logger,
@@ -256,8 +296,9 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 		cat:        newCatalog(cfg.Prefix, cfg.Logger),
 		topics:     topics,
 		claims:     stream.NewResolver(js),
-		met:        newMetrics(cfg.Registerer),
+		met:        met,
 		feeds:      map[string]*feed{},
+		replays:    newReplays(cfg.MaxReplays, cfg.MaxReplaysPerConn, cfg.ReplayRate, met),
 		conns:      map[*conn]struct{}{},
 		identConns: map[string]int{},
 		hosts:      newHostPolicy(cfg.AllowedHosts, nil),
@@ -280,7 +321,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()
-		g.cat.run(g.ctx, schemas, topics, g.topicDestroyed)
+		g.cat.run(g.ctx, schemas, topics, g.topicDestroyed, catalogStart{after: cfg.StartAfter, hold: cfg.holdCatalog})
 	}()
 	if cfg.Auth.Enabled() && cfg.Auth.apiFile.path != "" {
 		g.wg.Add(1)
@@ -298,7 +339,38 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 
 // Ready reports whether the gateway has loaded the tables and topics and
 // can serve subscriptions.
-func (g *Gateway) Ready() bool { return g.cat.ready.Load() && g.nc.IsConnected() && !g.closing.Load() }
+func (g *Gateway) Ready() bool { return g.notReady() == "" && !g.closing.Load() }
+
+// notReadyRetryAfter is the Retry-After (seconds) of a WebSocket upgrade
+// refused because the gateway is not ready: loading takes a moment, and a
+// client retrying sooner would only be refused again.
+const notReadyRetryAfter = 2
+
+// notReady says why the gateway cannot serve subscriptions yet, "" when it
+// can. WebSocket upgrades are refused meanwhile (503 and Retry-After), so
+// that no client is told a table it asks for does not exist while the
+// gateway is still learning the tables.
+func (g *Gateway) notReady() string {
+	switch {
+	case !g.cat.ready.Load():
+		return "the gateway is loading its tables and topics; retry shortly"
+	case !g.nc.IsConnected():
+		return "the gateway is not connected to NATS; retry shortly"
+	}
+	return ""
+}
+
+// refuseNotReady answers a WebSocket upgrade through net/http with 503 when
+// the gateway is not ready, and reports whether it did.
+func (g *Gateway) refuseNotReady(w http.ResponseWriter) bool {
+	reason := g.notReady()
+	if reason == "" {
+		return false
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(notReadyRetryAfter))
+	http.Error(w, reason, http.StatusServiceUnavailable)
+	return true
+}
 
 // Serve accepts connections on ln until Shutdown. WebSocket requests (GET
 // /ws, /ws/tables/…) are upgraded without going through net/http; every

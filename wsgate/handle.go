@@ -100,7 +100,7 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 		return fail(CodeTooManySubscriptions, "a connection may hold at most "+strconv.Itoa(c.maxSubscriptions())+" subscriptions")
 	}
 	s := &sub{c: c, id: m.ID}
-	var key, subject string
+	var key, subject, name string
 	grants := c.id.Grants
 	if m.Table != "" {
 		db, schemaName, table := SplitQualifiedName(m.Table)
@@ -155,7 +155,7 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 		s.table, s.filter, s.ops = t, f, ops&granted
 		s.selected = slices.Clone(m.Select)
 		s.proj.Store(s.projection(m.Select))
-		key, subject = "t\x00"+t.subject, t.subject
+		key, subject, name = "t\x00"+t.subject, t.subject, t.name
 	} else {
 		if !grants.CanSubscribeTopic(m.Topic) {
 			return fail(CodeNotAllowed, "topic "+quoteShort(m.Topic)+" is not granted")
@@ -165,7 +165,7 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 		}
 		s.topic, s.ops = m.Topic, allOps
 		subject = stream.TopicSubject(g.cfg.Prefix, m.Topic)
-		key = "q\x00" + subject
+		key, name = "q\x00"+subject, "topic "+quoteShort(m.Topic)
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, requestTimeout)
 	defer cancel()
@@ -178,7 +178,7 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 		return nil // closing
 	}
 	for {
-		f, err := g.feedFor(ctx, key, subject, s.topic)
+		f, err := g.feedFor(ctx, key, subject, s.topic, name)
 		if err != nil {
 			c.removeSub(s)
 			return fail(CodeInternal, "cannot follow "+subject+": "+err.Error())

@@ -20,6 +20,11 @@ type metrics struct {
 	fanout        prometheus.Histogram
 	claims        *prometheus.CounterVec
 	refused       *prometheus.CounterVec
+
+	replaysRunning prometheus.Gauge
+	replaysWaiting prometheus.Gauge
+	replayed       prometheus.Counter
+	historyLost    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -61,10 +66,23 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "tablecast_gateway_refused_total",
 			Help: "Connections refused before a request was served, by reason: address (too many unauthenticated from one address), handshakes (too many being opened).",
 		}, []string{"reason"}),
+		replaysRunning: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_gateway_replays_running", Help: "Resumes (subscriptions with from) reading history now.",
+		}),
+		replaysWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_gateway_replays_waiting", Help: "Resumes waiting for their turn to read history.",
+		}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_gateway_replayed_messages_total", Help: "Messages of history read for resumes.",
+		}),
+		historyLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_gateway_history_discarded_total", Help: "Resumes and feeds that found messages discarded by the stream before they were sent (their subscriptions got history_unavailable).",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.subscriptions, m.feeds, m.framesSent, m.bytesSent,
-			m.slowCloses, m.events, m.errorFrames, m.fanout, m.claims, m.refused)
+			m.slowCloses, m.events, m.errorFrames, m.fanout, m.claims, m.refused,
+			m.replaysRunning, m.replaysWaiting, m.replayed, m.historyLost)
 	}
 	return m
 }

@@ -8,14 +8,37 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-var errShuttingDown = errors.New("gateway shutting down")
+var (
+	errShuttingDown = errors.New("gateway shutting down")
+	errSubEnded     = errors.New("subscription ended")
+)
 
 func wrapf(err error, format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, err)...)
 }
+
+// replayBatch is how many messages of history a resume reads at a time:
+// enough to make a fetch worth its round trip, few enough that the rate
+// limit (a batch's worth of tokens is taken before each fetch) stays smooth.
+const replayBatch = 128
+
+// replayFetchWait bounds a fetch of history. A fetch returns as soon as its
+// batch is full, and the replay stops reading it at the boundary or when
+// the consumer has nothing more; it runs out only when messages the
+// consumer was counting on were dropped meanwhile. (A fetch that gives up
+// early loses the messages delivered after: a consumer without acks does
+// not send them again. Hence a fetch with a wait, rather than one without,
+// whose client side gives up after a second without a message.)
+const replayFetchWait = 5 * time.Second
+
+// testHookReplayConsumer, when set (by tests), runs once a resume's consumer
+// exists and the start of its history has been checked, before anything is
+// read.
+var testHookReplayConsumer func()
 
 // checkHistory refuses a resume whose history is gone: from must lie within
 // the stream, whose first message must be at most from+1. Anything else
@@ -38,31 +61,76 @@ func (g *Gateway) checkHistory(ctx context.Context, id string, from uint64) *Pro
 }
 
 // catchUp sends s the matching messages of the stream after from up to its
-// boundary (where live delivery took over), reading them with a consumer of
-// its own and pacing itself to the client, then releases the live frames
-// held meanwhile. No message is sent twice and none is skipped: history
-// ends at the boundary, live frames start after it.
+// boundary (where live delivery took over), then releases the live frames
+// held meanwhile. It first waits for its turn (see replays): until then the
+// subscription's live frames are dropped and the boundary follows the feed,
+// so the history read covers them. No message is sent twice and none is
+// skipped: history ends at the boundary, live frames start after it; and a
+// message the stream drops before it is sent ends the subscription with
+// history_unavailable (retention.go).
 func (g *Gateway) catchUp(s *sub, from uint64) {
 	f := s.f.Load()
-	if err := g.replay(s, from); err != nil {
+	ctx, cancel := context.WithCancel(g.ctx)
+	defer cancel()
+	err := errSubEnded
+	if turn := g.replays.wait(s, cancel); turn != nil {
+		f.mu.Lock()
+		s.waiting = false
+		// History runs to where live delivery stands; or to from, when
+		// the feed is not there yet (live frames up to it are the
+		// client's already: they are dropped, see sendTo).
+		s.boundary = max(f.last, from)
+		f.mu.Unlock()
+		err = g.replay(ctx, s, from)
+		g.replays.done(turn)
+		if s.done.Load() {
+			err = errSubEnded
+		}
+	}
+	var gone *historyGoneError
+	switch {
+	case errors.Is(err, errSubEnded):
+		// Unsubscribed, the connection closed, or the feed found messages
+		// dropped after the boundary (endAll): then the error is sent here,
+		// after every history frame.
+		f.mu.Lock()
+		msg, ended := s.endMsg, s.ended.Load() && !s.gone
+		f.mu.Unlock()
+		if ended {
+			g.endResume(s, CodeHistoryUnavailable, msg)
+		}
+		return
+	case errors.As(err, &gone):
+		g.met.historyLost.Inc()
+		g.log.Info("gateway resume found history discarded", "subscription", s.id, "remote", s.c.nc.RemoteAddr().String(), "err", err)
+		g.endResume(s, CodeHistoryUnavailable, gone.msg)
+		return
+	case err != nil:
 		if s.c.isClosing() {
 			return
 		}
 		g.log.Warn("gateway resume failed", "subscription", s.id, "remote", s.c.nc.RemoteAddr().String(), "err", err)
-		s.c.sendError(s.id, CodeInternal, "resume failed: "+err.Error()+"; subscribe again with from")
-		s.c.dropSub(s)
-		s.c.send(AppendUnsubscribed(nil, s.id))
+		g.endResume(s, CodeInternal, "resume failed: "+err.Error()+"; subscribe again with from")
 		return
 	}
 	// The live frames held meanwhile go out one at a time, paced to the
 	// client like the history (a frame may wait for room in the send
 	// queue), and without the feed's lock while they wait. Frames arriving
 	// meanwhile are still held behind them, so the order stays; the last
-	// one out ends the catching up, under the lock.
+	// one out ends the catching up, under the lock. When the feed finds
+	// messages dropped by the stream (endAll), what is still held is
+	// dropped and the subscription ends with history_unavailable.
 	for {
 		f.mu.Lock()
 		if s.gone {
 			f.mu.Unlock()
+			return
+		}
+		if s.ended.Load() {
+			msg := s.endMsg
+			s.held, s.heldBytes, s.heldBig = nil, 0, 0
+			f.mu.Unlock()
+			g.endResume(s, CodeHistoryUnavailable, msg)
 			return
 		}
 		if len(s.held) == 0 {
@@ -80,13 +148,25 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 		}
 		f.mu.Unlock()
 		if !s.c.enqueueFor(s, frame, true) {
-			return
+			if s.c.isClosing() {
+				return
+			}
+			// Ended meanwhile: the next round says how.
 		}
 	}
 }
 
-// replay sends the history of s after from through its boundary.
-func (g *Gateway) replay(s *sub, from uint64) error {
+// endResume ends a resuming subscription with an error, then unsubscribed.
+func (g *Gateway) endResume(s *sub, code ErrorCode, msg string) {
+	s.c.sendError(s.id, code, msg)
+	s.c.dropSub(s)
+	s.c.send(AppendUnsubscribed(nil, s.id))
+}
+
+// replay sends the history of s after from through its boundary, paced by
+// the gateway's replay rate and by the client (a frame waits for room in
+// the send queue).
+func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) error {
 	f := s.f.Load()
 	f.mu.Lock()
 	boundary := s.boundary
@@ -94,8 +174,10 @@ func (g *Gateway) replay(s *sub, from uint64) error {
 	if from >= boundary {
 		return nil
 	}
-	ctx, cancel := context.WithCancel(g.ctx)
-	defer cancel()
+	newest, err := g.lastSeqOf(ctx, f.subject)
+	if err != nil {
+		return wrapf(err, "read history after %d", from)
+	}
 	cons, err := g.str.CreateConsumer(ctx, jetstream.ConsumerConfig{
 		FilterSubject:     f.subject,
 		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
@@ -116,25 +198,71 @@ func (g *Gateway) replay(s *sub, from uint64) error {
 	// The consumer's start is fixed now: if the stream lost messages
 	// after from meanwhile, say so rather than skip them.
 	if perr := g.checkHistory(ctx, s.id, from); perr != nil {
+		if perr.Code == CodeHistoryUnavailable {
+			return &historyGoneError{msg: perr.Message}
+		}
 		return errors.New(perr.Message)
 	}
-	if cons.CachedInfo().NumPending == 0 {
+	if testHookReplayConsumer != nil {
+		testHookReplayConsumer()
+	}
+	rc := replayCheck{g: g, subject: f.subject, what: f.name, total: cons.CachedInfo().NumPending, newest: newest}
+	if rc.total == 0 {
 		return nil
 	}
+	pos := from // every message of the subject up to pos is sent (or unwanted)
 	var env, row, claimEnv Row
+	msgs := make([]jetstream.Msg, 0, replayBatch)
+	metas := make([]*jetstream.MsgMetadata, 0, replayBatch)
 	for {
-		batch, err := cons.Fetch(512, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return wrapf(err, "read history after %d", from)
+		if s.done.Load() {
+			return errSubEnded
 		}
-		got := 0
+		if err := g.replays.rate.take(ctx, replayBatch); err != nil {
+			return wrapf(err, "read history after %d", pos)
+		}
+		batch, err := cons.Fetch(replayBatch, jetstream.FetchMaxWait(replayFetchWait))
+		if err != nil {
+			return wrapf(err, "read history after %d", pos)
+		}
+		msgs, metas = msgs[:0], metas[:0]
 		for msg := range batch.Messages() {
-			got++
 			meta, err := msg.Metadata()
 			if err != nil {
-				return wrapf(err, "read history after %d", from)
+				return wrapf(err, "read history after %d", pos)
 			}
-			seq := meta.Sequence.Stream
+			if meta.Sequence.Consumer != rc.delivered+1 {
+				// Not the stream's doing: messages lost on their way here.
+				return fmt.Errorf("read history after %d: message %d of the consumer came after %d", pos, meta.Sequence.Consumer, rc.delivered)
+			}
+			rc.delivered++
+			msgs, metas = append(msgs, msg), append(metas, meta)
+			// Past the boundary, messages are live delivery's; with
+			// none pending, there is nothing more to wait for.
+			if meta.Sequence.Stream > boundary || meta.NumPending == 0 {
+				break
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
+			return wrapf(err, "read history after %d", pos)
+		}
+		g.met.replayed.Add(float64(len(msgs)))
+		var pending uint64 // the consumer's NumPending after the batch
+		jumps, prev := len(msgs) == 0, pos
+		for _, m := range metas {
+			jumps = jumps || m.Sequence.Stream > prev+1
+			prev, pending = m.Sequence.Stream, m.NumPending
+		}
+		if jumps {
+			if err := rc.batch(ctx, pending); err != nil {
+				return wrapf(err, "read history after %d", pos)
+			}
+		}
+		for i, msg := range msgs {
+			seq := metas[i].Sequence.Stream
+			if seq > pos+1 && !rc.clean(pos) {
+				return historyGone(rc.what, pos, "")
+			}
 			if seq > boundary {
 				return nil
 			}
@@ -146,25 +274,72 @@ func (g *Gateway) replay(s *sub, from uint64) error {
 				data = g.resolve(msg.Subject(), seq, data, &claimEnv)
 			}
 			if frame := s.historyFrame(seq, msg.Subject(), data, &env, &row); frame != nil {
+				if s.done.Load() {
+					return errSubEnded
+				}
 				if !s.c.enqueueFor(s, frame, true) {
-					if s.ended.Load() {
-						return nil // unsubscribed, or ended by new grants
+					if s.done.Load() {
+						return errSubEnded // unsubscribed, or ended by new grants or by the feed
 					}
 					return errors.New("connection closed")
 				}
 			}
-			if seq == boundary || meta.NumPending == 0 {
+			pos = seq
+			if seq == boundary {
 				return nil
 			}
 		}
-		if err := batch.Error(); err != nil {
-			return wrapf(err, "read history after %d", from)
-		}
-		if got == 0 {
-			return fmt.Errorf("read history after %d: the stream sent nothing within 5s", from)
+		switch {
+		case len(msgs) == 0:
+			// Nothing left of the subject after pos: none of it may
+			// have been dropped on the way to the boundary.
+			if !rc.clean(pos) {
+				return historyGone(rc.what, pos, "")
+			}
+			return nil
+		case pending == 0:
+			// The consumer had every message of the subject, and none
+			// after pos can have been dropped before it (retention.go, 2).
+			return nil
 		}
 	}
 }
+
+// replayCheck judges the jumps of a resume's consumer (retention.go, 3).
+type replayCheck struct {
+	g         *Gateway
+	subject   string
+	what      string
+	total     uint64 // NumPending at creation: the subject's messages after from
+	newest    uint64 // the subject's last message before the creation
+	delivered uint64 // messages the consumer has delivered
+
+	exact bool   // the last batch is accounted for: nothing was dropped up to it
+	first uint64 // else: the stream's first sequence, read after the batch
+}
+
+// batch settles the last batch, whose last message came with NumPending
+// pending (0 for an empty batch): counted exactly when the subject got no
+// new message since the consumer was created, else by the stream's first
+// sequence.
+func (rc *replayCheck) batch(ctx context.Context, pending uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	last, err := rc.g.lastSeqOf(ctx, rc.subject)
+	if err != nil {
+		return err
+	}
+	rc.exact = last == rc.newest && rc.delivered+pending == rc.total
+	if rc.exact {
+		return nil
+	}
+	rc.first, err = rc.g.firstSeqAfter(ctx)
+	return err
+}
+
+// clean reports whether no message of the subject after pos, up to the
+// last of the batch, was dropped.
+func (rc *replayCheck) clean(pos uint64) bool { return rc.exact || rc.first <= pos+1 }
 
 // historyFrame renders one message of the history for s, or nil when s
 // does not want it.

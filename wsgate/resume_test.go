@@ -291,3 +291,40 @@ func TestSubscribedSeqIsLive(t *testing.T) {
 	}
 	_ = context.Background
 }
+
+// TestResumeAheadOfFeed: a resume from a seq that the table's feed has not
+// reached yet (the feed is behind the stream) gets each event after from
+// once: not again the ones up to from when the feed catches up.
+func TestResumeAheadOfFeed(t *testing.T) {
+	e := startGateway(t, nil)
+	a := e.dial("/ws")
+	a.subscribe(map[string]any{"id": "a", "table": "public.orders"})
+	e.gw.feedMu.Lock()
+	f := e.gw.feeds["t\x00"+stream.TableSubjects("tablecast", testDB, "public", "orders")]
+	e.gw.feedMu.Unlock()
+	f.in.mu.Lock() // the feed takes nothing in: it falls behind the stream
+	locked := true
+	defer func() {
+		if locked {
+			f.in.mu.Unlock()
+		}
+	}()
+	seqs := e.mustPublishAsync(6, 0)
+	b := e.dial("/ws")
+	b.subscribe(map[string]any{"id": "b", "table": "public.orders", "from": seqs[2]})
+	f.in.mu.Unlock()
+	locked = false
+	for _, s := range seqs[3:] {
+		if f := b.expect("event", "b"); f.Seq != s {
+			t.Fatalf("got seq %d, want %d", f.Seq, s)
+		}
+	}
+	for _, s := range seqs {
+		if f := a.expect("event", "a"); f.Seq != s {
+			t.Fatalf("live subscriber: got seq %d, want %d", f.Seq, s)
+		}
+	}
+	if got := b.sync(); len(got) != 0 {
+		t.Fatalf("unexpected frames %v", got)
+	}
+}

@@ -292,7 +292,7 @@ func acceptResponse(req *upgradeRequest) []byte {
 
 // refuse answers a request that is not served and closes the connection.
 func (g *Gateway) refuse(nc net.Conn, e *httpError) {
-	if e.status >= 500 {
+	if e.status >= 500 && !strings.Contains(e.header, "Retry-After:") {
 		e.header += "Retry-After: 1\r\n"
 	}
 	_ = nc.SetWriteDeadline(deadline(g.cfg.WriteTimeout))

@@ -83,6 +83,9 @@ type Config struct {
 	WSPingInterval        time.Duration `envconfig:"WS_PING_INTERVAL" default:"30s" desc:"how often idle WebSocket clients are pinged; one silent for two intervals is dropped"`
 	WSReadTimeout         time.Duration `envconfig:"WS_READ_TIMEOUT" default:"10s" desc:"time for a client message to arrive whole once begun"`
 	WSWriteTimeout        time.Duration `envconfig:"WS_WRITE_TIMEOUT" default:"10s" desc:"time one write to a client may take before the client is dropped"`
+	WSMaxReplays          int           `envconfig:"WS_MAX_REPLAYS" default:"8" desc:"resumes (subscriptions with from) reading history at once on the gateway; more wait their turn, losing nothing"`
+	WSMaxReplaysPerConn   int           `envconfig:"WS_MAX_REPLAYS_PER_CONNECTION" default:"2" desc:"resumes reading history at once on one WebSocket connection"`
+	WSReplayRate          int           `envconfig:"WS_REPLAY_RATE" default:"20000" desc:"messages of history all resumes together read a second, so that live delivery keeps its latency"`
 
 	PProf     bool   `envconfig:"PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on TABLECAST_HTTP_ADDR (keep that address private)"`
 	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
@@ -151,7 +154,7 @@ func loadConfig() (Config, error) {
 	}
 	for name, v := range map[string]int{"TABLECAST_WS_MAX_MESSAGE": c.WSMaxMessage, "TABLECAST_WS_SEND_QUEUE": c.WSSendQueue, "TABLECAST_WS_MAX_SUBSCRIPTIONS": c.WSMaxSubs,
 		"TABLECAST_WS_MAX_CONNECTIONS_PER_IDENTITY": c.WSMaxConnsPerIdentity, "TABLECAST_WS_MESSAGES_PER_SECOND": c.WSMessagesPerSecond, "TABLECAST_MAX_TOPICS": c.MaxTopics,
-		"TABLECAST_HTTP_MAX_HANDSHAKES": c.HTTPMaxHandshakes} {
+		"TABLECAST_HTTP_MAX_HANDSHAKES": c.HTTPMaxHandshakes, "TABLECAST_WS_MAX_REPLAYS": c.WSMaxReplays, "TABLECAST_WS_MAX_REPLAYS_PER_CONNECTION": c.WSMaxReplaysPerConn, "TABLECAST_WS_REPLAY_RATE": c.WSReplayRate} {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s %d: must be positive", name, v))
 		}
@@ -377,6 +380,9 @@ func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer, auth 
 		ReadTimeout:               c.WSReadTimeout,
 		WriteTimeout:              c.WSWriteTimeout,
 		PingInterval:              c.WSPingInterval,
+		MaxReplays:                c.WSMaxReplays,
+		MaxReplaysPerConn:         c.WSMaxReplaysPerConn,
+		ReplayRate:                c.WSReplayRate,
 		Logger:                    log.With("component", "gateway"),
 		Registerer:                reg,
 	}

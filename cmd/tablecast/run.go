@@ -78,7 +78,13 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	}
 	var gw *wsgate.Gateway
 	if withGateway {
-		if gw, err = wsgate.New(ctx, cfg.gatewayConfig(log, reg, auth), nc, js); err != nil {
+		gcfg := cfg.gatewayConfig(log, reg, auth)
+		if reader != nil {
+			// Clients are let in once the tables the reader streams are
+			// known, not told that one of them does not exist.
+			gcfg.StartAfter = reader.Registered()
+		}
+		if gw, err = wsgate.New(ctx, gcfg, nc, js); err != nil {
 			return fmt.Errorf("start gateway: %w", err)
 		}
 	}
