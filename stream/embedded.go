@@ -38,14 +38,40 @@ type EmbeddedConfig struct {
 	// missing. Required: there is no default here (the configuration layer
 	// supplies ./data).
 	StoreDir string
+	// MaxStore is the most JetStream may store on disk, in bytes. It is this
+	// number on every start: nats-server, given none, takes three quarters of
+	// the disk space free at that moment, so that a restart on a nearly full
+	// disk would give it a store smaller than what it already holds.
+	// Default (0): DefaultMaxStore, 8 GiB.
+	MaxStore int64
+	// MinFree is the free space, in bytes, on StoreDir's file system below
+	// which Status is unhealthy; once JetStream has stopped storing because
+	// its disk filled, it is restarted when more than this is free again.
+	// Default (0): DefaultMinFree, 256 MiB; negative: no minimum (JetStream
+	// is restarted as soon as anything is free).
+	MinFree int64
+	// CheckInterval is how often the free space and JetStream's state are
+	// checked. Default (0): 1s.
+	CheckInterval time.Duration
 	// Logger receives the server's notices, warnings and errors; its debug and
 	// trace output is dropped. Default (nil): slog.Default().
 	Logger *slog.Logger
 }
 
-// Embedded is a NATS server with JetStream running inside this process.
+// Embedded is a NATS server with JetStream running inside this process. It
+// watches its own storage: see Status.
 type Embedded struct {
-	srv *server.Server
+	srv  *server.Server
+	opts *server.Options // what srv was started with, to restart JetStream
+	cfg  EmbeddedConfig
+	log  *slog.Logger
+
+	statusMu sync.Mutex
+	status   StorageStatus
+
+	stopOnce sync.Once
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 // AddrInUseError is returned by StartEmbedded when another process already
@@ -73,12 +99,27 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MaxStore == 0 {
+		cfg.MaxStore = DefaultMaxStore
+	}
+	switch {
+	case cfg.MinFree == 0:
+		cfg.MinFree = DefaultMinFree
+	case cfg.MinFree < 0:
+		cfg.MinFree = 0
+	}
+	if cfg.CheckInterval <= 0 {
+		cfg.CheckInterval = defaultCheckInterval
+	}
 	host, port, err := parseListen(cfg.Listen)
 	if err != nil {
 		return nil, err
 	}
 	if cfg.StoreDir == "" {
 		return nil, errors.New("embedded NATS: StoreDir is empty; JetStream needs a directory for its files")
+	}
+	if cfg.MaxStore < 0 {
+		return nil, fmt.Errorf("embedded NATS: MaxStore %d: must be positive", cfg.MaxStore)
 	}
 	if err := os.MkdirAll(cfg.StoreDir, 0o750); err != nil {
 		return nil, fmt.Errorf("embedded NATS: create store directory: %w", err)
@@ -102,7 +143,9 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		Port:       port,
 		JetStream:  true,
 		StoreDir:   cfg.StoreDir,
-		NoSigs:     true,
+		// Always the configured size, never the free space of the moment.
+		JetStreamMaxStore: cfg.MaxStore,
+		NoSigs:            true,
 		// A row change is one message, and a row with large values can
 		// exceed NATS's default of 1 MB; 8 MB is the largest payload NATS
 		// recommends.
@@ -110,7 +153,9 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		// Logging goes through SetLoggerV2 below, not the server's own setup.
 		NoLog: true,
 	}
-	srv, err := server.NewServer(opts)
+	// The server keeps the options it is given; restarting JetStream needs
+	// an untouched copy.
+	srv, err := server.NewServer(opts.Clone())
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
 	}
@@ -131,7 +176,11 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		srv.WaitForShutdown()
 		return nil, errors.New("embedded NATS: JetStream did not start (see the server's log)")
 	}
-	return &Embedded{srv: srv}, nil
+	e := &Embedded{srv: srv, opts: opts, cfg: cfg, log: cfg.Logger, stop: make(chan struct{}), done: make(chan struct{})}
+	m := &storageMonitor{e: e}
+	m.check(time.Now())
+	go m.run()
+	return e, nil
 }
 
 // waitReady polls the server until it accepts clients, giving up at once if
@@ -189,6 +238,8 @@ func (e *Embedded) Server() *server.Server { return e.srv }
 // Shutdown stops the server gracefully: JetStream flushes its stores, clients
 // are disconnected, and Shutdown returns when everything has stopped.
 func (e *Embedded) Shutdown() {
+	e.stopOnce.Do(func() { close(e.stop) })
+	<-e.done
 	e.srv.Shutdown()
 	e.srv.WaitForShutdown()
 }

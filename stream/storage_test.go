@@ -1,0 +1,266 @@
+package stream
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/tmpfs"
+)
+
+// startStorageServer starts an embedded server storing in dir that checks
+// its storage every 50ms.
+func startStorageServer(t *testing.T, listen, dir string, maxStore, minFree int64) *Embedded {
+	t.Helper()
+	e, err := StartEmbedded(EmbeddedConfig{Listen: listen, StoreDir: dir, MaxStore: maxStore, MinFree: minFree,
+		CheckInterval: 50 * time.Millisecond, Logger: quietLogger()})
+	if err != nil {
+		t.Fatalf("start embedded NATS: %v", err)
+	}
+	t.Cleanup(e.Shutdown)
+	return e
+}
+
+// collector reads the stream with an ordered consumer, as a backend service
+// or the gateway does, and keeps the message ids in the order received.
+type collector struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func collect(t *testing.T, js jetstream.JetStream) *collector {
+	t.Helper()
+	c := &collector{}
+	cons, err := js.OrderedConsumer(testContext(t), DefaultStreamName, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		c.mu.Lock()
+		c.ids = append(c.ids, m.Headers().Get(msgIDHeader))
+		c.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cc.Stop)
+	return c
+}
+
+func (c *collector) got() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.ids...)
+}
+
+// checkIDs fails unless ids are exactly msgID(1)..msgID(n), in order.
+func checkIDs(t *testing.T, what string, ids []string, n int) {
+	t.Helper()
+	if len(ids) != n {
+		t.Fatalf("%s: %d messages, want %d", what, len(ids), n)
+	}
+	for i, id := range ids {
+		if id != msgID(i+1) {
+			t.Fatalf("%s: message %d is %s, want %s (lost, repeated or out of order)", what, i+1, id, msgID(i+1))
+		}
+	}
+}
+
+// TestEmbeddedRecoversFromFullDisk fills the embedded server's disk (a
+// small tmpfs) while a Publisher writes. JetStream stops storing, and
+// stays stopped while the disk is full: the status says so with the
+// server's reason, and a new Publisher gets nothing acknowledged. Once a
+// filler file is deleted, the server restarts JetStream by itself; a new
+// Publisher resumes from the last acknowledged message, as the CDC reader
+// does, and both the stream and a consumer that was reading all along hold
+// every message exactly once, in order.
+func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
+	dir := tmpfs.Mount(t, 48<<20)
+	e := startStorageServer(t, "127.0.0.1:-1", filepath.Join(dir, "nats"), 0, 1<<20)
+	nc, js := connectTest(t, e.ClientURL())
+	if _, err := EnsureStream(testContext(t), js, StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	reader := collect(t, js)
+	filler := tmpfs.Fill(t, dir, 4<<20)
+	ctx := testContext(t)
+	payload := []byte(strings.Repeat("x", 4096))
+
+	// publish sends messages from id first on with a new Publisher until it
+	// fails or reaches last, and returns the last id acknowledged.
+	publish := func(first, last int) (acked int, err error) {
+		p := newTestPublisher(t, nc, js, 64, WithAckTimeout(2*time.Second), WithStream(DefaultStreamName))
+		defer p.Close()
+		for i := first; i <= last; i++ {
+			if _, err := p.Publish(ctx, testSubject, msgID(i), payload); err != nil {
+				break
+			}
+		}
+		waitFor(t, 30*time.Second, "the publisher to finish or fail", func() bool {
+			return p.Err() != nil || p.InFlight() == 0
+		})
+		return first - 1 + int(p.Acked()), p.Err()
+	}
+
+	acked, err := publish(1, 100000)
+	if err == nil {
+		t.Fatalf("100,000 messages of 4 KiB fitted on a 48 MiB disk")
+	}
+	t.Logf("disk full after %d messages: %v", acked, err)
+	waitFor(t, 10*time.Second, "the status to say the storage is full", func() bool {
+		return e.Status().JetStream == JetStreamStorageFull
+	})
+	st := e.Status()
+	if st.Healthy || len(st.Reasons) == 0 || !strings.HasPrefix(st.Reasons[0], "JetStream storage full: ") ||
+		!strings.Contains(st.Reasons[0], "no space left on device") {
+		t.Fatalf("status while full: %+v", st)
+	}
+
+	// Stuck while the disk is full: nothing more is stored.
+	if again, err := publish(acked+1, acked+1); err == nil || again != acked {
+		t.Fatalf("a publisher on a full disk: acked up to %d, err %v; want nothing acknowledged", again, err)
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "JetStream to be restarted and healthy", func() bool {
+		st := e.Status()
+		return st.Healthy && st.Restarts > 0
+	})
+	const total = 2000
+	if got, err := publish(acked+1, total); err != nil || got != total {
+		t.Fatalf("after space was freed: acked up to %d, err %v; want %d", got, err, total)
+	}
+
+	ids := func(msgs []storedMsg) []string {
+		out := make([]string, len(msgs))
+		for i, m := range msgs {
+			out[i] = m.id
+		}
+		return out
+	}
+	checkIDs(t, "stream", ids(readStream(t, js, DefaultStreamName)), total)
+	waitFor(t, time.Minute, "the consumer to read every message", func() bool { return len(reader.got()) >= total })
+	checkIDs(t, "consumer reading throughout", reader.got(), total)
+}
+
+// TestEmbeddedKeepsMaxStoreOnNearlyFullDisk restarts the server on a disk
+// with 2 MiB free, next to 8 MiB it already stores. Its store stays the
+// configured 1 GiB: sized from the free space, it would be smaller than
+// what it holds and refuse every new message even after space is freed.
+func TestEmbeddedKeepsMaxStoreOnNearlyFullDisk(t *testing.T) {
+	dir := tmpfs.Mount(t, 64<<20)
+	store := filepath.Join(dir, "nats")
+	const maxStore = 1 << 30
+	e := startStorageServer(t, "127.0.0.1:-1", store, maxStore, -1)
+	_, js := connectTest(t, e.ClientURL())
+	ctx := testContext(t)
+	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	payload := []byte(strings.Repeat("x", 4096))
+	n := 0
+	publish := func(count int) {
+		t.Helper()
+		for range count {
+			n++
+			if _, err := js.Publish(ctx, testSubject, payload, jetstream.WithMsgID(msgID(n))); err != nil {
+				t.Fatalf("publish %d: %v", n, err)
+			}
+		}
+	}
+	publish(2000) // 8 MiB
+	e.Shutdown()
+
+	filler := tmpfs.Fill(t, dir, 2<<20)
+	e2 := startStorageServer(t, "127.0.0.1:-1", store, maxStore, -1)
+	if got := e2.Server().JetStreamConfig().MaxStore; got != maxStore {
+		t.Fatalf("restarted with %s free: JetStream's store is %d bytes, want the configured %d", FormatBytes(tmpfs.Free(t, dir)), got, maxStore)
+	}
+	if st := e2.Status(); st.StoreMaxBytes != maxStore {
+		t.Fatalf("status says the store is %d bytes, want %d", st.StoreMaxBytes, maxStore)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	_, js = connectTest(t, e2.ClientURL())
+	publish(4000) // 16 MiB more, on the space freed
+	if msgs := readStream(t, js, DefaultStreamName); len(msgs) != n {
+		t.Fatalf("stream holds %d messages, want %d", len(msgs), n)
+	}
+}
+
+// TestEmbeddedDefaultMaxStore: without MaxStore the store is
+// DefaultMaxStore, whatever the disk has free.
+func TestEmbeddedDefaultMaxStore(t *testing.T) {
+	e := startTestServer(t, "")
+	if got := e.Server().JetStreamConfig().MaxStore; got != DefaultMaxStore {
+		t.Fatalf("JetStream's store is %d bytes, want DefaultMaxStore %d", got, DefaultMaxStore)
+	}
+}
+
+// TestEmbeddedLowSpaceUnhealthy: less free space than the minimum is
+// unhealthy, with the reason, while JetStream still stores; freeing space
+// makes it healthy again.
+func TestEmbeddedLowSpaceUnhealthy(t *testing.T) {
+	dir := tmpfs.Mount(t, 32<<20)
+	e := startStorageServer(t, "127.0.0.1:-1", filepath.Join(dir, "nats"), 0, 8<<20)
+	if st := e.Status(); !st.Healthy || st.FreeBytes < 8<<20 {
+		t.Fatalf("status with the disk empty: %+v", st)
+	}
+	filler := tmpfs.Fill(t, dir, 4<<20)
+	waitFor(t, 10*time.Second, "the status to notice the low space", func() bool { return !e.Status().Healthy })
+	st := e.Status()
+	if st.JetStream != JetStreamOK || len(st.Reasons) != 1 || !strings.Contains(st.Reasons[0], "below the minimum of 8.0 MiB") {
+		t.Fatalf("status with 4 MiB free: %+v", st)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the status to be healthy again", func() bool { return e.Status().Healthy })
+}
+
+// TestEmbeddedRestartsDisabledJetStream: JetStream disabling itself (as
+// nats-server does on some write failures) is noticed and undone, with the
+// clients still connected and the stream's messages still there.
+func TestEmbeddedRestartsDisabledJetStream(t *testing.T) {
+	e := startStorageServer(t, "127.0.0.1:-1", t.TempDir(), 0, -1)
+	_, js := connectTest(t, e.ClientURL())
+	ctx := testContext(t)
+	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, testSubject, []byte("before"), jetstream.WithMsgID(msgID(1))); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Server().ShutdownJetStream(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "JetStream to be restarted", func() bool {
+		st := e.Status()
+		return st.Healthy && st.Restarts > 0 && e.Server().JetStreamEnabled()
+	})
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := js.Publish(pctx, testSubject, []byte("after"), jetstream.WithMsgID(msgID(2))); err != nil {
+		t.Fatalf("publish after the restart: %v", err)
+	}
+	if msgs := readStream(t, js, DefaultStreamName); len(msgs) != 2 || msgs[0].data != "before" {
+		t.Fatalf("stream after the restart: %+v", msgs)
+	}
+}
+
+func TestFormatBytes(t *testing.T) {
+	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536: "1.5 KiB", 256 << 20: "256.0 MiB", 8 << 30: "8.0 GiB", -2048: "-2.0 KiB"} {
+		if got := FormatBytes(n); got != want {
+			t.Errorf("FormatBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
