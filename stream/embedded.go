@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,7 +33,8 @@ const embeddedMaxPayload = 8 << 20
 type EmbeddedConfig struct {
 	// Listen is the host:port on which the server accepts client connections,
 	// so that backend services can connect. A port of 0 or -1 picks a random
-	// free port (tests). Default (empty): DefaultListen, "127.0.0.1:4222".
+	// free port (tests). Anything but a loopback address needs Auth.
+	// Default (empty): DefaultListen, "127.0.0.1:4222".
 	Listen string
 	// StoreDir is the directory of JetStream's file storage; it is created if
 	// missing. Required: there is no default here (the configuration layer
@@ -53,6 +55,14 @@ type EmbeddedConfig struct {
 	// CheckInterval is how often the free space and JetStream's state are
 	// checked. Default (0): 1s.
 	CheckInterval time.Duration
+	// Auth says who may connect and what they may do. Default (zero value):
+	// anyone may do anything, which StartEmbedded refuses unless Listen is a
+	// loopback address.
+	Auth EmbeddedAuth
+	// TLSCert and TLSKey are PEM files of the certificate (with its chain)
+	// and key the server presents; with them, clients must use TLS.
+	// Default (empty): no TLS.
+	TLSCert, TLSKey string
 	// Logger receives the server's notices, warnings and errors; its debug and
 	// trace output is dropped. Default (nil): slog.Default().
 	Logger *slog.Logger
@@ -121,6 +131,21 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	if cfg.MaxStore < 0 {
 		return nil, fmt.Errorf("embedded NATS: MaxStore %d: must be positive", cfg.MaxStore)
 	}
+	if !cfg.Auth.enabled() && !IsLoopback(cfg.Listen) {
+		return nil, fmt.Errorf("embedded NATS: listen address %s is not a loopback address and no credentials are configured: anyone who reaches it could read every event and store forged ones", cfg.Listen)
+	}
+	users, nkeys, err := cfg.Auth.serverUsers()
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	var tlsConfig *tls.Config
+	if cfg.TLSCert != "" || cfg.TLSKey != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("embedded NATS: load TLS certificate: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	if err := os.MkdirAll(cfg.StoreDir, 0o750); err != nil {
 		return nil, fmt.Errorf("embedded NATS: create store directory: %w", err)
 	}
@@ -151,7 +176,17 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		// recommends.
 		MaxPayload: embeddedMaxPayload,
 		// Logging goes through SetLoggerV2 below, not the server's own setup.
-		NoLog: true,
+		NoLog:         true,
+		Users:         users,
+		Nkeys:         nkeys,
+		Authorization: cfg.Auth.Token,
+	}
+	if tlsConfig != nil {
+		opts.TLS = true
+		opts.TLSConfig = tlsConfig
+		// The server's default of two seconds is tight for a TLS
+		// handshake on a busy machine, or many clients reconnecting at once.
+		opts.TLSTimeout = 5
 	}
 	// The server keeps the options it is given; restarting JetStream needs
 	// an untouched copy.
@@ -221,6 +256,20 @@ func parseListen(listen string) (host string, port int, err error) {
 	return host, port, nil
 }
 
+// IsLoopback reports whether addr (host:port) listens on loopback only: an
+// empty host or 0.0.0.0 listens everywhere.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 func listenError(addr string, err error) error {
 	if errors.Is(err, syscall.EADDRINUSE) {
 		return &AddrInUseError{Addr: addr, Err: err}
@@ -229,7 +278,7 @@ func listenError(addr string, err error) error {
 }
 
 // ClientURL returns the URL clients use to connect, such as
-// "nats://127.0.0.1:4222".
+// "nats://127.0.0.1:4222" ("tls://…" when the server requires TLS).
 func (e *Embedded) ClientURL() string { return e.srv.ClientURL() }
 
 // Server returns the underlying server, for tests and advanced use.
