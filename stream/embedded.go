@@ -69,12 +69,15 @@ type EmbeddedConfig struct {
 }
 
 // Embedded is a NATS server with JetStream running inside this process. It
-// watches its own storage: see Status.
+// watches its own storage, and restarts itself when JetStream has stopped
+// storing: see Status.
 type Embedded struct {
-	srv  *server.Server
-	opts *server.Options // what srv was started with, to restart JetStream
+	opts *server.Options // what the server is started with (port fixed after the first start)
 	cfg  EmbeddedConfig
 	log  *slog.Logger
+
+	srvMu sync.RWMutex
+	srv   *server.Server // the current server; replaced by a restart
 
 	statusMu sync.Mutex
 	status   StorageStatus
@@ -188,19 +191,9 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		// handshake on a busy machine, or many clients reconnecting at once.
 		opts.TLSTimeout = 5
 	}
-	// The server keeps the options it is given; restarting JetStream needs
-	// an untouched copy.
-	srv, err := server.NewServer(opts.Clone())
+	e := &Embedded{opts: opts, cfg: cfg, log: cfg.Logger, stop: make(chan struct{}), done: make(chan struct{})}
+	srv, err := e.startServer()
 	if err != nil {
-		return nil, fmt.Errorf("embedded NATS: %w", err)
-	}
-	sl := &serverLogger{log: cfg.Logger, fatal: make(chan struct{})}
-	srv.SetLoggerV2(sl, false, false, false)
-	srv.Start()
-
-	if err := waitReady(srv, sl, embeddedReadyTimeout); err != nil {
-		srv.Shutdown()
-		srv.WaitForShutdown()
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, listenError(net.JoinHostPort(host, strconv.Itoa(port)), err)
 		}
@@ -211,11 +204,36 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		srv.WaitForShutdown()
 		return nil, errors.New("embedded NATS: JetStream did not start (see the server's log)")
 	}
-	e := &Embedded{srv: srv, opts: opts, cfg: cfg, log: cfg.Logger, stop: make(chan struct{}), done: make(chan struct{})}
+	// A restart listens on the same port, also when it was picked at random.
+	if a, ok := srv.Addr().(*net.TCPAddr); ok {
+		e.opts.Port = a.Port
+	}
+	e.srv = srv
 	m := &storageMonitor{e: e}
 	m.check(time.Now())
 	go m.run()
 	return e, nil
+}
+
+// startServer starts a server with e.opts and returns once it accepts
+// clients. nats-server enables JetStream before it accepts clients, so no
+// client ever sees the server without it (unless JetStream fails to start).
+func (e *Embedded) startServer() (*server.Server, error) {
+	// The server keeps the options it is given; a restart needs them
+	// untouched.
+	srv, err := server.NewServer(e.opts.Clone())
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	sl := &serverLogger{log: e.log, fatal: make(chan struct{})}
+	srv.SetLoggerV2(sl, false, false, false)
+	srv.Start()
+	if err := waitReady(srv, sl, embeddedReadyTimeout); err != nil {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, err
+	}
+	return srv, nil
 }
 
 // waitReady polls the server until it accepts clients, giving up at once if
@@ -278,19 +296,26 @@ func listenError(addr string, err error) error {
 }
 
 // ClientURL returns the URL clients use to connect, such as
-// "nats://127.0.0.1:4222" ("tls://…" when the server requires TLS).
-func (e *Embedded) ClientURL() string { return e.srv.ClientURL() }
+// "nats://127.0.0.1:4222" ("tls://…" when the server requires TLS). It is
+// the same after a restart.
+func (e *Embedded) ClientURL() string { return e.Server().ClientURL() }
 
-// Server returns the underlying server, for tests and advanced use.
-func (e *Embedded) Server() *server.Server { return e.srv }
+// Server returns the underlying server, for tests and advanced use. A
+// restart (see Status) replaces it.
+func (e *Embedded) Server() *server.Server {
+	e.srvMu.RLock()
+	defer e.srvMu.RUnlock()
+	return e.srv
+}
 
 // Shutdown stops the server gracefully: JetStream flushes its stores, clients
 // are disconnected, and Shutdown returns when everything has stopped.
 func (e *Embedded) Shutdown() {
 	e.stopOnce.Do(func() { close(e.stop) })
 	<-e.done
-	e.srv.Shutdown()
-	e.srv.WaitForShutdown()
+	srv := e.Server()
+	srv.Shutdown()
+	srv.WaitForShutdown()
 }
 
 // serverLogger bridges the server.Logger interface to slog. Notices go to

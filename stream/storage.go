@@ -43,13 +43,13 @@ const (
 const (
 	JetStreamOK = "ok"
 	// JetStreamStorageFull: JetStream stopped storing because its disk
-	// filled; it is restarted once there is space again.
+	// filled; the server is restarted once there is space again.
 	JetStreamStorageFull = "storage full"
 	// JetStreamStoreFull: the store reached MaxStore; it stores again once
 	// retention has made room.
 	JetStreamStoreFull = "store full"
 	// JetStreamUnavailable: JetStream is disabled or cannot write, for a
-	// reason other than space; it is restarted with backoff.
+	// reason other than space; the server is restarted with backoff.
 	JetStreamUnavailable = "unavailable"
 )
 
@@ -69,8 +69,9 @@ type StorageStatus struct {
 	// may hold (MaxStore).
 	StoreUsedBytes int64 `json:"store_used_bytes"`
 	StoreMaxBytes  int64 `json:"store_max_bytes"`
-	// Restarts counts the times JetStream was restarted after it stopped.
-	Restarts uint64 `json:"jetstream_restarts"`
+	// Restarts counts the times the server was restarted because JetStream
+	// had stopped storing.
+	Restarts uint64 `json:"restarts"`
 }
 
 // Status returns the state of the server's storage, as checked at most
@@ -84,18 +85,26 @@ func (e *Embedded) Status() StorageStatus {
 }
 
 // storageMonitor watches the embedded server's disk and JetStream, and
-// restarts JetStream when it has stopped storing and space is back.
+// restarts the server when JetStream has stopped storing and space is back.
 //
 // nats-server does not recover from a full disk by itself. When a write
-// fails with ENOSPC, the stream keeps the error and refuses every later
-// write without answering the publisher, until JetStream is restarted; on
+// fails with ENOSPC, the stream keeps the error and drops every later
+// message without answering the publisher, until JetStream is restarted; on
 // some paths it disables JetStream altogether. Either way the monitor sees
 // it (the server's health check names the stream's write error; JetStream
 // reports itself disabled), waits until more than MinFree is free, and
-// restarts JetStream the way a configuration reload does: the streams are
-// recovered from disk (a record torn by the failed write is dropped, and it
-// was never acknowledged), clients stay connected, and consumers carry on
-// from where they were.
+// starts the server again on the same port and store: the streams are
+// recovered from disk (a record torn by the failed write is dropped; it was
+// never acknowledged), and clients reconnect by themselves.
+//
+// The whole server, not JetStream alone (which nats-server can restart in
+// place), so that no publisher's messages straddle the restart. A publisher
+// with messages in flight while JetStream drops them would, with JetStream
+// restarted under its connection, have its next messages stored after a
+// gap: out of order, and the dropped ones stored later still. Restarting
+// the server ends every connection with the messages it had in flight
+// (the Publisher fails and starts again from its confirmed position), and
+// the new server enables JetStream before it accepts a client.
 //
 // Only its goroutine touches its fields.
 type storageMonitor struct {
@@ -130,7 +139,7 @@ func (m *storageMonitor) check(now time.Time) {
 	e := m.e
 	free := freeSpace(e.cfg.StoreDir)
 	st := StorageStatus{JetStream: JetStreamOK, FreeBytes: free, MinFreeBytes: e.cfg.MinFree, StoreMaxBytes: e.cfg.MaxStore}
-	if info, err := e.srv.Jsz(nil); err == nil && !info.Disabled {
+	if info, err := e.Server().Jsz(nil); err == nil && !info.Disabled {
 		st.StoreUsedBytes = int64(info.Store)
 		st.StoreMaxBytes = info.Config.MaxStore
 	}
@@ -158,7 +167,7 @@ func (m *storageMonitor) check(now time.Time) {
 			problem, FormatBytes(e.cfg.MinFree), FormatBytes(max(free, 0))))
 	default:
 		st.JetStream = JetStreamUnavailable
-		st.Reasons = append(st.Reasons, "JetStream unavailable: "+problem+"; restarting it with backoff")
+		st.Reasons = append(st.Reasons, "JetStream unavailable: "+problem+"; restarting the server with backoff")
 	}
 	if problem != m.problem && problem != "" {
 		e.log.Error("JetStream cannot store", "reason", problem, "free_bytes", free, "min_free_bytes", e.cfg.MinFree)
@@ -203,7 +212,10 @@ func (m *storageMonitor) check(now time.Time) {
 
 // jetStreamProblem returns why JetStream cannot store, or "".
 func (m *storageMonitor) jetStreamProblem() string {
-	srv := m.e.srv
+	srv := m.e.Server()
+	if !srv.Running() {
+		return "the server is not running"
+	}
 	if !srv.JetStreamEnabled() {
 		return "JetStream is disabled"
 	}
@@ -224,22 +236,23 @@ func (m *storageMonitor) jetStreamProblem() string {
 	return strings.Join(msgs, "; ")
 }
 
-// restart stops JetStream if it still runs and starts it again with the
-// server's options, as a configuration reload does: streams and consumers
-// are recovered from disk, clients stay connected.
+// restart shuts the server down and starts a new one with the same
+// options; if that fails, the next check tries again.
 func (m *storageMonitor) restart(problem string) {
 	e := m.e
 	m.restarts++
-	e.log.Warn("restarting JetStream", "reason", problem, "attempt", m.restarts)
-	if e.srv.JetStreamEnabled() {
-		if err := e.srv.ShutdownJetStream(); err != nil {
-			e.log.Error("stop JetStream", "err", err)
-			return
-		}
+	e.log.Warn("restarting the embedded NATS server: JetStream cannot store", "reason", problem, "attempt", m.restarts)
+	old := e.Server()
+	old.Shutdown()
+	old.WaitForShutdown()
+	srv, err := e.startServer()
+	if err != nil {
+		e.log.Error("start the embedded NATS server again", "err", err)
+		return
 	}
-	if err := e.srv.ReloadOptions(e.opts.Clone()); err != nil {
-		e.log.Error("start JetStream again", "err", err)
-	}
+	e.srvMu.Lock()
+	e.srv = srv
+	e.srvMu.Unlock()
 }
 
 func isOutOfSpace(problem string) bool {

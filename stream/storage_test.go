@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,13 +74,14 @@ func checkIDs(t *testing.T, what string, ids []string, n int) {
 }
 
 // TestEmbeddedRecoversFromFullDisk fills the embedded server's disk (a
-// small tmpfs) while a Publisher writes. JetStream stops storing, and
-// stays stopped while the disk is full: the status says so with the
-// server's reason, and a new Publisher gets nothing acknowledged. Once a
-// filler file is deleted, the server restarts JetStream by itself; a new
-// Publisher resumes from the last acknowledged message, as the CDC reader
-// does, and both the stream and a consumer that was reading all along hold
-// every message exactly once, in order.
+// small tmpfs) while a writer publishes as the CDC reader does: a Publisher
+// with a deep window, paced, and after each failure a new one from the last
+// acknowledged message. JetStream stops storing and stays stopped while the
+// disk is full: the status says so with the server's reason, and nothing is
+// acknowledged. Once a filler file is deleted (with a Publisher in the
+// middle of sending) the server restarts by itself on the same port, and
+// the stream, and a consumer that was reading all along on a connection
+// that reconnected by itself, hold every message exactly once, in order.
 func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
 	dir := tmpfs.Mount(t, 48<<20)
 	e := startStorageServer(t, "127.0.0.1:-1", filepath.Join(dir, "nats"), 0, 1<<20)
@@ -92,28 +94,42 @@ func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
 	ctx := testContext(t)
 	payload := []byte(strings.Repeat("x", 4096))
 
-	// publish sends messages from id first on with a new Publisher until it
-	// fails or reaches last, and returns the last id acknowledged.
-	publish := func(first, last int) (acked int, err error) {
-		p := newTestPublisher(t, nc, js, 64, WithAckTimeout(2*time.Second), WithStream(DefaultStreamName))
-		defer p.Close()
-		for i := first; i <= last; i++ {
-			if _, err := p.Publish(ctx, testSubject, msgID(i), payload); err != nil {
-				break
+	const total = 6000 // 24 MiB
+	var acked, failures atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		next := 1
+		for next <= total {
+			if err := WaitConnected(ctx, nc); err != nil {
+				done <- err
+				return
 			}
+			p, err := NewPublisher(nc, js, 8192, quietLogger(), WithAckTimeout(2*time.Second), WithStream(DefaultStreamName))
+			if err != nil {
+				done <- err
+				return
+			}
+			first := next
+			for i := first; i <= total && p.Err() == nil; i++ {
+				if _, err := p.Publish(ctx, testSubject, msgID(i), payload); err != nil {
+					break
+				}
+				time.Sleep(time.Millisecond) // still sending when the ack timeout strikes
+			}
+			for p.Err() == nil && p.InFlight() > 0 {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if p.Err() != nil {
+				failures.Add(1)
+			}
+			next = first + int(p.Acked())
+			acked.Store(int64(next - 1))
+			p.Close()
 		}
-		waitFor(t, 30*time.Second, "the publisher to finish or fail", func() bool {
-			return p.Err() != nil || p.InFlight() == 0
-		})
-		return first - 1 + int(p.Acked()), p.Err()
-	}
+		done <- nil
+	}()
 
-	acked, err := publish(1, 100000)
-	if err == nil {
-		t.Fatalf("100,000 messages of 4 KiB fitted on a 48 MiB disk")
-	}
-	t.Logf("disk full after %d messages: %v", acked, err)
-	waitFor(t, 10*time.Second, "the status to say the storage is full", func() bool {
+	waitFor(t, time.Minute, "the status to say the storage is full", func() bool {
 		return e.Status().JetStream == JetStreamStorageFull
 	})
 	st := e.Status()
@@ -121,22 +137,31 @@ func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
 		!strings.Contains(st.Reasons[0], "no space left on device") {
 		t.Fatalf("status while full: %+v", st)
 	}
-
-	// Stuck while the disk is full: nothing more is stored.
-	if again, err := publish(acked+1, acked+1); err == nil || again != acked {
-		t.Fatalf("a publisher on a full disk: acked up to %d, err %v; want nothing acknowledged", again, err)
+	// Stuck while the disk is full: publishers fail, nothing is stored.
+	waitFor(t, time.Minute, "a publisher to fail", func() bool { return failures.Load() >= 1 })
+	stuckAt := acked.Load()
+	waitFor(t, time.Minute, "two more publishers to fail", func() bool { return failures.Load() >= 3 })
+	if a := acked.Load(); a != stuckAt {
+		t.Fatalf("%d messages acknowledged on a full disk", a-stuckAt)
 	}
+	t.Logf("disk full after %d messages", stuckAt)
 
+	// Free the space while a publisher is sending.
+	time.Sleep(time.Second)
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "JetStream to be restarted and healthy", func() bool {
+	waitFor(t, 30*time.Second, "the server to be restarted and healthy", func() bool {
 		st := e.Status()
 		return st.Healthy && st.Restarts > 0
 	})
-	const total = 2000
-	if got, err := publish(acked+1, total); err != nil || got != total {
-		t.Fatalf("after space was freed: acked up to %d, err %v; want %d", got, err, total)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("the writer did not finish; %d of %d acknowledged", acked.Load(), total)
 	}
 
 	ids := func(msgs []storedMsg) []string {
@@ -149,6 +174,60 @@ func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
 	checkIDs(t, "stream", ids(readStream(t, js, DefaultStreamName)), total)
 	waitFor(t, time.Minute, "the consumer to read every message", func() bool { return len(reader.got()) >= total })
 	checkIDs(t, "consumer reading throughout", reader.got(), total)
+}
+
+// TestEmbeddedRestartLeavesNoGap: a message published while the disk is
+// full is dropped without an answer. When space is back and the server
+// restarts, the Publisher that sent it must not go on to store a later
+// message ahead of it (which is what restarting JetStream alone, under the
+// open connection, does): the restart ends its connection, and the
+// Publisher fails with the message still in flight.
+func TestEmbeddedRestartLeavesNoGap(t *testing.T) {
+	dir := tmpfs.Mount(t, 32<<20)
+	e := startStorageServer(t, "127.0.0.1:-1", filepath.Join(dir, "nats"), 0, 1<<20)
+	nc, js := connectTest(t, e.ClientURL())
+	ctx := testContext(t)
+	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	filler := tmpfs.Fill(t, dir, 2<<20)
+	payload := []byte(strings.Repeat("x", 4096))
+	for i := 1; ; i++ {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := js.Publish(pctx, testSubject, payload, jetstream.WithMsgID("fill-"+msgID(i)))
+		cancel()
+		if err != nil {
+			break
+		}
+	}
+	waitFor(t, 10*time.Second, "the status to say the storage is full", func() bool {
+		return e.Status().JetStream == JetStreamStorageFull
+	})
+	stored := streamMsgs(t, js)
+
+	p := newTestPublisher(t, nc, js, 8192, WithAckTimeout(time.Minute), WithStream(DefaultStreamName))
+	if _, err := p.Publish(ctx, testSubject, "dropped", payload); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the server to be restarted and healthy", func() bool {
+		st := e.Status()
+		return st.Healthy && st.Restarts > 0
+	})
+	if err := WaitConnected(ctx, nc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Publish(ctx, testSubject, "after", payload); err == nil {
+		waitFor(t, 10*time.Second, "the Publisher to fail or the stream to grow", func() bool { return p.Err() != nil || streamMsgs(t, js) > stored })
+	}
+	if n := streamMsgs(t, js); n != stored {
+		t.Fatalf("the stream went from %d to %d messages: a message was stored after one that was dropped", stored, n)
+	}
+	if p.Err() == nil {
+		t.Fatal("the Publisher went on after the restart with a message in flight that JetStream had dropped")
+	}
 }
 
 // TestEmbeddedKeepsMaxStoreOnNearlyFullDisk restarts the server on a disk
@@ -228,11 +307,11 @@ func TestEmbeddedLowSpaceUnhealthy(t *testing.T) {
 }
 
 // TestEmbeddedRestartsDisabledJetStream: JetStream disabling itself (as
-// nats-server does on some write failures) is noticed and undone, with the
-// clients still connected and the stream's messages still there.
+// nats-server does on some write failures) is noticed and undone: clients
+// reconnect, and the stream's messages are still there.
 func TestEmbeddedRestartsDisabledJetStream(t *testing.T) {
 	e := startStorageServer(t, "127.0.0.1:-1", t.TempDir(), 0, -1)
-	_, js := connectTest(t, e.ClientURL())
+	nc, js := connectTest(t, e.ClientURL())
 	ctx := testContext(t)
 	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
 		t.Fatal(err)
@@ -249,6 +328,9 @@ func TestEmbeddedRestartsDisabledJetStream(t *testing.T) {
 	})
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	if err := WaitConnected(pctx, nc); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := js.Publish(pctx, testSubject, []byte("after"), jetstream.WithMsgID(msgID(2))); err != nil {
 		t.Fatalf("publish after the restart: %v", err)
 	}
