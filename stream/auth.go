@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -201,9 +202,24 @@ func (a ClientAuth) Options() ([]nats.Option, error) {
 	}
 	if a.CredsFile != "" {
 		n++
-		if _, err := os.Stat(a.CredsFile); err != nil {
+		// nats.go reads the file at each connection attempt and would
+		// retry a broken one forever: read it once here.
+		b, err := os.ReadFile(a.CredsFile)
+		if err != nil {
 			return nil, fmt.Errorf("read credentials: %w", err)
 		}
+		token, err := nkeys.ParseDecoratedJWT(b)
+		if err == nil {
+			_, err = jwt.DecodeUserClaims(token)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("credentials file %s: no user JWT: %w", a.CredsFile, err)
+		}
+		kp, err := nkeys.ParseDecoratedUserNKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("credentials file %s: no user seed: %w", a.CredsFile, err)
+		}
+		kp.Wipe()
 		opts = append(opts, nats.UserCredentials(a.CredsFile))
 	}
 	if n > 1 {

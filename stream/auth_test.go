@@ -311,6 +311,9 @@ func TestClientAuthOneWay(t *testing.T) {
 	if _, err := (ClientAuth{NKeyFile: filepath.Join(t.TempDir(), "missing")}).Options(); err == nil {
 		t.Fatal("a missing seed file was accepted")
 	}
+	if _, err := (ClientAuth{CredsFile: seed}).Options(); err == nil || !strings.Contains(err.Error(), "no user JWT") {
+		t.Fatalf("a seed file as credentials file: %v", err)
+	}
 	if pub, err := NKeyPublicKey(seed); err != nil || !strings.HasPrefix(pub, "U") {
 		t.Fatalf("NKeyPublicKey = %q, %v", pub, err)
 	}

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -42,14 +41,14 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 
 	url := cfg.NATSURL
 	if url == "" {
-		host, port, _ := net.SplitHostPort(cfg.NATSListen)
-		if host == "" || host == "0.0.0.0" || host == "::" {
-			host = "127.0.0.1"
-		}
-		url = "nats://" + net.JoinHostPort(host, port)
+		url = cfg.embeddedURL()
+	}
+	opts, err := cfg.natsOptions()
+	if err != nil {
+		return err
 	}
 	log := newLogger(cfg, os.Stderr)
-	nc, err := stream.Connect(ctx, url, "tablecast-tail", log)
+	nc, err := stream.Connect(ctx, url, "tablecast-tail", log, opts...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS %s: %w", url, err)
 	}
