@@ -133,8 +133,8 @@ func (m *storageMonitor) run() {
 	}
 }
 
-// check looks at the disk and JetStream once, restarts JetStream if it is
-// due, and publishes the status.
+// check looks at the disk and JetStream once, restarts the server if that
+// is due, and publishes the status.
 func (m *storageMonitor) check(now time.Time) {
 	e := m.e
 	free := freeSpace(e.cfg.StoreDir)
@@ -163,7 +163,7 @@ func (m *storageMonitor) check(now time.Time) {
 		}
 	case isOutOfSpace(problem) || !spaceBack:
 		st.JetStream = JetStreamStorageFull
-		st.Reasons = append(st.Reasons, fmt.Sprintf("JetStream storage full: %s; it restarts by itself once more than %s is free (%s now)",
+		st.Reasons = append(st.Reasons, fmt.Sprintf("JetStream storage full: %s; the embedded NATS restarts by itself once more than %s is free (%s now)",
 			problem, FormatBytes(e.cfg.MinFree), FormatBytes(max(free, 0))))
 	default:
 		st.JetStream = JetStreamUnavailable
@@ -241,7 +241,7 @@ func (m *storageMonitor) jetStreamProblem() string {
 func (m *storageMonitor) restart(problem string) {
 	e := m.e
 	m.restarts++
-	e.log.Warn("restarting the embedded NATS server: JetStream cannot store", "reason", problem, "attempt", m.restarts)
+	e.log.Warn("restarting the embedded NATS server: JetStream cannot store", "reason", problem, "restart", m.restarts)
 	old := e.Server()
 	old.Shutdown()
 	old.WaitForShutdown()

@@ -346,3 +346,25 @@ func TestFormatBytes(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkStorageCheck measures one check of the storage monitor (statfs,
+// JetStream's usage and health check), which runs once a second.
+func BenchmarkStorageCheck(b *testing.B) {
+	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: b.TempDir(), Logger: quietLogger(), CheckInterval: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(e.Shutdown)
+	_, js := connectTest(b, e.ClientURL())
+	if _, err := EnsureStream(testContext(b), js, StreamConfig{}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := OpenRegistry(testContext(b), js, "", 1); err != nil {
+		b.Fatal(err)
+	}
+	m := &storageMonitor{e: e}
+	b.ReportAllocs()
+	for b.Loop() {
+		m.check(time.Now())
+	}
+}
