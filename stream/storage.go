@@ -146,7 +146,11 @@ func (m *storageMonitor) check(now time.Time) {
 	spaceBack := free < 0 || free > e.cfg.MinFree
 
 	problem := m.jetStreamProblem()
-	if problem != "" && spaceBack && !now.Before(m.nextRestart) {
+	// A problem must be there on two checks in a row: a write error stays
+	// until JetStream restarts, while a JetStream caught between two states
+	// (disabled by someone who is about to enable it again) is not one.
+	confirmed := problem != "" && m.problem != ""
+	if confirmed && spaceBack && !now.Before(m.nextRestart) {
 		m.restart(problem)
 		problem = m.jetStreamProblem()
 		if problem == "" {
@@ -210,7 +214,11 @@ func (m *storageMonitor) check(now time.Time) {
 	e.statusMu.Unlock()
 }
 
-// jetStreamProblem returns why JetStream cannot store, or "".
+// jetStreamProblem returns why JetStream cannot store, or "": JetStream
+// disabled, or a stream that keeps a write error. The server's health check
+// reports other things too, such as a stream directory whose stream is not
+// registered yet (or any more) while a stream is created or deleted; those
+// pass by themselves and must not restart anything.
 func (m *storageMonitor) jetStreamProblem() string {
 	srv := m.e.Server()
 	if !srv.Running() {
@@ -220,18 +228,14 @@ func (m *storageMonitor) jetStreamProblem() string {
 		return "JetStream is disabled"
 	}
 	h := srv.Healthz(&server.HealthzOptions{Details: true})
-	if h == nil || h.StatusCode == 200 {
+	if h == nil {
 		return ""
 	}
 	var msgs []string
-	if h.Error != "" {
-		msgs = append(msgs, h.Error)
-	}
 	for _, he := range h.Errors {
-		msgs = append(msgs, he.Error)
-	}
-	if len(msgs) == 0 {
-		msgs = append(msgs, "health check status "+h.Status)
+		if he.Type == server.HealthzErrorStream && strings.Contains(he.Error, "write error") {
+			msgs = append(msgs, he.Error)
+		}
 	}
 	return strings.Join(msgs, "; ")
 }
