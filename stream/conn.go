@@ -2,6 +2,8 @@ package stream
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,8 +35,11 @@ const (
 // is logged to log (default: slog.Default()).
 //
 // The first dial is retried until ctx is done; then Connect returns an error
-// that wraps ctx.Err() and names the last dial error.
-func Connect(ctx context.Context, url, name string, log *slog.Logger) (*nats.Conn, error) {
+// that wraps ctx.Err() and names the last dial error. A refusal that
+// retrying cannot change (credentials refused, a server certificate that is
+// not trusted) ends the first dial at once with that error. opts come last,
+// such as credentials and TLS from [ClientAuth.Options].
+func Connect(ctx context.Context, url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -46,8 +51,9 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger) (*nats.Con
 	var (
 		mu      sync.Mutex
 		lastErr error
+		refused = make(chan error, 1) // the first permanent refusal
 	)
-	nc, err := nats.Connect(url,
+	nc, err := nats.Connect(url, append([]nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(reconnectWait),
@@ -71,6 +77,14 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger) (*nats.Con
 			mu.Lock()
 			lastErr = err
 			mu.Unlock()
+			if permanentRefusal(err) {
+				log.Warn("NATS refused the connection", slog.Any("error", err))
+				select {
+				case refused <- err:
+				default:
+				}
+				return
+			}
 			log.Debug("NATS connection attempt failed", slog.Any("error", err))
 		}),
 		nats.ClosedHandler(func(*nats.Conn) {
@@ -85,13 +99,25 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger) (*nats.Con
 			}
 			log.Warn("NATS asynchronous error", slog.Any("error", err))
 		}),
-	)
+	}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURLs(url), err)
 	}
 
-	if err := WaitConnected(ctx, nc); err != nil {
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case err := <-refused:
+			cancel(err)
+		case <-wctx.Done():
+		}
+	}()
+	if err := WaitConnected(wctx, nc); err != nil {
 		nc.Close()
+		if cause := context.Cause(wctx); ctx.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+			return nil, fmt.Errorf("connect to NATS at %s: %w", redactURLs(url), cause)
+		}
 		mu.Lock()
 		last := lastErr
 		mu.Unlock()
@@ -101,6 +127,22 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger) (*nats.Con
 		return nil, fmt.Errorf("connect to NATS at %s: %w (last attempt: %v)", redactURLs(url), err, last)
 	}
 	return nc, nil
+}
+
+// permanentRefusal reports whether err is a refusal that the same attempt
+// would meet again: credentials refused, or a server certificate that is
+// not trusted.
+func permanentRefusal(err error) bool {
+	var (
+		verify   *tls.CertificateVerificationError
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+	)
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
+		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired) ||
+		errors.Is(err, errPinMismatch) || errors.As(err, &verify) || errors.As(err, &unknown) ||
+		errors.As(err, &hostname) || errors.As(err, &invalid)
 }
 
 // WaitConnected returns once nc is connected, or with ctx.Err() when ctx

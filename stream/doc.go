@@ -22,7 +22,20 @@
 // cluster instead. Connect reconnects forever, logs every change of state,
 // and keeps no reconnect buffer, so a publish during a disconnect fails at
 // once rather than being sent, later, behind messages published after it.
+// It gives up at once on refused credentials or an untrusted certificate;
+// [ClientAuth] turns credentials and TLS settings into its options.
 // [EnsureStream] creates or updates the stream that holds "<prefix>.>".
+//
+// The embedded server's store is EmbeddedConfig.MaxStore on every start,
+// never a reading of the free disk. It watches its disk and JetStream
+// ([Embedded.Status]): below MinFree free it is unhealthy, and when JetStream
+// has stopped storing (a full disk: nats-server keeps the write error and
+// drops every later message unanswered) it restarts the whole server on the
+// same port and store once space is back, so that clients reconnect and no
+// publisher's messages straddle the restart (see storageMonitor).
+//
+// Off loopback it needs credentials ([EmbeddedAuth]): full users, and
+// read-only ones for backend services ([ReadOnlyPermissions]).
 //
 // # Publishing
 //
@@ -85,7 +98,7 @@
 // which is held only for a few field updates and never while calling into
 // nats.go; the send lock, when held, is always taken before it.
 //
-// The embedded server runs its own goroutines; [Embedded.Shutdown] stops them
-// and waits. Connect's handlers run on nats.go's callback goroutine and only
+// The embedded server runs its own goroutines, and one more that watches its
+// storage and restarts it; [Embedded.Shutdown] stops them and waits. Connect's handlers run on nats.go's callback goroutine and only
 // log.
 package stream

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,20 +33,58 @@ const embeddedMaxPayload = 8 << 20
 type EmbeddedConfig struct {
 	// Listen is the host:port on which the server accepts client connections,
 	// so that backend services can connect. A port of 0 or -1 picks a random
-	// free port (tests). Default (empty): DefaultListen, "127.0.0.1:4222".
+	// free port (tests). Anything but a loopback address needs Auth.
+	// Default (empty): DefaultListen, "127.0.0.1:4222".
 	Listen string
 	// StoreDir is the directory of JetStream's file storage; it is created if
 	// missing. Required: there is no default here (the configuration layer
 	// supplies ./data).
 	StoreDir string
+	// MaxStore is the most JetStream may store on disk, in bytes. It is this
+	// number on every start: nats-server, given none, takes three quarters of
+	// the disk space free at that moment, so that a restart on a nearly full
+	// disk would give it a store smaller than what it already holds.
+	// Default (0): DefaultMaxStore, 8 GiB.
+	MaxStore int64
+	// MinFree is the free space, in bytes, on StoreDir's file system below
+	// which Status is unhealthy; once JetStream has stopped storing because
+	// its disk filled, it is restarted when more than this is free again.
+	// Default (0): DefaultMinFree, 256 MiB; negative: no minimum (JetStream
+	// is restarted as soon as anything is free).
+	MinFree int64
+	// CheckInterval is how often the free space and JetStream's state are
+	// checked. Default (0): 1s.
+	CheckInterval time.Duration
+	// Auth says who may connect and what they may do. Default (zero value):
+	// anyone may do anything, which StartEmbedded refuses unless Listen is a
+	// loopback address.
+	Auth EmbeddedAuth
+	// TLSCert and TLSKey are PEM files of the certificate (with its chain)
+	// and key the server presents; with them, clients must use TLS.
+	// Default (empty): no TLS.
+	TLSCert, TLSKey string
 	// Logger receives the server's notices, warnings and errors; its debug and
 	// trace output is dropped. Default (nil): slog.Default().
 	Logger *slog.Logger
 }
 
-// Embedded is a NATS server with JetStream running inside this process.
+// Embedded is a NATS server with JetStream running inside this process. It
+// watches its own storage, and restarts itself when JetStream has stopped
+// storing: see Status.
 type Embedded struct {
-	srv *server.Server
+	opts *server.Options // what the server is started with (port fixed after the first start)
+	cfg  EmbeddedConfig
+	log  *slog.Logger
+
+	srvMu sync.RWMutex
+	srv   *server.Server // the current server; replaced by a restart
+
+	statusMu sync.Mutex
+	status   StorageStatus
+
+	stopOnce sync.Once
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 // AddrInUseError is returned by StartEmbedded when another process already
@@ -73,12 +112,42 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MaxStore == 0 {
+		cfg.MaxStore = DefaultMaxStore
+	}
+	switch {
+	case cfg.MinFree == 0:
+		cfg.MinFree = DefaultMinFree
+	case cfg.MinFree < 0:
+		cfg.MinFree = 0
+	}
+	if cfg.CheckInterval <= 0 {
+		cfg.CheckInterval = defaultCheckInterval
+	}
 	host, port, err := parseListen(cfg.Listen)
 	if err != nil {
 		return nil, err
 	}
 	if cfg.StoreDir == "" {
 		return nil, errors.New("embedded NATS: StoreDir is empty; JetStream needs a directory for its files")
+	}
+	if cfg.MaxStore < 0 {
+		return nil, fmt.Errorf("embedded NATS: MaxStore %d: must be positive", cfg.MaxStore)
+	}
+	if !cfg.Auth.enabled() && !IsLoopback(cfg.Listen) {
+		return nil, fmt.Errorf("embedded NATS: listen address %s is not a loopback address and no credentials are configured: anyone who reaches it could read every event and store forged ones", cfg.Listen)
+	}
+	users, nkeys, err := cfg.Auth.serverUsers()
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	var tlsConfig *tls.Config
+	if cfg.TLSCert != "" || cfg.TLSKey != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("embedded NATS: load TLS certificate: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	if err := os.MkdirAll(cfg.StoreDir, 0o750); err != nil {
 		return nil, fmt.Errorf("embedded NATS: create store directory: %w", err)
@@ -102,25 +171,29 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		Port:       port,
 		JetStream:  true,
 		StoreDir:   cfg.StoreDir,
-		NoSigs:     true,
+		// Always the configured size, never the free space of the moment.
+		JetStreamMaxStore: cfg.MaxStore,
+		NoSigs:            true,
 		// A row change is one message, and a row with large values can
 		// exceed NATS's default of 1 MB; 8 MB is the largest payload NATS
 		// recommends.
 		MaxPayload: embeddedMaxPayload,
 		// Logging goes through SetLoggerV2 below, not the server's own setup.
-		NoLog: true,
+		NoLog:         true,
+		Users:         users,
+		Nkeys:         nkeys,
+		Authorization: cfg.Auth.Token,
 	}
-	srv, err := server.NewServer(opts)
+	if tlsConfig != nil {
+		opts.TLS = true
+		opts.TLSConfig = tlsConfig
+		// The server's default of two seconds is tight for a TLS
+		// handshake on a busy machine, or many clients reconnecting at once.
+		opts.TLSTimeout = 5
+	}
+	e := &Embedded{opts: opts, cfg: cfg, log: cfg.Logger, stop: make(chan struct{}), done: make(chan struct{})}
+	srv, err := e.startServer()
 	if err != nil {
-		return nil, fmt.Errorf("embedded NATS: %w", err)
-	}
-	sl := &serverLogger{log: cfg.Logger, fatal: make(chan struct{})}
-	srv.SetLoggerV2(sl, false, false, false)
-	srv.Start()
-
-	if err := waitReady(srv, sl, embeddedReadyTimeout); err != nil {
-		srv.Shutdown()
-		srv.WaitForShutdown()
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, listenError(net.JoinHostPort(host, strconv.Itoa(port)), err)
 		}
@@ -131,7 +204,36 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		srv.WaitForShutdown()
 		return nil, errors.New("embedded NATS: JetStream did not start (see the server's log)")
 	}
-	return &Embedded{srv: srv}, nil
+	// A restart listens on the same port, also when it was picked at random.
+	if a, ok := srv.Addr().(*net.TCPAddr); ok {
+		e.opts.Port = a.Port
+	}
+	e.srv = srv
+	m := &storageMonitor{e: e}
+	m.check(time.Now())
+	go m.run()
+	return e, nil
+}
+
+// startServer starts a server with e.opts and returns once it accepts
+// clients. nats-server enables JetStream before it accepts clients, so no
+// client ever sees the server without it (unless JetStream fails to start).
+func (e *Embedded) startServer() (*server.Server, error) {
+	// The server keeps the options it is given; a restart needs them
+	// untouched.
+	srv, err := server.NewServer(e.opts.Clone())
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	sl := &serverLogger{log: e.log, fatal: make(chan struct{})}
+	srv.SetLoggerV2(sl, false, false, false)
+	srv.Start()
+	if err := waitReady(srv, sl, embeddedReadyTimeout); err != nil {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, err
+	}
+	return srv, nil
 }
 
 // waitReady polls the server until it accepts clients, giving up at once if
@@ -172,6 +274,20 @@ func parseListen(listen string) (host string, port int, err error) {
 	return host, port, nil
 }
 
+// IsLoopback reports whether addr (host:port) listens on loopback only: an
+// empty host or 0.0.0.0 listens everywhere.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 func listenError(addr string, err error) error {
 	if errors.Is(err, syscall.EADDRINUSE) {
 		return &AddrInUseError{Addr: addr, Err: err}
@@ -180,17 +296,26 @@ func listenError(addr string, err error) error {
 }
 
 // ClientURL returns the URL clients use to connect, such as
-// "nats://127.0.0.1:4222".
-func (e *Embedded) ClientURL() string { return e.srv.ClientURL() }
+// "nats://127.0.0.1:4222" ("tls://…" when the server requires TLS). It is
+// the same after a restart.
+func (e *Embedded) ClientURL() string { return e.Server().ClientURL() }
 
-// Server returns the underlying server, for tests and advanced use.
-func (e *Embedded) Server() *server.Server { return e.srv }
+// Server returns the underlying server, for tests and advanced use. A
+// restart (see Status) replaces it.
+func (e *Embedded) Server() *server.Server {
+	e.srvMu.RLock()
+	defer e.srvMu.RUnlock()
+	return e.srv
+}
 
 // Shutdown stops the server gracefully: JetStream flushes its stores, clients
 // are disconnected, and Shutdown returns when everything has stopped.
 func (e *Embedded) Shutdown() {
-	e.srv.Shutdown()
-	e.srv.WaitForShutdown()
+	e.stopOnce.Do(func() { close(e.stop) })
+	<-e.done
+	srv := e.Server()
+	srv.Shutdown()
+	srv.WaitForShutdown()
 }
 
 // serverLogger bridges the server.Logger interface to slog. Notices go to

@@ -27,6 +27,14 @@ const (
 	DefaultDuplicateWindow = 30 * time.Second
 )
 
+// StreamBytesFor is the default size limit of the event stream in a store
+// of maxStore bytes: three quarters of it. The stream then always fits, with
+// a quarter left for the key-value buckets, consumers' state, the blocks the
+// stream has not reclaimed yet, and streams that backend services create.
+// JetStream reserves a stream's MaxBytes in the store when it creates the
+// stream, and refuses one that does not fit.
+func StreamBytesFor(maxStore int64) int64 { return maxStore / 4 * 3 }
+
 // StreamConfig describes the one JetStream stream that holds every subject
 // under the prefix: row changes and custom topics.
 type StreamConfig struct {

@@ -38,14 +38,28 @@ type Config struct {
 	Slot        string   `envconfig:"SLOT" default:"tablecast" desc:"logical replication slot; created if missing"`
 
 	NATSURL       string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty runs an embedded NATS with JetStream"`
-	NATSListen    string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"where the embedded NATS listens, so backend services can connect"`
+	NATSListen    string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"where the embedded NATS listens, so backend services can connect; off loopback it needs credentials"`
 	DataDir       string `envconfig:"DATA_DIR" default:"./data" desc:"where the embedded NATS keeps its JetStream files"`
+	NATSMaxStore  int64  `envconfig:"NATS_MAX_STORE" default:"8589934592" desc:"bytes the embedded NATS's JetStream may store (8 GiB), the same on every start, never sized from the free disk"`
+	NATSMinFree   int64  `envconfig:"NATS_MIN_FREE" default:"268435456" desc:"free bytes on TABLECAST_DATA_DIR's disk below which /healthz is unhealthy (256 MiB); a JetStream stopped by a full disk restarts once more is free; 0: no minimum"`
 	SubjectPrefix string `envconfig:"SUBJECT_PREFIX" default:"tablecast" desc:"first token of every subject"`
+
+	NATSUser         string   `envconfig:"NATS_USER" desc:"user tablecast signs in to NATS as, with TABLECAST_NATS_PASSWORD; the embedded NATS gives it every permission"`
+	NATSPassword     string   `envconfig:"NATS_PASSWORD" desc:"password of TABLECAST_NATS_USER"`
+	NATSToken        string   `envconfig:"NATS_TOKEN" desc:"token tablecast signs in to NATS with; the embedded NATS gives it every permission"`
+	NATSNKey         string   `envconfig:"NATS_NKEY" desc:"file holding the user nkey seed (SU…) tablecast signs in to NATS with; the embedded NATS gives its public key every permission"`
+	NATSCreds        string   `envconfig:"NATS_CREDS" desc:"NATS credentials file (user JWT and seed) for an external TABLECAST_NATS_URL in operator mode"`
+	NATSReadUser     string   `envconfig:"NATS_READ_USER" desc:"a user of the embedded NATS that may only read events (subscribe, JetStream consumers), with TABLECAST_NATS_READ_PASSWORD: for backend services"`
+	NATSReadPassword string   `envconfig:"NATS_READ_PASSWORD" desc:"password of TABLECAST_NATS_READ_USER"`
+	NATSReadNKeys    []string `envconfig:"NATS_READ_NKEYS" desc:"public user nkeys (U…), comma-separated, that may only read from the embedded NATS"`
+	NATSTLSCert      string   `envconfig:"NATS_TLS_CERT" desc:"certificate file (PEM, with its chain) the embedded NATS serves TLS with, with TABLECAST_NATS_TLS_KEY; clients must then use TLS"`
+	NATSTLSKey       string   `envconfig:"NATS_TLS_KEY" desc:"private key file (PEM) of TABLECAST_NATS_TLS_CERT"`
+	NATSTLSCA        string   `envconfig:"NATS_TLS_CA" desc:"CA certificates (PEM) that sign an external NATS's certificate, when the system does not trust it"`
 
 	Stream          string        `envconfig:"STREAM" default:"TABLECAST" desc:"JetStream stream that holds every event"`
 	DuplicateWindow time.Duration `envconfig:"DUPLICATE_WINDOW" default:"30s" desc:"JetStream duplicate window: a message whose Nats-Msg-Id was stored within it is dropped (the reader skips older repeats itself)"`
-	StreamMaxAge    time.Duration `envconfig:"STREAM_MAX_AGE" default:"0" desc:"how long the stream keeps events; 0 keeps them until STREAM_MAX_BYTES"`
-	StreamMaxBytes  int64         `envconfig:"STREAM_MAX_BYTES" default:"-1" desc:"size limit of the stream in bytes, oldest events dropped first; -1 for none"`
+	StreamMaxAge    time.Duration `envconfig:"STREAM_MAX_AGE" default:"168h" desc:"how long the stream keeps events (7 days); 0 keeps them until STREAM_MAX_BYTES"`
+	StreamMaxBytes  int64         `envconfig:"STREAM_MAX_BYTES" desc:"size limit of the stream in bytes, oldest events dropped first; unset: three quarters of TABLECAST_NATS_MAX_STORE (6 GiB); -1: none (external NATS only)"`
 	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"stream replicas in a NATS cluster"`
 	MaxInFlight     int           `envconfig:"MAX_IN_FLIGHT" default:"8192" desc:"events published but not yet acknowledged by JetStream, at most"`
 	MaxEventBytes   int           `envconfig:"MAX_EVENT_BYTES" default:"67108864" desc:"largest event published whole; one larger than NATS's max payload goes to the TABLECAST_PAYLOADS object store with a claim in the stream, one larger than this is published without its rows and dead-lettered"`
@@ -103,6 +117,9 @@ func loadConfig() (Config, error) {
 		// checkSyntax parses what envconfig parses, so this is not expected.
 		return c, fmt.Errorf("read environment: %w", err)
 	}
+	if _, set := os.LookupEnv(envPrefix + "_STREAM_MAX_BYTES"); !set {
+		c.StreamMaxBytes = stream.StreamBytesFor(c.NATSMaxStore)
+	}
 	var errs []error
 	if c.DatabaseURL != "" {
 		if err := checkDatabaseURL(c.DatabaseURL); err != nil {
@@ -124,9 +141,6 @@ func loadConfig() (Config, error) {
 	if c.StreamMaxAge < 0 {
 		errs = append(errs, fmt.Errorf("TABLECAST_STREAM_MAX_AGE %s: must be positive, or 0 for no age limit", c.StreamMaxAge))
 	}
-	if c.StreamMaxBytes == 0 || c.StreamMaxBytes < -1 {
-		errs = append(errs, fmt.Errorf("TABLECAST_STREAM_MAX_BYTES %d: must be positive, or -1 for no size limit", c.StreamMaxBytes))
-	}
 	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
 		errs = append(errs, fmt.Errorf("TABLECAST_STREAM_REPLICAS %d: must be between 1 and 5", c.StreamReplicas))
 	}
@@ -143,6 +157,7 @@ func loadConfig() (Config, error) {
 			errs = append(errs, errors.New("TABLECAST_DATA_DIR is empty: the embedded NATS needs a directory"))
 		}
 	}
+	errs = append(errs, c.checkNATS()...)
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		errs = append(errs, fmt.Errorf("TABLECAST_HTTP_ADDR %q: %w", c.HTTPAddr, err))
 	}

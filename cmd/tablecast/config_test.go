@@ -34,7 +34,7 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		{map[string]string{"TABLECAST_STALL_LAG_BYTES": "-1"}, []string{"TABLECAST_STALL_LAG_BYTES -1: must be positive"}},
 		{map[string]string{"TABLECAST_HEARTBEAT_INTERVAL": "-10s"}, []string{"TABLECAST_HEARTBEAT_INTERVAL -10s: must be positive, or 0"}},
 		{map[string]string{"TABLECAST_STREAM_MAX_AGE": "-1h"}, []string{"TABLECAST_STREAM_MAX_AGE -1h0m0s: must be positive"}},
-		{map[string]string{"TABLECAST_STREAM_MAX_BYTES": "0"}, []string{"TABLECAST_STREAM_MAX_BYTES 0: must be positive, or -1"}},
+		{map[string]string{"TABLECAST_STREAM_MAX_BYTES": "0"}, []string{"TABLECAST_STREAM_MAX_BYTES 0: must be positive"}},
 		{map[string]string{"TABLECAST_STREAM_REPLICAS": "7"}, []string{"TABLECAST_STREAM_REPLICAS 7: must be between 1 and 5"}},
 		{map[string]string{"TABLECAST_DUPLICATE_WINDOW": "10ms"}, []string{"TABLECAST_DUPLICATE_WINDOW 10ms: must be at least 100ms"}},
 		{map[string]string{"TABLECAST_DUPLICATE_WINDOW": "2h", "TABLECAST_STREAM_MAX_AGE": "1h"}, []string{"must not exceed TABLECAST_STREAM_MAX_AGE"}},

@@ -62,7 +62,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		}
 	}
 
-	nc, js, closeNATS, err := connectNATS(ctx, cfg, log)
+	nc, js, emb, closeNATS, err := connectNATS(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -70,6 +70,9 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if emb != nil {
+		registerEmbeddedMetrics(reg, emb)
+	}
 	var reader *cdc.Reader
 	if withReader {
 		if reader, err = cdc.New(cfg.cdcConfig(), nc, js, cfg.SubjectPrefix, log, reg); err != nil {
@@ -96,10 +99,20 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		if reader != nil {
 			rh := reader.Health()
 			h.Reader, h.Healthy = &rh, rh.Healthy
+			h.Reasons = append(h.Reasons, rh.Reasons...)
 		}
 		if gw != nil {
 			h.Gateway = &gatewayHealth{Ready: gw.Ready(), Connections: gw.Connections(), NATS: nc.IsConnected()}
 			h.Healthy = h.Healthy && nc.IsConnected()
+			if !nc.IsConnected() {
+				h.Reasons = append(h.Reasons, "gateway: not connected to NATS")
+			}
+		}
+		if emb != nil {
+			st := emb.Status()
+			h.NATS = &st
+			h.Healthy = h.Healthy && st.Healthy
+			h.Reasons = append(h.Reasons, st.Reasons...)
 		}
 		writeJSON(w, h.Healthy, h)
 	})
@@ -201,11 +214,14 @@ func serveHTTP(srv *http.Server, ln net.Listener, c Config) error {
 	return srv.Serve(connlimit.NewListener(ln, c.HTTPMaxUnauthPerAddr))
 }
 
-// health is the body of /healthz.
+// health is the body of /healthz. Reasons gathers the reasons of every
+// part.
 type health struct {
-	Healthy bool           `json:"healthy"`
-	Reader  *cdc.Health    `json:"reader,omitempty"`
-	Gateway *gatewayHealth `json:"gateway,omitempty"`
+	Healthy bool                  `json:"healthy"`
+	Reasons []string              `json:"reasons,omitempty"`
+	Reader  *cdc.Health           `json:"reader,omitempty"`
+	Gateway *gatewayHealth        `json:"gateway,omitempty"`
+	NATS    *stream.StorageStatus `json:"nats,omitempty"`
 }
 
 type gatewayHealth struct {
@@ -223,39 +239,51 @@ func writeJSON(w http.ResponseWriter, ok bool, v any) {
 }
 
 // connectNATS starts the embedded server when no URL is configured, connects
-// to it (or to the configured servers) and provisions the stream.
-func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (*nats.Conn, jetstream.JetStream, func(), error) {
+// to it (or to the configured servers) with tablecast's credentials, and
+// provisions the stream. emb is nil with an external NATS.
+func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Conn, js jetstream.JetStream, emb *stream.Embedded, closeNATS func(), err error) {
+	opts, err := cfg.natsOptions()
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
 	url := cfg.NATSURL
-	var emb *stream.Embedded
 	if url == "" {
-		var err error
-		emb, err = stream.StartEmbedded(stream.EmbeddedConfig{Listen: cfg.NATSListen, StoreDir: cfg.DataDir, Logger: log.With("component", "nats")})
+		ecfg, err := cfg.embeddedConfig(log.With("component", "nats"))
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("start embedded NATS: %w", err)
+			return nil, nil, nil, nil, err
+		}
+		emb, err = stream.StartEmbedded(ecfg)
+		if err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("start embedded NATS: %w", err)
 		}
 		url = emb.ClientURL()
-		log.Info("embedded NATS listening", "url", url, "data_dir", cfg.DataDir)
+		st := emb.Status()
+		log.Info("embedded NATS listening", "url", url, "data_dir", cfg.DataDir,
+			"max_store_bytes", st.StoreMaxBytes, "free_bytes", st.FreeBytes,
+			"auth", cfg.natsCredentials(), "tls", cfg.NATSTLSCert != "")
 	}
 	closeAll := func() {
 		if emb != nil {
 			emb.Shutdown()
 		}
 	}
-	nc, err := stream.Connect(ctx, url, "tablecast", log)
+	nc, err = stream.Connect(ctx, url, "tablecast", log, opts...)
 	if err != nil {
 		closeAll()
-		return nil, nil, nil, fmt.Errorf("connect to NATS %s: %w", url, err)
+		return nil, nil, nil, nil, fmt.Errorf("connect to NATS %s: %w", url, err)
 	}
-	js, err := jetstream.New(nc)
+	js, err = jetstream.New(nc)
 	if err != nil {
 		nc.Close()
 		closeAll()
-		return nil, nil, nil, fmt.Errorf("open JetStream: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("open JetStream: %w", err)
 	}
-	if _, err := stream.EnsureStream(ctx, js, cfg.streamConfig()); err != nil {
+	scfg := cfg.streamConfig()
+	if _, err := stream.EnsureStream(ctx, js, scfg); err != nil {
 		nc.Close()
 		closeAll()
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, fmt.Errorf("%w (retention: TABLECAST_STREAM_MAX_AGE %s, TABLECAST_STREAM_MAX_BYTES %d)", err, scfg.MaxAge, scfg.MaxBytes)
 	}
-	return nc, js, func() { nc.Close(); closeAll() }, nil
+	log.Info("stream ready", "stream", cfg.Stream, "max_age", scfg.MaxAge, "max_bytes", scfg.MaxBytes)
+	return nc, js, emb, func() { nc.Close(); closeAll() }, nil
 }

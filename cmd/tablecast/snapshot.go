@@ -24,10 +24,14 @@ func snapshotCmd(ctx context.Context, cfg Config, args []string, out io.Writer) 
 	if len(args) != 1 {
 		return usageError{"snapshot: name one table (usage: tablecast snapshot schema.table)"}
 	}
-	url := natsClientURL(cfg)
+	url := cfg.clientURL()
+	opts, err := cfg.natsOptions()
+	if err != nil {
+		return err
+	}
 	cctx, cancel := context.WithTimeout(ctx, snapshotConnectTimeout)
 	defer cancel()
-	nc, err := stream.Connect(cctx, url, "tablecast-snapshot", newLogger(cfg, os.Stderr))
+	nc, err := stream.Connect(cctx, url, "tablecast-snapshot", newLogger(cfg, os.Stderr), opts...)
 	if err != nil {
 		return fmt.Errorf("%w (set TABLECAST_NATS_URL to the NATS the reader publishes to)", err)
 	}

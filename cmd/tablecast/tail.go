@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"slices"
 	"strings"
@@ -47,9 +46,13 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 		return usageError{"tail: at most one table (usage: tablecast tail [--all] [-n N] [schema.table])"}
 	}
 
-	url := natsClientURL(cfg)
+	url := cfg.clientURL()
+	opts, err := cfg.natsOptions()
+	if err != nil {
+		return err
+	}
 	log := newLogger(cfg, os.Stderr)
-	nc, err := stream.Connect(ctx, url, "tablecast-tail", log)
+	nc, err := stream.Connect(ctx, url, "tablecast-tail", log, opts...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS %s: %w", url, err)
 	}
@@ -153,18 +156,4 @@ func checkStreamed(ctx context.Context, js jetstream.JetStream, schemaName, tabl
 // <prefix>.topic.<name>, whose messages are the application's own JSON.
 func isChangeSubject(prefix, subject string) bool {
 	return len(subject) > len(prefix) && strings.Count(subject[len(prefix)+1:], ".") == 3
-}
-
-// natsClientURL is the NATS a client command (tail, snapshot) connects to:
-// TABLECAST_NATS_URL, or the embedded NATS of a running tablecast, at
-// TABLECAST_NATS_LISTEN.
-func natsClientURL(cfg Config) string {
-	if cfg.NATSURL != "" {
-		return cfg.NATSURL
-	}
-	host, port, _ := net.SplitHostPort(cfg.NATSListen)
-	if host == "" || host == "0.0.0.0" || host == "::" {
-		host = "127.0.0.1"
-	}
-	return "nats://" + net.JoinHostPort(host, port)
 }

@@ -1,0 +1,388 @@
+package stream
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+)
+
+// connectAs connects with opts, failing the test if that fails; asyncErrs
+// receives the connection's asynchronous errors (permission violations).
+func connectAs(t *testing.T, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream, <-chan error) {
+	t.Helper()
+	errs := make(chan error, 100)
+	opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := Connect(ctx, url, "auth-test", quietLogger(), opts...)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js, errs
+}
+
+// refused checks that connecting with opts fails at once, with an error
+// that says why, rather than retrying until the context ends.
+func refused(t *testing.T, url, want string, opts ...nats.Option) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	nc, err := Connect(ctx, url, "auth-test", quietLogger(), opts...)
+	if err == nil {
+		nc.Close()
+		t.Fatalf("connected; want refused with %q", want)
+	}
+	if !strings.Contains(strings.ToLower(err.Error()), strings.ToLower(want)) || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("refused with %v after %s; want at once, with %q", err, time.Since(start).Round(time.Millisecond), want)
+	}
+}
+
+func clientOpts(t *testing.T, a ClientAuth) []nats.Option {
+	t.Helper()
+	opts, err := a.Options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return opts
+}
+
+func TestEmbeddedRefusesAnonymousOffLoopback(t *testing.T) {
+	e, err := StartEmbedded(EmbeddedConfig{Listen: "0.0.0.0:-1", StoreDir: t.TempDir(), Logger: quietLogger()})
+	if err == nil {
+		e.Shutdown()
+		t.Fatal("started on 0.0.0.0 without credentials")
+	}
+	if !strings.Contains(err.Error(), "not a loopback address and no credentials are configured") {
+		t.Fatalf("error %q does not say why", err)
+	}
+	e, err = StartEmbedded(EmbeddedConfig{Listen: "0.0.0.0:-1", StoreDir: t.TempDir(), Logger: quietLogger(),
+		Auth: EmbeddedAuth{User: "tc", Password: "secret"}})
+	if err != nil {
+		t.Fatalf("with credentials: %v", err)
+	}
+	e.Shutdown()
+}
+
+// TestEmbeddedAuthentication: with credentials configured, a client without
+// them, or with wrong ones, is refused at once; the full user, the token
+// and the full nkey may publish into the stream.
+func TestEmbeddedAuthentication(t *testing.T) {
+	full, fullSeed := newUserKey(t)
+	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Logger: quietLogger(),
+		Auth: EmbeddedAuth{User: "tc", Password: "secret", Token: "a-token", NKeys: []string{full}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	url := e.ClientURL()
+
+	refused(t, url, "authorization violation")
+	refused(t, url, "authorization violation", clientOpts(t, ClientAuth{User: "tc", Password: "wrong"})...)
+	refused(t, url, "authorization violation", clientOpts(t, ClientAuth{Token: "wrong"})...)
+	_, otherSeed := newUserKey(t)
+	refused(t, url, "authorization violation", clientOpts(t, ClientAuth{NKeyFile: otherSeed})...)
+
+	for i, a := range []ClientAuth{{User: "tc", Password: "secret"}, {Token: "a-token"}, {NKeyFile: fullSeed}} {
+		_, js, _ := connectAs(t, url, clientOpts(t, a)...)
+		ctx := testContext(t)
+		if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
+			t.Fatalf("%+v: %v", a, err)
+		}
+		if _, err := js.Publish(ctx, testSubject, []byte("x"), jetstream.WithMsgID(msgID(i+1))); err != nil {
+			t.Fatalf("%+v: publish: %v", a, err)
+		}
+	}
+}
+
+// TestEmbeddedReadOnlyUser: the read-only user and nkey read events live
+// and through JetStream consumers, and read the schema registry, but
+// cannot store anything in the stream by any of the ways tried: publishing
+// into it, having a consumer of another stream deliver into it, or
+// changing the stream; nor can they listen on tablecast's own inboxes.
+func TestEmbeddedReadOnlyUser(t *testing.T) {
+	readKey, readSeed := newUserKey(t)
+	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Logger: quietLogger(),
+		Auth: EmbeddedAuth{User: "tc", Password: "secret", ReadUser: "reader", ReadPassword: "read-secret", ReadNKeys: []string{readKey}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	url := e.ClientURL()
+	_, js, _ := connectAs(t, url, clientOpts(t, ClientAuth{User: "tc", Password: "secret", InboxPrefix: InboxPrefix})...)
+	ctx := testContext(t)
+	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := OpenRegistry(ctx, js, "", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.kv.Put(ctx, "shop.public.orders", []byte(`{"columns":[]}`)); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	publish := func() {
+		t.Helper()
+		n++
+		if _, err := js.Publish(ctx, testSubject, []byte("real"), jetstream.WithMsgID(msgID(n))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish()
+
+	for _, reader := range []ClientAuth{{User: "reader", Password: "read-secret"}, {NKeyFile: readSeed}} {
+		rnc, rjs, asyncErrs := connectAs(t, url, clientOpts(t, reader)...)
+
+		// Live events.
+		sub, err := rnc.SubscribeSync("tablecast.>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rnc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		publish()
+		if m, err := sub.NextMsg(5 * time.Second); err != nil || string(m.Data) != "real" {
+			t.Fatalf("%+v: live event: %v", reader, err)
+		}
+
+		// A durable consumer, fetched and acknowledged.
+		cons, err := rjs.CreateOrUpdateConsumer(ctx, DefaultStreamName, jetstream.ConsumerConfig{
+			Durable: "billing-" + reader.User, AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "tablecast.>"})
+		if err != nil {
+			t.Fatalf("%+v: create consumer: %v", reader, err)
+		}
+		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			if err := m.Ack(); err != nil {
+				t.Fatalf("ack: %v", err)
+			}
+			got++
+		}
+		if got != n {
+			t.Fatalf("%+v: fetched %d events, want %d", reader, got, n)
+		}
+		// The schema registry, by key.
+		kv, err := rjs.KeyValue(ctx, DefaultSchemaBucket)
+		if err != nil {
+			t.Fatalf("%+v: open schema registry: %v", reader, err)
+		}
+		if _, err := kv.Get(ctx, "shop.public.orders"); err != nil {
+			t.Fatalf("%+v: read schema: %v", reader, err)
+		}
+
+		// Forgeries: none may store anything.
+		before := streamMsgs(t, js)
+		_ = rnc.Publish("tablecast.shop.public.orders.create", []byte(`{"forged":true}`))
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if _, err := rjs.Publish(pctx, "tablecast.shop.public.orders.create", []byte(`{"forged":true}`)); err == nil {
+			t.Fatalf("%+v: a JetStream publish into the stream was acknowledged", reader)
+		}
+		cancel()
+		// A push consumer of the bucket delivering into the stream's subjects,
+		// with the read user's own subscription there to make it deliver.
+		push := `{"stream_name":"KV_TABLECAST_SCHEMAS","config":{"deliver_subject":"tablecast.shop.public.orders.create","deliver_policy":"all","ack_policy":"none"}}`
+		if _, err := rnc.Request("$JS.API.CONSUMER.CREATE.KV_TABLECAST_SCHEMAS", []byte(push), time.Second); err == nil {
+			t.Fatalf("%+v: created a consumer on the schema bucket", reader)
+		}
+		stm, err := rjs.Stream(ctx, DefaultStreamName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Refused requests get no answer: give each a second.
+		for what, try := range map[string]func(context.Context) error{
+			"purged the stream":         func(ctx context.Context) error { return stm.Purge(ctx) },
+			"deleted a message":         func(ctx context.Context) error { return stm.DeleteMsg(ctx, 1) },
+			"deleted the stream":        func(ctx context.Context) error { return rjs.DeleteStream(ctx, DefaultStreamName) },
+			"wrote the schema registry": func(ctx context.Context) error { _, err := kv.Put(ctx, "shop.public.orders", []byte(`{}`)); return err },
+			"changed the stream": func(ctx context.Context) error {
+				_, err := rjs.UpdateStream(ctx, jetstream.StreamConfig{Name: DefaultStreamName, Subjects: []string{"tablecast.>"}, MaxMsgs: 1})
+				return err
+			},
+		} {
+			tctx, cancel := context.WithTimeout(ctx, time.Second)
+			err := try(tctx)
+			cancel()
+			if err == nil {
+				t.Fatalf("%+v: %s", reader, what)
+			}
+		}
+		if _, err := rnc.SubscribeSync(InboxPrefix + ".>"); err != nil {
+			t.Fatal(err)
+		}
+		_ = rnc.Flush()
+		time.Sleep(500 * time.Millisecond) // let a stored forgery and the server's answers arrive
+		if after := streamMsgs(t, js); after != before {
+			t.Fatalf("%+v: the stream went from %d to %d messages", reader, before, after)
+		}
+		violations := map[string]bool{}
+	drain:
+		for {
+			select {
+			case err := <-asyncErrs:
+				violations[err.Error()] = true
+			default:
+				break drain
+			}
+		}
+		var subViolation bool
+		for v := range violations {
+			subViolation = subViolation || strings.Contains(v, "Subscription to \""+InboxPrefix)
+		}
+		if !subViolation {
+			t.Fatalf("%+v: subscribing to tablecast's inboxes was not refused (errors: %v)", reader, violations)
+		}
+	}
+}
+
+func streamMsgs(t *testing.T, js jetstream.JetStream) uint64 {
+	t.Helper()
+	s, err := js.Stream(testContext(t), DefaultStreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// TestEmbeddedTLS: with a certificate, clients must use TLS; tablecast's
+// own clients accept exactly that certificate, whatever names it carries.
+// A client that does not trust it, or expects another, is refused at once.
+func TestEmbeddedTLS(t *testing.T) {
+	cert, key := selfSignedCert(t, "nats.example.com")
+	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Logger: quietLogger(),
+		TLSCert: cert, TLSKey: key, Auth: EmbeddedAuth{User: "tc", Password: "secret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	url := e.ClientURL()
+	if !strings.HasPrefix(url, "tls://") {
+		t.Fatalf("ClientURL %q is not tls://", url)
+	}
+	_, js, _ := connectAs(t, url, clientOpts(t, ClientAuth{User: "tc", Password: "secret", PinnedCertFile: cert})...)
+	if _, err := EnsureStream(testContext(t), js, StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	refused(t, url, "certificate", clientOpts(t, ClientAuth{User: "tc", Password: "secret"})...)
+	other, _ := selfSignedCert(t, "nats.example.com")
+	refused(t, url, "a certificate other than the one configured", clientOpts(t, ClientAuth{User: "tc", Password: "secret", PinnedCertFile: other})...)
+	refused(t, "nats://"+strings.TrimPrefix(url, "tls://"), "certificate")
+}
+
+func TestClientAuthOneWay(t *testing.T) {
+	_, seed := newUserKey(t)
+	if _, err := (ClientAuth{User: "u", Password: "p", NKeyFile: seed}).Options(); err == nil || !strings.Contains(err.Error(), "choose one") {
+		t.Fatalf("two ways of signing in: %v", err)
+	}
+	if _, err := (ClientAuth{NKeyFile: filepath.Join(t.TempDir(), "missing")}).Options(); err == nil {
+		t.Fatal("a missing seed file was accepted")
+	}
+	if _, err := (ClientAuth{CredsFile: seed}).Options(); err == nil || !strings.Contains(err.Error(), "no user JWT") {
+		t.Fatalf("a seed file as credentials file: %v", err)
+	}
+	if pub, err := NKeyPublicKey(seed); err != nil || !strings.HasPrefix(pub, "U") {
+		t.Fatalf("NKeyPublicKey = %q, %v", pub, err)
+	}
+}
+
+func TestEmbeddedAuthBadConfig(t *testing.T) {
+	for _, a := range []EmbeddedAuth{
+		{User: "tc"},
+		{ReadUser: "r"},
+		{User: "x", Password: "1", ReadUser: "x", ReadPassword: "2"},
+		{NKeys: []string{"not-a-key"}},
+		{ReadNKeys: []string{"SUAM4"}},
+	} {
+		if e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Logger: quietLogger(), Auth: a}); err == nil {
+			e.Shutdown()
+			t.Errorf("StartEmbedded with %+v succeeded", a)
+		}
+	}
+}
+
+// newUserKey makes a user nkey and returns its public key and the path of
+// a file holding its seed.
+func newUserKey(t *testing.T) (pub, seedFile string) {
+	t.Helper()
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ = kp.PublicKey()
+	seed, _ := kp.Seed()
+	seedFile = filepath.Join(t.TempDir(), "user.nk")
+	if err := os.WriteFile(seedFile, seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return pub, seedFile
+}
+
+// selfSignedCert writes a self-signed certificate for name (not for
+// 127.0.0.1) and its key, and returns their paths.
+func selfSignedCert(t *testing.T, name string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: name},
+		DNSNames:     []string{name},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
