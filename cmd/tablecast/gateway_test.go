@@ -148,17 +148,29 @@ func TestGatewayEndToEnd(t *testing.T) {
 		if _, err := conn.Exec(context.Background(), `INSERT INTO items VALUES ($1, 'mine', $2)`, i, i*10); err != nil {
 			t.Fatal(err)
 		}
-		f := wsRead(t, ws)
-		if f.Type != "event" || f.Seq <= sub.Seq {
-			t.Fatalf("after subscribed seq %d got %+v", sub.Seq, f)
-		}
-		var ev struct {
-			Op   string         `json:"op"`
-			Data map[string]any `json:"data"`
-		}
-		_ = json.Unmarshal(f.Event, &ev)
-		if ev.Op != "create" || ev.Data["id"] != float64(i) || ev.Data["label"] != "mine" {
-			t.Fatalf("event %s", f.Event)
+		// Every event after subscribed.seq is sent, the client's own
+		// write among them; an earlier row this gateway had not yet seen
+		// when the subscription attached may come first (a later seq than
+		// subscribed's), never one at or before it.
+		for {
+			f := wsRead(t, ws)
+			if f.Type != "event" || f.Seq <= sub.Seq {
+				t.Fatalf("after subscribed seq %d got %+v", sub.Seq, f)
+			}
+			var ev struct {
+				Op   string         `json:"op"`
+				Data map[string]any `json:"data"`
+			}
+			_ = json.Unmarshal(f.Event, &ev)
+			if ev.Op != "create" || ev.Data["label"] != "mine" {
+				t.Fatalf("event %s", f.Event)
+			}
+			if ev.Data["id"] == float64(i) {
+				break
+			}
+			if id, _ := ev.Data["id"].(float64); id >= float64(i) {
+				t.Fatalf("event %s before the client's own row %d", f.Event, i)
+			}
 		}
 	}
 	// The URL subscription saw qty 10, 20, 30 (not 0), projected.
