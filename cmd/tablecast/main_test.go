@@ -23,36 +23,55 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-var build struct {
+type builtBinary struct {
 	once sync.Once
 	path string
 	err  error
 }
 
+var build, plainBuild builtBinary
+
 // binary builds tablecast once per test run (with the race detector when
 // the tests have it) and returns its path.
 func binary(t testing.TB) string {
 	t.Helper()
-	build.once.Do(func() {
+	return build.get(t, raceEnabled)
+}
+
+// plainBinary is tablecast built without the race detector, for tests
+// that measure the process's memory: the detector's shadow memory grows
+// with the heap's address range and is never returned, which says
+// nothing about what tablecast holds.
+func plainBinary(t testing.TB) string {
+	t.Helper()
+	if !raceEnabled {
+		return binary(t)
+	}
+	return plainBuild.get(t, false)
+}
+
+func (b *builtBinary) get(t testing.TB, race bool) string {
+	t.Helper()
+	b.once.Do(func() {
 		dir, err := os.MkdirTemp("", "tablecast-bin-")
 		if err != nil {
-			build.err = err
+			b.err = err
 			return
 		}
-		build.path = filepath.Join(dir, "tablecast")
-		args := []string{"build", "-o", build.path}
-		if raceEnabled {
+		b.path = filepath.Join(dir, "tablecast")
+		args := []string{"build", "-o", b.path}
+		if race {
 			args = append(args, "-race")
 		}
 		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 		if err != nil {
-			build.err = fmt.Errorf("go build: %v\n%s", err, out)
+			b.err = fmt.Errorf("go build: %v\n%s", err, out)
 		}
 	})
-	if build.err != nil {
-		t.Fatal(build.err)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return build.path
+	return b.path
 }
 
 // runBinary runs tablecast to completion with env added to a clean

@@ -64,8 +64,14 @@ func startLogged(t *testing.T, env []string, args ...string) *lockedBuffer {
 // startCmd is startLogged, returning the process too.
 func startCmd(t *testing.T, env []string, args ...string) (*lockedBuffer, *exec.Cmd) {
 	t.Helper()
+	return startBinary(t, binary(t), env, args...)
+}
+
+// startBinary is startCmd with the binary at path.
+func startBinary(t *testing.T, path string, env []string, args ...string) (*lockedBuffer, *exec.Cmd) {
+	t.Helper()
 	logs := &lockedBuffer{}
-	cmd := exec.Command(binary(t), args...)
+	cmd := exec.Command(path, args...)
 	cmd.Env = env
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
