@@ -211,32 +211,32 @@ func TestMonitoring(t *testing.T) {
 // dashboard is the part of Grafana's dashboard JSON model this file uses.
 // Decoding refuses other members, so a misspelt one is caught.
 type dashboard struct {
-	Title         string          `json:"title"`
-	UID           string          `json:"uid"`
-	Description   string          `json:"description"`
-	Tags          []string        `json:"tags"`
-	Timezone      string          `json:"timezone"`
-	Editable      bool            `json:"editable"`
-	GraphTooltip  int             `json:"graphTooltip"`
-	SchemaVersion int             `json:"schemaVersion"`
-	Version       int             `json:"version"`
-	Refresh       string          `json:"refresh"`
+	Title         string   `json:"title"`
+	UID           string   `json:"uid"`
+	Description   string   `json:"description"`
+	Tags          []string `json:"tags"`
+	Timezone      string   `json:"timezone"`
+	Editable      bool     `json:"editable"`
+	GraphTooltip  int      `json:"graphTooltip"`
+	SchemaVersion int      `json:"schemaVersion"`
+	Version       int      `json:"version"`
+	Refresh       string   `json:"refresh"`
 	Time          struct{ From, To string }
 	Annotations   json.RawMessage `json:"annotations"`
 	Templating    struct {
 		List []struct {
-			Name        string          `json:"name"`
-			Type        string          `json:"type"`
-			Label       string          `json:"label"`
-			Query       json.RawMessage `json:"query"`
-			Definition  string          `json:"definition"`
-			Datasource  *datasourceRef  `json:"datasource"`
-			Refresh     int             `json:"refresh"`
-			IncludeAll  bool            `json:"includeAll"`
-			Multi       bool            `json:"multi"`
-			AllValue    string          `json:"allValue"`
-			Current     json.RawMessage `json:"current"`
-			Hide        int             `json:"hide"`
+			Name       string          `json:"name"`
+			Type       string          `json:"type"`
+			Label      string          `json:"label"`
+			Query      json.RawMessage `json:"query"`
+			Definition string          `json:"definition"`
+			Datasource *datasourceRef  `json:"datasource"`
+			Refresh    int             `json:"refresh"`
+			IncludeAll bool            `json:"includeAll"`
+			Multi      bool            `json:"multi"`
+			AllValue   string          `json:"allValue"`
+			Current    json.RawMessage `json:"current"`
+			Hide       int             `json:"hide"`
 		} `json:"list"`
 	} `json:"templating"`
 	Panels []panel `json:"panels"`
@@ -248,12 +248,12 @@ type datasourceRef struct {
 }
 
 type panel struct {
-	ID          int             `json:"id"`
-	Type        string          `json:"type"`
-	Title       string          `json:"title"`
-	Description string          `json:"description"`
-	Collapsed   bool            `json:"collapsed"`
-	Datasource  *datasourceRef  `json:"datasource"`
+	ID          int            `json:"id"`
+	Type        string         `json:"type"`
+	Title       string         `json:"title"`
+	Description string         `json:"description"`
+	Collapsed   bool           `json:"collapsed"`
+	Datasource  *datasourceRef `json:"datasource"`
 	GridPos     struct{ H, W, X, Y int }
 	FieldConfig json.RawMessage `json:"fieldConfig"`
 	Options     json.RawMessage `json:"options"`
@@ -337,4 +337,3 @@ func checkDashboard(t *testing.T, d dashboard, s scrape) {
 		}
 	}
 }
-
