@@ -82,4 +82,3 @@ func env(name, def string) string {
 	}
 	return def
 }
-
