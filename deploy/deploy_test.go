@@ -29,6 +29,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tablecast/tablecast/internal/pgtest"
+	"github.com/tablecast/tablecast/stream"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -280,4 +281,36 @@ func dropSlotAtCleanup(t testing.TB, url, slot string) {
 			time.Sleep(100 * time.Millisecond) // still held by a dying walsender
 		}
 	})
+}
+
+// natsNames are tablecast's JetStream streams and buckets, whose names
+// look like variables.
+var natsNames = map[string]bool{
+	stream.DeadLetterStreamName(stream.DefaultStreamName): true,
+	stream.DefaultPayloadBucket:                           true,
+	stream.DefaultSchemaBucket:                            true,
+	stream.DefaultTopicBucket:                             true,
+	"TABLECAST_STATE":                                     true,
+}
+
+// TestEveryFileNamesRealVariables: no file under deploy/ (configuration,
+// manifests, dashboards, alert texts, examples) names a TABLECAST_
+// variable that tablecast does not have (its streams' and buckets' names
+// aside).
+func TestEveryFileNamesRealVariables(t *testing.T) {
+	err := filepath.WalkDir(".", func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasSuffix(path, "_test.go") {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		names := slices.DeleteFunc(tablecastVariables(string(b)), func(n string) bool { return natsNames[n] })
+		checkVariables(t, path, names)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

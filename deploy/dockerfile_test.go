@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -402,6 +403,14 @@ func TestDockerfile(t *testing.T) {
 	code, out := run(t, time.Minute, nil, bin, "version")
 	if code != 0 || !strings.HasPrefix(out, "tablecast "+testVersion+" ") {
 		t.Errorf("tablecast version of the image's binary: exit %d, %q; want the VERSION build argument %s", code, out, testVersion)
+	}
+
+	gomod, err := os.ReadFile(filepath.Join(repoRoot(t), "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := regexp.MustCompile(`(?m)^go (\S+)$`).FindSubmatch(gomod); m == nil || !strings.HasPrefix(stages[0].base, "golang:"+string(m[1])) {
+		t.Errorf("the build stage is FROM %s; go.mod asks for go %s", stages[0].base, m[1])
 	}
 
 	switch base := final.base; {
