@@ -53,6 +53,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzCheckRepeated$$' -fuzztime=$(FUZZTIME) ./wsgate
 	$(GO) test -run='^$$' -fuzz='^FuzzProjectView$$' -fuzztime=$(FUZZTIME) ./wsgate
 	$(GO) test -run='^$$' -fuzz='^FuzzUpgradeRequest$$' -fuzztime=$(FUZZTIME) ./wsgate
+	$(GO) test -run='^$$' -fuzz='^FuzzParseEvent$$' -fuzztime=$(FUZZTIME) ./clients/go/tablecast
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./schema ./stream ./cdc ./wsgate
