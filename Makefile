@@ -15,12 +15,14 @@ build:
 # Local PostgreSQL (installed from Debian's packages when missing, run as the
 # postgres user in .data/pg on port 54329) and tablecast with embedded NATS.
 run: build
-	@scripts/pg.sh start
+	@scripts/pg.sh start >/dev/null
 	@scripts/pg.sh psql -q -f scripts/demo.sql >/dev/null
 	@echo
 	@echo "tablecast is starting; in another terminal:"
+	@echo "  database:       export TABLECAST_DATABASE_URL='$${TABLECAST_DATABASE_URL:-$$(scripts/pg.sh url)}'"
 	@echo "  watch events:   $(BIN) tail public.orders"
 	@echo "  make a change:  scripts/pg.sh psql -c \"INSERT INTO orders (status, total) VALUES ('open', 19.90)\""
+	@echo "  check:          $(BIN) doctor; $(BIN) slot status; $(BIN) snapshot public.orders"
 	@echo "  health/metrics: curl -s localhost:8080/healthz; curl -s localhost:8080/metrics"
 	@echo
 	TABLECAST_DATABASE_URL="$${TABLECAST_DATABASE_URL:-$$(scripts/pg.sh url)}" \
@@ -35,6 +37,7 @@ vet:
 # test package starts its own) and in-process NATS servers.
 test: vet
 	@scripts/pg.sh install
+	@scripts/test-tools.sh install
 	$(GO) test -race -count=1 -timeout 9m ./...
 	@$(MAKE) --no-print-directory fuzz
 
@@ -50,6 +53,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzCheckRepeated$$' -fuzztime=$(FUZZTIME) ./wsgate
 	$(GO) test -run='^$$' -fuzz='^FuzzProjectView$$' -fuzztime=$(FUZZTIME) ./wsgate
 	$(GO) test -run='^$$' -fuzz='^FuzzUpgradeRequest$$' -fuzztime=$(FUZZTIME) ./wsgate
+	$(GO) test -run='^$$' -fuzz='^FuzzParseEvent$$' -fuzztime=$(FUZZTIME) ./clients/go/tablecast
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./schema ./stream ./cdc ./wsgate

@@ -445,6 +445,7 @@ Usage:
   tablecast snapshot schema.table  ask the running reader, over NATS, to snapshot one table (op read) while it streams
   tablecast slot status            the replication slot: holder, LSNs, lag, retained WAL, wal_status
   tablecast slot drop [--force]    drop the replication slot; --force terminates the process holding it first
+  tablecast healthcheck [--ready]  ask the running tablecast on TABLECAST_HTTP_ADDR for /healthz (/readyz); exit 0 when it answers 200
   tablecast help                   this text
   tablecast version                version and build information
 

@@ -124,6 +124,12 @@ func dispatch(ctx context.Context, args []string) error {
 			return err
 		}
 		return snapshotCmd(ctx, cfg, args[1:], os.Stdout)
+	case "healthcheck":
+		cfg, err := loadConfig()
+		if err != nil {
+			return err
+		}
+		return healthcheck(ctx, cfg, args[1:], os.Stdout)
 	case "slot":
 		cmd, err := parseSlotArgs(args[1:])
 		if err != nil {
