@@ -64,7 +64,7 @@ type Config struct {
 	MaxInFlight     int           `envconfig:"MAX_IN_FLIGHT" default:"8192" desc:"events published but not yet acknowledged by JetStream, at most"`
 	MaxEventBytes   int           `envconfig:"MAX_EVENT_BYTES" default:"67108864" desc:"largest event published whole; one larger than NATS's max payload goes to the TABLECAST_PAYLOADS object store with a claim in the stream, one larger than this is published without its rows and dead-lettered"`
 
-	HTTPAddr      string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"gateway address: WebSocket /ws, the page at /, /healthz, /readyz and /metrics"`
+	HTTPAddr      string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"gateway address: WebSocket /ws, the page at /, the JavaScript client at /tablecast.js, /healthz, /readyz and /metrics"`
 	StallAfter    time.Duration `envconfig:"STALL_AFTER" default:"60s" desc:"unhealthy when the slot has not advanced for this long while lagging STALL_LAG_BYTES"`
 	StallLagBytes int64         `envconfig:"STALL_LAG_BYTES" default:"16777216" desc:"WAL lag in bytes that counts as stalled after STALL_AFTER"`
 	Snapshot      string        `envconfig:"SNAPSHOT" default:"initial" desc:"when the slot is created: initial publishes the rows already there as op read, never does not"`

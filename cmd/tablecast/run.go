@@ -128,6 +128,8 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	})
 	if gw != nil {
 		mux.Handle("GET /{$}", wsgate.PageHandler())
+		mux.Handle("GET /tablecast.js", wsgate.ClientHandler())
+		mux.Handle("GET /tablecast.d.ts", wsgate.ClientHandler())
 	}
 	if cfg.PProf {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -139,7 +141,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	var srv *http.Server
 	if gw != nil {
 		go func() { errc <- gw.Serve(ln, mux) }()
-		log.Info("gateway listening", "addr", ln.Addr().String(), "endpoints", "/ /ws /ws/tables/… /healthz /readyz /metrics")
+		log.Info("gateway listening", "addr", ln.Addr().String(), "endpoints", "/ /tablecast.js /ws /ws/tables/… /healthz /readyz /metrics")
 	} else {
 		srv = cfg.httpServer(mux)
 		go func() {
