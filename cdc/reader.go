@@ -623,7 +623,7 @@ func (s *session) newRelation(ctx context.Context, rm *pglogrepl.RelationMessage
 		return nil, err
 	}
 	rel := &relation{table: t, subjects: map[string]string{}}
-	for _, op := range []string{schema.OpCreate, schema.OpUpdate, schema.OpDelete, schema.OpTruncate, schema.OpRead} {
+	for _, op := range schema.AllOps.Names() {
 		rel.subjects[op] = stream.ChangeSubject(s.r.prefix, s.r.db, t.Schema, t.Name, op)
 	}
 	return rel, nil

@@ -5,16 +5,6 @@ import (
 	"time"
 )
 
-// Operation names, as they appear in the envelope's "op" and as the last
-// token of a change subject.
-const (
-	OpCreate   = "create"
-	OpUpdate   = "update"
-	OpDelete   = "delete"
-	OpTruncate = "truncate"
-	OpRead     = "read"
-)
-
 // Value kinds of one column in a row image, as pgoutput tags them.
 const (
 	KindNull      = 'n' // SQL NULL

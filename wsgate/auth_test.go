@@ -27,6 +27,7 @@ import (
 	"unicode/utf8"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/tablecast/tablecast/schema"
 )
 
 // Keys are generated once per test binary: RSA generation takes a while.
@@ -384,7 +385,7 @@ func TestAuthenticateAccepts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !id.Grants.CanRead("public", "orders", EventUpdate) || id.Grants.CanRead("public", "orders", EventDelete) {
+		if !id.Grants.CanRead("public", "orders", schema.OpUpdate) || id.Grants.CanRead("public", "orders", schema.OpDelete) {
 			t.Fatalf("ops %v", id.Grants.OpsFor("public", "orders").Names())
 		}
 		p, err := id.Grants.Policy("public", "orders")
@@ -401,7 +402,7 @@ func TestAuthenticateAccepts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !id.Grants.CanRead("public", "x", EventRead) || id.Grants.CanRead("public", "x", EventCreate) || id.Grants.CanRead("other", "x", EventRead) {
+		if !id.Grants.CanRead("public", "x", schema.OpRead) || id.Grants.CanRead("public", "x", schema.OpCreate) || id.Grants.CanRead("other", "x", schema.OpRead) {
 			t.Fatal("API key grants wrong")
 		}
 		if id.Claims["tenant"] != "acme" {

@@ -49,7 +49,7 @@ func (e *testEnv) publishIn(db, table, op string, members map[string]any) uint64
 // createIn publishes the creation of row (its key: id) in public.orders of db.
 func (e *testEnv) createIn(db string, row map[string]any) uint64 {
 	e.t.Helper()
-	return e.publishIn(db, "orders", EventCreate, map[string]any{"key": map[string]any{"id": row["id"]}, "data": row})
+	return e.publishIn(db, "orders", schema.OpCreate, map[string]any{"key": map[string]any{"id": row["id"]}, "data": row})
 }
 
 // untilRow reads c's event frames up to the one whose row id is last, and

@@ -175,9 +175,9 @@ func (e *testEnv) publishTo(table, op string, row map[string]any, extra ...strin
 	if row != nil {
 		env["key"] = map[string]any{"id": row["id"]}
 		switch op {
-		case EventDelete:
+		case schema.OpDelete:
 			env["old"] = row
-		case EventTruncate:
+		case schema.OpTruncate:
 			delete(env, "key")
 		default:
 			env["data"] = row

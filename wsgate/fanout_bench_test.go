@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // discardConn is a net.Conn that swallows writes, so that the benchmarks
@@ -34,7 +36,7 @@ func benchFeed(b *testing.B, n int, where func(i int) string) (*feed, []*discard
 		if err != nil {
 			b.Fatal(err)
 		}
-		s := &sub{c: c, id: "s1", table: t, ops: allOps, filter: flt}
+		s := &sub{c: c, id: "s1", table: t, ops: schema.AllOps, filter: flt}
 		f.attach(s, nil)
 	}
 	return f, ncs

@@ -16,50 +16,13 @@ import (
 	"github.com/tablecast/tablecast/schema"
 )
 
-// Event kinds as bits of a subscription's mask.
-const (
-	bitCreate uint8 = 1 << iota
-	bitUpdate
-	bitDelete
-	bitTruncate
-	bitRead
-	allOps = bitCreate | bitUpdate | bitDelete | bitTruncate | bitRead
-)
-
-func opBit(op string) uint8 {
-	switch op {
-	case EventCreate:
-		return bitCreate
-	case EventUpdate:
-		return bitUpdate
-	case EventDelete:
-		return bitDelete
-	case EventTruncate:
-		return bitTruncate
-	case EventRead:
-		return bitRead
-	}
-	return 0
-}
-
-func opsOf(events []string) uint8 {
-	if events == nil {
-		return allOps
-	}
-	var m uint8
-	for _, e := range events {
-		m |= opBit(e)
-	}
-	return m
-}
-
 // sub is one subscription of one connection, to a table or a topic.
 type sub struct {
 	c      *conn
 	id     string
 	topic  string // a topic subscription's topic; "" for a table
 	table  *tableInfo
-	ops    uint8
+	ops    schema.OpSet
 	filter *Filter                // the client's where; nil for none
 	policy atomic.Pointer[Filter] // the row policy of its grants; nil for none (setPolicy)
 	proj   atomic.Pointer[Projection]
@@ -329,13 +292,13 @@ func oldRow(env, row *Row) bool {
 // eventRow indexes the row an event is matched on into row: "data" for
 // create, update and read; "old", or else "key", for delete. It reports
 // false when there is none (truncate) or it is malformed.
-func eventRow(env, row *Row, bit uint8) bool {
+func eventRow(env, row *Row, bit schema.OpSet) bool {
 	var obj []byte
 	var ok bool
 	switch bit {
-	case bitTruncate:
+	case schema.BitTruncate:
 		return false
-	case bitDelete:
+	case schema.BitDelete:
 		if obj, ok = env.Get("old"); !ok || obj[0] != '{' {
 			obj, ok = env.Get("key")
 		}
@@ -346,7 +309,7 @@ func eventRow(env, row *Row, bit uint8) bool {
 }
 
 func (f *feed) deliverEvent(seq uint64, subject string, data []byte) {
-	bit := opBit(subjectOp(subject))
+	bit := schema.OpBit(subjectOp(subject))
 	if bit == 0 {
 		return
 	}
@@ -358,7 +321,7 @@ func (f *feed) deliverEvent(seq uint64, subject string, data []byte) {
 	// Indexed whether or not a subscription has a row policy now: a
 	// policy may be set at any time, and must never meet an update whose
 	// old row it cannot see.
-	f.hasOld = bit == bitUpdate && oldRow(&f.env, &f.old)
+	f.hasOld = bit == schema.BitUpdate && oldRow(&f.env, &f.old)
 	for _, ix := range f.eqs {
 		var look, oldLook lookup
 		f.keyBuf, look = lookupKey(f.keyBuf[:0], ix, &f.row, hasRow)
@@ -421,7 +384,7 @@ func lookupKey(dst []byte, ix *eqIndex, row *Row, hasRow bool) ([]byte, lookup) 
 }
 
 // offer sends the event to s if it matches.
-func (f *feed) offer(s *sub, seq uint64, bit uint8, data []byte, hasRow bool) {
+func (f *feed) offer(s *sub, seq uint64, bit schema.OpSet, data []byte, hasRow bool) {
 	view, ok, err := s.decide(bit, &f.row, hasRow, &f.old, f.hasOld)
 	if err == errWithheld {
 		f.warnWithheld(s)
@@ -453,13 +416,13 @@ func (f *feed) offer(s *sub, seq uint64, bit uint8, data []byte, hasRow bool) {
 // (viewOldAsDelete), if it takes deletes, matched on the old row as
 // deletes are; neither, nothing. An old row the policy cannot judge (only
 // the key, without the policy's columns) counts as not allowed.
-func (s *sub) decide(bit uint8, row *Row, hasRow bool, old *Row, hasOld bool) (eventView, bool, error) {
-	if bit == bitTruncate {
+func (s *sub) decide(bit schema.OpSet, row *Row, hasRow bool, old *Row, hasOld bool) (eventView, bool, error) {
+	if bit == schema.BitTruncate {
 		return viewWhole, s.ops&bit != 0, nil
 	}
 	policy := s.policy.Load() // read once: both rows are judged by the same policy
-	split := bit == bitUpdate && hasOld && policy != nil
-	if s.ops&bit == 0 && (!split || s.ops&bitDelete == 0) {
+	split := bit == schema.BitUpdate && hasOld && policy != nil
+	if s.ops&bit == 0 && (!split || s.ops&schema.BitDelete == 0) {
 		return viewWhole, false, nil
 	}
 	if policy == nil {
@@ -485,17 +448,17 @@ func (s *sub) decide(bit uint8, row *Row, hasRow bool, old *Row, hasOld bool) (e
 	oldOK, err := policy.Match(old)
 	oldOK = oldOK && err == nil
 	switch {
-	case newOK && s.ops&bitUpdate == 0:
+	case newOK && s.ops&schema.BitUpdate == 0:
 		return viewWhole, false, nil
 	case newOK:
 		view := viewWhole
 		if !oldOK {
 			view = viewNew
 		}
-		ok, err := s.matchWhere(bitUpdate, row, true)
+		ok, err := s.matchWhere(schema.BitUpdate, row, true)
 		return view, ok, err
-	case oldOK && s.ops&bitDelete != 0:
-		ok, err := s.matchWhere(bitDelete, old, true)
+	case oldOK && s.ops&schema.BitDelete != 0:
+		ok, err := s.matchWhere(schema.BitDelete, old, true)
 		return viewOldAsDelete, ok, err
 	}
 	return viewWhole, false, nil
@@ -503,7 +466,7 @@ func (s *sub) decide(bit uint8, row *Row, hasRow bool, old *Row, hasOld bool) (e
 
 // matchWhere matches the client's where on the row an event of kind bit
 // is judged on.
-func (s *sub) matchWhere(bit uint8, row *Row, hasRow bool) (bool, error) {
+func (s *sub) matchWhere(bit schema.OpSet, row *Row, hasRow bool) (bool, error) {
 	if s.filter == nil {
 		return true, nil
 	}
@@ -511,7 +474,7 @@ func (s *sub) matchWhere(bit uint8, row *Row, hasRow bool) (bool, error) {
 		return false, nil
 	}
 	ok, err := s.filter.Match(row)
-	if err != nil && bit == bitDelete {
+	if err != nil && bit == schema.BitDelete {
 		// Under the default replica identity a delete carries only the
 		// key. When the client's filter cannot rule the row out from what
 		// is there, the delete is sent: the client may hold the row, and a

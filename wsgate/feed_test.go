@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // TestSubDecide: a row policy judges an update's old and new rows apart;
@@ -28,31 +30,31 @@ func TestSubDecide(t *testing.T) {
 	cases := []struct {
 		name          string
 		policy, where string
-		ops           uint8
-		bit           uint8
+		ops           schema.OpSet
+		bit           schema.OpSet
 		data, old     string // "" for none
 		want          string // a view's name, or none, or withheld
 	}{
-		{"stays in the tenant", acme, "", allOps, bitUpdate, row("acme", "a"), row("acme", "b"), "whole"},
-		{"moves out", acme, "", allOps, bitUpdate, row("globex", "a"), row("acme", "a"), "old as delete"},
-		{"moves in", acme, "", allOps, bitUpdate, row("acme", "a"), row("globex", "a"), "new"},
-		{"elsewhere", acme, "", allOps, bitUpdate, row("globex", "a"), row("initech", "a"), none},
-		{"moves out, deletes not taken", acme, "", bitUpdate, bitUpdate, row("globex", "a"), row("acme", "a"), none},
-		{"moves out, only deletes taken", acme, "", bitDelete, bitUpdate, row("globex", "a"), row("acme", "a"), "old as delete"},
-		{"moves in, only deletes taken", acme, "", bitDelete, bitUpdate, row("acme", "a"), row("globex", "a"), none},
-		{"moves out, where on the old row", acme, `{"status":{"eq":"open"}}`, allOps, bitUpdate, row("globex", "paid"), row("acme", "open"), "old as delete"},
-		{"moves out, where rules the old row out", acme, `{"status":{"eq":"paid"}}`, allOps, bitUpdate, row("globex", "paid"), row("acme", "open"), none},
-		{"moves in, where on the new row", acme, `{"status":{"eq":"paid"}}`, allOps, bitUpdate, row("acme", "paid"), row("globex", "open"), "new"},
-		{"old row of the key only", acme, "", allOps, bitUpdate, row("acme", "a"), `{"id":1}`, "new"},
-		{"old row of the key only, new row elsewhere", acme, "", allOps, bitUpdate, row("globex", "a"), `{"id":1}`, none},
-		{"no old row: the new row decides", acme, "", allOps, bitUpdate, row("acme", "a"), "", "whole"},
-		{"no old row, elsewhere", acme, "", allOps, bitUpdate, row("globex", "a"), "", none},
-		{"new row cannot be judged", acme, "", allOps, bitUpdate, `{"id":1}`, row("acme", "a"), "withheld"},
-		{"no policy: as published", "", "", allOps, bitUpdate, row("globex", "a"), row("acme", "a"), "whole"},
-		{"no policy, where on the new row", "", `{"tenant":{"eq":"acme"}}`, allOps, bitUpdate, row("globex", "a"), row("acme", "a"), none},
-		{"create", acme, "", allOps, bitCreate, row("acme", "a"), "", "whole"},
-		{"delete of the key only", acme, "", allOps, bitDelete, `{"id":1}`, "", "withheld"},
-		{"truncate", acme, "", allOps, bitTruncate, "", "", "whole"},
+		{"stays in the tenant", acme, "", schema.AllOps, schema.BitUpdate, row("acme", "a"), row("acme", "b"), "whole"},
+		{"moves out", acme, "", schema.AllOps, schema.BitUpdate, row("globex", "a"), row("acme", "a"), "old as delete"},
+		{"moves in", acme, "", schema.AllOps, schema.BitUpdate, row("acme", "a"), row("globex", "a"), "new"},
+		{"elsewhere", acme, "", schema.AllOps, schema.BitUpdate, row("globex", "a"), row("initech", "a"), none},
+		{"moves out, deletes not taken", acme, "", schema.BitUpdate, schema.BitUpdate, row("globex", "a"), row("acme", "a"), none},
+		{"moves out, only deletes taken", acme, "", schema.BitDelete, schema.BitUpdate, row("globex", "a"), row("acme", "a"), "old as delete"},
+		{"moves in, only deletes taken", acme, "", schema.BitDelete, schema.BitUpdate, row("acme", "a"), row("globex", "a"), none},
+		{"moves out, where on the old row", acme, `{"status":{"eq":"open"}}`, schema.AllOps, schema.BitUpdate, row("globex", "paid"), row("acme", "open"), "old as delete"},
+		{"moves out, where rules the old row out", acme, `{"status":{"eq":"paid"}}`, schema.AllOps, schema.BitUpdate, row("globex", "paid"), row("acme", "open"), none},
+		{"moves in, where on the new row", acme, `{"status":{"eq":"paid"}}`, schema.AllOps, schema.BitUpdate, row("acme", "paid"), row("globex", "open"), "new"},
+		{"old row of the key only", acme, "", schema.AllOps, schema.BitUpdate, row("acme", "a"), `{"id":1}`, "new"},
+		{"old row of the key only, new row elsewhere", acme, "", schema.AllOps, schema.BitUpdate, row("globex", "a"), `{"id":1}`, none},
+		{"no old row: the new row decides", acme, "", schema.AllOps, schema.BitUpdate, row("acme", "a"), "", "whole"},
+		{"no old row, elsewhere", acme, "", schema.AllOps, schema.BitUpdate, row("globex", "a"), "", none},
+		{"new row cannot be judged", acme, "", schema.AllOps, schema.BitUpdate, `{"id":1}`, row("acme", "a"), "withheld"},
+		{"no policy: as published", "", "", schema.AllOps, schema.BitUpdate, row("globex", "a"), row("acme", "a"), "whole"},
+		{"no policy, where on the new row", "", `{"tenant":{"eq":"acme"}}`, schema.AllOps, schema.BitUpdate, row("globex", "a"), row("acme", "a"), none},
+		{"create", acme, "", schema.AllOps, schema.BitCreate, row("acme", "a"), "", "whole"},
+		{"delete of the key only", acme, "", schema.AllOps, schema.BitDelete, `{"id":1}`, "", "withheld"},
+		{"truncate", acme, "", schema.AllOps, schema.BitTruncate, "", "", "whole"},
 	}
 	names := map[eventView]string{viewWhole: "whole", viewNew: "new", viewOldAsDelete: "old as delete"}
 	for _, tc := range cases {
@@ -96,7 +98,7 @@ func BenchmarkFanoutTenantMove(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		s := &sub{c: c, id: "s1", table: tbl, ops: allOps}
+		s := &sub{c: c, id: "s1", table: tbl, ops: schema.AllOps}
 		s.policy.Store(policy)
 		f.attach(s, nil)
 	}
@@ -129,7 +131,7 @@ func TestFeedPolicySetAfterAttach(t *testing.T) {
 	f := &feed{g: g, subject: tbl.subject, groups: map[string]*frameGroup{}}
 	subs := map[string]*sub{}
 	for i, tenant := range []string{"acme", "globex"} {
-		s := &sub{c: &conn{g: g, nc: &discardConn{}, fd: -1}, id: fmt.Sprint("s", i), table: tbl, ops: allOps}
+		s := &sub{c: &conn{g: g, nc: &discardConn{}, fd: -1}, id: fmt.Sprint("s", i), table: tbl, ops: schema.AllOps}
 		f.attach(s, nil)
 		policy, err := CompileWhere(fmt.Appendf(nil, `{"tenant":{"eq":%q}}`, tenant), tbl.name, tbl.types)
 		if err != nil {

@@ -124,48 +124,6 @@ const maxPolicyDepth = 32
 // maxLimit bounds a limit in the grants claim; anything larger is a typo.
 const maxLimit = 1_000_000_000
 
-// OpSet is a set of row-change operations (EventCreate … EventRead). Bit i
-// is the i-th of create, update, delete, truncate, read: the same layout as
-// the feed's subscription mask.
-type OpSet uint8
-
-// AllOps holds every operation.
-const AllOps OpSet = 1<<5 - 1
-
-// opSetBit is the bit of an operation name, 0 for an unknown name.
-func opSetBit(op string) OpSet {
-	switch op {
-	case EventCreate:
-		return 1 << 0
-	case EventUpdate:
-		return 1 << 1
-	case EventDelete:
-		return 1 << 2
-	case EventTruncate:
-		return 1 << 3
-	case EventRead:
-		return 1 << 4
-	}
-	return 0
-}
-
-// Has reports whether the set holds op (one of EventCreate … EventRead).
-func (s OpSet) Has(op string) bool {
-	b := opSetBit(op)
-	return b != 0 && s&b != 0
-}
-
-// Names lists the operations of the set in the canonical order.
-func (s OpSet) Names() []string {
-	var out []string
-	for _, op := range []string{EventCreate, EventUpdate, EventDelete, EventTruncate, EventRead} {
-		if s.Has(op) {
-			out = append(out, op)
-		}
-	}
-	return out
-}
-
 // Limits are the per-identity limits of a grants claim. Zero means the
 // gateway's own setting.
 type Limits struct {
@@ -194,7 +152,7 @@ var topicActionNames = [topicActions]string{"subscribe", "publish", "create", "d
 type Grants struct {
 	all bool // the anonymous identity: everything, no policies
 
-	tables  tableRules[OpSet]
+	tables  tableRules[schema.OpSet]
 	columns tableRules[columnGrant]
 
 	topics   [topicActions][]topicPattern
@@ -365,12 +323,12 @@ var allGrants = &Grants{all: true}
 // pattern of the grants claim's "tables" (see tableRules). An empty set
 // means the table may not be read at all; the gateway answers as for a
 // table that does not exist.
-func (g *Grants) TableOps(db, schemaName, table string) OpSet {
+func (g *Grants) TableOps(db, schemaName, table string) schema.OpSet {
 	switch {
 	case g == nil:
 		return 0
 	case g.all:
-		return AllOps
+		return schema.AllOps
 	}
 	ops, _ := g.tables.lookup(db, schemaName, table)
 	return ops
@@ -378,12 +336,12 @@ func (g *Grants) TableOps(db, schemaName, table string) OpSet {
 
 // OpsFor is TableOps for a table whose database is not named: only the
 // patterns that name no database apply.
-func (g *Grants) OpsFor(schemaName, table string) OpSet {
+func (g *Grants) OpsFor(schemaName, table string) schema.OpSet {
 	return g.TableOps("", schemaName, table)
 }
 
-// CanRead reports whether the identity may receive op (EventCreate …
-// EventRead) events of a table, its database not named (see OpsFor).
+// CanRead reports whether the identity may receive op (schema.OpCreate …
+// schema.OpRead) events of a table, its database not named (see OpsFor).
 func (g *Grants) CanRead(schemaName, table, op string) bool {
 	return g.OpsFor(schemaName, table).Has(op)
 }
@@ -791,19 +749,19 @@ func readColumnList(v any) (columnGrant, error) {
 	return columnGrant{names: names}, nil
 }
 
-func readOps(v any) (OpSet, error) {
+func readOps(v any) (schema.OpSet, error) {
 	list, ok := v.([]any)
 	if !ok {
 		return 0, errors.New("want a list of operations")
 	}
-	var ops OpSet
+	var ops schema.OpSet
 	for _, e := range list {
 		s, _ := e.(string)
 		if s == "*" {
-			ops = AllOps
+			ops = schema.AllOps
 			continue
 		}
-		b := opSetBit(s)
+		b := schema.OpBit(s)
 		if b == 0 {
 			return 0, fmt.Errorf("unknown operation %s (want create, update, delete, truncate, read or *)", shortJSON(e))
 		}

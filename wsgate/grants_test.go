@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // grantsOf reads the grants of a claims object written as JSON.
@@ -35,20 +37,20 @@ func TestGrantsTables(t *testing.T) {
 		"sales.*": ["*"],
 		"*": ["read"]
 	}}}`)
-	all := AllOps.Names()
+	all := schema.AllOps.Names()
 	cases := []struct {
 		schema, table string
 		want          []string
 	}{
-		{"public", "orders", all},                                    // exact beats public.* and *
-		{"public", "customers", []string{EventCreate}},               // public.* beats *
-		{"public", "audit", nil},                                     // an empty list denies
-		{"My Schema", "orders.v2", []string{EventUpdate, EventRead}}, // quoted parts
-		{"My Schema", "orders", []string{EventRead}},                 // only *
-		{"odd*", "x", []string{EventDelete}},
+		{"public", "orders", all},                                            // exact beats public.* and *
+		{"public", "customers", []string{schema.OpCreate}},                   // public.* beats *
+		{"public", "audit", nil},                                             // an empty list denies
+		{"My Schema", "orders.v2", []string{schema.OpUpdate, schema.OpRead}}, // quoted parts
+		{"My Schema", "orders", []string{schema.OpRead}},                     // only *
+		{"odd*", "x", []string{schema.OpDelete}},
 		{"sales", "leads", all},
-		{"other", "thing", []string{EventRead}},
-		{"Public", "orders", []string{EventRead}}, // names are case-sensitive
+		{"other", "thing", []string{schema.OpRead}},
+		{"Public", "orders", []string{schema.OpRead}}, // names are case-sensitive
 	}
 	for _, tc := range cases {
 		got := g.OpsFor(tc.schema, tc.table).Names()
@@ -116,7 +118,7 @@ func TestGrantsLimits(t *testing.T) {
 
 func TestGrantsAnonymousAndNil(t *testing.T) {
 	g := AnonymousIdentity().Grants
-	if g.OpsFor("any", "table") != AllOps || !g.CanPublish("x") || !g.CanCreateTopic("x") || !g.CanDestroyTopic("x") || !g.CanSubscribeTopic("x") {
+	if g.OpsFor("any", "table") != schema.AllOps || !g.CanPublish("x") || !g.CanCreateTopic("x") || !g.CanDestroyTopic("x") || !g.CanSubscribeTopic("x") {
 		t.Error("anonymous may not do everything")
 	}
 	if p, err := g.Policy("public", "orders"); p != nil || err != nil {
@@ -461,16 +463,6 @@ func TestGrantsAndWhereMeansAnd(t *testing.T) {
 	}
 }
 
-func TestGrantsOpSet(t *testing.T) {
-	if got := AllOps.Names(); !reflect.DeepEqual(got, []string{EventCreate, EventUpdate, EventDelete, EventTruncate, EventRead}) {
-		t.Fatalf("AllOps = %v", got)
-	}
-	s := opSetBit(EventDelete) | opSetBit(EventRead)
-	if !s.Has(EventDelete) || s.Has(EventCreate) || s.Has("bogus") || OpSet(0).Names() != nil {
-		t.Fatal("OpSet")
-	}
-}
-
 // FuzzGrantsFromClaims: arbitrary claims never panic, and a policy, when
 // there is one, is a JSON object.
 func FuzzGrantsFromClaims(f *testing.F) {
@@ -569,20 +561,20 @@ func TestGrantsDatabases(t *testing.T) {
 		db, schema, table string
 		want              []string
 	}{
-		{"shop", "public", "orders", []string{EventCreate}},          // db.schema.table beats schema.table
-		{"billing", "public", "orders", []string{EventUpdate}},       // schema.table beats db.schema.*
-		{"legacy", "public", "orders", []string{EventUpdate}},        // and db.*.*: naming the table decides
-		{"billing", "public", "items", []string{EventDelete}},        // db.schema.* beats schema.*
-		{"shop", "public", "items", []string{EventTruncate}},         // schema.* beats db.*.*
-		{"legacy", "public", "items", []string{EventTruncate}},       //
-		{"legacy", "audit", "log", nil},                              // db.*.* beats *
-		{"crm", "sales", "leads", []string{EventRead}},               //
-		{"shop", "sales", "leads", []string{EventCreate, EventRead}}, // only *
-		{"my.db", "a.b", "c", AllOps.Names()},                        // quoted parts
-		{"my", "db.a", "b.c", []string{EventCreate, EventRead}},      // not the same table
-		{"", "public", "orders", []string{EventUpdate}},              // no database named: two-part patterns only
-		{"", "audit", "log", []string{EventCreate, EventRead}},       //
-		{"Shop", "public", "orders", []string{EventUpdate}},          // names are case-sensitive
+		{"shop", "public", "orders", []string{schema.OpCreate}},              // db.schema.table beats schema.table
+		{"billing", "public", "orders", []string{schema.OpUpdate}},           // schema.table beats db.schema.*
+		{"legacy", "public", "orders", []string{schema.OpUpdate}},            // and db.*.*: naming the table decides
+		{"billing", "public", "items", []string{schema.OpDelete}},            // db.schema.* beats schema.*
+		{"shop", "public", "items", []string{schema.OpTruncate}},             // schema.* beats db.*.*
+		{"legacy", "public", "items", []string{schema.OpTruncate}},           //
+		{"legacy", "audit", "log", nil},                                      // db.*.* beats *
+		{"crm", "sales", "leads", []string{schema.OpRead}},                   //
+		{"shop", "sales", "leads", []string{schema.OpCreate, schema.OpRead}}, // only *
+		{"my.db", "a.b", "c", schema.AllOps.Names()},                         // quoted parts
+		{"my", "db.a", "b.c", []string{schema.OpCreate, schema.OpRead}},      // not the same table
+		{"", "public", "orders", []string{schema.OpUpdate}},                  // no database named: two-part patterns only
+		{"", "audit", "log", []string{schema.OpCreate, schema.OpRead}},       //
+		{"Shop", "public", "orders", []string{schema.OpUpdate}},              // names are case-sensitive
 	}
 	for _, tc := range cases {
 		got := g.TableOps(tc.db, tc.schema, tc.table).Names()

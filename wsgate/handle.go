@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -118,10 +119,10 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 		if db != "" {
 			shown = t.qualified
 		}
-		granted := uint8(grants.TableOps(t.db, schemaName, table))
-		ops := opsOf(m.Events)
+		granted := grants.TableOps(t.db, schemaName, table)
+		ops := schema.OpsOf(m.Events)
 		if m.Events != nil && ops&^granted != 0 {
-			return fail(CodeNotAllowed, "events "+strings.Join(OpSet(ops&^granted).Names(), ", ")+" of "+shown+" are not granted")
+			return fail(CodeNotAllowed, "events "+strings.Join((ops&^granted).Names(), ", ")+" of "+shown+" are not granted")
 		}
 		// A column not granted is, to the client's where and select,
 		// a column that does not exist; the row policy reads any.
@@ -163,7 +164,7 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 		if !g.cat.hasTopic(m.Topic) {
 			return fail(CodeUnknownTopic, "topic "+quoteShort(m.Topic)+" does not exist; create it first")
 		}
-		s.topic, s.ops = m.Topic, allOps
+		s.topic, s.ops = m.Topic, schema.AllOps
 		subject = stream.TopicSubject(g.cfg.Prefix, m.Topic)
 		key, name = "q\x00"+subject, "topic "+quoteShort(m.Topic)
 	}
@@ -332,7 +333,7 @@ func (c *conn) regrant(s *sub, grants *Grants) (*Filter, regranted, string) {
 	if t == nil {
 		t = s.table
 	}
-	if lost := OpSet(s.ops &^ uint8(grants.TableOps(t.db, t.shape.Schema, t.shape.Table))); lost != 0 {
+	if lost := s.ops &^ grants.TableOps(t.db, t.shape.Schema, t.shape.Table); lost != 0 {
 		return nil, regranted{}, "events " + strings.Join(lost.Names(), ", ") + " of " + t.qualified + " are no longer granted"
 	}
 	var cols regranted

@@ -14,6 +14,7 @@ import (
 
 	"github.com/coder/websocket"
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/tablecast/tablecast/schema"
 )
 
 // Identity end to end: tokens without a subject, identities that must not
@@ -140,7 +141,7 @@ func TestRefresh(t *testing.T) {
 	c.subscribe(map[string]any{"id": "all", "table": "public.orders"})
 	c.subscribe(map[string]any{"id": "secret", "table": "public.secret"})
 	c.subscribe(map[string]any{"id": "chat", "topic": "chat"})
-	c.subscribe(map[string]any{"id": "creates", "table": "public.orders", "events": []string{EventCreate}})
+	c.subscribe(map[string]any{"id": "creates", "table": "public.orders", "events": []string{schema.OpCreate}})
 	if f := e.publishAndNext(c, "acme", "globex"); f.ID != "all" || e2eTenant(f) != "acme" {
 		t.Fatalf("before the refresh: %s", f.raw)
 	}
@@ -210,7 +211,7 @@ func TestRefresh(t *testing.T) {
 func (e *testEnv) publishAndNext(c *client, tenants ...string) frame {
 	e.t.Helper()
 	for i, tenant := range tenants {
-		e.publish(EventCreate, map[string]any{"id": 100 + i, "tenant": tenant})
+		e.publish(schema.OpCreate, map[string]any{"id": 100 + i, "tenant": tenant})
 	}
 	return c.read(10 * time.Second)
 }
@@ -254,9 +255,9 @@ func TestRefreshEndsResumingSubscription(t *testing.T) {
 	t.Parallel()
 	e := startAuthGateway(t)
 	notes := strings.Repeat("n", 2000)
-	from := e.publish(EventCreate, map[string]any{"id": 0, "notes": notes}) - 1
+	from := e.publish(schema.OpCreate, map[string]any{"id": 0, "notes": notes}) - 1
 	for i := 1; i < 500; i++ {
-		e.publish(EventCreate, map[string]any{"id": i, "notes": notes})
+		e.publish(schema.OpCreate, map[string]any{"id": i, "notes": notes})
 	}
 	c := e2eRawDial(t, e.addr, "/ws?token="+token(t, map[string]any{"tables": map[string]any{"public.orders": []string{"*"}}}, nil), "")
 	msg := func(v any) []byte {
@@ -420,8 +421,8 @@ func TestAnonymousGrants(t *testing.T) {
 	anon.subscribe(map[string]any{"id": "p", "table": "public.prices"})
 	urlSub := e.dial("/ws/tables/public.prices")
 	urlSub.expect("subscribed", URLSubscriptionID)
-	e.publish(EventCreate, map[string]any{"id": 1})
-	seq := e.publishTo("prices", EventCreate, map[string]any{"id": 2})
+	e.publish(schema.OpCreate, map[string]any{"id": 1})
+	seq := e.publishTo("prices", schema.OpCreate, map[string]any{"id": 2})
 	for _, c := range []*client{anon, urlSub} {
 		if f := c.read(10 * time.Second); f.Type != "event" || f.Seq != seq {
 			t.Fatalf("anonymous client got %s, want the price at seq %d", f.raw, seq)
@@ -487,7 +488,7 @@ func TestRefreshColumnGrants(t *testing.T) {
 	c.subscribe(map[string]any{"id": "all", "table": "public.orders"})
 	c.subscribe(map[string]any{"id": "sel", "table": "public.orders", "select": []string{"id", "status"}})
 	c.subscribe(map[string]any{"id": "where", "table": "public.orders", "where": map[string]any{"notes": map[string]any{"is": "null"}}})
-	e.publish(EventCreate, map[string]any{"id": 1, "tenant": "acme", "status": "open", "notes": nil})
+	e.publish(schema.OpCreate, map[string]any{"id": 1, "tenant": "acme", "status": "open", "notes": nil})
 	for range 3 {
 		f := c.read(10 * time.Second)
 		if f.Type != "event" {
@@ -506,7 +507,7 @@ func TestRefreshColumnGrants(t *testing.T) {
 		c.expect("unsubscribed", id)
 	}
 	c.expect("refreshed", "")
-	e.publish(EventCreate, map[string]any{"id": 2, "tenant": "acme", "status": "paid"})
+	e.publish(schema.OpCreate, map[string]any{"id": 2, "tenant": "acme", "status": "paid"})
 	f := c.read(10 * time.Second)
 	data, _ := f.event()["data"].(map[string]any)
 	if f.ID != "all" || data["tenant"] != "acme" || data["status"] != nil || len(data) != 2 {
@@ -515,7 +516,7 @@ func TestRefreshColumnGrants(t *testing.T) {
 
 	c.send(map[string]any{"type": "refresh", "token": token(t, grant("*"), nil)})
 	c.expect("refreshed", "")
-	e.publish(EventCreate, map[string]any{"id": 3, "tenant": "acme", "status": "paid"})
+	e.publish(schema.OpCreate, map[string]any{"id": 3, "tenant": "acme", "status": "paid"})
 	f = c.read(10 * time.Second)
 	if data, _ := f.event()["data"].(map[string]any); f.ID != "all" || data["status"] != "paid" {
 		t.Fatalf("after widening again: %s", f.raw)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/tablecast/tablecast/schema"
 )
 
 // Identity edges: duplicate members in a token, tokens without a subject,
@@ -55,7 +56,7 @@ func TestAuthenticateDuplicateMembers(t *testing.T) {
 	if err != nil {
 		t.Fatalf("refused: %v", err)
 	}
-	if id.Grants.OpsFor("public", "x") != opSetBit(EventRead) {
+	if id.Grants.OpsFor("public", "x") != schema.OpBit(schema.OpRead) {
 		t.Fatalf("grants %v", id.Grants.OpsFor("public", "x").Names())
 	}
 }
@@ -178,7 +179,7 @@ func TestParseGrants(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g.OpsFor("public", "prices") != AllOps || g.OpsFor("public", "orders") != 0 || !g.CanSubscribeTopic("prices") || g.CanPublish("prices") || g.Limits().Connections != 1000 {
+	if g.OpsFor("public", "prices") != schema.AllOps || g.OpsFor("public", "orders") != 0 || !g.CanSubscribeTopic("prices") || g.CanPublish("prices") || g.Limits().Connections != 1000 {
 		t.Fatal("grants read wrong")
 	}
 	for _, tc := range []struct{ name, data, want string }{
@@ -207,7 +208,7 @@ func TestAuthenticateAnonymousGrants(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no credential refused: %v", err)
 	}
-	if id.Method != MethodAnonymous || id.Grants.OpsFor("public", "prices") != AllOps || id.Grants.OpsFor("public", "orders") != 0 || id.key != "" {
+	if id.Method != MethodAnonymous || id.Grants.OpsFor("public", "prices") != schema.AllOps || id.Grants.OpsFor("public", "orders") != 0 || id.key != "" {
 		t.Fatalf("anonymous identity %+v", id)
 	}
 	// A credential that is presented is judged, never downgraded.

@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // fuzzProjections are the select lists every fuzzed event is projected by:
@@ -250,7 +252,7 @@ func FuzzProjectView(f *testing.F) {
 	f.Fuzz(func(t *testing.T, event []byte) {
 		env, isObject := decodeEnvelope(event)
 		var envRow, data Row
-		hasData := envRow.Reset(event) == nil && eventRow(&envRow, &data, bitUpdate)
+		hasData := envRow.Reset(event) == nil && eventRow(&envRow, &data, schema.BitUpdate)
 		for _, gr := range grants {
 			p := NewProjection(gr.sel)
 			if gr.grant {

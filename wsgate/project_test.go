@@ -817,7 +817,7 @@ func TestProjectViews(t *testing.T) {
 			if err := env.Reset([]byte(tt.event)); err != nil {
 				t.Fatal(err)
 			}
-			if !eventRow(&env, &data, bitUpdate) {
+			if !eventRow(&env, &data, schema.BitUpdate) {
 				t.Fatal("no data")
 			}
 			got, err := tt.p.appendView(nil, []byte(tt.event), tt.view, &data)

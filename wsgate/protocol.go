@@ -50,16 +50,6 @@ const (
 	TypeRefresh      MessageType = "refresh"
 )
 
-// Event kinds a subscription can ask for in "events"; the same words as the
-// envelope's "op" and the last token of a row change's subject.
-const (
-	EventCreate   = "create"
-	EventUpdate   = "update"
-	EventDelete   = "delete"
-	EventTruncate = "truncate"
-	EventRead     = "read"
-)
-
 // Limits on names, from the contract and from PostgreSQL.
 const (
 	// MaxIDLen is the longest subscription id, in characters. Ids are
@@ -411,25 +401,25 @@ func (d *decoder) subscribe(m *ClientMessage) *ProtocolError {
 // events validates a list of event kinds, dropping duplicates; an empty list
 // becomes nil (all kinds).
 func (d *decoder) events(list []string) ([]string, *ProtocolError) {
-	var out []string
-	for _, e := range list {
-		if !knownEvent(e) {
-			return nil, d.fail(CodeInvalidSubscription, "unknown event "+quoteShort(e)+
-				" (want create, update, delete, truncate or read)")
-		}
-		if !containsString(out, e) {
-			out = append(out, e)
-		}
+	out, msg := checkEvents(list)
+	if msg != "" {
+		return nil, d.fail(CodeInvalidSubscription, msg)
 	}
 	return out, nil
 }
 
-func knownEvent(e string) bool {
-	switch e {
-	case EventCreate, EventUpdate, EventDelete, EventTruncate, EventRead:
-		return true
+// checkEvents returns a list of event kinds without its duplicates, nil for
+// an empty list, or what is wrong with it.
+func checkEvents(list []string) (events []string, msg string) {
+	for _, e := range list {
+		if schema.OpBit(e) == 0 {
+			return nil, "unknown event " + quoteShort(e) + " (want create, update, delete, truncate or read)"
+		}
+		if !containsString(events, e) {
+			events = append(events, e)
+		}
 	}
-	return false
+	return events, ""
 }
 
 func containsString(list []string, s string) bool {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tablecast/tablecast/schema"
 )
 
 var (
@@ -347,14 +348,14 @@ func (s *sub) historyFrame(seq uint64, subject string, data []byte, env, row *Ro
 	if s.topic != "" {
 		return encodeMessage(s.id, s.topic, seq, topicPayload(data))
 	}
-	bit := opBit(subjectOp(subject))
+	bit := schema.OpBit(subjectOp(subject))
 	if bit == 0 || env.Reset(data) != nil {
 		return nil
 	}
 	hasRow := eventRow(env, row, bit)
 	var old *Row
 	hasOld := false
-	if bit == bitUpdate {
+	if bit == schema.BitUpdate {
 		old = oldRows.Get().(*Row)
 		defer oldRows.Put(old)
 		hasOld = oldRow(env, old)

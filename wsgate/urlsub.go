@@ -119,14 +119,9 @@ func ParseURLSubscription(path string, query url.Values) (URLSubscription, *Prot
 	if v, ok, perr := single(paramEvents); perr != nil {
 		return URLSubscription{}, perr
 	} else if ok && v != "" {
-		for _, e := range strings.Split(v, ",") {
-			if !knownEvent(e) {
-				return fail(CodeInvalidSubscription, "unknown event "+quoteShort(e)+
-					" (want create, update, delete, truncate or read)")
-			}
-			if !containsString(sub.Events, e) {
-				sub.Events = append(sub.Events, e)
-			}
+		var msg string
+		if sub.Events, msg = checkEvents(strings.Split(v, ",")); msg != "" {
+			return fail(CodeInvalidSubscription, msg)
 		}
 	}
 
