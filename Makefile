@@ -39,6 +39,7 @@ test: vet
 	@$(MAKE) --no-print-directory fuzz
 
 fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzScan$$' -fuzztime=$(FUZZTIME) ./internal/jsonx
 	$(GO) test -run='^$$' -fuzz='^FuzzAppendValue$$' -fuzztime=$(FUZZTIME) ./schema
 	$(GO) test -run='^$$' -fuzz='^FuzzToken$$' -fuzztime=$(FUZZTIME) ./stream
 	$(GO) test -run='^$$' -fuzz='^FuzzRowMessage$$' -fuzztime=$(FUZZTIME) ./cdc
@@ -52,7 +53,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzUpgradeRequest$$' -fuzztime=$(FUZZTIME) ./wsgate
 
 bench:
-	$(GO) test -run='^$$' -bench=. -benchmem ./schema ./stream ./cdc ./wsgate
+	$(GO) test -run='^$$' -bench=. -benchmem ./internal/jsonx ./schema ./stream ./cdc ./wsgate
 	scripts/bench-cdc.sh
 
 # Long chaos and soak runs, run before resolving pipeline changes.

@@ -3,6 +3,8 @@ package schema
 import (
 	"strconv"
 	"time"
+
+	"github.com/tablecast/tablecast/internal/jsonx"
 )
 
 // Value kinds of one column in a row image, as pgoutput tags them.
@@ -205,7 +207,7 @@ func appendEvent(dst []byte, db string, tbl *Table, txn *Txn, c *Change, end int
 			} else {
 				dst = append(dst, ',')
 			}
-			dst = AppendString(dst, tbl.Columns[i].Name)
+			dst = jsonx.AppendString(dst, tbl.Columns[i].Name)
 		}
 		if !first {
 			dst = append(dst, ']')

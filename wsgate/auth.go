@@ -127,6 +127,7 @@ import (
 	"unicode/utf8"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/tablecast/tablecast/internal/jsonx"
 )
 
 // Credential transport (DESIGN.md, "WebSocket protocol — contract (v1)").
@@ -660,7 +661,7 @@ const maxClaimsDepth = 64
 // not valid JSON is left for the decoder to report.
 func checkRepeated(payload []byte) error {
 	d := repeatScan{b: payload, names: make([]repeatName, 0, 32)}
-	i := skipSpace(payload, 0)
+	i := jsonx.SkipSpace(payload, 0)
 	if i >= len(payload) || payload[i] != '{' {
 		return nil
 	}
@@ -668,11 +669,11 @@ func checkRepeated(payload []byte) error {
 	switch {
 	case err == errRepeated && d.claim == nil:
 		return authErr(ReasonDuplicateClaim, fmt.Errorf("claim %q is repeated", d.name))
-	case err == errRepeated && decodeJSONString(d.claim) == GrantsClaim:
+	case err == errRepeated && jsonx.DecodeString(d.claim) == GrantsClaim:
 		return authErr(cutUTF8(ReasonMalformedGrants+": "+repeatedMemberError(d.name).Error(), maxReasonLen), nil)
 	case err == errRepeated:
-		return authErr(ReasonDuplicateClaim, fmt.Errorf("claim %q: %w", decodeJSONString(d.claim), repeatedMemberError(d.name)))
-	case err == errTooDeep:
+		return authErr(ReasonDuplicateClaim, fmt.Errorf("claim %q: %w", jsonx.DecodeString(d.claim), repeatedMemberError(d.name)))
+	case err == jsonx.ErrTooDeep:
 		return fmt.Errorf("claims nested deeper than %d", maxClaimsDepth)
 	}
 	return nil // valid, or for the decoder to refuse
@@ -683,10 +684,10 @@ var errRepeated = errors.New("repeated member")
 // repeatScan is checkRepeated's scanner.
 type repeatScan struct {
 	b     []byte
-	names []repeatName // the names of the objects open, outermost first
-	claim []byte       // the top-level member being read; nil when a claim itself is repeated
-	name  string       // the repeated name, once found
-	skip  Row          // skips scalars
+	names []repeatName  // the names of the objects open, outermost first
+	claim []byte        // the top-level member being read; nil when a claim itself is repeated
+	name  string        // the repeated name, once found
+	skip  jsonx.Scanner // skips scalars
 }
 
 // repeatName is a member name as it is in the payload.
@@ -699,21 +700,21 @@ func (n repeatName) equal(o repeatName) bool {
 	if n.plain && o.plain {
 		return bytes.Equal(n.raw, o.raw)
 	}
-	return decodeJSONString(n.raw) == decodeJSONString(o.raw)
+	return jsonx.DecodeString(n.raw) == jsonx.DecodeString(o.raw)
 }
 
 // value reads the value at b[i] and returns the index after it:
-// errRepeated when an object in it repeats a name, errTooDeep, or errSyntax.
+// errRepeated when an object in it repeats a name, jsonx.ErrTooDeep, or jsonx.ErrSyntax.
 func (d *repeatScan) value(i, depth int) (int, error) {
 	b := d.b
 	if i >= len(b) {
-		return i, errSyntax
+		return i, jsonx.ErrSyntax
 	}
 	if b[i] != '{' && b[i] != '[' {
-		return d.skip.skipValue(b, i)
+		return d.skip.SkipValue(b, i)
 	}
 	if depth > maxClaimsDepth {
-		return i, errTooDeep
+		return i, jsonx.ErrTooDeep
 	}
 	open, end := b[i], byte('}')
 	if open == '[' {
@@ -721,22 +722,22 @@ func (d *repeatScan) value(i, depth int) (int, error) {
 	}
 	start := len(d.names)
 	defer func() { d.names = d.names[:start] }()
-	if i = skipSpace(b, i+1); i < len(b) && b[i] == end {
+	if i = jsonx.SkipSpace(b, i+1); i < len(b) && b[i] == end {
 		return i + 1, nil
 	}
 	for {
 		if open == '{' {
 			if i >= len(b) || b[i] != '"' {
-				return i, errSyntax
+				return i, jsonx.ErrSyntax
 			}
-			after, plain, ok := scanString(b, i)
+			after, plain, ok := jsonx.ScanString(b, i)
 			if !ok {
-				return i, errSyntax
+				return i, jsonx.ErrSyntax
 			}
 			n := repeatName{raw: b[i+1 : after-1], plain: plain}
 			for _, o := range d.names[start:] {
 				if o.equal(n) {
-					d.name = decodeJSONString(n.raw)
+					d.name = jsonx.DecodeString(n.raw)
 					if depth == 0 {
 						d.claim = nil // a claim itself is repeated
 					}
@@ -747,25 +748,18 @@ func (d *repeatScan) value(i, depth int) (int, error) {
 			if depth == 0 {
 				d.claim = n.raw
 			}
-			if i = skipSpace(b, after); i >= len(b) || b[i] != ':' {
-				return i, errSyntax
+			if i = jsonx.SkipSpace(b, after); i >= len(b) || b[i] != ':' {
+				return i, jsonx.ErrSyntax
 			}
-			i = skipSpace(b, i+1)
+			i = jsonx.SkipSpace(b, i+1)
 		}
 		var err error
 		if i, err = d.value(i, depth+1); err != nil {
 			return i, err
 		}
-		if i = skipSpace(b, i); i >= len(b) {
-			return i, errSyntax
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case end:
-			return i + 1, nil
-		default:
-			return i, errSyntax
+		var more bool
+		if i, more, err = jsonx.Next(b, i, end); err != nil || !more {
+			return i, err
 		}
 	}
 }

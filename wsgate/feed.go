@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/internal/jsonx"
 	"github.com/tablecast/tablecast/schema"
 )
 
@@ -578,7 +579,7 @@ func (gr *frameGroup) eventFrame(seq uint64, data []byte, view eventView, row *R
 func encodeEvent(id string, proj *Projection, seq uint64, data []byte, view eventView, row *Row) []byte {
 	buf := newFrame(len(data) + len(id) + 48)
 	buf = append(buf, `{"type":"event","id":`...)
-	buf = schema.AppendString(buf, id)
+	buf = jsonx.AppendString(buf, id)
 	buf = append(buf, `,"seq":`...)
 	buf = strconv.AppendUint(buf, seq, 10)
 	buf = append(buf, `,"event":`...)
@@ -599,7 +600,7 @@ func topicPayload(data []byte) []byte {
 	if json.Valid(data) {
 		return data
 	}
-	return schema.AppendString(nil, string(data))
+	return jsonx.AppendString(nil, string(data))
 }
 
 func (f *feed) deliverMessage(seq uint64, data []byte) {

@@ -47,7 +47,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/tablecast/tablecast/internal/civil"
-	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/internal/jsonx"
 )
 
 // ColumnType is how a column's values compare.
@@ -278,7 +278,7 @@ type scalar struct {
 //
 // Every problem is returned as a *FilterError.
 func CompileWhere(where json.RawMessage, table string, columns map[string]ColumnType) (*Filter, error) {
-	w := where[skipSpace(where, 0):]
+	w := where[jsonx.SkipSpace(where, 0):]
 	for len(w) > 0 && (w[len(w)-1] == ' ' || w[len(w)-1] == '\t' || w[len(w)-1] == '\n' || w[len(w)-1] == '\r') {
 		w = w[:len(w)-1]
 	}
@@ -337,7 +337,7 @@ func (c *compiler) group(obj []byte, depth int) (group, error) {
 	}
 	var g group
 	for _, m := range r.members {
-		name := decodeJSONString(m.name)
+		name := jsonx.DecodeString(m.name)
 		// "or" with an array is a group even if the table has a column
 		// called or: a column's condition is always an object.
 		if name == "or" && m.value[0] == '[' {
@@ -367,7 +367,7 @@ func (c *compiler) group(obj []byte, depth int) (group, error) {
 		}
 		c.used[name] = true
 		for _, o := range ops.members {
-			k, err := c.cond(name, typ, decodeJSONString(o.name), o.value)
+			k, err := c.cond(name, typ, jsonx.DecodeString(o.name), o.value)
 			if err != nil {
 				return group{}, err
 			}
@@ -435,7 +435,7 @@ func (c *compiler) cond(col string, typ ColumnType, opName string, raw []byte) (
 func (c *compiler) is(k *cond, raw []byte) error {
 	what := string(raw)
 	if raw[0] == '"' {
-		what = decodeJSONString(raw[1 : len(raw)-1])
+		what = jsonx.DecodeString(raw[1 : len(raw)-1])
 	}
 	switch what {
 	case "null":
@@ -489,7 +489,7 @@ func parseLiteral(col string, typ ColumnType, raw []byte, lit *scalar) error {
 	isString := raw[0] == '"'
 	var text []byte // the string's value, or a copy of the literal's bytes
 	if isString {
-		text = []byte(decodeJSONString(raw[1 : len(raw)-1]))
+		text = []byte(jsonx.DecodeString(raw[1 : len(raw)-1]))
 	} else {
 		text = bytes.Clone(raw)
 	}
@@ -503,7 +503,7 @@ func parseLiteral(col string, typ ColumnType, raw []byte, lit *scalar) error {
 		}
 		var ok bool
 		if lit.dec, ok = parseDecimal(text); !ok {
-			if end, ok := schema.ScanJSONNumber(text, 0); ok && end == len(text) {
+			if end, ok := jsonx.ScanNumber(text, 0); ok && end == len(text) {
 				return filterErrorf("value %s is out of range for column %q (%s)", shorten(raw), col, typ)
 			}
 			return bad()
@@ -649,7 +649,7 @@ func (k *cond) match(row *Row) (bool, error) {
 		return false, k.evalError(raw)
 	}
 	if k.typ == TypeJSON {
-		return equalCompactJSON(raw, k.lit.s) == (k.op == opEq), nil
+		return jsonx.EqualCompact(raw, k.lit.s) == (k.op == opEq), nil
 	}
 	var scratch [moneyDigits]byte
 	v, ok := k.parseValue(raw, &scratch)
@@ -771,11 +771,11 @@ func (k *cond) parseValue(raw []byte, scratch *[moneyDigits]byte) (v scalar, ok 
 		if !isString {
 			return v, false
 		}
-		v.s, v.plain = body, isPlainText(body)
+		v.s, v.plain = body, jsonx.IsPlain(body)
 		return v, true
 	default: // TypeOther: the text of a string, the JSON of anything else
 		if isString {
-			v.s, v.plain = body, isPlainText(body)
+			v.s, v.plain = body, jsonx.IsPlain(body)
 		} else {
 			v.s, v.plain = raw, true
 		}
@@ -806,7 +806,7 @@ func compareScalar(typ ColumnType, a, b *scalar) int {
 	case TypeTimestamp, TypeDate:
 		return compareInstant(a.t, b.t)
 	case TypeJSON:
-		if equalCompactJSON(a.s, b.s) {
+		if jsonx.EqualCompact(a.s, b.s) {
 			return 0
 		}
 		return bytes.Compare(a.s, b.s)
@@ -814,7 +814,7 @@ func compareScalar(typ ColumnType, a, b *scalar) int {
 	if a.plain {
 		return bytes.Compare(a.s, b.s)
 	}
-	return compareJSONString(a.s, b.s)
+	return jsonx.CompareString(a.s, b.s)
 }
 
 // compareFloat orders floats as PostgreSQL does: NaN equals NaN and is
@@ -858,31 +858,11 @@ func lowerASCII(c byte) byte {
 	return c
 }
 
-// equalCompactJSON reports whether the JSON raw, once its insignificant
-// white space is removed, is the bytes compact.
-func equalCompactJSON(raw, compact []byte) bool {
-	j := 0
-	inString, escaped := false, false
-	for _, c := range raw {
-		switch {
-		case !inString:
-			if c == ' ' || c == '\t' || c == '\n' || c == '\r' {
-				continue
-			}
-			inString = c == '"'
-		case escaped:
-			escaped = false
-		case c == '\\':
-			escaped = true
-		case c == '"':
-			inString = false
-		}
-		if j >= len(compact) || compact[j] != c {
-			return false
-		}
-		j++
+func skipDigits(b []byte, i int) int {
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		i++
 	}
-	return j == len(compact)
+	return i
 }
 
 // parseInt64 parses a JSON integer that fits an int64.

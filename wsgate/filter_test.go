@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/tablecast/tablecast/internal/jsonx"
 )
 
 // testColumns is the table every filter test compiles against.
@@ -597,9 +598,9 @@ func TestRowResetError(t *testing.T) {
 		}
 	}
 	var r Row
-	deep := strings.Repeat("[", maxRowDepth+1) + strings.Repeat("]", maxRowDepth+1)
+	deep := strings.Repeat("[", jsonx.MaxDepth+1) + strings.Repeat("]", jsonx.MaxDepth+1)
 	if err := r.Reset([]byte(`{"a":` + deep + `}`)); err == nil {
-		t.Errorf("Reset accepted nesting past %d", maxRowDepth)
+		t.Errorf("Reset accepted nesting past %d", jsonx.MaxDepth)
 	}
 }
 

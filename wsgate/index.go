@@ -1,6 +1,10 @@
 package wsgate
 
-import "strconv"
+import (
+	"strconv"
+
+	"github.com/tablecast/tablecast/internal/jsonx"
+)
 
 // The gateway indexes subscriptions by one equality condition of their
 // filter, so that matching an event costs in proportion to the
@@ -49,10 +53,10 @@ func appendIndexKey(dst []byte, typ ColumnType, raw []byte) ([]byte, bool) {
 			return dst, false
 		}
 		body := raw[1 : len(raw)-1]
-		if isPlainText(body) {
+		if jsonx.IsPlain(body) {
 			return append(dst, body...), true
 		}
-		return append(dst, decodeJSONString(body)...), true
+		return append(dst, jsonx.DecodeString(body)...), true
 	case TypeInteger:
 		i, ok := parseInt64(raw)
 		if !ok {

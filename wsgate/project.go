@@ -7,7 +7,7 @@
 // subscription with the same select list shares the same encoded bytes.
 //
 // AppendEvent rewrites the envelope without decoding it: it walks the event
-// with the row scanner of row.go (scanString, Row.skipValue), copies every
+// with the scanner of package jsonx (ScanString, Scanner.SkipValue), copies every
 // member it keeps byte for byte, and compares member names with the select
 // list by their decoded value, so that "st\u0061tus" is the column status.
 // Once dst has room it allocates nothing (TestProjectEventAllocs,
@@ -21,6 +21,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/tablecast/tablecast/internal/jsonx"
 )
 
 // Projection is a compiled select list, and the column grant of the
@@ -196,24 +198,24 @@ func (p *Projection) keyCols() *colSet {
 }
 
 // selects reports whether the member whose raw name (between its quotes, as
-// scanString read it, plain as scanString reported) is in the set.
+// jsonx.ScanString read it, plain as ScanString reported) is in the set.
 func (c *colSet) selects(name []byte, plain bool) bool {
 	if c.all {
 		return true
 	}
 	cols := c.columns
-	if !plain && !isPlainText(name) {
+	if !plain && !jsonx.IsPlain(name) {
 		// Escapes or invalid UTF-8: compare the decoded name.
 		lo, hi := 0, len(cols)
 		for lo < hi {
 			m := int(uint(lo+hi) >> 1)
-			if compareJSONString(name, cols[m]) > 0 {
+			if jsonx.CompareString(name, cols[m]) > 0 {
 				lo = m + 1
 			} else {
 				hi = m
 			}
 		}
-		return lo < len(cols) && compareJSONString(name, cols[lo]) == 0
+		return lo < len(cols) && jsonx.CompareString(name, cols[lo]) == 0
 	}
 	if c.bloom&nameBit(name) == 0 {
 		return false
@@ -272,17 +274,16 @@ func envelopeMember(name []byte, plain bool) int {
 		name string
 		kind int
 	}{{"data", memberData}, {"old", memberOld}, {"unchanged", memberUnchanged}, {"key", memberKey}, {"op", memberOp}} {
-		if compareJSONString(name, m.name) == 0 {
+		if jsonx.CompareString(name, m.name) == 0 {
 			return m.kind
 		}
 	}
 	return memberOther
 }
 
-// projectScratch holds the Rows whose skipValue stacks AppendEvent borrows,
-// so that concurrent calls share no state and a warmed call allocates
-// nothing.
-var projectScratch = sync.Pool{New: func() any { return new(Row) }}
+// projectScratch holds the Scanners AppendEvent borrows, so that
+// concurrent calls share no state and a warmed call allocates nothing.
+var projectScratch = sync.Pool{New: func() any { return new(jsonx.Scanner) }}
 
 // AppendEvent appends to dst the envelope event (one JSON object as published
 // by the reader, see schema/event.go AppendEvent) projected by p: the members
@@ -322,7 +323,7 @@ func (p *Projection) AppendEvent(dst, event []byte) ([]byte, error) {
 // (a key column it lacks, an unchanged TOASTed value, keeps the value of
 // "key"). Under a column grant "key" keeps its granted columns.
 func (p *Projection) appendView(dst, event []byte, v eventView, data *Row) ([]byte, error) {
-	sc := projectScratch.Get().(*Row)
+	sc := projectScratch.Get().(*jsonx.Scanner)
 	out, i, err := p.appendEvent(dst, event, sc, v, data)
 	projectScratch.Put(sc)
 	if err != nil {
@@ -338,17 +339,17 @@ func (p *Projection) appendView(dst, event []byte, v eventView, data *Row) ([]by
 
 // appendEvent projects the envelope b into dst as the view v. On error it
 // returns the offset of the fault; what it wrote to dst is then garbage.
-func (p *Projection) appendEvent(dst, b []byte, sc *Row, v eventView, data *Row) ([]byte, int, error) {
-	i := skipSpace(b, 0)
+func (p *Projection) appendEvent(dst, b []byte, sc *jsonx.Scanner, v eventView, data *Row) ([]byte, int, error) {
+	i := jsonx.SkipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
-		return dst, i, errNotObject
+		return dst, i, jsonx.ErrNotObject
 	}
 	dst = append(dst, '{')
-	i = skipSpace(b, i+1)
+	i = jsonx.SkipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
-		i = skipSpace(b, i+1)
+		i = jsonx.SkipSpace(b, i+1)
 		if i != len(b) {
-			return dst, i, errSyntax
+			return dst, i, jsonx.ErrSyntax
 		}
 		return append(dst, '}'), i, nil
 	}
@@ -356,19 +357,12 @@ func (p *Projection) appendEvent(dst, b []byte, sc *Row, v eventView, data *Row)
 	rewrite := p != nil || v != viewWhole
 	first := true
 	for {
-		if i >= len(b) || b[i] != '"' {
-			return dst, i, errSyntax
+		raw, plain, vi, err := jsonx.Member(b, i)
+		if err != nil {
+			return dst, vi, err
 		}
-		end, plain, ok := scanString(b, i)
-		if !ok {
-			return dst, i, errSyntax
-		}
-		name := b[i:end] // quotes included
-		i = skipSpace(b, end)
-		if i >= len(b) || b[i] != ':' {
-			return dst, i, errSyntax
-		}
-		i = skipSpace(b, i+1)
+		name := b[i : i+len(raw)+2] // quotes included
+		i = vi
 
 		mark := len(dst)
 		if !first {
@@ -378,20 +372,20 @@ func (p *Projection) appendEvent(dst, b []byte, sc *Row, v eventView, data *Row)
 		dst = append(dst, ':')
 		kind := memberOther
 		if rewrite {
-			kind = envelopeMember(name[1:len(name)-1], plain)
+			kind = envelopeMember(raw, plain)
 		}
 		isObject := i < len(b) && b[i] == '{'
-		var err error
+		var end int
 		switch {
 		case v == viewOldAsDelete && (kind == memberData || kind == memberUnchanged),
 			v == viewNew && kind == memberOld:
 			// Not part of this view.
-			if end, err = sc.skipValue(b, i); err != nil {
+			if end, err = sc.SkipValue(b, i); err != nil {
 				return dst, end, err
 			}
 			dst = dst[:mark]
 		case v == viewOldAsDelete && kind == memberOp:
-			if end, err = sc.skipValue(b, i); err != nil {
+			if end, err = sc.SkipValue(b, i); err != nil {
 				return dst, end, err
 			}
 			dst = append(dst, `"delete"`...)
@@ -410,7 +404,7 @@ func (p *Projection) appendEvent(dst, b []byte, sc *Row, v eventView, data *Row)
 				return dst, end, err
 			}
 		case kind == memberUnchanged && !rows.all:
-			end, err = sc.skipValue(b, i)
+			end, err = sc.SkipValue(b, i)
 			if err != nil {
 				return dst, end, err
 			}
@@ -419,7 +413,7 @@ func (p *Projection) appendEvent(dst, b []byte, sc *Row, v eventView, data *Row)
 				dst = dst[:mark]
 			}
 		default:
-			end, err = sc.skipValue(b, i)
+			end, err = sc.SkipValue(b, i)
 			if err != nil {
 				return dst, end, err
 			}
@@ -429,66 +423,54 @@ func (p *Projection) appendEvent(dst, b []byte, sc *Row, v eventView, data *Row)
 			first = false
 		}
 
-		i = skipSpace(b, end)
-		if i >= len(b) {
-			return dst, i, errSyntax
+		var more bool
+		if i, more, err = jsonx.Next(b, end, '}'); err != nil {
+			return dst, i, err
 		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case '}':
-			i = skipSpace(b, i+1)
+		if !more {
+			i = jsonx.SkipSpace(b, i)
 			if i != len(b) {
-				return dst, i, errSyntax
+				return dst, i, jsonx.ErrSyntax
 			}
 			return append(dst, '}'), i, nil
-		default:
-			return dst, i, errSyntax
 		}
 	}
 }
 
 // deepValue is the length from which a member value of a row may nest as
-// deeply as Row.skipValue allows: each level takes at least two bytes. A row
+// deeply as jsonx.Scanner.SkipValue allows: each level takes at least two bytes. A row
 // inside the envelope is one level deeper than the rows Row indexes, so
 // such a row is checked once more, whole, to refuse exactly what
 // encoding/json refuses.
-const deepValue = 2 * (maxRowDepth - 1)
+const deepValue = 2 * (jsonx.MaxDepth - 1)
 
 // appendRow appends the row object starting at b[i] ('{'), keeping the
 // members in cols, and returns the index after it. With from, a kept
 // member takes the value of the member of the same name in from, when from
 // has one.
-func appendRow(dst, b []byte, i int, sc *Row, cols *colSet, from *Row) ([]byte, int, error) {
+func appendRow(dst, b []byte, i int, sc *jsonx.Scanner, cols *colSet, from *Row) ([]byte, int, error) {
 	start := i
 	dst = append(dst, '{')
-	i = skipSpace(b, i+1)
+	i = jsonx.SkipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
 		return append(dst, '}'), i + 1, nil
 	}
 	first, deep := true, false
 	for {
-		if i >= len(b) || b[i] != '"' {
-			return dst, i, errSyntax
+		raw, plain, vi, err := jsonx.Member(b, i)
+		if err != nil {
+			return dst, vi, err
 		}
-		end, plain, ok := scanString(b, i)
-		if !ok {
-			return dst, i, errSyntax
-		}
-		name := b[i:end]
-		i = skipSpace(b, end)
-		if i >= len(b) || b[i] != ':' {
-			return dst, i, errSyntax
-		}
-		i = skipSpace(b, i+1)
-		end, err := sc.skipValue(b, i)
+		name := b[i : i+len(raw)+2] // quotes included
+		i = vi
+		end, err := sc.SkipValue(b, i)
 		if err != nil {
 			return dst, end, err
 		}
 		if end-i >= deepValue {
 			deep = true
 		}
-		if cols.selects(name[1:len(name)-1], plain) {
+		if cols.selects(raw, plain) {
 			if !first {
 				dst = append(dst, ',')
 			}
@@ -497,28 +479,23 @@ func appendRow(dst, b []byte, i int, sc *Row, cols *colSet, from *Row) ([]byte, 
 			dst = append(dst, ':')
 			value := b[i:end]
 			if from != nil {
-				if nv, ok := from.getRaw(name[1:len(name)-1], plain); ok {
+				if nv, ok := from.getRaw(raw, plain); ok {
 					value = nv
 				}
 			}
 			dst = append(dst, value...)
 		}
-		i = skipSpace(b, end)
-		if i >= len(b) {
-			return dst, i, errSyntax
+		var more bool
+		if i, more, err = jsonx.Next(b, end, '}'); err != nil {
+			return dst, i, err
 		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case '}':
+		if !more {
 			if deep {
-				if end, err := sc.skipValue(b, start); err != nil {
+				if end, err := sc.SkipValue(b, start); err != nil {
 					return dst, end, err
 				}
 			}
-			return append(dst, '}'), i + 1, nil
-		default:
-			return dst, i, errSyntax
+			return append(dst, '}'), i, nil
 		}
 	}
 }
@@ -533,12 +510,12 @@ func (c *colSet) appendUnchanged(dst, v []byte) ([]byte, bool) {
 	mark := len(dst)
 	dst = append(dst, '[')
 	n := 0
-	for k := skipSpace(v, 1); v[k] != ']'; {
+	for k := jsonx.SkipSpace(v, 1); v[k] != ']'; {
 		if v[k] != '"' {
 			// Not an array of strings: not the reader's, copied as is.
 			return append(dst[:mark], v...), true
 		}
-		end, plain, _ := scanString(v, k)
+		end, plain, _ := jsonx.ScanString(v, k)
 		if c.selects(v[k+1:end-1], plain) {
 			if n > 0 {
 				dst = append(dst, ',')
@@ -546,8 +523,8 @@ func (c *colSet) appendUnchanged(dst, v []byte) ([]byte, bool) {
 			n++
 			dst = append(dst, v[k:end]...)
 		}
-		if k = skipSpace(v, end); v[k] == ',' {
-			k = skipSpace(v, k+1)
+		if k = jsonx.SkipSpace(v, end); v[k] == ',' {
+			k = jsonx.SkipSpace(v, k+1)
 		}
 	}
 	if n == 0 {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tablecast/tablecast/internal/jsonx"
 	"github.com/tablecast/tablecast/schema"
 )
 
@@ -479,7 +480,7 @@ func TestProjectEventErrors(t *testing.T) {
 				if err == nil {
 					t.Fatalf("AppendEvent(%.100s) = %.100s, want an error", tt.event, got)
 				}
-				if !errors.Is(err, errSyntax) && !errors.Is(err, errNotObject) && !errors.Is(err, errTooDeep) {
+				if !errors.Is(err, jsonx.ErrSyntax) && !errors.Is(err, jsonx.ErrNotObject) && !errors.Is(err, jsonx.ErrTooDeep) {
 					t.Errorf("error %v does not wrap a JSON syntax error", err)
 				}
 				if string(got) != "abc" || len(got) != len(dst) {

@@ -10,6 +10,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/tablecast/tablecast/internal/jsonx"
 	"github.com/tablecast/tablecast/schema"
 )
 
@@ -618,7 +619,7 @@ func quoteShort(s string) string {
 // value a client resumes "from"), event the (projected) envelope.
 func AppendEventFrame(dst []byte, subID string, seq uint64, event []byte) []byte {
 	dst = append(dst, `{"type":"event","id":`...)
-	dst = schema.AppendString(dst, subID)
+	dst = jsonx.AppendString(dst, subID)
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)
 	dst = append(dst, `,"event":`...)
@@ -631,9 +632,9 @@ func AppendEventFrame(dst []byte, subID string, seq uint64, event []byte) []byte
 //	{"type":"message","id":"s2","topic":"chat","seq":88,"data":{…}}
 func AppendMessageFrame(dst []byte, subID, topic string, seq uint64, data []byte) []byte {
 	dst = append(dst, `{"type":"message","id":`...)
-	dst = schema.AppendString(dst, subID)
+	dst = jsonx.AppendString(dst, subID)
 	dst = append(dst, `,"topic":`...)
-	dst = schema.AppendString(dst, topic)
+	dst = jsonx.AppendString(dst, topic)
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)
 	dst = append(dst, `,"data":`...)
@@ -649,7 +650,7 @@ func AppendMessageFrame(dst []byte, subID, topic string, seq uint64, data []byte
 // matching event with a greater sequence will be sent.
 func AppendSubscribed(dst []byte, id string, seq uint64) []byte {
 	dst = append(dst, `{"type":"subscribed","id":`...)
-	dst = schema.AppendString(dst, id)
+	dst = jsonx.AppendString(dst, id)
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)
 	return append(dst, '}')
@@ -660,7 +661,7 @@ func AppendSubscribed(dst []byte, id string, seq uint64) []byte {
 //	{"type":"unsubscribed","id":"s1"}
 func AppendUnsubscribed(dst []byte, id string) []byte {
 	dst = append(dst, `{"type":"unsubscribed","id":`...)
-	dst = schema.AppendString(dst, id)
+	dst = jsonx.AppendString(dst, id)
 	return append(dst, '}')
 }
 
@@ -702,13 +703,13 @@ func AppendError(dst []byte, id string, code ErrorCode, message string) []byte {
 	dst = append(dst, `{"type":"error",`...)
 	if id != "" {
 		dst = append(dst, `"id":`...)
-		dst = schema.AppendString(dst, id)
+		dst = jsonx.AppendString(dst, id)
 		dst = append(dst, ',')
 	}
 	dst = append(dst, `"code":`...)
-	dst = schema.AppendString(dst, string(code))
+	dst = jsonx.AppendString(dst, string(code))
 	dst = append(dst, `,"message":`...)
-	dst = schema.AppendString(dst, message)
+	dst = jsonx.AppendString(dst, message)
 	return append(dst, '}')
 }
 
@@ -725,7 +726,7 @@ func appendStringArray(dst []byte, list []string) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = schema.AppendString(dst, s)
+		dst = jsonx.AppendString(dst, s)
 	}
 	return append(dst, ']')
 }

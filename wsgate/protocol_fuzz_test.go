@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/internal/jsonx"
 )
 
 // Seeds are both here (so plain `go test` runs them) and under
@@ -104,7 +104,7 @@ func FuzzParseURLSubscription(f *testing.F) {
 		}
 		// The same where must be accepted by the JSON protocol.
 		frame := []byte(`{"type":"subscribe","id":"u","table":`)
-		frame = schema.AppendString(frame, sub.Table)
+		frame = jsonx.AppendString(frame, sub.Table)
 		frame = append(frame, `,"where":`...)
 		frame = append(frame, sub.Where...)
 		frame = append(frame, '}')

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/internal/jsonx"
 )
 
 // URL subscriptions serve clients that connect and send nothing (a curl, an
@@ -167,7 +167,7 @@ func ParseURLSubscription(path string, query url.Values) (URLSubscription, *Prot
 		if i > 0 {
 			where = append(where, ',')
 		}
-		where = schema.AppendString(where, col)
+		where = jsonx.AppendString(where, col)
 		where = append(where, ':', '{')
 		var seen []string
 		for j, v := range query[col] {
@@ -182,7 +182,7 @@ func ParseURLSubscription(path string, query url.Values) (URLSubscription, *Prot
 			if j > 0 {
 				where = append(where, ',')
 			}
-			where = schema.AppendString(where, op)
+			where = jsonx.AppendString(where, op)
 			where = append(where, ':')
 			if op == "in" || op == "nin" {
 				items, msg := parseInList(value)
@@ -191,7 +191,7 @@ func ParseURLSubscription(path string, query url.Values) (URLSubscription, *Prot
 				}
 				where = appendStringArray(where, items)
 			} else {
-				where = schema.AppendString(where, value)
+				where = jsonx.AppendString(where, value)
 			}
 		}
 		where = append(where, '}')
