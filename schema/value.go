@@ -25,7 +25,8 @@ import (
 
 // Type OIDs that pgtype has no constant for.
 const (
-	moneyOID      = 790
+	// MoneyOID is money's type OID.
+	MoneyOID      = 790
 	moneyArrayOID = 791
 
 	// firstNormalOID is PostgreSQL's FirstNormalObjectId: every OID below it
@@ -77,7 +78,7 @@ func AppendValue(dst []byte, typeOID uint32, text []byte) []byte {
 		return jsonx.AppendStringBytes(dst, text)
 
 	case pgtype.TextOID, pgtype.VarcharOID, pgtype.BPCharOID, pgtype.NameOID,
-		pgtype.QCharOID, pgtype.UUIDOID, pgtype.NumericOID, moneyOID,
+		pgtype.QCharOID, pgtype.UUIDOID, pgtype.NumericOID, MoneyOID,
 		pgtype.DateOID, pgtype.TimeOID, pgtype.TimetzOID, pgtype.IntervalOID,
 		pgtype.XMLOID, pgtype.InetOID, pgtype.CIDROID, pgtype.MacaddrOID,
 		pgtype.Macaddr8OID, pgtype.BitOID, pgtype.VarbitOID, pgtype.UnknownOID:
@@ -127,7 +128,7 @@ func AppendValue(dst []byte, typeOID uint32, text []byte) []byte {
 	case pgtype.DateArrayOID:
 		return appendArray(dst, pgtype.DateOID, ',', text)
 	case moneyArrayOID:
-		return appendArray(dst, moneyOID, ',', text)
+		return appendArray(dst, MoneyOID, ',', text)
 	}
 
 	if typeOID < firstNormalOID {

@@ -62,8 +62,8 @@ var valueCases = []valueCase{
 	{"numeric NaN", pgtype.NumericOID, "NaN", `"NaN"`},
 	{"numeric Infinity", pgtype.NumericOID, "Infinity", `"Infinity"`},
 	{"numeric -Infinity", pgtype.NumericOID, "-Infinity", `"-Infinity"`},
-	{"money", moneyOID, "$1,000.00", `"$1,000.00"`},
-	{"money negative", moneyOID, "-$1.50", `"-$1.50"`},
+	{"money", MoneyOID, "$1,000.00", `"$1,000.00"`},
+	{"money negative", MoneyOID, "-$1.50", `"-$1.50"`},
 
 	// bool.
 	{"bool true", pgtype.BoolOID, "t", "true"},

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
@@ -24,27 +25,19 @@ type tableInfo struct {
 	qualified string // "db.schema.table", the name that is never ambiguous
 	db        string
 	shape     schema.Shape
-	types     map[string]ColumnType // column name → how its values compare
-	subject   string                // every change to the table
+	types     map[string]query.ColumnType // column name → how its values compare
+	subject   string                      // every change to the table
 }
 
 func newTableInfo(prefix string, s schema.Shape) *tableInfo {
-	t := &tableInfo{
+	return &tableInfo{
 		name:      schema.FormatTableName(s.Schema, s.Table),
 		qualified: schema.FormatQualifiedName(s.DB, s.Schema, s.Table),
 		db:        s.DB,
 		shape:     s,
-		types:     make(map[string]ColumnType, len(s.Columns)),
+		types:     query.ColumnTypes(s),
 		subject:   stream.TableSubjects(prefix, s.DB, s.Schema, s.Table),
 	}
-	for _, c := range s.Columns {
-		oid := c.ValueOID
-		if oid == 0 {
-			oid = c.TypeOID
-		}
-		t.types[c.Name] = TypeOfOID(oid)
-	}
-	return t
 }
 
 // hasColumn reports whether the table has the column.

@@ -14,16 +14,11 @@
 //
 // # Filters
 //
-// CompileWhere compiles a subscription's `where` against the table's
-// column types once; an event's row is indexed once with Row.Reset and
-// shared by every subscription's Filter.Match, which compares values by their PostgreSQL type (numeric as
-// exact decimals, timestamps as instants, SQL NULL semantics) and allocates
-// nothing for the common types. A delete is matched on its "old" row, or
-// its "key" when PostgreSQL sent no old row.
-//
-// Concurrency: a Filter is immutable once compiled; a Row is read-only
-// between Resets. Both may be shared by any number of goroutines calling
-// Match.
+// What a subscription gets of its table is decided by package query: its
+// where (a JSON object, or a URL's filter parameters) is compiled against
+// the table's column types once; each event is indexed once (query.Event)
+// and every subscription it may reach decides on it with query.Selector,
+// live and on resume alike, then gets the frame of its projection.
 //
 // # The server
 //
@@ -38,9 +33,9 @@
 // Each table or topic in use is a feed (feed.go): one ordered JetStream
 // consumer shared by every subscriber on the gateway. The feed indexes each
 // event once, finds the subscriptions it may match through an index of
-// their equality conditions (index.go) plus a list of the others, and
-// encodes one frame per group of subscriptions with the same id and
-// projection (NewProjection, project.go), queued as the same bytes on every
+// their equality conditions (query.Filter.EqKey) plus a list of the others,
+// and encodes one frame per group of subscriptions with the same id and
+// projection (query.Projection), queued as the same bytes on every
 // connection of the group. A subscription is attached under the feed's
 // lock, so the seq its subscribed frame carries is exactly where live
 // delivery starts; a resume replays the history up to that point from a
@@ -82,7 +77,7 @@
 // per subscription; the column grant joins the client's select in its
 // Projection, so that subscriptions of identities with different grants
 // never share frames. A row policy judges an update's old and new rows
-// apart (sub.decide): a subscriber may get the update whole, without its
-// old row, or as a delete of the old row; each of these views is encoded
-// once per frame group.
+// apart (query.Selector.Decide): a subscriber may get the update whole,
+// without its old row, or as a delete of the old row; each of these views
+// is encoded once per frame group.
 package wsgate

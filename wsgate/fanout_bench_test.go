@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 )
 
@@ -32,7 +33,7 @@ func benchFeed(b *testing.B, n int, where func(i int) string) (*feed, []*discard
 	for i := range n {
 		ncs[i] = &discardConn{}
 		c := &conn{g: g, nc: ncs[i], fd: -1}
-		flt, err := CompileWhere([]byte(where(i)), t.name, t.types)
+		flt, err := query.CompileWhere([]byte(where(i)), t.name, t.types)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -67,7 +67,7 @@
 //
 // policies maps a table pattern (the same patterns as tables) to a row
 // policy: a where object, the same shape as a subscription's where
-// (CompileWhere). Unlike tables, EVERY matching pattern's policy applies
+// (query.CompileWhere). Unlike tables, EVERY matching pattern's policy applies
 // (those of other databases do not),
 // ANDed together: a policy only ever narrows, so a wildcard policy cannot
 // be widened by a more specific one. A table with a policy whose columns it
@@ -85,7 +85,7 @@
 //
 // A policy judges each row an event carries: an update whose old row
 // PostgreSQL sends (REPLICA IDENTITY FULL) is judged on both, and a
-// subscriber allowed only one of them sees only that one (see sub.decide).
+// subscriber allowed only one of them sees only that one (see query.Selector.Decide).
 //
 // limits tightens per-identity limits: connections (simultaneous
 // connections of this identity) and subscriptions (per connection). 0 or
@@ -116,7 +116,7 @@ const GrantsClaim = "tablecast"
 var ErrMissingClaim = errors.New("claim missing from the token")
 
 // maxPolicyDepth bounds how deeply a policy's "or" groups may nest while it
-// is read; CompileWhere applies its own, smaller, limit (MaxOrDepth) when
+// is read; query.Compile applies its own, smaller, limit (query.MaxOrDepth) when
 // the policy is compiled. It only stops a pathological claim from
 // recursing deeply here.
 const maxPolicyDepth = 32
@@ -401,7 +401,7 @@ func (g *Grants) Limits() Limits {
 }
 
 // Policy returns the row policy of a table: a where object, in the shape
-// CompileWhere takes, that every subscription to the table must match
+// query.CompileWhere takes, that every subscription to the table must match
 // whatever the client's own where says; the AND of every matching
 // pattern's policy, claim references replaced by the claim values. nil and
 // no error means no policy. An error (a missing claim, wrapping
@@ -448,7 +448,7 @@ func (g *Grants) TablePolicy(db, schemaName, table string) (json.RawMessage, err
 	return marshalWhere(where)
 }
 
-// AndWhere returns a where object (CompileWhere's shape) that matches the
+// AndWhere returns a where object (query.CompileWhere's shape) that matches the
 // rows both a and b match. A nil, empty or null a or b is no condition.
 // Conditions on distinct columns are merged into one object; conditions
 // that collide (the same operator on the same column, two "or" groups) are
@@ -503,7 +503,7 @@ func decodeWhere(raw json.RawMessage) (map[string]any, error) {
 
 // decodeStrict decodes one JSON value like encoding/json into any (numbers
 // as json.Number), but refuses an object that repeats a member name:
-// CompileWhere would AND both members, a map keeps one, and AndWhere must
+// query.CompileWhere would AND both members, a map keeps one, and AndWhere must
 // not change what a where means.
 func decodeStrict(dec *json.Decoder, depth int) (any, error) {
 	if depth > 10*maxPolicyDepth {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 )
 
@@ -188,13 +189,13 @@ func TestGrantsMalformed(t *testing.T) {
 
 // policyColumns are the columns of the table the policy tests compile
 // against.
-var policyColumns = map[string]ColumnType{
-	"id":        TypeInteger,
-	"tenant_id": TypeText,
-	"org_id":    TypeInteger,
-	"status":    TypeText,
-	"region":    TypeText,
-	"or":        TypeText, // a column called "or"
+var policyColumns = map[string]query.ColumnType{
+	"id":        query.TypeInteger,
+	"tenant_id": query.TypeText,
+	"org_id":    query.TypeInteger,
+	"status":    query.TypeText,
+	"region":    query.TypeText,
+	"or":        query.TypeText, // a column called "or"
 }
 
 // jsonEqual compares two JSON texts by value.
@@ -278,7 +279,7 @@ func TestGrantsPolicy(t *testing.T) {
 				t.Fatalf("Policy = %s, want %s", got, tc.want)
 			}
 			if got != nil {
-				if _, err := CompileWhere(got, tc.schema+"."+tc.table, policyColumns); err != nil {
+				if _, err := query.CompileWhere(got, tc.schema+"."+tc.table, policyColumns); err != nil {
 					t.Fatalf("policy %s does not compile: %v", got, err)
 				}
 			}
@@ -317,18 +318,18 @@ func TestGrantsPolicyFilters(t *testing.T) {
 		if err != nil {
 			t.Fatalf("AndWhere(%s): %v", cw, err)
 		}
-		f, err := CompileWhere(where, "public.orders", policyColumns)
+		f, err := query.CompileWhere(where, "public.orders", policyColumns)
 		if err != nil {
 			t.Fatalf("compile %s: %v", where, err)
 		}
-		var client *Filter
+		var client *query.Filter
 		if cw != "" {
-			if client, err = CompileWhere(json.RawMessage(cw), "public.orders", policyColumns); err != nil {
+			if client, err = query.CompileWhere(json.RawMessage(cw), "public.orders", policyColumns); err != nil {
 				t.Fatal(err)
 			}
 		}
 		for _, r := range rows {
-			var row Row
+			var row query.Row
 			if err := row.Reset([]byte(r.row)); err != nil {
 				t.Fatal(err)
 			}
@@ -424,23 +425,23 @@ func TestGrantsAndWhereMeansAnd(t *testing.T) {
 		}
 		return g
 	}
-	compile := func(w json.RawMessage) *Filter {
-		f, err := CompileWhere(w, "public.orders", policyColumns)
+	compile := func(w json.RawMessage) *query.Filter {
+		f, err := query.CompileWhere(w, "public.orders", policyColumns)
 		if err != nil {
 			t.Fatalf("compile %s: %v", w, err)
 		}
 		return f
 	}
-	match := func(f *Filter, row *Row) bool {
+	match := func(f *query.Filter, row *query.Row) bool {
 		ok, err := f.Match(row)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return ok
 	}
-	var rows []*Row
+	var rows []*query.Row
 	for range 40 {
-		var r Row
+		var r query.Row
 		obj := fmt.Sprintf(`{"id": %d, "org_id": %d, "status": %q, "or": %q}`, rng.IntN(4), rng.IntN(4), literal("status"), literal("or"))
 		if err := r.Reset([]byte(obj)); err != nil {
 			t.Fatal(err)
@@ -500,24 +501,24 @@ func FuzzGrantsAndWhere(f *testing.F) {
 	f.Add(`{"id": {"gt": 1}}`, `{"id": {"gt": 2, "lt": 9}}`)
 	f.Add(`{"or": [{"id": {"eq": 1}}, {"status": {"eq": "a"}}]}`, `{"or": [{"org_id": {"in": [1, 2]}}], "status": {"neq": "b"}}`)
 	f.Add(`{"or": {"eq": "a"}}`, `{"or": {"eq": "b"}}`)
-	var rows []*Row
+	var rows []*query.Row
 	for _, obj := range []string{
 		`{"id": 1, "org_id": 1, "status": "a", "or": "a", "tenant_id": "acme", "region": "eu"}`,
 		`{"id": 2, "org_id": 2, "status": "b", "or": "b", "tenant_id": "evil", "region": "us"}`,
 		`{"id": 9, "org_id": null, "status": null, "or": null, "tenant_id": null, "region": null}`,
 	} {
-		var r Row
+		var r query.Row
 		if err := r.Reset([]byte(obj)); err != nil {
 			f.Fatal(err)
 		}
 		rows = append(rows, &r)
 	}
 	f.Fuzz(func(t *testing.T, a, b string) {
-		fa, err := CompileWhere(json.RawMessage(a), "t", policyColumns)
+		fa, err := query.CompileWhere(json.RawMessage(a), "t", policyColumns)
 		if err != nil {
 			return
 		}
-		fb, err := CompileWhere(json.RawMessage(b), "t", policyColumns)
+		fb, err := query.CompileWhere(json.RawMessage(b), "t", policyColumns)
 		if err != nil {
 			return
 		}
@@ -525,7 +526,7 @@ func FuzzGrantsAndWhere(f *testing.F) {
 		if err != nil {
 			return
 		}
-		fab, err := CompileWhere(ab, "t", policyColumns)
+		fab, err := query.CompileWhere(ab, "t", policyColumns)
 		if err != nil {
 			return // deeper or larger than the compiler allows: refused, never widened
 		}

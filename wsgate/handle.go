@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
@@ -37,7 +38,7 @@ func (c *conn) handleMessage(frame []byte) {
 	case TypeTopics:
 		c.sendTopics()
 	case TypeSubscribe:
-		if perr := c.subscribe(&m); perr != nil {
+		if perr := c.subscribe(&m, nil); perr != nil {
 			c.sendError(perr.ID, perr.Code, perr.Message)
 		}
 	case TypeUnsubscribe:
@@ -78,14 +79,15 @@ func (c *conn) subscribeURL(us *URLSubscription) *ProtocolError {
 	defer c.authMu.Unlock()
 	return c.subscribe(&ClientMessage{
 		Type: TypeSubscribe, ID: URLSubscriptionID, Table: us.Table, Events: us.Events,
-		Where: us.Where, Select: us.Select, SelectGiven: us.Select != nil, From: us.From,
-	})
+		Select: us.Select, SelectGiven: us.Select != nil, From: us.From,
+	}, us.Where)
 }
 
 // subscribe checks a subscribe message against the catalog, attaches the
 // subscription to its feed (answering subscribed) and starts the resume
-// when it has "from".
-func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
+// when it has "from". The message's where, or else where (a URL
+// subscription's), filters its rows.
+func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 	g := c.g
 	fail := func(code ErrorCode, msg string) *ProtocolError {
 		return &ProtocolError{Code: code, ID: m.ID, Message: msg}
@@ -129,18 +131,24 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 		s.granted, s.allColumns = grants.TableColumns(t.db, schemaName, table)
 		visible := t.types
 		if !s.allColumns {
-			visible = make(map[string]ColumnType, len(s.granted))
+			visible = make(map[string]query.ColumnType, len(s.granted))
 			for _, col := range s.granted {
 				if typ, ok := t.types[col]; ok {
 					visible[col] = typ
 				}
 			}
 		}
-		f, err := CompileWhere(m.Where, shown, visible)
+		if m.Where != nil {
+			var err error
+			if where, err = query.ParseWhere(m.Where); err != nil {
+				return fail(CodeInvalidFilter, err.Error())
+			}
+		}
+		f, err := query.Compile(where, shown, visible)
 		if err != nil {
 			return fail(CodeInvalidFilter, err.Error())
 		}
-		if f.matchesAll() {
+		if f.MatchesAll() {
 			f = nil // no filter: nothing to keep per subscription
 		}
 		policy, msg := c.rowPolicy(grants, t, shown)
@@ -202,7 +210,7 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 // rowPolicy compiles the row policy grants give table t (shown to the
 // client as shown): nil for none, or why the table cannot be read under
 // them. A policy reads every column, granted to the client or not.
-func (c *conn) rowPolicy(grants *Grants, t *tableInfo, shown string) (*Filter, string) {
+func (c *conn) rowPolicy(grants *Grants, t *tableInfo, shown string) (*query.Filter, string) {
 	policy, err := grants.TablePolicy(t.db, t.shape.Schema, t.shape.Table)
 	if err != nil {
 		return nil, "the row policy of " + shown + " cannot be applied: " + err.Error()
@@ -210,7 +218,7 @@ func (c *conn) rowPolicy(grants *Grants, t *tableInfo, shown string) (*Filter, s
 	if policy == nil {
 		return nil, ""
 	}
-	f, err := CompileWhere(policy, t.qualified, t.types)
+	f, err := query.CompileWhere(policy, t.qualified, t.types)
 	if err != nil {
 		c.g.log.Warn("row policy does not compile; subscriptions to the table are refused", "table", t.qualified, "subject", c.id.Subject, "err", err)
 		return nil, "the row policy of " + shown + " does not apply to its columns"
@@ -322,7 +330,7 @@ type regranted struct {
 // without "events" received the operations granted then: a narrower grant
 // ends it rather than silently narrowing it), and every column its where
 // and select name; its projection narrows to the new column grant.
-func (c *conn) regrant(s *sub, grants *Grants) (*Filter, regranted, string) {
+func (c *conn) regrant(s *sub, grants *Grants) (*query.Filter, regranted, string) {
 	if s.topic != "" {
 		if !grants.CanSubscribeTopic(s.topic) {
 			return nil, regranted{}, "topic " + quoteShort(s.topic) + " is no longer granted"
@@ -355,11 +363,11 @@ func (c *conn) regrant(s *sub, grants *Grants) (*Filter, regranted, string) {
 
 // projection compiles a table subscription's select list under its column
 // grant.
-func (s *sub) projection(selected []string) *Projection {
+func (s *sub) projection(selected []string) *query.Projection {
 	if s.allColumns {
-		return NewProjection(selected)
+		return query.NewProjection(selected)
 	}
-	return NewGrantedProjection(selected, s.granted)
+	return query.NewGrantedProjection(selected, s.granted)
 }
 
 // columnGranted reports whether s may see the column.

@@ -1,4 +1,4 @@
-package wsgate
+package query
 
 import (
 	"encoding/json"

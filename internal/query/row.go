@@ -1,4 +1,4 @@
-package wsgate
+package query
 
 import (
 	"bytes"
@@ -8,8 +8,9 @@ import (
 )
 
 // Row is one row image of an event: its "data", or for a delete its "old"
-// or "key" object. The gateway indexes it once per event with Reset and
-// shares it, read-only, with every subscription's Filter.
+// or "key" object (or any JSON object: a where, an envelope). A sink
+// indexes it once per event with Reset and shares it, read-only, with
+// every subscription's Filter.
 //
 // Reset records each top-level member's name and raw value bytes without
 // decoding anything (package jsonx reads them); values are interpreted only

@@ -1,4 +1,4 @@
-package wsgate
+package query
 
 import (
 	"bytes"
@@ -183,19 +183,19 @@ func FuzzProjectEvent(f *testing.F) {
 }
 
 // referenceView rewrites a decoded envelope into the view v the way
-// appendView is documented to, before any projection: viewNew drops "old"
-// and takes the key's values from "data"; viewOldAsDelete makes "op"
+// appendView is documented to, before any projection: ViewNew drops "old"
+// and takes the key's values from "data"; ViewOldAsDelete makes "op"
 // "delete" and drops "data" and "unchanged".
-func referenceView(env map[string]any, v eventView) map[string]any {
+func referenceView(env map[string]any, v View) map[string]any {
 	out := make(map[string]any, len(env))
 	for name, x := range env {
 		switch {
-		case v == viewNew && name == "old",
-			v == viewOldAsDelete && (name == "data" || name == "unchanged"):
+		case v == ViewNew && name == "old",
+			v == ViewOldAsDelete && (name == "data" || name == "unchanged"):
 			continue
-		case v == viewOldAsDelete && name == "op":
+		case v == ViewOldAsDelete && name == "op":
 			x = "delete"
-		case v == viewNew && name == "key":
+		case v == ViewNew && name == "key":
 			key, isObj := x.(map[string]any)
 			data, hasData := env["data"].(map[string]any)
 			if isObj && hasData {
@@ -258,12 +258,12 @@ func FuzzProjectView(f *testing.F) {
 			if gr.grant {
 				p = NewGrantedProjection(gr.sel, gr.granted)
 			}
-			for v := range numViews {
+			for v := range NumViews {
 				var dataRow *Row
 				if hasData {
 					dataRow = &data
 				}
-				got, err := p.appendView(nil, event, v, dataRow)
+				got, err := p.AppendView(nil, event, v, dataRow)
 				if (err == nil) != isObject {
 					t.Fatalf("%v view %d: appendView(%q) error %v; encoding/json reads an object: %v", gr, v, event, err, isObject)
 				}

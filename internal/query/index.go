@@ -1,4 +1,4 @@
-package wsgate
+package query
 
 import (
 	"strconv"
@@ -6,18 +6,20 @@ import (
 	"github.com/tablecast/tablecast/internal/jsonx"
 )
 
-// The gateway indexes subscriptions by one equality condition of their
-// filter, so that matching an event costs in proportion to the
-// subscriptions it may match, not to all subscriptions of the table: for
+// A sink indexes subscriptions by one equality condition of their filter,
+// so that matching an event costs in proportion to the subscriptions it
+// may match, not to all subscriptions of the table: for
 // `{"tenant":{"eq":"acme"}}` the subscription is found under the event's
 // "tenant" value. Keys are canonical forms: a text value's decoded bytes, an
 // integer's decimal digits, a boolean's "t" or "f". Only those types are
 // indexed; others (numeric, timestamps, json …) have more than one spelling
 // of one value and are matched by scanning.
 
-// eqKey returns a condition the filter cannot match without: a top-level
-// eq on an indexable column, with the literal's key.
-func (f *Filter) eqKey() (column string, typ ColumnType, key string, ok bool) {
+// EqKey returns a condition the filter cannot match without: a top-level
+// eq on an indexable column (text, integer, boolean), with the literal's
+// key. ok is false when there is none: the filter must be tried on every
+// event.
+func (f *Filter) EqKey() (column string, typ ColumnType, key string, ok bool) {
 	if f == nil {
 		return "", 0, "", false
 	}
@@ -43,10 +45,11 @@ func (f *Filter) eqKey() (column string, typ ColumnType, key string, ok bool) {
 	return "", 0, "", false
 }
 
-// appendIndexKey appends the key of a row's raw JSON value (not null) for a
-// column of type typ. ok is false for a value that is not of the type: the
-// caller then evaluates the filters in full, which report it.
-func appendIndexKey(dst []byte, typ ColumnType, raw []byte) ([]byte, bool) {
+// AppendIndexKey appends the key of a row's raw JSON value (not null) for a
+// column of type typ, the key EqKey gives a literal equal to it. ok is
+// false for a value that is not of the type: the caller then evaluates the
+// filters in full, which report it.
+func AppendIndexKey(dst []byte, typ ColumnType, raw []byte) ([]byte, bool) {
 	switch typ {
 	case TypeText:
 		if len(raw) < 2 || raw[0] != '"' {
@@ -74,7 +77,7 @@ func appendIndexKey(dst []byte, typ ColumnType, raw []byte) ([]byte, bool) {
 	return dst, false
 }
 
-// matchesAll reports whether the filter has no condition at all.
-func (f *Filter) matchesAll() bool {
+// MatchesAll reports whether the filter has no condition at all.
+func (f *Filter) MatchesAll() bool {
 	return f == nil || len(f.root.conds) == 0 && len(f.root.ors) == 0
 }

@@ -2,18 +2,18 @@
 // protocol — contract (v1)").
 //
 // NewProjection compiles a client's select list once, when the subscription
-// is made or changed. The gateway groups subscriptions by Projection.Key and
-// runs AppendEvent once per distinct projection per event, so that every
+// is made or changed. A sink groups subscriptions by Projection.Key and runs
+// AppendEvent once per distinct projection per event, so that every
 // subscription with the same select list shares the same encoded bytes.
 //
 // AppendEvent rewrites the envelope without decoding it: it walks the event
-// with the scanner of package jsonx (ScanString, Scanner.SkipValue), copies every
-// member it keeps byte for byte, and compares member names with the select
+// with the scanner of package jsonx (Member, Scanner.SkipValue), copies
+// every member it keeps byte for byte, and compares member names with the select
 // list by their decoded value, so that "st\u0061tus" is the column status.
 // Once dst has room it allocates nothing (TestProjectEventAllocs,
 // BenchmarkProjectEvent).
 
-package wsgate
+package query
 
 import (
 	"encoding/binary"
@@ -224,20 +224,21 @@ func (c *colSet) selects(name []byte, plain bool) bool {
 	return ok
 }
 
-// eventView is what of an event a subscription is sent. A row policy
-// judges an update's old and new rows apart, and a subscriber may see one
-// and not the other (feed.go, sub.decide).
-type eventView uint8
+// View is what of an event a subscription is sent. A row policy judges an
+// update's old and new rows apart, and a subscriber may see one and not the
+// other (Selector.Decide).
+type View uint8
 
 const (
-	// viewWhole: the event as published.
-	viewWhole eventView = iota
-	// viewNew: an update without "old", its "key" taken from "data".
-	viewNew
-	// viewOldAsDelete: an update's old row as a delete: "op" "delete",
+	// ViewWhole: the event as published.
+	ViewWhole View = iota
+	// ViewNew: an update without "old", its "key" taken from "data".
+	ViewNew
+	// ViewOldAsDelete: an update's old row as a delete: "op" "delete",
 	// without "data" and "unchanged"; "key" and "old" as published.
-	viewOldAsDelete
-	numViews
+	ViewOldAsDelete
+	// NumViews counts the views.
+	NumViews
 )
 
 // Envelope members AppendEvent rewrites.
@@ -315,21 +316,21 @@ var projectScratch = sync.Pool{New: func() any { return new(jsonx.Scanner) }}
 // error. On error the bytes of dst's spare capacity, past len(dst), may have
 // been written to.
 func (p *Projection) AppendEvent(dst, event []byte) ([]byte, error) {
-	return p.appendView(dst, event, viewWhole, nil)
+	return p.AppendView(dst, event, ViewWhole, nil)
 }
 
-// appendView is AppendEvent for the view v of the event. For viewNew, data
+// AppendView is AppendEvent for the view v of the event. For ViewNew, data
 // is the event's "data" indexed: the values of "key" are taken from it
 // (a key column it lacks, an unchanged TOASTed value, keeps the value of
 // "key"). Under a column grant "key" keeps its granted columns.
-func (p *Projection) appendView(dst, event []byte, v eventView, data *Row) ([]byte, error) {
+func (p *Projection) AppendView(dst, event []byte, v View, data *Row) ([]byte, error) {
 	sc := projectScratch.Get().(*jsonx.Scanner)
 	out, i, err := p.appendEvent(dst, event, sc, v, data)
 	projectScratch.Put(sc)
 	if err != nil {
 		return dst, fmt.Errorf("project event: %w at byte %d", err, i)
 	}
-	if p == nil && v == viewWhole {
+	if p == nil && v == ViewWhole {
 		// Checked, and written without its white space; the promise is
 		// the event's own bytes.
 		return append(dst, event...), nil
@@ -339,7 +340,7 @@ func (p *Projection) appendView(dst, event []byte, v eventView, data *Row) ([]by
 
 // appendEvent projects the envelope b into dst as the view v. On error it
 // returns the offset of the fault; what it wrote to dst is then garbage.
-func (p *Projection) appendEvent(dst, b []byte, sc *jsonx.Scanner, v eventView, data *Row) ([]byte, int, error) {
+func (p *Projection) appendEvent(dst, b []byte, sc *jsonx.Scanner, v View, data *Row) ([]byte, int, error) {
 	i := jsonx.SkipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return dst, i, jsonx.ErrNotObject
@@ -354,7 +355,7 @@ func (p *Projection) appendEvent(dst, b []byte, sc *jsonx.Scanner, v eventView, 
 		return append(dst, '}'), i, nil
 	}
 	rows, keys := p.rowCols(), p.keyCols()
-	rewrite := p != nil || v != viewWhole
+	rewrite := p != nil || v != ViewWhole
 	first := true
 	for {
 		raw, plain, vi, err := jsonx.Member(b, i)
@@ -377,14 +378,14 @@ func (p *Projection) appendEvent(dst, b []byte, sc *jsonx.Scanner, v eventView, 
 		isObject := i < len(b) && b[i] == '{'
 		var end int
 		switch {
-		case v == viewOldAsDelete && (kind == memberData || kind == memberUnchanged),
-			v == viewNew && kind == memberOld:
+		case v == ViewOldAsDelete && (kind == memberData || kind == memberUnchanged),
+			v == ViewNew && kind == memberOld:
 			// Not part of this view.
 			if end, err = sc.SkipValue(b, i); err != nil {
 				return dst, end, err
 			}
 			dst = dst[:mark]
-		case v == viewOldAsDelete && kind == memberOp:
+		case v == ViewOldAsDelete && kind == memberOp:
 			if end, err = sc.SkipValue(b, i); err != nil {
 				return dst, end, err
 			}
@@ -394,9 +395,9 @@ func (p *Projection) appendEvent(dst, b []byte, sc *jsonx.Scanner, v eventView, 
 			if err != nil {
 				return dst, end, err
 			}
-		case kind == memberKey && isObject && (!keys.all || v == viewNew):
+		case kind == memberKey && isObject && (!keys.all || v == ViewNew):
 			var from *Row
-			if v == viewNew {
+			if v == ViewNew {
 				from = data
 			}
 			dst, end, err = appendRow(dst, b, i, sc, keys, from)

@@ -1,4 +1,4 @@
-package wsgate
+package query
 
 import (
 	"bytes"
@@ -782,35 +782,35 @@ func TestProjectViews(t *testing.T) {
 	tests := []struct {
 		name  string
 		p     *Projection
-		view  eventView
+		view  View
 		event string
 		want  string
 	}{
-		{"new, key from the new row", nil, viewNew, projectMove,
+		{"new, key from the new row", nil, ViewNew, projectMove,
 			head + `"key":{"tenant":"globex","id":42},"data":{"id":42,"tenant":"globex","secret":"s-new","notes":"n"},"unchanged":["blob","secret"]}`},
-		{"old as a delete", nil, viewOldAsDelete, projectMove,
+		{"old as a delete", nil, ViewOldAsDelete, projectMove,
 			headDelete + `"key":{"tenant":"acme","id":42},"old":{"id":42,"tenant":"acme","secret":"s-old","notes":"n"}}`},
-		{"whole", nil, viewWhole, projectMove, projectMove},
-		{"new, projected", NewProjection([]string{"notes"}), viewNew, projectMove,
+		{"whole", nil, ViewWhole, projectMove, projectMove},
+		{"new, projected", NewProjection([]string{"notes"}), ViewNew, projectMove,
 			head + `"key":{"tenant":"globex","id":42},"data":{"notes":"n"}}`},
-		{"old as a delete, projected", NewProjection([]string{"tenant"}), viewOldAsDelete, projectMove,
+		{"old as a delete, projected", NewProjection([]string{"tenant"}), ViewOldAsDelete, projectMove,
 			headDelete + `"key":{"tenant":"acme","id":42},"old":{"tenant":"acme"}}`},
-		{"new, granted", NewGrantedProjection(nil, []string{"id", "tenant"}), viewNew, projectMove,
+		{"new, granted", NewGrantedProjection(nil, []string{"id", "tenant"}), ViewNew, projectMove,
 			head + `"key":{"tenant":"globex","id":42},"data":{"id":42,"tenant":"globex"}}`},
-		{"old as a delete, granted", NewGrantedProjection(nil, []string{"id", "secret"}), viewOldAsDelete, projectMove,
+		{"old as a delete, granted", NewGrantedProjection(nil, []string{"id", "secret"}), ViewOldAsDelete, projectMove,
 			headDelete + `"key":{"id":42},"old":{"id":42,"secret":"s-old"}}`},
 		// A key column the new row lacks (an unchanged TOASTed value) is
 		// the same in both rows: the key keeps it.
-		{"new, key column not in the new row", nil, viewNew,
+		{"new, key column not in the new row", nil, ViewNew,
 			`{"op":"update","key":{"id":42,"big":"b"},"data":{"id":43},"old":{"id":42,"big":"b"},"unchanged":["big"]}`,
 			`{"op":"update","key":{"id":43,"big":"b"},"data":{"id":43},"unchanged":["big"]}`},
-		{"escaped member names", nil, viewOldAsDelete,
+		{"escaped member names", nil, ViewOldAsDelete,
 			`{"\u006fp":"update","k\u0065y":{"id":1},"d\u0061ta":{"id":1},"\u006fld":{"id":1},"unch\u0061nged":["x"]}`,
 			`{"\u006fp":"delete","k\u0065y":{"id":1},"\u006fld":{"id":1}}`},
-		{"escaped key names", nil, viewNew,
+		{"escaped key names", nil, ViewNew,
 			`{"key":{"\u0069d":1},"data":{"id":2},"old":{"id":1}}`,
 			`{"key":{"\u0069d":2},"data":{"id":2}}`},
-		{"first member dropped", nil, viewNew, `{"old":{"id":1},"key":{"id":1},"data":{"id":2}}`, `{"key":{"id":2},"data":{"id":2}}`},
+		{"first member dropped", nil, ViewNew, `{"old":{"id":1},"key":{"id":1},"data":{"id":2}}`, `{"key":{"id":2},"data":{"id":2}}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -821,7 +821,7 @@ func TestProjectViews(t *testing.T) {
 			if !eventRow(&env, &data, schema.BitUpdate) {
 				t.Fatal("no data")
 			}
-			got, err := tt.p.appendView(nil, []byte(tt.event), tt.view, &data)
+			got, err := tt.p.AppendView(nil, []byte(tt.event), tt.view, &data)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -838,7 +838,7 @@ func TestProjectViews(t *testing.T) {
 				return
 			}
 			event, dst := []byte(tt.event), make([]byte, 0, 2*len(tt.event))
-			if n := testing.AllocsPerRun(100, func() { dst, _ = tt.p.appendView(dst[:0], event, tt.view, &data) }); n != 0 {
+			if n := testing.AllocsPerRun(100, func() { dst, _ = tt.p.AppendView(dst[:0], event, tt.view, &data) }); n != 0 {
 				t.Errorf("appendView allocates %v times per event, want 0", n)
 			}
 		})
