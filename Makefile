@@ -48,12 +48,12 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzCompileWhere$$' -fuzztime=$(FUZZTIME) ./internal/query
 	$(GO) test -run='^$$' -fuzz='^FuzzRowReset$$' -fuzztime=$(FUZZTIME) ./internal/query
 	$(GO) test -run='^$$' -fuzz='^FuzzProjectEvent$$' -fuzztime=$(FUZZTIME) ./internal/query
-	$(GO) test -run='^$$' -fuzz='^FuzzCheckRepeated$$' -fuzztime=$(FUZZTIME) ./wsgate
+	$(GO) test -run='^$$' -fuzz='^FuzzCheckRepeated$$' -fuzztime=$(FUZZTIME) ./internal/auth
 	$(GO) test -run='^$$' -fuzz='^FuzzProjectView$$' -fuzztime=$(FUZZTIME) ./internal/query
 	$(GO) test -run='^$$' -fuzz='^FuzzUpgradeRequest$$' -fuzztime=$(FUZZTIME) ./wsgate
 
 bench:
-	$(GO) test -run='^$$' -bench=. -benchmem ./internal/jsonx ./schema ./stream ./cdc ./internal/query ./wsgate
+	$(GO) test -run='^$$' -bench=. -benchmem ./internal/jsonx ./schema ./stream ./cdc ./internal/query ./internal/auth ./wsgate
 	scripts/bench-cdc.sh
 
 # Long chaos and soak runs, run before resolving pipeline changes.

@@ -5,6 +5,17 @@ import (
 	"strings"
 )
 
+// Limits on names.
+const (
+	// MaxIdentLen is PostgreSQL's identifier limit (NAMEDATALEN-1 bytes):
+	// no database, schema, table or column name is longer.
+	MaxIdentLen = 63
+	// MaxTopicLen is the longest custom topic name, in bytes. A topic name
+	// becomes NATS subject tokens, and JetStream limits whole subjects, so
+	// names stay well inside that.
+	MaxTopicLen = 128
+)
+
 // ParseTableName splits "schema.table" into its parts. A part is taken as
 // written (no case folding: it must match the catalog; spaces and unicode
 // are fine), or double-quoted as in SQL when it holds a dot or a quote (""

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
@@ -114,7 +115,7 @@ func (c *catalog) table(schemaName, table string) *tableInfo {
 // sorted, when schema.table is in several such databases. Tables the
 // client may not read are never counted nor named: a client learns
 // nothing of them.
-func (c *catalog) resolve(db, schemaName, table string, grants *Grants) (t *tableInfo, choices []string) {
+func (c *catalog) resolve(db, schemaName, table string, grants *auth.Grants) (t *tableInfo, choices []string) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if db != "" {
@@ -368,7 +369,7 @@ func (c *catalog) removeTopic(name string) bool {
 // one of the databases the client may read, and as db.schema.table for
 // each database when it is in several, so that every name listed can be
 // subscribed to as it is.
-func (c *catalog) visible(grants *Grants) (tables, topics []string) {
+func (c *catalog) visible(grants *auth.Grants) (tables, topics []string) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	tables, topics = []string{}, []string{}

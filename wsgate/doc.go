@@ -72,7 +72,7 @@
 //
 // # What a subscription sees
 //
-// Grants (grants.go) decide the tables, operations, rows and columns an
+// Grants (package auth) decide the tables, operations, rows and columns an
 // identity may read. The row policy and the client's where are compiled
 // per subscription; the column grant joins the client's select in its
 // Projection, so that subscriptions of identities with different grants

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
@@ -210,7 +211,7 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 // rowPolicy compiles the row policy grants give table t (shown to the
 // client as shown): nil for none, or why the table cannot be read under
 // them. A policy reads every column, granted to the client or not.
-func (c *conn) rowPolicy(grants *Grants, t *tableInfo, shown string) (*query.Filter, string) {
+func (c *conn) rowPolicy(grants *auth.Grants, t *tableInfo, shown string) (*query.Filter, string) {
 	policy, err := grants.TablePolicy(t.db, t.shape.Schema, t.shape.Table)
 	if err != nil {
 		return nil, "the row policy of " + shown + " cannot be applied: " + err.Error()
@@ -232,27 +233,27 @@ func (c *conn) rowPolicy(grants *Grants, t *tableInfo, shown string) (*query.Fil
 // with refreshed. A token refused, or of another identity, is answered
 // with refresh_failed and changes nothing.
 func (c *conn) refresh(token string) {
-	auth := c.g.cfg.Auth
+	verifier := c.g.cfg.Auth
 	fail := func(why string) {
 		c.g.log.Info("websocket refresh refused", "remote", c.nc.RemoteAddr().String(), "subject", c.id.Subject, "reason", why)
 		c.sendError("", CodeRefreshFailed, why)
 	}
 	cur := c.id
 	switch {
-	case !auth.Enabled():
+	case !verifier.Enabled():
 		fail("no authentication is configured: there is nothing to refresh")
 		return
-	case cur.Method == MethodAnonymous:
+	case cur.Method == auth.MethodAnonymous:
 		fail("this connection has no credential; reconnect with one to change identity")
 		return
-	case cur.Subject == "" && cur.Method == MethodJWT:
+	case cur.Subject == "" && cur.Method == auth.MethodJWT:
 		fail("the connection's token has no subject, so a new token cannot be told to be the same identity; reconnect with it")
 		return
 	}
-	id, err := auth.Authenticate(token, time.Now())
+	id, err := verifier.Authenticate(auth.Credential{Token: token}, time.Now())
 	if err != nil {
 		reason := err.Error()
-		var ae *AuthError
+		var ae *auth.Error
 		if errors.As(err, &ae) {
 			reason = ae.Reason
 		}
@@ -265,8 +266,8 @@ func (c *conn) refresh(token string) {
 	}
 	c.reauthorize(id)
 	var exp int64
-	if !id.exp.IsZero() {
-		exp = id.exp.Unix()
+	if e := id.Exp(); !e.IsZero() {
+		exp = e.Unix()
 	}
 	c.send(AppendRefreshed(nil, exp))
 }
@@ -276,10 +277,10 @@ func (c *conn) refresh(token string) {
 // changed. The caller holds authMu.
 func (c *conn) recheckAPIKey() {
 	id := c.id
-	if id == nil || id.Method != MethodAPIKey || c.isClosing() {
+	if id == nil || id.Method != auth.MethodAPIKey || c.isClosing() {
 		return
 	}
-	switch cur := c.g.cfg.Auth.currentAPIKey(id); {
+	switch cur := c.g.cfg.Auth.Current(id); {
 	case cur == nil:
 		c.g.log.Info("websocket client's API key revoked", "remote", c.nc.RemoteAddr().String(), "subject", id.Subject)
 		c.closeWith(CloseUnauthorized, CloseReasonRevoked)
@@ -293,7 +294,7 @@ func (c *conn) recheckAPIKey() {
 // longer allow is ended with a not_allowed error and unsubscribed, the
 // others take its row policies from the next event on, and the
 // connection closes at id's expiry instead. The caller holds authMu.
-func (c *conn) reauthorize(id *Identity) {
+func (c *conn) reauthorize(id *auth.Identity) {
 	c.id = id
 	c.subsMu.Lock()
 	subs := slices.Clone(c.subs)
@@ -330,7 +331,7 @@ type regranted struct {
 // without "events" received the operations granted then: a narrower grant
 // ends it rather than silently narrowing it), and every column its where
 // and select name; its projection narrows to the new column grant.
-func (c *conn) regrant(s *sub, grants *Grants) (*query.Filter, regranted, string) {
+func (c *conn) regrant(s *sub, grants *auth.Grants) (*query.Filter, regranted, string) {
 	if s.topic != "" {
 		if !grants.CanSubscribeTopic(s.topic) {
 			return nil, regranted{}, "topic " + quoteShort(s.topic) + " is no longer granted"

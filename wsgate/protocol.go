@@ -51,19 +51,10 @@ const (
 	TypeRefresh      MessageType = "refresh"
 )
 
-// Limits on names, from the contract and from PostgreSQL.
-const (
-	// MaxIDLen is the longest subscription id, in characters. Ids are
-	// echoed in every event frame, so they are kept short.
-	MaxIDLen = 64
-	// MaxTopicLen is the longest topic name, in bytes; it becomes a NATS
-	// subject token and JetStream limits whole subjects, so names stay
-	// well inside that.
-	MaxTopicLen = 128
-	// maxIdentLen is PostgreSQL's identifier limit (NAMEDATALEN-1 bytes); a
-	// longer schema or table name cannot exist.
-	maxIdentLen = 63
-)
+// MaxIDLen is the longest subscription id, in characters. Ids are echoed in
+// every event frame, so they are kept short. (Table and topic names are
+// bounded by schema.MaxIdentLen and schema.MaxTopicLen.)
+const MaxIDLen = 64
 
 // ClientMessage is a decoded and validated client message. Only the fields
 // of its Type are set; the comment on each field says which types use it.
@@ -559,7 +550,7 @@ func checkTableName(name string) string {
 	switch {
 	case err != nil:
 		return q + ": want schema.table or database.schema.table (double-quote a part that holds a dot)"
-	case len(db) > maxIdentLen || len(schemaName) > maxIdentLen || len(table) > maxIdentLen:
+	case len(db) > schema.MaxIdentLen || len(schemaName) > schema.MaxIdentLen || len(table) > schema.MaxIdentLen:
 		return q + ": a name is longer than 63 bytes"
 	}
 	return ""
@@ -575,8 +566,8 @@ func checkTopicName(name string) string {
 	switch {
 	case name == "":
 		return "topic name is empty"
-	case len(name) > MaxTopicLen:
-		return q + " is longer than " + strconv.Itoa(MaxTopicLen) + " bytes"
+	case len(name) > schema.MaxTopicLen:
+		return q + " is longer than " + strconv.Itoa(schema.MaxTopicLen) + " bytes"
 	case !utf8.ValidString(name):
 		return q + " is not valid UTF-8"
 	case strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:

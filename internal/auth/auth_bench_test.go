@@ -1,4 +1,4 @@
-package wsgate
+package auth
 
 import (
 	"encoding/base64"
@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/tablecast/tablecast/internal/auth/authtest"
 )
 
 // benchAuthTokens returns an Authenticator configured for every method and
@@ -25,10 +26,10 @@ func benchAuthTokens(b *testing.B) (*Authenticator, []struct{ name, token string
 		},
 	})
 	return a, []struct{ name, token string }{
-		{"HS256", signToken(b, jose.HS256, authTestSecret, "", claims)},
-		{"RS256", signToken(b, jose.RS256, k.rsa, "rsa1", claims)},
-		{"ES256", signToken(b, jose.ES256, k.ec, "ec1", claims)},
-		{"EdDSA", signToken(b, jose.EdDSA, k.ed, "ed1", claims)},
+		{"HS256", authtest.SignToken(b, jose.HS256, authTestSecret, "", claims)},
+		{"RS256", authtest.SignToken(b, jose.RS256, k.rsa, "rsa1", claims)},
+		{"ES256", authtest.SignToken(b, jose.ES256, k.ec, "ec1", claims)},
+		{"EdDSA", authtest.SignToken(b, jose.EdDSA, k.ed, "ed1", claims)},
 		{"APIKey", apiKey},
 	}
 }
@@ -41,12 +42,12 @@ func BenchmarkAuthenticate(b *testing.B) {
 	a, tokens := benchAuthTokens(b)
 	for _, tc := range tokens {
 		b.Run(tc.name, func(b *testing.B) {
-			if _, err := a.Authenticate(tc.token, authNow); err != nil {
+			if _, err := a.Authenticate(Credential{Token: tc.token}, authNow); err != nil {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := a.Authenticate(tc.token, authNow); err != nil {
+				if _, err := a.Authenticate(Credential{Token: tc.token}, authNow); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -64,7 +65,7 @@ func BenchmarkAuthenticateParallel(b *testing.B) {
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					if _, err := a.Authenticate(tc.token, authNow); err != nil {
+					if _, err := a.Authenticate(Credential{Token: tc.token}, authNow); err != nil {
 						b.Error(err)
 						return
 					}

@@ -1,7 +1,6 @@
-package wsgate
+package auth
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -14,9 +13,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"log/slog"
 	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,6 +24,7 @@ import (
 	"unicode/utf8"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/tablecast/tablecast/internal/auth/authtest"
 	"github.com/tablecast/tablecast/schema"
 )
 
@@ -71,43 +69,6 @@ const (
 
 // authNow is the fixed "now" of the tests: tokens carry whole seconds.
 var authNow = time.Unix(1_800_000_000, 0)
-
-// signToken signs claims as a compact JWT. A nil claims value signs the
-// raw payload given as claims["raw"] instead.
-func signToken(t testing.TB, alg jose.SignatureAlgorithm, key any, kid string, claims map[string]any) string {
-	t.Helper()
-	opts := (&jose.SignerOptions{}).WithType("JWT")
-	if kid != "" {
-		opts = opts.WithHeader("kid", kid)
-	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
-	if err != nil {
-		t.Fatalf("NewSigner(%s): %v", alg, err)
-	}
-	var payload []byte
-	if raw, ok := claims["raw"].(string); ok && len(claims) == 1 {
-		payload = []byte(raw)
-	} else if payload, err = json.Marshal(claims); err != nil {
-		t.Fatal(err)
-	}
-	jws, err := signer.Sign(payload)
-	if err != nil {
-		t.Fatalf("Sign: %v", err)
-	}
-	s, err := jws.CompactSerialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// unsignedToken builds a token with any header, unsigned (alg none) or
-// with a made-up signature.
-func unsignedToken(header string, claims map[string]any, sig string) string {
-	payload, _ := json.Marshal(claims)
-	enc := base64.RawURLEncoding.EncodeToString
-	return enc([]byte(header)) + "." + enc(payload) + "." + sig
-}
 
 // baseClaims are the claims of a valid token; with adds or removes (nil
 // value) members.
@@ -171,31 +132,9 @@ func writeAuthFile(t testing.TB, dir, name string, data []byte) string {
 }
 
 // logBuffer is a concurrency-safe log sink for asserting what was logged.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func newAuthTestLogger() (*slog.Logger, *logBuffer) {
-	var b logBuffer
-	return slog.New(slog.NewTextHandler(&b, &slog.HandlerOptions{Level: slog.LevelDebug})), &b
-}
-
 // fullAuthConfig configures every method: the secret, a JWKS of one key of
 // each type, the audience, the issuer and one API key.
-func fullAuthConfig(t testing.TB) (AuthConfig, string) {
+func fullAuthConfig(t testing.TB) (Config, string) {
 	t.Helper()
 	k := authKeys()
 	file := writeAuthFile(t, t.TempDir(), "keys.json", jwksJSON(t,
@@ -205,8 +144,8 @@ func fullAuthConfig(t testing.TB) (AuthConfig, string) {
 		jwkSpec{kid: "ed1", key: k.ed.Public()},
 	))
 	apiKey := "tck_test-service-key-0123456789"
-	log, _ := newAuthTestLogger()
-	return AuthConfig{
+	log, _ := authtest.NewLogger()
+	return Config{
 		JWTSecret:   authTestSecret,
 		JWTKeysFile: file,
 		Audience:    authTestAudience,
@@ -223,11 +162,11 @@ func fullAuthConfig(t testing.TB) (AuthConfig, string) {
 	}, apiKey
 }
 
-func mustAuthenticator(t testing.TB, cfg AuthConfig) *Authenticator {
+func mustAuthenticator(t testing.TB, cfg Config) *Authenticator {
 	t.Helper()
-	a, err := NewAuthenticator(cfg)
+	a, err := New(cfg)
 	if err != nil {
-		t.Fatalf("NewAuthenticator: %v", err)
+		t.Fatalf("New: %v", err)
 	}
 	return a
 }
@@ -237,9 +176,9 @@ func wantReason(t *testing.T, id *Identity, err error, reason string) {
 	if err == nil {
 		t.Fatalf("accepted as %q, want refusal %q", id.Subject, reason)
 	}
-	var ae *AuthError
+	var ae *Error
 	if !errors.As(err, &ae) {
-		t.Fatalf("error %T %v, want *AuthError", err, err)
+		t.Fatalf("error %T %v, want *Error", err, err)
 	}
 	if ae.Reason != reason && !(strings.HasSuffix(reason, "*") && strings.HasPrefix(ae.Reason, strings.TrimSuffix(reason, "*"))) {
 		t.Fatalf("reason %q (%v), want %q", ae.Reason, err, reason)
@@ -254,12 +193,12 @@ func TestAuthenticateRefusals(t *testing.T) {
 	cfg, _ := fullAuthConfig(t)
 	full := mustAuthenticator(t, cfg)
 
-	hsOnly := mustAuthenticator(t, AuthConfig{JWTSecret: authTestSecret})
-	keysOnly := mustAuthenticator(t, AuthConfig{JWTKeysFile: cfg.JWTKeysFile, Logger: cfg.Logger})
-	apiOnly := mustAuthenticator(t, AuthConfig{APIKeys: cfg.APIKeys})
+	hsOnly := mustAuthenticator(t, Config{JWTSecret: authTestSecret})
+	keysOnly := mustAuthenticator(t, Config{JWTKeysFile: cfg.JWTKeysFile, Logger: cfg.Logger})
+	apiOnly := mustAuthenticator(t, Config{APIKeys: cfg.APIKeys})
 
 	rsaPEM := pemPublic(t, &k.rsa.PublicKey)
-	hs := func(c map[string]any) string { return signToken(t, jose.HS256, authTestSecret, "", c) }
+	hs := func(c map[string]any) string { return authtest.SignToken(t, jose.HS256, authTestSecret, "", c) }
 	good := hs(baseClaims(nil))
 	parts := strings.Split(good, ".")
 
@@ -288,27 +227,27 @@ func TestAuthenticateRefusals(t *testing.T) {
 		{"not yet valid", full, hs(baseClaims(map[string]any{"nbf": authNow.Add(time.Hour).Unix()})), ReasonTokenNotYetValid},
 		{"issued in the future", full, hs(baseClaims(map[string]any{"iat": authNow.Add(time.Hour).Unix()})), ReasonTokenNotYetValid},
 
-		{"HS256 wrong secret", full, signToken(t, jose.HS256, []byte("another secret of at least 32 bytes!"), "", baseClaims(nil)), ReasonBadSignature},
+		{"HS256 wrong secret", full, authtest.SignToken(t, jose.HS256, []byte("another secret of at least 32 bytes!"), "", baseClaims(nil)), ReasonBadSignature},
 		{"HS256 tampered payload", full, parts[0] + "." + base64.RawURLEncoding.EncodeToString([]byte(`{"sub":"admin"}`)) + "." + parts[2], ReasonBadSignature},
-		{"RS256 wrong key, right kid", full, signToken(t, jose.RS256, k.rsaOther, "rsa1", baseClaims(nil)), ReasonBadSignature},
-		{"RS256 wrong key, no kid", full, signToken(t, jose.RS256, k.rsaOther, "", baseClaims(nil)), ReasonBadSignature},
-		{"ES256 wrong key", full, signToken(t, jose.ES256, k.ecOther, "ec1", baseClaims(nil)), ReasonBadSignature},
-		{"EdDSA wrong key", full, signToken(t, jose.EdDSA, k.edOther, "ed1", baseClaims(nil)), ReasonBadSignature},
+		{"RS256 wrong key, right kid", full, authtest.SignToken(t, jose.RS256, k.rsaOther, "rsa1", baseClaims(nil)), ReasonBadSignature},
+		{"RS256 wrong key, no kid", full, authtest.SignToken(t, jose.RS256, k.rsaOther, "", baseClaims(nil)), ReasonBadSignature},
+		{"ES256 wrong key", full, authtest.SignToken(t, jose.ES256, k.ecOther, "ec1", baseClaims(nil)), ReasonBadSignature},
+		{"EdDSA wrong key", full, authtest.SignToken(t, jose.EdDSA, k.edOther, "ed1", baseClaims(nil)), ReasonBadSignature},
 
-		{"alg none", full, unsignedToken(`{"alg":"none","typ":"JWT"}`, baseClaims(nil), ""), ReasonAlgorithm},
-		{"alg None", full, unsignedToken(`{"alg":"None"}`, baseClaims(nil), ""), ReasonAlgorithm},
-		{"alg missing", full, unsignedToken(`{"typ":"JWT"}`, baseClaims(nil), "c2ln"), ReasonAlgorithm},
-		{"HS512", full, signToken(t, jose.HS512, append(authTestSecret, authTestSecret...), "", baseClaims(nil)), ReasonAlgorithm},
-		{"RS512", full, signToken(t, jose.RS512, k.rsa, "rsa1", baseClaims(nil)), ReasonAlgorithm},
-		{"PS256", full, signToken(t, jose.PS256, k.rsa, "rsa1", baseClaims(nil)), ReasonAlgorithm},
+		{"alg none", full, authtest.UnsignedToken(`{"alg":"none","typ":"JWT"}`, baseClaims(nil), ""), ReasonAlgorithm},
+		{"alg None", full, authtest.UnsignedToken(`{"alg":"None"}`, baseClaims(nil), ""), ReasonAlgorithm},
+		{"alg missing", full, authtest.UnsignedToken(`{"typ":"JWT"}`, baseClaims(nil), "c2ln"), ReasonAlgorithm},
+		{"HS512", full, authtest.SignToken(t, jose.HS512, append(authTestSecret, authTestSecret...), "", baseClaims(nil)), ReasonAlgorithm},
+		{"RS512", full, authtest.SignToken(t, jose.RS512, k.rsa, "rsa1", baseClaims(nil)), ReasonAlgorithm},
+		{"PS256", full, authtest.SignToken(t, jose.PS256, k.rsa, "rsa1", baseClaims(nil)), ReasonAlgorithm},
 		// The key confusion attack: the RSA public key's PEM as an HMAC secret.
-		{"HS256 with public key PEM, secret configured", full, signToken(t, jose.HS256, rsaPEM, "rsa1", baseClaims(nil)), ReasonBadSignature},
-		{"HS256 with public key PEM, keys only", keysOnly, signToken(t, jose.HS256, rsaPEM, "rsa1", baseClaims(nil)), ReasonAlgorithm},
-		{"HS256 with public key PEM, no kid, keys only", keysOnly, signToken(t, jose.HS256, rsaPEM, "", baseClaims(nil)), ReasonAlgorithm},
-		{"RS256 when only HS256", hsOnly, signToken(t, jose.RS256, k.rsa, "rsa1", baseClaims(nil)), ReasonAlgorithm},
-		{"EdDSA when only HS256", hsOnly, signToken(t, jose.EdDSA, k.ed, "", baseClaims(nil)), ReasonAlgorithm},
+		{"HS256 with public key PEM, secret configured", full, authtest.SignToken(t, jose.HS256, rsaPEM, "rsa1", baseClaims(nil)), ReasonBadSignature},
+		{"HS256 with public key PEM, keys only", keysOnly, authtest.SignToken(t, jose.HS256, rsaPEM, "rsa1", baseClaims(nil)), ReasonAlgorithm},
+		{"HS256 with public key PEM, no kid, keys only", keysOnly, authtest.SignToken(t, jose.HS256, rsaPEM, "", baseClaims(nil)), ReasonAlgorithm},
+		{"RS256 when only HS256", hsOnly, authtest.SignToken(t, jose.RS256, k.rsa, "rsa1", baseClaims(nil)), ReasonAlgorithm},
+		{"EdDSA when only HS256", hsOnly, authtest.SignToken(t, jose.EdDSA, k.ed, "", baseClaims(nil)), ReasonAlgorithm},
 		{"JWT when only API keys", apiOnly, good, ReasonAlgorithm},
-		{"ES256 with an RSA key's kid", full, signToken(t, jose.ES256, k.ec, "rsa1", baseClaims(nil)), ReasonAlgorithm},
+		{"ES256 with an RSA key's kid", full, authtest.SignToken(t, jose.ES256, k.ec, "rsa1", baseClaims(nil)), ReasonAlgorithm},
 
 		{"wrong audience", full, hs(baseClaims(map[string]any{"aud": "someone-else"})), ReasonWrongAudience},
 		{"wrong audience list", full, hs(baseClaims(map[string]any{"aud": []string{"a", "b"}})), ReasonWrongAudience},
@@ -316,7 +255,7 @@ func TestAuthenticateRefusals(t *testing.T) {
 		{"wrong issuer", full, hs(baseClaims(map[string]any{"iss": "https://evil.test"})), ReasonWrongIssuer},
 		{"no issuer", full, hs(baseClaims(map[string]any{"iss": nil})), ReasonWrongIssuer},
 
-		{"unknown kid", full, signToken(t, jose.RS256, k.rsa, "nope", baseClaims(nil)), ReasonUnknownKey},
+		{"unknown kid", full, authtest.SignToken(t, jose.RS256, k.rsa, "nope", baseClaims(nil)), ReasonUnknownKey},
 		{"unknown API key", full, "tck_not-a-key", ReasonUnknownAPIKey},
 		{"API key when none configured", hsOnly, "tck_not-a-key", ReasonUnknownAPIKey},
 
@@ -327,7 +266,7 @@ func TestAuthenticateRefusals(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			id, err := tc.a.Authenticate(tc.token, authNow)
+			id, err := tc.a.Authenticate(Credential{Token: tc.token}, authNow)
 			wantReason(t, id, err, tc.reason)
 		})
 	}
@@ -346,24 +285,24 @@ func TestAuthenticateAccepts(t *testing.T) {
 		method  string
 		expires time.Time
 	}{
-		{"HS256", signToken(t, jose.HS256, authTestSecret, "", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
-		{"HS256 with a kid", signToken(t, jose.HS256, authTestSecret, "rsa1", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
-		{"RS256 by kid", signToken(t, jose.RS256, k.rsa, "rsa1", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
-		{"RS256 second key by kid", signToken(t, jose.RS256, k.rsa2, "rsa2", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
-		{"RS256 without kid", signToken(t, jose.RS256, k.rsa2, "", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
-		{"ES256", signToken(t, jose.ES256, k.ec, "ec1", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
-		{"EdDSA", signToken(t, jose.EdDSA, k.ed, "ed1", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
-		{"EdDSA without kid", signToken(t, jose.EdDSA, k.ed, "", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
-		{"audience in a list", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"aud": []string{"x", authTestAudience}})), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
-		{"expired within the leeway", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": authNow.Add(-10 * time.Second).Unix()})), "user-1", MethodJWT, authNow.Add(20 * time.Second)},
-		{"nbf within the leeway", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"nbf": authNow.Add(10 * time.Second).Unix()})), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
-		{"fractional exp", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": float64(exp.Unix()) + 0.5})), "user-1", MethodJWT, exp.Add(DefaultLeeway + 500*time.Millisecond)},
-		{"no exp", signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": nil})), "user-1", MethodJWT, time.Time{}},
+		{"HS256", authtest.SignToken(t, jose.HS256, authTestSecret, "", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"HS256 with a kid", authtest.SignToken(t, jose.HS256, authTestSecret, "rsa1", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"RS256 by kid", authtest.SignToken(t, jose.RS256, k.rsa, "rsa1", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"RS256 second key by kid", authtest.SignToken(t, jose.RS256, k.rsa2, "rsa2", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"RS256 without kid", authtest.SignToken(t, jose.RS256, k.rsa2, "", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"ES256", authtest.SignToken(t, jose.ES256, k.ec, "ec1", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"EdDSA", authtest.SignToken(t, jose.EdDSA, k.ed, "ed1", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"EdDSA without kid", authtest.SignToken(t, jose.EdDSA, k.ed, "", baseClaims(nil)), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"audience in a list", authtest.SignToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"aud": []string{"x", authTestAudience}})), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"expired within the leeway", authtest.SignToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": authNow.Add(-10 * time.Second).Unix()})), "user-1", MethodJWT, authNow.Add(20 * time.Second)},
+		{"nbf within the leeway", authtest.SignToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"nbf": authNow.Add(10 * time.Second).Unix()})), "user-1", MethodJWT, exp.Add(DefaultLeeway)},
+		{"fractional exp", authtest.SignToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": float64(exp.Unix()) + 0.5})), "user-1", MethodJWT, exp.Add(DefaultLeeway + 500*time.Millisecond)},
+		{"no exp", authtest.SignToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": nil})), "user-1", MethodJWT, time.Time{}},
 		{"API key", apiKey, "apikey:billing", MethodAPIKey, time.Time{}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			id, err := a.Authenticate(tc.token, authNow)
+			id, err := a.Authenticate(Credential{Token: tc.token}, authNow)
 			if err != nil {
 				t.Fatalf("refused: %v", err)
 			}
@@ -377,11 +316,11 @@ func TestAuthenticateAccepts(t *testing.T) {
 	}
 
 	t.Run("grants and claims", func(t *testing.T) {
-		tok := signToken(t, jose.ES256, k.ec, "ec1", baseClaims(map[string]any{
+		tok := authtest.SignToken(t, jose.ES256, k.ec, "ec1", baseClaims(map[string]any{
 			"tenant":    int64(9007199254740993), // 2^53+1: no float rounding
 			GrantsClaim: map[string]any{"tables": map[string]any{"public.orders": []string{"update"}}, "policies": map[string]any{"public.orders": map[string]any{"tenant_id": map[string]any{"eq": map[string]any{"claim": "tenant"}}}}},
 		}))
-		id, err := a.Authenticate(tok, authNow)
+		id, err := a.Authenticate(Credential{Token: tok}, authNow)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -398,7 +337,7 @@ func TestAuthenticateAccepts(t *testing.T) {
 	})
 
 	t.Run("API key grants", func(t *testing.T) {
-		id, err := a.Authenticate(apiKey, authNow)
+		id, err := a.Authenticate(Credential{Token: apiKey}, authNow)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -411,7 +350,7 @@ func TestAuthenticateAccepts(t *testing.T) {
 	})
 
 	t.Run("no grants claim allows nothing", func(t *testing.T) {
-		id, err := a.Authenticate(signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{GrantsClaim: nil})), authNow)
+		id, err := a.Authenticate(Credential{Token: authtest.SignToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{GrantsClaim: nil}))}, authNow)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -423,13 +362,13 @@ func TestAuthenticateAccepts(t *testing.T) {
 
 func TestAuthenticateLeeway(t *testing.T) {
 	exp := authNow.Add(-10 * time.Second)
-	tok := signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": exp.Unix(), "aud": nil, "iss": nil}))
+	tok := authtest.SignToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": exp.Unix(), "aud": nil, "iss": nil}))
 	for _, tc := range []struct {
 		leeway time.Duration
 		ok     bool
 	}{{0, true}, {-1, false}, {5 * time.Second, false}, {11 * time.Second, true}} {
-		a := mustAuthenticator(t, AuthConfig{JWTSecret: authTestSecret, Leeway: tc.leeway})
-		id, err := a.Authenticate(tok, authNow)
+		a := mustAuthenticator(t, Config{JWTSecret: authTestSecret, Leeway: tc.leeway})
+		id, err := a.Authenticate(Credential{Token: tok}, authNow)
 		if (err == nil) != tc.ok {
 			t.Errorf("leeway %v: err %v, want ok %v", tc.leeway, err, tc.ok)
 		}
@@ -441,19 +380,19 @@ func TestAuthenticateLeeway(t *testing.T) {
 
 func TestAuthenticateDisabled(t *testing.T) {
 	var nilAuth *Authenticator
-	empty := mustAuthenticator(t, AuthConfig{})
+	empty := mustAuthenticator(t, Config{})
 	for _, a := range []*Authenticator{nilAuth, empty} {
 		if a.Enabled() {
 			t.Fatal("enabled without a method")
 		}
 		for _, tok := range []string{"", "garbage", "tck_x"} {
-			id, err := a.Authenticate(tok, authNow)
+			id, err := a.Authenticate(Credential{Token: tok}, authNow)
 			if err != nil || id != AnonymousIdentity() {
 				t.Fatalf("Authenticate(%q) = %v, %v; want the anonymous identity", tok, id, err)
 			}
 		}
 	}
-	for _, cfg := range []AuthConfig{
+	for _, cfg := range []Config{
 		{JWTSecret: authTestSecret},
 		{APIKeys: []APIKey{{Name: "x", Hash: HashAPIKey("tck_x")}}},
 	} {
@@ -480,24 +419,24 @@ func TestAuthenticatePEM(t *testing.T) {
 	file = append(file, pemPublic(t, &k.rsa2.PublicKey)...)
 	file = append(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER})...)
 	file = append(file, pemPublic(t, k.ed.Public())...)
-	a := mustAuthenticator(t, AuthConfig{JWTKeysFile: writeAuthFile(t, dir, "keys.pem", file)})
+	a := mustAuthenticator(t, Config{JWTKeysFile: writeAuthFile(t, dir, "keys.pem", file)})
 
 	for _, tc := range []struct {
 		name   string
 		token  string
 		reason string
 	}{
-		{"RS256 PKCS#1", signToken(t, jose.RS256, k.rsa, "", baseClaims(nil)), ""},
-		{"RS256 PKIX", signToken(t, jose.RS256, k.rsa2, "", baseClaims(nil)), ""},
+		{"RS256 PKCS#1", authtest.SignToken(t, jose.RS256, k.rsa, "", baseClaims(nil)), ""},
+		{"RS256 PKIX", authtest.SignToken(t, jose.RS256, k.rsa2, "", baseClaims(nil)), ""},
 		// PEM keys have no kid: a token's kid no key has is tried on them.
-		{"RS256 with a kid", signToken(t, jose.RS256, k.rsa2, "some-kid", baseClaims(nil)), ""},
-		{"ES256 from a certificate", signToken(t, jose.ES256, k.ec, "", baseClaims(nil)), ""},
-		{"EdDSA", signToken(t, jose.EdDSA, k.ed, "", baseClaims(nil)), ""},
-		{"RS256 unknown key", signToken(t, jose.RS256, k.rsaOther, "", baseClaims(nil)), ReasonBadSignature},
-		{"HS256 with the PEM as secret", signToken(t, jose.HS256, file, "", baseClaims(nil)), ReasonAlgorithm},
+		{"RS256 with a kid", authtest.SignToken(t, jose.RS256, k.rsa2, "some-kid", baseClaims(nil)), ""},
+		{"ES256 from a certificate", authtest.SignToken(t, jose.ES256, k.ec, "", baseClaims(nil)), ""},
+		{"EdDSA", authtest.SignToken(t, jose.EdDSA, k.ed, "", baseClaims(nil)), ""},
+		{"RS256 unknown key", authtest.SignToken(t, jose.RS256, k.rsaOther, "", baseClaims(nil)), ReasonBadSignature},
+		{"HS256 with the PEM as secret", authtest.SignToken(t, jose.HS256, file, "", baseClaims(nil)), ReasonAlgorithm},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			id, err := a.Authenticate(tc.token, authNow)
+			id, err := a.Authenticate(Credential{Token: tc.token}, authNow)
 			if tc.reason == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -515,14 +454,14 @@ func TestAuthenticateJWKSSkipsUnusableKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, logs := newAuthTestLogger()
+	log, logs := authtest.NewLogger()
 	file := writeAuthFile(t, t.TempDir(), "jwks.json", jwksJSON(t,
 		jwkSpec{kid: "enc", key: &k.rsaOther.PublicKey, use: "enc"},
 		jwkSpec{kid: "p384", key: &p384.PublicKey},
 		jwkSpec{kid: "rs512", key: &k.rsa2.PublicKey, alg: "RS512"},
 		jwkSpec{kid: "ok", key: &k.rsa.PublicKey},
 	))
-	a := mustAuthenticator(t, AuthConfig{JWTKeysFile: file, Logger: log})
+	a := mustAuthenticator(t, Config{JWTKeysFile: file, Logger: log})
 	if n := len(a.keys.Load().keys); n != 1 {
 		t.Fatalf("%d keys loaded, want 1", n)
 	}
@@ -531,16 +470,16 @@ func TestAuthenticateJWKSSkipsUnusableKeys(t *testing.T) {
 			t.Errorf("skipping key %s not logged:\n%s", kid, logs)
 		}
 	}
-	if _, err := a.Authenticate(signToken(t, jose.RS256, k.rsa, "ok", baseClaims(nil)), authNow); err != nil {
+	if _, err := a.Authenticate(Credential{Token: authtest.SignToken(t, jose.RS256, k.rsa, "ok", baseClaims(nil))}, authNow); err != nil {
 		t.Fatal(err)
 	}
-	id, err := a.Authenticate(signToken(t, jose.RS256, k.rsa2, "rs512", baseClaims(nil)), authNow)
+	id, err := a.Authenticate(Credential{Token: authtest.SignToken(t, jose.RS256, k.rsa2, "rs512", baseClaims(nil))}, authNow)
 	wantReason(t, id, err, ReasonUnknownKey) // skipped: as if absent
 
 	// A single JWK, not in a set.
 	single, _ := json.Marshal(jose.JSONWebKey{Key: k.ed.Public(), KeyID: "solo"})
-	a = mustAuthenticator(t, AuthConfig{JWTKeysFile: writeAuthFile(t, t.TempDir(), "jwk.json", single)})
-	if _, err := a.Authenticate(signToken(t, jose.EdDSA, k.ed, "solo", baseClaims(nil)), authNow); err != nil {
+	a = mustAuthenticator(t, Config{JWTKeysFile: writeAuthFile(t, t.TempDir(), "jwk.json", single)})
+	if _, err := a.Authenticate(Credential{Token: authtest.SignToken(t, jose.EdDSA, k.ed, "solo", baseClaims(nil))}, authNow); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -564,37 +503,37 @@ func TestNewAuthenticatorErrors(t *testing.T) {
 
 	cases := []struct {
 		name string
-		cfg  AuthConfig
+		cfg  Config
 		want []string // every one must be in the error
 	}{
-		{"short secret", AuthConfig{JWTSecret: []byte("short")}, []string{"JWTSecret", "32"}},
-		{"missing keys file", AuthConfig{JWTKeysFile: filepath.Join(dir, "nope.pem")}, []string{"JWTKeysFile", "nope.pem"}},
-		{"empty keys file", AuthConfig{JWTKeysFile: file("empty", nil)}, []string{"JWTKeysFile", "empty"}},
-		{"garbage keys file", AuthConfig{JWTKeysFile: file("garbage", []byte("hello"))}, []string{"JWTKeysFile", "neither PEM nor JWKS"}},
-		{"bad JSON", AuthConfig{JWTKeysFile: file("bad.json", []byte("{keys"))}, []string{"JWTKeysFile", "JWKS"}},
-		{"JSON without keys", AuthConfig{JWTKeysFile: file("nokeys.json", []byte(`{"x":1}`))}, []string{"JWTKeysFile", `"keys"`}},
-		{"private PEM", AuthConfig{JWTKeysFile: file("priv.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}))}, []string{"JWTKeysFile", "private key"}},
-		{"private JWK", AuthConfig{JWTKeysFile: file("priv.json", privJWK)}, []string{"JWTKeysFile", "private key"}},
-		{"symmetric JWK", AuthConfig{JWTKeysFile: file("oct.json", octJWK)}, []string{"JWTKeysFile", "symmetric"}},
-		{"JWKS without a usable key", AuthConfig{JWTKeysFile: file("enc.json", onlyEnc)}, []string{"JWTKeysFile", "no usable key"}},
-		{"weak RSA PEM", AuthConfig{JWTKeysFile: file("weak.pem", pemPublic(t, &weak.PublicKey))}, []string{"JWTKeysFile", "1024 bits"}},
-		{"P-384 PEM", AuthConfig{JWTKeysFile: file("p384.pem", pemPublic(t, &p384.PublicKey))}, []string{"JWTKeysFile", "P-384"}},
-		{"other PEM block", AuthConfig{JWTKeysFile: file("csr.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte{1}}))}, []string{"JWTKeysFile", "CERTIFICATE REQUEST"}},
-		{"leeway", AuthConfig{JWTSecret: authTestSecret, Leeway: time.Hour}, []string{"Leeway"}},
-		{"audience without a method", AuthConfig{Audience: "x"}, []string{"Audience"}},
-		{"API key hash", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: "md5:abc"}}}, []string{"APIKeys", `"a"`, "sha256"}},
-		{"API key hash short", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: "sha256:abcd"}}}, []string{"APIKeys", "64 hex"}},
-		{"API key no name", AuthConfig{APIKeys: []APIKey{{Hash: HashAPIKey("tck_a")}}}, []string{"APIKeys", "no name"}},
-		{"API key names twice", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a")}, {Name: "a", Hash: HashAPIKey("tck_b")}}}, []string{"APIKeys", "twice"}},
-		{"API key twice", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a")}, {Name: "b", Hash: HashAPIKey("tck_a")}}}, []string{"APIKeys", `"b"`, "same key"}},
-		{"API key grants", AuthConfig{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a"), Claims: map[string]any{GrantsClaim: map[string]any{"tables": "all"}}}}}, []string{"APIKeys", ReasonMalformedGrants}},
-		{"every problem at once", AuthConfig{JWTSecret: []byte("short"), Leeway: time.Hour}, []string{"JWTSecret", "Leeway"}},
+		{"short secret", Config{JWTSecret: []byte("short")}, []string{"JWTSecret", "32"}},
+		{"missing keys file", Config{JWTKeysFile: filepath.Join(dir, "nope.pem")}, []string{"JWTKeysFile", "nope.pem"}},
+		{"empty keys file", Config{JWTKeysFile: file("empty", nil)}, []string{"JWTKeysFile", "empty"}},
+		{"garbage keys file", Config{JWTKeysFile: file("garbage", []byte("hello"))}, []string{"JWTKeysFile", "neither PEM nor JWKS"}},
+		{"bad JSON", Config{JWTKeysFile: file("bad.json", []byte("{keys"))}, []string{"JWTKeysFile", "JWKS"}},
+		{"JSON without keys", Config{JWTKeysFile: file("nokeys.json", []byte(`{"x":1}`))}, []string{"JWTKeysFile", `"keys"`}},
+		{"private PEM", Config{JWTKeysFile: file("priv.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}))}, []string{"JWTKeysFile", "private key"}},
+		{"private JWK", Config{JWTKeysFile: file("priv.json", privJWK)}, []string{"JWTKeysFile", "private key"}},
+		{"symmetric JWK", Config{JWTKeysFile: file("oct.json", octJWK)}, []string{"JWTKeysFile", "symmetric"}},
+		{"JWKS without a usable key", Config{JWTKeysFile: file("enc.json", onlyEnc)}, []string{"JWTKeysFile", "no usable key"}},
+		{"weak RSA PEM", Config{JWTKeysFile: file("weak.pem", pemPublic(t, &weak.PublicKey))}, []string{"JWTKeysFile", "1024 bits"}},
+		{"P-384 PEM", Config{JWTKeysFile: file("p384.pem", pemPublic(t, &p384.PublicKey))}, []string{"JWTKeysFile", "P-384"}},
+		{"other PEM block", Config{JWTKeysFile: file("csr.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte{1}}))}, []string{"JWTKeysFile", "CERTIFICATE REQUEST"}},
+		{"leeway", Config{JWTSecret: authTestSecret, Leeway: time.Hour}, []string{"Leeway"}},
+		{"audience without a method", Config{Audience: "x"}, []string{"Audience"}},
+		{"API key hash", Config{APIKeys: []APIKey{{Name: "a", Hash: "md5:abc"}}}, []string{"APIKeys", `"a"`, "sha256"}},
+		{"API key hash short", Config{APIKeys: []APIKey{{Name: "a", Hash: "sha256:abcd"}}}, []string{"APIKeys", "64 hex"}},
+		{"API key no name", Config{APIKeys: []APIKey{{Hash: HashAPIKey("tck_a")}}}, []string{"APIKeys", "no name"}},
+		{"API key names twice", Config{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a")}, {Name: "a", Hash: HashAPIKey("tck_b")}}}, []string{"APIKeys", "twice"}},
+		{"API key twice", Config{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a")}, {Name: "b", Hash: HashAPIKey("tck_a")}}}, []string{"APIKeys", `"b"`, "same key"}},
+		{"API key grants", Config{APIKeys: []APIKey{{Name: "a", Hash: HashAPIKey("tck_a"), Claims: map[string]any{GrantsClaim: map[string]any{"tables": "all"}}}}}, []string{"APIKeys", ReasonMalformedGrants}},
+		{"every problem at once", Config{JWTSecret: []byte("short"), Leeway: time.Hour}, []string{"JWTSecret", "Leeway"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			log, _ := newAuthTestLogger()
+			log, _ := authtest.NewLogger()
 			tc.cfg.Logger = log
-			_, err := NewAuthenticator(tc.cfg)
+			_, err := New(tc.cfg)
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -633,16 +572,16 @@ func TestAuthenticateKeysReload(t *testing.T) {
 		}
 	}
 	write(jwksJSON(t, jwkSpec{kid: "old", key: &k.rsa.PublicKey}))
-	log, logs := newAuthTestLogger()
-	a := mustAuthenticator(t, AuthConfig{JWTKeysFile: path, Logger: log})
+	log, logs := authtest.NewLogger()
+	a := mustAuthenticator(t, Config{JWTKeysFile: path, Logger: log})
 	a.checkEvery = 0
 	a.nextCheck.Store(0)
 
-	oldTok := signToken(t, jose.RS256, k.rsa, "old", baseClaims(nil))
-	newTok := signToken(t, jose.ES256, k.ec, "new", baseClaims(nil))
+	oldTok := authtest.SignToken(t, jose.RS256, k.rsa, "old", baseClaims(nil))
+	newTok := authtest.SignToken(t, jose.ES256, k.ec, "new", baseClaims(nil))
 	check := func(tok, reason string) {
 		t.Helper()
-		id, err := a.Authenticate(tok, authNow)
+		id, err := a.Authenticate(Credential{Token: tok}, authNow)
 		if reason == "" {
 			if err != nil {
 				t.Fatalf("refused: %v", err)
@@ -652,7 +591,7 @@ func TestAuthenticateKeysReload(t *testing.T) {
 		if err == nil {
 			t.Fatalf("accepted %q, want %q", id.Subject, reason)
 		}
-		if ae := (*AuthError)(nil); !errors.As(err, &ae) || ae.Reason != reason {
+		if ae := (*Error)(nil); !errors.As(err, &ae) || ae.Reason != reason {
 			t.Fatalf("error %v, want %q", err, reason)
 		}
 	}
@@ -705,7 +644,7 @@ func TestAuthenticateKeysReload(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	otherTok := signToken(t, jose.ES256, k.ecOther, "new", baseClaims(nil))
+	otherTok := authtest.SignToken(t, jose.ES256, k.ecOther, "new", baseClaims(nil))
 	for range 3 {
 		check(otherTok, "")
 	}
@@ -725,24 +664,24 @@ func TestAuthenticateKeysReload(t *testing.T) {
 func TestAuthenticateKeysCheckInterval(t *testing.T) {
 	k := authKeys()
 	path := writeAuthFile(t, t.TempDir(), "keys.pem", pemPublic(t, &k.rsa.PublicKey))
-	log, _ := newAuthTestLogger()
+	log, _ := authtest.NewLogger()
 	before := time.Now()
-	a := mustAuthenticator(t, AuthConfig{JWTKeysFile: path, Logger: log})
+	a := mustAuthenticator(t, Config{JWTKeysFile: path, Logger: log})
 	if next := time.Unix(0, a.nextCheck.Load()); next.Before(before.Add(keysCheckInterval)) || next.After(time.Now().Add(keysCheckInterval)) {
 		t.Fatalf("first check at %v, want %v after New", next, keysCheckInterval)
 	}
 	if err := os.WriteFile(path, pemPublic(t, k.ed.Public()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	tok := signToken(t, jose.EdDSA, k.ed, "", baseClaims(nil))
+	tok := authtest.SignToken(t, jose.EdDSA, k.ed, "", baseClaims(nil))
 	// Not due yet: the old keys.
 	a.nextCheck.Store(time.Now().Add(time.Hour).UnixNano())
-	if _, err := a.Authenticate(tok, authNow); err == nil {
+	if _, err := a.Authenticate(Credential{Token: tok}, authNow); err == nil {
 		t.Fatal("file checked before it was due")
 	}
 	// Due: checked by the next call.
 	a.nextCheck.Store(time.Now().Add(-time.Millisecond).UnixNano())
-	if _, err := a.Authenticate(tok, authNow); err != nil {
+	if _, err := a.Authenticate(Credential{Token: tok}, authNow); err != nil {
 		t.Fatalf("not reloaded when due: %v", err)
 	}
 	if next := time.Unix(0, a.nextCheck.Load()); time.Until(next) < keysCheckInterval/2 {
@@ -756,12 +695,12 @@ func TestAuthenticateConcurrentReload(t *testing.T) {
 	k := authKeys()
 	dir := t.TempDir()
 	path := writeAuthFile(t, dir, "keys.json", jwksJSON(t, jwkSpec{kid: "a", key: k.ed.Public()}))
-	log, _ := newAuthTestLogger()
-	a := mustAuthenticator(t, AuthConfig{JWTKeysFile: path, JWTSecret: authTestSecret, Logger: log})
+	log, _ := authtest.NewLogger()
+	a := mustAuthenticator(t, Config{JWTKeysFile: path, JWTSecret: authTestSecret, Logger: log})
 	a.checkEvery = 0
 	a.nextCheck.Store(0)
-	edTok := signToken(t, jose.EdDSA, k.ed, "a", baseClaims(nil))
-	hsTok := signToken(t, jose.HS256, authTestSecret, "", baseClaims(nil))
+	edTok := authtest.SignToken(t, jose.EdDSA, k.ed, "a", baseClaims(nil))
+	hsTok := authtest.SignToken(t, jose.HS256, authTestSecret, "", baseClaims(nil))
 
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
@@ -775,7 +714,7 @@ func TestAuthenticateConcurrentReload(t *testing.T) {
 				default:
 				}
 				for _, tok := range []string{edTok, hsTok} {
-					if _, err := a.Authenticate(tok, authNow); err != nil {
+					if _, err := a.Authenticate(Credential{Token: tok}, authNow); err != nil {
 						errs <- err
 						return
 					}
@@ -805,53 +744,6 @@ func TestAuthenticateConcurrentReload(t *testing.T) {
 	}
 }
 
-func TestTokenFrom(t *testing.T) {
-	q := func(s string) url.Values {
-		v, err := url.ParseQuery(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
-	const jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig-_x"
-	cases := []struct {
-		name                 string
-		query                url.Values
-		auth, cookie, protos string
-		wantToken, wantProto string
-	}{
-		{"nothing", nil, "", "", "", "", ""},
-		{"query", q("token=" + jwt + "&events=create"), "", "", "", jwt, ""},
-		{"query empty", q("token="), "", "", "", "", ""},
-		{"bearer", nil, "Bearer " + jwt, "", "", jwt, ""},
-		{"bearer any case, spaces", nil, "  bearer   " + jwt + " ", "", "", jwt, ""},
-		{"basic is not bearer", nil, "Basic dXNlcjpwYXNz", "", "", "", ""},
-		{"bearer empty", nil, "Bearer ", "", "", "", ""},
-		{"cookie", nil, "", "theme=dark; tablecast_token=" + jwt + "; other=1", "", jwt, ""},
-		{"cookie among malformed ones", nil, "", `bad cookie"; tablecast_token=` + jwt, "", jwt, ""},
-		{"other cookies only", nil, "", "session=abc", "", "", ""},
-		{"subprotocol", nil, "", "", "tablecast.v1, token." + jwt, jwt, Subprotocol},
-		{"subprotocol, token first", nil, "", "", "token." + jwt + ",tablecast.v1", jwt, Subprotocol},
-		{"subprotocol without tablecast.v1", nil, "", "", "token." + jwt, jwt, ""},
-		{"subprotocol tablecast.v1 only", nil, "", "", "tablecast.v1", "", Subprotocol},
-		{"subprotocol first token wins", nil, "", "", "tablecast.v1, token.first, token.second", "first", Subprotocol},
-		{"subprotocol empty token", nil, "", "", "tablecast.v1, token.", "", Subprotocol},
-		{"other subprotocols", nil, "", "", "mqtt, tablecast.v2", "", ""},
-		{"api key in a subprotocol", nil, "", "", "tablecast.v1, token.tck_abc-DEF_1", "tck_abc-DEF_1", Subprotocol},
-		{"query before bearer", q("token=fromquery"), "Bearer frombearer", "tablecast_token=fromcookie", "tablecast.v1, token.fromproto", "fromquery", Subprotocol},
-		{"bearer before cookie", nil, "Bearer frombearer", "tablecast_token=fromcookie", "tablecast.v1, token.fromproto", "frombearer", Subprotocol},
-		{"cookie before subprotocol", nil, "", "tablecast_token=fromcookie", "tablecast.v1, token.fromproto", "fromcookie", Subprotocol},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			tok, proto := TokenFrom(tc.query, tc.auth, tc.cookie, tc.protos)
-			if tok != tc.wantToken || proto != tc.wantProto {
-				t.Fatalf("TokenFrom = %q, %q; want %q, %q", tok, proto, tc.wantToken, tc.wantProto)
-			}
-		})
-	}
-}
-
 func TestAuthAPIKeyHelpers(t *testing.T) {
 	key, err := GenerateAPIKey()
 	if err != nil {
@@ -870,8 +762,8 @@ func TestAuthAPIKeyHelpers(t *testing.T) {
 	}
 	h := crypto.SHA256.New()
 	h.Write([]byte(key))
-	a := mustAuthenticator(t, AuthConfig{APIKeys: []APIKey{{Name: "svc", Hash: "sha256:" + strings.ToUpper(hexString(h.Sum(nil)))}}})
-	id, err := a.Authenticate(key, authNow)
+	a := mustAuthenticator(t, Config{APIKeys: []APIKey{{Name: "svc", Hash: "sha256:" + strings.ToUpper(hexString(h.Sum(nil)))}}})
+	id, err := a.Authenticate(Credential{Token: key}, authNow)
 	if err != nil || id.Subject != "apikey:svc" || !id.Expires.IsZero() {
 		t.Fatalf("Authenticate = %+v, %v", id, err)
 	}
@@ -891,28 +783,28 @@ func hexString(b []byte) string {
 }
 
 // FuzzAuthenticate feeds arbitrary tokens: never a panic, and every
-// refusal is an *AuthError with a known reason that fits a close frame.
+// refusal is an *Error with a known reason that fits a close frame.
 func FuzzAuthenticate(f *testing.F) {
 	k := authKeys()
 	cfg, apiKey := fullAuthConfig(f)
 	a := mustAuthenticator(f, cfg)
-	f.Add(signToken(f, jose.HS256, authTestSecret, "", baseClaims(nil)))
-	f.Add(signToken(f, jose.ES256, k.ec, "ec1", baseClaims(nil)))
-	f.Add(unsignedToken(`{"alg":"none"}`, baseClaims(nil), ""))
+	f.Add(authtest.SignToken(f, jose.HS256, authTestSecret, "", baseClaims(nil)))
+	f.Add(authtest.SignToken(f, jose.ES256, k.ec, "ec1", baseClaims(nil)))
+	f.Add(authtest.UnsignedToken(`{"alg":"none"}`, baseClaims(nil), ""))
 	f.Add(apiKey)
 	f.Add("tck_")
 	f.Add("a.b.c")
 	known := []string{ReasonNoToken, ReasonMalformedToken, ReasonTokenExpired, ReasonTokenNotYetValid, ReasonBadSignature,
 		ReasonAlgorithm, ReasonWrongAudience, ReasonWrongIssuer, ReasonUnknownKey, ReasonUnknownAPIKey}
 	f.Fuzz(func(t *testing.T, token string) {
-		id, err := a.Authenticate(token, authNow)
+		id, err := a.Authenticate(Credential{Token: token}, authNow)
 		if err == nil {
 			if id.Grants == nil {
 				t.Fatal("identity without grants")
 			}
 			return
 		}
-		var ae *AuthError
+		var ae *Error
 		if !errors.As(err, &ae) {
 			t.Fatalf("error %T", err)
 		}
@@ -921,20 +813,6 @@ func FuzzAuthenticate(f *testing.F) {
 		}
 		if len(ae.Reason) > maxReasonLen || !utf8.ValidString(ae.Reason) {
 			t.Fatalf("reason %q does not fit a close frame", ae.Reason)
-		}
-	})
-}
-
-// FuzzTokenFrom: never a panic, and the answered subprotocol is only ever
-// tablecast.v1.
-func FuzzTokenFrom(f *testing.F) {
-	f.Add("token=x", "Bearer y", "tablecast_token=z", "tablecast.v1, token.w")
-	f.Add("", "", `a="b; tablecast_token`, "token.")
-	f.Fuzz(func(t *testing.T, query, auth, cookie, protos string) {
-		q, _ := url.ParseQuery(query)
-		_, proto := TokenFrom(q, auth, cookie, protos)
-		if proto != "" && proto != Subprotocol {
-			t.Fatalf("answered %q", proto)
 		}
 	})
 }

@@ -1,4 +1,4 @@
-package wsgate
+package auth
 
 import (
 	"encoding/json"

@@ -91,7 +91,7 @@
 // connections of this identity) and subscriptions (per connection). 0 or
 // absent leaves the gateway's own setting.
 
-package wsgate
+package auth
 
 import (
 	"bytes"
@@ -738,8 +738,8 @@ func readColumnList(v any) (columnGrant, error) {
 			return columnGrant{}, errors.New("an empty column name")
 		case name == "*":
 			return columnGrant{}, errors.New(`"*" (every column) must stand alone in its list`)
-		case len(name) > maxIdentLen:
-			return columnGrant{}, fmt.Errorf("column %s is longer than %d bytes, which no column is", shortJSON(e), maxIdentLen)
+		case len(name) > schema.MaxIdentLen:
+			return columnGrant{}, fmt.Errorf("column %s is longer than %d bytes, which no column is", shortJSON(e), schema.MaxIdentLen)
 		case slices.Contains(names, name):
 			return columnGrant{}, fmt.Errorf("column %s is listed twice", shortJSON(e))
 		}
@@ -856,7 +856,7 @@ func parseTopicPattern(pat string) (topicPattern, error) {
 	}
 	name, wild := strings.CutSuffix(pat, ".*")
 	if name == "" || strings.ContainsAny(name, "*> \t\r\n") || name[0] == '.' || name[len(name)-1] == '.' ||
-		len(name) > MaxTopicLen {
+		len(name) > schema.MaxTopicLen {
 		return topicPattern{}, fmt.Errorf("pattern %q: want a topic name, prefix.* or *", pat)
 	}
 	if wild {
@@ -1053,4 +1053,18 @@ func shortJSON(v any) string {
 		return fmt.Sprintf("%v", v)
 	}
 	return cutUTF8(string(b), 40)
+}
+
+// ParseGrants reads a grants object, in the language of the grants claim
+// (grants.go): {"tables": …, "topics": …, "policies": …, "limits": …}. A
+// member given twice anywhere is an error, as in a token.
+func ParseGrants(data []byte) (*Grants, error) {
+	v, err := decodeStrictJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("grants are not valid JSON: %w", err)
+	}
+	if _, ok := v.(map[string]any); !ok {
+		return nil, errors.New(`grants must be a JSON object like {"tables": {"public.prices": ["*"]}}`)
+	}
+	return GrantsFromClaims(map[string]any{GrantsClaim: v})
 }

@@ -1,6 +1,7 @@
-package wsgate
+package auth
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/tablecast/tablecast/internal/auth/authtest"
 	"github.com/tablecast/tablecast/schema"
 )
 
@@ -22,11 +24,11 @@ import (
 // secret.
 func rawToken(t testing.TB, payload string) string {
 	t.Helper()
-	return signToken(t, jose.HS256, authTestSecret, "", map[string]any{"raw": payload})
+	return authtest.SignToken(t, jose.HS256, authTestSecret, "", map[string]any{"raw": payload})
 }
 
 func TestAuthenticateDuplicateMembers(t *testing.T) {
-	a := mustAuthenticator(t, AuthConfig{JWTSecret: authTestSecret})
+	a := mustAuthenticator(t, Config{JWTSecret: authTestSecret})
 	exp := `"exp":1800003600`
 	cases := []struct {
 		name, payload, reason string
@@ -47,12 +49,12 @@ func TestAuthenticateDuplicateMembers(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			id, err := a.Authenticate(rawToken(t, tc.payload), authNow)
+			id, err := a.Authenticate(Credential{Token: rawToken(t, tc.payload)}, authNow)
 			wantReason(t, id, err, tc.reason)
 		})
 	}
 	// The same name in different objects is no repetition.
-	id, err := a.Authenticate(rawToken(t, `{"sub":"u",`+exp+`,"a":{"x":1},"b":{"x":2,"y":[{"x":3},{"x":4}]},"c":{`+manyMembers(40)+`},"tablecast":{"tables":{"public.x":["read"]},"policies":{"public.x":{"x":{"eq":1}}}}}`), authNow)
+	id, err := a.Authenticate(Credential{Token: rawToken(t, `{"sub":"u",`+exp+`,"a":{"x":1},"b":{"x":2,"y":[{"x":3},{"x":4}]},"c":{`+manyMembers(40)+`},"tablecast":{"tables":{"public.x":["read"]},"policies":{"public.x":{"x":{"eq":1}}}}}`)}, authNow)
 	if err != nil {
 		t.Fatalf("refused: %v", err)
 	}
@@ -74,26 +76,26 @@ func manyMembers(n int) string {
 }
 
 func TestAuthenticateNoSubject(t *testing.T) {
-	strict := mustAuthenticator(t, AuthConfig{JWTSecret: authTestSecret})
-	lax := mustAuthenticator(t, AuthConfig{JWTSecret: authTestSecret, AllowNoSubject: true})
-	hs := func(c map[string]any) string { return signToken(t, jose.HS256, authTestSecret, "", c) }
+	strict := mustAuthenticator(t, Config{JWTSecret: authTestSecret})
+	lax := mustAuthenticator(t, Config{JWTSecret: authTestSecret, AllowNoSubject: true})
+	hs := func(c map[string]any) string { return authtest.SignToken(t, jose.HS256, authTestSecret, "", c) }
 	noSub := hs(baseClaims(map[string]any{"sub": nil}))
 	emptySub := hs(baseClaims(map[string]any{"sub": ""}))
 	other := hs(baseClaims(map[string]any{"sub": nil, "jti": "another token"}))
 
 	for _, tok := range []string{noSub, emptySub} {
-		id, err := strict.Authenticate(tok, authNow)
+		id, err := strict.Authenticate(Credential{Token: tok}, authNow)
 		wantReason(t, id, err, ReasonNoSubject)
 	}
-	a, err := lax.Authenticate(noSub, authNow)
+	a, err := lax.Authenticate(Credential{Token: noSub}, authNow)
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := lax.Authenticate(noSub, authNow)
+	again, err := lax.Authenticate(Credential{Token: noSub}, authNow)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := lax.Authenticate(other, authNow)
+	b, err := lax.Authenticate(Credential{Token: other}, authNow)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +105,7 @@ func TestAuthenticateNoSubject(t *testing.T) {
 	if a.SameAs(again) || a.SameAs(b) {
 		t.Fatal("a token without a subject counts as the same identity as another: a refresh could change who the client is")
 	}
-	if _, err := lax.Authenticate(emptySub, authNow); err != nil {
+	if _, err := lax.Authenticate(Credential{Token: emptySub}, authNow); err != nil {
 		t.Fatalf("empty sub refused though allowed: %v", err)
 	}
 }
@@ -113,13 +115,13 @@ func TestIdentitySameAs(t *testing.T) {
 	a := mustAuthenticator(t, cfg)
 	hs := func(c map[string]any) *Identity {
 		t.Helper()
-		id, err := a.Authenticate(signToken(t, jose.HS256, authTestSecret, "", baseClaims(c)), authNow)
+		id, err := a.Authenticate(Credential{Token: authtest.SignToken(t, jose.HS256, authTestSecret, "", baseClaims(c))}, authNow)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return id
 	}
-	key, err := a.Authenticate(apiKey, authNow)
+	key, err := a.Authenticate(Credential{Token: apiKey}, authNow)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,8 +205,8 @@ func TestAuthenticateAnonymousGrants(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := mustAuthenticator(t, AuthConfig{JWTSecret: authTestSecret, AnonymousGrants: public})
-	id, err := a.Authenticate("", authNow)
+	a := mustAuthenticator(t, Config{JWTSecret: authTestSecret, AnonymousGrants: public})
+	id, err := a.Authenticate(Credential{Token: ""}, authNow)
 	if err != nil {
 		t.Fatalf("no credential refused: %v", err)
 	}
@@ -213,20 +215,20 @@ func TestAuthenticateAnonymousGrants(t *testing.T) {
 	}
 	// A credential that is presented is judged, never downgraded.
 	for tok, reason := range map[string]string{"garbage": ReasonMalformedToken, "tck_nope": ReasonUnknownAPIKey,
-		signToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": authNow.Add(-time.Hour).Unix()})): ReasonTokenExpired} {
-		id, err := a.Authenticate(tok, authNow)
+		authtest.SignToken(t, jose.HS256, authTestSecret, "", baseClaims(map[string]any{"exp": authNow.Add(-time.Hour).Unix()})): ReasonTokenExpired} {
+		id, err := a.Authenticate(Credential{Token: tok}, authNow)
 		wantReason(t, id, err, reason)
 	}
 
 	// Only anonymous grants: authentication is on, every credential is refused.
-	only := mustAuthenticator(t, AuthConfig{AnonymousGrants: public})
+	only := mustAuthenticator(t, Config{AnonymousGrants: public})
 	if !only.Enabled() {
 		t.Fatal("anonymous grants alone do not turn authentication on")
 	}
-	if id, err := only.Authenticate("", authNow); err != nil || id.Grants != public {
+	if id, err := only.Authenticate(Credential{Token: ""}, authNow); err != nil || id.Grants != public {
 		t.Fatalf("anonymous: %v, %v", id, err)
 	}
-	id, err = only.Authenticate(signToken(t, jose.HS256, authTestSecret, "", baseClaims(nil)), authNow)
+	id, err = only.Authenticate(Credential{Token: authtest.SignToken(t, jose.HS256, authTestSecret, "", baseClaims(nil))}, authNow)
 	wantReason(t, id, err, ReasonAlgorithm)
 
 	// limits.connections makes the anonymous clients one counted group.
@@ -234,7 +236,7 @@ func TestAuthenticateAnonymousGrants(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id, err := mustAuthenticator(t, AuthConfig{AnonymousGrants: capped}).Authenticate("", authNow); err != nil || id.key != keyAnonymous {
+	if id, err := mustAuthenticator(t, Config{AnonymousGrants: capped}).Authenticate(Credential{Token: ""}, authNow); err != nil || id.key != keyAnonymous {
 		t.Fatalf("capped anonymous identity %+v, %v", id, err)
 	}
 
@@ -243,7 +245,7 @@ func TestAuthenticateAnonymousGrants(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = NewAuthenticator(AuthConfig{AnonymousGrants: withClaim})
+	_, err = New(Config{AnonymousGrants: withClaim})
 	var ce *ConfigError
 	if !errors.As(err, &ce) || ce.Field != "AnonymousGrants" || !strings.Contains(err.Error(), "claim") {
 		t.Fatalf("error %v, want a ConfigError of AnonymousGrants about the claim", err)
@@ -269,13 +271,13 @@ func TestAuthenticateAPIKeysFileReload(t *testing.T) {
 	}
 	readAll := `{"tables":{"*":["read"]}}`
 	write(`[` + entry("a", "tck_a", readAll) + `,` + entry("b", "tck_b", readAll) + `]`)
-	log, logs := newAuthTestLogger()
-	a := mustAuthenticator(t, AuthConfig{APIKeysFile: path, Logger: log})
+	log, logs := authtest.NewLogger()
+	a := mustAuthenticator(t, Config{APIKeysFile: path, Logger: log})
 	a.checkEvery = 0
 	a.nextCheck.Store(0)
 	auth := func(key string) *Identity {
 		t.Helper()
-		id, err := a.Authenticate(key, authNow)
+		id, err := a.Authenticate(Credential{Token: key}, authNow)
 		if err != nil {
 			return nil
 		}
@@ -285,15 +287,15 @@ func TestAuthenticateAPIKeysFileReload(t *testing.T) {
 	if ka == nil || kb == nil || ka.Subject != "apikey:a" {
 		t.Fatal("keys of the file refused")
 	}
-	gen := a.apiKeysGeneration()
+	gen := a.apiKeysGen.Load()
 
 	// Rewritten unchanged: the same identities, no new generation.
 	write(`[` + entry("b", "tck_b", readAll) + `,` + entry("a", "tck_a", readAll) + `]`)
-	if auth("tck_a") != ka || a.apiKeysGeneration() != gen {
+	if auth("tck_a") != ka || a.apiKeysGen.Load() != gen {
 		t.Fatal("an unchanged key got a new identity, or the generation moved")
 	}
-	if a.currentAPIKey(ka) != ka {
-		t.Fatal("currentAPIKey of an unchanged key")
+	if a.Current(ka) != ka {
+		t.Fatal("Current of an unchanged key")
 	}
 
 	// a removed, b's grants changed, c added, a's key reused under the name d.
@@ -305,17 +307,17 @@ func TestAuthenticateAPIKeysFileReload(t *testing.T) {
 	if nb == nil || nb == kb || nb.Grants.OpsFor("public", "y") != 0 || !nb.SameAs(kb) {
 		t.Fatal("changed key: want a new identity of the same name, with the new grants")
 	}
-	if a.currentAPIKey(ka) != nil || a.currentAPIKey(kb) != nb || a.apiKeysGeneration() == gen {
-		t.Fatal("currentAPIKey or generation after a change")
+	if a.Current(ka) != nil || a.Current(kb) != nb || a.apiKeysGen.Load() == gen {
+		t.Fatal("Current or generation after a change")
 	}
 	write(`[` + entry("d", "tck_a", readAll) + `]`)
 	a.checkFiles() // as the gateway does every second
-	if a.currentAPIKey(ka) != nil || auth("tck_a").Subject != "apikey:d" {
+	if a.Current(ka) != nil || auth("tck_a").Subject != "apikey:d" {
 		t.Fatal("a key renamed is still the connection's identity")
 	}
 
 	// A broken file keeps the keys, logged once; so does a repeated member.
-	gen = a.apiKeysGeneration()
+	gen = a.apiKeysGen.Load()
 	for _, broken := range []string{`[{"name":`, `[` + entry("d", "tck_a", `{"tables":{},"tables":{"*":["*"]}}`) + `]`} {
 		write(broken)
 		for range 3 {
@@ -324,8 +326,8 @@ func TestAuthenticateAPIKeysFileReload(t *testing.T) {
 			}
 		}
 	}
-	if n := strings.Count(logs.String(), "API keys file reload failed"); n != 2 || a.apiKeysGeneration() != gen {
-		t.Fatalf("two broken files logged %d times (want 2), generation %d → %d:\n%s", n, gen, a.apiKeysGeneration(), logs)
+	if n := strings.Count(logs.String(), "API keys file reload failed"); n != 2 || a.apiKeysGen.Load() != gen {
+		t.Fatalf("two broken files logged %d times (want 2), generation %d → %d:\n%s", n, gen, a.apiKeysGen.Load(), logs)
 	}
 	if !strings.Contains(logs.String(), `repeated`) {
 		t.Fatalf("the log does not say why:\n%s", logs)
@@ -345,7 +347,7 @@ func TestAuthenticateAPIKeysFileReload(t *testing.T) {
 	}
 
 	// A static key and a file key of one name.
-	_, err := NewAuthenticator(AuthConfig{APIKeysFile: path, APIKeys: []APIKey{{Name: "e", Hash: HashAPIKey("tck_x")}}})
+	_, err := New(Config{APIKeysFile: path, APIKeys: []APIKey{{Name: "e", Hash: HashAPIKey("tck_x")}}})
 	var ce *ConfigError
 	if !errors.As(err, &ce) || ce.Field != "APIKeysFile" || !strings.Contains(err.Error(), "twice") {
 		t.Fatalf("error %v, want the name used twice", err)
@@ -367,7 +369,7 @@ func FuzzCheckRepeated(f *testing.F) {
 			return
 		}
 		err := checkRepeated(b)
-		var ae *AuthError
+		var ae *Error
 		if err != nil && !errors.As(err, &ae) {
 			return // nested too deeply
 		}
@@ -378,4 +380,60 @@ func FuzzCheckRepeated(f *testing.F) {
 			t.Fatalf("checkRepeated: %v; decodeStrict: %v", err, strictErr)
 		}
 	})
+}
+
+// TestWatchAPIKeys: the watch reloads a changed API keys file by itself,
+// with nobody authenticating, and says so; without a file it has nothing
+// to watch and returns.
+func TestWatchAPIKeys(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		mustAuthenticator(t, Config{JWTSecret: authTestSecret}).WatchAPIKeys(ctx, func() { t.Error("changed without a keys file") })
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("WatchAPIKeys without a keys file did not return")
+	}
+
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keys.json")
+	write := func(name string) {
+		t.Helper()
+		tmp := writeAuthFile(t, dir, "keys.tmp", []byte(`[{"name":"`+name+`","hash":"`+HashAPIKey("tck_a")+`"}]`))
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("a")
+	log, _ := authtest.NewLogger()
+	a := mustAuthenticator(t, Config{APIKeysFile: path, Logger: log})
+	id, err := a.Authenticate(Credential{Token: "tck_a"}, authNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := make(chan struct{}, 8)
+	stopped := make(chan struct{})
+	go func() {
+		a.WatchAPIKeys(ctx, func() { changed <- struct{}{} })
+		close(stopped)
+	}()
+	write("renamed")
+	select {
+	case <-changed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("a changed keys file was not reported")
+	}
+	if a.Current(id) != nil {
+		t.Fatal("the identity of a renamed key is still current")
+	}
+	cancel()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("WatchAPIKeys did not return when its context ended")
+	}
 }
