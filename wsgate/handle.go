@@ -219,7 +219,7 @@ func (c *conn) rowPolicy(grants *auth.Grants, t *tableInfo, shown string) (*quer
 	if policy == nil {
 		return nil, ""
 	}
-	f, err := query.CompileWhere(policy, t.qualified, t.types)
+	f, err := query.Compile(policy, t.qualified, t.types)
 	if err != nil {
 		c.g.log.Warn("row policy does not compile; subscriptions to the table are refused", "table", t.qualified, "subject", c.id.Subject, "err", err)
 		return nil, "the row policy of " + shown + " does not apply to its columns"

@@ -328,7 +328,7 @@ func TestAuthenticateAccepts(t *testing.T) {
 			t.Fatalf("ops %v", id.Grants.OpsFor("public", "orders").Names())
 		}
 		p, err := id.Grants.Policy("public", "orders")
-		if err != nil || string(p) != `{"tenant_id":{"eq":9007199254740993}}` {
+		if err != nil || p.String() != `{"tenant_id":{"eq":9007199254740993}}` {
 			t.Fatalf("policy %s, %v", p, err)
 		}
 		if id.Claims["tenant"] != json.Number("9007199254740993") {

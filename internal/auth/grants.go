@@ -98,12 +98,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"math"
 	"slices"
 	"strings"
 
+	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 )
 
@@ -400,32 +400,30 @@ func (g *Grants) Limits() Limits {
 	return g.limits
 }
 
-// Policy returns the row policy of a table: a where object, in the shape
-// query.CompileWhere takes, that every subscription to the table must match
-// whatever the client's own where says; the AND of every matching
-// pattern's policy, claim references replaced by the claim values. nil and
-// no error means no policy. An error (a missing claim, wrapping
-// ErrMissingClaim, or policies that cannot be combined) means the
+// Policy returns the row policy of a table: a where that every
+// subscription to the table must match whatever the client's own where
+// says; the AND of every matching pattern's policy (query.And), claim
+// references replaced by the claim values. nil and no error means no
+// policy. An error (a missing claim, wrapping ErrMissingClaim) means the
 // subscription must be refused: the error never stands for "no policy".
 //
-// The gateway can compile the policy on its own and require both filters
-// to match, or combine it with the client's where with AndWhere and
-// compile one filter (which lets an eq condition of the policy feed the
-// equality index).
-func (g *Grants) Policy(schemaName, table string) (json.RawMessage, error) {
+// The gateway compiles the policy on its own (query.Compile) and requires
+// both filters to match; it could as well compile query.And of the policy
+// and the client's where into one filter.
+func (g *Grants) Policy(schemaName, table string) (*query.Where, error) {
 	return g.TablePolicy("", schemaName, table)
 }
 
 // TablePolicy is Policy for the table schemaName.table of database db:
 // every pattern that names no database or names db applies.
-func (g *Grants) TablePolicy(db, schemaName, table string) (json.RawMessage, error) {
+func (g *Grants) TablePolicy(db, schemaName, table string) (*query.Where, error) {
 	switch {
 	case g == nil:
 		return nil, errors.New("no grants")
 	case g.all:
 		return nil, nil
 	}
-	var where map[string]any
+	var where *query.Where
 	for _, p := range g.policies {
 		if !p.pat.match(db, schemaName, table) {
 			continue
@@ -433,78 +431,67 @@ func (g *Grants) TablePolicy(db, schemaName, table string) (json.RawMessage, err
 		if p.err != nil {
 			return nil, fmt.Errorf("row policy %s for %s: %w", p.pat, schema.FormatQualifiedName(db, schemaName, table), p.err)
 		}
+		w, err := policyWhere(p.where)
+		if err != nil {
+			return nil, fmt.Errorf("row policy %s for %s: %w", p.pat, schema.FormatQualifiedName(db, schemaName, table), err)
+		}
 		if where == nil {
-			where = p.where
+			where = w // even one without conditions: a policy, if empty
 			continue
 		}
-		var err error
-		if where, err = andWhere(where, p.where, 0); err != nil {
-			return nil, fmt.Errorf("row policies for %s: %w", schema.FormatQualifiedName(db, schemaName, table), err)
-		}
+		where = query.And(where, w)
 	}
-	if where == nil {
-		return nil, nil
-	}
-	return marshalWhere(where)
+	return where, nil
 }
 
-// AndWhere returns a where object (query.CompileWhere's shape) that matches the
-// rows both a and b match. A nil, empty or null a or b is no condition.
-// Conditions on distinct columns are merged into one object; conditions
-// that collide (the same operator on the same column, two "or" groups) are
-// nested under "or" groups, so the result is one object without duplicate
-// members.
-func AndWhere(a, b json.RawMessage) (json.RawMessage, error) {
-	am, err := decodeWhere(a)
-	if err != nil {
-		return nil, err
+// policyWhere is the where of a policy as policyResolver checked and
+// resolved it: its columns in name order, an "or" with a list a group,
+// each operator's operand the JSON of its (resolved) value.
+func policyWhere(m map[string]any) (*query.Where, error) {
+	w := &query.Where{Terms: make([]query.Term, 0, len(m))}
+	for _, col := range slices.Sorted(maps.Keys(m)) {
+		if groups, ok := m[col].([]any); ok && col == "or" {
+			t := query.Term{Or: make([]*query.Where, len(groups))}
+			for i, g := range groups {
+				gm, _ := g.(map[string]any) // an object: policyResolver checked it
+				var err error
+				if t.Or[i], err = policyWhere(gm); err != nil {
+					return nil, err
+				}
+			}
+			w.Terms = append(w.Terms, t)
+			continue
+		}
+		ops, _ := m[col].(map[string]any) // an object: policyResolver checked it
+		t := query.Term{Column: col, Ops: make([]query.Operator, 0, len(ops))}
+		for _, op := range slices.Sorted(maps.Keys(ops)) {
+			v, err := marshalOperand(ops[op])
+			if err != nil {
+				return nil, fmt.Errorf("column %q, %s: %w", col, op, err)
+			}
+			t.Ops = append(t.Ops, query.Operator{Name: op, Value: v})
+		}
+		w.Terms = append(w.Terms, t)
 	}
-	bm, err := decodeWhere(b)
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case am == nil && bm == nil:
-		return nil, nil
-	case am == nil:
-		return marshalWhere(bm)
-	case bm == nil:
-		return marshalWhere(am)
-	}
-	w, err := andWhere(am, bm, 0)
-	if err != nil {
-		return nil, err
-	}
-	return marshalWhere(w)
+	return w, nil
 }
 
-func decodeWhere(raw json.RawMessage) (map[string]any, error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
+// marshalOperand is the JSON of an operand decoded by encoding/json
+// (numbers as json.Number, so that they keep their digits), without
+// escaping HTML.
+func marshalOperand(v any) (json.RawMessage, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	v, err := decodeStrict(dec, 0)
-	if err == nil {
-		if _, end := dec.Token(); end != io.EOF {
-			err = errors.New("data after the where object")
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("where is not valid JSON: %w", err)
-	}
-	m, ok := v.(map[string]any)
-	if !ok {
-		return nil, errors.New("where must be a JSON object of column conditions")
-	}
-	return m, nil
+	return bytes.TrimRight(buf.Bytes(), "\n"), nil
 }
 
 // decodeStrict decodes one JSON value like encoding/json into any (numbers
-// as json.Number), but refuses an object that repeats a member name:
-// query.CompileWhere would AND both members, a map keeps one, and AndWhere must
-// not change what a where means.
+// as json.Number), but refuses an object that repeats a member name: a map
+// keeps one, and another parser might keep the other.
 func decodeStrict(dec *json.Decoder, depth int) (any, error) {
 	if depth > 10*maxPolicyDepth {
 		return nil, errors.New("nested too deeply")
@@ -550,89 +537,6 @@ func decodeStrict(dec *json.Decoder, depth int) (any, error) {
 type repeatedMemberError string
 
 func (e repeatedMemberError) Error() string { return fmt.Sprintf("member %q is repeated", string(e)) }
-
-func marshalWhere(w map[string]any) (json.RawMessage, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(w); err != nil {
-		return nil, fmt.Errorf("encode where: %w", err)
-	}
-	return bytes.TrimRight(buf.Bytes(), "\n"), nil
-}
-
-// andWhere returns a where object matching what both a and b match, without
-// changing either. A member of b whose column a does not constrain is
-// added; operators of the same column merge; what collides (the same
-// operator on a column, two "or" groups) is collected in extra and ANDed
-// into each of a's "or" groups, or added as a new one-group "or" (an "or"
-// of one group is that group).
-func andWhere(a, b map[string]any, depth int) (map[string]any, error) {
-	if depth > maxPolicyDepth {
-		return nil, errors.New("conditions nest too deeply to combine")
-	}
-	out := maps.Clone(a)
-	var extra map[string]any
-	for k, bv := range b {
-		av, ok := out[k]
-		if !ok {
-			out[k] = bv
-			continue
-		}
-		am, aCol := av.(map[string]any)
-		bm, bCol := bv.(map[string]any)
-		if !aCol || !bCol {
-			// Two "or" groups, or a column called "or" next to a group.
-			if extra == nil {
-				extra = map[string]any{}
-			}
-			extra[k] = bv
-			continue
-		}
-		merged := maps.Clone(am)
-		var rest map[string]any
-		for op, v := range bm {
-			if _, dup := merged[op]; dup {
-				if rest == nil {
-					rest = map[string]any{}
-				}
-				rest[op] = v
-				continue
-			}
-			merged[op] = v
-		}
-		out[k] = merged
-		if rest != nil {
-			if extra == nil {
-				extra = map[string]any{}
-			}
-			extra[k] = rest
-		}
-	}
-	if extra == nil {
-		return out, nil
-	}
-	switch ors := out["or"].(type) {
-	case nil:
-		out["or"] = []any{extra}
-	case []any:
-		groups := make([]any, len(ors))
-		for i, g := range ors {
-			gm, ok := g.(map[string]any)
-			if !ok {
-				return nil, errors.New(`each group of "or" must be an object of column conditions`)
-			}
-			var err error
-			if groups[i], err = andWhere(gm, extra, depth+1); err != nil {
-				return nil, err
-			}
-		}
-		out["or"] = groups
-	default:
-		return nil, errors.New(`cannot combine an "or" group with a condition on a column called "or"`)
-	}
-	return out, nil
-}
 
 // GrantsFromClaims reads the grants of a token's claims (the claim
 // GrantsClaim, see the file comment) as decoded by encoding/json, numbers

@@ -199,3 +199,17 @@ func (w *Where) AppendJSON(dst []byte) []byte {
 
 // String returns the where object w stands for (AppendJSON).
 func (w *Where) String() string { return string(w.AppendJSON(nil)) }
+
+// And returns a where that holds exactly when both a and b hold: the terms
+// of both, a's first. A nil where is no condition. Neither a nor b changes;
+// the result may share their terms.
+func And(a, b *Where) *Where {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	}
+	terms := make([]Term, 0, len(a.Terms)+len(b.Terms))
+	return &Where{Terms: append(append(terms, a.Terms...), b.Terms...)}
+}

@@ -39,9 +39,10 @@ func TestParseWhereRoundTrip(t *testing.T) {
 		}
 	}
 	for where, msg := range map[string]string{
-		`{"a":`: "where is not valid JSON",
-		`[1]`:   "where must be a JSON object of column conditions",
-		`"x"`:   "where must be a JSON object of column conditions",
+		`{"a":`:                "where is not valid JSON",
+		`{"id": {"eq": 1}} {}`: "where is not valid JSON",
+		`[1]`:                  "where must be a JSON object of column conditions",
+		`"x"`:                  "where must be a JSON object of column conditions",
 	} {
 		var fe *FilterError
 		if _, err := ParseWhere(json.RawMessage(where)); !errors.As(err, &fe) || fe.Message != msg {
