@@ -81,7 +81,7 @@ func dbsAndIDs(frames []frame) []string {
 func startTwoDatabases(t *testing.T, e *testEnv) {
 	t.Helper()
 	e.putShape(billingOrdersShape())
-	if shop := e.gw.cat.tableIn(testDB, "public", "orders"); shop == nil || len(shop.shape.Columns) != len(ordersShape().Columns) {
+	if shop := e.gw.cat.TableIn(testDB, "public", "orders"); shop == nil || len(shop.Shape.Columns) != len(ordersShape().Columns) {
 		t.Fatalf("the shop's public.orders was replaced by the billing one's: %+v", shop)
 	}
 }

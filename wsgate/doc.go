@@ -20,6 +20,14 @@
 // and every subscription it may reach decides on it with query.Selector,
 // live and on resume alike, then gets the frame of its projection.
 //
+// # The protocol
+//
+// Protocol v1 as data lives here too, apart from the server's I/O: client
+// messages and server frames (protocol.go), error and close codes
+// (codes.go), URL subscriptions (urlsub.go) and where a credential travels
+// (credentials.go). None of it does I/O, and the server is its one user;
+// it moves to a package of its own when a second (a Go client) comes.
+//
 // # The server
 //
 // Gateway serves the protocol. It reads the first request of every
@@ -51,7 +59,8 @@
 // alone.
 //
 // A connection's identity can change while it is open: a refresh message
-// (handle.go) or a reloaded API keys file (Gateway.apiKeysLoop) re-applies
+// (handle.go) or a reloaded API keys file (auth.Authenticator.WatchAPIKeys,
+// then Gateway.recheckAPIKeys) re-applies
 // grants and row policies to its open subscriptions. The connection's
 // authMu serializes that with the handling of its messages, which all read
 // the identity; the lock order is authMu, then the connection's subsMu and
@@ -64,7 +73,7 @@
 // event: a frame larger than the limit still goes out (conn.enqueue).
 //
 // Tables and their column types come from the schema registry, custom
-// topics from a key-value bucket every gateway shares (catalog.go): the
+// topics from a key-value bucket every gateway shares (package catalog): the
 // gateway never talks to PostgreSQL. A table is its database, schema and
 // name: readers of several databases may share the stream, and a client
 // names a table "db.schema.table", or "schema.table" when only one database

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/jsonx"
 	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
@@ -22,7 +23,7 @@ type sub struct {
 	c      *conn
 	id     string
 	topic  string // a topic subscription's topic; "" for a table
-	table  *tableInfo
+	table  *catalog.Table
 	ops    schema.OpSet
 	filter *query.Filter                // the client's where; nil for none
 	policy atomic.Pointer[query.Filter] // the row policy of its grants; nil for none (setPolicy)
@@ -392,7 +393,7 @@ func (f *feed) warnWithheld(s *sub) {
 		cols = policy.Columns()
 	}
 	f.g.log.Warn("events withheld: the row policy's columns are not in them (deletes under the default replica identity carry only the key); set REPLICA IDENTITY FULL on the table",
-		"table", s.table.name, "policy_columns", cols)
+		"table", s.table.Name, "policy_columns", cols)
 }
 
 // filterFailed tells the client, at most once a second per subscription,

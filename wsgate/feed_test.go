@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 )
@@ -18,11 +19,11 @@ import (
 func BenchmarkFanoutTenantMove(b *testing.B) {
 	cfg, _ := Config{}.withDefaults()
 	g := &Gateway{cfg: cfg, log: cfg.Logger, met: newMetrics(nil), poll: nopoll{}, conns: map[*conn]struct{}{}}
-	tbl := newTableInfo("tablecast", ordersShape())
-	f := &feed{g: g, subject: tbl.subject, groups: map[string]*frameGroup{}}
+	tbl := catalog.NewTable("tablecast", ordersShape())
+	f := &feed{g: g, subject: tbl.Subject, groups: map[string]*frameGroup{}}
 	for i := range 1000 {
 		c := &conn{g: g, nc: &discardConn{}, fd: -1}
-		policy, err := query.CompileWhere(fmt.Appendf(nil, `{"tenant":{"eq":"t%d"}}`, i%10), tbl.name, tbl.types)
+		policy, err := query.CompileWhere(fmt.Appendf(nil, `{"tenant":{"eq":"t%d"}}`, i%10), tbl.Name, tbl.Types)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -55,13 +56,13 @@ func BenchmarkFanoutTenantMove(b *testing.B) {
 func TestFeedPolicySetAfterAttach(t *testing.T) {
 	cfg, _ := Config{}.withDefaults()
 	g := &Gateway{cfg: cfg, log: cfg.Logger, met: newMetrics(nil), poll: nopoll{}, conns: map[*conn]struct{}{}}
-	tbl := newTableInfo("tablecast", ordersShape())
-	f := &feed{g: g, subject: tbl.subject, groups: map[string]*frameGroup{}}
+	tbl := catalog.NewTable("tablecast", ordersShape())
+	f := &feed{g: g, subject: tbl.Subject, groups: map[string]*frameGroup{}}
 	subs := map[string]*sub{}
 	for i, tenant := range []string{"acme", "globex"} {
 		s := &sub{c: &conn{g: g, nc: &discardConn{}, fd: -1}, id: fmt.Sprint("s", i), table: tbl, ops: schema.AllOps}
 		f.attach(s, nil)
-		policy, err := query.CompileWhere(fmt.Appendf(nil, `{"tenant":{"eq":%q}}`, tenant), tbl.name, tbl.types)
+		policy, err := query.CompileWhere(fmt.Appendf(nil, `{"tenant":{"eq":%q}}`, tenant), tbl.Name, tbl.Types)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tablecast/tablecast/internal/auth"
+	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/connlimit"
 	"github.com/tablecast/tablecast/stream"
 )
@@ -238,7 +239,7 @@ type Gateway struct {
 	js  jetstream.JetStream
 	str jetstream.Stream
 
-	cat    *catalog
+	cat    *catalog.Catalog
 	topics *stream.Topics
 	claims *stream.Resolver // reads the objects claims name (claims.go)
 	met    *metrics
@@ -294,7 +295,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 		nc:         nc,
 		js:         js,
 		str:        str,
-		cat:        newCatalog(cfg.Prefix, cfg.Logger),
+		cat:        catalog.New(cfg.Prefix, cfg.Logger),
 		topics:     topics,
 		claims:     stream.NewResolver(js),
 		met:        met,
@@ -322,7 +323,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()
-		g.cat.run(g.ctx, schemas, topics, g.topicDestroyed, catalogStart{after: cfg.StartAfter, hold: cfg.holdCatalog})
+		g.cat.Run(g.ctx, schemas, topics, g.topicDestroyed, catalog.Start{After: cfg.StartAfter, Hold: cfg.holdCatalog})
 	}()
 	if cfg.Auth.Enabled() {
 		// Closes the connections of API keys the keys file no longer holds.
@@ -354,7 +355,7 @@ const notReadyRetryAfter = 2
 // gateway is still learning the tables.
 func (g *Gateway) notReady() string {
 	switch {
-	case !g.cat.ready.Load():
+	case !g.cat.Ready():
 		return "the gateway is loading its tables and topics; retry shortly"
 	case !g.nc.IsConnected():
 		return "the gateway is not connected to NATS; retry shortly"

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tablecast/tablecast/internal/auth"
+	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
@@ -108,7 +109,7 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 	grants := c.id.Grants
 	if m.Table != "" {
 		db, schemaName, table := SplitQualifiedName(m.Table)
-		t, choices := g.cat.resolve(db, schemaName, table, grants)
+		t, choices := g.cat.Resolve(db, schemaName, table, grants)
 		if choices != nil {
 			return fail(CodeAmbiguousTable, "table "+quoteShort(m.Table)+" is in several databases; name one of: "+strings.Join(choices, ", "))
 		}
@@ -117,24 +118,24 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 			// granted: a client learns nothing of tables it may not read.
 			return fail(CodeUnknownTable, "table "+quoteShort(m.Table)+" is not streamed")
 		}
-		schemaName, table = t.shape.Schema, t.shape.Table
-		shown := t.name // the table as the client named it, in messages
+		schemaName, table = t.Shape.Schema, t.Shape.Table
+		shown := t.Name // the table as the client named it, in messages
 		if db != "" {
-			shown = t.qualified
+			shown = t.Qualified
 		}
-		granted := grants.TableOps(t.db, schemaName, table)
+		granted := grants.TableOps(t.DB, schemaName, table)
 		ops := schema.OpsOf(m.Events)
 		if m.Events != nil && ops&^granted != 0 {
 			return fail(CodeNotAllowed, "events "+strings.Join((ops&^granted).Names(), ", ")+" of "+shown+" are not granted")
 		}
 		// A column not granted is, to the client's where and select,
 		// a column that does not exist; the row policy reads any.
-		s.granted, s.allColumns = grants.TableColumns(t.db, schemaName, table)
-		visible := t.types
+		s.granted, s.allColumns = grants.TableColumns(t.DB, schemaName, table)
+		visible := t.Types
 		if !s.allColumns {
 			visible = make(map[string]query.ColumnType, len(s.granted))
 			for _, col := range s.granted {
-				if typ, ok := t.types[col]; ok {
+				if typ, ok := t.Types[col]; ok {
 					visible[col] = typ
 				}
 			}
@@ -165,12 +166,12 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		s.table, s.filter, s.ops = t, f, ops&granted
 		s.selected = slices.Clone(m.Select)
 		s.proj.Store(s.projection(m.Select))
-		key, subject, name = "t\x00"+t.subject, t.subject, t.name
+		key, subject, name = "t\x00"+t.Subject, t.Subject, t.Name
 	} else {
 		if !grants.CanSubscribeTopic(m.Topic) {
 			return fail(CodeNotAllowed, "topic "+quoteShort(m.Topic)+" is not granted")
 		}
-		if !g.cat.hasTopic(m.Topic) {
+		if !g.cat.HasTopic(m.Topic) {
 			return fail(CodeUnknownTopic, "topic "+quoteShort(m.Topic)+" does not exist; create it first")
 		}
 		s.topic, s.ops = m.Topic, schema.AllOps
@@ -211,17 +212,17 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 // rowPolicy compiles the row policy grants give table t (shown to the
 // client as shown): nil for none, or why the table cannot be read under
 // them. A policy reads every column, granted to the client or not.
-func (c *conn) rowPolicy(grants *auth.Grants, t *tableInfo, shown string) (*query.Filter, string) {
-	policy, err := grants.TablePolicy(t.db, t.shape.Schema, t.shape.Table)
+func (c *conn) rowPolicy(grants *auth.Grants, t *catalog.Table, shown string) (*query.Filter, string) {
+	policy, err := grants.TablePolicy(t.DB, t.Shape.Schema, t.Shape.Table)
 	if err != nil {
 		return nil, "the row policy of " + shown + " cannot be applied: " + err.Error()
 	}
 	if policy == nil {
 		return nil, ""
 	}
-	f, err := query.Compile(policy, t.qualified, t.types)
+	f, err := query.Compile(policy, t.Qualified, t.Types)
 	if err != nil {
-		c.g.log.Warn("row policy does not compile; subscriptions to the table are refused", "table", t.qualified, "subject", c.id.Subject, "err", err)
+		c.g.log.Warn("row policy does not compile; subscriptions to the table are refused", "table", t.Qualified, "subject", c.id.Subject, "err", err)
 		return nil, "the row policy of " + shown + " does not apply to its columns"
 	}
 	return f, ""
@@ -338,15 +339,15 @@ func (c *conn) regrant(s *sub, grants *auth.Grants) (*query.Filter, regranted, s
 		}
 		return nil, regranted{}, ""
 	}
-	t := c.g.cat.tableIn(s.table.db, s.table.shape.Schema, s.table.shape.Table)
+	t := c.g.cat.TableIn(s.table.DB, s.table.Shape.Schema, s.table.Shape.Table)
 	if t == nil {
 		t = s.table
 	}
-	if lost := s.ops &^ grants.TableOps(t.db, t.shape.Schema, t.shape.Table); lost != 0 {
-		return nil, regranted{}, "events " + strings.Join(lost.Names(), ", ") + " of " + t.qualified + " are no longer granted"
+	if lost := s.ops &^ grants.TableOps(t.DB, t.Shape.Schema, t.Shape.Table); lost != 0 {
+		return nil, regranted{}, "events " + strings.Join(lost.Names(), ", ") + " of " + t.Qualified + " are no longer granted"
 	}
 	var cols regranted
-	cols.names, cols.all = grants.TableColumns(t.db, t.shape.Schema, t.shape.Table)
+	cols.names, cols.all = grants.TableColumns(t.DB, t.Shape.Schema, t.Shape.Table)
 	if !cols.all {
 		named := slices.Clone(s.selected)
 		if s.filter != nil {
@@ -354,11 +355,11 @@ func (c *conn) regrant(s *sub, grants *auth.Grants) (*query.Filter, regranted, s
 		}
 		for _, col := range named {
 			if _, ok := slices.BinarySearch(cols.names, col); !ok {
-				return nil, regranted{}, "column " + quoteShort(col) + " of " + t.qualified + " is no longer granted"
+				return nil, regranted{}, "column " + quoteShort(col) + " of " + t.Qualified + " is no longer granted"
 			}
 		}
 	}
-	policy, why := c.rowPolicy(grants, t, t.qualified)
+	policy, why := c.rowPolicy(grants, t, t.Qualified)
 	return policy, cols, why
 }
 
@@ -450,13 +451,13 @@ func (c *conn) selectFields(id string, fields []string) {
 		c.sendError(id, CodeInvalidSubscription, "select applies to table subscriptions; "+quoteShort(id)+" is a topic subscription")
 		return
 	}
-	t := c.g.cat.tableIn(s.table.db, s.table.shape.Schema, s.table.shape.Table)
+	t := c.g.cat.TableIn(s.table.DB, s.table.Shape.Schema, s.table.Shape.Table)
 	if t == nil {
 		t = s.table
 	}
 	for _, col := range fields {
-		if !t.hasColumn(col) || !s.columnGranted(col) {
-			c.sendError(id, CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+t.name)
+		if !t.HasColumn(col) || !s.columnGranted(col) {
+			c.sendError(id, CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+t.Name)
 			return
 		}
 	}
@@ -471,7 +472,7 @@ func (c *conn) createTopic(name string) {
 		c.sendError("", CodeNotAllowed, "creating topic "+quoteShort(name)+" is not granted")
 		return
 	}
-	if n := c.g.cat.topicCount(); n >= c.g.cfg.MaxTopics {
+	if n := c.g.cat.TopicCount(); n >= c.g.cfg.MaxTopics {
 		c.sendError("", CodeTooManyTopics, "there are "+strconv.Itoa(n)+" topics, the most the gateway allows; destroy one first")
 		return
 	}
@@ -485,7 +486,7 @@ func (c *conn) createTopic(name string) {
 		c.sendError("", CodeInternal, err.Error())
 		return
 	}
-	c.g.cat.addTopic(name)
+	c.g.cat.AddTopic(name)
 	c.sendTopics()
 }
 
@@ -506,7 +507,7 @@ func (c *conn) destroyTopic(name string) {
 		c.sendError("", CodeInternal, err.Error())
 		return
 	}
-	if c.g.cat.removeTopic(name) {
+	if c.g.cat.RemoveTopic(name) {
 		c.g.topicDestroyed(name)
 	}
 	c.sendTopics()
@@ -515,7 +516,7 @@ func (c *conn) destroyTopic(name string) {
 // sendTopics answers with the tables and topics the client may subscribe
 // to: nothing it may not use is listed.
 func (c *conn) sendTopics() {
-	tables, topics := c.g.cat.visible(c.id.Grants)
+	tables, topics := c.g.cat.Visible(c.id.Grants)
 	c.send(AppendTopics(nil, tables, topics))
 }
 
@@ -541,7 +542,7 @@ func (c *conn) publish(topic string, data []byte) {
 		c.sendError("", CodeNotAllowed, "publishing to topic "+quoteShort(topic)+" is not granted")
 		return
 	}
-	if !c.g.cat.hasTopic(topic) {
+	if !c.g.cat.HasTopic(topic) {
 		c.sendError("", CodeUnknownTopic, "topic "+quoteShort(topic)+" does not exist; create it first")
 		return
 	}

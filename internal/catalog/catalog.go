@@ -1,4 +1,4 @@
-package wsgate
+package catalog
 
 import (
 	"context"
@@ -19,48 +19,48 @@ import (
 	"github.com/tablecast/tablecast/stream"
 )
 
-// tableInfo is what the gateway knows of a streamed table, from the schema
+// Table is what can be followed of a streamed table, from the schema
 // registry. It is immutable; a shape change replaces it.
-type tableInfo struct {
-	name      string // "schema.table" as clients write it
-	qualified string // "db.schema.table", the name that is never ambiguous
-	db        string
-	shape     schema.Shape
-	types     map[string]query.ColumnType // column name → how its values compare
-	subject   string                      // every change to the table
+type Table struct {
+	Name      string // "schema.table" as clients write it
+	Qualified string // "db.schema.table", the name that is never ambiguous
+	DB        string
+	Shape     schema.Shape
+	Types     map[string]query.ColumnType // column name → how its values compare
+	Subject   string                      // every change to the table
 }
 
-func newTableInfo(prefix string, s schema.Shape) *tableInfo {
-	return &tableInfo{
-		name:      schema.FormatTableName(s.Schema, s.Table),
-		qualified: schema.FormatQualifiedName(s.DB, s.Schema, s.Table),
-		db:        s.DB,
-		shape:     s,
-		types:     query.ColumnTypes(s),
-		subject:   stream.TableSubjects(prefix, s.DB, s.Schema, s.Table),
+func NewTable(prefix string, s schema.Shape) *Table {
+	return &Table{
+		Name:      schema.FormatTableName(s.Schema, s.Table),
+		Qualified: schema.FormatQualifiedName(s.DB, s.Schema, s.Table),
+		DB:        s.DB,
+		Shape:     s,
+		Types:     query.ColumnTypes(s),
+		Subject:   stream.TableSubjects(prefix, s.DB, s.Schema, s.Table),
 	}
 }
 
-// hasColumn reports whether the table has the column.
-func (t *tableInfo) hasColumn(name string) bool {
-	_, ok := t.types[name]
+// HasColumn reports whether the table has the column.
+func (t *Table) HasColumn(name string) bool {
+	_, ok := t.Types[name]
 	return ok
 }
 
-// catalog holds the tables (from the schema registry) and custom topics
+// Catalog holds the tables (from the schema registry) and custom topics
 // (from the topic bucket) every gateway shares, kept current by watching
 // both buckets.
 //
 // A table is known by its database, schema and name: readers of several
 // databases may publish into one stream, and each database's public.orders
 // is a table of its own, with its own shape, subject and grants.
-type catalog struct {
+type Catalog struct {
 	prefix string
 	log    *slog.Logger
 
 	mu     sync.RWMutex
-	tables map[tableKey]*tableInfo
-	byName map[nameKey][]*tableInfo // schema.table → the table in each database, by database
+	tables map[tableKey]*Table
+	byName map[nameKey][]*Table // schema.table → the table in each database, by database
 	topics map[string]bool
 
 	// ready: both buckets are loaded, and the tables reflect the schema
@@ -74,32 +74,38 @@ type catalog struct {
 	revCh   chan struct{}
 }
 
-// catalogStart holds back the catalog: its readiness until after is closed
-// (then it catches up with the schema registry as it stands), and (tests)
-// its very load until hold is closed. Nil channels hold nothing.
-type catalogStart struct {
-	after, hold <-chan struct{}
+// Ready reports whether both buckets are loaded and the tables reflect
+// the schema registry (Start.After).
+func (c *Catalog) Ready() bool { return c.ready.Load() }
+
+// Start holds back a catalog. Nil channels hold nothing.
+type Start struct {
+	// After holds back its readiness until closed; then it catches up
+	// with the schema registry as it stands.
+	After <-chan struct{}
+	// Hold (tests) holds back its very load until closed.
+	Hold <-chan struct{}
 }
 
 type tableKey struct{ db, schema, table string }
 
 type nameKey struct{ schema, table string }
 
-func newCatalog(prefix string, log *slog.Logger) *catalog {
-	return &catalog{prefix: prefix, log: log, tables: map[tableKey]*tableInfo{}, byName: map[nameKey][]*tableInfo{}, topics: map[string]bool{}, revCh: make(chan struct{})}
+func New(prefix string, log *slog.Logger) *Catalog {
+	return &Catalog{prefix: prefix, log: log, tables: map[tableKey]*Table{}, byName: map[nameKey][]*Table{}, topics: map[string]bool{}, revCh: make(chan struct{})}
 }
 
-// tableIn returns the table of database db, or nil when the gateway does
-// not stream it.
-func (c *catalog) tableIn(db, schemaName, table string) *tableInfo {
+// TableIn returns the table of database db, or nil when no reader streams
+// it.
+func (c *Catalog) TableIn(db, schemaName, table string) *Table {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.tables[tableKey{db, schemaName, table}]
 }
 
-// table returns the table schemaName.table when exactly one database
+// Table returns the table schemaName.table when exactly one database
 // streams it, else nil.
-func (c *catalog) table(schemaName, table string) *tableInfo {
+func (c *Catalog) Table(schemaName, table string) *Table {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if list := c.byName[nameKey{schemaName, table}]; len(list) == 1 {
@@ -108,25 +114,25 @@ func (c *catalog) table(schemaName, table string) *tableInfo {
 	return nil
 }
 
-// resolve finds the table a client names, among the tables its grants let
+// Resolve finds the table a client names, among the tables its grants let
 // it read: db.schema.table, or (db "") schema.table when exactly one
 // database the client may read streams that table. It returns nil when
 // there is none, and nil with the qualified names of the candidates,
 // sorted, when schema.table is in several such databases. Tables the
 // client may not read are never counted nor named: a client learns
 // nothing of them.
-func (c *catalog) resolve(db, schemaName, table string, grants *auth.Grants) (t *tableInfo, choices []string) {
+func (c *Catalog) Resolve(db, schemaName, table string, grants *auth.Grants) (t *Table, choices []string) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if db != "" {
 		t = c.tables[tableKey{db, schemaName, table}]
-		if t == nil || grants.TableOps(t.db, schemaName, table) == 0 {
+		if t == nil || grants.TableOps(t.DB, schemaName, table) == 0 {
 			return nil, nil
 		}
 		return t, nil
 	}
 	for _, cand := range c.byName[nameKey{schemaName, table}] {
-		if grants.TableOps(cand.db, schemaName, table) == 0 {
+		if grants.TableOps(cand.DB, schemaName, table) == 0 {
 			continue
 		}
 		if t == nil {
@@ -134,9 +140,9 @@ func (c *catalog) resolve(db, schemaName, table string, grants *auth.Grants) (t 
 			continue
 		}
 		if choices == nil {
-			choices = []string{t.qualified}
+			choices = []string{t.Qualified}
 		}
-		choices = append(choices, cand.qualified)
+		choices = append(choices, cand.Qualified)
 	}
 	if choices != nil {
 		return nil, choices // byName is sorted by database, so are choices
@@ -144,30 +150,30 @@ func (c *catalog) resolve(db, schemaName, table string, grants *auth.Grants) (t 
 	return t, nil
 }
 
-// hasTopic reports whether the custom topic exists.
-func (c *catalog) hasTopic(name string) bool {
+// HasTopic reports whether the custom topic exists.
+func (c *Catalog) HasTopic(name string) bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.topics[name]
 }
 
-// topicCount returns how many custom topics exist.
-func (c *catalog) topicCount() int {
+// TopicCount returns how many custom topics exist.
+func (c *Catalog) TopicCount() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return len(c.topics)
 }
 
-// run watches both buckets until ctx ends, restarting a watch that fails.
+// Run watches both buckets until ctx ends, restarting a watch that fails.
 // onTopicGone is called (without locks held) for each destroyed topic.
-func (c *catalog) run(ctx context.Context, schemas *stream.Registry, topics *stream.Topics, onTopicGone func(string), start catalogStart) {
+func (c *Catalog) Run(ctx context.Context, schemas *stream.Registry, topics *stream.Topics, onTopicGone func(string), start Start) {
 	var wg sync.WaitGroup
 	schemasLoaded, topicsLoaded := make(chan struct{}), make(chan struct{})
 	var schemasOnce, topicsOnce sync.Once
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		if !waitClosed(ctx, start.hold) {
+		if !waitClosed(ctx, start.Hold) {
 			return
 		}
 		c.watch(ctx, "schema registry", schemas.Watch, func(e jetstream.KeyValueEntry) {
@@ -185,7 +191,7 @@ func (c *catalog) run(ctx context.Context, schemas *stream.Registry, topics *str
 	}()
 	go func() {
 		defer wg.Done()
-		c.becomeReady(ctx, schemas, schemasLoaded, topicsLoaded, start.after)
+		c.becomeReady(ctx, schemas, schemasLoaded, topicsLoaded, start.After)
 	}()
 	wg.Wait()
 }
@@ -208,7 +214,7 @@ func waitClosed(ctx context.Context, ch <-chan struct{}) bool {
 // revision at that moment has been applied: every table the registry then
 // holds is known. (A watch's first pass alone could end early: the marker
 // that ends it comes from a count taken as the watch starts.)
-func (c *catalog) becomeReady(ctx context.Context, schemas *stream.Registry, holds ...<-chan struct{}) {
+func (c *Catalog) becomeReady(ctx context.Context, schemas *stream.Registry, holds ...<-chan struct{}) {
 	for _, h := range holds {
 		if !waitClosed(ctx, h) {
 			return
@@ -236,7 +242,7 @@ func (c *catalog) becomeReady(ctx context.Context, schemas *stream.Registry, hol
 
 // noteApplied records that the schema registry entry of revision rev has
 // been applied.
-func (c *catalog) noteApplied(rev uint64) {
+func (c *Catalog) noteApplied(rev uint64) {
 	c.revMu.Lock()
 	c.applied = max(c.applied, rev)
 	close(c.revCh)
@@ -246,7 +252,7 @@ func (c *catalog) noteApplied(rev uint64) {
 
 // waitApplied waits until the schema registry entry of revision rev has
 // been applied, false if ctx ends first.
-func (c *catalog) waitApplied(ctx context.Context, rev uint64) bool {
+func (c *Catalog) waitApplied(ctx context.Context, rev uint64) bool {
 	for {
 		c.revMu.Lock()
 		applied, ch := c.applied, c.revCh
@@ -260,7 +266,7 @@ func (c *catalog) waitApplied(ctx context.Context, rev uint64) bool {
 	}
 }
 
-func (c *catalog) tablesSnapshot() map[tableKey]*tableInfo {
+func (c *Catalog) tablesSnapshot() map[tableKey]*Table {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.tables
@@ -269,7 +275,7 @@ func (c *catalog) tablesSnapshot() map[tableKey]*tableInfo {
 // watch follows one bucket: apply for each entry, loaded once the stored
 // entries have all been applied. A failed watch is restarted after a pause
 // (the whole bucket is sent again, which apply takes as it comes).
-func (c *catalog) watch(ctx context.Context, what string, open func(context.Context) (jetstream.KeyWatcher, error), apply func(jetstream.KeyValueEntry), loaded func()) {
+func (c *Catalog) watch(ctx context.Context, what string, open func(context.Context) (jetstream.KeyWatcher, error), apply func(jetstream.KeyValueEntry), loaded func()) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		w, err := open(ctx)
@@ -298,7 +304,7 @@ func (c *catalog) watch(ctx context.Context, what string, open func(context.Cont
 	}
 }
 
-func (c *catalog) applyShape(e jetstream.KeyValueEntry) {
+func (c *Catalog) applyShape(e jetstream.KeyValueEntry) {
 	if e.Operation() != jetstream.KeyValuePut {
 		return // the reader never deletes shapes; an operator may: keep what we know
 	}
@@ -307,7 +313,7 @@ func (c *catalog) applyShape(e jetstream.KeyValueEntry) {
 		c.log.Warn("gateway ignores a malformed schema registry entry", "key", e.Key(), "err", err)
 		return
 	}
-	t := newTableInfo(c.prefix, s)
+	t := NewTable(c.prefix, s)
 	k := tableKey{s.DB, s.Schema, s.Table}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -317,8 +323,8 @@ func (c *catalog) applyShape(e jetstream.KeyValueEntry) {
 	c.tables = next
 	// The same table name in each database, sorted by database.
 	nk := nameKey{s.Schema, s.Table}
-	list := slices.DeleteFunc(slices.Clone(c.byName[nk]), func(o *tableInfo) bool { return o.db == s.DB })
-	i, _ := slices.BinarySearchFunc(list, s.DB, func(o *tableInfo, db string) int { return strings.Compare(o.db, db) })
+	list := slices.DeleteFunc(slices.Clone(c.byName[nk]), func(o *Table) bool { return o.DB == s.DB })
+	i, _ := slices.BinarySearchFunc(list, s.DB, func(o *Table, db string) int { return strings.Compare(o.DB, db) })
 	byName := maps.Clone(c.byName)
 	byName[nk] = slices.Insert(list, i, t)
 	c.byName = byName
@@ -326,7 +332,7 @@ func (c *catalog) applyShape(e jetstream.KeyValueEntry) {
 
 // applyTopic records a topic's creation or destruction and returns the name
 // of a destroyed topic.
-func (c *catalog) applyTopic(e jetstream.KeyValueEntry) string {
+func (c *Catalog) applyTopic(e jetstream.KeyValueEntry) string {
 	name, err := stream.TopicName(e.Key())
 	if err != nil {
 		c.log.Warn("gateway ignores a malformed topic key", "key", e.Key(), "err", err)
@@ -345,16 +351,16 @@ func (c *catalog) applyTopic(e jetstream.KeyValueEntry) string {
 	return name
 }
 
-// addTopic records a topic this gateway created, before its watch reports it.
-func (c *catalog) addTopic(name string) {
+// AddTopic records a topic created here, before the watch reports it.
+func (c *Catalog) AddTopic(name string) {
 	c.mu.Lock()
 	c.topics[name] = true
 	c.mu.Unlock()
 }
 
-// removeTopic forgets a topic this gateway destroyed; it reports whether the
+// RemoveTopic forgets a topic destroyed here; it reports whether the
 // topic was known (so that its subscribers are told once).
-func (c *catalog) removeTopic(name string) bool {
+func (c *Catalog) RemoveTopic(name string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.topics[name] {
@@ -364,29 +370,29 @@ func (c *catalog) removeTopic(name string) bool {
 	return true
 }
 
-// visible returns the table and topic names a client with grants may
+// Visible returns the table and topic names a client with grants may
 // subscribe to, sorted. A table is listed as schema.table when it is in
 // one of the databases the client may read, and as db.schema.table for
 // each database when it is in several, so that every name listed can be
 // subscribed to as it is.
-func (c *catalog) visible(grants *auth.Grants) (tables, topics []string) {
+func (c *Catalog) Visible(grants *auth.Grants) (tables, topics []string) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	tables, topics = []string{}, []string{}
 	for k, list := range c.byName {
 		n := 0
 		for _, t := range list {
-			if grants.TableOps(t.db, k.schema, k.table) != 0 {
+			if grants.TableOps(t.DB, k.schema, k.table) != 0 {
 				n++
 			}
 		}
 		for _, t := range list {
 			switch {
-			case grants.TableOps(t.db, k.schema, k.table) == 0:
+			case grants.TableOps(t.DB, k.schema, k.table) == 0:
 			case n == 1:
-				tables = append(tables, t.name)
+				tables = append(tables, t.Name)
 			default:
-				tables = append(tables, t.qualified)
+				tables = append(tables, t.Qualified)
 			}
 		}
 	}
