@@ -2,7 +2,9 @@ package schema
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Limits on names.
@@ -15,6 +17,21 @@ const (
 	// names stay well inside that.
 	MaxTopicLen = 128
 )
+
+// QuoteName quotes a name a client wrote (a table, a column, a topic, an
+// id) for a message: Go-quoted, and cut at 64 bytes on a character
+// boundary, marked "…", so that messages stay small.
+func QuoteName(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return strconv.Quote(s)
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + "…"
+}
 
 // ParseTableName splits "schema.table" into its parts. A part is taken as
 // written (no case folding: it must match the catalog; spaces and unicode

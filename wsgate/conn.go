@@ -20,6 +20,7 @@ import (
 
 	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/internal/connlimit"
+	"github.com/tablecast/tablecast/schema"
 )
 
 // conn is one WebSocket connection. It holds no goroutine while idle: a
@@ -125,7 +126,7 @@ func (g *Gateway) handshake(nc net.Conn, slot *connlimit.Slot, httpLn *chanListe
 	}
 	req, he := parseUpgradeRequest(buf[:n])
 	if he == nil && !g.hosts.allowed(req.host) {
-		he = errStatus(http.StatusMisdirectedRequest, "host "+quoteShort(req.host)+" is not served here")
+		he = errStatus(http.StatusMisdirectedRequest, "host "+schema.QuoteName(req.host)+" is not served here")
 	}
 	if he == nil {
 		if reason := g.notReady(); reason != "" {
@@ -206,7 +207,7 @@ func (g *Gateway) start(nc net.Conn, req *upgradeRequest, pending []byte, slot *
 	}
 	g.addConn(c)
 	if !g.originAllowed(req.origin, req.host) {
-		c.closeWith(CloseForbiddenOrigin, "origin "+quoteShort(req.origin)+" is not allowed")
+		c.closeWith(CloseForbiddenOrigin, "origin "+schema.QuoteName(req.origin)+" is not allowed")
 		return
 	}
 	q, err := url.ParseQuery(req.rawQuery)
@@ -272,7 +273,7 @@ func (c *conn) authenticate(q url.Values, req *upgradeRequest) bool {
 	}
 	key, ok := c.g.admitIdentity(id)
 	if !ok {
-		who := "for " + quoteShort(id.Subject)
+		who := "for " + schema.QuoteName(id.Subject)
 		switch {
 		case id.Method == auth.MethodAnonymous:
 			who = "without credentials"

@@ -100,7 +100,7 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 	c.subsMu.Unlock()
 	switch {
 	case exists:
-		return fail(CodeInvalidSubscription, "subscription id "+quoteShort(m.ID)+" is in use; unsubscribe it first")
+		return fail(CodeInvalidSubscription, "subscription id "+schema.QuoteName(m.ID)+" is in use; unsubscribe it first")
 	case n >= c.maxSubscriptions():
 		return fail(CodeTooManySubscriptions, "a connection may hold at most "+strconv.Itoa(c.maxSubscriptions())+" subscriptions")
 	}
@@ -111,12 +111,12 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		db, schemaName, table := SplitQualifiedName(m.Table)
 		t, choices := g.cat.Resolve(db, schemaName, table, grants)
 		if choices != nil {
-			return fail(CodeAmbiguousTable, "table "+quoteShort(m.Table)+" is in several databases; name one of: "+strings.Join(choices, ", "))
+			return fail(CodeAmbiguousTable, "table "+schema.QuoteName(m.Table)+" is in several databases; name one of: "+strings.Join(choices, ", "))
 		}
 		if t == nil {
 			// The same answer whether the table is missing or not
 			// granted: a client learns nothing of tables it may not read.
-			return fail(CodeUnknownTable, "table "+quoteShort(m.Table)+" is not streamed")
+			return fail(CodeUnknownTable, "table "+schema.QuoteName(m.Table)+" is not streamed")
 		}
 		schemaName, table = t.Shape.Schema, t.Shape.Table
 		shown := t.Name // the table as the client named it, in messages
@@ -160,7 +160,7 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		s.policy.Store(policy)
 		for _, col := range m.Select {
 			if _, ok := visible[col]; !ok {
-				return fail(CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+shown)
+				return fail(CodeInvalidSelect, "column "+schema.QuoteName(col)+" does not exist in "+shown)
 			}
 		}
 		s.table, s.filter, s.ops = t, f, ops&granted
@@ -169,14 +169,14 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		key, subject, name = "t\x00"+t.Subject, t.Subject, t.Name
 	} else {
 		if !grants.CanSubscribeTopic(m.Topic) {
-			return fail(CodeNotAllowed, "topic "+quoteShort(m.Topic)+" is not granted")
+			return fail(CodeNotAllowed, "topic "+schema.QuoteName(m.Topic)+" is not granted")
 		}
 		if !g.cat.HasTopic(m.Topic) {
-			return fail(CodeUnknownTopic, "topic "+quoteShort(m.Topic)+" does not exist; create it first")
+			return fail(CodeUnknownTopic, "topic "+schema.QuoteName(m.Topic)+" does not exist; create it first")
 		}
 		s.topic, s.ops = m.Topic, schema.AllOps
 		subject = stream.TopicSubject(g.cfg.Prefix, m.Topic)
-		key, name = "q\x00"+subject, "topic "+quoteShort(m.Topic)
+		key, name = "q\x00"+subject, "topic "+schema.QuoteName(m.Topic)
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, requestTimeout)
 	defer cancel()
@@ -262,7 +262,7 @@ func (c *conn) refresh(token string) {
 		return
 	}
 	if !id.SameAs(cur) {
-		fail("the credential is for another identity than " + quoteShort(cur.Subject) + "; reconnect to change identity")
+		fail("the credential is for another identity than " + schema.QuoteName(cur.Subject) + "; reconnect to change identity")
 		return
 	}
 	c.reauthorize(id)
@@ -314,7 +314,7 @@ func (c *conn) reauthorize(id *auth.Identity) {
 			continue
 		}
 		c.dropSub(s)
-		c.sendError(s.id, CodeNotAllowed, "subscription "+quoteShort(s.id)+" ended: "+why)
+		c.sendError(s.id, CodeNotAllowed, "subscription "+schema.QuoteName(s.id)+" ended: "+why)
 		c.send(AppendUnsubscribed(nil, s.id))
 	}
 	c.setExpiry(id.Expires)
@@ -335,7 +335,7 @@ type regranted struct {
 func (c *conn) regrant(s *sub, grants *auth.Grants) (*query.Filter, regranted, string) {
 	if s.topic != "" {
 		if !grants.CanSubscribeTopic(s.topic) {
-			return nil, regranted{}, "topic " + quoteShort(s.topic) + " is no longer granted"
+			return nil, regranted{}, "topic " + schema.QuoteName(s.topic) + " is no longer granted"
 		}
 		return nil, regranted{}, ""
 	}
@@ -355,7 +355,7 @@ func (c *conn) regrant(s *sub, grants *auth.Grants) (*query.Filter, regranted, s
 		}
 		for _, col := range named {
 			if _, ok := slices.BinarySearch(cols.names, col); !ok {
-				return nil, regranted{}, "column " + quoteShort(col) + " of " + t.Qualified + " is no longer granted"
+				return nil, regranted{}, "column " + schema.QuoteName(col) + " of " + t.Qualified + " is no longer granted"
 			}
 		}
 	}
@@ -431,7 +431,7 @@ func (c *conn) dropSub(s *sub) {
 func (c *conn) unsubscribe(id string) {
 	s := c.lookupSub(id)
 	if s == nil {
-		c.sendError(id, CodeInvalidSubscription, "no subscription "+quoteShort(id))
+		c.sendError(id, CodeInvalidSubscription, "no subscription "+schema.QuoteName(id))
 		return
 	}
 	c.dropSub(s)
@@ -445,10 +445,10 @@ func (c *conn) selectFields(id string, fields []string) {
 	s := c.lookupSub(id)
 	switch {
 	case s == nil:
-		c.sendError(id, CodeInvalidSubscription, "no subscription "+quoteShort(id))
+		c.sendError(id, CodeInvalidSubscription, "no subscription "+schema.QuoteName(id))
 		return
 	case s.topic != "":
-		c.sendError(id, CodeInvalidSubscription, "select applies to table subscriptions; "+quoteShort(id)+" is a topic subscription")
+		c.sendError(id, CodeInvalidSubscription, "select applies to table subscriptions; "+schema.QuoteName(id)+" is a topic subscription")
 		return
 	}
 	t := c.g.cat.TableIn(s.table.DB, s.table.Shape.Schema, s.table.Shape.Table)
@@ -457,7 +457,7 @@ func (c *conn) selectFields(id string, fields []string) {
 	}
 	for _, col := range fields {
 		if !t.HasColumn(col) || !s.columnGranted(col) {
-			c.sendError(id, CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+t.Name)
+			c.sendError(id, CodeInvalidSelect, "column "+schema.QuoteName(col)+" does not exist in "+t.Name)
 			return
 		}
 	}
@@ -469,7 +469,7 @@ func (c *conn) selectFields(id string, fields []string) {
 // createTopic creates a custom topic, answered with the topics list.
 func (c *conn) createTopic(name string) {
 	if !c.id.Grants.CanCreateTopic(name) {
-		c.sendError("", CodeNotAllowed, "creating topic "+quoteShort(name)+" is not granted")
+		c.sendError("", CodeNotAllowed, "creating topic "+schema.QuoteName(name)+" is not granted")
 		return
 	}
 	if n := c.g.cat.TopicCount(); n >= c.g.cfg.MaxTopics {
@@ -480,7 +480,7 @@ func (c *conn) createTopic(name string) {
 	defer cancel()
 	switch err := c.g.topics.CreateTopic(ctx, name); {
 	case errors.Is(err, stream.ErrTopicExists):
-		c.sendError("", CodeTopicExists, "topic "+quoteShort(name)+" exists")
+		c.sendError("", CodeTopicExists, "topic "+schema.QuoteName(name)+" exists")
 		return
 	case err != nil:
 		c.sendError("", CodeInternal, err.Error())
@@ -494,14 +494,14 @@ func (c *conn) createTopic(name string) {
 // get an error frame and unsubscribed. Answered with the topics list.
 func (c *conn) destroyTopic(name string) {
 	if !c.id.Grants.CanDestroyTopic(name) {
-		c.sendError("", CodeNotAllowed, "destroying topic "+quoteShort(name)+" is not granted")
+		c.sendError("", CodeNotAllowed, "destroying topic "+schema.QuoteName(name)+" is not granted")
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.g.ctx, requestTimeout)
 	defer cancel()
 	switch err := c.g.topics.DestroyTopic(ctx, name); {
 	case errors.Is(err, stream.ErrNoTopic):
-		c.sendError("", CodeUnknownTopic, "topic "+quoteShort(name)+" does not exist")
+		c.sendError("", CodeUnknownTopic, "topic "+schema.QuoteName(name)+" does not exist")
 		return
 	case err != nil:
 		c.sendError("", CodeInternal, err.Error())
@@ -530,7 +530,7 @@ func (g *Gateway) topicDestroyed(name string) {
 	}
 	for _, s := range f.subs() {
 		s.c.dropSub(s)
-		s.c.sendError(s.id, CodeUnknownTopic, "topic "+quoteShort(name)+" was destroyed")
+		s.c.sendError(s.id, CodeUnknownTopic, "topic "+schema.QuoteName(name)+" was destroyed")
 		s.c.send(AppendUnsubscribed(nil, s.id))
 	}
 }
@@ -539,17 +539,17 @@ func (g *Gateway) topicDestroyed(name string) {
 // subscribers through the stream like any backend's message would.
 func (c *conn) publish(topic string, data []byte) {
 	if !c.id.Grants.CanPublish(topic) {
-		c.sendError("", CodeNotAllowed, "publishing to topic "+quoteShort(topic)+" is not granted")
+		c.sendError("", CodeNotAllowed, "publishing to topic "+schema.QuoteName(topic)+" is not granted")
 		return
 	}
 	if !c.g.cat.HasTopic(topic) {
-		c.sendError("", CodeUnknownTopic, "topic "+quoteShort(topic)+" does not exist; create it first")
+		c.sendError("", CodeUnknownTopic, "topic "+schema.QuoteName(topic)+" does not exist; create it first")
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.g.ctx, requestTimeout)
 	defer cancel()
 	msg := &nats.Msg{Subject: stream.TopicSubject(c.g.cfg.Prefix, topic), Data: data}
 	if _, err := c.g.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(c.g.cfg.Stream)); err != nil {
-		c.sendError("", CodeInternal, "publish to "+quoteShort(topic)+": "+err.Error())
+		c.sendError("", CodeInternal, "publish to "+schema.QuoteName(topic)+": "+err.Error())
 	}
 }

@@ -165,7 +165,7 @@ func DecodeClientMessage(frame []byte) (ClientMessage, *ProtocolError) {
 		m.Token, perr = d.token()
 	case TypeTopics, TypePing:
 	default:
-		return ClientMessage{}, d.fail(CodeUnknownType, "unknown message type "+quoteShort(typ))
+		return ClientMessage{}, d.fail(CodeUnknownType, "unknown message type "+schema.QuoteName(typ))
 	}
 	if perr != nil {
 		return ClientMessage{}, perr
@@ -233,7 +233,7 @@ func readObject(frame []byte) (rawFields, *ProtocolError) {
 		}
 		if _, dup := fields.getRaw(name); dup {
 			return nil, &ProtocolError{Code: CodeInvalidMessage,
-				Message: "field " + quoteShort(name) + " is given twice"}
+				Message: "field " + schema.QuoteName(name) + " is given twice"}
 		}
 		fields = append(fields, rawField{name: name, value: bytes.TrimSpace(value)})
 	}
@@ -304,7 +304,7 @@ func (d *decoder) id() (string, *ProtocolError) {
 	}
 	if !validID(id) {
 		return "", d.fail(CodeInvalidSubscription,
-			"id "+quoteShort(id)+" must be 1 to "+strconv.Itoa(MaxIDLen)+" printable characters")
+			"id "+schema.QuoteName(id)+" must be 1 to "+strconv.Itoa(MaxIDLen)+" printable characters")
 	}
 	return id, nil
 }
@@ -405,7 +405,7 @@ func (d *decoder) events(list []string) ([]string, *ProtocolError) {
 func checkEvents(list []string) (events []string, msg string) {
 	for _, e := range list {
 		if schema.OpBit(e) == 0 {
-			return nil, "unknown event " + quoteShort(e) + " (want create, update, delete, truncate or read)"
+			return nil, "unknown event " + schema.QuoteName(e) + " (want create, update, delete, truncate or read)"
 		}
 		if !containsString(events, e) {
 			events = append(events, e)
@@ -539,7 +539,7 @@ func SplitQualifiedName(name string) (db, schemaName, table string) {
 // "db.schema.table" name, or "". Whether the table exists is for the
 // caller.
 func checkTableName(name string) string {
-	q := "table " + quoteShort(name)
+	q := "table " + schema.QuoteName(name)
 	if !utf8.ValidString(name) {
 		return q + " is not valid UTF-8"
 	}
@@ -562,7 +562,7 @@ func checkTableName(name string) string {
 // (an empty subject token), nor hold white space, control characters or the
 // NATS wildcards '*' and '>'.
 func checkTopicName(name string) string {
-	q := "topic " + quoteShort(name)
+	q := "topic " + schema.QuoteName(name)
 	switch {
 	case name == "":
 		return "topic name is empty"
@@ -580,20 +580,6 @@ func checkTopicName(name string) string {
 		return q + ` holds ".." (an empty token)`
 	}
 	return ""
-}
-
-// quoteShort quotes a client-supplied string for an error message, cut to a
-// length that keeps error frames small.
-func quoteShort(s string) string {
-	const max = 64
-	if len(s) <= max {
-		return strconv.Quote(s)
-	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return strconv.Quote(s[:cut]) + "…"
 }
 
 // Server → client frames. Each Append function appends one frame to dst and

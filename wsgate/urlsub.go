@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/tablecast/tablecast/internal/query"
+	"github.com/tablecast/tablecast/schema"
 )
 
 // URL subscriptions serve clients that connect and send nothing (a curl, an
@@ -80,11 +81,11 @@ func ParseURLSubscription(path string, params url.Values) (URLSubscription, *Pro
 
 	seg, ok := strings.CutPrefix(path, URLSubscriptionPrefix)
 	if !ok || seg == "" || strings.Contains(seg, "/") {
-		return fail(CodeInvalidSubscription, "path "+quoteShort(path)+": want "+URLSubscriptionPrefix+"schema.table")
+		return fail(CodeInvalidSubscription, "path "+schema.QuoteName(path)+": want "+URLSubscriptionPrefix+"schema.table")
 	}
 	table, err := url.PathUnescape(seg)
 	if err != nil {
-		return fail(CodeInvalidSubscription, "path "+quoteShort(path)+": bad percent-encoding")
+		return fail(CodeInvalidSubscription, "path "+schema.QuoteName(path)+": bad percent-encoding")
 	}
 	if msg := checkTableName(table); msg != "" {
 		return fail(CodeInvalidSubscription, msg)
@@ -129,7 +130,7 @@ func ParseURLSubscription(path string, params url.Values) (URLSubscription, *Pro
 	} else if ok {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
-			return fail(CodeInvalidSubscription, "parameter \"from\" must be a non-negative integer, not "+quoteShort(v))
+			return fail(CodeInvalidSubscription, "parameter \"from\" must be a non-negative integer, not "+schema.QuoteName(v))
 		}
 		sub.From = &n
 	}

@@ -66,7 +66,7 @@
 // list of {"name", "hash", "claims"}; like a token, it must not repeat a
 // member anywhere.
 //
-// A client that presents no credential at all gets AuthConfig's
+// A client that presents no credential at all gets Config's
 // AnonymousGrants when they are set (ParseGrants), and is refused with
 // "no token" when they are not. A client that presents a credential is
 // judged on it, never downgraded to anonymous.

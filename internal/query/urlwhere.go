@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tablecast/tablecast/internal/jsonx"
+	"github.com/tablecast/tablecast/schema"
 )
 
 // The URL form of a where: each query parameter names a column, each of
@@ -53,13 +54,13 @@ func ParseURLWhere(params map[string][]string) (*Where, error) {
 				return nil, &FilterError{Message: msg}
 			}
 			if slices.ContainsFunc(t.Ops, func(o Operator) bool { return o.Name == op }) {
-				return nil, &FilterError{Message: "column " + quote(col) + " has two " + strconv.Quote(op) + " conditions"}
+				return nil, &FilterError{Message: "column " + schema.QuoteName(col) + " has two " + strconv.Quote(op) + " conditions"}
 			}
 			var operand []byte
 			if op == "in" || op == "nin" {
 				items, msg := parseInList(value)
 				if msg != "" {
-					return nil, &FilterError{Message: "filter " + quote(col+"="+v) + ": " + msg}
+					return nil, &FilterError{Message: "filter " + schema.QuoteName(col+"="+v) + ": " + msg}
 				}
 				operand = append(operand, '[')
 				for i, s := range items {
@@ -82,7 +83,7 @@ func ParseURLWhere(params map[string][]string) (*Where, error) {
 // parseURLCondition splits one filter parameter value, operator.value; msg
 // says what is wrong with it.
 func parseURLCondition(col, v string) (op, value, msg string) {
-	f := "filter " + quote(col+"="+v)
+	f := "filter " + schema.QuoteName(col+"="+v)
 	op, value, ok := strings.Cut(v, ".")
 	if !IsOperator(op) {
 		if !ok {
@@ -90,9 +91,9 @@ func parseURLCondition(col, v string) (op, value, msg string) {
 			if example == "" {
 				example = "value"
 			}
-			return "", "", f + ": want operator.value, e.g. " + quote(col+"=eq."+example)
+			return "", "", f + ": want operator.value, e.g. " + schema.QuoteName(col+"=eq."+example)
 		}
-		return "", "", f + ": unknown operator " + quote(op) + " (want " + operatorList + ")"
+		return "", "", f + ": unknown operator " + schema.QuoteName(op) + " (want " + operatorList + ")"
 	}
 	if !ok {
 		return "", "", f + ": no value after the operator (want " + op + ".value)"
@@ -144,19 +145,4 @@ func parseInList(v string) (items []string, msg string) {
 		}
 		rest = rest[1:] // the comma
 	}
-}
-
-// quote quotes a client's string for a message, cut to 64 bytes at a
-// character boundary so that errors stay small; the gateway quotes its
-// own messages alike.
-func quote(s string) string {
-	const max = 64
-	if len(s) <= max {
-		return strconv.Quote(s)
-	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return strconv.Quote(s[:cut]) + "…"
 }
