@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tablecast/tablecast/cdc"
+	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/stream"
 	"github.com/tablecast/tablecast/wsgate"
 )
@@ -302,7 +303,7 @@ func (c Config) cdcConfig() cdc.Config {
 	}
 }
 
-// authVariables names the variable each field of wsgate.AuthConfig comes
+// authVariables names the variable each field of auth.Config comes
 // from, for its errors.
 var authVariables = map[string]string{
 	"JWTSecret":       "TABLECAST_JWT_SECRET",
@@ -317,8 +318,8 @@ var authVariables = map[string]string{
 // and anonymous grants variables; with none of them, clients are
 // anonymous with every grant, which is refused off loopback unless
 // TABLECAST_ALLOW_ANONYMOUS is set.
-func (c Config) authenticator(log *slog.Logger) (*wsgate.Authenticator, error) {
-	ac := wsgate.AuthConfig{JWTSecret: []byte(c.JWTSecret), JWTKeysFile: c.JWTKeys, Audience: c.JWTAudience, Issuer: c.JWTIssuer,
+func (c Config) authenticator(log *slog.Logger) (*auth.Authenticator, error) {
+	ac := auth.Config{JWTSecret: []byte(c.JWTSecret), JWTKeysFile: c.JWTKeys, Audience: c.JWTAudience, Issuer: c.JWTIssuer,
 		AllowNoSubject: c.JWTAllowNoSubject, APIKeysFile: c.APIKeysFile, Logger: log}
 	if g := strings.TrimSpace(c.AnonymousGrants); g != "" {
 		data := []byte(g)
@@ -329,21 +330,21 @@ func (c Config) authenticator(log *slog.Logger) (*wsgate.Authenticator, error) {
 			}
 		}
 		var err error
-		if ac.AnonymousGrants, err = wsgate.ParseGrants(data); err != nil {
+		if ac.AnonymousGrants, err = auth.ParseGrants(data); err != nil {
 			return nil, fmt.Errorf("TABLECAST_ANONYMOUS_GRANTS: %w", err)
 		}
 	}
-	auth, err := wsgate.NewAuthenticator(ac)
+	authn, err := auth.New(ac)
 	if err != nil {
 		return nil, nameAuthErrors(err)
 	}
-	if !auth.Enabled() && !c.AllowAnonymous && !loopback(c.HTTPAddr) {
+	if !authn.Enabled() && !c.AllowAnonymous && !loopback(c.HTTPAddr) {
 		return nil, fmt.Errorf("TABLECAST_HTTP_ADDR %s is not a loopback address and no authentication is configured: set TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE, or TABLECAST_ALLOW_ANONYMOUS=true to let anyone in", c.HTTPAddr)
 	}
-	return auth, nil
+	return authn, nil
 }
 
-// nameAuthErrors names the variable of each wsgate.ConfigError of err.
+// nameAuthErrors names the variable of each auth.ConfigError of err.
 func nameAuthErrors(err error) error {
 	errs := []error{err}
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
@@ -351,7 +352,7 @@ func nameAuthErrors(err error) error {
 	}
 	out := make([]error, 0, len(errs))
 	for _, e := range errs {
-		var ce *wsgate.ConfigError
+		var ce *auth.ConfigError
 		if errors.As(e, &ce) && authVariables[ce.Field] != "" {
 			e = fmt.Errorf("%s: %w", authVariables[ce.Field], ce.Err)
 		}
@@ -373,9 +374,9 @@ func loopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer, auth *wsgate.Authenticator) wsgate.Config {
+func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer, authn *auth.Authenticator) wsgate.Config {
 	return wsgate.Config{
-		Auth:                      auth,
+		Auth:                      authn,
 		Prefix:                    c.SubjectPrefix,
 		Stream:                    c.Stream,
 		Replicas:                  c.StreamReplicas,
