@@ -94,7 +94,22 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	reg, err := stream.OpenRegistry(ctx, r.js, r.cfg.SchemaBucket, 1)
+	// The reader's buckets are copied as often as the event stream is.
+	var replicas int
+	if err := stream.RetryTransient(ctx, func(ctx context.Context) error {
+		str, err := r.js.Stream(ctx, r.cfg.Stream)
+		if err != nil {
+			return err
+		}
+		replicas = str.CachedInfo().Config.Replicas
+		return nil
+	}); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("read the replicas of stream %s: %w", r.cfg.Stream, err)
+	}
+	reg, err := stream.OpenRegistry(ctx, r.js, r.cfg.SchemaBucket, replicas)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -102,8 +117,11 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.registry = reg
-	r.state, err = r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stateBucket, History: 1,
-		Description: "tablecast reader bookkeeping"})
+	err = stream.RetryTransient(ctx, func(ctx context.Context) (err error) {
+		r.state, err = r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stateBucket, History: 1,
+			Replicas: max(replicas, 1), Description: "tablecast reader bookkeeping"})
+		return err
+	})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil

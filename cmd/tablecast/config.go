@@ -61,7 +61,7 @@ type Config struct {
 	DuplicateWindow time.Duration `envconfig:"DUPLICATE_WINDOW" default:"30s" desc:"JetStream duplicate window: a message whose Nats-Msg-Id was stored within it is dropped (the reader skips older repeats itself)"`
 	StreamMaxAge    time.Duration `envconfig:"STREAM_MAX_AGE" default:"168h" desc:"how long the stream keeps events (7 days); 0 keeps them until STREAM_MAX_BYTES"`
 	StreamMaxBytes  int64         `envconfig:"STREAM_MAX_BYTES" desc:"size limit of the stream in bytes, oldest events dropped first; unset: three quarters of TABLECAST_NATS_MAX_STORE (6 GiB); -1: none (external NATS only)"`
-	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"stream replicas in a NATS cluster"`
+	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"copies of the stream and of every bucket, in a NATS cluster"`
 	MaxInFlight     int           `envconfig:"MAX_IN_FLIGHT" default:"8192" desc:"events published but not yet acknowledged by JetStream, at most"`
 	MaxEventBytes   int           `envconfig:"MAX_EVENT_BYTES" default:"67108864" desc:"largest event published whole; one larger than NATS's max payload goes to the TABLECAST_PAYLOADS object store with a claim in the stream, one larger than this is published without its rows and dead-lettered"`
 
