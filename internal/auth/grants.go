@@ -972,3 +972,31 @@ func ParseGrants(data []byte) (*Grants, error) {
 	}
 	return GrantsFromClaims(map[string]any{GrantsClaim: v})
 }
+
+// TablePattern is a table pattern of the grants language ("schema.table",
+// "schema.*", "*", "db.schema.table", "db.schema.*", "db.*.*"), for other
+// parts that name tables the same way (an endpoint's event filter).
+type TablePattern struct{ p tablePattern }
+
+// ParseTablePattern reads a table pattern as the grants claim does; its
+// error says what is wrong.
+func ParseTablePattern(s string) (TablePattern, error) {
+	p, err := parseTablePattern(s)
+	if err != nil {
+		return TablePattern{}, err
+	}
+	return TablePattern{p}, nil
+}
+
+// Match reports whether the pattern matches the table schemaName.table of
+// database db.
+func (p TablePattern) Match(db, schemaName, table string) bool {
+	return p.p.match(db, schemaName, table)
+}
+
+// Exact reports whether the pattern names one table (with or without its
+// database), not a wildcard.
+func (p TablePattern) Exact() bool { return p.p.kind == patExact }
+
+// String writes the pattern back, quoting names as needed.
+func (p TablePattern) String() string { return p.p.String() }
