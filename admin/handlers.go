@@ -103,7 +103,9 @@ func setETag(w http.ResponseWriter, rev uint64) {
 func listOptions(w http.ResponseWriter, q url.Values, endpoints bool) (endpoint.ListOptions, bool) {
 	var o endpoint.ListOptions
 	var fields []endpoint.FieldError
-	bad := func(field, problem string) { fields = append(fields, endpoint.FieldError{Field: field, Problem: problem}) }
+	bad := func(field, problem string) {
+		fields = append(fields, endpoint.FieldError{Field: field, Problem: problem})
+	}
 	allowed := []string{"name_prefix", "order_by", "order", "limit", "cursor", "offset"}
 	if endpoints {
 		allowed = append(allowed, "type", "state", "filter", "rule")
