@@ -80,6 +80,18 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 			return err
 		}
 	}
+	errc := make(chan error, 3)
+	if withGateway && cfg.adminEnabled() {
+		var registered <-chan struct{}
+		if reader != nil {
+			registered = reader.Registered()
+		}
+		stopAdmin, err := startAdmin(ctx, cfg, log, reg, js, authn, registered, errc)
+		if err != nil {
+			return err
+		}
+		defer stopAdmin()
+	}
 	var gw *wsgate.Gateway
 	if withGateway {
 		gcfg := cfg.gatewayConfig(log, reg, authn)
@@ -138,7 +150,6 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 
-	errc := make(chan error, 2)
 	var srv *http.Server
 	if gw != nil {
 		go func() { errc <- gw.Serve(ln, mux) }()
