@@ -60,9 +60,15 @@ func start(t *testing.T, mod func(*admin.Config)) *harness {
 // connection is another tablecast process).
 func startOn(t *testing.T, n *natstest.Server, js jetstream.JetStream, mod func(*admin.Config)) *harness {
 	t.Helper()
+	return startWith(t, n, js, endpoint.Config{}, mod)
+}
+
+// startWith runs an admin API on a store opened with scfg.
+func startWith(t *testing.T, n *natstest.Server, js jetstream.JetStream, scfg endpoint.Config, mod func(*admin.Config)) *harness {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	store, err := endpoint.Open(ctx, js, endpoint.Config{})
+	store, err := endpoint.Open(ctx, js, scfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,4 +209,35 @@ func lastSeqs(t *testing.T, js jetstream.JetStream) [3]uint64 {
 		out[i] = info.State.LastSeq
 	}
 	return out
+}
+
+// failIfMatch is fail with an If-Match header of any form (ifMatch, when
+// not empty).
+func (h *harness) failIfMatch(ctx context.Context, ifMatch, method, path string, q url.Values, body any) *admin.APIError {
+	h.t.Helper()
+	c := h.client(h.writer)
+	if ifMatch != "" {
+		c.HTTP = &http.Client{Transport: setHeader{h.check, "If-Match", ifMatch}}
+	}
+	resp, err := c.Do(badRequest(ctx), method, path, q, body, 0)
+	var ae *admin.APIError
+	switch {
+	case err == nil:
+		return &admin.APIError{Status: resp.Status, Code: "accepted", Message: string(resp.Body)}
+	case !errors.As(err, &ae):
+		h.t.Fatalf("%s %s: want an error answer, got %v", method, path, err)
+	}
+	return ae
+}
+
+// setHeader sets a header on every request.
+type setHeader struct {
+	next        http.RoundTripper
+	name, value string
+}
+
+func (s setHeader) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set(s.name, s.value)
+	return s.next.RoundTrip(r)
 }
