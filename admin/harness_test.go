@@ -34,7 +34,7 @@ const (
 // harness is an admin API on a real NATS, and clients that check every
 // request and answer against the OpenAPI document.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	nats  *natstest.Server
 	store *endpoint.Store
 	srv   *admin.Server
@@ -64,7 +64,7 @@ func startOn(t *testing.T, n *natstest.Server, js jetstream.JetStream, mod func(
 }
 
 // startWith runs an admin API on a store opened with scfg.
-func startWith(t *testing.T, n *natstest.Server, js jetstream.JetStream, scfg endpoint.Config, mod func(*admin.Config)) *harness {
+func startWith(t testing.TB, n *natstest.Server, js jetstream.JetStream, scfg endpoint.Config, mod func(*admin.Config)) *harness {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
