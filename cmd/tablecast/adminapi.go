@@ -46,29 +46,31 @@ func (c Config) checkAdmin() []error {
 // gateway's authentication (authn), its host names, and a catalog of the
 // streamed tables of its own to check filters and rules against;
 // registered, when not nil, holds the catalog's readiness back until the
-// reader has registered its tables. It returns a function that stops it.
-// errc receives the error of a listener that fails.
+// reader has registered its tables. It returns a function that stops it,
+// and one that reports whether it is ready (its catalog of the tables
+// loaded: until then filter and rule writes are answered 503). errc
+// receives the error of a listener that fails.
 func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer, js jetstream.JetStream,
-	authn *auth.Authenticator, registered <-chan struct{}, errc chan<- error) (stop func(), err error) {
+	authn *auth.Authenticator, registered <-chan struct{}, errc chan<- error) (stop func(), ready func() bool, err error) {
 	log = log.With("component", "admin")
 	var verifier auth.Verifier
 	if authn.Enabled() {
 		verifier = authn
 	} else if !loopback(cfg.AdminAddr) {
 		// TABLECAST_ALLOW_ANONYMOUS opens the gateway, never the admin API.
-		return nil, fmt.Errorf("TABLECAST_ADMIN_ADDR %s is not a loopback address and no authentication is configured: set TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE (the admin API then needs the admin grant), or keep it on loopback, or set it to off", cfg.AdminAddr)
+		return nil, nil, fmt.Errorf("TABLECAST_ADMIN_ADDR %s is not a loopback address and no authentication is configured: set TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE (the admin API then needs the admin grant), or keep it on loopback, or set it to off", cfg.AdminAddr)
 	}
 	str, err := js.Stream(ctx, cfg.Stream)
 	if err != nil {
-		return nil, fmt.Errorf("admin API: open stream %s: %w", cfg.Stream, err)
+		return nil, nil, fmt.Errorf("admin API: open stream %s: %w", cfg.Stream, err)
 	}
 	schemas, err := stream.OpenRegistry(ctx, js, "", cfg.StreamReplicas)
 	if err != nil {
-		return nil, fmt.Errorf("admin API: %w", err)
+		return nil, nil, fmt.Errorf("admin API: %w", err)
 	}
 	topics, err := stream.OpenTopics(ctx, js, str, cfg.SubjectPrefix, "", cfg.StreamReplicas)
 	if err != nil {
-		return nil, fmt.Errorf("admin API: %w", err)
+		return nil, nil, fmt.Errorf("admin API: %w", err)
 	}
 	cat := catalog.New(cfg.SubjectPrefix, log)
 	cctx, cancel := context.WithCancel(ctx)
@@ -81,7 +83,7 @@ func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 	if err != nil {
 		cancel()
 		<-catDone
-		return nil, fmt.Errorf("admin API: open the endpoints store: %w", err)
+		return nil, nil, fmt.Errorf("admin API: open the endpoints store: %w", err)
 	}
 	srv, err := admin.New(admin.Config{
 		Store:           store,
@@ -99,14 +101,14 @@ func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 		store.Close()
 		cancel()
 		<-catDone
-		return nil, err
+		return nil, nil, err
 	}
 	ln, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
 		store.Close()
 		cancel()
 		<-catDone
-		return nil, fmt.Errorf("listen on TABLECAST_ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
+		return nil, nil, fmt.Errorf("listen on TABLECAST_ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
 	}
 	served := make(chan struct{})
 	go func() {
@@ -124,7 +126,7 @@ func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 		store.Close()
 		cancel()
 		<-catDone
-	}, nil
+	}, cat.Ready, nil
 }
 
 // adminClient is the client of the endpoints, filters and rules

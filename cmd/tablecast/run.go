@@ -81,16 +81,18 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		}
 	}
 	errc := make(chan error, 3)
+	adminReady := func() bool { return true }
 	if withGateway && cfg.adminEnabled() {
 		var registered <-chan struct{}
 		if reader != nil {
 			registered = reader.Registered()
 		}
-		stopAdmin, err := startAdmin(ctx, cfg, log, reg, js, authn, registered, errc)
+		stopAdmin, ready, err := startAdmin(ctx, cfg, log, reg, js, authn, registered, errc)
 		if err != nil {
 			return err
 		}
 		defer stopAdmin()
+		adminReady = ready
 	}
 	var gw *wsgate.Gateway
 	if withGateway {
@@ -137,6 +139,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		if reader != nil {
 			ready = ready && reader.Health().Streaming
 		}
+		ready = ready && adminReady()
 		writeJSON(w, ready, map[string]bool{"ready": ready})
 	})
 	if gw != nil {
