@@ -207,8 +207,9 @@ func TestAdminCommands(t *testing.T) {
 	if len(del.Deleted) != 2 || len(del.NotFound) != 1 {
 		t.Fatalf("endpoints delete (many): %+v", del)
 	}
-	if out := gwCLI("endpoints", "list"); !strings.Contains(out, `"total": 0`) {
-		t.Fatalf("the gateway still lists endpoints: %s", out)
+	// --admin-url names the API too (over TABLECAST_ADMIN_ADDR).
+	if code, out, stderr := runBinary(t, time.Minute, []string{"TABLECAST_ADMIN_TOKEN=" + reader}, "endpoints", "list", "--admin-url", "http://"+gwAdminAddr); code != 0 || !strings.Contains(out, `"total": 0`) {
+		t.Fatalf("the gateway still lists endpoints: exit %d %s %s", code, out, stderr)
 	}
 	refused(writer, "404", "endpoints", "get", hook.ID)
 	if code, _, stderr := cli(writer, "endpoints", "frobnicate"); code != 2 || !strings.Contains(stderr, "frobnicate") {
