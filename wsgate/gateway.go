@@ -21,6 +21,7 @@ import (
 	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/connlimit"
+	"github.com/tablecast/tablecast/internal/hosts"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -248,7 +249,7 @@ type Gateway struct {
 	feedMu sync.Mutex
 	feeds  map[string]*feed
 
-	hosts      *hostPolicy
+	hosts      *hosts.Policy
 	handshakes atomic.Int64       // connections whose first request is being read
 	unauth     *connlimit.PerAddr // unauthenticated connections per address
 	replays    *replays
@@ -303,7 +304,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 		replays:    newReplays(cfg.MaxReplays, cfg.MaxReplaysPerConn, cfg.ReplayRate, met),
 		conns:      map[*conn]struct{}{},
 		identConns: map[string]int{},
-		hosts:      newHostPolicy(cfg.AllowedHosts, nil),
+		hosts:      hosts.NewPolicy(cfg.AllowedHosts, nil),
 		unauth:     connlimit.NewPerAddr(cfg.MaxUnauthenticatedPerAddr),
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
@@ -383,8 +384,8 @@ func (g *Gateway) Serve(ln net.Listener, h http.Handler) error {
 	mux.Handle("/", h)
 	mux.Handle("/ws", g)
 	mux.Handle("/ws/", g)
-	g.hosts = newHostPolicy(g.cfg.AllowedHosts, ln.Addr())
-	if (g.hosts.anyIP || !g.hosts.loopback) && len(g.cfg.AllowedHosts) == 0 {
+	g.hosts = hosts.NewPolicy(g.cfg.AllowedHosts, ln.Addr())
+	if g.hosts.ReachableByName() && len(g.cfg.AllowedHosts) == 0 {
 		// Off loopback, clients usually come by a name; without one listed
 		// they are all answered 421.
 		g.log.Warn("no host names allowed: only requests for an IP address (or localhost) are answered", "addr", ln.Addr().String())

@@ -102,6 +102,10 @@ type Config struct {
 	WSMaxReplaysPerConn   int           `envconfig:"WS_MAX_REPLAYS_PER_CONNECTION" default:"2" desc:"resumes reading history at once on one WebSocket connection"`
 	WSReplayRate          int           `envconfig:"WS_REPLAY_RATE" default:"20000" desc:"messages of history all resumes together read a second, so that live delivery keeps its latency"`
 
+	AdminAddr  string `envconfig:"ADMIN_ADDR" default:"127.0.0.1:8091" desc:"address of the admin API (managed endpoints, filters and rules; HTTP and JSON) served by run and gateway; off turns it off; off loopback it needs authentication (TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE) and callers the admin grant"`
+	AdminURL   string `envconfig:"ADMIN_URL" desc:"admin API the endpoints, filters and rules commands call (http://host:port); empty: http:// and TABLECAST_ADMIN_ADDR"`
+	AdminToken string `envconfig:"ADMIN_TOKEN" desc:"JWT or API key the endpoints, filters and rules commands send as Authorization: Bearer; empty: none (enough on loopback without authentication)"`
+
 	PProf     bool   `envconfig:"PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on TABLECAST_HTTP_ADDR (keep that address private)"`
 	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 	LogFormat string `envconfig:"LOG_FORMAT" default:"text" desc:"text or json"`
@@ -162,6 +166,7 @@ func loadConfig() (Config, error) {
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		errs = append(errs, fmt.Errorf("TABLECAST_HTTP_ADDR %q: %w", c.HTTPAddr, err))
 	}
+	errs = append(errs, c.checkAdmin()...)
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
 	}
@@ -447,6 +452,9 @@ Usage:
   tablecast snapshot schema.table  ask the running reader, over NATS, to snapshot one table (op read) while it streams
   tablecast slot status            the replication slot: holder, LSNs, lag, retained WAL, wal_status
   tablecast slot drop [--force]    drop the replication slot; --force terminates the process holding it first
+  tablecast endpoints list|get|create|update|delete|pause|resume …   manage endpoints over the admin API (tablecast endpoints help)
+  tablecast filters list|get|create|update|delete|link|unlink …     manage event filters over the admin API
+  tablecast rules list|get|create|update|delete|link|unlink …       manage rules over the admin API
   tablecast healthcheck [--ready]  ask the running tablecast on TABLECAST_HTTP_ADDR for /healthz (/readyz); exit 0 when it answers 200
   tablecast help                   this text
   tablecast version                version and build information

@@ -80,6 +80,20 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 			return err
 		}
 	}
+	errc := make(chan error, 3)
+	adminReady := func() bool { return true }
+	if withGateway && cfg.adminEnabled() {
+		var registered <-chan struct{}
+		if reader != nil {
+			registered = reader.Registered()
+		}
+		stopAdmin, ready, err := startAdmin(ctx, cfg, log, reg, js, authn, registered, errc)
+		if err != nil {
+			return err
+		}
+		defer stopAdmin()
+		adminReady = ready
+	}
 	var gw *wsgate.Gateway
 	if withGateway {
 		gcfg := cfg.gatewayConfig(log, reg, authn)
@@ -125,6 +139,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		if reader != nil {
 			ready = ready && reader.Health().Streaming
 		}
+		ready = ready && adminReady()
 		writeJSON(w, ready, map[string]bool{"ready": ready})
 	})
 	if gw != nil {
@@ -138,7 +153,6 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 
-	errc := make(chan error, 2)
 	var srv *http.Server
 	if gw != nil {
 		go func() { errc <- gw.Serve(ln, mux) }()

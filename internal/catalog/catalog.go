@@ -405,3 +405,17 @@ func (c *Catalog) Visible(grants *auth.Grants) (tables, topics []string) {
 	slices.Sort(topics)
 	return tables, topics
 }
+
+// Tables returns every table readers stream, sorted by qualified name,
+// whatever any client may read: for checks made on an operator's behalf
+// (an endpoint's filters), never for a client's answer.
+func (c *Catalog) Tables() []*Table {
+	c.mu.RLock()
+	list := make([]*Table, 0, len(c.tables))
+	for _, t := range c.tables {
+		list = append(list, t)
+	}
+	c.mu.RUnlock()
+	slices.SortFunc(list, func(a, b *Table) int { return strings.Compare(a.Qualified, b.Qualified) })
+	return list
+}

@@ -92,12 +92,27 @@ func Compile(where *Where, table string, columns map[string]ColumnType) (*Filter
 	return f, nil
 }
 
+// Check checks a where without a table: its shape, operators, operands
+// that no column could take (null outside is, an empty in list), and the
+// bounds on conditions and nesting, as Compile would, taking every column
+// to exist. It is for a where saved before the tables it will apply to are
+// known; Compile against each table still decides. Its error is a
+// *FilterError.
+func Check(where *Where) error {
+	c := compiler{table: "the table", anyColumn: true, used: map[string]bool{}}
+	_, err := c.group(where, 0)
+	return err
+}
+
 type compiler struct {
 	table   string
 	columns map[string]ColumnType
-	used    map[string]bool
-	conds   int // operators and or-groups so far
-	values  int // in/nin values so far
+	// anyColumn (Check): every column exists, of a type that takes any
+	// literal.
+	anyColumn bool
+	used      map[string]bool
+	conds     int // operators and or-groups so far
+	values    int // in/nin values so far
 }
 
 func (c *compiler) count() error {
@@ -127,6 +142,9 @@ func (c *compiler) group(w *Where, depth int) (group, error) {
 		}
 		name := t.Column
 		typ, ok := c.columns[name]
+		if c.anyColumn && name != "or" {
+			typ, ok = typeAny, true
+		}
 		if !ok {
 			if name == "or" {
 				return group{}, filterErrorf("or needs a non-empty array of condition objects")
@@ -220,7 +238,7 @@ func (c *compiler) is(k *cond, raw []byte) error {
 	case "not_null":
 		k.op = opNotNull
 	case "true", "false":
-		if k.typ != TypeBool {
+		if k.typ != TypeBool && k.typ != typeAny {
 			return filterErrorf("is %s does not apply to %s column %q", what, k.typ, k.column)
 		}
 		k.op = opIsTrue
@@ -263,6 +281,9 @@ func (c *compiler) list(k *cond, opName string, raw []byte) error {
 
 // parseLiteral parses a where literal for a column of type typ.
 func parseLiteral(col string, typ ColumnType, raw []byte, lit *scalar) error {
+	if typ == typeAny {
+		return nil // Check: the column's type is not known
+	}
 	isString := raw[0] == '"'
 	var text []byte // the string's value, or a copy of the literal's bytes
 	if isString {

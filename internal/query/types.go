@@ -21,6 +21,9 @@ const (
 	TypeDate                        // date: calendar days
 	TypeJSON                        // json, jsonb: eq, neq and is only, on compact JSON text
 	TypeOther                       // every other type: its text form, compared as text
+
+	// typeAny is a column of a type not known (Check): any literal.
+	typeAny ColumnType = 255
 )
 
 // TypeOfOID returns how values of the built-in type oid compare. Pass the

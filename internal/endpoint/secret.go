@@ -1,0 +1,56 @@
+package endpoint
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"strings"
+)
+
+// Webhook secrets, as Standard Webhooks writes them: "whsec_" and the
+// base64 (standard, padded) of the key.
+const (
+	SecretPrefix = "whsec_"
+	// MinSecretBytes and MaxSecretBytes bound a key (Standard Webhooks:
+	// 24 to 64 bytes).
+	MinSecretBytes = 24
+	MaxSecretBytes = 64
+	// generatedSecretBytes is the key length of a generated secret.
+	generatedSecretBytes = 32
+	// maskMark stands for the hidden part of a masked secret.
+	maskMark = "…"
+)
+
+// GenerateSecret returns a new random webhook secret.
+func GenerateSecret() string {
+	key := make([]byte, generatedSecretBytes)
+	_, _ = rand.Read(key) // never fails (crypto/rand)
+	return SecretPrefix + base64.StdEncoding.EncodeToString(key)
+}
+
+// SecretKey returns the key of a secret (the bytes HMAC signs with), nil
+// for a secret that is not whsec_ and base64.
+func SecretKey(secret string) []byte {
+	b64, ok := strings.CutPrefix(secret, SecretPrefix)
+	if !ok {
+		return nil
+	}
+	key, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		return nil
+	}
+	return key
+}
+
+// MaskSecret hides a secret but for its prefix and last four characters:
+// "whsec_…Zm9v". An operator can tell two secrets apart, no one can sign
+// with it. "" stays "".
+func MaskSecret(secret string) string {
+	if secret == "" {
+		return ""
+	}
+	tail := secret[max(len(secret)-4, len(SecretPrefix)):]
+	return SecretPrefix + maskMark + tail
+}
+
+// isMasked reports whether s is a masked secret (MaskSecret's form).
+func isMasked(s string) bool { return strings.HasPrefix(s, SecretPrefix+maskMark) }
