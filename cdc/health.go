@@ -16,6 +16,9 @@ type Health struct {
 	AckedLSN  string   `json:"acked_lsn"`
 	LagBytes  int64    `json:"lag_bytes"`
 	Reasons   []string `json:"reasons,omitempty"`
+	// SlotLost is set once the reader found its slot lost and created it
+	// again (slotloss.go), until the process ends.
+	SlotLost *SlotLoss `json:"slot_lost,omitempty"`
 }
 
 // Health returns the reader's current health.
@@ -25,6 +28,7 @@ func (r *Reader) Health() Health {
 	r.healthMu.Unlock()
 	h.Streaming = r.streaming.Load()
 	h.AckedLSN = pglogrepl.LSN(r.ackedLSN.Load()).String()
+	h.SlotLost = r.slotLoss.Load()
 	return h
 }
 

@@ -45,6 +45,7 @@ type Reader struct {
 	// state shared with Health and the watchdog
 	streaming   atomic.Bool
 	ackedLSN    atomic.Uint64
+	slotLoss    atomic.Pointer[SlotLoss]
 	healthMu    sync.Mutex
 	health      Health
 	streamSince time.Time

@@ -72,6 +72,11 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 	if err != nil {
 		return err
 	}
+	// A slot this reader streamed from and did not drop itself was lost.
+	var lost *positionRecord
+	if !exists {
+		lost = r.lostSlotRecord(ctx)
+	}
 	// Nothing of this origin is after the stream's end as it is now.
 	last, _, created, err := r.streamState(ctx)
 	if err != nil {
@@ -97,6 +102,9 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 	point, err := pglogrepl.ParseLSN(res.ConsistentPoint)
 	if err != nil {
 		return fmt.Errorf("parse consistent point %q: %w", res.ConsistentPoint, err)
+	}
+	if lost != nil {
+		r.reportSlotLoss(lost, origin, point)
 	}
 	if err := r.writePosition(ctx, origin, uint64(point), last, created); err != nil {
 		return err

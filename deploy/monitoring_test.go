@@ -186,7 +186,7 @@ func TestMonitoring(t *testing.T) {
 		}
 		// What an operator must act on, each with its alert.
 		for _, want := range []string{"TablecastReaderNotStreaming", "TablecastSlotLagGrowing", "TablecastSlotWALNearLimit",
-			"TablecastJetStreamNotStoring", "TablecastDataDiskLow", "TablecastDeadLetters"} {
+			"TablecastJetStreamNotStoring", "TablecastDataDiskLow", "TablecastDeadLetters", "TablecastSlotLost"} {
 			if !alerts[want] {
 				t.Errorf("no alert %s", want)
 			}
