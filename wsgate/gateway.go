@@ -141,6 +141,15 @@ type Config struct {
 	// grant (keep the gateway on loopback then).
 	Auth *auth.Authenticator
 
+	// Version is the build the status endpoint reports. Default "": none.
+	Version string
+	// Endpoints, when set, lists the managed endpoints identity id may
+	// see, as the "endpoints" member of the status endpoint (StatusPath),
+	// which the console shows as a table (an array of flat objects, one per
+	// endpoint, reads best). Nil: the member is absent, and the console
+	// hides its section.
+	Endpoints func(ctx context.Context, id *auth.Identity) (any, error)
+
 	Logger *slog.Logger
 	// Registerer receives the gateway's metrics (nil: none).
 	Registerer prometheus.Registerer
@@ -252,6 +261,7 @@ type Gateway struct {
 	handshakes atomic.Int64       // connections whose first request is being read
 	unauth     *connlimit.PerAddr // unauthenticated connections per address
 	replays    *replays
+	statuses   readerStatuses // the readers' status records (status.go)
 
 	connMu     sync.Mutex
 	conns      map[*conn]struct{}
@@ -383,6 +393,7 @@ func (g *Gateway) Serve(ln net.Listener, h http.Handler) error {
 	mux.Handle("/", h)
 	mux.Handle("/ws", g)
 	mux.Handle("/ws/", g)
+	mux.HandleFunc(StatusPath, g.serveStatus)
 	g.hosts = newHostPolicy(g.cfg.AllowedHosts, ln.Addr())
 	if (g.hosts.anyIP || !g.hosts.loopback) && len(g.cfg.AllowedHosts) == 0 {
 		// Off loopback, clients usually come by a name; without one listed

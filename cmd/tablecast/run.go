@@ -142,7 +142,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	var srv *http.Server
 	if gw != nil {
 		go func() { errc <- gw.Serve(ln, mux) }()
-		log.Info("gateway listening", "addr", ln.Addr().String(), "endpoints", "/ /tablecast.js /ws /ws/tables/… /healthz /readyz /metrics")
+		log.Info("gateway listening", "addr", ln.Addr().String(), "endpoints", "/ /api/status /tablecast.js /ws /ws/tables/… /healthz /readyz /metrics")
 	} else {
 		srv = cfg.httpServer(mux)
 		go func() {
