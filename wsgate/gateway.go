@@ -386,8 +386,9 @@ func (g *Gateway) refuseNotReady(w http.ResponseWriter) bool {
 }
 
 // Serve accepts connections on ln until Shutdown. WebSocket requests (GET
-// /ws, /ws/tables/…) are upgraded without going through net/http; every
-// other request is served by h (health, metrics, the page).
+// /ws, /ws/tables/…) are upgraded without going through net/http; the
+// gateway answers StatusPath itself; every other request is served by h
+// (health, metrics, the console).
 func (g *Gateway) Serve(ln net.Listener, h http.Handler) error {
 	mux := http.NewServeMux()
 	mux.Handle("/", h)
