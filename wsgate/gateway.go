@@ -262,6 +262,7 @@ type Gateway struct {
 	unauth     *connlimit.PerAddr // unauthenticated connections per address
 	replays    *replays
 	statuses   readerStatuses // the readers' status records (status.go)
+	subCount   atomic.Int64   // subscriptions of all connections, as the metric
 
 	connMu     sync.Mutex
 	conns      map[*conn]struct{}

@@ -192,18 +192,8 @@ func (g *Gateway) status(ctx context.Context, id *auth.Identity) *Status {
 		Tables:  []TableStatus{},
 		Readers: []ReaderStatus{},
 	}
-	g.connMu.Lock()
-	conns := make([]*conn, 0, len(g.conns))
-	for c := range g.conns {
-		conns = append(conns, c)
-	}
-	g.connMu.Unlock()
-	st.Gateway.Connections = len(conns)
-	for _, c := range conns {
-		c.subsMu.Lock()
-		st.Gateway.Subscriptions += len(c.subs)
-		c.subsMu.Unlock()
-	}
+	st.Gateway.Connections = g.Connections()
+	st.Gateway.Subscriptions = int(g.subCount.Load())
 
 	records, found := g.readerStatuses(ctx)
 	st.ReadersVisible = found
@@ -216,7 +206,9 @@ func (g *Gateway) status(ctx context.Context, id *auth.Identity) *Status {
 		f := g.feeds["t\x00"+t.Subject]
 		g.feedMu.Unlock()
 		if f != nil {
-			ts.Subscribers = len(f.subs())
+			f.mu.Lock()
+			ts.Subscribers = f.n
+			f.mu.Unlock()
 		}
 		name := t.Shape.Schema + "." + t.Shape.Table
 		for _, rec := range records {
