@@ -198,7 +198,9 @@ func TestConsole(t *testing.T) {
 	if !slices.Equal(apiNames, domTables(ops)) {
 		t.Errorf("the console lists %v, /api/status %v", domTables(ops), apiNames)
 	}
-	poll("the live view to subscribe", func() bool { return eval[string](ops, `document.getElementById("status").textContent`) == "live: public.orders" })
+	poll("the live view to subscribe", func() bool {
+		return eval[string](ops, `document.getElementById("status").textContent`) == "live: public.orders"
+	})
 	hasRow := func(tab *browserTab, id int) bool {
 		return eval[bool](tab, fmt.Sprintf(`[...document.querySelectorAll("#rows tr")].some((tr) => tr.cells[3].textContent === "id%d")`, id))
 	}
