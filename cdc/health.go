@@ -88,19 +88,19 @@ func (r *Reader) watch(ctx context.Context) {
 		downSince             time.Time
 		walStatus, lastStatus string
 		warnedNear            bool
+		status                = statusWriter{r: r}
 	)
 	tick := time.NewTicker(r.cfg.WatchInterval)
 	defer tick.Stop()
 	for {
 		now := time.Now()
 		var reasons []string
-		var lag int64
+		var (
+			lag, retained int64
+			safe          *int64
+		)
 		err := conn.do(ctx, r.cfg.WatchInterval, func(ctx context.Context, conn *pgx.Conn) error {
-			var (
-				confirmed *string
-				retained  int64
-				safe      *int64
-			)
+			var confirmed *string
 			err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text,
 				coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint,
 				coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,
@@ -192,6 +192,11 @@ func (r *Reader) watch(ctx context.Context) {
 		}
 		r.health = Health{Healthy: healthy, LagBytes: lag, Reasons: reasons}
 		r.healthMu.Unlock()
+		figures := slotFigures{lag: lag, retained: retained, safe: -1, walStatus: walStatus}
+		if safe != nil {
+			figures.safe = *safe
+		}
+		status.write(ctx, Health{Healthy: healthy, Reasons: reasons}, figures, err == nil, now)
 
 		select {
 		case <-ctx.Done():

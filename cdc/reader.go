@@ -50,6 +50,10 @@ type Reader struct {
 	health      Health
 	streamSince time.Time
 	failing     failingSessions // guarded by healthMu
+
+	started  time.Time
+	countsMu sync.Mutex
+	counts   map[string]*atomic.Int64 // "schema.table" → events published since start (status.go)
 }
 
 // New validates cfg and returns a reader that publishes with nc / js under
@@ -69,7 +73,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, prefix string, log *
 		log = slog.Default()
 	}
 	r := &Reader{cfg: cfg, nc: nc, js: js, prefix: prefix, log: log.With("component", "cdc", "slot", cfg.Slot), m: newMetrics(reg), snaps: newSnapshots(), token: randomID(),
-		registered: make(chan struct{})}
+		registered: make(chan struct{}), started: time.Now(), counts: map[string]*atomic.Int64{}}
 	r.health = Health{Healthy: true}
 	r.streamSince = time.Now()
 	return r, nil
@@ -357,6 +361,7 @@ func slotPosition(ctx context.Context, conn *pgconn.PgConn, slot string) (uint64
 type relation struct {
 	table    *schema.Table
 	subjects map[string]string // op → subject
+	count    *atomic.Int64     // events published (Reader.tableCount)
 }
 
 // session is the state of one replication connection. Only its goroutine
@@ -642,7 +647,7 @@ func (s *session) newRelation(ctx context.Context, rm *pglogrepl.RelationMessage
 	if err := s.lookUpKey(ctx, rm.RelationID, t); err != nil {
 		return nil, err
 	}
-	rel := &relation{table: t, subjects: map[string]string{}}
+	rel := &relation{table: t, subjects: map[string]string{}, count: s.r.tableCount(t.Schema, t.Name)}
 	for _, op := range schema.AllOps.Names() {
 		rel.subjects[op] = stream.ChangeSubject(s.r.prefix, s.r.db, t.Schema, t.Name, op)
 	}
@@ -688,6 +693,7 @@ func (s *session) publish(ctx context.Context, rel *relation, c *schema.Change) 
 	}
 	s.lastSeq, s.txnPublished = seq, true
 	s.r.m.published[c.Op].Inc()
+	rel.count.Add(1)
 	return nil
 }
 

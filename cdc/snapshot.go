@@ -25,7 +25,7 @@ const (
 // stateBucket holds the reader's own bookkeeping: whether the initial
 // snapshot that came with a slot was completed, and the slot's position
 // record (position.go).
-const stateBucket = "TABLECAST_STATE"
+const stateBucket = stream.StateBucket
 
 const (
 	snapshotPending = "pending"
@@ -231,6 +231,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		}
 		rr := conn.PgConn().ExecParams(ctx, query, nil, nil, nil, nil)
 		subject := stream.ChangeSubject(r.prefix, r.db, st.schema, st.name, schema.OpRead)
+		count := r.tableCount(st.schema, st.name)
 		for rr.NextRow() {
 			row = row[:0]
 			for _, v := range rr.Values() {
@@ -246,6 +247,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 				return none, fmt.Errorf("publish snapshot of %s.%s: %w", st.schema, st.name, err)
 			}
 			r.m.published[schema.OpRead].Inc()
+			count.Add(1)
 			rows++
 			if rows%100_000 == 0 {
 				r.log.Info("snapshot progress", "table", st.schema+"."+st.name, "rows", rows)

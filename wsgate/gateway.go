@@ -142,6 +142,15 @@ type Config struct {
 	// grant (keep the gateway on loopback then).
 	Auth *auth.Authenticator
 
+	// Version is the build the status endpoint reports. Default "": none.
+	Version string
+	// Endpoints, when set, lists the managed endpoints identity id may
+	// see, as the "endpoints" member of the status endpoint (StatusPath),
+	// which the console shows as a table (an array of flat objects, one per
+	// endpoint, reads best). Nil: the member is absent, and the console
+	// hides its section.
+	Endpoints func(ctx context.Context, id *auth.Identity) (any, error)
+
 	Logger *slog.Logger
 	// Registerer receives the gateway's metrics (nil: none).
 	Registerer prometheus.Registerer
@@ -253,6 +262,8 @@ type Gateway struct {
 	handshakes atomic.Int64       // connections whose first request is being read
 	unauth     *connlimit.PerAddr // unauthenticated connections per address
 	replays    *replays
+	statuses   readerStatuses // the readers' status records (status.go)
+	subCount   atomic.Int64   // subscriptions of all connections, as the metric
 
 	connMu     sync.Mutex
 	conns      map[*conn]struct{}
@@ -377,13 +388,15 @@ func (g *Gateway) refuseNotReady(w http.ResponseWriter) bool {
 }
 
 // Serve accepts connections on ln until Shutdown. WebSocket requests (GET
-// /ws, /ws/tables/…) are upgraded without going through net/http; every
-// other request is served by h (health, metrics, the page).
+// /ws, /ws/tables/…) are upgraded without going through net/http; the
+// gateway answers StatusPath itself; every other request is served by h
+// (health, metrics, the console).
 func (g *Gateway) Serve(ln net.Listener, h http.Handler) error {
 	mux := http.NewServeMux()
 	mux.Handle("/", h)
 	mux.Handle("/ws", g)
 	mux.Handle("/ws/", g)
+	mux.HandleFunc(StatusPath, g.serveStatus)
 	g.hosts = hosts.NewPolicy(g.cfg.AllowedHosts, ln.Addr())
 	if g.hosts.ReachableByName() && len(g.cfg.AllowedHosts) == 0 {
 		// Off loopback, clients usually come by a name; without one listed

@@ -51,26 +51,26 @@ func (c Config) checkAdmin() []error {
 // loaded: until then filter and rule writes are answered 503). errc
 // receives the error of a listener that fails.
 func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer, js jetstream.JetStream,
-	authn *auth.Authenticator, registered <-chan struct{}, errc chan<- error) (stop func(), ready func() bool, err error) {
+	authn *auth.Authenticator, registered <-chan struct{}, errc chan<- error) (stop func(), ready func() bool, store *endpoint.Store, err error) {
 	log = log.With("component", "admin")
 	var verifier auth.Verifier
 	if authn.Enabled() {
 		verifier = authn
 	} else if !loopback(cfg.AdminAddr) {
 		// TABLECAST_ALLOW_ANONYMOUS opens the gateway, never the admin API.
-		return nil, nil, fmt.Errorf("TABLECAST_ADMIN_ADDR %s is not a loopback address and no authentication is configured: set TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE (the admin API then needs the admin grant), or keep it on loopback, or set it to off", cfg.AdminAddr)
+		return nil, nil, nil, fmt.Errorf("TABLECAST_ADMIN_ADDR %s is not a loopback address and no authentication is configured: set TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE (the admin API then needs the admin grant), or keep it on loopback, or set it to off", cfg.AdminAddr)
 	}
 	str, err := js.Stream(ctx, cfg.Stream)
 	if err != nil {
-		return nil, nil, fmt.Errorf("admin API: open stream %s: %w", cfg.Stream, err)
+		return nil, nil, nil, fmt.Errorf("admin API: open stream %s: %w", cfg.Stream, err)
 	}
 	schemas, err := stream.OpenRegistry(ctx, js, "", cfg.StreamReplicas)
 	if err != nil {
-		return nil, nil, fmt.Errorf("admin API: %w", err)
+		return nil, nil, nil, fmt.Errorf("admin API: %w", err)
 	}
 	topics, err := stream.OpenTopics(ctx, js, str, cfg.SubjectPrefix, "", cfg.StreamReplicas)
 	if err != nil {
-		return nil, nil, fmt.Errorf("admin API: %w", err)
+		return nil, nil, nil, fmt.Errorf("admin API: %w", err)
 	}
 	cat := catalog.New(cfg.SubjectPrefix, log)
 	cctx, cancel := context.WithCancel(ctx)
@@ -79,11 +79,11 @@ func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 		defer close(catDone)
 		cat.Run(cctx, schemas, topics, nil, catalog.Start{After: registered})
 	}()
-	store, err := endpoint.Open(ctx, js, endpoint.Config{Replicas: cfg.StreamReplicas, Tables: cat, Logger: log})
+	store, err = endpoint.Open(ctx, js, endpoint.Config{Replicas: cfg.StreamReplicas, Tables: cat, Logger: log})
 	if err != nil {
 		cancel()
 		<-catDone
-		return nil, nil, fmt.Errorf("admin API: open the endpoints store: %w", err)
+		return nil, nil, nil, fmt.Errorf("admin API: open the endpoints store: %w", err)
 	}
 	srv, err := admin.New(admin.Config{
 		Store:           store,
@@ -101,14 +101,14 @@ func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 		store.Close()
 		cancel()
 		<-catDone
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	ln, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
 		store.Close()
 		cancel()
 		<-catDone
-		return nil, nil, fmt.Errorf("listen on TABLECAST_ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
+		return nil, nil, nil, fmt.Errorf("listen on TABLECAST_ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
 	}
 	served := make(chan struct{})
 	go func() {
@@ -126,7 +126,36 @@ func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 		store.Close()
 		cancel()
 		<-catDone
-	}, cat.Ready, nil
+	}, cat.Ready, store, nil
+}
+
+// consoleEndpoints lists, for the console's status, the managed endpoints
+// an identity with the admin grant may read (the first page by name, and
+// no secret: name, type, state, linked filters and rules); nil for anyone
+// else, which hides the console's section.
+func consoleEndpoints(store *endpoint.Store) func(context.Context, *auth.Identity) (any, error) {
+	return func(ctx context.Context, id *auth.Identity) (any, error) {
+		if id == nil || !id.Grants.CanAdminRead() {
+			return nil, nil
+		}
+		page, err := store.ListEndpoints(ctx, endpoint.ListOptions{OrderBy: endpoint.OrderName, Limit: endpoint.MaxLimit})
+		if err != nil {
+			return nil, fmt.Errorf("list endpoints: %w", err)
+		}
+		type row struct {
+			Name    string `json:"name"`
+			Type    string `json:"type"`
+			State   string `json:"state"`
+			Filters string `json:"filters"`
+			Rules   string `json:"rules"`
+		}
+		rows := make([]row, 0, len(page.Items))
+		for _, e := range page.Items {
+			rows = append(rows, row{Name: e.Name, Type: string(e.Type), State: string(e.State),
+				Filters: strings.Join(e.Filters, ", "), Rules: strings.Join(e.Rules, ", ")})
+		}
+		return rows, nil
+	}
 }
 
 // adminClient is the client of the endpoints, filters and rules

@@ -405,6 +405,7 @@ func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer, authn
 		MaxReplays:                c.WSMaxReplays,
 		MaxReplaysPerConn:         c.WSMaxReplaysPerConn,
 		ReplayRate:                c.WSReplayRate,
+		Version:                   version,
 		Logger:                    log.With("component", "gateway"),
 		Registerer:                reg,
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/tablecast/tablecast/cdc"
 	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/internal/connlimit"
+	"github.com/tablecast/tablecast/internal/endpoint"
 	"github.com/tablecast/tablecast/stream"
 	"github.com/tablecast/tablecast/wsgate"
 )
@@ -82,21 +83,25 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	}
 	errc := make(chan error, 3)
 	adminReady := func() bool { return true }
+	var endpoints *endpoint.Store
 	if withGateway && cfg.adminEnabled() {
 		var registered <-chan struct{}
 		if reader != nil {
 			registered = reader.Registered()
 		}
-		stopAdmin, ready, err := startAdmin(ctx, cfg, log, reg, js, authn, registered, errc)
+		stopAdmin, ready, store, err := startAdmin(ctx, cfg, log, reg, js, authn, registered, errc)
 		if err != nil {
 			return err
 		}
 		defer stopAdmin()
-		adminReady = ready
+		adminReady, endpoints = ready, store
 	}
 	var gw *wsgate.Gateway
 	if withGateway {
 		gcfg := cfg.gatewayConfig(log, reg, authn)
+		if endpoints != nil {
+			gcfg.Endpoints = consoleEndpoints(endpoints)
+		}
 		if reader != nil {
 			// Clients are let in once the tables the reader streams are
 			// known, not told that one of them does not exist.
@@ -156,7 +161,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	var srv *http.Server
 	if gw != nil {
 		go func() { errc <- gw.Serve(ln, mux) }()
-		log.Info("gateway listening", "addr", ln.Addr().String(), "endpoints", "/ /tablecast.js /ws /ws/tables/… /healthz /readyz /metrics")
+		log.Info("gateway listening", "addr", ln.Addr().String(), "endpoints", "/ /api/status /tablecast.js /ws /ws/tables/… /healthz /readyz /metrics")
 	} else {
 		srv = cfg.httpServer(mux)
 		go func() {
