@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +35,8 @@ import (
 //  2. The reader's snapshot worker reads the table in primary-key order,
 //     chunkRows at a time. For each chunk it writes a low watermark into
 //     the WAL, SELECTs the chunk, and writes a high watermark.
+//     Between the two, before the SELECT, it waits for every transaction
+//     open when the low watermark was written to end (awaitOpenTransactions).
 //  3. The session, reading the stream, notes the keys of that table changed
 //     between the low and the high watermark. At the high watermark it
 //     publishes the chunk's rows as op "read", except those whose keys
@@ -455,6 +458,10 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 			drop()
 			return fmt.Errorf("write low watermark: %w", err)
 		}
+		if err := r.awaitOpenTransactions(ctx, conn, req.table); err != nil {
+			drop()
+			return err
+		}
 		sql, args := first, [][]byte(nil)
 		if after != nil {
 			sql, args = next, after
@@ -520,6 +527,89 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 	}
 	r.log.Info(what+" done", "table", req.table, "id", req.id, "rows", total, "took", time.Since(began).Round(time.Millisecond))
 	return nil
+}
+
+// awaitOpenTransactions waits until every transaction that was open when
+// it was called has ended. PostgreSQL makes a transaction visible a moment
+// after it writes its commit record, and, with synchronous_commit on or a
+// synchronous standby, only once the record is flushed or replicated: a
+// transaction whose commit record lies before the low watermark can still
+// be invisible to a SELECT that starts after it. Its change then reaches
+// the stream before the window opens, and the chunk's older row after it:
+// a stale read. Waiting for the transactions open at the watermark (their
+// commit records, if any, may lie before it) closes that gap. A long open
+// transaction delays the chunk, as it delays the creation of a slot; the
+// log says so every few seconds. "Ended" is "visible to a new snapshot"
+// (pg_visible_in_snapshot): pg_xact_status says committed as soon as the
+// commit is recorded, before other sessions see it.
+func (r *Reader) awaitOpenTransactions(ctx context.Context, conn *pgx.Conn, table string) error {
+	// The transactions open now: those a snapshot taken now does not see
+	// (its running list, and every id from its xmax on), up to an id
+	// assigned after it, which is later than all of them.
+	var snap, next string
+	if err := conn.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&snap); err != nil {
+		return fmt.Errorf("read the transactions open at the low watermark: %w", err)
+	}
+	if err := conn.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&next); err != nil {
+		return fmt.Errorf("read the transactions open at the low watermark: %w", err)
+	}
+	open, err := openTransactions(snap, next)
+	if err != nil {
+		return err
+	}
+	began, told := time.Now(), time.Now()
+	pause := time.Millisecond
+	for len(open) > 0 {
+		var still []int64
+		if err := conn.QueryRow(ctx, `SELECT coalesce(array_agg(x), '{}') FROM unnest($1::bigint[]) x
+			WHERE NOT pg_visible_in_snapshot(x::text::xid8, pg_current_snapshot())`, open).Scan(&still); err != nil {
+			return fmt.Errorf("wait for the transactions open at the low watermark: %w", err)
+		}
+		if open = still; len(open) == 0 {
+			break
+		}
+		if time.Since(told) > 5*time.Second {
+			r.log.Warn("a snapshot chunk waits for transactions open at its low watermark to end", "table", table,
+				"transactions", fmt.Sprint(open), "waiting", time.Since(began).Round(time.Second))
+			told = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 100*time.Millisecond)
+	}
+	return nil
+}
+
+// openTransactions lists the transaction ids a snapshot ("xmin:xmax:xip,…",
+// pg_snapshot's text) does not see, below next: its running ones and every
+// id from xmax to next.
+func openTransactions(snap, next string) ([]int64, error) {
+	parts := strings.Split(snap, ":")
+	n, err := strconv.ParseInt(next, 10, 64)
+	if len(parts) != 3 || err != nil {
+		return nil, fmt.Errorf("read snapshot %q and transaction id %q", snap, next)
+	}
+	xmax, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot %q: %w", snap, err)
+	}
+	var open []int64
+	if parts[2] != "" {
+		for _, f := range strings.Split(parts[2], ",") {
+			x, err := strconv.ParseInt(f, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("read snapshot %q: %w", snap, err)
+			}
+			open = append(open, x)
+		}
+	}
+	for x := xmax; x < n; x++ {
+		open = append(open, x)
+	}
+	return open, nil
 }
 
 // window is the session's view of one chunk between its watermarks: the

@@ -156,3 +156,108 @@ func TestRequestSnapshotRefusesBadTables(t *testing.T) {
 		t.Errorf("RequestSnapshot(public.keyed) = %v", err)
 	}
 }
+
+// TestSnapshotWaitsForCommitsNotYetVisible: a transaction can be decoded
+// (its commit record is flushed) before other sessions see it, here held
+// invisible by a synchronous standby that never answers. Its update reaches
+// the stream before a snapshot chunk's low watermark, while the chunk's
+// SELECT would still read the row as it was: a stale read, published after
+// the newer change. The chunk must wait for the transactions open at its low
+// watermark to end, and read the row as the update left it.
+func TestSnapshotWaitsForCommitsNotYetVisible(t *testing.T) {
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)`,
+		`INSERT INTO items SELECT g, 0 FROM generate_series(1, 10) g`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	r := startReader(t, cfg, n)
+
+	// A synchronous standby that does not exist: a session with
+	// synchronous_commit on waits, committed but invisible, until its wait
+	// is cancelled. (pgtest runs with synchronous_commit off: other
+	// sessions are not affected.)
+	db.exec(t, `ALTER SYSTEM SET synchronous_standby_names = 'tablecast_phantom_standby'`)
+	db.exec(t, `SELECT pg_reload_conf()`)
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), db.url)
+		if err != nil {
+			return
+		}
+		defer c.Close(context.Background())
+		_, _ = c.Exec(context.Background(), `ALTER SYSTEM RESET synchronous_standby_names`)
+		_, _ = c.Exec(context.Background(), `SELECT pg_reload_conf()`)
+	})
+	writer, err := pgx.Connect(context.Background(), db.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close(context.Background())
+	var pid int
+	if err := writer.QueryRow(context.Background(), `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.Exec(context.Background(), `SET synchronous_commit = on`); err != nil {
+		t.Fatal(err)
+	}
+	updated := make(chan error, 1)
+	go func() {
+		_, err := writer.Exec(context.Background(), `UPDATE items SET v = 1 WHERE id = 5`)
+		updated <- err
+	}()
+	waitFor(t, 20*time.Second, "the update to reach the stream while its session waits", func() bool {
+		for _, e := range eventsOf(t, n, "public.items") {
+			if e.Op == "update" && e.Key["id"] == float64(5) {
+				return true
+			}
+		}
+		return false
+	})
+	var visible int
+	if err := db.conn.QueryRow(context.Background(), `SELECT v FROM items WHERE id = 5`).Scan(&visible); err != nil || visible != 0 {
+		t.Fatalf("the update is visible (v=%d, %v) before its wait ends: the test cannot hold a commit invisible", visible, err)
+	}
+
+	if _, err := RequestSnapshot(context.Background(), n.NC, testPrefix, cfg.Slot, "public.items"); err != nil {
+		t.Fatalf("request snapshot: %v", err)
+	}
+	// Let the chunk reach its SELECT (or its wait), then end the
+	// writer's wait: its transaction becomes visible.
+	waitFor(t, 20*time.Second, "the snapshot to start", func() bool { return r.log.contains("on-demand snapshot started") })
+	time.Sleep(500 * time.Millisecond)
+	db.exec(t, `SELECT pg_cancel_backend($1)`, pid)
+	if err := <-updated; err != nil {
+		t.Logf("the writer's wait ended with %v", err)
+	}
+	waitFor(t, 30*time.Second, "the on-demand snapshot to finish", func() bool { return r.log.contains("on-demand snapshot done") })
+
+	var last map[string]any
+	for _, e := range eventsOf(t, n, "public.items") {
+		if e.Key["id"] == float64(5) {
+			last = map[string]any{"op": e.Op, "v": e.Data["v"]}
+		}
+	}
+	if last["op"] != "read" || last["v"] != float64(1) {
+		t.Fatalf("row 5's last event is %v, want a read with v=1: the snapshot read the row as it was before a change already streamed", last)
+	}
+}
+
+func TestOpenTransactions(t *testing.T) {
+	for _, c := range []struct {
+		snap, next string
+		want       string
+	}{
+		{"100:100:", "100", "[]"},
+		{"100:100:", "103", "[100 101 102]"},
+		{"90:104:90,97", "106", "[90 97 104 105]"},
+	} {
+		got, err := openTransactions(c.snap, c.next)
+		if err != nil || fmt.Sprint(got) != c.want {
+			t.Errorf("openTransactions(%q, %q) = %v, %v; want %s", c.snap, c.next, got, err, c.want)
+		}
+	}
+	for _, bad := range [][2]string{{"100:100", "101"}, {"a:b:", "1"}, {"1:2:x", "3"}, {"1:2:", "z"}} {
+		if _, err := openTransactions(bad[0], bad[1]); err == nil {
+			t.Errorf("openTransactions(%q, %q): no error", bad[0], bad[1])
+		}
+	}
+}

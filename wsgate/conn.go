@@ -801,10 +801,10 @@ func (c *conn) writeBlocking(bufs *net.Buffers) bool {
 // slowClose closes a client that has read nothing for WriteTimeout with
 // 4008, like one whose queue overflowed. What is left of the batch being
 // written (a frame may be half written) is finished, then the close frame
-// follows it, all within another WriteTimeout; the socket is then closed
-// without a reset, so that a client that reads late still gets everything
-// up to the close frame. A client that reads nothing in that time either is
-// dropped.
+// follows it, as long as the client reads something every WriteTimeout
+// (writeWhileRead); the socket is then closed without a reset, so that a
+// client that reads late still gets everything up to the close frame. A
+// client that reads nothing for another WriteTimeout is dropped.
 func (c *conn) slowClose(rest net.Buffers) {
 	reason := "slow consumer: nothing read for " + c.g.cfg.WriteTimeout.String() + "; resume from your last seq"
 	c.mu.Lock()
@@ -827,12 +827,34 @@ func (c *conn) slowClose(rest net.Buffers) {
 		return
 	}
 	rest = append(rest, cf)
-	_ = c.nc.SetWriteDeadline(deadline(c.g.cfg.WriteTimeout))
-	if _, err := rest.WriteTo(c.nc); err != nil {
+	if !c.writeWhileRead(rest) {
 		_ = c.nc.Close()
 		return
 	}
 	connlimit.LingerClose(c.nc, closeLinger)
+}
+
+// closingWriteCap bounds, in write timeouts, how long the last frames and
+// the close frame of a closing connection may take to write to a client
+// that keeps reading.
+const closingWriteCap = 10
+
+// writeWhileRead writes the last frames of a closing connection: it gives
+// up when the client reads nothing for WriteTimeout, or after
+// closingWriteCap of them in all, and reports whether all was written. A
+// client that reads, however slowly, gets its frames and the close frame.
+func (c *conn) writeWhileRead(bufs net.Buffers) bool {
+	end := time.Now().Add(closingWriteCap * c.g.cfg.WriteTimeout)
+	for {
+		_ = c.nc.SetWriteDeadline(deadline(c.g.cfg.WriteTimeout))
+		n, err := bufs.WriteTo(c.nc)
+		if err == nil {
+			return true
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) || n == 0 || time.Now().After(end) {
+			return false
+		}
+	}
 }
 
 // flush writes queued frames, batched into one writev, until the queue is
@@ -862,8 +884,7 @@ func (c *conn) finish(cf []byte) {
 		_ = c.nc.Close()
 		return
 	}
-	_ = c.nc.SetWriteDeadline(deadline(c.g.cfg.WriteTimeout))
-	if _, err := c.nc.Write(cf); err != nil {
+	if !c.writeWhileRead(net.Buffers{cf}) {
 		_ = c.nc.Close()
 		return
 	}
