@@ -105,7 +105,7 @@ func (r *Reader) publishOversize(ctx context.Context, pub *stream.Publisher, sub
 			return 0, err
 		}
 		e.head = append(e.head, `,"`+stream.ClaimMember+`":`...)
-		e.head = claim.AppendJSON(e.head)
+		e.head = stream.AppendClaim(e.head, claim)
 		e.head = append(e.head, '}')
 		r.m.oversize.WithLabelValues("claim").Inc()
 		r.log.Debug("event larger than NATS's maximum payload stored as an object; the stream carries its claim",
@@ -155,7 +155,7 @@ func (r *Reader) deadLetterTopicMessage(ctx context.Context, topic, id string, l
 			return fmt.Errorf("store message %s of topic %s: %w", id, topic, err)
 		}
 		record = append(record, `,"`+stream.ClaimMember+`":`...)
-		record = claim.AppendJSON(record)
+		record = stream.AppendClaim(record, claim)
 		reason = "message of " + strconv.Itoa(len(content)) + " bytes is larger than NATS's maximum payload: not published; the claim holds it"
 	} else {
 		reason = "message of " + strconv.Itoa(len(content)) + " bytes is larger than the reader's limit of " + strconv.Itoa(r.cfg.MaxEventBytes) + " bytes: not published"

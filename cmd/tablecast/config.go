@@ -283,6 +283,7 @@ func checkDatabaseURL(dsn string) error {
 
 func (c Config) cdcConfig() cdc.Config {
 	return cdc.Config{
+		SettingName:   variableOf,
 		DatabaseURL:   c.DatabaseURL,
 		Publication:   c.Publication,
 		Tables:        c.Tables,
