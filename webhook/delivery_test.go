@@ -82,7 +82,9 @@ func TestParallelByKeyKeepsEachRowInOrder(t *testing.T) {
 	ep := e.endpoint("parallel", r.URL(), func(w *endpoint.Webhook) { w.ParallelByKey, w.Concurrency = true, 4 })
 	e.waitConsumer(ep)
 	// Slow answers, so that lanes overlap.
-	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) { return 200, nil, 5 * time.Millisecond })
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+		return 200, nil, 5 * time.Millisecond
+	})
 	const rows, updates = 8, 10
 	e.exec(`INSERT INTO orders SELECT g, '0', g FROM generate_series(1, 8) g`)
 	for u := 1; u <= updates; u++ {
