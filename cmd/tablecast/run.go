@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -21,8 +22,12 @@ import (
 
 	"github.com/tablecast/tablecast/cdc"
 	"github.com/tablecast/tablecast/internal/auth"
+	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/connlimit"
+	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/internal/match"
 	"github.com/tablecast/tablecast/stream"
+	"github.com/tablecast/tablecast/webhook"
 	"github.com/tablecast/tablecast/wsgate"
 )
 
@@ -91,6 +96,14 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		if gw, err = wsgate.New(ctx, gcfg, nc, js); err != nil {
 			return fmt.Errorf("start gateway: %w", err)
 		}
+	}
+
+	if withGateway && cfg.Webhooks {
+		stop, err := startWebhooks(ctx, cfg, js, reg, log.With("component", "webhook"))
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 
 	mux := http.NewServeMux()
@@ -289,4 +302,58 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 	}
 	log.Info("stream ready", "stream", cfg.Stream, "max_age", scfg.MaxAge, "max_bytes", scfg.MaxBytes)
 	return nc, js, emb, func() { nc.Close(); closeAll() }, nil
+}
+
+// startWebhooks follows the managed endpoints and delivers the webhooks'
+// events until stop is called (or ctx ends).
+func startWebhooks(ctx context.Context, cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) (stop func(), err error) {
+	allow, err := cfg.webhookAllowNets()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	cat := catalog.New(cfg.SubjectPrefix, log)
+	store, err := endpoint.Open(ctx, js, endpoint.Config{Replicas: cfg.StreamReplicas, Tables: cat, Logger: log})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("open the endpoint store: %w", err)
+	}
+	schemas, err := stream.OpenRegistry(ctx, js, stream.DefaultSchemaBucket, cfg.StreamReplicas)
+	if err != nil {
+		cancel()
+		store.Close()
+		return nil, err
+	}
+	str, err := js.Stream(ctx, cfg.Stream)
+	if err != nil {
+		cancel()
+		store.Close()
+		return nil, fmt.Errorf("open stream %s: %w", cfg.Stream, err)
+	}
+	topics, err := stream.OpenTopics(ctx, js, str, cfg.SubjectPrefix, stream.DefaultTopicBucket, cfg.StreamReplicas)
+	if err != nil {
+		cancel()
+		store.Close()
+		return nil, err
+	}
+	registry := match.NewRegistry(log)
+	mgr, err := webhook.New(ctx, js, webhook.Config{
+		Stream: cfg.Stream, Prefix: cfg.SubjectPrefix, Replicas: cfg.StreamReplicas,
+		Registry: registry, Tables: cat, States: store, AllowNets: allow, Registerer: reg, Logger: log,
+	})
+	if err != nil {
+		cancel()
+		store.Close()
+		return nil, fmt.Errorf("start webhook delivery: %w", err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); cat.Run(ctx, schemas, topics, nil, catalog.Start{}) }()
+	go func() { defer wg.Done(); registry.Run(ctx, store) }()
+	go func() { defer wg.Done(); mgr.Run(ctx) }()
+	return func() {
+		cancel()
+		wg.Wait()
+		store.Close()
+	}, nil
 }
