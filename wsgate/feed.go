@@ -14,6 +14,7 @@ import (
 
 	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/jsonx"
+	"github.com/tablecast/tablecast/internal/match"
 	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 )
@@ -25,7 +26,9 @@ type sub struct {
 	topic  string // a topic subscription's topic; "" for a table
 	table  *catalog.Table
 	ops    schema.OpSet
-	filter *query.Filter                // the client's where; nil for none
+	filter *query.Filter                // the client's where (a rule's where); nil for none
+	change *match.Change                // a rule subscription's conditions on the change; nil for none
+	reads  []string                     // the columns a rule subscription's conditions read
 	policy atomic.Pointer[query.Filter] // the row policy of its grants; nil for none (setPolicy)
 	proj   atomic.Pointer[query.Projection]
 	// The columns its grants let it see: every one, or granted (sorted),
@@ -355,7 +358,7 @@ func lookupKey(dst []byte, ix *eqIndex, row *query.Row, hasRow bool) ([]byte, lo
 
 // offer sends the event being delivered to s if it matches.
 func (f *feed) offer(s *sub, seq uint64, data []byte) {
-	view, ok, err := s.selector().Decide(&f.ev)
+	view, ok, err := s.decide(&f.ev)
 	if err == query.ErrWithheld {
 		f.warnWithheld(s)
 		return
@@ -371,6 +374,16 @@ func (f *feed) offer(s *sub, seq uint64, data []byte) {
 	if frame := s.grp.eventFrame(seq, data, view, row); frame != nil {
 		f.sendTo(s, frame)
 	}
+}
+
+// decide is what s is sent of ev: Selector.Decide, and for a rule
+// subscription only a change the rule fires on (match.Change.Fires).
+func (s *sub) decide(ev *query.Event) (query.View, bool, error) {
+	view, ok, err := s.selector().Decide(ev)
+	if ok && err == nil && s.change != nil {
+		ok, _ = s.change.Fires(ev)
+	}
+	return view, ok, err
 }
 
 // selector is what s takes of its table's events now: its operations and

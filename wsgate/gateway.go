@@ -21,8 +21,14 @@ import (
 	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/connlimit"
+	"github.com/tablecast/tablecast/internal/endpoint"
 	"github.com/tablecast/tablecast/stream"
 )
+
+// Rules finds a rule by name: nil when there is none.
+type Rules interface {
+	Rule(name string) *endpoint.Rule
+}
 
 // Config is the gateway's configuration. Zero fields take the defaults
 // documented on each.
@@ -140,6 +146,10 @@ type Config struct {
 	// Auth authenticates clients; nil lets every client in with every
 	// grant (keep the gateway on loopback then).
 	Auth *auth.Authenticator
+
+	// Rules finds the rules clients subscribe to by name (a
+	// *match.Registry). Nil: rule subscriptions are answered unknown_rule.
+	Rules Rules
 
 	Logger *slog.Logger
 	// Registerer receives the gateway's metrics (nil: none).

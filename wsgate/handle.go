@@ -13,6 +13,8 @@ import (
 
 	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/internal/catalog"
+	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/internal/match"
 	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
@@ -107,7 +109,12 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 	s := &sub{c: c, id: m.ID}
 	var key, subject, name string
 	grants := c.id.Grants
-	if m.Table != "" {
+	if m.Rule != "" {
+		var perr *ProtocolError
+		if key, subject, name, perr = c.subscribeRule(m, s); perr != nil {
+			return perr
+		}
+	} else if m.Table != "" {
 		db, schemaName, table := SplitQualifiedName(m.Table)
 		t, choices := g.cat.Resolve(db, schemaName, table, grants)
 		if choices != nil {
@@ -207,6 +214,60 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		go g.catchUp(s, *m.From)
 	}
 	return nil
+}
+
+// subscribeRule prepares s, a subscription to the rule m names: the
+// events of the rule's table it fires on, under the client's grants as a
+// table subscription is (operations, columns, row policy).
+func (c *conn) subscribeRule(m *ClientMessage, s *sub) (key, subject, name string, perr *ProtocolError) {
+	fail := func(code ErrorCode, msg string) (string, string, string, *ProtocolError) {
+		return "", "", "", &ProtocolError{Code: code, ID: m.ID, Message: msg}
+	}
+	var rule *endpoint.Rule
+	if c.g.cfg.Rules != nil {
+		rule = c.g.cfg.Rules.Rule(m.Rule)
+	}
+	if rule == nil {
+		return fail(CodeUnknownRule, "rule "+schema.QuoteName(m.Rule)+" does not exist")
+	}
+	grants := c.id.Grants
+	db, schemaName, table := SplitQualifiedName(rule.Table)
+	t, choices := c.g.cat.Resolve(db, schemaName, table, grants)
+	if t == nil || choices != nil {
+		return fail(CodeNotAllowed, "rule "+schema.QuoteName(m.Rule)+" is on a table that is not streamed, or not granted")
+	}
+	part, _, err := match.CompileRule(rule, t)
+	if err != nil {
+		return fail(CodeInvalidFilter, err.Error())
+	}
+	granted := grants.TableOps(t.DB, t.Shape.Schema, t.Shape.Table)
+	if lost := part.Ops &^ granted; lost != 0 {
+		return fail(CodeNotAllowed, "rule "+schema.QuoteName(m.Rule)+" takes events "+strings.Join(lost.Names(), ", ")+" of "+t.Qualified+", which are not granted")
+	}
+	s.granted, s.allColumns = grants.TableColumns(t.DB, t.Shape.Schema, t.Shape.Table)
+	selected := m.Select
+	if !m.SelectGiven {
+		selected = part.Select
+	}
+	for _, col := range append(slices.Clone(part.Reads), selected...) {
+		if !t.HasColumn(col) {
+			return fail(CodeInvalidSelect, "column "+schema.QuoteName(col)+" does not exist in "+t.Qualified)
+		}
+		if !s.allColumns {
+			if _, ok := slices.BinarySearch(s.granted, col); !ok {
+				return fail(CodeNotAllowed, "rule "+schema.QuoteName(m.Rule)+" reads or sends column "+schema.QuoteName(col)+" of "+t.Qualified+", which is not granted")
+			}
+		}
+	}
+	policy, msg := c.rowPolicy(grants, t, t.Qualified)
+	if msg != "" {
+		return fail(CodeNotAllowed, msg)
+	}
+	s.policy.Store(policy)
+	s.table, s.filter, s.ops, s.change, s.reads = t, part.Where, part.Ops, part.Change, part.Reads
+	s.selected = slices.Clone(selected)
+	s.proj.Store(s.projection(selected))
+	return "t\x00" + t.Subject, t.Subject, t.Name, nil
 }
 
 // rowPolicy compiles the row policy grants give table t (shown to the
@@ -349,7 +410,7 @@ func (c *conn) regrant(s *sub, grants *auth.Grants) (*query.Filter, regranted, s
 	var cols regranted
 	cols.names, cols.all = grants.TableColumns(t.DB, t.Shape.Schema, t.Shape.Table)
 	if !cols.all {
-		named := slices.Clone(s.selected)
+		named := append(slices.Clone(s.selected), s.reads...)
 		if s.filter != nil {
 			named = append(named, s.filter.Columns()...)
 		}

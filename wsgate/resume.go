@@ -353,7 +353,7 @@ func (s *sub) historyFrame(seq uint64, subject string, data []byte, ev *query.Ev
 	if bit == 0 || ev.Reset(bit, data) != nil {
 		return nil
 	}
-	view, ok, err := s.selector().Decide(ev)
+	view, ok, err := s.decide(ev)
 	if err == query.ErrWithheld {
 		return nil
 	}

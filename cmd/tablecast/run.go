@@ -87,7 +87,15 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	}
 	var gw *wsgate.Gateway
 	if withGateway {
+		// The managed endpoints, filters and rules: the gateway's rule
+		// subscriptions and the webhooks.
+		rules, stop, err := startManaged(ctx, cfg, js, reg, log.With("component", "webhook"))
+		if err != nil {
+			return err
+		}
+		defer stop()
 		gcfg := cfg.gatewayConfig(log, reg, authn)
+		gcfg.Rules = rules
 		if reader != nil {
 			// Clients are let in once the tables the reader streams are
 			// known, not told that one of them does not exist.
@@ -96,14 +104,6 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		if gw, err = wsgate.New(ctx, gcfg, nc, js); err != nil {
 			return fmt.Errorf("start gateway: %w", err)
 		}
-	}
-
-	if withGateway && cfg.Webhooks {
-		stop, err := startWebhooks(ctx, cfg, js, reg, log.With("component", "webhook"))
-		if err != nil {
-			return err
-		}
-		defer stop()
 	}
 
 	mux := http.NewServeMux()
@@ -304,54 +304,61 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 	return nc, js, emb, func() { nc.Close(); closeAll() }, nil
 }
 
-// startWebhooks follows the managed endpoints and delivers the webhooks'
-// events until stop is called (or ctx ends).
-func startWebhooks(ctx context.Context, cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) (stop func(), err error) {
+// startManaged follows the managed endpoints, filters and rules (the
+// registry the gateway finds rules in) and, with TABLECAST_WEBHOOKS,
+// delivers the webhooks' events, until stop is called (or ctx ends).
+func startManaged(ctx context.Context, cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) (rules *match.Registry, stop func(), err error) {
 	allow, err := cfg.webhookAllowNets()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	cat := catalog.New(cfg.SubjectPrefix, log)
 	store, err := endpoint.Open(ctx, js, endpoint.Config{Replicas: cfg.StreamReplicas, Tables: cat, Logger: log})
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("open the endpoint store: %w", err)
+		return nil, nil, fmt.Errorf("open the endpoint store: %w", err)
 	}
 	schemas, err := stream.OpenRegistry(ctx, js, stream.DefaultSchemaBucket, cfg.StreamReplicas)
 	if err != nil {
 		cancel()
 		store.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	str, err := js.Stream(ctx, cfg.Stream)
 	if err != nil {
 		cancel()
 		store.Close()
-		return nil, fmt.Errorf("open stream %s: %w", cfg.Stream, err)
+		return nil, nil, fmt.Errorf("open stream %s: %w", cfg.Stream, err)
 	}
 	topics, err := stream.OpenTopics(ctx, js, str, cfg.SubjectPrefix, stream.DefaultTopicBucket, cfg.StreamReplicas)
 	if err != nil {
 		cancel()
 		store.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	registry := match.NewRegistry(log)
-	mgr, err := webhook.New(ctx, js, webhook.Config{
-		Stream: cfg.Stream, Prefix: cfg.SubjectPrefix, Replicas: cfg.StreamReplicas,
-		Registry: registry, Tables: cat, States: store, AllowNets: allow, Registerer: reg, Logger: log,
-	})
-	if err != nil {
-		cancel()
-		store.Close()
-		return nil, fmt.Errorf("start webhook delivery: %w", err)
+	var mgr *webhook.Manager
+	if cfg.Webhooks {
+		mgr, err = webhook.New(ctx, js, webhook.Config{
+			Stream: cfg.Stream, Prefix: cfg.SubjectPrefix, Replicas: cfg.StreamReplicas,
+			Registry: registry, Tables: cat, States: store, AllowNets: allow, Registerer: reg, Logger: log,
+		})
+		if err != nil {
+			cancel()
+			store.Close()
+			return nil, nil, fmt.Errorf("start webhook delivery: %w", err)
+		}
 	}
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(2)
 	go func() { defer wg.Done(); cat.Run(ctx, schemas, topics, nil, catalog.Start{}) }()
 	go func() { defer wg.Done(); registry.Run(ctx, store) }()
-	go func() { defer wg.Done(); mgr.Run(ctx) }()
-	return func() {
+	if mgr != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); mgr.Run(ctx) }()
+	}
+	return registry, func() {
 		cancel()
 		wg.Wait()
 		store.Close()

@@ -335,3 +335,11 @@ func sameRule(a, b *endpoint.Rule) bool {
 		slices.Equal(a.Changed, b.Changed) && bytes.Equal(a.Old, b.Old) && bytes.Equal(a.New, b.New) &&
 		slices.Equal(a.Select, b.Select)
 }
+
+// Rule returns the rule named name, nil when there is none. It is shared
+// and must not be changed.
+func (r *Registry) Rule(name string) *endpoint.Rule {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rules[name]
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/tablecast/tablecast/internal/endpoint"
+)
+
+// TestRuleSubscriptions subscribes over WebSocket to rules on a table
+// with REPLICA IDENTITY FULL, on a real gateway, and checks that each
+// gets exactly the changes its rule fires on: changed columns, a where
+// on the old row, a where on the new row.
+func TestRuleSubscriptions(t *testing.T) {
+	c := pgtestRequire(t)
+	_, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	ctx := context.Background()
+	if _, err := conn.Exec(ctx, `CREATE TABLE orders (id int PRIMARY KEY, status text, total numeric); ALTER TABLE orders REPLICA IDENTITY FULL`); err != nil {
+		t.Fatal(err)
+	}
+	slot := fmt.Sprintf("tc_rules_%d", os.Getpid())
+	dropSlotAtCleanup(t, url, slot)
+	n := startNATS(t)
+	store, err := endpoint.Open(ctx, n.JS, endpoint.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	for _, r := range []*endpoint.Rule{
+		{Name: "status-change", Table: "public.orders", Changed: []string{"status"}},
+		{Name: "was-open", Table: "public.orders", Old: json.RawMessage(`{"status":{"eq":"open"}}`)},
+		{Name: "big", Table: "public.orders", New: json.RawMessage(`{"total":{"gte":"100"}}`), Select: []string{"id", "total"}},
+	} {
+		if _, err := store.CreateRule(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	httpAddr := freeAddr(t)
+	env := append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_NATS_URL="+n.URL(), "TABLECAST_SLOT="+slot,
+		"TABLECAST_PUBLICATION=tc_rules", "TABLECAST_HTTP_ADDR="+httpAddr)
+	startProcess(t, env, "run")
+	waitFor(t, time.Minute, "/readyz of tablecast run", func() bool {
+		code, _, err := httpGet("http://" + httpAddr + "/readyz")
+		return err == nil && code == 200
+	})
+
+	subs := map[string]*websocket.Conn{}
+	for _, rule := range []string{"status-change", "was-open", "big"} {
+		ws := wsDial(t, "ws://"+httpAddr+"/ws")
+		for k := 0; ; k++ {
+			wsSend(t, ws, fmt.Sprintf(`{"type":"subscribe","id":"r%d","rule":%q}`, k, rule))
+			f := wsRead(t, ws)
+			if f.Type == "subscribed" {
+				break
+			}
+			if f.Code != "unknown_rule" || k > 100 {
+				t.Fatalf("subscribe to rule %s answered %+v", rule, f)
+			}
+			time.Sleep(50 * time.Millisecond) // the gateway has yet to see the rule
+		}
+		subs[rule] = ws
+	}
+	ws := wsDial(t, "ws://"+httpAddr+"/ws")
+	wsSend(t, ws, `{"type":"subscribe","id":"x","rule":"no-such-rule"}`)
+	if f := wsRead(t, ws); f.Type != "error" || f.Code != "unknown_rule" {
+		t.Fatalf("subscribe to a missing rule answered %+v", f)
+	}
+
+	for _, sql := range []string{
+		`INSERT INTO orders VALUES (1, 'open', 50)`,                 // none
+		`INSERT INTO orders VALUES (2, 'open', 150)`,                // big
+		`UPDATE orders SET total = 60 WHERE id = 1`,                 // was-open
+		`UPDATE orders SET status = 'paid' WHERE id = 1`,            // status-change, was-open
+		`UPDATE orders SET total = 200 WHERE id = 2`,                // was-open, big
+		`UPDATE orders SET status = 'paid', total = 1 WHERE id = 2`, // status-change, was-open (big: the new total is 1)
+		`DELETE FROM orders WHERE id = 1`,                           // none: the old status is paid
+		`INSERT INTO orders VALUES (3, 'open', 10)`,                 // none
+		`DELETE FROM orders WHERE id = 3`,                           // was-open
+		`INSERT INTO orders VALUES (99, 'open', 1000)`,              // big
+		`UPDATE orders SET status = 'done' WHERE id = 99`,           // all three: the end
+	} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	want := map[string][]string{
+		"status-change": {"update 1 paid 60", "update 2 paid 1", "update 99 done 1000"},
+		"was-open":      {"update 1 open 60", "update 1 paid 60", "update 2 open 200", "update 2 paid 1", "delete 3 open 10", "update 99 done 1000"},
+		"big":           {"create 2 - 150", "update 2 - 200", "create 99 - 1000", "update 99 - 1000"},
+	}
+	for rule, ws := range subs {
+		var got []string
+		for {
+			f := wsRead(t, ws)
+			if f.Type != "event" {
+				t.Fatalf("rule %s: %+v", rule, f)
+			}
+			var ev struct {
+				Op   string         `json:"op"`
+				Data map[string]any `json:"data"`
+				Old  map[string]any `json:"old"`
+			}
+			if err := json.Unmarshal(f.Event, &ev); err != nil {
+				t.Fatal(err)
+			}
+			row := ev.Data
+			if ev.Op == "delete" {
+				row = ev.Old
+			}
+			status, ok := row["status"].(string)
+			if !ok {
+				status = "-"
+			}
+			got = append(got, fmt.Sprintf("%s %v %s %v", ev.Op, row["id"], status, row["total"]))
+			if row["id"] == float64(99) && ev.Op == "update" {
+				break
+			}
+		}
+		if !slices.Equal(got, want[rule]) {
+			t.Errorf("rule %s got\n%q\nwant\n%q", rule, got, want[rule])
+		}
+	}
+}
