@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -35,7 +36,49 @@ const (
 type DeadLetters struct {
 	js     jetstream.JetStream
 	name   string // the dead-letter stream
+	str    jetstream.Stream
 	prefix string // "<prefix>_deadletter"
+
+	mu    sync.Mutex
+	wakes map[string]chan struct{} // by endpoint id: its worker's replays here
+}
+
+func (d *DeadLetters) wakeChan(id string) chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.wakes == nil {
+		d.wakes = map[string]chan struct{}{}
+	}
+	ch := make(chan struct{}, 1)
+	d.wakes[id] = ch
+	return ch
+}
+
+func (d *DeadLetters) dropWake(id string, ch chan struct{}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.wakes[id] == ch {
+		delete(d.wakes, id)
+	}
+}
+
+func (d *DeadLetters) wake(id string) {
+	d.mu.Lock()
+	ch := d.wakes[id]
+	d.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// queued reports whether replays of the endpoint wait (true when it
+// cannot tell: the consumer then says).
+func (d *DeadLetters) queued(ctx context.Context, id string) bool {
+	_, err := d.str.GetLastMsgForSubject(ctx, d.ReplaySubject(id))
+	return !errors.Is(err, jetstream.ErrMsgNotFound)
 }
 
 // OpenDeadLetters creates the dead-letter stream of eventStream when
@@ -45,7 +88,11 @@ func OpenDeadLetters(ctx context.Context, js jetstream.JetStream, eventStream, p
 	if err != nil {
 		return nil, err
 	}
-	return &DeadLetters{js: js, name: name, prefix: strings.TrimSuffix(stream.DeadLetterSubjects(prefix), ".>")}, nil
+	str, err := js.Stream(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", name, err)
+	}
+	return &DeadLetters{js: js, name: name, str: str, prefix: strings.TrimSuffix(stream.DeadLetterSubjects(prefix), ".>")}, nil
 }
 
 // Stream is the dead-letter stream's name.
@@ -164,6 +211,9 @@ func (d *DeadLetters) Replay(ctx context.Context, endpointID string, seqs ...uin
 		}
 		n++
 	}
+	if n > 0 {
+		d.wake(endpointID)
+	}
 	return n, nil
 }
 
@@ -201,13 +251,42 @@ func (w *worker) deadLetter(ctx context.Context, e *match.Entry, items []item, r
 	return true
 }
 
-// replays delivers the endpoint's replayed dead letters until ctx ends.
-func (w *worker) replays(ctx context.Context) {
+// replayPoll is how often a worker looks for replays queued by another
+// process (those queued by its own are seen at once).
+const replayPoll = 5 * time.Second
+
+// replays delivers the endpoint's replayed dead letters until ctx ends
+// or, unless wait, until none is queued. An idle endpoint costs no
+// goroutine nor consumer for them: its dispatcher looks for a queued
+// replay every replayPoll (or when this process queues one) and runs
+// replays while there are some. A replay delivered is removed from the
+// stream.
+func (w *worker) replays(ctx context.Context, wait bool) {
 	d := w.m.dl
 	name := replayConsumerName(w.id)
 	var cons jetstream.Consumer
 	backoff := 100 * time.Millisecond
+	var wake chan struct{}
+	if wait {
+		wake = d.wakeChan(w.id)
+		defer d.dropWake(w.id, wake)
+	}
 	for ctx.Err() == nil {
+		if !d.queued(ctx, w.id) {
+			if !wait {
+				return
+			}
+			t := time.NewTimer(replayPoll)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-wake:
+			case <-t.C:
+			}
+			t.Stop()
+			continue
+		}
 		if cons == nil {
 			c, err := w.m.js.CreateOrUpdateConsumer(ctx, d.name, jetstream.ConsumerConfig{
 				Durable:        name,
@@ -266,6 +345,8 @@ func (w *worker) replays(ctx context.Context) {
 			}
 			if err := msg.Ack(); err != nil {
 				w.log().Warn("cannot acknowledge a replayed event; it may be delivered again", "err", err)
+			} else if err := d.str.DeleteMsg(ctx, meta.Sequence.Stream); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+				w.log().Warn("cannot remove a replayed event from the dead-letter stream", "err", err)
 			}
 			w.heldMu.Lock()
 			delete(w.held, ^meta.Sequence.Stream)

@@ -36,7 +36,7 @@ const testPrefix = "tablecast"
 // env is a pipeline: a database with table orders, the reader streaming it
 // into JetStream, the endpoint store, and webhook delivery.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	nats  *natstest.Server
 	db    *pgx.Conn
 	store *endpoint.Store
@@ -53,7 +53,7 @@ type envOptions struct {
 	pinnedTTL time.Duration
 }
 
-func newEnv(t *testing.T, o envOptions) *env {
+func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	n := natstest.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -194,7 +194,7 @@ type receiver struct {
 	addr     string
 }
 
-func newReceiver(t *testing.T) *receiver {
+func newReceiver(t testing.TB) *receiver {
 	t.Helper()
 	r := &receiver{attempts: map[string]int{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -279,7 +279,7 @@ func (r *receiver) requests() []delivery {
 
 // accepted returns the envelopes of the requests answered 2xx, in the
 // order received, each batch's envelopes in order.
-func (r *receiver) accepted(t *testing.T) []envelope {
+func (r *receiver) accepted(t testing.TB) []envelope {
 	t.Helper()
 	var out []envelope
 	for _, d := range r.requests() {
@@ -299,7 +299,7 @@ type envelope struct {
 	Old  map[string]any `json:"old"`
 }
 
-func parseBody(t *testing.T, body []byte) []envelope {
+func parseBody(t testing.TB, body []byte) []envelope {
 	t.Helper()
 	if bytes.HasPrefix(body, []byte("[")) {
 		var list []envelope
@@ -316,7 +316,7 @@ func parseBody(t *testing.T, body []byte) []envelope {
 }
 
 // waitAccepted waits until n envelopes were accepted.
-func (r *receiver) waitAccepted(t *testing.T, n int, within time.Duration) []envelope {
+func (r *receiver) waitAccepted(t testing.TB, n int, within time.Duration) []envelope {
 	t.Helper()
 	var got []envelope
 	waitFor(t, within, fmt.Sprintf("%d events accepted", n), func() bool {

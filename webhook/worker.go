@@ -90,17 +90,14 @@ func (w *worker) run() {
 	defer w.nakHeld()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		w.replays(w.ctx)
-	}()
-	go func() {
-		defer wg.Done()
-		w.keepInProgress(w.ctx)
-	}()
 	if len(w.subjects) == 0 {
-		<-w.ctx.Done() // nothing linked: nothing to read
+		// Nothing linked: nothing to read but replays.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.keepInProgress(w.ctx)
+		}()
+		w.replays(w.ctx, true)
 		return
 	}
 	cons := w.consumer(w.ctx)
@@ -200,9 +197,40 @@ func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, error)
 func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []chan jetstream.Msg) {
 	backoff := 100 * time.Millisecond
 	var env query.Row
+	every := w.m.cfg.AckWait / 3
+	progressed := time.Now()
+	var replaying atomic.Bool
+	var replayWG sync.WaitGroup
+	defer replayWG.Wait()
+	wake := w.m.dl.wakeChan(w.id)
+	defer w.m.dl.dropWake(w.id, wake)
+	lookedForReplays := time.Time{}
 	for ctx.Err() == nil {
+		if time.Since(progressed) >= every {
+			w.progress()
+			progressed = time.Now()
+		}
+		woken := false
+		select {
+		case <-wake:
+			woken = true
+		default:
+		}
+		if !replaying.Load() && (woken || time.Since(lookedForReplays) >= replayPoll) {
+			// Replays get a goroutine of their own while there are some.
+			lookedForReplays = time.Now()
+			if w.m.dl.queued(ctx, w.id) {
+				replaying.Store(true)
+				replayWG.Add(1)
+				go func() {
+					defer replayWG.Done()
+					defer replaying.Store(false)
+					w.replays(ctx, false)
+				}()
+			}
+		}
 		room := max(1, w.capacity-w.heldCount())
-		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		fctx, cancel := context.WithTimeout(ctx, min(5*time.Second, every))
 		batch, err := cons.Fetch(room, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
 		if err != nil {
 			cancel()
@@ -310,9 +338,8 @@ func (w *worker) nakHeld() {
 	clear(w.held)
 }
 
-// keepInProgress tells JetStream, every third of the ack wait, that the
-// messages held are being worked on, so that none is given to another
-// process while this one retries it.
+// keepInProgress calls progress every third of the ack wait until ctx
+// ends (the dispatcher does it between its reads).
 func (w *worker) keepInProgress(ctx context.Context) {
 	t := time.NewTicker(w.m.cfg.AckWait / 3)
 	defer t.Stop()
@@ -322,15 +349,21 @@ func (w *worker) keepInProgress(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		w.heldMu.Lock()
-		msgs := make([]jetstream.Msg, 0, len(w.held))
-		for _, m := range w.held {
-			msgs = append(msgs, m)
-		}
-		w.heldMu.Unlock()
-		for _, m := range msgs {
-			_ = m.InProgress()
-		}
+		w.progress()
+	}
+}
+
+// progress tells JetStream that the messages held are being worked on,
+// so that none is given to another process while this one retries it.
+func (w *worker) progress() {
+	w.heldMu.Lock()
+	msgs := make([]jetstream.Msg, 0, len(w.held))
+	for _, m := range w.held {
+		msgs = append(msgs, m)
+	}
+	w.heldMu.Unlock()
+	for _, m := range msgs {
+		_ = m.InProgress()
 	}
 }
 
