@@ -22,12 +22,15 @@ import (
 	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/connlimit"
 	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/internal/match"
 	"github.com/tablecast/tablecast/stream"
 )
 
-// Rules finds a rule by name: nil when there is none.
-type Rules interface {
+// Managed finds the managed rules and endpoints clients subscribe to (a
+// *match.Registry): nil when there is none of that name.
+type Managed interface {
 	Rule(name string) *endpoint.Rule
+	GetByName(name string) *match.Entry
 }
 
 // Config is the gateway's configuration. Zero fields take the defaults
@@ -147,9 +150,9 @@ type Config struct {
 	// grant (keep the gateway on loopback then).
 	Auth *auth.Authenticator
 
-	// Rules finds the rules clients subscribe to by name (a
-	// *match.Registry). Nil: rule subscriptions are answered unknown_rule.
-	Rules Rules
+	// Managed finds the rules and WebSocket endpoints clients subscribe
+	// to by name (a *match.Registry). Nil: there are none.
+	Managed Managed
 
 	Logger *slog.Logger
 	// Registerer receives the gateway's metrics (nil: none).

@@ -224,8 +224,8 @@ func (c *conn) subscribeRule(m *ClientMessage, s *sub) (key, subject, name strin
 		return "", "", "", &ProtocolError{Code: code, ID: m.ID, Message: msg}
 	}
 	var rule *endpoint.Rule
-	if c.g.cfg.Rules != nil {
-		rule = c.g.cfg.Rules.Rule(m.Rule)
+	if c.g.cfg.Managed != nil {
+		rule = c.g.cfg.Managed.Rule(m.Rule)
 	}
 	if rule == nil {
 		return fail(CodeUnknownRule, "rule "+schema.QuoteName(m.Rule)+" does not exist")
@@ -268,6 +268,86 @@ func (c *conn) subscribeRule(m *ClientMessage, s *sub) (key, subject, name strin
 	s.selected = slices.Clone(selected)
 	s.proj.Store(s.projection(selected))
 	return "t\x00" + t.Subject, t.Subject, t.Name, nil
+}
+
+// subscribeEndpoint makes the subscriptions of a /ws/endpoints/<name>
+// URL: one per streamed table that the WebSocket endpoint's filters and
+// rules apply to and the client may read, with the table's qualified name
+// as its id, sending each event that passes one of them (match.TableMatch)
+// with the columns they select, under the client's grants and row policy.
+// The endpoint and the tables are those known when the client connects.
+func (c *conn) subscribeEndpoint(name string) *ProtocolError {
+	c.authMu.Lock()
+	defer c.authMu.Unlock()
+	g := c.g
+	var e *match.Entry
+	if g.cfg.Managed != nil {
+		e = g.cfg.Managed.GetByName(name)
+	}
+	switch {
+	case e == nil || e.Endpoint.Type != endpoint.TypeWebSocket:
+		return &ProtocolError{Code: CodeInvalidSubscription, Message: "WebSocket endpoint " + schema.QuoteName(name) + " does not exist"}
+	case e.Endpoint.State != endpoint.StateActive:
+		return &ProtocolError{Code: CodeInvalidSubscription, Message: "WebSocket endpoint " + schema.QuoteName(name) + " is " + string(e.Endpoint.State)}
+	}
+	grants := c.id.Grants
+	for _, t := range g.cat.Tables() {
+		tm := e.Matcher.Table(t)
+		if len(tm.Parts) == 0 {
+			continue
+		}
+		granted := grants.TableOps(t.DB, t.Shape.Schema, t.Shape.Table)
+		var ops schema.OpSet
+		var reads []string
+		for _, p := range tm.Parts {
+			ops |= p.Ops
+			reads = append(reads, p.Reads...)
+			reads = append(reads, p.Select...)
+		}
+		if ops&granted == 0 {
+			continue // a table the client may not read: nothing said of it
+		}
+		s := &sub{c: c, id: t.Qualified, table: t, ops: ops & granted, tm: tm}
+		s.granted, s.allColumns = grants.TableColumns(t.DB, t.Shape.Schema, t.Shape.Table)
+		if !s.allColumns {
+			for _, col := range reads {
+				if _, ok := slices.BinarySearch(s.granted, col); !ok {
+					c.sendError(t.Qualified, CodeNotAllowed, "the endpoint's filters and rules read or send column "+schema.QuoteName(col)+" of "+t.Qualified+", which is not granted")
+					s = nil
+					break
+				}
+			}
+			if s == nil {
+				continue
+			}
+		}
+		policy, msg := c.rowPolicy(grants, t, t.Qualified)
+		if msg != "" {
+			c.sendError(t.Qualified, CodeNotAllowed, msg)
+			continue
+		}
+		s.policy.Store(policy)
+		s.reads = reads
+		s.proj.Store(s.projection(nil))
+		if !c.addSub(s) {
+			return nil // closing
+		}
+		ctx, cancel := context.WithTimeout(g.ctx, requestTimeout)
+		for {
+			f, err := g.feedFor(ctx, "t\x00"+t.Subject, t.Subject, "", t.Name)
+			if err != nil {
+				cancel()
+				c.removeSub(s)
+				return &ProtocolError{Code: CodeInternal, Message: "cannot follow " + t.Subject + ": " + err.Error()}
+			}
+			if f.attach(s, nil) {
+				break
+			}
+		}
+		cancel()
+		g.met.subscriptions.Inc()
+	}
+	return nil
 }
 
 // rowPolicy compiles the row policy grants give table t (shown to the

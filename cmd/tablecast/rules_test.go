@@ -17,7 +17,9 @@ import (
 // TestRuleSubscriptions subscribes over WebSocket to rules on a table
 // with REPLICA IDENTITY FULL, on a real gateway, and checks that each
 // gets exactly the changes its rule fires on: changed columns, a where
-// on the old row, a where on the new row.
+// on the old row, a where on the new row; and that a WebSocket endpoint
+// (/ws/endpoints/<name>) gets the events of its filter or its rule, with
+// the columns of the one that passed.
 func TestRuleSubscriptions(t *testing.T) {
 	c := pgtestRequire(t)
 	_, url := c.CreateDatabase(t)
@@ -43,6 +45,14 @@ func TestRuleSubscriptions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if _, err := store.CreateFilter(ctx, &endpoint.Filter{Name: "paid", Tables: []string{"public.*"},
+		Where: json.RawMessage(`{"status":{"eq":"paid"}}`), Select: []string{"id", "status"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.CreateEndpoint(ctx, &endpoint.Endpoint{Name: "screen", Type: endpoint.TypeWebSocket,
+		Filters: []string{"paid"}, Rules: []string{"big"}, WebSocket: &endpoint.WebSocket{}}); err != nil {
+		t.Fatal(err)
+	}
 	httpAddr := freeAddr(t)
 	env := append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_NATS_URL="+n.URL(), "TABLECAST_SLOT="+slot,
 		"TABLECAST_PUBLICATION=tc_rules", "TABLECAST_HTTP_ADDR="+httpAddr)
@@ -67,6 +77,32 @@ func TestRuleSubscriptions(t *testing.T) {
 			time.Sleep(50 * time.Millisecond) // the gateway has yet to see the rule
 		}
 		subs[rule] = ws
+	}
+	// The WebSocket endpoint: one subscription, the table's, with the
+	// events of its filter and its rule.
+	for k := 0; ; k++ {
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		ws, _, err := websocket.Dial(dctx, "ws://"+httpAddr+"/ws/endpoints/screen", nil)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		_, b, err := ws.Read(dctx)
+		cancel()
+		if err == nil {
+			var f wsFrame
+			_ = json.Unmarshal(b, &f)
+			if f.Type != "subscribed" || f.ID == "" {
+				t.Fatalf("/ws/endpoints/screen: %s", b)
+			}
+			t.Cleanup(func() { _ = ws.CloseNow() })
+			subs["screen"] = ws
+			break
+		}
+		if k > 100 {
+			t.Fatalf("/ws/endpoints/screen: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // the gateway has yet to see the endpoint
 	}
 	ws := wsDial(t, "ws://"+httpAddr+"/ws")
 	wsSend(t, ws, `{"type":"subscribe","id":"x","rule":"no-such-rule"}`)
@@ -95,6 +131,7 @@ func TestRuleSubscriptions(t *testing.T) {
 		"status-change": {"update 1 paid 60", "update 2 paid 1", "update 99 done 1000"},
 		"was-open":      {"update 1 open 60", "update 1 paid 60", "update 2 open 200", "update 2 paid 1", "delete 3 open 10", "update 99 done 1000"},
 		"big":           {"create 2 - 150", "update 2 - 200", "create 99 - 1000", "update 99 - 1000"},
+		"screen":        {"create 2 - 150", "update 1 paid <nil>", "update 2 - 200", "update 2 paid <nil>", "delete 1 paid <nil>", "create 99 - 1000", "update 99 - 1000"},
 	}
 	for rule, ws := range subs {
 		var got []string

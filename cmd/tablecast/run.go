@@ -95,7 +95,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		}
 		defer stop()
 		gcfg := cfg.gatewayConfig(log, reg, authn)
-		gcfg.Rules = rules
+		gcfg.Managed = rules
 		if reader != nil {
 			// Clients are let in once the tables the reader streams are
 			// known, not told that one of them does not exist.
