@@ -16,6 +16,9 @@ type Health struct {
 	AckedLSN  string   `json:"acked_lsn"`
 	LagBytes  int64    `json:"lag_bytes"`
 	Reasons   []string `json:"reasons,omitempty"`
+	// SlotLost is set once the reader found its slot lost and created it
+	// again (slotloss.go), until the process ends.
+	SlotLost *SlotLoss `json:"slot_lost,omitempty"`
 }
 
 // Health returns the reader's current health.
@@ -25,6 +28,7 @@ func (r *Reader) Health() Health {
 	r.healthMu.Unlock()
 	h.Streaming = r.streaming.Load()
 	h.AckedLSN = pglogrepl.LSN(r.ackedLSN.Load()).String()
+	h.SlotLost = r.slotLoss.Load()
 	return h
 }
 
@@ -84,19 +88,19 @@ func (r *Reader) watch(ctx context.Context) {
 		downSince             time.Time
 		walStatus, lastStatus string
 		warnedNear            bool
+		status                = statusWriter{r: r}
 	)
 	tick := time.NewTicker(r.cfg.WatchInterval)
 	defer tick.Stop()
 	for {
 		now := time.Now()
 		var reasons []string
-		var lag int64
+		var (
+			lag, retained int64
+			safe          *int64
+		)
 		err := conn.do(ctx, r.cfg.WatchInterval, func(ctx context.Context, conn *pgx.Conn) error {
-			var (
-				confirmed *string
-				retained  int64
-				safe      *int64
-			)
+			var confirmed *string
 			err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text,
 				coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint,
 				coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,
@@ -188,6 +192,11 @@ func (r *Reader) watch(ctx context.Context) {
 		}
 		r.health = Health{Healthy: healthy, LagBytes: lag, Reasons: reasons}
 		r.healthMu.Unlock()
+		figures := slotFigures{lag: lag, retained: retained, safe: -1, walStatus: walStatus}
+		if safe != nil {
+			figures.safe = *safe
+		}
+		status.write(ctx, Health{Healthy: healthy, Reasons: reasons}, figures, err == nil, now)
 
 		select {
 		case <-ctx.Done():

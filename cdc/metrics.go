@@ -15,6 +15,7 @@ type metrics struct {
 	sessions       prometheus.Counter
 	messages       prometheus.Counter
 	skipped        prometheus.Counter
+	slotsLost      prometheus.Counter
 	heartbeatLag   prometheus.Gauge
 	retainedWAL    prometheus.Gauge
 	safeWALSize    prometheus.Gauge
@@ -58,6 +59,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "tablecast_cdc_events_skipped_total",
 			Help: "Events a replay after a restart reached again and did not publish, because the stream already held them.",
 		}),
+		slotsLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_cdc_slots_lost_total",
+			Help: "Times the reader found its slot missing after streaming from it, and created it again: the changes between the two slots are not in the stream.",
+		}),
 		heartbeatLag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tablecast_cdc_heartbeat_lag_seconds",
 			Help: "Time from the last heartbeat's emission in PostgreSQL to its arrival in the reader: end-to-end replication lag.",
@@ -84,7 +89,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(published, m.publishLatency, m.ackedLSN, m.lagBytes, m.streaming, m.sessions,
-			m.messages, m.skipped, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus, m.oversize)
+			m.messages, m.skipped, m.slotsLost, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus, m.oversize)
 	}
 	return m
 }

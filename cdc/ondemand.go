@@ -655,6 +655,7 @@ func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uin
 	var txn schema.Txn
 	txn.ResetSnapshot(lsn, time.Now())
 	subject := stream.ChangeSubject(s.r.prefix, s.r.db, schemaName, name, schema.OpRead)
+	count := s.r.tableCount(schemaName, name)
 	row := make([]schema.Value, len(c.columns))
 	var key []byte
 	skipped := 0
@@ -684,6 +685,7 @@ func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uin
 		}
 		s.lastSeq = seq
 		s.r.m.published[schema.OpRead].Inc()
+		count.Add(1)
 	}
 	if skipped > 0 {
 		s.r.log.Debug("snapshot chunk: rows changed meanwhile left to the stream", "table", c.table, "skipped", skipped)

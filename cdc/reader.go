@@ -45,10 +45,15 @@ type Reader struct {
 	// state shared with Health and the watchdog
 	streaming   atomic.Bool
 	ackedLSN    atomic.Uint64
+	slotLoss    atomic.Pointer[SlotLoss]
 	healthMu    sync.Mutex
 	health      Health
 	streamSince time.Time
 	failing     failingSessions // guarded by healthMu
+
+	started  time.Time
+	countsMu sync.Mutex
+	counts   map[string]*atomic.Int64 // "schema.table" → events published since start (status.go)
 }
 
 // New validates cfg and returns a reader that publishes with nc / js under
@@ -68,7 +73,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, prefix string, log *
 		log = slog.Default()
 	}
 	r := &Reader{cfg: cfg, nc: nc, js: js, prefix: prefix, log: log.With("component", "cdc", "slot", cfg.Slot), m: newMetrics(reg), snaps: newSnapshots(), token: randomID(),
-		registered: make(chan struct{})}
+		registered: make(chan struct{}), started: time.Now(), counts: map[string]*atomic.Int64{}}
 	r.health = Health{Healthy: true}
 	r.streamSince = time.Now()
 	return r, nil
@@ -94,7 +99,22 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	reg, err := stream.OpenRegistry(ctx, r.js, r.cfg.SchemaBucket, 1)
+	// The reader's buckets are copied as often as the event stream is.
+	var replicas int
+	if err := stream.RetryTransient(ctx, func(ctx context.Context) error {
+		str, err := r.js.Stream(ctx, r.cfg.Stream)
+		if err != nil {
+			return err
+		}
+		replicas = str.CachedInfo().Config.Replicas
+		return nil
+	}); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("read the replicas of stream %s: %w", r.cfg.Stream, err)
+	}
+	reg, err := stream.OpenRegistry(ctx, r.js, r.cfg.SchemaBucket, replicas)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -102,8 +122,11 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.registry = reg
-	r.state, err = r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stateBucket, History: 1,
-		Description: "tablecast reader bookkeeping"})
+	err = stream.RetryTransient(ctx, func(ctx context.Context) (err error) {
+		r.state, err = r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stateBucket, History: 1,
+			Replicas: max(replicas, 1), Description: "tablecast reader bookkeeping"})
+		return err
+	})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -338,6 +361,7 @@ func slotPosition(ctx context.Context, conn *pgconn.PgConn, slot string) (uint64
 type relation struct {
 	table    *schema.Table
 	subjects map[string]string // op → subject
+	count    *atomic.Int64     // events published (Reader.tableCount)
 }
 
 // session is the state of one replication connection. Only its goroutine
@@ -623,7 +647,7 @@ func (s *session) newRelation(ctx context.Context, rm *pglogrepl.RelationMessage
 	if err := s.lookUpKey(ctx, rm.RelationID, t); err != nil {
 		return nil, err
 	}
-	rel := &relation{table: t, subjects: map[string]string{}}
+	rel := &relation{table: t, subjects: map[string]string{}, count: s.r.tableCount(t.Schema, t.Name)}
 	for _, op := range schema.AllOps.Names() {
 		rel.subjects[op] = stream.ChangeSubject(s.r.prefix, s.r.db, t.Schema, t.Name, op)
 	}
@@ -669,6 +693,7 @@ func (s *session) publish(ctx context.Context, rel *relation, c *schema.Change) 
 	}
 	s.lastSeq, s.txnPublished = seq, true
 	s.r.m.published[c.Op].Inc()
+	rel.count.Add(1)
 	return nil
 }
 

@@ -25,7 +25,7 @@ const (
 // stateBucket holds the reader's own bookkeeping: whether the initial
 // snapshot that came with a slot was completed, and the slot's position
 // record (position.go).
-const stateBucket = "TABLECAST_STATE"
+const stateBucket = stream.StateBucket
 
 const (
 	snapshotPending = "pending"
@@ -72,6 +72,11 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 	if err != nil {
 		return err
 	}
+	// A slot this reader streamed from and did not drop itself was lost.
+	var lost *positionRecord
+	if !exists {
+		lost = r.lostSlotRecord(ctx)
+	}
 	// Nothing of this origin is after the stream's end as it is now.
 	last, _, created, err := r.streamState(ctx)
 	if err != nil {
@@ -97,6 +102,9 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 	point, err := pglogrepl.ParseLSN(res.ConsistentPoint)
 	if err != nil {
 		return fmt.Errorf("parse consistent point %q: %w", res.ConsistentPoint, err)
+	}
+	if lost != nil {
+		r.reportSlotLoss(lost, origin, point)
 	}
 	if err := r.writePosition(ctx, origin, uint64(point), last, created); err != nil {
 		return err
@@ -223,6 +231,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		}
 		rr := conn.PgConn().ExecParams(ctx, query, nil, nil, nil, nil)
 		subject := stream.ChangeSubject(r.prefix, r.db, st.schema, st.name, schema.OpRead)
+		count := r.tableCount(st.schema, st.name)
 		for rr.NextRow() {
 			row = row[:0]
 			for _, v := range rr.Values() {
@@ -238,6 +247,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 				return none, fmt.Errorf("publish snapshot of %s.%s: %w", st.schema, st.name, err)
 			}
 			r.m.published[schema.OpRead].Inc()
+			count.Add(1)
 			rows++
 			if rows%100_000 == 0 {
 				r.log.Info("snapshot progress", "table", st.schema+"."+st.name, "rows", rows)

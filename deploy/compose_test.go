@@ -353,7 +353,9 @@ func TestComposeStackRuns(t *testing.T) {
 			}
 			out = append(out, k+"="+v)
 		}
-		return out
+		// Each container has a loopback of its own for the admin API's
+		// default address; these processes share this machine's.
+		return append(out, "TABLECAST_ADMIN_ADDR="+freeAddr(t))
 	}
 	cdcEnv := envOf("cdc")
 	dropSlotAtCleanup(t, c.URL(db), "tablecast")

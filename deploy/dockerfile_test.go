@@ -494,7 +494,7 @@ func TestImageRunsAndReportsHealthy(t *testing.T) {
 	slot := "tc_image_" + strconv.Itoa(os.Getpid())
 	dropSlotAtCleanup(t, url, slot)
 	env = append(env, "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_ALLOW_ANONYMOUS=true",
-		"TABLECAST_NATS_LISTEN="+freeAddr(t))
+		"TABLECAST_NATS_LISTEN="+freeAddr(t), "TABLECAST_ADMIN_ADDR="+freeAddr(t))
 	ep, _ := final.last("ENTRYPOINT")
 	cmd, _ := final.last("CMD")
 	if ep.args[0] != "/tablecast" {

@@ -63,7 +63,7 @@ func scrapeRun(t *testing.T) scrape {
 	dropSlotAtCleanup(t, url, slot)
 	addr := freeAddr(t)
 	env := append(systemEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_HTTP_ADDR="+addr,
-		"TABLECAST_NATS_LISTEN="+freeAddr(t), "TABLECAST_DATA_DIR="+t.TempDir(), "TABLECAST_MAX_EVENT_BYTES=65536")
+		"TABLECAST_NATS_LISTEN="+freeAddr(t), "TABLECAST_DATA_DIR="+t.TempDir(), "TABLECAST_MAX_EVENT_BYTES=65536", "TABLECAST_ADMIN_ADDR="+freeAddr(t))
 	start(t, env, bin, "run")
 	waitFor(t, 2*time.Minute, "tablecast run to be ready", func() bool {
 		code, _, err := httpGet("http://" + addr + "/readyz")
@@ -186,7 +186,7 @@ func TestMonitoring(t *testing.T) {
 		}
 		// What an operator must act on, each with its alert.
 		for _, want := range []string{"TablecastReaderNotStreaming", "TablecastSlotLagGrowing", "TablecastSlotWALNearLimit",
-			"TablecastJetStreamNotStoring", "TablecastDataDiskLow", "TablecastDeadLetters"} {
+			"TablecastJetStreamNotStoring", "TablecastDataDiskLow", "TablecastDeadLetters", "TablecastSlotLost"} {
 			if !alerts[want] {
 				t.Errorf("no alert %s", want)
 			}

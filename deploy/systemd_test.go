@@ -188,7 +188,7 @@ func TestSystemdServiceRuns(t *testing.T) {
 		}
 		env = append(env, k+"="+v)
 	}
-	env = append(env, "TABLECAST_SLOT="+slot, "TABLECAST_NATS_LISTEN="+freeAddr(t))
+	env = append(env, "TABLECAST_SLOT="+slot, "TABLECAST_NATS_LISTEN="+freeAddr(t), "TABLECAST_ADMIN_ADDR="+freeAddr(t))
 	exec := strings.Fields(u.get("Service", "ExecStart"))
 	p := start(t, env, bin, exec[1:]...)
 	waitFor(t, 2*time.Minute, "the service to be healthy", func() bool {

@@ -74,6 +74,15 @@ type DeadLetterConfig struct {
 // returns its name. Records are kept until deleted: there are few, and each
 // stands for data an operator has to look at.
 func EnsureDeadLetterStream(ctx context.Context, js jetstream.JetStream, cfg DeadLetterConfig) (string, error) {
+	var name string
+	err := retry(ctx, retryWithin, func(ctx context.Context) (err error) {
+		name, err = ensureDeadLetterStream(ctx, js, cfg)
+		return err
+	})
+	return name, err
+}
+
+func ensureDeadLetterStream(ctx context.Context, js jetstream.JetStream, cfg DeadLetterConfig) (string, error) {
 	if cfg.EventStream == "" {
 		cfg.EventStream = DefaultStreamName
 	}

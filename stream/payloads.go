@@ -59,12 +59,16 @@ func OpenPayloadStore(ctx context.Context, js jetstream.JetStream, cfg PayloadSt
 		// Half the maximum leaves room for the chunk's headers.
 		chunk = max(min(chunk, cfg.MaxPayload/2), 1)
 	}
-	obs, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      cfg.Bucket,
-		Description: "tablecast: events too large for one NATS message, named by the claims in the event stream",
-		TTL:         ttl,
-		Replicas:    max(cfg.Replicas, 1),
-		Storage:     cfg.Storage,
+	var obs jetstream.ObjectStore
+	err := retry(ctx, retryWithin, func(ctx context.Context) (err error) {
+		obs, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket:      cfg.Bucket,
+			Description: "tablecast: events too large for one NATS message, named by the claims in the event stream",
+			TTL:         ttl,
+			Replicas:    max(cfg.Replicas, 1),
+			Storage:     cfg.Storage,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open object store %s: %w", cfg.Bucket, err)

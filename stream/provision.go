@@ -121,6 +121,16 @@ func (c StreamConfig) Subjects() string {
 // the messages beyond the new limit). Storage cannot be changed in place:
 // a mismatch is an error.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
+	var s jetstream.Stream
+	err := retry(ctx, retryWithin, func(ctx context.Context) error {
+		var err error
+		s, err = ensureStream(ctx, js, cfg)
+		return err
+	})
+	return s, err
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, fmt.Errorf("ensure stream: %w", err)

@@ -39,7 +39,7 @@ var (
 	ErrNegativeAck = errors.New("JetStream did not store the message")
 	// ErrNoStream: no JetStream stream stores the subject (NATS answered
 	// "no responders").
-	ErrNoStream = errors.New("no JetStream stream stores this subject")
+	ErrNoStream = errors.New("no JetStream stream stores this subject, or none answered (in a cluster: its replicas may be electing a leader)")
 	// ErrAckTimeout: JetStream did not acknowledge a message in time.
 	ErrAckTimeout = errors.New("no acknowledgement from JetStream in time")
 	// ErrConnectionLost: the connection to NATS dropped while messages were

@@ -30,11 +30,15 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream, bucket string, re
 	if bucket == "" {
 		bucket = DefaultSchemaBucket
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      bucket,
-		Description: "tablecast schema registry: the shape of every streamed table",
-		History:     schemaHistory,
-		Replicas:    max(replicas, 1),
+	var kv jetstream.KeyValue
+	err := retry(ctx, retryWithin, func(ctx context.Context) (err error) {
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      bucket,
+			Description: "tablecast schema registry: the shape of every streamed table",
+			History:     schemaHistory,
+			Replicas:    max(replicas, 1),
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open schema registry bucket %s: %w", bucket, err)

@@ -40,11 +40,15 @@ func OpenTopics(ctx context.Context, js jetstream.JetStream, str jetstream.Strea
 	if bucket == "" {
 		bucket = DefaultTopicBucket
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      bucket,
-		Description: "tablecast custom topics",
-		History:     1,
-		Replicas:    max(replicas, 1),
+	var kv jetstream.KeyValue
+	err := retry(ctx, retryWithin, func(ctx context.Context) (err error) {
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      bucket,
+			Description: "tablecast custom topics",
+			History:     1,
+			Replicas:    max(replicas, 1),
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open topic bucket %s: %w", bucket, err)

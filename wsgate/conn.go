@@ -125,7 +125,7 @@ func (g *Gateway) handshake(nc net.Conn, slot *connlimit.Slot, httpLn *chanListe
 		return
 	}
 	req, he := parseUpgradeRequest(buf[:n])
-	if he == nil && !g.hosts.allowed(req.host) {
+	if he == nil && !g.hosts.Allowed(req.host) {
 		he = errStatus(http.StatusMisdirectedRequest, "host "+schema.QuoteName(req.host)+" is not served here")
 	}
 	if he == nil {

@@ -33,7 +33,7 @@
 // Gateway serves the protocol. It reads the first request of every
 // connection itself, every buffer bounded (upgrade.go), upgrades WebSocket
 // requests off net/http, and hands every other request to an http.Handler
-// through net/http, after checking its Host (hosts.go: DNS rebinding). An idle connection holds no goroutine and no buffer: it is
+// through net/http, after checking its Host (hosts.go and internal/hosts: DNS rebinding). An idle connection holds no goroutine and no buffer: it is
 // registered in one epoll set (netpoll_linux.go), a goroutine reads only
 // when input arrives, bounded by a read deadline, and a goroutine writes
 // only while frames are queued (conn.go).

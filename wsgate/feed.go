@@ -587,6 +587,7 @@ func (g *Gateway) detach(s *sub) {
 	f.mu.Unlock()
 	g.replays.cancel(s)
 	g.met.subscriptions.Dec()
+	g.subCount.Add(-1)
 	if !empty {
 		return
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/connlimit"
 	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/internal/hosts"
 	"github.com/tablecast/tablecast/internal/match"
 	"github.com/tablecast/tablecast/stream"
 )
@@ -153,6 +154,14 @@ type Config struct {
 	// Managed finds the rules and WebSocket endpoints clients subscribe
 	// to by name (a *match.Registry). Nil: there are none.
 	Managed Managed
+	// Version is the build the status endpoint reports. Default "": none.
+	Version string
+	// Endpoints, when set, lists the managed endpoints identity id may
+	// see, as the "endpoints" member of the status endpoint (StatusPath),
+	// which the console shows as a table (an array of flat objects, one per
+	// endpoint, reads best). Nil: the member is absent, and the console
+	// hides its section.
+	Endpoints func(ctx context.Context, id *auth.Identity) (any, error)
 
 	Logger *slog.Logger
 	// Registerer receives the gateway's metrics (nil: none).
@@ -261,10 +270,12 @@ type Gateway struct {
 	feedMu sync.Mutex
 	feeds  map[string]*feed
 
-	hosts      *hostPolicy
+	hosts      *hosts.Policy
 	handshakes atomic.Int64       // connections whose first request is being read
 	unauth     *connlimit.PerAddr // unauthenticated connections per address
 	replays    *replays
+	statuses   readerStatuses // the readers' status records (status.go)
+	subCount   atomic.Int64   // subscriptions of all connections, as the metric
 
 	connMu     sync.Mutex
 	conns      map[*conn]struct{}
@@ -316,7 +327,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 		replays:    newReplays(cfg.MaxReplays, cfg.MaxReplaysPerConn, cfg.ReplayRate, met),
 		conns:      map[*conn]struct{}{},
 		identConns: map[string]int{},
-		hosts:      newHostPolicy(cfg.AllowedHosts, nil),
+		hosts:      hosts.NewPolicy(cfg.AllowedHosts, nil),
 		unauth:     connlimit.NewPerAddr(cfg.MaxUnauthenticatedPerAddr),
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
@@ -389,15 +400,17 @@ func (g *Gateway) refuseNotReady(w http.ResponseWriter) bool {
 }
 
 // Serve accepts connections on ln until Shutdown. WebSocket requests (GET
-// /ws, /ws/tables/…) are upgraded without going through net/http; every
-// other request is served by h (health, metrics, the page).
+// /ws, /ws/tables/…) are upgraded without going through net/http; the
+// gateway answers StatusPath itself; every other request is served by h
+// (health, metrics, the console).
 func (g *Gateway) Serve(ln net.Listener, h http.Handler) error {
 	mux := http.NewServeMux()
 	mux.Handle("/", h)
 	mux.Handle("/ws", g)
 	mux.Handle("/ws/", g)
-	g.hosts = newHostPolicy(g.cfg.AllowedHosts, ln.Addr())
-	if (g.hosts.anyIP || !g.hosts.loopback) && len(g.cfg.AllowedHosts) == 0 {
+	mux.HandleFunc(StatusPath, g.serveStatus)
+	g.hosts = hosts.NewPolicy(g.cfg.AllowedHosts, ln.Addr())
+	if g.hosts.ReachableByName() && len(g.cfg.AllowedHosts) == 0 {
 		// Off loopback, clients usually come by a name; without one listed
 		// they are all answered 421.
 		g.log.Warn("no host names allowed: only requests for an IP address (or localhost) are answered", "addr", ln.Addr().String())

@@ -206,6 +206,7 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		}
 	}
 	g.met.subscriptions.Inc()
+	g.subCount.Add(1)
 	if c.isClosing() {
 		g.detach(s)
 		return nil

@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-// pageHTML is the demo page: one self-contained file, inline CSS and
-// JavaScript, no external resources.
+// pageHTML is the operator's console: one self-contained file, inline CSS
+// and JavaScript, no external resources, no build step.
 //
 //go:embed page/index.html
 var pageHTML []byte
@@ -28,16 +28,21 @@ var pageETag = func() string {
 	return `"` + base64.RawURLEncoding.EncodeToString(sum[:12]) + `"`
 }()
 
-// PageHandler serves the demo page at "/" (GET and HEAD only; 404 for any other path
+// PageHandler serves the operator's console at "/" (GET and HEAD only; 404 for any other path
 // it is mounted on by mistake is the mux's business). Content-Type text/html; charset=utf-8,
 // Cache-Control: no-cache, and a Content-Security-Policy that allows only the page's own inline
 // script/style and connect-src 'self' ws: wss:.
 //
-// The page lists the tables the client may read (a "topics" message),
-// subscribes to one (the first, or the page's ?table= parameter), and shows
-// its events live, newest first; it reconnects with backoff and resumes
-// with "from" so no event is lost. A ?token= parameter of the page is passed
-// on to /ws.
+// The console polls the gateway's status (StatusPath) every two seconds and
+// shows the tables the caller may read with their event rates, the
+// replication slot of their readers (lag and retained WAL as a chart), the
+// gateway's clients and subscriptions, and the managed endpoints when the
+// status has them. Below, a live view: it lists the tables the client may
+// read (a "topics" message), subscribes to one (the first, the one clicked,
+// or the page's ?table= parameter) with an optional where filter and
+// select, and shows its events live, newest first; it reconnects with
+// backoff and resumes with "from" so no event is lost. A ?token= parameter
+// of the page is passed on to /ws and, as a bearer token, to the status.
 func PageHandler() http.Handler {
 	return http.HandlerFunc(servePage)
 }

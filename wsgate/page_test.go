@@ -57,14 +57,15 @@ func TestPageServed(t *testing.T) {
 		`type: "topics"`,    // …to a table from the list,
 		"m.from = lastSeq",  // resumes after a reconnect,
 		`"/ws"`,             // on the gateway's endpoint,
-		`get("token")`,      // passing the page's token on.
+		`get("token")`,      // passing the page's token on,
+		`"/api/status"`,     // and shows the gateway's status.
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %q", want)
 		}
 	}
-	if len(body) >= 15<<10 {
-		t.Errorf("page is %d bytes, want < 15 KiB", len(body))
+	if len(body) >= 24<<10 {
+		t.Errorf("page is %d bytes, want < 24 KiB", len(body))
 	}
 }
 

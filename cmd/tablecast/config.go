@@ -62,7 +62,7 @@ type Config struct {
 	DuplicateWindow time.Duration `envconfig:"DUPLICATE_WINDOW" default:"30s" desc:"JetStream duplicate window: a message whose Nats-Msg-Id was stored within it is dropped (the reader skips older repeats itself)"`
 	StreamMaxAge    time.Duration `envconfig:"STREAM_MAX_AGE" default:"168h" desc:"how long the stream keeps events (7 days); 0 keeps them until STREAM_MAX_BYTES"`
 	StreamMaxBytes  int64         `envconfig:"STREAM_MAX_BYTES" desc:"size limit of the stream in bytes, oldest events dropped first; unset: three quarters of TABLECAST_NATS_MAX_STORE (6 GiB); -1: none (external NATS only)"`
-	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"stream replicas in a NATS cluster"`
+	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"copies of the stream and of every bucket, in a NATS cluster"`
 	MaxInFlight     int           `envconfig:"MAX_IN_FLIGHT" default:"8192" desc:"events published but not yet acknowledged by JetStream, at most"`
 	MaxEventBytes   int           `envconfig:"MAX_EVENT_BYTES" default:"67108864" desc:"largest event published whole; one larger than NATS's max payload goes to the TABLECAST_PAYLOADS object store with a claim in the stream, one larger than this is published without its rows and dead-lettered"`
 
@@ -105,6 +105,9 @@ type Config struct {
 
 	Webhooks         bool     `envconfig:"WEBHOOKS" default:"true" desc:"deliver the webhook endpoints' events (tablecast run and gateway); several processes share each endpoint, one delivering at a time"`
 	WebhookAllowNets []string `envconfig:"WEBHOOK_ALLOW_NETS" desc:"networks (CIDR, comma-separated, such as 10.0.0.0/8) webhooks may be sent to although private, loopback or link-local; empty: public addresses only"`
+	AdminAddr        string   `envconfig:"ADMIN_ADDR" default:"127.0.0.1:8091" desc:"address of the admin API (managed endpoints, filters and rules; HTTP and JSON) served by run and gateway; off turns it off; off loopback it needs authentication (TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE) and callers the admin grant"`
+	AdminURL         string   `envconfig:"ADMIN_URL" desc:"admin API the endpoints, filters and rules commands call (http://host:port); empty: http:// and TABLECAST_ADMIN_ADDR"`
+	AdminToken       string   `envconfig:"ADMIN_TOKEN" desc:"JWT or API key the endpoints, filters and rules commands send as Authorization: Bearer; empty: none (enough on loopback without authentication)"`
 
 	PProf     bool   `envconfig:"PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on TABLECAST_HTTP_ADDR (keep that address private)"`
 	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
@@ -166,6 +169,7 @@ func loadConfig() (Config, error) {
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		errs = append(errs, fmt.Errorf("TABLECAST_HTTP_ADDR %q: %w", c.HTTPAddr, err))
 	}
+	errs = append(errs, c.checkAdmin()...)
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
 	}
@@ -407,6 +411,7 @@ func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer, authn
 		MaxReplays:                c.WSMaxReplays,
 		MaxReplaysPerConn:         c.WSMaxReplaysPerConn,
 		ReplayRate:                c.WSReplayRate,
+		Version:                   version,
 		Logger:                    log.With("component", "gateway"),
 		Registerer:                reg,
 	}
@@ -472,6 +477,9 @@ Usage:
   tablecast snapshot schema.table  ask the running reader, over NATS, to snapshot one table (op read) while it streams
   tablecast slot status            the replication slot: holder, LSNs, lag, retained WAL, wal_status
   tablecast slot drop [--force]    drop the replication slot; --force terminates the process holding it first
+  tablecast endpoints list|get|create|update|delete|pause|resume …   manage endpoints over the admin API (tablecast endpoints help)
+  tablecast filters list|get|create|update|delete|link|unlink …     manage event filters over the admin API
+  tablecast rules list|get|create|update|delete|link|unlink …       manage rules over the admin API
   tablecast healthcheck [--ready]  ask the running tablecast on TABLECAST_HTTP_ADDR for /healthz (/readyz); exit 0 when it answers 200
   tablecast help                   this text
   tablecast version                version and build information

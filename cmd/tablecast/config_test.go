@@ -40,6 +40,9 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		{map[string]string{"TABLECAST_DUPLICATE_WINDOW": "2h", "TABLECAST_STREAM_MAX_AGE": "1h"}, []string{"must not exceed TABLECAST_STREAM_MAX_AGE"}},
 		{map[string]string{"TABLECAST_DATABASE_URL": "postgre://app:s3cret@db.example/shop"}, []string{`TABLECAST_DATABASE_URL: scheme "postgre" is not postgres:// or postgresql://`}},
 		{map[string]string{"TABLECAST_DATABASE_URL": "postgres://app:s3cret@db.example:99999/shop"}, []string{"TABLECAST_DATABASE_URL: not a PostgreSQL connection string", "invalid port"}},
+		{map[string]string{"TABLECAST_ADMIN_ADDR": "8091"}, []string{`TABLECAST_ADMIN_ADDR "8091": want host:port (127.0.0.1:8091), or off`}},
+		{map[string]string{"TABLECAST_ADMIN_ADDR": "127.0.0.1:8080"}, []string{"TABLECAST_ADMIN_ADDR 127.0.0.1:8080 is TABLECAST_HTTP_ADDR too"}},
+		{map[string]string{"TABLECAST_ADMIN_URL": "ftp://admin.example.com"}, []string{`TABLECAST_ADMIN_URL "ftp://admin.example.com": want http://host:port or https://host:port`}},
 		{map[string]string{"TABLECAST_DATABASE_URL": "host=db password=s3cret port=five"}, []string{"TABLECAST_DATABASE_URL: not a PostgreSQL connection string"}},
 	}
 	for _, tt := range tests {
@@ -78,12 +81,13 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		t.Setenv("TABLECAST_MAX_IN_FLIGHT", "65536")
 		t.Setenv("TABLECAST_DATABASE_URL", "postgresql://app@db.example/shop?sslmode=disable")
 		t.Setenv("TABLECAST_HEARTBEAT_INTERVAL", "0")
+		t.Setenv("TABLECAST_ADMIN_ADDR", "off")
 		c, err := loadConfig()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.MaxInFlight != 65536 || c.Heartbeat != 0 {
-			t.Fatalf("got MaxInFlight %d, Heartbeat %s", c.MaxInFlight, c.Heartbeat)
+		if c.MaxInFlight != 65536 || c.Heartbeat != 0 || c.adminEnabled() {
+			t.Fatalf("got MaxInFlight %d, Heartbeat %s, admin API on %v", c.MaxInFlight, c.Heartbeat, c.adminEnabled())
 		}
 	})
 }

@@ -153,6 +153,12 @@ func dispatch(ctx context.Context, args []string) error {
 			return err
 		}
 		return healthcheck(ctx, cfg, args[1:], os.Stdout)
+	case "endpoints", "filters", "rules":
+		cfg, err := loadConfig()
+		if err != nil {
+			return err
+		}
+		return manage(ctx, cfg, args[0], args[1:], os.Stdin, os.Stdout)
 	case "slot":
 		cmd, err := parseSlotArgs(args[1:])
 		if err != nil {

@@ -98,7 +98,10 @@ func runBinary(t *testing.T, timeout time.Duration, env []string, args ...string
 }
 
 // baseEnv is the environment without any TABLECAST_ variable of the
-// developer's, so that tests see the defaults.
+// developer's, so that tests see the defaults, but for the admin API,
+// which is off: processes of tests running at once would all want its
+// default address. Tests of the admin API set TABLECAST_ADMIN_ADDR after
+// (the last value of a variable wins).
 func baseEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
@@ -106,7 +109,7 @@ func baseEnv() []string {
 			env = append(env, kv)
 		}
 	}
-	return env
+	return append(env, "TABLECAST_ADMIN_ADDR=off")
 }
 
 // natsServer is the shared test NATS; the tablecast processes under test

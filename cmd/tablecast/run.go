@@ -85,6 +85,21 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 			return err
 		}
 	}
+	errc := make(chan error, 3)
+	adminReady := func() bool { return true }
+	var endpoints *endpoint.Store
+	if withGateway && cfg.adminEnabled() {
+		var registered <-chan struct{}
+		if reader != nil {
+			registered = reader.Registered()
+		}
+		stopAdmin, ready, store, err := startAdmin(ctx, cfg, log, reg, js, authn, registered, errc)
+		if err != nil {
+			return err
+		}
+		defer stopAdmin()
+		adminReady, endpoints = ready, store
+	}
 	var gw *wsgate.Gateway
 	if withGateway {
 		// The managed endpoints, filters and rules: the gateway's rule
@@ -96,6 +111,9 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		defer stop()
 		gcfg := cfg.gatewayConfig(log, reg, authn)
 		gcfg.Managed = rules
+		if endpoints != nil {
+			gcfg.Endpoints = consoleEndpoints(endpoints)
+		}
 		if reader != nil {
 			// Clients are let in once the tables the reader streams are
 			// known, not told that one of them does not exist.
@@ -138,6 +156,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		if reader != nil {
 			ready = ready && reader.Health().Streaming
 		}
+		ready = ready && adminReady()
 		writeJSON(w, ready, map[string]bool{"ready": ready})
 	})
 	if gw != nil {
@@ -151,11 +170,10 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 
-	errc := make(chan error, 2)
 	var srv *http.Server
 	if gw != nil {
 		go func() { errc <- gw.Serve(ln, mux) }()
-		log.Info("gateway listening", "addr", ln.Addr().String(), "endpoints", "/ /tablecast.js /ws /ws/tables/… /healthz /readyz /metrics")
+		log.Info("gateway listening", "addr", ln.Addr().String(), "endpoints", "/ /api/status /tablecast.js /ws /ws/tables/… /healthz /readyz /metrics")
 	} else {
 		srv = cfg.httpServer(mux)
 		go func() {

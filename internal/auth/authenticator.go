@@ -167,6 +167,9 @@ func New(cfg Config) (*Authenticator, error) {
 				break
 			}
 		}
+		if g.admin != 0 {
+			bad("AnonymousGrants", errors.New("admin cannot be granted to clients without credentials"))
+		}
 		a.anon = &Identity{Method: MethodAnonymous, Grants: g}
 		if g.Limits().Connections > 0 {
 			a.anon.key = keyAnonymous

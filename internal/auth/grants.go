@@ -90,6 +90,12 @@
 // limits tightens per-identity limits: connections (simultaneous
 // connections of this identity) and subscriptions (per connection). 0 or
 // absent leaves the gateway's own setting.
+//
+// admin opens the admin API (managed endpoints, filters and rules):
+// "read" lists and reads them, "write" also creates, changes, pauses and
+// deletes them (write implies read): {"admin": ["read", "write"]}. Any
+// other word is an error. Absent: no access to the admin API. Anonymous
+// grants cannot hold it.
 
 package auth
 
@@ -158,7 +164,17 @@ type Grants struct {
 	topics   [topicActions][]topicPattern
 	policies []grantPolicy // sorted: "*" first, then db.*.*, schema.*, exact
 	limits   Limits
+	admin    adminAccess
 }
+
+// adminAccess is the grants claim's "admin": what of the admin API the
+// identity may use.
+type adminAccess uint8
+
+const (
+	adminRead adminAccess = 1 << iota
+	adminWrite
+)
 
 // columnGrant is the columns a pattern of the claim's "columns" grants.
 type columnGrant struct {
@@ -567,8 +583,10 @@ func GrantsFromClaims(claims map[string]any) (*Grants, error) {
 			err = g.readPolicies(v, claims)
 		case "limits":
 			err = g.readLimits(v)
+		case "admin":
+			err = g.readAdmin(v)
 		default:
-			err = fmt.Errorf("unknown member %q (want tables, columns, topics, policies or limits)", k)
+			err = fmt.Errorf("unknown member %q (want tables, columns, topics, policies, limits or admin)", k)
 		}
 		if err != nil {
 			return nil, err
@@ -791,6 +809,40 @@ func (g *Grants) readLimits(v any) error {
 		*dst = int(n)
 	}
 	return nil
+}
+
+// readAdmin reads "admin": a list of "read" and "write".
+func (g *Grants) readAdmin(v any) error {
+	list, ok := v.([]any)
+	if !ok {
+		return errors.New(`admin must be a list of "read" and "write"`)
+	}
+	for _, e := range list {
+		var bit adminAccess
+		switch e {
+		case "read":
+			bit = adminRead
+		case "write":
+			bit = adminWrite | adminRead
+		default:
+			return fmt.Errorf(`admin: unknown access %s (want "read" or "write")`, shortJSON(e))
+		}
+		g.admin |= bit
+	}
+	return nil
+}
+
+// CanAdminRead reports whether the identity may read the admin API's
+// endpoints, filters and rules (the grants claim's "admin": "read" or
+// "write").
+func (g *Grants) CanAdminRead() bool {
+	return g != nil && (g.all || g.admin&adminRead != 0)
+}
+
+// CanAdminWrite reports whether the identity may change them ("admin":
+// "write").
+func (g *Grants) CanAdminWrite() bool {
+	return g != nil && (g.all || g.admin&adminWrite != 0)
 }
 
 // claimInt reads a whole number decoded by encoding/json.

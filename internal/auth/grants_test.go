@@ -171,6 +171,11 @@ func TestGrantsMalformed(t *testing.T) {
 		{`{"policies": {"public.orders": {"t": {"in": [{"claim": ""}]}}}}`, "claim reference"},
 		{`{"policies": {"bad": {}}}`, `pattern "bad"`},
 		{`{"policies": {"public.*": {}, "\"public\".*": {}}}`, "repeats a pattern"},
+		{`{"admin": "write"}`, `admin must be a list of "read" and "write"`},
+		{`{"admin": ["read", "delete"]}`, `unknown access "delete"`},
+		{`{"admin": ["Write"]}`, `unknown access "Write"`},
+		{`{"admin": [true]}`, `unknown access true`},
+		{`{"admin": {"read": true}}`, `admin must be a list`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.grants, func(t *testing.T) {
@@ -569,5 +574,38 @@ func TestGrantsPoliciesCombineWhateverTheirShape(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestGrantsAdmin(t *testing.T) {
+	for _, tc := range []struct {
+		grants      string
+		read, write bool
+	}{
+		{`{}`, false, false},
+		{`{"tables": {"*": ["*"]}}`, false, false},
+		{`{"admin": []}`, false, false},
+		{`{"admin": ["read"]}`, true, false},
+		{`{"admin": ["write"]}`, true, true},
+		{`{"admin": ["read", "write"]}`, true, true},
+	} {
+		g, err := ParseGrants([]byte(tc.grants))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.grants, err)
+		}
+		if g.CanAdminRead() != tc.read || g.CanAdminWrite() != tc.write {
+			t.Errorf("%s: read %v write %v, want %v %v", tc.grants, g.CanAdminRead(), g.CanAdminWrite(), tc.read, tc.write)
+		}
+	}
+	if !AnonymousIdentity().Grants.CanAdminWrite() {
+		t.Error("the anonymous identity of a server without authentication may not write the admin API")
+	}
+	var none *Grants
+	if none.CanAdminRead() || none.CanAdminWrite() {
+		t.Error("nil grants open the admin API")
+	}
+	g, _ := ParseGrants([]byte(`{"admin": ["read"]}`))
+	if _, err := New(Config{AnonymousGrants: g}); err == nil || !strings.Contains(err.Error(), "admin cannot be granted to clients without credentials") {
+		t.Errorf("anonymous grants with admin: %v", err)
 	}
 }

@@ -376,9 +376,34 @@ func (c *Catalog) RemoveTopic(name string) bool {
 // each database when it is in several, so that every name listed can be
 // subscribed to as it is.
 func (c *Catalog) Visible(grants *auth.Grants) (tables, topics []string) {
+	tables = []string{}
+	for _, v := range c.VisibleTables(grants) {
+		tables = append(tables, v.Name)
+	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	tables, topics = []string{}, []string{}
+	topics = []string{}
+	for name := range c.topics {
+		if grants.CanSubscribeTopic(name) {
+			topics = append(topics, name)
+		}
+	}
+	slices.Sort(topics)
+	return tables, topics
+}
+
+// Listed is a table a client may read, with the name Visible lists it by.
+type Listed struct {
+	Name  string
+	Table *Table
+}
+
+// VisibleTables returns the tables a client with grants may read, sorted by
+// the names Visible lists them by.
+func (c *Catalog) VisibleTables(grants *auth.Grants) []Listed {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := []Listed{}
 	for k, list := range c.byName {
 		n := 0
 		for _, t := range list {
@@ -390,20 +415,14 @@ func (c *Catalog) Visible(grants *auth.Grants) (tables, topics []string) {
 			switch {
 			case grants.TableOps(t.DB, k.schema, k.table) == 0:
 			case n == 1:
-				tables = append(tables, t.Name)
+				out = append(out, Listed{t.Name, t})
 			default:
-				tables = append(tables, t.Qualified)
+				out = append(out, Listed{t.Qualified, t})
 			}
 		}
 	}
-	for name := range c.topics {
-		if grants.CanSubscribeTopic(name) {
-			topics = append(topics, name)
-		}
-	}
-	slices.Sort(tables)
-	slices.Sort(topics)
-	return tables, topics
+	slices.SortFunc(out, func(a, b Listed) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // Tables returns every table readers stream, sorted by qualified name,

@@ -42,6 +42,7 @@ type Server struct {
 	srv    *server.Server
 	proc   bool // StartProcess's: cmd instead of emb
 	cmd    *exec.Cmd
+	urls   string // a cluster's client: every node's URL; no server of its own
 }
 
 // Start starts a server for t, stopped (and its client closed) when t ends.
@@ -144,7 +145,12 @@ func start(t testing.TB, s *Server) *Server {
 }
 
 // URL is the server's client URL; it stays the same across restarts.
-func (s *Server) URL() string { return "nats://" + s.listen }
+func (s *Server) URL() string {
+	if s.urls != "" {
+		return s.urls
+	}
+	return "nats://" + s.listen
+}
 
 // Stop shuts the server down, keeping its port and store for Restart.
 func (s *Server) Stop() {
@@ -168,6 +174,9 @@ func (s *Server) Stop() {
 // and store.
 func (s *Server) Restart() {
 	s.t.Helper()
+	if s.urls != "" {
+		return // a cluster's client: its nodes restart one by one
+	}
 	if s.stock {
 		s.restartStock()
 		return

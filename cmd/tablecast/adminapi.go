@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tablecast/tablecast/admin"
+	"github.com/tablecast/tablecast/internal/auth"
+	"github.com/tablecast/tablecast/internal/catalog"
+	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// adminEnabled reports whether TABLECAST_ADMIN_ADDR asks for the admin
+// API ("off" or empty turns it off).
+func (c Config) adminEnabled() bool {
+	a := strings.TrimSpace(c.AdminAddr)
+	return a != "" && !strings.EqualFold(a, "off")
+}
+
+// checkAdmin checks the admin API's variables, for loadConfig.
+func (c Config) checkAdmin() []error {
+	var errs []error
+	if c.adminEnabled() {
+		if _, _, err := net.SplitHostPort(c.AdminAddr); err != nil {
+			errs = append(errs, fmt.Errorf("TABLECAST_ADMIN_ADDR %q: want host:port (127.0.0.1:8091), or off: %w", c.AdminAddr, err))
+		} else if c.AdminAddr == c.HTTPAddr {
+			errs = append(errs, fmt.Errorf("TABLECAST_ADMIN_ADDR %s is TABLECAST_HTTP_ADDR too: the admin API needs an address of its own (or off)", c.AdminAddr))
+		}
+	}
+	if u := strings.TrimSpace(c.AdminURL); u != "" && strings.Contains(u, "://") && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		errs = append(errs, fmt.Errorf("TABLECAST_ADMIN_URL %q: want http://host:port or https://host:port", u))
+	}
+	return errs
+}
+
+// startAdmin starts the admin API on TABLECAST_ADMIN_ADDR, with the
+// gateway's authentication (authn), its host names, and a catalog of the
+// streamed tables of its own to check filters and rules against;
+// registered, when not nil, holds the catalog's readiness back until the
+// reader has registered its tables. It returns a function that stops it,
+// and one that reports whether it is ready (its catalog of the tables
+// loaded: until then filter and rule writes are answered 503). errc
+// receives the error of a listener that fails.
+func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer, js jetstream.JetStream,
+	authn *auth.Authenticator, registered <-chan struct{}, errc chan<- error) (stop func(), ready func() bool, store *endpoint.Store, err error) {
+	log = log.With("component", "admin")
+	var verifier auth.Verifier
+	if authn.Enabled() {
+		verifier = authn
+	} else if !loopback(cfg.AdminAddr) {
+		// TABLECAST_ALLOW_ANONYMOUS opens the gateway, never the admin API.
+		return nil, nil, nil, fmt.Errorf("TABLECAST_ADMIN_ADDR %s is not a loopback address and no authentication is configured: set TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE (the admin API then needs the admin grant), or keep it on loopback, or set it to off", cfg.AdminAddr)
+	}
+	str, err := js.Stream(ctx, cfg.Stream)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("admin API: open stream %s: %w", cfg.Stream, err)
+	}
+	schemas, err := stream.OpenRegistry(ctx, js, "", cfg.StreamReplicas)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("admin API: %w", err)
+	}
+	topics, err := stream.OpenTopics(ctx, js, str, cfg.SubjectPrefix, "", cfg.StreamReplicas)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("admin API: %w", err)
+	}
+	cat := catalog.New(cfg.SubjectPrefix, log)
+	cctx, cancel := context.WithCancel(ctx)
+	catDone := make(chan struct{})
+	go func() {
+		defer close(catDone)
+		cat.Run(cctx, schemas, topics, nil, catalog.Start{After: registered})
+	}()
+	store, err = endpoint.Open(ctx, js, endpoint.Config{Replicas: cfg.StreamReplicas, Tables: cat, Logger: log})
+	if err != nil {
+		cancel()
+		<-catDone
+		return nil, nil, nil, fmt.Errorf("admin API: open the endpoints store: %w", err)
+	}
+	srv, err := admin.New(admin.Config{
+		Store:           store,
+		Auth:            verifier,
+		TablesReady:     cat.Ready,
+		AllowedHosts:    cfg.AllowedHosts,
+		MaxHeaderBytes:  cfg.HTTPMaxHeaderBytes,
+		HeaderTimeout:   cfg.HTTPHeaderTimeout,
+		IdleTimeout:     cfg.HTTPIdleTimeout,
+		MaxConnsPerAddr: cfg.HTTPMaxUnauthPerAddr,
+		Logger:          log,
+		Registerer:      reg,
+	})
+	if err != nil {
+		store.Close()
+		cancel()
+		<-catDone
+		return nil, nil, nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		store.Close()
+		cancel()
+		<-catDone
+		return nil, nil, nil, fmt.Errorf("listen on TABLECAST_ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := srv.Serve(ln); err != nil {
+			errc <- err
+		}
+	}()
+	log.Info("admin API listening", "addr", ln.Addr().String(), "authentication", verifier != nil, "openapi", "/v1/openapi.json")
+	return func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		srv.Shutdown(sctx)
+		<-served
+		store.Close()
+		cancel()
+		<-catDone
+	}, cat.Ready, store, nil
+}
+
+// consoleEndpoints lists, for the console's status, the managed endpoints
+// an identity with the admin grant may read (the first page by name, and
+// no secret: name, type, state, linked filters and rules); nil for anyone
+// else, which hides the console's section.
+func consoleEndpoints(store *endpoint.Store) func(context.Context, *auth.Identity) (any, error) {
+	return func(ctx context.Context, id *auth.Identity) (any, error) {
+		if id == nil || !id.Grants.CanAdminRead() {
+			return nil, nil
+		}
+		page, err := store.ListEndpoints(ctx, endpoint.ListOptions{OrderBy: endpoint.OrderName, Limit: endpoint.MaxLimit})
+		if err != nil {
+			return nil, fmt.Errorf("list endpoints: %w", err)
+		}
+		type row struct {
+			Name    string `json:"name"`
+			Type    string `json:"type"`
+			State   string `json:"state"`
+			Filters string `json:"filters"`
+			Rules   string `json:"rules"`
+		}
+		rows := make([]row, 0, len(page.Items))
+		for _, e := range page.Items {
+			rows = append(rows, row{Name: e.Name, Type: string(e.Type), State: string(e.State),
+				Filters: strings.Join(e.Filters, ", "), Rules: strings.Join(e.Rules, ", ")})
+		}
+		return rows, nil
+	}
+}
+
+// adminClient is the client of the endpoints, filters and rules
+// commands: TABLECAST_ADMIN_URL (or http:// and TABLECAST_ADMIN_ADDR),
+// with TABLECAST_ADMIN_TOKEN; url, when not empty, is --admin-url.
+func (c Config) adminClient(url string) (*admin.Client, error) {
+	if url == "" {
+		url = strings.TrimSpace(c.AdminURL)
+	}
+	if url == "" {
+		if !c.adminEnabled() {
+			return nil, errors.New("no admin API to call: TABLECAST_ADMIN_ADDR is off; set TABLECAST_ADMIN_URL or --admin-url")
+		}
+		url = "http://" + c.AdminAddr
+	}
+	return &admin.Client{BaseURL: url, Token: strings.TrimSpace(c.AdminToken)}, nil
+}

@@ -1,0 +1,180 @@
+package natstest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Cluster is a JetStream cluster of nats-server processes on loopback,
+// built from the nats-server module this repository depends on, and a
+// client (Server's NC and JS, with Count and ReadAll) connected to every
+// node. A test kills a node with SIGKILL, as a machine that dies, and starts
+// it again on the same ports and store.
+type Cluster struct {
+	*Server
+	Nodes []*Node
+}
+
+// Node is one nats-server process of a Cluster.
+type Node struct {
+	Name   string
+	Client string // host:port of its client listener
+	Route  string // host:port of its cluster listener
+	dir    string
+	routes string
+	t      testing.TB
+	cmd    *exec.Cmd
+}
+
+// StartCluster starts n nodes (n ≥ 3 for a JetStream quorum to survive one
+// node), stopped when t ends. It returns once every node routes to every
+// other and the client is connected.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	bin := buildServer(t)
+	c := &Cluster{}
+	var routes []string
+	for i := range n {
+		node := &Node{Name: fmt.Sprintf("n%d", i+1), Client: freeAddr(t), Route: freeAddr(t), dir: t.TempDir(), t: t}
+		c.Nodes = append(c.Nodes, node)
+		routes = append(routes, "nats://"+node.Route)
+	}
+	var urls []string
+	for _, node := range c.Nodes {
+		node.routes = strings.Join(routes, ",")
+		node.start(bin)
+		urls = append(urls, "nats://"+node.Client)
+	}
+	t.Cleanup(func() {
+		for _, node := range c.Nodes {
+			node.Stop()
+		}
+	})
+	c.Server = start(t, &Server{t: t, urls: strings.Join(urls, ",")})
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if err := c.waitJetStream(); err == nil {
+			return c
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the NATS cluster has no JetStream quorum within a minute: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitJetStream answers nil once JetStream answers through the client:
+// the nodes have elected a meta leader.
+func (c *Cluster) waitJetStream() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := c.JS.AccountInfo(ctx)
+	return err
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func (n *Node) start(bin string) {
+	n.t.Helper()
+	host, port, _ := strings.Cut(n.Client, ":")
+	cmd := exec.Command(bin, "-js", "-sd", n.dir, "-a", host, "-p", port, "-n", n.Name,
+		"--cluster_name", "tablecast", "--cluster", "nats://"+n.Route, "--routes", n.routes)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if os.Getenv("TABLECAST_TEST_NATS_LOG") == "" {
+		cmd.Stdout, cmd.Stderr = nil, nil
+	}
+	if err := cmd.Start(); err != nil {
+		n.t.Fatalf("start nats-server %s: %v", n.Name, err)
+	}
+	n.cmd = cmd
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", n.Client, time.Second)
+		if err == nil {
+			conn.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("nats-server %s does not accept connections on %s: %v", n.Name, n.Client, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Kill ends the node with SIGKILL: nothing flushed, nothing said to the
+// other nodes.
+func (n *Node) Kill() {
+	n.t.Helper()
+	if n.cmd == nil {
+		return
+	}
+	if err := n.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		n.t.Fatalf("kill nats-server %s: %v", n.Name, err)
+	}
+	_ = n.cmd.Wait()
+	n.cmd = nil
+}
+
+// Stop ends the node with SIGTERM, if it runs.
+func (n *Node) Stop() {
+	if n.cmd == nil {
+		return
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	_ = n.cmd.Wait()
+	n.cmd = nil
+}
+
+// Start starts a stopped or killed node again, on its ports and store.
+func (n *Node) Start() {
+	n.t.Helper()
+	n.start(buildServer(n.t))
+}
+
+// PID is the node's process id, 0 when it does not run.
+func (n *Node) PID() int {
+	if n.cmd == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
+// Node returns the node named name ("n1", …), nil if there is none.
+func (c *Cluster) Node(name string) *Node {
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// StreamLeader returns the node leading streamName's replicas, nil when it
+// cannot be told.
+func (c *Cluster) StreamLeader(streamName string) *Node {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := c.JS.Stream(ctx, streamName)
+	if err != nil {
+		return nil
+	}
+	info, err := st.Info(ctx)
+	if err != nil || info.Cluster == nil {
+		return nil
+	}
+	return c.Node(info.Cluster.Leader)
+}
