@@ -107,6 +107,10 @@ func (d *DeadLetters) ReplaySubject(endpointID string) string {
 	return d.prefix + ".webhook_replay." + endpointID
 }
 
+// ErrOtherEndpoint: Replay was given the seq of a dead letter of another
+// endpoint (or of a record that is not a webhook's dead letter).
+var ErrOtherEndpoint = errors.New("not a dead letter of this endpoint")
+
 // DeadLetter is one event an endpoint gave up on.
 type DeadLetter struct {
 	// Seq is the dead letter's sequence in the dead-letter stream: what
@@ -196,7 +200,7 @@ func (d *DeadLetters) Replay(ctx context.Context, endpointID string, seqs ...uin
 			return n, fmt.Errorf("read dead letter %d: %w", seq, err)
 		}
 		if raw.Subject != subj {
-			return n, fmt.Errorf("dead letter %d is not one of endpoint %s", seq, endpointID)
+			return n, fmt.Errorf("dead letter %d is not one of endpoint %s: %w", seq, endpointID, ErrOtherEndpoint)
 		}
 		msg := &nats.Msg{Subject: d.ReplaySubject(endpointID), Data: raw.Data, Header: nats.Header{}}
 		for k, v := range raw.Header {
