@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -164,5 +166,111 @@ func TestRuleSubscriptions(t *testing.T) {
 		if !slices.Equal(got, want[rule]) {
 			t.Errorf("rule %s got\n%q\nwant\n%q", rule, got, want[rule])
 		}
+	}
+}
+
+// TestRuleSubscriptionsUnderGrants: a rule subscription gets only what the
+// client's grants let it see: the rows its row policy allows (an update
+// that moves a row into them without its old row, none that moves a row
+// out of them), the columns it is
+// granted; a rule that reads a column it may not read is refused.
+func TestRuleSubscriptionsUnderGrants(t *testing.T) {
+	c := pgtestRequire(t)
+	_, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	ctx := context.Background()
+	if _, err := conn.Exec(ctx, `CREATE TABLE orders (id int PRIMARY KEY, region text, status text, total numeric); ALTER TABLE orders REPLICA IDENTITY FULL`); err != nil {
+		t.Fatal(err)
+	}
+	slot := fmt.Sprintf("tc_rulegrants_%d", os.Getpid())
+	dropSlotAtCleanup(t, url, slot)
+	n := startNATS(t)
+	store, err := endpoint.Open(ctx, n.JS, endpoint.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	for _, r := range []*endpoint.Rule{
+		{Name: "status-change", Table: "public.orders", Changed: []string{"status"}},
+		{Name: "big", Table: "public.orders", New: json.RawMessage(`{"total":{"gte":"100"}}`)},
+	} {
+		if _, err := store.CreateRule(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key := "tck_rule-grants-test-east-0123456789abcdef"
+	keys, _ := json.Marshal([]map[string]any{{"name": "east", "hash": fmt.Sprintf("sha256:%x", sha256.Sum256([]byte(key))),
+		"claims": map[string]any{"tablecast": map[string]any{
+			"tables":   map[string]any{"public.orders": []string{"*"}},
+			"columns":  map[string]any{"public.orders": []string{"id", "region", "status"}},
+			"policies": map[string]any{"public.orders": map[string]any{"region": map[string]any{"eq": "east"}}},
+		}}}})
+	keysFile := filepath.Join(t.TempDir(), "keys.json")
+	if err := os.WriteFile(keysFile, keys, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	httpAddr := freeAddr(t)
+	startProcess(t, append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_NATS_URL="+n.URL(), "TABLECAST_SLOT="+slot,
+		"TABLECAST_PUBLICATION=tc_rulegrants", "TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_API_KEYS_FILE="+keysFile), "run")
+	waitFor(t, time.Minute, "/readyz of tablecast run", func() bool {
+		code, _, err := httpGet("http://" + httpAddr + "/readyz")
+		return err == nil && code == 200
+	})
+	ws := wsDial(t, "ws://"+httpAddr+"/ws?token="+key)
+	subscribe := func(id, rule string) wsFrame {
+		for k := 0; ; k++ {
+			wsSend(t, ws, fmt.Sprintf(`{"type":"subscribe","id":"%s%d","rule":%q}`, id, k, rule))
+			f := wsRead(t, ws)
+			if f.Code != "unknown_rule" || k > 100 {
+				return f
+			}
+			time.Sleep(50 * time.Millisecond) // the gateway has yet to see the rule
+		}
+	}
+	if f := subscribe("b", "big"); f.Type != "error" || f.Code != "not_allowed" {
+		t.Fatalf("a rule reading a column not granted: %+v", f)
+	}
+	if f := subscribe("s", "status-change"); f.Type != "subscribed" {
+		t.Fatalf("subscribe: %+v", f)
+	}
+	for _, sql := range []string{
+		`INSERT INTO orders VALUES (1, 'east', 'open', 1), (2, 'west', 'open', 1)`,
+		`UPDATE orders SET status = 'paid'`,                               // row 1 only: row 2 is west
+		`UPDATE orders SET region = 'east', status = 'done' WHERE id = 2`, // moves into east: without its old row
+		`UPDATE orders SET region = 'west', status = 'gone' WHERE id = 1`, // moves out: nothing (the rule takes updates, not the delete its old row would be seen as)
+		`INSERT INTO orders VALUES (99, 'east', 'open', 1)`,
+		`UPDATE orders SET status = 'end' WHERE id = 99`,
+	} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	var got []string
+	for {
+		f := wsRead(t, ws)
+		if f.Type != "event" {
+			t.Fatalf("%+v", f)
+		}
+		var ev struct {
+			Op   string         `json:"op"`
+			Data map[string]any `json:"data"`
+			Old  map[string]any `json:"old"`
+		}
+		if err := json.Unmarshal(f.Event, &ev); err != nil {
+			t.Fatal(err)
+		}
+		row := ev.Data
+		if ev.Op == "delete" {
+			row = ev.Old
+		}
+		_, total := row["total"]
+		got = append(got, fmt.Sprintf("%s %v %v old=%v total=%v", ev.Op, row["id"], row["status"], ev.Old != nil, total))
+		if row["id"] == float64(99) {
+			break
+		}
+	}
+	want := []string{"update 1 paid old=true total=false", "update 2 done old=false total=false", "update 99 end old=true total=false"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got\n%q\nwant\n%q", got, want)
 	}
 }
