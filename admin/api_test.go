@@ -187,6 +187,19 @@ func TestEveryOperation(t *testing.T) {
 	h.call(ctx, "DELETE", "/v1/endpoints/"+id+"/rules/order-paid", nil, nil, 0, nil)
 	h.call(ctx, "DELETE", "/v1/rules/order-paid", nil, nil, 0, nil)
 
+	// Dead letters: none yet.
+	var dls struct {
+		Items []map[string]any `json:"items"`
+	}
+	h.call(ctx, "GET", "/v1/endpoints/"+id+"/dead-letters", nil, nil, 0, &dls)
+	var replayed struct {
+		Replayed int `json:"replayed"`
+	}
+	h.call(ctx, "POST", "/v1/endpoints/"+id+"/dead-letters/replay", nil, map[string]any{}, 0, &replayed)
+	if len(dls.Items) != 0 || replayed.Replayed != 0 {
+		t.Fatalf("dead letters of a new endpoint: %v, replayed %d", dls.Items, replayed.Replayed)
+	}
+
 	// Deleting endpoints, one and many.
 	h.call(ctx, "DELETE", "/v1/endpoints/"+ws.ID, nil, nil, 0, nil)
 	var del struct {

@@ -20,6 +20,7 @@ import (
 	"github.com/tablecast/tablecast/internal/auth/authtest"
 	"github.com/tablecast/tablecast/internal/endpoint"
 	"github.com/tablecast/tablecast/internal/natstest"
+	"github.com/tablecast/tablecast/webhook"
 )
 
 // jwtSecret signs the tests' tokens (HS256).
@@ -41,6 +42,8 @@ type harness struct {
 	base  string
 	check *openAPICheck
 	reg   *prometheus.Registry
+	dl    *webhook.DeadLetters
+	js    jetstream.JetStream
 
 	writer, reader, noAdmin string // tokens
 }
@@ -81,7 +84,12 @@ func startWith(t testing.TB, n *natstest.Server, js jetstream.JetStream, scfg en
 		t.Fatal(err)
 	}
 	h := &harness{t: t, nats: n, store: store, check: newOpenAPICheck(t), reg: prometheus.NewRegistry()}
-	cfg := admin.Config{Store: store, Auth: authn, Registerer: h.reg}
+	dl, err := webhook.OpenDeadLetters(ctx, js, "TABLECAST", "tablecast", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.dl, h.js = dl, js
+	cfg := admin.Config{Store: store, Auth: authn, Registerer: h.reg, DeadLetters: dl}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -47,6 +47,12 @@ func (s *Server) routes() *http.ServeMux {
 	s.handle(mux, "/v1/endpoints/{id}/resume", map[string]op{
 		"POST": {h: s.resumeEndpoint, write: true},
 	})
+	s.handle(mux, "/v1/endpoints/{id}/dead-letters", map[string]op{
+		"GET": {h: s.listDeadLetters},
+	})
+	s.handle(mux, "/v1/endpoints/{id}/dead-letters/replay", map[string]op{
+		"POST": {h: s.replayDeadLetters, write: true, body: true},
+	})
 	for _, k := range []kind{filterKind, ruleKind} {
 		s.handle(mux, "/v1/endpoints/{id}/"+k.plural, map[string]op{
 			"GET": {h: s.endpointLinks(k)},

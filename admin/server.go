@@ -33,6 +33,9 @@ type Config struct {
 	// until it is true, creating or changing a filter or rule is answered
 	// 503, rather than checked against no table. Nil: always ready.
 	TablesReady func() bool
+	// DeadLetters lists and replays the webhooks' dead letters
+	// (/v1/endpoints/{id}/dead-letters). Nil: those routes answer 503.
+	DeadLetters DeadLetters
 
 	// AllowedHosts are the host names (without port) the API answers
 	// besides those it always serves (internal/hosts: loopback names and

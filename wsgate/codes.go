@@ -49,6 +49,9 @@ const (
 	// message names each as "db.schema.table"; subscribe with one of them.
 	CodeAmbiguousTable ErrorCode = "ambiguous_table"
 
+	// CodeUnknownRule: subscribe names a rule that does not exist.
+	CodeUnknownRule ErrorCode = "unknown_rule"
+
 	// CodeUnknownTopic: the custom topic does not exist (subscribe,
 	// publish, destroy-topic), or it was destroyed while subscribed (the
 	// error is followed by unsubscribed).

@@ -230,6 +230,12 @@ func (g *Gateway) start(nc net.Conn, req *upgradeRequest, pending []byte, slot *
 			return
 		}
 	}
+	if name, ok := strings.CutPrefix(req.path, EndpointPrefix); ok {
+		if perr := c.subscribeEndpoint(name); perr != nil {
+			c.closeWith(CloseBadRequest, perr.Message)
+			return
+		}
+	}
 	if err := g.poll.add(c); err != nil {
 		// No poller here (or it failed): a goroutine reads instead.
 		go c.readLoop()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/jsonx"
+	"github.com/tablecast/tablecast/internal/match"
 	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 )
@@ -25,7 +26,10 @@ type sub struct {
 	topic  string // a topic subscription's topic; "" for a table
 	table  *catalog.Table
 	ops    schema.OpSet
-	filter *query.Filter                // the client's where; nil for none
+	filter *query.Filter                // the client's where (a rule's where); nil for none
+	change *match.Change                // a rule subscription's conditions on the change; nil for none
+	reads  []string                     // the columns a rule subscription's conditions read
+	tm     *match.TableMatch            // a WebSocket endpoint's filters and rules on the table; nil for none
 	policy atomic.Pointer[query.Filter] // the row policy of its grants; nil for none (setPolicy)
 	proj   atomic.Pointer[query.Projection]
 	// The columns its grants let it see: every one, or granted (sorted),
@@ -355,7 +359,7 @@ func lookupKey(dst []byte, ix *eqIndex, row *query.Row, hasRow bool) ([]byte, lo
 
 // offer sends the event being delivered to s if it matches.
 func (f *feed) offer(s *sub, seq uint64, data []byte) {
-	view, ok, err := s.selector().Decide(&f.ev)
+	view, proj, ok, err := s.decide(&f.ev)
 	if err == query.ErrWithheld {
 		f.warnWithheld(s)
 		return
@@ -368,9 +372,40 @@ func (f *feed) offer(s *sub, seq uint64, data []byte) {
 		return
 	}
 	row, _ := f.ev.Row()
+	if s.tm != nil {
+		if frame := encodeEvent(s.id, proj, seq, data, view, row); frame != nil {
+			f.sendTo(s, frame)
+		}
+		return
+	}
 	if frame := s.grp.eventFrame(seq, data, view, row); frame != nil {
 		f.sendTo(s, frame)
 	}
+}
+
+// decide is what s is sent of ev: Selector.Decide, and for a rule
+// subscription only a change the rule fires on (match.Change.Fires); for a
+// WebSocket endpoint's subscription, only an event its filters or rules
+// pass, and proj is then the columns to send (else nil: s's own).
+func (s *sub) decide(ev *query.Event) (view query.View, proj *query.Projection, ok bool, err error) {
+	view, ok, err = s.selector().Decide(ev)
+	if !ok || err != nil {
+		return view, nil, ok, err
+	}
+	if s.change != nil {
+		ok, _ = s.change.Fires(ev)
+	}
+	if s.tm != nil {
+		d := s.tm.Decide(ev)
+		ok, proj = d.Pass, d.Projection
+		switch {
+		case proj == nil:
+			proj = s.proj.Load() // every column the grants show
+		case !s.allColumns:
+			proj = query.NewGrantedProjection(proj.Columns(), s.granted)
+		}
+	}
+	return view, proj, ok, err
 }
 
 // selector is what s takes of its table's events now: its operations and

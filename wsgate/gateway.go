@@ -21,9 +21,18 @@ import (
 	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/connlimit"
+	"github.com/tablecast/tablecast/internal/endpoint"
 	"github.com/tablecast/tablecast/internal/hosts"
+	"github.com/tablecast/tablecast/internal/match"
 	"github.com/tablecast/tablecast/stream"
 )
+
+// Managed finds the managed rules and endpoints clients subscribe to (a
+// *match.Registry): nil when there is none of that name.
+type Managed interface {
+	Rule(name string) *endpoint.Rule
+	GetByName(name string) *match.Entry
+}
 
 // Config is the gateway's configuration. Zero fields take the defaults
 // documented on each.
@@ -142,6 +151,9 @@ type Config struct {
 	// grant (keep the gateway on loopback then).
 	Auth *auth.Authenticator
 
+	// Managed finds the rules and WebSocket endpoints clients subscribe
+	// to by name (a *match.Registry). Nil: there are none.
+	Managed Managed
 	// Version is the build the status endpoint reports. Default "": none.
 	Version string
 	// Endpoints, when set, lists the managed endpoints identity id may

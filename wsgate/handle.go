@@ -13,6 +13,8 @@ import (
 
 	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/internal/catalog"
+	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/internal/match"
 	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
@@ -107,7 +109,12 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 	s := &sub{c: c, id: m.ID}
 	var key, subject, name string
 	grants := c.id.Grants
-	if m.Table != "" {
+	if m.Rule != "" {
+		var perr *ProtocolError
+		if key, subject, name, perr = c.subscribeRule(m, s); perr != nil {
+			return perr
+		}
+	} else if m.Table != "" {
 		db, schemaName, table := SplitQualifiedName(m.Table)
 		t, choices := g.cat.Resolve(db, schemaName, table, grants)
 		if choices != nil {
@@ -206,6 +213,140 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 	}
 	if m.From != nil {
 		go g.catchUp(s, *m.From)
+	}
+	return nil
+}
+
+// subscribeRule prepares s, a subscription to the rule m names: the
+// events of the rule's table it fires on, under the client's grants as a
+// table subscription is (operations, columns, row policy).
+func (c *conn) subscribeRule(m *ClientMessage, s *sub) (key, subject, name string, perr *ProtocolError) {
+	fail := func(code ErrorCode, msg string) (string, string, string, *ProtocolError) {
+		return "", "", "", &ProtocolError{Code: code, ID: m.ID, Message: msg}
+	}
+	var rule *endpoint.Rule
+	if c.g.cfg.Managed != nil {
+		rule = c.g.cfg.Managed.Rule(m.Rule)
+	}
+	if rule == nil {
+		return fail(CodeUnknownRule, "rule "+schema.QuoteName(m.Rule)+" does not exist")
+	}
+	grants := c.id.Grants
+	db, schemaName, table := SplitQualifiedName(rule.Table)
+	t, choices := c.g.cat.Resolve(db, schemaName, table, grants)
+	if t == nil || choices != nil {
+		return fail(CodeNotAllowed, "rule "+schema.QuoteName(m.Rule)+" is on a table that is not streamed, or not granted")
+	}
+	part, _, err := match.CompileRule(rule, t)
+	if err != nil {
+		return fail(CodeInvalidFilter, err.Error())
+	}
+	granted := grants.TableOps(t.DB, t.Shape.Schema, t.Shape.Table)
+	if lost := part.Ops &^ granted; lost != 0 {
+		return fail(CodeNotAllowed, "rule "+schema.QuoteName(m.Rule)+" takes events "+strings.Join(lost.Names(), ", ")+" of "+t.Qualified+", which are not granted")
+	}
+	s.granted, s.allColumns = grants.TableColumns(t.DB, t.Shape.Schema, t.Shape.Table)
+	selected := m.Select
+	if !m.SelectGiven {
+		selected = part.Select
+	}
+	for _, col := range append(slices.Clone(part.Reads), selected...) {
+		if !t.HasColumn(col) {
+			return fail(CodeInvalidSelect, "column "+schema.QuoteName(col)+" does not exist in "+t.Qualified)
+		}
+		if !s.allColumns {
+			if _, ok := slices.BinarySearch(s.granted, col); !ok {
+				return fail(CodeNotAllowed, "rule "+schema.QuoteName(m.Rule)+" reads or sends column "+schema.QuoteName(col)+" of "+t.Qualified+", which is not granted")
+			}
+		}
+	}
+	policy, msg := c.rowPolicy(grants, t, t.Qualified)
+	if msg != "" {
+		return fail(CodeNotAllowed, msg)
+	}
+	s.policy.Store(policy)
+	s.table, s.filter, s.ops, s.change, s.reads = t, part.Where, part.Ops, part.Change, part.Reads
+	s.selected = slices.Clone(selected)
+	s.proj.Store(s.projection(selected))
+	return "t\x00" + t.Subject, t.Subject, t.Name, nil
+}
+
+// subscribeEndpoint makes the subscriptions of a /ws/endpoints/<name>
+// URL: one per streamed table that the WebSocket endpoint's filters and
+// rules apply to and the client may read, with the table's qualified name
+// as its id, sending each event that passes one of them (match.TableMatch)
+// with the columns they select, under the client's grants and row policy.
+// The endpoint and the tables are those known when the client connects.
+func (c *conn) subscribeEndpoint(name string) *ProtocolError {
+	c.authMu.Lock()
+	defer c.authMu.Unlock()
+	g := c.g
+	var e *match.Entry
+	if g.cfg.Managed != nil {
+		e = g.cfg.Managed.GetByName(name)
+	}
+	switch {
+	case e == nil || e.Endpoint.Type != endpoint.TypeWebSocket:
+		return &ProtocolError{Code: CodeInvalidSubscription, Message: "WebSocket endpoint " + schema.QuoteName(name) + " does not exist"}
+	case e.Endpoint.State != endpoint.StateActive:
+		return &ProtocolError{Code: CodeInvalidSubscription, Message: "WebSocket endpoint " + schema.QuoteName(name) + " is " + string(e.Endpoint.State)}
+	}
+	grants := c.id.Grants
+	for _, t := range g.cat.Tables() {
+		tm := e.Matcher.Table(t)
+		if len(tm.Parts) == 0 {
+			continue
+		}
+		granted := grants.TableOps(t.DB, t.Shape.Schema, t.Shape.Table)
+		var ops schema.OpSet
+		var reads []string
+		for _, p := range tm.Parts {
+			ops |= p.Ops
+			reads = append(reads, p.Reads...)
+			reads = append(reads, p.Select...)
+		}
+		if ops&granted == 0 {
+			continue // a table the client may not read: nothing said of it
+		}
+		s := &sub{c: c, id: t.Qualified, table: t, ops: ops & granted, tm: tm}
+		s.granted, s.allColumns = grants.TableColumns(t.DB, t.Shape.Schema, t.Shape.Table)
+		if !s.allColumns {
+			for _, col := range reads {
+				if _, ok := slices.BinarySearch(s.granted, col); !ok {
+					c.sendError(t.Qualified, CodeNotAllowed, "the endpoint's filters and rules read or send column "+schema.QuoteName(col)+" of "+t.Qualified+", which is not granted")
+					s = nil
+					break
+				}
+			}
+			if s == nil {
+				continue
+			}
+		}
+		policy, msg := c.rowPolicy(grants, t, t.Qualified)
+		if msg != "" {
+			c.sendError(t.Qualified, CodeNotAllowed, msg)
+			continue
+		}
+		s.policy.Store(policy)
+		s.reads = reads
+		s.proj.Store(s.projection(nil))
+		if !c.addSub(s) {
+			return nil // closing
+		}
+		ctx, cancel := context.WithTimeout(g.ctx, requestTimeout)
+		for {
+			f, err := g.feedFor(ctx, "t\x00"+t.Subject, t.Subject, "", t.Name)
+			if err != nil {
+				cancel()
+				c.removeSub(s)
+				return &ProtocolError{Code: CodeInternal, Message: "cannot follow " + t.Subject + ": " + err.Error()}
+			}
+			if f.attach(s, nil) {
+				break
+			}
+		}
+		cancel()
+		g.met.subscriptions.Inc()
 	}
 	return nil
 }
@@ -350,7 +491,7 @@ func (c *conn) regrant(s *sub, grants *auth.Grants) (*query.Filter, regranted, s
 	var cols regranted
 	cols.names, cols.all = grants.TableColumns(t.DB, t.Shape.Schema, t.Shape.Table)
 	if !cols.all {
-		named := slices.Clone(s.selected)
+		named := append(slices.Clone(s.selected), s.reads...)
 		if s.filter != nil {
 			named = append(named, s.filter.Columns()...)
 		}

@@ -74,6 +74,10 @@ type ClientMessage struct {
 	// and publish. Empty for a table subscription.
 	Topic string
 
+	// Rule is the rule of a rule subscription: the events of its table it
+	// fires on. Empty for a table or topic subscription.
+	Rule string
+
 	// Events are the event kinds a table subscription wants, without
 	// duplicates, in the client's order; nil means all of them.
 	Events []string
@@ -105,6 +109,9 @@ type ClientMessage struct {
 	// key, never empty after a successful decode.
 	Token string
 }
+
+// MaxRuleNameLen is the longest rule name.
+const MaxRuleNameLen = 100
 
 // ProtocolError is a client message the gateway refuses. It is answered with
 // an error frame (see AppendFrame); the connection stays open.
@@ -336,11 +343,17 @@ func (d *decoder) subscribe(m *ClientMessage) *ProtocolError {
 	if perr != nil {
 		return perr
 	}
+	rule, hasRule, perr := d.str("rule")
+	if perr != nil {
+		return perr
+	}
 	switch {
 	case hasTable && hasTopic:
 		return d.fail(CodeInvalidSubscription, `subscribe takes "table" or "topic", not both`)
-	case !hasTable && !hasTopic:
-		return d.fail(CodeInvalidSubscription, `subscribe needs "table" or "topic"`)
+	case hasRule && (hasTable || hasTopic):
+		return d.fail(CodeInvalidSubscription, `subscribe takes "rule" alone, without "table" or "topic"`)
+	case !hasTable && !hasTopic && !hasRule:
+		return d.fail(CodeInvalidSubscription, `subscribe needs "table", "topic" or "rule"`)
 	}
 
 	events, hasEvents, perr := d.strList("events")
@@ -357,6 +370,25 @@ func (d *decoder) subscribe(m *ClientMessage) *ProtocolError {
 	}
 	if m.From, perr = d.from(); perr != nil {
 		return perr
+	}
+
+	if hasRule {
+		if rule == "" || len(rule) > MaxRuleNameLen || strings.ContainsFunc(rule, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-')
+		}) {
+			return d.fail(CodeInvalidSubscription, "a rule name is 1 to 100 characters of A-Z a-z 0-9 . _ -")
+		}
+		if hasEvents || hasWhere {
+			return d.fail(CodeInvalidSubscription, `"events" and "where" do not apply to a rule subscription: the rule says which events`)
+		}
+		if hasSelect {
+			if msg := checkColumns(`field "select"`, sel); msg != "" {
+				return d.fail(CodeInvalidSelect, msg)
+			}
+			m.Select, m.SelectGiven = sel, true
+		}
+		m.Rule = rule
+		return nil
 	}
 
 	if hasTopic {

@@ -143,7 +143,10 @@ func TestDecodeClientMessageErrors(t *testing.T) {
 		{"subscribe id a number", `{"type":"subscribe","id":1,"table":"a.b"}`, CodeInvalidMessage, "", `field "id" must be a string`},
 
 		// Subscribe: table and topic.
-		{"subscribe neither", `{"type":"subscribe","id":"s1"}`, CodeInvalidSubscription, "s1", `subscribe needs "table" or "topic"`},
+		{"subscribe rule and table", `{"type":"subscribe","id":"s1","rule":"r","table":"public.t"}`, CodeInvalidSubscription, "s1", `subscribe takes "rule" alone, without "table" or "topic"`},
+		{"subscribe rule with where", `{"type":"subscribe","id":"s1","rule":"r","where":{}}`, CodeInvalidSubscription, "s1", `"events" and "where" do not apply to a rule subscription: the rule says which events`},
+		{"subscribe rule bad name", `{"type":"subscribe","id":"s1","rule":"a b"}`, CodeInvalidSubscription, "s1", "a rule name is 1 to 100 characters of A-Z a-z 0-9 . _ -"},
+		{"subscribe neither", `{"type":"subscribe","id":"s1"}`, CodeInvalidSubscription, "s1", `subscribe needs "table", "topic" or "rule"`},
 		{"subscribe both", `{"type":"subscribe","id":"s1","table":"a.b","topic":"chat"}`, CodeInvalidSubscription, "s1",
 			`subscribe takes "table" or "topic", not both`},
 		{"table not a string", `{"type":"subscribe","id":"s1","table":["a.b"]}`, CodeInvalidMessage, "s1", `field "table" must be a string`},

@@ -353,7 +353,7 @@ func (s *sub) historyFrame(seq uint64, subject string, data []byte, ev *query.Ev
 	if bit == 0 || ev.Reset(bit, data) != nil {
 		return nil
 	}
-	view, ok, err := s.selector().Decide(ev)
+	view, proj, ok, err := s.decide(ev)
 	if err == query.ErrWithheld {
 		return nil
 	}
@@ -365,5 +365,8 @@ func (s *sub) historyFrame(seq uint64, subject string, data []byte, ev *query.Ev
 		return nil
 	}
 	row, _ := ev.Row()
-	return encodeEvent(s.id, s.proj.Load(), seq, data, view, row)
+	if proj == nil {
+		proj = s.proj.Load()
+	}
+	return encodeEvent(s.id, proj, seq, data, view, row)
 }

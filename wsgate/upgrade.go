@@ -269,7 +269,7 @@ func parseUpgradeRequest(head []byte) (*upgradeRequest, *httpError) {
 		return nil, errStatus(400, "Sec-WebSocket-Key is not 16 bytes in base64")
 	}
 	req.key = string(keyValue)
-	if req.path != "/ws" && !strings.HasPrefix(req.path, URLSubscriptionPrefix) {
+	if req.path != "/ws" && !strings.HasPrefix(req.path, URLSubscriptionPrefix) && !strings.HasPrefix(req.path, EndpointPrefix) {
 		return nil, errStatus(404, "no such WebSocket endpoint")
 	}
 	return req, nil

@@ -33,6 +33,11 @@ import (
 //
 // The subscription made from a URL has the id URLSubscriptionID.
 
+// EndpointPrefix is the path under which a URL names a managed WebSocket
+// endpoint: /ws/endpoints/<name> subscribes to the events of its filters
+// and rules (conn.subscribeEndpoint).
+const EndpointPrefix = "/ws/endpoints/"
+
 // URLSubscriptionPrefix is the path under which a URL names its table.
 const URLSubscriptionPrefix = "/ws/tables/"
 

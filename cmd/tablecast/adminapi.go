@@ -17,6 +17,7 @@ import (
 	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/endpoint"
 	"github.com/tablecast/tablecast/stream"
+	"github.com/tablecast/tablecast/webhook"
 )
 
 // adminEnabled reports whether TABLECAST_ADMIN_ADDR asks for the admin
@@ -85,7 +86,19 @@ func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 		<-catDone
 		return nil, nil, nil, fmt.Errorf("admin API: open the endpoints store: %w", err)
 	}
+	var dead admin.DeadLetters
+	if cfg.Webhooks {
+		dl, err := webhook.OpenDeadLetters(ctx, js, cfg.Stream, cfg.SubjectPrefix, cfg.StreamReplicas)
+		if err != nil {
+			store.Close()
+			cancel()
+			<-catDone
+			return nil, nil, nil, fmt.Errorf("admin API: %w", err)
+		}
+		dead = dl
+	}
 	srv, err := admin.New(admin.Config{
+		DeadLetters:     dead,
 		Store:           store,
 		Auth:            verifier,
 		TablesReady:     cat.Ready,

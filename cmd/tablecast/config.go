@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"reflect"
 	"strconv"
@@ -102,9 +103,11 @@ type Config struct {
 	WSMaxReplaysPerConn   int           `envconfig:"WS_MAX_REPLAYS_PER_CONNECTION" default:"2" desc:"resumes reading history at once on one WebSocket connection"`
 	WSReplayRate          int           `envconfig:"WS_REPLAY_RATE" default:"20000" desc:"messages of history all resumes together read a second, so that live delivery keeps its latency"`
 
-	AdminAddr  string `envconfig:"ADMIN_ADDR" default:"127.0.0.1:8091" desc:"address of the admin API (managed endpoints, filters and rules; HTTP and JSON) served by run and gateway; off turns it off; off loopback it needs authentication (TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE) and callers the admin grant"`
-	AdminURL   string `envconfig:"ADMIN_URL" desc:"admin API the endpoints, filters and rules commands call (http://host:port); empty: http:// and TABLECAST_ADMIN_ADDR"`
-	AdminToken string `envconfig:"ADMIN_TOKEN" desc:"JWT or API key the endpoints, filters and rules commands send as Authorization: Bearer; empty: none (enough on loopback without authentication)"`
+	Webhooks         bool     `envconfig:"WEBHOOKS" default:"true" desc:"deliver the webhook endpoints' events (tablecast run and gateway); several processes share each endpoint, one delivering at a time"`
+	WebhookAllowNets []string `envconfig:"WEBHOOK_ALLOW_NETS" desc:"networks (CIDR, comma-separated, such as 10.0.0.0/8) webhooks may be sent to although private, loopback or link-local; empty: public addresses only"`
+	AdminAddr        string   `envconfig:"ADMIN_ADDR" default:"127.0.0.1:8091" desc:"address of the admin API (managed endpoints, filters and rules; HTTP and JSON) served by run and gateway; off turns it off; off loopback it needs authentication (TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE) and callers the admin grant"`
+	AdminURL         string   `envconfig:"ADMIN_URL" desc:"admin API the endpoints, filters and rules commands call (http://host:port); empty: http:// and TABLECAST_ADMIN_ADDR"`
+	AdminToken       string   `envconfig:"ADMIN_TOKEN" desc:"JWT or API key the endpoints, filters and rules commands send as Authorization: Bearer; empty: none (enough on loopback without authentication)"`
 
 	PProf     bool   `envconfig:"PPROF" default:"false" desc:"serve Go's profiler at /debug/pprof/ on TABLECAST_HTTP_ADDR (keep that address private)"`
 	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
@@ -221,6 +224,9 @@ func loadConfig() (Config, error) {
 	}
 	for i, t := range c.Tables {
 		c.Tables[i] = strings.TrimSpace(t)
+	}
+	if _, err := c.webhookAllowNets(); err != nil {
+		errs = append(errs, err)
 	}
 	for i, r := range c.TopicRoles {
 		c.TopicRoles[i] = strings.TrimSpace(r)
@@ -409,6 +415,24 @@ func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer, authn
 		Logger:                    log.With("component", "gateway"),
 		Registerer:                reg,
 	}
+}
+
+// webhookAllowNets reads TABLECAST_WEBHOOK_ALLOW_NETS.
+func (c Config) webhookAllowNets() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range c.WebhookAllowNets {
+		s = strings.TrimSpace(s)
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("TABLECAST_WEBHOOK_ALLOW_NETS %q: want a network such as 10.0.0.0/8 or fd00::/8, or one address", s)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 func (c Config) streamConfig() stream.StreamConfig {

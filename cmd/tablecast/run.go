@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -21,9 +22,12 @@ import (
 
 	"github.com/tablecast/tablecast/cdc"
 	"github.com/tablecast/tablecast/internal/auth"
+	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/connlimit"
 	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/internal/match"
 	"github.com/tablecast/tablecast/stream"
+	"github.com/tablecast/tablecast/webhook"
 	"github.com/tablecast/tablecast/wsgate"
 )
 
@@ -98,7 +102,15 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	}
 	var gw *wsgate.Gateway
 	if withGateway {
+		// The managed endpoints, filters and rules: the gateway's rule
+		// subscriptions and the webhooks.
+		rules, stop, err := startManaged(ctx, cfg, js, reg, log.With("component", "webhook"))
+		if err != nil {
+			return err
+		}
+		defer stop()
 		gcfg := cfg.gatewayConfig(log, reg, authn)
+		gcfg.Managed = rules
 		if endpoints != nil {
 			gcfg.Endpoints = consoleEndpoints(endpoints)
 		}
@@ -308,4 +320,65 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 	}
 	log.Info("stream ready", "stream", cfg.Stream, "max_age", scfg.MaxAge, "max_bytes", scfg.MaxBytes)
 	return nc, js, emb, func() { nc.Close(); closeAll() }, nil
+}
+
+// startManaged follows the managed endpoints, filters and rules (the
+// registry the gateway finds rules in) and, with TABLECAST_WEBHOOKS,
+// delivers the webhooks' events, until stop is called (or ctx ends).
+func startManaged(ctx context.Context, cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) (rules *match.Registry, stop func(), err error) {
+	allow, err := cfg.webhookAllowNets()
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	cat := catalog.New(cfg.SubjectPrefix, log)
+	store, err := endpoint.Open(ctx, js, endpoint.Config{Replicas: cfg.StreamReplicas, Tables: cat, Logger: log})
+	if err != nil {
+		cancel()
+		return nil, nil, fmt.Errorf("open the endpoint store: %w", err)
+	}
+	schemas, err := stream.OpenRegistry(ctx, js, stream.DefaultSchemaBucket, cfg.StreamReplicas)
+	if err != nil {
+		cancel()
+		store.Close()
+		return nil, nil, err
+	}
+	str, err := js.Stream(ctx, cfg.Stream)
+	if err != nil {
+		cancel()
+		store.Close()
+		return nil, nil, fmt.Errorf("open stream %s: %w", cfg.Stream, err)
+	}
+	topics, err := stream.OpenTopics(ctx, js, str, cfg.SubjectPrefix, stream.DefaultTopicBucket, cfg.StreamReplicas)
+	if err != nil {
+		cancel()
+		store.Close()
+		return nil, nil, err
+	}
+	registry := match.NewRegistry(log)
+	var mgr *webhook.Manager
+	if cfg.Webhooks {
+		mgr, err = webhook.New(ctx, js, webhook.Config{
+			Stream: cfg.Stream, Prefix: cfg.SubjectPrefix, Replicas: cfg.StreamReplicas,
+			Registry: registry, Tables: cat, States: store, AllowNets: allow, Registerer: reg, Logger: log,
+		})
+		if err != nil {
+			cancel()
+			store.Close()
+			return nil, nil, fmt.Errorf("start webhook delivery: %w", err)
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); cat.Run(ctx, schemas, topics, nil, catalog.Start{}) }()
+	go func() { defer wg.Done(); registry.Run(ctx, store) }()
+	if mgr != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); mgr.Run(ctx) }()
+	}
+	return registry, func() {
+		cancel()
+		wg.Wait()
+		store.Close()
+	}, nil
 }

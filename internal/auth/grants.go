@@ -1052,3 +1052,16 @@ func (p TablePattern) Exact() bool { return p.p.kind == patExact }
 
 // String writes the pattern back, quoting names as needed.
 func (p TablePattern) String() string { return p.p.String() }
+
+// Parts returns the names the pattern fixes: db "" for every database,
+// schemaName "" for every schema ("*", "db.*.*"), table "" for every table
+// of the schema.
+func (p TablePattern) Parts() (db, schemaName, table string) {
+	switch p.p.kind {
+	case patAny, patDB:
+		return p.p.db, "", ""
+	case patSchema:
+		return p.p.db, p.p.schema, ""
+	}
+	return p.p.db, p.p.schema, p.p.table
+}

@@ -1,0 +1,143 @@
+package webhook
+
+import (
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tablecast/tablecast/internal/endpoint"
+)
+
+// The benchmarks run the whole pipeline (PostgreSQL, the reader, JetStream
+// in process, the webhook workers, an HTTP receiver on loopback), so their
+// figures are end to end; run them with -benchtime=1x:
+//
+//	go test -run '^$' -bench . -benchtime=1x ./webhook/
+
+// BenchmarkDeliveries measures events delivered a second to one receiver,
+// one endpoint, in order, with batch 1 and batch 100.
+func BenchmarkDeliveries(b *testing.B) {
+	for _, batch := range []int{1, 100} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			const events = 5000
+			e := newEnv(b, envOptions{})
+			r := newReceiver(b)
+			ep := e.endpoint("bench", r.URL(), func(w *endpoint.Webhook) { w.Batch = batch })
+			e.waitConsumer(ep)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				start := time.Now()
+				e.exec(`INSERT INTO orders SELECT g, 'open', g FROM generate_series($1::int, $2::int) g`, i*events+1, (i+1)*events)
+				r.waitAccepted(b, (i+1)*events, 5*time.Minute)
+				b.ReportMetric(float64(events)/time.Since(start).Seconds(), "events/s")
+			}
+		})
+	}
+}
+
+// BenchmarkFanOut measures deliveries a second with 100 endpoints each
+// receiving every event.
+func BenchmarkFanOut(b *testing.B) {
+	const endpoints, events = 100, 200
+	e := newEnv(b, envOptions{})
+	r := newReceiver(b)
+	var eps []*endpoint.Endpoint
+	for k := 0; k < endpoints; k++ {
+		eps = append(eps, e.endpoint(fmt.Sprintf("fan%d", k), r.URL(), nil))
+	}
+	for _, ep := range eps {
+		e.waitConsumer(ep)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		e.exec(`INSERT INTO orders SELECT g, 'open', g FROM generate_series($1::int, $2::int) g`, i*events+1, (i+1)*events)
+		r.waitAccepted(b, (i+1)*events*endpoints, 10*time.Minute)
+		b.ReportMetric(float64(events*endpoints)/time.Since(start).Seconds(), "deliveries/s")
+	}
+}
+
+// BenchmarkCommitToWebhook measures the time from a change's commit (its
+// commit_time) to the receiver getting it, at 1,000 changes a second for
+// 10 seconds, one change per transaction.
+func BenchmarkCommitToWebhook(b *testing.B) {
+	const rate, seconds = 1000, 10
+	e := newEnv(b, envOptions{})
+	r := newReceiver(b)
+	var mu sync.Mutex
+	var lat []time.Duration
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+		var ev struct {
+			CommitTime time.Time `json:"commit_time"`
+		}
+		if json.Unmarshal(d.Body, &ev) == nil {
+			mu.Lock()
+			lat = append(lat, d.At.Sub(ev.CommitTime))
+			mu.Unlock()
+		}
+		return 204, nil, 0
+	})
+	ep := e.endpoint("latency", r.URL(), nil)
+	e.waitConsumer(ep)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		mu.Lock()
+		lat = lat[:0]
+		mu.Unlock()
+		base := i * rate * seconds
+		tick := time.NewTicker(time.Second / rate)
+		for k := 1; k <= rate*seconds; k++ {
+			<-tick.C
+			e.exec(`INSERT INTO orders VALUES ($1, 'open', 1)`, base+k)
+		}
+		tick.Stop()
+		r.waitAccepted(b, base+rate*seconds, 5*time.Minute)
+		mu.Lock()
+		l := slices.Clone(lat)
+		mu.Unlock()
+		slices.Sort(l)
+		b.ReportMetric(float64(l[len(l)/2].Microseconds())/1000, "p50-ms")
+		b.ReportMetric(float64(l[len(l)*99/100].Microseconds())/1000, "p99-ms")
+	}
+}
+
+// BenchmarkIdleEndpointMemory measures the memory (heap and goroutine
+// stacks, of this process: the webhook workers, and the in-process NATS
+// server's consumers) each idle webhook endpoint costs.
+func BenchmarkIdleEndpointMemory(b *testing.B) {
+	const endpoints = 200
+	e := newEnv(b, envOptions{})
+	r := newReceiver(b)
+	measure := func() (heap, stack uint64, goroutines int) {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine()
+	}
+	// One endpoint first: the filter, connections and pools it brings
+	// are not per endpoint.
+	first := e.endpoint("idle0", r.URL(), nil)
+	e.waitConsumer(first)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		heap0, stack0, g0 := measure()
+		var eps []*endpoint.Endpoint
+		for k := 0; k < endpoints; k++ {
+			eps = append(eps, e.endpoint(fmt.Sprintf("idle%d-%d", i, k+1), r.URL(), nil))
+		}
+		for _, ep := range eps {
+			e.waitConsumer(ep)
+		}
+		waitFor(b, time.Minute, "the workers", func() bool { return e.mgr.Workers() >= (i+1)*endpoints+1 })
+		time.Sleep(time.Second) // every worker at its first pull
+		heap1, stack1, g1 := measure()
+		b.ReportMetric(float64(heap1+stack1-heap0-stack0)/endpoints/1024, "KiB/endpoint")
+		b.ReportMetric(float64(stack1-stack0)/endpoints/1024, "stack-KiB/endpoint")
+		b.ReportMetric(float64(g1-g0)/endpoints, "goroutines/endpoint")
+	}
+}

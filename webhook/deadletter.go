@@ -1,0 +1,361 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/match"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// Headers of a webhook dead letter (and of its replay).
+const (
+	HeaderEndpointID   = "Tablecast-Endpoint-Id"
+	HeaderEndpoint     = "Tablecast-Endpoint"
+	HeaderEventID      = "Tablecast-Event-Id"
+	HeaderSubject      = "Tablecast-Subject"
+	HeaderStreamSeq    = "Tablecast-Stream-Seq"
+	HeaderReason       = "Tablecast-Reason"
+	HeaderAttempts     = "Tablecast-Attempts"
+	HeaderFirstAttempt = "Tablecast-First-Attempt"
+)
+
+// DeadLetters are the webhook dead letters, in the dead-letter stream
+// beside the event stream: each event an endpoint gave up on, on
+// "<prefix>_deadletter.webhook.<endpoint id>", its body the envelope as it
+// was sent. A replay moves one to "<prefix>_deadletter.webhook_replay.<endpoint id>",
+// where the endpoint's worker delivers it again.
+type DeadLetters struct {
+	js     jetstream.JetStream
+	name   string // the dead-letter stream
+	str    jetstream.Stream
+	prefix string // "<prefix>_deadletter"
+
+	mu    sync.Mutex
+	wakes map[string]chan struct{} // by endpoint id: its worker's replays here
+}
+
+func (d *DeadLetters) wakeChan(id string) chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.wakes == nil {
+		d.wakes = map[string]chan struct{}{}
+	}
+	ch := make(chan struct{}, 1)
+	d.wakes[id] = ch
+	return ch
+}
+
+func (d *DeadLetters) dropWake(id string, ch chan struct{}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.wakes[id] == ch {
+		delete(d.wakes, id)
+	}
+}
+
+func (d *DeadLetters) wake(id string) {
+	d.mu.Lock()
+	ch := d.wakes[id]
+	d.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// queued reports whether replays of the endpoint wait (true when it
+// cannot tell: the consumer then says).
+func (d *DeadLetters) queued(ctx context.Context, id string) bool {
+	_, err := d.str.GetLastMsgForSubject(ctx, d.ReplaySubject(id))
+	return !errors.Is(err, jetstream.ErrMsgNotFound)
+}
+
+// OpenDeadLetters creates the dead-letter stream of eventStream when
+// missing.
+func OpenDeadLetters(ctx context.Context, js jetstream.JetStream, eventStream, prefix string, replicas int) (*DeadLetters, error) {
+	name, err := stream.EnsureDeadLetterStream(ctx, js, stream.DeadLetterConfig{EventStream: eventStream, Prefix: prefix, Replicas: replicas})
+	if err != nil {
+		return nil, err
+	}
+	str, err := js.Stream(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", name, err)
+	}
+	return &DeadLetters{js: js, name: name, str: str, prefix: strings.TrimSuffix(stream.DeadLetterSubjects(prefix), ".>")}, nil
+}
+
+// Stream is the dead-letter stream's name.
+func (d *DeadLetters) Stream() string { return d.name }
+
+// Subject is the subject of the dead letters of an endpoint.
+func (d *DeadLetters) Subject(endpointID string) string { return d.prefix + ".webhook." + endpointID }
+
+// ReplaySubject is the subject of the replayed dead letters of an
+// endpoint.
+func (d *DeadLetters) ReplaySubject(endpointID string) string {
+	return d.prefix + ".webhook_replay." + endpointID
+}
+
+// ErrOtherEndpoint: Replay was given the seq of a dead letter of another
+// endpoint (or of a record that is not a webhook's dead letter).
+var ErrOtherEndpoint = errors.New("not a dead letter of this endpoint")
+
+// DeadLetter is one event an endpoint gave up on.
+type DeadLetter struct {
+	// Seq is the dead letter's sequence in the dead-letter stream: what
+	// Replay takes.
+	Seq        uint64    `json:"seq"`
+	EndpointID string    `json:"endpoint_id"`
+	Endpoint   string    `json:"endpoint"` // its name then
+	EventID    string    `json:"event_id"`
+	Subject    string    `json:"subject"`    // the event's subject
+	StreamSeq  uint64    `json:"stream_seq"` // the event's sequence in the event stream
+	Reason     string    `json:"reason"`     // the last attempt's failure
+	Attempts   int       `json:"attempts"`
+	FirstTry   time.Time `json:"first_attempt"`
+	DeadAt     time.Time `json:"dead_lettered_at"`
+	Body       []byte    `json:"-"` // the envelope, as sent
+}
+
+// List returns up to limit dead letters of an endpoint with a sequence
+// after after, oldest first.
+func (d *DeadLetters) List(ctx context.Context, endpointID string, after uint64, limit int) ([]DeadLetter, error) {
+	str, err := d.js.Stream(ctx, d.name)
+	if err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", d.name, err)
+	}
+	subj := d.Subject(endpointID)
+	var out []DeadLetter
+	for seq := after + 1; len(out) < limit; {
+		raw, err := str.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read dead letters of %s from %d: %w", endpointID, seq, err)
+		}
+		out = append(out, deadLetterOf(raw))
+		seq = raw.Sequence + 1
+	}
+	return out, nil
+}
+
+func deadLetterOf(raw *jetstream.RawStreamMsg) DeadLetter {
+	h := raw.Header
+	dl := DeadLetter{
+		Seq: raw.Sequence, EndpointID: h.Get(HeaderEndpointID), Endpoint: h.Get(HeaderEndpoint),
+		EventID: h.Get(HeaderEventID), Subject: h.Get(HeaderSubject), Reason: h.Get(HeaderReason),
+		DeadAt: raw.Time, Body: raw.Data,
+	}
+	dl.StreamSeq, _ = strconv.ParseUint(h.Get(HeaderStreamSeq), 10, 64)
+	dl.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
+	dl.FirstTry, _ = time.Parse(time.RFC3339Nano, h.Get(HeaderFirstAttempt))
+	return dl
+}
+
+// Replay hands dead letters of an endpoint back to it: those of seqs, or
+// every one when seqs is empty. Each is queued for the endpoint's worker
+// (which delivers replays beside the live events, as their own requests,
+// with the same retries) and removed from the dead letters. It returns how
+// many were queued.
+func (d *DeadLetters) Replay(ctx context.Context, endpointID string, seqs ...uint64) (int, error) {
+	str, err := d.js.Stream(ctx, d.name)
+	if err != nil {
+		return 0, fmt.Errorf("open stream %s: %w", d.name, err)
+	}
+	if len(seqs) == 0 {
+		for after := uint64(0); ; {
+			page, err := d.List(ctx, endpointID, after, 1000)
+			if err != nil {
+				return 0, err
+			}
+			if len(page) == 0 {
+				break
+			}
+			for _, dl := range page {
+				seqs = append(seqs, dl.Seq)
+			}
+			after = page[len(page)-1].Seq
+		}
+	}
+	subj := d.Subject(endpointID)
+	n := 0
+	for _, seq := range seqs {
+		raw, err := str.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // replayed meanwhile
+		}
+		if err != nil {
+			return n, fmt.Errorf("read dead letter %d: %w", seq, err)
+		}
+		if raw.Subject != subj {
+			return n, fmt.Errorf("dead letter %d is not one of endpoint %s: %w", seq, endpointID, ErrOtherEndpoint)
+		}
+		msg := &nats.Msg{Subject: d.ReplaySubject(endpointID), Data: raw.Data, Header: nats.Header{}}
+		for k, v := range raw.Header {
+			msg.Header[k] = v
+		}
+		msg.Header.Del(nats.MsgIdHdr)
+		if _, err := d.js.PublishMsg(ctx, msg, jetstream.WithMsgID("replay-"+strconv.FormatUint(seq, 10))); err != nil {
+			return n, fmt.Errorf("queue dead letter %d for replay: %w", seq, err)
+		}
+		if err := str.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return n, fmt.Errorf("remove replayed dead letter %d: %w", seq, err)
+		}
+		n++
+	}
+	if n > 0 {
+		d.wake(endpointID)
+	}
+	return n, nil
+}
+
+// deadLetter stores items as dead letters of the endpoint, retrying until
+// ctx ends (false then: nothing may be acknowledged).
+func (w *worker) deadLetter(ctx context.Context, e *match.Entry, items []item, reason string, attempts int, first time.Time) bool {
+	d := w.m.dl
+	for _, it := range items {
+		msg := &nats.Msg{Subject: d.Subject(w.id), Data: it.body, Header: nats.Header{}}
+		msg.Header.Set(HeaderEndpointID, w.id)
+		msg.Header.Set(HeaderEndpoint, e.Endpoint.Name)
+		msg.Header.Set(HeaderEventID, it.id)
+		msg.Header.Set(HeaderSubject, it.subj)
+		msg.Header.Set(HeaderStreamSeq, strconv.FormatUint(it.seq, 10))
+		msg.Header.Set(HeaderReason, reason)
+		msg.Header.Set(HeaderAttempts, strconv.Itoa(attempts))
+		msg.Header.Set(HeaderFirstAttempt, first.UTC().Format(time.RFC3339Nano))
+		msgID := "webhook-" + w.id + "-" + it.id + "-" + strconv.FormatInt(first.UnixNano(), 36)
+		backoff := 100 * time.Millisecond
+		for {
+			_, err := w.m.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return false
+			}
+			w.log().Warn("cannot store a dead letter; retrying", "event_id", it.id, "err", err, "retry_in", backoff)
+			if !sleep(ctx, backoff) {
+				return false
+			}
+			backoff = min(backoff*2, 5*time.Second)
+		}
+	}
+	return true
+}
+
+// replayPoll is how often a worker looks for replays queued by another
+// process (those queued by its own are seen at once).
+const replayPoll = 5 * time.Second
+
+// replays delivers the endpoint's replayed dead letters until ctx ends
+// or, unless wait, until none is queued. An idle endpoint costs no
+// goroutine nor consumer for them: its dispatcher looks for a queued
+// replay every replayPoll (or when this process queues one) and runs
+// replays while there are some. A replay delivered is removed from the
+// stream.
+func (w *worker) replays(ctx context.Context, wait bool) {
+	d := w.m.dl
+	name := replayConsumerName(w.id)
+	var cons jetstream.Consumer
+	backoff := 100 * time.Millisecond
+	var wake chan struct{}
+	if wait {
+		wake = d.wakeChan(w.id)
+		defer d.dropWake(w.id, wake)
+	}
+	for ctx.Err() == nil {
+		if !d.queued(ctx, w.id) {
+			if !wait {
+				return
+			}
+			t := time.NewTimer(replayPoll)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-wake:
+			case <-t.C:
+			}
+			t.Stop()
+			continue
+		}
+		if cons == nil {
+			c, err := w.m.js.CreateOrUpdateConsumer(ctx, d.name, jetstream.ConsumerConfig{
+				Durable:        name,
+				Description:    "tablecast webhook endpoint " + w.id + ": replayed dead letters",
+				FilterSubject:  d.ReplaySubject(w.id),
+				AckPolicy:      jetstream.AckExplicitPolicy,
+				AckWait:        w.m.cfg.AckWait,
+				MaxDeliver:     -1,
+				MaxAckPending:  1,
+				PriorityPolicy: jetstream.PriorityPolicyPinned,
+				PriorityGroups: []string{priorityGroup},
+				PinnedTTL:      w.m.cfg.PinnedTTL,
+			})
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				w.log().Warn("cannot set up the webhook endpoint's replay consumer; retrying", "err", err, "retry_in", backoff)
+				if !sleep(ctx, backoff) {
+					return
+				}
+				backoff = min(backoff*2, 10*time.Second)
+				continue
+			}
+			cons, backoff = c, 100*time.Millisecond
+		}
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		batch, err := cons.Fetch(1, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
+		if err != nil {
+			cancel()
+			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+				cons = nil
+			}
+			if !sleep(ctx, 100*time.Millisecond) {
+				return
+			}
+			continue
+		}
+		for msg := range batch.Messages() {
+			meta, err := msg.Metadata()
+			if err != nil {
+				continue
+			}
+			if !w.hold(^meta.Sequence.Stream, msg) { // held apart from the event stream's sequences
+				continue
+			}
+			h := msg.Headers()
+			it := item{id: h.Get(HeaderEventID), body: msg.Data(), subj: h.Get(HeaderSubject)}
+			it.seq, _ = strconv.ParseUint(h.Get(HeaderStreamSeq), 10, 64)
+			if it.id == "" {
+				it.id = "replay-" + strconv.FormatUint(meta.Sequence.Stream, 10)
+			}
+			if r := w.deliver(ctx, w.entry.Load(), []item{it}); r == resultStopped || r == resultGone {
+				cancel()
+				return
+			}
+			if err := msg.Ack(); err != nil {
+				w.log().Warn("cannot acknowledge a replayed event; it may be delivered again", "err", err)
+			} else if err := d.str.DeleteMsg(ctx, meta.Sequence.Stream); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+				w.log().Warn("cannot remove a replayed event from the dead-letter stream", "err", err)
+			}
+			w.heldMu.Lock()
+			delete(w.held, ^meta.Sequence.Stream)
+			w.heldMu.Unlock()
+		}
+		cancel()
+	}
+}

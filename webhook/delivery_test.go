@@ -1,0 +1,385 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tablecast/tablecast/internal/endpoint"
+)
+
+// insertOrders inserts rows from..to, one transaction each.
+func (e *env) insertOrders(from, to int) {
+	e.t.Helper()
+	for i := from; i <= to; i++ {
+		e.exec(`INSERT INTO orders VALUES ($1, 'open', $2)`, i, i*10)
+	}
+}
+
+func TestDeliversEveryEventInOrder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	ep := e.endpoint("ordered", r.URL(), nil)
+	e.waitConsumer(ep)
+	const n = 200
+	// Half in one transaction, half one by one.
+	e.exec(`INSERT INTO orders SELECT g, 'open', g FROM generate_series(1, 100) g`)
+	e.insertOrders(101, n)
+	got := r.waitAccepted(t, n, 2*time.Minute)
+	checkOrder(t, got, n)
+	key := endpoint.SecretKey(ep.Webhook.Secret)
+	for _, d := range r.requests() {
+		ts, _ := strconv.ParseInt(d.Timestamp, 10, 64)
+		if want := Sign(key, d.ID, ts, d.Body); d.Signature != want {
+			t.Fatalf("request %s signed %q, want %q", d.ID, d.Signature, want)
+		}
+		if ev := parseBody(t, d.Body); len(ev) != 1 || ev[0].ID != d.ID {
+			t.Fatalf("webhook-id %s for the event %s", d.ID, d.Body)
+		}
+		if d.At.Unix()-ts > 60 || ts-d.At.Unix() > 60 {
+			t.Fatalf("webhook-timestamp %d far from the request's time %s", ts, d.At)
+		}
+	}
+	if v := e.metric(e.mgr.met.delivered, "ordered"); v != n {
+		t.Errorf("delivered metric %v, want %d", v, n)
+	}
+}
+
+func TestBatches(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	ep := e.endpoint("batched", r.URL(), func(w *endpoint.Webhook) { w.Batch = 10 })
+	e.waitConsumer(ep)
+	const n = 100
+	e.exec(`INSERT INTO orders SELECT g, 'open', g FROM generate_series(1, 100) g`)
+	got := r.waitAccepted(t, n, 2*time.Minute)
+	checkOrder(t, got, n)
+	for _, d := range r.requests() {
+		evs := parseBody(t, d.Body)
+		if len(evs) > 10 || d.Body[0] != '[' {
+			t.Fatalf("batch of %d: %.80s", len(evs), d.Body)
+		}
+		want := evs[0].ID
+		if len(evs) > 1 {
+			want += "_" + evs[len(evs)-1].ID
+		}
+		if d.ID != want {
+			t.Fatalf("batch webhook-id %q, want %q", d.ID, want)
+		}
+	}
+}
+
+func TestParallelByKeyKeepsEachRowInOrder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	ep := e.endpoint("parallel", r.URL(), func(w *endpoint.Webhook) { w.ParallelByKey, w.Concurrency = true, 4 })
+	e.waitConsumer(ep)
+	// Slow answers, so that lanes overlap.
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+		return 200, nil, 5 * time.Millisecond
+	})
+	const rows, updates = 8, 10
+	e.exec(`INSERT INTO orders SELECT g, '0', g FROM generate_series(1, 8) g`)
+	for u := 1; u <= updates; u++ {
+		e.exec(`UPDATE orders SET status = $1`, strconv.Itoa(u))
+	}
+	got := r.waitAccepted(t, rows*(updates+1), 2*time.Minute)
+	last := map[float64]int{}
+	for _, ev := range got {
+		id := ev.Data["id"].(float64)
+		st, _ := strconv.Atoi(ev.Data["status"].(string))
+		if st < last[id] {
+			t.Fatalf("row %v: status %d after %d", id, st, last[id])
+		}
+		last[id] = st
+	}
+	for id := 1; id <= rows; id++ {
+		if last[float64(id)] != updates {
+			t.Fatalf("row %d ended at %d", id, last[float64(id)])
+		}
+	}
+}
+
+// TestReceiverDown: the receiver refuses connections for 30 s, then comes
+// back: every event arrives, in order.
+func TestReceiverDown(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	ep := e.endpoint("down", r.URL(), func(w *endpoint.Webhook) { w.Retry.Max = endpoint.Duration(2 * time.Second) })
+	e.waitConsumer(ep)
+	e.insertOrders(1, 5)
+	r.waitAccepted(t, 5, time.Minute)
+	r.down()
+	downAt := time.Now()
+	e.insertOrders(6, 30)
+	waitFor(t, time.Minute, "failed attempts", func() bool { return e.metric(e.mgr.met.failed, "down") >= 3 })
+	for time.Since(downAt) < 30*time.Second {
+		time.Sleep(100 * time.Millisecond) // the outage itself
+	}
+	r.up(t)
+	got := r.waitAccepted(t, 30, 2*time.Minute)
+	checkOrder(t, got, 30)
+}
+
+// TestServerErrors: 500 answers are retried; the event is sent again
+// before any later one.
+func TestServerErrors(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+		if n <= 2 {
+			return 500, nil, 0
+		}
+		return 200, nil, 0
+	})
+	ep := e.endpoint("errors", r.URL(), nil)
+	e.waitConsumer(ep)
+	e.insertOrders(1, 10)
+	got := r.waitAccepted(t, 10, 2*time.Minute)
+	checkOrder(t, got, 10)
+	// Every request: three attempts of each event, one after another.
+	reqs := r.requests()
+	for i, d := range reqs {
+		if d.ID != reqs[i/3*3].ID {
+			t.Fatalf("request %d is of %s, amid the attempts of %s", i, d.ID, reqs[i/3*3].ID)
+		}
+	}
+	if v := e.metric(e.mgr.met.failed, "errors"); v != 20 {
+		t.Errorf("failed attempts %v, want 20", v)
+	}
+}
+
+// TestOtherClientErrorsAreRetried: a 4xx other than 410 is a failure
+// like a 5xx (a receiver misconfigured for a while loses nothing).
+func TestOtherClientErrorsAreRetried(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+		if n == 1 {
+			return 401, nil, 0
+		}
+		return 200, nil, 0
+	})
+	ep := e.endpoint("unauthorized", r.URL(), nil)
+	e.waitConsumer(ep)
+	e.insertOrders(1, 3)
+	checkOrder(t, r.waitAccepted(t, 3, time.Minute), 3)
+}
+
+// TestRetryAfter: a 429 with Retry-After: 2 is tried again no sooner.
+func TestRetryAfter(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+		if n == 1 {
+			return 429, map[string]string{"Retry-After": "2"}, 0
+		}
+		return 200, nil, 0
+	})
+	ep := e.endpoint("limited", r.URL(), nil) // backoff 100ms..1s: shorter than asked
+	e.waitConsumer(ep)
+	e.insertOrders(1, 2)
+	checkOrder(t, r.waitAccepted(t, 2, time.Minute), 2)
+	reqs := r.requests()
+	for i := 1; i < len(reqs); i++ {
+		if reqs[i].ID == reqs[i-1].ID && reqs[i-1].Status == 429 {
+			if gap := reqs[i].At.Sub(reqs[i-1].At); gap < 2*time.Second-50*time.Millisecond {
+				t.Fatalf("retried %s after %s, though Retry-After asked 2s", reqs[i].ID, gap)
+			}
+		}
+	}
+}
+
+// TestTimeout: a receiver slower than the endpoint's timeout gets the
+// event again.
+func TestTimeout(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+		if n == 1 {
+			return 599, nil, 3 * time.Second // never answered in time
+		}
+		return 200, nil, 0
+	})
+	ep := e.endpoint("slow", r.URL(), func(w *endpoint.Webhook) { w.Timeout = endpoint.Duration(time.Second) })
+	e.waitConsumer(ep)
+	e.insertOrders(1, 3)
+	checkOrder(t, r.waitAccepted(t, 3, time.Minute), 3)
+	if v := e.metric(e.mgr.met.failed, "slow"); v < 3 {
+		t.Errorf("failed attempts %v, want 3 timeouts", v)
+	}
+}
+
+// TestGoneDisables: 410 disables the endpoint, which then sends nothing;
+// resumed, it delivers from the event that got 410.
+func TestGoneDisables(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) { return 410, nil, 0 })
+	ep := e.endpoint("gone", r.URL(), nil)
+	e.waitConsumer(ep)
+	e.insertOrders(1, 3)
+	ctx := context.Background()
+	var cur *endpoint.Endpoint
+	waitFor(t, time.Minute, "the endpoint to be disabled", func() bool {
+		var err error
+		cur, err = e.store.GetEndpoint(ctx, ep.ID)
+		return err == nil && cur.State == endpoint.StateDisabled
+	})
+	if !strings.Contains(cur.DisabledReason, "410") {
+		t.Errorf("disabled reason %q", cur.DisabledReason)
+	}
+	waitFor(t, 30*time.Second, "the worker to stop", func() bool { return e.mgr.Workers() == 0 })
+	if n := len(r.requests()); n != 1 {
+		t.Fatalf("%d requests, want the one answered 410", n)
+	}
+	r.setAnswer(nil)
+	if _, err := e.store.SetEndpointState(ctx, ep.ID, 0, endpoint.StateActive, ""); err != nil {
+		t.Fatal(err)
+	}
+	checkOrder(t, r.waitAccepted(t, 3, time.Minute), 3)
+}
+
+// TestDeadLetterAndReplay: events failing past the retry max_age are
+// dead-lettered and delivery goes on; replayed, they arrive.
+func TestDeadLetterAndReplay(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	failing := map[float64]bool{2: true, 3: true}
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+		for _, ev := range parseBody(t, d.Body) {
+			if failing[ev.Data["id"].(float64)] {
+				return 503, nil, 0
+			}
+		}
+		return 200, nil, 0
+	})
+	ep := e.endpoint("dead", r.URL(), func(w *endpoint.Webhook) {
+		w.Retry = endpoint.Retry{Initial: endpoint.Duration(100 * time.Millisecond), Max: endpoint.Duration(200 * time.Millisecond), MaxAge: endpoint.Duration(time.Second)}
+	})
+	e.waitConsumer(ep)
+	e.insertOrders(1, 5)
+	got := r.waitAccepted(t, 3, time.Minute)
+	var ids []float64
+	for _, ev := range got {
+		ids = append(ids, ev.Data["id"].(float64))
+	}
+	if len(ids) != 3 || ids[0] != 1 || ids[1] != 4 || ids[2] != 5 {
+		t.Fatalf("accepted rows %v, want 1 4 5", ids)
+	}
+	ctx := context.Background()
+	dls, err := e.mgr.DeadLetters().List(ctx, ep.ID, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dls) != 2 {
+		t.Fatalf("%d dead letters, want 2", len(dls))
+	}
+	for i, dl := range dls {
+		evs := parseBody(t, dl.Body)
+		if evs[0].Data["id"].(float64) != float64(i+2) || dl.Attempts < 2 || !strings.Contains(dl.Reason, "503") || dl.EventID != evs[0].ID || dl.Endpoint != "dead" {
+			t.Fatalf("dead letter %+v of %s", dl, dl.Body)
+		}
+	}
+	if v := e.metric(e.mgr.met.deadLettered, "dead"); v != 2 {
+		t.Errorf("dead-lettered metric %v", v)
+	}
+	clear(failing)
+	if n, err := e.mgr.DeadLetters().Replay(ctx, ep.ID); err != nil || n != 2 {
+		t.Fatalf("Replay = %d, %v", n, err)
+	}
+	got = r.waitAccepted(t, 5, time.Minute)
+	if a, b := got[3].Data["id"].(float64), got[4].Data["id"].(float64); a+b != 5 {
+		t.Fatalf("replayed rows %v and %v, want 2 and 3", a, b)
+	}
+	if dls, _ := e.mgr.DeadLetters().List(ctx, ep.ID, 0, 10); len(dls) != 0 {
+		t.Fatalf("%d dead letters left after the replay", len(dls))
+	}
+}
+
+// TestRefusesPrivateAddresses: without an allowance, a webhook to a
+// loopback address (by IP or by a name resolving to it) never connects.
+func TestRefusesPrivateAddresses(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{noAllow: true})
+	r := newReceiver(t)
+	_, port, _ := strings.Cut(r.addr, ":")
+	ep := e.endpoint("private", r.URL(), nil)
+	ep2 := e.endpoint("byname", "http://localhost:"+port+"/hook", nil)
+	e.waitConsumer(ep)
+	e.waitConsumer(ep2)
+	e.insertOrders(1, 1)
+	waitFor(t, time.Minute, "refused attempts", func() bool {
+		return e.metric(e.mgr.met.failed, "private") >= 2 && e.metric(e.mgr.met.failed, "byname") >= 2
+	})
+	if n := len(r.requests()); n != 0 {
+		t.Fatalf("the receiver got %d requests", n)
+	}
+	if !e.log.contains("destination address refused") {
+		t.Error("no refusal logged")
+	}
+}
+
+func TestAddressAllowed(t *testing.T) {
+	for _, c := range []struct {
+		addr string
+		ok   bool
+	}{
+		{"8.8.8.8", true}, {"2606:4700::1111", true},
+		{"127.0.0.1", false}, {"::1", false}, {"10.1.2.3", false}, {"172.16.0.1", false}, {"192.168.1.1", false},
+		{"169.254.169.254", false}, {"fe80::1", false}, {"0.0.0.0", false}, {"::", false}, {"224.0.0.1", false},
+		{"ff02::1", false}, {"fd00::1", false}, {"::ffff:127.0.0.1", false}, {"::ffff:10.0.0.1", false},
+		{"100.64.0.1", false}, {"64:ff9b::a00:1", false}, {"255.255.255.255", false},
+	} {
+		ip := mustAddr(t, c.addr)
+		if got := addressAllowed(ip, nil); got != c.ok {
+			t.Errorf("addressAllowed(%s) = %v, want %v", c.addr, got, c.ok)
+		}
+	}
+	if !addressAllowed(mustAddr(t, "10.1.2.3"), allowList(t, "10.0.0.0/8")) {
+		t.Error("an allowed network refused")
+	}
+	if !addressAllowed(mustAddr(t, "::ffff:10.1.2.3"), allowList(t, "10.0.0.0/8")) {
+		t.Error("an allowed network refused when IPv4-mapped")
+	}
+}
+
+// TestDialerChecksResolvedAddress: the check runs on the address dialled,
+// after resolution.
+func TestDialerChecksResolvedAddress(t *testing.T) {
+	r := newReceiver(t)
+	_, port, _ := strings.Cut(r.addr, ":")
+	client := newClient(nil)
+	for _, u := range []string{"http://" + r.addr + "/", "http://localhost:" + port + "/"} {
+		resp, err := client.Get(u)
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("GET %s: answered %d", u, resp.StatusCode)
+		}
+		if !errors.Is(err, ErrRefusedAddress) {
+			t.Fatalf("GET %s: %v, want a refusal", u, err)
+		}
+	}
+	resp, err := newClient(allowList(t, "127.0.0.0/8")).Get("http://" + r.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent || len(r.requests()) != 1 {
+		t.Fatalf("allowed: %d, %d requests", resp.StatusCode, len(r.requests()))
+	}
+}

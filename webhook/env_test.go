@@ -1,0 +1,383 @@
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/tablecast/tablecast/cdc"
+	"github.com/tablecast/tablecast/internal/catalog"
+	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/internal/match"
+	"github.com/tablecast/tablecast/internal/natstest"
+	"github.com/tablecast/tablecast/internal/pgtest"
+	"github.com/tablecast/tablecast/stream"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+const testPrefix = "tablecast"
+
+// env is a pipeline: a database with table orders, the reader streaming it
+// into JetStream, the endpoint store, and webhook delivery.
+type env struct {
+	t     testing.TB
+	nats  *natstest.Server
+	db    *pgx.Conn
+	store *endpoint.Store
+	reg   *prometheus.Registry
+	mgr   *Manager
+	log   *logBuffer
+}
+
+type envOptions struct {
+	allow     []netip.Prefix // default 127.0.0.0/8
+	noAllow   bool
+	setup     string
+	ackWait   time.Duration
+	pinnedTTL time.Duration
+}
+
+func newEnv(t testing.TB, o envOptions) *env {
+	t.Helper()
+	n := natstest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if _, err := stream.EnsureStream(ctx, n.JS, stream.StreamConfig{Name: "TABLECAST", Prefix: testPrefix, DuplicateWindow: time.Minute}); err != nil {
+		t.Fatalf("provision stream: %v", err)
+	}
+	c := pgtest.Require(t)
+	_, url := c.CreateDatabase(t)
+	if o.setup == "" {
+		o.setup = `CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL, total numeric NOT NULL)`
+	}
+	c.Exec(t, url, o.setup)
+	slot := fmt.Sprintf("tc_wh_%d_%d", os.Getpid(), time.Now().UnixNano()%1e9)
+	lb := &logBuffer{}
+	log := slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	reader, err := cdc.New(cdc.Config{DatabaseURL: url, Slot: slot, Publication: "tc_pub", StallAfter: time.Hour,
+		RetryMin: 100 * time.Millisecond, RetryMax: 500 * time.Millisecond}, n.NC, n.JS, testPrefix, log.With("component", "reader"), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatalf("new reader: %v", err)
+	}
+	readerDone := make(chan error, 1)
+	rctx, rcancel := context.WithCancel(context.Background())
+	go func() { readerDone <- reader.Run(rctx) }()
+	t.Cleanup(func() {
+		rcancel()
+		<-readerDone
+		conn, err := pgx.Connect(context.Background(), url)
+		if err == nil {
+			_, _ = conn.Exec(context.Background(), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, slot)
+			conn.Close(context.Background())
+		}
+	})
+	e := &env{t: t, nats: n, db: c.Connect(t, url), reg: prometheus.NewRegistry(), log: lb}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log:\n%s", lb.String())
+		}
+	})
+	waitFor(t, 60*time.Second, "the reader to stream", func() bool { return reader.Health().Streaming })
+
+	e.store, err = endpoint.Open(ctx, n.JS, endpoint.Config{Logger: log})
+	if err != nil {
+		t.Fatalf("open endpoint store: %v", err)
+	}
+	t.Cleanup(e.store.Close)
+	cat := catalog.New(testPrefix, log)
+	schemas, err := stream.OpenRegistry(ctx, n.JS, stream.DefaultSchemaBucket, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	str, err := n.JS.Stream(ctx, "TABLECAST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	topics, err := stream.OpenTopics(ctx, n.JS, str, testPrefix, stream.DefaultTopicBucket, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	wg.Add(3)
+	go func() { defer wg.Done(); cat.Run(ctx, schemas, topics, nil, catalog.Start{}) }()
+	registry := match.NewRegistry(log)
+	go func() { defer wg.Done(); registry.Run(ctx, e.store) }()
+	allow := o.allow
+	if allow == nil && !o.noAllow {
+		allow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	}
+	e.mgr, err = New(ctx, n.JS, Config{Prefix: testPrefix, Registry: registry, Tables: cat, States: e.store, AllowNets: allow,
+		Registerer: e.reg, Logger: log.With("component", "webhook"), AckWait: o.ackWait, PinnedTTL: o.pinnedTTL})
+	if err != nil {
+		t.Fatalf("new manager: %v", err)
+	}
+	go func() { defer wg.Done(); e.mgr.Run(ctx) }()
+	return e
+}
+
+func (e *env) exec(sql string, args ...any) {
+	e.t.Helper()
+	if _, err := e.db.Exec(context.Background(), sql, args...); err != nil {
+		e.t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// endpoint creates a filter of every change to orders and a webhook
+// endpoint sending them to url, with mod applied to its settings.
+func (e *env) endpoint(name, url string, mod func(*endpoint.Webhook)) *endpoint.Endpoint {
+	e.t.Helper()
+	ctx := context.Background()
+	if _, err := e.store.GetFilter(ctx, "orders"); err != nil {
+		if _, err := e.store.CreateFilter(ctx, &endpoint.Filter{Name: "orders", Tables: []string{"public.orders"}}); err != nil {
+			e.t.Fatalf("create filter: %v", err)
+		}
+	}
+	wh := &endpoint.Webhook{URL: url, Retry: endpoint.Retry{Initial: endpoint.Duration(100 * time.Millisecond), Max: endpoint.Duration(time.Second), MaxAge: endpoint.Duration(10 * time.Minute)}}
+	if mod != nil {
+		mod(wh)
+	}
+	ep, err := e.store.CreateEndpoint(ctx, &endpoint.Endpoint{Name: name, Type: endpoint.TypeWebhook, Filters: []string{"orders"}, Webhook: wh})
+	if err != nil {
+		e.t.Fatalf("create endpoint: %v", err)
+	}
+	return ep
+}
+
+// waitConsumer waits until the endpoint's consumer exists (so that the
+// events after are read).
+func (e *env) waitConsumer(ep *endpoint.Endpoint) {
+	e.t.Helper()
+	waitFor(e.t, 30*time.Second, "the endpoint's consumer", func() bool {
+		_, err := e.nats.JS.Consumer(context.Background(), "TABLECAST", consumerName(ep.ID))
+		return err == nil
+	})
+}
+
+func (e *env) metric(c *prometheus.CounterVec, name string) float64 {
+	return testutil.ToFloat64(c.WithLabelValues(name))
+}
+
+// delivery is one request a receiver got.
+type delivery struct {
+	ID, Timestamp, Signature string
+	Body                     []byte
+	At                       time.Time
+	Status                   int // what the receiver answered
+}
+
+// receiver is an HTTP server that records every request and answers as
+// answer says (nil: 204).
+type receiver struct {
+	mu       sync.Mutex
+	all      []delivery
+	answer   func(d *delivery, n int) (status int, hdr map[string]string, delay time.Duration)
+	attempts map[string]int
+	srv      *http.Server
+	ln       net.Listener
+	addr     string
+}
+
+func newReceiver(t testing.TB) *receiver {
+	t.Helper()
+	r := &receiver{attempts: map[string]int{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.addr = ln.Addr().String()
+	r.serve(ln)
+	t.Cleanup(r.down)
+	return r
+}
+
+func (r *receiver) URL() string { return "http://" + r.addr + "/hook" }
+
+func (r *receiver) serve(ln net.Listener) {
+	r.ln = ln
+	r.srv = &http.Server{Handler: http.HandlerFunc(r.handle)}
+	go func() { _ = r.srv.Serve(ln) }()
+}
+
+// down stops listening: connections are refused.
+func (r *receiver) down() {
+	if r.srv != nil {
+		_ = r.srv.Close()
+		r.srv = nil
+	}
+}
+
+// up listens again on the same address.
+func (r *receiver) up(t *testing.T) {
+	t.Helper()
+	var ln net.Listener
+	waitFor(t, 10*time.Second, "the receiver's address to be free", func() bool {
+		var err error
+		ln, err = net.Listen("tcp", r.addr)
+		return err == nil
+	})
+	r.serve(ln)
+}
+
+func (r *receiver) handle(w http.ResponseWriter, req *http.Request) {
+	body, _ := io.ReadAll(req.Body)
+	d := delivery{ID: req.Header.Get("webhook-id"), Timestamp: req.Header.Get("webhook-timestamp"),
+		Signature: req.Header.Get("webhook-signature"), Body: body, At: time.Now(), Status: 204}
+	r.mu.Lock()
+	r.attempts[d.ID]++
+	n := r.attempts[d.ID]
+	answer := r.answer
+	r.mu.Unlock()
+	var hdr map[string]string
+	var delay time.Duration
+	if answer != nil {
+		d.Status, hdr, delay = answer(&d, n)
+	}
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-req.Context().Done():
+		}
+	}
+	r.mu.Lock()
+	r.all = append(r.all, d)
+	r.mu.Unlock()
+	for k, v := range hdr {
+		w.Header().Set(k, v)
+	}
+	w.WriteHeader(d.Status)
+}
+
+func (r *receiver) setAnswer(f func(d *delivery, n int) (int, map[string]string, time.Duration)) {
+	r.mu.Lock()
+	r.answer = f
+	r.mu.Unlock()
+}
+
+// requests returns every request so far.
+func (r *receiver) requests() []delivery {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]delivery(nil), r.all...)
+}
+
+// accepted returns the envelopes of the requests answered 2xx, in the
+// order received, each batch's envelopes in order.
+func (r *receiver) accepted(t testing.TB) []envelope {
+	t.Helper()
+	var out []envelope
+	for _, d := range r.requests() {
+		if d.Status/100 != 2 {
+			continue
+		}
+		out = append(out, parseBody(t, d.Body)...)
+	}
+	return out
+}
+
+type envelope struct {
+	ID   string         `json:"id"`
+	Op   string         `json:"op"`
+	Data map[string]any `json:"data"`
+	Key  map[string]any `json:"key"`
+	Old  map[string]any `json:"old"`
+}
+
+func parseBody(t testing.TB, body []byte) []envelope {
+	t.Helper()
+	if bytes.HasPrefix(body, []byte("[")) {
+		var list []envelope
+		if err := json.Unmarshal(body, &list); err != nil {
+			t.Fatalf("body %s: %v", body, err)
+		}
+		return list
+	}
+	var e envelope
+	if err := json.Unmarshal(body, &e); err != nil {
+		t.Fatalf("body %s: %v", body, err)
+	}
+	return []envelope{e}
+}
+
+// waitAccepted waits until n envelopes were accepted.
+func (r *receiver) waitAccepted(t testing.TB, n int, within time.Duration) []envelope {
+	t.Helper()
+	var got []envelope
+	waitFor(t, within, fmt.Sprintf("%d events accepted", n), func() bool {
+		got = r.accepted(t)
+		return len(got) >= n
+	})
+	return got
+}
+
+// checkOrder fails unless evs are the inserts of ids 1..n in order (each
+// once, repeats allowed only right after the same event).
+func checkOrder(t *testing.T, evs []envelope, n int) {
+	t.Helper()
+	next := 1
+	var lastID string
+	for _, ev := range evs {
+		if ev.ID == lastID {
+			continue
+		}
+		id := int(ev.Data["id"].(float64))
+		if id != next {
+			t.Fatalf("event of row %d arrived when %d was next (ids so far up to %s)", id, next, lastID)
+		}
+		if lastID != "" && ev.ID < lastID {
+			t.Fatalf("event id %s after %s", ev.ID, lastID)
+		}
+		next++
+		lastID = ev.ID
+	}
+	if next != n+1 {
+		t.Fatalf("%d events arrived, want %d", next-1, n)
+	}
+}
+
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func (l *logBuffer) contains(s string) bool { return strings.Contains(l.String(), s) }
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

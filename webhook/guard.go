@@ -1,0 +1,101 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"syscall"
+	"time"
+)
+
+// ErrRefusedAddress is wrapped by the error of a request whose destination
+// resolved to an address webhooks may not reach (see Config.AllowNets).
+var ErrRefusedAddress = errors.New("destination address refused")
+
+// blocked are the ranges a webhook is refused, on top of what netip's
+// predicates say (loopback, private, link-local, multicast, unspecified).
+var blocked = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),      // "this network"
+	netip.MustParsePrefix("100.64.0.0/10"),  // shared address space (carrier NAT)
+	netip.MustParsePrefix("192.0.0.0/24"),   // IETF protocol assignments
+	netip.MustParsePrefix("198.18.0.0/15"),  // benchmarking
+	netip.MustParsePrefix("240.0.0.0/4"),    // reserved, and broadcast
+	netip.MustParsePrefix("64:ff9b::/96"),   // NAT64: may embed any IPv4 address
+	netip.MustParsePrefix("64:ff9b:1::/48"), // local-use NAT64
+	netip.MustParsePrefix("2002::/16"),      // 6to4: may embed any IPv4 address
+	netip.MustParsePrefix("fec0::/10"),      // site-local (deprecated)
+	netip.MustParsePrefix("100::/64"),       // discard-only
+	netip.MustParsePrefix("2001:db8::/32"),  // documentation
+	netip.MustParsePrefix("::ffff:0:0/96"),  // IPv4-mapped (checked unmapped too)
+	netip.MustParsePrefix("::/128"),         // unspecified
+	netip.MustParsePrefix("::1/128"),        // loopback
+	netip.MustParsePrefix("fe80::/10"),      // link-local
+	netip.MustParsePrefix("ff00::/8"),       // multicast
+	netip.MustParsePrefix("fc00::/7"),       // unique local
+	netip.MustParsePrefix("169.254.0.0/16"), // link-local (cloud metadata)
+	netip.MustParsePrefix("224.0.0.0/4"),    // multicast
+	netip.MustParsePrefix("127.0.0.0/8"),    // loopback
+	netip.MustParsePrefix("10.0.0.0/8"),     // private
+	netip.MustParsePrefix("172.16.0.0/12"),  // private
+	netip.MustParsePrefix("192.168.0.0/16"), // private
+	netip.MustParsePrefix("255.255.255.255/32"),
+}
+
+// addressAllowed reports whether a webhook may connect to ip: a public
+// address, or one inside allow.
+func addressAllowed(ip netip.Addr, allow []netip.Prefix) bool {
+	for _, p := range allow {
+		if p.Contains(ip) || p.Contains(ip.Unmap()) {
+			return true
+		}
+	}
+	u := ip.Unmap()
+	if !u.IsValid() || u.IsLoopback() || u.IsPrivate() || u.IsLinkLocalUnicast() || u.IsLinkLocalMulticast() ||
+		u.IsInterfaceLocalMulticast() || u.IsMulticast() || u.IsUnspecified() {
+		return false
+	}
+	for _, p := range blocked {
+		if p.Contains(ip) || p.Contains(u) {
+			return false
+		}
+	}
+	return true
+}
+
+// newTransport returns the HTTP transport of webhook requests. Its dialer
+// checks the address it is about to connect to, after DNS resolution (a
+// name that resolves to a public address when checked and a private one
+// when used cannot get through), and it uses no proxy (the address checked
+// is the destination's).
+func newTransport(allow []netip.Prefix) *http.Transport {
+	d := &net.Dialer{
+		Timeout:   10 * time.Second,
+		KeepAlive: 30 * time.Second,
+		Control: func(network, address string, _ syscall.RawConn) error {
+			ap, err := netip.ParseAddrPort(address)
+			if err != nil {
+				return fmt.Errorf("%w: %s is not an IP address and port", ErrRefusedAddress, address)
+			}
+			if !addressAllowed(ap.Addr(), allow) {
+				return fmt.Errorf("%w: %s is a loopback, private, link-local, multicast or reserved address (allow it with the webhook allowed networks)", ErrRefusedAddress, ap.Addr())
+			}
+			return nil
+		},
+	}
+	return &http.Transport{
+		Proxy: nil,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return d.DialContext(ctx, network, addr)
+		},
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   128,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		ResponseHeaderTimeout: 0, // the request's timeout bounds it
+	}
+}

@@ -1,0 +1,47 @@
+package webhook
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the webhook deliveries' Prometheus metrics, by endpoint name.
+type metrics struct {
+	delivered    *prometheus.CounterVec
+	failed       *prometheus.CounterVec
+	deadLettered *prometheus.CounterVec
+	lag          *prometheus.GaugeVec
+	latency      *prometheus.HistogramVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		delivered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_webhook_delivered_total", Help: "Events a webhook endpoint accepted (answered 2xx).",
+		}, []string{"endpoint"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_webhook_failed_attempts_total", Help: "Requests to a webhook endpoint that failed (timeout, connection error, refused address, or an answer other than 2xx).",
+		}, []string{"endpoint"}),
+		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_webhook_dead_lettered_total", Help: "Events given up after the endpoint's retry max_age and kept in the dead-letter stream.",
+		}, []string{"endpoint"}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tablecast_webhook_consumer_lag", Help: "Messages of the event stream the endpoint's consumer has yet to read (as of its latest read).",
+		}, []string{"endpoint"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tablecast_webhook_delivery_seconds",
+			Help:    "Time from an event's arrival in the stream to the endpoint accepting it.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}, []string{"endpoint"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.delivered, m.failed, m.deadLettered, m.lag, m.latency)
+	}
+	return m
+}
+
+// forget drops the series of an endpoint that is gone.
+func (m *metrics) forget(name string) {
+	m.delivered.DeleteLabelValues(name)
+	m.failed.DeleteLabelValues(name)
+	m.deadLettered.DeleteLabelValues(name)
+	m.lag.DeleteLabelValues(name)
+	m.latency.DeleteLabelValues(name)
+}

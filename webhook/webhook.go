@@ -1,0 +1,238 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tablecast/tablecast/internal/catalog"
+	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/internal/match"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// Tables finds the table of an event: *catalog.Catalog.
+type Tables interface {
+	TableIn(db, schemaName, table string) *catalog.Table
+}
+
+// States changes an endpoint's state: *endpoint.Store.
+type States interface {
+	SetEndpointState(ctx context.Context, id string, expected uint64, state endpoint.State, reason string) (*endpoint.Endpoint, error)
+}
+
+// Config configures webhook delivery. Zero fields take the defaults
+// documented on each; Registry, Tables and States are required.
+type Config struct {
+	// Stream is the event stream. Default stream.DefaultStreamName.
+	Stream string
+	// Prefix is the subject prefix of the events. Default
+	// stream.DefaultPrefix.
+	Prefix string
+	// Replicas of the dead-letter stream when created here. Default 1.
+	Replicas int
+	// Registry holds the endpoints and their matchers; the caller runs it.
+	Registry *match.Registry
+	// Tables finds the table of each event (its columns, to match it).
+	Tables Tables
+	// States disables an endpoint that answered 410 Gone.
+	States States
+	// AllowNets are the networks webhooks may reach although their
+	// addresses are loopback, private, link-local or otherwise reserved.
+	// Default none: only public addresses.
+	AllowNets []netip.Prefix
+	// Registerer takes the metrics. Nil registers none.
+	Registerer prometheus.Registerer
+	// Logger; nil logs nothing.
+	Logger *slog.Logger
+	// AckWait is how long a message read but neither acknowledged nor
+	// kept in progress stays with a process before JetStream gives it to
+	// another (a process that died). Default 15s.
+	AckWait time.Duration
+	// PinnedTTL is how long a process that stops reading an endpoint's
+	// consumer keeps it before another process may read it. Default 10s.
+	PinnedTTL time.Duration
+}
+
+// Defaults of Config.
+const (
+	DefaultAckWait   = 15 * time.Second
+	DefaultPinnedTTL = 10 * time.Second
+)
+
+// Manager delivers the events of every active webhook endpoint, each with
+// a worker of its own.
+type Manager struct {
+	cfg       Config
+	js        jetstream.JetStream
+	log       *slog.Logger
+	met       *metrics
+	client    *http.Client
+	resolver  *stream.Resolver
+	dl        *DeadLetters
+	eventsStr string
+
+	mu      sync.Mutex
+	workers map[string]*worker // by endpoint id
+	wg      sync.WaitGroup
+}
+
+// New prepares a Manager: it creates the dead-letter stream when missing.
+// Run delivers.
+func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Manager, error) {
+	if cfg.Registry == nil || cfg.Tables == nil || cfg.States == nil {
+		return nil, errors.New("webhook: Registry, Tables and States are required")
+	}
+	if cfg.Stream == "" {
+		cfg.Stream = stream.DefaultStreamName
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = stream.DefaultPrefix
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = DefaultAckWait
+	}
+	if cfg.PinnedTTL <= 0 {
+		cfg.PinnedTTL = DefaultPinnedTTL
+	}
+	dl, err := OpenDeadLetters(ctx, js, cfg.Stream, cfg.Prefix, cfg.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{
+		cfg:       cfg,
+		js:        js,
+		log:       cfg.Logger,
+		met:       newMetrics(cfg.Registerer),
+		client:    newClient(cfg.AllowNets),
+		resolver:  stream.NewResolver(js),
+		dl:        dl,
+		eventsStr: cfg.Stream,
+		workers:   map[string]*worker{},
+	}, nil
+}
+
+func newClient(allow []netip.Prefix) *http.Client {
+	return &http.Client{
+		Transport: newTransport(allow),
+		// A redirect is an answer like any other that is not 2xx: never
+		// followed (it could point anywhere).
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// DeadLetters returns the dead letters of the Manager's stream.
+func (m *Manager) DeadLetters() *DeadLetters { return m.dl }
+
+// Run starts and stops workers as endpoints come, change and go, until
+// ctx ends; then it stops them all and returns.
+func (m *Manager) Run(ctx context.Context) {
+	l := m.cfg.Registry.Listen()
+	defer l.Close()
+	select {
+	case <-m.cfg.Registry.Ready():
+	case <-ctx.Done():
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			m.stopAll()
+			return
+		case <-l.C():
+			for _, id := range l.Take() {
+				m.apply(ctx, id)
+			}
+		}
+	}
+}
+
+// apply brings the worker of endpoint id in line with its definition.
+func (m *Manager) apply(ctx context.Context, id string) {
+	e := m.cfg.Registry.Get(id)
+	m.mu.Lock()
+	w := m.workers[id]
+	m.mu.Unlock()
+	if w != nil && e != nil && w.sameRun(e) {
+		w.entry.Store(e) // a new matcher or name: taken at the next batch
+		return
+	}
+	if w != nil {
+		w.stop()
+		m.mu.Lock()
+		delete(m.workers, id)
+		m.mu.Unlock()
+		if e == nil || e.Endpoint.Name != w.name() {
+			m.met.forget(w.name())
+		}
+	}
+	if e == nil {
+		m.deleteConsumers(ctx, id)
+		return
+	}
+	if e.Endpoint.Type != endpoint.TypeWebhook || e.Endpoint.Webhook == nil || e.Endpoint.State != endpoint.StateActive {
+		return
+	}
+	w = newWorker(ctx, m, e)
+	m.mu.Lock()
+	m.workers[id] = w
+	m.mu.Unlock()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		w.run()
+	}()
+}
+
+// deleteConsumers removes the consumers of an endpoint that is gone.
+func (m *Manager) deleteConsumers(ctx context.Context, id string) {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, c := range []struct{ str, name string }{{m.eventsStr, consumerName(id)}, {m.dl.name, replayConsumerName(id)}} {
+		if err := m.js.DeleteConsumer(dctx, c.str, c.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			m.log.Warn("cannot delete the consumer of a deleted webhook endpoint", "endpoint_id", id, "consumer", c.name, "err", err)
+		}
+	}
+}
+
+func (m *Manager) stopAll() {
+	m.mu.Lock()
+	ws := make([]*worker, 0, len(m.workers))
+	for _, w := range m.workers {
+		ws = append(ws, w)
+	}
+	m.workers = map[string]*worker{}
+	m.mu.Unlock()
+	for _, w := range ws {
+		w.cancel()
+	}
+	m.wg.Wait()
+}
+
+// Workers returns how many endpoints are being delivered.
+func (m *Manager) Workers() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.workers)
+}
+
+// consumerName is the durable consumer of an endpoint on the event stream.
+func consumerName(id string) string { return "tablecast_webhook_" + id }
+
+// replayConsumerName is the durable consumer of an endpoint's replayed
+// dead letters.
+func replayConsumerName(id string) string { return "tablecast_webhook_replay_" + id }
+
+// priorityGroup is the group every process pulls an endpoint's consumer
+// in: pinned, so that one process at a time reads it.
+const priorityGroup = "deliver"

@@ -1,0 +1,691 @@
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/internal/match"
+	"github.com/tablecast/tablecast/internal/query"
+	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// maxHeld bounds the messages one endpoint holds at once (its consumer's
+// MaxAckPending): with parallel_by_key, concurrency × batch up to it.
+const maxHeld = 1000
+
+// worker delivers one endpoint's events: a dispatcher pulls the
+// endpoint's consumer and hands each message to a lane (one lane, or one
+// per concurrency slot by row key); a lane delivers its messages in order.
+type worker struct {
+	m        *Manager
+	id       string
+	entry    atomic.Pointer[match.Entry]
+	wh       endpoint.Webhook // the settings this worker runs with
+	subjects []string
+	lanes    int
+	capacity int // messages held at most
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	heldMu sync.Mutex
+	held   map[uint64]jetstream.Msg // by stream sequence: read, not yet acknowledged
+}
+
+func newWorker(parent context.Context, m *Manager, e *match.Entry) *worker {
+	wh := *e.Endpoint.Webhook
+	w := &worker{m: m, id: e.Endpoint.ID, wh: wh, done: make(chan struct{}), held: map[uint64]jetstream.Msg{}}
+	w.ctx, w.cancel = context.WithCancel(parent)
+	w.entry.Store(e)
+	w.subjects = match.Subjects(m.cfg.Prefix, e.Matcher.Filters(), e.Matcher.Rules())
+	w.lanes = 1
+	if wh.ParallelByKey {
+		w.lanes = max(1, wh.Concurrency)
+	}
+	w.capacity = min(maxHeld, w.lanes*max(1, wh.Batch))
+	return w
+}
+
+func (w *worker) name() string { return w.entry.Load().Endpoint.Name }
+
+// sameRun reports whether e can be delivered by this worker as it runs:
+// the same settings, consumer filters and name, active.
+func (w *worker) sameRun(e *match.Entry) bool {
+	ep := e.Endpoint
+	return ep.State == endpoint.StateActive && ep.Webhook != nil && ep.Name == w.name() &&
+		reflect.DeepEqual(*ep.Webhook, w.wh) &&
+		slices.Equal(match.Subjects(w.m.cfg.Prefix, e.Matcher.Filters(), e.Matcher.Rules()), w.subjects)
+}
+
+func (w *worker) stop() {
+	w.cancel()
+	<-w.done
+}
+
+func (w *worker) log() *slog.Logger {
+	return w.m.log.With("endpoint", w.name(), "endpoint_id", w.id)
+}
+
+func (w *worker) run() {
+	defer close(w.done)
+	defer w.nakHeld()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if len(w.subjects) == 0 {
+		// Nothing linked: nothing to read but replays.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.keepInProgress(w.ctx)
+		}()
+		w.replays(w.ctx, true)
+		return
+	}
+	cons := w.consumer(w.ctx)
+	if cons == nil {
+		return
+	}
+	w.log().Info("webhook delivery started", "subjects", strings.Join(w.subjects, " "), "lanes", w.lanes, "batch", w.wh.Batch)
+	lanes := make([]chan jetstream.Msg, w.lanes)
+	for i := range lanes {
+		lanes[i] = make(chan jetstream.Msg, w.capacity+1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.lane(w.ctx, lanes[i])
+		}()
+	}
+	w.dispatch(w.ctx, cons, lanes)
+}
+
+// consumer creates the endpoint's durable consumer, or brings its filters
+// and limits up to date, retrying until ctx ends (nil then).
+func (w *worker) consumer(ctx context.Context) jetstream.Consumer {
+	backoff := 100 * time.Millisecond
+	for {
+		c, err := w.ensureConsumer(ctx)
+		if err == nil {
+			return c
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		w.log().Warn("cannot set up the webhook endpoint's consumer; retrying", "err", err, "retry_in", backoff)
+		if !sleep(ctx, backoff) {
+			return nil
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}
+
+func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	e := w.entry.Load().Endpoint
+	name := consumerName(w.id)
+	c, err := w.m.js.Consumer(ctx, w.m.eventsStr, name)
+	if err == nil {
+		cfg := c.CachedInfo().Config
+		if slices.Equal(cfg.FilterSubjects, w.subjects) && cfg.MaxAckPending == w.capacity && cfg.AckWait == w.m.cfg.AckWait && cfg.PinnedTTL == w.m.cfg.PinnedTTL {
+			return c, nil
+		}
+		cfg.FilterSubject, cfg.FilterSubjects = "", w.subjects
+		cfg.MaxAckPending, cfg.AckWait, cfg.PinnedTTL = w.capacity, w.m.cfg.AckWait, w.m.cfg.PinnedTTL
+		c, err = w.m.js.UpdateConsumer(ctx, w.m.eventsStr, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("update consumer %s: %w", name, err)
+		}
+		return c, nil
+	}
+	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("look up consumer %s: %w", name, err)
+	}
+	cfg := jetstream.ConsumerConfig{
+		Durable:        name,
+		Description:    "tablecast webhook endpoint " + e.ID,
+		FilterSubjects: w.subjects,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        w.m.cfg.AckWait,
+		MaxDeliver:     -1,
+		MaxAckPending:  w.capacity,
+		PriorityPolicy: jetstream.PriorityPolicyPinned,
+		PriorityGroups: []string{priorityGroup},
+		PinnedTTL:      w.m.cfg.PinnedTTL,
+	}
+	start := e.Webhook.Start
+	switch {
+	case start.Seq != 0:
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start.Seq
+	case !start.Time.IsZero():
+		t := start.Time
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
+	default:
+		// "now" is the endpoint's creation: events committed between the
+		// creation and this consumer are not skipped.
+		t := e.CreatedAt
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
+	}
+	c, err = w.m.js.CreateConsumer(ctx, w.m.eventsStr, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %s: %w", name, err)
+	}
+	return c, nil
+}
+
+// dispatch pulls the consumer until ctx ends and hands each message to
+// its lane. It keeps pulling while the lanes are busy (the lanes' queues
+// hold every message the consumer may give out), so that this process
+// stays the pinned reader of the consumer: no other process gets the
+// endpoint's next messages while this one holds earlier ones.
+func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []chan jetstream.Msg) {
+	backoff := 100 * time.Millisecond
+	var env query.Row
+	every := w.m.cfg.AckWait / 3
+	progressed := time.Now()
+	var replaying atomic.Bool
+	var replayWG sync.WaitGroup
+	defer replayWG.Wait()
+	wake := w.m.dl.wakeChan(w.id)
+	defer w.m.dl.dropWake(w.id, wake)
+	lookedForReplays := time.Time{}
+	for ctx.Err() == nil {
+		if time.Since(progressed) >= every {
+			w.progress()
+			progressed = time.Now()
+		}
+		woken := false
+		select {
+		case <-wake:
+			woken = true
+		default:
+		}
+		if !replaying.Load() && (woken || time.Since(lookedForReplays) >= replayPoll) {
+			// Replays get a goroutine of their own while there are some.
+			lookedForReplays = time.Now()
+			if w.m.dl.queued(ctx, w.id) {
+				replaying.Store(true)
+				replayWG.Add(1)
+				go func() {
+					defer replayWG.Done()
+					defer replaying.Store(false)
+					w.replays(ctx, false)
+				}()
+			}
+		}
+		room := max(1, w.capacity-w.heldCount())
+		fctx, cancel := context.WithTimeout(ctx, min(5*time.Second, every))
+		batch, err := cons.Fetch(room, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
+		if err != nil {
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+				if cons = w.consumer(ctx); cons == nil {
+					return
+				}
+				continue
+			}
+			w.log().Warn("cannot read the webhook endpoint's consumer; retrying", "err", err, "retry_in", backoff)
+			if !sleep(ctx, backoff) {
+				return
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		for msg := range batch.Messages() {
+			meta, err := msg.Metadata()
+			if err != nil {
+				continue
+			}
+			w.m.met.lag.WithLabelValues(w.name()).Set(float64(meta.NumPending))
+			if !w.hold(meta.Sequence.Stream, msg) {
+				continue // a redelivery of a message a lane has
+			}
+			lane := 0
+			if len(lanes) > 1 {
+				lane = laneOf(&env, msg, len(lanes))
+			}
+			lanes[lane] <- msg // never blocks: a lane's queue holds capacity+1
+		}
+		cancel()
+		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
+			w.log().Debug("webhook consumer read ended", "err", err)
+			if !sleep(ctx, 50*time.Millisecond) {
+				return
+			}
+		}
+		backoff = 100 * time.Millisecond
+	}
+}
+
+// laneOf chooses a message's lane by its table and row key.
+func laneOf(env *query.Row, msg jetstream.Msg, n int) int {
+	h := fnv.New32a()
+	subj := msg.Subject()
+	if i := strings.LastIndexByte(subj, '.'); i > 0 {
+		subj = subj[:i] // the table, not the operation
+	}
+	h.Write([]byte(subj))
+	if env.Reset(msg.Data()) == nil {
+		if k, ok := env.Get("key"); ok {
+			h.Write(k)
+		}
+	}
+	return int(h.Sum32() % uint32(n))
+}
+
+func (w *worker) hold(seq uint64, msg jetstream.Msg) bool {
+	w.heldMu.Lock()
+	defer w.heldMu.Unlock()
+	if _, ok := w.held[seq]; ok {
+		return false
+	}
+	w.held[seq] = msg
+	return true
+}
+
+func (w *worker) heldCount() int {
+	w.heldMu.Lock()
+	defer w.heldMu.Unlock()
+	return len(w.held)
+}
+
+// ack acknowledges messages delivered (or passed over) and lets them go.
+func (w *worker) ack(msgs []jetstream.Msg) {
+	for _, msg := range msgs {
+		if err := msg.Ack(); err != nil {
+			w.log().Warn("cannot acknowledge a delivered event; it may be delivered again", "err", err)
+		}
+		if meta, err := msg.Metadata(); err == nil {
+			w.heldMu.Lock()
+			delete(w.held, meta.Sequence.Stream)
+			w.heldMu.Unlock()
+		}
+	}
+}
+
+// nakHeld gives back every message still held, for prompt redelivery when
+// the endpoint resumes (here or in another process).
+func (w *worker) nakHeld() {
+	w.heldMu.Lock()
+	defer w.heldMu.Unlock()
+	seqs := make([]uint64, 0, len(w.held))
+	for s := range w.held {
+		seqs = append(seqs, s)
+	}
+	slices.Sort(seqs)
+	for _, s := range seqs {
+		_ = w.held[s].Nak()
+	}
+	clear(w.held)
+}
+
+// keepInProgress calls progress every third of the ack wait until ctx
+// ends (the dispatcher does it between its reads).
+func (w *worker) keepInProgress(ctx context.Context) {
+	t := time.NewTicker(w.m.cfg.AckWait / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.progress()
+	}
+}
+
+// progress tells JetStream that the messages held are being worked on,
+// so that none is given to another process while this one retries it.
+func (w *worker) progress() {
+	w.heldMu.Lock()
+	msgs := make([]jetstream.Msg, 0, len(w.held))
+	for _, m := range w.held {
+		msgs = append(msgs, m)
+	}
+	w.heldMu.Unlock()
+	for _, m := range msgs {
+		_ = m.InProgress()
+	}
+}
+
+// item is one event to deliver.
+type item struct {
+	id     string    // the event's id
+	body   []byte    // the envelope as delivered (projected)
+	stored time.Time // when the stream stored it (zero for a replay)
+	seq    uint64    // its stream sequence (0 for a replay)
+	subj   string
+}
+
+// lane delivers the messages of in, in order, a batch at a time.
+func (w *worker) lane(ctx context.Context, in chan jetstream.Msg) {
+	var ev query.Event
+	for {
+		var first jetstream.Msg
+		select {
+		case <-ctx.Done():
+			return
+		case first = <-in:
+		}
+		msgs := []jetstream.Msg{first}
+	fill:
+		for len(msgs) < max(1, w.wh.Batch) {
+			select {
+			case m := <-in:
+				msgs = append(msgs, m)
+			default:
+				break fill
+			}
+		}
+		e := w.entry.Load()
+		items := make([]item, 0, len(msgs))
+		for _, msg := range msgs {
+			it, ok, err := w.prepare(ctx, e, &ev, msg)
+			if err != nil {
+				return // ctx ended
+			}
+			if ok {
+				items = append(items, it)
+			}
+		}
+		if len(items) > 0 {
+			switch w.deliver(ctx, e, items) {
+			case resultStopped, resultGone:
+				return // held messages are given back as the worker ends
+			}
+		}
+		w.ack(msgs)
+	}
+}
+
+// prepare reads a message: the event, whether the endpoint's Matcher
+// passes it, and the envelope to send. err is set only when ctx ends.
+func (w *worker) prepare(ctx context.Context, e *match.Entry, ev *query.Event, msg jetstream.Msg) (it item, ok bool, err error) {
+	meta, _ := msg.Metadata()
+	it = item{subj: msg.Subject()}
+	if meta != nil {
+		it.stored, it.seq = meta.Timestamp, meta.Sequence.Stream
+	}
+	db, sch, tbl, op, ok := parseSubject(w.m.cfg.Prefix, msg.Subject())
+	if !ok {
+		return it, false, nil
+	}
+	data := msg.Data()
+	if resolved, err := w.m.resolver.Resolve(ctx, data); err == nil {
+		data = resolved
+	} else if ctx.Err() != nil {
+		return it, false, ctx.Err()
+	} else {
+		w.log().Warn("event claim not resolved; delivered as received", "seq", it.seq, "err", err)
+	}
+	backoff := 100 * time.Millisecond
+	var t = w.m.cfg.Tables.TableIn(db, sch, tbl)
+	for t == nil {
+		// The reader registers a table before its first event; the
+		// catalog catches up. Never guessed past: the endpoint waits.
+		if backoff >= 5*time.Second {
+			w.log().Warn("waiting for the table of an event to be known", "table", schema.FormatQualifiedName(db, sch, tbl), "seq", it.seq)
+		}
+		if !sleep(ctx, backoff) {
+			return it, false, ctx.Err()
+		}
+		backoff = min(backoff*2, 10*time.Second)
+		t = w.m.cfg.Tables.TableIn(db, sch, tbl)
+	}
+	if ev.Reset(schema.OpBit(op), data) != nil {
+		w.log().Warn("event that is not a JSON object passed over", "seq", it.seq)
+		return it, false, nil
+	}
+	d := e.Matcher.Decide(t, ev)
+	if !d.Pass {
+		return it, false, nil
+	}
+	body, err := d.Projection.AppendEvent(nil, data)
+	if err != nil {
+		w.log().Warn("event that does not project passed over", "seq", it.seq, "err", err)
+		return it, false, nil
+	}
+	it.body = body
+	it.id = msg.Headers().Get("Nats-Msg-Id")
+	if it.id == "" {
+		var env query.Row
+		if env.Reset(data) == nil {
+			if raw, ok := env.Get("id"); ok && len(raw) > 1 && raw[0] == '"' {
+				it.id = string(raw[1 : len(raw)-1])
+			}
+		}
+	}
+	if it.id == "" {
+		it.id = "seq-" + strconv.FormatUint(it.seq, 10)
+	}
+	return it, true, nil
+}
+
+// parseSubject reads a change subject: <prefix>.<db>.<schema>.<table>.<op>.
+func parseSubject(prefix, subj string) (db, sch, tbl, op string, ok bool) {
+	rest, found := strings.CutPrefix(subj, prefix+".")
+	if !found {
+		return "", "", "", "", false
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) != 4 {
+		return "", "", "", "", false
+	}
+	var err error
+	if db, err = stream.DecodeToken(parts[0]); err != nil {
+		return "", "", "", "", false
+	}
+	if sch, err = stream.DecodeToken(parts[1]); err != nil {
+		return "", "", "", "", false
+	}
+	if tbl, err = stream.DecodeToken(parts[2]); err != nil {
+		return "", "", "", "", false
+	}
+	return db, sch, tbl, parts[3], true
+}
+
+type result int
+
+const (
+	resultDelivered result = iota
+	resultDeadLettered
+	resultGone    // 410: the endpoint is disabled
+	resultStopped // the worker is stopping: nothing acknowledged
+)
+
+// deliver sends items in one request, and again on failure with
+// exponential backoff and jitter, until the endpoint accepts them (2xx),
+// the endpoint's retry max_age has passed since the first attempt (they
+// are dead-lettered), it answers 410 Gone (it is disabled), or ctx ends.
+func (w *worker) deliver(ctx context.Context, e *match.Entry, items []item) result {
+	wh := w.wh
+	name := e.Endpoint.Name
+	body, id := payload(items, wh.Batch > 1)
+	key := endpoint.SecretKey(wh.Secret)
+	first := time.Now()
+	var reason string
+	for attempt := 1; ; attempt++ {
+		status, retryAfter, err := w.post(ctx, &wh, key, id, body)
+		if ctx.Err() != nil {
+			return resultStopped
+		}
+		switch {
+		case err == nil && status >= 200 && status < 300:
+			w.m.met.delivered.WithLabelValues(name).Add(float64(len(items)))
+			now := time.Now()
+			for _, it := range items {
+				if !it.stored.IsZero() {
+					w.m.met.latency.WithLabelValues(name).Observe(now.Sub(it.stored).Seconds())
+				}
+			}
+			if attempt > 1 {
+				w.log().Info("webhook delivered after retries", "webhook_id", id, "attempts", attempt)
+			}
+			return resultDelivered
+		case err == nil && status == http.StatusGone:
+			w.m.met.failed.WithLabelValues(name).Inc()
+			w.disable(ctx, "the receiver answered 410 Gone")
+			return resultGone
+		case err != nil:
+			reason = err.Error()
+		default:
+			reason = "answered " + strconv.Itoa(status) + " " + http.StatusText(status)
+		}
+		w.m.met.failed.WithLabelValues(name).Inc()
+		wait := backoff(attempt, wh.Retry)
+		if retryAfter > 0 {
+			wait = retryAfter
+		}
+		if time.Since(first)+wait > wh.Retry.MaxAge.D() {
+			w.log().Warn("webhook delivery given up after its retry max_age; dead-lettered", "webhook_id", id, "attempts", attempt, "reason", reason)
+			if !w.deadLetter(ctx, e, items, reason, attempt, first) {
+				return resultStopped
+			}
+			w.m.met.deadLettered.WithLabelValues(name).Add(float64(len(items)))
+			return resultDeadLettered
+		}
+		level := slog.LevelDebug
+		if attempt == 1 {
+			level = slog.LevelWarn
+		}
+		w.log().Log(ctx, level, "webhook delivery failed; retrying", "webhook_id", id, "attempt", attempt, "reason", reason, "retry_in", wait)
+		if !sleep(ctx, wait) {
+			return resultStopped
+		}
+	}
+}
+
+// payload is the body of a request and its webhook-id: one envelope and
+// its id, or (batch) a JSON array of envelopes and "<first id>_<last id>".
+func payload(items []item, batch bool) (body []byte, id string) {
+	if !batch {
+		return items[0].body, items[0].id
+	}
+	n := 2
+	for _, it := range items {
+		n += len(it.body) + 1
+	}
+	body = make([]byte, 0, n)
+	body = append(body, '[')
+	for i, it := range items {
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, it.body...)
+	}
+	body = append(body, ']')
+	id = items[0].id
+	if len(items) > 1 {
+		id += "_" + items[len(items)-1].id
+	}
+	return body, id
+}
+
+// backoff is the wait after the attempt-th failure: Initial doubled each
+// time up to Max, with equal jitter (half fixed, half random).
+func backoff(attempt int, r endpoint.Retry) time.Duration {
+	d := r.Initial.D()
+	for i := 1; i < attempt && d < r.Max.D(); i++ {
+		d *= 2
+	}
+	d = min(d, r.Max.D())
+	return d/2 + rand.N(d/2+1)
+}
+
+// post makes one request. retryAfter is the wait a 429 or 503 asked for.
+func (w *worker) post(ctx context.Context, wh *endpoint.Webhook, key []byte, id string, body []byte) (status int, retryAfter time.Duration, err error) {
+	ctx, cancel := context.WithTimeout(ctx, wh.Timeout.D())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, wh.Method, wh.URL, bytes.NewReader(body))
+	if err != nil {
+		return 0, 0, fmt.Errorf("make request: %w", err)
+	}
+	for k, v := range wh.Headers {
+		req.Header.Set(k, v)
+	}
+	now := time.Now().Unix()
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "tablecast-webhook")
+	req.Header.Set("webhook-id", id)
+	req.Header.Set("webhook-timestamp", strconv.FormatInt(now, 10))
+	req.Header.Set("webhook-signature", Sign(key, id, now, body))
+	resp, err := w.m.client.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	}
+	return resp.StatusCode, retryAfter, nil
+}
+
+// parseRetryAfter reads a Retry-After header: seconds or an HTTP date; 0
+// when absent or unreadable.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if s <= 0 {
+			return 0
+		}
+		return time.Duration(min(s, 30*86400)) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// disable marks the endpoint disabled in the store, retrying until ctx
+// ends; the worker then stops as the registry reports the change.
+func (w *worker) disable(ctx context.Context, reason string) {
+	w.log().Warn("webhook endpoint disabled", "reason", reason)
+	backoff := 100 * time.Millisecond
+	for {
+		_, err := w.m.cfg.States.SetEndpointState(ctx, w.id, 0, endpoint.StateDisabled, reason)
+		if err == nil || errors.Is(err, endpoint.ErrNotFound) {
+			w.cancel()
+			return
+		}
+		w.log().Warn("cannot disable the webhook endpoint; retrying", "err", err, "retry_in", backoff)
+		if !sleep(ctx, backoff) {
+			return
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// sleep waits d, false if ctx ends first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
