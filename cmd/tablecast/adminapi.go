@@ -14,9 +14,7 @@ import (
 
 	"github.com/tablecast/tablecast/admin"
 	"github.com/tablecast/tablecast/internal/auth"
-	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/endpoint"
-	"github.com/tablecast/tablecast/stream"
 	"github.com/tablecast/tablecast/webhook"
 )
 
@@ -44,64 +42,34 @@ func (c Config) checkAdmin() []error {
 }
 
 // startAdmin starts the admin API on TABLECAST_ADMIN_ADDR, with the
-// gateway's authentication (authn), its host names, and a catalog of the
-// streamed tables of its own to check filters and rules against;
-// registered, when not nil, holds the catalog's readiness back until the
-// reader has registered its tables. It returns a function that stops it,
-// and one that reports whether it is ready (its catalog of the tables
-// loaded: until then filter and rule writes are answered 503). errc
+// gateway's authentication (authn), its host names, and the process's
+// managed endpoints (the store, and the catalog of the streamed tables that
+// filters and rules are checked against: until it is loaded, filter and
+// rule writes are answered 503). It returns a function that stops it. errc
 // receives the error of a listener that fails.
 func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer, js jetstream.JetStream,
-	authn *auth.Authenticator, registered <-chan struct{}, errc chan<- error) (stop func(), ready func() bool, store *endpoint.Store, err error) {
+	authn *auth.Authenticator, m *managed, errc chan<- error) (stop func(), err error) {
 	log = log.With("component", "admin")
 	var verifier auth.Verifier
 	if authn.Enabled() {
 		verifier = authn
 	} else if !loopback(cfg.AdminAddr) {
 		// TABLECAST_ALLOW_ANONYMOUS opens the gateway, never the admin API.
-		return nil, nil, nil, fmt.Errorf("TABLECAST_ADMIN_ADDR %s is not a loopback address and no authentication is configured: set TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE (the admin API then needs the admin grant), or keep it on loopback, or set it to off", cfg.AdminAddr)
-	}
-	str, err := js.Stream(ctx, cfg.Stream)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("admin API: open stream %s: %w", cfg.Stream, err)
-	}
-	schemas, err := stream.OpenRegistry(ctx, js, "", cfg.StreamReplicas)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("admin API: %w", err)
-	}
-	topics, err := stream.OpenTopics(ctx, js, str, cfg.SubjectPrefix, "", cfg.StreamReplicas)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("admin API: %w", err)
-	}
-	cat := catalog.New(cfg.SubjectPrefix, log)
-	cctx, cancel := context.WithCancel(ctx)
-	catDone := make(chan struct{})
-	go func() {
-		defer close(catDone)
-		cat.Run(cctx, schemas, topics, nil, catalog.Start{After: registered})
-	}()
-	store, err = endpoint.Open(ctx, js, endpoint.Config{Replicas: cfg.StreamReplicas, Tables: cat, Logger: log})
-	if err != nil {
-		cancel()
-		<-catDone
-		return nil, nil, nil, fmt.Errorf("admin API: open the endpoints store: %w", err)
+		return nil, fmt.Errorf("TABLECAST_ADMIN_ADDR %s is not a loopback address and no authentication is configured: set TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE (the admin API then needs the admin grant), or keep it on loopback, or set it to off", cfg.AdminAddr)
 	}
 	var dead admin.DeadLetters
 	if cfg.Webhooks {
 		dl, err := webhook.OpenDeadLetters(ctx, js, cfg.Stream, cfg.SubjectPrefix, cfg.StreamReplicas)
 		if err != nil {
-			store.Close()
-			cancel()
-			<-catDone
-			return nil, nil, nil, fmt.Errorf("admin API: %w", err)
+			return nil, fmt.Errorf("admin API: %w", err)
 		}
 		dead = dl
 	}
 	srv, err := admin.New(admin.Config{
 		DeadLetters:     dead,
-		Store:           store,
+		Store:           m.store,
 		Auth:            verifier,
-		TablesReady:     cat.Ready,
+		TablesReady:     m.cat.Ready,
 		AllowedHosts:    cfg.AllowedHosts,
 		MaxHeaderBytes:  cfg.HTTPMaxHeaderBytes,
 		HeaderTimeout:   cfg.HTTPHeaderTimeout,
@@ -111,17 +79,11 @@ func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 		Registerer:      reg,
 	})
 	if err != nil {
-		store.Close()
-		cancel()
-		<-catDone
-		return nil, nil, nil, err
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
-		store.Close()
-		cancel()
-		<-catDone
-		return nil, nil, nil, fmt.Errorf("listen on TABLECAST_ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
+		return nil, fmt.Errorf("listen on TABLECAST_ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
 	}
 	served := make(chan struct{})
 	go func() {
@@ -136,10 +98,7 @@ func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 		defer scancel()
 		srv.Shutdown(sctx)
 		<-served
-		store.Close()
-		cancel()
-		<-catDone
-	}, cat.Ready, store, nil
+	}, nil
 }
 
 // consoleEndpoints lists, for the console's status, the managed endpoints

@@ -87,32 +87,31 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	}
 	errc := make(chan error, 3)
 	adminReady := func() bool { return true }
-	var endpoints *endpoint.Store
-	if withGateway && cfg.adminEnabled() {
+	var gw *wsgate.Gateway
+	if withGateway {
+		// The managed endpoints, filters and rules: the admin API, the
+		// gateway's rule subscriptions, the console and the webhooks.
 		var registered <-chan struct{}
 		if reader != nil {
 			registered = reader.Registered()
 		}
-		stopAdmin, ready, store, err := startAdmin(ctx, cfg, log, reg, js, authn, registered, errc)
+		m, err := startManaged(ctx, cfg, js, reg, log.With("component", "webhook"), registered)
 		if err != nil {
 			return err
 		}
-		defer stopAdmin()
-		adminReady, endpoints = ready, store
-	}
-	var gw *wsgate.Gateway
-	if withGateway {
-		// The managed endpoints, filters and rules: the gateway's rule
-		// subscriptions and the webhooks.
-		rules, stop, err := startManaged(ctx, cfg, js, reg, log.With("component", "webhook"))
-		if err != nil {
-			return err
+		defer m.stop()
+		if cfg.adminEnabled() {
+			stopAdmin, err := startAdmin(ctx, cfg, log, reg, js, authn, m, errc)
+			if err != nil {
+				return err
+			}
+			defer stopAdmin()
+			adminReady = m.cat.Ready
 		}
-		defer stop()
 		gcfg := cfg.gatewayConfig(log, reg, authn)
-		gcfg.Managed = rules
-		if endpoints != nil {
-			gcfg.Endpoints = consoleEndpoints(endpoints)
+		gcfg.Managed = m.rules
+		if cfg.adminEnabled() {
+			gcfg.Endpoints = consoleEndpoints(m.store)
 		}
 		if reader != nil {
 			// Clients are let in once the tables the reader streams are
@@ -322,38 +321,48 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 	return nc, js, emb, func() { nc.Close(); closeAll() }, nil
 }
 
-// startManaged follows the managed endpoints, filters and rules (the
-// registry the gateway finds rules in) and, with TABLECAST_WEBHOOKS,
-// delivers the webhooks' events, until stop is called (or ctx ends).
-func startManaged(ctx context.Context, cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) (rules *match.Registry, stop func(), err error) {
+// managed is a process's view of the managed endpoints, filters and rules:
+// one store and one catalog of the streamed tables, shared by the admin
+// API, the gateway's rule subscriptions, the console and webhook delivery.
+type managed struct {
+	store *endpoint.Store
+	cat   *catalog.Catalog
+	rules *match.Registry // the compiled filters and rules of each endpoint
+	stop  func()
+}
+
+// startManaged follows the managed endpoints, filters and rules and, with
+// TABLECAST_WEBHOOKS, delivers the webhooks' events, until stop is called
+// (or ctx ends). registered, when not nil, holds the catalog's readiness
+// back until the reader beside it has registered its tables.
+func startManaged(ctx context.Context, cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger, registered <-chan struct{}) (*managed, error) {
 	allow, err := cfg.webhookAllowNets()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	cat := catalog.New(cfg.SubjectPrefix, log)
 	store, err := endpoint.Open(ctx, js, endpoint.Config{Replicas: cfg.StreamReplicas, Tables: cat, Logger: log})
 	if err != nil {
 		cancel()
-		return nil, nil, fmt.Errorf("open the endpoint store: %w", err)
+		return nil, fmt.Errorf("open the endpoint store: %w", err)
+	}
+	fail := func(err error) (*managed, error) {
+		cancel()
+		store.Close()
+		return nil, err
 	}
 	schemas, err := stream.OpenRegistry(ctx, js, stream.DefaultSchemaBucket, cfg.StreamReplicas)
 	if err != nil {
-		cancel()
-		store.Close()
-		return nil, nil, err
+		return fail(err)
 	}
 	str, err := js.Stream(ctx, cfg.Stream)
 	if err != nil {
-		cancel()
-		store.Close()
-		return nil, nil, fmt.Errorf("open stream %s: %w", cfg.Stream, err)
+		return fail(fmt.Errorf("open stream %s: %w", cfg.Stream, err))
 	}
 	topics, err := stream.OpenTopics(ctx, js, str, cfg.SubjectPrefix, stream.DefaultTopicBucket, cfg.StreamReplicas)
 	if err != nil {
-		cancel()
-		store.Close()
-		return nil, nil, err
+		return fail(err)
 	}
 	registry := match.NewRegistry(log)
 	var mgr *webhook.Manager
@@ -363,22 +372,20 @@ func startManaged(ctx context.Context, cfg Config, js jetstream.JetStream, reg p
 			Registry: registry, Tables: cat, States: store, AllowNets: allow, Registerer: reg, Logger: log,
 		})
 		if err != nil {
-			cancel()
-			store.Close()
-			return nil, nil, fmt.Errorf("start webhook delivery: %w", err)
+			return fail(fmt.Errorf("start webhook delivery: %w", err))
 		}
 	}
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); cat.Run(ctx, schemas, topics, nil, catalog.Start{}) }()
+	go func() { defer wg.Done(); cat.Run(ctx, schemas, topics, nil, catalog.Start{After: registered}) }()
 	go func() { defer wg.Done(); registry.Run(ctx, store) }()
 	if mgr != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); mgr.Run(ctx) }()
 	}
-	return registry, func() {
+	return &managed{store: store, cat: cat, rules: registry, stop: func() {
 		cancel()
 		wg.Wait()
 		store.Close()
-	}, nil
+	}}, nil
 }
