@@ -48,8 +48,14 @@
 # NATS included), and the machine's one-minute load average when the line's
 # readers started.
 #
+# With LOAD_TPS=n, a pgbench load (TPC-B-like, n transactions a second, on
+# a database of its own) runs on the machine for the whole measurement, as
+# other work on a shared database server would; the workloads' readers
+# decode its WAL too.
+#
 # Usage: [NATS=embedded|external] [WORKLOADS="many one update wide"] [REPEAT=1]
-#        [BINS="bin/tablecast other/tablecast"] [PROFILE=1] scripts/bench-cdc.sh [rows]
+#        [BINS="bin/tablecast other/tablecast"] [PROFILE=1] [LOAD_TPS=n]
+#        scripts/bench-cdc.sh [rows]
 # BINS compares tablecast binaries in the same run, each on the same WAL (the
 # order rotates from one repetition to the next); the default builds
 # bin/tablecast from this tree. REPEAT runs every workload that many times,
@@ -60,10 +66,12 @@ ROWS=${1:-1000000}
 NATS=${NATS:-embedded}
 WORKLOADS=${WORKLOADS:-many one update wide}
 REPEAT=${REPEAT:-1}
+LOAD_TPS=${LOAD_TPS:-}
 PROFILE=${PROFILE:-}
 PROFILE_DIR=${PROFILE_DIR:-.tmp/profiles}
 case "$ROWS" in '' | *[!0-9]* | 0*) echo "bench-cdc.sh: rows must be a positive integer, not '$ROWS'" >&2; exit 2 ;; esac
 case "$REPEAT" in '' | *[!0-9]* | 0*) echo "bench-cdc.sh: REPEAT must be a positive integer, not '$REPEAT'" >&2; exit 2 ;; esac
+case "$LOAD_TPS" in *[!0-9]*) echo "bench-cdc.sh: LOAD_TPS must be a whole number, not '$LOAD_TPS'" >&2; exit 2 ;; esac
 case "$NATS" in embedded | external) ;; *) echo "bench-cdc.sh: NATS must be embedded or external, not '$NATS'" >&2; exit 2 ;; esac
 read -r -a workloads <<<"$WORKLOADS"
 [ "${#workloads[@]}" -gt 0 ] || { echo "bench-cdc.sh: WORKLOADS is empty" >&2; exit 2; }
@@ -103,6 +111,7 @@ recv_pid=
 reader_pid=
 nats_pid=
 prof_pid=
+load_pid=
 stop_pid() { # pid: end a process this script started, and reap it
   if [ -n "$1" ]; then
     kill "$1" 2>/dev/null || true
@@ -132,10 +141,14 @@ cleanup() {
   stop_pid "$reader_pid"
   stop_pid "$nats_pid"
   stop_pid "$prof_pid"
+  stop_pid "$load_pid"
   rm -rf "$work"
   # Leave no slot behind to hold WAL back, nor the bench database.
   drop_slots 2>/dev/null || true
   "${PSQL[@]}" -d "$BASEURL/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null || true
+  if [ -n "$LOAD_TPS" ]; then
+    "${PSQL[@]}" -d "$BASEURL/postgres" -c "DROP DATABASE IF EXISTS tc_load WITH (FORCE)" 2>/dev/null || true
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -342,6 +355,14 @@ run_workload() {
   done
 }
 
+if [ -n "$LOAD_TPS" ]; then
+  PGOPTIONS="-c client_min_messages=warning" "${PSQL[@]}" -d "$BASEURL/postgres" -c "DROP DATABASE IF EXISTS tc_load WITH (FORCE)"
+  "${PSQL[@]}" -d "$BASEURL/postgres" -c "CREATE DATABASE tc_load"
+  "$PGBIN/pgbench" -i -q -s 10 "$BASEURL/tc_load" >/dev/null 2>&1
+  "$PGBIN/pgbench" -n -c 4 -j 2 -R "$LOAD_TPS" -T 86400 "$BASEURL/tc_load" >/dev/null 2>&1 &
+  load_pid=$!
+  echo "pgbench load: $LOAD_TPS transactions a second (TPC-B-like, 4 clients) throughout"
+fi
 echo "NATS $NATS; workload | binary | walsender (walfloor: launch → last change received) | tablecast (launch → last event stored in JetStream) | ratio of rates | CPU-seconds per million changes | peak RSS | load"
 for ((rep = 1; rep <= REPEAT; rep++)); do
   for w in "${workloads[@]}"; do

@@ -18,11 +18,14 @@
 # p50 / p99 / max of each, the difference of tablecast's percentiles and the
 # walsender's (what tablecast adds), and the CPU each process used in that
 # window, in percent of one core (the machine's busy share in percent of all
-# of its cores).
+# of its cores), and tablecast's peak resident memory. WORST=n lists the n slowest transactions into JetStream with
+# their commit times, and the warnings tablecast logged are shown: a stall
+# shows as a run of slow transactions. LOG_DIR keeps tablecast's log of each
+# run. WS=0 runs `tablecast cdc` (the reader alone) and no WebSocket client.
 #
 # Usage: [CONFIGS="1000x1 1000x10"] [DURATION=30] [WARM=5] [REPEAT=1]
 #        [BINS="bin/tablecast other/tablecast"] [NATS=embedded|external]
-#        scripts/bench-latency.sh
+#        [WORST=n] [LOG_DIR=dir] [WS=0] scripts/bench-latency.sh
 # CONFIGS lists RATExROWS pairs (transactions a second × rows each); BINS
 # compares tablecast binaries, run after one another on the same
 # configuration (the order rotates each repetition); the default builds
@@ -35,6 +38,7 @@ WARM=${WARM:-5}
 REPEAT=${REPEAT:-1}
 NATS=${NATS:-embedded}
 CLIENTS=${CLIENTS:-8}
+WS=${WS:-1}
 for v in DURATION WARM REPEAT CLIENTS; do
   case "${!v}" in '' | *[!0-9]*) echo "bench-latency.sh: $v must be a whole number, not '${!v}'" >&2; exit 2 ;; esac
 done
@@ -145,7 +149,8 @@ run_one() {
   fi
 
   rm -rf "$work/nats" "$work"/*.txt
-  local nats_url= nats_pid=
+  local nats_url= nats_pid= command=run
+  [ "$WS" = 1 ] || command=cdc
   if [ "$NATS" = external ]; then
     bin/nats-server -a 127.0.0.1 -p "${NATS_ADDR##*:}" -js -sd "$work/nats" >/dev/null 2>&1 &
     nats_pid=$!
@@ -156,7 +161,7 @@ run_one() {
   TABLECAST_DATABASE_URL="$BASEURL/$DB" TABLECAST_SLOT=lat_tc TABLECAST_PUBLICATION=lat_pub \
   TABLECAST_NATS_URL="$nats_url" TABLECAST_NATS_LISTEN=$NATS_ADDR TABLECAST_DATA_DIR="$work/nats" \
   TABLECAST_HTTP_ADDR=$HTTP TABLECAST_LOG_LEVEL=warn TABLECAST_SNAPSHOT=never \
-    "$bin" run 2>"$work/tablecast.log" &
+    "$bin" "$command" 2>"$work/tablecast.log" &
   local tc_pid=$!
   pids+=("$tc_pid")
   local i
@@ -168,14 +173,17 @@ run_one() {
   bin/walfloor -db "$BASEURL/$DB" -slot lat_floor -publication lat_pub -commits "$work/floor.txt" &
   local floor_pid=$!
   pids+=("$floor_pid")
-  bin/cdclat ws -url "ws://$HTTP/ws" -table public.lat -out "$work/ws.txt" >"$work/ws.out" &
-  local ws_pid=$!
-  pids+=("$ws_pid")
-  for i in $(seq 1 200); do
-    grep -q subscribed "$work/ws.out" 2>/dev/null && break
-    kill -0 "$ws_pid" 2>/dev/null || { echo "bench-latency.sh: the WebSocket client exited" >&2; exit 1; }
-    sleep 0.1
-  done
+  local ws_pid=
+  if [ "$WS" = 1 ]; then
+    bin/cdclat ws -url "ws://$HTTP/ws" -table public.lat -out "$work/ws.txt" >"$work/ws.out" &
+    ws_pid=$!
+    pids+=("$ws_pid")
+    for i in $(seq 1 200); do
+      grep -q subscribed "$work/ws.out" 2>/dev/null && break
+      kill -0 "$ws_pid" 2>/dev/null || { echo "bench-latency.sh: the WebSocket client exited" >&2; exit 1; }
+      sleep 0.1
+    done
+  fi
 
   local load
   load=$(cut -d' ' -f1 /proc/loadavg)
@@ -190,7 +198,8 @@ run_one() {
   sleep "$WARM"
   local m0 pg0 tc0 fl0 ws0 pb0 n0 c0
   m0=$(machine_ticks); pg0=$(pg_ticks); tc0=$(proc_ticks "$tc_pid"); fl0=$(proc_ticks "$floor_pid")
-  ws0=$(proc_ticks "$ws_pid"); pb0=$(proc_ticks "$pgb_pid")
+  ws0=0; [ -z "$ws_pid" ] || ws0=$(proc_ticks "$ws_pid")
+  pb0=$(proc_ticks "$pgb_pid")
   if [ -n "$nats_pid" ]; then n0=$(proc_ticks "$nats_pid"); fi
   c0=$(date +%s.%N)
   # pgbench's own CPU is read just before it ends.
@@ -200,9 +209,10 @@ run_one() {
     sleep 0.5
   done
   wait "$pgb_pid" || { cat "$work/pgbench.out" >&2; echo "bench-latency.sh: pgbench failed" >&2; exit 1; }
-  local m1 pg1 tc1 fl1 ws1 n1 c1 secs
+  local m1 pg1 tc1 fl1 ws1 n1 c1 secs rss
   m1=$(machine_ticks); pg1=$(pg_ticks); tc1=$(proc_ticks "$tc_pid"); fl1=$(proc_ticks "$floor_pid")
-  ws1=$(proc_ticks "$ws_pid")
+  rss=$(awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$tc_pid/status")
+  ws1=0; [ -z "$ws_pid" ] || ws1=$(proc_ticks "$ws_pid")
   if [ -n "$nats_pid" ]; then n1=$(proc_ticks "$nats_pid"); fi
   c1=$(date +%s.%N)
   secs=$(echo "$c1 - $c0" | bc -l)
@@ -221,13 +231,21 @@ run_one() {
   local m1b m1t
   read -r m1b m1t <<<"$m1"
   printf '== %s tx/s × %s rows (%s tx/s done), %s, %s, run %s, load %s\n' "$rate" "$rows" "$tps" "$NATS" "$bin" "$rep" "$load"
-  bin/cdclat report -floor "$work/floor.txt" -js "$work/js.txt" -ws "$work/ws.txt" -from "$from" -to "$to" | sed 's/^/   /'
+  local wsfile=
+  [ -z "$ws_pid" ] || wsfile="$work/ws.txt"
+  bin/cdclat report -floor "$work/floor.txt" -js "$work/js.txt" ${wsfile:+-ws "$wsfile"} -from "$from" -to "$to" -worst "${WORST:-0}" | sed 's/^/   /'
   local cpu
   cpu="tablecast $(pct $((tc1 - tc0)) "$secs")%"
   if [ -n "$nats_pid" ]; then cpu+=" nats-server $(pct $((n1 - n0)) "$secs")%"; fi
   cpu+=" postgres $(pct $((pg1 - pg0)) "$secs")% pgbench $(pct $((pb1 - pb0)) "$secs")% walfloor $(pct $((fl1 - fl0)) "$secs")% ws-client $(pct $((ws1 - ws0)) "$secs")%"
-  printf '   CPU (%% of one core): %s; machine %s%% busy (of %s cores)\n' "$cpu" \
-    "$(printf '%.0f' "$(echo "100 * ($m1b - $mb) / ($m1t - $mt)" | bc -l)")" "$(nproc)"
+  printf '   CPU (%% of one core): %s; machine %s%% busy (of %s cores); tablecast peak RSS %s MiB\n' "$cpu" \
+    "$(printf '%.0f' "$(echo "100 * ($m1b - $mb) / ($m1t - $mt)" | bc -l)")" "$(nproc)" "$rss"
+  if [ -n "${LOG_DIR:-}" ]; then
+    mkdir -p "$LOG_DIR"
+    cp "$work/tablecast.log" "$LOG_DIR/tablecast-${rate}x$rows-$(basename "$bin")-$rep.log"
+  fi
+  # What tablecast warned about (a session that ended explains a spike).
+  grep -E 'level=(WARN|ERROR)' "$work/tablecast.log" | grep -v 'no position record' | cut -c1-300 | head -5 | sed 's/^/   tablecast: /' || true
   pids=()
 }
 

@@ -287,6 +287,7 @@ func runReport(args []string) error {
 	wsPath := fs.String("ws", "", "cdclat ws file (optional)")
 	from := fs.Float64("from", 0, "first commit time measured (unix seconds)")
 	to := fs.Float64("to", 0, "commit times from here on are not measured (unix seconds)")
+	worst := fs.Int("worst", 0, "also list this many of the slowest transactions into JetStream")
 	_ = fs.Parse(args)
 	if *floorPath == "" || *jsPath == "" {
 		return errors.New("report: -floor and -js are required")
@@ -352,6 +353,22 @@ func runReport(args []string) error {
 			}
 			ws = append(ws, time.Duration(t.ws-t.commit))
 			wsAdded = append(wsAdded, time.Duration(t.ws-t.js))
+		}
+	}
+	if *worst > 0 {
+		// The slowest transactions into JetStream, by commit time: a
+		// stall shows as a run of them.
+		type slow struct{ commit, js, floor int64 }
+		var all []slow
+		for _, t := range txns {
+			if t.jsN == t.changes {
+				all = append(all, slow{t.commit, t.js, t.floor})
+			}
+		}
+		slices.SortFunc(all, func(a, b slow) int { return int((b.js - b.commit) - (a.js - a.commit)) })
+		for _, x := range all[:min(*worst, len(all))] {
+			fmt.Printf("slow: committed at %s, JetStream +%.3f ms, walsender +%.3f ms\n", time.Unix(0, x.commit).UTC().Format("15:04:05.000000"),
+				float64(x.js-x.commit)/1e6, float64(x.floor-x.commit)/1e6)
 		}
 	}
 	fmt.Printf("transactions %d events %d incomplete_in_js %d", len(txns), events, missingJS)
