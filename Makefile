@@ -15,12 +15,14 @@ build:
 # Local PostgreSQL (installed from Debian's packages when missing, run as the
 # postgres user in .data/pg on port 54329) and tablecast with embedded NATS.
 run: build
-	@scripts/pg.sh start
+	@scripts/pg.sh start >/dev/null
 	@scripts/pg.sh psql -q -f scripts/demo.sql >/dev/null
 	@echo
 	@echo "tablecast is starting; in another terminal:"
+	@echo "  database:       export TABLECAST_DATABASE_URL='$${TABLECAST_DATABASE_URL:-$$(scripts/pg.sh url)}'"
 	@echo "  watch events:   $(BIN) tail public.orders"
 	@echo "  make a change:  scripts/pg.sh psql -c \"INSERT INTO orders (status, total) VALUES ('open', 19.90)\""
+	@echo "  check:          $(BIN) doctor; $(BIN) slot status; $(BIN) snapshot public.orders"
 	@echo "  health/metrics: curl -s localhost:8080/healthz; curl -s localhost:8080/metrics"
 	@echo
 	TABLECAST_DATABASE_URL="$${TABLECAST_DATABASE_URL:-$$(scripts/pg.sh url)}" \
@@ -35,24 +37,27 @@ vet:
 # test package starts its own) and in-process NATS servers.
 test: vet
 	@scripts/pg.sh install
+	@scripts/test-tools.sh install
 	$(GO) test -race -count=1 -timeout 9m ./...
 	@$(MAKE) --no-print-directory fuzz
 
 fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzScan$$' -fuzztime=$(FUZZTIME) ./internal/jsonx
 	$(GO) test -run='^$$' -fuzz='^FuzzAppendValue$$' -fuzztime=$(FUZZTIME) ./schema
 	$(GO) test -run='^$$' -fuzz='^FuzzToken$$' -fuzztime=$(FUZZTIME) ./stream
 	$(GO) test -run='^$$' -fuzz='^FuzzRowMessage$$' -fuzztime=$(FUZZTIME) ./cdc
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeClientMessage$$' -fuzztime=$(FUZZTIME) ./wsgate
 	$(GO) test -run='^$$' -fuzz='^FuzzParseURLSubscription$$' -fuzztime=$(FUZZTIME) ./wsgate
-	$(GO) test -run='^$$' -fuzz='^FuzzCompileWhere$$' -fuzztime=$(FUZZTIME) ./wsgate
-	$(GO) test -run='^$$' -fuzz='^FuzzRowReset$$' -fuzztime=$(FUZZTIME) ./wsgate
-	$(GO) test -run='^$$' -fuzz='^FuzzProjectEvent$$' -fuzztime=$(FUZZTIME) ./wsgate
-	$(GO) test -run='^$$' -fuzz='^FuzzCheckRepeated$$' -fuzztime=$(FUZZTIME) ./wsgate
-	$(GO) test -run='^$$' -fuzz='^FuzzProjectView$$' -fuzztime=$(FUZZTIME) ./wsgate
+	$(GO) test -run='^$$' -fuzz='^FuzzCompileWhere$$' -fuzztime=$(FUZZTIME) ./internal/query
+	$(GO) test -run='^$$' -fuzz='^FuzzRowReset$$' -fuzztime=$(FUZZTIME) ./internal/query
+	$(GO) test -run='^$$' -fuzz='^FuzzProjectEvent$$' -fuzztime=$(FUZZTIME) ./internal/query
+	$(GO) test -run='^$$' -fuzz='^FuzzCheckRepeated$$' -fuzztime=$(FUZZTIME) ./internal/auth
+	$(GO) test -run='^$$' -fuzz='^FuzzProjectView$$' -fuzztime=$(FUZZTIME) ./internal/query
 	$(GO) test -run='^$$' -fuzz='^FuzzUpgradeRequest$$' -fuzztime=$(FUZZTIME) ./wsgate
+	$(GO) test -run='^$$' -fuzz='^FuzzParseEvent$$' -fuzztime=$(FUZZTIME) ./clients/go/tablecast
 
 bench:
-	$(GO) test -run='^$$' -bench=. -benchmem ./schema ./stream ./cdc ./wsgate
+	$(GO) test -run='^$$' -bench=. -benchmem ./internal/jsonx ./schema ./stream ./cdc ./internal/query ./internal/auth ./wsgate
 	scripts/bench-cdc.sh
 
 # Long chaos and soak runs, run before resolving pipeline changes.

@@ -88,6 +88,10 @@ type Config struct {
 	// pg_logical_emit_message; Doctor warns about any other role that can
 	// execute it. Default none.
 	TopicRoles []string
+	// SettingName names a Config field ("Slot") the way its user sets it,
+	// for messages and advice: the command line passes its environment
+	// variables. Default (nil): the field's own name.
+	SettingName func(field string) string
 }
 
 // withDefaults returns c with every zero optional field set to its default,
@@ -144,27 +148,27 @@ func (c Config) withDefaults() (Config, error) {
 
 	var errs []error
 	if c.DatabaseURL == "" {
-		errs = append(errs, errors.New("TABLECAST_DATABASE_URL is empty: set it to a PostgreSQL connection string"))
+		errs = append(errs, fieldErrorf("DatabaseURL", "is empty: set it to a PostgreSQL connection string"))
 	}
 	if !validIdent(c.Slot) {
-		errs = append(errs, fmt.Errorf("TABLECAST_SLOT %q: a slot name is 1-63 characters of a-z, 0-9 and _", c.Slot))
+		errs = append(errs, fieldErrorf("Slot", "%q: a slot name is 1-63 characters of a-z, 0-9 and _", c.Slot))
 	}
 	if len(c.Publication) > 63 {
-		errs = append(errs, fmt.Errorf("TABLECAST_PUBLICATION %q: longer than 63 bytes", c.Publication))
+		errs = append(errs, fieldErrorf("Publication", "%q: longer than 63 bytes", c.Publication))
 	}
 	for _, t := range c.Tables {
 		if t == "*" {
 			if len(c.Tables) > 1 {
-				errs = append(errs, errors.New(`TABLECAST_TABLES: "*" cannot be combined with table names`))
+				errs = append(errs, fieldErrorf("Tables", `"*" cannot be combined with table names`))
 			}
 			continue
 		}
 		if _, _, err := schema.ParseTableName(t); err != nil {
-			errs = append(errs, fmt.Errorf("TABLECAST_TABLES: %w", err))
+			errs = append(errs, fieldErrorf("Tables", "%v", err))
 		}
 	}
 	if c.Snapshot != SnapshotInitial && c.Snapshot != SnapshotNever {
-		errs = append(errs, fmt.Errorf("TABLECAST_SNAPSHOT %q: want initial or never", c.Snapshot))
+		errs = append(errs, fieldErrorf("Snapshot", "%q: want initial or never", c.Snapshot))
 	}
 	if c.RetryMin > c.RetryMax {
 		errs = append(errs, fmt.Errorf("retry backoff: minimum %s above maximum %s", c.RetryMin, c.RetryMax))
@@ -185,4 +189,14 @@ func validIdent(s string) bool {
 		}
 	}
 	return true
+}
+
+// setting names a Config field for messages and advice (SettingName).
+func (c Config) setting(field string) string {
+	if c.SettingName != nil {
+		if name := c.SettingName(field); name != "" {
+			return name
+		}
+	}
+	return field
 }

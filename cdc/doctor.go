@@ -278,7 +278,7 @@ func (d *doctor) checkMessages(ctx context.Context) error {
 			}
 			fix += fmt.Sprintf(" GRANT EXECUTE ON FUNCTION pg_catalog.%s TO %s;", textSig, strings.Join(grantees, ", "))
 		} else {
-			fix += fmt.Sprintf(" -- then, to each role that may publish custom-topic messages: GRANT EXECUTE ON FUNCTION pg_catalog.%s TO <role>; and list it in TABLECAST_TOPIC_ROLES", textSig)
+			fix += fmt.Sprintf(" -- then, to each role that may publish custom-topic messages: GRANT EXECUTE ON FUNCTION pg_catalog.%s TO <role>; and list it in %s", textSig, d.cfg.setting("TopicRoles"))
 		}
 	}
 	d.add("topic writers", StatusWarn, fmt.Sprintf("%s may execute %s, so can publish custom-topic messages (tablecast:<topic>) that subscribers receive as the application's; accepted: %s",
@@ -347,7 +347,7 @@ func (d *doctor) checkPublication(ctx context.Context) error {
 			what = "is managed by tablecast, and"
 		}
 		d.add("publication", StatusFail, fmt.Sprintf("%s %s %s", name, what, err),
-			"set TABLECAST_TABLES to existing tables (schema.table,…), or create the tables")
+			"set "+d.cfg.setting("Tables")+" to existing tables (schema.table,…), or create the tables")
 		return nil
 	}
 	if err != nil {
@@ -417,7 +417,7 @@ func (d *doctor) checkPublication(ctx context.Context) error {
 	for _, k := range sortedKeys(plan.leftOut) {
 		lo := plan.leftOut[k]
 		if set != nil {
-			d.add("table "+lo.table, StatusFail, fmt.Sprintf("in TABLECAST_TABLES, but %s: the reader refuses to start, since PostgreSQL would refuse UPDATE and DELETE on it once published", lo.reason), lo.fix)
+			d.add("table "+lo.table, StatusFail, fmt.Sprintf("in %s, but %s: the reader refuses to start, since PostgreSQL would refuse UPDATE and DELETE on it once published", d.cfg.setting("Tables"), lo.reason), lo.fix)
 			continue
 		}
 		d.add("table "+lo.table, StatusWarn, "left out of the publication: "+lo.reason, lo.fix)
@@ -795,13 +795,13 @@ func (d *doctor) checkSlot(ctx context.Context) error {
 	switch {
 	case s.Type != "logical":
 		d.add("slot", StatusFail, name+" is a physical slot, not a logical one",
-			"set TABLECAST_SLOT to another name, or drop it if nothing uses it: "+drop)
+			"set "+d.cfg.setting("Slot")+" to another name, or drop it if nothing uses it: "+drop)
 	case s.Plugin != "pgoutput":
 		d.add("slot", StatusFail, fmt.Sprintf("%s uses plugin %s, not pgoutput", name, s.Plugin),
-			"set TABLECAST_SLOT to another name, or drop it if nothing uses it: "+drop)
+			"set "+d.cfg.setting("Slot")+" to another name, or drop it if nothing uses it: "+drop)
 	case s.Database != d.database:
 		d.add("slot", StatusFail, fmt.Sprintf("%s belongs to database %s, not %s", name, s.Database, d.database),
-			"set TABLECAST_SLOT to another name")
+			"set "+d.cfg.setting("Slot")+" to another name")
 	default:
 		d.add("slot", StatusOK, fmt.Sprintf("%s: pgoutput in database %s, %s", name, s.Database, holder), "")
 	}

@@ -184,7 +184,7 @@ func TestDoctorNoPublicationNoSlot(t *testing.T) {
 		cfg := db.config()
 		cfg.Tables = []string{"public.orders", "public.nope"}
 		fs := doctorFindings(t, cfg)
-		expect(t, fs, "publication", StatusFail, "do not exist: public.nope", "TABLECAST_TABLES")
+		expect(t, fs, "publication", StatusFail, "do not exist: public.nope", "set Tables to existing tables")
 	})
 }
 
@@ -225,7 +225,7 @@ func TestDoctorSlotNotOurs(t *testing.T) {
 		createSlot(t, other)
 		defer other.exec(t, `SELECT pg_drop_replication_slot($1)`, other.slot)
 		fs := doctorFindings(t, db.config())
-		expect(t, fs, "slot", StatusFail, fmt.Sprintf("belongs to database %s, not %s", other.name, db.name), "TABLECAST_SLOT")
+		expect(t, fs, "slot", StatusFail, fmt.Sprintf("belongs to database %s, not %s", other.name, db.name), "set Slot to another name")
 	})
 	t.Run("other plugin", func(t *testing.T) {
 		if _, err := db.conn.Exec(context.Background(), `SELECT pg_create_logical_replication_slot($1, 'test_decoding')`, db.slot); err != nil {

@@ -61,7 +61,7 @@ func TestDoctorExplicitTablesWithoutKey(t *testing.T) {
 	cfg := db.config()
 	cfg.Tables = []string{"public.items", "public.nokey"}
 	fs := doctorFindings(t, cfg)
-	expect(t, fs, "table public.nokey", StatusFail, "in TABLECAST_TABLES, but no primary key and REPLICA IDENTITY DEFAULT", `ALTER TABLE "public"."nokey" REPLICA IDENTITY FULL;`)
+	expect(t, fs, "table public.nokey", StatusFail, "in Tables, but no primary key and REPLICA IDENTITY DEFAULT", `ALTER TABLE "public"."nokey" REPLICA IDENTITY FULL;`)
 	expect(t, fs, "table public.items", StatusOK, "key: primary key (id)", "")
 }
 

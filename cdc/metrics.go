@@ -79,7 +79,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Events too large for one NATS message, by what became of them: claim (stored as an object, claimed in the stream), truncated (larger than the reader's limit: published without rows, dead-lettered), topic_dead_letter (a custom topic message, dead-lettered).",
 		}, []string{"outcome"}),
 	}
-	for _, op := range []string{schema.OpCreate, schema.OpUpdate, schema.OpDelete, schema.OpTruncate, schema.OpRead} {
+	for _, op := range schema.AllOps.Names() {
 		m.published[op] = published.WithLabelValues(op)
 	}
 	if reg != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/internal/jsonx"
 	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
@@ -104,7 +105,7 @@ func (r *Reader) publishOversize(ctx context.Context, pub *stream.Publisher, sub
 			return 0, err
 		}
 		e.head = append(e.head, `,"`+stream.ClaimMember+`":`...)
-		e.head = claim.AppendJSON(e.head)
+		e.head = stream.AppendClaim(e.head, claim)
 		e.head = append(e.head, '}')
 		r.m.oversize.WithLabelValues("claim").Inc()
 		r.log.Debug("event larger than NATS's maximum payload stored as an object; the stream carries its claim",
@@ -119,7 +120,7 @@ func (r *Reader) publishOversize(ctx context.Context, pub *stream.Publisher, sub
 	record = append(record, `,"size":`...)
 	record = strconv.AppendInt(record, int64(size), 10)
 	record = append(record, `,"reason":`...)
-	record = schema.AppendString(record, reason)
+	record = jsonx.AppendString(record, reason)
 	record = append(record, '}')
 	if err := r.publishDeadLetter(ctx, stream.DeadLetterSubject(r.prefix, r.db, tbl.Schema, tbl.Name), id, record); err != nil {
 		return 0, err
@@ -138,11 +139,11 @@ func (r *Reader) publishOversize(ctx context.Context, pub *stream.Publisher, sub
 // could carry a claim.
 func (r *Reader) deadLetterTopicMessage(ctx context.Context, topic, id string, lsn uint64, content []byte) error {
 	record := append([]byte(nil), `{"id":`...)
-	record = schema.AppendString(record, id)
+	record = jsonx.AppendString(record, id)
 	record = append(record, `,"db":`...)
-	record = schema.AppendString(record, r.db)
+	record = jsonx.AppendString(record, r.db)
 	record = append(record, `,"topic":`...)
-	record = schema.AppendString(record, topic)
+	record = jsonx.AppendString(record, topic)
 	record = append(record, `,"lsn":"`...)
 	record = schema.AppendLSN(record, lsn)
 	record = append(record, `","size":`...)
@@ -154,13 +155,13 @@ func (r *Reader) deadLetterTopicMessage(ctx context.Context, topic, id string, l
 			return fmt.Errorf("store message %s of topic %s: %w", id, topic, err)
 		}
 		record = append(record, `,"`+stream.ClaimMember+`":`...)
-		record = claim.AppendJSON(record)
+		record = stream.AppendClaim(record, claim)
 		reason = "message of " + strconv.Itoa(len(content)) + " bytes is larger than NATS's maximum payload: not published; the claim holds it"
 	} else {
 		reason = "message of " + strconv.Itoa(len(content)) + " bytes is larger than the reader's limit of " + strconv.Itoa(r.cfg.MaxEventBytes) + " bytes: not published"
 	}
 	record = append(record, `,"reason":`...)
-	record = schema.AppendString(record, reason)
+	record = jsonx.AppendString(record, reason)
 	record = append(record, '}')
 	if err := r.publishDeadLetter(ctx, stream.DeadLetterTopicSubject(r.prefix, topic), id, record); err != nil {
 		return fmt.Errorf("dead-letter message %s of topic %s: %w", id, topic, err)

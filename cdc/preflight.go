@@ -22,20 +22,36 @@ type ConfigError struct {
 	field string
 }
 
-func (e *ConfigError) Error() string { return e.msg }
+// Error is the problem, after the field it concerns when it is one field's
+// ("Slot: …").
+func (e *ConfigError) Error() string {
+	if e.field == "" {
+		return e.msg
+	}
+	return e.field + ": " + e.msg
+}
 
 // Field names the Config field at fault ("Tables"), or is "" when the
 // problem is not one field's.
 func (e *ConfigError) Field() string { return e.field }
 
+// Problem is the message without the field's name, for a caller that names
+// the field its own way (an environment variable).
+func (e *ConfigError) Problem() string { return e.msg }
+
 func configErrorf(format string, args ...any) error {
 	return &ConfigError{msg: fmt.Sprintf(format, args...)}
 }
 
-// tablesErrorf is a ConfigError about Config.Tables.
-func tablesErrorf(format string, args ...any) error {
-	return &ConfigError{msg: fmt.Sprintf(format, args...), field: "Tables"}
+// fieldErrorf is a ConfigError about one Config field; the message does
+// not name the field: Error puts its name in front, and a caller that names
+// fields its own way uses Field and Problem.
+func fieldErrorf(field, format string, args ...any) error {
+	return &ConfigError{msg: fmt.Sprintf(format, args...), field: field}
 }
+
+// tablesErrorf is a ConfigError about Config.Tables.
+func tablesErrorf(format string, args ...any) error { return fieldErrorf("Tables", format, args...) }
 
 // IsConfigError reports whether err is (or wraps) a ConfigError.
 func IsConfigError(err error) bool {
@@ -99,7 +115,7 @@ func resolveTables(ctx context.Context, conn *pgx.Conn, names []string) ([]strin
 	for _, name := range names {
 		s, t, err := schema.ParseTableName(name)
 		if err != nil {
-			return nil, configErrorf("TABLECAST_TABLES: %v", err)
+			return nil, tablesErrorf("%v", err)
 		}
 		var kind string
 		err = conn.QueryRow(ctx, `SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -111,12 +127,12 @@ func resolveTables(ctx context.Context, conn *pgx.Conn, names []string) ([]strin
 		case err != nil:
 			return nil, fmt.Errorf("look up table %s: %w", name, err)
 		case kind != "r" && kind != "p":
-			return nil, configErrorf("%s in TABLECAST_TABLES is not a table (relkind %s)", name, kind)
+			return nil, tablesErrorf("%s is not a table (relkind %s)", name, kind)
 		}
 		quoted = append(quoted, pgx.Identifier{s, t}.Sanitize())
 	}
 	if len(missing) > 0 {
-		return nil, configErrorf("TABLECAST_TABLES names tables that do not exist: %s", strings.Join(missing, ", "))
+		return nil, tablesErrorf("names tables that do not exist: %s", strings.Join(missing, ", "))
 	}
 	return quoted, nil
 }
@@ -208,9 +224,9 @@ func checkSlot(ctx context.Context, conn *pgx.Conn, cfg Config, database string)
 	case err != nil:
 		return false, fmt.Errorf("look up replication slot %s: %w", cfg.Slot, err)
 	case plugin != "pgoutput":
-		return false, configErrorf("replication slot %q uses plugin %q, not pgoutput: choose another TABLECAST_SLOT or drop it", cfg.Slot, plugin)
+		return false, fieldErrorf("Slot", "replication slot %q uses plugin %q, not pgoutput: choose another slot, or drop it", cfg.Slot, plugin)
 	case slotDB != database:
-		return false, configErrorf("replication slot %q belongs to database %q, not %q: choose another TABLECAST_SLOT", cfg.Slot, slotDB, database)
+		return false, fieldErrorf("Slot", "replication slot %q belongs to database %q, not %q: choose another slot", cfg.Slot, slotDB, database)
 	}
 	return true, nil
 }
@@ -220,7 +236,7 @@ func checkSlot(ctx context.Context, conn *pgx.Conn, cfg Config, database string)
 func connectReplication(ctx context.Context, url string) (*pgconn.PgConn, error) {
 	pc, err := pgconn.ParseConfig(url)
 	if err != nil {
-		return nil, &ConfigError{msg: "TABLECAST_DATABASE_URL: " + oneLine(err)}
+		return nil, fieldErrorf("DatabaseURL", "%s", oneLine(err))
 	}
 	pc.RuntimeParams["replication"] = "database"
 	// Values are converted from their text form; keep it stable.

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tablecast/tablecast/internal/jsonx"
 	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
@@ -621,7 +622,7 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 		s.buf = append(s.buf, m.Content...)
 	} else {
 		// Not JSON: carried as a JSON string rather than lost.
-		s.buf = schema.AppendStringBytes(s.buf, m.Content)
+		s.buf = jsonx.AppendStringBytes(s.buf, m.Content)
 	}
 	s.ids = s.txn.AppendID(s.ids[:0], s.ordinal)
 	if len(s.buf) > s.r.cfg.MaxEventBytes || !s.pub.Fits(string(s.ids), len(s.buf)) {
@@ -658,7 +659,7 @@ func (s *session) newRelation(ctx context.Context, rm *pglogrepl.RelationMessage
 		return nil, err
 	}
 	rel := &relation{table: t, subjects: map[string]string{}}
-	for _, op := range []string{schema.OpCreate, schema.OpUpdate, schema.OpDelete, schema.OpTruncate, schema.OpRead} {
+	for _, op := range schema.AllOps.Names() {
 		rel.subjects[op] = stream.ChangeSubject(s.r.prefix, s.r.db, t.Schema, t.Name, op)
 	}
 	return rel, nil

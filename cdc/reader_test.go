@@ -423,9 +423,18 @@ func TestConfigErrors(t *testing.T) {
 
 func TestConfigValidation(t *testing.T) {
 	_, err := Config{Slot: "Bad-Slot", Tables: []string{"*", "public.x", "nodot"}, RetryMin: time.Minute, RetryMax: time.Second}.withDefaults()
-	for _, want := range []string{"TABLECAST_DATABASE_URL is empty", "TABLECAST_SLOT", `"*" cannot be combined`, `table "nodot": want schema.table`, "retry backoff"} {
+	for _, want := range []string{"DatabaseURL: is empty", "Slot: ", `"*" cannot be combined`, `table "nodot": want schema.table`, "retry backoff"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("validation error %v does not mention %q", err, want)
 		}
+	}
+	// The library speaks of its Config fields; the command line names its
+	// environment variables (SettingName).
+	if err != nil && strings.Contains(err.Error(), "TABLECAST_") {
+		t.Errorf("validation error %v names environment variables", err)
+	}
+	named := Config{SettingName: func(f string) string { return "SETTING_" + f }}
+	if got := named.setting("Slot"); got != "SETTING_Slot" {
+		t.Errorf("setting(Slot) = %q with a SettingName", got)
 	}
 }

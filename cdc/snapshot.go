@@ -284,7 +284,7 @@ func rowFilterClause(filter, keyword string) string {
 func connectSnapshot(ctx context.Context, url string) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
-		return nil, &ConfigError{msg: "TABLECAST_DATABASE_URL: " + oneLine(err)}
+		return nil, fieldErrorf("DatabaseURL", "%s", oneLine(err))
 	}
 	for k, v := range map[string]string{"DateStyle": "ISO, YMD", "IntervalStyle": "postgres", "extra_float_digits": "3", "TimeZone": "UTC", "application_name": "tablecast-snapshot"} {
 		cfg.RuntimeParams[k] = v

@@ -3,16 +3,8 @@ package schema
 import (
 	"strconv"
 	"time"
-)
 
-// Operation names, as they appear in the envelope's "op" and as the last
-// token of a change subject.
-const (
-	OpCreate   = "create"
-	OpUpdate   = "update"
-	OpDelete   = "delete"
-	OpTruncate = "truncate"
-	OpRead     = "read"
+	"github.com/tablecast/tablecast/internal/jsonx"
 )
 
 // Value kinds of one column in a row image, as pgoutput tags them.
@@ -215,7 +207,7 @@ func appendEvent(dst []byte, db string, tbl *Table, txn *Txn, c *Change, end int
 			} else {
 				dst = append(dst, ',')
 			}
-			dst = AppendString(dst, tbl.Columns[i].Name)
+			dst = jsonx.AppendString(dst, tbl.Columns[i].Name)
 		}
 		if !first {
 			dst = append(dst, ']')

@@ -1,5 +1,7 @@
 package schema
 
+import "github.com/tablecast/tablecast/internal/jsonx"
+
 // Column is one column of a published table, as PostgreSQL describes it in a
 // pgoutput Relation message.
 type Column struct {
@@ -54,7 +56,7 @@ func (t *Table) jsonNames() [][]byte {
 	if len(t.cache.names) != len(t.Columns) {
 		t.cache.names = make([][]byte, len(t.Columns))
 		for i := range t.Columns {
-			n := AppendString(nil, t.Columns[i].Name)
+			n := jsonx.AppendString(nil, t.Columns[i].Name)
 			t.cache.names[i] = append(n, ':')
 		}
 	}
@@ -64,11 +66,11 @@ func (t *Table) jsonNames() [][]byte {
 func (t *Table) header(db string) []byte {
 	if t.cache.hdr == nil || t.cache.hdrDB != db {
 		h := append([]byte(nil), `"db":`...)
-		h = AppendString(h, db)
+		h = jsonx.AppendString(h, db)
 		h = append(h, `,"schema":`...)
-		h = AppendString(h, t.Schema)
+		h = jsonx.AppendString(h, t.Schema)
 		h = append(h, `,"table":`...)
-		h = AppendString(h, t.Name)
+		h = jsonx.AppendString(h, t.Name)
 		t.cache.hdr, t.cache.hdrDB = h, db
 	}
 	return t.cache.hdr

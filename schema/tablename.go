@@ -2,8 +2,36 @@ package schema
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
+
+// Limits on names.
+const (
+	// MaxIdentLen is PostgreSQL's identifier limit (NAMEDATALEN-1 bytes):
+	// no database, schema, table or column name is longer.
+	MaxIdentLen = 63
+	// MaxTopicLen is the longest custom topic name, in bytes. A topic name
+	// becomes NATS subject tokens, and JetStream limits whole subjects, so
+	// names stay well inside that.
+	MaxTopicLen = 128
+)
+
+// QuoteName quotes a name a client wrote (a table, a column, a topic, an
+// id) for a message: Go-quoted, and cut at 64 bytes on a character
+// boundary, marked "…", so that messages stay small.
+func QuoteName(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return strconv.Quote(s)
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + "…"
+}
 
 // ParseTableName splits "schema.table" into its parts. A part is taken as
 // written (no case folding: it must match the catalog; spaces and unicode

@@ -79,3 +79,18 @@ func TestSplitNameQuoted(t *testing.T) {
 		}
 	}
 }
+
+func TestQuoteName(t *testing.T) {
+	long := strings.Repeat("a", 63) + "é" + "tail"
+	for _, tc := range []struct{ in, want string }{
+		{"orders", `"orders"`},
+		{"a\"b\n", `"a\"b\n"`},
+		{strings.Repeat("x", 64), `"` + strings.Repeat("x", 64) + `"`},
+		{strings.Repeat("x", 65), `"` + strings.Repeat("x", 64) + `"…`},
+		{long, `"` + strings.Repeat("a", 63) + `"…`}, // not inside the é
+	} {
+		if got := QuoteName(tc.in); got != tc.want {
+			t.Errorf("QuoteName(%q) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}

@@ -13,7 +13,6 @@ package schema
 
 import (
 	"encoding/base64"
-	"encoding/json"
 	"slices"
 	"sync"
 	"unicode/utf8"
@@ -21,11 +20,13 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/tablecast/tablecast/internal/civil"
+	"github.com/tablecast/tablecast/internal/jsonx"
 )
 
 // Type OIDs that pgtype has no constant for.
 const (
-	moneyOID      = 790
+	// MoneyOID is money's type OID.
+	MoneyOID      = 790
 	moneyArrayOID = 791
 
 	// firstNormalOID is PostgreSQL's FirstNormalObjectId: every OID below it
@@ -54,7 +55,7 @@ func AppendValue(dst []byte, typeOID uint32, text []byte) []byte {
 		if isJSONInteger(text) {
 			return append(dst, text...)
 		}
-		return AppendStringBytes(dst, text)
+		return jsonx.AppendStringBytes(dst, text)
 
 	case pgtype.Float4OID, pgtype.Float8OID:
 		// Every form float4out/float8out print ("1.5", "-0", "1e+30",
@@ -63,7 +64,7 @@ func AppendValue(dst []byte, typeOID uint32, text []byte) []byte {
 		if isJSONNumber(text) {
 			return append(dst, text...)
 		}
-		return AppendStringBytes(dst, text)
+		return jsonx.AppendStringBytes(dst, text)
 
 	case pgtype.BoolOID:
 		if len(text) == 1 {
@@ -74,14 +75,14 @@ func AppendValue(dst []byte, typeOID uint32, text []byte) []byte {
 				return append(dst, "false"...)
 			}
 		}
-		return AppendStringBytes(dst, text)
+		return jsonx.AppendStringBytes(dst, text)
 
 	case pgtype.TextOID, pgtype.VarcharOID, pgtype.BPCharOID, pgtype.NameOID,
-		pgtype.QCharOID, pgtype.UUIDOID, pgtype.NumericOID, moneyOID,
+		pgtype.QCharOID, pgtype.UUIDOID, pgtype.NumericOID, MoneyOID,
 		pgtype.DateOID, pgtype.TimeOID, pgtype.TimetzOID, pgtype.IntervalOID,
 		pgtype.XMLOID, pgtype.InetOID, pgtype.CIDROID, pgtype.MacaddrOID,
 		pgtype.Macaddr8OID, pgtype.BitOID, pgtype.VarbitOID, pgtype.UnknownOID:
-		return AppendStringBytes(dst, text)
+		return jsonx.AppendStringBytes(dst, text)
 
 	case pgtype.JSONOID, pgtype.JSONBOID:
 		return appendJSON(dst, text)
@@ -127,7 +128,7 @@ func AppendValue(dst []byte, typeOID uint32, text []byte) []byte {
 	case pgtype.DateArrayOID:
 		return appendArray(dst, pgtype.DateOID, ',', text)
 	case moneyArrayOID:
-		return appendArray(dst, moneyOID, ',', text)
+		return appendArray(dst, MoneyOID, ',', text)
 	}
 
 	if typeOID < firstNormalOID {
@@ -135,7 +136,7 @@ func AppendValue(dst []byte, typeOID uint32, text []byte) []byte {
 			return appendArray(dst, a.elem, a.delim, text)
 		}
 	}
-	return AppendStringBytes(dst, text)
+	return jsonx.AppendStringBytes(dst, text)
 }
 
 // arrayType is what converting an array value needs to know about its type.
@@ -192,46 +193,8 @@ func isJSONInteger(b []byte) bool {
 
 // isJSONNumber reports whether b is a number in JSON's grammar (RFC 8259 §6).
 func isJSONNumber(b []byte) bool {
-	end, ok := ScanJSONNumber(b, 0)
+	end, ok := jsonx.ScanNumber(b, 0)
 	return ok && end == len(b)
-}
-
-// ScanJSONNumber reads the JSON number starting at b[i] and returns the
-// index after it, and whether it is one. The gateway uses it too, to index
-// the rows of events.
-func ScanJSONNumber(b []byte, i int) (int, bool) {
-	if i < len(b) && b[i] == '-' {
-		i++
-	}
-	switch {
-	case i >= len(b):
-		return i, false
-	case b[i] == '0':
-		i++
-	case b[i] >= '1' && b[i] <= '9':
-		i = skipDigits(b, i+1)
-	default:
-		return i, false
-	}
-	if i < len(b) && b[i] == '.' {
-		j := skipDigits(b, i+1)
-		if j == i+1 {
-			return j, false
-		}
-		i = j
-	}
-	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
-		i++
-		if i < len(b) && (b[i] == '+' || b[i] == '-') {
-			i++
-		}
-		j := skipDigits(b, i)
-		if j == i {
-			return j, false
-		}
-		i = j
-	}
-	return i, true
 }
 
 func skipDigits(b []byte, i int) int {
@@ -245,174 +208,10 @@ func skipDigits(b []byte, i int) int {
 // on input; the check here keeps the envelope valid should anything else
 // arrive.
 func appendJSON(dst, text []byte) []byte {
-	if validJSON(text) && utf8.Valid(text) {
+	if jsonx.Valid(text) && utf8.Valid(text) {
 		return append(dst, text...)
 	}
-	return AppendStringBytes(dst, text)
-}
-
-// validJSON reports whether b is one JSON value with optional white space
-// around it, exactly as json.Valid does (neither checks UTF-8), but in one
-// pass without json.Valid's function call per byte: about four times as
-// fast (BenchmarkValidJSON). Values nested deeper than 64 levels, which the
-// one-word container stack cannot hold, are left to json.Valid.
-func validJSON(b []byte) bool {
-	// The open containers, innermost in the lowest bit: 1 array, 0 object.
-	var stack uint64
-	depth := 0
-	i := skipJSONSpace(b, 0)
-	var ok bool
-value:
-	if i >= len(b) {
-		return false
-	}
-	switch b[i] {
-	case '{', '[':
-		if depth == 64 {
-			return json.Valid(b)
-		}
-		isArray := b[i] == '['
-		stack <<= 1
-		if isArray {
-			stack |= 1
-		}
-		depth++
-		i = skipJSONSpace(b, i+1)
-		if i < len(b) && (isArray && b[i] == ']' || !isArray && b[i] == '}') {
-			stack >>= 1
-			depth--
-			i++
-			goto next
-		}
-		if isArray {
-			goto value
-		}
-		goto key
-	case '"':
-		if i, ok = scanJSONString(b, i); !ok {
-			return false
-		}
-	case 't':
-		if !hasPrefixAt(b, i, "true") {
-			return false
-		}
-		i += 4
-	case 'f':
-		if !hasPrefixAt(b, i, "false") {
-			return false
-		}
-		i += 5
-	case 'n':
-		if !hasPrefixAt(b, i, "null") {
-			return false
-		}
-		i += 4
-	default:
-		if i, ok = ScanJSONNumber(b, i); !ok {
-			return false
-		}
-	}
-next: // after a value
-	i = skipJSONSpace(b, i)
-	if depth == 0 {
-		return i == len(b)
-	}
-	if i >= len(b) {
-		return false
-	}
-	if stack&1 != 0 {
-		switch b[i] {
-		case ',':
-			i = skipJSONSpace(b, i+1)
-			goto value
-		case ']':
-			stack >>= 1
-			depth--
-			i++
-			goto next
-		}
-		return false
-	}
-	switch b[i] {
-	case ',':
-		i = skipJSONSpace(b, i+1)
-		goto key
-	case '}':
-		stack >>= 1
-		depth--
-		i++
-		goto next
-	}
-	return false
-key: // at an object member's name
-	if i >= len(b) || b[i] != '"' {
-		return false
-	}
-	if i, ok = scanJSONString(b, i); !ok {
-		return false
-	}
-	i = skipJSONSpace(b, i)
-	if i >= len(b) || b[i] != ':' {
-		return false
-	}
-	i = skipJSONSpace(b, i+1)
-	goto value
-}
-
-func skipJSONSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\r' || b[i] == '\t') {
-		i++
-	}
-	return i
-}
-
-func hasPrefixAt(b []byte, i int, lit string) bool {
-	return len(b)-i >= len(lit) && string(b[i:i+len(lit)]) == lit
-}
-
-// scanJSONString reads the JSON string whose opening quote is b[i] and
-// returns the index after its closing quote.
-func scanJSONString(b []byte, i int) (int, bool) {
-	i++
-	for {
-		// Skip eight bytes at a time while none is '"', '\\' or < 0x20.
-		for i+8 <= len(b) {
-			w := uint64(b[i]) | uint64(b[i+1])<<8 | uint64(b[i+2])<<16 | uint64(b[i+3])<<24 |
-				uint64(b[i+4])<<32 | uint64(b[i+5])<<40 | uint64(b[i+6])<<48 | uint64(b[i+7])<<56
-			q, s := w^swarQuote, w^swarSlash
-			if ((w-swarSpace)&^w|(q-swarOnes)&^q|(s-swarOnes)&^s)&swarHigh != 0 {
-				break
-			}
-			i += 8
-		}
-		for i < len(b) && b[i] >= 0x20 && b[i] != '"' && b[i] != '\\' {
-			i++
-		}
-		if i >= len(b) {
-			return i, false
-		}
-		switch c := b[i]; {
-		case c == '"':
-			return i + 1, true
-		case c < 0x20:
-			return i, false
-		case c == '\\':
-			if i+1 >= len(b) {
-				return i, false
-			}
-			switch b[i+1] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				i += 2
-			case 'u':
-				if i+6 > len(b) || unhexTable[b[i+2]]|unhexTable[b[i+3]]|unhexTable[b[i+4]]|unhexTable[b[i+5]] > 0xf {
-					return i, false
-				}
-				i += 6
-			default:
-				return i, false
-			}
-		}
-	}
+	return jsonx.AppendStringBytes(dst, text)
 }
 
 // appendTimestamp writes a timestamp or timestamptz in ISO DateStyle
@@ -425,17 +224,17 @@ func scanJSONString(b []byte, i int) (int, bool) {
 func appendTimestamp(dst, t []byte, withZone bool) []byte {
 	end, ok := scanISODateTime(t)
 	if !ok {
-		return AppendStringBytes(dst, t)
+		return jsonx.AppendStringBytes(dst, t)
 	}
 	var zone [6]byte
 	zoneLen := 0
 	if withZone {
 		zoneLen, ok = rfc3339Offset(t[end:], &zone)
 		if !ok {
-			return AppendStringBytes(dst, t)
+			return jsonx.AppendStringBytes(dst, t)
 		}
 	} else if end != len(t) {
-		return AppendStringBytes(dst, t)
+		return jsonx.AppendStringBytes(dst, t)
 	}
 	dst = append(dst, '"')
 	dst = append(dst, t[:10]...)
@@ -530,7 +329,7 @@ func appendBytea(dst, text []byte) []byte {
 		dst, ok = appendEscapedBase64(dst, text)
 	}
 	if !ok {
-		return AppendStringBytes(dst[:start], text)
+		return jsonx.AppendStringBytes(dst[:start], text)
 	}
 	return dst
 }
@@ -635,7 +434,7 @@ func appendArray(dst []byte, elemOID uint32, delim byte, text []byte) []byte {
 		scratchPool.Put(scratch)
 	}
 	if !ok {
-		return AppendStringBytes(dst[:start], text)
+		return jsonx.AppendStringBytes(dst[:start], text)
 	}
 	return dst
 }
@@ -824,115 +623,4 @@ func skipArraySpace(s []byte, i int) int {
 		}
 	}
 	return i
-}
-
-// JSON strings.
-
-// AppendString appends s as a JSON string (quoted and escaped, valid UTF-8 output;
-// invalid UTF-8 bytes become \ufffd). Exported because the envelope encoder uses it.
-//
-// The output is byte for byte what encoding/json writes with HTML escaping
-// off: '"', '\\' and control characters are escaped (\b \f \n \r \t, others
-// \u00XX), as are U+2028 and U+2029, which JavaScript source does not
-// allow unescaped before ES2019; '<', '>' and '&' are not.
-func AppendString(dst []byte, s string) []byte { return appendJSONString(dst, s) }
-
-// AppendStringBytes is AppendString for a byte slice.
-func AppendStringBytes(dst []byte, s []byte) []byte { return appendJSONString(dst, s) }
-
-const lowerHex = "0123456789abcdef"
-
-// SWAR constants: one byte value repeated in each byte of a word.
-const (
-	swarOnes  = 0x0101010101010101
-	swarHigh  = 0x8080808080808080
-	swarQuote = '"' * swarOnes
-	swarSlash = '\\' * swarOnes
-	swarSpace = 0x20 * swarOnes
-)
-
-func appendJSONString[S string | []byte](dst []byte, s S) []byte {
-	dst = slices.Grow(dst, len(s)+2)
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		// Skip eight plain ASCII bytes at a time: no byte < 0x20, '"',
-		// '\\' or >= 0x80. Each test sets a byte's high bit iff the
-		// byte matches, with no false positives when none does.
-		for i+8 <= len(s) {
-			w := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
-				uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
-			q, b := w^swarQuote, w^swarSlash
-			if (w|(w-swarSpace)|((q-swarOnes)&^q)|((b-swarOnes)&^b))&swarHigh != 0 {
-				break
-			}
-			i += 8
-		}
-		// Then one at a time up to the byte that stopped the word loop.
-		for i < len(s) && s[i] >= 0x20 && s[i] < utf8.RuneSelf && s[i] != '"' && s[i] != '\\' {
-			i++
-		}
-		if i >= len(s) {
-			break
-		}
-		c := s[i]
-		if c < utf8.RuneSelf {
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\b':
-				dst = append(dst, '\\', 'b')
-			case '\f':
-				dst = append(dst, '\\', 'f')
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', lowerHex[c>>4], lowerHex[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		// Two- and three-byte sequences (Latin, Greek, Cyrillic, CJK…) are
-		// checked here; four-byte and invalid ones go to package utf8.
-		if c >= 0xc2 && c <= 0xdf && i+1 < len(s) && s[i+1]&0xc0 == 0x80 {
-			i += 2
-			continue
-		}
-		if c >= 0xe0 && c <= 0xef && i+2 < len(s) && s[i+2]&0xc0 == 0x80 {
-			c1 := s[i+1]
-			lo, hi := byte(0x80), byte(0xbf)
-			switch c {
-			case 0xe0:
-				lo = 0xa0 // shorter forms are overlong
-			case 0xed:
-				hi = 0x9f // U+D800–U+DFFF are surrogates
-			}
-			if c1 >= lo && c1 <= hi {
-				if c == 0xe2 && c1 == 0x80 && s[i+2]&^1 == 0xa8 { // U+2028, U+2029
-					dst = append(dst, s[start:i]...)
-					dst = append(dst, '\\', 'u', '2', '0', '2', lowerHex[s[i+2]&0xf])
-					start = i + 3
-				}
-				i += 3
-				continue
-			}
-		}
-		// string(...) of at most utf8.UTFMax bytes does not escape, so
-		// converting a []byte takes a stack buffer, not an allocation.
-		_, size := utf8.DecodeRuneInString(string(s[i:min(i+utf8.UTFMax, len(s))]))
-		if size == 1 { // invalid: every valid multi-byte rune is longer
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			start = i + 1
-		}
-		i += size
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }

@@ -5,7 +5,7 @@
 # loops holding every connection, cheap enough not to be the bottleneck; its
 # own CPU is reported beside each number):
 #   filter      `where` evaluation, ns/op and allocs/op (Go benchmarks
-#               Filter|Match in ./wsgate);
+#               Filter|Match in ./internal/query);
 #   memory      the gateway's growth per idle subscribed connection at each of
 #               CONNS: resident memory (VmRSS) and Go heap + stacks
 #               (go_memstats_heap_inuse_bytes + go_memstats_stack_inuse_bytes
@@ -223,7 +223,7 @@ echo "bench-gateway.sh: load average $load on $(nproc) cores at start" >&2
 
 # 1. Filter evaluation.
 if [ "$SKIP_FILTER" != 1 ]; then
-  go test -run='^$' -bench='Filter|Match' -benchmem ./wsgate >"$work/bench.txt"
+  go test -run='^$' -bench='Filter|Match' -benchmem ./internal/query >"$work/bench.txt"
   while read -r name _ nsop _ _ _ allocs _; do
     name=${name#Benchmark}
     name=${name%-*}

@@ -4,13 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"strconv"
-	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/claim"
 )
 
 // Claim checks. A message that would exceed the NATS server's maximum
@@ -27,17 +26,10 @@ const DefaultPayloadBucket = "TABLECAST_PAYLOADS"
 const ClaimMember = "claim"
 
 // Claim names the object that holds a message's full content.
-type Claim struct {
-	// Bucket is the object store bucket, normally DefaultPayloadBucket.
-	Bucket string `json:"bucket"`
-	// Object is the object's name in it.
-	Object string `json:"object"`
-	// Size is the object's size in bytes: the full message's.
-	Size int64 `json:"size"`
-}
+type Claim = claim.Claim
 
-// AppendJSON appends c as a JSON object.
-func (c Claim) AppendJSON(dst []byte) []byte {
+// AppendClaim appends c as a JSON object.
+func AppendClaim(dst []byte, c Claim) []byte {
 	dst = append(dst, `{"bucket":`...)
 	dst = appendJSONString(dst, c.Bucket)
 	dst = append(dst, `,"object":`...)
@@ -62,7 +54,7 @@ func PayloadObjectName(db, eventID string) string { return db + "/" + eventID }
 
 // ErrClaimGone: the object a claim names is no longer stored (it expired
 // with the stream's max age, or was deleted), or its bucket does not exist.
-var ErrClaimGone = errors.New("the claimed object is no longer stored")
+var ErrClaimGone = claim.ErrGone
 
 // ParseClaim returns the claim of a message: the "claim" member of the
 // top-level JSON object. ok is false when there is none (a message that
@@ -110,15 +102,11 @@ func ResolveEvent(ctx context.Context, js jetstream.JetStream, msg []byte) ([]by
 
 // Resolver resolves claims. It keeps the object stores it has opened, and
 // is safe for concurrent use.
-type Resolver struct {
-	js     jetstream.JetStream
-	mu     sync.Mutex
-	stores map[string]jetstream.ObjectStore
-}
+type Resolver struct{ objects *claim.Objects }
 
 // NewResolver returns a Resolver that reads objects with js.
 func NewResolver(js jetstream.JetStream) *Resolver {
-	return &Resolver{js: js, stores: map[string]jetstream.ObjectStore{}}
+	return &Resolver{objects: claim.NewObjects(js)}
 }
 
 // Resolve returns the full event msg stands for; see ResolveEvent.
@@ -136,56 +124,5 @@ func (r *Resolver) Resolve(ctx context.Context, msg []byte) ([]byte, error) {
 // Fetch reads the object c names. Its size must be c.Size; JetStream checks
 // its digest as it is read.
 func (r *Resolver) Fetch(ctx context.Context, c Claim) ([]byte, error) {
-	obs, err := r.store(ctx, c.Bucket)
-	if err != nil {
-		return nil, err
-	}
-	res, err := obs.Get(ctx, c.Object)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrObjectNotFound) {
-			return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, ErrClaimGone)
-		}
-		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
-	}
-	defer res.Close()
-	info, err := res.Info()
-	if err != nil {
-		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
-	}
-	if int64(info.Size) != c.Size {
-		return nil, fmt.Errorf("read object %s of bucket %s: it holds %d bytes, the claim says %d", c.Object, c.Bucket, info.Size, c.Size)
-	}
-	buf := make([]byte, c.Size)
-	if _, err := io.ReadFull(res, buf); err != nil {
-		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
-	}
-	// The digest is checked at the end of the object: read up to it.
-	var one [1]byte
-	if n, err := res.Read(one[:]); n != 0 || !errors.Is(err, io.EOF) {
-		if err == nil || errors.Is(err, io.EOF) {
-			err = errors.New("more bytes than its size")
-		}
-		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
-	}
-	return buf, nil
-}
-
-func (r *Resolver) store(ctx context.Context, bucket string) (jetstream.ObjectStore, error) {
-	r.mu.Lock()
-	obs := r.stores[bucket]
-	r.mu.Unlock()
-	if obs != nil {
-		return obs, nil
-	}
-	obs, err := r.js.ObjectStore(ctx, bucket)
-	switch {
-	case errors.Is(err, jetstream.ErrBucketNotFound):
-		return nil, fmt.Errorf("open object store %s: %w", bucket, ErrClaimGone)
-	case err != nil:
-		return nil, fmt.Errorf("open object store %s: %w", bucket, err)
-	}
-	r.mu.Lock()
-	r.stores[bucket] = obs
-	r.mu.Unlock()
-	return obs, nil
+	return r.objects.Fetch(ctx, c)
 }

@@ -23,7 +23,7 @@ func ctxFor(t testing.TB) context.Context {
 
 func TestParseClaim(t *testing.T) {
 	c := stream.Claim{Bucket: "TABLECAST_PAYLOADS", Object: `shop "db"/0000000001-0001`, Size: 9_000_123}
-	stub := append([]byte(`{"id":"0000000001-0001","key":{"id":1},"claim":`), c.AppendJSON(nil)...)
+	stub := append([]byte(`{"id":"0000000001-0001","key":{"id":1},"claim":`), stream.AppendClaim(nil, c)...)
 	stub = append(stub, '}')
 	tests := []struct {
 		name string
@@ -87,7 +87,7 @@ func TestPayloadStoreAndResolve(t *testing.T) {
 	}
 
 	claim := stream.Claim{Bucket: store.Bucket(), Object: name, Size: int64(len(event))}
-	stub := append(claim.AppendJSON([]byte(`{"id":"00000000016B3748-0003","claim":`)), '}')
+	stub := append(stream.AppendClaim([]byte(`{"id":"00000000016B3748-0003","claim":`), claim), '}')
 	got, err := stream.ResolveEvent(ctx, n.JS, stub)
 	if err != nil || !bytes.Equal(got, event) {
 		t.Fatalf("ResolveEvent: %d bytes, %v; want the %d stored", len(got), err, len(event))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tablecast/tablecast/schema"
 )
 
 func TestEnsureStreamCreateThenUpdate(t *testing.T) {
@@ -27,7 +28,7 @@ func TestEnsureStreamCreateThenUpdate(t *testing.T) {
 	}
 
 	for i := range 10 {
-		msg := nats.NewMsg(ChangeSubject("tablecast", "shop", "public", "orders", OpCreate))
+		msg := nats.NewMsg(ChangeSubject("tablecast", "shop", "public", "orders", schema.OpCreate))
 		msg.Data = []byte(fmt.Sprintf(`{"n":%d}`, i))
 		msg.Header.Set(msgIDHeader, fmt.Sprintf("id-%d", i))
 		if _, err := js.PublishMsg(ctx, msg); err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tablecast/tablecast/schema"
 )
 
 // benchPayload is a typical event: about 300 bytes of JSON.
@@ -45,7 +46,7 @@ func BenchmarkPublisher(b *testing.B) {
 			}
 			defer p.Close()
 			ctx := context.Background()
-			subject := ChangeSubject("tablecast", "shop", "public", "orders", OpUpdate)
+			subject := ChangeSubject("tablecast", "shop", "public", "orders", schema.OpUpdate)
 			id := make([]byte, 0, 32)
 
 			b.ReportAllocs()
@@ -99,7 +100,7 @@ func BenchmarkPublisherEchoAck(b *testing.B) {
 	}
 	defer p.Close()
 	ctx := context.Background()
-	subject := ChangeSubject("tablecast", "shop", "public", "orders", OpUpdate)
+	subject := ChangeSubject("tablecast", "shop", "public", "orders", schema.OpUpdate)
 	id := make([]byte, 0, 32)
 
 	b.ReportAllocs()
@@ -140,7 +141,7 @@ func BenchmarkJetStreamPublishAsync(b *testing.B) {
 	if _, err := EnsureStream(context.Background(), js, StreamConfig{}); err != nil {
 		b.Fatal(err)
 	}
-	subject := ChangeSubject("tablecast", "shop", "public", "orders", OpUpdate)
+	subject := ChangeSubject("tablecast", "shop", "public", "orders", schema.OpUpdate)
 	futures := make(chan jetstream.PubAckFuture, window)
 	acked := make(chan error, 1)
 	go func() {
@@ -227,7 +228,7 @@ func BenchmarkDuplicateIndex(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer p.Close()
-		subject := ChangeSubject("tablecast", "shop", "public", "orders", OpUpdate)
+		subject := ChangeSubject("tablecast", "shop", "public", "orders", schema.OpUpdate)
 		id := make([]byte, 0, 32)
 		for i := range msgs {
 			var msgID string

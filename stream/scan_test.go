@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/tablecast/tablecast/schema"
 )
 
 // TestScanLastWithHeader: the scan finds the last message of one origin
@@ -104,7 +105,7 @@ func BenchmarkScanLastWithHeader(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer theirs.Close()
-	subject := ChangeSubject("tablecast", "shop", "public", "orders", OpUpdate)
+	subject := ChangeSubject("tablecast", "shop", "public", "orders", schema.OpUpdate)
 	ctx := context.Background()
 	for i := range msgs {
 		p := ours

@@ -7,15 +7,6 @@ import (
 	"unicode/utf8"
 )
 
-// Operation names, the last token of a row-change subject.
-const (
-	OpCreate   = "create"
-	OpUpdate   = "update"
-	OpDelete   = "delete"
-	OpTruncate = "truncate"
-	OpRead     = "read" // a row sent by a snapshot
-)
-
 // topicToken is the second token of a custom topic subject:
 // <prefix>.topic.<name>.
 const topicToken = "topic"
@@ -148,7 +139,7 @@ func unhex(c byte) int {
 // AppendChangeSubject appends the subject of a row change,
 // <prefix>.<db>.<schema>.<table>.<op>, to dst and returns the extended slice.
 // db, schema and table are encoded with [AppendToken]; prefix (checked once
-// with [ValidatePrefix]) and op (one of the Op constants) are used verbatim.
+// with [ValidatePrefix]) and op (one of schema.OpCreate …) are used verbatim.
 // It allocates nothing when dst has room, which makes it fit for the per-row
 // hot path: keep one buffer and pass buf[:0].
 func AppendChangeSubject(dst []byte, prefix, db, schema, table, op string) []byte {

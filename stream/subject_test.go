@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 func TestAppendToken(t *testing.T) {
@@ -102,10 +104,10 @@ func TestSubjects(t *testing.T) {
 		got  string
 		want string
 	}{
-		{"change", ChangeSubject("tablecast", "shop", "public", "orders", OpUpdate), "tablecast.shop.public.orders.update"},
-		{"change multi-token prefix", ChangeSubject("acme.cdc", "shop", "public", "orders", OpCreate), "acme.cdc.shop.public.orders.create"},
-		{"change encoded", ChangeSubject("tablecast", "my db", "Sales.EU", "order*items>", OpDelete), "tablecast.my%20db.Sales%2EEU.order%2Aitems%3E.delete"},
-		{"change unicode", ChangeSubject("tablecast", "магазин", "public", "заказы", OpRead), "tablecast.магазин.public.заказы.read"},
+		{"change", ChangeSubject("tablecast", "shop", "public", "orders", schema.OpUpdate), "tablecast.shop.public.orders.update"},
+		{"change multi-token prefix", ChangeSubject("acme.cdc", "shop", "public", "orders", schema.OpCreate), "acme.cdc.shop.public.orders.create"},
+		{"change encoded", ChangeSubject("tablecast", "my db", "Sales.EU", "order*items>", schema.OpDelete), "tablecast.my%20db.Sales%2EEU.order%2Aitems%3E.delete"},
+		{"change unicode", ChangeSubject("tablecast", "магазин", "public", "заказы", schema.OpRead), "tablecast.магазин.public.заказы.read"},
 		{"table", TableSubjects("tablecast", "shop", "public", "orders"), "tablecast.shop.public.orders.>"},
 		{"table any db", TableSubjects("tablecast", "", "public", "orders"), "tablecast.*.public.orders.>"},
 		{"table encoded", TableSubjects("tablecast", "shop", "a.b", "100%"), "tablecast.shop.a%2Eb.100%25.>"},
@@ -124,7 +126,7 @@ func TestSubjects(t *testing.T) {
 func TestAppendChangeSubjectAllocs(t *testing.T) {
 	buf := make([]byte, 0, 256)
 	allocs := testing.AllocsPerRun(1000, func() {
-		buf = AppendChangeSubject(buf[:0], "tablecast", "shop", "Sales.EU", "order items", OpUpdate)
+		buf = AppendChangeSubject(buf[:0], "tablecast", "shop", "Sales.EU", "order items", schema.OpUpdate)
 	})
 	if allocs != 0 {
 		t.Fatalf("AppendChangeSubject allocates %.1f times per call with room in dst, want 0", allocs)

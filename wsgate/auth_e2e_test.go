@@ -12,6 +12,8 @@ import (
 
 	"github.com/coder/websocket"
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/tablecast/tablecast/internal/auth"
+	"github.com/tablecast/tablecast/internal/auth/authtest"
 )
 
 // The gateway with authentication on: each refusal path at the upgrade,
@@ -24,12 +26,12 @@ var e2eSecret = []byte("0123456789abcdef0123456789abcdef-gateway")
 // e2eSecret.
 func startAuthGateway(t *testing.T, mods ...func(*Config)) *testEnv {
 	t.Helper()
-	auth, err := NewAuthenticator(AuthConfig{JWTSecret: e2eSecret, Leeway: -1, Logger: testLogger()})
+	authn, err := auth.New(auth.Config{JWTSecret: e2eSecret, Leeway: -1, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return startGateway(t, func(c *Config) {
-		c.Auth = auth
+		c.Auth = authn
 		for _, m := range mods {
 			m(c)
 		}
@@ -40,11 +42,11 @@ func startAuthGateway(t *testing.T, mods ...func(*Config)) *testEnv {
 // claim given.
 func token(t *testing.T, grants map[string]any, with map[string]any) string {
 	t.Helper()
-	claims := map[string]any{"sub": "user-1", "exp": time.Now().Add(time.Hour).Unix(), GrantsClaim: grants}
+	claims := map[string]any{"sub": "user-1", "exp": time.Now().Add(time.Hour).Unix(), auth.GrantsClaim: grants}
 	for k, v := range with {
 		claims[k] = v
 	}
-	return signToken(t, jose.HS256, e2eSecret, "", claims)
+	return authtest.SignToken(t, jose.HS256, e2eSecret, "", claims)
 }
 
 // dialRefused opens path with hdr and expects a close with 4001 and reason.
@@ -60,15 +62,15 @@ func TestAuthRefusals(t *testing.T) {
 	t.Parallel()
 	e := startAuthGateway(t)
 	grants := map[string]any{"tables": map[string]any{"*": []string{"*"}}}
-	other := signToken(t, jose.HS256, []byte("another-secret-another-secret-xxx"), "", map[string]any{"sub": "x", "exp": time.Now().Add(time.Hour).Unix()})
+	other := authtest.SignToken(t, jose.HS256, []byte("another-secret-another-secret-xxx"), "", map[string]any{"sub": "x", "exp": time.Now().Add(time.Hour).Unix()})
 	cases := []struct{ name, path, reason string }{
-		{"no token", "/ws", ReasonNoToken},
-		{"malformed", "/ws?token=not.a.jwt", ReasonMalformedToken},
-		{"expired", "/ws?token=" + token(t, grants, map[string]any{"exp": time.Now().Add(-time.Minute).Unix()}), ReasonTokenExpired},
-		{"not yet valid", "/ws?token=" + token(t, grants, map[string]any{"nbf": time.Now().Add(time.Hour).Unix()}), ReasonTokenNotYetValid},
-		{"wrong signature", "/ws?token=" + other, ReasonBadSignature},
-		{"alg none", "/ws?token=" + unsignedToken(`{"alg":"none","typ":"JWT"}`, map[string]any{"sub": "x"}, ""), ReasonAlgorithm},
-		{"url subscription without token", "/ws/tables/public.orders", ReasonNoToken},
+		{"no token", "/ws", auth.ReasonNoToken},
+		{"malformed", "/ws?token=not.a.jwt", auth.ReasonMalformedToken},
+		{"expired", "/ws?token=" + token(t, grants, map[string]any{"exp": time.Now().Add(-time.Minute).Unix()}), auth.ReasonTokenExpired},
+		{"not yet valid", "/ws?token=" + token(t, grants, map[string]any{"nbf": time.Now().Add(time.Hour).Unix()}), auth.ReasonTokenNotYetValid},
+		{"wrong signature", "/ws?token=" + other, auth.ReasonBadSignature},
+		{"alg none", "/ws?token=" + authtest.UnsignedToken(`{"alg":"none","typ":"JWT"}`, map[string]any{"sub": "x"}, ""), auth.ReasonAlgorithm},
+		{"url subscription without token", "/ws/tables/public.orders", auth.ReasonNoToken},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) { e.dialRefused(t, tc.path, tc.reason) })
@@ -277,7 +279,7 @@ func TestLimits(t *testing.T) {
 		e.waitFor("the identity's count to drop", func() bool {
 			e.gw.connMu.Lock()
 			defer e.gw.connMu.Unlock()
-			return e.gw.identConns[keyJWT+"many"] == 2
+			return e.gw.identConns[identityKey(t, e, tok)] == 2
 		})
 		again := e2eDial(t, e, "/ws?token="+tok)
 		again.send(map[string]any{"type": "ping"})
@@ -337,16 +339,16 @@ func TestLimits(t *testing.T) {
 // like a token's; a key not in the configuration is refused.
 func TestAuthAPIKey(t *testing.T) {
 	t.Parallel()
-	key, err := GenerateAPIKey()
+	key, err := auth.GenerateAPIKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth, err := NewAuthenticator(AuthConfig{Logger: testLogger(), APIKeys: []APIKey{{Name: "billing", Hash: HashAPIKey(key),
-		Claims: map[string]any{GrantsClaim: map[string]any{"tables": map[string]any{"public.orders": []string{"update"}}}}}}})
+	authn, err := auth.New(auth.Config{Logger: testLogger(), APIKeys: []auth.APIKey{{Name: "billing", Hash: auth.HashAPIKey(key),
+		Claims: map[string]any{auth.GrantsClaim: map[string]any{"tables": map[string]any{"public.orders": []string{"update"}}}}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := startGateway(t, func(c *Config) { c.Auth = auth })
+	e := startGateway(t, func(c *Config) { c.Auth = authn })
 	c := e.dial("/ws", "Authorization", "Bearer "+key)
 	c.subscribe(map[string]any{"id": "b", "table": "public.orders"})
 	e.publish("create", map[string]any{"id": 1})
@@ -354,5 +356,16 @@ func TestAuthAPIKey(t *testing.T) {
 	if f := c.expect("event", "b"); f.Seq != upd {
 		t.Fatalf("got seq %d, want only the granted update %d", f.Seq, upd)
 	}
-	e.dialRefused(t, "/ws?token="+key+"x", ReasonUnknownAPIKey)
+	e.dialRefused(t, "/ws?token="+key+"x", auth.ReasonUnknownAPIKey)
+}
+
+// identityKey is the key under which the gateway counts the connections of
+// the identity token authenticates as ("" for no token: anonymous).
+func identityKey(t testing.TB, e *testEnv, token string) string {
+	t.Helper()
+	id, err := e.gw.cfg.Auth.Authenticate(auth.Credential{Token: token}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id.Key()
 }

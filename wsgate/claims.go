@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -34,7 +35,7 @@ var claimMarker = []byte(`"` + stream.ClaimMember + `":{`)
 // its claim names, or data itself when it has no claim or the object cannot
 // be read. env is scratch for indexing the envelope. It runs outside every
 // lock: a feed's subscriptions can change while it reads.
-func (g *Gateway) resolve(subject string, seq uint64, data []byte, env *Row) []byte {
+func (g *Gateway) resolve(subject string, seq uint64, data []byte, env *query.Row) []byte {
 	if !bytes.Contains(data, claimMarker) {
 		return data
 	}
@@ -75,7 +76,7 @@ func (g *Gateway) resolve(subject string, seq uint64, data []byte, env *Row) []b
 // bucket, naming the object of this very event (its database and id).
 // Anything else, published by another hand, could make the gateway send one
 // table's row to the subscribers of another.
-func (g *Gateway) checkClaim(env *Row, c stream.Claim) error {
+func (g *Gateway) checkClaim(env *query.Row, c stream.Claim) error {
 	if c.Bucket != g.cfg.PayloadBucket {
 		return fmt.Errorf("claim names bucket %q, not the payload bucket %s", c.Bucket, g.cfg.PayloadBucket)
 	}

@@ -1,6 +1,10 @@
 package wsgate
 
-import "strconv"
+import (
+	"strconv"
+
+	"github.com/tablecast/tablecast/internal/auth"
+)
 
 // This file is the one place where the gateway's codes are defined: the
 // error codes sent in "error" frames, which leave the connection open, and
@@ -181,11 +185,11 @@ const (
 // CloseReasonTokenExpired is the reason of the CloseUnauthorized close sent
 // at the moment the client's token expires, so a client can tell it from a
 // refused token: it should fetch a fresh token and reconnect.
-const CloseReasonTokenExpired = "token expired"
+const CloseReasonTokenExpired = auth.ReasonTokenExpired
 
 // CloseReasonRevoked is the reason of the CloseUnauthorized close sent to
 // the connections of an API key that the keys file no longer holds.
-const CloseReasonRevoked = "credentials revoked"
+const CloseReasonRevoked = auth.ReasonRevoked
 
 // Reason returns the default reason text of a close code, for close frames
 // that have nothing more specific to say. It is short: a close frame's

@@ -18,7 +18,9 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/internal/connlimit"
+	"github.com/tablecast/tablecast/schema"
 )
 
 // conn is one WebSocket connection. It holds no goroutine while idle: a
@@ -35,10 +37,10 @@ type conn struct {
 	// reloaded API key). It guards id. Lock order: authMu, then subsMu,
 	// mu, a feed's mu.
 	authMu  sync.Mutex
-	id      *Identity   // who the client is and what it may do
-	counted string      // the identity key counted against its limit, "" for none (mu)
-	apiKey  atomic.Bool // authenticated with an API key: re-checked when the keys change
-	expiry  *time.Timer // closes the connection when the credential expires (mu)
+	id      *auth.Identity // who the client is and what it may do
+	counted string         // the identity key counted against its limit, "" for none (mu)
+	apiKey  atomic.Bool    // authenticated with an API key: re-checked when the keys change
+	expiry  *time.Timer    // closes the connection when the credential expires (mu)
 
 	// a token bucket of the messages the client may send (reader only)
 	tokens   float64
@@ -124,7 +126,7 @@ func (g *Gateway) handshake(nc net.Conn, slot *connlimit.Slot, httpLn *chanListe
 	}
 	req, he := parseUpgradeRequest(buf[:n])
 	if he == nil && !g.hosts.allowed(req.host) {
-		he = errStatus(http.StatusMisdirectedRequest, "host "+quoteShort(req.host)+" is not served here")
+		he = errStatus(http.StatusMisdirectedRequest, "host "+schema.QuoteName(req.host)+" is not served here")
 	}
 	if he == nil {
 		if reason := g.notReady(); reason != "" {
@@ -205,7 +207,7 @@ func (g *Gateway) start(nc net.Conn, req *upgradeRequest, pending []byte, slot *
 	}
 	g.addConn(c)
 	if !g.originAllowed(req.origin, req.host) {
-		c.closeWith(CloseForbiddenOrigin, "origin "+quoteShort(req.origin)+" is not allowed")
+		c.closeWith(CloseForbiddenOrigin, "origin "+schema.QuoteName(req.origin)+" is not allowed")
 		return
 	}
 	q, err := url.ParseQuery(req.rawQuery)
@@ -254,14 +256,14 @@ func (c *conn) authenticate(q url.Values, req *upgradeRequest) bool {
 	c.authMu.Lock()
 	defer c.authMu.Unlock()
 	if !c.g.cfg.Auth.Enabled() {
-		c.id = AnonymousIdentity()
+		c.id = auth.AnonymousIdentity()
 		return true
 	}
 	token, _ := TokenFrom(q, req.authorization, req.cookie, req.protocols)
-	id, err := c.g.cfg.Auth.Authenticate(token, time.Now())
+	id, err := c.g.cfg.Auth.Authenticate(auth.Credential{Token: token}, time.Now())
 	if err != nil {
 		reason := CloseUnauthorized.Reason()
-		var ae *AuthError
+		var ae *auth.Error
 		if errors.As(err, &ae) {
 			reason = ae.Reason
 		}
@@ -271,9 +273,9 @@ func (c *conn) authenticate(q url.Values, req *upgradeRequest) bool {
 	}
 	key, ok := c.g.admitIdentity(id)
 	if !ok {
-		who := "for " + quoteShort(id.Subject)
+		who := "for " + schema.QuoteName(id.Subject)
 		switch {
-		case id.Method == MethodAnonymous:
+		case id.Method == auth.MethodAnonymous:
 			who = "without credentials"
 		case id.Subject == "":
 			who = "for this token"
@@ -294,7 +296,7 @@ func (c *conn) authenticate(q url.Values, req *upgradeRequest) bool {
 	c.mu.Unlock()
 	c.id = id
 	c.setExpiry(id.Expires)
-	if id.Method == MethodAPIKey {
+	if id.Method == auth.MethodAPIKey {
 		c.apiKey.Store(true)
 		// The keys may have been reloaded since Authenticate, before the
 		// gateway could see this connection's key.

@@ -49,7 +49,7 @@ func (e *testEnv) publishIn(db, table, op string, members map[string]any) uint64
 // createIn publishes the creation of row (its key: id) in public.orders of db.
 func (e *testEnv) createIn(db string, row map[string]any) uint64 {
 	e.t.Helper()
-	return e.publishIn(db, "orders", EventCreate, map[string]any{"key": map[string]any{"id": row["id"]}, "data": row})
+	return e.publishIn(db, "orders", schema.OpCreate, map[string]any{"key": map[string]any{"id": row["id"]}, "data": row})
 }
 
 // untilRow reads c's event frames up to the one whose row id is last, and
@@ -81,7 +81,7 @@ func dbsAndIDs(frames []frame) []string {
 func startTwoDatabases(t *testing.T, e *testEnv) {
 	t.Helper()
 	e.putShape(billingOrdersShape())
-	if shop := e.gw.cat.tableIn(testDB, "public", "orders"); shop == nil || len(shop.shape.Columns) != len(ordersShape().Columns) {
+	if shop := e.gw.cat.TableIn(testDB, "public", "orders"); shop == nil || len(shop.Shape.Columns) != len(ordersShape().Columns) {
 		t.Fatalf("the shop's public.orders was replaced by the billing one's: %+v", shop)
 	}
 }

@@ -14,16 +14,19 @@
 //
 // # Filters
 //
-// CompileWhere compiles a subscription's `where` against the table's
-// column types once; an event's row is indexed once with Row.Reset and
-// shared by every subscription's Filter.Match, which compares values by their PostgreSQL type (numeric as
-// exact decimals, timestamps as instants, SQL NULL semantics) and allocates
-// nothing for the common types. A delete is matched on its "old" row, or
-// its "key" when PostgreSQL sent no old row.
+// What a subscription gets of its table is decided by package query: its
+// where (a JSON object, or a URL's filter parameters) is compiled against
+// the table's column types once; each event is indexed once (query.Event)
+// and every subscription it may reach decides on it with query.Selector,
+// live and on resume alike, then gets the frame of its projection.
 //
-// Concurrency: a Filter is immutable once compiled; a Row is read-only
-// between Resets. Both may be shared by any number of goroutines calling
-// Match.
+// # The protocol
+//
+// Protocol v1 as data lives here too, apart from the server's I/O: client
+// messages and server frames (protocol.go), error and close codes
+// (codes.go), URL subscriptions (urlsub.go) and where a credential travels
+// (credentials.go). None of it does I/O, and the server is its one user;
+// it moves to a package of its own when a second (a Go client) comes.
 //
 // # The server
 //
@@ -38,9 +41,9 @@
 // Each table or topic in use is a feed (feed.go): one ordered JetStream
 // consumer shared by every subscriber on the gateway. The feed indexes each
 // event once, finds the subscriptions it may match through an index of
-// their equality conditions (index.go) plus a list of the others, and
-// encodes one frame per group of subscriptions with the same id and
-// projection (NewProjection, project.go), queued as the same bytes on every
+// their equality conditions (query.Filter.EqKey) plus a list of the others,
+// and encodes one frame per group of subscriptions with the same id and
+// projection (query.Projection), queued as the same bytes on every
 // connection of the group. A subscription is attached under the feed's
 // lock, so the seq its subscribed frame carries is exactly where live
 // delivery starts; a resume replays the history up to that point from a
@@ -56,7 +59,8 @@
 // alone.
 //
 // A connection's identity can change while it is open: a refresh message
-// (handle.go) or a reloaded API keys file (Gateway.apiKeysLoop) re-applies
+// (handle.go) or a reloaded API keys file (auth.Authenticator.WatchAPIKeys,
+// then Gateway.recheckAPIKeys) re-applies
 // grants and row policies to its open subscriptions. The connection's
 // authMu serializes that with the handling of its messages, which all read
 // the identity; the lock order is authMu, then the connection's subsMu and
@@ -69,7 +73,7 @@
 // event: a frame larger than the limit still goes out (conn.enqueue).
 //
 // Tables and their column types come from the schema registry, custom
-// topics from a key-value bucket every gateway shares (catalog.go): the
+// topics from a key-value bucket every gateway shares (package catalog): the
 // gateway never talks to PostgreSQL. A table is its database, schema and
 // name: readers of several databases may share the stream, and a client
 // names a table "db.schema.table", or "schema.table" when only one database
@@ -77,12 +81,12 @@
 //
 // # What a subscription sees
 //
-// Grants (grants.go) decide the tables, operations, rows and columns an
+// Grants (package auth) decide the tables, operations, rows and columns an
 // identity may read. The row policy and the client's where are compiled
 // per subscription; the column grant joins the client's select in its
 // Projection, so that subscriptions of identities with different grants
 // never share frames. A row policy judges an update's old and new rows
-// apart (sub.decide): a subscriber may get the update whole, without its
-// old row, or as a delete of the old row; each of these views is encoded
-// once per frame group.
+// apart (query.Selector.Decide): a subscriber may get the update whole,
+// without its old row, or as a delete of the old row; each of these views
+// is encoded once per frame group.
 package wsgate

@@ -58,7 +58,7 @@ func testLogger() *slog.Logger {
 func startGateway(t testing.TB, mod func(*Config)) *testEnv {
 	t.Helper()
 	e := startGatewayLoading(t, mod)
-	e.waitFor("gateway ready", func() bool { return e.gw.Ready() && e.gw.cat.table("public", "orders") != nil })
+	e.waitFor("gateway ready", func() bool { return e.gw.Ready() && e.gw.cat.Table("public", "orders") != nil })
 	return e
 }
 
@@ -153,8 +153,8 @@ func (e *testEnv) putShape(s schema.Shape) {
 	}
 	if e.gw != nil {
 		e.waitFor("shape "+s.Table+" loaded", func() bool {
-			ti := e.gw.cat.tableIn(s.DB, s.Schema, s.Table)
-			return ti != nil && len(ti.shape.Columns) == len(s.Columns) && ti.shape.Version == s.Version
+			ti := e.gw.cat.TableIn(s.DB, s.Schema, s.Table)
+			return ti != nil && len(ti.Shape.Columns) == len(s.Columns) && ti.Shape.Version == s.Version
 		})
 	}
 }
@@ -175,9 +175,9 @@ func (e *testEnv) publishTo(table, op string, row map[string]any, extra ...strin
 	if row != nil {
 		env["key"] = map[string]any{"id": row["id"]}
 		switch op {
-		case EventDelete:
+		case schema.OpDelete:
 			env["old"] = row
-		case EventTruncate:
+		case schema.OpTruncate:
 			delete(env, "key")
 		default:
 			env["data"] = row

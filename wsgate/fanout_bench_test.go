@@ -6,6 +6,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tablecast/tablecast/internal/catalog"
+	"github.com/tablecast/tablecast/internal/query"
+	"github.com/tablecast/tablecast/schema"
 )
 
 // discardConn is a net.Conn that swallows writes, so that the benchmarks
@@ -24,17 +28,17 @@ func (c *discardConn) Close() error                     { return nil }
 func benchFeed(b *testing.B, n int, where func(i int) string) (*feed, []*discardConn) {
 	cfg, _ := Config{}.withDefaults()
 	g := &Gateway{cfg: cfg, log: cfg.Logger, met: newMetrics(nil), poll: nopoll{}, conns: map[*conn]struct{}{}}
-	t := newTableInfo("tablecast", ordersShape())
-	f := &feed{g: g, subject: t.subject, groups: map[string]*frameGroup{}}
+	t := catalog.NewTable("tablecast", ordersShape())
+	f := &feed{g: g, subject: t.Subject, groups: map[string]*frameGroup{}}
 	ncs := make([]*discardConn, n)
 	for i := range n {
 		ncs[i] = &discardConn{}
 		c := &conn{g: g, nc: ncs[i], fd: -1}
-		flt, err := CompileWhere([]byte(where(i)), t.name, t.types)
+		flt, err := query.CompileWhere([]byte(where(i)), t.Name, t.Types)
 		if err != nil {
 			b.Fatal(err)
 		}
-		s := &sub{c: c, id: "s1", table: t, ops: allOps, filter: flt}
+		s := &sub{c: c, id: "s1", table: t, ops: schema.AllOps, filter: flt}
 		f.attach(s, nil)
 	}
 	return f, ncs

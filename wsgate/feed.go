@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,56 +12,22 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/internal/catalog"
+	"github.com/tablecast/tablecast/internal/jsonx"
+	"github.com/tablecast/tablecast/internal/query"
 	"github.com/tablecast/tablecast/schema"
 )
-
-// Event kinds as bits of a subscription's mask.
-const (
-	bitCreate uint8 = 1 << iota
-	bitUpdate
-	bitDelete
-	bitTruncate
-	bitRead
-	allOps = bitCreate | bitUpdate | bitDelete | bitTruncate | bitRead
-)
-
-func opBit(op string) uint8 {
-	switch op {
-	case EventCreate:
-		return bitCreate
-	case EventUpdate:
-		return bitUpdate
-	case EventDelete:
-		return bitDelete
-	case EventTruncate:
-		return bitTruncate
-	case EventRead:
-		return bitRead
-	}
-	return 0
-}
-
-func opsOf(events []string) uint8 {
-	if events == nil {
-		return allOps
-	}
-	var m uint8
-	for _, e := range events {
-		m |= opBit(e)
-	}
-	return m
-}
 
 // sub is one subscription of one connection, to a table or a topic.
 type sub struct {
 	c      *conn
 	id     string
 	topic  string // a topic subscription's topic; "" for a table
-	table  *tableInfo
-	ops    uint8
-	filter *Filter                // the client's where; nil for none
-	policy atomic.Pointer[Filter] // the row policy of its grants; nil for none (setPolicy)
-	proj   atomic.Pointer[Projection]
+	table  *catalog.Table
+	ops    schema.OpSet
+	filter *query.Filter                // the client's where; nil for none
+	policy atomic.Pointer[query.Filter] // the row policy of its grants; nil for none (setPolicy)
+	proj   atomic.Pointer[query.Projection]
 	// The columns its grants let it see: every one, or granted (sorted),
 	// and the client's select list (nil: every column), kept to project
 	// again under a refreshed credential's grants. Handled with the
@@ -109,20 +74,20 @@ type sub struct {
 type frameGroup struct {
 	key   string
 	id    string
-	proj  *Projection
+	proj  *query.Projection
 	refs  int
 	seq   uint64
 	frame []byte // seq's frame: the whole event, or a topic's message
-	// The frames of seq's other views (viewNew, viewOldAsDelete), and which
+	// The frames of seq's other views (query.ViewNew, query.ViewOldAsDelete), and which
 	// views of seq are encoded (bit v; a view that cannot be encoded stays nil).
-	views [numViews - 1][]byte
+	views [query.NumViews - 1][]byte
 	done  uint8
 }
 
 // eqIndex holds the subscriptions indexed by one column's equality.
 type eqIndex struct {
 	col   string
-	typ   ColumnType
+	typ   query.ColumnType
 	byKey map[string][]*sub
 	n     int
 }
@@ -155,13 +120,11 @@ type feed struct {
 	stopped bool
 	cc      jetstream.ConsumeContext
 
-	env, row Row // scratch of the consumer callback, under mu
-	claimEnv Row // scratch of the consumer callback, outside mu
+	ev       query.Event // the event being delivered, under mu
+	claimEnv query.Row   // scratch of the consumer callback, outside mu
 	keyBuf   []byte
-	// An update's old row, when PostgreSQL sent one: row policies judge
-	// it apart from the new row.
-	old       Row
-	hasOld    bool
+	// The index key of an update's old row, when PostgreSQL sent one:
+	// row policies judge it apart from the new row.
 	oldKeyBuf []byte
 
 	withheldWarned bool
@@ -318,78 +281,48 @@ func subjectOp(subject string) string {
 	return subject[strings.LastIndexByte(subject, '.')+1:]
 }
 
-// oldRow indexes an update's "old" row into row; false when PostgreSQL
-// sent none (the default replica identity, the key unchanged) or it is
-// malformed.
-func oldRow(env, row *Row) bool {
-	obj, ok := env.Get("old")
-	return ok && obj[0] == '{' && row.Reset(obj) == nil
-}
-
-// eventRow indexes the row an event is matched on into row: "data" for
-// create, update and read; "old", or else "key", for delete. It reports
-// false when there is none (truncate) or it is malformed.
-func eventRow(env, row *Row, bit uint8) bool {
-	var obj []byte
-	var ok bool
-	switch bit {
-	case bitTruncate:
-		return false
-	case bitDelete:
-		if obj, ok = env.Get("old"); !ok || obj[0] != '{' {
-			obj, ok = env.Get("key")
-		}
-	default:
-		obj, ok = env.Get("data")
-	}
-	return ok && obj[0] == '{' && row.Reset(obj) == nil
-}
-
 func (f *feed) deliverEvent(seq uint64, subject string, data []byte) {
-	bit := opBit(subjectOp(subject))
+	bit := schema.OpBit(subjectOp(subject))
 	if bit == 0 {
 		return
 	}
-	if err := f.env.Reset(data); err != nil {
+	if err := f.ev.Reset(bit, data); err != nil {
 		f.g.log.Warn("gateway skips a malformed event", "subject", subject, "seq", seq, "err", err)
 		return
 	}
-	hasRow := eventRow(&f.env, &f.row, bit)
-	// Indexed whether or not a subscription has a row policy now: a
-	// policy may be set at any time, and must never meet an update whose
-	// old row it cannot see.
-	f.hasOld = bit == bitUpdate && oldRow(&f.env, &f.old)
+	row, hasRow := f.ev.Row()
+	old, hasOld := f.ev.Old()
 	for _, ix := range f.eqs {
 		var look, oldLook lookup
-		f.keyBuf, look = lookupKey(f.keyBuf[:0], ix, &f.row, hasRow)
-		if f.hasOld {
+		f.keyBuf, look = lookupKey(f.keyBuf[:0], ix, row, hasRow)
+		if hasOld {
 			// A subscription indexed under the old row's value may be
-			// sent the update as a delete (sub.decide).
-			f.oldKeyBuf, oldLook = lookupKey(f.oldKeyBuf[:0], ix, &f.old, true)
+			// sent the update as a delete (query.Selector.Decide).
+			f.oldKeyBuf, oldLook = lookupKey(f.oldKeyBuf[:0], ix, old, true)
 		}
 		if look == lookAll || oldLook == lookAll {
 			// No row (truncate), the column is missing or of another
 			// type: every filter decides (and reports) for itself.
 			for _, list := range ix.byKey {
 				for _, s := range list {
-					f.offer(s, seq, bit, data, hasRow)
+					f.offer(s, seq, data)
 				}
 			}
 			continue
 		}
 		if look == lookKey {
 			for _, s := range ix.byKey[string(f.keyBuf)] {
-				f.offer(s, seq, bit, data, hasRow)
+				f.offer(s, seq, data)
 			}
 		}
 		if oldLook == lookKey && (look != lookKey || !bytes.Equal(f.keyBuf, f.oldKeyBuf)) {
 			for _, s := range ix.byKey[string(f.oldKeyBuf)] {
-				f.offer(s, seq, bit, data, hasRow)
+				f.offer(s, seq, data)
 			}
 		}
 	}
 	for _, s := range f.scan {
-		f.offer(s, seq, bit, data, hasRow)
+		f.offer(s, seq, data)
 	}
 }
 
@@ -403,7 +336,7 @@ const (
 )
 
 // lookupKey appends to dst the index key of row's value of ix's column.
-func lookupKey(dst []byte, ix *eqIndex, row *Row, hasRow bool) ([]byte, lookup) {
+func lookupKey(dst []byte, ix *eqIndex, row *query.Row, hasRow bool) ([]byte, lookup) {
 	if !hasRow {
 		return dst, lookAll
 	}
@@ -414,16 +347,16 @@ func lookupKey(dst []byte, ix *eqIndex, row *Row, hasRow bool) ([]byte, lookup) 
 	case raw[0] == 'n':
 		return dst, lookNone
 	}
-	if dst, ok = appendIndexKey(dst, ix.typ, raw); !ok {
+	if dst, ok = query.AppendIndexKey(dst, ix.typ, raw); !ok {
 		return dst, lookAll
 	}
 	return dst, lookKey
 }
 
-// offer sends the event to s if it matches.
-func (f *feed) offer(s *sub, seq uint64, bit uint8, data []byte, hasRow bool) {
-	view, ok, err := s.decide(bit, &f.row, hasRow, &f.old, f.hasOld)
-	if err == errWithheld {
+// offer sends the event being delivered to s if it matches.
+func (f *feed) offer(s *sub, seq uint64, data []byte) {
+	view, ok, err := s.selector().Decide(&f.ev)
+	if err == query.ErrWithheld {
 		f.warnWithheld(s)
 		return
 	}
@@ -434,100 +367,18 @@ func (f *feed) offer(s *sub, seq uint64, bit uint8, data []byte, hasRow bool) {
 	if !ok {
 		return
 	}
-	if frame := s.grp.eventFrame(seq, data, view, &f.row); frame != nil {
+	row, _ := f.ev.Row()
+	if frame := s.grp.eventFrame(seq, data, view, row); frame != nil {
 		f.sendTo(s, frame)
 	}
 }
 
-// decide says what s is sent of an event of kind bit whose row is row
-// (eventRow): nothing (ok false), or the event seen as view. A truncate
-// has no row and goes to every subscription that asks for truncates.
-//
-// The row policy comes first: a row it does not let through, or cannot
-// judge (errWithheld), is never sent. When PostgreSQL sent an update's
-// old row (old, hasOld: REPLICA IDENTITY FULL, or a changed key), the
-// policy judges the old and the new row apart, since the update may move
-// the row from what one subscriber may see to what another may: allowed
-// both, the subscriber gets the update whole; only the new row, the update
-// without "old" (viewNew); only the old row, a delete of it
-// (viewOldAsDelete), if it takes deletes, matched on the old row as
-// deletes are; neither, nothing. An old row the policy cannot judge (only
-// the key, without the policy's columns) counts as not allowed.
-func (s *sub) decide(bit uint8, row *Row, hasRow bool, old *Row, hasOld bool) (eventView, bool, error) {
-	if bit == bitTruncate {
-		return viewWhole, s.ops&bit != 0, nil
-	}
-	policy := s.policy.Load() // read once: both rows are judged by the same policy
-	split := bit == bitUpdate && hasOld && policy != nil
-	if s.ops&bit == 0 && (!split || s.ops&bitDelete == 0) {
-		return viewWhole, false, nil
-	}
-	if policy == nil {
-		ok, err := s.matchWhere(bit, row, hasRow)
-		return viewWhole, ok, err
-	}
-	if !hasRow {
-		return viewWhole, false, errWithheld
-	}
-	newOK, err := policy.Match(row)
-	if err != nil {
-		// A delete under the default replica identity carries only the
-		// key: without the policy's columns it is withheld, never leaked.
-		return viewWhole, false, errWithheld
-	}
-	if !split {
-		if !newOK {
-			return viewWhole, false, nil
-		}
-		ok, err := s.matchWhere(bit, row, true)
-		return viewWhole, ok, err
-	}
-	oldOK, err := policy.Match(old)
-	oldOK = oldOK && err == nil
-	switch {
-	case newOK && s.ops&bitUpdate == 0:
-		return viewWhole, false, nil
-	case newOK:
-		view := viewWhole
-		if !oldOK {
-			view = viewNew
-		}
-		ok, err := s.matchWhere(bitUpdate, row, true)
-		return view, ok, err
-	case oldOK && s.ops&bitDelete != 0:
-		ok, err := s.matchWhere(bitDelete, old, true)
-		return viewOldAsDelete, ok, err
-	}
-	return viewWhole, false, nil
+// selector is what s takes of its table's events now: its operations and
+// where, and the row policy of its grants as it stands (read once, so that
+// both rows of an update are judged by the same policy).
+func (s *sub) selector() query.Selector {
+	return query.Selector{Ops: s.ops, Where: s.filter, Policy: s.policy.Load()}
 }
-
-// matchWhere matches the client's where on the row an event of kind bit
-// is judged on.
-func (s *sub) matchWhere(bit uint8, row *Row, hasRow bool) (bool, error) {
-	if s.filter == nil {
-		return true, nil
-	}
-	if !hasRow {
-		return false, nil
-	}
-	ok, err := s.filter.Match(row)
-	if err != nil && bit == bitDelete {
-		// Under the default replica identity a delete carries only the
-		// key. When the client's filter cannot rule the row out from what
-		// is there, the delete is sent: the client may hold the row, and a
-		// stale row is worse than a delete of a row it never had. (Row
-		// policies, which guard data, withhold such deletes instead.)
-		var ee *EvalError
-		if errors.As(err, &ee) && ee.Missing {
-			return true, nil
-		}
-	}
-	return ok, err
-}
-
-// errWithheld: the row policy could not judge the event's row, which is
-// therefore not sent.
-var errWithheld = errors.New("withheld by the row policy")
 
 // warnWithheld logs, once per feed, that events are withheld because the
 // row policy cannot judge them: the table needs REPLICA IDENTITY FULL so
@@ -542,7 +393,7 @@ func (f *feed) warnWithheld(s *sub) {
 		cols = policy.Columns()
 	}
 	f.g.log.Warn("events withheld: the row policy's columns are not in them (deletes under the default replica identity carry only the key); set REPLICA IDENTITY FULL on the table",
-		"table", s.table.name, "policy_columns", cols)
+		"table", s.table.Name, "policy_columns", cols)
 }
 
 // filterFailed tells the client, at most once a second per subscription,
@@ -590,21 +441,22 @@ func (f *feed) sendTo(s *sub, frame []byte) {
 
 // eventFrame returns the group's frame of the event seq seen as view,
 // encoding it on first use; nil if the event cannot be projected. row is
-// the event's indexed "data" (eventRow), which viewNew takes its key from.
-func (gr *frameGroup) eventFrame(seq uint64, data []byte, view eventView, row *Row) []byte {
+// the event's indexed "data" (query.Event.Row), which query.ViewNew takes
+// its key from.
+func (gr *frameGroup) eventFrame(seq uint64, data []byte, view query.View, row *query.Row) []byte {
 	if gr.seq != seq {
-		gr.seq, gr.frame, gr.views, gr.done = seq, nil, [numViews - 1][]byte{}, 0
+		gr.seq, gr.frame, gr.views, gr.done = seq, nil, [query.NumViews - 1][]byte{}, 0
 	}
 	if gr.done&(1<<view) == 0 {
 		gr.done |= 1 << view
 		frame := encodeEvent(gr.id, gr.proj, seq, data, view, row)
-		if view == viewWhole {
+		if view == query.ViewWhole {
 			gr.frame = frame
 		} else {
 			gr.views[view-1] = frame
 		}
 	}
-	if view == viewWhole {
+	if view == query.ViewWhole {
 		return gr.frame
 	}
 	return gr.views[view-1]
@@ -612,18 +464,18 @@ func (gr *frameGroup) eventFrame(seq uint64, data []byte, view eventView, row *R
 
 // encodeEvent builds an event frame of the event seen as view (row: see
 // eventFrame).
-func encodeEvent(id string, proj *Projection, seq uint64, data []byte, view eventView, row *Row) []byte {
+func encodeEvent(id string, proj *query.Projection, seq uint64, data []byte, view query.View, row *query.Row) []byte {
 	buf := newFrame(len(data) + len(id) + 48)
 	buf = append(buf, `{"type":"event","id":`...)
-	buf = schema.AppendString(buf, id)
+	buf = jsonx.AppendString(buf, id)
 	buf = append(buf, `,"seq":`...)
 	buf = strconv.AppendUint(buf, seq, 10)
 	buf = append(buf, `,"event":`...)
-	if proj == nil && view == viewWhole {
-		buf = append(buf, data...) // the reader's bytes, already indexed by Row.Reset
+	if proj == nil && view == query.ViewWhole {
+		buf = append(buf, data...) // the reader's bytes, already checked by Event.Reset
 	} else {
 		var err error
-		if buf, err = proj.appendView(buf, data, view, row); err != nil {
+		if buf, err = proj.AppendView(buf, data, view, row); err != nil {
 			return nil
 		}
 	}
@@ -636,7 +488,7 @@ func topicPayload(data []byte) []byte {
 	if json.Valid(data) {
 		return data
 	}
-	return schema.AppendString(nil, string(data))
+	return jsonx.AppendString(nil, string(data))
 }
 
 func (f *feed) deliverMessage(seq uint64, data []byte) {
@@ -722,7 +574,7 @@ func (g *Gateway) detach(s *sub) {
 
 // setProjection changes s's projection and returns the sequence of the last
 // event sent with the old one.
-func (f *feed) setProjection(s *sub, p *Projection) uint64 {
+func (f *feed) setProjection(s *sub, p *query.Projection) uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if s.gone {
@@ -738,7 +590,7 @@ func (f *feed) setProjection(s *sub, p *Projection) uint64 {
 // credential's grants). It takes the feed's lock, so every event the feed
 // handles after it returns is judged and projected under the new grants,
 // never under one new and one old.
-func (f *feed) setGrants(s *sub, policy *Filter, p *Projection) {
+func (f *feed) setGrants(s *sub, policy *query.Filter, p *query.Projection) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s.policy.Store(policy)
@@ -749,7 +601,7 @@ func (f *feed) setGrants(s *sub, policy *Filter, p *Projection) {
 	}
 }
 
-func (f *feed) groupFor(id string, p *Projection) *frameGroup {
+func (f *feed) groupFor(id string, p *query.Projection) *frameGroup {
 	key := id + "\x01" + p.Key()
 	gr := f.groups[key]
 	if gr == nil {
@@ -772,7 +624,7 @@ func (f *feed) dropGroup(gr *frameGroup) {
 // index places s in the equality index when its filter has an indexable
 // condition, else in the scan list.
 func (f *feed) index(s *sub) {
-	col, typ, key, ok := s.filter.eqKey()
+	col, typ, key, ok := s.filter.EqKey()
 	if !ok || f.topic != "" {
 		s.idx, s.pos = nil, len(f.scan)
 		f.scan = append(f.scan, s)

@@ -4,80 +4,11 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-)
 
-// TestSubDecide: a row policy judges an update's old and new rows apart;
-// what each subscriber gets follows from which of the two it may see.
-func TestSubDecide(t *testing.T) {
-	types := map[string]ColumnType{"id": TypeInteger, "tenant": TypeText, "status": TypeText}
-	compile := func(where string) *Filter {
-		if where == "" {
-			return nil
-		}
-		f, err := CompileWhere([]byte(where), "public.orders", types)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
-	const acme = `{"tenant":{"eq":"acme"}}`
-	row := func(tenant, status string) string {
-		return fmt.Sprintf(`{"id":1,"tenant":%q,"status":%q}`, tenant, status)
-	}
-	const none = "none"
-	cases := []struct {
-		name          string
-		policy, where string
-		ops           uint8
-		bit           uint8
-		data, old     string // "" for none
-		want          string // a view's name, or none, or withheld
-	}{
-		{"stays in the tenant", acme, "", allOps, bitUpdate, row("acme", "a"), row("acme", "b"), "whole"},
-		{"moves out", acme, "", allOps, bitUpdate, row("globex", "a"), row("acme", "a"), "old as delete"},
-		{"moves in", acme, "", allOps, bitUpdate, row("acme", "a"), row("globex", "a"), "new"},
-		{"elsewhere", acme, "", allOps, bitUpdate, row("globex", "a"), row("initech", "a"), none},
-		{"moves out, deletes not taken", acme, "", bitUpdate, bitUpdate, row("globex", "a"), row("acme", "a"), none},
-		{"moves out, only deletes taken", acme, "", bitDelete, bitUpdate, row("globex", "a"), row("acme", "a"), "old as delete"},
-		{"moves in, only deletes taken", acme, "", bitDelete, bitUpdate, row("acme", "a"), row("globex", "a"), none},
-		{"moves out, where on the old row", acme, `{"status":{"eq":"open"}}`, allOps, bitUpdate, row("globex", "paid"), row("acme", "open"), "old as delete"},
-		{"moves out, where rules the old row out", acme, `{"status":{"eq":"paid"}}`, allOps, bitUpdate, row("globex", "paid"), row("acme", "open"), none},
-		{"moves in, where on the new row", acme, `{"status":{"eq":"paid"}}`, allOps, bitUpdate, row("acme", "paid"), row("globex", "open"), "new"},
-		{"old row of the key only", acme, "", allOps, bitUpdate, row("acme", "a"), `{"id":1}`, "new"},
-		{"old row of the key only, new row elsewhere", acme, "", allOps, bitUpdate, row("globex", "a"), `{"id":1}`, none},
-		{"no old row: the new row decides", acme, "", allOps, bitUpdate, row("acme", "a"), "", "whole"},
-		{"no old row, elsewhere", acme, "", allOps, bitUpdate, row("globex", "a"), "", none},
-		{"new row cannot be judged", acme, "", allOps, bitUpdate, `{"id":1}`, row("acme", "a"), "withheld"},
-		{"no policy: as published", "", "", allOps, bitUpdate, row("globex", "a"), row("acme", "a"), "whole"},
-		{"no policy, where on the new row", "", `{"tenant":{"eq":"acme"}}`, allOps, bitUpdate, row("globex", "a"), row("acme", "a"), none},
-		{"create", acme, "", allOps, bitCreate, row("acme", "a"), "", "whole"},
-		{"delete of the key only", acme, "", allOps, bitDelete, `{"id":1}`, "", "withheld"},
-		{"truncate", acme, "", allOps, bitTruncate, "", "", "whole"},
-	}
-	names := map[eventView]string{viewWhole: "whole", viewNew: "new", viewOldAsDelete: "old as delete"}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			s := &sub{ops: tc.ops, filter: compile(tc.where)}
-			s.policy.Store(compile(tc.policy))
-			var data, old Row
-			hasRow := tc.data != "" && data.Reset([]byte(tc.data)) == nil
-			hasOld := tc.old != "" && old.Reset([]byte(tc.old)) == nil
-			view, ok, err := s.decide(tc.bit, &data, hasRow, &old, hasOld)
-			got := names[view]
-			switch {
-			case err == errWithheld:
-				got = "withheld"
-			case err != nil:
-				t.Fatalf("decide: %v", err)
-			case !ok:
-				got = none
-			}
-			if got != tc.want {
-				t.Errorf("got %s, want %s", got, tc.want)
-			}
-		})
-	}
-}
+	"github.com/tablecast/tablecast/internal/catalog"
+	"github.com/tablecast/tablecast/internal/query"
+	"github.com/tablecast/tablecast/schema"
+)
 
 // BenchmarkFanoutTenantMove: 1,000 subscriptions with the same id under
 // the row policies of ten tenants; an update moves a row from tenant t1 to
@@ -88,15 +19,15 @@ func TestSubDecide(t *testing.T) {
 func BenchmarkFanoutTenantMove(b *testing.B) {
 	cfg, _ := Config{}.withDefaults()
 	g := &Gateway{cfg: cfg, log: cfg.Logger, met: newMetrics(nil), poll: nopoll{}, conns: map[*conn]struct{}{}}
-	tbl := newTableInfo("tablecast", ordersShape())
-	f := &feed{g: g, subject: tbl.subject, groups: map[string]*frameGroup{}}
+	tbl := catalog.NewTable("tablecast", ordersShape())
+	f := &feed{g: g, subject: tbl.Subject, groups: map[string]*frameGroup{}}
 	for i := range 1000 {
 		c := &conn{g: g, nc: &discardConn{}, fd: -1}
-		policy, err := CompileWhere(fmt.Appendf(nil, `{"tenant":{"eq":"t%d"}}`, i%10), tbl.name, tbl.types)
+		policy, err := query.CompileWhere(fmt.Appendf(nil, `{"tenant":{"eq":"t%d"}}`, i%10), tbl.Name, tbl.Types)
 		if err != nil {
 			b.Fatal(err)
 		}
-		s := &sub{c: c, id: "s1", table: tbl, ops: allOps}
+		s := &sub{c: c, id: "s1", table: tbl, ops: schema.AllOps}
 		s.policy.Store(policy)
 		f.attach(s, nil)
 	}
@@ -125,13 +56,13 @@ func BenchmarkFanoutTenantMove(b *testing.B) {
 func TestFeedPolicySetAfterAttach(t *testing.T) {
 	cfg, _ := Config{}.withDefaults()
 	g := &Gateway{cfg: cfg, log: cfg.Logger, met: newMetrics(nil), poll: nopoll{}, conns: map[*conn]struct{}{}}
-	tbl := newTableInfo("tablecast", ordersShape())
-	f := &feed{g: g, subject: tbl.subject, groups: map[string]*frameGroup{}}
+	tbl := catalog.NewTable("tablecast", ordersShape())
+	f := &feed{g: g, subject: tbl.Subject, groups: map[string]*frameGroup{}}
 	subs := map[string]*sub{}
 	for i, tenant := range []string{"acme", "globex"} {
-		s := &sub{c: &conn{g: g, nc: &discardConn{}, fd: -1}, id: fmt.Sprint("s", i), table: tbl, ops: allOps}
+		s := &sub{c: &conn{g: g, nc: &discardConn{}, fd: -1}, id: fmt.Sprint("s", i), table: tbl, ops: schema.AllOps}
 		f.attach(s, nil)
-		policy, err := CompileWhere(fmt.Appendf(nil, `{"tenant":{"eq":%q}}`, tenant), tbl.name, tbl.types)
+		policy, err := query.CompileWhere(fmt.Appendf(nil, `{"tenant":{"eq":%q}}`, tenant), tbl.Name, tbl.Types)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -144,11 +75,11 @@ func TestFeedPolicySetAfterAttach(t *testing.T) {
 	f.deliverEvent(7, "tablecast.shop.public.orders.update", event)
 	f.mu.Unlock()
 	for tenant, want := range map[string]struct {
-		view      eventView
+		view      query.View
 		has, hasn string
 	}{
-		"acme":   {viewOldAsDelete, `"op":"delete"`, `"globex"`},
-		"globex": {viewNew, `"tenant":"globex"`, `"acme"`},
+		"acme":   {query.ViewOldAsDelete, `"op":"delete"`, `"globex"`},
+		"globex": {query.ViewNew, `"tenant":"globex"`, `"acme"`},
 	} {
 		gr := subs[tenant].grp
 		if gr.seq != 7 || gr.done != 1<<want.view {

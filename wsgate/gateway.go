@@ -18,6 +18,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tablecast/tablecast/internal/auth"
+	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/connlimit"
 	"github.com/tablecast/tablecast/stream"
 )
@@ -137,7 +139,7 @@ type Config struct {
 
 	// Auth authenticates clients; nil lets every client in with every
 	// grant (keep the gateway on loopback then).
-	Auth *Authenticator
+	Auth *auth.Authenticator
 
 	Logger *slog.Logger
 	// Registerer receives the gateway's metrics (nil: none).
@@ -237,7 +239,7 @@ type Gateway struct {
 	js  jetstream.JetStream
 	str jetstream.Stream
 
-	cat    *catalog
+	cat    *catalog.Catalog
 	topics *stream.Topics
 	claims *stream.Resolver // reads the objects claims name (claims.go)
 	met    *metrics
@@ -253,7 +255,7 @@ type Gateway struct {
 
 	connMu     sync.Mutex
 	conns      map[*conn]struct{}
-	identConns map[string]int // open connections per identity (Identity.key)
+	identConns map[string]int // open connections per identity (auth.Identity.Key)
 
 	writeq   chan *conn // connections with frames to write, for writeLoop
 	ctx      context.Context
@@ -293,7 +295,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 		nc:         nc,
 		js:         js,
 		str:        str,
-		cat:        newCatalog(cfg.Prefix, cfg.Logger),
+		cat:        catalog.New(cfg.Prefix, cfg.Logger),
 		topics:     topics,
 		claims:     stream.NewResolver(js),
 		met:        met,
@@ -321,13 +323,14 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()
-		g.cat.run(g.ctx, schemas, topics, g.topicDestroyed, catalogStart{after: cfg.StartAfter, hold: cfg.holdCatalog})
+		g.cat.Run(g.ctx, schemas, topics, g.topicDestroyed, catalog.Start{After: cfg.StartAfter, Hold: cfg.holdCatalog})
 	}()
-	if cfg.Auth.Enabled() && cfg.Auth.apiFile.path != "" {
+	if cfg.Auth.Enabled() {
+		// Closes the connections of API keys the keys file no longer holds.
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
-			g.apiKeysLoop()
+			cfg.Auth.WatchAPIKeys(g.ctx, g.recheckAPIKeys)
 		}()
 	}
 	go func() {
@@ -352,7 +355,7 @@ const notReadyRetryAfter = 2
 // gateway is still learning the tables.
 func (g *Gateway) notReady() string {
 	switch {
-	case !g.cat.ready.Load():
+	case !g.cat.Ready():
 		return "the gateway is loading its tables and topics; retry shortly"
 	case !g.nc.IsConnected():
 		return "the gateway is not connected to NATS; retry shortly"
@@ -532,14 +535,15 @@ func (g *Gateway) Connections() int {
 // admitIdentity counts a connection of an identity, refusing it beyond the
 // identity's limit. It returns the key counted ("" for an identity that is
 // not counted: anonymous clients without a limit of their own).
-func (g *Gateway) admitIdentity(id *Identity) (key string, ok bool) {
-	if id.key == "" {
+func (g *Gateway) admitIdentity(id *auth.Identity) (key string, ok bool) {
+	key = id.Key()
+	if key == "" {
 		return "", true
 	}
 	limit := g.cfg.MaxConnsPerIdentity
 	l := id.Grants.Limits().Connections
 	switch {
-	case id.key == keyAnonymous:
+	case id.Method == auth.MethodAnonymous:
 		// Not one client's identity: the anonymous grants' own cap on
 		// every anonymous connection together.
 		limit = l
@@ -548,11 +552,11 @@ func (g *Gateway) admitIdentity(id *Identity) (key string, ok bool) {
 	}
 	g.connMu.Lock()
 	defer g.connMu.Unlock()
-	if g.identConns[id.key] >= limit {
+	if g.identConns[key] >= limit {
 		return "", false
 	}
-	g.identConns[id.key]++
-	return id.key, true
+	g.identConns[key]++
+	return key, true
 }
 
 func (g *Gateway) leaveIdentity(key string) {
@@ -560,28 +564,6 @@ func (g *Gateway) leaveIdentity(key string) {
 	defer g.connMu.Unlock()
 	if g.identConns[key]--; g.identConns[key] <= 0 {
 		delete(g.identConns, key)
-	}
-}
-
-// apiKeysLoop checks the API keys file every second and, when a reload
-// (by this check, an Authenticate call or ReloadKeys) changed the keys,
-// re-checks the connections of API keys.
-func (g *Gateway) apiKeysLoop() {
-	auth := g.cfg.Auth
-	seen := auth.apiKeysGeneration()
-	t := time.NewTicker(keysCheckInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-g.ctx.Done():
-			return
-		case <-t.C:
-		}
-		auth.checkFiles()
-		if gen := auth.apiKeysGeneration(); gen != seen {
-			seen = gen
-			g.recheckAPIKeys()
-		}
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // What a subscription may see of a row: row policies across tenants, and
@@ -28,7 +30,7 @@ func (e *testEnv) update(key map[string]any, data, old map[string]any) uint64 {
 	if old != nil {
 		m["old"] = old
 	}
-	return e.publishIn(testDB, "orders", EventUpdate, m)
+	return e.publishIn(testDB, "orders", schema.OpUpdate, m)
 }
 
 // TestAuthPolicyTenantMove: an update that moves a row from one tenant to
@@ -66,7 +68,7 @@ func TestAuthPolicyTenantMove(t *testing.T) {
 		// An equality index on a column the update changes: the delete is
 		// matched on the old row, found under its old value.
 		{"acme", "/ws", map[string]any{"id": "s", "table": "public.orders", "where": map[string]any{"status": map[string]any{"eq": "open"}}}},
-		{"acme", "/ws", map[string]any{"id": "s", "table": "public.orders", "events": []string{EventUpdate}}},
+		{"acme", "/ws", map[string]any{"id": "s", "table": "public.orders", "events": []string{schema.OpUpdate}}},
 		{"acme", "/ws", map[string]any{"id": "s", "table": "public.orders", "select": []string{"id", "tenant"}}},
 		{"globex", "/ws", map[string]any{"id": "s", "table": "public.orders", "select": []string{"id", "tenant"}}},
 		{"acme", "/ws/tables/public.orders", nil},
@@ -130,7 +132,7 @@ func TestAuthPolicyTenantMove(t *testing.T) {
 		for _, f := range untilRow(c, twoDBMark) {
 			got = append(got, render(f))
 			ev := f.event()
-			if ev["op"] == EventDelete && (ev["data"] != nil || ev["unchanged"] != nil) {
+			if ev["op"] == schema.OpDelete && (ev["data"] != nil || ev["unchanged"] != nil) {
 				t.Errorf("%s: a delete with new values: %s", name, f.Event)
 			}
 			if sel := sb.msg["select"]; sel != nil || strings.Contains(sb.path, "select") {
@@ -236,12 +238,12 @@ func TestAuthColumnGrants(t *testing.T) {
 	full := e2eOrder(1, "paid", "19.90", true, "2026-01-01T00:00:00Z", "acme", "secret note")
 	old := e2eOrder(1, "open", "9.90", true, "2026-01-01T00:00:00Z", "acme", "secret note")
 	// The key holds a column not granted (a composite key).
-	e.publishIn(testDB, "orders", EventUpdate, map[string]any{"key": map[string]any{"id": 1, "total": "9.90"},
+	e.publishIn(testDB, "orders", schema.OpUpdate, map[string]any{"key": map[string]any{"id": 1, "total": "9.90"},
 		"data": full, "old": old, "unchanged": []string{"notes", "status", "created"}})
-	e.publishIn(testDB, "orders", EventCreate, map[string]any{"key": map[string]any{"id": 2},
+	e.publishIn(testDB, "orders", schema.OpCreate, map[string]any{"key": map[string]any{"id": 2},
 		"data": e2eOrder(2, "open", "1", false, "2026-01-01T00:00:00Z", "acme", "x")}) // the policy (paid) rules it out
-	e.publishIn(testDB, "orders", EventDelete, map[string]any{"key": map[string]any{"id": 3}, "old": e2eOrder(3, "open", "1", true, nil, "acme", "x")})
-	e.publishIn(testDB, "orders", EventCreate, map[string]any{"key": map[string]any{"id": twoDBMark}, "data": e2eOrder(twoDBMark, "open", "1", true, nil, "acme", "x")})
+	e.publishIn(testDB, "orders", schema.OpDelete, map[string]any{"key": map[string]any{"id": 3}, "old": e2eOrder(3, "open", "1", true, nil, "acme", "x")})
+	e.publishIn(testDB, "orders", schema.OpCreate, map[string]any{"key": map[string]any{"id": twoDBMark}, "data": e2eOrder(twoDBMark, "open", "1", true, nil, "acme", "x")})
 
 	resumed := e.dial("/ws?token=" + narrow)
 	resumed.subscribe(map[string]any{"id": "s", "table": "public.orders", "from": start})

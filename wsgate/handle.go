@@ -11,6 +11,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/internal/auth"
+	"github.com/tablecast/tablecast/internal/catalog"
+	"github.com/tablecast/tablecast/internal/query"
+	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -36,7 +40,7 @@ func (c *conn) handleMessage(frame []byte) {
 	case TypeTopics:
 		c.sendTopics()
 	case TypeSubscribe:
-		if perr := c.subscribe(&m); perr != nil {
+		if perr := c.subscribe(&m, nil); perr != nil {
 			c.sendError(perr.ID, perr.Code, perr.Message)
 		}
 	case TypeUnsubscribe:
@@ -77,14 +81,15 @@ func (c *conn) subscribeURL(us *URLSubscription) *ProtocolError {
 	defer c.authMu.Unlock()
 	return c.subscribe(&ClientMessage{
 		Type: TypeSubscribe, ID: URLSubscriptionID, Table: us.Table, Events: us.Events,
-		Where: us.Where, Select: us.Select, SelectGiven: us.Select != nil, From: us.From,
-	})
+		Select: us.Select, SelectGiven: us.Select != nil, From: us.From,
+	}, us.Where)
 }
 
 // subscribe checks a subscribe message against the catalog, attaches the
 // subscription to its feed (answering subscribed) and starts the resume
-// when it has "from".
-func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
+// when it has "from". The message's where, or else where (a URL
+// subscription's), filters its rows.
+func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 	g := c.g
 	fail := func(code ErrorCode, msg string) *ProtocolError {
 		return &ProtocolError{Code: code, ID: m.ID, Message: msg}
@@ -95,7 +100,7 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 	c.subsMu.Unlock()
 	switch {
 	case exists:
-		return fail(CodeInvalidSubscription, "subscription id "+quoteShort(m.ID)+" is in use; unsubscribe it first")
+		return fail(CodeInvalidSubscription, "subscription id "+schema.QuoteName(m.ID)+" is in use; unsubscribe it first")
 	case n >= c.maxSubscriptions():
 		return fail(CodeTooManySubscriptions, "a connection may hold at most "+strconv.Itoa(c.maxSubscriptions())+" subscriptions")
 	}
@@ -104,42 +109,48 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 	grants := c.id.Grants
 	if m.Table != "" {
 		db, schemaName, table := SplitQualifiedName(m.Table)
-		t, choices := g.cat.resolve(db, schemaName, table, grants)
+		t, choices := g.cat.Resolve(db, schemaName, table, grants)
 		if choices != nil {
-			return fail(CodeAmbiguousTable, "table "+quoteShort(m.Table)+" is in several databases; name one of: "+strings.Join(choices, ", "))
+			return fail(CodeAmbiguousTable, "table "+schema.QuoteName(m.Table)+" is in several databases; name one of: "+strings.Join(choices, ", "))
 		}
 		if t == nil {
 			// The same answer whether the table is missing or not
 			// granted: a client learns nothing of tables it may not read.
-			return fail(CodeUnknownTable, "table "+quoteShort(m.Table)+" is not streamed")
+			return fail(CodeUnknownTable, "table "+schema.QuoteName(m.Table)+" is not streamed")
 		}
-		schemaName, table = t.shape.Schema, t.shape.Table
-		shown := t.name // the table as the client named it, in messages
+		schemaName, table = t.Shape.Schema, t.Shape.Table
+		shown := t.Name // the table as the client named it, in messages
 		if db != "" {
-			shown = t.qualified
+			shown = t.Qualified
 		}
-		granted := uint8(grants.TableOps(t.db, schemaName, table))
-		ops := opsOf(m.Events)
+		granted := grants.TableOps(t.DB, schemaName, table)
+		ops := schema.OpsOf(m.Events)
 		if m.Events != nil && ops&^granted != 0 {
-			return fail(CodeNotAllowed, "events "+strings.Join(OpSet(ops&^granted).Names(), ", ")+" of "+shown+" are not granted")
+			return fail(CodeNotAllowed, "events "+strings.Join((ops&^granted).Names(), ", ")+" of "+shown+" are not granted")
 		}
 		// A column not granted is, to the client's where and select,
 		// a column that does not exist; the row policy reads any.
-		s.granted, s.allColumns = grants.TableColumns(t.db, schemaName, table)
-		visible := t.types
+		s.granted, s.allColumns = grants.TableColumns(t.DB, schemaName, table)
+		visible := t.Types
 		if !s.allColumns {
-			visible = make(map[string]ColumnType, len(s.granted))
+			visible = make(map[string]query.ColumnType, len(s.granted))
 			for _, col := range s.granted {
-				if typ, ok := t.types[col]; ok {
+				if typ, ok := t.Types[col]; ok {
 					visible[col] = typ
 				}
 			}
 		}
-		f, err := CompileWhere(m.Where, shown, visible)
+		if m.Where != nil {
+			var err error
+			if where, err = query.ParseWhere(m.Where); err != nil {
+				return fail(CodeInvalidFilter, err.Error())
+			}
+		}
+		f, err := query.Compile(where, shown, visible)
 		if err != nil {
 			return fail(CodeInvalidFilter, err.Error())
 		}
-		if f.matchesAll() {
+		if f.MatchesAll() {
 			f = nil // no filter: nothing to keep per subscription
 		}
 		policy, msg := c.rowPolicy(grants, t, shown)
@@ -149,23 +160,23 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 		s.policy.Store(policy)
 		for _, col := range m.Select {
 			if _, ok := visible[col]; !ok {
-				return fail(CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+shown)
+				return fail(CodeInvalidSelect, "column "+schema.QuoteName(col)+" does not exist in "+shown)
 			}
 		}
 		s.table, s.filter, s.ops = t, f, ops&granted
 		s.selected = slices.Clone(m.Select)
 		s.proj.Store(s.projection(m.Select))
-		key, subject, name = "t\x00"+t.subject, t.subject, t.name
+		key, subject, name = "t\x00"+t.Subject, t.Subject, t.Name
 	} else {
 		if !grants.CanSubscribeTopic(m.Topic) {
-			return fail(CodeNotAllowed, "topic "+quoteShort(m.Topic)+" is not granted")
+			return fail(CodeNotAllowed, "topic "+schema.QuoteName(m.Topic)+" is not granted")
 		}
-		if !g.cat.hasTopic(m.Topic) {
-			return fail(CodeUnknownTopic, "topic "+quoteShort(m.Topic)+" does not exist; create it first")
+		if !g.cat.HasTopic(m.Topic) {
+			return fail(CodeUnknownTopic, "topic "+schema.QuoteName(m.Topic)+" does not exist; create it first")
 		}
-		s.topic, s.ops = m.Topic, allOps
+		s.topic, s.ops = m.Topic, schema.AllOps
 		subject = stream.TopicSubject(g.cfg.Prefix, m.Topic)
-		key, name = "q\x00"+subject, "topic "+quoteShort(m.Topic)
+		key, name = "q\x00"+subject, "topic "+schema.QuoteName(m.Topic)
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, requestTimeout)
 	defer cancel()
@@ -201,17 +212,17 @@ func (c *conn) subscribe(m *ClientMessage) *ProtocolError {
 // rowPolicy compiles the row policy grants give table t (shown to the
 // client as shown): nil for none, or why the table cannot be read under
 // them. A policy reads every column, granted to the client or not.
-func (c *conn) rowPolicy(grants *Grants, t *tableInfo, shown string) (*Filter, string) {
-	policy, err := grants.TablePolicy(t.db, t.shape.Schema, t.shape.Table)
+func (c *conn) rowPolicy(grants *auth.Grants, t *catalog.Table, shown string) (*query.Filter, string) {
+	policy, err := grants.TablePolicy(t.DB, t.Shape.Schema, t.Shape.Table)
 	if err != nil {
 		return nil, "the row policy of " + shown + " cannot be applied: " + err.Error()
 	}
 	if policy == nil {
 		return nil, ""
 	}
-	f, err := CompileWhere(policy, t.qualified, t.types)
+	f, err := query.Compile(policy, t.Qualified, t.Types)
 	if err != nil {
-		c.g.log.Warn("row policy does not compile; subscriptions to the table are refused", "table", t.qualified, "subject", c.id.Subject, "err", err)
+		c.g.log.Warn("row policy does not compile; subscriptions to the table are refused", "table", t.Qualified, "subject", c.id.Subject, "err", err)
 		return nil, "the row policy of " + shown + " does not apply to its columns"
 	}
 	return f, ""
@@ -223,27 +234,27 @@ func (c *conn) rowPolicy(grants *Grants, t *tableInfo, shown string) (*Filter, s
 // with refreshed. A token refused, or of another identity, is answered
 // with refresh_failed and changes nothing.
 func (c *conn) refresh(token string) {
-	auth := c.g.cfg.Auth
+	verifier := c.g.cfg.Auth
 	fail := func(why string) {
 		c.g.log.Info("websocket refresh refused", "remote", c.nc.RemoteAddr().String(), "subject", c.id.Subject, "reason", why)
 		c.sendError("", CodeRefreshFailed, why)
 	}
 	cur := c.id
 	switch {
-	case !auth.Enabled():
+	case !verifier.Enabled():
 		fail("no authentication is configured: there is nothing to refresh")
 		return
-	case cur.Method == MethodAnonymous:
+	case cur.Method == auth.MethodAnonymous:
 		fail("this connection has no credential; reconnect with one to change identity")
 		return
-	case cur.Subject == "" && cur.Method == MethodJWT:
+	case cur.Subject == "" && cur.Method == auth.MethodJWT:
 		fail("the connection's token has no subject, so a new token cannot be told to be the same identity; reconnect with it")
 		return
 	}
-	id, err := auth.Authenticate(token, time.Now())
+	id, err := verifier.Authenticate(auth.Credential{Token: token}, time.Now())
 	if err != nil {
 		reason := err.Error()
-		var ae *AuthError
+		var ae *auth.Error
 		if errors.As(err, &ae) {
 			reason = ae.Reason
 		}
@@ -251,13 +262,13 @@ func (c *conn) refresh(token string) {
 		return
 	}
 	if !id.SameAs(cur) {
-		fail("the credential is for another identity than " + quoteShort(cur.Subject) + "; reconnect to change identity")
+		fail("the credential is for another identity than " + schema.QuoteName(cur.Subject) + "; reconnect to change identity")
 		return
 	}
 	c.reauthorize(id)
 	var exp int64
-	if !id.exp.IsZero() {
-		exp = id.exp.Unix()
+	if e := id.Exp(); !e.IsZero() {
+		exp = e.Unix()
 	}
 	c.send(AppendRefreshed(nil, exp))
 }
@@ -267,10 +278,10 @@ func (c *conn) refresh(token string) {
 // changed. The caller holds authMu.
 func (c *conn) recheckAPIKey() {
 	id := c.id
-	if id == nil || id.Method != MethodAPIKey || c.isClosing() {
+	if id == nil || id.Method != auth.MethodAPIKey || c.isClosing() {
 		return
 	}
-	switch cur := c.g.cfg.Auth.currentAPIKey(id); {
+	switch cur := c.g.cfg.Auth.Current(id); {
 	case cur == nil:
 		c.g.log.Info("websocket client's API key revoked", "remote", c.nc.RemoteAddr().String(), "subject", id.Subject)
 		c.closeWith(CloseUnauthorized, CloseReasonRevoked)
@@ -284,7 +295,7 @@ func (c *conn) recheckAPIKey() {
 // longer allow is ended with a not_allowed error and unsubscribed, the
 // others take its row policies from the next event on, and the
 // connection closes at id's expiry instead. The caller holds authMu.
-func (c *conn) reauthorize(id *Identity) {
+func (c *conn) reauthorize(id *auth.Identity) {
 	c.id = id
 	c.subsMu.Lock()
 	subs := slices.Clone(c.subs)
@@ -303,7 +314,7 @@ func (c *conn) reauthorize(id *Identity) {
 			continue
 		}
 		c.dropSub(s)
-		c.sendError(s.id, CodeNotAllowed, "subscription "+quoteShort(s.id)+" ended: "+why)
+		c.sendError(s.id, CodeNotAllowed, "subscription "+schema.QuoteName(s.id)+" ended: "+why)
 		c.send(AppendUnsubscribed(nil, s.id))
 	}
 	c.setExpiry(id.Expires)
@@ -321,22 +332,22 @@ type regranted struct {
 // without "events" received the operations granted then: a narrower grant
 // ends it rather than silently narrowing it), and every column its where
 // and select name; its projection narrows to the new column grant.
-func (c *conn) regrant(s *sub, grants *Grants) (*Filter, regranted, string) {
+func (c *conn) regrant(s *sub, grants *auth.Grants) (*query.Filter, regranted, string) {
 	if s.topic != "" {
 		if !grants.CanSubscribeTopic(s.topic) {
-			return nil, regranted{}, "topic " + quoteShort(s.topic) + " is no longer granted"
+			return nil, regranted{}, "topic " + schema.QuoteName(s.topic) + " is no longer granted"
 		}
 		return nil, regranted{}, ""
 	}
-	t := c.g.cat.tableIn(s.table.db, s.table.shape.Schema, s.table.shape.Table)
+	t := c.g.cat.TableIn(s.table.DB, s.table.Shape.Schema, s.table.Shape.Table)
 	if t == nil {
 		t = s.table
 	}
-	if lost := OpSet(s.ops &^ uint8(grants.TableOps(t.db, t.shape.Schema, t.shape.Table))); lost != 0 {
-		return nil, regranted{}, "events " + strings.Join(lost.Names(), ", ") + " of " + t.qualified + " are no longer granted"
+	if lost := s.ops &^ grants.TableOps(t.DB, t.Shape.Schema, t.Shape.Table); lost != 0 {
+		return nil, regranted{}, "events " + strings.Join(lost.Names(), ", ") + " of " + t.Qualified + " are no longer granted"
 	}
 	var cols regranted
-	cols.names, cols.all = grants.TableColumns(t.db, t.shape.Schema, t.shape.Table)
+	cols.names, cols.all = grants.TableColumns(t.DB, t.Shape.Schema, t.Shape.Table)
 	if !cols.all {
 		named := slices.Clone(s.selected)
 		if s.filter != nil {
@@ -344,21 +355,21 @@ func (c *conn) regrant(s *sub, grants *Grants) (*Filter, regranted, string) {
 		}
 		for _, col := range named {
 			if _, ok := slices.BinarySearch(cols.names, col); !ok {
-				return nil, regranted{}, "column " + quoteShort(col) + " of " + t.qualified + " is no longer granted"
+				return nil, regranted{}, "column " + schema.QuoteName(col) + " of " + t.Qualified + " is no longer granted"
 			}
 		}
 	}
-	policy, why := c.rowPolicy(grants, t, t.qualified)
+	policy, why := c.rowPolicy(grants, t, t.Qualified)
 	return policy, cols, why
 }
 
 // projection compiles a table subscription's select list under its column
 // grant.
-func (s *sub) projection(selected []string) *Projection {
+func (s *sub) projection(selected []string) *query.Projection {
 	if s.allColumns {
-		return NewProjection(selected)
+		return query.NewProjection(selected)
 	}
-	return NewGrantedProjection(selected, s.granted)
+	return query.NewGrantedProjection(selected, s.granted)
 }
 
 // columnGranted reports whether s may see the column.
@@ -420,7 +431,7 @@ func (c *conn) dropSub(s *sub) {
 func (c *conn) unsubscribe(id string) {
 	s := c.lookupSub(id)
 	if s == nil {
-		c.sendError(id, CodeInvalidSubscription, "no subscription "+quoteShort(id))
+		c.sendError(id, CodeInvalidSubscription, "no subscription "+schema.QuoteName(id))
 		return
 	}
 	c.dropSub(s)
@@ -434,19 +445,19 @@ func (c *conn) selectFields(id string, fields []string) {
 	s := c.lookupSub(id)
 	switch {
 	case s == nil:
-		c.sendError(id, CodeInvalidSubscription, "no subscription "+quoteShort(id))
+		c.sendError(id, CodeInvalidSubscription, "no subscription "+schema.QuoteName(id))
 		return
 	case s.topic != "":
-		c.sendError(id, CodeInvalidSubscription, "select applies to table subscriptions; "+quoteShort(id)+" is a topic subscription")
+		c.sendError(id, CodeInvalidSubscription, "select applies to table subscriptions; "+schema.QuoteName(id)+" is a topic subscription")
 		return
 	}
-	t := c.g.cat.tableIn(s.table.db, s.table.shape.Schema, s.table.shape.Table)
+	t := c.g.cat.TableIn(s.table.DB, s.table.Shape.Schema, s.table.Shape.Table)
 	if t == nil {
 		t = s.table
 	}
 	for _, col := range fields {
-		if !t.hasColumn(col) || !s.columnGranted(col) {
-			c.sendError(id, CodeInvalidSelect, "column "+quoteShort(col)+" does not exist in "+t.name)
+		if !t.HasColumn(col) || !s.columnGranted(col) {
+			c.sendError(id, CodeInvalidSelect, "column "+schema.QuoteName(col)+" does not exist in "+t.Name)
 			return
 		}
 	}
@@ -458,10 +469,10 @@ func (c *conn) selectFields(id string, fields []string) {
 // createTopic creates a custom topic, answered with the topics list.
 func (c *conn) createTopic(name string) {
 	if !c.id.Grants.CanCreateTopic(name) {
-		c.sendError("", CodeNotAllowed, "creating topic "+quoteShort(name)+" is not granted")
+		c.sendError("", CodeNotAllowed, "creating topic "+schema.QuoteName(name)+" is not granted")
 		return
 	}
-	if n := c.g.cat.topicCount(); n >= c.g.cfg.MaxTopics {
+	if n := c.g.cat.TopicCount(); n >= c.g.cfg.MaxTopics {
 		c.sendError("", CodeTooManyTopics, "there are "+strconv.Itoa(n)+" topics, the most the gateway allows; destroy one first")
 		return
 	}
@@ -469,13 +480,13 @@ func (c *conn) createTopic(name string) {
 	defer cancel()
 	switch err := c.g.topics.CreateTopic(ctx, name); {
 	case errors.Is(err, stream.ErrTopicExists):
-		c.sendError("", CodeTopicExists, "topic "+quoteShort(name)+" exists")
+		c.sendError("", CodeTopicExists, "topic "+schema.QuoteName(name)+" exists")
 		return
 	case err != nil:
 		c.sendError("", CodeInternal, err.Error())
 		return
 	}
-	c.g.cat.addTopic(name)
+	c.g.cat.AddTopic(name)
 	c.sendTopics()
 }
 
@@ -483,20 +494,20 @@ func (c *conn) createTopic(name string) {
 // get an error frame and unsubscribed. Answered with the topics list.
 func (c *conn) destroyTopic(name string) {
 	if !c.id.Grants.CanDestroyTopic(name) {
-		c.sendError("", CodeNotAllowed, "destroying topic "+quoteShort(name)+" is not granted")
+		c.sendError("", CodeNotAllowed, "destroying topic "+schema.QuoteName(name)+" is not granted")
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.g.ctx, requestTimeout)
 	defer cancel()
 	switch err := c.g.topics.DestroyTopic(ctx, name); {
 	case errors.Is(err, stream.ErrNoTopic):
-		c.sendError("", CodeUnknownTopic, "topic "+quoteShort(name)+" does not exist")
+		c.sendError("", CodeUnknownTopic, "topic "+schema.QuoteName(name)+" does not exist")
 		return
 	case err != nil:
 		c.sendError("", CodeInternal, err.Error())
 		return
 	}
-	if c.g.cat.removeTopic(name) {
+	if c.g.cat.RemoveTopic(name) {
 		c.g.topicDestroyed(name)
 	}
 	c.sendTopics()
@@ -505,7 +516,7 @@ func (c *conn) destroyTopic(name string) {
 // sendTopics answers with the tables and topics the client may subscribe
 // to: nothing it may not use is listed.
 func (c *conn) sendTopics() {
-	tables, topics := c.g.cat.visible(c.id.Grants)
+	tables, topics := c.g.cat.Visible(c.id.Grants)
 	c.send(AppendTopics(nil, tables, topics))
 }
 
@@ -519,7 +530,7 @@ func (g *Gateway) topicDestroyed(name string) {
 	}
 	for _, s := range f.subs() {
 		s.c.dropSub(s)
-		s.c.sendError(s.id, CodeUnknownTopic, "topic "+quoteShort(name)+" was destroyed")
+		s.c.sendError(s.id, CodeUnknownTopic, "topic "+schema.QuoteName(name)+" was destroyed")
 		s.c.send(AppendUnsubscribed(nil, s.id))
 	}
 }
@@ -528,17 +539,17 @@ func (g *Gateway) topicDestroyed(name string) {
 // subscribers through the stream like any backend's message would.
 func (c *conn) publish(topic string, data []byte) {
 	if !c.id.Grants.CanPublish(topic) {
-		c.sendError("", CodeNotAllowed, "publishing to topic "+quoteShort(topic)+" is not granted")
+		c.sendError("", CodeNotAllowed, "publishing to topic "+schema.QuoteName(topic)+" is not granted")
 		return
 	}
-	if !c.g.cat.hasTopic(topic) {
-		c.sendError("", CodeUnknownTopic, "topic "+quoteShort(topic)+" does not exist; create it first")
+	if !c.g.cat.HasTopic(topic) {
+		c.sendError("", CodeUnknownTopic, "topic "+schema.QuoteName(topic)+" does not exist; create it first")
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.g.ctx, requestTimeout)
 	defer cancel()
 	msg := &nats.Msg{Subject: stream.TopicSubject(c.g.cfg.Prefix, topic), Data: data}
 	if _, err := c.g.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(c.g.cfg.Stream)); err != nil {
-		c.sendError("", CodeInternal, "publish to "+quoteShort(topic)+": "+err.Error())
+		c.sendError("", CodeInternal, "publish to "+schema.QuoteName(topic)+": "+err.Error())
 	}
 }

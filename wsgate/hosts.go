@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // DNS rebinding: a page on an attacker's domain whose name is made to
@@ -154,7 +156,7 @@ func (g *Gateway) checkHost(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !g.hosts.allowed(r.Host) {
 			w.Header().Set("Connection", "close")
-			http.Error(w, "421 Misdirected Request: host "+quoteShort(r.Host)+" is not served here", http.StatusMisdirectedRequest)
+			http.Error(w, "421 Misdirected Request: host "+schema.QuoteName(r.Host)+" is not served here", http.StatusMisdirectedRequest)
 			return
 		}
 		h.ServeHTTP(w, r)

@@ -14,6 +14,9 @@ import (
 
 	"github.com/coder/websocket"
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/tablecast/tablecast/internal/auth"
+	"github.com/tablecast/tablecast/internal/auth/authtest"
+	"github.com/tablecast/tablecast/schema"
 )
 
 // Identity end to end: tokens without a subject, identities that must not
@@ -23,7 +26,7 @@ import (
 
 // startIdentityGateway starts a gateway whose authenticator is cfg with
 // the e2e secret.
-func startIdentityGateway(t *testing.T, cfg AuthConfig, mods ...func(*Config)) *testEnv {
+func startIdentityGateway(t *testing.T, cfg auth.Config, mods ...func(*Config)) *testEnv {
 	t.Helper()
 	if cfg.JWTSecret == nil {
 		cfg.JWTSecret = e2eSecret
@@ -32,12 +35,12 @@ func startIdentityGateway(t *testing.T, cfg AuthConfig, mods ...func(*Config)) *
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger()
 	}
-	auth, err := NewAuthenticator(cfg)
+	authn, err := auth.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return startGateway(t, func(c *Config) {
-		c.Auth = auth
+		c.Auth = authn
 		for _, m := range mods {
 			m(c)
 		}
@@ -62,18 +65,18 @@ func TestAuthIdentityEdges(t *testing.T) {
 	t.Parallel()
 	all := map[string]any{"tables": map[string]any{"*": []string{"*"}}}
 	noSub := func(jti string) string {
-		return signToken(t, jose.HS256, e2eSecret, "", map[string]any{"jti": jti, "exp": time.Now().Add(time.Hour).Unix(), GrantsClaim: all})
+		return authtest.SignToken(t, jose.HS256, e2eSecret, "", map[string]any{"jti": jti, "exp": time.Now().Add(time.Hour).Unix(), auth.GrantsClaim: all})
 	}
 
 	t.Run("no subject refused by default", func(t *testing.T) {
 		e := startAuthGateway(t)
-		if got := e2eDial(t, e, "/ws?token="+noSub("a")).expectClose(CloseUnauthorized); got != ReasonNoSubject {
-			t.Fatalf("reason %q, want %q", got, ReasonNoSubject)
+		if got := e2eDial(t, e, "/ws?token="+noSub("a")).expectClose(CloseUnauthorized); got != auth.ReasonNoSubject {
+			t.Fatalf("reason %q, want %q", got, auth.ReasonNoSubject)
 		}
 	})
 
 	t.Run("each token without a subject has its own limit", func(t *testing.T) {
-		e := startIdentityGateway(t, AuthConfig{AllowNoSubject: true}, func(c *Config) { c.MaxConnsPerIdentity = 2 })
+		e := startIdentityGateway(t, auth.Config{AllowNoSubject: true}, func(c *Config) { c.MaxConnsPerIdentity = 2 })
 		a, b := noSub("a"), noSub("b")
 		e.open(t, "/ws?token="+a)
 		e.open(t, "/ws?token="+a)
@@ -86,12 +89,12 @@ func TestAuthIdentityEdges(t *testing.T) {
 	})
 
 	t.Run("a subject is not an API key", func(t *testing.T) {
-		key, err := GenerateAPIKey()
+		key, err := auth.GenerateAPIKey()
 		if err != nil {
 			t.Fatal(err)
 		}
-		e := startIdentityGateway(t, AuthConfig{APIKeys: []APIKey{{Name: "billing", Hash: HashAPIKey(key),
-			Claims: map[string]any{GrantsClaim: all}}}}, func(c *Config) { c.MaxConnsPerIdentity = 1 })
+		e := startIdentityGateway(t, auth.Config{APIKeys: []auth.APIKey{{Name: "billing", Hash: auth.HashAPIKey(key),
+			Claims: map[string]any{auth.GrantsClaim: all}}}}, func(c *Config) { c.MaxConnsPerIdentity = 1 })
 		impostor := token(t, all, map[string]any{"sub": "apikey:billing"})
 		e.open(t, "/ws?token="+impostor)
 		e2eDial(t, e, "/ws?token="+impostor).expectClose(CloseTooManyConnections)
@@ -106,10 +109,10 @@ func TestAuthIdentityEdges(t *testing.T) {
 		e.putShape(s)
 		exp := time.Now().Add(time.Hour).Unix()
 		for payload, reason := range map[string]string{
-			fmt.Sprintf(`{"sub":"u","exp":%d,"tablecast":{"tables":{"public.orders":["*"]}},"tablecast":{"tables":{"*":["*"]}}}`, exp):       ReasonDuplicateClaim,
-			fmt.Sprintf(`{"sub":"u","exp":%d,"tablecast":{"tables":{"public.secret":[],"public.secret":["*"],"public.orders":["*"]}}}`, exp): ReasonMalformedGrants + `: member "public.secret" is repeated`,
+			fmt.Sprintf(`{"sub":"u","exp":%d,"tablecast":{"tables":{"public.orders":["*"]}},"tablecast":{"tables":{"*":["*"]}}}`, exp):       auth.ReasonDuplicateClaim,
+			fmt.Sprintf(`{"sub":"u","exp":%d,"tablecast":{"tables":{"public.secret":[],"public.secret":["*"],"public.orders":["*"]}}}`, exp): auth.ReasonMalformedGrants + `: member "public.secret" is repeated`,
 		} {
-			tok := signToken(t, jose.HS256, e2eSecret, "", map[string]any{"raw": payload})
+			tok := authtest.SignToken(t, jose.HS256, e2eSecret, "", map[string]any{"raw": payload})
 			if got := e2eDial(t, e, "/ws?token="+tok).expectClose(CloseUnauthorized); got != reason {
 				t.Fatalf("reason %q, want %q", got, reason)
 			}
@@ -140,7 +143,7 @@ func TestRefresh(t *testing.T) {
 	c.subscribe(map[string]any{"id": "all", "table": "public.orders"})
 	c.subscribe(map[string]any{"id": "secret", "table": "public.secret"})
 	c.subscribe(map[string]any{"id": "chat", "topic": "chat"})
-	c.subscribe(map[string]any{"id": "creates", "table": "public.orders", "events": []string{EventCreate}})
+	c.subscribe(map[string]any{"id": "creates", "table": "public.orders", "events": []string{schema.OpCreate}})
 	if f := e.publishAndNext(c, "acme", "globex"); f.ID != "all" || e2eTenant(f) != "acme" {
 		t.Fatalf("before the refresh: %s", f.raw)
 	}
@@ -178,9 +181,9 @@ func TestRefresh(t *testing.T) {
 	refused := map[string]string{
 		"expired":       token(t, nil, map[string]any{"tenant": "acme", "exp": time.Now().Add(-time.Minute).Unix()}),
 		"other subject": token(t, map[string]any{"tables": map[string]any{"*": []string{"*"}}}, map[string]any{"sub": "user-2", "tenant": "acme"}),
-		"bad signature": signToken(t, jose.HS256, []byte("another-secret-another-secret-xxx"), "", map[string]any{"sub": "user-1", "tenant": "acme"}),
+		"bad signature": authtest.SignToken(t, jose.HS256, []byte("another-secret-another-secret-xxx"), "", map[string]any{"sub": "user-1", "tenant": "acme"}),
 		"garbage":       "not.a.token",
-		"repeated claim": signToken(t, jose.HS256, e2eSecret, "", map[string]any{"raw": fmt.Sprintf(
+		"repeated claim": authtest.SignToken(t, jose.HS256, e2eSecret, "", map[string]any{"raw": fmt.Sprintf(
 			`{"sub":"user-1","exp":%d,"tenant":"acme","tenant":"globex","tablecast":{"tables":{"*":["*"]}}}`, exp)}),
 		"API key": "tck_unknown",
 	}
@@ -210,7 +213,7 @@ func TestRefresh(t *testing.T) {
 func (e *testEnv) publishAndNext(c *client, tenants ...string) frame {
 	e.t.Helper()
 	for i, tenant := range tenants {
-		e.publish(EventCreate, map[string]any{"id": 100 + i, "tenant": tenant})
+		e.publish(schema.OpCreate, map[string]any{"id": 100 + i, "tenant": tenant})
 	}
 	return c.read(10 * time.Second)
 }
@@ -254,9 +257,9 @@ func TestRefreshEndsResumingSubscription(t *testing.T) {
 	t.Parallel()
 	e := startAuthGateway(t)
 	notes := strings.Repeat("n", 2000)
-	from := e.publish(EventCreate, map[string]any{"id": 0, "notes": notes}) - 1
+	from := e.publish(schema.OpCreate, map[string]any{"id": 0, "notes": notes}) - 1
 	for i := 1; i < 500; i++ {
-		e.publish(EventCreate, map[string]any{"id": i, "notes": notes})
+		e.publish(schema.OpCreate, map[string]any{"id": i, "notes": notes})
 	}
 	c := e2eRawDial(t, e.addr, "/ws?token="+token(t, map[string]any{"tables": map[string]any{"public.orders": []string{"*"}}}, nil), "")
 	msg := func(v any) []byte {
@@ -339,14 +342,14 @@ func TestAPIKeysReload(t *testing.T) {
 		}
 	}
 	entry := func(name, key, claims string) string {
-		return `{"name":"` + name + `","hash":"` + HashAPIKey(key) + `","claims":` + claims + `}`
+		return `{"name":"` + name + `","hash":"` + auth.HashAPIKey(key) + `","claims":` + claims + `}`
 	}
 	everything := `{"tablecast":{"tables":{"public.orders":["*"]},"topics":{"subscribe":["chat"],"create":["chat"]}}}`
 	acmeOnly := `{"tenant":"acme","tablecast":{"tables":{"public.orders":["*"]},"policies":{"public.orders":{"tenant":{"eq":{"claim":"tenant"}}}}}}`
 	keyA, keyB, keyC, keyD := "tck_a-service", "tck_b-service", "tck_c-service", "tck_d-service"
 	write(entry("a", keyA, everything), entry("b", keyB, everything), entry("c", keyC, everything))
-	log, logs := newAuthTestLogger()
-	e := startIdentityGateway(t, AuthConfig{APIKeysFile: path, Logger: log})
+	log, logs := authtest.NewLogger()
+	e := startIdentityGateway(t, auth.Config{APIKeysFile: path, Logger: log})
 	bearer := func(key string) []string { return []string{"Authorization", "Bearer " + key} }
 
 	a := e.dial("/ws", bearer(keyA)...)
@@ -376,10 +379,10 @@ func TestAPIKeysReload(t *testing.T) {
 		t.Fatalf("unchanged key got %v", e2eRaws(got))
 	}
 	e.open(t, "/ws", bearer(keyD)...)
-	e.dialRefused(t, "/ws?token="+keyA, ReasonUnknownAPIKey)
+	e.dialRefused(t, "/ws?token="+keyA, auth.ReasonUnknownAPIKey)
 
 	// A broken file keeps every key, and the log says why.
-	write(entry("b", keyB, acmeOnly), `{"name":"c","hash":"`+HashAPIKey(keyC)+`","claims":{},"claims":{}}`)
+	write(entry("b", keyB, acmeOnly), `{"name":"c","hash":"`+auth.HashAPIKey(keyC)+`","claims":{},"claims":{}}`)
 	e.waitFor("the broken file logged", func() bool { return strings.Contains(logs.String(), "API keys file reload failed") })
 	if !strings.Contains(logs.String(), `\"claims\" is repeated`) {
 		t.Fatalf("log does not say what is wrong:\n%s", logs)
@@ -401,11 +404,11 @@ func TestAPIKeysReload(t *testing.T) {
 // credential is still refused.
 func TestAnonymousGrants(t *testing.T) {
 	t.Parallel()
-	public, err := ParseGrants([]byte(`{"tables":{"public.prices":["*"]}}`))
+	public, err := auth.ParseGrants([]byte(`{"tables":{"public.prices":["*"]}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := startIdentityGateway(t, AuthConfig{AnonymousGrants: public}, func(c *Config) { c.MaxConnsPerIdentity = 1 })
+	e := startIdentityGateway(t, auth.Config{AnonymousGrants: public}, func(c *Config) { c.MaxConnsPerIdentity = 1 })
 	prices := ordersShape()
 	prices.Table = "prices"
 	e.putShape(prices)
@@ -420,8 +423,8 @@ func TestAnonymousGrants(t *testing.T) {
 	anon.subscribe(map[string]any{"id": "p", "table": "public.prices"})
 	urlSub := e.dial("/ws/tables/public.prices")
 	urlSub.expect("subscribed", URLSubscriptionID)
-	e.publish(EventCreate, map[string]any{"id": 1})
-	seq := e.publishTo("prices", EventCreate, map[string]any{"id": 2})
+	e.publish(schema.OpCreate, map[string]any{"id": 1})
+	seq := e.publishTo("prices", schema.OpCreate, map[string]any{"id": 2})
 	for _, c := range []*client{anon, urlSub} {
 		if f := c.read(10 * time.Second); f.Type != "event" || f.Seq != seq {
 			t.Fatalf("anonymous client got %s, want the price at seq %d", f.raw, seq)
@@ -434,9 +437,9 @@ func TestAnonymousGrants(t *testing.T) {
 	anon.expectError(CodeRefreshFailed, "")
 
 	// Credentials are judged, never downgraded.
-	e.dialRefused(t, "/ws?token=garbage", ReasonMalformedToken)
-	e.dialRefused(t, "/ws/tables/public.prices?token=garbage", ReasonMalformedToken)
-	e.dialRefused(t, "/ws?token="+token(t, nil, map[string]any{"exp": time.Now().Add(-time.Minute).Unix()}), ReasonTokenExpired)
+	e.dialRefused(t, "/ws?token=garbage", auth.ReasonMalformedToken)
+	e.dialRefused(t, "/ws/tables/public.prices?token=garbage", auth.ReasonMalformedToken)
+	e.dialRefused(t, "/ws?token="+token(t, nil, map[string]any{"exp": time.Now().Add(-time.Minute).Unix()}), auth.ReasonTokenExpired)
 	private := e.dial("/ws?token=" + token(t, map[string]any{"tables": map[string]any{"*": []string{"*"}}}, nil))
 	private.subscribe(map[string]any{"id": "o", "table": "public.orders"})
 
@@ -446,11 +449,11 @@ func TestAnonymousGrants(t *testing.T) {
 	}
 
 	t.Run("capped", func(t *testing.T) {
-		capped, err := ParseGrants([]byte(`{"tables":{"public.orders":["*"]},"limits":{"connections":2}}`))
+		capped, err := auth.ParseGrants([]byte(`{"tables":{"public.orders":["*"]},"limits":{"connections":2}}`))
 		if err != nil {
 			t.Fatal(err)
 		}
-		e := startIdentityGateway(t, AuthConfig{AnonymousGrants: capped}, func(c *Config) { c.MaxConnsPerIdentity = 1 })
+		e := startIdentityGateway(t, auth.Config{AnonymousGrants: capped}, func(c *Config) { c.MaxConnsPerIdentity = 1 })
 		first := e.open(t, "/ws")
 		e.open(t, "/ws")
 		if got := e2eDial(t, e, "/ws").expectClose(CloseTooManyConnections); got != "too many connections without credentials" {
@@ -461,14 +464,14 @@ func TestAnonymousGrants(t *testing.T) {
 		e.waitFor("an anonymous place freed", func() bool {
 			e.gw.connMu.Lock()
 			defer e.gw.connMu.Unlock()
-			return e.gw.identConns[keyAnonymous] == 1
+			return e.gw.identConns[identityKey(t, e, "")] == 1
 		})
 		e.open(t, "/ws")
 	})
 
 	t.Run("without credentials and without anonymous grants", func(t *testing.T) {
 		e := startAuthGateway(t)
-		e.dialRefused(t, "/ws", ReasonNoToken)
+		e.dialRefused(t, "/ws", auth.ReasonNoToken)
 	})
 	_ = context.Background
 }
@@ -487,7 +490,7 @@ func TestRefreshColumnGrants(t *testing.T) {
 	c.subscribe(map[string]any{"id": "all", "table": "public.orders"})
 	c.subscribe(map[string]any{"id": "sel", "table": "public.orders", "select": []string{"id", "status"}})
 	c.subscribe(map[string]any{"id": "where", "table": "public.orders", "where": map[string]any{"notes": map[string]any{"is": "null"}}})
-	e.publish(EventCreate, map[string]any{"id": 1, "tenant": "acme", "status": "open", "notes": nil})
+	e.publish(schema.OpCreate, map[string]any{"id": 1, "tenant": "acme", "status": "open", "notes": nil})
 	for range 3 {
 		f := c.read(10 * time.Second)
 		if f.Type != "event" {
@@ -506,7 +509,7 @@ func TestRefreshColumnGrants(t *testing.T) {
 		c.expect("unsubscribed", id)
 	}
 	c.expect("refreshed", "")
-	e.publish(EventCreate, map[string]any{"id": 2, "tenant": "acme", "status": "paid"})
+	e.publish(schema.OpCreate, map[string]any{"id": 2, "tenant": "acme", "status": "paid"})
 	f := c.read(10 * time.Second)
 	data, _ := f.event()["data"].(map[string]any)
 	if f.ID != "all" || data["tenant"] != "acme" || data["status"] != nil || len(data) != 2 {
@@ -515,7 +518,7 @@ func TestRefreshColumnGrants(t *testing.T) {
 
 	c.send(map[string]any{"type": "refresh", "token": token(t, grant("*"), nil)})
 	c.expect("refreshed", "")
-	e.publish(EventCreate, map[string]any{"id": 3, "tenant": "acme", "status": "paid"})
+	e.publish(schema.OpCreate, map[string]any{"id": 3, "tenant": "acme", "status": "paid"})
 	f = c.read(10 * time.Second)
 	if data, _ := f.event()["data"].(map[string]any); f.ID != "all" || data["status"] != "paid" {
 		t.Fatalf("after widening again: %s", f.raw)

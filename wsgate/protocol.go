@@ -10,6 +10,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/tablecast/tablecast/internal/jsonx"
 	"github.com/tablecast/tablecast/schema"
 )
 
@@ -50,29 +51,10 @@ const (
 	TypeRefresh      MessageType = "refresh"
 )
 
-// Event kinds a subscription can ask for in "events"; the same words as the
-// envelope's "op" and the last token of a row change's subject.
-const (
-	EventCreate   = "create"
-	EventUpdate   = "update"
-	EventDelete   = "delete"
-	EventTruncate = "truncate"
-	EventRead     = "read"
-)
-
-// Limits on names, from the contract and from PostgreSQL.
-const (
-	// MaxIDLen is the longest subscription id, in characters. Ids are
-	// echoed in every event frame, so they are kept short.
-	MaxIDLen = 64
-	// MaxTopicLen is the longest topic name, in bytes; it becomes a NATS
-	// subject token and JetStream limits whole subjects, so names stay
-	// well inside that.
-	MaxTopicLen = 128
-	// maxIdentLen is PostgreSQL's identifier limit (NAMEDATALEN-1 bytes); a
-	// longer schema or table name cannot exist.
-	maxIdentLen = 63
-)
+// MaxIDLen is the longest subscription id, in characters. Ids are echoed in
+// every event frame, so they are kept short. (Table and topic names are
+// bounded by schema.MaxIdentLen and schema.MaxTopicLen.)
+const MaxIDLen = 64
 
 // ClientMessage is a decoded and validated client message. Only the fields
 // of its Type are set; the comment on each field says which types use it.
@@ -183,7 +165,7 @@ func DecodeClientMessage(frame []byte) (ClientMessage, *ProtocolError) {
 		m.Token, perr = d.token()
 	case TypeTopics, TypePing:
 	default:
-		return ClientMessage{}, d.fail(CodeUnknownType, "unknown message type "+quoteShort(typ))
+		return ClientMessage{}, d.fail(CodeUnknownType, "unknown message type "+schema.QuoteName(typ))
 	}
 	if perr != nil {
 		return ClientMessage{}, perr
@@ -251,7 +233,7 @@ func readObject(frame []byte) (rawFields, *ProtocolError) {
 		}
 		if _, dup := fields.getRaw(name); dup {
 			return nil, &ProtocolError{Code: CodeInvalidMessage,
-				Message: "field " + quoteShort(name) + " is given twice"}
+				Message: "field " + schema.QuoteName(name) + " is given twice"}
 		}
 		fields = append(fields, rawField{name: name, value: bytes.TrimSpace(value)})
 	}
@@ -322,7 +304,7 @@ func (d *decoder) id() (string, *ProtocolError) {
 	}
 	if !validID(id) {
 		return "", d.fail(CodeInvalidSubscription,
-			"id "+quoteShort(id)+" must be 1 to "+strconv.Itoa(MaxIDLen)+" printable characters")
+			"id "+schema.QuoteName(id)+" must be 1 to "+strconv.Itoa(MaxIDLen)+" printable characters")
 	}
 	return id, nil
 }
@@ -411,25 +393,25 @@ func (d *decoder) subscribe(m *ClientMessage) *ProtocolError {
 // events validates a list of event kinds, dropping duplicates; an empty list
 // becomes nil (all kinds).
 func (d *decoder) events(list []string) ([]string, *ProtocolError) {
-	var out []string
-	for _, e := range list {
-		if !knownEvent(e) {
-			return nil, d.fail(CodeInvalidSubscription, "unknown event "+quoteShort(e)+
-				" (want create, update, delete, truncate or read)")
-		}
-		if !containsString(out, e) {
-			out = append(out, e)
-		}
+	out, msg := checkEvents(list)
+	if msg != "" {
+		return nil, d.fail(CodeInvalidSubscription, msg)
 	}
 	return out, nil
 }
 
-func knownEvent(e string) bool {
-	switch e {
-	case EventCreate, EventUpdate, EventDelete, EventTruncate, EventRead:
-		return true
+// checkEvents returns a list of event kinds without its duplicates, nil for
+// an empty list, or what is wrong with it.
+func checkEvents(list []string) (events []string, msg string) {
+	for _, e := range list {
+		if schema.OpBit(e) == 0 {
+			return nil, "unknown event " + schema.QuoteName(e) + " (want create, update, delete, truncate or read)"
+		}
+		if !containsString(events, e) {
+			events = append(events, e)
+		}
 	}
-	return false
+	return events, ""
 }
 
 func containsString(list []string, s string) bool {
@@ -557,7 +539,7 @@ func SplitQualifiedName(name string) (db, schemaName, table string) {
 // "db.schema.table" name, or "". Whether the table exists is for the
 // caller.
 func checkTableName(name string) string {
-	q := "table " + quoteShort(name)
+	q := "table " + schema.QuoteName(name)
 	if !utf8.ValidString(name) {
 		return q + " is not valid UTF-8"
 	}
@@ -568,7 +550,7 @@ func checkTableName(name string) string {
 	switch {
 	case err != nil:
 		return q + ": want schema.table or database.schema.table (double-quote a part that holds a dot)"
-	case len(db) > maxIdentLen || len(schemaName) > maxIdentLen || len(table) > maxIdentLen:
+	case len(db) > schema.MaxIdentLen || len(schemaName) > schema.MaxIdentLen || len(table) > schema.MaxIdentLen:
 		return q + ": a name is longer than 63 bytes"
 	}
 	return ""
@@ -580,12 +562,12 @@ func checkTableName(name string) string {
 // (an empty subject token), nor hold white space, control characters or the
 // NATS wildcards '*' and '>'.
 func checkTopicName(name string) string {
-	q := "topic " + quoteShort(name)
+	q := "topic " + schema.QuoteName(name)
 	switch {
 	case name == "":
 		return "topic name is empty"
-	case len(name) > MaxTopicLen:
-		return q + " is longer than " + strconv.Itoa(MaxTopicLen) + " bytes"
+	case len(name) > schema.MaxTopicLen:
+		return q + " is longer than " + strconv.Itoa(schema.MaxTopicLen) + " bytes"
 	case !utf8.ValidString(name):
 		return q + " is not valid UTF-8"
 	case strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
@@ -598,20 +580,6 @@ func checkTopicName(name string) string {
 		return q + ` holds ".." (an empty token)`
 	}
 	return ""
-}
-
-// quoteShort quotes a client-supplied string for an error message, cut to a
-// length that keeps error frames small.
-func quoteShort(s string) string {
-	const max = 64
-	if len(s) <= max {
-		return strconv.Quote(s)
-	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return strconv.Quote(s[:cut]) + "…"
 }
 
 // Server → client frames. Each Append function appends one frame to dst and
@@ -628,7 +596,7 @@ func quoteShort(s string) string {
 // value a client resumes "from"), event the (projected) envelope.
 func AppendEventFrame(dst []byte, subID string, seq uint64, event []byte) []byte {
 	dst = append(dst, `{"type":"event","id":`...)
-	dst = schema.AppendString(dst, subID)
+	dst = jsonx.AppendString(dst, subID)
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)
 	dst = append(dst, `,"event":`...)
@@ -641,9 +609,9 @@ func AppendEventFrame(dst []byte, subID string, seq uint64, event []byte) []byte
 //	{"type":"message","id":"s2","topic":"chat","seq":88,"data":{…}}
 func AppendMessageFrame(dst []byte, subID, topic string, seq uint64, data []byte) []byte {
 	dst = append(dst, `{"type":"message","id":`...)
-	dst = schema.AppendString(dst, subID)
+	dst = jsonx.AppendString(dst, subID)
 	dst = append(dst, `,"topic":`...)
-	dst = schema.AppendString(dst, topic)
+	dst = jsonx.AppendString(dst, topic)
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)
 	dst = append(dst, `,"data":`...)
@@ -659,7 +627,7 @@ func AppendMessageFrame(dst []byte, subID, topic string, seq uint64, data []byte
 // matching event with a greater sequence will be sent.
 func AppendSubscribed(dst []byte, id string, seq uint64) []byte {
 	dst = append(dst, `{"type":"subscribed","id":`...)
-	dst = schema.AppendString(dst, id)
+	dst = jsonx.AppendString(dst, id)
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)
 	return append(dst, '}')
@@ -670,7 +638,7 @@ func AppendSubscribed(dst []byte, id string, seq uint64) []byte {
 //	{"type":"unsubscribed","id":"s1"}
 func AppendUnsubscribed(dst []byte, id string) []byte {
 	dst = append(dst, `{"type":"unsubscribed","id":`...)
-	dst = schema.AppendString(dst, id)
+	dst = jsonx.AppendString(dst, id)
 	return append(dst, '}')
 }
 
@@ -712,13 +680,13 @@ func AppendError(dst []byte, id string, code ErrorCode, message string) []byte {
 	dst = append(dst, `{"type":"error",`...)
 	if id != "" {
 		dst = append(dst, `"id":`...)
-		dst = schema.AppendString(dst, id)
+		dst = jsonx.AppendString(dst, id)
 		dst = append(dst, ',')
 	}
 	dst = append(dst, `"code":`...)
-	dst = schema.AppendString(dst, string(code))
+	dst = jsonx.AppendString(dst, string(code))
 	dst = append(dst, `,"message":`...)
-	dst = schema.AppendString(dst, message)
+	dst = jsonx.AppendString(dst, message)
 	return append(dst, '}')
 }
 
@@ -735,7 +703,7 @@ func appendStringArray(dst []byte, list []string) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = schema.AppendString(dst, s)
+		dst = jsonx.AppendString(dst, s)
 	}
 	return append(dst, ']')
 }

@@ -77,7 +77,7 @@ func e2eOrder(id int, status, total, paid, created, tenant, notes any) map[strin
 // e2eMarkSub subscribes c to the marker.
 func e2eMarkSub(c *client) {
 	c.t.Helper()
-	c.subscribe(map[string]any{"id": "mark", "table": "public.orders", "events": []string{EventRead},
+	c.subscribe(map[string]any{"id": "mark", "table": "public.orders", "events": []string{schema.OpRead},
 		"where": map[string]any{"id": map[string]any{"eq": e2eMarkID}}})
 }
 
@@ -85,7 +85,7 @@ func e2eMarkSub(c *client) {
 // a mark subscription), the frames it received before the marker's event.
 func (e *testEnv) e2eFlush(clients ...*client) [][]frame {
 	e.t.Helper()
-	seq := e.publish(EventRead, e2eOrder(e2eMarkID, "marker", "1", true, "2026-01-01T00:00:00Z", "marker", "marker"))
+	seq := e.publish(schema.OpRead, e2eOrder(e2eMarkID, "marker", "1", true, "2026-01-01T00:00:00Z", "marker", "marker"))
 	out := make([][]frame, len(clients))
 	for i, c := range clients {
 		out[i] = e2eUntilMark(c, seq)
@@ -201,16 +201,16 @@ func e2eRaws(frames []frame) []string {
 func TestE2ESubscribeSeq(t *testing.T) {
 	t.Parallel()
 	e := startGateway(t, nil)
-	e.publish(EventCreate, e2eOrder(1, "open", "1", false, nil, "acme", nil))
-	before := e.publish(EventCreate, e2eOrder(2, "open", "1", false, nil, "acme", nil))
+	e.publish(schema.OpCreate, e2eOrder(1, "open", "1", false, nil, "acme", nil))
+	before := e.publish(schema.OpCreate, e2eOrder(2, "open", "1", false, nil, "acme", nil))
 
 	c := e.dial("/ws")
-	sub := c.subscribe(map[string]any{"id": "s1", "table": "public.orders", "events": []string{EventCreate}})
+	sub := c.subscribe(map[string]any{"id": "s1", "table": "public.orders", "events": []string{schema.OpCreate}})
 	if last := e.e2eStreamLast(); sub.Seq != last || sub.Seq != before {
 		t.Fatalf("subscribed seq %d, want the stream position %d", sub.Seq, last)
 	}
 	e2eMarkSub(c)
-	after := e.publish(EventCreate, e2eOrder(3, "paid", "2", true, nil, "acme", nil))
+	after := e.publish(schema.OpCreate, e2eOrder(3, "paid", "2", true, nil, "acme", nil))
 	got := e2eEventsByID(t, e.e2eFlush(c)[0])
 	if ids := e2eIDs(got["s1"]); !slices.Equal(ids, []int{3}) {
 		t.Fatalf("s1 received rows %v, want [3] (nothing published before subscribing)", ids)
@@ -221,12 +221,12 @@ func TestE2ESubscribeSeq(t *testing.T) {
 
 	// The feed is running now: a second subscriber gets its position.
 	c2 := e.dial("/ws")
-	sub2 := c2.subscribe(map[string]any{"id": "s1", "table": "public.orders", "events": []string{EventCreate}})
+	sub2 := c2.subscribe(map[string]any{"id": "s1", "table": "public.orders", "events": []string{schema.OpCreate}})
 	if last := e.e2eStreamLast(); sub2.Seq != last {
 		t.Fatalf("second subscribed seq %d, want the stream position %d", sub2.Seq, last)
 	}
 	e2eMarkSub(c2)
-	next := e.publish(EventCreate, e2eOrder(4, "paid", "2", true, nil, "acme", nil))
+	next := e.publish(schema.OpCreate, e2eOrder(4, "paid", "2", true, nil, "acme", nil))
 	for i, frames := range e.e2eFlush(c, c2) {
 		got := e2eEventsByID(t, frames)
 		if len(got["s1"]) != 1 || got["s1"][0].Seq != next || e2eRowID(got["s1"][0]) != 4 {
@@ -242,12 +242,12 @@ func TestE2ESelect(t *testing.T) {
 	t.Parallel()
 	e := startGateway(t, nil)
 	c := e.dial("/ws")
-	c.subscribe(map[string]any{"id": "s1", "table": "public.orders", "events": []string{EventCreate, EventUpdate}})
+	c.subscribe(map[string]any{"id": "s1", "table": "public.orders", "events": []string{schema.OpCreate, schema.OpUpdate}})
 	e2eMarkSub(c)
 	// Another connection with a subscription of the same id and
 	// projection (they share encoded frames) is not affected by select.
 	other := e.dial("/ws")
-	other.subscribe(map[string]any{"id": "s1", "table": "public.orders", "events": []string{EventCreate, EventUpdate}})
+	other.subscribe(map[string]any{"id": "s1", "table": "public.orders", "events": []string{schema.OpCreate, schema.OpUpdate}})
 	e2eMarkSub(other)
 	all := []string{"created", "id", "notes", "paid", "status", "tenant", "total"}
 	var others []frame
@@ -259,7 +259,7 @@ func TestE2ESelect(t *testing.T) {
 	}
 	row := e2eOrder(1, "open", "19.90", false, "2026-01-01T00:00:00Z", "acme", "n")
 
-	first := e.publish(EventCreate, row)
+	first := e.publish(schema.OpCreate, row)
 	got := e2eEventsByID(t, flush())["s1"]
 	if len(got) != 1 || !slices.Equal(e2eKeys(got[0].event(), "data"), all) {
 		t.Fatalf("before select: %v", e2eRaws(got))
@@ -272,7 +272,7 @@ func TestE2ESelect(t *testing.T) {
 			resel.Seq, first, e.e2eStreamLast())
 	}
 	partial := map[string]any{"id": 1, "status": "paid", "total": "19.90", "paid": true, "created": "2026-01-01T00:00:00Z", "tenant": "acme"}
-	upd := e.publish(EventUpdate, partial, "old", `{"id":1,"status":"open","total":"19.90","paid":false,"created":"2026-01-01T00:00:00Z","tenant":"acme","notes":"n"}`,
+	upd := e.publish(schema.OpUpdate, partial, "old", `{"id":1,"status":"open","total":"19.90","paid":false,"created":"2026-01-01T00:00:00Z","tenant":"acme","notes":"n"}`,
 		"unchanged", `["notes"]`)
 	got = e2eEventsByID(t, flush())["s1"]
 	if len(got) != 1 || got[0].Seq != upd || got[0].Seq <= resel.Seq {
@@ -292,7 +292,7 @@ func TestE2ESelect(t *testing.T) {
 	// A selected unchanged column stays listed; the others go.
 	c.send(map[string]any{"type": "select", "id": "s1", "fields": []string{"id", "notes"}})
 	c.expect("subscribed", "s1")
-	e.publish(EventUpdate, partial, "unchanged", `["notes","tenant"]`)
+	e.publish(schema.OpUpdate, partial, "unchanged", `["notes","tenant"]`)
 	got = e2eEventsByID(t, flush())["s1"]
 	if len(got) != 1 {
 		t.Fatalf("after second select: %v", e2eRaws(got))
@@ -310,7 +310,7 @@ func TestE2ESelect(t *testing.T) {
 	if f := c.expectError(CodeInvalidSelect, "s1"); !contains(f.Message, "nope") {
 		t.Errorf("invalid_select message %q does not name the column", f.Message)
 	}
-	e.publish(EventCreate, row)
+	e.publish(schema.OpCreate, row)
 	got = e2eEventsByID(t, flush())["s1"]
 	if len(got) != 1 || !slices.Equal(e2eKeys(got[0].event(), "data"), []string{"id", "notes"}) {
 		t.Fatalf("after a refused select, want the projection [id notes] kept: %v", e2eRaws(got))
@@ -319,7 +319,7 @@ func TestE2ESelect(t *testing.T) {
 	// An empty list restores every column.
 	c.send(map[string]any{"type": "select", "id": "s1", "fields": []string{}})
 	c.expect("subscribed", "s1")
-	e.publish(EventCreate, row)
+	e.publish(schema.OpCreate, row)
 	got = e2eEventsByID(t, flush())["s1"]
 	if len(got) != 1 || !slices.Equal(e2eKeys(got[0].event(), "data"), all) {
 		t.Fatalf(`after "fields":[]: %v, want every column`, e2eRaws(got))
@@ -359,14 +359,14 @@ func TestE2EUnsubscribe(t *testing.T) {
 	c.send(map[string]any{"type": "subscribe", "id": "mark", "topic": "chat"})
 	c.expectError(CodeInvalidSubscription, "mark")
 
-	e.publish(EventCreate, e2eOrder(1, "open", "1", false, nil, nil, nil))
+	e.publish(schema.OpCreate, e2eOrder(1, "open", "1", false, nil, nil, nil))
 	if got := e2eEventsByID(t, e.e2eFlush(c)[0]); len(got["s1"]) != 1 {
 		t.Fatalf("s1 received %d events, want 1", len(got["s1"]))
 	}
 
 	c.send(map[string]any{"type": "unsubscribe", "id": "s1"})
 	c.expect("unsubscribed", "s1")
-	e.publish(EventCreate, e2eOrder(2, "open", "1", false, nil, nil, nil))
+	e.publish(schema.OpCreate, e2eOrder(2, "open", "1", false, nil, nil, nil))
 	if got := e.e2eFlush(c)[0]; len(got) != 0 {
 		t.Fatalf("frames after unsubscribe: %v", e2eRaws(got))
 	}
@@ -377,8 +377,8 @@ func TestE2EUnsubscribe(t *testing.T) {
 	c.expectError(CodeInvalidSubscription, "never")
 
 	// The id is free again, and the new subscription gets events.
-	c.subscribe(map[string]any{"id": "s1", "table": "public.orders", "events": []string{EventCreate}})
-	e.publish(EventCreate, e2eOrder(3, "open", "1", false, nil, nil, nil))
+	c.subscribe(map[string]any{"id": "s1", "table": "public.orders", "events": []string{schema.OpCreate}})
+	e.publish(schema.OpCreate, e2eOrder(3, "open", "1", false, nil, nil, nil))
 	if got := e2eEventsByID(t, e.e2eFlush(c)[0]); !slices.Equal(e2eIDs(got["s1"]), []int{3}) {
 		t.Fatalf("resubscribed s1 received %v, want [3]", e2eIDs(got["s1"]))
 	}
@@ -580,7 +580,7 @@ func TestE2EFilterOperators(t *testing.T) {
 		}
 	}
 	for _, r := range rows {
-		e.publish(EventCreate, r)
+		e.publish(schema.OpCreate, r)
 	}
 	got := map[string][]int{}
 	for _, frames := range e.e2eFlush(clients...) {
@@ -631,15 +631,15 @@ func TestE2EEventKinds(t *testing.T) {
 		where  map[string]any
 		want   []string
 	}{
-		{"upd", []string{EventUpdate}, nil, []string{"update:open", "update:paid"}},
-		{"cd", []string{EventCreate, EventDelete}, nil, []string{"create:paid", "delete:paid", "delete:open"}},
-		{"trunc-paid", []string{EventTruncate}, map[string]any{"status": map[string]any{"eq": "paid"}}, []string{"truncate:"}},
-		{"trunc-gt", []string{EventTruncate}, map[string]any{"total": map[string]any{"gt": "100"}}, []string{"truncate:"}},
+		{"upd", []string{schema.OpUpdate}, nil, []string{"update:open", "update:paid"}},
+		{"cd", []string{schema.OpCreate, schema.OpDelete}, nil, []string{"create:paid", "delete:paid", "delete:open"}},
+		{"trunc-paid", []string{schema.OpTruncate}, map[string]any{"status": map[string]any{"eq": "paid"}}, []string{"truncate:"}},
+		{"trunc-gt", []string{schema.OpTruncate}, map[string]any{"total": map[string]any{"gt": "100"}}, []string{"truncate:"}},
 		{"all-paid", nil, map[string]any{"status": map[string]any{"eq": "paid"}},
 			[]string{"create:paid", "update:paid", "delete:paid", "read:paid", "truncate:"}},
-		{"create-paid", []string{EventCreate}, map[string]any{"status": map[string]any{"eq": "paid"}}, []string{"create:paid"}},
-		{"upd-paid", []string{EventUpdate}, map[string]any{"status": map[string]any{"neq": "open"}}, []string{"update:paid"}},
-		{"del-paid", []string{EventDelete}, map[string]any{"status": map[string]any{"in": []string{"paid"}}}, []string{"delete:paid"}},
+		{"create-paid", []string{schema.OpCreate}, map[string]any{"status": map[string]any{"eq": "paid"}}, []string{"create:paid"}},
+		{"upd-paid", []string{schema.OpUpdate}, map[string]any{"status": map[string]any{"neq": "open"}}, []string{"update:paid"}},
+		{"del-paid", []string{schema.OpDelete}, map[string]any{"status": map[string]any{"in": []string{"paid"}}}, []string{"delete:paid"}},
 	}
 	for _, s := range subs {
 		msg := map[string]any{"id": s.id, "table": "public.orders"}
@@ -651,13 +651,13 @@ func TestE2EEventKinds(t *testing.T) {
 		}
 		c.subscribe(msg)
 	}
-	e.publish(EventCreate, e2eOrder(1, "paid", "1", true, nil, "acme", nil))
-	e.publish(EventUpdate, e2eOrder(1, "open", "1", true, nil, "acme", nil))
-	e.publish(EventUpdate, e2eOrder(1, "paid", "1", true, nil, "acme", nil))
-	e.publish(EventDelete, e2eOrder(1, "paid", "1", true, nil, "acme", nil))
-	e.publish(EventDelete, e2eOrder(2, "open", "1", true, nil, "acme", nil))
-	e.publish(EventRead, e2eOrder(3, "paid", "1", true, nil, "acme", nil))
-	e.publish(EventTruncate, nil)
+	e.publish(schema.OpCreate, e2eOrder(1, "paid", "1", true, nil, "acme", nil))
+	e.publish(schema.OpUpdate, e2eOrder(1, "open", "1", true, nil, "acme", nil))
+	e.publish(schema.OpUpdate, e2eOrder(1, "paid", "1", true, nil, "acme", nil))
+	e.publish(schema.OpDelete, e2eOrder(1, "paid", "1", true, nil, "acme", nil))
+	e.publish(schema.OpDelete, e2eOrder(2, "open", "1", true, nil, "acme", nil))
+	e.publish(schema.OpRead, e2eOrder(3, "paid", "1", true, nil, "acme", nil))
+	e.publish(schema.OpTruncate, nil)
 	got := e2eEventsByID(t, e.e2eFlush(c)[0])
 	for _, s := range subs {
 		if ops := e2eOps(got[s.id]); !slices.Equal(ops, s.want) {
@@ -666,10 +666,10 @@ func TestE2EEventKinds(t *testing.T) {
 	}
 
 	// A delete without old is matched on its key.
-	c.subscribe(map[string]any{"id": "key", "table": "public.orders", "events": []string{EventDelete},
+	c.subscribe(map[string]any{"id": "key", "table": "public.orders", "events": []string{schema.OpDelete},
 		"where": map[string]any{"id": map[string]any{"in": []int{12}}}})
-	e.publish(EventDelete, nil, "key", `{"id":12}`)
-	e.publish(EventDelete, nil, "key", `{"id":13}`)
+	e.publish(schema.OpDelete, nil, "key", `{"id":12}`)
+	e.publish(schema.OpDelete, nil, "key", `{"id":13}`)
 	var events []frame
 	for _, f := range e.e2eFlush(c)[0] {
 		if f.Type != "event" {
@@ -708,7 +708,7 @@ func TestE2EProjection(t *testing.T) {
 	e := startGateway(t, nil)
 	c := e.dial("/ws")
 	e2eMarkSub(c)
-	ev := []string{EventUpdate, EventDelete}
+	ev := []string{schema.OpUpdate, schema.OpDelete}
 	c.subscribe(map[string]any{"id": "p", "table": "public.orders", "events": ev, "select": []string{"status", "total"}})
 	c.subscribe(map[string]any{"id": "q", "table": "public.orders", "events": ev, "select": []string{"id", "notes"}})
 	c.subscribe(map[string]any{"id": "r", "table": "public.orders", "events": ev})
@@ -716,8 +716,8 @@ func TestE2EProjection(t *testing.T) {
 
 	data := map[string]any{"id": 7, "status": "paid", "total": "5.00", "paid": true, "created": "2026-01-01T00:00:00Z", "tenant": "acme"}
 	old := `{"id":7,"status":"open","total":"5.00","paid":false,"created":"2026-01-01T00:00:00Z","tenant":"acme","notes":"hello"}`
-	e.publish(EventUpdate, data, "old", old, "unchanged", `["notes"]`)
-	e.publish(EventDelete, e2eOrder(8, "open", "3", false, nil, "acme", "bye"))
+	e.publish(schema.OpUpdate, data, "old", old, "unchanged", `["notes"]`)
+	e.publish(schema.OpDelete, e2eOrder(8, "open", "3", false, nil, "acme", "bye"))
 	got := e2eEventsByID(t, e.e2eFlush(c)[0])
 	for _, id := range []string{"p", "q", "r", "empty"} {
 		if len(got[id]) != 2 {
@@ -783,33 +783,33 @@ func TestE2EURLSubscription(t *testing.T) {
 		cols  []string // data columns of every event; nil: all
 	}{
 		{"?events=create,update&select=id,status&status=eq.paid",
-			[]pub{{EventCreate, row(1, "paid", "1", nil)}, {EventCreate, row(2, "open", "1", nil)},
-				{EventUpdate, row(3, "paid", "1", nil)}, {EventDelete, row(4, "paid", "1", nil)},
-				{EventRead, row(5, "paid", "1", nil)}, {EventTruncate, nil}, {EventUpdate, row(6, "paid", "1", nil)}},
+			[]pub{{schema.OpCreate, row(1, "paid", "1", nil)}, {schema.OpCreate, row(2, "open", "1", nil)},
+				{schema.OpUpdate, row(3, "paid", "1", nil)}, {schema.OpDelete, row(4, "paid", "1", nil)},
+				{schema.OpRead, row(5, "paid", "1", nil)}, {schema.OpTruncate, nil}, {schema.OpUpdate, row(6, "paid", "1", nil)}},
 			[]string{"create:1", "update:3", "update:6"}, []string{"id", "status"}},
 		{"",
-			[]pub{{EventCreate, row(1, "paid", "1", nil)}, {EventTruncate, nil}, {EventDelete, row(2, "open", "1", nil)}},
+			[]pub{{schema.OpCreate, row(1, "paid", "1", nil)}, {schema.OpTruncate, nil}, {schema.OpDelete, row(2, "open", "1", nil)}},
 			[]string{"create:1", "truncate:-1", "delete:2"}, nil},
 		{"?id=in.(2,4)&events=create",
-			[]pub{{EventCreate, row(1, "a", "1", nil)}, {EventCreate, row(2, "a", "1", nil)},
-				{EventUpdate, row(4, "a", "1", nil)}, {EventCreate, row(3, "a", "1", nil)}, {EventCreate, row(4, "a", "1", nil)}},
+			[]pub{{schema.OpCreate, row(1, "a", "1", nil)}, {schema.OpCreate, row(2, "a", "1", nil)},
+				{schema.OpUpdate, row(4, "a", "1", nil)}, {schema.OpCreate, row(3, "a", "1", nil)}, {schema.OpCreate, row(4, "a", "1", nil)}},
 			[]string{"create:2", "create:4"}, nil},
 		{`?status=in.("a,b",open)&select=`,
-			[]pub{{EventCreate, row(1, "a,b", "1", nil)}, {EventCreate, row(2, "a", "1", nil)},
-				{EventCreate, row(3, "paid", "1", nil)}, {EventCreate, row(4, "open", "1", nil)}},
+			[]pub{{schema.OpCreate, row(1, "a,b", "1", nil)}, {schema.OpCreate, row(2, "a", "1", nil)},
+				{schema.OpCreate, row(3, "paid", "1", nil)}, {schema.OpCreate, row(4, "open", "1", nil)}},
 			[]string{"create:1", "create:4"}, nil},
 		{"?status=nin.(open)&notes=is.null",
-			[]pub{{EventCreate, row(1, "paid", "1", nil)}, {EventCreate, row(2, "open", "1", nil)},
-				{EventCreate, row(3, "paid", "1", "x")}, {EventCreate, row(4, "shipped", "1", nil)}},
+			[]pub{{schema.OpCreate, row(1, "paid", "1", nil)}, {schema.OpCreate, row(2, "open", "1", nil)},
+				{schema.OpCreate, row(3, "paid", "1", "x")}, {schema.OpCreate, row(4, "shipped", "1", nil)}},
 			[]string{"create:1", "create:4"}, nil},
 		{"?total=gt.9.5&total=lt.100",
-			[]pub{{EventCreate, row(1, "a", "9.5", nil)}, {EventCreate, row(2, "a", "10", nil)},
-				{EventCreate, row(3, "a", "100.0", nil)}, {EventCreate, row(4, "a", nil, nil)}, {EventCreate, row(5, "a", "99.99", nil)}},
+			[]pub{{schema.OpCreate, row(1, "a", "9.5", nil)}, {schema.OpCreate, row(2, "a", "10", nil)},
+				{schema.OpCreate, row(3, "a", "100.0", nil)}, {schema.OpCreate, row(4, "a", nil, nil)}, {schema.OpCreate, row(5, "a", "99.99", nil)}},
 			[]string{"create:2", "create:5"}, nil},
 		{"?created=gte." + url.QueryEscape("2026-01-01T01:00:00+01:00") + "&paid=is.true&select=id",
-			[]pub{{EventCreate, e2eOrder(1, "a", "1", true, "2025-12-31T23:00:00Z", "acme", nil)},
-				{EventCreate, e2eOrder(2, "a", "1", false, "2026-01-01T00:00:00Z", "acme", nil)},
-				{EventCreate, e2eOrder(3, "a", "1", true, "2026-01-01T00:00:00Z", "acme", nil)}},
+			[]pub{{schema.OpCreate, e2eOrder(1, "a", "1", true, "2025-12-31T23:00:00Z", "acme", nil)},
+				{schema.OpCreate, e2eOrder(2, "a", "1", false, "2026-01-01T00:00:00Z", "acme", nil)},
+				{schema.OpCreate, e2eOrder(3, "a", "1", true, "2026-01-01T00:00:00Z", "acme", nil)}},
 			[]string{"create:3"}, []string{"id"}},
 	}
 	for _, tc := range cases {
@@ -883,7 +883,7 @@ func TestE2ECustomTopics(t *testing.T) {
 	e := startGateway(t, nil)
 	// A row change first, so that purging a topic's messages never moves
 	// the stream's first sequence.
-	e.publish(EventCreate, e2eOrder(1, "open", "1", false, nil, nil, nil))
+	e.publish(schema.OpCreate, e2eOrder(1, "open", "1", false, nil, nil, nil))
 	a := e.dial("/ws")
 	b := e.dial("/ws")
 
@@ -1137,7 +1137,7 @@ func TestE2EFilterFailureContained(t *testing.T) {
 	e := startGateway(t, nil)
 	c := e.dial("/ws")
 	e2eMarkSub(c)
-	ev := []string{EventCreate}
+	ev := []string{schema.OpCreate}
 	c.subscribe(map[string]any{"id": "notes-eq", "table": "public.orders", "events": ev, "where": map[string]any{"notes": map[string]any{"eq": "x"}}})
 	c.subscribe(map[string]any{"id": "notes-neq", "table": "public.orders", "events": ev, "where": map[string]any{"notes": map[string]any{"neq": "zzz"}}})
 	c.subscribe(map[string]any{"id": "paid", "table": "public.orders", "events": ev, "where": map[string]any{"status": map[string]any{"eq": "paid"}}})
@@ -1146,7 +1146,7 @@ func TestE2EFilterFailureContained(t *testing.T) {
 	e2eMarkSub(c2)
 	c2.subscribe(map[string]any{"id": "other", "table": "public.orders", "events": ev})
 
-	e.publish(EventCreate, e2eOrder(1, "paid", "1", true, nil, "acme", "x"))
+	e.publish(schema.OpCreate, e2eOrder(1, "paid", "1", true, nil, "acme", "x"))
 	for i, frames := range e.e2eFlush(c, c2) {
 		if got := e2eEventsByID(t, frames); len(got) != 4-3*i {
 			t.Fatalf("client %d before the shape change: %v", i+1, e2eRaws(frames))
@@ -1159,7 +1159,7 @@ func TestE2EFilterFailureContained(t *testing.T) {
 	shape.Version = 2
 	shape.Columns = slices.DeleteFunc(shape.Columns, func(col schema.ShapeColumn) bool { return col.Name == "notes" })
 	e.putShape(shape)
-	bad := e.publish(EventCreate, map[string]any{"id": 2, "status": "paid", "total": "1", "paid": true, "created": nil, "tenant": "acme"})
+	bad := e.publish(schema.OpCreate, map[string]any{"id": 2, "status": "paid", "total": "1", "paid": true, "created": nil, "tenant": "acme"})
 
 	frames := e.e2eFlush(c, c2)
 	failed := map[string]frame{}
@@ -1198,7 +1198,7 @@ func TestE2EFilterFailureContained(t *testing.T) {
 	}
 
 	// The failing subscriptions stay: an event they can evaluate arrives.
-	e.publish(EventCreate, e2eOrder(3, "open", "1", true, nil, "acme", "x"))
+	e.publish(schema.OpCreate, e2eOrder(3, "open", "1", true, nil, "acme", "x"))
 	got = e2eEventsByID(t, e.e2eFlush(c)[0])
 	for _, id := range []string{"notes-eq", "notes-neq", "plain"} {
 		if !slices.Equal(e2eIDs(got[id]), []int{3}) {
@@ -1706,7 +1706,7 @@ func (e *testEnv) e2ePublishRaw(id int, data string) uint64 {
 	eid := fmt.Sprintf("%016X-%04X", n, 1)
 	env := fmt.Sprintf(`{"id":%q,"op":"create","db":%q,"schema":"public","table":"orders","lsn":"0/1","xid":%d,`+
 		`"commit_time":"2026-11-22T07:00:00Z","key":{"id":%d},"data":%s}`, eid, testDB, n, id, data)
-	return e.publishRaw(stream.ChangeSubject("tablecast", testDB, "public", "orders", EventCreate), eid, []byte(env))
+	return e.publishRaw(stream.ChangeSubject("tablecast", testDB, "public", "orders", schema.OpCreate), eid, []byte(env))
 }
 
 // TestE2EFilterEscapedText: text values are compared by their decoded

@@ -3,10 +3,12 @@ package wsgate
 import (
 	"encoding/json"
 	"net/url"
+	"reflect"
 	"strings"
 	"testing"
 
-	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/internal/jsonx"
+	"github.com/tablecast/tablecast/internal/query"
 )
 
 // Seeds are both here (so plain `go test` runs them) and under
@@ -99,17 +101,22 @@ func FuzzParseURLSubscription(f *testing.F) {
 			return
 		}
 		var where map[string]map[string]any
-		if err := json.Unmarshal(sub.Where, &where); err != nil {
+		if err := json.Unmarshal([]byte(sub.Where.String()), &where); err != nil {
 			t.Fatalf("where %s: %v", sub.Where, err)
 		}
-		// The same where must be accepted by the JSON protocol.
+		// The same where must be accepted by the JSON protocol, and read
+		// as the same where.
 		frame := []byte(`{"type":"subscribe","id":"u","table":`)
-		frame = schema.AppendString(frame, sub.Table)
+		frame = jsonx.AppendString(frame, sub.Table)
 		frame = append(frame, `,"where":`...)
-		frame = append(frame, sub.Where...)
+		frame = sub.Where.AppendJSON(frame)
 		frame = append(frame, '}')
-		if _, perr := DecodeClientMessage(frame); perr != nil {
+		m, perr := DecodeClientMessage(frame)
+		if perr != nil {
 			t.Fatalf("protocol refuses the URL's subscription %s: %v", frame, perr)
+		}
+		if w, err := query.ParseWhere(m.Where); err != nil || !reflect.DeepEqual(w, sub.Where) {
+			t.Fatalf("the message's where %s (%v) is not the URL's %s", w, err, sub.Where)
 		}
 	})
 }

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/internal/jsonx"
 )
 
 func u64(n uint64) *uint64 { return &n }
@@ -445,7 +445,7 @@ func replaceInvalidUTF8(s string) string {
 
 func TestAppendFrameStringMatchesEncodingJSON(t *testing.T) {
 	for _, s := range []string{"a\"b\\c", "\x01\x1f", "\u2028x\u2029", "\xff", "é\xc3(", "\xf0\x9f\x98"} {
-		got := schema.AppendString(nil, s)
+		got := jsonx.AppendString(nil, s)
 		var back string
 		if err := json.Unmarshal(got, &back); err != nil {
 			t.Fatalf("%q → %s: %v", s, got, err)
@@ -454,10 +454,10 @@ func TestAppendFrameStringMatchesEncodingJSON(t *testing.T) {
 			t.Errorf("%q → %s → %q, want %q", s, got, back, want)
 		}
 	}
-	if got := string(schema.AppendString(nil, "\x00\n")); got != `"\u0000\n"` {
+	if got := string(jsonx.AppendString(nil, "\x00\n")); got != `"\u0000\n"` {
 		t.Errorf("got %s", got)
 	}
-	if got := string(schema.AppendString(nil, "\u2028")); got != `"\u2028"` {
+	if got := string(jsonx.AppendString(nil, "\u2028")); got != `"\u2028"` {
 		t.Errorf("got %s", got)
 	}
 }

@@ -88,7 +88,7 @@ func TestUpgradeRefusedUntilCatalogLoaded(t *testing.T) {
 func TestStartAfterWaitsForTheRegistry(t *testing.T) {
 	after := make(chan struct{})
 	e := startGatewayLoading(t, func(c *Config) { c.StartAfter = after })
-	e.waitFor("the catalog loaded", func() bool { return e.gw.cat.table("public", "orders") != nil })
+	e.waitFor("the catalog loaded", func() bool { return e.gw.cat.Table("public", "orders") != nil })
 	e.expectNotReady("/ws")
 	// The reader registers its tables, then lets the gateway go.
 	reg, err := stream.OpenRegistry(testCtx(t), e.nats.JS, "", 1)

@@ -5,11 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tablecast/tablecast/internal/query"
+	"github.com/tablecast/tablecast/schema"
 )
 
 var (
@@ -211,7 +212,8 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) error {
 		return nil
 	}
 	pos := from // every message of the subject up to pos is sent (or unwanted)
-	var env, row, claimEnv Row
+	var ev query.Event
+	var claimEnv query.Row
 	msgs := make([]jetstream.Msg, 0, replayBatch)
 	metas := make([]*jetstream.MsgMetadata, 0, replayBatch)
 	for {
@@ -273,7 +275,7 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) error {
 			if s.topic == "" {
 				data = g.resolve(msg.Subject(), seq, data, &claimEnv)
 			}
-			if frame := s.historyFrame(seq, msg.Subject(), data, &env, &row); frame != nil {
+			if frame := s.historyFrame(seq, msg.Subject(), data, &ev); frame != nil {
 				if s.done.Load() {
 					return errSubEnded
 				}
@@ -342,25 +344,17 @@ func (rc *replayCheck) batch(ctx context.Context, pending uint64) error {
 func (rc *replayCheck) clean(pos uint64) bool { return rc.exact || rc.first <= pos+1 }
 
 // historyFrame renders one message of the history for s, or nil when s
-// does not want it.
-func (s *sub) historyFrame(seq uint64, subject string, data []byte, env, row *Row) []byte {
+// does not want it. ev is scratch for indexing the event.
+func (s *sub) historyFrame(seq uint64, subject string, data []byte, ev *query.Event) []byte {
 	if s.topic != "" {
 		return encodeMessage(s.id, s.topic, seq, topicPayload(data))
 	}
-	bit := opBit(subjectOp(subject))
-	if bit == 0 || env.Reset(data) != nil {
+	bit := schema.OpBit(subjectOp(subject))
+	if bit == 0 || ev.Reset(bit, data) != nil {
 		return nil
 	}
-	hasRow := eventRow(env, row, bit)
-	var old *Row
-	hasOld := false
-	if bit == bitUpdate {
-		old = oldRows.Get().(*Row)
-		defer oldRows.Put(old)
-		hasOld = oldRow(env, old)
-	}
-	view, ok, err := s.decide(bit, row, hasRow, old, hasOld)
-	if err == errWithheld {
+	view, ok, err := s.selector().Decide(ev)
+	if err == query.ErrWithheld {
 		return nil
 	}
 	if err != nil {
@@ -370,8 +364,6 @@ func (s *sub) historyFrame(seq uint64, subject string, data []byte, env, row *Ro
 	if !ok {
 		return nil
 	}
+	row, _ := ev.Row()
 	return encodeEvent(s.id, s.proj.Load(), seq, data, view, row)
 }
-
-// oldRows are the scratch Rows historyFrame indexes an update's old row in.
-var oldRows = sync.Pool{New: func() any { return new(Row) }}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // TestSlowConsumerGetsCloseFrame: a client that stops reading is closed
@@ -56,7 +58,7 @@ func TestSlowConsumerGetsCloseFrame(t *testing.T) {
 				if i > 20000 {
 					t.Fatalf("%d events of 8 KiB published and the client is still connected", i-1)
 				}
-				e.publish(EventCreate, map[string]any{"id": i, "status": "open", "notes": notes})
+				e.publish(schema.OpCreate, map[string]any{"id": i, "status": "open", "notes": notes})
 			}
 			if n := e.metric(e.gw.met.slowCloses); n != 1 {
 				t.Errorf("slow consumer closes counted: %v, want 1", n)

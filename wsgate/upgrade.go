@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tablecast/tablecast/internal/connlimit"
+	"github.com/tablecast/tablecast/schema"
 )
 
 // The first request of every connection is read here, before anything is
@@ -210,7 +211,7 @@ func parseUpgradeRequest(head []byte) (*upgradeRequest, *httpError) {
 		}
 		value = bytes.Trim(value, " \t")
 		if !validFieldValue(value) {
-			return nil, errStatus(400, "control character in header "+quoteShort(string(name)))
+			return nil, errStatus(400, "control character in header "+schema.QuoteName(string(name)))
 		}
 		switch {
 		case asciiEqualFold(name, "Host"):

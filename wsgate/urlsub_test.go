@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/tablecast/tablecast/internal/query"
 )
 
 func TestParseURLSubscription(t *testing.T) {
@@ -21,7 +23,7 @@ func TestParseURLSubscription(t *testing.T) {
 			"events=create,update&select=id,status&status=eq.paid&total=gte.10&id=in.(1,2,3)&deleted_at=is.null&from=1234",
 			URLSubscription{Table: "public.orders", Events: []string{"create", "update"}, Select: []string{"id", "status"},
 				From:  u64(1234),
-				Where: json.RawMessage(`{"deleted_at":{"is":"null"},"id":{"in":["1","2","3"]},"status":{"eq":"paid"},"total":{"gte":"10"}}`)}},
+				Where: whereOf(`{"deleted_at":{"is":"null"},"id":{"in":["1","2","3"]},"status":{"eq":"paid"},"total":{"gte":"10"}}`)}},
 		{"percent-encoded path", "/ws/tables/my%20schema.%C3%B6rders%2Fv2", "",
 			URLSubscription{Table: "my schema.örders/v2"}},
 		{"dots in a quoted table part", "/ws/tables/s.%22t.v2%22", "", URLSubscription{Table: `s."t.v2"`}},
@@ -35,26 +37,26 @@ func TestParseURLSubscription(t *testing.T) {
 		{"from zero", "/ws/tables/a.b", "from=0", URLSubscription{Table: "a.b", From: u64(0)}},
 		{"every operator", "/ws/tables/a.b",
 			"c1=eq.1&c2=neq.2&c3=lt.3&c4=lte.4&c5=gt.5&c6=gte.6&c7=in.(7)&c8=nin.(8,9)&c9=is.not_null",
-			URLSubscription{Table: "a.b", Where: json.RawMessage(`{"c1":{"eq":"1"},"c2":{"neq":"2"},"c3":{"lt":"3"},` +
+			URLSubscription{Table: "a.b", Where: whereOf(`{"c1":{"eq":"1"},"c2":{"neq":"2"},"c3":{"lt":"3"},` +
 				`"c4":{"lte":"4"},"c5":{"gt":"5"},"c6":{"gte":"6"},"c7":{"in":["7"]},"c8":{"nin":["8","9"]},"c9":{"is":"not_null"}}`)}},
 		{"value keeps dots and is a string", "/ws/tables/a.b", "ip=eq.10.0.0.1&price=gt.-1.5e3",
-			URLSubscription{Table: "a.b", Where: json.RawMessage(`{"ip":{"eq":"10.0.0.1"},"price":{"gt":"-1.5e3"}}`)}},
-		{"empty value", "/ws/tables/a.b", "note=eq.", URLSubscription{Table: "a.b", Where: json.RawMessage(`{"note":{"eq":""}}`)}},
+			URLSubscription{Table: "a.b", Where: whereOf(`{"ip":{"eq":"10.0.0.1"},"price":{"gt":"-1.5e3"}}`)}},
+		{"empty value", "/ws/tables/a.b", "note=eq.", URLSubscription{Table: "a.b", Where: whereOf(`{"note":{"eq":""}}`)}},
 		{"value with quotes and unicode", "/ws/tables/a.b", `name=eq."O'Brien"+é`,
-			URLSubscription{Table: "a.b", Where: json.RawMessage(`{"name":{"eq":"\"O'Brien\" é"}}`)}},
+			URLSubscription{Table: "a.b", Where: whereOf(`{"name":{"eq":"\"O'Brien\" é"}}`)}},
 		{"repeated column ANDs", "/ws/tables/a.b", "total=gte.10&total=lt.100",
-			URLSubscription{Table: "a.b", Where: json.RawMessage(`{"total":{"gte":"10","lt":"100"}}`)}},
+			URLSubscription{Table: "a.b", Where: whereOf(`{"total":{"gte":"10","lt":"100"}}`)}},
 		{"in and nin on one column", "/ws/tables/a.b", "s=in.(a,b)&s=nin.(b)",
-			URLSubscription{Table: "a.b", Where: json.RawMessage(`{"s":{"in":["a","b"],"nin":["b"]}}`)}},
+			URLSubscription{Table: "a.b", Where: whereOf(`{"s":{"in":["a","b"],"nin":["b"]}}`)}},
 		{"in with quoted items", "/ws/tables/a.b", `s=in.(a,"c,d","",e)`,
-			URLSubscription{Table: "a.b", Where: json.RawMessage(`{"s":{"in":["a","c,d","","e"]}}`)}},
+			URLSubscription{Table: "a.b", Where: whereOf(`{"s":{"in":["a","c,d","","e"]}}`)}},
 		{"in with escapes inside quotes", "/ws/tables/a.b", `s=in.("say \"hi\"","back\\slash","a)b")`,
-			URLSubscription{Table: "a.b", Where: json.RawMessage(`{"s":{"in":["say \"hi\"","back\\slash","a)b"]}}`)}},
-		{"column named or", "/ws/tables/a.b", "or=eq.1", URLSubscription{Table: "a.b", Where: json.RawMessage(`{"or":{"eq":"1"}}`)}},
-		{"in empty items", "/ws/tables/a.b", "s=nin.(,)", URLSubscription{Table: "a.b", Where: json.RawMessage(`{"s":{"nin":["",""]}}`)}},
-		{"in trailing comma", "/ws/tables/a.b", "s=in.(a,)", URLSubscription{Table: "a.b", Where: json.RawMessage(`{"s":{"in":["a",""]}}`)}},
+			URLSubscription{Table: "a.b", Where: whereOf(`{"s":{"in":["say \"hi\"","back\\slash","a)b"]}}`)}},
+		{"column named or", "/ws/tables/a.b", "or=eq.1", URLSubscription{Table: "a.b", Where: whereOf(`{"or":{"eq":"1"}}`)}},
+		{"in empty items", "/ws/tables/a.b", "s=nin.(,)", URLSubscription{Table: "a.b", Where: whereOf(`{"s":{"nin":["",""]}}`)}},
+		{"in trailing comma", "/ws/tables/a.b", "s=in.(a,)", URLSubscription{Table: "a.b", Where: whereOf(`{"s":{"in":["a",""]}}`)}},
 		{"column that needs escaping", "/ws/tables/a.b", "we%22ird%0Acol=eq.x",
-			URLSubscription{Table: "a.b", Where: json.RawMessage(`{"we\"ird\ncol":{"eq":"x"}}`)}},
+			URLSubscription{Table: "a.b", Where: whereOf(`{"we\"ird\ncol":{"eq":"x"}}`)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -66,8 +68,11 @@ func TestParseURLSubscription(t *testing.T) {
 			if perr != nil {
 				t.Fatalf("error %v", perr)
 			}
-			if got.Where != nil && !json.Valid(got.Where) {
+			if got.Where != nil && !json.Valid([]byte(got.Where.String())) {
 				t.Fatalf("Where is not valid JSON: %s", got.Where)
+			}
+			if got.Where.String() != tt.want.Where.String() {
+				t.Errorf("where got  %s\nwhere want %s", got.Where, tt.want.Where)
 			}
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("got  %+v\nwant %+v\nwhere got  %s\nwhere want %s", got, tt.want, got.Where, tt.want.Where)
@@ -174,13 +179,16 @@ func TestURLWhereMatchesProtocol(t *testing.T) {
 	if perr != nil {
 		t.Fatal(perr)
 	}
-	frame := `{"type":"subscribe","id":"s1","table":"public.orders","where":` + string(sub.Where) + `}`
+	frame := `{"type":"subscribe","id":"s1","table":"public.orders","where":` + sub.Where.String() + `}`
 	m, perr := DecodeClientMessage([]byte(frame))
 	if perr != nil {
 		t.Fatal(perr)
 	}
+	if w, err := query.ParseWhere(m.Where); err != nil || !reflect.DeepEqual(w, sub.Where) {
+		t.Errorf("the message's where is %s (%v), not the URL's %s", w, err, sub.Where)
+	}
 	var a, b any
-	if err := json.Unmarshal(sub.Where, &a); err != nil {
+	if err := json.Unmarshal([]byte(sub.Where.String()), &a); err != nil {
 		t.Fatal(err)
 	}
 	if err := json.Unmarshal(m.Where, &b); err != nil {
@@ -195,7 +203,16 @@ func TestURLWhereMatchesProtocol(t *testing.T) {
 	if !reflect.DeepEqual(a, want) || !reflect.DeepEqual(b, want) {
 		t.Errorf("URL where %v, message where %v, want %v", a, b, want)
 	}
-	if strings.Contains(string(sub.Where), " ") {
+	if strings.Contains(sub.Where.String(), " ") {
 		t.Errorf("where not compact: %s", sub.Where)
 	}
+}
+
+// whereOf is the where of a JSON where object.
+func whereOf(where string) *query.Where {
+	w, err := query.ParseWhere(json.RawMessage(where))
+	if err != nil {
+		panic(err)
+	}
+	return w
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tablecast/tablecast/cdc"
+	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/stream"
 	"github.com/tablecast/tablecast/wsgate"
 )
@@ -64,7 +65,7 @@ type Config struct {
 	MaxInFlight     int           `envconfig:"MAX_IN_FLIGHT" default:"8192" desc:"events published but not yet acknowledged by JetStream, at most"`
 	MaxEventBytes   int           `envconfig:"MAX_EVENT_BYTES" default:"67108864" desc:"largest event published whole; one larger than NATS's max payload goes to the TABLECAST_PAYLOADS object store with a claim in the stream, one larger than this is published without its rows and dead-lettered"`
 
-	HTTPAddr      string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"gateway address: WebSocket /ws, the page at /, /healthz, /readyz and /metrics"`
+	HTTPAddr      string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"gateway address: WebSocket /ws, the page at /, the JavaScript client at /tablecast.js, /healthz, /readyz and /metrics"`
 	StallAfter    time.Duration `envconfig:"STALL_AFTER" default:"60s" desc:"unhealthy when the slot has not advanced for this long while lagging STALL_LAG_BYTES"`
 	StallLagBytes int64         `envconfig:"STALL_LAG_BYTES" default:"16777216" desc:"WAL lag in bytes that counts as stalled after STALL_AFTER"`
 	Snapshot      string        `envconfig:"SNAPSHOT" default:"initial" desc:"when the slot is created: initial publishes the rows already there as op read, never does not"`
@@ -282,6 +283,7 @@ func checkDatabaseURL(dsn string) error {
 
 func (c Config) cdcConfig() cdc.Config {
 	return cdc.Config{
+		SettingName:   variableOf,
 		DatabaseURL:   c.DatabaseURL,
 		Publication:   c.Publication,
 		Tables:        c.Tables,
@@ -302,7 +304,7 @@ func (c Config) cdcConfig() cdc.Config {
 	}
 }
 
-// authVariables names the variable each field of wsgate.AuthConfig comes
+// authVariables names the variable each field of auth.Config comes
 // from, for its errors.
 var authVariables = map[string]string{
 	"JWTSecret":       "TABLECAST_JWT_SECRET",
@@ -317,8 +319,8 @@ var authVariables = map[string]string{
 // and anonymous grants variables; with none of them, clients are
 // anonymous with every grant, which is refused off loopback unless
 // TABLECAST_ALLOW_ANONYMOUS is set.
-func (c Config) authenticator(log *slog.Logger) (*wsgate.Authenticator, error) {
-	ac := wsgate.AuthConfig{JWTSecret: []byte(c.JWTSecret), JWTKeysFile: c.JWTKeys, Audience: c.JWTAudience, Issuer: c.JWTIssuer,
+func (c Config) authenticator(log *slog.Logger) (*auth.Authenticator, error) {
+	ac := auth.Config{JWTSecret: []byte(c.JWTSecret), JWTKeysFile: c.JWTKeys, Audience: c.JWTAudience, Issuer: c.JWTIssuer,
 		AllowNoSubject: c.JWTAllowNoSubject, APIKeysFile: c.APIKeysFile, Logger: log}
 	if g := strings.TrimSpace(c.AnonymousGrants); g != "" {
 		data := []byte(g)
@@ -329,21 +331,21 @@ func (c Config) authenticator(log *slog.Logger) (*wsgate.Authenticator, error) {
 			}
 		}
 		var err error
-		if ac.AnonymousGrants, err = wsgate.ParseGrants(data); err != nil {
+		if ac.AnonymousGrants, err = auth.ParseGrants(data); err != nil {
 			return nil, fmt.Errorf("TABLECAST_ANONYMOUS_GRANTS: %w", err)
 		}
 	}
-	auth, err := wsgate.NewAuthenticator(ac)
+	authn, err := auth.New(ac)
 	if err != nil {
 		return nil, nameAuthErrors(err)
 	}
-	if !auth.Enabled() && !c.AllowAnonymous && !loopback(c.HTTPAddr) {
+	if !authn.Enabled() && !c.AllowAnonymous && !loopback(c.HTTPAddr) {
 		return nil, fmt.Errorf("TABLECAST_HTTP_ADDR %s is not a loopback address and no authentication is configured: set TABLECAST_JWT_SECRET, TABLECAST_JWT_KEYS or TABLECAST_API_KEYS_FILE, or TABLECAST_ALLOW_ANONYMOUS=true to let anyone in", c.HTTPAddr)
 	}
-	return auth, nil
+	return authn, nil
 }
 
-// nameAuthErrors names the variable of each wsgate.ConfigError of err.
+// nameAuthErrors names the variable of each auth.ConfigError of err.
 func nameAuthErrors(err error) error {
 	errs := []error{err}
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
@@ -351,7 +353,7 @@ func nameAuthErrors(err error) error {
 	}
 	out := make([]error, 0, len(errs))
 	for _, e := range errs {
-		var ce *wsgate.ConfigError
+		var ce *auth.ConfigError
 		if errors.As(e, &ce) && authVariables[ce.Field] != "" {
 			e = fmt.Errorf("%s: %w", authVariables[ce.Field], ce.Err)
 		}
@@ -373,9 +375,9 @@ func loopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer, auth *wsgate.Authenticator) wsgate.Config {
+func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer, authn *auth.Authenticator) wsgate.Config {
 	return wsgate.Config{
-		Auth:                      auth,
+		Auth:                      authn,
 		Prefix:                    c.SubjectPrefix,
 		Stream:                    c.Stream,
 		Replicas:                  c.StreamReplicas,
@@ -445,6 +447,7 @@ Usage:
   tablecast snapshot schema.table  ask the running reader, over NATS, to snapshot one table (op read) while it streams
   tablecast slot status            the replication slot: holder, LSNs, lag, retained WAL, wal_status
   tablecast slot drop [--force]    drop the replication slot; --force terminates the process holding it first
+  tablecast healthcheck [--ready]  ask the running tablecast on TABLECAST_HTTP_ADDR for /healthz (/readyz); exit 0 when it answers 200
   tablecast help                   this text
   tablecast version                version and build information
 

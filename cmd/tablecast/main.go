@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"reflect"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -63,22 +64,44 @@ func main() {
 	}
 }
 
-// describe is err's message, with the variable a cdc.ConfigError is
-// about named in front of its part: library packages speak of Config
-// fields, users of environment variables.
+// describe is err's message, with every cdc.ConfigError in it naming its
+// environment variable where it names a Config field: library packages
+// speak of Config fields, users of environment variables.
 func describe(err error) string {
 	msg := err.Error()
-	var ce *cdc.ConfigError
-	if errors.As(err, &ce) {
-		if v, ok := fieldVariables[ce.Field()]; ok {
-			msg = strings.Replace(msg, ce.Error(), v+": "+ce.Error(), 1)
+	var walk func(error)
+	walk = func(e error) {
+		if ce, ok := e.(*cdc.ConfigError); ok && ce.Field() != "" {
+			if v := variableOf(ce.Field()); v != "" {
+				msg = strings.Replace(msg, ce.Error(), v+": "+ce.Problem(), 1)
+			}
+			return
+		}
+		switch u := e.(type) {
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				walk(e)
+			}
+		case interface{ Unwrap() error }:
+			if e := u.Unwrap(); e != nil {
+				walk(e)
+			}
 		}
 	}
+	walk(err)
 	return msg
 }
 
-// fieldVariables maps cdc.Config fields to their environment variables.
-var fieldVariables = map[string]string{"Tables": envPrefix + "_TABLES"}
+// variableOf names the environment variable of the Config field with the
+// given name (cdc.Config's fields carry the same names as the ones they
+// come from), or "" when there is none.
+func variableOf(field string) string {
+	f, ok := reflect.TypeFor[Config]().FieldByName(field)
+	if !ok || f.Tag.Get("envconfig") == "" {
+		return ""
+	}
+	return envPrefix + "_" + f.Tag.Get("envconfig")
+}
 
 type usageError struct{ msg string }
 
@@ -138,6 +161,12 @@ func dispatch(ctx context.Context, args []string) error {
 			return err
 		}
 		return snapshotCmd(ctx, cfg, args[1:], os.Stdout)
+	case "healthcheck":
+		cfg, err := loadConfig()
+		if err != nil {
+			return err
+		}
+		return healthcheck(ctx, cfg, args[1:], os.Stdout)
 	case "slot":
 		cmd, err := parseSlotArgs(args[1:])
 		if err != nil {

@@ -305,8 +305,17 @@ func setWalLevel(t *testing.T, c *pgtest.Cluster, conn *pgx.Conn, level string) 
 	}
 }
 
+// lastLine is the line the process ended with: its last "tablecast: …"
+// line (how main reports an error), or its last line when it has none. A
+// log line written by a connection's close handler may land after the
+// error line, so the error line is looked for rather than taken as last.
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], "tablecast: ") {
+			return lines[i]
+		}
+	}
 	return lines[len(lines)-1]
 }
 

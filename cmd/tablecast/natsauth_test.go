@@ -3,17 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/internal/testcert"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -229,39 +224,6 @@ func TestNATSCredentials(t *testing.T) {
 	}
 }
 
-// certFor writes a self-signed certificate for name (and not for
-// 127.0.0.1) and its key, and returns their paths and a pool trusting it.
-func certFor(t *testing.T, name string) (certFile, keyFile string, pool *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "nats-cert.pem"), filepath.Join(dir, "nats-key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return certFile, keyFile, pool
-}
-
 // TestStreamRetentionDefaults: the stream is bounded by default, in time
 // and in size, and its size follows the store so that it always fits.
 func TestStreamRetentionDefaults(t *testing.T) {
@@ -292,4 +254,10 @@ func TestStreamRetentionDefaults(t *testing.T) {
 	if c, err = loadConfig(); err != nil || c.streamConfig().MaxBytes != -1 {
 		t.Fatalf("unlimited on an external NATS: max bytes %d, %v", c.streamConfig().MaxBytes, err)
 	}
+}
+
+// certFor is a certificate for name (and not for 127.0.0.1).
+func certFor(t *testing.T, name string) (certFile, keyFile string, pool *x509.CertPool) {
+	c := testcert.New(t, name)
+	return c.CertFile, c.KeyFile, c.Pool
 }

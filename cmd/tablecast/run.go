@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tablecast/tablecast/cdc"
+	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/internal/connlimit"
 	"github.com/tablecast/tablecast/stream"
 	"github.com/tablecast/tablecast/wsgate"
@@ -33,10 +34,10 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	if withReader && cfg.DatabaseURL == "" {
 		return errors.New("TABLECAST_DATABASE_URL is empty: set it to a PostgreSQL connection string (make run supplies a local one)")
 	}
-	var auth *wsgate.Authenticator
+	var authn *auth.Authenticator
 	if withGateway {
 		var err error
-		if auth, err = cfg.authenticator(log.With("component", "gateway")); err != nil {
+		if authn, err = cfg.authenticator(log.With("component", "gateway")); err != nil {
 			return err
 		}
 	}
@@ -81,7 +82,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	}
 	var gw *wsgate.Gateway
 	if withGateway {
-		gcfg := cfg.gatewayConfig(log, reg, auth)
+		gcfg := cfg.gatewayConfig(log, reg, authn)
 		if reader != nil {
 			// Clients are let in once the tables the reader streams are
 			// known, not told that one of them does not exist.
@@ -128,6 +129,8 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	})
 	if gw != nil {
 		mux.Handle("GET /{$}", wsgate.PageHandler())
+		mux.Handle("GET /tablecast.js", wsgate.ClientHandler())
+		mux.Handle("GET /tablecast.d.ts", wsgate.ClientHandler())
 	}
 	if cfg.PProf {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -139,7 +142,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	var srv *http.Server
 	if gw != nil {
 		go func() { errc <- gw.Serve(ln, mux) }()
-		log.Info("gateway listening", "addr", ln.Addr().String(), "endpoints", "/ /ws /ws/tables/… /healthz /readyz /metrics")
+		log.Info("gateway listening", "addr", ln.Addr().String(), "endpoints", "/ /tablecast.js /ws /ws/tables/… /healthz /readyz /metrics")
 	} else {
 		srv = cfg.httpServer(mux)
 		go func() {
@@ -163,8 +166,8 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	if reader != nil {
 		go func() { errc <- reader.Run(ctx) }()
 	}
-	if auth.Enabled() {
-		go reloadOnHangup(ctx, auth, log)
+	if authn.Enabled() {
+		go reloadOnHangup(ctx, authn, log)
 	}
 	select {
 	case <-ctx.Done():
@@ -181,14 +184,14 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 // SIGHUP until ctx ends; connections of removed API keys are then closed
 // by the gateway. A file that does not load keeps the keys before, and
 // says why in the log.
-func reloadOnHangup(ctx context.Context, auth *wsgate.Authenticator, log *slog.Logger) {
+func reloadOnHangup(ctx context.Context, authn *auth.Authenticator, log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-hangups:
 			log.Info("SIGHUP: reloading the keys files")
-			if err := auth.ReloadKeys(); err != nil {
+			if err := authn.ReloadKeys(); err != nil {
 				log.Error("SIGHUP: keys files not reloaded; keeping the keys loaded before", "err", err)
 			}
 		}

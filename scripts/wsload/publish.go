@@ -49,7 +49,7 @@ type publisher struct {
 func newPublisher(ctx context.Context, cfg config) (*publisher, error) {
 	p := &publisher{
 		cfg:     cfg,
-		subject: stream.ChangeSubject(cfg.prefix, cfg.db, cfg.schemaName, cfg.tableName, stream.OpCreate),
+		subject: stream.ChangeSubject(cfg.prefix, cfg.db, cfg.schemaName, cfg.tableName, schema.OpCreate),
 		run:     uint64(time.Now().UnixNano()),
 		pad:     strings.Repeat("x", cfg.size),
 	}

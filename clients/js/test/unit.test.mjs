@@ -1,0 +1,445 @@
+// Unit tests of the client's logic: backoff and jitter, JWT exp, table
+// names, and the connection's state machine against a scripted WebSocket
+// (the gateway itself is in gateway.test.mjs and refresh.test.mjs).
+
+import { test, beforeEach, afterEach } from "node:test";
+import assert from "node:assert/strict";
+import { TablecastClient, TablecastError, backoffDelay, tokenExpiry, tableName } from "../tablecast.js";
+import { readFile } from "node:fs/promises";
+import { FakeSocket, waitFor, sleep, hs256 } from "./helpers.mjs";
+
+const clients = [];
+beforeEach(() => {
+  FakeSocket.all = [];
+});
+afterEach(() => {
+  for (const tc of clients.splice(0)) tc.close();
+});
+
+// A client on the scripted socket, reconnecting at once, without liveness pings.
+function fakeClient(options = {}) {
+  const seen = { disconnects: [], errors: [], closed: undefined, refreshed: [] };
+  const tc = new TablecastClient({
+    url: "ws://gateway.test/ws",
+    WebSocket: FakeSocket,
+    initialDelay: 1,
+    maxDelay: 2,
+    pingInterval: 0,
+    onDisconnect: (err, retryIn) => seen.disconnects.push({ err, retryIn }),
+    onError: (err) => seen.errors.push(err),
+    onClose: (err) => { seen.closed = err; },
+    onRefreshed: (exp) => seen.refreshed.push(exp),
+    ...options,
+  });
+  clients.push(tc);
+  return { tc, seen };
+}
+
+// connected waits for socket number n and opens it.
+async function connected(n) {
+  const ws = await waitFor(() => FakeSocket.all[n - 1], 2000, "connection " + n);
+  ws.open();
+  return ws;
+}
+
+// ---- pure functions ----
+
+test("backoffDelay: uniform in [0, min(max, initial·2^attempt)), doubling to the cap", { timeout: 20_000 }, () => {
+  for (let attempt = 0; attempt < 12; attempt++) {
+    const cap = Math.min(30_000, 500 * 2 ** attempt);
+    assert.equal(backoffDelay(attempt, 500, 30_000, () => 0), 0, "full jitter starts at 0");
+    assert.equal(backoffDelay(attempt, 500, 30_000, () => 0.999999), Math.floor(0.999999 * cap));
+    let min = Infinity, max = -Infinity;
+    for (let i = 0; i < 2000; i++) {
+      const d = backoffDelay(attempt, 500, 30_000);
+      assert.ok(Number.isInteger(d) && d >= 0 && d < cap, `attempt ${attempt}: ${d} outside [0, ${cap})`);
+      min = Math.min(min, d);
+      max = Math.max(max, d);
+    }
+    // Full jitter spreads over the whole range, not around the cap.
+    assert.ok(min < cap * 0.05 && max > cap * 0.95, `attempt ${attempt}: ${min}…${max} does not spread over [0, ${cap})`);
+  }
+  assert.ok(backoffDelay(1000, 500, 30_000, () => 0.5) === 15_000, "a huge attempt stays at the cap");
+  assert.ok(backoffDelay(-3, 500, 30_000, () => 0.5) === 250, "a negative attempt counts as the first");
+});
+
+test("tokenExpiry reads exp without verifying, and null for anything else", { timeout: 20_000 }, () => {
+  assert.equal(tokenExpiry(hs256("k", { sub: "a", exp: 1798000000 })), 1798000000);
+  assert.equal(tokenExpiry(hs256("k", { sub: "a", exp: 1798000000.5 })), 1798000000.5);
+  assert.equal(tokenExpiry(hs256("k", { sub: "a" })), null, "no exp");
+  assert.equal(tokenExpiry(hs256("k", { exp: "1798000000" })), null, "exp not a number");
+  assert.equal(tokenExpiry(hs256("k", ["exp"])), null, "claims not an object");
+  assert.equal(tokenExpiry(hs256("k", null)), null, "claims null");
+  // base64url with - and _ and no padding, and UTF-8 in the claims.
+  const claims = { sub: "ünïcødé ✓ ??>>", exp: 42, pad: "~~~" };
+  const t = hs256("k", claims);
+  assert.match(t.split(".")[1], /[-_]/, "the payload uses base64url's own characters");
+  assert.equal(tokenExpiry(t), 42);
+  for (const bad of ["tck_0123456789", "a.b", "a.b.c.d", "x.!!!.y", "x." + Buffer.from("{not json").toString("base64url") + ".y", "", null, undefined, 7]) {
+    assert.equal(tokenExpiry(bad), null, JSON.stringify(bad));
+  }
+});
+
+test("tableName quotes the parts that hold a dot or a quote", { timeout: 20_000 }, () => {
+  assert.equal(tableName("public", "orders"), "public.orders");
+  assert.equal(tableName("shop", "public", "orders"), "shop.public.orders");
+  assert.equal(tableName("my.db", "public", "orders.v2"), '"my.db".public."orders.v2"');
+  assert.equal(tableName("public", 'say "hi"'), 'public."say ""hi"""');
+  assert.throws(() => tableName("orders"), TypeError);
+  assert.throws(() => tableName("public", ""), TypeError);
+});
+
+// ---- the connection ----
+
+test("the duplicate filter: nothing at or below the last seq delivered, across a reconnect", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const got = [];
+  const sub = tc.subscribe({ table: "public.t" }, { onEvent: (f) => got.push(f.seq) });
+  let ws = await connected(1);
+  assert.deepEqual(ws.of("subscribe"), [{ type: "subscribe", id: sub.id, table: "public.t" }]);
+  ws.frame({ type: "subscribed", id: sub.id, seq: 10 });
+  for (const seq of [9, 10, 11, 12, 12, 11, 13]) ws.frame({ type: "event", id: sub.id, seq, event: {} });
+  assert.deepEqual(got, [11, 12, 13]);
+  assert.equal(sub.lastSeq, 13);
+
+  ws.serverClose(1001, "server shutting down");
+  ws = await connected(2);
+  assert.deepEqual(ws.of("subscribe"), [{ type: "subscribe", id: sub.id, table: "public.t", from: 13 }], "resumes from the last seq delivered");
+  ws.frame({ type: "subscribed", id: sub.id, seq: 20 });
+  for (const seq of [12, 13, 14, 15, 15]) ws.frame({ type: "event", id: sub.id, seq, event: {} });
+  assert.deepEqual(got, [11, 12, 13, 14, 15]);
+  tc.close();
+});
+
+test("events before subscribed, of other ids, or after unsubscribe are not delivered", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const got = [];
+  const sub = tc.subscribe({ topic: "chat" }, { onEvent: (f) => got.push(f.seq) });
+  const ws = await connected(1);
+  ws.frame({ type: "message", id: sub.id, topic: "chat", seq: 3, data: 1 }); // not subscribed yet
+  ws.frame({ type: "subscribed", id: sub.id, seq: 3 });
+  ws.frame({ type: "message", id: "s99", topic: "chat", seq: 4, data: 1 });
+  ws.frame({ type: "message", id: sub.id, topic: "chat", seq: 5, data: 1 });
+  const done = sub.unsubscribe();
+  ws.frame({ type: "message", id: sub.id, topic: "chat", seq: 6, data: 1 }); // sent before the gateway read the unsubscribe
+  assert.deepEqual(ws.of("unsubscribe"), [{ type: "unsubscribe", id: sub.id }]);
+  ws.frame({ type: "unsubscribed", id: sub.id });
+  await done;
+  assert.deepEqual(got, [5]);
+  assert.equal(sub.state, "ended");
+  assert.equal(await sub.closed, null);
+  tc.close();
+});
+
+test("history_unavailable after subscribed: told, then subscribed again without from once unsubscribed", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const got = [], lost = [];
+  const sub = tc.subscribe({ table: "public.t", where: { a: { eq: 1 } } }, { onEvent: (f) => got.push(f.seq), onHistoryUnavailable: (e) => lost.push(e) });
+  const ws = await connected(1);
+  ws.frame({ type: "subscribed", id: sub.id, seq: 100 });
+  ws.frame({ type: "event", id: sub.id, seq: 101, event: {} });
+  ws.frame({ type: "error", id: sub.id, code: "history_unavailable", message: "events after 101 were discarded" });
+  assert.equal(lost.length, 1);
+  assert.ok(lost[0] instanceof TablecastError);
+  assert.equal(lost[0].code, "history_unavailable");
+  assert.equal(lost[0].subscriptionId, sub.id);
+  assert.equal(ws.of("subscribe").length, 1, "the id is still in use until unsubscribed");
+  ws.frame({ type: "unsubscribed", id: sub.id });
+  assert.deepEqual(ws.of("subscribe")[1], { type: "subscribe", id: sub.id, table: "public.t", where: { a: { eq: 1 } } }, "again, without from");
+  ws.frame({ type: "subscribed", id: sub.id, seq: 500 });
+  ws.frame({ type: "event", id: sub.id, seq: 400, event: {} }); // at or before subscribed's: dropped
+  ws.frame({ type: "event", id: sub.id, seq: 501, event: {} });
+  assert.deepEqual(got, [101, 501]);
+  assert.equal(sub.state, "active");
+  tc.close();
+});
+
+test("history_unavailable answering a resume: subscribed again at once without from", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const lost = [];
+  const sub = tc.subscribe({ topic: "chat", from: 7 }, { onError: (e) => lost.push(e) });
+  const ws = await connected(1);
+  assert.equal(ws.of("subscribe")[0].from, 7, "from given by the application");
+  ws.frame({ type: "error", id: sub.id, code: "history_unavailable", message: "events after 7 are no longer in the stream" });
+  assert.equal(lost.length, 1, "without onHistoryUnavailable, onError is told");
+  assert.deepEqual(ws.of("subscribe")[1], { type: "subscribe", id: sub.id, topic: "chat" });
+  assert.equal(sub.lastSeq, null);
+  tc.close();
+});
+
+test("close codes: which stop the client and which reconnect", { timeout: 20_000 }, async () => {
+  const cases = [
+    [4003, "origin not allowed", false],
+    [4400, "unknown table", false],
+    [1002, "protocol error", false],
+    [1003, "binary frames are not supported", false],
+    [1007, "invalid UTF-8", false],
+    [1009, "message too big", false],
+    [4001, "no token", false], // without getToken
+    [1001, "server shutting down", true],
+    [4008, "slow consumer", true],
+    [4029, "too many connections", true],
+    [1006, "", true],
+    [1011, "internal error", true],
+    [1000, "normal closure", true], // not asked for
+  ];
+  for (const [code, reason, reconnects] of cases) {
+    FakeSocket.all = [];
+    const { tc, seen } = fakeClient();
+    const ws = await connected(1);
+    ws.serverClose(code, reason);
+    const last = seen.disconnects.at(-1);
+    assert.ok(last, `${code}: onDisconnect`);
+    assert.equal(last.err.code, code === 1006 ? "network" : code, `${code}: the error's code`);
+    if (code !== 1006) assert.equal(last.err.reason, reason);
+    if (reconnects) {
+      assert.equal(typeof last.retryIn, "number", `${code}: reconnects`);
+      await waitFor(() => FakeSocket.all.length === 2, 2000, `${code}: a second connection`);
+      assert.equal(tc.state, "reconnecting");
+      tc.close();
+    } else {
+      assert.equal(last.retryIn, null, `${code}: stops`);
+      assert.equal(tc.state, "closed");
+      assert.equal(await tc.closed, last.err);
+      assert.equal(seen.closed, last.err);
+      await sleep(20);
+      assert.equal(FakeSocket.all.length, 1, `${code}: no second connection`);
+    }
+  }
+});
+
+test("a connection that cannot be made (Node fires only error) is retried with backoff", { timeout: 20_000 }, async () => {
+  const { tc, seen } = fakeClient();
+  (await waitFor(() => FakeSocket.all[0], 1000, "socket")).failConnect();
+  await waitFor(() => FakeSocket.all.length === 2, 2000, "a second attempt");
+  assert.equal(seen.disconnects[0].err.code, "network");
+  FakeSocket.all[1].failConnect();
+  await connected(3);
+  assert.equal(tc.state, "open");
+  tc.close();
+  assert.equal(await tc.closed, null);
+});
+
+test("4001: one more try with a fresh token, then stop when that one is refused too", { timeout: 20_000 }, async () => {
+  let n = 0;
+  const { tc, seen } = fakeClient({ getToken: async () => "tok" + ++n });
+  let ws = await connected(1);
+  assert.deepEqual(ws.protocols, ["tablecast.v1", "token.tok1"]);
+  ws.frame({ type: "pong" }); // a working connection…
+  ws.serverClose(4001, "token expired"); // …until its token expired
+  ws = await connected(2);
+  assert.deepEqual(ws.protocols, ["tablecast.v1", "token.tok2"], "a fresh token");
+  ws.serverClose(4001, "bad signature"); // the fresh one refused too: would be refused again
+  assert.equal((await tc.closed).code, 4001);
+  assert.equal(seen.disconnects.at(-1).retryIn, null);
+  assert.equal(seen.disconnects.at(-1).err.reason, "bad signature");
+  await sleep(20);
+  assert.equal(FakeSocket.all.length, 2);
+});
+
+test("tokens travel as a subprotocol or as the query parameter", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient({ token: "abc.def.ghi", tokenTransport: "query" });
+  const ws = await waitFor(() => FakeSocket.all[0], 1000, "socket");
+  assert.equal(new URL(ws.url).searchParams.get("token"), "abc.def.ghi");
+  assert.deepEqual(ws.protocols, ["tablecast.v1"]);
+  tc.close();
+  const { tc: anon } = fakeClient();
+  const ws2 = await waitFor(() => FakeSocket.all[1], 1000, "socket");
+  assert.deepEqual(ws2.protocols, ["tablecast.v1"]);
+  assert.equal(new URL(ws2.url).search, "");
+  anon.close();
+});
+
+test("refresh in band shortly before exp; refresh_failed reconnects with a fresh token", { timeout: 20_000 }, async () => {
+  let n = 0;
+  const tokens = [];
+  const getToken = () => {
+    const t = hs256("k", { sub: "u", exp: Math.floor(Date.now() / 1000) + 3, n: ++n });
+    tokens.push(t);
+    return t;
+  };
+  const { tc, seen } = fakeClient({ getToken });
+  let ws = await connected(1);
+  // exp is at most 3 s away: refreshed at half its life, well before it.
+  const refresh = await waitFor(() => ws.of("refresh")[0], 3000, "a refresh");
+  assert.equal(refresh.token, tokens[1]);
+  ws.frame({ type: "refreshed", exp: tokenExpiry(tokens[1]) });
+  assert.deepEqual(seen.refreshed, [tokenExpiry(tokens[1])]);
+  await waitFor(() => ws.of("refresh")[1], 3000, "a second refresh");
+  ws.frame({ type: "error", code: "refresh_failed", message: "the credential is for another identity" });
+  assert.equal(seen.errors.at(-1).code, "refresh_failed");
+  assert.equal(seen.disconnects.at(-1).err.code, "refresh_failed");
+  ws = await connected(2);
+  assert.deepEqual(ws.protocols, ["tablecast.v1", "token." + tokens.at(-1)], "the new connection has a fresh token");
+  tc.close();
+});
+
+test("a token already expired by the client's clock is not refreshed in a loop", { timeout: 20_000 }, async () => {
+  const old = hs256("k", { sub: "u", exp: Math.floor(Date.now() / 1000) - 100 });
+  let calls = 0;
+  const { tc } = fakeClient({ getToken: () => { calls++; return old; } });
+  const ws = await connected(1);
+  await sleep(1500);
+  // The same token each time: nothing to send, asked again after 1 s, then 2 s, …
+  assert.equal(ws.of("refresh").length, 0);
+  assert.ok(calls <= 3, `getToken called ${calls} times in 1.5 s`);
+  tc.close();
+});
+
+test("rate_limited: reported, slowed down, and every subscription resumed on a new connection", { timeout: 20_000 }, async () => {
+  const { tc, seen } = fakeClient();
+  const got = [];
+  const subs = [1, 2, 3].map(() => tc.subscribe({ topic: "t" }, { onEvent: (f) => got.push(f.id + "@" + f.seq) }));
+  let ws = await connected(1);
+  ws.frame({ type: "subscribed", id: subs[0].id, seq: 5 });
+  ws.frame({ type: "message", id: subs[0].id, topic: "t", seq: 6, data: null });
+  ws.frame({ type: "error", code: "rate_limited", message: "more than 50 messages a second; this one was dropped" });
+  assert.equal(seen.errors.at(-1).code, "rate_limited");
+  ws = await connected(2);
+  assert.deepEqual(ws.of("subscribe").map((m) => [m.id, m.from]), [[subs[0].id, 6], [subs[1].id, undefined], [subs[2].id, undefined]]);
+  tc.close();
+});
+
+test("messages are paced below the gateway's rate", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient({ messagesPerSecond: 5 });
+  for (let i = 0; i < 14; i++) tc.subscribe({ topic: "t" + i });
+  const ws = await connected(1);
+  // A burst of twice the rate (the ping and 9 subscribes), then 5 a second.
+  assert.equal(ws.sent.length, 10);
+  await waitFor(() => ws.sent.length === 15, 2000, "the rest");
+  tc.close();
+});
+
+test("an error frame without an id answers the request in flight", { timeout: 20_000 }, async () => {
+  const { tc, seen } = fakeClient();
+  const ws = await connected(1);
+  const p1 = tc.publish("chat", { hi: 1 });
+  const p2 = tc.publish("chat", { hi: 2 });
+  const t = tc.topics();
+  assert.deepEqual(ws.sent.slice(1), [{ type: "publish", topic: "chat", data: { hi: 1 } }, { type: "ping" }], "one request at a time");
+  ws.frame({ type: "pong" }); // the first ping, sent on connecting
+  ws.frame({ type: "error", id: "", code: "not_allowed", message: "publishing to topic \"chat\" is not granted" });
+  await assert.rejects(p1, (e) => e instanceof TablecastError && e.code === "not_allowed" && e.subscriptionId === null);
+  ws.frame({ type: "pong" });
+  assert.equal(ws.sent.at(-2).type, "publish");
+  ws.frame({ type: "pong" });
+  await p2;
+  assert.equal(ws.sent.at(-1).type, "topics");
+  ws.frame({ type: "topics", tables: ["public.t"], topics: ["chat"] });
+  assert.deepEqual(await t, { tables: ["public.t"], topics: ["chat"] });
+  assert.equal(seen.errors.length, 0);
+  tc.close();
+});
+
+test("a subscription refused or ended by the gateway ends with a typed error; the others go on", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const errs = [];
+  const bad = tc.subscribe({ table: "public.t", where: { nope: { eq: 1 } } }, { onError: (e) => errs.push(e) });
+  const good = tc.subscribe({ table: "public.t" }, { onError: (e) => errs.push(e) });
+  const ws = await connected(1);
+  ws.frame({ type: "error", id: bad.id, code: "invalid_filter", message: 'column "nope" does not exist' });
+  ws.frame({ type: "subscribed", id: good.id, seq: 1 });
+  ws.frame({ type: "error", id: good.id, code: "filter_failed", message: "one event could not be judged" });
+  assert.equal(good.state, "active", "filter_failed leaves the subscription");
+  ws.frame({ type: "error", id: good.id, code: "not_allowed", message: "subscription ended: events create are no longer granted" });
+  ws.frame({ type: "unsubscribed", id: good.id });
+  assert.deepEqual(errs.map((e) => [e.subscriptionId, e.code]), [[bad.id, "invalid_filter"], [good.id, "filter_failed"], [good.id, "not_allowed"]]);
+  assert.equal((await bad.closed).code, "invalid_filter");
+  assert.equal((await good.closed).code, "not_allowed");
+  ws.serverClose(1001, "");
+  const ws2 = await connected(2);
+  assert.equal(ws2.of("subscribe").length, 0, "ended subscriptions are not made again");
+  tc.close();
+});
+
+test("a subscription is async-iterable; break unsubscribes", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const sub = tc.subscribe({ table: "public.t" });
+  const ws = await connected(1);
+  ws.frame({ type: "subscribed", id: sub.id, seq: 1 });
+  for (const seq of [2, 3, 4]) ws.frame({ type: "event", id: sub.id, seq, event: { op: "create" } });
+  const seen = [];
+  setTimeout(() => ws.frame({ type: "event", id: sub.id, seq: 5, event: { op: "delete" } }), 20);
+  for await (const f of sub) {
+    seen.push(f.seq);
+    if (f.event.op === "delete") {
+      setTimeout(() => ws.frame({ type: "unsubscribed", id: sub.id }), 10);
+      break;
+    }
+  }
+  assert.deepEqual(seen, [2, 3, 4, 5]);
+  assert.deepEqual(ws.of("unsubscribe"), [{ type: "unsubscribe", id: sub.id }]);
+  tc.close();
+});
+
+test("a URL subscription resumes with from in the URL, and a refused from is history_unavailable", { timeout: 20_000 }, async () => {
+  const lost = [], got = [];
+  const { tc } = fakeClient({
+    url: "ws://gateway.test/ws/tables/public.t?a=eq.1",
+    urlSubscription: { onEvent: (f) => got.push(f.seq), onHistoryUnavailable: (e) => lost.push(e) },
+  });
+  let ws = await connected(1);
+  assert.equal(new URL(ws.url).searchParams.get("from"), null);
+  ws.frame({ type: "subscribed", id: "url", seq: 10 });
+  ws.frame({ type: "event", id: "url", seq: 11, event: {} });
+  ws.serverClose(1001, "");
+  ws = await connected(2);
+  const u = new URL(ws.url);
+  assert.equal(u.searchParams.get("from"), "11");
+  assert.equal(u.searchParams.get("a"), "eq.1");
+  ws.serverClose(4400, "events after 11 are no longer in the stream, which now starts at 90: reload and subscribe without from");
+  assert.equal(lost.length, 1);
+  assert.match(lost[0].message, /no longer in the stream/);
+  ws = await connected(3);
+  assert.equal(new URL(ws.url).searchParams.get("from"), null, "again without from");
+  ws.frame({ type: "subscribed", id: "url", seq: 95 });
+  ws.frame({ type: "event", id: "url", seq: 96, event: {} });
+  assert.deepEqual(got, [11, 96]);
+  // A URL refused again without from is final.
+  ws.serverClose(1001, "");
+  ws = await connected(4);
+  ws.serverClose(4400, "table \"public.t\" is not streamed");
+  assert.equal(lost.length, 2, "a refused resume looks like lost history…");
+  ws = await connected(5);
+  assert.equal(new URL(ws.url).searchParams.get("from"), null);
+  ws.serverClose(4400, "table \"public.t\" is not streamed");
+  assert.equal((await tc.closed).code, 4400, "…and the same refusal without from stops the client");
+  await sleep(20);
+  assert.equal(FakeSocket.all.length, 5);
+});
+
+test("a silent connection is given up after a ping goes unanswered", { timeout: 20_000 }, async () => {
+  const { tc, seen } = fakeClient({ pingInterval: 50, pongTimeout: 50 });
+  const ws = await connected(1);
+  await waitFor(() => ws.of("ping").length >= 2, 1000, "a liveness ping after the first");
+  await waitFor(() => FakeSocket.all.length === 2, 1000, "a new connection");
+  assert.match(seen.disconnects[0].err.message, /did not answer a ping/);
+  tc.close();
+});
+
+test("view() is a named place for live views, not an imitation", { timeout: 20_000 }, () => {
+  const { tc } = fakeClient();
+  assert.throws(() => tc.view({ table: "public.t" }), (e) => e instanceof TablecastError && e.code === "unsupported");
+  tc.close();
+});
+
+test("bad arguments are refused at once", { timeout: 20_000 }, () => {
+  assert.throws(() => new TablecastClient({ url: "ftp://x/ws", WebSocket: FakeSocket }), TypeError);
+  assert.throws(() => new TablecastClient({ url: "ws://x/ws", WebSocket: FakeSocket, tokenTransport: "cookie" }), TypeError);
+  const { tc } = fakeClient();
+  assert.throws(() => tc.subscribe({ table: "public.t", filter: {} }), /unknown field "filter"/);
+  assert.throws(() => tc.subscribe({ table: "public.t", topic: "x" }), /exactly one of table and topic/);
+  assert.throws(() => tc.subscribe({ table: "public.t", where: { s: { in: ["x".repeat(70_000)] } } }), (e) => e.code === "message_too_large");
+  tc.close();
+  assert.throws(() => tc.subscribe({ table: "public.t" }), (e) => e.code === "closed");
+});
+
+test("tablecast.d.ts declares exactly what tablecast.js exports", { timeout: 20_000 }, async () => {
+  const mod = await import("../tablecast.js");
+  const dts = await readFile(new URL("../tablecast.d.ts", import.meta.url), "utf8");
+  const declared = [...dts.matchAll(/^export declare (?:const|class|function) (\w+)/gm)].map((m) => m[1]);
+  assert.deepEqual([...new Set(declared)].sort(), Object.keys(mod).sort());
+  for (const [name, value] of Object.entries(mod.CloseCode)) {
+    assert.match(dts, new RegExp("^  " + name + ": " + value + ";$", "m"), "CloseCode." + name);
+  }
+});

@@ -1,0 +1,80 @@
+package schema
+
+// Operation names: the envelope's "op", the last token of a change subject,
+// the words of a subscription's "events" and of a grant's operations.
+const (
+	OpCreate   = "create"
+	OpUpdate   = "update"
+	OpDelete   = "delete"
+	OpTruncate = "truncate"
+	OpRead     = "read" // a row sent by a snapshot
+)
+
+// OpSet is a set of operations: bit i is the i-th of create, update,
+// delete, truncate, read. It is what a subscription asks for, what grants
+// allow, and, one bit at a time, the kind of an event being matched.
+type OpSet uint8
+
+// The set of each operation alone, and of all five.
+const (
+	BitCreate OpSet = 1 << iota
+	BitUpdate
+	BitDelete
+	BitTruncate
+	BitRead
+
+	AllOps = BitCreate | BitUpdate | BitDelete | BitTruncate | BitRead
+)
+
+// opNames are the operations in the order of their bits.
+var opNames = [...]string{OpCreate, OpUpdate, OpDelete, OpTruncate, OpRead}
+
+// OpBit returns the set of the operation op alone, and the empty set for a
+// name that is not an operation.
+func OpBit(op string) OpSet {
+	switch op {
+	case OpCreate:
+		return BitCreate
+	case OpUpdate:
+		return BitUpdate
+	case OpDelete:
+		return BitDelete
+	case OpTruncate:
+		return BitTruncate
+	case OpRead:
+		return BitRead
+	}
+	return 0
+}
+
+// OpsOf returns the set of the named operations, names that are not
+// operations ignored. nil names every operation (a subscription without
+// "events" wants them all); an empty, non-nil list names none.
+func OpsOf(names []string) OpSet {
+	if names == nil {
+		return AllOps
+	}
+	var s OpSet
+	for _, op := range names {
+		s |= OpBit(op)
+	}
+	return s
+}
+
+// Has reports whether the set holds op (one of OpCreate … OpRead).
+func (s OpSet) Has(op string) bool {
+	b := OpBit(op)
+	return b != 0 && s&b != 0
+}
+
+// Names lists the operations of the set in the canonical order: create,
+// update, delete, truncate, read. nil for the empty set.
+func (s OpSet) Names() []string {
+	var out []string
+	for i, op := range opNames {
+		if s&(1<<i) != 0 {
+			out = append(out, op)
+		}
+	}
+	return out
+}
