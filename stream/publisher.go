@@ -149,6 +149,7 @@ type Publisher struct {
 	ackTimeout time.Duration
 	stream     string      // see WithStream; learnt from the first ack if empty
 	extra      [][2]string // see WithHeader
+	extraSize  int         // what the WithHeader headers add to a message's headers
 	ackPrefix  []byte      // `{"stream":"<name>",`: how every ack from it starts
 	window     uint64      // maxInFlight
 	start      time.Time
@@ -278,6 +279,7 @@ func NewPublisher(nc *nats.Conn, js jetstream.JetStream, maxInFlight int, log *s
 		}
 		p.header[name] = []string{value}
 		p.headerNoID[name] = []string{value}
+		p.extraSize += len(name) + len(": ") + len(value) + len("\r\n")
 	}
 	p.reconnects = nc.Stats().Reconnects
 	if p.batching {
@@ -390,11 +392,19 @@ func (p *Publisher) Publish(ctx context.Context, subject string, msgID string, d
 }
 
 // Fits reports whether a message of n bytes with Nats-Msg-Id msgID fits in
-// one NATS message: its data and headers within the server's maximum
-// payload, as the connection last learnt it (it follows reconnects to other
-// servers). A message that does not fit would fail the Publisher.
+// one NATS message: its data and headers (the WithHeader ones included)
+// within the server's maximum payload, as the connection last learnt it (it
+// follows reconnects to other servers). A message that does not fit would
+// fail the Publisher.
 func (p *Publisher) Fits(msgID string, n int) bool {
-	return int64(n+MessageHeaderSize(msgID)) <= p.nc.MaxPayload()
+	h := MessageHeaderSize(msgID)
+	if p.extraSize > 0 {
+		if h == 0 {
+			h = len("NATS/1.0\r\n") + len("\r\n")
+		}
+		h += p.extraSize
+	}
+	return int64(n+h) <= p.nc.MaxPayload()
 }
 
 // MessageHeaderSize is the size of the headers Publish sends with a message
