@@ -62,6 +62,11 @@ type batchRef struct {
 	first uint64 // publisher number of its first message
 	last  uint64 // publisher number of its last message so far
 	alone bool   // one message, acknowledged on its own
+
+	// What JetStream has said of it so far.
+	through   uint64 // its messages 1..through are stored
+	done      bool   // it ended: through is all JetStream will store of it
+	streamSeq uint64 // with done: where its last message is stored (0: none, all duplicates)
 }
 
 // publishInBatch is Publish for a Publisher with batches; sendLock is held
@@ -337,8 +342,16 @@ func digitsAfter(b, field []byte) (uint64, bool) {
 // batchAcked records that JetStream has stored batch num's messages up to
 // its through-th: a flow acknowledgement, or, with done, the end of the
 // batch, whose last message stored is at streamSeq (0: it stored none, all
-// were duplicates). Batches are stored in the order they were sent, so news
-// of one means every earlier one is stored.
+// were duplicates).
+//
+// The watermark moves only over batches JetStream has answered for, in the
+// order they were sent: news of a later batch says nothing of an earlier
+// one. JetStream stores a connection's messages in order, but a message it
+// fails to write (a full disk) it drops without an answer, and goes on with
+// the next: the first message of a later batch is answered (a flow
+// acknowledgement of nothing yet) as soon as it arrives, and a later
+// message may be stored. An earlier batch left unanswered holds the
+// watermark until the ack timeout fails the Publisher.
 func (p *Publisher) batchAcked(num, through, streamSeq uint64, done bool) {
 	p.mu.Lock()
 	i := 0
@@ -349,8 +362,7 @@ func (p *Publisher) batchAcked(num, through, streamSeq uint64, done bool) {
 		p.mu.Unlock()
 		return // a batch already wholly acknowledged
 	}
-	b := p.batches[i]
-	n := b.first + through - 1
+	b := &p.batches[i]
 	size := b.last - b.first + 1
 	if through > size {
 		p.mu.Unlock()
@@ -363,24 +375,39 @@ func (p *Publisher) batchAcked(num, through, streamSeq uint64, done bool) {
 		// it said): what it stored counts, the rest will not be stored.
 		short = fmt.Errorf("%w: JetStream ended a batch of %d messages after %d", ErrNegativeAck, size, through)
 	}
+	b.through = max(b.through, through)
 	if done {
-		i++
+		b.done, b.streamSeq = true, streamSeq
 	}
-	// Drop the batches this one completes (and itself when it ended).
-	p.batches = append(p.batches[:0], p.batches[i:]...)
-	advanced := n > p.acked
+	// Move the watermark over the batches answered for from the oldest on,
+	// and into the first one that is not.
+	acked, ackedStream := p.acked, p.ackedStream
+	k := 0
+	for ; k < len(p.batches); k++ {
+		b := &p.batches[k]
+		if b.through > 0 {
+			acked = max(acked, b.first+b.through-1)
+		}
+		if !b.done || b.through < b.last-b.first+1 {
+			break
+		}
+		if b.streamSeq > 0 {
+			// Exactly where message acked is. After a flow
+			// acknowledgement the last one known stays, below it.
+			ackedStream = b.streamSeq
+		}
+	}
+	if k > 0 {
+		p.batches = append(p.batches[:0], p.batches[k:]...)
+	}
+	advanced := acked > p.acked
 	if advanced {
-		p.acked, p.ackedAt = n, int64(time.Since(p.start))
+		p.acked, p.ackedAt = acked, int64(time.Since(p.start))
 	}
-	if done && streamSeq > 0 && n == p.acked {
-		// A stream sequence at or before where message acked is stored:
-		// exactly there after the batch's end; after a flow
-		// acknowledgement the last one known stays, below it.
-		p.ackedStream = streamSeq
-	}
+	p.ackedStream = ackedStream
 	p.mu.Unlock()
 	if advanced {
-		p.ackedA.Store(n)
+		p.ackedA.Store(acked)
 		signal(p.progress)
 		signal(p.space)
 	}

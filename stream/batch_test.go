@@ -4,14 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/tmpfs"
 )
 
 // batchOptions are a Publisher's options for the default stream with
@@ -304,4 +308,81 @@ func TestPublisherFlushWithoutBatches(t *testing.T) {
 		t.Fatalf("Flush = %v, Unflushed %v, Batching %v", err, p.Unflushed(), p.Batching())
 	}
 	waitAcked(t, p, 3)
+}
+
+// TestPublisherBatchSilentStoreFailure: JetStream fails to write a message
+// to a full disk and answers nothing for it, then stores the next one once
+// space is free again. The answer for the later message (with batches, the
+// acknowledgement of a later batch or of a later message sent alone) must
+// not count the lost one as stored: the watermark stays below it, and the
+// Publisher fails for want of its acknowledgement, so that the caller
+// publishes it again. (Taking news of a later batch for news of every
+// earlier one would confirm the lost message to PostgreSQL.)
+func TestPublisherBatchSilentStoreFailure(t *testing.T) {
+	dir := tmpfs.Mount(t, 16<<20)
+	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: dir, Logger: quietLogger(), MinFree: -1, CheckInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	nc, js := connectTest(t, e.ClientURL())
+	ctx := testContext(t)
+	if _, err := EnsureStream(ctx, js, StreamConfig{MaxBytes: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	p := newTestPublisher(t, nc, js, 64, append(batchOptions(), WithAckTimeout(2*time.Second))...)
+	publish := func(i int, size int) {
+		t.Helper()
+		data := []byte(strings.Repeat("x", size))
+		if _, err := p.Publish(ctx, testSubject, msgID(i), data); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+		// Each message goes alone or in a batch of its own: the next one
+		// after a Flush goes alone.
+		if err := p.Flush(ctx); err != nil {
+			t.Fatalf("flush after %d: %v", i, err)
+		}
+	}
+	publish(1, 100)
+	waitAcked(t, p, 1)
+
+	filler := tmpfs.Fill(t, dir, 0)
+	publish(2, 256<<10) // no room on the disk: not stored, and no answer
+	waitFor(t, 10*time.Second, "JetStream to fail writing message 2", func() bool {
+		st, err := js.Stream(ctx, DefaultStreamName)
+		if err != nil {
+			return false
+		}
+		info, err := st.Info(ctx)
+		return err == nil && info.State.LastSeq == 1 && e.Server().Healthz(&server.HealthzOptions{}).Error != ""
+	})
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	publish(3, 100)
+	publish(4, 100)
+	for _, i := range []int{5, 6, 7} { // and a batch
+		if _, err := p.Publish(ctx, testSubject, msgID(i), []byte("msg")); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.Failed():
+	case <-time.After(20 * time.Second):
+	}
+	msgs := readStream(t, js, DefaultStreamName)
+	stored := 0 // the prefix of what was published that the stream holds
+	for stored < len(msgs) && msgs[stored].id == msgID(stored+1) {
+		stored++
+	}
+	if acked := p.Acked(); acked > uint64(stored) {
+		t.Fatalf("the watermark is at %d while the stream holds messages 1..%d in order (%d in all): a lost message counts as stored", acked, stored, len(msgs))
+	}
+	if p.Err() == nil {
+		t.Fatalf("the publisher did not fail with message %d unacknowledged (acked %d)", stored+1, p.Acked())
+	}
+	t.Logf("the stream holds %d messages, 1..%d in order; the publisher failed: %v", len(msgs), stored, p.Err())
 }
