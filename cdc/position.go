@@ -27,9 +27,11 @@ package cdc
 // No record, a record of another origin (a restored cluster reuses LSNs on
 // a new timeline; a new cluster starts them again), or a record of another
 // stream (deleted and created again, or beyond its end) skip nothing, and
-// say why. What the duplicate window still guards is the one race left: a
-// failed publisher's messages still queued in the server, stored after the
-// scan.
+// say why. Before it reads the stream, a session lets whatever an earlier
+// one left in flight be stored (settle): read first, those messages would
+// be missed and stored again by the replay, however long after. What the
+// duplicate window still guards is what that barrier cannot order (see
+// settle).
 
 import (
 	"context"
