@@ -85,7 +85,7 @@ func TestPublisherBatchesInOrder(t *testing.T) {
 func TestPublisherBatchDuplicates(t *testing.T) {
 	e := startTestServer(t, "")
 	nc, js := connectTest(t, e.ClientURL())
-	if _, err := EnsureStream(testContext(t), js, StreamConfig{}); err != nil {
+	if _, err := EnsureStream(testContext(t), js, StreamConfig{DuplicateWindow: dedupeWindow}); err != nil {
 		t.Fatal(err)
 	}
 	ctx := testContext(t)
