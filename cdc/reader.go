@@ -385,6 +385,11 @@ type session struct {
 	sent       uint64 // last LSN sent in a status update
 	lastStatus time.Time
 
+	// The read deadline last set on the connection, and the wait it was set
+	// for (readTick or flushAfter).
+	deadline     time.Time
+	deadlineWait time.Duration
+
 	// What the stream held at the start (position.go).
 	origin        string
 	streamCreated time.Time
@@ -440,8 +445,14 @@ func (s *session) loop(ctx context.Context) error {
 		if s.pub.Unflushed() {
 			wait = flushAfter
 		}
-		if err := netConn.SetReadDeadline(now.Add(wait)); err != nil {
-			return fmt.Errorf("set read deadline: %w", err)
+		// Moving the deadline costs a timer update per message; while
+		// messages stream in, a deadline set less than an eighth of the
+		// wait ago stands (the wait is then at least seven eighths of it).
+		if deadline := now.Add(wait); wait != s.deadlineWait || deadline.Sub(s.deadline) > wait/8 {
+			if err := netConn.SetReadDeadline(deadline); err != nil {
+				return fmt.Errorf("set read deadline: %w", err)
+			}
+			s.deadline, s.deadlineWait = deadline, wait
 		}
 		msg, err := s.conn.ReceiveMessage(context.Background())
 		if err != nil {
