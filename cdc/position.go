@@ -27,9 +27,11 @@ package cdc
 // No record, a record of another origin (a restored cluster reuses LSNs on
 // a new timeline; a new cluster starts them again), or a record of another
 // stream (deleted and created again, or beyond its end) skip nothing, and
-// say why. What the duplicate window still guards is the one race left: a
-// failed publisher's messages still queued in the server, stored after the
-// scan.
+// say why. Before it reads the stream, a session lets whatever an earlier
+// one left in flight be stored (settle): read first, those messages would
+// be missed and stored again by the replay, however long after. What the
+// duplicate window still guards is what that barrier cannot order (see
+// settle).
 
 import (
 	"context"
@@ -37,6 +39,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -91,17 +94,30 @@ func (r *Reader) identifyOrigin(ctx context.Context, conn *pgconn.PgConn) (strin
 	return sys.SystemID + "/" + strconv.Itoa(int(sys.Timeline)) + "/" + stream.Token(r.db) + "/" + r.cfg.Slot, nil
 }
 
-// streamState is the stream's last sequence and creation time.
-func (r *Reader) streamState(ctx context.Context) (last uint64, first uint64, created time.Time, err error) {
+// streamInfo reads the stream's configuration and state.
+func (r *Reader) streamInfo(ctx context.Context) (*jetstream.StreamInfo, error) {
 	st, err := r.js.Stream(ctx, r.cfg.Stream)
 	if err != nil {
-		return 0, 0, time.Time{}, fmt.Errorf("look up stream %s: %w", r.cfg.Stream, err)
+		return nil, fmt.Errorf("look up stream %s: %w", r.cfg.Stream, err)
 	}
 	info, err := st.Info(ctx)
 	if err != nil {
-		return 0, 0, time.Time{}, fmt.Errorf("read the state of stream %s: %w", r.cfg.Stream, err)
+		return nil, fmt.Errorf("read the state of stream %s: %w", r.cfg.Stream, err)
 	}
-	return info.State.LastSeq, info.State.FirstSeq, info.Created, nil
+	return info, nil
+}
+
+// publisherOptions are those of the reader's publishers on a stream with
+// configuration cfg: every message carries the origin, and they send fast
+// batches when the stream takes them and captures the control subject
+// their batches end on (stream.EnsureStream makes it so; a NATS server
+// before 2.14 knows no batches).
+func (r *Reader) publisherOptions(cfg jetstream.StreamConfig, origin string) []stream.PublisherOption {
+	opts := []stream.PublisherOption{stream.WithStream(r.cfg.Stream), stream.WithHeader(stream.OriginHeader, origin)}
+	if cfg.AllowBatchPublish && slices.Contains(cfg.Subjects, stream.ControlSubject(r.prefix)) {
+		opts = append(opts, stream.WithBatches(stream.ControlSubject(r.prefix)))
+	}
+	return opts
 }
 
 // writePosition stores the slot's position record.
@@ -141,18 +157,21 @@ type resumePoint struct {
 	// record is written below it.
 	recordLSN     uint64
 	streamCreated time.Time
+	// streamConfig is the stream's configuration as it was read.
+	streamConfig jetstream.StreamConfig
 }
 
 // resume reads the slot's position record and the stream after it, and
 // says which events the session must not publish again.
 func (r *Reader) resume(ctx context.Context, origin string) (resumePoint, error) {
-	last, first, created, err := r.streamState(ctx)
+	info, err := r.streamInfo(ctx)
 	if err != nil {
 		return resumePoint{}, err
 	}
+	last, first, created := info.State.LastSeq, info.State.FirstSeq, info.Created
 	// Without a usable record nothing is skipped, and nothing of this
 	// origin is known before the stream's end: a new record scans from it.
-	rp := resumePoint{floor: last, streamCreated: created}
+	rp := resumePoint{floor: last, streamCreated: created, streamConfig: info.Config}
 	key := positionKey(r.db, r.cfg.Slot)
 	e, err := r.state.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -212,6 +231,44 @@ func (r *Reader) resume(ctx context.Context, origin string) (resumePoint, error)
 		"from_seq", rec.StreamSeq+1, "to_seq", last, "took", time.Since(began).Round(time.Millisecond))
 	return rp, nil
 }
+
+// settle returns once nothing the reader published before, in an earlier
+// session or an earlier process, can still be stored: it sends a barrier
+// through the stream (stream.Barrier), which JetStream refuses only after
+// every message it received before it. A session that ended with messages
+// in flight (a refused message, an acknowledgement that did not come in
+// time, PostgreSQL gone) leaves them in the server's queue or on the wire;
+// read before they are stored, the stream would not show them, and the
+// replay would store them a second time. The duplicate window then only
+// guards what the barrier cannot order: the messages of a connection that
+// dropped and that the server had not finished reading, and those of a
+// stream with replicas not yet applied when its leader refused the barrier.
+func (r *Reader) settle(ctx context.Context) error {
+	bctx, cancel := context.WithTimeout(ctx, settleTimeout)
+	defer cancel()
+	err := stream.Barrier(bctx, r.nc, stream.ControlSubject(r.prefix))
+	switch {
+	case errors.Is(err, stream.ErrNoStream):
+		// A stream made by hand, without the control subject: as before
+		// barriers, the duplicate window alone guards the race.
+		if !r.noBarrierWarned {
+			r.log.Warn("the stream does not capture the control subject, so what a failed session left in flight is guarded only by the duplicate window; run tablecast with this stream once to update it",
+				"stream", r.cfg.Stream, "subject", stream.ControlSubject(r.prefix))
+			r.noBarrierWarned = true
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("settle what was published before reading the stream: %w", err)
+	}
+	return nil
+}
+
+// settleTimeout bounds the wait for the barrier: the time JetStream takes
+// for what it has queued before it. Longer than a publisher's ack timeout,
+// since the queue may hold a whole window of messages of a publisher that
+// failed for want of their acknowledgements; a session that cannot settle
+// fails and the next one tries again, behind the same queue.
+const settleTimeout = 2 * stream.DefaultAckTimeout
 
 // alreadyStored reports whether the stream holds the event with this id
 // already, as learnt at the session's start, and counts it: the reader then

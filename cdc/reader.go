@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,10 @@ import (
 	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
+
+// ProfileReader is the value of stream.ProfileLabel on the reader's
+// goroutines.
+const ProfileReader = "reader"
 
 // Reader streams one publication of one database into JetStream.
 type Reader struct {
@@ -41,6 +46,8 @@ type Reader struct {
 	token    string             // random, in this process's heartbeats: others' are not measured
 
 	registered chan struct{} // closed once the published tables are registered
+
+	noBarrierWarned bool // settle said once that the stream takes no barrier; sessions run one at a time
 
 	// state shared with Health and the watchdog
 	streaming   atomic.Bool
@@ -84,6 +91,10 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, prefix string, log *
 // PostgreSQL or NATS goes away. It returns a ConfigError at once for a
 // problem that retrying cannot fix, and nil when ctx ends.
 func (r *Reader) Run(ctx context.Context) error {
+	// The reader's goroutines, and those it starts (its publishers'
+	// acknowledgement subscriptions among them), carry this label in CPU
+	// profiles (stream.ProfileLabel).
+	pprof.SetGoroutineLabels(pprof.WithLabels(ctx, pprof.Labels(stream.ProfileLabel, ProfileReader)))
 	src, err := preflight(ctx, r.cfg, r.log)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -278,7 +289,12 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 		return res, err
 	}
 	// What the stream holds already is learnt before streaming, while
-	// PostgreSQL waits for nothing from us.
+	// PostgreSQL waits for nothing from us; first, whatever earlier
+	// sessions (or processes) sent is settled, so that none of it is
+	// stored after the stream has been read (see settle).
+	if err := r.settle(ctx); err != nil {
+		return res, err
+	}
 	rp, err := r.resume(ctx, origin)
 	if err != nil {
 		return res, fmt.Errorf("learn what the stream holds of %s: %w", origin, err)
@@ -297,7 +313,7 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 		return res, fmt.Errorf("start replication from %s: %w", pglogrepl.LSN(start), err)
 	}
 
-	pub, err := stream.NewPublisher(r.nc, r.js, r.cfg.MaxInFlight, r.log, stream.WithStream(r.cfg.Stream), stream.WithHeader(stream.OriginHeader, origin))
+	pub, err := stream.NewPublisher(r.nc, r.js, r.cfg.MaxInFlight, r.log, r.publisherOptions(rp.streamConfig, origin)...)
 	if err != nil {
 		return res, fmt.Errorf("start publisher: %w", err)
 	}
@@ -393,6 +409,11 @@ type session struct {
 	sent       uint64 // last LSN sent in a status update
 	lastStatus time.Time
 
+	// The read deadline last set on the connection, and the wait it was set
+	// for (readTick or flushAfter).
+	deadline     time.Time
+	deadlineWait time.Duration
+
 	// What the stream held at the start (position.go).
 	origin        string
 	streamCreated time.Time
@@ -415,6 +436,16 @@ const (
 	// readTick bounds how long a read blocks, so that progress is noticed
 	// and reported while the server is silent.
 	readTick = 200 * time.Millisecond
+	// flushAfter is how long a read waits, after events were published,
+	// before the reader takes the silence for the end of what there is to
+	// read and ends the publisher's batch (stream.Publisher.Flush), so that
+	// JetStream acknowledges its last events now and the next event goes
+	// alone. Events are sent as they come either way; this only decides
+	// when their acknowledgements come.
+	// The walsender sends in chunks of 8 KiB with gaps of a few hundred
+	// microseconds between them while it decodes; a millisecond ends few
+	// batches in the middle of a burst.
+	flushAfter = time.Millisecond
 )
 
 func (s *session) loop(ctx context.Context) error {
@@ -434,12 +465,27 @@ func (s *session) loop(ctx context.Context) error {
 			}
 		}
 		s.recordPosition(ctx, now)
-		if err := netConn.SetReadDeadline(now.Add(readTick)); err != nil {
-			return fmt.Errorf("set read deadline: %w", err)
+		wait := readTick
+		if s.pub.Unflushed() {
+			wait = flushAfter
+		}
+		// Moving the deadline costs a timer update per message; while
+		// messages stream in, a deadline set less than an eighth of the
+		// wait ago stands (the wait is then at least seven eighths of it).
+		if deadline := now.Add(wait); wait != s.deadlineWait || deadline.Sub(s.deadline) > wait/8 {
+			if err := netConn.SetReadDeadline(deadline); err != nil {
+				return fmt.Errorf("set read deadline: %w", err)
+			}
+			s.deadline, s.deadlineWait = deadline, wait
 		}
 		msg, err := s.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) {
+				if wait == flushAfter {
+					if err := s.pub.Flush(ctx); err != nil {
+						return fmt.Errorf("publish to JetStream: %w", err)
+					}
+				}
 				continue
 			}
 			return fmt.Errorf("receive replication message: %w", err)
@@ -747,8 +793,11 @@ func (s *session) advance() {
 // setFloor makes the stream sequence of wm's message the floor, if wm is
 // one of this session's: before any, the floor learnt at the start stays.
 func (s *session) setFloor(wm stream.Watermark) {
+	// StreamSeq is where message N is stored, or a sequence before it
+	// (batches tell where their messages are when they end): a floor
+	// either way, but maybe below the one already known.
 	if wm.N > 0 {
-		s.floor = wm.StreamSeq
+		s.floor = max(s.floor, wm.StreamSeq)
 	}
 }
 

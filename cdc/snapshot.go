@@ -78,10 +78,11 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 		lost = r.lostSlotRecord(ctx)
 	}
 	// Nothing of this origin is after the stream's end as it is now.
-	last, _, created, err := r.streamState(ctx)
+	info, err := r.streamInfo(ctx)
 	if err != nil {
 		return err
 	}
+	last, created := info.State.LastSeq, info.Created
 	action := "NOEXPORT_SNAPSHOT"
 	if r.cfg.Snapshot == SnapshotInitial {
 		action = "EXPORT_SNAPSHOT"
@@ -113,12 +114,12 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 		return nil
 	}
 	// The exported snapshot lives as long as rc stays open and idle.
-	wm, err := r.snapshot(ctx, res.SnapshotName, uint64(point), origin)
+	wm, err := r.snapshot(ctx, res.SnapshotName, uint64(point), r.publisherOptions(info.Config, origin))
 	if err != nil {
 		return fmt.Errorf("initial snapshot: %w", err)
 	}
-	if wm.N > 0 {
-		// The snapshot's rows are all stored at or before wm.StreamSeq.
+	if wm.N > 0 && wm.StreamSeq > last {
+		// Every later message of the reader is stored after wm.StreamSeq.
 		if err := r.writePosition(ctx, origin, uint64(point), wm.StreamSeq, created); err != nil {
 			return err
 		}
@@ -171,8 +172,9 @@ func (st snapshotTable) table(columns []schema.Column) *schema.Table {
 // exported snapshot, as a "read" event. Every event has the slot's
 // consistent point P as its LSN, and ids are "<P-1>-<n>" with n counting
 // across the whole snapshot (schema.Txn.ResetSnapshot). It returns, once
-// JetStream has acknowledged them all, the publisher's final watermark.
-func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64, origin string) (stream.Watermark, error) {
+// JetStream has acknowledged them all, the publisher's final watermark,
+// whose StreamSeq every later message of the reader follows.
+func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64, pubOpts []stream.PublisherOption) (stream.Watermark, error) {
 	var none stream.Watermark
 	conn, err := connectSnapshot(ctx, r.cfg.DatabaseURL)
 	if err != nil {
@@ -190,7 +192,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		return none, err
 	}
 
-	pub, err := stream.NewPublisher(r.nc, r.js, r.cfg.MaxInFlight, r.log, stream.WithStream(r.cfg.Stream), stream.WithHeader(stream.OriginHeader, origin))
+	pub, err := stream.NewPublisher(r.nc, r.js, r.cfg.MaxInFlight, r.log, pubOpts...)
 	if err != nil {
 		return none, fmt.Errorf("start publisher: %w", err)
 	}
@@ -257,6 +259,9 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 			return none, fmt.Errorf("read %s.%s: %w", st.schema, st.name, err)
 		}
 		r.log.Info("snapshot of table done", "table", st.schema+"."+st.name, "rows", rows, "took", time.Since(began).Round(time.Millisecond))
+	}
+	if err := pub.Flush(ctx); err != nil {
+		return none, err
 	}
 	for pub.Acked() < lastSeq {
 		select {

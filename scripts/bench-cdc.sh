@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# bench-cdc.sh — tablecast's reader beside pg_recvlogical on the same workload.
+# bench-cdc.sh — tablecast's reader beside PostgreSQL's walsender on the same
+# workload.
 #
-# For each workload, two slots are created before the measured changes are
-# written, so both readers find the same WAL waiting for them:
-#   - pg_recvlogical (pgoutput, proto 1) reads its slot to the workload's end
-#     LSN into /dev/null: PostgreSQL's walsender alone sets its pace;
-#   - tablecast cdc reads the other slot into JetStream (file storage):
-#     decoded, encoded, published and acknowledged.
-# Both clocks run from the reader's launch to its last change: pg_recvlogical's
-# exit at the end LSN, and the time JetStream stored tablecast's last event
-# (the stream's own timestamp). With NATS=embedded (default) JetStream runs
-# inside tablecast, sharing its core; with NATS=external it is a separate
-# nats-server process, and the peak memory reported is the reader's alone.
+# For each workload, one slot per reader is created before the measured
+# changes are written, so every reader finds the same WAL waiting for it:
+#   - walsender: scripts/walfloor reads its slot with pgoutput (proto 1, as
+#     pg_recvlogical would) and counts the changes, doing nothing else, until
+#     the last one has arrived: the walsender alone sets its pace.
+#     (pg_recvlogical --endpos is not used: it stops once a keepalive reports
+#     the WAL past the end position, whether or not the changes were sent, and
+#     on a transaction of a million rows receives none or most of them.)
+#   - each tablecast binary (BINS) runs `cdc` on a slot of its own into
+#     JetStream (file storage): decoded, encoded, published and acknowledged.
+# Both clocks run from the reader's launch to its last change: walfloor's
+# exit at the last change, and the time JetStream stored tablecast's last
+# event (the stream's own timestamp). With NATS=embedded (default) JetStream
+# runs inside tablecast, sharing its cores; with NATS=external it is a
+# separate nats-server process, and the peak memory reported is the reader's
+# alone.
 #
 # Workloads (ROWS defaults to 1,000,000; the "rows" column is the number of
 # changes measured):
@@ -22,16 +28,50 @@
 #   wide    ROWS/4 inserts into a 50-column table of mixed types (int, bigint,
 #           numeric, text, timestamptz, boolean, jsonb, uuid, float8, date),
 #           in 1,000-row transactions.
-# Each line also gives the reader's peak resident memory (VmHWM, embedded NATS
-# included).
 #
-# Usage: [NATS=embedded|external] [WORKLOADS="many one update wide"] scripts/bench-cdc.sh [rows]
+# CPU, in CPU-seconds per million changes (utime + stime from /proc):
+#   wal   the walsender serving walfloor (the postmaster's reaped children,
+#         counted from walfloor's launch until its walsender is gone): what
+#         PostgreSQL itself spends to deliver the changes;
+#   tc    the tablecast process (reader, publisher and, embedded, JetStream);
+#   nats  the nats-server process (NATS=external);
+#   pg    PostgreSQL's processes serving tablecast (its walsender and its
+#         regular connections), counted the same way as wal.
+# With PROFILE=1 each tablecast run is profiled for its middle seconds
+# (TABLECAST_PPROF) and the line ends with the share of CPU of each part, from
+# the profile's goroutine labels: reader (decode, encode, publish, acks),
+# nats-client (the connection's reader and flusher), nats-server (JetStream),
+# gc/other (the garbage collector's workers and unlabelled goroutines). The
+# profiles, and a heap profile taken as the CPU profile ends, are kept in
+# PROFILE_DIR (default .tmp/profiles).
+# Each line also gives the reader's peak resident memory (VmHWM, embedded
+# NATS included), and the machine's one-minute load average when the line's
+# readers started.
+#
+# With LOAD_TPS=n, a pgbench load (TPC-B-like, n transactions a second, on
+# a database of its own) runs on the machine for the whole measurement, as
+# other work on a shared database server would; the workloads' readers
+# decode its WAL too.
+#
+# Usage: [NATS=embedded|external] [WORKLOADS="many one update wide"] [REPEAT=1]
+#        [BINS="bin/tablecast other/tablecast"] [PROFILE=1] [LOAD_TPS=n]
+#        scripts/bench-cdc.sh [rows]
+# BINS compares tablecast binaries in the same run, each on the same WAL (the
+# order rotates from one repetition to the next); the default builds
+# bin/tablecast from this tree. REPEAT runs every workload that many times,
+# interleaved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-1000000}
 NATS=${NATS:-embedded}
 WORKLOADS=${WORKLOADS:-many one update wide}
+REPEAT=${REPEAT:-1}
+LOAD_TPS=${LOAD_TPS:-}
+PROFILE=${PROFILE:-}
+PROFILE_DIR=${PROFILE_DIR:-.tmp/profiles}
 case "$ROWS" in '' | *[!0-9]* | 0*) echo "bench-cdc.sh: rows must be a positive integer, not '$ROWS'" >&2; exit 2 ;; esac
+case "$REPEAT" in '' | *[!0-9]* | 0*) echo "bench-cdc.sh: REPEAT must be a positive integer, not '$REPEAT'" >&2; exit 2 ;; esac
+case "$LOAD_TPS" in *[!0-9]*) echo "bench-cdc.sh: LOAD_TPS must be a whole number, not '$LOAD_TPS'" >&2; exit 2 ;; esac
 case "$NATS" in embedded | external) ;; *) echo "bench-cdc.sh: NATS must be embedded or external, not '$NATS'" >&2; exit 2 ;; esac
 read -r -a workloads <<<"$WORKLOADS"
 [ "${#workloads[@]}" -gt 0 ] || { echo "bench-cdc.sh: WORKLOADS is empty" >&2; exit 2; }
@@ -44,28 +84,49 @@ export TABLECAST_PG_PORT=${TABLECAST_PG_PORT:-54329}
 scripts/pg.sh start >/dev/null
 PGURL=$(scripts/pg.sh url)
 BASEURL=${PGURL%/*}
+PGDATA_DIR=${TABLECAST_PG_DIR:-.data/pg}
 DB=tc_bench
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-RECV=$PGBIN/pg_recvlogical
 PSQL=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1)
-go build -o bin/tablecast ./cmd/tablecast
+if [ -z "${BINS:-}" ]; then
+  go build -o bin/tablecast ./cmd/tablecast
+  BINS=bin/tablecast
+fi
+read -r -a bins <<<"$BINS"
+for b in "${bins[@]}"; do
+  [ -x "$b" ] || { echo "bench-cdc.sh: $b is not an executable" >&2; exit 2; }
+done
 go build -o bin/jsinfo ./scripts/jsinfo
+go build -o bin/walfloor ./scripts/walfloor
 if [ "$NATS" = external ]; then go build -o bin/nats-server github.com/nats-io/nats-server/v2; fi
+if [ -n "$PROFILE" ]; then mkdir -p "$PROFILE_DIR"; fi
+
+# The postmaster: its reaped children's CPU time is how the walsenders'
+# is counted (a walsender's own /proc entry is gone the moment it exits).
+PM_PID=$(head -1 "$PGDATA_DIR/postmaster.pid")
+TICKS=$(getconf CLK_TCK)
 
 work=$(mktemp -d)
 recv_pid=
 reader_pid=
 nats_pid=
+prof_pid=
+load_pid=
 stop_pid() { # pid: end a process this script started, and reap it
   if [ -n "$1" ]; then
     kill "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
   fi
 }
-# drop_slots drops both bench slots, ending a walsender that still holds one
+slot_names() { # the slots of this run, quoted for SQL
+  local i list="'bench_recv'"
+  for ((i = 0; i < ${#bins[@]}; i++)); do list+=",'bench_tc$i'"; done
+  echo "$list"
+}
+# drop_slots drops every bench slot, ending a walsender that still holds one
 # (its reader has exited, but the walsender may not have noticed yet).
 drop_slots() {
-  local q="FROM pg_replication_slots WHERE slot_name IN ('bench_recv','bench_tc')" try
+  local q="FROM pg_replication_slots WHERE slot_name IN ($(slot_names))" try
   for try in 1 2 3 4 5 6 7 8 9 10; do
     "${PSQL[@]}" -d "$BASEURL/postgres" -c "SELECT pg_terminate_backend(active_pid) $q AND active_pid IS NOT NULL" >/dev/null
     if "${PSQL[@]}" -d "$BASEURL/postgres" -c "SELECT pg_drop_replication_slot(slot_name) $q" >/dev/null 2>&1; then
@@ -79,14 +140,66 @@ cleanup() {
   stop_pid "$recv_pid"
   stop_pid "$reader_pid"
   stop_pid "$nats_pid"
+  stop_pid "$prof_pid"
+  stop_pid "$load_pid"
   rm -rf "$work"
   # Leave no slot behind to hold WAL back, nor the bench database.
   drop_slots 2>/dev/null || true
   "${PSQL[@]}" -d "$BASEURL/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null || true
+  if [ -n "$LOAD_TPS" ]; then
+    "${PSQL[@]}" -d "$BASEURL/postgres" -c "DROP DATABASE IF EXISTS tc_load WITH (FORCE)" 2>/dev/null || true
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# proc_ticks pid: the process's own CPU time (utime + stime), in clock ticks.
+proc_ticks() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  stat=${stat##*) }
+  awk '{print $12 + $13}' <<<"$stat"
+}
+# reaped_ticks: CPU time of the postmaster's reaped children, in clock ticks.
+reaped_ticks() {
+  local stat
+  stat=$(cat "/proc/$PM_PID/stat")
+  stat=${stat##*) }
+  awk '{print $14 + $15}' <<<"$stat"
+}
+# wait_walsenders_gone: until the postmaster has reaped every walsender,
+# so that their CPU time is in reaped_ticks.
+wait_walsenders_gone() {
+  local i
+  for i in $(seq 1 100); do
+    pgrep -P "$PM_PID" -f "walsender|$DB" >/dev/null || return 0
+    sleep 0.05
+  done
+  echo "bench-cdc.sh: a walsender is still running; its CPU time is not counted" >&2
+}
+per_million() { # ticks changes: CPU-seconds per million changes
+  echo "$1 / $TICKS * 1000000 / $2" | bc -l
+}
+# profile_split file: each part's share of a CPU profile, as percentages,
+# from the goroutine labels (stream.ProfileLabel): reader, nats-client,
+# nats-server (also the server's goroutines that label themselves by
+# account), gc/other (no label: the garbage collector's workers, timers).
+profile_split() {
+  go tool pprof -raw "$1" 2>/dev/null | awk '
+    function flush() { if (have) { by[part] += cur; total += cur; have = 0 } }
+    /^Samples:/ { s = 1; next }
+    s && /^Locations/ { flush(); s = 0 }
+    !s { next }
+    /^ *[0-9]+ +[0-9]+:/ { flush(); cur = $2 + 0; part = "gc/other"; have = 1; next }
+    /tablecast:\[/ { if (match($0, /tablecast:\[[^]]*\]/)) part = substr($0, RSTART + 11, RLENGTH - 12); next }
+    /account:\[/ { part = "nats-server"; next }
+    END {
+      flush()
+      if (total == 0) { print "profile empty"; exit }
+      printf "reader %.0f%% nats-client %.0f%% nats-server %.0f%% gc/other %.0f%%", 100*by["reader"]/total, 100*by["nats-client"]/total, 100*by["nats-server"]/total, 100*by["gc/other"]/total
+    }'
+}
 
 # batched_insert n columns select-list: SQL inserting rows 1..n into bench,
 # committing every 1,000 rows; select-list is written in terms of g, the id.
@@ -99,7 +212,10 @@ DO \$\$ BEGIN FOR i IN 0..$(((n + 999) / 1000 - 1)) LOOP
 SQL
 }
 
-NARROW_DDL="CREATE TABLE bench (id bigint PRIMARY KEY, qty int, label text, price numeric(12,2), at timestamptz, flag boolean)"
+# Autovacuum stays off the bench table: a worker that starts during a
+# measurement would take CPU from the readers and add its own to the reaped
+# children's.
+NARROW_DDL="CREATE TABLE bench (id bigint PRIMARY KEY, qty int, label text, price numeric(12,2), at timestamptz, flag boolean) WITH (autovacuum_enabled = false)"
 NARROW_COLS="id, qty, label, price, at, flag"
 NARROW_VALS="g, g % 1000, 'label-' || g, g * 0.01, now(), g % 2 = 0"
 
@@ -130,57 +246,42 @@ for spec in "${WIDE_SPEC[@]}"; do
     wide_ncols=$((wide_ncols + 1))
   done
 done
-WIDE_DDL+=")"
+WIDE_DDL+=") WITH (autovacuum_enabled = false)"
 [ "$wide_ncols" -eq 50 ] || { echo "bench-cdc.sh: wide table has $wide_ncols columns, want 50" >&2; exit 1; }
 
-# run_workload name changes ddl setup-sql measured-sql: creates the table,
-# runs setup-sql (may be empty; not measured), creates both slots, runs
-# measured-sql, which must produce exactly `changes` row changes, and times
-# both readers through them.
-run_workload() {
-  local name=$1 changes=$2 ddl=$3 setup=$4 sql=$5
-  drop_slots
-  PGOPTIONS="-c client_min_messages=warning" "${PSQL[@]}" -d "$BASEURL/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
-  "${PSQL[@]}" -d "$BASEURL/postgres" -c "CREATE DATABASE $DB"
-  "${PSQL[@]}" -d "$BASEURL/$DB" -c "$ddl"
-  "${PSQL[@]}" -d "$BASEURL/$DB" -c "CREATE PUBLICATION bench FOR TABLE bench WITH (publish_via_partition_root = true)"
-  if [ -n "$setup" ]; then
-    "${PSQL[@]}" -d "$BASEURL/$DB" -c "$setup"
-  fi
-  "${PSQL[@]}" -d "$BASEURL/$DB" >/dev/null <<SQL
-SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput');
-SELECT pg_create_logical_replication_slot('bench_tc', 'pgoutput');
-SQL
-  "${PSQL[@]}" -d "$BASEURL/$DB" -c "$sql"
-  local endpos
-  endpos=$("${PSQL[@]}" -d "$BASEURL/$DB" -At -c "SELECT pg_current_wal_lsn()")
-
-  # pg_recvlogical
-  local t0 t1 recv_s
-  t0=$(date +%s.%N)
-  "$RECV" -d "$BASEURL/$DB" --slot bench_recv --start --endpos "$endpos" -o proto_version=1 -o publication_names=bench -f /dev/null --no-loop &
-  recv_pid=$!
-  wait "$recv_pid"
-  recv_pid=
-  t1=$(date +%s.%N)
-  recv_s=$(echo "$t1 - $t0" | bc -l)
-
-  # tablecast
+# run_tablecast name changes slot bin rep: one tablecast run on slot through
+# the WAL of the workload; prints its result line.
+run_tablecast() {
+  local name=$1 changes=$2 slot=$3 bin=$4 rep=$5 recv_s=$6 wal_ticks=$7
   rm -rf "$work/nats"
-  local nats_url=
+  local nats_url= load
+  load=$(cut -d' ' -f1 /proc/loadavg)
   if [ "$NATS" = external ]; then
     bin/nats-server -a 127.0.0.1 -p 14222 -js -sd "$work/nats" >/dev/null 2>&1 &
     nats_pid=$!
     nats_url=nats://127.0.0.1:14222
     sleep 0.5
   fi
+  local pg0 t0 pprof=false
+  [ -z "$PROFILE" ] || pprof=true
+  pg0=$(reaped_ticks)
   t0=$(date +%s.%N)
-  TABLECAST_DATABASE_URL="$BASEURL/$DB" TABLECAST_SLOT=bench_tc TABLECAST_PUBLICATION=bench \
+  TABLECAST_DATABASE_URL="$BASEURL/$DB" TABLECAST_SLOT=$slot TABLECAST_PUBLICATION=bench \
   TABLECAST_NATS_URL="$nats_url" TABLECAST_NATS_LISTEN=127.0.0.1:14222 TABLECAST_DATA_DIR="$work/nats" \
-  TABLECAST_HTTP_ADDR=127.0.0.1:18080 TABLECAST_LOG_LEVEL=warn \
-    bin/tablecast cdc &
+  TABLECAST_HTTP_ADDR=127.0.0.1:18080 TABLECAST_LOG_LEVEL=error TABLECAST_PPROF=$pprof \
+    "$bin" cdc &
   reader_pid=$!
-  local peak=0 hwm out msgs=0 first=0 span=0
+  local peak=0 hwm out msgs=0 first=0 span=0 tc_ticks=0 nats_ticks=0 prof=
+  if [ -n "$PROFILE" ]; then
+    # The middle of the run: after start-up, before the end. The length is
+    # a guess from the walsender's time; tablecast is slower, not faster.
+    prof="$PROFILE_DIR/$name-$(basename "$bin")-$rep.prof"
+    local secs
+    secs=$(printf '%.0f' "$(echo "$recv_s * 0.6 + 1" | bc -l)")
+    (sleep 1; curl -s -o "$prof" "http://127.0.0.1:18080/debug/pprof/profile?seconds=$secs"
+      curl -s -o "${prof%.prof}.heap" "http://127.0.0.1:18080/debug/pprof/heap") &
+    prof_pid=$!
+  fi
   while :; do
     sleep 0.2
     kill -0 "$reader_pid" 2>/dev/null || { echo "$name: tablecast exited early" >&2; exit 1; }
@@ -190,33 +291,95 @@ SQL
     read -r msgs first span <<<"$out"
     [ "$msgs" -ge "$changes" ] && break
   done
+  if [ -n "$prof_pid" ]; then wait "$prof_pid" 2>/dev/null || true; prof_pid=; fi
+  tc_ticks=$(proc_ticks "$reader_pid")
   stop_pid "$reader_pid"; reader_pid=
+  if [ -n "$nats_pid" ]; then nats_ticks=$(proc_ticks "$nats_pid"); fi
   stop_pid "$nats_pid"; nats_pid=
+  wait_walsenders_gone
+  local pg_ticks=$(($(reaped_ticks) - pg0))
   if [ "$msgs" -ne "$changes" ]; then
     echo "$name: JetStream holds $msgs messages, expected $changes" >&2
   fi
-  local tc_s
+  local tc_s cpu
   tc_s=$(echo "$first + $span - $t0" | bc -l)
-  printf '%-6s %9d rows | pg_recvlogical %6.2fs %9.0f/s | tablecast %6.2fs %9.0f/s | ratio %.2f | peak RSS %d MiB\n' \
-    "$name" "$changes" "$recv_s" "$(echo "$changes / $recv_s" | bc -l)" "$tc_s" "$(echo "$changes / $tc_s" | bc -l)" \
-    "$(echo "($changes / $tc_s) / ($changes / $recv_s)" | bc -l)" $((peak / 1024))
+  cpu=$(printf 'wal %.2f tc %.2f' "$(per_million "$wal_ticks" "$changes")" "$(per_million "$tc_ticks" "$changes")")
+  if [ "$NATS" = external ]; then cpu+=$(printf ' nats %.2f' "$(per_million "$nats_ticks" "$changes")"); fi
+  cpu+=$(printf ' pg %.2f' "$(per_million "$pg_ticks" "$changes")")
+  printf '%-6s %9d rows | %-14s | walsender %6.2fs %7.0f/s | tablecast %6.2fs %7.0f/s | ratio %.2f | CPU s/M %s | peak RSS %d MiB | load %s' \
+    "$name" "$changes" "$(basename "$(dirname "$bin")")/$(basename "$bin")" "$recv_s" "$(echo "$changes / $recv_s" | bc -l)" "$tc_s" "$(echo "$changes / $tc_s" | bc -l)" \
+    "$(echo "($changes / $tc_s) / ($changes / $recv_s)" | bc -l)" "$cpu" $((peak / 1024)) "$load"
+  if [ -n "$prof" ] && [ -s "$prof" ]; then printf ' | %s' "$(profile_split "$prof")"; fi
+  printf '\n'
 }
 
-echo "NATS $NATS; workload | pg_recvlogical (launch → end LSN) | tablecast (launch → last event stored in JetStream) | ratio of rates | peak RSS"
-for w in "${workloads[@]}"; do
-  case "$w" in
-  many)
-    run_workload many "$ROWS" "$NARROW_DDL" "" "$(batched_insert "$ROWS" "$NARROW_COLS" "$NARROW_VALS")" ;;
-  one)
-    run_workload one "$ROWS" "$NARROW_DDL" "" \
-      "INSERT INTO bench ($NARROW_COLS) SELECT $NARROW_VALS FROM generate_series(1, $ROWS) g" ;;
-  update)
-    run_workload update "$ROWS" "$NARROW_DDL" \
-      "INSERT INTO bench ($NARROW_COLS) SELECT $NARROW_VALS FROM generate_series(1, $ROWS) g" \
-      "DO \$\$ BEGIN FOR i IN 0..$(((ROWS + 999) / 1000 - 1)) LOOP
+# run_workload name changes ddl setup-sql measured-sql rep: creates the
+# table, runs setup-sql (may be empty; not measured), creates the slots, runs
+# measured-sql, which must produce exactly `changes` row changes, and times
+# every reader through them.
+run_workload() {
+  local name=$1 changes=$2 ddl=$3 setup=$4 sql=$5 rep=$6 i
+  drop_slots
+  PGOPTIONS="-c client_min_messages=warning" "${PSQL[@]}" -d "$BASEURL/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+  "${PSQL[@]}" -d "$BASEURL/postgres" -c "CREATE DATABASE $DB"
+  "${PSQL[@]}" -d "$BASEURL/$DB" -c "$ddl"
+  "${PSQL[@]}" -d "$BASEURL/$DB" -c "CREATE PUBLICATION bench FOR TABLE bench WITH (publish_via_partition_root = true)"
+  if [ -n "$setup" ]; then
+    "${PSQL[@]}" -d "$BASEURL/$DB" -c "$setup"
+  fi
+  "${PSQL[@]}" -d "$BASEURL/$DB" -c "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')" >/dev/null
+  for ((i = 0; i < ${#bins[@]}; i++)); do
+    "${PSQL[@]}" -d "$BASEURL/$DB" -c "SELECT pg_create_logical_replication_slot('bench_tc$i', 'pgoutput')" >/dev/null
+  done
+  "${PSQL[@]}" -d "$BASEURL/$DB" -c "$sql"
+
+  # The walsender alone (walfloor: reads and counts, does nothing else)
+  local t0 t1 recv_s w0 wal_ticks
+  wait_walsenders_gone
+  w0=$(reaped_ticks)
+  t0=$(date +%s.%N)
+  bin/walfloor -db "$BASEURL/$DB" -slot bench_recv -publication bench -changes "$changes" >/dev/null &
+  recv_pid=$!
+  wait "$recv_pid"
+  recv_pid=
+  t1=$(date +%s.%N)
+  recv_s=$(echo "$t1 - $t0" | bc -l)
+  wait_walsenders_gone
+  wal_ticks=$(($(reaped_ticks) - w0))
+
+  # tablecast, each binary in turn, starting one further along each repetition
+  local n=${#bins[@]} k
+  for ((k = 0; k < n; k++)); do
+    i=$(((k + rep - 1) % n))
+    run_tablecast "$name" "$changes" "bench_tc$i" "${bins[$i]}" "$rep" "$recv_s" "$wal_ticks"
+  done
+}
+
+if [ -n "$LOAD_TPS" ]; then
+  PGOPTIONS="-c client_min_messages=warning" "${PSQL[@]}" -d "$BASEURL/postgres" -c "DROP DATABASE IF EXISTS tc_load WITH (FORCE)"
+  "${PSQL[@]}" -d "$BASEURL/postgres" -c "CREATE DATABASE tc_load"
+  "$PGBIN/pgbench" -i -q -s 10 "$BASEURL/tc_load" >/dev/null 2>&1
+  "$PGBIN/pgbench" -n -c 4 -j 2 -R "$LOAD_TPS" -T 86400 "$BASEURL/tc_load" >/dev/null 2>&1 &
+  load_pid=$!
+  echo "pgbench load: $LOAD_TPS transactions a second (TPC-B-like, 4 clients) throughout"
+fi
+echo "NATS $NATS; workload | binary | walsender (walfloor: launch → last change received) | tablecast (launch → last event stored in JetStream) | ratio of rates | CPU-seconds per million changes | peak RSS | load"
+for ((rep = 1; rep <= REPEAT; rep++)); do
+  for w in "${workloads[@]}"; do
+    case "$w" in
+    many)
+      run_workload many "$ROWS" "$NARROW_DDL" "" "$(batched_insert "$ROWS" "$NARROW_COLS" "$NARROW_VALS")" "$rep" ;;
+    one)
+      run_workload one "$ROWS" "$NARROW_DDL" "" \
+        "INSERT INTO bench ($NARROW_COLS) SELECT $NARROW_VALS FROM generate_series(1, $ROWS) g" "$rep" ;;
+    update)
+      run_workload update "$ROWS" "$NARROW_DDL" \
+        "INSERT INTO bench ($NARROW_COLS) SELECT $NARROW_VALS FROM generate_series(1, $ROWS) g" \
+        "DO \$\$ BEGIN FOR i IN 0..$(((ROWS + 999) / 1000 - 1)) LOOP
   UPDATE bench SET qty = qty + 1, label = label || 'x' WHERE id BETWEEN i*1000+1 AND i*1000+1000;
-  COMMIT; END LOOP; END \$\$" ;;
-  wide)
-    run_workload wide "$((ROWS / 4))" "$WIDE_DDL" "" "$(batched_insert "$((ROWS / 4))" "$WIDE_COLS" "$WIDE_VALS")" ;;
-  esac
+  COMMIT; END LOOP; END \$\$" "$rep" ;;
+    wide)
+      run_workload wide "$((ROWS / 4))" "$WIDE_DDL" "" "$(batched_insert "$((ROWS / 4))" "$WIDE_COLS" "$WIDE_VALS")" "$rep" ;;
+    esac
+  done
 done

@@ -120,43 +120,70 @@ func TestPayloadStoreAndResolve(t *testing.T) {
 	}
 }
 
-// TestPublisherFits: Fits is exact, headers included, against a stock
+// TestPublisherFits: Fits is exact, every header included, against a stock
 // server (1 MiB): the largest message it accepts is stored, one byte more
-// is what the server would refuse.
+// is what the server would refuse. The reader's publishers add the origin
+// header to every message, with batches or without, and an event Fits
+// wrongly admits would fail every session that publishes it again.
 func TestPublisherFits(t *testing.T) {
 	n := natstest.StartStock(t)
 	ctx := ctxFor(t)
 	if _, err := stream.EnsureStream(ctx, n.JS, stream.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	p, err := stream.NewPublisher(n.NC, n.JS, 8, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	const id = "00000000016B3748-0003"
-	limit := int(n.NC.MaxPayload()) - stream.MessageHeaderSize(id)
-	if !p.Fits(id, limit) || p.Fits(id, limit+1) {
-		t.Fatalf("Fits(%d) = %v, Fits(%d) = %v; want true, false", limit, p.Fits(id, limit), limit+1, p.Fits(id, limit+1))
-	}
-	// nats.go refuses what does not fit before sending it.
-	over := &nats.Msg{Subject: "tablecast.x.y.z.create", Data: make([]byte, limit+1), Header: nats.Header{jetstream.MsgIDHeader: []string{id}}}
-	if err := n.NC.PublishMsg(over); !errors.Is(err, nats.ErrMaxPayload) {
-		t.Fatalf("publishing one byte more: %v, want ErrMaxPayload", err)
-	}
-	if _, err := p.Publish(ctx, "tablecast.x.y.z.create", id, make([]byte, limit)); err != nil {
-		t.Fatal(err)
-	}
-	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for p.Acked() < 1 {
-		select {
-		case <-p.Progress():
-		case <-p.Failed():
-			t.Fatalf("the largest message that fits failed: %v", p.Err())
-		case <-waitCtx.Done():
-			t.Fatal("no acknowledgement")
-		}
+	const (
+		id     = "00000000016B3748-0003"
+		origin = "7312345678901234567/1/shop/tablecast_shop"
+	)
+	originLine := len(stream.OriginHeader + ": " + origin + "\r\n")
+	for _, tc := range []struct {
+		name   string
+		opts   []stream.PublisherOption
+		header nats.Header // what the Publisher sends beside Nats-Msg-Id
+		extra  int         // its size
+	}{
+		{"bare", nil, nats.Header{}, 0},
+		{"origin", []stream.PublisherOption{stream.WithHeader(stream.OriginHeader, origin)}, nats.Header{stream.OriginHeader: {origin}}, originLine},
+		{"origin in batches", []stream.PublisherOption{stream.WithHeader(stream.OriginHeader, origin), stream.WithBatches(stream.ControlSubject(""))},
+			nats.Header{stream.OriginHeader: {origin}}, originLine},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := stream.NewPublisher(n.NC, n.JS, 8, nil, tc.opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			limit := int(n.NC.MaxPayload()) - stream.MessageHeaderSize(id) - tc.extra
+			if !p.Fits(id, limit) || p.Fits(id, limit+1) {
+				t.Fatalf("Fits(%d) = %v, Fits(%d) = %v; want true, false", limit, p.Fits(id, limit), limit+1, p.Fits(id, limit+1))
+			}
+			// nats.go refuses what does not fit before sending it.
+			h := nats.Header{jetstream.MsgIDHeader: []string{id}}
+			for k, v := range tc.header {
+				h[k] = v
+			}
+			over := &nats.Msg{Subject: "tablecast.x.y.z.create", Data: make([]byte, limit+1), Header: h}
+			if err := n.NC.PublishMsg(over); !errors.Is(err, nats.ErrMaxPayload) {
+				t.Fatalf("publishing one byte more: %v, want ErrMaxPayload", err)
+			}
+			if _, err := p.Publish(ctx, "tablecast.x.y.z.create", id, make([]byte, limit)); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			for p.Acked() < 1 {
+				select {
+				case <-p.Progress():
+				case <-p.Failed():
+					t.Fatalf("the largest message that fits failed: %v", p.Err())
+				case <-waitCtx.Done():
+					t.Fatal("no acknowledgement")
+				}
+			}
+		})
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -53,53 +54,61 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger, opts ...na
 		lastErr error
 		refused = make(chan error, 1) // the first permanent refusal
 	)
-	nc, err := nats.Connect(url, append([]nats.Option{
-		nats.Name(name),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(reconnectWait),
-		nats.ReconnectJitter(reconnectJitter, reconnectJitterTLS),
-		nats.ReconnectBufSize(-1),
-		nats.RetryOnFailedConnect(true),
-		nats.ConnectHandler(func(nc *nats.Conn) {
-			log.Info("connected to NATS", slog.String("url", redactURLs(nc.ConnectedUrl())))
-		}),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.Warn("disconnected from NATS", slog.Any("error", err))
-			} else {
-				log.Info("disconnected from NATS")
-			}
-		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info("reconnected to NATS", slog.String("url", redactURLs(nc.ConnectedUrl())))
-		}),
-		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
-			mu.Lock()
-			lastErr = err
-			mu.Unlock()
-			if permanentRefusal(err) {
-				log.Warn("NATS refused the connection", slog.Any("error", err))
-				select {
-				case refused <- err:
-				default:
+	var (
+		nc  *nats.Conn
+		err error
+	)
+	// The connection's goroutines (its reader, its flusher, reconnects)
+	// start here and keep the label in CPU profiles (see ProfileLabel).
+	pprof.Do(context.Background(), pprof.Labels(ProfileLabel, ProfileNATSClient), func(context.Context) {
+		nc, err = nats.Connect(url, append([]nats.Option{
+			nats.Name(name),
+			nats.MaxReconnects(-1),
+			nats.ReconnectWait(reconnectWait),
+			nats.ReconnectJitter(reconnectJitter, reconnectJitterTLS),
+			nats.ReconnectBufSize(-1),
+			nats.RetryOnFailedConnect(true),
+			nats.ConnectHandler(func(nc *nats.Conn) {
+				log.Info("connected to NATS", slog.String("url", redactURLs(nc.ConnectedUrl())))
+			}),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+				if err != nil {
+					log.Warn("disconnected from NATS", slog.Any("error", err))
+				} else {
+					log.Info("disconnected from NATS")
 				}
-				return
-			}
-			log.Debug("NATS connection attempt failed", slog.Any("error", err))
-		}),
-		nats.ClosedHandler(func(*nats.Conn) {
-			log.Info("NATS connection closed")
-		}),
-		// Asynchronous errors (a slow consumer, a permission violation, a
-		// failed write) would otherwise be printed to stderr by nats.go.
-		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
-			if sub != nil {
-				log.Warn("NATS asynchronous error", slog.Any("error", err), slog.String("subscription", sub.Subject))
-				return
-			}
-			log.Warn("NATS asynchronous error", slog.Any("error", err))
-		}),
-	}, opts...)...)
+			}),
+			nats.ReconnectHandler(func(nc *nats.Conn) {
+				log.Info("reconnected to NATS", slog.String("url", redactURLs(nc.ConnectedUrl())))
+			}),
+			nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+				mu.Lock()
+				lastErr = err
+				mu.Unlock()
+				if permanentRefusal(err) {
+					log.Warn("NATS refused the connection", slog.Any("error", err))
+					select {
+					case refused <- err:
+					default:
+					}
+					return
+				}
+				log.Debug("NATS connection attempt failed", slog.Any("error", err))
+			}),
+			nats.ClosedHandler(func(*nats.Conn) {
+				log.Info("NATS connection closed")
+			}),
+			// Asynchronous errors (a slow consumer, a permission violation, a
+			// failed write) would otherwise be printed to stderr by nats.go.
+			nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+				if sub != nil {
+					log.Warn("NATS asynchronous error", slog.Any("error", err), slog.String("subscription", sub.Subject))
+					return
+				}
+				log.Warn("NATS asynchronous error", slog.Any("error", err))
+			}),
+		}, opts...)...)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURLs(url), err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -70,6 +71,9 @@ type DeadLetterConfig struct {
 	Storage jetstream.StorageType
 }
 
+// deadLetterDuplicateWindow is the dead-letter stream's duplicate window.
+const deadLetterDuplicateWindow = 2 * time.Minute
+
 // EnsureDeadLetterStream creates the dead-letter stream when missing and
 // returns its name. Records are kept until deleted: there are few, and each
 // stands for data an operator has to look at.
@@ -107,11 +111,13 @@ func ensureDeadLetterStream(ctx context.Context, js jetstream.JetStream, cfg Dea
 		Subjects:    []string{subject},
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardOld,
-		Duplicates:  DefaultDuplicateWindow,
-		MaxMsgs:     -1,
-		MaxBytes:    -1,
-		Replicas:    max(cfg.Replicas, 1),
-		Storage:     cfg.Storage,
+		// Records are few: a window of JetStream's own default costs
+		// nothing and drops the record a quick replay publishes again.
+		Duplicates: deadLetterDuplicateWindow,
+		MaxMsgs:    -1,
+		MaxBytes:   -1,
+		Replicas:   max(cfg.Replicas, 1),
+		Storage:    cfg.Storage,
 	})
 	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		return "", fmt.Errorf("create stream %s for %q: %w", name, subject, err)

@@ -55,11 +55,12 @@
 //	                     restart replication from the confirmed LSN with a new Publisher
 //
 // Every message carries Nats-Msg-Id, so whatever is published again soon
-// after a failure is dropped by JetStream's duplicate window. For longer
-// outages the reader tells itself: [Publisher.Watermark] gives the stream
-// sequence each acknowledgement reported, [WithHeader] marks every message
-// with the reader's [OriginHeader], and [ScanLastWithHeader] finds, reading
-// headers only, the last message of that origin after a sequence.
+// after a failure is dropped by JetStream's duplicate window. Beyond it the
+// reader tells itself: [Barrier] lets what a failed publisher left in flight
+// be stored, [Publisher.Watermark] gives a stream sequence every later
+// message follows, [WithHeader] marks every message with the reader's
+// [OriginHeader], and [ScanLastWithHeader] finds, reading headers only, the
+// last message of that origin after a sequence.
 //
 // The first failure is final for that Publisher: a negative ack, an ack from
 // another stream, an ack timeout, the connection dropping with messages in
@@ -72,8 +73,22 @@
 // refused one lands after them when it is published again; the watermark is
 // never wrong, but that table's order in the stream is. This needs a negative
 // ack of one message followed by success of the next (a message over the
-// server's size limit, a stream at a limit with DiscardNew), not a crash or a
-// dropped connection.
+// stream's size limit, a stream at a limit with DiscardNew), not a crash or a
+// dropped connection. With batches (WithBatches) it cannot happen inside a
+// batch: JetStream stores none of a batch's messages after one it refused;
+// only a message sent alone (the first after a Flush) can be overtaken so.
+//
+// # Batches
+//
+// [WithBatches] sends messages in JetStream's fast batches, which the stream
+// acknowledges every few hundred messages instead of every message; the
+// batches end on a control subject the stream captures and never stores
+// ([ControlSubject]), and [Publisher.Flush] ends the open one. The
+// watermark moves over a batch, or a message sent alone, only once JetStream
+// has answered for it, oldest first: a message JetStream fails to write (a
+// full disk) gets no answer, and news of a later batch says nothing of it.
+// [Barrier] passes through the same subject: its refusal comes once
+// JetStream has dealt with everything the connection sent before it.
 //
 // # Claims and dead letters
 //

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -227,7 +228,9 @@ func (e *Embedded) startServer() (*server.Server, error) {
 	}
 	sl := &serverLogger{log: e.log, fatal: make(chan struct{})}
 	srv.SetLoggerV2(sl, false, false, false)
-	srv.Start()
+	// Every goroutine of the server descends from Start's, and carries
+	// its label into CPU profiles (see ProfileLabel).
+	pprof.Do(context.Background(), pprof.Labels(ProfileLabel, ProfileNATSServer), func(context.Context) { srv.Start() })
 	if err := waitReady(srv, sl, embeddedReadyTimeout); err != nil {
 		srv.Shutdown()
 		srv.WaitForShutdown()

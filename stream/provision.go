@@ -16,15 +16,18 @@ const (
 	DefaultStreamName = "TABLECAST"
 	DefaultPrefix     = "tablecast"
 	// DefaultDuplicateWindow is how long JetStream remembers a Nats-Msg-Id.
-	// The CDC reader no longer needs it to cover an outage: it learns what
-	// the stream holds when it starts streaming again. What is left is the
-	// race of a failed publisher's messages that the server stores after
-	// that look (they are then published again within the seconds of a
-	// replay), and the retries of other clients publishing with ids. Thirty
-	// seconds covers both many times over, while the server's index of ids
-	// (about 110 bytes of heap each, BenchmarkDuplicateIndex) holds a
-	// quarter of what JetStream's own default of two minutes would.
-	DefaultDuplicateWindow = 30 * time.Second
+	// The CDC reader does not need it to cover an outage: it learns what
+	// the stream holds when it starts streaming again, after a barrier
+	// that lets whatever a failed session left in flight be stored first
+	// (Barrier). What is left is what a barrier cannot order (the
+	// messages of a dropped connection that the server had not read yet,
+	// a replicated stream applying late) and the quick retries of other
+	// clients publishing with ids. The server keeps every id of the
+	// window in memory and looks each message up in that index (about
+	// 110 bytes of heap an id, BenchmarkDuplicateIndex): at the reader's
+	// peak rate, a second holds about 150,000 of them, two minutes (the
+	// server's own default) 18 million.
+	DefaultDuplicateWindow = time.Second
 )
 
 // StreamBytesFor is the default size limit of the event stream in a store
@@ -44,7 +47,7 @@ type StreamConfig struct {
 	// "<Prefix>.>". Default (empty): DefaultPrefix, "tablecast".
 	Prefix string
 	// DuplicateWindow is how long JetStream drops a message whose Nats-Msg-Id
-	// it has already stored. Default (0): DefaultDuplicateWindow, 30s.
+	// it has already stored. Default (0): DefaultDuplicateWindow, 1s.
 	DuplicateWindow time.Duration
 	// MaxAge removes messages older than this. Default (0): kept forever.
 	MaxAge time.Duration
@@ -115,7 +118,8 @@ func (c StreamConfig) Subjects() string {
 
 // EnsureStream makes the stream described by cfg exist and returns it. A
 // missing stream is created. An existing one is updated when it differs in
-// the fields of StreamConfig (its subjects become exactly "<Prefix>.>"); its
+// the fields of StreamConfig (its subjects become exactly "<Prefix>.>" and
+// ControlSubject(Prefix), and it allows batch publishing); its
 // other settings are left as they are, and no message is ever deleted by
 // EnsureStream itself (a smaller MaxAge or MaxBytes does make JetStream drop
 // the messages beyond the new limit). Storage cannot be changed in place:
@@ -136,6 +140,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		return nil, fmt.Errorf("ensure stream: %w", err)
 	}
 	subject := cfg.Prefix + ".>"
+	subjects := []string{subject, ControlSubject(cfg.Prefix)}
 
 	s, err := js.Stream(ctx, cfg.Name)
 	switch {
@@ -143,7 +148,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		s, err = js.CreateStream(ctx, jetstream.StreamConfig{
 			Name:        cfg.Name,
 			Description: "tablecast: row changes and custom topics",
-			Subjects:    []string{subject},
+			Subjects:    subjects,
 			Retention:   jetstream.LimitsPolicy,
 			Discard:     jetstream.DiscardOld,
 			Duplicates:  cfg.DuplicateWindow,
@@ -152,6 +157,9 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 			MaxMsgs:     -1,
 			Replicas:    cfg.Replicas,
 			Storage:     cfg.Storage,
+			// Publishers may send fast batches (WithBatches); servers
+			// before 2.14 ignore it.
+			AllowBatchPublish: true,
 		})
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			// Another process created it between our look-up and now:
@@ -176,7 +184,8 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 			cfg.Name, have.Storage, cfg.Storage)
 	}
 	want := have
-	want.Subjects = []string{subject}
+	want.Subjects = subjects
+	want.AllowBatchPublish = true
 	want.Duplicates = cfg.DuplicateWindow
 	want.MaxAge = cfg.MaxAge
 	want.MaxBytes = cfg.MaxBytes
@@ -201,6 +210,7 @@ func sameStreamConfig(a, b jetstream.StreamConfig) bool {
 		return n
 	}
 	return slices.Equal(a.Subjects, b.Subjects) &&
+		a.AllowBatchPublish == b.AllowBatchPublish &&
 		a.Duplicates == b.Duplicates &&
 		a.MaxAge == b.MaxAge &&
 		maxBytes(a.MaxBytes) == maxBytes(b.MaxBytes) &&

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,8 +22,8 @@ func TestEnsureStreamCreateThenUpdate(t *testing.T) {
 		t.Fatalf("create: %v", err)
 	}
 	cfg := s.CachedInfo().Config
-	if cfg.Name != DefaultStreamName || len(cfg.Subjects) != 1 || cfg.Subjects[0] != "tablecast.>" ||
-		cfg.Duplicates != DefaultDuplicateWindow || cfg.Storage != jetstream.FileStorage || cfg.Replicas != 1 {
+	if cfg.Name != DefaultStreamName || !slices.Equal(cfg.Subjects, []string{"tablecast.>", "_TABLECAST.tablecast.stream"}) ||
+		!cfg.AllowBatchPublish || cfg.Duplicates != DefaultDuplicateWindow || cfg.Storage != jetstream.FileStorage || cfg.Replicas != 1 {
 		t.Fatalf("created with %+v", cfg)
 	}
 
@@ -54,6 +55,31 @@ func TestEnsureStreamCreateThenUpdate(t *testing.T) {
 	}
 	if info.State.Msgs != 10 {
 		t.Fatalf("stream holds %d messages after the update, want 10", info.State.Msgs)
+	}
+}
+
+// TestEnsureStreamUpgradesOldStream: a stream made before batches and the
+// control subject gets both, and keeps its messages.
+func TestEnsureStreamUpgradesOldStream(t *testing.T) {
+	e := startTestServer(t, "")
+	_, js := connectTest(t, e.ClientURL())
+	ctx := testContext(t)
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: DefaultStreamName, Subjects: []string{"tablecast.>"}, Duplicates: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "tablecast.shop.public.orders.create", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	s, err := EnsureStream(ctx, js, StreamConfig{DuplicateWindow: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(info.Config.Subjects, []string{"tablecast.>", ControlSubject("tablecast")}) || !info.Config.AllowBatchPublish || info.State.Msgs != 1 {
+		t.Fatalf("after EnsureStream: subjects %v, batches %v, %d messages", info.Config.Subjects, info.Config.AllowBatchPublish, info.State.Msgs)
 	}
 }
 

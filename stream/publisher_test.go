@@ -82,6 +82,11 @@ func newTestPublisher(tb testing.TB, nc *nats.Conn, js jetstream.JetStream, maxI
 
 func msgID(n int) string { return "id-" + strconv.Itoa(n) }
 
+// dedupeWindow is the duplicate window of tests that publish ids again and
+// expect JetStream to drop them: far longer than such a test runs on a
+// loaded machine, unlike the 1 s default.
+const dedupeWindow = 10 * time.Minute
+
 // publishN publishes messages first..last with ids msgID(i) and data "msg i",
 // checking that Publish numbers them from firstN on.
 func publishN(tb testing.TB, p *Publisher, first, last int, firstN uint64) {
@@ -160,7 +165,7 @@ func TestPublisherInOrder(t *testing.T) {
 func TestPublisherDedupe(t *testing.T) {
 	e := startTestServer(t, "")
 	nc, js := connectTest(t, e.ClientURL())
-	if _, err := EnsureStream(testContext(t), js, StreamConfig{}); err != nil {
+	if _, err := EnsureStream(testContext(t), js, StreamConfig{DuplicateWindow: dedupeWindow}); err != nil {
 		t.Fatal(err)
 	}
 	const total = 3000
@@ -723,7 +728,7 @@ func TestAckError(t *testing.T) {
 func TestPublisherStreamSequence(t *testing.T) {
 	e := startTestServer(t, "")
 	nc, js := connectTest(t, e.ClientURL())
-	if _, err := EnsureStream(testContext(t), js, StreamConfig{}); err != nil {
+	if _, err := EnsureStream(testContext(t), js, StreamConfig{DuplicateWindow: dedupeWindow}); err != nil {
 		t.Fatal(err)
 	}
 	// Someone else's messages first, so that stream sequences and publisher

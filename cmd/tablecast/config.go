@@ -59,7 +59,7 @@ type Config struct {
 	NATSTLSCA        string   `envconfig:"NATS_TLS_CA" desc:"CA certificates (PEM) that sign an external NATS's certificate, when the system does not trust it"`
 
 	Stream          string        `envconfig:"STREAM" default:"TABLECAST" desc:"JetStream stream that holds every event"`
-	DuplicateWindow time.Duration `envconfig:"DUPLICATE_WINDOW" default:"30s" desc:"JetStream duplicate window: a message whose Nats-Msg-Id was stored within it is dropped (the reader skips older repeats itself)"`
+	DuplicateWindow time.Duration `envconfig:"DUPLICATE_WINDOW" default:"1s" desc:"JetStream duplicate window: a message whose Nats-Msg-Id was stored within it is dropped (the reader skips older repeats itself)"`
 	StreamMaxAge    time.Duration `envconfig:"STREAM_MAX_AGE" default:"168h" desc:"how long the stream keeps events (7 days); 0 keeps them until STREAM_MAX_BYTES"`
 	StreamMaxBytes  int64         `envconfig:"STREAM_MAX_BYTES" desc:"size limit of the stream in bytes, oldest events dropped first; unset: three quarters of TABLECAST_NATS_MAX_STORE (6 GiB); -1: none (external NATS only)"`
 	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"copies of the stream and of every bucket, in a NATS cluster"`

@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# bench-latency.sh — how much time tablecast adds to what PostgreSQL's
+# walsender takes to deliver a commit, under a steady load.
+#
+# Each run writes a steady load of transactions with pgbench (RATE
+# transactions a second, ROWS rows each, synchronous_commit=on, Poisson
+# arrivals), into a fresh database, and measures in the same run:
+#   - walsender: scripts/walfloor on a slot of its own notes when each
+#     commit message arrives (commit → receipt: PostgreSQL's own latency);
+#   - JetStream: `tablecast run` (embedded NATS, or NATS=external) reads
+#     another slot; after the load, scripts/cdclat reads the stream and
+#     takes the time JetStream stored each event (the server's own
+#     timestamp), so nothing measures while the load runs;
+#   - WebSocket: scripts/cdclat holds one gateway connection subscribed to
+#     the table and notes when each event's frame arrives.
+# A transaction counts by its last event. Only the transactions committed in
+# the DURATION seconds after WARM seconds of warm-up are measured. Printed:
+# p50 / p99 / max of each, the difference of tablecast's percentiles and the
+# walsender's (what tablecast adds), and the CPU each process used in that
+# window, in percent of one core (the machine's busy share in percent of all
+# of its cores), and tablecast's peak resident memory. WORST=n lists the n slowest transactions into JetStream with
+# their commit times, and the warnings tablecast logged are shown: a stall
+# shows as a run of slow transactions. LOG_DIR keeps tablecast's log of each
+# run. WS=0 runs `tablecast cdc` (the reader alone) and no WebSocket client.
+#
+# Usage: [CONFIGS="1000x1 1000x10"] [DURATION=30] [WARM=5] [REPEAT=1]
+#        [BINS="bin/tablecast other/tablecast"] [NATS=embedded|external]
+#        [WORST=n] [LOG_DIR=dir] [WS=0] scripts/bench-latency.sh
+# CONFIGS lists RATExROWS pairs (transactions a second × rows each); BINS
+# compares tablecast binaries, run after one another on the same
+# configuration (the order rotates each repetition); the default builds
+# bin/tablecast from this tree.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIGS=${CONFIGS:-1000x1 1000x10}
+DURATION=${DURATION:-30}
+WARM=${WARM:-5}
+REPEAT=${REPEAT:-1}
+NATS=${NATS:-embedded}
+CLIENTS=${CLIENTS:-8}
+WS=${WS:-1}
+for v in DURATION WARM REPEAT CLIENTS; do
+  case "${!v}" in '' | *[!0-9]*) echo "bench-latency.sh: $v must be a whole number, not '${!v}'" >&2; exit 2 ;; esac
+done
+case "$NATS" in embedded | external) ;; *) echo "bench-latency.sh: NATS must be embedded or external, not '$NATS'" >&2; exit 2 ;; esac
+read -r -a configs <<<"$CONFIGS"
+for c in "${configs[@]}"; do
+  [[ "$c" =~ ^[1-9][0-9]*x[1-9][0-9]*$ ]] || { echo "bench-latency.sh: config '$c' is not RATExROWS (such as 1000x10)" >&2; exit 2; }
+done
+
+export TABLECAST_PG_PORT=${TABLECAST_PG_PORT:-54329}
+scripts/pg.sh start >/dev/null
+PGURL=$(scripts/pg.sh url)
+BASEURL=${PGURL%/*}
+PGDATA_DIR=${TABLECAST_PG_DIR:-.data/pg}
+DB=tc_lat
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+PSQL=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1)
+PGBENCH=$PGBIN/pgbench
+if [ -z "${BINS:-}" ]; then
+  go build -o bin/tablecast ./cmd/tablecast
+  BINS=bin/tablecast
+fi
+read -r -a bins <<<"$BINS"
+for b in "${bins[@]}"; do
+  [ -x "$b" ] || { echo "bench-latency.sh: $b is not an executable" >&2; exit 2; }
+done
+go build -o bin/walfloor ./scripts/walfloor
+go build -o bin/cdclat ./scripts/cdclat
+if [ "$NATS" = external ]; then go build -o bin/nats-server github.com/nats-io/nats-server/v2; fi
+PM_PID=$(head -1 "$PGDATA_DIR/postmaster.pid")
+TICKS=$(getconf CLK_TCK)
+HTTP=127.0.0.1:18081
+NATS_ADDR=127.0.0.1:14223
+
+work=$(mktemp -d)
+pids=()
+stop_pid() { # pid: end a process this script started, and reap it
+  if [ -n "${1:-}" ]; then
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+  fi
+}
+drop_slots() {
+  local q="FROM pg_replication_slots WHERE slot_name IN ('lat_floor','lat_tc')" try
+  for try in 1 2 3 4 5 6 7 8 9 10; do
+    "${PSQL[@]}" -d "$BASEURL/postgres" -c "SELECT pg_terminate_backend(active_pid) $q AND active_pid IS NOT NULL" >/dev/null
+    if "${PSQL[@]}" -d "$BASEURL/postgres" -c "SELECT pg_drop_replication_slot(slot_name) $q" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  "${PSQL[@]}" -d "$BASEURL/postgres" -c "SELECT pg_drop_replication_slot(slot_name) $q" >/dev/null
+}
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do stop_pid "$p"; done
+  rm -rf "$work"
+  drop_slots 2>/dev/null || true
+  "${PSQL[@]}" -d "$BASEURL/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# proc_ticks pid: the process's CPU time (utime + stime), in clock ticks.
+proc_ticks() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  stat=${stat##*) }
+  awk '{print $12 + $13}' <<<"$stat"
+}
+# pg_ticks: PostgreSQL's CPU time so far: the postmaster's own, its live
+# children's, and its reaped children's. A child that exits between two
+# readings moves from live to reaped with the CPU it had, so differences
+# between readings are right to within what it used since the first one.
+pg_ticks() {
+  local stat total p
+  stat=$(cat "/proc/$PM_PID/stat")
+  stat=${stat##*) }
+  total=$(awk '{print $12 + $13 + $14 + $15}' <<<"$stat")
+  for p in $(pgrep -P "$PM_PID"); do
+    total=$((total + $(proc_ticks "$p")))
+  done
+  echo "$total"
+}
+# machine_ticks: "busy total" of all CPUs, in clock ticks.
+machine_ticks() {
+  awk '/^cpu / {t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t}' /proc/stat
+}
+pct() { # ticks seconds: percent of one core
+  printf '%.0f' "$(echo "100 * $1 / $TICKS / $2" | bc -l)"
+}
+
+# run_one rate rows bin rep: one measured run; prints its report.
+run_one() {
+  local rate=$1 rows=$2 bin=$3 rep=$4
+  drop_slots
+  PGOPTIONS="-c client_min_messages=warning" "${PSQL[@]}" -d "$BASEURL/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+  "${PSQL[@]}" -d "$BASEURL/postgres" -c "CREATE DATABASE $DB"
+  "${PSQL[@]}" -d "$BASEURL/$DB" -c "CREATE TABLE lat (id bigserial PRIMARY KEY, n int, v text, at timestamptz DEFAULT now())" \
+    -c "CREATE PUBLICATION lat_pub FOR TABLE lat WITH (publish_via_partition_root = true)"
+  "${PSQL[@]}" -d "$BASEURL/$DB" -c "SELECT pg_create_logical_replication_slot('lat_floor', 'pgoutput')" \
+    -c "SELECT pg_create_logical_replication_slot('lat_tc', 'pgoutput')" >/dev/null
+  if [ "$rows" -eq 1 ]; then
+    echo "INSERT INTO lat (n, v) VALUES (1, 'x');" >"$work/load.sql"
+  else
+    echo "INSERT INTO lat (n, v) SELECT g, 'x' FROM generate_series(1, $rows) g;" >"$work/load.sql"
+  fi
+
+  rm -rf "$work/nats" "$work"/*.txt
+  local nats_url= nats_pid= command=run
+  [ "$WS" = 1 ] || command=cdc
+  if [ "$NATS" = external ]; then
+    bin/nats-server -a 127.0.0.1 -p "${NATS_ADDR##*:}" -js -sd "$work/nats" >/dev/null 2>&1 &
+    nats_pid=$!
+    pids+=("$nats_pid")
+    nats_url=nats://$NATS_ADDR
+    sleep 0.5
+  fi
+  TABLECAST_DATABASE_URL="$BASEURL/$DB" TABLECAST_SLOT=lat_tc TABLECAST_PUBLICATION=lat_pub \
+  TABLECAST_NATS_URL="$nats_url" TABLECAST_NATS_LISTEN=$NATS_ADDR TABLECAST_DATA_DIR="$work/nats" \
+  TABLECAST_HTTP_ADDR=$HTTP TABLECAST_LOG_LEVEL=warn TABLECAST_SNAPSHOT=never \
+    "$bin" "$command" 2>"$work/tablecast.log" &
+  local tc_pid=$!
+  pids+=("$tc_pid")
+  local i
+  for i in $(seq 1 200); do
+    curl -sf "http://$HTTP/readyz" >/dev/null 2>&1 && break
+    kill -0 "$tc_pid" 2>/dev/null || { cat "$work/tablecast.log" >&2; echo "bench-latency.sh: tablecast exited" >&2; exit 1; }
+    sleep 0.1
+  done
+  bin/walfloor -db "$BASEURL/$DB" -slot lat_floor -publication lat_pub -commits "$work/floor.txt" &
+  local floor_pid=$!
+  pids+=("$floor_pid")
+  local ws_pid=
+  if [ "$WS" = 1 ]; then
+    bin/cdclat ws -url "ws://$HTTP/ws" -table public.lat -out "$work/ws.txt" >"$work/ws.out" &
+    ws_pid=$!
+    pids+=("$ws_pid")
+    for i in $(seq 1 200); do
+      grep -q subscribed "$work/ws.out" 2>/dev/null && break
+      kill -0 "$ws_pid" 2>/dev/null || { echo "bench-latency.sh: the WebSocket client exited" >&2; exit 1; }
+      sleep 0.1
+    done
+  fi
+
+  local load
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  local t0 from to
+  t0=$(date +%s.%N)
+  from=$(echo "$t0 + $WARM" | bc -l)
+  to=$(echo "$from + $DURATION" | bc -l)
+  PGOPTIONS="-c synchronous_commit=on" "$PGBENCH" -n -c "$CLIENTS" -j 2 -R "$rate" -T "$((WARM + DURATION))" -M prepared \
+    -f "$work/load.sql" "$BASEURL/$DB" >"$work/pgbench.out" 2>&1 &
+  local pgb_pid=$!
+  pids+=("$pgb_pid")
+  sleep "$WARM"
+  local m0 pg0 tc0 fl0 ws0 pb0 n0 c0
+  m0=$(machine_ticks); pg0=$(pg_ticks); tc0=$(proc_ticks "$tc_pid"); fl0=$(proc_ticks "$floor_pid")
+  ws0=0; [ -z "$ws_pid" ] || ws0=$(proc_ticks "$ws_pid")
+  pb0=$(proc_ticks "$pgb_pid")
+  if [ -n "$nats_pid" ]; then n0=$(proc_ticks "$nats_pid"); fi
+  c0=$(date +%s.%N)
+  # pgbench's own CPU is read just before it ends.
+  local pb1=0
+  while kill -0 "$pgb_pid" 2>/dev/null; do
+    pb1=$(proc_ticks "$pgb_pid")
+    sleep 0.5
+  done
+  wait "$pgb_pid" || { cat "$work/pgbench.out" >&2; echo "bench-latency.sh: pgbench failed" >&2; exit 1; }
+  local m1 pg1 tc1 fl1 ws1 n1 c1 secs rss
+  m1=$(machine_ticks); pg1=$(pg_ticks); tc1=$(proc_ticks "$tc_pid"); fl1=$(proc_ticks "$floor_pid")
+  rss=$(awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$tc_pid/status")
+  ws1=0; [ -z "$ws_pid" ] || ws1=$(proc_ticks "$ws_pid")
+  if [ -n "$nats_pid" ]; then n1=$(proc_ticks "$nats_pid"); fi
+  c1=$(date +%s.%N)
+  secs=$(echo "$c1 - $c0" | bc -l)
+  # Let the last transactions arrive everywhere.
+  sleep 3
+  stop_pid "$floor_pid"
+  stop_pid "$ws_pid"
+  bin/cdclat js -url "nats://$NATS_ADDR" -stream TABLECAST -out "$work/js.txt"
+  stop_pid "$tc_pid"
+  stop_pid "$nats_pid"
+
+  local tps
+  tps=$(awk '/^tps/ {printf "%.0f", $3}' "$work/pgbench.out")
+  local mb mt
+  read -r mb mt <<<"$m0"
+  local m1b m1t
+  read -r m1b m1t <<<"$m1"
+  printf '== %s tx/s × %s rows (%s tx/s done), %s, %s, run %s, load %s\n' "$rate" "$rows" "$tps" "$NATS" "$bin" "$rep" "$load"
+  local wsfile=
+  [ -z "$ws_pid" ] || wsfile="$work/ws.txt"
+  bin/cdclat report -floor "$work/floor.txt" -js "$work/js.txt" ${wsfile:+-ws "$wsfile"} -from "$from" -to "$to" -worst "${WORST:-0}" | sed 's/^/   /'
+  local cpu
+  cpu="tablecast $(pct $((tc1 - tc0)) "$secs")%"
+  if [ -n "$nats_pid" ]; then cpu+=" nats-server $(pct $((n1 - n0)) "$secs")%"; fi
+  cpu+=" postgres $(pct $((pg1 - pg0)) "$secs")% pgbench $(pct $((pb1 - pb0)) "$secs")% walfloor $(pct $((fl1 - fl0)) "$secs")% ws-client $(pct $((ws1 - ws0)) "$secs")%"
+  printf '   CPU (%% of one core): %s; machine %s%% busy (of %s cores); tablecast peak RSS %s MiB\n' "$cpu" \
+    "$(printf '%.0f' "$(echo "100 * ($m1b - $mb) / ($m1t - $mt)" | bc -l)")" "$(nproc)" "$rss"
+  if [ -n "${LOG_DIR:-}" ]; then
+    mkdir -p "$LOG_DIR"
+    cp "$work/tablecast.log" "$LOG_DIR/tablecast-${rate}x$rows-$(basename "$bin")-$rep.log"
+  fi
+  # What tablecast warned about (a session that ended explains a spike).
+  grep -E 'level=(WARN|ERROR)' "$work/tablecast.log" | grep -v 'no position record' | cut -c1-300 | head -5 | sed 's/^/   tablecast: /' || true
+  pids=()
+}
+
+for ((rep = 1; rep <= REPEAT; rep++)); do
+  for c in "${configs[@]}"; do
+    n=${#bins[@]}
+    for ((k = 0; k < n; k++)); do
+      run_one "${c%x*}" "${c#*x}" "${bins[$(((k + rep - 1) % n))]}" "$rep"
+    done
+  done
+done

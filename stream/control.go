@@ -1,0 +1,67 @@
+package stream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+)
+
+// ControlToken is the first token of tablecast's control subjects: requests
+// and signals that travel beside the events, never among them. A subject
+// prefix may not start with it.
+const ControlToken = "_TABLECAST"
+
+// ControlSubject is the subject the event stream of prefix captures besides
+// "<prefix>.>": "_TABLECAST.<prefix>.stream". Nothing is ever stored on it.
+// Publishers end their batches on it (WithBatches) and the reader sends its
+// barrier there (Barrier): messages that must pass through the stream's
+// ingest, in order with the events, without reaching the core subscribers
+// of the events' subjects (read-only users cannot subscribe to it).
+func ControlSubject(prefix string) string {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return ControlToken + "." + prefix + ".stream"
+}
+
+// barrierHeader makes JetStream refuse the barrier: no stream is ever at
+// this sequence.
+const barrierHeader = "Nats-Expected-Last-Sequence"
+
+// Barrier returns once JetStream has dealt with every message nc sent
+// before it to the stream that captures subject (its ControlSubject): it
+// publishes a message there that the stream refuses without storing (it
+// expects the stream at a sequence no stream reaches) and waits for the
+// refusal. A stream with one replica takes the messages of a connection in
+// the order they were sent, so when the refusal comes, each earlier message
+// is stored or refused for good, and none is stored later. (A replicated
+// stream refuses the barrier as soon as its leader sees it, maybe before
+// earlier messages are applied.) Messages sent on an earlier connection are
+// covered once the server has read that connection to its end.
+//
+// ErrNoStream means no stream captures subject. ctx bounds the wait.
+func Barrier(ctx context.Context, nc *nats.Conn, subject string) error {
+	m := nats.NewMsg(subject)
+	m.Header.Set(barrierHeader, "9223372036854775807")
+	resp, err := nc.RequestMsgWithContext(ctx, m)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return fmt.Errorf("barrier on %s: %w", subject, ErrNoStream)
+	}
+	if err != nil {
+		return fmt.Errorf("barrier on %s: %w", subject, err)
+	}
+	var ack struct {
+		Error *json.RawMessage `json:"error"`
+		Seq   uint64           `json:"seq"`
+	}
+	if err := json.Unmarshal(resp.Data, &ack); err != nil {
+		return fmt.Errorf("barrier on %s: answer is not JetStream's: %q", subject, truncate(resp.Data, 200))
+	}
+	if ack.Error == nil {
+		return fmt.Errorf("barrier on %s: JetStream stored it (sequence %d) instead of refusing it", subject, ack.Seq)
+	}
+	return nil
+}
