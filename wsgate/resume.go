@@ -325,7 +325,7 @@ type replayCheck struct {
 // new message since the consumer was created, else by the stream's first
 // sequence.
 func (rc *replayCheck) batch(ctx context.Context, pending uint64) error {
-	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	ctx, cancel := context.WithTimeout(ctx, checkWithin)
 	defer cancel()
 	last, err := rc.g.lastSeqOf(ctx, rc.subject)
 	if err != nil {

@@ -84,13 +84,24 @@ func historyGone(what string, after uint64, why string) *historyGoneError {
 		"; reload, then subscribe again without from"}
 }
 
+// checkWithin is how long a check of the stream's first sequence keeps
+// asking: long enough for a JetStream cluster to elect a new leader for
+// the stream after losing a node (requests go unanswered meanwhile), so
+// that a node's loss is not taken for discarded history.
+const checkWithin = time.Minute
+
 // firstSeqAfter returns the stream's first sequence, read now: after the
-// delivery of every message already received. A failed read is retried
-// until ctx ends.
+// delivery of every message already received. A failed read is retried,
+// each with a deadline of its own (a request a cluster dropped is never
+// answered), for checkWithin at most.
 func (g *Gateway) firstSeqAfter(ctx context.Context) (uint64, error) {
+	ctx, stop := context.WithTimeout(ctx, checkWithin)
+	defer stop()
 	backoff := 10 * time.Millisecond
 	for {
-		info, err := g.str.Info(ctx)
+		actx, cancel := context.WithTimeout(ctx, requestTimeout)
+		info, err := g.str.Info(actx)
+		cancel()
 		if err == nil {
 			return info.State.FirstSeq, nil
 		}
@@ -107,16 +118,29 @@ func (g *Gateway) firstSeqAfter(ctx context.Context) (uint64, error) {
 }
 
 // lastSeqOf returns the sequence of the newest message of subject the
-// stream holds, 0 when it holds none.
+// stream holds, 0 when it holds none. A failed read is retried as in
+// firstSeqAfter.
 func (g *Gateway) lastSeqOf(ctx context.Context, subject string) (uint64, error) {
-	msg, err := g.str.GetLastMsgForSubject(ctx, subject)
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return 0, nil
-	case err != nil:
-		return 0, wrapf(err, "read the last message of %s", subject)
+	ctx, stop := context.WithTimeout(ctx, checkWithin)
+	defer stop()
+	backoff := 10 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, requestTimeout)
+		msg, err := g.str.GetLastMsgForSubject(actx, subject)
+		cancel()
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return 0, nil
+		case err == nil:
+			return msg.Sequence, nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, wrapf(err, "read the last message of %s", subject)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
 	}
-	return msg.Sequence, nil
 }
 
 // feedCheck is what a feed knows for judging its consumer's jumps (2
@@ -167,9 +191,11 @@ func (f *feed) firstSeqCovering(meta *jetstream.MsgMetadata) (uint64, error) {
 	if ck.coverConsumer == meta.Consumer && meta.Sequence.Consumer <= ck.coverSeq {
 		return ck.coverFirst, nil
 	}
-	ctx, cancel := context.WithTimeout(f.g.ctx, requestTimeout)
+	ctx, cancel := context.WithTimeout(f.g.ctx, checkWithin)
 	defer cancel()
-	ci, cerr := f.cons.Info(ctx)
+	cctx, ccancel := context.WithTimeout(ctx, requestTimeout)
+	ci, cerr := f.cons.Info(cctx)
+	ccancel()
 	first, err := f.g.firstSeqAfter(ctx)
 	if err != nil {
 		return 0, err
