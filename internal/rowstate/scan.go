@@ -1,0 +1,112 @@
+package rowstate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ErrTruncatedMeanwhile: the table was truncated while its rows were
+// read; read them again.
+var ErrTruncatedMeanwhile = errors.New("the table was truncated while its rows were read")
+
+// Scan reads the rows of a table from the state and returns the event
+// sequence N they are as of: applying what fn receives in order (a row
+// sets its key, a tombstone removes it) gives the table's rows as of event
+// N exactly, so that the events after N complete them. fn gets the rows in
+// the order of the rows stream, as they stand when the scan reaches them;
+// a row changed meanwhile comes again later, and a row deleted meanwhile
+// comes as a tombstone (tombstones of rows deleted before the scan began
+// are left out). Row's slices are valid during fn only. ErrNoState when no
+// maintainer has written the database's state.
+func Scan(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, table string, fn func(Row) error) (uint64, error) {
+	marker, err := ReadDBMarker(ctx, rows, prefix, db)
+	if err != nil {
+		return 0, err
+	}
+	status, err := ReadTableStatus(ctx, rows, prefix, db, schemaName, table)
+	if err != nil {
+		return 0, err
+	}
+	began := marker.Applied
+	cons, err := rows.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{TableRowsFilter(prefix, db, schemaName, table), DBMarkerSubject(prefix, db)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(512))
+	if err != nil {
+		return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
+	}
+	defer it.Stop()
+	defer context.AfterFunc(ctx, it.Stop)()
+	markerSubj := DBMarkerSubject(prefix, db)
+	tableSubj := TableMarkerSubject(prefix, db, schemaName, table)
+	n := began
+	for {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		msg, err := it.Next()
+		if err != nil {
+			return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
+		}
+		h := msg.Headers()
+		seq := parseUint(h.Get(HeaderSeq))
+		switch msg.Subject() {
+		case markerSubj:
+			n = max(n, seq)
+		case tableSubj:
+			if seq > status.Truncated {
+				return 0, ErrTruncatedMeanwhile
+			}
+		default:
+			r, err := DecodeRow(h, msg.Data())
+			if err != nil {
+				return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
+			}
+			n = max(n, r.Seq)
+			if !r.Deleted || r.Seq > began {
+				if err := fn(r); err != nil {
+					return 0, err
+				}
+			}
+		}
+		if meta.NumPending == 0 {
+			// The consumer's count of what is left is not exact while
+			// rows are replaced ahead of it: ask the stream.
+			end, err := lastPosition(ctx, rows, prefix, db, schemaName, table)
+			if err != nil {
+				return 0, err
+			}
+			if end <= meta.Sequence.Stream {
+				return n, nil
+			}
+		}
+	}
+}
+
+// lastPosition is the stream sequence of the last message of the table or
+// of the database's marker.
+func lastPosition(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, table string) (uint64, error) {
+	var end uint64
+	for _, subj := range []string{TableRowsFilter(prefix, db, schemaName, table), DBMarkerSubject(prefix, db)} {
+		msg, err := rows.GetLastMsgForSubject(ctx, subj)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		case err != nil:
+			return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
+		default:
+			end = max(end, msg.Sequence)
+		}
+	}
+	return end, nil
+}
