@@ -22,6 +22,7 @@ import (
 	"github.com/tablecast/tablecast/cdc"
 	"github.com/tablecast/tablecast/internal/auth"
 	"github.com/tablecast/tablecast/internal/connlimit"
+	"github.com/tablecast/tablecast/internal/rowstate"
 	"github.com/tablecast/tablecast/stream"
 	"github.com/tablecast/tablecast/wsgate"
 )
@@ -165,6 +166,9 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 
 	if reader != nil {
 		go func() { errc <- reader.Run(ctx) }()
+		if cfg.RowState {
+			go runRowState(ctx, cfg, reader, nc, log, reg)
+		}
 	}
 	if authn.Enabled() {
 		go reloadOnHangup(ctx, authn, log)
@@ -289,4 +293,25 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 	}
 	log.Info("stream ready", "stream", cfg.Stream, "max_age", scfg.MaxAge, "max_bytes", scfg.MaxBytes)
 	return nc, js, emb, func() { nc.Close(); closeAll() }, nil
+}
+
+// runRowState maintains the row state of the reader's database until ctx
+// ends, applying events while the reader streams (a standby does not).
+func runRowState(ctx context.Context, cfg Config, reader *cdc.Reader, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer) {
+	select {
+	case <-reader.Registered():
+	case <-ctx.Done():
+		return
+	}
+	m, err := rowstate.New(rowstate.Config{
+		DB: reader.Database(), Prefix: cfg.SubjectPrefix, Events: cfg.Stream, Tables: cfg.RowStateTables,
+		Active:  func() bool { return reader.Health().Streaming },
+		Streams: rowstate.StreamsConfig{Replicas: cfg.StreamReplicas},
+		Logger:  log, Registerer: reg,
+	}, nc)
+	if err != nil {
+		log.Error("row state not maintained", "err", err)
+		return
+	}
+	_ = m.Run(ctx)
 }
