@@ -81,7 +81,7 @@ func (c *conn) subscribeURL(us *URLSubscription) *ProtocolError {
 	defer c.authMu.Unlock()
 	return c.subscribe(&ClientMessage{
 		Type: TypeSubscribe, ID: URLSubscriptionID, Table: us.Table, Events: us.Events,
-		Select: us.Select, SelectGiven: us.Select != nil, From: us.From,
+		Select: us.Select, SelectGiven: us.Select != nil, From: us.From, Snapshot: us.Snapshot,
 	}, us.Where)
 }
 
@@ -163,7 +163,17 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 				return fail(CodeInvalidSelect, "column "+schema.QuoteName(col)+" does not exist in "+shown)
 			}
 		}
-		s.table, s.filter, s.ops = t, f, ops&granted
+		const viewOps = schema.BitCreate | schema.BitUpdate | schema.BitDelete
+		switch {
+		case m.Snapshot && m.Events != nil:
+			return fail(CodeInvalidSubscription, `a subscription with "snapshot" keeps a view, which takes every event: leave out "events"`)
+		case m.Snapshot && granted&viewOps != viewOps:
+			return fail(CodeNotAllowed, "a view of "+shown+" needs its creates, updates and deletes, which are not all granted")
+		}
+		if m.Snapshot && !hasKey(t.Shape) {
+			return fail(CodeNoKey, shown+" has no key (no primary key nor replica identity index): its rows cannot be told apart for a snapshot")
+		}
+		s.table, s.filter, s.ops, s.snapshot = t, f, ops&granted, m.Snapshot
 		s.selected = slices.Clone(m.Select)
 		s.proj.Store(s.projection(m.Select))
 		key, subject, name = "t\x00"+t.Subject, t.Subject, t.Name
@@ -185,6 +195,11 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 			return perr
 		}
 	}
+	if s.snapshot {
+		if perr := g.checkRowState(ctx, s); perr != nil {
+			return perr
+		}
+	}
 	if !c.addSub(s) {
 		return nil // closing
 	}
@@ -194,7 +209,7 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 			c.removeSub(s)
 			return fail(CodeInternal, "cannot follow "+subject+": "+err.Error())
 		}
-		if f.attach(s, m.From) {
+		if f.attach(s, m.From, s.snapshot) {
 			break
 		}
 	}
@@ -203,8 +218,11 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		g.detach(s)
 		return nil
 	}
-	if m.From != nil {
+	switch {
+	case m.From != nil:
 		go g.catchUp(s, *m.From)
+	case s.snapshot:
+		go g.catchUp(s, 0)
 	}
 	return nil
 }

@@ -93,6 +93,11 @@ type ClientMessage struct {
 	// seq the client received. Nil means start with live events.
 	From *uint64
 
+	// Snapshot asks for the rows that match now (rows frames), then
+	// synced with the sequence they are as of, then the events after it.
+	// It cannot be combined with From.
+	Snapshot bool
+
 	// Fields are the columns of a select message; never nil after a
 	// successful decode. An empty list restores all columns.
 	Fields []string
@@ -357,6 +362,21 @@ func (d *decoder) subscribe(m *ClientMessage) *ProtocolError {
 	}
 	if m.From, perr = d.from(); perr != nil {
 		return perr
+	}
+	if raw, ok := d.fields.get("snapshot"); ok {
+		switch string(raw) {
+		case "true":
+			m.Snapshot = true
+		case "false":
+		default:
+			return d.fail(CodeInvalidMessage, `field "snapshot" must be true or false`)
+		}
+	}
+	if m.Snapshot && m.From != nil {
+		return d.fail(CodeInvalidSubscription, `"snapshot" starts a view and "from" resumes one: send one of them`)
+	}
+	if m.Snapshot && hasTopic {
+		return d.fail(CodeInvalidSubscription, `"snapshot" applies to table subscriptions only`)
 	}
 
 	if hasTopic {
@@ -627,6 +647,18 @@ func AppendMessageFrame(dst []byte, subID, topic string, seq uint64, data []byte
 // matching event with a greater sequence will be sent.
 func AppendSubscribed(dst []byte, id string, seq uint64) []byte {
 	dst = append(dst, `{"type":"subscribed","id":`...)
+	dst = jsonx.AppendString(dst, id)
+	dst = append(dst, `,"seq":`...)
+	dst = strconv.AppendUint(dst, seq, 10)
+	return append(dst, '}')
+}
+
+// AppendSynced appends the end of a snapshot: the rows sent are the
+// table's as of seq, and events after it follow.
+//
+//	{"type":"synced","id":"v1","seq":N}
+func AppendSynced(dst []byte, id string, seq uint64) []byte {
+	dst = append(dst, `{"type":"synced","id":`...)
 	dst = jsonx.AppendString(dst, id)
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -76,6 +77,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		registerEmbeddedMetrics(reg, emb)
 	}
 	var reader *cdc.Reader
+	var rowState atomic.Pointer[rowstate.Maintainer] // set once it runs
 	if withReader {
 		if reader, err = cdc.New(cfg.cdcConfig(), nc, js, cfg.SubjectPrefix, log, reg); err != nil {
 			return err
@@ -125,6 +127,10 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		}
 		if reader != nil {
 			ready = ready && reader.Health().Streaming
+			if cfg.RowState {
+				m := rowState.Load()
+				ready = ready && m != nil && m.Ready()
+			}
 		}
 		writeJSON(w, ready, map[string]bool{"ready": ready})
 	})
@@ -167,7 +173,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	if reader != nil {
 		go func() { errc <- reader.Run(ctx) }()
 		if cfg.RowState {
-			go runRowState(ctx, cfg, reader, nc, log, reg)
+			go runRowState(ctx, cfg, reader, nc, log, reg, &rowState)
 		}
 	}
 	if authn.Enabled() {
@@ -297,7 +303,7 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 
 // runRowState maintains the row state of the reader's database until ctx
 // ends, applying events while the reader streams (a standby does not).
-func runRowState(ctx context.Context, cfg Config, reader *cdc.Reader, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer) {
+func runRowState(ctx context.Context, cfg Config, reader *cdc.Reader, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer, running *atomic.Pointer[rowstate.Maintainer]) {
 	select {
 	case <-reader.Registered():
 	case <-ctx.Done():
@@ -313,5 +319,6 @@ func runRowState(ctx context.Context, cfg Config, reader *cdc.Reader, nc *nats.C
 		log.Error("row state not maintained", "err", err)
 		return
 	}
+	running.Store(m)
 	_ = m.Run(ctx)
 }

@@ -28,6 +28,7 @@ type Maintainer struct {
 	tables Patterns
 
 	applied atomic.Uint64
+	ready   atomic.Bool
 }
 
 // maxPending bounds the row messages a batch has in flight: a batch holds
@@ -48,6 +49,10 @@ func New(cfg Config, nc *nats.Conn) (*Maintainer, error) {
 	return &Maintainer{cfg: cfg, js: js, log: cfg.Logger.With("component", "rowstate", "database", cfg.DB),
 		m: newMetrics(cfg.Registerer), tables: tables}, nil
 }
+
+// Ready reports whether the state exists: readers may scan it (they get
+// the rows as of where it is applied, and the events after).
+func (m *Maintainer) Ready() bool { return m.ready.Load() }
 
 // Applied returns the event stream sequence up to which the state is
 // applied (as of the last batch written).
@@ -171,6 +176,7 @@ func (s *session) open(ctx context.Context) error {
 		s.careful = parseUint(last.Header.Get(HeaderSeq))
 	}
 	s.delivered = s.position
+	m.ready.Store(true)
 	m.applied.Store(s.position)
 	m.m.applied.Set(float64(s.position))
 	return nil

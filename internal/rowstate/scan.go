@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -47,11 +49,24 @@ func Scan(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, ta
 	markerSubj := DBMarkerSubject(prefix, db)
 	tableSubj := TableMarkerSubject(prefix, db, schemaName, table)
 	n := began
+	var pos uint64 // the stream sequence of the last message read
 	for {
 		if err := ctx.Err(); err != nil {
 			return 0, err
 		}
-		msg, err := it.Next()
+		msg, err := it.Next(jetstream.NextMaxWait(time.Second))
+		if errors.Is(err, nats.ErrTimeout) {
+			// The consumer's count promised more, which was replaced
+			// meanwhile: done when the stream has nothing beyond.
+			end, err := lastPosition(ctx, rows, prefix, db, schemaName, table)
+			if err != nil {
+				return 0, err
+			}
+			if end <= pos {
+				return n, nil
+			}
+			continue
+		}
 		if err != nil {
 			return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
 		}
@@ -59,6 +74,7 @@ func Scan(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, ta
 		if err != nil {
 			return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
 		}
+		pos = meta.Sequence.Stream
 		h := msg.Headers()
 		seq := parseUint(h.Get(HeaderSeq))
 		switch msg.Subject() {

@@ -1,0 +1,340 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/jackc/pgx/v5"
+)
+
+// viewRow is a row of the things table as a client holds it.
+type viewRow struct {
+	ID  int `json:"id"`
+	Grp int `json:"grp"`
+	Val int `json:"val"`
+}
+
+// viewSpec is one client's view: its where (JSON), its row policy's grp
+// (-1: none), and the SQL condition they make together.
+type viewSpec struct {
+	where  string
+	policy int
+	sql    string
+}
+
+func viewSpecFor(i int) viewSpec {
+	switch i % 4 {
+	case 0:
+		return viewSpec{policy: -1, sql: "true"}
+	case 1:
+		return viewSpec{where: fmt.Sprintf(`{"grp":{"eq":%d}}`, i%10), policy: -1, sql: fmt.Sprintf("grp = %d", i%10)}
+	case 2:
+		v := i * 7 % 100
+		return viewSpec{where: fmt.Sprintf(`{"val":{"gte":%d}}`, v), policy: -1, sql: fmt.Sprintf("val >= %d", v)}
+	default:
+		return viewSpec{where: `{"val":{"lt":50}}`, policy: i % 10, sql: fmt.Sprintf("val < 50 AND grp = %d", i%10)}
+	}
+}
+
+// viewClient keeps a view the way the protocol tells a client to: rows
+// frames set (or, "removed", take out) their keys, then every event after
+// synced: a delete or a leave takes the key out, a truncate empties the
+// view, anything else sets the key to the event's data. It fails on any
+// event the view cannot explain (a delete, leave or plain update of a row
+// it does not hold, an event at or before synced).
+type viewClient struct {
+	spec viewSpec
+	ws   *websocket.Conn
+
+	mu     sync.Mutex
+	rows   map[int]viewRow
+	synced uint64
+	last   uint64
+	err    error
+	frames int
+}
+
+func (vc *viewClient) fail(format string, args ...any) {
+	vc.mu.Lock()
+	if vc.err == nil {
+		vc.err = fmt.Errorf(format, args...)
+	}
+	vc.mu.Unlock()
+}
+
+func (vc *viewClient) run(ctx context.Context) {
+	type entry struct {
+		Key     struct{ ID int } `json:"key"`
+		Data    *viewRow         `json:"data"`
+		Removed bool             `json:"removed"`
+	}
+	type frame struct {
+		Type  string  `json:"type"`
+		Seq   uint64  `json:"seq"`
+		View  string  `json:"view"`
+		Rows  []entry `json:"rows"`
+		Code  string  `json:"code"`
+		Msg   string  `json:"message"`
+		Event struct {
+			Op   string           `json:"op"`
+			Key  struct{ ID int } `json:"key"`
+			Data *viewRow         `json:"data"`
+		} `json:"event"`
+	}
+	for {
+		_, b, err := vc.ws.Read(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				vc.fail("read: %v", err)
+			}
+			return
+		}
+		var f frame
+		if err := json.Unmarshal(b, &f); err != nil {
+			vc.fail("frame %s: %v", b, err)
+			return
+		}
+		vc.mu.Lock()
+		vc.frames++
+		switch f.Type {
+		case "subscribed":
+		case "rows":
+			if vc.synced != 0 {
+				vc.mu.Unlock()
+				vc.fail("rows after synced: %s", b)
+				return
+			}
+			for _, e := range f.Rows {
+				switch {
+				case e.Removed:
+					if _, ok := vc.rows[e.Key.ID]; !ok {
+						vc.mu.Unlock()
+						vc.fail("rows entry removes %d, which was never sent", e.Key.ID)
+						return
+					}
+					delete(vc.rows, e.Key.ID)
+				case e.Data != nil:
+					vc.rows[e.Key.ID] = *e.Data
+				}
+			}
+		case "synced":
+			vc.synced, vc.last = f.Seq, f.Seq
+		case "event":
+			bad := ""
+			_, held := vc.rows[f.Event.Key.ID]
+			switch {
+			case vc.synced == 0:
+				bad = "an event before synced"
+			case f.Seq < vc.last || f.Seq == vc.synced:
+				bad = fmt.Sprintf("seq %d after %d (synced %d)", f.Seq, vc.last, vc.synced)
+			case f.Event.Op == "truncate":
+				clear(vc.rows)
+			case f.Event.Op == "delete", f.View == "leave":
+				if !held {
+					bad = "a delete or leave of a row the view does not hold"
+				}
+				delete(vc.rows, f.Event.Key.ID)
+			case f.Event.Data == nil:
+				bad = "an event without data"
+			case f.View == "enter" && held:
+				bad = "an enter of a row the view holds"
+			case f.View == "" && f.Event.Op == "update" && !held:
+				bad = "an update of a row the view does not hold"
+			case f.View == "" && f.Event.Op == "create" && held:
+				bad = "a create of a row the view holds"
+			default:
+				vc.rows[f.Event.Key.ID] = *f.Event.Data
+			}
+			vc.last = f.Seq
+			if bad != "" {
+				vc.mu.Unlock()
+				vc.fail("%s: %s", bad, b)
+				return
+			}
+		case "error":
+			vc.mu.Unlock()
+			vc.fail("error frame %s", b)
+			return
+		}
+		vc.mu.Unlock()
+	}
+}
+
+// wantView reads what a view must hold from PostgreSQL.
+func wantView(ctx context.Context, conn *pgx.Conn, sql string) (map[int]viewRow, error) {
+	rs, err := conn.Query(ctx, "SELECT id, grp, val FROM things WHERE "+sql)
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]viewRow{}
+	for rs.Next() {
+		var r viewRow
+		if err := rs.Scan(&r.ID, &r.Grp, &r.Val); err != nil {
+			return nil, err
+		}
+		out[r.ID] = r
+	}
+	return out, rs.Err()
+}
+
+func sameView(a, b map[int]viewRow) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestLiveViews: clients with different filters and row policies
+// subscribe with snapshot while a writer inserts, updates (moving rows
+// into and out of their filters and policies, changing keys) and deletes;
+// every client's view, kept only from what the protocol sends, ends equal
+// to SELECT … WHERE <its filter> exactly, and no client ever gets an event
+// its view cannot explain (a delete of a row it never held, a leave, an
+// event at or before synced). Half the clients subscribe before the
+// writes and half during them. TABLECAST_SOAK=1 runs 100 clients for 20s.
+func TestLiveViews(t *testing.T) {
+	clients, writeFor := 24, 4*time.Second
+	if os.Getenv("TABLECAST_SOAK") == "1" {
+		clients, writeFor = 100, 20*time.Second
+	}
+	c := pgtestRequire(t)
+	_, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	ctx := context.Background()
+	if _, err := conn.Exec(ctx, `CREATE TABLE things (id int PRIMARY KEY, grp int NOT NULL, val int NOT NULL);
+		INSERT INTO things SELECT g, g % 10, g % 100 FROM generate_series(1, 3000) g`); err != nil {
+		t.Fatal(err)
+	}
+	slot := fmt.Sprintf("tc_views_%d", os.Getpid())
+	dropSlotAtCleanup(t, url, slot)
+	secret := "a-secret-of-at-least-32-bytes-for-hs256"
+	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
+	env := append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_views",
+		"TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir(),
+		"TABLECAST_JWT_SECRET="+secret, "TABLECAST_WS_MAX_REPLAYS=4")
+	startProcess(t, env, "run")
+	waitFor(t, time.Minute, "/readyz of tablecast run", func() bool {
+		code, _, err := httpGet("http://" + httpAddr + "/readyz")
+		return err == nil && code == 200
+	})
+
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	views := make([]*viewClient, clients)
+	open := func(i int) {
+		spec := viewSpecFor(i)
+		grants := map[string]any{"tables": map[string]any{"*": []string{"*"}}}
+		claims := map[string]any{"sub": fmt.Sprintf("client-%d", i), "tablecast": grants}
+		if spec.policy >= 0 {
+			grants["policies"] = map[string]any{"public.things": map[string]any{"grp": map[string]any{"eq": map[string]any{"claim": "grp"}}}}
+			claims["grp"] = spec.policy
+		}
+		ws := wsDial(t, "ws://"+httpAddr+"/ws?token="+hs256(secret, claims))
+		ws.SetReadLimit(1 << 24)
+		msg := `{"type":"subscribe","id":"v","table":"public.things","snapshot":true`
+		if spec.where != "" {
+			msg += `,"where":` + spec.where
+		}
+		wsSend(t, ws, msg+"}")
+		vc := &viewClient{spec: spec, ws: ws, rows: map[int]viewRow{}}
+		views[i] = vc
+		wg.Add(1)
+		go func() { defer wg.Done(); vc.run(rctx) }()
+	}
+	for i := 0; i < clients/2; i++ {
+		open(i)
+	}
+
+	writer := make(chan error, 1)
+	wctx, wstop := context.WithTimeout(ctx, writeFor)
+	defer wstop()
+	go func() {
+		wc, err := pgx.Connect(ctx, url)
+		if err != nil {
+			writer <- err
+			return
+		}
+		defer wc.Close(ctx)
+		rng := rand.New(rand.NewPCG(1, 2))
+		next := 3001
+		for wctx.Err() == nil {
+			id := rng.IntN(next) + 1
+			var sql string
+			switch rng.IntN(6) {
+			case 0:
+				sql = fmt.Sprintf(`INSERT INTO things VALUES (%d, %d, %d)`, next, rng.IntN(10), rng.IntN(100))
+				next++
+			case 1:
+				sql = fmt.Sprintf(`UPDATE things SET val = %d WHERE id = %d`, rng.IntN(100), id)
+			case 2:
+				sql = fmt.Sprintf(`UPDATE things SET grp = %d WHERE id = %d`, rng.IntN(10), id)
+			case 3:
+				sql = fmt.Sprintf(`UPDATE things SET id = %d WHERE id = %d`, next, id)
+				next++
+			case 4:
+				sql = fmt.Sprintf(`DELETE FROM things WHERE id = %d`, id)
+			case 5:
+				sql = fmt.Sprintf(`UPDATE things SET val = (val + 37) %% 100, grp = (grp + 1) %% 10 WHERE id BETWEEN %d AND %d`, id, id+20)
+			}
+			if _, err := wc.Exec(ctx, sql); err != nil {
+				writer <- fmt.Errorf("%s: %w", sql, err)
+				return
+			}
+		}
+		writer <- nil
+	}()
+	time.Sleep(writeFor / 3) // the second half subscribes while rows change
+	for i := clients / 2; i < clients; i++ {
+		open(i)
+	}
+	if err := <-writer; err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+
+	deadline := time.Now().Add(90 * time.Second)
+	for i, vc := range views {
+		for {
+			want, err := wantView(ctx, conn, vc.spec.sql)
+			if err != nil {
+				t.Fatal(err)
+			}
+			vc.mu.Lock()
+			same, verr, n, synced := sameView(vc.rows, want), vc.err, len(vc.rows), vc.synced
+			vc.mu.Unlock()
+			if verr != nil {
+				t.Fatalf("client %d (where %s, policy grp %d): %v", i, vc.spec.where, vc.spec.policy, verr)
+			}
+			if same && synced != 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("client %d (where %s, policy grp %d): view of %d rows (synced %d) never equalled the %d rows of SELECT … WHERE %s",
+					i, vc.spec.where, vc.spec.policy, n, synced, len(want), vc.spec.sql)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	stop()
+	wg.Wait()
+	if testing.Verbose() {
+		var b strings.Builder
+		for i, vc := range views {
+			fmt.Fprintf(&b, "%d:%d/%d ", i, len(vc.rows), vc.frames)
+		}
+		t.Log("rows/frames per client:", b.String())
+	}
+}
