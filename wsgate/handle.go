@@ -94,6 +94,9 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 	fail := func(code ErrorCode, msg string) *ProtocolError {
 		return &ProtocolError{Code: code, ID: m.ID, Message: msg}
 	}
+	if m.ID == "" {
+		m.ID = c.assignID()
+	}
 	exists := c.lookupSub(m.ID) != nil
 	c.subsMu.Lock()
 	n := len(c.subs)
@@ -225,6 +228,17 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		go g.catchUp(s, 0)
 	}
 	return nil
+}
+
+// assignID returns an id for a subscribe without one: "~1", "~2", … in
+// the connection's order, skipping one the client uses.
+func (c *conn) assignID() string {
+	for {
+		id := "~" + strconv.FormatUint(c.nextID.Add(1), 10)
+		if c.lookupSub(id) == nil {
+			return id
+		}
+	}
 }
 
 // rowPolicy compiles the row policy grants give table t (shown to the

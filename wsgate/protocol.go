@@ -62,7 +62,8 @@ type ClientMessage struct {
 	Type MessageType
 
 	// ID is the subscription id (subscribe, select, unsubscribe): 1 to
-	// MaxIDLen printable characters, chosen by the client.
+	// MaxIDLen printable characters, chosen by the client; empty in a
+	// subscribe without one, whose id the gateway assigns.
 	ID string
 
 	// Table is the table of a subscribe message, "schema.table" or
@@ -330,8 +331,11 @@ func validID(id string) bool {
 
 func (d *decoder) subscribe(m *ClientMessage) *ProtocolError {
 	var perr *ProtocolError
-	if m.ID, perr = d.id(); perr != nil {
-		return perr
+	// Without an id the gateway assigns one, told in subscribed.
+	if _, ok := d.fields.get("id"); ok {
+		if m.ID, perr = d.id(); perr != nil {
+			return perr
+		}
 	}
 	table, hasTable, perr := d.str("table")
 	if perr != nil {

@@ -38,14 +38,18 @@ const (
 	snapshotFrameRows  = 1000
 )
 
-// hasKey reports whether the table's events carry a key.
+// hasKey reports whether the table's events carry a key that tells its
+// rows apart: a primary key or a replica identity index. A table with
+// neither has no key, or under REPLICA IDENTITY FULL every column as its
+// key, which two equal rows share.
 func hasKey(sh schema.Shape) bool {
+	keys := 0
 	for _, c := range sh.Columns {
 		if c.Key {
-			return true
+			keys++
 		}
 	}
-	return false
+	return keys > 0 && (sh.ReplicaIdentity != "full" || keys < len(sh.Columns))
 }
 
 // errNoRowState: the database has no row state.

@@ -338,3 +338,105 @@ func TestLiveViews(t *testing.T) {
 		t.Log("rows/frames per client:", b.String())
 	}
 }
+
+// TestLiveViewEdges: a table without a key is refused a snapshot with
+// no_key; snapshot with from is refused; a subscribe without id gets one
+// in subscribed and is unsubscribed by it; a URL subscription with
+// snapshot=true gets the rows, then synced, then the events after; a row
+// leaving a row policy is a leave, and a delete of a row never in a view
+// is not sent to it.
+func TestLiveViewEdges(t *testing.T) {
+	c := pgtestRequire(t)
+	_, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	ctx := context.Background()
+	if _, err := conn.Exec(ctx, `CREATE TABLE things (id int PRIMARY KEY, grp int NOT NULL, val int NOT NULL);
+		CREATE TABLE keyless (v int); ALTER TABLE keyless REPLICA IDENTITY FULL;
+		INSERT INTO things SELECT g, g % 10, g % 100 FROM generate_series(1, 2500) g`); err != nil {
+		t.Fatal(err)
+	}
+	slot := fmt.Sprintf("tc_edges_%d", os.Getpid())
+	dropSlotAtCleanup(t, url, slot)
+	secret := "a-secret-of-at-least-32-bytes-for-hs256"
+	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
+	startProcess(t, append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_edges",
+		"TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir(),
+		"TABLECAST_JWT_SECRET="+secret), "run")
+	waitFor(t, time.Minute, "/readyz of tablecast run", func() bool {
+		code, _, err := httpGet("http://" + httpAddr + "/readyz")
+		return err == nil && code == 200
+	})
+	token := func(claims map[string]any) string {
+		claims["sub"] = "edges"
+		return hs256(secret, claims)
+	}
+	all := token(map[string]any{"tablecast": map[string]any{"tables": map[string]any{"*": []string{"*"}}}})
+	ws := wsDial(t, "ws://"+httpAddr+"/ws?token="+all)
+	wsSend(t, ws, `{"type":"subscribe","id":"k","table":"public.keyless","snapshot":true}`)
+	if f := wsRead(t, ws); f.Type != "error" || f.Code != "no_key" || f.ID != "k" {
+		t.Fatalf("snapshot of a table without a key answered %+v, want error no_key", f)
+	}
+	wsSend(t, ws, `{"type":"subscribe","id":"f","table":"public.things","snapshot":true,"from":1}`)
+	if f := wsRead(t, ws); f.Type != "error" || f.Code != "invalid_subscription" {
+		t.Fatalf("snapshot with from answered %+v, want error invalid_subscription", f)
+	}
+	wsSend(t, ws, `{"type":"subscribe","table":"public.things"}`)
+	f := wsRead(t, ws)
+	if f.Type != "subscribed" || f.ID == "" {
+		t.Fatalf("subscribe without id answered %+v, want subscribed with an id", f)
+	}
+	wsSend(t, ws, `{"type":"unsubscribe","id":"`+f.ID+`"}`)
+	if u := wsRead(t, ws); u.Type != "unsubscribed" || u.ID != f.ID {
+		t.Fatalf("unsubscribe %q answered %+v", f.ID, u)
+	}
+
+	// A URL view of grp 3 under a row policy of grp 3 or 4 and val < 50.
+	policy := token(map[string]any{"grps": []int{3, 4}, "tablecast": map[string]any{"tables": map[string]any{"*": []string{"*"}},
+		"policies": map[string]any{"public.things": map[string]any{"grp": map[string]any{"in": map[string]any{"claim": "grps"}}}}}})
+	uv := wsDial(t, "ws://"+httpAddr+"/ws/tables/public.things?snapshot=true&val=lt.50&token="+policy)
+	uv.SetReadLimit(1 << 24)
+	vc := &viewClient{spec: viewSpec{sql: "grp IN (3, 4) AND val < 50"}, ws: uv, rows: map[int]viewRow{}}
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan struct{})
+	go func() { defer close(done); vc.run(rctx) }()
+	waitFor(t, time.Minute, "the URL view to sync", func() bool {
+		vc.mu.Lock()
+		defer vc.mu.Unlock()
+		return vc.synced != 0 || vc.err != nil
+	})
+	for _, sql := range []string{
+		`UPDATE things SET grp = 5 WHERE id = 3`,  // leaves the policy: a leave
+		`UPDATE things SET grp = 4 WHERE id = 5`,  // enters the policy: an enter
+		`UPDATE things SET val = 60 WHERE id = 4`, // leaves the where: a leave
+		`DELETE FROM things WHERE id = 7`,         // never in the view: not sent
+		`UPDATE things SET id = 9999 WHERE id = 13`,
+		`DELETE FROM things WHERE id = 23`,
+	} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		want, err := wantView(ctx, conn, vc.spec.sql)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vc.mu.Lock()
+		same, verr, n := sameView(vc.rows, want), vc.err, len(vc.rows)
+		vc.mu.Unlock()
+		if verr != nil {
+			t.Fatal(verr)
+		}
+		if same {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("URL view holds %d rows, never the %d of the table", n, len(want))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop()
+	<-done
+}
