@@ -14,8 +14,8 @@ import (
 // Its events are decided on the view rather than on the event alone:
 //
 //   - a create, read or update whose new row matches (row policy and
-//     where) is sent; when the view did not hold the row, with
-//     "view":"enter" (an update that moved the row into the filter);
+//     where) is sent; an update of a row the view did not hold with
+//     "view":"enter" (it moved into the filter or the policy);
 //   - an update whose new row does not match is sent, when the view held
 //     the row, as "view":"leave": the envelope without data, old and
 //     unchanged, its key the row's;
@@ -101,7 +101,9 @@ func (s *sub) viewFrames(seq uint64, op schema.OpSet, data []byte) [][]byte {
 		_, held = s.view[string(newKey)]
 	}
 	s.view[string(newKey)] = struct{}{}
-	if held {
+	if held || op != schema.BitUpdate {
+		// A create or read adds a row (or reads it again), an update of
+		// a row held changes it: as they are.
 		return append(out, encodeView(s.id, proj, seq, "", data))
 	}
 	enter := withoutMembers(data, "old")

@@ -47,7 +47,9 @@ func TestJSClient(t *testing.T) {
 		CREATE TABLE expiry (n int PRIMARY KEY);
 		CREATE TABLE beats (n int PRIMARY KEY);
 		CREATE TABLE swaps (n int PRIMARY KEY);
-		CREATE TABLE hist (n int PRIMARY KEY)`); err != nil {
+		CREATE TABLE hist (n int PRIMARY KEY);
+		CREATE TABLE vrows (id int PRIMARY KEY, n int NOT NULL);
+		INSERT INTO vrows SELECT g, g FROM generate_series(1, 50) g`); err != nil {
 		t.Fatal(err)
 	}
 	slot := fmt.Sprintf("tc_js_%d", os.Getpid())

@@ -299,19 +299,22 @@ func (s *session) checkGap(ctx context.Context, seq uint64) error {
 func (s *session) apply(ctx context.Context, seq uint64, subject string, env []byte) error {
 	m := s.m
 	op := subject[strings.LastIndexByte(subject, '.')+1:]
+	switch op {
+	case schema.OpCreate, schema.OpRead, schema.OpUpdate, schema.OpDelete, schema.OpTruncate:
+	default:
+		return nil // not a row change (a custom topic's message, a record of the reader's)
+	}
 	c, err := parseChange(seq, op, env)
 	if err != nil {
-		return err
+		// Not an event of a table: nothing of the state to change.
+		m.log.Warn("row state: skipping a message that is not a row change", "seq", seq, "subject", subject, "err", err)
+		return nil
 	}
 	if !m.tables.Match(c.schema, c.table) {
 		return nil
 	}
-	switch op {
-	case schema.OpTruncate:
+	if op == schema.OpTruncate {
 		return s.truncate(ctx, c)
-	case schema.OpCreate, schema.OpRead, schema.OpUpdate, schema.OpDelete:
-	default:
-		return nil
 	}
 	if !c.keyed() {
 		return nil // a table without a key has no row state
