@@ -440,3 +440,57 @@ func TestLiveViewEdges(t *testing.T) {
 	stop()
 	<-done
 }
+
+// TestLiveViewSlowClient (TABLECAST_SOAK=1): a client that asks for the
+// snapshot of a 200,000-row table and reads nothing is closed with 4008
+// once its send queue is full and the write timeout passes, the gateway
+// holding the table neither in its queue nor anywhere else (its peak
+// memory is logged); the same client then subscribes again and gets every
+// row.
+func TestLiveViewSlowClient(t *testing.T) {
+	if os.Getenv("TABLECAST_SOAK") != "1" {
+		t.Skip("a soak test: TABLECAST_SOAK=1")
+	}
+	c := pgtestRequire(t)
+	_, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	ctx := context.Background()
+	if _, err := conn.Exec(ctx, `CREATE TABLE big (id int PRIMARY KEY, grp int NOT NULL, payload text NOT NULL);
+		INSERT INTO big SELECT g, g % 10, repeat(md5(g::text), 4) FROM generate_series(1, 200000) g`); err != nil {
+		t.Fatal(err)
+	}
+	slot := fmt.Sprintf("tc_slow_%d", os.Getpid())
+	dropSlotAtCleanup(t, url, slot)
+	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
+	p := startProcess(t, append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_slow",
+		"TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir(),
+		"TABLECAST_ALLOW_ANONYMOUS=true", "TABLECAST_WS_WRITE_TIMEOUT=2s"), "run")
+	waitFor(t, 2*time.Minute, "/readyz", func() bool {
+		code, _, err := httpGet("http://" + httpAddr + "/readyz")
+		return err == nil && code == 200
+	})
+	ws := "ws://" + httpAddr + "/ws"
+	waitFor(t, 3*time.Minute, "the row state to hold every row", func() bool {
+		n, _, err := snapshotOnce(ws, `{"id":{"lte":10}}`)
+		return err == nil && n == 10
+	})
+	before := vmHWM(p.Process.Pid)
+	slow := wsDial(t, ws)
+	wsSend(t, slow, `{"type":"subscribe","id":"v","table":"public.big","snapshot":true}`)
+	time.Sleep(10 * time.Second) // reads nothing, far beyond the write timeout
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var err error
+	for err == nil {
+		_, _, err = slow.Read(rctx)
+	}
+	if code := websocket.CloseStatus(err); code != 4008 {
+		t.Fatalf("a client reading nothing of its snapshot ended with %v (close %d), want 4008", err, code)
+	}
+	t.Logf("gateway peak RSS %d MiB before the slow snapshot, %d MiB after", before>>20, vmHWM(p.Process.Pid)>>20)
+	n, took, err := snapshotOnce(ws, "")
+	if err != nil || n != 200000 {
+		t.Fatalf("subscribing again: %d rows, %v", n, err)
+	}
+	t.Logf("the whole table again: %d rows in %s", n, took)
+}
