@@ -33,22 +33,43 @@ func Scan(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, ta
 		return 0, err
 	}
 	began := marker.Applied
+	n := began
+	// A read cut short (the consumer lost under load) starts again from
+	// the stream's start: rows come again, which fn takes as they are,
+	// and tombstones after began still come.
+	for attempt := 0; ; attempt++ {
+		var err error
+		n, err = scanOnce(ctx, rows, prefix, db, schemaName, table, began, n, status, fn)
+		var cut *cutShortError
+		if !errors.As(err, &cut) || attempt >= 3 || ctx.Err() != nil {
+			return n, err
+		}
+	}
+}
+
+// cutShortError: the rows were not all read, for a reason another try may
+// not meet.
+type cutShortError struct{ err error }
+
+func (e *cutShortError) Error() string { return e.err.Error() }
+func (e *cutShortError) Unwrap() error { return e.err }
+
+func scanOnce(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, table string, began, n uint64, status TableStatus, fn func(Row) error) (uint64, error) {
 	cons, err := rows.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{TableRowsFilter(prefix, db, schemaName, table), DBMarkerSubject(prefix, db)},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
-		return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
+		return n, &cutShortError{fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)}
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(512))
 	if err != nil {
-		return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
+		return n, &cutShortError{fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)}
 	}
 	defer it.Stop()
 	defer context.AfterFunc(ctx, it.Stop)()
 	markerSubj := DBMarkerSubject(prefix, db)
 	tableSubj := TableMarkerSubject(prefix, db, schemaName, table)
-	n := began
 	var pos uint64 // the stream sequence of the last message read
 	for {
 		if err := ctx.Err(); err != nil {
@@ -60,7 +81,7 @@ func Scan(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, ta
 			// meanwhile: done when the stream has nothing beyond.
 			end, err := lastPosition(ctx, rows, prefix, db, schemaName, table)
 			if err != nil {
-				return 0, err
+				return n, &cutShortError{err}
 			}
 			if end <= pos {
 				return n, nil
@@ -68,7 +89,7 @@ func Scan(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, ta
 			continue
 		}
 		if err != nil {
-			return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
+			return n, &cutShortError{fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)}
 		}
 		meta, err := msg.Metadata()
 		if err != nil {
@@ -101,7 +122,7 @@ func Scan(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, ta
 			// rows are replaced ahead of it: ask the stream.
 			end, err := lastPosition(ctx, rows, prefix, db, schemaName, table)
 			if err != nil {
-				return 0, err
+				return n, &cutShortError{err}
 			}
 			if end <= meta.Sequence.Stream {
 				return n, nil
