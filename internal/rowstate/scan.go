@@ -24,11 +24,18 @@ var ErrTruncatedMeanwhile = errors.New("the table was truncated while its rows w
 // are left out). Row's slices are valid during fn only. ErrNoState when no
 // maintainer has written the database's state.
 func Scan(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, table string, fn func(Row) error) (uint64, error) {
-	marker, err := ReadDBMarker(ctx, rows, prefix, db)
-	if err != nil {
-		return 0, err
+	var marker DBMarker
+	var status TableStatus
+	var err error
+	for attempt := 0; ; attempt++ {
+		// A look-up timing out under load is tried again.
+		if marker, err = ReadDBMarker(ctx, rows, prefix, db); err == nil {
+			status, err = ReadTableStatus(ctx, rows, prefix, db, schemaName, table)
+		}
+		if err == nil || errors.Is(err, ErrNoState) || attempt >= 3 || ctx.Err() != nil {
+			break
+		}
 	}
-	status, err := ReadTableStatus(ctx, rows, prefix, db, schemaName, table)
 	if err != nil {
 		return 0, err
 	}
@@ -41,7 +48,7 @@ func Scan(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, ta
 		var err error
 		n, err = scanOnce(ctx, rows, prefix, db, schemaName, table, began, n, status, fn)
 		var cut *cutShortError
-		if !errors.As(err, &cut) || attempt >= 3 || ctx.Err() != nil {
+		if !errors.As(err, &cut) || attempt >= 5 || ctx.Err() != nil {
 			return n, err
 		}
 	}
@@ -71,6 +78,7 @@ func scanOnce(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName
 	markerSubj := DBMarkerSubject(prefix, db)
 	tableSubj := TableMarkerSubject(prefix, db, schemaName, table)
 	var pos uint64 // the stream sequence of the last message read
+	stalls := 0    // waits in a row without a message
 	for {
 		if err := ctx.Err(); err != nil {
 			return 0, err
@@ -86,8 +94,14 @@ func scanOnce(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName
 			if end <= pos {
 				return n, nil
 			}
+			// More is there but the consumer does not deliver it (it
+			// stalls under load): read again with a new one.
+			if stalls++; stalls >= 3 {
+				return n, &cutShortError{fmt.Errorf("read the rows of %s.%s: the consumer stalled at %d of %d", schemaName, table, pos, end)}
+			}
 			continue
 		}
+		stalls = 0
 		if err != nil {
 			return n, &cutShortError{fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)}
 		}
