@@ -512,6 +512,7 @@ func TestLiveViewSlowClient(t *testing.T) {
 	})
 	before := vmHWM(p.Process.Pid)
 	slow := wsDial(t, ws)
+	slow.SetReadLimit(1 << 24)
 	wsSend(t, slow, `{"type":"subscribe","id":"v","table":"public.big","snapshot":true}`)
 	time.Sleep(10 * time.Second) // reads nothing, far beyond the write timeout
 	rctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -520,9 +521,14 @@ func TestLiveViewSlowClient(t *testing.T) {
 	for err == nil {
 		_, _, err = slow.Read(rctx)
 	}
-	if code := websocket.CloseStatus(err); code != 4008 {
-		t.Fatalf("a client reading nothing of its snapshot ended with %v (close %d), want 4008", err, code)
+	// The gateway gives up on it as on any slow client: 4008, or, when the
+	// write timeout strikes inside a frame the client never read, the
+	// connection shut down there (a close frame cannot follow half a
+	// frame).
+	if code := websocket.CloseStatus(err); code != 4008 && (rctx.Err() != nil || !strings.Contains(err.Error(), "EOF")) {
+		t.Fatalf("a client reading nothing of its snapshot ended with %v (close %d), want 4008 or the connection shut down", err, code)
 	}
+	t.Logf("the slow client ended with: %v", err)
 	t.Logf("gateway peak RSS %d MiB before the slow snapshot, %d MiB after", before>>20, vmHWM(p.Process.Pid)>>20)
 	n, took, err := snapshotOnce(ws, "")
 	if err != nil || n != 200000 {
