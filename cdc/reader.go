@@ -818,3 +818,7 @@ func (s *session) sendStatus(now time.Time) error {
 	s.sent, s.sentFloor, s.lastStatus = s.confirmed, s.floor, now
 	return nil
 }
+
+// Database returns the name of the database the reader streams, as its
+// subjects name it; valid once Registered is closed.
+func (r *Reader) Database() string { return r.db }

@@ -97,6 +97,17 @@ const (
 	// client must reload its state and subscribe without "from".
 	CodeHistoryUnavailable ErrorCode = "history_unavailable"
 
+	// CodeNoKey: a subscription with "snapshot" to a table without a key
+	// (no primary key nor replica identity index): its rows cannot be
+	// told apart, so there is no view to keep.
+	CodeNoKey ErrorCode = "no_key"
+
+	// CodeSnapshotUnavailable: a subscription with "snapshot" when the
+	// gateway cannot read the table's rows (row state off, not built
+	// yet, or the table was truncated while its rows were sent; then
+	// "unsubscribed" follows). Subscribe again later.
+	CodeSnapshotUnavailable ErrorCode = "snapshot_unavailable"
+
 	// CodeMessageTooLarge: a client message (a publish payload, typically)
 	// is larger than the gateway accepts. A frame larger than the read
 	// limit closes the connection with CloseMessageTooBig instead.

@@ -32,6 +32,8 @@ type conn struct {
 	raw syscall.RawConn // nc's descriptor for non-blocking writes; nil if none
 	fd  int             // for the poller; -1 when read by a goroutine of its own
 
+	nextID atomic.Uint64 // the last id assigned to a subscribe without one
+
 	// authMu serializes what depends on the identity: the handling of
 	// each client message, and a change of identity (a refresh, a
 	// reloaded API key). It guards id. Lock order: authMu, then subsMu,

@@ -39,7 +39,7 @@ func benchFeed(b *testing.B, n int, where func(i int) string) (*feed, []*discard
 			b.Fatal(err)
 		}
 		s := &sub{c: c, id: "s1", table: t, ops: schema.AllOps, filter: flt}
-		f.attach(s, nil)
+		f.attach(s, nil, false)
 	}
 	return f, ncs
 }

@@ -42,6 +42,17 @@ type sub struct {
 
 	f atomic.Pointer[feed] // set once attached
 
+	// snapshot: the subscription starts with the table's rows (snapshot.go),
+	// sent by its resume before the history after them.
+	snapshot bool
+	// view holds the keys of the rows the client holds (a snapshot
+	// subscription's), which decide enter, leave and delete (view.go).
+	// Used by its resume until it has caught up, then by the feed.
+	view map[string]struct{}
+	// heldEv are a view's live events held while it catches up, decided
+	// when they are released, after the history (view.go).
+	heldEv []heldEvent
+
 	// The rest is guarded by the feed's mu.
 	grp      *frameGroup
 	idx      *eqIndex // nil: in f.scan
@@ -268,7 +279,7 @@ func (f *feed) endAll(msg string) []*sub {
 		s.endMsg = msg
 		s.ended.Store(true)
 		s.done.Store(true)
-		s.held, s.heldBytes = nil, 0
+		s.held, s.heldEv, s.heldBytes = nil, nil, 0
 		if s.catching {
 			f.g.replays.cancel(s)
 			continue
@@ -359,6 +370,10 @@ func lookupKey(dst []byte, ix *eqIndex, row *query.Row, hasRow bool) ([]byte, lo
 
 // offer sends the event being delivered to s if it matches.
 func (f *feed) offer(s *sub, seq uint64, data []byte) {
+	if s.snapshot {
+		f.offerView(s, seq, data)
+		return
+	}
 	view, proj, ok, err := s.decide(&f.ev)
 	if err == query.ErrWithheld {
 		f.warnWithheld(s)
@@ -547,7 +562,7 @@ func encodeMessage(id, topic string, seq uint64, payload []byte) []byte {
 // With from, the history after from is sent first (see catchUp), and
 // boundary is set to the feed's position. It reports false when the feed
 // has stopped meanwhile.
-func (f *feed) attach(s *sub, from *uint64) bool {
+func (f *feed) attach(s *sub, from *uint64, snapshot bool) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.stopped {
@@ -558,8 +573,10 @@ func (f *feed) attach(s *sub, from *uint64) bool {
 	f.index(s)
 	f.n++
 	seq := f.last
-	if from != nil {
+	if from != nil || snapshot {
 		s.catching, s.waiting, s.boundary = true, true, f.last
+	}
+	if from != nil {
 		seq = *from
 	}
 	s.c.send(AppendSubscribed(nil, s.id, seq))
@@ -661,7 +678,9 @@ func (f *feed) dropGroup(gr *frameGroup) {
 // condition, else in the scan list.
 func (f *feed) index(s *sub) {
 	col, typ, key, ok := s.filter.EqKey()
-	if !ok || f.topic != "" {
+	if !ok || f.topic != "" || s.snapshot {
+		// A view must see every event: one that moves a row out of its
+		// filter has a value the index would not find it under.
 		s.idx, s.pos = nil, len(f.scan)
 		f.scan = append(f.scan, s)
 		return

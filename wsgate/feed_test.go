@@ -29,7 +29,7 @@ func BenchmarkFanoutTenantMove(b *testing.B) {
 		}
 		s := &sub{c: c, id: "s1", table: tbl, ops: schema.AllOps}
 		s.policy.Store(policy)
-		f.attach(s, nil)
+		f.attach(s, nil, false)
 	}
 	const row = `"id":42,"status":"paid","total":"19.90","paid":true,"created":"2026-11-22T07:00:00Z","notes":null`
 	head := `{"id":"00000000016B3748-0003","op":"update","db":"shop","schema":"public","table":"orders","lsn":"0/16B3748","xid":771,"commit_time":"2026-11-22T07:00:00.123456Z","key":{"id":42},"data":{` + row + `,"tenant":"t2"}`
@@ -61,7 +61,7 @@ func TestFeedPolicySetAfterAttach(t *testing.T) {
 	subs := map[string]*sub{}
 	for i, tenant := range []string{"acme", "globex"} {
 		s := &sub{c: &conn{g: g, nc: &discardConn{}, fd: -1}, id: fmt.Sprint("s", i), table: tbl, ops: schema.AllOps}
-		f.attach(s, nil)
+		f.attach(s, nil, false)
 		policy, err := query.CompileWhere(fmt.Appendf(nil, `{"tenant":{"eq":%q}}`, tenant), tbl.Name, tbl.Types)
 		if err != nil {
 			t.Fatal(err)

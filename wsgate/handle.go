@@ -83,7 +83,7 @@ func (c *conn) subscribeURL(us *URLSubscription) *ProtocolError {
 	defer c.authMu.Unlock()
 	return c.subscribe(&ClientMessage{
 		Type: TypeSubscribe, ID: URLSubscriptionID, Table: us.Table, Events: us.Events,
-		Select: us.Select, SelectGiven: us.Select != nil, From: us.From,
+		Select: us.Select, SelectGiven: us.Select != nil, From: us.From, Snapshot: us.Snapshot,
 	}, us.Where)
 }
 
@@ -95,6 +95,9 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 	g := c.g
 	fail := func(code ErrorCode, msg string) *ProtocolError {
 		return &ProtocolError{Code: code, ID: m.ID, Message: msg}
+	}
+	if m.ID == "" {
+		m.ID = c.assignID()
 	}
 	exists := c.lookupSub(m.ID) != nil
 	c.subsMu.Lock()
@@ -170,7 +173,17 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 				return fail(CodeInvalidSelect, "column "+schema.QuoteName(col)+" does not exist in "+shown)
 			}
 		}
-		s.table, s.filter, s.ops = t, f, ops&granted
+		const viewOps = schema.BitCreate | schema.BitUpdate | schema.BitDelete
+		switch {
+		case m.Snapshot && m.Events != nil:
+			return fail(CodeInvalidSubscription, `a subscription with "snapshot" keeps a view, which takes every event: leave out "events"`)
+		case m.Snapshot && granted&viewOps != viewOps:
+			return fail(CodeNotAllowed, "a view of "+shown+" needs its creates, updates and deletes, which are not all granted")
+		}
+		if m.Snapshot && !hasKey(t.Shape) {
+			return fail(CodeNoKey, shown+" has no key (no primary key nor replica identity index): its rows cannot be told apart for a snapshot")
+		}
+		s.table, s.filter, s.ops, s.snapshot = t, f, ops&granted, m.Snapshot
 		s.selected = slices.Clone(m.Select)
 		s.proj.Store(s.projection(m.Select))
 		key, subject, name = "t\x00"+t.Subject, t.Subject, t.Name
@@ -192,6 +205,11 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 			return perr
 		}
 	}
+	if s.snapshot {
+		if perr := g.checkRowState(ctx, s); perr != nil {
+			return perr
+		}
+	}
 	if !c.addSub(s) {
 		return nil // closing
 	}
@@ -201,7 +219,7 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 			c.removeSub(s)
 			return fail(CodeInternal, "cannot follow "+subject+": "+err.Error())
 		}
-		if f.attach(s, m.From) {
+		if f.attach(s, m.From, s.snapshot) {
 			break
 		}
 	}
@@ -211,8 +229,11 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		g.detach(s)
 		return nil
 	}
-	if m.From != nil {
+	switch {
+	case m.From != nil:
 		go g.catchUp(s, *m.From)
+	case s.snapshot:
+		go g.catchUp(s, 0)
 	}
 	return nil
 }
@@ -341,7 +362,7 @@ func (c *conn) subscribeEndpoint(name string) *ProtocolError {
 				c.removeSub(s)
 				return &ProtocolError{Code: CodeInternal, Message: "cannot follow " + t.Subject + ": " + err.Error()}
 			}
-			if f.attach(s, nil) {
+			if f.attach(s, nil, false) {
 				break
 			}
 		}
@@ -349,6 +370,17 @@ func (c *conn) subscribeEndpoint(name string) *ProtocolError {
 		g.met.subscriptions.Inc()
 	}
 	return nil
+}
+
+// assignID returns an id for a subscribe without one: "~1", "~2", … in
+// the connection's order, skipping one the client uses.
+func (c *conn) assignID() string {
+	for {
+		id := "~" + strconv.FormatUint(c.nextID.Add(1), 10)
+		if c.lookupSub(id) == nil {
+			return id
+		}
+	}
 }
 
 // rowPolicy compiles the row policy grants give table t (shown to the

@@ -62,7 +62,8 @@ type ClientMessage struct {
 	Type MessageType
 
 	// ID is the subscription id (subscribe, select, unsubscribe): 1 to
-	// MaxIDLen printable characters, chosen by the client.
+	// MaxIDLen printable characters, chosen by the client; empty in a
+	// subscribe without one, whose id the gateway assigns.
 	ID string
 
 	// Table is the table of a subscribe message, "schema.table" or
@@ -96,6 +97,11 @@ type ClientMessage struct {
 	// From is the stream sequence a subscription resumes after: the last
 	// seq the client received. Nil means start with live events.
 	From *uint64
+
+	// Snapshot asks for the rows that match now (rows frames), then
+	// synced with the sequence they are as of, then the events after it.
+	// It cannot be combined with From.
+	Snapshot bool
 
 	// Fields are the columns of a select message; never nil after a
 	// successful decode. An empty list restores all columns.
@@ -332,8 +338,11 @@ func validID(id string) bool {
 
 func (d *decoder) subscribe(m *ClientMessage) *ProtocolError {
 	var perr *ProtocolError
-	if m.ID, perr = d.id(); perr != nil {
-		return perr
+	// Without an id the gateway assigns one, told in subscribed.
+	if _, ok := d.fields.get("id"); ok {
+		if m.ID, perr = d.id(); perr != nil {
+			return perr
+		}
 	}
 	table, hasTable, perr := d.str("table")
 	if perr != nil {
@@ -370,6 +379,21 @@ func (d *decoder) subscribe(m *ClientMessage) *ProtocolError {
 	}
 	if m.From, perr = d.from(); perr != nil {
 		return perr
+	}
+	if raw, ok := d.fields.get("snapshot"); ok {
+		switch string(raw) {
+		case "true":
+			m.Snapshot = true
+		case "false":
+		default:
+			return d.fail(CodeInvalidMessage, `field "snapshot" must be true or false`)
+		}
+	}
+	if m.Snapshot && m.From != nil {
+		return d.fail(CodeInvalidSubscription, `"snapshot" starts a view and "from" resumes one: send one of them`)
+	}
+	if m.Snapshot && (hasTopic || hasRule) {
+		return d.fail(CodeInvalidSubscription, `"snapshot" applies to table subscriptions only`)
 	}
 
 	if hasRule {
@@ -659,6 +683,18 @@ func AppendMessageFrame(dst []byte, subID, topic string, seq uint64, data []byte
 // matching event with a greater sequence will be sent.
 func AppendSubscribed(dst []byte, id string, seq uint64) []byte {
 	dst = append(dst, `{"type":"subscribed","id":`...)
+	dst = jsonx.AppendString(dst, id)
+	dst = append(dst, `,"seq":`...)
+	dst = strconv.AppendUint(dst, seq, 10)
+	return append(dst, '}')
+}
+
+// AppendSynced appends the end of a snapshot: the rows sent are the
+// table's as of seq, and events after it follow.
+//
+//	{"type":"synced","id":"v1","seq":N}
+func AppendSynced(dst []byte, id string, seq uint64) []byte {
+	dst = append(dst, `{"type":"synced","id":`...)
 	dst = jsonx.AppendString(dst, id)
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)

@@ -43,6 +43,10 @@ func TestDecodeClientMessage(t *testing.T) {
 			ClientMessage{Type: TypeSubscribe, ID: "s1", Table: "a.b", From: u64(0)}},
 		{"subscribe from max", `{"type":"subscribe","id":"s1","table":"a.b","from":18446744073709551615}`,
 			ClientMessage{Type: TypeSubscribe, ID: "s1", Table: "a.b", From: u64(1<<64 - 1)}},
+		{"subscribe with snapshot", `{"type":"subscribe","id":"v1","table":"a.b","snapshot":true}`,
+			ClientMessage{Type: TypeSubscribe, ID: "v1", Table: "a.b", Snapshot: true}},
+		{"subscribe without id (the gateway assigns one)", `{"type":"subscribe","table":"a.b","snapshot":false}`,
+			ClientMessage{Type: TypeSubscribe, Table: "a.b"}},
 		{"subscribe topic", `{"type":"subscribe","id":"s2","topic":"chat"}`,
 			ClientMessage{Type: TypeSubscribe, ID: "s2", Topic: "chat"}},
 		{"subscribe topic with hierarchy and from", `{"type":"subscribe","id":"s2","topic":"chat.room-1","from":7}`,
@@ -133,7 +137,11 @@ func TestDecodeClientMessageErrors(t *testing.T) {
 			`unknown message type "` + strings.Repeat("a", 64) + `"…`},
 
 		// Subscribe: id.
-		{"subscribe no id", `{"type":"subscribe","table":"a.b"}`, CodeInvalidSubscription, "", `field "id" is required`},
+		{"subscribe empty id", `{"type":"subscribe","id":"","table":"a.b"}`, CodeInvalidSubscription, "", `id "" must be 1 to 64 printable characters`},
+		{"snapshot with from", `{"type":"subscribe","id":"v1","table":"a.b","snapshot":true,"from":3}`, CodeInvalidSubscription, "v1", `"snapshot" starts a view and "from" resumes one: send one of them`},
+		{"snapshot not a boolean", `{"type":"subscribe","id":"v1","table":"a.b","snapshot":"yes"}`, CodeInvalidMessage, "v1", `field "snapshot" must be true or false`},
+		{"snapshot of a topic", `{"type":"subscribe","id":"v1","topic":"chat","snapshot":true}`, CodeInvalidSubscription, "v1", `"snapshot" applies to table subscriptions only`},
+		{"snapshot of a rule", `{"type":"subscribe","id":"v1","rule":"big-orders","snapshot":true}`, CodeInvalidSubscription, "v1", `"snapshot" applies to table subscriptions only`},
 		{"subscribe empty id", `{"type":"subscribe","id":"","table":"a.b"}`, CodeInvalidSubscription, "",
 			`id "" must be 1 to 64 printable characters`},
 		{"subscribe id too long", `{"type":"subscribe","id":"` + strings.Repeat("x", 65) + `","table":"a.b"}`,

@@ -75,6 +75,15 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 	defer cancel()
 	err := errSubEnded
 	if turn := g.replays.wait(s, cancel); turn != nil {
+		if s.snapshot {
+			n, err := g.sendSnapshot(ctx, s)
+			if err != nil {
+				g.replays.done(turn)
+				g.snapshotFailed(s, err)
+				return
+			}
+			from = n
+		}
 		f.mu.Lock()
 		s.waiting = false
 		// History runs to where live delivery stands; or to from, when
@@ -133,6 +142,25 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 			f.mu.Unlock()
 			g.endResume(s, CodeHistoryUnavailable, msg)
 			return
+		}
+		if s.snapshot {
+			if len(s.heldEv) == 0 {
+				s.heldEv, s.heldBytes, s.catching = nil, 0, false
+				f.mu.Unlock()
+				return
+			}
+			e := s.heldEv[0]
+			s.heldEv[0] = heldEvent{}
+			s.heldEv = s.heldEv[1:]
+			s.heldBytes -= len(e.data)
+			frames := s.viewFrames(e.seq, e.op, e.data)
+			f.mu.Unlock()
+			for _, frame := range frames {
+				if !s.c.enqueueFor(s, frame, true) && s.c.isClosing() {
+					return
+				}
+			}
+			continue
 		}
 		if len(s.held) == 0 {
 			s.held, s.heldBytes, s.heldBig, s.catching = nil, 0, 0, false
@@ -275,7 +303,13 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) error {
 			if s.topic == "" {
 				data = g.resolve(msg.Subject(), seq, data, &claimEnv)
 			}
-			if frame := s.historyFrame(seq, msg.Subject(), data, &ev); frame != nil {
+			var frames [][]byte
+			if s.snapshot {
+				frames = s.viewFrames(seq, schema.OpBit(subjectOp(msg.Subject())), data)
+			} else if frame := s.historyFrame(seq, msg.Subject(), data, &ev); frame != nil {
+				frames = [][]byte{frame}
+			}
+			for _, frame := range frames {
 				if s.done.Load() {
 					return errSubEnded
 				}

@@ -57,6 +57,8 @@ type URLSubscription struct {
 	Select []string
 	// From is the stream sequence to resume after; nil means live only.
 	From *uint64
+	// Snapshot: the rows that match now first (snapshot=true).
+	Snapshot bool
 	// Where is the filter, the same where the JSON protocol's "where"
 	// gives, its columns in name order; nil when the URL has no filter
 	// parameter.
@@ -65,10 +67,11 @@ type URLSubscription struct {
 
 // Query parameters with a meaning of their own; all others are filters.
 const (
-	paramEvents = "events"
-	paramSelect = "select"
-	paramFrom   = "from"
-	paramToken  = "token"
+	paramEvents   = "events"
+	paramSelect   = "select"
+	paramFrom     = "from"
+	paramSnapshot = "snapshot"
+	paramToken    = "token"
 )
 
 // ParseURLSubscription reads a URL subscription. path is the request's
@@ -140,10 +143,25 @@ func ParseURLSubscription(path string, params url.Values) (URLSubscription, *Pro
 		sub.From = &n
 	}
 
+	if v, ok, perr := single(paramSnapshot); perr != nil {
+		return URLSubscription{}, perr
+	} else if ok {
+		switch v {
+		case "true":
+			sub.Snapshot = true
+		case "false":
+		default:
+			return fail(CodeInvalidSubscription, "parameter \"snapshot\" must be true or false, not "+schema.QuoteName(v))
+		}
+		if sub.Snapshot && sub.From != nil {
+			return fail(CodeInvalidSubscription, "parameters \"snapshot\" and \"from\" cannot be combined: snapshot starts a view, from resumes one")
+		}
+	}
+
 	var filters map[string][]string
 	for name, vs := range params {
 		switch name {
-		case paramEvents, paramSelect, paramFrom, paramToken:
+		case paramEvents, paramSelect, paramFrom, paramSnapshot, paramToken:
 		default:
 			if filters == nil {
 				filters = map[string][]string{}

@@ -54,7 +54,6 @@ export type ErrorFrameCode =
  * - "disconnected": the connection was lost before a request was answered;
  * - "closed": the client or the subscription was closed;
  * - "token_unavailable": getToken threw or rejected;
- * - "unsupported": not served by the gateway yet (view);
  * - "unsubscribed": the gateway ended a subscription without an error;
  * - "busy": a select of the subscription is already waiting for its answer;
  * - "config": the WebSocket could not be made from the options (a bad URL, a
@@ -67,7 +66,6 @@ export type ClientErrorCode =
   | "disconnected"
   | "closed"
   | "token_unavailable"
-  | "unsupported"
   | "unsubscribed"
   | "busy"
   | "config"
@@ -213,6 +211,54 @@ export interface SubscriptionHandlers<F> {
 }
 
 /** One subscription; async-iterable (its events, in order) when made without onEvent. */
+/** What a view shows: a table, filtered and projected. */
+export interface ViewSpec {
+  /** `schema.table` or `database.schema.table`. */
+  table: string;
+  where?: Where;
+  select?: string[];
+}
+
+/** One change of a view. */
+export interface ViewChange<R extends object = Row> {
+  /** "upsert": the row is now data; "delete": the row left the view; "truncate": every row did. */
+  op: "upsert" | "delete" | "truncate";
+  /** The row's key object (absent for a truncate). */
+  key?: Record<string, unknown>;
+  /** The row (for a delete, the row as the view held it). */
+  data?: R;
+  /** The event's stream sequence (a reconnect's differences: the new synced seq). */
+  seq: number;
+  /** "enter" or "leave": the row moved into or out of the filter or the row policy. */
+  view?: "enter" | "leave";
+}
+
+export interface ViewHandlers<R extends object = Row> {
+  /** The rows are there, as of seq (again after each reconnect). */
+  onSynced?(seq: number): void;
+  /** A change after the rows were there. */
+  onChange?(change: ViewChange<R>): void;
+  /** An error of the view; one that ends it also resolves `closed`. */
+  onError?(err: TablecastError): void;
+}
+
+/** A live view of a table. */
+export declare class View<R extends object = Row> {
+  private constructor();
+  /** Its id on the wire. */
+  readonly id: string;
+  /** The rows held, by key: the key object as JSON (`'{"id":42}'`). */
+  readonly rows: ReadonlyMap<string, R>;
+  /** The sequence the rows are as of; null before the first synced. */
+  readonly seq: number | null;
+  /** True once the rows are there. */
+  readonly ready: boolean;
+  /** Resolves when the view ends: null after close, else the error that ended it. */
+  readonly closed: Promise<TablecastError | null>;
+  /** Ends the view. */
+  close(): Promise<void>;
+}
+
 export declare class Subscription<F = EventFrame | MessageFrame> implements AsyncIterable<F> {
   private constructor();
   /** Its id on the wire: "s1", "s2", …, or "url" for a URL subscription. */
@@ -346,12 +392,12 @@ export declare class TablecastClient {
   subscribe<T = unknown>(spec: TopicSpec, handlers?: SubscriptionHandlers<MessageFrame<T>>): Subscription<MessageFrame<T>>;
 
   /**
-   * Live views: the rows of a table that match, then their changes, kept
-   * current. Coming to the gateway; protocol v1 does not serve them yet, so
-   * this throws a TablecastError "unsupported".
-   * @experimental
+   * A live view: the rows of a table that match now (filtered by where and
+   * the row policy, projected by select), then every change to that set,
+   * kept exact across reconnects (the view is read again and what differs
+   * is reported as changes).
    */
-  view(spec: TableSpec, handlers?: object): never;
+  view<R extends object = Row>(spec: ViewSpec, handlers?: ViewHandlers<R>): View<R>;
 
   /** The tables and topics the client may subscribe to (waits for a connection). */
   topics(): Promise<TopicsList>;

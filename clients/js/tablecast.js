@@ -64,13 +64,14 @@ const MAX_REFRESH_DELAY = 30_000;
 const MAX_TIMER = 86_400_000;
 
 const SPEC_KEYS = new Set(["table", "topic", "where", "select", "events", "from"]);
+const VIEW_KEYS = new Set(["table", "where", "select"]);
 const noop = () => {};
 
 /**
  * An error of the gateway or of the connection. `code` is the error frame's
  * code ("invalid_filter"), the close code (4001) or one of the client's own
  * ("network", "timeout", "disconnected", "closed", "token_unavailable",
- * "unsupported", "message_too_large", "config").
+ * "message_too_large", "config").
  */
 export class TablecastError extends Error {
   constructor(code, message, details = {}) {
@@ -234,6 +235,48 @@ export class Subscription {
 }
 
 /**
+ * A live view of a TablecastClient: the rows of a table that match, kept
+ * exact across reconnects. Made by TablecastClient.view.
+ */
+export class View {
+  #st;
+
+  constructor(st) {
+    this.#st = st;
+  }
+
+  /** The subscription's id on the wire. */
+  get id() {
+    return this.#st.id;
+  }
+
+  /** The rows held: key (the key object as JSON) → data. */
+  get rows() {
+    return this.#st.view.rows;
+  }
+
+  /** The sequence the rows are as of; null before the first synced. */
+  get seq() {
+    return this.#st.view.synced === null ? null : this.#st.lastSeq;
+  }
+
+  /** True once the rows are there (the first synced). */
+  get ready() {
+    return this.#st.view.synced !== null;
+  }
+
+  /** Resolves when the view ends: null after close, else the error that ended it. */
+  get closed() {
+    return this.#st.closed;
+  }
+
+  /** Ends the view; resolves once the gateway has confirmed it. */
+  close() {
+    return this.#st.ops.unsubscribe();
+  }
+}
+
+/**
  * A connection to a tablecast gateway that survives restarts of the gateway,
  * network failures and expiring tokens, and keeps its subscriptions.
  */
@@ -374,12 +417,84 @@ export class TablecastClient {
   }
 
   /**
-   * Live views (the rows of a table that match, then their changes) are
-   * coming to the gateway; protocol v1 does not serve them yet, so this
-   * throws a TablecastError "unsupported" rather than imitate them.
+   * A live view of a table ({table, where, select}): the rows that match
+   * now, then every change to that set. `view.rows` is a Map from a row's
+   * key (its key object as JSON, e.g. '{"id":42}') to its data; handlers:
+   * onSynced(seq) once the rows are there (again after each reconnect),
+   * onChange({op, key, data, seq, view}) for each change after (op
+   * "upsert", "delete" or "truncate"; view "enter" or "leave" when the row
+   * moved into or out of the filter or the row policy), onError(err).
+   * After a reconnect the view is read again from the gateway (from NATS,
+   * not PostgreSQL), and what differs from the rows held is reported as
+   * changes: the view stays exact.
    */
-  view(_spec, _handlers) {
-    throw new TablecastError("unsupported", "live views are not served by the gateway yet: protocol v1 streams changes only; subscribe to the table instead");
+  view(spec, handlers = {}) {
+    if (this.#stopped) throw new TablecastError("closed", "the client is closed");
+    if (spec === null || typeof spec !== "object") throw new TypeError("view needs {table}");
+    for (const k of Object.keys(spec)) if (!VIEW_KEYS.has(k)) throw new TypeError("view: unknown field " + JSON.stringify(k) + " (known: " + [...VIEW_KEYS].join(", ") + ")");
+    if (typeof spec.table !== "string" || spec.table === "") throw new TypeError("view: table must be a name such as public.orders");
+    if (handlers === null || typeof handlers !== "object") throw new TypeError("view: handlers must be an object");
+    const id = "s" + ++this.#nextId;
+    const st = this.#newSub(id, { ...spec, snapshot: true }, handlers);
+    st.view = { rows: new Map(), building: null, synced: null, everSynced: false };
+    this.#subs.set(id, st);
+    this.#sendSubscribe(st);
+    return new View(st);
+  }
+
+  #viewRows(st, f) {
+    const v = st.view;
+    if (!v.building || !Array.isArray(f.rows)) return;
+    for (const e of f.rows) {
+      const k = JSON.stringify(e.key);
+      if (e.removed) v.building.delete(k);
+      else v.building.set(k, e.data);
+    }
+  }
+
+  #viewSynced(st, f) {
+    const v = st.view;
+    if (!v.building || typeof f.seq !== "number") return;
+    const next = v.building;
+    v.building = null;
+    st.lastSeq = f.seq;
+    // What the rows held differ by is what changed meanwhile.
+    const changes = [];
+    for (const [k, data] of v.rows) {
+      if (!next.has(k)) changes.push({ op: "delete", key: JSON.parse(k), data, seq: f.seq });
+    }
+    for (const [k, data] of next) {
+      if (!v.rows.has(k) || JSON.stringify(v.rows.get(k)) !== JSON.stringify(data)) changes.push({ op: "upsert", key: JSON.parse(k), data, seq: f.seq });
+    }
+    v.rows.clear();
+    for (const [k, data] of next) v.rows.set(k, data);
+    v.synced = f.seq;
+    if (v.everSynced) for (const c of changes) call(st.h.onChange, c);
+    v.everSynced = true;
+    call(st.h.onSynced, f.seq);
+  }
+
+  #viewEvent(st, f) {
+    const v = st.view;
+    if (st.ended || v.building || v.synced === null || typeof f.seq !== "number") return;
+    if (f.seq < st.lastSeq) return;
+    st.lastSeq = f.seq;
+    const ev = f.event ?? {};
+    const k = JSON.stringify(ev.key);
+    const change = { op: "upsert", key: ev.key, data: ev.data, seq: f.seq };
+    if (f.view) change.view = f.view;
+    if (ev.op === "truncate") {
+      v.rows.clear();
+      change.op = "truncate";
+      change.key = undefined;
+    } else if (ev.op === "delete" || f.view === "leave") {
+      change.op = "delete";
+      change.data = v.rows.get(k);
+      v.rows.delete(k);
+    } else {
+      v.rows.set(k, ev.data);
+    }
+    call(st.h.onChange, change);
   }
 
   /** The tables and topics the client may subscribe to. */
@@ -711,8 +826,17 @@ export class TablecastClient {
     if (typeof f.id === "string" && f.id !== "" && !st && this.#retired.has(f.id)) return;
     switch (f.type) {
       case "event":
+        if (st?.view) this.#viewEvent(st, f);
+        else if (st) this.#deliver(st, f);
+        return;
       case "message":
         if (st) this.#deliver(st, f);
+        return;
+      case "rows":
+        if (st?.view) this.#viewRows(st, f);
+        return;
+      case "synced":
+        if (st?.view) this.#viewSynced(st, f);
         return;
       case "subscribed":
         if (st) this.#subscribed(st, f.seq);
@@ -813,6 +937,14 @@ export class TablecastClient {
       case "history_unavailable":
         this.#historyUnavailable(st, err);
         return;
+      case "snapshot_unavailable":
+        if (st.wire === "active") {
+          // unsubscribed follows; the view is read again then
+          call(st.h.onError, err);
+          st.wire = "resubscribing";
+          return;
+        }
+      // falls through: not there yet, try again later
       case "internal":
         if (st.wire === "subscribing") {
           // The gateway could not follow the table now (NATS): try again later.
@@ -887,7 +1019,8 @@ export class TablecastClient {
   #sendSubscribe(st) {
     if (!this.#open || st.ended || st === this.#urlSub) return;
     const m = { type: "subscribe", id: st.id, ...st.spec };
-    if (st.lastSeq !== null) m.from = st.lastSeq;
+    if (st.view) st.view.building = new Map(); // a view starts again from its rows
+    else if (st.lastSeq !== null) m.from = st.lastSeq;
     st.wire = "subscribing";
     this.#send(m);
   }

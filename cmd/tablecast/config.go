@@ -20,6 +20,7 @@ import (
 
 	"github.com/tablecast/tablecast/cdc"
 	"github.com/tablecast/tablecast/internal/auth"
+	"github.com/tablecast/tablecast/internal/rowstate"
 	"github.com/tablecast/tablecast/stream"
 	"github.com/tablecast/tablecast/wsgate"
 )
@@ -66,12 +67,14 @@ type Config struct {
 	MaxInFlight     int           `envconfig:"MAX_IN_FLIGHT" default:"8192" desc:"events published but not yet acknowledged by JetStream, at most"`
 	MaxEventBytes   int           `envconfig:"MAX_EVENT_BYTES" default:"67108864" desc:"largest event published whole; one larger than NATS's max payload goes to the TABLECAST_PAYLOADS object store with a claim in the stream, one larger than this is published without its rows and dead-lettered"`
 
-	HTTPAddr      string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"gateway address: WebSocket /ws, the page at /, the JavaScript client at /tablecast.js, /healthz, /readyz and /metrics"`
-	StallAfter    time.Duration `envconfig:"STALL_AFTER" default:"60s" desc:"unhealthy when the slot has not advanced for this long while lagging STALL_LAG_BYTES"`
-	StallLagBytes int64         `envconfig:"STALL_LAG_BYTES" default:"16777216" desc:"WAL lag in bytes that counts as stalled after STALL_AFTER"`
-	Snapshot      string        `envconfig:"SNAPSHOT" default:"initial" desc:"when the slot is created: initial publishes the rows already there as op read, never does not"`
-	Heartbeat     time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"10s" desc:"how often a heartbeat is written to the WAL so an idle slot advances and lag is measured; 0 turns it off"`
-	TopicRoles    []string      `envconfig:"TOPIC_ROLES" desc:"database roles that may publish custom-topic messages (pg_logical_emit_message), comma-separated; tablecast doctor warns about any other; empty: only tablecast's role and superusers"`
+	HTTPAddr       string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"gateway address: WebSocket /ws, the page at /, the JavaScript client at /tablecast.js, /healthz, /readyz and /metrics"`
+	StallAfter     time.Duration `envconfig:"STALL_AFTER" default:"60s" desc:"unhealthy when the slot has not advanced for this long while lagging STALL_LAG_BYTES"`
+	StallLagBytes  int64         `envconfig:"STALL_LAG_BYTES" default:"16777216" desc:"WAL lag in bytes that counts as stalled after STALL_AFTER"`
+	Snapshot       string        `envconfig:"SNAPSHOT" default:"initial" desc:"when the slot is created: initial publishes the rows already there as op read, never does not"`
+	Heartbeat      time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"10s" desc:"how often a heartbeat is written to the WAL so an idle slot advances and lag is measured; 0 turns it off"`
+	TopicRoles     []string      `envconfig:"TOPIC_ROLES" desc:"database roles that may publish custom-topic messages (pg_logical_emit_message), comma-separated; tablecast doctor warns about any other; empty: only tablecast's role and superusers"`
+	RowState       bool          `envconfig:"ROW_STATE" default:"false" desc:"keep the latest version of every row in JetStream (stream <TABLECAST_STREAM>_ROWS), so that subscriptions with snapshot (live views) start from the rows that match now; run and cdc; about doubles what JetStream stores per change"`
+	RowStateTables []string      `envconfig:"ROW_STATE_TABLES" default:"*" desc:"tables whose rows are kept: comma-separated schema.table or schema.* patterns, * for all"`
 
 	JWTSecret             string        `envconfig:"JWT_SECRET" desc:"HS256 secret (32 bytes or more) that client tokens are signed with; empty: HS256 off"`
 	JWTKeys               string        `envconfig:"JWT_KEYS" desc:"PEM or JWKS file of public keys for RS256, ES256 and EdDSA client tokens, reloaded when it changes; empty: off"`
@@ -136,6 +139,9 @@ func loadConfig() (Config, error) {
 	}
 	if c.MaxInFlight < 1 || c.MaxInFlight > stream.MaxInFlightLimit {
 		errs = append(errs, fmt.Errorf("TABLECAST_MAX_IN_FLIGHT %d: must be between 1 and %d", c.MaxInFlight, stream.MaxInFlightLimit))
+	}
+	if _, err := rowstate.ParsePatterns(c.RowStateTables); err != nil {
+		errs = append(errs, fmt.Errorf("TABLECAST_ROW_STATE_TABLES: %w", err))
 	}
 	if c.StallAfter <= 0 {
 		errs = append(errs, fmt.Errorf("TABLECAST_STALL_AFTER %s: must be positive", c.StallAfter))

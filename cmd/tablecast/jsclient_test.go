@@ -47,13 +47,15 @@ func TestJSClient(t *testing.T) {
 		CREATE TABLE expiry (n int PRIMARY KEY);
 		CREATE TABLE beats (n int PRIMARY KEY);
 		CREATE TABLE swaps (n int PRIMARY KEY);
-		CREATE TABLE hist (n int PRIMARY KEY)`); err != nil {
+		CREATE TABLE hist (n int PRIMARY KEY);
+		CREATE TABLE vrows (id int PRIMARY KEY, n int NOT NULL);
+		INSERT INTO vrows SELECT g, g FROM generate_series(1, 50) g`); err != nil {
 		t.Fatal(err)
 	}
 	slot := fmt.Sprintf("tc_js_%d", os.Getpid())
 	dropSlotAtCleanup(t, url, slot)
 	natsAddr := freeAddr(t)
-	cdcEnv := append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_js",
+	cdcEnv := append(baseEnv(), "TABLECAST_ROW_STATE=true", "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_js",
 		"TABLECAST_HTTP_ADDR="+freeAddr(t), "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir(),
 		"TABLECAST_HEARTBEAT_INTERVAL=1s")
 	startKeep(t, cdcEnv, "cdc")

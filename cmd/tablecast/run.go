@@ -12,6 +12,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -26,6 +27,7 @@ import (
 	"github.com/tablecast/tablecast/internal/connlimit"
 	"github.com/tablecast/tablecast/internal/endpoint"
 	"github.com/tablecast/tablecast/internal/match"
+	"github.com/tablecast/tablecast/internal/rowstate"
 	"github.com/tablecast/tablecast/stream"
 	"github.com/tablecast/tablecast/webhook"
 	"github.com/tablecast/tablecast/wsgate"
@@ -80,6 +82,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		registerEmbeddedMetrics(reg, emb)
 	}
 	var reader *cdc.Reader
+	var rowState atomic.Pointer[rowstate.Maintainer] // set once it runs
 	if withReader {
 		if reader, err = cdc.New(cfg.cdcConfig(), nc, js, cfg.SubjectPrefix, log, reg); err != nil {
 			return err
@@ -154,6 +157,10 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		}
 		if reader != nil {
 			ready = ready && reader.Health().Streaming
+			if cfg.RowState {
+				m := rowState.Load()
+				ready = ready && m != nil && m.Ready()
+			}
 		}
 		ready = ready && adminReady()
 		writeJSON(w, ready, map[string]bool{"ready": ready})
@@ -195,6 +202,9 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 
 	if reader != nil {
 		go func() { errc <- reader.Run(ctx) }()
+		if cfg.RowState {
+			go runRowState(ctx, cfg, reader, nc, log, reg, &rowState)
+		}
 	}
 	if authn.Enabled() {
 		go reloadOnHangup(ctx, authn, log)
@@ -388,4 +398,26 @@ func startManaged(ctx context.Context, cfg Config, js jetstream.JetStream, reg p
 		wg.Wait()
 		store.Close()
 	}}, nil
+}
+
+// runRowState maintains the row state of the reader's database until ctx
+// ends, applying events while the reader streams (a standby does not).
+func runRowState(ctx context.Context, cfg Config, reader *cdc.Reader, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer, running *atomic.Pointer[rowstate.Maintainer]) {
+	select {
+	case <-reader.Registered():
+	case <-ctx.Done():
+		return
+	}
+	m, err := rowstate.New(rowstate.Config{
+		DB: reader.Database(), Prefix: cfg.SubjectPrefix, Events: cfg.Stream, Tables: cfg.RowStateTables,
+		Active:  func() bool { return reader.Health().Streaming },
+		Streams: rowstate.StreamsConfig{Replicas: cfg.StreamReplicas},
+		Logger:  log, Registerer: reg,
+	}, nc)
+	if err != nil {
+		log.Error("row state not maintained", "err", err)
+		return
+	}
+	running.Store(m)
+	_ = m.Run(ctx)
 }

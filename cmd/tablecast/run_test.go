@@ -18,7 +18,7 @@ import (
 	"github.com/tablecast/tablecast/stream"
 )
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

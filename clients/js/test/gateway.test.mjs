@@ -279,3 +279,30 @@ test("history_unavailable when the stream's retention dropped what the client mi
   assert.equal(tc.state, "open");
   assert.ok(rec.disconnects.every((d) => d.err.code === 1001 || d.err.code === "network"));
 });
+
+test("a view holds exactly the rows that match, through enters, leaves, deletes and a gateway restart", E2E, async (t) => {
+  const { tc } = client(t);
+  const changes = [];
+  const v = tc.view({ table: "public.vrows", where: { n: { gte: 25 } } }, { onChange: (c) => changes.push(c) });
+  const expect = new Map();
+  for (let id = 25; id <= 50; id++) expect.set(id, id);
+  const same = () => v.ready && v.rows.size === expect.size && [...expect].every(([id, n]) => v.rows.get(JSON.stringify({ id }))?.n === n);
+  await waitFor(same, 60_000, "the view's first rows");
+  await control(env, "/sql", `UPDATE vrows SET n = 0 WHERE id = 30; UPDATE vrows SET n = 99 WHERE id = 3;
+    DELETE FROM vrows WHERE id = 2; INSERT INTO vrows VALUES (100, 100)`);
+  expect.delete(30);
+  expect.set(3, 99);
+  expect.set(100, 100);
+  await waitFor(same, 30_000, "the view to follow the changes");
+  const seen = changes.map((c) => [c.op, c.view ?? "", c.key.id]);
+  assert.deepEqual(seen, [["delete", "leave", 30], ["upsert", "enter", 3], ["upsert", "", 100]], "a leave, an enter, no delete of a row the view never held");
+
+  changes.length = 0;
+  await control(env, "/gateway/stop?name=main&signal=TERM");
+  await control(env, "/sql", `UPDATE vrows SET n = 0 WHERE id = 40; INSERT INTO vrows VALUES (101, 50); UPDATE vrows SET n = 26 WHERE id = 26`);
+  expect.delete(40);
+  expect.set(101, 50);
+  await control(env, "/gateway/start?name=main");
+  await waitFor(() => same() && changes.length === 2, 60_000, "the view to be read again after the restart");
+  assert.deepEqual(changes.map((c) => [c.op, c.key.id]).sort(), [["delete", 40], ["upsert", 101]], "what differs is reported, nothing else");
+});

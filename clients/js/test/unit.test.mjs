@@ -417,9 +417,40 @@ test("a silent connection is given up after a ping goes unanswered", { timeout: 
   tc.close();
 });
 
-test("view() is a named place for live views, not an imitation", { timeout: 20_000 }, () => {
+test("a view holds the rows, applies changes, enters and leaves, and after a reconnect reports what differs", { timeout: 20_000 }, async () => {
   const { tc } = fakeClient();
-  assert.throws(() => tc.view({ table: "public.t" }), (e) => e instanceof TablecastError && e.code === "unsupported");
+  const changes = [];
+  const synced = [];
+  const v = tc.view({ table: "public.t", where: { n: { gte: 10 } } }, { onChange: (c) => changes.push(c), onSynced: (s) => synced.push(s) });
+  const ws = await connected(1);
+  const sub = ws.of("subscribe")[0];
+  assert.deepEqual(sub, { type: "subscribe", id: v.id, table: "public.t", where: { n: { gte: 10 } }, snapshot: true });
+  ws.frame({ type: "subscribed", id: v.id, seq: 5 });
+  ws.frame({ type: "rows", id: v.id, rows: [{ key: { id: 1 }, data: { id: 1, n: 10 } }, { key: { id: 2 }, data: { id: 2, n: 20 } }] });
+  ws.frame({ type: "rows", id: v.id, rows: [{ key: { id: 3 }, data: { id: 3, n: 30 } }, { key: { id: 2 }, removed: true }] });
+  assert.equal(v.ready, false, "not ready before synced");
+  ws.frame({ type: "synced", id: v.id, seq: 9 });
+  assert.deepEqual(synced, [9]);
+  assert.deepEqual([...v.rows.keys()], ['{"id":1}', '{"id":3}']);
+  assert.equal(changes.length, 0, "the first rows are not changes");
+  ws.frame({ type: "event", id: v.id, seq: 10, view: "enter", event: { op: "update", key: { id: 4 }, data: { id: 4, n: 40 } } });
+  ws.frame({ type: "event", id: v.id, seq: 11, view: "leave", event: { op: "update", key: { id: 1 } } });
+  ws.frame({ type: "event", id: v.id, seq: 12, event: { op: "update", key: { id: 3 }, data: { id: 3, n: 31 } } });
+  assert.deepEqual(changes.map((c) => [c.op, c.view, c.key.id]), [["upsert", "enter", 4], ["delete", "leave", 1], ["upsert", undefined, 3]]);
+  assert.deepEqual(v.rows.get('{"id":3}'), { id: 3, n: 31 });
+  assert.equal(v.seq, 12);
+
+  // Reconnected: the rows are read again, and the difference is reported.
+  changes.length = 0;
+  ws.serverClose(1001, "restart");
+  const ws2 = await connected(2);
+  assert.equal(ws2.of("subscribe")[0].from, undefined, "a view starts again from its rows, never from");
+  ws2.frame({ type: "subscribed", id: v.id, seq: 20 });
+  ws2.frame({ type: "rows", id: v.id, rows: [{ key: { id: 3 }, data: { id: 3, n: 31 } }, { key: { id: 5 }, data: { id: 5, n: 50 } }] });
+  ws2.frame({ type: "synced", id: v.id, seq: 21 });
+  assert.deepEqual(changes.map((c) => [c.op, c.key.id]).sort(), [["delete", 4], ["upsert", 5]]);
+  assert.deepEqual([...v.rows.keys()].sort(), ['{"id":3}', '{"id":5}']);
+  assert.throws(() => tc.view({ table: "public.t", from: 3 }), /unknown field "from"/);
   tc.close();
 });
 

@@ -1,0 +1,26 @@
+// Package rowstate keeps the latest version of every row, by key, in
+// JetStream, so that a live view can start from the rows that match now
+// without a query to PostgreSQL.
+//
+// A Maintainer, one per database beside its reader, follows the event
+// stream and writes the stream "<EVENTS>_ROWS" (subjects
+// "<prefix>_rows.<db>.<schema>.<table>.r.<key token>", one message per
+// subject): a create, read or update writes the row (values PostgreSQL left
+// out as unchanged TOAST filled in from the previous version), a key change
+// writes a tombstone under the old key and the row under the new one, a
+// delete writes a tombstone (it expires after TombstoneTTL), and a truncate
+// purges the table's rows and records itself on the table's marker
+// ("….t"). Every message carries Tablecast-Seq, the event sequence it
+// reflects. After each batch the maintainer records how far it has applied
+// the database on "<prefix>_rows.<db>._applied"; it starts again from there
+// after a restart (a batch cut short is applied again, without writing a
+// row back over a later version), and a state deleted whole is rebuilt
+// from the event stream. Tables without a key have no state.
+//
+// Scan reads a table's rows as of an exact event sequence N: a reader
+// applies what it returns, then the events after N, and holds the table
+// with no gap and no duplicate.
+//
+// Concurrency: a Maintainer runs in one goroutine (Run); Applied may be
+// called from any goroutine. Scan may run in any number of goroutines.
+package rowstate

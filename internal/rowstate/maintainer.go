@@ -1,0 +1,461 @@
+package rowstate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// Maintainer applies the event stream of one database to its row state:
+// the rows stream, one message per row.
+type Maintainer struct {
+	cfg    Config
+	js     jetstream.JetStream
+	log    *slog.Logger
+	m      *metrics
+	tables Patterns
+
+	applied atomic.Uint64
+	ready   atomic.Bool
+}
+
+// maxPending bounds the row messages a batch has in flight: a batch holds
+// at most BatchEvents changes, and a change writes at most two rows.
+const maxPending = 1 << 13
+
+// New checks cfg and returns a maintainer that reads and writes with nc.
+func New(cfg Config, nc *nats.Conn) (*Maintainer, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending))
+	if err != nil {
+		return nil, fmt.Errorf("row state: %w", err)
+	}
+	tables, _ := ParsePatterns(cfg.Tables)
+	return &Maintainer{cfg: cfg, js: js, log: cfg.Logger.With("component", "rowstate", "database", cfg.DB),
+		m: newMetrics(cfg.Registerer), tables: tables}, nil
+}
+
+// Ready reports whether the state exists: readers may scan it (they get
+// the rows as of where it is applied, and the events after).
+func (m *Maintainer) Ready() bool { return m.ready.Load() }
+
+// Applied returns the event stream sequence up to which the state is
+// applied (as of the last batch written).
+func (m *Maintainer) Applied() uint64 { return m.applied.Load() }
+
+// Run applies the event stream to the state until ctx ends, starting again
+// from the state's own position after any failure (NATS gone, a write
+// refused). It returns nil when ctx ends.
+func (m *Maintainer) Run(ctx context.Context) error {
+	backoff := m.cfg.RetryMin
+	for {
+		began := time.Now()
+		err := m.runOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		m.m.restarts.Inc()
+		if time.Since(began) > time.Minute {
+			backoff = m.cfg.RetryMin
+		}
+		m.log.Warn("row state maintainer stopped; starting again from its last position", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, m.cfg.RetryMax)
+	}
+}
+
+// session is one run of the maintainer, from its position in the state.
+type session struct {
+	m            *Maintainer
+	rows, events jetstream.Stream
+
+	position  uint64 // every event up to it is applied
+	start     uint64 // the state was built from after this sequence
+	careful   uint64 // events up to it may be in the state already (an interrupted batch)
+	delivered uint64 // stream sequence of the last event received
+
+	batch   map[string]version // rows written by the batch being applied, by subject
+	pending []jetstream.PubAckFuture
+}
+
+// version is a row as the state holds it.
+type version struct {
+	seq     uint64
+	data    []byte // nil for a tombstone or a truncated row
+	deleted bool
+}
+
+func (m *Maintainer) runOnce(ctx context.Context) error {
+	if err := m.waitActive(ctx); err != nil {
+		return err
+	}
+	rows, err := EnsureStreams(ctx, m.js, m.cfg.Streams)
+	if err != nil {
+		return err
+	}
+	events, err := m.js.Stream(ctx, m.cfg.Events)
+	if err != nil {
+		return fmt.Errorf("open event stream %s: %w", m.cfg.Events, err)
+	}
+	s := &session{m: m, rows: rows, events: events}
+	if err := s.open(ctx); err != nil {
+		return err
+	}
+	return s.follow(ctx)
+}
+
+func (m *Maintainer) waitActive(ctx context.Context) error {
+	for m.cfg.Active != nil && !m.cfg.Active() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// open learns where the state stands. A fresh state is built from the
+// first event the stream holds: from every row when the stream holds the
+// reader's initial snapshot (it does unless its limits dropped events).
+// When it does not, the state lacks the rows whose events are gone until
+// a snapshot of their table (tablecast snapshot) brings them in; that is
+// logged.
+func (s *session) open(ctx context.Context) error {
+	m := s.m
+	marker, err := ReadDBMarker(ctx, s.rows, m.cfg.Prefix, m.cfg.DB)
+	switch {
+	case errors.Is(err, ErrNoState):
+		info, err := s.events.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("read event stream %s: %w", m.cfg.Events, err)
+		}
+		if info.State.FirstSeq > 1 {
+			s.start = info.State.FirstSeq - 1
+			m.log.Warn("row state: the event stream no longer holds its first events; rows whose events are gone are missing until a snapshot of their table",
+				"stream_first_seq", info.State.FirstSeq)
+		}
+		s.position = s.start
+		if err := s.writeDBMarker(ctx); err != nil {
+			return err
+		}
+		m.log.Info("row state: building from the event stream", "from", s.start+1)
+	case err != nil:
+		return err
+	default:
+		s.start, s.position = marker.Start, marker.Applied
+	}
+	// A batch whose rows were written but not its marker is applied again;
+	// rows the state holds at a later version than an event are not
+	// written back (careful).
+	last, err := s.rows.GetLastMsgForSubject(ctx, DBFilter(m.cfg.Prefix, m.cfg.DB))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+	case err != nil:
+		return fmt.Errorf("read the row state's last message: %w", err)
+	default:
+		s.careful = parseUint(last.Header.Get(HeaderSeq))
+	}
+	s.delivered = s.position
+	m.ready.Store(true)
+	m.applied.Store(s.position)
+	m.m.applied.Set(float64(s.position))
+	return nil
+}
+
+// follow applies the event stream from the state's position on.
+func (s *session) follow(ctx context.Context) error {
+	m := s.m
+	cons, err := s.events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{m.cfg.Prefix + "." + stream.Token(m.cfg.DB) + ".>"},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    s.position + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("follow the events of %s: %w", m.cfg.DB, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * m.cfg.BatchEvents))
+	if err != nil {
+		return fmt.Errorf("follow the events of %s: %w", m.cfg.DB, err)
+	}
+	defer it.Stop()
+	m.log.Info("row state: applying events", "from", s.position+1)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := m.waitActive(ctx); err != nil {
+			return err
+		}
+		msgs, err := s.take(it)
+		if err != nil {
+			return err
+		}
+		if len(msgs) > 0 {
+			if err := s.applyBatch(ctx, msgs); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// take waits up to a second for the first event, then takes what arrives
+// within BatchWait of the last, up to BatchEvents.
+func (s *session) take(it jetstream.MessagesContext) ([]jetstream.Msg, error) {
+	var out []jetstream.Msg
+	wait := time.Second
+	for len(out) < s.m.cfg.BatchEvents {
+		msg, err := it.Next(jetstream.NextMaxWait(wait))
+		if errors.Is(err, nats.ErrTimeout) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("receive events: %w", err)
+		}
+		out = append(out, msg)
+		wait = s.m.cfg.BatchWait
+	}
+	return out, nil
+}
+
+// applyBatch writes the rows of a batch of events, waits for the stream to
+// store them, then records the batch's last sequence on the database's
+// marker.
+func (s *session) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
+	s.batch = make(map[string]version, len(msgs))
+	var last uint64
+	for _, msg := range msgs {
+		meta, err := msg.Metadata()
+		if err != nil {
+			return fmt.Errorf("read an event's metadata: %w", err)
+		}
+		seq := meta.Sequence.Stream
+		if seq <= s.delivered {
+			continue // a repeat, after the ordered consumer was recreated
+		}
+		if err := s.checkGap(ctx, seq); err != nil {
+			return err
+		}
+		s.delivered = seq
+		if err := s.apply(ctx, seq, msg.Subject(), msg.Data()); err != nil {
+			return fmt.Errorf("apply event %d: %w", seq, err)
+		}
+		last = seq
+		s.m.m.events.Inc()
+	}
+	if last == 0 {
+		return nil
+	}
+	if err := s.flush(ctx); err != nil {
+		return err
+	}
+	s.position = last
+	if err := s.writeDBMarker(ctx); err != nil {
+		return err
+	}
+	s.m.applied.Store(last)
+	s.m.m.applied.Set(float64(last))
+	return nil
+}
+
+// checkGap logs events of the database dropped by the stream's limits
+// before the maintainer applied them: the rows they changed are stale
+// until a snapshot of their table.
+func (s *session) checkGap(ctx context.Context, seq uint64) error {
+	if seq <= s.delivered+1 {
+		return nil
+	}
+	info, err := s.events.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("read event stream: %w", err)
+	}
+	if info.State.FirstSeq > s.delivered+1 {
+		s.m.log.Error("row state: the event stream dropped events before they were applied (its limits); rows they changed are stale until a snapshot of their table",
+			"after", s.delivered, "stream_first_seq", info.State.FirstSeq)
+	}
+	return nil
+}
+
+// apply writes what one event changes.
+func (s *session) apply(ctx context.Context, seq uint64, subject string, env []byte) error {
+	m := s.m
+	op := subject[strings.LastIndexByte(subject, '.')+1:]
+	switch op {
+	case schema.OpCreate, schema.OpRead, schema.OpUpdate, schema.OpDelete, schema.OpTruncate:
+	default:
+		return nil // not a row change (a custom topic's message, a record of the reader's)
+	}
+	c, err := parseChange(seq, op, env)
+	if err != nil {
+		// Not an event of a table: nothing of the state to change.
+		m.log.Warn("row state: skipping a message that is not a row change", "seq", seq, "subject", subject, "err", err)
+		return nil
+	}
+	if !m.tables.Match(c.schema, c.table) {
+		return nil
+	}
+	if op == schema.OpTruncate {
+		return s.truncate(ctx, c)
+	}
+	if !c.keyed() {
+		return nil // a table without a key has no row state
+	}
+	oldSubj := RowSubject(m.cfg.Prefix, m.cfg.DB, c.schema, c.table, KeyToken(c.key))
+	if op == schema.OpDelete {
+		return s.put(ctx, oldSubj, c.key, version{seq: seq, deleted: true})
+	}
+	key, err := c.newKey()
+	if err != nil {
+		return fmt.Errorf("key: %w", err)
+	}
+	v := version{seq: seq, data: c.data}
+	if c.truncated || c.data == nil {
+		v.data = nil
+	} else if c.unchanged != nil {
+		prev, err := s.current(ctx, oldSubj)
+		if err != nil {
+			return err
+		}
+		if v.data, err = fillUnchanged(c.data, c.unchanged, prev.data); err != nil {
+			return err
+		}
+	}
+	newSubj := oldSubj
+	if string(key) != string(c.key) {
+		newSubj = RowSubject(m.cfg.Prefix, m.cfg.DB, c.schema, c.table, KeyToken(key))
+		if err := s.put(ctx, oldSubj, c.key, version{seq: seq, deleted: true}); err != nil {
+			return err
+		}
+	}
+	return s.put(ctx, newSubj, key, v)
+}
+
+// current returns the row the state holds at subj: written by this batch,
+// or in the rows stream.
+func (s *session) current(ctx context.Context, subj string) (version, error) {
+	if v, ok := s.batch[subj]; ok {
+		return v, nil
+	}
+	msg, err := s.rows.GetLastMsgForSubject(ctx, subj)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return version{}, nil
+	case err != nil:
+		return version{}, fmt.Errorf("look up row %s: %w", subj, err)
+	}
+	r, err := DecodeRow(msg.Header, msg.Data)
+	if err != nil {
+		return version{}, fmt.Errorf("row %s: %w", subj, err)
+	}
+	return version{seq: r.Seq, data: r.Data, deleted: r.Deleted}, nil
+}
+
+// put writes a row version (or tombstone) to the rows stream, without
+// waiting for it to be stored (flush). An event the state may already
+// hold (careful) is not written over a later version.
+func (s *session) put(ctx context.Context, subj string, key []byte, v version) error {
+	if v.seq <= s.careful {
+		have, err := s.current(ctx, subj)
+		if err != nil {
+			return err
+		}
+		if have.seq >= v.seq {
+			return nil
+		}
+	}
+	msg := &nats.Msg{Subject: subj, Header: nats.Header{}}
+	msg.Header.Set(HeaderSeq, strconv.FormatUint(v.seq, 10))
+	if v.deleted {
+		msg.Header.Set(HeaderDeleted, "1")
+		msg.Header.Set(jetstream.MsgTTLHeader, TombstoneTTL.String())
+	}
+	msg.Data = appendRowMessage(nil, key, v.data, !v.deleted && v.data == nil)
+	f, err := s.m.js.PublishMsgAsync(msg, jetstream.WithExpectStream(RowsStreamName(s.m.cfg.Events)))
+	if err != nil {
+		return fmt.Errorf("write row %s: %w", subj, err)
+	}
+	s.pending = append(s.pending, f)
+	s.batch[subj] = v
+	s.m.m.rows.Inc()
+	return nil
+}
+
+// flush waits until every row written is stored.
+func (s *session) flush(ctx context.Context) error {
+	// A refused write is not retried here: the session ends and the next
+	// one applies the batch again from the marker.
+	defer func() { s.pending = s.pending[:0] }()
+	for _, f := range s.pending {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("write row %s: %w", f.Msg().Subject, err)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// truncate removes every row of the table, then records the truncate on
+// the table's marker (readers of the state learn of it there).
+func (s *session) truncate(ctx context.Context, c change) error {
+	m := s.m
+	if err := s.flush(ctx); err != nil {
+		return err
+	}
+	if c.seq <= s.careful {
+		st, err := ReadTableStatus(ctx, s.rows, m.cfg.Prefix, m.cfg.DB, c.schema, c.table)
+		if err != nil {
+			return err
+		}
+		if st.Truncated >= c.seq {
+			return nil
+		}
+	}
+	if err := s.rows.Purge(ctx, jetstream.WithPurgeSubject(TableRowFilter(m.cfg.Prefix, m.cfg.DB, c.schema, c.table))); err != nil {
+		return fmt.Errorf("truncate %s.%s: %w", c.schema, c.table, err)
+	}
+	for subj := range s.batch {
+		if strings.HasPrefix(subj, strings.TrimSuffix(TableRowFilter(m.cfg.Prefix, m.cfg.DB, c.schema, c.table), ">")) {
+			delete(s.batch, subj)
+		}
+	}
+	data, _ := json.Marshal(TableStatus{Truncated: c.seq})
+	msg := &nats.Msg{Subject: TableMarkerSubject(m.cfg.Prefix, m.cfg.DB, c.schema, c.table), Header: nats.Header{}, Data: data}
+	msg.Header.Set(HeaderSeq, strconv.FormatUint(c.seq, 10))
+	if _, err := m.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(RowsStreamName(m.cfg.Events))); err != nil {
+		return fmt.Errorf("record the truncate of %s.%s: %w", c.schema, c.table, err)
+	}
+	return nil
+}
+
+// writeDBMarker records the state's position.
+func (s *session) writeDBMarker(ctx context.Context) error {
+	msg := &nats.Msg{Subject: DBMarkerSubject(s.m.cfg.Prefix, s.m.cfg.DB), Header: nats.Header{}}
+	msg.Header.Set(HeaderSeq, strconv.FormatUint(s.position, 10))
+	msg.Header.Set(HeaderStart, strconv.FormatUint(s.start, 10))
+	if _, err := s.m.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(RowsStreamName(s.m.cfg.Events))); err != nil {
+		return fmt.Errorf("record the row state's position %d: %w", s.position, err)
+	}
+	return nil
+}

@@ -1,0 +1,190 @@
+package wsgate
+
+import (
+	"context"
+	"errors"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/jsonx"
+	"github.com/tablecast/tablecast/internal/query"
+	"github.com/tablecast/tablecast/internal/rowstate"
+	"github.com/tablecast/tablecast/schema"
+)
+
+// Snapshots. A subscription with "snapshot" starts from the rows of its
+// table that match it now, read from the row state in JetStream
+// (internal/rowstate) rather than from PostgreSQL: rows frames, then
+// synced with the event sequence N the rows are as of, then every matching
+// event after N, as a resume "from": N would send them. A snapshot takes
+// its turn with the resumes (replays.go): until then, and while the rows
+// are read, the subscription's live frames are dropped and its boundary
+// follows the feed, so the history read after the rows covers them.
+//
+// The rows are read in the order of the rows stream, and a row that
+// changes while they are read comes again: a rows entry sets its key, an
+// entry with "removed" takes it out (a row deleted meanwhile, or changed so
+// that it no longer matches). The keys sent are kept until synced, so that
+// only rows sent are ever removed. Frames wait for room in the connection's
+// send queue: a table is sent as fast as its client reads, never buffered
+// whole, and a client that reads nothing for the write timeout is closed
+// with 4008.
+
+// snapshotFrameBytes and snapshotFrameRows bound a rows frame: large
+// enough that framing costs little, small enough that a frame never holds
+// up the send queue (4 MiB by default) for long.
+const (
+	snapshotFrameBytes = 64 << 10
+	snapshotFrameRows  = 1000
+)
+
+// hasKey reports whether the table's events carry a key that tells its
+// rows apart: a primary key or a replica identity index. A table with
+// neither has no key, or under REPLICA IDENTITY FULL every column as its
+// key, which two equal rows share.
+func hasKey(sh schema.Shape) bool {
+	keys := 0
+	for _, c := range sh.Columns {
+		if c.Key {
+			keys++
+		}
+	}
+	return keys > 0 && (sh.ReplicaIdentity != "full" || keys < len(sh.Columns))
+}
+
+// errNoRowState: the database has no row state.
+var errNoRowState = errors.New("no row state for the table's database: it is off or not built yet")
+
+// rowsStream returns the stream of the row state.
+func (g *Gateway) rowsStream(ctx context.Context) (jetstream.Stream, error) {
+	rows, err := g.js.Stream(ctx, rowstate.RowsStreamName(g.cfg.Stream))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, errNoRowState
+	}
+	return rows, err
+}
+
+// checkRowState refuses a snapshot of a table whose database has no row
+// state.
+func (g *Gateway) checkRowState(ctx context.Context, s *sub) *ProtocolError {
+	rows, err := g.rowsStream(ctx)
+	if err == nil {
+		_, err = rowstate.ReadDBMarker(ctx, rows, g.cfg.Prefix, s.table.DB)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errNoRowState), errors.Is(err, rowstate.ErrNoState):
+		return &ProtocolError{Code: CodeSnapshotUnavailable, ID: s.id, Message: "cannot send the rows of " + s.table.Name + ": " + errNoRowState.Error()}
+	}
+	return &ProtocolError{Code: CodeInternal, ID: s.id, Message: "cannot read the rows of " + s.table.Name + ": " + err.Error()}
+}
+
+// sendSnapshot sends s the rows of its table that match it, then synced,
+// and returns the sequence they are as of.
+func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
+	rows, err := g.rowsStream(ctx)
+	if err != nil {
+		return 0, err
+	}
+	t := s.table
+	sel := query.Selector{Ops: schema.BitRead, Where: s.filter, Policy: s.policy.Load()}
+	proj := s.proj.Load()
+	sent := map[string]struct{}{}
+	var ev query.Event
+	var env, frame []byte // env: the row as an envelope, to decide and project
+	n := 0
+	start := func() {
+		frame = append(newFrame(snapshotFrameBytes+4096), `{"type":"rows","id":`...)
+		frame = jsonx.AppendString(frame, s.id)
+		frame = append(frame, `,"rows":[`...)
+		n = 0
+	}
+	flush := func() error {
+		if n == 0 {
+			return nil
+		}
+		out := finishFrame(append(frame, "]}"...), opText)
+		start()
+		if !s.c.enqueueFor(s, out, true) {
+			return errSubEnded
+		}
+		return nil
+	}
+	add := func(entry []byte) error {
+		if n > 0 {
+			frame = append(frame, ',')
+		}
+		n++
+		var err error
+		if frame, err = proj.AppendView(frame, entry, query.ViewWhole, nil); err != nil {
+			return err
+		}
+		if len(frame) >= snapshotFrameBytes || n >= snapshotFrameRows {
+			return flush()
+		}
+		return nil
+	}
+	start()
+	seq, err := rowstate.Scan(ctx, rows, g.cfg.Prefix, t.DB, t.Shape.Schema, t.Shape.Table, func(r rowstate.Row) error {
+		if s.done.Load() || s.c.isClosing() {
+			return errSubEnded
+		}
+		_, had := sent[string(r.Key)]
+		match := false
+		if !r.Deleted && r.Data != nil {
+			env = append(env[:0], `{"key":`...)
+			env = append(env, r.Key...)
+			env = append(env, `,"data":`...)
+			env = append(env, r.Data...)
+			env = append(env, '}')
+			if ev.Reset(schema.BitRead, env) == nil {
+				_, ok, err := sel.Decide(&ev)
+				match = ok && err == nil
+			}
+		}
+		switch {
+		case match:
+			sent[string(r.Key)] = struct{}{}
+			return add(env)
+		case had:
+			delete(sent, string(r.Key))
+			env = append(env[:0], `{"key":`...)
+			env = append(env, r.Key...)
+			env = append(env, `,"removed":true}`...)
+			return add(env)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	if err := flush(); err != nil {
+		return 0, err
+	}
+	if !s.c.enqueueFor(s, finishFrame(AppendSynced(newFrame(64), s.id, seq), opText), true) {
+		return 0, errSubEnded
+	}
+	s.view = sent
+	return seq, nil
+}
+
+// snapshotFailed ends a snapshot that could not be sent.
+func (g *Gateway) snapshotFailed(s *sub, err error) {
+	switch {
+	case s.c.isClosing():
+	case s.done.Load():
+		f := s.f.Load()
+		f.mu.Lock()
+		msg, ended := s.endMsg, s.ended.Load() && !s.gone
+		f.mu.Unlock()
+		if ended {
+			g.endResume(s, CodeHistoryUnavailable, msg)
+		}
+	case errors.Is(err, errNoRowState), errors.Is(err, rowstate.ErrNoState), errors.Is(err, rowstate.ErrTruncatedMeanwhile):
+		g.endResume(s, CodeSnapshotUnavailable, "cannot send the rows of "+s.table.Name+": "+err.Error()+"; subscribe again")
+	default:
+		g.log.Warn("gateway snapshot failed", "subscription", s.id, "table", s.table.Qualified, "err", err)
+		g.endResume(s, CodeInternal, "snapshot failed: "+err.Error()+"; subscribe again")
+	}
+}

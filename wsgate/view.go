@@ -1,0 +1,222 @@
+package wsgate
+
+import (
+	"strconv"
+
+	"github.com/tablecast/tablecast/internal/jsonx"
+	"github.com/tablecast/tablecast/internal/query"
+	"github.com/tablecast/tablecast/internal/rowstate"
+	"github.com/tablecast/tablecast/schema"
+)
+
+// Views. A subscription with "snapshot" keeps a view for its client: the
+// keys of the rows it holds (the snapshot's, then changed by each event).
+// Its events are decided on the view rather than on the event alone:
+//
+//   - a create, read or update whose new row matches (row policy and
+//     where) is sent; an update of a row the view did not hold with
+//     "view":"enter" (it moved into the filter or the policy);
+//   - an update whose new row does not match is sent, when the view held
+//     the row, as "view":"leave": the envelope without data, old and
+//     unchanged, its key the row's;
+//   - an update that changes the key is a leave of the old key (when held)
+//     and then an enter of the new row (when it matches), both with the
+//     update's seq;
+//   - a delete is sent when the view held the row, whatever its columns;
+//   - a truncate is sent, and empties the view.
+//
+// So the old version of a row is never needed: the view says whether the
+// client holds it.
+
+// heldEvent is a live event held for a view while it catches up.
+type heldEvent struct {
+	seq  uint64
+	op   schema.OpSet
+	data []byte
+}
+
+// viewFrames decides the event seq (op, the envelope data) for s's view,
+// updates the view, and returns the frames to send in order.
+func (s *sub) viewFrames(seq uint64, op schema.OpSet, data []byte) [][]byte {
+	if op == 0 {
+		return nil
+	}
+	var env query.Row
+	if env.Reset(data) != nil {
+		return nil
+	}
+	if s.view == nil {
+		s.view = map[string]struct{}{}
+	}
+	proj := s.proj.Load()
+	if op == schema.BitTruncate {
+		clear(s.view)
+		return frames(encodeView(s.id, proj, seq, "", data))
+	}
+	key, ok := env.Get("key")
+	if !ok || key[0] != '{' {
+		return nil
+	}
+	_, held := s.view[string(key)]
+	if op == schema.BitDelete {
+		if !held {
+			return nil
+		}
+		delete(s.view, string(key))
+		return frames(encodeView(s.id, proj, seq, "", data))
+	}
+	rowData, ok := env.Get("data")
+	if !ok || rowData[0] != '{' {
+		return nil // a row too large for the stream: nothing to judge
+	}
+	var row query.Row
+	if row.Reset(rowData) != nil {
+		return nil
+	}
+	match := true
+	if policy := s.policy.Load(); policy != nil {
+		ok, err := policy.Match(&row)
+		match = ok && err == nil
+	}
+	if match && s.filter != nil {
+		ok, err := s.filter.Match(&row)
+		match = ok && err == nil
+	}
+	newKey := key
+	if _, hasOld := env.Get("old"); hasOld && op == schema.BitUpdate {
+		if k, err := rowstate.NewKey(key, rowData); err == nil {
+			newKey = k
+		}
+	}
+	var out [][]byte
+	if string(newKey) != string(key) || !match {
+		if held {
+			delete(s.view, string(key))
+			out = append(out, encodeView(s.id, proj, seq, "leave", leaveEnvelope(data, key)))
+		}
+		if !match {
+			return out
+		}
+		held = false
+		_, held = s.view[string(newKey)]
+	}
+	s.view[string(newKey)] = struct{}{}
+	if held || op != schema.BitUpdate {
+		// A create or read adds a row (or reads it again), an update of
+		// a row held changes it: as they are.
+		return append(out, encodeView(s.id, proj, seq, "", data))
+	}
+	enter := withoutMembers(data, "old")
+	if string(newKey) != string(key) {
+		enter = withKey(withoutMembers(data, "old", "key"), newKey)
+	}
+	return append(out, encodeView(s.id, proj, seq, "enter", enter))
+}
+
+func frames(f []byte) [][]byte {
+	if f == nil {
+		return nil
+	}
+	return [][]byte{f}
+}
+
+// encodeView encodes an event frame of a view: view ("enter", "leave" or
+// "" for none) after its seq.
+func encodeView(id string, proj *query.Projection, seq uint64, view string, env []byte) []byte {
+	buf := newFrame(len(env) + len(id) + 64)
+	buf = append(buf, `{"type":"event","id":`...)
+	buf = jsonx.AppendString(buf, id)
+	buf = append(buf, `,"seq":`...)
+	buf = strconv.AppendUint(buf, seq, 10)
+	if view != "" {
+		buf = append(buf, `,"view":"`...)
+		buf = append(buf, view...)
+		buf = append(buf, '"')
+	}
+	buf = append(buf, `,"event":`...)
+	var err error
+	if buf, err = proj.AppendView(buf, env, query.ViewWhole, nil); err != nil {
+		return nil
+	}
+	return finishFrame(append(buf, '}'), opText)
+}
+
+// leaveEnvelope is env without data, old and unchanged, with key as the
+// row's key.
+func leaveEnvelope(env, key []byte) []byte {
+	return withKey(withoutMembers(env, "data", "old", "unchanged", "key"), key)
+}
+
+// withKey appends "key":key to the object obj, which has no key.
+func withKey(obj, key []byte) []byte {
+	out := obj[:len(obj)-1]
+	if len(out) > 1 {
+		out = append(out, ',')
+	}
+	out = append(out, `"key":`...)
+	out = append(out, key...)
+	return append(out, '}')
+}
+
+// withoutMembers returns the object env without the named top-level
+// members (env is valid: the feed indexed it).
+func withoutMembers(env []byte, names ...string) []byte {
+	out := make([]byte, 0, len(env))
+	out = append(out, '{')
+	var sc jsonx.Scanner
+	i := jsonx.SkipSpace(env, 0) + 1
+	i = jsonx.SkipSpace(env, i)
+	first := true
+	for i < len(env) && env[i] != '}' {
+		name, _, v, err := jsonx.Member(env, i)
+		if err != nil {
+			break
+		}
+		end, err := sc.SkipValue(env, v)
+		if err != nil {
+			break
+		}
+		drop := false
+		for _, n := range names {
+			if jsonx.CompareString(name, n) == 0 {
+				drop = true
+			}
+		}
+		if !drop {
+			if !first {
+				out = append(out, ',')
+			}
+			first = false
+			out = append(out, env[i:end]...)
+		}
+		var more bool
+		if i, more, err = jsonx.Next(env, end, '}'); err != nil || !more {
+			break
+		}
+	}
+	return append(out, '}')
+}
+
+// offerView handles the event being delivered for a view: decided now when
+// the view is live, held raw while it catches up (decided in order after
+// its history, catchUp).
+func (f *feed) offerView(s *sub, seq uint64, data []byte) {
+	switch {
+	case s.ended.Load():
+		return
+	case f.last <= s.boundary, s.catching && s.waiting:
+		return // the history will send it
+	case s.catching:
+		s.heldEv = append(s.heldEv, heldEvent{seq: seq, op: f.ev.Op(), data: append([]byte(nil), data...)})
+		s.heldBytes += len(data) + 64
+		if s.heldBytes > f.g.cfg.SendQueueBytes {
+			s.heldEv, s.heldBytes = nil, 0
+			f.g.met.slowCloses.Inc()
+			s.c.closeWith(CloseSlowConsumer, "slow consumer: too many live events while catching up; subscribe again")
+		}
+		return
+	}
+	for _, frame := range s.viewFrames(seq, f.ev.Op(), data) {
+		s.c.enqueue(frame, false)
+	}
+}
