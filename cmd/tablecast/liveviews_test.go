@@ -237,10 +237,15 @@ func sameView(a, b map[int]viewRow) bool {
 // (TABLECAST_VIEWS_CLIENTS) for 20s.
 func TestLiveViews(t *testing.T) {
 	if os.Getenv("TABLECAST_SOAK") != "1" {
-		// Under a heavily loaded machine a snapshot was seen to stop
-		// before synced (rows partly sent); until that is understood
-		// this runs under soak only.
-		t.Skip("a soak test: TABLECAST_SOAK=1")
+		// Known to fail: under this writer a snapshot of the whole table
+		// does not reach synced. A scan reads the rows stream to its end,
+		// and every row the writer changes meanwhile moves to the end
+		// again (one message per row); with four scans at once, each
+		// asking the stream for the last message of a wildcard subject
+		// (a walk over every row's subject) whenever it catches up, the
+		// scans chase the writer and never finish. Run it by name with
+		// TABLECAST_SOAK=1.
+		t.Skip("a soak test, known to fail until snapshot scans are bounded: TABLECAST_SOAK=1")
 	}
 	clients, writeFor := 100, 20*time.Second
 	if v, err := strconv.Atoi(os.Getenv("TABLECAST_VIEWS_CLIENTS")); err == nil && v > 0 {
