@@ -51,8 +51,19 @@ func FuzzDecodeClientMessage(f *testing.F) {
 		}
 		switch m.Type {
 		case TypeSubscribe:
-			if !validID(m.ID) || (m.Table == "") == (m.Topic == "") {
+			// The id may be left to the gateway; the target is one of
+			// table, topic and rule.
+			targets := 0
+			for _, s := range []string{m.Table, m.Topic, m.Rule} {
+				if s != "" {
+					targets++
+				}
+			}
+			if (m.ID != "" && !validID(m.ID)) || targets != 1 {
 				t.Fatalf("bad subscribe decoded: %+v", m)
+			}
+			if m.Snapshot && (m.Table == "" || m.From != nil) {
+				t.Fatalf("snapshot decoded on something other than a table subscription without from: %+v", m)
 			}
 			if m.Where != nil && (!json.Valid(m.Where) || m.Where[0] != '{') {
 				t.Fatalf("where is not an object: %s", m.Where)
