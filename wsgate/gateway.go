@@ -162,6 +162,9 @@ type Config struct {
 	// endpoint, reads best). Nil: the member is absent, and the console
 	// hides its section.
 	Endpoints func(ctx context.Context, id *auth.Identity) (any, error)
+	// Rules, like Endpoints, lists the managed rules the caller may see,
+	// for the console's rules section.
+	Rules func(ctx context.Context, id *auth.Identity) (any, error)
 
 	Logger *slog.Logger
 	// Registerer receives the gateway's metrics (nil: none).

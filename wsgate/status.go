@@ -44,6 +44,9 @@ type Status struct {
 	// Endpoints are the managed endpoints the caller may see, present only
 	// when the server manages endpoints (Config.Endpoints).
 	Endpoints any `json:"endpoints,omitempty"`
+	// Rules are the managed rules the caller may see, present only when
+	// the server manages rules (Config.Rules).
+	Rules any `json:"rules,omitempty"`
 }
 
 // GatewayStatus is the gateway's own figures.
@@ -150,6 +153,14 @@ func (g *Gateway) serveStatus(w http.ResponseWriter, r *http.Request) {
 			eps = []any{}
 		}
 		st.Endpoints = eps
+	}
+	if g.cfg.Rules != nil {
+		rules, err := g.cfg.Rules(r.Context(), id)
+		if err != nil {
+			g.log.Warn("cannot list the managed rules for the status", "err", err)
+			rules = []any{}
+		}
+		st.Rules = rules
 	}
 	body, err := json.Marshal(st)
 	if err != nil {

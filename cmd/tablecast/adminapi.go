@@ -101,6 +101,37 @@ func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 	}, nil
 }
 
+// consoleRules lists, for the console's status, the managed rules an
+// identity with the admin grant may read (the first page by name: name,
+// table, operations, changed columns, and the conditions as JSON); nil for
+// anyone else, which hides the console's section.
+func consoleRules(store *endpoint.Store) func(context.Context, *auth.Identity) (any, error) {
+	return func(ctx context.Context, id *auth.Identity) (any, error) {
+		if id == nil || !id.Grants.CanAdminRead() {
+			return nil, nil
+		}
+		page, err := store.ListRules(ctx, endpoint.ListOptions{OrderBy: endpoint.OrderName, Limit: endpoint.MaxLimit})
+		if err != nil {
+			return nil, fmt.Errorf("list rules: %w", err)
+		}
+		type row struct {
+			Name       string `json:"name"`
+			Table      string `json:"table"`
+			Operations string `json:"operations"`
+			Changed    string `json:"changed"`
+			Where      string `json:"where"`
+			Old        string `json:"old"`
+			New        string `json:"new"`
+		}
+		rows := make([]row, 0, len(page.Items))
+		for _, r := range page.Items {
+			rows = append(rows, row{Name: r.Name, Table: r.Table, Operations: strings.Join(r.Operations, ", "),
+				Changed: strings.Join(r.Changed, ", "), Where: string(r.Where), Old: string(r.Old), New: string(r.New)})
+		}
+		return rows, nil
+	}
+}
+
 // consoleEndpoints lists, for the console's status, the managed endpoints
 // an identity with the admin grant may read (the first page by name, and
 // no secret: name, type, state, linked filters and rules); nil for anyone

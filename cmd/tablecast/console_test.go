@@ -281,6 +281,21 @@ func TestConsole(t *testing.T) {
 	if strings.Contains(eval[string](ops, `document.documentElement.outerHTML`), "c2VjcmV0") {
 		t.Error("the console shows a webhook's secret")
 	}
+	// And a rule, in the rules section.
+	req, _ = http.NewRequest("POST", "http://"+adminAddr+"/v1/rules", strings.NewReader(`{"name":"big-orders","table":"public.orders","new":{"total":{"gte":"100"}}}`))
+	req.Header.Set("Authorization", "Bearer "+keys["ops"])
+	req.Header.Set("Content-Type", "application/json")
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
+		t.Fatalf("create a rule through the admin API: %s", resp.Status)
+	}
+	poll("the console to show the rule", func() bool {
+		return !eval[bool](ops, `document.getElementById("rules-panel").hidden`) &&
+			strings.Contains(eval[string](ops, `document.getElementById("rules").textContent`), "big-orders")
+	})
 
 	// The filter box: a where on status shows only the matching rows.
 	filter := func(where string) {
@@ -337,11 +352,11 @@ func TestConsole(t *testing.T) {
 		t.Errorf("the slot section of a key without grants says %q", got)
 	}
 	for name, tab := range map[string]*browserTab{"clerk": clerk, "nobody": nobody} {
-		if !eval[bool](tab, `document.getElementById("endpoints-panel").hidden`) {
-			t.Errorf("the console of %s, without the admin grant, shows the managed endpoints", name)
+		if !eval[bool](tab, `document.getElementById("endpoints-panel").hidden`) || !eval[bool](tab, `document.getElementById("rules-panel").hidden`) {
+			t.Errorf("the console of %s, without the admin grant, shows the managed endpoints or rules", name)
 		}
 		text := eval[string](tab, `document.documentElement.outerHTML`)
-		leaks := []string{"payroll", "billing-hook"}
+		leaks := []string{"payroll", "billing-hook", "big-orders"}
 		if name == "nobody" {
 			leaks = append(leaks, "orders", slot, dbName)
 		}

@@ -115,6 +115,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		gcfg.Managed = m.rules
 		if cfg.adminEnabled() {
 			gcfg.Endpoints = consoleEndpoints(m.store)
+			gcfg.Rules = consoleRules(m.store)
 		}
 		if reader != nil {
 			// Clients are let in once the tables the reader streams are
