@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go"
 
 	"github.com/tablecast/tablecast/schema"
@@ -551,7 +552,16 @@ func (r *Reader) awaitOpenTransactions(ctx context.Context, conn *pgx.Conn, tabl
 		return fmt.Errorf("read the transactions open at the low watermark: %w", err)
 	}
 	if err := conn.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&next); err != nil {
-		return fmt.Errorf("read the transactions open at the low watermark: %w", err)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "25006" {
+			return fmt.Errorf("read the transactions open at the low watermark: %w", err)
+		}
+		// A standby assigns no transaction ids (logical decoding on a
+		// standby, PostgreSQL 16+): the snapshot's running list is
+		// what can be waited for there.
+		if parts := strings.Split(snap, ":"); len(parts) == 3 {
+			next = parts[1]
+		}
 	}
 	open, err := openTransactions(snap, next)
 	if err != nil {
