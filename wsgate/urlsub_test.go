@@ -93,6 +93,8 @@ func TestParseURLSubscriptionErrors(t *testing.T) {
 		{"no table", "/ws/tables/", "", CodeInvalidSubscription, `path "/ws/tables/": want /ws/tables/schema.table`},
 		{"extra segment", "/ws/tables/a.b/c", "", CodeInvalidSubscription, `path "/ws/tables/a.b/c": want /ws/tables/schema.table`},
 		{"trailing slash", "/ws/tables/a.b/", "", CodeInvalidSubscription, `path "/ws/tables/a.b/": want /ws/tables/schema.table`},
+		{"snapshot not a boolean", "/ws/tables/a.b", "snapshot=yes", CodeInvalidSubscription, `parameter "snapshot" must be true or false, not "yes"`},
+		{"snapshot with from", "/ws/tables/a.b", "snapshot=true&from=3", CodeInvalidSubscription, `parameters "snapshot" and "from" cannot be combined: snapshot starts a view, from resumes one`},
 		{"bad percent-encoding", "/ws/tables/a.b%zz", "", CodeInvalidSubscription, `path "/ws/tables/a.b%zz": bad percent-encoding`},
 		{"no schema", "/ws/tables/orders", "", CodeInvalidSubscription, `table "orders": want schema.table or database.schema.table (double-quote a part that holds a dot)`},
 		{"empty schema", "/ws/tables/.orders", "", CodeInvalidSubscription, `table ".orders": want schema.table or database.schema.table (double-quote a part that holds a dot)`},

@@ -44,6 +44,10 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		{map[string]string{"TABLECAST_ADMIN_ADDR": "127.0.0.1:8080"}, []string{"TABLECAST_ADMIN_ADDR 127.0.0.1:8080 is TABLECAST_HTTP_ADDR too"}},
 		{map[string]string{"TABLECAST_ADMIN_URL": "ftp://admin.example.com"}, []string{`TABLECAST_ADMIN_URL "ftp://admin.example.com": want http://host:port or https://host:port`}},
 		{map[string]string{"TABLECAST_DATABASE_URL": "host=db password=s3cret port=five"}, []string{"TABLECAST_DATABASE_URL: not a PostgreSQL connection string"}},
+		{map[string]string{"TABLECAST_WEBHOOK_ALLOW_NETS": "10.0.0.0/8,intranet"}, []string{`TABLECAST_WEBHOOK_ALLOW_NETS "intranet": want a network such as 10.0.0.0/8`}},
+		{map[string]string{"TABLECAST_WEBHOOK_ALLOW_NETS": "10.0.0.0/33"}, []string{`TABLECAST_WEBHOOK_ALLOW_NETS "10.0.0.0/33"`}},
+		{map[string]string{"TABLECAST_ROW_STATE_TABLES": "public.orders,a.b.c.d"}, []string{"TABLECAST_ROW_STATE_TABLES"}},
+		{map[string]string{"TABLECAST_ROW_STATE": "sometimes"}, []string{"TABLECAST_ROW_STATE"}},
 	}
 	for _, tt := range tests {
 		var name []string
