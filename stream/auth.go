@@ -7,7 +7,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
@@ -71,8 +73,11 @@ func (a EmbeddedAuth) serverUsers() ([]*server.User, []*server.NkeyUser, error) 
 		users = append(users, &server.User{Username: a.User, Password: a.Password})
 	}
 	read := ReadOnlyPermissions(a.Stream, a.Prefix)
+	// Read-only identities sit in an account of their own (wired to
+	// tablecast's by readersAccount when the server starts): see ReadersAccount.
+	readers := server.NewAccount(ReadersAccount)
 	if a.ReadUser != "" {
-		users = append(users, &server.User{Username: a.ReadUser, Password: a.ReadPassword, Permissions: read})
+		users = append(users, &server.User{Username: a.ReadUser, Password: a.ReadPassword, Permissions: read, Account: readers})
 	}
 	seen := map[string]bool{}
 	for _, k := range a.NKeys {
@@ -90,10 +95,55 @@ func (a EmbeddedAuth) serverUsers() ([]*server.User, []*server.NkeyUser, error) 
 		case seen[k]:
 			errs = append(errs, fmt.Errorf("nkey %s is given both every permission and read-only ones", k))
 		default:
-			keys = append(keys, &server.NkeyUser{Nkey: k, Permissions: read})
+			keys = append(keys, &server.NkeyUser{Nkey: k, Permissions: read, Account: readers})
 		}
 	}
 	return users, keys, errors.Join(errs...)
+}
+
+// ReadersAccount is the NATS account of read-only identities on the
+// embedded server. tablecast's own identities stay in the server's global
+// account, where the stream and buckets are; the readers' account imports
+// from it the events ("<prefix>.>") and the JetStream requests of
+// ReadOnlyPermissions, and nothing else.
+//
+// An account of their own, not only permissions, because NATS checks what a
+// client publishes but not the reply subject it names: JetStream answers
+// every request on its reply subject, and in the account of the stream an
+// answer sent to "<prefix>.…" would be stored as an event (a copy of an
+// earlier event from a direct get, an API response from any other call).
+// Through an import, replies travel on subjects the server makes up and
+// routes back to the readers' account, where no stream captures anything.
+const ReadersAccount = "TABLECAST_READERS"
+
+// readOnlyRequests are the JetStream subjects a read-only identity may
+// publish to, with whether JetStream answers each request with more than
+// one message (a fetch of a consumer, a batch of direct gets).
+func readOnlyRequests(stream string) map[string]bool {
+	reqs := map[string]bool{
+		"$JS.API.INFO":                                     false,
+		"$JS.API.STREAM.NAMES":                             false,
+		"$JS.API.STREAM.INFO." + stream:                    false,
+		"$JS.API.STREAM.MSG.GET." + stream:                 false,
+		"$JS.API.DIRECT.GET." + stream:                     true,
+		"$JS.API.DIRECT.GET." + stream + ".>":              false,
+		"$JS.API.CONSUMER.CREATE." + stream:                false,
+		"$JS.API.CONSUMER.CREATE." + stream + ".>":         false,
+		"$JS.API.CONSUMER.DURABLE.CREATE." + stream + ".>": false,
+		"$JS.API.CONSUMER.INFO." + stream + ".>":           false,
+		"$JS.API.CONSUMER.NAMES." + stream:                 false,
+		"$JS.API.CONSUMER.LIST." + stream:                  false,
+		"$JS.API.CONSUMER.MSG.NEXT." + stream + ".>":       true,
+		"$JS.ACK." + stream + ".>":                         false,
+		"$JS.FC." + stream + ".>":                          false,
+	}
+	for _, bucket := range []string{DefaultSchemaBucket, DefaultTopicBucket} {
+		kv := "KV_" + bucket
+		reqs["$JS.API.STREAM.INFO."+kv] = false
+		reqs["$JS.API.STREAM.MSG.GET."+kv] = false
+		reqs["$JS.API.DIRECT.GET."+kv+".>"] = false
+	}
+	return reqs
 }
 
 // ReadOnlyPermissions are the permissions of a backend service that reads
@@ -112,6 +162,11 @@ func (a EmbeddedAuth) serverUsers() ([]*server.User, []*server.NkeyUser, error) 
 // a consumer that delivers into its own stream's subjects, but a consumer of
 // another stream (a bucket) could be told to deliver into "<prefix>.>",
 // where the event stream would store what it delivers.
+//
+// Permissions alone do not keep such a service from storing into the
+// stream (see ReadersAccount): they must be given in an account that
+// imports these subjects, as the embedded server does and
+// deploy/nats/nats.conf shows.
 func ReadOnlyPermissions(stream, prefix string) *server.Permissions {
 	if stream == "" {
 		stream = DefaultStreamName
@@ -119,34 +174,73 @@ func ReadOnlyPermissions(stream, prefix string) *server.Permissions {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	pub := []string{
-		"$JS.API.INFO",
-		"$JS.API.STREAM.NAMES",
-		"$JS.API.STREAM.INFO." + stream,
-		"$JS.API.STREAM.MSG.GET." + stream,
-		"$JS.API.DIRECT.GET." + stream,
-		"$JS.API.DIRECT.GET." + stream + ".>",
-		"$JS.API.CONSUMER.CREATE." + stream,
-		"$JS.API.CONSUMER.CREATE." + stream + ".>",
-		"$JS.API.CONSUMER.DURABLE.CREATE." + stream + ".>",
-		"$JS.API.CONSUMER.INFO." + stream + ".>",
-		"$JS.API.CONSUMER.NAMES." + stream,
-		"$JS.API.CONSUMER.LIST." + stream,
-		"$JS.API.CONSUMER.MSG.NEXT." + stream + ".>",
-		"$JS.ACK." + stream + ".>",
-		"$JS.FC." + stream + ".>",
-	}
-	for _, bucket := range []string{DefaultSchemaBucket, DefaultTopicBucket} {
-		kv := "KV_" + bucket
-		pub = append(pub,
-			"$JS.API.STREAM.INFO."+kv,
-			"$JS.API.STREAM.MSG.GET."+kv,
-			"$JS.API.DIRECT.GET."+kv+".>",
-		)
-	}
+	pub := slices.Sorted(maps.Keys(readOnlyRequests(stream)))
 	return &server.Permissions{
 		Publish:   &server.SubjectPermission{Allow: pub},
 		Subscribe: &server.SubjectPermission{Allow: []string{prefix + ".>", "_INBOX.>"}},
+	}
+}
+
+// wireReaders gives the readers' account of srv, if its options have one,
+// what it imports from the global account: the events of prefix live and
+// the JetStream requests of ReadOnlyPermissions for stream. It runs before
+// the server accepts clients.
+func wireReaders(srv *server.Server, stream, prefix string) error {
+	readers, err := srv.LookupAccount(ReadersAccount)
+	if err != nil {
+		return nil // no read-only identity
+	}
+	if stream == "" {
+		stream = DefaultStreamName
+	}
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	own := srv.GlobalAccount()
+	only := []*server.Account{readers}
+	if err := own.AddStreamExport(prefix+".>", only); err != nil {
+		return fmt.Errorf("export the events to the read-only account: %w", err)
+	}
+	if err := readers.AddStreamImport(own, prefix+".>", ""); err != nil {
+		return fmt.Errorf("import the events into the read-only account: %w", err)
+	}
+	for subject, streamed := range readOnlyRequests(stream) {
+		resp := server.Singleton
+		if streamed {
+			resp = server.Streamed
+		}
+		if err := own.AddServiceExportWithResponse(subject, resp, only); err != nil {
+			return fmt.Errorf("export %s to the read-only account: %w", subject, err)
+		}
+		if err := readers.AddServiceImport(own, subject, subject); err != nil {
+			return fmt.Errorf("import %s into the read-only account: %w", subject, err)
+		}
+	}
+	return nil
+}
+
+// readersAccount gives the read-only identities of opts (those in the
+// account named ReadersAccount) a new account of that name, as a server
+// needs one of its own at each start.
+func readersAccount(opts *server.Options) {
+	var acc *server.Account
+	get := func() *server.Account {
+		if acc == nil {
+			acc = server.NewAccount(ReadersAccount)
+			opts.Accounts = append(opts.Accounts, acc)
+		}
+		return acc
+	}
+	opts.Accounts = nil
+	for _, u := range opts.Users {
+		if u.Account != nil && u.Account.Name == ReadersAccount {
+			u.Account = get()
+		}
+	}
+	for _, u := range opts.Nkeys {
+		if u.Account != nil && u.Account.Name == ReadersAccount {
+			u.Account = get()
+		}
 	}
 }
 

@@ -351,3 +351,135 @@ func selfSignedCert(t *testing.T, name string) (certFile, keyFile string) {
 	c := testcert.New(t, name)
 	return c.CertFile, c.KeyFile
 }
+
+// TestReadOnlyCannotStoreThroughReplies: a read-only identity names any
+// reply subject it likes on the requests it may send, and JetStream answers
+// there (a copy of a stored event for a direct get, a JSON response for any
+// other call, the messages of a consumer for a fetch). In the account of the
+// stream and buckets, an answer sent to "tablecast.…", to the control
+// subject or to a bucket's subjects would be stored as an event or a key.
+// Every request a read-only identity may send, with each of those as its
+// reply subject, and a push consumer delivering into them: nothing is
+// stored anywhere, and reading still works.
+func TestReadOnlyCannotStoreThroughReplies(t *testing.T) {
+	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Logger: quietLogger(),
+		Auth: EmbeddedAuth{User: "tc", Password: "secret", ReadUser: "reader", ReadPassword: "read-secret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	url := e.ClientURL()
+	_, js, _ := connectAs(t, url, clientOpts(t, ClientAuth{User: "tc", Password: "secret", InboxPrefix: InboxPrefix})...)
+	ctx := testContext(t)
+	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := OpenRegistry(ctx, js, "", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.kv.Put(ctx, "shop.public.orders", []byte(`{"columns":[]}`)); err != nil {
+		t.Fatal(err)
+	}
+	topics, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: DefaultTopicBucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Without a message id: a copy of it is not a duplicate the stream
+	// would drop, whatever its duplicate window.
+	if _, err := js.Publish(ctx, testSubject, []byte(`{"op":"create"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, DefaultStreamName, jetstream.ConsumerConfig{Durable: "billing", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
+	counts := func() [3]uint64 {
+		t.Helper()
+		var c [3]uint64
+		for i, name := range []string{DefaultStreamName, "KV_" + DefaultSchemaBucket, "KV_" + DefaultTopicBucket} {
+			s, err := js.Stream(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := s.Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c[i] = info.State.Msgs
+		}
+		return c
+	}
+	before := counts()
+
+	rnc, rjs, _ := connectAs(t, url, clientOpts(t, ClientAuth{User: "reader", Password: "read-secret"})...)
+	targets := []string{testSubject, "tablecast.shop.public.customers.delete", ControlSubject(""),
+		"$KV." + DefaultSchemaBucket + ".shop.public.orders", "$KV." + DefaultTopicBucket + ".news"}
+	bodies := map[string]string{
+		"$JS.API.STREAM.MSG.GET." + DefaultStreamName:                 `{"seq":1}`,
+		"$JS.API.DIRECT.GET." + DefaultStreamName:                     `{"seq":1}`,
+		"$JS.API.CONSUMER.MSG.NEXT." + DefaultStreamName + ".billing": `{"batch":1,"no_wait":true}`,
+	}
+	for subject := range readOnlyRequests(DefaultStreamName) {
+		// Wildcards stand for a name: the durable consumer, a key.
+		concrete := strings.ReplaceAll(subject, ">", "billing")
+		if strings.HasPrefix(subject, "$JS.API.DIRECT.GET.KV_") {
+			concrete = strings.ReplaceAll(subject, ">", "$KV."+strings.TrimPrefix(strings.TrimSuffix(subject, ".>"), "$JS.API.DIRECT.GET.KV_")+".shop.public.orders")
+		}
+		body := bodies[concrete]
+		if body == "" {
+			body = "{}"
+		}
+		for _, reply := range targets {
+			if err := rnc.PublishRequest(concrete, reply, []byte(body)); err != nil {
+				t.Fatalf("request %s: %v", concrete, err)
+			}
+		}
+	}
+	// A push consumer of the stream, delivering into another stream's
+	// subjects (its own are refused by JetStream).
+	for _, target := range targets[3:] {
+		push := `{"stream_name":"` + DefaultStreamName + `","config":{"deliver_subject":"` + target + `","deliver_policy":"all","ack_policy":"none"}}`
+		_, _ = rnc.Request("$JS.API.CONSUMER.CREATE."+DefaultStreamName, []byte(push), time.Second)
+	}
+	if err := rnc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // let what would be stored arrive
+	if after := counts(); after != before {
+		t.Fatalf("messages in the stream, the schema bucket and the topic bucket went from %v to %v", before, after)
+	}
+	if _, err := topics.Get(ctx, "news"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("topic news: %v, want no such key", err)
+	}
+
+	// What a read-only identity is for still works through the account's
+	// imports: the events live and through a consumer, the registry by key.
+	sub, err := rnc.SubscribeSync("tablecast.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rnc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, testSubject, []byte("live")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := sub.NextMsg(5 * time.Second); err != nil || string(m.Data) != "live" {
+		t.Fatalf("live event: %v", err)
+	}
+	cons, err := rjs.OrderedConsumer(ctx, DefaultStreamName, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatalf("ordered consumer: %v", err)
+	}
+	m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil || string(m.Data()) != `{"op":"create"}` {
+		t.Fatalf("first event through a consumer: %v", err)
+	}
+	kv, err := rjs.KeyValue(ctx, DefaultSchemaBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, err := kv.Get(ctx, "shop.public.orders"); err != nil || string(e.Value()) != `{"columns":[]}` {
+		t.Fatalf("schema by key: %v", err)
+	}
+}

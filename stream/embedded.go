@@ -222,8 +222,13 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 func (e *Embedded) startServer() (*server.Server, error) {
 	// The server keeps the options it is given; a restart needs them
 	// untouched.
-	srv, err := server.NewServer(e.opts.Clone())
+	opts := e.opts.Clone()
+	readersAccount(opts)
+	srv, err := server.NewServer(opts)
 	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	if err := wireReaders(srv, e.cfg.Auth.Stream, e.cfg.Auth.Prefix); err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
 	}
 	sl := &serverLogger{log: e.log, fatal: make(chan struct{})}
@@ -231,6 +236,17 @@ func (e *Embedded) startServer() (*server.Server, error) {
 	// Every goroutine of the server descends from Start's, and carries
 	// its label into CPU profiles (see ProfileLabel).
 	pprof.Do(context.Background(), pprof.Labels(ProfileLabel, ProfileNATSServer), func(context.Context) { srv.Start() })
+	// With an account besides the global one (ReadersAccount), the server
+	// turns JetStream on only in accounts configured for it, and the global
+	// account, where tablecast's stream and buckets are, cannot be: turn it
+	// on there now, which also loads what the store holds.
+	if gacc := srv.GlobalAccount(); srv.JetStreamEnabled() && !gacc.JetStreamEnabled() {
+		if err := gacc.EnableJetStream(nil, nil); err != nil {
+			srv.Shutdown()
+			srv.WaitForShutdown()
+			return nil, fmt.Errorf("embedded NATS: enable JetStream: %w", err)
+		}
+	}
 	if err := waitReady(srv, sl, embeddedReadyTimeout); err != nil {
 		srv.Shutdown()
 		srv.WaitForShutdown()
