@@ -133,8 +133,10 @@ func natsUser(opts *server.Options, name string) *server.User {
 // TestNATSConfigReadOnlyUser: the backend user of deploy/nats/nats.conf
 // has exactly the permissions tablecast gives the read-only user of its
 // embedded NATS (stream.ReadOnlyPermissions), for the stream and prefix
-// compose configures, and sits in the same account as tablecast's own
-// user, with JetStream on, so that it can read the stream.
+// compose configures, and sits, like it, in an account of its own
+// (stream.ReadersAccount) that imports from tablecast's exactly what those
+// permissions allow: in tablecast's account, JetStream's answers to the
+// reply subjects it names would be stored.
 func TestNATSConfigReadOnlyUser(t *testing.T) {
 	project := loadCompose(t, envExample(t))
 	node := project.Services["nats-1"]
@@ -148,8 +150,8 @@ func TestNATSConfigReadOnlyUser(t *testing.T) {
 	if own.Permissions != nil {
 		t.Errorf("tablecast's user %s has restricted permissions %+v; it needs every permission in its account", own.Username, own.Permissions)
 	}
-	if own.Account == nil || backend.Account == nil || own.Account.Name != backend.Account.Name {
-		t.Errorf("tablecast's user and backend are in different accounts: backend could not read the stream")
+	if own.Account == nil || backend.Account == nil || own.Account.Name == backend.Account.Name {
+		t.Fatalf("tablecast's user and backend are in the same account: backend's requests could store into the stream through their reply subjects")
 	}
 	if own.Password != serviceEnv(node)["NATS_TABLECAST_PASSWORD"] || cdc["TABLECAST_NATS_PASSWORD"] != own.Password {
 		t.Errorf("tablecast's password in nats.conf is not the TABLECAST_NATS_PASSWORD compose gives tablecast")
@@ -172,6 +174,14 @@ func TestNATSConfigReadOnlyUser(t *testing.T) {
 	}
 	same("publish", backend.Permissions.Publish, want.Publish)
 	same("subscribe", backend.Permissions.Subscribe, want.Subscribe)
+	for _, subject := range want.Publish.Allow {
+		if !own.Account.IsExportService(subject) {
+			t.Errorf("account %s does not export %s to backend's account", own.Account.Name, subject)
+		}
+	}
+	if n := backend.Account.NumServiceImports(); n != len(want.Publish.Allow) {
+		t.Errorf("backend's account %s imports %d services, want the %d requests backend may send", backend.Account.Name, n, len(want.Publish.Allow))
+	}
 	if opts.JetStreamMaxStore <= 0 {
 		t.Error("nats.conf sets no max_file_store: JetStream would take three quarters of the free disk at each start")
 	}
@@ -221,8 +231,37 @@ func checkBackendReadOnly(t *testing.T, url, user, password, streamName, subject
 	if got != 1 {
 		t.Errorf("backend fetched %d events, want 1", got)
 	}
-	if _, err := js.Publish(ctx, subject[:len(subject)-1]+"create", []byte(`{"forged":true}`)); err == nil {
+	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer pcancel()
+	if _, err := js.Publish(pctx, subject[:len(subject)-1]+"create", []byte(`{"forged":true}`)); err == nil {
 		t.Error("backend stored a message into the stream")
+	}
+	// JetStream answers on the reply subject a request names: in
+	// tablecast's account, an answer sent to an event subject would be
+	// stored (stream.TestReadOnlyCannotStoreThroughReplies).
+	str, err := js.Stream(ctx, streamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := str.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, req := range []string{"$JS.API.STREAM.MSG.GET." + streamName, "$JS.API.DIRECT.GET." + streamName, "$JS.API.STREAM.INFO." + streamName} {
+		if err := nc.PublishRequest(req, subject[:len(subject)-1]+"create", []byte(`{"seq":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	after, err := str.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.State.LastSeq != before.State.LastSeq {
+		t.Errorf("backend's requests stored %d messages into the stream through their reply subject", after.State.LastSeq-before.State.LastSeq)
 	}
 	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer dcancel()
