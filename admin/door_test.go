@@ -153,3 +153,55 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// TestCrossSiteChangesRefused: a web page on another site that the
+// operator visits can send requests to the API on loopback, where it lets
+// in requests without a credential. A POST without a body (pause) needs no
+// preflight, so the browser sends it: the API refuses it from what the
+// browser says of its origin (Sec-Fetch-Site, or Origin without it), and
+// the endpoint is not paused. Reads, same-origin changes and tools that
+// send neither header are let in.
+func TestCrossSiteChangesRefused(t *testing.T) {
+	h := start(t, func(c *admin.Config) { c.Auth = nil })
+	ctx := testCtx(t)
+	addr := strings.TrimPrefix(h.base, "http://")
+	var e struct {
+		ID    string `json:"id"`
+		State string `json:"state"`
+	}
+	h.call(ctx, "POST", "/v1/endpoints", nil, map[string]any{"name": "orders-feed", "type": "websocket"}, 0, &e)
+	state := func() string {
+		t.Helper()
+		var got struct{ State string }
+		h.call(ctx, "GET", "/v1/endpoints/"+e.ID, nil, nil, 0, &got)
+		return got.State
+	}
+	pause := "POST /v1/endpoints/" + e.ID + "/pause HTTP/1.1\r\nHost: " + addr + "\r\nContent-Length: 0\r\n"
+	for _, from := range []string{
+		"Sec-Fetch-Site: cross-site\r\nOrigin: https://evil.example\r\n",
+		"Sec-Fetch-Site: same-site\r\nOrigin: http://other.localhost:8080\r\n",
+		"Origin: https://evil.example\r\n", // an older browser
+		"Origin: null\r\n",                 // a sandboxed frame
+	} {
+		resp := rawRequest(t, addr, pause+from+"\r\n")
+		if resp.StatusCode != 403 || errorCode(t, resp) != "cross_origin" {
+			t.Errorf("pause sent with %q: %d, want 403 cross_origin", from, resp.StatusCode)
+		}
+		if s := state(); s == "paused" {
+			t.Fatalf("pause sent with %q paused the endpoint", from)
+		}
+	}
+	if resp := rawRequest(t, addr, "GET /v1/endpoints HTTP/1.1\r\nHost: "+addr+"\r\nSec-Fetch-Site: cross-site\r\nOrigin: https://evil.example\r\n\r\n"); resp.StatusCode != 200 {
+		t.Errorf("a cross-site read: %d, want 200 (the browser keeps the answer from the page)", resp.StatusCode)
+	}
+	for _, from := range []string{"Sec-Fetch-Site: same-origin\r\nOrigin: http://" + addr + "\r\n", "Origin: http://" + addr + "\r\n", ""} {
+		resp := rawRequest(t, addr, strings.Replace(pause, "/pause", "/resume", 1)+from+"\r\n")
+		if resp.StatusCode != 200 {
+			t.Errorf("resume sent with %q: %d, want 200", from, resp.StatusCode)
+		}
+		resp = rawRequest(t, addr, pause+from+"\r\n")
+		if resp.StatusCode != 200 || state() != "paused" {
+			t.Errorf("pause sent with %q: %d, state %s, want 200 and paused", from, resp.StatusCode, state())
+		}
+	}
+}

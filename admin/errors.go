@@ -22,6 +22,7 @@ const (
 	codeTooLarge         = "too_large"              // 413
 	codeUnsupportedType  = "unsupported_media_type" // 415
 	codeMisdirected      = "misdirected"            // 421: a Host not served
+	codeCrossOrigin      = "cross_origin"           // 403: a browser's request from another site
 	codeInternal         = "internal"               // 500
 	codeUnavailable      = "unavailable"            // 503: retry after Retry-After seconds
 )

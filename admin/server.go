@@ -106,6 +106,9 @@ type Server struct {
 	met   *metrics
 	mux   *http.ServeMux
 
+	// crossOrigin refuses the changes a browser sends from another site.
+	crossOrigin *http.CrossOriginProtection
+
 	mu      sync.Mutex
 	hosts   *hosts.Policy
 	srv     *http.Server
@@ -118,7 +121,8 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, store: cfg.Store, met: newMetrics(cfg.Registerer), hosts: hosts.NewPolicy(cfg.AllowedHosts, nil)}
+	s := &Server{cfg: cfg, log: cfg.Logger, store: cfg.Store, met: newMetrics(cfg.Registerer), hosts: hosts.NewPolicy(cfg.AllowedHosts, nil),
+		crossOrigin: http.NewCrossOriginProtection()}
 	s.mux = s.routes()
 	return s, nil
 }
@@ -180,6 +184,18 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 		s.met.observe("unmatched", http.StatusMisdirectedRequest, 0)
 		writeError(w, http.StatusMisdirectedRequest, codeMisdirected, fmt.Sprintf("host %q is not served here", r.Host), nil)
+		return
+	}
+	// A web page the operator visits may send a request to the API on
+	// loopback, with the right Host, and without a credential the API lets
+	// it in there (anonymous on loopback). It cannot read the answer (no
+	// CORS), and a JSON body needs a preflight the API does not answer, but
+	// a POST without a body (pause, resume) is sent as it is. Browsers say
+	// where a request comes from (Sec-Fetch-Site, Origin): a change from
+	// another site is refused; tools that send neither are let through.
+	if err := s.crossOrigin.Check(r); err != nil {
+		s.met.observe("unmatched", http.StatusForbidden, 0)
+		writeError(w, http.StatusForbidden, codeCrossOrigin, "a change sent by a web page of another site is refused: "+err.Error(), nil)
 		return
 	}
 	s.mux.ServeHTTP(w, r)
