@@ -122,25 +122,8 @@ func TestEmbeddedAuthentication(t *testing.T) {
 // changing the stream; nor can they listen on tablecast's own inboxes.
 func TestEmbeddedReadOnlyUser(t *testing.T) {
 	readKey, readSeed := newUserKey(t)
-	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Logger: quietLogger(),
-		Auth: EmbeddedAuth{User: "tc", Password: "secret", ReadUser: "reader", ReadPassword: "read-secret", ReadNKeys: []string{readKey}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Shutdown)
-	url := e.ClientURL()
-	_, js, _ := connectAs(t, url, clientOpts(t, ClientAuth{User: "tc", Password: "secret", InboxPrefix: InboxPrefix})...)
+	url, js := startWithReadOnly(t, readKey)
 	ctx := testContext(t)
-	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
-		t.Fatal(err)
-	}
-	reg, err := OpenRegistry(ctx, js, "", 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := reg.kv.Put(ctx, "shop.public.orders", []byte(`{"columns":[]}`)); err != nil {
-		t.Fatal(err)
-	}
 	n := 0
 	publish := func() {
 		t.Helper()
@@ -260,6 +243,33 @@ func TestEmbeddedReadOnlyUser(t *testing.T) {
 	}
 }
 
+// startWithReadOnly starts an embedded server with tablecast's user "tc"
+// and the read-only user "reader" (and readKeys), the event stream and the
+// schema registry holding shop.public.orders; it returns the server's URL
+// and tc's JetStream.
+func startWithReadOnly(t *testing.T, readKeys ...string) (string, jetstream.JetStream) {
+	t.Helper()
+	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Logger: quietLogger(),
+		Auth: EmbeddedAuth{User: "tc", Password: "secret", ReadUser: "reader", ReadPassword: "read-secret", ReadNKeys: readKeys}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	_, js, _ := connectAs(t, e.ClientURL(), clientOpts(t, ClientAuth{User: "tc", Password: "secret", InboxPrefix: InboxPrefix})...)
+	ctx := testContext(t)
+	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := OpenRegistry(ctx, js, "", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.kv.Put(ctx, "shop.public.orders", []byte(`{"columns":[]}`)); err != nil {
+		t.Fatal(err)
+	}
+	return e.ClientURL(), js
+}
+
 func streamMsgs(t *testing.T, js jetstream.JetStream) uint64 {
 	t.Helper()
 	s, err := js.Stream(testContext(t), DefaultStreamName)
@@ -362,25 +372,8 @@ func selfSignedCert(t *testing.T, name string) (certFile, keyFile string) {
 // reply subject, and a push consumer delivering into them: nothing is
 // stored anywhere, and reading still works.
 func TestReadOnlyCannotStoreThroughReplies(t *testing.T) {
-	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Logger: quietLogger(),
-		Auth: EmbeddedAuth{User: "tc", Password: "secret", ReadUser: "reader", ReadPassword: "read-secret"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Shutdown)
-	url := e.ClientURL()
-	_, js, _ := connectAs(t, url, clientOpts(t, ClientAuth{User: "tc", Password: "secret", InboxPrefix: InboxPrefix})...)
+	url, js := startWithReadOnly(t)
 	ctx := testContext(t)
-	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
-		t.Fatal(err)
-	}
-	reg, err := OpenRegistry(ctx, js, "", 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := reg.kv.Put(ctx, "shop.public.orders", []byte(`{"columns":[]}`)); err != nil {
-		t.Fatal(err)
-	}
 	topics, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: DefaultTopicBucket})
 	if err != nil {
 		t.Fatal(err)
