@@ -155,7 +155,7 @@ func TestConsole(t *testing.T) {
 	addr, adminAddr := freeAddr(t), freeAddr(t)
 	startProcess(t, append(baseEnv(), "TABLECAST_ADMIN_ADDR="+adminAddr, "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_console",
 		"TABLECAST_HTTP_ADDR="+addr, "TABLECAST_NATS_LISTEN="+freeAddr(t), "TABLECAST_DATA_DIR="+t.TempDir(),
-		"TABLECAST_API_KEYS_FILE="+keysFile), "run")
+		"TABLECAST_API_KEYS_FILE="+keysFile, "TABLECAST_ROW_STATE=true"), "run")
 	waitFor(t, time.Minute, "/readyz", func() bool {
 		code, _, err := httpGet("http://" + addr + "/readyz")
 		return err == nil && code == 200
@@ -314,6 +314,57 @@ func TestConsole(t *testing.T) {
 	if hasRow(ops, 90) {
 		t.Error("the filter let through a row it does not match")
 	}
+
+	// Current rows: the paid orders of now, then kept live; a row that
+	// comes to match enters (marked), one that stops matching leaves.
+	currentKeys := func() []string {
+		return eval[[]string](ops, `[...document.querySelectorAll("#current tbody tr")].map((tr) => tr.dataset.key).sort()`)
+	}
+	paidNow := func() []string {
+		rows, err := conn.Query(ctx, `SELECT json_build_object('id', id)::text FROM orders WHERE status = 'paid'`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for rows.Next() {
+			var k string
+			if err := rows.Scan(&k); err != nil {
+				t.Fatal(err)
+			}
+			keys = append(keys, strings.ReplaceAll(k, " ", ""))
+		}
+		if rows.Err() != nil {
+			t.Fatal(rows.Err())
+		}
+		slices.Sort(keys)
+		return keys
+	}
+	eval[chromedp.Void](ops, `document.getElementById("where").value = '{"status":{"eq":"paid"}}'; document.getElementById("current-mode").checked = true; document.getElementById("form").requestSubmit()`)
+	poll("the current paid orders", func() bool {
+		return strings.HasPrefix(eval[string](ops, `document.getElementById("status").textContent`), "current rows: public.orders") &&
+			slices.Equal(currentKeys(), paidNow())
+	})
+	if n := len(currentKeys()); n != 2 {
+		t.Errorf("%d paid orders shown, want 2 (4242 and 2)", n)
+	}
+	if !eval[bool](ops, `document.getElementById("events").hidden`) {
+		t.Error("the list of changes is shown beside the current rows")
+	}
+	if _, err := conn.Exec(ctx, `UPDATE orders SET status = 'paid' WHERE id = 3; UPDATE orders SET status = 'refunded' WHERE id = 4242`); err != nil {
+		t.Fatal(err)
+	}
+	poll("order 3 to enter the view and 4242 to leave it", func() bool { return slices.Equal(currentKeys(), paidNow()) })
+	if !eval[bool](ops, `[...document.querySelectorAll("#current tbody tr")].some((tr) => tr.dataset.key === '{"id":3}' && tr.dataset.marked !== undefined)`) {
+		t.Error("order 3 is shown but was not marked as entering the view")
+	}
+	if _, err := conn.Exec(ctx, `DELETE FROM orders WHERE id = 2`); err != nil {
+		t.Fatal(err)
+	}
+	poll("a deleted paid order to leave the view", func() bool { return slices.Equal(currentKeys(), paidNow()) })
+	eval[chromedp.Void](ops, `document.getElementById("current-mode").checked = false; document.getElementById("where").value = ""; document.getElementById("form").requestSubmit()`)
+	poll("the list of changes again", func() bool {
+		return !eval[bool](ops, `document.getElementById("events").hidden`) && eval[bool](ops, `document.getElementById("current").hidden`)
+	})
 
 	if dir := os.Getenv("TABLECAST_SCREENSHOTS"); dir != "" {
 		// A few samples in the chart first, and a view with both kinds of row.
