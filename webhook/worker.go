@@ -28,8 +28,39 @@ import (
 )
 
 // maxHeld bounds the messages one endpoint holds at once (its consumer's
-// MaxAckPending): with parallel_by_key, concurrency × batch up to it.
+// MaxAckPending): with parallel_by_key, concurrency × perLane up to it.
 const maxHeld = 1000
+
+// perLane is how many messages a lane may hold for a batch of batch: two
+// batches, one being posted while the next arrives, so that the receiver
+// never waits for the acknowledgements of a batch to reach JetStream and
+// the next messages to come back. At least minPerLane: with batch 1, the
+// next events are ready as soon as one is accepted.
+//
+// Holding more than a batch asks that what is held come back in order
+// when a worker stops: it gives back every message (nakHeld, in order),
+// its pulls have ended (dispatch), and it unpins the consumer (unpin) so
+// that the next reader is served at once. JetStream rotates its queue of
+// messages to give again while the only pulls waiting are not the pinned
+// one's, which would put them out of order.
+func perLane(batch int) int { return max(2*max(1, batch), minPerLane) }
+
+// minPerLane is the fewest messages a lane holds ahead. Each costs a few
+// dozen bytes of channel while idle and nothing else; 32 covers the
+// events a receiver's round trip lets in at the reader's rate.
+const minPerLane = 32
+
+// fillWait is how long a lane that is behind (its last batch was full)
+// waits for its next batch to fill. The messages of the next batch come
+// as JetStream takes the acknowledgements of the last one, a fraction of
+// a millisecond apart: without the wait, a lane behind posts one message
+// and then the rest, two requests for each batch's worth.
+const fillWait = 2 * time.Millisecond
+
+// fetchWait is how long a pull stays open waiting for messages, and so
+// how long a worker may take to stop (see dispatch); an idle endpoint
+// pulls again after it.
+const fetchWait = 2 * time.Second
 
 // worker delivers one endpoint's events: a dispatcher pulls the
 // endpoint's consumer and hands each message to a lane (one lane, or one
@@ -46,6 +77,10 @@ type worker struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
+	// prev is the endpoint's worker this one replaces, nil for none: this
+	// one reads nothing before prev has given back what it held (in
+	// order), and is done only after prev is.
+	prev *worker
 
 	heldMu sync.Mutex
 	held   map[uint64]jetstream.Msg // by stream sequence: read, not yet acknowledged
@@ -61,7 +96,7 @@ func newWorker(parent context.Context, m *Manager, e *match.Entry) *worker {
 	if wh.ParallelByKey {
 		w.lanes = max(1, wh.Concurrency)
 	}
-	w.capacity = min(maxHeld, w.lanes*max(1, wh.Batch))
+	w.capacity = min(maxHeld, w.lanes*perLane(wh.Batch))
 	return w
 }
 
@@ -76,17 +111,20 @@ func (w *worker) sameRun(e *match.Entry) bool {
 		slices.Equal(match.Subjects(w.m.cfg.Prefix, e.Matcher.Filters(), e.Matcher.Rules()), w.subjects)
 }
 
-func (w *worker) stop() {
-	w.cancel()
-	<-w.done
-}
-
 func (w *worker) log() *slog.Logger {
 	return w.m.log.With("endpoint", w.name(), "endpoint_id", w.id)
 }
 
 func (w *worker) run() {
 	defer close(w.done)
+	if w.prev != nil {
+		<-w.prev.done
+		w.prev = nil
+		if w.ctx.Err() != nil {
+			return
+		}
+	}
+	defer w.unpin()
 	defer w.nakHeld()
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -229,9 +267,20 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 				}()
 			}
 		}
-		room := max(1, w.capacity-w.heldCount())
-		fctx, cancel := context.WithTimeout(ctx, min(5*time.Second, every))
-		batch, err := cons.Fetch(room, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
+		// A pull of the whole capacity, whatever is held: JetStream gives
+		// out no more than MaxAckPending (the capacity) unacknowledged, and
+		// the pull stays open to give the next messages as soon as
+		// acknowledgements make room. A pull of only the room left (a few
+		// messages while a batch is posted) ended after those few, and the
+		// next pull had to come back before the next batch could.
+		//
+		// The pull is not cut short when the worker stops: it ends at its
+		// expiry, and every message it brought is held, so given back in
+		// order as the worker ends. A pull cut short drops the messages on
+		// their way, which JetStream gives again only after the ack wait,
+		// behind later ones the next worker was already given.
+		fctx, cancel := context.WithTimeout(context.Background(), min(fetchWait, every))
+		batch, err := cons.Fetch(w.capacity, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
 		if err != nil {
 			cancel()
 			if ctx.Err() != nil {
@@ -302,12 +351,6 @@ func (w *worker) hold(seq uint64, msg jetstream.Msg) bool {
 	return true
 }
 
-func (w *worker) heldCount() int {
-	w.heldMu.Lock()
-	defer w.heldMu.Unlock()
-	return len(w.held)
-}
-
 // ack acknowledges messages delivered (or passed over) and lets them go.
 func (w *worker) ack(msgs []jetstream.Msg) {
 	for _, msg := range msgs {
@@ -336,6 +379,21 @@ func (w *worker) nakHeld() {
 		_ = w.held[s].Nak()
 	}
 	clear(w.held)
+}
+
+// unpin lets the next reader of the endpoint's consumer (the worker that
+// follows, or another process) be pinned at once, not after PinnedTTL:
+// meanwhile JetStream would rotate the messages given back (see perLane).
+func (w *worker) unpin() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	str, err := w.m.js.Stream(ctx, w.m.eventsStr)
+	if err == nil {
+		err = str.UnpinConsumer(ctx, consumerName(w.id), priorityGroup)
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		w.log().Debug("cannot unpin the webhook endpoint's consumer; the next reader waits for the pin to expire", "err", err)
+	}
 }
 
 // keepInProgress calls progress every third of the ack wait until ctx
@@ -379,6 +437,13 @@ type item struct {
 // lane delivers the messages of in, in order, a batch at a time.
 func (w *worker) lane(ctx context.Context, in chan jetstream.Msg) {
 	var ev query.Event
+	size := max(1, w.wh.Batch)
+	// behind is set after a full batch: more events are likely on their
+	// way, the next batch waits up to fillWait to fill.
+	behind := false
+	fill := time.NewTimer(time.Hour)
+	fill.Stop()
+	defer fill.Stop()
 	for {
 		var first jetstream.Msg
 		select {
@@ -387,15 +452,36 @@ func (w *worker) lane(ctx context.Context, in chan jetstream.Msg) {
 		case first = <-in:
 		}
 		msgs := []jetstream.Msg{first}
-	fill:
-		for len(msgs) < max(1, w.wh.Batch) {
+		waiting := false
+	take:
+		for len(msgs) < size {
 			select {
 			case m := <-in:
 				msgs = append(msgs, m)
+				continue
 			default:
-				break fill
+			}
+			if !behind {
+				break
+			}
+			if !waiting {
+				fill.Reset(fillWait)
+				waiting = true
+			}
+			select {
+			case m := <-in:
+				msgs = append(msgs, m)
+			case <-fill.C:
+				waiting = false
+				break take
+			case <-ctx.Done():
+				return
 			}
 		}
+		if waiting && !fill.Stop() {
+			<-fill.C
+		}
+		behind = size > 1 && len(msgs) == size
 		e := w.entry.Load()
 		items := make([]item, 0, len(msgs))
 		for _, msg := range msgs {
