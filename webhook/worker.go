@@ -28,27 +28,13 @@ import (
 )
 
 // maxHeld bounds the messages one endpoint holds at once (its consumer's
-// MaxAckPending): with parallel_by_key, concurrency × perLane up to it.
-const maxHeld = 1000
-
-// perLane is how many messages a lane may hold for a batch of batch: two
-// batches, one being posted while the next arrives, so that the receiver
-// never waits for the acknowledgements of a batch to reach JetStream and
-// the next messages to come back. At least minPerLane: with batch 1, the
-// next events are ready as soon as one is accepted.
+// MaxAckPending): with parallel_by_key, concurrency × batch up to it.
 //
-// Holding more than a batch asks that what is held come back in order
-// when a worker stops: it gives back every message (nakHeld, in order),
-// its pulls have ended (dispatch), and it unpins the consumer (unpin) so
-// that the next reader is served at once. JetStream rotates its queue of
-// messages to give again while the only pulls waiting are not the pinned
-// one's, which would put them out of order.
-func perLane(batch int) int { return max(2*max(1, batch), minPerLane) }
-
-// minPerLane is the fewest messages a lane holds ahead. Each costs a few
-// dozen bytes of channel while idle and nothing else; 32 covers the
-// events a receiver's round trip lets in at the reader's rate.
-const minPerLane = 32
+// A lane holds no more than its batch: MaxAckPending is what keeps the
+// order after a process dies. What it held is given again only after the
+// ack wait, and JetStream gives the next reader later messages meanwhile
+// as far as MaxAckPending lets it; with one batch per lane, none.
+const maxHeld = 1000
 
 // fillWait is how long a lane that is behind (its last batch was full)
 // waits for its next batch to fill. The messages of the next batch come
@@ -96,7 +82,7 @@ func newWorker(parent context.Context, m *Manager, e *match.Entry) *worker {
 	if wh.ParallelByKey {
 		w.lanes = max(1, wh.Concurrency)
 	}
-	w.capacity = min(maxHeld, w.lanes*perLane(wh.Batch))
+	w.capacity = min(maxHeld, w.lanes*max(1, wh.Batch))
 	return w
 }
 
@@ -383,7 +369,9 @@ func (w *worker) nakHeld() {
 
 // unpin lets the next reader of the endpoint's consumer (the worker that
 // follows, or another process) be pinned at once, not after PinnedTTL:
-// meanwhile JetStream would rotate the messages given back (see perLane).
+// meanwhile JetStream rotates its queue of messages to give again while
+// the only pulls waiting are not the pinned reader's, which puts a batch
+// given back (nakHeld) out of order.
 func (w *worker) unpin() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
