@@ -28,13 +28,28 @@ import (
 )
 
 // maxHeld bounds the messages one endpoint holds at once (its consumer's
-// MaxAckPending): with parallel_by_key, concurrency × batch up to it.
-//
-// A lane holds no more than its batch: MaxAckPending is what keeps the
-// order after a process dies. What it held is given again only after the
-// ack wait, and JetStream gives the next reader later messages meanwhile
-// as far as MaxAckPending lets it; with one batch per lane, none.
+// MaxAckPending): with parallel_by_key, concurrency × perLane up to it.
 const maxHeld = 1000
+
+// perLane is how many messages a lane may hold for a batch of batch: two
+// batches, one being posted while the next arrives, so that the receiver
+// does not wait, between batches, for the acknowledgements to reach
+// JetStream and the next messages to come back. At least minPerLane: with
+// batch 1, the next events are ready as soon as one is accepted.
+//
+// Holding more than a batch keeps the order only while no earlier reader
+// left messages unacknowledged: those come again (after a stop at once,
+// after a process died at the ack wait) while JetStream gives later ones
+// as far as MaxAckPending lets it. So a worker that finds messages pending
+// on its consumer reads with MaxAckPending of one batch per lane (which
+// lets only those come, in order) until none is, and then with its whole
+// capacity (see recovering).
+func perLane(batch int) int { return max(2*max(1, batch), minPerLane) }
+
+// minPerLane is the fewest messages a lane holds ahead. Each costs a few
+// dozen bytes of channel while idle and nothing else; 32 covers the
+// events a receiver's round trip lets in at the reader's rate.
+const minPerLane = 32
 
 // fillWait is how long a lane that is behind (its last batch was full)
 // waits for its next batch to fill. The messages of the next batch come
@@ -59,6 +74,10 @@ type worker struct {
 	subjects []string
 	lanes    int
 	capacity int // messages held at most
+	safe     int // messages held at most while recovering: a batch per lane
+	// recovering is set while the consumer has messages pending that an
+	// earlier reader left (read by the dispatcher only; see perLane).
+	recovering bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -82,7 +101,8 @@ func newWorker(parent context.Context, m *Manager, e *match.Entry) *worker {
 	if wh.ParallelByKey {
 		w.lanes = max(1, wh.Concurrency)
 	}
-	w.capacity = min(maxHeld, w.lanes*max(1, wh.Batch))
+	w.capacity = min(maxHeld, w.lanes*perLane(wh.Batch))
+	w.safe = min(maxHeld, w.lanes*max(1, wh.Batch))
 	return w
 }
 
@@ -166,12 +186,18 @@ func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, error)
 	name := consumerName(w.id)
 	c, err := w.m.js.Consumer(ctx, w.m.eventsStr, name)
 	if err == nil {
-		cfg := c.CachedInfo().Config
-		if slices.Equal(cfg.FilterSubjects, w.subjects) && cfg.MaxAckPending == w.capacity && cfg.AckWait == w.m.cfg.AckWait && cfg.PinnedTTL == w.m.cfg.PinnedTTL {
+		info := c.CachedInfo()
+		cfg := info.Config
+		limit := w.capacity
+		w.recovering = info.NumAckPending > 0
+		if w.recovering {
+			limit = w.safe
+		}
+		if slices.Equal(cfg.FilterSubjects, w.subjects) && cfg.MaxAckPending == limit && cfg.AckWait == w.m.cfg.AckWait && cfg.PinnedTTL == w.m.cfg.PinnedTTL {
 			return c, nil
 		}
 		cfg.FilterSubject, cfg.FilterSubjects = "", w.subjects
-		cfg.MaxAckPending, cfg.AckWait, cfg.PinnedTTL = w.capacity, w.m.cfg.AckWait, w.m.cfg.PinnedTTL
+		cfg.MaxAckPending, cfg.AckWait, cfg.PinnedTTL = limit, w.m.cfg.AckWait, w.m.cfg.PinnedTTL
 		c, err = w.m.js.UpdateConsumer(ctx, w.m.eventsStr, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("update consumer %s: %w", name, err)
@@ -181,6 +207,7 @@ func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, error)
 	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return nil, fmt.Errorf("look up consumer %s: %w", name, err)
 	}
+	w.recovering = false
 	cfg := jetstream.ConsumerConfig{
 		Durable:        name,
 		Description:    "tablecast webhook endpoint " + e.ID,
@@ -254,7 +281,7 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 			}
 		}
 		// A pull of the whole capacity, whatever is held: JetStream gives
-		// out no more than MaxAckPending (the capacity) unacknowledged, and
+		// out no more than MaxAckPending (at most the capacity), and
 		// the pull stays open to give the next messages as soon as
 		// acknowledgements make room. A pull of only the room left (a few
 		// messages while a batch is posted) ended after those few, and the
@@ -308,7 +335,37 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 			}
 		}
 		backoff = 100 * time.Millisecond
+		if w.recovering && w.heldCount() == 0 {
+			cons = w.recovered(ctx, cons)
+		}
 	}
+}
+
+// recovered ends recovering once the consumer has no message pending:
+// it reads with its whole capacity from then on. It returns the consumer
+// to read.
+func (w *worker) recovered(ctx context.Context, cons jetstream.Consumer) jetstream.Consumer {
+	info, err := cons.Info(ctx)
+	if err != nil || info.NumAckPending > 0 {
+		return cons
+	}
+	cfg := info.Config
+	cfg.MaxAckPending = w.capacity
+	c, err := w.m.js.UpdateConsumer(ctx, w.m.eventsStr, cfg)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log().Warn("cannot raise the webhook endpoint's consumer's MaxAckPending; retrying", "err", err)
+		}
+		return cons
+	}
+	w.recovering = false
+	return c
+}
+
+func (w *worker) heldCount() int {
+	w.heldMu.Lock()
+	defer w.heldMu.Unlock()
+	return len(w.held)
 }
 
 // laneOf chooses a message's lane by its table and row key.
