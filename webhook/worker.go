@@ -149,16 +149,42 @@ func (w *worker) run() {
 		return
 	}
 	w.log().Info("webhook delivery started", "subjects", strings.Join(w.subjects, " "), "lanes", w.lanes, "batch", w.wh.Batch)
-	lanes := make([]chan jetstream.Msg, w.lanes)
+	lanes := make([]*lane, w.lanes)
 	for i := range lanes {
-		lanes[i] = make(chan jetstream.Msg, w.capacity+1)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w.lane(w.ctx, lanes[i])
-		}()
+		lanes[i] = &lane{in: make(chan jetstream.Msg, w.capacity+1), wg: &wg}
 	}
 	w.dispatch(w.ctx, cons, lanes)
+}
+
+// lane is a queue of messages delivered in order by a goroutine that runs
+// only while the queue has some: an idle endpoint keeps no goroutine (and
+// its stack) for it.
+type lane struct {
+	in      chan jetstream.Msg
+	running atomic.Bool
+	wg      *sync.WaitGroup // the worker's
+}
+
+// push queues msg and starts the lane's goroutine unless it runs. Called
+// by the dispatcher only.
+func (l *lane) push(w *worker, msg jetstream.Msg) {
+	l.in <- msg // never blocks: a lane's queue holds capacity+1
+	if l.running.CompareAndSwap(false, true) {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			w.lane(w.ctx, l)
+		}()
+	}
+}
+
+// idle reports whether the lane's goroutine may end: its queue is empty,
+// and stays so until a push starts another.
+func (l *lane) idle() bool {
+	l.running.Store(false)
+	// A message pushed before the store found running set and started
+	// nothing: this goroutine goes on with it.
+	return len(l.in) == 0 || !l.running.CompareAndSwap(false, true)
 }
 
 // consumer creates the endpoint's durable consumer, or brings its filters
@@ -245,7 +271,7 @@ func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, error)
 // hold every message the consumer may give out), so that this process
 // stays the pinned reader of the consumer: no other process gets the
 // endpoint's next messages while this one holds earlier ones.
-func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []chan jetstream.Msg) {
+func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []*lane) {
 	backoff := 100 * time.Millisecond
 	var env query.Row
 	every := w.m.cfg.AckWait / 3
@@ -256,6 +282,7 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 	wake := w.m.dl.wakeChan(w.id)
 	defer w.m.dl.dropWake(w.id, wake)
 	lookedForReplays := time.Time{}
+	idle := true // the last pull brought nothing (or none was made)
 	for ctx.Err() == nil {
 		if time.Since(progressed) >= every {
 			w.progress()
@@ -293,7 +320,15 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 		// their way, which JetStream gives again only after the ack wait,
 		// behind later ones the next worker was already given.
 		fctx, cancel := context.WithTimeout(context.Background(), min(fetchWait, every))
-		batch, err := cons.Fetch(w.capacity, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
+		//
+		// After a pull that brought nothing the next asks for one message:
+		// a pull's buffers are sized by what it asks for, and an idle
+		// endpoint spends its time in pulls.
+		size := w.capacity
+		if idle {
+			size = 1
+		}
+		batch, err := cons.Fetch(size, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
 		if err != nil {
 			cancel()
 			if ctx.Err() != nil {
@@ -312,7 +347,9 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
+		idle = true
 		for msg := range batch.Messages() {
+			idle = false
 			meta, err := msg.Metadata()
 			if err != nil {
 				continue
@@ -325,7 +362,7 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 			if len(lanes) > 1 {
 				lane = laneOf(&env, msg, len(lanes))
 			}
-			lanes[lane] <- msg // never blocks: a lane's queue holds capacity+1
+			lanes[lane].push(w, msg)
 		}
 		cancel()
 		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
@@ -480,7 +517,8 @@ type item struct {
 }
 
 // lane delivers the messages of in, in order, a batch at a time.
-func (w *worker) lane(ctx context.Context, in chan jetstream.Msg) {
+func (w *worker) lane(ctx context.Context, l *lane) {
+	in := l.in
 	var ev query.Event
 	size := max(1, w.wh.Batch)
 	// behind is set after a full batch: more events are likely on their
@@ -495,6 +533,11 @@ func (w *worker) lane(ctx context.Context, in chan jetstream.Msg) {
 		case <-ctx.Done():
 			return
 		case first = <-in:
+		default:
+			if l.idle() {
+				return
+			}
+			continue
 		}
 		msgs := []jetstream.Msg{first}
 		waiting := false
