@@ -309,6 +309,13 @@ func (c *conn) subscribeEndpoint(name string) *ProtocolError {
 	}
 	c.endpointSubs = map[string]*sub{}
 	g.followEndpoint(c, e.Endpoint.ID)
+	if src, ok := g.cfg.Managed.(EndpointSource); ok {
+		// A change seen before the connection was indexed under the
+		// endpoint was not applied to it: read the endpoint again.
+		if e = src.Get(e.Endpoint.ID); endpointUnusable(e, name) != "" {
+			return &ProtocolError{Code: CodeInvalidSubscription, Message: endpointUnusable(e, name)}
+		}
+	}
 	return c.syncEndpoint(e)
 }
 
