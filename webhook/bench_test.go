@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"runtime"
@@ -19,21 +20,59 @@ import (
 //	go test -run '^$' -bench . -benchtime=1x ./webhook/
 
 // BenchmarkDeliveries measures events delivered a second to one receiver,
-// one endpoint, in order, with batch 1 and batch 100.
+// one endpoint, in order, with batch 1 and batch 100, from the INSERT of
+// the events to the receiver accepting the last one. stored-events/s is
+// the reader's own rate over the same INSERT (to its last event stored in
+// the stream): an endpoint keeps up with the reader when the two are
+// close. after-stored-events/s is the endpoint's rate over the events left
+// once the reader has stored the last one.
 func BenchmarkDeliveries(b *testing.B) {
-	for _, batch := range []int{1, 100} {
-		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
-			const events = 5000
+	for _, c := range []struct{ batch, events int }{{1, 5000}, {100, 50000}} {
+		b.Run(fmt.Sprintf("batch=%d", c.batch), func(b *testing.B) {
+			events := c.events
 			e := newEnv(b, envOptions{})
 			r := newReceiver(b)
-			ep := e.endpoint("bench", r.URL(), func(w *endpoint.Webhook) { w.Batch = batch })
+			ep := e.endpoint("bench", r.URL(), func(w *endpoint.Webhook) { w.Batch = c.batch })
 			e.waitConsumer(ep)
+			str, err := e.nats.JS.Stream(context.Background(), "TABLECAST")
+			if err != nil {
+				b.Fatal(err)
+			}
+			info, err := str.Info(context.Background())
+			if err != nil {
+				b.Fatal(err)
+			}
+			last := info.State.LastSeq
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				start := time.Now()
+				type mark struct {
+					at       time.Duration
+					accepted int
+				}
+				stored := make(chan mark, 1)
+				go func(want uint64) {
+					for {
+						info, err := str.Info(context.Background())
+						if err == nil && info.State.LastSeq >= want {
+							stored <- mark{time.Since(start), r.acceptedCount() - i*events}
+							return
+						}
+						time.Sleep(5 * time.Millisecond)
+					}
+				}(last + uint64(events))
 				e.exec(`INSERT INTO orders SELECT g, 'open', g FROM generate_series($1::int, $2::int) g`, i*events+1, (i+1)*events)
-				r.waitAccepted(b, (i+1)*events, 5*time.Minute)
-				b.ReportMetric(float64(events)/time.Since(start).Seconds(), "events/s")
+				r.waitCount(b, (i+1)*events, 5*time.Minute)
+				took := time.Since(start)
+				m := <-stored
+				b.ReportMetric(float64(events)/took.Seconds(), "events/s")
+				b.ReportMetric(float64(events)/m.at.Seconds(), "stored-events/s")
+				// The rate once the reader has stored every event: what the
+				// endpoint delivers when JetStream is not storing meanwhile.
+				if took > m.at {
+					b.ReportMetric(float64(events-m.accepted)/(took-m.at).Seconds(), "after-stored-events/s")
+				}
+				last += uint64(events)
 			}
 		})
 	}
@@ -56,7 +95,7 @@ func BenchmarkFanOut(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
 		e.exec(`INSERT INTO orders SELECT g, 'open', g FROM generate_series($1::int, $2::int) g`, i*events+1, (i+1)*events)
-		r.waitAccepted(b, (i+1)*events*endpoints, 10*time.Minute)
+		r.waitCount(b, (i+1)*events*endpoints, 10*time.Minute)
 		b.ReportMetric(float64(events*endpoints)/time.Since(start).Seconds(), "deliveries/s")
 	}
 }
@@ -112,17 +151,18 @@ func BenchmarkCommitToWebhook(b *testing.B) {
 
 // BenchmarkIdleEndpointMemory measures the memory (heap and goroutine
 // stacks, of this process: the webhook workers, and the in-process NATS
-// server's consumers) each idle webhook endpoint costs.
+// server's consumers) each idle webhook endpoint costs: KiB/endpoint counts
+// the heap's spans in use, live-KiB/endpoint the objects alive in them.
 func BenchmarkIdleEndpointMemory(b *testing.B) {
 	const endpoints = 200
 	e := newEnv(b, envOptions{})
 	r := newReceiver(b)
-	measure := func() (heap, stack uint64, goroutines int) {
+	measure := func() (heap, live, stack uint64, goroutines int) {
 		runtime.GC()
 		runtime.GC()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		return ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine()
+		return ms.HeapInuse, ms.HeapAlloc, ms.StackInuse, runtime.NumGoroutine()
 	}
 	// One endpoint first: the filter, connections and pools it brings
 	// are not per endpoint.
@@ -130,7 +170,7 @@ func BenchmarkIdleEndpointMemory(b *testing.B) {
 	e.waitConsumer(first)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		heap0, stack0, g0 := measure()
+		heap0, live0, stack0, g0 := measure()
 		var eps []*endpoint.Endpoint
 		for k := 0; k < endpoints; k++ {
 			eps = append(eps, e.endpoint(fmt.Sprintf("idle%d-%d", i, k+1), r.URL(), nil))
@@ -140,8 +180,11 @@ func BenchmarkIdleEndpointMemory(b *testing.B) {
 		}
 		waitFor(b, time.Minute, "the workers", func() bool { return e.mgr.Workers() >= (i+1)*endpoints+1 })
 		time.Sleep(time.Second) // every worker at its first pull
-		heap1, stack1, g1 := measure()
+		heap1, live1, stack1, g1 := measure()
 		b.ReportMetric(float64(heap1+stack1-heap0-stack0)/endpoints/1024, "KiB/endpoint")
+		// The objects alive (without the heap's partly used spans, which
+		// vary from run to run) and the stacks.
+		b.ReportMetric(float64(live1+stack1-live0-stack0)/endpoints/1024, "live-KiB/endpoint")
 		b.ReportMetric(float64(stack1-stack0)/endpoints/1024, "stack-KiB/endpoint")
 		b.ReportMetric(float64(g1-g0)/endpoints, "goroutines/endpoint")
 	}

@@ -81,7 +81,10 @@ type Manager struct {
 
 	mu      sync.Mutex
 	workers map[string]*worker // by endpoint id
-	wg      sync.WaitGroup
+	// last is the latest worker of each endpoint, running or stopping: the
+	// next one waits for it.
+	last map[string]*worker
+	wg   sync.WaitGroup
 }
 
 // New prepares a Manager: it creates the dead-letter stream when missing.
@@ -119,6 +122,7 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Manager, err
 		dl:        dl,
 		eventsStr: cfg.Stream,
 		workers:   map[string]*worker{},
+		last:      map[string]*worker{},
 	}, nil
 }
 
@@ -168,7 +172,10 @@ func (m *Manager) apply(ctx context.Context, id string) {
 		return
 	}
 	if w != nil {
-		w.stop()
+		// Stopped without waiting: its pull ends at its expiry (see
+		// dispatch), and endpoints changing together must not wait for
+		// each other. The worker that follows waits for it.
+		w.cancel()
 		m.mu.Lock()
 		delete(m.workers, id)
 		m.mu.Unlock()
@@ -176,16 +183,33 @@ func (m *Manager) apply(ctx context.Context, id string) {
 			m.met.forget(w.name())
 		}
 	}
+	m.mu.Lock()
+	prev := m.last[id]
+	m.mu.Unlock()
 	if e == nil {
-		m.deleteConsumers(ctx, id)
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			if prev != nil {
+				<-prev.done
+			}
+			m.deleteConsumers(ctx, id)
+			m.mu.Lock()
+			if m.last[id] == prev {
+				delete(m.last, id)
+			}
+			m.mu.Unlock()
+		}()
 		return
 	}
 	if e.Endpoint.Type != endpoint.TypeWebhook || e.Endpoint.Webhook == nil || e.Endpoint.State != endpoint.StateActive {
 		return
 	}
 	w = newWorker(ctx, m, e)
+	w.prev = prev
 	m.mu.Lock()
 	m.workers[id] = w
+	m.last[id] = w
 	m.mu.Unlock()
 	m.wg.Add(1)
 	go func() {
@@ -212,6 +236,7 @@ func (m *Manager) stopAll() {
 		ws = append(ws, w)
 	}
 	m.workers = map[string]*worker{}
+	m.last = map[string]*worker{}
 	m.mu.Unlock()
 	for _, w := range ws {
 		w.cancel()

@@ -28,8 +28,40 @@ import (
 )
 
 // maxHeld bounds the messages one endpoint holds at once (its consumer's
-// MaxAckPending): with parallel_by_key, concurrency × batch up to it.
+// MaxAckPending): with parallel_by_key, concurrency × perLane up to it.
 const maxHeld = 1000
+
+// perLane is how many messages a lane may hold for a batch of batch: two
+// batches, one being posted while the next arrives, so that the receiver
+// does not wait, between batches, for the acknowledgements to reach
+// JetStream and the next messages to come back. At least minPerLane: with
+// batch 1, the next events are ready as soon as one is accepted.
+//
+// Holding more than a batch keeps the order only while no earlier reader
+// left messages unacknowledged: those come again (after a stop at once,
+// after a process died at the ack wait) while JetStream gives later ones
+// as far as MaxAckPending lets it. So a worker that finds messages pending
+// on its consumer reads with MaxAckPending of one batch per lane (which
+// lets only those come, in order) until none is, and then with its whole
+// capacity (see recovering).
+func perLane(batch int) int { return max(2*max(1, batch), minPerLane) }
+
+// minPerLane is the fewest messages a lane holds ahead. Each costs a few
+// dozen bytes of channel while idle and nothing else; 32 covers the
+// events a receiver's round trip lets in at the reader's rate.
+const minPerLane = 32
+
+// fillWait is how long a lane that is behind (its last batch was full)
+// waits for its next batch to fill. The messages of the next batch come
+// as JetStream takes the acknowledgements of the last one, a fraction of
+// a millisecond apart: without the wait, a lane behind posts one message
+// and then the rest, two requests for each batch's worth.
+const fillWait = 2 * time.Millisecond
+
+// fetchWait is how long a pull stays open waiting for messages, and so
+// how long a worker may take to stop (see dispatch); an idle endpoint
+// pulls again after it.
+const fetchWait = 2 * time.Second
 
 // worker delivers one endpoint's events: a dispatcher pulls the
 // endpoint's consumer and hands each message to a lane (one lane, or one
@@ -42,10 +74,18 @@ type worker struct {
 	subjects []string
 	lanes    int
 	capacity int // messages held at most
+	safe     int // messages held at most while recovering: a batch per lane
+	// recovering is set while the consumer has messages pending that an
+	// earlier reader left (read by the dispatcher only; see perLane).
+	recovering bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
+	// prev is the endpoint's worker this one replaces, nil for none: this
+	// one reads nothing before prev has given back what it held (in
+	// order), and is done only after prev is.
+	prev *worker
 
 	heldMu sync.Mutex
 	held   map[uint64]jetstream.Msg // by stream sequence: read, not yet acknowledged
@@ -61,7 +101,8 @@ func newWorker(parent context.Context, m *Manager, e *match.Entry) *worker {
 	if wh.ParallelByKey {
 		w.lanes = max(1, wh.Concurrency)
 	}
-	w.capacity = min(maxHeld, w.lanes*max(1, wh.Batch))
+	w.capacity = min(maxHeld, w.lanes*perLane(wh.Batch))
+	w.safe = min(maxHeld, w.lanes*max(1, wh.Batch))
 	return w
 }
 
@@ -76,17 +117,20 @@ func (w *worker) sameRun(e *match.Entry) bool {
 		slices.Equal(match.Subjects(w.m.cfg.Prefix, e.Matcher.Filters(), e.Matcher.Rules()), w.subjects)
 }
 
-func (w *worker) stop() {
-	w.cancel()
-	<-w.done
-}
-
 func (w *worker) log() *slog.Logger {
 	return w.m.log.With("endpoint", w.name(), "endpoint_id", w.id)
 }
 
 func (w *worker) run() {
 	defer close(w.done)
+	if w.prev != nil {
+		<-w.prev.done
+		w.prev = nil
+		if w.ctx.Err() != nil {
+			return
+		}
+	}
+	defer w.unpin()
 	defer w.nakHeld()
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -105,16 +149,42 @@ func (w *worker) run() {
 		return
 	}
 	w.log().Info("webhook delivery started", "subjects", strings.Join(w.subjects, " "), "lanes", w.lanes, "batch", w.wh.Batch)
-	lanes := make([]chan jetstream.Msg, w.lanes)
+	lanes := make([]*lane, w.lanes)
 	for i := range lanes {
-		lanes[i] = make(chan jetstream.Msg, w.capacity+1)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w.lane(w.ctx, lanes[i])
-		}()
+		lanes[i] = &lane{in: make(chan jetstream.Msg, w.capacity+1), wg: &wg}
 	}
 	w.dispatch(w.ctx, cons, lanes)
+}
+
+// lane is a queue of messages delivered in order by a goroutine that runs
+// only while the queue has some: an idle endpoint keeps no goroutine (and
+// its stack) for it.
+type lane struct {
+	in      chan jetstream.Msg
+	running atomic.Bool
+	wg      *sync.WaitGroup // the worker's
+}
+
+// push queues msg and starts the lane's goroutine unless it runs. Called
+// by the dispatcher only.
+func (l *lane) push(w *worker, msg jetstream.Msg) {
+	l.in <- msg // never blocks: a lane's queue holds capacity+1
+	if l.running.CompareAndSwap(false, true) {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			w.lane(w.ctx, l)
+		}()
+	}
+}
+
+// idle reports whether the lane's goroutine may end: its queue is empty,
+// and stays so until a push starts another.
+func (l *lane) idle() bool {
+	l.running.Store(false)
+	// A message pushed before the store found running set and started
+	// nothing: this goroutine goes on with it.
+	return len(l.in) == 0 || !l.running.CompareAndSwap(false, true)
 }
 
 // consumer creates the endpoint's durable consumer, or brings its filters
@@ -142,12 +212,18 @@ func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, error)
 	name := consumerName(w.id)
 	c, err := w.m.js.Consumer(ctx, w.m.eventsStr, name)
 	if err == nil {
-		cfg := c.CachedInfo().Config
-		if slices.Equal(cfg.FilterSubjects, w.subjects) && cfg.MaxAckPending == w.capacity && cfg.AckWait == w.m.cfg.AckWait && cfg.PinnedTTL == w.m.cfg.PinnedTTL {
+		info := c.CachedInfo()
+		cfg := info.Config
+		limit := w.capacity
+		w.recovering = info.NumAckPending > 0
+		if w.recovering {
+			limit = w.safe
+		}
+		if slices.Equal(cfg.FilterSubjects, w.subjects) && cfg.MaxAckPending == limit && cfg.AckWait == w.m.cfg.AckWait && cfg.PinnedTTL == w.m.cfg.PinnedTTL {
 			return c, nil
 		}
 		cfg.FilterSubject, cfg.FilterSubjects = "", w.subjects
-		cfg.MaxAckPending, cfg.AckWait, cfg.PinnedTTL = w.capacity, w.m.cfg.AckWait, w.m.cfg.PinnedTTL
+		cfg.MaxAckPending, cfg.AckWait, cfg.PinnedTTL = limit, w.m.cfg.AckWait, w.m.cfg.PinnedTTL
 		c, err = w.m.js.UpdateConsumer(ctx, w.m.eventsStr, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("update consumer %s: %w", name, err)
@@ -157,6 +233,7 @@ func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, error)
 	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return nil, fmt.Errorf("look up consumer %s: %w", name, err)
 	}
+	w.recovering = false
 	cfg := jetstream.ConsumerConfig{
 		Durable:        name,
 		Description:    "tablecast webhook endpoint " + e.ID,
@@ -194,7 +271,7 @@ func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, error)
 // hold every message the consumer may give out), so that this process
 // stays the pinned reader of the consumer: no other process gets the
 // endpoint's next messages while this one holds earlier ones.
-func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []chan jetstream.Msg) {
+func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []*lane) {
 	backoff := 100 * time.Millisecond
 	var env query.Row
 	every := w.m.cfg.AckWait / 3
@@ -205,6 +282,7 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 	wake := w.m.dl.wakeChan(w.id)
 	defer w.m.dl.dropWake(w.id, wake)
 	lookedForReplays := time.Time{}
+	idle := true // the last pull brought nothing (or none was made)
 	for ctx.Err() == nil {
 		if time.Since(progressed) >= every {
 			w.progress()
@@ -229,9 +307,28 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 				}()
 			}
 		}
-		room := max(1, w.capacity-w.heldCount())
-		fctx, cancel := context.WithTimeout(ctx, min(5*time.Second, every))
-		batch, err := cons.Fetch(room, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
+		// A pull of the whole capacity, whatever is held: JetStream gives
+		// out no more than MaxAckPending (at most the capacity), and
+		// the pull stays open to give the next messages as soon as
+		// acknowledgements make room. A pull of only the room left (a few
+		// messages while a batch is posted) ended after those few, and the
+		// next pull had to come back before the next batch could.
+		//
+		// The pull is not cut short when the worker stops: it ends at its
+		// expiry, and every message it brought is held, so given back in
+		// order as the worker ends. A pull cut short drops the messages on
+		// their way, which JetStream gives again only after the ack wait,
+		// behind later ones the next worker was already given.
+		fctx, cancel := context.WithTimeout(context.Background(), min(fetchWait, every))
+		//
+		// After a pull that brought nothing the next asks for one message:
+		// a pull's buffers are sized by what it asks for, and an idle
+		// endpoint spends its time in pulls.
+		size := w.capacity
+		if idle {
+			size = 1
+		}
+		batch, err := cons.Fetch(size, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
 		if err != nil {
 			cancel()
 			if ctx.Err() != nil {
@@ -250,7 +347,9 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
+		idle = true
 		for msg := range batch.Messages() {
+			idle = false
 			meta, err := msg.Metadata()
 			if err != nil {
 				continue
@@ -263,7 +362,7 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 			if len(lanes) > 1 {
 				lane = laneOf(&env, msg, len(lanes))
 			}
-			lanes[lane] <- msg // never blocks: a lane's queue holds capacity+1
+			lanes[lane].push(w, msg)
 		}
 		cancel()
 		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
@@ -273,7 +372,37 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 			}
 		}
 		backoff = 100 * time.Millisecond
+		if w.recovering && w.heldCount() == 0 {
+			cons = w.recovered(ctx, cons)
+		}
 	}
+}
+
+// recovered ends recovering once the consumer has no message pending:
+// it reads with its whole capacity from then on. It returns the consumer
+// to read.
+func (w *worker) recovered(ctx context.Context, cons jetstream.Consumer) jetstream.Consumer {
+	info, err := cons.Info(ctx)
+	if err != nil || info.NumAckPending > 0 {
+		return cons
+	}
+	cfg := info.Config
+	cfg.MaxAckPending = w.capacity
+	c, err := w.m.js.UpdateConsumer(ctx, w.m.eventsStr, cfg)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log().Warn("cannot raise the webhook endpoint's consumer's MaxAckPending; retrying", "err", err)
+		}
+		return cons
+	}
+	w.recovering = false
+	return c
+}
+
+func (w *worker) heldCount() int {
+	w.heldMu.Lock()
+	defer w.heldMu.Unlock()
+	return len(w.held)
 }
 
 // laneOf chooses a message's lane by its table and row key.
@@ -300,12 +429,6 @@ func (w *worker) hold(seq uint64, msg jetstream.Msg) bool {
 	}
 	w.held[seq] = msg
 	return true
-}
-
-func (w *worker) heldCount() int {
-	w.heldMu.Lock()
-	defer w.heldMu.Unlock()
-	return len(w.held)
 }
 
 // ack acknowledges messages delivered (or passed over) and lets them go.
@@ -336,6 +459,23 @@ func (w *worker) nakHeld() {
 		_ = w.held[s].Nak()
 	}
 	clear(w.held)
+}
+
+// unpin lets the next reader of the endpoint's consumer (the worker that
+// follows, or another process) be pinned at once, not after PinnedTTL:
+// meanwhile JetStream rotates its queue of messages to give again while
+// the only pulls waiting are not the pinned reader's, which puts a batch
+// given back (nakHeld) out of order.
+func (w *worker) unpin() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	str, err := w.m.js.Stream(ctx, w.m.eventsStr)
+	if err == nil {
+		err = str.UnpinConsumer(ctx, consumerName(w.id), priorityGroup)
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		w.log().Debug("cannot unpin the webhook endpoint's consumer; the next reader waits for the pin to expire", "err", err)
+	}
 }
 
 // keepInProgress calls progress every third of the ack wait until ctx
@@ -377,25 +517,59 @@ type item struct {
 }
 
 // lane delivers the messages of in, in order, a batch at a time.
-func (w *worker) lane(ctx context.Context, in chan jetstream.Msg) {
+func (w *worker) lane(ctx context.Context, l *lane) {
+	in := l.in
 	var ev query.Event
+	size := max(1, w.wh.Batch)
+	// behind is set after a full batch: more events are likely on their
+	// way, the next batch waits up to fillWait to fill.
+	behind := false
+	fill := time.NewTimer(time.Hour)
+	fill.Stop()
+	defer fill.Stop()
 	for {
 		var first jetstream.Msg
 		select {
 		case <-ctx.Done():
 			return
 		case first = <-in:
+		default:
+			if l.idle() {
+				return
+			}
+			continue
 		}
 		msgs := []jetstream.Msg{first}
-	fill:
-		for len(msgs) < max(1, w.wh.Batch) {
+		waiting := false
+	take:
+		for len(msgs) < size {
 			select {
 			case m := <-in:
 				msgs = append(msgs, m)
+				continue
 			default:
-				break fill
+			}
+			if !behind {
+				break
+			}
+			if !waiting {
+				fill.Reset(fillWait)
+				waiting = true
+			}
+			select {
+			case m := <-in:
+				msgs = append(msgs, m)
+			case <-fill.C:
+				waiting = false
+				break take
+			case <-ctx.Done():
+				return
 			}
 		}
+		if waiting && !fill.Stop() {
+			<-fill.C
+		}
+		behind = size > 1 && len(msgs) == size
 		e := w.entry.Load()
 		items := make([]item, 0, len(msgs))
 		for _, msg := range msgs {

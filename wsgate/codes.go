@@ -138,8 +138,8 @@ const (
 //     meaning.
 //   - 4000–4999 are tablecast's own: the last three digits are the HTTP
 //     status code of the same meaning (4001 ≈ 401, 4003 ≈ 403, 4008 ≈ 408,
-//     4029 ≈ 429, 4400 ≈ 400; 4400 because 4000 is the whole range's
-//     start).
+//     4029 ≈ 429, 4400 ≈ 400, 4410 ≈ 410; 4400 because 4000 is the whole
+//     range's start).
 //
 // Whether reconnecting can help differs by code, not by range; see
 // CloseCode.Reconnect.
@@ -194,6 +194,13 @@ const (
 	// as a malformed URL subscription (/ws/tables/…?…). The reason says
 	// what; do not reconnect with the same URL.
 	CloseBadRequest CloseCode = 4400
+
+	// CloseEndpointGone (4410): the WebSocket endpoint the connection
+	// follows (/ws/endpoints/<name>) was paused, disabled or deleted, or
+	// is no longer a WebSocket endpoint; the reason says which. Do not
+	// reconnect until the endpoint is active again: it is refused with
+	// 4400 meanwhile.
+	CloseEndpointGone CloseCode = 4410
 )
 
 // CloseReasonTokenExpired is the reason of the CloseUnauthorized close sent
@@ -232,6 +239,8 @@ func (c CloseCode) Reason() string {
 		return "too many connections"
 	case CloseBadRequest:
 		return "bad request"
+	case CloseEndpointGone:
+		return "endpoint gone"
 	}
 	return "closed"
 }

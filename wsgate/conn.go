@@ -44,6 +44,12 @@ type conn struct {
 	apiKey  atomic.Bool    // authenticated with an API key: re-checked when the keys change
 	expiry  *time.Timer    // closes the connection when the credential expires (mu)
 
+	// endpointID is the WebSocket endpoint a /ws/endpoints/<name>
+	// connection follows ("" for none; the gateway's connMu), and
+	// endpointSubs its subscriptions by table (conn.syncEndpoint; authMu).
+	endpointID   string
+	endpointSubs map[string]*sub
+
 	// a token bucket of the messages the client may send (reader only)
 	tokens   float64
 	tokensAt time.Time

@@ -66,6 +66,14 @@
 // the identity; the lock order is authMu, then the connection's subsMu and
 // mu, then a feed's mu.
 //
+// A connection to /ws/endpoints/<name> follows its managed endpoint: one
+// gateway goroutine (Gateway.followEndpoints) listens to the registry's
+// changes and, for each connection indexed under a changed endpoint (the
+// gateway's connMu, released before), takes the connection's authMu and
+// swaps its subscriptions' filters and rules (an atomic pointer the feed
+// reads per event), subscribes tables newly covered, ends those no longer
+// covered, or closes the connection with 4410 (conn.endpointChanged).
+//
 // An event too large for one NATS message arrives as a claim to an object
 // (package stream); the feed, and a resume, read the object before matching
 // (claims.go), outside the feed's lock, and send the event as received when

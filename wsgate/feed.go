@@ -26,10 +26,12 @@ type sub struct {
 	topic  string // a topic subscription's topic; "" for a table
 	table  *catalog.Table
 	ops    schema.OpSet
-	filter *query.Filter                // the client's where (a rule's where); nil for none
-	change *match.Change                // a rule subscription's conditions on the change; nil for none
-	reads  []string                     // the columns a rule subscription's conditions read
-	tm     *match.TableMatch            // a WebSocket endpoint's filters and rules on the table; nil for none
+	filter *query.Filter // the client's where (a rule's where); nil for none
+	change *match.Change // a rule subscription's conditions on the change; nil for none
+	reads  []string      // the columns a rule subscription's conditions read
+	// tm is a WebSocket endpoint's filters and rules on the table (nil
+	// for none), replaced as the endpoint changes (conn.syncEndpoint).
+	tm     atomic.Pointer[match.TableMatch]
 	policy atomic.Pointer[query.Filter] // the row policy of its grants; nil for none (setPolicy)
 	proj   atomic.Pointer[query.Projection]
 	// The columns its grants let it see: every one, or granted (sorted),
@@ -387,7 +389,7 @@ func (f *feed) offer(s *sub, seq uint64, data []byte) {
 		return
 	}
 	row, _ := f.ev.Row()
-	if s.tm != nil {
+	if s.tm.Load() != nil {
 		if frame := encodeEvent(s.id, proj, seq, data, view, row); frame != nil {
 			f.sendTo(s, frame)
 		}
@@ -410,8 +412,8 @@ func (s *sub) decide(ev *query.Event) (view query.View, proj *query.Projection, 
 	if s.change != nil {
 		ok, _ = s.change.Fires(ev)
 	}
-	if s.tm != nil {
-		d := s.tm.Decide(ev)
+	if tm := s.tm.Load(); tm != nil {
+		d := tm.Decide(ev)
 		ok, proj = d.Pass, d.Projection
 		switch {
 		case proj == nil:

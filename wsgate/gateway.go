@@ -280,8 +280,11 @@ type Gateway struct {
 	statuses   readerStatuses // the readers' status records (status.go)
 	subCount   atomic.Int64   // subscriptions of all connections, as the metric
 
-	connMu     sync.Mutex
-	conns      map[*conn]struct{}
+	connMu sync.Mutex
+	conns  map[*conn]struct{}
+	// byEndpoint are the connections following each WebSocket endpoint,
+	// by endpoint id (connMu).
+	byEndpoint map[string]map[*conn]struct{}
 	identConns map[string]int // open connections per identity (auth.Identity.Key)
 
 	writeq   chan *conn // connections with frames to write, for writeLoop
@@ -364,7 +367,95 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 		defer g.wg.Done()
 		g.pingLoop()
 	}()
+	if f, ok := cfg.Managed.(EndpointSource); ok {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			g.followEndpoints(f)
+		}()
+	}
 	return g, nil
+}
+
+// EndpointSource is what a Managed also gives for the connections of
+// /ws/endpoints/<name> to follow their endpoint (a *match.Registry does):
+// the endpoints by id, and a Listener of their changes.
+type EndpointSource interface {
+	Get(id string) *match.Entry
+	Listen() *match.Listener
+}
+
+// followEndpoints applies each change of an endpoint to the connections
+// following it, until the gateway stops.
+func (g *Gateway) followEndpoints(src EndpointSource) {
+	l := src.Listen()
+	defer l.Close()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-l.C():
+		}
+		for _, id := range l.Take() {
+			g.connMu.Lock()
+			conns := make([]*conn, 0, len(g.byEndpoint[id]))
+			for c := range g.byEndpoint[id] {
+				conns = append(conns, c)
+			}
+			g.connMu.Unlock()
+			if len(conns) == 0 {
+				continue
+			}
+			e := src.Get(id)
+			for _, c := range conns {
+				c.endpointChanged(e)
+			}
+		}
+	}
+}
+
+// followEndpoint records that c follows endpoint id, and indexes it.
+func (g *Gateway) followEndpoint(c *conn, id string) {
+	g.connMu.Lock()
+	defer g.connMu.Unlock()
+	if _, open := g.conns[c]; !open {
+		return // released already: removeConn will not see it again
+	}
+	c.endpointID = id
+	if g.byEndpoint == nil {
+		g.byEndpoint = map[string]map[*conn]struct{}{}
+	}
+	m := g.byEndpoint[id]
+	if m == nil {
+		m = map[*conn]struct{}{}
+		g.byEndpoint[id] = m
+	}
+	m[c] = struct{}{}
+}
+
+// endpointChanged applies a change of the endpoint c follows: e is its
+// definition now, nil when deleted. An endpoint no longer an active
+// WebSocket endpoint closes the connection with CloseEndpointGone.
+func (c *conn) endpointChanged(e *match.Entry) {
+	c.authMu.Lock()
+	defer c.authMu.Unlock()
+	if c.isClosing() {
+		return
+	}
+	switch {
+	case e == nil:
+		c.closeWith(CloseEndpointGone, "the WebSocket endpoint was deleted")
+		return
+	case e.Endpoint.Type != endpoint.TypeWebSocket:
+		c.closeWith(CloseEndpointGone, "the endpoint is no longer a WebSocket endpoint")
+		return
+	case e.Endpoint.State != endpoint.StateActive:
+		c.closeWith(CloseEndpointGone, "the WebSocket endpoint is "+string(e.Endpoint.State))
+		return
+	}
+	if perr := c.syncEndpoint(e); perr != nil {
+		c.sendError("", perr.Code, perr.Message)
+	}
 }
 
 // Ready reports whether the gateway has loaded the tables and topics and
@@ -549,6 +640,12 @@ func (g *Gateway) addConn(c *conn) {
 func (g *Gateway) removeConn(c *conn) {
 	g.connMu.Lock()
 	delete(g.conns, c)
+	if m := g.byEndpoint[c.endpointID]; m != nil {
+		delete(m, c)
+		if len(m) == 0 {
+			delete(g.byEndpoint, c.endpointID)
+		}
+	}
 	n := len(g.conns)
 	g.connMu.Unlock()
 	g.met.connections.Set(float64(n))

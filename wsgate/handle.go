@@ -293,11 +293,9 @@ func (c *conn) subscribeRule(m *ClientMessage, s *sub) (key, subject, name strin
 }
 
 // subscribeEndpoint makes the subscriptions of a /ws/endpoints/<name>
-// URL: one per streamed table that the WebSocket endpoint's filters and
-// rules apply to and the client may read, with the table's qualified name
-// as its id, sending each event that passes one of them (match.TableMatch)
-// with the columns they select, under the client's grants and row policy.
-// The endpoint and the tables are those known when the client connects.
+// URL (syncEndpoint), and has the connection follow the endpoint: as it
+// changes, syncEndpoint again; paused, disabled or deleted, the connection
+// is closed (Gateway.endpointChanged).
 func (c *conn) subscribeEndpoint(name string) *ProtocolError {
 	c.authMu.Lock()
 	defer c.authMu.Unlock()
@@ -306,13 +304,54 @@ func (c *conn) subscribeEndpoint(name string) *ProtocolError {
 	if g.cfg.Managed != nil {
 		e = g.cfg.Managed.GetByName(name)
 	}
-	switch {
-	case e == nil || e.Endpoint.Type != endpoint.TypeWebSocket:
-		return &ProtocolError{Code: CodeInvalidSubscription, Message: "WebSocket endpoint " + schema.QuoteName(name) + " does not exist"}
-	case e.Endpoint.State != endpoint.StateActive:
-		return &ProtocolError{Code: CodeInvalidSubscription, Message: "WebSocket endpoint " + schema.QuoteName(name) + " is " + string(e.Endpoint.State)}
+	if why := endpointUnusable(e, name); why != "" {
+		return &ProtocolError{Code: CodeInvalidSubscription, Message: why}
 	}
+	c.endpointSubs = map[string]*sub{}
+	g.followEndpoint(c, e.Endpoint.ID)
+	if src, ok := g.cfg.Managed.(EndpointSource); ok {
+		// A change seen before the connection was indexed under the
+		// endpoint was not applied to it: read the endpoint again.
+		if e = src.Get(e.Endpoint.ID); endpointUnusable(e, name) != "" {
+			return &ProtocolError{Code: CodeInvalidSubscription, Message: endpointUnusable(e, name)}
+		}
+	}
+	return c.syncEndpoint(e)
+}
+
+// endpointUnusable says why a connection may not follow e (named name),
+// "" when it may: e is an active WebSocket endpoint.
+func endpointUnusable(e *match.Entry, name string) string {
+	switch {
+	case e == nil:
+		return "WebSocket endpoint " + schema.QuoteName(name) + " does not exist"
+	case e.Endpoint.Type != endpoint.TypeWebSocket:
+		return "endpoint " + schema.QuoteName(name) + " is not a WebSocket endpoint"
+	case e.Endpoint.State != endpoint.StateActive:
+		return "WebSocket endpoint " + schema.QuoteName(name) + " is " + string(e.Endpoint.State)
+	}
+	return ""
+}
+
+// syncEndpoint brings the connection's subscriptions in line with
+// endpoint e: one per streamed table that its filters and rules apply to
+// and the client may read, with the table's qualified name as its id,
+// sending each event that passes one of them (match.TableMatch) with the
+// columns they select, under the client's grants and row policy. A table
+// newly covered gets a subscription (answered subscribed); one no longer
+// covered, or whose filters and rules now read a column the client may
+// not read, is ended (unsubscribed, after not_allowed for the latter); one
+// still covered takes the new filters and rules from the next event its
+// feed handles. The caller holds authMu.
+func (c *conn) syncEndpoint(e *match.Entry) *ProtocolError {
+	g := c.g
 	grants := c.id.Grants
+	end := func(id string, s *sub) {
+		c.dropSub(s)
+		delete(c.endpointSubs, id)
+		c.send(AppendUnsubscribed(nil, id))
+	}
+	covered := map[string]bool{}
 	for _, t := range g.cat.Tables() {
 		tm := e.Matcher.Table(t)
 		if len(tm.Parts) == 0 {
@@ -329,20 +368,42 @@ func (c *conn) subscribeEndpoint(name string) *ProtocolError {
 		if ops&granted == 0 {
 			continue // a table the client may not read: nothing said of it
 		}
-		s := &sub{c: c, id: t.Qualified, table: t, ops: ops & granted, tm: tm}
-		s.granted, s.allColumns = grants.TableColumns(t.DB, t.Shape.Schema, t.Shape.Table)
-		if !s.allColumns {
+		old := c.endpointSubs[t.Qualified]
+		if old != nil && old.done.Load() {
+			// Ended by the client or by a refreshed credential's grants:
+			// not made again.
+			covered[t.Qualified] = true
+			continue
+		}
+		cols, all := grants.TableColumns(t.DB, t.Shape.Schema, t.Shape.Table)
+		refused := ""
+		if !all {
 			for _, col := range reads {
-				if _, ok := slices.BinarySearch(s.granted, col); !ok {
-					c.sendError(t.Qualified, CodeNotAllowed, "the endpoint's filters and rules read or send column "+schema.QuoteName(col)+" of "+t.Qualified+", which is not granted")
-					s = nil
+				if _, ok := slices.BinarySearch(cols, col); !ok {
+					refused = "the endpoint's filters and rules read or send column " + schema.QuoteName(col) + " of " + t.Qualified + ", which is not granted"
 					break
 				}
 			}
-			if s == nil {
-				continue
-			}
 		}
+		if refused != "" {
+			c.sendError(t.Qualified, CodeNotAllowed, refused)
+			if old != nil {
+				end(t.Qualified, old)
+			}
+			continue
+		}
+		if old != nil {
+			covered[t.Qualified] = true
+			old.reads = reads
+			old.tm.Store(tm)
+			continue
+		}
+		// The operations the filters and rules take are theirs to decide
+		// (Part.Passes): the subscription takes every one granted, so that
+		// a filter linked later may take more.
+		s := &sub{c: c, id: t.Qualified, table: t, ops: granted}
+		s.tm.Store(tm)
+		s.granted, s.allColumns = cols, all
 		policy, msg := c.rowPolicy(grants, t, t.Qualified)
 		if msg != "" {
 			c.sendError(t.Qualified, CodeNotAllowed, msg)
@@ -368,6 +429,13 @@ func (c *conn) subscribeEndpoint(name string) *ProtocolError {
 		}
 		cancel()
 		g.met.subscriptions.Inc()
+		c.endpointSubs[t.Qualified] = s
+		covered[t.Qualified] = true
+	}
+	for id, s := range c.endpointSubs {
+		if !covered[id] {
+			end(id, s)
+		}
 	}
 	return nil
 }
@@ -517,7 +585,17 @@ func (c *conn) regrant(s *sub, grants *auth.Grants) (*query.Filter, regranted, s
 	if t == nil {
 		t = s.table
 	}
-	if lost := s.ops &^ grants.TableOps(t.DB, t.Shape.Schema, t.Shape.Table); lost != 0 {
+	needed := s.ops
+	if tm := s.tm.Load(); tm != nil {
+		// A WebSocket endpoint's subscription takes every operation
+		// granted; it needs those its filters and rules take.
+		var ops schema.OpSet
+		for _, p := range tm.Parts {
+			ops |= p.Ops
+		}
+		needed &= ops
+	}
+	if lost := needed &^ grants.TableOps(t.DB, t.Shape.Schema, t.Shape.Table); lost != 0 {
 		return nil, regranted{}, "events " + strings.Join(lost.Names(), ", ") + " of " + t.Qualified + " are no longer granted"
 	}
 	var cols regranted

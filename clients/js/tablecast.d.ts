@@ -24,6 +24,8 @@ export declare const CloseCode: Readonly<{
   TOO_MANY_CONNECTIONS: 4029;
   /** A URL subscription the gateway refuses; the reason says why. */
   BAD_REQUEST: 4400;
+  /** The WebSocket endpoint followed (/ws/endpoints/<name>) was paused, disabled or deleted; the reason says which. */
+  ENDPOINT_GONE: 4410;
 }>;
 
 /** The code of an error frame (docs/contract.md, "Error codes"). */

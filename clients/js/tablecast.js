@@ -9,7 +9,7 @@
 //   - reconnects with exponential backoff and full jitter, and resumes every
 //     subscription from the last sequence it delivered, so that the
 //     application sees no gap and no event twice;
-//   - stops on closes that would be refused again (4003, 4400, 4001 without
+//   - stops on closes that would be refused again (4003, 4400, 4410, 4001 without
 //     a fresh credential, client bugs), and says why;
 //   - refreshes a JWT in band shortly before its exp, and reconnects with a
 //     fresh one when the gateway refuses the refresh or closes for expiry;
@@ -33,13 +33,14 @@ export const CloseCode = Object.freeze({
   SLOW_CONSUMER: 4008,
   TOO_MANY_CONNECTIONS: 4029,
   BAD_REQUEST: 4400,
+  ENDPOINT_GONE: 4410,
 });
 
 // Closes after which connecting again, unchanged, is refused again: a bad
-// origin or URL, and the client bugs of RFC 6455 (1009 included: the
+// origin or URL, a WebSocket endpoint paused or deleted, and the client bugs of RFC 6455 (1009 included: the
 // gateway's message limit is lower than maxMessageBytes). 4001 is decided
 // apart: it is worth one more try when a fresh credential can be had.
-const FINAL_CLOSES = new Set([1002, 1003, 1007, 1009, 4003, 4400]);
+const FINAL_CLOSES = new Set([1002, 1003, 1007, 1009, 4003, 4400, 4410]);
 
 const DEFAULTS = Object.freeze({
   tokenTransport: "protocol",
