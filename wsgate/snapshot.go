@@ -25,11 +25,11 @@ import (
 // to where the state stood when the read began (rowstate.Scan): a row
 // changed after N while they were read comes at its version as of N, or not
 // at all, and its events after N bring it (an update of a row the view does
-// not hold is an enter). The keys sent are the view's at synced. Frames
-// wait for room in the connection's send queue, and the rows are read a
-// batch at a time as frames go out: a table is sent as fast as its client
-// reads, never buffered whole, and a client that reads nothing for the
-// write timeout is closed with 4008.
+// not hold is an enter). The keys sent are the view's at synced. A rows
+// frame waits until the connection has at most snapshotAhead queued, and
+// the rows are read a batch at a time as frames go out: a table is sent as
+// fast as its client reads, never buffered whole, and a client that reads
+// nothing for the write timeout is closed with 4008.
 
 // snapshotFrameBytes and snapshotFrameRows bound a rows frame: large
 // enough that framing costs little, small enough that a frame never holds
@@ -38,6 +38,13 @@ const (
 	snapshotFrameBytes = 64 << 10
 	snapshotFrameRows  = 1000
 )
+
+// snapshotAhead bounds what a snapshot keeps queued ahead of its client:
+// a few rows frames, enough to keep the socket busy while the next batch
+// of rows is read, and no more. A table smaller than the send queue would
+// otherwise be queued whole for a client that reads slower than the rows
+// are read, and a thousand snapshots at once would hold a thousand tables.
+const snapshotAhead = 4 * snapshotFrameBytes
 
 // hasKey reports whether the table's events carry a key that tells its
 // rows apart: a primary key or a replica identity index. A table with
@@ -107,7 +114,7 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 		}
 		out := finishFrame(append(frame, "]}"...), opText)
 		start()
-		if !s.c.enqueueFor(s, out, true) {
+		if !s.c.enqueueAhead(s, out, true, snapshotAhead) {
 			return errSubEnded
 		}
 		return nil
