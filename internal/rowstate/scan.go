@@ -43,9 +43,9 @@ const scanAttempts = 5
 // reads the database's marker, at stream position P, saying the events up
 // to A are applied; then it reads the table's messages in stream order and
 // stops at the first message after P, or when no message of the table at
-// most P is left (read). N is A, or the largest event sequence of a row read, when
-// larger (rows a maintainer wrote before it stopped, without their
-// marker, and a new session left in place).
+// most P is left (read). N is A, or the largest event sequence of a row
+// read, when larger (rows a maintainer wrote before it stopped, without
+// their marker, and a new session left in place).
 //
 //  1. Every row read has a version at most N: it was read at a position at
 //     most P, and a maintainer writes a batch's rows, waits until they are
@@ -71,6 +71,18 @@ const scanAttempts = 5
 //     scan, which then reads fewer of them; the truncate is among the
 //     events after N and empties what the reader holds. Either way nothing
 //     special is needed, and a scan is never read again for a truncate.
+//
+// Limits. 3. leans on events carrying whole rows: a row left out whose
+// event after N has "unchanged" (TOASTed columns PostgreSQL did not send)
+// comes without those columns, as any enter does. 1. and 3. lean on a
+// maintainer's writes being stored in the order it makes them, which one
+// connection's publishes are. A write refused in the middle of a batch
+// while later ones are stored (a store full, then freed) ends the session
+// and the next one writes the row again, after P: a scan between the two
+// whose N counts the later rows would leave that row out with no event
+// after N to bring it. The marker,
+// read from a replica that lags, is an older one: an earlier P, for which
+// all of the above holds as well.
 //
 // The scan reads with a consumer of its own, which asks for more only as
 // fn takes what it has; it asks the stream for no wildcard subject's last
