@@ -568,6 +568,14 @@ func (c *conn) enqueue(frame []byte, wait bool) bool { return c.enqueueFor(nil, 
 // once s has ended (a resume that waited for room while s was
 // unsubscribed): no frame of s follows its unsubscribed.
 func (c *conn) enqueueFor(s *sub, frame []byte, wait bool) bool {
+	return c.enqueueAhead(s, frame, wait, 0)
+}
+
+// enqueueAhead is enqueueFor that, with ahead > 0, also waits until the
+// connection has at most ahead bytes queued or being written, the frame
+// included (or none at all): a sender that can wait (a snapshot) keeps
+// only a little ahead of its client rather than a whole send queue.
+func (c *conn) enqueueAhead(s *sub, frame []byte, wait bool, ahead int) bool {
 	limit := c.g.cfg.SendQueueBytes
 	big := len(frame) > limit
 	c.mu.Lock()
@@ -576,8 +584,12 @@ func (c *conn) enqueueFor(s *sub, frame []byte, wait bool) bool {
 			c.mu.Unlock()
 			return false
 		}
-		if big && c.bigQueued+c.bigFlight == 0 ||
-			!big && c.queued-c.bigQueued+c.inflight-c.bigFlight+len(frame) <= limit {
+		room := big && c.bigQueued+c.bigFlight == 0 ||
+			!big && c.queued-c.bigQueued+c.inflight-c.bigFlight+len(frame) <= limit
+		if room && ahead > 0 && c.queued+c.inflight > 0 && c.queued+c.inflight+len(frame) > ahead {
+			room = false
+		}
+		if room {
 			break
 		}
 		if !wait {

@@ -21,14 +21,15 @@ import (
 // are read, the subscription's live frames are dropped and its boundary
 // follows the feed, so the history read after the rows covers them.
 //
-// The rows are read in the order of the rows stream, and a row that
-// changes while they are read comes again: a rows entry sets its key, an
-// entry with "removed" takes it out (a row deleted meanwhile, or changed so
-// that it no longer matches). The keys sent are kept until synced, so that
-// only rows sent are ever removed. Frames wait for room in the connection's
-// send queue: a table is sent as fast as its client reads, never buffered
-// whole, and a client that reads nothing for the write timeout is closed
-// with 4008.
+// The rows are read in the order of the rows stream, each at most once, up
+// to where the state stood when the read began (rowstate.Scan): a row
+// changed after N while they were read comes at its version as of N, or not
+// at all, and its events after N bring it (an update of a row the view does
+// not hold is an enter). The keys sent are the view's at synced. A rows
+// frame waits until the connection has at most snapshotAhead queued, and
+// the rows are read a batch at a time as frames go out: a table is sent as
+// fast as its client reads, never buffered whole, and a client that reads
+// nothing for the write timeout is closed with 4008.
 
 // snapshotFrameBytes and snapshotFrameRows bound a rows frame: large
 // enough that framing costs little, small enough that a frame never holds
@@ -37,6 +38,13 @@ const (
 	snapshotFrameBytes = 64 << 10
 	snapshotFrameRows  = 1000
 )
+
+// snapshotAhead bounds what a snapshot keeps queued ahead of its client:
+// a few rows frames, enough to keep the socket busy while the next batch
+// of rows is read, and no more. A table smaller than the send queue would
+// otherwise be queued whole for a client that reads slower than the rows
+// are read, and a thousand snapshots at once would hold a thousand tables.
+const snapshotAhead = 4 * snapshotFrameBytes
 
 // hasKey reports whether the table's events carry a key that tells its
 // rows apart: a primary key or a replica identity index. A table with
@@ -106,7 +114,7 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 		}
 		out := finishFrame(append(frame, "]}"...), opText)
 		start()
-		if !s.c.enqueueFor(s, out, true) {
+		if !s.c.enqueueAhead(s, out, true, snapshotAhead) {
 			return errSubEnded
 		}
 		return nil
@@ -130,31 +138,22 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 		if s.done.Load() || s.c.isClosing() {
 			return errSubEnded
 		}
-		_, had := sent[string(r.Key)]
-		match := false
-		if !r.Deleted && r.Data != nil {
-			env = append(env[:0], `{"key":`...)
-			env = append(env, r.Key...)
-			env = append(env, `,"data":`...)
-			env = append(env, r.Data...)
-			env = append(env, '}')
-			if ev.Reset(schema.BitRead, env) == nil {
-				_, ok, err := sel.Decide(&ev)
-				match = ok && err == nil
-			}
+		if r.Data == nil {
+			return nil // a row too large to keep: nothing to judge
 		}
-		switch {
-		case match:
-			sent[string(r.Key)] = struct{}{}
-			return add(env)
-		case had:
-			delete(sent, string(r.Key))
-			env = append(env[:0], `{"key":`...)
-			env = append(env, r.Key...)
-			env = append(env, `,"removed":true}`...)
-			return add(env)
+		env = append(env[:0], `{"key":`...)
+		env = append(env, r.Key...)
+		env = append(env, `,"data":`...)
+		env = append(env, r.Data...)
+		env = append(env, '}')
+		if ev.Reset(schema.BitRead, env) != nil {
+			return nil
 		}
-		return nil
+		if _, ok, err := sel.Decide(&ev); !ok || err != nil {
+			return nil
+		}
+		sent[string(r.Key)] = struct{}{}
+		return add(env)
 	})
 	if err != nil {
 		return 0, err
@@ -181,7 +180,7 @@ func (g *Gateway) snapshotFailed(s *sub, err error) {
 		if ended {
 			g.endResume(s, CodeHistoryUnavailable, msg)
 		}
-	case errors.Is(err, errNoRowState), errors.Is(err, rowstate.ErrNoState), errors.Is(err, rowstate.ErrTruncatedMeanwhile):
+	case errors.Is(err, errNoRowState), errors.Is(err, rowstate.ErrNoState):
 		g.endResume(s, CodeSnapshotUnavailable, "cannot send the rows of "+s.table.Name+": "+err.Error()+"; subscribe again")
 	default:
 		g.log.Warn("gateway snapshot failed", "subscription", s.id, "table", s.table.Qualified, "err", err)

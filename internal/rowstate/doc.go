@@ -17,9 +17,11 @@
 // row back over a later version), and a state deleted whole is rebuilt
 // from the event stream. Tables without a key have no state.
 //
-// Scan reads a table's rows as of an exact event sequence N: a reader
-// applies what it returns, then the events after N, and holds the table
-// with no gap and no duplicate.
+// Scan reads a table's rows as of an event sequence N, bounded by where the
+// state stood when it began (it never chases rows rewritten meanwhile): a
+// reader applies what it returns, then the events after N (an update of a
+// row it lacks sets the row: the scan leaves out rows changed after N while
+// it ran), and holds the table with no gap and no duplicate.
 //
 // Concurrency: a Maintainer runs in one goroutine (Run); Applied may be
 // called from any goroutine. Scan may run in any number of goroutines.

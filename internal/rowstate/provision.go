@@ -11,9 +11,10 @@ import (
 
 // TombstoneTTL is how long a deleted row's tombstone stays in the rows
 // stream. A tombstone replaces the row's last version at once (one message
-// per subject); it is kept a while so that a reader of the state that
-// started before the delete learns of it, and then removed by the server.
-// An hour is far beyond any such read.
+// per subject); it is kept a while so that a maintainer applying a batch
+// again after a restart does not write back a row deleted later (put's
+// careful check), and then removed by the server. An hour is far beyond
+// any such restart.
 const TombstoneTTL = time.Hour
 
 // StreamsConfig says how the rows stream is provisioned.

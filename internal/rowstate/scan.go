@@ -10,154 +10,244 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// ErrTruncatedMeanwhile: the table was truncated while its rows were
-// read; read them again.
-var ErrTruncatedMeanwhile = errors.New("the table was truncated while its rows were read")
+// ScanBatch is how many messages of the rows stream a scan asks for at a
+// time. A scan asks for the next batch only when fn has taken the last
+// one, so a reader that waits (a gateway waiting for room in a client's
+// send queue) holds at most one batch: about 256 × a row's size, small
+// enough for a thousand scans at once, large enough that a request's round
+// trip costs little per row.
+const ScanBatch = 256
+
+// scanAttempts bounds the reads of a scan that start again after their
+// consumer failed (lost under load, a request timing out) without the scan
+// moving forward.
+const scanAttempts = 5
 
 // Scan reads the rows of a table from the state and returns the event
-// sequence N they are as of: applying what fn receives in order (a row
-// sets its key, a tombstone removes it) gives the table's rows as of event
-// N exactly, so that the events after N complete them. fn gets the rows in
-// the order of the rows stream, as they stand when the scan reaches them;
-// a row changed meanwhile comes again later, and a row deleted meanwhile
-// comes as a tombstone (tombstones of rows deleted before the scan began
-// are left out). Row's slices are valid during fn only. ErrNoState when no
-// maintainer has written the database's state.
+// sequence N they are as of. fn gets each row at most once, in the order of
+// the rows stream, never a tombstone; Row's slices are valid during fn only.
+// ErrNoState when no maintainer has written the database's state.
+//
+// What fn gets is the table as of event N, except the rows changed by
+// events after N while the scan ran: such a row comes at its version as of
+// N, or not at all. A reader applies the rows, then every event after N,
+// taking an update or key change of a row it does not hold as setting it
+// (a live view's "enter") and a delete of one it does not hold as nothing;
+// it then holds the table, with no gap, no duplicate and no event applied
+// twice to a row.
+//
+// Why. The rows stream holds one message per subject: rewriting a row
+// removes its message and appends the new version at the stream's end. A
+// scan that read to the end would meet every row rewritten meanwhile again,
+// and under a steady writer never finish. So a scan is bounded: it first
+// reads the database's marker, at stream position P, saying the events up
+// to A are applied; then it reads the table's messages in stream order and
+// stops at the first message after P, or when no message of the table at
+// most P is left (read). N is A, or the largest event sequence of a row
+// read, when larger (rows a maintainer wrote before it stopped, without
+// their marker, and a new session left in place).
+//
+//  1. Every row read has a version at most N: it was read at a position at
+//     most P, and a maintainer writes a batch's rows, waits until they are
+//     stored, then the marker; so a row before P is of an event at most A,
+//     or is counted in N. No event after N is in the rows, so none is
+//     applied twice.
+//  2. A row read is the row as of N: an event at most N that changed it
+//     later was written before P (as in 1.), where it replaced the message
+//     read before the scan began. The events after N bring its later
+//     changes, as they would to any row held.
+//  3. A row of the table as of N that is not read had its message at most
+//     P removed before the scan reached it: it was rewritten after P, by an
+//     event after N (rows are written in event order), which the reader
+//     applies: an update or key change brings it whole (events carry the
+//     whole new row; a live view sends it as an enter), a delete removes
+//     it, and it is not in the view to begin with. Rows written after P are
+//     never read: nothing the events after N also bring comes twice.
+//  4. A row deleted as of N has a tombstone or nothing; tombstones are not
+//     given to fn. A key change is a tombstone of the old key and the new
+//     row under the new one, both of one event: 1. to 3. hold for each.
+//  5. A truncate at most A purged the table's rows before P: rows read
+//     were written after it. A truncate after N purges rows during the
+//     scan, which then reads fewer of them; the truncate is among the
+//     events after N and empties what the reader holds. Either way nothing
+//     special is needed, and a scan is never read again for a truncate.
+//
+// Limits. 3. leans on events carrying whole rows: a row left out whose
+// event after N has "unchanged" (TOASTed columns PostgreSQL did not send)
+// comes without those columns, as any enter does. 1. and 3. lean on a
+// maintainer's writes being stored in the order it makes them, which one
+// connection's publishes are. A write refused in the middle of a batch
+// while later ones are stored (a store full, then freed) ends the session
+// and the next one writes the row again, after P: a scan between the two
+// whose N counts the later rows would leave that row out with no event
+// after N to bring it. The marker,
+// read from a replica that lags, is an older one: an earlier P, for which
+// all of the above holds as well.
+//
+// The scan reads with a consumer of its own, which asks for more only as
+// fn takes what it has; it asks the stream for no wildcard subject's last
+// message (a walk over every row's subject). A consumer that fails under
+// load is replaced by one that starts after the last message read, so no
+// row comes twice.
 func Scan(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, table string, fn func(Row) error) (uint64, error) {
-	var marker DBMarker
-	var status TableStatus
+	var marker *jetstream.RawStreamMsg
 	var err error
 	for attempt := 0; ; attempt++ {
 		// A look-up timing out under load is tried again.
-		if marker, err = ReadDBMarker(ctx, rows, prefix, db); err == nil {
-			status, err = ReadTableStatus(ctx, rows, prefix, db, schemaName, table)
-		}
-		if err == nil || errors.Is(err, ErrNoState) || attempt >= 3 || ctx.Err() != nil {
+		marker, err = rows.GetLastMsgForSubject(ctx, DBMarkerSubject(prefix, db))
+		if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) || attempt >= 3 || ctx.Err() != nil {
 			break
 		}
 	}
-	if err != nil {
-		return 0, err
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return 0, ErrNoState
+	case err != nil:
+		return 0, fmt.Errorf("read the row state's position of database %s: %w", db, err)
 	}
-	began := marker.Applied
-	n := began
-	// A read cut short (the consumer lost under load) starts again from
-	// the stream's start: rows come again, which fn takes as they are,
-	// and tombstones after began still come.
-	for attempt := 0; ; attempt++ {
-		var err error
-		n, err = scanOnce(ctx, rows, prefix, db, schemaName, table, began, n, status, fn)
+	sc := scan{rows: rows, schema: schemaName, table: table, fn: fn,
+		filter:   TableRowsFilter(prefix, db, schemaName, table),
+		rowsBase: TableRowFilter(prefix, db, schemaName, table),
+		end:      marker.Sequence, n: parseUint(marker.Header.Get(HeaderSeq))}
+	sc.rowsBase = sc.rowsBase[:len(sc.rowsBase)-1]
+	stalled := 0
+	for {
+		before := sc.pos
+		done, err := sc.read(ctx)
+		if done || err == nil {
+			return sc.n, err
+		}
 		var cut *cutShortError
-		if !errors.As(err, &cut) || attempt >= 5 || ctx.Err() != nil {
-			return n, err
+		if !errors.As(err, &cut) || ctx.Err() != nil {
+			return 0, err
+		}
+		if sc.pos == before {
+			if stalled++; stalled >= scanAttempts {
+				return 0, err
+			}
+		} else {
+			stalled = 0
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(time.Duration(stalled) * 100 * time.Millisecond):
 		}
 	}
 }
 
-// cutShortError: the rows were not all read, for a reason another try may
-// not meet.
+// scan is the state of one Scan.
+type scan struct {
+	rows          jetstream.Stream
+	schema, table string
+	fn            func(Row) error
+	filter        string // the table's rows and its marker
+	rowsBase      string // "<…table>.r.": the subjects of the table's rows
+
+	end uint64 // P: the position of the marker read first
+	pos uint64 // the stream position of the last message read
+	n   uint64 // N so far
+}
+
+// cutShortError: the rows were not all read, for a reason a new consumer
+// may not meet.
 type cutShortError struct{ err error }
 
 func (e *cutShortError) Error() string { return e.err.Error() }
 func (e *cutShortError) Unwrap() error { return e.err }
 
-func scanOnce(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, table string, began, n uint64, status TableStatus, fn func(Row) error) (uint64, error) {
-	cons, err := rows.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{TableRowsFilter(prefix, db, schemaName, table), DBMarkerSubject(prefix, db)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
+// scanWait bounds the wait for the next message of a scan's consumer. The
+// message ending the scan is in the stream already, so a longer wait means
+// the consumer is lost or starved under load: a new one is tried.
+const scanWait = 5 * time.Second
+
+// read reads with a new consumer from after pos until the end (done), or
+// until the consumer fails (a cutShortError).
+//
+// The consumer reads the table's subjects alone: a consumer of several
+// filters is read by the server an order of magnitude slower. So the end
+// is known from the consumer's count of the table's messages after the
+// one delivered: when it is 0, no message of the table at most P is left.
+// (The server counts a message stored when it tells the consumer of it,
+// and only messages after P are stored during the scan, while it counts a
+// removal at once; so a 0 may leave out messages after P, never one at
+// most P. The count may be too high, a message counted then removed: the
+// wait for it runs out, and a new consumer counts afresh.)
+func (sc *scan) read(ctx context.Context) (done bool, err error) {
+	what := fmt.Sprintf("read the rows of %s.%s", sc.schema, sc.table)
+	cons, err := sc.rows.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		FilterSubject:     sc.filter,
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       sc.pos + 1,
+		AckPolicy:         jetstream.AckNonePolicy,
+		InactiveThreshold: time.Minute, // a consumer left behind goes away
+		MemoryStorage:     true,
 	})
 	if err != nil {
-		return n, &cutShortError{fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)}
+		return false, &cutShortError{fmt.Errorf("%s: %w", what, err)}
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(512))
+	name := cons.CachedInfo().Name
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = sc.rows.DeleteConsumer(dctx, name)
+	}()
+	if cons.CachedInfo().NumPending == 0 {
+		return true, nil
+	}
+	// The consumer is asked for more as the scan takes what it has: at
+	// most ScanBatch messages wait here while fn waits for its reader.
+	it, err := cons.Messages(jetstream.PullMaxMessages(ScanBatch))
 	if err != nil {
-		return n, &cutShortError{fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)}
+		return false, &cutShortError{fmt.Errorf("%s: %w", what, err)}
 	}
 	defer it.Stop()
 	defer context.AfterFunc(ctx, it.Stop)()
-	markerSubj := DBMarkerSubject(prefix, db)
-	tableSubj := TableMarkerSubject(prefix, db, schemaName, table)
-	var pos uint64 // the stream sequence of the last message read
-	stalls := 0    // waits in a row without a message
+	var delivered uint64 // the consumer's sequence of the last message read
 	for {
 		if err := ctx.Err(); err != nil {
-			return 0, err
+			return false, err
 		}
-		msg, err := it.Next(jetstream.NextMaxWait(time.Second))
-		if errors.Is(err, nats.ErrTimeout) {
-			// The consumer's count promised more, which was replaced
-			// meanwhile: done when the stream has nothing beyond.
-			end, err := lastPosition(ctx, rows, prefix, db, schemaName, table)
-			if err != nil {
-				return n, &cutShortError{err}
-			}
-			if end <= pos {
-				return n, nil
-			}
-			// More is there but the consumer does not deliver it (it
-			// stalls under load): read again with a new one.
-			if stalls++; stalls >= 3 {
-				return n, &cutShortError{fmt.Errorf("read the rows of %s.%s: the consumer stalled at %d of %d", schemaName, table, pos, end)}
-			}
-			continue
-		}
-		stalls = 0
+		msg, err := it.Next(jetstream.NextMaxWait(scanWait))
 		if err != nil {
-			return n, &cutShortError{fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)}
+			return false, &cutShortError{fmt.Errorf("%s after %d (the end at %d): %w", what, sc.pos, sc.end, err)}
 		}
 		meta, err := msg.Metadata()
 		if err != nil {
-			return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
+			return false, fmt.Errorf("%s: %w", what, err)
 		}
-		pos = meta.Sequence.Stream
-		h := msg.Headers()
-		seq := parseUint(h.Get(HeaderSeq))
-		switch msg.Subject() {
-		case markerSubj:
-			n = max(n, seq)
-		case tableSubj:
-			if seq > status.Truncated {
-				return 0, ErrTruncatedMeanwhile
-			}
-		default:
-			r, err := DecodeRow(h, msg.Data())
-			if err != nil {
-				return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
-			}
-			n = max(n, r.Seq)
-			if !r.Deleted || r.Seq > began {
-				if err := fn(r); err != nil {
-					return 0, err
-				}
-			}
+		if meta.Sequence.Consumer != delivered+1 {
+			// Messages lost on their way here: a consumer without
+			// acknowledgements does not send them again.
+			return false, &cutShortError{fmt.Errorf("%s: message %d of the consumer came after %d", what, meta.Sequence.Consumer, delivered)}
+		}
+		delivered++
+		if meta.Sequence.Stream > sc.end {
+			return true, nil
+		}
+		sc.pos = meta.Sequence.Stream
+		if err := sc.take(msg.Subject(), msg.Headers(), msg.Data()); err != nil {
+			return false, err
 		}
 		if meta.NumPending == 0 {
-			// The consumer's count of what is left is not exact while
-			// rows are replaced ahead of it: ask the stream.
-			end, err := lastPosition(ctx, rows, prefix, db, schemaName, table)
-			if err != nil {
-				return n, &cutShortError{err}
-			}
-			if end <= meta.Sequence.Stream {
-				return n, nil
-			}
+			return true, nil
 		}
 	}
 }
 
-// lastPosition is the stream sequence of the last message of the table or
-// of the database's marker.
-func lastPosition(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, table string) (uint64, error) {
-	var end uint64
-	for _, subj := range []string{TableRowsFilter(prefix, db, schemaName, table), DBMarkerSubject(prefix, db)} {
-		msg, err := rows.GetLastMsgForSubject(ctx, subj)
-		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-		case err != nil:
-			return 0, fmt.Errorf("read the rows of %s.%s: %w", schemaName, table, err)
-		default:
-			end = max(end, msg.Sequence)
-		}
+// take handles one message at a position at most P.
+func (sc *scan) take(subject string, h nats.Header, data []byte) error {
+	if len(subject) <= len(sc.rowsBase) || subject[:len(sc.rowsBase)] != sc.rowsBase {
+		// The table's marker (its last truncate): nothing to give fn.
+		return nil
 	}
-	return end, nil
+	r, err := DecodeRow(h, data)
+	if err != nil {
+		return fmt.Errorf("read the rows of %s.%s: %w", sc.schema, sc.table, err)
+	}
+	sc.n = max(sc.n, r.Seq)
+	if r.Deleted {
+		return nil
+	}
+	return sc.fn(r)
 }
