@@ -48,9 +48,10 @@ type sub struct {
 	// sent by its resume before the history after them.
 	snapshot bool
 	// view holds the keys of the rows the client holds (a snapshot
-	// subscription's), which decide enter, leave and delete (view.go).
-	// Used by its resume until it has caught up, then by the feed.
-	view map[string]struct{}
+	// subscription's), which decide enter, leave and delete (view.go), as
+	// viewKey hashes. Used by its resume until it has caught up, then by
+	// the feed.
+	view map[uint64]struct{}
 	// heldEv are a view's live events held while it catches up, decided
 	// when they are released, after the history (view.go).
 	heldEv []heldEvent

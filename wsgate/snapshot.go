@@ -98,7 +98,7 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 	t := s.table
 	sel := query.Selector{Ops: schema.BitRead, Where: s.filter, Policy: s.policy.Load()}
 	proj := s.proj.Load()
-	sent := map[string]struct{}{}
+	sent := map[uint64]struct{}{}
 	var ev query.Event
 	var env, frame []byte // env: the row as an envelope, to decide and project
 	n := 0
@@ -152,7 +152,7 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 		if _, ok, err := sel.Decide(&ev); !ok || err != nil {
 			return nil
 		}
-		sent[string(r.Key)] = struct{}{}
+		sent[viewKey(r.Key)] = struct{}{}
 		return add(env)
 	})
 	if err != nil {
