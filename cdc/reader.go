@@ -54,7 +54,9 @@ type Reader struct {
 	fenceSeq uint64             // the fence the events of this leadership expect
 	fenceOn  bool               // whether they carry it (a stream with one replica)
 	endStale bool               // the leadership took over: a walsender holding the slot is ended
-	leader   atomic.Bool
+	// mustFence: a takeover's fence is not stored yet; Run's goroutine only.
+	mustFence bool
+	leader    atomic.Bool
 	// keepLease makes the reader stop without giving up its lease, as a
 	// crash would: for tests.
 	keepLease atomic.Bool
@@ -233,12 +235,22 @@ func (r *Reader) lead(ctx context.Context, a acquired, slotExists *bool) error {
 		}
 		return err
 	}
+	// A takeover whose fence could not be stored leaves the next
+	// leadership of this reader to store one, however it gets the lease.
+	a.takeover = a.takeover || r.mustFence
+	r.mustFence = a.takeover
 	seq, on, err := r.fence(lctx, a)
 	if err != nil {
 		return ended(err)
 	}
+	r.mustFence = false
 	r.fenceSeq, r.fenceOn, r.endStale = seq, on, a.takeover
 	r.setRole(true, a.l.value())
+	// Health is judged afresh: the time spent standing by is not time
+	// spent failing to stream.
+	r.healthMu.Lock()
+	r.health, r.streamSince, r.failing = Health{Healthy: true}, time.Now(), failingSessions{}
+	r.healthMu.Unlock()
 
 	// Listening before the slot exists: a request sent once it does is
 	// answered (after a short wait, while the reader is not streaming yet).
