@@ -149,13 +149,13 @@ func fences(t *testing.T, n *natsServer) uint64 {
 	return c
 }
 
-// killRounds SIGKILLs the leader of rs kills times under the load, waiting
-// pause before each kill, and returns how long each takeover took: from
+// killRounds SIGKILLs the leader of rs kills times under the load (rounds
+// numbered from first), waiting pause before each kill, and returns how long each takeover took: from
 // the kill to another reader leading and streaming.
-func killRounds(t *testing.T, rs []*failoverReader, kills int, pause time.Duration) []time.Duration {
+func killRounds(t *testing.T, rs []*failoverReader, first, kills int, pause time.Duration) []time.Duration {
 	t.Helper()
 	var took []time.Duration
-	for round := range kills {
+	for round := first; round < first+kills; round++ {
 		time.Sleep(pause)
 		leader := leaderOf(rs)
 		if leader == nil {
@@ -217,7 +217,7 @@ func TestReaderFailover(t *testing.T) {
 	client := startResumingClient(t, "public.a", "ws://"+gwAddr+"/ws")
 
 	load := startOrderedLoad(t, connect(t, url), 2*time.Millisecond)
-	took := killRounds(t, rs, 2, 3*time.Second)
+	took := killRounds(t, rs, 0, 2, 3*time.Second)
 	time.Sleep(2 * time.Second)
 	committed := load.stop(t)
 	want := checkExactlyOnce(t, n, committed)
@@ -303,8 +303,8 @@ func TestSoakReaderFailover(t *testing.T) {
 	load := startOrderedLoad(t, connect(t, url), time.Millisecond)
 	var took []time.Duration
 	started := time.Now()
-	for range 5 {
-		took = append(took, killRounds(t, rs, 1, 8*time.Second)...)
+	for round := range 5 {
+		took = append(took, killRounds(t, rs, round, 1, 8*time.Second)...)
 		for i, r := range rs {
 			if r.cmd.ProcessState != nil {
 				again := startFailoverReader(t, r.name, env)
