@@ -311,13 +311,14 @@ func (r *Reader) lead(ctx context.Context, a acquired, slotExists *bool) error {
 	for {
 		res, err := r.session(lctx)
 		r.setStreaming(false)
-		if lctx.Err() != nil {
-			return ended(nil)
-		}
 		if errors.Is(err, stream.ErrFenced) {
+			// Whether or not it also noticed that its lease was lost.
 			r.m.fenced.Inc()
 			r.log.Warn("fenced out: another reader took the slot over; standing by", "err", err)
 			return err
+		}
+		if lctx.Err() != nil {
+			return ended(nil)
 		}
 		r.noteSessionEnd(res, err)
 		if res.progressed {
@@ -608,13 +609,15 @@ const (
 func (s *session) loop(ctx context.Context) error {
 	netConn := s.conn.Conn()
 	for {
+		// A publisher refused first: a fenced-out reader says so even when
+		// it also lost its lease.
+		if err := s.pub.Err(); err != nil {
+			return fmt.Errorf("publish to JetStream: %w", err)
+		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		now := time.Now()
-		if err := s.pub.Err(); err != nil {
-			return fmt.Errorf("publish to JetStream: %w", err)
-		}
 		s.advance()
 		if (s.confirmed != s.sent && now.Sub(s.lastStatus) >= statusMinInterval) || now.Sub(s.lastStatus) >= s.r.cfg.StatusInterval {
 			if err := s.sendStatus(now); err != nil {
