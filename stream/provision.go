@@ -172,6 +172,13 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 			break
 		}
 		if err != nil {
+			// Readers starting together against a new NATS all create
+			// it: the one that lost may be refused for another reason
+			// (the storage the winner's reserved), with the stream there.
+			if other, lerr := js.Stream(ctx, cfg.Name); lerr == nil {
+				s = other
+				break
+			}
 			return nil, fmt.Errorf("create stream %s for %q: %w", cfg.Name, subject, err)
 		}
 		return s, nil
