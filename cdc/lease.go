@@ -24,6 +24,11 @@ package cdc
 // one can land after what it learnt. A stream with more than one replica
 // cannot check a fence on pipelined messages (see stream.WithFence): there
 // the lease's margin alone keeps the two apart.
+//
+// A reader that finds no lease (the first, or its holder gave it up on
+// stopping, after its sessions had ended) creates it, stores no fence and
+// expects the last one stored, if any: only a takeover stores a fence, so a
+// lone reader's stream holds one only after it was restarted from a crash.
 
 import (
 	"context"
@@ -31,6 +36,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -310,7 +316,7 @@ func (r *Reader) fence(ctx context.Context, a acquired) (seq uint64, on bool, er
 		return 0, false, fmt.Errorf("look up stream %s: %w", r.cfg.Stream, err)
 	}
 	cfg := st.CachedInfo().Config
-	if cfg.Replicas > 1 || !containsSubject(cfg.Subjects, stream.FenceSubjects(r.prefix)) {
+	if cfg.Replicas > 1 || !slices.Contains(cfg.Subjects, stream.FenceSubjects(r.prefix)) {
 		return 0, false, nil
 	}
 	if a.takeover {
@@ -341,13 +347,4 @@ func (r *Reader) fence(ctx context.Context, a acquired) (seq uint64, on bool, er
 		return 0, false, fmt.Errorf("write fence %d into the lease: %w", seq, err)
 	}
 	return seq, true, nil
-}
-
-func containsSubject(subjects []string, s string) bool {
-	for _, x := range subjects {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
