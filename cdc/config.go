@@ -88,6 +88,13 @@ type Config struct {
 	// pg_logical_emit_message; Doctor warns about any other role that can
 	// execute it. Default none.
 	TopicRoles []string
+	// LeaderLease is how long the lease of a reader that stopped renewing
+	// it lasts before a standby reader of the same slot takes the slot
+	// over (lease.go); the leader renews it every third of it, and stops
+	// streaming once it could not for four fifths of it. A standby takes
+	// over within about LeaderLease plus a second of the leader's death.
+	// At least 1s. Default DefaultLeaderLease, 5s.
+	LeaderLease time.Duration
 	// SettingName names a Config field ("Slot") the way its user sets it,
 	// for messages and advice: the command line passes its environment
 	// variables. Default (nil): the field's own name.
@@ -145,6 +152,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.CatalogInterval <= 0 {
 		c.CatalogInterval = 2 * time.Second
 	}
+	if c.LeaderLease == 0 {
+		c.LeaderLease = DefaultLeaderLease
+	}
 
 	var errs []error
 	if c.DatabaseURL == "" {
@@ -169,6 +179,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Snapshot != SnapshotInitial && c.Snapshot != SnapshotNever {
 		errs = append(errs, fieldErrorf("Snapshot", "%q: want initial or never", c.Snapshot))
+	}
+	if c.LeaderLease < time.Second {
+		errs = append(errs, fieldErrorf("LeaderLease", "%s: must be at least 1s (a shorter lease is lost to any pause of NATS)", c.LeaderLease))
 	}
 	if c.RetryMin > c.RetryMax {
 		errs = append(errs, fmt.Errorf("retry backoff: minimum %s above maximum %s", c.RetryMin, c.RetryMax))

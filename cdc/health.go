@@ -16,9 +16,24 @@ type Health struct {
 	AckedLSN  string   `json:"acked_lsn"`
 	LagBytes  int64    `json:"lag_bytes"`
 	Reasons   []string `json:"reasons,omitempty"`
+	// Role is "leader" while the reader holds its slot's lease and
+	// streams, "standby" while another reader does (lease.go).
+	Role string `json:"role"`
+	// Leader is the lease's holder as last seen: this reader itself while
+	// it leads.
+	Leader *LeaseHolder `json:"leader,omitempty"`
 	// SlotLost is set once the reader found its slot lost and created it
 	// again (slotloss.go), until the process ends.
 	SlotLost *SlotLoss `json:"slot_lost,omitempty"`
+}
+
+// LeaseHolder is a reader holding a slot's lease, as /healthz shows it.
+type LeaseHolder struct {
+	Host  string    `json:"host"`
+	PID   int       `json:"pid"`
+	Since time.Time `json:"since"`
+	// Self: the holder is this reader.
+	Self bool `json:"self"`
 }
 
 // Health returns the reader's current health.
@@ -26,6 +41,16 @@ func (r *Reader) Health() Health {
 	r.healthMu.Lock()
 	h := r.health
 	r.healthMu.Unlock()
+	role, holder := r.role()
+	h.Role = role
+	if holder.Holder != "" {
+		h.Leader = &LeaseHolder{Host: holder.Host, PID: holder.PID, Since: holder.Since, Self: holder.Holder == r.token}
+	}
+	if role == "standby" {
+		// A standby is healthy by design: it waits. The leader's health is
+		// the leader's to report.
+		h.Healthy, h.Reasons, h.LagBytes = true, nil, 0
+	}
 	h.Streaming = r.streaming.Load()
 	h.AckedLSN = pglogrepl.LSN(r.ackedLSN.Load()).String()
 	h.SlotLost = r.slotLoss.Load()

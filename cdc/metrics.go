@@ -21,6 +21,9 @@ type metrics struct {
 	safeWALSize    prometheus.Gauge
 	walStatus      *prometheus.GaugeVec
 	oversize       *prometheus.CounterVec
+	leader         prometheus.Gauge
+	takeovers      prometheus.Counter
+	fenced         prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -75,6 +78,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "tablecast_cdc_slot_safe_wal_size_bytes",
 			Help: "WAL that can still be written before the slot is invalidated (pg_replication_slots.safe_wal_size); -1 when unlimited.",
 		}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_cdc_leader",
+			Help: "1 while this reader holds its slot's lease (the leader), 0 while it stands by.",
+		}),
+		takeovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_cdc_takeovers_total",
+			Help: "Times this reader took its slot's lease over from another holder that had not given it up (a reader that died or paused).",
+		}),
+		fenced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_cdc_fenced_total",
+			Help: "Times JetStream refused this reader's events because another reader had taken the slot over and fenced it out.",
+		}),
 		walStatus: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tablecast_cdc_slot_wal_status",
 			Help: "1 for the slot's current wal_status (reserved, extended, unreserved, lost).",
@@ -89,7 +104,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(published, m.publishLatency, m.ackedLSN, m.lagBytes, m.streaming, m.sessions,
-			m.messages, m.skipped, m.slotsLost, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus, m.oversize)
+			m.messages, m.skipped, m.slotsLost, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus, m.oversize,
+			m.leader, m.takeovers, m.fenced)
 	}
 	return m
 }

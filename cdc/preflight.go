@@ -191,6 +191,12 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, cfg Config, role str
 	defer tx.Rollback(context.Background())
 	for _, sql := range []string{createPublicationSQL(name, names), commentSQL(name)} {
 		if _, err := tx.Exec(ctx, sql); err != nil {
+			if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && (pgErr.Code == "42710" || pgErr.Code == "23505") { // duplicate_object, unique_violation
+				// Another reader of the slot (a standby starting beside
+				// the leader) created it at the same moment.
+				log.Info("publication created by another reader meanwhile", "publication", name)
+				return nil
+			}
 			if isPrivilegeError(err) {
 				var pgErr *pgconn.PgError
 				errors.As(err, &pgErr)

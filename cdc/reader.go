@@ -45,7 +45,23 @@ type Reader struct {
 	big      oversize           // events too large for one message (oversize.go)
 	token    string             // random, in this process's heartbeats: others' are not measured
 
-	registered chan struct{} // closed once the published tables are registered
+	registered     chan struct{} // closed once the published tables are registered
+	registeredOnce sync.Once
+
+	// Failover (lease.go).
+	leases   jetstream.KeyValue // LeaseBucket, opened in Run
+	ownRev   uint64             // revision of the lease last written as leader; Run's goroutine only
+	fenceSeq uint64             // the fence the events of this leadership expect
+	fenceOn  bool               // whether they carry it (a stream with one replica)
+	endStale bool               // the leadership took over: a walsender holding the slot is ended
+	// mustFence: a takeover's fence is not stored yet; Run's goroutine only.
+	mustFence bool
+	leader    atomic.Bool
+	// keepLease makes the reader stop without giving up its lease, as a
+	// crash would: for tests.
+	keepLease atomic.Bool
+	roleMu    sync.Mutex
+	holder    leaseValue // the lease's holder as last seen (this reader's own while leader)
 
 	noBarrierWarned bool // settle said once that the stream takes no barrier; sessions run one at a time
 
@@ -103,13 +119,6 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.db = src.database
-	// Listening before the slot exists: a request sent once it does is
-	// answered (after a short wait, while the reader is not streaming yet).
-	sub, err := r.serveSnapshotRequests(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = sub.Unsubscribe() }()
 	// The reader's buckets are copied as often as the event stream is.
 	var replicas int
 	if err := stream.RetryTransient(ctx, func(ctx context.Context) error {
@@ -144,15 +153,125 @@ func (r *Reader) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("open state bucket %s: %w", stateBucket, err)
 	}
-	if err := r.prepareSlot(ctx, src.slotExists); err != nil {
+	err = stream.RetryTransient(ctx, func(ctx context.Context) (err error) {
+		r.leases, err = r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: LeaseBucket, History: 1,
+			Replicas: max(replicas, 1), Description: "tablecast readers' leases: which reader streams each slot"})
+		return err
+	})
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
+		return fmt.Errorf("open lease bucket %s: %w", LeaseBucket, err)
+	}
+
+	// Nothing touches the slot, the publication or the snapshot records
+	// before the reader holds the slot's lease (lease.go).
+	slotExists := src.slotExists
+	for {
+		a, err := r.acquireLease(ctx)
+		if err != nil {
+			r.log.Info("reader stopped")
+			return nil
+		}
+		err = r.lead(ctx, a, &slotExists)
+		if ctx.Err() != nil {
+			r.log.Info("reader stopped")
+			return nil
+		}
+		if IsConfigError(err) {
+			return err
+		}
+		r.log.Warn("no longer the slot's leader; standing by", "reason", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(r.cfg.RetryMin):
+		}
+	}
+}
+
+// errLeaseLost ends a leadership whose lease was taken or not renewed in
+// time.
+var errLeaseLost = errors.New("lost the lease")
+
+// lead streams while the reader holds the lease a: it fences out the
+// holder it took over from, prepares the slot and streams until ctx ends,
+// the lease is lost, or it is fenced out. slotExists is what the reader
+// knows of the slot, updated here.
+func (r *Reader) lead(ctx context.Context, a acquired, slotExists *bool) error {
+	lctx, cancel := context.WithCancelCause(ctx)
+	held := make(chan struct{})
+	go func() {
+		defer close(held)
+		a.l.hold(lctx, func(reason string) {
+			r.log.Warn("lost the lease: stopping streaming at once", "reason", reason)
+			cancel(fmt.Errorf("%w: %s", errLeaseLost, reason))
+		})
+	}()
+	r.setRole(true, a.l.value())
+	defer func() {
+		// Everything of this leadership has stopped (the deferred calls
+		// below ran first); the lease is given up if still held, so that a
+		// standby takes it at once.
+		cancel(nil)
+		<-held
+		r.ownRev = 0
+		if r.keepLease.Load() || !a.l.release() {
+			r.ownRev = a.l.currentRev()
+		}
+		r.setRole(false, leaseValue{})
+	}()
+	if a.takeover {
+		r.m.takeovers.Inc()
+		r.log.Info("took the lease over", "previous_holder", a.prev.Holder, "previous_host", a.prev.Host, "previous_pid", a.prev.PID,
+			"previous_since", a.prev.Since)
+	} else {
+		r.log.Info("holding the lease")
+	}
+	ended := func(err error) error {
+		if cause := context.Cause(lctx); ctx.Err() == nil && lctx.Err() != nil {
+			return cause
+		}
 		return err
 	}
-	if err := r.registerNewTables(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
+	// A takeover whose fence could not be stored leaves the next
+	// leadership of this reader to store one, however it gets the lease.
+	a.takeover = a.takeover || r.mustFence
+	r.mustFence = a.takeover
+	seq, on, err := r.fence(lctx, a)
+	if err != nil {
+		return ended(err)
+	}
+	r.mustFence = false
+	r.fenceSeq, r.fenceOn, r.endStale = seq, on, a.takeover
+	r.setRole(true, a.l.value())
+	// Health is judged afresh: the time spent standing by is not time
+	// spent failing to stream.
+	r.healthMu.Lock()
+	r.health, r.streamSince, r.failing = Health{Healthy: true}, time.Now(), failingSessions{}
+	r.healthMu.Unlock()
+
+	// Listening before the slot exists: a request sent once it does is
+	// answered (after a short wait, while the reader is not streaming yet).
+	sub, err := r.serveSnapshotRequests(lctx)
+	if err != nil {
+		return ended(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if !*slotExists {
+		// Another reader may have created it while this one stood by.
+		if *slotExists, err = r.checkSlotExists(lctx); err != nil {
+			return ended(err)
+		}
+	}
+	if err := r.prepareSlot(lctx, *slotExists); err != nil {
+		return ended(err)
+	}
+	*slotExists = true
+	if err := r.registerNewTables(lctx); err != nil {
+		if lctx.Err() != nil {
+			return ended(err)
 		}
 		// Not fatal: the shapes arrive with the first change of each table.
 		r.log.Warn("cannot register the published tables ahead of their first change", "err", err)
@@ -161,25 +280,25 @@ func (r *Reader) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := r.resumeCatchUps(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
+	if err := r.resumeCatchUps(lctx); err != nil {
+		if lctx.Err() != nil {
+			return ended(err)
 		}
 		// Their records stay: the next start takes them.
 		r.log.Error("cannot resume the catch-up snapshots a previous run did not finish", "err", err)
 	}
 	// The first round before streaming: what is left out, or what a DBA's
 	// publication breaks, is said at once.
-	if err := pw.round(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
+	if err := pw.round(lctx); err != nil {
+		if lctx.Err() != nil {
+			return ended(err)
 		}
 		r.log.Warn("cannot read the catalog to keep the publication in step; retrying", "err", oneLine(err))
 	}
-	close(r.registered)
+	r.markRegistered()
 	r.log.Info("reader ready", "database", r.db, "publication", r.cfg.Publication)
 
-	wctx, stopWatch := context.WithCancel(ctx)
+	wctx, stopWatch := context.WithCancel(lctx)
 	defer stopWatch()
 	go r.watch(wctx)
 	go r.snapshotWorker(wctx)
@@ -190,11 +309,16 @@ func (r *Reader) Run(ctx context.Context) error {
 
 	backoff := r.cfg.RetryMin
 	for {
-		res, err := r.session(ctx)
+		res, err := r.session(lctx)
 		r.setStreaming(false)
-		if ctx.Err() != nil {
-			r.log.Info("reader stopped")
-			return nil
+		if errors.Is(err, stream.ErrFenced) {
+			// Whether or not it also noticed that its lease was lost.
+			r.m.fenced.Inc()
+			r.log.Warn("fenced out: another reader took the slot over; standing by", "err", err)
+			return err
+		}
+		if lctx.Err() != nil {
+			return ended(nil)
 		}
 		r.noteSessionEnd(res, err)
 		if res.progressed {
@@ -210,8 +334,8 @@ func (r *Reader) Run(ctx context.Context) error {
 			r.log.Warn("replication session ended; reconnecting", "err", err, "retry_in", backoff)
 		}
 		select {
-		case <-ctx.Done():
-			return nil
+		case <-lctx.Done():
+			return ended(nil)
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, r.cfg.RetryMax)
@@ -219,16 +343,18 @@ func (r *Reader) Run(ctx context.Context) error {
 			// Replaying into a NATS that is not there only fails again;
 			// the client reconnects by itself, so wait for it.
 			r.log.Warn("waiting for NATS before streaming again")
-			if err := stream.WaitConnected(ctx, r.nc); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return fmt.Errorf("wait for NATS: %w", err)
+			if err := stream.WaitConnected(lctx, r.nc); err != nil {
+				return ended(fmt.Errorf("wait for NATS: %w", err))
 			}
 			r.log.Info("NATS is back")
 			backoff = r.cfg.RetryMin
 		}
 	}
+}
+
+// markRegistered closes Registered, once.
+func (r *Reader) markRegistered() {
+	r.registeredOnce.Do(func() { close(r.registered) })
 }
 
 // Registered is closed once Run has written the shape of every published
@@ -280,6 +406,12 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 	defer conn.Close(context.Background())
 
 	start, err := slotPosition(ctx, conn, r.cfg.Slot)
+	var inUse *slotInUseError
+	if errors.As(err, &inUse) && r.endStale {
+		// The reader took the slot over: the walsender holding it is the
+		// previous leader's, which may be paused rather than dead.
+		start, err = r.endStaleWalsender(ctx, conn, inUse.pid)
+	}
 	if err != nil {
 		return res, err
 	}
@@ -372,6 +504,32 @@ func slotPosition(ctx context.Context, conn *pgconn.PgConn, slot string) (uint64
 	return uint64(lsn), nil
 }
 
+// endStaleWalsender ends the walsender with pid that holds the slot, as
+// one that took the slot over may, waits until PostgreSQL has released the
+// slot, and returns its position. The same role may end its own backends;
+// another needs pg_signal_backend.
+func (r *Reader) endStaleWalsender(ctx context.Context, conn *pgconn.PgConn, pid string) (uint64, error) {
+	r.log.Warn("ending the walsender of the previous leader, which still holds the slot", "pid", pid)
+	_, err := conn.Exec(ctx, fmt.Sprintf(
+		"SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '%s' AND active_pid IS NOT NULL", r.cfg.Slot)).ReadAll()
+	if err != nil {
+		return 0, fmt.Errorf("end the walsender %s holding slot %s: %w", pid, r.cfg.Slot, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		start, err := slotPosition(ctx, conn, r.cfg.Slot)
+		var inUse *slotInUseError
+		if !errors.As(err, &inUse) || time.Now().After(deadline) {
+			return start, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // relation is a table as last described by a Relation message, with its
 // subjects formatted once.
 type relation struct {
@@ -451,13 +609,15 @@ const (
 func (s *session) loop(ctx context.Context) error {
 	netConn := s.conn.Conn()
 	for {
+		// A publisher refused first: a fenced-out reader says so even when
+		// it also lost its lease.
+		if err := s.pub.Err(); err != nil {
+			return fmt.Errorf("publish to JetStream: %w", err)
+		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		now := time.Now()
-		if err := s.pub.Err(); err != nil {
-			return fmt.Errorf("publish to JetStream: %w", err)
-		}
 		s.advance()
 		if (s.confirmed != s.sent && now.Sub(s.lastStatus) >= statusMinInterval) || now.Sub(s.lastStatus) >= s.r.cfg.StatusInterval {
 			if err := s.sendStatus(now); err != nil {

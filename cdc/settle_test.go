@@ -141,9 +141,12 @@ func TestSettleBeforeReadingStream(t *testing.T) {
 	db.exec(t, `INSERT INTO filler SELECT generate_series(1, 300000); INSERT INTO items SELECT g, repeat('x', 100) FROM generate_series(1, 60000) g`)
 	waitFor(t, 60*time.Second, "a third of the transaction stored", func() bool { return n.Count("TABLECAST") >= rows/3 })
 	proxy.hold()
-	// The publisher gives up waiting for acknowledgements, the session
-	// ends, and the next one starts, all while the server reads nothing.
-	waitFor(t, 30*time.Second, "the session to fail", func() bool { return r.log.contains("replication session ended") })
+	// The publisher gives up waiting for acknowledgements, or the reader
+	// its lease, which it cannot renew either: the session ends, and the
+	// next one starts, all while the server reads nothing.
+	waitFor(t, 30*time.Second, "the session to fail", func() bool {
+		return r.log.contains("replication session ended") || r.log.contains("lost the lease")
+	})
 	time.Sleep(500 * time.Millisecond)
 	held := n.Count("TABLECAST")
 	proxy.release()

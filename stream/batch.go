@@ -295,7 +295,7 @@ func (p *Publisher) onBatchReply(m *nats.Msg) {
 		}
 		err := fmt.Errorf("%w: %q", ErrNegativeAck, truncate(body, 200))
 		if json.Unmarshal(body, &e) == nil && e.Error != nil {
-			err = fmt.Errorf("%w: %s (code %d, error code %d)", ErrNegativeAck, e.Error.Description, e.Error.Code, e.Error.ErrCode)
+			err = p.refusal(e.Error.Description, e.Error.Code, e.Error.ErrCode)
 		}
 		p.batchFailed(num, e.Seq, err)
 	case bytes.HasPrefix(body, flowGapPrefix):

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 )
@@ -25,6 +26,31 @@ func ControlSubject(prefix string) string {
 		prefix = DefaultPrefix
 	}
 	return ControlToken + "." + prefix + ".stream"
+}
+
+// FenceSubject is the subject a CDC reader that takes over slot from
+// another reader publishes its fence on: "_TABLECAST.<prefix>.stream.fence.<slot>".
+// The event stream captures it (FenceSubjects), so a fence is stored among
+// the events, and every event a leader publishes expects the fence subject's
+// last message to be its own fence (WithFence): once a newer leader's fence
+// is stored, an older leader's events are refused. Consumers of the events
+// filter "<prefix>.>" and never see fences; a consumer of the whole stream
+// must skip the "_TABLECAST." subjects. (Under "stream", beside
+// ControlSubject, so that no slot's snapshot-request subject,
+// "_TABLECAST.<prefix>.<slot>.snapshot", can fall under it.)
+func FenceSubject(prefix, slot string) string {
+	return ControlSubject(prefix) + ".fence." + slot
+}
+
+// FenceSubjects is the filter of every FenceSubject of prefix.
+func FenceSubjects(prefix string) string {
+	return ControlSubject(prefix) + ".fence.*"
+}
+
+// IsControlSubject reports whether subject is one of tablecast's control
+// subjects (a fence), not an event: what readers of the whole stream skip.
+func IsControlSubject(subject string) bool {
+	return strings.HasPrefix(subject, ControlToken+".")
 }
 
 // barrierHeader makes JetStream refuse the barrier: no stream is ever at

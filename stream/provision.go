@@ -118,8 +118,9 @@ func (c StreamConfig) Subjects() string {
 
 // EnsureStream makes the stream described by cfg exist and returns it. A
 // missing stream is created. An existing one is updated when it differs in
-// the fields of StreamConfig (its subjects become exactly "<Prefix>.>" and
-// ControlSubject(Prefix), and it allows batch publishing); its
+// the fields of StreamConfig (its subjects become exactly "<Prefix>.>",
+// ControlSubject(Prefix) and FenceSubjects(Prefix), and it allows batch
+// publishing); its
 // other settings are left as they are, and no message is ever deleted by
 // EnsureStream itself (a smaller MaxAge or MaxBytes does make JetStream drop
 // the messages beyond the new limit). Storage cannot be changed in place:
@@ -140,7 +141,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		return nil, fmt.Errorf("ensure stream: %w", err)
 	}
 	subject := cfg.Prefix + ".>"
-	subjects := []string{subject, ControlSubject(cfg.Prefix)}
+	subjects := []string{subject, ControlSubject(cfg.Prefix), FenceSubjects(cfg.Prefix)}
 
 	s, err := js.Stream(ctx, cfg.Name)
 	switch {
@@ -171,6 +172,13 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 			break
 		}
 		if err != nil {
+			// Readers starting together against a new NATS all create
+			// it: the one that lost may be refused for another reason
+			// (the storage the winner's reserved), with the stream there.
+			if other, lerr := js.Stream(ctx, cfg.Name); lerr == nil {
+				s = other
+				break
+			}
 			return nil, fmt.Errorf("create stream %s for %q: %w", cfg.Name, subject, err)
 		}
 		return s, nil

@@ -22,7 +22,7 @@ func TestEnsureStreamCreateThenUpdate(t *testing.T) {
 		t.Fatalf("create: %v", err)
 	}
 	cfg := s.CachedInfo().Config
-	if cfg.Name != DefaultStreamName || !slices.Equal(cfg.Subjects, []string{"tablecast.>", "_TABLECAST.tablecast.stream"}) ||
+	if cfg.Name != DefaultStreamName || !slices.Equal(cfg.Subjects, []string{"tablecast.>", "_TABLECAST.tablecast.stream", "_TABLECAST.tablecast.stream.fence.*"}) ||
 		!cfg.AllowBatchPublish || cfg.Duplicates != DefaultDuplicateWindow || cfg.Storage != jetstream.FileStorage || cfg.Replicas != 1 {
 		t.Fatalf("created with %+v", cfg)
 	}
@@ -78,7 +78,7 @@ func TestEnsureStreamUpgradesOldStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(info.Config.Subjects, []string{"tablecast.>", ControlSubject("tablecast")}) || !info.Config.AllowBatchPublish || info.State.Msgs != 1 {
+	if !slices.Equal(info.Config.Subjects, []string{"tablecast.>", ControlSubject("tablecast"), FenceSubjects("tablecast")}) || !info.Config.AllowBatchPublish || info.State.Msgs != 1 {
 		t.Fatalf("after EnsureStream: subjects %v, batches %v, %d messages", info.Config.Subjects, info.Config.AllowBatchPublish, info.State.Msgs)
 	}
 }

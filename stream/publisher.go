@@ -50,6 +50,11 @@ var (
 	// sent later without risking the order; WaitConnected waits for the
 	// connection before a new Publisher is started.
 	ErrNotConnected = errors.New("not connected to NATS")
+	// ErrFenced: JetStream refused a message because the fence it expects
+	// (WithFence) is no longer the last one: another reader took over
+	// and fenced this publisher out. What it published from then on is
+	// not stored and must not be published again by it.
+	ErrFenced = errors.New("fenced: another publisher took over (JetStream refused a message expecting an older fence)")
 	// ErrPublisherClosed is returned by Publish after Close. It is not a
 	// failure: Err stays nil.
 	ErrPublisherClosed = errors.New("publisher closed")
@@ -57,6 +62,14 @@ var (
 
 // msgIDHeader is the header JetStream de-duplicates on.
 const msgIDHeader = "Nats-Msg-Id"
+
+// The headers of a fenced message (WithFence), and the error code of
+// JetStream's refusal when the fence subject's last sequence is another.
+const (
+	fenceSeqHeader     = "Nats-Expected-Last-Subject-Sequence"
+	fenceSubjectHeader = "Nats-Expected-Last-Subject-Sequence-Subject"
+	errCodeWrongLast   = 10071
+)
 
 // seqField is the member of an acknowledgement that holds the stream
 // sequence the message was stored at.
@@ -96,6 +109,24 @@ func WithStream(name string) PublisherOption {
 func WithHeader(name, value string) PublisherOption {
 	return func(p *Publisher) {
 		p.extra = append(p.extra, [2]string{name, value})
+	}
+}
+
+// WithFence makes every message expect that the last message stored on
+// subject is at stream sequence seq (0: that none is), with JetStream's
+// Nats-Expected-Last-Subject-Sequence(-Subject) headers, which JetStream
+// checks for each message, in batches too. A refusal for another last
+// sequence fails the Publisher with ErrFenced. This is how a CDC reader
+// that took over from another makes sure that the other, should it still
+// run, cannot store anything after the takeover (FenceSubject). Only for a
+// stream with one replica: a replicated stream refuses a message expecting a
+// subject's sequence while an earlier one expecting it is not yet applied
+// (error 10164), which pipelined publishing always meets. Default: no fence.
+func WithFence(subject string, seq uint64) PublisherOption {
+	return func(p *Publisher) {
+		if subject != "" {
+			p.fenceSubject, p.fenceSeq = subject, strconv.FormatUint(seq, 10)
+		}
 	}
 }
 
@@ -144,15 +175,16 @@ func WithBatches(controlSubject string) PublisherOption {
 // duplicate window drops what had already been stored (beyond the window,
 // the caller must know it; see Watermark).
 type Publisher struct {
-	nc         *nats.Conn
-	log        *slog.Logger
-	ackTimeout time.Duration
-	stream     string      // see WithStream; learnt from the first ack if empty
-	extra      [][2]string // see WithHeader
-	extraSize  int         // what the WithHeader headers add to a message's headers
-	ackPrefix  []byte      // `{"stream":"<name>",`: how every ack from it starts
-	window     uint64      // maxInFlight
-	start      time.Time
+	nc                     *nats.Conn
+	log                    *slog.Logger
+	ackTimeout             time.Duration
+	stream                 string      // see WithStream; learnt from the first ack if empty
+	extra                  [][2]string // see WithHeader
+	extraSize              int         // what the WithHeader and WithFence headers add to a message's headers
+	fenceSubject, fenceSeq string      // see WithFence
+	ackPrefix              []byte      // `{"stream":"<name>",`: how every ack from it starts
+	window                 uint64      // maxInFlight
+	start                  time.Time
 
 	inbox  string // "<inbox>."; a reply subject is inbox + slot number
 	sub    *nats.Subscription
@@ -280,6 +312,16 @@ func NewPublisher(nc *nats.Conn, js jetstream.JetStream, maxInFlight int, log *s
 		p.header[name] = []string{value}
 		p.headerNoID[name] = []string{value}
 		p.extraSize += len(name) + len(": ") + len(value) + len("\r\n")
+	}
+	if p.fenceSubject != "" {
+		if p.headerNoID == nil {
+			p.headerNoID = nats.Header{}
+		}
+		for _, h := range [][2]string{{fenceSeqHeader, p.fenceSeq}, {fenceSubjectHeader, p.fenceSubject}} {
+			p.header[h[0]] = []string{h[1]}
+			p.headerNoID[h[0]] = []string{h[1]}
+			p.extraSize += len(h[0]) + len(": ") + len(h[1]) + len("\r\n")
+		}
 	}
 	p.reconnects = nc.Stats().Reconnects
 	if p.batching {
@@ -595,7 +637,7 @@ func (p *Publisher) ackSeq(m *nats.Msg) (uint64, error) {
 	}
 	switch {
 	case resp.Error != nil:
-		return 0, fmt.Errorf("%w: %s (code %d, error code %d)", ErrNegativeAck, resp.Error.Description, resp.Error.Code, resp.Error.ErrCode)
+		return 0, p.refusal(resp.Error.Description, resp.Error.Code, resp.Error.ErrCode)
 	case resp.Stream == "" || resp.Seq == 0:
 		return 0, fmt.Errorf("%w: reply is not an acknowledgement: %q", ErrNegativeAck, truncate(m.Data, 200))
 	case p.stream == "":
@@ -604,6 +646,16 @@ func (p *Publisher) ackSeq(m *nats.Msg) (uint64, error) {
 		return 0, fmt.Errorf("%w: acknowledged by stream %q, not %q", ErrNegativeAck, resp.Stream, p.stream)
 	}
 	return resp.Seq, nil
+}
+
+// refusal is the error of JetStream's refusal of a message: ErrFenced for a
+// fenced Publisher's message refused for its fence, ErrNegativeAck
+// otherwise.
+func (p *Publisher) refusal(desc string, code int, errCode uint16) error {
+	if p.fenceSubject != "" && errCode == errCodeWrongLast {
+		return fmt.Errorf("%w: %s (code %d, error code %d)", ErrFenced, desc, code, errCode)
+	}
+	return fmt.Errorf("%w: %s (code %d, error code %d)", ErrNegativeAck, desc, code, errCode)
 }
 
 // parseDigits parses the decimal number at the start of b, which must be

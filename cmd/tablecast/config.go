@@ -72,6 +72,7 @@ type Config struct {
 	StallLagBytes  int64         `envconfig:"STALL_LAG_BYTES" default:"16777216" desc:"WAL lag in bytes that counts as stalled after STALL_AFTER"`
 	Snapshot       string        `envconfig:"SNAPSHOT" default:"initial" desc:"when the slot is created: initial publishes the rows already there as op read, never does not"`
 	Heartbeat      time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"10s" desc:"how often a heartbeat is written to the WAL so an idle slot advances and lag is measured; 0 turns it off"`
+	LeaderLease    time.Duration `envconfig:"LEADER_LEASE" default:"5s" desc:"readers of one slot share a lease in NATS: the holder streams, the others stand by and take over once it has not been renewed for this long (at least 1s)"`
 	TopicRoles     []string      `envconfig:"TOPIC_ROLES" desc:"database roles that may publish custom-topic messages (pg_logical_emit_message), comma-separated; tablecast doctor warns about any other; empty: only tablecast's role and superusers"`
 	RowState       bool          `envconfig:"ROW_STATE" default:"false" desc:"keep the latest version of every row in JetStream (stream <TABLECAST_STREAM>_ROWS), so that subscriptions with snapshot (live views) start from the rows that match now; run and cdc; about doubles what JetStream stores per change"`
 	RowStateTables []string      `envconfig:"ROW_STATE_TABLES" default:"*" desc:"tables whose rows are kept: comma-separated schema.table or schema.* patterns, * for all"`
@@ -151,6 +152,9 @@ func loadConfig() (Config, error) {
 	}
 	if c.Heartbeat < 0 {
 		errs = append(errs, fmt.Errorf("TABLECAST_HEARTBEAT_INTERVAL %s: must be positive, or 0 to turn heartbeats off", c.Heartbeat))
+	}
+	if c.LeaderLease < time.Second {
+		errs = append(errs, fmt.Errorf("TABLECAST_LEADER_LEASE %s: must be at least 1s", c.LeaderLease))
 	}
 	if c.StreamMaxAge < 0 {
 		errs = append(errs, fmt.Errorf("TABLECAST_STREAM_MAX_AGE %s: must be positive, or 0 for no age limit", c.StreamMaxAge))
@@ -312,6 +316,7 @@ func (c Config) cdcConfig() cdc.Config {
 		StallAfter:    c.StallAfter,
 		StallLagBytes: c.StallLagBytes,
 		TopicRoles:    c.TopicRoles,
+		LeaderLease:   c.LeaderLease,
 		HeartbeatInterval: func() time.Duration {
 			if c.Heartbeat == 0 {
 				return -1 // off

@@ -33,6 +33,8 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		{map[string]string{"TABLECAST_STALL_AFTER": "0s"}, []string{"TABLECAST_STALL_AFTER 0s: must be positive"}},
 		{map[string]string{"TABLECAST_STALL_LAG_BYTES": "-1"}, []string{"TABLECAST_STALL_LAG_BYTES -1: must be positive"}},
 		{map[string]string{"TABLECAST_HEARTBEAT_INTERVAL": "-10s"}, []string{"TABLECAST_HEARTBEAT_INTERVAL -10s: must be positive, or 0"}},
+		{map[string]string{"TABLECAST_LEADER_LEASE": "500ms"}, []string{"TABLECAST_LEADER_LEASE 500ms: must be at least 1s"}},
+		{map[string]string{"TABLECAST_LEADER_LEASE": "briefly"}, []string{`TABLECAST_LEADER_LEASE "briefly": not a duration`}},
 		{map[string]string{"TABLECAST_STREAM_MAX_AGE": "-1h"}, []string{"TABLECAST_STREAM_MAX_AGE -1h0m0s: must be positive"}},
 		{map[string]string{"TABLECAST_STREAM_MAX_BYTES": "0"}, []string{"TABLECAST_STREAM_MAX_BYTES 0: must be positive"}},
 		{map[string]string{"TABLECAST_STREAM_REPLICAS": "7"}, []string{"TABLECAST_STREAM_REPLICAS 7: must be between 1 and 5"}},

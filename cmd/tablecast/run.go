@@ -157,7 +157,9 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 			ready = ready && gw.Ready()
 		}
 		if reader != nil {
-			ready = ready && reader.Health().Streaming
+			// A standby is ready: it does what it is there for, waiting.
+			rh := reader.Health()
+			ready = ready && (rh.Streaming || rh.Role == "standby")
 			if cfg.RowState {
 				m := rowState.Load()
 				ready = ready && m != nil && m.Ready()

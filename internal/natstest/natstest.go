@@ -193,19 +193,30 @@ func (s *Server) Restart() {
 	s.listen = strings.TrimPrefix(emb.ClientURL(), "nats://")
 }
 
-// Count returns how many messages the stream holds, 0 if it does not exist
-// (yet) or the server cannot be reached.
+// Count returns how many messages the stream holds outside tablecast's
+// control subjects (the readers' fences), 0 if it does not exist (yet) or
+// the server cannot be reached.
 func (s *Server) Count(streamName string) uint64 {
 	st, err := s.JS.Stream(context.Background(), streamName)
 	if err != nil {
 		return 0
 	}
-	info, err := st.Info(context.Background())
+	// Fences (stream.FenceSubject) are stored among the events; they are
+	// not counted.
+	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(controlSubjects))
 	if err != nil {
 		return 0
 	}
-	return info.State.Msgs
+	n := info.State.Msgs
+	for _, c := range info.State.Subjects {
+		n -= c
+	}
+	return n
 }
+
+// controlSubjects are tablecast's control subjects (stream.ControlToken),
+// which Count and ReadAll leave out.
+const controlSubjects = "_TABLECAST.>"
 
 // Stored is one message of a stream.
 type Stored struct {
@@ -216,8 +227,9 @@ type Stored struct {
 	Data    []byte
 }
 
-// ReadAll returns every message the stream holds, in stream order, read
-// with an ordered consumer.
+// ReadAll returns every message the stream holds outside tablecast's
+// control subjects (the readers' fences), in stream order, read with an
+// ordered consumer.
 func (s *Server) ReadAll(t testing.TB, streamName string) []Stored {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -239,6 +251,9 @@ func (s *Server) ReadAll(t testing.TB, streamName string) []Stored {
 		got := 0
 		for m := range batch.Messages() {
 			got++
+			if strings.HasPrefix(m.Subject(), "_TABLECAST.") {
+				continue
+			}
 			md, _ := m.Metadata()
 			out = append(out, Stored{Subject: m.Subject(), Seq: md.Sequence.Stream, MsgID: m.Headers().Get("Nats-Msg-Id"),
 				Header: m.Headers(), Data: append([]byte(nil), m.Data()...)})

@@ -1,0 +1,350 @@
+package cdc
+
+// Reader failover: one leader per slot, any number of standbys.
+//
+// Readers of one slot share a lease, a key of LeaseBucket named after the
+// slot. The reader that holds it streams; the others wait. The leader
+// renews it every LeaderLease/3 with an update conditional on the revision
+// it last wrote. A standby takes the lease over once its revision has stood
+// still for a whole LeaderLease as the standby itself has watched it: every
+// duration is measured on one clock, the watcher's or the holder's, never
+// compared across machines. The leader counts its lease from the moment it
+// sent the request of its last successful write, and stops streaming
+// (cancels its session, closes its replication connection) once
+// LeaderLease minus a margin has passed since: a standby sees the revision
+// after it was written, so it waits longer than the leader holds.
+//
+// A leader that merely paused (SIGSTOP, a long GC, a frozen VM) may wake up
+// with messages still on their way to JetStream. So the reader that takes
+// over publishes a fence into the event stream (stream.FenceSubject) and
+// every event it publishes expects the fence subject's last message to be
+// that fence (stream.WithFence): the old leader's events expect an older
+// one and are refused, and it learns that it was fenced out. Only then does
+// the new leader read what the stream holds (resume), so nothing of the old
+// one can land after what it learnt. A stream with more than one replica
+// cannot check a fence on pipelined messages (see stream.WithFence): there
+// the lease's margin alone keeps the two apart.
+//
+// A reader that finds no lease (the first, or its holder gave it up on
+// stopping, after its sessions had ended) creates it, stores no fence and
+// expects the last one stored, if any: only a takeover stores a fence, so a
+// lone reader's stream holds one only after it was restarted from a crash.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/stream"
+)
+
+// LeaseBucket is the key-value bucket of the readers' leases, one key per
+// slot.
+const LeaseBucket = "TABLECAST_LEASES"
+
+// DefaultLeaderLease is the default Config.LeaderLease.
+const DefaultLeaderLease = 5 * time.Second
+
+// leaseValue is what a lease's key holds.
+type leaseValue struct {
+	Holder string    `json:"holder"` // the holding reader's random token
+	Host   string    `json:"host"`
+	PID    int       `json:"pid"`
+	Since  time.Time `json:"since"` // when it took the lease
+	// Fence is the stream sequence of the fence the holder's events expect
+	// (0: none stored, or the stream does not take fences).
+	Fence uint64 `json:"fence"`
+}
+
+// leaseMargin is how much sooner than a standby could take the lease over
+// the leader gives it up: room for clocks that run at slightly different
+// rates and for its session to stop.
+func leaseMargin(ttl time.Duration) time.Duration { return ttl / 5 }
+
+// leasePoll is how often a standby looks at the lease.
+func leasePoll(ttl time.Duration) time.Duration { return min(time.Second, ttl/5) }
+
+// holderWatch is a standby's view of the lease: the revision it last saw
+// and since when, on its own clock.
+type holderWatch struct {
+	rev  uint64
+	seen time.Time
+}
+
+// expired records that the lease is at revision rev at now and reports
+// whether that revision has stood still for ttl.
+func (w *holderWatch) expired(rev uint64, now time.Time, ttl time.Duration) bool {
+	if rev != w.rev || w.seen.IsZero() {
+		w.rev, w.seen = rev, now
+		return false
+	}
+	return now.Sub(w.seen) >= ttl
+}
+
+// lease is a lease the reader holds.
+type lease struct {
+	kv  jetstream.KeyValue
+	key string
+	ttl time.Duration
+
+	mu      sync.Mutex
+	val     leaseValue
+	rev     uint64
+	renewed time.Time // when the request of the last successful write was sent
+}
+
+// validAt reports whether the lease is still the leader's at now.
+func (l *lease) validAt(now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return now.Before(l.deadline())
+}
+
+// deadline is when the leader must have stopped; l.mu held.
+func (l *lease) deadline() time.Time {
+	return l.renewed.Add(l.ttl - leaseMargin(l.ttl))
+}
+
+// errLeaseTaken: the lease's revision is not the one the leader wrote.
+var errLeaseTaken = errors.New("another reader holds the lease")
+
+// write stores v as the lease's value, conditional on the revision last
+// written.
+func (l *lease) write(ctx context.Context, v leaseValue) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode lease: %w", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sent := time.Now()
+	rev, err := l.kv.Update(ctx, l.key, b, l.rev)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return errLeaseTaken
+		}
+		return fmt.Errorf("renew lease %s: %w", l.key, err)
+	}
+	l.val, l.rev, l.renewed = v, rev, sent
+	return nil
+}
+
+// value returns the lease's value as last written.
+func (l *lease) value() leaseValue {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.val
+}
+
+// hold renews the lease until ctx ends, and calls lost (then returns) once
+// it no longer holds it: another reader took it, or it could not be renewed
+// in time.
+func (l *lease) hold(ctx context.Context, lost func(reason string)) {
+	every := l.ttl / 3
+	wait := every
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		l.mu.Lock()
+		deadline := l.deadline()
+		l.mu.Unlock()
+		if !time.Now().Before(deadline) {
+			lost(fmt.Sprintf("lease not renewed for %s", l.ttl-leaseMargin(l.ttl)))
+			return
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
+		err := l.write(rctx, l.value())
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, errLeaseTaken):
+			lost(err.Error())
+			return
+		case err != nil:
+			wait = min(every, 200*time.Millisecond) // try again soon, within the deadline
+		default:
+			wait = every
+		}
+	}
+}
+
+// release deletes the lease if the reader still holds it, so that a
+// standby (or the reader's next start) takes it at once, and reports
+// whether it did.
+func (l *lease) release() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !time.Now().Before(l.deadline()) {
+		return false
+	}
+	return l.kv.Delete(ctx, l.key, jetstream.LastRevision(l.rev)) == nil
+}
+
+// currentRev is the revision last written.
+func (l *lease) currentRev() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.rev
+}
+
+// setRole records whether the reader leads, and the lease's holder as last
+// seen, for health and metrics.
+func (r *Reader) setRole(leader bool, holder leaseValue) {
+	r.roleMu.Lock()
+	r.holder = holder
+	r.roleMu.Unlock()
+	if r.leader.Swap(leader) != leader || !leader {
+		if leader {
+			r.m.leader.Set(1)
+		} else {
+			r.m.leader.Set(0)
+			r.markRegistered() // the leader registered the tables
+		}
+	}
+}
+
+// role returns "leader" or "standby", and the lease's holder as last seen.
+func (r *Reader) role() (string, leaseValue) {
+	r.roleMu.Lock()
+	defer r.roleMu.Unlock()
+	if r.leader.Load() {
+		return "leader", r.holder
+	}
+	return "standby", r.holder
+}
+
+// checkSlotExists looks the slot up again.
+func (r *Reader) checkSlotExists(ctx context.Context) (bool, error) {
+	conn, err := pgx.Connect(ctx, r.cfg.DatabaseURL)
+	if err != nil {
+		return false, fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	defer conn.Close(context.Background())
+	return checkSlot(ctx, conn, r.cfg, r.db)
+}
+
+// acquired is how the reader came to hold a lease.
+type acquired struct {
+	l *lease
+	// takeover: the lease was another holder's (another reader, or this
+	// one's previous process) that did not give it up: that holder may
+	// still run, so it is fenced out and its walsender ended.
+	takeover bool
+	prev     leaseValue // the holder taken over from
+}
+
+// acquireLease waits as a standby until the reader holds the slot's lease.
+func (r *Reader) acquireLease(ctx context.Context) (acquired, error) {
+	host, _ := os.Hostname()
+	ttl := r.cfg.LeaderLease
+	var (
+		w      holderWatch
+		warned bool
+		// own is the revision this reader last wrote as leader: finding it
+		// still there, nobody took the lease meanwhile, and the reader
+		// takes it back at once, with no fence against itself.
+		own = r.ownRev
+	)
+	for {
+		sent := time.Now()
+		val := leaseValue{Holder: r.token, Host: host, PID: os.Getpid(), Since: sent.UTC()}
+		b, _ := json.Marshal(val)
+		e, err := r.leases.Get(ctx, r.cfg.Slot)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			rev, err := r.leases.Create(ctx, r.cfg.Slot, b)
+			if err == nil {
+				return acquired{l: &lease{kv: r.leases, key: r.cfg.Slot, ttl: ttl, val: val, rev: rev, renewed: sent}}, nil
+			}
+			if !errors.Is(err, jetstream.ErrKeyExists) && ctx.Err() == nil && !warned {
+				r.log.Warn("cannot take the lease; retrying", "err", err)
+				warned = true
+			}
+		case err != nil:
+			if ctx.Err() == nil && !warned {
+				r.log.Warn("cannot read the lease; retrying", "bucket", LeaseBucket, "err", err)
+				warned = true
+			}
+		default:
+			var cur leaseValue
+			_ = json.Unmarshal(e.Value(), &cur)
+			r.setRole(false, cur)
+			mine := cur.Holder == r.token && own != 0 && e.Revision() == own
+			if mine || w.expired(e.Revision(), time.Now(), ttl) {
+				rev, err := r.leases.Update(ctx, r.cfg.Slot, b, e.Revision())
+				if err == nil {
+					l := &lease{kv: r.leases, key: r.cfg.Slot, ttl: ttl, val: val, rev: rev, renewed: sent}
+					if mine {
+						l.val.Fence = cur.Fence
+						return acquired{l: l}, nil
+					}
+					return acquired{l: l, takeover: true, prev: cur}, nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return acquired{}, ctx.Err()
+		case <-time.After(leasePoll(ttl)):
+		}
+	}
+}
+
+// fence makes the events of the lease's holder expect a fence: after a
+// takeover, a new one published now; otherwise the fence subject's last
+// message, if any. It writes the fence into the lease. It returns 0 and
+// does nothing when the stream cannot check fences (more than one replica,
+// or it does not capture the fence subject).
+func (r *Reader) fence(ctx context.Context, a acquired) (seq uint64, on bool, err error) {
+	subject := stream.FenceSubject(r.prefix, r.cfg.Slot)
+	st, err := r.js.Stream(ctx, r.cfg.Stream)
+	if err != nil {
+		return 0, false, fmt.Errorf("look up stream %s: %w", r.cfg.Stream, err)
+	}
+	cfg := st.CachedInfo().Config
+	if cfg.Replicas > 1 || !slices.Contains(cfg.Subjects, stream.FenceSubjects(r.prefix)) {
+		return 0, false, nil
+	}
+	if a.takeover {
+		b, _ := json.Marshal(map[string]any{"holder": r.token, "previous_holder": a.prev.Holder, "previous_host": a.prev.Host, "previous_pid": a.prev.PID})
+		ack, err := r.js.Publish(ctx, subject, b)
+		if err != nil {
+			return 0, false, fmt.Errorf("publish fence on %s: %w", subject, err)
+		}
+		if ack.Stream != r.cfg.Stream {
+			return 0, false, fmt.Errorf("publish fence on %s: stored by stream %s, not %s", subject, ack.Stream, r.cfg.Stream)
+		}
+		seq = ack.Sequence
+	} else if a.l.val.Fence != 0 {
+		seq = a.l.val.Fence
+	} else {
+		m, err := st.GetLastMsgForSubject(ctx, subject)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		case err != nil:
+			return 0, false, fmt.Errorf("read the last fence on %s: %w", subject, err)
+		default:
+			seq = m.Sequence
+		}
+	}
+	v := a.l.value()
+	v.Fence = seq
+	if err := a.l.write(ctx, v); err != nil {
+		return 0, false, fmt.Errorf("write fence %d into the lease: %w", seq, err)
+	}
+	return seq, true, nil
+}

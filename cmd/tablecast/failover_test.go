@@ -1,0 +1,326 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/cdc"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// Reader failover: several `tablecast cdc` processes on one slot, one
+// leading through its lease in NATS, the others standing by.
+
+// failoverReader is one `tablecast cdc` process of a failover test.
+type failoverReader struct {
+	name string
+	addr string // its HTTP address: /healthz
+	cmd  *exec.Cmd
+	logs *lockedBuffer
+}
+
+// healthClient asks for /healthz: a paused process does not answer.
+var healthClient = &http.Client{Timeout: 2 * time.Second}
+
+// readerHealth is the reader part of /healthz.
+type readerHealth struct {
+	Reader *cdc.Health `json:"reader"`
+}
+
+// health returns the reader's /healthz, nil if it does not answer.
+func (r *failoverReader) health() *cdc.Health {
+	resp, err := healthClient.Get("http://" + r.addr + "/healthz")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var h readerHealth
+	if json.NewDecoder(resp.Body).Decode(&h) != nil {
+		return nil
+	}
+	return h.Reader
+}
+
+// startFailoverReaders starts n `tablecast cdc` processes with env (which
+// names the database, NATS and the slot) and waits until one leads and the
+// others stand by.
+func startFailoverReaders(t *testing.T, n int, env []string) []*failoverReader {
+	t.Helper()
+	var rs []*failoverReader
+	for i := range n {
+		rs = append(rs, startFailoverReader(t, fmt.Sprintf("reader%d", i+1), env))
+	}
+	waitFor(t, time.Minute, "one reader to lead and the others to stand by", func() bool {
+		leaders, standbys := 0, 0
+		for _, r := range rs {
+			switch h := r.health(); {
+			case h == nil:
+			case h.Role == "leader" && h.Streaming:
+				leaders++
+			case h.Role == "standby":
+				standbys++
+			}
+		}
+		return leaders == 1 && standbys == n-1
+	})
+	return rs
+}
+
+// startFailoverReader starts one `tablecast cdc` process; it is killed at
+// the test's end if it still runs.
+func startFailoverReader(t *testing.T, name string, env []string) *failoverReader {
+	t.Helper()
+	r := &failoverReader{name: name, addr: freeAddr(t), logs: &lockedBuffer{}}
+	r.cmd = exec.Command(binary(t), "cdc")
+	r.cmd.Env = append(append(baseEnv(), env...), "TABLECAST_HTTP_ADDR="+r.addr)
+	r.cmd.Stderr = r.logs
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if r.cmd.ProcessState == nil {
+			_ = r.cmd.Process.Signal(syscall.SIGCONT)
+			_ = r.cmd.Process.Kill()
+			_ = r.cmd.Wait()
+		}
+	})
+	return r
+}
+
+// leaderOf returns the reader of rs that leads and streams, nil if none.
+func leaderOf(rs []*failoverReader, skip ...*failoverReader) *failoverReader {
+	for _, r := range rs {
+		if r.cmd.ProcessState != nil || slices.Contains(skip, r) {
+			continue
+		}
+		if h := r.health(); h != nil && h.Role == "leader" && h.Streaming {
+			return r
+		}
+	}
+	return nil
+}
+
+// failoverSetup makes the tables of the ordered load, a NATS server of its
+// own and the environment of the readers.
+func failoverSetup(t *testing.T, name, lease string) (*natsServer, []string, string) {
+	t.Helper()
+	c := pgtestRequire(t)
+	_, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	if _, err := conn.Exec(context.Background(), `CREATE TABLE a (id int PRIMARY KEY, v int); CREATE TABLE b (id int PRIMARY KEY, v text)`); err != nil {
+		t.Fatal(err)
+	}
+	slot := fmt.Sprintf("tc_%s_%d", name, os.Getpid())
+	dropSlotAtCleanup(t, url, slot)
+	n := startNATS(t)
+	env := []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_NATS_URL=" + n.URL(), "TABLECAST_SLOT=" + slot,
+		"TABLECAST_PUBLICATION=tc_" + name, "TABLECAST_LEADER_LEASE=" + lease, "TABLECAST_LOG_LEVEL=info"}
+	return n, env, url
+}
+
+// fences counts the fences stored in the event stream.
+func fences(t *testing.T, n *natsServer) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := n.JS.Stream(ctx, "TABLECAST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(stream.FenceSubjects("")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c uint64
+	for _, v := range info.State.Subjects {
+		c += v
+	}
+	return c
+}
+
+// killRounds SIGKILLs the leader of rs kills times under the load (rounds
+// numbered from first), waiting pause before each kill, and returns how long each takeover took: from
+// the kill to another reader leading and streaming.
+func killRounds(t *testing.T, rs []*failoverReader, first, kills int, pause time.Duration) []time.Duration {
+	t.Helper()
+	var took []time.Duration
+	for round := first; round < first+kills; round++ {
+		time.Sleep(pause)
+		leader := leaderOf(rs)
+		if leader == nil {
+			t.Fatalf("round %d: no reader leads", round+1)
+		}
+		if err := leader.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		killed := time.Now()
+		_ = leader.cmd.Wait()
+		var next *failoverReader
+		waitFor(t, 30*time.Second, "a standby to take over", func() bool {
+			next = leaderOf(rs, leader)
+			return next != nil
+		})
+		d := time.Since(killed)
+		took = append(took, d)
+		t.Logf("round %d: %s killed, %s took over after %s", round+1, leader.name, next.name, d.Round(time.Millisecond))
+	}
+	return took
+}
+
+// checkExactlyOnce waits for every committed change in the stream and
+// checks each is there once, in commit order.
+func checkExactlyOnce(t *testing.T, n *natsServer, committed map[string][]change) int {
+	t.Helper()
+	want := 0
+	for _, cs := range committed {
+		want += len(cs)
+	}
+	waitFor(t, 2*time.Minute, fmt.Sprintf("%d events in the stream", want), func() bool {
+		got := n.count(t)
+		if got > uint64(want) {
+			t.Fatalf("stream holds %d events, more than the %d committed", got, want)
+		}
+		return got == uint64(want)
+	})
+	assertCommitted(t, n, committed)
+	assertIDsIncrease(t, n)
+	return want
+}
+
+// TestReaderFailover: three `tablecast cdc` processes on one slot against
+// one NATS; the leader is SIGKILLed twice under a steady writer, and each
+// time a standby takes over. Every committed change is in the stream once,
+// in commit order, each takeover is fenced, and a WebSocket client that
+// resumes with `from` receives its table's changes once, in order, with no
+// gap.
+func TestReaderFailover(t *testing.T) {
+	n, env, url := failoverSetup(t, "failover", "2s")
+	rs := startFailoverReaders(t, 3, env)
+
+	gwAddr := freeAddr(t)
+	startProcess(t, append(baseEnv(), "TABLECAST_NATS_URL="+n.URL(), "TABLECAST_HTTP_ADDR="+gwAddr, "TABLECAST_LOG_LEVEL=warn"), "gateway")
+	waitFor(t, time.Minute, "/readyz of tablecast gateway", func() bool {
+		code, _, err := httpGet("http://" + gwAddr + "/readyz")
+		return err == nil && code == 200
+	})
+	client := startResumingClient(t, "public.a", "ws://"+gwAddr+"/ws")
+
+	load := startOrderedLoad(t, connect(t, url), 2*time.Millisecond)
+	took := killRounds(t, rs, 0, 2, 3*time.Second)
+	time.Sleep(2 * time.Second)
+	committed := load.stop(t)
+	want := checkExactlyOnce(t, n, committed)
+	if f := fences(t, n); f < 2 {
+		t.Errorf("%d fences in the stream after 2 takeovers, want 2 or more", f)
+	}
+
+	wantA := committed["a"]
+	waitFor(t, time.Minute, fmt.Sprintf("the client to receive %d changes of a", len(wantA)), func() bool {
+		return client.count() >= len(wantA)
+	})
+	got := client.stop()
+	if len(got) != len(wantA) {
+		t.Fatalf("the client received %d changes of a, %d were committed", len(got), len(wantA))
+	}
+	for i := range wantA {
+		if got[i] != wantA[i] {
+			t.Fatalf("client's change %d is %v, want %v (lost, repeated or out of order)", i, got[i], wantA[i])
+		}
+	}
+	t.Logf("%d events, each once, in commit order, across 2 leader kills (takeovers %v); the client received %d changes of a",
+		want, took, len(got))
+}
+
+// TestReaderFailoverPausedLeader: the leader is paused (SIGSTOP) under a
+// steady writer; a standby takes over once the lease has expired and ends
+// the paused leader's walsender. The old leader is resumed (SIGCONT) while
+// the writes go on: it stops streaming (its lease is lost, or JetStream
+// refuses its events for the new fence) and stands by, and the stream
+// still holds every change once, in commit order.
+func TestReaderFailoverPausedLeader(t *testing.T) {
+	n, env, url := failoverSetup(t, "paused", "2s")
+	rs := startFailoverReaders(t, 2, env)
+	load := startOrderedLoad(t, connect(t, url), 2*time.Millisecond)
+
+	time.Sleep(2 * time.Second)
+	old := leaderOf(rs)
+	if old == nil {
+		t.Fatal("no reader leads")
+	}
+	if err := old.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	var next *failoverReader
+	waitFor(t, 30*time.Second, "the standby to take over from the paused leader", func() bool {
+		next = leaderOf(rs, old)
+		return next != nil
+	})
+	t.Logf("%s paused, %s took over after %s", old.name, next.name, time.Since(paused).Round(time.Millisecond))
+	time.Sleep(2 * time.Second)
+	if err := old.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the resumed leader to stand by", func() bool {
+		h := old.health()
+		return h != nil && h.Role == "standby" && !h.Streaming && h.Leader != nil && !h.Leader.Self
+	})
+	logs := old.logs.String()
+	fenced := strings.Contains(logs, "fenced out")
+	if !fenced && !strings.Contains(logs, "lost the lease") {
+		t.Errorf("the resumed leader logged neither that it lost its lease nor that it was fenced out:\n%s", logs)
+	}
+	time.Sleep(2 * time.Second)
+	if leaderOf(rs) != next {
+		t.Error("the new leader no longer leads after the old one woke up")
+	}
+	committed := load.stop(t)
+	want := checkExactlyOnce(t, n, committed)
+	t.Logf("%d events, each once, in commit order; the resumed leader stood by (fenced: %t)", want, fenced)
+}
+
+// TestSoakReaderFailover (make soak): three readers under a writer for a
+// minute, the leader SIGKILLed five times with the default lease; every
+// change once, in commit order, and the takeover times.
+func TestSoakReaderFailover(t *testing.T) {
+	if os.Getenv("TABLECAST_SOAK") == "" {
+		t.Skip("a soak test: TABLECAST_SOAK=1 (make soak)")
+	}
+	n, env, url := failoverSetup(t, "failsoak", cdc.DefaultLeaderLease.String())
+	rs := startFailoverReaders(t, 3, env)
+	// The killed readers are started again, so that three run each time.
+	load := startOrderedLoad(t, connect(t, url), time.Millisecond)
+	var took []time.Duration
+	started := time.Now()
+	for round := range 5 {
+		took = append(took, killRounds(t, rs, round, 1, 8*time.Second)...)
+		for i, r := range rs {
+			if r.cmd.ProcessState != nil {
+				again := startFailoverReader(t, r.name, env)
+				waitFor(t, time.Minute, again.name+" to stand by", func() bool {
+					h := again.health()
+					return h != nil && h.Role == "standby"
+				})
+				rs[i] = again
+			}
+		}
+	}
+	time.Sleep(time.Until(started.Add(time.Minute)))
+	committed := load.stop(t)
+	want := checkExactlyOnce(t, n, committed)
+	sorted := slices.Clone(took)
+	slices.Sort(sorted)
+	t.Logf("%d events, each once, in commit order, across %d leader kills; takeover p50 %s, max %s (lease %s): %v",
+		want, len(took), sorted[len(sorted)/2].Round(time.Millisecond), sorted[len(sorted)-1].Round(time.Millisecond), cdc.DefaultLeaderLease, took)
+}
