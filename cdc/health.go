@@ -17,7 +17,8 @@ type Health struct {
 	LagBytes  int64    `json:"lag_bytes"`
 	Reasons   []string `json:"reasons,omitempty"`
 	// Role is "leader" while the reader holds its slot's lease and
-	// streams, "standby" while another reader does (lease.go).
+	// streams, "standby" while another reader does, "starting" before it
+	// knows which (lease.go).
 	Role string `json:"role"`
 	// Leader is the lease's holder as last seen: this reader itself while
 	// it leads.

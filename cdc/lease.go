@@ -217,14 +217,22 @@ func (r *Reader) setRole(leader bool, holder leaseValue) {
 	}
 }
 
-// role returns "leader" or "standby", and the lease's holder as last seen.
+// role returns "leader" while the reader holds the lease, "standby" once it
+// has seen another reader hold it, and "starting" before either: it has not
+// looked at the lease yet, or it found the lease free and is taking it. A
+// starting reader is not ready: a lone reader, which takes the lease at
+// once, must not say it is before its slot exists, or changes made
+// meanwhile would not be streamed.
 func (r *Reader) role() (string, leaseValue) {
 	r.roleMu.Lock()
 	defer r.roleMu.Unlock()
-	if r.leader.Load() {
+	switch {
+	case r.leader.Load():
 		return "leader", r.holder
+	case r.holder.Holder != "" && r.holder.Holder != r.token:
+		return "standby", r.holder
 	}
-	return "standby", r.holder
+	return "starting", r.holder
 }
 
 // checkSlotExists looks the slot up again.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/tablecast/tablecast/internal/natstest"
 )
 
 // TestRunLetsClientsInOnceTablesAreKnown starts `tablecast run` and dials
@@ -60,4 +62,40 @@ func TestRunLetsClientsInOnceTablesAreKnown(t *testing.T) {
 	if refused == 0 {
 		t.Log("no upgrade was refused: the gateway was ready by the first attempt")
 	}
+}
+
+// TestCDCReadyOnlyOnceItStreams starts a lone `tablecast cdc` and polls its
+// /readyz from the moment it listens: the first 200 must come only once the
+// slot exists, and a row inserted right then must be streamed. (A reader
+// takes its slot's lease first; before it has, or seen another reader hold
+// it, it is neither leader nor standby and not ready.)
+func TestCDCReadyOnlyOnceItStreams(t *testing.T) {
+	c := pgtestRequire(t)
+	_, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	ctx := context.Background()
+	if _, err := conn.Exec(ctx, `CREATE TABLE items (id int PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	slot := fmt.Sprintf("tc_cdcready_%d", os.Getpid())
+	dropSlotAtCleanup(t, url, slot)
+	n := natstest.Start(t)
+	httpAddr := freeAddr(t)
+	startProcess(t, append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_cdcready",
+		"TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_NATS_URL="+n.URL()), "cdc")
+	waitFor(t, 2*time.Minute, "/readyz", func() bool {
+		code, _, err := httpGet("http://" + httpAddr + "/readyz")
+		return err == nil && code == 200
+	})
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&exists); err != nil {
+		t.Fatal(err)
+	}
+	if !exists {
+		t.Fatal("/readyz answered 200 before the reader's slot existed")
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO items VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "the row inserted once ready to be streamed", func() bool { return n.Count("TABLECAST") == 1 })
 }
