@@ -148,6 +148,15 @@ func TestRefresh(t *testing.T) {
 		t.Fatalf("before the refresh: %s", f.raw)
 	}
 	c.read(10 * time.Second) // the same event for "creates"
+	// A third row, which both receive: the feed has then handled the globex
+	// row before it under the first token's policy. (A refresh applies from
+	// the next event the feed handles, which could otherwise be that row.)
+	e.publish(schema.OpCreate, map[string]any{"id": 102, "tenant": "acme"})
+	for _, id := range []string{"all", "creates"} {
+		if f := c.read(10 * time.Second); f.ID != id || e2eTenant(f) != "acme" {
+			t.Fatalf("the third row before the refresh: %s, want it for %s", f.raw, id)
+		}
+	}
 
 	exp := time.Now().Add(2 * time.Hour).Unix()
 	second := token(t, map[string]any{
