@@ -268,6 +268,27 @@ func (d *testDB) slotLSN(t testing.TB) string {
 	return *lsn
 }
 
+// waitSlotInactive waits until no walsender holds the slot: a reader's
+// replication connection ends with it, but the walsender process exits a
+// moment later.
+func (d *testDB) waitSlotInactive(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var active bool
+		if err := d.conn.QueryRow(context.Background(), `SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1`, d.slot).Scan(&active); err != nil {
+			t.Fatalf("read slot: %v", err)
+		}
+		if !active {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slot %s still active 30s after its reader stopped", d.slot)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func pgtestCluster(t testing.TB) *pgtest.Cluster { return pgtest.Require(t) }
 
 // reconnect replaces the test's connection, e.g. after PostgreSQL restarted.

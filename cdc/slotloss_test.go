@@ -31,6 +31,7 @@ func TestSlotLostIsReported(t *testing.T) {
 	r.stop(t)
 
 	db.exec(t, `INSERT INTO t VALUES (4)`)
+	db.waitSlotInactive(t)
 	db.exec(t, `SELECT pg_drop_replication_slot($1)`, db.slot)
 	db.exec(t, `INSERT INTO t VALUES (5)`)
 
