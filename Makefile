@@ -5,7 +5,7 @@ GO      ?= go
 BIN     := bin/tablecast
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # Short fuzz runs in `make test`; longer ones with `make fuzz FUZZTIME=5m`.
-FUZZTIME ?= 10s
+FUZZTIME ?= 3s
 
 .PHONY: build run test vet fuzz bench soak pg-start pg-stop clean
 
