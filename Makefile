@@ -4,8 +4,9 @@
 GO      ?= go
 BIN     := bin/tablecast
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-# Short fuzz runs in `make test`; longer ones with `make fuzz FUZZTIME=5m`.
-FUZZTIME ?= 3s
+# `make test` runs every fuzz target's seed corpus (they are tests); `make
+# fuzz` fuzzes each for FUZZTIME, and `make soak` runs it too.
+FUZZTIME ?= 30s
 
 .PHONY: build run test vet fuzz bench soak pg-start pg-stop clean
 
@@ -39,7 +40,6 @@ test: vet
 	@scripts/pg.sh install
 	@scripts/test-tools.sh install
 	$(GO) test -race -count=1 -timeout 9m ./...
-	@$(MAKE) --no-print-directory fuzz
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzScan$$' -fuzztime=$(FUZZTIME) ./internal/jsonx
@@ -64,6 +64,7 @@ bench:
 soak:
 	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 60m -run 'Soak|Crash|FullDisk|LiveView' -v ./cmd/tablecast
 	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 60m -run 'Soak' -v ./wsgate
+	@$(MAKE) --no-print-directory fuzz
 
 pg-start:
 	scripts/pg.sh start
