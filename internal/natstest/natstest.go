@@ -238,7 +238,17 @@ func (s *Server) ReadAll(t testing.TB, streamName string) []Stored {
 	if total == 0 {
 		return nil
 	}
-	cons, err := s.JS.OrderedConsumer(ctx, streamName, jetstream.OrderedConsumerConfig{})
+	// On a cluster whose nodes were just restarted, the JetStream API may
+	// have no responder for a moment: try again for a while.
+	var cons jetstream.Consumer
+	var err error
+	for {
+		if cons, err = s.JS.OrderedConsumer(ctx, streamName, jetstream.OrderedConsumerConfig{}); err == nil || ctx.Err() != nil ||
+			!errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatalf("read stream %s: %v", streamName, err)
 	}
