@@ -91,35 +91,10 @@ func TestSoakNATSClusterNodeLoss(t *testing.T) {
 	time.Sleep(5 * time.Second)
 	committed := load.stop(t)
 
-	want := 0
-	for _, cs := range committed {
-		want += len(cs)
-	}
-	waitFor(t, 3*time.Minute, fmt.Sprintf("%d events in the stream", want), func() bool {
-		got := cl.Count("TABLECAST")
-		if got > uint64(want) {
-			t.Fatalf("stream holds %d events, more than the %d committed", got, want)
-		}
-		return got == uint64(want)
-	})
-	n := &natsServer{cl.Server}
-	assertCommitted(t, n, committed)
-	assertIDsIncrease(t, n)
+	want := checkExactlyOnce(t, &natsServer{cl.Server}, committed, 3*time.Minute)
 
 	// The client got table a's changes, each once, in commit order.
-	wantA := committed["a"]
-	waitFor(t, 2*time.Minute, fmt.Sprintf("the client to receive %d changes of a", len(wantA)), func() bool {
-		return client.count() >= len(wantA)
-	})
-	got := client.stop()
-	if len(got) != len(wantA) {
-		t.Fatalf("the client received %d changes of a, %d were committed", len(got), len(wantA))
-	}
-	for i := range wantA {
-		if got[i] != wantA[i] {
-			t.Fatalf("client's change %d is %v, want %v (lost, repeated or out of order across a resume)", i, got[i], wantA[i])
-		}
-	}
+	got := client.expectAll(t, committed["a"], 2*time.Minute, " across a resume")
 
 	for _, p := range []*exec.Cmd{reader, gateway} {
 		if !running(p) {
@@ -184,6 +159,26 @@ type resumingClient struct {
 	lastSeq uint64
 	resumed int
 	err     error
+}
+
+// expectAll waits up to within for the client to have received as many
+// changes as want, stops it, and checks it got exactly want, in order;
+// across says where a loss or repeat would come from, for the message.
+func (c *resumingClient) expectAll(t *testing.T, want []change, within time.Duration, across string) []change {
+	t.Helper()
+	waitFor(t, within, fmt.Sprintf("the client to receive %d changes", len(want)), func() bool {
+		return c.count() >= len(want)
+	})
+	got := c.stop()
+	if len(got) != len(want) {
+		t.Fatalf("the client received %d changes, %d were committed", len(got), len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("client's change %d is %v, want %v (lost, repeated or out of order%s)", i, got[i], want[i], across)
+		}
+	}
+	return got
 }
 
 func startResumingClient(t *testing.T, table string, urls ...string) *resumingClient {

@@ -205,19 +205,7 @@ func TestExactlyOnceBeyondDuplicateWindow(t *testing.T) {
 	}
 	committed := load.stop(t)
 
-	want := 0
-	for _, cs := range committed {
-		want += len(cs)
-	}
-	waitFor(t, 3*time.Minute, fmt.Sprintf("%d events in the stream", want), func() bool {
-		got := n.count(t)
-		if got > uint64(want) {
-			t.Fatalf("stream holds %d events, more than the %d committed", got, want)
-		}
-		return got == uint64(want)
-	})
-	assertCommitted(t, n, committed)
-	assertIDsIncrease(t, n)
+	want := checkExactlyOnce(t, n, committed, 3*time.Minute)
 	t.Logf("%d events, each once, in commit order, across 3 outages of 5 duplicate windows", want)
 }
 
