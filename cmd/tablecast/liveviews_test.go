@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -105,12 +107,23 @@ func (vc *viewClient) run(ctx context.Context) {
 	}
 	for {
 		_, b, err := vc.ws.Read(ctx)
-		if err != nil && vc.dial != nil && websocket.CloseStatus(err) == 4008 && ctx.Err() == nil {
+		// 4008: too slow for what the writer sends. No close code (-1)
+		// or 1001: the process was killed or stopped under the client,
+		// which dials again until it is back.
+		if code := websocket.CloseStatus(err); err != nil && vc.dial != nil && ctx.Err() == nil &&
+			(code == 4008 || code == -1 || code == websocket.StatusGoingAway) {
 			vc.mu.Lock()
 			vc.reconnects++
 			vc.lastErr = err.Error()
 			vc.mu.Unlock()
-			ws, derr := vc.dial(ctx)
+			var ws *websocket.Conn
+			derr := errors.New("not dialled")
+			for try := 0; try < 300 && ctx.Err() == nil; try++ {
+				if ws, derr = vc.dial(ctx); derr == nil {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
 			if derr == nil {
 				ws.SetReadLimit(1 << 24)
 				vc.mu.Lock()
@@ -259,7 +272,9 @@ func sameView(a, b map[int]viewRow) bool {
 // event at or before synced). Half the clients subscribe before the
 // writes and half during them, so their snapshots are read while rows
 // change under them: each must still reach synced (a scan is bounded by
-// where the row state stood when it began). 20 clients for 8s of writes;
+// where the row state stood when it began). Midway through the writes the
+// process (reader and gateway) is killed and started again: the clients
+// dial again and take their views again. 20 clients for 8s of writes;
 // under TABLECAST_SOAK=1, 100 clients for 20s (TABLECAST_VIEWS_CLIENTS
 // sets the clients either way).
 func TestLiveViews(t *testing.T) {
@@ -289,11 +304,14 @@ func TestLiveViews(t *testing.T) {
 	env := append(baseEnv(), "TABLECAST_ROW_STATE=true", "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_views",
 		"TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir(),
 		"TABLECAST_JWT_SECRET="+secret, "TABLECAST_WS_MAX_REPLAYS=4")
-	startProcess(t, env, "run")
-	waitFor(t, time.Minute, "/readyz of tablecast run", func() bool {
-		code, _, err := httpGet("http://" + httpAddr + "/readyz")
-		return err == nil && code == 200
-	})
+	ready := func() {
+		waitFor(t, time.Minute, "/readyz of tablecast run", func() bool {
+			code, _, err := httpGet("http://" + httpAddr + "/readyz")
+			return err == nil && code == 200
+		})
+	}
+	first := startKillable(t, env, "run")
+	ready()
 
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -371,6 +389,17 @@ func TestLiveViews(t *testing.T) {
 	for i := clients / 2; i < clients; i++ {
 		open(i)
 	}
+	// The reader and the gateway (one process) are killed while rows
+	// change and views are being read and followed: every client is cut
+	// off, dials again and takes its view again from what the restarted
+	// process holds.
+	time.Sleep(writeFor / 6)
+	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.Wait()
+	startProcess(t, env, "run")
+	ready()
 	if err := <-writer; err != nil {
 		t.Fatalf("writer: %v", err)
 	}
