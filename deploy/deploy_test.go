@@ -290,6 +290,7 @@ var natsNames = map[string]bool{
 	stream.DefaultPayloadBucket:                           true,
 	stream.DefaultSchemaBucket:                            true,
 	stream.DefaultTopicBucket:                             true,
+	stream.RowsStreamName(stream.DefaultStreamName):       true,
 	"TABLECAST_STATE":                                     true,
 }
 

@@ -137,6 +137,14 @@ func readOnlyRequests(stream string) map[string]bool {
 		"$JS.ACK." + stream + ".>":                         false,
 		"$JS.FC." + stream + ".>":                          false,
 	}
+	// The row state, read by key or in batches (a table's current rows):
+	// direct gets only. A consumer of it could be told to deliver into
+	// "<prefix>.>" (see ReadOnlyPermissions).
+	rows := RowsStreamName(stream)
+	reqs["$JS.API.STREAM.INFO."+rows] = false
+	reqs["$JS.API.STREAM.MSG.GET."+rows] = false
+	reqs["$JS.API.DIRECT.GET."+rows] = true
+	reqs["$JS.API.DIRECT.GET."+rows+".>"] = false
 	for _, bucket := range []string{DefaultSchemaBucket, DefaultTopicBucket} {
 		kv := "KV_" + bucket
 		reqs["$JS.API.STREAM.INFO."+kv] = false
@@ -153,7 +161,8 @@ func readOnlyRequests(stream string) map[string]bool {
 //   - subscribe to "<prefix>.>" (live events) and "_INBOX.>" (replies);
 //   - JetStream: account info, the stream's info and messages, consumers on
 //     the stream (create, durable or not; info; list; fetch; ack and flow
-//     control), and reading the schema registry and topic buckets by key.
+//     control), the row state's info and messages (direct gets, one row or
+//     a batch), and reading the schema registry and topic buckets by key.
 //
 // Nothing else may be published: not into "<prefix>.>", not to the
 // stream's or the buckets' management (update, purge, delete, message

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -178,6 +179,22 @@ func TestEmbeddedReadOnlyUser(t *testing.T) {
 		if _, err := kv.Get(ctx, "shop.public.orders"); err != nil {
 			t.Fatalf("%+v: read schema: %v", reader, err)
 		}
+		// The row state: one row by key, and a table's rows in a batch.
+		rows, err := rjs.Stream(ctx, RowsStreamName(DefaultStreamName))
+		if err != nil {
+			t.Fatalf("%+v: row state's stream: %v", reader, err)
+		}
+		if m, err := rows.GetLastMsgForSubject(ctx, rowSubject+"2"); err != nil || string(m.Data) != `{"id":2}` {
+			t.Fatalf("%+v: read a row by key: %v", reader, err)
+		}
+		if got := directBatch(t, rnc, RowsStreamName(DefaultStreamName), rowSubject+"*"); !slices.Equal(got, []string{`{"id":1}`, `{"id":2}`}) {
+			t.Fatalf("%+v: a table's rows in a batch: %q", reader, got)
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second) // a refused request gets no answer
+		if _, err := rjs.CreateOrUpdateConsumer(cctx, RowsStreamName(DefaultStreamName), jetstream.ConsumerConfig{AckPolicy: jetstream.AckNonePolicy}); err == nil {
+			t.Fatalf("%+v: created a consumer of the row state", reader)
+		}
+		cancel()
 
 		// Forgeries: none may store anything.
 		before := streamMsgs(t, js)
@@ -267,7 +284,55 @@ func startWithReadOnly(t *testing.T, readKeys ...string) (string, jetstream.JetS
 	if _, err := reg.kv.Put(ctx, "shop.public.orders", []byte(`{"columns":[]}`)); err != nil {
 		t.Fatal(err)
 	}
+	// The row state's stream as package rowstate makes it, holding two rows.
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: RowsStreamName(DefaultStreamName), Subjects: []string{rowsSubjects},
+		MaxMsgsPerSubject: 1, AllowDirect: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, row := range []string{"1", "2"} {
+		if _, err := js.Publish(ctx, rowSubject+row, []byte(`{"id":`+row+`}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return e.ClientURL(), js
+}
+
+// rowsSubjects and rowSubject are the row state's subjects (package
+// rowstate) and the prefix of the test's rows in it.
+const (
+	rowsSubjects = "tablecast_rows.>"
+	rowSubject   = "tablecast_rows.shop.public.orders."
+)
+
+// directBatch asks stream for the last message of each subject matching
+// filter in one batch of direct gets, and returns their bodies in the order
+// they came.
+func directBatch(t *testing.T, nc *nats.Conn, stream, filter string) []string {
+	t.Helper()
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	req := `{"multi_last":["` + filter + `"],"batch":100}`
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, []byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("batch of direct gets from %s: %v (after %q)", stream, err, got)
+		}
+		if len(m.Data) == 0 && m.Header.Get("Status") != "" {
+			if st := m.Header.Get("Status"); st != "204" {
+				t.Fatalf("batch of direct gets from %s: status %s %s", stream, st, m.Header.Get("Description"))
+			}
+			return got // end of the batch
+		}
+		got = append(got, string(m.Data))
+	}
 }
 
 func streamMsgs(t *testing.T, js jetstream.JetStream) uint64 {
@@ -386,10 +451,10 @@ func TestReadOnlyCannotStoreThroughReplies(t *testing.T) {
 	if _, err := js.CreateOrUpdateConsumer(ctx, DefaultStreamName, jetstream.ConsumerConfig{Durable: "billing", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
 		t.Fatal(err)
 	}
-	counts := func() [3]uint64 {
+	counts := func() [4]uint64 {
 		t.Helper()
-		var c [3]uint64
-		for i, name := range []string{DefaultStreamName, "KV_" + DefaultSchemaBucket, "KV_" + DefaultTopicBucket} {
+		var c [4]uint64
+		for i, name := range []string{DefaultStreamName, "KV_" + DefaultSchemaBucket, "KV_" + DefaultTopicBucket, RowsStreamName(DefaultStreamName)} {
 			s, err := js.Stream(ctx, name)
 			if err != nil {
 				t.Fatal(err)
@@ -406,15 +471,20 @@ func TestReadOnlyCannotStoreThroughReplies(t *testing.T) {
 
 	rnc, rjs, _ := connectAs(t, url, clientOpts(t, ClientAuth{User: "reader", Password: "read-secret"})...)
 	targets := []string{testSubject, "tablecast.shop.public.customers.delete", ControlSubject(""),
-		"$KV." + DefaultSchemaBucket + ".shop.public.orders", "$KV." + DefaultTopicBucket + ".news"}
+		"$KV." + DefaultSchemaBucket + ".shop.public.orders", "$KV." + DefaultTopicBucket + ".news", rowSubject + "3"}
 	bodies := map[string]string{
 		"$JS.API.STREAM.MSG.GET." + DefaultStreamName:                 `{"seq":1}`,
 		"$JS.API.DIRECT.GET." + DefaultStreamName:                     `{"seq":1}`,
+		"$JS.API.STREAM.MSG.GET." + RowsStreamName(DefaultStreamName): `{"seq":1}`,
+		"$JS.API.DIRECT.GET." + RowsStreamName(DefaultStreamName):     `{"multi_last":["` + rowsSubjects + `"],"batch":10}`,
 		"$JS.API.CONSUMER.MSG.NEXT." + DefaultStreamName + ".billing": `{"batch":1,"no_wait":true}`,
 	}
 	for subject := range readOnlyRequests(DefaultStreamName) {
 		// Wildcards stand for a name: the durable consumer, a key.
 		concrete := strings.ReplaceAll(subject, ">", "billing")
+		if subject == "$JS.API.DIRECT.GET."+RowsStreamName(DefaultStreamName)+".>" {
+			concrete = strings.ReplaceAll(subject, ">", rowSubject+"1")
+		}
 		if strings.HasPrefix(subject, "$JS.API.DIRECT.GET.KV_") {
 			concrete = strings.ReplaceAll(subject, ">", "$KV."+strings.TrimPrefix(strings.TrimSuffix(subject, ".>"), "$JS.API.DIRECT.GET.KV_")+".shop.public.orders")
 		}
@@ -439,7 +509,7 @@ func TestReadOnlyCannotStoreThroughReplies(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second) // let what would be stored arrive
 	if after := counts(); after != before {
-		t.Fatalf("messages in the stream, the schema bucket and the topic bucket went from %v to %v", before, after)
+		t.Fatalf("messages in the stream, the schema bucket, the topic bucket and the row state went from %v to %v", before, after)
 	}
 	if _, err := topics.Get(ctx, "news"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("topic news: %v, want no such key", err)

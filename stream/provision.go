@@ -11,6 +11,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// RowsStreamName is the stream of the row state (package rowstate) beside
+// the event stream named events: "<events>_ROWS".
+func RowsStreamName(events string) string { return events + "_ROWS" }
+
 // Stream defaults.
 const (
 	DefaultStreamName = "TABLECAST"

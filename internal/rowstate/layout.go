@@ -25,7 +25,7 @@ const (
 
 // RowsStreamName is the stream of the rows, beside the event stream named
 // events: "<events>_ROWS".
-func RowsStreamName(events string) string { return events + "_ROWS" }
+func RowsStreamName(events string) string { return stream.RowsStreamName(events) }
 
 // RowsSubjects is what the rows stream holds: "<prefix>_rows.>".
 func RowsSubjects(prefix string) string { return prefix + "_rows.>" }
