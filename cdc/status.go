@@ -59,6 +59,9 @@ func (w *statusWriter) write(ctx context.Context, h Health, f slotFigures, read 
 		Tables:  map[string]stream.TableCount{},
 		Started: r.started.UTC(), Updated: now.UTC(), Interval: r.cfg.WatchInterval,
 	}
+	if role, holder := r.role(); role == "leader" && holder.Holder != "" {
+		st.Leader = &stream.LeaderInfo{Host: holder.Host, PID: holder.PID, Since: holder.Since.UTC()}
+	}
 	counts := map[string]int64{}
 	r.countsMu.Lock()
 	for name, c := range r.counts {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"math"
+	"os"
 	"testing"
 	"time"
 
@@ -47,6 +48,9 @@ func TestStatusRecord(t *testing.T) {
 	}
 	if st.RetainedWALBytes <= 0 || st.LagBytes < 0 || st.AckedLSN != r.Health().AckedLSN && st.AckedLSN == "0/0" {
 		t.Errorf("record figures lag %d retained %d acked %s: want WAL retained and a position", st.LagBytes, st.RetainedWALBytes, st.AckedLSN)
+	}
+	if host, _ := os.Hostname(); st.Leader == nil || st.Leader.PID != os.Getpid() || st.Leader.Host != host || st.Leader.Since.After(st.Updated) {
+		t.Errorf("record's leader %+v: want this process (%d) on %s, leading since before the record", st.Leader, os.Getpid(), host)
 	}
 	if st.Updated.Before(st.Started) || st.Interval != cfg.WatchInterval || time.Since(st.Updated) > time.Minute {
 		t.Errorf("record times: started %s updated %s interval %s", st.Started, st.Updated, st.Interval)

@@ -47,11 +47,23 @@ type ReaderStatus struct {
 	// Tables are the events published per table ("schema.table") since the
 	// reader started, and their rate over the last interval.
 	Tables map[string]TableCount `json:"tables"`
+	// Leader is the reader that wrote the record, the slot's leader among
+	// the readers sharing it (see cdc's lease); nil from a reader without
+	// a lease.
+	Leader *LeaderInfo `json:"leader,omitempty"`
 	// Started is when the reader started, Updated when it wrote the record;
 	// Interval is how often it writes it.
 	Started  time.Time     `json:"started"`
 	Updated  time.Time     `json:"updated"`
 	Interval time.Duration `json:"interval_ns"`
+}
+
+// LeaderInfo says which reader process leads a slot: its host and process
+// id, and since when it holds the slot's lease.
+type LeaderInfo struct {
+	Host  string    `json:"host"`
+	PID   int       `json:"pid"`
+	Since time.Time `json:"since"`
 }
 
 // TableCount is a table's events in a ReaderStatus.

@@ -85,6 +85,9 @@ type ReaderStatus struct {
 	RetainedWALBytes int64  `json:"retained_wal_bytes"`
 	SafeWALSizeBytes int64  `json:"safe_wal_size_bytes"`
 	WALStatus        string `json:"wal_status"`
+	// Leader is the process leading the slot when the record was written
+	// (host, pid, since), nil when the reader wrote none.
+	Leader *stream.LeaderInfo `json:"leader,omitempty"`
 	// Updated is when the reader wrote the record; AgeSeconds how old it
 	// is by this gateway's clock, IntervalSeconds how often the reader
 	// writes it (a record much older than that is stale: the reader is
@@ -243,6 +246,7 @@ func (g *Gateway) status(ctx context.Context, id *auth.Identity) *Status {
 		st.Readers = append(st.Readers, ReaderStatus{
 			Database: rec.Database, Slot: rec.Slot, Streaming: rec.Streaming, Healthy: rec.Healthy, AckedLSN: rec.AckedLSN,
 			LagBytes: rec.LagBytes, RetainedWALBytes: rec.RetainedWALBytes, SafeWALSizeBytes: rec.SafeWALSizeBytes, WALStatus: rec.WALStatus,
+			Leader:  rec.Leader,
 			Updated: rec.Updated, AgeSeconds: max(0, now.Sub(rec.Updated).Seconds()), IntervalSeconds: rec.Interval.Seconds(),
 		})
 	}

@@ -228,6 +228,26 @@ func TestReaderFailover(t *testing.T) {
 	got := client.expectAll(t, committed["a"], time.Minute, "")
 	t.Logf("%d events, each once, in commit order, across 2 leader kills (takeovers %v); the client received %d changes of a",
 		want, took, len(got))
+
+	// The gateway's /api/status names the leader that took over last.
+	leader := leaderOf(rs)
+	if leader == nil {
+		t.Fatal("no reader leads after the kills")
+	}
+	waitFor(t, 30*time.Second, "/api/status to name the leader", func() bool {
+		_, body, err := httpGet("http://" + gwAddr + "/api/status")
+		var st struct {
+			Readers []struct {
+				Leader *struct {
+					PID int `json:"pid"`
+				} `json:"leader"`
+			} `json:"readers"`
+		}
+		if err != nil || json.Unmarshal([]byte(body), &st) != nil || len(st.Readers) != 1 || st.Readers[0].Leader == nil {
+			return false
+		}
+		return st.Readers[0].Leader.PID == leader.cmd.Process.Pid
+	})
 }
 
 // TestReaderFailoverPausedLeader: the leader is paused (SIGSTOP) under a
