@@ -59,6 +59,9 @@ type leaseValue struct {
 	Host   string    `json:"host"`
 	PID    int       `json:"pid"`
 	Since  time.Time `json:"since"` // when it took the lease
+	// Proc identifies the holder's process on its machine (procIdentity),
+	// so that a reader there can tell when it is gone; "" when unknown.
+	Proc string `json:"proc,omitempty"`
 	// Fence is the stream sequence of the fence the holder's events expect
 	// (0: none stored, or the stream does not take fences).
 	Fence uint64 `json:"fence"`
@@ -75,8 +78,9 @@ func leasePoll(ttl time.Duration) time.Duration { return min(time.Second, ttl/5)
 // holderWatch is a standby's view of the lease: the revision it last saw
 // and since when, on its own clock.
 type holderWatch struct {
-	rev  uint64
-	seen time.Time
+	rev      uint64
+	seen     time.Time
+	goneSeen bool // the holder was found gone (logged once)
 }
 
 // expired records that the lease is at revision rev at now and reports
@@ -258,6 +262,15 @@ type acquired struct {
 // acquireLease waits as a standby until the reader holds the slot's lease.
 func (r *Reader) acquireLease(ctx context.Context) (acquired, error) {
 	host, _ := os.Hostname()
+	proc := procIdentity(os.Getpid())
+	// A holder found gone is taken over at once only where fences keep
+	// out whatever it still had on its way (a dead process's last writes
+	// may still be retransmitted by its kernel): elsewhere the lease's
+	// margin is all there is, and it is waited out.
+	fenced := false
+	if st, err := r.js.Stream(ctx, r.cfg.Stream); err == nil {
+		fenced = r.takesFences(st.CachedInfo().Config)
+	}
 	ttl := r.cfg.LeaderLease
 	var (
 		w      holderWatch
@@ -269,7 +282,7 @@ func (r *Reader) acquireLease(ctx context.Context) (acquired, error) {
 	)
 	for {
 		sent := time.Now()
-		val := leaseValue{Holder: r.token, Host: host, PID: os.Getpid(), Since: sent.UTC()}
+		val := leaseValue{Holder: r.token, Host: host, PID: os.Getpid(), Since: sent.UTC(), Proc: proc}
 		b, _ := json.Marshal(val)
 		e, err := r.leases.Get(ctx, r.cfg.Slot)
 		switch {
@@ -292,7 +305,17 @@ func (r *Reader) acquireLease(ctx context.Context) (acquired, error) {
 			_ = json.Unmarshal(e.Value(), &cur)
 			r.setRole(false, cur)
 			mine := cur.Holder == r.token && own != 0 && e.Revision() == own
-			if mine || w.expired(e.Revision(), time.Now(), ttl) {
+			// A holder whose process is gone from this machine (killed,
+			// crashed, restarted) renews nothing: waiting out its lease
+			// would only delay streaming. It is still taken over, fenced
+			// and its walsender ended, like any other.
+			gone := fenced && !mine && cur.Holder != r.token && holderGone(cur.Proc)
+			if gone && !w.goneSeen {
+				r.log.Info("the lease's holder no longer runs on this machine: taking the lease over now",
+					"previous_holder", cur.Holder, "previous_pid", cur.PID)
+				w.goneSeen = true
+			}
+			if mine || gone || w.expired(e.Revision(), time.Now(), ttl) {
 				rev, err := r.leases.Update(ctx, r.cfg.Slot, b, e.Revision())
 				if err == nil {
 					l := &lease{kv: r.leases, key: r.cfg.Slot, ttl: ttl, val: val, rev: rev, renewed: sent}
@@ -312,6 +335,12 @@ func (r *Reader) acquireLease(ctx context.Context) (acquired, error) {
 	}
 }
 
+// takesFences reports whether the stream of cfg can check the fences of
+// this reader's slot: one replica, and the fence subjects captured.
+func (r *Reader) takesFences(cfg jetstream.StreamConfig) bool {
+	return cfg.Replicas <= 1 && slices.Contains(cfg.Subjects, stream.FenceSubjects(r.prefix))
+}
+
 // fence makes the events of the lease's holder expect a fence: after a
 // takeover, a new one published now; otherwise the fence subject's last
 // message, if any. It writes the fence into the lease. It returns 0 and
@@ -323,8 +352,7 @@ func (r *Reader) fence(ctx context.Context, a acquired) (seq uint64, on bool, er
 	if err != nil {
 		return 0, false, fmt.Errorf("look up stream %s: %w", r.cfg.Stream, err)
 	}
-	cfg := st.CachedInfo().Config
-	if cfg.Replicas > 1 || !slices.Contains(cfg.Subjects, stream.FenceSubjects(r.prefix)) {
+	if !r.takesFences(st.CachedInfo().Config) {
 		return 0, false, nil
 	}
 	if a.takeover {
