@@ -49,15 +49,7 @@ func BenchmarkStoreCosts(b *testing.B) {
 			if err := p.Flush(ctx); err != nil {
 				b.Fatal(err)
 			}
-			for p.Acked() < uint64(b.N) {
-				select {
-				case <-p.Progress():
-				case <-p.Failed():
-					b.Fatal(p.Err())
-				case <-time.After(10 * time.Second):
-					b.Fatalf("acked %d of %d", p.Acked(), b.N)
-				}
-			}
+			benchAcked(b, p, uint64(b.N))
 			elapsed := time.Since(start)
 			b.StopTimer()
 			reportThroughput(b, elapsed, processCPU()-cpu)
