@@ -179,7 +179,8 @@ func BenchmarkIdleEndpointMemory(b *testing.B) {
 			e.waitConsumer(ep)
 		}
 		waitFor(b, time.Minute, "the workers", func() bool { return e.mgr.Workers() >= (i+1)*endpoints+1 })
-		time.Sleep(time.Second) // every worker at its first pull
+		// Idle: every worker dormant (see dormant.go).
+		waitFor(b, time.Minute, "the workers to go dormant", func() bool { return e.mgr.sleep.dormantCount() >= (i+1)*endpoints+1 })
 		heap1, live1, stack1, g1 := measure()
 		b.ReportMetric(float64(heap1+stack1-heap0-stack0)/endpoints/1024, "KiB/endpoint")
 		// The objects alive (without the heap's partly used spans, which

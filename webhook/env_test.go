@@ -51,6 +51,9 @@ type envOptions struct {
 	setup     string
 	ackWait   time.Duration
 	pinnedTTL time.Duration
+	// noSweep: dormant endpoints wake only by their subscriptions (see
+	// dormant.go), so that a test sees a wake missed.
+	noSweep bool
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -127,6 +130,9 @@ func newEnv(t testing.TB, o envOptions) *env {
 		Registerer: e.reg, Logger: log.With("component", "webhook"), AckWait: o.ackWait, PinnedTTL: o.pinnedTTL})
 	if err != nil {
 		t.Fatalf("new manager: %v", err)
+	}
+	if o.noSweep {
+		e.mgr.sweepEvery = 0
 	}
 	go func() { defer wg.Done(); e.mgr.Run(ctx) }()
 	return e
