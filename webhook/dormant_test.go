@@ -142,3 +142,81 @@ func TestDormancyRace(t *testing.T) {
 	checkOrder(t, r.accepted(t), rounds)
 	waitFor(t, time.Minute, "the endpoint to go dormant", func() bool { return e.mgr.sleep.dormantCount() == 1 })
 }
+
+// dormantWorker reports whether endpoint id's worker is dormant, and
+// whether it reads events (has subjects).
+func (m *Manager) dormantWorker(id string) (asleep, reads bool) {
+	m.mu.Lock()
+	w := m.workers[id]
+	m.mu.Unlock()
+	if w == nil {
+		return false, false
+	}
+	m.sleep.mu.Lock()
+	defer m.sleep.mu.Unlock()
+	return w.sleep == dormant, len(w.subjects) > 0
+}
+
+// TestReplayWakesDormantEndpoint: a replay queued for a dormant endpoint
+// wakes it and is delivered, for an endpoint reading events and for one
+// linked to nothing (which has only replays to deliver). There is no
+// sweep: the replay's publish wakes it.
+func TestReplayWakesDormantEndpoint(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{noSweep: true, ackWait: 3 * time.Second})
+	r := newReceiver(t)
+	var mu sync.Mutex
+	failing := map[float64]bool{2: true, 3: true}
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, ev := range parseBody(t, d.Body) {
+			if failing[ev.Data["id"].(float64)] {
+				return 503, nil, 0
+			}
+		}
+		return 200, nil, 0
+	})
+	ep := e.endpoint("replayed", r.URL(), func(w *endpoint.Webhook) {
+		w.Retry = endpoint.Retry{Initial: endpoint.Duration(100 * time.Millisecond), Max: endpoint.Duration(200 * time.Millisecond), MaxAge: endpoint.Duration(time.Second)}
+	})
+	e.waitConsumer(ep)
+	e.insertOrders(1, 4)
+	r.waitAccepted(t, 2, time.Minute) // rows 1 and 4
+	ctx := context.Background()
+	var dls []DeadLetter
+	waitFor(t, time.Minute, "two dead letters", func() bool {
+		var err error
+		dls, err = e.mgr.DeadLetters().List(ctx, ep.ID, 0, 10)
+		return err == nil && len(dls) == 2
+	})
+	mu.Lock()
+	clear(failing)
+	mu.Unlock()
+	for i, reads := range []bool{true, false} {
+		if !reads {
+			// Linked to nothing: a worker with only replays to deliver.
+			if _, err := e.store.ModifyEndpoint(ctx, ep.ID, 0, func(cur *endpoint.Endpoint) error {
+				cur.Filters = nil
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, time.Minute, "the endpoint to go dormant", func() bool {
+			d, rd := e.mgr.dormantWorker(ep.ID)
+			return d && rd == reads
+		})
+		if n, err := e.mgr.DeadLetters().Replay(ctx, ep.ID, dls[i].Seq); err != nil || n != 1 {
+			t.Fatalf("Replay = %d, %v", n, err)
+		}
+		got := r.waitAccepted(t, 3+i, time.Minute)
+		if id := got[2+i].Data["id"].(float64); id != float64(2+i) {
+			t.Fatalf("replayed row %v, want %d", id, 2+i)
+		}
+	}
+	waitFor(t, time.Minute, "the endpoint to go dormant again", func() bool {
+		d, _ := e.mgr.dormantWorker(ep.ID)
+		return d
+	})
+}
