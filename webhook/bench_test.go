@@ -205,7 +205,13 @@ func BenchmarkDormantWake(b *testing.B) {
 			name = "pin=lapsed"
 		}
 		b.Run(name, func(b *testing.B) {
-			e := newEnv(b, envOptions{noSweep: true, pinnedTTL: time.Second})
+			// The pin is kept for PinnedTTL after the last pull: 10 s
+			// outlasts the pull before the endpoint went dormant (2 s).
+			ttl := 10 * time.Second
+			if lapsed {
+				ttl = time.Second
+			}
+			e := newEnv(b, envOptions{noSweep: true, pinnedTTL: ttl})
 			r := newReceiver(b)
 			var mu sync.Mutex
 			var lat []time.Duration

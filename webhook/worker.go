@@ -59,8 +59,8 @@ const minPerLane = 32
 const fillWait = 2 * time.Millisecond
 
 // fetchWait is how long a pull stays open waiting for messages, and so
-// how long a worker may take to stop (see dispatch); an idle endpoint
-// pulls again after it.
+// how long a worker may take to stop (see dispatch); an endpoint whose
+// pull brought nothing goes dormant after it (see dormant.go).
 const fetchWait = 2 * time.Second
 
 // worker delivers one endpoint's events: a dispatcher pulls the
@@ -199,7 +199,6 @@ func (w *worker) serveReplays(wg *sync.WaitGroup) bool {
 		if w.ctx.Err() != nil || w.m.sleep.arm(w) != nil { // arming subscribes nothing here: it cannot fail
 			break
 		}
-		w.replayWoken.Store(false)
 		if !w.m.dl.queued(w.ctx, w.id) && w.m.sleep.sleep(w) {
 			return true
 		}
