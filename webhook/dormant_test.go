@@ -220,3 +220,31 @@ func TestReplayWakesDormantEndpoint(t *testing.T) {
 		return d
 	})
 }
+
+// TestSweepWakesWhatSubscriptionsMissed: a dormant endpoint whose wake is
+// lost (its subscription gone, as a wake dropped from a full channel or
+// published while the connection was down) is woken by the sweep and
+// delivers.
+func TestSweepWakesWhatSubscriptionsMissed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{sweep: 200 * time.Millisecond, ackWait: 3 * time.Second})
+	r := newReceiver(t)
+	ep := e.endpoint("swept", r.URL(), nil)
+	e.waitConsumer(ep)
+	for round := 1; round <= 2; round++ {
+		waitFor(t, time.Minute, "the endpoint to go dormant", func() bool {
+			d, _ := e.mgr.dormantWorker(ep.ID)
+			return d
+		})
+		// Its wakes lost: the subscriptions end, the sleepers do not know.
+		e.mgr.sleep.mu.Lock()
+		for _, ss := range e.mgr.sleep.subjects {
+			if err := ss.sub.Unsubscribe(); err != nil {
+				t.Error(err)
+			}
+		}
+		e.mgr.sleep.mu.Unlock()
+		e.insertOrders(round, round)
+		checkOrder(t, r.waitAccepted(t, round, time.Minute), round)
+	}
+}

@@ -54,6 +54,7 @@ type envOptions struct {
 	// noSweep: dormant endpoints wake only by their subscriptions (see
 	// dormant.go), so that a test sees a wake missed.
 	noSweep bool
+	sweep   time.Duration // how often dormant endpoints are swept, if not replayPoll
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -130,6 +131,9 @@ func newEnv(t testing.TB, o envOptions) *env {
 		Registerer: e.reg, Logger: log.With("component", "webhook"), AckWait: o.ackWait, PinnedTTL: o.pinnedTTL})
 	if err != nil {
 		t.Fatalf("new manager: %v", err)
+	}
+	if o.sweep > 0 {
+		e.mgr.sweepEvery = o.sweep
 	}
 	if o.noSweep {
 		e.mgr.sweepEvery = 0
