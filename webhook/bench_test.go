@@ -179,7 +179,8 @@ func BenchmarkIdleEndpointMemory(b *testing.B) {
 			e.waitConsumer(ep)
 		}
 		waitFor(b, time.Minute, "the workers", func() bool { return e.mgr.Workers() >= (i+1)*endpoints+1 })
-		time.Sleep(time.Second) // every worker at its first pull
+		// Idle: every worker dormant (see dormant.go).
+		waitFor(b, time.Minute, "the workers to go dormant", func() bool { return e.mgr.sleep.dormantCount() >= (i+1)*endpoints+1 })
 		heap1, live1, stack1, g1 := measure()
 		b.ReportMetric(float64(heap1+stack1-heap0-stack0)/endpoints/1024, "KiB/endpoint")
 		// The objects alive (without the heap's partly used spans, which
@@ -187,5 +188,66 @@ func BenchmarkIdleEndpointMemory(b *testing.B) {
 		b.ReportMetric(float64(live1+stack1-live0-stack0)/endpoints/1024, "live-KiB/endpoint")
 		b.ReportMetric(float64(stack1-stack0)/endpoints/1024, "stack-KiB/endpoint")
 		b.ReportMetric(float64(g1-g0)/endpoints, "goroutines/endpoint")
+	}
+}
+
+// BenchmarkDormantWake measures the time from a change's commit to the
+// receiver getting it when the endpoint was dormant (see dormant.go): the
+// wake, and the worker's first pull. pin=kept wakes it right after it went
+// dormant; pin=lapsed after its consumer's pin expired (PinnedTTL), when
+// the first pull is refused and the next one pinned. Compare with
+// BenchmarkCommitToWebhook, where the endpoint is never idle.
+func BenchmarkDormantWake(b *testing.B) {
+	const samples = 5
+	for _, lapsed := range []bool{false, true} {
+		name := "pin=kept"
+		if lapsed {
+			name = "pin=lapsed"
+		}
+		b.Run(name, func(b *testing.B) {
+			// The pin is kept for PinnedTTL after the last pull: 10 s
+			// outlasts the pull before the endpoint went dormant (2 s).
+			ttl := 10 * time.Second
+			if lapsed {
+				ttl = time.Second
+			}
+			e := newEnv(b, envOptions{noSweep: true, pinnedTTL: ttl})
+			r := newReceiver(b)
+			var mu sync.Mutex
+			var lat []time.Duration
+			r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+				var ev struct {
+					CommitTime time.Time `json:"commit_time"`
+				}
+				if json.Unmarshal(d.Body, &ev) == nil {
+					mu.Lock()
+					lat = append(lat, d.At.Sub(ev.CommitTime))
+					mu.Unlock()
+				}
+				return 204, nil, 0
+			})
+			e.waitConsumer(e.endpoint("wake", r.URL(), nil))
+			e.exec(`SET synchronous_commit = on`)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				mu.Lock()
+				lat = lat[:0]
+				mu.Unlock()
+				for k := 1; k <= samples; k++ {
+					waitFor(b, time.Minute, "the endpoint to go dormant", func() bool { return e.mgr.sleep.dormantCount() == 1 })
+					if lapsed {
+						time.Sleep(2 * time.Second) // past PinnedTTL
+					}
+					e.exec(`INSERT INTO orders VALUES ($1, 'open', 1)`, i*samples+k)
+					r.waitAccepted(b, i*samples+k, time.Minute)
+				}
+				mu.Lock()
+				l := slices.Clone(lat)
+				mu.Unlock()
+				slices.Sort(l)
+				b.ReportMetric(float64(l[len(l)/2].Microseconds())/1000, "p50-ms")
+				b.ReportMetric(float64(l[len(l)-1].Microseconds())/1000, "max-ms")
+			}
+		})
 	}
 }

@@ -260,36 +260,19 @@ func (w *worker) deadLetter(ctx context.Context, e *match.Entry, items []item, r
 const replayPoll = 5 * time.Second
 
 // replays delivers the endpoint's replayed dead letters until ctx ends
-// or, unless wait, until none is queued. An idle endpoint costs no
-// goroutine nor consumer for them: its dispatcher looks for a queued
-// replay every replayPoll (or when this process queues one) and runs
-// replays while there are some. A replay delivered is removed from the
-// stream.
-func (w *worker) replays(ctx context.Context, wait bool) {
+// or none is queued. An idle endpoint costs no goroutine nor consumer for
+// them: its dispatcher looks for a queued replay every replayPoll (or
+// when one is queued, see Manager.wakeReplays; a dormant endpoint is
+// woken for it) and runs replays while there are some. A replay delivered
+// is removed from the stream.
+func (w *worker) replays(ctx context.Context) {
 	d := w.m.dl
 	name := replayConsumerName(w.id)
 	var cons jetstream.Consumer
 	backoff := 100 * time.Millisecond
-	var wake chan struct{}
-	if wait {
-		wake = d.wakeChan(w.id)
-		defer d.dropWake(w.id, wake)
-	}
 	for ctx.Err() == nil {
 		if !d.queued(ctx, w.id) {
-			if !wait {
-				return
-			}
-			t := time.NewTimer(replayPoll)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-wake:
-			case <-t.C:
-			}
-			t.Stop()
-			continue
+			return
 		}
 		if cons == nil {
 			c, err := w.m.js.CreateOrUpdateConsumer(ctx, d.name, jetstream.ConsumerConfig{

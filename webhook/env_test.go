@@ -51,6 +51,10 @@ type envOptions struct {
 	setup     string
 	ackWait   time.Duration
 	pinnedTTL time.Duration
+	// noSweep: dormant endpoints wake only by their subscriptions (see
+	// dormant.go), so that a test sees a wake missed.
+	noSweep bool
+	sweep   time.Duration // how often dormant endpoints are swept, if not replayPoll
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -127,6 +131,12 @@ func newEnv(t testing.TB, o envOptions) *env {
 		Registerer: e.reg, Logger: log.With("component", "webhook"), AckWait: o.ackWait, PinnedTTL: o.pinnedTTL})
 	if err != nil {
 		t.Fatalf("new manager: %v", err)
+	}
+	if o.sweep > 0 {
+		e.mgr.sweepEvery = o.sweep
+	}
+	if o.noSweep {
+		e.mgr.sweepEvery = 0
 	}
 	go func() { defer wg.Done(); e.mgr.Run(ctx) }()
 	return e

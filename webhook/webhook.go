@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -84,7 +86,23 @@ type Manager struct {
 	// last is the latest worker of each endpoint, running or stopping: the
 	// next one waits for it.
 	last map[string]*worker
-	wg   sync.WaitGroup
+	// wg counts the workers until each is done (dormant ones too, which
+	// have no goroutine), and the deletions of consumers.
+	wg sync.WaitGroup
+
+	sleep *sleepers // the dormant endpoints (see dormant.go)
+	// sweepEvery is how often dormant endpoints are swept (replayPoll;
+	// tests set 0 for none).
+	sweepEvery time.Duration
+	// hooks, for tests only, run as a worker goes dormant.
+	hooks atomic.Pointer[sleepHooks]
+}
+
+// sleepHooks run in a worker's goroutine as it goes dormant: beforeArm
+// after the empty pull, before it subscribes; armed after it subscribed,
+// before its last check.
+type sleepHooks struct {
+	beforeArm, armed func(endpointID string)
 }
 
 // New prepares a Manager: it creates the dead-letter stream when missing.
@@ -112,18 +130,21 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Manager, err
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{
-		cfg:       cfg,
-		js:        js,
-		log:       cfg.Logger,
-		met:       newMetrics(cfg.Registerer),
-		client:    newClient(cfg.AllowNets),
-		resolver:  stream.NewResolver(js),
-		dl:        dl,
-		eventsStr: cfg.Stream,
-		workers:   map[string]*worker{},
-		last:      map[string]*worker{},
-	}, nil
+	m := &Manager{
+		cfg:        cfg,
+		js:         js,
+		log:        cfg.Logger,
+		met:        newMetrics(cfg.Registerer),
+		client:     newClient(cfg.AllowNets),
+		resolver:   stream.NewResolver(js),
+		dl:         dl,
+		eventsStr:  cfg.Stream,
+		workers:    map[string]*worker{},
+		last:       map[string]*worker{},
+		sweepEvery: replayPoll,
+	}
+	m.sleep = newSleepers(m, js.Conn())
+	return m, nil
 }
 
 func newClient(allow []netip.Prefix) *http.Client {
@@ -148,15 +169,54 @@ func (m *Manager) Run(ctx context.Context) {
 	case <-ctx.Done():
 		return
 	}
+	// Replays queued (here or by another process) wake the endpoint's
+	// worker: one subscription for every endpoint.
+	replaySub, err := m.sleep.nc.ChanSubscribe(m.dl.ReplaySubject("*"), m.sleep.ch)
+	if err != nil {
+		m.log.Warn("cannot subscribe to webhook replays; dormant endpoints see them within the sweep", "err", err, "sweep", m.sweepEvery)
+	} else {
+		defer func() { _ = replaySub.Unsubscribe() }()
+	}
+	var sweeper sync.WaitGroup
+	defer sweeper.Wait()
+	if m.sweepEvery > 0 {
+		sctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		sweeper.Add(1)
+		go func() {
+			defer sweeper.Done()
+			m.sweeps(sctx, m.sweepEvery)
+		}()
+	}
 	for {
 		select {
 		case <-ctx.Done():
-			m.stopAll()
-			return
+			// Wakes are still read while the workers stop: a full channel
+			// counts as a slow consumer on the connection.
+			stopped := make(chan struct{})
+			go func() {
+				m.stopAll()
+				close(stopped)
+			}()
+			for {
+				select {
+				case <-stopped:
+					return
+				case <-m.sleep.ch:
+				}
+			}
 		case <-l.C():
 			for _, id := range l.Take() {
 				m.apply(ctx, id)
 			}
+		case msg := <-m.sleep.ch:
+			if replaySub != nil && msg.Sub == replaySub {
+				if i := strings.LastIndexByte(msg.Subject, '.'); i >= 0 {
+					m.wakeReplays(msg.Subject[i+1:])
+				}
+				continue
+			}
+			m.sleep.woke(msg)
 		}
 	}
 }
@@ -211,11 +271,8 @@ func (m *Manager) apply(ctx context.Context, id string) {
 	m.workers[id] = w
 	m.last[id] = w
 	m.mu.Unlock()
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		w.run()
-	}()
+	m.wg.Add(1) // done as the worker is (see worker.run)
+	go w.run()
 }
 
 // deleteConsumers removes the consumers of an endpoint that is gone.
@@ -244,7 +301,8 @@ func (m *Manager) stopAll() {
 	m.wg.Wait()
 }
 
-// Workers returns how many endpoints are being delivered.
+// Workers returns how many endpoints are being delivered (dormant ones
+// among them).
 func (m *Manager) Workers() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -59,8 +59,8 @@ const minPerLane = 32
 const fillWait = 2 * time.Millisecond
 
 // fetchWait is how long a pull stays open waiting for messages, and so
-// how long a worker may take to stop (see dispatch); an idle endpoint
-// pulls again after it.
+// how long a worker may take to stop (see dispatch); an endpoint whose
+// pull brought nothing goes dormant after it (see dormant.go).
 const fetchWait = 2 * time.Second
 
 // worker delivers one endpoint's events: a dispatcher pulls the
@@ -89,6 +89,17 @@ type worker struct {
 
 	heldMu sync.Mutex
 	held   map[uint64]jetstream.Msg // by stream sequence: read, not yet acknowledged
+
+	// cons is the endpoint's consumer once set up; kept while dormant, so
+	// that a wake pulls at once.
+	cons jetstream.Consumer
+	// sleep and woken are guarded by the Manager's sleepers' mu (see
+	// dormant.go); resumed is set by the wake that starts the goroutine.
+	sleep   sleepState
+	woken   bool
+	resumed bool
+	// replayWoken asks the dispatcher to look for replays now.
+	replayWoken atomic.Bool
 }
 
 func newWorker(parent context.Context, m *Manager, e *match.Entry) *worker {
@@ -103,6 +114,9 @@ func newWorker(parent context.Context, m *Manager, e *match.Entry) *worker {
 	}
 	w.capacity = min(maxHeld, w.lanes*perLane(wh.Batch))
 	w.safe = min(maxHeld, w.lanes*max(1, wh.Batch))
+	// A dormant worker has no goroutine to see its context end: the end
+	// wakes it, and it stops as a running one does.
+	context.AfterFunc(w.ctx, func() { m.sleep.wake(w) })
 	return w
 }
 
@@ -121,39 +135,76 @@ func (w *worker) log() *slog.Logger {
 	return w.m.log.With("endpoint", w.name(), "endpoint_id", w.id)
 }
 
+// run is the worker's goroutine, from its start and again each time it
+// wakes from dormancy. The worker is done (done closed, the Manager's wg
+// told) when it returns other than dormant.
 func (w *worker) run() {
-	defer close(w.done)
 	if w.prev != nil {
 		<-w.prev.done
 		w.prev = nil
 		if w.ctx.Err() != nil {
+			w.end()
 			return
 		}
 	}
-	defer w.unpin()
-	defer w.nakHeld()
+	if w.serve() {
+		return // dormant
+	}
+	w.nakHeld()
+	w.unpin()
+	w.end()
+}
+
+func (w *worker) end() {
+	close(w.done)
+	w.m.wg.Done()
+}
+
+// serve delivers until the worker stops (false) or goes dormant (true).
+func (w *worker) serve() bool {
+	resumed := w.resumed
+	w.resumed = false
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if len(w.subjects) == 0 {
-		// Nothing linked: nothing to read but replays.
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w.keepInProgress(w.ctx)
-		}()
-		w.replays(w.ctx, true)
-		return
+		return w.serveReplays(&wg)
 	}
-	cons := w.consumer(w.ctx)
-	if cons == nil {
-		return
+	if w.cons == nil {
+		if w.cons = w.consumer(w.ctx); w.cons == nil {
+			return false
+		}
+		w.log().Info("webhook delivery started", "subjects", strings.Join(w.subjects, " "), "lanes", w.lanes, "batch", w.wh.Batch)
 	}
-	w.log().Info("webhook delivery started", "subjects", strings.Join(w.subjects, " "), "lanes", w.lanes, "batch", w.wh.Batch)
 	lanes := make([]*lane, w.lanes)
 	for i := range lanes {
 		lanes[i] = &lane{in: make(chan jetstream.Msg, w.capacity+1), wg: &wg}
 	}
-	w.dispatch(w.ctx, cons, lanes)
+	return w.dispatch(w.ctx, lanes, &wg, resumed)
+}
+
+// serveReplays serves an endpoint linked to nothing, which has nothing to
+// read but replays: it delivers those queued, then goes dormant until
+// another is (or the worker stops: false).
+func (w *worker) serveReplays(wg *sync.WaitGroup) bool {
+	for w.ctx.Err() == nil {
+		ctx, cancel := context.WithCancel(w.ctx)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.keepInProgress(ctx)
+		}()
+		w.replays(w.ctx)
+		cancel()
+		wg.Wait()
+		if w.ctx.Err() != nil || w.m.sleep.arm(w) != nil { // arming subscribes nothing here: it cannot fail
+			break
+		}
+		if !w.m.dl.queued(w.ctx, w.id) && w.m.sleep.sleep(w) {
+			return true
+		}
+		w.m.sleep.disarm(w)
+	}
+	return false
 }
 
 // lane is a queue of messages delivered in order by a goroutine that runs
@@ -266,12 +317,15 @@ func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, error)
 	return c, nil
 }
 
-// dispatch pulls the consumer until ctx ends and hands each message to
-// its lane. It keeps pulling while the lanes are busy (the lanes' queues
-// hold every message the consumer may give out), so that this process
-// stays the pinned reader of the consumer: no other process gets the
-// endpoint's next messages while this one holds earlier ones.
-func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []*lane) {
+// dispatch pulls the consumer until ctx ends (false) or the endpoint goes
+// dormant (true), and hands each message to its lane. It keeps pulling
+// while the lanes are busy (the lanes' queues hold every message the
+// consumer may give out), so that this process stays the pinned reader of
+// the consumer: no other process gets the endpoint's next messages while
+// this one holds earlier ones. resumed is set when a wake started the
+// goroutine again: it pulls at once, and looks for replays only if one
+// asked for it.
+func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.WaitGroup, resumed bool) bool {
 	backoff := 100 * time.Millisecond
 	var env query.Row
 	every := w.m.cfg.AckWait / 3
@@ -282,13 +336,22 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 	wake := w.m.dl.wakeChan(w.id)
 	defer w.m.dl.dropWake(w.id, wake)
 	lookedForReplays := time.Time{}
-	idle := true // the last pull brought nothing (or none was made)
+	if resumed {
+		lookedForReplays = time.Now() // looked for as it went dormant
+	}
+	idle := true   // the last pull brought nothing (or none was made)
+	armed := false // subscribed to wake it: the last pull was the last check
+	defer func() {
+		if armed {
+			w.m.sleep.disarm(w)
+		}
+	}()
 	for ctx.Err() == nil {
 		if time.Since(progressed) >= every {
 			w.progress()
 			progressed = time.Now()
 		}
-		woken := false
+		woken := w.replayWoken.Swap(false)
 		select {
 		case <-wake:
 			woken = true
@@ -303,7 +366,7 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 				go func() {
 					defer replayWG.Done()
 					defer replaying.Store(false)
-					w.replays(ctx, false)
+					w.replays(ctx)
 				}()
 			}
 		}
@@ -328,21 +391,21 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 		if idle {
 			size = 1
 		}
-		batch, err := cons.Fetch(size, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
+		batch, err := w.cons.Fetch(size, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
 		if err != nil {
 			cancel()
 			if ctx.Err() != nil {
-				return
+				return false
 			}
 			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
-				if cons = w.consumer(ctx); cons == nil {
-					return
+				if w.cons = w.consumer(ctx); w.cons == nil {
+					return false
 				}
 				continue
 			}
 			w.log().Warn("cannot read the webhook endpoint's consumer; retrying", "err", err, "retry_in", backoff)
 			if !sleep(ctx, backoff) {
-				return
+				return false
 			}
 			backoff = min(backoff*2, 5*time.Second)
 			continue
@@ -365,17 +428,66 @@ func (w *worker) dispatch(ctx context.Context, cons jetstream.Consumer, lanes []
 			lanes[lane].push(w, msg)
 		}
 		cancel()
-		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
+		if err := batch.Error(); errors.Is(err, jetstream.ErrPinIDMismatch) {
+			// The pin lapsed while the endpoint was dormant (see
+			// dormant.go): the next pull, naming none, is pinned.
+			continue
+		} else if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
 			w.log().Debug("webhook consumer read ended", "err", err)
 			if !sleep(ctx, 50*time.Millisecond) {
-				return
+				return false
 			}
 		}
 		backoff = 100 * time.Millisecond
 		if w.recovering && w.heldCount() == 0 {
-			cons = w.recovered(ctx, cons)
+			w.cons = w.recovered(ctx, w.cons)
 		}
+		if !idle || w.recovering || replaying.Load() || w.heldCount() > 0 || ctx.Err() != nil {
+			if armed {
+				w.m.sleep.disarm(w)
+				armed = false
+			}
+			continue
+		}
+		// Nothing came, nothing is held: the endpoint goes dormant (see
+		// dormant.go) once its lanes' goroutines have ended.
+		lanesWG.Wait()
+		if !armed {
+			if h := w.m.hooks.Load(); h != nil && h.beforeArm != nil {
+				h.beforeArm(w.id)
+			}
+			if err := w.m.sleep.arm(w); err != nil {
+				w.log().Debug("cannot subscribe to wake the webhook endpoint; it stays awake", "err", err)
+				continue
+			}
+			armed = true
+			if h := w.m.hooks.Load(); h != nil && h.armed != nil {
+				h.armed(w.id)
+			}
+		}
+		if w.quiet(ctx) {
+			if w.m.sleep.sleep(w) {
+				armed = false
+				return true
+			}
+			armed = false // a wake came meanwhile: sleep unsubscribed it
+		}
+		// Something is pending (in this process or another), or a wake
+		// came: pull again.
 	}
+	return false
+}
+
+// quiet reports whether the endpoint's consumer has no message pending
+// nor unacknowledged (by this process or another: those come back, when
+// the other dies, without a publish to wake this one) and no replay is
+// queued.
+func (w *worker) quiet(ctx context.Context) bool {
+	info, err := w.cons.Info(ctx)
+	if err != nil || info.NumPending > 0 || info.NumAckPending > 0 {
+		return false
+	}
+	return !w.m.dl.queued(ctx, w.id)
 }
 
 // recovered ends recovering once the consumer has no message pending:
