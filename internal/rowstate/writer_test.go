@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/pprof"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -184,11 +185,14 @@ func TestNATSRestartsUnderWrites(t *testing.T) {
 // events applied per second. The maintainer shares the process with
 // JetStream (embedded, file storage), as in tablecast.
 func BenchmarkMaintainer(b *testing.B) {
-	const n = 50_000
+	n := 50_000
+	if v, err := strconv.Atoi(os.Getenv("TABLECAST_BENCH_ROWS")); err == nil && v > 0 {
+		n = v // a larger table: TABLECAST_BENCH_ROWS=n
+	}
 	e := newEnv(b, `CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, big text);`)
 	e.exec(fmt.Sprintf(`INSERT INTO items SELECT g, 'n' || g, NULL FROM generate_series(1, %d) g`, n))
 	e.exec(`UPDATE items SET name = name || 'x'`)
-	waitFor(b, time.Minute, "the events", func() bool { return e.nats.Count("TABLECAST") >= 2*n })
+	waitFor(b, time.Minute, "the events", func() bool { return e.nats.Count("TABLECAST") >= uint64(2*n) })
 	events := e.lastEvent()
 	ctx := context.Background()
 	if path := os.Getenv("TABLECAST_BENCH_CPUPROFILE"); path != "" {
