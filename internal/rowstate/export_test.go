@@ -7,3 +7,11 @@ func LoseRowsForTest(lose func(bseq uint64) bool) (restore func()) {
 	dropRow.Store(&lose)
 	return func() { dropRow.Store(nil) }
 }
+
+// WithoutBatchesForTest makes maintainers started from now on write rows
+// one acknowledged publish each, as they do on a NATS server without fast
+// batches, until the returned restore is called.
+func WithoutBatchesForTest() (restore func()) {
+	noBatches.Store(true)
+	return func() { noBatches.Store(false) }
+}

@@ -253,7 +253,9 @@ const bigText = `(SELECT string_agg(md5(random()::text || g), '') FROM generate_
 // a TOASTed value out), deletes and a truncate; they survive a restart of
 // the maintainer with changes made while it was down; and a state deleted
 // whole is rebuilt from the event stream.
-func TestStateFollowsTheTable(t *testing.T) {
+func TestStateFollowsTheTable(t *testing.T) { stateFollowsTheTable(t) }
+
+func stateFollowsTheTable(t *testing.T) {
 	e := newEnv(t, items)
 	_, stop := e.maintainer()
 	e.settled("initial snapshot", "items")

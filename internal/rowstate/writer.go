@@ -33,7 +33,7 @@ type rowWriter interface {
 // otherwise one acknowledged publish per row.
 func newRowWriter(nc *nats.Conn, js jetstream.JetStream, rows jetstream.Stream, cfg Config) (rowWriter, error) {
 	name := RowsStreamName(cfg.Events)
-	if rows.CachedInfo().Config.AllowBatchPublish {
+	if rows.CachedInfo().Config.AllowBatchPublish && !noBatches.Load() {
 		return newBatchWriter(nc, name, DBBatchEndSubject(cfg.Prefix, cfg.DB))
 	}
 	return &asyncWriter{js: js, stream: name}, nil
@@ -291,6 +291,10 @@ func (w *batchWriter) flush(ctx context.Context) error {
 }
 
 func (w *batchWriter) close() { _ = w.sub.Unsubscribe() }
+
+// noBatches, set by tests only, makes maintainers write rows one
+// acknowledged publish each, as on a server without fast batches.
+var noBatches atomic.Bool
 
 // dropRow, set by tests only, makes the batch writer lose the messages of
 // a batch for which it returns true (given their number in the batch).

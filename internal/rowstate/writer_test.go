@@ -50,7 +50,9 @@ func (e *env) consistent(what string) uint64 {
 // the maintainer does not record the batch as applied, the state stays the
 // table as of its marker, and once the stream takes the row again the
 // state catches up with the table.
-func TestRefusedRowHoldsTheMarker(t *testing.T) {
+func TestRefusedRowHoldsTheMarker(t *testing.T) { refusedRowHoldsTheMarker(t) }
+
+func refusedRowHoldsTheMarker(t *testing.T) {
 	e := newEnv(t, items)
 	m, _ := e.maintainer()
 	e.caughtUp(m)
@@ -217,4 +219,14 @@ func BenchmarkMaintainer(b *testing.B) {
 		stop()
 	}
 	b.ReportMetric(float64(b.N)*float64(events)/b.Elapsed().Seconds(), "events/s")
+}
+
+// TestWithoutBatches: on a server without fast batches the maintainer
+// writes each row with its own acknowledgement, with the same guarantees:
+// the state follows the table, and a refused row holds the marker.
+func TestWithoutBatches(t *testing.T) {
+	restore := rowstate.WithoutBatchesForTest()
+	defer restore()
+	t.Run("follows the table", stateFollowsTheTable)
+	t.Run("refused row", refusedRowHoldsTheMarker)
 }
