@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/stream"
 )
 
 // rowWriter sends the row messages of a batch to the rows stream and says
@@ -121,7 +123,7 @@ type batchWriter struct {
 // acknowledgements: the most it allows. The maintainer does not wait for
 // them (a batch holds at most a few thousand rows, well within what the
 // server queues), so fewer would only mean more replies.
-const batchFlowAcks = 500
+const batchFlowAcks = stream.MaxFastBatchFlow
 
 // batchAckTimeout bounds the wait for a batch's final acknowledgement
 // while the connection stays up. The stream drops a batch it has heard
@@ -143,9 +145,9 @@ func newBatchWriter(nc *nats.Conn, stream, eob string) (*batchWriter, error) {
 }
 
 func (w *batchWriter) write(subject string, seq uint64, deleted bool, key, data []byte, truncated bool) error {
-	op := "1" // append
+	op := stream.FastBatchAppend
 	if w.sent == 0 {
-		op = "0" // start
+		op = stream.FastBatchStart
 		w.num++
 		w.id = w.idBase + strconv.FormatUint(w.num, 10)
 		w.reconnects = w.nc.Stats().Reconnects
@@ -173,20 +175,11 @@ func (w *batchWriter) write(subject string, seq uint64, deleted bool, key, data 
 	return nil
 }
 
-// replySubject is the reply subject of message bseq of the open batch:
-// "<inbox><id>.<flow>.fail.<bseq>.<op>.$FI".
+// replySubject is the reply subject of message bseq of the open batch
+// (stream.AppendFastBatchReply).
 func (w *batchWriter) replySubject(bseq uint64, op string) string {
-	b := append(w.reply[:0], w.inbox...)
-	b = append(b, w.id...)
-	b = append(b, '.')
-	b = strconv.AppendUint(b, batchFlowAcks, 10)
-	b = append(b, ".fail."...)
-	b = strconv.AppendUint(b, bseq, 10)
-	b = append(b, '.')
-	b = append(b, op...)
-	b = append(b, ".$FI"...)
-	w.reply = b
-	return string(b)
+	w.reply = stream.AppendFastBatchReply(w.reply[:0], w.inbox+w.idBase, w.num, batchFlowAcks, bseq, op)
+	return string(w.reply)
 }
 
 // batchReply is any reply to a batch message: a flow acknowledgement
@@ -222,8 +215,8 @@ func (w *batchWriter) flush(ctx context.Context) error {
 	}
 	sent := w.sent
 	w.sent = 0
-	// The batch ends with a message the stream does not store (op 3).
-	w.msg = nats.Msg{Subject: w.eob, Reply: w.replySubject(sent+1, "3")}
+	// The batch ends with a message the stream does not store.
+	w.msg = nats.Msg{Subject: w.eob, Reply: w.replySubject(sent+1, stream.FastBatchEnd)}
 	if err := w.nc.PublishMsg(&w.msg); err != nil {
 		return fmt.Errorf("end the batch of %d rows: %w", sent, err)
 	}
