@@ -47,6 +47,11 @@
 # Each line also gives the reader's peak resident memory (VmHWM, embedded
 # NATS included), and the machine's one-minute load average when the line's
 # readers started.
+# With TABLECAST_ROW_STATE=true (in the environment, or set by a wrapper
+# script given in BINS), each run lasts until the row state has applied the
+# last event too: the CPU figures include the maintainer's work, and the
+# line ends with "rows +Ns", how long after the last event was stored the
+# state had applied it. The rate stays the reader's.
 #
 # With LOAD_TPS=n, a pgbench load (TPC-B-like, n transactions a second, on
 # a database of its own) runs on the machine for the whole measurement, as
@@ -291,6 +296,23 @@ run_tablecast() {
     read -r msgs first span <<<"$out"
     [ "$msgs" -ge "$changes" ] && break
   done
+  # With the row state on, the run goes on until the state has applied the
+  # last event, so that the CPU figure holds all its cost; rows=+Ns says
+  # how long after the last event stored that was.
+  local rows_note= applied=0 marked=0 last_applied=0 still=0
+  if read -r applied marked < <(bin/jsinfo -url nats://127.0.0.1:14222 -rows-db "$DB" 2>/dev/null); then
+    while [ "$applied" -lt "$msgs" ]; do
+      sleep 0.2
+      read -r applied marked < <(bin/jsinfo -url nats://127.0.0.1:14222 -rows-db "$DB" 2>/dev/null) || true
+      if [ "$applied" -gt "$last_applied" ]; then last_applied=$applied still=0; else still=$((still + 1)); fi
+      [ "$still" -lt 50 ] || break
+    done
+    if [ "$applied" -ge "$msgs" ]; then
+      rows_note=$(printf ' | rows +%.2fs' "$(echo "$marked - $first - $span" | bc -l)")
+    else
+      rows_note=" | rows stalled at $applied of $msgs"
+    fi
+  fi
   if [ -n "$prof_pid" ]; then wait "$prof_pid" 2>/dev/null || true; prof_pid=; fi
   tc_ticks=$(proc_ticks "$reader_pid")
   stop_pid "$reader_pid"; reader_pid=
@@ -309,6 +331,7 @@ run_tablecast() {
   printf '%-6s %9d rows | %-14s | walsender %6.2fs %7.0f/s | tablecast %6.2fs %7.0f/s | ratio %.2f | CPU s/M %s | peak RSS %d MiB | load %s' \
     "$name" "$changes" "$(basename "$(dirname "$bin")")/$(basename "$bin")" "$recv_s" "$(echo "$changes / $recv_s" | bc -l)" "$tc_s" "$(echo "$changes / $tc_s" | bc -l)" \
     "$(echo "($changes / $tc_s) / ($changes / $recv_s)" | bc -l)" "$cpu" $((peak / 1024)) "$load"
+  printf '%s' "$rows_note"
   if [ -n "$prof" ] && [ -s "$prof" ]; then printf ' | %s' "$(profile_split "$prof")"; fi
   printf '\n'
 }

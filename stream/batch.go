@@ -36,9 +36,38 @@ const (
 	batchEnd    = "3" // ends the batch without a message of its own (EOB)
 )
 
+// The operations of AppendFastBatchReply, for other writers of fast
+// batches (the row state's).
+const (
+	FastBatchStart  = batchStart
+	FastBatchAppend = batchAppend
+	FastBatchEnd    = batchEnd
+)
+
 // maxBatchFlow is the most messages JetStream lets a batch run between two
 // flow acknowledgements; asking for more changes nothing.
 const maxBatchFlow = 500
+
+// MaxFastBatchFlow is maxBatchFlow, for other writers of fast batches.
+const MaxFastBatchFlow = maxBatchFlow
+
+// AppendFastBatchReply appends to dst the reply subject of message bseq
+// (operation op) of the fast batch whose id is idPrefix followed by num,
+// run with flow messages between two flow acknowledgements and gaps
+// failing it: "<idPrefix><num>.<flow>.fail.<bseq>.<op>.$FI". idPrefix
+// starts with the writer's reply inbox; the id must be unique among every
+// publisher of the stream.
+func AppendFastBatchReply(dst []byte, idPrefix string, num, flow, bseq uint64, op string) []byte {
+	dst = append(dst, idPrefix...)
+	dst = strconv.AppendUint(dst, num, 10)
+	dst = append(dst, '.')
+	dst = strconv.AppendUint(dst, flow, 10)
+	dst = append(dst, ".fail."...)
+	dst = strconv.AppendUint(dst, bseq, 10)
+	dst = append(dst, '.')
+	dst = append(dst, op...)
+	return append(dst, ".$FI"...)
+}
 
 // maxBatchMessages ends a batch that has run this long without a Flush.
 // Only the acknowledgement that ends a batch tells the stream sequence of
@@ -155,15 +184,7 @@ func (p *Publisher) aloneReply(num uint64) string {
 // batchReply returns the reply subject of message bseq of batch num, in
 // replyBuf: valid until the next call.
 func (p *Publisher) batchReply(num, bseq uint64, op string) string {
-	b := append(p.replyBuf[:0], p.inbox...)
-	b = append(b, p.batchBase...)
-	b = strconv.AppendUint(b, num, 10)
-	b = append(b, '.')
-	b = append(b, p.flowToken...)
-	b = strconv.AppendUint(b, bseq, 10)
-	b = append(b, '.')
-	b = append(b, op...)
-	b = append(b, ".$FI"...)
+	b := AppendFastBatchReply(p.replyBuf[:0], p.batchPrefix, num, p.flow, bseq, op)
 	p.replyBuf = b
 	return unsafe.String(unsafe.SliceData(b), len(b))
 }

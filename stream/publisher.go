@@ -194,10 +194,11 @@ type Publisher struct {
 	// inbox + batchID + "." + flow + ".fail." + batch seq + "." + op + ".$FI",
 	// with batchID = batchBase + batch number: unique among every
 	// publisher of the stream, as JetStream requires.
-	batching   bool
-	ctlSubject string
-	batchBase  string // "<unique token>-"
-	flowToken  string // "<flow>.fail."
+	batching    bool
+	ctlSubject  string
+	batchBase   string // "<unique token>-"
+	batchPrefix string // inbox + batchBase
+	flow        uint64 // messages between two flow acknowledgements
 
 	// The send side. sendLock is a mutex that Publish can give up on when
 	// its ctx ends; it guards the fields below it, up to mu.
@@ -328,7 +329,7 @@ func NewPublisher(nc *nats.Conn, js jetstream.JetStream, maxInFlight int, log *s
 		// The inbox's last token is unique (a NUID), so batch ids made
 		// from it are unique among every client of the stream.
 		p.batchBase = p.inbox[strings.LastIndexByte(p.inbox[:len(p.inbox)-1], '.')+1:len(p.inbox)-1] + "-"
-		p.flowToken = strconv.FormatUint(batchFlow(p.window), 10) + ".fail."
+		p.batchPrefix, p.flow = p.inbox+p.batchBase, batchFlow(p.window)
 	}
 
 	sub, err := nc.Subscribe(p.inbox+">", p.onAck)

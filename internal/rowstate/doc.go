@@ -11,8 +11,14 @@
 // delete writes a tombstone (it expires after TombstoneTTL), and a truncate
 // purges the table's rows and records itself on the table's marker
 // ("….t"). Every message carries Tablecast-Seq, the event sequence it
-// reflects. After each batch the maintainer records how far it has applied
-// the database on "<prefix>_rows.<db>._applied"; it starts again from there
+// reflects. A batch's rows go to the stream as one JetStream fast batch
+// (where the server takes them: nats-server 2.14 and later; otherwise one
+// acknowledged publish each), with gaps failing it, ended on
+// "<prefix>_rows.<db>._batch", which the stream never stores: a row refused
+// or lost on the way leaves every later row of the batch unstored and the
+// batch unacknowledged in full. After each batch whose rows are all stored
+// the maintainer records how far it has applied the database on
+// "<prefix>_rows.<db>._applied"; it starts again from there
 // after a restart (a batch cut short is applied again, without writing a
 // row back over a later version), and a state deleted whole is rebuilt
 // from the event stream. Tables without a key have no state.

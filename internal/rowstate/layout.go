@@ -70,6 +70,16 @@ func DBMarkerSubject(prefix, db string) string {
 	return string(append(b, "._applied"...))
 }
 
+// DBBatchEndSubject is where the maintainer of database db ends its fast
+// batches of rows: "<prefix>_rows.<db>._batch". The rows stream captures it
+// but never stores what is sent there (the end of a batch carries no
+// message of its own).
+func DBBatchEndSubject(prefix, db string) string {
+	b := append([]byte(prefix), "_rows."...)
+	b = stream.AppendToken(b, db)
+	return string(append(b, "._batch"...))
+}
+
 // DBFilter matches every message of database db's state.
 func DBFilter(prefix, db string) string {
 	b := append([]byte(prefix), "_rows."...)

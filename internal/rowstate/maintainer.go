@@ -22,6 +22,7 @@ import (
 // the rows stream, one message per row.
 type Maintainer struct {
 	cfg    Config
+	nc     *nats.Conn
 	js     jetstream.JetStream
 	log    *slog.Logger
 	m      *metrics
@@ -46,7 +47,7 @@ func New(cfg Config, nc *nats.Conn) (*Maintainer, error) {
 		return nil, fmt.Errorf("row state: %w", err)
 	}
 	tables, _ := ParsePatterns(cfg.Tables)
-	return &Maintainer{cfg: cfg, js: js, log: cfg.Logger.With("component", "rowstate", "database", cfg.DB),
+	return &Maintainer{cfg: cfg, nc: nc, js: js, log: cfg.Logger.With("component", "rowstate", "database", cfg.DB),
 		m: newMetrics(cfg.Registerer), tables: tables}, nil
 }
 
@@ -93,8 +94,9 @@ type session struct {
 	careful   uint64 // events up to it may be in the state already (an interrupted batch)
 	delivered uint64 // stream sequence of the last event received
 
-	batch   map[string]version // rows written by the batch being applied, by subject
-	pending []jetstream.PubAckFuture
+	batch map[string]version   // rows written by the batch being applied, by subject
+	w     rowWriter            // writes the rows of a batch
+	bases map[[2]string]string // tableRowsBase + ".r." of each table met, by schema and table
 }
 
 // version is a row as the state holds it.
@@ -116,7 +118,12 @@ func (m *Maintainer) runOnce(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open event stream %s: %w", m.cfg.Events, err)
 	}
-	s := &session{m: m, rows: rows, events: events}
+	w, err := newRowWriter(m.nc, m.js, rows, m.cfg)
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	s := &session{m: m, rows: rows, events: events, w: w, bases: map[[2]string]string{}}
 	if err := s.open(ctx); err != nil {
 		return err
 	}
@@ -319,7 +326,7 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	if !c.keyed() {
 		return nil // a table without a key has no row state
 	}
-	oldSubj := RowSubject(m.cfg.Prefix, m.cfg.DB, c.schema, c.table, KeyToken(c.key))
+	oldSubj := s.rowSubject(c.schema, c.table, c.key)
 	if op == schema.OpDelete {
 		return s.put(ctx, oldSubj, c.key, version{seq: seq, deleted: true})
 	}
@@ -341,7 +348,7 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	}
 	newSubj := oldSubj
 	if string(key) != string(c.key) {
-		newSubj = RowSubject(m.cfg.Prefix, m.cfg.DB, c.schema, c.table, KeyToken(key))
+		newSubj = s.rowSubject(c.schema, c.table, key)
 		if err := s.put(ctx, oldSubj, c.key, version{seq: seq, deleted: true}); err != nil {
 			return err
 		}
@@ -382,38 +389,28 @@ func (s *session) put(ctx context.Context, subj string, key []byte, v version) e
 			return nil
 		}
 	}
-	msg := &nats.Msg{Subject: subj, Header: nats.Header{}}
-	msg.Header.Set(HeaderSeq, strconv.FormatUint(v.seq, 10))
-	if v.deleted {
-		msg.Header.Set(HeaderDeleted, "1")
-		msg.Header.Set(jetstream.MsgTTLHeader, TombstoneTTL.String())
+	if err := s.w.write(subj, v.seq, v.deleted, key, v.data, !v.deleted && v.data == nil); err != nil {
+		return err
 	}
-	msg.Data = appendRowMessage(nil, key, v.data, !v.deleted && v.data == nil)
-	f, err := s.m.js.PublishMsgAsync(msg, jetstream.WithExpectStream(RowsStreamName(s.m.cfg.Events)))
-	if err != nil {
-		return fmt.Errorf("write row %s: %w", subj, err)
-	}
-	s.pending = append(s.pending, f)
 	s.batch[subj] = v
 	s.m.m.rows.Inc()
 	return nil
 }
 
-// flush waits until every row written is stored.
-func (s *session) flush(ctx context.Context) error {
-	// A refused write is not retried here: the session ends and the next
-	// one applies the batch again from the marker.
-	defer func() { s.pending = s.pending[:0] }()
-	for _, f := range s.pending {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return fmt.Errorf("write row %s: %w", f.Msg().Subject, err)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+// flush waits until every row written is stored. A refused write is not
+// retried here: the session ends and the next one applies the batch again
+// from the marker.
+func (s *session) flush(ctx context.Context) error { return s.w.flush(ctx) }
+
+// rowSubject is RowSubject, with the table's part of it made once per
+// session.
+func (s *session) rowSubject(schemaName, table string, key []byte) string {
+	base, ok := s.bases[[2]string{schemaName, table}]
+	if !ok {
+		base = tableRowsBase(s.m.cfg.Prefix, s.m.cfg.DB, schemaName, table) + ".r."
+		s.bases[[2]string{schemaName, table}] = base
 	}
-	return nil
+	return base + KeyToken(key)
 }
 
 // truncate removes every row of the table, then records the truncate on

@@ -27,7 +27,7 @@ const prefix = "tc"
 
 // env is a database streamed by a real reader into a real JetStream.
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	nats *natstest.Server
 	db   string
 	conn *pgx.Conn
@@ -38,7 +38,7 @@ var slotN struct {
 	n int
 }
 
-func newEnv(t *testing.T, setup string) *env {
+func newEnv(t testing.TB, setup string) *env {
 	t.Helper()
 	c := pgtest.Require(t)
 	name, url := c.CreateDatabase(t)
@@ -165,7 +165,7 @@ func (e *env) want(table string) map[string]string {
 	return out
 }
 
-func canon(t *testing.T, raw []byte) string {
+func canon(t testing.TB, raw []byte) string {
 	var v any
 	if err := json.Unmarshal(raw, &v); err != nil {
 		t.Fatalf("%s: %v", raw, err)
@@ -208,7 +208,7 @@ func diff(got, want map[string]string) int {
 	return n
 }
 
-func sameRows(t *testing.T, what string, got, want map[string]string) {
+func sameRows(t testing.TB, what string, got, want map[string]string) {
 	t.Helper()
 	bad := 0
 	for k, w := range want {
@@ -230,7 +230,7 @@ func sameRows(t *testing.T, what string, got, want map[string]string) {
 	}
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
+func waitFor(t testing.TB, d time.Duration, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !ok() {
@@ -253,7 +253,9 @@ const bigText = `(SELECT string_agg(md5(random()::text || g), '') FROM generate_
 // a TOASTed value out), deletes and a truncate; they survive a restart of
 // the maintainer with changes made while it was down; and a state deleted
 // whole is rebuilt from the event stream.
-func TestStateFollowsTheTable(t *testing.T) {
+func TestStateFollowsTheTable(t *testing.T) { stateFollowsTheTable(t) }
+
+func stateFollowsTheTable(t *testing.T) {
 	e := newEnv(t, items)
 	_, stop := e.maintainer()
 	e.settled("initial snapshot", "items")
@@ -396,7 +398,7 @@ func (e *env) boundedRows(table string) (map[string]string, uint64) {
 // (the scan left out a row changed while it ran: an enter), a delete of one
 // it lacks does nothing. A create of a row rows holds fails the test: the
 // scan gave a row newer than n, or twice.
-func applyEvents(t *testing.T, e *env, rows map[string]string, n uint64) {
+func applyEvents(t testing.TB, e *env, rows map[string]string, n uint64) {
 	t.Helper()
 	ctx := context.Background()
 	s, err := e.nats.JS.Stream(ctx, "TABLECAST")

@@ -56,6 +56,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamsConfi
 		Discard:           jetstream.DiscardNew,
 		AllowDirect:       true,
 		AllowMsgTTL:       true,
+		// The maintainer writes a batch's rows as a fast batch where the
+		// server takes them (2.14 and later; older ones ignore it).
+		AllowBatchPublish: true,
 		Replicas:          cfg.Replicas,
 		Storage:           cfg.Storage,
 	}
@@ -78,12 +81,12 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamsConfi
 		return nil, fmt.Errorf("stream %s uses %s storage but %s is configured; storage cannot be changed in place", want.Name, have.Storage, want.Storage)
 	}
 	if have.Replicas == want.Replicas && have.MaxMsgsPerSubject == want.MaxMsgsPerSubject && have.AllowDirect && have.AllowMsgTTL &&
-		len(have.Subjects) == 1 && have.Subjects[0] == want.Subjects[0] {
+		have.AllowBatchPublish && len(have.Subjects) == 1 && have.Subjects[0] == want.Subjects[0] {
 		return s, nil
 	}
 	upd := have
 	upd.Subjects, upd.Replicas = want.Subjects, want.Replicas
-	upd.MaxMsgsPerSubject, upd.AllowDirect, upd.AllowMsgTTL = want.MaxMsgsPerSubject, true, true
+	upd.MaxMsgsPerSubject, upd.AllowDirect, upd.AllowMsgTTL, upd.AllowBatchPublish = want.MaxMsgsPerSubject, true, true, true
 	s, err = js.UpdateStream(ctx, upd)
 	if err != nil {
 		return nil, fmt.Errorf("update stream %s: %w", want.Name, err)

@@ -1,0 +1,294 @@
+package rowstate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/stream"
+)
+
+// rowWriter sends the row messages of a batch to the rows stream and says
+// when the stream has stored all of them.
+type rowWriter interface {
+	// write sends one row message (appendRowMessage's data) with the
+	// headers of a row at event seq, or of a tombstone. It may return
+	// before the stream stores it, and keeps no reference to key or data.
+	write(subject string, seq uint64, deleted bool, key, data []byte, truncated bool) error
+	// flush waits until every message written since the last flush is
+	// stored; an error means some may not be, and the writer is no longer
+	// usable (the session ends, and the next applies the batch again).
+	flush(ctx context.Context) error
+	close()
+}
+
+// newRowWriter returns the writer for the rows stream as provisioned: fast
+// batches where the stream takes them (nats-server 2.14 and later),
+// otherwise one acknowledged publish per row.
+func newRowWriter(nc *nats.Conn, js jetstream.JetStream, rows jetstream.Stream, cfg Config) (rowWriter, error) {
+	name := RowsStreamName(cfg.Events)
+	if rows.CachedInfo().Config.AllowBatchPublish && !noBatches.Load() {
+		return newBatchWriter(nc, name, DBBatchEndSubject(cfg.Prefix, cfg.DB))
+	}
+	return &asyncWriter{js: js, stream: name}, nil
+}
+
+// rowHeaders sets a row message's headers in h: its event sequence, and
+// for a tombstone the mark and time to live.
+func rowHeaders(h nats.Header, seq uint64, deleted bool) {
+	h[HeaderSeq] = []string{strconv.FormatUint(seq, 10)}
+	if deleted {
+		h[HeaderDeleted] = []string{"1"}
+		h[jetstream.MsgTTLHeader] = []string{tombstoneTTL}
+	}
+}
+
+// tombstoneTTL is TombstoneTTL as the Nats-TTL header writes it.
+var tombstoneTTL = TombstoneTTL.String()
+
+// asyncWriter publishes each row on its own, acknowledged by the stream:
+// for a stream that does not take fast batches.
+type asyncWriter struct {
+	js      jetstream.JetStream
+	stream  string
+	pending []jetstream.PubAckFuture
+}
+
+func (w *asyncWriter) write(subject string, seq uint64, deleted bool, key, data []byte, truncated bool) error {
+	msg := &nats.Msg{Subject: subject, Header: nats.Header{}, Data: appendRowMessage(nil, key, data, truncated)}
+	rowHeaders(msg.Header, seq, deleted)
+	f, err := w.js.PublishMsgAsync(msg, jetstream.WithExpectStream(w.stream))
+	if err != nil {
+		return fmt.Errorf("write row %s: %w", subject, err)
+	}
+	w.pending = append(w.pending, f)
+	return nil
+}
+
+func (w *asyncWriter) flush(ctx context.Context) error {
+	defer func() { w.pending = w.pending[:0] }()
+	for _, f := range w.pending {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("write row %s: %w", f.Msg().Subject, err)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (w *asyncWriter) close() {}
+
+// batchWriter sends the rows between two flushes as one JetStream fast
+// batch (the protocol is described in stream/batch.go): the stream answers
+// every few hundred messages and once when the batch ends, instead of once
+// per row, which spares the server a reply per row and the maintainer an
+// acknowledgement to decode and a future to wait on. The batch's messages
+// are sent with gaps failing it: when the stream refuses a row (a full
+// store, a message too large) or a row is lost with the connection, it
+// stores no later row of the batch and its final acknowledgement counts
+// fewer rows than were sent, so flush fails and the batch's marker is not
+// written.
+type batchWriter struct {
+	nc     *nats.Conn
+	stream string // the rows stream: the name every acknowledgement must carry
+	eob    string // subject of the message that ends a batch, never stored
+
+	sub    *nats.Subscription // replies: inbox + ">"
+	inbox  string             // "<inbox>."
+	idBase string             // "<unique token>-": a batch's id is idBase + its number
+
+	num        uint64 // number of the open (or last) batch
+	id         string // id of the open batch
+	sent       uint64 // messages of the open batch sent
+	reconnects uint64 // nc's reconnect count when the open batch began
+
+	msg   nats.Msg
+	hdr   nats.Header
+	data  []byte
+	reply []byte
+}
+
+// batchFlowAcks is how many rows the stream stores between two of its flow
+// acknowledgements: the most it allows. The maintainer does not wait for
+// them (a batch holds at most a few thousand rows, well within what the
+// server queues), so fewer would only mean more replies.
+const batchFlowAcks = stream.MaxFastBatchFlow
+
+// batchAckTimeout bounds the wait for a batch's final acknowledgement
+// while the connection stays up. The stream drops a batch it has heard
+// nothing of for 10 s (a lost end message); storing a few thousand rows
+// takes well under a second.
+const batchAckTimeout = 30 * time.Second
+
+func newBatchWriter(nc *nats.Conn, stream, eob string) (*batchWriter, error) {
+	inbox := nc.NewInbox() + "."
+	sub, err := nc.SubscribeSync(inbox + ">")
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to the row state's acknowledgements: %w", err)
+	}
+	// The inbox's last token is unique (a NUID), so batch ids made from it
+	// are unique among every publisher of the stream, as JetStream requires.
+	tok := inbox[:len(inbox)-1]
+	tok = tok[strings.LastIndexByte(tok, '.')+1:]
+	return &batchWriter{nc: nc, stream: stream, eob: eob, sub: sub, inbox: inbox, idBase: tok + "-", hdr: nats.Header{}}, nil
+}
+
+func (w *batchWriter) write(subject string, seq uint64, deleted bool, key, data []byte, truncated bool) error {
+	op := stream.FastBatchAppend
+	if w.sent == 0 {
+		op = stream.FastBatchStart
+		w.num++
+		w.id = w.idBase + strconv.FormatUint(w.num, 10)
+		w.reconnects = w.nc.Stats().Reconnects
+		// Replies of an earlier batch still queued (flow acknowledgements
+		// that crossed its end) are of no use now.
+		for {
+			if _, err := w.sub.NextMsg(0); err != nil {
+				break
+			}
+		}
+	}
+	w.sent++
+	if f := dropRow.Load(); f != nil && (*f)(w.sent) {
+		return nil // lost on the way, as a dropped connection would lose it
+	}
+	clear(w.hdr)
+	rowHeaders(w.hdr, seq, deleted)
+	w.data = appendRowMessage(w.data[:0], key, data, truncated)
+	w.msg = nats.Msg{Subject: subject, Reply: w.replySubject(w.sent, op), Header: w.hdr, Data: w.data}
+	// nats.go copies the message into its write buffer before PublishMsg
+	// returns: msg, hdr and data are free again.
+	if err := w.nc.PublishMsg(&w.msg); err != nil {
+		return fmt.Errorf("write row %s: %w", subject, err)
+	}
+	return nil
+}
+
+// replySubject is the reply subject of message bseq of the open batch
+// (stream.AppendFastBatchReply).
+func (w *batchWriter) replySubject(bseq uint64, op string) string {
+	w.reply = stream.AppendFastBatchReply(w.reply[:0], w.inbox+w.idBase, w.num, batchFlowAcks, bseq, op)
+	return string(w.reply)
+}
+
+// batchReply is any reply to a batch message: a flow acknowledgement
+// (type "ack"), a refused message ("err"), a gap ("gap"), or the
+// acknowledgement that ends the batch (a publish acknowledgement with the
+// batch's count, or an error).
+type batchReply struct {
+	Type   string    `json:"type"`
+	Seq    uint64    `json:"seq"`
+	Stream string    `json:"stream"`
+	Batch  string    `json:"batch"`
+	Count  uint64    `json:"count"`
+	Error  *apiError `json:"error"`
+}
+
+type apiError struct {
+	Code        int    `json:"code"`
+	ErrCode     uint16 `json:"err_code"`
+	Description string `json:"description"`
+}
+
+func (e *apiError) Error() string {
+	return fmt.Sprintf("%s (code %d, error %d)", e.Description, e.Code, e.ErrCode)
+}
+
+// ErrRowsRefused is returned (wrapped) when the rows stream did not store
+// every row of a batch.
+var ErrRowsRefused = errors.New("the rows stream did not store every row of the batch")
+
+func (w *batchWriter) flush(ctx context.Context) error {
+	if w.sent == 0 {
+		return nil
+	}
+	sent := w.sent
+	w.sent = 0
+	// The batch ends with a message the stream does not store.
+	w.msg = nats.Msg{Subject: w.eob, Reply: w.replySubject(sent+1, stream.FastBatchEnd)}
+	if err := w.nc.PublishMsg(&w.msg); err != nil {
+		return fmt.Errorf("end the batch of %d rows: %w", sent, err)
+	}
+	prefix := w.inbox + w.id + "."
+	var refused error
+	deadline := time.Now().Add(batchAckTimeout)
+	for {
+		wait := min(time.Until(deadline), 250*time.Millisecond)
+		if wait <= 0 {
+			return fmt.Errorf("write %d rows: no acknowledgement within %s", sent, batchAckTimeout)
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		m, err := w.sub.NextMsgWithContext(wctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, context.DeadlineExceeded):
+			if w.nc.Stats().Reconnects != w.reconnects {
+				// Rows sent before the connection dropped may be lost, and
+				// with them the stream's replies.
+				return fmt.Errorf("write %d rows: the connection to NATS was lost during the batch", sent)
+			}
+			continue
+		case err != nil:
+			return fmt.Errorf("write %d rows: %w", sent, err)
+		}
+		if !strings.HasPrefix(m.Subject, prefix) {
+			continue // a reply to an earlier batch
+		}
+		if len(m.Data) == 0 {
+			return fmt.Errorf("write %d rows: %w: status %s %s", sent, ErrRowsRefused, m.Header.Get("Status"), m.Header.Get("Description"))
+		}
+		var r batchReply
+		if err := json.Unmarshal(m.Data, &r); err != nil {
+			return fmt.Errorf("write %d rows: a reply that is not JSON: %q", sent, m.Data)
+		}
+		switch {
+		case r.Type == "ack":
+			continue
+		case r.Type == "err" || r.Type == "gap":
+			// The final acknowledgement follows; keep the first reason.
+			if refused == nil {
+				refused = fmt.Errorf("row %d of the batch: %s", r.Seq, m.Data)
+				if r.Error != nil {
+					refused = fmt.Errorf("row %d of the batch: %w", r.Seq, r.Error)
+				}
+			}
+			continue
+		case r.Error != nil:
+			if refused == nil {
+				refused = r.Error
+			}
+			return fmt.Errorf("write %d rows: %w: %w", sent, ErrRowsRefused, refused)
+		case r.Stream != w.stream:
+			return fmt.Errorf("write %d rows: stored by stream %q, not %s (another stream captures its subjects)", sent, r.Stream, w.stream)
+		case refused != nil || r.Count != sent:
+			if refused == nil {
+				refused = fmt.Errorf("%d of %d stored", r.Count, sent)
+			}
+			return fmt.Errorf("write %d rows: %w: %w", sent, ErrRowsRefused, refused)
+		}
+		return nil
+	}
+}
+
+func (w *batchWriter) close() { _ = w.sub.Unsubscribe() }
+
+// noBatches, set by tests only, makes maintainers write rows one
+// acknowledged publish each, as on a server without fast batches.
+var noBatches atomic.Bool
+
+// dropRow, set by tests only, makes the batch writer lose the messages of
+// a batch for which it returns true (given their number in the batch).
+var dropRow atomic.Pointer[func(bseq uint64) bool]

@@ -1,0 +1,232 @@
+package rowstate_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tablecast/tablecast/internal/rowstate"
+)
+
+// eventOf returns the stream sequence of the last event of row id of table
+// items, 0 when there is none.
+func (e *env) eventOf(id int) uint64 {
+	e.t.Helper()
+	want := fmt.Sprintf(`{"id":%d}`, id)
+	var seq uint64
+	for _, m := range e.nats.ReadAll(e.t, "TABLECAST") {
+		var ev struct {
+			Table string          `json:"table"`
+			Key   json.RawMessage `json:"key"`
+		}
+		if json.Unmarshal(m.Data, &ev) == nil && ev.Table == "items" && len(ev.Key) > 0 && canon(e.t, ev.Key) == want {
+			seq = m.Seq
+		}
+	}
+	return seq
+}
+
+// consistent checks that a scan of items, completed with the events after
+// the sequence it returns, equals the table: whatever the maintainer has
+// failed to write, the rows as of its marker are the table as of there.
+func (e *env) consistent(what string) uint64 {
+	e.t.Helper()
+	got, n := e.boundedRows("items")
+	applyEvents(e.t, e, got, n)
+	sameRows(e.t, what, got, e.want("items"))
+	return n
+}
+
+// TestRefusedRowHoldsTheMarker: when the rows stream refuses a row in the
+// middle of a batch (here: larger than the stream's maximum message size),
+// the maintainer does not record the batch as applied, the state stays the
+// table as of its marker, and once the stream takes the row again the
+// state catches up with the table.
+func TestRefusedRowHoldsTheMarker(t *testing.T) { refusedRowHoldsTheMarker(t) }
+
+func refusedRowHoldsTheMarker(t *testing.T) {
+	e := newEnv(t, items)
+	m, _ := e.maintainer()
+	e.caughtUp(m)
+	ctx := context.Background()
+	rows, err := e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := rows.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Config.AllowBatchPublish {
+		t.Fatal("the rows stream does not take fast batches: the maintainer writes rows one acknowledged publish each")
+	}
+	cfg := info.Config
+	cfg.MaxMsgSize = 2048
+	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+
+	// One transaction: small rows, one too large for the stream, small rows.
+	e.exec(`BEGIN;
+INSERT INTO items SELECT g, 'n' || g, NULL FROM generate_series(1001, 1050) g;
+INSERT INTO items VALUES (1051, 'big', ` + bigText + `);
+INSERT INTO items SELECT g, 'n' || g, NULL FROM generate_series(1052, 1100) g;
+UPDATE items SET name = 'after' WHERE id = 1;
+COMMIT`)
+	var big uint64
+	waitFor(t, 30*time.Second, "the transaction's events", func() bool {
+		big = e.eventOf(1051)
+		return big > 0 && e.eventOf(1100) > 0
+	})
+	// The maintainer tries the batch again and again meanwhile.
+	time.Sleep(2 * time.Second)
+	if a := m.Applied(); a >= big {
+		t.Fatalf("the row state is recorded as applied up to event %d, past event %d whose row the stream refused", a, big)
+	}
+	if n := e.consistent("while a row is refused"); n >= big {
+		t.Fatalf("a scan is as of event %d, past event %d whose row the stream refused", n, big)
+	}
+
+	cfg.MaxMsgSize = -1
+	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	e.settled("once the stream takes the row", "items")
+	e.caughtUp(m)
+	e.consistent("caught up")
+}
+
+func (e *env) lastEvent() uint64 {
+	s, err := e.nats.JS.Stream(context.Background(), "TABLECAST")
+	if err != nil {
+		return 0
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		return 0
+	}
+	return info.State.LastSeq
+}
+
+// TestLostRowFailsTheBatch: a row message lost on its way to the stream
+// (as with a connection that drops mid-batch) fails its batch; the
+// maintainer applies the batch again, and the state equals the table.
+func TestLostRowFailsTheBatch(t *testing.T) {
+	e := newEnv(t, items)
+	m, _ := e.maintainer()
+	e.caughtUp(m)
+	// Lose the third row of the next batches of at least three rows, twice.
+	var lost atomic.Int32
+	restore := rowstate.LoseRowsForTest(func(bseq uint64) bool {
+		return bseq == 3 && lost.Add(1) <= 2
+	})
+	defer restore()
+	e.exec(`UPDATE items SET name = 'lost?' WHERE id <= 100`)
+	waitFor(t, 30*time.Second, "rows to be lost", func() bool { return lost.Load() >= 2 })
+	e.settled("after lost rows", "items")
+	e.caughtUp(m)
+	e.consistent("after lost rows")
+}
+
+// TestNATSRestartsUnderWrites: NATS restarted twice while rows change
+// (batches cut short by the restart, rows and replies lost with the
+// connection): every scan is the table as of its marker, and at rest the
+// state equals the table.
+func TestNATSRestartsUnderWrites(t *testing.T) {
+	e := newEnv(t, items)
+	m, _ := e.maintainer()
+	e.caughtUp(m)
+	ctx, cancel := context.WithCancel(context.Background())
+	writer := make(chan error, 1)
+	go func() {
+		conn, err := pgx.Connect(ctx, e.conn.Config().ConnString())
+		if err != nil {
+			writer <- err
+			return
+		}
+		defer conn.Close(context.Background())
+		for i := 0; ctx.Err() == nil; i++ {
+			sql := fmt.Sprintf(`INSERT INTO items SELECT g, 'w%d', NULL FROM generate_series(%d, %d) g ON CONFLICT (id) DO UPDATE SET name = excluded.name`,
+				i, i%20*25+1, i%20*25+50)
+			if _, err := conn.Exec(ctx, sql); err != nil && ctx.Err() == nil {
+				writer <- err
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		writer <- nil
+	}()
+	for range 2 {
+		time.Sleep(700 * time.Millisecond)
+		e.nats.Stop()
+		time.Sleep(200 * time.Millisecond)
+		e.nats.Restart()
+	}
+	time.Sleep(500 * time.Millisecond)
+	cancel()
+	if err := <-writer; err != nil && ctx.Err() == nil {
+		t.Fatalf("writer: %v", err)
+	}
+	e.caughtUp(m)
+	e.settled("after NATS restarts", "items")
+	e.caughtUp(m)
+	e.consistent("after NATS restarts")
+}
+
+// BenchmarkMaintainer measures the maintainer alone: each iteration builds
+// the state of a table of 50,000 rows (inserted, then each updated once) from
+// the event stream, into a rows stream deleted before it, and reports the
+// events applied per second. The maintainer shares the process with
+// JetStream (embedded, file storage), as in tablecast.
+func BenchmarkMaintainer(b *testing.B) {
+	n := 50_000
+	if v, err := strconv.Atoi(os.Getenv("TABLECAST_BENCH_ROWS")); err == nil && v > 0 {
+		n = v // a larger table: TABLECAST_BENCH_ROWS=n
+	}
+	e := newEnv(b, `CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, big text);`)
+	e.exec(fmt.Sprintf(`INSERT INTO items SELECT g, 'n' || g, NULL FROM generate_series(1, %d) g`, n))
+	e.exec(`UPDATE items SET name = name || 'x'`)
+	waitFor(b, time.Minute, "the events", func() bool { return e.nats.Count("TABLECAST") >= uint64(2*n) })
+	events := e.lastEvent()
+	ctx := context.Background()
+	if path := os.Getenv("TABLECAST_BENCH_CPUPROFILE"); path != "" {
+		// The maintainer's part alone, without the setup's.
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		_ = e.nats.JS.DeleteStream(ctx, rowstate.RowsStreamName("TABLECAST"))
+		b.StartTimer()
+		m, stop := e.maintainer()
+		waitFor(b, 5*time.Minute, "the state", func() bool { return m.Applied() >= events })
+		stop()
+	}
+	b.ReportMetric(float64(b.N)*float64(events)/b.Elapsed().Seconds(), "events/s")
+}
+
+// TestWithoutBatches: on a server without fast batches the maintainer
+// writes each row with its own acknowledgement, with the same guarantees:
+// the state follows the table, and a refused row holds the marker.
+func TestWithoutBatches(t *testing.T) {
+	restore := rowstate.WithoutBatchesForTest()
+	defer restore()
+	t.Run("follows the table", stateFollowsTheTable)
+	t.Run("refused row", refusedRowHoldsTheMarker)
+}
