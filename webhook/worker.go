@@ -44,6 +44,12 @@ import (
 // batch or two.
 const maxHeld = 8192
 
+// maxExtraPull bounds, across a Manager's endpoints, how many messages
+// their pulls may ask for beyond two batches a lane: endpoints catching up
+// together hold at most this many more (about 1 KiB each, a few tens of
+// MiB in all), and the others stay at two batches until some give back.
+const maxExtraPull = 32768
+
 // perLane is the pull's size, per lane, for a batch of batch while the
 // endpoint is not behind: two batches, one being posted while the next
 // arrives, so that the receiver does not wait, between batches, for the
@@ -103,6 +109,10 @@ type worker struct {
 
 	heldMu sync.Mutex
 	held   map[uint64]jetstream.Msg // by stream sequence: read, not yet acknowledged
+	// delivered is signalled when messages held are acknowledged (let go);
+	// acked counts them.
+	delivered chan struct{}
+	acked     atomic.Int64
 
 	// cons is the endpoint's consumer once set up; kept while dormant, so
 	// that a wake pulls at once.
@@ -118,7 +128,7 @@ type worker struct {
 
 func newWorker(parent context.Context, m *Manager, e *match.Entry) *worker {
 	wh := *e.Endpoint.Webhook
-	w := &worker{m: m, id: e.Endpoint.ID, wh: wh, done: make(chan struct{}), held: map[uint64]jetstream.Msg{}}
+	w := &worker{m: m, id: e.Endpoint.ID, wh: wh, done: make(chan struct{}), held: map[uint64]jetstream.Msg{}, delivered: make(chan struct{}, 1)}
 	w.ctx, w.cancel = context.WithCancel(parent)
 	w.entry.Store(e)
 	w.subjects = match.Subjects(m.cfg.Prefix, e.Matcher.Filters(), e.Matcher.Rules())
@@ -389,6 +399,10 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 		lookedForReplays = time.Now() // looked for as it went dormant
 	}
 	pull := w.pull // the next pull's size (see below)
+	var rate deliveryRate
+	// What the pull grew by is taken from the Manager's budget (see
+	// maxExtraPull) and given back as it shrinks, and as dispatch ends.
+	defer func() { w.m.extraPull.Add(-int64(pull - w.pull)) }()
 	idle := true   // the last pull brought nothing (or none was made)
 	armed := false // subscribed to wake it: the last pull was the last check
 	defer func() {
@@ -437,7 +451,25 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 		// After a pull that brought nothing the next asks for one message:
 		// a pull's buffers are sized by what it asks for, and an idle
 		// endpoint spends its time in pulls.
-		size := pull
+		// A receiver slower than what comes sets the pace: the endpoint
+		// holds no more than a second of what its receiver accepts (at
+		// least two batches a lane; see deliveryRate): beyond
+		// that, the pull is back to two batches a lane and no more is asked
+		// for until some are delivered (or until a pull must go out to
+		// keep the pin). So it holds the reader's window only for a
+		// receiver that takes it that fast, and a slow receiver, however
+		// many events wait for it, costs little memory.
+		held := w.heldCount()
+		allow := rate.allowance(w)
+		if !idle && held >= allow {
+			pull = w.shrinkPull(pull)
+			keepPin := time.Now().Add(w.m.cfg.PinnedTTL / 3)
+			for held >= allow && ctx.Err() == nil && time.Now().Before(keepPin) {
+				w.waitDelivered(ctx, time.Until(keepPin))
+				held, allow = w.heldCount(), rate.allowance(w)
+			}
+		}
+		size := max(1, min(pull, allow-held))
 		if idle {
 			size = 1
 		}
@@ -485,9 +517,9 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 		// storing what publishers queued (see maxHeld), hands it as many
 		// messages as it may hold in each turn.
 		if got == size && size > 1 {
-			pull = min(w.capacity, 4*pull)
+			pull = w.growPull(pull)
 		} else if got < size {
-			pull = w.pull
+			pull = w.shrinkPull(pull)
 		}
 		if err := batch.Error(); errors.Is(err, jetstream.ErrPinIDMismatch) {
 			// The pin lapsed while the endpoint was dormant (see
@@ -572,6 +604,62 @@ func (w *worker) recovered(ctx context.Context, cons jetstream.Consumer) jetstre
 	return c
 }
 
+// deliveryRate follows how fast an endpoint's receiver accepts events,
+// from the worker's count of messages acknowledged (read by the
+// dispatcher only).
+type deliveryRate struct {
+	at     time.Time
+	count  int64
+	perSec float64 // smoothed
+}
+
+// allowance is how many messages w may hold: what its receiver accepts in
+// a second, between two batches a lane and the capacity.
+func (r *deliveryRate) allowance(w *worker) int {
+	now, n := time.Now(), w.acked.Load()
+	if r.at.IsZero() {
+		r.at, r.count = now, n
+	} else if d := now.Sub(r.at); d >= 100*time.Millisecond {
+		r.perSec = (r.perSec + float64(n-r.count)/d.Seconds()) / 2
+		r.at, r.count = now, n
+	}
+	return max(w.pull, min(w.capacity, int(r.perSec)))
+}
+
+// growPull returns the next pull's size after a pull of pull that filled:
+// four times as many, up to the capacity, as far as the Manager's budget
+// allows.
+func (w *worker) growPull(pull int) int {
+	want := min(w.capacity, 4*pull)
+	if want <= pull {
+		return pull
+	}
+	if w.m.extraPull.Add(int64(want-pull)) > maxExtraPull {
+		w.m.extraPull.Add(-int64(want - pull))
+		return pull
+	}
+	return want
+}
+
+// shrinkPull returns the pull's size to two batches a lane, giving back to
+// the Manager's budget what it had grown by.
+func (w *worker) shrinkPull(pull int) int {
+	w.m.extraPull.Add(-int64(pull - w.pull))
+	return w.pull
+}
+
+// waitDelivered waits until held messages are acknowledged, ctx ends, or
+// at most d.
+func (w *worker) waitDelivered(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-w.delivered:
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
 func (w *worker) heldCount() int {
 	w.heldMu.Lock()
 	defer w.heldMu.Unlock()
@@ -615,6 +703,11 @@ func (w *worker) ack(msgs []jetstream.Msg) {
 			delete(w.held, meta.Sequence.Stream)
 			w.heldMu.Unlock()
 		}
+	}
+	w.acked.Add(int64(len(msgs)))
+	select {
+	case w.delivered <- struct{}{}:
+	default:
 	}
 }
 
