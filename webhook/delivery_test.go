@@ -383,3 +383,52 @@ func TestDialerChecksResolvedAddress(t *testing.T) {
 		t.Fatalf("allowed: %d, %d requests", resp.StatusCode, len(r.requests()))
 	}
 }
+
+// TestSlowReceiverHoldsLittle: an endpoint may hold far more than two
+// batches while its receiver keeps up (maxHeld), but one whose receiver is
+// slower than the events come holds about a second of what the receiver
+// accepts, however many events wait: every event still arrives, in order.
+func TestSlowReceiverHoldsLittle(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	r.setAnswer(func(*delivery, int) (int, map[string]string, time.Duration) { return 200, nil, 20 * time.Millisecond })
+	ep := e.endpoint("slow", r.URL(), func(w *endpoint.Webhook) { w.Batch = 10 })
+	e.waitConsumer(ep)
+	const n = 3000
+	e.exec(`INSERT INTO orders SELECT g, 'open', g FROM generate_series(1, 3000) g`)
+	stop := make(chan struct{})
+	most := make(chan int)
+	go func() {
+		m := 0
+		for {
+			e.mgr.mu.Lock()
+			w := e.mgr.workers[ep.ID]
+			e.mgr.mu.Unlock()
+			if w != nil {
+				m = max(m, w.heldCount())
+			}
+			select {
+			case <-stop:
+				most <- m
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	got := r.waitAccepted(t, n, 3*time.Minute)
+	close(stop)
+	checkOrder(t, got, n)
+	e.mgr.mu.Lock()
+	pull := e.mgr.workers[ep.ID].pull
+	e.mgr.mu.Unlock()
+	// The receiver takes at most 10 events per 20 ms, 500 a second: a
+	// second of that, measured over short windows, and a pull beyond it
+	// stay well under two seconds' worth (with no bound it holds nearly
+	// all 3,000).
+	if m := <-most; m > 1000 {
+		t.Fatalf("the endpoint held up to %d events for a receiver slower than they came; want at most 1000", m)
+	} else {
+		t.Logf("held at most %d events (pulls of %d)", m, pull)
+	}
+}

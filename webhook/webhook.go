@@ -91,6 +91,9 @@ type Manager struct {
 	wg sync.WaitGroup
 
 	sleep *sleepers // the dormant endpoints (see dormant.go)
+	// extraPull is what the endpoints' pulls ask for beyond two batches a
+	// lane, in all (see maxExtraPull).
+	extraPull atomic.Int64
 	// sweepEvery is how often dormant endpoints are swept (replayPoll;
 	// tests set 0 for none).
 	sweepEvery time.Duration

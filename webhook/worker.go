@@ -28,14 +28,35 @@ import (
 )
 
 // maxHeld bounds the messages one endpoint holds at once (its consumer's
-// MaxAckPending): with parallel_by_key, concurrency × perLane up to it.
-const maxHeld = 1000
+// MaxAckPending, whatever its batch and lanes).
+//
+// It is as large as the reader's window of events published but not yet
+// stored (cdc's default MaxInFlight) because of how JetStream serves a
+// consumer while it stores: one goroutine per stream takes turns between
+// storing every message publishers have queued (the reader's whole window
+// when it is busy, a few hundred milliseconds of work) and handing out
+// what its consumers may deliver. A consumer gets at most MaxAckPending
+// less what it holds in each turn, so an endpoint that may hold fewer than
+// the reader's window falls behind the reader in that proportion while the
+// reader stores (with two batches of 100, to about 3% of its rate), and
+// catches up only once it has stopped. Messages are held only while they
+// come faster than they are delivered: an endpoint keeping up holds a
+// batch or two.
+const maxHeld = 8192
 
-// perLane is how many messages a lane may hold for a batch of batch: two
-// batches, one being posted while the next arrives, so that the receiver
-// does not wait, between batches, for the acknowledgements to reach
-// JetStream and the next messages to come back. At least minPerLane: with
-// batch 1, the next events are ready as soon as one is accepted.
+// maxExtraPull bounds, across a Manager's endpoints, how many messages
+// their pulls may ask for beyond two batches a lane: endpoints catching up
+// together hold at most this many more (about 1 KiB each, a few tens of
+// MiB in all), and the others stay at two batches until some give back.
+const maxExtraPull = 32768
+
+// perLane is the pull's size, per lane, for a batch of batch while the
+// endpoint is not behind: two batches, one being posted while the next
+// arrives, so that the receiver does not wait, between batches, for the
+// acknowledgements to reach JetStream and the next messages to come back.
+// At least minPerLane: with batch 1, the next events are ready as soon as
+// one is accepted. A pull that fills grows the next one, up to maxHeld
+// (see dispatch).
 //
 // Holding more than a batch keeps the order only while no earlier reader
 // left messages unacknowledged: those come again (after a stop at once,
@@ -46,9 +67,7 @@ const maxHeld = 1000
 // capacity (see recovering).
 func perLane(batch int) int { return max(2*max(1, batch), minPerLane) }
 
-// minPerLane is the fewest messages a lane holds ahead. Each costs a few
-// dozen bytes of channel while idle and nothing else; 32 covers the
-// events a receiver's round trip lets in at the reader's rate.
+// minPerLane is the smallest pull per lane.
 const minPerLane = 32
 
 // fillWait is how long a lane that is behind (its last batch was full)
@@ -73,7 +92,8 @@ type worker struct {
 	wh       endpoint.Webhook // the settings this worker runs with
 	subjects []string
 	lanes    int
-	capacity int // messages held at most
+	capacity int // messages held at most (MaxAckPending)
+	pull     int // the pull's size while the endpoint is not behind
 	safe     int // messages held at most while recovering: a batch per lane
 	// recovering is set while the consumer has messages pending that an
 	// earlier reader left (read by the dispatcher only; see perLane).
@@ -89,6 +109,10 @@ type worker struct {
 
 	heldMu sync.Mutex
 	held   map[uint64]jetstream.Msg // by stream sequence: read, not yet acknowledged
+	// delivered is signalled when messages held are acknowledged (let go);
+	// acked counts them.
+	delivered chan struct{}
+	acked     atomic.Int64
 
 	// cons is the endpoint's consumer once set up; kept while dormant, so
 	// that a wake pulls at once.
@@ -104,7 +128,7 @@ type worker struct {
 
 func newWorker(parent context.Context, m *Manager, e *match.Entry) *worker {
 	wh := *e.Endpoint.Webhook
-	w := &worker{m: m, id: e.Endpoint.ID, wh: wh, done: make(chan struct{}), held: map[uint64]jetstream.Msg{}}
+	w := &worker{m: m, id: e.Endpoint.ID, wh: wh, done: make(chan struct{}), held: map[uint64]jetstream.Msg{}, delivered: make(chan struct{}, 1)}
 	w.ctx, w.cancel = context.WithCancel(parent)
 	w.entry.Store(e)
 	w.subjects = match.Subjects(m.cfg.Prefix, e.Matcher.Filters(), e.Matcher.Rules())
@@ -112,7 +136,8 @@ func newWorker(parent context.Context, m *Manager, e *match.Entry) *worker {
 	if wh.ParallelByKey {
 		w.lanes = max(1, wh.Concurrency)
 	}
-	w.capacity = min(maxHeld, w.lanes*perLane(wh.Batch))
+	w.capacity = maxHeld
+	w.pull = min(maxHeld, w.lanes*perLane(wh.Batch))
 	w.safe = min(maxHeld, w.lanes*max(1, wh.Batch))
 	// A dormant worker has no goroutine to see its context end: the end
 	// wakes it, and it stops as a running one does.
@@ -177,7 +202,7 @@ func (w *worker) serve() bool {
 	}
 	lanes := make([]*lane, w.lanes)
 	for i := range lanes {
-		lanes[i] = &lane{in: make(chan jetstream.Msg, w.capacity+1), wg: &wg}
+		lanes[i] = newLane(&wg)
 	}
 	return w.dispatch(w.ctx, lanes, &wg, resumed)
 }
@@ -209,17 +234,31 @@ func (w *worker) serveReplays(wg *sync.WaitGroup) bool {
 
 // lane is a queue of messages delivered in order by a goroutine that runs
 // only while the queue has some: an idle endpoint keeps no goroutine (and
-// its stack) for it.
+// its stack) for it. The queue grows with what it holds (up to the
+// worker's capacity): a channel sized for the capacity would cost its
+// whole buffer per lane for every wake.
 type lane struct {
-	in      chan jetstream.Msg
+	mu      sync.Mutex
+	queue   []jetstream.Msg
+	ready   chan struct{} // signalled when a push adds to the queue
 	running atomic.Bool
 	wg      *sync.WaitGroup // the worker's
 }
 
+func newLane(wg *sync.WaitGroup) *lane {
+	return &lane{ready: make(chan struct{}, 1), wg: wg}
+}
+
 // push queues msg and starts the lane's goroutine unless it runs. Called
-// by the dispatcher only.
+// by the dispatcher only; it never blocks.
 func (l *lane) push(w *worker, msg jetstream.Msg) {
-	l.in <- msg // never blocks: a lane's queue holds capacity+1
+	l.mu.Lock()
+	l.queue = append(l.queue, msg)
+	l.mu.Unlock()
+	select {
+	case l.ready <- struct{}{}:
+	default:
+	}
 	if l.running.CompareAndSwap(false, true) {
 		l.wg.Add(1)
 		go func() {
@@ -229,13 +268,33 @@ func (l *lane) push(w *worker, msg jetstream.Msg) {
 	}
 }
 
+// take moves up to n messages from the queue to msgs.
+func (l *lane) take(msgs []jetstream.Msg, n int) []jetstream.Msg {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := min(n, len(l.queue))
+	msgs = append(msgs, l.queue[:k]...)
+	clear(l.queue[:k])
+	l.queue = l.queue[k:]
+	if len(l.queue) == 0 {
+		l.queue = nil // lets the array go once the lane has caught up
+	}
+	return msgs
+}
+
+func (l *lane) queued() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.queue)
+}
+
 // idle reports whether the lane's goroutine may end: its queue is empty,
 // and stays so until a push starts another.
 func (l *lane) idle() bool {
 	l.running.Store(false)
 	// A message pushed before the store found running set and started
 	// nothing: this goroutine goes on with it.
-	return len(l.in) == 0 || !l.running.CompareAndSwap(false, true)
+	return l.queued() == 0 || !l.running.CompareAndSwap(false, true)
 }
 
 // consumer creates the endpoint's durable consumer, or brings its filters
@@ -339,6 +398,11 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 	if resumed {
 		lookedForReplays = time.Now() // looked for as it went dormant
 	}
+	pull := w.pull // the next pull's size (see below)
+	var rate deliveryRate
+	// What the pull grew by is taken from the Manager's budget (see
+	// maxExtraPull) and given back as it shrinks, and as dispatch ends.
+	defer func() { w.m.extraPull.Add(-int64(pull - w.pull)) }()
 	idle := true   // the last pull brought nothing (or none was made)
 	armed := false // subscribed to wake it: the last pull was the last check
 	defer func() {
@@ -370,12 +434,12 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 				}()
 			}
 		}
-		// A pull of the whole capacity, whatever is held: JetStream gives
-		// out no more than MaxAckPending (at most the capacity), and
-		// the pull stays open to give the next messages as soon as
-		// acknowledgements make room. A pull of only the room left (a few
-		// messages while a batch is posted) ended after those few, and the
-		// next pull had to come back before the next batch could.
+		// A pull of pull messages, whatever is held: JetStream gives out
+		// no more than MaxAckPending (the capacity), and the pull stays
+		// open to give the next messages as soon as acknowledgements make
+		// room. A pull of only the room left (a few messages while a
+		// batch is posted) ended after those few, and the next pull had
+		// to come back before the next batch could.
 		//
 		// The pull is not cut short when the worker stops: it ends at its
 		// expiry, and every message it brought is held, so given back in
@@ -387,7 +451,25 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 		// After a pull that brought nothing the next asks for one message:
 		// a pull's buffers are sized by what it asks for, and an idle
 		// endpoint spends its time in pulls.
-		size := w.capacity
+		// A receiver slower than what comes sets the pace: the endpoint
+		// holds no more than a second of what its receiver accepts (at
+		// least two batches a lane; see deliveryRate): beyond
+		// that, the pull is back to two batches a lane and no more is asked
+		// for until some are delivered (or until a pull must go out to
+		// keep the pin). So it holds the reader's window only for a
+		// receiver that takes it that fast, and a slow receiver, however
+		// many events wait for it, costs little memory.
+		held := w.heldCount()
+		allow := rate.allowance(w)
+		if !idle && held >= allow {
+			pull = w.shrinkPull(pull)
+			keepPin := time.Now().Add(w.m.cfg.PinnedTTL / 3)
+			for held >= allow && ctx.Err() == nil && time.Now().Before(keepPin) {
+				w.waitDelivered(ctx, time.Until(keepPin))
+				held, allow = w.heldCount(), rate.allowance(w)
+			}
+		}
+		size := max(1, min(pull, allow-held))
 		if idle {
 			size = 1
 		}
@@ -411,8 +493,10 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 			continue
 		}
 		idle = true
+		got := 0
 		for msg := range batch.Messages() {
 			idle = false
+			got++
 			meta, err := msg.Metadata()
 			if err != nil {
 				continue
@@ -428,6 +512,15 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 			lanes[lane].push(w, msg)
 		}
 		cancel()
+		// A pull that filled finds the endpoint behind: the next asks for
+		// more, so that JetStream, which serves the consumer between
+		// storing what publishers queued (see maxHeld), hands it as many
+		// messages as it may hold in each turn.
+		if got == size && size > 1 {
+			pull = w.growPull(pull)
+		} else if got < size {
+			pull = w.shrinkPull(pull)
+		}
 		if err := batch.Error(); errors.Is(err, jetstream.ErrPinIDMismatch) {
 			// The pin lapsed while the endpoint was dormant (see
 			// dormant.go): the next pull, naming none, is pinned.
@@ -511,6 +604,62 @@ func (w *worker) recovered(ctx context.Context, cons jetstream.Consumer) jetstre
 	return c
 }
 
+// deliveryRate follows how fast an endpoint's receiver accepts events,
+// from the worker's count of messages acknowledged (read by the
+// dispatcher only).
+type deliveryRate struct {
+	at     time.Time
+	count  int64
+	perSec float64 // smoothed
+}
+
+// allowance is how many messages w may hold: what its receiver accepts in
+// a second, between two batches a lane and the capacity.
+func (r *deliveryRate) allowance(w *worker) int {
+	now, n := time.Now(), w.acked.Load()
+	if r.at.IsZero() {
+		r.at, r.count = now, n
+	} else if d := now.Sub(r.at); d >= 100*time.Millisecond {
+		r.perSec = (r.perSec + float64(n-r.count)/d.Seconds()) / 2
+		r.at, r.count = now, n
+	}
+	return max(w.pull, min(w.capacity, int(r.perSec)))
+}
+
+// growPull returns the next pull's size after a pull of pull that filled:
+// four times as many, up to the capacity, as far as the Manager's budget
+// allows.
+func (w *worker) growPull(pull int) int {
+	want := min(w.capacity, 4*pull)
+	if want <= pull {
+		return pull
+	}
+	if w.m.extraPull.Add(int64(want-pull)) > maxExtraPull {
+		w.m.extraPull.Add(-int64(want - pull))
+		return pull
+	}
+	return want
+}
+
+// shrinkPull returns the pull's size to two batches a lane, giving back to
+// the Manager's budget what it had grown by.
+func (w *worker) shrinkPull(pull int) int {
+	w.m.extraPull.Add(-int64(pull - w.pull))
+	return w.pull
+}
+
+// waitDelivered waits until held messages are acknowledged, ctx ends, or
+// at most d.
+func (w *worker) waitDelivered(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-w.delivered:
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
 func (w *worker) heldCount() int {
 	w.heldMu.Lock()
 	defer w.heldMu.Unlock()
@@ -554,6 +703,11 @@ func (w *worker) ack(msgs []jetstream.Msg) {
 			delete(w.held, meta.Sequence.Stream)
 			w.heldMu.Unlock()
 		}
+	}
+	w.acked.Add(int64(len(msgs)))
+	select {
+	case w.delivered <- struct{}{}:
+	default:
 	}
 }
 
@@ -630,7 +784,6 @@ type item struct {
 
 // lane delivers the messages of in, in order, a batch at a time.
 func (w *worker) lane(ctx context.Context, l *lane) {
-	in := l.in
 	var ev query.Event
 	size := max(1, w.wh.Batch)
 	// behind is set after a full batch: more events are likely on their
@@ -640,37 +793,28 @@ func (w *worker) lane(ctx context.Context, l *lane) {
 	fill.Stop()
 	defer fill.Stop()
 	for {
-		var first jetstream.Msg
-		select {
-		case <-ctx.Done():
+		if ctx.Err() != nil {
 			return
-		case first = <-in:
-		default:
+		}
+		msgs := l.take(nil, size)
+		if len(msgs) == 0 {
 			if l.idle() {
 				return
 			}
 			continue
 		}
-		msgs := []jetstream.Msg{first}
 		waiting := false
 	take:
-		for len(msgs) < size {
-			select {
-			case m := <-in:
-				msgs = append(msgs, m)
-				continue
-			default:
-			}
-			if !behind {
-				break
-			}
+		for behind && len(msgs) < size {
 			if !waiting {
 				fill.Reset(fillWait)
 				waiting = true
 			}
 			select {
-			case m := <-in:
-				msgs = append(msgs, m)
+			case <-l.ready:
+				// The signal may be for messages already taken: then
+				// this takes none and waits on.
+				msgs = l.take(msgs, size-len(msgs))
 			case <-fill.C:
 				waiting = false
 				break take
