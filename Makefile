@@ -35,11 +35,14 @@ vet:
 	$(GO) vet ./...
 
 # Every test, with the race detector, against real PostgreSQL clusters (each
-# test package starts its own) and in-process NATS servers.
+# test package starts its own) and in-process NATS servers. Three packages at
+# a time: their tests mostly wait (on PostgreSQL, NATS, leases, processes),
+# and with two (Go's default on 2 cores) the machine stayed half idle.
+TESTP ?= 3
 test: vet
 	@scripts/pg.sh install
 	@scripts/test-tools.sh install
-	$(GO) test -race -count=1 -timeout 9m ./...
+	$(GO) test -race -count=1 -p $(TESTP) -timeout 12m ./...
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzScan$$' -fuzztime=$(FUZZTIME) ./internal/jsonx
