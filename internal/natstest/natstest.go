@@ -239,15 +239,22 @@ func (s *Server) ReadAll(t testing.TB, streamName string) []Stored {
 		return nil
 	}
 	// On a cluster whose nodes were just restarted, the JetStream API may
-	// have no responder for a moment: try again for a while.
+	// have no responder for a moment: try again for a while, to create the
+	// consumer and for each fetch (the ordered consumer resumes where it
+	// stood).
+	again := func(err error) bool {
+		if ctx.Err() != nil || !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			return false
+		}
+		time.Sleep(250 * time.Millisecond)
+		return true
+	}
 	var cons jetstream.Consumer
 	var err error
 	for {
-		if cons, err = s.JS.OrderedConsumer(ctx, streamName, jetstream.OrderedConsumerConfig{}); err == nil || ctx.Err() != nil ||
-			!errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+		if cons, err = s.JS.OrderedConsumer(ctx, streamName, jetstream.OrderedConsumerConfig{}); err == nil || !again(err) {
 			break
 		}
-		time.Sleep(250 * time.Millisecond)
 	}
 	if err != nil {
 		t.Fatalf("read stream %s: %v", streamName, err)
@@ -256,6 +263,9 @@ func (s *Server) ReadAll(t testing.TB, streamName string) []Stored {
 	for uint64(len(out)) < total {
 		batch, err := cons.Fetch(int(min(total-uint64(len(out)), 5000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
+			if again(err) {
+				continue
+			}
 			t.Fatalf("read stream %s: %v", streamName, err)
 		}
 		got := 0
@@ -269,6 +279,9 @@ func (s *Server) ReadAll(t testing.TB, streamName string) []Stored {
 				Header: m.Headers(), Data: append([]byte(nil), m.Data()...)})
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			if got == 0 && again(err) {
+				continue
+			}
 			t.Fatalf("read stream %s: %v", streamName, err)
 		}
 		if got == 0 {
