@@ -112,19 +112,7 @@ func BenchmarkCommitToWebhook(b *testing.B) {
 	const rate, seconds = 1000, 10
 	e := newEnv(b, envOptions{})
 	r := newReceiver(b)
-	var mu sync.Mutex
-	var lat []time.Duration
-	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
-		var ev struct {
-			CommitTime time.Time `json:"commit_time"`
-		}
-		if json.Unmarshal(d.Body, &ev) == nil {
-			mu.Lock()
-			lat = append(lat, d.At.Sub(ev.CommitTime))
-			mu.Unlock()
-		}
-		return 204, nil, 0
-	})
+	lat := recordLatency(r)
 	ep := e.endpoint("latency", r.URL(), nil)
 	e.waitConsumer(ep)
 	// pgtest's cluster runs with synchronous_commit off, which leaves a
@@ -133,9 +121,7 @@ func BenchmarkCommitToWebhook(b *testing.B) {
 	e.exec(`SET synchronous_commit = on`)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		mu.Lock()
-		lat = lat[:0]
-		mu.Unlock()
+		lat.reset()
 		base := i * rate * seconds
 		tick := time.NewTicker(time.Second / rate)
 		for k := 1; k <= rate*seconds; k++ {
@@ -144,10 +130,7 @@ func BenchmarkCommitToWebhook(b *testing.B) {
 		}
 		tick.Stop()
 		r.waitAccepted(b, base+rate*seconds, 5*time.Minute)
-		mu.Lock()
-		l := slices.Clone(lat)
-		mu.Unlock()
-		slices.Sort(l)
+		l := lat.sorted()
 		b.ReportMetric(float64(l[len(l)/2].Microseconds())/1000, "p50-ms")
 		b.ReportMetric(float64(l[len(l)*99/100].Microseconds())/1000, "p99-ms")
 	}
@@ -217,26 +200,12 @@ func BenchmarkDormantWake(b *testing.B) {
 			}
 			e := newEnv(b, envOptions{noSweep: true, pinnedTTL: ttl})
 			r := newReceiver(b)
-			var mu sync.Mutex
-			var lat []time.Duration
-			r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
-				var ev struct {
-					CommitTime time.Time `json:"commit_time"`
-				}
-				if json.Unmarshal(d.Body, &ev) == nil {
-					mu.Lock()
-					lat = append(lat, d.At.Sub(ev.CommitTime))
-					mu.Unlock()
-				}
-				return 204, nil, 0
-			})
+			lat := recordLatency(r)
 			e.waitConsumer(e.endpoint("wake", r.URL(), nil))
 			e.exec(`SET synchronous_commit = on`)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				mu.Lock()
-				lat = lat[:0]
-				mu.Unlock()
+				lat.reset()
 				for k := 1; k <= samples; k++ {
 					waitFor(b, time.Minute, "the endpoint to go dormant", func() bool { return e.mgr.sleep.dormantCount() == 1 })
 					if lapsed {
@@ -245,13 +214,50 @@ func BenchmarkDormantWake(b *testing.B) {
 					e.exec(`INSERT INTO orders VALUES ($1, 'open', 1)`, i*samples+k)
 					r.waitAccepted(b, i*samples+k, time.Minute)
 				}
-				mu.Lock()
-				l := slices.Clone(lat)
-				mu.Unlock()
-				slices.Sort(l)
+				l := lat.sorted()
 				b.ReportMetric(float64(l[len(l)/2].Microseconds())/1000, "p50-ms")
 				b.ReportMetric(float64(l[len(l)-1].Microseconds())/1000, "max-ms")
 			}
 		})
 	}
+}
+
+// latencies are the times from each delivered event's commit to its
+// arrival at a receiver (recordLatency).
+type latencies struct {
+	mu  sync.Mutex
+	lat []time.Duration
+}
+
+// recordLatency makes r answer 204 and record, for each request of one
+// event, the time from its commit_time to the request.
+func recordLatency(r *receiver) *latencies {
+	l := &latencies{}
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+		var ev struct {
+			CommitTime time.Time `json:"commit_time"`
+		}
+		if json.Unmarshal(d.Body, &ev) == nil {
+			l.mu.Lock()
+			l.lat = append(l.lat, d.At.Sub(ev.CommitTime))
+			l.mu.Unlock()
+		}
+		return 204, nil, 0
+	})
+	return l
+}
+
+func (l *latencies) reset() {
+	l.mu.Lock()
+	l.lat = l.lat[:0]
+	l.mu.Unlock()
+}
+
+// sorted returns the latencies recorded so far, in increasing order.
+func (l *latencies) sorted() []time.Duration {
+	l.mu.Lock()
+	out := slices.Clone(l.lat)
+	l.mu.Unlock()
+	slices.Sort(out)
+	return out
 }

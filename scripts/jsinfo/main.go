@@ -39,43 +39,45 @@ func main() {
 	}
 }
 
-func run(url, name string) error {
+// openStream connects to url and looks up stream name; done ends the
+// connection.
+func openStream(ctx context.Context, url, name string) (s jetstream.Stream, done func(), err error) {
 	nc, err := nats.Connect(url, nats.Timeout(2*time.Second))
 	if err != nil {
-		return fmt.Errorf("connect %s: %w", url, err)
+		return nil, nil, fmt.Errorf("connect %s: %w", url, err)
 	}
-	defer nc.Close()
 	js, err := jetstream.New(nc)
+	if err == nil {
+		s, err = js.Stream(ctx, name)
+	}
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("stream %s: %w", name, err)
+	}
+	return s, nc.Close, nil
+}
+
+func run(url, name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, done, err := openStream(ctx, url, name)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, name)
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", name, err)
-	}
+	defer done()
 	st := s.CachedInfo().State
 	fmt.Printf("%d %.6f %.6f\n", st.Msgs, float64(st.FirstTime.UnixNano())/1e9, st.LastTime.Sub(st.FirstTime).Seconds())
 	return nil
 }
 
 func runRows(url, events, prefix, db string) error {
-	nc, err := nats.Connect(url, nats.Timeout(2*time.Second))
-	if err != nil {
-		return fmt.Errorf("connect %s: %w", url, err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, done, err := openStream(ctx, url, rowstate.RowsStreamName(events))
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, rowstate.RowsStreamName(events))
-	if err != nil {
-		return fmt.Errorf("rows stream of %s: %w", events, err)
-	}
+	defer done()
 	msg, err := s.GetLastMsgForSubject(ctx, rowstate.DBMarkerSubject(prefix, db))
 	if err != nil {
 		return fmt.Errorf("row state of %s: %w", db, err)
