@@ -209,6 +209,7 @@ func (m *Manager) wakeReplays(id string) {
 	if w == nil {
 		return
 	}
+	w.replayWokenAt.Store(time.Now().UnixNano())
 	w.replayWoken.Store(true)
 	m.dl.wake(id)
 	m.sleep.wake(w)

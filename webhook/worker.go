@@ -122,8 +122,10 @@ type worker struct {
 	sleep   sleepState
 	woken   bool
 	resumed bool
-	// replayWoken asks the dispatcher to look for replays now.
-	replayWoken atomic.Bool
+	// replayWoken asks the dispatcher to look for replays now;
+	// replayWokenAt is when a replay last woke the worker (unix ns).
+	replayWoken   atomic.Bool
+	replayWokenAt atomic.Int64
 }
 
 func newWorker(parent context.Context, m *Manager, e *match.Entry) *worker {
@@ -224,10 +226,13 @@ func (w *worker) serveReplays(wg *sync.WaitGroup) bool {
 		if w.ctx.Err() != nil || w.m.sleep.arm(w) != nil { // arming subscribes nothing here: it cannot fail
 			break
 		}
-		if !w.m.dl.queued(w.ctx, w.id) && w.m.sleep.sleep(w) {
+		if !w.replayComing() && !w.m.dl.queued(w.ctx, w.id) && w.m.sleep.sleep(w) {
 			return true
 		}
 		w.m.sleep.disarm(w)
+		if w.replayComing() && !sleep(w.ctx, 20*time.Millisecond) {
+			break // the replay that woke it is not stored yet
+		}
 	}
 	return false
 }
@@ -415,7 +420,7 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 			w.progress()
 			progressed = time.Now()
 		}
-		woken := w.replayWoken.Swap(false)
+		woken := w.replayWoken.Swap(false) || w.replayComing()
 		select {
 		case <-wake:
 			woken = true
@@ -576,11 +581,25 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 // the other dies, without a publish to wake this one) and no replay is
 // queued.
 func (w *worker) quiet(ctx context.Context) bool {
+	if w.replayComing() {
+		return false
+	}
 	info, err := w.cons.Info(ctx)
 	if err != nil || info.NumPending > 0 || info.NumAckPending > 0 {
 		return false
 	}
 	return !w.m.dl.queued(ctx, w.id)
+}
+
+// replayGrace is how long after a replay woke it a worker stays awake
+// although it finds none queued: the wake comes as the replay is
+// published, possibly before the stream stores it, and a worker gone
+// dormant meanwhile would wait for the next sweep.
+const replayGrace = time.Second
+
+// replayComing reports whether a replay woke w within replayGrace.
+func (w *worker) replayComing() bool {
+	return time.Since(time.Unix(0, w.replayWokenAt.Load())) < replayGrace
 }
 
 // recovered ends recovering once the consumer has no message pending:

@@ -92,11 +92,15 @@ func (r *outageReader) unconfirmed() (bool, string) {
 // position returns unconfirmed's answer with the slot's confirmed LSN.
 func (r *outageReader) position() (unconfirmed bool, confirmedLSN uint64, what string) {
 	r.t.Helper()
-	var confirmed string
-	if err := r.conn.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, r.slot).Scan(&confirmed); err != nil {
+	var confirmed *string
+	err := r.conn.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, r.slot).Scan(&confirmed)
+	if errors.Is(err, pgx.ErrNoRows) || err == nil && confirmed == nil {
+		return false, 0, "" // the slot is not made yet, or has no consistent point yet
+	}
+	if err != nil {
 		r.t.Fatalf("read slot: %v", err)
 	}
-	c, err := pglogrepl.ParseLSN(confirmed)
+	c, err := pglogrepl.ParseLSN(*confirmed)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -121,7 +125,7 @@ func (r *outageReader) position() (unconfirmed bool, confirmedLSN uint64, what s
 		r.t.Fatalf("last event %d has id %q", m.Sequence, id)
 	}
 	r.lastStored = max(r.lastStored, lsn)
-	return lsn >= uint64(c), uint64(c), fmt.Sprintf("last stored id %s, slot confirmed %s", id, confirmed)
+	return lsn >= uint64(c), uint64(c), fmt.Sprintf("last stored id %s, slot confirmed %s", id, *confirmed)
 }
 
 // outage kills the reader while JetStream holds events the slot has not
