@@ -32,7 +32,13 @@ import (
 	"github.com/tablecast/tablecast/stream"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) {
+	pgtest.Main(m, func() {
+		if built.tmp != "" {
+			_ = os.RemoveAll(built.tmp)
+		}
+	})
+}
 
 // repoRoot is the repository's root, the image's build context.
 func repoRoot(t testing.TB) string {

@@ -117,6 +117,7 @@ func parseDockerfile(t testing.TB, file string) []stage {
 // built is the result of running the image's build stage here.
 var built struct {
 	once    sync.Once
+	tmp     string // the directory it ran in, removed after the tests
 	workdir string // the build stage's WORKDIR, on this machine
 	stage   string // its path in the image
 	bin     string
@@ -152,6 +153,7 @@ func buildStage(t testing.TB) error {
 	if err != nil {
 		return err
 	}
+	built.tmp = tmp
 	ignore, err := readIgnore("Dockerfile.dockerignore")
 	if err != nil {
 		return err

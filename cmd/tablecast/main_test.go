@@ -21,12 +21,19 @@ import (
 
 // These tests run the real binary, as a user or an init system would.
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) { pgtest.Main(m, build.remove, plainBuild.remove) }
 
 type builtBinary struct {
 	once sync.Once
+	dir  string // made for it, removed after the tests
 	path string
 	err  error
+}
+
+func (b *builtBinary) remove() {
+	if b.dir != "" {
+		_ = os.RemoveAll(b.dir)
+	}
 }
 
 var build, plainBuild builtBinary
@@ -58,6 +65,7 @@ func (b *builtBinary) get(t testing.TB, race bool) string {
 			b.err = err
 			return
 		}
+		b.dir = dir
 		b.path = filepath.Join(dir, "tablecast")
 		args := []string{"build", "-o", b.path}
 		if race {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,20 +84,41 @@ var serverBinary struct {
 	err  error
 }
 
-// buildServer builds nats-server once per test binary.
+// buildServer builds nats-server once per machine and version: into the
+// temporary directory, under a name that says which nats-server and Go made
+// it, so that every test package and every later run reuses it instead of
+// leaving a copy behind each time. It is built beside its final name and
+// renamed, so packages building it at once never run half a file.
 func buildServer(t testing.TB) string {
 	t.Helper()
 	serverBinary.once.Do(func() {
-		dir, err := os.MkdirTemp("", "natstest-")
-		if err != nil {
-			serverBinary.err = err
+		dir := filepath.Join(os.TempDir(), "tablecast-nats-server-"+server.VERSION+"-"+runtime.Version())
+		path := filepath.Join(dir, "nats-server")
+		if _, err := os.Stat(path); err == nil {
+			serverBinary.path = path
 			return
 		}
-		serverBinary.path = filepath.Join(dir, "nats-server")
-		out, err := exec.Command("go", "build", "-o", serverBinary.path, "github.com/nats-io/nats-server/v2").CombinedOutput()
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			serverBinary.err = fmt.Errorf("build nats-server: %w", err)
+			return
+		}
+		tmp, err := os.CreateTemp(dir, "nats-server-*.building")
+		if err != nil {
+			serverBinary.err = fmt.Errorf("build nats-server: %w", err)
+			return
+		}
+		tmp.Close()
+		defer os.Remove(tmp.Name()) // nothing left when the rename happened
+		out, err := exec.Command("go", "build", "-o", tmp.Name(), "github.com/nats-io/nats-server/v2").CombinedOutput()
 		if err != nil {
 			serverBinary.err = fmt.Errorf("go build nats-server: %v\n%s", err, out)
+			return
 		}
+		if err := os.Rename(tmp.Name(), path); err != nil {
+			serverBinary.err = fmt.Errorf("build nats-server: %w", err)
+			return
+		}
+		serverBinary.path = path
 	})
 	if serverBinary.err != nil {
 		t.Fatal(serverBinary.err)

@@ -562,8 +562,16 @@ var (
 // When PostgreSQL is not installed and the environment variable CI is true, Main fails
 // the run (exit 1) saying to run scripts/pg.sh install; otherwise the tests run
 // without a cluster and [Require] skips them. Any other failure to start fails the run.
-func Main(m *testing.M) {
-	os.Exit(runMain(m))
+//
+// atExit run after the tests, before the exit, whatever their outcome: for
+// what the package's tests made outside t.TempDir (a binary built once for
+// every test), which would otherwise outlive the run.
+func Main(m *testing.M, atExit ...func()) {
+	code := runMain(m)
+	for _, f := range atExit {
+		f()
+	}
+	os.Exit(code)
 }
 
 func runMain(m *testing.M) int {

@@ -26,7 +26,13 @@ import (
 // These tests read events the real reader (tablecast cdc, the binary)
 // publishes from a real PostgreSQL into a real NATS JetStream.
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) {
+	pgtest.Main(m, func() {
+		if build.dir != "" {
+			_ = os.RemoveAll(build.dir)
+		}
+	})
+}
 
 var build struct {
 	once sync.Once
