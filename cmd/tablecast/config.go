@@ -75,6 +75,7 @@ type Config struct {
 	LeaderLease    time.Duration `envconfig:"LEADER_LEASE" default:"5s" desc:"readers of one slot share a lease in NATS: the holder streams, the others stand by and take over once it has not been renewed for this long (at least 1s)"`
 	TopicRoles     []string      `envconfig:"TOPIC_ROLES" desc:"database roles that may publish custom-topic messages (pg_logical_emit_message), comma-separated; tablecast doctor warns about any other; empty: only tablecast's role and superusers"`
 	RowState       bool          `envconfig:"ROW_STATE" default:"false" desc:"keep the latest version of every row in JetStream (stream <TABLECAST_STREAM>_ROWS), so that subscriptions with snapshot (live views) start from the rows that match now; run and cdc; about doubles what JetStream stores per change"`
+	TxMarkers      bool          `envconfig:"TX_MARKERS" default:"false" desc:"publish a transaction marker (xid, commit LSN and time, events per table) after each transaction's events, on <TABLECAST_SUBJECT_PREFIX>.<db>.%tx; needed by subscriptions with batch transaction; run, cdc and gateway must agree; adds a message per transaction (for single-row transactions nearly doubles what JetStream stores)"`
 	RowStateTables []string      `envconfig:"ROW_STATE_TABLES" default:"*" desc:"tables whose rows are kept: comma-separated schema.table or schema.* patterns, * for all"`
 
 	JWTSecret             string        `envconfig:"JWT_SECRET" desc:"HS256 secret (32 bytes or more) that client tokens are signed with; empty: HS256 off"`
@@ -317,6 +318,7 @@ func (c Config) cdcConfig() cdc.Config {
 		StallLagBytes: c.StallLagBytes,
 		TopicRoles:    c.TopicRoles,
 		LeaderLease:   c.LeaderLease,
+		TxMarkers:     c.TxMarkers,
 		HeartbeatInterval: func() time.Duration {
 			if c.Heartbeat == 0 {
 				return -1 // off
