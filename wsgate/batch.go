@@ -59,6 +59,19 @@ func eventMeta(ev *query.Event) (m txMeta, ok bool) {
 	return m, okX && okL && okT && string(m.xid) != "0"
 }
 
+// envMeta reads the transaction of an event's envelope, using row as
+// scratch; ok as for eventMeta.
+func envMeta(row *query.Row, data []byte) (m txMeta, ok bool) {
+	if row.Reset(data) != nil {
+		return m, false
+	}
+	var okX, okL, okT bool
+	m.xid, okX = row.Get("xid")
+	m.lsn, okL = row.Get("lsn")
+	m.at, okT = row.Get("commit_time")
+	return m, okX && okL && okT && string(m.xid) != "0"
+}
+
 // markerMeta reads a marker's transaction from its body, using row as
 // scratch.
 func markerMeta(row *query.Row, data []byte) (m txMeta, ok bool) {
@@ -71,6 +84,10 @@ func markerMeta(row *query.Row, data []byte) (m txMeta, ok bool) {
 	m.at, okT = row.Get("commit_time")
 	return m, okX && okL && okT
 }
+
+// keptBatchBytes is the largest buffer a subscription's batch keeps
+// between transactions.
+const keptBatchBytes = 64 << 10
 
 // batchLimits bound one transaction frame.
 type batchLimits struct{ events, bytes int }
@@ -96,10 +113,10 @@ func (b *txBatch) drop() { *b = txBatch{} }
 // transaction (whose marker never came) or when obj would take b past lim.
 func (b *txBatch) add(out [][]byte, id string, lim batchLimits, seq uint64, m txMeta, obj []byte) [][]byte {
 	if b.n > 0 && !bytes.Equal(b.lsn, m.lsn) {
-		out = append(out, b.cut(id, b.lastSeq, false, lim))
+		out = append(out, b.cut(id, b.lastSeq, false))
 	}
 	if b.n > 0 && (b.n >= lim.events || len(b.body)+1+len(obj) > lim.bytes) {
-		out = append(out, b.cut(id, b.lastSeq, true, lim))
+		out = append(out, b.cut(id, b.lastSeq, true))
 	}
 	if b.n == 0 {
 		b.xid = append(b.xid[:0], m.xid...)
@@ -117,31 +134,33 @@ func (b *txBatch) add(out [][]byte, id string, lim batchLimits, seq uint64, m tx
 // end is the marker seq of transaction m: it returns the transaction's
 // last frame, or nil when b holds nothing. Events of another transaction
 // (whose marker never came) are sent as they are, under their last seq.
-func (b *txBatch) end(id string, lim batchLimits, seq uint64, m txMeta) []byte {
+func (b *txBatch) end(id string, seq uint64, m txMeta) []byte {
 	if b.n == 0 {
 		return nil
 	}
 	if !bytes.Equal(b.lsn, m.lsn) {
-		return b.cut(id, b.lastSeq, false, lim)
+		return b.cut(id, b.lastSeq, false)
 	}
-	return b.cut(id, seq, false, lim)
+	return b.cut(id, seq, false)
 }
 
 // flush returns what b holds as a frame, nil when it holds nothing: more
 // says whether the transaction goes on after it.
-func (b *txBatch) flush(id string, lim batchLimits, more bool) []byte {
+func (b *txBatch) flush(id string, more bool) []byte {
 	if b.n == 0 {
 		return nil
 	}
-	return b.cut(id, b.lastSeq, more, lim)
+	return b.cut(id, b.lastSeq, more)
 }
 
 // cut returns b's transaction frame, under seq, and empties b.
-func (b *txBatch) cut(id string, seq uint64, more bool, lim batchLimits) []byte {
+func (b *txBatch) cut(id string, seq uint64, more bool) []byte {
 	frame := encodeTransaction(id, seq, b.xid, b.lsn, b.at, more, b.body)
 	b.n, b.body = 0, b.body[:0]
-	if cap(b.body) > 2*lim.bytes {
-		b.body = nil // one event far larger than the rest: not kept
+	if cap(b.body) > keptBatchBytes {
+		// Every batched subscription has one: a large transaction's
+		// buffer is not kept for the small ones that mostly follow.
+		b.body = nil
 	}
 	return frame
 }
@@ -185,6 +204,42 @@ func appendEventObject(dst []byte, proj *query.Projection, seq uint64, data []by
 	return append(dst, '}'), true
 }
 
+// objectFrame turns an event's object in a transaction frame into the
+// event frame of subscription id: {"type":"event","id":…,<obj's members>}.
+func objectFrame(id string, obj []byte) []byte {
+	buf := newFrame(len(obj) + len(id) + 32)
+	buf = append(buf, `{"type":"event","id":`...)
+	buf = jsonx.AppendString(buf, id)
+	buf = append(buf, ',')
+	buf = append(buf, obj[1:]...)
+	return finishFrame(buf, opText)
+}
+
+// viewBatchFrames decides the event seq for s's view (a batched live view:
+// enter and leave events inside the transaction frames), gathers what it
+// sends into b, and appends to out the frames to send now.
+func (s *sub) viewBatchFrames(out [][]byte, b *txBatch, lim batchLimits, seq uint64, op schema.OpSet, data []byte) [][]byte {
+	objs := s.viewFrames(seq, op, data, true)
+	if len(objs) == 0 {
+		return out
+	}
+	var row query.Row
+	m, inTxn := envMeta(&row, data)
+	if !inTxn {
+		if frame := b.flush(s.id, false); frame != nil {
+			out = append(out, frame)
+		}
+		for _, obj := range objs {
+			out = append(out, objectFrame(s.id, obj))
+		}
+		return out
+	}
+	for _, obj := range objs {
+		out = b.add(out, s.id, lim, seq, m, obj)
+	}
+	return out
+}
+
 // offerBatched gathers the event being delivered, which s takes, into s's
 // batch: unless s is to get it from its resume's history, as sendTo
 // decides for a frame.
@@ -198,7 +253,7 @@ func (f *feed) offerBatched(s *sub, seq uint64, data []byte, view query.View, pr
 	m, inTxn := eventMeta(&f.ev)
 	if !inTxn {
 		// A snapshot's row: after what the batch holds, as it is.
-		if frame := s.batch.flush(s.id, f.g.batchLimits(), false); frame != nil {
+		if frame := s.batch.flush(s.id, false); frame != nil {
 			f.sendTo(s, frame)
 		}
 		if frame := encodeEvent(s.id, proj, seq, data, view, row); frame != nil {
@@ -290,6 +345,14 @@ func (f *feed) deliverMarker(seq uint64, data []byte) {
 		f.opening[i] = nil
 	}
 	f.opening = f.opening[:0]
+	// A view catching up holds the marker among its live events, which
+	// are decided after its history (catchUp).
+	for _, s := range f.scan {
+		if s.snapshot && s.catching && !s.waiting && !s.ended.Load() && f.last > s.boundary {
+			s.heldEv = append(s.heldEv, heldEvent{seq: seq, data: append([]byte(nil), data...), marker: true})
+			s.heldBytes += len(data) + 64
+		}
+	}
 	if len(f.pending) == 0 {
 		return
 	}
@@ -298,17 +361,39 @@ func (f *feed) deliverMarker(seq uint64, data []byte) {
 		f.g.log.Warn("gateway skips a malformed transaction marker", "subject", f.marker, "seq", seq)
 		return
 	}
-	lim := f.g.batchLimits()
-	for i, s := range f.pending {
-		f.pending[i] = nil
-		if s.gone || s.batch.n == 0 {
+	kept := f.pending[:0]
+	for _, s := range f.pending {
+		switch {
+		case s.gone || s.batch.n == 0:
+			continue
+		case s.snapshot && s.catching:
+			kept = append(kept, s) // its held marker ends it
 			continue
 		}
-		if frame := s.batch.end(s.id, lim, seq, m); frame != nil {
+		if frame := s.batch.end(s.id, seq, m); frame != nil {
 			f.sendTo(s, frame)
 		}
 	}
-	f.pending = f.pending[:0]
+	clear(f.pending[len(kept):])
+	f.pending = kept
+}
+
+// releaseHeld decides a batched view's held event e (catchUp), under the
+// feed's mu, and returns the frames to send.
+func (f *feed) releaseHeld(s *sub, e heldEvent) [][]byte {
+	if e.marker {
+		m, ok := markerMeta(&f.mark, e.data)
+		if !ok {
+			return nil
+		}
+		return frames(s.batch.end(s.id, e.seq, m))
+	}
+	empty := s.batch.n == 0
+	out := s.viewBatchFrames(nil, &s.batch, f.g.batchLimits(), e.seq, e.op, e.data)
+	if empty && s.batch.n > 0 {
+		f.pending = append(f.pending, s)
+	}
+	return out
 }
 
 // historyBatch renders one message of a batched subscription's history
@@ -319,10 +404,13 @@ func (s *sub) historyBatch(out [][]byte, b *txBatch, lim batchLimits, marker str
 		if !ok {
 			return out
 		}
-		if frame := b.end(s.id, lim, seq, m); frame != nil {
+		if frame := b.end(s.id, seq, m); frame != nil {
 			out = append(out, frame)
 		}
 		return out
+	}
+	if s.snapshot {
+		return s.viewBatchFrames(out, b, lim, seq, schema.OpBit(subjectOp(subject)), data)
 	}
 	view, proj, row, frame, ok := s.historyDecide(seq, subject, data, ev)
 	if frame != nil {
@@ -333,7 +421,7 @@ func (s *sub) historyBatch(out [][]byte, b *txBatch, lim batchLimits, marker str
 	}
 	m, inTxn := eventMeta(ev)
 	if !inTxn {
-		if frame := b.flush(s.id, lim, false); frame != nil {
+		if frame := b.flush(s.id, false); frame != nil {
 			out = append(out, frame)
 		}
 		if frame := encodeEvent(s.id, proj, seq, data, view, row); frame != nil {

@@ -1,12 +1,14 @@
 package wsgate
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tablecast/tablecast/internal/rowstate"
 	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
@@ -382,4 +384,99 @@ func TestBatchRefused(t *testing.T) {
 	if !strings.Contains(reason, `"batch"`) {
 		t.Errorf("URL subscription with batch=yes closed with %q", reason)
 	}
+}
+
+// feedLast returns the stream sequence the batched feed has handled.
+func (e *testEnv) feedLast() uint64 {
+	e.gw.feedMu.Lock()
+	defer e.gw.feedMu.Unlock()
+	for _, f := range e.gw.feeds {
+		if f.marker != "" {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return f.last
+		}
+	}
+	return 0
+}
+
+// TestBatchViewCatchingUp: a batched live view sends the events after
+// synced in transaction frames, enter and leave inside them, also when its
+// history starts inside a transaction (read on to its marker) and live
+// transactions arrive while it is replayed (held, markers among them, and
+// decided after it): each transaction once, whole.
+func TestBatchViewCatchingUp(t *testing.T) {
+	e := startGateway(t, withMarkers)
+	ctx := testCtx(t)
+	m, err := rowstate.New(rowstate.Config{DB: testDB, Logger: testLogger()}, e.nats.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mctx, stopState := context.WithCancel(ctx)
+	stateDone := make(chan error, 1)
+	go func() { stateDone <- m.Run(mctx) }()
+
+	t1 := e.beginTx()
+	e.events(t1, txRow{"orders", "create", order(1, "open")}, txRow{"orders", "create", order(2, "paid")})
+	e.commit(t1)
+	e.waitFor("the row state to apply the first transaction", func() bool {
+		rows, err := e.gw.rowsStream(ctx)
+		if err != nil {
+			return false
+		}
+		mk, err := rowstate.ReadDBMarker(ctx, rows, "tablecast", testDB)
+		return err == nil && mk.Applied >= t1.mark
+	})
+	// From now on the view's history runs from the row state's position.
+	stopState()
+	<-stateDone
+
+	// The feed of batched subscriptions, inside a transaction.
+	live := e.dial("/ws")
+	live.subscribe(map[string]any{"id": "live", "table": "public.orders", "batch": "transaction"})
+	t2 := e.beginTx()
+	e.events(t2, txRow{"orders", "update", order(1, "paid")}, txRow{"orders", "create", order(3, "open")})
+	e.waitFor("the feed to handle the open transaction", func() bool { return e.feedLast() == t2.seqs[1] })
+
+	reached, release := make(chan struct{}), make(chan struct{})
+	testHookReplayConsumer = func() {
+		close(reached)
+		<-release
+	}
+	t.Cleanup(func() { testHookReplayConsumer = nil })
+	v := e.dial("/ws")
+	v.subscribe(map[string]any{"id": "v", "table": "public.orders", "batch": "transaction", "snapshot": true,
+		"where": map[string]any{"status": map[string]any{"eq": "paid"}}})
+	rows := v.expect("rows", "v")
+	if !strings.Contains(rows.raw, `"id":2`) || strings.Contains(rows.raw, `"id":1`) {
+		t.Fatalf("rows %s, want row 2 alone", rows.raw)
+	}
+	v.expect("synced", "v")
+	<-reached
+	e.events(t2, txRow{"orders", "create", order(5, "paid")})
+	e.commit(t2)
+	t3 := e.beginTx()
+	e.events(t3, txRow{"orders", "update", order(2, "open")}, txRow{"orders", "create", order(4, "paid")}, txRow{"orders", "create", order(6, "open")})
+	e.commit(t3)
+	e.waitFor("the feed to handle the live transaction", func() bool { return e.feedLast() == t3.mark })
+	close(release)
+
+	f := v.expectTx("v")
+	f.check(t, t2, t2.mark, false, t2.seqs[0], t2.seqs[2])
+	if !strings.Contains(f.raw, `"view":"enter"`) {
+		t.Fatalf("row 1's update is not an enter: %s", f.raw)
+	}
+	f = v.expectTx("v")
+	f.check(t, t3, t3.mark, false, t3.seqs[0], t3.seqs[1])
+	if !strings.Contains(f.raw, `{"seq":`+fmt.Sprint(t3.seqs[0])+`,"view":"leave"`) {
+		t.Fatalf("row 2's update is not a leave: %s", f.raw)
+	}
+	live.expectTx("live").check(t, t2, t2.mark, false, t2.seqs...)
+	live.expectTx("live").check(t, t3, t3.mark, false, t3.seqs...)
+
+	// Live: a delete of a row the view holds.
+	t4 := e.beginTx()
+	e.events(t4, txRow{"orders", "delete", order(4, "paid")}, txRow{"orders", "delete", order(6, "open")})
+	e.commit(t4)
+	v.expectTx("v").check(t, t4, t4.mark, false, t4.seqs[0])
 }

@@ -180,13 +180,8 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		case m.Snapshot && granted&viewOps != viewOps:
 			return fail(CodeNotAllowed, "a view of "+shown+" needs its creates, updates and deletes, which are not all granted")
 		}
-		if m.Batch != "" {
-			switch {
-			case !g.cfg.TxMarkers:
-				return fail(CodeBatchUnavailable, g.cfg.TxMarkersOff)
-			case m.Snapshot:
-				return fail(CodeInvalidSubscription, `"batch" cannot be combined with "snapshot": subscribe with one of them`)
-			}
+		if m.Batch != "" && !g.cfg.TxMarkers {
+			return fail(CodeBatchUnavailable, g.cfg.TxMarkersOff)
 		}
 		if m.Snapshot && !hasKey(t.Shape) {
 			return fail(CodeNoKey, shown+" has no key (no primary key nor replica identity index): its rows cannot be told apart for a snapshot")

@@ -165,7 +165,12 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 			s.heldEv[0] = heldEvent{}
 			s.heldEv = s.heldEv[1:]
 			s.heldBytes -= len(e.data)
-			frames := s.viewFrames(e.seq, e.op, e.data)
+			var frames [][]byte
+			if s.batched {
+				frames = f.releaseHeld(s, e)
+			} else {
+				frames = s.viewFrames(e.seq, e.op, e.data, false)
+			}
 			f.mu.Unlock()
 			for _, frame := range frames {
 				if !s.c.enqueueFor(s, frame, true) && s.c.isClosing() {
@@ -230,7 +235,7 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) (err error) {
 			if err != nil {
 				return
 			}
-			if frame := txb.flush(s.id, g.batchLimits(), more); frame != nil && !s.c.enqueueFor(s, frame, true) {
+			if frame := txb.flush(s.id, more); frame != nil && !s.c.enqueueFor(s, frame, true) {
 				err = errSubEnded
 				if !s.done.Load() {
 					err = errors.New("connection closed")
@@ -375,7 +380,7 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) (err error) {
 			if txb != nil {
 				frames = s.historyBatch(nil, txb, lim, f.marker, seq, msg.Subject(), data, &ev, &scratch, &mark)
 			} else if s.snapshot {
-				frames = s.viewFrames(seq, schema.OpBit(subjectOp(msg.Subject())), data)
+				frames = s.viewFrames(seq, schema.OpBit(subjectOp(msg.Subject())), data, false)
 			} else if frame := s.historyFrame(seq, msg.Subject(), data, &ev); frame != nil {
 				frames = [][]byte{frame}
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,10 +29,15 @@ type txFrameE2E struct {
 	LSN        string `json:"lsn"`
 	CommitTime string `json:"commit_time"`
 	More       bool   `json:"more"`
-	Events     []struct {
+	Rows       []struct {
+		Data map[string]any `json:"data"`
+	} `json:"rows"`
+	Events []struct {
 		Seq   uint64 `json:"seq"`
+		View  string `json:"view"`
 		Event struct {
 			Op    string         `json:"op"`
+			View  string         `json:"-"`
 			Table string         `json:"table"`
 			XID   uint32         `json:"xid"`
 			LSN   string         `json:"lsn"`
@@ -39,6 +45,31 @@ type txFrameE2E struct {
 		} `json:"event"`
 	} `json:"events"`
 	raw string
+}
+
+// leaveKey returns the key id of the event seq of transaction frame raw.
+func leaveKey(t *testing.T, raw string, seq uint64) int {
+	t.Helper()
+	var f struct {
+		Events []struct {
+			Seq   uint64 `json:"seq"`
+			Event struct {
+				Key struct {
+					ID int `json:"id"`
+				} `json:"key"`
+			} `json:"event"`
+		} `json:"events"`
+	}
+	if err := json.Unmarshal([]byte(raw), &f); err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range f.Events {
+		if ev.Seq == seq {
+			return ev.Event.Key.ID
+		}
+	}
+	t.Fatalf("no event %d in %s", seq, raw)
+	return 0
 }
 
 func readTxFrame(t *testing.T, ws *websocket.Conn) txFrameE2E {
@@ -101,7 +132,7 @@ func TestTransactionBatches(t *testing.T) {
 	httpAddr, natsAddr, gwAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	env := append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_txb",
 		"TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir(),
-		"TABLECAST_TX_MARKERS=true", fmt.Sprintf("TABLECAST_WS_BATCH_EVENTS=%d", part))
+		"TABLECAST_TX_MARKERS=true", fmt.Sprintf("TABLECAST_WS_BATCH_EVENTS=%d", part), "TABLECAST_ROW_STATE=true", "TABLECAST_WS_REPLAY_RATE=300")
 	startProcess(t, env, "run")
 	waitFor(t, time.Minute, "/readyz of tablecast run", func() bool {
 		code, _, err := httpGet("http://" + httpAddr + "/readyz")
@@ -236,6 +267,144 @@ func TestTransactionBatches(t *testing.T) {
 	exec(`INSERT INTO a VALUES (10000, 'x')`)
 	if got := readTxFrame(t, resumed).ids(t); fmt.Sprint(got) != "[10000]" {
 		t.Fatalf("after the resumed transaction: rows %v, want [10000] (nothing twice)", got)
+	}
+
+	// A live view in transaction frames: after its rows and synced, each
+	// transaction's events of the view, enter and leave among them.
+	view := wsDial(t, "ws://"+httpAddr+"/ws")
+	view.SetReadLimit(64 << 20)
+	wsSend(t, view, `{"type":"subscribe","id":"v","table":"public.a","batch":"transaction","snapshot":true,"where":{"v":{"eq":"x"}}}`)
+	var rows []int
+	for {
+		f := readTxFrame(t, view)
+		if f.Type == "synced" {
+			break
+		}
+		if f.Type != "subscribed" && f.Type != "rows" {
+			t.Fatalf("view got %s before synced", f.raw)
+		}
+		for _, r := range f.Rows {
+			rows = append(rows, int(r.Data["id"].(float64)))
+		}
+	}
+	if fmt.Sprint(rows) != "[1 3 6 10000]" {
+		t.Fatalf("view's rows %v, want [1 3 6 10000]", rows)
+	}
+	exec(`BEGIN; UPDATE a SET v = 'y' WHERE id = 1; UPDATE a SET v = 'x' WHERE id = 2; INSERT INTO a VALUES (20000, 'x'), (20001, 'y');
+		UPDATE a SET v = 'x' WHERE id = 20001; UPDATE a SET v = 'w' WHERE id = 4; COMMIT`)
+	f = readTxFrame(t, view)
+	var got []string
+	for _, ev := range f.Events {
+		id, _ := ev.Event.Data["id"].(float64)
+		got = append(got, fmt.Sprintf("%s:%s:%d", ev.Event.Op, ev.View, int(id)))
+	}
+	if f.Type != "transaction" || f.More || fmt.Sprint(got) != "[update:leave:0 update:enter:2 create::20000 update:enter:20001]" {
+		t.Fatalf("view's transaction frame %s: events %v, want the leave of 1, the enters of 2 and 20001 and the create of 20000", f.raw, got)
+	}
+	if f.Events[0].Seq == 0 || !strings.Contains(f.raw, `"key":{"id":1}`) {
+		t.Fatalf("leave of row 1 without its key: %s", f.raw)
+	}
+
+	// Views that start while transactions stream: each keeps the rows that
+	// match, from its rows and then its transaction frames (a transaction
+	// never split but into parts with more), whatever the moment it
+	// started at.
+	exec(`INSERT INTO a SELECT g, 'y' FROM generate_series(30000, 30049) g`)
+	wctx, stopWriter := context.WithCancel(ctx)
+	writer := make(chan error, 1)
+	go func() {
+		wconn := connect(t, url)
+		for i := 0; wctx.Err() == nil; i++ {
+			tx, err := wconn.Begin(wctx)
+			if err == nil {
+				const flip = `UPDATE a SET v = CASE WHEN random() < 0.5 THEN 'x' ELSE 'y' END WHERE id = $1`
+				if _, err = tx.Exec(wctx, flip, 30000+i%50); err == nil {
+					_, err = tx.Exec(wctx, flip, 30000+(i*7+3)%50)
+				}
+				if err == nil {
+					err = tx.Commit(wctx)
+				}
+			}
+			if err != nil && wctx.Err() == nil {
+				writer <- err
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		writer <- nil
+	}()
+	type liveView struct {
+		ws   *websocket.Conn
+		rows map[int]bool
+	}
+	var views []*liveView
+	for i := range 3 {
+		time.Sleep(300 * time.Millisecond)
+		lv := &liveView{ws: wsDial(t, "ws://"+httpAddr+"/ws"), rows: map[int]bool{}}
+		lv.ws.SetReadLimit(64 << 20)
+		wsSend(t, lv.ws, fmt.Sprintf(`{"type":"subscribe","id":"v%d","table":"public.a","batch":"transaction","snapshot":true,"where":{"v":{"eq":"x"},"id":{"gte":30000}}}`, i))
+		views = append(views, lv)
+	}
+	time.Sleep(500 * time.Millisecond)
+	stopWriter()
+	if err := <-writer; err != nil {
+		t.Fatal(err)
+	}
+	exec(`INSERT INTO a VALUES (99999, 'x')`) // the end
+	for i, lv := range views {
+		var lastLSN string
+		more := false
+		for done := false; !done; {
+			f := readTxFrame(t, lv.ws)
+			switch f.Type {
+			case "subscribed", "synced":
+			case "rows":
+				for _, r := range f.Rows {
+					lv.rows[int(r.Data["id"].(float64))] = true
+				}
+			case "transaction":
+				if more && f.LSN != lastLSN {
+					t.Fatalf("view %d: a frame of transaction %s after a part of %s with more", i, f.LSN, lastLSN)
+				}
+				if !more && f.LSN == lastLSN {
+					t.Fatalf("view %d: transaction %s in two frames without more", i, f.LSN)
+				}
+				lastLSN, more = f.LSN, f.More
+				f.ids(t) // each event of the frame's transaction, in order
+				for _, ev := range f.Events {
+					id, _ := ev.Event.Data["id"].(float64)
+					switch {
+					case ev.View == "leave", ev.Event.Op == "delete":
+						delete(lv.rows, leaveKey(t, f.raw, ev.Seq))
+					default:
+						lv.rows[int(id)] = true
+					}
+					if id == 99999 {
+						done = true
+					}
+				}
+			default:
+				t.Fatalf("view %d got %s", i, f.raw)
+			}
+		}
+		var want []int
+		r, err := conn.Query(ctx, `SELECT id FROM a WHERE v = 'x' AND id >= 30000 ORDER BY id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for r.Next() {
+			var id int
+			_ = r.Scan(&id)
+			want = append(want, id)
+		}
+		var got []int
+		for id := range lv.rows {
+			got = append(got, id)
+		}
+		slices.Sort(got)
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("view %d holds %v, the table %v", i, got, want)
+		}
 	}
 
 	// A gateway with the markers off.
