@@ -39,6 +39,11 @@ import (
 // transaction (where live delivery takes over, whose frames bring the
 // rest).
 //
+// A batched live view (snapshot.go, view.go) gathers the objects of its
+// view's events (enter and leave among them) the same way; while it
+// catches up, the markers are held among its live events (heldEvent) and
+// decided in their place after its history.
+//
 // Events that belong to no transaction (op read, with xid 0: the rows of a
 // snapshot) go out as ordinary event frames, after what the batch held.
 // Events of a transaction whose marker never comes (published before the

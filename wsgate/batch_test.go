@@ -349,7 +349,7 @@ func TestBatchWithoutMarkers(t *testing.T) {
 }
 
 // TestBatchRefused: batch needs the markers, takes one value, and
-// applies to table subscriptions without snapshot.
+// applies to table subscriptions.
 func TestBatchRefused(t *testing.T) {
 	off := startGateway(t, func(c *Config) { c.TxMarkersOff = "markers are off here" })
 	c := off.dial("/ws")
@@ -372,7 +372,6 @@ func TestBatchRefused(t *testing.T) {
 		{map[string]any{"table": "public.orders", "batch": "transactions"}, CodeInvalidMessage, `"batch"`},
 		{map[string]any{"table": "public.orders", "batch": true}, CodeInvalidMessage, `"batch"`},
 		{map[string]any{"topic": "t", "batch": "transaction"}, CodeInvalidSubscription, `table subscriptions only`},
-		{map[string]any{"table": "public.orders", "batch": "transaction", "snapshot": true}, CodeInvalidSubscription, `"snapshot"`},
 	} {
 		tc.msg["type"], tc.msg["id"] = "subscribe", "x"
 		c.send(tc.msg)

@@ -132,7 +132,7 @@ func TestTransactionBatches(t *testing.T) {
 	httpAddr, natsAddr, gwAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	env := append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_txb",
 		"TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir(),
-		"TABLECAST_TX_MARKERS=true", fmt.Sprintf("TABLECAST_WS_BATCH_EVENTS=%d", part), "TABLECAST_ROW_STATE=true", "TABLECAST_WS_REPLAY_RATE=300")
+		"TABLECAST_TX_MARKERS=true", fmt.Sprintf("TABLECAST_WS_BATCH_EVENTS=%d", part), "TABLECAST_ROW_STATE=true")
 	startProcess(t, env, "run")
 	waitFor(t, time.Minute, "/readyz of tablecast run", func() bool {
 		code, _, err := httpGet("http://" + httpAddr + "/readyz")
