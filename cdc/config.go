@@ -95,6 +95,15 @@ type Config struct {
 	// over within about LeaderLease plus a second of the leader's death.
 	// At least 1s. Default DefaultLeaderLease, 5s.
 	LeaderLease time.Duration
+	// TxMarkers makes the reader publish, at the commit of every
+	// transaction that published at least one event or custom-topic
+	// message, one transaction marker on stream.TransactionSubject: the
+	// transaction's xid, commit LSN and time, and its events counted per
+	// table and topic (see MarkerBody). A consumer of a table's events
+	// learns from it where the transaction's events end. Default false: it
+	// adds a message per transaction, nearly doubling what the stream
+	// stores for single-row transactions.
+	TxMarkers bool
 	// SettingName names a Config field ("Slot") the way its user sets it,
 	// for messages and advice: the command line passes its environment
 	// variables. Default (nil): the field's own name.

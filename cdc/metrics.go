@@ -14,6 +14,7 @@ type metrics struct {
 	streaming      prometheus.Gauge
 	sessions       prometheus.Counter
 	messages       prometheus.Counter
+	markers        prometheus.Counter
 	skipped        prometheus.Counter
 	slotsLost      prometheus.Counter
 	heartbeatLag   prometheus.Gauge
@@ -57,6 +58,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		messages: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tablecast_cdc_topic_messages_published_total",
 			Help: "Logical decoding messages (pg_logical_emit_message(true, 'tablecast:<topic>', …)) published on custom topics.",
+		}),
+		markers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_cdc_transaction_markers_published_total",
+			Help: "Transaction markers published (TxMarkers).",
 		}),
 		skipped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tablecast_cdc_events_skipped_total",
@@ -104,7 +109,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(published, m.publishLatency, m.ackedLSN, m.lagBytes, m.streaming, m.sessions,
-			m.messages, m.skipped, m.slotsLost, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus, m.oversize,
+			m.messages, m.markers, m.skipped, m.slotsLost, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus, m.oversize,
 			m.leader, m.takeovers, m.fenced)
 	}
 	return m

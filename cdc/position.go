@@ -278,10 +278,15 @@ const settleTimeout = 2 * stream.DefaultAckTimeout
 // does not publish it again. Ids only grow, so the first id beyond ends the
 // skipping.
 func (s *session) alreadyStored(lsn uint64, ordinal uint32) bool {
+	return s.alreadyStoredID(eventID{lsn, uint64(ordinal)})
+}
+
+// alreadyStoredID is alreadyStored of any id, a transaction marker's
+// (schema.MarkerOrdinal) included.
+func (s *session) alreadyStoredID(id eventID) bool {
 	if !s.skipping {
 		return false
 	}
-	id := eventID{lsn, uint64(ordinal)}
 	if !id.after(s.skipThrough) {
 		s.r.m.skipped.Inc()
 		s.skipped++

@@ -536,6 +536,7 @@ type relation struct {
 	table    *schema.Table
 	subjects map[string]string // op → subject
 	count    *atomic.Int64     // events published (Reader.tableCount)
+	txKey    string            // the table in a transaction's counts (txCounts)
 }
 
 // session is the state of one replication connection. Only its goroutine
@@ -553,15 +554,18 @@ type session struct {
 
 	txn          schema.Txn
 	inTxn        bool
-	txnPublished bool // the open transaction published an event
-	ordinal      uint32
-	lastSeq      uint64 // publisher sequence of the last event published
-	commits      commitTracker
-	wm           stream.Watermark // the publisher's, as last read by advance
-	walEnd       uint64           // latest server WAL end seen
-	row          rowMessage
-	buf, ids     []byte   // a topic message and its id
-	ev           eventBuf // row change events
+	txnPublished bool     // the open transaction published an event
+	tx           txCounts // the open transaction's events, for its marker (marker.go)
+	// markerSubject is stream.TransactionSubject of the reader's database.
+	markerSubject string
+	ordinal       uint32
+	lastSeq       uint64 // publisher sequence of the last event published
+	commits       commitTracker
+	wm            stream.Watermark // the publisher's, as last read by advance
+	walEnd        uint64           // latest server WAL end seen
+	row           rowMessage
+	buf, ids      []byte   // a topic message and its id
+	ev            eventBuf // row change events
 
 	confirmed  uint64 // highest LSN safe to confirm
 	sent       uint64 // last LSN sent in a status update
@@ -710,12 +714,19 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 		}
 		s.txn.Reset(uint64(b.FinalLSN), b.Xid, b.CommitTime)
 		s.inTxn, s.ordinal, s.txnPublished = true, 0, false
+		s.tx.reset()
 	case 'C':
 		var c pglogrepl.CommitMessage
 		if err := c.Decode(wal[1:]); err != nil {
 			return fmt.Errorf("decode commit: %w", err)
 		}
 		s.inTxn = false
+		// The marker goes after the transaction's events and before its
+		// commit is tracked: the commit is confirmed only once JetStream
+		// stored the marker too.
+		if err := s.publishMarker(ctx); err != nil {
+			return err
+		}
 		seen := now
 		if !s.txnPublished {
 			seen = time.Time{} // nothing published: no latency to observe
@@ -809,6 +820,7 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 		return nil
 	}
 	s.ordinal++
+	s.tx.addTopic(topic)
 	if s.alreadyStored(s.txn.CommitLSN, s.ordinal) {
 		return nil
 	}
@@ -853,7 +865,7 @@ func (s *session) newRelation(ctx context.Context, rm *pglogrepl.RelationMessage
 	if err := s.lookUpKey(ctx, rm.RelationID, t); err != nil {
 		return nil, err
 	}
-	rel := &relation{table: t, subjects: map[string]string{}, count: s.r.tableCount(t.Schema, t.Name)}
+	rel := &relation{table: t, subjects: map[string]string{}, count: s.r.tableCount(t.Schema, t.Name), txKey: t.Schema + "\x00" + t.Name}
 	for _, op := range schema.AllOps.Names() {
 		rel.subjects[op] = stream.ChangeSubject(s.r.prefix, s.r.db, t.Schema, t.Name, op)
 	}
@@ -890,6 +902,9 @@ func (s *session) publish(ctx context.Context, rel *relation, c *schema.Change) 
 	if !s.inTxn {
 		return errors.New("row change outside a transaction")
 	}
+	// Counted whether or not it is stored already: a replayed
+	// transaction's marker counts all of its events.
+	s.tx.addTable(rel)
 	if s.alreadyStored(s.txn.CommitLSN, c.Ordinal) {
 		return nil
 	}
@@ -967,15 +982,23 @@ func (s *session) observe(d time.Duration) {
 	s.r.m.publishLatency.Observe(max(d, 0).Seconds())
 }
 
+// testHookConfirmAtMost, when not 0 (tests), is the highest LSN a session
+// confirms to PostgreSQL, so that a restart replays what the stream holds
+// already.
+var testHookConfirmAtMost atomic.Uint64
+
 func (s *session) sendStatus(now time.Time) error {
 	lsn := pglogrepl.LSN(s.confirmed)
+	if most := testHookConfirmAtMost.Load(); most != 0 && uint64(lsn) > most {
+		lsn = pglogrepl.LSN(most)
+	}
 	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), s.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn, ClientTime: now,
 	})
 	if err != nil {
 		return fmt.Errorf("confirm LSN %s: %w", lsn, err)
 	}
-	s.sent, s.sentFloor, s.lastStatus = s.confirmed, s.floor, now
+	s.sent, s.sentFloor, s.lastStatus = uint64(lsn), s.floor, now
 	return nil
 }
 

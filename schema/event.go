@@ -72,6 +72,20 @@ func (t *Txn) AppendID(dst []byte, ordinal uint32) []byte {
 	return appendHex(dst, uint64(ordinal), 4)
 }
 
+// MarkerOrdinal is the ordinal of a transaction marker's id
+// (AppendMarkerID): beyond every ordinal of a change (a uint32), so that the
+// marker's id sorts after every event of its transaction and clashes with
+// none of them.
+const MarkerOrdinal = 1 << 32
+
+// AppendMarkerID appends the id of the transaction's marker: the commit LSN
+// as 16 hex digits, a dash, MarkerOrdinal in hex (9 digits). ParseEventID
+// reads it as an event id of ordinal MarkerOrdinal.
+func (t *Txn) AppendMarkerID(dst []byte) []byte {
+	dst = append(dst, t.idPrefix[len(`"id":"`):]...)
+	return appendHex(dst, MarkerOrdinal, 4)
+}
+
 // ParseEventID splits an event id as AppendID writes it into its commit LSN
 // and ordinal. ok is false for anything else: the LSN must be 16 hex
 // digits and the ordinal 4 to 16.

@@ -27,7 +27,15 @@
 #           in 1,000-row transactions: ROWS updates are measured;
 #   wide    ROWS/4 inserts into a 50-column table of mixed types (int, bigint,
 #           numeric, text, timestamptz, boolean, jsonb, uuid, float8, date),
-#           in 1,000-row transactions.
+#           in 1,000-row transactions;
+#   single  ROWS inserts, each its own transaction (not in the default
+#           WORKLOADS: PostgreSQL commits a few thousand a second, so keep
+#           ROWS to tens of thousands).
+#
+# With TABLECAST_TX_MARKERS=true in the environment the readers publish a
+# transaction marker after each transaction, and a run waits for them too.
+# Each line gives what the stream stores per change (bytes of the stream /
+# changes), markers included.
 #
 # CPU, in CPU-seconds per million changes (utime + stime from /proc):
 #   wal   the walsender serving walfloor (the postmaster's reaped children,
@@ -58,7 +66,7 @@
 # other work on a shared database server would; the workloads' readers
 # decode its WAL too.
 #
-# Usage: [NATS=embedded|external] [WORKLOADS="many one update wide"] [REPEAT=1]
+# Usage: [NATS=embedded|external] [WORKLOADS="many one update wide single"] [REPEAT=1]
 #        [BINS="bin/tablecast other/tablecast"] [PROFILE=1] [LOAD_TPS=n]
 #        scripts/bench-cdc.sh [rows]
 # BINS compares tablecast binaries in the same run, each on the same WAL (the
@@ -81,7 +89,7 @@ case "$NATS" in embedded | external) ;; *) echo "bench-cdc.sh: NATS must be embe
 read -r -a workloads <<<"$WORKLOADS"
 [ "${#workloads[@]}" -gt 0 ] || { echo "bench-cdc.sh: WORKLOADS is empty" >&2; exit 2; }
 for w in "${workloads[@]}"; do
-  case "$w" in many | one | update | wide) ;; *) echo "bench-cdc.sh: unknown workload '$w' (want many, one, update, wide)" >&2; exit 2 ;; esac
+  case "$w" in many | one | update | wide | single) ;; *) echo "bench-cdc.sh: unknown workload '$w' (want many, one, update, wide, single)" >&2; exit 2 ;; esac
 done
 [ "$ROWS" -ge 4 ] || { echo "bench-cdc.sh: rows must be at least 4 (wide writes rows/4)" >&2; exit 2; }
 
@@ -258,6 +266,9 @@ WIDE_DDL+=") WITH (autovacuum_enabled = false)"
 # the WAL of the workload; prints its result line.
 run_tablecast() {
   local name=$1 changes=$2 slot=$3 bin=$4 rep=$5 recv_s=$6 wal_ticks=$7
+  # The stream's messages: the changes, and with markers one per transaction.
+  local want=$changes
+  if [ "${TABLECAST_TX_MARKERS:-false}" = true ]; then want=$((changes + txns)); fi
   rm -rf "$work/nats"
   local nats_url= load
   load=$(cut -d' ' -f1 /proc/loadavg)
@@ -276,7 +287,7 @@ run_tablecast() {
   TABLECAST_HTTP_ADDR=127.0.0.1:18080 TABLECAST_LOG_LEVEL=error TABLECAST_PPROF=$pprof \
     "$bin" cdc &
   reader_pid=$!
-  local peak=0 hwm out msgs=0 first=0 span=0 tc_ticks=0 nats_ticks=0 prof=
+  local peak=0 hwm out msgs=0 first=0 span=0 bytes=0 tc_ticks=0 nats_ticks=0 prof=
   if [ -n "$PROFILE" ]; then
     # The middle of the run: after start-up, before the end. The length is
     # a guess from the walsender's time; tablecast is slower, not faster.
@@ -293,8 +304,8 @@ run_tablecast() {
     hwm=$(awk '/VmHWM/ {print $2}' "/proc/$reader_pid/status" 2>/dev/null) || hwm=0
     [ "${hwm:-0}" -gt "$peak" ] && peak=$hwm
     out=$(bin/jsinfo -url nats://127.0.0.1:14222 -stream TABLECAST 2>/dev/null) || continue
-    read -r msgs first span <<<"$out"
-    [ "$msgs" -ge "$changes" ] && break
+    read -r msgs first span bytes <<<"$out"
+    [ "$msgs" -ge "$want" ] && break
   done
   # With the row state on, the run goes on until the state has applied the
   # last event, so that the CPU figure holds all its cost; rows=+Ns says
@@ -320,8 +331,8 @@ run_tablecast() {
   stop_pid "$nats_pid"; nats_pid=
   wait_walsenders_gone
   local pg_ticks=$(($(reaped_ticks) - pg0))
-  if [ "$msgs" -ne "$changes" ]; then
-    echo "$name: JetStream holds $msgs messages, expected $changes" >&2
+  if [ "$msgs" -ne "$want" ]; then
+    echo "$name: JetStream holds $msgs messages, expected $want" >&2
   fi
   local tc_s cpu
   tc_s=$(echo "$first + $span - $t0" | bc -l)
@@ -331,6 +342,7 @@ run_tablecast() {
   printf '%-6s %9d rows | %-14s | walsender %6.2fs %7.0f/s | tablecast %6.2fs %7.0f/s | ratio %.2f | CPU s/M %s | peak RSS %d MiB | load %s' \
     "$name" "$changes" "$(basename "$(dirname "$bin")")/$(basename "$bin")" "$recv_s" "$(echo "$changes / $recv_s" | bc -l)" "$tc_s" "$(echo "$changes / $tc_s" | bc -l)" \
     "$(echo "($changes / $tc_s) / ($changes / $recv_s)" | bc -l)" "$cpu" $((peak / 1024)) "$load"
+  printf ' | stream %.0f B/change' "$(echo "$bytes / $changes" | bc -l)"
   printf '%s' "$rows_note"
   if [ -n "$prof" ] && [ -s "$prof" ]; then printf ' | %s' "$(profile_split "$prof")"; fi
   printf '\n'
@@ -389,20 +401,31 @@ fi
 echo "NATS $NATS; workload | binary | walsender (walfloor: launch → last change received) | tablecast (launch → last event stored in JetStream) | ratio of rates | CPU-seconds per million changes | peak RSS | load"
 for ((rep = 1; rep <= REPEAT; rep++)); do
   for w in "${workloads[@]}"; do
+    # txns: the transactions of the measured changes (one marker each).
     case "$w" in
     many)
+      txns=$(((ROWS + 999) / 1000))
       run_workload many "$ROWS" "$NARROW_DDL" "" "$(batched_insert "$ROWS" "$NARROW_COLS" "$NARROW_VALS")" "$rep" ;;
     one)
+      txns=1
       run_workload one "$ROWS" "$NARROW_DDL" "" \
         "INSERT INTO bench ($NARROW_COLS) SELECT $NARROW_VALS FROM generate_series(1, $ROWS) g" "$rep" ;;
     update)
+      txns=$(((ROWS + 999) / 1000))
       run_workload update "$ROWS" "$NARROW_DDL" \
         "INSERT INTO bench ($NARROW_COLS) SELECT $NARROW_VALS FROM generate_series(1, $ROWS) g" \
         "DO \$\$ BEGIN FOR i IN 0..$(((ROWS + 999) / 1000 - 1)) LOOP
   UPDATE bench SET qty = qty + 1, label = label || 'x' WHERE id BETWEEN i*1000+1 AND i*1000+1000;
   COMMIT; END LOOP; END \$\$" "$rep" ;;
     wide)
+      txns=$(((ROWS / 4 + 999) / 1000))
       run_workload wide "$((ROWS / 4))" "$WIDE_DDL" "" "$(batched_insert "$((ROWS / 4))" "$WIDE_COLS" "$WIDE_VALS")" "$rep" ;;
+    single)
+      txns=$ROWS
+      run_workload single "$ROWS" "$NARROW_DDL" "" \
+        "DO \$\$ BEGIN FOR i IN 1..$ROWS LOOP
+  INSERT INTO bench ($NARROW_COLS) SELECT $NARROW_VALS FROM generate_series(i, i) g;
+  COMMIT; END LOOP; END \$\$" "$rep" ;;
     esac
   done
 done

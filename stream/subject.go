@@ -180,6 +180,27 @@ func TableSubjects(prefix, db, schema, table string) string {
 	return string(b)
 }
 
+// transactionToken is the last token of a database's transaction marker
+// subject. AppendToken never writes it: a '%' it writes is always followed
+// by two hex digits, or stands alone. So no schema, table or topic name,
+// nor the database named "topic", can give a subject equal to a marker's.
+const transactionToken = "%tx"
+
+// TransactionSubject returns the subject of the transaction markers of
+// database db: <prefix>.<db>.%tx. It has three tokens after the prefix's,
+// so that neither event wildcards (<prefix>.<db>.*.*.*) nor a schema's or
+// table's (<prefix>.<db>.<schema>.>) match it, while <prefix>.<db>.> (every
+// message of the database) does.
+func TransactionSubject(prefix, db string) string {
+	b := make([]byte, 0, len(prefix)+len(db)+len(transactionToken)+10)
+	b = append(b, prefix...)
+	b = append(b, '.')
+	b = AppendToken(b, db)
+	b = append(b, '.')
+	b = append(b, transactionToken...)
+	return string(b)
+}
+
 // TopicSubject returns the subject of a custom topic: <prefix>.topic.<name>,
 // the name encoded with [AppendToken].
 func TopicSubject(prefix, topic string) string {

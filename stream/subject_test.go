@@ -208,3 +208,19 @@ func FuzzToken(f *testing.F) {
 		}
 	})
 }
+
+// TestTransactionSubject: the marker subject has three tokens after the
+// prefix, and its last is one no name encodes to.
+func TestTransactionSubject(t *testing.T) {
+	if got := TransactionSubject("tablecast", "my.db"); got != "tablecast.my%2Edb.%tx" {
+		t.Errorf("TransactionSubject = %s", got)
+	}
+	if _, err := DecodeToken(transactionToken); err == nil {
+		t.Errorf("%s decodes as a name: a schema, table or topic could have its subject", transactionToken)
+	}
+	for _, name := range []string{"%tx", "tx", "%", "%%tx"} {
+		if Token(name) == transactionToken {
+			t.Errorf("the name %q encodes to the marker's token", name)
+		}
+	}
+}

@@ -108,6 +108,12 @@ const (
 	// "unsubscribed" follows). Subscribe again later.
 	CodeSnapshotUnavailable ErrorCode = "snapshot_unavailable"
 
+	// CodeBatchUnavailable: a subscription with "batch": "transaction"
+	// when the readers publish no transaction markers (the gateway is
+	// configured so), without which the end of a transaction cannot be
+	// told. Subscribe without "batch".
+	CodeBatchUnavailable ErrorCode = "batch_unavailable"
+
 	// CodeMessageTooLarge: a client message (a publish payload, typically)
 	// is larger than the gateway accepts. A frame larger than the read
 	// limit closes the connection with CloseMessageTooBig instead.

@@ -52,7 +52,10 @@
 // only queues what it receives (inbox.go), and the feed's goroutine handles
 // it. Resumes and feeds tell events the stream discarded before they were
 // sent from the other tables' events between theirs (retention.go), and end
-// the subscriptions concerned with history_unavailable.
+// the subscriptions concerned with history_unavailable. Subscriptions with
+// "batch": "transaction" have feeds of their own, which follow the
+// database's transaction markers too and send each transaction's events in
+// one frame, or in several when it is large (batch.go).
 //
 // Lock order: the gateway's feedMu, then a feed's mu, then replays.mu or a
 // connection's mu; a feed's inbox lock and the catalog's locks are taken

@@ -44,6 +44,18 @@ type sub struct {
 
 	f atomic.Pointer[feed] // set once attached
 
+	// batched: the subscription gets each transaction's events in
+	// transaction frames (batch.go), from a feed that follows the
+	// transaction markers too. batch is what it has gathered of the
+	// transaction being delivered, guarded by the feed's mu.
+	batched bool
+	batch   txBatch
+	// openBoundary: the subscription's resume began inside a transaction
+	// (openLSN), and its boundary moves to where that transaction is
+	// seen to end (batch.go).
+	openBoundary bool
+	openLSN      []byte
+
 	// snapshot: the subscription starts with the table's rows (snapshot.go),
 	// sent by its resume before the history after them.
 	snapshot bool
@@ -120,11 +132,16 @@ type feed struct {
 	g       *Gateway
 	key     string
 	subject string
-	topic   string
-	name    string // the table's name, or the topic's, for people
-	ready   chan struct{}
-	err     error // set before ready is closed
-	cons    jetstream.Consumer
+	// marker is the subject of the transaction markers of the table's
+	// database, which a feed of batched subscriptions follows too (and
+	// subjects holds both); "" for any other feed.
+	marker   string
+	subjects []string
+	topic    string
+	name     string // the table's name, or the topic's, for people
+	ready    chan struct{}
+	err      error // set before ready is closed
+	cons     jetstream.Consumer
 
 	in    inbox     // messages received, not yet handled
 	check feedCheck // used by the feed's goroutine only (retention.go)
@@ -146,11 +163,26 @@ type feed struct {
 	oldKeyBuf []byte
 
 	withheldWarned bool
+
+	// Of batched subscriptions (batch.go): those whose batch holds events,
+	// and scratch for encoding one event's object and reading a marker.
+	pending []*sub
+	// The transaction of the last event handled, while its marker has not
+	// come (txOpen); and the resuming subscriptions whose boundary waits
+	// for its end (batch.go).
+	prevLast uint64 // the message handled before last
+	txOpen   bool
+	txLSN    []byte
+	opening  []*sub
+	obj      []byte
+	frames   [][]byte
+	mark     query.Row
 }
 
-// feedFor returns the running feed of subject, starting it if needed; name
-// says what it follows, for people.
-func (g *Gateway) feedFor(ctx context.Context, key, subject, topic, name string) (*feed, error) {
+// feedFor returns the running feed of subject (and of the transaction
+// markers on marker, unless ""), starting it if needed; name says what it
+// follows, for people.
+func (g *Gateway) feedFor(ctx context.Context, key, subject, marker, topic, name string) (*feed, error) {
 	g.feedMu.Lock()
 	if g.closing.Load() {
 		g.feedMu.Unlock()
@@ -162,7 +194,10 @@ func (g *Gateway) feedFor(ctx context.Context, key, subject, topic, name string)
 		<-f.ready
 		return f, f.err
 	}
-	f = &feed{g: g, key: key, subject: subject, topic: topic, name: name, ready: make(chan struct{}), groups: map[string]*frameGroup{}}
+	f = &feed{g: g, key: key, subject: subject, marker: marker, subjects: []string{subject}, topic: topic, name: name, ready: make(chan struct{}), groups: map[string]*frameGroup{}}
+	if marker != "" {
+		f.subjects = append(f.subjects, marker)
+	}
 	f.in.init(g.cfg.feedInboxBytes)
 	g.feeds[key] = f
 	g.feedMu.Unlock()
@@ -188,8 +223,13 @@ func (f *feed) start(ctx context.Context) error {
 		return wrapf(err, "read stream %s", f.g.cfg.Stream)
 	}
 	f.last = info.State.LastSeq
+	if f.marker != "" {
+		if err := f.initTx(ctx); err != nil {
+			return err
+		}
+	}
 	cons, err := f.g.js.OrderedConsumer(ctx, f.g.cfg.Stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{f.subject},
+		FilterSubjects: f.subjects,
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    f.last + 1,
 	})
@@ -235,7 +275,8 @@ func (f *feed) handle(e *received, stall stallMark) {
 	}
 	gone := f.discarded(last, seq, meta, stall) // may read the stream: not under mu
 	data := msg.Data()
-	if gone == nil && f.topic == "" {
+	isMarker := f.marker != "" && msg.Subject() == f.marker
+	if gone == nil && f.topic == "" && !isMarker {
 		// Before the lock: reading a claimed object must not hold up
 		// subscribing and unsubscribing.
 		data = f.g.resolve(msg.Subject(), seq, data, &f.claimEnv)
@@ -245,13 +286,15 @@ func (f *feed) handle(e *received, stall stallMark) {
 		f.mu.Unlock()
 		return
 	}
-	f.last = seq
+	f.prevLast, f.last = f.last, seq
 	var ended []*sub
 	switch {
 	case gone != nil:
 		ended = f.endAll(gone.msg)
 	case f.topic != "":
 		f.deliverMessage(seq, data)
+	case isMarker:
+		f.deliverMarker(seq, data)
 	default:
 		f.deliverEvent(seq, msg.Subject(), data)
 	}
@@ -283,6 +326,7 @@ func (f *feed) endAll(msg string) []*sub {
 		s.ended.Store(true)
 		s.done.Store(true)
 		s.held, s.heldEv, s.heldBytes = nil, nil, 0
+		s.batch.drop()
 		if s.catching {
 			f.g.replays.cancel(s)
 			continue
@@ -307,6 +351,9 @@ func (f *feed) deliverEvent(seq uint64, subject string, data []byte) {
 	if err := f.ev.Reset(bit, data); err != nil {
 		f.g.log.Warn("gateway skips a malformed event", "subject", subject, "seq", seq, "err", err)
 		return
+	}
+	if f.marker != "" {
+		f.noteEvent()
 	}
 	row, hasRow := f.ev.Row()
 	old, hasOld := f.ev.Old()
@@ -373,6 +420,9 @@ func lookupKey(dst []byte, ix *eqIndex, row *query.Row, hasRow bool) ([]byte, lo
 
 // offer sends the event being delivered to s if it matches.
 func (f *feed) offer(s *sub, seq uint64, data []byte) {
+	if s.openBoundary {
+		return // its resume sends it
+	}
 	if s.snapshot {
 		f.offerView(s, seq, data)
 		return
@@ -390,6 +440,10 @@ func (f *feed) offer(s *sub, seq uint64, data []byte) {
 		return
 	}
 	row, _ := f.ev.Row()
+	if s.batched {
+		f.offerBatched(s, seq, data, view, proj, row)
+		return
+	}
 	if s.tm.Load() != nil {
 		if frame := encodeEvent(s.id, proj, seq, data, view, row); frame != nil {
 			f.sendTo(s, frame)
@@ -602,6 +656,7 @@ func (g *Gateway) detach(s *sub) {
 	f.unindex(s)
 	f.dropGroup(s.grp)
 	s.held = nil
+	s.batch.drop()
 	f.n--
 	empty := f.n == 0
 	f.mu.Unlock()

@@ -134,6 +134,24 @@ type Config struct {
 	// served. Default 20,000.
 	ReplayRate int
 
+	// TxMarkers says that the readers publish transaction markers
+	// (stream.TransactionSubject), which subscriptions with
+	// "batch": "transaction" need. Default false: such subscriptions are
+	// refused with CodeBatchUnavailable and TxMarkersOff.
+	TxMarkers bool
+	// TxMarkersOff is the message of that refusal, which the command line
+	// makes name its setting. Default: a message naming none.
+	TxMarkersOff string
+	// BatchMaxEvents and BatchMaxBytes cut a transaction's events for a
+	// batched subscription into frames ("more": true on all but the last)
+	// of at most that many events, and of events adding up to at most that
+	// many bytes (a larger event goes alone): what a gateway holds of one
+	// transaction per subscription, and the largest frame it sends for
+	// one. Defaults 1,000 and 1 MiB, a quarter of the default send queue,
+	// so that a client keeping up is never closed for one frame.
+	BatchMaxEvents int
+	BatchMaxBytes  int
+
 	// StartAfter, when set, holds the gateway not ready (WebSocket
 	// upgrades are refused with 503) until it is closed and the tables
 	// then reflect the schema registry as it stands at that moment.
@@ -240,6 +258,15 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ReplayRate <= 0 {
 		c.ReplayRate = 20000
+	}
+	if c.TxMarkersOff == "" {
+		c.TxMarkersOff = "transaction batches need transaction markers, which the readers of this deployment do not publish"
+	}
+	if c.BatchMaxEvents <= 0 {
+		c.BatchMaxEvents = 1000
+	}
+	if c.BatchMaxBytes <= 0 {
+		c.BatchMaxBytes = 1 << 20
 	}
 	if c.feedInboxBytes <= 0 {
 		c.feedInboxBytes = 8 << 20

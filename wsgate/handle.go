@@ -83,7 +83,7 @@ func (c *conn) subscribeURL(us *URLSubscription) *ProtocolError {
 	defer c.authMu.Unlock()
 	return c.subscribe(&ClientMessage{
 		Type: TypeSubscribe, ID: URLSubscriptionID, Table: us.Table, Events: us.Events,
-		Select: us.Select, SelectGiven: us.Select != nil, From: us.From, Snapshot: us.Snapshot,
+		Select: us.Select, SelectGiven: us.Select != nil, From: us.From, Snapshot: us.Snapshot, Batch: us.Batch,
 	}, us.Where)
 }
 
@@ -110,7 +110,7 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		return fail(CodeTooManySubscriptions, "a connection may hold at most "+strconv.Itoa(c.maxSubscriptions())+" subscriptions")
 	}
 	s := &sub{c: c, id: m.ID}
-	var key, subject, name string
+	var key, subject, marker, name string
 	grants := c.id.Grants
 	if m.Rule != "" {
 		var perr *ProtocolError
@@ -180,6 +180,9 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		case m.Snapshot && granted&viewOps != viewOps:
 			return fail(CodeNotAllowed, "a view of "+shown+" needs its creates, updates and deletes, which are not all granted")
 		}
+		if m.Batch != "" && !g.cfg.TxMarkers {
+			return fail(CodeBatchUnavailable, g.cfg.TxMarkersOff)
+		}
 		if m.Snapshot && !hasKey(t.Shape) {
 			return fail(CodeNoKey, shown+" has no key (no primary key nor replica identity index): its rows cannot be told apart for a snapshot")
 		}
@@ -187,6 +190,13 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		s.selected = slices.Clone(m.Select)
 		s.proj.Store(s.projection(m.Select))
 		key, subject, name = "t\x00"+t.Subject, t.Subject, t.Name
+		if m.Batch != "" {
+			// Batched subscriptions have feeds of their own, which
+			// follow the database's transaction markers too.
+			s.batched = true
+			marker = stream.TransactionSubject(g.cfg.Prefix, t.DB)
+			key = "x\x00" + t.Subject
+		}
 	} else {
 		if !grants.CanSubscribeTopic(m.Topic) {
 			return fail(CodeNotAllowed, "topic "+schema.QuoteName(m.Topic)+" is not granted")
@@ -214,7 +224,7 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		return nil // closing
 	}
 	for {
-		f, err := g.feedFor(ctx, key, subject, s.topic, name)
+		f, err := g.feedFor(ctx, key, subject, marker, s.topic, name)
 		if err != nil {
 			c.removeSub(s)
 			return fail(CodeInternal, "cannot follow "+subject+": "+err.Error())
@@ -417,7 +427,7 @@ func (c *conn) syncEndpoint(e *match.Entry) *ProtocolError {
 		}
 		ctx, cancel := context.WithTimeout(g.ctx, requestTimeout)
 		for {
-			f, err := g.feedFor(ctx, "t\x00"+t.Subject, t.Subject, "", t.Name)
+			f, err := g.feedFor(ctx, "t\x00"+t.Subject, t.Subject, "", "", t.Name)
 			if err != nil {
 				cancel()
 				c.removeSub(s)

@@ -103,6 +103,11 @@ type ClientMessage struct {
 	// It cannot be combined with From.
 	Snapshot bool
 
+	// Batch is BatchTransaction when a table subscription wants the events
+	// of each transaction together in transaction frames; "" for one event
+	// frame per event.
+	Batch string
+
 	// Fields are the columns of a select message; never nil after a
 	// successful decode. An empty list restores all columns.
 	Fields []string
@@ -115,6 +120,10 @@ type ClientMessage struct {
 	// key, never empty after a successful decode.
 	Token string
 }
+
+// BatchTransaction is the one value of a subscription's "batch": the events
+// of each transaction in one transaction frame (batch.go).
+const BatchTransaction = "transaction"
 
 // MaxRuleNameLen is the longest rule name.
 const MaxRuleNameLen = 100
@@ -388,6 +397,15 @@ func (d *decoder) subscribe(m *ClientMessage) *ProtocolError {
 		default:
 			return d.fail(CodeInvalidMessage, `field "snapshot" must be true or false`)
 		}
+	}
+	if raw, ok := d.fields.get("batch"); ok {
+		if string(raw) != `"`+BatchTransaction+`"` {
+			return d.fail(CodeInvalidMessage, `field "batch" must be "`+BatchTransaction+`"`)
+		}
+		m.Batch = BatchTransaction
+	}
+	if m.Batch != "" && (hasTopic || hasRule) {
+		return d.fail(CodeInvalidSubscription, `"batch" applies to table subscriptions only`)
 	}
 	if m.Snapshot && m.From != nil {
 		return d.fail(CodeInvalidSubscription, `"snapshot" starts a view and "from" resumes one: send one of them`)

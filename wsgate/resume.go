@@ -1,6 +1,7 @@
 package wsgate
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -35,6 +36,12 @@ const replayBatch = 128
 // not send them again. Hence a fetch with a wait, rather than one without,
 // whose client side gives up after a second without a message.)
 const replayFetchWait = 5 * time.Second
+
+// openBoundaryPoll is how often a resume whose boundary is open (batch.go)
+// looks for the rest of its transaction once it has read all the stream
+// holds: the reader stores a transaction's events at the pace it decodes
+// them, so the rest is usually there within milliseconds.
+const openBoundaryPoll = 20 * time.Millisecond
 
 // testHookReplayConsumer, when set (by tests), runs once a resume's consumer
 // exists and the start of its history has been checked, before anything is
@@ -90,6 +97,11 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 		// the feed is not there yet (live frames up to it are the
 		// client's already: they are dropped, see sendTo).
 		s.boundary = max(f.last, from)
+		if s.batched && f.txOpen && s.boundary == f.last {
+			// Inside a transaction: the history runs to its end.
+			s.openBoundary, s.openLSN = true, bytes.Clone(f.txLSN)
+			f.opening = append(f.opening, s)
+		}
 		f.mu.Unlock()
 		err = g.replay(ctx, s, from)
 		g.replays.done(turn)
@@ -153,7 +165,12 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 			s.heldEv[0] = heldEvent{}
 			s.heldEv = s.heldEv[1:]
 			s.heldBytes -= len(e.data)
-			frames := s.viewFrames(e.seq, e.op, e.data)
+			var frames [][]byte
+			if s.batched {
+				frames = f.releaseHeld(s, e)
+			} else {
+				frames = s.viewFrames(e.seq, e.op, e.data, false)
+			}
 			f.mu.Unlock()
 			for _, frame := range frames {
 				if !s.c.enqueueFor(s, frame, true) && s.c.isClosing() {
@@ -195,20 +212,43 @@ func (g *Gateway) endResume(s *sub, code ErrorCode, msg string) {
 // replay sends the history of s after from through its boundary, paced by
 // the gateway's replay rate and by the client (a frame waits for room in
 // the send queue).
-func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) error {
+//
+// A batched subscription's history is sent in transaction frames
+// (batch.go); when it ends inside a transaction, what it gathered of it is
+// sent with "more": true, and live delivery sends the rest.
+func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) (err error) {
 	f := s.f.Load()
 	f.mu.Lock()
-	boundary := s.boundary
+	// An open boundary (batch.go) ends where the transaction it began in
+	// is seen to end, which the feed sees at the same message: at its
+	// marker, or before an event of another transaction.
+	boundary, open, openLSN := s.boundary, s.openBoundary, s.openLSN
 	f.mu.Unlock()
-	if from >= boundary {
+	if from >= boundary && !open {
 		return nil
 	}
-	newest, err := g.lastSeqOf(ctx, f.subject)
+	var txb *txBatch
+	more := true // whether a transaction the history ends inside goes on live
+	if s.batched {
+		txb = &txBatch{}
+		defer func() {
+			if err != nil {
+				return
+			}
+			if frame := txb.flush(s.id, more); frame != nil && !s.c.enqueueFor(s, frame, true) {
+				err = errSubEnded
+				if !s.done.Load() {
+					err = errors.New("connection closed")
+				}
+			}
+		}()
+	}
+	newest, err := g.lastSeqOf(ctx, f.subjects...)
 	if err != nil {
 		return wrapf(err, "read history after %d", from)
 	}
 	cons, err := g.str.CreateConsumer(ctx, jetstream.ConsumerConfig{
-		FilterSubject:     f.subject,
+		FilterSubjects:    f.subjects,
 		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:       from + 1,
 		AckPolicy:         jetstream.AckNonePolicy,
@@ -235,23 +275,41 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) error {
 	if testHookReplayConsumer != nil {
 		testHookReplayConsumer()
 	}
-	rc := replayCheck{g: g, subject: f.subject, what: f.name, total: cons.CachedInfo().NumPending, newest: newest}
-	if rc.total == 0 {
+	rc := replayCheck{g: g, subjects: f.subjects, what: f.name, total: cons.CachedInfo().NumPending, newest: newest}
+	if rc.total == 0 && !open {
 		return nil
 	}
 	pos := from // every message of the subject up to pos is sent (or unwanted)
 	var ev query.Event
-	var claimEnv query.Row
+	var claimEnv, mark query.Row
+	var scratch []byte
+	lim := g.batchLimits()
 	msgs := make([]jetstream.Msg, 0, replayBatch)
 	metas := make([]*jetstream.MsgMetadata, 0, replayBatch)
+	idle := false // an open boundary's last fetch found nothing
 	for {
 		if s.done.Load() {
 			return errSubEnded
 		}
-		if err := g.replays.rate.take(ctx, replayBatch); err != nil {
+		if idle {
+			select {
+			case <-ctx.Done():
+				return wrapf(ctx.Err(), "read history after %d", pos)
+			case <-time.After(openBoundaryPoll):
+			}
+		} else if err := g.replays.rate.take(ctx, replayBatch); err != nil {
 			return wrapf(err, "read history after %d", pos)
 		}
-		batch, err := cons.Fetch(replayBatch, jetstream.FetchMaxWait(replayFetchWait))
+		var batch jetstream.MessageBatch
+		if open {
+			// Reading beyond what the stream holds, a fetch that waits
+			// would take messages stored after the loop below stops
+			// reading it, and lose them: one that does not wait takes
+			// only what is there.
+			batch, err = cons.FetchNoWait(replayBatch)
+		} else {
+			batch, err = cons.Fetch(replayBatch, jetstream.FetchMaxWait(replayFetchWait))
+		}
 		if err != nil {
 			return wrapf(err, "read history after %d", pos)
 		}
@@ -269,7 +327,7 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) error {
 			msgs, metas = append(msgs, msg), append(metas, meta)
 			// Past the boundary, messages are live delivery's; with
 			// none pending, there is nothing more to wait for.
-			if meta.Sequence.Stream > boundary || meta.NumPending == 0 {
+			if meta.Sequence.Stream > boundary && !open || meta.NumPending == 0 {
 				break
 			}
 		}
@@ -278,7 +336,8 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) error {
 		}
 		g.met.replayed.Add(float64(len(msgs)))
 		var pending uint64 // the consumer's NumPending after the batch
-		jumps, prev := len(msgs) == 0, pos
+		idle = open && len(msgs) == 0
+		jumps, prev := len(msgs) == 0 && !open, pos
 		for _, m := range metas {
 			jumps = jumps || m.Sequence.Stream > prev+1
 			prev, pending = m.Sequence.Stream, m.NumPending
@@ -293,19 +352,35 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) error {
 			if seq > pos+1 && !rc.clean(pos) {
 				return historyGone(rc.what, pos, "")
 			}
-			if seq > boundary {
+			if seq > boundary && !open {
 				return nil
 			}
 			if s.c.isClosing() {
 				return errors.New("connection closed")
 			}
 			data := msg.Data()
-			if s.topic == "" {
+			isMarker := f.marker != "" && msg.Subject() == f.marker
+			if s.topic == "" && !isMarker {
 				data = g.resolve(msg.Subject(), seq, data, &claimEnv)
 			}
+			closing := false // the open boundary ends with this message
+			if seq > boundary {
+				if isMarker {
+					closing = true
+				} else if bit := schema.OpBit(subjectOp(msg.Subject())); bit != 0 && ev.Reset(bit, data) == nil {
+					if m, inTxn := eventMeta(&ev); !inTxn || !bytes.Equal(m.lsn, openLSN) {
+						// The feed sends it. What the history holds goes
+						// on there when it is of the same transaction.
+						more = inTxn && txb.n > 0 && bytes.Equal(txb.lsn, m.lsn)
+						return nil
+					}
+				}
+			}
 			var frames [][]byte
-			if s.snapshot {
-				frames = s.viewFrames(seq, schema.OpBit(subjectOp(msg.Subject())), data)
+			if txb != nil {
+				frames = s.historyBatch(nil, txb, lim, f.marker, seq, msg.Subject(), data, &ev, &scratch, &mark)
+			} else if s.snapshot {
+				frames = s.viewFrames(seq, schema.OpBit(subjectOp(msg.Subject())), data, false)
 			} else if frame := s.historyFrame(seq, msg.Subject(), data, &ev); frame != nil {
 				frames = [][]byte{frame}
 			}
@@ -321,7 +396,7 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) error {
 				}
 			}
 			pos = seq
-			if seq == boundary {
+			if seq == boundary && !open || closing {
 				return nil
 			}
 		}
@@ -332,19 +407,22 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) error {
 			if !rc.clean(pos) {
 				return historyGone(rc.what, pos, "")
 			}
-			return nil
-		case pending == 0:
+			if !open {
+				return nil
+			}
+		case pending == 0 && !open:
 			// The consumer had every message of the subject, and none
 			// after pos can have been dropped before it (retention.go, 2).
 			return nil
 		}
+		// An open boundary waits for the end of its transaction.
 	}
 }
 
 // replayCheck judges the jumps of a resume's consumer (retention.go, 3).
 type replayCheck struct {
 	g         *Gateway
-	subject   string
+	subjects  []string
 	what      string
 	total     uint64 // NumPending at creation: the subject's messages after from
 	newest    uint64 // the subject's last message before the creation
@@ -361,7 +439,7 @@ type replayCheck struct {
 func (rc *replayCheck) batch(ctx context.Context, pending uint64) error {
 	ctx, cancel := context.WithTimeout(ctx, checkWithin)
 	defer cancel()
-	last, err := rc.g.lastSeqOf(ctx, rc.subject)
+	last, err := rc.g.lastSeqOf(ctx, rc.subjects...)
 	if err != nil {
 		return err
 	}
@@ -383,24 +461,35 @@ func (s *sub) historyFrame(seq uint64, subject string, data []byte, ev *query.Ev
 	if s.topic != "" {
 		return encodeMessage(s.id, s.topic, seq, topicPayload(data))
 	}
+	view, proj, row, frame, ok := s.historyDecide(seq, subject, data, ev)
+	if frame != nil || !ok {
+		return frame
+	}
+	return encodeEvent(s.id, proj, seq, data, view, row)
+}
+
+// historyDecide indexes a table's event of the history into ev and
+// decides whether s takes it: then ok, and the view, projection and row
+// to encode it with; or a filter_failed frame to send instead.
+func (s *sub) historyDecide(seq uint64, subject string, data []byte, ev *query.Event) (view query.View, proj *query.Projection, row *query.Row, frame []byte, ok bool) {
 	bit := schema.OpBit(subjectOp(subject))
 	if bit == 0 || ev.Reset(bit, data) != nil {
-		return nil
+		return view, nil, nil, nil, false
 	}
 	view, proj, ok, err := s.decide(ev)
 	if err == query.ErrWithheld {
-		return nil
+		return view, nil, nil, nil, false
 	}
 	if err != nil {
 		msg := "event seq " + strconv.FormatUint(seq, 10) + " not delivered: " + err.Error()
-		return finishFrame(AppendError(newFrame(len(msg)+64), s.id, CodeFilterFailed, msg), opText)
+		return view, nil, nil, finishFrame(AppendError(newFrame(len(msg)+64), s.id, CodeFilterFailed, msg), opText), false
 	}
 	if !ok {
-		return nil
+		return view, nil, nil, nil, false
 	}
-	row, _ := ev.Row()
+	row, _ = ev.Row()
 	if proj == nil {
 		proj = s.proj.Load()
 	}
-	return encodeEvent(s.id, proj, seq, data, view, row)
+	return view, proj, row, nil, true
 }

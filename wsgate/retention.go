@@ -117,10 +117,24 @@ func (g *Gateway) firstSeqAfter(ctx context.Context) (uint64, error) {
 	}
 }
 
-// lastSeqOf returns the sequence of the newest message of subject the
-// stream holds, 0 when it holds none. A failed read is retried as in
+// lastSeqOf returns the sequence of the newest message of the subjects
+// the stream holds, 0 when it holds none.
+func (g *Gateway) lastSeqOf(ctx context.Context, subjects ...string) (uint64, error) {
+	var last uint64
+	for _, subject := range subjects {
+		seq, err := g.lastSeqOfSubject(ctx, subject)
+		if err != nil {
+			return 0, err
+		}
+		last = max(last, seq)
+	}
+	return last, nil
+}
+
+// lastSeqOfSubject returns the sequence of the newest message of subject
+// the stream holds, 0 when it holds none. A failed read is retried as in
 // firstSeqAfter.
-func (g *Gateway) lastSeqOf(ctx context.Context, subject string) (uint64, error) {
+func (g *Gateway) lastSeqOfSubject(ctx context.Context, subject string) (uint64, error) {
 	ctx, stop := context.WithTimeout(ctx, checkWithin)
 	defer stop()
 	backoff := 10 * time.Millisecond

@@ -22,13 +22,16 @@ import (
 //     all kinds).
 //   - select=id,status: the columns to send (absent: all; given empty: all).
 //   - from=1234: resume after this stream sequence.
+//   - batch=transaction: each transaction's events in one transaction
+//     frame, as "batch" in a subscribe message.
 //   - token=…: credentials, read by the auth layer and ignored here.
 //   - every other parameter is a filter on the column it names, written
 //     operator.value: status=eq.paid, total=gte.10, deleted_at=is.null,
 //     id=in.(1,2,3): the URL form of a where (query.ParseURLWhere), with
 //     the operators of the JSON protocol's "where".
 //
-// A column whose name is a reserved parameter (events, select, from, token)
+// A column whose name is a reserved parameter (events, select, from,
+// snapshot, batch, token)
 // cannot be filtered in the URL; subscribe with a message for that.
 //
 // The subscription made from a URL has the id URLSubscriptionID.
@@ -59,6 +62,8 @@ type URLSubscription struct {
 	From *uint64
 	// Snapshot: the rows that match now first (snapshot=true).
 	Snapshot bool
+	// Batch is BatchTransaction for batch=transaction, else "".
+	Batch string
 	// Where is the filter, the same where the JSON protocol's "where"
 	// gives, its columns in name order; nil when the URL has no filter
 	// parameter.
@@ -71,6 +76,7 @@ const (
 	paramSelect   = "select"
 	paramFrom     = "from"
 	paramSnapshot = "snapshot"
+	paramBatch    = "batch"
 	paramToken    = "token"
 )
 
@@ -158,10 +164,19 @@ func ParseURLSubscription(path string, params url.Values) (URLSubscription, *Pro
 		}
 	}
 
+	if v, ok, perr := single(paramBatch); perr != nil {
+		return URLSubscription{}, perr
+	} else if ok {
+		if v != BatchTransaction {
+			return fail(CodeInvalidSubscription, "parameter \"batch\" must be "+BatchTransaction+", not "+schema.QuoteName(v))
+		}
+		sub.Batch = v
+	}
+
 	var filters map[string][]string
 	for name, vs := range params {
 		switch name {
-		case paramEvents, paramSelect, paramFrom, paramSnapshot, paramToken:
+		case paramEvents, paramSelect, paramFrom, paramSnapshot, paramBatch, paramToken:
 		default:
 			if filters == nil {
 				filters = map[string][]string{}

@@ -35,6 +35,7 @@ func TestParseURLSubscription(t *testing.T) {
 			URLSubscription{Table: "a.b", Events: []string{"delete", "truncate", "read"}}},
 		{"empty select is all, but given", "/ws/tables/a.b", "select=", URLSubscription{Table: "a.b", Select: []string{}}},
 		{"from zero", "/ws/tables/a.b", "from=0", URLSubscription{Table: "a.b", From: u64(0)}},
+		{"batched", "/ws/tables/a.b", "batch=transaction&from=3", URLSubscription{Table: "a.b", From: u64(3), Batch: BatchTransaction}},
 		{"every operator", "/ws/tables/a.b",
 			"c1=eq.1&c2=neq.2&c3=lt.3&c4=lte.4&c5=gt.5&c6=gte.6&c7=in.(7)&c8=nin.(8,9)&c9=is.not_null",
 			URLSubscription{Table: "a.b", Where: whereOf(`{"c1":{"eq":"1"},"c2":{"neq":"2"},"c3":{"lt":"3"},` +
@@ -94,6 +95,7 @@ func TestParseURLSubscriptionErrors(t *testing.T) {
 		{"extra segment", "/ws/tables/a.b/c", "", CodeInvalidSubscription, `path "/ws/tables/a.b/c": want /ws/tables/schema.table`},
 		{"trailing slash", "/ws/tables/a.b/", "", CodeInvalidSubscription, `path "/ws/tables/a.b/": want /ws/tables/schema.table`},
 		{"snapshot not a boolean", "/ws/tables/a.b", "snapshot=yes", CodeInvalidSubscription, `parameter "snapshot" must be true or false, not "yes"`},
+		{"batch of another kind", "/ws/tables/a.b", "batch=row", CodeInvalidSubscription, `parameter "batch" must be transaction, not "row"`},
 		{"snapshot with from", "/ws/tables/a.b", "snapshot=true&from=3", CodeInvalidSubscription, `parameters "snapshot" and "from" cannot be combined: snapshot starts a view, from resumes one`},
 		{"bad percent-encoding", "/ws/tables/a.b%zz", "", CodeInvalidSubscription, `path "/ws/tables/a.b%zz": bad percent-encoding`},
 		{"no schema", "/ws/tables/orders", "", CodeInvalidSubscription, `table "orders": want schema.table or database.schema.table (double-quote a part that holds a dot)`},

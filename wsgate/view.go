@@ -42,16 +42,19 @@ var viewSeed = maphash.MakeSeed()
 // be sent, or an update of it without "view":"enter".
 func viewKey(key []byte) uint64 { return maphash.Bytes(viewSeed, key) }
 
-// heldEvent is a live event held for a view while it catches up.
+// heldEvent is a live event held for a view while it catches up, or for a
+// batched view, a transaction marker (marker).
 type heldEvent struct {
-	seq  uint64
-	op   schema.OpSet
-	data []byte
+	seq    uint64
+	op     schema.OpSet
+	data   []byte
+	marker bool
 }
 
 // viewFrames decides the event seq (op, the envelope data) for s's view,
-// updates the view, and returns the frames to send in order.
-func (s *sub) viewFrames(seq uint64, op schema.OpSet, data []byte) [][]byte {
+// updates the view, and returns the frames to send in order; with obj, the
+// objects of a transaction frame instead (batch.go).
+func (s *sub) viewFrames(seq uint64, op schema.OpSet, data []byte, obj bool) [][]byte {
 	if op == 0 {
 		return nil
 	}
@@ -65,7 +68,7 @@ func (s *sub) viewFrames(seq uint64, op schema.OpSet, data []byte) [][]byte {
 	proj := s.proj.Load()
 	if op == schema.BitTruncate {
 		clear(s.view)
-		return frames(encodeView(s.id, proj, seq, "", data))
+		return frames(encodeView(s.id, proj, seq, "", data, obj))
 	}
 	key, ok := env.Get("key")
 	if !ok || key[0] != '{' {
@@ -77,7 +80,7 @@ func (s *sub) viewFrames(seq uint64, op schema.OpSet, data []byte) [][]byte {
 			return nil
 		}
 		delete(s.view, viewKey(key))
-		return frames(encodeView(s.id, proj, seq, "", data))
+		return frames(encodeView(s.id, proj, seq, "", data, obj))
 	}
 	rowData, ok := env.Get("data")
 	if !ok || rowData[0] != '{' {
@@ -106,7 +109,7 @@ func (s *sub) viewFrames(seq uint64, op schema.OpSet, data []byte) [][]byte {
 	if string(newKey) != string(key) || !match {
 		if held {
 			delete(s.view, viewKey(key))
-			out = append(out, encodeView(s.id, proj, seq, "leave", leaveEnvelope(data, key)))
+			out = append(out, encodeView(s.id, proj, seq, "leave", leaveEnvelope(data, key), obj))
 		}
 		if !match {
 			return out
@@ -118,13 +121,13 @@ func (s *sub) viewFrames(seq uint64, op schema.OpSet, data []byte) [][]byte {
 	if held || op != schema.BitUpdate {
 		// A create or read adds a row (or reads it again), an update of
 		// a row held changes it: as they are.
-		return append(out, encodeView(s.id, proj, seq, "", data))
+		return append(out, encodeView(s.id, proj, seq, "", data, obj))
 	}
 	enter := withoutMembers(data, "old")
 	if string(newKey) != string(key) {
 		enter = withKey(withoutMembers(data, "old", "key"), newKey)
 	}
-	return append(out, encodeView(s.id, proj, seq, "enter", enter))
+	return append(out, encodeView(s.id, proj, seq, "enter", enter, obj))
 }
 
 func frames(f []byte) [][]byte {
@@ -135,12 +138,19 @@ func frames(f []byte) [][]byte {
 }
 
 // encodeView encodes an event frame of a view: view ("enter", "leave" or
-// "" for none) after its seq.
-func encodeView(id string, proj *query.Projection, seq uint64, view string, env []byte) []byte {
-	buf := newFrame(len(env) + len(id) + 64)
-	buf = append(buf, `{"type":"event","id":`...)
-	buf = jsonx.AppendString(buf, id)
-	buf = append(buf, `,"seq":`...)
+// "" for none) after its seq. With obj, the event's object in a
+// transaction frame instead: {"seq":…,"view":…,"event":{…}}.
+func encodeView(id string, proj *query.Projection, seq uint64, view string, env []byte, obj bool) []byte {
+	var buf []byte
+	if obj {
+		buf = make([]byte, 0, len(env)+48)
+		buf = append(buf, `{"seq":`...)
+	} else {
+		buf = newFrame(len(env) + len(id) + 64)
+		buf = append(buf, `{"type":"event","id":`...)
+		buf = jsonx.AppendString(buf, id)
+		buf = append(buf, `,"seq":`...)
+	}
 	buf = strconv.AppendUint(buf, seq, 10)
 	if view != "" {
 		buf = append(buf, `,"view":"`...)
@@ -151,6 +161,9 @@ func encodeView(id string, proj *query.Projection, seq uint64, view string, env 
 	var err error
 	if buf, err = proj.AppendView(buf, env, query.ViewWhole, nil); err != nil {
 		return nil
+	}
+	if obj {
+		return append(buf, '}')
 	}
 	return finishFrame(append(buf, '}'), opText)
 }
@@ -230,7 +243,19 @@ func (f *feed) offerView(s *sub, seq uint64, data []byte) {
 		}
 		return
 	}
-	for _, frame := range s.viewFrames(seq, f.ev.Op(), data) {
+	if s.batched {
+		empty := s.batch.n == 0
+		f.frames = s.viewBatchFrames(f.frames[:0], &s.batch, f.g.batchLimits(), seq, f.ev.Op(), data)
+		if empty && s.batch.n > 0 {
+			f.pending = append(f.pending, s)
+		}
+		for i, frame := range f.frames {
+			s.c.enqueue(frame, false)
+			f.frames[i] = nil
+		}
+		return
+	}
+	for _, frame := range s.viewFrames(seq, f.ev.Op(), data, false) {
 		s.c.enqueue(frame, false)
 	}
 }

@@ -75,6 +75,7 @@ type Config struct {
 	LeaderLease    time.Duration `envconfig:"LEADER_LEASE" default:"5s" desc:"readers of one slot share a lease in NATS: the holder streams, the others stand by and take over once it has not been renewed for this long (at least 1s)"`
 	TopicRoles     []string      `envconfig:"TOPIC_ROLES" desc:"database roles that may publish custom-topic messages (pg_logical_emit_message), comma-separated; tablecast doctor warns about any other; empty: only tablecast's role and superusers"`
 	RowState       bool          `envconfig:"ROW_STATE" default:"false" desc:"keep the latest version of every row in JetStream (stream <TABLECAST_STREAM>_ROWS), so that subscriptions with snapshot (live views) start from the rows that match now; run and cdc; about doubles what JetStream stores per change"`
+	TxMarkers      bool          `envconfig:"TX_MARKERS" default:"false" desc:"publish a transaction marker (xid, commit LSN and time, events per table) after each transaction's events, on <TABLECAST_SUBJECT_PREFIX>.<db>.%tx; needed by subscriptions with batch transaction; run, cdc and gateway must agree; adds a message per transaction (for single-row transactions nearly doubles what JetStream stores)"`
 	RowStateTables []string      `envconfig:"ROW_STATE_TABLES" default:"*" desc:"tables whose rows are kept: comma-separated schema.table or schema.* patterns, * for all"`
 
 	JWTSecret             string        `envconfig:"JWT_SECRET" desc:"HS256 secret (32 bytes or more) that client tokens are signed with; empty: HS256 off"`
@@ -95,6 +96,8 @@ type Config struct {
 	WSMaxMessage          int           `envconfig:"WS_MAX_MESSAGE" default:"65536" desc:"largest client WebSocket message in bytes; a bigger one closes the connection with 1009"`
 	WSSendQueue           int           `envconfig:"WS_SEND_QUEUE" default:"4194304" desc:"bytes that may wait to be sent to one client; beyond, it is closed with 4008 and resumes from its last seq"`
 	WSMaxSubs             int           `envconfig:"WS_MAX_SUBSCRIPTIONS" default:"100" desc:"subscriptions one WebSocket connection may hold"`
+	WSBatchEvents         int           `envconfig:"WS_BATCH_EVENTS" default:"1000" desc:"events of one transaction in one transaction frame (subscriptions with batch transaction); a larger transaction is cut into several frames"`
+	WSBatchBytes          int           `envconfig:"WS_BATCH_BYTES" default:"1048576" desc:"bytes of events in one transaction frame (a larger event goes alone); with TABLECAST_WS_BATCH_EVENTS what the gateway holds of a transaction per subscription"`
 	WSMaxConnsPerIdentity int           `envconfig:"WS_MAX_CONNECTIONS_PER_IDENTITY" default:"100" desc:"simultaneous connections of one token subject or API key; more are closed with 4029 (a token's limits.connections may lower it)"`
 	WSMessagesPerSecond   int           `envconfig:"WS_MESSAGES_PER_SECOND" default:"50" desc:"messages a connection may send a second (bursts of twice that); beyond, they are dropped and answered rate_limited"`
 	MaxTopics             int           `envconfig:"MAX_TOPICS" default:"1000" desc:"custom topics at most; create-topic beyond is answered too_many_topics"`
@@ -188,7 +191,8 @@ func loadConfig() (Config, error) {
 	}
 	for name, v := range map[string]int{"TABLECAST_WS_MAX_MESSAGE": c.WSMaxMessage, "TABLECAST_WS_SEND_QUEUE": c.WSSendQueue, "TABLECAST_WS_MAX_SUBSCRIPTIONS": c.WSMaxSubs,
 		"TABLECAST_WS_MAX_CONNECTIONS_PER_IDENTITY": c.WSMaxConnsPerIdentity, "TABLECAST_WS_MESSAGES_PER_SECOND": c.WSMessagesPerSecond, "TABLECAST_MAX_TOPICS": c.MaxTopics,
-		"TABLECAST_HTTP_MAX_HANDSHAKES": c.HTTPMaxHandshakes, "TABLECAST_WS_MAX_REPLAYS": c.WSMaxReplays, "TABLECAST_WS_MAX_REPLAYS_PER_CONNECTION": c.WSMaxReplaysPerConn, "TABLECAST_WS_REPLAY_RATE": c.WSReplayRate} {
+		"TABLECAST_HTTP_MAX_HANDSHAKES": c.HTTPMaxHandshakes, "TABLECAST_WS_MAX_REPLAYS": c.WSMaxReplays, "TABLECAST_WS_MAX_REPLAYS_PER_CONNECTION": c.WSMaxReplaysPerConn, "TABLECAST_WS_REPLAY_RATE": c.WSReplayRate,
+		"TABLECAST_WS_BATCH_EVENTS": c.WSBatchEvents, "TABLECAST_WS_BATCH_BYTES": c.WSBatchBytes} {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s %d: must be positive", name, v))
 		}
@@ -317,6 +321,7 @@ func (c Config) cdcConfig() cdc.Config {
 		StallLagBytes: c.StallLagBytes,
 		TopicRoles:    c.TopicRoles,
 		LeaderLease:   c.LeaderLease,
+		TxMarkers:     c.TxMarkers,
 		HeartbeatInterval: func() time.Duration {
 			if c.Heartbeat == 0 {
 				return -1 // off
@@ -422,6 +427,10 @@ func (c Config) gatewayConfig(log *slog.Logger, reg prometheus.Registerer, authn
 		MaxReplays:                c.WSMaxReplays,
 		MaxReplaysPerConn:         c.WSMaxReplaysPerConn,
 		ReplayRate:                c.WSReplayRate,
+		TxMarkers:                 c.TxMarkers,
+		BatchMaxEvents:            c.WSBatchEvents,
+		BatchMaxBytes:             c.WSBatchBytes,
+		TxMarkersOff:              "transaction batches need transaction markers, which this gateway was told the readers do not publish (TABLECAST_TX_MARKERS is off)",
 		Version:                   version,
 		Logger:                    log.With("component", "gateway"),
 		Registerer:                reg,

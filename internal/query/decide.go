@@ -37,6 +37,10 @@ func (e *Event) Reset(op schema.OpSet, data []byte) error {
 	return nil
 }
 
+// Member returns the raw JSON of a member of the event's envelope ("lsn",
+// "xid", "commit_time" …); ok is false when it has none of that name.
+func (e *Event) Member(name string) (raw []byte, ok bool) { return e.env.Get(name) }
+
 // Op returns the event's operation.
 func (e *Event) Op() schema.OpSet { return e.op }
 

@@ -1,7 +1,8 @@
-// Command jsinfo prints a JetStream stream's message count, and the seconds
-// between its first and last stored message, for scripts/bench-cdc.sh:
+// Command jsinfo prints a JetStream stream's message count, the seconds
+// between its first and last stored message, and its size, for
+// scripts/bench-cdc.sh:
 //
-//	<msgs> <first message unix time> <seconds from first to last>
+//	<msgs> <first message unix time> <seconds from first to last> <bytes>
 //
 // With -rows-db, it prints instead how far the row state of that database
 // is applied (its marker in the stream's rows stream), and when the marker
@@ -66,7 +67,7 @@ func run(url, name string) error {
 	}
 	defer done()
 	st := s.CachedInfo().State
-	fmt.Printf("%d %.6f %.6f\n", st.Msgs, float64(st.FirstTime.UnixNano())/1e9, st.LastTime.Sub(st.FirstTime).Seconds())
+	fmt.Printf("%d %.6f %.6f %d\n", st.Msgs, float64(st.FirstTime.UnixNano())/1e9, st.LastTime.Sub(st.FirstTime).Seconds(), st.Bytes)
 	return nil
 }
 

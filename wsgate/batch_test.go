@@ -1,0 +1,481 @@
+package wsgate
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tablecast/tablecast/internal/rowstate"
+	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// txRow is one event of a test transaction.
+type txRow struct {
+	table, op string
+	row       map[string]any
+}
+
+// testTx is a transaction published as the reader publishes it with
+// transaction markers on: its events, then its marker.
+type testTx struct {
+	lsn  uint64
+	xid  int
+	at   string
+	seqs []uint64 // of its events, in order
+	mark uint64   // of its marker; 0 until published
+}
+
+// lsnText is an LSN as events carry it.
+func lsnText(lsn uint64) string { return string(schema.AppendLSN(nil, lsn)) }
+
+// beginTx starts a test transaction with a fresh commit LSN and xid.
+func (e *testEnv) beginTx() *testTx {
+	n := e.ids.Add(1)
+	return &testTx{lsn: 0x1000000 + n*0x1000, xid: int(1000 + n), at: fmt.Sprintf("2026-12-05T09:00:%02d.5Z", n%60)}
+}
+
+// events publishes rows as events of tx.
+func (e *testEnv) events(tx *testTx, rows ...txRow) {
+	e.t.Helper()
+	for _, r := range rows {
+		ord := len(tx.seqs) + 1
+		id := fmt.Sprintf("%016X-%04X", tx.lsn, ord)
+		env := map[string]any{"id": id, "op": r.op, "db": testDB, "schema": "public", "table": r.table,
+			"lsn": lsnText(tx.lsn), "xid": tx.xid, "commit_time": tx.at, "key": map[string]any{"id": r.row["id"]}}
+		if r.op == schema.OpDelete {
+			env["old"] = r.row
+		} else {
+			env["data"] = r.row
+		}
+		b, _ := json.Marshal(env)
+		tx.seqs = append(tx.seqs, e.publishRaw(stream.ChangeSubject("tablecast", testDB, "public", r.table, r.op), id, b))
+	}
+}
+
+// commit publishes tx's marker.
+func (e *testEnv) commit(tx *testTx) {
+	e.t.Helper()
+	// The gateway reads only xid, lsn and commit_time.
+	body := fmt.Sprintf(`{"xid":%d,"lsn":%q,"commit_time":%q,"events":%d,"tables":[]}`, tx.xid, lsnText(tx.lsn), tx.at, len(tx.seqs))
+	tx.mark = e.publishRaw(stream.TransactionSubject("tablecast", testDB), fmt.Sprintf("%016X-100000000", tx.lsn), []byte(body))
+}
+
+// txFrame is a transaction frame, decoded.
+type txFrame struct {
+	Type       string `json:"type"`
+	ID         string `json:"id"`
+	Seq        uint64 `json:"seq"`
+	XID        int    `json:"xid"`
+	LSN        string `json:"lsn"`
+	CommitTime string `json:"commit_time"`
+	More       bool   `json:"more"`
+	Events     []struct {
+		Seq   uint64         `json:"seq"`
+		Event map[string]any `json:"event"`
+	} `json:"events"`
+	raw string
+}
+
+// expectTx reads a transaction frame of sub id.
+func (c *client) expectTx(id string) txFrame {
+	c.t.Helper()
+	f := c.expect("transaction", id)
+	var tf txFrame
+	if err := json.Unmarshal([]byte(f.raw), &tf); err != nil {
+		c.t.Fatalf("transaction frame %s: %v", f.raw, err)
+	}
+	tf.raw = f.raw
+	return tf
+}
+
+// check checks that f is a frame of tx holding the events seqs, in order,
+// under seq, with more as given.
+func (f txFrame) check(t *testing.T, tx *testTx, seq uint64, more bool, seqs ...uint64) {
+	t.Helper()
+	var got []uint64
+	for _, ev := range f.Events {
+		got = append(got, ev.Seq)
+		if ev.Event["lsn"] != lsnText(tx.lsn) {
+			t.Fatalf("frame %s holds an event of another transaction", f.raw)
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(seqs) || f.Seq != seq || f.More != more || f.XID != tx.xid || f.LSN != lsnText(tx.lsn) || f.CommitTime != tx.at {
+		t.Fatalf("frame seq %d xid %d lsn %s commit_time %s more %v events %v\nwant seq %d xid %d lsn %s commit_time %s more %v events %v\n%s",
+			f.Seq, f.XID, f.LSN, f.CommitTime, f.More, got, seq, tx.xid, lsnText(tx.lsn), tx.at, more, seqs, f.raw)
+	}
+}
+
+func itemsShape() schema.Shape {
+	s := ordersShape()
+	s.Table = "items"
+	return s
+}
+
+func order(id int, status string) map[string]any {
+	return map[string]any{"id": id, "status": status, "total": "1.00"}
+}
+
+func withMarkers(c *Config) { c.TxMarkers = true }
+
+// TestBatchTransaction: a batched subscription gets each transaction's
+// events of its table in one frame, in commit order, with the
+// transaction's xid, lsn and commit time and the marker's seq; a filtered
+// one only the events it matches, and nothing for a transaction with none;
+// a subscription without batch gets event frames as before.
+func TestBatchTransaction(t *testing.T) {
+	e := startGateway(t, withMarkers)
+	e.putShape(itemsShape())
+	all, paid, plain := e.dial("/ws"), e.dial("/ws"), e.dial("/ws")
+	all.subscribe(map[string]any{"id": "all", "table": "public.orders", "batch": "transaction"})
+	paid.subscribe(map[string]any{"id": "paid", "table": "public.orders", "batch": "transaction", "where": map[string]any{"status": map[string]any{"eq": "paid"}}, "select": []string{"id", "status"}})
+	plain.subscribe(map[string]any{"id": "plain", "table": "public.orders"})
+
+	t1 := e.beginTx()
+	e.events(t1,
+		txRow{"orders", "create", order(1, "open")}, txRow{"orders", "create", order(2, "paid")}, txRow{"orders", "create", order(3, "open")},
+		txRow{"items", "create", order(1, "x")}, txRow{"items", "create", order(2, "x")},
+		txRow{"orders", "update", order(1, "paid")})
+	e.commit(t1)
+	t2 := e.beginTx() // items only: nothing for orders
+	e.events(t2, txRow{"items", "delete", order(1, "x")})
+	e.commit(t2)
+	t3 := e.beginTx() // no paid order
+	e.events(t3, txRow{"orders", "create", order(4, "open")})
+	e.commit(t3)
+
+	f := all.expectTx("all")
+	f.check(t, t1, t1.mark, false, t1.seqs[0], t1.seqs[1], t1.seqs[2], t1.seqs[5])
+	if f.Events[3].Event["op"] != "update" || f.Events[0].Event["data"].(map[string]any)["status"] != "open" {
+		t.Fatalf("events out of commit order: %s", f.raw)
+	}
+	all.expectTx("all").check(t, t3, t3.mark, false, t3.seqs[0])
+
+	f = paid.expectTx("paid")
+	f.check(t, t1, t1.mark, false, t1.seqs[1], t1.seqs[5])
+	if data := f.Events[0].Event["data"].(map[string]any); len(data) != 2 || data["status"] != "paid" {
+		t.Fatalf("select not applied to the batched events: %s", f.raw)
+	}
+	paid.expectQuiet(300 * time.Millisecond)
+
+	for _, seq := range []uint64{t1.seqs[0], t1.seqs[1], t1.seqs[2], t1.seqs[5], t3.seqs[0]} {
+		if got := plain.expect("event", "plain"); got.Seq != seq {
+			t.Fatalf("plain subscription got event %d, want %d", got.Seq, seq)
+		}
+	}
+	plain.expectQuiet(200 * time.Millisecond)
+
+	// Resuming from before t1 batches the history the same way.
+	again := e.dial("/ws")
+	again.subscribe(map[string]any{"id": "again", "table": "public.orders", "batch": "transaction", "from": t1.seqs[0] - 1})
+	again.expectTx("again").check(t, t1, t1.mark, false, t1.seqs[0], t1.seqs[1], t1.seqs[2], t1.seqs[5])
+	again.expectTx("again").check(t, t3, t3.mark, false, t3.seqs[0])
+	again.expectQuiet(200 * time.Millisecond)
+
+	// A URL subscription takes batch=transaction.
+	url := e.dial("/ws/tables/public.orders?batch=transaction&status=eq.open")
+	url.expect("subscribed", URLSubscriptionID)
+	t4 := e.beginTx()
+	e.events(t4, txRow{"orders", "create", order(5, "open")}, txRow{"orders", "create", order(6, "paid")}, txRow{"orders", "create", order(7, "open")})
+	e.commit(t4)
+	url.expectTx(URLSubscriptionID).check(t, t4, t4.mark, false, t4.seqs[0], t4.seqs[2])
+}
+
+// TestBatchCutAndResume: a transaction larger than the limit arrives in
+// several frames, in order, every event once, each frame but the last with
+// more; resuming from any frame's seq sends the rest exactly once, and
+// from the last frame's seq nothing of it.
+func TestBatchCutAndResume(t *testing.T) {
+	const rows, limit = 1000, 150
+	e := startGateway(t, func(c *Config) { c.TxMarkers, c.BatchMaxEvents = true, limit })
+	c := e.dial("/ws")
+	c.subscribe(map[string]any{"id": "b", "table": "public.orders", "batch": "transaction"})
+	tx := e.beginTx()
+	batch := make([]txRow, rows)
+	for i := range batch {
+		batch[i] = txRow{"orders", "create", order(i+1, "open")}
+	}
+	e.events(tx, batch...)
+	e.commit(tx)
+
+	var parts []txFrame
+	for {
+		f := c.expectTx("b")
+		parts = append(parts, f)
+		if !f.More {
+			break
+		}
+	}
+	if len(parts) != (rows+limit-1)/limit {
+		t.Fatalf("%d frames, want %d", len(parts), (rows+limit-1)/limit)
+	}
+	for i, p := range parts {
+		from := i * limit
+		to := min(from+limit, rows)
+		seq := tx.seqs[to-1]
+		if i == len(parts)-1 {
+			seq = tx.mark
+		}
+		p.check(t, tx, seq, i < len(parts)-1, tx.seqs[from:to]...)
+	}
+
+	// Resume from a middle part's seq: the rest, once.
+	mid := parts[3]
+	r := e.dial("/ws")
+	r.subscribe(map[string]any{"id": "r", "table": "public.orders", "batch": "transaction", "from": mid.Seq})
+	var got []uint64
+	for {
+		f := r.expectTx("r")
+		for _, ev := range f.Events {
+			got = append(got, ev.Seq)
+		}
+		if !f.More {
+			if f.Seq != tx.mark {
+				t.Fatalf("last frame seq %d, want the marker's %d", f.Seq, tx.mark)
+			}
+			break
+		}
+	}
+	if want := tx.seqs[4*limit:]; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("resumed from %d: events %v…, want %v…", mid.Seq, got[:3], want[:3])
+	}
+	r.expectQuiet(200 * time.Millisecond)
+
+	// From the last frame's seq: nothing of it; the next transaction.
+	last := e.dial("/ws")
+	last.subscribe(map[string]any{"id": "l", "table": "public.orders", "batch": "transaction", "from": tx.mark})
+	next := e.beginTx()
+	e.events(next, txRow{"orders", "delete", order(1, "open")})
+	e.commit(next)
+	last.expectTx("l").check(t, next, next.mark, false, next.seqs[0])
+
+	// The byte limit cuts too: frames of a few events each.
+	e2 := startGateway(t, func(c *Config) { c.TxMarkers, c.BatchMaxBytes = true, 1000 })
+	c2 := e2.dial("/ws")
+	c2.subscribe(map[string]any{"id": "b", "table": "public.orders", "batch": "transaction"})
+	tx2 := e2.beginTx()
+	e2.events(tx2, batch[:20]...)
+	e2.commit(tx2)
+	n, frames := 0, 0
+	for {
+		f := c2.expectTx("b")
+		frames++
+		if len(f.raw) > 1000+200 {
+			t.Fatalf("frame of %d bytes over a limit of 1000 (and its head)", len(f.raw))
+		}
+		for _, ev := range f.Events {
+			if ev.Seq != tx2.seqs[n] {
+				t.Fatalf("event %d of the frames has seq %d, want %d", n, ev.Seq, tx2.seqs[n])
+			}
+			n++
+		}
+		if !f.More {
+			break
+		}
+	}
+	if n != 20 || frames < 3 {
+		t.Fatalf("%d events in %d frames, want 20 in several", n, frames)
+	}
+}
+
+// TestBatchResumeInsideTransaction: a resume whose history reaches the
+// feed while a transaction is still being published (its marker not yet
+// stored) does not cut it: the history runs to its marker, and the frame
+// holds the whole transaction once.
+func TestBatchResumeInsideTransaction(t *testing.T) {
+	e := startGateway(t, withMarkers)
+	live := e.dial("/ws")
+	live.subscribe(map[string]any{"id": "live", "table": "public.orders", "batch": "transaction"})
+	t1 := e.beginTx()
+	e.events(t1, txRow{"orders", "create", order(1, "open")})
+	e.commit(t1)
+	live.expectTx("live")
+
+	t2 := e.beginTx()
+	e.events(t2, txRow{"orders", "create", order(2, "open")}, txRow{"orders", "create", order(3, "open")})
+	// The feed has handled the transaction's first events.
+	e.waitFor("the feed to handle the open transaction", func() bool {
+		e.gw.feedMu.Lock()
+		defer e.gw.feedMu.Unlock()
+		for _, f := range e.gw.feeds {
+			if f.marker != "" {
+				f.mu.Lock()
+				last := f.last
+				f.mu.Unlock()
+				return last == t2.seqs[1]
+			}
+		}
+		return false
+	})
+	r := e.dial("/ws")
+	r.subscribe(map[string]any{"id": "r", "table": "public.orders", "batch": "transaction", "from": t1.seqs[0] - 1})
+	r.expectTx("r").check(t, t1, t1.mark, false, t1.seqs[0])
+	e.events(t2, txRow{"orders", "update", order(2, "paid")})
+	e.commit(t2)
+	r.expectTx("r").check(t, t2, t2.mark, false, t2.seqs...)
+	live.expectTx("live").check(t, t2, t2.mark, false, t2.seqs...)
+	t3 := e.beginTx()
+	e.events(t3, txRow{"orders", "create", order(4, "open")})
+	e.commit(t3)
+	r.expectTx("r").check(t, t3, t3.mark, false, t3.seqs[0])
+	r.expectQuiet(200 * time.Millisecond)
+}
+
+// TestBatchWithoutMarkers: events whose transaction has no marker (stored
+// before markers were turned on) are sent when the next transaction shows
+// theirs ended; snapshot rows (xid 0) go as event frames.
+func TestBatchWithoutMarkers(t *testing.T) {
+	e := startGateway(t, withMarkers)
+	c := e.dial("/ws")
+	c.subscribe(map[string]any{"id": "b", "table": "public.orders", "batch": "transaction"})
+	old := e.beginTx()
+	e.events(old, txRow{"orders", "create", order(1, "open")}, txRow{"orders", "create", order(2, "open")})
+	time.Sleep(200 * time.Millisecond)
+	if got := c.sync(); len(got) != 0 {
+		t.Fatalf("a frame before the transaction ended: %s", got[0].raw)
+	}
+	t2 := e.beginTx()
+	e.events(t2, txRow{"orders", "create", order(3, "open")})
+	c.expectTx("b").check(t, old, old.seqs[1], false, old.seqs...)
+	e.commit(t2)
+	c.expectTx("b").check(t, t2, t2.mark, false, t2.seqs[0])
+	read := e.publish("read", order(9, "open"), "xid", "0")
+	if f := c.expect("event", "b"); f.Seq != read {
+		t.Fatalf("snapshot row sent as %s", f.raw)
+	}
+}
+
+// TestBatchRefused: batch needs the markers, takes one value, and
+// applies to table subscriptions.
+func TestBatchRefused(t *testing.T) {
+	off := startGateway(t, func(c *Config) { c.TxMarkersOff = "markers are off here" })
+	c := off.dial("/ws")
+	c.send(map[string]any{"type": "subscribe", "id": "b", "table": "public.orders", "batch": "transaction"})
+	if f := c.expectError(CodeBatchUnavailable, "b"); f.Message != "markers are off here" {
+		t.Errorf("batch_unavailable says %q", f.Message)
+	}
+	reason := off.dial("/ws/tables/public.orders?batch=transaction").expectClose(CloseBadRequest)
+	if !strings.Contains(reason, "markers are off here") {
+		t.Errorf("URL subscription closed with %q", reason)
+	}
+
+	on := startGateway(t, withMarkers)
+	c = on.dial("/ws")
+	for _, tc := range []struct {
+		msg  map[string]any
+		code ErrorCode
+		says string
+	}{
+		{map[string]any{"table": "public.orders", "batch": "transactions"}, CodeInvalidMessage, `"batch"`},
+		{map[string]any{"table": "public.orders", "batch": true}, CodeInvalidMessage, `"batch"`},
+		{map[string]any{"topic": "t", "batch": "transaction"}, CodeInvalidSubscription, `table subscriptions only`},
+	} {
+		tc.msg["type"], tc.msg["id"] = "subscribe", "x"
+		c.send(tc.msg)
+		if f := c.expectError(tc.code, "x"); !strings.Contains(f.Message, tc.says) {
+			t.Errorf("%v: error %q does not mention %s", tc.msg, f.Message, tc.says)
+		}
+	}
+	reason = on.dial("/ws/tables/public.orders?batch=yes").expectClose(CloseBadRequest)
+	if !strings.Contains(reason, `"batch"`) {
+		t.Errorf("URL subscription with batch=yes closed with %q", reason)
+	}
+}
+
+// feedLast returns the stream sequence the batched feed has handled.
+func (e *testEnv) feedLast() uint64 {
+	e.gw.feedMu.Lock()
+	defer e.gw.feedMu.Unlock()
+	for _, f := range e.gw.feeds {
+		if f.marker != "" {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return f.last
+		}
+	}
+	return 0
+}
+
+// TestBatchViewCatchingUp: a batched live view sends the events after
+// synced in transaction frames, enter and leave inside them, also when its
+// history starts inside a transaction (read on to its marker) and live
+// transactions arrive while it is replayed (held, markers among them, and
+// decided after it): each transaction once, whole.
+func TestBatchViewCatchingUp(t *testing.T) {
+	e := startGateway(t, withMarkers)
+	ctx := testCtx(t)
+	m, err := rowstate.New(rowstate.Config{DB: testDB, Logger: testLogger()}, e.nats.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mctx, stopState := context.WithCancel(ctx)
+	stateDone := make(chan error, 1)
+	go func() { stateDone <- m.Run(mctx) }()
+
+	t1 := e.beginTx()
+	e.events(t1, txRow{"orders", "create", order(1, "open")}, txRow{"orders", "create", order(2, "paid")})
+	e.commit(t1)
+	e.waitFor("the row state to apply the first transaction", func() bool {
+		rows, err := e.gw.rowsStream(ctx)
+		if err != nil {
+			return false
+		}
+		mk, err := rowstate.ReadDBMarker(ctx, rows, "tablecast", testDB)
+		return err == nil && mk.Applied >= t1.mark
+	})
+	// From now on the view's history runs from the row state's position.
+	stopState()
+	<-stateDone
+
+	// The feed of batched subscriptions, inside a transaction.
+	live := e.dial("/ws")
+	live.subscribe(map[string]any{"id": "live", "table": "public.orders", "batch": "transaction"})
+	t2 := e.beginTx()
+	e.events(t2, txRow{"orders", "update", order(1, "paid")}, txRow{"orders", "create", order(3, "open")})
+	e.waitFor("the feed to handle the open transaction", func() bool { return e.feedLast() == t2.seqs[1] })
+
+	reached, release := make(chan struct{}), make(chan struct{})
+	testHookReplayConsumer = func() {
+		close(reached)
+		<-release
+	}
+	t.Cleanup(func() { testHookReplayConsumer = nil })
+	v := e.dial("/ws")
+	v.subscribe(map[string]any{"id": "v", "table": "public.orders", "batch": "transaction", "snapshot": true,
+		"where": map[string]any{"status": map[string]any{"eq": "paid"}}})
+	rows := v.expect("rows", "v")
+	if !strings.Contains(rows.raw, `"id":2`) || strings.Contains(rows.raw, `"id":1`) {
+		t.Fatalf("rows %s, want row 2 alone", rows.raw)
+	}
+	v.expect("synced", "v")
+	<-reached
+	e.events(t2, txRow{"orders", "create", order(5, "paid")})
+	e.commit(t2)
+	t3 := e.beginTx()
+	e.events(t3, txRow{"orders", "update", order(2, "open")}, txRow{"orders", "create", order(4, "paid")}, txRow{"orders", "create", order(6, "open")})
+	e.commit(t3)
+	e.waitFor("the feed to handle the live transaction", func() bool { return e.feedLast() == t3.mark })
+	close(release)
+
+	f := v.expectTx("v")
+	f.check(t, t2, t2.mark, false, t2.seqs[0], t2.seqs[2])
+	if !strings.Contains(f.raw, `"view":"enter"`) {
+		t.Fatalf("row 1's update is not an enter: %s", f.raw)
+	}
+	f = v.expectTx("v")
+	f.check(t, t3, t3.mark, false, t3.seqs[0], t3.seqs[1])
+	if !strings.Contains(f.raw, `{"seq":`+fmt.Sprint(t3.seqs[0])+`,"view":"leave"`) {
+		t.Fatalf("row 2's update is not a leave: %s", f.raw)
+	}
+	live.expectTx("live").check(t, t2, t2.mark, false, t2.seqs...)
+	live.expectTx("live").check(t, t3, t3.mark, false, t3.seqs...)
+
+	// Live: a delete of a row the view holds.
+	t4 := e.beginTx()
+	e.events(t4, txRow{"orders", "delete", order(4, "paid")}, txRow{"orders", "delete", order(6, "open")})
+	e.commit(t4)
+	v.expectTx("v").check(t, t4, t4.mark, false, t4.seqs[0])
+}
