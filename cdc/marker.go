@@ -106,8 +106,10 @@ func (t *txCounts) addTopic(topic string) {
 //	 "tables":[{"schema":…,"table":…,"events":n},…],"topics":[{"topic":…,"messages":n},…]}
 //
 // "events" counts the table events and topic messages together; "topics"
-// is left out when there are none.
-func appendMarker(dst []byte, txn *schema.Txn, t *txCounts) []byte {
+// is left out when there are none. Without lists (a transaction touching
+// so many tables that their counts do not fit in one message), "tables"
+// and "topics" are left out and "counts_left_out":true says so.
+func appendMarker(dst []byte, txn *schema.Txn, t *txCounts, lists bool) []byte {
 	dst = append(dst, `{"xid":`...)
 	dst = strconv.AppendUint(dst, uint64(txn.XID), 10)
 	dst = append(dst, `,"lsn":"`...)
@@ -116,6 +118,9 @@ func appendMarker(dst []byte, txn *schema.Txn, t *txCounts) []byte {
 	dst = txn.CommitTime.UTC().AppendFormat(dst, time.RFC3339Nano)
 	dst = append(dst, `","events":`...)
 	dst = strconv.AppendInt(dst, int64(t.n), 10)
+	if !lists {
+		return append(dst, `,"counts_left_out":true}`...)
+	}
 	dst = append(dst, `,"tables":[`...)
 	first := true
 	for _, c := range t.list {
@@ -171,8 +176,12 @@ func (s *session) publishMarker(ctx context.Context) error {
 	if s.markerSubject == "" {
 		s.markerSubject = stream.TransactionSubject(s.r.prefix, s.r.db)
 	}
-	s.buf = appendMarker(s.buf[:0], &s.txn, &s.tx)
 	s.ids = s.txn.AppendMarkerID(s.ids[:0])
+	s.buf = appendMarker(s.buf[:0], &s.txn, &s.tx, true)
+	if !s.pub.Fits(string(s.ids), len(s.buf)) {
+		// Thousands of tables in one transaction: the total alone.
+		s.buf = appendMarker(s.buf[:0], &s.txn, &s.tx, false)
+	}
 	seq, err := s.pub.Publish(ctx, s.markerSubject, string(s.ids), s.buf)
 	if err != nil {
 		return fmt.Errorf("publish the marker of transaction %d (commit %s): %w", s.txn.XID, schema.AppendLSN(nil, s.txn.CommitLSN), err)

@@ -252,12 +252,17 @@ func TestAppendMarker(t *testing.T) {
 		c.addTable(r)
 	}
 	c.addTopic("order.events")
-	got := string(appendMarker(nil, &txn, &c))
+	got := string(appendMarker(nil, &txn, &c, true))
 	want := `{"xid":731,"lsn":"0/16B3748","commit_time":"2026-12-05T09:00:00.123456Z","events":5,` +
 		`"tables":[{"schema":"public","table":"orders","events":3},{"schema":"sales","table":"odd\"name","events":1}],` +
 		`"topics":[{"topic":"order.events","messages":1}]}`
 	if got != want {
 		t.Errorf("marker\n%s\nwant\n%s", got, want)
+	}
+	// Counts too many for one message: the total alone, and a flag.
+	short := string(appendMarker(nil, &txn, &c, false))
+	if want := `{"xid":731,"lsn":"0/16B3748","commit_time":"2026-12-05T09:00:00.123456Z","events":5,"counts_left_out":true}`; short != want {
+		t.Errorf("marker without counts\n%s\nwant\n%s", short, want)
 	}
 	if id := string(txn.AppendMarkerID(nil)); id != "00000000016B3748-100000000" {
 		t.Errorf("marker id %s", id)
