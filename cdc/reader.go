@@ -431,6 +431,10 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 	if err != nil {
 		return res, fmt.Errorf("learn what the stream holds of %s: %w", origin, err)
 	}
+	old, err := r.newOldRows(ctx)
+	if err != nil {
+		return res, err
+	}
 	pubArg := strings.ReplaceAll(`"`+strings.ReplaceAll(r.cfg.Publication, `"`, `""`)+`"`, `'`, `''`)
 	err = pglogrepl.StartReplication(ctx, conn, r.cfg.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
 		// messages: logical decoding messages, for the transactional
@@ -473,7 +477,9 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 		skipThrough:   rp.skipThrough,
 		floor:         rp.floor,
 		recorded:      rp.recordLSN,
+		old:           old,
 	}
+	s.ev.hold = old != nil
 	defer s.types.close()
 	began := time.Now()
 	err = s.loop(ctx)
@@ -536,6 +542,10 @@ type relation struct {
 	table    *schema.Table
 	subjects map[string]string // op → subject
 	count    *atomic.Int64     // events published (Reader.tableCount)
+	// oldRows: 1 when its updates and deletes carry complete old rows
+	// (oldrows.go), -1 when not, 0 not decided yet.
+	oldRows     int8
+	columnIndex map[string]int // column positions by name, for old rows
 }
 
 // session is the state of one replication connection. Only its goroutine
@@ -562,6 +572,7 @@ type session struct {
 	row          rowMessage
 	buf, ids     []byte   // a topic message and its id
 	ev           eventBuf // row change events
+	old          *oldRows // complete old rows (oldrows.go); nil when no table is opted in
 
 	confirmed  uint64 // highest LSN safe to confirm
 	sent       uint64 // last LSN sent in a status update
@@ -893,10 +904,28 @@ func (s *session) publish(ctx context.Context, rel *relation, c *schema.Change) 
 	if s.alreadyStored(s.txn.CommitLSN, c.Ordinal) {
 		return nil
 	}
+	opted := s.old != nil && s.old.opted(rel)
+	var oldKey []byte
+	if opted && (c.Op == schema.OpUpdate || c.Op == schema.OpDelete) {
+		var err error
+		if oldKey, err = s.complete(ctx, rel, c); err != nil {
+			return err
+		}
+	}
 	seq, err := s.r.publishChange(ctx, s.pub, rel.subjects[c.Op], rel.table, &s.txn, c, &s.ev)
 	if err != nil {
 		return err
 	}
+	if opted {
+		var ev []byte
+		if s.ev.whole {
+			ev = s.ev.buf
+		}
+		if err := s.remember(ctx, rel.table, eventID{s.txn.CommitLSN, uint64(c.Ordinal)}, c, oldKey, ev); err != nil {
+			return err
+		}
+	}
+	s.ev.release()
 	s.lastSeq, s.txnPublished = seq, true
 	s.r.m.published[c.Op].Inc()
 	rel.count.Add(1)
