@@ -32,5 +32,6 @@
 // it ran), and holds the table with no gap and no duplicate.
 //
 // Concurrency: a Maintainer runs in one goroutine (Run); Ready, Applied,
-// AppliedID and LastApplied may be called from any goroutine. Scan may run in any number of goroutines.
+// AppliedID and LastApplied may be called from any goroutine. Scan may run
+// in any number of goroutines.
 package rowstate

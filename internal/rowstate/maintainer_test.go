@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -469,16 +470,17 @@ func TestAppliedIDIsRecorded(t *testing.T) {
 	e := newEnv(t, items)
 	m, stop := e.maintainer()
 	e.exec(`UPDATE items SET name = 'x' WHERE id BETWEEN 1 AND 10`)
-	e.caughtUp(m)
 	ctx := context.Background()
 	events, err := e.nats.JS.Stream(ctx, "TABLECAST")
 	if err != nil {
 		t.Fatal(err)
 	}
-	last, err := events.GetLastMsgForSubject(ctx, prefix+".>")
-	if err != nil {
-		t.Fatal(err)
-	}
+	var last *jetstream.RawStreamMsg
+	waitFor(t, 30*time.Second, "the stream to hold the updates", func() bool {
+		last, err = events.GetLastMsgForSubject(ctx, prefix+".>")
+		return err == nil && strings.Contains(string(last.Data), `"op":"update"`) && strings.Contains(string(last.Data), `"key":{"id":10}`)
+	})
+	e.caughtUp(m)
 	want := last.Header.Get("Nats-Msg-Id")
 	if _, _, ok := schema.ParseEventID(want); !ok {
 		t.Fatalf("last event's id %q", want)
