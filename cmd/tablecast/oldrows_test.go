@@ -325,3 +325,120 @@ func TestOldRows(t *testing.T) {
 		t.Errorf("checked %d updates and deletes; want every one", n)
 	}
 }
+
+// TestOldRowsSoakLargeTransaction (TABLECAST_SOAK=1): a transaction of
+// TABLECAST_OLD_ROWS_SOAK_ROWS inserts (default 300,000), then one that
+// updates every row, on a table with old rows and a cache of 1 MiB: every
+// update carries its row's previous version, and the cache never holds
+// more than its budget (and one version): the reader waits for the row
+// state instead. The process's peak resident memory is logged.
+func TestOldRowsSoakLargeTransaction(t *testing.T) {
+	if os.Getenv("TABLECAST_SOAK") != "1" {
+		t.Skip("soak test: set TABLECAST_SOAK=1")
+	}
+	rows := 300000
+	if v, err := strconv.Atoi(os.Getenv("TABLECAST_OLD_ROWS_SOAK_ROWS")); err == nil && v > 0 {
+		rows = v
+	}
+	c := pgtestRequire(t)
+	db, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	ctx := context.Background()
+	if _, err := conn.Exec(ctx, `CREATE TABLE big (id int PRIMARY KEY, n int NOT NULL, pad text NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	slot := fmt.Sprintf("tc_oldbig_%d", os.Getpid())
+	dropSlotAtCleanup(t, url, slot)
+	n := natstest.StartProcess(t)
+	httpAddr := freeAddr(t)
+	const budget = 1 << 20
+	p := startKeep(t, append(baseEnv(), "TABLECAST_ROW_STATE=true", "TABLECAST_OLD_ROWS_TABLES=public.big",
+		"TABLECAST_OLD_ROWS_CACHE_BYTES="+strconv.Itoa(budget), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot,
+		"TABLECAST_PUBLICATION=tc_oldbig", "TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_NATS_URL="+n.URL(), "TABLECAST_LOG_LEVEL=warn"), "cdc")
+	waitFor(t, time.Minute, "/readyz of tablecast cdc", func() bool {
+		code, _, err := httpGet("http://" + httpAddr + "/readyz")
+		return err == nil && code == 200
+	})
+	// The cache's size, sampled throughout.
+	var most float64
+	sample, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-sample:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if _, body, err := httpGet("http://" + httpAddr + "/metrics"); err == nil {
+				if m := regexp.MustCompile(`(?m)^tablecast_cdc_old_rows_cache_bytes (\S+)$`).FindStringSubmatch(body); m != nil {
+					v, _ := strconv.ParseFloat(m[1], 64)
+					most = max(most, v)
+				}
+			}
+		}
+	}()
+	began := time.Now()
+	if _, err := conn.Exec(ctx, `INSERT INTO big SELECT g, 0, repeat(md5(g::text), 4) FROM generate_series(1, $1) g`, rows); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `UPDATE big SET n = 1`); err != nil {
+		t.Fatal(err)
+	}
+	str, err := n.JS.Stream(ctx, "TABLECAST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	updates := "tablecast." + stream.Token(db) + ".public.big.update"
+	waitFor(t, 10*time.Minute, "every update in the stream", func() bool {
+		info, err := str.Info(ctx, jetstream.WithSubjectFilter(updates))
+		if err != nil {
+			return false
+		}
+		var got uint64
+		for _, c := range info.State.Subjects {
+			got += c
+		}
+		return got >= uint64(rows)
+	})
+	took := time.Since(began)
+	close(sample)
+	<-sampled
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	hwm := regexp.MustCompile(`VmHWM:\s+(\d+) kB`).FindSubmatch(status)
+	t.Logf("%d inserts and %d updates in two transactions in %s; cache at most %.0f bytes; peak resident %s kB; waits for the state %v",
+		rows, rows, took.Round(time.Millisecond), most, hwm[1], metricValue(t, httpAddr, `tablecast_cdc_old_rows_waits_total{for="cache"}`))
+	if most > budget+4096 {
+		t.Errorf("the cache held %.0f bytes, over its budget of %d", most, budget)
+	}
+	cons, err := str.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{updates}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for checked < rows {
+		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for msg := range batch.Messages() {
+			var ev struct {
+				Key struct{ ID int }
+				Old struct {
+					ID, N int
+					Pad   string
+				}
+			}
+			if err := json.Unmarshal(msg.Data(), &ev); err != nil {
+				t.Fatal(err)
+			}
+			if ev.Old.ID != ev.Key.ID || ev.Old.N != 0 || len(ev.Old.Pad) != 128 {
+				t.Fatalf("update of row %d: old %+v, want the row as inserted", ev.Key.ID, ev.Old)
+			}
+			checked++
+		}
+		if batch.Error() != nil {
+			t.Fatal(batch.Error())
+		}
+	}
+}
