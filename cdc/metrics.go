@@ -28,6 +28,7 @@ type metrics struct {
 	// Old rows (oldrows.go).
 	oldRowsCache       prometheus.Counter
 	oldRowsLookups     prometheus.Counter
+	oldRowsBatches     prometheus.Counter
 	oldRowsUnknown     prometheus.Counter
 	oldRowsWaits       *prometheus.CounterVec
 	oldRowsWaitSeconds *prometheus.CounterVec
@@ -114,6 +115,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "tablecast_cdc_old_rows_lookups_total",
 			Help: "Previous versions of rows (old rows) the reader read from the row state (a direct get each).",
 		}),
+		oldRowsBatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_cdc_old_rows_batch_reads_total",
+			Help: "Reads of the row state that fetched the previous versions of a batch of changes at once (a multi-last direct get each).",
+		}),
 		oldRowsUnknown: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tablecast_cdc_old_rows_unknown_total",
 			Help: "Updates and deletes of tables with old rows published as PostgreSQL sent them: the row's previous version was not known.",
@@ -137,7 +142,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(published, m.publishLatency, m.ackedLSN, m.lagBytes, m.streaming, m.sessions,
 			m.messages, m.skipped, m.slotsLost, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus, m.oversize,
-			m.leader, m.takeovers, m.fenced, m.oldRowsCache, m.oldRowsLookups, m.oldRowsUnknown, m.oldRowsWaits,
+			m.leader, m.takeovers, m.fenced, m.oldRowsCache, m.oldRowsLookups, m.oldRowsBatches, m.oldRowsUnknown, m.oldRowsWaits,
 			m.oldRowsWaitSeconds, m.oldRowsCacheBytes)
 	}
 	return m

@@ -145,6 +145,7 @@ type oldRows struct {
 	forgot    eventID
 	forgotten bool
 
+	ahead   readAhead        // changes kept to read their rows at once (oldrows_batch.go)
 	rows    jetstream.Stream // the row state's stream, opened on first lookup
 	scratch []schema.Value   // the previous version by column
 	old     []schema.Value   // the completed old row
@@ -281,6 +282,7 @@ func (o *oldRows) put(t *tableRows, key string, v *cachedVersion) {
 		clear(t.rows)
 	} else {
 		t.rows[key] = v
+		o.published(t, []byte(key))
 	}
 	size := len(key) + len(v.data) + cacheEntryOverhead
 	o.queue = append(o.queue, cacheItem{t: t, key: key, v: v, size: size})
@@ -356,6 +358,11 @@ func (s *session) previous(ctx context.Context, t *tableRows, key []byte) ([]byt
 		s.r.m.oldRowsCache.Inc()
 		return nil, nil
 	}
+	subj := t.base + rowstate.KeyToken(key)
+	if data, err := o.prefetched(subj); err == nil {
+		s.r.m.oldRowsLookups.Inc()
+		return data, nil
+	}
 	if err := s.waitState(ctx, "lookup", o.lookupReady); err != nil {
 		return nil, err
 	}
@@ -367,7 +374,6 @@ func (s *session) previous(ctx context.Context, t *tableRows, key []byte) ([]byt
 		}
 		o.rows = rows
 	}
-	subj := t.base + rowstate.KeyToken(key)
 	msg, err := o.rows.GetLastMsgForSubject(ctx, subj)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):

@@ -637,7 +637,7 @@ func (s *session) loop(ctx context.Context) error {
 		}
 		s.recordPosition(ctx, now)
 		wait := readTick
-		if s.pub.Unflushed() {
+		if s.pub.Unflushed() || s.old != nil && s.old.ahead.pending() {
 			wait = flushAfter
 		}
 		// Moving the deadline costs a timer update per message; while
@@ -653,6 +653,9 @@ func (s *session) loop(ctx context.Context) error {
 		if err != nil {
 			if pgconn.Timeout(err) {
 				if wait == flushAfter {
+					if err := s.flushRows(ctx); err != nil {
+						return err
+					}
 					if err := s.pub.Flush(ctx); err != nil {
 						return fmt.Errorf("publish to JetStream: %w", err)
 					}
@@ -710,6 +713,17 @@ func (s *session) handleCopyData(ctx context.Context, data []byte, now time.Time
 func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) error {
 	if len(wal) == 0 {
 		return nil
+	}
+	if s.old != nil {
+		// Old rows read ahead (oldrows_batch.go): row changes may be kept
+		// to read their previous versions at once; anything else comes
+		// after them.
+		if wal[0] == 'I' || wal[0] == 'U' || wal[0] == 'D' {
+			return s.queueRow(ctx, wal)
+		}
+		if err := s.flushRows(ctx); err != nil {
+			return err
+		}
 	}
 	switch wal[0] {
 	case 'I', 'U', 'D':

@@ -311,6 +311,9 @@ func TestOldRows(t *testing.T) {
 	if lookups := metricValue(t, httpAddr, "tablecast_cdc_old_rows_lookups_total"); lookups < 50 {
 		t.Errorf("%v rows read from the row state after the restart; want the 50 updated", lookups)
 	}
+	if batches := metricValue(t, httpAddr, "tablecast_cdc_old_rows_batch_reads_total"); batches < 1 || batches > 10 {
+		t.Errorf("%v batch reads of the row state for the 50 rows of one update; want a few", batches)
+	}
 
 	// Truncates: a row inserted again after one has no other previous
 	// version than its new one, with or without the truncate applied.
