@@ -16,8 +16,9 @@ package cdc
 //     the row, a tombstone for a deleted one, "unknown" for a row
 //     published as a claim or without its rows (the row state keeps no
 //     data for them either); a truncate marks its table;
-//   - else from the row state's stream "<STREAM>_ROWS", by a direct get of
-//     the row's last message.
+//   - else from the row state's stream "<STREAM>_ROWS": the last message of
+//     the row's subject, read with those of the changes that follow in one
+//     multi-last direct get (oldrows_batch.go), or alone.
 //
 // A row state lookup gives the previous version only when the state has
 // applied every earlier event of that row. So the cache forgets a version
