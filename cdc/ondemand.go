@@ -785,6 +785,7 @@ func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uin
 		if err != nil {
 			return fmt.Errorf("publish snapshot chunk of %s: %w", c.table, err)
 		}
+		s.lastSeq = seq // before remember, which may wait and confirm meanwhile
 		if opted {
 			// The row's version for its next update or delete.
 			var ev []byte
@@ -796,7 +797,6 @@ func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uin
 			}
 		}
 		s.ev.release()
-		s.lastSeq = seq
 		s.r.m.published[schema.OpRead].Inc()
 		count.Add(1)
 	}

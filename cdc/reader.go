@@ -930,6 +930,9 @@ func (s *session) publish(ctx context.Context, rel *relation, c *schema.Change) 
 	if err != nil {
 		return err
 	}
+	// Before remember, which may wait for the row state and meanwhile
+	// confirm what is acknowledged: this event is in flight.
+	s.lastSeq, s.txnPublished = seq, true
 	if opted {
 		var ev []byte
 		if s.ev.whole {
@@ -940,7 +943,6 @@ func (s *session) publish(ctx context.Context, rel *relation, c *schema.Change) 
 		}
 	}
 	s.ev.release()
-	s.lastSeq, s.txnPublished = seq, true
 	s.r.m.published[c.Op].Inc()
 	rel.count.Add(1)
 	return nil
