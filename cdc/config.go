@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/tablecast/tablecast/internal/rowstate"
 	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
@@ -104,6 +105,21 @@ type Config struct {
 	// adds a message per transaction, nearly doubling what the stream
 	// stores for single-row transactions.
 	TxMarkers bool
+	// OldRows are the tables whose update and delete events carry the
+	// complete old row, and whose updates carry the values PostgreSQL left
+	// out as unchanged TOAST, wherever the row state knows the row's
+	// previous version (oldrows.go): "schema.table" and "schema.*"
+	// patterns, or "*". Only tables whose row state is kept, with a key.
+	// Requires RowState. Default none.
+	OldRows []string
+	// OldRowsCacheBytes bounds the memory of the versions the reader keeps
+	// until the row state has applied them; when it is full the reader
+	// waits for the state. Default DefaultOldRowsCacheBytes, 64 MiB.
+	OldRowsCacheBytes int
+	// RowState is the row state kept beside the reader, of the event
+	// stream Stream, in "<Stream>_ROWS" (internal/rowstate); required
+	// with OldRows.
+	RowState RowState
 	// SettingName names a Config field ("Slot") the way its user sets it,
 	// for messages and advice: the command line passes its environment
 	// variables. Default (nil): the field's own name.
@@ -164,6 +180,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.LeaderLease == 0 {
 		c.LeaderLease = DefaultLeaderLease
 	}
+	if c.OldRowsCacheBytes <= 0 {
+		c.OldRowsCacheBytes = DefaultOldRowsCacheBytes
+	}
 
 	var errs []error
 	if c.DatabaseURL == "" {
@@ -185,6 +204,12 @@ func (c Config) withDefaults() (Config, error) {
 		if _, _, err := schema.ParseTableName(t); err != nil {
 			errs = append(errs, fieldErrorf("Tables", "%v", err))
 		}
+	}
+	if _, err := rowstate.ParsePatterns(c.OldRows); err != nil {
+		errs = append(errs, fieldErrorf("OldRows", "%v", err))
+	}
+	if len(c.OldRows) > 0 && c.RowState == nil {
+		errs = append(errs, fieldErrorf("OldRows", "needs the row state, of which there is none"))
 	}
 	if c.Snapshot != SnapshotInitial && c.Snapshot != SnapshotNever {
 		errs = append(errs, fieldErrorf("Snapshot", "%q: want initial or never", c.Snapshot))

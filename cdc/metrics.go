@@ -25,6 +25,15 @@ type metrics struct {
 	leader         prometheus.Gauge
 	takeovers      prometheus.Counter
 	fenced         prometheus.Counter
+
+	// Old rows (oldrows.go).
+	oldRowsCache       prometheus.Counter
+	oldRowsLookups     prometheus.Counter
+	oldRowsBatches     prometheus.Counter
+	oldRowsUnknown     prometheus.Counter
+	oldRowsWaits       *prometheus.CounterVec
+	oldRowsWaitSeconds *prometheus.CounterVec
+	oldRowsCacheBytes  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -103,6 +112,34 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "tablecast_cdc_oversize_events_total",
 			Help: "Events too large for one NATS message, by what became of them: claim (stored as an object, claimed in the stream), truncated (larger than the reader's limit: published without rows, dead-lettered), topic_dead_letter (a custom topic message, dead-lettered).",
 		}, []string{"outcome"}),
+		oldRowsCache: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_cdc_old_rows_cache_hits_total",
+			Help: "Previous versions of rows (old rows) the reader found among the versions it published and keeps until the row state applies them.",
+		}),
+		oldRowsLookups: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_cdc_old_rows_lookups_total",
+			Help: "Previous versions of rows (old rows) the reader read from the row state (a direct get each).",
+		}),
+		oldRowsBatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_cdc_old_rows_batch_reads_total",
+			Help: "Reads of the row state that fetched the previous versions of a batch of changes at once (a multi-last direct get each).",
+		}),
+		oldRowsUnknown: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_cdc_old_rows_unknown_total",
+			Help: "Updates and deletes of tables with old rows published as PostgreSQL sent them: the row's previous version was not known.",
+		}),
+		oldRowsWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_cdc_old_rows_waits_total",
+			Help: "Times the reader waited for the row state to apply what it published: for a lookup (the state behind the events of the row) or for room in its cache of versions (cache).",
+		}, []string{"for"}),
+		oldRowsWaitSeconds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_cdc_old_rows_wait_seconds_total",
+			Help: "Time the reader spent waiting for the row state (see tablecast_cdc_old_rows_waits_total).",
+		}, []string{"for"}),
+		oldRowsCacheBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tablecast_cdc_old_rows_cache_bytes",
+			Help: "Bytes of the versions of rows the reader keeps until the row state has applied them (at most the configured size of the cache).",
+		}),
 	}
 	for _, op := range schema.AllOps.Names() {
 		m.published[op] = published.WithLabelValues(op)
@@ -110,7 +147,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(published, m.publishLatency, m.ackedLSN, m.lagBytes, m.streaming, m.sessions,
 			m.messages, m.markers, m.skipped, m.slotsLost, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus, m.oversize,
-			m.leader, m.takeovers, m.fenced)
+			m.leader, m.takeovers, m.fenced, m.oldRowsCache, m.oldRowsLookups, m.oldRowsBatches, m.oldRowsUnknown, m.oldRowsWaits,
+			m.oldRowsWaitSeconds, m.oldRowsCacheBytes)
 	}
 	return m
 }

@@ -759,6 +759,7 @@ func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uin
 	row := make([]schema.Value, len(c.columns))
 	var key []byte
 	skipped := 0
+	opted := s.old != nil && s.old.tables.Match(schemaName, name) && len(c.keyIdx) > 0
 	for n, vals := range c.rows {
 		key = key[:0]
 		for _, k := range c.keyIdx {
@@ -779,11 +780,23 @@ func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uin
 				row[i] = schema.Value{Kind: schema.KindText, Data: v}
 			}
 		}
-		seq, err := s.r.publishChange(ctx, s.pub, subject, tbl, &txn, &schema.Change{Op: schema.OpRead, Ordinal: uint32(n + 1), New: row}, &s.ev)
+		rc := schema.Change{Op: schema.OpRead, Ordinal: uint32(n + 1), New: row}
+		seq, err := s.r.publishChange(ctx, s.pub, subject, tbl, &txn, &rc, &s.ev)
 		if err != nil {
 			return fmt.Errorf("publish snapshot chunk of %s: %w", c.table, err)
 		}
-		s.lastSeq = seq
+		s.lastSeq = seq // before remember, which may wait and confirm meanwhile
+		if opted {
+			// The row's version for its next update or delete.
+			var ev []byte
+			if s.ev.whole {
+				ev = s.ev.buf
+			}
+			if err := s.remember(ctx, tbl, eventID{txn.CommitLSN - 1, uint64(n + 1)}, &rc, nil, ev); err != nil {
+				return err
+			}
+		}
+		s.ev.release()
 		s.r.m.published[schema.OpRead].Inc()
 		count.Add(1)
 	}

@@ -41,6 +41,11 @@ type eventBuf struct {
 	buf  []byte // the event
 	ids  []byte // its id
 	head []byte // a claim's or a truncated event's envelope, a dead-letter record
+	// whole: the last event was published whole, and buf holds it.
+	whole bool
+	// hold: publishChange leaves the buffers to the caller, which calls
+	// release once it has read buf.
+	hold bool
 }
 
 // release drops buffers grown past keptBufferBytes.
@@ -76,17 +81,23 @@ func (r *Reader) publishChange(ctx context.Context, pub *stream.Publisher, subje
 	e.ids = txn.AppendID(e.ids[:0], c.Ordinal)
 	id := string(e.ids)
 	var size int
+	e.whole = false
 	e.buf, size = schema.AppendEventLimited(e.buf[:0], r.db, tbl, txn, c, r.cfg.MaxEventBytes)
 	if size <= r.cfg.MaxEventBytes && pub.Fits(id, size) {
 		seq, err := pub.Publish(ctx, subject, id, e.buf)
-		e.release()
+		e.whole = err == nil
+		if !e.hold {
+			e.release()
+		}
 		if err != nil {
 			return 0, fmt.Errorf("publish %s %s: %w", c.Op, tbl.QualifiedName(), err)
 		}
 		return seq, nil
 	}
 	seq, err := r.publishOversize(ctx, pub, subject, id, tbl, txn, c, e, size)
-	e.release()
+	if !e.hold {
+		e.release()
+	}
 	if err != nil {
 		return 0, fmt.Errorf("publish %s %s (event %s of %d bytes): %w", c.Op, tbl.QualifiedName(), id, size, err)
 	}

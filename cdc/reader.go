@@ -431,6 +431,10 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 	if err != nil {
 		return res, fmt.Errorf("learn what the stream holds of %s: %w", origin, err)
 	}
+	old, err := r.newOldRows(ctx)
+	if err != nil {
+		return res, err
+	}
 	pubArg := strings.ReplaceAll(`"`+strings.ReplaceAll(r.cfg.Publication, `"`, `""`)+`"`, `'`, `''`)
 	err = pglogrepl.StartReplication(ctx, conn, r.cfg.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
 		// messages: logical decoding messages, for the transactional
@@ -473,7 +477,9 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 		skipThrough:   rp.skipThrough,
 		floor:         rp.floor,
 		recorded:      rp.recordLSN,
+		old:           old,
 	}
+	s.ev.hold = old != nil
 	defer s.types.close()
 	began := time.Now()
 	err = s.loop(ctx)
@@ -537,6 +543,10 @@ type relation struct {
 	subjects map[string]string // op → subject
 	count    *atomic.Int64     // events published (Reader.tableCount)
 	txKey    string            // the table in a transaction's counts (txCounts)
+	// oldRows: 1 when its updates and deletes carry complete old rows
+	// (oldrows.go), -1 when not, 0 not decided yet.
+	oldRows     int8
+	columnIndex map[string]int // column positions by name, for old rows
 }
 
 // session is the state of one replication connection. Only its goroutine
@@ -566,6 +576,7 @@ type session struct {
 	row           rowMessage
 	buf, ids      []byte   // a topic message and its id
 	ev            eventBuf // row change events
+	old           *oldRows // complete old rows (oldrows.go); nil when no table is opted in
 
 	confirmed  uint64 // highest LSN safe to confirm
 	sent       uint64 // last LSN sent in a status update
@@ -630,7 +641,7 @@ func (s *session) loop(ctx context.Context) error {
 		}
 		s.recordPosition(ctx, now)
 		wait := readTick
-		if s.pub.Unflushed() {
+		if s.pub.Unflushed() || s.old != nil && s.old.ahead.pending() {
 			wait = flushAfter
 		}
 		// Moving the deadline costs a timer update per message; while
@@ -646,6 +657,9 @@ func (s *session) loop(ctx context.Context) error {
 		if err != nil {
 			if pgconn.Timeout(err) {
 				if wait == flushAfter {
+					if err := s.flushRows(ctx); err != nil {
+						return err
+					}
 					if err := s.pub.Flush(ctx); err != nil {
 						return fmt.Errorf("publish to JetStream: %w", err)
 					}
@@ -703,6 +717,17 @@ func (s *session) handleCopyData(ctx context.Context, data []byte, now time.Time
 func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) error {
 	if len(wal) == 0 {
 		return nil
+	}
+	if s.old != nil {
+		// Old rows read ahead (oldrows_batch.go): row changes may be kept
+		// to read their previous versions at once; anything else comes
+		// after them.
+		if wal[0] == 'I' || wal[0] == 'U' || wal[0] == 'D' {
+			return s.queueRow(ctx, wal)
+		}
+		if err := s.flushRows(ctx); err != nil {
+			return err
+		}
 	}
 	switch wal[0] {
 	case 'I', 'U', 'D':
@@ -908,11 +933,31 @@ func (s *session) publish(ctx context.Context, rel *relation, c *schema.Change) 
 	if s.alreadyStored(s.txn.CommitLSN, c.Ordinal) {
 		return nil
 	}
+	opted := s.old != nil && s.old.opted(rel)
+	var oldKey []byte
+	if opted && (c.Op == schema.OpUpdate || c.Op == schema.OpDelete) {
+		var err error
+		if oldKey, err = s.complete(ctx, rel, c); err != nil {
+			return err
+		}
+	}
 	seq, err := s.r.publishChange(ctx, s.pub, rel.subjects[c.Op], rel.table, &s.txn, c, &s.ev)
 	if err != nil {
 		return err
 	}
+	// Before remember, which may wait for the row state and meanwhile
+	// confirm what is acknowledged: this event is in flight.
 	s.lastSeq, s.txnPublished = seq, true
+	if opted {
+		var ev []byte
+		if s.ev.whole {
+			ev = s.ev.buf
+		}
+		if err := s.remember(ctx, rel.table, eventID{s.txn.CommitLSN, uint64(c.Ordinal)}, c, oldKey, ev); err != nil {
+			return err
+		}
+	}
+	s.ev.release()
 	s.r.m.published[c.Op].Inc()
 	rel.count.Add(1)
 	return nil

@@ -12,6 +12,11 @@ const (
 	KindNull      = 'n' // SQL NULL
 	KindUnchanged = 'u' // unchanged TOASTed value: PostgreSQL did not send it
 	KindText      = 't' // text-format value
+	// KindJSON is a value already encoded as the envelope encodes it (a
+	// version of the row the reader kept, or read from the row state), and
+	// written as it is: how a reader that knows a row's previous version
+	// completes "old" and fills unchanged TOASTed values into "data".
+	KindJSON = 'j'
 )
 
 // Value is one column of a row image. Data aliases the decoder's buffer and
@@ -269,6 +274,8 @@ func appendRow(dst []byte, tbl *Table, row []Value, which int, end, over int) ([
 		switch {
 		case v.Kind == KindNull:
 			dst = append(dst, "null"...)
+		case v.Kind == KindJSON:
+			dst = append(dst, v.Data...)
 		case col.ValueOID != 0:
 			dst = AppendValue(dst, col.ValueOID, v.Data)
 		default:

@@ -67,16 +67,18 @@ type Config struct {
 	MaxInFlight     int           `envconfig:"MAX_IN_FLIGHT" default:"8192" desc:"events published but not yet acknowledged by JetStream, at most"`
 	MaxEventBytes   int           `envconfig:"MAX_EVENT_BYTES" default:"67108864" desc:"largest event published whole; one larger than NATS's max payload goes to the TABLECAST_PAYLOADS object store with a claim in the stream, one larger than this is published without its rows and dead-lettered"`
 
-	HTTPAddr       string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"gateway address: WebSocket /ws, the page at /, the JavaScript client at /tablecast.js, /healthz, /readyz and /metrics"`
-	StallAfter     time.Duration `envconfig:"STALL_AFTER" default:"60s" desc:"unhealthy when the slot has not advanced for this long while lagging STALL_LAG_BYTES"`
-	StallLagBytes  int64         `envconfig:"STALL_LAG_BYTES" default:"16777216" desc:"WAL lag in bytes that counts as stalled after STALL_AFTER"`
-	Snapshot       string        `envconfig:"SNAPSHOT" default:"initial" desc:"when the slot is created: initial publishes the rows already there as op read, never does not"`
-	Heartbeat      time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"10s" desc:"how often a heartbeat is written to the WAL so an idle slot advances and lag is measured; 0 turns it off"`
-	LeaderLease    time.Duration `envconfig:"LEADER_LEASE" default:"5s" desc:"readers of one slot share a lease in NATS: the holder streams, the others stand by and take over once it has not been renewed for this long (at least 1s)"`
-	TopicRoles     []string      `envconfig:"TOPIC_ROLES" desc:"database roles that may publish custom-topic messages (pg_logical_emit_message), comma-separated; tablecast doctor warns about any other; empty: only tablecast's role and superusers"`
-	RowState       bool          `envconfig:"ROW_STATE" default:"false" desc:"keep the latest version of every row in JetStream (stream <TABLECAST_STREAM>_ROWS), so that subscriptions with snapshot (live views) start from the rows that match now; run and cdc; about doubles what JetStream stores per change"`
-	TxMarkers      bool          `envconfig:"TX_MARKERS" default:"false" desc:"publish a transaction marker (xid, commit LSN and time, events per table) after each transaction's events, on <TABLECAST_SUBJECT_PREFIX>.<db>.%tx; needed by subscriptions with batch transaction; run, cdc and gateway must agree; adds a message per transaction (for single-row transactions nearly doubles what JetStream stores)"`
-	RowStateTables []string      `envconfig:"ROW_STATE_TABLES" default:"*" desc:"tables whose rows are kept: comma-separated schema.table or schema.* patterns, * for all"`
+	HTTPAddr          string        `envconfig:"HTTP_ADDR" default:"127.0.0.1:8080" desc:"gateway address: WebSocket /ws, the page at /, the JavaScript client at /tablecast.js, /healthz, /readyz and /metrics"`
+	StallAfter        time.Duration `envconfig:"STALL_AFTER" default:"60s" desc:"unhealthy when the slot has not advanced for this long while lagging STALL_LAG_BYTES"`
+	StallLagBytes     int64         `envconfig:"STALL_LAG_BYTES" default:"16777216" desc:"WAL lag in bytes that counts as stalled after STALL_AFTER"`
+	Snapshot          string        `envconfig:"SNAPSHOT" default:"initial" desc:"when the slot is created: initial publishes the rows already there as op read, never does not"`
+	Heartbeat         time.Duration `envconfig:"HEARTBEAT_INTERVAL" default:"10s" desc:"how often a heartbeat is written to the WAL so an idle slot advances and lag is measured; 0 turns it off"`
+	LeaderLease       time.Duration `envconfig:"LEADER_LEASE" default:"5s" desc:"readers of one slot share a lease in NATS: the holder streams, the others stand by and take over once it has not been renewed for this long (at least 1s)"`
+	TopicRoles        []string      `envconfig:"TOPIC_ROLES" desc:"database roles that may publish custom-topic messages (pg_logical_emit_message), comma-separated; tablecast doctor warns about any other; empty: only tablecast's role and superusers"`
+	RowState          bool          `envconfig:"ROW_STATE" default:"false" desc:"keep the latest version of every row in JetStream (stream <TABLECAST_STREAM>_ROWS), so that subscriptions with snapshot (live views) start from the rows that match now; run and cdc; about doubles what JetStream stores per change"`
+	RowStateTables    []string      `envconfig:"ROW_STATE_TABLES" default:"*" desc:"tables whose rows are kept: comma-separated schema.table or schema.* patterns, * for all"`
+	OldRows           []string      `envconfig:"OLD_ROWS_TABLES" desc:"tables whose updates and deletes carry the complete old row, and whose updates the values PostgreSQL left out as unchanged TOAST, taken from the row state: comma-separated schema.table or schema.* patterns, * for all, within TABLECAST_ROW_STATE_TABLES (needs TABLECAST_ROW_STATE=true); run and cdc; empty: none"`
+	OldRowsCacheBytes int           `envconfig:"OLD_ROWS_CACHE_BYTES" default:"67108864" desc:"memory the reader keeps the rows it published in, for TABLECAST_OLD_ROWS_TABLES, until the row state has applied them; when full the reader waits for the state"`
+	TxMarkers         bool          `envconfig:"TX_MARKERS" default:"false" desc:"publish a transaction marker (xid, commit LSN and time, events per table) after each transaction's events, on <TABLECAST_SUBJECT_PREFIX>.<db>.%tx; needed by subscriptions with batch transaction; run, cdc and gateway must agree; adds a message per transaction (for single-row transactions nearly doubles what JetStream stores)"`
 
 	JWTSecret             string        `envconfig:"JWT_SECRET" desc:"HS256 secret (32 bytes or more) that client tokens are signed with; empty: HS256 off"`
 	JWTKeys               string        `envconfig:"JWT_KEYS" desc:"PEM or JWKS file of public keys for RS256, ES256 and EdDSA client tokens, reloaded when it changes; empty: off"`
@@ -147,6 +149,7 @@ func loadConfig() (Config, error) {
 	if _, err := rowstate.ParsePatterns(c.RowStateTables); err != nil {
 		errs = append(errs, fmt.Errorf("TABLECAST_ROW_STATE_TABLES: %w", err))
 	}
+	errs = append(errs, c.checkOldRows()...)
 	if c.StallAfter <= 0 {
 		errs = append(errs, fmt.Errorf("TABLECAST_STALL_AFTER %s: must be positive", c.StallAfter))
 	}
@@ -308,20 +311,22 @@ func checkDatabaseURL(dsn string) error {
 
 func (c Config) cdcConfig() cdc.Config {
 	return cdc.Config{
-		SettingName:   variableOf,
-		DatabaseURL:   c.DatabaseURL,
-		Publication:   c.Publication,
-		Tables:        c.Tables,
-		Slot:          c.Slot,
-		Stream:        c.Stream,
-		Snapshot:      c.Snapshot,
-		MaxInFlight:   c.MaxInFlight,
-		MaxEventBytes: c.MaxEventBytes,
-		StallAfter:    c.StallAfter,
-		StallLagBytes: c.StallLagBytes,
-		TopicRoles:    c.TopicRoles,
-		LeaderLease:   c.LeaderLease,
-		TxMarkers:     c.TxMarkers,
+		SettingName:       variableOf,
+		DatabaseURL:       c.DatabaseURL,
+		Publication:       c.Publication,
+		Tables:            c.Tables,
+		Slot:              c.Slot,
+		Stream:            c.Stream,
+		Snapshot:          c.Snapshot,
+		MaxInFlight:       c.MaxInFlight,
+		MaxEventBytes:     c.MaxEventBytes,
+		StallAfter:        c.StallAfter,
+		StallLagBytes:     c.StallLagBytes,
+		TopicRoles:        c.TopicRoles,
+		LeaderLease:       c.LeaderLease,
+		OldRows:           c.OldRows,
+		OldRowsCacheBytes: c.OldRowsCacheBytes,
+		TxMarkers:         c.TxMarkers,
 		HeartbeatInterval: func() time.Duration {
 			if c.Heartbeat == 0 {
 				return -1 // off
@@ -515,3 +520,32 @@ Environment:
 
 // oneLine folds an error's message onto one line.
 func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
+
+// checkOldRows checks TABLECAST_OLD_ROWS_TABLES: old rows come from the
+// row state, so each of its patterns must lie within the tables whose
+// rows are kept.
+func (c Config) checkOldRows() []error {
+	var errs []error
+	if c.OldRowsCacheBytes < 1 {
+		errs = append(errs, fmt.Errorf("TABLECAST_OLD_ROWS_CACHE_BYTES %d: must be positive", c.OldRowsCacheBytes))
+	}
+	if _, err := rowstate.ParsePatterns(c.OldRows); err != nil {
+		return append(errs, fmt.Errorf("TABLECAST_OLD_ROWS_TABLES: %w", err))
+	}
+	if len(c.OldRows) == 0 || len(c.OldRows) == 1 && (c.OldRows[0] == "" || c.OldRows[0] == "-") {
+		return errs
+	}
+	if !c.RowState {
+		return append(errs, errors.New("TABLECAST_OLD_ROWS_TABLES: old rows are read from the row state: set TABLECAST_ROW_STATE=true"))
+	}
+	kept, err := rowstate.ParsePatterns(c.RowStateTables)
+	if err != nil {
+		return errs // said for TABLECAST_ROW_STATE_TABLES
+	}
+	for _, p := range c.OldRows {
+		if p != "" && !kept.Covers(p) {
+			errs = append(errs, fmt.Errorf("TABLECAST_OLD_ROWS_TABLES: %q: its rows are not kept in the row state (TABLECAST_ROW_STATE_TABLES %q)", p, strings.Join(c.RowStateTables, ",")))
+		}
+	}
+	return errs
+}

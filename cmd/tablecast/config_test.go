@@ -50,6 +50,12 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		{map[string]string{"TABLECAST_WEBHOOK_ALLOW_NETS": "10.0.0.0/33"}, []string{`TABLECAST_WEBHOOK_ALLOW_NETS "10.0.0.0/33"`}},
 		{map[string]string{"TABLECAST_ROW_STATE_TABLES": "public.orders,a.b.c.d"}, []string{"TABLECAST_ROW_STATE_TABLES"}},
 		{map[string]string{"TABLECAST_ROW_STATE": "sometimes"}, []string{"TABLECAST_ROW_STATE"}},
+		{map[string]string{"TABLECAST_OLD_ROWS_TABLES": "public.docs"}, []string{"TABLECAST_OLD_ROWS_TABLES: old rows are read from the row state: set TABLECAST_ROW_STATE=true"}},
+		{map[string]string{"TABLECAST_ROW_STATE": "true", "TABLECAST_ROW_STATE_TABLES": "public.orders,app.*", "TABLECAST_OLD_ROWS_TABLES": "public.orders,app.items,public.*,*"},
+			[]string{`TABLECAST_OLD_ROWS_TABLES: "public.*": its rows are not kept in the row state (TABLECAST_ROW_STATE_TABLES "public.orders,app.*")`,
+				`TABLECAST_OLD_ROWS_TABLES: "*": its rows are not kept`}},
+		{map[string]string{"TABLECAST_ROW_STATE": "true", "TABLECAST_OLD_ROWS_TABLES": "a.b.c"}, []string{"TABLECAST_OLD_ROWS_TABLES"}},
+		{map[string]string{"TABLECAST_OLD_ROWS_CACHE_BYTES": "0"}, []string{"TABLECAST_OLD_ROWS_CACHE_BYTES 0: must be positive"}},
 	}
 	for _, tt := range tests {
 		var name []string
@@ -94,6 +100,18 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		}
 		if c.MaxInFlight != 65536 || c.Heartbeat != 0 || c.adminEnabled() {
 			t.Fatalf("got MaxInFlight %d, Heartbeat %s, admin API on %v", c.MaxInFlight, c.Heartbeat, c.adminEnabled())
+		}
+	})
+	t.Run("old rows within the row state", func(t *testing.T) {
+		t.Setenv("TABLECAST_ROW_STATE", "true")
+		t.Setenv("TABLECAST_ROW_STATE_TABLES", "public.*,app.orders")
+		t.Setenv("TABLECAST_OLD_ROWS_TABLES", "public.docs,public.*,app.orders")
+		c, err := loadConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cc := c.cdcConfig(); len(cc.OldRows) != 3 || cc.OldRowsCacheBytes != 64<<20 {
+			t.Fatalf("got old rows %q, cache %d bytes", cc.OldRows, cc.OldRowsCacheBytes)
 		}
 	})
 }

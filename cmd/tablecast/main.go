@@ -142,6 +142,11 @@ func dispatch(ctx context.Context, args []string) error {
 			if cfg.RowState {
 				limit = defaultRowStateMemoryLimit
 			}
+			if len(cfg.OldRows) > 0 {
+				// The versions kept for old rows come on top, at most
+				// the cache's size.
+				limit += int64(cfg.OldRowsCacheBytes)
+			}
 			debug.SetMemoryLimit(limit)
 		}
 		return runServer(ctx, cfg, true, args[0] == "run")

@@ -84,7 +84,20 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	var reader *cdc.Reader
 	var rowState atomic.Pointer[rowstate.Maintainer] // set once it runs
 	if withReader {
-		if reader, err = cdc.New(cfg.cdcConfig(), nc, js, cfg.SubjectPrefix, log, reg); err != nil {
+		ccfg := cfg.cdcConfig()
+		if cfg.RowState {
+			// The reader reads old rows from the state that runRowState
+			// keeps once the reader streams.
+			ccfg.RowState = cdc.RowStateFunc(func() (uint64, string, bool) {
+				m := rowState.Load()
+				if m == nil {
+					return 0, "", false
+				}
+				a := m.LastApplied()
+				return a.Seq, a.ID, m.Ready()
+			})
+		}
+		if reader, err = cdc.New(ccfg, nc, js, cfg.SubjectPrefix, log, reg); err != nil {
 			return err
 		}
 	}

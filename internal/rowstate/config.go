@@ -120,3 +120,24 @@ func ParsePatterns(list []string) (Patterns, error) {
 func (p Patterns) Match(schemaName, table string) bool {
 	return p.all || p.schemas[schemaName] || p.tables[[2]string{schemaName, table}]
 }
+
+// Covers reports whether every table pattern (as ParsePatterns reads it)
+// matches lies within p: "*" within "*" only, "schema.*" within "*" or
+// itself, "schema.table" within any pattern that matches it. "-" and ""
+// match no table and lie within any.
+func (p Patterns) Covers(pattern string) bool {
+	switch pattern {
+	case "", "-":
+		return true
+	case "*":
+		return p.all
+	}
+	sch, tbl, err := schema.ParseTableName(pattern)
+	if err != nil {
+		return false
+	}
+	if tbl == "*" {
+		return p.all || p.schemas[sch]
+	}
+	return p.Match(sch, tbl)
+}

@@ -18,7 +18,9 @@
 // or lost on the way leaves every later row of the batch unstored and the
 // batch unacknowledged in full. After each batch whose rows are all stored
 // the maintainer records how far it has applied the database on
-// "<prefix>_rows.<db>._applied"; it starts again from there
+// "<prefix>_rows.<db>._applied" (the last event's sequence, and its id:
+// LastApplied, AppliedID; a reader that completes old rows compares the ids
+// of its own events with it, see cdc's oldrows.go); it starts again from there
 // after a restart (a batch cut short is applied again, without writing a
 // row back over a later version), and a state deleted whole is rebuilt
 // from the event stream. Tables without a key have no state.
@@ -29,6 +31,7 @@
 // row it lacks sets the row: the scan leaves out rows changed after N while
 // it ran), and holds the table with no gap and no duplicate.
 //
-// Concurrency: a Maintainer runs in one goroutine (Run); Applied may be
-// called from any goroutine. Scan may run in any number of goroutines.
+// Concurrency: a Maintainer runs in one goroutine (Run); Ready, Applied,
+// AppliedID and LastApplied may be called from any goroutine. Scan may run
+// in any number of goroutines.
 package rowstate

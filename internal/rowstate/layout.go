@@ -21,6 +21,10 @@ const (
 	// HeaderStart is the event sequence the state was built from (0: the
 	// stream's start), on the database's marker.
 	HeaderStart = "Tablecast-Start"
+	// HeaderAppliedID is the event id of the event at HeaderSeq, on the
+	// database's marker: a reader compares the ids of its own events with
+	// it, since it learns their ids, not their sequences, as it publishes.
+	HeaderAppliedID = "Tablecast-Applied-Id"
 )
 
 // RowsStreamName is the stream of the rows, beside the event stream named

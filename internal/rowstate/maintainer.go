@@ -30,6 +30,20 @@ type Maintainer struct {
 
 	applied atomic.Uint64
 	ready   atomic.Bool
+	// last is the event applied last: its sequence and id, stored
+	// together so that a reader never pairs one event's id with
+	// another's sequence.
+	last atomic.Pointer[AppliedEvent]
+}
+
+// AppliedEvent is the last event a maintainer applied: every event of the
+// database up to Seq is in the state.
+type AppliedEvent struct {
+	// Seq is its event stream sequence; 0 before any.
+	Seq uint64
+	// ID is its event id (Nats-Msg-Id), "" when not known: no event
+	// applied yet, or a state recorded before ids were.
+	ID string
 }
 
 // maxPending bounds the row messages a batch has in flight: a batch holds
@@ -58,6 +72,24 @@ func (m *Maintainer) Ready() bool { return m.ready.Load() }
 // Applied returns the event stream sequence up to which the state is
 // applied (as of the last batch written).
 func (m *Maintainer) Applied() uint64 { return m.applied.Load() }
+
+// AppliedID returns the id of the last event the state applied (as of the
+// last batch written), "" when not known. The ids of one reader increase,
+// so a reader compares the ids of its own events with it (parsed:
+// schema.ParseEventID) to learn which of them the state holds.
+func (m *Maintainer) AppliedID() string { return m.LastApplied().ID }
+
+// LastApplied returns the last event the state applied, sequence and id
+// together; the zero AppliedEvent while the state is not Ready.
+func (m *Maintainer) LastApplied() AppliedEvent {
+	if !m.ready.Load() {
+		return AppliedEvent{}
+	}
+	if p := m.last.Load(); p != nil {
+		return *p
+	}
+	return AppliedEvent{}
+}
 
 // Run applies the event stream to the state until ctx ends, starting again
 // from the state's own position after any failure (NATS gone, a write
@@ -90,6 +122,7 @@ type session struct {
 	rows, events jetstream.Stream
 
 	position  uint64 // every event up to it is applied
+	lastID    string // the id of the event at position, "" when not known
 	start     uint64 // the state was built from after this sequence
 	careful   uint64 // events up to it may be in the state already (an interrupted batch)
 	delivered uint64 // stream sequence of the last event received
@@ -169,7 +202,7 @@ func (s *session) open(ctx context.Context) error {
 	case err != nil:
 		return err
 	default:
-		s.start, s.position = marker.Start, marker.Applied
+		s.start, s.position, s.lastID = marker.Start, marker.Applied, marker.AppliedID
 	}
 	// A batch whose rows were written but not its marker is applied again;
 	// rows the state holds at a later version than an event are not
@@ -183,6 +216,7 @@ func (s *session) open(ctx context.Context) error {
 		s.careful = parseUint(last.Header.Get(HeaderSeq))
 	}
 	s.delivered = s.position
+	m.last.Store(&AppliedEvent{Seq: s.position, ID: s.lastID})
 	m.ready.Store(true)
 	m.applied.Store(s.position)
 	m.m.applied.Set(float64(s.position))
@@ -250,6 +284,7 @@ func (s *session) take(it jetstream.MessagesContext) ([]jetstream.Msg, error) {
 func (s *session) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
 	s.batch = make(map[string]version, len(msgs))
 	var last uint64
+	var lastID string
 	for _, msg := range msgs {
 		meta, err := msg.Metadata()
 		if err != nil {
@@ -266,7 +301,7 @@ func (s *session) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
 		if err := s.apply(ctx, seq, msg.Subject(), msg.Data()); err != nil {
 			return fmt.Errorf("apply event %d: %w", seq, err)
 		}
-		last = seq
+		last, lastID = seq, msg.Headers().Get(nats.MsgIdHdr)
 		s.m.m.events.Inc()
 	}
 	if last == 0 {
@@ -275,10 +310,11 @@ func (s *session) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
 	if err := s.flush(ctx); err != nil {
 		return err
 	}
-	s.position = last
+	s.position, s.lastID = last, lastID
 	if err := s.writeDBMarker(ctx); err != nil {
 		return err
 	}
+	s.m.last.Store(&AppliedEvent{Seq: last, ID: lastID})
 	s.m.applied.Store(last)
 	s.m.m.applied.Set(float64(last))
 	return nil
@@ -451,6 +487,9 @@ func (s *session) writeDBMarker(ctx context.Context) error {
 	msg := &nats.Msg{Subject: DBMarkerSubject(s.m.cfg.Prefix, s.m.cfg.DB), Header: nats.Header{}}
 	msg.Header.Set(HeaderSeq, strconv.FormatUint(s.position, 10))
 	msg.Header.Set(HeaderStart, strconv.FormatUint(s.start, 10))
+	if s.lastID != "" {
+		msg.Header.Set(HeaderAppliedID, s.lastID)
+	}
 	if _, err := s.m.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(RowsStreamName(s.m.cfg.Events))); err != nil {
 		return fmt.Errorf("record the row state's position %d: %w", s.position, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/tablecast/tablecast/internal/natstest"
 	"github.com/tablecast/tablecast/internal/pgtest"
 	"github.com/tablecast/tablecast/internal/rowstate"
+	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -458,5 +460,46 @@ func applyEvents(t testing.TB, e *env, rows map[string]string, n uint64) {
 		if meta.Sequence.Stream >= info.State.LastSeq || meta.NumPending == 0 {
 			return
 		}
+	}
+}
+
+// TestAppliedIDIsRecorded: the maintainer tells the id of the last event
+// it applied (the one at Applied), and records it on the database's marker,
+// so that a maintainer started again knows it before applying anything.
+func TestAppliedIDIsRecorded(t *testing.T) {
+	e := newEnv(t, items)
+	m, stop := e.maintainer()
+	e.exec(`UPDATE items SET name = 'x' WHERE id BETWEEN 1 AND 10`)
+	ctx := context.Background()
+	events, err := e.nats.JS.Stream(ctx, "TABLECAST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *jetstream.RawStreamMsg
+	waitFor(t, 30*time.Second, "the stream to hold the updates", func() bool {
+		last, err = events.GetLastMsgForSubject(ctx, prefix+".>")
+		return err == nil && strings.Contains(string(last.Data), `"op":"update"`) && strings.Contains(string(last.Data), `"key":{"id":10}`)
+	})
+	e.caughtUp(m)
+	want := last.Header.Get("Nats-Msg-Id")
+	if _, _, ok := schema.ParseEventID(want); !ok {
+		t.Fatalf("last event's id %q", want)
+	}
+	if got := m.LastApplied(); got.ID != want || got.Seq != last.Sequence || m.AppliedID() != want {
+		t.Fatalf("applied %+v (AppliedID %q), want %d %q", got, m.AppliedID(), last.Sequence, want)
+	}
+	stop()
+	rows, err := e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker, err := rowstate.ReadDBMarker(ctx, rows, prefix, e.db)
+	if err != nil || marker.AppliedID != want || marker.Applied != last.Sequence {
+		t.Fatalf("marker %+v (%v), want applied %d, id %q", marker, err, last.Sequence, want)
+	}
+	m, _ = e.maintainer()
+	waitFor(t, 30*time.Second, "the maintainer to open the state", m.Ready)
+	if got := m.LastApplied(); got.ID != want || got.Seq != last.Sequence {
+		t.Fatalf("after a restart, applied %+v, want %d %q", got, last.Sequence, want)
 	}
 }

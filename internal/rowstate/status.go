@@ -41,6 +41,9 @@ type DBMarker struct {
 	// Start is the event sequence the state was built from: events up to
 	// it were gone from the event stream when the state was first built.
 	Start uint64
+	// AppliedID is the event id of the event at Applied; "" when not
+	// recorded.
+	AppliedID string
 }
 
 // ErrNoState: no maintainer has written the state of the database.
@@ -56,5 +59,6 @@ func ReadDBMarker(ctx context.Context, rows jetstream.Stream, prefix, db string)
 	case err != nil:
 		return DBMarker{}, fmt.Errorf("read the row state's position of database %s: %w", db, err)
 	}
-	return DBMarker{Applied: parseUint(msg.Header.Get(HeaderSeq)), Start: parseUint(msg.Header.Get(HeaderStart))}, nil
+	return DBMarker{Applied: parseUint(msg.Header.Get(HeaderSeq)), Start: parseUint(msg.Header.Get(HeaderStart)),
+		AppliedID: msg.Header.Get(HeaderAppliedID)}, nil
 }
