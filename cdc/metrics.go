@@ -30,6 +30,7 @@ type metrics struct {
 	oldRowsCache       prometheus.Counter
 	oldRowsLookups     prometheus.Counter
 	oldRowsBatches     prometheus.Counter
+	oldRowsStale       prometheus.Counter
 	oldRowsUnknown     prometheus.Counter
 	oldRowsWaits       *prometheus.CounterVec
 	oldRowsWaitSeconds *prometheus.CounterVec
@@ -118,11 +119,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		oldRowsLookups: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tablecast_cdc_old_rows_lookups_total",
-			Help: "Previous versions of rows (old rows) the reader read from the row state (a direct get each).",
+			Help: "Previous versions of rows (old rows) the reader read from the row state.",
 		}),
 		oldRowsBatches: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tablecast_cdc_old_rows_batch_reads_total",
 			Help: "Reads of the row state that fetched the previous versions of a batch of changes at once (a multi-last direct get each).",
+		}),
+		oldRowsStale: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tablecast_cdc_old_rows_stale_reads_total",
+			Help: "Reads of the row state read again because the replica that answered was behind the state the reader needed (replicated streams).",
 		}),
 		oldRowsUnknown: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tablecast_cdc_old_rows_unknown_total",
@@ -147,7 +152,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(published, m.publishLatency, m.ackedLSN, m.lagBytes, m.streaming, m.sessions,
 			m.messages, m.markers, m.skipped, m.slotsLost, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus, m.oversize,
-			m.leader, m.takeovers, m.fenced, m.oldRowsCache, m.oldRowsLookups, m.oldRowsBatches, m.oldRowsUnknown, m.oldRowsWaits,
+			m.leader, m.takeovers, m.fenced, m.oldRowsCache, m.oldRowsLookups, m.oldRowsBatches, m.oldRowsStale, m.oldRowsUnknown, m.oldRowsWaits,
 			m.oldRowsWaitSeconds, m.oldRowsCacheBytes)
 	}
 	return m

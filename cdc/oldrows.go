@@ -146,10 +146,9 @@ type oldRows struct {
 	forgot    eventID
 	forgotten bool
 
-	ahead   readAhead        // changes kept to read their rows at once (oldrows_batch.go)
-	rows    jetstream.Stream // the row state's stream, opened on first lookup
-	scratch []schema.Value   // the previous version by column
-	old     []schema.Value   // the completed old row
+	ahead   readAhead      // changes kept to read their rows at once (oldrows_batch.go)
+	scratch []schema.Value // the previous version by column
+	old     []schema.Value // the completed old row
 	key     []byte
 	scan    jsonx.Scanner
 }
@@ -368,28 +367,17 @@ func (s *session) previous(ctx context.Context, t *tableRows, key []byte) ([]byt
 		return nil, err
 	}
 	s.r.m.oldRowsLookups.Inc()
-	if o.rows == nil {
-		rows, err := s.r.js.Stream(ctx, rowstate.RowsStreamName(s.r.cfg.Stream))
-		if err != nil {
-			return nil, fmt.Errorf("open the row state: %w", err)
-		}
-		o.rows = rows
+	// One row, read as a batch is (readRows): checked against a lagging
+	// replica the same way.
+	if err := s.readRows(ctx, []string{subj}); err != nil {
+		return nil, err
 	}
-	msg, err := o.rows.GetLastMsgForSubject(ctx, subj)
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return nil, nil
-	case err != nil:
-		return nil, fmt.Errorf("look up row %s in the row state: %w", subj, err)
-	}
-	row, err := rowstate.DecodeRow(msg.Header, msg.Data)
+	data, err := o.prefetched(subj)
 	if err != nil {
-		return nil, fmt.Errorf("row %s of the row state: %w", subj, err)
+		return nil, fmt.Errorf("look up row %s in the row state: no answer for it", subj)
 	}
-	if row.Deleted {
-		return nil, nil
-	}
-	return row.Data, nil
+	delete(o.ahead.got, subj)
+	return data, nil
 }
 
 // complete fills change c of rel (an update or a delete of an opted

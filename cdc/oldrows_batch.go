@@ -137,48 +137,92 @@ func (s *session) flushRows(ctx context.Context) error {
 // one multi-last direct get, into o.ahead.got. A subject the answer does
 // not cover (the server cut it short) is left out: its change reads it
 // alone.
+//
+// Any replica of the row state answers a direct get, and on a replicated
+// stream one may lag behind the writes the maintainer was acknowledged
+// for: its answer could hold an older version of a row, or none. So the
+// read takes the database's marker too, which the maintainer writes after
+// each batch's rows: an answer whose marker is behind what the state had
+// applied when the read began is read again, until a replica that is
+// current answers.
 func (s *session) readRows(ctx context.Context, subjects []string) error {
-	o := s.old
+	need, _, _ := s.old.state.LastApplied()
+	marker := rowstate.DBMarkerSubject(s.r.prefix, s.r.db)
 	req, err := json.Marshal(struct {
 		MultiLast []string `json:"multi_last"`
 		Batch     int      `json:"batch"`
-	}{subjects, len(subjects)})
+	}{append(subjects[:len(subjects):len(subjects)], marker), len(subjects) + 1})
 	if err != nil {
 		return fmt.Errorf("encode a batch read of the row state: %w", err)
 	}
+	wait := 5 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		current, err := s.readRowsOnce(ctx, subjects, marker, need, req)
+		if err != nil || current {
+			return err
+		}
+		s.r.m.oldRowsStale.Inc()
+		if attempt == staleReadAttempts {
+			return fmt.Errorf("read %d rows from the row state: %d answers in a row came from a replica behind event %d", len(subjects), attempt, need)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 200*time.Millisecond)
+	}
+}
+
+// staleReadAttempts bounds the reads answered by a lagging replica before
+// the session gives up (and starts again): about 5 s of them.
+const staleReadAttempts = 30
+
+// readRowsOnce sends one read (readRows) and takes its answer, unless the
+// marker in it is behind need; current says whether it was taken.
+func (s *session) readRowsOnce(ctx context.Context, subjects []string, marker string, need uint64, req []byte) (current bool, err error) {
+	o := s.old
 	nc := s.r.nc
 	inbox := nc.NewRespInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
-		return fmt.Errorf("read rows from the row state: %w", err)
+		return false, fmt.Errorf("read rows from the row state: %w", err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	s.r.m.oldRowsBatches.Inc()
 	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+rowstate.RowsStreamName(s.r.cfg.Stream), inbox, req); err != nil {
-		return fmt.Errorf("read rows from the row state: %w", err)
+		return false, fmt.Errorf("read rows from the row state: %w", err)
 	}
 	rctx, cancel := context.WithTimeout(ctx, batchGetTimeout)
 	defer cancel()
 	got := map[string][]byte{}
+	var applied uint64
 	for {
 		msg, err := sub.NextMsgWithContext(rctx)
 		if err != nil {
-			return fmt.Errorf("read %d rows from the row state: %w", len(subjects), err)
+			return false, fmt.Errorf("read %d rows from the row state: %w", len(subjects), err)
 		}
 		switch status := msg.Header.Get("Status"); status {
 		case "":
-		case "404": // none of them
-			return o.tookRows(subjects, got, true)
+		case "404": // none of them, not even the marker: a replica behind
+			return false, nil
 		case "204": // the end
+			if applied < need {
+				return false, nil
+			}
 			pending, _ := strconv.ParseUint(msg.Header.Get("Nats-Num-Pending"), 10, 64)
-			return o.tookRows(subjects, got, pending == 0)
+			return true, o.tookRows(subjects, got, pending == 0)
 		default:
-			return fmt.Errorf("read %d rows from the row state: status %s %s", len(subjects), status, msg.Header.Get("Description"))
+			return false, fmt.Errorf("read %d rows from the row state: status %s %s", len(subjects), status, msg.Header.Get("Description"))
 		}
 		subj := msg.Header.Get("Nats-Subject")
+		if subj == marker {
+			applied, _ = strconv.ParseUint(msg.Header.Get(rowstate.HeaderSeq), 10, 64)
+			continue
+		}
 		row, err := rowstate.DecodeRow(msg.Header, msg.Data)
 		if err != nil {
-			return fmt.Errorf("row %s of the row state: %w", subj, err)
+			return false, fmt.Errorf("row %s of the row state: %w", subj, err)
 		}
 		if row.Deleted {
 			row.Data = nil
@@ -190,6 +234,9 @@ func (s *session) readRows(ctx context.Context, subjects []string) error {
 // tookRows records the rows read; with all, a subject without a message
 // has no row.
 func (o *oldRows) tookRows(subjects []string, got map[string][]byte, all bool) error {
+	if o.ahead.got == nil {
+		o.ahead.got = map[string][]byte{}
+	}
 	for _, subj := range subjects {
 		data, ok := got[subj]
 		if !ok && !all {

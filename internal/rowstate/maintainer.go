@@ -398,14 +398,24 @@ func (s *session) current(ctx context.Context, subj string) (version, error) {
 	if v, ok := s.batch[subj]; ok {
 		return v, nil
 	}
-	msg, err := s.rows.GetLastMsgForSubject(ctx, subj)
+	var h nats.Header
+	var data []byte
+	var err error
+	if s.rows.CachedInfo().Config.Replicas > 1 {
+		h, data, err = lastFromLeader(ctx, s.m.nc, s.rows.CachedInfo().Config.Name, subj)
+	} else {
+		var msg *jetstream.RawStreamMsg
+		if msg, err = s.rows.GetLastMsgForSubject(ctx, subj); err == nil {
+			h, data = msg.Header, msg.Data
+		}
+	}
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return version{}, nil
 	case err != nil:
 		return version{}, fmt.Errorf("look up row %s: %w", subj, err)
 	}
-	r, err := DecodeRow(msg.Header, msg.Data)
+	r, err := DecodeRow(h, data)
 	if err != nil {
 		return version{}, fmt.Errorf("row %s: %w", subj, err)
 	}

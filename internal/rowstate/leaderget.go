@@ -1,0 +1,60 @@
+package rowstate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// lastFromLeader returns the last message of subject in stream name as the
+// stream's leader holds it (ErrMsgNotFound when there is none). A direct
+// get may be answered by any replica, one of which can lag behind writes
+// already acknowledged; the maintainer, reading back a row it wrote in an
+// earlier batch (a TOASTed value to carry over, a version not to write
+// back over), must see that write, so on a replicated rows stream it asks
+// the leader.
+func lastFromLeader(ctx context.Context, nc *nats.Conn, name, subject string) (nats.Header, []byte, error) {
+	req, err := json.Marshal(struct {
+		LastBySubject string `json:"last_by_subj"`
+	}{subject})
+	if err != nil {
+		return nil, nil, err
+	}
+	msg, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+name, req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("get the last message of %s from stream %s's leader: %w", subject, name, err)
+	}
+	var resp struct {
+		Message *struct {
+			Header []byte `json:"hdrs"`
+			Data   []byte `json:"data"`
+		} `json:"message"`
+		Error *struct {
+			Code        int    `json:"code"`
+			ErrCode     int    `json:"err_code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return nil, nil, fmt.Errorf("get the last message of %s from stream %s's leader: %w", subject, name, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrCode == 10037: // no message (JSNoMessageFoundErr)
+		return nil, nil, jetstream.ErrMsgNotFound
+	case resp.Error != nil:
+		return nil, nil, fmt.Errorf("get the last message of %s from stream %s's leader: %s (%d)", subject, name, resp.Error.Description, resp.Error.ErrCode)
+	case resp.Message == nil:
+		return nil, nil, errors.New("get the last message of " + subject + " from stream " + name + "'s leader: an answer without a message")
+	}
+	var h nats.Header
+	if len(resp.Message.Header) > 0 {
+		if h, err = nats.DecodeHeadersMsg(resp.Message.Header); err != nil {
+			return nil, nil, fmt.Errorf("get the last message of %s from stream %s's leader: %w", subject, name, err)
+		}
+	}
+	return h, resp.Message.Data, nil
+}
