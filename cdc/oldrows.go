@@ -590,3 +590,21 @@ func keyUnchanged(tbl *schema.Table, row []schema.Value) bool {
 	}
 	return false
 }
+
+// completesOldRows reports whether the events of t carry complete old rows
+// (opted in, with a key), as its shape in the schema registry says.
+func (r *Reader) completesOldRows(t *schema.Table) bool {
+	if len(r.cfg.OldRows) == 0 || r.cfg.RowState == nil {
+		return false
+	}
+	tables, err := rowstate.ParsePatterns(r.cfg.OldRows)
+	if err != nil || !tables.Match(t.Schema, t.Name) {
+		return false
+	}
+	for i := range t.Columns {
+		if t.Columns[i].Key {
+			return true
+		}
+	}
+	return false
+}

@@ -39,6 +39,7 @@ func (s *session) recordShape(ctx context.Context, t *schema.Table) error {
 		return nil
 	}
 	shape := schema.ShapeOf(s.r.db, t, s.typeName)
+	shape.OldRows = s.r.completesOldRows(t)
 	key := stream.SchemaKey(s.r.db, t.Schema, t.Name)
 	for attempt := 0; ; attempt++ {
 		val, rev, found, err := reg.Get(ctx, key)
@@ -140,6 +141,7 @@ func (r *Reader) registerNewTables(ctx context.Context) error {
 			}
 			return names[oid]
 		})
+		shape.OldRows = r.completesOldRows(t)
 		shape.Version = 1
 		b, err := json.Marshal(shape)
 		if err != nil {

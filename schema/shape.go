@@ -8,13 +8,17 @@ type Shape struct {
 	Table  string `json:"table"`
 	// Version counts the shape's changes, from 1. It changes when a column
 	// is added, dropped, renamed or changes type, or the key or the
-	// replica identity changes.
+	// replica identity or OldRows changes.
 	Version int `json:"version"`
 	// LSN is the commit LSN of the first transaction seen with this shape
 	// (or the position streaming started from, for the first version).
-	LSN             string        `json:"lsn"`
-	ReplicaIdentity string        `json:"replica_identity"` // default, full, index, nothing
-	Columns         []ShapeColumn `json:"columns"`
+	LSN             string `json:"lsn"`
+	ReplicaIdentity string `json:"replica_identity"` // default, full, index, nothing
+	// OldRows: the reader completes the table's updates and deletes with
+	// the whole previous row from the row state (cdc.Config.OldRows)
+	// wherever the state knows it, whatever the replica identity.
+	OldRows bool          `json:"old_rows,omitempty"`
+	Columns []ShapeColumn `json:"columns"`
 }
 
 // ShapeColumn is one column of a Shape.
@@ -65,7 +69,7 @@ func ShapeOf(db string, t *Table, typeName func(uint32) string) Shape {
 // SameAs reports whether s and o describe the same shape, whatever their
 // versions and LSNs.
 func (s Shape) SameAs(o Shape) bool {
-	if s.DB != o.DB || s.Schema != o.Schema || s.Table != o.Table || s.ReplicaIdentity != o.ReplicaIdentity || len(s.Columns) != len(o.Columns) {
+	if s.DB != o.DB || s.Schema != o.Schema || s.Table != o.Table || s.ReplicaIdentity != o.ReplicaIdentity || s.OldRows != o.OldRows || len(s.Columns) != len(o.Columns) {
 		return false
 	}
 	for i := range s.Columns {

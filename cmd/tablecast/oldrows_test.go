@@ -226,6 +226,24 @@ func TestOldRows(t *testing.T) {
 		exec(`DELETE FROM ` + tbl + ` WHERE id = 2`)
 	}
 	evs := waitEvents(8)
+	// The schema registry says which table's events carry old rows, so
+	// that rules reading the old row are accepted on it.
+	schemas, err := js.KeyValue(ctx, "TABLECAST_SCHEMAS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tbl, want := range map[string]bool{"docs": true, "plain": false} {
+		entry, err := schemas.Get(ctx, stream.SchemaKey(db, "public", tbl))
+		if err != nil {
+			t.Fatalf("shape of %s: %v", tbl, err)
+		}
+		var shape struct {
+			OldRows bool `json:"old_rows"`
+		}
+		if err := json.Unmarshal(entry.Value(), &shape); err != nil || shape.OldRows != want {
+			t.Errorf("shape of %s: old_rows %v (%v), want %v: %s", tbl, shape.OldRows, err, want, entry.Value())
+		}
+	}
 	var full string
 	if err := conn.QueryRow(ctx, `SELECT `+body, "a").Scan(&full); err != nil {
 		t.Fatal(err)

@@ -250,10 +250,12 @@ type Rule struct {
 	// Changed: the rule holds only for an update that changes at least
 	// one of these columns (its old and new values differ). An update
 	// whose old row PostgreSQL does not send changes no column of the
-	// replica identity, so columns outside it need REPLICA IDENTITY FULL.
+	// replica identity, so columns outside it need REPLICA IDENTITY FULL
+	// or old rows completed by the reader (schema.Shape.OldRows).
 	Changed []string `json:"changed"`
 	// Old is a where on the old row (updates and deletes); it needs
-	// REPLICA IDENTITY FULL, under which PostgreSQL sends the old row.
+	// REPLICA IDENTITY FULL, under which PostgreSQL sends the old row, or
+	// old rows completed by the reader (schema.Shape.OldRows).
 	Old json.RawMessage `json:"old,omitempty"`
 	// New is a where on the new row (creates, updates, reads).
 	New json.RawMessage `json:"new,omitempty"`

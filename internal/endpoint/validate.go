@@ -511,7 +511,7 @@ func (r *Rule) validate(errs *fieldErrors, tables Tables) {
 			errs.add("select["+strconv.Itoa(i)+"]", "column %s does not exist in %s", schema.QuoteName(c), t.Qualified)
 		}
 	}
-	if t.Shape.ReplicaIdentity == "full" {
+	if t.Shape.ReplicaIdentity == "full" || t.Shape.OldRows {
 		return
 	}
 	alter := "ALTER TABLE " + pgx.Identifier{t.Shape.Schema, t.Shape.Table}.Sanitize() + " REPLICA IDENTITY FULL"

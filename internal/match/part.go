@@ -208,7 +208,7 @@ func CompileRule(r *endpoint.Rule, t *catalog.Table) (p *Part, ok bool, err erro
 // ReplicaIdentityProblem says, for a rule compiled on t, why PostgreSQL
 // will not send what it reads and what to run about it; "" when it will.
 func ReplicaIdentityProblem(p *Part, t *catalog.Table) string {
-	if p == nil || !p.Change.ReadsOld() || t.Shape.ReplicaIdentity == "full" {
+	if p == nil || !p.Change.ReadsOld() || t.Shape.ReplicaIdentity == "full" || t.Shape.OldRows {
 		return ""
 	}
 	alter := "ALTER TABLE " + pgx.Identifier{t.Shape.Schema, t.Shape.Table}.Sanitize() + " REPLICA IDENTITY FULL"
