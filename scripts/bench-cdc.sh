@@ -17,7 +17,9 @@
 # event (the stream's own timestamp). With NATS=embedded (default) JetStream
 # runs inside tablecast, sharing its cores; with NATS=external it is a
 # separate nats-server process, and the peak memory reported is the reader's
-# alone.
+# alone; with NATS=cluster three nats-server processes form a JetStream
+# cluster on loopback and the reader's stream and buckets have three
+# replicas (TABLECAST_STREAM_REPLICAS=3), all on this machine's cores.
 #
 # Workloads (ROWS defaults to 1,000,000; the "rows" column is the number of
 # changes measured):
@@ -42,7 +44,8 @@
 #         counted from walfloor's launch until its walsender is gone): what
 #         PostgreSQL itself spends to deliver the changes;
 #   tc    the tablecast process (reader, publisher and, embedded, JetStream);
-#   nats  the nats-server process (NATS=external);
+#   nats  the nats-server process (NATS=external), the three together
+#         (NATS=cluster);
 #   pg    PostgreSQL's processes serving tablecast (its walsender and its
 #         regular connections), counted the same way as wal.
 # With PROFILE=1 each tablecast run is profiled for its middle seconds
@@ -66,7 +69,7 @@
 # other work on a shared database server would; the workloads' readers
 # decode its WAL too.
 #
-# Usage: [NATS=embedded|external] [WORKLOADS="many one update wide single"] [REPEAT=1]
+# Usage: [NATS=embedded|external|cluster] [WORKLOADS="many one update wide single"] [REPEAT=1]
 #        [BINS="bin/tablecast other/tablecast"] [PROFILE=1] [LOAD_TPS=n]
 #        scripts/bench-cdc.sh [rows]
 # BINS compares tablecast binaries in the same run, each on the same WAL (the
@@ -85,7 +88,7 @@ PROFILE_DIR=${PROFILE_DIR:-.tmp/profiles}
 case "$ROWS" in '' | *[!0-9]* | 0*) echo "bench-cdc.sh: rows must be a positive integer, not '$ROWS'" >&2; exit 2 ;; esac
 case "$REPEAT" in '' | *[!0-9]* | 0*) echo "bench-cdc.sh: REPEAT must be a positive integer, not '$REPEAT'" >&2; exit 2 ;; esac
 case "$LOAD_TPS" in *[!0-9]*) echo "bench-cdc.sh: LOAD_TPS must be a whole number, not '$LOAD_TPS'" >&2; exit 2 ;; esac
-case "$NATS" in embedded | external) ;; *) echo "bench-cdc.sh: NATS must be embedded or external, not '$NATS'" >&2; exit 2 ;; esac
+case "$NATS" in embedded | external | cluster) ;; *) echo "bench-cdc.sh: NATS must be embedded, external or cluster, not '$NATS'" >&2; exit 2 ;; esac
 read -r -a workloads <<<"$WORKLOADS"
 [ "${#workloads[@]}" -gt 0 ] || { echo "bench-cdc.sh: WORKLOADS is empty" >&2; exit 2; }
 for w in "${workloads[@]}"; do
@@ -111,7 +114,7 @@ for b in "${bins[@]}"; do
 done
 go build -o bin/jsinfo ./scripts/jsinfo
 go build -o bin/walfloor ./scripts/walfloor
-if [ "$NATS" = external ]; then go build -o bin/nats-server github.com/nats-io/nats-server/v2; fi
+if [ "$NATS" != embedded ]; then go build -o bin/nats-server github.com/nats-io/nats-server/v2; fi
 if [ -n "$PROFILE" ]; then mkdir -p "$PROFILE_DIR"; fi
 
 # The postmaster: its reaped children's CPU time is how the walsenders'
@@ -122,7 +125,7 @@ TICKS=$(getconf CLK_TCK)
 work=$(mktemp -d)
 recv_pid=
 reader_pid=
-nats_pid=
+nats_pids=
 prof_pid=
 load_pid=
 stop_pid() { # pid: end a process this script started, and reap it
@@ -130,6 +133,30 @@ stop_pid() { # pid: end a process this script started, and reap it
     kill "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
   fi
+}
+stop_nats() { # end the nats-server processes of the run
+  local p
+  for p in $nats_pids; do stop_pid "$p"; done
+  nats_pids=
+}
+# start_cluster starts three nats-server processes clustered with JetStream
+# on loopback (clients on 14222-14224) and waits until each says it is
+# healthy, JetStream's meta group included.
+start_cluster() {
+  local i routes=nats://127.0.0.1:16222,nats://127.0.0.1:16223,nats://127.0.0.1:16224
+  for i in 0 1 2; do
+    bin/nats-server -a 127.0.0.1 -p $((14222 + i)) -m $((18222 + i)) -js -sd "$work/nats/n$i" -n "bench-n$i" \
+      --cluster_name tcbench --cluster "nats://127.0.0.1:$((16222 + i))" --routes "$routes" >/dev/null 2>&1 &
+    nats_pids+=" $!"
+  done
+  for i in 0 1 2; do
+    local try=0
+    until curl -sf "http://127.0.0.1:$((18222 + i))/healthz" >/dev/null 2>&1; do
+      try=$((try + 1))
+      [ "$try" -lt 150 ] || { echo "bench-cdc.sh: the NATS cluster did not become healthy in 30 s" >&2; exit 1; }
+      sleep 0.2
+    done
+  done
 }
 slot_names() { # the slots of this run, quoted for SQL
   local i list="'bench_recv'"
@@ -152,7 +179,7 @@ drop_slots() {
 cleanup() {
   stop_pid "$recv_pid"
   stop_pid "$reader_pid"
-  stop_pid "$nats_pid"
+  stop_nats
   stop_pid "$prof_pid"
   stop_pid "$load_pid"
   rm -rf "$work"
@@ -272,18 +299,26 @@ run_tablecast() {
   rm -rf "$work/nats"
   local nats_url= load
   load=$(cut -d' ' -f1 /proc/loadavg)
-  if [ "$NATS" = external ]; then
+  local replicas=1
+  case "$NATS" in
+  external)
     bin/nats-server -a 127.0.0.1 -p 14222 -js -sd "$work/nats" >/dev/null 2>&1 &
-    nats_pid=$!
+    nats_pids=$!
     nats_url=nats://127.0.0.1:14222
     sleep 0.5
-  fi
+    ;;
+  cluster)
+    start_cluster
+    nats_url=nats://127.0.0.1:14222,nats://127.0.0.1:14223,nats://127.0.0.1:14224
+    replicas=3
+    ;;
+  esac
   local pg0 t0 pprof=false
   [ -z "$PROFILE" ] || pprof=true
   pg0=$(reaped_ticks)
   t0=$(date +%s.%N)
   TABLECAST_DATABASE_URL="$BASEURL/$DB" TABLECAST_SLOT=$slot TABLECAST_PUBLICATION=bench \
-  TABLECAST_NATS_URL="$nats_url" TABLECAST_NATS_LISTEN=127.0.0.1:14222 TABLECAST_DATA_DIR="$work/nats" \
+  TABLECAST_NATS_URL="$nats_url" TABLECAST_NATS_LISTEN=127.0.0.1:14222 TABLECAST_DATA_DIR="$work/nats" TABLECAST_STREAM_REPLICAS=$replicas \
   TABLECAST_HTTP_ADDR=127.0.0.1:18080 TABLECAST_LOG_LEVEL=error TABLECAST_PPROF=$pprof \
     "$bin" cdc &
   reader_pid=$!
@@ -327,8 +362,9 @@ run_tablecast() {
   if [ -n "$prof_pid" ]; then wait "$prof_pid" 2>/dev/null || true; prof_pid=; fi
   tc_ticks=$(proc_ticks "$reader_pid")
   stop_pid "$reader_pid"; reader_pid=
-  if [ -n "$nats_pid" ]; then nats_ticks=$(proc_ticks "$nats_pid"); fi
-  stop_pid "$nats_pid"; nats_pid=
+  local p
+  for p in $nats_pids; do nats_ticks=$((nats_ticks + $(proc_ticks "$p"))); done
+  stop_nats
   wait_walsenders_gone
   local pg_ticks=$(($(reaped_ticks) - pg0))
   if [ "$msgs" -ne "$want" ]; then
@@ -337,7 +373,7 @@ run_tablecast() {
   local tc_s cpu
   tc_s=$(echo "$first + $span - $t0" | bc -l)
   cpu=$(printf 'wal %.2f tc %.2f' "$(per_million "$wal_ticks" "$changes")" "$(per_million "$tc_ticks" "$changes")")
-  if [ "$NATS" = external ]; then cpu+=$(printf ' nats %.2f' "$(per_million "$nats_ticks" "$changes")"); fi
+  if [ "$NATS" != embedded ]; then cpu+=$(printf ' nats %.2f' "$(per_million "$nats_ticks" "$changes")"); fi
   cpu+=$(printf ' pg %.2f' "$(per_million "$pg_ticks" "$changes")")
   printf '%-6s %9d rows | %-14s | walsender %6.2fs %7.0f/s | tablecast %6.2fs %7.0f/s | ratio %.2f | CPU s/M %s | peak RSS %d MiB | load %s' \
     "$name" "$changes" "$(basename "$(dirname "$bin")")/$(basename "$bin")" "$recv_s" "$(echo "$changes / $recv_s" | bc -l)" "$tc_s" "$(echo "$changes / $tc_s" | bc -l)" \
