@@ -78,10 +78,12 @@ func CapturesFences(subjects []string, replicas int, prefix string) bool {
 // sequence while another one expecting that subject, or one stored on it,
 // is proposed and not yet applied. Message n of a ringed Publisher expects
 // subject (n-1) mod FenceRingSize, so that the expectations in flight are
-// all on different subjects. 256 keeps the window wide enough for a
-// three-node cluster on one network to stay busy (see BenchmarkFenceRing)
-// while a takeover stores 256 small messages, in tens of milliseconds.
-const FenceRingSize = 256
+// all on different subjects. 1024 keeps the window wide enough for a
+// three-node cluster to stay nearly as busy as with the reader's default
+// window (BenchmarkFenceRing: a window of 255 cost a third of the
+// throughput, 1023 about a tenth), while a takeover stores 1024 small
+// messages, about a tenth of a second.
+const FenceRingSize = 1024
 
 // FenceRingSubjects are the subjects of the fence ring of slot:
 // "_TABLECAST.<prefix>.stream.fence.<slot>.<i>", i from 0 to

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -50,18 +51,32 @@ func StoreFences(ctx context.Context, js jetstream.JetStream, streamName string,
 
 // LastFences returns the stream sequence of the last message st holds on
 // each of subjects (0 for a subject it holds none on): the fences a
-// publisher that stores none of its own expects.
+// publisher that stores none of its own expects. It reads a few subjects at
+// a time: one after the other, a ring of FenceRingSize would take a second
+// on a replicated stream.
 func LastFences(ctx context.Context, st jetstream.Stream, subjects []string) ([]uint64, error) {
+	const concurrent = 16
 	seqs := make([]uint64, len(subjects))
+	errs := make([]error, len(subjects))
+	sem := make(chan struct{}, concurrent)
+	var wg sync.WaitGroup
 	for i, subject := range subjects {
-		m, err := st.GetLastMsgForSubject(ctx, subject)
-		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-		case err != nil:
-			return nil, fmt.Errorf("read the last fence on %s: %w", subject, err)
-		default:
-			seqs[i] = m.Sequence
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			m, err := st.GetLastMsgForSubject(ctx, subject)
+			switch {
+			case errors.Is(err, jetstream.ErrMsgNotFound):
+			case err != nil:
+				errs[i] = fmt.Errorf("read the last fence on %s: %w", subject, err)
+			default:
+				seqs[i] = m.Sequence
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	return seqs, nil
 }

@@ -75,17 +75,30 @@ func TestFenceRingPipelinedOnR3(t *testing.T) {
 	const n = 20_000
 	for _, mode := range fenceModes() {
 		t.Run(mode.name, func(t *testing.T) {
-			cfg, _ := fencedStream(t, cl, "pipe"+mode.name)
+			cfg, st := fencedStream(t, cl, "pipe"+mode.name)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			ring := stream.FenceRingSubjects(cfg.Prefix, "slot")
+			began := time.Now()
 			seqs, err := stream.StoreFences(ctx, cl.JS, cfg.Name, ring, []byte(`{}`))
 			if err != nil {
 				t.Fatal(err)
 			}
+			stored := time.Since(began)
+			began = time.Now()
+			last, err := stream.LastFences(ctx, st, ring)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("a ring of %d fences stored in %s, read back in %s", len(ring), stored.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
+			for i := range seqs {
+				if i > 0 && seqs[i] <= seqs[i-1] || last[i] != seqs[i] {
+					t.Fatalf("fence %d stored at %d (the one before at %d), read back at %d", i, seqs[i], seqs[max(i-1, 0)], last[i])
+				}
+			}
 			p := fencedPublisher(t, cl.NC, cfg, mode.batch, 8192, stream.WithFenceRing(ring, seqs))
 			subject := cfg.Prefix + ".db.public.t.insert"
-			began := time.Now()
+			began = time.Now()
 			for i := 1; i <= n; i++ {
 				if _, err := p.Publish(ctx, subject, fmt.Sprintf("m-%d", i), fmt.Appendf(nil, "%d", i)); err != nil {
 					t.Fatalf("publish message %d: %v", i, err)

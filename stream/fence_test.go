@@ -2,6 +2,7 @@ package stream
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -121,7 +122,7 @@ func TestFenceSubjects(t *testing.T) {
 		t.Fatalf("fence filter %q", FenceSubjects("tc"))
 	}
 	ring := FenceRingSubjects("tc", "fence")
-	if len(ring) != FenceRingSize || ring[0] != "_TABLECAST.tc.stream.fence.fence.0" || ring[FenceRingSize-1] != "_TABLECAST.tc.stream.fence.fence.255" {
+	if len(ring) != FenceRingSize || ring[0] != "_TABLECAST.tc.stream.fence.fence.0" || ring[FenceRingSize-1] != "_TABLECAST.tc.stream.fence.fence."+strconv.Itoa(FenceRingSize-1) {
 		t.Fatalf("fence ring %q … %q (%d)", ring[0], ring[len(ring)-1], len(ring))
 	}
 	for _, s := range append(ring, f) {
