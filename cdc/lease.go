@@ -391,7 +391,7 @@ func (r *Reader) fenceBody(a acquired) []byte {
 // fenceRing is fence on a replicated stream. The ring's sequences of a
 // leadership that took its own lease back are those it expected before;
 // otherwise (the lease was free: its holder gave it up once its sessions
-// had ended) they are read from the stream, one subject at a time.
+// had ended) they are read from the stream.
 func (r *Reader) fenceRing(ctx context.Context, st jetstream.Stream, a acquired) (fences, error) {
 	subjects := stream.FenceRingSubjects(r.prefix, r.cfg.Slot)
 	var (

@@ -70,10 +70,6 @@ const (
 	fenceSeqHeader     = "Nats-Expected-Last-Subject-Sequence"
 	fenceSubjectHeader = "Nats-Expected-Last-Subject-Sequence-Subject"
 	errCodeWrongLast   = 10071
-	// errCodeWrongLastInFlight: a replicated stream refused a message
-	// expecting a subject's sequence while another message expecting
-	// that subject, or stored on it, was proposed and not yet applied.
-	errCodeWrongLastInFlight = 10164
 )
 
 // seqField is the member of an acknowledgement that holds the stream
@@ -150,11 +146,22 @@ func WithFence(subject string, seq uint64) PublisherOption {
 // says: the stream applies messages in order and acknowledges one only once
 // applied, so when message n goes out, message n-len(subjects)+1 is
 // acknowledged and message n-len(subjects), the last to expect the same
-// subject, applied. (A duplicate is acknowledged at once, without being
-// applied; a run of them could, in principle, let that message still be in
-// flight. The Publisher would then fail, as for any refusal.) With one
-// replica, or one subject, this is WithFence. len(seqs) must equal
-// len(subjects), 1 or more. Default: no fence.
+// subject, applied.
+//
+// That holds for one Publisher. Another one on the same ring (the next one
+// after a failure) starts over at subjects[0], and should start once the
+// messages of the one before are acknowledged or long sent; a duplicate,
+// too, is acknowledged at once, without being applied, so a run of them
+// could let an earlier message still be in flight. Either way the stream
+// refuses a message (error 10164), and the Publisher fails with
+// ErrNegativeAck: nothing is stored out of order, the caller starts again.
+// A takeover's fences in flight on a subject also make a fenced-out
+// publisher's message refused with 10164 rather than for its fence: the
+// Publisher fails with ErrNegativeAck, and with ErrFenced only once the
+// next message is refused for its fence.
+//
+// With one replica, or one subject, this is WithFence. len(seqs) must
+// equal len(subjects), 1 or more. Default: no fence.
 func WithFenceRing(subjects []string, seqs []uint64) PublisherOption {
 	return func(p *Publisher) {
 		if len(subjects) == 0 {
@@ -716,11 +723,7 @@ func (p *Publisher) ackSeq(m *nats.Msg) (uint64, error) {
 // fenced Publisher's message refused for its fence, ErrNegativeAck
 // otherwise.
 func (p *Publisher) refusal(desc string, code int, errCode uint16) error {
-	if len(p.fenceSubjects) > 0 && (errCode == errCodeWrongLast ||
-		// The Publisher keeps its own messages from meeting this
-		// (WithFenceRing): a ring's subject had a message in flight from
-		// another publisher, a new leader storing its fences.
-		len(p.fenceSubjects) > 1 && errCode == errCodeWrongLastInFlight) {
+	if len(p.fenceSubjects) > 0 && errCode == errCodeWrongLast {
 		return fmt.Errorf("%w: %s (code %d, error code %d)", ErrFenced, desc, code, errCode)
 	}
 	return fmt.Errorf("%w: %s (code %d, error code %d)", ErrNegativeAck, desc, code, errCode)
