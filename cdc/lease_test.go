@@ -123,7 +123,9 @@ func testFencedReaderStandsBy(t *testing.T, replicas int) {
 	n.readAll(t, 1, 20*time.Second)
 
 	// Another reader's fence, as one that took the slot over writes it.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// Long enough for the waits below too: the context serves the reads
+	// of the lease at the end.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var fence uint64
 	if replicas > 1 {
