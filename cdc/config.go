@@ -52,7 +52,9 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// MaxInFlight bounds events published but not yet acknowledged by
 	// JetStream. Default 8192: deep enough to keep JetStream busy at 150k
-	// events/s with ~10ms ack latency, small enough to bound memory.
+	// events/s with ~10ms ack latency, small enough to bound memory. On a
+	// replicated stream that takes fences, at most
+	// stream.FenceRingSize-1 (1023) whatever it says (stream.WithFenceRing).
 	MaxInFlight int
 	// StallAfter and StallLagBytes define an unhealthy reader: the slot's
 	// confirmed position has not moved for StallAfter while PostgreSQL's WAL

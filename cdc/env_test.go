@@ -44,6 +44,19 @@ func startNATS(t testing.TB) *natsEnv {
 	return n
 }
 
+// startNATSCluster is startNATS on a three-node cluster, the stream (and
+// so the reader's buckets) on replicas copies.
+func startNATSCluster(t testing.TB, replicas int) *natsEnv {
+	t.Helper()
+	n := &natsEnv{natstest.StartCluster(t, 3).Server}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := stream.EnsureStream(ctx, n.JS, stream.StreamConfig{Name: "TABLECAST", Prefix: testPrefix, DuplicateWindow: 10 * time.Minute, Replicas: replicas}); err != nil {
+		t.Fatalf("provision stream: %v", err)
+	}
+	return n
+}
+
 // event is the envelope as a consumer sees it.
 type event struct {
 	Subject    string

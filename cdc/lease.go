@@ -22,8 +22,11 @@ package cdc
 // one and are refused, and it learns that it was fenced out. Only then does
 // the new leader read what the stream holds (resume), so nothing of the old
 // one can land after what it learnt. A stream with more than one replica
-// cannot check a fence on pipelined messages (see stream.WithFence): there
-// the lease's margin alone keeps the two apart.
+// cannot check one fence subject's sequence on pipelined messages (see
+// stream.WithFence), so there the fence is a ring of subjects
+// (stream.FenceRingSubjects): a takeover stores a fence on every one, and
+// each event expects the next subject's (stream.WithFenceRing), with at
+// most stream.FenceRingSize-1 events awaiting acknowledgement.
 //
 // A reader that finds no lease (the first, or its holder gave it up on
 // stopping, after its sessions had ended) creates it, stores no fence and
@@ -36,7 +39,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"sync"
 	"time"
 
@@ -63,7 +65,8 @@ type leaseValue struct {
 	// so that a reader there can tell when it is gone; "" when unknown.
 	Proc string `json:"proc,omitempty"`
 	// Fence is the stream sequence of the fence the holder's events expect
-	// (0: none stored, or the stream does not take fences).
+	// (0: none stored, or the stream does not take fences); on a
+	// replicated stream, that of the last fence of its ring.
 	Fence uint64 `json:"fence"`
 }
 
@@ -336,51 +339,100 @@ func (r *Reader) acquireLease(ctx context.Context) (acquired, error) {
 }
 
 // takesFences reports whether the stream of cfg can check the fences of
-// this reader's slot: one replica, and the fence subjects captured.
+// this reader's slot: it captures the fence subjects its replicas need.
 func (r *Reader) takesFences(cfg jetstream.StreamConfig) bool {
-	return cfg.Replicas <= 1 && slices.Contains(cfg.Subjects, stream.FenceSubjects(r.prefix))
+	return stream.CapturesFences(cfg.Subjects, cfg.Replicas, r.prefix)
+}
+
+// fences is what the events of a leadership expect.
+type fences struct {
+	on   bool     // the stream takes fences
+	seq  uint64   // the fence subject's, with one replica; the ring's last, with more
+	ring []uint64 // with more than one replica: each ring subject's (stream.FenceRingSubjects)
 }
 
 // fence makes the events of the lease's holder expect a fence: after a
 // takeover, a new one published now; otherwise the fence subject's last
-// message, if any. It writes the fence into the lease. It returns 0 and
-// does nothing when the stream cannot check fences (more than one replica,
-// or it does not capture the fence subject).
-func (r *Reader) fence(ctx context.Context, a acquired) (seq uint64, on bool, err error) {
-	subject := stream.FenceSubject(r.prefix, r.cfg.Slot)
+// message, if any. On a replicated stream the fence is a ring of them. It
+// writes the fence into the lease. It returns a fence that is not on and
+// does nothing when the stream cannot check fences (it does not capture
+// the fence subjects).
+func (r *Reader) fence(ctx context.Context, a acquired) (fences, error) {
 	st, err := r.js.Stream(ctx, r.cfg.Stream)
 	if err != nil {
-		return 0, false, fmt.Errorf("look up stream %s: %w", r.cfg.Stream, err)
+		return fences{}, fmt.Errorf("look up stream %s: %w", r.cfg.Stream, err)
 	}
-	if !r.takesFences(st.CachedInfo().Config) {
-		return 0, false, nil
+	cfg := st.CachedInfo().Config
+	if !r.takesFences(cfg) {
+		return fences{}, nil
 	}
+	var f fences
+	if cfg.Replicas > 1 {
+		if f, err = r.fenceRing(ctx, st, a); err != nil {
+			return fences{}, err
+		}
+	} else if f, err = r.fenceOne(ctx, st, a); err != nil {
+		return fences{}, err
+	}
+	v := a.l.value()
+	v.Fence = f.seq
+	if err := a.l.write(ctx, v); err != nil {
+		return fences{}, fmt.Errorf("write fence %d into the lease: %w", f.seq, err)
+	}
+	return f, nil
+}
+
+// fenceBody is what a takeover's fence says.
+func (r *Reader) fenceBody(a acquired) []byte {
+	b, _ := json.Marshal(map[string]any{"holder": r.token, "previous_holder": a.prev.Holder, "previous_host": a.prev.Host, "previous_pid": a.prev.PID})
+	return b
+}
+
+// fenceRing is fence on a replicated stream. The ring's sequences of a
+// leadership that took its own lease back are those it expected before;
+// otherwise (the lease was free: its holder gave it up once its sessions
+// had ended) they are read from the stream.
+func (r *Reader) fenceRing(ctx context.Context, st jetstream.Stream, a acquired) (fences, error) {
+	subjects := stream.FenceRingSubjects(r.prefix, r.cfg.Slot)
+	var (
+		ring []uint64
+		err  error
+	)
+	switch {
+	case a.takeover:
+		ring, err = stream.StoreFences(ctx, r.js, r.cfg.Stream, subjects, r.fenceBody(a))
+	case len(r.fences.ring) == len(subjects) && a.l.val.Fence == r.fences.seq && r.fences.seq != 0:
+		ring = r.fences.ring
+	default:
+		ring, err = stream.LastFences(ctx, st, subjects)
+	}
+	if err != nil {
+		return fences{}, err
+	}
+	return fences{on: true, seq: ring[len(ring)-1], ring: ring}, nil
+}
+
+// fenceOne is fence on a stream with one replica.
+func (r *Reader) fenceOne(ctx context.Context, st jetstream.Stream, a acquired) (fences, error) {
+	subject := stream.FenceSubject(r.prefix, r.cfg.Slot)
+	var seq uint64
 	if a.takeover {
-		b, _ := json.Marshal(map[string]any{"holder": r.token, "previous_holder": a.prev.Holder, "previous_host": a.prev.Host, "previous_pid": a.prev.PID})
-		ack, err := r.js.Publish(ctx, subject, b)
+		ack, err := r.js.Publish(ctx, subject, r.fenceBody(a))
 		if err != nil {
-			return 0, false, fmt.Errorf("publish fence on %s: %w", subject, err)
+			return fences{}, fmt.Errorf("publish fence on %s: %w", subject, err)
 		}
 		if ack.Stream != r.cfg.Stream {
-			return 0, false, fmt.Errorf("publish fence on %s: stored by stream %s, not %s", subject, ack.Stream, r.cfg.Stream)
+			return fences{}, fmt.Errorf("publish fence on %s: stored by stream %s, not %s", subject, ack.Stream, r.cfg.Stream)
 		}
 		seq = ack.Sequence
 	} else if a.l.val.Fence != 0 {
 		seq = a.l.val.Fence
 	} else {
-		m, err := st.GetLastMsgForSubject(ctx, subject)
-		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-		case err != nil:
-			return 0, false, fmt.Errorf("read the last fence on %s: %w", subject, err)
-		default:
-			seq = m.Sequence
+		seqs, err := stream.LastFences(ctx, st, []string{subject})
+		if err != nil {
+			return fences{}, err
 		}
+		seq = seqs[0]
 	}
-	v := a.l.value()
-	v.Fence = seq
-	if err := a.l.write(ctx, v); err != nil {
-		return 0, false, fmt.Errorf("write fence %d into the lease: %w", seq, err)
-	}
-	return seq, true, nil
+	return fences{on: true, seq: seq}, nil
 }

@@ -3,6 +3,7 @@ package cdc
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -94,10 +95,21 @@ func TestLeaseValidity(t *testing.T) {
 // TestFencedReaderStandsBy: once another reader's fence is stored, the
 // reader's next event is refused by JetStream and never stored; the reader
 // counts itself fenced, stands by, and, the lease being free again, leads
-// once more expecting the new fence: the refused change is stored once.
+// once more expecting the new fence: the refused change is stored once. On
+// a stream with one replica, and on one with three, where the fence is the
+// slot's ring (stream.FenceRingSubjects).
 func TestFencedReaderStandsBy(t *testing.T) {
+	for _, replicas := range []int{1, 3} {
+		t.Run(fmt.Sprintf("R%d", replicas), func(t *testing.T) { testFencedReaderStandsBy(t, replicas) })
+	}
+}
+
+func testFencedReaderStandsBy(t *testing.T, replicas int) {
 	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`)
 	n := startNATS(t)
+	if replicas > 1 {
+		n = startNATSCluster(t, replicas)
+	}
 	cfg := db.config()
 	cfg.HeartbeatInterval = -1
 	r := startReader(t, cfg, n)
@@ -111,11 +123,23 @@ func TestFencedReaderStandsBy(t *testing.T) {
 	n.readAll(t, 1, 20*time.Second)
 
 	// Another reader's fence, as one that took the slot over writes it.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// Long enough for the waits below too: the context serves the reads
+	// of the lease at the end.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ack, err := n.JS.Publish(ctx, stream.FenceSubject(testPrefix, db.slot), []byte(`{"holder":"another"}`))
-	if err != nil {
-		t.Fatalf("publish a fence: %v", err)
+	var fence uint64
+	if replicas > 1 {
+		seqs, err := stream.StoreFences(ctx, n.JS, "TABLECAST", stream.FenceRingSubjects(testPrefix, db.slot), []byte(`{"holder":"another"}`))
+		if err != nil {
+			t.Fatalf("store a fence ring: %v", err)
+		}
+		fence = seqs[len(seqs)-1]
+	} else {
+		ack, err := n.JS.Publish(ctx, stream.FenceSubject(testPrefix, db.slot), []byte(`{"holder":"another"}`))
+		if err != nil {
+			t.Fatalf("publish a fence: %v", err)
+		}
+		fence = ack.Sequence
 	}
 	db.exec(t, `INSERT INTO items VALUES (2)`)
 	waitFor(t, 20*time.Second, "the reader to be fenced out", func() bool {
@@ -132,8 +156,8 @@ func TestFencedReaderStandsBy(t *testing.T) {
 	if len(evs) != 2 || evs[0].Data["id"].(float64) != 1 || evs[1].Data["id"].(float64) != 2 {
 		t.Fatalf("stream holds %d events, want rows 1 and 2 once each", len(evs))
 	}
-	if evs[1].Seq <= ack.Sequence {
-		t.Fatalf("row 2 stored at %d, before the fence at %d", evs[1].Seq, ack.Sequence)
+	if evs[1].Seq <= fence {
+		t.Fatalf("row 2 stored at %d, before the fence at %d", evs[1].Seq, fence)
 	}
 	kv, err := n.JS.KeyValue(ctx, LeaseBucket)
 	if err != nil {
@@ -147,8 +171,8 @@ func TestFencedReaderStandsBy(t *testing.T) {
 	if err := json.Unmarshal(e.Value(), &v); err != nil {
 		t.Fatal(err)
 	}
-	if v.Holder != r.token || v.Fence != ack.Sequence {
-		t.Fatalf("lease %+v: want this reader expecting fence %d", v, ack.Sequence)
+	if v.Holder != r.token || v.Fence != fence {
+		t.Fatalf("lease %+v: want this reader expecting fence %d", v, fence)
 	}
 	r.stop(t)
 	if _, err := kv.Get(ctx, db.slot); err == nil {

@@ -114,8 +114,11 @@ func (r *Reader) streamInfo(ctx context.Context) (*jetstream.StreamInfo, error) 
 // before 2.14 knows no batches).
 func (r *Reader) publisherOptions(cfg jetstream.StreamConfig, origin string) []stream.PublisherOption {
 	opts := []stream.PublisherOption{stream.WithStream(r.cfg.Stream), stream.WithHeader(stream.OriginHeader, origin)}
-	if r.fenceOn {
-		opts = append(opts, stream.WithFence(stream.FenceSubject(r.prefix, r.cfg.Slot), r.fenceSeq))
+	switch {
+	case r.fences.ring != nil:
+		opts = append(opts, stream.WithFenceRing(stream.FenceRingSubjects(r.prefix, r.cfg.Slot), r.fences.ring))
+	case r.fences.on:
+		opts = append(opts, stream.WithFence(stream.FenceSubject(r.prefix, r.cfg.Slot), r.fences.seq))
 	}
 	if cfg.AllowBatchPublish && slices.Contains(cfg.Subjects, stream.ControlSubject(r.prefix)) {
 		opts = append(opts, stream.WithBatches(stream.ControlSubject(r.prefix)))

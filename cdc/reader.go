@@ -51,8 +51,7 @@ type Reader struct {
 	// Failover (lease.go).
 	leases   jetstream.KeyValue // LeaseBucket, opened in Run
 	ownRev   uint64             // revision of the lease last written as leader; Run's goroutine only
-	fenceSeq uint64             // the fence the events of this leadership expect
-	fenceOn  bool               // whether they carry it (a stream with one replica)
+	fences   fences             // what the events of this leadership expect; Run's goroutine only
 	endStale bool               // the leadership took over: a walsender holding the slot is ended
 	// mustFence: a takeover's fence is not stored yet; Run's goroutine only.
 	mustFence bool
@@ -239,12 +238,12 @@ func (r *Reader) lead(ctx context.Context, a acquired, slotExists *bool) error {
 	// leadership of this reader to store one, however it gets the lease.
 	a.takeover = a.takeover || r.mustFence
 	r.mustFence = a.takeover
-	seq, on, err := r.fence(lctx, a)
+	f, err := r.fence(lctx, a)
 	if err != nil {
 		return ended(err)
 	}
 	r.mustFence = false
-	r.fenceSeq, r.fenceOn, r.endStale = seq, on, a.takeover
+	r.fences, r.endStale = f, a.takeover
 	r.setRole(true, a.l.value())
 	// Health is judged afresh: the time spent standing by is not time
 	// spent failing to stream.

@@ -130,6 +130,7 @@ func (p *Publisher) publishInBatch(subject, msgID string, data []byte) (uint64, 
 	p.burst++
 	p.unflushed.Store(true)
 
+	p.setFence(n)
 	p.msg.Subject = subject
 	if alone {
 		p.msg.Reply = p.aloneReply(num)

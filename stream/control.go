@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -42,9 +44,59 @@ func FenceSubject(prefix, slot string) string {
 	return ControlSubject(prefix) + ".fence." + slot
 }
 
-// FenceSubjects is the filter of every FenceSubject of prefix.
+// FenceSubjects is the filter of every FenceSubject and FenceRingSubject of
+// prefix.
 func FenceSubjects(prefix string) string {
+	return ControlSubject(prefix) + ".fence.>"
+}
+
+// fenceSubjectsV1 is the filter streams captured the fence subjects with
+// before fence rings: it takes FenceSubject alone, which is enough for a
+// stream with one replica.
+func fenceSubjectsV1(prefix string) string {
 	return ControlSubject(prefix) + ".fence.*"
+}
+
+// CapturesFences reports whether a stream whose subjects are subjects
+// stores the fences of prefix that a stream with replicas copies needs:
+// FenceSubject for one replica, and the FenceRingSubjects too for more.
+func CapturesFences(subjects []string, replicas int, prefix string) bool {
+	if slices.Contains(subjects, FenceSubjects(prefix)) {
+		return true
+	}
+	return replicas <= 1 && slices.Contains(subjects, fenceSubjectsV1(prefix))
+}
+
+// FenceRingSize is how many fence subjects a fence ring has
+// (FenceRingSubjects), and one more than the most messages a Publisher
+// fenced by a ring keeps awaiting acknowledgement (WithFenceRing).
+//
+// A replicated stream checks Nats-Expected-Last-Subject-Sequence before it
+// proposes a message to its replicas, against what it has applied; so that
+// two messages in the proposal pipeline cannot both pass the check on the
+// same state, it refuses (error 10164) a message expecting a subject's
+// sequence while another one expecting that subject, or one stored on it,
+// is proposed and not yet applied. Message n of a ringed Publisher expects
+// subject (n-1) mod FenceRingSize, so that the expectations in flight are
+// all on different subjects. 1024 keeps the window wide enough for a
+// three-node cluster to stay nearly as busy as with the reader's default
+// window (BenchmarkFenceRing: a window of 255 cost a third of the
+// throughput, 1023 about a tenth), while a takeover stores 1024 small
+// messages, about a tenth of a second.
+const FenceRingSize = 1024
+
+// FenceRingSubjects are the subjects of the fence ring of slot:
+// "_TABLECAST.<prefix>.stream.fence.<slot>.<i>", i from 0 to
+// FenceRingSize-1. A CDC reader that takes slot over on a stream with more
+// than one replica stores a fence on each (StoreFences), in this order, and
+// its events expect them in turn (WithFenceRing).
+func FenceRingSubjects(prefix, slot string) []string {
+	base := FenceSubject(prefix, slot) + "."
+	subjects := make([]string, FenceRingSize)
+	for i := range subjects {
+		subjects[i] = base + strconv.Itoa(i)
+	}
+	return subjects
 }
 
 // IsControlSubject reports whether subject is one of tablecast's control

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -117,8 +118,22 @@ func TestFenceSubjects(t *testing.T) {
 	if f != "_TABLECAST.tc.stream.fence.fence" || !IsControlSubject(f) || strings.HasPrefix(f, "tc.") {
 		t.Fatalf("fence subject %q", f)
 	}
-	if FenceSubjects("tc") != "_TABLECAST.tc.stream.fence.*" {
+	if FenceSubjects("tc") != "_TABLECAST.tc.stream.fence.>" {
 		t.Fatalf("fence filter %q", FenceSubjects("tc"))
+	}
+	ring := FenceRingSubjects("tc", "fence")
+	if len(ring) != FenceRingSize || ring[0] != "_TABLECAST.tc.stream.fence.fence.0" || ring[FenceRingSize-1] != "_TABLECAST.tc.stream.fence.fence."+strconv.Itoa(FenceRingSize-1) {
+		t.Fatalf("fence ring %q … %q (%d)", ring[0], ring[len(ring)-1], len(ring))
+	}
+	for _, s := range append(ring, f) {
+		if !subjectMatches(FenceSubjects("tc"), s) {
+			t.Fatalf("the fence filter does not capture %q", s)
+		}
+	}
+	// A stream made before fence rings takes the fence of one replica only.
+	old := []string{"tc.>", ControlSubject("tc"), "_TABLECAST.tc.stream.fence.*"}
+	if !CapturesFences(old, 1, "tc") || CapturesFences(old, 3, "tc") || !CapturesFences([]string{FenceSubjects("tc")}, 3, "tc") {
+		t.Fatal("CapturesFences")
 	}
 	// A slot named "fence" asks for snapshots on
 	// _TABLECAST.tc.fence.snapshot, which the stream must not capture.

@@ -22,7 +22,7 @@ func TestEnsureStreamCreateThenUpdate(t *testing.T) {
 		t.Fatalf("create: %v", err)
 	}
 	cfg := s.CachedInfo().Config
-	if cfg.Name != DefaultStreamName || !slices.Equal(cfg.Subjects, []string{"tablecast.>", "_TABLECAST.tablecast.stream", "_TABLECAST.tablecast.stream.fence.*"}) ||
+	if cfg.Name != DefaultStreamName || !slices.Equal(cfg.Subjects, []string{"tablecast.>", "_TABLECAST.tablecast.stream", "_TABLECAST.tablecast.stream.fence.>"}) ||
 		!cfg.AllowBatchPublish || cfg.Duplicates != DefaultDuplicateWindow || cfg.Storage != jetstream.FileStorage || cfg.Replicas != 1 {
 		t.Fatalf("created with %+v", cfg)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/bits"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -121,11 +122,54 @@ func WithHeader(name, value string) PublisherOption {
 // run, cannot store anything after the takeover (FenceSubject). Only for a
 // stream with one replica: a replicated stream refuses a message expecting a
 // subject's sequence while an earlier one expecting it is not yet applied
-// (error 10164), which pipelined publishing always meets. Default: no fence.
+// (error 10164), which pipelined publishing always meets; WithFenceRing is
+// the fence for it. Default: no fence.
 func WithFence(subject string, seq uint64) PublisherOption {
 	return func(p *Publisher) {
 		if subject != "" {
-			p.fenceSubject, p.fenceSeq = subject, strconv.FormatUint(seq, 10)
+			p.fenceSubjects, p.fenceSeqs = []string{subject}, []string{strconv.FormatUint(seq, 10)}
+		}
+	}
+}
+
+// WithFenceRing is WithFence for a replicated stream: message n expects
+// that the last message stored on subjects[i], i = (n-1) mod len(subjects),
+// is at stream sequence seqs[i] (0: that none is). A takeover stores a new
+// fence on every subject (StoreFences), so every later message of the
+// publisher it fences out is refused, and the Publisher fails with
+// ErrFenced.
+//
+// A replicated stream refuses a message that expects a subject's sequence
+// while another message expecting that subject is proposed to its replicas
+// and not yet applied (error 10164). So the Publisher keeps at most
+// len(subjects)-1 messages awaiting acknowledgement, whatever maxInFlight
+// says: the stream applies messages in order and acknowledges one only once
+// applied, so when message n goes out, message n-len(subjects)+1 is
+// acknowledged and message n-len(subjects), the last to expect the same
+// subject, applied.
+//
+// That holds for one Publisher. Another one on the same ring (the next one
+// after a failure) starts over at subjects[0], and should start once the
+// messages of the one before are acknowledged or long sent; a duplicate,
+// too, is acknowledged at once, without being applied, so a run of them
+// could let an earlier message still be in flight. Either way the stream
+// refuses a message (error 10164), and the Publisher fails with
+// ErrNegativeAck: nothing is stored out of order, the caller starts again.
+// A takeover's fences in flight on a subject also make a fenced-out
+// publisher's message refused with 10164 rather than for its fence: the
+// Publisher fails with ErrNegativeAck, and with ErrFenced only once the
+// next message is refused for its fence.
+//
+// With one replica, or one subject, this is WithFence. len(seqs) must
+// equal len(subjects), 1 or more. Default: no fence.
+func WithFenceRing(subjects []string, seqs []uint64) PublisherOption {
+	return func(p *Publisher) {
+		if len(subjects) == 0 {
+			return
+		}
+		p.fenceSubjects, p.fenceSeqs = slices.Clone(subjects), make([]string, len(seqs))
+		for i, seq := range seqs {
+			p.fenceSeqs[i] = strconv.FormatUint(seq, 10)
 		}
 	}
 }
@@ -175,16 +219,19 @@ func WithBatches(controlSubject string) PublisherOption {
 // duplicate window drops what had already been stored (beyond the window,
 // the caller must know it; see Watermark).
 type Publisher struct {
-	nc                     *nats.Conn
-	log                    *slog.Logger
-	ackTimeout             time.Duration
-	stream                 string      // see WithStream; learnt from the first ack if empty
-	extra                  [][2]string // see WithHeader
-	extraSize              int         // what the WithHeader and WithFence headers add to a message's headers
-	fenceSubject, fenceSeq string      // see WithFence
-	ackPrefix              []byte      // `{"stream":"<name>",`: how every ack from it starts
-	window                 uint64      // maxInFlight
-	start                  time.Time
+	nc                       *nats.Conn
+	log                      *slog.Logger
+	ackTimeout               time.Duration
+	stream                   string      // see WithStream; learnt from the first ack if empty
+	extra                    [][2]string // see WithHeader
+	extraSize                int         // what the WithHeader and WithFence headers add to a message's headers
+	fenceSubjects, fenceSeqs []string    // see WithFence, WithFenceRing
+	// The values of the fence headers in header and headerNoID: each
+	// message's fence of the ring is written into them before it is sent.
+	fenceSeqVal, fenceSubjectVal []string
+	ackPrefix                    []byte // `{"stream":"<name>",`: how every ack from it starts
+	window                       uint64 // maxInFlight
+	start                        time.Time
 
 	inbox  string // "<inbox>."; a reply subject is inbox + slot number
 	sub    *nats.Subscription
@@ -295,6 +342,13 @@ func NewPublisher(nc *nats.Conn, js jetstream.JetStream, maxInFlight int, log *s
 	for _, o := range opts {
 		o(p)
 	}
+	if len(p.fenceSubjects) != len(p.fenceSeqs) {
+		return nil, fmt.Errorf("new publisher: a fence ring of %d subjects and %d sequences", len(p.fenceSubjects), len(p.fenceSeqs))
+	}
+	if k := uint64(len(p.fenceSubjects)); k > 1 {
+		// See WithFenceRing.
+		p.window = min(p.window, k-1)
+	}
 	if p.stream != "" {
 		p.expectStream(p.stream)
 	}
@@ -314,15 +368,21 @@ func NewPublisher(nc *nats.Conn, js jetstream.JetStream, maxInFlight int, log *s
 		p.headerNoID[name] = []string{value}
 		p.extraSize += len(name) + len(": ") + len(value) + len("\r\n")
 	}
-	if p.fenceSubject != "" {
+	if len(p.fenceSubjects) > 0 {
 		if p.headerNoID == nil {
 			p.headerNoID = nats.Header{}
 		}
-		for _, h := range [][2]string{{fenceSeqHeader, p.fenceSeq}, {fenceSubjectHeader, p.fenceSubject}} {
-			p.header[h[0]] = []string{h[1]}
-			p.headerNoID[h[0]] = []string{h[1]}
-			p.extraSize += len(h[0]) + len(": ") + len(h[1]) + len("\r\n")
+		// Both header maps share the value slices, so that setting a
+		// message's fence sets it in either.
+		p.fenceSeqVal, p.fenceSubjectVal = []string{p.fenceSeqs[0]}, []string{p.fenceSubjects[0]}
+		p.header[fenceSeqHeader], p.headerNoID[fenceSeqHeader] = p.fenceSeqVal, p.fenceSeqVal
+		p.header[fenceSubjectHeader], p.headerNoID[fenceSubjectHeader] = p.fenceSubjectVal, p.fenceSubjectVal
+		// Fits counts the longest fence of the ring.
+		longest := 0
+		for i := range p.fenceSubjects {
+			longest = max(longest, len(p.fenceSubjects[i])+len(p.fenceSeqs[i]))
 		}
+		p.extraSize += len(fenceSeqHeader) + len(fenceSubjectHeader) + 2*len(": \r\n") + longest
 	}
 	p.reconnects = nc.Stats().Reconnects
 	if p.batching {
@@ -404,6 +464,7 @@ func (p *Publisher) Publish(ctx context.Context, subject string, msgID string, d
 	p.mu.Unlock()
 	p.sentA.Store(n)
 
+	p.setFence(n)
 	reply := p.replies[i]
 	if reply == "" {
 		reply = p.inbox + strconv.FormatUint(i, 10)
@@ -432,6 +493,15 @@ func (p *Publisher) Publish(ctx context.Context, subject string, msgID string, d
 		return 0, p.err
 	}
 	return n, nil
+}
+
+// setFence makes the fence headers those message n expects (WithFenceRing);
+// sendLock is held.
+func (p *Publisher) setFence(n uint64) {
+	if k := uint64(len(p.fenceSubjects)); k > 1 {
+		i := (n - 1) % k
+		p.fenceSeqVal[0], p.fenceSubjectVal[0] = p.fenceSeqs[i], p.fenceSubjects[i]
+	}
 }
 
 // Fits reports whether a message of n bytes with Nats-Msg-Id msgID fits in
@@ -653,7 +723,7 @@ func (p *Publisher) ackSeq(m *nats.Msg) (uint64, error) {
 // fenced Publisher's message refused for its fence, ErrNegativeAck
 // otherwise.
 func (p *Publisher) refusal(desc string, code int, errCode uint16) error {
-	if p.fenceSubject != "" && errCode == errCodeWrongLast {
+	if len(p.fenceSubjects) > 0 && errCode == errCodeWrongLast {
 		return fmt.Errorf("%w: %s (code %d, error code %d)", ErrFenced, desc, code, errCode)
 	}
 	return fmt.Errorf("%w: %s (code %d, error code %d)", ErrNegativeAck, desc, code, errCode)

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tablecast/tablecast/cdc"
+	"github.com/tablecast/tablecast/internal/natstest"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -115,6 +116,13 @@ func leaderOf(rs []*failoverReader, skip ...*failoverReader) *failoverReader {
 // own and the environment of the readers.
 func failoverSetup(t *testing.T, name, lease string) (*natsServer, []string, string) {
 	t.Helper()
+	return failoverSetupOn(t, name, lease, 1)
+}
+
+// failoverSetupOn is failoverSetup with the stream and the buckets on
+// replicas copies: more than one, on a three-node cluster of their own.
+func failoverSetupOn(t *testing.T, name, lease string, replicas int) (*natsServer, []string, string) {
+	t.Helper()
 	c := pgtestRequire(t)
 	_, url := c.CreateDatabase(t)
 	conn := connect(t, url)
@@ -123,9 +131,15 @@ func failoverSetup(t *testing.T, name, lease string) (*natsServer, []string, str
 	}
 	slot := fmt.Sprintf("tc_%s_%d", name, os.Getpid())
 	dropSlotAtCleanup(t, url, slot)
-	n := startNATS(t)
+	var n *natsServer
+	if replicas > 1 {
+		n = &natsServer{natstest.StartCluster(t, 3).Server}
+	} else {
+		n = startNATS(t)
+	}
 	env := []string{"TABLECAST_DATABASE_URL=" + url, "TABLECAST_NATS_URL=" + n.URL(), "TABLECAST_SLOT=" + slot,
-		"TABLECAST_PUBLICATION=tc_" + name, "TABLECAST_LEADER_LEASE=" + lease, "TABLECAST_LOG_LEVEL=info"}
+		"TABLECAST_PUBLICATION=tc_" + name, "TABLECAST_LEADER_LEASE=" + lease, "TABLECAST_LOG_LEVEL=info",
+		fmt.Sprintf("TABLECAST_STREAM_REPLICAS=%d", replicas)}
 	return n, env, url
 }
 
@@ -255,9 +269,17 @@ func TestReaderFailover(t *testing.T) {
 // the paused leader's walsender. The old leader is resumed (SIGCONT) while
 // the writes go on: it stops streaming (its lease is lost, or JetStream
 // refuses its events for the new fence) and stands by, and the stream
-// still holds every change once, in commit order.
+// still holds every change once, in commit order. On a stream with one
+// replica and on one with three (a three-node cluster), where the
+// takeover stores a fence on every subject of the slot's fence ring.
 func TestReaderFailoverPausedLeader(t *testing.T) {
-	n, env, url := failoverSetup(t, "paused", "2s")
+	for _, replicas := range []int{1, 3} {
+		t.Run(fmt.Sprintf("R%d", replicas), func(t *testing.T) { testReaderFailoverPausedLeader(t, replicas) })
+	}
+}
+
+func testReaderFailoverPausedLeader(t *testing.T, replicas int) {
+	n, env, url := failoverSetupOn(t, fmt.Sprintf("paused%d", replicas), "2s", replicas)
 	rs := startFailoverReaders(t, 2, env)
 	load := startOrderedLoad(t, connect(t, url), 2*time.Millisecond)
 
@@ -295,6 +317,13 @@ func TestReaderFailoverPausedLeader(t *testing.T) {
 	}
 	committed := load.stop(t)
 	want := checkExactlyOnce(t, n, committed, 2*time.Minute)
+	wantFences := uint64(1)
+	if replicas > 1 {
+		wantFences = stream.FenceRingSize
+	}
+	if f := fences(t, n); f < wantFences {
+		t.Errorf("%d fences in the stream after a takeover, want %d or more", f, wantFences)
+	}
 	t.Logf("%d events, each once, in commit order; the resumed leader stood by (fenced: %t)", want, fenced)
 }
 
