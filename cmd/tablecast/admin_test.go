@@ -22,6 +22,7 @@ const adminSecret = "the admin command tests' HS256 secret, 32 bytes+"
 // identity with the ALTER TABLE that fixes it, a stale revision refused,
 // and credentials without the admin grant refused.
 func TestAdminCommands(t *testing.T) {
+	t.Parallel() // see "Parallel tests" in main_test.go
 	c := pgtestRequire(t)
 	_, url := c.CreateDatabase(t)
 	conn := connect(t, url)

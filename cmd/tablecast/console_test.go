@@ -124,6 +124,7 @@ func apiStatus(t *testing.T, addr, key string) wsgate.Status {
 // /api/status gives; and show a key nothing of what it may not read. With
 // TABLECAST_SCREENSHOTS=dir it writes dir/console.png, the README's picture.
 func TestConsole(t *testing.T) {
+	t.Parallel() // see "Parallel tests" in main_test.go
 	chromium := chromiumForTests(t)
 	c := pgtestRequire(t)
 	dbName, url := c.CreateDatabase(t)

@@ -181,6 +181,7 @@ func assertIDsIncrease(t *testing.T, n *natsServer) int {
 // time. Every committed change must be in the stream exactly once, in
 // commit order.
 func TestExactlyOnceBeyondDuplicateWindow(t *testing.T) {
+	t.Parallel() // see "Parallel tests" in main_test.go
 	const window = time.Second
 	c := pgtestRequire(t)
 	_, url := c.CreateDatabase(t)

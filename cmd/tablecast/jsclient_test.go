@@ -37,6 +37,7 @@ import (
 // stream past a sequence with its retention. Node failing fails this test;
 // without node it is skipped, except under CI=true, where it fails.
 func TestJSClient(t *testing.T) {
+	t.Parallel() // see "Parallel tests" in main_test.go
 	node := nodeForTests(t)
 	c := pgtestRequire(t)
 	dbName, url := c.CreateDatabase(t)

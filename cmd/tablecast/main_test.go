@@ -331,3 +331,12 @@ func lastLine(s string) string {
 }
 
 func pgtestRequire(t testing.TB) *pgtest.Cluster { return pgtest.Require(t) }
+
+// Parallel tests: a few of the package's longest tests (TestJSClient,
+// TestAdminCommands, TestExactlyOnceBeyondDuplicateWindow, TestConsole)
+// share nothing with the others but the PostgreSQL cluster, each with a
+// database, a NATS server and ports of its own, and spend most of their
+// time waiting on processes. They run in parallel, two at a time, after
+// the package's other tests, when the other packages of make test are
+// mostly done; timing-sensitive tests (failover, leases, latency) stay
+// sequential.
