@@ -54,40 +54,40 @@ import (
 // "commit_time", as an event's envelope or a marker carries them.
 type txMeta struct{ xid, lsn, at []byte }
 
+// metaOf reads a transaction's xid, LSN and commit time with get (a
+// parsed event's or envelope's members).
+func metaOf(get func(name string) ([]byte, bool)) (m txMeta, ok bool) {
+	var okX, okL, okT bool
+	m.xid, okX = get("xid")
+	m.lsn, okL = get("lsn")
+	m.at, okT = get("commit_time")
+	return m, okX && okL && okT
+}
+
 // eventMeta reads ev's transaction; ok is false for an event outside any
 // (xid 0) or one that does not say.
-func eventMeta(ev *query.Event) (m txMeta, ok bool) {
-	var okX, okL, okT bool
-	m.xid, okX = ev.Member("xid")
-	m.lsn, okL = ev.Member("lsn")
-	m.at, okT = ev.Member("commit_time")
-	return m, okX && okL && okT && string(m.xid) != "0"
+func eventMeta(ev *query.Event) (txMeta, bool) {
+	m, ok := metaOf(ev.Member)
+	return m, ok && string(m.xid) != "0"
 }
 
 // envMeta reads the transaction of an event's envelope, using row as
 // scratch; ok as for eventMeta.
-func envMeta(row *query.Row, data []byte) (m txMeta, ok bool) {
+func envMeta(row *query.Row, data []byte) (txMeta, bool) {
 	if row.Reset(data) != nil {
-		return m, false
+		return txMeta{}, false
 	}
-	var okX, okL, okT bool
-	m.xid, okX = row.Get("xid")
-	m.lsn, okL = row.Get("lsn")
-	m.at, okT = row.Get("commit_time")
-	return m, okX && okL && okT && string(m.xid) != "0"
+	m, ok := metaOf(row.Get)
+	return m, ok && string(m.xid) != "0"
 }
 
 // markerMeta reads a marker's transaction from its body, using row as
 // scratch.
-func markerMeta(row *query.Row, data []byte) (m txMeta, ok bool) {
+func markerMeta(row *query.Row, data []byte) (txMeta, bool) {
 	if row.Reset(data) != nil {
-		return m, false
+		return txMeta{}, false
 	}
-	var okX, okL, okT bool
-	m.xid, okX = row.Get("xid")
-	m.lsn, okL = row.Get("lsn")
-	m.at, okT = row.Get("commit_time")
-	return m, okX && okL && okT
+	return metaOf(row.Get)
 }
 
 // keptBatchBytes is the largest buffer a subscription's batch keeps

@@ -12,20 +12,34 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/tablecast/tablecast/stream"
 )
 
+// handedOut are the addresses freeAddr returned in this test binary.
+var handedOut sync.Map
+
+// freeAddr returns a loopback address no one listens on now, for a process
+// to listen on. The port is free only until someone binds it, and the
+// kernel may offer it again meanwhile: so freeAddr never returns an address
+// twice in one test binary, or two tests running in parallel could be given
+// the same one, and one's process would answer the other's requests.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if _, taken := handedOut.LoadOrStore(addr, true); !taken {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func httpGet(url string) (int, string, error) {
