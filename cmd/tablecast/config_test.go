@@ -56,6 +56,8 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 				`TABLECAST_OLD_ROWS_TABLES: "*": its rows are not kept`}},
 		{map[string]string{"TABLECAST_ROW_STATE": "true", "TABLECAST_OLD_ROWS_TABLES": "a.b.c"}, []string{"TABLECAST_OLD_ROWS_TABLES"}},
 		{map[string]string{"TABLECAST_OLD_ROWS_CACHE_BYTES": "0"}, []string{"TABLECAST_OLD_ROWS_CACHE_BYTES 0: must be positive"}},
+		{map[string]string{"TABLECAST_TX_MARKERS": "sometimes"}, []string{"TABLECAST_TX_MARKERS"}},
+		{map[string]string{"TABLECAST_WS_BATCH_EVENTS": "0", "TABLECAST_WS_BATCH_BYTES": "-1"}, []string{"TABLECAST_WS_BATCH_EVENTS 0: must be positive", "TABLECAST_WS_BATCH_BYTES -1: must be positive"}},
 	}
 	for _, tt := range tests {
 		var name []string
