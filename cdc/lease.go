@@ -189,15 +189,15 @@ func (l *lease) hold(ctx context.Context, lost func(reason string)) {
 
 // release deletes the lease if the reader still holds it, so that a
 // standby (or the reader's next start) takes it at once, and reports
-// whether it did.
+// whether it did. The revision decides: any other reader's write of the
+// lease (a takeover) changed it, and the delete is refused then, however
+// late the last renewal was. On a replicated bucket under load the delete
+// can take seconds.
 func (l *lease) release() bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !time.Now().Before(l.deadline()) {
-		return false
-	}
 	return l.kv.Delete(ctx, l.key, jetstream.LastRevision(l.rev)) == nil
 }
 
