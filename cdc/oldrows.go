@@ -179,20 +179,31 @@ func (r *Reader) newOldRows(ctx context.Context) (*oldRows, error) {
 	return o, nil
 }
 
-// opted reports whether rel's events are completed: opted in, and keyed.
+// opted reports whether rel's events are completed (completes), deciding
+// once per Relation message.
 func (o *oldRows) opted(rel *relation) bool {
 	if rel.oldRows == 0 {
 		rel.oldRows = -1
-		if o.tables.Match(rel.table.Schema, rel.table.Name) {
-			for i := range rel.table.Columns {
-				if rel.table.Columns[i].Key {
-					rel.oldRows = 1
-					break
-				}
-			}
+		if completes(o.tables, rel.table) {
+			rel.oldRows = 1
 		}
 	}
 	return rel.oldRows > 0
+}
+
+// completes is the one rule for which tables' events carry complete old
+// rows: opted in by pattern, and keyed (a row without a key cannot be
+// found again).
+func completes(tables rowstate.Patterns, t *schema.Table) bool {
+	if !tables.Match(t.Schema, t.Name) {
+		return false
+	}
+	for i := range t.Columns {
+		if t.Columns[i].Key {
+			return true
+		}
+	}
+	return false
 }
 
 func (o *oldRows) table(r *Reader, tbl *schema.Table) *tableRows {
@@ -597,14 +608,8 @@ func (r *Reader) completesOldRows(t *schema.Table) bool {
 	if len(r.cfg.OldRows) == 0 || r.cfg.RowState == nil {
 		return false
 	}
+	// The patterns were checked with the configuration; a bad one opts
+	// nothing in, as newOldRows treats it.
 	tables, err := rowstate.ParsePatterns(r.cfg.OldRows)
-	if err != nil || !tables.Match(t.Schema, t.Name) {
-		return false
-	}
-	for i := range t.Columns {
-		if t.Columns[i].Key {
-			return true
-		}
-	}
-	return false
+	return err == nil && completes(tables, t)
 }
