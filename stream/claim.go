@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -125,4 +126,10 @@ func (r *Resolver) Resolve(ctx context.Context, msg []byte) ([]byte, error) {
 // its digest as it is read.
 func (r *Resolver) Fetch(ctx context.Context, c Claim) ([]byte, error) {
 	return r.objects.Fetch(ctx, c)
+}
+
+// FetchStalled is Fetch that gives up when stall passes with nothing read
+// (0: never), however long the whole read takes.
+func (r *Resolver) FetchStalled(ctx context.Context, c Claim, stall time.Duration) ([]byte, error) {
+	return r.objects.FetchStalled(ctx, c, stall)
 }

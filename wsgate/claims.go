@@ -2,7 +2,6 @@ package wsgate
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,12 +19,14 @@ import (
 // NATS failed to deliver it in time) the event goes out as received, with
 // its claim, rather than not at all.
 
-// resolveTimeout bounds the reading of one claimed object. A feed delivers
-// its events in order, so its subscribers wait for the object; reading 64
-// MiB from a local JetStream takes a fraction of a second, and a few seconds
-// covers a loaded cluster without holding a feed up for long when NATS does
-// not answer.
-const resolveTimeout = 5 * time.Second
+// resolveStall bounds how long the reading of one claimed object may go
+// without progress. A feed delivers its events in order, so its
+// subscribers wait for the object: a NATS that stops answering holds a
+// feed up no longer than this and the object store reader's 5 s wait
+// for a chunk. It bounds no whole read: 64 MiB from a
+// local JetStream takes a fraction of a second, but many seconds on a
+// loaded server, and an object on its way is not given up for a stub.
+const resolveStall = 5 * time.Second
 
 // claimMarker is text every claim envelope holds: a cheap test that spares
 // ordinary events any further look.
@@ -55,9 +56,7 @@ func (g *Gateway) resolve(subject string, seq uint64, data []byte, env *query.Ro
 		g.log.Warn("gateway delivers an event with a malformed claim as received", "subject", subject, "seq", seq, "err", err)
 		return data
 	}
-	ctx, cancel := context.WithTimeout(g.ctx, resolveTimeout)
-	defer cancel()
-	full, err := g.claims.Fetch(ctx, c)
+	full, err := g.claims.FetchStalled(g.ctx, c, resolveStall)
 	switch {
 	case err == nil:
 		g.met.claims.WithLabelValues("resolved").Inc()

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -52,6 +53,37 @@ func NewObjects(js jetstream.JetStream) *Objects {
 // JetStream checks as they are read. An object or bucket that is not there
 // is an error wrapping ErrGone.
 func (o *Objects) Fetch(ctx context.Context, c Claim) ([]byte, error) {
+	return o.FetchStalled(ctx, c, 0)
+}
+
+// readPiece is how much of an object FetchStalled reads between looks at
+// its progress: one of the object store's chunks (128 KiB), so that a
+// slow link makes progress at least that often.
+const readPiece = 128 << 10
+
+// FetchStalled is Fetch that gives up when stall passes with no byte of
+// the object read (0: never), however long the whole read takes. A large
+// object on a loaded server can take seconds and still be on its way; a
+// server that stopped answering is found out after stall, whatever the
+// size.
+func (o *Objects) FetchStalled(ctx context.Context, c Claim, stall time.Duration) ([]byte, error) {
+	progress := func() {}
+	if stall > 0 {
+		// The object store's reader waits for the next chunk until the
+		// context's deadline (5 s without one) before it looks at the
+		// context: under a parent's deadline a stalled read would wait for
+		// that. So the read gets a context without deadline, cancelled
+		// when the parent ends or progress stops.
+		parent := ctx
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(context.WithoutCancel(parent))
+		defer cancel(nil)
+		defer context.AfterFunc(parent, func() { cancel(context.Cause(parent)) })()
+		stalled := fmt.Errorf("no progress in %s", stall)
+		t := time.AfterFunc(stall, func() { cancel(stalled) })
+		defer t.Stop()
+		progress = func() { t.Reset(stall) }
+	}
 	fail := func(err error) ([]byte, error) {
 		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
 	}
@@ -73,9 +105,18 @@ func (o *Objects) Fetch(ctx context.Context, c Claim) ([]byte, error) {
 	if int64(info.Size) != c.Size {
 		return fail(fmt.Errorf("it holds %d bytes, the claim says %d", info.Size, c.Size))
 	}
+	progress()
 	buf := make([]byte, c.Size)
-	if _, err := io.ReadFull(res, buf); err != nil {
-		return fail(err)
+	for off := 0; off < len(buf); {
+		n, err := io.ReadFull(res, buf[off:min(len(buf), off+readPiece)])
+		off += n
+		if err != nil {
+			if cause := context.Cause(ctx); cause != nil {
+				err = fmt.Errorf("%w (after %d of %d bytes)", cause, off, len(buf))
+			}
+			return fail(err)
+		}
+		progress()
 	}
 	// The digest is checked when the end is read: read up to it.
 	var one [1]byte

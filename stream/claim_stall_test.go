@@ -1,0 +1,173 @@
+package stream_test
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/natstest"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// TestFetchStalledGivesUpOnlyWithoutProgress: reading a claimed object
+// gives up when nothing arrives for the stall bound, not when the whole
+// read takes longer than it. A 2 MiB object through a link throttled to
+// 1 MiB/s takes about 2 s and is read whole with a bound of 0.7 s (a
+// deadline on the whole read would turn it into a stub); the same read
+// through a link that freezes part way fails soon after the bound, naming
+// the missing progress.
+func TestFetchStalledGivesUpOnlyWithoutProgress(t *testing.T) {
+	n := natstest.Start(t)
+	ctx := ctxFor(t)
+	store, err := stream.OpenPayloadStore(ctx, n.JS, stream.PayloadStoreConfig{MaxAge: time.Hour, MaxPayload: n.NC.MaxPayload()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	event := []byte(`{"id":"0000000000000001-0001","data":{"notes":"` + strings.Repeat("n", 2<<20) + `"}}`)
+	name := stream.PayloadObjectName("shop", "0000000000000001-0001")
+	if err := store.Put(ctx, name, event); err != nil {
+		t.Fatal(err)
+	}
+	claim := stream.Claim{Bucket: store.Bucket(), Object: name, Size: int64(len(event))}
+	const stall = 700 * time.Millisecond
+
+	t.Run("slow", func(t *testing.T) {
+		p := newThrottle(t, strings.TrimPrefix(n.URL(), "nats://"), 1<<20)
+		js := connectThrough(t, p.addr())
+		start := time.Now()
+		got, err := stream.NewResolver(js).FetchStalled(ctx, claim, stall)
+		took := time.Since(start)
+		if err != nil || !bytes.Equal(got, event) {
+			t.Fatalf("FetchStalled through a slow link: %d bytes, %v after %s; want the %d stored", len(got), err, took, len(event))
+		}
+		if took < 2*stall {
+			t.Fatalf("the read took %s, not longer than the stall bound: the test proves nothing", took)
+		}
+	})
+	t.Run("frozen", func(t *testing.T) {
+		p := newThrottle(t, strings.TrimPrefix(n.URL(), "nats://"), 1<<20)
+		js := connectThrough(t, p.addr())
+		go func() {
+			for p.sent.Load() < 1<<20 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			p.freeze()
+		}()
+		start := time.Now()
+		got, err := stream.NewResolver(js).FetchStalled(ctx, claim, stall)
+		took := time.Since(start)
+		if err == nil || !strings.Contains(err.Error(), "no progress") || errors.Is(err, stream.ErrClaimGone) {
+			t.Fatalf("FetchStalled through a frozen link: %d bytes, %v; want the missing progress named", len(got), err)
+		}
+		if took > 15*time.Second { // the stall bound, and the 5 s the object store's reader waits before it looks at its context
+			t.Fatalf("gave up after %s", took)
+		}
+		t.Logf("gave up after %s: %v", took, err)
+	})
+}
+
+func connectThrough(t *testing.T, addr string) jetstream.JetStream {
+	nc, err := nats.Connect("nats://"+addr, nats.MaxReconnects(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// throttle forwards TCP connections to a NATS server, passing what the
+// server sends at most rate bytes a second, and nothing once frozen.
+type throttle struct {
+	ln     net.Listener
+	rate   int
+	sent   atomic.Int64
+	mu     sync.Mutex
+	frozen bool
+}
+
+func newThrottle(t *testing.T, target string, rate int) *throttle {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &throttle{ln: ln, rate: rate}
+	var conns []net.Conn
+	var connsMu sync.Mutex
+	t.Cleanup(func() {
+		_ = ln.Close()
+		connsMu.Lock()
+		defer connsMu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			connsMu.Lock()
+			conns = append(conns, c, s)
+			connsMu.Unlock()
+			go func() { _, _ = io.Copy(s, c) }()
+			go p.forward(c, s)
+		}
+	}()
+	return p
+}
+
+func (p *throttle) addr() string { return p.ln.Addr().String() }
+
+func (p *throttle) freeze() {
+	p.mu.Lock()
+	p.frozen = true
+	p.mu.Unlock()
+}
+
+// forward copies src to dst in pieces of a fiftieth of the rate, one
+// every 20 ms.
+func (p *throttle) forward(dst, src net.Conn) {
+	buf := make([]byte, p.rate/50)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			for {
+				p.mu.Lock()
+				frozen := p.frozen
+				p.mu.Unlock()
+				if !frozen {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+			p.sent.Add(int64(n))
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			_ = dst.Close()
+			return
+		}
+	}
+}
