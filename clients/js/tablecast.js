@@ -1045,9 +1045,10 @@ export class TablecastClient {
     if (st.lastSeq !== null && f.seq <= st.lastSeq) return;
     // Nothing twice, whatever the gateway resends: an event at or below
     // lastSeq (a resume from inside a transaction gets the events after
-    // that seq only, so this takes none out today).
+    // that seq only, so this takes none out today). The events are in
+    // commit order: when the first is past lastSeq, all are.
     const after = st.lastSeq;
-    const events = after === null ? f.events : f.events.filter((e) => !(typeof e?.seq === "number" && e.seq <= after));
+    const events = after === null || !(f.events[0]?.seq <= after) ? f.events : f.events.filter((e) => !(typeof e?.seq === "number" && e.seq <= after));
     st.lastSeq = f.seq;
     if (events.length === 0) return;
     const tx = {
