@@ -281,6 +281,12 @@ export interface ViewSpec {
   table: string;
   where?: Where;
   select?: string[];
+  /**
+   * "transaction": the changes come a transaction frame at a time, applied
+   * together, and onTransaction follows each frame (needs the gateway's
+   * TABLECAST_TX_MARKERS, else batch_unavailable).
+   */
+  batch?: "transaction";
 }
 
 /** One change of a view. */
@@ -297,11 +303,25 @@ export interface ViewChange<R extends object = Row> {
   view?: "enter" | "leave";
 }
 
+/** The changes of one transaction frame of a batched view, applied to its rows together. */
+export interface ViewTransaction<R extends object = Row> {
+  /** The transaction's marker's sequence; for a part followed by more, its last event's. */
+  seq: number;
+  xid: number;
+  lsn: string;
+  commit_time: string;
+  /** True for every part of a cut transaction but the last. */
+  more: boolean;
+  changes: ViewChange<R>[];
+}
+
 export interface ViewHandlers<R extends object = Row> {
   /** The rows are there, as of seq (again after each reconnect). */
   onSynced?(seq: number): void;
-  /** A change after the rows were there. */
+  /** A change after the rows were there (of a batched view: once its whole frame is applied). */
   onChange?(change: ViewChange<R>): void;
+  /** A batched view's transaction frame, once its changes are applied and told. */
+  onTransaction?(tx: ViewTransaction<R>): void;
   /** An error of the view; one that ends it also resolves `closed`. */
   onError?(err: TablecastError): void;
 }

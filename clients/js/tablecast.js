@@ -68,7 +68,7 @@ const MAX_REFRESH_DELAY = 30_000;
 const MAX_TIMER = 86_400_000;
 
 const SPEC_KEYS = new Set(["table", "topic", "where", "select", "events", "from", "batch"]);
-const VIEW_KEYS = new Set(["table", "where", "select"]);
+const VIEW_KEYS = new Set(["table", "where", "select", "batch"]);
 const noop = () => {};
 
 /**
@@ -457,14 +457,20 @@ export class TablecastClient {
    * moved into or out of the filter or the row policy), onError(err).
    * After a reconnect the view is read again from the gateway (from NATS,
    * not PostgreSQL), and what differs from the rows held is reported as
-   * changes: the view stays exact.
+   * changes: the view stays exact. With batch "transaction", the changes
+   * come a transaction at a time: those of one transaction frame are
+   * applied together, then onTransaction({seq, xid, lsn, commit_time,
+   * more, changes}) is called.
    */
   view(spec, handlers = {}) {
     if (this.#stopped) throw new TablecastError("closed", "the client is closed");
     if (spec === null || typeof spec !== "object") throw new TypeError("view needs {table}");
     for (const k of Object.keys(spec)) if (!VIEW_KEYS.has(k)) throw new TypeError("view: unknown field " + JSON.stringify(k) + " (known: " + [...VIEW_KEYS].join(", ") + ")");
     if (typeof spec.table !== "string" || spec.table === "") throw new TypeError("view: table must be a name such as public.orders");
+    if (spec.batch !== undefined && spec.batch !== "transaction") throw new TypeError('view: batch must be "transaction", not ' + JSON.stringify(spec.batch));
     if (handlers === null || typeof handlers !== "object") throw new TypeError("view: handlers must be an object");
+    if (handlers.onTransaction != null && typeof handlers.onTransaction !== "function") throw new TypeError("view: onTransaction must be a function");
+    if (spec.batch === undefined && handlers.onTransaction != null) throw new TypeError('view: onTransaction needs batch "transaction"');
     const id = "s" + ++this.#nextId;
     const st = this.#newSub(id, { ...spec, snapshot: true }, handlers);
     st.view = { rows: new Map(), building: null, synced: null, everSynced: false };
@@ -510,6 +516,33 @@ export class TablecastClient {
     if (st.ended || v.building || v.synced === null || typeof f.seq !== "number") return;
     if (f.seq < st.lastSeq) return;
     st.lastSeq = f.seq;
+    call(st.h.onChange, this.#viewApply(v, f));
+  }
+
+  // #viewTransaction applies a batched view's transaction frame: every
+  // change of it, then tells each and onTransaction. Its events are objects
+  // of the view's event frames ({seq, view, event}); a key change's leave
+  // and enter share a seq, hence an event "below", not "at or below",
+  // lastSeq was applied.
+  #viewTransaction(st, f) {
+    const v = st.view;
+    if (st.ended || v.building || v.synced === null || typeof f.seq !== "number" || !Array.isArray(f.events)) return;
+    // Two frames never share a seq: one at lastSeq was applied.
+    if (f.seq <= st.lastSeq) return;
+    const changes = [];
+    for (const e of f.events) {
+      if (typeof e?.seq !== "number" || e.seq < st.lastSeq) continue;
+      changes.push(this.#viewApply(v, e));
+    }
+    st.lastSeq = f.seq;
+    if (changes.length === 0) return;
+    for (const c of changes) call(st.h.onChange, c);
+    call(st.h.onTransaction, { seq: f.seq, xid: f.xid, lsn: f.lsn, commit_time: f.commit_time, more: f.more === true, changes });
+  }
+
+  // #viewApply applies one event of a view (an event frame, or an object of
+  // a transaction frame) to its rows, and returns the change.
+  #viewApply(v, f) {
     const ev = f.event ?? {};
     const k = JSON.stringify(ev.key);
     const change = { op: "upsert", key: ev.key, data: ev.data, seq: f.seq };
@@ -525,7 +558,7 @@ export class TablecastClient {
     } else {
       v.rows.set(k, ev.data);
     }
-    call(st.h.onChange, change);
+    return change;
   }
 
   /** The tables and topics the client may subscribe to. */
@@ -864,7 +897,8 @@ export class TablecastClient {
         if (st) this.#deliver(st, f);
         return;
       case "transaction":
-        if (st?.batched) this.#deliverTransaction(st, f);
+        if (st?.view && st.batched) this.#viewTransaction(st, f);
+        else if (st?.batched) this.#deliverTransaction(st, f);
         return;
       case "rows":
         if (st?.view) this.#viewRows(st, f);

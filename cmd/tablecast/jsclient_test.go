@@ -55,6 +55,8 @@ func TestJSClient(t *testing.T) {
 		CREATE TABLE vrows (id int PRIMARY KEY, n int NOT NULL);
 		CREATE TABLE batched (n int PRIMARY KEY, pad text);
 		CREATE TABLE batchw (n int PRIMARY KEY);
+		CREATE TABLE bview (id int PRIMARY KEY, n int NOT NULL);
+		INSERT INTO bview SELECT g, g FROM generate_series(1, 20) g;
 		INSERT INTO vrows SELECT g, g FROM generate_series(1, 50) g`); err != nil {
 		t.Fatal(err)
 	}

@@ -197,6 +197,41 @@ test("a multi-row transaction arrives as one onTransaction with all its events; 
   assert.deepEqual(rec.errors, []);
 });
 
+test("a batched view applies each transaction's changes together, enters and leaves among them, and a large one part by part", E2E, async (t) => {
+  const { tc, rec } = client(t);
+  const changes = [], txs = [];
+  const v = tc.view({ table: "public.bview", where: { n: { gte: 10 } }, batch: "transaction" }, {
+    onChange: (c) => changes.push([c.op, c.view ?? "", c.key.id]),
+    onTransaction: (tx) => txs.push({ ...tx, ids: [...v.rows.keys()].map((k) => JSON.parse(k).id).sort((a, b) => a - b) }),
+  });
+  await waitFor(() => v.ready, 60_000, "the view's rows");
+  assert.deepEqual([...v.rows.keys()].map((k) => JSON.parse(k).id).sort((a, b) => a - b), upTo(11).map((i) => i + 9));
+  await control(env, "/sql", `BEGIN;
+    UPDATE bview SET n = 0 WHERE id = 15;
+    UPDATE bview SET n = 50 WHERE id = 3;
+    INSERT INTO bview VALUES (100, 100);
+    DELETE FROM bview WHERE id = 2;
+    UPDATE bview SET n = 12 WHERE id = 12;
+    COMMIT`);
+  await waitFor(() => txs.length === 1, 30_000, "the transaction");
+  assert.deepEqual(changes, [["delete", "leave", 15], ["upsert", "enter", 3], ["upsert", "", 100], ["upsert", "", 12]], "in commit order; no delete of a row the view never held");
+  assert.equal(txs[0].changes.length, 4);
+  assert.equal(txs[0].more, false);
+  assert.deepEqual(txs[0].ids, [3, 10, 11, 12, 13, 14, 16, 17, 18, 19, 20, 100], "the rows with the whole transaction applied");
+  assert.equal(v.seq, txs[0].seq);
+
+  // 60 rows in one transaction: three parts of at most 25, applied one after the other.
+  await control(env, "/sql", "INSERT INTO bview SELECT g, g FROM generate_series(201, 260) g");
+  await waitFor(() => txs.length > 1 && !txs.at(-1).more, 30_000, "the large transaction's last part");
+  const parts = txs.slice(1);
+  assert.deepEqual(parts.map((p) => p.changes.length), [25, 25, 10]);
+  assert.deepEqual(parts.map((p) => p.more), [true, true, false]);
+  assert.ok(parts.every((p) => p.xid === parts[0].xid));
+  assert.deepEqual(parts.flatMap((p) => p.changes.map((c) => c.key.id)), upTo(60).map((i) => 200 + i));
+  assert.equal(v.rows.size, 12 + 60);
+  assert.deepEqual(rec.errors, []);
+});
+
 test("batch_unavailable from a gateway without transaction markers ends that subscription; the others go on", E2E, async (t) => {
   const { tc, rec } = client(t, { url: env.ws });
   const errs = [];

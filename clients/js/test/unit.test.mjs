@@ -574,6 +574,48 @@ test("a view holds the rows, applies changes, enters and leaves, and after a rec
   tc.close();
 });
 
+test("a batched view applies a transaction frame's changes together, then onTransaction; a reconnect reads the rows again", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const changes = [], txs = [];
+  let sizeAtChange = null;
+  const v = tc.view({ table: "public.t", batch: "transaction" }, {
+    onChange: (c) => { changes.push([c.op, c.view, c.key?.id]); sizeAtChange ??= v.rows.size; },
+    onTransaction: (t) => txs.push(t),
+  });
+  const ws = await connected(1);
+  assert.deepEqual(ws.of("subscribe"), [{ type: "subscribe", id: v.id, table: "public.t", batch: "transaction", snapshot: true }]);
+  ws.frame({ type: "subscribed", id: v.id, seq: 5 });
+  ws.frame({ type: "rows", id: v.id, rows: [{ key: { id: 1 }, data: { id: 1 } }, { key: { id: 2 }, data: { id: 2 } }] });
+  ws.frame({ type: "synced", id: v.id, seq: 9 });
+  const f = tx(v.id, 14, []);
+  f.events = [
+    { seq: 10, view: "enter", event: { op: "update", key: { id: 4 }, data: { id: 4 } } },
+    { seq: 11, view: "leave", event: { op: "update", key: { id: 1 } } },
+    { seq: 12, event: { op: "create", key: { id: 5 }, data: { id: 5 } } },
+    { seq: 13, event: { op: "delete", key: { id: 2 } } },
+  ];
+  ws.frame(f);
+  assert.deepEqual(changes, [["upsert", "enter", 4], ["delete", "leave", 1], ["upsert", undefined, 5], ["delete", undefined, 2]]);
+  assert.equal(sizeAtChange, 2, "the first change is told once the whole frame is applied");
+  assert.equal(txs.length, 1);
+  assert.deepEqual([txs[0].seq, txs[0].xid, txs[0].more, txs[0].changes.length], [14, 731, false, 4]);
+  assert.deepEqual([...v.rows.keys()].sort(), ['{"id":4}', '{"id":5}']);
+  assert.equal(v.seq, 14);
+  ws.frame(f); // again: below nothing new, applied already
+  assert.equal(txs.length, 1);
+  const part = tx(v.id, 15, []);
+  part.more = true;
+  part.events = [{ seq: 15, event: { op: "create", key: { id: 6 }, data: { id: 6 } } }];
+  ws.frame(part);
+  assert.equal(txs.at(-1).more, true);
+  assert.ok(v.rows.has('{"id":6}'));
+
+  ws.serverClose(1001, "restart");
+  const ws2 = await connected(2);
+  assert.deepEqual(ws2.of("subscribe"), [{ type: "subscribe", id: v.id, table: "public.t", batch: "transaction", snapshot: true }], "a view starts again from its rows, batched, never from");
+  tc.close();
+});
+
 test("bad arguments are refused at once", { timeout: 20_000 }, () => {
   assert.throws(() => new TablecastClient({ url: "ftp://x/ws", WebSocket: FakeSocket }), TypeError);
   assert.throws(() => new TablecastClient({ url: "ws://x/ws", WebSocket: FakeSocket, tokenTransport: "cookie" }), TypeError);
@@ -588,6 +630,8 @@ test("bad arguments are refused at once", { timeout: 20_000 }, () => {
   assert.throws(() => tc.subscribe({ table: "public.t", batch: "transaction" }, { onEvent: () => {} }), /give onTransaction/);
   assert.throws(() => tc.subscribe({ table: "public.t", batch: "transaction" }, { onTransaction: "yes" }), /onTransaction must be a function/);
   assert.throws(() => new TablecastClient({ url: "ws://x/ws/tables/public.t?batch=transaction", WebSocket: FakeSocket, urlSubscription: { onEvent: () => {} } }), /give onTransaction/);
+  assert.throws(() => tc.view({ table: "public.t", batch: "statement" }), /batch must be "transaction"/);
+  assert.throws(() => tc.view({ table: "public.t" }, { onTransaction: () => {} }), /onTransaction needs batch "transaction"/);
   assert.equal(FakeSocket.all.length, 1, "a refused subscribe sends nothing and a refused client does not connect");
   tc.close();
   assert.throws(() => tc.subscribe({ table: "public.t" }), (e) => e.code === "closed");
