@@ -41,6 +41,7 @@ export type ErrorFrameCode =
   | "invalid_select"
   | "too_many_subscriptions"
   | "history_unavailable"
+  | "batch_unavailable"
   | "message_too_large"
   | "filter_failed"
   | "not_allowed"
@@ -131,6 +132,37 @@ export interface EventFrame<R extends object = Row> {
   event: RowEvent<R>;
 }
 
+/** One event of a transaction frame: its stream sequence and the event. */
+export interface TransactionEvent<R extends object = Row> {
+  seq: number;
+  event: RowEvent<R>;
+}
+
+/**
+ * A batched subscription's transaction: the events of one transaction the
+ * subscription takes, in commit order
+ * (`{"type":"transaction","id":"t1","seq":1240,"xid":731,"lsn":"0/16B3748","commit_time":"…","events":[…]}`).
+ * A transaction larger than the gateway puts in one frame comes in parts,
+ * in order: every part but the last has `more` true.
+ */
+export interface TransactionFrame<R extends object = Row> {
+  type: "transaction";
+  /** The subscription's id. */
+  id: string;
+  /**
+   * The sequence of the transaction's marker, beyond every event in it; for
+   * a part followed by more, its last event's. lastSeq moves here.
+   */
+  seq: number;
+  xid: number;
+  /** The commit LSN. */
+  lsn: string;
+  commit_time: string;
+  /** True for every part of a cut transaction but the last. */
+  more: boolean;
+  events: TransactionEvent<R>[];
+}
+
 /** A custom topic's message: `{"type":"message","id":"s2","topic":"chat","seq":88,"data":…}`. */
 export interface MessageFrame<T = unknown> {
   type: "message";
@@ -174,6 +206,16 @@ export interface TableSpec {
   /** Resume after this sequence (a lastSeq the application kept). */
   from?: number;
   topic?: never;
+  batch?: undefined;
+}
+
+/**
+ * A table subscription delivering one frame per transaction instead of one
+ * per event (the gateway's TABLECAST_TX_MARKERS must be on, else
+ * batch_unavailable).
+ */
+export interface BatchedTableSpec extends Omit<TableSpec, "batch"> {
+  batch: "transaction";
 }
 
 /** A subscription to a custom topic. */
@@ -185,6 +227,7 @@ export interface TopicSpec {
   where?: never;
   select?: never;
   events?: never;
+  batch?: never;
 }
 
 /** What a subscription tells the application. Each is optional. */
@@ -212,13 +255,38 @@ export interface SubscriptionHandlers<F> {
   onHistoryUnavailable?(err: TablecastError): void;
 }
 
-/** One subscription; async-iterable (its events, in order) when made without onEvent. */
+/**
+ * What a batched subscription tells the application. Without onTransaction
+ * (and onEvent) the subscription is async-iterable instead, yielding its
+ * transactions and, as event frames, the rows of snapshots.
+ */
+export interface BatchedSubscriptionHandlers<R extends object = Row> extends Omit<SubscriptionHandlers<EventFrame<R>>, "onEvent"> {
+  /**
+   * Each transaction frame once, in order, never one at or before the last
+   * delivered; a transaction cut in parts gives one call per part, and a
+   * resume after a part brings the rest of its transaction.
+   */
+  onTransaction?(tx: TransactionFrame<R>): void;
+  /**
+   * The rows a snapshot puts in the stream (op "read", outside any
+   * transaction), which come as event frames; without it they are not
+   * delivered. Only with onTransaction.
+   */
+  onEvent?(frame: EventFrame<R>): void;
+}
+
 /** What a view shows: a table, filtered and projected. */
 export interface ViewSpec {
   /** `schema.table` or `database.schema.table`. */
   table: string;
   where?: Where;
   select?: string[];
+  /**
+   * "transaction": the changes come a transaction frame at a time, applied
+   * together, and onTransaction follows each frame (needs the gateway's
+   * TABLECAST_TX_MARKERS, else batch_unavailable).
+   */
+  batch?: "transaction";
 }
 
 /** One change of a view. */
@@ -235,11 +303,25 @@ export interface ViewChange<R extends object = Row> {
   view?: "enter" | "leave";
 }
 
+/** The changes of one transaction frame of a batched view, applied to its rows together. */
+export interface ViewTransaction<R extends object = Row> {
+  /** The transaction's marker's sequence; for a part followed by more, its last event's. */
+  seq: number;
+  xid: number;
+  lsn: string;
+  commit_time: string;
+  /** True for every part of a cut transaction but the last. */
+  more: boolean;
+  changes: ViewChange<R>[];
+}
+
 export interface ViewHandlers<R extends object = Row> {
   /** The rows are there, as of seq (again after each reconnect). */
   onSynced?(seq: number): void;
-  /** A change after the rows were there. */
+  /** A change after the rows were there (of a batched view: once its whole frame is applied). */
   onChange?(change: ViewChange<R>): void;
+  /** A batched view's transaction frame, once its changes are applied and told. */
+  onTransaction?(tx: ViewTransaction<R>): void;
   /** An error of the view; one that ends it also resolves `closed`. */
   onError?(err: TablecastError): void;
 }
@@ -261,12 +343,16 @@ export declare class View<R extends object = Row> {
   close(): Promise<void>;
 }
 
-export declare class Subscription<F = EventFrame | MessageFrame> implements AsyncIterable<F> {
+/** One subscription; async-iterable (its events, in order) when made without onEvent and onTransaction. */
+export declare class Subscription<F = EventFrame | MessageFrame | TransactionFrame> implements AsyncIterable<F> {
   private constructor();
   /** Its id on the wire: "s1", "s2", …, or "url" for a URL subscription. */
   readonly id: string;
-  readonly spec: Readonly<TableSpec | TopicSpec | { url: string }>;
-  /** The sequence of the last event delivered (at first, subscribed's): where a resume starts. */
+  readonly spec: Readonly<TableSpec | BatchedTableSpec | TopicSpec | { url: string }>;
+  /**
+   * The sequence of the last event or transaction frame delivered (at
+   * first, subscribed's): where a resume starts.
+   */
   readonly lastSeq: number | null;
   /** "pending" until subscribed and while reconnecting, "active", or "ended". */
   readonly state: "pending" | "active" | "ended";
@@ -343,8 +429,11 @@ export interface ClientOptions {
   messagesPerSecond?: number;
   /** The largest message sent (bytes, default 65536: the gateway's TABLECAST_WS_MAX_MESSAGE). */
   maxMessageBytes?: number;
-  /** The handlers of a URL subscription (options.url under /ws/tables/). */
-  urlSubscription?: SubscriptionHandlers<EventFrame>;
+  /**
+   * The handlers of a URL subscription (options.url under /ws/tables/);
+   * with `batch=transaction` in the URL, those of a batched subscription.
+   */
+  urlSubscription?: SubscriptionHandlers<EventFrame> | BatchedSubscriptionHandlers;
   /** A connection was made (again). */
   onOpen?(): void;
   /**
@@ -386,8 +475,10 @@ export declare class TablecastClient {
   /** Resolves when the client stops for good: null after close(), else the error that stopped it. */
   readonly closed: Promise<TablecastError | null>;
   /** The subscription of a URL-subscription client, else null. */
-  readonly urlSubscription: Subscription<EventFrame> | null;
+  readonly urlSubscription: Subscription<EventFrame | TransactionFrame> | null;
 
+  /** Subscribes to a table's changes, one transaction frame per transaction. */
+  subscribe<R extends object = Row>(spec: BatchedTableSpec, handlers?: BatchedSubscriptionHandlers<R>): Subscription<TransactionFrame<R> | EventFrame<R>>;
   /** Subscribes to a table's changes. */
   subscribe<R extends object = Row>(spec: TableSpec, handlers?: SubscriptionHandlers<EventFrame<R>>): Subscription<EventFrame<R>>;
   /** Subscribes to a custom topic. */

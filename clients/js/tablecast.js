@@ -13,6 +13,9 @@
 //     a fresh credential, client bugs), and says why;
 //   - refreshes a JWT in band shortly before its exp, and reconnects with a
 //     fresh one when the gateway refuses the refresh or closes for expiry;
+//   - delivers a batched table subscription ("batch": "transaction") one
+//     transaction frame at a time, resuming inside a transaction cut into
+//     parts with the rest of it, nothing twice;
 //   - turns every error frame and close code into a TablecastError.
 
 export const VERSION = "0.1.0";
@@ -64,8 +67,8 @@ const MAX_REFRESH_DELAY = 30_000;
 // setTimeout cannot wait longer than 2^31-1 ms; longer waits are taken in steps.
 const MAX_TIMER = 86_400_000;
 
-const SPEC_KEYS = new Set(["table", "topic", "where", "select", "events", "from"]);
-const VIEW_KEYS = new Set(["table", "where", "select"]);
+const SPEC_KEYS = new Set(["table", "topic", "where", "select", "events", "from", "batch"]);
+const VIEW_KEYS = new Set(["table", "where", "select", "batch"]);
 const noop = () => {};
 
 /**
@@ -158,6 +161,17 @@ function call(fn, ...args) {
   }
 }
 
+// checkBatchHandlers refuses handlers that would lose what a subscription
+// delivers: a batched one's transactions go to onTransaction (or, without
+// handlers for either, to the iterator), and only a batched one has them.
+function checkBatchHandlers(what, batched, h) {
+  if (h.onTransaction != null && typeof h.onTransaction !== "function") throw new TypeError(what + ": onTransaction must be a function");
+  if (!batched && h.onTransaction != null) throw new TypeError(what + ': onTransaction needs batch "transaction"');
+  if (batched && h.onEvent && h.onTransaction == null) {
+    throw new TypeError(what + ": a batched subscription delivers its transactions to onTransaction (onEvent gets only the rows of snapshots): give onTransaction, or neither to iterate");
+  }
+}
+
 function closeError(e) {
   const code = typeof e?.code === "number" ? e.code : 1006;
   const reason = typeof e?.reason === "string" ? e.reason : "";
@@ -167,7 +181,8 @@ function closeError(e) {
 
 /**
  * One subscription of a TablecastClient, to a table or a custom topic.
- * Made by TablecastClient.subscribe; async-iterable when made without onEvent.
+ * Made by TablecastClient.subscribe; async-iterable when made without onEvent
+ * (and without onTransaction).
  */
 export class Subscription {
   #st;
@@ -186,7 +201,11 @@ export class Subscription {
     return this.#st.spec;
   }
 
-  /** The sequence of the last event delivered (or subscribed's), where a resume starts. */
+  /**
+   * The sequence of the last event or transaction frame delivered (or
+   * subscribed's), where a resume starts. A transaction frame's is its
+   * marker's, or its last event's for a part followed by more.
+   */
   get lastSeq() {
     return this.#st.lastSeq;
   }
@@ -217,7 +236,7 @@ export class Subscription {
 
   [Symbol.asyncIterator]() {
     const st = this.#st;
-    if (st.h.onEvent) throw new TypeError("a subscription made with onEvent is not iterable");
+    if (!st.iterable) throw new TypeError("a subscription made with onEvent or onTransaction is not iterable");
     return {
       next: () => {
         if (st.queue.length) return Promise.resolve({ value: st.queue.shift(), done: false });
@@ -367,7 +386,11 @@ export class TablecastClient {
       // A URL subscription: the gateway subscribes on connecting, id "url".
       const from = url.searchParams.get("from");
       url.searchParams.delete("from");
-      const st = this.#newSub("url", { url: url.pathname }, o.urlSubscription ?? {});
+      const handlers = o.urlSubscription ?? {};
+      const batched = url.searchParams.get("batch") === "transaction";
+      checkBatchHandlers("options.urlSubscription", batched, handlers);
+      const st = this.#newSub("url", { url: url.pathname }, handlers);
+      st.batched = batched;
       if (from !== null && /^\d+$/.test(from)) st.lastSeq = Number(from);
       this.#urlSub = st;
       this.#subs.set("url", st);
@@ -391,9 +414,11 @@ export class TablecastClient {
   }
 
   /**
-   * Subscribes to a table ({table, where, select, events, from}) or a custom
-   * topic ({topic, from}). The subscription lasts across reconnects until
-   * unsubscribed, ended by the gateway, or the client is closed.
+   * Subscribes to a table ({table, where, select, events, from, batch}) or a
+   * custom topic ({topic, from}). The subscription lasts across reconnects
+   * until unsubscribed, ended by the gateway, or the client is closed. With
+   * batch "transaction", each transaction frame goes to onTransaction (or
+   * the iterator) instead of one event frame per event.
    */
   subscribe(spec, handlers = {}) {
     if (this.#stopped) throw new TablecastError("closed", "the client is closed");
@@ -403,7 +428,12 @@ export class TablecastClient {
     if (spec.table !== undefined && (typeof spec.table !== "string" || spec.table === "")) throw new TypeError("subscribe: table must be a name such as public.orders");
     if (spec.topic !== undefined && (typeof spec.topic !== "string" || spec.topic === "")) throw new TypeError("subscribe: topic must be a non-empty string");
     if (spec.from !== undefined && !(Number.isSafeInteger(spec.from) && spec.from >= 0)) throw new TypeError("subscribe: from must be a sequence number");
+    if (spec.batch !== undefined) {
+      if (spec.batch !== "transaction") throw new TypeError('subscribe: batch must be "transaction", not ' + JSON.stringify(spec.batch));
+      if (spec.topic !== undefined) throw new TypeError("subscribe: batch applies to table subscriptions, not to topics");
+    }
     if (handlers === null || typeof handlers !== "object") throw new TypeError("subscribe: handlers must be an object");
+    checkBatchHandlers("subscribe", spec.batch !== undefined, handlers);
     const id = "s" + ++this.#nextId;
     const { from, ...rest } = spec;
     const text = JSON.stringify({ type: "subscribe", id, ...rest, from: Number.MAX_SAFE_INTEGER });
@@ -427,14 +457,20 @@ export class TablecastClient {
    * moved into or out of the filter or the row policy), onError(err).
    * After a reconnect the view is read again from the gateway (from NATS,
    * not PostgreSQL), and what differs from the rows held is reported as
-   * changes: the view stays exact.
+   * changes: the view stays exact. With batch "transaction", the changes
+   * come a transaction at a time: those of one transaction frame are
+   * applied together, then onTransaction({seq, xid, lsn, commit_time,
+   * more, changes}) is called.
    */
   view(spec, handlers = {}) {
     if (this.#stopped) throw new TablecastError("closed", "the client is closed");
     if (spec === null || typeof spec !== "object") throw new TypeError("view needs {table}");
     for (const k of Object.keys(spec)) if (!VIEW_KEYS.has(k)) throw new TypeError("view: unknown field " + JSON.stringify(k) + " (known: " + [...VIEW_KEYS].join(", ") + ")");
     if (typeof spec.table !== "string" || spec.table === "") throw new TypeError("view: table must be a name such as public.orders");
+    if (spec.batch !== undefined && spec.batch !== "transaction") throw new TypeError('view: batch must be "transaction", not ' + JSON.stringify(spec.batch));
     if (handlers === null || typeof handlers !== "object") throw new TypeError("view: handlers must be an object");
+    if (handlers.onTransaction != null && typeof handlers.onTransaction !== "function") throw new TypeError("view: onTransaction must be a function");
+    if (spec.batch === undefined && handlers.onTransaction != null) throw new TypeError('view: onTransaction needs batch "transaction"');
     const id = "s" + ++this.#nextId;
     const st = this.#newSub(id, { ...spec, snapshot: true }, handlers);
     st.view = { rows: new Map(), building: null, synced: null, everSynced: false };
@@ -480,6 +516,33 @@ export class TablecastClient {
     if (st.ended || v.building || v.synced === null || typeof f.seq !== "number") return;
     if (f.seq < st.lastSeq) return;
     st.lastSeq = f.seq;
+    call(st.h.onChange, this.#viewApply(v, f));
+  }
+
+  // #viewTransaction applies a batched view's transaction frame: every
+  // change of it, then tells each and onTransaction. Its events are objects
+  // of the view's event frames ({seq, view, event}); a key change's leave
+  // and enter share a seq, hence an event "below", not "at or below",
+  // lastSeq was applied.
+  #viewTransaction(st, f) {
+    const v = st.view;
+    if (st.ended || v.building || v.synced === null || typeof f.seq !== "number" || !Array.isArray(f.events)) return;
+    // Two frames never share a seq: one at lastSeq was applied.
+    if (f.seq <= st.lastSeq) return;
+    const changes = [];
+    for (const e of f.events) {
+      if (typeof e?.seq !== "number" || e.seq < st.lastSeq) continue;
+      changes.push(this.#viewApply(v, e));
+    }
+    st.lastSeq = f.seq;
+    if (changes.length === 0) return;
+    for (const c of changes) call(st.h.onChange, c);
+    call(st.h.onTransaction, { seq: f.seq, xid: f.xid, lsn: f.lsn, commit_time: f.commit_time, more: f.more === true, changes });
+  }
+
+  // #viewApply applies one event of a view (an event frame, or an object of
+  // a transaction frame) to its rows, and returns the change.
+  #viewApply(v, f) {
     const ev = f.event ?? {};
     const k = JSON.stringify(ev.key);
     const change = { op: "upsert", key: ev.key, data: ev.data, seq: f.seq };
@@ -495,7 +558,7 @@ export class TablecastClient {
     } else {
       v.rows.set(k, ev.data);
     }
-    call(st.h.onChange, change);
+    return change;
   }
 
   /** The tables and topics the client may subscribe to. */
@@ -833,6 +896,10 @@ export class TablecastClient {
       case "message":
         if (st) this.#deliver(st, f);
         return;
+      case "transaction":
+        if (st?.view && st.batched) this.#viewTransaction(st, f);
+        else if (st?.batched) this.#deliverTransaction(st, f);
+        return;
       case "rows":
         if (st?.view) this.#viewRows(st, f);
         return;
@@ -991,13 +1058,49 @@ export class TablecastClient {
     // Drop what was delivered already: nothing twice, whatever the gateway resends.
     if (st.lastSeq !== null && f.seq <= st.lastSeq) return;
     st.lastSeq = f.seq;
-    if (st.h.onEvent) {
+    if (!st.iterable) {
+      // A batched subscription without onEvent lets the rows of a snapshot
+      // (event frames, outside any transaction) go: its handlers asked for
+      // transactions only.
       call(st.h.onEvent, f);
       return;
     }
+    this.#push(st, f);
+  }
+
+  // #deliverTransaction delivers a transaction frame of a batched
+  // subscription. Its seq is the marker's, beyond every event in it, or,
+  // for a part of a transaction cut in several ("more": true), its last
+  // event's: lastSeq moves there, so that a resume asks for what follows
+  // (the gateway then sends the rest of a cut transaction), and a frame at
+  // or below it is dropped as an event frame is.
+  #deliverTransaction(st, f) {
+    if (st.ended || st.wire !== "active" || typeof f.seq !== "number" || !Array.isArray(f.events)) return;
+    if (st.lastSeq !== null && f.seq <= st.lastSeq) return;
+    // Nothing twice, whatever the gateway resends: an event at or below
+    // lastSeq (a resume from inside a transaction gets the events after
+    // that seq only, so this takes none out today). The events are in
+    // commit order: when the first is past lastSeq, all are.
+    const after = st.lastSeq;
+    const events = after === null || !(f.events[0]?.seq <= after) ? f.events : f.events.filter((e) => !(typeof e?.seq === "number" && e.seq <= after));
+    st.lastSeq = f.seq;
+    if (events.length === 0) return;
+    const tx = {
+      type: "transaction", id: f.id, seq: f.seq, xid: f.xid, lsn: f.lsn, commit_time: f.commit_time,
+      more: f.more === true, events,
+    };
+    if (!st.iterable) {
+      call(st.h.onTransaction, tx);
+      return;
+    }
+    this.#push(st, tx);
+  }
+
+  // #push hands an iterated subscription's next value to its reader.
+  #push(st, value) {
     const w = st.waiters.shift();
-    if (w) w.resolve({ value: f, done: false });
-    else st.queue.push(f);
+    if (w) w.resolve({ value, done: false });
+    else st.queue.push(value);
   }
 
   // ---- subscriptions ----
@@ -1005,6 +1108,7 @@ export class TablecastClient {
   #newSub(id, spec, handlers) {
     const st = {
       id, spec, h: handlers, wire: "idle", lastSeq: null, ended: false, error: null,
+      iterable: !handlers.onEvent && !handlers.onTransaction, batched: spec.batch !== undefined,
       retries: 0, pendingSelect: null, queue: [], waiters: [], sub: null, closed: null, resolveClosed: null, gone: null, resolveGone: null,
     };
     st.closed = new Promise((resolve) => { st.resolveClosed = resolve; });

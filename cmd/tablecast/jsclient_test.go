@@ -29,12 +29,15 @@ import (
 
 // TestJSClient runs the tests of the JavaScript client (clients/js/test,
 // with Node's own test runner) against the real thing: `tablecast cdc` with
-// its embedded NATS reading a PostgreSQL database, and three `tablecast
-// gateway` processes on that NATS with HS256 tokens (one allowing 2
-// messages a second). The Node tests drive the scenario through a control
-// endpoint of this test: SQL, writers that insert numbered rows, stopping,
-// killing and starting a gateway on the same address, and rolling the
-// stream past a sequence with its retention. Node failing fails this test;
+// its embedded NATS reading a PostgreSQL database and publishing
+// transaction markers, and four `tablecast gateway` processes on that NATS
+// with HS256 tokens: one allowing 2 messages a second, one told of the
+// markers that cuts transaction frames at 25 events (the others are told
+// the markers are off, and refuse batches as such a gateway does). The
+// Node tests drive the scenario through a control endpoint of this test:
+// SQL, writers that insert numbered rows (several per transaction when
+// asked), stopping, killing and starting a gateway on the same address,
+// and rolling the stream past a sequence with its retention. Node failing fails this test;
 // without node it is skipped, except under CI=true, where it fails.
 func TestJSClient(t *testing.T) {
 	t.Parallel() // see "Parallel tests" in main_test.go
@@ -50,6 +53,10 @@ func TestJSClient(t *testing.T) {
 		CREATE TABLE swaps (n int PRIMARY KEY);
 		CREATE TABLE hist (n int PRIMARY KEY);
 		CREATE TABLE vrows (id int PRIMARY KEY, n int NOT NULL);
+		CREATE TABLE batched (n int PRIMARY KEY, pad text);
+		CREATE TABLE batchw (n int PRIMARY KEY);
+		CREATE TABLE bview (id int PRIMARY KEY, n int NOT NULL);
+		INSERT INTO bview SELECT g, g FROM generate_series(1, 20) g;
 		INSERT INTO vrows SELECT g, g FROM generate_series(1, 50) g`); err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +65,7 @@ func TestJSClient(t *testing.T) {
 	natsAddr := freeAddr(t)
 	cdcEnv := append(baseEnv(), "TABLECAST_ROW_STATE=true", "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_js",
 		"TABLECAST_HTTP_ADDR="+freeAddr(t), "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir(),
-		"TABLECAST_HEARTBEAT_INTERVAL=1s")
+		"TABLECAST_HEARTBEAT_INTERVAL=1s", "TABLECAST_TX_MARKERS=true")
 	startKeep(t, cdcEnv, "cdc")
 	js := jetStreamAt(t, "nats://"+natsAddr)
 	// The gateways know a table once the reader has registered its shape.
@@ -78,6 +85,7 @@ func TestJSClient(t *testing.T) {
 		"main":    nil,
 		"limited": {"TABLECAST_WS_MESSAGES_PER_SECOND=2"},
 		"refresh": nil,
+		"batch":   {"TABLECAST_TX_MARKERS=true", "TABLECAST_WS_BATCH_EVENTS=25"},
 	} {
 		g := &jsGateway{t: t, addr: freeAddr(t)}
 		g.env = append(append(append([]string{}, gwEnv...), extra...), "TABLECAST_HTTP_ADDR="+g.addr)
@@ -127,6 +135,7 @@ func TestJSClient(t *testing.T) {
 		"TCTEST_WS=ws://"+gateways["main"].addr+"/ws",
 		"TCTEST_LIMITED_WS=ws://"+gateways["limited"].addr+"/ws",
 		"TCTEST_REFRESH_WS=ws://"+gateways["refresh"].addr+"/ws",
+		"TCTEST_BATCH_WS=ws://"+gateways["batch"].addr+"/ws",
 		"TCTEST_SECRET="+secret,
 		"TCTEST_CONTROL=http://"+ln.Addr().String(),
 		"NO_COLOR=1", "npm_config_update_notifier=false")
@@ -234,7 +243,7 @@ func (g *jsGateway) stop(signal string) error {
 }
 
 // jsWriter inserts rows numbered 1, 2, … into a table, each in its own
-// transaction, until stopped.
+// transaction or rows at a time in one, until stopped.
 type jsWriter struct {
 	stop chan struct{}
 	done chan struct{}
@@ -285,13 +294,20 @@ func (c *jsControl) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, err := c.conn.Exec(ctx, string(body))
 		c.connMu.Unlock()
 		answer(nil, err)
-	case "/writer/start": // ?table=ticks&every=20ms
+	case "/writer/start": // ?table=ticks&every=20ms[&rows=3]: rows per transaction, 1 by default
 		every, err := time.ParseDuration(q.Get("every"))
+		rows := 1
+		if err == nil && q.Has("rows") {
+			rows, err = strconv.Atoi(q.Get("rows"))
+			if err == nil && rows < 1 {
+				err = errors.New("rows must be positive")
+			}
+		}
 		if err != nil || !jsTableName.MatchString(q.Get("table")) {
-			answer(nil, fmt.Errorf("want ?table=<name>&every=<duration>: %v", err))
+			answer(nil, fmt.Errorf("want ?table=<name>&every=<duration>[&rows=<n>]: %v", err))
 			return
 		}
-		answer(nil, c.startWriter(q.Get("table"), every))
+		answer(nil, c.startWriter(q.Get("table"), every, rows))
 	case "/writer/stop": // ?table=ticks → {"last": n}
 		last, err := c.stopWriter(q.Get("table"))
 		answer(map[string]int{"last": last}, err)
@@ -327,7 +343,7 @@ func (c *jsControl) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (c *jsControl) startWriter(table string, every time.Duration) error {
+func (c *jsControl) startWriter(table string, every time.Duration, rows int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.writers[table] != nil {
@@ -351,13 +367,13 @@ func (c *jsControl) startWriter(table string, every time.Duration) error {
 			case <-tick.C:
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			_, err := conn.Exec(ctx, `INSERT INTO `+table+` (n) VALUES ($1)`, wr.last+1)
+			_, err := conn.Exec(ctx, `INSERT INTO `+table+` (n) SELECT generate_series($1::int, $2::int)`, wr.last+1, wr.last+rows)
 			cancel()
 			if err != nil {
-				wr.err = fmt.Errorf("insert row %d into %s: %w", wr.last+1, table, err)
+				wr.err = fmt.Errorf("insert rows %d to %d into %s: %w", wr.last+1, wr.last+rows, table, err)
 				return
 			}
-			wr.last++
+			wr.last += rows
 		}
 	}()
 	return nil

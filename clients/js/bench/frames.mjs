@@ -1,16 +1,21 @@
 // How many event frames a second the client takes from its socket to the
 // application (parse, route to the subscription, drop duplicates, call
 // onEvent), on a scripted socket: the client's own cost, without the network.
+// With a second argument, transaction frames of that many events each, on a
+// batched subscription (onTransaction), counted in events.
 //
-//   node clients/js/bench/frames.mjs [frames]
+//   node clients/js/bench/frames.mjs [frames] [events a transaction frame]
 
 import { TablecastClient } from "../tablecast.js";
 import { FakeSocket } from "../test/helpers.mjs";
 
 const n = Number(process.argv[2] ?? 100_000);
+const perTx = process.argv[3] === undefined ? 0 : Number(process.argv[3]);
 const tc = new TablecastClient({ url: "ws://bench.invalid/ws", WebSocket: FakeSocket, pingInterval: 0 });
 let got = 0;
-const sub = tc.subscribe({ table: "public.orders" }, { onEvent: () => got++ });
+const sub = perTx > 0
+  ? tc.subscribe({ table: "public.orders", batch: "transaction" }, { onTransaction: (tx) => { got += tx.events.length; } })
+  : tc.subscribe({ table: "public.orders" }, { onEvent: () => got++ });
 await new Promise((r) => setTimeout(r, 10));
 const ws = FakeSocket.last;
 ws.open();
@@ -22,15 +27,26 @@ const event = {
 };
 // The warm-up's frames, then the measured ones, their seqs going on so that none is a duplicate.
 const frames = [];
-for (let seq = 1; seq <= 2 * n; seq++) frames.push(JSON.stringify({ type: "event", id: sub.id, seq, event }));
+let seq = 0;
+for (let i = 0; i < 2 * n; i++) {
+  if (perTx > 0) {
+    const events = [];
+    for (let j = 0; j < perTx; j++) events.push({ seq: ++seq, event });
+    frames.push(JSON.stringify({ type: "transaction", id: sub.id, seq: ++seq, xid: event.xid, lsn: event.lsn, commit_time: event.commit_time, events }));
+  } else {
+    frames.push(JSON.stringify({ type: "event", id: sub.id, seq: ++seq, event }));
+  }
+}
+const events = n * Math.max(perTx, 1);
 for (const [round, from] of [["warm-up", 0], ["measured", n]]) {
   got = 0;
   const t0 = process.hrtime.bigint();
   for (let i = from; i < from + n; i++) ws.onmessage({ data: frames[i] });
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
-  if (got !== n) throw new Error(`delivered ${got} of ${n}`);
+  if (got !== events) throw new Error(`delivered ${got} of ${events} events`);
   if (round === "measured") {
-    console.log(`${n} frames of ${frames[0].length} bytes: ${(n / s / 1000).toFixed(0)}k frames/s, ${((s / n) * 1e6).toFixed(2)} µs a frame`);
+    const what = perTx > 0 ? `transaction frames of ${perTx} events` : "frames";
+    console.log(`${n} ${what}, ${frames[0].length} bytes each: ${(n / s / 1000).toFixed(1)}k frames/s, ${(events / s / 1000).toFixed(0)}k events/s, ${((s / events) * 1e6).toFixed(2)} µs an event`);
   }
 }
 tc.close();

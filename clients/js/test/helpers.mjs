@@ -38,6 +38,7 @@ export function gatewayEnv() {
     ws: e.TCTEST_WS, // its ws://host:port/ws
     limitedWS: e.TCTEST_LIMITED_WS, // a gateway allowing 2 messages a second
     refreshWS: e.TCTEST_REFRESH_WS, // a gateway for the token tests
+    batchWS: e.TCTEST_BATCH_WS, // a gateway told of transaction markers, 25 events a transaction frame
     secret: e.TCTEST_SECRET,
     control: e.TCTEST_CONTROL,
   };

@@ -372,6 +372,126 @@ test("a subscription is async-iterable; break unsubscribes", { timeout: 20_000 }
   tc.close();
 });
 
+// tx is a transaction frame of subscription id: events at seqs, under seq.
+function tx(id, seq, seqs, more) {
+  const f = { type: "transaction", id, seq, xid: 731, lsn: "0/16B3748", commit_time: "2026-12-05T09:00:00.123456Z", events: seqs.map((s) => ({ seq: s, event: { op: "create", data: { n: s } } })) };
+  if (more) f.more = true;
+  return f;
+}
+
+test("a batched subscription: one onTransaction per frame, lastSeq at the frame's seq, resumed inside a cut transaction with the rest, once", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const got = [], rows = [];
+  const sub = tc.subscribe({ table: "public.t", batch: "transaction", where: { a: { eq: 1 } } }, {
+    onTransaction: (t) => got.push(t),
+    onEvent: (f) => rows.push(f.seq),
+  });
+  let ws = await connected(1);
+  assert.deepEqual(ws.of("subscribe"), [{ type: "subscribe", id: sub.id, table: "public.t", batch: "transaction", where: { a: { eq: 1 } } }]);
+  ws.frame({ type: "subscribed", id: sub.id, seq: 10 });
+  ws.frame(tx(sub.id, 14, [11, 13]));
+  ws.frame(tx(sub.id, 14, [11, 13])); // at the last seq: dropped
+  assert.equal(got.length, 1);
+  assert.deepEqual(got[0], {
+    type: "transaction", id: sub.id, seq: 14, xid: 731, lsn: "0/16B3748", commit_time: "2026-12-05T09:00:00.123456Z", more: false,
+    events: [{ seq: 11, event: { op: "create", data: { n: 11 } } }, { seq: 13, event: { op: "create", data: { n: 13 } } }],
+  });
+  assert.equal(sub.lastSeq, 14, "the marker's seq, beyond the events");
+  // A snapshot's row (no transaction) is an event frame: onEvent, in order.
+  ws.frame({ type: "event", id: sub.id, seq: 15, event: { op: "read" } });
+  assert.deepEqual(rows, [15]);
+  // A transaction cut in parts: each part's seq is its last event's.
+  ws.frame(tx(sub.id, 18, [16, 17, 18], true));
+  ws.frame(tx(sub.id, 21, [19, 20, 21], true));
+  assert.equal(sub.lastSeq, 21);
+  ws.serverClose(1006);
+
+  ws = await connected(2);
+  assert.deepEqual(ws.of("subscribe"), [{ type: "subscribe", id: sub.id, table: "public.t", batch: "transaction", where: { a: { eq: 1 } }, from: 21 }],
+    "resumes from the last part's seq: the gateway sends the rest of the transaction");
+  ws.frame({ type: "subscribed", id: sub.id, seq: 30 });
+  ws.frame(tx(sub.id, 21, [19, 20, 21], true)); // resent: dropped
+  ws.frame(tx(sub.id, 25, [20, 21, 22, 23])); // what is at or below 21 is not delivered again
+  ws.frame(tx(sub.id, 24, [24])); // below the last seq
+  ws.frame(tx(sub.id, 27, [26]));
+  const parts = got.map((t) => [t.seq, t.more, t.events.map((e) => e.seq)]);
+  assert.deepEqual(parts, [[14, false, [11, 13]], [18, true, [16, 17, 18]], [21, true, [19, 20, 21]], [25, false, [22, 23]], [27, false, [26]]]);
+  const seqs = got.flatMap((t) => t.events.map((e) => e.seq));
+  assert.deepEqual(seqs, [...new Set(seqs)].sort((a, b) => a - b), "every event once, in order");
+  assert.equal(sub.lastSeq, 27);
+  tc.close();
+});
+
+test("a batched subscription without handlers iterates transactions (and snapshot rows); a plain one ignores transaction frames", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const sub = tc.subscribe({ table: "public.t", batch: "transaction" });
+  const plain = [];
+  const other = tc.subscribe({ table: "public.t" }, { onEvent: (f) => plain.push(f.seq) });
+  const ws = await connected(1);
+  ws.frame({ type: "subscribed", id: sub.id, seq: 1 });
+  ws.frame({ type: "subscribed", id: other.id, seq: 1 });
+  ws.frame(tx(sub.id, 4, [2, 3]));
+  ws.frame({ type: "event", id: sub.id, seq: 5, event: { op: "read" } });
+  ws.frame(tx(other.id, 4, [2, 3]));
+  setTimeout(() => ws.frame(tx(sub.id, 9, [6, 7, 8])), 20);
+  const seen = [];
+  for await (const v of sub) {
+    seen.push([v.type, v.seq]);
+    if (v.seq === 9) {
+      assert.deepEqual(v.events.map((e) => e.seq), [6, 7, 8]);
+      setTimeout(() => ws.frame({ type: "unsubscribed", id: sub.id }), 10);
+      break;
+    }
+  }
+  assert.deepEqual(seen, [["transaction", 4], ["event", 5], ["transaction", 9]]);
+  assert.deepEqual(ws.of("unsubscribe"), [{ type: "unsubscribe", id: sub.id }]);
+  assert.deepEqual(plain, [], "a transaction frame of a plain subscription is not delivered");
+  assert.equal(other.lastSeq, 1);
+  const handled = tc.subscribe({ table: "public.t", batch: "transaction" }, { onTransaction: () => {} });
+  assert.throws(() => handled[Symbol.asyncIterator](), /not iterable/);
+  tc.close();
+});
+
+test("batch_unavailable ends that subscription with a typed error; the connection and the others go on", { timeout: 20_000 }, async () => {
+  const { tc, seen } = fakeClient();
+  const errs = [];
+  const batched = tc.subscribe({ table: "public.t", batch: "transaction" }, { onTransaction: () => {}, onError: (e) => errs.push(e) });
+  const plain = tc.subscribe({ table: "public.t" });
+  const ws = await connected(1);
+  ws.frame({ type: "error", id: batched.id, code: "batch_unavailable", message: "transaction batches need transaction markers, which this gateway was told the readers do not publish (TABLECAST_TX_MARKERS is off)" });
+  ws.frame({ type: "subscribed", id: plain.id, seq: 3 });
+  const err = await batched.closed;
+  assert.ok(err instanceof TablecastError);
+  assert.equal(err.code, "batch_unavailable");
+  assert.equal(err.subscriptionId, batched.id);
+  assert.deepEqual(errs, [err]);
+  assert.equal(batched.state, "ended");
+  assert.equal(plain.state, "active");
+  assert.deepEqual(seen.errors, [], "the subscription's error, not the client's");
+  ws.serverClose(1001, "");
+  const ws2 = await connected(2);
+  assert.deepEqual(ws2.of("subscribe").map((m) => m.id), [plain.id], "the refused subscription is not made again");
+  tc.close();
+});
+
+test("a URL subscription with batch=transaction gets transactions and resumes from the last frame's seq", { timeout: 20_000 }, async () => {
+  const got = [];
+  const { tc } = fakeClient({ url: "ws://gateway.test/ws/tables/public.t?batch=transaction", urlSubscription: { onTransaction: (t) => got.push(t.seq) } });
+  let ws = await connected(1);
+  ws.frame({ type: "subscribed", id: "url", seq: 10 });
+  ws.frame(tx("url", 13, [11, 12], true));
+  ws.serverClose(1001, "");
+  ws = await connected(2);
+  const u = new URL(ws.url);
+  assert.equal(u.searchParams.get("from"), "13");
+  assert.equal(u.searchParams.get("batch"), "transaction");
+  ws.frame({ type: "subscribed", id: "url", seq: 20 });
+  ws.frame(tx("url", 13, [11, 12], true));
+  ws.frame(tx("url", 15, [14]));
+  assert.deepEqual(got, [13, 15]);
+  tc.close();
+});
+
 test("a URL subscription resumes with from in the URL, and a refused from is history_unavailable", { timeout: 20_000 }, async () => {
   const lost = [], got = [];
   const { tc } = fakeClient({
@@ -454,6 +574,48 @@ test("a view holds the rows, applies changes, enters and leaves, and after a rec
   tc.close();
 });
 
+test("a batched view applies a transaction frame's changes together, then onTransaction; a reconnect reads the rows again", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const changes = [], txs = [];
+  let sizeAtChange = null;
+  const v = tc.view({ table: "public.t", batch: "transaction" }, {
+    onChange: (c) => { changes.push([c.op, c.view, c.key?.id]); sizeAtChange ??= v.rows.size; },
+    onTransaction: (t) => txs.push(t),
+  });
+  const ws = await connected(1);
+  assert.deepEqual(ws.of("subscribe"), [{ type: "subscribe", id: v.id, table: "public.t", batch: "transaction", snapshot: true }]);
+  ws.frame({ type: "subscribed", id: v.id, seq: 5 });
+  ws.frame({ type: "rows", id: v.id, rows: [{ key: { id: 1 }, data: { id: 1 } }, { key: { id: 2 }, data: { id: 2 } }] });
+  ws.frame({ type: "synced", id: v.id, seq: 9 });
+  const f = tx(v.id, 14, []);
+  f.events = [
+    { seq: 10, view: "enter", event: { op: "update", key: { id: 4 }, data: { id: 4 } } },
+    { seq: 11, view: "leave", event: { op: "update", key: { id: 1 } } },
+    { seq: 12, event: { op: "create", key: { id: 5 }, data: { id: 5 } } },
+    { seq: 13, event: { op: "delete", key: { id: 2 } } },
+  ];
+  ws.frame(f);
+  assert.deepEqual(changes, [["upsert", "enter", 4], ["delete", "leave", 1], ["upsert", undefined, 5], ["delete", undefined, 2]]);
+  assert.equal(sizeAtChange, 2, "the first change is told once the whole frame is applied");
+  assert.equal(txs.length, 1);
+  assert.deepEqual([txs[0].seq, txs[0].xid, txs[0].more, txs[0].changes.length], [14, 731, false, 4]);
+  assert.deepEqual([...v.rows.keys()].sort(), ['{"id":4}', '{"id":5}']);
+  assert.equal(v.seq, 14);
+  ws.frame(f); // again: below nothing new, applied already
+  assert.equal(txs.length, 1);
+  const part = tx(v.id, 15, []);
+  part.more = true;
+  part.events = [{ seq: 15, event: { op: "create", key: { id: 6 }, data: { id: 6 } } }];
+  ws.frame(part);
+  assert.equal(txs.at(-1).more, true);
+  assert.ok(v.rows.has('{"id":6}'));
+
+  ws.serverClose(1001, "restart");
+  const ws2 = await connected(2);
+  assert.deepEqual(ws2.of("subscribe"), [{ type: "subscribe", id: v.id, table: "public.t", batch: "transaction", snapshot: true }], "a view starts again from its rows, batched, never from");
+  tc.close();
+});
+
 test("bad arguments are refused at once", { timeout: 20_000 }, () => {
   assert.throws(() => new TablecastClient({ url: "ftp://x/ws", WebSocket: FakeSocket }), TypeError);
   assert.throws(() => new TablecastClient({ url: "ws://x/ws", WebSocket: FakeSocket, tokenTransport: "cookie" }), TypeError);
@@ -461,6 +623,16 @@ test("bad arguments are refused at once", { timeout: 20_000 }, () => {
   assert.throws(() => tc.subscribe({ table: "public.t", filter: {} }), /unknown field "filter"/);
   assert.throws(() => tc.subscribe({ table: "public.t", topic: "x" }), /exactly one of table and topic/);
   assert.throws(() => tc.subscribe({ table: "public.t", where: { s: { in: ["x".repeat(70_000)] } } }), (e) => e.code === "message_too_large");
+  assert.throws(() => tc.subscribe({ table: "public.t", batch: "statement" }), /batch must be "transaction"/);
+  assert.throws(() => tc.subscribe({ table: "public.t", batch: true }), TypeError);
+  assert.throws(() => tc.subscribe({ topic: "chat", batch: "transaction" }), /batch applies to table subscriptions, not to topics/);
+  assert.throws(() => tc.subscribe({ table: "public.t" }, { onTransaction: () => {} }), /onTransaction needs batch "transaction"/);
+  assert.throws(() => tc.subscribe({ table: "public.t", batch: "transaction" }, { onEvent: () => {} }), /give onTransaction/);
+  assert.throws(() => tc.subscribe({ table: "public.t", batch: "transaction" }, { onTransaction: "yes" }), /onTransaction must be a function/);
+  assert.throws(() => new TablecastClient({ url: "ws://x/ws/tables/public.t?batch=transaction", WebSocket: FakeSocket, urlSubscription: { onEvent: () => {} } }), /give onTransaction/);
+  assert.throws(() => tc.view({ table: "public.t", batch: "statement" }), /batch must be "transaction"/);
+  assert.throws(() => tc.view({ table: "public.t" }, { onTransaction: () => {} }), /onTransaction needs batch "transaction"/);
+  assert.equal(FakeSocket.all.length, 1, "a refused subscribe sends nothing and a refused client does not connect");
   tc.close();
   assert.throws(() => tc.subscribe({ table: "public.t" }), (e) => e.code === "closed");
 });

@@ -1,0 +1,249 @@
+// End-to-end tests of transaction batches ("batch": "transaction"), run by
+// TestJSClient on a gateway of their own that is told of the reader's
+// transaction markers and cuts transaction frames at 25 events
+// (TCTEST_BATCH_WS); the main gateway is told the markers are off. The
+// tests of this file run one after another: one restarts that gateway.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { TablecastClient, TablecastError } from "../tablecast.js";
+import { gatewayEnv, control, hs256, ALL, waitFor, sleep, recorder, E2E } from "./helpers.mjs";
+
+const env = gatewayEnv();
+const now = () => Math.floor(Date.now() / 1000);
+const token = () => hs256(env.secret, { sub: "js-batch", exp: now() + 3600, tablecast: ALL });
+const upTo = (n) => Array.from({ length: n }, (_, i) => i + 1);
+const PART = 25; // the batch gateway's TABLECAST_WS_BATCH_EVENTS
+
+function client(t, options = {}) {
+  const rec = recorder();
+  const tc = new TablecastClient({ url: env.batchWS, getToken: () => token(), ...rec.options, ...options });
+  t.after(() => tc.close());
+  return { tc, rec };
+}
+
+const active = (sub) => waitFor(() => sub.state === "active", 30_000, "subscription " + sub.id + " to be active");
+
+// checkFrame asserts what holds of every transaction frame: events of its
+// transaction, seqs growing, none beyond the frame's seq.
+function checkFrame(tx) {
+  assert.equal(tx.type, "transaction");
+  assert.equal(typeof tx.more, "boolean");
+  assert.ok(tx.events.length > 0, "no empty frame");
+  let last = 0;
+  for (const { seq, event } of tx.events) {
+    assert.equal(event.xid, tx.xid, "an event of the frame's transaction");
+    assert.equal(event.lsn, tx.lsn);
+    assert.equal(event.commit_time, tx.commit_time);
+    assert.ok(seq > last && seq <= tx.seq, `event seq ${seq} after ${last}, at most the frame's ${tx.seq}`);
+    last = seq;
+  }
+  if (!tx.more) assert.ok(tx.seq > last, "a transaction's last frame has its marker's seq, beyond its events");
+}
+
+// Cutting is a WebSocket whose first connection breaks (as a network does,
+// 1006) right after it has delivered the second part of a cut transaction.
+function cutting() {
+  const sent = []; // per connection, the messages the client sent
+  let cut = false;
+  class Cutting {
+    constructor(url, protocols) {
+      const ws = new WebSocket(url, protocols);
+      const mine = [];
+      sent.push(mine);
+      let parts = 0;
+      this.ws = ws;
+      this.onopen = this.onmessage = this.onerror = this.onclose = null;
+      ws.onopen = (e) => this.onopen?.(e);
+      ws.onerror = (e) => this.onerror?.(e);
+      ws.onclose = (e) => this.onclose?.(e);
+      ws.onmessage = (m) => {
+        this.onmessage?.(m);
+        if (cut) return;
+        const f = JSON.parse(m.data);
+        if (f.type === "transaction" && f.more && ++parts === 2) {
+          cut = true;
+          this.onclose?.({ code: 1006, reason: "" });
+        }
+      };
+      this.sent = mine;
+    }
+    get readyState() {
+      return this.ws.readyState;
+    }
+    send(text) {
+      this.sent.push(JSON.parse(text));
+      this.ws.send(text);
+    }
+    close(code, reason) {
+      this.ws.close(code, reason);
+    }
+  }
+  return { Cutting, sent, wasCut: () => cut };
+}
+
+test("gateway restarts while transactions of three rows are written: every row once, in whole transactions", E2E, async (t) => {
+  const { tc, rec } = client(t);
+  const txs = [];
+  const sub = tc.subscribe({ table: "public.batchw", batch: "transaction" }, { onTransaction: (tx) => txs.push(tx) });
+  await active(sub);
+  await control(env, "/writer/start?table=batchw&every=30ms&rows=3");
+  let stopped = false;
+  t.after(() => stopped || control(env, "/writer/stop?table=batchw"));
+  for (const signal of ["KILL", "TERM"]) {
+    const before = txs.length;
+    await waitFor(() => txs.length >= before + 5, 30_000, "transactions before stopping the gateway with " + signal);
+    const opens = rec.opens;
+    await control(env, "/gateway/stop?name=batch&signal=" + signal);
+    const atStop = txs.length;
+    await sleep(300); // transactions are committed while the gateway is away
+    await control(env, "/gateway/start?name=batch");
+    await waitFor(() => rec.opens > opens && txs.length >= atStop + 15, 60_000, "transactions after the gateway came back (" + signal + ")");
+  }
+  const { last } = await control(env, "/writer/stop?table=batchw");
+  stopped = true;
+  await waitFor(() => txs.at(-1)?.events.at(-1).event.data.n === last, 30_000, "row " + last);
+  for (const [i, tx] of txs.entries()) {
+    checkFrame(tx);
+    assert.equal(tx.more, false);
+    assert.deepEqual(tx.events.map((e) => e.event.data.n), [3 * i + 1, 3 * i + 2, 3 * i + 3], "transaction " + i + " whole, once");
+    if (i > 0) assert.ok(tx.seq > txs[i - 1].seq && tx.xid !== txs[i - 1].xid);
+  }
+  assert.equal(txs.length * 3, last);
+  assert.equal(sub.lastSeq, txs.at(-1).seq, "lastSeq is the last marker's");
+  const codes = rec.disconnects.map((d) => d.err.code);
+  assert.ok(codes.includes("network") && codes.includes(1001), "a kill and a stop: " + codes);
+});
+
+test("a transaction larger than a frame comes in parts; a connection broken between two parts resumes with the rest, none twice, none lost", E2E, async (t) => {
+  const { Cutting, sent, wasCut } = cutting();
+  const { tc, rec } = client(t, { WebSocket: Cutting, initialDelay: 20, maxDelay: 50 });
+  const parts = [];
+  const sub = tc.subscribe({ table: "public.batched", where: { pad: { eq: "big" } }, batch: "transaction" }, { onTransaction: (tx) => parts.push(tx) });
+  await active(sub);
+  const rows = 120;
+  await control(env, "/sql", `INSERT INTO batched SELECT g, 'big' FROM generate_series(1001, ${1000 + rows}) g`);
+  await waitFor(() => parts.length > 0 && !parts.at(-1).more, 30_000, "the transaction's last part");
+  await tc.ping();
+
+  assert.ok(wasCut(), "the connection broke between parts");
+  assert.equal(rec.disconnects.length, 1);
+  assert.equal(rec.disconnects[0].err.code, "network");
+  assert.equal(sent.length, 2, "two connections");
+  const resumed = sent[1].filter((m) => m.type === "subscribe");
+  assert.deepEqual(resumed, [{ type: "subscribe", id: sub.id, table: "public.batched", where: { pad: { eq: "big" } }, batch: "transaction", from: parts[1].seq }],
+    "resumed from the second part's seq");
+
+  const ns = parts.flatMap((p) => p.events.map((e) => e.event.data.n));
+  assert.deepEqual(ns, upTo(rows).map((i) => 1000 + i), "every row once, in order");
+  for (const [i, p] of parts.entries()) {
+    checkFrame(p);
+    assert.ok(p.events.length <= PART, "at most " + PART + " events a frame");
+    assert.equal(p.more, i < parts.length - 1, "more on every part but the last");
+    assert.equal(p.xid, parts[0].xid, "one transaction");
+    assert.equal(p.lsn, parts[0].lsn);
+    if (i > 0) assert.ok(p.seq > parts[i - 1].seq);
+  }
+  assert.equal(parts[0].events.length, PART);
+  assert.equal(parts[1].events.length, PART);
+  assert.ok(parts.length >= Math.ceil(rows / PART));
+  assert.equal(sub.lastSeq, parts.at(-1).seq);
+});
+
+test("a multi-row transaction arrives as one onTransaction with all its events; a filter keeps its own; from an event inside a transaction gets the rest", E2E, async (t) => {
+  const { tc, rec } = client(t);
+  const all = [], some = [];
+  const sub = tc.subscribe({ table: "public.batched", where: { n: { lt: 100 } }, batch: "transaction" }, { onTransaction: (tx) => all.push(tx) });
+  const filtered = tc.subscribe({ table: "public.batched", where: { n: { gte: 2, lt: 100 } }, select: ["n"], batch: "transaction" }, { onTransaction: (tx) => some.push(tx) });
+  await Promise.all([active(sub), active(filtered)]);
+  await control(env, "/sql", `BEGIN;
+    INSERT INTO batched VALUES (1, 'a'), (2, 'b');
+    UPDATE batched SET pad = 'c' WHERE n = 2;
+    DELETE FROM batched WHERE n = 1;
+    COMMIT`);
+  await control(env, "/sql", "INSERT INTO batched VALUES (3, 'd')");
+  await waitFor(() => all.length === 2 && some.length === 2, 30_000, "two transactions on both subscriptions");
+  await tc.ping();
+  assert.equal(all.length, 2, "one call per transaction");
+  const [first, second] = all;
+  for (const tx of all) {
+    checkFrame(tx);
+    assert.equal(tx.more, false);
+    assert.equal(tx.id, sub.id);
+  }
+  assert.deepEqual(first.events.map((e) => [e.event.op, e.event.key.n]), [["create", 1], ["create", 2], ["update", 2], ["delete", 1]]);
+  assert.deepEqual(first.events[2].event.data, { n: 2, pad: "c" });
+  assert.deepEqual(second.events.map((e) => [e.event.op, e.event.data.n]), [["create", 3]]);
+  assert.ok(second.seq > first.seq && second.xid !== first.xid);
+  assert.match(first.commit_time, /^\d{4}-\d\d-\d\dT/);
+  assert.match(first.lsn, /^[0-9A-F]+\/[0-9A-F]+$/);
+  assert.equal(sub.lastSeq, second.seq);
+
+  // The filtered subscription: its events, under the same markers.
+  assert.deepEqual(some.map((tx) => [tx.seq, tx.events.map((e) => [e.event.op, e.event.data])]), [
+    [first.seq, [["create", { n: 2 }], ["update", { n: 2 }]]],
+    [second.seq, [["create", { n: 3 }]]],
+  ]);
+
+  // Iterated, from an event's own seq inside the first transaction: the
+  // rest of it, then the second.
+  const it = tc.subscribe({ table: "public.batched", where: { n: { lt: 100 } }, batch: "transaction", from: first.events[1].seq });
+  const got = [];
+  for await (const tx of it) {
+    got.push([tx.seq, tx.events.map((e) => e.seq)]);
+    if (tx.seq === second.seq) break;
+  }
+  assert.deepEqual(got, [[first.seq, first.events.slice(2).map((e) => e.seq)], [second.seq, second.events.map((e) => e.seq)]]);
+  assert.deepEqual(rec.errors, []);
+});
+
+test("a batched view applies each transaction's changes together, enters and leaves among them, and a large one part by part", E2E, async (t) => {
+  const { tc, rec } = client(t);
+  const changes = [], txs = [];
+  const v = tc.view({ table: "public.bview", where: { n: { gte: 10 } }, batch: "transaction" }, {
+    onChange: (c) => changes.push([c.op, c.view ?? "", c.key.id]),
+    onTransaction: (tx) => txs.push({ ...tx, ids: [...v.rows.keys()].map((k) => JSON.parse(k).id).sort((a, b) => a - b) }),
+  });
+  await waitFor(() => v.ready, 60_000, "the view's rows");
+  assert.deepEqual([...v.rows.keys()].map((k) => JSON.parse(k).id).sort((a, b) => a - b), upTo(11).map((i) => i + 9));
+  await control(env, "/sql", `BEGIN;
+    UPDATE bview SET n = 0 WHERE id = 15;
+    UPDATE bview SET n = 50 WHERE id = 3;
+    INSERT INTO bview VALUES (100, 100);
+    DELETE FROM bview WHERE id = 2;
+    UPDATE bview SET n = 12 WHERE id = 12;
+    COMMIT`);
+  await waitFor(() => txs.length === 1, 30_000, "the transaction");
+  assert.deepEqual(changes, [["delete", "leave", 15], ["upsert", "enter", 3], ["upsert", "", 100], ["upsert", "", 12]], "in commit order; no delete of a row the view never held");
+  assert.equal(txs[0].changes.length, 4);
+  assert.equal(txs[0].more, false);
+  assert.deepEqual(txs[0].ids, [3, 10, 11, 12, 13, 14, 16, 17, 18, 19, 20, 100], "the rows with the whole transaction applied");
+  assert.equal(v.seq, txs[0].seq);
+
+  // 60 rows in one transaction: three parts of at most 25, applied one after the other.
+  await control(env, "/sql", "INSERT INTO bview SELECT g, g FROM generate_series(201, 260) g");
+  await waitFor(() => txs.length > 1 && !txs.at(-1).more, 30_000, "the large transaction's last part");
+  const parts = txs.slice(1);
+  assert.deepEqual(parts.map((p) => p.changes.length), [25, 25, 10]);
+  assert.deepEqual(parts.map((p) => p.more), [true, true, false]);
+  assert.ok(parts.every((p) => p.xid === parts[0].xid));
+  assert.deepEqual(parts.flatMap((p) => p.changes.map((c) => c.key.id)), upTo(60).map((i) => 200 + i));
+  assert.equal(v.rows.size, 12 + 60);
+  assert.deepEqual(rec.errors, []);
+});
+
+test("batch_unavailable from a gateway without transaction markers ends that subscription; the others go on", E2E, async (t) => {
+  const { tc, rec } = client(t, { url: env.ws });
+  const errs = [];
+  const batched = tc.subscribe({ table: "public.batched", batch: "transaction" }, { onTransaction: () => assert.fail("no transaction"), onError: (e) => errs.push(e) });
+  const plain = tc.subscribe({ table: "public.batched" });
+  const err = await batched.closed;
+  assert.ok(err instanceof TablecastError);
+  assert.equal(err.code, "batch_unavailable");
+  assert.equal(err.subscriptionId, batched.id);
+  assert.match(err.message, /TABLECAST_TX_MARKERS/);
+  assert.deepEqual(errs, [err]);
+  assert.equal(batched.state, "ended");
+  await active(plain);
+  assert.deepEqual(rec.errors, []);
+});
