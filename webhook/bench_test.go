@@ -4,9 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -260,4 +264,154 @@ func (l *latencies) sorted() []time.Duration {
 	l.mu.Unlock()
 	slices.Sort(out)
 	return out
+}
+
+// BenchmarkSustainedRate runs a steady write load beside one batching
+// endpoint (batch 100): 100-row transactions at each rate of
+// WEBHOOK_RATES (rows a second, default 10000,20000,30000) for
+// WEBHOOK_SECONDS (default 20). BenchmarkDeliveries times a burst, where
+// the reader catches up on a backlog of WAL as fast as the cores let it
+// and the endpoint competes with it; this is the steady state a busy
+// primary produces. Every 100 ms it samples the rows committed, the
+// events stored and the events the receiver accepted, and reports:
+//   - rows/s: the rate the writer reached;
+//   - reader-backlog-max: events committed but not yet stored, at worst;
+//   - endpoint-backlog-p50/-max: events stored but not yet accepted;
+//   - endpoint-backlog-1st/-2nd: its mean over the first and the second
+//     half of the load: a backlog that grows with time is an endpoint
+//     that does not keep up;
+//   - drain-ms: from the reader's last event stored to the receiver's last
+//     accepted.
+//
+// With WEBHOOK_NO_ENDPOINT=1 it runs the reader alone: its own sustainable
+// rate on the same machine, to set the endpoint's against.
+func BenchmarkSustainedRate(b *testing.B) {
+	rates := []int{10000, 20000, 30000}
+	if s := os.Getenv("WEBHOOK_RATES"); s != "" {
+		rates = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 100 {
+				b.Fatalf("WEBHOOK_RATES=%q: want rows a second, at least 100 each", s)
+			}
+			rates = append(rates, n)
+		}
+	}
+	seconds := 20
+	if s := os.Getenv("WEBHOOK_SECONDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 2 {
+			b.Fatalf("WEBHOOK_SECONDS=%q: want whole seconds, at least 2", s)
+		}
+		seconds = n
+	}
+	const txRows = 100
+	for _, rate := range rates {
+		b.Run(fmt.Sprintf("rows-per-s=%d", rate), func(b *testing.B) {
+			e := newEnv(b, envOptions{})
+			r := newReceiver(b)
+			// WEBHOOK_NO_ENDPOINT=1: the reader alone, for its own
+			// sustainable rate on the same machine.
+			alone := os.Getenv("WEBHOOK_NO_ENDPOINT") == "1"
+			if !alone {
+				ep := e.endpoint("sustained", r.URL(), func(w *endpoint.Webhook) { w.Batch = 100 })
+				e.waitConsumer(ep)
+			}
+			str, err := e.nats.JS.Stream(context.Background(), "TABLECAST")
+			if err != nil {
+				b.Fatal(err)
+			}
+			stored := func() int {
+				info, err := str.Info(context.Background())
+				if err != nil {
+					return -1
+				}
+				return int(info.State.LastSeq)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				base := i * rate * seconds // the ids written before
+				seq0, acc0 := stored(), r.acceptedCount()
+				var committed atomic.Int64
+				writeErr := make(chan error, 1)
+				start := time.Now()
+				go func() {
+					// Transactions at their times on a fixed schedule: a
+					// slow commit is followed by the ones due meanwhile.
+					every := time.Second * txRows / time.Duration(rate)
+					total := rate * seconds / txRows
+					for k := 0; k < total; k++ {
+						if d := time.Until(start.Add(time.Duration(k) * every)); d > 0 {
+							time.Sleep(d)
+						}
+						from := base + k*txRows + 1
+						if _, err := e.db.Exec(context.Background(), `INSERT INTO orders SELECT g, 'open', g FROM generate_series($1::int, $2::int) g`, from, from+txRows-1); err != nil {
+							writeErr <- err
+							return
+						}
+						committed.Add(txRows)
+					}
+					writeErr <- nil
+				}()
+				var readerMax, endpointMax int
+				var backlog []int
+				tick := time.NewTicker(100 * time.Millisecond)
+				want := rate * seconds
+				var wrote time.Duration
+				var storedAt time.Time
+				for done := false; !done; {
+					select {
+					case err := <-writeErr:
+						if err != nil {
+							b.Fatal(err)
+						}
+						wrote = time.Since(start)
+						done = true
+					case <-tick.C:
+						s := stored()
+						if s < 0 {
+							continue
+						}
+						s -= seq0
+						a := r.acceptedCount() - acc0
+						if alone {
+							a = s
+						}
+						readerMax = max(readerMax, int(committed.Load())-s)
+						endpointMax = max(endpointMax, s-a)
+						backlog = append(backlog, s-a)
+					}
+				}
+				tick.Stop()
+				waitFor(b, 5*time.Minute, "the reader to store every row", func() bool {
+					if stored()-seq0 >= want {
+						storedAt = time.Now()
+						return true
+					}
+					return false
+				})
+				if !alone {
+					r.waitCount(b, acc0+want, 5*time.Minute)
+				}
+				drain := time.Since(storedAt)
+				half := len(backlog) / 2
+				mean := func(v []int) float64 {
+					sum := 0
+					for _, x := range v {
+						sum += x
+					}
+					return float64(sum) / float64(max(1, len(v)))
+				}
+				sorted := slices.Clone(backlog)
+				slices.Sort(sorted)
+				b.ReportMetric(float64(rate*seconds)/wrote.Seconds(), "rows/s")
+				b.ReportMetric(float64(readerMax), "reader-backlog-max")
+				b.ReportMetric(float64(sorted[len(sorted)/2]), "endpoint-backlog-p50")
+				b.ReportMetric(float64(endpointMax), "endpoint-backlog-max")
+				b.ReportMetric(mean(backlog[:half]), "endpoint-backlog-1st")
+				b.ReportMetric(mean(backlog[half:]), "endpoint-backlog-2nd")
+				b.ReportMetric(float64(drain.Milliseconds()), "drain-ms")
+			}
+		})
+	}
 }
