@@ -226,8 +226,9 @@ func (s *session) open(ctx context.Context) error {
 // follow applies the event stream from the state's position on.
 func (s *session) follow(ctx context.Context) error {
 	m := s.m
+	filter := m.cfg.Prefix + "." + stream.Token(m.cfg.DB) + ".>"
 	cons, err := s.events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{m.cfg.Prefix + "." + stream.Token(m.cfg.DB) + ".>"},
+		FilterSubjects: []string{filter},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    s.position + 1,
 	})
@@ -240,6 +241,8 @@ func (s *session) follow(ctx context.Context) error {
 	}
 	defer it.Stop()
 	m.log.Info("row state: applying events", "from", s.position+1)
+	idle := time.Now()
+	var suspect uint64 // an event the stream held at the last idle check
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -252,12 +255,38 @@ func (s *session) follow(ctx context.Context) error {
 			return err
 		}
 		if len(msgs) > 0 {
+			idle, suspect = time.Now(), 0
 			if err := s.applyBatch(ctx, msgs); err != nil {
 				return err
 			}
+			continue
+		}
+		// A consumer can stall for good: after the event stream's leader
+		// changes, the pull iterator may answer a "leadership change"
+		// status without asking for messages again. The reader, which
+		// waits for the state to apply its events before it looks up old
+		// rows, would then wait too. So while nothing comes, the stream is
+		// asked every stallCheck for its last event of the database; one
+		// it already held at the previous check and still not delivered
+		// ends the session, and the next follows with a new consumer.
+		if time.Since(idle) < stallCheck {
+			continue
+		}
+		idle = time.Now()
+		if suspect > s.delivered {
+			return fmt.Errorf("the event stream holds event %d of %s, and its consumer delivered nothing past %d for %s: following again", suspect, m.cfg.DB, s.delivered, 2*stallCheck)
+		}
+		suspect = 0
+		if last, err := s.events.GetLastMsgForSubject(ctx, filter); err == nil && last.Sequence > s.delivered {
+			suspect = last.Sequence
 		}
 	}
 }
+
+// stallCheck is how long the maintainer waits with nothing delivered before
+// it asks the stream whether events are waiting (see follow): a stalled
+// consumer is found within twice this.
+const stallCheck = 5 * time.Second
 
 // take waits up to a second for the first event, then takes what arrives
 // within BatchWait of the last, up to BatchEvents.
