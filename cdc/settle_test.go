@@ -151,9 +151,9 @@ func TestSettleBeforeReadingStream(t *testing.T) {
 	held := n.Count("TABLECAST")
 	proxy.release()
 
-	evs := n.readAll(t, rows, 120*time.Second)
+	n.waitCount(t, rows, 120*time.Second)
 	time.Sleep(time.Second) // a duplicate would be stored by now
-	evs = n.fetch(t)
+	evs := n.fetch(t)
 	assertExactlyInOrder(t, evs, rows)
 	t.Logf("the server held %d events when the session failed; %d in the stream, each once", held, len(evs))
 }
@@ -174,9 +174,9 @@ func TestNATSRestartMidBatch(t *testing.T) {
 	waitFor(t, 60*time.Second, "a quarter of the transaction stored", func() bool { return n.Count("TABLECAST") >= rows/4 })
 	n.Stop()
 	n.Restart()
-	evs := n.readAll(t, rows, 120*time.Second)
+	n.waitCount(t, rows, 120*time.Second)
 	time.Sleep(time.Second)
-	evs = n.fetch(t)
+	evs := n.fetch(t)
 	assertExactlyInOrder(t, evs, rows)
 	if !r.log.contains("replication session ended") {
 		t.Error("the restart did not end a session: nothing was in flight when NATS went away")
