@@ -121,6 +121,30 @@ func (n *natsEnv) fetch(t testing.TB) []event {
 	return out
 }
 
+// lastEvent returns the last event the stream holds (what fetch returns
+// last), false if it holds none. Waiting for a last event with it reads one
+// message a poll, where fetch would read and decode thousands.
+func (n *natsEnv) lastEvent(t testing.TB) (event, bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := n.JS.Stream(ctx, "TABLECAST")
+	if err != nil {
+		return event{}, false
+	}
+	// Every message outside the control subjects is on the prefix's.
+	m, err := st.GetLastMsgForSubject(ctx, testPrefix+".>")
+	if err != nil {
+		return event{}, false
+	}
+	var e event
+	if err := json.Unmarshal(m.Data, &e); err != nil {
+		t.Fatalf("event %q is not an envelope: %v", m.Data, err)
+	}
+	e.Subject, e.Seq, e.Raw = m.Subject, m.Sequence, m.Data
+	return e, true
+}
+
 // logBuffer is a slog destination tests can search.
 type logBuffer struct {
 	mu  sync.Mutex
