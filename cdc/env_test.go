@@ -81,6 +81,16 @@ type event struct {
 // least want of them are there (or fails at the deadline).
 func (n *natsEnv) readAll(t testing.TB, want int, within time.Duration) []event {
 	t.Helper()
+	n.waitCount(t, want, within)
+	return n.fetch(t)
+}
+
+// waitCount waits until the stream holds at least want events, reading
+// none of them: a test that reads the stream only after a pause (for
+// duplicates to arrive) saves a read, which for tens of thousands of events
+// takes seconds.
+func (n *natsEnv) waitCount(t testing.TB, want int, within time.Duration) {
+	t.Helper()
 	deadline := time.Now().Add(within)
 	for n.Count("TABLECAST") < uint64(want) {
 		if time.Now().After(deadline) {
@@ -88,7 +98,6 @@ func (n *natsEnv) readAll(t testing.TB, want int, within time.Duration) []event 
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return n.fetch(t)
 }
 
 // fetch returns every event the stream holds, decoded.
@@ -110,6 +119,30 @@ func (n *natsEnv) fetch(t testing.TB) []event {
 		out = append(out, e)
 	}
 	return out
+}
+
+// lastEvent returns the last event the stream holds (what fetch returns
+// last), false if it holds none. Waiting for a last event with it reads one
+// message a poll, where fetch would read and decode thousands.
+func (n *natsEnv) lastEvent(t testing.TB) (event, bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := n.JS.Stream(ctx, "TABLECAST")
+	if err != nil {
+		return event{}, false
+	}
+	// Every message outside the control subjects is on the prefix's.
+	m, err := st.GetLastMsgForSubject(ctx, testPrefix+".>")
+	if err != nil {
+		return event{}, false
+	}
+	var e event
+	if err := json.Unmarshal(m.Data, &e); err != nil {
+		t.Fatalf("event %q is not an envelope: %v", m.Data, err)
+	}
+	e.Subject, e.Seq, e.Raw = m.Subject, m.Sequence, m.Data
+	return e, true
 }
 
 // logBuffer is a slog destination tests can search.

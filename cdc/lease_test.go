@@ -106,9 +106,11 @@ func TestFencedReaderStandsBy(t *testing.T) {
 
 func testFencedReaderStandsBy(t *testing.T, replicas int) {
 	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`)
-	n := startNATS(t)
+	var n *natsEnv
 	if replicas > 1 {
 		n = startNATSCluster(t, replicas)
+	} else {
+		n = startNATS(t)
 	}
 	cfg := db.config()
 	cfg.HeartbeatInterval = -1

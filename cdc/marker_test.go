@@ -180,9 +180,9 @@ func TestTransactionMarkers(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // past the duplicate window
 
 	r2 := startReader(t, cfg, n)
-	n.readAll(t, 9+big+1, 60*time.Second)
+	n.waitCount(t, 9+big+1, 60*time.Second)
 	db.exec(t, `INSERT INTO b VALUES (5)`)
-	n.readAll(t, 9+big+3, 30*time.Second)
+	n.waitCount(t, 9+big+3, 30*time.Second)
 	time.Sleep(500 * time.Millisecond) // a repeat would be stored by now
 	msgs := n.ReadAll(t, "TABLECAST")
 	markerSubject := stream.TransactionSubject(testPrefix, db.name)

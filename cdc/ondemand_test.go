@@ -69,8 +69,8 @@ func TestOnDemandSnapshot(t *testing.T) {
 	wg.Wait()
 	db.exec(t, `INSERT INTO items VALUES (-1, -1)`) // marker: the last event
 	waitFor(t, 60*time.Second, "the marker row", func() bool {
-		evs := n.fetch(t)
-		return len(evs) > 0 && evs[len(evs)-1].Key["id"] == float64(-1)
+		e, ok := n.lastEvent(t)
+		return ok && e.Key["id"] == float64(-1)
 	})
 
 	type rowState struct {

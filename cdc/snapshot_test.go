@@ -58,8 +58,8 @@ func TestInitialSnapshot(t *testing.T) {
 	}
 	db.exec(t, `INSERT INTO "Other Table" VALUES ('end', 0)`) // a marker: last event
 	waitFor(t, 60*time.Second, "the marker row", func() bool {
-		evs := n.fetch(t)
-		return len(evs) > 0 && evs[len(evs)-1].Table == "Other Table" && evs[len(evs)-1].Op == "create"
+		e, ok := n.lastEvent(t)
+		return ok && e.Table == "Other Table" && e.Op == "create"
 	})
 	evs := n.fetch(t)
 

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -21,7 +23,17 @@ import (
 
 // These tests run the real binary, as a user or an init system would.
 
-func TestMain(m *testing.M) { pgtest.Main(m, build.remove, plainBuild.remove) }
+func TestMain(m *testing.M) {
+	flag.Parse()
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		// See "Parallel tests" below: all of them at once, unless the
+		// command line says otherwise.
+		_ = flag.Set("test.parallel", strconv.Itoa(parallelTests))
+	}
+	pgtest.Main(m, build.remove, plainBuild.remove)
+}
 
 type builtBinary struct {
 	once sync.Once
@@ -336,7 +348,9 @@ func pgtestRequire(t testing.TB) *pgtest.Cluster { return pgtest.Require(t) }
 // TestAdminCommands, TestExactlyOnceBeyondDuplicateWindow, TestConsole)
 // share nothing with the others but the PostgreSQL cluster, each with a
 // database, a NATS server and ports of its own, and spend most of their
-// time waiting on processes. They run in parallel, two at a time, after
-// the package's other tests, when the other packages of make test are
-// mostly done; timing-sensitive tests (failover, leases, latency) stay
-// sequential.
+// time waiting on processes. They run in parallel, all four at once
+// (parallelTests; go test's default would be one per core, two here:
+// four took 60 s where two at a time took 100), after the package's other
+// tests, when the other packages of make test are mostly done;
+// timing-sensitive tests (failover, leases, latency) stay sequential.
+const parallelTests = 4

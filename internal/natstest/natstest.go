@@ -219,21 +219,29 @@ func (s *Server) Restart() {
 // control subjects (the readers' fences), 0 if it does not exist (yet) or
 // the server cannot be reached.
 func (s *Server) Count(streamName string) uint64 {
+	_, n := s.counts(streamName)
+	return n
+}
+
+// counts returns how many messages the stream holds in all, and how many
+// of them lie outside tablecast's control subjects; 0 and 0 if it does not
+// exist (yet) or the server cannot be reached.
+func (s *Server) counts(streamName string) (all, events uint64) {
 	st, err := s.JS.Stream(context.Background(), streamName)
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	// Fences (stream.FenceSubject) are stored among the events; they are
 	// not counted.
 	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(controlSubjects))
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	n := info.State.Msgs
 	for _, c := range info.State.Subjects {
 		n -= c
 	}
-	return n
+	return info.State.Msgs, n
 }
 
 // controlSubjects are tablecast's control subjects (stream.ControlToken),
@@ -256,7 +264,7 @@ func (s *Server) ReadAll(t testing.TB, streamName string) []Stored {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	total := s.Count(streamName)
+	all, total := s.counts(streamName)
 	if total == 0 {
 		return nil
 	}
@@ -282,8 +290,18 @@ func (s *Server) ReadAll(t testing.TB, streamName string) []Stored {
 		t.Fatalf("read stream %s: %v", streamName, err)
 	}
 	out := make([]Stored, 0, total)
+	var fetched uint64 // messages fetched, control ones included
 	for uint64(len(out)) < total {
-		batch, err := cons.Fetch(int(min(total-uint64(len(out)), 5000)), jetstream.FetchMaxWait(5*time.Second))
+		// A fetch asks for no more than the stream held when counted (a
+		// fetch for more waits out its FetchMaxWait), control messages
+		// included: asking only for the events still missing would fetch a
+		// stream holding fence rings (thousands of fences) a few messages
+		// at a time, one round trip each.
+		want := total - uint64(len(out))
+		if all > fetched {
+			want = max(want, all-fetched)
+		}
+		batch, err := cons.Fetch(int(min(want, 5000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			if again(err) {
 				continue
@@ -293,6 +311,7 @@ func (s *Server) ReadAll(t testing.TB, streamName string) []Stored {
 		got := 0
 		for m := range batch.Messages() {
 			got++
+			fetched++
 			if strings.HasPrefix(m.Subject(), "_TABLECAST.") {
 				continue
 			}
