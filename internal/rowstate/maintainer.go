@@ -261,11 +261,13 @@ func (s *session) follow(ctx context.Context) error {
 			}
 			continue
 		}
-		// A consumer can stall for good: after the event stream's leader
-		// changes, the pull iterator may answer a "leadership change"
-		// status without asking for messages again. The reader, which
-		// waits for the state to apply its events before it looks up old
-		// rows, would then wait too. So while nothing comes, the stream is
+		// A consumer can stall for good: when the node holding it dies
+		// (the event stream's leader, on a cluster), its open pull request
+		// goes with it, and the iterator learns of it only from two missed
+		// heartbeats (10 s or more). take's Next waits 1 s, and each Next
+		// watches the heartbeats only while it waits, so the loss is never
+		// seen. The reader, which waits for the state to apply its events
+		// before it looks up old rows, would then wait too. So while nothing comes, the stream is
 		// asked every stallCheck for its last event of the database; one
 		// it already held at the previous check and still not delivered
 		// ends the session, and the next follows with a new consumer.
