@@ -193,12 +193,15 @@ func (l *lease) hold(ctx context.Context, lost func(reason string)) {
 // lease (a takeover) changed it, and the delete is refused then, however
 // late the last renewal was. On a replicated bucket under load the delete
 // can take seconds.
-func (l *lease) release() bool {
+func (l *lease) release() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.kv.Delete(ctx, l.key, jetstream.LastRevision(l.rev)) == nil
+	if err := l.kv.Delete(ctx, l.key, jetstream.LastRevision(l.rev)); err != nil {
+		return fmt.Errorf("delete lease %s at revision %d: %w", l.key, l.rev, err)
+	}
+	return nil
 }
 
 // currentRev is the revision last written.

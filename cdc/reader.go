@@ -216,7 +216,10 @@ func (r *Reader) lead(ctx context.Context, a acquired, slotExists *bool) error {
 		cancel(nil)
 		<-held
 		r.ownRev = 0
-		if r.keepLease.Load() || !a.l.release() {
+		if r.keepLease.Load() {
+			r.ownRev = a.l.currentRev()
+		} else if err := a.l.release(); err != nil {
+			r.log.Warn("cannot give up the lease; a standby takes it once it expires", "err", err)
 			r.ownRev = a.l.currentRev()
 		}
 		r.setRole(false, leaseValue{})

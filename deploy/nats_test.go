@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/url"
 	"slices"
@@ -52,6 +53,42 @@ func loadNATSConfig(t *testing.T, file string, env map[string]string) *server.Op
 // with a JetStream meta leader.
 func startNATSCluster(t *testing.T, file string, nodes []*natsNode) {
 	t.Helper()
+	// A free port found here can be taken by another process (the other
+	// test packages run alongside) before the node listens on it; such a
+	// node never becomes ready. The cluster is then started again on new
+	// ports.
+	for attempt := 1; ; attempt++ {
+		err := startNATSNodes(t, file, nodes)
+		if err == nil {
+			break
+		}
+		for _, n := range nodes {
+			if n.srv != nil {
+				n.srv.Shutdown()
+				n.srv.WaitForShutdown()
+				n.srv = nil
+			}
+		}
+		if attempt == 3 {
+			t.Fatal(err)
+		}
+		t.Logf("starting the NATS cluster again on other ports: %v", err)
+	}
+	waitFor(t, time.Minute, "the NATS nodes to route to each other and elect a JetStream meta leader", func() bool {
+		leader := false
+		for _, n := range nodes {
+			if n.srv.NumRoutes() < len(nodes)-1 || !n.srv.JetStreamEnabled() {
+				return false
+			}
+			leader = leader || n.srv.JetStreamIsLeader()
+		}
+		return leader
+	})
+}
+
+// startNATSNodes starts the nodes on free ports (see startNATSCluster).
+func startNATSNodes(t *testing.T, file string, nodes []*natsNode) error {
+	t.Helper()
 	for _, n := range nodes {
 		n.client, n.route = freeAddr(t), freeAddr(t)
 	}
@@ -85,20 +122,11 @@ func startNATSCluster(t *testing.T, file string, nodes []*natsNode) {
 		srv.Start()
 		n.srv = srv
 		t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-		if !srv.ReadyForConnections(30 * time.Second) {
-			t.Fatalf("%s: not ready for connections", n.service)
+		if !srv.ReadyForConnections(15 * time.Second) {
+			return fmt.Errorf("%s: not ready for connections on %s (route %s)", n.service, n.client, n.route)
 		}
 	}
-	waitFor(t, time.Minute, "the NATS nodes to route to each other and elect a JetStream meta leader", func() bool {
-		leader := false
-		for _, n := range nodes {
-			if n.srv.NumRoutes() < len(nodes)-1 || !n.srv.JetStreamEnabled() {
-				return false
-			}
-			leader = leader || n.srv.JetStreamIsLeader()
-		}
-		return leader
-	})
+	return nil
 }
 
 func splitPort(t testing.TB, addr string) (string, int) {
