@@ -36,8 +36,9 @@ vet:
 
 # Every test, with the race detector, against real PostgreSQL clusters (each
 # test package starts its own) and in-process NATS servers. TESTP packages at
-# a time (Go's default: one per core); three take about 7.5 min here instead of
-# 9.5, but load the machine enough to make timing-sensitive tests flaky.
+# a time (Go's default: one per core). Three did not help on two cores (13
+# min against 12.5 with two, 2026-12-05): the heavy packages slow each other
+# and timing-sensitive tests get flaky.
 TESTP ?= 2
 test: vet
 	@scripts/pg.sh install
