@@ -20,8 +20,8 @@ import (
 
 // TestFetchStalledGivesUpOnlyWithoutProgress: reading a claimed object
 // gives up when nothing arrives for the stall bound, not when the whole
-// read takes longer than it. A 2 MiB object through a link throttled to
-// 1 MiB/s takes about 2 s and is read whole with a bound of 0.7 s (a
+// read takes longer than it. A 3 MiB object through a link throttled to
+// 1 MiB/s takes about 3 s and is read whole with a bound of 1 s (a
 // deadline on the whole read would turn it into a stub); the same read
 // through a link that freezes part way fails soon after the bound, naming
 // the missing progress.
@@ -32,13 +32,13 @@ func TestFetchStalledGivesUpOnlyWithoutProgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	event := []byte(`{"id":"0000000000000001-0001","data":{"notes":"` + strings.Repeat("n", 2<<20) + `"}}`)
+	event := []byte(`{"id":"0000000000000001-0001","data":{"notes":"` + strings.Repeat("n", 3<<20) + `"}}`)
 	name := stream.PayloadObjectName("shop", "0000000000000001-0001")
 	if err := store.Put(ctx, name, event); err != nil {
 		t.Fatal(err)
 	}
 	claim := stream.Claim{Bucket: store.Bucket(), Object: name, Size: int64(len(event))}
-	const stall = 700 * time.Millisecond
+	const stall = time.Second
 
 	t.Run("slow", func(t *testing.T) {
 		p := newThrottle(t, strings.TrimPrefix(n.URL(), "nats://"), 1<<20)
@@ -99,39 +99,11 @@ type throttle struct {
 }
 
 func newThrottle(t *testing.T, target string, rate int) *throttle {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &throttle{ln: ln, rate: rate}
-	var conns []net.Conn
-	var connsMu sync.Mutex
-	t.Cleanup(func() {
-		_ = ln.Close()
-		connsMu.Lock()
-		defer connsMu.Unlock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
+	p := &throttle{rate: rate}
+	p.ln = listenForward(t, target, func(c, s net.Conn) {
+		go func() { _, _ = io.Copy(s, c) }()
+		go p.forward(c, s)
 	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				_ = c.Close()
-				continue
-			}
-			connsMu.Lock()
-			conns = append(conns, c, s)
-			connsMu.Unlock()
-			go func() { _, _ = io.Copy(s, c) }()
-			go p.forward(c, s)
-		}
-	}()
 	return p
 }
 

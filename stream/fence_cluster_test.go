@@ -304,13 +304,33 @@ type stallProxy struct {
 }
 
 func newStallProxy(t *testing.T, target string) *stallProxy {
+	p := &stallProxy{target: target, gate: make(chan struct{})}
+	close(p.gate)
+	p.ln = listenForward(t, target, func(c, s net.Conn) {
+		go func() { _, _ = io.Copy(c, s) }()
+		go p.forward(s, c)
+	})
+	return p
+}
+
+// listenForward accepts connections on a loopback port and, for each,
+// dials target and hands both ends to pipe, which starts the copying. Every
+// connection is closed when the test ends.
+func listenForward(t *testing.T, target string, pipe func(client, server net.Conn)) net.Listener {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &stallProxy{ln: ln, target: target, gate: make(chan struct{})}
-	close(p.gate)
-	t.Cleanup(func() { _ = ln.Close() })
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -322,12 +342,13 @@ func newStallProxy(t *testing.T, target string) *stallProxy {
 				_ = c.Close()
 				continue
 			}
-			t.Cleanup(func() { _ = c.Close(); _ = s.Close() })
-			go func() { _, _ = io.Copy(c, s) }()
-			go p.forward(s, c)
+			mu.Lock()
+			conns = append(conns, c, s)
+			mu.Unlock()
+			pipe(c, s)
 		}
 	}()
-	return p
+	return ln
 }
 
 func (p *stallProxy) addr() string { return p.ln.Addr().String() }

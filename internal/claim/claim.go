@@ -85,10 +85,16 @@ func (o *Objects) FetchStalled(ctx context.Context, c Claim, stall time.Duration
 		progress = func() { t.Reset(stall) }
 	}
 	fail := func(err error) ([]byte, error) {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
 		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
 	}
 	obs, err := o.store(ctx, c.Bucket)
 	if err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			return nil, fmt.Errorf("%w: %w", cause, err)
+		}
 		return nil, err
 	}
 	res, err := obs.Get(ctx, c.Object)
