@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/tablecast/tablecast/cdc"
 	"github.com/tablecast/tablecast/internal/natstest"
 	"github.com/tablecast/tablecast/stream"
@@ -148,17 +146,9 @@ func fences(t *testing.T, n *natsServer) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := n.JS.Stream(ctx, "TABLECAST")
+	c, err := storedOn(ctx, n.JS, stream.FenceSubjects(""))
 	if err != nil {
 		t.Fatal(err)
-	}
-	info, err := st.Info(ctx, jetstream.WithSubjectFilter(stream.FenceSubjects("")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c uint64
-	for _, v := range info.State.Subjects {
-		c += v
 	}
 	return c
 }
