@@ -46,19 +46,7 @@ test: vet
 	$(GO) test -race -count=1 -p $(TESTP) -timeout 12m ./...
 
 fuzz:
-	$(GO) test -run='^$$' -fuzz='^FuzzScan$$' -fuzztime=$(FUZZTIME) ./internal/jsonx
-	$(GO) test -run='^$$' -fuzz='^FuzzAppendValue$$' -fuzztime=$(FUZZTIME) ./schema
-	$(GO) test -run='^$$' -fuzz='^FuzzToken$$' -fuzztime=$(FUZZTIME) ./stream
-	$(GO) test -run='^$$' -fuzz='^FuzzRowMessage$$' -fuzztime=$(FUZZTIME) ./cdc
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeClientMessage$$' -fuzztime=$(FUZZTIME) ./wsgate
-	$(GO) test -run='^$$' -fuzz='^FuzzParseURLSubscription$$' -fuzztime=$(FUZZTIME) ./wsgate
-	$(GO) test -run='^$$' -fuzz='^FuzzCompileWhere$$' -fuzztime=$(FUZZTIME) ./internal/query
-	$(GO) test -run='^$$' -fuzz='^FuzzRowReset$$' -fuzztime=$(FUZZTIME) ./internal/query
-	$(GO) test -run='^$$' -fuzz='^FuzzProjectEvent$$' -fuzztime=$(FUZZTIME) ./internal/query
-	$(GO) test -run='^$$' -fuzz='^FuzzCheckRepeated$$' -fuzztime=$(FUZZTIME) ./internal/auth
-	$(GO) test -run='^$$' -fuzz='^FuzzProjectView$$' -fuzztime=$(FUZZTIME) ./internal/query
-	$(GO) test -run='^$$' -fuzz='^FuzzUpgradeRequest$$' -fuzztime=$(FUZZTIME) ./wsgate
-	$(GO) test -run='^$$' -fuzz='^FuzzParseEvent$$' -fuzztime=$(FUZZTIME) ./clients/go/tablecast
+	FUZZTIME=$(FUZZTIME) GO=$(GO) scripts/fuzz.sh
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./internal/jsonx ./schema ./stream ./cdc ./internal/query ./internal/auth ./wsgate
