@@ -3,6 +3,7 @@ package stream
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -34,6 +35,9 @@ type PayloadStoreConfig struct {
 	// MaxPayload is the NATS server's maximum payload; the objects are
 	// stored in chunks that fit in it. Default (0): 128 KiB chunks.
 	MaxPayload int64
+	// Description is the bucket's. Default (empty): that of the events'
+	// bucket.
+	Description string
 }
 
 // PayloadStore is where the events too large for one NATS message are
@@ -59,11 +63,14 @@ func OpenPayloadStore(ctx context.Context, js jetstream.JetStream, cfg PayloadSt
 		// Half the maximum leaves room for the chunk's headers.
 		chunk = max(min(chunk, cfg.MaxPayload/2), 1)
 	}
+	if cfg.Description == "" {
+		cfg.Description = "tablecast: events too large for one NATS message, named by the claims in the event stream"
+	}
 	var obs jetstream.ObjectStore
 	err := retry(ctx, retryWithin, func(ctx context.Context) (err error) {
 		obs, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 			Bucket:      cfg.Bucket,
-			Description: "tablecast: events too large for one NATS message, named by the claims in the event stream",
+			Description: cfg.Description,
 			TTL:         ttl,
 			Replicas:    max(cfg.Replicas, 1),
 			Storage:     cfg.Storage,
@@ -86,6 +93,14 @@ func (p *PayloadStore) Put(ctx context.Context, name string, data []byte) error 
 	_, err := p.obs.Put(ctx, jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: p.chunk}}, bytes.NewReader(data))
 	if err != nil {
 		return fmt.Errorf("store object %s of %d bytes in bucket %s: %w", name, len(data), p.bucket, err)
+	}
+	return nil
+}
+
+// Delete removes the object name; one that is not there is not an error.
+func (p *PayloadStore) Delete(ctx context.Context, name string) error {
+	if err := p.obs.Delete(ctx, name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return fmt.Errorf("delete object %s from bucket %s: %w", name, p.bucket, err)
 	}
 	return nil
 }

@@ -26,6 +26,10 @@ const (
 	HeaderReason       = "Tablecast-Reason"
 	HeaderAttempts     = "Tablecast-Attempts"
 	HeaderFirstAttempt = "Tablecast-First-Attempt"
+	// HeaderBodyObject names the object that holds the body of a dead
+	// letter too large for one NATS message (in BodyBucket); the record's
+	// own body is then the claim of it.
+	HeaderBodyObject = "Tablecast-Body-Object"
 )
 
 // DeadLetters are the webhook dead letters, in the dead-letter stream
@@ -34,10 +38,15 @@ const (
 // was sent. A replay moves one to "<prefix>_deadletter.webhook_replay.<endpoint id>",
 // where the endpoint's worker delivers it again.
 type DeadLetters struct {
-	js     jetstream.JetStream
-	name   string // the dead-letter stream
-	str    jetstream.Stream
-	prefix string // "<prefix>_deadletter"
+	js       jetstream.JetStream
+	name     string // the dead-letter stream
+	str      jetstream.Stream
+	prefix   string // "<prefix>_deadletter"
+	replicas int
+	resolver *stream.Resolver
+
+	bodiesMu sync.Mutex
+	bodies   *stream.PayloadStore // opened when first needed
 
 	mu    sync.Mutex
 	wakes map[string]chan struct{} // by endpoint id: its worker's replays here
@@ -92,7 +101,84 @@ func OpenDeadLetters(ctx context.Context, js jetstream.JetStream, eventStream, p
 	if err != nil {
 		return nil, fmt.Errorf("open stream %s: %w", name, err)
 	}
-	return &DeadLetters{js: js, name: name, str: str, prefix: strings.TrimSuffix(stream.DeadLetterSubjects(prefix), ".>")}, nil
+	return &DeadLetters{js: js, name: name, str: str, prefix: strings.TrimSuffix(stream.DeadLetterSubjects(prefix), ".>"),
+		replicas: replicas, resolver: stream.NewResolver(js)}, nil
+}
+
+// BodyBucket is the object store bucket of the dead letters' bodies too
+// large for one NATS message. Its objects are kept until the dead letter
+// they belong to is delivered by a replay, as the records are.
+func (d *DeadLetters) BodyBucket() string { return d.name + "_BODIES" }
+
+// bodyStore opens BodyBucket, creating it when missing.
+func (d *DeadLetters) bodyStore(ctx context.Context) (*stream.PayloadStore, error) {
+	d.bodiesMu.Lock()
+	defer d.bodiesMu.Unlock()
+	if d.bodies != nil {
+		return d.bodies, nil
+	}
+	ps, err := stream.OpenPayloadStore(ctx, d.js, stream.PayloadStoreConfig{
+		Bucket: d.BodyBucket(), Replicas: d.replicas, MaxPayload: d.js.Conn().MaxPayload(),
+		Description: "tablecast: bodies of webhook dead letters too large for one NATS message, named by the claims in " + d.name,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.bodies = ps
+	return ps, nil
+}
+
+// fits reports whether msg, with the Nats-Msg-Id header msgID that goes
+// with it, is within the server's maximum payload (which counts headers
+// and data).
+func (d *DeadLetters) fits(msg *nats.Msg, msgID string) bool {
+	size := len("NATS/1.0\r\n\r\n") + len(nats.MsgIdHdr) + len(msgID) + len(": \r\n") + len(msg.Data)
+	for k, vs := range msg.Header {
+		for _, v := range vs {
+			size += len(k) + len(v) + len(": \r\n")
+		}
+	}
+	return int64(size) <= d.js.Conn().MaxPayload()
+}
+
+// claimStall is how long a read of a dead letter's body object may go
+// with nothing arriving before it is given up (and tried again).
+const claimStall = 30 * time.Second
+
+// Body returns the body of dl as it was sent: the record's own, or the
+// object's it names (HeaderBodyObject). An object that is gone is an error
+// wrapping stream.ErrClaimGone.
+func (d *DeadLetters) Body(ctx context.Context, dl DeadLetter) ([]byte, error) {
+	if dl.BodyObject == "" {
+		return dl.Body, nil
+	}
+	return d.objectBody(ctx, dl.Body)
+}
+
+// objectBody reads the object of a record whose body is a claim.
+func (d *DeadLetters) objectBody(ctx context.Context, claim []byte) ([]byte, error) {
+	c, ok, err := stream.ParseClaim(claim)
+	if err == nil && !ok {
+		err = errors.New("no claim in it")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the claim of a dead letter's body: %w", err)
+	}
+	body, err := d.resolver.FetchStalled(ctx, c, claimStall)
+	if err != nil {
+		return nil, fmt.Errorf("read the body of a dead letter from %s/%s: %w", c.Bucket, c.Object, err)
+	}
+	return body, nil
+}
+
+// deleteBody removes the object of a dead letter's body, once nothing
+// names it any more.
+func (d *DeadLetters) deleteBody(ctx context.Context, object string) error {
+	ps, err := d.bodyStore(ctx)
+	if err != nil {
+		return err
+	}
+	return ps.Delete(ctx, object)
 }
 
 // Stream is the dead-letter stream's name.
@@ -125,7 +211,10 @@ type DeadLetter struct {
 	Attempts   int       `json:"attempts"`
 	FirstTry   time.Time `json:"first_attempt"`
 	DeadAt     time.Time `json:"dead_lettered_at"`
-	Body       []byte    `json:"-"` // the envelope, as sent
+	// Body is the envelope as sent or, when BodyObject is set, the claim
+	// of the object that holds it (see Body).
+	Body       []byte `json:"-"`
+	BodyObject string `json:"-"`
 }
 
 // List returns up to limit dead letters of an endpoint with a sequence
@@ -156,7 +245,7 @@ func deadLetterOf(raw *jetstream.RawStreamMsg) DeadLetter {
 	dl := DeadLetter{
 		Seq: raw.Sequence, EndpointID: h.Get(HeaderEndpointID), Endpoint: h.Get(HeaderEndpoint),
 		EventID: h.Get(HeaderEventID), Subject: h.Get(HeaderSubject), Reason: h.Get(HeaderReason),
-		DeadAt: raw.Time, Body: raw.Data,
+		DeadAt: raw.Time, Body: raw.Data, BodyObject: h.Get(HeaderBodyObject),
 	}
 	dl.StreamSeq, _ = strconv.ParseUint(h.Get(HeaderStreamSeq), 10, 64)
 	dl.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
@@ -236,23 +325,53 @@ func (w *worker) deadLetter(ctx context.Context, e *match.Entry, items []item, r
 		msg.Header.Set(HeaderAttempts, strconv.Itoa(attempts))
 		msg.Header.Set(HeaderFirstAttempt, first.UTC().Format(time.RFC3339Nano))
 		msgID := "webhook-" + w.id + "-" + it.id + "-" + strconv.FormatInt(first.UnixNano(), 36)
-		backoff := 100 * time.Millisecond
-		for {
+		if !d.fits(msg, msgID) {
+			// A body too large for a NATS message (an event that came as
+			// a claim, resolved) goes into an object of its own, named
+			// after the record, which carries its claim: a record that
+			// cannot be stored would hold up the endpoint for good.
+			ok := retryDeadLetter(ctx, w, it.id, func() error {
+				ps, err := d.bodyStore(ctx)
+				if err != nil {
+					return err
+				}
+				return ps.Put(ctx, msgID, it.body)
+			})
+			if !ok {
+				return false
+			}
+			msg.Data = stream.AppendClaim([]byte(`{"`+stream.ClaimMember+`":`), stream.Claim{Bucket: d.BodyBucket(), Object: msgID, Size: int64(len(it.body))})
+			msg.Data = append(msg.Data, '}')
+			msg.Header.Set(HeaderBodyObject, msgID)
+		}
+		ok := retryDeadLetter(ctx, w, it.id, func() error {
 			_, err := w.m.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
-			if err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return false
-			}
-			w.log().Warn("cannot store a dead letter; retrying", "event_id", it.id, "err", err, "retry_in", backoff)
-			if !sleep(ctx, backoff) {
-				return false
-			}
-			backoff = min(backoff*2, 5*time.Second)
+			return err
+		})
+		if !ok {
+			return false
 		}
 	}
 	return true
+}
+
+// retryDeadLetter runs store until it succeeds (true) or ctx ends (false).
+func retryDeadLetter(ctx context.Context, w *worker, eventID string, store func() error) bool {
+	backoff := 100 * time.Millisecond
+	for {
+		err := store()
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		w.log().Warn("cannot store a dead letter; retrying", "event_id", eventID, "err", err, "retry_in", backoff)
+		if !sleep(ctx, backoff) {
+			return false
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
 }
 
 // replayPoll is how often a worker looks for replays queued by another
@@ -326,6 +445,15 @@ func (w *worker) replays(ctx context.Context) {
 			if it.id == "" {
 				it.id = "replay-" + strconv.FormatUint(meta.Sequence.Stream, 10)
 			}
+			object := h.Get(HeaderBodyObject)
+			if object != "" {
+				body, ok := w.replayBody(ctx, it.id, msg.Data())
+				if !ok {
+					cancel()
+					return
+				}
+				it.body = body
+			}
 			if r := w.deliver(ctx, w.entry.Load(), []item{it}); r == resultStopped || r == resultGone {
 				cancel()
 				return
@@ -334,11 +462,43 @@ func (w *worker) replays(ctx context.Context) {
 				w.log().Warn("cannot acknowledge a replayed event; it may be delivered again", "err", err)
 			} else if err := d.str.DeleteMsg(ctx, meta.Sequence.Stream); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 				w.log().Warn("cannot remove a replayed event from the dead-letter stream", "err", err)
+			} else if object != "" {
+				// Delivered, or dead-lettered again with an object of its
+				// own: nothing names this one any more.
+				if err := d.deleteBody(ctx, object); err != nil {
+					w.log().Warn("cannot delete the object of a replayed dead letter's body", "object", object, "err", err)
+				}
 			}
 			w.heldMu.Lock()
 			delete(w.held, ^meta.Sequence.Stream)
 			w.heldMu.Unlock()
 		}
 		cancel()
+	}
+}
+
+// replayBody reads the body of a replayed dead letter from the object its
+// claim names, retrying until it is read or ctx ends (false). An object
+// that is gone (deleted by hand) leaves only the claim, which is sent as
+// it is: the receiver then learns the event's id and that its body is
+// lost, rather than the endpoint's replays stopping for good.
+func (w *worker) replayBody(ctx context.Context, eventID string, claim []byte) ([]byte, bool) {
+	backoff := 100 * time.Millisecond
+	for {
+		body, err := w.m.dl.objectBody(ctx, claim)
+		switch {
+		case err == nil:
+			return body, true
+		case ctx.Err() != nil:
+			return nil, false
+		case errors.Is(err, stream.ErrClaimGone):
+			w.log().Error("the body of a replayed dead letter is gone; sending its claim", "event_id", eventID, "err", err)
+			return claim, true
+		}
+		w.log().Warn("cannot read the body of a replayed dead letter; retrying", "event_id", eventID, "err", err, "retry_in", backoff)
+		if !sleep(ctx, backoff) {
+			return nil, false
+		}
+		backoff = min(backoff*2, 5*time.Second)
 	}
 }

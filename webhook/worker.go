@@ -847,23 +847,53 @@ func (w *worker) lane(ctx context.Context, l *lane) {
 		behind = size > 1 && len(msgs) == size
 		e := w.entry.Load()
 		items := make([]item, 0, len(msgs))
-		for _, msg := range msgs {
+		bodies, sent := 0, 0 // bytes of items; msgs[:sent] are acknowledged
+		for i, msg := range msgs {
 			it, ok, err := w.prepare(ctx, e, &ev, msg)
 			if err != nil {
 				return // ctx ended
 			}
-			if ok {
-				items = append(items, it)
+			if !ok {
+				continue
 			}
-		}
-		if len(items) > 0 {
-			switch w.deliver(ctx, e, items) {
-			case resultStopped, resultGone:
-				return // held messages are given back as the worker ends
+			if len(items) > 0 && bodies+len(it.body) > maxRequestBody {
+				// Large rows: what is prepared goes now, and this event
+				// starts the next request.
+				if !w.deliverAndAck(ctx, e, items, msgs[sent:i]) {
+					return
+				}
+				clear(items)
+				items, bodies, sent = items[:0], 0, i
 			}
+			items = append(items, it)
+			bodies += len(it.body)
 		}
-		w.ack(msgs)
+		if !w.deliverAndAck(ctx, e, items, msgs[sent:]) {
+			return
+		}
 	}
+}
+
+// maxRequestBody bounds a batch's body: a batch of large rows (each up to
+// TABLECAST_MAX_EVENT_BYTES) ends early rather than making one request of
+// a gigabyte, which receivers refuse (a common proxy's limit is 1 MiB) and
+// which would be held in memory whole. An event larger than this goes on
+// its own.
+const maxRequestBody = 1 << 20
+
+// deliverAndAck delivers items (when there are any) and then acknowledges
+// msgs, the messages they came from and those passed over among them. It
+// reports false when the lane must stop (the worker is stopping, or the
+// endpoint was disabled): held messages are given back as the worker ends.
+func (w *worker) deliverAndAck(ctx context.Context, e *match.Entry, items []item, msgs []jetstream.Msg) bool {
+	if len(items) > 0 {
+		switch w.deliver(ctx, e, items) {
+		case resultStopped, resultGone:
+			return false
+		}
+	}
+	w.ack(msgs)
+	return true
 }
 
 // prepare reads a message: the event, whether the endpoint's Matcher
@@ -879,12 +909,12 @@ func (w *worker) prepare(ctx context.Context, e *match.Entry, ev *query.Event, m
 		return it, false, nil
 	}
 	data := msg.Data()
-	if resolved, err := w.m.resolver.Resolve(ctx, data); err == nil {
-		data = resolved
-	} else if ctx.Err() != nil {
-		return it, false, ctx.Err()
-	} else {
-		w.log().Warn("event claim not resolved; delivered as received", "seq", it.seq, "err", err)
+	if c, isClaim, err := stream.ParseClaim(data); err != nil {
+		w.log().Warn("event with a malformed claim; delivered as received", "seq", it.seq, "err", err)
+	} else if isClaim {
+		if data, ok = w.resolveClaim(ctx, c, data, it.seq); !ok {
+			return it, false, ctx.Err()
+		}
 	}
 	backoff := 100 * time.Millisecond
 	var t = w.m.cfg.Tables.TableIn(db, sch, tbl)
@@ -927,6 +957,38 @@ func (w *worker) prepare(ctx context.Context, e *match.Entry, ev *query.Event, m
 		it.id = "seq-" + strconv.FormatUint(it.seq, 10)
 	}
 	return it, true, nil
+}
+
+// resolveClaim reads the event a claim stands for, retrying until it is
+// read or ctx ends (false). Unlike the gateway, whose feed serves every
+// subscriber of a table, an endpoint waits on its own: a read that fails
+// (NATS away, a read with nothing arriving for claimStall) is tried again
+// rather than sending the receiver the claim, which it could not resolve.
+// Only an object that is gone (expired with the stream's max age) leaves
+// the event as received, claim included.
+func (w *worker) resolveClaim(ctx context.Context, c stream.Claim, received []byte, seq uint64) ([]byte, bool) {
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		data, err := w.m.resolver.FetchStalled(ctx, c, claimStall)
+		switch {
+		case err == nil:
+			return data, true
+		case ctx.Err() != nil:
+			return nil, false
+		case errors.Is(err, stream.ErrClaimGone):
+			w.log().Warn("the object of a claimed event is gone; delivered as received", "seq", seq, "err", err)
+			return received, true
+		}
+		level := slog.LevelDebug
+		if attempt == 1 {
+			level = slog.LevelWarn
+		}
+		w.log().Log(ctx, level, "cannot read the object of a claimed event; retrying", "seq", seq, "attempt", attempt, "err", err, "retry_in", backoff)
+		if !sleep(ctx, backoff) {
+			return nil, false
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
 }
 
 // parseSubject reads a change subject: <prefix>.<db>.<schema>.<table>.<op>.

@@ -1,0 +1,155 @@
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/internal/match"
+	"github.com/tablecast/tablecast/internal/natstest"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// TestOversizeEventDeadLetteredAndReplayed: an event larger than a NATS
+// message (its claim resolved for the receiver) that the receiver keeps
+// refusing is dead-lettered whole, and delivery goes on with the next
+// event; a replay sends the whole event again, and once it is delivered
+// nothing of it is left. A dead letter is a NATS message too: its body
+// cannot go into the record as the body of a small event does.
+func TestOversizeEventDeadLetteredAndReplayed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	// Larger than the server's maximum payload: the reader stores the
+	// row's event as a claim, and the dead letter cannot hold it either.
+	bigStatus := int(e.nats.NC.MaxPayload()) + 100_000
+	r := newReceiver(t)
+	var refuse atomic.Bool
+	refuse.Store(true)
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+		if refuse.Load() && len(d.Body) > bigStatus {
+			return 503, nil, 0
+		}
+		return 200, nil, 0
+	})
+	ep := e.endpoint("big", r.URL(), func(w *endpoint.Webhook) {
+		w.Retry = endpoint.Retry{Initial: endpoint.Duration(100 * time.Millisecond), Max: endpoint.Duration(200 * time.Millisecond), MaxAge: endpoint.Duration(time.Second)}
+	})
+	e.waitConsumer(ep)
+	e.insertOrders(1, 1)
+	e.exec(`INSERT INTO orders VALUES (2, repeat('x', $1), 20)`, bigStatus)
+	e.insertOrders(3, 3)
+	got := r.waitAccepted(t, 2, time.Minute)
+	if a, b := got[0].Data["id"].(float64), got[1].Data["id"].(float64); a != 1 || b != 3 {
+		t.Fatalf("accepted rows %v and %v, want 1 and 3", a, b)
+	}
+	ctx := context.Background()
+	dls, err := e.mgr.DeadLetters().List(ctx, ep.ID, 0, 10)
+	if err != nil || len(dls) != 1 {
+		t.Fatalf("dead letters %+v, %v; want one", dls, err)
+	}
+	c, ok, err := stream.ParseClaim(dls[0].Body)
+	if err != nil || !ok || c.Bucket != e.mgr.DeadLetters().BodyBucket() || c.Size <= int64(bigStatus) {
+		t.Fatalf("dead letter body %.300s: claim %+v, %v, %v; want a claim of the whole envelope in %s", dls[0].Body, c, ok, err, e.mgr.DeadLetters().BodyBucket())
+	}
+	body, err := e.mgr.DeadLetters().Body(ctx, dls[0])
+	if err != nil {
+		t.Fatalf("read the dead letter's body: %v", err)
+	}
+	if evs := parseBody(t, body); len(evs) != 1 || evs[0].ID != dls[0].EventID || len(evs[0].Data["status"].(string)) != bigStatus {
+		t.Fatalf("dead letter body of %d bytes is not the whole event %s", len(body), dls[0].EventID)
+	}
+
+	refuse.Store(false)
+	if n, err := e.mgr.DeadLetters().Replay(ctx, ep.ID); err != nil || n != 1 {
+		t.Fatalf("Replay = %d, %v", n, err)
+	}
+	got = r.waitAccepted(t, 3, time.Minute)
+	if got[2].Data["id"].(float64) != 2 || got[2].Data["status"].(string) != strings.Repeat("x", bigStatus) {
+		t.Fatalf("replayed row %v with a status of %d bytes, want row 2 whole", got[2].Data["id"], len(got[2].Data["status"].(string)))
+	}
+	waitFor(t, 10*time.Second, "the replayed body's object to be deleted", func() bool {
+		_, err := e.mgr.DeadLetters().Body(ctx, dls[0])
+		return err != nil && strings.Contains(err.Error(), "no longer stored")
+	})
+	if dls, _ := e.mgr.DeadLetters().List(ctx, ep.ID, 0, 10); len(dls) != 0 {
+		t.Fatalf("%d dead letters left after the replay", len(dls))
+	}
+}
+
+// TestClaimReadRetriedAcrossOutage: when the object of a claimed event
+// cannot be read (NATS is away), the endpoint waits and reads it once NATS
+// is back, rather than sending the receiver the claim, which it could not
+// resolve; only an object that is gone leaves the event as received.
+func TestClaimReadRetriedAcrossOutage(t *testing.T) {
+	t.Parallel()
+	n := natstest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ps, err := stream.OpenPayloadStore(ctx, n.JS, stream.PayloadStoreConfig{MaxPayload: n.NC.MaxPayload()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := []byte(`{"id":"1","data":{"pad":"` + strings.Repeat("y", 1<<20) + `"}}`)
+	if err := ps.Put(ctx, "db/1", full); err != nil {
+		t.Fatal(err)
+	}
+	c := stream.Claim{Bucket: ps.Bucket(), Object: "db/1", Size: int64(len(full))}
+	received := stream.AppendClaim([]byte(`{"id":"1","claim":`), c)
+	received = append(received, '}')
+	lb := &logBuffer{}
+	w := &worker{m: &Manager{resolver: stream.NewResolver(n.JS), log: slog.New(slog.NewTextHandler(lb, nil))}, id: "test"}
+	w.entry.Store(&match.Entry{Endpoint: &endpoint.Endpoint{Name: "outage"}})
+
+	n.Stop()
+	restarted := make(chan struct{})
+	t.Cleanup(func() { <-restarted }) // before the server's own cleanup
+	go func() {
+		defer close(restarted)
+		time.Sleep(2 * time.Second)
+		n.Restart()
+	}()
+	got, ok := w.resolveClaim(ctx, c, received, 1)
+	if !ok || !bytes.Equal(got, full) {
+		t.Fatalf("resolveClaim across an outage = %d bytes, %v; want the object's %d bytes\nlog:\n%s", len(got), ok, len(full), lb.String())
+	}
+	if !lb.contains("cannot read the object of a claimed event; retrying") {
+		t.Fatalf("the read did not fail during the outage; log:\n%s", lb.String())
+	}
+
+	gone := stream.Claim{Bucket: ps.Bucket(), Object: "db/2", Size: 10}
+	if got, ok := w.resolveClaim(ctx, gone, received, 2); !ok || !bytes.Equal(got, received) {
+		t.Fatalf("resolveClaim of an object that is gone = %.100s, %v; want the event as received", got, ok)
+	}
+}
+
+// TestBatchOfLargeRowsIsSplit: a batching endpoint's requests stay within
+// maxRequestBody however large its rows, an event larger than that goes
+// alone, and every event arrives once, in order.
+func TestBatchOfLargeRowsIsSplit(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	ep := e.endpoint("large", r.URL(), func(w *endpoint.Webhook) { w.Batch = 10 })
+	e.waitConsumer(ep)
+	const rows = 7
+	// Six rows of 400 kB in one transaction (two fit in a request, not
+	// three), then one of 1.5 MB, larger than a request may be.
+	e.exec(`INSERT INTO orders SELECT g, repeat('x', 400000), g FROM generate_series(1, 6) g`)
+	e.exec(`INSERT INTO orders VALUES (7, repeat('x', 1500000), 7)`)
+	got := r.waitAccepted(t, rows, time.Minute)
+	checkOrder(t, got, rows)
+	reqs := r.requests()
+	for _, d := range reqs {
+		if n := countEnvelopes(d.Body); len(d.Body) > maxRequestBody && n != 1 {
+			t.Errorf("request %s of %d bytes holds %d events; want at most %d bytes, or one event", d.ID, len(d.Body), n, maxRequestBody)
+		}
+	}
+	if len(reqs) < 4 {
+		t.Errorf("%d requests for %d events of 400 kB and one of 1.5 MB; want at least 4", len(reqs), rows)
+	}
+}
