@@ -245,10 +245,15 @@ func (r *Reader) resume(ctx context.Context, origin string) (resumePoint, error)
 // in flight (a refused message, an acknowledgement that did not come in
 // time, PostgreSQL gone) leaves them in the server's queue or on the wire;
 // read before they are stored, the stream would not show them, and the
-// replay would store them a second time. The duplicate window then only
-// guards what the barrier cannot order: the messages of a connection that
-// dropped and that the server had not finished reading, and those of a
-// stream with replicas not yet applied when its leader refused the barrier.
+// replay would store them a second time. Reading does not wait for them:
+// JetStream reads a connection in order, but queues the messages for the
+// stream to store while it answers the requests that read the stream (its
+// info, consumers) from workers of its own; the barrier goes through the
+// stream's queue behind them (TestSettleBeforeReadingStream). The
+// duplicate window then only guards what the barrier cannot order: the
+// messages of a connection that dropped and that the server had not
+// finished reading, and those of a stream with replicas not yet applied
+// when its leader refused the barrier.
 func (r *Reader) settle(ctx context.Context) error {
 	bctx, cancel := context.WithTimeout(ctx, settleTimeout)
 	defer cancel()

@@ -1,6 +1,7 @@
 package cdc
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -30,6 +31,8 @@ type holdingProxy struct {
 	mu     sync.Mutex
 	held   bool
 	resume *sync.Cond
+	// heldData is what the client sent since the last hold, while held.
+	heldData []byte
 }
 
 func startHoldingProxy(t testing.TB, target string) *holdingProxy {
@@ -74,6 +77,11 @@ func (p *holdingProxy) accept() {
 				buf := make([]byte, 32<<10)
 				n, err := c.Read(buf)
 				if n > 0 {
+					p.mu.Lock()
+					if p.held {
+						p.heldData = append(p.heldData, buf[:n]...)
+					}
+					p.mu.Unlock()
 					chunks <- buf[:n]
 				}
 				if err != nil {
@@ -99,8 +107,15 @@ func (p *holdingProxy) accept() {
 
 func (p *holdingProxy) hold() {
 	p.mu.Lock()
-	p.held = true
+	p.held, p.heldData = true, nil
 	p.mu.Unlock()
+}
+
+// heldContains reports whether the client sent s while held.
+func (p *holdingProxy) heldContains(s string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return bytes.Contains(p.heldData, []byte(s))
 }
 
 func (p *holdingProxy) release() {
@@ -111,14 +126,22 @@ func (p *holdingProxy) release() {
 }
 
 // TestSettleBeforeReadingStream: a session fails with thousands of events
-// sent that the server has not stored yet (it has not even read them). The
-// next session must not read the stream before they are stored, or it
-// would publish them a second time, with the duplicate window far too short
-// to drop them: the replay reaches them only after re-reading the large
-// transaction they belong to (which starts with rows of a table nobody
-// publishes, so that the walsender takes a while to decode it again). The
-// barrier (settle) orders the next session's look after them; every event
-// is then in the stream exactly once, in order.
+// sent that the server has not stored yet. The next session must not read
+// the stream before they are stored, or it would publish them a second
+// time, with the duplicate window far too short to drop them: the replay
+// reaches them only after re-reading the large transaction they belong to
+// (which starts with rows of a table nobody publishes, so that the
+// walsender takes a while to decode it again).
+//
+// The proxy holds the failed session's publishes and the next session's
+// first request, then lets the server read them at once. The server reads
+// a connection in order, but it only queues the publishes for the stream's
+// own goroutine to store, while it answers the requests that read the
+// stream (stream info, consumers) from a separate pool of workers: without
+// the barrier (settle), the next session learns the stream's end while
+// thousands of the held events are still queued, and publishes them again.
+// The barrier goes through the stream's queue behind them; every event is
+// then in the stream exactly once, in order.
 func TestSettleBeforeReadingStream(t *testing.T) {
 	// The reader holds at most 8,192 events in flight: when a third of the
 	// rows are stored and the proxy holds, it cannot have sent more than
@@ -140,20 +163,26 @@ func TestSettleBeforeReadingStream(t *testing.T) {
 	}
 	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
-	r := launchReaderOn(t, db.config(), nc, js)
+	cfg := db.config()
+	// A lease that outlasts the hold: the session must end for want of
+	// acknowledgements (stream.DefaultAckTimeout) and the next one start at
+	// once. A reader that lost its lease would take the slot again only
+	// once the lease expired, seconds after the server stored everything.
+	cfg.LeaderLease = time.Minute
+	r := launchReaderOn(t, cfg, nc, js)
 	waitFor(t, 20*time.Second, "the reader to stream", func() bool { return r.Health().Streaming })
 
 	// One transaction (two statements, no parameters: the simple protocol).
 	db.exec(t, fmt.Sprintf(`INSERT INTO filler SELECT generate_series(1, 300000); INSERT INTO items SELECT g, repeat('x', 100) FROM generate_series(1, %d) g`, rows))
 	waitFor(t, 60*time.Second, "a third of the transaction stored", func() bool { return n.Count("TABLECAST") >= rows/3 })
 	proxy.hold()
-	// The publisher gives up waiting for acknowledgements, or the reader
-	// its lease, which it cannot renew either: the session ends, and the
-	// next one starts, all while the server reads nothing.
-	waitFor(t, 30*time.Second, "the session to fail", func() bool {
-		return r.log.contains("replication session ended") || r.log.contains("lost the lease")
+	waitFor(t, 30*time.Second, "the session to fail", func() bool { return r.log.contains("replication session ended") })
+	// The next session's first request goes behind the held publishes:
+	// settle's barrier (it expects a last sequence no stream reaches), or
+	// without it resume's look at the stream.
+	waitFor(t, 10*time.Second, "the next session to look at the stream", func() bool {
+		return proxy.heldContains("Nats-Expected-Last-Sequence") || proxy.heldContains("$JS.API.STREAM.INFO.TABLECAST")
 	})
-	time.Sleep(500 * time.Millisecond)
 	held := n.Count("TABLECAST")
 	proxy.release()
 
@@ -161,7 +190,7 @@ func TestSettleBeforeReadingStream(t *testing.T) {
 	time.Sleep(time.Second) // a duplicate would be stored by now
 	evs := n.fetch(t)
 	assertExactlyInOrder(t, evs, rows)
-	t.Logf("the server held %d events when the session failed; %d in the stream, each once", held, len(evs))
+	t.Logf("the stream held %d events when the next session looked; %d in the stream, each once", held, len(evs))
 }
 
 // TestNATSRestartMidBatch: NATS restarts while the reader is half way
