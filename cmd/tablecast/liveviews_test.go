@@ -671,11 +671,14 @@ func TestLiveViewManySnapshots(t *testing.T) {
 	slot := fmt.Sprintf("tc_many_%d", os.Getpid())
 	dropSlotAtCleanup(t, url, slot)
 	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
-	// The write timeout is long: the clients share a race-built process,
-	// and one starved for a while is not what is measured.
+	// The write timeout is long, and no pings go out while it runs: the
+	// clients share a race-built process, and one starved for a while is
+	// not what is measured (the client library gives a pong 5 s to be
+	// written, and closes its connection when that passes).
 	_, p := startBinary(t, plainBinary(t), append(baseEnv(), "TABLECAST_ROW_STATE=true", "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_many",
 		"TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_NATS_LISTEN="+natsAddr, "TABLECAST_DATA_DIR="+t.TempDir(),
-		"TABLECAST_ALLOW_ANONYMOUS=true", "TABLECAST_WS_MAX_CONNECTIONS_PER_IDENTITY=5000", "TABLECAST_WS_WRITE_TIMEOUT=60s"), "run")
+		"TABLECAST_ALLOW_ANONYMOUS=true", "TABLECAST_WS_MAX_CONNECTIONS_PER_IDENTITY=5000", "TABLECAST_WS_WRITE_TIMEOUT=60s",
+		"TABLECAST_WS_PING_INTERVAL=10m"), "run")
 	waitFor(t, 2*time.Minute, "/readyz", func() bool {
 		code, _, err := httpGet("http://" + httpAddr + "/readyz")
 		return err == nil && code == 200
