@@ -326,8 +326,13 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) (err error) {
 			rc.delivered++
 			msgs, metas = append(msgs, msg), append(metas, meta)
 			// Past the boundary, messages are live delivery's; with
-			// none pending, there is nothing more to wait for.
-			if meta.Sequence.Stream > boundary && !open || meta.NumPending == 0 {
+			// none pending, there is nothing more to wait for. Not so
+			// with an open boundary: its fetch does not wait, and ends
+			// by itself once it has given what the stream holds, which
+			// may be more than NumPending said (messages stored while
+			// it was answered); whatever of it was left unread would be
+			// lost, the consumer having delivered it.
+			if !open && (meta.Sequence.Stream > boundary || meta.NumPending == 0) {
 				break
 			}
 		}
