@@ -473,7 +473,7 @@ export class TablecastClient {
     if (spec.batch === undefined && handlers.onTransaction != null) throw new TypeError('view: onTransaction needs batch "transaction"');
     const id = "s" + ++this.#nextId;
     const st = this.#newSub(id, { ...spec, snapshot: true }, handlers);
-    st.view = { rows: new Map(), building: null, synced: null, everSynced: false };
+    st.view = { rows: new Map(), building: null, finishing: false, synced: null, everSynced: false };
     this.#subs.set(id, st);
     this.#sendSubscribe(st);
     return new View(st);
@@ -491,32 +491,57 @@ export class TablecastClient {
 
   #viewSynced(st, f) {
     const v = st.view;
-    if (!v.building || typeof f.seq !== "number") return;
+    if (!v.building || v.finishing || typeof f.seq !== "number") return;
+    st.lastSeq = f.seq;
+    if (f.more === true && st.batched) {
+      // The rows end inside a transaction, whose rest comes next: they
+      // become the view once it is applied, so that the application is
+      // never shown a part of a transaction.
+      v.finishing = true;
+      return;
+    }
+    this.#viewShow(st, f.seq);
+  }
+
+  // #viewShow makes the rows read (with the transaction they ended inside,
+  // for a batched view) the view's, as of seq, and tells what changed.
+  #viewShow(st, seq) {
+    const v = st.view;
     const next = v.building;
     v.building = null;
-    st.lastSeq = f.seq;
+    v.finishing = false;
     // What the rows held differ by is what changed meanwhile.
     const changes = [];
     for (const [k, data] of v.rows) {
-      if (!next.has(k)) changes.push({ op: "delete", key: JSON.parse(k), data, seq: f.seq });
+      if (!next.has(k)) changes.push({ op: "delete", key: JSON.parse(k), data, seq });
     }
     for (const [k, data] of next) {
-      if (!v.rows.has(k) || JSON.stringify(v.rows.get(k)) !== JSON.stringify(data)) changes.push({ op: "upsert", key: JSON.parse(k), data, seq: f.seq });
+      if (!v.rows.has(k) || JSON.stringify(v.rows.get(k)) !== JSON.stringify(data)) changes.push({ op: "upsert", key: JSON.parse(k), data, seq });
     }
     v.rows.clear();
     for (const [k, data] of next) v.rows.set(k, data);
-    v.synced = f.seq;
+    v.synced = seq;
     if (v.everSynced) for (const c of changes) call(st.h.onChange, c);
     v.everSynced = true;
-    call(st.h.onSynced, f.seq);
+    call(st.h.onSynced, seq);
   }
 
   #viewEvent(st, f) {
     const v = st.view;
-    if (st.ended || v.building || v.synced === null || typeof f.seq !== "number") return;
+    if (st.ended || typeof f.seq !== "number") return;
+    if (v.finishing) {
+      // A snapshot's row (no transaction) among the rest of the
+      // transaction the rows ended inside: part of the rows to show.
+      if (f.seq > st.lastSeq) {
+        st.lastSeq = f.seq;
+        this.#viewApply(v.building, f);
+      }
+      return;
+    }
+    if (v.building || v.synced === null) return;
     if (f.seq < st.lastSeq) return;
     st.lastSeq = f.seq;
-    call(st.h.onChange, this.#viewApply(v, f));
+    call(st.h.onChange, this.#viewApply(v.rows, f));
   }
 
   // #viewTransaction applies a batched view's transaction frame: every
@@ -526,13 +551,25 @@ export class TablecastClient {
   // lastSeq was applied.
   #viewTransaction(st, f) {
     const v = st.view;
-    if (st.ended || v.building || v.synced === null || typeof f.seq !== "number" || !Array.isArray(f.events)) return;
+    if (st.ended || typeof f.seq !== "number" || !Array.isArray(f.events)) return;
+    if (v.finishing) {
+      // The rest of the transaction the rows ended inside (synced's
+      // "more"): applied to them, shown with its last frame.
+      if (f.seq <= st.lastSeq) return;
+      for (const e of f.events) {
+        if (typeof e?.seq === "number" && e.seq >= st.lastSeq) this.#viewApply(v.building, e);
+      }
+      st.lastSeq = f.seq;
+      if (f.more !== true) this.#viewShow(st, f.seq);
+      return;
+    }
+    if (v.building || v.synced === null) return;
     // Two frames never share a seq: one at lastSeq was applied.
     if (f.seq <= st.lastSeq) return;
     const changes = [];
     for (const e of f.events) {
       if (typeof e?.seq !== "number" || e.seq < st.lastSeq) continue;
-      changes.push(this.#viewApply(v, e));
+      changes.push(this.#viewApply(v.rows, e));
     }
     st.lastSeq = f.seq;
     if (changes.length === 0) return;
@@ -541,22 +578,23 @@ export class TablecastClient {
   }
 
   // #viewApply applies one event of a view (an event frame, or an object of
-  // a transaction frame) to its rows, and returns the change.
-  #viewApply(v, f) {
+  // a transaction frame) to rows (the view's, or those being read), and
+  // returns the change.
+  #viewApply(rows, f) {
     const ev = f.event ?? {};
     const k = JSON.stringify(ev.key);
     const change = { op: "upsert", key: ev.key, data: ev.data, seq: f.seq };
     if (f.view) change.view = f.view;
     if (ev.op === "truncate") {
-      v.rows.clear();
+      rows.clear();
       change.op = "truncate";
       change.key = undefined;
     } else if (ev.op === "delete" || f.view === "leave") {
       change.op = "delete";
-      change.data = v.rows.get(k);
-      v.rows.delete(k);
+      change.data = rows.get(k);
+      rows.delete(k);
     } else {
-      v.rows.set(k, ev.data);
+      rows.set(k, ev.data);
     }
     return change;
   }
@@ -1124,7 +1162,11 @@ export class TablecastClient {
   #sendSubscribe(st) {
     if (!this.#open || st.ended || st === this.#urlSub) return;
     const m = { type: "subscribe", id: st.id, ...st.spec };
-    if (st.view) st.view.building = new Map(); // a view starts again from its rows
+    if (st.view) {
+      // A view starts again from its rows.
+      st.view.building = new Map();
+      st.view.finishing = false;
+    }
     else if (st.lastSeq !== null) m.from = st.lastSeq;
     st.wire = "subscribing";
     this.#send(m);
