@@ -1021,6 +1021,9 @@ export class TablecastClient {
       if (st === this.#urlSub) {
         // Only a new connection makes a URL subscription again.
         this.#lost(this.#gen, new TablecastError("history_unavailable", "the URL subscription is made again without from", { subscriptionId: "url" }));
+      } else if (st.later) {
+        st.later = false;
+        this.#subscribeLater(st);
       } else {
         this.#sendSubscribe(st);
       }
@@ -1056,11 +1059,16 @@ export class TablecastClient {
           // The gateway could not follow the table now (NATS): try again later.
           call(st.h.onError, err);
           st.wire = "idle";
-          const t = setTimeout(() => {
-            this.#subTimers.delete(t);
-            if (st.wire === "idle") this.#sendSubscribe(st);
-          }, backoffDelay(st.retries++, 1000, this.#o.maxDelay));
-          this.#subTimers.add(t);
+          this.#subscribeLater(st);
+          return;
+        }
+        if (st.wire === "active" && st !== this.#urlSub) {
+          // A resume or a view's rows failed after subscribed (the
+          // gateway's NATS): unsubscribed follows, then the same again
+          // later, from lastSeq (a view reads its rows again).
+          call(st.h.onError, err);
+          st.wire = "resubscribing";
+          st.later = true;
           return;
         }
         break;
@@ -1077,6 +1085,15 @@ export class TablecastClient {
     // Refused, or ended by the gateway (an unsubscribed may follow: dropped).
     this.#end(st, err);
     this.#retire(st);
+  }
+
+  // #subscribeLater subscribes st again after a backoff.
+  #subscribeLater(st) {
+    const t = setTimeout(() => {
+      this.#subTimers.delete(t);
+      if (st.wire === "idle") this.#sendSubscribe(st);
+    }, backoffDelay(st.retries++, 1000, this.#o.maxDelay));
+    this.#subTimers.add(t);
   }
 
   #historyUnavailable(st, err) {
@@ -1147,7 +1164,7 @@ export class TablecastClient {
     const st = {
       id, spec, h: handlers, wire: "idle", lastSeq: null, ended: false, error: null,
       iterable: !handlers.onEvent && !handlers.onTransaction, batched: spec.batch !== undefined,
-      retries: 0, pendingSelect: null, queue: [], waiters: [], sub: null, closed: null, resolveClosed: null, gone: null, resolveGone: null,
+      retries: 0, later: false, pendingSelect: null, queue: [], waiters: [], sub: null, closed: null, resolveClosed: null, gone: null, resolveGone: null,
     };
     st.closed = new Promise((resolve) => { st.resolveClosed = resolve; });
     st.gone = new Promise((resolve) => { st.resolveGone = resolve; });

@@ -678,6 +678,36 @@ test("a batched view whose rows end inside a transaction (synced with more) show
   tc.close();
 });
 
+test("internal after subscribed (a resume or a view's rows failed): told, then subscribed again after a backoff once unsubscribed", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const got = [], errs = [];
+  const sub = tc.subscribe({ table: "public.t" }, { onEvent: (f) => got.push(f.seq), onError: (e) => errs.push(e) });
+  const synced = [];
+  const v = tc.view({ table: "public.t" }, { onSynced: (seq) => synced.push(seq), onError: (e) => errs.push(e) });
+  const ws = await connected(1);
+  ws.frame({ type: "subscribed", id: sub.id, seq: 100 });
+  ws.frame({ type: "event", id: sub.id, seq: 101, event: {} });
+  ws.frame({ type: "subscribed", id: v.id, seq: 100 });
+  for (const id of [sub.id, v.id]) {
+    ws.frame({ type: "error", id, code: "internal", message: "resume failed: …; subscribe again with from" });
+    ws.frame({ type: "unsubscribed", id });
+  }
+  assert.deepEqual(errs.map((e) => [e.subscriptionId, e.code]), [[sub.id, "internal"], [v.id, "internal"]]);
+  assert.equal(sub.state, "pending", "not ended: waiting to subscribe again");
+  await waitFor(() => ws.of("subscribe").length === 4, 3000, "both subscribed again");
+  assert.deepEqual(ws.of("subscribe").slice(2).sort((a, b) => a.id.localeCompare(b.id)), [
+    { type: "subscribe", id: sub.id, table: "public.t", from: 101 },
+    { type: "subscribe", id: v.id, table: "public.t", snapshot: true },
+  ]);
+  ws.frame({ type: "subscribed", id: sub.id, seq: 101 });
+  ws.frame({ type: "event", id: sub.id, seq: 102, event: {} });
+  ws.frame({ type: "subscribed", id: v.id, seq: 102 });
+  ws.frame({ type: "synced", id: v.id, seq: 102 });
+  assert.deepEqual(got, [101, 102]);
+  assert.deepEqual(synced, [102]);
+  tc.close();
+});
+
 test("bad arguments are refused at once", { timeout: 20_000 }, () => {
   assert.throws(() => new TablecastClient({ url: "ftp://x/ws", WebSocket: FakeSocket }), TypeError);
   assert.throws(() => new TablecastClient({ url: "ws://x/ws", WebSocket: FakeSocket, tokenTransport: "cookie" }), TypeError);
