@@ -566,3 +566,53 @@ func TestBatchViewSyncedInsideTransaction(t *testing.T) {
 	all.expectTx("all").check(t, t4, t4.mark, false, t4.seqs[0])
 	open.expectTx("open").check(t, t4, t4.mark, false, t4.seqs[0])
 }
+
+// TestBatchResumeWhileTransactionIsStored: resumes that start inside a
+// transaction the reader is still storing (open boundaries, whose fetches
+// do not wait) each get the rest of it, every event once, in order, and
+// its marker, however the stored messages fall between their fetches.
+func TestBatchResumeWhileTransactionIsStored(t *testing.T) {
+	const rows, resumes = 1500, 6
+	e := startGateway(t, withMarkers)
+	live := e.dial("/ws")
+	live.subscribe(map[string]any{"id": "live", "table": "public.orders", "batch": "transaction"})
+	tx := e.beginTx()
+	e.events(tx, txRow{"orders", "create", order(1, "open")}, txRow{"orders", "create", order(2, "open")})
+	from := tx.seqs[0]
+	e.waitFor("the feed to handle the open transaction", func() bool { return e.feedLast() == tx.seqs[1] })
+
+	stored := make(chan struct{})
+	go func() {
+		defer close(stored)
+		for i := 3; i <= rows; i++ {
+			e.events(tx, txRow{"orders", "create", order(i, "open")})
+		}
+		e.commit(tx)
+	}()
+	var clients []*client
+	for i := range resumes {
+		time.Sleep(time.Duration(i) * 15 * time.Millisecond)
+		c := e.dial("/ws")
+		c.subscribe(map[string]any{"id": "r", "table": "public.orders", "batch": "transaction", "from": from})
+		clients = append(clients, c)
+	}
+	<-stored
+	for i, c := range clients {
+		var got []uint64
+		for {
+			f := c.expectTx("r")
+			for _, ev := range f.Events {
+				got = append(got, ev.Seq)
+			}
+			if !f.More {
+				if f.Seq != tx.mark {
+					t.Fatalf("resume %d: last frame seq %d, want the marker's %d", i, f.Seq, tx.mark)
+				}
+				break
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tx.seqs[1:]) {
+			t.Fatalf("resume %d: %d events after %d, want %d, each once and in order", i, len(got), from, len(tx.seqs)-1)
+		}
+	}
+}
