@@ -521,6 +521,7 @@ export class TablecastClient {
     v.rows.clear();
     for (const [k, data] of next) v.rows.set(k, data);
     v.synced = seq;
+    this.#delivered(st);
     if (v.everSynced) for (const c of changes) call(st.h.onChange, c);
     v.everSynced = true;
     call(st.h.onSynced, seq);
@@ -999,7 +1000,9 @@ export class TablecastClient {
   #subscribed(st, seq) {
     if (st.wire === "subscribing") {
       st.wire = "active";
-      st.retries = 0;
+      // After internal following subscribed, the backoff grows until the
+      // subscription delivers again (#delivered).
+      if (!st.failing) st.retries = 0;
       if (st === this.#urlSub) this.#urlValidated = true;
       if (st.lastSeq === null && typeof seq === "number") st.lastSeq = seq;
       if (!st.ended) call(st.h.onSubscribed, seq);
@@ -1021,8 +1024,7 @@ export class TablecastClient {
       if (st === this.#urlSub) {
         // Only a new connection makes a URL subscription again.
         this.#lost(this.#gen, new TablecastError("history_unavailable", "the URL subscription is made again without from", { subscriptionId: "url" }));
-      } else if (st.later) {
-        st.later = false;
+      } else if (st.failing) {
         this.#subscribeLater(st);
       } else {
         this.#sendSubscribe(st);
@@ -1068,7 +1070,7 @@ export class TablecastClient {
           // later, from lastSeq (a view reads its rows again).
           call(st.h.onError, err);
           st.wire = "resubscribing";
-          st.later = true;
+          st.failing = true;
           return;
         }
         break;
@@ -1085,6 +1087,14 @@ export class TablecastClient {
     // Refused, or ended by the gateway (an unsubscribed may follow: dropped).
     this.#end(st, err);
     this.#retire(st);
+  }
+
+  // #delivered notes that st delivered something: a failure before it is
+  // over, and the next one backs off from the start.
+  #delivered(st) {
+    if (!st.failing) return;
+    st.failing = false;
+    st.retries = 0;
   }
 
   // #subscribeLater subscribes st again after a backoff.
@@ -1113,6 +1123,7 @@ export class TablecastClient {
     // Drop what was delivered already: nothing twice, whatever the gateway resends.
     if (st.lastSeq !== null && f.seq <= st.lastSeq) return;
     st.lastSeq = f.seq;
+    this.#delivered(st);
     if (!st.iterable) {
       // A batched subscription without onEvent lets the rows of a snapshot
       // (event frames, outside any transaction) go: its handlers asked for
@@ -1139,6 +1150,7 @@ export class TablecastClient {
     const after = st.lastSeq;
     const events = after === null || !(f.events[0]?.seq <= after) ? f.events : f.events.filter((e) => !(typeof e?.seq === "number" && e.seq <= after));
     st.lastSeq = f.seq;
+    this.#delivered(st);
     if (events.length === 0) return;
     const tx = {
       type: "transaction", id: f.id, seq: f.seq, xid: f.xid, lsn: f.lsn, commit_time: f.commit_time,
@@ -1164,7 +1176,7 @@ export class TablecastClient {
     const st = {
       id, spec, h: handlers, wire: "idle", lastSeq: null, ended: false, error: null,
       iterable: !handlers.onEvent && !handlers.onTransaction, batched: spec.batch !== undefined,
-      retries: 0, later: false, pendingSelect: null, queue: [], waiters: [], sub: null, closed: null, resolveClosed: null, gone: null, resolveGone: null,
+      retries: 0, failing: false, pendingSelect: null, queue: [], waiters: [], sub: null, closed: null, resolveClosed: null, gone: null, resolveGone: null,
     };
     st.closed = new Promise((resolve) => { st.resolveClosed = resolve; });
     st.gone = new Promise((resolve) => { st.resolveGone = resolve; });

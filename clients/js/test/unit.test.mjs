@@ -705,6 +705,12 @@ test("internal after subscribed (a resume or a view's rows failed): told, then s
   ws.frame({ type: "synced", id: v.id, seq: 102 });
   assert.deepEqual(got, [101, 102]);
   assert.deepEqual(synced, [102]);
+  // Again: again subscribed, from where it got to.
+  ws.frame({ type: "error", id: sub.id, code: "internal", message: "resume failed" });
+  ws.frame({ type: "unsubscribed", id: sub.id });
+  await waitFor(() => ws.of("subscribe").length === 5, 3000, "subscribed again");
+  assert.deepEqual(ws.of("subscribe")[4], { type: "subscribe", id: sub.id, table: "public.t", from: 102 });
+  assert.equal(errs.length, 3);
   tc.close();
 });
 
