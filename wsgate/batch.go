@@ -42,7 +42,10 @@ import (
 // A batched live view (snapshot.go, view.go) gathers the objects of its
 // view's events (enter and leave among them) the same way; while it
 // catches up, the markers are held among its live events (heldEvent) and
-// decided in their place after its history.
+// decided in their place after its history. Its synced waits for the
+// history: rows that end inside a transaction get "more", and the rest of
+// the transaction follows, ending with a frame even when the view takes
+// none of it (syncedAt).
 //
 // Events that belong to no transaction (op read, with xid 0: the rows of a
 // snapshot) go out as ordinary event frames, after what the batch held.

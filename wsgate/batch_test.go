@@ -450,7 +450,6 @@ func TestBatchViewCatchingUp(t *testing.T) {
 	if !strings.Contains(rows.raw, `"id":2`) || strings.Contains(rows.raw, `"id":1`) {
 		t.Fatalf("rows %s, want row 2 alone", rows.raw)
 	}
-	v.expect("synced", "v")
 	<-reached
 	e.events(t2, txRow{"orders", "create", order(5, "paid")})
 	e.commit(t2)
@@ -460,6 +459,11 @@ func TestBatchViewCatchingUp(t *testing.T) {
 	e.waitFor("the feed to handle the live transaction", func() bool { return e.feedLast() == t3.mark })
 	close(release)
 
+	// Synced comes with the history, which begins with a transaction
+	// after the rows.
+	if s := v.expect("synced", "v"); strings.Contains(s.raw, "more") {
+		t.Fatalf("synced at a transaction's end says more: %s", s.raw)
+	}
 	f := v.expectTx("v")
 	f.check(t, t2, t2.mark, false, t2.seqs[0], t2.seqs[2])
 	if !strings.Contains(f.raw, `"view":"enter"`) {
@@ -478,4 +482,137 @@ func TestBatchViewCatchingUp(t *testing.T) {
 	e.events(t4, txRow{"orders", "delete", order(4, "paid")}, txRow{"orders", "delete", order(6, "open")})
 	e.commit(t4)
 	v.expectTx("v").check(t, t4, t4.mark, false, t4.seqs[0])
+}
+
+// TestBatchViewSyncedInsideTransaction: the rows of a batched view that
+// end inside a transaction (the row state had applied part of it) are
+// followed by synced with "more", then the rest of that transaction, its
+// last frame without "more" and with the marker's seq: with no events when
+// the view takes none of them, so that a client always learns where the
+// transaction ends. Rows that end with a transaction get synced without
+// "more".
+func TestBatchViewSyncedInsideTransaction(t *testing.T) {
+	e := startGateway(t, withMarkers)
+	ctx := testCtx(t)
+	m, err := rowstate.New(rowstate.Config{DB: testDB, Logger: testLogger()}, e.nats.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mctx, stopState := context.WithCancel(ctx)
+	stateDone := make(chan error, 1)
+	go func() { stateDone <- m.Run(mctx) }()
+	applied := func(seq uint64) func() bool {
+		return func() bool {
+			rows, err := e.gw.rowsStream(ctx)
+			if err != nil {
+				return false
+			}
+			mk, err := rowstate.ReadDBMarker(ctx, rows, "tablecast", testDB)
+			return err == nil && mk.Applied >= seq
+		}
+	}
+
+	t1 := e.beginTx()
+	e.events(t1, txRow{"orders", "create", order(1, "open")})
+	e.commit(t1)
+	t2 := e.beginTx()
+	e.events(t2, txRow{"orders", "create", order(2, "open")}, txRow{"orders", "create", order(3, "paid")})
+	e.waitFor("the row state to apply part of the second transaction", applied(t2.seqs[1]))
+	stopState()
+	<-stateDone
+
+	all, open := e.dial("/ws"), e.dial("/ws")
+	all.subscribe(map[string]any{"id": "all", "table": "public.orders", "batch": "transaction", "snapshot": true})
+	open.subscribe(map[string]any{"id": "open", "table": "public.orders", "batch": "transaction", "snapshot": true,
+		"where": map[string]any{"status": map[string]any{"eq": "open"}}})
+	for _, c := range []*client{all, open} {
+		if rows := c.expect("rows", ""); strings.Count(rows.raw, `"key"`) != map[*client]int{all: 3, open: 2}[c] {
+			t.Fatalf("rows %s", rows.raw)
+		}
+	}
+	// The rest of the transaction: a row the filtered view does not take.
+	e.events(t2, txRow{"orders", "create", order(4, "paid")})
+	e.commit(t2)
+	want := fmt.Sprintf(`{"type":"synced","id":%%q,"seq":%d,"more":true}`, t2.seqs[1])
+	for _, c := range []*client{all, open} {
+		if s := c.expect("synced", ""); s.raw != fmt.Sprintf(want, s.ID) {
+			t.Fatalf("got %s, want %s", s.raw, fmt.Sprintf(want, s.ID))
+		}
+	}
+	all.expectTx("all").check(t, t2, t2.mark, false, t2.seqs[2])
+	open.expectTx("open").check(t, t2, t2.mark, false)
+
+	t3 := e.beginTx()
+	e.events(t3, txRow{"orders", "create", order(5, "open")})
+	e.commit(t3)
+	all.expectTx("all").check(t, t3, t3.mark, false, t3.seqs[0])
+	open.expectTx("open").check(t, t3, t3.mark, false, t3.seqs[0])
+
+	// Rows that end with a transaction: synced without more.
+	mctx, stopState = context.WithCancel(ctx)
+	go func() { stateDone <- m.Run(mctx) }()
+	t.Cleanup(func() { stopState(); <-stateDone })
+	e.waitFor("the row state to apply every transaction", applied(t3.seqs[0]))
+	later := e.dial("/ws")
+	later.subscribe(map[string]any{"id": "later", "table": "public.orders", "batch": "transaction", "snapshot": true})
+	later.expect("rows", "later")
+	if s := later.expect("synced", "later"); strings.Contains(s.raw, "more") {
+		t.Fatalf("synced at a transaction's end says more: %s", s.raw)
+	}
+	t4 := e.beginTx()
+	e.events(t4, txRow{"orders", "delete", order(1, "open")})
+	e.commit(t4)
+	later.expectTx("later").check(t, t4, t4.mark, false, t4.seqs[0])
+	all.expectTx("all").check(t, t4, t4.mark, false, t4.seqs[0])
+	open.expectTx("open").check(t, t4, t4.mark, false, t4.seqs[0])
+}
+
+// TestBatchResumeWhileTransactionIsStored: resumes that start inside a
+// transaction the reader is still storing (open boundaries, whose fetches
+// do not wait) each get the rest of it, every event once, in order, and
+// its marker, however the stored messages fall between their fetches.
+func TestBatchResumeWhileTransactionIsStored(t *testing.T) {
+	const rows, resumes = 1500, 6
+	e := startGateway(t, withMarkers)
+	live := e.dial("/ws")
+	live.subscribe(map[string]any{"id": "live", "table": "public.orders", "batch": "transaction"})
+	tx := e.beginTx()
+	e.events(tx, txRow{"orders", "create", order(1, "open")}, txRow{"orders", "create", order(2, "open")})
+	from := tx.seqs[0]
+	e.waitFor("the feed to handle the open transaction", func() bool { return e.feedLast() == tx.seqs[1] })
+
+	stored := make(chan struct{})
+	go func() {
+		defer close(stored)
+		for i := 3; i <= rows; i++ {
+			e.events(tx, txRow{"orders", "create", order(i, "open")})
+		}
+		e.commit(tx)
+	}()
+	var clients []*client
+	for i := range resumes {
+		time.Sleep(time.Duration(i) * 15 * time.Millisecond)
+		c := e.dial("/ws")
+		c.subscribe(map[string]any{"id": "r", "table": "public.orders", "batch": "transaction", "from": from})
+		clients = append(clients, c)
+	}
+	<-stored
+	for i, c := range clients {
+		var got []uint64
+		for {
+			f := c.expectTx("r")
+			for _, ev := range f.Events {
+				got = append(got, ev.Seq)
+			}
+			if !f.More {
+				if f.Seq != tx.mark {
+					t.Fatalf("resume %d: last frame seq %d, want the marker's %d", i, f.Seq, tx.mark)
+				}
+				break
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tx.seqs[1:]) {
+			t.Fatalf("resume %d: %d events after %d, want %d, each once and in order", i, len(got), from, len(tx.seqs)-1)
+		}
+	}
 }

@@ -708,14 +708,20 @@ func AppendSubscribed(dst []byte, id string, seq uint64) []byte {
 }
 
 // AppendSynced appends the end of a snapshot: the rows sent are the
-// table's as of seq, and events after it follow.
+// table's as of seq, and events after it follow. With more (batched views
+// only), the rows end inside a transaction, whose rest comes first, in
+// transaction frames, the last of them without "more".
 //
 //	{"type":"synced","id":"v1","seq":N}
-func AppendSynced(dst []byte, id string, seq uint64) []byte {
+//	{"type":"synced","id":"v1","seq":N,"more":true}
+func AppendSynced(dst []byte, id string, seq uint64, more bool) []byte {
 	dst = append(dst, `{"type":"synced","id":`...)
 	dst = jsonx.AppendString(dst, id)
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)
+	if more {
+		dst = append(dst, `,"more":true`...)
+	}
 	return append(dst, '}')
 }
 

@@ -82,6 +82,7 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 	defer cancel()
 	err := errSubEnded
 	if turn := g.replays.wait(s, cancel); turn != nil {
+		var synced *syncedAt // a batched view's, sent by its history
 		if s.snapshot {
 			n, err := g.sendSnapshot(ctx, s)
 			if err != nil {
@@ -90,6 +91,9 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 				return
 			}
 			from = n
+			if s.batched {
+				synced = &syncedAt{seq: n, lsn: g.txAt(ctx, n)}
+			}
 		}
 		f.mu.Lock()
 		s.waiting = false
@@ -103,7 +107,7 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 			f.opening = append(f.opening, s)
 		}
 		f.mu.Unlock()
-		err = g.replay(ctx, s, from)
+		err = g.replay(ctx, s, from, synced)
 		g.replays.done(turn)
 		if s.done.Load() {
 			err = errSubEnded
@@ -215,8 +219,10 @@ func (g *Gateway) endResume(s *sub, code ErrorCode, msg string) {
 //
 // A batched subscription's history is sent in transaction frames
 // (batch.go); when it ends inside a transaction, what it gathered of it is
-// sent with "more": true, and live delivery sends the rest.
-func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) (err error) {
+// sent with "more": true, and live delivery sends the rest. A batched
+// view's synced (non-nil) goes out before the history's first frame, or
+// at its end (see syncedAt).
+func (g *Gateway) replay(ctx context.Context, s *sub, from uint64, synced *syncedAt) (err error) {
 	f := s.f.Load()
 	f.mu.Lock()
 	// An open boundary (batch.go) ends where the transaction it began in
@@ -224,15 +230,20 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) (err error) {
 	// marker, or before an event of another transaction.
 	boundary, open, openLSN := s.boundary, s.openBoundary, s.openLSN
 	f.mu.Unlock()
-	if from >= boundary && !open {
-		return nil
-	}
 	var txb *txBatch
 	more := true // whether a transaction the history ends inside goes on live
+	var scratchEv query.Event
 	if s.batched {
 		txb = &txBatch{}
 		defer func() {
 			if err != nil {
+				return
+			}
+			if synced != nil && !synced.sent && !synced.send(s, "", nil, &scratchEv) {
+				err = errSubEnded
+				if !s.done.Load() {
+					err = errors.New("connection closed")
+				}
 				return
 			}
 			if frame := txb.flush(s.id, more); frame != nil && !s.c.enqueueFor(s, frame, true) {
@@ -242,6 +253,9 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) (err error) {
 				}
 			}
 		}()
+	}
+	if from >= boundary && !open {
+		return nil
 	}
 	newest, err := g.lastSeqOf(ctx, f.subjects...)
 	if err != nil {
@@ -326,8 +340,13 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) (err error) {
 			rc.delivered++
 			msgs, metas = append(msgs, msg), append(metas, meta)
 			// Past the boundary, messages are live delivery's; with
-			// none pending, there is nothing more to wait for.
-			if meta.Sequence.Stream > boundary && !open || meta.NumPending == 0 {
+			// none pending, there is nothing more to wait for. Not so
+			// with an open boundary: its fetch does not wait, and ends
+			// by itself once it has given what the stream holds, which
+			// may be more than NumPending said (messages stored while
+			// it was answered); whatever of it was left unread would be
+			// lost, the consumer having delivered it.
+			if !open && (meta.Sequence.Stream > boundary || meta.NumPending == 0) {
 				break
 			}
 		}
@@ -376,9 +395,20 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64) (err error) {
 					}
 				}
 			}
+			if synced != nil && !synced.sent && !synced.send(s, msg.Subject(), data, &scratchEv) {
+				if s.done.Load() {
+					return errSubEnded
+				}
+				return errors.New("connection closed")
+			}
 			var frames [][]byte
 			if txb != nil {
 				frames = s.historyBatch(nil, txb, lim, f.marker, seq, msg.Subject(), data, &ev, &scratch, &mark)
+				if isMarker && synced != nil && synced.more {
+					if m, ok := markerMeta(&mark, data); ok {
+						frames = synced.closing(s, seq, m, frames)
+					}
+				}
 			} else if s.snapshot {
 				frames = s.viewFrames(seq, schema.OpBit(subjectOp(msg.Subject())), data, false)
 			} else if frame := s.historyFrame(seq, msg.Subject(), data, &ev); frame != nil {

@@ -1,6 +1,7 @@
 package wsgate
 
 import (
+	"bytes"
 	"context"
 	"errors"
 
@@ -161,11 +162,84 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 	if err := flush(); err != nil {
 		return 0, err
 	}
-	if !s.c.enqueueFor(s, finishFrame(AppendSynced(newFrame(64), s.id, seq), opText), true) {
+	if s.batched {
+		// A batched view's synced waits for the start of its history,
+		// which shows whether the rows end inside a transaction
+		// (syncedAt).
+		s.view = sent
+		return seq, nil
+	}
+	if !s.c.enqueueFor(s, finishFrame(AppendSynced(newFrame(64), s.id, seq, false), opText), true) {
 		return 0, errSubEnded
 	}
 	s.view = sent
 	return seq, nil
+}
+
+// syncedAt is the synced of a batched view, sent by its history (replay)
+// before its first frame: the rows are as of event seq, of the
+// transaction lsn (nil: none, or unknown). When the history's first
+// message is an event of that transaction, the rows end inside it: synced
+// says "more" and the history's frames of the transaction follow, the
+// last of them without "more" (with no events, when the view takes none
+// of them), so that a client can show its rows with the whole transaction
+// applied, never a part of it.
+type syncedAt struct {
+	seq  uint64
+	lsn  []byte
+	sent bool // synced is queued
+	more bool // it said "more": the transaction's last frame is owed
+}
+
+// txAt reads the transaction of the event stored at seq: its LSN, or nil
+// for a message that is not an event of a transaction (a snapshot's row),
+// or that the stream no longer holds.
+func (g *Gateway) txAt(ctx context.Context, seq uint64) []byte {
+	msg, err := g.str.GetMsg(ctx, seq)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			g.log.Debug("gateway cannot read the event a snapshot is as of", "seq", seq, "err", err)
+		}
+		return nil
+	}
+	bit := schema.OpBit(subjectOp(msg.Subject))
+	var ev query.Event
+	if bit == 0 || ev.Reset(bit, msg.Data) != nil {
+		return nil
+	}
+	m, inTxn := eventMeta(&ev)
+	if !inTxn {
+		return nil
+	}
+	return bytes.Clone(m.lsn)
+}
+
+// send queues y's synced, saying more when the history's first message
+// (subject, data; nil subject: there is none) is an event of y's
+// transaction; ev is scratch.
+func (y *syncedAt) send(s *sub, subject string, data []byte, ev *query.Event) bool {
+	if y.lsn != nil && subject != "" {
+		if bit := schema.OpBit(subjectOp(subject)); bit != 0 && ev.Reset(bit, data) == nil {
+			m, inTxn := eventMeta(ev)
+			y.more = inTxn && bytes.Equal(m.lsn, y.lsn)
+		}
+	}
+	y.sent = true
+	return s.c.enqueueFor(s, finishFrame(AppendSynced(newFrame(80), s.id, y.seq, y.more), opText), true)
+}
+
+// closing returns, for the marker seq of the transaction y's synced said
+// "more" of, the transaction's last frame when the history has none to
+// send (the view took none of its events after synced).
+func (y *syncedAt) closing(s *sub, seq uint64, m txMeta, frames [][]byte) [][]byte {
+	if !y.more || !bytes.Equal(m.lsn, y.lsn) {
+		return frames
+	}
+	y.more = false
+	if len(frames) > 0 {
+		return frames
+	}
+	return [][]byte{encodeTransaction(s.id, seq, m.xid, m.lsn, m.at, false, nil)}
 }
 
 // snapshotFailed ends a snapshot that could not be sent.

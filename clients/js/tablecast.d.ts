@@ -316,7 +316,7 @@ export interface ViewTransaction<R extends object = Row> {
 }
 
 export interface ViewHandlers<R extends object = Row> {
-  /** The rows are there, as of seq (again after each reconnect). */
+  /** The rows are there, as of seq (again after each reconnect); of a batched view, whole transactions. */
   onSynced?(seq: number): void;
   /** A change after the rows were there (of a batched view: once its whole frame is applied). */
   onChange?(change: ViewChange<R>): void;

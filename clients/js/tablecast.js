@@ -473,7 +473,7 @@ export class TablecastClient {
     if (spec.batch === undefined && handlers.onTransaction != null) throw new TypeError('view: onTransaction needs batch "transaction"');
     const id = "s" + ++this.#nextId;
     const st = this.#newSub(id, { ...spec, snapshot: true }, handlers);
-    st.view = { rows: new Map(), building: null, synced: null, everSynced: false };
+    st.view = { rows: new Map(), building: null, finishing: false, synced: null, everSynced: false };
     this.#subs.set(id, st);
     this.#sendSubscribe(st);
     return new View(st);
@@ -491,32 +491,58 @@ export class TablecastClient {
 
   #viewSynced(st, f) {
     const v = st.view;
-    if (!v.building || typeof f.seq !== "number") return;
+    if (!v.building || v.finishing || typeof f.seq !== "number") return;
+    st.lastSeq = f.seq;
+    if (f.more === true && st.batched) {
+      // The rows end inside a transaction, whose rest comes next: they
+      // become the view once it is applied, so that the application is
+      // never shown a part of a transaction.
+      v.finishing = true;
+      return;
+    }
+    this.#viewShow(st, f.seq);
+  }
+
+  // #viewShow makes the rows read (with the transaction they ended inside,
+  // for a batched view) the view's, as of seq, and tells what changed.
+  #viewShow(st, seq) {
+    const v = st.view;
     const next = v.building;
     v.building = null;
-    st.lastSeq = f.seq;
+    v.finishing = false;
     // What the rows held differ by is what changed meanwhile.
     const changes = [];
     for (const [k, data] of v.rows) {
-      if (!next.has(k)) changes.push({ op: "delete", key: JSON.parse(k), data, seq: f.seq });
+      if (!next.has(k)) changes.push({ op: "delete", key: JSON.parse(k), data, seq });
     }
     for (const [k, data] of next) {
-      if (!v.rows.has(k) || JSON.stringify(v.rows.get(k)) !== JSON.stringify(data)) changes.push({ op: "upsert", key: JSON.parse(k), data, seq: f.seq });
+      if (!v.rows.has(k) || JSON.stringify(v.rows.get(k)) !== JSON.stringify(data)) changes.push({ op: "upsert", key: JSON.parse(k), data, seq });
     }
     v.rows.clear();
     for (const [k, data] of next) v.rows.set(k, data);
-    v.synced = f.seq;
+    v.synced = seq;
+    this.#delivered(st);
     if (v.everSynced) for (const c of changes) call(st.h.onChange, c);
     v.everSynced = true;
-    call(st.h.onSynced, f.seq);
+    call(st.h.onSynced, seq);
   }
 
   #viewEvent(st, f) {
     const v = st.view;
-    if (st.ended || v.building || v.synced === null || typeof f.seq !== "number") return;
+    if (st.ended || typeof f.seq !== "number") return;
+    if (v.finishing) {
+      // A snapshot's row (no transaction) among the rest of the
+      // transaction the rows ended inside: part of the rows to show.
+      if (f.seq > st.lastSeq) {
+        st.lastSeq = f.seq;
+        this.#viewApply(v.building, f);
+      }
+      return;
+    }
+    if (v.building || v.synced === null) return;
     if (f.seq < st.lastSeq) return;
     st.lastSeq = f.seq;
-    call(st.h.onChange, this.#viewApply(v, f));
+    call(st.h.onChange, this.#viewApply(v.rows, f));
   }
 
   // #viewTransaction applies a batched view's transaction frame: every
@@ -526,13 +552,25 @@ export class TablecastClient {
   // lastSeq was applied.
   #viewTransaction(st, f) {
     const v = st.view;
-    if (st.ended || v.building || v.synced === null || typeof f.seq !== "number" || !Array.isArray(f.events)) return;
+    if (st.ended || typeof f.seq !== "number" || !Array.isArray(f.events)) return;
+    if (v.finishing) {
+      // The rest of the transaction the rows ended inside (synced's
+      // "more"): applied to them, shown with its last frame.
+      if (f.seq <= st.lastSeq) return;
+      for (const e of f.events) {
+        if (typeof e?.seq === "number" && e.seq >= st.lastSeq) this.#viewApply(v.building, e);
+      }
+      st.lastSeq = f.seq;
+      if (f.more !== true) this.#viewShow(st, f.seq);
+      return;
+    }
+    if (v.building || v.synced === null) return;
     // Two frames never share a seq: one at lastSeq was applied.
     if (f.seq <= st.lastSeq) return;
     const changes = [];
     for (const e of f.events) {
       if (typeof e?.seq !== "number" || e.seq < st.lastSeq) continue;
-      changes.push(this.#viewApply(v, e));
+      changes.push(this.#viewApply(v.rows, e));
     }
     st.lastSeq = f.seq;
     if (changes.length === 0) return;
@@ -541,22 +579,23 @@ export class TablecastClient {
   }
 
   // #viewApply applies one event of a view (an event frame, or an object of
-  // a transaction frame) to its rows, and returns the change.
-  #viewApply(v, f) {
+  // a transaction frame) to rows (the view's, or those being read), and
+  // returns the change.
+  #viewApply(rows, f) {
     const ev = f.event ?? {};
     const k = JSON.stringify(ev.key);
     const change = { op: "upsert", key: ev.key, data: ev.data, seq: f.seq };
     if (f.view) change.view = f.view;
     if (ev.op === "truncate") {
-      v.rows.clear();
+      rows.clear();
       change.op = "truncate";
       change.key = undefined;
     } else if (ev.op === "delete" || f.view === "leave") {
       change.op = "delete";
-      change.data = v.rows.get(k);
-      v.rows.delete(k);
+      change.data = rows.get(k);
+      rows.delete(k);
     } else {
-      v.rows.set(k, ev.data);
+      rows.set(k, ev.data);
     }
     return change;
   }
@@ -961,7 +1000,9 @@ export class TablecastClient {
   #subscribed(st, seq) {
     if (st.wire === "subscribing") {
       st.wire = "active";
-      st.retries = 0;
+      // After internal following subscribed, the backoff grows until the
+      // subscription delivers again (#delivered).
+      if (!st.failing) st.retries = 0;
       if (st === this.#urlSub) this.#urlValidated = true;
       if (st.lastSeq === null && typeof seq === "number") st.lastSeq = seq;
       if (!st.ended) call(st.h.onSubscribed, seq);
@@ -983,6 +1024,8 @@ export class TablecastClient {
       if (st === this.#urlSub) {
         // Only a new connection makes a URL subscription again.
         this.#lost(this.#gen, new TablecastError("history_unavailable", "the URL subscription is made again without from", { subscriptionId: "url" }));
+      } else if (st.failing) {
+        this.#subscribeLater(st);
       } else {
         this.#sendSubscribe(st);
       }
@@ -1018,11 +1061,16 @@ export class TablecastClient {
           // The gateway could not follow the table now (NATS): try again later.
           call(st.h.onError, err);
           st.wire = "idle";
-          const t = setTimeout(() => {
-            this.#subTimers.delete(t);
-            if (st.wire === "idle") this.#sendSubscribe(st);
-          }, backoffDelay(st.retries++, 1000, this.#o.maxDelay));
-          this.#subTimers.add(t);
+          this.#subscribeLater(st);
+          return;
+        }
+        if (st.wire === "active" && st !== this.#urlSub) {
+          // A resume or a view's rows failed after subscribed (the
+          // gateway's NATS): unsubscribed follows, then the same again
+          // later, from lastSeq (a view reads its rows again).
+          call(st.h.onError, err);
+          st.wire = "resubscribing";
+          st.failing = true;
           return;
         }
         break;
@@ -1039,6 +1087,23 @@ export class TablecastClient {
     // Refused, or ended by the gateway (an unsubscribed may follow: dropped).
     this.#end(st, err);
     this.#retire(st);
+  }
+
+  // #delivered notes that st delivered something: a failure before it is
+  // over, and the next one backs off from the start.
+  #delivered(st) {
+    if (!st.failing) return;
+    st.failing = false;
+    st.retries = 0;
+  }
+
+  // #subscribeLater subscribes st again after a backoff.
+  #subscribeLater(st) {
+    const t = setTimeout(() => {
+      this.#subTimers.delete(t);
+      if (st.wire === "idle") this.#sendSubscribe(st);
+    }, backoffDelay(st.retries++, 1000, this.#o.maxDelay));
+    this.#subTimers.add(t);
   }
 
   #historyUnavailable(st, err) {
@@ -1058,6 +1123,7 @@ export class TablecastClient {
     // Drop what was delivered already: nothing twice, whatever the gateway resends.
     if (st.lastSeq !== null && f.seq <= st.lastSeq) return;
     st.lastSeq = f.seq;
+    this.#delivered(st);
     if (!st.iterable) {
       // A batched subscription without onEvent lets the rows of a snapshot
       // (event frames, outside any transaction) go: its handlers asked for
@@ -1084,6 +1150,7 @@ export class TablecastClient {
     const after = st.lastSeq;
     const events = after === null || !(f.events[0]?.seq <= after) ? f.events : f.events.filter((e) => !(typeof e?.seq === "number" && e.seq <= after));
     st.lastSeq = f.seq;
+    this.#delivered(st);
     if (events.length === 0) return;
     const tx = {
       type: "transaction", id: f.id, seq: f.seq, xid: f.xid, lsn: f.lsn, commit_time: f.commit_time,
@@ -1109,7 +1176,7 @@ export class TablecastClient {
     const st = {
       id, spec, h: handlers, wire: "idle", lastSeq: null, ended: false, error: null,
       iterable: !handlers.onEvent && !handlers.onTransaction, batched: spec.batch !== undefined,
-      retries: 0, pendingSelect: null, queue: [], waiters: [], sub: null, closed: null, resolveClosed: null, gone: null, resolveGone: null,
+      retries: 0, failing: false, pendingSelect: null, queue: [], waiters: [], sub: null, closed: null, resolveClosed: null, gone: null, resolveGone: null,
     };
     st.closed = new Promise((resolve) => { st.resolveClosed = resolve; });
     st.gone = new Promise((resolve) => { st.resolveGone = resolve; });
@@ -1124,7 +1191,11 @@ export class TablecastClient {
   #sendSubscribe(st) {
     if (!this.#open || st.ended || st === this.#urlSub) return;
     const m = { type: "subscribe", id: st.id, ...st.spec };
-    if (st.view) st.view.building = new Map(); // a view starts again from its rows
+    if (st.view) {
+      // A view starts again from its rows.
+      st.view.building = new Map();
+      st.view.finishing = false;
+    }
     else if (st.lastSeq !== null) m.from = st.lastSeq;
     st.wire = "subscribing";
     this.#send(m);

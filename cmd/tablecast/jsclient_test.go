@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/internal/rowstate"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -35,7 +36,7 @@ import (
 // markers that cuts transaction frames at 25 events (the others are told
 // the markers are off, and refuse batches as such a gateway does). The
 // Node tests drive the scenario through a control endpoint of this test:
-// SQL, writers that insert numbered rows (several per transaction when
+// SQL (and queries, answered as JSON), waiting for the row state, writers that insert numbered rows (several per transaction when
 // asked), stopping, killing and starting a gateway on the same address,
 // and rolling the stream past a sequence with its retention. Node failing fails this test;
 // without node it is skipped, except under CI=true, where it fails.
@@ -56,6 +57,7 @@ func TestJSClient(t *testing.T) {
 		CREATE TABLE batched (n int PRIMARY KEY, pad text);
 		CREATE TABLE batchw (n int PRIMARY KEY);
 		CREATE TABLE bview (id int PRIMARY KEY, n int NOT NULL);
+		CREATE TABLE vcut (id int PRIMARY KEY, n int NOT NULL);
 		INSERT INTO bview SELECT g, g FROM generate_series(1, 20) g;
 		INSERT INTO vrows SELECT g, g FROM generate_series(1, 50) g`); err != nil {
 		t.Fatal(err)
@@ -119,9 +121,16 @@ func TestJSClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := filepath.Glob(filepath.Join(dir, "test", "*.test.mjs"))
+	// TABLECAST_JS_TESTS narrows the run to the files it names (a glob of
+	// their names without ".test.mjs": "batch", "[bu]*"), to run
+	// one file again and again while working on it.
+	pattern := "*"
+	if p := os.Getenv("TABLECAST_JS_TESTS"); p != "" {
+		pattern = p
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "test", pattern+".test.mjs"))
 	if err != nil || len(files) == 0 {
-		t.Fatalf("no tests in %s/test: %v", dir, err)
+		t.Fatalf("no tests %s.test.mjs in %s/test: %v", pattern, dir, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -294,6 +303,19 @@ func (c *jsControl) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, err := c.conn.Exec(ctx, string(body))
 		c.connMu.Unlock()
 		answer(nil, err)
+	case "/query": // the body, a SELECT on the test database → its rows, [{"column": value, …}, …]
+		body, _ := io.ReadAll(r.Body)
+		c.connMu.Lock()
+		rows, err := c.conn.Query(ctx, string(body))
+		var got []map[string]any
+		if err == nil {
+			got, err = pgx.CollectRows(rows, pgx.RowToMap)
+		}
+		c.connMu.Unlock()
+		if got == nil {
+			got = []map[string]any{}
+		}
+		answer(got, err)
 	case "/writer/start": // ?table=ticks&every=20ms[&rows=3]: rows per transaction, 1 by default
 		every, err := time.ParseDuration(q.Get("every"))
 		rows := 1
@@ -331,6 +353,13 @@ func (c *jsControl) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		seq, err := c.waitRow(ctx, q.Get("table"), n)
 		answer(map[string]uint64{"seq": seq}, err)
+	case "/rowstate/wait": // ?seq=N: until the row state has applied the events up to N
+		seq, err := strconv.ParseUint(q.Get("seq"), 10, 64)
+		if err != nil {
+			answer(nil, err)
+			return
+		}
+		answer(nil, c.waitRowState(ctx, seq))
 	case "/stream/roll": // ?past=N: the stream's retention drops every event up to N
 		past, err := strconv.ParseUint(q.Get("past"), 10, 64)
 		if err != nil {
@@ -430,6 +459,24 @@ func (c *jsControl) waitRow(ctx context.Context, table string, n int) (uint64, e
 		case <-ctx.Done():
 			return 0, fmt.Errorf("row %d of %s is not in the stream: %w", n, table, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// waitRowState waits until the row state has applied the events up to seq.
+func (c *jsControl) waitRowState(ctx context.Context, seq uint64) error {
+	for {
+		rows, err := c.js.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
+		if err == nil {
+			var mk rowstate.DBMarker
+			if mk, err = rowstate.ReadDBMarker(ctx, rows, "tablecast", c.db); err == nil && mk.Applied >= seq {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the row state has not applied event %d (%v): %w", seq, err, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }

@@ -42,44 +42,56 @@ function checkFrame(tx) {
 }
 
 // Cutting is a WebSocket whose first connection breaks (as a network does,
-// 1006) right after it has delivered the second part of a cut transaction.
-function cutting() {
+// 1006) right after it has delivered part `after` (the second by default)
+// of a cut transaction. With hold, the connections after the break wait
+// until release() is called (the client is away meanwhile).
+function cutting(after = 2, { hold = false } = {}) {
   const sent = []; // per connection, the messages the client sent
+  const synced = []; // the synced frames received
   let cut = false;
+  let release;
+  const held = hold ? new Promise((r) => { release = r; }) : null;
   class Cutting {
     constructor(url, protocols) {
-      const ws = new WebSocket(url, protocols);
       const mine = [];
       sent.push(mine);
+      this.sent = mine;
+      this.ws = null;
+      this.onopen = this.onmessage = this.onerror = this.onclose = null;
+      if (cut && held) held.then(() => this.#dial(url, protocols));
+      else this.#dial(url, protocols);
+    }
+    #dial(url, protocols) {
+      const ws = new WebSocket(url, protocols);
       let parts = 0;
       this.ws = ws;
-      this.onopen = this.onmessage = this.onerror = this.onclose = null;
       ws.onopen = (e) => this.onopen?.(e);
       ws.onerror = (e) => this.onerror?.(e);
       ws.onclose = (e) => this.onclose?.(e);
       ws.onmessage = (m) => {
         this.onmessage?.(m);
-        if (cut) return;
         const f = JSON.parse(m.data);
-        if (f.type === "transaction" && f.more && ++parts === 2) {
+        if (f.type === "synced") synced.push(f);
+        if (cut) return;
+        if (f.type === "transaction" && f.more && ++parts === after) {
           cut = true;
           this.onclose?.({ code: 1006, reason: "" });
         }
       };
-      this.sent = mine;
     }
     get readyState() {
-      return this.ws.readyState;
+      return this.ws?.readyState ?? 0;
     }
     send(text) {
       this.sent.push(JSON.parse(text));
       this.ws.send(text);
     }
     close(code, reason) {
-      this.ws.close(code, reason);
+      if (this.ws) this.ws.close(code, reason);
+      else held.then(() => this.ws.close(code, reason));
     }
   }
-  return { Cutting, sent, wasCut: () => cut };
+  return { Cutting, sent, synced, wasCut: () => cut, release: () => release?.() };
 }
 
 test("gateway restarts while transactions of three rows are written: every row once, in whole transactions", E2E, async (t) => {
@@ -230,6 +242,157 @@ test("a batched view applies each transaction's changes together, enters and lea
   assert.deepEqual(parts.flatMap((p) => p.changes.map((c) => c.key.id)), upTo(60).map((i) => 200 + i));
   assert.equal(v.rows.size, 12 + 60);
   assert.deepEqual(rec.errors, []);
+});
+
+// rowsOf is a view's rows, or a table's, as [[id, n], …] by id.
+const rowsOf = (view) => [...view.rows].map(([k, d]) => [JSON.parse(k).id, d.n]).sort((a, b) => a[0] - b[0]);
+const select = async (sql) => (await control(env, "/query", sql)).map((r) => [r.id, r.n]);
+
+// cutView follows a batched view of vcut through a connection cut inside a
+// transaction. Each step is one transaction, given as SQL and as what it
+// does to the rows the view should hold (a Map of id → n); states are the
+// view's rows after each step, the points the application may be shown:
+// every onSynced and every transaction's last part (more false) must find
+// the view holding one of them, never a transaction in part.
+function cutView(t, where, cut) {
+  const { tc, rec } = client(t, { WebSocket: cut.Cutting, initialDelay: 20, maxDelay: 50 });
+  const states = [new Map()];
+  const shown = []; // [what, the step the view held then (-1: none of them)]
+  const changes = new Map(); // id → [op, …] after the first rows
+  const noops = []; // changes that changed nothing: applied twice
+  const shadow = new Map(); // id → n: the view kept from the changes told
+  const parts = [];
+  let synced = 0;
+  const key = (rows) => JSON.stringify([...rows].sort((a, b) => a[0] - b[0]));
+  const at = (what) => {
+    const now = key(rowsOf(v));
+    shown.push([what, states.findIndex((m) => key(m) === now)]);
+  };
+  const v = tc.view({ table: "public.vcut", where, batch: "transaction" }, {
+    onSynced: () => {
+      if (++synced === 1) for (const [id, n] of rowsOf(v)) shadow.set(id, n);
+      at("synced " + synced);
+    },
+    onChange: (c) => {
+      const id = c.key.id;
+      changes.set(id, [...(changes.get(id) ?? []), c.op]);
+      if (c.op === "upsert" ? shadow.get(id) === c.data.n : !shadow.has(id)) noops.push([c.op, id, c.seq]);
+      if (c.op === "upsert") shadow.set(id, c.data.n);
+      else shadow.delete(id);
+    },
+    onTransaction: (tx) => { parts.push(tx); if (!tx.more) at("transaction " + tx.xid); },
+  });
+  return {
+    tc, rec, v, shown, changes, noops, shadow, parts,
+    synced: () => synced,
+    // step runs a transaction and notes the rows it leaves the view.
+    step: async (sql, change) => {
+      const next = new Map(states.at(-1));
+      change(next);
+      states.push(next);
+      await control(env, "/sql", sql);
+    },
+    // holds: the view holds the last step's rows (and is synced).
+    holds: () => v.ready && key(rowsOf(v)) === key(states.at(-1)),
+    states,
+  };
+}
+
+// wholeAndOnce asserts what a cut view promises the application: every
+// point it was shown held whole transactions, in order, ending at the last
+// step; every change told changed something (none came twice), and the
+// changes told make the rows; and, given, the changes per id.
+function wholeAndOnce(c, wantChanges) {
+  assert.ok(c.shown.length > 0);
+  let last = 0;
+  for (const [what, i] of c.shown) {
+    assert.ok(i >= 0, `at ${what} the view held part of a transaction: ${JSON.stringify(c.shown)}`);
+    assert.ok(i >= last, `at ${what} the view went back from step ${last} to ${i}`);
+    last = i;
+  }
+  assert.equal(last, c.states.length - 1, "shown the last step");
+  assert.deepEqual(c.noops, [], "no change told twice");
+  assert.deepEqual([...c.shadow].sort((a, b) => a[0] - b[0]), rowsOf(c.v), "the changes told make the rows");
+  if (!wantChanges) return;
+  const got = Object.fromEntries([...c.changes].sort((a, b) => a[0] - b[0]));
+  assert.deepEqual(got, wantChanges, "each change once");
+}
+
+const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+const ops = (ids, ...want) => Object.fromEntries(ids.map((id) => [id, want]));
+
+test("a batched view whose connection breaks inside a cut transaction is read again: the database's rows, whole transactions, each change once, and later ones follow", E2E, async (t) => {
+  const cut = cutting(1);
+  const where = { id: { lte: 1000 }, n: { lt: 5000 } };
+  const c = cutView(t, where, cut);
+  await waitFor(c.holds, 60_000, "the view's first rows");
+
+  // 120 rows in one transaction: five parts; the connection breaks after
+  // the first, and comes back at once. The rows read again are where the
+  // row state stands then: inside the transaction (about one run in five),
+  // after it, or (rarely) before it, older than what the view was shown.
+  await c.step("INSERT INTO vcut SELECT g, g FROM generate_series(1, 120) g", (m) => { for (const id of range(1, 120)) m.set(id, id); });
+  await waitFor(() => cut.wasCut() && c.synced() === 2 && c.holds(), 30_000, "the view read again after the break, with every row");
+  assert.equal(c.parts[0].more, true);
+  assert.equal(c.parts[0].changes.length, PART, "the first part, before the break");
+
+  // Later transactions keep coming: 30 rows leave, 20 change (two parts).
+  await c.step(`BEGIN; UPDATE vcut SET n = n + 10000 WHERE id <= 30; UPDATE vcut SET n = n + 1 WHERE id > 100; COMMIT`,
+    (m) => { for (const id of range(1, 30)) m.delete(id); for (const id of range(101, 120)) m.set(id, id + 1); });
+  await waitFor(c.holds, 30_000, "the transaction after the reconnect");
+  await c.tc.ping();
+  const after = c.parts.filter((p) => p.changes.some((ch) => ch.view === "leave"));
+  assert.deepEqual(after.map((p) => [p.changes.length, p.more]), [[PART, true], [PART, false]], "the later transaction in two parts");
+
+  assert.deepEqual(rowsOf(c.v), await select("SELECT id, n FROM vcut WHERE id <= 1000 AND n < 5000 ORDER BY id"), "the database's rows");
+  wholeAndOnce(c);
+  if (c.shown[1][1] === 1) {
+    // Read again with the whole first transaction: each row's changes exactly.
+    wholeAndOnce(c, { ...ops(range(1, 30), "upsert", "delete"), ...ops(range(31, 100), "upsert"), ...ops(range(101, 120), "upsert", "upsert") });
+  }
+  assert.ok(cut.wasCut());
+  assert.deepEqual(c.rec.disconnects.map((d) => d.err.code), ["network"]);
+  assert.equal(cut.sent.length, 2, "two connections");
+  assert.deepEqual(cut.sent[1].filter((m) => m.type === "subscribe"), [{ type: "subscribe", id: c.v.id, table: "public.vcut", where, batch: "transaction", snapshot: true }],
+    "the view read again, batched, without from");
+  assert.deepEqual(c.rec.errors, []);
+  // Whether the rows read again ended inside the transaction (as the row
+  // state stood): every way holds to the above.
+  t.diagnostic("synced after the break: " + JSON.stringify(cut.synced.at(-1)) + "; shown " + JSON.stringify(c.shown));
+});
+
+test("a batched view cut inside a transaction while more are committed: read again with them all, whole, each change once", E2E, async (t) => {
+  const cut = cutting(1, { hold: true });
+  const where = { id: { gt: 1000 }, n: { lt: 5000 } };
+  const c = cutView(t, where, cut);
+  await waitFor(c.holds, 60_000, "the view's first rows");
+
+  await c.step("INSERT INTO vcut SELECT g, g FROM generate_series(1001, 1120) g", (m) => { for (const id of range(1001, 1120)) m.set(id, id); });
+  await waitFor(() => cut.wasCut(), 30_000, "the break after the first part");
+  // Committed while the client is away: 30 rows leave and 10 are deleted
+  // in one transaction, 60 more come in another.
+  await c.step(`BEGIN; UPDATE vcut SET n = n + 10000 WHERE id BETWEEN 1001 AND 1030; DELETE FROM vcut WHERE id BETWEEN 1031 AND 1040; COMMIT`,
+    (m) => { for (const id of range(1001, 1040)) m.delete(id); });
+  await c.step("INSERT INTO vcut SELECT g, g FROM generate_series(1121, 1180) g", (m) => { for (const id of range(1121, 1180)) m.set(id, id); });
+  await control(env, "/rowstate/wait?seq=" + c.v.seq);
+  cut.release();
+  await waitFor(() => c.synced() === 2 && c.holds(), 30_000, "the view read again with what was committed meanwhile");
+
+  await c.step("UPDATE vcut SET n = n + 1 WHERE id BETWEEN 1041 AND 1100", (m) => { for (const id of range(1041, 1100)) m.set(id, id + 1); });
+  await waitFor(c.holds, 30_000, "the transaction after the reconnect");
+  await c.tc.ping();
+
+  assert.deepEqual(rowsOf(c.v), await select("SELECT id, n FROM vcut WHERE id > 1000 AND n < 5000 ORDER BY id"), "the database's rows");
+  // Where the rows read again stood (after the first transaction, or a
+  // later one) decides which changes come as differences and which in
+  // frames; each once either way.
+  wholeAndOnce(c);
+  for (const id of range(1001, 1025)) assert.deepEqual(c.changes.get(id), ["upsert", "delete"], "row " + id + ": the first part's, then gone");
+  for (const id of range(1121, 1180)) assert.deepEqual(c.changes.get(id), ["upsert"], "row " + id);
+  for (const id of range(1041, 1100)) assert.deepEqual(c.changes.get(id)?.at(-1), "upsert", "row " + id);
+  assert.deepEqual(c.rec.disconnects.map((d) => d.err.code), ["network"]);
+  assert.deepEqual(cut.sent[1].filter((m) => m.type === "subscribe"), [{ type: "subscribe", id: c.v.id, table: "public.vcut", where, batch: "transaction", snapshot: true }]);
+  assert.deepEqual(c.rec.errors, []);
 });
 
 test("batch_unavailable from a gateway without transaction markers ends that subscription; the others go on", E2E, async (t) => {

@@ -616,6 +616,104 @@ test("a batched view applies a transaction frame's changes together, then onTran
   tc.close();
 });
 
+test("a batched view whose rows end inside a transaction (synced with more) shows them once its rest is applied, never a part of it", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const changes = [], txs = [], synced = [];
+  const v = tc.view({ table: "public.t", batch: "transaction" }, {
+    onChange: (c) => changes.push([c.op, c.view, c.key?.id, c.seq]),
+    onTransaction: (t) => txs.push([t.seq, t.more, t.changes.length]),
+    onSynced: (seq) => synced.push([seq, [...v.rows.keys()].sort()]),
+  });
+  const create = (seq, id) => ({ seq, event: { op: "create", key: { id }, data: { id } } });
+  const frame = (seq, events, more) => ({ ...tx(v.id, seq, [], more), events });
+  const ws = await connected(1);
+  ws.frame({ type: "subscribed", id: v.id, seq: 5 });
+  ws.frame({ type: "rows", id: v.id, rows: [{ key: { id: 1 }, data: { id: 1 } }, { key: { id: 2 }, data: { id: 2 } }] });
+  ws.frame({ type: "synced", id: v.id, seq: 9, more: true });
+  assert.equal(v.ready, false, "rows inside a transaction are not shown");
+  assert.equal(v.rows.size, 0);
+  // The rest of the transaction, in two parts (a repeat of the first dropped).
+  const p1 = tx(v.id, 11, []);
+  p1.more = true;
+  p1.events = [create(10, 3), { seq: 11, view: "leave", event: { op: "update", key: { id: 1 } } }];
+  ws.frame(p1);
+  ws.frame(p1);
+  assert.equal(v.ready, false);
+  const p2 = tx(v.id, 13, []);
+  p2.events = [create(12, 4)];
+  ws.frame(p2);
+  assert.deepEqual(synced, [[13, ['{"id":2}', '{"id":3}', '{"id":4}']]], "shown once, the whole transaction applied");
+  assert.equal(v.seq, 13);
+  assert.deepEqual(changes, [], "the first rows are not changes");
+  assert.deepEqual(txs, [], "the rest of a transaction is part of the rows, not a transaction of its own");
+  ws.frame(frame(16, [create(14, 14), create(15, 15)]));
+  assert.deepEqual(txs, [[16, false, 2]]);
+  assert.equal(v.rows.size, 5);
+
+  // Read again after a reconnect, ending inside a transaction whose rest
+  // the view takes none of: an empty last frame shows the rows.
+  changes.length = 0;
+  ws.serverClose(1006, "");
+  const ws2 = await connected(2);
+  ws2.frame({ type: "subscribed", id: v.id, seq: 30 });
+  ws2.frame({ type: "rows", id: v.id, rows: [2, 3, 4, 14, 15, 20].map((id) => ({ key: { id }, data: { id } })) });
+  ws2.frame({ type: "synced", id: v.id, seq: 31, more: true });
+  ws2.frame(frame(14, [create(14, 14)])); // before synced's seq: dropped
+  assert.equal(synced.length, 1, "not shown yet");
+  assert.deepEqual(changes, []);
+  ws2.frame(tx(v.id, 33, []));
+  assert.deepEqual(synced.at(-1), [33, ['{"id":14}', '{"id":15}', '{"id":20}', '{"id":2}', '{"id":3}', '{"id":4}']]);
+  assert.deepEqual(changes, [["upsert", undefined, 20, 33]], "what differs, once");
+  assert.deepEqual(txs, [[16, false, 2]]);
+  ws2.frame(frame(35, [create(34, 34)]));
+  assert.deepEqual(txs.at(-1), [35, false, 1]);
+
+  // Without more, synced shows the rows at once, as before.
+  ws2.serverClose(1006, "");
+  const ws3 = await connected(3);
+  ws3.frame({ type: "subscribed", id: v.id, seq: 40 });
+  ws3.frame({ type: "rows", id: v.id, rows: [{ key: { id: 2 }, data: { id: 2 } }] });
+  ws3.frame({ type: "synced", id: v.id, seq: 41 });
+  assert.deepEqual(synced.at(-1), [41, ['{"id":2}']]);
+  tc.close();
+});
+
+test("internal after subscribed (a resume or a view's rows failed): told, then subscribed again after a backoff once unsubscribed", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const got = [], errs = [];
+  const sub = tc.subscribe({ table: "public.t" }, { onEvent: (f) => got.push(f.seq), onError: (e) => errs.push(e) });
+  const synced = [];
+  const v = tc.view({ table: "public.t" }, { onSynced: (seq) => synced.push(seq), onError: (e) => errs.push(e) });
+  const ws = await connected(1);
+  ws.frame({ type: "subscribed", id: sub.id, seq: 100 });
+  ws.frame({ type: "event", id: sub.id, seq: 101, event: {} });
+  ws.frame({ type: "subscribed", id: v.id, seq: 100 });
+  for (const id of [sub.id, v.id]) {
+    ws.frame({ type: "error", id, code: "internal", message: "resume failed: …; subscribe again with from" });
+    ws.frame({ type: "unsubscribed", id });
+  }
+  assert.deepEqual(errs.map((e) => [e.subscriptionId, e.code]), [[sub.id, "internal"], [v.id, "internal"]]);
+  assert.equal(sub.state, "pending", "not ended: waiting to subscribe again");
+  await waitFor(() => ws.of("subscribe").length === 4, 3000, "both subscribed again");
+  assert.deepEqual(ws.of("subscribe").slice(2).sort((a, b) => a.id.localeCompare(b.id)), [
+    { type: "subscribe", id: sub.id, table: "public.t", from: 101 },
+    { type: "subscribe", id: v.id, table: "public.t", snapshot: true },
+  ]);
+  ws.frame({ type: "subscribed", id: sub.id, seq: 101 });
+  ws.frame({ type: "event", id: sub.id, seq: 102, event: {} });
+  ws.frame({ type: "subscribed", id: v.id, seq: 102 });
+  ws.frame({ type: "synced", id: v.id, seq: 102 });
+  assert.deepEqual(got, [101, 102]);
+  assert.deepEqual(synced, [102]);
+  // Again: again subscribed, from where it got to.
+  ws.frame({ type: "error", id: sub.id, code: "internal", message: "resume failed" });
+  ws.frame({ type: "unsubscribed", id: sub.id });
+  await waitFor(() => ws.of("subscribe").length === 5, 3000, "subscribed again");
+  assert.deepEqual(ws.of("subscribe")[4], { type: "subscribe", id: sub.id, table: "public.t", from: 102 });
+  assert.equal(errs.length, 3);
+  tc.close();
+});
+
 test("bad arguments are refused at once", { timeout: 20_000 }, () => {
   assert.throws(() => new TablecastClient({ url: "ftp://x/ws", WebSocket: FakeSocket }), TypeError);
   assert.throws(() => new TablecastClient({ url: "ws://x/ws", WebSocket: FakeSocket, tokenTransport: "cookie" }), TypeError);
