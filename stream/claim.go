@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -74,6 +75,45 @@ func ParseClaim(msg []byte) (c Claim, ok bool, err error) {
 		return Claim{}, false, nil
 	}
 	return DecodeClaim(env.Claim)
+}
+
+// ParseEventClaim is ParseClaim for an event of the event stream, and
+// accepts only the claim the reader writes (CheckEventClaim): err is set for
+// any other. A claim published by another hand could otherwise make a
+// reader of the stream send one table's row, or any object its NATS user
+// can read, to those who get another's events.
+func ParseEventClaim(msg []byte, bucket string) (c Claim, ok bool, err error) {
+	c, ok, err = ParseClaim(msg)
+	if err != nil || !ok {
+		return c, ok, err
+	}
+	var env struct {
+		DB string `json:"db"`
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(msg, &env); err != nil {
+		return Claim{}, false, fmt.Errorf("read the envelope of a claim: %w", err)
+	}
+	if err := CheckEventClaim(c, bucket, env.DB, env.ID); err != nil {
+		return Claim{}, false, err
+	}
+	return c, true, nil
+}
+
+// CheckEventClaim accepts only the claim the reader writes for the event
+// with id of database db: to bucket (the payload bucket), naming that
+// event's object (PayloadObjectName).
+func CheckEventClaim(c Claim, bucket, db, id string) error {
+	if c.Bucket != bucket {
+		return fmt.Errorf("claim names bucket %q, not the payload bucket %s", c.Bucket, bucket)
+	}
+	if db == "" || id == "" {
+		return errors.New("claim in an envelope without db or id")
+	}
+	if want := PayloadObjectName(db, id); c.Object != want {
+		return fmt.Errorf("claim names object %q, not this event's %q", c.Object, want)
+	}
+	return nil
 }
 
 // DecodeClaim decodes the value of a "claim" member. ok is false for a JSON

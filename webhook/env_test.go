@@ -311,6 +311,7 @@ func (r *receiver) accepted(t testing.TB) []envelope {
 type envelope struct {
 	ID   string         `json:"id"`
 	Op   string         `json:"op"`
+	DB   string         `json:"db"`
 	Data map[string]any `json:"data"`
 	Key  map[string]any `json:"key"`
 	Old  map[string]any `json:"old"`

@@ -153,3 +153,55 @@ func TestBatchOfLargeRowsIsSplit(t *testing.T) {
 		t.Errorf("%d requests for %d events of 400 kB and one of 1.5 MB; want at least 4", len(reqs), rows)
 	}
 }
+
+// TestForgedClaimNotResolved: an event in the stream whose claim the
+// reader did not write (another event's object, published by another hand)
+// is delivered as received: the endpoint never sends the receiver an object
+// that is not this event's.
+func TestForgedClaimNotResolved(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	ep := e.endpoint("forged", r.URL(), nil)
+	e.waitConsumer(ep)
+	e.insertOrders(1, 1)
+	got := r.waitAccepted(t, 1, time.Minute)
+	db := got[0].DB
+	ctx := context.Background()
+	ps, err := stream.OpenPayloadStore(ctx, e.nats.JS, stream.PayloadStoreConfig{MaxPayload: e.nats.NC.MaxPayload()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The object holds an event as the reader writes it (row 1's, with
+	// another status), as another event's large row would be.
+	secret := strings.Replace(string(r.requests()[0].Body), `"status":"open"`, `"status":"secret"`, 1)
+	other := stream.PayloadObjectName(db, "00000000FFFFFFFF-0001")
+	if err := ps.Put(ctx, other, []byte(secret)); err != nil {
+		t.Fatal(err)
+	}
+	forged := stream.AppendClaim([]byte(`{"id":"00000000FFFFFFFE-0001","op":"create","db":"`+db+`","schema":"public","table":"orders","key":{"id":2},"claim":`),
+		stream.Claim{Bucket: ps.Bucket(), Object: other, Size: int64(len(secret))})
+	forged = append(forged, '}')
+	if _, err := e.nats.JS.Publish(ctx, stream.ChangeSubject(testPrefix, db, "public", "orders", "create"), forged); err != nil {
+		t.Fatal(err)
+	}
+	// Row 3 comes after the forged event in the stream: once it is
+	// accepted, the forged one was handled (sent, or passed over).
+	e.insertOrders(3, 3)
+	waitFor(t, time.Minute, "row 3 accepted", func() bool {
+		for _, ev := range r.accepted(t) {
+			if id, _ := ev.Data["id"].(float64); id == 3 {
+				return true
+			}
+		}
+		return false
+	})
+	for _, d := range r.requests() {
+		if strings.Contains(string(d.Body), "secret") {
+			t.Fatalf("the receiver got the object a forged claim names: %s", d.Body)
+		}
+	}
+	if !e.log.contains("one the reader does not write; delivered as received") {
+		t.Fatal("the forged claim was not reported")
+	}
+}

@@ -61,6 +61,10 @@ type Config struct {
 	// PinnedTTL is how long a process that stops reading an endpoint's
 	// consumer keeps it before another process may read it. Default 10s.
 	PinnedTTL time.Duration
+	// PayloadBucket is the object store bucket of the events too large for
+	// one NATS message: only claims to it are resolved. Default
+	// stream.DefaultPayloadBucket.
+	PayloadBucket string
 }
 
 // Defaults of Config.
@@ -128,6 +132,9 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Manager, err
 	}
 	if cfg.PinnedTTL <= 0 {
 		cfg.PinnedTTL = DefaultPinnedTTL
+	}
+	if cfg.PayloadBucket == "" {
+		cfg.PayloadBucket = stream.DefaultPayloadBucket
 	}
 	dl, err := OpenDeadLetters(ctx, js, cfg.Stream, cfg.Prefix, cfg.Replicas)
 	if err != nil {

@@ -909,8 +909,8 @@ func (w *worker) prepare(ctx context.Context, e *match.Entry, ev *query.Event, m
 		return it, false, nil
 	}
 	data := msg.Data()
-	if c, isClaim, err := stream.ParseClaim(data); err != nil {
-		w.log().Warn("event with a malformed claim; delivered as received", "seq", it.seq, "err", err)
+	if c, isClaim, err := stream.ParseEventClaim(data, w.m.cfg.PayloadBucket); err != nil {
+		w.log().Warn("event with a malformed claim, or one the reader does not write; delivered as received", "seq", it.seq, "err", err)
 	} else if isClaim {
 		if data, ok = w.resolveClaim(ctx, c, data, it.seq); !ok {
 			return it, false, ctx.Err()

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/tablecast/tablecast/internal/query"
@@ -76,9 +75,6 @@ func (g *Gateway) resolve(subject string, seq uint64, data []byte, env *query.Ro
 // Anything else, published by another hand, could make the gateway send one
 // table's row to the subscribers of another.
 func (g *Gateway) checkClaim(env *query.Row, c stream.Claim) error {
-	if c.Bucket != g.cfg.PayloadBucket {
-		return fmt.Errorf("claim names bucket %q, not the payload bucket %s", c.Bucket, g.cfg.PayloadBucket)
-	}
 	var db, id string
 	if raw, ok := env.Get("db"); !ok || json.Unmarshal(raw, &db) != nil {
 		return errors.New("claim in an envelope without db")
@@ -86,8 +82,5 @@ func (g *Gateway) checkClaim(env *query.Row, c stream.Claim) error {
 	if raw, ok := env.Get("id"); !ok || json.Unmarshal(raw, &id) != nil {
 		return errors.New("claim in an envelope without id")
 	}
-	if want := stream.PayloadObjectName(db, id); c.Object != want {
-		return fmt.Errorf("claim names object %q, not this event's %q", c.Object, want)
-	}
-	return nil
+	return stream.CheckEventClaim(c, g.cfg.PayloadBucket, db, id)
 }
