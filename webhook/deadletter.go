@@ -152,17 +152,25 @@ func (d *DeadLetters) Body(ctx context.Context, dl DeadLetter) ([]byte, error) {
 	if dl.BodyObject == "" {
 		return dl.Body, nil
 	}
-	return d.objectBody(ctx, dl.Body)
+	return d.objectBody(ctx, dl.Body, dl.BodyObject)
 }
 
-// objectBody reads the object of a record whose body is a claim.
-func (d *DeadLetters) objectBody(ctx context.Context, claim []byte) ([]byte, error) {
+// errBodyClaim: a dead letter's record says its body is an object, but
+// its own body is not the claim of that object.
+var errBodyClaim = errors.New("not the claim of the dead letter's body")
+
+// objectBody reads the object of a record whose body is a claim, which
+// must name object in BodyBucket: a record written by another hand does
+// not get another object sent.
+func (d *DeadLetters) objectBody(ctx context.Context, claim []byte, object string) ([]byte, error) {
 	c, ok, err := stream.ParseClaim(claim)
-	if err == nil && !ok {
-		err = errors.New("no claim in it")
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read the claim of a dead letter's body: %w", err)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%w: %w", errBodyClaim, err)
+	case !ok:
+		return nil, fmt.Errorf("%w: no claim in it", errBodyClaim)
+	case c.Bucket != d.BodyBucket() || c.Object != object:
+		return nil, fmt.Errorf("%w: it names %s/%s, not %s/%s", errBodyClaim, c.Bucket, c.Object, d.BodyBucket(), object)
 	}
 	body, err := d.resolver.FetchStalled(ctx, c, claimStall)
 	if err != nil {
@@ -447,7 +455,7 @@ func (w *worker) replays(ctx context.Context) {
 			}
 			object := h.Get(HeaderBodyObject)
 			if object != "" {
-				body, ok := w.replayBody(ctx, it.id, msg.Data())
+				body, ok := w.replayBody(ctx, it.id, msg.Data(), object)
 				if !ok {
 					cancel()
 					return
@@ -479,20 +487,21 @@ func (w *worker) replays(ctx context.Context) {
 
 // replayBody reads the body of a replayed dead letter from the object its
 // claim names, retrying until it is read or ctx ends (false). An object
-// that is gone (deleted by hand) leaves only the claim, which is sent as
-// it is: the receiver then learns the event's id and that its body is
-// lost, rather than the endpoint's replays stopping for good.
-func (w *worker) replayBody(ctx context.Context, eventID string, claim []byte) ([]byte, bool) {
+// that is gone (deleted by hand), or a record whose body is not the claim
+// of its object (written by another hand), leaves the record's own body,
+// which is sent as it is: the receiver then learns the event's id and that
+// its body is lost, rather than the endpoint's replays stopping for good.
+func (w *worker) replayBody(ctx context.Context, eventID string, claim []byte, object string) ([]byte, bool) {
 	backoff := 100 * time.Millisecond
 	for {
-		body, err := w.m.dl.objectBody(ctx, claim)
+		body, err := w.m.dl.objectBody(ctx, claim, object)
 		switch {
 		case err == nil:
 			return body, true
 		case ctx.Err() != nil:
 			return nil, false
-		case errors.Is(err, stream.ErrClaimGone):
-			w.log().Error("the body of a replayed dead letter is gone; sending its claim", "event_id", eventID, "err", err)
+		case errors.Is(err, stream.ErrClaimGone), errors.Is(err, errBodyClaim):
+			w.log().Error("the body of a replayed dead letter cannot be had; sending the record's own", "event_id", eventID, "err", err)
 			return claim, true
 		}
 		w.log().Warn("cannot read the body of a replayed dead letter; retrying", "event_id", eventID, "err", err, "retry_in", backoff)

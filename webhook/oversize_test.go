@@ -3,6 +3,7 @@ package webhook
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -203,5 +204,26 @@ func TestForgedClaimNotResolved(t *testing.T) {
 	}
 	if !e.log.contains("one the reader does not write; delivered as received") {
 		t.Fatal("the forged claim was not reported")
+	}
+}
+
+// TestDeadLetterBodyClaimChecked: a record whose body is not the claim of
+// the object its header names (written by another hand) gets no object
+// read for it.
+func TestDeadLetterBodyClaimChecked(t *testing.T) {
+	d := &DeadLetters{name: "TABLECAST_DEADLETTER"}
+	claim := func(bucket, object string) []byte {
+		b := stream.AppendClaim([]byte(`{"claim":`), stream.Claim{Bucket: bucket, Object: object, Size: 10})
+		return append(b, '}')
+	}
+	for name, body := range map[string][]byte{
+		"another bucket": claim(stream.DefaultPayloadBucket, "webhook-x"),
+		"another object": claim(d.BodyBucket(), "webhook-y"),
+		"no claim":       []byte(`{"id":"1"}`),
+		"not JSON":       []byte(`claim`),
+	} {
+		if _, err := d.objectBody(context.Background(), body, "webhook-x"); !errors.Is(err, errBodyClaim) {
+			t.Errorf("%s: %v, want errBodyClaim", name, err)
+		}
 	}
 }
