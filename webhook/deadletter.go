@@ -338,13 +338,13 @@ func (w *worker) deadLetter(ctx context.Context, e *match.Entry, items []item, r
 			// a claim, resolved) goes into an object of its own, named
 			// after the record, which carries its claim: a record that
 			// cannot be stored would hold up the endpoint for good.
-			ok := retryDeadLetter(ctx, w, it.id, func() error {
+			ok := w.retryUntil(ctx, "cannot store a dead letter's body; retrying", func() (bool, error) {
 				ps, err := d.bodyStore(ctx)
-				if err != nil {
-					return err
+				if err == nil {
+					err = ps.Put(ctx, msgID, it.body)
 				}
-				return ps.Put(ctx, msgID, it.body)
-			})
+				return err == nil, err
+			}, "event_id", it.id)
 			if !ok {
 				return false
 			}
@@ -352,34 +352,15 @@ func (w *worker) deadLetter(ctx context.Context, e *match.Entry, items []item, r
 			msg.Data = append(msg.Data, '}')
 			msg.Header.Set(HeaderBodyObject, msgID)
 		}
-		ok := retryDeadLetter(ctx, w, it.id, func() error {
+		ok := w.retryUntil(ctx, "cannot store a dead letter; retrying", func() (bool, error) {
 			_, err := w.m.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
-			return err
-		})
+			return err == nil, err
+		}, "event_id", it.id)
 		if !ok {
 			return false
 		}
 	}
 	return true
-}
-
-// retryDeadLetter runs store until it succeeds (true) or ctx ends (false).
-func retryDeadLetter(ctx context.Context, w *worker, eventID string, store func() error) bool {
-	backoff := 100 * time.Millisecond
-	for {
-		err := store()
-		if err == nil {
-			return true
-		}
-		if ctx.Err() != nil {
-			return false
-		}
-		w.log().Warn("cannot store a dead letter; retrying", "event_id", eventID, "err", err, "retry_in", backoff)
-		if !sleep(ctx, backoff) {
-			return false
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
 }
 
 // replayPoll is how often a worker looks for replays queued by another
@@ -492,22 +473,16 @@ func (w *worker) replays(ctx context.Context) {
 // which is sent as it is: the receiver then learns the event's id and that
 // its body is lost, rather than the endpoint's replays stopping for good.
 func (w *worker) replayBody(ctx context.Context, eventID string, claim []byte, object string) ([]byte, bool) {
-	backoff := 100 * time.Millisecond
-	for {
-		body, err := w.m.dl.objectBody(ctx, claim, object)
-		switch {
-		case err == nil:
-			return body, true
-		case ctx.Err() != nil:
-			return nil, false
-		case errors.Is(err, stream.ErrClaimGone), errors.Is(err, errBodyClaim):
+	var body []byte
+	ok := w.retryUntil(ctx, "cannot read the body of a replayed dead letter; retrying", func() (bool, error) {
+		var err error
+		body, err = w.m.dl.objectBody(ctx, claim, object)
+		if errors.Is(err, stream.ErrClaimGone) || errors.Is(err, errBodyClaim) {
 			w.log().Error("the body of a replayed dead letter cannot be had; sending the record's own", "event_id", eventID, "err", err)
-			return claim, true
+			body = claim
+			return true, nil
 		}
-		w.log().Warn("cannot read the body of a replayed dead letter; retrying", "event_id", eventID, "err", err, "retry_in", backoff)
-		if !sleep(ctx, backoff) {
-			return nil, false
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
+		return err == nil, err
+	}, "event_id", eventID)
+	return body, ok
 }

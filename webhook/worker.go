@@ -967,25 +967,40 @@ func (w *worker) prepare(ctx context.Context, e *match.Entry, ev *query.Event, m
 // Only an object that is gone (expired with the stream's max age) leaves
 // the event as received, claim included.
 func (w *worker) resolveClaim(ctx context.Context, c stream.Claim, received []byte, seq uint64) ([]byte, bool) {
+	var data []byte
+	ok := w.retryUntil(ctx, "cannot read the object of a claimed event; retrying", func() (bool, error) {
+		var err error
+		data, err = w.m.resolver.FetchStalled(ctx, c, claimStall)
+		if errors.Is(err, stream.ErrClaimGone) {
+			w.log().Warn("the object of a claimed event is gone; delivered as received", "seq", seq, "err", err)
+			data = received
+			return true, nil
+		}
+		return err == nil, err
+	}, "seq", seq)
+	return data, ok
+}
+
+// retryUntil calls try until it is done, or ctx ends (false), waiting
+// 100 ms, doubling up to 5 s, between calls. A failure is logged with msg
+// and attrs: the first as a warning, the next ones at debug level.
+func (w *worker) retryUntil(ctx context.Context, msg string, try func() (done bool, err error), attrs ...any) bool {
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		data, err := w.m.resolver.FetchStalled(ctx, c, claimStall)
-		switch {
-		case err == nil:
-			return data, true
-		case ctx.Err() != nil:
-			return nil, false
-		case errors.Is(err, stream.ErrClaimGone):
-			w.log().Warn("the object of a claimed event is gone; delivered as received", "seq", seq, "err", err)
-			return received, true
+		done, err := try()
+		if done {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
 		}
 		level := slog.LevelDebug
 		if attempt == 1 {
 			level = slog.LevelWarn
 		}
-		w.log().Log(ctx, level, "cannot read the object of a claimed event; retrying", "seq", seq, "attempt", attempt, "err", err, "retry_in", backoff)
+		w.log().Log(ctx, level, msg, append(attrs, "attempt", attempt, "err", err, "retry_in", backoff)...)
 		if !sleep(ctx, backoff) {
-			return nil, false
+			return false
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
