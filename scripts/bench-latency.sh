@@ -22,6 +22,8 @@
 # their commit times, and the warnings tablecast logged are shown: a stall
 # shows as a run of slow transactions. LOG_DIR keeps tablecast's log of each
 # run. WS=0 runs `tablecast cdc` (the reader alone) and no WebSocket client.
+# Each walsender's CPU, and how far behind the WAL it was (written, not yet
+# sent, sampled every 100 ms), tell a stall of PostgreSQL from one of tablecast.
 #
 # Usage: [CONFIGS="1000x1 1000x10"] [DURATION=30] [WARM=5] [REPEAT=1]
 #        [BINS="bin/tablecast other/tablecast"] [NATS=embedded|external]
@@ -131,6 +133,20 @@ machine_ticks() {
 pct() { # ticks seconds: percent of one core
   printf '%.0f' "$(echo "100 * $1 / $TICKS / $2" | bc -l)"
 }
+# pos_report file from to column pct|max: per slot, the percentiles (or the
+# maximum) of one column of the position samples taken between from and to,
+# in KiB.
+pos_report() {
+  local slot
+  for slot in lat_floor lat_tc; do
+    awk -v from="$2" -v to="$3" -v slot="$slot" -v col="$4" '$1 >= from && $1 <= to && $2 == slot { print $col }' "$1" | sort -n |
+      awk -v slot="$slot" -v how="$5" '{ a[NR] = $1 } END {
+        if (NR == 0) { printf " %s -", slot; exit }
+        if (how == "max") printf " %s %.0f KiB", slot, a[NR] / 1024
+        else printf " %s %.0f / %.0f / %.0f KiB", slot, a[int(NR * 0.5) + 1] / 1024, a[int(NR * 0.99) + 1] / 1024, a[NR] / 1024
+      }'
+  done
+}
 
 # run_one rate rows bin rep: one measured run; prints its report.
 run_one() {
@@ -195,8 +211,29 @@ run_one() {
     -f "$work/load.sql" "$BASEURL/$DB" >"$work/pgbench.out" 2>&1 &
   local pgb_pid=$!
   pids+=("$pgb_pid")
+  # Where each slot's changes wait, every 100 ms: written to the WAL but not
+  # yet sent by the slot's walsender (PostgreSQL behind; a reader that does
+  # not read leaves it behind too, once the socket is full), and sent but not
+  # yet confirmed (tablecast confirms what JetStream stored, about once a
+  # second). A stall that the walsender shares shows in the first.
+  "$PGBIN/psql" -X -q -A -t -F" " -d "$BASEURL/postgres" >"$work/pos.txt" 2>/dev/null <<'SQL' &
+SELECT extract(epoch FROM clock_timestamp()), s.slot_name, pg_current_wal_insert_lsn() - r.sent_lsn, r.sent_lsn - s.confirmed_flush_lsn
+  FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name IN ('lat_floor', 'lat_tc')
+\watch 0.1
+SQL
+  local pos_pid=$!
+  pids+=("$pos_pid")
+  # The two walsenders, for their CPU (walfloor may still be starting).
+  local senders=
+  for i in $(seq 1 50); do
+    senders=$("${PSQL[@]}" -A -t -F" " -d "$BASEURL/postgres" -c "SELECT slot_name, active_pid FROM pg_replication_slots WHERE slot_name IN ('lat_floor', 'lat_tc') AND active_pid IS NOT NULL ORDER BY slot_name")
+    [ "$(wc -l <<<"$senders")" -eq 2 ] && break
+    sleep 0.1
+  done
   sleep "$WARM"
   local m0 pg0 tc0 fl0 ws0 pb0 n0 c0
+  local s0=() s1=() slot spid
+  while read -r slot spid; do s0+=("$(proc_ticks "$spid")"); done <<<"$senders"
   m0=$(machine_ticks); pg0=$(pg_ticks); tc0=$(proc_ticks "$tc_pid"); fl0=$(proc_ticks "$floor_pid")
   ws0=0; [ -z "$ws_pid" ] || ws0=$(proc_ticks "$ws_pid")
   pb0=$(proc_ticks "$pgb_pid")
@@ -211,6 +248,7 @@ run_one() {
   wait "$pgb_pid" || { cat "$work/pgbench.out" >&2; echo "bench-latency.sh: pgbench failed" >&2; exit 1; }
   local m1 pg1 tc1 fl1 ws1 n1 c1 secs rss
   m1=$(machine_ticks); pg1=$(pg_ticks); tc1=$(proc_ticks "$tc_pid"); fl1=$(proc_ticks "$floor_pid")
+  while read -r slot spid; do s1+=("$(proc_ticks "$spid")"); done <<<"$senders"
   rss=$(awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$tc_pid/status")
   ws1=0; [ -z "$ws_pid" ] || ws1=$(proc_ticks "$ws_pid")
   if [ -n "$nats_pid" ]; then n1=$(proc_ticks "$nats_pid"); fi
@@ -218,6 +256,7 @@ run_one() {
   secs=$(echo "$c1 - $c0" | bc -l)
   # Let the last transactions arrive everywhere.
   sleep 3
+  stop_pid "$pos_pid"
   stop_pid "$floor_pid"
   stop_pid "$ws_pid"
   bin/cdclat js -url "nats://$NATS_ADDR" -stream TABLECAST -out "$work/js.txt"
@@ -240,6 +279,13 @@ run_one() {
   cpu+=" postgres $(pct $((pg1 - pg0)) "$secs")% pgbench $(pct $((pb1 - pb0)) "$secs")% walfloor $(pct $((fl1 - fl0)) "$secs")% ws-client $(pct $((ws1 - ws0)) "$secs")%"
   printf '   CPU (%% of one core): %s; machine %s%% busy (of %s cores); tablecast peak RSS %s MiB\n' "$cpu" \
     "$(printf '%.0f' "$(echo "100 * ($m1b - $mb) / ($m1t - $mt)" | bc -l)")" "$(nproc)" "$rss"
+  local k=0 senders_cpu=
+  while read -r slot spid; do
+    senders_cpu+=" $slot $(pct $((s1[k] - s0[k])) "$secs")%"
+    k=$((k + 1))
+  done <<<"$senders"
+  printf '   walsender CPU (%% of one core):%s; WAL written, not yet sent (p50 / p99 / max):%s; sent, not yet confirmed (max):%s\n' \
+    "$senders_cpu" "$(pos_report "$work/pos.txt" "$from" "$to" 3 pct)" "$(pos_report "$work/pos.txt" "$from" "$to" 4 max)"
   if [ -n "${LOG_DIR:-}" ]; then
     mkdir -p "$LOG_DIR"
     cp "$work/tablecast.log" "$LOG_DIR/tablecast-${rate}x$rows-$(basename "$bin")-$rep.log"

@@ -319,6 +319,18 @@ func listenError(addr string, err error) error {
 // the same after a restart.
 func (e *Embedded) ClientURL() string { return e.Server().ClientURL() }
 
+// InProcessConn connects to the current server through memory instead of
+// a socket (see nats.InProcessServer): the process's own clients then cost
+// no system calls and no poller wake-ups per read and write. After a restart
+// it connects to the new server.
+func (e *Embedded) InProcessConn() (net.Conn, error) {
+	c, err := e.Server().InProcessConn()
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: connect in process: %w", err)
+	}
+	return c, nil
+}
+
 // Server returns the underlying server, for tests and advanced use. A
 // restart (see Status) replaces it.
 func (e *Embedded) Server() *server.Server {

@@ -316,6 +316,7 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 			return nil, nil, nil, nil, fmt.Errorf("start embedded NATS: %w", err)
 		}
 		url = emb.ClientURL()
+		opts = append(opts, nats.InProcessServer(emb))
 		st := emb.Status()
 		log.Info("embedded NATS listening", "url", url, "data_dir", cfg.DataDir,
 			"max_store_bytes", st.StoreMaxBytes, "free_bytes", st.FreeBytes,
