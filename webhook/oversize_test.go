@@ -57,7 +57,14 @@ func TestOversizeEventDeadLetteredAndReplayed(t *testing.T) {
 	if err != nil || !ok || c.Bucket != e.mgr.DeadLetters().BodyBucket() || c.Size <= int64(bigStatus) {
 		t.Fatalf("dead letter body %.300s: claim %+v, %v, %v; want a claim of the whole envelope in %s", dls[0].Body, c, ok, err, e.mgr.DeadLetters().BodyBucket())
 	}
-	body, err := e.mgr.DeadLetters().Body(ctx, dls[0])
+	one, err := e.mgr.DeadLetters().Get(ctx, ep.ID, dls[0].Seq)
+	if err != nil || one.BodyObject == "" || one.BodyObject != dls[0].BodyObject || !bytes.Equal(one.Body, dls[0].Body) {
+		t.Fatalf("Get(%d) = %+v, %v; want the listed dead letter, its body in an object", dls[0].Seq, one, err)
+	}
+	if _, err := e.mgr.DeadLetters().Get(ctx, "01J0000000000000000000000", dls[0].Seq); !errors.Is(err, ErrOtherEndpoint) {
+		t.Fatalf("Get through another endpoint: %v, want ErrOtherEndpoint", err)
+	}
+	body, err := e.mgr.DeadLetters().Body(ctx, one)
 	if err != nil {
 		t.Fatalf("read the dead letter's body: %v", err)
 	}
@@ -79,6 +86,9 @@ func TestOversizeEventDeadLetteredAndReplayed(t *testing.T) {
 	})
 	if dls, _ := e.mgr.DeadLetters().List(ctx, ep.ID, 0, 10); len(dls) != 0 {
 		t.Fatalf("%d dead letters left after the replay", len(dls))
+	}
+	if _, err := e.mgr.DeadLetters().Get(ctx, ep.ID, dls[0].Seq); !errors.Is(err, ErrNoDeadLetter) {
+		t.Fatalf("Get of a replayed dead letter: %v, want ErrNoDeadLetter", err)
 	}
 }
 
@@ -222,8 +232,8 @@ func TestDeadLetterBodyClaimChecked(t *testing.T) {
 		"no claim":       []byte(`{"id":"1"}`),
 		"not JSON":       []byte(`claim`),
 	} {
-		if _, err := d.objectBody(context.Background(), body, "webhook-x"); !errors.Is(err, errBodyClaim) {
-			t.Errorf("%s: %v, want errBodyClaim", name, err)
+		if _, err := d.objectBody(context.Background(), body, "webhook-x"); !errors.Is(err, ErrBodyClaim) {
+			t.Errorf("%s: %v, want ErrBodyClaim", name, err)
 		}
 	}
 }
