@@ -107,7 +107,9 @@ func OpenDeadLetters(ctx context.Context, js jetstream.JetStream, eventStream, p
 
 // BodyBucket is the object store bucket of the dead letters' bodies too
 // large for one NATS message. Its objects are kept until the dead letter
-// they belong to is delivered by a replay, as the records are.
+// they belong to is delivered by a replay, or its endpoint deleted, as the
+// records are; one that no record names (its process stopped before
+// publishing the record) is deleted once Config.OrphanBodyAge old.
 func (d *DeadLetters) BodyBucket() string { return d.name + "_BODIES" }
 
 // bodyStore opens BodyBucket, creating it when missing.
@@ -359,12 +361,14 @@ func (w *worker) deadLetter(ctx context.Context, e *match.Entry, items []item, r
 		msg.Header.Set(HeaderReason, reason)
 		msg.Header.Set(HeaderAttempts, strconv.Itoa(attempts))
 		msg.Header.Set(HeaderFirstAttempt, first.UTC().Format(time.RFC3339Nano))
-		msgID := "webhook-" + w.id + "-" + it.id + "-" + strconv.FormatInt(first.UnixNano(), 36)
+		msgID := bodyObjectName(w.id, it.id, first)
 		if !d.fits(msg, msgID) {
 			// A body too large for a NATS message (an event that came as
 			// a claim, resolved) goes into an object of its own, named
 			// after the record, which carries its claim: a record that
-			// cannot be stored would hold up the endpoint for good.
+			// cannot be stored would hold up the endpoint for good. A
+			// process that stops before the record is published leaves
+			// the object to deleteOrphanBodies (see bodies.go).
 			ok := w.retryUntil(ctx, "cannot store a dead letter's body; retrying", func() (bool, error) {
 				ps, err := d.bodyStore(ctx)
 				if err == nil {
