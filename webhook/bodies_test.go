@@ -210,3 +210,32 @@ func TestNamedBodiesReadsEveryRecord(t *testing.T) {
 		t.Fatal("namedBodies found the object of a deleted record")
 	}
 }
+
+// BenchmarkNamedBodies: the cost of the pass every Manager makes each
+// OrphanBodyEvery over the webhooks' dead letters (10,000 of them, every
+// one naming an object), when the body bucket holds an object old enough.
+func BenchmarkNamedBodies(b *testing.B) {
+	n := natstest.Start(b)
+	ctx := context.Background()
+	d, err := OpenDeadLetters(ctx, n.JS, "TABLECAST", testPrefix, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const records = 10_000
+	for i := range records {
+		msg := &nats.Msg{Subject: d.Subject("01J000000000000000000000AA"), Data: []byte(`{"claim":{}}`), Header: nats.Header{}}
+		msg.Header.Set(HeaderBodyObject, "webhook-x-"+strconv.Itoa(i))
+		if _, err := n.JS.PublishMsgAsync(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-n.JS.PublishAsyncComplete()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		named, err := d.namedBodies(ctx)
+		if err != nil || len(named) != records {
+			b.Fatalf("namedBodies = %d, %v", len(named), err)
+		}
+	}
+}

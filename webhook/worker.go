@@ -200,7 +200,7 @@ func (w *worker) serve() bool {
 		if w.cons = w.consumer(w.ctx); w.cons == nil {
 			return false
 		}
-		w.log().Info("webhook delivery started", "subjects", strings.Join(w.subjects, " "), "lanes", w.lanes, "batch", w.wh.Batch)
+		w.log().Info("webhook delivery started", "subjects", strings.Join(w.subjects, " "), "lanes", w.lanes, "batch", w.wh.Batch, "batch_bytes", w.batchBytes())
 	}
 	lanes := make([]*lane, w.lanes)
 	for i := range lanes {
