@@ -20,8 +20,9 @@ import (
 // no record names, as a process that stopped between storing the object
 // and publishing its record leaves it, is deleted once it is
 // OrphanBodyAge old, while the objects that a dead letter or a queued
-// replay names stay; and deleting an endpoint deletes its dead letters,
-// its replays and their objects, those of no record included.
+// replay names stay; a replay refused again leaves one object, the new
+// record's; and deleting an endpoint deletes its dead letters, its
+// replays and their objects, those of no record included.
 func TestNoDeadLetterBodyLeftBehind(t *testing.T) {
 	t.Parallel()
 	const age = 2 * time.Second
@@ -101,6 +102,34 @@ func TestNoDeadLetterBodyLeftBehind(t *testing.T) {
 		got, err := d.Body(ctx, dl)
 		if errors.Is(err, stream.ErrClaimGone) {
 			t.Fatalf("the dead letter's body after the pass: %v", err)
+		}
+		return err == nil && len(got) > big
+	})
+
+	// Replayed and refused again: dead-lettered again with an object of
+	// its own, and the replayed record's object deleted.
+	if n, err := d.Replay(ctx, ep.ID); err != nil || n != 1 {
+		t.Fatalf("Replay = %d, %v", n, err)
+	}
+	old := dl
+	waitFor(t, time.Minute, "the replayed event dead-lettered again", func() bool {
+		dls, err := d.List(ctx, ep.ID, 0, 10)
+		if err != nil || len(dls) != 1 || dls[0].Seq == old.Seq {
+			return false
+		}
+		dl = dls[0]
+		return true
+	})
+	if dl.BodyObject == "" || dl.BodyObject == old.BodyObject || dl.EventID != old.EventID {
+		t.Fatalf("dead-lettered again with object %q (event %s); want another object than %q for event %s", dl.BodyObject, dl.EventID, old.BodyObject, old.EventID)
+	}
+	waitFor(t, 30*time.Second, "the replayed record's object to be deleted", func() bool {
+		return !objectExists(t, e.nats.JS, d.BodyBucket(), old.BodyObject)
+	})
+	waitFor(t, 30*time.Second, "the new dead letter's body to be read", func() bool {
+		got, err := d.Body(ctx, dl)
+		if errors.Is(err, stream.ErrClaimGone) {
+			t.Fatalf("the new dead letter's body: %v", err)
 		}
 		return err == nil && len(got) > big
 	})
