@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -199,6 +200,17 @@ func TestEveryOperation(t *testing.T) {
 	if len(dls.Items) != 0 || replayed.Replayed != 0 {
 		t.Fatalf("dead letters of a new endpoint: %v, replayed %d", dls.Items, replayed.Replayed)
 	}
+	// One, read by its seq, then replayed.
+	ack, err := h.js.Publish(ctx, h.dl.Subject(id), []byte(`{"id":"E1","op":"create","data":{"id":1}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dl map[string]any
+	h.call(ctx, "GET", "/v1/endpoints/"+id+"/dead-letters/"+strconv.FormatUint(ack.Sequence, 10), nil, nil, 0, &dl)
+	h.call(ctx, "POST", "/v1/endpoints/"+id+"/dead-letters/replay", nil, map[string]any{}, 0, &replayed)
+	if dl["event"].(map[string]any)["id"] != "E1" || replayed.Replayed != 1 {
+		t.Fatalf("a dead letter: %v, replayed %d", dl, replayed.Replayed)
+	}
 
 	// Deleting endpoints, one and many.
 	h.call(ctx, "DELETE", "/v1/endpoints/"+ws.ID, nil, nil, 0, nil)
@@ -214,7 +226,7 @@ func TestEveryOperation(t *testing.T) {
 		t.Fatalf("deleted endpoint: %v", ae)
 	}
 
-	resp, err := (&admin.Client{BaseURL: h.base, HTTP: &http.Client{Transport: h.check}}).Do(ctx, "GET", "/v1/openapi.json", nil, nil, 0)
+	resp, err = (&admin.Client{BaseURL: h.base, HTTP: &http.Client{Transport: h.check}}).Do(ctx, "GET", "/v1/openapi.json", nil, nil, 0)
 	if err != nil || !bytes.Equal(resp.Body, admin.OpenAPI()) || resp.Header.Get("Content-Type") != "application/json" {
 		t.Fatalf("openapi.json: %v", err)
 	}

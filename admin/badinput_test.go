@@ -1,6 +1,7 @@
 package admin_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"strings"
@@ -138,6 +139,10 @@ func TestBadInput(t *testing.T) {
 	ep("webhook.concurrency", "", with(hook, "webhook.concurrency", "many"))
 	ep("webhook.batch", "1 to 100", with(hook, "webhook.batch", -1))
 	ep("webhook.batch", "", with(hook, "webhook.batch", 1.5))
+	ep("webhook.batch_bytes", "1024 (1 KiB) to 16777216 (16 MiB)", with(hook, "webhook.batch_bytes", 1023))
+	ep("webhook.batch_bytes", "1024 (1 KiB) to 16777216 (16 MiB)", with(hook, "webhook.batch_bytes", 16<<20+1))
+	ep("webhook.batch_bytes", "1024 (1 KiB) to 16777216 (16 MiB)", with(hook, "webhook.batch_bytes", 0))
+	ep("webhook.batch_bytes", "whole number", with(hook, "webhook.batch_bytes", "1MiB"))
 	ep("webhook.retry.max_age", "to 720h", with(hook, "webhook.retry.max_age", "1000h"))
 	ep("webhook.retry.initial", "to 1h", with(hook, "webhook.retry.initial", "10ms"))
 	ep("webhook.retry.max", "from retry.initial", with(hook, "webhook.retry", map[string]any{"initial": "10m", "max": "1m"}))
@@ -258,7 +263,18 @@ func TestBadInput(t *testing.T) {
 	}
 
 	// The bodies the bad ones were made from are good.
-	h.call(ctx, "POST", "/v1/endpoints", nil, hook, 0, nil)
+	var made endpointJSON
+	h.call(ctx, "POST", "/v1/endpoints", nil, hook, 0, &made)
+	var wh struct {
+		BatchBytes int `json:"batch_bytes"`
+	}
+	if err := json.Unmarshal(made.Webhook, &wh); err != nil || wh.BatchBytes != endpoint.DefaultBatchBytes {
+		t.Errorf("batch_bytes of a webhook created without it: %s; want the default %d", made.Webhook, endpoint.DefaultBatchBytes)
+	}
+	h.call(ctx, "PATCH", "/v1/endpoints/"+made.ID, nil, map[string]any{"webhook": map[string]any{"batch_bytes": 64 << 10}}, 0, &made)
+	if err := json.Unmarshal(made.Webhook, &wh); err != nil || wh.BatchBytes != 64<<10 {
+		t.Errorf("batch_bytes once set to 64 KiB: %s", made.Webhook)
+	}
 	h.call(ctx, "POST", "/v1/filters", nil, flt, 0, nil)
 	h.call(ctx, "POST", "/v1/rules", nil, rule, 0, nil)
 }

@@ -12,13 +12,18 @@ import (
 	"time"
 
 	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/stream"
 	"github.com/tablecast/tablecast/webhook"
 )
 
-// DeadLetters lists and replays the events webhook endpoints gave up on:
-// *webhook.DeadLetters.
+// DeadLetters lists, reads and replays the events webhook endpoints gave
+// up on: *webhook.DeadLetters.
 type DeadLetters interface {
 	List(ctx context.Context, endpointID string, after uint64, limit int) ([]webhook.DeadLetter, error)
+	// Get returns one dead letter of an endpoint (webhook.ErrNoDeadLetter,
+	// webhook.ErrOtherEndpoint), and Body its whole body.
+	Get(ctx context.Context, endpointID string, seq uint64) (webhook.DeadLetter, error)
+	Body(ctx context.Context, dl webhook.DeadLetter) ([]byte, error)
 	Replay(ctx context.Context, endpointID string, seqs ...uint64) (int, error)
 }
 
@@ -31,16 +36,32 @@ const (
 
 // deadLetterJSON is a dead letter as the API shows it.
 type deadLetterJSON struct {
-	Seq          uint64          `json:"seq"`
-	EventID      string          `json:"event_id"`
-	Subject      string          `json:"subject"`
-	StreamSeq    uint64          `json:"stream_seq"`
-	Endpoint     string          `json:"endpoint"`
-	Reason       string          `json:"reason"`
-	Attempts     int             `json:"attempts"`
-	FirstAttempt time.Time       `json:"first_attempt"`
-	DeadAt       time.Time       `json:"dead_lettered_at"`
-	Event        json.RawMessage `json:"event"`
+	Seq          uint64    `json:"seq"`
+	EventID      string    `json:"event_id"`
+	Subject      string    `json:"subject"`
+	StreamSeq    uint64    `json:"stream_seq"`
+	Endpoint     string    `json:"endpoint"`
+	Reason       string    `json:"reason"`
+	Attempts     int       `json:"attempts"`
+	FirstAttempt time.Time `json:"first_attempt"`
+	DeadAt       time.Time `json:"dead_lettered_at"`
+	// BodyObject says that the event, too large for one NATS message, is
+	// held in an object of <STREAM>_DEADLETTER_BODIES: in a list, Event
+	// is then the claim of it (a page stays small), and GET of the one
+	// dead letter has it whole.
+	BodyObject bool            `json:"body_object"`
+	Event      json.RawMessage `json:"event"`
+}
+
+// deadLetterOf shows dl with event as its event.
+func deadLetterOf(dl webhook.DeadLetter, event []byte) deadLetterJSON {
+	ev := json.RawMessage(event)
+	if !json.Valid(ev) {
+		ev, _ = json.Marshal(string(event))
+	}
+	return deadLetterJSON{Seq: dl.Seq, EventID: dl.EventID, Subject: dl.Subject, StreamSeq: dl.StreamSeq,
+		Endpoint: dl.Endpoint, Reason: dl.Reason, Attempts: dl.Attempts, FirstAttempt: dl.FirstTry, DeadAt: dl.DeadAt,
+		BodyObject: dl.BodyObject != "", Event: ev}
 }
 
 // deadLetterEndpoint checks that the path's endpoint exists and that
@@ -101,14 +122,54 @@ func (s *Server) listDeadLetters(w http.ResponseWriter, r *http.Request, _ []byt
 			body.Next = strconv.FormatUint(list[i-1].Seq, 10)
 			break
 		}
-		ev := json.RawMessage(dl.Body)
-		if !json.Valid(ev) {
-			ev, _ = json.Marshal(string(dl.Body))
-		}
-		body.Items = append(body.Items, deadLetterJSON{Seq: dl.Seq, EventID: dl.EventID, Subject: dl.Subject, StreamSeq: dl.StreamSeq,
-			Endpoint: dl.Endpoint, Reason: dl.Reason, Attempts: dl.Attempts, FirstAttempt: dl.FirstTry, DeadAt: dl.DeadAt, Event: ev})
+		body.Items = append(body.Items, deadLetterOf(dl, dl.Body))
 	}
 	writeJSON(w, http.StatusOK, body)
+}
+
+// getDeadLetter answers one dead letter with its whole event, read from
+// its body object when it has one.
+func (s *Server) getDeadLetter(w http.ResponseWriter, r *http.Request, _ []byte) {
+	// A seq that is not a whole number names no dead letter, as an
+	// unknown one does: the answer is the same 404.
+	seq, seqErr := strconv.ParseUint(r.PathValue("seq"), 10, 64)
+	id := s.deadLetterEndpoint(w, r)
+	if id == "" {
+		return
+	}
+	notFound := func(msg string) {
+		writeError(w, http.StatusNotFound, codeNotFound, msg, nil)
+	}
+	if seqErr != nil {
+		notFound(fmt.Sprintf("no dead letter %q: a dead letter's seq is a whole number", r.PathValue("seq")))
+		return
+	}
+	dl, err := s.cfg.DeadLetters.Get(r.Context(), id, seq)
+	switch {
+	case errors.Is(err, webhook.ErrNoDeadLetter), errors.Is(err, webhook.ErrOtherEndpoint):
+		// Another endpoint's dead letter is not shown through this one
+		// (nor said to exist).
+		notFound(fmt.Sprintf("endpoint %s has no dead letter %d (replayed, or never one of its own)", id, seq))
+		return
+	case err != nil:
+		s.log.Error("read a dead letter", "endpoint_id", id, "seq", seq, "err", err)
+		writeError(w, http.StatusInternalServerError, codeInternal, "cannot read the dead letter", nil)
+		return
+	}
+	body, err := s.cfg.DeadLetters.Body(r.Context(), dl)
+	switch {
+	case errors.Is(err, stream.ErrClaimGone), errors.Is(err, webhook.ErrBodyClaim):
+		// The record is there but its body cannot be had: deleted by
+		// hand, or a record written by another hand whose claim is not
+		// its own object's. The list still shows the record.
+		notFound(fmt.Sprintf("the body of dead letter %d cannot be read: %v", seq, err))
+		return
+	case err != nil:
+		s.log.Error("read the body of a dead letter", "endpoint_id", id, "seq", seq, "object", dl.BodyObject, "err", err)
+		writeError(w, http.StatusInternalServerError, codeInternal, "cannot read the dead letter's body", nil)
+		return
+	}
+	writeJSON(w, http.StatusOK, deadLetterOf(dl, body))
 }
 
 func (s *Server) replayDeadLetters(w http.ResponseWriter, r *http.Request, body []byte) {

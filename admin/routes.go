@@ -50,6 +50,9 @@ func (s *Server) routes() *http.ServeMux {
 	s.handle(mux, "/v1/endpoints/{id}/dead-letters", map[string]op{
 		"GET": {h: s.listDeadLetters},
 	})
+	s.handle(mux, "/v1/endpoints/{id}/dead-letters/{seq}", map[string]op{
+		"GET": {h: s.getDeadLetter},
+	})
 	s.handle(mux, "/v1/endpoints/{id}/dead-letters/replay", map[string]op{
 		"POST": {h: s.replayDeadLetters, write: true, body: true},
 	})

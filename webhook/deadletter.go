@@ -107,7 +107,9 @@ func OpenDeadLetters(ctx context.Context, js jetstream.JetStream, eventStream, p
 
 // BodyBucket is the object store bucket of the dead letters' bodies too
 // large for one NATS message. Its objects are kept until the dead letter
-// they belong to is delivered by a replay, as the records are.
+// they belong to is delivered by a replay, or its endpoint deleted, as the
+// records are; one that no record names (its process stopped before
+// publishing the record) is deleted once Config.OrphanBodyAge old.
 func (d *DeadLetters) BodyBucket() string { return d.name + "_BODIES" }
 
 // bodyStore opens BodyBucket, creating it when missing.
@@ -147,7 +149,8 @@ const claimStall = 30 * time.Second
 
 // Body returns the body of dl as it was sent: the record's own, or the
 // object's it names (HeaderBodyObject). An object that is gone is an error
-// wrapping stream.ErrClaimGone.
+// wrapping stream.ErrClaimGone; a record whose body is not the claim of
+// that object, one wrapping ErrBodyClaim.
 func (d *DeadLetters) Body(ctx context.Context, dl DeadLetter) ([]byte, error) {
 	if dl.BodyObject == "" {
 		return dl.Body, nil
@@ -155,9 +158,10 @@ func (d *DeadLetters) Body(ctx context.Context, dl DeadLetter) ([]byte, error) {
 	return d.objectBody(ctx, dl.Body, dl.BodyObject)
 }
 
-// errBodyClaim: a dead letter's record says its body is an object, but
-// its own body is not the claim of that object.
-var errBodyClaim = errors.New("not the claim of the dead letter's body")
+// ErrBodyClaim: a dead letter's record says its body is an object, but
+// its own body is not the claim of that object (a record written by
+// another hand): Body reads no object for it.
+var ErrBodyClaim = errors.New("not the claim of the dead letter's body")
 
 // objectBody reads the object of a record whose body is a claim, which
 // must name object in BodyBucket: a record written by another hand does
@@ -166,11 +170,11 @@ func (d *DeadLetters) objectBody(ctx context.Context, claim []byte, object strin
 	c, ok, err := stream.ParseClaim(claim)
 	switch {
 	case err != nil:
-		return nil, fmt.Errorf("%w: %w", errBodyClaim, err)
+		return nil, fmt.Errorf("%w: %w", ErrBodyClaim, err)
 	case !ok:
-		return nil, fmt.Errorf("%w: no claim in it", errBodyClaim)
+		return nil, fmt.Errorf("%w: no claim in it", ErrBodyClaim)
 	case c.Bucket != d.BodyBucket() || c.Object != object:
-		return nil, fmt.Errorf("%w: it names %s/%s, not %s/%s", errBodyClaim, c.Bucket, c.Object, d.BodyBucket(), object)
+		return nil, fmt.Errorf("%w: it names %s/%s, not %s/%s", ErrBodyClaim, c.Bucket, c.Object, d.BodyBucket(), object)
 	}
 	body, err := d.resolver.FetchStalled(ctx, c, claimStall)
 	if err != nil {
@@ -246,6 +250,31 @@ func (d *DeadLetters) List(ctx context.Context, endpointID string, after uint64,
 		seq = raw.Sequence + 1
 	}
 	return out, nil
+}
+
+// ErrNoDeadLetter: Get was given a seq that holds no record (never did,
+// or its dead letter was replayed).
+var ErrNoDeadLetter = errors.New("no such dead letter")
+
+// Get returns the dead letter seq of an endpoint: ErrNoDeadLetter when
+// there is none, ErrOtherEndpoint when the record is another endpoint's
+// (or not a webhook's dead letter). Its Body is the record's own, as in
+// List: Body reads the whole of one held in an object.
+func (d *DeadLetters) Get(ctx context.Context, endpointID string, seq uint64) (DeadLetter, error) {
+	if seq == 0 {
+		return DeadLetter{}, ErrNoDeadLetter
+	}
+	raw, err := d.str.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return DeadLetter{}, fmt.Errorf("dead letter %d: %w", seq, ErrNoDeadLetter)
+	}
+	if err != nil {
+		return DeadLetter{}, fmt.Errorf("read dead letter %d: %w", seq, err)
+	}
+	if raw.Subject != d.Subject(endpointID) {
+		return DeadLetter{}, fmt.Errorf("dead letter %d is not one of endpoint %s: %w", seq, endpointID, ErrOtherEndpoint)
+	}
+	return deadLetterOf(raw), nil
 }
 
 func deadLetterOf(raw *jetstream.RawStreamMsg) DeadLetter {
@@ -332,12 +361,14 @@ func (w *worker) deadLetter(ctx context.Context, e *match.Entry, items []item, r
 		msg.Header.Set(HeaderReason, reason)
 		msg.Header.Set(HeaderAttempts, strconv.Itoa(attempts))
 		msg.Header.Set(HeaderFirstAttempt, first.UTC().Format(time.RFC3339Nano))
-		msgID := "webhook-" + w.id + "-" + it.id + "-" + strconv.FormatInt(first.UnixNano(), 36)
+		msgID := bodyObjectName(w.id, it.id, first)
 		if !d.fits(msg, msgID) {
 			// A body too large for a NATS message (an event that came as
 			// a claim, resolved) goes into an object of its own, named
 			// after the record, which carries its claim: a record that
-			// cannot be stored would hold up the endpoint for good.
+			// cannot be stored would hold up the endpoint for good. A
+			// process that stops before the record is published leaves
+			// the object to deleteOrphanBodies (see bodies.go).
 			ok := w.retryUntil(ctx, "cannot store a dead letter's body; retrying", func() (bool, error) {
 				ps, err := d.bodyStore(ctx)
 				if err == nil {
@@ -477,7 +508,7 @@ func (w *worker) replayBody(ctx context.Context, eventID string, claim []byte, o
 	ok := w.retryUntil(ctx, "cannot read the body of a replayed dead letter; retrying", func() (bool, error) {
 		var err error
 		body, err = w.m.dl.objectBody(ctx, claim, object)
-		if errors.Is(err, stream.ErrClaimGone) || errors.Is(err, errBodyClaim) {
+		if errors.Is(err, stream.ErrClaimGone) || errors.Is(err, ErrBodyClaim) {
 			w.log().Error("the body of a replayed dead letter cannot be had; sending the record's own", "event_id", eventID, "err", err)
 			body = claim
 			return true, nil

@@ -56,6 +56,8 @@ type envOptions struct {
 	// dormant.go), so that a test sees a wake missed.
 	noSweep bool
 	sweep   time.Duration // how often dormant endpoints are swept, if not replayPoll
+	// orphanEvery and orphanAge: Config.OrphanBodyEvery and OrphanBodyAge.
+	orphanEvery, orphanAge time.Duration
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -129,7 +131,8 @@ func newEnv(t testing.TB, o envOptions) *env {
 		allow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 	}
 	e.mgr, err = New(ctx, n.JS, Config{Prefix: testPrefix, Registry: registry, Tables: cat, States: e.store, AllowNets: allow,
-		Registerer: e.reg, Logger: log.With("component", "webhook"), AckWait: o.ackWait, PinnedTTL: o.pinnedTTL})
+		Registerer: e.reg, Logger: log.With("component", "webhook"), AckWait: o.ackWait, PinnedTTL: o.pinnedTTL,
+		OrphanBodyEvery: o.orphanEvery, OrphanBodyAge: o.orphanAge})
 	if err != nil {
 		t.Fatalf("new manager: %v", err)
 	}

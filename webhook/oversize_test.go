@@ -57,7 +57,14 @@ func TestOversizeEventDeadLetteredAndReplayed(t *testing.T) {
 	if err != nil || !ok || c.Bucket != e.mgr.DeadLetters().BodyBucket() || c.Size <= int64(bigStatus) {
 		t.Fatalf("dead letter body %.300s: claim %+v, %v, %v; want a claim of the whole envelope in %s", dls[0].Body, c, ok, err, e.mgr.DeadLetters().BodyBucket())
 	}
-	body, err := e.mgr.DeadLetters().Body(ctx, dls[0])
+	one, err := e.mgr.DeadLetters().Get(ctx, ep.ID, dls[0].Seq)
+	if err != nil || one.BodyObject == "" || one.BodyObject != dls[0].BodyObject || !bytes.Equal(one.Body, dls[0].Body) {
+		t.Fatalf("Get(%d) = %+v, %v; want the listed dead letter, its body in an object", dls[0].Seq, one, err)
+	}
+	if _, err := e.mgr.DeadLetters().Get(ctx, "01J0000000000000000000000", dls[0].Seq); !errors.Is(err, ErrOtherEndpoint) {
+		t.Fatalf("Get through another endpoint: %v, want ErrOtherEndpoint", err)
+	}
+	body, err := e.mgr.DeadLetters().Body(ctx, one)
 	if err != nil {
 		t.Fatalf("read the dead letter's body: %v", err)
 	}
@@ -79,6 +86,9 @@ func TestOversizeEventDeadLetteredAndReplayed(t *testing.T) {
 	})
 	if dls, _ := e.mgr.DeadLetters().List(ctx, ep.ID, 0, 10); len(dls) != 0 {
 		t.Fatalf("%d dead letters left after the replay", len(dls))
+	}
+	if _, err := e.mgr.DeadLetters().Get(ctx, ep.ID, dls[0].Seq); !errors.Is(err, ErrNoDeadLetter) {
+		t.Fatalf("Get of a replayed dead letter: %v, want ErrNoDeadLetter", err)
 	}
 }
 
@@ -129,8 +139,8 @@ func TestClaimReadRetriedAcrossOutage(t *testing.T) {
 }
 
 // TestBatchOfLargeRowsIsSplit: a batching endpoint's requests stay within
-// maxRequestBody however large its rows, an event larger than that goes
-// alone, and every event arrives once, in order.
+// the default batch_bytes (1 MiB) however large its rows, an event larger
+// than that goes alone, and every event arrives once, in order.
 func TestBatchOfLargeRowsIsSplit(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
@@ -146,8 +156,8 @@ func TestBatchOfLargeRowsIsSplit(t *testing.T) {
 	checkOrder(t, got, rows)
 	reqs := r.requests()
 	for _, d := range reqs {
-		if n := countEnvelopes(d.Body); len(d.Body) > maxRequestBody && n != 1 {
-			t.Errorf("request %s of %d bytes holds %d events; want at most %d bytes, or one event", d.ID, len(d.Body), n, maxRequestBody)
+		if n := countEnvelopes(d.Body); len(d.Body) > endpoint.DefaultBatchBytes && n != 1 {
+			t.Errorf("request %s of %d bytes holds %d events; want at most %d bytes, or one event", d.ID, len(d.Body), n, endpoint.DefaultBatchBytes)
 		}
 	}
 	if len(reqs) < 4 {
@@ -222,8 +232,40 @@ func TestDeadLetterBodyClaimChecked(t *testing.T) {
 		"no claim":       []byte(`{"id":"1"}`),
 		"not JSON":       []byte(`claim`),
 	} {
-		if _, err := d.objectBody(context.Background(), body, "webhook-x"); !errors.Is(err, errBodyClaim) {
-			t.Errorf("%s: %v, want errBodyClaim", name, err)
+		if _, err := d.objectBody(context.Background(), body, "webhook-x"); !errors.Is(err, ErrBodyClaim) {
+			t.Errorf("%s: %v, want ErrBodyClaim", name, err)
 		}
+	}
+}
+
+// TestBatchBytesPerEndpoint: an endpoint's batch_bytes bounds its
+// requests' bodies (the JSON array, brackets and commas counted): a batch
+// of rows stops before it would pass it, an event larger than it goes
+// alone, and every event arrives once, in order.
+func TestBatchBytesPerEndpoint(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	const limit = 4 << 10
+	ep := e.endpoint("small-batches", r.URL(), func(w *endpoint.Webhook) { w.Batch = 10; w.BatchBytes = limit })
+	e.waitConsumer(ep)
+	const rows = 7
+	// Six rows of about 1.7 kB in one transaction (two fit in 4 KiB, not
+	// three), then one of 5 kB, larger than a request may be.
+	e.exec(`INSERT INTO orders SELECT g, repeat('x', 1500), g FROM generate_series(1, 6) g`)
+	e.exec(`INSERT INTO orders VALUES (7, repeat('x', 5000), 7)`)
+	got := r.waitAccepted(t, rows, time.Minute)
+	checkOrder(t, got, rows)
+	reqs := r.requests()
+	most := 0
+	for _, d := range reqs {
+		n := countEnvelopes(d.Body)
+		if len(d.Body) > limit && n != 1 {
+			t.Errorf("request %s of %d bytes holds %d events; want at most %d bytes, or one event", d.ID, len(d.Body), n, limit)
+		}
+		most = max(most, n)
+	}
+	if most < 2 {
+		t.Errorf("no request of %d holds more than one event: the batch bound is not what stopped them", len(reqs))
 	}
 }

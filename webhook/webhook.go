@@ -65,12 +65,22 @@ type Config struct {
 	// one NATS message: only claims to it are resolved. Default
 	// stream.DefaultPayloadBucket.
 	PayloadBucket string
+	// OrphanBodyEvery is how often the objects of the dead letters' bodies
+	// that no record names are looked for (and once at the start).
+	// Default 1h.
+	OrphanBodyEvery time.Duration
+	// OrphanBodyAge: such an object is deleted once it is this old, which
+	// leaves the process that stored it the time to publish its record,
+	// through a NATS outage too. Default 24h.
+	OrphanBodyAge time.Duration
 }
 
 // Defaults of Config.
 const (
-	DefaultAckWait   = 15 * time.Second
-	DefaultPinnedTTL = 10 * time.Second
+	DefaultAckWait         = 15 * time.Second
+	DefaultPinnedTTL       = 10 * time.Second
+	DefaultOrphanBodyEvery = time.Hour
+	DefaultOrphanBodyAge   = 24 * time.Hour
 )
 
 // Manager delivers the events of every active webhook endpoint, each with
@@ -136,6 +146,12 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Manager, err
 	if cfg.PayloadBucket == "" {
 		cfg.PayloadBucket = stream.DefaultPayloadBucket
 	}
+	if cfg.OrphanBodyEvery <= 0 {
+		cfg.OrphanBodyEvery = DefaultOrphanBodyEvery
+	}
+	if cfg.OrphanBodyAge <= 0 {
+		cfg.OrphanBodyAge = DefaultOrphanBodyAge
+	}
 	dl, err := OpenDeadLetters(ctx, js, cfg.Stream, cfg.Prefix, cfg.Replicas)
 	if err != nil {
 		return nil, err
@@ -189,6 +205,13 @@ func (m *Manager) Run(ctx context.Context) {
 	}
 	var sweeper sync.WaitGroup
 	defer sweeper.Wait()
+	octx, ocancel := context.WithCancel(ctx)
+	defer ocancel()
+	sweeper.Add(1)
+	go func() {
+		defer sweeper.Done()
+		m.orphanBodies(octx)
+	}()
 	if m.sweepEvery > 0 {
 		sctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -264,6 +287,7 @@ func (m *Manager) apply(ctx context.Context, id string) {
 				<-prev.done
 			}
 			m.deleteConsumers(ctx, id)
+			m.purgeDeadLetters(ctx, id)
 			m.mu.Lock()
 			if m.last[id] == prev {
 				delete(m.last, id)
@@ -293,6 +317,19 @@ func (m *Manager) deleteConsumers(ctx context.Context, id string) {
 		if err := m.js.DeleteConsumer(dctx, c.str, c.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			m.log.Warn("cannot delete the consumer of a deleted webhook endpoint", "endpoint_id", id, "consumer", c.name, "err", err)
 		}
+	}
+}
+
+// purgeDeadLetters removes the dead letters of an endpoint that is gone,
+// its replays and their body objects: nothing can list, read or replay
+// them any more (the admin API answers 404 for the endpoint). Every
+// process does, once its worker of the endpoint has stopped; one whose
+// worker stored a dead letter after another process purged removes it.
+func (m *Manager) purgeDeadLetters(ctx context.Context, id string) {
+	pctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := m.dl.purgeEndpoint(pctx, id); err != nil {
+		m.log.Warn("cannot delete the dead letters of a deleted webhook endpoint", "endpoint_id", id, "err", err)
 	}
 }
 

@@ -200,7 +200,7 @@ func (w *worker) serve() bool {
 		if w.cons = w.consumer(w.ctx); w.cons == nil {
 			return false
 		}
-		w.log().Info("webhook delivery started", "subjects", strings.Join(w.subjects, " "), "lanes", w.lanes, "batch", w.wh.Batch)
+		w.log().Info("webhook delivery started", "subjects", strings.Join(w.subjects, " "), "lanes", w.lanes, "batch", w.wh.Batch, "batch_bytes", w.batchBytes())
 	}
 	lanes := make([]*lane, w.lanes)
 	for i := range lanes {
@@ -848,6 +848,7 @@ func (w *worker) lane(ctx context.Context, l *lane) {
 		e := w.entry.Load()
 		items := make([]item, 0, len(msgs))
 		bodies, sent := 0, 0 // bytes of items; msgs[:sent] are acknowledged
+		limit := w.batchBytes()
 		for i, msg := range msgs {
 			it, ok, err := w.prepare(ctx, e, &ev, msg)
 			if err != nil {
@@ -856,7 +857,9 @@ func (w *worker) lane(ctx context.Context, l *lane) {
 			if !ok {
 				continue
 			}
-			if len(items) > 0 && bodies+len(it.body) > maxRequestBody {
+			// The array of len(items)+1 envelopes: theirs, a comma
+			// between each two, and the brackets.
+			if len(items) > 0 && bodies+len(it.body)+len(items)+2 > limit {
 				// Large rows: what is prepared goes now, and this event
 				// starts the next request.
 				if !w.deliverAndAck(ctx, e, items, msgs[sent:i]) {
@@ -874,12 +877,17 @@ func (w *worker) lane(ctx context.Context, l *lane) {
 	}
 }
 
-// maxRequestBody bounds a batch's body: a batch of large rows (each up to
-// TABLECAST_MAX_EVENT_BYTES) ends early rather than making one request of
-// a gigabyte, which receivers refuse (a common proxy's limit is 1 MiB) and
-// which would be held in memory whole. An event larger than this goes on
-// its own.
-const maxRequestBody = 1 << 20
+// batchBytes bounds a batch's body, the endpoint's batch_bytes: a batch
+// of large rows (each up to TABLECAST_MAX_EVENT_BYTES) ends early rather
+// than making one request of a gigabyte, which receivers refuse (a common
+// proxy's limit is 1 MiB) and which would be held in memory whole. An
+// event larger than this goes on its own.
+func (w *worker) batchBytes() int {
+	if w.wh.BatchBytes > 0 {
+		return w.wh.BatchBytes
+	}
+	return endpoint.DefaultBatchBytes // an endpoint stored before batch_bytes was
+}
 
 // deliverAndAck delivers items (when there are any) and then acknowledges
 // msgs, the messages they came from and those passed over among them. It

@@ -306,6 +306,11 @@ func (d decoder) webhook(path string, v json.RawMessage) *Webhook {
 				w.Batch = -1
 			}
 		},
+		"batch_bytes": func(p string, v json.RawMessage) {
+			if w.BatchBytes = d.int(p, v); w.BatchBytes == 0 {
+				w.BatchBytes = -1
+			}
+		},
 		"retry":           func(p string, v json.RawMessage) { w.Retry = d.retry(p, v) },
 		"parallel_by_key": func(p string, v json.RawMessage) { w.ParallelByKey = d.bool(p, v) },
 		"start":           func(p string, v json.RawMessage) { w.Start = d.start(p, v) },

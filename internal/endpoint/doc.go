@@ -12,8 +12,8 @@
 // or disabled by the system with a reason), timestamps, the bucket
 // revision it was read at, and the names of the filters and rules linked
 // to it; a webhook has its URL, method, headers, Standard Webhooks secret,
-// timeout, concurrency, batch size, retry policy, parallel_by_key and
-// where it starts in the stream. A Filter is a name, table patterns (as in
+// timeout, concurrency, batch size and bytes, retry policy, parallel_by_key
+// and where it starts in the stream. A Filter is a name, table patterns (as in
 // grants), operations, a where and a select. A Rule is a name, one table,
 // operations, a where, changed columns, and wheres on the old and new
 // rows; this package defines and validates rules, a delivery engine

@@ -94,6 +94,10 @@ type Webhook struct {
 	Concurrency int `json:"concurrency"`
 	// Batch is the events per request, at most. Default 1; at most 100.
 	Batch int `json:"batch"`
+	// BatchBytes bounds the body of a batch (with Batch above 1): a batch
+	// stops growing before its JSON array would pass it, and an event
+	// larger than that goes alone. Default 1 MiB; 1 KiB to 16 MiB.
+	BatchBytes int `json:"batch_bytes"`
 	// Retry is how a failed delivery is tried again.
 	Retry Retry `json:"retry"`
 	// ParallelByKey keeps the events of one row (one key) in order while
@@ -269,17 +273,29 @@ type Rule struct {
 
 // Defaults of a webhook's settings.
 const (
-	DefaultMethod        = "POST"
-	DefaultTimeout       = 10 * time.Second
-	DefaultConcurrency   = 1
-	DefaultBatch         = 1
-	DefaultRetryMaxAge   = 24 * time.Hour
-	DefaultRetryInitial  = time.Second
-	DefaultRetryMax      = time.Hour
-	MinTimeout           = time.Second
-	MaxTimeout           = 60 * time.Second
-	MaxConcurrency       = 100
-	MaxBatch             = 100
+	DefaultMethod      = "POST"
+	DefaultTimeout     = 10 * time.Second
+	DefaultConcurrency = 1
+	DefaultBatch       = 1
+	// DefaultBatchBytes is what many receivers and their proxies take
+	// (nginx's client_max_body_size is 1 MiB by default).
+	DefaultBatchBytes   = 1 << 20
+	DefaultRetryMaxAge  = 24 * time.Hour
+	DefaultRetryInitial = time.Second
+	DefaultRetryMax     = time.Hour
+	MinTimeout          = time.Second
+	MaxTimeout          = 60 * time.Second
+	MaxConcurrency      = 100
+	MaxBatch            = 100
+	// MinBatchBytes: below an envelope's usual size every batch would
+	// hold one event, which batch 1 says more plainly.
+	MinBatchBytes = 1 << 10
+	// MaxBatchBytes bounds what a worker holds: each of its lanes (up to
+	// concurrency with parallel_by_key) holds a batch's events resolved,
+	// so 100 lanes of 16 MiB are 1.6 GiB already; and receivers' own limits
+	// are at or below it (AWS Lambda 6 MB, API Gateway 10 MB). Larger
+	// events still go, alone.
+	MaxBatchBytes        = 16 << 20
 	MinRetryMaxAge       = time.Second
 	MaxRetryMaxAge       = 720 * time.Hour
 	MinRetryInitial      = 100 * time.Millisecond
@@ -329,6 +345,9 @@ func (e *Endpoint) ApplyDefaults() {
 	}
 	if w.Batch == 0 {
 		w.Batch = DefaultBatch
+	}
+	if w.BatchBytes == 0 {
+		w.BatchBytes = DefaultBatchBytes
 	}
 	if w.Retry.MaxAge == 0 {
 		w.Retry.MaxAge = Duration(DefaultRetryMaxAge)

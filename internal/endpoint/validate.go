@@ -168,6 +168,9 @@ func (w *Webhook) validate(errs *fieldErrors, path string) {
 	if w.Batch < 1 || w.Batch > MaxBatch {
 		errs.add(p("batch"), "want 1 to %d", MaxBatch)
 	}
+	if w.BatchBytes < MinBatchBytes || w.BatchBytes > MaxBatchBytes {
+		errs.add(p("batch_bytes"), "want %d (1 KiB) to %d (16 MiB) bytes", MinBatchBytes, MaxBatchBytes)
+	}
 	checkRange(errs, p("retry.max_age"), w.Retry.MaxAge.D(), MinRetryMaxAge, MaxRetryMaxAge)
 	checkRange(errs, p("retry.initial"), w.Retry.Initial.D(), MinRetryInitial, MaxRetryInitial)
 	if m := w.Retry.Max.D(); m < w.Retry.Initial.D() || m > MaxRetryMax {
