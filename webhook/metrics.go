@@ -9,6 +9,8 @@ type metrics struct {
 	deadLettered *prometheus.CounterVec
 	lag          *prometheus.GaugeVec
 	latency      *prometheus.HistogramVec
+	gaps         *prometheus.CounterVec
+	gapMessages  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -30,9 +32,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time from an event's arrival in the stream to the endpoint accepting it.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}, []string{"endpoint"}),
+		gaps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_webhook_retention_gaps_total", Help: "Times the event stream's limits discarded messages before a webhook endpoint read them, when some of them may have been its events.",
+		}, []string{"endpoint"}),
+		gapMessages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_webhook_retention_gap_messages_total", Help: "Stream messages in those gaps: an upper bound of the endpoint's events lost (other tables' messages in the range are counted too).",
+		}, []string{"endpoint"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.delivered, m.failed, m.deadLettered, m.lag, m.latency)
+		reg.MustRegister(m.delivered, m.failed, m.deadLettered, m.lag, m.latency, m.gaps, m.gapMessages)
 	}
 	return m
 }
@@ -44,4 +52,6 @@ func (m *metrics) forget(name string) {
 	m.deadLettered.DeleteLabelValues(name)
 	m.lag.DeleteLabelValues(name)
 	m.latency.DeleteLabelValues(name)
+	m.gaps.DeleteLabelValues(name)
+	m.gapMessages.DeleteLabelValues(name)
 }

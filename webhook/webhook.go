@@ -25,9 +25,11 @@ type Tables interface {
 	TableIn(db, schemaName, table string) *catalog.Table
 }
 
-// States changes an endpoint's state: *endpoint.Store.
+// States changes an endpoint's state and records its retention gaps:
+// *endpoint.Store.
 type States interface {
 	SetEndpointState(ctx context.Context, id string, expected uint64, state endpoint.State, reason string) (*endpoint.Endpoint, error)
+	RecordRetentionGap(ctx context.Context, id string, gap endpoint.RetentionGap) (*endpoint.Endpoint, error)
 }
 
 // Config configures webhook delivery. Zero fields take the defaults
@@ -44,7 +46,8 @@ type Config struct {
 	Registry *match.Registry
 	// Tables finds the table of each event (its columns, to match it).
 	Tables Tables
-	// States disables an endpoint that answered 410 Gone.
+	// States disables an endpoint that answered 410 Gone, and records the
+	// events the stream discarded before an endpoint read them.
 	States States
 	// AllowNets are the networks webhooks may reach although their
 	// addresses are loopback, private, link-local or otherwise reserved.
@@ -103,6 +106,16 @@ type Manager struct {
 	sweepEvery time.Duration
 	// hooks, for tests only, run as a worker goes dormant.
 	hooks atomic.Pointer[sleepHooks]
+
+	// events is the event stream's handle, for reading its first sequence
+	// (see retention.go); set at its first use.
+	eventsMu sync.Mutex
+	events   jetstream.Stream
+	// firstSeqReads counts the reads of the stream's first sequence (the
+	// cost of the retention checks, which tests look at).
+	firstSeqReads atomic.Int64
+	// gapMu orders the records of retention gaps (see reportGap).
+	gapMu sync.Mutex
 }
 
 // sleepHooks run in a worker's goroutine as it goes dormant: beforeArm
@@ -275,8 +288,10 @@ func (m *Manager) apply(ctx context.Context, id string) {
 	if e.Endpoint.Type != endpoint.TypeWebhook || e.Endpoint.Webhook == nil || e.Endpoint.State != endpoint.StateActive {
 		return
 	}
+	replaced := w != nil && w == prev
 	w = newWorker(ctx, m, e)
 	w.prev = prev
+	w.handover = replaced
 	m.mu.Lock()
 	m.workers[id] = w
 	m.last[id] = w

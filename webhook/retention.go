@@ -1,0 +1,224 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/internal/retention"
+)
+
+// Events the stream discards before an endpoint reads them.
+//
+// An endpoint that is paused, disabled, or slower than what comes, falls
+// behind its consumer's stream; when the stream's limits drop messages it
+// has not read, the consumer moves on to the oldest message left and says
+// nothing. A worker checks its consumer's jumps in stream sequences as
+// internal/retention explains, in the dispatcher (one goroutine, which owns
+// gapCheck):
+//
+//   - Only first deliveries (NumDelivered 1) move the consumer's position:
+//     a redelivery is of a message it had already read. The jump from the
+//     position (pos) to the next first delivery (seq) is the consumer's own
+//     only when the worker saw every delivery in between, by consumer
+//     sequence (the consumer sequence counts redeliveries too). After a
+//     break (another process was the pinned reader meanwhile, which checked
+//     what it read, or the consumer was recreated), the check starts again
+//     from the next delivery.
+//
+//   - A jump is clean when it is by one, or when the stream's first
+//     sequence, read after seq was delivered, is at most pos+1 (one read
+//     covers every message the consumer had delivered before it:
+//     retention.Cover). Otherwise the stream discarded pos+1 up to the
+//     first sequence (or seq) before the consumer reached them: a gap. The
+//     range may hold other tables' messages only, but after the fact
+//     nothing tells them apart.
+//
+//   - The read is skipped when the message at pos came with NumPending 0
+//     and the worker has not stalled since (caughtUp): at that moment the
+//     consumer had every message of the endpoint's subjects, and from then
+//     on the worker took each new one as it was stored. It pulls again as
+//     soon as a pull ends; dormant, the wake comes as the event is
+//     published, and the sweep (replayPoll) makes up for a wake lost. A
+//     message of its subjects could be dropped before it is pulled only if
+//     the stream took in a whole TABLECAST_STREAM_MAX_BYTES of newer
+//     messages, or reached TABLECAST_STREAM_MAX_AGE, in those seconds. So
+//     an endpoint that keeps up reads nothing, and a quiet table in a
+//     stream that rolls over raises no false alarm. A stall is any time the
+//     worker could not take what came: it waited for its receiver with as
+//     many messages as it may hold, its consumer had given out as many as
+//     MaxAckPending allows, a pull failed, the connection to NATS was lost
+//     (the count of reconnections changed), or the worker stopped (paused,
+//     disabled, or the process ended). After a stall every jump is checked
+//     until a message comes with NumPending 0 again.
+//
+//   - A worker that replaces another in this process at once (the
+//     endpoint's settings changed) takes over its position and whether it
+//     was caught up, when its subjects are the same; one that follows a
+//     pause or a disabling takes over its position only (the pause was a
+//     stall). Otherwise it starts from its consumer's delivered position.
+//
+// A gap is logged (error), counted (tablecast_webhook_retention_gaps_total,
+// tablecast_webhook_retention_gap_messages_total) and recorded on the
+// endpoint (retention_gaps), and delivery goes on with seq: the events are
+// gone, and holding the endpoint would lose the next ones too.
+//
+// Messages a consumer had delivered and that were then dropped while
+// waiting to be delivered again (given back as the worker stopped, or held
+// by a process that died) are not seen by this check: JetStream ends them
+// as it drops them. A worker delivers what it holds from memory, so this
+// takes a stop, or a process dying, while messages are held.
+
+// gapCheck is what a worker knows for judging its consumer's jumps. Only
+// the dispatcher uses it (and the worker that follows, once this one is
+// done).
+type gapCheck struct {
+	known    bool      // pos and cseq are set
+	cseq     uint64    // consumer sequence of the last delivery seen, or of the start
+	pos      uint64    // stream sequence the consumer had read up to
+	posTime  time.Time // when the message at pos was stored; zero if not known
+	caughtUp bool      // the message at pos came with NumPending 0, and no stall since
+	cover    retention.Cover
+
+	// reconnects is the connection's count of reconnections when last
+	// looked at: a change is a stall.
+	reconnects uint64
+	// inherited: pos and cseq come from the worker this one replaced.
+	inherited bool
+}
+
+// inherit takes over prev's position, as the worker that follows prev
+// (see above); caughtUp too when handover (prev was replaced at once).
+func (g *gapCheck) inherit(prev *gapCheck, handover bool) {
+	if !prev.known {
+		return
+	}
+	*g = gapCheck{known: true, cseq: prev.cseq, pos: prev.pos, posTime: prev.posTime, caughtUp: handover && prev.caughtUp,
+		reconnects: prev.reconnects, inherited: true}
+}
+
+// start sets the position from the consumer's info, read before the
+// worker's first pull, unless the position taken over from the worker
+// before is still the consumer's (nothing was delivered since).
+func (g *gapCheck) start(info *jetstream.ConsumerInfo, reconnects uint64) {
+	if g.inherited && info != nil && info.Delivered.Consumer == g.cseq {
+		g.inherited = false
+		return
+	}
+	*g = gapCheck{reconnects: reconnects}
+	if info != nil {
+		g.known, g.cseq, g.pos = true, info.Delivered.Consumer, info.Delivered.Stream
+	}
+}
+
+// stalled notes a stall: the next jump is checked.
+func (g *gapCheck) stalled() { g.caughtUp = false }
+
+// checkGap judges the jump to msg's message (see above), and reports a gap.
+// It is called by the dispatcher for each message, in the order delivered.
+func (w *worker) checkGap(ctx context.Context, meta *jetstream.MsgMetadata) {
+	g := &w.gaps
+	continuous := g.known && meta.Sequence.Consumer == g.cseq+1
+	g.known, g.cseq = true, meta.Sequence.Consumer
+	if meta.NumDelivered > 1 {
+		return // read before: it does not move the consumer's position
+	}
+	last, lastTime, wasCaughtUp := g.pos, g.posTime, g.caughtUp
+	seq := meta.Sequence.Stream
+	g.pos, g.posTime, g.caughtUp = seq, meta.Timestamp, meta.NumPending == 0
+	if !continuous || seq <= last+1 || wasCaughtUp {
+		return
+	}
+	first, err := w.firstSeqCovering(ctx, meta)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log().Error("cannot check whether the event stream discarded events before the webhook endpoint read them",
+				"after_seq", last, "next_seq", seq, "err", err)
+		}
+		return
+	}
+	from, to, lost := retention.Lost(last, seq, first)
+	if !lost {
+		return
+	}
+	gap := endpoint.RetentionGap{FirstSeq: from, LastSeq: to, NextSeq: seq, StoredBefore: meta.Timestamp.UTC(), FoundAt: time.Now().UTC()}
+	if !lastTime.IsZero() {
+		t := lastTime.UTC()
+		gap.StoredAfter = &t
+	}
+	w.reportGap(gap, first)
+}
+
+// firstSeqCovering returns a first sequence of the event stream read after
+// meta's message was delivered (retention.Cover).
+func (w *worker) firstSeqCovering(ctx context.Context, meta *jetstream.MsgMetadata) (uint64, error) {
+	str, err := w.m.eventStream(ctx)
+	if err != nil {
+		return 0, err
+	}
+	g := &w.gaps
+	if g.cover.Seq == 0 || g.cover.Consumer != meta.Consumer || meta.Sequence.Consumer > g.cover.Seq {
+		w.m.firstSeqReads.Add(1)
+	}
+	return g.cover.FirstCovering(ctx, meta, w.cons, str, requestTimeout)
+}
+
+// requestTimeout bounds each request of a retention check.
+const requestTimeout = 5 * time.Second
+
+// eventStream returns the event stream's handle, looked up at its first
+// use.
+func (m *Manager) eventStream(ctx context.Context) (jetstream.Stream, error) {
+	m.eventsMu.Lock()
+	defer m.eventsMu.Unlock()
+	if m.events != nil {
+		return m.events, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, retention.CheckWithin)
+	defer cancel()
+	backoff := 10 * time.Millisecond
+	for {
+		rctx, rcancel := context.WithTimeout(ctx, requestTimeout)
+		str, err := m.js.Stream(rctx, m.eventsStr)
+		rcancel()
+		if err == nil {
+			m.events = str
+			return str, nil
+		}
+		if !sleep(ctx, backoff) {
+			return nil, fmt.Errorf("look up stream %s: %w", m.eventsStr, err)
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// reportGap logs, counts and records a gap; delivery goes on.
+func (w *worker) reportGap(gap endpoint.RetentionGap, first uint64) {
+	name := w.name()
+	attrs := []any{"first_seq", gap.FirstSeq, "last_seq", gap.LastSeq, "next_seq", gap.NextSeq,
+		"stored_before", gap.StoredBefore, "stream_first_seq", first}
+	if gap.StoredAfter != nil {
+		attrs = append(attrs, "stored_after", *gap.StoredAfter)
+	}
+	w.log().Error("the event stream discarded messages before the webhook endpoint read them: events of the endpoint among them are lost to it; delivery goes on after them", attrs...)
+	w.m.met.gaps.WithLabelValues(name).Inc()
+	w.m.met.gapMessages.WithLabelValues(name).Add(float64(gap.LastSeq - gap.FirstSeq + 1))
+	// Recorded on the endpoint, where every process's admin API shows it,
+	// beside delivery: the write must not hold the endpoint up.
+	w.m.wg.Add(1)
+	go func() {
+		defer w.m.wg.Done()
+		ctx, cancel := context.WithTimeout(w.parent, time.Minute)
+		defer cancel()
+		w.m.gapMu.Lock()
+		defer w.m.gapMu.Unlock()
+		w.retryUntil(ctx, "cannot record a retention gap on the webhook endpoint; retrying", func() (bool, error) {
+			_, err := w.m.cfg.States.RecordRetentionGap(ctx, w.id, gap)
+			return err == nil || errors.Is(err, endpoint.ErrNotFound), err
+		}, "first_seq", gap.FirstSeq, "last_seq", gap.LastSeq)
+	}()
+}
