@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -68,10 +69,17 @@ import (
 // gone, and holding the endpoint would lose the next ones too.
 //
 // Messages a consumer had delivered and that were then dropped while
-// waiting to be delivered again (given back as the worker stopped, or held
-// by a process that died) are not seen by this check: JetStream ends them
-// as it drops them. A worker delivers what it holds from memory, so this
-// takes a stop, or a process dying, while messages are held.
+// waiting to be delivered again are not in any jump: JetStream ends them as
+// it drops them, and they never come back. A worker delivers what it holds
+// from memory, so this takes a stop while messages are held (the worker
+// gives them back: they wait for the next one), or a process dying. The
+// worker that follows in this process takes over the sequences given back
+// (givenBack): JetStream delivers the messages to deliver again before any
+// new one, so those still missing when the first new one comes, and below
+// the stream's first sequence, were dropped: part of the gap found then.
+// Messages held by a process that died come back after the ack wait (15 s
+// by default); one dropped meanwhile is not seen: the stream would have to
+// take in a whole TABLECAST_STREAM_MAX_BYTES within it.
 
 // gapCheck is what a worker knows for judging its consumer's jumps. Only
 // the dispatcher uses it (and the worker that follows, once this one is
@@ -89,6 +97,9 @@ type gapCheck struct {
 	reconnects uint64
 	// inherited: pos and cseq come from the worker this one replaced.
 	inherited bool
+	// givenBack are the stream sequences of the messages the worker before
+	// gave back as it stopped and that have not come again, in order.
+	givenBack []uint64
 }
 
 // inherit takes over prev's position, as the worker that follows prev
@@ -98,7 +109,7 @@ func (g *gapCheck) inherit(prev *gapCheck, handover bool) {
 		return
 	}
 	*g = gapCheck{known: true, cseq: prev.cseq, pos: prev.pos, posTime: prev.posTime, caughtUp: handover && prev.caughtUp,
-		reconnects: prev.reconnects, inherited: true}
+		reconnects: prev.reconnects, inherited: true, givenBack: prev.givenBack}
 }
 
 // start sets the position from the consumer's info, read before the
@@ -124,13 +135,23 @@ func (w *worker) checkGap(ctx context.Context, meta *jetstream.MsgMetadata) {
 	g := &w.gaps
 	continuous := g.known && meta.Sequence.Consumer == g.cseq+1
 	g.known, g.cseq = true, meta.Sequence.Consumer
+	seq := meta.Sequence.Stream
+	if !continuous {
+		g.givenBack = nil // another reader may have had them
+	}
 	if meta.NumDelivered > 1 {
-		return // read before: it does not move the consumer's position
+		// Read before: it does not move the consumer's position.
+		if i, found := slices.BinarySearch(g.givenBack, seq); found {
+			g.givenBack = slices.Delete(g.givenBack, i, i+1)
+		}
+		return
 	}
 	last, lastTime, wasCaughtUp := g.pos, g.posTime, g.caughtUp
-	seq := meta.Sequence.Stream
+	missing := g.givenBack
+	g.givenBack = nil
 	g.pos, g.posTime, g.caughtUp = seq, meta.Timestamp, meta.NumPending == 0
-	if !continuous || seq <= last+1 || wasCaughtUp {
+	jump := continuous && seq > last+1 && !wasCaughtUp
+	if !jump && len(missing) == 0 {
 		return
 	}
 	first, err := w.firstSeqCovering(ctx, meta)
@@ -141,14 +162,33 @@ func (w *worker) checkGap(ctx context.Context, meta *jetstream.MsgMetadata) {
 		}
 		return
 	}
-	from, to, lost := retention.Lost(last, seq, first)
-	if !lost {
+	gap := endpoint.RetentionGap{NextSeq: seq, StoredBefore: meta.Timestamp.UTC(), FoundAt: time.Now().UTC()}
+	// Messages given back and not delivered again were ended by JetStream:
+	// dropped, if below the first sequence.
+	for _, s := range missing {
+		if s >= first {
+			break
+		}
+		if gap.Messages == 0 {
+			gap.FirstSeq = s
+		}
+		gap.LastSeq = s
+		gap.Messages++
+	}
+	givenBackLost := gap.Messages > 0
+	if from, to, lost := retention.Lost(last, seq, first); jump && lost {
+		if gap.Messages == 0 {
+			gap.FirstSeq = from
+		}
+		gap.LastSeq = to
+		gap.Messages += to - from + 1
+	}
+	if gap.Messages == 0 {
 		return
 	}
-	gap := endpoint.RetentionGap{FirstSeq: from, LastSeq: to, NextSeq: seq, StoredBefore: meta.Timestamp.UTC(), FoundAt: time.Now().UTC()}
-	if !lastTime.IsZero() {
+	if !lastTime.IsZero() && !givenBackLost {
 		t := lastTime.UTC()
-		gap.StoredAfter = &t
+		gap.StoredAfter = &t // else some were stored before it
 	}
 	w.reportGap(gap, first)
 }
@@ -199,14 +239,14 @@ func (m *Manager) eventStream(ctx context.Context) (jetstream.Stream, error) {
 // reportGap logs, counts and records a gap; delivery goes on.
 func (w *worker) reportGap(gap endpoint.RetentionGap, first uint64) {
 	name := w.name()
-	attrs := []any{"first_seq", gap.FirstSeq, "last_seq", gap.LastSeq, "next_seq", gap.NextSeq,
+	attrs := []any{"first_seq", gap.FirstSeq, "last_seq", gap.LastSeq, "messages", gap.Messages, "next_seq", gap.NextSeq,
 		"stored_before", gap.StoredBefore, "stream_first_seq", first}
 	if gap.StoredAfter != nil {
 		attrs = append(attrs, "stored_after", *gap.StoredAfter)
 	}
 	w.log().Error("the event stream discarded messages before the webhook endpoint read them: events of the endpoint among them are lost to it; delivery goes on after them", attrs...)
 	w.m.met.gaps.WithLabelValues(name).Inc()
-	w.m.met.gapMessages.WithLabelValues(name).Add(float64(gap.LastSeq - gap.FirstSeq + 1))
+	w.m.met.gapMessages.WithLabelValues(name).Add(float64(gap.Messages))
 	// Recorded on the endpoint, where every process's admin API shows it,
 	// beside delivery: the write must not hold the endpoint up.
 	w.m.wg.Add(1)

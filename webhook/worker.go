@@ -188,7 +188,7 @@ func (w *worker) run() {
 	if w.serve() {
 		return // dormant
 	}
-	w.nakHeld()
+	w.gaps.givenBack = w.nakHeld()
 	w.unpin()
 	w.end()
 }
@@ -761,8 +761,9 @@ func (w *worker) ack(msgs []jetstream.Msg) {
 }
 
 // nakHeld gives back every message still held, for prompt redelivery when
-// the endpoint resumes (here or in another process).
-func (w *worker) nakHeld() {
+// the endpoint resumes (here or in another process), and returns their
+// stream sequences, in order.
+func (w *worker) nakHeld() []uint64 {
 	w.heldMu.Lock()
 	defer w.heldMu.Unlock()
 	seqs := make([]uint64, 0, len(w.held))
@@ -774,6 +775,7 @@ func (w *worker) nakHeld() {
 		_ = w.held[s].Nak()
 	}
 	clear(w.held)
+	return seqs
 }
 
 // unpin lets the next reader of the endpoint's consumer (the worker that

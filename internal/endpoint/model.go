@@ -96,6 +96,11 @@ type RetentionGap struct {
 	// FirstSeq and LastSeq bound the discarded range (both included).
 	FirstSeq uint64 `json:"first_seq"`
 	LastSeq  uint64 `json:"last_seq"`
+	// Messages is how many messages of the range may have been the
+	// endpoint's events: an upper bound of those lost. It is the whole
+	// range but for events the endpoint had read and given back (as it
+	// stopped), which are counted one by one.
+	Messages uint64 `json:"messages"`
 	// NextSeq is the first event the endpoint got after the gap.
 	NextSeq uint64 `json:"next_seq"`
 	// StoredAfter is when the event the endpoint read last before the gap

@@ -396,9 +396,7 @@ func (s *Store) RecordRetentionGap(ctx context.Context, id string, gap Retention
 			g = *cur.RetentionGaps
 		}
 		g.Count++
-		if gap.LastSeq >= gap.FirstSeq {
-			g.Messages += gap.LastSeq - gap.FirstSeq + 1
-		}
+		g.Messages += gap.Messages
 		g.Last = gap
 		cur.RetentionGaps = &g
 		return cur, nil
