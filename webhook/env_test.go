@@ -56,6 +56,7 @@ type envOptions struct {
 	// dormant.go), so that a test sees a wake missed.
 	noSweep bool
 	sweep   time.Duration // how often dormant endpoints are swept, if not replayPoll
+	watch   time.Duration // how often the retention watch runs, if not retentionWatch
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -138,6 +139,9 @@ func newEnv(t testing.TB, o envOptions) *env {
 	}
 	if o.noSweep {
 		e.mgr.sweepEvery = 0
+	}
+	if o.watch > 0 {
+		e.mgr.watchEvery = o.watch
 	}
 	go func() { defer wg.Done(); e.mgr.Run(ctx) }()
 	return e

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -261,4 +262,131 @@ func (w *worker) reportGap(gap endpoint.RetentionGap, first uint64) {
 			return err == nil || errors.Is(err, endpoint.ErrNotFound), err
 		}, "first_seq", gap.FirstSeq, "last_seq", gap.LastSeq)
 	}()
+}
+
+// Before it happens: every retentionWatch the Manager compares each
+// endpoint's unread events with the stream's limits, paused and disabled
+// endpoints included (watchRetention). One listing of the event stream's
+// consumers (a request per 256) and one read of the stream tell, for each
+// endpoint, where its oldest unread event stands (its consumer's delivered
+// position, or its acknowledgement floor while some are held) and how much
+// the stream stored from there on: the messages, their bytes and their age,
+// estimated from the stream's first and last sequences and times as if its
+// messages were alike. The largest fraction of a limit is the gauge
+// tablecast_webhook_retention_used_ratio; past one half the endpoint is
+// warned about in the log, once until it falls back below.
+
+// retentionWatch is how often the watch runs: the stream fills in hours
+// at the least (6 GiB at tens of MB/s), so a minute warns in time and
+// costs each process two requests a minute for up to 256 endpoints.
+const retentionWatch = time.Minute
+
+// retentionWarn is the fraction of a limit past which an endpoint is
+// warned about: half, which leaves as long again to act.
+const retentionWarn = 0.5
+
+// watchRetention runs the watch every every until ctx ends.
+func (m *Manager) watchRetention(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := m.checkRetention(ctx); err != nil && ctx.Err() == nil {
+			m.log.Debug("cannot compare the webhook endpoints' unread events with the stream's limits", "err", err)
+		}
+	}
+}
+
+// checkRetention sets each endpoint's gauge and warns about those past
+// retentionWarn.
+func (m *Manager) checkRetention(ctx context.Context) error {
+	str, err := m.eventStream(ctx)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	info, err := str.Info(rctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("read stream %s: %w", m.eventsStr, err)
+	}
+	cfg, st := info.Config, info.State
+	if cfg.MaxAge <= 0 && cfg.MaxBytes <= 0 && cfg.MaxMsgs <= 0 {
+		return nil
+	}
+	now := time.Now()
+	list := str.ListConsumers(ctx)
+	seen := map[string]bool{}
+	for ci := range list.Info() {
+		id, ok := strings.CutPrefix(ci.Name, consumerName(""))
+		if !ok {
+			continue
+		}
+		e := m.cfg.Registry.Get(id)
+		if e == nil || e.Endpoint.Type != endpoint.TypeWebhook {
+			continue
+		}
+		seen[id] = true
+		used := retentionUsed(ci, cfg, st, now)
+		name := e.Endpoint.Name
+		m.met.retention.WithLabelValues(name).Set(used)
+		switch {
+		case used >= retentionWarn && !m.atRisk[id]:
+			m.atRisk[id] = true
+			m.log.Warn("webhook endpoint falling behind the event stream's retention: its unread events will be discarded when the stream reaches its limits",
+				"endpoint", name, "endpoint_id", id, "state", e.Endpoint.State, "retention_used", fmt.Sprintf("%.2f", used),
+				"unread", ci.NumPending+uint64(ci.NumAckPending), "stream_max_age", cfg.MaxAge, "stream_max_bytes", cfg.MaxBytes)
+		case used < retentionWarn:
+			delete(m.atRisk, id)
+		}
+	}
+	if err := list.Err(); err != nil {
+		return fmt.Errorf("list the consumers of stream %s: %w", m.eventsStr, err)
+	}
+	for id := range m.atRisk {
+		if !seen[id] {
+			delete(m.atRisk, id)
+		}
+	}
+	return nil
+}
+
+// retentionUsed is the fraction of the stream's closest limit that the
+// messages stored from ci's oldest unread event on take (see above),
+// between 0 and 1.
+func retentionUsed(ci *jetstream.ConsumerInfo, cfg jetstream.StreamConfig, st jetstream.StreamState, now time.Time) float64 {
+	if ci.NumPending == 0 && ci.NumAckPending == 0 || st.Msgs == 0 || st.LastSeq < st.FirstSeq {
+		return 0
+	}
+	from := ci.Delivered.Stream + 1
+	if ci.NumAckPending > 0 {
+		from = ci.AckFloor.Stream + 1
+	}
+	if from < st.FirstSeq {
+		return 1 // the stream discards past it already
+	}
+	if from > st.LastSeq {
+		return 0
+	}
+	span := float64(st.LastSeq - st.FirstSeq + 1)
+	after := float64(st.LastSeq - from + 1) // messages stored from it on
+	used := 0.0
+	if cfg.MaxMsgs > 0 {
+		used = max(used, after/float64(cfg.MaxMsgs))
+	}
+	if cfg.MaxBytes > 0 {
+		used = max(used, float64(st.Bytes)*after/span/float64(cfg.MaxBytes))
+	}
+	if cfg.MaxAge > 0 && !st.FirstTime.IsZero() {
+		stored := st.FirstTime
+		if span > 1 {
+			stored = stored.Add(time.Duration(float64(st.LastTime.Sub(st.FirstTime)) * float64(from-st.FirstSeq) / (span - 1)))
+		}
+		used = max(used, float64(now.Sub(stored))/float64(cfg.MaxAge))
+	}
+	return min(used, 1)
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tablecast/tablecast/internal/endpoint"
 	"github.com/tablecast/tablecast/stream"
@@ -324,5 +325,49 @@ func TestRetentionKeepingUpNoAlarm(t *testing.T) {
 	}
 	if k := e.mgr.firstSeqReads.Load() - reads; k != 0 {
 		t.Errorf("%d reads of the stream's first sequence for an endpoint that kept up", k)
+	}
+}
+
+// TestRetentionWarning: a paused endpoint whose unread events come to take
+// more than half of the stream's limit is warned about, with the gauge,
+// before anything is discarded; resumed and caught up, its gauge is 0.
+func TestRetentionWarning(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{watch: 50 * time.Millisecond})
+	r := newReceiver(t)
+	ep := e.endpoint("late", r.URL(), nil)
+	e.waitConsumer(ep)
+	db := e.firstEvent(r)
+	e.limitStream(60)
+	ctx := context.Background()
+	if _, err := e.store.SetEndpointState(ctx, ep.ID, 0, endpoint.StatePaused, ""); err != nil {
+		t.Fatal(err)
+	}
+	e.waitStopped(ep)
+	gauge := func() float64 { return testutil.ToFloat64(e.mgr.met.retention.WithLabelValues("late")) }
+	s2 := e.publishOrder(db, 2)
+	e.noise(db, 10) // 11 of 60 from the oldest unread on: not yet
+	time.Sleep(300 * time.Millisecond)
+	if v := gauge(); v < 0.1 || v >= retentionWarn {
+		t.Fatalf("gauge %v with 11 messages of 60 from the oldest unread on", v)
+	}
+	if e.log.contains("falling behind the event stream's retention") {
+		t.Fatal("warned at a sixth of the limit")
+	}
+	e.noise(db, 25) // 36 of 60
+	waitFor(t, 30*time.Second, "the warning", func() bool { return e.log.contains("falling behind the event stream's retention") })
+	if v := gauge(); v < retentionWarn || v >= 1 {
+		t.Errorf("gauge %v with 36 messages of 60 from the oldest unread on", v)
+	}
+	if first := e.firstSeq(); first > s2 {
+		t.Fatalf("the stream discarded the unread event already (first seq %d)", first)
+	}
+	if _, err := e.store.SetEndpointState(ctx, ep.ID, 0, endpoint.StateActive, ""); err != nil {
+		t.Fatal(err)
+	}
+	r.waitAccepted(t, 2, time.Minute)
+	waitFor(t, 30*time.Second, "the gauge back to 0", func() bool { return gauge() == 0 })
+	if g := e.gaps(ep); g != nil {
+		t.Errorf("gap recorded: %+v", *g)
 	}
 }

@@ -116,6 +116,12 @@ type Manager struct {
 	firstSeqReads atomic.Int64
 	// gapMu orders the records of retention gaps (see reportGap).
 	gapMu sync.Mutex
+	// watchEvery is how often the endpoints' unread events are compared
+	// with the stream's limits (retentionWatch; tests set less, 0 for
+	// never). atRisk are the endpoints last found past half of them: the
+	// watch's goroutine's.
+	watchEvery time.Duration
+	atRisk     map[string]bool
 }
 
 // sleepHooks run in a worker's goroutine as it goes dormant: beforeArm
@@ -165,6 +171,8 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Manager, err
 		workers:    map[string]*worker{},
 		last:       map[string]*worker{},
 		sweepEvery: replayPoll,
+		watchEvery: retentionWatch,
+		atRisk:     map[string]bool{},
 	}
 	m.sleep = newSleepers(m, js.Conn())
 	return m, nil
@@ -202,6 +210,15 @@ func (m *Manager) Run(ctx context.Context) {
 	}
 	var sweeper sync.WaitGroup
 	defer sweeper.Wait()
+	if m.watchEvery > 0 {
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		sweeper.Add(1)
+		go func() {
+			defer sweeper.Done()
+			m.watchRetention(wctx, m.watchEvery)
+		}()
+	}
 	if m.sweepEvery > 0 {
 		sctx, cancel := context.WithCancel(ctx)
 		defer cancel()
