@@ -63,6 +63,8 @@ import (
 //     was caught up, when its subjects are the same; one that follows a
 //     pause or a disabling takes over its position only (the pause was a
 //     stall). Otherwise it starts from its consumer's delivered position.
+//     Either way, when its consumer has nothing waiting and the stream
+//     dropped nothing after the position, it starts caught up (settle).
 //
 // A gap is logged (error), counted (tablecast_webhook_retention_gaps_total,
 // tablecast_webhook_retention_gap_messages_total) and recorded on the
@@ -124,6 +126,28 @@ func (g *gapCheck) start(info *jetstream.ConsumerInfo, reconnects uint64) {
 	*g = gapCheck{reconnects: reconnects}
 	if info != nil {
 		g.known, g.cseq, g.pos = true, info.Delivered.Consumer, info.Delivered.Stream
+	}
+}
+
+// settle makes a worker that starts (or follows a pause) caught up when
+// it is: its consumer had nothing of its subjects after its position when
+// it was looked up (info, read before), and the stream's first sequence,
+// read after, shows nothing after the position dropped. One read per start,
+// and only for an endpoint with nothing waiting: one on a quiet table then
+// raises no false alarm as the stream rolls past where it stands.
+func (w *worker) settle(ctx context.Context, info *jetstream.ConsumerInfo) {
+	g := &w.gaps
+	if !g.known || g.caughtUp || info == nil || info.NumPending != 0 {
+		return
+	}
+	str, err := w.m.eventStream(ctx)
+	if err != nil {
+		return
+	}
+	w.m.firstSeqReads.Add(1)
+	first, err := retention.FirstSeq(ctx, str, requestTimeout)
+	if err == nil && first <= g.pos+1 {
+		g.caughtUp = true
 	}
 }
 

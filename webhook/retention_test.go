@@ -273,6 +273,21 @@ func TestRetentionQuietTableNoFalseAlarm(t *testing.T) {
 	e.limitStream(20)
 	reads := e.mgr.firstSeqReads.Load() // the first event's jump, from the consumer's start, may be read
 	for id := 2; id <= 4; id++ {
+		if id == 3 {
+			// Paused and resumed at once: the worker that follows starts
+			// caught up (one read), and stays so while the stream rolls.
+			ctx := context.Background()
+			if _, err := e.store.SetEndpointState(ctx, ep.ID, 0, endpoint.StatePaused, ""); err != nil {
+				t.Fatal(err)
+			}
+			e.waitStopped(ep)
+			if _, err := e.store.SetEndpointState(ctx, ep.ID, 0, endpoint.StateActive, ""); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 30*time.Second, "the worker to start", func() bool { return e.mgr.Workers() == 1 })
+			waitFor(t, 30*time.Second, "the worker's start read", func() bool { return e.mgr.firstSeqReads.Load() == reads+1 })
+			reads++
+		}
 		waitFor(t, 30*time.Second, "the endpoint to go dormant", func() bool { return e.mgr.sleep.dormantCount() == 1 })
 		before := e.firstSeq()
 		e.noise(db, 50)

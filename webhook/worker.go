@@ -212,6 +212,7 @@ func (w *worker) serve() bool {
 			return false
 		}
 		w.gaps.start(w.cons.CachedInfo(), w.reconnects())
+		w.settle(w.ctx, w.cons.CachedInfo())
 		w.log().Info("webhook delivery started", "subjects", strings.Join(w.subjects, " "), "lanes", w.lanes, "batch", w.wh.Batch)
 	}
 	lanes := make([]*lane, w.lanes)
