@@ -58,6 +58,7 @@ type envOptions struct {
 	sweep   time.Duration // how often dormant endpoints are swept, if not replayPoll
 	// orphanEvery and orphanAge: Config.OrphanBodyEvery and OrphanBodyAge.
 	orphanEvery, orphanAge time.Duration
+	watch                  time.Duration // how often the retention watch runs, if not retentionWatch
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -141,6 +142,9 @@ func newEnv(t testing.TB, o envOptions) *env {
 	}
 	if o.noSweep {
 		e.mgr.sweepEvery = 0
+	}
+	if o.watch > 0 {
+		e.mgr.watchEvery = o.watch
 	}
 	go func() { defer wg.Done(); e.mgr.Run(ctx) }()
 	return e

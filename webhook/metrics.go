@@ -9,6 +9,9 @@ type metrics struct {
 	deadLettered *prometheus.CounterVec
 	lag          *prometheus.GaugeVec
 	latency      *prometheus.HistogramVec
+	gaps         *prometheus.CounterVec
+	gapMessages  *prometheus.CounterVec
+	retention    *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -30,9 +33,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time from an event's arrival in the stream to the endpoint accepting it.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}, []string{"endpoint"}),
+		gaps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_webhook_retention_gaps_total", Help: "Times the event stream's limits discarded messages before a webhook endpoint read them, when some of them may have been its events.",
+		}, []string{"endpoint"}),
+		gapMessages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_webhook_retention_gap_messages_total", Help: "Stream messages in those gaps: an upper bound of the endpoint's events lost (other tables' messages in the range are counted too).",
+		}, []string{"endpoint"}),
+		retention: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tablecast_webhook_retention_used_ratio", Help: "How much of the event stream's retention a webhook endpoint's unread events take: what the stream stored from its oldest unread event on, as a fraction of the limit it is closest to (max age, bytes, messages), estimated from the stream's state. At 1 the stream discards them. 0 with nothing unread.",
+		}, []string{"endpoint"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.delivered, m.failed, m.deadLettered, m.lag, m.latency)
+		reg.MustRegister(m.delivered, m.failed, m.deadLettered, m.lag, m.latency, m.gaps, m.gapMessages, m.retention)
 	}
 	return m
 }
@@ -44,4 +56,7 @@ func (m *metrics) forget(name string) {
 	m.deadLettered.DeleteLabelValues(name)
 	m.lag.DeleteLabelValues(name)
 	m.latency.DeleteLabelValues(name)
+	m.gaps.DeleteLabelValues(name)
+	m.gapMessages.DeleteLabelValues(name)
+	m.retention.DeleteLabelValues(name)
 }

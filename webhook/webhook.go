@@ -25,9 +25,11 @@ type Tables interface {
 	TableIn(db, schemaName, table string) *catalog.Table
 }
 
-// States changes an endpoint's state: *endpoint.Store.
+// States changes an endpoint's state and records its retention gaps:
+// *endpoint.Store.
 type States interface {
 	SetEndpointState(ctx context.Context, id string, expected uint64, state endpoint.State, reason string) (*endpoint.Endpoint, error)
+	RecordRetentionGap(ctx context.Context, id string, gap endpoint.RetentionGap) (*endpoint.Endpoint, error)
 }
 
 // Config configures webhook delivery. Zero fields take the defaults
@@ -44,7 +46,8 @@ type Config struct {
 	Registry *match.Registry
 	// Tables finds the table of each event (its columns, to match it).
 	Tables Tables
-	// States disables an endpoint that answered 410 Gone.
+	// States disables an endpoint that answered 410 Gone, and records the
+	// events the stream discarded before an endpoint read them.
 	States States
 	// AllowNets are the networks webhooks may reach although their
 	// addresses are loopback, private, link-local or otherwise reserved.
@@ -113,6 +116,22 @@ type Manager struct {
 	sweepEvery time.Duration
 	// hooks, for tests only, run as a worker goes dormant.
 	hooks atomic.Pointer[sleepHooks]
+
+	// events is the event stream's handle, for reading its first sequence
+	// (see retention.go); set at its first use.
+	eventsMu sync.Mutex
+	events   jetstream.Stream
+	// firstSeqReads counts the reads of the stream's first sequence (the
+	// cost of the retention checks, which tests look at).
+	firstSeqReads atomic.Int64
+	// gapMu orders the records of retention gaps (see reportGap).
+	gapMu sync.Mutex
+	// watchEvery is how often the endpoints' unread events are compared
+	// with the stream's limits (retentionWatch; tests set less, 0 for
+	// never). atRisk are the endpoints last found past half of them: the
+	// watch's goroutine's.
+	watchEvery time.Duration
+	atRisk     map[string]bool
 }
 
 // sleepHooks run in a worker's goroutine as it goes dormant: beforeArm
@@ -168,6 +187,8 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Manager, err
 		workers:    map[string]*worker{},
 		last:       map[string]*worker{},
 		sweepEvery: replayPoll,
+		watchEvery: retentionWatch,
+		atRisk:     map[string]bool{},
 	}
 	m.sleep = newSleepers(m, js.Conn())
 	return m, nil
@@ -212,6 +233,15 @@ func (m *Manager) Run(ctx context.Context) {
 		defer sweeper.Done()
 		m.orphanBodies(octx)
 	}()
+	if m.watchEvery > 0 {
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		sweeper.Add(1)
+		go func() {
+			defer sweeper.Done()
+			m.watchRetention(wctx, m.watchEvery)
+		}()
+	}
 	if m.sweepEvery > 0 {
 		sctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -299,8 +329,10 @@ func (m *Manager) apply(ctx context.Context, id string) {
 	if e.Endpoint.Type != endpoint.TypeWebhook || e.Endpoint.Webhook == nil || e.Endpoint.State != endpoint.StateActive {
 		return
 	}
+	replaced := w != nil && w == prev
 	w = newWorker(ctx, m, e)
 	w.prev = prev
+	w.handover = replaced
 	m.mu.Lock()
 	m.workers[id] = w
 	m.last[id] = w

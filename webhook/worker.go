@@ -101,11 +101,18 @@ type worker struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
+	parent context.Context // the Manager's: ends as it stops
 	done   chan struct{}
 	// prev is the endpoint's worker this one replaces, nil for none: this
 	// one reads nothing before prev has given back what it held (in
 	// order), and is done only after prev is.
 	prev *worker
+	// handover is set when prev was running until this one was made (the
+	// endpoint's settings changed), not stopped before (paused).
+	handover bool
+	// gaps judges the consumer's jumps (see retention.go); the
+	// dispatcher's.
+	gaps gapCheck
 
 	heldMu sync.Mutex
 	held   map[uint64]jetstream.Msg // by stream sequence: read, not yet acknowledged
@@ -132,6 +139,7 @@ func newWorker(parent context.Context, m *Manager, e *match.Entry) *worker {
 	wh := *e.Endpoint.Webhook
 	w := &worker{m: m, id: e.Endpoint.ID, wh: wh, done: make(chan struct{}), held: map[uint64]jetstream.Msg{}, delivered: make(chan struct{}, 1)}
 	w.ctx, w.cancel = context.WithCancel(parent)
+	w.parent = parent
 	w.entry.Store(e)
 	w.subjects = match.Subjects(m.cfg.Prefix, e.Matcher.Filters(), e.Matcher.Rules())
 	w.lanes = 1
@@ -168,6 +176,9 @@ func (w *worker) log() *slog.Logger {
 func (w *worker) run() {
 	if w.prev != nil {
 		<-w.prev.done
+		if slices.Equal(w.prev.subjects, w.subjects) {
+			w.gaps.inherit(&w.prev.gaps, w.handover)
+		}
 		w.prev = nil
 		if w.ctx.Err() != nil {
 			w.end()
@@ -177,7 +188,7 @@ func (w *worker) run() {
 	if w.serve() {
 		return // dormant
 	}
-	w.nakHeld()
+	w.gaps.givenBack = w.nakHeld()
 	w.unpin()
 	w.end()
 }
@@ -200,6 +211,8 @@ func (w *worker) serve() bool {
 		if w.cons = w.consumer(w.ctx); w.cons == nil {
 			return false
 		}
+		w.gaps.start(w.cons.CachedInfo(), w.reconnects())
+		w.settle(w.ctx, w.cons.CachedInfo())
 		w.log().Info("webhook delivery started", "subjects", strings.Join(w.subjects, " "), "lanes", w.lanes, "batch", w.wh.Batch, "batch_bytes", w.batchBytes())
 	}
 	lanes := make([]*lane, w.lanes)
@@ -467,6 +480,7 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 		held := w.heldCount()
 		allow := rate.allowance(w)
 		if !idle && held >= allow {
+			w.gaps.stalled() // no pull while it waits
 			pull = w.shrinkPull(pull)
 			keepPin := time.Now().Add(w.m.cfg.PinnedTTL / 3)
 			for held >= allow && ctx.Err() == nil && time.Now().Before(keepPin) {
@@ -478,16 +492,24 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 		if idle {
 			size = 1
 		}
+		if w.recovering || held+size > w.capacity {
+			// The consumer may stop giving messages before the pull is
+			// filled (MaxAckPending).
+			w.gaps.stalled()
+		}
 		batch, err := w.cons.Fetch(size, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
 		if err != nil {
 			cancel()
 			if ctx.Err() != nil {
 				return false
 			}
+			w.gaps.stalled()
 			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
 				if w.cons = w.consumer(ctx); w.cons == nil {
 					return false
 				}
+				w.gaps = gapCheck{}
+				w.gaps.start(w.cons.CachedInfo(), w.reconnects())
 				continue
 			}
 			w.log().Warn("cannot read the webhook endpoint's consumer; retrying", "err", err, "retry_in", backoff)
@@ -499,6 +521,10 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 		}
 		idle = true
 		got := 0
+		if r := w.reconnects(); r != w.gaps.reconnects {
+			w.gaps.reconnects = r
+			w.gaps.stalled() // nothing was pulled while the connection was down
+		}
 		for msg := range batch.Messages() {
 			idle = false
 			got++
@@ -506,6 +532,7 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 			if err != nil {
 				continue
 			}
+			w.checkGap(ctx, meta)
 			w.m.met.lag.WithLabelValues(w.name()).Set(float64(meta.NumPending))
 			if !w.hold(meta.Sequence.Stream, msg) {
 				continue // a redelivery of a message a lane has
@@ -531,6 +558,7 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 			// dormant.go): the next pull, naming none, is pinned.
 			continue
 		} else if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
+			w.gaps.stalled()
 			w.log().Debug("webhook consumer read ended", "err", err)
 			if !sleep(ctx, 50*time.Millisecond) {
 				return false
@@ -575,6 +603,9 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 	}
 	return false
 }
+
+// reconnects returns how many times the connection to NATS was made again.
+func (w *worker) reconnects() uint64 { return w.m.js.Conn().Stats().Reconnects }
 
 // quiet reports whether the endpoint's consumer has no message pending
 // nor unacknowledged (by this process or another: those come back, when
@@ -731,8 +762,9 @@ func (w *worker) ack(msgs []jetstream.Msg) {
 }
 
 // nakHeld gives back every message still held, for prompt redelivery when
-// the endpoint resumes (here or in another process).
-func (w *worker) nakHeld() {
+// the endpoint resumes (here or in another process), and returns their
+// stream sequences, in order.
+func (w *worker) nakHeld() []uint64 {
 	w.heldMu.Lock()
 	defer w.heldMu.Unlock()
 	seqs := make([]uint64, 0, len(w.held))
@@ -744,6 +776,7 @@ func (w *worker) nakHeld() {
 		_ = w.held[s].Nak()
 	}
 	clear(w.held)
+	return seqs
 }
 
 // unpin lets the next reader of the endpoint's consumer (the worker that

@@ -7,9 +7,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/retention"
 )
 
 // Messages the stream discards before they are sent.
+//
+// The reasoning shared with the webhooks is in internal/retention; what
+// follows is how the gateway's consumers apply it.
 //
 // The stream keeps what its limits allow (TABLECAST_STREAM_MAX_BYTES,
 // TABLECAST_STREAM_MAX_AGE) and drops its oldest messages first. A consumer
@@ -84,37 +89,18 @@ func historyGone(what string, after uint64, why string) *historyGoneError {
 		"; reload, then subscribe again without from"}
 }
 
-// checkWithin is how long a check of the stream's first sequence keeps
-// asking: long enough for a JetStream cluster to elect a new leader for
-// the stream after losing a node (requests go unanswered meanwhile), so
-// that a node's loss is not taken for discarded history.
-const checkWithin = time.Minute
+// checkWithin is how long a check of the stream keeps asking (see
+// retention.CheckWithin).
+const checkWithin = retention.CheckWithin
 
 // firstSeqAfter returns the stream's first sequence, read now: after the
-// delivery of every message already received. A failed read is retried,
-// each with a deadline of its own (a request a cluster dropped is never
-// answered), for checkWithin at most.
+// delivery of every message already received (retention.FirstSeq).
 func (g *Gateway) firstSeqAfter(ctx context.Context) (uint64, error) {
-	ctx, stop := context.WithTimeout(ctx, checkWithin)
-	defer stop()
-	backoff := 10 * time.Millisecond
-	for {
-		actx, cancel := context.WithTimeout(ctx, requestTimeout)
-		info, err := g.str.Info(actx)
-		cancel()
-		if err == nil {
-			return info.State.FirstSeq, nil
-		}
-		if ctx.Err() != nil {
-			return 0, wrapf(err, "read stream %s", g.cfg.Stream)
-		}
-		select {
-		case <-ctx.Done():
-			return 0, wrapf(err, "read stream %s", g.cfg.Stream)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Second)
+	first, err := retention.FirstSeq(ctx, g.str, requestTimeout)
+	if err != nil {
+		return 0, wrapf(err, "read stream %s", g.cfg.Stream)
 	}
+	return first, nil
 }
 
 // lastSeqOf returns the sequence of the newest message of the subjects
@@ -164,10 +150,8 @@ type feedCheck struct {
 	consumer string // the consumer that delivered it
 
 	// A first sequence read after the consumer had delivered every message
-	// up to coverSeq (consumer sequence): valid for all of them.
-	coverConsumer string
-	coverSeq      uint64
-	coverFirst    uint64
+	// up to a consumer sequence: valid for all of them.
+	cover retention.Cover
 }
 
 // discarded reports whether messages of the feed's subject between last
@@ -187,7 +171,7 @@ func (f *feed) discarded(last, seq uint64, meta *jetstream.MsgMetadata, stall st
 		// Cannot tell: say so rather than risk a gap.
 		return historyGone(f.name, last, " or could not be checked ("+err.Error()+")")
 	}
-	if first <= last+1 {
+	if _, _, lost := retention.Lost(last, seq, first); !lost {
 		return nil
 	}
 	f.g.log.Warn("gateway feed fell behind the stream's retention: its subscriptions get history_unavailable",
@@ -196,26 +180,12 @@ func (f *feed) discarded(last, seq uint64, meta *jetstream.MsgMetadata, stall st
 }
 
 // firstSeqCovering returns a first sequence of the stream read after meta's
-// message was delivered. A read is made of the consumer's delivered count
-// first, then of the stream: the first sequence then covers every message
-// delivered before, so that a feed catching up on a backlog reads once per
-// backlog, not once per message.
+// message was delivered (retention.Cover): a feed catching up on a backlog
+// reads once per backlog, not once per message.
 func (f *feed) firstSeqCovering(meta *jetstream.MsgMetadata) (uint64, error) {
-	ck := &f.check
-	if ck.coverConsumer == meta.Consumer && meta.Sequence.Consumer <= ck.coverSeq {
-		return ck.coverFirst, nil
-	}
-	ctx, cancel := context.WithTimeout(f.g.ctx, checkWithin)
-	defer cancel()
-	cctx, ccancel := context.WithTimeout(ctx, requestTimeout)
-	ci, cerr := f.cons.Info(cctx)
-	ccancel()
-	first, err := f.g.firstSeqAfter(ctx)
+	first, err := f.check.cover.FirstCovering(f.g.ctx, meta, f.cons, f.g.str, requestTimeout)
 	if err != nil {
-		return 0, err
-	}
-	if cerr == nil {
-		ck.coverConsumer, ck.coverSeq, ck.coverFirst = ci.Name, ci.Delivered.Consumer, first
+		return 0, wrapf(err, "read stream %s", f.g.cfg.Stream)
 	}
 	return first, nil
 }

@@ -41,6 +41,9 @@ func DecodeEndpoint(data []byte) (*Endpoint, error) {
 			e.WebSocket = &WebSocket{}
 			d.object(p, v, map[string]func(string, json.RawMessage){})
 		},
+		// Set by tablecast only: accepted, so that an endpoint read can be
+		// sent back changed, and ignored.
+		"retention_gaps": func(string, json.RawMessage) {},
 	})
 	return e, errs.err()
 }

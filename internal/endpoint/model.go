@@ -69,6 +69,47 @@ type Endpoint struct {
 	// WebSocket is the WebSocket endpoint's settings; set exactly when
 	// Type is TypeWebSocket (it has none yet: {}).
 	WebSocket *WebSocket `json:"websocket,omitempty"`
+
+	// RetentionGaps records the events the stream's limits discarded
+	// before the endpoint read them (webhooks); nil while that never
+	// happened. Set by the delivery engine (RecordRetentionGap) only:
+	// creations and updates keep the stored value whatever they send.
+	RetentionGaps *RetentionGaps `json:"retention_gaps,omitempty"`
+}
+
+// RetentionGaps counts an endpoint's retention gaps and describes the
+// latest.
+type RetentionGaps struct {
+	// Count is how many gaps were found since the endpoint was created.
+	Count uint64 `json:"count"`
+	// Messages is how many stream messages the gaps spanned, in all: an
+	// upper bound of the endpoint's events lost (the stream's other
+	// subjects' messages are counted too).
+	Messages uint64 `json:"messages"`
+	// Last is the latest gap.
+	Last RetentionGap `json:"last"`
+}
+
+// RetentionGap is a range of stream sequences the stream discarded before
+// an endpoint read them: some of them may have been its events.
+type RetentionGap struct {
+	// FirstSeq and LastSeq bound the discarded range (both included).
+	FirstSeq uint64 `json:"first_seq"`
+	LastSeq  uint64 `json:"last_seq"`
+	// Messages is how many messages of the range may have been the
+	// endpoint's events: an upper bound of those lost. It is the whole
+	// range but for events the endpoint had read and given back (as it
+	// stopped), which are counted one by one.
+	Messages uint64 `json:"messages"`
+	// NextSeq is the first event the endpoint got after the gap.
+	NextSeq uint64 `json:"next_seq"`
+	// StoredAfter is when the event the endpoint read last before the gap
+	// was stored, when known; StoredBefore when the event at NextSeq was.
+	// The discarded messages were stored between the two.
+	StoredAfter  *time.Time `json:"stored_after,omitempty"`
+	StoredBefore time.Time  `json:"stored_before"`
+	// FoundAt is when the gap was found (as delivery reached NextSeq).
+	FoundAt time.Time `json:"found_at"`
 }
 
 // Webhook is how a webhook endpoint delivers. Zero fields take the
@@ -381,6 +422,14 @@ func (e *Endpoint) Clone() *Endpoint {
 	if e.WebSocket != nil {
 		ws := *e.WebSocket
 		c.WebSocket = &ws
+	}
+	if e.RetentionGaps != nil {
+		g := *e.RetentionGaps
+		if g.Last.StoredAfter != nil {
+			t := *g.Last.StoredAfter
+			g.Last.StoredAfter = &t
+		}
+		c.RetentionGaps = &g
 	}
 	return &c
 }

@@ -255,6 +255,7 @@ func (s *Store) CreateEndpoint(ctx context.Context, in *Endpoint) (*Endpoint, er
 		errs.add("state", "disabled is set by tablecast itself (a webhook answered 410 Gone, say); create it active or paused")
 	}
 	e.DisabledReason = ""
+	e.RetentionGaps = nil
 	now := s.cfg.Now().UTC()
 	e.ID, e.CreatedAt, e.UpdatedAt, e.Revision = NewID(now), now, now, 0
 	if e.Webhook != nil && e.Webhook.Secret == "" {
@@ -317,6 +318,7 @@ func (s *Store) UpdateEndpoint(ctx context.Context, in *Endpoint, expected uint6
 			errs.add("type", "cannot change (it is %s): create another endpoint", cur.Type)
 		}
 		next.Type = cur.Type
+		next.RetentionGaps = cur.RetentionGaps
 		switch {
 		case next.State == "":
 			next.State, next.DisabledReason = cur.State, cur.DisabledReason
@@ -380,6 +382,23 @@ func (s *Store) SetEndpointState(ctx context.Context, id string, expected uint64
 			return nil, errUnchanged
 		}
 		cur.State, cur.DisabledReason = state, reason
+		return cur, nil
+	})
+}
+
+// RecordRetentionGap adds gap to the endpoint's RetentionGaps (its count,
+// the messages it spans, and as the latest). The delivery engine calls it
+// when the stream discarded events before the endpoint read them.
+func (s *Store) RecordRetentionGap(ctx context.Context, id string, gap RetentionGap) (*Endpoint, error) {
+	return s.modifyEndpoint(ctx, id, 0, func(cur *Endpoint) (*Endpoint, error) {
+		g := RetentionGaps{}
+		if cur.RetentionGaps != nil {
+			g = *cur.RetentionGaps
+		}
+		g.Count++
+		g.Messages += gap.Messages
+		g.Last = gap
+		cur.RetentionGaps = &g
 		return cur, nil
 	})
 }
