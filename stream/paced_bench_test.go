@@ -20,20 +20,24 @@ import (
 // calls per transaction, not in the events, so it is far above the burst
 // figure of BenchmarkStoreCosts. The client reaches the embedded server
 // through a loopback socket or in process (as `tablecast run` does), with
-// the reader's options (fast batches, ids, fence).
+// the reader's options (fast batches, ids, fence). The burst cases publish
+// thousand-event transactions back to back, as a reader catching up does.
 //
 //	go test -run='^$' -bench=PacedTransactions -benchtime=20000x ./stream/
 func BenchmarkPacedTransactions(b *testing.B) {
-	const rows = 10
-	for _, inProcess := range []bool{false, true} {
-		name := "socket"
-		if inProcess {
-			name = "in-process"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, c := range []struct {
+		name      string
+		rows      int
+		paced     bool
+		inProcess bool
+	}{
+		{"paced/socket", 10, true, false}, {"paced/in-process", 10, true, true},
+		{"burst/socket", 1000, false, false}, {"burst/in-process", 1000, false, true},
+	} {
+		b.Run(c.name, func(b *testing.B) {
 			e := startTestServer(b, "")
 			var opts []nats.Option
-			if inProcess {
+			if c.inProcess {
 				opts = append(opts, nats.InProcessServer(e))
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -63,7 +67,7 @@ func BenchmarkPacedTransactions(b *testing.B) {
 			start, cpu := time.Now(), processCPU()
 			for n < b.N {
 				next := time.Now().Add(time.Millisecond)
-				for r := 0; r < rows && n < b.N; r++ {
+				for r := 0; r < c.rows && n < b.N; r++ {
 					id = strconv.AppendInt(append(id[:0], "00000000016B3748-"...), int64(n), 10)
 					if _, err := p.Publish(context.Background(), subject, string(id), benchPayload); err != nil {
 						b.Fatal(err)
@@ -73,7 +77,9 @@ func BenchmarkPacedTransactions(b *testing.B) {
 				if err := p.Flush(context.Background()); err != nil {
 					b.Fatal(err)
 				}
-				time.Sleep(time.Until(next))
+				if c.paced {
+					time.Sleep(time.Until(next))
+				}
 			}
 			benchAcked(b, p, uint64(b.N))
 			elapsed := time.Since(start)
