@@ -193,17 +193,25 @@ func TestEmbeddedRestartLeavesNoGap(t *testing.T) {
 	}
 	filler := tmpfs.Fill(t, dir, 2<<20)
 	payload := []byte(strings.Repeat("x", 4096))
-	for i := 1; ; i++ {
+	// Publish until the server says its storage is full: a publish that
+	// times out on a loaded machine is no proof of a full disk.
+	full := func() bool { return e.Status().JetStream == JetStreamStorageFull }
+	deadline := time.Now().Add(time.Minute)
+	for i := 1; !full(); i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %d publishes the status does not say the storage is full", i)
+		}
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		_, err := js.Publish(pctx, testSubject, payload, jetstream.WithMsgID("fill-"+msgID(i)))
 		cancel()
 		if err != nil {
-			break
+			// The status follows the server's error report: give it a
+			// moment before publishing again.
+			for wait := time.Now().Add(2 * time.Second); !full() && time.Now().Before(wait); {
+				time.Sleep(20 * time.Millisecond)
+			}
 		}
 	}
-	waitFor(t, 10*time.Second, "the status to say the storage is full", func() bool {
-		return e.Status().JetStream == JetStreamStorageFull
-	})
 	stored := streamMsgs(t, js)
 
 	p := newTestPublisher(t, nc, js, 8192, WithAckTimeout(time.Minute), WithStream(DefaultStreamName))

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -27,11 +29,25 @@ var handedOut sync.Map
 // kernel may offer it again meanwhile: so freeAddr never returns an address
 // twice in one test binary, or two tests running in parallel could be given
 // the same one, and one's process would answer the other's requests.
+//
+// The port is below the kernel's range of ephemeral ports where it can be:
+// a test that stops a process and starts another on the same address needs
+// it free again, and a port in that range may meanwhile become the local
+// port of any connection on the machine (another package's tests make
+// thousands), which made such a restart fail with "address already in use".
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	low, high := belowEphemeral()
+	for tries := 0; ; tries++ {
+		port := 0
+		if high > low && tries < 1000 {
+			port = low + rand.IntN(high-low)
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
+			if port != 0 {
+				continue // taken: try another
+			}
 			t.Fatal(err)
 		}
 		addr := ln.Addr().String()
@@ -40,6 +56,25 @@ func freeAddr(t testing.TB) string {
 			return addr
 		}
 	}
+}
+
+// belowEphemeral is the range of ports freeAddr picks from: the 10,000
+// below the kernel's ephemeral ports (ip_local_port_range), or none when
+// that cannot be read (freeAddr then asks the kernel for any).
+func belowEphemeral() (low, high int) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 1 {
+		return 0, 0
+	}
+	first, err := strconv.Atoi(f[0])
+	if err != nil || first < 11024 {
+		return 0, 0
+	}
+	return first - 10000, first
 }
 
 func httpGet(url string) (int, string, error) {
