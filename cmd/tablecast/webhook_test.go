@@ -119,9 +119,9 @@ func TestWebhookSurvivesSIGKILL(t *testing.T) {
 
 	mu.Lock()
 	defer mu.Unlock()
-	highest := 0.0
+	highest, prev := 0.0, 0.0
 	webhookIDs := map[string]string{}
-	dups := 0
+	dups, back := 0, 0
 	for i, g := range received {
 		row := rowOf[g.eventID]
 		if prev, ok := webhookIDs[g.eventID]; ok {
@@ -131,12 +131,25 @@ func TestWebhookSurvivesSIGKILL(t *testing.T) {
 			}
 		}
 		webhookIDs[g.eventID] = g.webhookID
-		// One event at a time is in flight: what comes again after a kill
-		// is the last one sent, before any later one.
-		if row != highest+1 && row != highest {
-			t.Fatalf("delivery %d is of row %v after row %v: skipped or out of order", i, row, highest)
+		// One event at a time is in flight, in row order, and nothing is
+		// skipped. A kill sends again what was accepted but whose
+		// acknowledgement JetStream had not kept (the last event, or the
+		// last few: the server keeps a consumer's acknowledgements on disk
+		// a moment after it takes them), from the first of those on and
+		// before any later event: a step back at most once per kill.
+		switch {
+		case row > highest+1:
+			t.Fatalf("delivery %d is of row %v after row %v: row %v skipped", i, row, highest, highest+1)
+		case row == prev+1 || row == prev:
+		case row < prev:
+			back++
+			if back > kills {
+				t.Fatalf("delivery %d is of row %v after row %v: more steps back than the %d kills", i, row, prev, kills)
+			}
+		default:
+			t.Fatalf("delivery %d is of row %v after row %v: out of order", i, row, prev)
 		}
-		highest = row
+		prev, highest = row, max(highest, row)
 	}
 	t.Logf("%d deliveries of %d events (%d again, after a kill)", len(received), rows, dups)
 }
