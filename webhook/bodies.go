@@ -200,25 +200,15 @@ func (d *DeadLetters) deleteOrphanBodies(ctx context.Context, age time.Duration,
 	return n, nil
 }
 
-// orphanBodies runs deleteOrphanBodies at once and then every
-// cfg.OrphanBodyEvery until ctx ends. Every process does: each pass is
-// harmless beside another.
+// orphanBodies is one pass of deleteOrphanBodies, which Run makes at
+// once and then every cfg.OrphanBodyEvery. Every process does: each pass
+// is harmless beside another.
 func (m *Manager) orphanBodies(ctx context.Context) {
-	t := time.NewTimer(0)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		n, err := m.dl.deleteOrphanBodies(ctx, m.cfg.OrphanBodyAge, time.Now())
-		switch {
-		case err != nil && ctx.Err() == nil:
-			m.log.Warn("cannot delete the dead letters' body objects that no record names; trying again later", "bucket", m.dl.BodyBucket(), "err", err, "retry_in", m.cfg.OrphanBodyEvery)
-		case n > 0:
-			m.log.Info("deleted dead letters' body objects that no record names (left by a process that stopped between storing one and its record)", "bucket", m.dl.BodyBucket(), "objects", n)
-		}
-		t.Reset(m.cfg.OrphanBodyEvery)
+	n, err := m.dl.deleteOrphanBodies(ctx, m.cfg.OrphanBodyAge, time.Now())
+	switch {
+	case err != nil && ctx.Err() == nil:
+		m.log.Warn("cannot delete the dead letters' body objects that no record names; trying again later", "bucket", m.dl.BodyBucket(), "err", err, "retry_in", m.cfg.OrphanBodyEvery)
+	case n > 0:
+		m.log.Info("deleted dead letters' body objects that no record names (left by a process that stopped between storing one and its record)", "bucket", m.dl.BodyBucket(), "objects", n)
 	}
 }

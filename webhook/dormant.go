@@ -271,17 +271,3 @@ func (m *Manager) sweep(ctx context.Context) {
 		}
 	}
 }
-
-// sweeps runs sweep every replayPoll until ctx ends.
-func (m *Manager) sweeps(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		m.sweep(ctx)
-	}
-}

@@ -309,19 +309,11 @@ const retentionWatch = time.Minute
 // warned about: half, which leaves as long again to act.
 const retentionWarn = 0.5
 
-// watchRetention runs the watch every every until ctx ends.
-func (m *Manager) watchRetention(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := m.checkRetention(ctx); err != nil && ctx.Err() == nil {
-			m.log.Debug("cannot compare the webhook endpoints' unread events with the stream's limits", "err", err)
-		}
+// watchRetention is one pass of the watch, which Run makes every
+// watchEvery.
+func (m *Manager) watchRetention(ctx context.Context) {
+	if err := m.checkRetention(ctx); err != nil && ctx.Err() == nil {
+		m.log.Debug("cannot compare the webhook endpoints' unread events with the stream's limits", "err", err)
 	}
 }
 

@@ -224,33 +224,26 @@ func (m *Manager) Run(ctx context.Context) {
 	} else {
 		defer func() { _ = replaySub.Unsubscribe() }()
 	}
+	// The periodic passes: dormant endpoints' sweep (dormant.go), the
+	// retention watch (retention.go), and orphaned dead-letter bodies
+	// (bodies.go). They stop before Run returns.
 	var sweeper sync.WaitGroup
 	defer sweeper.Wait()
-	octx, ocancel := context.WithCancel(ctx)
-	defer ocancel()
-	sweeper.Add(1)
-	go func() {
-		defer sweeper.Done()
-		m.orphanBodies(octx)
-	}()
-	if m.watchEvery > 0 {
-		wctx, cancel := context.WithCancel(ctx)
-		defer cancel()
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	periodic := func(every time.Duration, now bool, pass func(context.Context)) {
+		if every <= 0 {
+			return
+		}
 		sweeper.Add(1)
 		go func() {
 			defer sweeper.Done()
-			m.watchRetention(wctx, m.watchEvery)
+			runEvery(pctx, every, now, pass)
 		}()
 	}
-	if m.sweepEvery > 0 {
-		sctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		sweeper.Add(1)
-		go func() {
-			defer sweeper.Done()
-			m.sweeps(sctx, m.sweepEvery)
-		}()
-	}
+	periodic(m.cfg.OrphanBodyEvery, true, m.orphanBodies)
+	periodic(m.watchEvery, false, m.watchRetention)
+	periodic(m.sweepEvery, false, m.sweep)
 	for {
 		select {
 		case <-ctx.Done():
@@ -398,3 +391,21 @@ func replayConsumerName(id string) string { return "tablecast_webhook_replay_" +
 // priorityGroup is the group every process pulls an endpoint's consumer
 // in: pinned, so that one process at a time reads it.
 const priorityGroup = "deliver"
+
+// runEvery runs pass every every until ctx ends, and once at the start too
+// when now.
+func runEvery(ctx context.Context, every time.Duration, now bool, pass func(context.Context)) {
+	if now {
+		pass(ctx)
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pass(ctx)
+	}
+}
