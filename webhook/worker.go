@@ -799,16 +799,7 @@ func (w *worker) unpin() {
 // keepInProgress calls progress every third of the ack wait until ctx
 // ends (the dispatcher does it between its reads).
 func (w *worker) keepInProgress(ctx context.Context) {
-	t := time.NewTicker(w.m.cfg.AckWait / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		w.progress()
-	}
+	runEvery(ctx, w.m.cfg.AckWait/3, false, func(context.Context) { w.progress() })
 }
 
 // progress tells JetStream that the messages held are being worked on,
