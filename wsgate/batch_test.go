@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -407,13 +408,8 @@ func (e *testEnv) feedLast() uint64 {
 func TestBatchViewCatchingUp(t *testing.T) {
 	e := startGateway(t, withMarkers)
 	ctx := testCtx(t)
-	m, err := rowstate.New(rowstate.Config{DB: testDB, Logger: testLogger()}, e.nats.NC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mctx, stopState := context.WithCancel(ctx)
-	stateDone := make(chan error, 1)
-	go func() { stateDone <- m.Run(mctx) }()
+	m := newRowState(t, e)
+	stopState := runRowState(t, ctx, m)
 
 	t1 := e.beginTx()
 	e.events(t1, txRow{"orders", "create", order(1, "open")}, txRow{"orders", "create", order(2, "paid")})
@@ -428,7 +424,6 @@ func TestBatchViewCatchingUp(t *testing.T) {
 	})
 	// From now on the view's history runs from the row state's position.
 	stopState()
-	<-stateDone
 
 	// The feed of batched subscriptions, inside a transaction.
 	live := e.dial("/ws")
@@ -494,13 +489,8 @@ func TestBatchViewCatchingUp(t *testing.T) {
 func TestBatchViewSyncedInsideTransaction(t *testing.T) {
 	e := startGateway(t, withMarkers)
 	ctx := testCtx(t)
-	m, err := rowstate.New(rowstate.Config{DB: testDB, Logger: testLogger()}, e.nats.NC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mctx, stopState := context.WithCancel(ctx)
-	stateDone := make(chan error, 1)
-	go func() { stateDone <- m.Run(mctx) }()
+	m := newRowState(t, e)
+	stopState := runRowState(t, ctx, m)
 	applied := func(seq uint64) func() bool {
 		return func() bool {
 			rows, err := e.gw.rowsStream(ctx)
@@ -519,7 +509,6 @@ func TestBatchViewSyncedInsideTransaction(t *testing.T) {
 	e.events(t2, txRow{"orders", "create", order(2, "open")}, txRow{"orders", "create", order(3, "paid")})
 	e.waitFor("the row state to apply part of the second transaction", applied(t2.seqs[1]))
 	stopState()
-	<-stateDone
 
 	all, open := e.dial("/ws"), e.dial("/ws")
 	all.subscribe(map[string]any{"id": "all", "table": "public.orders", "batch": "transaction", "snapshot": true})
@@ -549,9 +538,7 @@ func TestBatchViewSyncedInsideTransaction(t *testing.T) {
 	open.expectTx("open").check(t, t3, t3.mark, false, t3.seqs[0])
 
 	// Rows that end with a transaction: synced without more.
-	mctx, stopState = context.WithCancel(ctx)
-	go func() { stateDone <- m.Run(mctx) }()
-	t.Cleanup(func() { stopState(); <-stateDone })
+	runRowState(t, ctx, m)
 	e.waitFor("the row state to apply every transaction", applied(t3.seqs[0]))
 	later := e.dial("/ws")
 	later.subscribe(map[string]any{"id": "later", "table": "public.orders", "batch": "transaction", "snapshot": true})
@@ -615,4 +602,26 @@ func TestBatchResumeWhileTransactionIsStored(t *testing.T) {
 			t.Fatalf("resume %d: %d events after %d, want %d, each once and in order", i, len(got), from, len(tx.seqs)-1)
 		}
 	}
+}
+
+// newRowState makes a row state of testDB beside the gateway of e.
+func newRowState(t *testing.T, e *testEnv) *rowstate.Maintainer {
+	t.Helper()
+	m, err := rowstate.New(rowstate.Config{DB: testDB, Logger: testLogger()}, e.nats.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// runRowState runs m until the returned stop is called, or the test ends;
+// stop returns once m has stopped.
+func runRowState(t *testing.T, ctx context.Context, m *rowstate.Maintainer) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
 }
