@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -138,30 +139,50 @@ func TestClaimReadRetriedAcrossOutage(t *testing.T) {
 	}
 }
 
-// TestBatchOfLargeRowsIsSplit: a batching endpoint's requests stay within
-// the default batch_bytes (1 MiB) however large its rows, an event larger
-// than that goes alone, and every event arrives once, in order.
-func TestBatchOfLargeRowsIsSplit(t *testing.T) {
+// TestBatchBytes: a batching endpoint's requests stay within its
+// batch_bytes (the JSON array, brackets and commas counted), the default
+// 1 MiB or its own, however large its rows: a batch stops before it would
+// pass it, an event larger than it goes alone, and every event arrives
+// once, in order. Each case has six rows in one transaction (two fit in a
+// request, not three), then one larger than a request may be.
+func TestBatchBytes(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOptions{})
-	r := newReceiver(t)
-	ep := e.endpoint("large", r.URL(), func(w *endpoint.Webhook) { w.Batch = 10 })
-	e.waitConsumer(ep)
-	const rows = 7
-	// Six rows of 400 kB in one transaction (two fit in a request, not
-	// three), then one of 1.5 MB, larger than a request may be.
-	e.exec(`INSERT INTO orders SELECT g, repeat('x', 400000), g FROM generate_series(1, 6) g`)
-	e.exec(`INSERT INTO orders VALUES (7, repeat('x', 1500000), 7)`)
-	got := r.waitAccepted(t, rows, time.Minute)
-	checkOrder(t, got, rows)
-	reqs := r.requests()
-	for _, d := range reqs {
-		if n := countEnvelopes(d.Body); len(d.Body) > endpoint.DefaultBatchBytes && n != 1 {
-			t.Errorf("request %s of %d bytes holds %d events; want at most %d bytes, or one event", d.ID, len(d.Body), n, endpoint.DefaultBatchBytes)
-		}
-	}
-	if len(reqs) < 4 {
-		t.Errorf("%d requests for %d events of 400 kB and one of 1.5 MB; want at least 4", len(reqs), rows)
+	for _, c := range []struct {
+		name          string
+		set           int // batch_bytes, 0 for the default
+		limit         int
+		row, largeRow int
+	}{
+		{"default", 0, endpoint.DefaultBatchBytes, 400000, 1500000},
+		{"set", 4 << 10, 4 << 10, 1500, 5000},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, envOptions{})
+			r := newReceiver(t)
+			ep := e.endpoint("batches-"+c.name, r.URL(), func(w *endpoint.Webhook) { w.Batch = 10; w.BatchBytes = c.set })
+			e.waitConsumer(ep)
+			const rows = 7
+			e.exec(fmt.Sprintf(`INSERT INTO orders SELECT g, repeat('x', %d), g FROM generate_series(1, 6) g`, c.row))
+			e.exec(fmt.Sprintf(`INSERT INTO orders VALUES (7, repeat('x', %d), 7)`, c.largeRow))
+			got := r.waitAccepted(t, rows, time.Minute)
+			checkOrder(t, got, rows)
+			reqs := r.requests()
+			most := 0
+			for _, d := range reqs {
+				n := countEnvelopes(d.Body)
+				if len(d.Body) > c.limit && n != 1 {
+					t.Errorf("request %s of %d bytes holds %d events; want at most %d bytes, or one event", d.ID, len(d.Body), n, c.limit)
+				}
+				most = max(most, n)
+			}
+			if len(reqs) < 4 {
+				t.Errorf("%d requests for %d events; want at least 4", len(reqs), rows)
+			}
+			if most < 2 {
+				t.Errorf("no request of %d holds more than one event: the batch bound is not what stopped them", len(reqs))
+			}
+		})
 	}
 }
 
@@ -235,37 +256,5 @@ func TestDeadLetterBodyClaimChecked(t *testing.T) {
 		if _, err := d.objectBody(context.Background(), body, "webhook-x"); !errors.Is(err, ErrBodyClaim) {
 			t.Errorf("%s: %v, want ErrBodyClaim", name, err)
 		}
-	}
-}
-
-// TestBatchBytesPerEndpoint: an endpoint's batch_bytes bounds its
-// requests' bodies (the JSON array, brackets and commas counted): a batch
-// of rows stops before it would pass it, an event larger than it goes
-// alone, and every event arrives once, in order.
-func TestBatchBytesPerEndpoint(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, envOptions{})
-	r := newReceiver(t)
-	const limit = 4 << 10
-	ep := e.endpoint("small-batches", r.URL(), func(w *endpoint.Webhook) { w.Batch = 10; w.BatchBytes = limit })
-	e.waitConsumer(ep)
-	const rows = 7
-	// Six rows of about 1.7 kB in one transaction (two fit in 4 KiB, not
-	// three), then one of 5 kB, larger than a request may be.
-	e.exec(`INSERT INTO orders SELECT g, repeat('x', 1500), g FROM generate_series(1, 6) g`)
-	e.exec(`INSERT INTO orders VALUES (7, repeat('x', 5000), 7)`)
-	got := r.waitAccepted(t, rows, time.Minute)
-	checkOrder(t, got, rows)
-	reqs := r.requests()
-	most := 0
-	for _, d := range reqs {
-		n := countEnvelopes(d.Body)
-		if len(d.Body) > limit && n != 1 {
-			t.Errorf("request %s of %d bytes holds %d events; want at most %d bytes, or one event", d.ID, len(d.Body), n, limit)
-		}
-		most = max(most, n)
-	}
-	if most < 2 {
-		t.Errorf("no request of %d holds more than one event: the batch bound is not what stopped them", len(reqs))
 	}
 }
