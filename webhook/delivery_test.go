@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -431,4 +433,86 @@ func TestSlowReceiverHoldsLittle(t *testing.T) {
 	} else {
 		t.Logf("held at most %d events (pulls of %d)", m, pull)
 	}
+}
+
+// TestLongerThanAckWait: an answer that takes longer than the consumer's
+// ack wait, and retries that go on for longer than it, redeliver nothing:
+// JetStream's redelivery of a message the endpoint still holds is not a
+// second request. Each slow event is requested once, requests never
+// overlap, and every event is accepted once, in order.
+func TestLongerThanAckWait(t *testing.T) {
+	t.Parallel()
+	const ackWait = time.Second
+	e := newEnv(t, envOptions{ackWait: ackWait})
+	r := newReceiver(t)
+	var mu sync.Mutex
+	var failUntil time.Time
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Now().Before(failUntil) {
+			return 500, nil, 0
+		}
+		if n == 1 && strings.Contains(string(d.Body), `"status":"slow"`) {
+			return 200, nil, 3 * ackWait // slower than the ack wait, within the timeout
+		}
+		return 200, nil, 0
+	})
+	ep := e.endpoint("patient", r.URL(), func(w *endpoint.Webhook) {
+		w.Timeout = endpoint.Duration(10 * time.Second)
+		w.Retry.Max = endpoint.Duration(time.Minute)
+	})
+	e.waitConsumer(ep)
+	oneAtATime := func() {
+		t.Helper()
+		reqs := r.requests()
+		sort.Slice(reqs, func(i, j int) bool { return reqs[i].At.Before(reqs[j].At) })
+		for i := 1; i < len(reqs); i++ {
+			if reqs[i].At.Before(reqs[i-1].End) {
+				t.Fatalf("request %d (%s) began at %s, before request %d (%s) was answered at %s",
+					i, reqs[i].ID, reqs[i].At.Format("15:04:05.000"), i-1, reqs[i-1].ID, reqs[i-1].End.Format("15:04:05.000"))
+			}
+		}
+	}
+
+	// Slow answers: each of three events takes three ack waits.
+	for i := 1; i <= 3; i++ {
+		e.exec(`INSERT INTO orders VALUES ($1, 'slow', $2)`, i, i*10)
+	}
+	r.waitAccepted(t, 3, time.Minute)
+	time.Sleep(2 * ackWait) // a redelivery would come meanwhile
+	if n := len(r.requests()); n != 3 {
+		t.Fatalf("%d requests for 3 slow events, want 3 (one each)", n)
+	}
+	oneAtATime()
+
+	// Failures for four ack waits: attempts only, one after another.
+	mu.Lock()
+	failUntil = time.Now().Add(4 * ackWait)
+	mu.Unlock()
+	e.insertOrders(4, 10)
+	got := r.waitAccepted(t, 10, time.Minute)
+	time.Sleep(2 * ackWait)
+	accepted := map[string]int{}
+	failed := 0
+	for _, d := range r.requests() {
+		if d.Status/100 == 2 {
+			accepted[d.ID]++
+		} else {
+			failed++
+		}
+	}
+	if failed == 0 {
+		t.Fatal("no failed attempt: the failures did not happen")
+	}
+	for id, n := range accepted {
+		if n != 1 {
+			t.Errorf("event %s accepted %d times, want once", id, n)
+		}
+	}
+	if len(accepted) != 10 {
+		t.Errorf("%d events accepted, want 10", len(accepted))
+	}
+	oneAtATime()
+	checkOrder(t, got, 10)
 }

@@ -197,7 +197,8 @@ type delivery struct {
 	ID, Timestamp, Signature string
 	Body                     []byte
 	At                       time.Time
-	Status                   int // what the receiver answered
+	End                      time.Time // when it was answered
+	Status                   int       // what the receiver answered
 }
 
 // receiver is an HTTP server that records every request and answers as
@@ -278,6 +279,7 @@ func (r *receiver) handle(w http.ResponseWriter, req *http.Request) {
 	if d.Status/100 == 2 {
 		events = countEnvelopes(body)
 	}
+	d.End = time.Now()
 	r.mu.Lock()
 	r.all = append(r.all, d)
 	r.events += events
