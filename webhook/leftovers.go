@@ -36,7 +36,8 @@ import (
 //
 // Ids are never reused: an id whose key is gone had its endpoint deleted,
 // and the age keeps a read that lags (a replica behind) from removing what
-// was made the moment before. Several processes may remove the same
+// was made the moment before. The times are the server's, compared with
+// this process's clock: the age covers a skew of minutes too. Several processes may remove the same
 // leftovers at once: what another removed first is not an error.
 
 // leftover is what the server holds of one endpoint id that the registry
@@ -105,10 +106,7 @@ func (m *Manager) removeLeftovers(ctx context.Context, now time.Time) ([]removed
 		if !gone {
 			continue
 		}
-		r, err := m.removeLeftover(ctx, l)
-		if err != nil {
-			continue // logged by purgeDeadLetters
-		}
+		r, _ := m.removeLeftover(ctx, l) // an error is logged, and tried again at the next pass
 		out = append(out, r)
 	}
 	return out, nil
@@ -234,17 +232,16 @@ func (m *Manager) provenGone(ctx context.Context, l *leftover, now time.Time) (b
 // their body objects, as the live deletion does, logs it and counts it.
 func (m *Manager) removeLeftover(ctx context.Context, l *leftover) (removedLeftover, error) {
 	r := removedLeftover{id: l.id, consumers: m.deleteConsumers(ctx, l.id)}
-	if err := m.purgeDeadLetters(ctx, l.id); err != nil {
-		m.countLeftovers(r)
-		return r, err
+	err := m.purgeDeadLetters(ctx, l.id) // logged there
+	if err == nil {
+		r.deadLetters, r.replays = l.deadLetters, l.replays
 	}
-	r.deadLetters, r.replays = l.deadLetters, l.replays
 	m.countLeftovers(r)
 	if len(r.consumers) > 0 || r.deadLetters > 0 || r.replays > 0 {
 		m.log.Info("removed the consumers and dead letters of a webhook endpoint deleted while no process delivered webhooks",
 			"endpoint_id", l.id, "consumers", r.consumers, "dead_letters", r.deadLetters, "replays", r.replays)
 	}
-	return r, nil
+	return r, err
 }
 
 func (m *Manager) countLeftovers(r removedLeftover) {
