@@ -44,6 +44,12 @@ type env struct {
 	reg   *prometheus.Registry
 	mgr   *Manager
 	log   *logBuffer
+
+	// mgrCfg is the configuration of the Manager newEnv starts, for
+	// startManager; mgrStop stops the one running and waits for it.
+	mgrCfg  Config
+	mgrCtx  context.Context
+	mgrStop func()
 }
 
 type envOptions struct {
@@ -59,6 +65,8 @@ type envOptions struct {
 	// orphanEvery and orphanAge: Config.OrphanBodyEvery and OrphanBodyAge.
 	orphanEvery, orphanAge time.Duration
 	watch                  time.Duration // how often the retention watch runs, if not retentionWatch
+	// leftoverEvery and leftoverAge: Config.LeftoverEvery and LeftoverAge.
+	leftoverEvery, leftoverAge time.Duration
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -123,7 +131,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	}
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	wg.Add(3)
+	wg.Add(2)
 	go func() { defer wg.Done(); cat.Run(ctx, schemas, topics, nil, catalog.Start{}) }()
 	registry := match.NewRegistry(log)
 	go func() { defer wg.Done(); registry.Run(ctx, e.store) }()
@@ -131,24 +139,55 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if allow == nil && !o.noAllow {
 		allow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 	}
-	e.mgr, err = New(ctx, n.JS, Config{Prefix: testPrefix, Registry: registry, Tables: cat, States: e.store, AllowNets: allow,
-		Registerer: e.reg, Logger: log.With("component", "webhook"), AckWait: o.ackWait, PinnedTTL: o.pinnedTTL,
-		OrphanBodyEvery: o.orphanEvery, OrphanBodyAge: o.orphanAge})
-	if err != nil {
-		t.Fatalf("new manager: %v", err)
-	}
-	if o.sweep > 0 {
-		e.mgr.sweepEvery = o.sweep
-	}
-	if o.noSweep {
-		e.mgr.sweepEvery = 0
-	}
-	if o.watch > 0 {
-		e.mgr.watchEvery = o.watch
-	}
-	go func() { defer wg.Done(); e.mgr.Run(ctx) }()
+	e.mgrCtx = ctx
+	e.mgrCfg = Config{Prefix: testPrefix, Registry: registry, Tables: cat, States: e.store, AllowNets: allow,
+		Logger: log.With("component", "webhook"), AckWait: o.ackWait, PinnedTTL: o.pinnedTTL,
+		OrphanBodyEvery: o.orphanEvery, OrphanBodyAge: o.orphanAge,
+		LeftoverEvery: o.leftoverEvery, LeftoverAge: o.leftoverAge}
+	e.startManager(nil, func(m *Manager) {
+		if o.sweep > 0 {
+			m.sweepEvery = o.sweep
+		}
+		if o.noSweep {
+			m.sweepEvery = 0
+		}
+		if o.watch > 0 {
+			m.watchEvery = o.watch
+		}
+	})
 	return e
 }
+
+// startManager starts a Manager, e.mgr, with newEnv's configuration as
+// cfg changes it (nil: as it is), and prepare run on it before it runs.
+// Its metrics go to a registry of its own, e.reg. The one before must
+// have been stopped (stopManager).
+func (e *env) startManager(cfg func(*Config), prepare func(*Manager)) {
+	e.t.Helper()
+	c := e.mgrCfg
+	if cfg != nil {
+		cfg(&c)
+	}
+	e.reg = prometheus.NewRegistry()
+	c.Registerer = e.reg
+	m, err := New(e.mgrCtx, e.nats.JS, c)
+	if err != nil {
+		e.t.Fatalf("new manager: %v", err)
+	}
+	if prepare != nil {
+		prepare(m)
+	}
+	e.mgr = m
+	ctx, cancel := context.WithCancel(e.mgrCtx)
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx) }()
+	e.mgrStop = func() { cancel(); <-done }
+	e.t.Cleanup(e.mgrStop)
+}
+
+// stopManager stops the Manager and waits until it has (its workers
+// too).
+func (e *env) stopManager() { e.mgrStop() }
 
 func (e *env) exec(sql string, args ...any) {
 	e.t.Helper()

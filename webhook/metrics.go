@@ -12,6 +12,8 @@ type metrics struct {
 	gaps         *prometheus.CounterVec
 	gapMessages  *prometheus.CounterVec
 	retention    *prometheus.GaugeVec
+	// leftovers is by kind, not endpoint: the endpoints are gone.
+	leftovers *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -42,9 +44,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		retention: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tablecast_webhook_retention_used_ratio", Help: "How much of the event stream's retention a webhook endpoint's unread events take: what the stream stored from its oldest unread event on, as a fraction of the limit it is closest to (max age, bytes, messages), estimated from the stream's state. At 1 the stream discards them. 0 with nothing unread.",
 		}, []string{"endpoint"}),
+		leftovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tablecast_webhook_leftovers_removed_total", Help: "What was removed of webhook endpoints deleted while no process delivering webhooks ran, by kind: consumer (of the event or the dead-letter stream), dead_letter, replay (queued).",
+		}, []string{"kind"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.delivered, m.failed, m.deadLettered, m.lag, m.latency, m.gaps, m.gapMessages, m.retention)
+		reg.MustRegister(m.delivered, m.failed, m.deadLettered, m.lag, m.latency, m.gaps, m.gapMessages, m.retention, m.leftovers)
 	}
 	return m
 }

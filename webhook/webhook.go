@@ -25,9 +25,11 @@ type Tables interface {
 	TableIn(db, schemaName, table string) *catalog.Table
 }
 
-// States changes an endpoint's state and records its retention gaps:
+// States changes an endpoint's state, records its retention gaps, and
+// reads an endpoint as stored (to prove one deleted, see leftovers.go):
 // *endpoint.Store.
 type States interface {
+	GetEndpoint(ctx context.Context, id string) (*endpoint.Endpoint, error)
 	SetEndpointState(ctx context.Context, id string, expected uint64, state endpoint.State, reason string) (*endpoint.Endpoint, error)
 	RecordRetentionGap(ctx context.Context, id string, gap endpoint.RetentionGap) (*endpoint.Endpoint, error)
 }
@@ -76,6 +78,16 @@ type Config struct {
 	// leaves the process that stored it the time to publish its record,
 	// through a NATS outage too. Default 24h.
 	OrphanBodyAge time.Duration
+	// LeftoverEvery is how often the consumers, dead letters and queued
+	// replays of endpoints deleted while no process delivering webhooks
+	// ran are looked for (and once at the start). Default 1h.
+	LeftoverEvery time.Duration
+	// LeftoverAge: such leftovers are removed once the youngest of an
+	// endpoint's is this old and its key holds no endpoint, which keeps
+	// the things of an endpoint created a moment ago (in another process,
+	// before this one's registry shows it) from looking like those of one
+	// deleted. Default 10m.
+	LeftoverAge time.Duration
 }
 
 // Defaults of Config.
@@ -84,6 +96,8 @@ const (
 	DefaultPinnedTTL       = 10 * time.Second
 	DefaultOrphanBodyEvery = time.Hour
 	DefaultOrphanBodyAge   = 24 * time.Hour
+	DefaultLeftoverEvery   = time.Hour
+	DefaultLeftoverAge     = 10 * time.Minute
 )
 
 // Manager delivers the events of every active webhook endpoint, each with
@@ -171,6 +185,12 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Manager, err
 	if cfg.OrphanBodyAge <= 0 {
 		cfg.OrphanBodyAge = DefaultOrphanBodyAge
 	}
+	if cfg.LeftoverEvery <= 0 {
+		cfg.LeftoverEvery = DefaultLeftoverEvery
+	}
+	if cfg.LeftoverAge <= 0 {
+		cfg.LeftoverAge = DefaultLeftoverAge
+	}
 	dl, err := OpenDeadLetters(ctx, js, cfg.Stream, cfg.Prefix, cfg.Replicas)
 	if err != nil {
 		return nil, err
@@ -225,8 +245,9 @@ func (m *Manager) Run(ctx context.Context) {
 		defer func() { _ = replaySub.Unsubscribe() }()
 	}
 	// The periodic passes: dormant endpoints' sweep (dormant.go), the
-	// retention watch (retention.go), and orphaned dead-letter bodies
-	// (bodies.go). They stop before Run returns.
+	// retention watch (retention.go), orphaned dead-letter bodies
+	// (bodies.go), and the leftovers of endpoints deleted while no process
+	// ran (leftovers.go). They stop before Run returns.
 	var sweeper sync.WaitGroup
 	defer sweeper.Wait()
 	pctx, cancel := context.WithCancel(ctx)
@@ -242,6 +263,7 @@ func (m *Manager) Run(ctx context.Context) {
 		}()
 	}
 	periodic(m.cfg.OrphanBodyEvery, true, m.orphanBodies)
+	periodic(m.cfg.LeftoverEvery, true, m.leftovers)
 	periodic(m.watchEvery, false, m.watchRetention)
 	periodic(m.sweepEvery, false, m.sweep)
 	for {
@@ -310,7 +332,7 @@ func (m *Manager) apply(ctx context.Context, id string) {
 				<-prev.done
 			}
 			m.deleteConsumers(ctx, id)
-			m.purgeDeadLetters(ctx, id)
+			_ = m.purgeDeadLetters(ctx, id) // logged
 			m.mu.Lock()
 			if m.last[id] == prev {
 				delete(m.last, id)
@@ -334,15 +356,23 @@ func (m *Manager) apply(ctx context.Context, id string) {
 	go w.run()
 }
 
-// deleteConsumers removes the consumers of an endpoint that is gone.
-func (m *Manager) deleteConsumers(ctx context.Context, id string) {
+// deleteConsumers removes the consumers of an endpoint that is gone, and
+// returns the names of those it deleted (one already gone, deleted by
+// another process say, is not an error).
+func (m *Manager) deleteConsumers(ctx context.Context, id string) []string {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	var deleted []string
 	for _, c := range []struct{ str, name string }{{m.eventsStr, consumerName(id)}, {m.dl.name, replayConsumerName(id)}} {
-		if err := m.js.DeleteConsumer(dctx, c.str, c.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		err := m.js.DeleteConsumer(dctx, c.str, c.name)
+		switch {
+		case err == nil:
+			deleted = append(deleted, c.name)
+		case !errors.Is(err, jetstream.ErrConsumerNotFound):
 			m.log.Warn("cannot delete the consumer of a deleted webhook endpoint", "endpoint_id", id, "consumer", c.name, "err", err)
 		}
 	}
+	return deleted
 }
 
 // purgeDeadLetters removes the dead letters of an endpoint that is gone,
@@ -350,12 +380,15 @@ func (m *Manager) deleteConsumers(ctx context.Context, id string) {
 // them any more (the admin API answers 404 for the endpoint). Every
 // process does, once its worker of the endpoint has stopped; one whose
 // worker stored a dead letter after another process purged removes it.
-func (m *Manager) purgeDeadLetters(ctx context.Context, id string) {
+// An error is logged here, and returned.
+func (m *Manager) purgeDeadLetters(ctx context.Context, id string) error {
 	pctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	if err := m.dl.purgeEndpoint(pctx, id); err != nil {
+	err := m.dl.purgeEndpoint(pctx, id)
+	if err != nil {
 		m.log.Warn("cannot delete the dead letters of a deleted webhook endpoint", "endpoint_id", id, "err", err)
 	}
+	return err
 }
 
 func (m *Manager) stopAll() {
