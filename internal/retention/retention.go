@@ -61,6 +61,15 @@ type Consumer interface {
 // each with a deadline of requestTimeout (a request a cluster dropped is
 // never answered), until ctx ends or for CheckWithin at most.
 func FirstSeq(ctx context.Context, str Stream, requestTimeout time.Duration) (uint64, error) {
+	st, err := State(ctx, str, requestTimeout)
+	if err != nil {
+		return 0, fmt.Errorf("read the stream's first sequence: %w", err)
+	}
+	return st.FirstSeq, nil
+}
+
+// State returns the stream's state, read now, retried as FirstSeq is.
+func State(ctx context.Context, str Stream, requestTimeout time.Duration) (jetstream.StreamState, error) {
 	ctx, stop := context.WithTimeout(ctx, CheckWithin)
 	defer stop()
 	backoff := 10 * time.Millisecond
@@ -69,11 +78,11 @@ func FirstSeq(ctx context.Context, str Stream, requestTimeout time.Duration) (ui
 		info, err := str.Info(actx)
 		cancel()
 		if err == nil {
-			return info.State.FirstSeq, nil
+			return info.State, nil
 		}
 		select {
 		case <-ctx.Done():
-			return 0, fmt.Errorf("read the stream's first sequence: %w", err)
+			return jetstream.StreamState{}, fmt.Errorf("read the stream's state: %w", err)
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, time.Second)
