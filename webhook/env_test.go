@@ -44,6 +44,7 @@ type env struct {
 	reg   *prometheus.Registry
 	mgr   *Manager
 	log   *logBuffer
+	cfg   Config // the Manager's
 }
 
 type envOptions struct {
@@ -131,9 +132,10 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if allow == nil && !o.noAllow {
 		allow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 	}
-	e.mgr, err = New(ctx, n.JS, Config{Prefix: testPrefix, Registry: registry, Tables: cat, States: e.store, AllowNets: allow,
+	e.cfg = Config{Prefix: testPrefix, Registry: registry, Tables: cat, States: e.store, AllowNets: allow,
 		Registerer: e.reg, Logger: log.With("component", "webhook"), AckWait: o.ackWait, PinnedTTL: o.pinnedTTL,
-		OrphanBodyEvery: o.orphanEvery, OrphanBodyAge: o.orphanAge})
+		OrphanBodyEvery: o.orphanEvery, OrphanBodyAge: o.orphanAge}
+	e.mgr, err = New(ctx, n.JS, e.cfg)
 	if err != nil {
 		t.Fatalf("new manager: %v", err)
 	}
