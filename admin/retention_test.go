@@ -9,9 +9,9 @@ import (
 )
 
 // TestRetentionGapsShown: the gaps webhook delivery records on an endpoint
-// (the stream discarded events before it read them) are shown on it, as
-// the OpenAPI document describes them; a client sending them back changes
-// nothing, and a new endpoint has none.
+// (the stream discarded events before it read them, or before its start)
+// are shown on it, as the OpenAPI document describes them; a client
+// sending them back changes nothing, and a new endpoint has none.
 func TestRetentionGapsShown(t *testing.T) {
 	h := start(t, nil)
 	ctx := testCtx(t)
@@ -30,8 +30,19 @@ func TestRetentionGapsShown(t *testing.T) {
 	after := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC)
 	before := after.Add(time.Hour)
 	found := before.Add(time.Minute)
-	if _, err := h.store.RecordRetentionGap(ctx, id, endpoint.RetentionGap{FirstSeq: 10, LastSeq: 19, Messages: 10, NextSeq: 25, StoredBefore: before, FoundAt: found}); err != nil {
+	if _, err := h.store.RecordRetentionGap(ctx, id, endpoint.RetentionGap{FirstSeq: 10, LastSeq: 19, Messages: 10, NextSeq: 25, StoredBefore: before, FoundAt: found, AtStart: true}); err != nil {
 		t.Fatal(err)
+	}
+	var atStart struct {
+		RetentionGaps struct {
+			Last map[string]any `json:"last"`
+		} `json:"retention_gaps"`
+	}
+	if err := json.Unmarshal(h.call(ctx, "GET", "/v1/endpoints/"+id, nil, nil, 0, nil).Body, &atStart); err != nil {
+		t.Fatal(err)
+	}
+	if atStart.RetentionGaps.Last["at_start"] != true {
+		t.Fatalf("a gap at the start shown as %v", atStart.RetentionGaps.Last)
 	}
 	if _, err := h.store.RecordRetentionGap(ctx, id, endpoint.RetentionGap{FirstSeq: 100, LastSeq: 149, Messages: 50, NextSeq: 150, StoredAfter: &after, StoredBefore: before, FoundAt: found}); err != nil {
 		t.Fatal(err)

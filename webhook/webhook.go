@@ -26,7 +26,8 @@ type Tables interface {
 }
 
 // States changes an endpoint's state and records its retention gaps:
-// *endpoint.Store.
+// *endpoint.Store. RecordRetentionGap answers endpoint.ErrGapKnown to a
+// gap at the start (AtStart) of an endpoint that has gaps already.
 type States interface {
 	SetEndpointState(ctx context.Context, id string, expected uint64, state endpoint.State, reason string) (*endpoint.Endpoint, error)
 	RecordRetentionGap(ctx context.Context, id string, gap endpoint.RetentionGap) (*endpoint.Endpoint, error)
