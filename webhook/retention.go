@@ -355,8 +355,10 @@ func (w *worker) reportGap(gap endpoint.RetentionGap, first uint64) {
 //     endpoint.ErrGapKnown: a gap at the start comes before any other). A
 //     consumer a worker creates anew because its own was deleted under it
 //     starts over from a start the endpoint had read from: it is not
-//     judged. A process that dies between creating the consumer and
-//     recording the gap does not report it.
+//     judged. (One deleted while no process ran cannot be told from a
+//     first creation, and is judged: an endpoint that has gaps recorded
+//     reports no more at its start.) A process that dies between creating
+//     the consumer and recording the gap does not report it.
 
 // checkStart reports a gap before the start of the consumer this worker
 // has just created (see above); info is what the creation answered.

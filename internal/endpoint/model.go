@@ -114,8 +114,10 @@ type RetentionGap struct {
 	// had discarded messages from where the endpoint was to start when its
 	// consumer was created. NextSeq is then the first sequence after the
 	// range (where delivery begins), StoredBefore when the stream's first
-	// message kept was stored, and StoredAfter the start time, for a start
-	// by time (or "now"). Such a gap is found once, before any other.
+	// message kept was stored, FoundAt when the consumer was created, and
+	// StoredAfter the start time, for a start by time (or "now"): FirstSeq
+	// is then 1, the range an upper bound (the stream keeps no time for
+	// what it discarded). Such a gap is found once, before any other.
 	AtStart bool `json:"at_start,omitempty"`
 }
 
