@@ -318,47 +318,26 @@ func (w *worker) reportGap(gap endpoint.RetentionGap, first uint64) {
 // starting after the stream's limits had discarded what was stored since.
 // JetStream then starts the consumer at the first message it still has and
 // says nothing. The worker that creates the consumer compares the start
-// with the stream's state, read once right after (checkStart, startGap):
+// with the stream's state, read once right after, as internal/retention
+// explains (BeforeStart): from a sequence, the range is sure; from a time,
+// it is every message discarded, from 1, an upper bound, and stored_after
+// is the start time (the endpoint's events among them were stored after
+// it). Messages discarded from the consumer's first position on (the state
+// is read after the creation) are the consumer's to deliver: its jump over
+// them is judged as any other (gapCheck), not here.
 //
-//   - The range ends before end, the lesser of the consumer's first
-//     position and the stream's first sequence. JetStream moves a start
-//     below its first sequence up to it, so the consumer's first position
-//     is the stream's first sequence at the creation, or the start when it
-//     was kept. Messages discarded from the consumer's first position on
-//     (the state is read after the creation) are the consumer's to deliver:
-//     its jump over them is judged as any other (gapCheck), not here.
-//
-//   - From sequence S below end: the messages S to end-1 were discarded.
-//     end-S is an upper bound of the endpoint's events lost, as for any
-//     gap: other tables' messages are in the range too.
-//
-//   - From time T: the stream stores in order of time, so every message it
-//     discarded was stored before (or when) its first message kept was;
-//     when that was at or before T, nothing stored from T on is missing.
-//     Otherwise, with anything discarded (the first sequence past 1),
-//     messages stored from T on may have been: the stream keeps no time
-//     for a message it discarded, so which of them, if any, cannot be told.
-//     The gap reported is then every message discarded, from 1: the only
-//     lower bound the stream justifies (a better one would be the stream's
-//     last sequence at T, which nothing kept; the process that could have
-//     read it may not have been running). Its range and count are an upper
-//     bound, the log says so, and stored_after is T: the endpoint's events
-//     among them were stored after it. An empty stream tells by when its
-//     last message was stored.
-//
-//   - Only the creator judges: a consumer found has delivered from its
-//     start, or was created by a process that judged it. As an endpoint
-//     appears, every process may create its consumer at once (creating one
-//     that exists with the same settings succeeds) and find the same gap:
-//     the gap is recorded first, and logged and counted by the process
-//     whose record was written (the store answers the others
-//     endpoint.ErrGapKnown: a gap at the start comes before any other). A
-//     consumer a worker creates anew because its own was deleted under it
-//     starts over from a start the endpoint had read from: it is not
-//     judged. (One deleted while no process ran cannot be told from a
-//     first creation, and is judged: an endpoint that has gaps recorded
-//     reports no more at its start.) A process that dies between creating
-//     the consumer and recording the gap does not report it.
+// Only the creator judges: a consumer found has delivered from its start,
+// or was created by a process that judged it. As an endpoint appears,
+// every process may create its consumer at once (creating one that exists
+// with the same settings succeeds) and find the same gap: the gap is
+// recorded first, and logged and counted by the process whose record was
+// written (the store answers the others endpoint.ErrGapKnown: a gap at the
+// start comes before any other). A consumer a worker creates anew because
+// its own was deleted under it starts over from a start the endpoint had
+// read from: it is not judged. (One deleted while no process ran cannot be
+// told from a first creation, and is judged: an endpoint that has gaps
+// recorded reports no more at its start.) A process that dies between
+// creating the consumer and recording the gap does not report it.
 
 // checkStart reports a gap before the start of the consumer this worker
 // has just created (see above); info is what the creation answered.
@@ -393,34 +372,22 @@ func (w *worker) checkStart(ctx context.Context, info *jetstream.ConsumerInfo) {
 // first position is begin, from the stream's state read after its
 // creation (see above); ok is false when there is none.
 func startGap(start endpoint.Start, begin uint64, st jetstream.StreamState, now time.Time) (gap endpoint.RetentionGap, ok bool) {
-	end := min(begin, st.FirstSeq)
-	if end <= 1 {
-		return gap, false // nothing discarded before it
-	}
-	// Every message discarded was stored before (or when) the first kept
-	// was; when none is kept, up to when the last was.
-	kept := st.Msgs > 0
-	storedBefore := st.FirstTime
-	if !kept {
-		storedBefore = now
-	}
-	gap = endpoint.RetentionGap{LastSeq: end - 1, NextSeq: end, StoredBefore: storedBefore.UTC(), FoundAt: now.UTC(), AtStart: true}
-	switch {
-	case start.Seq != 0:
-		if start.Seq >= end {
-			return gap, false
-		}
-		gap.FirstSeq = start.Seq
-	case !start.Time.IsZero():
-		if kept && !start.Time.Before(st.FirstTime) || !kept && st.LastTime.Before(start.Time) {
-			return gap, false // every message discarded was stored before the start
-		}
-		after := start.Time.UTC()
-		gap.FirstSeq, gap.StoredAfter = 1, &after
-	default:
+	from, to, upper, lost := retention.BeforeStart(start.Seq, start.Time, begin, st)
+	if !lost {
 		return gap, false
 	}
-	gap.Messages = gap.LastSeq - gap.FirstSeq + 1
+	// Every message discarded was stored before (or when) the first kept
+	// was, or before now when none is kept.
+	storedBefore := st.FirstTime
+	if st.Msgs == 0 {
+		storedBefore = now
+	}
+	gap = endpoint.RetentionGap{FirstSeq: from, LastSeq: to, Messages: to - from + 1, NextSeq: to + 1,
+		StoredBefore: storedBefore.UTC(), FoundAt: now.UTC(), AtStart: true}
+	if upper {
+		after := start.Time.UTC()
+		gap.StoredAfter = &after
+	}
 	return gap, true
 }
 
