@@ -27,7 +27,10 @@
 // selection, ordering and cursor or offset paging), filters and rules
 // (the same, by name), and links (PUT and DELETE
 // /v1/endpoints/{id}/filters/{name}, and the lists either way), and a
-// webhook's dead letters (list, one with its event whole, replay). A change
+// webhook's dead letters (list, one with its event whole, replay). The
+// answer to a webhook endpoint's creation tells when the stream has
+// discarded messages from its start already (start_discarded, from
+// Config.StreamState); it does not refuse it. A change
 // may name the revision it expects (If-Match, or the revision member):
 // 409 when it is stale. Errors are {"error": {"code", "message",
 // "fields"}}. The whole API is described by the OpenAPI document served

@@ -7,13 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/internal/retention"
 )
 
 // listBody is a page of a listing.
@@ -244,7 +247,62 @@ func (s *Server) createEndpoint(w http.ResponseWriter, r *http.Request, body []b
 	}
 	w.Header().Set("Location", "/v1/endpoints/"+e.ID)
 	setETag(w, e.Revision)
-	writeJSON(w, http.StatusCreated, e) // the one answer with the whole secret
+	// The one answer with the whole secret.
+	writeJSON(w, http.StatusCreated, createdEndpoint{Endpoint: e, StartDiscarded: s.startDiscarded(r.Context(), e)})
+}
+
+// createdEndpoint is the answer to a creation: the endpoint, and what the
+// stream has discarded from its start already.
+type createdEndpoint struct {
+	*endpoint.Endpoint
+	StartDiscarded *startDiscarded `json:"start_discarded,omitempty"`
+}
+
+// startDiscarded tells the creator of a webhook endpoint that the stream
+// has discarded messages from its start already (internal/retention,
+// BeforeStart, as if its consumer were created now): its events among
+// them will not be delivered. The endpoint is created all the same (the
+// creator may want whatever is still there), and webhook delivery records
+// the gap on it (retention_gaps, at_start) as it creates its consumer.
+type startDiscarded struct {
+	FirstSeq uint64 `json:"first_seq"`
+	LastSeq  uint64 `json:"last_seq"`
+	Messages uint64 `json:"messages"`
+	// StreamFirstSeq is the stream's first sequence, where delivery will
+	// begin.
+	StreamFirstSeq uint64 `json:"stream_first_seq"`
+	// UpperBound: the start is a time, and the range is every message
+	// discarded, any of which, or none, was stored after it.
+	UpperBound bool `json:"upper_bound,omitempty"`
+}
+
+// streamStateWithin bounds the read of the stream's state after a creation:
+// the endpoint is created already, and its answer should not wait long for
+// what webhook delivery tells anyway.
+const streamStateWithin = 2 * time.Second
+
+// startDiscarded reads the event stream's state for a webhook endpoint just
+// created with a start by sequence or time ("now" is within what the
+// stream keeps); nil when nothing was discarded from it, or the state
+// cannot be read (then the webhook process tells, as it creates the
+// consumer).
+func (s *Server) startDiscarded(ctx context.Context, e *endpoint.Endpoint) *startDiscarded {
+	if s.cfg.StreamState == nil || e.Webhook == nil || e.Webhook.Start.IsNow() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, streamStateWithin)
+	defer cancel()
+	st, err := s.cfg.StreamState(ctx)
+	if err != nil {
+		s.log.Warn("cannot read the event stream's state to tell whether it discarded the new webhook endpoint's start", "endpoint_id", e.ID, "err", err)
+		return nil
+	}
+	start := e.Webhook.Start
+	from, to, upper, lost := retention.BeforeStart(start.Seq, start.Time, math.MaxUint64, st)
+	if !lost {
+		return nil
+	}
+	return &startDiscarded{FirstSeq: from, LastSeq: to, Messages: to - from + 1, StreamFirstSeq: st.FirstSeq, UpperBound: upper}
 }
 
 func (s *Server) getEndpoint(w http.ResponseWriter, r *http.Request, _ []byte) {

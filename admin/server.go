@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tablecast/tablecast/internal/auth"
@@ -61,6 +62,10 @@ type Config struct {
 	MaxBodyBytes int64
 	// RequestTimeout bounds the handling of one request. Default 15s.
 	RequestTimeout time.Duration
+	// StreamState reads the event stream's state, when set: the answer to
+	// the creation of a webhook endpoint whose start the stream has
+	// discarded already says so (start_discarded). Nil: it does not.
+	StreamState func(ctx context.Context) (jetstream.StreamState, error)
 
 	Logger *slog.Logger
 	// Registerer receives the API's metrics (nil: none).

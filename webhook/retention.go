@@ -261,17 +261,33 @@ func (m *Manager) eventStream(ctx context.Context) (jetstream.Stream, error) {
 	}
 }
 
-// reportGap logs, counts and records a gap; delivery goes on.
+// reportGap logs, counts and records a gap; delivery goes on. A gap at
+// the endpoint's start is recorded first, and logged and counted only by
+// the process whose record was written (see checkStart), or when it could
+// not be written: better twice than not at all.
 func (w *worker) reportGap(gap endpoint.RetentionGap, first uint64) {
-	name := w.name()
-	attrs := []any{"first_seq", gap.FirstSeq, "last_seq", gap.LastSeq, "messages", gap.Messages, "next_seq", gap.NextSeq,
-		"stored_before", gap.StoredBefore, "stream_first_seq", first}
-	if gap.StoredAfter != nil {
-		attrs = append(attrs, "stored_after", *gap.StoredAfter)
+	report := func() {
+		name := w.name()
+		attrs := []any{"first_seq", gap.FirstSeq, "last_seq", gap.LastSeq, "messages", gap.Messages, "next_seq", gap.NextSeq,
+			"stored_before", gap.StoredBefore, "stream_first_seq", first}
+		if gap.StoredAfter != nil {
+			attrs = append(attrs, "stored_after", *gap.StoredAfter)
+		}
+		msg := "the event stream discarded messages before the webhook endpoint read them: events of the endpoint among them are lost to it; delivery goes on after them"
+		if gap.AtStart {
+			attrs = append(attrs, "at_start", true)
+			msg = "the event stream had discarded messages from the webhook endpoint's start position when its consumer was created: events of the endpoint among them are lost to it; delivery begins after them"
+			if gap.StoredAfter != nil {
+				msg += ". The range is an upper bound: the stream keeps no time for what it discarded, and any of those messages, or none, were stored after the endpoint's start time (stored_after)"
+			}
+		}
+		w.log().Error(msg, attrs...)
+		w.m.met.gaps.WithLabelValues(name).Inc()
+		w.m.met.gapMessages.WithLabelValues(name).Add(float64(gap.Messages))
 	}
-	w.log().Error("the event stream discarded messages before the webhook endpoint read them: events of the endpoint among them are lost to it; delivery goes on after them", attrs...)
-	w.m.met.gaps.WithLabelValues(name).Inc()
-	w.m.met.gapMessages.WithLabelValues(name).Add(float64(gap.Messages))
+	if !gap.AtStart {
+		report()
+	}
 	// Recorded on the endpoint, where every process's admin API shows it,
 	// beside delivery: the write must not hold the endpoint up.
 	w.m.wg.Add(1)
@@ -279,13 +295,100 @@ func (w *worker) reportGap(gap endpoint.RetentionGap, first uint64) {
 		defer w.m.wg.Done()
 		ctx, cancel := context.WithTimeout(w.parent, time.Minute)
 		defer cancel()
+		known := false
 		w.m.gapMu.Lock()
-		defer w.m.gapMu.Unlock()
 		w.retryUntil(ctx, "cannot record a retention gap on the webhook endpoint; retrying", func() (bool, error) {
 			_, err := w.m.cfg.States.RecordRetentionGap(ctx, w.id, gap)
-			return err == nil || errors.Is(err, endpoint.ErrNotFound), err
+			known = errors.Is(err, endpoint.ErrGapKnown)
+			return err == nil || known || errors.Is(err, endpoint.ErrNotFound), err
 		}, "first_seq", gap.FirstSeq, "last_seq", gap.LastSeq)
+		w.m.gapMu.Unlock()
+		if gap.AtStart && !known {
+			report()
+		}
 	}()
+}
+
+// Before the endpoint's start.
+//
+// An endpoint starts at a stream sequence, at a time, or "now" (its
+// creation time). When its consumer is created, the stream may have
+// discarded messages from there on already: a start given far back, or an
+// endpoint created while no process delivered webhooks, the first one
+// starting after the stream's limits had discarded what was stored since.
+// JetStream then starts the consumer at the first message it still has and
+// says nothing. The worker that creates the consumer compares the start
+// with the stream's state, read once right after, as internal/retention
+// explains (BeforeStart): from a sequence, the range is sure; from a time,
+// it is every message discarded, from 1, an upper bound, and stored_after
+// is the start time (the endpoint's events among them were stored after
+// it). Messages discarded from the consumer's first position on (the state
+// is read after the creation) are the consumer's to deliver: its jump over
+// them is judged as any other (gapCheck), not here.
+//
+// Only the creator judges: a consumer found has delivered from its start,
+// or was created by a process that judged it. As an endpoint appears,
+// every process may create its consumer at once (creating one that exists
+// with the same settings succeeds) and find the same gap: the gap is
+// recorded first, and logged and counted by the process whose record was
+// written (the store answers the others endpoint.ErrGapKnown: a gap at the
+// start comes before any other). A consumer a worker creates anew because
+// its own was deleted under it starts over from a start the endpoint had
+// read from: it is not judged. (One deleted while no process ran cannot be
+// told from a first creation, and is judged: an endpoint that has gaps
+// recorded reports no more at its start.) A process that dies between
+// creating the consumer and recording the gap does not report it.
+
+// checkStart reports a gap before the start of the consumer this worker
+// has just created (see above); info is what the creation answered.
+func (w *worker) checkStart(ctx context.Context, info *jetstream.ConsumerInfo) {
+	if info == nil || info.Config.DeliverPolicy != jetstream.DeliverByStartSequencePolicy && info.Config.OptStartTime == nil {
+		return
+	}
+	str, err := w.m.eventStream(ctx)
+	var st jetstream.StreamState
+	if err == nil {
+		w.m.firstSeqReads.Add(1)
+		st, err = retention.State(ctx, str, requestTimeout)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log().Error("cannot check whether the event stream had discarded events from the webhook endpoint's start", "err", err)
+		}
+		return
+	}
+	var start endpoint.Start
+	if info.Config.DeliverPolicy == jetstream.DeliverByStartSequencePolicy {
+		start.Seq = info.Config.OptStartSeq
+	} else {
+		start.Time = *info.Config.OptStartTime
+	}
+	if gap, ok := startGap(start, info.Delivered.Stream+1, st, time.Now()); ok {
+		w.reportGap(gap, st.FirstSeq)
+	}
+}
+
+// startGap returns the gap before start (Seq or Time) of a consumer whose
+// first position is begin, from the stream's state read after its
+// creation (see above); ok is false when there is none.
+func startGap(start endpoint.Start, begin uint64, st jetstream.StreamState, now time.Time) (gap endpoint.RetentionGap, ok bool) {
+	from, to, upper, lost := retention.BeforeStart(start.Seq, start.Time, begin, st)
+	if !lost {
+		return gap, false
+	}
+	// Every message discarded was stored before (or when) the first kept
+	// was, or before now when none is kept.
+	storedBefore := st.FirstTime
+	if st.Msgs == 0 {
+		storedBefore = now
+	}
+	gap = endpoint.RetentionGap{FirstSeq: from, LastSeq: to, Messages: to - from + 1, NextSeq: to + 1,
+		StoredBefore: storedBefore.UTC(), FoundAt: now.UTC(), AtStart: true}
+	if upper {
+		after := start.Time.UTC()
+		gap.StoredAfter = &after
+	}
+	return gap, true
 }
 
 // Before it happens: every retentionWatch the Manager compares each

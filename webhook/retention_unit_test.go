@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/endpoint"
 )
 
 // keepingUp is a worker whose consumer hands it events of its table among
@@ -71,6 +73,65 @@ func TestRetentionUsed(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			if got := retentionUsed(c.ci, c.cfg, st, now); math.Abs(got-c.want) > 0.001 {
 				t.Fatalf("%v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
+// TestStartGap: what a consumer just created, whose first position is
+// begin, reports before its start, from the stream's state read after.
+func TestStartGap(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	now := t0.Add(48 * time.Hour)
+	// Kept: 90,000 to 99,999, stored from t0 on; 1 to 89,999 discarded.
+	rolled := jetstream.StreamState{Msgs: 10_000, FirstSeq: 90_000, LastSeq: 99_999, FirstTime: t0, LastTime: t0.Add(24 * time.Hour)}
+	fresh := jetstream.StreamState{Msgs: 10, FirstSeq: 1, LastSeq: 10, FirstTime: t0, LastTime: t0.Add(time.Minute)}
+	// Everything discarded: the last message, 500, stored at t0.
+	empty := jetstream.StreamState{FirstSeq: 501, LastSeq: 500, LastTime: t0}
+	before, after := t0.Add(-time.Hour), t0.Add(time.Hour)
+	for _, c := range []struct {
+		name        string
+		start       endpoint.Start
+		begin       uint64
+		st          jetstream.StreamState
+		first, last uint64 // 0: no gap
+		storedAfter *time.Time
+	}{
+		{"seq discarded", endpoint.Start{Seq: 5}, 90_000, rolled, 5, 89_999, nil},
+		{"seq kept", endpoint.Start{Seq: 95_000}, 95_000, rolled, 0, 0, nil},
+		{"seq the first kept", endpoint.Start{Seq: 90_000}, 90_000, rolled, 0, 0, nil},
+		{"seq on a fresh stream", endpoint.Start{Seq: 1}, 1, fresh, 0, 0, nil},
+		{"seq past the end", endpoint.Start{Seq: 200_000}, 200_000, rolled, 0, 0, nil},
+		// The stream went on discarding after the creation: what the
+		// consumer would have delivered is its own jump's.
+		{"seq, discarded since", endpoint.Start{Seq: 5}, 90_000, jetstream.StreamState{Msgs: 5000, FirstSeq: 95_000, LastSeq: 99_999, FirstTime: after}, 5, 89_999, nil},
+		{"time before the first kept", endpoint.Start{Time: before}, 90_000, rolled, 1, 89_999, &before},
+		{"time within what is kept", endpoint.Start{Time: after}, 95_000, rolled, 0, 0, nil},
+		{"time when the first kept was stored", endpoint.Start{Time: t0}, 90_000, rolled, 0, 0, nil},
+		{"time on a fresh stream", endpoint.Start{Time: before}, 1, fresh, 0, 0, nil},
+		{"time, empty stream, discarded after it", endpoint.Start{Time: before}, 501, empty, 1, 500, &before},
+		{"time, empty stream, all stored before it", endpoint.Start{Time: after}, 501, empty, 0, 0, nil},
+		{"nothing stored yet", endpoint.Start{Time: before}, 1, jetstream.StreamState{}, 0, 0, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			gap, ok := startGap(c.start, c.begin, c.st, now)
+			if !ok {
+				if c.first != 0 {
+					t.Fatalf("no gap, want %d-%d", c.first, c.last)
+				}
+				return
+			}
+			if c.first == 0 {
+				t.Fatalf("gap %+v, want none", gap)
+			}
+			if gap.FirstSeq != c.first || gap.LastSeq != c.last || gap.Messages != c.last-c.first+1 || gap.NextSeq != c.last+1 || !gap.AtStart || !gap.FoundAt.Equal(now) {
+				t.Fatalf("gap %+v, want %d-%d, next %d, at start", gap, c.first, c.last, c.last+1)
+			}
+			if (gap.StoredAfter == nil) != (c.storedAfter == nil) || c.storedAfter != nil && !gap.StoredAfter.Equal(*c.storedAfter) {
+				t.Fatalf("stored after %v, want %v", gap.StoredAfter, c.storedAfter)
+			}
+			if c.st.Msgs > 0 && !gap.StoredBefore.Equal(c.st.FirstTime) {
+				t.Fatalf("stored before %v, want the first kept's time %v", gap.StoredBefore, c.st.FirstTime)
 			}
 		})
 	}

@@ -27,7 +27,8 @@ type Tables interface {
 
 // States changes an endpoint's state, records its retention gaps, and
 // reads an endpoint as stored (to prove one deleted, see leftovers.go):
-// *endpoint.Store.
+// *endpoint.Store. RecordRetentionGap answers endpoint.ErrGapKnown to a
+// gap at the start (AtStart) of an endpoint that has gaps already.
 type States interface {
 	GetEndpoint(ctx context.Context, id string) (*endpoint.Endpoint, error)
 	SetEndpointState(ctx context.Context, id string, expected uint64, state endpoint.State, reason string) (*endpoint.Endpoint, error)

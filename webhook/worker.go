@@ -208,8 +208,12 @@ func (w *worker) serve() bool {
 		return w.serveReplays(&wg)
 	}
 	if w.cons == nil {
-		if w.cons = w.consumer(w.ctx); w.cons == nil {
+		var created bool
+		if w.cons, created = w.consumer(w.ctx); w.cons == nil {
 			return false
+		}
+		if created {
+			w.checkStart(w.ctx, w.cons.CachedInfo())
 		}
 		w.gaps.start(w.cons.CachedInfo(), w.reconnects())
 		w.settle(w.ctx, w.cons.CachedInfo())
@@ -316,26 +320,27 @@ func (l *lane) idle() bool {
 }
 
 // consumer creates the endpoint's durable consumer, or brings its filters
-// and limits up to date, retrying until ctx ends (nil then).
-func (w *worker) consumer(ctx context.Context) jetstream.Consumer {
+// and limits up to date, retrying until ctx ends (nil then). created is
+// set when this call created it.
+func (w *worker) consumer(ctx context.Context) (c jetstream.Consumer, created bool) {
 	backoff := 100 * time.Millisecond
 	for {
-		c, err := w.ensureConsumer(ctx)
+		c, created, err := w.ensureConsumer(ctx)
 		if err == nil {
-			return c
+			return c, created
 		}
 		if ctx.Err() != nil {
-			return nil
+			return nil, false
 		}
 		w.log().Warn("cannot set up the webhook endpoint's consumer; retrying", "err", err, "retry_in", backoff)
 		if !sleep(ctx, backoff) {
-			return nil
+			return nil, false
 		}
 		backoff = min(backoff*2, 10*time.Second)
 	}
 }
 
-func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, error) {
+func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, bool, error) {
 	e := w.entry.Load().Endpoint
 	name := consumerName(w.id)
 	c, err := w.m.js.Consumer(ctx, w.m.eventsStr, name)
@@ -348,18 +353,18 @@ func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, error)
 			limit = w.safe
 		}
 		if slices.Equal(cfg.FilterSubjects, w.subjects) && cfg.MaxAckPending == limit && cfg.AckWait == w.m.cfg.AckWait && cfg.PinnedTTL == w.m.cfg.PinnedTTL {
-			return c, nil
+			return c, false, nil
 		}
 		cfg.FilterSubject, cfg.FilterSubjects = "", w.subjects
 		cfg.MaxAckPending, cfg.AckWait, cfg.PinnedTTL = limit, w.m.cfg.AckWait, w.m.cfg.PinnedTTL
 		c, err = w.m.js.UpdateConsumer(ctx, w.m.eventsStr, cfg)
 		if err != nil {
-			return nil, fmt.Errorf("update consumer %s: %w", name, err)
+			return nil, false, fmt.Errorf("update consumer %s: %w", name, err)
 		}
-		return c, nil
+		return c, false, nil
 	}
 	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return nil, fmt.Errorf("look up consumer %s: %w", name, err)
+		return nil, false, fmt.Errorf("look up consumer %s: %w", name, err)
 	}
 	w.recovering = false
 	cfg := jetstream.ConsumerConfig{
@@ -389,9 +394,9 @@ func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, error)
 	}
 	c, err = w.m.js.CreateConsumer(ctx, w.m.eventsStr, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("create consumer %s: %w", name, err)
+		return nil, false, fmt.Errorf("create consumer %s: %w", name, err)
 	}
-	return c, nil
+	return c, true, nil
 }
 
 // dispatch pulls the consumer until ctx ends (false) or the endpoint goes
@@ -505,7 +510,10 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 			}
 			w.gaps.stalled()
 			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
-				if w.cons = w.consumer(ctx); w.cons == nil {
+				// Created anew here, the consumer starts over from the
+				// endpoint's start, which the endpoint had read from: no
+				// gap at the start is judged (see checkStart).
+				if w.cons, _ = w.consumer(ctx); w.cons == nil {
 					return false
 				}
 				w.gaps = gapCheck{}

@@ -75,8 +75,15 @@ func startAdmin(ctx context.Context, cfg Config, log *slog.Logger, reg prometheu
 		HeaderTimeout:   cfg.HTTPHeaderTimeout,
 		IdleTimeout:     cfg.HTTPIdleTimeout,
 		MaxConnsPerAddr: cfg.HTTPMaxUnauthPerAddr,
-		Logger:          log,
-		Registerer:      reg,
+		StreamState: func(ctx context.Context) (jetstream.StreamState, error) {
+			str, err := js.Stream(ctx, cfg.Stream)
+			if err != nil {
+				return jetstream.StreamState{}, fmt.Errorf("look up stream %s: %w", cfg.Stream, err)
+			}
+			return str.CachedInfo().State, nil
+		},
+		Logger:     log,
+		Registerer: reg,
 	})
 	if err != nil {
 		return nil, err

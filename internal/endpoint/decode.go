@@ -43,7 +43,8 @@ func DecodeEndpoint(data []byte) (*Endpoint, error) {
 		},
 		// Set by tablecast only: accepted, so that an endpoint read can be
 		// sent back changed, and ignored.
-		"retention_gaps": func(string, json.RawMessage) {},
+		"retention_gaps":  func(string, json.RawMessage) {},
+		"start_discarded": func(string, json.RawMessage) {},
 	})
 	return e, errs.err()
 }

@@ -16,6 +16,10 @@ var (
 	ErrConflict = errors.New("changed meanwhile")
 	// ErrNameTaken: another endpoint (filter, rule) has that name.
 	ErrNameTaken = errors.New("name taken")
+	// ErrGapKnown: a retention gap at the endpoint's start was not
+	// recorded, since the endpoint has retention gaps already (another
+	// process found the same one first).
+	ErrGapKnown = errors.New("retention gaps recorded already")
 )
 
 // FieldError is one problem with one field of an endpoint, filter or

@@ -110,6 +110,15 @@ type RetentionGap struct {
 	StoredBefore time.Time  `json:"stored_before"`
 	// FoundAt is when the gap was found (as delivery reached NextSeq).
 	FoundAt time.Time `json:"found_at"`
+	// AtStart marks a gap before the endpoint's start position: the stream
+	// had discarded messages from where the endpoint was to start when its
+	// consumer was created. NextSeq is then the first sequence after the
+	// range (where delivery begins), StoredBefore when the stream's first
+	// message kept was stored, FoundAt when the consumer was created, and
+	// StoredAfter the start time, for a start by time (or "now"): FirstSeq
+	// is then 1, the range an upper bound (the stream keeps no time for
+	// what it discarded). Such a gap is found once, before any other.
+	AtStart bool `json:"at_start,omitempty"`
 }
 
 // Webhook is how a webhook endpoint delivers. Zero fields take the

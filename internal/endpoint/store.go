@@ -389,10 +389,22 @@ func (s *Store) SetEndpointState(ctx context.Context, id string, expected uint64
 // RecordRetentionGap adds gap to the endpoint's RetentionGaps (its count,
 // the messages it spans, and as the latest). The delivery engine calls it
 // when the stream discarded events before the endpoint read them.
+//
+// A gap AtStart is recorded only on an endpoint that has none yet, else
+// the answer is ErrGapKnown: every process may create the endpoint's
+// consumer at once as the endpoint appears (creating a consumer that
+// exists with the same settings succeeds), and each then finds the same
+// gap; the one whose record is written first reports it. A gap at the
+// start comes before any other, so one recorded already is this one, or
+// the endpoint's consumer was created anew after it had read from the
+// stream.
 func (s *Store) RecordRetentionGap(ctx context.Context, id string, gap RetentionGap) (*Endpoint, error) {
 	return s.modifyEndpoint(ctx, id, 0, func(cur *Endpoint) (*Endpoint, error) {
 		g := RetentionGaps{}
 		if cur.RetentionGaps != nil {
+			if gap.AtStart {
+				return nil, ErrGapKnown
+			}
 			g = *cur.RetentionGaps
 		}
 		g.Count++

@@ -274,3 +274,63 @@ func TestWatchSeesOtherProcess(t *testing.T) {
 		t.Fatalf("deleted: %+v", ev)
 	}
 }
+
+// TestRecordRetentionGapAtStart: two processes recording the same gap at
+// an endpoint's start at once (each created its consumer) record it once:
+// the other is told ErrGapKnown. Gaps found later are recorded as before,
+// and a gap at the start after them is not.
+func TestRecordRetentionGapAtStart(t *testing.T) {
+	srv := natstest.Start(t)
+	s := openStore(t, srv.JS, Config{})
+	other := openStore(t, secondConn(t, srv), Config{})
+	ctx := testCtx(t)
+	e, err := s.CreateEndpoint(ctx, webhook("billing"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	start := RetentionGap{FirstSeq: 5, LastSeq: 89, Messages: 85, NextSeq: 90, StoredBefore: now, FoundAt: now, AtStart: true}
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, st := range []*Store{s, other} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = st.RecordRetentionGap(ctx, e.ID, start)
+		}()
+	}
+	wg.Wait()
+	known := 0
+	for _, err := range errs {
+		switch {
+		case errors.Is(err, ErrGapKnown):
+			known++
+		case err != nil:
+			t.Fatal(err)
+		}
+	}
+	if known != 1 {
+		t.Fatalf("recording the gap at the start from two stores: %v; want one recorded, one ErrGapKnown", errs)
+	}
+	cur, err := s.GetEndpoint(ctx, e.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := cur.RetentionGaps; g == nil || g.Count != 1 || g.Messages != 85 || !g.Last.AtStart || g.Last.FirstSeq != 5 {
+		t.Fatalf("gaps recorded: %+v", g)
+	}
+	later := RetentionGap{FirstSeq: 100, LastSeq: 109, Messages: 10, NextSeq: 120, StoredBefore: now, FoundAt: now}
+	if _, err := s.RecordRetentionGap(ctx, e.ID, later); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.RecordRetentionGap(ctx, e.ID, start); !errors.Is(err, ErrGapKnown) {
+		t.Fatalf("a gap at the start after a later one: %v, want ErrGapKnown", err)
+	}
+	cur, err = s.GetEndpoint(ctx, e.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := cur.RetentionGaps; g.Count != 2 || g.Messages != 95 || g.Last.AtStart || g.Last.FirstSeq != 100 {
+		t.Fatalf("gaps recorded: %+v", g)
+	}
+}

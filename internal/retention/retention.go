@@ -30,6 +30,20 @@
 //     that goes on taking what the consumer gives as soon as it is stored
 //     need not check its next jump (each reader says when it does not:
 //     see wsgate/retention.go and webhook/retention.go).
+//
+//  4. A consumer created with a start the stream has discarded begins at
+//     the stream's first sequence F, without a word. What was discarded
+//     from the start on is judged from the stream's state (BeforeStart).
+//     From sequence S below F: S to F-1. From time T: the stream stores in
+//     order of time, so every message it discarded was stored before (or
+//     when) its first message kept was; when that was at or before T,
+//     nothing stored from T on is missing. Otherwise, with anything
+//     discarded (F past 1), messages stored from T on may have been: the
+//     stream keeps no time for what it discarded, so which of them, if
+//     any, cannot be told. The range is then every message discarded, from
+//     1, the only lower bound the stream justifies (a better one would be
+//     the stream's last sequence at T, which nothing kept): an upper bound.
+//     An empty stream tells by when its last message was stored.
 package retention
 
 import (
@@ -61,6 +75,15 @@ type Consumer interface {
 // each with a deadline of requestTimeout (a request a cluster dropped is
 // never answered), until ctx ends or for CheckWithin at most.
 func FirstSeq(ctx context.Context, str Stream, requestTimeout time.Duration) (uint64, error) {
+	st, err := State(ctx, str, requestTimeout)
+	if err != nil {
+		return 0, fmt.Errorf("read the stream's first sequence: %w", err)
+	}
+	return st.FirstSeq, nil
+}
+
+// State returns the stream's state, read now, retried as FirstSeq is.
+func State(ctx context.Context, str Stream, requestTimeout time.Duration) (jetstream.StreamState, error) {
 	ctx, stop := context.WithTimeout(ctx, CheckWithin)
 	defer stop()
 	backoff := 10 * time.Millisecond
@@ -69,11 +92,11 @@ func FirstSeq(ctx context.Context, str Stream, requestTimeout time.Duration) (ui
 		info, err := str.Info(actx)
 		cancel()
 		if err == nil {
-			return info.State.FirstSeq, nil
+			return info.State, nil
 		}
 		select {
 		case <-ctx.Done():
-			return 0, fmt.Errorf("read the stream's first sequence: %w", err)
+			return jetstream.StreamState{}, fmt.Errorf("read the stream's state: %w", err)
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, time.Second)
@@ -124,4 +147,32 @@ func (c *Cover) FirstCovering(ctx context.Context, meta *jetstream.MsgMetadata, 
 		*c = Cover{Consumer: ci.Name, Seq: ci.Delivered.Consumer, First: first}
 	}
 	return first, nil
+}
+
+// BeforeStart returns the stream sequences from..to that the stream had
+// discarded from a consumer's start on before the consumer began (see the
+// package doc, 4): the start is startSeq, or, when 0, startTime. begin is
+// the consumer's first position (as created: its delivered stream
+// sequence plus one), or math.MaxUint64 for one not created yet; st is the
+// stream's state read after its creation. Messages discarded from begin on
+// are the consumer's to deliver, and judged by its jumps (Lost). upper is
+// set for a start by time: any of the range, or none, was stored from the
+// start time on. lost is false when nothing was discarded from the start.
+func BeforeStart(startSeq uint64, startTime time.Time, begin uint64, st jetstream.StreamState) (from, to uint64, upper, lost bool) {
+	end := min(begin, st.FirstSeq)
+	if end <= 1 {
+		return 0, 0, false, false // nothing discarded before it
+	}
+	switch {
+	case startSeq != 0:
+		if startSeq >= end {
+			return 0, 0, false, false
+		}
+		return startSeq, end - 1, false, true
+	case startTime.IsZero():
+		return 0, 0, false, false
+	case st.Msgs > 0 && !startTime.Before(st.FirstTime), st.Msgs == 0 && st.LastTime.Before(startTime):
+		return 0, 0, false, false // every message discarded was stored before the start
+	}
+	return 1, end - 1, true, true
 }

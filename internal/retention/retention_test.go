@@ -3,6 +3,7 @@ package retention
 import (
 	"context"
 	"errors"
+	"math"
 	"testing"
 	"time"
 
@@ -81,5 +82,42 @@ func TestCoverReadsOncePerBacklog(t *testing.T) {
 	}
 	if _, _ = c.FirstCovering(ctx, meta("other", 5), cons, str, time.Second); str.reads != 5 {
 		t.Fatalf("another consumer's delivery read nothing")
+	}
+}
+
+func TestBeforeStart(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	// Kept: 90,000 to 99,999, stored from t0 on.
+	rolled := jetstream.StreamState{Msgs: 10_000, FirstSeq: 90_000, LastSeq: 99_999, FirstTime: t0, LastTime: t0.Add(time.Hour)}
+	empty := jetstream.StreamState{FirstSeq: 501, LastSeq: 500, LastTime: t0}
+	const notYet = math.MaxUint64 // no consumer yet
+	for _, c := range []struct {
+		name        string
+		seq         uint64
+		at          time.Time
+		begin       uint64
+		st          jetstream.StreamState
+		from, to    uint64
+		upper, lost bool
+	}{
+		{"seq discarded", 5, time.Time{}, 90_000, rolled, 5, 89_999, false, true},
+		{"seq discarded, no consumer yet", 5, time.Time{}, notYet, rolled, 5, 89_999, false, true},
+		{"seq kept", 95_000, time.Time{}, 95_000, rolled, 0, 0, false, false},
+		{"seq kept, no consumer yet", 95_000, time.Time{}, notYet, rolled, 0, 0, false, false},
+		{"seq, the consumer's first discarded since", 5, time.Time{}, 90_000, jetstream.StreamState{Msgs: 1, FirstSeq: 95_000, FirstTime: t0}, 5, 89_999, false, true},
+		{"time before the first kept", 0, t0.Add(-time.Second), notYet, rolled, 1, 89_999, true, true},
+		{"time at the first kept", 0, t0, 90_000, rolled, 0, 0, false, false},
+		{"time, empty stream, stored after it", 0, t0.Add(-time.Second), 501, empty, 1, 500, true, true},
+		{"time, empty stream, stored before it", 0, t0.Add(time.Second), 501, empty, 0, 0, false, false},
+		{"fresh stream", 1, time.Time{}, 1, jetstream.StreamState{Msgs: 3, FirstSeq: 1, LastSeq: 3, FirstTime: t0}, 0, 0, false, false},
+		{"nothing stored", 0, t0, notYet, jetstream.StreamState{}, 0, 0, false, false},
+		{"no start", 0, time.Time{}, notYet, rolled, 0, 0, false, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			from, to, upper, lost := BeforeStart(c.seq, c.at, c.begin, c.st)
+			if from != c.from || to != c.to || upper != c.upper || lost != c.lost {
+				t.Fatalf("BeforeStart = %d, %d, %v, %v; want %d, %d, %v, %v", from, to, upper, lost, c.from, c.to, c.upper, c.lost)
+			}
+		})
 	}
 }
