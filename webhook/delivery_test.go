@@ -442,7 +442,7 @@ func TestSlowReceiverHoldsLittle(t *testing.T) {
 // overlap, and every event is accepted once, in order.
 func TestLongerThanAckWait(t *testing.T) {
 	t.Parallel()
-	const ackWait = time.Second
+	const ackWait = 500 * time.Millisecond
 	e := newEnv(t, envOptions{ackWait: ackWait})
 	r := newReceiver(t)
 	var mu sync.Mutex
