@@ -223,6 +223,23 @@ func (w *worker) serve() bool {
 	for i := range lanes {
 		lanes[i] = newLane(&wg)
 	}
+	// Held messages are kept in progress by a goroutine of their own, not
+	// between the dispatcher's pulls: the dispatcher may wait (for a pull
+	// to expire, for room to hold more) longer than the ack wait allows,
+	// and JetStream would then give a held message again, to this process
+	// (where a copy that comes after the held one was acknowledged is
+	// delivered twice) or to another.
+	pctx, stopProgress := context.WithCancel(w.ctx)
+	var progressWG sync.WaitGroup
+	progressWG.Add(1)
+	go func() {
+		defer progressWG.Done()
+		w.keepInProgress(pctx)
+	}()
+	defer func() {
+		stopProgress()
+		progressWG.Wait()
+	}()
 	return w.dispatch(w.ctx, lanes, &wg, resumed)
 }
 
@@ -410,8 +427,7 @@ func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, bool, 
 func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.WaitGroup, resumed bool) bool {
 	backoff := 100 * time.Millisecond
 	var env query.Row
-	every := w.m.cfg.AckWait / 3
-	progressed := time.Now()
+	every := w.m.cfg.AckWait / 3 // a pull lasts no longer (nor fetchWait)
 	var replaying atomic.Bool
 	var replayWG sync.WaitGroup
 	defer replayWG.Wait()
@@ -434,10 +450,6 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 		}
 	}()
 	for ctx.Err() == nil {
-		if time.Since(progressed) >= every {
-			w.progress()
-			progressed = time.Now()
-		}
 		woken := w.replayWoken.Swap(false) || w.replayComing()
 		select {
 		case <-wake:
@@ -805,7 +817,7 @@ func (w *worker) unpin() {
 }
 
 // keepInProgress calls progress every third of the ack wait until ctx
-// ends (the dispatcher does it between its reads).
+// ends: beside the dispatcher (serve) and beside replays (serveReplays).
 func (w *worker) keepInProgress(ctx context.Context) {
 	runEvery(ctx, w.m.cfg.AckWait/3, false, func(context.Context) { w.progress() })
 }
