@@ -237,6 +237,7 @@ func (w *worker) serve() bool {
 		w.keepInProgress(pctx)
 	}()
 	defer func() {
+		wg.Wait() // the lanes, which may hold messages to the end
 		stopProgress()
 		progressWG.Wait()
 	}()
