@@ -87,7 +87,12 @@ func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
 	dir := tmpfs.Mount(t, 48<<20)
 	e := startStorageServer(t, "127.0.0.1:-1", filepath.Join(dir, "nats"), 0, 1<<20)
 	nc, js := connectTest(t, e.ClientURL())
-	if _, err := EnsureStream(testContext(t), js, StreamConfig{}); err != nil {
+	// The writer below sends again what was in flight when its publisher
+	// failed, and counts on the duplicate window to drop what had been
+	// stored: a window of a minute, not the default second, which a busy
+	// machine can take between a failure and the next publisher (it stored
+	// 479 messages twice once).
+	if _, err := EnsureStream(testContext(t), js, StreamConfig{DuplicateWindow: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	reader := collect(t, js)
