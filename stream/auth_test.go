@@ -122,6 +122,7 @@ func TestEmbeddedAuthentication(t *testing.T) {
 // into it, having a consumer of another stream deliver into it, or
 // changing the stream; nor can they listen on tablecast's own inboxes.
 func TestEmbeddedReadOnlyUser(t *testing.T) {
+	t.Parallel() // see parallelTests
 	readKey, readSeed := newUserKey(t)
 	url, js := startWithReadOnly(t, readKey)
 	ctx := testContext(t)

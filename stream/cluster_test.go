@@ -22,6 +22,7 @@ import (
 // stream's replicas elect a leader; and they still can with one node
 // killed.
 func TestSetUpOnACluster(t *testing.T) {
+	t.Parallel() // see parallelTests
 	began := time.Now()
 	cl := natstest.StartCluster(t, 3)
 	t.Logf("cluster started in %s", time.Since(began).Round(time.Millisecond))

@@ -84,6 +84,7 @@ func checkIDs(t *testing.T, what string, ids []string, n int) {
 // the stream, and a consumer that was reading all along on a connection
 // that reconnected by itself, hold every message exactly once, in order.
 func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
+	t.Parallel() // see parallelTests
 	dir := tmpfs.Mount(t, 48<<20)
 	e := startStorageServer(t, "127.0.0.1:-1", filepath.Join(dir, "nats"), 0, 1<<20)
 	nc, js := connectTest(t, e.ClientURL())
@@ -166,7 +167,7 @@ func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(2 * time.Minute):
+	case <-time.After(4 * time.Minute): // paced at 1 ms a message: slow on a loaded machine
 		t.Fatalf("the writer did not finish; %d of %d acknowledged", acked.Load(), total)
 	}
 
@@ -249,6 +250,7 @@ func TestEmbeddedRestartLeavesNoGap(t *testing.T) {
 // configured 1 GiB: sized from the free space, it would be smaller than
 // what it holds and refuse every new message even after space is freed.
 func TestEmbeddedKeepsMaxStoreOnNearlyFullDisk(t *testing.T) {
+	t.Parallel() // see parallelTests
 	dir := tmpfs.Mount(t, 64<<20)
 	store := filepath.Join(dir, "nats")
 	const maxStore = 1 << 30
@@ -358,6 +360,7 @@ func TestEmbeddedRestartsDisabledJetStream(t *testing.T) {
 // server's health check names a stream directory whose stream is not
 // registered yet, or any more; that passes by itself.
 func TestEmbeddedNoRestartForStreamChurn(t *testing.T) {
+	t.Parallel() // see parallelTests
 	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Logger: quietLogger(),
 		CheckInterval: time.Millisecond, MinFree: -1})
 	if err != nil {
