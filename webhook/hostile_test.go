@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tablecast/tablecast/internal/endpoint"
 )
@@ -310,9 +311,9 @@ func TestAnswerBodyBounded(t *testing.T) {
 	}
 }
 
-// TestAnswerHeadBounded: a receiver whose answer's head is too large, or
-// that accepts the connection and never answers, makes the attempt fail,
-// within the timeout.
+// TestAnswerHeadBounded: a receiver whose answer's head is too large or
+// malformed, or that accepts the connection and never answers, makes the
+// attempt fail, within the timeout; the failure's reason stays short.
 func TestAnswerHeadBounded(t *testing.T) {
 	raw := func(serve func(c net.Conn)) string {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -347,6 +348,16 @@ func TestAnswerHeadBounded(t *testing.T) {
 	})
 	if status, _, err := postTo(client, "http://"+huge+"/", 10*time.Second); err == nil {
 		t.Errorf("an answer with 1 MiB of headers: %d, accepted", status)
+	}
+	// A malformed header line is quoted whole in net/http's error: the
+	// reason kept in the dead letter and logged is cut.
+	malformed := raw(func(c net.Conn) {
+		fmt.Fprint(c, "HTTP/1.1 200 OK\r\nno colon "+strings.Repeat("é", 20000)+"\r\n\r\n")
+	})
+	if status, _, err := postTo(client, "http://"+malformed+"/", 10*time.Second); err == nil {
+		t.Errorf("a malformed head: %d, accepted", status)
+	} else if r := failureReason(err); len(r) > maxReason || !utf8.ValidString(r) || len(err.Error()) <= maxReason {
+		t.Errorf("a malformed head of 40 KB: error of %d bytes, reason of %d bytes (valid UTF-8: %v), want it cut to %d", len(err.Error()), len(r), utf8.ValidString(r), maxReason)
 	}
 	silent := raw(func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
 	start := time.Now()

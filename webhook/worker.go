@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -1125,7 +1126,7 @@ func (w *worker) deliver(ctx context.Context, e *match.Entry, items []item) resu
 			w.disable(ctx, "the receiver answered 410 Gone")
 			return resultGone
 		case err != nil:
-			reason = err.Error()
+			reason = failureReason(err)
 		default:
 			reason = "answered " + strconv.Itoa(status) + " " + http.StatusText(status)
 		}
@@ -1153,6 +1154,26 @@ func (w *worker) deliver(ctx context.Context, e *match.Entry, items []item) resu
 			return resultStopped
 		}
 	}
+}
+
+// maxReason bounds the failure reason logged and kept in a dead letter's
+// Tablecast-Reason header.
+const maxReason = 1 << 10
+
+// failureReason is err's text, cut at maxReason bytes: net/http's errors
+// quote what a receiver sent (a malformed header line of up to the whole
+// answer head), and a receiver is not to choose how large every dead
+// letter's headers and every log line are.
+func failureReason(err error) string {
+	s := err.Error()
+	if len(s) <= maxReason {
+		return s
+	}
+	cut := maxReason - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // payload is the body of a request and its webhook-id: one envelope and
