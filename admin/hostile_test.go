@@ -61,7 +61,8 @@ func TestRebindingRefusedWithoutAuth(t *testing.T) {
 // length, or chunked without end) is answered 401 before authentication
 // and 413 after, with the connection closed, and the API reads a bounded
 // part of it; a body sent a byte at a time is cut by the read timeout
-// (twice HeaderTimeout) and answered 400.
+// (twice HeaderTimeout) and answered 400, and a head sent so is cut by
+// HeaderTimeout.
 func TestHugeAndSlowBodies(t *testing.T) {
 	h := start(t, func(c *admin.Config) { c.HeaderTimeout = time.Second })
 	addr := strings.TrimPrefix(h.base, "http://")
@@ -155,5 +156,38 @@ trickle:
 	}
 	if d := time.Since(start); d > 15*time.Second {
 		t.Errorf("a body a byte at a time held its request %s with a read timeout of 2s", d)
+	}
+
+	// A head a byte at a time: the connection is closed at HeaderTimeout.
+	slow, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	_ = slow.SetDeadline(time.Now().Add(30 * time.Second))
+	start = time.Now()
+	closed := make(chan error, 1)
+	go func() {
+		// net/http answers 400 to a head cut short, or closes.
+		b, err := io.ReadAll(slow)
+		if err == nil && len(b) > 0 && !strings.HasPrefix(string(b), "HTTP/1.1 400 ") {
+			err = fmt.Errorf("answered %q", b)
+		}
+		closed <- err
+	}()
+	head := post + auth + strings.Repeat("X-Slow: 1\r\n", 1000)
+	for i := 0; ; i++ {
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Errorf("a head a byte at a time: %v, want the connection closed (after a 400)", err)
+			}
+			if d := time.Since(start); d > 15*time.Second {
+				t.Errorf("a head a byte at a time held its connection %s with a head timeout of 1s", d)
+			}
+			return
+		case <-time.After(100 * time.Millisecond):
+			_, _ = slow.Write([]byte{head[i%len(head)]})
+		}
 	}
 }
