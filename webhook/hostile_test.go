@@ -232,9 +232,10 @@ func TestNoProxyFromEnvironment(t *testing.T) {
 
 // TestAnswerBodyBounded: a receiver answering 200 with a body without end
 // costs one bounded read, and its connection is not used again (one read
-// to its end is); one that sends its body a byte at a time, or sends its
-// head and then nothing, holds the request no longer than its timeout,
-// and the attempt fails.
+// to its end is); one that sends its body a byte at a time, sends its
+// head and then nothing, or switches protocols (101) and keeps the
+// connection, holds the request no longer than its timeout, and the
+// attempt fails.
 func TestAnswerBodyBounded(t *testing.T) {
 	written := make(chan int64, 1)
 	endless, endlessConns := listenOn(t, "127.0.0.1:0", func(w http.ResponseWriter, _ *http.Request) {
@@ -298,11 +299,23 @@ func TestAnswerBodyBounded(t *testing.T) {
 			w.(http.Flusher).Flush()
 			<-r.Context().Done()
 		},
+		// The body of a 101 is the connection, out of the request's
+		// context's reach.
+		"101 then nothing": func(w http.ResponseWriter, r *http.Request) {
+			c, _, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
+			_ = c.SetReadDeadline(time.Now().Add(time.Minute))
+			_, _ = io.Copy(io.Discard, c) // until the client closes
+		},
 	} {
 		addr, _ := listenOn(t, "127.0.0.1:0", h)
 		start := time.Now()
 		status, _, err := postTo(client, "http://"+addr+"/", time.Second)
-		if err == nil {
+		if err == nil && status/100 == 2 {
 			t.Errorf("%s: answered %d and accepted; want a failed attempt", name, status)
 		}
 		if d := time.Since(start); d > 10*time.Second {

@@ -1242,6 +1242,14 @@ func (w *worker) post(ctx context.Context, wh *endpoint.Webhook, key []byte, id 
 	// to its end). An answer whose body does not arrive (cut, or not
 	// within the timeout) is a failed attempt: the receiver may have sent
 	// its status before it had handled the event, and failed since.
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The body of a 101 is the connection itself, which the request's
+		// context no longer bounds: read, it would hold the lane for as
+		// long as the receiver keeps it open. Closed unread (a failed
+		// attempt: not 2xx).
+		resp.Body.Close()
+		return resp.StatusCode, 0, nil
+	}
 	_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, maxAnswerBody))
 	resp.Body.Close()
 	if err != nil {
