@@ -247,9 +247,14 @@ func cliCommand(t *testing.T, env []string, args ...string) *exec.Cmd {
 // browser takes as same-origin) get 421.
 func TestAdminRefusesRebindingWhenAnonymous(t *testing.T) {
 	n := startNATS(t)
-	adminAddr := freeAddr(t)
-	startProcess(t, append(baseEnv(), "TABLECAST_NATS_URL="+n.URL(), "TABLECAST_HTTP_ADDR="+freeAddr(t), "TABLECAST_ADMIN_ADDR="+adminAddr,
+	adminAddr, httpAddr := freeAddr(t), freeAddr(t)
+	startProcess(t, append(baseEnv(), "TABLECAST_NATS_URL="+n.URL(), "TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_ADMIN_ADDR="+adminAddr,
 		"TABLECAST_ALLOW_ANONYMOUS=true", "TABLECAST_ALLOWED_HOSTS=*"), "gateway")
+	// Ready, so that it has started whole when the test stops it.
+	waitFor(t, time.Minute, "/readyz of tablecast gateway", func() bool {
+		code, _, err := httpGet("http://" + httpAddr + "/readyz")
+		return err == nil && code == 200
+	})
 	get := func(host string) int {
 		req, err := http.NewRequest("GET", "http://"+adminAddr+"/v1/endpoints", nil)
 		if err != nil {
