@@ -129,6 +129,23 @@ func TestBadInput(t *testing.T) {
 	ep("webhook.headers.Webhook-Signature", "may not be set", with(hook, "webhook.headers", map[string]any{"Webhook-Signature": "v1,x"}))
 	ep("webhook.headers.Bad Name", "not a header name", with(hook, "webhook.headers", map[string]any{"Bad Name": "x"}))
 	ep("webhook.headers.X-Split", "control character", with(hook, "webhook.headers", map[string]any{"X-Split": "a\r\nInjected: yes"}))
+	// Header injection: a line break or NUL in a header's name or value, or
+	// in the URL, is refused (never sent as a header line of its own).
+	ep("webhook.headers.X-A\r\nInjected", "not a header name", with(hook, "webhook.headers", map[string]any{"X-A\r\nInjected": "x"}))
+	ep("webhook.headers.X-A\nInjected: yes\nX-B", "not a header name", with(hook, "webhook.headers", map[string]any{"X-A\nInjected: yes\nX-B": "x"}))
+	ep("webhook.headers.X-Nul", "control character", with(hook, "webhook.headers", map[string]any{"X-Nul": "a\x00b"}))
+	ep("webhook.headers.X-Lf", "control character", with(hook, "webhook.headers", map[string]any{"X-Lf": "a\nInjected: yes"}))
+	ep("webhook.headers.x-dup", "the same header", with(hook, "webhook.headers", map[string]any{"X-Dup": "1", "x-dup": "2"}))
+	ep("webhook.url", "", with(hook, "webhook.url", "https://example.com/a\r\nInjected: yes"))
+	ep("webhook.url", "", with(hook, "webhook.url", "https://example.com/a\x00"))
+	ep("name", "may hold only", with(hook, "name", "a\x00b"))
+	ep("name", "may hold only", with(hook, "name", "a\r\nb"))
+	// Numbers beyond every range, and beyond int64 and float64.
+	ep("webhook.concurrency", "", with(hook, "webhook.concurrency", json.Number("1e400")))
+	ep("webhook.batch", "", with(hook, "webhook.batch", json.Number("9223372036854775808")))
+	ep("webhook.batch_bytes", "", with(hook, "webhook.batch_bytes", json.Number("-9223372036854775809")))
+	ep("webhook.start.from.seq", "", with(hook, "webhook.start", map[string]any{"from": map[string]any{"seq": json.Number("18446744073709551616")}}))
+	ep("revision", "", with(hook, "revision", json.Number("1e30")))
 	ep("webhook.secret", "whsec_", with(hook, "webhook.secret", "plain"))
 	ep("webhook.secret", "bytes", with(hook, "webhook.secret", "whsec_"+"YWJj"))
 	ep("webhook.secret", "masked", with(hook, "webhook.secret", endpoint.MaskSecret(endpoint.GenerateSecret())))
@@ -159,6 +176,11 @@ func TestBadInput(t *testing.T) {
 		badCase{method: "POST", path: "/v1/endpoints", body: with(hook, "name", "taken"), status: 409, field: "name", says: "taken"},
 		badCase{method: "POST", path: "/v1/endpoints", body: []byte(`{"name": "x", "type": `), status: 400, says: "not valid JSON"},
 		badCase{method: "POST", path: "/v1/endpoints", body: []byte(`[1, 2]`), status: 400},
+		// Duplicate members, at the top and deeper, and nesting deeper than
+		// any decoder should follow.
+		badCase{method: "POST", path: "/v1/endpoints", body: []byte(`{"name": "a", "name": "b", "type": "websocket"}`), status: 400, says: "twice"},
+		badCase{method: "POST", path: "/v1/endpoints", body: []byte(`{"name": "a", "type": "webhook", "webhook": {"url": "https://example.com/", "url": "http://127.0.0.1/"}}`), status: 400, says: "twice"},
+		badCase{method: "POST", path: "/v1/endpoints", body: []byte(`{"name": "a", "type": "websocket", "description": ` + strings.Repeat("[", 200000) + strings.Repeat("]", 200000) + `}`), status: 400},
 		badCase{method: "PATCH", path: "/v1/endpoints/" + ex.ID, body: map[string]any{"type": "webhook"}, status: 400, field: "type"},
 		badCase{method: "PATCH", path: "/v1/endpoints/" + ex.ID, body: map[string]any{"name": nil}, status: 400, field: "name"},
 		badCase{method: "PATCH", path: "/v1/endpoints/" + ex.ID, body: map[string]any{"name": "new"}, ifMatch: `"abc"`, status: 400, says: "If-Match"},

@@ -8,7 +8,8 @@
 // # The door
 //
 // Every request goes through, in order: the Host check (internal/hosts,
-// 421 for a Host not served: DNS rebinding), the cross-origin check (403
+// 421 for a Host not served: DNS rebinding; without a Verifier,
+// AllowedHosts "*" does not count), the cross-origin check (403
 // for a change a browser sends from another site: Sec-Fetch-Site and
 // Origin, as http.CrossOriginProtection reads them), the route (404, 405), the
 // credential (Authorization: Bearer with a JWT or API key verified by

@@ -41,7 +41,8 @@ type Config struct {
 	// AllowedHosts are the host names (without port) the API answers
 	// besides those it always serves (internal/hosts: loopback names and
 	// addresses on loopback, the address it listens on); "*.example.com"
-	// for subdomains, "*" for any. Others get 421 on every path. Empty:
+	// for subdomains, "*" for any ("*" only with Auth: without, it would
+	// let a DNS rebinding page in). Others get 421 on every path. Empty:
 	// only those served always.
 	AllowedHosts []string
 	// MaxHeaderBytes bounds a request's head; beyond it the answer is
@@ -183,9 +184,24 @@ func (s *Server) hostPolicy() *hosts.Policy {
 	return s.hosts
 }
 
+// hostAllowed applies the Host policy. Without a Verifier (every request
+// let in, on loopback) AllowedHosts "*" does not vouch for a Host: a DNS
+// rebinding page's name would pass it, and its requests, same-origin to
+// the browser, would pass the cross-origin check too and read the
+// answers. The Host must then be one served by name or address, as the
+// gateway asks of an Origin with anonymous access.
+func (s *Server) hostAllowed(hostport string) bool {
+	p := s.hostPolicy()
+	if s.cfg.Auth != nil {
+		return p.Allowed(hostport)
+	}
+	h := hosts.SplitHost(hostport)
+	return h != "" && p.Served(h)
+}
+
 // serveHTTP checks the Host, then routes.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	if !s.hostPolicy().Allowed(r.Host) {
+	if !s.hostAllowed(r.Host) {
 		w.Header().Set("Connection", "close")
 		s.met.observe("unmatched", http.StatusMisdirectedRequest, 0)
 		writeError(w, http.StatusMisdirectedRequest, codeMisdirected, fmt.Sprintf("host %q is not served here", r.Host), nil)

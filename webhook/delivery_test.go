@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sort"
 	"strconv"
@@ -200,6 +201,43 @@ func TestRetryAfter(t *testing.T) {
 				t.Fatalf("retried %s after %s, though Retry-After asked 2s", reqs[i].ID, gap)
 			}
 		}
+	}
+}
+
+// TestAbsurdRetryAfter: a receiver asking to be tried again in a year, in
+// the year 9999 (a wait that saturates a Duration), or never readably,
+// neither stalls the endpoint past its max_age nor makes it spin: a wait
+// past max_age dead-letters the event at its first attempt, and one not
+// understood is the backoff.
+func TestAbsurdRetryAfter(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	asked := map[float64]string{1: "31536000", 2: "Fri, 31 Dec 9999 23:59:59 GMT", 3: "-5", 4: "soon"}
+	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {
+		id := parseBody(t, d.Body)[0].Data["id"].(float64)
+		if id <= 2 || id <= 4 && n == 1 {
+			return 503, map[string]string{"Retry-After": asked[id]}, 0
+		}
+		return 200, nil, 0
+	})
+	ep := e.endpoint("absurd", r.URL(), nil) // max_age 10m
+	e.waitConsumer(ep)
+	e.insertOrders(1, 5)
+	got := r.waitAccepted(t, 3, time.Minute)
+	var ids []float64
+	for _, ev := range got {
+		ids = append(ids, ev.Data["id"].(float64))
+	}
+	if fmt.Sprint(ids) != "[3 4 5]" {
+		t.Fatalf("accepted rows %v, want 3 4 5 (1 and 2 dead-lettered)", ids)
+	}
+	dls, err := e.mgr.DeadLetters().List(context.Background(), ep.ID, 0, 10)
+	if err != nil || len(dls) != 2 || dls[0].Attempts != 1 || dls[1].Attempts != 1 {
+		t.Fatalf("dead letters %+v, %v; want rows 1 and 2 after one attempt each", dls, err)
+	}
+	if n := len(r.requests()); n != 7 {
+		t.Fatalf("%d requests, want 7: one for each of rows 1 and 2, two for 3 and 4, one for 5", n)
 	}
 }
 

@@ -65,15 +65,26 @@ func addressAllowed(ip netip.Addr, allow []netip.Prefix) bool {
 	return true
 }
 
+// maxAnswerHead bounds the head (status line and headers) of a
+// receiver's answer: a webhook answer needs a status and perhaps a
+// Retry-After, and net/http's default (10 MiB) would let every lane of a
+// hostile receiver hold that much. Beyond it the attempt fails.
+const maxAnswerHead = 64 << 10
+
 // newTransport returns the HTTP transport of webhook requests. Its dialer
-// checks the address it is about to connect to, after DNS resolution (a
-// name that resolves to a public address when checked and a private one
-// when used cannot get through), and it uses no proxy (the address checked
-// is the destination's).
-func newTransport(allow []netip.Prefix) *http.Transport {
+// checks each address it is about to connect to, after DNS resolution
+// (there is no lookup before it to fool: a name that resolves to a public
+// address once and a private one the next time, or to both at once, never
+// gets a connection to the private one). It uses no proxy, whatever
+// HTTP_PROXY and HTTPS_PROXY say: through a proxy the address checked
+// would be the proxy's, and the proxy would reach the destination
+// unchecked. resolver is the DNS resolver (nil: the system's; tests give
+// their own).
+func newTransport(allow []netip.Prefix, resolver *net.Resolver) *http.Transport {
 	d := &net.Dialer{
 		Timeout:   10 * time.Second,
 		KeepAlive: 30 * time.Second,
+		Resolver:  resolver,
 		Control: func(network, address string, _ syscall.RawConn) error {
 			ap, err := netip.ParseAddrPort(address)
 			if err != nil {
@@ -90,12 +101,13 @@ func newTransport(allow []netip.Prefix) *http.Transport {
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return d.DialContext(ctx, network, addr)
 		},
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   128,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		ResponseHeaderTimeout: 0, // the request's timeout bounds it
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           1024,
+		MaxIdleConnsPerHost:    128,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    10 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		ResponseHeaderTimeout:  0, // the request's timeout bounds it
+		MaxResponseHeaderBytes: maxAnswerHead,
 	}
 }

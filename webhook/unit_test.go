@@ -41,6 +41,14 @@ func TestParseRetryAfter(t *testing.T) {
 		"2": 2 * time.Second, "": 0, "-1": 0, "soon": 0,
 		"Thu, 01 Jan 2026 00:00:30 GMT": 30 * time.Second,
 		"Wed, 31 Dec 2025 23:00:00 GMT": 0,
+		// Absurd values: a year, beyond int64, a date centuries away (whose
+		// distance saturates a Duration), a negative one, garbage.
+		"31536000":                      maxRetryAfter,
+		"99999999999999999999999":       maxRetryAfter,
+		"-99999999999999999999999":      0,
+		"Fri, 31 Dec 9999 23:59:59 GMT": maxRetryAfter,
+		"Sat, 01 Jan 0000 00:00:00 GMT": 0,
+		"0":                             0, "1.5": 0, "0x10": 0, "2 ": 2 * time.Second,
 	} {
 		if got := parseRetryAfter(v, now); got != want {
 			t.Errorf("parseRetryAfter(%q) = %s, want %s", v, got, want)

@@ -217,7 +217,7 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Manager, err
 
 func newClient(allow []netip.Prefix) *http.Client {
 	return &http.Client{
-		Transport: newTransport(allow),
+		Transport: newTransport(allow, nil),
 		// A redirect is an answer like any other that is not 2xx: never
 		// followed (it could point anywhere).
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -1125,7 +1126,7 @@ func (w *worker) deliver(ctx context.Context, e *match.Entry, items []item) resu
 			w.disable(ctx, "the receiver answered 410 Gone")
 			return resultGone
 		case err != nil:
-			reason = err.Error()
+			reason = failureReason(err)
 		default:
 			reason = "answered " + strconv.Itoa(status) + " " + http.StatusText(status)
 		}
@@ -1134,7 +1135,9 @@ func (w *worker) deliver(ctx context.Context, e *match.Entry, items []item) resu
 		if retryAfter > 0 {
 			wait = retryAfter
 		}
-		if time.Since(first)+wait > wh.Retry.MaxAge.D() {
+		// Compared as what is left of max_age, which cannot overflow as
+		// the sum of a long wait and the time spent could.
+		if wait > wh.Retry.MaxAge.D()-time.Since(first) {
 			w.log().Warn("webhook delivery given up after its retry max_age; dead-lettered", "webhook_id", id, "attempts", attempt, "reason", reason)
 			if !w.deadLetter(ctx, e, items, reason, attempt, first) {
 				return resultStopped
@@ -1151,6 +1154,26 @@ func (w *worker) deliver(ctx context.Context, e *match.Entry, items []item) resu
 			return resultStopped
 		}
 	}
+}
+
+// maxReason bounds the failure reason logged and kept in a dead letter's
+// Tablecast-Reason header.
+const maxReason = 1 << 10
+
+// failureReason is err's text, cut at maxReason bytes: net/http's errors
+// quote what a receiver sent (a malformed header line of up to the whole
+// answer head), and a receiver is not to choose how large every dead
+// letter's headers and every log line are.
+func failureReason(err error) string {
+	s := err.Error()
+	if len(s) <= maxReason {
+		return s
+	}
+	cut := maxReason - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // payload is the body of a request and its webhook-id: one envelope and
@@ -1211,29 +1234,63 @@ func (w *worker) post(ctx context.Context, wh *endpoint.Webhook, key []byte, id 
 	if err != nil {
 		return 0, 0, err
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	// The answer's body is read up to maxAnswerBody, under the request's
+	// timeout, and the rest left: a receiver answering without end, or a
+	// byte at a time, holds the lane no longer than the timeout and costs
+	// no memory. The connection is kept for the next request only when the
+	// body ended within that (net/http closes one whose body was not read
+	// to its end). An answer whose body does not arrive (cut, or not
+	// within the timeout) is a failed attempt: the receiver may have sent
+	// its status before it had handled the event, and failed since.
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The body of a 101 is the connection itself, which the request's
+		// context no longer bounds: read, it would hold the lane for as
+		// long as the receiver keeps it open. Closed unread (a failed
+		// attempt: not 2xx).
+		resp.Body.Close()
+		return resp.StatusCode, 0, nil
+	}
+	_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, maxAnswerBody))
 	resp.Body.Close()
+	if err != nil {
+		return 0, 0, fmt.Errorf("read the answer's body (after %d %s): %w", resp.StatusCode, http.StatusText(resp.StatusCode), err)
+	}
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 	}
 	return resp.StatusCode, retryAfter, nil
 }
 
-// parseRetryAfter reads a Retry-After header: seconds or an HTTP date; 0
-// when absent or unreadable.
+// maxAnswerBody is how much of an answer's body is read (and dropped):
+// enough for the error pages receivers send, so that the connection can be
+// used again.
+const maxAnswerBody = 64 << 10
+
+// maxRetryAfter is the longest wait a Retry-After is read as: no
+// endpoint's retry.max_age is longer, so that one asking longer has its
+// events dead-lettered at once, as one asking exactly this long does.
+const maxRetryAfter = endpoint.MaxRetryMaxAge
+
+// parseRetryAfter reads a Retry-After header: seconds or an HTTP date, at
+// most maxRetryAfter; 0 when absent, unreadable, not positive, or a date
+// not after now.
 func parseRetryAfter(v string, now time.Time) time.Duration {
 	v = strings.TrimSpace(v)
 	if v == "" {
 		return 0
 	}
-	if s, err := strconv.ParseInt(v, 10, 64); err == nil {
+	if s, err := strconv.ParseInt(v, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		// Out of range: s is the largest int64 (or the smallest).
 		if s <= 0 {
 			return 0
 		}
-		return time.Duration(min(s, 30*86400)) * time.Second
+		return time.Duration(min(s, int64(maxRetryAfter/time.Second))) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
+		// Sub saturates at the largest Duration for a date centuries
+		// away, which added to anything would wrap around to a negative
+		// wait: capped first.
+		return min(t.Sub(now), maxRetryAfter)
 	}
 	return 0
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -237,4 +238,43 @@ func cliCommand(t *testing.T, env []string, args ...string) *exec.Cmd {
 	cmd := exec.Command(binary(t), args...)
 	cmd.Env = append(baseEnv(), env...)
 	return cmd
+}
+
+// TestAdminRefusesRebindingWhenAnonymous: a gateway behind a proxy that
+// answers every Host (TABLECAST_ALLOWED_HOSTS=*) with no authentication
+// still serves its anonymous admin API on loopback only to its own names:
+// a DNS rebinding page's requests (Host and Origin its own name, which the
+// browser takes as same-origin) get 421.
+func TestAdminRefusesRebindingWhenAnonymous(t *testing.T) {
+	n := startNATS(t)
+	adminAddr, httpAddr := freeAddr(t), freeAddr(t)
+	startProcess(t, append(baseEnv(), "TABLECAST_NATS_URL="+n.URL(), "TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_ADMIN_ADDR="+adminAddr,
+		"TABLECAST_ALLOW_ANONYMOUS=true", "TABLECAST_ALLOWED_HOSTS=*"), "gateway")
+	// Ready, so that it has started whole when the test stops it.
+	waitFor(t, time.Minute, "/readyz of tablecast gateway", func() bool {
+		code, _, err := httpGet("http://" + httpAddr + "/readyz")
+		return err == nil && code == 200
+	})
+	get := func(host string) int {
+		req, err := http.NewRequest("GET", "http://"+adminAddr+"/v1/endpoints", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		req.Header.Set("Origin", "http://"+host)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	waitFor(t, time.Minute, "the admin API", func() bool { return get(adminAddr) == 200 })
+	_, port, _ := strings.Cut(adminAddr, ":")
+	for _, host := range []string{"evil.example:" + port, "evil.example"} {
+		if code := get(host); code != http.StatusMisdirectedRequest {
+			t.Errorf("Host %s: %d, want 421", host, code)
+		}
+	}
 }
