@@ -35,7 +35,8 @@ type LastWithHeader struct {
 // the subjects matching one of filters (every subject when there is none),
 // and returns the last of them whose header key is value. It reads through
 // a short-lived consumer of its own, deleted when it returns; messages
-// stored beyond to while it runs are not read.
+// stored beyond to while it runs are not read. It stops with ctx's error
+// once ctx ends, between two messages.
 func ScanLastWithHeader(ctx context.Context, js jetstream.JetStream, streamName string, from, to uint64, filters []string, key, value string) (LastWithHeader, error) {
 	var out LastWithHeader
 	if from == 0 {
@@ -78,7 +79,25 @@ func ScanLastWithHeader(ctx context.Context, js jetstream.JetStream, streamName 
 			return out, fmt.Errorf("scan stream %s: fetch after %d messages: %w", streamName, out.Scanned, err)
 		}
 		got := 0
-		for m := range batch.Messages() {
+		in := batch.Messages()
+	read:
+		for {
+			// An ended ctx ends the scan between two messages: a reader
+			// that lost its lease stops at once, rather than once a scan
+			// of thousands of headers on a loaded machine is done.
+			if err := ctx.Err(); err != nil {
+				return out, fmt.Errorf("scan stream %s: after %d messages: %w", streamName, out.Scanned, err)
+			}
+			var m jetstream.Msg
+			select {
+			case msg, ok := <-in:
+				if !ok {
+					break read
+				}
+				m = msg
+			case <-ctx.Done():
+				continue // said above
+			}
 			got++
 			md, err := m.Metadata()
 			if err != nil {

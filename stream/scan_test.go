@@ -2,11 +2,13 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/tablecast/tablecast/schema"
 )
 
@@ -85,6 +87,71 @@ func TestScanLastWithHeader(t *testing.T) {
 		t.Fatalf("%d consumers left on the stream", info.State.Consumers)
 	}
 	_ = nc
+}
+
+// cancellingJS cancels a context as the first fetch of a consumer it made
+// is sent.
+type cancellingJS struct {
+	jetstream.JetStream
+	cancel context.CancelFunc
+}
+
+func (js cancellingJS) CreateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	c, err := js.JetStream.CreateConsumer(ctx, stream, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return cancellingConsumer{Consumer: c, cancel: js.cancel}, nil
+}
+
+type cancellingConsumer struct {
+	jetstream.Consumer
+	cancel context.CancelFunc
+}
+
+func (c cancellingConsumer) Fetch(n int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch, error) {
+	b, err := c.Consumer.Fetch(n, opts...)
+	c.cancel()
+	return b, err
+}
+
+// TestScanLastWithHeaderStopsWithContext: a scan whose context ends while
+// it reads (a reader that lost its lease) stops with the context's error
+// rather than reading on, and leaves no consumer behind.
+func TestScanLastWithHeaderStopsWithContext(t *testing.T) {
+	e := startTestServer(t, "")
+	_, js := connectTest(t, e.ClientURL())
+	if _, err := EnsureStream(testContext(t), js, StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	for i := 1; i <= 100; i++ {
+		m := &nats.Msg{Subject: "tablecast.shop.public.orders.create", Data: []byte("{}"), Header: nats.Header{}}
+		m.Header.Set(OriginHeader, "1/1/shop/tablecast")
+		m.Header.Set(msgIDHeader, fmt.Sprintf("%016X-0001", i))
+		ack, err := js.PublishMsg(testContext(t), m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = ack.Sequence
+	}
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	got, err := ScanLastWithHeader(ctx, cancellingJS{JetStream: js, cancel: cancel}, DefaultStreamName, 1, last, nil, OriginHeader, "1/1/shop/tablecast")
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("scan = %+v, %v; want context.Canceled", got, err)
+	}
+	s, err := js.Stream(testContext(t), DefaultStreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Consumers != 0 {
+		t.Fatalf("%d consumers left on the stream", info.State.Consumers)
+	}
 }
 
 // BenchmarkScanLastWithHeader measures the scan a restarted reader makes:

@@ -57,13 +57,26 @@ func testLogger() *slog.Logger {
 // and waits until it is ready.
 func startGateway(t testing.TB, mod func(*Config)) *testEnv {
 	t.Helper()
-	e := startGatewayLoading(t, mod)
+	return startGatewayThrough(t, nil, mod)
+}
+
+// startGatewayThrough is startGateway with the gateway's JetStream seen
+// through wrap (as it is when wrap is nil): for tests of what NATS may do
+// that a test cannot make it do.
+func startGatewayThrough(t testing.TB, wrap func(jetstream.JetStream) jetstream.JetStream, mod func(*Config)) *testEnv {
+	t.Helper()
+	e := startGatewayLoadingThrough(t, wrap, mod)
 	e.waitFor("gateway ready", func() bool { return e.gw.Ready() && e.gw.cat.Table("public", "orders") != nil })
 	return e
 }
 
 // startGatewayLoading is startGateway without waiting for readiness.
 func startGatewayLoading(t testing.TB, mod func(*Config)) *testEnv {
+	t.Helper()
+	return startGatewayLoadingThrough(t, nil, mod)
+}
+
+func startGatewayLoadingThrough(t testing.TB, wrap func(jetstream.JetStream) jetstream.JetStream, mod func(*Config)) *testEnv {
 	t.Helper()
 	ns := natstest.Start(t)
 	ctx := testCtx(t)
@@ -77,7 +90,11 @@ func startGatewayLoading(t testing.TB, mod func(*Config)) *testEnv {
 	if mod != nil {
 		mod(&cfg)
 	}
-	gw, err := New(ctx, cfg, ns.NC, ns.JS)
+	var js jetstream.JetStream = ns.JS
+	if wrap != nil {
+		js = wrap(js)
+	}
+	gw, err := New(ctx, cfg, ns.NC, js)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package wsgate
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"strconv"
@@ -36,6 +37,66 @@ const replayBatch = 128
 // not send them again. Hence a fetch with a wait, rather than one without,
 // whose client side gives up after a second without a message.)
 const replayFetchWait = 5 * time.Second
+
+// replayConsumerIdle is the InactiveThreshold of a resume's consumer: the
+// server deletes it once no fetch has waited on it for this long. A resume
+// deletes its consumer as it ends (dropReplayConsumer), so this is only the
+// backstop, for a gateway that stops mid-resume and a delete NATS keeps
+// refusing. It must outlast every pause between two fetches of a running
+// resume: a wait for the rate limit (one batch's worth of tokens) or for
+// room in the client's send queue (WriteTimeout, 10 s by default).
+const replayConsumerIdle = time.Minute
+
+// replayRequestTimeout bounds one request of a resume about its consumer
+// (creating it, deleting it): far beyond a loopback round trip, short
+// enough that a NATS that does not answer fails the resume rather than
+// hold it.
+const replayRequestTimeout = 5 * time.Second
+
+// replayConsumerName names a resume's consumer: unique, and telling in
+// the server's list of consumers.
+func replayConsumerName() string {
+	return "tablecast_resume_" + rand.Text()
+}
+
+// dropReplayConsumer deletes a resume's consumer, which may not exist (its
+// creation failed). A delete that fails is tried again in the background,
+// a second after the first and twice as long after each next one, until
+// the consumer is gone or replayConsumerIdle has passed, by when the
+// server has deleted it itself; likewise once the gateway is closing.
+func (g *Gateway) dropReplayConsumer(name string) {
+	if g.deleteReplayConsumer(name) {
+		return
+	}
+	go func() {
+		giveUp := time.Now().Add(replayConsumerIdle)
+		for wait := time.Second; time.Now().Add(wait).Before(giveUp); wait *= 2 {
+			select {
+			case <-g.ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			if g.deleteReplayConsumer(name) {
+				return
+			}
+		}
+		g.log.Warn("gateway leaves a resume's consumer to the server, which deletes it once idle",
+			"consumer", name, "inactive_threshold", replayConsumerIdle)
+	}()
+}
+
+// deleteReplayConsumer makes one attempt at deleting a resume's consumer,
+// and reports whether it is gone.
+func (g *Gateway) deleteReplayConsumer(name string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), replayRequestTimeout)
+	defer cancel()
+	err := g.str.DeleteConsumer(ctx, name)
+	if err == nil || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return true
+	}
+	g.log.Warn("gateway cannot delete a resume's consumer; trying again", "consumer", name, "err", err)
+	return false
+}
 
 // openBoundaryPoll is how often a resume whose boundary is open (batch.go)
 // looks for the rest of its transaction once it has read all the stream
@@ -261,23 +322,28 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64, synced *synce
 	if err != nil {
 		return wrapf(err, "read history after %d", from)
 	}
-	cons, err := g.str.CreateConsumer(ctx, jetstream.ConsumerConfig{
+	// The consumer is named here, and deleted by that name however the
+	// resume ends, a failed creation included: one whose answer did not
+	// come may exist all the same. Its creation is not cut short by the
+	// subscription's end either: an answer abandoned midway leaves a
+	// consumer made, and a delete sent then may be handled before the
+	// creation (the server answers API requests from several workers).
+	name := replayConsumerName()
+	defer g.dropReplayConsumer(name)
+	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), replayRequestTimeout)
+	cons, err := g.str.CreateConsumer(cctx, jetstream.ConsumerConfig{
+		Name:              name,
 		FilterSubjects:    f.subjects,
 		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:       from + 1,
 		AckPolicy:         jetstream.AckNonePolicy,
-		InactiveThreshold: time.Minute,
+		InactiveThreshold: replayConsumerIdle,
 		MemoryStorage:     true,
 	})
+	ccancel()
 	if err != nil {
 		return wrapf(err, "read history after %d", from)
 	}
-	name := cons.CachedInfo().Name
-	defer func() {
-		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer dcancel()
-		_ = g.str.DeleteConsumer(dctx, name)
-	}()
 	// The consumer's start is fixed now: if the stream lost messages
 	// after from meanwhile, say so rather than skip them.
 	if perr := g.checkHistory(ctx, s.id, from); perr != nil {
@@ -328,7 +394,22 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64, synced *synce
 			return wrapf(err, "read history after %d", pos)
 		}
 		msgs, metas = msgs[:0], metas[:0]
-		for msg := range batch.Messages() {
+		in := batch.Messages()
+	read:
+		for {
+			var msg jetstream.Msg
+			select {
+			case m, ok := <-in:
+				if !ok {
+					break read
+				}
+				msg = m
+			case <-ctx.Done():
+				// The subscription ended, or the gateway is closing: the
+				// fetch may wait up to replayFetchWait for messages of no
+				// use now, and the consumer's delete with it.
+				return wrapf(ctx.Err(), "read history after %d", pos)
+			}
 			meta, err := msg.Metadata()
 			if err != nil {
 				return wrapf(err, "read history after %d", pos)
@@ -347,7 +428,7 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64, synced *synce
 			// it was answered); whatever of it was left unread would be
 			// lost, the consumer having delivered it.
 			if !open && (meta.Sequence.Stream > boundary || meta.NumPending == 0) {
-				break
+				break read
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {

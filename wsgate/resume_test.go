@@ -2,6 +2,7 @@ package wsgate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -335,5 +337,115 @@ func TestResumeAheadOfFeed(t *testing.T) {
 	}
 	if got := b.sync(); len(got) != 0 {
 		t.Fatalf("unexpected frames %v", got)
+	}
+}
+
+// flakyConsumers is the gateway's stream as NATS may present it: a
+// consumer created but answered with an error (the answer came too late),
+// and deletes refused.
+type flakyConsumers struct {
+	loseCreate    bool         // answer each creation with an error, after making it
+	created       atomic.Int32 // consumers made
+	refuseDeletes atomic.Int32 // deletes still to refuse
+	deletes       atomic.Int32 // deletes asked for, refused ones included
+}
+
+func (fc *flakyConsumers) wrap(js jetstream.JetStream) jetstream.JetStream {
+	return flakyJetStream{JetStream: js, fc: fc}
+}
+
+type flakyJetStream struct {
+	jetstream.JetStream
+	fc *flakyConsumers
+}
+
+func (js flakyJetStream) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	st, err := js.JetStream.Stream(ctx, name)
+	if err != nil || name != "TABLECAST" {
+		return st, err
+	}
+	return flakyStream{Stream: st, fc: js.fc}, nil
+}
+
+type flakyStream struct {
+	jetstream.Stream
+	fc *flakyConsumers
+}
+
+func (s flakyStream) CreateConsumer(ctx context.Context, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	cons, err := s.Stream.CreateConsumer(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.fc.created.Add(1)
+	if s.fc.loseCreate {
+		return nil, fmt.Errorf("no answer in time: %w", context.DeadlineExceeded)
+	}
+	return cons, nil
+}
+
+func (s flakyStream) DeleteConsumer(ctx context.Context, name string) error {
+	s.fc.deletes.Add(1)
+	if s.fc.refuseDeletes.Add(-1) >= 0 {
+		return errors.New("refused by the test")
+	}
+	return s.Stream.DeleteConsumer(ctx, name)
+}
+
+// TestResumeDeletesItsConsumer: a resume deletes the consumer it read the
+// history from, whatever happened to its requests: when the answer to its
+// creation was lost (the consumer was made all the same), and when NATS
+// refused its first deletes (it tries again). Left behind, the consumer
+// would stay a minute, until its InactiveThreshold.
+func TestResumeDeletesItsConsumer(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name          string
+		loseCreate    bool
+		refuseDeletes int32
+	}{
+		{name: "creation answered too late", loseCreate: true},
+		{name: "deletes refused", refuseDeletes: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			fc := &flakyConsumers{loseCreate: tc.loseCreate}
+			fc.refuseDeletes.Store(tc.refuseDeletes)
+			e := startGatewayThrough(t, fc.wrap, nil)
+			from := e.publish(schema.OpCreate, map[string]any{"id": 1}) - 1
+			e.publish(schema.OpCreate, map[string]any{"id": 2})
+			c := e.dial("/ws")
+			c.subscribe(map[string]any{"id": "r", "table": "public.orders", "from": from})
+			if tc.loseCreate {
+				if f := c.expectError(CodeInternal, "r"); !strings.Contains(f.Message, "resume failed") {
+					t.Fatalf("got %s, want the resume's failure", f.raw)
+				}
+				c.expect("unsubscribed", "r")
+			} else {
+				for range 2 {
+					c.expect("event", "r")
+				}
+			}
+			ctx := testCtx(t)
+			st, err := e.nats.JS.Stream(ctx, "TABLECAST")
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.waitFor("the resume's consumer deleted", func() bool {
+				list := st.ListConsumers(ctx)
+				for info := range list.Info() {
+					if info.Config.OptStartSeq == from+1 {
+						return false
+					}
+				}
+				return list.Err() == nil
+			})
+			if n := fc.created.Load(); n != 1 {
+				t.Fatalf("%d consumers made, want 1", n)
+			}
+			if n := fc.deletes.Load(); n != tc.refuseDeletes+1 {
+				t.Fatalf("%d deletes asked for, want %d (%d refused)", n, tc.refuseDeletes+1, tc.refuseDeletes)
+			}
+		})
 	}
 }

@@ -201,7 +201,8 @@ func checkExactlyOnce(t *testing.T, n *natsServer, committed map[string][]change
 		}
 		if time.Now().After(deadline) {
 			// Which are missing tells a loss (a hole) from a reader that
-			// stopped (the last ones): assertCommitted names the first.
+			// stopped (the last ones): assertCommitted names the first
+			// difference of each table.
 			t.Errorf("after %s the stream holds %d of the %d events committed", within, got, want)
 			assertCommitted(t, n, committed)
 			t.FailNow()
