@@ -3,9 +3,12 @@ package webhook
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -13,6 +16,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +31,7 @@ import (
 	"github.com/tablecast/tablecast/internal/match"
 	"github.com/tablecast/tablecast/internal/natstest"
 	"github.com/tablecast/tablecast/internal/pgtest"
+	"github.com/tablecast/tablecast/internal/testcert"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -67,6 +72,8 @@ type envOptions struct {
 	watch                  time.Duration // how often the retention watch runs, if not retentionWatch
 	// leftoverEvery and leftoverAge: Config.LeftoverEvery and LeftoverAge.
 	leftoverEvery, leftoverAge time.Duration
+	// roots: the certificates webhooks trust (nil: the system's).
+	roots *x509.CertPool
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -154,6 +161,9 @@ func newEnv(t testing.TB, o envOptions) *env {
 		if o.watch > 0 {
 			m.watchEvery = o.watch
 		}
+		if o.roots != nil {
+			trustRoots(m.client, o.roots)
+		}
 	})
 	return e
 }
@@ -238,6 +248,7 @@ type delivery struct {
 	At                       time.Time
 	End                      time.Time // when it was answered
 	Status                   int       // what the receiver answered
+	ProtoMajor               int       // 1: HTTP/1.x, 2: HTTP/2
 }
 
 // receiver is an HTTP server that records every request and answers as
@@ -251,6 +262,11 @@ type receiver struct {
 	srv      *http.Server
 	ln       net.Listener
 	addr     string
+	// cert, when set, is the certificate it serves HTTPS with (HTTP/2
+	// offered).
+	cert *testcert.Cert
+	// conns counts the connections accepted (with cert, TLS handshakes).
+	conns atomic.Int64
 }
 
 func newReceiver(t testing.TB) *receiver {
@@ -266,12 +282,42 @@ func newReceiver(t testing.TB) *receiver {
 	return r
 }
 
-func (r *receiver) URL() string { return "http://" + r.addr + "/hook" }
+// newTLSReceiver is a receiver over TLS with cert (one of testcert's, for
+// 127.0.0.1), offering HTTP/2.
+func newTLSReceiver(t testing.TB, cert testcert.Cert) *receiver {
+	t.Helper()
+	r := &receiver{attempts: map[string]int{}, cert: &cert}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.addr = ln.Addr().String()
+	r.serve(ln)
+	t.Cleanup(r.down)
+	return r
+}
+
+func (r *receiver) URL() string {
+	if r.cert != nil {
+		return "https://" + r.addr + "/hook"
+	}
+	return "http://" + r.addr + "/hook"
+}
 
 func (r *receiver) serve(ln net.Listener) {
 	r.ln = ln
-	r.srv = &http.Server{Handler: http.HandlerFunc(r.handle)}
-	go func() { _ = r.srv.Serve(ln) }()
+	r.srv = &http.Server{Handler: http.HandlerFunc(r.handle), ConnState: func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			r.conns.Add(1)
+		}
+	}}
+	if r.cert == nil {
+		go func() { _ = r.srv.Serve(ln) }()
+		return
+	}
+	// Handshakes a client refuses are expected, not worth a line each.
+	r.srv.ErrorLog = log.New(io.Discard, "", 0)
+	go func() { _ = r.srv.ServeTLS(ln, r.cert.CertFile, r.cert.KeyFile) }()
 }
 
 // down stops listening: connections are refused.
@@ -297,7 +343,7 @@ func (r *receiver) up(t *testing.T) {
 func (r *receiver) handle(w http.ResponseWriter, req *http.Request) {
 	body, _ := io.ReadAll(req.Body)
 	d := delivery{ID: req.Header.Get("webhook-id"), Timestamp: req.Header.Get("webhook-timestamp"),
-		Signature: req.Header.Get("webhook-signature"), Body: body, At: time.Now(), Status: 204}
+		Signature: req.Header.Get("webhook-signature"), Body: body, At: time.Now(), Status: 204, ProtoMajor: req.ProtoMajor}
 	r.mu.Lock()
 	r.attempts[d.ID]++
 	n := r.attempts[d.ID]
@@ -477,6 +523,13 @@ func (l *logBuffer) String() string {
 }
 
 func (l *logBuffer) contains(s string) bool { return strings.Contains(l.String(), s) }
+
+// trustRoots makes a webhook client trust roots instead of the system's:
+// the tests' own certificates. Before the client's first request (the
+// transport reads its TLS configuration then).
+func trustRoots(c *http.Client, roots *x509.CertPool) {
+	c.Transport.(*http.Transport).TLSClientConfig = &tls.Config{RootCAs: roots}
+}
 
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {

@@ -68,7 +68,11 @@ func addressAllowed(ip netip.Addr, allow []netip.Prefix) bool {
 // maxAnswerHead bounds the head (status line and headers) of a
 // receiver's answer: a webhook answer needs a status and perhaps a
 // Retry-After, and net/http's default (10 MiB) would let every lane of a
-// hostile receiver hold that much. Beyond it the attempt fails.
+// hostile receiver hold that much. Beyond it the attempt fails. It bounds
+// HTTP/2 answers too: net/http's HTTP/2 client takes
+// MaxResponseHeaderBytes (plus 32 bytes for each of ten fields) as its
+// SETTINGS_MAX_HEADER_LIST_SIZE, stops decoding beyond it, and closes a
+// connection whose header block goes far beyond.
 const maxAnswerHead = 64 << 10
 
 // newTransport returns the HTTP transport of webhook requests. Its dialer
@@ -79,7 +83,10 @@ const maxAnswerHead = 64 << 10
 // HTTP_PROXY and HTTPS_PROXY say: through a proxy the address checked
 // would be the proxy's, and the proxy would reach the destination
 // unchecked. resolver is the DNS resolver (nil: the system's; tests give
-// their own).
+// their own). Receivers' certificates are verified against the system's
+// roots (tests trust their own by setting TLSClientConfig before the first
+// request), and HTTP/2 is used when a receiver offers it over TLS: one
+// connection then carries every lane's requests to it.
 func newTransport(allow []netip.Prefix, resolver *net.Resolver) *http.Transport {
 	d := &net.Dialer{
 		Timeout:   10 * time.Second,

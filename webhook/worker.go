@@ -3,6 +3,7 @@ package webhook
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -1232,6 +1233,14 @@ func (w *worker) post(ctx context.Context, wh *endpoint.Webhook, key []byte, id 
 	req.Header.Set("webhook-signature", Sign(key, id, now, body))
 	resp, err := w.m.client.Do(req)
 	if err != nil {
+		// net/http's text ("tls: failed to verify certificate: x509: …")
+		// does not say to an operator reading a dead letter that the
+		// receiver is at fault and that retrying will not help until its
+		// certificate changes: said first.
+		var cv *tls.CertificateVerificationError
+		if errors.As(err, &cv) {
+			return 0, 0, fmt.Errorf("the receiver's TLS certificate is not trusted: %w", err)
+		}
 		return 0, 0, err
 	}
 	// The answer's body is read up to maxAnswerBody, under the request's
