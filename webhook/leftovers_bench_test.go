@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/endpoint"
@@ -21,16 +22,19 @@ import (
 
 // BenchmarkLeftovers measures one pass of leftovers (leftovers.go) with
 // 2,000 endpoints in the registry, each with its two consumers as a worker
-// makes them (4,000 consumers), a tenth of them with dead letters, and 20
-// endpoints deleted while no Manager ran, each leaving two consumers, two
-// dead letters and a queued replay, which the pass removes. No PostgreSQL:
-// NATS in process, the endpoint store and a registry following it, and a
-// Manager that does not run (the pass is called as Run calls it).
-// requests/pass counts the JetStream API requests of the pass (the
-// server's count), allocs/op those of the whole process, the embedded NATS
-// server's included.
+// makes them (4,000 consumers), a tenth of them with dead letters:
+// leftovers=0 with nothing to remove, the listing every pass makes;
+// leftovers=20 with 20 endpoints deleted while no Manager ran, each
+// leaving two consumers, two dead letters and a queued replay, which the
+// pass removes. retention-watch is, beside, one pass of the retention
+// watch (retention.go), which lists the event stream's consumers' state
+// every minute. No PostgreSQL: NATS in process, the endpoint store and a
+// registry following it, and a Manager that does not run (the passes are
+// called as Run calls them). requests/pass counts the JetStream API
+// requests of a pass (the server's count), allocs/op those of the whole
+// process, the embedded NATS server's included.
 //
-//	go test -run '^$' -bench Leftovers -benchtime=5x ./webhook/
+//	go test -run '^$' -bench Leftovers -benchtime=5x -benchmem ./webhook/
 func BenchmarkLeftovers(b *testing.B) {
 	const live, events = 2000, 200
 	n := natstest.Start(b)
@@ -64,6 +68,9 @@ func BenchmarkLeftovers(b *testing.B) {
 		}
 		cfg := str.CachedInfo().Config
 		cfg.MaxConsumers = 4 * live
+		if name == "TABLECAST" {
+			cfg.MaxBytes = 1 << 30 // a limit, or the retention watch has nothing to do
+		}
 		if _, err := n.JS.UpdateStream(ctx, cfg); err != nil {
 			b.Fatalf("raise the consumers allowed on stream %s: %v", name, err)
 		}
@@ -178,4 +185,26 @@ func BenchmarkLeftovers(b *testing.B) {
 			b.ReportMetric(float64(total)/float64(b.N), "requests/pass")
 		})
 	}
+	b.Run("retention-watch", func(b *testing.B) {
+		var total uint64
+		b.ReportAllocs()
+		b.ResetTimer()
+		for range b.N {
+			b.StopTimer()
+			before := requests()
+			b.StartTimer()
+			err := m.checkRetention(ctx)
+			b.StopTimer()
+			total += requests() - before - 1
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+		b.StopTimer()
+		if n := testutil.CollectAndCount(m.met.retention); n != live {
+			b.Fatalf("the watch set the gauge of %d endpoints, want every one (%d)", n, live)
+		}
+		b.ReportMetric(float64(total)/float64(b.N), "requests/pass")
+	})
 }
