@@ -216,6 +216,9 @@ func TestNATSConfigReadOnlyUser(t *testing.T) {
 	if max, _ := strconv.ParseInt(cdc["TABLECAST_STREAM_MAX_BYTES"], 10, 64); max <= 0 || max > opts.JetStreamMaxStore {
 		t.Errorf("TABLECAST_STREAM_MAX_BYTES %s does not fit in each node's max_file_store %d", cdc["TABLECAST_STREAM_MAX_BYTES"], opts.JetStreamMaxStore)
 	}
+	if opts.JetStreamLimits.DefaultMaxConsumers != -1 {
+		t.Errorf("nats.conf sets default_max_consumers %d, want -1: nats-server's default allows 1,000 consumers a stream, one a webhook endpoint", opts.JetStreamLimits.DefaultMaxConsumers)
+	}
 	if opts.Cluster.Username == "" || opts.Cluster.Password == "" {
 		t.Error("the cluster port takes routes without credentials")
 	}

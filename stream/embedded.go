@@ -179,6 +179,12 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		// exceed NATS's default of 1 MB; 8 MB is the largest payload NATS
 		// recommends.
 		MaxPayload: embeddedMaxPayload,
+		// Each webhook endpoint reads the stream through a consumer of
+		// its own (and the dead-letter stream through another while it has
+		// replays), and each WebSocket resume through one while it lasts:
+		// the server's default of 1,000 consumers a stream would refuse
+		// the 1,001st endpoint its consumer. -1: no default limit.
+		JetStreamLimits: server.JSLimitOpts{DefaultMaxConsumers: -1},
 		// Logging goes through SetLoggerV2 below, not the server's own setup.
 		NoLog:         true,
 		Users:         users,

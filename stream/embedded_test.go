@@ -236,3 +236,20 @@ func TestRedactURLs(t *testing.T) {
 		}
 	}
 }
+
+// TestEmbeddedManyConsumers: the embedded server sets no default limit on
+// a stream's consumers (nats-server's is 1,000, and each webhook endpoint
+// takes one): a stream that sets none of its own takes the 1,001st. The
+// server's count is read rather than 1,001 consumers made, which takes
+// seconds under the race detector; without the option the 1,001st is
+// refused ("maximum consumers limit reached").
+func TestEmbeddedManyConsumers(t *testing.T) {
+	e := startTestServer(t, "")
+	v, err := e.Server().Varz(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.JetStream.Limits == nil || v.JetStream.Limits.DefaultMaxConsumers != -1 {
+		t.Fatalf("JetStream limits %+v: want default_max_consumers -1 (none)", v.JetStream.Limits)
+	}
+}

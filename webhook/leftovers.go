@@ -118,14 +118,20 @@ func (m *Manager) removeLeftovers(ctx context.Context, now time.Time) ([]removed
 // deleting itself.
 func (m *Manager) findLeftovers(ctx context.Context) (map[string]*leftover, error) {
 	found := map[string]*leftover{}
-	get := func(id string) *leftover {
+	// unknown reports whether id may be a deleted endpoint's: an id the
+	// registry does not know, and whose deletion this Manager is not
+	// making itself (apply).
+	unknown := func(id string) bool {
 		if !endpoint.ValidID(id) || m.cfg.Registry.Get(id) != nil {
-			return nil
+			return false
 		}
 		m.mu.Lock()
 		_, deleting := m.last[id]
 		m.mu.Unlock()
-		if deleting {
+		return !deleting
+	}
+	get := func(id string) *leftover {
+		if !unknown(id) {
 			return nil
 		}
 		l := found[id]
@@ -142,25 +148,45 @@ func (m *Manager) findLeftovers(ctx context.Context) (map[string]*leftover, erro
 	// An endpoint's consumer names it after a prefix (consumerName,
 	// replayConsumerName); a replay consumer's name, seen with the event
 	// consumers' prefix, leaves "replay_<id>", which is no id.
+	//
+	// The names are listed (a request per 1,024), not the consumers' info
+	// (a request per 256, and the server computing each consumer's state):
+	// with thousands of endpoints the info of every live one's consumers
+	// was most of a pass's time and memory, in this process and the
+	// server. Only the consumers of ids the registry does not know are
+	// looked up, for their creation time.
 	for _, s := range []struct {
 		str    jetstream.Stream
 		prefix string
 	}{{events, consumerName("")}, {m.dl.str, replayConsumerName("")}} {
-		lister := s.str.ListConsumers(ctx)
-		for info := range lister.Info() {
-			id, ok := strings.CutPrefix(info.Name, s.prefix)
-			if !ok {
-				continue
+		streamName := s.str.CachedInfo().Config.Name
+		var names []string
+		lister := s.str.ConsumerNames(ctx)
+		for name := range lister.Name() {
+			if id, ok := strings.CutPrefix(name, s.prefix); ok && unknown(id) {
+				names = append(names, name)
 			}
-			if l := get(id); l != nil {
-				l.consumers = append(l.consumers, info.Name)
+		}
+		if err := lister.Err(); err != nil {
+			return nil, fmt.Errorf("list the consumers of stream %s: %w", streamName, err)
+		}
+		for _, name := range names {
+			rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+			c, err := s.str.Consumer(rctx, name)
+			cancel()
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				continue // removed meanwhile
+			}
+			if err != nil {
+				return nil, fmt.Errorf("look up consumer %s of stream %s: %w", name, streamName, err)
+			}
+			info := c.CachedInfo()
+			if l := get(strings.TrimPrefix(name, s.prefix)); l != nil {
+				l.consumers = append(l.consumers, name)
 				if info.Created.After(l.newest) {
 					l.newest = info.Created
 				}
 			}
-		}
-		if err := lister.Err(); err != nil {
-			return nil, fmt.Errorf("list the consumers of stream %s: %w", s.str.CachedInfo().Config.Name, err)
 		}
 	}
 	// The records per subject, from the stream's state: the endpoint id is

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tablecast/tablecast/internal/endpoint"
@@ -28,6 +30,9 @@ type process struct {
 	mgr *Manager
 	reg *prometheus.Registry
 	log *logBuffer
+	// stop stops the process and waits until it has (its workers, and
+	// their records of gaps, too).
+	stop func()
 }
 
 // startProcess starts another process; it stops at the test's end.
@@ -35,8 +40,8 @@ func (e *env) startProcess() *process {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	e.t.Cleanup(func() { cancel(); wg.Wait() })
-	p := &process{reg: prometheus.NewRegistry(), log: &logBuffer{}}
+	p := &process{reg: prometheus.NewRegistry(), log: &logBuffer{}, stop: func() { cancel(); wg.Wait() }}
+	e.t.Cleanup(p.stop)
 	log := slog.New(slog.NewTextHandler(p.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	registry := match.NewRegistry(log)
 	cfg := e.mgrCfg
@@ -243,5 +248,180 @@ func TestStartGapFreshStream(t *testing.T) {
 	}
 	if e.log.contains("discarded messages") {
 		t.Errorf("a gap logged")
+	}
+}
+
+// lineUp holds the workers about to create an endpoint's consumer
+// (Manager.beforeCreate) until every process's has come, and lets them go
+// together: their creations reach the server at the same instant.
+type lineUp struct {
+	mu      sync.Mutex
+	want    int
+	arrived map[string]int
+	ready   map[string]chan struct{}
+}
+
+func (l *lineUp) arrive(id string) {
+	l.mu.Lock()
+	if l.ready[id] == nil {
+		l.ready[id] = make(chan struct{})
+	}
+	ch := l.ready[id]
+	l.arrived[id]++
+	if l.arrived[id] == l.want {
+		close(ch)
+	}
+	l.mu.Unlock()
+	select {
+	case <-ch:
+	case <-time.After(20 * time.Second): // the test fails on the count
+	}
+}
+
+func (l *lineUp) count(id string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.arrived[id]
+}
+
+// TestStartGapCreatedAtOnce: three processes create the consumers of
+// endpoints made at once, on a stream that had discarded where they
+// start, at the same instant (lined up before the creation). Each
+// endpoint has its one consumer as configured (start, filter, ack wait,
+// max ack pending), no process is refused its creation, the gap at its
+// start is recorded once and logged and counted once across the
+// processes, and the receiver gets every event kept once, in order.
+func TestStartGapCreatedAtOnce(t *testing.T) {
+	t.Parallel()
+	const processes, endpoints = 3, 4
+	e := newEnv(t, envOptions{})
+	procs := []*process{{mgr: e.mgr, reg: e.reg, log: e.log, stop: e.stopManager}}
+	for range processes - 1 {
+		procs = append(procs, e.startProcess())
+	}
+	line := &lineUp{want: processes, arrived: map[string]int{}, ready: map[string]chan struct{}{}}
+	hook := line.arrive
+	for _, p := range procs {
+		p.mgr.beforeCreate.Store(&hook)
+	}
+	db := e.database()
+	e.limitStream(20)
+	before := time.Now()
+	e.noise(db, 3)
+	var dropped []uint64
+	for id := 1; id <= 5; id++ {
+		dropped = append(dropped, e.publishOrder(db, id))
+	}
+	e.noise(db, 30)
+	kept := []uint64{e.publishOrder(db, 6), e.publishOrder(db, 7)}
+	first := e.firstSeq()
+	if first <= dropped[len(dropped)-1] || first > kept[0] {
+		t.Fatalf("stream first seq %d: want the orders %v dropped, %v kept", first, dropped, kept)
+	}
+
+	// Half start by sequence, half by a time before the first event kept.
+	eps := make([]*endpoint.Endpoint, endpoints)
+	recv := make([]*receiver, endpoints)
+	for i := range eps {
+		start := endpoint.Start{Seq: dropped[0]}
+		if i%2 == 1 {
+			start = endpoint.Start{Time: before}
+		}
+		recv[i] = newReceiver(t)
+		eps[i] = e.endpoint(fmt.Sprintf("atonce%d", i), recv[i].URL(), func(w *endpoint.Webhook) { w.Start = start })
+	}
+	for i := range eps {
+		recv[i].waitAccepted(t, 2, time.Minute)
+	}
+	e.publishOrder(db, 8)
+	for i := range eps {
+		recv[i].waitAccepted(t, 3, time.Minute)
+	}
+	ctx := context.Background()
+	for i, ep := range eps {
+		if n := line.count(ep.ID); n != processes {
+			t.Fatalf("%s: %d processes came to create its consumer, want %d", ep.Name, n, processes)
+		}
+		c, err := e.nats.JS.Consumer(ctx, "TABLECAST", consumerName(ep.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := c.CachedInfo().Config
+		entry := e.mgrCfg.Registry.Get(ep.ID)
+		subjects := match.Subjects(testPrefix, entry.Matcher.Filters(), entry.Matcher.Rules())
+		startOK := cfg.DeliverPolicy == jetstream.DeliverByStartSequencePolicy && cfg.OptStartSeq == dropped[0]
+		if i%2 == 1 {
+			startOK = cfg.DeliverPolicy == jetstream.DeliverByStartTimePolicy && cfg.OptStartTime != nil && cfg.OptStartTime.Equal(before)
+		}
+		if !startOK || !slices.Equal(cfg.FilterSubjects, subjects) || cfg.AckWait != DefaultAckWait || cfg.MaxAckPending != maxHeld ||
+			cfg.PinnedTTL != DefaultPinnedTTL || !slices.Equal(cfg.PriorityGroups, []string{priorityGroup}) {
+			t.Errorf("%s: consumer %+v; want its start, filter %v, ack wait %s, max ack pending %d", ep.Name, cfg, subjects, DefaultAckWait, maxHeld)
+		}
+	}
+	// One consumer an endpoint, and none other.
+	str, err := e.nats.JS.Stream(ctx, "TABLECAST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var consumers []string
+	lister := str.ConsumerNames(ctx)
+	for name := range lister.Name() {
+		consumers = append(consumers, name)
+	}
+	if err := lister.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(consumers) != endpoints {
+		t.Errorf("consumers of the stream: %v, want one for each of the %d endpoints", consumers, endpoints)
+	}
+
+	// Every gap is recorded before the processes stop: a process stopping
+	// waits for its records, and one that could not record reports.
+	for _, ep := range eps {
+		waitFor(t, 30*time.Second, "the gap recorded on "+ep.Name, func() bool { return e.gaps(ep) != nil })
+	}
+	for _, p := range procs {
+		p.stop()
+	}
+	for i, ep := range eps {
+		t.Run(ep.Name, func(t *testing.T) {
+			if got := fmt.Sprint(rows(t, recv[i])); got != "[6 7 8]" {
+				t.Errorf("rows %s delivered, want [6 7 8] once each", got)
+			}
+			from, storedAfter := dropped[0], (*time.Time)(nil)
+			if i%2 == 1 {
+				from, storedAfter = 1, &before
+			}
+			n := first - from
+			g := e.gaps(ep)
+			last := g.Last
+			if g.Count != 1 || g.Messages != n || !last.AtStart || last.FirstSeq != from || last.LastSeq != first-1 || last.NextSeq != first ||
+				(last.StoredAfter == nil) != (storedAfter == nil) || storedAfter != nil && !last.StoredAfter.Equal(before.UTC()) {
+				t.Errorf("gaps recorded %+v (last %+v); want one at the start, %d-%d, next %d", *g, last, from, first-1, first)
+			}
+			var gaps, messages float64
+			line := fmt.Sprintf("first_seq=%d last_seq=%d messages=%d next_seq=%d", from, first-1, n, first)
+			logged := 0
+			for _, p := range procs {
+				gaps += e.metric(p.mgr.met.gaps, ep.Name)
+				messages += e.metric(p.mgr.met.gapMessages, ep.Name)
+				for _, s := range strings.Split(p.log.String(), "\n") {
+					if strings.Contains(s, "endpoint="+ep.Name+" ") && strings.Contains(s, "discarded messages") {
+						logged++
+						if !strings.Contains(s, line) {
+							t.Errorf("gap logged as %q, want %q", s, line)
+						}
+					}
+				}
+			}
+			if gaps != 1 || messages != float64(n) || logged != 1 {
+				t.Errorf("over the %d processes: %v gaps counted, %v messages, logged %d times; want 1, %d, once", processes, gaps, messages, logged, n)
+			}
+		})
+	}
+	for i, p := range procs {
+		if p.log.contains("cannot set up the webhook endpoint's consumer") {
+			t.Errorf("process %d was refused a consumer:\n%s", i, p.log.String())
+		}
 	}
 }

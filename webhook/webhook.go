@@ -131,6 +131,9 @@ type Manager struct {
 	sweepEvery time.Duration
 	// hooks, for tests only, run as a worker goes dormant.
 	hooks atomic.Pointer[sleepHooks]
+	// beforeCreate, for tests only, runs in a worker's goroutine as it is
+	// about to create its endpoint's consumer, which it found missing.
+	beforeCreate atomic.Pointer[func(endpointID string)]
 
 	// events is the event stream's handle, for reading its first sequence
 	// (see retention.go); set at its first use.

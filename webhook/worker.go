@@ -412,6 +412,9 @@ func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, bool, 
 		t := e.CreatedAt
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
 	}
+	if h := w.m.beforeCreate.Load(); h != nil {
+		(*h)(w.id)
+	}
 	c, err = w.m.js.CreateConsumer(ctx, w.m.eventsStr, cfg)
 	if err != nil {
 		return nil, false, fmt.Errorf("create consumer %s: %w", name, err)
