@@ -538,7 +538,9 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64, synced *synce
 				return wrapf(err, "read history after %d", pos)
 			}
 			if left {
-				continue // fetch again
+				g.log.Info("gateway resume's fetch came back empty with history left; fetching again",
+					"subscription", s.id, "after", pos, "boundary", boundary)
+				continue
 			}
 			// Nothing left of the subject after pos: none of it may
 			// have been dropped on the way to the boundary.
