@@ -6,8 +6,12 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tablecast/tablecast/internal/rowstate"
 	"github.com/tablecast/tablecast/schema"
@@ -624,4 +628,100 @@ func runRowState(t *testing.T, ctx context.Context, m *rowstate.Maintainer) (sto
 	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop)
 	return stop
+}
+
+// emptyBatch is a fetch that came back with nothing.
+type emptyBatch struct{}
+
+func (emptyBatch) Messages() <-chan jetstream.Msg {
+	ch := make(chan jetstream.Msg)
+	close(ch)
+	return ch
+}
+func (emptyBatch) Error() error { return nil }
+
+// TestBatchResumeFetchComesBackEmpty: a fetch of a resume's history that
+// comes back empty while history is left (a loaded server answering after
+// the fetch gave up) does not end the history there. Ended there, its last
+// frame was cut inside a transaction with more, the rest of the history
+// was never sent, and live delivery went on after the boundary with
+// another transaction. What the server delivered to a fetch that had
+// given up is lost to the resume: that fails it (internal), so that the
+// client resumes again, rather than leave a gap.
+func TestBatchResumeFetchComesBackEmpty(t *testing.T) {
+	e := startGateway(t, withMarkers)
+	live := e.dial("/ws")
+	live.subscribe(map[string]any{"id": "live", "table": "public.orders", "batch": "transaction"})
+	// Three events and a marker each: the first fetch (replayBatch
+	// messages, from the second event of the first) ends inside one.
+	var txs []*testTx
+	for i := range 50 {
+		tx := e.beginTx()
+		e.events(tx, txRow{"orders", "create", order(3*i+1, "open")}, txRow{"orders", "create", order(3*i+2, "open")}, txRow{"orders", "create", order(3*i+3, "open")})
+		e.commit(tx)
+		txs = append(txs, tx)
+	}
+	e.waitFor("the feed to handle the transactions", func() bool { return e.feedLast() == txs[len(txs)-1].mark })
+	from := txs[0].seqs[0]
+
+	t.Cleanup(func() { testHookReplayFetch = nil })
+	for _, lost := range []bool{false, true} {
+		var fetches atomic.Int32
+		testHookReplayFetch = func(cons jetstream.Consumer) jetstream.MessageBatch {
+			if fetches.Add(1) != 2 {
+				return nil
+			}
+			if lost {
+				// Delivered after the fetch gave up: gone.
+				b, err := cons.Fetch(replayBatch, jetstream.FetchMaxWait(time.Second))
+				if err != nil {
+					t.Error(err)
+					return emptyBatch{}
+				}
+				for range b.Messages() {
+				}
+			}
+			return emptyBatch{}
+		}
+		c := e.dial("/ws")
+		c.subscribe(map[string]any{"id": "r", "table": "public.orders", "batch": "transaction", "from": from})
+		f := c.expectTx("r")
+		f.check(t, txs[0], txs[0].mark, false, txs[0].seqs[1:]...)
+		next := 1
+		for next < len(txs) {
+			f := c.read(10 * time.Second)
+			if lost && f.Type == "error" {
+				if f.Code != string(CodeInternal) || f.ID != "r" {
+					t.Fatalf("lost deliveries: got %s, want internal for r", f.raw)
+				}
+				c.expect("unsubscribed", "r")
+				break
+			}
+			if f.Type != "transaction" {
+				t.Fatalf("got %s, want transaction %d of %d", f.raw, next+1, len(txs))
+			}
+			var tf txFrame
+			if err := json.Unmarshal([]byte(f.raw), &tf); err != nil {
+				t.Fatal(err)
+			}
+			tf.raw = f.raw
+			tf.check(t, txs[next], txs[next].mark, false, txs[next].seqs...)
+			next++
+		}
+		if lost && next == len(txs) {
+			t.Fatalf("every transaction came although a fetch's deliveries were lost")
+		}
+		if !lost && fetches.Load() < 3 {
+			t.Fatalf("%d fetches: the history ended at the empty one", fetches.Load())
+		}
+		testHookReplayFetch = nil
+		if !lost {
+			// Live delivery goes on after the history.
+			tx := e.beginTx()
+			e.events(tx, txRow{"orders", "create", order(1000, "open")})
+			e.commit(tx)
+			c.expectTx("r").check(t, tx, tx.mark, false, tx.seqs...)
+		}
+		_ = c.ws.Close(websocket.StatusNormalClosure, "")
+	}
 }

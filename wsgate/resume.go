@@ -109,6 +109,11 @@ const openBoundaryPoll = 20 * time.Millisecond
 // read.
 var testHookReplayConsumer func()
 
+// testHookReplayFetch, when set (by tests), is asked before each fetch of
+// a resume's history: a non-nil batch it returns is read instead of
+// fetching, as a fetch that came back short would be.
+var testHookReplayFetch func(cons jetstream.Consumer) jetstream.MessageBatch
+
 // checkHistory refuses a resume whose history is gone: from must lie within
 // the stream, whose first message must be at most from+1. Anything else
 // would be a silent gap.
@@ -381,13 +386,19 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64, synced *synce
 			return wrapf(err, "read history after %d", pos)
 		}
 		var batch jetstream.MessageBatch
-		if open {
+		if testHookReplayFetch != nil {
+			batch = testHookReplayFetch(cons)
+		}
+		switch {
+		case batch != nil:
+			// The test's.
+		case open:
 			// Reading beyond what the stream holds, a fetch that waits
 			// would take messages stored after the loop below stops
 			// reading it, and lose them: one that does not wait takes
 			// only what is there.
 			batch, err = cons.FetchNoWait(replayBatch)
-		} else {
+		default:
 			batch, err = cons.Fetch(replayBatch, jetstream.FetchMaxWait(replayFetchWait))
 		}
 		if err != nil {
@@ -436,6 +447,7 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64, synced *synce
 		}
 		g.met.replayed.Add(float64(len(msgs)))
 		var pending uint64 // the consumer's NumPending after the batch
+		wasIdle := idle
 		idle = open && len(msgs) == 0
 		jumps, prev := len(msgs) == 0 && !open, pos
 		for _, m := range metas {
@@ -512,14 +524,42 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64, synced *synce
 			}
 		}
 		switch {
-		case len(msgs) == 0:
+		case len(msgs) == 0 && !open:
+			// An empty fetch does not say that nothing is left: one
+			// whose answer was slow (a loaded server) comes back empty
+			// once its wait, or the client's own timer, runs out, and
+			// what the server delivered after that is gone with it.
+			// Ending the history here would skip the rest of it up to
+			// the boundary (live delivery starts after it), cutting a
+			// transaction with more and never sending its rest. The
+			// consumer says which it was.
+			left, err := rc.left(ctx, cons)
+			if err != nil {
+				return wrapf(err, "read history after %d", pos)
+			}
+			if left {
+				g.log.Info("gateway resume's fetch came back empty with history left; fetching again",
+					"subscription", s.id, "after", pos, "boundary", boundary)
+				continue
+			}
 			// Nothing left of the subject after pos: none of it may
 			// have been dropped on the way to the boundary.
 			if !rc.clean(pos) {
 				return historyGone(rc.what, pos, "")
 			}
-			if !open {
-				return nil
+			return nil
+		case len(msgs) == 0:
+			if !rc.clean(pos) {
+				return historyGone(rc.what, pos, "")
+			}
+			if !wasIdle {
+				// The same holds of a fetch that does not wait (its
+				// client gives up after a second): what it lost would
+				// show only with the next message, which may be long
+				// in coming. Asked once as the boundary goes idle.
+				if _, err := rc.left(ctx, cons); err != nil {
+					return wrapf(err, "read history after %d", pos)
+				}
 			}
 		case pending == 0 && !open:
 			// The consumer had every message of the subject, and none
@@ -560,6 +600,24 @@ func (rc *replayCheck) batch(ctx context.Context, pending uint64) error {
 	}
 	rc.first, err = rc.g.firstSeqAfter(ctx)
 	return err
+}
+
+// left asks the consumer, after a fetch that brought nothing, whether it
+// has more for the resume: true when it holds messages not yet delivered
+// (the fetch gave up before they came). Messages it delivered that the
+// resume never received (to a fetch that had given up) are lost to it: an
+// error, which fails the resume rather than leave a gap.
+func (rc *replayCheck) left(ctx context.Context, cons jetstream.Consumer) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, replayRequestTimeout)
+	defer cancel()
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return false, fmt.Errorf("read the resume's consumer: %w", err)
+	}
+	if info.Delivered.Consumer != rc.delivered {
+		return false, fmt.Errorf("the consumer delivered %d messages, %d of them received", info.Delivered.Consumer, rc.delivered)
+	}
+	return info.NumPending > 0, nil
 }
 
 // clean reports whether no message of the subject after pos, up to the
