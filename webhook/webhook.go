@@ -157,6 +157,9 @@ type Manager struct {
 // before its last check.
 type sleepHooks struct {
 	beforeArm, armed func(endpointID string)
+	// lost, when it reports true, drops a message the endpoint's pull
+	// brought, as if it had been lost on its way.
+	lost func(endpointID string, meta *jetstream.MsgMetadata) bool
 }
 
 // New prepares a Manager: it creates the dead-letter stream when missing.

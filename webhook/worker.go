@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -115,6 +116,16 @@ type worker struct {
 	// gaps judges the consumer's jumps (see retention.go); the
 	// dispatcher's.
 	gaps gapCheck
+	// lastDelivery is the consumer's delivery sequence of the last message
+	// read (the consumer's own count when it was set up): a message
+	// read after a jump in it was given out after one that never arrived
+	// (see parked). The dispatcher's.
+	lastDelivery uint64
+	// parked holds, in the order read, the messages read since a delivery
+	// went missing, given to no lane yet: the missing one (JetStream gives
+	// it again only after the ack wait) goes before them. The
+	// dispatcher's.
+	parked []jetstream.Msg
 
 	heldMu sync.Mutex
 	held   map[uint64]jetstream.Msg // by stream sequence: read, not yet acknowledged
@@ -122,6 +133,9 @@ type worker struct {
 	// acked counts them.
 	delivered chan struct{}
 	acked     atomic.Int64
+	// acking counts the calls of ack under way: while one is, a message
+	// JetStream has had acknowledged may still be held (see unpark).
+	acking atomic.Int64
 
 	// cons is the endpoint's consumer once set up; kept while dormant, so
 	// that a wake pulls at once.
@@ -218,6 +232,7 @@ func (w *worker) serve() bool {
 			w.checkStart(w.ctx, w.cons.CachedInfo())
 		}
 		w.gaps.start(w.cons.CachedInfo(), w.reconnects())
+		w.lastDelivery = w.cons.CachedInfo().Delivered.Consumer
 		w.settle(w.ctx, w.cons.CachedInfo())
 		w.log().Info("webhook delivery started", "subjects", strings.Join(w.subjects, " "), "lanes", w.lanes, "batch", w.wh.Batch, "batch_bytes", w.batchBytes())
 	}
@@ -487,7 +502,21 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 		// order as the worker ends. A pull cut short drops the messages on
 		// their way, which JetStream gives again only after the ack wait,
 		// behind later ones the next worker was already given.
-		fctx, cancel := context.WithTimeout(context.Background(), min(fetchWait, every))
+		//
+		// The pull's expiry is the server's (FetchMaxWait), not a context's
+		// deadline: a Fetch ended by its context drops the messages on
+		// their way, and one with a deadline asks the server to keep the
+		// pull open until only a tenth of the time (at most a second)
+		// before it, counted from when the server gets the request. Under
+		// load (large messages, a busy process) the last messages given
+		// out arrived after the deadline and were lost: JetStream gave
+		// them again only after the ack wait, behind later ones this
+		// worker had been given and delivered meanwhile. With the server's
+		// expiry the pull ends at its end-of-pull status, which comes
+		// after every message it gave; nats.go gives up waiting for it only
+		// a second later. A message lost all the same is found by its
+		// delivery sequence, and the ones read after it wait for it (see
+		// missedDelivery and unpark).
 		//
 		// After a pull that brought nothing the next asks for one message:
 		// a pull's buffers are sized by what it asks for, and an idle
@@ -520,9 +549,8 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 			// filled (MaxAckPending).
 			w.gaps.stalled()
 		}
-		batch, err := w.cons.Fetch(size, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
+		batch, err := w.cons.Fetch(size, jetstream.FetchMaxWait(min(fetchWait, every)), jetstream.FetchPriorityGroup(priorityGroup))
 		if err != nil {
-			cancel()
 			if ctx.Err() != nil {
 				return false
 			}
@@ -536,6 +564,7 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 				}
 				w.gaps = gapCheck{}
 				w.gaps.start(w.cons.CachedInfo(), w.reconnects())
+				w.lastDelivery = w.cons.CachedInfo().Delivered.Consumer
 				continue
 			}
 			w.log().Warn("cannot read the webhook endpoint's consumer; retrying", "err", err, "retry_in", backoff)
@@ -558,18 +587,24 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 			if err != nil {
 				continue
 			}
+			if h := w.m.hooks.Load(); h != nil && h.lost != nil && h.lost(w.id, meta) {
+				continue // as if it had not arrived
+			}
 			w.checkGap(ctx, meta)
 			w.m.met.lag.WithLabelValues(w.name()).Set(float64(meta.NumPending))
+			missed := w.missedDelivery(meta)
 			if !w.hold(meta.Sequence.Stream, msg) {
 				continue // a redelivery of a message a lane has
 			}
-			lane := 0
-			if len(lanes) > 1 {
-				lane = laneOf(&env, msg, len(lanes))
+			if missed || len(w.parked) > 0 {
+				w.parked = append(w.parked, msg)
+				continue
 			}
-			lanes[lane].push(w, msg)
+			w.push(lanes, &env, msg)
 		}
-		cancel()
+		if len(w.parked) > 0 {
+			w.unpark(ctx, lanes, &env)
+		}
 		// A pull that filled finds the endpoint behind: the next asks for
 		// more, so that JetStream, which serves the consumer between
 		// storing what publishers queued (see maxHeld), hands it as many
@@ -628,6 +663,86 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 		// came: pull again.
 	}
 	return false
+}
+
+// push hands msg to its lane.
+func (w *worker) push(lanes []*lane, env *query.Row, msg jetstream.Msg) {
+	lane := 0
+	if len(lanes) > 1 {
+		lane = laneOf(env, msg, len(lanes))
+	}
+	lanes[lane].push(w, msg)
+}
+
+// missedDelivery reports whether meta's message was given out after one
+// this worker never read: its delivery sequence jumps past the last one
+// read. JetStream counts every message it gives out, first or again, and
+// this process is the consumer's pinned reader: a delivery skipped is one
+// lost on its way (or, rarely, given to another process that was pinned
+// meanwhile, which is as well waited for).
+func (w *worker) missedDelivery(meta *jetstream.MsgMetadata) bool {
+	d := meta.Sequence.Consumer
+	missed := d > w.lastDelivery+1
+	if missed && len(w.parked) == 0 {
+		w.log().Warn("a message given to the webhook endpoint did not arrive; later ones wait until it is given again (after the ack wait)",
+			"missing", d-w.lastDelivery-1, "next_seq", meta.Sequence.Stream)
+	}
+	w.lastDelivery = max(w.lastDelivery, d)
+	return missed
+}
+
+// unpark gives the lanes the messages parked after a delivery went
+// missing, in stream order, once every message the consumer has given
+// out and not had acknowledged is held here: the missing ones have come
+// again (or were acknowledged elsewhere). Until then they stay held (kept
+// in progress) and later messages are parked behind them.
+func (w *worker) unpark(ctx context.Context, lanes []*lane, env *query.Row) {
+	// An acknowledgement under way (sent, its message not let go yet)
+	// would count a message as held that JetStream no longer counts, in
+	// place of a missing one: the comparison is made only across a time
+	// with none under way.
+	before := w.acked.Load()
+	if w.acking.Load() != 0 {
+		return
+	}
+	info, err := w.cons.Info(ctx)
+	if err != nil {
+		return
+	}
+	held := w.heldEvents()
+	if w.acking.Load() != 0 || w.acked.Load() != before || info.NumAckPending > held {
+		return
+	}
+	slices.SortFunc(w.parked, func(a, b jetstream.Msg) int {
+		return cmp.Compare(streamSeq(a), streamSeq(b))
+	})
+	for _, msg := range w.parked {
+		w.push(lanes, env, msg)
+	}
+	clear(w.parked)
+	w.parked = w.parked[:0]
+	w.log().Info("the webhook endpoint's missing message came again; delivery goes on in order")
+}
+
+func streamSeq(msg jetstream.Msg) uint64 {
+	if meta, err := msg.Metadata(); err == nil {
+		return meta.Sequence.Stream
+	}
+	return 0
+}
+
+// heldEvents counts the messages of the event stream held (not replays,
+// which are held under their sequences' complement).
+func (w *worker) heldEvents() int {
+	w.heldMu.Lock()
+	defer w.heldMu.Unlock()
+	n := 0
+	for s := range w.held {
+		if s>>63 == 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // reconnects returns how many times the connection to NATS was made again.
@@ -770,6 +885,8 @@ func (w *worker) hold(seq uint64, msg jetstream.Msg) bool {
 
 // ack acknowledges messages delivered (or passed over) and lets them go.
 func (w *worker) ack(msgs []jetstream.Msg) {
+	w.acking.Add(1)
+	defer w.acking.Add(-1)
 	for _, msg := range msgs {
 		if err := msg.Ack(); err != nil {
 			w.log().Warn("cannot acknowledge a delivered event; it may be delivered again", "err", err)

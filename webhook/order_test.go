@@ -1,0 +1,36 @@
+package webhook
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/endpoint"
+)
+
+// TestLostDeliveryWaitedFor: a message JetStream gave the endpoint that
+// never arrived (a pull that ended as it came: JetStream gives it again
+// only after the ack wait) is delivered before the messages read after
+// it, which wait for it, rather than after them.
+func TestLostDeliveryWaitedFor(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{ackWait: 3 * time.Second})
+	r := newReceiver(t)
+	ep := e.endpoint("lost", r.URL(), func(w *endpoint.Webhook) { w.Batch = 10 })
+	e.waitConsumer(ep)
+	var dropped atomic.Bool
+	e.mgr.hooks.Store(&sleepHooks{lost: func(id string, meta *jetstream.MsgMetadata) bool {
+		// The first message read, on its first delivery: row 1.
+		return id == ep.ID && meta.NumDelivered == 1 && dropped.CompareAndSwap(false, true)
+	}})
+	e.insertOrders(1, 1)
+	waitFor(t, 30*time.Second, "row 1's first delivery to be lost", dropped.Load)
+	e.insertOrders(2, 3)
+	got := r.waitAccepted(t, 3, time.Minute)
+	checkOrder(t, got, 3)
+	if !e.log.contains("did not arrive; later ones wait") {
+		t.Fatalf("the missing delivery was not noticed; log:\n%s", e.log.String())
+	}
+}
