@@ -20,9 +20,10 @@ import (
 
 // TestFetchStalledGivesUpOnlyWithoutProgress: reading a claimed object
 // gives up when nothing arrives for the stall bound, not when the whole
-// read takes longer than it. A 3 MiB object through a link throttled to
-// 1 MiB/s takes about 3 s and is read whole with a bound of 1 s (a
-// deadline on the whole read would turn it into a stub); the same read
+// read takes longer than it. A 7 MiB object through a link throttled to
+// 1 MiB/s takes about 7 s and is read whole with a bound of 1 s (a
+// deadline on the whole read would turn it into a stub, and so did the
+// object store's own reader, which gives a read 5 s in all); the same read
 // through a link that freezes part way fails soon after the bound, naming
 // the missing progress.
 func TestFetchStalledGivesUpOnlyWithoutProgress(t *testing.T) {
@@ -32,7 +33,7 @@ func TestFetchStalledGivesUpOnlyWithoutProgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	event := []byte(`{"id":"0000000000000001-0001","data":{"notes":"` + strings.Repeat("n", 3<<20) + `"}}`)
+	event := []byte(`{"id":"0000000000000001-0001","data":{"notes":"` + strings.Repeat("n", 7<<20) + `"}}`)
 	name := stream.PayloadObjectName("shop", "0000000000000001-0001")
 	if err := store.Put(ctx, name, event); err != nil {
 		t.Fatal(err)
@@ -49,8 +50,21 @@ func TestFetchStalledGivesUpOnlyWithoutProgress(t *testing.T) {
 		if err != nil || !bytes.Equal(got, event) {
 			t.Fatalf("FetchStalled through a slow link: %d bytes, %v after %s; want the %d stored", len(got), err, took, len(event))
 		}
-		if took < 2*stall {
-			t.Fatalf("the read took %s, not longer than the stall bound: the test proves nothing", took)
+		if took < 5*time.Second+stall {
+			t.Fatalf("the read took %s, not longer than the stall bound and the JetStream client's default timeout: the test proves nothing", took)
+		}
+		// The read's consumer is gone with it: large events are read many
+		// a minute.
+		objs, err := n.JS.Stream(ctx, "OBJ_"+store.Bucket())
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := objs.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Consumers != 0 {
+			t.Fatalf("the object stream has %d consumers after the read; want none", info.State.Consumers)
 		}
 	})
 	t.Run("frozen", func(t *testing.T) {
@@ -68,7 +82,7 @@ func TestFetchStalledGivesUpOnlyWithoutProgress(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "no progress") || errors.Is(err, stream.ErrClaimGone) {
 			t.Fatalf("FetchStalled through a frozen link: %d bytes, %v; want the missing progress named", len(got), err)
 		}
-		if took > 15*time.Second { // the stall bound, and the 5 s the object store's reader waits before it looks at its context
+		if took > 15*time.Second { // the stall bound, and the second the client waits for a pull to end past its expiry
 			t.Fatalf("gave up after %s", took)
 		}
 		t.Logf("gave up after %s: %v", took, err)

@@ -13,13 +13,16 @@
 package claim
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -56,83 +59,177 @@ func (o *Objects) Fetch(ctx context.Context, c Claim) ([]byte, error) {
 	return o.FetchStalled(ctx, c, 0)
 }
 
-// readPiece is how much of an object FetchStalled reads between looks at
-// its progress: one of the object store's chunks (128 KiB), so that a
-// slow link makes progress at least that often.
-const readPiece = 128 << 10
+// fetchChunks is how many of an object's chunks (128 KiB each) one pull
+// asks for: 4 MiB, a few round trips for the largest event.
+const fetchChunks = 32
+
+// noStallPull is how long a pull of FetchStalled without a stall bound
+// waits before the next is made.
+const noStallPull = 5 * time.Second
 
 // FetchStalled is Fetch that gives up when stall passes with no byte of
 // the object read (0: never), however long the whole read takes. A large
 // object on a loaded server can take seconds and still be on its way; a
 // server that stopped answering is found out after stall, whatever the
 // size.
+//
+// It reads the object's chunks itself, through an ordered consumer of the
+// bucket's stream, and checks the digest: the object store's own reader
+// bounds the whole read by the context's deadline, and without one by the
+// JetStream client's default timeout (5 s), which a large object on a
+// loaded server outlasts while still arriving.
 func (o *Objects) FetchStalled(ctx context.Context, c Claim, stall time.Duration) ([]byte, error) {
-	progress := func() {}
-	if stall > 0 {
-		// The object store's reader waits for the next chunk until the
-		// context's deadline (5 s without one) before it looks at the
-		// context: under a parent's deadline a stalled read would wait for
-		// that. So the read gets a context without deadline, cancelled
-		// when the parent ends or progress stops.
-		parent := ctx
-		var cancel context.CancelCauseFunc
-		ctx, cancel = context.WithCancelCause(context.WithoutCancel(parent))
-		defer cancel(nil)
-		defer context.AfterFunc(parent, func() { cancel(context.Cause(parent)) })()
-		stalled := fmt.Errorf("no progress in %s", stall)
-		t := time.AfterFunc(stall, func() { cancel(stalled) })
-		defer t.Stop()
-		progress = func() { t.Reset(stall) }
-	}
 	fail := func(err error) ([]byte, error) {
-		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
-			err = fmt.Errorf("%w: %w", cause, err)
-		}
 		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
 	}
 	obs, err := o.store(ctx, c.Bucket)
 	if err != nil {
-		if cause := context.Cause(ctx); cause != nil {
-			return nil, fmt.Errorf("%w: %w", cause, err)
-		}
 		return nil, err
 	}
-	res, err := obs.Get(ctx, c.Object)
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
+	info, err := obs.GetInfo(ctx, c.Object)
+	switch {
+	case errors.Is(err, jetstream.ErrObjectNotFound):
 		return fail(ErrGone)
-	} else if err != nil {
+	case err != nil:
 		return fail(err)
-	}
-	defer res.Close()
-	info, err := res.Info()
-	if err != nil {
-		return fail(err)
-	}
-	if int64(info.Size) != c.Size {
+	case info.Opts != nil && info.Opts.Link != nil:
+		return fail(errors.New("it is a link to another object"))
+	case int64(info.Size) != c.Size:
 		return fail(fmt.Errorf("it holds %d bytes, the claim says %d", info.Size, c.Size))
 	}
-	progress()
-	buf := make([]byte, c.Size)
-	for off := 0; off < len(buf); {
-		n, err := io.ReadFull(res, buf[off:min(len(buf), off+readPiece)])
-		off += n
-		if err != nil {
-			if cause := context.Cause(ctx); cause != nil {
-				err = fmt.Errorf("%w (after %d of %d bytes)", cause, off, len(buf))
-			}
-			return fail(err)
-		}
-		progress()
+	digest, err := jetstream.DecodeObjectDigest(info.Digest)
+	if err != nil {
+		return fail(fmt.Errorf("its digest %q: %w", info.Digest, err))
 	}
-	// The digest is checked when the end is read: read up to it.
-	var one [1]byte
-	if n, err := res.Read(one[:]); n != 0 || !errors.Is(err, io.EOF) {
-		if err == nil || errors.Is(err, io.EOF) {
-			err = errors.New("more bytes than its size")
+	sum := sha256.New()
+	buf := make([]byte, 0, c.Size)
+	if c.Size > 0 {
+		r := chunkReader{js: o.js, stream: "OBJ_" + c.Bucket, subject: "$O." + c.Bucket + ".C." + info.NUID, wait: stall}
+		if r.wait <= 0 {
+			r.wait = noStallPull
 		}
-		return fail(err)
+		defer r.drop(ctx)
+		for int64(len(buf)) < c.Size {
+			if err := ctx.Err(); err != nil {
+				return fail(fmt.Errorf("%w (after %d of %d bytes)", err, len(buf), c.Size))
+			}
+			got, err := r.next(ctx, func(data []byte) error {
+				if int64(len(buf)+len(data)) > c.Size {
+					return errors.New("more bytes than its size")
+				}
+				buf = append(buf, data...)
+				sum.Write(data)
+				return nil
+			})
+			if err != nil {
+				return fail(fmt.Errorf("read its chunks (after %d of %d bytes): %w", len(buf), c.Size, err))
+			}
+			if got == 0 && stall > 0 {
+				return fail(fmt.Errorf("no progress in %s (after %d of %d bytes)", stall, len(buf), c.Size))
+			}
+		}
+	}
+	if !bytes.Equal(sum.Sum(nil), digest) {
+		return fail(jetstream.ErrDigestMismatch)
 	}
 	return buf, nil
+}
+
+// chunkReader reads an object's chunks, in order, through a consumer of
+// its own without acknowledgements. A pull ends at the server's expiry
+// (wait), after every chunk it gave; a chunk lost on its way all the same
+// (the client gives up on a pull a second past its expiry) shows as a jump
+// in the consumer's delivery sequence, and the reader then starts a new
+// consumer at the first chunk it is missing. Unlike an ordered consumer of
+// the JetStream client, it never retries without bound: every request is
+// bounded by wait, so that a server that stopped answering is found out.
+type chunkReader struct {
+	js      jetstream.JetStream
+	stream  string
+	subject string
+	wait    time.Duration
+
+	cons      jetstream.Consumer
+	name      string
+	delivered uint64 // by the consumer, as received
+	nextSeq   uint64 // the stream sequence of the next chunk; 0: the first
+}
+
+// next reads the chunks of one pull, giving each to use in order, and
+// returns how many bytes came.
+func (r *chunkReader) next(ctx context.Context, use func([]byte) error) (int, error) {
+	if r.cons == nil {
+		if err := r.start(ctx); err != nil {
+			return 0, err
+		}
+	}
+	batch, err := r.cons.Fetch(fetchChunks, jetstream.FetchMaxWait(r.wait))
+	if err != nil {
+		return 0, err
+	}
+	got := 0
+	for msg := range batch.Messages() {
+		meta, err := msg.Metadata()
+		if err != nil {
+			return got, err
+		}
+		if meta.Sequence.Consumer != r.delivered+1 {
+			// Chunks given out that never came: read again from the
+			// first missing, through a new consumer.
+			r.drop(ctx)
+			for range batch.Messages() {
+			}
+			return got, nil
+		}
+		r.delivered++
+		r.nextSeq = meta.Sequence.Stream + 1
+		if err := use(msg.Data()); err != nil {
+			return got, err
+		}
+		got += len(msg.Data())
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+		return got, err
+	}
+	return got, nil
+}
+
+func (r *chunkReader) start(ctx context.Context) error {
+	cfg := jetstream.ConsumerConfig{
+		Name:           "tablecast_claim_" + rand.Text(),
+		FilterSubjects: []string{r.subject},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		AckPolicy:      jetstream.AckNonePolicy,
+		// Deleted by the server once no pull has waited on it for this
+		// long (a reader that stopped midway and could not delete it).
+		InactiveThreshold: time.Minute,
+		MemoryStorage:     true,
+	}
+	if r.nextSeq > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, r.nextSeq
+	}
+	cctx, cancel := context.WithTimeout(ctx, max(r.wait, time.Second))
+	defer cancel()
+	// Named here, so that one created although its answer did not come
+	// is deleted all the same.
+	r.name = cfg.Name
+	cons, err := r.js.CreateConsumer(cctx, r.stream, cfg)
+	if err != nil {
+		return err
+	}
+	r.cons, r.delivered = cons, 0
+	return nil
+}
+
+// drop deletes the reader's consumer, if any.
+func (r *chunkReader) drop(ctx context.Context) {
+	if r.name == "" {
+		return
+	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	_ = r.js.DeleteConsumer(dctx, r.stream, r.name)
+	r.cons, r.name = nil, ""
 }
 
 func (o *Objects) store(ctx context.Context, bucket string) (jetstream.ObjectStore, error) {
