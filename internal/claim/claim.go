@@ -104,7 +104,7 @@ func (o *Objects) FetchStalled(ctx context.Context, c Claim, stall time.Duration
 	sum := sha256.New()
 	buf := make([]byte, 0, c.Size)
 	if c.Size > 0 {
-		r := chunkReader{js: o.js, stream: "OBJ_" + c.Bucket, subject: "$O." + c.Bucket + ".C." + info.NUID, wait: stall}
+		r := chunkReader{js: o.js, stream: "OBJ_" + c.Bucket, subject: "$O." + c.Bucket + ".C." + info.NUID, wait: stall, left: int(info.Chunks)}
 		if r.wait <= 0 {
 			r.wait = noStallPull
 		}
@@ -149,6 +149,11 @@ type chunkReader struct {
 	subject string
 	wait    time.Duration
 
+	// left is how many chunks are still to come: a pull asks for no
+	// more, or it would wait its whole expiry for chunks that do not
+	// exist.
+	left int
+
 	cons      jetstream.Consumer
 	name      string
 	delivered uint64 // by the consumer, as received
@@ -163,7 +168,10 @@ func (r *chunkReader) next(ctx context.Context, use func([]byte) error) (int, er
 			return 0, err
 		}
 	}
-	batch, err := r.cons.Fetch(fetchChunks, jetstream.FetchMaxWait(r.wait))
+	if r.left <= 0 {
+		return 0, errors.New("fewer bytes than its size")
+	}
+	batch, err := r.cons.Fetch(min(fetchChunks, r.left), jetstream.FetchMaxWait(r.wait))
 	if err != nil {
 		return 0, err
 	}
@@ -182,6 +190,7 @@ func (r *chunkReader) next(ctx context.Context, use func([]byte) error) (int, er
 			return got, nil
 		}
 		r.delivered++
+		r.left--
 		r.nextSeq = meta.Sequence.Stream + 1
 		if err := use(msg.Data()); err != nil {
 			return got, err
