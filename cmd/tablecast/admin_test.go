@@ -246,6 +246,7 @@ func cliCommand(t *testing.T, env []string, args ...string) *exec.Cmd {
 // a DNS rebinding page's requests (Host and Origin its own name, which the
 // browser takes as same-origin) get 421.
 func TestAdminRefusesRebindingWhenAnonymous(t *testing.T) {
+	t.Parallel() // see "Parallel tests" in main_test.go
 	n := startNATS(t)
 	adminAddr, httpAddr := freeAddr(t), freeAddr(t)
 	startProcess(t, append(baseEnv(), "TABLECAST_NATS_URL="+n.URL(), "TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_ADMIN_ADDR="+adminAddr,

@@ -173,6 +173,7 @@ func checkRows(t *testing.T, what string, ids []int, n int) {
 // `make test` fills and frees the disk once; `make soak` (TABLECAST_SOAK=1)
 // five times under the same writer.
 func TestFullDiskRecovers(t *testing.T) {
+	t.Parallel() // see "Parallel tests" in main_test.go
 	cycles := 1
 	if os.Getenv("TABLECAST_SOAK") != "" {
 		cycles = 5

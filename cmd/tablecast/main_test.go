@@ -345,12 +345,13 @@ func lastLine(s string) string {
 func pgtestRequire(t testing.TB) *pgtest.Cluster { return pgtest.Require(t) }
 
 // Parallel tests: a few of the package's longest tests (TestJSClient,
-// TestAdminCommands, TestExactlyOnceBeyondDuplicateWindow, TestConsole)
-// share nothing with the others but the PostgreSQL cluster, each with a
-// database, a NATS server and ports of its own, and spend most of their
-// time waiting on processes. They run in parallel, all four at once
-// (parallelTests; go test's default would be one per core, two here:
+// TestAdminCommands, TestExactlyOnceBeyondDuplicateWindow, TestConsole,
+// TestFullDiskRecovers) and TestAdminRefusesRebindingWhenAnonymous share
+// nothing with the others but the PostgreSQL cluster, each with a
+// database, a NATS server, a directory and ports of its own, and spend
+// most of their time waiting on processes. They run in parallel, all at
+// once (parallelTests; go test's default would be one per core, two here:
 // four took 60 s where two at a time took 100), after the package's other
 // tests, when the other packages of make test are mostly done;
 // timing-sensitive tests (failover, leases, latency) stay sequential.
-const parallelTests = 4
+const parallelTests = 6
