@@ -14,6 +14,7 @@ package claim
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -82,11 +83,17 @@ func (o *Objects) FetchStalled(ctx context.Context, c Claim, stall time.Duration
 	fail := func(err error) ([]byte, error) {
 		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
 	}
-	obs, err := o.store(ctx, c.Bucket)
+	// The object's description is a request of its own, bounded as the
+	// stall is (the client's default timeout without one): under a
+	// parent's far deadline, one sent while NATS was away could wait for
+	// that deadline, and the caller could not try again sooner.
+	rctx, cancel := context.WithTimeout(ctx, cmp.Or(stall, noStallPull))
+	defer cancel()
+	obs, err := o.store(rctx, c.Bucket)
 	if err != nil {
 		return nil, err
 	}
-	info, err := obs.GetInfo(ctx, c.Object)
+	info, err := obs.GetInfo(rctx, c.Object)
 	switch {
 	case errors.Is(err, jetstream.ErrObjectNotFound):
 		return fail(ErrGone)
