@@ -74,8 +74,8 @@ const noStallPull = 5 * time.Second
 // server that stopped answering is found out after stall, whatever the
 // size.
 //
-// It reads the object's chunks itself, through an ordered consumer of the
-// bucket's stream, and checks the digest: the object store's own reader
+// It reads the object's chunks itself, through a consumer of its own on
+// the bucket's stream (see chunkReader), and checks the digest: the object store's own reader
 // bounds the whole read by the context's deadline, and without one by the
 // JetStream client's default timeout (5 s), which a large object on a
 // loaded server outlasts while still arriving.
