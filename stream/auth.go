@@ -151,6 +151,14 @@ func readOnlyRequests(stream string) map[string]bool {
 		reqs["$JS.API.STREAM.MSG.GET."+kv] = false
 		reqs["$JS.API.DIRECT.GET."+kv+".>"] = false
 	}
+	// The objects of claims (large rows): an object's description by
+	// its subject, and its chunks in batches (package claim reads them
+	// so). Direct gets only, as for the row state.
+	obj := "OBJ_" + DefaultPayloadBucket
+	reqs["$JS.API.STREAM.INFO."+obj] = false
+	reqs["$JS.API.STREAM.MSG.GET."+obj] = false
+	reqs["$JS.API.DIRECT.GET."+obj] = true
+	reqs["$JS.API.DIRECT.GET."+obj+".>"] = false
 	return reqs
 }
 
@@ -162,7 +170,8 @@ func readOnlyRequests(stream string) map[string]bool {
 //   - JetStream: account info, the stream's info and messages, consumers on
 //     the stream (create, durable or not; info; list; fetch; ack and flow
 //     control), the row state's info and messages (direct gets, one row or
-//     a batch), and reading the schema registry and topic buckets by key.
+//     a batch), reading the schema registry and topic buckets by key, and
+//     reading the objects of claims (DefaultPayloadBucket) by direct gets.
 //
 // Nothing else may be published: not into "<prefix>.>", not to the
 // stream's or the buckets' management (update, purge, delete, message

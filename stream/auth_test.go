@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -196,6 +197,16 @@ func TestEmbeddedReadOnlyUser(t *testing.T) {
 			t.Fatalf("%+v: created a consumer of the row state", reader)
 		}
 		cancel()
+		// A claim (a large row), resolved whole; but no consumer of the
+		// objects' bucket, which could deliver into the stream's subjects.
+		if got, err := NewResolver(rjs).Fetch(ctx, readOnlyClaim); err != nil || !bytes.Equal(got, readOnlyObject) {
+			t.Fatalf("%+v: resolve a claim: %d bytes, %v; want the %d stored", reader, len(got), err, len(readOnlyObject))
+		}
+		cctx, cancel = context.WithTimeout(ctx, time.Second)
+		if _, err := rjs.CreateOrUpdateConsumer(cctx, "OBJ_"+DefaultPayloadBucket, jetstream.ConsumerConfig{AckPolicy: jetstream.AckNonePolicy}); err == nil {
+			t.Fatalf("%+v: created a consumer of the claims' objects", reader)
+		}
+		cancel()
 
 		// Forgeries: none may store anything.
 		before := streamMsgs(t, js)
@@ -295,8 +306,23 @@ func startWithReadOnly(t *testing.T, readKeys ...string) (string, jetstream.JetS
 			t.Fatal(err)
 		}
 	}
+	// A large row's event, stored as the reader stores it (readOnlyClaim).
+	payloads, err := OpenPayloadStore(ctx, js, PayloadStoreConfig{MaxAge: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := payloads.Put(ctx, readOnlyClaim.Object, readOnlyObject); err != nil {
+		t.Fatal(err)
+	}
 	return e.ClientURL(), js
 }
+
+// readOnlyObject is the event of startWithReadOnly's claim: 5 MiB, which
+// its reader reads in more than one batch of chunks.
+var (
+	readOnlyObject = bytes.Repeat([]byte("large row "), 512*1024)
+	readOnlyClaim  = Claim{Bucket: DefaultPayloadBucket, Object: PayloadObjectName("shop", "00000000016B3748-0003"), Size: int64(len(readOnlyObject))}
+)
 
 // rowsSubjects and rowSubject are the row state's subjects (package
 // rowstate) and the prefix of the test's rows in it.

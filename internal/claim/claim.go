@@ -16,10 +16,12 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,12 +62,17 @@ func (o *Objects) Fetch(ctx context.Context, c Claim) ([]byte, error) {
 	return o.FetchStalled(ctx, c, 0)
 }
 
-// fetchChunks is how many of an object's chunks (128 KiB each) one pull
+// fetchChunks is how many of an object's chunks (128 KiB each) one read
 // asks for: 4 MiB, a few round trips for the largest event.
 const fetchChunks = 32
 
-// noStallPull is how long a pull of FetchStalled without a stall bound
-// waits before the next is made.
+// fetchBytes bounds what one read asks for when chunks are larger (a
+// bucket's chunks fit the server's maximum payload, up to 64 MiB): the
+// server stops a batch once past it, after at least one chunk.
+const fetchBytes = 4 << 20
+
+// noStallPull is how long a read of FetchStalled without a stall bound
+// waits for a chunk before it asks again.
 const noStallPull = 5 * time.Second
 
 // FetchStalled is Fetch that gives up when stall passes with no byte of
@@ -74,11 +81,13 @@ const noStallPull = 5 * time.Second
 // server that stopped answering is found out after stall, whatever the
 // size.
 //
-// It reads the object's chunks itself, through a consumer of its own on
-// the bucket's stream (see chunkReader), and checks the digest: the object store's own reader
-// bounds the whole read by the context's deadline, and without one by the
-// JetStream client's default timeout (5 s), which a large object on a
-// loaded server outlasts while still arriving.
+// It reads the object's chunks itself, by batched direct gets of the
+// bucket's stream (see chunkReader), and checks the digest: the object
+// store's own reader bounds the whole read by the context's deadline, and
+// without one by the JetStream client's default timeout (5 s), which a
+// large object on a loaded server outlasts while still arriving; and it
+// reads through a consumer, which a read-only identity may not create on
+// the bucket (one could be told to deliver into the event stream).
 func (o *Objects) FetchStalled(ctx context.Context, c Claim, stall time.Duration) ([]byte, error) {
 	fail := func(err error) ([]byte, error) {
 		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
@@ -111,16 +120,19 @@ func (o *Objects) FetchStalled(ctx context.Context, c Claim, stall time.Duration
 	sum := sha256.New()
 	buf := make([]byte, 0, c.Size)
 	if c.Size > 0 {
-		r := chunkReader{js: o.js, stream: "OBJ_" + c.Bucket, subject: "$O." + c.Bucket + ".C." + info.NUID, wait: stall, left: int(info.Chunks)}
-		if r.wait <= 0 {
-			r.wait = noStallPull
+		r := chunkReader{
+			nc:      o.js.Conn(),
+			api:     apiPrefix(o.js.Options()) + "DIRECT.GET.OBJ_" + c.Bucket,
+			subject: "$O." + c.Bucket + ".C." + info.NUID,
+			wait:    cmp.Or(stall, noStallPull),
+			left:    int(info.Chunks),
 		}
-		defer r.drop(ctx)
-		for int64(len(buf)) < c.Size {
+		progress := time.Now()
+		for pause := time.Duration(0); int64(len(buf)) < c.Size; {
 			if err := ctx.Err(); err != nil {
 				return fail(fmt.Errorf("%w (after %d of %d bytes)", err, len(buf), c.Size))
 			}
-			got, err := r.next(ctx, func(data []byte) error {
+			got, err := r.read(ctx, func(data []byte) error {
 				if int64(len(buf)+len(data)) > c.Size {
 					return errors.New("more bytes than its size")
 				}
@@ -131,8 +143,21 @@ func (o *Objects) FetchStalled(ctx context.Context, c Claim, stall time.Duration
 			if err != nil {
 				return fail(fmt.Errorf("read its chunks (after %d of %d bytes): %w", len(buf), c.Size, err))
 			}
-			if got == 0 && stall > 0 {
+			if got > 0 {
+				progress, pause = time.Now(), 0
+				continue
+			}
+			if stall > 0 && time.Since(progress) >= stall {
 				return fail(fmt.Errorf("no progress in %s (after %d of %d bytes)", stall, len(buf), c.Size))
+			}
+			// The server answered without the next chunk: a replica
+			// behind the one that gave the description (any replica
+			// answers a direct get), or the object replaced by a replay
+			// while it was read. Ask again, a little later each time.
+			pause = min(max(2*pause, 10*time.Millisecond), 500*time.Millisecond)
+			select {
+			case <-ctx.Done():
+			case <-time.After(pause):
 			}
 		}
 	}
@@ -142,110 +167,105 @@ func (o *Objects) FetchStalled(ctx context.Context, c Claim, stall time.Duration
 	return buf, nil
 }
 
-// chunkReader reads an object's chunks, in order, through a consumer of
-// its own without acknowledgements. A pull ends at the server's expiry
-// (wait), after every chunk it gave; a chunk lost on its way all the same
-// (the client gives up on a pull a second past its expiry) shows as a jump
-// in the consumer's delivery sequence, and the reader then starts a new
-// consumer at the first chunk it is missing. Unlike an ordered consumer of
-// the JetStream client, it never retries without bound: every request is
-// bounded by wait, so that a server that stopped answering is found out.
-type chunkReader struct {
-	js      jetstream.JetStream
-	stream  string
-	subject string
-	wait    time.Duration
-
-	// left is how many chunks are still to come: a pull asks for no
-	// more, or it would wait its whole expiry for chunks that do not
-	// exist.
-	left int
-
-	cons      jetstream.Consumer
-	name      string
-	delivered uint64 // by the consumer, as received
-	nextSeq   uint64 // the stream sequence of the next chunk; 0: the first
+// apiPrefix is the prefix of the JetStream API requests of a client with
+// opts: "$JS.API." unless it names another, or a domain.
+func apiPrefix(opts jetstream.JetStreamOptions) string {
+	switch {
+	case opts.APIPrefix != "":
+		return strings.TrimSuffix(opts.APIPrefix, ".") + "."
+	case opts.Domain != "":
+		return "$JS." + opts.Domain + ".API."
+	}
+	return jetstream.DefaultAPIPrefix
 }
 
-// next reads the chunks of one pull, giving each to use in order, and
-// returns how many bytes came.
-func (r *chunkReader) next(ctx context.Context, use func([]byte) error) (int, error) {
-	if r.cons == nil {
-		if err := r.start(ctx); err != nil {
-			return 0, err
-		}
-	}
+// chunkReader reads an object's chunks, in order, by batched direct gets
+// of the bucket's stream: each read asks for the next chunks of the
+// object's subject from the sequence after the last one received. A read
+// takes what comes in order and stops at the first chunk that does not
+// follow the one before it in the server's answer (one lost on its way, as
+// core NATS may lose a message), at the end of the answer, or when wait
+// passes without a chunk; the next read asks again from where this one
+// stopped. Nothing is left on the server: no consumer to delete, and
+// nothing a read-only identity may not ask for.
+type chunkReader struct {
+	nc      *nats.Conn
+	api     string // the bucket stream's batched direct get
+	subject string // the object's chunks
+	wait    time.Duration
+
+	// left is how many chunks are still to come: a read asks for no
+	// more.
+	left int
+	// from is the stream sequence the next read starts at: the one after
+	// the last chunk received.
+	from uint64
+}
+
+// read makes one batched direct get, gives each chunk that came in order to
+// use, and returns how many bytes came.
+func (r *chunkReader) read(ctx context.Context, use func([]byte) error) (int, error) {
 	if r.left <= 0 {
 		return 0, errors.New("fewer bytes than its size")
 	}
-	batch, err := r.cons.Fetch(min(fetchChunks, r.left), jetstream.FetchMaxWait(r.wait))
+	req, err := json.Marshal(struct {
+		Seq        uint64 `json:"seq"`
+		NextBySubj string `json:"next_by_subj"`
+		Batch      int    `json:"batch"`
+		MaxBytes   int    `json:"max_bytes"`
+	}{r.from, r.subject, min(fetchChunks, r.left), fetchBytes})
 	if err != nil {
 		return 0, err
 	}
+	inbox := r.nc.NewInbox()
+	sub, err := r.nc.SubscribeSync(inbox)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := r.nc.PublishRequest(r.api, inbox, req); err != nil {
+		return 0, err
+	}
 	got := 0
-	for msg := range batch.Messages() {
-		meta, err := msg.Metadata()
-		if err != nil {
+	var last uint64 // the sequence of the chunk before the next, in this answer
+	for {
+		wctx, cancel := context.WithTimeout(ctx, r.wait)
+		msg, err := sub.NextMsgWithContext(wctx)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
+			return got, nil // nothing for wait: the caller decides
+		case err != nil:
 			return got, err
 		}
-		if meta.Sequence.Consumer != r.delivered+1 {
-			// Chunks given out that never came: read again from the
-			// first missing, through a new consumer.
-			r.drop(ctx)
-			for range batch.Messages() {
-			}
+		switch status := msg.Header.Get("Status"); status {
+		case "":
+		case "404", "204": // nothing from r.from, or the end of the answer
+			return got, nil
+		default:
+			return got, fmt.Errorf("status %s %s", status, msg.Header.Get("Description"))
+		}
+		seq, err := strconv.ParseUint(msg.Header.Get("Nats-Sequence"), 10, 64)
+		if err != nil {
+			return got, fmt.Errorf("a chunk's sequence %q: %w", msg.Header.Get("Nats-Sequence"), err)
+		}
+		prev, err := strconv.ParseUint(msg.Header.Get("Nats-Last-Sequence"), 10, 64)
+		if err != nil {
+			return got, fmt.Errorf("a chunk's previous sequence %q: %w", msg.Header.Get("Nats-Last-Sequence"), err)
+		}
+		if prev != last || msg.Header.Get("Nats-Subject") != r.subject {
+			return got, nil // one lost on its way: read again from r.from
+		}
+		last = seq
+		if err := use(msg.Data); err != nil {
+			return got, err
+		}
+		r.from, r.left = seq+1, r.left-1
+		got += len(msg.Data)
+		if r.left == 0 {
 			return got, nil
 		}
-		r.delivered++
-		r.left--
-		r.nextSeq = meta.Sequence.Stream + 1
-		if err := use(msg.Data()); err != nil {
-			return got, err
-		}
-		got += len(msg.Data())
 	}
-	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
-		return got, err
-	}
-	return got, nil
-}
-
-func (r *chunkReader) start(ctx context.Context) error {
-	cfg := jetstream.ConsumerConfig{
-		Name:           "tablecast_claim_" + rand.Text(),
-		FilterSubjects: []string{r.subject},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-		AckPolicy:      jetstream.AckNonePolicy,
-		// Deleted by the server once no pull has waited on it for this
-		// long (a reader that stopped midway and could not delete it).
-		InactiveThreshold: time.Minute,
-		MemoryStorage:     true,
-	}
-	if r.nextSeq > 0 {
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, r.nextSeq
-	}
-	cctx, cancel := context.WithTimeout(ctx, max(r.wait, time.Second))
-	defer cancel()
-	// Named here, so that one created although its answer did not come
-	// is deleted all the same.
-	r.name = cfg.Name
-	cons, err := r.js.CreateConsumer(cctx, r.stream, cfg)
-	if err != nil {
-		return err
-	}
-	r.cons, r.delivered = cons, 0
-	return nil
-}
-
-// drop deletes the reader's consumer, if any.
-func (r *chunkReader) drop(ctx context.Context) {
-	if r.name == "" {
-		return
-	}
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	_ = r.js.DeleteConsumer(dctx, r.stream, r.name)
-	r.cons, r.name = nil, ""
 }
 
 func (o *Objects) store(ctx context.Context, bucket string) (jetstream.ObjectStore, error) {
