@@ -92,11 +92,12 @@ func (o *Objects) FetchStalled(ctx context.Context, c Claim, stall time.Duration
 	fail := func(err error) ([]byte, error) {
 		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
 	}
-	// The object's description is a request of its own, bounded as the
-	// stall is (the client's default timeout without one): under a
-	// parent's far deadline, one sent while NATS was away could wait for
-	// that deadline, and the caller could not try again sooner.
-	rctx, cancel := context.WithTimeout(ctx, cmp.Or(stall, noStallPull))
+	// The object's description is a request of its own, bounded by the
+	// stall and by the client's default timeout, whichever is shorter:
+	// under a parent's far deadline, or a long stall bound, one sent
+	// while NATS was away could wait that long for an answer that will
+	// not come, and the caller could not try again sooner.
+	rctx, cancel := context.WithTimeout(ctx, min(cmp.Or(stall, noStallPull), noStallPull))
 	defer cancel()
 	obs, err := o.store(rctx, c.Bucket)
 	if err != nil {
@@ -124,8 +125,11 @@ func (o *Objects) FetchStalled(ctx context.Context, c Claim, stall time.Duration
 			nc:      o.js.Conn(),
 			api:     apiPrefix(o.js.Options()) + "DIRECT.GET.OBJ_" + c.Bucket,
 			subject: "$O." + c.Bucket + ".C." + info.NUID,
-			wait:    cmp.Or(stall, noStallPull),
-			left:    int(info.Chunks),
+			// A read whose answer stops for this long is asked again
+			// (the answer of one sent while NATS was away never comes);
+			// the stall bound is what gives up.
+			wait: min(cmp.Or(stall, noStallPull), noStallPull),
+			left: int(info.Chunks),
 		}
 		progress := time.Now()
 		for pause := time.Duration(0); int64(len(buf)) < c.Size; {
