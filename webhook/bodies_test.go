@@ -26,7 +26,7 @@ import (
 func TestNoDeadLetterBodyLeftBehind(t *testing.T) {
 	t.Parallel()
 	const age = 2 * time.Second
-	e := newEnv(t, envOptions{orphanEvery: 200 * time.Millisecond, orphanAge: age})
+	e := newEnv(t, envOptions{orphanEvery: 200 * time.Millisecond, orphanAge: age, stock: true})
 	big := int(e.nats.NC.MaxPayload()) + 10_000
 	r := newReceiver(t)
 	r.setAnswer(func(d *delivery, n int) (int, map[string]string, time.Duration) {

@@ -74,11 +74,23 @@ type envOptions struct {
 	leftoverEvery, leftoverAge time.Duration
 	// roots: the certificates webhooks trust (nil: the system's).
 	roots *x509.CertPool
+	// stock: a stock nats-server (1 MiB maximum payload) instead of the
+	// embedded one (8 MiB), for tests of rows larger than a message:
+	// under the race detector each megabyte of a row costs seconds.
+	stock bool
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
-	n := natstest.Start(t)
+	n := natstest.Start
+	if o.stock {
+		n = natstest.StartStock
+	}
+	return newEnvOn(t, n(t), o)
+}
+
+func newEnvOn(t testing.TB, n *natstest.Server, o envOptions) *env {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	if _, err := stream.EnsureStream(ctx, n.JS, stream.StreamConfig{Name: "TABLECAST", Prefix: testPrefix, DuplicateWindow: time.Minute}); err != nil {

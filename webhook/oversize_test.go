@@ -25,7 +25,7 @@ import (
 // cannot go into the record as the body of a small event does.
 func TestOversizeEventDeadLetteredAndReplayed(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOptions{})
+	e := newEnv(t, envOptions{stock: true})
 	// Larger than the server's maximum payload: the reader stores the
 	// row's event as a claim, and the dead letter cannot hold it either.
 	bigStatus := int(e.nats.NC.MaxPayload()) + 100_000
