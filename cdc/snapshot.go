@@ -72,9 +72,13 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 	if err != nil {
 		return err
 	}
-	// A slot this reader streamed from and did not drop itself was lost.
+	// A slot this reader streamed from and did not drop itself was lost;
+	// one whose initial snapshot is still pending was dropped by a reader
+	// taking the snapshot again, which died before creating the new one
+	// (or lost before any change of it counted): the snapshot taken now
+	// brings every row, and nothing is reported lost.
 	var lost *positionRecord
-	if !exists {
+	if !exists && !(r.cfg.Snapshot == SnapshotInitial && r.snapshotPending(ctx, key)) {
 		lost = r.lostSlotRecord(ctx)
 	}
 	// Nothing of this origin is after the stream's end as it is now.
@@ -128,6 +132,13 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 		return fmt.Errorf("record snapshot state: %w", err)
 	}
 	return nil
+}
+
+// snapshotPending says whether the marker of the slot's initial snapshot
+// (key) says pending.
+func (r *Reader) snapshotPending(ctx context.Context, key string) bool {
+	e, err := r.state.Get(ctx, key)
+	return err == nil && string(e.Value()) == snapshotPending
 }
 
 func dropSlot(ctx context.Context, url, slot string) error {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestInitialSnapshot: rows already in the tables go out as "read" events
@@ -190,4 +191,40 @@ func TestInterruptedSnapshotIsRedone(t *testing.T) {
 	if evs[100].Op != "read" || evs[100].LSN == evs[0].LSN {
 		t.Errorf("second snapshot: op %s lsn %s (first at %s); want reads from a new slot", evs[100].Op, evs[100].LSN, evs[0].LSN)
 	}
+
+	// A reader that dropped the slot to take the snapshot again and died
+	// before creating the new one: the next takes it, and reports no slot
+	// lost (nothing was: the snapshot brings every row).
+	r2.stop(t)
+	for k := range markers(t, kv) {
+		if _, err := kv.Put(context.Background(), k, []byte(snapshotPending)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.waitSlotInactive(t)
+	db.exec(t, `SELECT pg_drop_replication_slot($1)`, db.slot)
+	r3 := startReader(t, db.config(), n)
+	evs = n.readAll(t, 300, 30*time.Second)
+	if evs[200].Op != "read" || evs[200].LSN == evs[100].LSN {
+		t.Errorf("third snapshot: op %s lsn %s (second at %s); want reads from a new slot", evs[200].Op, evs[200].LSN, evs[100].LSN)
+	}
+	if loss := r3.Health().SlotLost; loss != nil || r3.log.contains("replication slot was lost") {
+		t.Errorf("the slot dropped to take its snapshot again was reported lost: %+v", loss)
+	}
+}
+
+// markers returns the keys of the state bucket's snapshot markers.
+func markers(t *testing.T, kv jetstream.KeyValue) map[string]bool {
+	t.Helper()
+	keys, err := kv.ListKeys(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for k := range keys.Keys() {
+		if strings.HasPrefix(k, "snapshot.") {
+			out[k] = true
+		}
+	}
+	return out
 }
