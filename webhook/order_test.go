@@ -34,3 +34,33 @@ func TestLostDeliveryWaitedFor(t *testing.T) {
 		t.Fatalf("the missing delivery was not noticed; log:\n%s", e.log.String())
 	}
 }
+
+// TestLostDeliveryWaitedForAcrossRestart: the worker that waits for a lost
+// message stops (the process restarts) before it comes again; the worker
+// that follows finds it still given out, to no one that holds it, and
+// waits for it too, rather than deliver what the first gave back (at
+// once) and what is new ahead of it. So does a worker that finds messages
+// a process that died left unacknowledged, however few.
+func TestLostDeliveryWaitedForAcrossRestart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{ackWait: 3 * time.Second})
+	r := newReceiver(t)
+	ep := e.endpoint("lost-restart", r.URL(), func(w *endpoint.Webhook) { w.Batch = 10 })
+	e.waitConsumer(ep)
+	var dropped atomic.Bool
+	e.mgr.hooks.Store(&sleepHooks{lost: func(id string, meta *jetstream.MsgMetadata) bool {
+		return id == ep.ID && meta.NumDelivered == 1 && dropped.CompareAndSwap(false, true)
+	}})
+	e.insertOrders(1, 1)
+	waitFor(t, 30*time.Second, "row 1's first delivery to be lost", dropped.Load)
+	e.insertOrders(2, 3)
+	waitFor(t, 30*time.Second, "rows 2 and 3 to wait for row 1", func() bool { return e.log.contains("did not arrive; later ones wait") })
+	e.stopManager()
+	if n := len(r.requests()); n != 0 {
+		t.Fatalf("%d requests before row 1 came again; want none", n)
+	}
+	e.startManager(nil, nil)
+	e.insertOrders(4, 5)
+	got := r.waitAccepted(t, 5, time.Minute)
+	checkOrder(t, got, 5)
+}

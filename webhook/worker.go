@@ -65,9 +65,10 @@ const maxExtraPull = 32768
 // left messages unacknowledged: those come again (after a stop at once,
 // after a process died at the ack wait) while JetStream gives later ones
 // as far as MaxAckPending lets it. So a worker that finds messages pending
-// on its consumer reads with MaxAckPending of one batch per lane (which
-// lets only those come, in order) until none is, and then with its whole
-// capacity (see recovering).
+// on its consumer reads with MaxAckPending of one batch per lane until none
+// is, and then with its whole capacity (see recovering); and it delivers
+// nothing read before those came (see awaiting): fewer than a batch
+// pending leaves room for later ones to come first.
 func perLane(batch int) int { return max(2*max(1, batch), minPerLane) }
 
 // minPerLane is the smallest pull per lane.
@@ -126,6 +127,12 @@ type worker struct {
 	// it again only after the ack wait) goes before them. The
 	// dispatcher's.
 	parked []jetstream.Msg
+	// awaiting is set when the worker started with messages given out
+	// that no one here holds (a process that died, a worker that stopped
+	// waiting for a missing one, another process's): they come again only
+	// after their ack wait, or once given back, so what is read meanwhile
+	// is parked as after a missing delivery. The dispatcher's.
+	awaiting bool
 
 	heldMu sync.Mutex
 	held   map[uint64]jetstream.Msg // by stream sequence: read, not yet acknowledged
@@ -233,6 +240,7 @@ func (w *worker) serve() bool {
 		}
 		w.gaps.start(w.cons.CachedInfo(), w.reconnects())
 		w.lastDelivery = w.cons.CachedInfo().Delivered.Consumer
+		w.awaiting = w.cons.CachedInfo().NumAckPending > 0
 		w.settle(w.ctx, w.cons.CachedInfo())
 		w.log().Info("webhook delivery started", "subjects", strings.Join(w.subjects, " "), "lanes", w.lanes, "batch", w.wh.Batch, "batch_bytes", w.batchBytes())
 	}
@@ -596,7 +604,7 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 			if !w.hold(meta.Sequence.Stream, msg) {
 				continue // a redelivery of a message a lane has
 			}
-			if missed || len(w.parked) > 0 {
+			if missed || w.awaiting || len(w.parked) > 0 {
 				w.parked = append(w.parked, msg)
 				continue
 			}
@@ -721,7 +729,8 @@ func (w *worker) unpark(ctx context.Context, lanes []*lane, env *query.Row) {
 	}
 	clear(w.parked)
 	w.parked = w.parked[:0]
-	w.log().Info("the webhook endpoint's missing message came again; delivery goes on in order")
+	w.awaiting = false
+	w.log().Info("the messages the webhook endpoint waited for came again; delivery goes on in order")
 }
 
 func streamSeq(msg jetstream.Msg) uint64 {
