@@ -340,12 +340,13 @@ func TestScanIsExactUnderWrites(t *testing.T) {
 	}()
 	type taken struct {
 		rows map[string]string
-		n    uint64
+		tr   scanTrace
 	}
 	var scans []taken
 	for round := 0; round < 8; round++ {
-		rows, n := e.boundedRows("items")
-		scans = append(scans, taken{rows, n})
+		rows, tr := e.tracedRows("items", false)
+		scans = append(scans, taken{rows, tr})
+		t.Logf("scan %d: %d rows, %s", round, len(rows), tr)
 		time.Sleep(100 * time.Millisecond) // the writer goes on meanwhile
 	}
 	cancel()
@@ -356,9 +357,16 @@ func TestScanIsExactUnderWrites(t *testing.T) {
 	e.settled("at rest", "items")
 	e.caughtUp(m)
 	want := e.want("items")
+	var history *rowHistory
+	explain := func(key string) string {
+		if history == nil {
+			history = e.rowHistory("items")
+		}
+		return history.explain(key)
+	}
 	for i, sc := range scans {
-		applyEvents(t, e, sc.rows, sc.n)
-		sameRows(t, fmt.Sprintf("scan %d as of %d with the events after", i, sc.n), sc.rows, want)
+		applyEvents(t, e, sc.rows, sc.tr.n)
+		sameRowsExplained(t, fmt.Sprintf("scan %d (%s) with the events after", i, sc.tr), sc.rows, want, explain)
 	}
 }
 
@@ -366,11 +374,17 @@ func TestScanIsExactUnderWrites(t *testing.T) {
 // or a row newer than the sequence the scan returns.
 func (e *env) boundedRows(table string) (map[string]string, uint64) {
 	e.t.Helper()
-	ctx := context.Background()
-	rows, err := e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
+	rows, err := e.nats.JS.Stream(context.Background(), rowstate.RowsStreamName("TABLECAST"))
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return e.boundedRowsOf(rows, table)
+}
+
+// boundedRowsOf is boundedRows reading the rows stream through rows.
+func (e *env) boundedRowsOf(rows jetstream.Stream, table string) (map[string]string, uint64) {
+	e.t.Helper()
+	ctx := context.Background()
 	out := map[string]string{}
 	var newest uint64
 	var bad error

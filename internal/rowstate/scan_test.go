@@ -1,0 +1,226 @@
+package rowstate_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/rowstate"
+)
+
+// tracedStream is the rows stream as a scan sees it, recording where the
+// scan stood: the position of the database's marker it read (P) and of
+// the last message of the table it was given. With lieFirst, the first
+// consumer a scan creates says, on every message it delivers, that none of
+// the table's messages is left after it (NumPending 0), as the server says
+// when rows are rewritten during the scan (see TestScanEndsPastTheMarker).
+type tracedStream struct {
+	jetstream.Stream
+	lieFirst bool
+
+	mu        sync.Mutex
+	marker    uint64 // P
+	last      uint64 // the position of the last message delivered
+	consumers int    // consumers created
+}
+
+func (s *tracedStream) GetLastMsgForSubject(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error) {
+	msg, err := s.Stream.GetLastMsgForSubject(ctx, subject)
+	if err == nil && strings.HasSuffix(subject, "._applied") {
+		s.mu.Lock()
+		s.marker = msg.Sequence
+		s.mu.Unlock()
+	}
+	return msg, err
+}
+
+func (s *tracedStream) CreateConsumer(ctx context.Context, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	c, err := s.Stream.CreateConsumer(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.consumers++
+	return &tracedConsumer{Consumer: c, s: s, lie: s.lieFirst && s.consumers == 1}, nil
+}
+
+type tracedConsumer struct {
+	jetstream.Consumer
+	s   *tracedStream
+	lie bool
+}
+
+func (c *tracedConsumer) Messages(opts ...jetstream.PullMessagesOpt) (jetstream.MessagesContext, error) {
+	it, err := c.Consumer.Messages(opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &tracedMessages{MessagesContext: it, c: c}, nil
+}
+
+type tracedMessages struct {
+	jetstream.MessagesContext
+	c *tracedConsumer
+}
+
+func (it *tracedMessages) Next(opts ...jetstream.NextOpt) (jetstream.Msg, error) {
+	msg, err := it.MessagesContext.Next(opts...)
+	if err != nil {
+		return msg, err
+	}
+	meta, err := msg.Metadata()
+	if err != nil {
+		return msg, err
+	}
+	it.c.s.mu.Lock()
+	it.c.s.last = meta.Sequence.Stream
+	it.c.s.mu.Unlock()
+	if !it.c.lie {
+		return msg, nil
+	}
+	told := *meta
+	told.NumPending = 0
+	return toldMsg{Msg: msg, meta: &told}, nil
+}
+
+// toldMsg is a message with the metadata the test says it has.
+type toldMsg struct {
+	jetstream.Msg
+	meta *jetstream.MsgMetadata
+}
+
+func (m toldMsg) Metadata() (*jetstream.MsgMetadata, error) { return m.meta, nil }
+
+// scanTrace is where a scan stood.
+type scanTrace struct {
+	n         uint64 // the event sequence it returned (N)
+	marker    uint64 // the position of the marker it read (P)
+	last      uint64 // the position of the last message it was given
+	consumers int
+}
+
+func (tr scanTrace) String() string {
+	return fmt.Sprintf("as of event %d, marker at position %d, last message read at %d, %d consumers", tr.n, tr.marker, tr.last, tr.consumers)
+}
+
+// tracedRows is boundedRows with the scan's trace; lieFirst as in
+// tracedStream.
+func (e *env) tracedRows(table string, lieFirst bool) (map[string]string, scanTrace) {
+	e.t.Helper()
+	rows, err := e.nats.JS.Stream(context.Background(), rowstate.RowsStreamName("TABLECAST"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ts := &tracedStream{Stream: rows, lieFirst: lieFirst}
+	out, n := e.boundedRowsOf(ts, table)
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return out, scanTrace{n: n, marker: ts.marker, last: ts.last, consumers: ts.consumers}
+}
+
+// rowHistory tells, for a row that a scan completed with the events after
+// it got wrong, which event made the row what it is (or removed it) and
+// where its message stands in the rows stream: enough to tell a row the
+// scan should have given (its message at most the marker, its event at
+// most N) from one the events should have brought.
+type rowHistory struct {
+	e    *env
+	last map[string]string // canonical key → its last event, described
+	raw  map[string][]byte // canonical key → the key as the reader writes it
+}
+
+func (e *env) rowHistory(table string) *rowHistory {
+	e.t.Helper()
+	h := &rowHistory{e: e, last: map[string]string{}, raw: map[string][]byte{}}
+	for _, m := range e.nats.ReadAll(e.t, "TABLECAST") {
+		var ev struct {
+			Op    string          `json:"op"`
+			Table string          `json:"table"`
+			Key   json.RawMessage `json:"key"`
+			Data  json.RawMessage `json:"data"`
+		}
+		if json.Unmarshal(m.Data, &ev) != nil || ev.Table != table || len(ev.Key) == 0 {
+			continue
+		}
+		old := canon(e.t, ev.Key)
+		h.raw[old] = ev.Key
+		if ev.Op == "delete" || len(ev.Data) == 0 {
+			h.last[old] = fmt.Sprintf("%s at %d", ev.Op, m.Seq)
+			continue
+		}
+		key, err := rowstate.NewKey(ev.Key, ev.Data)
+		if err != nil {
+			e.t.Fatalf("event %d: %v", m.Seq, err)
+		}
+		now := canon(e.t, key)
+		h.raw[now] = key
+		if now != old {
+			h.last[old] = fmt.Sprintf("moved to %s at %d", now, m.Seq)
+			h.last[now] = fmt.Sprintf("moved from %s at %d", old, m.Seq)
+			continue
+		}
+		h.last[now] = fmt.Sprintf("%s at %d", ev.Op, m.Seq)
+	}
+	return h
+}
+
+// explain describes a row's last event and its message in the rows stream.
+func (h *rowHistory) explain(key string) string {
+	ctx := context.Background()
+	ev, ok := h.last[key]
+	if !ok {
+		ev = "no event"
+	}
+	rows, err := h.e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
+	if err != nil {
+		return "last event: " + ev + "; rows stream: " + err.Error()
+	}
+	raw, ok := h.raw[key]
+	if !ok {
+		raw = []byte(key)
+	}
+	msg, err := rows.GetLastMsgForSubject(ctx, rowstate.RowSubject(prefix, h.e.db, "public", "items", rowstate.KeyToken(raw)))
+	if err != nil {
+		return fmt.Sprintf("last event: %s; its message in the rows stream: %v", ev, err)
+	}
+	del := ""
+	if msg.Header.Get(rowstate.HeaderDeleted) != "" {
+		del = ", a tombstone"
+	}
+	return fmt.Sprintf("last event: %s; its message in the rows stream: position %d, event %s%s", ev, msg.Sequence, msg.Header.Get(rowstate.HeaderSeq), del)
+}
+
+// sameRowsExplained is sameRows naming, for every row that differs, its
+// history (explain).
+func sameRowsExplained(t testing.TB, what string, got, want map[string]string, explain func(key string) string) {
+	t.Helper()
+	var bad []string
+	for k, w := range want {
+		if g, ok := got[k]; !ok {
+			bad = append(bad, fmt.Sprintf("row %s missing (PostgreSQL %.80q); %s", k, w, explain(k)))
+		} else if g != w {
+			bad = append(bad, fmt.Sprintf("row %s: %.80q, PostgreSQL %.80q; %s", k, g, w, explain(k)))
+		}
+	}
+	for k, g := range got {
+		if _, ok := want[k]; !ok {
+			bad = append(bad, fmt.Sprintf("row %s (%.80q) not in PostgreSQL; %s", k, g, explain(k)))
+		}
+	}
+	if len(bad) == 0 {
+		return
+	}
+	sort.Strings(bad)
+	n := len(bad)
+	if n > 30 {
+		bad = append(bad[:30], fmt.Sprintf("… and %d more", n-30))
+	}
+	t.Fatalf("%s: %d rows differ (%d rows, PostgreSQL %d):\n%s", what, n, len(got), len(want), strings.Join(bad, "\n"))
+}
