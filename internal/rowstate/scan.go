@@ -43,7 +43,8 @@ const scanAttempts = 5
 // reads the database's marker, at stream position P, saying the events up
 // to A are applied; then it reads the table's messages in stream order and
 // stops at the first message after P, or when no message of the table at
-// most P is left (read). N is A, or the largest event sequence of a row
+// most P is left (read: the stream counts none after the last one read
+// when a consumer is made). N is A, or the largest event sequence of a row
 // read, when larger (rows a maintainer wrote before it stopped, without
 // their marker, and a new session left in place).
 //
@@ -87,8 +88,9 @@ const scanAttempts = 5
 // The scan reads with a consumer of its own, which asks for more only as
 // fn takes what it has; it asks the stream for no wildcard subject's last
 // message (a walk over every row's subject). A consumer that fails under
-// load is replaced by one that starts after the last message read, so no
-// row comes twice.
+// load, or whose running count says no message of the table is left
+// before one after P came (see read), is replaced by one that starts after
+// the last message read, so no row comes twice.
 func Scan(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, table string, fn func(Row) error) (uint64, error) {
 	var marker *jetstream.RawStreamMsg
 	var err error
@@ -114,8 +116,15 @@ func Scan(ctx context.Context, rows jetstream.Stream, prefix, db, schemaName, ta
 	for {
 		before := sc.pos
 		done, err := sc.read(ctx)
-		if done || err == nil {
-			return sc.n, err
+		switch {
+		case done:
+			return sc.n, nil
+		case err == nil:
+			// The running count said nothing is left: a new consumer
+			// counts afresh. Each such consumer has taken at least one
+			// message, so this ends.
+			stalled = 0
+			continue
 		}
 		var cut *cutShortError
 		if !errors.As(err, &cut) || ctx.Err() != nil {
@@ -161,18 +170,28 @@ func (e *cutShortError) Unwrap() error { return e.err }
 // the consumer is lost or starved under load: a new one is tried.
 const scanWait = 5 * time.Second
 
-// read reads with a new consumer from after pos until the end (done), or
-// until the consumer fails (a cutShortError).
+// read reads with a new consumer from after pos until the end (done),
+// until the consumer's running count says no message of the table is left
+// (false, nil: to be read again with a new consumer), or until the
+// consumer fails (a cutShortError).
 //
 // The consumer reads the table's subjects alone: a consumer of several
 // filters is read by the server an order of magnitude slower. So the end
-// is known from the consumer's count of the table's messages after the
-// one delivered: when it is 0, no message of the table at most P is left.
-// (The server counts a message stored when it tells the consumer of it,
-// and only messages after P are stored during the scan, while it counts a
-// removal at once; so a 0 may leave out messages after P, never one at
-// most P. The count may be too high, a message counted then removed: the
-// wait for it runs out, and a new consumer counts afresh.)
+// is known from a count of the table's messages after pos, or from a
+// message after P. The count a consumer is made with is the stream's own:
+// 0 there means no message of the table after pos at all, and the scan is
+// done. The count that comes with each message delivered is not exact,
+// and can be too low: the server lowers it at once when a message of the
+// filter is removed, but raises it for a message stored only when the
+// stream tells the consumer of it, later. A row the maintainer writes
+// after P and writes again before the consumer hears of the first write
+// (two events of one row in a batch, or batches close together) lowers
+// the count with nothing yet to make up for it; under load those add up,
+// and the count reads 0 with rows at most P still to come (rows never
+// rewritten, which no event after N brings back). So a running 0 only
+// sends the scan to a new consumer, whose count is exact. The count may
+// also be too high (a message counted, then removed): the wait for the
+// next message runs out, and a new consumer counts afresh.
 func (sc *scan) read(ctx context.Context) (done bool, err error) {
 	what := fmt.Sprintf("read the rows of %s.%s", sc.schema, sc.table)
 	cons, err := sc.rows.CreateConsumer(ctx, jetstream.ConsumerConfig{
@@ -230,7 +249,7 @@ func (sc *scan) read(ctx context.Context) (done bool, err error) {
 			return false, err
 		}
 		if meta.NumPending == 0 {
-			return true, nil
+			return false, nil
 		}
 	}
 }

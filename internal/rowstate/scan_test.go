@@ -224,3 +224,26 @@ func sameRowsExplained(t testing.TB, what string, got, want map[string]string, e
 	}
 	t.Fatalf("%s: %d rows differ (%d rows, PostgreSQL %d):\n%s", what, n, len(got), len(want), strings.Join(bad, "\n"))
 }
+
+// TestScanEndsPastTheMarker: a scan ends only once no message of the
+// table at most its marker is left, whatever the count of messages left
+// that its consumer gives with each message says. The server lowers that
+// count at once when a message of the table is removed, even one stored
+// after the count was last raised (it raises it when the stream tells the
+// consumer of a new message, later): rows rewritten twice in quick
+// succession while a scan runs make it say 0 while rows at most the marker
+// are still to come. Here the first consumer says 0 on every message.
+func TestScanEndsPastTheMarker(t *testing.T) {
+	e := newEnv(t, items)
+	m, _ := e.maintainer()
+	e.caughtUp(m)
+	want, tr := e.tracedRows("items", false)
+	if len(want) != 300 {
+		t.Fatalf("a scan gave %d rows, the table has 300", len(want))
+	}
+	got, tr2 := e.tracedRows("items", true)
+	if tr2.n != tr.n {
+		t.Fatalf("scans of a table at rest as of events %d and %d", tr.n, tr2.n)
+	}
+	sameRowsExplained(t, fmt.Sprintf("a scan whose first consumer says no row is left (%s)", tr2), got, want, func(string) string { return "" })
+}
