@@ -61,7 +61,7 @@ soak:
 	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 60m -run 'Soak|Crash|FullDisk|LiveView|ReaderFailoverPausedLeader' -skip 'TestLiveViews$$' -v ./cmd/tablecast
 	TABLECAST_SOAK=1 $(GO) test -count=1 -timeout 20m -run 'TestLiveViews$$' -v ./cmd/tablecast
 	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 60m -run 'Soak' -v ./wsgate
-	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 20m -run 'TestWithoutBatches' -v ./internal/rowstate
+	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 20m -run 'TestWithoutBatches|Soak' -v ./internal/rowstate
 	@$(MAKE) --no-print-directory fuzz
 
 pg-start:
