@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -24,7 +26,25 @@ import (
 // cluster, in-process NATS servers, readers run in goroutines and ways to
 // read back what reached JetStream.
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+// parallelTests is how many of the package's parallel tests run at once.
+// They are the ones that spend most of their time waiting (for a reader
+// to start, for a publication's change to be noticed, between the
+// transactions of a latency test), each with a database, slot and NATS of
+// its own, and none that restarts PostgreSQL or changes its settings: go
+// test's default, one per core, would run them two at a time. Tests that
+// touch the cluster (doctor, settings, restarts, terminated walsenders)
+// stay sequential, and go test runs those before any parallel one.
+const parallelTests = 4
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		_ = flag.Set("test.parallel", strconv.Itoa(parallelTests))
+	}
+	pgtest.Main(m)
+}
 
 const testPrefix = "tc"
 

@@ -17,6 +17,7 @@ import (
 // snapshots, while old carries the whole old row. Only a table without a
 // primary key or identity index has every column as its key under FULL.
 func TestKeyKeepsItsShape(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t,
 		`CREATE TABLE docs (id int PRIMARY KEY, title text, body text)`,
 		`INSERT INTO docs VALUES (1, 'a', 'x')`,
@@ -115,6 +116,7 @@ func TestKeyKeepsItsShape(t *testing.T) {
 }
 
 func TestEventKey(t *testing.T) {
+	t.Parallel() // see parallelTests
 	pk, idx, both := []string{"id"}, []string{"code"}, []string{"code", "id"}
 	tests := []struct {
 		replident byte

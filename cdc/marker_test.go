@@ -145,6 +145,7 @@ func checkMarker(t *testing.T, tx *txOf) markerBody {
 // replayed transaction's marker counts the events stored before the
 // restart too.
 func TestTransactionMarkers(t *testing.T) {
+	t.Parallel() // see parallelTests
 	const big = 20_000
 	db := newTestDB(t, `CREATE TABLE a (id int PRIMARY KEY, pad text)`, `CREATE TABLE b (id int PRIMARY KEY)`, `CREATE TABLE unpublished (v int)`)
 	n := &natsEnv{natstest.Start(t)}
@@ -226,6 +227,7 @@ func TestTransactionMarkers(t *testing.T) {
 // TestNoTransactionMarkersByDefault: without TxMarkers, nothing but the
 // events is published.
 func TestNoTransactionMarkersByDefault(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE a (id int PRIMARY KEY)`)
 	n := startNATS(t)
 	startReader(t, db.config(), n)
@@ -241,6 +243,7 @@ func TestNoTransactionMarkersByDefault(t *testing.T) {
 }
 
 func TestAppendMarker(t *testing.T) {
+	t.Parallel() // see parallelTests
 	var txn schema.Txn
 	txn.Reset(0x16B3748, 731, time.Date(2026, 12, 5, 9, 0, 0, 123456000, time.UTC))
 	var c txCounts

@@ -11,6 +11,7 @@ import (
 // …) is published on the topic's subject in its place among the
 // transaction's changes, and never when the transaction rolls back.
 func TestTransactionalOutbox(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE orders (id int PRIMARY KEY)`)
 	n := startNATS(t)
 	r := startReader(t, db.config(), n)
@@ -57,6 +58,7 @@ func TestTransactionalOutbox(t *testing.T) {
 // TestHeartbeat: on a quiet database the heartbeat still moves the slot,
 // measures end-to-end lag, and the slot's WAL health shows in metrics.
 func TestHeartbeat(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE quiet (id int PRIMARY KEY)`)
 	cfg := db.config()
 	cfg.HeartbeatInterval = 100 * time.Millisecond

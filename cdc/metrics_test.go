@@ -26,6 +26,7 @@ func (r *runningReader) histogram(name string) (uint64, float64) {
 // event stored in JetStream. The reader sees the commit after the test
 // sends it, and JetStream acknowledges the event once it is stored.
 func TestPublishLatencyIsTrue(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`)
 	cfg := db.config()
 	cfg.HeartbeatInterval = -1
@@ -72,6 +73,7 @@ func TestPublishLatencyIsTrue(t *testing.T) {
 // measured as arriving after it was written, and no later than the test
 // saw the measurement.
 func TestHeartbeatLagIsTrue(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE quiet (id int PRIMARY KEY)`)
 	cfg := db.config()
 	cfg.HeartbeatInterval = -1 // the test writes the heartbeats

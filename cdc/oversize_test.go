@@ -43,6 +43,7 @@ func resolve(t testing.TB, n *natsEnv, msg []byte) []byte {
 // dead-lettered beyond it; a topic message too large for NATS is
 // dead-lettered with a claim to its content. Nothing stops the reader.
 func TestOversizeEvents(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE docs (id int PRIMARY KEY, body text)`,
 		`INSERT INTO docs VALUES (1, repeat('s', 2000000))`)
 	n := startStockNATS(t)
@@ -137,6 +138,7 @@ func TestOversizeEvents(t *testing.T) {
 // session at the same place; the slot's lag is small, yet /healthz must
 // turn unhealthy with the reason, and healthy again once the event passes.
 func TestHealthReportsRepeatedFailures(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY, pad text)`)
 	n := &natsEnv{natstest.Start(t)}
 	ctx := context.Background()

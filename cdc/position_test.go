@@ -19,6 +19,7 @@ import (
 // claims to be, skips nothing; and in a stream shared with others, only the
 // reader's own messages say what it has stored.
 func TestPositionRecordOfAnotherOrigin(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`)
 	n := startNATS(t)
 	r := startReader(t, db.config(), n)

@@ -14,6 +14,7 @@ import (
 // index's columns the key. (PostgreSQL 15 lets a filtered table take updates
 // only when the filter uses replica-identity columns: tenant is in the key.)
 func TestPublicationColumnListAndRowFilter(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t,
 		`CREATE TABLE users (id int, email text NOT NULL, password_hash text, tenant int NOT NULL, PRIMARY KEY (tenant, id))`,
 		`INSERT INTO users VALUES (1, 'a@x', 'secret-1', 1), (2, 'b@x', 'secret-2', 2)`,

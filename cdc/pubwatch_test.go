@@ -93,6 +93,7 @@ func eventsOf(t testing.TB, n *natsEnv, table string) []event {
 // would include it; the publication is FOR TABLE, not FOR ALL TABLES, and
 // marked as tablecast's; extension and unlogged tables stay out.
 func TestKeylessTablesKeepTheirWrites(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t,
 		`CREATE TABLE orders (id int PRIMARY KEY, status text)`,
 		`CREATE TABLE log (line text)`,
@@ -168,6 +169,7 @@ func TestKeylessTablesKeepTheirWrites(t *testing.T) {
 // one without a primary key is streamed from then on, with a warning that
 // its earlier rows are not sent.
 func TestTableCreatedWhileStreaming(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE orders (id int PRIMARY KEY)`)
 	n := startNATS(t)
 	r := startReader(t, db.config(), n)
@@ -213,6 +215,7 @@ func TestTableCreatedWhileStreaming(t *testing.T) {
 // TestTableAddedWhileStopped: a table created while no reader runs is
 // added at the next start, its rows sent as op read.
 func TestTableAddedWhileStopped(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE orders (id int PRIMARY KEY)`)
 	n := startNATS(t)
 	startReader(t, db.config(), n).stop(t)
@@ -231,6 +234,7 @@ func TestTableAddedWhileStopped(t *testing.T) {
 // table is added to the publication; one a crashed reader did not finish is
 // taken at the next start.
 func TestCatchUpResumedAfterCrash(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE orders (id int PRIMARY KEY)`)
 	n := startNATS(t)
 	startReader(t, db.config(), n).stop(t)
@@ -262,6 +266,7 @@ func TestCatchUpResumedAfterCrash(t *testing.T) {
 // refuses its writes meanwhile), and added again once it has a replica
 // identity.
 func TestTableLosingItsKey(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY, v text)`, `INSERT INTO items VALUES (1, 'a')`)
 	n := startNATS(t)
 	cfg := db.config()
@@ -292,6 +297,7 @@ func TestTableLosingItsKey(t *testing.T) {
 // partition's own, which the partitioned table does not hand down); a new
 // partition without one takes the table out, until it gets one.
 func TestPartitionWithoutKey(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t,
 		`CREATE TABLE m (id int, at date, v int) PARTITION BY RANGE (at)`,
 		`CREATE TABLE m2025 PARTITION OF m FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')`,
@@ -327,6 +333,7 @@ func TestPartitionWithoutKey(t *testing.T) {
 // would refuse UPDATE and DELETE on once published stops the reader at
 // start with the SQL that fixes it, and creates nothing.
 func TestExplicitTablesWithoutKey(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`, `CREATE TABLE nokey (v int)`)
 	n := startNATS(t)
 	cfg := db.config()
@@ -356,6 +363,7 @@ func TestExplicitTablesWithoutKey(t *testing.T) {
 // is read as it is, never altered, and a FOR ALL TABLES one with a keyless
 // table gets an error in the log at start, with the fix.
 func TestDBAPublicationBreakingWrites(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE orders (id int PRIMARY KEY)`, `CREATE TABLE log (line text)`,
 		`CREATE PUBLICATION tc_pub FOR ALL TABLES`)
 	n := startNATS(t)
@@ -421,6 +429,8 @@ func BenchmarkCatalogRound(b *testing.B) {
 // creates, updates, deletes) rebuilds it exactly, with no read older than a
 // change already sent.
 func TestCatchUpUnderWrites(t *testing.T) {
+	t.Parallel() // see parallelTests
+
 	const rows = 5000 // three chunks
 	db := newTestDB(t, `CREATE TABLE orders (id int PRIMARY KEY)`)
 	n := startNATS(t)

@@ -22,6 +22,7 @@ import (
 // shape in force when it was committed, shapes never go back, and the
 // registry holds each shape with a growing version.
 func TestSchemaChangesDuringLoad(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE t (id int PRIMARY KEY, a int, b text)`)
 	n := startNATS(t)
 	startReader(t, db.config(), n)

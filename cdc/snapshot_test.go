@@ -17,6 +17,7 @@ import (
 // is taken arrive as changes: replaying the stream rebuilds the tables
 // exactly, and no row is both read and created.
 func TestInitialSnapshot(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t,
 		`CREATE TABLE items (id int PRIMARY KEY, v text)`,
 		`INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 3000) g`,
@@ -138,6 +139,7 @@ func TestInitialSnapshot(t *testing.T) {
 // TestSnapshotNever: with TABLECAST_SNAPSHOT=never, rows already there are
 // not published.
 func TestSnapshotNever(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`, `INSERT INTO items VALUES (1), (2)`)
 	n := startNATS(t)
 	cfg := db.config()
@@ -156,6 +158,7 @@ func TestSnapshotNever(t *testing.T) {
 // snapshot still marked pending (it died midway) drops the slot and takes
 // the snapshot again instead of streaming on top of a partial copy.
 func TestInterruptedSnapshotIsRedone(t *testing.T) {
+	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`, `INSERT INTO items SELECT generate_series(1, 100)`)
 	n := startNATS(t)
 	r := startReader(t, db.config(), n)

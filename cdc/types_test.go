@@ -17,6 +17,7 @@ import (
 // rule says (DESIGN.md). The expected JSON is compared byte for byte, so
 // that a json value keeps its white space and a string its exact escapes.
 func TestColumnTypes(t *testing.T) {
+	t.Parallel() // see parallelTests
 	cases := []struct {
 		name, typ, value, want string
 	}{
@@ -167,6 +168,7 @@ func TestColumnTypes(t *testing.T) {
 // TestNames: schema, table and column names that need quoting in SQL and
 // escaping in subjects; tables without a primary key; a partitioned table.
 func TestNames(t *testing.T) {
+	t.Parallel() // see parallelTests
 	t.Run("quoted identifiers", func(t *testing.T) {
 		db := newTestDB(t,
 			`CREATE SCHEMA "My Schema"`,
