@@ -539,6 +539,14 @@ func (w *worker) dispatch(ctx context.Context, lanes []*lane, lanesWG *sync.Wait
 		// many events wait for it, costs little memory.
 		held := w.heldCount()
 		allow := rate.allowance(w)
+		// While messages given out earlier are waited for (parked behind
+		// them), none is delivered: waiting for deliveries to make room
+		// would wait for nothing, and the ones waited for come only
+		// through pulls. They are at most what MaxAckPending let out.
+		waiting := w.awaiting || len(w.parked) > 0
+		if waiting {
+			allow = max(allow, held+w.pull)
+		}
 		if !idle && held >= allow {
 			w.gaps.stalled() // no pull while it waits
 			pull = w.shrinkPull(pull)
