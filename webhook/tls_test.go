@@ -76,6 +76,48 @@ func TestTLSUntrustedCertificate(t *testing.T) {
 	}
 }
 
+// TestTLSCertificateExpiredOrMisnamed: a receiver whose certificate is
+// signed by a trusted authority but has expired, or names another host,
+// gets no request; its events are dead-lettered after their retries with a
+// reason that says the certificate is not trusted, and why.
+func TestTLSCertificateExpiredOrMisnamed(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name string
+		cert func(t *testing.T) testcert.Cert
+		why  string // in the reason, from x509
+	}{
+		{"expired", func(t *testing.T) testcert.Cert {
+			return testcert.NewValid(t, time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour), "127.0.0.1")
+		}, "expired"},
+		{"misnamed", func(t *testing.T) testcert.Cert { return testcert.New(t, "127.0.0.2", "receiver.invalid") }, "not 127.0.0.1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			cert := c.cert(t)
+			e := newEnv(t, envOptions{roots: cert.Pool})
+			r := newTLSReceiver(t, cert)
+			ep := e.endpoint(c.name, r.URL(), func(w *endpoint.Webhook) {
+				w.Retry = endpoint.Retry{Initial: endpoint.Duration(100 * time.Millisecond), Max: endpoint.Duration(200 * time.Millisecond), MaxAge: endpoint.Duration(time.Second)}
+			})
+			e.waitConsumer(ep)
+			e.insertOrders(1, 1)
+			var dls []DeadLetter
+			waitFor(t, time.Minute, "the event dead-lettered", func() bool {
+				var err error
+				dls, err = e.mgr.DeadLetters().List(context.Background(), ep.ID, 0, 10)
+				return err == nil && len(dls) == 1
+			})
+			if reason := dls[0].Reason; !strings.Contains(reason, "TLS certificate is not trusted") || !strings.Contains(reason, c.why) {
+				t.Errorf("dead letter's reason %q; want the certificate said not trusted, and %q", reason, c.why)
+			}
+			if n := len(r.requests()); n != 0 {
+				t.Fatalf("the receiver got %d requests through a certificate refused", n)
+			}
+		})
+	}
+}
+
 // TestTLSHTTP2Delivery: receivers over TLS with a trusted certificate get
 // their events over HTTP/2, in order, signed, one at a time and in
 // batches.

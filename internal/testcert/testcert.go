@@ -30,6 +30,13 @@ type Cert struct {
 // for an hour either side of now, and its key (PKCS #8).
 func New(t testing.TB, hosts ...string) Cert {
 	t.Helper()
+	return NewValid(t, time.Now().Add(-time.Hour), time.Now().Add(time.Hour), hosts...)
+}
+
+// NewValid is New with a certificate valid from notBefore to notAfter: one
+// that has expired, or is not valid yet.
+func NewValid(t testing.TB, notBefore, notAfter time.Time, hosts ...string) Cert {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -39,7 +46,7 @@ func New(t testing.TB, hosts ...string) Cert {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: "tablecast test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		NotBefore: notBefore, NotAfter: notAfter,
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
