@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/tablecast/tablecast/internal/natstest"
 	"github.com/tablecast/tablecast/internal/pgtest"
+	"github.com/tablecast/tablecast/internal/testrun"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -37,12 +36,7 @@ import (
 const parallelTests = 4
 
 func TestMain(m *testing.M) {
-	flag.Parse()
-	parallelSet := false
-	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
-	if !parallelSet {
-		_ = flag.Set("test.parallel", strconv.Itoa(parallelTests))
-	}
+	testrun.Parallel(parallelTests)
 	pgtest.Main(m)
 }
 

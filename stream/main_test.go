@@ -1,10 +1,10 @@
 package stream
 
 import (
-	"flag"
 	"os"
-	"strconv"
 	"testing"
+
+	"github.com/tablecast/tablecast/internal/testrun"
 )
 
 // parallelTests is how many of the package's parallel tests run at once:
@@ -16,11 +16,6 @@ import (
 const parallelTests = 5
 
 func TestMain(m *testing.M) {
-	flag.Parse()
-	parallelSet := false
-	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
-	if !parallelSet {
-		_ = flag.Set("test.parallel", strconv.Itoa(parallelTests))
-	}
+	testrun.Parallel(parallelTests)
 	os.Exit(m.Run())
 }

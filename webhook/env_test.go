@@ -32,10 +32,20 @@ import (
 	"github.com/tablecast/tablecast/internal/natstest"
 	"github.com/tablecast/tablecast/internal/pgtest"
 	"github.com/tablecast/tablecast/internal/testcert"
+	"github.com/tablecast/tablecast/internal/testrun"
 	"github.com/tablecast/tablecast/stream"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+// parallelTests is how many of the package's parallel tests run at once.
+// Most of them wait far more than they work: on receivers that answer
+// late or not at all, on retries' backoff, on ack waits and on the reader.
+// go test's default, one per core, runs them two at a time.
+const parallelTests = 3
+
+func TestMain(m *testing.M) {
+	testrun.Parallel(parallelTests)
+	pgtest.Main(m)
+}
 
 const testPrefix = "tablecast"
 

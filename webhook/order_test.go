@@ -16,17 +16,7 @@ import (
 // it, which wait for it, rather than after them.
 func TestLostDeliveryWaitedFor(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOptions{ackWait: 3 * time.Second})
-	r := newReceiver(t)
-	ep := e.endpoint("lost", r.URL(), func(w *endpoint.Webhook) { w.Batch = 10 })
-	e.waitConsumer(ep)
-	var dropped atomic.Bool
-	e.mgr.hooks.Store(&sleepHooks{lost: func(id string, meta *jetstream.MsgMetadata) bool {
-		// The first message read, on its first delivery: row 1.
-		return id == ep.ID && meta.NumDelivered == 1 && dropped.CompareAndSwap(false, true)
-	}})
-	e.insertOrders(1, 1)
-	waitFor(t, 30*time.Second, "row 1's first delivery to be lost", dropped.Load)
+	e, r := loseRowOne(t, "lost")
 	e.insertOrders(2, 3)
 	got := r.waitAccepted(t, 3, time.Minute)
 	checkOrder(t, got, 3)
@@ -43,16 +33,7 @@ func TestLostDeliveryWaitedFor(t *testing.T) {
 // a process that died left unacknowledged, however few.
 func TestLostDeliveryWaitedForAcrossRestart(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOptions{ackWait: 3 * time.Second})
-	r := newReceiver(t)
-	ep := e.endpoint("lost-restart", r.URL(), func(w *endpoint.Webhook) { w.Batch = 10 })
-	e.waitConsumer(ep)
-	var dropped atomic.Bool
-	e.mgr.hooks.Store(&sleepHooks{lost: func(id string, meta *jetstream.MsgMetadata) bool {
-		return id == ep.ID && meta.NumDelivered == 1 && dropped.CompareAndSwap(false, true)
-	}})
-	e.insertOrders(1, 1)
-	waitFor(t, 30*time.Second, "row 1's first delivery to be lost", dropped.Load)
+	e, r := loseRowOne(t, "lost-restart")
 	e.insertOrders(2, 3)
 	waitFor(t, 30*time.Second, "rows 2 and 3 to wait for row 1", func() bool { return e.log.contains("did not arrive; later ones wait") })
 	e.stopManager()
@@ -63,4 +44,23 @@ func TestLostDeliveryWaitedForAcrossRestart(t *testing.T) {
 	e.insertOrders(4, 5)
 	got := r.waitAccepted(t, 5, time.Minute)
 	checkOrder(t, got, 5)
+}
+
+// loseRowOne starts a pipeline with an endpoint named name (batches of 10,
+// an ack wait of 3 s) and its receiver, inserts row 1 and drops its first
+// delivery on the way, as if it had not arrived.
+func loseRowOne(t *testing.T, name string) (*env, *receiver) {
+	t.Helper()
+	e := newEnv(t, envOptions{ackWait: 3 * time.Second})
+	r := newReceiver(t)
+	ep := e.endpoint(name, r.URL(), func(w *endpoint.Webhook) { w.Batch = 10 })
+	e.waitConsumer(ep)
+	var dropped atomic.Bool
+	e.mgr.hooks.Store(&sleepHooks{lost: func(id string, meta *jetstream.MsgMetadata) bool {
+		// The first message read, on its first delivery: row 1.
+		return id == ep.ID && meta.NumDelivered == 1 && dropped.CompareAndSwap(false, true)
+	}})
+	e.insertOrders(1, 1)
+	waitFor(t, 30*time.Second, "row 1's first delivery to be lost", dropped.Load)
+	return e, r
 }

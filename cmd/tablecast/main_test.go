@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,19 +17,13 @@ import (
 
 	"github.com/tablecast/tablecast/internal/natstest"
 	"github.com/tablecast/tablecast/internal/pgtest"
+	"github.com/tablecast/tablecast/internal/testrun"
 )
 
 // These tests run the real binary, as a user or an init system would.
 
 func TestMain(m *testing.M) {
-	flag.Parse()
-	parallelSet := false
-	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
-	if !parallelSet {
-		// See "Parallel tests" below: all of them at once, unless the
-		// command line says otherwise.
-		_ = flag.Set("test.parallel", strconv.Itoa(parallelTests))
-	}
+	testrun.Parallel(parallelTests) // see "Parallel tests" below
 	pgtest.Main(m, build.remove, plainBuild.remove)
 }
 
