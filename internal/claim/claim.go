@@ -82,12 +82,13 @@ const noStallPull = 5 * time.Second
 // size.
 //
 // It reads the object's chunks itself, by batched direct gets of the
-// bucket's stream (see chunkReader), and checks the digest: the object
-// store's own reader bounds the whole read by the context's deadline, and
-// without one by the JetStream client's default timeout (5 s), which a
-// large object on a loaded server outlasts while still arriving; and it
-// reads through a consumer, which a read-only identity may not create on
-// the bucket (one could be told to deliver into the event stream).
+// bucket's stream (see chunkReader), and checks the digest. The object
+// store's own reader would not do: it bounds the whole read by the
+// context's deadline, and without one by the JetStream client's default
+// timeout (5 s), which a large object on a loaded server outlasts while
+// still arriving; and it reads through a consumer, which a read-only
+// identity may not create on the bucket (one could be told to deliver
+// into the event stream).
 func (o *Objects) FetchStalled(ctx context.Context, c Claim, stall time.Duration) ([]byte, error) {
 	fail := func(err error) ([]byte, error) {
 		return nil, fmt.Errorf("read object %s of bucket %s: %w", c.Object, c.Bucket, err)
