@@ -62,11 +62,7 @@ func TestCrashSafety(t *testing.T) {
 		_ = reader.Wait()
 	})
 
-	waitFor(t, time.Minute, "the reader to create and hold its slot", func() bool {
-		var active bool
-		_ = conn.QueryRow(context.Background(), `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
-		return active
-	})
+	waitSlotActive(t, conn, slot)
 	// The tables are empty, but a kill before the initial snapshot is
 	// marked done would have the next reader drop the slot and take the
 	// snapshot again, with the rows committed by then as op "read": by

@@ -61,11 +61,7 @@ func (r *outageReader) start() {
 		r.exitErr = cmd.Wait()
 		close(exited)
 	}(r.exited)
-	waitFor(r.t, time.Minute, "the reader to hold its slot", func() bool {
-		var active bool
-		_ = r.conn.QueryRow(context.Background(), `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, r.slot).Scan(&active)
-		return active
-	})
+	waitSlotActive(r.t, r.conn, r.slot)
 }
 
 func (r *outageReader) kill() {

@@ -116,13 +116,25 @@ func oversizeSetup(t *testing.T, name string) (conn *pgx.Conn, n *natstest.Serve
 	return conn, n, env, slot, httpAddr
 }
 
+// waitSlotActive waits until the reader holds its slot and the slot is past its
+// consistent point. A slot shows as active while PostgreSQL still builds it,
+// waiting for transactions of the whole cluster (other tests' too) to end;
+// its confirmed position is set only once it is consistent. A change
+// committed before then is in the initial snapshot (op "read"), or nowhere
+// with TABLECAST_SNAPSHOT=never, not streamed as a change.
 func waitSlotActive(t *testing.T, conn *pgx.Conn, slot string) {
 	t.Helper()
-	waitFor(t, time.Minute, "the reader to hold its slot", func() bool {
-		var active bool
-		_ = conn.QueryRow(context.Background(), `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
-		return active
+	waitFor(t, time.Minute, "the reader to hold its slot, past its consistent point", func() bool {
+		return slotHeld(conn, slot)
 	})
+}
+
+// slotHeld says whether a reader holds slot and the slot has a consistent
+// point (see waitSlotActive).
+func slotHeld(conn *pgx.Conn, slot string) bool {
+	var held bool
+	_ = conn.QueryRow(context.Background(), `SELECT active AND confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&held)
+	return held
 }
 
 func execSQL(t *testing.T, conn *pgx.Conn, sql string) {

@@ -33,11 +33,7 @@ func TestSnapshotCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = reader.Process.Signal(syscall.SIGTERM); _ = reader.Wait() })
-	waitFor(t, time.Minute, "the reader to hold its slot", func() bool {
-		var active bool
-		_ = conn.QueryRow(context.Background(), `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
-		return active
-	})
+	waitSlotActive(t, conn, slot)
 	if n.count(t) != 0 {
 		t.Fatalf("TABLECAST_SNAPSHOT=never published %d rows", n.count(t))
 	}
