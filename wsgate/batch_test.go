@@ -404,11 +404,12 @@ func (e *testEnv) feedLast() uint64 {
 	return 0
 }
 
-// TestBatchViewCatchingUp: a batched live view sends the events after
-// synced in transaction frames, enter and leave inside them, also when its
-// history starts inside a transaction (read on to its marker) and live
-// transactions arrive while it is replayed (held, markers among them, and
-// decided after it): each transaction once, whole.
+// TestBatchViewCatchingUp: a batched live view's rows are brought up to
+// what the stream held of the table when they were read (here, part of a
+// transaction: synced says more), then the events after synced come in
+// transaction frames, enter and leave inside them, also when live
+// transactions arrive while the history is replayed (held, markers among
+// them, and decided after it): each transaction once, whole.
 func TestBatchViewCatchingUp(t *testing.T) {
 	e := startGateway(t, withMarkers)
 	ctx := testCtx(t)
@@ -458,16 +459,18 @@ func TestBatchViewCatchingUp(t *testing.T) {
 	e.waitFor("the feed to handle the live transaction", func() bool { return e.feedLast() == t3.mark })
 	close(release)
 
-	// Synced comes with the history, which begins with a transaction
-	// after the rows.
-	if s := v.expect("synced", "v"); strings.Contains(s.raw, "more") {
-		t.Fatalf("synced at a transaction's end says more: %s", s.raw)
+	// What the stream held of the table when the rows were read (t2's
+	// first two events) is applied to them: row 1's update makes it
+	// enter. The rows end inside t2: synced says more, at its second
+	// event, and the rest of t2 follows, whole.
+	if rows := v.expect("rows", "v"); rows.raw != `{"type":"rows","id":"v","rows":[{"key":{"id":1},"data":{"id":1,"status":"paid","total":"1.00"}}]}` {
+		t.Fatalf("rows brought up to t2's first events: %s", rows.raw)
+	}
+	if s := v.expect("synced", "v"); !strings.Contains(s.raw, `"more":true`) || !strings.Contains(s.raw, fmt.Sprintf(`"seq":%d`, t2.seqs[1])) {
+		t.Fatalf("synced inside t2 %s, want seq %d and more", s.raw, t2.seqs[1])
 	}
 	f := v.expectTx("v")
-	f.check(t, t2, t2.mark, false, t2.seqs[0], t2.seqs[2])
-	if !strings.Contains(f.raw, `"view":"enter"`) {
-		t.Fatalf("row 1's update is not an enter: %s", f.raw)
-	}
+	f.check(t, t2, t2.mark, false, t2.seqs[2])
 	f = v.expectTx("v")
 	f.check(t, t3, t3.mark, false, t3.seqs[0], t3.seqs[1])
 	if !strings.Contains(f.raw, `{"seq":`+fmt.Sprint(t3.seqs[0])+`,"view":"leave"`) {
@@ -476,11 +479,16 @@ func TestBatchViewCatchingUp(t *testing.T) {
 	live.expectTx("live").check(t, t2, t2.mark, false, t2.seqs...)
 	live.expectTx("live").check(t, t3, t3.mark, false, t3.seqs...)
 
-	// Live: a delete of a row the view holds.
+	// Live: an update that makes a row enter, and a delete of a row the
+	// view holds.
 	t4 := e.beginTx()
-	e.events(t4, txRow{"orders", "delete", order(4, "paid")}, txRow{"orders", "delete", order(6, "open")})
+	e.events(t4, txRow{"orders", "update", order(6, "paid")}, txRow{"orders", "delete", order(4, "paid")})
 	e.commit(t4)
-	v.expectTx("v").check(t, t4, t4.mark, false, t4.seqs[0])
+	f = v.expectTx("v")
+	f.check(t, t4, t4.mark, false, t4.seqs...)
+	if !strings.Contains(f.raw, `{"seq":`+fmt.Sprint(t4.seqs[0])+`,"view":"enter"`) {
+		t.Fatalf("row 6's update is not an enter: %s", f.raw)
+	}
 }
 
 // TestBatchViewSyncedInsideTransaction: the rows of a batched view that
@@ -723,5 +731,130 @@ func TestBatchResumeFetchComesBackEmpty(t *testing.T) {
 			c.expectTx("r").check(t, tx, tx.mark, false, tx.seqs...)
 		}
 		_ = c.ws.Close(websocket.StatusNormalClosure, "")
+	}
+}
+
+// TestBatchViewRowsRewrittenWhileRead: rows the row state rewrites while
+// a batched view's rows are read (their messages before the read's end
+// removed before it reached them) are not read at all. Shown as read,
+// the view would hold the first transaction without some of its rows:
+// neither it nor the second, a part of a transaction. The history up to
+// where the stream stood when the rows were read is applied to them
+// before synced: synced comes at the second transaction's marker, and the
+// rows are exactly the table then.
+func TestBatchViewRowsRewrittenWhileRead(t *testing.T) {
+	e := startGateway(t, withMarkers)
+	ctx := testCtx(t)
+	m := newRowState(t, e)
+	runRowState(t, ctx, m)
+	applied := func(seq uint64) func() bool {
+		return func() bool {
+			rows, err := e.gw.rowsStream(ctx)
+			if err != nil {
+				return false
+			}
+			mk, err := rowstate.ReadDBMarker(ctx, rows, "tablecast", testDB)
+			return err == nil && mk.Applied >= seq
+		}
+	}
+	// More rows than a scan asks for at once, so that the last ones are
+	// still on the server when they are rewritten.
+	const n = 3 * rowstate.ScanBatch
+	want := map[string]string{} // the view after t2: key → data
+	t1 := e.beginTx()
+	for id := 1; id <= n; id++ {
+		e.events(t1, txRow{"orders", "create", order(id, "paid")})
+	}
+	e.commit(t1)
+	e.waitFor("the row state to apply the first transaction", applied(t1.mark))
+
+	// t2, applied to the row state once the view has read its first
+	// row: the last third of the rows leave, the one before changes, one
+	// row is deleted.
+	t2 := e.beginTx()
+	var once sync.Once
+	testHookSnapshotRow = func() {
+		once.Do(func() {
+			e.events(t2, txRow{"orders", "delete", order(1, "paid")})
+			for id := n/3 + 1; id <= n; id++ {
+				if id > 2*n/3 {
+					e.events(t2, txRow{"orders", "update", order(id, "open")})
+				} else {
+					e.events(t2, txRow{"orders", "update", map[string]any{"id": id, "status": "paid", "total": "2.00"}})
+				}
+			}
+			e.commit(t2)
+			e.waitFor("the row state to apply the second transaction", applied(t2.mark))
+		})
+	}
+	t.Cleanup(func() { testHookSnapshotRow = nil })
+	for id := 2; id <= 2*n/3; id++ {
+		total := "1.00"
+		if id > n/3 {
+			total = "2.00"
+		}
+		want[fmt.Sprintf(`{"id":%d}`, id)] = fmt.Sprintf(`{"id":%d,"status":"paid","total":%q}`, id, total)
+	}
+
+	v := e.dial("/ws")
+	v.subscribe(map[string]any{"id": "v", "table": "public.orders", "batch": "transaction", "snapshot": true,
+		"where": map[string]any{"status": map[string]any{"eq": "paid"}}})
+	got := map[string]string{}
+	removed := 0
+	for {
+		f := v.read(30 * time.Second)
+		if f.Type == "synced" {
+			if f.Seq != t2.mark || strings.Contains(f.raw, "more") {
+				t.Fatalf("synced %s, want the second transaction's marker %d (the first's: %d), without more", f.raw, t2.mark, t1.mark)
+			}
+			break
+		}
+		if f.Type != "rows" {
+			t.Fatalf("got %s before synced", f.raw)
+		}
+		var rf struct {
+			Rows []struct {
+				Key     json.RawMessage `json:"key"`
+				Data    json.RawMessage `json:"data"`
+				Removed bool            `json:"removed"`
+			} `json:"rows"`
+		}
+		if err := json.Unmarshal([]byte(f.raw), &rf); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rf.Rows {
+			if r.Removed {
+				delete(got, string(r.Key))
+				removed++
+				continue
+			}
+			got[string(r.Key)] = string(r.Data)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("synced with %d rows, want %d", len(got), len(want))
+	}
+	for k, d := range want {
+		if got[k] != d {
+			t.Errorf("row %s at synced: %q, want %q", k, got[k], d)
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("row %s at synced, which the table no longer matches", k)
+		}
+	}
+	if removed == 0 {
+		t.Errorf("no row taken out: the rows were not read before the second transaction was applied")
+	}
+
+	// The events after synced go on as transactions.
+	t3 := e.beginTx()
+	e.events(t3, txRow{"orders", "update", order(n, "paid")})
+	e.commit(t3)
+	f := v.expectTx("v")
+	f.check(t, t3, t3.mark, false, t3.seqs[0])
+	if !strings.Contains(f.raw, `"view":"enter"`) {
+		t.Fatalf("row %d's update is not an enter: %s", n, f.raw)
 	}
 }

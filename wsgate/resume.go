@@ -158,7 +158,16 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 			}
 			from = n
 			if s.batched {
-				synced = &syncedAt{seq: n, lsn: g.txAt(ctx, n)}
+				// Every event that changed a row while the rows were
+				// read is stored by now: the history up to the last one
+				// is folded into the rows (syncedAt).
+				to, err := g.lastSeqOf(ctx, f.subjects...)
+				if err != nil {
+					g.replays.done(turn)
+					g.snapshotFailed(s, wrapf(err, "read where the rows of %s were read to", s.table.Name))
+					return
+				}
+				synced = &syncedAt{seq: n, lsn: g.txAt(ctx, n), to: to, rows: rowsWriter{s: s}}
 			}
 		}
 		f.mu.Lock()
@@ -167,6 +176,9 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 		// the feed is not there yet (live frames up to it are the
 		// client's already: they are dropped, see sendTo).
 		s.boundary = max(f.last, from)
+		if synced != nil {
+			s.boundary = max(s.boundary, synced.to)
+		}
 		if s.batched && f.txOpen && s.boundary == f.last {
 			// Inside a transaction: the history runs to its end.
 			s.openBoundary, s.openLSN = true, bytes.Clone(f.txLSN)
@@ -486,6 +498,22 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64, synced *synce
 						more = inTxn && txb.n > 0 && bytes.Equal(txb.lsn, m.lsn)
 						return nil
 					}
+				}
+			}
+			if synced.folds(seq) {
+				folded, err := synced.fold(s, seq, msg.Subject(), data, isMarker, &scratchEv)
+				if err != nil {
+					if errors.Is(err, errSubEnded) && !s.done.Load() {
+						return errors.New("connection closed")
+					}
+					return err
+				}
+				if folded {
+					pos = seq
+					if seq == boundary && !open {
+						return nil
+					}
+					continue
 				}
 			}
 			if synced != nil && !synced.sent && !synced.send(s, msg.Subject(), data, &scratchEv) {

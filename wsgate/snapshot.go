@@ -26,7 +26,8 @@ import (
 // to where the state stood when the read began (rowstate.Scan): a row
 // changed after N while they were read comes at its version as of N, or not
 // at all, and its events after N bring it (an update of a row the view does
-// not hold is an enter). The keys sent are the view's at synced. A rows
+// not hold is an enter). A batched view's rows are made exact before synced
+// (syncedAt). The keys sent are the view's at synced. A rows
 // frame waits until the connection has at most snapshotAhead queued, and
 // the rows are read a batch at a time as frames go out: a table is sent as
 // fast as its client reads, never buffered whole, and a client that reads
@@ -98,46 +99,16 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 	}
 	t := s.table
 	sel := query.Selector{Ops: schema.BitRead, Where: s.filter, Policy: s.policy.Load()}
-	proj := s.proj.Load()
 	sent := map[uint64]struct{}{}
 	var ev query.Event
-	var env, frame []byte // env: the row as an envelope, to decide and project
-	n := 0
-	start := func() {
-		frame = append(newFrame(snapshotFrameBytes+4096), `{"type":"rows","id":`...)
-		frame = jsonx.AppendString(frame, s.id)
-		frame = append(frame, `,"rows":[`...)
-		n = 0
-	}
-	flush := func() error {
-		if n == 0 {
-			return nil
-		}
-		out := finishFrame(append(frame, "]}"...), opText)
-		start()
-		if !s.c.enqueueAhead(s, out, true, snapshotAhead) {
-			return errSubEnded
-		}
-		return nil
-	}
-	add := func(entry []byte) error {
-		if n > 0 {
-			frame = append(frame, ',')
-		}
-		n++
-		var err error
-		if frame, err = proj.AppendView(frame, entry, query.ViewWhole, nil); err != nil {
-			return err
-		}
-		if len(frame) >= snapshotFrameBytes || n >= snapshotFrameRows {
-			return flush()
-		}
-		return nil
-	}
-	start()
+	var env []byte // the row as an envelope, to decide and project
+	w := rowsWriter{s: s}
 	seq, err := rowstate.Scan(ctx, rows, g.cfg.Prefix, t.DB, t.Shape.Schema, t.Shape.Table, func(r rowstate.Row) error {
 		if s.done.Load() || s.c.isClosing() {
 			return errSubEnded
+		}
+		if testHookSnapshotRow != nil {
+			testHookSnapshotRow()
 		}
 		if r.Data == nil {
 			return nil // a row too large to keep: nothing to judge
@@ -154,18 +125,19 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 			return nil
 		}
 		sent[viewKey(r.Key)] = struct{}{}
-		return add(env)
+		return w.set(env)
 	})
 	if err != nil {
 		return 0, err
 	}
-	if err := flush(); err != nil {
+	if err := w.flush(); err != nil {
 		return 0, err
 	}
 	if s.batched {
 		// A batched view's synced waits for the start of its history,
-		// which shows whether the rows end inside a transaction
-		// (syncedAt).
+		// which brings the rows up to where the row state stood when
+		// they were read, and shows whether they end inside a
+		// transaction (syncedAt).
 		s.view = sent
 		return seq, nil
 	}
@@ -176,19 +148,65 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 	return seq, nil
 }
 
-// syncedAt is the synced of a batched view, sent by its history (replay)
-// before its first frame: the rows are as of event seq, of the
-// transaction lsn (nil: none, or unknown). When the history's first
-// message is an event of that transaction, the rows end inside it: synced
-// says "more" and the history's frames of the transaction follow, the
-// last of them without "more" (with no events, when the view takes none
-// of them), so that a client can show its rows with the whole transaction
-// applied, never a part of it.
-type syncedAt struct {
-	seq  uint64
-	lsn  []byte
-	sent bool // synced is queued
-	more bool // it said "more": the transaction's last frame is owed
+// testHookSnapshotRow, when set, is called for each row a snapshot reads.
+var testHookSnapshotRow func()
+
+// rowsWriter gathers a view's rows entries into rows frames and queues
+// them, each once the connection has at most snapshotAhead queued.
+type rowsWriter struct {
+	s     *sub
+	frame []byte
+	n     int // entries in frame
+}
+
+// set adds the entry {"key":…,"data":…} of a row, projected.
+func (w *rowsWriter) set(entry []byte) error {
+	w.begin()
+	var err error
+	if w.frame, err = w.s.proj.Load().AppendView(w.frame, entry, query.ViewWhole, nil); err != nil {
+		return err
+	}
+	return w.added()
+}
+
+// remove adds the entry taking out the row of key.
+func (w *rowsWriter) remove(key []byte) error {
+	w.begin()
+	w.frame = append(w.frame, `{"key":`...)
+	w.frame = append(w.frame, key...)
+	w.frame = append(w.frame, `,"removed":true}`...)
+	return w.added()
+}
+
+// begin starts a frame, or the next entry of one.
+func (w *rowsWriter) begin() {
+	if w.n > 0 {
+		w.frame = append(w.frame, ',')
+		return
+	}
+	w.frame = append(newFrame(snapshotFrameBytes+4096), `{"type":"rows","id":`...)
+	w.frame = jsonx.AppendString(w.frame, w.s.id)
+	w.frame = append(w.frame, `,"rows":[`...)
+}
+
+func (w *rowsWriter) added() error {
+	if w.n++; len(w.frame) >= snapshotFrameBytes || w.n >= snapshotFrameRows {
+		return w.flush()
+	}
+	return nil
+}
+
+// flush queues the frame begun, if any.
+func (w *rowsWriter) flush() error {
+	if w.n == 0 {
+		return nil
+	}
+	out := finishFrame(append(w.frame, "]}"...), opText)
+	w.frame, w.n = nil, 0
+	if !w.s.c.enqueueAhead(w.s, out, true, snapshotAhead) {
+		return errSubEnded
+	}
+	return nil
 }
 
 // txAt reads the transaction of the event stored at seq: its LSN, or nil
@@ -214,10 +232,94 @@ func (g *Gateway) txAt(ctx context.Context, seq uint64) []byte {
 	return bytes.Clone(m.lsn)
 }
 
-// send queues y's synced, saying more when the history's first message
-// (subject, data; nil subject: there is none) is an event of y's
-// transaction; ev is scratch.
+// syncedAt is the synced of a batched view, sent by its history (replay)
+// before its first frame: the rows are as of event seq, of the
+// transaction lsn (nil: none, or unknown). When the history's first
+// message is an event of that transaction, the rows end inside it: synced
+// says "more" and the history's frames of the transaction follow, the
+// last of them without "more" (with no events, when the view takes none
+// of them), so that a client can show its rows with the whole transaction
+// applied, never a part of it.
+//
+// The rows read are as of N except those changed after N while they were
+// read (rowstate.Scan): such a row comes at its version as of N or not at
+// all. Shown as they are, they could hold part of a later transaction (a
+// row it changed missing, the others as before it). So the history up to
+// to, the stream's last message of the table once the rows were read, is
+// applied to the rows before synced (fold): as rows entries that set or
+// take out rows, decided on the view as its events would be. Every row
+// changed while the rows were read was changed by an event at most to, so
+// the rows become exactly the table as of to (or of the message before a
+// truncate among them: a truncate cannot be told as rows, and goes out
+// after synced as the event that empties the view), and synced says to.
+type syncedAt struct {
+	seq  uint64
+	lsn  []byte
+	to   uint64 // the history up to to is folded into the rows
+	rows rowsWriter
+	sent bool // synced is queued
+	more bool // it said "more": the transaction's last frame is owed
+}
+
+// folds says whether the history's message seq is to be folded into the
+// rows rather than sent.
+func (y *syncedAt) folds(seq uint64) bool {
+	return y != nil && !y.sent && seq <= y.to
+}
+
+// fold applies the history's message seq (subject, data; marker: a
+// transaction marker) to the rows, as rows entries, and makes synced say
+// seq. It returns false for a message that cannot be folded (a truncate):
+// folding ends, and the message goes out after synced. ev is scratch.
+func (y *syncedAt) fold(s *sub, seq uint64, subject string, data []byte, marker bool, ev *query.Event) (bool, error) {
+	if marker {
+		y.seq, y.lsn = seq, nil // between transactions
+		return true, nil
+	}
+	bit := schema.OpBit(subjectOp(subject))
+	if bit == schema.BitTruncate {
+		y.to = 0
+		return false, nil
+	}
+	var lsn []byte
+	if bit != 0 && ev.Reset(bit, data) == nil {
+		if m, inTxn := eventMeta(ev); inTxn {
+			lsn = m.lsn
+		}
+	}
+	y.seq, y.lsn = seq, bytes.Clone(lsn)
+	var err error
+	var entry []byte
+	s.viewDecide(bit, data, func(view string, env []byte) {
+		var row query.Row
+		if err != nil || row.Reset(env) != nil {
+			return
+		}
+		key, ok := row.Get("key")
+		if !ok {
+			return
+		}
+		if view == "leave" || bit == schema.BitDelete {
+			err = y.rows.remove(key)
+			return
+		}
+		d, ok := row.Get("data")
+		if !ok {
+			return
+		}
+		entry = append(append(append(append(entry[:0], `{"key":`...), key...), `,"data":`...), d...)
+		err = y.rows.set(append(entry, '}'))
+	})
+	return true, err
+}
+
+// send queues y's synced, after the rows folded in, saying more when the
+// history's first message (subject, data; nil subject: there is none) is
+// an event of y's transaction; ev is scratch.
 func (y *syncedAt) send(s *sub, subject string, data []byte, ev *query.Event) bool {
+	if y.rows.flush() != nil {
+		return false
+	}
 	if y.lsn != nil && subject != "" {
 		if bit := schema.OpBit(subjectOp(subject)); bit != 0 && ev.Reset(bit, data) == nil {
 			m, inTxn := eventMeta(ev)

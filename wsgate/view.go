@@ -55,40 +55,54 @@ type heldEvent struct {
 // updates the view, and returns the frames to send in order; with obj, the
 // objects of a transaction frame instead (batch.go).
 func (s *sub) viewFrames(seq uint64, op schema.OpSet, data []byte, obj bool) [][]byte {
+	proj := s.proj.Load()
+	var out [][]byte
+	s.viewDecide(op, data, func(view string, env []byte) {
+		if f := encodeView(s.id, proj, seq, view, env, obj); f != nil {
+			out = append(out, f)
+		}
+	})
+	return out
+}
+
+// viewDecide decides an event (op, the envelope data) for s's view,
+// updates the view, and gives emit, in order, what the client is told:
+// the envelope to send and its view ("", "enter" or "leave").
+func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, env []byte)) {
 	if op == 0 {
-		return nil
+		return
 	}
 	var env query.Row
 	if env.Reset(data) != nil {
-		return nil
+		return
 	}
 	if s.view == nil {
 		s.view = map[uint64]struct{}{}
 	}
-	proj := s.proj.Load()
 	if op == schema.BitTruncate {
 		clear(s.view)
-		return frames(encodeView(s.id, proj, seq, "", data, obj))
+		emit("", data)
+		return
 	}
 	key, ok := env.Get("key")
 	if !ok || key[0] != '{' {
-		return nil
+		return
 	}
 	_, held := s.view[viewKey(key)]
 	if op == schema.BitDelete {
-		if !held {
-			return nil
+		if held {
+			delete(s.view, viewKey(key))
+			emit("", data)
 		}
-		delete(s.view, viewKey(key))
-		return frames(encodeView(s.id, proj, seq, "", data, obj))
+		return
 	}
 	rowData, ok := env.Get("data")
 	if !ok || rowData[0] != '{' {
-		return nil // a row too large for the stream: nothing to judge
+		return // a row too large for the stream: nothing to judge
 	}
 	var row query.Row
 	if row.Reset(rowData) != nil {
-		return nil
+		return
 	}
 	match := true
 	if policy := s.policy.Load(); policy != nil {
@@ -105,29 +119,28 @@ func (s *sub) viewFrames(seq uint64, op schema.OpSet, data []byte, obj bool) [][
 			newKey = k
 		}
 	}
-	var out [][]byte
 	if string(newKey) != string(key) || !match {
 		if held {
 			delete(s.view, viewKey(key))
-			out = append(out, encodeView(s.id, proj, seq, "leave", leaveEnvelope(data, key), obj))
+			emit("leave", leaveEnvelope(data, key))
 		}
 		if !match {
-			return out
+			return
 		}
-		held = false
 		_, held = s.view[viewKey(newKey)]
 	}
 	s.view[viewKey(newKey)] = struct{}{}
 	if held || op != schema.BitUpdate {
 		// A create or read adds a row (or reads it again), an update of
 		// a row held changes it: as they are.
-		return append(out, encodeView(s.id, proj, seq, "", data, obj))
+		emit("", data)
+		return
 	}
 	enter := withoutMembers(data, "old")
 	if string(newKey) != string(key) {
 		enter = withKey(withoutMembers(data, "old", "key"), newKey)
 	}
-	return append(out, encodeView(s.id, proj, seq, "enter", enter, obj))
+	emit("enter", enter)
 }
 
 func frames(f []byte) [][]byte {

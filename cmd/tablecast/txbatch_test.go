@@ -30,7 +30,9 @@ type txFrameE2E struct {
 	CommitTime string `json:"commit_time"`
 	More       bool   `json:"more"`
 	Rows       []struct {
-		Data map[string]any `json:"data"`
+		Key     map[string]any `json:"key"`
+		Data    map[string]any `json:"data"`
+		Removed bool           `json:"removed"`
 	} `json:"rows"`
 	Events []struct {
 		Seq   uint64 `json:"seq"`
@@ -284,6 +286,9 @@ func TestTransactionBatches(t *testing.T) {
 			t.Fatalf("view got %s before synced", f.raw)
 		}
 		for _, r := range f.Rows {
+			if r.Removed {
+				t.Fatalf("view's rows take out %v, which nothing changed: %s", r.Key, f.raw)
+			}
 			rows = append(rows, int(r.Data["id"].(float64)))
 		}
 	}
@@ -369,8 +374,16 @@ func TestTransactionBatches(t *testing.T) {
 			switch f.Type {
 			case "subscribed", "synced":
 			case "rows":
+				// The rows read, then the changes stored meanwhile
+				// (some taking rows out).
 				for _, r := range f.Rows {
-					lv.rows[int(r.Data["id"].(float64))] = true
+					if r.Removed {
+						delete(lv.rows, int(r.Key["id"].(float64)))
+						continue
+					}
+					id := int(r.Data["id"].(float64))
+					lv.rows[id] = true
+					done = done || id == 99999 // the end, stored before the rows were read
 				}
 			case "transaction":
 				if more && f.LSN != lastLSN {
