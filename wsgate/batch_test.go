@@ -522,6 +522,15 @@ func TestBatchViewSyncedInsideTransaction(t *testing.T) {
 	e.waitFor("the row state to apply part of the second transaction", applied(t2.seqs[1]))
 	stopState()
 
+	// Both views' rows read (and what the stream held then), the rest
+	// of the transaction is stored: a row the filtered view does not take.
+	var read atomic.Int32
+	release := make(chan struct{})
+	testHookSnapshotRead = func() {
+		read.Add(1)
+		<-release
+	}
+	t.Cleanup(func() { testHookSnapshotRead = nil })
 	all, open := e.dial("/ws"), e.dial("/ws")
 	all.subscribe(map[string]any{"id": "all", "table": "public.orders", "batch": "transaction", "snapshot": true})
 	open.subscribe(map[string]any{"id": "open", "table": "public.orders", "batch": "transaction", "snapshot": true,
@@ -531,9 +540,11 @@ func TestBatchViewSyncedInsideTransaction(t *testing.T) {
 			t.Fatalf("rows %s", rows.raw)
 		}
 	}
-	// The rest of the transaction: a row the filtered view does not take.
+	e.waitFor("both views to have read their rows", func() bool { return read.Load() == 2 })
 	e.events(t2, txRow{"orders", "create", order(4, "paid")})
 	e.commit(t2)
+	testHookSnapshotRead = nil
+	close(release)
 	want := fmt.Sprintf(`{"type":"synced","id":%%q,"seq":%d,"more":true}`, t2.seqs[1])
 	for _, c := range []*client{all, open} {
 		if s := c.expect("synced", ""); s.raw != fmt.Sprintf(want, s.ID) {
@@ -856,5 +867,53 @@ func TestBatchViewRowsRewrittenWhileRead(t *testing.T) {
 	f.check(t, t3, t3.mark, false, t3.seqs[0])
 	if !strings.Contains(f.raw, `"view":"enter"`) {
 		t.Fatalf("row %d's update is not an enter: %s", n, f.raw)
+	}
+}
+
+// TestBatchViewTruncateWhileRead: a truncate among what the stream held
+// when a batched view's rows were read cannot be told as rows entries:
+// the rows are brought up to the message before it, synced says so, and
+// the truncate follows in its transaction's frame, emptying the view.
+func TestBatchViewTruncateWhileRead(t *testing.T) {
+	e := startGateway(t, withMarkers)
+	ctx := testCtx(t)
+	m := newRowState(t, e)
+	stopState := runRowState(t, ctx, m)
+	t1 := e.beginTx()
+	e.events(t1, txRow{"orders", "create", order(1, "paid")}, txRow{"orders", "create", order(2, "open")})
+	e.commit(t1)
+	e.waitFor("the row state to apply the first transaction", func() bool {
+		rows, err := e.gw.rowsStream(ctx)
+		if err != nil {
+			return false
+		}
+		mk, err := rowstate.ReadDBMarker(ctx, rows, "tablecast", testDB)
+		return err == nil && mk.Applied >= t1.mark
+	})
+	stopState()
+	t2 := e.beginTx()
+	e.events(t2, txRow{"orders", "update", order(2, "paid")})
+	e.commit(t2)
+	t3 := e.beginTx()
+	e.events(t3, txRow{"orders", "truncate", map[string]any{}}, txRow{"orders", "create", order(3, "paid")})
+	e.commit(t3)
+
+	v := e.dial("/ws")
+	v.subscribe(map[string]any{"id": "v", "table": "public.orders", "batch": "transaction", "snapshot": true,
+		"where": map[string]any{"status": map[string]any{"eq": "paid"}}})
+	if rows := v.expect("rows", "v"); !strings.Contains(rows.raw, `"id":1`) || strings.Contains(rows.raw, `"id":2`) {
+		t.Fatalf("rows %s, want row 1 alone", rows.raw)
+	}
+	// t2, stored when the rows were read: row 2 enters, as rows.
+	if rows := v.expect("rows", "v"); rows.raw != `{"type":"rows","id":"v","rows":[{"key":{"id":2},"data":{"id":2,"status":"paid","total":"1.00"}}]}` {
+		t.Fatalf("rows brought up to t2: %s", rows.raw)
+	}
+	if s := v.expect("synced", "v"); s.Seq != t2.mark || strings.Contains(s.raw, "more") {
+		t.Fatalf("synced %s, want t2's marker %d, before the truncate, without more", s.raw, t2.mark)
+	}
+	f := v.expectTx("v")
+	f.check(t, t3, t3.mark, false, t3.seqs...)
+	if !strings.Contains(f.raw, `"op":"truncate"`) {
+		t.Fatalf("t3's frame without its truncate: %s", f.raw)
 	}
 }

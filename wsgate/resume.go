@@ -109,6 +109,10 @@ const openBoundaryPoll = 20 * time.Millisecond
 // read.
 var testHookReplayConsumer func()
 
+// testHookSnapshotRead, when set, is called once a view's rows are read and
+// where the history folded into them ends is known.
+var testHookSnapshotRead func()
+
 // testHookReplayFetch, when set (by tests), is asked before each fetch of
 // a resume's history: a non-nil batch it returns is read instead of
 // fetching, as a fetch that came back short would be.
@@ -148,7 +152,7 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 	defer cancel()
 	err := errSubEnded
 	if turn := g.replays.wait(s, cancel); turn != nil {
-		var synced *syncedAt // a batched view's, sent by its history
+		var synced *syncedAt // a view's, sent by its history
 		if s.snapshot {
 			n, err := g.sendSnapshot(ctx, s)
 			if err != nil {
@@ -157,17 +161,21 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 				return
 			}
 			from = n
+			// Every event that changed a row while the rows were read
+			// is stored by now: the history up to the last one is
+			// folded into the rows, and synced follows (syncedAt).
+			to, err := g.lastSeqOf(ctx, f.subjects...)
+			if err != nil {
+				g.replays.done(turn)
+				g.snapshotFailed(s, wrapf(err, "read where the rows of %s were read to", s.table.Name))
+				return
+			}
+			if testHookSnapshotRead != nil {
+				testHookSnapshotRead()
+			}
+			synced = &syncedAt{seq: n, to: to, rows: rowsWriter{s: s}}
 			if s.batched {
-				// Every event that changed a row while the rows were
-				// read is stored by now: the history up to the last one
-				// is folded into the rows (syncedAt).
-				to, err := g.lastSeqOf(ctx, f.subjects...)
-				if err != nil {
-					g.replays.done(turn)
-					g.snapshotFailed(s, wrapf(err, "read where the rows of %s were read to", s.table.Name))
-					return
-				}
-				synced = &syncedAt{seq: n, lsn: g.txAt(ctx, n), to: to, rows: rowsWriter{s: s}}
+				synced.lsn = g.txAt(ctx, n)
 			}
 		}
 		f.mu.Lock()
@@ -313,6 +321,8 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64, synced *synce
 	var scratchEv query.Event
 	if s.batched {
 		txb = &txBatch{}
+	}
+	if s.batched || synced != nil {
 		defer func() {
 			if err != nil {
 				return
@@ -322,6 +332,9 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64, synced *synce
 				if !s.done.Load() {
 					err = errors.New("connection closed")
 				}
+				return
+			}
+			if txb == nil {
 				return
 			}
 			if frame := txb.flush(s.id, more); frame != nil && !s.c.enqueueFor(s, frame, true) {

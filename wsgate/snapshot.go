@@ -25,8 +25,7 @@ import (
 // The rows are read in the order of the rows stream, each at most once, up
 // to where the state stood when the read began (rowstate.Scan): a row
 // changed after N while they were read comes at its version as of N, or not
-// at all, and its events after N bring it (an update of a row the view does
-// not hold is an enter). A batched view's rows are made exact before synced
+// at all. The history then brings them up to date before synced
 // (syncedAt). The keys sent are the view's at synced. A rows
 // frame waits until the connection has at most snapshotAhead queued, and
 // the rows are read a batch at a time as frames go out: a table is sent as
@@ -90,8 +89,8 @@ func (g *Gateway) checkRowState(ctx context.Context, s *sub) *ProtocolError {
 	return &ProtocolError{Code: CodeInternal, ID: s.id, Message: "cannot read the rows of " + s.table.Name + ": " + err.Error()}
 }
 
-// sendSnapshot sends s the rows of its table that match it, then synced,
-// and returns the sequence they are as of.
+// sendSnapshot sends s the rows of its table that match it and returns
+// the sequence they are as of (see rowstate.Scan).
 func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 	rows, err := g.rowsStream(ctx)
 	if err != nil {
@@ -133,17 +132,9 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 	if err := w.flush(); err != nil {
 		return 0, err
 	}
-	if s.batched {
-		// A batched view's synced waits for the start of its history,
-		// which brings the rows up to where the row state stood when
-		// they were read, and shows whether they end inside a
-		// transaction (syncedAt).
-		s.view = sent
-		return seq, nil
-	}
-	if !s.c.enqueueFor(s, finishFrame(AppendSynced(newFrame(64), s.id, seq, false), opText), true) {
-		return 0, errSubEnded
-	}
+	// Synced is sent by the history, which first brings the rows up to
+	// where the stream stood once they were read, and shows whether a
+	// batched view's end inside a transaction (syncedAt).
 	s.view = sent
 	return seq, nil
 }
@@ -232,29 +223,32 @@ func (g *Gateway) txAt(ctx context.Context, seq uint64) []byte {
 	return bytes.Clone(m.lsn)
 }
 
-// syncedAt is the synced of a batched view, sent by its history (replay)
-// before its first frame: the rows are as of event seq, of the
-// transaction lsn (nil: none, or unknown). When the history's first
-// message is an event of that transaction, the rows end inside it: synced
-// says "more" and the history's frames of the transaction follow, the
-// last of them without "more" (with no events, when the view takes none
-// of them), so that a client can show its rows with the whole transaction
-// applied, never a part of it.
+// syncedAt is the synced of a view, sent by its history (replay) once the
+// rows are brought up to date, before the history's first frame.
 //
 // The rows read are as of N except those changed after N while they were
 // read (rowstate.Scan): such a row comes at its version as of N or not at
-// all. Shown as they are, they could hold part of a later transaction (a
-// row it changed missing, the others as before it). So the history up to
-// to, the stream's last message of the table once the rows were read, is
-// applied to the rows before synced (fold): as rows entries that set or
-// take out rows, decided on the view as its events would be. Every row
-// changed while the rows were read was changed by an event at most to, so
-// the rows become exactly the table as of to (or of the message before a
-// truncate among them: a truncate cannot be told as rows, and goes out
-// after synced as the event that empties the view), and synced says to.
+// all. Shown as they are, they could lack a row that exists (or hold it
+// as it was before a transaction the other rows show), part of a later
+// transaction. So the history up to to, the stream's last message of the
+// table once the rows were read, is applied to the rows before synced
+// (fold): as rows entries that set or take out rows, decided on the view as
+// its events would be. Every row changed while the rows were read was
+// changed by an event at most to, so the rows become exactly the table as
+// of to (or of the message before a truncate among them: a truncate cannot
+// be told as rows, and goes out after synced as the event that empties
+// the view), and synced says it.
+//
+// A batched view's rows are as of event seq, of the transaction lsn (nil:
+// none, or unknown). When the history's first message after them is an
+// event of that transaction, the rows end inside it: synced says "more"
+// and the history's frames of the transaction follow, the last of them
+// without "more" (with no events, when the view takes none of them), so
+// that a client can show its rows with the whole transaction applied,
+// never a part of it.
 type syncedAt struct {
 	seq  uint64
-	lsn  []byte
+	lsn  []byte // a batched view's
 	to   uint64 // the history up to to is folded into the rows
 	rows rowsWriter
 	sent bool // synced is queued
@@ -281,13 +275,15 @@ func (y *syncedAt) fold(s *sub, seq uint64, subject string, data []byte, marker 
 		y.to = 0
 		return false, nil
 	}
-	var lsn []byte
-	if bit != 0 && ev.Reset(bit, data) == nil {
-		if m, inTxn := eventMeta(ev); inTxn {
-			lsn = m.lsn
+	y.seq = seq
+	if s.batched {
+		y.lsn = nil
+		if bit != 0 && ev.Reset(bit, data) == nil {
+			if m, inTxn := eventMeta(ev); inTxn {
+				y.lsn = bytes.Clone(m.lsn)
+			}
 		}
 	}
-	y.seq, y.lsn = seq, bytes.Clone(lsn)
 	var err error
 	var entry []byte
 	s.viewDecide(bit, data, func(view string, env []byte) {
