@@ -64,6 +64,7 @@ func BenchmarkReaderPath(b *testing.B) {
 			if !pub.Batching() {
 				b.Fatal("the publisher sends no batches")
 			}
+			tc.rel.count = r.tableCount(tc.rel.table.Schema, tc.rel.table.Name)
 			s := &session{r: r, pub: pub, relations: map[uint32]*relation{7: tc.rel}, typeNames: map[uint32]string{}, windows: map[string]*window{}}
 			insert := xlog(rowMsg('I', 7, []byte{'N'}, tupleBytes(tc.row...)))
 			const txn = 1000
