@@ -419,14 +419,7 @@ func TestBatchViewCatchingUp(t *testing.T) {
 	t1 := e.beginTx()
 	e.events(t1, txRow{"orders", "create", order(1, "open")}, txRow{"orders", "create", order(2, "paid")})
 	e.commit(t1)
-	e.waitFor("the row state to apply the first transaction", func() bool {
-		rows, err := e.gw.rowsStream(ctx)
-		if err != nil {
-			return false
-		}
-		mk, err := rowstate.ReadDBMarker(ctx, rows, "tablecast", testDB)
-		return err == nil && mk.Applied >= t1.mark
-	})
+	e.waitFor("the row state to apply the first transaction", e.stateApplied(ctx, t1.mark))
 	// From now on the view's history runs from the row state's position.
 	stopState()
 
@@ -503,23 +496,13 @@ func TestBatchViewSyncedInsideTransaction(t *testing.T) {
 	ctx := testCtx(t)
 	m := newRowState(t, e)
 	stopState := runRowState(t, ctx, m)
-	applied := func(seq uint64) func() bool {
-		return func() bool {
-			rows, err := e.gw.rowsStream(ctx)
-			if err != nil {
-				return false
-			}
-			mk, err := rowstate.ReadDBMarker(ctx, rows, "tablecast", testDB)
-			return err == nil && mk.Applied >= seq
-		}
-	}
 
 	t1 := e.beginTx()
 	e.events(t1, txRow{"orders", "create", order(1, "open")})
 	e.commit(t1)
 	t2 := e.beginTx()
 	e.events(t2, txRow{"orders", "create", order(2, "open")}, txRow{"orders", "create", order(3, "paid")})
-	e.waitFor("the row state to apply part of the second transaction", applied(t2.seqs[1]))
+	e.waitFor("the row state to apply part of the second transaction", e.stateApplied(ctx, t2.seqs[1]))
 	stopState()
 
 	// Both views' rows read (and what the stream held then), the rest
@@ -562,7 +545,7 @@ func TestBatchViewSyncedInsideTransaction(t *testing.T) {
 
 	// Rows that end with a transaction: synced without more.
 	runRowState(t, ctx, m)
-	e.waitFor("the row state to apply every transaction", applied(t3.seqs[0]))
+	e.waitFor("the row state to apply every transaction", e.stateApplied(ctx, t3.seqs[0]))
 	later := e.dial("/ws")
 	later.subscribe(map[string]any{"id": "later", "table": "public.orders", "batch": "transaction", "snapshot": true})
 	later.expect("rows", "later")
@@ -635,6 +618,19 @@ func newRowState(t *testing.T, e *testEnv) *rowstate.Maintainer {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// stateApplied says, when called, whether the row state has applied the
+// events up to seq.
+func (e *testEnv) stateApplied(ctx context.Context, seq uint64) func() bool {
+	return func() bool {
+		rows, err := e.gw.rowsStream(ctx)
+		if err != nil {
+			return false
+		}
+		mk, err := rowstate.ReadDBMarker(ctx, rows, "tablecast", testDB)
+		return err == nil && mk.Applied >= seq
+	}
 }
 
 // runRowState runs m until the returned stop is called, or the test ends;
@@ -765,16 +761,6 @@ func testViewRowsRewrittenWhileRead(t *testing.T, batched bool) {
 	ctx := testCtx(t)
 	m := newRowState(t, e)
 	runRowState(t, ctx, m)
-	applied := func(seq uint64) func() bool {
-		return func() bool {
-			rows, err := e.gw.rowsStream(ctx)
-			if err != nil {
-				return false
-			}
-			mk, err := rowstate.ReadDBMarker(ctx, rows, "tablecast", testDB)
-			return err == nil && mk.Applied >= seq
-		}
-	}
 	// More rows than a scan asks for at once, so that the last ones are
 	// still on the server when they are rewritten.
 	const n = 3 * rowstate.ScanBatch
@@ -784,7 +770,7 @@ func testViewRowsRewrittenWhileRead(t *testing.T, batched bool) {
 		e.events(t1, txRow{"orders", "create", order(id, "paid")})
 	}
 	e.commit(t1)
-	e.waitFor("the row state to apply the first transaction", applied(t1.mark))
+	e.waitFor("the row state to apply the first transaction", e.stateApplied(ctx, t1.mark))
 
 	// t2, applied to the row state once the view has read its first
 	// row: the last third of the rows leave, the one before changes, one
@@ -802,7 +788,7 @@ func testViewRowsRewrittenWhileRead(t *testing.T, batched bool) {
 				}
 			}
 			e.commit(t2)
-			e.waitFor("the row state to apply the second transaction", applied(t2.mark))
+			e.waitFor("the row state to apply the second transaction", e.stateApplied(ctx, t2.mark))
 		})
 	}
 	t.Cleanup(func() { testHookSnapshotRow = nil })
@@ -903,14 +889,7 @@ func TestBatchViewTruncateWhileRead(t *testing.T) {
 	t1 := e.beginTx()
 	e.events(t1, txRow{"orders", "create", order(1, "paid")}, txRow{"orders", "create", order(2, "open")})
 	e.commit(t1)
-	e.waitFor("the row state to apply the first transaction", func() bool {
-		rows, err := e.gw.rowsStream(ctx)
-		if err != nil {
-			return false
-		}
-		mk, err := rowstate.ReadDBMarker(ctx, rows, "tablecast", testDB)
-		return err == nil && mk.Applied >= t1.mark
-	})
+	e.waitFor("the row state to apply the first transaction", e.stateApplied(ctx, t1.mark))
 	stopState()
 	t2 := e.beginTx()
 	e.events(t2, txRow{"orders", "update", order(2, "paid")})
