@@ -361,13 +361,16 @@ func (f *feed) deliverMarker(seq uint64, data []byte) {
 			s.heldBytes += len(data) + 64
 		}
 	}
-	if len(f.pending) == 0 {
+	if len(f.pending) == 0 && len(f.owing) == 0 {
 		return
 	}
 	m, ok := markerMeta(&f.mark, data)
 	if !ok {
 		f.g.log.Warn("gateway skips a malformed transaction marker", "subject", f.marker, "seq", seq)
 		return
+	}
+	if len(f.owing) > 0 {
+		f.closeOwed(seq, m)
 	}
 	kept := f.pending[:0]
 	for _, s := range f.pending {
@@ -386,6 +389,33 @@ func (f *feed) deliverMarker(seq uint64, data []byte) {
 	f.pending = kept
 }
 
+// closeOwed sends, for the marker seq of transaction m, the last frame of
+// the transaction to each batched view owed one (owedClose) that took
+// none of its rest: the frame ending it otherwise comes from its batch.
+// A view still catching up has the marker held, and is closed when it is
+// released (releaseHeld).
+func (f *feed) closeOwed(seq uint64, m txMeta) {
+	kept := f.owing[:0]
+	for _, s := range f.owing {
+		switch {
+		case s.gone || s.owedClose == nil:
+			continue
+		case s.snapshot && s.catching:
+			kept = append(kept, s)
+			continue
+		case !bytes.Equal(m.lsn, s.owedClose):
+			kept = append(kept, s) // not its transaction's marker (yet)
+			continue
+		}
+		s.owedClose = nil
+		if s.batch.n == 0 {
+			f.sendTo(s, encodeTransaction(s.id, seq, m.xid, m.lsn, m.at, false, nil))
+		}
+	}
+	clear(f.owing[len(kept):])
+	f.owing = kept
+}
+
 // releaseHeld decides a batched view's held event e (catchUp), under the
 // feed's mu, and returns the frames to send.
 func (f *feed) releaseHeld(s *sub, e heldEvent) [][]byte {
@@ -393,6 +423,12 @@ func (f *feed) releaseHeld(s *sub, e heldEvent) [][]byte {
 		m, ok := markerMeta(&f.mark, e.data)
 		if !ok {
 			return nil
+		}
+		if s.owedClose != nil && bytes.Equal(m.lsn, s.owedClose) {
+			s.owedClose = nil
+			if s.batch.n == 0 {
+				return [][]byte{encodeTransaction(s.id, e.seq, m.xid, m.lsn, m.at, false, nil)}
+			}
 		}
 		return frames(s.batch.end(s.id, e.seq, m))
 	}

@@ -917,3 +917,64 @@ func TestBatchViewTruncateWhileRead(t *testing.T) {
 		t.Fatalf("t3's frame without its truncate: %s", f.raw)
 	}
 }
+
+// TestBatchViewSyncedBeyondFeed: a batched view whose rows end inside a
+// transaction at a position live delivery has not reached (the gateway's
+// feed behind the stream) has a history that ends there, before the
+// transaction's marker. Its synced still says more, and live delivery
+// ends the transaction: with its rest, or with an empty last frame for a
+// view that takes none of it.
+func TestBatchViewSyncedBeyondFeed(t *testing.T) {
+	var holdAfter atomic.Uint64 // the feed handles nothing after it (0: all)
+	release := make(chan struct{})
+	testHookFeedHandle = func(seq uint64) {
+		if h := holdAfter.Load(); h != 0 && seq > h {
+			<-release
+		}
+	}
+	t.Cleanup(func() { testHookFeedHandle = nil }) // after the gateway stops
+	e := startGateway(t, withMarkers)
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	ctx := testCtx(t)
+	m := newRowState(t, e)
+	runRowState(t, ctx, m)
+
+	// A feed of the table, which then stops after t1.
+	live := e.dial("/ws")
+	live.subscribe(map[string]any{"id": "live", "table": "public.orders", "batch": "transaction"})
+	t1 := e.beginTx()
+	e.events(t1, txRow{"orders", "create", order(1, "open")})
+	e.commit(t1)
+	live.expectTx("live").check(t, t1, t1.mark, false, t1.seqs...)
+	holdAfter.Store(t1.mark)
+	t2 := e.beginTx()
+	e.events(t2, txRow{"orders", "create", order(2, "open")}, txRow{"orders", "create", order(3, "paid")})
+	e.waitFor("the row state to apply t2's first events", e.stateApplied(ctx, t2.seqs[1]))
+
+	all, open := e.dial("/ws"), e.dial("/ws")
+	all.subscribe(map[string]any{"id": "all", "table": "public.orders", "batch": "transaction", "snapshot": true})
+	open.subscribe(map[string]any{"id": "open", "table": "public.orders", "batch": "transaction", "snapshot": true,
+		"where": map[string]any{"status": map[string]any{"eq": "open"}}})
+	want := fmt.Sprintf(`{"type":"synced","id":%%q,"seq":%d,"more":true}`, t2.seqs[1])
+	for _, c := range []*client{all, open} {
+		if rows := c.expect("rows", ""); strings.Count(rows.raw, `"key"`) != map[*client]int{all: 3, open: 2}[c] {
+			t.Fatalf("rows %s", rows.raw)
+		}
+		if s := c.expect("synced", ""); s.raw != fmt.Sprintf(want, s.ID) {
+			t.Fatalf("got %s, want %s", s.raw, fmt.Sprintf(want, s.ID))
+		}
+	}
+	// The rest of t2, then t3, reach the feed.
+	e.events(t2, txRow{"orders", "create", order(4, "paid")})
+	e.commit(t2)
+	t3 := e.beginTx()
+	e.events(t3, txRow{"orders", "create", order(5, "open")})
+	e.commit(t3)
+	free()
+	all.expectTx("all").check(t, t2, t2.mark, false, t2.seqs[2])
+	open.expectTx("open").check(t, t2, t2.mark, false)
+	all.expectTx("all").check(t, t3, t3.mark, false, t3.seqs[0])
+	open.expectTx("open").check(t, t3, t3.mark, false, t3.seqs[0])
+}

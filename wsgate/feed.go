@@ -88,6 +88,11 @@ type sub struct {
 	heldBytes int    // of the held frames up to SendQueueBytes
 	heldBig   int    // held frames larger than SendQueueBytes
 	endMsg    string // why the feed ended it (ended)
+	// owedClose is the LSN of the transaction a batched view's synced
+	// said "more" of when its history ended before the transaction's
+	// marker: the marker, when it comes live, sends the transaction's
+	// last frame (with no events when the view took none of the rest).
+	owedClose []byte
 
 	// ended: the feed found messages dropped by the stream and ended the
 	// subscription (endAll); done: ended, detached, unsubscribed, or ended
@@ -174,6 +179,7 @@ type feed struct {
 	txOpen   bool
 	txLSN    []byte
 	opening  []*sub
+	owing    []*sub // batched views with owedClose set
 	obj      []byte
 	frames   [][]byte
 	mark     query.Row
@@ -261,12 +267,19 @@ func (f *feed) stop() {
 	f.in.close()
 }
 
+// testHookFeedHandle, when set (by tests), is called before a feed handles
+// the message seq: it may hold the feed back.
+var testHookFeedHandle func(seq uint64)
+
 // handle delivers one message of the feed's consumer, taken from the inbox
 // with the stall mark then current. When messages of the subject before it
 // were dropped by the stream unsent, every subscription ends with
 // history_unavailable instead (retention.go).
 func (f *feed) handle(e *received, stall stallMark) {
 	msg, meta, seq := e.msg, e.meta, e.meta.Sequence.Stream
+	if testHookFeedHandle != nil {
+		testHookFeedHandle(seq)
+	}
 	f.mu.Lock()
 	last, stopped := f.last, f.stopped
 	f.mu.Unlock()

@@ -198,6 +198,14 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 		if s.done.Load() {
 			err = errSubEnded
 		}
+		if err == nil && synced != nil && synced.more {
+			// The history ended before the marker of the transaction
+			// synced said more of: live delivery ends it (closeOwed).
+			f.mu.Lock()
+			s.owedClose = synced.lsn
+			f.owing = append(f.owing, s)
+			f.mu.Unlock()
+		}
 	}
 	var gone *historyGoneError
 	switch {

@@ -316,7 +316,14 @@ func (y *syncedAt) send(s *sub, subject string, data []byte, ev *query.Event) bo
 	if y.rows.flush() != nil {
 		return false
 	}
-	if y.lsn != nil && subject != "" {
+	switch {
+	case y.lsn == nil:
+	case subject == "":
+		// The history ends inside the transaction (at its boundary, the
+		// stream's end or the rows' own position beyond what live
+		// delivery has seen): its marker is still to come, live.
+		y.more = true
+	default:
 		if bit := schema.OpBit(subjectOp(subject)); bit != 0 && ev.Reset(bit, data) == nil {
 			m, inTxn := eventMeta(ev)
 			y.more = inTxn && bytes.Equal(m.lsn, y.lsn)
