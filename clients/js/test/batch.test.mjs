@@ -48,6 +48,7 @@ function checkFrame(tx) {
 function cutting(after = 2, { hold = false } = {}) {
   const sent = []; // per connection, the messages the client sent
   const synced = []; // the synced frames received
+  const after_ = []; // the frames received after the break, in short
   let cut = false;
   let release;
   const held = hold ? new Promise((r) => { release = r; }) : null;
@@ -72,7 +73,10 @@ function cutting(after = 2, { hold = false } = {}) {
         this.onmessage?.(m);
         const f = JSON.parse(m.data);
         if (f.type === "synced") synced.push(f);
-        if (cut) return;
+        if (cut) {
+          after_.push(brief(f));
+          return;
+        }
         if (f.type === "transaction" && f.more && ++parts === after) {
           cut = true;
           this.onclose?.({ code: 1006, reason: "" });
@@ -91,7 +95,32 @@ function cutting(after = 2, { hold = false } = {}) {
       else held.then(() => this.ws.close(code, reason));
     }
   }
-  return { Cutting, sent, synced, wasCut: () => cut, release: () => release?.() };
+  return { Cutting, sent, synced, frames: after_, wasCut: () => cut, release: () => release?.() };
+}
+
+// brief is a frame in short, for a failure's report: type, seq, "+" for
+// more, and what it holds (rows set and removed, events and their ids).
+function brief(f) {
+  let b = f.type + (f.seq !== undefined ? ":" + f.seq : "") + (f.more ? "+" : "");
+  if (Array.isArray(f.rows)) {
+    const ids = (es) => ranges(es.map((e) => e.key?.id));
+    b += " set " + ids(f.rows.filter((e) => !e.removed)) + " removed " + ids(f.rows.filter((e) => e.removed));
+  }
+  if (Array.isArray(f.events)) b += " xid " + f.xid + " [" + f.events.map((e) => (e.view ? e.view + " " : "") + e.event.op + " " + (e.event.key?.id ?? "")).join(",") + "]";
+  return b;
+}
+
+// ranges writes numbers as sorted runs: "1-5,9".
+function ranges(ns) {
+  const s = [...new Set(ns)].sort((a, b) => a - b);
+  const out = [];
+  for (let i = 0; i < s.length; i++) {
+    let j = i;
+    while (j + 1 < s.length && s[j + 1] === s[j] + 1) j++;
+    out.push(i === j ? String(s[i]) : s[i] + "-" + s[j]);
+    i = j;
+  }
+  return out.join(",") || "-";
 }
 
 test("gateway restarts while transactions of three rows are written: every row once, in whole transactions", E2E, async (t) => {
@@ -281,11 +310,23 @@ function cutView(t, where, cut) {
   const noops = []; // changes that changed nothing: applied twice
   const shadow = new Map(); // id → n: the view kept from the changes told
   const parts = [];
+  const misses = []; // how a shown state matching none differed
   let synced = 0;
   const key = (rows) => JSON.stringify([...rows].sort((a, b) => a[0] - b[0]));
   const at = (what) => {
-    const now = key(rowsOf(v));
-    shown.push([what, states.findIndex((m) => key(m) === now)]);
+    const rows = rowsOf(v);
+    const now = key(rows);
+    const i = states.findIndex((m) => key(m) === now);
+    shown.push([what, i]);
+    if (i < 0) {
+      // How it differs from each state, for the report.
+      const held = new Map(rows);
+      misses.push(what + ": " + states.map((m, j) => {
+        const missing = [...m.keys()].filter((id) => held.get(id) !== m.get(id));
+        const extra = [...held.keys()].filter((id) => !m.has(id));
+        return "state " + j + " missing/other " + ranges(missing) + " extra " + ranges(extra);
+      }).join("; "));
+    }
   };
   const v = tc.view({ table: "public.vcut", where, batch: "transaction" }, {
     onSynced: () => {
@@ -302,7 +343,7 @@ function cutView(t, where, cut) {
     onTransaction: (tx) => { parts.push(tx); if (!tx.more) at("transaction " + tx.xid); },
   });
   return {
-    tc, rec, v, shown, changes, noops, shadow, parts,
+    tc, rec, v, shown, changes, noops, shadow, parts, misses, frames: cut.frames,
     synced: () => synced,
     // step runs a transaction and notes the rows it leaves the view.
     step: async (sql, change) => {
@@ -325,7 +366,7 @@ function wholeAndOnce(c, wantChanges) {
   assert.ok(c.shown.length > 0);
   let last = 0;
   for (const [what, i] of c.shown) {
-    assert.ok(i >= 0, `at ${what} the view held part of a transaction: ${JSON.stringify(c.shown)}`);
+    assert.ok(i >= 0, `at ${what} the view held part of a transaction: ${JSON.stringify(c.shown)}; ${c.misses.join(" | ")}; frames after the break: ${c.frames?.join(" ; ")}`);
     assert.ok(i >= last, `at ${what} the view went back from step ${last} to ${i}`);
     last = i;
   }
