@@ -310,8 +310,10 @@ func (y *syncedAt) fold(s *sub, seq uint64, subject string, data []byte, marker 
 }
 
 // send queues y's synced, after the rows folded in, saying more when the
-// history's first message (subject, data; nil subject: there is none) is
-// an event of y's transaction; ev is scratch.
+// history's first message (subject, data; "" subject: there is none) is
+// an event of y's transaction, or when there is none and the rows end
+// inside a transaction: live delivery then ends it (closeOwed); ev is
+// scratch.
 func (y *syncedAt) send(s *sub, subject string, data []byte, ev *query.Event) bool {
 	if y.rows.flush() != nil {
 		return false
