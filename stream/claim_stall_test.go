@@ -2,6 +2,7 @@ package stream_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -55,15 +56,7 @@ func TestFetchStalledGivesUpOnlyWithoutProgress(t *testing.T) {
 		}
 		// The read leaves no consumer behind: large events are read many
 		// a minute.
-		objs, err := n.JS.Stream(ctx, "OBJ_"+store.Bucket())
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := objs.Info(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info.State.Consumers != 0 {
+		if _, info := objectStream(t, ctx, n.JS, store); info.State.Consumers != 0 {
 			t.Fatalf("the object stream has %d consumers after the read; want none", info.State.Consumers)
 		}
 	})
@@ -116,14 +109,7 @@ func TestFetchStalledObjectWithChunksMissing(t *testing.T) {
 			if err := store.Put(ctx, name, event); err != nil {
 				t.Fatal(err)
 			}
-			objs, err := n.JS.Stream(ctx, "OBJ_"+store.Bucket())
-			if err != nil {
-				t.Fatal(err)
-			}
-			info, err := objs.Info(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			objs, info := objectStream(t, ctx, n.JS, store)
 			// The bucket holds this object alone: its chunks, then its
 			// description.
 			first, last := info.State.FirstSeq, info.State.LastSeq-1
@@ -140,6 +126,20 @@ func TestFetchStalledObjectWithChunksMissing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// objectStream returns the stream of store's bucket and its state now.
+func objectStream(t *testing.T, ctx context.Context, js jetstream.JetStream, store *stream.PayloadStore) (jetstream.Stream, *jetstream.StreamInfo) {
+	t.Helper()
+	objs, err := js.Stream(ctx, "OBJ_"+store.Bucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := objs.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs, info
 }
 
 func connectThrough(t *testing.T, addr string) jetstream.JetStream {

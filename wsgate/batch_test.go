@@ -978,3 +978,47 @@ func TestBatchViewSyncedBeyondFeed(t *testing.T) {
 	all.expectTx("all").check(t, t3, t3.mark, false, t3.seqs[0])
 	open.expectTx("open").check(t, t3, t3.mark, false, t3.seqs[0])
 }
+
+// TestViewHistoryDroppedWhileBehind: the events a view's rows must be
+// brought up to (the row state behind the stream) are gone from the
+// stream, dropped by its limits. Never a synced with the rows as they
+// were read: the view ends with history_unavailable, to subscribe again.
+func TestViewHistoryDroppedWhileBehind(t *testing.T) {
+	for _, batched := range []bool{true, false} {
+		t.Run(fmt.Sprintf("batched=%t", batched), func(t *testing.T) {
+			e := startGateway(t, withMarkers)
+			ctx := testCtx(t)
+			m := newRowState(t, e)
+			stopState := runRowState(t, ctx, m)
+			t1 := e.beginTx()
+			e.events(t1, txRow{"orders", "create", order(1, "paid")})
+			e.commit(t1)
+			e.waitFor("the row state to apply the first transaction", e.stateApplied(ctx, t1.mark))
+			stopState()
+			t2 := e.beginTx()
+			e.events(t2, txRow{"orders", "create", order(2, "paid")}, txRow{"orders", "create", order(3, "paid")})
+			e.commit(t2)
+			t3 := e.beginTx()
+			e.events(t3, txRow{"orders", "update", map[string]any{"id": 2, "status": "paid", "total": "2.00"}})
+			e.commit(t3)
+			str, err := e.nats.JS.Stream(ctx, "TABLECAST")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := str.Purge(ctx, jetstream.WithPurgeSequence(t3.seqs[0])); err != nil {
+				t.Fatal(err)
+			}
+
+			v := e.dial("/ws")
+			sub := map[string]any{"id": "v", "table": "public.orders", "snapshot": true}
+			if batched {
+				sub["batch"] = "transaction"
+			}
+			v.subscribe(sub)
+			if rows := v.expect("rows", "v"); !strings.Contains(rows.raw, `"id":1`) || strings.Contains(rows.raw, `"id":2`) {
+				t.Fatalf("rows %s, want row 1 alone (the row state's)", rows.raw)
+			}
+			v.expectError(CodeHistoryUnavailable, "v")
+		})
+	}
+}
