@@ -58,7 +58,7 @@ bench:
 # and the clients cannot catch up on 2 cores. Its 20-client size runs with
 # -race in make test.
 soak:
-	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 60m -run 'Soak|Crash|FullDisk|LiveView|ReaderFailoverPausedLeader' -skip 'TestLiveViews$$' -v ./cmd/tablecast
+	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 60m -run 'Soak|Crash|FullDisk|LiveView|ReaderFailoverPausedLeader|WebhookSurvivesSIGKILL' -skip 'TestLiveViews$$' -v ./cmd/tablecast
 	TABLECAST_SOAK=1 $(GO) test -count=1 -timeout 20m -run 'TestLiveViews$$' -v ./cmd/tablecast
 	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 60m -run 'Soak' -v ./wsgate
 	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 20m -run 'TestWithoutBatches|Soak' -v ./internal/rowstate
