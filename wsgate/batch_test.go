@@ -413,15 +413,8 @@ func (e *testEnv) feedLast() uint64 {
 func TestBatchViewCatchingUp(t *testing.T) {
 	e := startGateway(t, withMarkers)
 	ctx := testCtx(t)
-	m := newRowState(t, e)
-	stopState := runRowState(t, ctx, m)
-
-	t1 := e.beginTx()
-	e.events(t1, txRow{"orders", "create", order(1, "open")}, txRow{"orders", "create", order(2, "paid")})
-	e.commit(t1)
-	e.waitFor("the row state to apply the first transaction", e.stateApplied(ctx, t1.mark))
 	// From now on the view's history runs from the row state's position.
-	stopState()
+	e.rowStateBehind(t, ctx, txRow{"orders", "create", order(1, "open")}, txRow{"orders", "create", order(2, "paid")})
 
 	// The feed of batched subscriptions, inside a transaction.
 	live := e.dial("/ws")
@@ -643,6 +636,21 @@ func runRowState(t *testing.T, ctx context.Context, m *rowstate.Maintainer) (sto
 	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop)
 	return stop
+}
+
+// rowStateBehind commits one transaction of rows, waits for a row state
+// of testDB to apply it, and stops that row state: what is committed
+// after it is history that a view's rows, read from the row state, must be
+// brought up to.
+func (e *testEnv) rowStateBehind(t *testing.T, ctx context.Context, rows ...txRow) *testTx {
+	t.Helper()
+	stop := runRowState(t, ctx, newRowState(t, e))
+	tx := e.beginTx()
+	e.events(tx, rows...)
+	e.commit(tx)
+	e.waitFor("the row state to apply the first transaction", e.stateApplied(ctx, tx.mark))
+	stop()
+	return tx
 }
 
 // emptyBatch is a fetch that came back with nothing.
@@ -884,13 +892,7 @@ func testViewRowsRewrittenWhileRead(t *testing.T, batched bool) {
 func TestBatchViewTruncateWhileRead(t *testing.T) {
 	e := startGateway(t, withMarkers)
 	ctx := testCtx(t)
-	m := newRowState(t, e)
-	stopState := runRowState(t, ctx, m)
-	t1 := e.beginTx()
-	e.events(t1, txRow{"orders", "create", order(1, "paid")}, txRow{"orders", "create", order(2, "open")})
-	e.commit(t1)
-	e.waitFor("the row state to apply the first transaction", e.stateApplied(ctx, t1.mark))
-	stopState()
+	e.rowStateBehind(t, ctx, txRow{"orders", "create", order(1, "paid")}, txRow{"orders", "create", order(2, "open")})
 	t2 := e.beginTx()
 	e.events(t2, txRow{"orders", "update", order(2, "paid")})
 	e.commit(t2)
@@ -988,13 +990,7 @@ func TestViewHistoryDroppedWhileBehind(t *testing.T) {
 		t.Run(fmt.Sprintf("batched=%t", batched), func(t *testing.T) {
 			e := startGateway(t, withMarkers)
 			ctx := testCtx(t)
-			m := newRowState(t, e)
-			stopState := runRowState(t, ctx, m)
-			t1 := e.beginTx()
-			e.events(t1, txRow{"orders", "create", order(1, "paid")})
-			e.commit(t1)
-			e.waitFor("the row state to apply the first transaction", e.stateApplied(ctx, t1.mark))
-			stopState()
+			e.rowStateBehind(t, ctx, txRow{"orders", "create", order(1, "paid")})
 			t2 := e.beginTx()
 			e.events(t2, txRow{"orders", "create", order(2, "paid")}, txRow{"orders", "create", order(3, "paid")})
 			e.commit(t2)
