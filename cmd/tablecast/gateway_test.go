@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/tablecast/tablecast/internal/testcert"
 )
@@ -349,4 +350,73 @@ func TestGatewaySIGHUP(t *testing.T) {
 func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
 	c := testcert.New(t, "127.0.0.1", "tablecast.test")
 	return c.CertFile, c.KeyFile, c.Pool
+}
+
+// TestRunReaderConnectionOwnsItself: `tablecast run` gives the reader a NATS
+// connection of its own, so that the gateway's deliveries never pass
+// through it. A client takes 300 events over the gateway: the server sends
+// them on the other connection ("tablecast-consumers"), while the reader's
+// ("tablecast") receives only its acknowledgements, far fewer than the
+// events it published on it.
+func TestRunReaderConnectionOwnsItself(t *testing.T) {
+	c := pgtestRequire(t)
+	_, url := c.CreateDatabase(t)
+	conn := connect(t, url)
+	if _, err := conn.Exec(context.Background(), `CREATE TABLE items (id int PRIMARY KEY, label text)`); err != nil {
+		t.Fatal(err)
+	}
+	slot := fmt.Sprintf("tc_conns_%d", os.Getpid())
+	dropSlotAtCleanup(t, url, slot)
+	n := startNATS(t)
+	httpAddr := freeAddr(t)
+	startProcess(t, append(baseEnv(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot, "TABLECAST_PUBLICATION=tc_conns",
+		"TABLECAST_NATS_URL="+n.URL(), "TABLECAST_HTTP_ADDR="+httpAddr), "run")
+	waitFor(t, time.Minute, "/readyz of tablecast run", func() bool {
+		code, _, err := httpGet("http://" + httpAddr + "/readyz")
+		return err == nil && code == 200
+	})
+	ws := wsDial(t, "ws://"+httpAddr+"/ws")
+	wsSend(t, ws, `{"type":"subscribe","id":"all","table":"public.items"}`)
+	if f := wsRead(t, ws); f.Type != "subscribed" {
+		t.Fatalf("subscribe answered %+v", f)
+	}
+
+	counts := func() (reader, consumers *server.ConnInfo) {
+		for _, ci := range n.Conns(t) {
+			switch ci.Name {
+			case "tablecast":
+				reader = ci
+			case "tablecast-consumers":
+				consumers = ci
+			}
+		}
+		if reader == nil || consumers == nil {
+			t.Fatalf("NATS connections of tablecast run: reader %v, consumers %v; want one of each", reader != nil, consumers != nil)
+		}
+		return reader, consumers
+	}
+	reader0, consumers0 := counts()
+	const rows = 300
+	if _, err := conn.Exec(context.Background(), `INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, $1) g`, rows); err != nil {
+		t.Fatal(err)
+	}
+	for got := 0; got < rows; {
+		if f := wsRead(t, ws); f.Type == "event" {
+			got++
+		}
+	}
+	reader1, consumers1 := counts()
+	published := reader1.InMsgs - reader0.InMsgs
+	toReader := reader1.OutMsgs - reader0.OutMsgs
+	toConsumers := consumers1.OutMsgs - consumers0.OutMsgs
+	t.Logf("reader's connection: %d messages in, %d out; consumers' connection: %d out", published, toReader, toConsumers)
+	if published < rows {
+		t.Errorf("the reader's connection published %d messages for %d rows", published, rows)
+	}
+	if toConsumers < rows {
+		t.Errorf("the consumers' connection was sent %d messages while a client took %d events", toConsumers, rows)
+	}
+	if toReader >= rows/4 {
+		t.Errorf("the reader's connection was sent %d messages for %d events: deliveries pass through it", toReader, rows)
+	}
 }

@@ -75,6 +75,20 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		return err
 	}
 	defer closeNATS()
+	// The gateway, the webhooks and the admin API get a connection of their
+	// own when the reader runs beside them. Their deliveries (every event
+	// to every feed and endpoint) then do not queue in front of the
+	// reader's acknowledgements, nor the reader's publishes behind their
+	// pull requests, in one connection's buffers and reading goroutine.
+	// The row state stays on the reader's: the reader reads old rows from
+	// it.
+	gnc, gjs := nc, js
+	if withReader && withGateway {
+		if gnc, gjs, err = connectMore(ctx, cfg, emb, "tablecast-consumers", log); err != nil {
+			return err
+		}
+		defer gnc.Close()
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -111,13 +125,13 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		if reader != nil {
 			registered = reader.Registered()
 		}
-		m, err := startManaged(ctx, cfg, js, reg, log.With("component", "webhook"), registered)
+		m, err := startManaged(ctx, cfg, gjs, reg, log.With("component", "webhook"), registered)
 		if err != nil {
 			return err
 		}
 		defer m.stop()
 		if cfg.adminEnabled() {
-			stopAdmin, err := startAdmin(ctx, cfg, log, reg, js, authn, m, errc)
+			stopAdmin, err := startAdmin(ctx, cfg, log, reg, gjs, authn, m, errc)
 			if err != nil {
 				return err
 			}
@@ -135,7 +149,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 			// known, not told that one of them does not exist.
 			gcfg.StartAfter = reader.Registered()
 		}
-		if gw, err = wsgate.New(ctx, gcfg, nc, js); err != nil {
+		if gw, err = wsgate.New(ctx, gcfg, gnc, gjs); err != nil {
 			return fmt.Errorf("start gateway: %w", err)
 		}
 	}
@@ -150,9 +164,9 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 			h.Reasons = append(h.Reasons, rh.Reasons...)
 		}
 		if gw != nil {
-			h.Gateway = &gatewayHealth{Ready: gw.Ready(), Connections: gw.Connections(), NATS: nc.IsConnected()}
-			h.Healthy = h.Healthy && nc.IsConnected()
-			if !nc.IsConnected() {
+			h.Gateway = &gatewayHealth{Ready: gw.Ready(), Connections: gw.Connections(), NATS: gnc.IsConnected()}
+			h.Healthy = h.Healthy && gnc.IsConnected()
+			if !gnc.IsConnected() {
 				h.Reasons = append(h.Reasons, "gateway: not connected to NATS")
 			}
 		}
@@ -165,7 +179,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		writeJSON(w, h.Healthy, h)
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		ready := nc.IsConnected()
+		ready := nc.IsConnected() && gnc.IsConnected()
 		if gw != nil {
 			ready = ready && gw.Ready()
 		}
@@ -346,6 +360,31 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 	}
 	log.Info("stream ready", "stream", cfg.Stream, "max_age", scfg.MaxAge, "max_bytes", scfg.MaxBytes)
 	return nc, js, emb, func() { nc.Close(); closeAll() }, nil
+}
+
+// connectMore opens another connection to the NATS that connectNATS
+// connected to (in memory to the embedded server emb, when there is one),
+// with the same credentials, named name.
+func connectMore(ctx context.Context, cfg Config, emb *stream.Embedded, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	opts, err := cfg.natsOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	url := cfg.NATSURL
+	if emb != nil {
+		url = emb.ClientURL()
+		opts = append(opts, nats.InProcessServer(emb))
+	}
+	nc, err := stream.Connect(ctx, url, name, log, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to NATS %s as %s: %w", url, name, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("open JetStream as %s: %w", name, err)
+	}
+	return nc, js, nil
 }
 
 // managed is a process's view of the managed endpoints, filters and rules:

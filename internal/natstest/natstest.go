@@ -358,3 +358,21 @@ func (s *Server) restartStock() {
 	s.srv = srv
 	s.listen = strings.TrimPrefix(srv.ClientURL(), "nats://")
 }
+
+// Conns lists the client connections of a server started by Start or
+// StartStock, as its monitoring would (names, messages in and out).
+func (s *Server) Conns(t testing.TB) []*server.ConnInfo {
+	t.Helper()
+	srv := s.srv
+	if s.emb != nil {
+		srv = s.emb.Server()
+	}
+	if srv == nil {
+		t.Fatal("natstest: Conns needs a server of this process (Start or StartStock)")
+	}
+	cz, err := srv.Connz(&server.ConnzOptions{Limit: 1024})
+	if err != nil {
+		t.Fatalf("list NATS connections: %v", err)
+	}
+	return cz.Conns
+}
