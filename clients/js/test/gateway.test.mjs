@@ -314,6 +314,11 @@ test("a view holds exactly the rows that match, through enters, leaves, deletes 
   expect.delete(40);
   expect.set(101, 50);
   await control(env, "/gateway/start?name=main");
-  await waitFor(() => same() && changes.length === 2, 60_000, "the view to be read again after the restart");
+  await waitFor(() => same() && changes.length === 2, 60_000, "the view to be read again after the restart").catch((err) => {
+    // What the view holds, to tell a view never read again from one read wrong.
+    const rows = [...v.rows.values()].map((r) => [r.id, r.n]).sort((a, b) => a[0] - b[0]);
+    throw new Error(`${err.message}: ready ${v.ready}, ${v.rows.size} rows (want ${expect.size}) ${JSON.stringify(rows)}, ` +
+      `changes ${JSON.stringify(changes.map((c) => [c.op, c.view ?? "", c.key.id]))}`);
+  });
   assert.deepEqual(changes.map((c) => [c.op, c.key.id]).sort(), [["delete", 40], ["upsert", 101]], "what differs is reported, nothing else");
 });
