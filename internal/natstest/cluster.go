@@ -3,9 +3,11 @@ package natstest
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,6 +30,7 @@ type Node struct {
 	Client string // host:port of its client listener
 	Route  string // host:port of its cluster listener
 	dir    string
+	log    string // the file its output goes to, unless TABLECAST_TEST_NATS_LOG is set
 	routes string
 	t      testing.TB
 	cmd    *exec.Cmd
@@ -36,13 +39,44 @@ type Node struct {
 // StartCluster starts n nodes (n ≥ 3 for a JetStream quorum to survive one
 // node), stopped when t ends. It returns once every node routes to every
 // other and the client is connected.
+//
+// A cluster whose nodes elect no JetStream meta leader within a minute is
+// stopped, with the end of each node's log in t's log, and started once
+// more on fresh ports and stores: the ports are picked free and then given
+// to nats-server, and another process of a busy machine may take one in
+// between.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
 	bin := buildServer(t)
+	const attempts = 2
+	for attempt := 1; ; attempt++ {
+		c, err := startCluster(t, bin, n)
+		if err == nil {
+			return c
+		}
+		for _, node := range c.Nodes {
+			t.Logf("nats-server %s (client %s, route %s), the end of its log:\n%s", node.Name, node.Client, node.Route, node.logTail(4096))
+			node.Stop()
+		}
+		if c.Server != nil && c.NC != nil {
+			c.NC.Close()
+		}
+		if attempt == attempts {
+			t.Fatalf("the NATS cluster has no JetStream quorum within a minute, %d times: %v", attempts, err)
+		}
+		t.Logf("the NATS cluster has no JetStream quorum within a minute (%v): starting it again on other ports", err)
+	}
+}
+
+// startCluster starts one cluster of n nodes and waits a minute at most for
+// its JetStream meta leader; on error the nodes started are in c.Nodes.
+func startCluster(t testing.TB, bin string, n int) (*Cluster, error) {
+	t.Helper()
 	c := &Cluster{}
 	var routes []string
 	for i := range n {
 		node := &Node{Name: fmt.Sprintf("n%d", i+1), Client: freeAddr(t), Route: freeAddr(t), dir: t.TempDir(), t: t}
+		node.log = filepath.Join(t.TempDir(), "nats-server-"+node.Name+".log")
 		c.Nodes = append(c.Nodes, node)
 		routes = append(routes, "nats://"+node.Route)
 	}
@@ -60,10 +94,12 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	c.Server = start(t, &Server{t: t, urls: strings.Join(urls, ",")})
 	deadline := time.Now().Add(time.Minute)
 	for {
-		if err := c.waitJetStream(); err == nil {
-			return c
-		} else if time.Now().After(deadline) {
-			t.Fatalf("the NATS cluster has no JetStream quorum within a minute: %v", err)
+		err := c.waitJetStream()
+		if err == nil {
+			return c, nil
+		}
+		if time.Now().After(deadline) {
+			return c, err
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -95,7 +131,12 @@ func (n *Node) start(bin string) {
 		"--cluster_name", "tablecast", "--cluster", "nats://"+n.Route, "--routes", n.routes)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if os.Getenv("TABLECAST_TEST_NATS_LOG") == "" {
-		cmd.Stdout, cmd.Stderr = nil, nil
+		f, err := os.OpenFile(n.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			n.t.Fatalf("open the log of nats-server %s: %v", n.Name, err)
+		}
+		defer f.Close() // the process holds its own descriptor
+		cmd.Stdout, cmd.Stderr = f, f
 	}
 	if err := cmd.Start(); err != nil {
 		n.t.Fatalf("start nats-server %s: %v", n.Name, err)
@@ -113,6 +154,21 @@ func (n *Node) start(bin string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// logTail is the last max bytes of the node's log ("" when it logs to the
+// test's output).
+func (n *Node) logTail(max int64) string {
+	f, err := os.Open(n.log)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > max {
+		_, _ = f.Seek(st.Size()-max, io.SeekStart)
+	}
+	b, _ := io.ReadAll(f)
+	return string(b)
 }
 
 // Kill ends the node with SIGKILL: nothing flushed, nothing said to the
