@@ -156,16 +156,16 @@ func (n *Node) start(bin string) {
 	}
 }
 
-// logTail is the last max bytes of the node's log ("" when it logs to the
-// test's output).
-func (n *Node) logTail(max int64) string {
+// logTail is the last limit bytes of the node's log ("" when it logs to
+// the test's output).
+func (n *Node) logTail(limit int64) string {
 	f, err := os.Open(n.log)
 	if err != nil {
 		return ""
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > max {
-		_, _ = f.Seek(st.Size()-max, io.SeekStart)
+	if st, err := f.Stat(); err == nil && st.Size() > limit {
+		_, _ = f.Seek(st.Size()-limit, io.SeekStart)
 	}
 	b, _ := io.ReadAll(f)
 	return string(b)
