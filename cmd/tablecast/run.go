@@ -341,16 +341,10 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 			emb.Shutdown()
 		}
 	}
-	nc, err = stream.Connect(ctx, url, "tablecast", log, opts...)
+	nc, js, err = dialNATS(ctx, url, "tablecast", opts, log)
 	if err != nil {
 		closeAll()
-		return nil, nil, nil, nil, fmt.Errorf("connect to NATS %s: %w", url, err)
-	}
-	js, err = jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		closeAll()
-		return nil, nil, nil, nil, fmt.Errorf("open JetStream: %w", err)
+		return nil, nil, nil, nil, err
 	}
 	scfg := cfg.streamConfig()
 	if _, err := stream.EnsureStream(ctx, js, scfg); err != nil {
@@ -375,6 +369,12 @@ func connectMore(ctx context.Context, cfg Config, emb *stream.Embedded, name str
 		url = emb.ClientURL()
 		opts = append(opts, nats.InProcessServer(emb))
 	}
+	return dialNATS(ctx, url, name, opts, log)
+}
+
+// dialNATS connects to url as the client called name and opens JetStream
+// on the connection.
+func dialNATS(ctx context.Context, url, name string, opts []nats.Option, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
 	nc, err := stream.Connect(ctx, url, name, log, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to NATS %s as %s: %w", url, name, err)
