@@ -414,7 +414,11 @@ func (w *worker) replays(ctx context.Context) {
 			return
 		}
 		if cons == nil {
-			c, err := w.m.js.CreateOrUpdateConsumer(ctx, d.name, jetstream.ConsumerConfig{
+			cctx, cancel, err := creationCtx(ctx)
+			if err != nil {
+				return
+			}
+			c, err := w.m.js.CreateOrUpdateConsumer(cctx, d.name, jetstream.ConsumerConfig{
 				Durable:        name,
 				Description:    "tablecast webhook endpoint " + w.id + ": replayed dead letters",
 				FilterSubject:  d.ReplaySubject(w.id),
@@ -426,6 +430,7 @@ func (w *worker) replays(ctx context.Context) {
 				PriorityGroups: []string{priorityGroup},
 				PinnedTTL:      w.m.cfg.PinnedTTL,
 			})
+			cancel()
 			if err != nil {
 				if ctx.Err() != nil {
 					return

@@ -438,11 +438,33 @@ func (w *worker) ensureConsumer(ctx context.Context) (jetstream.Consumer, bool, 
 	if h := w.m.beforeCreate.Load(); h != nil {
 		(*h)(w.id)
 	}
-	c, err = w.m.js.CreateConsumer(ctx, w.m.eventsStr, cfg)
+	cctx, cancel, err := creationCtx(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	c, err = w.m.js.CreateConsumer(cctx, w.m.eventsStr, cfg)
+	cancel()
 	if err != nil {
 		return nil, false, fmt.Errorf("create consumer %s: %w", name, err)
 	}
 	return c, true, nil
+}
+
+// creationCtx is the context of a request creating one of the endpoint's
+// consumers: once sent, its answer is waited for (up to requestTimeout)
+// even if ctx ends meanwhile, so that the worker is not done while the
+// server may still create the consumer. A worker stopped by its
+// endpoint's deletion is done before the consumers are deleted: a
+// creation left on its way would land after the deletion found nothing,
+// and the consumer would stay (read by no one, holding its place in the
+// stream) until the leftovers' look an hour later. An error when ctx has
+// ended already: nothing is created then.
+func creationCtx(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
+	return cctx, cancel, nil
 }
 
 // dispatch pulls the consumer until ctx ends (false) or the endpoint goes
