@@ -3,11 +3,14 @@ package webhook
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/internal/endpoint"
 )
 
 // slowCreation is a JetStream whose consumer creations reach the server
@@ -98,4 +101,70 @@ func TestDeletedWhileCreatingConsumer(t *testing.T) {
 	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		t.Fatalf("the consumer of the deleted endpoint: %v, want it deleted", err)
 	}
+}
+
+// TestPausedEndpointSeriesGone: the metrics' series of an endpoint go with
+// its name, renamed or deleted, also while it is paused (no worker runs,
+// but the retention watch keeps its gauge).
+func TestPausedEndpointSeriesGone(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{watch: 50 * time.Millisecond})
+	e.limitStream(1000)
+	ctx := context.Background()
+	r := newReceiver(t)
+	ep := e.endpoint("series-before", r.URL(), nil)
+	e.waitConsumer(ep)
+	e.exec(`INSERT INTO orders VALUES (1, 'open', 1)`)
+	r.waitAccepted(t, 1, 30*time.Second)
+	if _, err := e.store.SetEndpointState(ctx, ep.ID, 0, endpoint.StatePaused, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the worker to stop", func() bool { return e.mgr.Workers() == 0 })
+	e.exec(`INSERT INTO orders VALUES (2, 'open', 1)`) // unread: the retention gauge is above 0
+	waitFor(t, 10*time.Second, "the paused endpoint's retention gauge", func() bool {
+		return slices.Equal(e.seriesNames(), []string{"series-before"})
+	})
+
+	ep.Name = "series-after"
+	if _, err := e.store.UpdateEndpoint(ctx, ep, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the series under the new name only", func() bool {
+		return slices.Equal(e.seriesNames(), []string{"series-after"})
+	})
+
+	if err := e.store.DeleteEndpoint(ctx, ep.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the deletion to be done", func() bool {
+		e.mgr.mu.Lock()
+		defer e.mgr.mu.Unlock()
+		return e.mgr.last[ep.ID] == nil
+	})
+	time.Sleep(200 * time.Millisecond) // retention watches that might set the gauge again
+	if names := e.seriesNames(); len(names) != 0 {
+		t.Fatalf("series of the deleted endpoint are left, by name: %v", names)
+	}
+}
+
+// seriesNames returns the endpoint names the Manager's metrics have
+// series of, sorted.
+func (e *env) seriesNames() []string {
+	e.t.Helper()
+	families, err := e.reg.Gather()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var names []string
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "endpoint" && !slices.Contains(names, l.GetValue()) {
+					names = append(names, l.GetValue())
+				}
+			}
+		}
+	}
+	slices.Sort(names)
+	return names
 }

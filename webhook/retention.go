@@ -452,7 +452,14 @@ func (m *Manager) checkRetention(ctx context.Context) error {
 		seen[id] = true
 		used := retentionUsed(ci, cfg, st, now)
 		name := e.Endpoint.Name
-		m.met.retention.WithLabelValues(name).Set(used)
+		// Set only under the name the Manager knows the endpoint by: one
+		// deleted or renamed since the Registry was read would keep a
+		// series no one drops.
+		m.mu.Lock()
+		if m.series[id] == name {
+			m.met.retention.WithLabelValues(name).Set(used)
+		}
+		m.mu.Unlock()
 		switch {
 		case used >= retentionWarn && !m.atRisk[id]:
 			m.atRisk[id] = true

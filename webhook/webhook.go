@@ -121,6 +121,11 @@ type Manager struct {
 	// wg counts the workers until each is done (dormant ones too, which
 	// have no goroutine), and the deletions of consumers.
 	wg sync.WaitGroup
+	// series is the name each endpoint's metrics' series are under, by
+	// endpoint id: every endpoint the Registry has, paused ones too (the
+	// retention watch sets their gauge), so that the series go when the
+	// endpoint is deleted or renamed, whether a worker runs or not.
+	series map[string]string
 
 	sleep *sleepers // the dormant endpoints (see dormant.go)
 	// extraPull is what the endpoints' pulls ask for beyond two batches a
@@ -213,6 +218,7 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Manager, err
 		eventsStr:  cfg.Stream,
 		workers:    map[string]*worker{},
 		last:       map[string]*worker{},
+		series:     map[string]string{},
 		sweepEvery: replayPoll,
 		watchEvery: retentionWatch,
 		atRisk:     map[string]bool{},
@@ -311,7 +317,17 @@ func (m *Manager) apply(ctx context.Context, id string) {
 	e := m.cfg.Registry.Get(id)
 	m.mu.Lock()
 	w := m.workers[id]
+	named := m.series[id]
+	if e != nil {
+		m.series[id] = e.Endpoint.Name
+	} else {
+		delete(m.series, id)
+	}
+	prev := m.last[id]
 	m.mu.Unlock()
+	if named != "" && (e == nil || e.Endpoint.Name != named) {
+		m.forgetSeries(named, prev)
+	}
 	if w != nil && e != nil && w.sameRun(e) {
 		w.entry.Store(e) // a new matcher or name: taken at the next batch
 		return
@@ -324,13 +340,7 @@ func (m *Manager) apply(ctx context.Context, id string) {
 		m.mu.Lock()
 		delete(m.workers, id)
 		m.mu.Unlock()
-		if e == nil || e.Endpoint.Name != w.name() {
-			m.met.forget(w.name())
-		}
 	}
-	m.mu.Lock()
-	prev := m.last[id]
-	m.mu.Unlock()
 	if e == nil {
 		m.wg.Add(1)
 		go func() {
@@ -361,6 +371,36 @@ func (m *Manager) apply(ctx context.Context, id string) {
 	m.mu.Unlock()
 	m.wg.Add(1) // done as the worker is (see worker.run)
 	go w.run()
+}
+
+// forgetSeries drops the metrics' series of name, an endpoint's until it
+// was deleted or renamed: at once, and again once prev (the endpoint's
+// last worker, nil for none) is done, since a worker stopping may still
+// count what it was doing. Not while another endpoint has the name (taken
+// meanwhile, or given back).
+func (m *Manager) forgetSeries(name string, prev *worker) {
+	m.forgetUnused(name)
+	if prev == nil {
+		return
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		<-prev.done
+		m.forgetUnused(name)
+	}()
+}
+
+// forgetUnused drops the series of name unless an endpoint has the name.
+func (m *Manager) forgetUnused(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, n := range m.series {
+		if n == name {
+			return
+		}
+	}
+	m.met.forget(name)
 }
 
 // deleteConsumers removes the consumers of an endpoint that is gone, and
