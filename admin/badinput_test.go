@@ -105,6 +105,8 @@ func TestBadInput(t *testing.T) {
 	ep("name", "required", with(hook, "name", ""))
 	ep("name", "longer than 100", with(hook, "name", long))
 	ep("name", "may hold only", with(hook, "name", "has space"))
+	ep("name", "parent path", with(hook, "name", ".."))
+	ep("filters[0]", "current or the parent", with(hook, "filters", []any{"."}))
 	ep("name", "a string", with(hook, "name", 12))
 	ep("type", "required", with(hook, "type", ""))
 	ep("type", "webhook or websocket", with(hook, "type", "email"))
@@ -195,6 +197,8 @@ func TestBadInput(t *testing.T) {
 	}
 	fl("name", "required", with(flt, "name", ""))
 	fl("name", "may hold only", with(flt, "name", "a/b"))
+	fl("name", "parent path", with(flt, "name", ".."))
+	fl("name", "current or the parent", with(flt, "name", "."))
 	fl("description", "longer than 1000", with(flt, "description", strings.Repeat("d", 1001)))
 	fl("tables", "required", with(flt, "tables", []any{}))
 	fl("tables[0]", "", with(flt, "tables", []any{"a.b.c.d"}))
@@ -215,6 +219,7 @@ func TestBadInput(t *testing.T) {
 		cases = append(cases, badCase{method: "POST", path: "/v1/rules", body: body, status: 400, field: field, says: says})
 	}
 	rl("name", "required", with(rule, "name", ""))
+	rl("name", "parent path", with(rule, "name", ".."))
 	rl("description", "longer than 1000", with(rule, "description", strings.Repeat("d", 1001)))
 	rl("table", "required", with(rule, "table", ""))
 	rl("table", "no wildcard", with(rule, "table", "public.*"))

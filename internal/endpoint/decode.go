@@ -401,9 +401,12 @@ func (d decoder) start(path string, v json.RawMessage) Start {
 }
 
 // nameOK reports whether s is a valid name: 1 to MaxNameLen characters of
-// [A-Za-z0-9._-].
+// [A-Za-z0-9._-], but not "." or "..": a name is a segment of the URLs
+// that address the item (/v1/filters/<name>, /ws/endpoints/<name>), and
+// HTTP servers and clients resolve those two as the current and the
+// parent path, so that no request could read, change or delete it.
 func nameOK(s string) bool {
-	if s == "" || len(s) > MaxNameLen {
+	if s == "" || len(s) > MaxNameLen || s == "." || s == ".." {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -425,6 +428,8 @@ func nameProblem(s string) string {
 		return "required: 1 to 100 characters of A-Z a-z 0-9 . _ -"
 	case len(s) > MaxNameLen:
 		return "longer than 100 characters"
+	case s == "." || s == "..":
+		return "cannot be " + strconv.Quote(s) + ": it is a segment of the item's URL, where it means the current or the parent path"
 	case !nameOK(s):
 		return "may hold only A-Z a-z 0-9 . _ - (" + strconv.Quote(short(s)) + ")"
 	}
