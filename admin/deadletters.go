@@ -195,6 +195,12 @@ func (s *Server) replayDeadLetters(w http.ResponseWriter, r *http.Request, body 
 		writeError(w, http.StatusBadRequest, codeInvalid, fmt.Sprintf("replayed %d, then: %v", n, err), []endpoint.FieldError{{Field: "seqs", Problem: err.Error()}})
 		return
 	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Those queued stay queued: a call again goes on with the rest.
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, fmt.Sprintf("replayed %d before the request's time ran out; call again to replay the rest", n), nil)
+		return
+	}
 	if err != nil {
 		s.log.Error("replay dead letters", "endpoint_id", id, "err", err)
 		writeError(w, http.StatusInternalServerError, codeInternal, fmt.Sprintf("replayed %d, then: %v", n, err), nil)

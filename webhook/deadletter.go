@@ -291,32 +291,53 @@ func deadLetterOf(raw *jetstream.RawStreamMsg) DeadLetter {
 }
 
 // Replay hands dead letters of an endpoint back to it: those of seqs, or
-// every one when seqs is empty. Each is queued for the endpoint's worker
-// (which delivers replays beside the live events, as their own requests,
-// with the same retries) and removed from the dead letters. It returns how
-// many were queued.
-func (d *DeadLetters) Replay(ctx context.Context, endpointID string, seqs ...uint64) (int, error) {
+// every one stored when it begins when seqs is empty. Each is queued for
+// the endpoint's worker (which delivers replays beside the live events, as
+// their own requests, with the same retries) and removed from the dead
+// letters. It returns how many were queued, also with an error: those
+// stay queued, so that a call again (after ctx ended, say) goes on with
+// the rest.
+func (d *DeadLetters) Replay(ctx context.Context, endpointID string, seqs ...uint64) (n int, err error) {
 	str, err := d.js.Stream(ctx, d.name)
 	if err != nil {
 		return 0, fmt.Errorf("open stream %s: %w", d.name, err)
 	}
-	if len(seqs) == 0 {
-		for after := uint64(0); ; {
-			page, err := d.List(ctx, endpointID, after, 1000)
-			if err != nil {
-				return 0, err
-			}
-			if len(page) == 0 {
-				break
-			}
-			for _, dl := range page {
-				seqs = append(seqs, dl.Seq)
-			}
-			after = page[len(page)-1].Seq
+	defer func() {
+		if n > 0 {
+			d.wake(endpointID)
 		}
-	}
+	}()
 	subj := d.Subject(endpointID)
-	n := 0
+	if len(seqs) == 0 {
+		// Each is queued as it is read, not after all of them are: an
+		// endpoint may have far more dead letters than a request's time
+		// lets one read (a receiver down for a day), and a call that read
+		// them all first would end having queued none, every time. Those
+		// stored after it began (replays dead-lettered again, say) are
+		// left for the next call.
+		info, err := str.Info(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("read stream %s: %w", d.name, err)
+		}
+		last := info.State.LastSeq
+		for seq := uint64(1); seq <= last; {
+			raw, err := str.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+			switch {
+			case errors.Is(err, jetstream.ErrMsgNotFound):
+				return n, nil
+			case err != nil:
+				return n, fmt.Errorf("read dead letters of %s from %d: %w", endpointID, seq, err)
+			case raw.Sequence > last:
+				return n, nil
+			}
+			if err := d.requeue(ctx, str, endpointID, raw); err != nil {
+				return n, err
+			}
+			n++
+			seq = raw.Sequence + 1
+		}
+		return n, nil
+	}
 	for _, seq := range seqs {
 		raw, err := str.GetMsg(ctx, seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -328,23 +349,30 @@ func (d *DeadLetters) Replay(ctx context.Context, endpointID string, seqs ...uin
 		if raw.Subject != subj {
 			return n, fmt.Errorf("dead letter %d is not one of endpoint %s: %w", seq, endpointID, ErrOtherEndpoint)
 		}
-		msg := &nats.Msg{Subject: d.ReplaySubject(endpointID), Data: raw.Data, Header: nats.Header{}}
-		for k, v := range raw.Header {
-			msg.Header[k] = v
-		}
-		msg.Header.Del(nats.MsgIdHdr)
-		if _, err := d.js.PublishMsg(ctx, msg, jetstream.WithMsgID("replay-"+strconv.FormatUint(seq, 10))); err != nil {
-			return n, fmt.Errorf("queue dead letter %d for replay: %w", seq, err)
-		}
-		if err := str.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return n, fmt.Errorf("remove replayed dead letter %d: %w", seq, err)
+		if err := d.requeue(ctx, str, endpointID, raw); err != nil {
+			return n, err
 		}
 		n++
 	}
-	if n > 0 {
-		d.wake(endpointID)
-	}
 	return n, nil
+}
+
+// requeue queues the dead letter raw for its endpoint's replay and removes
+// it from the dead letters.
+func (d *DeadLetters) requeue(ctx context.Context, str jetstream.Stream, endpointID string, raw *jetstream.RawStreamMsg) error {
+	msg := &nats.Msg{Subject: d.ReplaySubject(endpointID), Data: raw.Data, Header: nats.Header{}}
+	for k, v := range raw.Header {
+		msg.Header[k] = v
+	}
+	msg.Header.Del(nats.MsgIdHdr)
+	seq := raw.Sequence
+	if _, err := d.js.PublishMsg(ctx, msg, jetstream.WithMsgID("replay-"+strconv.FormatUint(seq, 10))); err != nil {
+		return fmt.Errorf("queue dead letter %d for replay: %w", seq, err)
+	}
+	if err := str.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("remove replayed dead letter %d: %w", seq, err)
+	}
+	return nil
 }
 
 // deadLetter stores items as dead letters of the endpoint, retrying until
