@@ -50,7 +50,8 @@
 // an endpoint may get: one per table pattern (and operation, when a
 // filter or rule takes fewer than all), merged so that no two overlap, as
 // JetStream requires of a consumer's filters. They may take more than the
-// Matcher passes, never less.
+// Matcher passes, never less: beyond 256 they are widened (every
+// operation, then every table of a schema, and so on) until they fit.
 //
 // # Registry
 //

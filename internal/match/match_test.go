@@ -3,7 +3,9 @@ package match
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -218,6 +220,53 @@ func TestSubjectsDisjoint(t *testing.T) {
 			if !slices.ContainsFunc(out, func(o subjectTuple) bool { return o.covers(x) }) {
 				t.Fatalf("%v: %v not covered by %v", in, x, out)
 			}
+		}
+	}
+}
+
+// TestSubjectsBounded: the most an endpoint may link gives a consumer at
+// most maxSubjects subject filters, that still read every event its
+// filters and rules may pass.
+func TestSubjectsBounded(t *testing.T) {
+	var filters []*endpoint.Filter
+	var want []subjectTuple
+	for i := range endpoint.MaxLinks {
+		f := &endpoint.Filter{Operations: []string{"update", "delete"}}
+		for j := range endpoint.MaxFilterTables {
+			f.Tables = append(f.Tables, fmt.Sprintf("s%d.t%d", i, j))
+			for _, op := range f.Operations {
+				want = append(want, subjectTuple{anyToken, fmt.Sprint("s", i), fmt.Sprint("t", j), op})
+			}
+		}
+		filters = append(filters, f)
+	}
+	var rules []*endpoint.Rule
+	for i := range endpoint.MaxLinks {
+		rules = append(rules, &endpoint.Rule{Table: fmt.Sprintf("public.r%d", i), Operations: []string{"update"}})
+		want = append(want, subjectTuple{anyToken, "public", fmt.Sprint("r", i), "update"})
+	}
+	got := Subjects("tc", filters, rules)
+	if len(got) > maxSubjects {
+		t.Fatalf("%d subjects, want at most %d", len(got), maxSubjects)
+	}
+	var out []subjectTuple
+	for _, s := range got {
+		parts := strings.Split(s, ".")
+		if len(parts) != 5 || parts[0] != "tc" {
+			t.Fatalf("subject %q", s)
+		}
+		out = append(out, subjectTuple(parts[1:]))
+	}
+	for i := range out {
+		for j := range out {
+			if i != j && out[i].overlaps(out[j]) {
+				t.Fatalf("%v and %v overlap", out[i], out[j])
+			}
+		}
+	}
+	for _, x := range want {
+		if !slices.ContainsFunc(out, func(o subjectTuple) bool { return o.covers(x) }) {
+			t.Fatalf("%v not covered by %v", x, got)
 		}
 	}
 }

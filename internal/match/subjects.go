@@ -82,13 +82,41 @@ func Subjects(prefix string, filters []*endpoint.Filter, rules []*endpoint.Rule)
 			tuples = append(tuples, subjectTuple{k[0], k[1], k[2], name})
 		}
 	}
-	tuples = disjoint(tuples)
+	tuples = disjoint(widen(tuples))
 	out := make([]string, 0, len(tuples))
 	for _, t := range tuples {
 		out = append(out, prefix+"."+strings.Join(t[:], "."))
 	}
 	slices.Sort(out)
 	return out
+}
+
+// maxSubjects bounds the subject filters of a consumer. disjoint compares
+// every pair of tuples, and again after each merge: with the most an
+// endpoint may link (100 filters of 100 table patterns, each with a few
+// operations: tens of thousands of tuples) that took seconds of the
+// webhook Manager's loop for each change of the endpoint, and JetStream
+// would have kept as many filters on its consumer.
+const maxSubjects = 256
+
+// widen makes tuples fewer than maxSubjects when they are more: every
+// operation, then every table of a schema, then every schema of a
+// database, then everything. The consumer reads more; the Matcher passes
+// no more than before.
+func widen(tuples []subjectTuple) []subjectTuple {
+	for pos := len(subjectTuple{}) - 1; pos >= 0 && len(tuples) > maxSubjects; pos-- {
+		seen := make(map[subjectTuple]bool, len(tuples))
+		out := tuples[:0]
+		for _, t := range tuples {
+			t[pos] = anyToken
+			if !seen[t] {
+				seen[t] = true
+				out = append(out, t)
+			}
+		}
+		tuples = out
+	}
+	return tuples
 }
 
 func token(name string) string {
