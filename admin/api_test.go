@@ -58,6 +58,10 @@ func TestEveryOperation(t *testing.T) {
 	if bytes.Contains(resp.Body, []byte(secret)) || !bytes.Contains(resp.Body, []byte(endpoint.MaskSecret(secret))) {
 		t.Fatalf("GET shows the secret: %s", resp.Body)
 	}
+	// So is a credential header, the URL's check sends user:password to.
+	if bytes.Contains(resp.Body, []byte("Bearer xyz")) || !bytes.Contains(resp.Body, []byte(`"Authorization":"`+endpoint.MaskHeader("Bearer xyz")+`"`)) {
+		t.Fatalf("GET shows the Authorization header: %s", resp.Body)
+	}
 	rev := resp.Revision()
 	if rev != got.Revision || got.State != "active" || !slices.Equal(got.Filters, []string{"paid-orders"}) {
 		t.Fatalf("got %+v (ETag revision %d)", got, rev)
@@ -71,7 +75,7 @@ func TestEveryOperation(t *testing.T) {
 	if resp.Revision() <= rev || bytes.Contains(resp.Body, []byte(secret)) {
 		t.Fatalf("PUT: %s", resp.Body)
 	}
-	if cur, _ := h.store.GetEndpoint(ctx, id); cur.Webhook.Secret != secret || cur.Webhook.Timeout.D().Seconds() != 30 {
+	if cur, _ := h.store.GetEndpoint(ctx, id); cur.Webhook.Secret != secret || cur.Webhook.Timeout.D().Seconds() != 30 || cur.Webhook.Headers["Authorization"] != "Bearer xyz" {
 		t.Fatalf("after PUT: %+v", cur.Webhook)
 	}
 	// PATCH: a merge patch; a new secret is shown whole, once.

@@ -137,6 +137,7 @@ func TestBadInput(t *testing.T) {
 	ep("webhook.headers.X-A\nInjected: yes\nX-B", "not a header name", with(hook, "webhook.headers", map[string]any{"X-A\nInjected: yes\nX-B": "x"}))
 	ep("webhook.headers.X-Nul", "control character", with(hook, "webhook.headers", map[string]any{"X-Nul": "a\x00b"}))
 	ep("webhook.headers.X-Lf", "control character", with(hook, "webhook.headers", map[string]any{"X-Lf": "a\nInjected: yes"}))
+	ep("webhook.headers.X-Api-Key", "masked", with(hook, "webhook.headers", map[string]any{"X-Api-Key": endpoint.MaskHeader("a key of some length")}))
 	ep("webhook.headers.x-dup", "the same header", with(hook, "webhook.headers", map[string]any{"X-Dup": "1", "x-dup": "2"}))
 	ep("webhook.url", "", with(hook, "webhook.url", "https://example.com/a\r\nInjected: yes"))
 	ep("webhook.url", "", with(hook, "webhook.url", "https://example.com/a\x00"))

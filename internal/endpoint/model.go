@@ -132,6 +132,8 @@ type Webhook struct {
 	Method string `json:"method"`
 	// Headers are extra request headers. Hop-by-hop headers, Host,
 	// Content-Length and the webhook-* signature headers are refused.
+	// The values of credential headers (CredentialHeader) are shown as
+	// the secret is (MaskHeader); sent back masked, they are kept.
 	Headers map[string]string `json:"headers"`
 	// Secret signs every request (Standard Webhooks): "whsec_" and the
 	// base64 of 24 to 64 random bytes. Generated when absent at creation.
@@ -450,6 +452,11 @@ func (e *Endpoint) Redacted() *Endpoint {
 	c := e.Clone()
 	if c.Webhook != nil {
 		c.Webhook.Secret = MaskSecret(c.Webhook.Secret)
+		for name, v := range c.Webhook.Headers {
+			if CredentialHeader(name) {
+				c.Webhook.Headers[name] = MaskHeader(v)
+			}
+		}
 	}
 	return c
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"strings"
+	"unicode/utf8"
 )
 
 // Webhook secrets, as Standard Webhooks writes them: "whsec_" and the
@@ -54,3 +55,41 @@ func MaskSecret(secret string) string {
 
 // isMasked reports whether s is a masked secret (MaskSecret's form).
 func isMasked(s string) bool { return strings.HasPrefix(s, SecretPrefix+maskMark) }
+
+// CredentialHeader reports whether a webhook header's value is a
+// credential, masked as the secret is: Authorization (where the URL's
+// check sends user:password), Proxy-Authorization, Cookie, and a name
+// that says it holds one (token, secret, key, password, auth, session).
+func CredentialHeader(name string) bool {
+	lower := lowerASCII(name)
+	switch lower {
+	case "authorization", "proxy-authorization", "cookie":
+		return true
+	}
+	for _, word := range []string{"token", "secret", "key", "password", "auth", "session"} {
+		if strings.Contains(lower, word) {
+			return true
+		}
+	}
+	return false
+}
+
+// MaskHeader hides a credential header's value but for its last four
+// characters when it is long enough for them to tell nothing: "…Zm9v",
+// or "…" alone. "" stays "".
+func MaskHeader(value string) string {
+	if value == "" {
+		return ""
+	}
+	if len(value) < 16 {
+		return maskMark
+	}
+	tail := value[len(value)-4:]
+	if !utf8.ValidString(tail) {
+		return maskMark
+	}
+	return maskMark + tail
+}
+
+// isMaskedHeader reports whether a header value is in MaskHeader's form.
+func isMaskedHeader(v string) bool { return strings.HasPrefix(v, maskMark) }

@@ -337,6 +337,15 @@ func (s *Store) UpdateEndpoint(ctx context.Context, in *Endpoint, expected uint6
 		if next.Webhook != nil && next.Webhook.Secret == "" {
 			next.Webhook.Secret = GenerateSecret()
 		}
+		if next.Webhook != nil && cur.Webhook != nil {
+			// A credential header sent back as the API shows it keeps its
+			// value; one masked otherwise is refused by validate.
+			for name, v := range next.Webhook.Headers {
+				if old, ok := cur.Webhook.Headers[name]; ok && isMaskedHeader(v) && CredentialHeader(name) && v == MaskHeader(old) {
+					next.Webhook.Headers[name] = old
+				}
+			}
+		}
 		if err := errs.err(); err != nil {
 			return nil, err
 		}

@@ -154,6 +154,8 @@ func (w *Webhook) validate(errs *fieldErrors, path string) {
 			errs.add(hp, "value longer than %d bytes", MaxHeaderValueLen)
 		} else if !validHeaderValue(v) {
 			errs.add(hp, "value holds a control character (line breaks are not allowed)")
+		} else if CredentialHeader(name) && isMaskedHeader(v) {
+			errs.add(hp, "a masked value: send the whole value to set it, or the masked one as shown to keep the current one")
 		}
 	}
 	if w.Secret != "" {
