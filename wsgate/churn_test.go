@@ -2,6 +2,10 @@ package wsgate
 
 import (
 	"testing"
+
+	"github.com/tablecast/tablecast/internal/auth"
+	"github.com/tablecast/tablecast/internal/endpoint"
+	"github.com/tablecast/tablecast/internal/match"
 )
 
 // TestChurnLeavesNoConsumers subscribes and unsubscribes tables and
@@ -64,4 +68,47 @@ func TestChurnLeavesNoConsumers(t *testing.T) {
 			e.gw.subCount.Load() == 0 && e.metric(e.gw.met.replaysRunning) == 0 && e.metric(e.gw.met.replaysWaiting) == 0
 	})
 	e.waitFor("every consumer deleted", func() bool { return consumers() == 0 })
+}
+
+// oneEndpoint is a Managed with one active WebSocket endpoint, "live",
+// whose one filter takes every event of public.orders.
+type oneEndpoint struct{ e *match.Entry }
+
+func newOneEndpoint() oneEndpoint {
+	f := &endpoint.Filter{Name: "orders", Tables: []string{"public.orders"}}
+	return oneEndpoint{&match.Entry{
+		Endpoint: &endpoint.Endpoint{ID: "01JTESTENDPOINT0000000000", Name: "live", Type: endpoint.TypeWebSocket, State: endpoint.StateActive},
+		Matcher:  match.New([]*endpoint.Filter{f}, nil, nil),
+	}}
+}
+
+func (o oneEndpoint) Rule(string) *endpoint.Rule { return nil }
+
+func (o oneEndpoint) GetByName(name string) *match.Entry {
+	if name == o.e.Endpoint.Name {
+		return o.e
+	}
+	return nil
+}
+
+// TestEndpointSubscriptionsCounted: the subscriptions a WebSocket
+// endpoint's connection gets count in the status endpoint's
+// subscriptions as any other, and leave it as they end.
+func TestEndpointSubscriptionsCounted(t *testing.T) {
+	t.Parallel()
+	e := startGateway(t, func(c *Config) { c.Managed = newOneEndpoint() })
+	ctx := testCtx(t)
+	subscriptions := func() int { return e.gw.status(ctx, auth.AnonymousIdentity()).Gateway.Subscriptions }
+	c := e.dial("/ws/endpoints/live")
+	c.expect("subscribed", testDB+".public.orders")
+	plain := e.dial("/ws")
+	plain.subscribe(map[string]any{"id": "a", "table": "public.orders"})
+	if n := subscriptions(); n != 2 {
+		t.Fatalf("status says %d subscriptions, want 2", n)
+	}
+	_ = c.ws.CloseNow()
+	e.waitFor("the endpoint's subscription ended", func() bool { return e.metric(e.gw.met.subscriptions) == 1 })
+	if n := subscriptions(); n != 1 {
+		t.Fatalf("status says %d subscriptions once the endpoint's connection is gone, want 1", n)
+	}
 }

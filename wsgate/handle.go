@@ -439,6 +439,13 @@ func (c *conn) syncEndpoint(e *match.Entry) *ProtocolError {
 		}
 		cancel()
 		g.met.subscriptions.Inc()
+		g.subCount.Add(1) // detach takes it off, as for any subscription
+		if c.isClosing() {
+			// Closed meanwhile: its release may have found s not yet
+			// attached, as in subscribe.
+			g.detach(s)
+			return nil
+		}
 		c.endpointSubs[t.Qualified] = s
 		covered[t.Qualified] = true
 	}
