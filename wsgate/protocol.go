@@ -34,9 +34,10 @@ import (
 //     an array of strings (no null elements), "from" an integer written
 //     without fraction or exponent. A wrong type is CodeInvalidMessage and
 //     the message names the field.
-//   - A string field (an id, a name, a list's item) escaping a lone UTF-16
-//     surrogate (\ud800) is CodeInvalidMessage: it is not a character, and
-//     decoded it would not be what the gateway echoes back.
+//   - A string field (an id, a name, a list's item, a string in "where")
+//     escaping a lone UTF-16 surrogate (\ud800) is CodeInvalidMessage: it is
+//     not a character, and decoded it would be U+FFFD, not what the gateway
+//     echoes back or what the client meant to compare.
 
 // MessageType is the "type" of a client message.
 type MessageType string
@@ -301,8 +302,9 @@ func (d *decoder) str(name string) (s string, ok bool, perr *ProtocolError) {
 // loneSurrogateMsg says what is wrong with a string loneSurrogate finds.
 const loneSurrogateMsg = `holds a lone UTF-16 surrogate escape (such as \ud800), which is not a character`
 
-// loneSurrogate reports whether raw, a JSON string as the client wrote it,
-// escapes a UTF-16 surrogate that is not half of a pair. Decoding turns it
+// loneSurrogate reports whether raw, a JSON string as the client wrote it
+// (or a value holding strings: escapes occur only in them), escapes a
+// UTF-16 surrogate that is not half of a pair. Decoding turns it
 // into U+FFFD without a word, so that an id or a name the gateway echoes
 // (subscribed, topics) would not be the one the client sent, and the
 // client could not tell its answers.
@@ -426,6 +428,10 @@ func (d *decoder) subscribe(m *ClientMessage) *ProtocolError {
 	where, hasWhere := d.fields.get("where")
 	if hasWhere && where[0] != '{' {
 		return d.fail(CodeInvalidMessage, `field "where" must be an object`)
+	}
+	if hasWhere && loneSurrogate(where) {
+		// Decoded, it would compare U+FFFD, which a row may hold.
+		return d.fail(CodeInvalidMessage, `field "where" `+loneSurrogateMsg)
 	}
 	sel, hasSelect, perr := d.strList("select")
 	if perr != nil {

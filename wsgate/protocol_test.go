@@ -153,6 +153,8 @@ func TestDecodeClientMessageErrors(t *testing.T) {
 		{"id with a lone low surrogate", `{"type":"unsubscribe","id":"\udc00"}`, CodeInvalidMessage, "", `field "id" holds a lone UTF-16 surrogate escape (such as \ud800), which is not a character`},
 		{"id with reversed surrogates", `{"type":"unsubscribe","id":"\udc00\ud800"}`, CodeInvalidMessage, "", `field "id" holds a lone UTF-16 surrogate escape …`},
 		{"id with a high surrogate then a letter", `{"type":"unsubscribe","id":"\ud83dx"}`, CodeInvalidMessage, "", `field "id" holds a lone UTF-16 surrogate escape …`},
+		{"where with a lone surrogate", `{"type":"subscribe","id":"s1","table":"a.b","where":{"status":{"eq":"\ud800"}}}`, CodeInvalidMessage, "s1", `field "where" holds a lone UTF-16 surrogate escape …`},
+		{"where column with a lone surrogate", `{"type":"subscribe","id":"s1","table":"a.b","where":{"\udfff":{"eq":"x"}}}`, CodeInvalidMessage, "s1", `field "where" holds a lone UTF-16 surrogate escape …`},
 		{"topic with a lone surrogate", `{"type":"create-topic","topic":"chat\ud800"}`, CodeInvalidMessage, "", `field "topic" holds a lone UTF-16 surrogate escape …`},
 		{"select with a lone surrogate", `{"type":"select","id":"s1","fields":["id","\ud800"]}`, CodeInvalidMessage, "s1", `field "fields" holds a lone UTF-16 surrogate escape …`},
 		{"subscribe id too long", `{"type":"subscribe","id":"` + strings.Repeat("x", 65) + `","table":"a.b"}`,
