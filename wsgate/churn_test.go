@@ -112,3 +112,30 @@ func TestEndpointSubscriptionsCounted(t *testing.T) {
 		t.Fatalf("status says %d subscriptions once the endpoint's connection is gone, want 1", n)
 	}
 }
+
+// TestShutdownDeletesFeedConsumers: a gateway that shuts down deletes its
+// feeds' consumers before Shutdown returns, rather than leave them on the
+// server for their idle time after every restart.
+func TestShutdownDeletesFeedConsumers(t *testing.T) {
+	t.Parallel()
+	e := startGateway(t, withMarkers)
+	ctx := testCtx(t)
+	c := e.dial("/ws")
+	c.subscribe(map[string]any{"id": "a", "table": "public.orders"})
+	c.subscribe(map[string]any{"id": "b", "table": "public.orders", "batch": "transaction"})
+	st, err := e.nats.JS.Stream(ctx, "TABLECAST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.gw.Shutdown(ctx)
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := info.State.Consumers; n != 0 {
+		t.Fatalf("%d consumers left once Shutdown returned", n)
+	}
+	if n := e.metric(e.gw.met.feeds); n != 0 {
+		t.Fatalf("feeds metric %v after Shutdown", n)
+	}
+}

@@ -617,6 +617,12 @@ func (g *Gateway) Shutdown(ctx context.Context) {
 	var drops sync.WaitGroup
 	g.feedMu.Lock()
 	for _, f := range g.feeds {
+		// Stopped here once: the connections closing meanwhile detach
+		// their subscriptions, and the last one must not stop it again.
+		f.mu.Lock()
+		f.stopped = true
+		f.mu.Unlock()
+		g.met.feeds.Dec()
 		if name := f.stop(); name != "" {
 			drops.Go(func() { g.deleteConsumer(name, "a feed's") })
 		}
