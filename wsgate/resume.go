@@ -689,7 +689,8 @@ func (s *sub) historyFrame(seq uint64, subject string, data []byte, ev *query.Ev
 
 // historyDecide indexes a table's event of the history into ev and
 // decides whether s takes it: then ok, and the view, projection and row
-// to encode it with; or a filter_failed frame to send instead.
+// to encode it with; or a filter_failed frame to send instead (see
+// historyFailed).
 func (s *sub) historyDecide(seq uint64, subject string, data []byte, ev *query.Event) (view query.View, proj *query.Projection, row *query.Row, frame []byte, ok bool) {
 	bit := schema.OpBit(subjectOp(subject))
 	if bit == 0 || ev.Reset(bit, data) != nil {
@@ -700,8 +701,7 @@ func (s *sub) historyDecide(seq uint64, subject string, data []byte, ev *query.E
 		return view, nil, nil, nil, false
 	}
 	if err != nil {
-		msg := "event seq " + strconv.FormatUint(seq, 10) + " not delivered: " + err.Error()
-		return view, nil, nil, finishFrame(AppendError(newFrame(len(msg)+64), s.id, CodeFilterFailed, msg), opText), false
+		return view, nil, nil, s.historyFailed(seq, err), false
 	}
 	if !ok {
 		return view, nil, nil, nil, false
@@ -711,4 +711,25 @@ func (s *sub) historyDecide(seq uint64, subject string, data []byte, ev *query.E
 		proj = s.proj.Load()
 	}
 	return view, proj, row, nil, true
+}
+
+// historyFailed is the filter_failed frame of the event seq of s's history,
+// which its filter could not evaluate (err); nil within a second of the
+// last one s was sent, by its history or live: at most one a second, as
+// feed.filterFailed sends them, not one per event of a long history.
+func (s *sub) historyFailed(seq uint64, err error) []byte {
+	f := s.f.Load()
+	now := time.Now()
+	f.mu.Lock()
+	due := now.Sub(s.failedAt) >= time.Second
+	if due {
+		s.failedAt = now
+	}
+	f.mu.Unlock()
+	if !due {
+		return nil
+	}
+	f.g.met.errorFrames.WithLabelValues(string(CodeFilterFailed)).Inc()
+	msg := "event seq " + strconv.FormatUint(seq, 10) + " not delivered: " + err.Error()
+	return finishFrame(AppendError(newFrame(len(msg)+64), s.id, CodeFilterFailed, msg), opText)
 }
