@@ -65,6 +65,8 @@ type conn struct {
 	inflight   int      // bytes being written by flush
 	bigQueued  int      // of queued, a frame larger than SendQueueBytes (see enqueue)
 	bigFlight  int      // of inflight, likewise
+	pongs      int      // pongs in queue (see enqueuePong)
+	pongAt     int      // 1 + the index in queue of the last of them; 0 for none
 	flushing   bool     // a flush goroutine runs
 	closing    bool     // no more frames are queued
 	closeFrame []byte   // written once the in-flight batch is done
@@ -484,7 +486,7 @@ func (c *conn) readMessage(br *bufio.Reader) ([]byte, error) {
 				c.closeWith(code, reason)
 				return nil, nil
 			case opPing:
-				c.enqueue(finishFrame(append(newFrame(len(payload)), payload...), opPong), false)
+				c.enqueuePong(finishFrame(append(newFrame(len(payload)), payload...), opPong))
 			}
 			if !c.inFrag {
 				return nil, nil
@@ -576,6 +578,36 @@ func (c *conn) enqueueFor(s *sub, frame []byte, wait bool) bool {
 // included (or none at all): a sender that can wait (a snapshot) keeps
 // only a little ahead of its client rather than a whole send queue.
 func (c *conn) enqueueAhead(s *sub, frame []byte, wait bool, ahead int) bool {
+	return c.enqueueFrame(s, frame, wait, ahead, false)
+}
+
+// maxQueuedPongs is how many pongs may wait in a connection's queue: one
+// per ping, for a client that pings a few times in a row, and no more for
+// one that sends pings without reading (see enqueuePong).
+const maxQueuedPongs = 16
+
+// enqueuePong queues the answer to a ping. Once maxQueuedPongs pongs wait
+// in the queue, the last of them is replaced by it rather than followed by
+// it (RFC 6455 §5.5.3 lets an endpoint answer only the latest of the pings
+// it has not answered yet): a client sending pings without reading would
+// otherwise fill the queue with frames of a few bytes, each costing the
+// gateway several times what it counts against SendQueueBytes (some
+// 100 MB before a queue of 4 MiB is full).
+func (c *conn) enqueuePong(frame []byte) {
+	c.mu.Lock()
+	if i := c.pongAt - 1; i >= 0 && c.pongs >= maxQueuedPongs && !c.closing {
+		c.queued += len(frame) - len(c.queue[i])
+		c.queue[i] = frame
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	c.enqueueFrame(nil, frame, false, 0, true)
+}
+
+// enqueueFrame is enqueueAhead; pong marks the frame as the pong
+// enqueuePong may replace.
+func (c *conn) enqueueFrame(s *sub, frame []byte, wait bool, ahead int, pong bool) bool {
 	limit := c.g.cfg.SendQueueBytes
 	big := len(frame) > limit
 	c.mu.Lock()
@@ -611,6 +643,10 @@ func (c *conn) enqueueAhead(s *sub, frame []byte, wait bool, ahead int) bool {
 			return false
 		}
 		c.mu.Lock()
+	}
+	if pong {
+		c.pongs++
+		c.pongAt = len(c.queue) + 1
 	}
 	c.queue = append(c.queue, frame)
 	c.queued += len(frame)
@@ -678,6 +714,7 @@ func (c *conn) take() (bufs [][]byte, n int, ok bool, closing bool, cf []byte) {
 	defer c.mu.Unlock()
 	bufs = c.queue
 	c.queue, c.spare = c.spare, nil // double-buffered: no allocation per burst
+	c.pongs, c.pongAt = 0, 0
 	n = c.queued
 	c.queued = 0
 	c.inflight = n
@@ -708,7 +745,7 @@ func (c *conn) written(bufs [][]byte, n int, err error) bool {
 	c.signalDrained()
 	if err != nil {
 		c.closing = true
-		c.queue, c.queued, c.bigQueued = nil, 0, 0
+		c.queue, c.queued, c.bigQueued, c.pongs, c.pongAt = nil, 0, 0, 0, 0
 		c.mu.Unlock()
 		go c.release()
 		_ = c.nc.Close()
@@ -841,7 +878,7 @@ func (c *conn) slowClose(rest net.Buffers) {
 	}
 	cf := c.closeFrame
 	c.closeFrame = nil
-	c.queue, c.queued, c.inflight = nil, 0, 0
+	c.queue, c.queued, c.inflight, c.pongs, c.pongAt = nil, 0, 0, 0, 0
 	c.signalDrained()
 	c.mu.Unlock()
 	if first {
@@ -940,7 +977,7 @@ func (c *conn) shut(cf []byte, dropQueue bool) {
 	}
 	c.closing = true
 	if dropQueue {
-		c.queue, c.queued, c.bigQueued = nil, 0, 0
+		c.queue, c.queued, c.bigQueued, c.pongs, c.pongAt = nil, 0, 0, 0, 0
 	}
 	c.closeFrame = cf
 	start := !c.flushing

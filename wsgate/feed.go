@@ -235,9 +235,10 @@ func (f *feed) start(ctx context.Context) error {
 		}
 	}
 	cons, err := f.g.js.OrderedConsumer(ctx, f.g.cfg.Stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: f.subjects,
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    f.last + 1,
+		FilterSubjects:    f.subjects,
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       f.last + 1,
+		InactiveThreshold: feedConsumerIdle,
 	})
 	if err != nil {
 		return wrapf(err, "follow %s", f.subject)
@@ -260,11 +261,28 @@ func (f *feed) start(ctx context.Context) error {
 	return nil
 }
 
-func (f *feed) stop() {
+// feedConsumerIdle is the InactiveThreshold of a feed's consumer (the
+// ordered consumer's own default, made explicit): the server deletes it
+// once no pull has waited on it for this long. A feed deletes its consumer
+// as it stops, so this is only the backstop, for a gateway that dies and a
+// delete NATS keeps refusing.
+const feedConsumerIdle = 5 * time.Minute
+
+// stop stops the feed and returns the name of the consumer it used on the
+// server ("" for none), for the caller to delete (dropConsumer): a stopped
+// ordered consumer stays on the server until idle for feedConsumerIdle, so
+// a client subscribing and unsubscribing a table in a loop would leave one
+// behind (and the server's goroutines and memory for it) each time.
+func (f *feed) stop() string {
+	var name string
 	if f.cc != nil {
 		f.cc.Stop()
+		if info := f.cons.CachedInfo(); info != nil {
+			name = info.Name
+		}
 	}
 	f.in.close()
+	return name
 }
 
 // testHookFeedHandle, when set (by tests), is called before a feed handles
@@ -691,8 +709,12 @@ func (g *Gateway) detach(s *sub) {
 	f.mu.Unlock()
 	g.feedMu.Unlock()
 	if stop {
-		f.stop()
+		name := f.stop()
 		g.met.feeds.Dec()
+		if name != "" {
+			// Not waited for: an unsubscribe is answered at once.
+			go g.dropConsumer(name, "a feed's", feedConsumerIdle)
+		}
 	}
 }
 

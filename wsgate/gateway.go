@@ -612,15 +612,26 @@ func (g *Gateway) Shutdown(ctx context.Context) {
 		_ = httpSrv.Shutdown(ctx)
 	}
 	g.cancel()
+	// The feeds' consumers are deleted, not left on the server for their
+	// idle time: a gateway restarted often would pile them up.
+	var drops sync.WaitGroup
 	g.feedMu.Lock()
 	for _, f := range g.feeds {
-		f.stop()
+		// Stopped here once: the connections closing meanwhile detach
+		// their subscriptions, and the last one must not stop it again.
+		f.mu.Lock()
+		f.stopped = true
+		f.mu.Unlock()
+		g.met.feeds.Dec()
+		if name := f.stop(); name != "" {
+			drops.Go(func() { g.deleteConsumer(name, "a feed's") })
+		}
 	}
 	g.feeds = map[string]*feed{}
 	g.feedMu.Unlock()
 	g.poll.close()
 	done := make(chan struct{})
-	go func() { g.wg.Wait(); close(done) }()
+	go func() { g.wg.Wait(); drops.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():

@@ -106,6 +106,12 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 	switch {
 	case exists:
 		return fail(CodeInvalidSubscription, "subscription id "+schema.QuoteName(m.ID)+" is in use; unsubscribe it first")
+	case c.endpointSubs != nil && endpointStyleID(m.ID):
+		// The endpoint may come to cover that table at any time, and
+		// then subscribes the connection under that very id: two
+		// subscriptions of one id could not be told apart, nor ended.
+		return fail(CodeInvalidSubscription, "on a WebSocket endpoint's connection, ids of the form database.schema.table such as "+
+			schema.QuoteName(m.ID)+" are the endpoint's subscriptions' (one per table it covers); choose another id")
 	case n >= c.maxSubscriptions():
 		return fail(CodeTooManySubscriptions, "a connection may hold at most "+strconv.Itoa(c.maxSubscriptions())+" subscriptions")
 	}
@@ -246,6 +252,13 @@ func (c *conn) subscribe(m *ClientMessage, where *query.Where) *ProtocolError {
 		go g.catchUp(s, 0)
 	}
 	return nil
+}
+
+// endpointStyleID reports whether id has the form of the ids a WebSocket
+// endpoint's subscriptions take: a table's database.schema.table.
+func endpointStyleID(id string) bool {
+	db, _, _, err := schema.ParseQualifiedName(id)
+	return err == nil && db != ""
 }
 
 // subscribeRule prepares s, a subscription to the rule m names: the
@@ -439,6 +452,13 @@ func (c *conn) syncEndpoint(e *match.Entry) *ProtocolError {
 		}
 		cancel()
 		g.met.subscriptions.Inc()
+		g.subCount.Add(1) // detach takes it off, as for any subscription
+		if c.isClosing() {
+			// Closed meanwhile: its release may have found s not yet
+			// attached, as in subscribe.
+			g.detach(s)
+			return nil
+		}
 		c.endpointSubs[t.Qualified] = s
 		covered[t.Qualified] = true
 	}

@@ -34,6 +34,10 @@ import (
 //     an array of strings (no null elements), "from" an integer written
 //     without fraction or exponent. A wrong type is CodeInvalidMessage and
 //     the message names the field.
+//   - A string field (an id, a name, a list's item, a string in "where")
+//     escaping a lone UTF-16 surrogate (\ud800) is CodeInvalidMessage: it is
+//     not a character, and decoded it would be U+FFFD, not what the gateway
+//     echoes back or what the client meant to compare.
 
 // MessageType is the "type" of a client message.
 type MessageType string
@@ -158,7 +162,7 @@ func DecodeClientMessage(frame []byte) (ClientMessage, *ProtocolError) {
 	// The id, when readable, goes into every error, whatever the type.
 	if raw, ok := fields.get("id"); ok {
 		var id string
-		if isString(raw) && json.Unmarshal(raw, &id) == nil && validID(id) {
+		if isString(raw) && !loneSurrogate(raw) && json.Unmarshal(raw, &id) == nil && validID(id) {
 			d.errID = id
 		}
 	}
@@ -289,7 +293,47 @@ func (d *decoder) str(name string) (s string, ok bool, perr *ProtocolError) {
 	if !isString(raw) || json.Unmarshal(raw, &s) != nil {
 		return "", false, d.fail(CodeInvalidMessage, "field "+strconv.Quote(name)+" must be a string")
 	}
+	if loneSurrogate(raw) {
+		return "", false, d.fail(CodeInvalidMessage, "field "+strconv.Quote(name)+" "+loneSurrogateMsg)
+	}
 	return s, true, nil
+}
+
+// loneSurrogateMsg says what is wrong with a string loneSurrogate finds.
+const loneSurrogateMsg = `holds a lone UTF-16 surrogate escape (such as \ud800), which is not a character`
+
+// loneSurrogate reports whether raw, a JSON string as the client wrote it
+// (or a value holding strings: escapes occur only in them), escapes a
+// UTF-16 surrogate that is not half of a pair. Decoding turns it
+// into U+FFFD without a word, so that an id or a name the gateway echoes
+// (subscribed, topics) would not be the one the client sent, and the
+// client could not tell its answers.
+func loneSurrogate(raw []byte) bool {
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		i++ // raw is valid JSON: an escape is whole
+		if raw[i] != 'u' {
+			continue
+		}
+		r, _ := strconv.ParseUint(string(raw[i+1:i+5]), 16, 32)
+		i += 4
+		switch {
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return true // a low half first
+		case r >= 0xD800 && r <= 0xDBFF:
+			if i+6 >= len(raw) || raw[i+1] != '\\' || raw[i+2] != 'u' {
+				return true
+			}
+			lo, _ := strconv.ParseUint(string(raw[i+3:i+7]), 16, 32)
+			if lo < 0xDC00 || lo > 0xDFFF {
+				return true
+			}
+			i += 6
+		}
+	}
+	return false
 }
 
 // strList reads an optional array-of-strings field. A given empty array
@@ -309,6 +353,9 @@ func (d *decoder) strList(name string) (list []string, ok bool, perr *ProtocolEr
 		var s string
 		if !isString(it) || json.Unmarshal(it, &s) != nil {
 			return nil, false, bad
+		}
+		if loneSurrogate(it) {
+			return nil, false, d.fail(CodeInvalidMessage, "field "+strconv.Quote(name)+" "+loneSurrogateMsg)
 		}
 		list = append(list, s)
 	}
@@ -381,6 +428,10 @@ func (d *decoder) subscribe(m *ClientMessage) *ProtocolError {
 	where, hasWhere := d.fields.get("where")
 	if hasWhere && where[0] != '{' {
 		return d.fail(CodeInvalidMessage, `field "where" must be an object`)
+	}
+	if hasWhere && loneSurrogate(where) {
+		// Decoded, it would compare U+FFFD, which a row may hold.
+		return d.fail(CodeInvalidMessage, `field "where" `+loneSurrogateMsg)
 	}
 	sel, hasSelect, perr := d.strList("select")
 	if perr != nil {

@@ -149,6 +149,14 @@ func TestDecodeClientMessageErrors(t *testing.T) {
 		{"snapshot of a rule", `{"type":"subscribe","id":"v1","rule":"big-orders","snapshot":true}`, CodeInvalidSubscription, "v1", `"snapshot" applies to table subscriptions only`},
 		{"subscribe empty id", `{"type":"subscribe","id":"","table":"a.b"}`, CodeInvalidSubscription, "",
 			`id "" must be 1 to 64 printable characters`},
+		{"id with a lone surrogate", `{"type":"subscribe","id":"a\ud800","table":"a.b"}`, CodeInvalidMessage, "", `field "id" holds a lone UTF-16 surrogate escape (such as \ud800), which is not a character`},
+		{"id with a lone low surrogate", `{"type":"unsubscribe","id":"\udc00"}`, CodeInvalidMessage, "", `field "id" holds a lone UTF-16 surrogate escape (such as \ud800), which is not a character`},
+		{"id with reversed surrogates", `{"type":"unsubscribe","id":"\udc00\ud800"}`, CodeInvalidMessage, "", `field "id" holds a lone UTF-16 surrogate escape …`},
+		{"id with a high surrogate then a letter", `{"type":"unsubscribe","id":"\ud83dx"}`, CodeInvalidMessage, "", `field "id" holds a lone UTF-16 surrogate escape …`},
+		{"where with a lone surrogate", `{"type":"subscribe","id":"s1","table":"a.b","where":{"status":{"eq":"\ud800"}}}`, CodeInvalidMessage, "s1", `field "where" holds a lone UTF-16 surrogate escape …`},
+		{"where column with a lone surrogate", `{"type":"subscribe","id":"s1","table":"a.b","where":{"\udfff":{"eq":"x"}}}`, CodeInvalidMessage, "s1", `field "where" holds a lone UTF-16 surrogate escape …`},
+		{"topic with a lone surrogate", `{"type":"create-topic","topic":"chat\ud800"}`, CodeInvalidMessage, "", `field "topic" holds a lone UTF-16 surrogate escape …`},
+		{"select with a lone surrogate", `{"type":"select","id":"s1","fields":["id","\ud800"]}`, CodeInvalidMessage, "s1", `field "fields" holds a lone UTF-16 surrogate escape …`},
 		{"subscribe id too long", `{"type":"subscribe","id":"` + strings.Repeat("x", 65) + `","table":"a.b"}`,
 			CodeInvalidSubscription, "", `id "` + strings.Repeat("x", 64) + `"… must be 1 to 64 printable characters`},
 		{"subscribe id with newline", `{"type":"subscribe","id":"a\nb","table":"a.b"}`, CodeInvalidSubscription, "",
@@ -546,5 +554,30 @@ func TestCloseCodes(t *testing.T) {
 	}
 	if got := CloseCode(4999).Reason(); got != "closed" {
 		t.Errorf("unknown code reason %q", got)
+	}
+}
+
+func TestLoneSurrogate(t *testing.T) {
+	for raw, want := range map[string]bool{
+		`"abc"`:                false,
+		`"\ud83d\ude00"`:       false, // a pair: U+1F600
+		`"x\ud83d\ude00y\n"`:   false,
+		`"\\ud800"`:            false, // a backslash, then the letters
+		`"\u00e9\"\\\/"`:       false,
+		`"\ud800"`:             true,
+		`"\udfff"`:             true,
+		`"\ud83d"`:             true,
+		`"\ud83d\u0041"`:       true,
+		`"\ud83d\ud83d\ude00"`: true,
+		`"\ude00\ud83d"`:       true,
+		`"\\\ud800"`:           true,
+	} {
+		if got := loneSurrogate([]byte(raw)); got != want {
+			t.Errorf("loneSurrogate(%s) = %v, want %v", raw, got, want)
+		}
+	}
+	m, perr := DecodeClientMessage([]byte(`{"type":"unsubscribe","id":"\ud83d\ude00"}`))
+	if perr != nil || m.ID != "\U0001F600" {
+		t.Fatalf("a surrogate pair: got %+v, %v", m, perr)
 	}
 }

@@ -40,7 +40,7 @@ const replayFetchWait = 5 * time.Second
 
 // replayConsumerIdle is the InactiveThreshold of a resume's consumer: the
 // server deletes it once no fetch has waited on it for this long. A resume
-// deletes its consumer as it ends (dropReplayConsumer), so this is only the
+// deletes its consumer as it ends (dropConsumer), so this is only the
 // backstop, for a gateway that stops mid-resume and a delete NATS keeps
 // refusing. It must outlast every pause between two fetches of a running
 // resume: a wait for the rate limit (one batch's worth of tokens) or for
@@ -59,42 +59,43 @@ func replayConsumerName() string {
 	return "tablecast_resume_" + rand.Text()
 }
 
-// dropReplayConsumer deletes a resume's consumer, which may not exist (its
-// creation failed). A delete that fails is tried again in the background,
-// a second after the first and twice as long after each next one, until
-// the consumer is gone or replayConsumerIdle has passed, by when the
+// dropConsumer deletes a consumer of the gateway's (what says whose, for
+// the log: "a resume's", "a feed's"), which may not exist (its creation
+// failed). A delete that fails is tried again in the background, a second
+// after the first and twice as long after each next one, until the
+// consumer is gone or idle (its InactiveThreshold) has passed, by when the
 // server has deleted it itself; likewise once the gateway is closing.
-func (g *Gateway) dropReplayConsumer(name string) {
-	if g.deleteReplayConsumer(name) {
+func (g *Gateway) dropConsumer(name, what string, idle time.Duration) {
+	if g.deleteConsumer(name, what) {
 		return
 	}
 	go func() {
-		giveUp := time.Now().Add(replayConsumerIdle)
+		giveUp := time.Now().Add(idle)
 		for wait := time.Second; time.Now().Add(wait).Before(giveUp); wait *= 2 {
 			select {
 			case <-g.ctx.Done():
 				return
 			case <-time.After(wait):
 			}
-			if g.deleteReplayConsumer(name) {
+			if g.deleteConsumer(name, what) {
 				return
 			}
 		}
-		g.log.Warn("gateway leaves a resume's consumer to the server, which deletes it once idle",
-			"consumer", name, "inactive_threshold", replayConsumerIdle)
+		g.log.Warn("gateway leaves "+what+" consumer to the server, which deletes it once idle",
+			"consumer", name, "inactive_threshold", idle)
 	}()
 }
 
-// deleteReplayConsumer makes one attempt at deleting a resume's consumer,
-// and reports whether it is gone.
-func (g *Gateway) deleteReplayConsumer(name string) bool {
+// deleteConsumer makes one attempt at deleting a consumer of the
+// gateway's, and reports whether it is gone.
+func (g *Gateway) deleteConsumer(name, what string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), replayRequestTimeout)
 	defer cancel()
 	err := g.str.DeleteConsumer(ctx, name)
 	if err == nil || errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return true
 	}
-	g.log.Warn("gateway cannot delete a resume's consumer; trying again", "consumer", name, "err", err)
+	g.log.Warn("gateway cannot delete "+what+" consumer; trying again", "consumer", name, "err", err)
 	return false
 }
 
@@ -367,7 +368,7 @@ func (g *Gateway) replay(ctx context.Context, s *sub, from uint64, synced *synce
 	// consumer made, and a delete sent then may be handled before the
 	// creation (the server answers API requests from several workers).
 	name := replayConsumerName()
-	defer g.dropReplayConsumer(name)
+	defer g.dropConsumer(name, "a resume's", replayConsumerIdle)
 	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), replayRequestTimeout)
 	cons, err := g.str.CreateConsumer(cctx, jetstream.ConsumerConfig{
 		Name:              name,
@@ -688,7 +689,8 @@ func (s *sub) historyFrame(seq uint64, subject string, data []byte, ev *query.Ev
 
 // historyDecide indexes a table's event of the history into ev and
 // decides whether s takes it: then ok, and the view, projection and row
-// to encode it with; or a filter_failed frame to send instead.
+// to encode it with; or a filter_failed frame to send instead (see
+// historyFailed).
 func (s *sub) historyDecide(seq uint64, subject string, data []byte, ev *query.Event) (view query.View, proj *query.Projection, row *query.Row, frame []byte, ok bool) {
 	bit := schema.OpBit(subjectOp(subject))
 	if bit == 0 || ev.Reset(bit, data) != nil {
@@ -699,8 +701,7 @@ func (s *sub) historyDecide(seq uint64, subject string, data []byte, ev *query.E
 		return view, nil, nil, nil, false
 	}
 	if err != nil {
-		msg := "event seq " + strconv.FormatUint(seq, 10) + " not delivered: " + err.Error()
-		return view, nil, nil, finishFrame(AppendError(newFrame(len(msg)+64), s.id, CodeFilterFailed, msg), opText), false
+		return view, nil, nil, s.historyFailed(seq, err), false
 	}
 	if !ok {
 		return view, nil, nil, nil, false
@@ -710,4 +711,25 @@ func (s *sub) historyDecide(seq uint64, subject string, data []byte, ev *query.E
 		proj = s.proj.Load()
 	}
 	return view, proj, row, nil, true
+}
+
+// historyFailed is the filter_failed frame of the event seq of s's history,
+// which its filter could not evaluate (err); nil within a second of the
+// last one s was sent, by its history or live: at most one a second, as
+// feed.filterFailed sends them, not one per event of a long history.
+func (s *sub) historyFailed(seq uint64, err error) []byte {
+	f := s.f.Load()
+	now := time.Now()
+	f.mu.Lock()
+	due := now.Sub(s.failedAt) >= time.Second
+	if due {
+		s.failedAt = now
+	}
+	f.mu.Unlock()
+	if !due {
+		return nil
+	}
+	f.g.met.errorFrames.WithLabelValues(string(CodeFilterFailed)).Inc()
+	msg := "event seq " + strconv.FormatUint(seq, 10) + " not delivered: " + err.Error()
+	return finishFrame(AppendError(newFrame(len(msg)+64), s.id, CodeFilterFailed, msg), opText)
 }

@@ -347,7 +347,7 @@ type flakyConsumers struct {
 	loseCreate    bool         // answer each creation with an error, after making it
 	created       atomic.Int32 // consumers made
 	refuseDeletes atomic.Int32 // deletes still to refuse
-	deletes       atomic.Int32 // deletes asked for, refused ones included
+	deletes       atomic.Int32 // deletes of resumes' consumers asked for, refused ones included
 }
 
 func (fc *flakyConsumers) wrap(js jetstream.JetStream) jetstream.JetStream {
@@ -385,6 +385,10 @@ func (s flakyStream) CreateConsumer(ctx context.Context, cfg jetstream.ConsumerC
 }
 
 func (s flakyStream) DeleteConsumer(ctx context.Context, name string) error {
+	if !strings.HasPrefix(name, "tablecast_resume_") {
+		// A feed's, deleted as its last subscription goes.
+		return s.Stream.DeleteConsumer(ctx, name)
+	}
 	s.fc.deletes.Add(1)
 	if s.fc.refuseDeletes.Add(-1) >= 0 {
 		return errors.New("refused by the test")
