@@ -769,6 +769,11 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 			return err
 		}
 		s.relations[rm.RelationID] = rel
+		if s.replaying() {
+			// Described when it was first streamed: the registry holds
+			// this shape, or a later one that writing it would take back.
+			return nil
+		}
 		if err := s.recordShape(ctx, rel.table); err != nil {
 			return err
 		}
