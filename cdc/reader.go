@@ -394,7 +394,7 @@ func (e *slotInUseError) Error() string {
 type sessionResult struct {
 	start      uint64        // the slot's position it started from
 	streamed   time.Duration // how long it streamed; 0 if it never started
-	progressed bool          // whether it confirmed anything past start
+	progressed bool          // whether it confirmed anything past start to PostgreSQL
 }
 
 // session runs one replication connection from the slot's confirmed
@@ -485,7 +485,10 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 	defer s.types.close()
 	began := time.Now()
 	err = s.loop(ctx)
-	res.streamed, res.progressed = time.Since(began), s.confirmed > start
+	// Progress is what PostgreSQL was told: the position a session reached
+	// without telling it (a keepalive's, before decoding failed) is where
+	// the next session starts again.
+	res.streamed, res.progressed = time.Since(began), s.sent > start
 	return res, err
 }
 
