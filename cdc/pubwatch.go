@@ -95,7 +95,7 @@ func (w *pubWatch) round(ctx context.Context) error {
 		}
 		if !pub.exists {
 			if !w.gone {
-				w.r.log.Error("the publication no longer exists; nothing is streamed until it does", "publication", name)
+				w.r.log.Error("the publication no longer exists; nothing is streamed until it does, and before PostgreSQL 18 a change written meanwhile to a table it published stops the stream for good (README: What PostgreSQL needs)", "publication", name)
 				w.gone = true
 			}
 			return nil
