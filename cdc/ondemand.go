@@ -708,9 +708,21 @@ func (s *session) releaseChunks(acked uint64) {
 
 // confirmLimit is the highest LSN the reader may confirm: the low
 // watermark of the oldest open window, so that a replay always sees it.
+// A window whose chunk the worker gave up (its query failed: the table was
+// dropped, say) is closed: no high watermark will come for it, and it
+// would hold the slot's position for the rest of the session.
 func (s *session) confirmLimit() uint64 {
 	limit := uint64(math.MaxUint64)
-	for _, w := range s.windows {
+	if len(s.windows) == 0 {
+		return limit
+	}
+	s.r.snaps.mu.Lock()
+	defer s.r.snaps.mu.Unlock()
+	for id, w := range s.windows {
+		if s.r.snaps.chunks[id] == nil {
+			delete(s.windows, id)
+			continue
+		}
 		limit = min(limit, w.lowLSN)
 	}
 	return limit
