@@ -550,7 +550,9 @@ func TestCatchUpFollowsARename(t *testing.T) {
 	ctx := context.Background()
 	db := newTestDB(t, `CREATE TABLE orders (id int PRIMARY KEY)`)
 	n := startNATS(t)
-	r := startReader(t, db.config(), n)
+	cfg := db.config()
+	cfg.CatalogInterval = 200 * time.Millisecond
+	r := startReader(t, cfg, n)
 	// A transaction open across the catch-up's low watermark makes its
 	// first chunk wait until it ends; it renames the table meanwhile.
 	renamer, err := pgx.Connect(ctx, db.url)
