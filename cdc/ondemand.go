@@ -569,6 +569,9 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 		r.snaps.mu.Lock()
 		c.columns, c.keyIdx, c.rows, c.filled = columns, keyIdx, rows, true
 		r.snaps.mu.Unlock()
+		if hook := testHookChunkRead; hook != nil {
+			hook(plan.schema + "." + plan.name)
+		}
 		if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2)`, watermarkPrefix, wm+":high"); err != nil {
 			drop()
 			return fmt.Errorf("write high watermark: %w", err)
@@ -693,6 +696,10 @@ type window struct {
 	keys    []string // primary key column names
 	lowLSN  uint64   // the reader confirms nothing past it while the window is open
 	changed map[string]struct{}
+	// truncated: the table was truncated inside the window, so every row
+	// the chunk read is either gone or written again by a change the
+	// stream holds.
+	truncated bool
 }
 
 // pendingChunk is a published chunk awaiting JetStream's acknowledgement.
@@ -823,9 +830,27 @@ func (s *session) noteChange(rel *relation, vals []schema.Value) {
 	}
 }
 
+// noteTruncate records, in every open window on rel's table, that the
+// table was truncated.
+func (s *session) noteTruncate(rel *relation) {
+	for _, w := range s.windows {
+		if w.relid == rel.table.RelationID {
+			w.truncated = true
+		}
+	}
+}
+
+// testHookChunkRead, when set (tests), runs once a chunk's rows are read,
+// before its high watermark is written.
+var testHookChunkRead func(table string)
+
 // publishChunk publishes the chunk's rows whose keys did not change inside
 // its window, as op "read".
 func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uint64) error {
+	if w.truncated {
+		s.r.log.Debug("snapshot chunk: the table was truncated meanwhile; its rows are left to the stream", "table", c.table, "skipped", len(c.rows))
+		return nil
+	}
 	schemaName, name := c.schema, c.name
 	tbl := &schema.Table{Schema: schemaName, Name: name, Columns: c.columns}
 	var txn schema.Txn

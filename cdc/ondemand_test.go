@@ -311,3 +311,42 @@ func TestFailedChunkReleasesTheSlot(t *testing.T) {
 		return err == nil && got >= want
 	})
 }
+
+// TestTruncateInsideAChunk: a table truncated after a chunk read its rows
+// and before the chunk's high watermark has none of them sent: they would
+// follow the truncate in the stream, rows that no longer exist.
+func TestTruncateInsideAChunk(t *testing.T) {
+	ctx := context.Background()
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`, `INSERT INTO items SELECT generate_series(1, 5)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	r := startReader(t, cfg, n)
+	truncater, err := pgx.Connect(ctx, db.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer truncater.Close(ctx)
+	var once sync.Once
+	testHookChunkRead = func(table string) {
+		once.Do(func() {
+			if _, err := truncater.Exec(ctx, `TRUNCATE items`); err != nil {
+				t.Errorf("truncate: %v", err)
+			}
+		})
+	}
+	t.Cleanup(func() { testHookChunkRead = nil })
+	if _, err := RequestSnapshot(ctx, n.NC, testPrefix, cfg.Slot, "public.items"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "the snapshot to end", func() bool { return r.log.contains("on-demand snapshot done") })
+	db.exec(t, `INSERT INTO items VALUES (6)`)
+	evs := n.readAll(t, 2, 15*time.Second)
+	var got []string
+	for _, e := range evs {
+		got = append(got, fmt.Sprintf("%s:%v", e.Op, e.Key["id"]))
+	}
+	if strings.Join(got, " ") != "truncate:<nil> create:6" {
+		t.Fatalf("events %v, want the truncate and the insert after it, no read of a row the truncate removed", got)
+	}
+}

@@ -791,6 +791,9 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 				return fmt.Errorf("truncate of relation %d that was never described", id)
 			}
 			s.ordinal++
+			if len(s.windows) > 0 {
+				s.noteTruncate(rel)
+			}
 			if err := s.publish(ctx, rel, &schema.Change{Op: schema.OpTruncate, Ordinal: s.ordinal}); err != nil {
 				return err
 			}
