@@ -429,13 +429,15 @@ func (d *doctor) checkPublication(ctx context.Context) error {
 func (d *doctor) judgePublication(ctx context.Context, p publication, tables []pubTable) error {
 	name := d.cfg.Publication
 	quoted := pgx.Identifier{name}.Sanitize()
-	var ops []string
+	var ops, missing []string
 	for _, op := range []struct {
 		name string
 		on   bool
 	}{{"insert", p.insert}, {"update", p.update}, {"delete", p.delete}, {"truncate", p.truncate}} {
 		if op.on {
 			ops = append(ops, op.name)
+		} else {
+			missing = append(missing, op.name)
 		}
 	}
 	covers := fmt.Sprintf("%d tables", len(tables))
@@ -482,6 +484,12 @@ func (d *doctor) judgePublication(ctx context.Context, p publication, tables []p
 			fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE <schema.table>;", quoted))
 	case len(ops) == 0:
 		d.add("publication", StatusWarn, detail+": nothing will be streamed",
+			fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate');", quoted))
+	case len(missing) > 0:
+		// PostgreSQL leaves those changes out of the replication stream:
+		// consumers' copies of the tables silently keep rows that changed.
+		d.add("publication", StatusWarn, fmt.Sprintf("%s: no event is sent for a %s, so consumers' copies of the tables drift from the database",
+			detail, strings.Join(missing, ", ")),
 			fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate');", quoted))
 	case !p.viaRoot && partitions:
 		d.add("publication", StatusWarn, detail+": changes to partitions are published under each partition's name, not the partitioned table's",

@@ -321,3 +321,18 @@ func TestDoctorRetainedThresholds(t *testing.T) {
 		}
 	}
 }
+
+// TestDoctorPartialPublication: a DBA's publication that leaves out some
+// operations streams none of them, which doctor warns of.
+func TestDoctorPartialPublication(t *testing.T) {
+	db := newTestDB(t, append(revokeEmitMessage,
+		`CREATE TABLE orders (id int PRIMARY KEY, status text)`,
+		`CREATE PUBLICATION tc_pub FOR TABLE orders WITH (publish = 'insert, update', publish_via_partition_root = true)`)...)
+	createSlot(t, db)
+	fs := doctorFindings(t, db.config())
+	expect(t, fs, "publication", StatusWarn, "publishes insert, update, publish_via_partition_root = true: no event is sent for a delete, truncate",
+		`ALTER PUBLICATION "tc_pub" SET (publish = 'insert, update, delete, truncate');`)
+	if Failed(fs) {
+		t.Error("Failed: a publication that leaves out operations still works")
+	}
+}

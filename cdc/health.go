@@ -124,6 +124,7 @@ func (r *Reader) watch(ctx context.Context) {
 		var (
 			lag, retained int64
 			safe          *int64
+			slotAt        uint64 // the slot's confirmed_flush_lsn
 		)
 		err := conn.do(ctx, r.cfg.WatchInterval, func(ctx context.Context, conn *pgx.Conn) error {
 			var confirmed *string
@@ -164,6 +165,11 @@ func (r *Reader) watch(ctx context.Context) {
 			if confirmed != nil && *confirmed != lastLSN {
 				lastLSN, lastMove = *confirmed, now
 			}
+			if confirmed != nil {
+				if at, err := pglogrepl.ParseLSN(*confirmed); err == nil {
+					slotAt = uint64(at)
+				}
+			}
 			return nil
 		})
 		if ctx.Err() != nil {
@@ -186,8 +192,10 @@ func (r *Reader) watch(ctx context.Context) {
 			}
 		}
 		r.healthMu.Lock()
-		if r.failing.count > 0 && r.ackedLSN.Load() > r.failing.at {
-			// The running session got past it.
+		if r.failing.count > 0 && slotAt > r.failing.at {
+			// The running session got past it, and told PostgreSQL so: a
+			// session replaying what the stream holds gets past the
+			// sessions' start before it reaches where they failed.
 			if r.failing.count >= stuckAfterSessions {
 				r.log.Info("replication got past the position where it kept failing", "lsn", pglogrepl.LSN(r.failing.at).String())
 			}

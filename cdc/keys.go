@@ -91,7 +91,20 @@ func setKey(t *schema.Table, k keyColumns) {
 // lookUpKey reads the key columns of relation relid for a Relation message
 // and marks t's key. A relation the catalog no longer has (dropped since the
 // change was written) keeps its replica identity as its key.
+//
+// Under REPLICA IDENTITY DEFAULT the columns pgoutput flags are the primary
+// key as it was when the change was written, which is the key; the catalog
+// holds today's, which differ when the key was changed since (a reader
+// catching up on changes made before a migration that replaced the primary
+// key would key them by columns their deletes do not carry), so it is not
+// asked.
 func (s *session) lookUpKey(ctx context.Context, relid uint32, t *schema.Table) error {
+	if t.ReplicaIdentity == 'd' {
+		for i := range t.Columns {
+			t.Columns[i].Key = t.Columns[i].Identity
+		}
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, typeLookupTimeout)
 	defer cancel()
 	conn, err := s.catalogConn(ctx)

@@ -145,3 +145,41 @@ func TestEventKey(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyOfChangesBeforeAKeyChange: a reader that catches up on changes
+// committed before the primary key was replaced (it was stopped, or NATS
+// was away, during the migration) keys them by the primary key they were
+// written under, as a reader streaming live does: a delete carries only
+// those columns, and the new key would have made it {"id":2,"tenant":null}.
+func TestKeyOfChangesBeforeAKeyChange(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t, `CREATE TABLE t (id int PRIMARY KEY, tenant int NOT NULL, v text)`,
+		`INSERT INTO t VALUES (1, 7, 'a'), (2, 7, 'b')`)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	n := startNATS(t)
+	r := startReader(t, cfg, n)
+	r.stop(t)
+	db.waitSlotInactive(t)
+	db.exec(t, `DELETE FROM t WHERE id = 2`)
+	db.exec(t, `UPDATE t SET v = 'c' WHERE id = 1`)
+	db.exec(t, `ALTER TABLE t DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (tenant, id)`)
+	db.exec(t, `DELETE FROM t WHERE id = 1`)
+	startReader(t, cfg, n)
+	evs := n.readAll(t, 3, 30*time.Second)
+	wants := []struct{ op, key, old string }{
+		{"delete", `{"id":2}`, `{"id":2}`},
+		{"update", `{"id":1}`, ``},
+		{"delete", `{"tenant":7,"id":1}`, `{"tenant":7,"id":1}`}, // written under the new key
+	}
+	if len(evs) != len(wants) {
+		t.Fatalf("%d events, want %d", len(evs), len(wants))
+	}
+	for i, w := range wants {
+		if evs[i].Op != w.op {
+			t.Fatalf("event %d: %s, want %s (%s)", i, evs[i].Op, w.op, evs[i].Raw)
+		}
+		assertJSON(t, fmt.Sprintf("event %d (%s) key", i, w.op), evs[i].Key, w.key)
+		assertJSON(t, fmt.Sprintf("event %d (%s) old", i, w.op), evs[i].Old, w.old)
+	}
+}

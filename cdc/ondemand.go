@@ -98,6 +98,10 @@ type snapshotRequest struct {
 	table        string // schema.table, for logs
 	catchUp      bool   // asked by the publication manager for a table it added
 	stateKey     string // the catch-up's record in the state bucket
+	// oid is the table's OID, once known: a snapshot follows the table
+	// through a rename (the swap of a table filled beforehand for the one
+	// it replaces) rather than lose the rows it has not read yet.
+	oid uint32
 }
 
 // snapshotQuery is the body of a request on SnapshotSubject.
@@ -224,14 +228,15 @@ func (r *Reader) answerSnapshot(ctx context.Context, body []byte) snapshotAnswer
 		return snapshotAnswer{Code: refusedInternal, Error: "the reader cannot reach PostgreSQL: " + oneLine(err)}
 	}
 	defer conn.Close(context.Background())
-	if _, err := chunkPlan(qctx, conn, r.cfg.Publication, schemaName, name); err != nil {
+	plan, err := chunkPlan(qctx, conn, r.cfg.Publication, schemaName, name, 0)
+	if err != nil {
 		var ref *refusal
 		if errors.As(err, &ref) {
 			return snapshotAnswer{Code: ref.code, Error: ref.msg}
 		}
 		return snapshotAnswer{Code: refusedInternal, Error: oneLine(err)}
 	}
-	req := snapshotRequest{id: randomID(), schema: schemaName, name: name, table: table}
+	req := snapshotRequest{id: randomID(), schema: schemaName, name: name, table: table, oid: plan.oid}
 	id, ahead, err := r.snaps.enqueue(req)
 	if err != nil {
 		return snapshotAnswer{Code: refusedQueueFull, Error: err.Error()}
@@ -249,7 +254,8 @@ func randomID() string {
 
 // tablePlan is what chunking a table needs.
 type tablePlan struct {
-	schema, name string
+	schema, name string // as the table is named now
+	oid          uint32
 	columns      []string // published columns
 	rowFilter    string   // the publication's WHERE for the table, or ""
 	keys         []string // primary key columns, in index order
@@ -257,16 +263,29 @@ type tablePlan struct {
 }
 
 // chunkPlan checks that the table can be snapshotted on demand and says
-// how. Its refusals are *refusal errors.
-func chunkPlan(ctx context.Context, conn *pgx.Conn, publication, schemaName, name string) (tablePlan, error) {
-	p := tablePlan{schema: schemaName, name: name}
+// how. The table is schemaName.name, or the table of OID oid when it is
+// not 0, whatever its name now. Its refusals are *refusal errors.
+func chunkPlan(ctx context.Context, conn *pgx.Conn, publication, schemaName, name string, oid uint32) (tablePlan, error) {
+	p := tablePlan{schema: schemaName, name: name, oid: oid}
 	table := schemaName + "." + name
-	var exists bool
-	if err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, pgx.Identifier{schemaName, name}.Sanitize()).Scan(&exists); err != nil {
-		return p, fmt.Errorf("look up table %s: %w", table, err)
-	}
-	if !exists {
-		return p, &refusal{refusedUnknownTable, fmt.Sprintf("table %s is not in publication %s: there is no such table", table, publication)}
+	if oid != 0 {
+		found, err := p.follow(ctx, conn)
+		if err != nil {
+			return p, err
+		}
+		if !found {
+			return p, &refusal{refusedUnknownTable, fmt.Sprintf("table %s is not in publication %s: it was dropped", table, publication)}
+		}
+		schemaName, name, table = p.schema, p.name, p.schema+"."+p.name
+	} else {
+		var found *uint32
+		if err := conn.QueryRow(ctx, `SELECT to_regclass($1)::oid`, pgx.Identifier{schemaName, name}.Sanitize()).Scan(&found); err != nil {
+			return p, fmt.Errorf("look up table %s: %w", table, err)
+		}
+		if found == nil {
+			return p, &refusal{refusedUnknownTable, fmt.Sprintf("table %s is not in publication %s: there is no such table", table, publication)}
+		}
+		p.oid = *found
 	}
 	rows, err := conn.Query(ctx, `SELECT a.attname::text FROM pg_index i
 		CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -304,6 +323,20 @@ func chunkPlan(ctx context.Context, conn *pgx.Conn, publication, schemaName, nam
 	return p, nil
 }
 
+// follow sets the plan's schema and name to those its table (p.oid) has
+// now; found is false once the table is dropped.
+func (p *tablePlan) follow(ctx context.Context, conn *pgx.Conn) (found bool, err error) {
+	err = conn.QueryRow(ctx, `SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.oid = $1`, p.oid).Scan(&p.schema, &p.name)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("look up table %s.%s by its OID: %w", p.schema, p.name, err)
+	}
+	return true, nil
+}
+
 // chunk is one chunk of an on-demand snapshot, registered by the worker
 // before its low watermark (table and keys) and filled before its high
 // watermark (columns, rows, filled); the session reads it under
@@ -312,6 +345,7 @@ type chunk struct {
 	schema   string
 	name     string
 	table    string   // schema.table, as QualifiedName writes it
+	relid    uint32   // the table's OID, which its changes in the stream carry
 	keys     []string // primary key column names
 	columns  []schema.Column
 	keyIdx   []int      // positions of the key columns in columns
@@ -416,7 +450,7 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	plan, err := chunkPlan(ctx, conn, r.cfg.Publication, req.schema, req.name)
+	plan, err := chunkPlan(ctx, conn, r.cfg.Publication, req.schema, req.name, req.oid)
 	if err != nil {
 		return err
 	}
@@ -430,11 +464,15 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 		keyList[i] = pgx.Identifier{k}.Sanitize()
 		params[i] = fmt.Sprintf("$%d", i+1)
 	}
-	from := " FROM " + pgx.Identifier{plan.schema, plan.name}.Sanitize()
-	order := fmt.Sprintf(" ORDER BY %s LIMIT %d", strings.Join(keyList, ", "), chunkRows)
-	first := "SELECT " + strings.Join(quoted, ", ") + from + rowFilterClause(plan.rowFilter, "WHERE") + order
-	next := "SELECT " + strings.Join(quoted, ", ") + from + " WHERE (" + strings.Join(keyList, ", ") + ") > (" + strings.Join(params, ", ") + ")" +
-		rowFilterClause(plan.rowFilter, "AND") + order
+	var first, next string
+	queries := func() {
+		from := " FROM " + pgx.Identifier{plan.schema, plan.name}.Sanitize()
+		order := fmt.Sprintf(" ORDER BY %s LIMIT %d", strings.Join(keyList, ", "), chunkRows)
+		first = "SELECT " + strings.Join(quoted, ", ") + from + rowFilterClause(plan.rowFilter, "WHERE") + order
+		next = "SELECT " + strings.Join(quoted, ", ") + from + " WHERE (" + strings.Join(keyList, ", ") + ") > (" + strings.Join(params, ", ") + ")" +
+			rowFilterClause(plan.rowFilter, "AND") + order
+	}
+	queries()
 
 	var types typeResolver
 	what := "on-demand snapshot"
@@ -444,9 +482,27 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 	r.log.Info(what+" started", "table", req.table, "id", req.id)
 	began, total := time.Now(), 0
 	var after [][]byte
+	renamed := 0 // renames met by the chunk being read
 	for n := 1; ; n++ {
+		if n > 1 || renamed > 0 {
+			// Followed by its OID: renamed meanwhile, the rest of its rows
+			// go out under its new name; dropped, there are none left.
+			was := plan.schema + "." + plan.name
+			found, err := plan.follow(ctx, conn)
+			if err != nil {
+				return err
+			}
+			if !found {
+				r.log.Warn(what+" ended early: the table was dropped", "table", was, "id", req.id, "rows", total)
+				return nil
+			}
+			if now := plan.schema + "." + plan.name; now != was {
+				r.log.Info(what+" goes on under the table's new name", "table", was, "renamed_to", now, "id", req.id)
+				queries()
+			}
+		}
 		wm := randomID() // unguessable, and never shown: see the top of this file
-		c := &chunk{schema: plan.schema, name: plan.name, table: plan.schema + "." + plan.name, keys: plan.keys, consumed: make(chan struct{})}
+		c := &chunk{schema: plan.schema, name: plan.name, table: plan.schema + "." + plan.name, relid: plan.oid, keys: plan.keys, consumed: make(chan struct{})}
 		r.snaps.mu.Lock()
 		r.snaps.chunks[wm] = c
 		r.snaps.mu.Unlock()
@@ -497,8 +553,15 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 		}
 		if _, err := rr.Close(); err != nil {
 			drop()
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && pgErr.Code == "42P01" && renamed < 3 { // undefined_table
+				// Renamed (or dropped) after it was looked up: again.
+				renamed++
+				continue
+			}
 			return fmt.Errorf("read chunk %d of %s: %w", n, req.table, err)
 		}
+		renamed = 0
 		if err := applyTypes(ctx, conn, &types, columns); err != nil {
 			drop()
 			return fmt.Errorf("look up the column types of %s: %w", req.table, err)
@@ -506,6 +569,9 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 		r.snaps.mu.Lock()
 		c.columns, c.keyIdx, c.rows, c.filled = columns, keyIdx, rows, true
 		r.snaps.mu.Unlock()
+		if hook := testHookChunkRead; hook != nil {
+			hook(plan.schema + "." + plan.name)
+		}
 		if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2)`, watermarkPrefix, wm+":high"); err != nil {
 			drop()
 			return fmt.Errorf("write high watermark: %w", err)
@@ -625,10 +691,15 @@ func openTransactions(snap, next string) ([]int64, error) {
 // window is the session's view of one chunk between its watermarks: the
 // primary keys of its table that changed meanwhile.
 type window struct {
-	table   string   // schema.table
+	table   string   // schema.table, for logs
+	relid   uint32   // the table's OID: a rename does not change it
 	keys    []string // primary key column names
 	lowLSN  uint64   // the reader confirms nothing past it while the window is open
 	changed map[string]struct{}
+	// truncated: the table was truncated inside the window, so every row
+	// the chunk read is either gone or written again by a change the
+	// stream holds.
+	truncated bool
 }
 
 // pendingChunk is a published chunk awaiting JetStream's acknowledgement.
@@ -667,7 +738,7 @@ func (s *session) onDemandMessage(ctx context.Context, prefix string, content []
 			s.r.log.Warn("ignoring a repeated low watermark", "table", c.table, "lsn", pglogrepl.LSN(lsn).String())
 			return nil
 		}
-		s.windows[id] = &window{table: c.table, keys: c.keys, lowLSN: lsn, changed: map[string]struct{}{}}
+		s.windows[id] = &window{table: c.table, relid: c.relid, keys: c.keys, lowLSN: lsn, changed: map[string]struct{}{}}
 	case "high":
 		w := s.windows[id]
 		if w == nil {
@@ -708,9 +779,21 @@ func (s *session) releaseChunks(acked uint64) {
 
 // confirmLimit is the highest LSN the reader may confirm: the low
 // watermark of the oldest open window, so that a replay always sees it.
+// A window whose chunk the worker gave up (its query failed: the table was
+// dropped, say) is closed: no high watermark will come for it, and it
+// would hold the slot's position for the rest of the session.
 func (s *session) confirmLimit() uint64 {
 	limit := uint64(math.MaxUint64)
-	for _, w := range s.windows {
+	if len(s.windows) == 0 {
+		return limit
+	}
+	s.r.snaps.mu.Lock()
+	defer s.r.snaps.mu.Unlock()
+	for id, w := range s.windows {
+		if s.r.snaps.chunks[id] == nil {
+			delete(s.windows, id)
+			continue
+		}
 		limit = min(limit, w.lowLSN)
 	}
 	return limit
@@ -731,7 +814,7 @@ func (s *session) noteChange(rel *relation, vals []schema.Value) {
 		return
 	}
 	for _, w := range s.windows {
-		if w.table != rel.table.QualifiedName() {
+		if w.relid != rel.table.RelationID {
 			continue
 		}
 		var key []byte
@@ -747,9 +830,27 @@ func (s *session) noteChange(rel *relation, vals []schema.Value) {
 	}
 }
 
+// noteTruncate records, in every open window on rel's table, that the
+// table was truncated.
+func (s *session) noteTruncate(rel *relation) {
+	for _, w := range s.windows {
+		if w.relid == rel.table.RelationID {
+			w.truncated = true
+		}
+	}
+}
+
+// testHookChunkRead, when set (tests), runs once a chunk's rows are read,
+// before its high watermark is written.
+var testHookChunkRead func(table string)
+
 // publishChunk publishes the chunk's rows whose keys did not change inside
 // its window, as op "read".
 func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uint64) error {
+	if w.truncated {
+		s.r.log.Debug("snapshot chunk: the table was truncated meanwhile; its rows are left to the stream", "table", c.table, "skipped", len(c.rows))
+		return nil
+	}
 	schemaName, name := c.schema, c.name
 	tbl := &schema.Table{Schema: schemaName, Name: name, Columns: c.columns}
 	var txn schema.Txn

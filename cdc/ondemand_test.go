@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -259,5 +260,93 @@ func TestOpenTransactions(t *testing.T) {
 		if _, err := openTransactions(bad[0], bad[1]); err == nil {
 			t.Errorf("openTransactions(%q, %q): no error", bad[0], bad[1])
 		}
+	}
+}
+
+// TestFailedChunkReleasesTheSlot: a chunk whose query fails after its low
+// watermark was streamed (here its table is dropped while the chunk waits
+// for the transaction that drops it) opens a window no high watermark closes; the reader must not
+// hold the slot's position at it for the rest of the session.
+func TestFailedChunkReleasesTheSlot(t *testing.T) {
+	t.Parallel() // see parallelTests
+	ctx := context.Background()
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`, `INSERT INTO items VALUES (1)`, `CREATE TABLE other (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	r := startReader(t, cfg, n)
+	locker, err := pgx.Connect(ctx, db.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Close(ctx)
+	if _, err := locker.Exec(ctx, `BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := RequestSnapshot(ctx, n.NC, testPrefix, cfg.Slot, "public.items"); err != nil {
+		t.Fatal(err)
+	}
+	// The lock gave the locker a transaction id: the chunk waits for it
+	// to end, past its low watermark.
+	waitFor(t, 15*time.Second, "the chunk to wait for the locker", func() bool {
+		var waiting int
+		_ = db.conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tablecast-snapshot' AND query LIKE '%pg_visible_in_snapshot%'`).Scan(&waiting)
+		return waiting > 0
+	})
+	db.exec(t, `INSERT INTO other VALUES (1)`) // streamed after the low watermark
+	n.readAll(t, 1, 15*time.Second)
+	if _, err := locker.Exec(ctx, `DROP TABLE items; COMMIT`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "the snapshot to end", func() bool { return r.log.contains("on-demand snapshot ended early: the table was dropped") })
+	db.exec(t, `INSERT INTO other VALUES (2)`)
+	var now string
+	if err := db.conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&now); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := pglogrepl.ParseLSN(now)
+	n.readAll(t, 2, 15*time.Second)
+	waitFor(t, 15*time.Second, "the slot to confirm the last insert", func() bool {
+		got, err := pglogrepl.ParseLSN(db.slotLSN(t))
+		return err == nil && got >= want
+	})
+}
+
+// TestTruncateInsideAChunk: a table truncated after a chunk read its rows
+// and before the chunk's high watermark has none of them sent: they would
+// follow the truncate in the stream, rows that no longer exist.
+func TestTruncateInsideAChunk(t *testing.T) {
+	ctx := context.Background()
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`, `INSERT INTO items SELECT generate_series(1, 5)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	r := startReader(t, cfg, n)
+	truncater, err := pgx.Connect(ctx, db.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer truncater.Close(ctx)
+	var once sync.Once
+	testHookChunkRead = func(table string) {
+		once.Do(func() {
+			if _, err := truncater.Exec(ctx, `TRUNCATE items`); err != nil {
+				t.Errorf("truncate: %v", err)
+			}
+		})
+	}
+	t.Cleanup(func() { testHookChunkRead = nil })
+	if _, err := RequestSnapshot(ctx, n.NC, testPrefix, cfg.Slot, "public.items"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "the snapshot to end", func() bool { return r.log.contains("on-demand snapshot done") })
+	db.exec(t, `INSERT INTO items VALUES (6)`)
+	evs := n.readAll(t, 2, 15*time.Second)
+	var got []string
+	for _, e := range evs {
+		got = append(got, fmt.Sprintf("%s:%v", e.Op, e.Key["id"]))
+	}
+	if strings.Join(got, " ") != "truncate:<nil> create:6" {
+		t.Fatalf("events %v, want the truncate and the insert after it, no read of a row the truncate removed", got)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tablecast/tablecast/internal/natstest"
@@ -161,4 +162,32 @@ func TestHealthReportsRepeatedFailures(t *testing.T) {
 	}
 	n.readAll(t, 1, 60*time.Second)
 	waitFor(t, 30*time.Second, "healthy again", func() bool { return r.Health().Healthy })
+}
+
+// TestHealthReportsUndecodableChanges: a publication dropped while a
+// table it published changes leaves changes PostgreSQL (before 18) cannot
+// decode: every session fails on them. Those sessions first replay a
+// transaction the stream holds and PostgreSQL was not told of (the usual
+// case after a restart), which is no progress: /healthz must say the
+// reader is stuck, and the sessions must back off.
+func TestHealthReportsUndecodableChanges(t *testing.T) {
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	r := startReader(t, db.config(), n)
+	var now string
+	if err := db.conn.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&now); err != nil {
+		t.Fatal(err)
+	}
+	held, _ := pglogrepl.ParseLSN(now)
+	testHookConfirmAtMost.Store(uint64(held))
+	t.Cleanup(func() { testHookConfirmAtMost.Store(0) })
+	db.exec(t, `INSERT INTO items VALUES (1)`)
+	n.waitCount(t, 1, 15*time.Second)
+	db.exec(t, `DROP PUBLICATION tc_pub`)
+	db.exec(t, `INSERT INTO items VALUES (2)`)
+	waitFor(t, 20*time.Second, "unhealthy", func() bool { return !r.Health().Healthy })
+	if reasons := strings.Join(r.Health().Reasons, "; "); !strings.Contains(reasons, "stuck") || !strings.Contains(reasons, "does not exist") {
+		t.Errorf("unhealthy for %q; want it stuck, with PostgreSQL's error", reasons)
+	}
+	waitFor(t, 20*time.Second, "the backoff to grow", func() bool { return r.log.contains("retry_in=200ms") })
 }

@@ -289,6 +289,13 @@ func (s *session) alreadyStored(lsn uint64, ordinal uint32) bool {
 	return s.alreadyStoredID(eventID{lsn, uint64(ordinal)})
 }
 
+// replaying reports whether the next event of the current transaction is
+// one the stream holds already, without counting it: what comes before it
+// (a Relation message) was handled when the transaction was first streamed.
+func (s *session) replaying() bool {
+	return s.skipping && !(eventID{s.txn.CommitLSN, uint64(s.ordinal) + 1}).after(s.skipThrough)
+}
+
 // alreadyStoredID is alreadyStored of any id, a transaction marker's
 // (schema.MarkerOrdinal) included.
 func (s *session) alreadyStoredID(id eventID) bool {

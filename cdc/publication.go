@@ -110,6 +110,7 @@ const userTablesSQL = `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid
 // tableState is a table as the publication manager sees it.
 type tableState struct {
 	schema, name string
+	oid          uint32
 	partitioned  bool
 	hasPK        bool
 	owner        string
@@ -162,7 +163,7 @@ func readTables(ctx context.Context, conn *pgx.Conn, publication string, sc scop
 		args = append(args, listed)
 	}
 	rows, err := conn.Query(ctx, `WITH cand AS (`+cand+`)
-		SELECT n.nspname::text, c.relname::text, c.relkind = 'p',
+		SELECT n.nspname::text, c.relname::text, c.oid, c.relkind = 'p',
 			EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
 			pg_get_userbyid(c.relowner)::text, pg_has_role(c.relowner, 'USAGE'),
 			EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1 AND pr.prrelid = c.oid),
@@ -175,7 +176,7 @@ func readTables(ctx context.Context, conn *pgx.Conn, publication string, sc scop
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (tableState, error) {
 		var t tableState
 		var gaps string
-		if err := row.Scan(&t.schema, &t.name, &t.partitioned, &t.hasPK, &t.owner, &t.mayAdd, &t.inPub, &gaps); err != nil {
+		if err := row.Scan(&t.schema, &t.name, &t.oid, &t.partitioned, &t.hasPK, &t.owner, &t.mayAdd, &t.inPub, &gaps); err != nil {
 			return t, err
 		}
 		if err := json.Unmarshal([]byte(gaps), &t.gaps); err != nil {

@@ -95,7 +95,7 @@ func (w *pubWatch) round(ctx context.Context) error {
 		}
 		if !pub.exists {
 			if !w.gone {
-				w.r.log.Error("the publication no longer exists; nothing is streamed until it does", "publication", name)
+				w.r.log.Error("the publication no longer exists; nothing is streamed until it does, and before PostgreSQL 18 a change written meanwhile to a table it published stops the stream for good (README: What PostgreSQL needs)", "publication", name)
 				w.gone = true
 			}
 			return nil
@@ -183,7 +183,7 @@ var errSkipped = errors.New("skipped")
 // already has, recorded before the table is added so that a crash in
 // between does not lose it.
 func (w *pubWatch) add(ctx context.Context, c *pgx.Conn, quotedPub string, t tableState) error {
-	req := snapshotRequest{id: randomID(), schema: t.schema, name: t.name, table: t.qualified(), catchUp: true}
+	req := snapshotRequest{id: randomID(), schema: t.schema, name: t.name, table: t.qualified(), catchUp: true, oid: t.oid}
 	if t.hasPK {
 		var err error
 		if req.stateKey, err = w.r.recordCatchUp(ctx, req); err != nil {
@@ -266,6 +266,9 @@ func (w *pubWatch) watchUnmanaged(ctx context.Context, c *pgx.Conn, pub pubInfo)
 type catchUpRecord struct {
 	Schema string `json:"schema"`
 	Name   string `json:"name"`
+	// OID is the table's, which the snapshot follows should it be renamed
+	// (absent in records of older versions, which follow the name).
+	OID uint32 `json:"oid,omitempty"`
 }
 
 // catchUpKeyPrefix starts the state keys of this reader's catch-ups.
@@ -276,7 +279,7 @@ func (r *Reader) catchUpKeyPrefix() string {
 // recordCatchUp records a catch-up snapshot to take, and returns its key.
 func (r *Reader) recordCatchUp(ctx context.Context, req snapshotRequest) (string, error) {
 	key := "catchup." + stream.SchemaKey(r.db, r.cfg.Slot, req.schema+"\x00"+req.name)
-	b, _ := json.Marshal(catchUpRecord{Schema: req.schema, Name: req.name})
+	b, _ := json.Marshal(catchUpRecord{Schema: req.schema, Name: req.name, OID: req.oid})
 	if _, err := r.state.Put(ctx, key, b); err != nil {
 		return "", fmt.Errorf("record the catch-up snapshot of %s: %w", req.table, err)
 	}
@@ -318,7 +321,7 @@ func (r *Reader) resumeCatchUps(ctx context.Context) error {
 			_ = r.state.Delete(ctx, k)
 			continue
 		}
-		req := snapshotRequest{id: randomID(), schema: rec.Schema, name: rec.Name, table: rec.Schema + "." + rec.Name, catchUp: true, stateKey: k}
+		req := snapshotRequest{id: randomID(), schema: rec.Schema, name: rec.Name, table: rec.Schema + "." + rec.Name, catchUp: true, stateKey: k, oid: rec.OID}
 		r.log.Info("resuming a catch-up snapshot a previous run did not finish", "table", req.table)
 		_, _, _ = r.snaps.enqueue(req)
 	}

@@ -540,3 +540,46 @@ func TestCatchUpUnderWrites(t *testing.T) {
 	}
 	t.Logf("%d reads; %d rows in the table", reads, len(table))
 }
+
+// TestCatchUpFollowsARename: a table filled beforehand and then renamed
+// into place (the swap of a new table for an old one), while its catch-up
+// snapshot reads it, still has every row it had sent as op read, under
+// the name it has now.
+func TestCatchUpFollowsARename(t *testing.T) {
+	t.Parallel() // see parallelTests
+	ctx := context.Background()
+	db := newTestDB(t, `CREATE TABLE orders (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.CatalogInterval = 200 * time.Millisecond
+	r := startReader(t, cfg, n)
+	// A transaction open across the catch-up's low watermark makes its
+	// first chunk wait until it ends; it renames the table meanwhile.
+	renamer, err := pgx.Connect(ctx, db.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer renamer.Close(ctx)
+	if _, err := renamer.Exec(ctx, `BEGIN; ALTER TABLE orders RENAME TO orders_old`); err != nil {
+		t.Fatal(err)
+	}
+	db.exec(t, `BEGIN; CREATE TABLE orders_new (id int PRIMARY KEY, v text);
+		INSERT INTO orders_new SELECT g, 'v' || g FROM generate_series(1, 10) g; COMMIT`)
+	waitFor(t, 20*time.Second, "the catch-up to wait for the renamer", func() bool {
+		var waiting int
+		_ = db.conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tablecast-snapshot' AND query LIKE '%pg_visible_in_snapshot%'`).Scan(&waiting)
+		return waiting > 0
+	})
+	if _, err := renamer.Exec(ctx, `ALTER TABLE orders_new RENAME TO orders; COMMIT`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the 10 rows as op read", func() bool { return len(eventsOf(t, n, "public.orders")) >= 10 })
+	for _, e := range eventsOf(t, n, "public.orders") {
+		if e.Op != "read" {
+			t.Fatalf("event %s, want only reads", e.Raw)
+		}
+	}
+	if r.log.contains("catch-up snapshot dropped") || r.log.contains("catch-up snapshot failed") {
+		t.Error("the catch-up was given up")
+	}
+}

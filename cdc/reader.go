@@ -394,7 +394,7 @@ func (e *slotInUseError) Error() string {
 type sessionResult struct {
 	start      uint64        // the slot's position it started from
 	streamed   time.Duration // how long it streamed; 0 if it never started
-	progressed bool          // whether it confirmed anything past start
+	progressed bool          // whether it confirmed anything past start to PostgreSQL
 }
 
 // session runs one replication connection from the slot's confirmed
@@ -485,7 +485,10 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 	defer s.types.close()
 	began := time.Now()
 	err = s.loop(ctx)
-	res.streamed, res.progressed = time.Since(began), s.confirmed > start
+	// Progress is what PostgreSQL was told: the position a session reached
+	// without telling it (a keepalive's, before decoding failed) is where
+	// the next session starts again.
+	res.streamed, res.progressed = time.Since(began), s.sent > start
 	return res, err
 }
 
@@ -769,6 +772,11 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 			return err
 		}
 		s.relations[rm.RelationID] = rel
+		if s.replaying() {
+			// Described when it was first streamed: the registry holds
+			// this shape, or a later one that writing it would take back.
+			return nil
+		}
 		if err := s.recordShape(ctx, rel.table); err != nil {
 			return err
 		}
@@ -783,6 +791,9 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 				return fmt.Errorf("truncate of relation %d that was never described", id)
 			}
 			s.ordinal++
+			if len(s.windows) > 0 {
+				s.noteTruncate(rel)
+			}
 			if err := s.publish(ctx, rel, &schema.Change{Op: schema.OpTruncate, Ordinal: s.ordinal}); err != nil {
 				return err
 			}

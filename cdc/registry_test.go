@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tablecast/tablecast/schema"
@@ -121,5 +122,58 @@ func TestSchemaChangesDuringLoad(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("registry history\n%v\nwant\n%v", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestReplayKeepsTheLatestShape: a reader that replays changes the stream
+// holds already (a restart before it confirmed them) meets the Relation
+// messages of shapes the registry has left behind; it does not write them
+// again, so the registry never goes back to an old shape.
+func TestReplayKeepsTheLatestShape(t *testing.T) {
+	db := newTestDB(t, `CREATE TABLE t (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	r := startReader(t, cfg, n)
+	// Nothing of what follows is confirmed to PostgreSQL: the second
+	// reader replays it.
+	var now string
+	if err := db.conn.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&now); err != nil {
+		t.Fatal(err)
+	}
+	held, _ := pglogrepl.ParseLSN(now)
+	testHookConfirmAtMost.Store(uint64(held))
+	t.Cleanup(func() { testHookConfirmAtMost.Store(0) })
+	db.exec(t, `INSERT INTO t VALUES (1)`)
+	db.exec(t, `ALTER TABLE t ADD COLUMN c text`)
+	db.exec(t, `INSERT INTO t VALUES (2, 'x')`)
+	n.waitCount(t, 2, 15*time.Second)
+	r.stop(t)
+	db.waitSlotInactive(t)
+
+	r2 := startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO t VALUES (3, 'y')`)
+	n.waitCount(t, 3, 15*time.Second)
+	if v, _ := r2.metric("tablecast_cdc_events_skipped_total", ""); v != 2 {
+		t.Fatalf("the second reader skipped %v events, want the 2 it replayed", v)
+	}
+	hist, err := r2.registry.History(context.Background(), stream.SchemaKey(db.name, "public", "t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, h := range hist {
+		var s schema.Shape
+		if err := json.Unmarshal(h, &s); err != nil {
+			t.Fatalf("registry value %s: %v", h, err)
+		}
+		var cols []string
+		for _, c := range s.Columns {
+			cols = append(cols, c.Name)
+		}
+		got = append(got, fmt.Sprintf("%d:%s", s.Version, strings.Join(cols, ",")))
+	}
+	if want := []string{"1:id", "2:id,c"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("registry history %v, want %v", got, want)
 	}
 }

@@ -326,8 +326,16 @@ func publishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([
 		return nil, fmt.Errorf("read server version: %w", err)
 	}
 	attnames, rowfilter := "NULL::text[]", "NULL::text"
-	if version >= 150000 {
+	switch {
+	case version >= 180000:
 		attnames, rowfilter = "pt.attnames", "pt.rowfilter"
+	case version >= 150000:
+		// pgoutput sends no generated column before PostgreSQL 18, while
+		// pg_publication_tables lists them: the snapshot leaves them out
+		// too, so that a row has the same columns read as streamed.
+		attnames, rowfilter = `(SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+			WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+				AND a.attname = ANY (pt.attnames))`, "pt.rowfilter"
 	}
 	rows, err := conn.Query(ctx, `
 		SELECT pt.schemaname, pt.tablename, c.relreplident::text, coalesce(`+rowfilter+`, ''),
