@@ -172,6 +172,123 @@ function checkBatchHandlers(what, batched, h) {
   }
 }
 
+// Keys of a view. view.rows is keyed by a row's key as JSON, and
+// JSON.parse reads an integer beyond 2^53 (a bigint key such as a snowflake
+// id) as the nearest double: rows whose keys differ only past that
+// precision would share one entry, the view would hold one row for several,
+// and the delete of one would take out the others. So the keys of a view's
+// frame that holds such a number are written from the frame's text, their
+// integers with every digit (KEY_ID); other keys are JSON.stringify(key).
+
+// BIG_NUMBER matches, cheaply, a frame that may hold an integer of 16
+// digits or more: the frames that need their keys read from the text.
+const BIG_NUMBER = /[:,[]\s*-?\d{16}/;
+
+const KEY_ID = Symbol("tablecast.keyId");
+
+// keyId is the entry of view.rows of the object holding a key (a rows
+// entry, an event).
+function keyId(holder) {
+  return holder[KEY_ID] ?? JSON.stringify(holder.key);
+}
+
+// tagKeys sets KEY_ID on the key holders of f, the view's frame parsed
+// from text: rows[i], event, events[i].event.
+function tagKeys(f, text) {
+  try {
+    forMembers(text, skipSpace(text, 0), (name, i) => {
+      if (name === "rows" && Array.isArray(f.rows)) {
+        forElements(text, i, (n, j) => tagKey(f.rows[n], text, j));
+      } else if (name === "event") {
+        tagKey(f.event, text, i);
+      } else if (name === "events" && Array.isArray(f.events)) {
+        forElements(text, i, (n, j) => {
+          const e = f.events[n];
+          if (e !== null && typeof e === "object") forMembers(text, j, (m, k) => { if (m === "event") tagKey(e.event, text, k); });
+        });
+      }
+    });
+  } catch {
+    // Not the JSON JSON.parse took (it cannot be): keys as parsed.
+  }
+}
+
+function tagKey(holder, text, i) {
+  if (holder === null || typeof holder !== "object" || text[i] !== "{") return;
+  forMembers(text, i, (name, j) => { if (name === "key") holder[KEY_ID] = canonical(text, j)[0]; });
+}
+
+function skipSpace(t, i) {
+  while (t[i] === " " || t[i] === "\n" || t[i] === "\r" || t[i] === "\t") i++;
+  return i;
+}
+
+// forMembers calls fn(name, start of value) for each member of the object
+// at t[i] (nothing when it is not one), and returns the index after it.
+function forMembers(t, i, fn) {
+  if (t[i] !== "{") return skipValue(t, i);
+  i = skipSpace(t, i + 1);
+  if (t[i] === "}") return i + 1;
+  for (;;) {
+    const end = skipString(t, i);
+    const name = JSON.parse(t.slice(i, end));
+    i = skipSpace(t, skipSpace(t, end) + 1);
+    fn(name, i);
+    i = skipSpace(t, skipValue(t, i));
+    if (t[i++] !== ",") return i;
+    i = skipSpace(t, i);
+  }
+}
+
+// forElements calls fn(index, start of value) for each element of the
+// array at t[i] (nothing when it is not one), and returns the index after it.
+function forElements(t, i, fn) {
+  if (t[i] !== "[") return skipValue(t, i);
+  i = skipSpace(t, i + 1);
+  if (t[i] === "]") return i + 1;
+  for (let n = 0; ; n++) {
+    fn(n, i);
+    i = skipSpace(t, skipValue(t, i));
+    if (t[i++] !== ",") return i;
+    i = skipSpace(t, i);
+  }
+}
+
+function skipString(t, i) {
+  for (i++; t[i] !== '"'; i++) {
+    if (i >= t.length) throw new SyntaxError("unterminated string");
+    if (t[i] === "\\") i++;
+  }
+  return i + 1;
+}
+
+function skipValue(t, i) {
+  const c = t[i];
+  if (c === '"') return skipString(t, i);
+  if (c === "{") return forMembers(t, i, noop);
+  if (c === "[") return forElements(t, i, noop);
+  while (i < t.length && !",}] \n\r\t".includes(t[i])) i++;
+  return i;
+}
+
+// canonical returns the value at t[i] as JSON.stringify(JSON.parse(value))
+// writes it, but for integers beyond 2^53, which keep their digits; and
+// the index after it.
+function canonical(t, i) {
+  const c = t[i];
+  if (c === "{" || c === "[") {
+    const parts = [];
+    const end = c === "{"
+      ? forMembers(t, i, (name, j) => parts.push(JSON.stringify(name) + ":" + canonical(t, j)[0]))
+      : forElements(t, i, (_, j) => parts.push(canonical(t, j)[0]));
+    return [c + parts.join(",") + (c === "{" ? "}" : "]"), end];
+  }
+  const end = skipValue(t, i);
+  const raw = t.slice(i, end);
+  if (/^-?\d+$/.test(raw) && !Number.isSafeInteger(Number(raw))) return [raw, end];
+  return [JSON.stringify(JSON.parse(raw)), end];
+}
+
 function closeError(e) {
   const code = typeof e?.code === "number" ? e.code : 1006;
   const reason = typeof e?.reason === "string" ? e.reason : "";
@@ -483,7 +600,7 @@ export class TablecastClient {
     const v = st.view;
     if (!v.building || !Array.isArray(f.rows)) return;
     for (const e of f.rows) {
-      const k = JSON.stringify(e.key);
+      const k = keyId(e);
       if (e.removed) v.building.delete(k);
       else v.building.set(k, e.data);
     }
@@ -583,7 +700,7 @@ export class TablecastClient {
   // returns the change.
   #viewApply(rows, f) {
     const ev = f.event ?? {};
-    const k = JSON.stringify(ev.key);
+    const k = keyId(ev);
     const change = { op: "upsert", key: ev.key, data: ev.data, seq: f.seq };
     if (f.view) change.view = f.view;
     if (ev.op === "truncate") {
@@ -926,6 +1043,7 @@ export class TablecastClient {
     }
     if (f === null || typeof f !== "object") return;
     const st = typeof f.id === "string" ? this.#subs.get(f.id) : undefined;
+    if (st?.view && (f.type === "rows" || f.type === "event" || f.type === "transaction") && BIG_NUMBER.test(data)) tagKeys(f, data);
     if (typeof f.id === "string" && f.id !== "" && !st && this.#retired.has(f.id)) return;
     switch (f.type) {
       case "event":
