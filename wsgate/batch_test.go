@@ -1018,3 +1018,65 @@ func TestViewHistoryDroppedWhileBehind(t *testing.T) {
 		})
 	}
 }
+
+// TestBatchViewKeyChangeInOneFrame: a key change's leave and enter share
+// the update's seq, so a batched view's frame cut between them (the enter
+// past TABLECAST_WS_BATCH_BYTES) ended at that seq, and so did the next
+// one when another event of the transaction followed the enter: a client,
+// which takes a frame at a seq it has seen as one it has applied, dropped
+// the enter, and its view lost the row. The two go in one frame.
+func TestBatchViewKeyChangeInOneFrame(t *testing.T) {
+	s := &sub{id: "v", snapshot: true, batched: true, view: map[uint64]struct{}{viewKey([]byte(`{"id":1}`)): {}}}
+	tx := `"lsn":"0/16B3748","xid":771,"commit_time":"2026-11-22T07:00:00Z"`
+	pad := strings.Repeat("x", 300)
+	events := []struct {
+		seq uint64
+		op  schema.OpSet
+		env string
+	}{
+		{10, schema.BitCreate, `{"op":"create",` + tx + `,"key":{"id":5},"data":{"id":5}}`},
+		{11, schema.BitUpdate, `{"op":"update",` + tx + `,"key":{"id":1},"data":{"id":2,"pad":"` + pad + `"},"old":{"id":1}}`},
+		{12, schema.BitCreate, `{"op":"create",` + tx + `,"key":{"id":6},"data":{"id":6,"pad":"` + pad + `"}}`},
+	}
+	lim := batchLimits{events: 1000, bytes: 400}
+	var b txBatch
+	var out [][]byte
+	for _, e := range events {
+		out = s.viewBatchFrames(out, &b, lim, e.seq, e.op, []byte(e.env))
+	}
+	out = append(out, b.end(s.id, 13, txMeta{lsn: []byte(`"0/16B3748"`)}))
+	var prev uint64
+	for _, f := range out {
+		var tf struct {
+			Seq    uint64 `json:"seq"`
+			Events []struct {
+				Seq  uint64 `json:"seq"`
+				View string `json:"view"`
+			} `json:"events"`
+		}
+		if err := json.Unmarshal(frameText(f), &tf); err != nil {
+			t.Fatalf("frame %q: %v", frameText(f), err)
+		}
+		if tf.Seq <= prev {
+			t.Errorf("frame at seq %d after one at %d: a client drops it (%s)", tf.Seq, prev, frameText(f))
+		}
+		prev = tf.Seq
+		for k, ev := range tf.Events {
+			if ev.View == "leave" && (k+1 == len(tf.Events) || tf.Events[k+1].View != "enter") {
+				t.Errorf("the key change's leave ends a frame without its enter: %s", frameText(f))
+			}
+		}
+	}
+}
+
+// frameText is the payload of an unmasked frame the gateway built.
+func frameText(f []byte) []byte {
+	switch n := f[1] & 0x7F; n {
+	case 126:
+		return f[4:]
+	case 127:
+		return f[10:]
+	default:
+		return f[2:]
+	}
+}
