@@ -1080,3 +1080,30 @@ func frameText(f []byte) []byte {
 		return f[2:]
 	}
 }
+
+// TestViewFoldKeepsUnchanged: an update among the events folded into a
+// view's rows before synced that leaves a TOASTed value unchanged lacks it
+// in data; its rows entry says so ("unchanged"), as the event would, so
+// that a client keeps the value of the row it holds rather than a row
+// without the column.
+func TestViewFoldKeepsUnchanged(t *testing.T) {
+	e := startGateway(t, withMarkers)
+	ctx := testCtx(t)
+	e.rowStateBehind(t, ctx, txRow{"orders", "create", order(1, "open")})
+	tx := e.beginTx()
+	id := fmt.Sprintf("%016X-0001", tx.lsn)
+	env := fmt.Sprintf(`{"id":%q,"op":"update","db":%q,"schema":"public","table":"orders","lsn":%q,"xid":%d,"commit_time":%q,"key":{"id":1},"data":{"id":1,"status":"paid"},"unchanged":["total"]}`,
+		id, testDB, lsnText(tx.lsn), tx.xid, tx.at)
+	tx.seqs = append(tx.seqs, e.publishRaw(stream.ChangeSubject("tablecast", testDB, "public", "orders", schema.OpUpdate), id, []byte(env)))
+	e.commit(tx)
+
+	v := e.dial("/ws")
+	v.subscribe(map[string]any{"id": "v", "table": "public.orders", "snapshot": true})
+	if rows := v.expect("rows", "v"); !strings.Contains(rows.raw, `"total":"1.00"`) {
+		t.Fatalf("rows %s, want row 1 whole", rows.raw)
+	}
+	if rows := v.expect("rows", "v"); rows.raw != `{"type":"rows","id":"v","rows":[{"key":{"id":1},"data":{"id":1,"status":"paid"},"unchanged":["total"]}]}` {
+		t.Fatalf("rows brought up to date %s, want the update with its unchanged column named", rows.raw)
+	}
+	v.expect("synced", "v")
+}

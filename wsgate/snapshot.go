@@ -304,6 +304,12 @@ func (y *syncedAt) fold(s *sub, seq uint64, subject string, data []byte, marker 
 			return
 		}
 		entry = append(append(append(append(entry[:0], `{"key":`...), key...), `,"data":`...), d...)
+		if u, ok := row.Get("unchanged"); ok {
+			// The values PostgreSQL left out of data are the row's as the
+			// client holds it: said as the event says it, else the client
+			// would set a row without them.
+			entry = append(append(entry, `,"unchanged":`...), u...)
+		}
 		err = y.rows.set(append(entry, '}'))
 	})
 	return true, err

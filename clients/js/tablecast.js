@@ -289,6 +289,20 @@ function canonical(t, i) {
   return [JSON.stringify(JSON.parse(raw)), end];
 }
 
+// withUnchanged returns a row's data with the values PostgreSQL left out
+// as unchanged TOAST (the names in unchanged) taken from prev, the row held
+// before: an update of a row's other columns would otherwise leave the view
+// a row without them.
+function withUnchanged(data, unchanged, prev) {
+  if (!Array.isArray(unchanged) || unchanged.length === 0 || data === null || typeof data !== "object" || prev === null || typeof prev !== "object") return data;
+  const out = { ...data };
+  for (const c of unchanged) {
+    // defineProperty: a column named __proto__ is a column, not the prototype.
+    if (typeof c === "string" && Object.hasOwn(prev, c) && !Object.hasOwn(out, c)) Object.defineProperty(out, c, { value: prev[c], enumerable: true, writable: true, configurable: true });
+  }
+  return out;
+}
+
 function closeError(e) {
   const code = typeof e?.code === "number" ? e.code : 1006;
   const reason = typeof e?.reason === "string" ? e.reason : "";
@@ -602,7 +616,7 @@ export class TablecastClient {
     for (const e of f.rows) {
       const k = keyId(e);
       if (e.removed) v.building.delete(k);
-      else v.building.set(k, e.data);
+      else v.building.set(k, withUnchanged(e.data, e.unchanged, v.building.get(k)));
     }
   }
 
@@ -712,7 +726,8 @@ export class TablecastClient {
       change.data = rows.get(k);
       rows.delete(k);
     } else {
-      rows.set(k, ev.data);
+      change.data = withUnchanged(ev.data, ev.unchanged, rows.get(k));
+      rows.set(k, change.data);
     }
     return change;
   }

@@ -613,6 +613,37 @@ test("a view tells apart keys that differ beyond 2^53 (bigint ids): one row each
   b.close();
 });
 
+test("a view keeps the unchanged TOASTed values of a row it holds: in events, transactions and rows brought up to date", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const changes = [];
+  const v = tc.view({ table: "public.t" }, { onChange: (c) => changes.push(c) });
+  const ws = await connected(1);
+  ws.frame({ type: "subscribed", id: v.id, seq: 5 });
+  ws.frame({ type: "rows", id: v.id, rows: [{ key: { id: 1 }, data: { id: 1, n: 1, notes: "long", ["__proto__"]: "p" } }, { key: { id: 2 }, data: { id: 2, notes: "two" } }] });
+  // An update folded into the rows before synced.
+  ws.frame({ type: "rows", id: v.id, rows: [{ key: { id: 2 }, data: { id: 2, n: 5 }, unchanged: ["notes"] }] });
+  ws.frame({ type: "synced", id: v.id, seq: 9 });
+  assert.deepEqual(v.rows.get('{"id":2}'), { id: 2, n: 5, notes: "two" });
+  ws.frame('{"type":"event","id":"' + v.id + '","seq":10,"event":{"op":"update","key":{"id":1},"data":{"id":1,"n":2},"unchanged":["notes","__proto__"]}}');
+  const row = v.rows.get('{"id":1}');
+  assert.deepEqual(Object.entries(row), [["id", 1], ["n", 2], ["notes", "long"], ["__proto__", "p"]]);
+  assert.equal(Object.getPrototypeOf(row), Object.prototype, "a column named __proto__ stays a column");
+  assert.deepEqual(changes[0].data, row, "the change carries the whole row");
+  tc.close();
+
+  const b = fakeClient().tc;
+  const bv = b.view({ table: "public.t", batch: "transaction" });
+  const ws2 = await connected(2);
+  ws2.frame({ type: "subscribed", id: bv.id, seq: 5 });
+  ws2.frame({ type: "rows", id: bv.id, rows: [{ key: { id: 1 }, data: { id: 1, n: 1, notes: "long" } }] });
+  ws2.frame({ type: "synced", id: bv.id, seq: 9 });
+  ws2.frame({ type: "transaction", id: bv.id, seq: 12, xid: 3, lsn: "0/1", commit_time: "2026-01-01T00:00:00Z", events: [
+    { seq: 10, event: { op: "update", key: { id: 1 }, data: { id: 1, n: 2 }, unchanged: ["notes"] } },
+    { seq: 11, event: { op: "update", key: { id: 1 }, data: { id: 1, n: 3 }, unchanged: ["notes"] } }] });
+  assert.deepEqual(bv.rows.get('{"id":1}'), { id: 1, n: 3, notes: "long" });
+  b.close();
+});
+
 test("a batched view applies a transaction frame's changes together, then onTransaction; a reconnect reads the rows again", { timeout: 20_000 }, async () => {
   const { tc } = fakeClient();
   const changes = [], txs = [];
