@@ -289,6 +289,10 @@ function canonical(t, i) {
   return [JSON.stringify(JSON.parse(raw)), end];
 }
 
+function isObject(v) {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
 // withUnchanged returns a row's data with the values PostgreSQL left out
 // as unchanged TOAST (the names in unchanged) taken from prev, the row held
 // before: an update of a row's other columns would otherwise leave the view
@@ -614,6 +618,7 @@ export class TablecastClient {
     const v = st.view;
     if (!v.building || !Array.isArray(f.rows)) return;
     for (const e of f.rows) {
+      if (!isObject(e) || !isObject(e.key)) continue; // not a row: nothing to apply
       const k = keyId(e);
       if (e.removed) v.building.delete(k);
       else v.building.set(k, withUnchanged(e.data, e.unchanged, v.building.get(k)));
@@ -673,7 +678,8 @@ export class TablecastClient {
     if (v.building || v.synced === null) return;
     if (f.seq < st.lastSeq) return;
     st.lastSeq = f.seq;
-    call(st.h.onChange, this.#viewApply(v.rows, f));
+    const change = this.#viewApply(v.rows, f);
+    if (change) call(st.h.onChange, change);
   }
 
   // #viewTransaction applies a batched view's transaction frame: every
@@ -701,7 +707,8 @@ export class TablecastClient {
     const changes = [];
     for (const e of f.events) {
       if (typeof e?.seq !== "number" || e.seq < st.lastSeq) continue;
-      changes.push(this.#viewApply(v.rows, e));
+      const change = this.#viewApply(v.rows, e);
+      if (change) changes.push(change);
     }
     st.lastSeq = f.seq;
     if (changes.length === 0) return;
@@ -711,9 +718,10 @@ export class TablecastClient {
 
   // #viewApply applies one event of a view (an event frame, or an object of
   // a transaction frame) to rows (the view's, or those being read), and
-  // returns the change.
+  // returns the change (null for an event that names no row).
   #viewApply(rows, f) {
-    const ev = f.event ?? {};
+    const ev = f.event;
+    if (!isObject(ev) || ev.op !== "truncate" && !isObject(ev.key)) return null;
     const k = keyId(ev);
     const change = { op: "upsert", key: ev.key, data: ev.data, seq: f.seq };
     if (f.view) change.view = f.view;

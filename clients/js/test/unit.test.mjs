@@ -644,6 +644,22 @@ test("a view keeps the unchanged TOASTed values of a row it holds: in events, tr
   b.close();
 });
 
+test("a view's frames that name no row (a rows entry or an event that is not an object) are skipped, neither thrown nor held", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const changes = [];
+  const v = tc.view({ table: "public.t" }, { onChange: (c) => changes.push(c) });
+  const ws = await connected(1);
+  ws.frame({ type: "subscribed", id: v.id, seq: 1 });
+  ws.frame({ type: "rows", id: v.id, rows: [null, 7, { data: { id: 9 } }, { key: { id: 1 }, data: { id: 1 } }] });
+  ws.frame({ type: "synced", id: v.id, seq: 2 });
+  ws.frame({ type: "event", id: v.id, seq: 3, event: null });
+  ws.frame({ type: "event", id: v.id, seq: 4, event: { op: "update", data: { id: 5 } } });
+  ws.frame({ type: "event", id: v.id, seq: 5, event: { op: "update", key: { id: 1 }, data: { id: 1, n: 2 } } });
+  assert.deepEqual([...v.rows.entries()], [['{"id":1}', { id: 1, n: 2 }]]);
+  assert.deepEqual(changes.map((c) => c.seq), [5]);
+  tc.close();
+});
+
 test("a batched view applies a transaction frame's changes together, then onTransaction; a reconnect reads the rows again", { timeout: 20_000 }, async () => {
   const { tc } = fakeClient();
   const changes = [], txs = [];
