@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
 	"strconv"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -242,8 +243,17 @@ func (s *sub) viewBatchFrames(out [][]byte, b *txBatch, lim batchLimits, seq uin
 		}
 		return out
 	}
-	for _, obj := range objs {
-		out = b.add(out, s.id, lim, seq, m, obj)
+	for i, obj := range objs {
+		// A key change's leave and enter share the update's seq: a frame
+		// cut between them would end at that seq, as the next frame would
+		// when it ended with the enter, and a client takes a frame at a
+		// seq it has seen for one it has applied. So the enter goes in the
+		// leave's frame, past the limits if it must, as one event would.
+		l := lim
+		if i > 0 {
+			l = batchLimits{events: math.MaxInt, bytes: math.MaxInt}
+		}
+		out = b.add(out, s.id, l, seq, m, obj)
 	}
 	return out
 }

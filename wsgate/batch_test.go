@@ -1018,3 +1018,92 @@ func TestViewHistoryDroppedWhileBehind(t *testing.T) {
 		})
 	}
 }
+
+// TestBatchViewKeyChangeInOneFrame: a key change's leave and enter share
+// the update's seq, so a batched view's frame cut between them (the enter
+// past TABLECAST_WS_BATCH_BYTES) ended at that seq, and so did the next
+// one when another event of the transaction followed the enter: a client,
+// which takes a frame at a seq it has seen as one it has applied, dropped
+// the enter, and its view lost the row. The two go in one frame.
+func TestBatchViewKeyChangeInOneFrame(t *testing.T) {
+	s := &sub{id: "v", snapshot: true, batched: true, view: map[uint64]struct{}{viewKey([]byte(`{"id":1}`)): {}}}
+	tx := `"lsn":"0/16B3748","xid":771,"commit_time":"2026-11-22T07:00:00Z"`
+	pad := strings.Repeat("x", 300)
+	events := []struct {
+		seq uint64
+		op  schema.OpSet
+		env string
+	}{
+		{10, schema.BitCreate, `{"op":"create",` + tx + `,"key":{"id":5},"data":{"id":5}}`},
+		{11, schema.BitUpdate, `{"op":"update",` + tx + `,"key":{"id":1},"data":{"id":2,"pad":"` + pad + `"},"old":{"id":1}}`},
+		{12, schema.BitCreate, `{"op":"create",` + tx + `,"key":{"id":6},"data":{"id":6,"pad":"` + pad + `"}}`},
+	}
+	lim := batchLimits{events: 1000, bytes: 400}
+	var b txBatch
+	var out [][]byte
+	for _, e := range events {
+		out = s.viewBatchFrames(out, &b, lim, e.seq, e.op, []byte(e.env))
+	}
+	out = append(out, b.end(s.id, 13, txMeta{lsn: []byte(`"0/16B3748"`)}))
+	var prev uint64
+	for _, f := range out {
+		var tf struct {
+			Seq    uint64 `json:"seq"`
+			Events []struct {
+				Seq  uint64 `json:"seq"`
+				View string `json:"view"`
+			} `json:"events"`
+		}
+		if err := json.Unmarshal(frameText(f), &tf); err != nil {
+			t.Fatalf("frame %q: %v", frameText(f), err)
+		}
+		if tf.Seq <= prev {
+			t.Errorf("frame at seq %d after one at %d: a client drops it (%s)", tf.Seq, prev, frameText(f))
+		}
+		prev = tf.Seq
+		for k, ev := range tf.Events {
+			if ev.View == "leave" && (k+1 == len(tf.Events) || tf.Events[k+1].View != "enter") {
+				t.Errorf("the key change's leave ends a frame without its enter: %s", frameText(f))
+			}
+		}
+	}
+}
+
+// frameText is the payload of an unmasked frame the gateway built.
+func frameText(f []byte) []byte {
+	switch n := f[1] & 0x7F; n {
+	case 126:
+		return f[4:]
+	case 127:
+		return f[10:]
+	default:
+		return f[2:]
+	}
+}
+
+// TestViewFoldKeepsUnchanged: an update among the events folded into a
+// view's rows before synced that leaves a TOASTed value unchanged lacks it
+// in data; its rows entry says so ("unchanged"), as the event would, so
+// that a client keeps the value of the row it holds rather than a row
+// without the column.
+func TestViewFoldKeepsUnchanged(t *testing.T) {
+	e := startGateway(t, withMarkers)
+	ctx := testCtx(t)
+	e.rowStateBehind(t, ctx, txRow{"orders", "create", order(1, "open")})
+	tx := e.beginTx()
+	id := fmt.Sprintf("%016X-0001", tx.lsn)
+	env := fmt.Sprintf(`{"id":%q,"op":"update","db":%q,"schema":"public","table":"orders","lsn":%q,"xid":%d,"commit_time":%q,"key":{"id":1},"data":{"id":1,"status":"paid"},"unchanged":["total"]}`,
+		id, testDB, lsnText(tx.lsn), tx.xid, tx.at)
+	tx.seqs = append(tx.seqs, e.publishRaw(stream.ChangeSubject("tablecast", testDB, "public", "orders", schema.OpUpdate), id, []byte(env)))
+	e.commit(tx)
+
+	v := e.dial("/ws")
+	v.subscribe(map[string]any{"id": "v", "table": "public.orders", "snapshot": true})
+	if rows := v.expect("rows", "v"); !strings.Contains(rows.raw, `"total":"1.00"`) {
+		t.Fatalf("rows %s, want row 1 whole", rows.raw)
+	}
+	if rows := v.expect("rows", "v"); rows.raw != `{"type":"rows","id":"v","rows":[{"key":{"id":1},"data":{"id":1,"status":"paid"},"unchanged":["total"]}]}` {
+		t.Fatalf("rows brought up to date %s, want the update with its unchanged column named", rows.raw)
+	}
+	v.expect("synced", "v")
+}

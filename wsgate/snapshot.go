@@ -135,7 +135,7 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 	// Synced is sent by the history, which first brings the rows up to
 	// where the stream stood once they were read, and shows whether a
 	// batched view's end inside a transaction (syncedAt).
-	s.view = sent
+	s.view, s.displaced = sent, nil
 	return seq, nil
 }
 
@@ -304,6 +304,12 @@ func (y *syncedAt) fold(s *sub, seq uint64, subject string, data []byte, marker 
 			return
 		}
 		entry = append(append(append(append(entry[:0], `{"key":`...), key...), `,"data":`...), d...)
+		if u, ok := row.Get("unchanged"); ok {
+			// The values PostgreSQL left out of data are the row's as the
+			// client holds it: said as the event says it, else the client
+			// would set a row without them.
+			entry = append(append(entry, `,"unchanged":`...), u...)
+		}
 		err = y.rows.set(append(entry, '}'))
 	})
 	return true, err

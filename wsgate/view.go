@@ -81,6 +81,7 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 	}
 	if op == schema.BitTruncate {
 		clear(s.view)
+		s.displaced = nil
 		emit("", data)
 		return
 	}
@@ -92,6 +93,7 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 	if op == schema.BitDelete {
 		if held {
 			delete(s.view, viewKey(key))
+			delete(s.displaced, viewKey(key))
 			emit("", data)
 		}
 		return
@@ -119,20 +121,39 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 			newKey = k
 		}
 	}
-	if string(newKey) != string(key) || !match {
-		if held {
+	moved := string(newKey) != string(key)
+	if moved || !match {
+		if held && moved && s.notHeldMovesOff(key, &env) {
+			// Another row holds the key now: the client keeps it.
+		} else if held {
 			delete(s.view, viewKey(key))
+			delete(s.displaced, viewKey(key))
 			emit("leave", leaveEnvelope(data, key))
 		}
 		if !match {
 			return
 		}
 		_, held = s.view[viewKey(newKey)]
+		if held && moved {
+			// Under a deferrable key a row moves onto a key another row
+			// still holds, which moves off later in the transaction (a
+			// swap, a renumbering): the client's row of the key becomes
+			// this one, and the other's move off leaves it.
+			if s.displaced == nil {
+				s.displaced = map[uint64]int{}
+			}
+			s.displaced[viewKey(newKey)]++
+		}
 	}
 	s.view[viewKey(newKey)] = struct{}{}
 	if held || op != schema.BitUpdate {
 		// A create or read adds a row (or reads it again), an update of
-		// a row held changes it: as they are.
+		// a row held changes it: as they are; a row moved onto a key held
+		// (above) under the key it changes.
+		if moved {
+			emit("", withKey(withoutMembers(data, "old", "key"), newKey))
+			return
+		}
 		emit("", data)
 		return
 	}
@@ -141,6 +162,40 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 		enter = withKey(withoutMembers(data, "old", "key"), newKey)
 	}
 	emit("enter", enter)
+}
+
+// notHeldMovesOff reports whether the row whose update moves it off key,
+// which the view holds, is not the row the client holds there: another
+// row moved onto the key while this one held it (displaced), or the old
+// row PostgreSQL sent whole (REPLICA IDENTITY FULL, which a deferrable key
+// needs) does not match the where, so the client never held it. It counts the first
+// case off.
+func (s *sub) notHeldMovesOff(key []byte, env *query.Row) bool {
+	if n := s.displaced[viewKey(key)]; n > 0 {
+		if n == 1 {
+			delete(s.displaced, viewKey(key))
+		} else {
+			s.displaced[viewKey(key)] = n - 1
+		}
+		return true
+	}
+	old, ok := env.Get("old")
+	if !ok || old[0] != '{' {
+		return false
+	}
+	var row query.Row
+	if row.Reset(old) != nil {
+		return false
+	}
+	// An error (a column the old row lacks: it is the key alone) says
+	// nothing: only a where that judges the old row out does. (Not the
+	// row policy, which a refreshed token may have changed since.)
+	if s.filter != nil {
+		if ok, err := s.filter.Match(&row); err == nil && !ok {
+			return true
+		}
+	}
+	return false
 }
 
 func frames(f []byte) [][]byte {

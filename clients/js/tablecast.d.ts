@@ -331,7 +331,7 @@ export declare class View<R extends object = Row> {
   private constructor();
   /** Its id on the wire. */
   readonly id: string;
-  /** The rows held, by key: the key object as JSON (`'{"id":42}'`). */
+  /** The rows held, by key: the key object as JSON (`'{"id":42}'`), integers beyond 2^53 with all their digits. */
   readonly rows: ReadonlyMap<string, R>;
   /** The sequence the rows are as of; null before the first synced. */
   readonly seq: number | null;

@@ -172,6 +172,141 @@ function checkBatchHandlers(what, batched, h) {
   }
 }
 
+// Keys of a view. view.rows is keyed by a row's key as JSON, and
+// JSON.parse reads an integer beyond 2^53 (a bigint key such as a snowflake
+// id) as the nearest double: rows whose keys differ only past that
+// precision would share one entry, the view would hold one row for several,
+// and the delete of one would take out the others. So the keys of a view's
+// frame that holds such a number are written from the frame's text, their
+// integers with every digit (KEY_ID); other keys are JSON.stringify(key).
+
+// BIG_NUMBER matches, cheaply, a frame that may hold an integer of 16
+// digits or more: the frames that need their keys read from the text.
+const BIG_NUMBER = /[:,[]\s*-?\d{16}/;
+
+const KEY_ID = Symbol("tablecast.keyId");
+
+// keyId is the entry of view.rows of the object holding a key (a rows
+// entry, an event).
+function keyId(holder) {
+  return holder[KEY_ID] ?? JSON.stringify(holder.key);
+}
+
+// tagKeys sets KEY_ID on the key holders of f, the view's frame parsed
+// from text: rows[i], event, events[i].event.
+function tagKeys(f, text) {
+  try {
+    forMembers(text, skipSpace(text, 0), (name, i) => {
+      if (name === "rows" && Array.isArray(f.rows)) {
+        forElements(text, i, (n, j) => tagKey(f.rows[n], text, j));
+      } else if (name === "event") {
+        tagKey(f.event, text, i);
+      } else if (name === "events" && Array.isArray(f.events)) {
+        forElements(text, i, (n, j) => {
+          const e = f.events[n];
+          if (e !== null && typeof e === "object") forMembers(text, j, (m, k) => { if (m === "event") tagKey(e.event, text, k); });
+        });
+      }
+    });
+  } catch {
+    // Not the JSON JSON.parse took (it cannot be): keys as parsed.
+  }
+}
+
+function tagKey(holder, text, i) {
+  if (holder === null || typeof holder !== "object" || text[i] !== "{") return;
+  forMembers(text, i, (name, j) => { if (name === "key") holder[KEY_ID] = canonical(text, j)[0]; });
+}
+
+function skipSpace(t, i) {
+  while (t[i] === " " || t[i] === "\n" || t[i] === "\r" || t[i] === "\t") i++;
+  return i;
+}
+
+// forMembers calls fn(name, start of value) for each member of the object
+// at t[i] (nothing when it is not one), and returns the index after it.
+function forMembers(t, i, fn) {
+  if (t[i] !== "{") return skipValue(t, i);
+  i = skipSpace(t, i + 1);
+  if (t[i] === "}") return i + 1;
+  for (;;) {
+    const end = skipString(t, i);
+    const name = JSON.parse(t.slice(i, end));
+    i = skipSpace(t, skipSpace(t, end) + 1);
+    fn(name, i);
+    i = skipSpace(t, skipValue(t, i));
+    if (t[i++] !== ",") return i;
+    i = skipSpace(t, i);
+  }
+}
+
+// forElements calls fn(index, start of value) for each element of the
+// array at t[i] (nothing when it is not one), and returns the index after it.
+function forElements(t, i, fn) {
+  if (t[i] !== "[") return skipValue(t, i);
+  i = skipSpace(t, i + 1);
+  if (t[i] === "]") return i + 1;
+  for (let n = 0; ; n++) {
+    fn(n, i);
+    i = skipSpace(t, skipValue(t, i));
+    if (t[i++] !== ",") return i;
+    i = skipSpace(t, i);
+  }
+}
+
+function skipString(t, i) {
+  for (i++; t[i] !== '"'; i++) {
+    if (i >= t.length) throw new SyntaxError("unterminated string");
+    if (t[i] === "\\") i++;
+  }
+  return i + 1;
+}
+
+function skipValue(t, i) {
+  const c = t[i];
+  if (c === '"') return skipString(t, i);
+  if (c === "{") return forMembers(t, i, noop);
+  if (c === "[") return forElements(t, i, noop);
+  while (i < t.length && !",}] \n\r\t".includes(t[i])) i++;
+  return i;
+}
+
+// canonical returns the value at t[i] as JSON.stringify(JSON.parse(value))
+// writes it, but for integers beyond 2^53, which keep their digits; and
+// the index after it.
+function canonical(t, i) {
+  const c = t[i];
+  if (c === "{" || c === "[") {
+    const parts = [];
+    const end = c === "{"
+      ? forMembers(t, i, (name, j) => parts.push(JSON.stringify(name) + ":" + canonical(t, j)[0]))
+      : forElements(t, i, (_, j) => parts.push(canonical(t, j)[0]));
+    return [c + parts.join(",") + (c === "{" ? "}" : "]"), end];
+  }
+  const end = skipValue(t, i);
+  const raw = t.slice(i, end);
+  if (/^-?\d+$/.test(raw) && !Number.isSafeInteger(Number(raw))) return [raw, end];
+  return [JSON.stringify(JSON.parse(raw)), end];
+}
+
+function isObject(v) {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+// withUnchanged returns a row's data with the values PostgreSQL left out
+// as unchanged TOAST (the names in unchanged) taken from prev, the row held
+// before: an update of a row's other columns would otherwise leave the view
+// a row without them.
+function withUnchanged(data, unchanged, prev) {
+  if (!Array.isArray(unchanged) || unchanged.length === 0 || data === null || typeof data !== "object" || prev === null || typeof prev !== "object") return data;
+  const out = { ...data };
+  for (const c of unchanged) {
+    // defineProperty: a column named __proto__ is a column, not the prototype.
+    if (typeof c === "string" && Object.hasOwn(prev, c) && !Object.hasOwn(out, c)) Object.defineProperty(out, c, { value: prev[c], enumerable: true, writable: true, configurable: true });
+  }
+  return out;
+}
+
 function closeError(e) {
   const code = typeof e?.code === "number" ? e.code : 1006;
   const reason = typeof e?.reason === "string" ? e.reason : "";
@@ -483,9 +618,10 @@ export class TablecastClient {
     const v = st.view;
     if (!v.building || !Array.isArray(f.rows)) return;
     for (const e of f.rows) {
-      const k = JSON.stringify(e.key);
+      if (!isObject(e) || !isObject(e.key)) continue; // not a row: nothing to apply
+      const k = keyId(e);
       if (e.removed) v.building.delete(k);
-      else v.building.set(k, e.data);
+      else v.building.set(k, withUnchanged(e.data, e.unchanged, v.building.get(k)));
     }
   }
 
@@ -542,7 +678,8 @@ export class TablecastClient {
     if (v.building || v.synced === null) return;
     if (f.seq < st.lastSeq) return;
     st.lastSeq = f.seq;
-    call(st.h.onChange, this.#viewApply(v.rows, f));
+    const change = this.#viewApply(v.rows, f);
+    if (change) call(st.h.onChange, change);
   }
 
   // #viewTransaction applies a batched view's transaction frame: every
@@ -570,7 +707,8 @@ export class TablecastClient {
     const changes = [];
     for (const e of f.events) {
       if (typeof e?.seq !== "number" || e.seq < st.lastSeq) continue;
-      changes.push(this.#viewApply(v.rows, e));
+      const change = this.#viewApply(v.rows, e);
+      if (change) changes.push(change);
     }
     st.lastSeq = f.seq;
     if (changes.length === 0) return;
@@ -580,10 +718,11 @@ export class TablecastClient {
 
   // #viewApply applies one event of a view (an event frame, or an object of
   // a transaction frame) to rows (the view's, or those being read), and
-  // returns the change.
+  // returns the change (null for an event that names no row).
   #viewApply(rows, f) {
-    const ev = f.event ?? {};
-    const k = JSON.stringify(ev.key);
+    const ev = f.event;
+    if (!isObject(ev) || ev.op !== "truncate" && !isObject(ev.key)) return null;
+    const k = keyId(ev);
     const change = { op: "upsert", key: ev.key, data: ev.data, seq: f.seq };
     if (f.view) change.view = f.view;
     if (ev.op === "truncate") {
@@ -595,7 +734,8 @@ export class TablecastClient {
       change.data = rows.get(k);
       rows.delete(k);
     } else {
-      rows.set(k, ev.data);
+      change.data = withUnchanged(ev.data, ev.unchanged, rows.get(k));
+      rows.set(k, change.data);
     }
     return change;
   }
@@ -926,6 +1066,7 @@ export class TablecastClient {
     }
     if (f === null || typeof f !== "object") return;
     const st = typeof f.id === "string" ? this.#subs.get(f.id) : undefined;
+    if (st?.view && (f.type === "rows" || f.type === "event" || f.type === "transaction") && BIG_NUMBER.test(data)) tagKeys(f, data);
     if (typeof f.id === "string" && f.id !== "" && !st && this.#retired.has(f.id)) return;
     switch (f.type) {
       case "event":

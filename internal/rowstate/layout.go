@@ -18,6 +18,12 @@ const (
 	// HeaderDeleted marks a tombstone: the row was deleted by the change
 	// of HeaderSeq. A tombstone expires after TombstoneTTL.
 	HeaderDeleted = "Tablecast-Deleted"
+	// HeaderDisplaced counts, on a row, the other rows that held its key
+	// when it moved onto it and have not moved off yet: under a deferrable
+	// key, one statement moves rows onto keys others still hold (a swap, a
+	// renumbering), and the key's uniqueness holds again at commit. The
+	// move off of such a key leaves the row that moved on.
+	HeaderDisplaced = "Tablecast-Displaced"
 	// HeaderStart is the event sequence the state was built from (0: the
 	// stream's start), on the database's marker.
 	HeaderStart = "Tablecast-Start"

@@ -134,10 +134,14 @@ type session struct {
 
 // version is a row as the state holds it.
 type version struct {
-	seq     uint64
-	data    []byte // nil for a tombstone or a truncated row
-	deleted bool
+	seq       uint64
+	data      []byte // nil for a tombstone or a truncated row
+	deleted   bool
+	displaced int // HeaderDisplaced
 }
+
+// exists reports whether v is a row (not a tombstone, nor nothing).
+func (v version) exists() bool { return v.seq != 0 && !v.deleted }
 
 func (m *Maintainer) runOnce(ctx context.Context) error {
 	if err := m.waitActive(ctx); err != nil {
@@ -409,6 +413,11 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 		if err != nil {
 			return err
 		}
+		if prev.displaced > 0 && c.old != nil {
+			// The key holds another row too (HeaderDisplaced): the old
+			// row PostgreSQL sent (REPLICA IDENTITY FULL) is this one's.
+			prev.data = c.old
+		}
 		if v.data, err = fillUnchanged(c.data, c.unchanged, prev.data); err != nil {
 			return err
 		}
@@ -416,9 +425,29 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	newSubj := oldSubj
 	if string(key) != string(c.key) {
 		newSubj = s.rowSubject(c.schema, c.table, key)
-		if err := s.put(ctx, oldSubj, c.key, version{seq: seq, deleted: true}); err != nil {
+		// Under a deferrable key a row may move onto a key another row
+		// still holds, or off a key another row has moved onto since
+		// (HeaderDisplaced): the key then keeps the other row.
+		old, err := s.current(ctx, oldSubj)
+		if err != nil {
 			return err
 		}
+		leave := version{seq: seq, deleted: true}
+		if old.exists() && old.displaced > 0 {
+			leave = version{seq: seq, data: old.data, displaced: old.displaced - 1}
+		}
+		if err := s.put(ctx, oldSubj, c.key, leave); err != nil {
+			return err
+		}
+		onto, err := s.current(ctx, newSubj)
+		if err != nil {
+			return err
+		}
+		if onto.exists() {
+			v.displaced = onto.displaced + 1
+		}
+	} else if prev, ok := s.batch[oldSubj]; ok && prev.exists() {
+		v.displaced = prev.displaced // a row updated while others share its key
 	}
 	return s.put(ctx, newSubj, key, v)
 }
@@ -450,7 +479,7 @@ func (s *session) current(ctx context.Context, subj string) (version, error) {
 	if err != nil {
 		return version{}, fmt.Errorf("row %s: %w", subj, err)
 	}
-	return version{seq: r.Seq, data: r.Data, deleted: r.Deleted}, nil
+	return version{seq: r.Seq, data: r.Data, deleted: r.Deleted, displaced: int(parseUint(h.Get(HeaderDisplaced)))}, nil
 }
 
 // put writes a row version (or tombstone) to the rows stream, without
@@ -466,7 +495,7 @@ func (s *session) put(ctx context.Context, subj string, key []byte, v version) e
 			return nil
 		}
 	}
-	if err := s.w.write(subj, v.seq, v.deleted, key, v.data, !v.deleted && v.data == nil); err != nil {
+	if err := s.w.write(subj, v.seq, v.deleted, v.displaced, key, v.data, !v.deleted && v.data == nil); err != nil {
 		return err
 	}
 	s.batch[subj] = v

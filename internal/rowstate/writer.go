@@ -20,9 +20,10 @@ import (
 // when the stream has stored all of them.
 type rowWriter interface {
 	// write sends one row message (appendRowMessage's data) with the
-	// headers of a row at event seq, or of a tombstone. It may return
-	// before the stream stores it, and keeps no reference to key or data.
-	write(subject string, seq uint64, deleted bool, key, data []byte, truncated bool) error
+	// headers of a row at event seq (displaced: HeaderDisplaced), or of a
+	// tombstone. It may return before the stream stores it, and keeps no
+	// reference to key or data.
+	write(subject string, seq uint64, deleted bool, displaced int, key, data []byte, truncated bool) error
 	// flush waits until every message written since the last flush is
 	// stored; an error means some may not be, and the writer is no longer
 	// usable (the session ends, and the next applies the batch again).
@@ -41,10 +42,14 @@ func newRowWriter(nc *nats.Conn, js jetstream.JetStream, rows jetstream.Stream, 
 	return &asyncWriter{js: js, stream: name}, nil
 }
 
-// rowHeaders sets a row message's headers in h: its event sequence, and
-// for a tombstone the mark and time to live.
-func rowHeaders(h nats.Header, seq uint64, deleted bool) {
+// rowHeaders sets a row message's headers in h: its event sequence, the
+// rows its key displaced (when any), and for a tombstone the mark and time
+// to live.
+func rowHeaders(h nats.Header, seq uint64, deleted bool, displaced int) {
 	h[HeaderSeq] = []string{strconv.FormatUint(seq, 10)}
+	if displaced > 0 {
+		h[HeaderDisplaced] = []string{strconv.Itoa(displaced)}
+	}
 	if deleted {
 		h[HeaderDeleted] = []string{"1"}
 		h[jetstream.MsgTTLHeader] = []string{tombstoneTTL}
@@ -62,9 +67,9 @@ type asyncWriter struct {
 	pending []jetstream.PubAckFuture
 }
 
-func (w *asyncWriter) write(subject string, seq uint64, deleted bool, key, data []byte, truncated bool) error {
+func (w *asyncWriter) write(subject string, seq uint64, deleted bool, displaced int, key, data []byte, truncated bool) error {
 	msg := &nats.Msg{Subject: subject, Header: nats.Header{}, Data: appendRowMessage(nil, key, data, truncated)}
-	rowHeaders(msg.Header, seq, deleted)
+	rowHeaders(msg.Header, seq, deleted, displaced)
 	f, err := w.js.PublishMsgAsync(msg, jetstream.WithExpectStream(w.stream))
 	if err != nil {
 		return fmt.Errorf("write row %s: %w", subject, err)
@@ -144,7 +149,7 @@ func newBatchWriter(nc *nats.Conn, stream, eob string) (*batchWriter, error) {
 	return &batchWriter{nc: nc, stream: stream, eob: eob, sub: sub, inbox: inbox, idBase: tok + "-", hdr: nats.Header{}}, nil
 }
 
-func (w *batchWriter) write(subject string, seq uint64, deleted bool, key, data []byte, truncated bool) error {
+func (w *batchWriter) write(subject string, seq uint64, deleted bool, displaced int, key, data []byte, truncated bool) error {
 	op := stream.FastBatchAppend
 	if w.sent == 0 {
 		op = stream.FastBatchStart
@@ -164,7 +169,7 @@ func (w *batchWriter) write(subject string, seq uint64, deleted bool, key, data 
 		return nil // lost on the way, as a dropped connection would lose it
 	}
 	clear(w.hdr)
-	rowHeaders(w.hdr, seq, deleted)
+	rowHeaders(w.hdr, seq, deleted, displaced)
 	w.data = appendRowMessage(w.data[:0], key, data, truncated)
 	w.msg = nats.Msg{Subject: subject, Reply: w.replySubject(w.sent, op), Header: w.hdr, Data: w.data}
 	// nats.go copies the message into its write buffer before PublishMsg

@@ -110,8 +110,10 @@ export class FakeSocket {
     this.onopen?.({});
   }
 
+  // frame hands the client f, as JSON, or as it is when a string (a frame
+  // JSON.stringify cannot write, such as one with integers beyond 2^53).
   frame(f) {
-    this.onmessage?.({ data: JSON.stringify(f) });
+    this.onmessage?.({ data: typeof f === "string" ? f : JSON.stringify(f) });
   }
 
   serverClose(code, reason = "") {

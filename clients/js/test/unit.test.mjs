@@ -574,6 +574,92 @@ test("a view holds the rows, applies changes, enters and leaves, and after a rec
   tc.close();
 });
 
+test("a view tells apart keys that differ beyond 2^53 (bigint ids): one row each, in rows, events and transactions", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const changes = [];
+  const v = tc.view({ table: "public.t" }, { onChange: (c) => changes.push(c) });
+  const ws = await connected(1);
+  ws.frame({ type: "subscribed", id: v.id, seq: 5 });
+  // Snowflake ids two apart, which JSON.parse reads as one double; data
+  // holding a column named key and digits in strings must not confuse the
+  // keys with something else.
+  ws.frame(`{"type":"rows","id":"${v.id}","rows":[` +
+    `{"key":{"id":1234567890123456789},"data":{"id":1234567890123456789,"key":{"id":7},"s":":1234567890123456780"}},` +
+    `{"key":{"id":1234567890123456791},"data":{"id":1234567890123456791,"n":2}},` +
+    `{"key":{"id":1234567890123456793},"data":{"id":1234567890123456793,"n":3}}]}`);
+  ws.frame(`{"type":"rows","id":"${v.id}","rows":[{"key":{"id":1234567890123456793},"removed":true}]}`);
+  ws.frame({ type: "synced", id: v.id, seq: 9 });
+  assert.deepEqual([...v.rows.keys()], ['{"id":1234567890123456789}', '{"id":1234567890123456791}']);
+  ws.frame(`{"type":"event","id":"${v.id}","seq":10,"event":{"op":"delete","key":{"id":1234567890123456791}}}`);
+  ws.frame(`{"type":"event","id":"${v.id}","seq":11,"event":{"op":"create","key":{"id":1234567890123456795},"data":{"id":1234567890123456795}}}`);
+  assert.deepEqual([...v.rows.keys()], ['{"id":1234567890123456789}', '{"id":1234567890123456795}']);
+  assert.deepEqual(changes.map((c) => c.op), ["delete", "upsert"]);
+  // Other keys of such a frame are written as JSON.stringify writes them.
+  const key = String.raw`{"a":1.0,"b":-0,"c":"\u00e9\"\\","d":1e2,"e":[true,null],"__proto__":{"x":"y"}}`;
+  ws.frame(`{"type":"event","id":"${v.id}","seq":12,"event":{"op":"create","key":${key},"data":{"n":12345678901234567890}}}`);
+  assert.ok(v.rows.has(JSON.stringify(JSON.parse(key))), [...v.rows.keys()].join(" "));
+  tc.close();
+
+  const b = fakeClient().tc;
+  const bv = b.view({ table: "public.t", batch: "transaction" });
+  const ws2 = await connected(2);
+  ws2.frame({ type: "subscribed", id: bv.id, seq: 5 });
+  ws2.frame(`{"type":"rows","id":"${bv.id}","rows":[{"key":{"id":1234567890123456789},"data":{"id":1}},{"key":{"id":1234567890123456791},"data":{"id":2}}]}`);
+  ws2.frame({ type: "synced", id: bv.id, seq: 9 });
+  ws2.frame(`{"type":"transaction","id":"${bv.id}","seq":12,"xid":3,"lsn":"0/1","commit_time":"2026-01-01T00:00:00Z","events":[` +
+    `{"seq":10,"view":"leave","event":{"op":"update","key":{"id":1234567890123456789}}},` +
+    `{"seq":11,"event":{"op":"update","key":{"id":1234567890123456791},"data":{"id":3}}}]}`);
+  assert.deepEqual([...bv.rows.entries()], [['{"id":1234567890123456791}', { id: 3 }]]);
+  b.close();
+});
+
+test("a view keeps the unchanged TOASTed values of a row it holds: in events, transactions and rows brought up to date", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const changes = [];
+  const v = tc.view({ table: "public.t" }, { onChange: (c) => changes.push(c) });
+  const ws = await connected(1);
+  ws.frame({ type: "subscribed", id: v.id, seq: 5 });
+  ws.frame({ type: "rows", id: v.id, rows: [{ key: { id: 1 }, data: { id: 1, n: 1, notes: "long", ["__proto__"]: "p" } }, { key: { id: 2 }, data: { id: 2, notes: "two" } }] });
+  // An update folded into the rows before synced.
+  ws.frame({ type: "rows", id: v.id, rows: [{ key: { id: 2 }, data: { id: 2, n: 5 }, unchanged: ["notes"] }] });
+  ws.frame({ type: "synced", id: v.id, seq: 9 });
+  assert.deepEqual(v.rows.get('{"id":2}'), { id: 2, n: 5, notes: "two" });
+  ws.frame('{"type":"event","id":"' + v.id + '","seq":10,"event":{"op":"update","key":{"id":1},"data":{"id":1,"n":2},"unchanged":["notes","__proto__"]}}');
+  const row = v.rows.get('{"id":1}');
+  assert.deepEqual(Object.entries(row), [["id", 1], ["n", 2], ["notes", "long"], ["__proto__", "p"]]);
+  assert.equal(Object.getPrototypeOf(row), Object.prototype, "a column named __proto__ stays a column");
+  assert.deepEqual(changes[0].data, row, "the change carries the whole row");
+  tc.close();
+
+  const b = fakeClient().tc;
+  const bv = b.view({ table: "public.t", batch: "transaction" });
+  const ws2 = await connected(2);
+  ws2.frame({ type: "subscribed", id: bv.id, seq: 5 });
+  ws2.frame({ type: "rows", id: bv.id, rows: [{ key: { id: 1 }, data: { id: 1, n: 1, notes: "long" } }] });
+  ws2.frame({ type: "synced", id: bv.id, seq: 9 });
+  ws2.frame({ type: "transaction", id: bv.id, seq: 12, xid: 3, lsn: "0/1", commit_time: "2026-01-01T00:00:00Z", events: [
+    { seq: 10, event: { op: "update", key: { id: 1 }, data: { id: 1, n: 2 }, unchanged: ["notes"] } },
+    { seq: 11, event: { op: "update", key: { id: 1 }, data: { id: 1, n: 3 }, unchanged: ["notes"] } }] });
+  assert.deepEqual(bv.rows.get('{"id":1}'), { id: 1, n: 3, notes: "long" });
+  b.close();
+});
+
+test("a view's frames that name no row (a rows entry or an event that is not an object) are skipped, neither thrown nor held", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const changes = [];
+  const v = tc.view({ table: "public.t" }, { onChange: (c) => changes.push(c) });
+  const ws = await connected(1);
+  ws.frame({ type: "subscribed", id: v.id, seq: 1 });
+  ws.frame({ type: "rows", id: v.id, rows: [null, 7, { data: { id: 9 } }, { key: { id: 1 }, data: { id: 1 } }] });
+  ws.frame({ type: "synced", id: v.id, seq: 2 });
+  ws.frame({ type: "event", id: v.id, seq: 3, event: null });
+  ws.frame({ type: "event", id: v.id, seq: 4, event: { op: "update", data: { id: 5 } } });
+  ws.frame({ type: "event", id: v.id, seq: 5, event: { op: "update", key: { id: 1 }, data: { id: 1, n: 2 } } });
+  assert.deepEqual([...v.rows.entries()], [['{"id":1}', { id: 1, n: 2 }]]);
+  assert.deepEqual(changes.map((c) => c.seq), [5]);
+  tc.close();
+});
+
 test("a batched view applies a transaction frame's changes together, then onTransaction; a reconnect reads the rows again", { timeout: 20_000 }, async () => {
   const { tc } = fakeClient();
   const changes = [], txs = [];
