@@ -42,7 +42,7 @@ type Config struct {
 
 	NATSURL       string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty runs an embedded NATS with JetStream"`
 	NATSListen    string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"where the embedded NATS listens, so backend services can connect; off loopback it needs credentials"`
-	DataDir       string `envconfig:"DATA_DIR" default:"./data" desc:"where the embedded NATS keeps its JetStream files"`
+	DataDir       string `envconfig:"DATA_DIR" default:"./data" desc:"where the embedded NATS keeps its JetStream files; one process at a time (a second is refused, naming the first)"`
 	NATSMaxStore  int64  `envconfig:"NATS_MAX_STORE" default:"8589934592" desc:"bytes the embedded NATS's JetStream may store (8 GiB), the same on every start, never sized from the free disk"`
 	NATSMinFree   int64  `envconfig:"NATS_MIN_FREE" default:"268435456" desc:"free bytes on TABLECAST_DATA_DIR's disk below which /healthz is unhealthy (256 MiB); a JetStream stopped by a full disk restarts once more is free; 0: no minimum"`
 	SubjectPrefix string `envconfig:"SUBJECT_PREFIX" default:"tablecast" desc:"first token of every subject"`

@@ -320,15 +320,22 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 		return nil, nil, nil, nil, err
 	}
 	url := cfg.NATSURL
+	unlockDataDir := func() {}
 	if url == "" {
 		ecfg, err := cfg.embeddedConfig(log.With("component", "nats"))
 		if err != nil {
 			return nil, nil, nil, nil, err
 		}
+		unlock, err := lockDataDir(cfg.DataDir)
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
 		emb, err = stream.StartEmbedded(ecfg)
 		if err != nil {
+			unlock()
 			return nil, nil, nil, nil, fmt.Errorf("start embedded NATS: %w", err)
 		}
+		unlockDataDir = unlock
 		url = emb.ClientURL()
 		opts = append(opts, nats.InProcessServer(emb))
 		st := emb.Status()
@@ -340,6 +347,7 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 		if emb != nil {
 			emb.Shutdown()
 		}
+		unlockDataDir()
 	}
 	nc, js, err = dialNATS(ctx, url, "tablecast", opts, log)
 	if err != nil {
