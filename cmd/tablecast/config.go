@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -251,7 +252,40 @@ func loadConfig() (Config, error) {
 			errs = append(errs, errors.New("TABLECAST_TOPIC_ROLES: an empty role name (a doubled or trailing comma?)"))
 		}
 	}
+	if c.Stream == "" || strings.ContainsAny(c.Stream, " \t\r\n.*>/\\") {
+		errs = append(errs, fmt.Errorf("TABLECAST_STREAM %q: want a JetStream stream name, without white space, '.', '*', '>' or path separators (TABLECAST)", c.Stream))
+	}
+	// What the reader refuses, said here with the rest rather than by
+	// `run` and `cdc` once the embedded NATS has started and the stream
+	// has been made on disk, one refusal hiding the others.
+	errs = append(errs, readerSettingErrors(c.cdcConfig().Check(), errs)...)
 	return c, errors.Join(errs...)
+}
+
+// readerSettingErrors are the problems of the reader's settings (err from
+// cdc.Config.Check), each naming its variable, but those of a variable
+// that reported names already: it has said what is wrong in its own words.
+func readerSettingErrors(err error, reported []error) []error {
+	if err == nil {
+		return nil
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	var out []error
+	for _, e := range errs {
+		var ce *cdc.ConfigError
+		if errors.As(e, &ce) && variableOf(ce.Field()) != "" {
+			v := variableOf(ce.Field())
+			if slices.ContainsFunc(reported, func(r error) bool { return strings.HasPrefix(r.Error(), v+" ") || strings.HasPrefix(r.Error(), v+":") }) {
+				continue
+			}
+			e = fmt.Errorf("%s: %s", v, ce.Problem())
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 // checkSyntax parses every TABLECAST_ variable that is set with the rules of

@@ -58,6 +58,14 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		{map[string]string{"TABLECAST_OLD_ROWS_CACHE_BYTES": "0"}, []string{"TABLECAST_OLD_ROWS_CACHE_BYTES 0: must be positive"}},
 		{map[string]string{"TABLECAST_TX_MARKERS": "sometimes"}, []string{"TABLECAST_TX_MARKERS"}},
 		{map[string]string{"TABLECAST_WS_BATCH_EVENTS": "0", "TABLECAST_WS_BATCH_BYTES": "-1"}, []string{"TABLECAST_WS_BATCH_EVENTS 0: must be positive", "TABLECAST_WS_BATCH_BYTES -1: must be positive"}},
+		// The reader's own settings, with the rest, each named once.
+		{map[string]string{"TABLECAST_SLOT": "Bad-Slot", "TABLECAST_SNAPSHOT": "sometimes", "TABLECAST_TABLES": "public.", "TABLECAST_STALL_AFTER": "0s"},
+			[]string{`TABLECAST_SLOT: "Bad-Slot": a slot name is 1-63 characters`, `TABLECAST_SNAPSHOT: "sometimes": want initial or never`,
+				`TABLECAST_TABLES: table "public.": want schema.table`, "TABLECAST_STALL_AFTER 0s"}},
+		{map[string]string{"TABLECAST_TABLES": "*,public.orders", "TABLECAST_PUBLICATION": strings.Repeat("p", 64)},
+			[]string{`TABLECAST_TABLES: "*" cannot be combined`, "TABLECAST_PUBLICATION: \"ppp"}},
+		{map[string]string{"TABLECAST_STREAM": "A.B"}, []string{`TABLECAST_STREAM "A.B": want a JetStream stream name`}},
+		{map[string]string{"TABLECAST_STREAM": ""}, []string{`TABLECAST_STREAM "": want a JetStream stream name`}},
 	}
 	for _, tt := range tests {
 		var name []string
@@ -82,6 +90,9 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 				if strings.Contains(msg, bad) {
 					t.Errorf("error %q shows %q", msg, bad)
 				}
+			}
+			if n := strings.Count(msg, "TABLECAST_LEADER_LEASE"); n > 1 {
+				t.Errorf("error %q names TABLECAST_LEADER_LEASE %d times", msg, n)
 			}
 		})
 	}

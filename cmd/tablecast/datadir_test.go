@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -42,4 +43,29 @@ func TestDataDirOneProcessAtATime(t *testing.T) {
 	thirdAddr := freeAddr(t)
 	startProcess(t, env(thirdAddr), "gateway")
 	ready(thirdAddr)
+}
+
+// TestReaderSettingsRefusedBeforeNATS: the reader's own settings are
+// checked with every other variable, before anything starts: all the
+// problems are named at once, and the embedded NATS never made its data
+// directory.
+func TestReaderSettingsRefusedBeforeNATS(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	code, _, stderr := runBinary(t, time.Minute, []string{"TABLECAST_DATABASE_URL=postgres://postgres@127.0.0.1:1/x",
+		"TABLECAST_DATA_DIR=" + dir, "TABLECAST_HTTP_ADDR=" + freeAddr(t), "TABLECAST_NATS_LISTEN=" + freeAddr(t),
+		"TABLECAST_SLOT=Bad-Slot", "TABLECAST_SNAPSHOT=sometimes", "TABLECAST_STREAM=A.B", "TABLECAST_STALL_AFTER=0s"}, "cdc")
+	for _, want := range []string{"tablecast: TABLECAST_STALL_AFTER 0s", "TABLECAST_SLOT: \"Bad-Slot\"", "TABLECAST_SNAPSHOT: \"sometimes\"", "TABLECAST_STREAM \"A.B\""} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr does not contain %q", want)
+		}
+	}
+	if code != 1 || strings.Contains(stderr, "embedded NATS") {
+		t.Errorf("exit %d; want 1 before the embedded NATS starts", code)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the data directory was made (%v) for a configuration refused", err)
+	}
+	if t.Failed() {
+		t.Logf("stderr:\n%s", stderr)
+	}
 }
