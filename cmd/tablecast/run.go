@@ -380,10 +380,38 @@ func connectMore(ctx context.Context, cfg Config, emb *stream.Embedded, name str
 	return dialNATS(ctx, url, name, opts, log)
 }
 
+// The first connection to NATS is tried for connectWaitFirst before a
+// warning says that it still waits, and why; the wait before each next
+// warning doubles, up to connectWaitMax.
+const (
+	connectWaitFirst = 2 * time.Second
+	connectWaitMax   = 30 * time.Second
+)
+
+// connectWaiting connects like stream.Connect, until connected or ctx
+// ends, but warns now and then that NATS is not reachable yet, with the
+// last attempt's error: a NATS that is not there at start otherwise left
+// the process silent, and its HTTP endpoints unanswered, for as long as
+// it lasted.
+func connectWaiting(ctx context.Context, url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
+	start, wait := time.Now(), connectWaitFirst
+	for {
+		actx, cancel := context.WithTimeout(ctx, wait)
+		nc, err := stream.Connect(actx, url, name, log, opts...)
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			return nc, err
+		}
+		// The error names the URL with any password redacted.
+		log.Warn("NATS not reachable yet; still trying", "client", name, "waited", time.Since(start).Round(time.Second).String(), "err", err)
+		wait = min(2*wait, connectWaitMax)
+	}
+}
+
 // dialNATS connects to url as the client called name and opens JetStream
 // on the connection.
 func dialNATS(ctx context.Context, url, name string, opts []nats.Option, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := stream.Connect(ctx, url, name, log, opts...)
+	nc, err := connectWaiting(ctx, url, name, log, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to NATS %s as %s: %w", url, name, err)
 	}

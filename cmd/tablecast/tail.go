@@ -52,7 +52,7 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 		return err
 	}
 	log := newLogger(cfg, os.Stderr)
-	nc, err := stream.Connect(ctx, url, "tablecast-tail", log, opts...)
+	nc, err := connectWaiting(ctx, url, "tablecast-tail", log, opts...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS %s: %w", url, err)
 	}
