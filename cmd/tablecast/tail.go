@@ -31,6 +31,9 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError{"tail: " + err.Error() + " (usage: tablecast tail [--all] [-n N] [schema.table])"}
 	}
+	if *count < 0 {
+		return usageError{fmt.Sprintf("tail: -n %d: want a positive count of events, or 0 to run until interrupted (usage: tablecast tail [--all] [-n N] [schema.table])", *count)}
+	}
 	filter := cfg.SubjectPrefix + ".>"
 	var schemaName, table string
 	switch fs.NArg() {
