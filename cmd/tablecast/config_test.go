@@ -64,6 +64,8 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 				`TABLECAST_TABLES: table "public.": want schema.table`, "TABLECAST_STALL_AFTER 0s"}},
 		{map[string]string{"TABLECAST_TABLES": "*,public.orders", "TABLECAST_PUBLICATION": strings.Repeat("p", 64)},
 			[]string{`TABLECAST_TABLES: "*" cannot be combined`, "TABLECAST_PUBLICATION: \"ppp"}},
+		{map[string]string{"TABLECAST_NATS_URL": `"nats://app:s3cret@nats.example:4222"`}, []string{`TABLECAST_NATS_URL: server 1 "…@nats.example:4222\"": want nats://host:port`}},
+		{map[string]string{"TABLECAST_NATS_URL": "nats://a.example:4222, http://b.example:80"}, []string{`TABLECAST_NATS_URL: server 2 "http://b.example:80"`}},
 		{map[string]string{"TABLECAST_STREAM": "A.B"}, []string{`TABLECAST_STREAM "A.B": want a JetStream stream name`}},
 		{map[string]string{"TABLECAST_STREAM": ""}, []string{`TABLECAST_STREAM "": want a JetStream stream name`}},
 	}
@@ -100,6 +102,12 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 	t.Run("defaults are valid", func(t *testing.T) {
 		if _, err := loadConfig(); err != nil {
 			t.Fatalf("the defaults are refused: %v", err)
+		}
+	})
+	t.Run("NATS URLs as the client reads them", func(t *testing.T) {
+		t.Setenv("TABLECAST_NATS_URL", "nats://app:pw@a.example:4222, tls://b.example,c.example:4222,ws://d.example:8080")
+		if _, err := loadConfig(); err != nil {
+			t.Fatal(err)
 		}
 	})
 	t.Run("good values are kept", func(t *testing.T) {
