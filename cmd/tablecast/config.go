@@ -288,6 +288,59 @@ func readerSettingErrors(err error, reported []error) []error {
 	return out
 }
 
+// misspelledVariables returns, for each TABLECAST_ variable of env (KEY=value
+// pairs) that tablecast does not read but that is within two edits of one
+// it reads, the pair of both names: a misspelled variable is otherwise
+// ignored without a word, its default used instead (another slot, another
+// stream). Names further from any are left alone: scripts and tests have
+// TABLECAST_ variables of their own.
+func misspelledVariables(env []string) [][2]string {
+	known := map[string]bool{}
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		known[envPrefix+"_"+t.Field(i).Tag.Get("envconfig")] = true
+	}
+	var out [][2]string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(k, envPrefix+"_") || known[k] {
+			continue
+		}
+		best, dist := "", 3
+		for name := range known {
+			if d := editDistance(k, name); d < dist || d == dist && name < best {
+				best, dist = name, d
+			}
+		}
+		if best != "" {
+			out = append(out, [2]string{k, best})
+		}
+	}
+	return out
+}
+
+// editDistance is the number of single-byte insertions, deletions and
+// substitutions that turn a into b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
 // checkSyntax parses every TABLECAST_ variable that is set with the rules of
 // its field's type, and says what is wrong in the user's words, every
 // problem at once: envconfig stops at the first and names Go types.

@@ -38,6 +38,9 @@ import (
 // a part fails.
 func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) error {
 	log := newLogger(cfg, os.Stderr)
+	for _, m := range misspelledVariables(os.Environ()) {
+		log.Warn("ignoring a variable tablecast does not read; misspelled?", "variable", m[0], "did_you_mean", m[1])
+	}
 	if withReader && cfg.DatabaseURL == "" {
 		return errors.New("TABLECAST_DATABASE_URL is empty: set it to a PostgreSQL connection string (make run supplies a local one)")
 	}

@@ -69,3 +69,21 @@ func TestReaderSettingsRefusedBeforeNATS(t *testing.T) {
 		t.Logf("stderr:\n%s", stderr)
 	}
 }
+
+// TestMisspelledVariableWarned: a variable within two edits of one
+// tablecast reads is said in the log with the name it resembles, rather
+// than ignored without a word while the default (another slot) is used;
+// the variables of scripts and tests are left alone.
+func TestMisspelledVariableWarned(t *testing.T) {
+	_, _, stderr := runBinary(t, time.Minute, []string{"TABLECAST_SLOTT=orders", "TABLECAST_DATABSE_URL=postgres://x", "TABLECAST_PG_PORT=54329", "TABLECAST_SOAK=1"}, "cdc")
+	for _, want := range []string{"variable=TABLECAST_SLOTT did_you_mean=TABLECAST_SLOT", "variable=TABLECAST_DATABSE_URL did_you_mean=TABLECAST_DATABASE_URL"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr does not contain %q:\n%s", want, stderr)
+		}
+	}
+	for _, not := range []string{"TABLECAST_PG_PORT", "TABLECAST_SOAK"} {
+		if strings.Contains(stderr, not) {
+			t.Errorf("stderr names %s:\n%s", not, stderr)
+		}
+	}
+}
