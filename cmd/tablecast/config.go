@@ -181,6 +181,15 @@ func loadConfig() (Config, error) {
 		if c.DataDir == "" {
 			errs = append(errs, errors.New("TABLECAST_DATA_DIR is empty: the embedded NATS needs a directory"))
 		}
+		others := []struct{ name, addr string }{{"TABLECAST_HTTP_ADDR", c.HTTPAddr}}
+		if c.adminEnabled() {
+			others = append(others, struct{ name, addr string }{"TABLECAST_ADMIN_ADDR", c.AdminAddr})
+		}
+		for _, o := range others {
+			if sharePort(c.NATSListen, o.addr) {
+				errs = append(errs, fmt.Errorf("TABLECAST_NATS_LISTEN %s and %s %s take the same port: the embedded NATS needs an address of its own", c.NATSListen, o.name, o.addr))
+			}
+		}
 	}
 	errs = append(errs, c.checkNATS()...)
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
@@ -479,6 +488,23 @@ func nameAuthErrors(err error) error {
 		out = append(out, e)
 	}
 	return errors.Join(out...)
+}
+
+// sharePort reports whether listening on a and on b (host:port each) would
+// take one port twice: the same fixed port, on the same host or on every
+// address. Then the second listener of one process fails with "address
+// already in use", as if another process held it.
+func sharePort(a, b string) bool {
+	ha, pa, err := net.SplitHostPort(a)
+	if err != nil {
+		return false
+	}
+	hb, pb, err := net.SplitHostPort(b)
+	if err != nil || pa != pb || pa == "0" || pa == "-1" {
+		return false
+	}
+	every := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return ha == hb || every(ha) || every(hb)
 }
 
 // loopback reports whether addr (host:port) listens on loopback only.

@@ -66,6 +66,8 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 			[]string{`TABLECAST_TABLES: "*" cannot be combined`, "TABLECAST_PUBLICATION: \"ppp"}},
 		{map[string]string{"TABLECAST_NATS_URL": `"nats://app:s3cret@nats.example:4222"`}, []string{`TABLECAST_NATS_URL: server 1 "…@nats.example:4222\"": want nats://host:port`}},
 		{map[string]string{"TABLECAST_NATS_URL": "nats://a.example:4222, http://b.example:80"}, []string{`TABLECAST_NATS_URL: server 2 "http://b.example:80"`}},
+		{map[string]string{"TABLECAST_NATS_LISTEN": "127.0.0.1:8080"}, []string{"TABLECAST_NATS_LISTEN 127.0.0.1:8080 and TABLECAST_HTTP_ADDR 127.0.0.1:8080 take the same port"}},
+		{map[string]string{"TABLECAST_NATS_LISTEN": "0.0.0.0:8091", "TABLECAST_NATS_TOKEN": "t"}, []string{"TABLECAST_NATS_LISTEN 0.0.0.0:8091 and TABLECAST_ADMIN_ADDR 127.0.0.1:8091 take the same port"}},
 		{map[string]string{"TABLECAST_STREAM": "A.B"}, []string{`TABLECAST_STREAM "A.B": want a JetStream stream name`}},
 		{map[string]string{"TABLECAST_STREAM": ""}, []string{`TABLECAST_STREAM "": want a JetStream stream name`}},
 	}
