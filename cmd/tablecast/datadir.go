@@ -25,6 +25,10 @@ var errDataDirHeld = errors.New("held by another process")
 // once, naming the holder.
 func lockDataDir(dir string) (unlock func(), err error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
+		// A link to a volume not mounted yet reads "file exists" otherwise.
+		if target, lerr := os.Readlink(dir); lerr == nil {
+			return nil, fmt.Errorf("TABLECAST_DATA_DIR %s is a symbolic link to %s, which is not a directory (a volume not mounted?): %w", dir, target, err)
+		}
 		return nil, fmt.Errorf("TABLECAST_DATA_DIR %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, dataDirLockName)

@@ -87,3 +87,20 @@ func TestMisspelledVariableWarned(t *testing.T) {
 		}
 	}
 }
+
+// TestDataDirDanglingLink: a TABLECAST_DATA_DIR that links to nothing (a
+// volume not mounted) is named with its target, not as "file exists".
+func TestDataDirDanglingLink(t *testing.T) {
+	dir := t.TempDir()
+	link, target := filepath.Join(dir, "data"), filepath.Join(dir, "volume", "file")
+	if err := os.WriteFile(filepath.Join(dir, "volume"), nil, 0o600); err != nil { // a file where a directory should be
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	_, err := lockDataDir(link)
+	if err == nil || !strings.Contains(err.Error(), "TABLECAST_DATA_DIR "+link+" is a symbolic link to "+target) {
+		t.Fatalf("lockDataDir(%s): %v; want the link and its target named", link, err)
+	}
+}
