@@ -190,6 +190,28 @@ func (c Config) withDefaults() (Config, error) {
 	if c.DatabaseURL == "" {
 		errs = append(errs, fieldErrorf("DatabaseURL", "is empty: set it to a PostgreSQL connection string"))
 	}
+	errs = append(errs, c.checkSettings()...)
+	if len(c.OldRows) > 0 && c.RowState == nil {
+		errs = append(errs, fieldErrorf("OldRows", "needs the row state, of which there is none"))
+	}
+	return c, errors.Join(errs...)
+}
+
+// Check returns every problem New would find in c's settings without
+// connecting anywhere (a slot name PostgreSQL refuses, a table name that
+// is not schema.table, an unknown snapshot mode…), at once, each a
+// *ConfigError naming its field; it ignores what is missing (DatabaseURL,
+// RowState). A program checks them with the rest of its configuration,
+// before it starts anything that New's refusal would only stop again.
+func (c Config) Check() error {
+	c, _ = c.withDefaults()
+	return errors.Join(c.checkSettings()...)
+}
+
+// checkSettings is every problem of c's settings themselves, c's defaults
+// applied.
+func (c Config) checkSettings() []error {
+	var errs []error
 	if !validIdent(c.Slot) {
 		errs = append(errs, fieldErrorf("Slot", "%q: a slot name is 1-63 characters of a-z, 0-9 and _", c.Slot))
 	}
@@ -210,9 +232,6 @@ func (c Config) withDefaults() (Config, error) {
 	if _, err := rowstate.ParsePatterns(c.OldRows); err != nil {
 		errs = append(errs, fieldErrorf("OldRows", "%v", err))
 	}
-	if len(c.OldRows) > 0 && c.RowState == nil {
-		errs = append(errs, fieldErrorf("OldRows", "needs the row state, of which there is none"))
-	}
 	if c.Snapshot != SnapshotInitial && c.Snapshot != SnapshotNever {
 		errs = append(errs, fieldErrorf("Snapshot", "%q: want initial or never", c.Snapshot))
 	}
@@ -222,7 +241,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.RetryMin > c.RetryMax {
 		errs = append(errs, fmt.Errorf("retry backoff: minimum %s above maximum %s", c.RetryMin, c.RetryMax))
 	}
-	return c, errors.Join(errs...)
+	return errs
 }
 
 // validIdent reports whether s is a valid replication slot name: PostgreSQL

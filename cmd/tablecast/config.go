@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -42,7 +43,7 @@ type Config struct {
 
 	NATSURL       string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty runs an embedded NATS with JetStream"`
 	NATSListen    string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"where the embedded NATS listens, so backend services can connect; off loopback it needs credentials"`
-	DataDir       string `envconfig:"DATA_DIR" default:"./data" desc:"where the embedded NATS keeps its JetStream files"`
+	DataDir       string `envconfig:"DATA_DIR" default:"./data" desc:"where the embedded NATS keeps its JetStream files; one process at a time (a second is refused, naming the first)"`
 	NATSMaxStore  int64  `envconfig:"NATS_MAX_STORE" default:"8589934592" desc:"bytes the embedded NATS's JetStream may store (8 GiB), the same on every start, never sized from the free disk"`
 	NATSMinFree   int64  `envconfig:"NATS_MIN_FREE" default:"268435456" desc:"free bytes on TABLECAST_DATA_DIR's disk below which /healthz is unhealthy (256 MiB); a JetStream stopped by a full disk restarts once more is free; 0: no minimum"`
 	SubjectPrefix string `envconfig:"SUBJECT_PREFIX" default:"tablecast" desc:"first token of every subject"`
@@ -180,6 +181,15 @@ func loadConfig() (Config, error) {
 		if c.DataDir == "" {
 			errs = append(errs, errors.New("TABLECAST_DATA_DIR is empty: the embedded NATS needs a directory"))
 		}
+		others := []struct{ name, addr string }{{"TABLECAST_HTTP_ADDR", c.HTTPAddr}}
+		if c.adminEnabled() {
+			others = append(others, struct{ name, addr string }{"TABLECAST_ADMIN_ADDR", c.AdminAddr})
+		}
+		for _, o := range others {
+			if sharePort(c.NATSListen, o.addr) {
+				errs = append(errs, fmt.Errorf("TABLECAST_NATS_LISTEN %s and %s %s take the same port: the embedded NATS needs an address of its own", c.NATSListen, o.name, o.addr))
+			}
+		}
 	}
 	errs = append(errs, c.checkNATS()...)
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
@@ -251,7 +261,93 @@ func loadConfig() (Config, error) {
 			errs = append(errs, errors.New("TABLECAST_TOPIC_ROLES: an empty role name (a doubled or trailing comma?)"))
 		}
 	}
+	if c.Stream == "" || strings.ContainsAny(c.Stream, " \t\r\n.*>/\\") {
+		errs = append(errs, fmt.Errorf("TABLECAST_STREAM %q: want a JetStream stream name, without white space, '.', '*', '>' or path separators (TABLECAST)", c.Stream))
+	}
+	// What the reader refuses, said here with the rest rather than by
+	// `run` and `cdc` once the embedded NATS has started and the stream
+	// has been made on disk, one refusal hiding the others.
+	errs = append(errs, readerSettingErrors(c.cdcConfig().Check(), errs)...)
 	return c, errors.Join(errs...)
+}
+
+// readerSettingErrors are the problems of the reader's settings (err from
+// cdc.Config.Check), each naming its variable, but those of a variable
+// that reported names already: it has said what is wrong in its own words.
+func readerSettingErrors(err error, reported []error) []error {
+	if err == nil {
+		return nil
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	var out []error
+	for _, e := range errs {
+		var ce *cdc.ConfigError
+		if errors.As(e, &ce) && variableOf(ce.Field()) != "" {
+			v := variableOf(ce.Field())
+			if slices.ContainsFunc(reported, func(r error) bool { return strings.HasPrefix(r.Error(), v+" ") || strings.HasPrefix(r.Error(), v+":") }) {
+				continue
+			}
+			e = fmt.Errorf("%s: %s", v, ce.Problem())
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// misspelledVariables returns, for each TABLECAST_ variable of env (KEY=value
+// pairs) that tablecast does not read but that is within two edits of one
+// it reads, the pair of both names: a misspelled variable is otherwise
+// ignored without a word, its default used instead (another slot, another
+// stream). Names further from any are left alone: scripts and tests have
+// TABLECAST_ variables of their own.
+func misspelledVariables(env []string) [][2]string {
+	known := map[string]bool{}
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		known[envPrefix+"_"+t.Field(i).Tag.Get("envconfig")] = true
+	}
+	var out [][2]string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(k, envPrefix+"_") || known[k] {
+			continue
+		}
+		best, dist := "", 3
+		for name := range known {
+			if d := editDistance(k, name); d < dist || d == dist && name < best {
+				best, dist = name, d
+			}
+		}
+		if best != "" {
+			out = append(out, [2]string{k, best})
+		}
+	}
+	return out
+}
+
+// editDistance is the number of single-byte insertions, deletions and
+// substitutions that turn a into b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // checkSyntax parses every TABLECAST_ variable that is set with the rules of
@@ -392,6 +488,23 @@ func nameAuthErrors(err error) error {
 		out = append(out, e)
 	}
 	return errors.Join(out...)
+}
+
+// sharePort reports whether listening on a and on b (host:port each) would
+// take one port twice: the same fixed port, on the same host or on every
+// address. Then the second listener of one process fails with "address
+// already in use", as if another process held it.
+func sharePort(a, b string) bool {
+	ha, pa, err := net.SplitHostPort(a)
+	if err != nil {
+		return false
+	}
+	hb, pb, err := net.SplitHostPort(b)
+	if err != nil || pa != pb || pa == "0" || pa == "-1" {
+		return false
+	}
+	every := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return ha == hb || every(ha) || every(hb)
 }
 
 // loopback reports whether addr (host:port) listens on loopback only.

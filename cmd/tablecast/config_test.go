@@ -58,6 +58,18 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		{map[string]string{"TABLECAST_OLD_ROWS_CACHE_BYTES": "0"}, []string{"TABLECAST_OLD_ROWS_CACHE_BYTES 0: must be positive"}},
 		{map[string]string{"TABLECAST_TX_MARKERS": "sometimes"}, []string{"TABLECAST_TX_MARKERS"}},
 		{map[string]string{"TABLECAST_WS_BATCH_EVENTS": "0", "TABLECAST_WS_BATCH_BYTES": "-1"}, []string{"TABLECAST_WS_BATCH_EVENTS 0: must be positive", "TABLECAST_WS_BATCH_BYTES -1: must be positive"}},
+		// The reader's own settings, with the rest, each named once.
+		{map[string]string{"TABLECAST_SLOT": "Bad-Slot", "TABLECAST_SNAPSHOT": "sometimes", "TABLECAST_TABLES": "public.", "TABLECAST_STALL_AFTER": "0s"},
+			[]string{`TABLECAST_SLOT: "Bad-Slot": a slot name is 1-63 characters`, `TABLECAST_SNAPSHOT: "sometimes": want initial or never`,
+				`TABLECAST_TABLES: table "public.": want schema.table`, "TABLECAST_STALL_AFTER 0s"}},
+		{map[string]string{"TABLECAST_TABLES": "*,public.orders", "TABLECAST_PUBLICATION": strings.Repeat("p", 64)},
+			[]string{`TABLECAST_TABLES: "*" cannot be combined`, "TABLECAST_PUBLICATION: \"ppp"}},
+		{map[string]string{"TABLECAST_NATS_URL": `"nats://app:s3cret@nats.example:4222"`}, []string{`TABLECAST_NATS_URL: server 1 "…@nats.example:4222\"": want nats://host:port`}},
+		{map[string]string{"TABLECAST_NATS_URL": "nats://a.example:4222, http://b.example:80"}, []string{`TABLECAST_NATS_URL: server 2 "http://b.example:80"`}},
+		{map[string]string{"TABLECAST_NATS_LISTEN": "127.0.0.1:8080"}, []string{"TABLECAST_NATS_LISTEN 127.0.0.1:8080 and TABLECAST_HTTP_ADDR 127.0.0.1:8080 take the same port"}},
+		{map[string]string{"TABLECAST_NATS_LISTEN": "0.0.0.0:8091", "TABLECAST_NATS_TOKEN": "t"}, []string{"TABLECAST_NATS_LISTEN 0.0.0.0:8091 and TABLECAST_ADMIN_ADDR 127.0.0.1:8091 take the same port"}},
+		{map[string]string{"TABLECAST_STREAM": "A.B"}, []string{`TABLECAST_STREAM "A.B": want a JetStream stream name`}},
+		{map[string]string{"TABLECAST_STREAM": ""}, []string{`TABLECAST_STREAM "": want a JetStream stream name`}},
 	}
 	for _, tt := range tests {
 		var name []string
@@ -83,12 +95,21 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 					t.Errorf("error %q shows %q", msg, bad)
 				}
 			}
+			if n := strings.Count(msg, "TABLECAST_LEADER_LEASE"); n > 1 {
+				t.Errorf("error %q names TABLECAST_LEADER_LEASE %d times", msg, n)
+			}
 		})
 	}
 
 	t.Run("defaults are valid", func(t *testing.T) {
 		if _, err := loadConfig(); err != nil {
 			t.Fatalf("the defaults are refused: %v", err)
+		}
+	})
+	t.Run("NATS URLs as the client reads them", func(t *testing.T) {
+		t.Setenv("TABLECAST_NATS_URL", "nats://app:pw@a.example:4222, tls://b.example,c.example:4222,ws://d.example:8080")
+		if _, err := loadConfig(); err != nil {
+			t.Fatal(err)
 		}
 	})
 	t.Run("good values are kept", func(t *testing.T) {

@@ -63,6 +63,11 @@ func main() {
 	signal.Notify(hangups, syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := dispatch(ctx, os.Args[1:])
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) && len(os.Args) > 1 && stopsOnSignal(os.Args[1]) {
+		// SIGINT or SIGTERM during start-up (waiting for NATS, say) is a
+		// stop asked for, as it is once running: not a failure to report.
+		err = nil
+	}
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tablecast: "+describe(err))
@@ -72,6 +77,16 @@ func main() {
 		}
 		os.Exit(1)
 	}
+}
+
+// stopsOnSignal reports whether command runs until SIGINT or SIGTERM, which
+// then end it cleanly.
+func stopsOnSignal(command string) bool {
+	switch command {
+	case "run", "cdc", "gateway", "tail":
+		return true
+	}
+	return false
 }
 
 // describe is err's message, with every cdc.ConfigError in it naming its

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 
@@ -75,6 +76,7 @@ func (c Config) checkNATS() []error {
 	}
 
 	if !c.embedded() {
+		errs = append(errs, checkNATSURLs(c.NATSURL)...)
 		if c.NATSTLSCert != "" {
 			errs = append(errs, errors.New("TABLECAST_NATS_TLS_CERT and TABLECAST_NATS_TLS_KEY are the embedded NATS's certificate, and TABLECAST_NATS_URL is set: configure TLS on that server, and TABLECAST_NATS_TLS_CA here if the system does not trust its certificate"))
 		}
@@ -121,6 +123,31 @@ func (c Config) checkNATS() []error {
 		errs = append(errs, fmt.Errorf("TABLECAST_STREAM_MAX_BYTES -1: the embedded NATS's store holds at most TABLECAST_NATS_MAX_STORE (%d bytes), so the stream needs a size limit that fits in it: leave it unset for three quarters of the store, or set up to %d", c.NATSMaxStore, limit))
 	case c.NATSMaxStore >= minMaxStore && c.StreamMaxBytes > limit:
 		errs = append(errs, fmt.Errorf("TABLECAST_STREAM_MAX_BYTES %d does not fit in TABLECAST_NATS_MAX_STORE %d with the %d bytes the buckets need: set at most %d, or raise TABLECAST_NATS_MAX_STORE", c.StreamMaxBytes, c.NATSMaxStore, storeReserve, limit))
+	}
+	return errs
+}
+
+// checkNATSURLs checks each server of TABLECAST_NATS_URL as the NATS
+// client will read it (nats:// added when there is no scheme), so that a
+// mistyped one, or one still in the quotes of an env file, is named with
+// the other problems rather than failing the connection after start.
+func checkNATSURLs(urls string) []error {
+	var errs []error
+	for i, raw := range strings.Split(urls, ",") {
+		s := strings.TrimSpace(raw)
+		if !strings.Contains(s, "://") {
+			s = "nats://" + s
+		}
+		u, err := url.Parse(s)
+		if err == nil && (u.Scheme == "nats" || u.Scheme == "tls" || u.Scheme == "ws" || u.Scheme == "wss") && u.Hostname() != "" {
+			continue
+		}
+		// Whatever precedes an @ may be a password: it is not shown.
+		shown := strings.TrimSpace(raw)
+		if at := strings.LastIndex(shown, "@"); at >= 0 {
+			shown = "…" + shown[at:]
+		}
+		errs = append(errs, fmt.Errorf("TABLECAST_NATS_URL: server %d %q: want nats://host:port (or tls://, ws://, wss://), servers comma-separated, without quotes", i+1, shown))
 	}
 	return errs
 }

@@ -81,13 +81,18 @@ func TestSnapshotCommandOverNATS(t *testing.T) {
 			t.Fatalf("event %v, want op read", e)
 		}
 	}
-	for table, want := range map[string]string{
-		"public.missing": "table public.missing is not in publication tc_snapnats: there is no such table",
-		"nodot":          "want schema.table",
+	// The reader refuses a table it does not stream (exit 1); a name that
+	// is no table is a usage error, as for tail (exit 2).
+	for _, tt := range []struct {
+		table, want string
+		code        int
+	}{
+		{"public.missing", "table public.missing is not in publication tc_snapnats: there is no such table", 1},
+		{"nodot", "want schema.table", 2},
 	} {
-		code, _, stderr := runBinary(t, time.Minute, cli, "snapshot", table)
-		if last := lastLine(stderr); code != 1 || !strings.Contains(last, want) {
-			t.Errorf("snapshot %s: exit %d, last line %q; want 1 and %q", table, code, last, want)
+		code, _, stderr := runBinary(t, time.Minute, cli, "snapshot", tt.table)
+		if last := lastLine(stderr); code != tt.code || !strings.Contains(last, tt.want) {
+			t.Errorf("snapshot %s: exit %d, last line %q; want %d and %q", tt.table, code, last, tt.code, tt.want)
 		}
 	}
 	// Nothing of the requests is in the stream.

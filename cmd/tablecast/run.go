@@ -38,6 +38,9 @@ import (
 // a part fails.
 func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) error {
 	log := newLogger(cfg, os.Stderr)
+	for _, m := range misspelledVariables(os.Environ()) {
+		log.Warn("ignoring a variable tablecast does not read; misspelled?", "variable", m[0], "did_you_mean", m[1])
+	}
 	if withReader && cfg.DatabaseURL == "" {
 		return errors.New("TABLECAST_DATABASE_URL is empty: set it to a PostgreSQL connection string (make run supplies a local one)")
 	}
@@ -320,15 +323,22 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 		return nil, nil, nil, nil, err
 	}
 	url := cfg.NATSURL
+	unlockDataDir := func() {}
 	if url == "" {
 		ecfg, err := cfg.embeddedConfig(log.With("component", "nats"))
 		if err != nil {
 			return nil, nil, nil, nil, err
 		}
+		unlock, err := lockDataDir(cfg.DataDir)
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
 		emb, err = stream.StartEmbedded(ecfg)
 		if err != nil {
+			unlock()
 			return nil, nil, nil, nil, fmt.Errorf("start embedded NATS: %w", err)
 		}
+		unlockDataDir = unlock
 		url = emb.ClientURL()
 		opts = append(opts, nats.InProcessServer(emb))
 		st := emb.Status()
@@ -340,6 +350,7 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 		if emb != nil {
 			emb.Shutdown()
 		}
+		unlockDataDir()
 	}
 	nc, js, err = dialNATS(ctx, url, "tablecast", opts, log)
 	if err != nil {
@@ -372,10 +383,38 @@ func connectMore(ctx context.Context, cfg Config, emb *stream.Embedded, name str
 	return dialNATS(ctx, url, name, opts, log)
 }
 
+// The first connection to NATS is tried for connectWaitFirst before a
+// warning says that it still waits, and why; the wait before each next
+// warning doubles, up to connectWaitMax.
+const (
+	connectWaitFirst = 2 * time.Second
+	connectWaitMax   = 30 * time.Second
+)
+
+// connectWaiting connects like stream.Connect, until connected or ctx
+// ends, but warns now and then that NATS is not reachable yet, with the
+// last attempt's error: a NATS that is not there at start otherwise left
+// the process silent, and its HTTP endpoints unanswered, for as long as
+// it lasted.
+func connectWaiting(ctx context.Context, url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
+	start, wait := time.Now(), connectWaitFirst
+	for {
+		actx, cancel := context.WithTimeout(ctx, wait)
+		nc, err := stream.Connect(actx, url, name, log, opts...)
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			return nc, err
+		}
+		// The error names the URL with any password redacted.
+		log.Warn("NATS not reachable yet; still trying", "client", name, "waited", time.Since(start).Round(time.Second).String(), "err", err)
+		wait = min(2*wait, connectWaitMax)
+	}
+}
+
 // dialNATS connects to url as the client called name and opens JetStream
 // on the connection.
 func dialNATS(ctx context.Context, url, name string, opts []nats.Option, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := stream.Connect(ctx, url, name, log, opts...)
+	nc, err := connectWaiting(ctx, url, name, log, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to NATS %s as %s: %w", url, name, err)
 	}

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/tablecast/tablecast/cdc"
+	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -21,8 +23,22 @@ const snapshotConnectTimeout = 10 * time.Second
 // or refused with the reason). NATS access is what lets one ask; the
 // database is not involved, so no database role can.
 func snapshotCmd(ctx context.Context, cfg Config, args []string, out io.Writer) error {
+	const usage = "(usage: tablecast snapshot schema.table)"
 	if len(args) != 1 {
-		return usageError{"snapshot: name one table (usage: tablecast snapshot schema.table)"}
+		return usageError{"snapshot: name one table " + usage}
+	}
+	// The table is checked here, not by the reader: a mistyped argument
+	// (a flag, no schema) is then said at once, even with no NATS to ask.
+	switch arg := args[0]; {
+	case arg == "-h" || arg == "-help" || arg == "--help":
+		fmt.Fprintln(out, "usage: tablecast snapshot schema.table: ask the running reader, over NATS, to send the table's rows again as op read")
+		return nil
+	case strings.HasPrefix(arg, "-"):
+		return usageError{fmt.Sprintf("snapshot: no flag %s: it takes one table %s", arg, usage)}
+	default:
+		if _, _, err := schema.ParseTableName(arg); err != nil {
+			return usageError{"snapshot: " + err.Error() + " " + usage}
+		}
 	}
 	url := cfg.clientURL()
 	opts, err := cfg.natsOptions()

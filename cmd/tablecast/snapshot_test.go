@@ -54,3 +54,20 @@ func TestSnapshotCommand(t *testing.T) {
 		t.Fatalf("snapshot of a table without a key: exit %d, %q", code, stderr)
 	}
 }
+
+// TestClientArgumentsCheckedBeforeNATS: a mistyped argument of snapshot or
+// tail is a usage error at once (exit 2), not a wait for a NATS that is not
+// there followed by an error about the connection.
+func TestClientArgumentsCheckedBeforeNATS(t *testing.T) {
+	env := []string{"TABLECAST_NATS_URL=nats://" + freeAddr(t)} // nothing listens
+	for _, args := range [][]string{{"snapshot", "-x"}, {"snapshot", "public."}, {"tail", "-n", "-5"}} {
+		code, _, stderr := runBinary(t, 5*time.Second, env, args...)
+		if last := lastLine(stderr); code != 2 || !strings.HasPrefix(last, "tablecast: ") || strings.Contains(stderr, "NATS") {
+			t.Errorf("tablecast %q: exit %d, stderr %q; want 2 and the reason, before any NATS", args, code, stderr)
+		}
+	}
+	code, out, _ := runBinary(t, 5*time.Second, env, "snapshot", "--help")
+	if code != 0 || !strings.Contains(out, "usage: tablecast snapshot schema.table") {
+		t.Errorf("tablecast snapshot --help: exit %d, stdout %q; want 0 and the usage", code, out)
+	}
+}

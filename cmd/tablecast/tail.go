@@ -31,6 +31,9 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError{"tail: " + err.Error() + " (usage: tablecast tail [--all] [-n N] [schema.table])"}
 	}
+	if *count < 0 {
+		return usageError{fmt.Sprintf("tail: -n %d: want a positive count of events, or 0 to run until interrupted (usage: tablecast tail [--all] [-n N] [schema.table])", *count)}
+	}
 	filter := cfg.SubjectPrefix + ".>"
 	var schemaName, table string
 	switch fs.NArg() {
@@ -52,7 +55,7 @@ func tail(ctx context.Context, cfg Config, args []string, out io.Writer) error {
 		return err
 	}
 	log := newLogger(cfg, os.Stderr)
-	nc, err := stream.Connect(ctx, url, "tablecast-tail", log, opts...)
+	nc, err := connectWaiting(ctx, url, "tablecast-tail", log, opts...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS %s: %w", url, err)
 	}
