@@ -85,13 +85,14 @@ func positionKey(db, slot string) string {
 }
 
 // identifyOrigin asks PostgreSQL, over a replication connection, for the
-// origin the reader's messages carry.
-func (r *Reader) identifyOrigin(ctx context.Context, conn *pgconn.PgConn) (string, error) {
+// origin the reader's messages carry, and the position its WAL has reached:
+// no change the reader published from it can carry a later LSN.
+func (r *Reader) identifyOrigin(ctx context.Context, conn *pgconn.PgConn) (origin string, walEnd uint64, err error) {
 	sys, err := pglogrepl.IdentifySystem(ctx, conn)
 	if err != nil {
-		return "", fmt.Errorf("identify system: %w", err)
+		return "", 0, fmt.Errorf("identify system: %w", err)
 	}
-	return sys.SystemID + "/" + strconv.Itoa(int(sys.Timeline)) + "/" + stream.Token(r.db) + "/" + r.cfg.Slot, nil
+	return sys.SystemID + "/" + strconv.Itoa(int(sys.Timeline)) + "/" + stream.Token(r.db) + "/" + r.cfg.Slot, uint64(sys.XLogPos), nil
 }
 
 // streamInfo reads the stream's configuration and state.
@@ -168,8 +169,20 @@ type resumePoint struct {
 }
 
 // resume reads the slot's position record and the stream after it, and
-// says which events the session must not publish again.
-func (r *Reader) resume(ctx context.Context, origin string) (resumePoint, error) {
+// says which events the session must not publish again. walEnd is how far
+// the server's WAL had come before the stream was read.
+//
+// Others may publish into the stream (custom topics) with our origin: a
+// service forwarding events with their headers, or one forging them. Our
+// own messages always carry an event id, at or below walEnd, and strictly
+// increasing; so the highest such id is what the stream holds of ours (a
+// forwarded copy repeats an id we stored, never a later one), a message
+// with any other id is not ours, and neither is a record or an id beyond
+// walEnd (forged, or of a PostgreSQL restored from a copy of its disk,
+// which reuses the LSNs on the same timeline). Taken for ours, a message
+// of the first kind would stop every session, one of the second would
+// skip every change until the WAL got there.
+func (r *Reader) resume(ctx context.Context, origin string, walEnd uint64) (resumePoint, error) {
 	info, err := r.streamInfo(ctx)
 	if err != nil {
 		return resumePoint{}, err
@@ -211,6 +224,10 @@ func (r *Reader) resume(ctx context.Context, origin string) (resumePoint, error)
 		r.log.Warn("position record lies beyond the stream's end (the stream was reset?): skipping nothing",
 			"record_stream_seq", rec.StreamSeq, "stream_last_seq", last)
 		return rp, nil
+	case uint64(recLSN) > walEnd:
+		r.log.Warn("position record lies beyond the server's WAL (PostgreSQL restored from a copy of its disk?): skipping nothing",
+			"record_lsn", rec.LSN, "wal_end", pglogrepl.LSN(walEnd).String())
+		return rp, nil
 	}
 	rp.floor, rp.recordLSN = rec.StreamSeq, uint64(recLSN)
 	rp.skip, rp.skipThrough = true, eventID{uint64(recLSN) - 1, math.MaxUint64}
@@ -219,17 +236,43 @@ func (r *Reader) resume(ctx context.Context, origin string) (resumePoint, error)
 			"record_stream_seq", rec.StreamSeq, "stream_first_seq", first)
 	}
 	began := time.Now()
-	found, err := stream.ScanLastWithHeader(ctx, r.js, r.cfg.Stream, rec.StreamSeq+1, last, r.scanFilters(), stream.OriginHeader, origin)
+	var notID, beyond []string // ids refused, the first few of each
+	note := func(ids []string, id string) []string {
+		if len(ids) < 3 {
+			ids = append(ids, id)
+		}
+		return ids
+	}
+	found, err := stream.ScanLastWithHeader(ctx, r.js, r.cfg.Stream, rec.StreamSeq+1, last, r.scanFilters(), stream.OriginHeader, origin,
+		func(msgID string) bool {
+			lsn, ord, ok := schema.ParseEventID(msgID)
+			switch {
+			case !ok:
+				notID = note(notID, msgID)
+				return false
+			case lsn > walEnd:
+				beyond = note(beyond, msgID)
+				return false
+			}
+			if id := (eventID{lsn, ord}); id.after(rp.skipThrough) {
+				rp.skipThrough = id
+			}
+			return true
+		})
 	if err != nil {
 		return rp, err
 	}
-	if found.MsgID != "" {
-		lsn, ord, ok := schema.ParseEventID(found.MsgID)
-		if !ok {
-			return rp, fmt.Errorf("message %d of stream %s carries our origin but an id %q that is not an event id", found.Seq, r.cfg.Stream, found.MsgID)
-		}
-		if id := (eventID{lsn, ord}); id.after(rp.skipThrough) {
-			rp.skipThrough = id
+	if found.Refused > 0 {
+		switch {
+		case len(notID) > 0:
+			r.log.Warn("messages in the stream carry this reader's origin but not an event id (another client copied or forged the header): they are not taken for ours",
+				"refused", found.Refused, "ids", notID, "beyond_wal", beyond)
+		case len(beyond) > 0:
+			r.log.Warn("messages in the stream carry this reader's origin and an id beyond the server's WAL (forged, or PostgreSQL restored from a copy of its disk): they are not taken for ours",
+				"refused", found.Refused, "ids", beyond, "wal_end", pglogrepl.LSN(walEnd).String())
+		default:
+			r.log.Warn("messages in the stream carry this reader's origin but no Nats-Msg-Id (another client copied the header): they are not taken for ours",
+				"refused", found.Refused)
 		}
 	}
 	r.log.Info("resuming: the stream holds this slot's events up to an id, which are not published again",

@@ -418,7 +418,7 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 		return res, err
 	}
 	res.start = start
-	origin, err := r.identifyOrigin(ctx, conn)
+	origin, walEnd, err := r.identifyOrigin(ctx, conn)
 	if err != nil {
 		return res, err
 	}
@@ -429,7 +429,7 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 	if err := r.settle(ctx); err != nil {
 		return res, err
 	}
-	rp, err := r.resume(ctx, origin)
+	rp, err := r.resume(ctx, origin, walEnd)
 	if err != nil {
 		return res, fmt.Errorf("learn what the stream holds of %s: %w", origin, err)
 	}
