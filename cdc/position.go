@@ -121,6 +121,10 @@ func (r *Reader) publisherOptions(cfg jetstream.StreamConfig, origin string) []s
 	case r.fences.on:
 		opts = append(opts, stream.WithFence(stream.FenceSubject(r.prefix, r.cfg.Slot), r.fences.seq))
 	}
+	// An operator may limit the stream's messages below NATS's maximum
+	// payload: larger events travel as claims (a session refused one reads
+	// the limit anew when it starts again).
+	opts = append(opts, stream.WithMaxMessageSize(int64(cfg.MaxMsgSize)))
 	if cfg.AllowBatchPublish && slices.Contains(cfg.Subjects, stream.ControlSubject(r.prefix)) {
 		opts = append(opts, stream.WithBatches(stream.ControlSubject(r.prefix)))
 	}
@@ -182,7 +186,8 @@ type resumePoint struct {
 // which reuses the LSNs on the same timeline). Taken for ours, a message
 // of the first kind would stop every session, one of the second would
 // skip every change until the WAL got there.
-func (r *Reader) resume(ctx context.Context, origin string, walEnd uint64) (resumePoint, error) {
+func (r *Reader) resume(ctx context.Context, origin string, walEnd, start uint64) (rp resumePoint, err error) {
+	defer func() { r.limitSkip(&rp, start) }()
 	info, err := r.streamInfo(ctx)
 	if err != nil {
 		return resumePoint{}, err
@@ -190,7 +195,7 @@ func (r *Reader) resume(ctx context.Context, origin string, walEnd uint64) (resu
 	last, first, created := info.State.LastSeq, info.State.FirstSeq, info.Created
 	// Without a usable record nothing is skipped, and nothing of this
 	// origin is known before the stream's end: a new record scans from it.
-	rp := resumePoint{floor: last, streamCreated: created, streamConfig: info.Config}
+	rp = resumePoint{floor: last, streamCreated: created, streamConfig: info.Config}
 	key := positionKey(r.db, r.cfg.Slot)
 	e, err := r.state.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -279,6 +284,61 @@ func (r *Reader) resume(ctx context.Context, origin string, walEnd uint64) (resu
 		"through", rp.skipThrough.String(), "record_lsn", rec.LSN, "scanned", found.Scanned,
 		"from_seq", rec.StreamSeq+1, "to_seq", last, "took", time.Since(began).Round(time.Millisecond))
 	return rp, nil
+}
+
+// refusedRange is where the stream may hold a gap: a session's publisher
+// was refused a message (or got no acknowledgement for it, or found no
+// stream for its subject), and JetStream may still have stored messages
+// sent after it, in later batches or alone. Every event committed before
+// from was acknowledged; the session published nothing beyond through.
+type refusedRange struct{ from, through uint64 }
+
+// noteRefusal records, when the session's publisher failed in a way that
+// may have left a gap, where the gap may lie (Reader.unsure): JetStream
+// refused a message (or found no stream for its subject) with later ones
+// sent, which it may store, or it acknowledged a message beyond one it
+// never answered (a write that failed silently). The last message of ours
+// the stream holds then says nothing of the messages before it. A session
+// that merely waited too long for acknowledgements (a slow or paused
+// server) leaves no gap: settle lets the server store what it holds, in
+// order, before the next session reads the stream.
+func (s *session) noteRefusal() {
+	err := s.pub.Err()
+	if err == nil || errors.Is(err, stream.ErrFenced) {
+		return
+	}
+	refused := errors.Is(err, stream.ErrNegativeAck) || errors.Is(err, stream.ErrNoStream)
+	if !(refused && s.pub.InFlight() > 1) && !s.pub.StoredPastWatermark() {
+		return
+	}
+	from, through := s.confirmed, max(s.walEnd, s.txn.CommitLSN)
+	if u := s.r.unsure; u.through != 0 {
+		// An earlier gap not published over yet.
+		from, through = min(from, u.from), max(through, u.through)
+	}
+	s.r.unsure = refusedRange{from: from, through: through}
+}
+
+// limitSkip keeps a session from skipping events beyond a possible gap
+// (noteRefusal): what it skipped would be the refused message. The
+// messages JetStream stored after it are published again, and dropped as
+// repeats within the duplicate window (they are published again at once).
+// Once the slot has been confirmed past the gap, it is filled.
+func (r *Reader) limitSkip(rp *resumePoint, start uint64) {
+	u := r.unsure
+	switch {
+	case u.through == 0:
+		return
+	case start > u.through:
+		r.unsure = refusedRange{}
+		return
+	}
+	limit := eventID{u.from - 1, math.MaxUint64}
+	if rp.skip && rp.skipThrough.after(limit) {
+		r.log.Warn("JetStream refused an event of the last session and may have stored later ones: those are published again (the duplicate window drops them), rather than take the refused one for stored",
+			"stored_through", rp.skipThrough.String(), "published_again_from", pglogrepl.LSN(u.from).String())
+		rp.skipThrough = limit
+	}
 }
 
 // settle returns once nothing the reader published before, in an earlier

@@ -55,7 +55,10 @@ type Reader struct {
 	endStale bool               // the leadership took over: a walsender holding the slot is ended
 	// mustFence: a takeover's fence is not stored yet; Run's goroutine only.
 	mustFence bool
-	leader    atomic.Bool
+	// unsure is what a session whose publisher was refused a message left
+	// the next ones (Run's goroutine only): see noteRefusal.
+	unsure refusedRange
+	leader atomic.Bool
 	// keepLease makes the reader stop without giving up its lease, as a
 	// crash would: for tests.
 	keepLease atomic.Bool
@@ -429,7 +432,7 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 	if err := r.settle(ctx); err != nil {
 		return res, err
 	}
-	rp, err := r.resume(ctx, origin, walEnd)
+	rp, err := r.resume(ctx, origin, walEnd, start)
 	if err != nil {
 		return res, fmt.Errorf("learn what the stream holds of %s: %w", origin, err)
 	}
@@ -485,6 +488,7 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 	defer s.types.close()
 	began := time.Now()
 	err = s.loop(ctx)
+	s.noteRefusal()
 	// Progress is what PostgreSQL was told: the position a session reached
 	// without telling it (a keepalive's, before decoding failed) is where
 	// the next session starts again.
