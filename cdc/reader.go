@@ -49,7 +49,7 @@ type Reader struct {
 	registeredOnce sync.Once
 
 	// Failover (lease.go).
-	leases   jetstream.KeyValue // LeaseBucket, opened in Run
+	leases   jetstream.KeyValue // LeaseBucket, opened in Run; replaced by acquireLease only
 	ownRev   uint64             // revision of the lease last written as leader; Run's goroutine only
 	fences   fences             // what the events of this leadership expect; Run's goroutine only
 	endStale bool               // the leadership took over: a walsender holding the slot is ended
@@ -58,7 +58,9 @@ type Reader struct {
 	// unsure is what a session whose publisher was refused a message left
 	// the next ones (Run's goroutine only): see noteRefusal.
 	unsure refusedRange
-	leader atomic.Bool
+	// leaseBucket is the configuration the lease bucket is created with.
+	leaseBucket jetstream.KeyValueConfig
+	leader      atomic.Bool
 	// keepLease makes the reader stop without giving up its lease, as a
 	// crash would: for tests.
 	keepLease atomic.Bool
@@ -155,9 +157,10 @@ func (r *Reader) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("open state bucket %s: %w", stateBucket, err)
 	}
+	r.leaseBucket = jetstream.KeyValueConfig{Bucket: LeaseBucket, History: 1,
+		Replicas: max(replicas, 1), Description: "tablecast readers' leases: which reader streams each slot"}
 	err = stream.RetryTransient(ctx, func(ctx context.Context) (err error) {
-		r.leases, err = r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: LeaseBucket, History: 1,
-			Replicas: max(replicas, 1), Description: "tablecast readers' leases: which reader streams each slot"})
+		r.leases, err = r.js.CreateOrUpdateKeyValue(ctx, r.leaseBucket)
 		return err
 	})
 	if err != nil {
