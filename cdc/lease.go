@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tablecast/tablecast/stream"
@@ -265,6 +266,33 @@ type acquired struct {
 	prev     leaseValue // the holder taken over from
 }
 
+// recreateLeaseBucket creates the lease bucket again when reading it failed
+// with err because it no longer exists (an operator deleted it, to clear a
+// lease they thought stuck, say), and reports whether it did. Without it no
+// reader could take the lease again, and the slot would go unread until
+// one restarted. An empty bucket holds no lease: the reader takes it, and
+// fences out whoever held it before (a leader that lost the bucket has
+// stopped streaming already, as it could not renew its lease).
+func (r *Reader) recreateLeaseBucket(ctx context.Context, err error) bool {
+	if !errors.Is(err, jetstream.ErrBucketNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) &&
+		!errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, jetstream.ErrNoStreamResponse) {
+		return false
+	}
+	// Only a bucket JetStream says is gone: one without a leader for a
+	// moment (a cluster electing) fails reads too.
+	if _, err := r.js.KeyValue(ctx, LeaseBucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return false
+	}
+	kv, err := r.js.CreateOrUpdateKeyValue(ctx, r.leaseBucket)
+	if err != nil {
+		r.log.Warn("the lease bucket is gone and cannot be created again; retrying", "bucket", LeaseBucket, "err", err)
+		return false
+	}
+	r.log.Warn("the lease bucket was deleted while the reader ran; created it again", "bucket", LeaseBucket)
+	r.leases = kv
+	return true
+}
+
 // acquireLease waits as a standby until the reader holds the slot's lease.
 func (r *Reader) acquireLease(ctx context.Context) (acquired, error) {
 	host, _ := os.Hostname()
@@ -302,6 +330,9 @@ func (r *Reader) acquireLease(ctx context.Context) (acquired, error) {
 				warned = true
 			}
 		case err != nil:
+			if r.recreateLeaseBucket(ctx, err) {
+				continue
+			}
 			if ctx.Err() == nil && !warned {
 				r.log.Warn("cannot read the lease; retrying", "bucket", LeaseBucket, "err", err)
 				warned = true

@@ -245,3 +245,28 @@ func TestStandbyTakesOver(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseBucketDeleted: an operator deletes the lease bucket while the
+// reader streams (to clear a lease they believe stuck, say). The reader
+// loses its lease, as it cannot renew it; it must then create the bucket
+// again and take the lease, not stand by for good with the slot unread.
+func TestLeaseBucketDeleted(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.LeaderLease = 2 * time.Second
+	r := startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO items SELECT generate_series(1, 10)`)
+	n.readAll(t, 10, 15*time.Second)
+	if err := n.JS.DeleteKeyValue(context.Background(), LeaseBucket); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "the reader to lose its lease", func() bool { return r.log.contains("lost the lease") })
+	db.exec(t, `INSERT INTO items SELECT generate_series(11, 20)`)
+	evs := n.readAll(t, 20, 20*time.Second)
+	assertExactlyInOrder(t, evs, 20)
+	if !r.log.contains("created it again") {
+		t.Error("no warning that the lease bucket was created again")
+	}
+}

@@ -191,3 +191,62 @@ func TestHealthReportsUndecodableChanges(t *testing.T) {
 	}
 	waitFor(t, 20*time.Second, "the backoff to grow", func() bool { return r.log.contains("retry_in=200ms") })
 }
+
+// TestStreamMaxMessageSize: an operator limits the size of the event
+// stream's messages (nats stream edit --max-msg-size) while the reader
+// runs. An event within the server's maximum payload but beyond that limit
+// is refused by the stream; it must travel as a claim, as one too large for
+// NATS does, rather than stop the reader at it for good. And the event
+// after it, which JetStream stored (the refused one went alone, the next
+// started a batch), must not make the next session take the refused one
+// for stored: that lost it.
+func TestStreamMaxMessageSize(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t, `CREATE TABLE docs (id int PRIMARY KEY, body text)`)
+	n := startNATS(t)
+	r := startReader(t, db.config(), n)
+	db.exec(t, `INSERT INTO docs VALUES (1, 'small')`)
+	n.readAll(t, 1, 15*time.Second)
+
+	ctx := context.Background()
+	st, err := n.JS.Stream(ctx, "TABLECAST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.MaxMsgSize = 4096
+	if _, err := n.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	// Two transactions the reader publishes in one burst.
+	db.exec(t, `BEGIN; INSERT INTO docs VALUES (2, repeat('b', 20000)); COMMIT; BEGIN; INSERT INTO docs VALUES (3, 'small'); COMMIT`)
+	waitFor(t, 15*time.Second, "rows 1 to 3 in the stream", func() bool {
+		got := map[float64]bool{}
+		for _, e := range n.fetch(t) {
+			got[e.Key["id"].(float64)] = true
+		}
+		return len(got) == 3
+	})
+	time.Sleep(500 * time.Millisecond) // for repeats to arrive
+	evs := n.fetch(t)
+	ids := map[float64]int{}
+	for _, e := range evs {
+		ids[e.Key["id"].(float64)]++
+		if e.Key["id"] != 2.0 {
+			continue
+		}
+		var full event
+		if err := json.Unmarshal(resolve(t, n, e.Raw), &full); err != nil {
+			t.Fatal(err)
+		}
+		if full.Data["body"] != strings.Repeat("b", 20000) {
+			t.Fatalf("row 2 resolves to %.200s, want its body", resolve(t, n, e.Raw))
+		}
+	}
+	if len(evs) != 3 || ids[1] != 1 || ids[2] != 1 || ids[3] != 1 {
+		t.Fatalf("stream holds rows %v (row: count), want rows 1 to 3 once each", ids)
+	}
+	if !r.log.contains("published again") {
+		t.Error("no warning that the events after the refused one are published again")
+	}
+}

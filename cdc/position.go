@@ -85,13 +85,14 @@ func positionKey(db, slot string) string {
 }
 
 // identifyOrigin asks PostgreSQL, over a replication connection, for the
-// origin the reader's messages carry.
-func (r *Reader) identifyOrigin(ctx context.Context, conn *pgconn.PgConn) (string, error) {
+// origin the reader's messages carry, and the position its WAL has reached:
+// no change the reader published from it can carry a later LSN.
+func (r *Reader) identifyOrigin(ctx context.Context, conn *pgconn.PgConn) (origin string, walEnd uint64, err error) {
 	sys, err := pglogrepl.IdentifySystem(ctx, conn)
 	if err != nil {
-		return "", fmt.Errorf("identify system: %w", err)
+		return "", 0, fmt.Errorf("identify system: %w", err)
 	}
-	return sys.SystemID + "/" + strconv.Itoa(int(sys.Timeline)) + "/" + stream.Token(r.db) + "/" + r.cfg.Slot, nil
+	return sys.SystemID + "/" + strconv.Itoa(int(sys.Timeline)) + "/" + stream.Token(r.db) + "/" + r.cfg.Slot, uint64(sys.XLogPos), nil
 }
 
 // streamInfo reads the stream's configuration and state.
@@ -120,6 +121,10 @@ func (r *Reader) publisherOptions(cfg jetstream.StreamConfig, origin string) []s
 	case r.fences.on:
 		opts = append(opts, stream.WithFence(stream.FenceSubject(r.prefix, r.cfg.Slot), r.fences.seq))
 	}
+	// An operator may limit the stream's messages below NATS's maximum
+	// payload: larger events travel as claims (a session refused one reads
+	// the limit anew when it starts again).
+	opts = append(opts, stream.WithMaxMessageSize(int64(cfg.MaxMsgSize)))
 	if cfg.AllowBatchPublish && slices.Contains(cfg.Subjects, stream.ControlSubject(r.prefix)) {
 		opts = append(opts, stream.WithBatches(stream.ControlSubject(r.prefix)))
 	}
@@ -168,8 +173,21 @@ type resumePoint struct {
 }
 
 // resume reads the slot's position record and the stream after it, and
-// says which events the session must not publish again.
-func (r *Reader) resume(ctx context.Context, origin string) (resumePoint, error) {
+// says which events the session must not publish again. walEnd is how far
+// the server's WAL had come before the stream was read.
+//
+// Others may publish into the stream (custom topics) with our origin: a
+// service forwarding events with their headers, or one forging them. Our
+// own messages always carry an event id, at or below walEnd, and strictly
+// increasing; so the highest such id is what the stream holds of ours (a
+// forwarded copy repeats an id we stored, never a later one), a message
+// with any other id is not ours, and neither is a record or an id beyond
+// walEnd (forged, or of a PostgreSQL restored from a copy of its disk,
+// which reuses the LSNs on the same timeline). Taken for ours, a message
+// of the first kind would stop every session, one of the second would
+// skip every change until the WAL got there.
+func (r *Reader) resume(ctx context.Context, origin string, walEnd, start uint64) (rp resumePoint, err error) {
+	defer func() { r.limitSkip(&rp, start) }()
 	info, err := r.streamInfo(ctx)
 	if err != nil {
 		return resumePoint{}, err
@@ -177,7 +195,7 @@ func (r *Reader) resume(ctx context.Context, origin string) (resumePoint, error)
 	last, first, created := info.State.LastSeq, info.State.FirstSeq, info.Created
 	// Without a usable record nothing is skipped, and nothing of this
 	// origin is known before the stream's end: a new record scans from it.
-	rp := resumePoint{floor: last, streamCreated: created, streamConfig: info.Config}
+	rp = resumePoint{floor: last, streamCreated: created, streamConfig: info.Config}
 	key := positionKey(r.db, r.cfg.Slot)
 	e, err := r.state.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -211,6 +229,10 @@ func (r *Reader) resume(ctx context.Context, origin string) (resumePoint, error)
 		r.log.Warn("position record lies beyond the stream's end (the stream was reset?): skipping nothing",
 			"record_stream_seq", rec.StreamSeq, "stream_last_seq", last)
 		return rp, nil
+	case uint64(recLSN) > walEnd:
+		r.log.Warn("position record lies beyond the server's WAL (PostgreSQL restored from a copy of its disk?): skipping nothing",
+			"record_lsn", rec.LSN, "wal_end", pglogrepl.LSN(walEnd).String())
+		return rp, nil
 	}
 	rp.floor, rp.recordLSN = rec.StreamSeq, uint64(recLSN)
 	rp.skip, rp.skipThrough = true, eventID{uint64(recLSN) - 1, math.MaxUint64}
@@ -219,23 +241,104 @@ func (r *Reader) resume(ctx context.Context, origin string) (resumePoint, error)
 			"record_stream_seq", rec.StreamSeq, "stream_first_seq", first)
 	}
 	began := time.Now()
-	found, err := stream.ScanLastWithHeader(ctx, r.js, r.cfg.Stream, rec.StreamSeq+1, last, r.scanFilters(), stream.OriginHeader, origin)
+	var notID, beyond []string // ids refused, the first few of each
+	note := func(ids []string, id string) []string {
+		if len(ids) < 3 {
+			ids = append(ids, id)
+		}
+		return ids
+	}
+	found, err := stream.ScanLastWithHeader(ctx, r.js, r.cfg.Stream, rec.StreamSeq+1, last, r.scanFilters(), stream.OriginHeader, origin,
+		func(msgID string) bool {
+			lsn, ord, ok := schema.ParseEventID(msgID)
+			switch {
+			case !ok:
+				notID = note(notID, msgID)
+				return false
+			case lsn > walEnd:
+				beyond = note(beyond, msgID)
+				return false
+			}
+			if id := (eventID{lsn, ord}); id.after(rp.skipThrough) {
+				rp.skipThrough = id
+			}
+			return true
+		})
 	if err != nil {
 		return rp, err
 	}
-	if found.MsgID != "" {
-		lsn, ord, ok := schema.ParseEventID(found.MsgID)
-		if !ok {
-			return rp, fmt.Errorf("message %d of stream %s carries our origin but an id %q that is not an event id", found.Seq, r.cfg.Stream, found.MsgID)
-		}
-		if id := (eventID{lsn, ord}); id.after(rp.skipThrough) {
-			rp.skipThrough = id
+	if found.Refused > 0 {
+		switch {
+		case len(notID) > 0:
+			r.log.Warn("messages in the stream carry this reader's origin but not an event id (another client copied or forged the header): they are not taken for ours",
+				"refused", found.Refused, "ids", notID, "beyond_wal", beyond)
+		case len(beyond) > 0:
+			r.log.Warn("messages in the stream carry this reader's origin and an id beyond the server's WAL (forged, or PostgreSQL restored from a copy of its disk): they are not taken for ours",
+				"refused", found.Refused, "ids", beyond, "wal_end", pglogrepl.LSN(walEnd).String())
+		default:
+			r.log.Warn("messages in the stream carry this reader's origin but no Nats-Msg-Id (another client copied the header): they are not taken for ours",
+				"refused", found.Refused)
 		}
 	}
 	r.log.Info("resuming: the stream holds this slot's events up to an id, which are not published again",
 		"through", rp.skipThrough.String(), "record_lsn", rec.LSN, "scanned", found.Scanned,
 		"from_seq", rec.StreamSeq+1, "to_seq", last, "took", time.Since(began).Round(time.Millisecond))
 	return rp, nil
+}
+
+// refusedRange is where the stream may hold a gap: a session's publisher
+// was refused a message (or got no acknowledgement for it, or found no
+// stream for its subject), and JetStream may still have stored messages
+// sent after it, in later batches or alone. Every event committed before
+// from was acknowledged; the session published nothing beyond through.
+type refusedRange struct{ from, through uint64 }
+
+// noteRefusal records, when the session's publisher failed in a way that
+// may have left a gap, where the gap may lie (Reader.unsure): JetStream
+// refused a message (or found no stream for its subject) with later ones
+// sent, which it may store, or it acknowledged a message beyond one it
+// never answered (a write that failed silently). The last message of ours
+// the stream holds then says nothing of the messages before it. A session
+// that merely waited too long for acknowledgements (a slow or paused
+// server) leaves no gap: settle lets the server store what it holds, in
+// order, before the next session reads the stream.
+func (s *session) noteRefusal() {
+	err := s.pub.Err()
+	if err == nil || errors.Is(err, stream.ErrFenced) {
+		return
+	}
+	refused := errors.Is(err, stream.ErrNegativeAck) || errors.Is(err, stream.ErrNoStream)
+	if !(refused && s.pub.InFlight() > 1) && !s.pub.StoredPastWatermark() {
+		return
+	}
+	from, through := s.confirmed, max(s.walEnd, s.txn.CommitLSN)
+	if u := s.r.unsure; u.through != 0 {
+		// An earlier gap not published over yet.
+		from, through = min(from, u.from), max(through, u.through)
+	}
+	s.r.unsure = refusedRange{from: from, through: through}
+}
+
+// limitSkip keeps a session from skipping events beyond a possible gap
+// (noteRefusal): what it skipped would be the refused message. The
+// messages JetStream stored after it are published again, and dropped as
+// repeats within the duplicate window (they are published again at once).
+// Once the slot has been confirmed past the gap, it is filled.
+func (r *Reader) limitSkip(rp *resumePoint, start uint64) {
+	u := r.unsure
+	switch {
+	case u.through == 0:
+		return
+	case start > u.through:
+		r.unsure = refusedRange{}
+		return
+	}
+	limit := eventID{u.from - 1, math.MaxUint64}
+	if rp.skip && rp.skipThrough.after(limit) {
+		r.log.Warn("JetStream refused an event of the last session and may have stored later ones: those are published again (the duplicate window drops them), rather than take the refused one for stored",
+			"stored_through", rp.skipThrough.String(), "published_again_from", pglogrepl.LSN(u.from).String())
+		rp.skipThrough = limit
+	}
 }
 
 // settle returns once nothing the reader published before, in an earlier

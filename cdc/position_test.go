@@ -122,3 +122,93 @@ func TestPositionRecordOfAnotherOrigin(t *testing.T) {
 	}
 	assertExactlyInOrder(t, rows, 30)
 }
+
+// TestOthersMessagesWithOurOrigin: a service with publish rights (custom
+// topics) that forwards events with their headers, or one that forges
+// them, puts messages carrying the reader's origin into the stream. One
+// whose id is not an event id must not stop every later session, and one
+// whose id lies beyond anything PostgreSQL has written must not make the
+// reader skip every change until the WAL gets there: our own ids are
+// never beyond the server's WAL, and always event ids.
+func TestOthersMessagesWithOurOrigin(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	r := startReader(t, db.config(), n)
+	db.exec(t, `INSERT INTO items SELECT generate_series(1, 10)`)
+	n.readAll(t, 10, 15*time.Second)
+
+	kv, err := n.JS.KeyValue(context.Background(), stateBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := positionKey(db.name, db.slot)
+	walNow := func() pglogrepl.LSN {
+		t.Helper()
+		var s string
+		if err := db.conn.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		lsn, _ := pglogrepl.ParseLSN(s)
+		return lsn
+	}
+	// recordPast waits for the reader's record of a position past lsn.
+	recordPast := func(lsn pglogrepl.LSN) positionRecord {
+		t.Helper()
+		var rec positionRecord
+		waitFor(t, 20*time.Second, "a position record past "+lsn.String(), func() bool {
+			e, err := kv.Get(context.Background(), key)
+			if err != nil {
+				return false
+			}
+			rec = positionRecord{}
+			_ = json.Unmarshal(e.Value(), &rec)
+			at, _ := pglogrepl.ParseLSN(rec.LSN)
+			return at >= lsn
+		})
+		return rec
+	}
+	rec := recordPast(walNow())
+	r.stop(t)
+	forward := func(id string) {
+		t.Helper()
+		m := nats.NewMsg(testPrefix + ".topic.forwarded")
+		m.Header.Set(stream.OriginHeader, rec.Origin)
+		m.Header.Set(nats.MsgIdHdr, id)
+		m.Data = []byte(`{}`)
+		if _, err := n.JS.PublishMsg(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows := func() []event {
+		var out []event
+		for _, e := range n.fetch(t) {
+			if e.Table == "items" {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+
+	// A forwarded copy with an id of the service's own.
+	forward("forwarded-1")
+	db.exec(t, `INSERT INTO items SELECT generate_series(11, 20)`)
+	r2 := startReader(t, db.config(), n)
+	n.readAll(t, 21, 15*time.Second)
+	assertExactlyInOrder(t, rows(), 20)
+	if !r2.log.contains("not an event id") {
+		t.Error("no warning about the message with our origin and another id")
+	}
+	recordPast(walNow())
+	r2.stop(t)
+
+	// A forged id far beyond the WAL.
+	forward(fmt.Sprintf("%016X-0001", uint64(walNow()+1<<30)))
+	db.exec(t, `INSERT INTO items SELECT generate_series(21, 30)`)
+	r3 := startReader(t, db.config(), n)
+	n.readAll(t, 32, 15*time.Second)
+	assertExactlyInOrder(t, rows(), 30)
+	if !r3.log.contains("beyond the server's WAL") {
+		t.Error("no warning about the message with an id beyond the WAL")
+	}
+}

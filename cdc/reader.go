@@ -49,13 +49,18 @@ type Reader struct {
 	registeredOnce sync.Once
 
 	// Failover (lease.go).
-	leases   jetstream.KeyValue // LeaseBucket, opened in Run
+	leases   jetstream.KeyValue // LeaseBucket, opened in Run; replaced by acquireLease only
 	ownRev   uint64             // revision of the lease last written as leader; Run's goroutine only
 	fences   fences             // what the events of this leadership expect; Run's goroutine only
 	endStale bool               // the leadership took over: a walsender holding the slot is ended
 	// mustFence: a takeover's fence is not stored yet; Run's goroutine only.
 	mustFence bool
-	leader    atomic.Bool
+	// unsure is what a session whose publisher was refused a message left
+	// the next ones (Run's goroutine only): see noteRefusal.
+	unsure refusedRange
+	// leaseBucket is the configuration the lease bucket is created with.
+	leaseBucket jetstream.KeyValueConfig
+	leader      atomic.Bool
 	// keepLease makes the reader stop without giving up its lease, as a
 	// crash would: for tests.
 	keepLease atomic.Bool
@@ -152,9 +157,10 @@ func (r *Reader) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("open state bucket %s: %w", stateBucket, err)
 	}
+	r.leaseBucket = jetstream.KeyValueConfig{Bucket: LeaseBucket, History: 1,
+		Replicas: max(replicas, 1), Description: "tablecast readers' leases: which reader streams each slot"}
 	err = stream.RetryTransient(ctx, func(ctx context.Context) (err error) {
-		r.leases, err = r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: LeaseBucket, History: 1,
-			Replicas: max(replicas, 1), Description: "tablecast readers' leases: which reader streams each slot"})
+		r.leases, err = r.js.CreateOrUpdateKeyValue(ctx, r.leaseBucket)
 		return err
 	})
 	if err != nil {
@@ -418,7 +424,7 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 		return res, err
 	}
 	res.start = start
-	origin, err := r.identifyOrigin(ctx, conn)
+	origin, walEnd, err := r.identifyOrigin(ctx, conn)
 	if err != nil {
 		return res, err
 	}
@@ -429,7 +435,7 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 	if err := r.settle(ctx); err != nil {
 		return res, err
 	}
-	rp, err := r.resume(ctx, origin)
+	rp, err := r.resume(ctx, origin, walEnd, start)
 	if err != nil {
 		return res, fmt.Errorf("learn what the stream holds of %s: %w", origin, err)
 	}
@@ -485,6 +491,7 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 	defer s.types.close()
 	began := time.Now()
 	err = s.loop(ctx)
+	s.noteRefusal()
 	// Progress is what PostgreSQL was told: the position a session reached
 	// without telling it (a keepalive's, before decoding failed) is where
 	// the next session starts again.

@@ -68,7 +68,7 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 		return err
 	}
 	defer rc.Close(context.Background())
-	origin, err := r.identifyOrigin(ctx, rc)
+	origin, _, err := r.identifyOrigin(ctx, rc)
 	if err != nil {
 		return err
 	}

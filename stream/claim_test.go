@@ -187,6 +187,50 @@ func TestPublisherFits(t *testing.T) {
 	}
 }
 
+// TestPublisherFitsStreamLimit: with the stream's max_msg_size, Fits
+// counts headers and data as JetStream does: the largest message it takes
+// is stored, one byte more is refused by the stream.
+func TestPublisherFitsStreamLimit(t *testing.T) {
+	n := natstest.StartStock(t)
+	ctx := ctxFor(t)
+	st, err := stream.EnsureStream(ctx, n.JS, stream.StreamConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.MaxMsgSize = 4096
+	if _, err := n.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	const id, origin = "00000000016B3748-0003", "7312345678901234567/1/shop/tablecast_shop"
+	limit := 4096 - stream.MessageHeaderSize(id) - len(stream.OriginHeader+": "+origin+"\r\n")
+	for _, size := range []int{limit, limit + 1} {
+		p, err := stream.NewPublisher(n.NC, n.JS, 8, nil, stream.WithHeader(stream.OriginHeader, origin), stream.WithMaxMessageSize(4096))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := p.Fits(id, size), size == limit; got != want {
+			t.Fatalf("Fits(%d) = %v, want %v", size, got, want)
+		}
+		if _, err := p.Publish(ctx, "tablecast.x.y.z.create", id, make([]byte, size)); err != nil {
+			t.Fatal(err)
+		}
+		waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		for p.Acked() < 1 && p.Err() == nil && waitCtx.Err() == nil {
+			select {
+			case <-p.Progress():
+			case <-p.Failed():
+			case <-waitCtx.Done():
+			}
+		}
+		cancel()
+		if stored := p.Acked() == 1; stored != (size == limit) {
+			t.Fatalf("a message of %d bytes and headers: stored %v (err %v), want %v", size, stored, p.Err(), size == limit)
+		}
+		p.Close()
+	}
+}
+
 // TestDeadLetterStream: the dead-letter stream sits beside the event
 // stream, on subjects outside "<prefix>.>".
 func TestDeadLetterStream(t *testing.T) {

@@ -102,6 +102,20 @@ func WithStream(name string) PublisherOption {
 	}
 }
 
+// WithMaxMessageSize is the largest message, headers and data, the stream
+// stores (its max_msg_size, which an operator may set below the server's
+// maximum payload): Fits reports a larger message as not fitting, so that
+// the caller sends it another way (a claim) instead of having the stream
+// refuse it, again at every retry. Default (0 or negative): only the
+// server's maximum payload limits a message.
+func WithMaxMessageSize(n int64) PublisherOption {
+	return func(p *Publisher) {
+		if n > 0 {
+			p.maxMsgSize = n
+		}
+	}
+}
+
 // WithHeader adds a header with the same value to every message, such as
 // the origin of a CDC reader's events. The name must be a valid header name
 // (no white space or ':') and neither Nats-Msg-Id nor a NATS or JetStream
@@ -225,6 +239,7 @@ type Publisher struct {
 	stream                   string      // see WithStream; learnt from the first ack if empty
 	extra                    [][2]string // see WithHeader
 	extraSize                int         // what the WithHeader and WithFence headers add to a message's headers
+	maxMsgSize               int64       // see WithMaxMessageSize; 0 without a limit of the stream
 	fenceSubjects, fenceSeqs []string    // see WithFence, WithFenceRing
 	// The values of the fence headers in header and headerNoID: each
 	// message's fence of the ring is written into them before it is sent.
@@ -507,8 +522,9 @@ func (p *Publisher) setFence(n uint64) {
 // Fits reports whether a message of n bytes with Nats-Msg-Id msgID fits in
 // one NATS message: its data and headers (the WithHeader ones included)
 // within the server's maximum payload, as the connection last learnt it (it
-// follows reconnects to other servers). A message that does not fit would
-// fail the Publisher.
+// follows reconnects to other servers), and within the stream's largest
+// message (WithMaxMessageSize). A message that does not fit would fail the
+// Publisher.
 func (p *Publisher) Fits(msgID string, n int) bool {
 	h := MessageHeaderSize(msgID)
 	if p.extraSize > 0 {
@@ -517,7 +533,11 @@ func (p *Publisher) Fits(msgID string, n int) bool {
 		}
 		h += p.extraSize
 	}
-	return int64(n+h) <= p.nc.MaxPayload()
+	limit := p.nc.MaxPayload()
+	if p.maxMsgSize > 0 {
+		limit = min(limit, p.maxMsgSize)
+	}
+	return int64(n+h) <= limit
 }
 
 // MessageHeaderSize is the size of the headers Publish sends with a message
@@ -873,6 +893,27 @@ func (p *Publisher) Watermark() Watermark {
 		return Watermark{}
 	}
 	return Watermark{N: p.acked, StreamSeq: p.ackedStream, At: p.start.Add(time.Duration(p.ackedAt))}
+}
+
+// StoredPastWatermark reports whether JetStream acknowledged a message
+// beyond the first one it has not acknowledged. It stores a connection's
+// messages in order, but goes on after one it refused, or failed to write
+// without a word (a full disk): the stream then holds a gap, and its last
+// message says nothing of the ones before it.
+func (p *Publisher) StoredPastWatermark() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, b := range p.batches {
+		if b.first > p.acked+1 && b.through > 0 {
+			return true
+		}
+	}
+	for n := p.acked + 2; n <= p.sent; n++ {
+		if p.ring[n&p.mask].acked {
+			return true
+		}
+	}
+	return false
 }
 
 // InFlight returns how many messages have been sent and are not yet under

@@ -28,16 +28,23 @@ type LastWithHeader struct {
 	Seq   uint64
 	// Scanned counts the messages read.
 	Scanned int
+	// Refused counts the messages carrying the header value that accept
+	// refused or that had no Nats-Msg-Id.
+	Refused int
 }
 
 // ScanLastWithHeader reads the headers (never the payloads) of the messages
 // of stream streamName from sequence from to sequence to, both included, on
 // the subjects matching one of filters (every subject when there is none),
-// and returns the last of them whose header key is value. It reads through
+// and returns the last of them whose header key is value and whose
+// Nats-Msg-Id accept takes (nil takes any). A message with the header value
+// and no Nats-Msg-Id is never taken: whoever shares the stream may copy a
+// header (a service forwarding events), and such a copy must not hide the
+// last message of the header's owner. It reads through
 // a short-lived consumer of its own, deleted when it returns; messages
 // stored beyond to while it runs are not read. It stops with ctx's error
 // once ctx ends, between two messages.
-func ScanLastWithHeader(ctx context.Context, js jetstream.JetStream, streamName string, from, to uint64, filters []string, key, value string) (LastWithHeader, error) {
+func ScanLastWithHeader(ctx context.Context, js jetstream.JetStream, streamName string, from, to uint64, filters []string, key, value string, accept func(msgID string) bool) (LastWithHeader, error) {
 	var out LastWithHeader
 	if from == 0 {
 		from = 1
@@ -108,7 +115,11 @@ func ScanLastWithHeader(ctx context.Context, js jetstream.JetStream, streamName 
 			}
 			out.Scanned++
 			if h := m.Headers(); h.Get(key) == value {
-				out.MsgID, out.Seq = h.Get(msgIDHeader), md.Sequence.Stream
+				if id := h.Get(msgIDHeader); id != "" && (accept == nil || accept(id)) {
+					out.MsgID, out.Seq = id, md.Sequence.Stream
+				} else {
+					out.Refused++
+				}
 			}
 			pending = md.NumPending
 			if md.Sequence.Stream == to {

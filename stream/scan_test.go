@@ -65,7 +65,7 @@ func TestScanLastWithHeader(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := ScanLastWithHeader(testContext(t), js, DefaultStreamName, tt.from, tt.to, tt.filters, OriginHeader, ours)
+			got, err := ScanLastWithHeader(testContext(t), js, DefaultStreamName, tt.from, tt.to, tt.filters, OriginHeader, ours, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -73,6 +73,18 @@ func TestScanLastWithHeader(t *testing.T) {
 				t.Fatalf("scan %d..%d = %+v, want id %q at %d", tt.from, tt.to, got, tt.wantID, tt.wantSeq)
 			}
 		})
+	}
+	// Copies of the header by another client (without an id, or with one
+	// the caller does not take) do not hide the last message of ours.
+	noID := publish("tablecast.topic.forwarded", ours, "")
+	publish("tablecast.topic.forwarded", ours, "forwarded-1")
+	got, err := ScanLastWithHeader(testContext(t), js, DefaultStreamName, ourTopic, noID+1, filters, OriginHeader, ours,
+		func(id string) bool { return id != "forwarded-1" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.MsgID != "00000000FFFFFFFF-0003" || got.Seq != ourTopic || got.Refused != 2 {
+		t.Fatalf("scan with copies of the header = %+v, want id 00000000FFFFFFFF-0003 at %d, 2 refused", got, ourTopic)
 	}
 	// The scan leaves no consumer behind.
 	s, err := js.Stream(testContext(t), DefaultStreamName)
@@ -137,7 +149,7 @@ func TestScanLastWithHeaderStopsWithContext(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(testContext(t))
 	defer cancel()
-	got, err := ScanLastWithHeader(ctx, cancellingJS{JetStream: js, cancel: cancel}, DefaultStreamName, 1, last, nil, OriginHeader, "1/1/shop/tablecast")
+	got, err := ScanLastWithHeader(ctx, cancellingJS{JetStream: js, cancel: cancel}, DefaultStreamName, 1, last, nil, OriginHeader, "1/1/shop/tablecast", nil)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("scan = %+v, %v; want context.Canceled", got, err)
 	}
@@ -186,7 +198,7 @@ func BenchmarkScanLastWithHeader(b *testing.B) {
 	waitFor(b, time.Minute, "every message stored", func() bool { return ours.Acked()+theirs.Acked() == msgs })
 	b.ResetTimer()
 	for range b.N {
-		got, err := ScanLastWithHeader(ctx, js, DefaultStreamName, 1, msgs, []string{"tablecast.shop.>", "tablecast.topic.>"}, OriginHeader, "1/1/shop/tablecast")
+		got, err := ScanLastWithHeader(ctx, js, DefaultStreamName, 1, msgs, []string{"tablecast.shop.>", "tablecast.topic.>"}, OriginHeader, "1/1/shop/tablecast", nil)
 		if err != nil || got.Scanned != msgs {
 			b.Fatalf("scan: %+v, %v", got, err)
 		}
