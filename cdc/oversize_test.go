@@ -135,20 +135,25 @@ func TestOversizeEvents(t *testing.T) {
 }
 
 // TestHealthReportsRepeatedFailures: a reader that cannot get one event
-// into JetStream (here the stream refuses messages over 4 KiB) fails every
-// session at the same place; the slot's lag is small, yet /healthz must
-// turn unhealthy with the reason, and healthy again once the event passes.
+// into JetStream fails every session at the same place; the slot's lag is
+// small, yet /healthz must turn unhealthy with the reason, and healthy
+// again once the event passes. Here the stream keeps one message per
+// subject and refuses new ones (an operator's limit no claim gets round,
+// as one on the size would be).
 func TestHealthReportsRepeatedFailures(t *testing.T) {
 	t.Parallel() // see parallelTests
 	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY, pad text)`)
 	n := &natsEnv{natstest.Start(t)}
 	ctx := context.Background()
-	sc := jetstream.StreamConfig{Name: "TABLECAST", Subjects: []string{testPrefix + ".>"}, Duplicates: 10 * time.Minute, MaxMsgSize: 4096}
+	sc := jetstream.StreamConfig{Name: "TABLECAST", Subjects: []string{testPrefix + ".>"}, Duplicates: 10 * time.Minute,
+		Discard: jetstream.DiscardNew, DiscardNewPerSubject: true, MaxMsgsPerSubject: 1}
 	if _, err := n.JS.CreateStream(ctx, sc); err != nil {
 		t.Fatal(err)
 	}
 	r := startReader(t, db.config(), n)
-	db.exec(t, `INSERT INTO items VALUES (1, repeat('x', 10000))`)
+	db.exec(t, `INSERT INTO items VALUES (1, 'x')`)
+	n.readAll(t, 1, 30*time.Second)
+	db.exec(t, `INSERT INTO items VALUES (2, 'y')`)
 	waitFor(t, 60*time.Second, "unhealthy", func() bool { return !r.Health().Healthy })
 	h := r.Health()
 	reasons := strings.Join(h.Reasons, "; ")
@@ -156,11 +161,11 @@ func TestHealthReportsRepeatedFailures(t *testing.T) {
 		t.Errorf("unhealthy for %q; want it stuck, naming the table and JetStream's refusal", reasons)
 	}
 
-	sc.MaxMsgSize = -1
+	sc.MaxMsgsPerSubject, sc.DiscardNewPerSubject = -1, false
 	if _, err := n.JS.UpdateStream(ctx, sc); err != nil {
 		t.Fatal(err)
 	}
-	n.readAll(t, 1, 60*time.Second)
+	n.readAll(t, 2, 60*time.Second)
 	waitFor(t, 30*time.Second, "healthy again", func() bool { return r.Health().Healthy })
 }
 
