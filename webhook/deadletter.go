@@ -359,7 +359,16 @@ func (d *DeadLetters) Replay(ctx context.Context, endpointID string, seqs ...uin
 
 // requeue queues the dead letter raw for its endpoint's replay and removes
 // it from the dead letters.
+//
+// Once begun, it is finished (within requestTimeout) even if ctx ends
+// meanwhile: a dead letter queued but not removed would be replayed again
+// by the next call, once the duplicate window is past.
 func (d *DeadLetters) requeue(ctx context.Context, str jetstream.Stream, endpointID string, raw *jetstream.RawStreamMsg) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
+	defer cancel()
 	msg := &nats.Msg{Subject: d.ReplaySubject(endpointID), Data: raw.Data, Header: nats.Header{}}
 	for k, v := range raw.Header {
 		msg.Header[k] = v
