@@ -709,16 +709,21 @@ func (g *Gateway) detach(s *sub) {
 		if g.feeds[f.key] == f {
 			delete(g.feeds, f.key)
 		}
+		g.feedDrops.Add(1)
 	}
 	f.mu.Unlock()
 	g.feedMu.Unlock()
 	if stop {
 		name := f.stop()
 		g.met.feeds.Dec()
-		if name != "" {
-			// Not waited for: an unsubscribe is answered at once.
-			go g.dropConsumer(name, "a feed's", feedConsumerIdle)
-		}
+		// Not waited for: an unsubscribe is answered at once. Shutdown
+		// waits for it (feedDrops).
+		go func() {
+			defer g.feedDrops.Add(-1)
+			if name != "" {
+				g.dropConsumer(name, "a feed's", feedConsumerIdle)
+			}
+		}()
 	}
 }
 

@@ -299,6 +299,9 @@ type Gateway struct {
 
 	feedMu sync.Mutex
 	feeds  map[string]*feed
+	// feedDrops counts the feeds a last unsubscribe stopped whose consumer
+	// is being deleted (detach): Shutdown waits for them too.
+	feedDrops atomic.Int64
 
 	hosts      *hosts.Policy
 	handshakes atomic.Int64       // connections whose first request is being read
@@ -631,7 +634,17 @@ func (g *Gateway) Shutdown(ctx context.Context) {
 	g.feedMu.Unlock()
 	g.poll.close()
 	done := make(chan struct{})
-	go func() { g.wg.Wait(); drops.Wait(); close(done) }()
+	go func() {
+		g.wg.Wait()
+		drops.Wait()
+		// Those of connections closed above, which may still be detaching:
+		// a gateway whose process exits once Shutdown returns would leave
+		// them on the server for their idle time.
+		for g.feedDrops.Load() > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		close(done)
+	}()
 	select {
 	case <-done:
 	case <-ctx.Done():
