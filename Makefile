@@ -36,10 +36,11 @@ vet:
 
 # Every test, with the race detector, against real PostgreSQL clusters (each
 # test package starts its own) and in-process NATS servers. TESTP packages at
-# a time (Go's default: one per core). Three did not help on two cores (13
-# min against 12.5 with two, 2026-12-05): the heavy packages slow each other
-# and timing-sensitive tests get flaky.
-TESTP ?= 2
+# a time. Many tests wait on timers and servers, and two at a time left the
+# two cores 40% idle: on 2026-12-06 the same tree took 9 min 46 s and
+# 10 min 10 s with two, 7 min 56 s with three. (On 2026-12-05, when the
+# packages were slower, three had not helped: 13 min against 12.5.)
+TESTP ?= 3
 test: vet
 	@scripts/pg.sh install
 	@scripts/test-tools.sh install
