@@ -295,19 +295,23 @@ type refusedRange struct{ from, through uint64 }
 
 // noteRefusal records, when the session's publisher failed in a way that
 // may have left a gap, where the gap may lie (Reader.unsure): JetStream
-// refused a message (or found no stream for its subject) with later ones
-// sent, which it may store, or it acknowledged a message beyond one it
-// never answered (a write that failed silently). The last message of ours
-// the stream holds then says nothing of the messages before it. A session
-// that merely waited too long for acknowledgements (a slow or paused
-// server) leaves no gap: settle lets the server store what it holds, in
-// order, before the next session reads the stream.
+// refused a message with later ones sent, which it may store, or it
+// acknowledged a message beyond one it never answered (a write that failed
+// silently). The last message of ours the stream holds then says nothing
+// of the messages before it. A session that merely waited too long for
+// acknowledgements (a slow or paused server) leaves no gap: settle lets
+// the server store what it holds, in order, before the next session reads
+// the stream. Nor does one that found no stream answering (no responders):
+// that is a replicated stream electing its leader, and the messages sent
+// after it find none either; taken for a gap, every failover would publish
+// again what the old leader had stored, after the duplicate window
+// (TestSoakNATSClusterNodeLoss stored 234 events twice).
 func (s *session) noteRefusal() {
 	err := s.pub.Err()
 	if err == nil || errors.Is(err, stream.ErrFenced) {
 		return
 	}
-	refused := errors.Is(err, stream.ErrNegativeAck) || errors.Is(err, stream.ErrNoStream)
+	refused := errors.Is(err, stream.ErrNegativeAck)
 	if !(refused && s.pub.InFlight() > 1) && !s.pub.StoredPastWatermark() {
 		return
 	}
