@@ -22,11 +22,14 @@ import (
 //	go test -run='^$' -bench=StoreCosts -benchtime=300000x ./stream/
 func BenchmarkStoreCosts(b *testing.B) {
 	for _, c := range []struct {
-		name        string
-		ids, fenced bool
-	}{{"plain", false, false}, {"ids", true, false}, {"fence", false, true}, {"ids+fence", true, true}} {
+		name               string
+		ids, fenced, async bool
+	}{{"plain", false, false, false}, {"ids", true, false, false}, {"fence", false, true, false}, {"ids+fence", true, true, false}, {"ids+fence+async", true, true, true}} {
 		b.Run(c.name, func(b *testing.B) {
 			nc, js := benchSetup(b)
+			if c.async {
+				setAsyncPersist(b, js)
+			}
 			opts := []PublisherOption{WithBatches(ControlSubject(""))}
 			if c.fenced {
 				opts = append(opts, WithFence(FenceSubject("", "slot"), 0))
@@ -162,5 +165,28 @@ func BenchmarkAtomicBatchCosts(b *testing.B) {
 				b.Fatalf("stream holds %d messages, want %d", got, b.N)
 			}
 		})
+	}
+}
+
+// setAsyncPersist switches the stream to JetStream's asynchronous
+// persistence (persist_mode async, nats-server 2.12+): a message is
+// acknowledged once in the store's memory, written to its file by a
+// flusher a few milliseconds later. The reader does not use it (see the
+// README's performance section); the case measures what it would save.
+func setAsyncPersist(b *testing.B, js jetstream.JetStream) {
+	b.Helper()
+	ctx := context.Background()
+	s, err := js.Stream(ctx, DefaultStreamName)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.PersistMode = jetstream.AsyncPersistMode
+	// The mode is chosen when a stream is created, not changed after.
+	if err := js.DeleteStream(ctx, cfg.Name); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		b.Fatalf("switch the stream to async persistence: %v", err)
 	}
 }
