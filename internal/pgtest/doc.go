@@ -40,6 +40,7 @@
 //	postgres://postgres@127.0.0.1:PORT/DATABASE?sslmode=disable
 //
 // Settings: wal_level=logical, 64 replication slots and WAL senders, 200 connections,
+// 16 prepared transactions,
 // time zone UTC, and fsync, synchronous_commit and full_page_writes off: a test cluster
 // is thrown away after a crash, so durability only costs time. initdb and start take
 // about a second. The settings sit in a file of their own included by

@@ -150,6 +150,8 @@ wal_level = logical
 max_replication_slots = 64
 max_wal_senders = 64
 max_connections = 200
+# Two-phase commit, so that tests can prepare transactions.
+max_prepared_transactions = 16
 # A throwaway test cluster: crash safety buys nothing here, speed does.
 fsync = off
 synchronous_commit = off
