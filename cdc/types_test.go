@@ -88,6 +88,14 @@ func TestColumnTypes(t *testing.T) {
 		{"timestamptz_array", "timestamptz[]", `'{"2026-11-22 07:00:00.25+00",infinity}'`, `["2026-11-22T07:00:00.25Z","infinity"]`},
 		{"point_array", "point[]", `ARRAY['(1,2)'::point]`, `["(1,2)"]`},
 		{"box_array", "box[]", `ARRAY['(1,1),(0,0)'::box, '(3,3),(2,2)']`, `["(1,1),(0,0)","(3,3),(2,2)"]`},
+		// built-in arrays pgx has no codec for are JSON arrays too
+		{"timetz_array", "timetz[]", `'{07:00:00+05:30,NULL}'`, `["07:00:00+05:30",null]`},
+		{"macaddr8_array", "macaddr8[]", `'{08:00:2b:01:02:03:04:05}'`, `["08:00:2b:01:02:03:04:05"]`},
+		{"regclass_array", "regclass[]", `'{pg_class}'`, `["pg_class"]`},
+		{"pg_lsn_array", "pg_lsn[]", `'{0/16B3748}'`, `["0/16B3748"]`},
+		{"tsquery_array", "tsquery[]", `ARRAY['a & b'::tsquery]`, `["'a' & 'b'"]`},
+		{"int4multirange_array", "int4multirange[]", `ARRAY['{[1,3),[5,7)}'::int4multirange]`, `["{[1,3),[5,7)}"]`},
+		{"domain_timetz_array", "tz_list", `'{07:00:00+00}'`, `["07:00:00+00"]`},
 		// user-defined types: by the built-in type they stand for
 		{"enum", "mood", `'happy'`, `"happy"`},
 		{"enum_array", "mood[]", `'{happy,so-so,NULL}'`, `["happy","so-so",null]`},
@@ -119,6 +127,7 @@ func TestColumnTypes(t *testing.T) {
 		`CREATE DOMAIN small_posint AS posint CHECK (VALUE < 100)`,
 		`CREATE DOMAIN amount AS numeric(12,2)`,
 		`CREATE DOMAIN int_list AS int[]`,
+		`CREATE DOMAIN tz_list AS timetz[]`,
 		`CREATE DOMAIN happy_mood AS mood`,
 		`CREATE DOMAIN doc AS jsonb`,
 		`CREATE DOMAIN stamp AS timestamptz`,
