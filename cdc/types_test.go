@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // TestColumnTypes: a row with one column per type, built-in and
@@ -57,6 +59,12 @@ func TestColumnTypes(t *testing.T) {
 		{"json", "json", `'{"a" : [1, 2],  "b":null}'`, `{"a" : [1, 2],  "b":null}`},
 		{"jsonb", "jsonb", `'{"b": 1, "a": [true, null]}'`, `{"a": [true, null], "b": 1}`},
 		{"jsonb_string", "jsonb", `'"x\u00e9"'`, `"xé"`},
+		// nested as deeply as JSON readers take inside an event (and the
+		// gateway's frames): embedded; deeper, the string of its text,
+		// since embedded it made an event encoding/json refuses
+		{"jsonb_deep", "jsonb", deepJSON(schema.MaxEmbeddedJSONDepth, "'"), deepJSON(schema.MaxEmbeddedJSONDepth, "")},
+		{"jsonb_too_deep", "jsonb", deepJSON(schema.MaxEmbeddedJSONDepth+1, "'"), deepJSON(schema.MaxEmbeddedJSONDepth+1, `"`)},
+		{"json_too_deep", "json", deepJSON(9999, "'"), deepJSON(9999, `"`)},
 		// dates and times: RFC 3339 for timestamps, with their precision
 		{"date", "date", `'2026-11-22'`, `"2026-11-22"`},
 		{"time", "time", `'07:00:00.123456'`, `"07:00:00.123456"`},
@@ -172,6 +180,11 @@ func TestColumnTypes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// deepJSON returns nested empty arrays, depth levels deep, between quotes.
+func deepJSON(depth int, quote string) string {
+	return quote + strings.Repeat("[", depth) + strings.Repeat("]", depth) + quote
 }
 
 // TestNames: schema, table and column names that need quoting in SQL and

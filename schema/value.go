@@ -243,11 +243,23 @@ func skipDigits(b []byte, i int) int {
 	return i
 }
 
+// MaxEmbeddedJSONDepth is how deeply a json or jsonb value may nest to be
+// embedded in an event; a deeper one is written as the string of its text.
+// PostgreSQL accepts values nested some 15,000 levels deep, but encoding/json
+// (and the gateway, which reads as it does) refuses a document deeper than
+// jsonx.MaxDepth (10,000), and the value is not the document: the event
+// and its "data" hold it in two more levels, the dimensions of a json[]
+// array (at most 6) in as many more, and the gateway's frames (a
+// transaction batch's event, in its "events" array, in the frame) in three
+// more. Embedded that deep, a value of 9,999 levels made an event no JSON
+// reader of that limit could parse.
+const MaxEmbeddedJSONDepth = jsonx.MaxDepth - 16
+
 // appendJSON embeds a json or jsonb value as it is. PostgreSQL validated it
 // on input; the check here keeps the envelope valid should anything else
-// arrive.
+// arrive, and within the depth JSON readers take.
 func appendJSON(dst, text []byte) []byte {
-	if jsonx.Valid(text) && utf8.Valid(text) {
+	if jsonx.ValidNested(text, MaxEmbeddedJSONDepth) && utf8.Valid(text) {
 		return append(dst, text...)
 	}
 	return jsonx.AppendStringBytes(dst, text)
