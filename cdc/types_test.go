@@ -113,6 +113,9 @@ func TestColumnTypes(t *testing.T) {
 		{"domain_numeric", "amount", `19.9`, `"19.90"`},
 		{"domain_array", "posint[]", `'{1,2,NULL}'`, `[1,2,null]`},
 		{"domain_of_array", "int_list", `'{{1,2},{3,4}}'`, `[[1,2],[3,4]]`},
+		// an array of a domain over an array: the elements' text forms,
+		// as the README says
+		{"array_of_domain_of_array", "int_list[]", `'{"{1,2}","{3}"}'`, `["{1,2}","{3}"]`},
 		{"domain_of_enum", "happy_mood", `'sad'`, `"sad"`},
 		{"domain_jsonb", "doc", `'{"k": [1]}'`, `{"k": [1]}`},
 		{"domain_timestamptz_array", "stamp[]", `ARRAY['2026-11-22 07:00:00+00'::timestamptz]`, `["2026-11-22T07:00:00Z"]`},
