@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // TestTransactionalOutbox: pg_logical_emit_message(true, 'tablecast:<topic>',
@@ -86,5 +89,37 @@ func TestHeartbeat(t *testing.T) {
 	})
 	if msgs := n.fetch(t); len(msgs) != 0 {
 		t.Fatalf("heartbeats were published: %d messages", len(msgs))
+	}
+}
+
+// TestOutboxMessageNotJSONText: content that parses as JSON but is not
+// JSON text (invalid UTF-8, which RFC 8259 excludes and WebSocket text
+// frames refuse, or nested deeper than JSON readers take once the gateway
+// wraps it in a frame) is carried as a JSON string, as other content that
+// is not JSON is, rather than published as it is.
+func TestOutboxMessageNotJSONText(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t)
+	n := startNATS(t)
+	startReader(t, db.config(), n)
+
+	db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast:bin', '\x2261ff6222'::bytea)`) // "a\xffb"
+	deep := strings.Repeat("[", schema.MaxEmbeddedJSONDepth+1) + strings.Repeat("]", schema.MaxEmbeddedJSONDepth+1)
+	db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast:deep', $1::text)`, deep)
+	ok := strings.Repeat("[", schema.MaxEmbeddedJSONDepth) + strings.Repeat("]", schema.MaxEmbeddedJSONDepth)
+	db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast:deep', $1::text)`, ok)
+
+	n.waitCount(t, 3, 15*time.Second)
+	msgs := n.ReadAll(t, "TABLECAST")
+	if len(msgs) != 3 {
+		t.Fatalf("stream holds %d messages, want 3", len(msgs))
+	}
+	for i, want := range []string{`"\"a\ufffdb\""`, `"` + deep + `"`, ok} {
+		if got := string(msgs[i].Data); got != want {
+			t.Errorf("message %d on %s: %.80q, want %.80q", i, msgs[i].Subject, got, want)
+		}
+		if !utf8.Valid(msgs[i].Data) {
+			t.Errorf("message %d is not valid UTF-8", i)
+		}
 	}
 }

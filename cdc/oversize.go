@@ -108,40 +108,75 @@ func (r *Reader) publishChange(ctx context.Context, pub *stream.Publisher, subje
 // a claim when it is within MaxEventBytes (e.buf holds it then), else
 // truncated, with a dead-letter record.
 func (r *Reader) publishOversize(ctx context.Context, pub *stream.Publisher, subject, id string, tbl *schema.Table, txn *schema.Txn, c *schema.Change, e *eventBuf, size int) (uint64, error) {
-	e.head = schema.AppendEventHead(e.head[:0], r.db, tbl, txn, c)
+	// The key is most often a few bytes, but a table whose key is every
+	// column (REPLICA IDENTITY FULL without a primary key or unique index)
+	// has the whole row as its key: then the envelope may not fit in a
+	// message even without the rows, and NATS would refuse it at every
+	// attempt, stopping the stream there. Such a message leaves the key
+	// out and says so.
+	e.head = schema.AppendEventHeadWithoutKey(e.head[:0], r.db, tbl, txn, c)
+	top := len(e.head)
+	e.head = append(e.head, `,"key":`...)
+	e.head = schema.AppendEventKey(e.head, tbl, c)
+	keyLen := len(e.head) - top - len(`,"key":`)
+	withoutKey := func() {
+		e.head = append(e.head[:top], `,"`+keyLeftOutMember+`":true`...)
+	}
 	if size <= r.cfg.MaxEventBytes {
 		// The object first: the stream never holds a claim to nothing.
 		claim, err := r.storePayload(ctx, id, e.buf)
 		if err != nil {
 			return 0, err
 		}
-		e.head = append(e.head, `,"`+stream.ClaimMember+`":`...)
-		e.head = stream.AppendClaim(e.head, claim)
-		e.head = append(e.head, '}')
+		claimed := func() {
+			e.head = append(e.head, `,"`+stream.ClaimMember+`":`...)
+			e.head = stream.AppendClaim(e.head, claim)
+			e.head = append(e.head, '}')
+		}
+		claimed()
+		if !pub.Fits(id, len(e.head)) {
+			// The object holds the event, key included.
+			withoutKey()
+			claimed()
+			r.log.Warn("the key of an event stored as an object is too large for a message: its claim leaves the key out",
+				"table", tbl.QualifiedName(), "id", id, "key_bytes", keyLen, "max_payload", r.nc.MaxPayload())
+		}
 		r.m.oversize.WithLabelValues("claim").Inc()
 		r.log.Debug("event larger than NATS's maximum payload stored as an object; the stream carries its claim",
 			"table", tbl.QualifiedName(), "id", id, "size", size, "max_payload", r.nc.MaxPayload())
 		return pub.Publish(ctx, subject, id, e.head)
 	}
 
-	key := schema.AppendEventKey(nil, tbl, c)
 	reason := "event of " + strconv.Itoa(size) + " bytes is larger than the reader's limit of " + strconv.Itoa(r.cfg.MaxEventBytes) +
 		" bytes: published without data, old and unchanged"
-	record := append([]byte(nil), e.head...)
-	record = append(record, `,"size":`...)
-	record = strconv.AppendInt(record, int64(size), 10)
-	record = append(record, `,"reason":`...)
-	record = jsonx.AppendString(record, reason)
-	record = append(record, '}')
+	recordTail := append([]byte(nil), `,"size":`...)
+	recordTail = strconv.AppendInt(recordTail, int64(size), 10)
+	recordTail = append(recordTail, `,"reason":`...)
+	recordTail = jsonx.AppendString(recordTail, reason)
+	recordTail = append(recordTail, '}')
+	const truncated = `,"truncated":true}`
+	// The dead-letter record goes to the same server, under the same
+	// maximum payload, so the larger of the two decides.
+	keyLogged := "(left out: " + strconv.Itoa(keyLen) + " bytes)"
+	if pub.Fits(id, len(e.head)+max(len(recordTail), len(truncated))) {
+		keyLogged = string(e.head[len(e.head)-keyLen:])
+	} else {
+		withoutKey()
+	}
+	record := append(append([]byte(nil), e.head...), recordTail...)
 	if err := r.publishDeadLetter(ctx, stream.DeadLetterSubject(r.prefix, r.db, tbl.Schema, tbl.Name), id, record); err != nil {
 		return 0, err
 	}
 	r.log.Warn("event larger than the reader's limit published without its rows; the dead-letter stream has a record of it",
-		"table", tbl.QualifiedName(), "key", string(key), "id", id, "size", size, "limit", r.cfg.MaxEventBytes)
-	e.head = append(e.head, `,"truncated":true}`...)
+		"table", tbl.QualifiedName(), "key", keyLogged, "id", id, "size", size, "limit", r.cfg.MaxEventBytes)
+	e.head = append(e.head, truncated...)
 	r.m.oversize.WithLabelValues("truncated").Inc()
 	return pub.Publish(ctx, subject, id, e.head)
 }
+
+// keyLeftOutMember is the envelope member that says a claim or a truncated
+// event has no "key" because the key alone does not fit in a message.
+const keyLeftOutMember = "key_left_out"
 
 // deadLetterTopicMessage records, instead of publishing it, a custom topic
 // message too large for one NATS message: its content is stored as an

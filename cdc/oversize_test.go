@@ -3,6 +3,7 @@ package cdc
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -254,4 +255,94 @@ func TestStreamMaxMessageSize(t *testing.T) {
 	if !r.log.contains("published again") {
 		t.Error("no warning that the events after the refused one are published again")
 	}
+}
+
+// TestOversizeKeyOfEveryColumn: a table without a primary key under
+// REPLICA IDENTITY FULL has every column as its key, so a row too large
+// for NATS has a key too large for NATS as well. Its claim (and, past the
+// reader's limit, its truncated event and dead-letter record) must still
+// fit in a message, leaving the key out and saying so, rather than be
+// refused by NATS at every attempt, which stopped the reader at that row
+// for good. A key that fits stays.
+func TestOversizeKeyOfEveryColumn(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t, `CREATE TABLE blobs (body text)`, `ALTER TABLE blobs REPLICA IDENTITY FULL`)
+	n := startStockNATS(t)
+	cfg := db.config()
+	cfg.MaxEventBytes = 8 << 20
+	r := startReader(t, cfg, n)
+
+	db.exec(t, `INSERT INTO blobs VALUES (repeat('k', 1500000))`) // key of 1.5 MB: claim without key
+	db.exec(t, `INSERT INTO blobs VALUES (repeat('f', 400000))`)  // key and data: 0.8 MB, whole
+	// key, data and old: 1.2 MB, a claim whose key of 0.4 MB fits
+	db.exec(t, `UPDATE blobs SET body = repeat('g', 400000) WHERE body LIKE 'f%'`)
+	db.exec(t, `INSERT INTO blobs VALUES (repeat('z', 5000000))`) // past the limit: truncated without key
+	db.exec(t, `INSERT INTO blobs VALUES ('small')`)
+
+	evs := n.readAll(t, 5, 60*time.Second)
+	if len(evs) != 5 {
+		t.Fatalf("stream holds %d messages, want 5", len(evs))
+	}
+	wants := []struct {
+		op                string
+		body              string
+		keyLeftOut, claim bool
+		truncated         bool
+	}{
+		{"create", strings.Repeat("k", 1500000), true, true, false},
+		{"create", strings.Repeat("f", 400000), false, false, false},
+		{"update", strings.Repeat("g", 400000), false, true, false},
+		{"create", "", true, false, true},
+		{"create", "small", false, false, false},
+	}
+	for i, w := range wants {
+		e := evs[i]
+		var raw map[string]json.RawMessage
+		if err := json.Unmarshal(e.Raw, &raw); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		_, hasKey := raw["key"]
+		_, hasClaim := raw["claim"]
+		leftOut := string(raw["key_left_out"]) == "true"
+		truncated := string(raw["truncated"]) == "true"
+		if e.Op != w.op || hasKey == w.keyLeftOut || leftOut != w.keyLeftOut || hasClaim != w.claim || truncated != w.truncated {
+			t.Errorf("message %d: %.300s; want op %s key_left_out %v claim %v truncated %v", i, e.Raw, w.op, w.keyLeftOut, w.claim, w.truncated)
+			continue
+		}
+		full := e
+		if w.claim {
+			if err := json.Unmarshal(resolve(t, n, e.Raw), &full); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if w.truncated {
+			continue
+		}
+		// The event itself (resolved) always carries its key.
+		if full.Data["body"] != w.body || full.Key["body"] != firstNonEmpty(full.Old["body"], w.body) {
+			t.Errorf("message %d resolves to a body of %d bytes and a key of %d; want %d bytes and the key of the row", i,
+				len(fmt.Sprint(full.Data["body"])), len(fmt.Sprint(full.Key["body"])), len(w.body))
+		}
+	}
+	dl := n.ReadAll(t, "TABLECAST_DEADLETTER")
+	if len(dl) != 1 {
+		t.Fatalf("dead-letter stream holds %d records, want 1", len(dl))
+	}
+	var rec map[string]json.RawMessage
+	if err := json.Unmarshal(dl[0].Data, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if _, hasKey := rec["key"]; hasKey || string(rec["key_left_out"]) != "true" || string(rec["id"]) != `"`+evs[3].ID+`"` {
+		t.Errorf("dead-letter record %.300s: want the event's id and key_left_out instead of its key", dl[0].Data)
+	}
+	if h := r.Health(); !h.Healthy {
+		t.Errorf("unhealthy: %v", h.Reasons)
+	}
+}
+
+func firstNonEmpty(v any, s string) any {
+	if v != nil {
+		return v
+	}
+	return s
 }

@@ -3,7 +3,6 @@ package cdc
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -870,10 +870,14 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 		return nil
 	}
 	s.buf = s.buf[:0]
-	if json.Valid(m.Content) {
+	// JSON text is UTF-8 (the bytea form of pg_logical_emit_message takes
+	// any bytes, which json.Valid does not check), and the gateway holds
+	// a message one level down in its frames: what is not JSON text, or
+	// nests too deeply to be embedded, is carried as a JSON string, as a
+	// json column's value would be, rather than lost or published broken.
+	if jsonx.ValidNested(m.Content, schema.MaxEmbeddedJSONDepth) && utf8.Valid(m.Content) {
 		s.buf = append(s.buf, m.Content...)
 	} else {
-		// Not JSON: carried as a JSON string rather than lost.
 		s.buf = jsonx.AppendStringBytes(s.buf, m.Content)
 	}
 	s.ids = s.txn.AppendID(s.ids[:0], s.ordinal)

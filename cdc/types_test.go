@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // TestColumnTypes: a row with one column per type, built-in and
@@ -57,6 +59,12 @@ func TestColumnTypes(t *testing.T) {
 		{"json", "json", `'{"a" : [1, 2],  "b":null}'`, `{"a" : [1, 2],  "b":null}`},
 		{"jsonb", "jsonb", `'{"b": 1, "a": [true, null]}'`, `{"a": [true, null], "b": 1}`},
 		{"jsonb_string", "jsonb", `'"x\u00e9"'`, `"xé"`},
+		// nested as deeply as JSON readers take inside an event (and the
+		// gateway's frames): embedded; deeper, the string of its text,
+		// since embedded it made an event encoding/json refuses
+		{"jsonb_deep", "jsonb", deepJSON(schema.MaxEmbeddedJSONDepth, "'"), deepJSON(schema.MaxEmbeddedJSONDepth, "")},
+		{"jsonb_too_deep", "jsonb", deepJSON(schema.MaxEmbeddedJSONDepth+1, "'"), deepJSON(schema.MaxEmbeddedJSONDepth+1, `"`)},
+		{"json_too_deep", "json", deepJSON(9999, "'"), deepJSON(9999, `"`)},
 		// dates and times: RFC 3339 for timestamps, with their precision
 		{"date", "date", `'2026-11-22'`, `"2026-11-22"`},
 		{"time", "time", `'07:00:00.123456'`, `"07:00:00.123456"`},
@@ -88,6 +96,14 @@ func TestColumnTypes(t *testing.T) {
 		{"timestamptz_array", "timestamptz[]", `'{"2026-11-22 07:00:00.25+00",infinity}'`, `["2026-11-22T07:00:00.25Z","infinity"]`},
 		{"point_array", "point[]", `ARRAY['(1,2)'::point]`, `["(1,2)"]`},
 		{"box_array", "box[]", `ARRAY['(1,1),(0,0)'::box, '(3,3),(2,2)']`, `["(1,1),(0,0)","(3,3),(2,2)"]`},
+		// built-in arrays pgx has no codec for are JSON arrays too
+		{"timetz_array", "timetz[]", `'{07:00:00+05:30,NULL}'`, `["07:00:00+05:30",null]`},
+		{"macaddr8_array", "macaddr8[]", `'{08:00:2b:01:02:03:04:05}'`, `["08:00:2b:01:02:03:04:05"]`},
+		{"regclass_array", "regclass[]", `'{pg_class}'`, `["pg_class"]`},
+		{"pg_lsn_array", "pg_lsn[]", `'{0/16B3748}'`, `["0/16B3748"]`},
+		{"tsquery_array", "tsquery[]", `ARRAY['a & b'::tsquery]`, `["'a' & 'b'"]`},
+		{"int4multirange_array", "int4multirange[]", `ARRAY['{[1,3),[5,7)}'::int4multirange]`, `["{[1,3),[5,7)}"]`},
+		{"domain_timetz_array", "tz_list", `'{07:00:00+00}'`, `["07:00:00+00"]`},
 		// user-defined types: by the built-in type they stand for
 		{"enum", "mood", `'happy'`, `"happy"`},
 		{"enum_array", "mood[]", `'{happy,so-so,NULL}'`, `["happy","so-so",null]`},
@@ -97,6 +113,9 @@ func TestColumnTypes(t *testing.T) {
 		{"domain_numeric", "amount", `19.9`, `"19.90"`},
 		{"domain_array", "posint[]", `'{1,2,NULL}'`, `[1,2,null]`},
 		{"domain_of_array", "int_list", `'{{1,2},{3,4}}'`, `[[1,2],[3,4]]`},
+		// an array of a domain over an array: the elements' text forms,
+		// as the README says
+		{"array_of_domain_of_array", "int_list[]", `'{"{1,2}","{3}"}'`, `["{1,2}","{3}"]`},
 		{"domain_of_enum", "happy_mood", `'sad'`, `"sad"`},
 		{"domain_jsonb", "doc", `'{"k": [1]}'`, `{"k": [1]}`},
 		{"domain_timestamptz_array", "stamp[]", `ARRAY['2026-11-22 07:00:00+00'::timestamptz]`, `["2026-11-22T07:00:00Z"]`},
@@ -119,6 +138,7 @@ func TestColumnTypes(t *testing.T) {
 		`CREATE DOMAIN small_posint AS posint CHECK (VALUE < 100)`,
 		`CREATE DOMAIN amount AS numeric(12,2)`,
 		`CREATE DOMAIN int_list AS int[]`,
+		`CREATE DOMAIN tz_list AS timetz[]`,
 		`CREATE DOMAIN happy_mood AS mood`,
 		`CREATE DOMAIN doc AS jsonb`,
 		`CREATE DOMAIN stamp AS timestamptz`,
@@ -163,6 +183,11 @@ func TestColumnTypes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// deepJSON returns nested empty arrays, depth levels deep, between quotes.
+func deepJSON(depth int, quote string) string {
+	return quote + strings.Repeat("[", depth) + strings.Repeat("]", depth) + quote
 }
 
 // TestNames: schema, table and column names that need quoting in SQL and

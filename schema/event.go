@@ -167,6 +167,15 @@ func AppendEventLimited(dst []byte, db string, tbl *Table, txn *Txn, c *Change, 
 // "unchanged", and without the closing brace. The caller appends what
 // stands for the rows ("claim", "truncated") and the brace.
 func AppendEventHead(dst []byte, db string, tbl *Table, txn *Txn, c *Change) []byte {
+	dst = AppendEventHeadWithoutKey(dst, db, tbl, txn, c)
+	dst = append(dst, `,"key":`...)
+	return AppendEventKey(dst, tbl, c)
+}
+
+// AppendEventHeadWithoutKey is AppendEventHead without "key", for a
+// change whose key alone is too large for a message: the caller says so
+// in the envelope.
+func AppendEventHeadWithoutKey(dst []byte, db string, tbl *Table, txn *Txn, c *Change) []byte {
 	dst = append(dst, '{')
 	dst = append(dst, txn.idPrefix...)
 	dst = appendHex(dst, uint64(c.Ordinal), 4)
@@ -174,10 +183,7 @@ func AppendEventHead(dst []byte, db string, tbl *Table, txn *Txn, c *Change) []b
 	dst = append(dst, c.Op...)
 	dst = append(dst, `",`...)
 	dst = append(dst, tbl.header(db)...)
-	dst = append(dst, txn.tail...)
-
-	dst = append(dst, `,"key":`...)
-	return AppendEventKey(dst, tbl, c)
+	return append(dst, txn.tail...)
 }
 
 // AppendEventKey appends the "key" of a change's event: the key columns

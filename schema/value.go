@@ -167,6 +167,45 @@ var builtinArrays = sync.OnceValue(func() map[uint32]arrayType {
 		}
 		arrays[oid] = arrayType{elem: c.ElementType.OID, delim: delim}
 	}
+	// The built-in arrays pgx has no codec for: without them a timetz[]
+	// or an int4multirange[] would arrive as the string of its literal
+	// rather than as a JSON array. Their elements have no JSON rule of
+	// their own (each is its text form) and all use ','. Built-in OIDs
+	// are fixed in pg_type.dat, the same in every PostgreSQL version
+	// that has the type.
+	for oid, elem := range map[uint32]uint32{
+		775:  774,  // macaddr8[]
+		1006: 22,   // int2vector[]
+		1008: 24,   // regproc[]
+		1013: 30,   // oidvector[]
+		1270: 1266, // timetz[]
+		2201: 1790, // refcursor[]
+		2207: 2202, // regprocedure[]
+		2208: 2203, // regoper[]
+		2209: 2204, // regoperator[]
+		2210: 2205, // regclass[]
+		2211: 2206, // regtype[]
+		2949: 2970, // txid_snapshot[]
+		3221: 3220, // pg_lsn[]
+		3644: 3642, // gtsvector[]
+		3645: 3615, // tsquery[]
+		3735: 3734, // regconfig[]
+		3770: 3769, // regdictionary[]
+		4090: 4089, // regnamespace[]
+		4097: 4096, // regrole[]
+		4192: 4191, // regcollation[]
+		5039: 5038, // pg_snapshot[]
+		6150: 4451, // int4multirange[]
+		6151: 4532, // nummultirange[]
+		6152: 4533, // tsmultirange[]
+		6153: 4534, // tstzmultirange[]
+		6155: 4535, // datemultirange[]
+		6157: 4536, // int8multirange[]
+	} {
+		if _, ok := arrays[oid]; !ok {
+			arrays[oid] = arrayType{elem: elem, delim: ','}
+		}
+	}
 	return arrays
 })
 
@@ -204,11 +243,23 @@ func skipDigits(b []byte, i int) int {
 	return i
 }
 
+// MaxEmbeddedJSONDepth is how deeply a json or jsonb value may nest to be
+// embedded in an event; a deeper one is written as the string of its text.
+// PostgreSQL accepts values nested some 15,000 levels deep, but encoding/json
+// (and the gateway, which reads as it does) refuses a document deeper than
+// jsonx.MaxDepth (10,000), and the value is not the document: the event
+// and its "data" hold it in two more levels, the dimensions of a json[]
+// array (at most 6) in as many more, and the gateway's frames (a
+// transaction batch's event, in its "events" array, in the frame) in three
+// more. Embedded that deep, a value of 9,999 levels made an event no JSON
+// reader of that limit could parse.
+const MaxEmbeddedJSONDepth = jsonx.MaxDepth - 16
+
 // appendJSON embeds a json or jsonb value as it is. PostgreSQL validated it
 // on input; the check here keeps the envelope valid should anything else
-// arrive.
+// arrive, and within the depth JSON readers take.
 func appendJSON(dst, text []byte) []byte {
-	if jsonx.Valid(text) && utf8.Valid(text) {
+	if jsonx.ValidNested(text, MaxEmbeddedJSONDepth) && utf8.Valid(text) {
 		return append(dst, text...)
 	}
 	return jsonx.AppendStringBytes(dst, text)

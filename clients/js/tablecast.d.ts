@@ -108,7 +108,7 @@ export interface RowEvent<R extends object = Row> {
   lsn: string;
   xid: number;
   commit_time: string;
-  /** The row's identity (primary key columns); {} for a truncate. */
+  /** The row's identity (primary key columns); {} for a truncate. Absent only with key_left_out. */
   key: Partial<R>;
   /** The new row (create, update, read). */
   data?: R;
@@ -120,6 +120,8 @@ export interface RowEvent<R extends object = Row> {
   claim?: { bucket: string; object: string; size: number };
   /** An event larger than the reader's limit: published without its rows. */
   truncated?: true;
+  /** A claim or truncated event whose key alone is too large for one NATS message: it has no key. */
+  key_left_out?: true;
 }
 
 /** A table subscription's event: `{"type":"event","id":"s1","seq":1235,"event":{…}}`. */

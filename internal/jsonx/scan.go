@@ -185,6 +185,15 @@ func Valid(b []byte) bool {
 	return err == nil && SkipSpace(b, end) == len(b)
 }
 
+// ValidNested is Valid for a value nesting at most limit containers: one
+// to be embedded that deep in another document, which must itself stay
+// within MaxDepth.
+func ValidNested(b []byte, limit int) bool {
+	var s Scanner
+	end, err := s.skip(b, SkipSpace(b, 0), limit)
+	return err == nil && SkipSpace(b, end) == len(b)
+}
+
 // skip checks the value at b[i], nesting at most limit containers.
 func (s *Scanner) skip(b []byte, i, limit int) (int, error) {
 	// The open containers, innermost in the lowest bit of top: 1 array,

@@ -261,3 +261,25 @@ func TestMemberNext(t *testing.T) {
 		}
 	}
 }
+
+// TestValidNested: the limit counts containers, the value's own included.
+func TestValidNested(t *testing.T) {
+	for _, c := range []struct {
+		doc   string
+		limit int
+		want  bool
+	}{
+		{`1`, 0, true},
+		{`[]`, 0, false},
+		{`[]`, 1, true},
+		{` {"a":[1,{"b":[]}]} `, 4, true},
+		{`{"a":[1,{"b":[]}]}`, 3, false},
+		{`[1,]`, 5, false},
+		{strings.Repeat("[", 100) + strings.Repeat("]", 100), 100, true},
+		{strings.Repeat("[", 101) + strings.Repeat("]", 101), 100, false},
+	} {
+		if got := ValidNested([]byte(c.doc), c.limit); got != c.want {
+			t.Errorf("ValidNested(%.40q, %d) = %v, want %v", c.doc, c.limit, got, c.want)
+		}
+	}
+}
