@@ -500,7 +500,9 @@ func (s *sub) decide(ev *query.Event) (view query.View, proj *query.Projection, 
 		return view, nil, ok, err
 	}
 	if s.change != nil {
-		ok, _ = s.change.Fires(ev)
+		// What the rule cannot evaluate of the new row is told as a
+		// where's is (filter_failed), never skipped in silence.
+		ok, _, err = s.change.Judge(ev)
 	}
 	if tm := s.tm.Load(); tm != nil {
 		d := tm.Decide(ev)

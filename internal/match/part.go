@@ -59,21 +59,37 @@ func (c *Change) ReadsOld() bool { return c != nil && c.needsOld }
 // cannot tell, because ev lacks the old row (or a column of it) that the
 // conditions read: fired is then false.
 func (c *Change) Fires(ev *query.Event) (fired, unjudged bool) {
+	fired, unjudged, err := c.Judge(ev)
+	if err != nil {
+		return false, isMissing(err)
+	}
+	return fired, unjudged
+}
+
+// Judge is Fires that also returns the *query.EvalError of a value of
+// the new row its conditions cannot evaluate (a column dropped since the
+// rule was compiled, an unchanged TOASTed value, a value not of the
+// column's type), so that a subscriber can be told, as it is of its own
+// where; fired is then false. An old row that lacks what the conditions
+// read is no error: PostgreSQL sends only the identity's columns of it
+// unless the replica identity is FULL, and the rule does not fire
+// (unjudged), as the contract says.
+func (c *Change) Judge(ev *query.Event) (fired, unjudged bool, err error) {
 	if c == nil {
-		return true, false
+		return true, false, nil
 	}
 	op := ev.Op()
 	row, hasRow := ev.Row()
 	if c.New != nil {
 		if !hasRow || op == schema.BitDelete {
-			return false, false
+			return false, false, nil
 		}
 		ok, err := c.New.Match(row)
 		if err != nil {
-			return false, isMissing(err)
+			return false, false, err
 		}
 		if !ok {
-			return false, false
+			return false, false, nil
 		}
 	}
 	old, hasOld := ev.Old()
@@ -82,23 +98,24 @@ func (c *Change) Fires(ev *query.Event) (fired, unjudged bool) {
 	}
 	if c.Old != nil {
 		if !hasOld {
-			return false, true
+			return false, true, nil
 		}
 		ok, err := c.Old.Match(old)
 		if err != nil {
-			return false, isMissing(err)
+			return false, isMissing(err), nil
 		}
 		if !ok {
-			return false, false
+			return false, false, nil
 		}
 	}
 	if len(c.Changed) > 0 {
 		if op != schema.BitUpdate {
-			return false, false
+			return false, false, nil
 		}
-		return c.changed(row, hasRow, old, hasOld)
+		fired, unjudged = c.changed(row, hasRow, old, hasOld)
+		return fired, unjudged, nil
 	}
-	return true, false
+	return true, false, nil
 }
 
 // changed reports whether one of c.Changed differs between the old and
