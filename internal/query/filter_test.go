@@ -247,6 +247,9 @@ func TestMatch(t *testing.T) {
 		{"jsonb eq, a string escaped otherwise", `{"meta":{"eq":"caf\u00e9"}}`, withValue("meta", `"café"`), true},
 		{"jsonb eq, arrays keep their order", `{"meta":{"eq":[2,1]}}`, withValue("meta", `[1, 2]`), false},
 		{"jsonb eq, another number", `{"meta":{"eq":{"total":19.91}}}`, withValue("meta", `{"total": 19.90}`), false},
+		{"jsonb eq, zeros", `{"meta":{"eq":[0,-0.0,0e5]}}`, withValue("meta", `[0, 0, 0.00]`), true},
+		{"jsonb eq, small numbers", `{"meta":{"eq":0.0012}}`, withValue("meta", `12e-4`), true},
+		{"jsonb eq, a huge exponent in the literal", `{"meta":{"eq":1e999999999}}`, withValue("meta", `1`), false},
 		{"jsonb eq, a number is not its string", `{"meta":{"eq":"1"}}`, withValue("meta", `1`), false},
 
 		// NULL.

@@ -3,7 +3,6 @@ package query
 import (
 	"bytes"
 	"encoding/json"
-	"math/big"
 	"slices"
 	"strconv"
 
@@ -21,7 +20,8 @@ import (
 
 // canonicalJSON appends to dst a form of the JSON value raw that two values
 // share exactly when they are equal as jsonb values: members sorted by
-// name, numbers as exact rationals, strings re-encoded. ok is false when
+// name, numbers as their significant digits and exponent, strings
+// re-encoded. ok is false when
 // raw is not JSON.
 func canonicalJSON(dst, raw []byte) ([]byte, bool) {
 	d := json.NewDecoder(bytes.NewReader(raw))
@@ -40,13 +40,29 @@ func appendCanonical(dst []byte, v any) []byte {
 	case bool:
 		return strconv.AppendBool(dst, v)
 	case json.Number:
-		r, ok := new(big.Rat).SetString(string(v))
-		if !ok {
-			// Beyond what a rational holds (an exponent too large):
-			// its spelling, which still equals itself.
-			return append(append(dst, 'n'), v...)
+		// Its significant digits and the power of ten of the first,
+		// read without computing the value, which an exponent such as
+		// 1e999999999 in a client's literal would make costly.
+		d, ok := parseDecimal([]byte(v))
+		if !ok || d.rank != decFinite {
+			return append(append(dst, 'n'), v...) // beyond numeric's range: as spelled
 		}
-		return append(append(dst, 'n'), r.RatString()...)
+		n := d.digits()
+		for n > 0 && d.digit(n-1) == '0' {
+			n--
+		}
+		dst = append(dst, 'n')
+		if n == 0 {
+			return append(dst, '0')
+		}
+		if d.neg {
+			dst = append(dst, '-')
+		}
+		for k := range n {
+			dst = append(dst, d.digit(k))
+		}
+		dst = append(dst, 'e')
+		return strconv.AppendInt(dst, d.top, 10)
 	case string:
 		return jsonx.AppendString(dst, v)
 	case []any:
