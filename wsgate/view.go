@@ -55,7 +55,7 @@ type heldEvent struct {
 // updates the view, and returns the frames to send in order; with obj, the
 // objects of a transaction frame instead (batch.go).
 func (s *sub) viewFrames(seq uint64, op schema.OpSet, data []byte, obj bool) [][]byte {
-	proj := s.proj.Load()
+	proj := s.projectionAt(seq)
 	var out [][]byte
 	s.viewDecide(op, data, func(view string, env []byte) {
 		if f := encodeView(s.id, proj, seq, view, env, obj); f != nil {
