@@ -2,33 +2,32 @@ package wsgate
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 
 	"github.com/tablecast/tablecast/internal/endpoint"
 	"github.com/tablecast/tablecast/internal/match"
 )
 
-// oneRule is a Managed with one rule and no endpoint.
-type oneRule struct{ r *endpoint.Rule }
+// rules is a Managed with rules and no endpoint.
+type rules map[string]*endpoint.Rule
 
-func (o oneRule) Rule(name string) *endpoint.Rule {
-	if name == o.r.Name {
-		return o.r
-	}
-	return nil
-}
+func (r rules) Rule(name string) *endpoint.Rule { return r[name] }
 
-func (oneRule) GetByName(string) *match.Entry { return nil }
+func (rules) GetByName(string) *match.Entry { return nil }
 
 // TestRuleSubscriptionFilterFailed: an event whose new row lacks a
-// column the rule's new-row condition reads (dropped since the rule was
-// compiled) cannot be judged: the rule subscription is told so with
+// column the rule's new-row condition reads, or one of its changed
+// columns (dropped since the rule was compiled, and not listed as
+// unchanged), cannot be judged: the rule subscription is told so with
 // filter_failed, as a table subscription is of its where, rather than
-// skipping it in silence; the events it can judge still come.
+// skipping it in silence; the events it can judge still come, and an
+// unchanged TOASTed column is no change.
 func TestRuleSubscriptionFilterFailed(t *testing.T) {
 	rule := &endpoint.Rule{Name: "big", Table: "public.orders", Operations: []string{"create"},
 		New: json.RawMessage(`{"total":{"gte":"100"}}`)}
-	e := startGateway(t, func(c *Config) { c.Managed = oneRule{rule} })
+	changed := &endpoint.Rule{Name: "status-change", Table: "public.orders", Changed: []string{"status"}}
+	e := startGateway(t, func(c *Config) { c.Managed = rules{"big": rule, "status-change": changed} })
 	c := e.dial("/ws")
 	c.subscribe(map[string]any{"id": "a", "rule": "big"})
 	w := e.dial("/ws")
@@ -61,5 +60,22 @@ func TestRuleSubscriptionFilterFailed(t *testing.T) {
 	}
 	if f := r.expectError(CodeFilterFailed, "r"); !contains(f.Message, "total") {
 		t.Fatalf("resumed: %s", f.raw)
+	}
+
+	// A changed column: an update that changes it fires; one that leaves
+	// it unchanged (TOAST) does not; one whose rows lack it says so.
+	ch := e.dial("/ws")
+	ch.subscribe(map[string]any{"id": "c", "rule": "status-change"})
+	fired := e.publish("update", map[string]any{"id": 1, "status": "paid", "total": "5"}, "old", `{"id":1,"status":"open","total":"5"}`)
+	if f := ch.expect("event", "c"); f.Seq != fired {
+		t.Fatalf("status change: event %d, want %d", f.Seq, fired)
+	}
+	e.publish("update", map[string]any{"id": 1, "total": "6"}, "old", `{"id":1,"total":"5"}`, "unchanged", `["status"]`)
+	if got := ch.sync(); len(got) != 0 {
+		t.Fatalf("an update leaving status unchanged (TOAST): %s", got[0].raw)
+	}
+	lost := e.publish("update", map[string]any{"id": 1, "total": "7"}, "old", `{"id":1,"total":"6"}`)
+	if f := ch.expectError(CodeFilterFailed, "c"); !contains(f.Message, "status") || !contains(f.Message, fmt.Sprint(lost)) {
+		t.Fatalf("an update whose rows lack status: %s", f.raw)
 	}
 }
