@@ -367,8 +367,7 @@ func (f *feed) deliverMarker(seq uint64, data []byte) {
 	// are decided after its history (catchUp).
 	for _, s := range f.scan {
 		if s.snapshot && s.catching && !s.waiting && !s.ended.Load() && f.last > s.boundary {
-			s.heldEv = append(s.heldEv, heldEvent{seq: seq, data: append([]byte(nil), data...), marker: true})
-			s.heldBytes += len(data) + 64
+			f.holdForView(s, heldEvent{seq: seq, data: append([]byte(nil), data...), marker: true})
 		}
 	}
 	if len(f.pending) == 0 && len(f.owing) == 0 {

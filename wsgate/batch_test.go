@@ -1107,3 +1107,72 @@ func TestViewFoldKeepsUnchanged(t *testing.T) {
 	}
 	v.expect("synced", "v")
 }
+
+// viewHeldBytes is what the batched feed holds for its views catching up:
+// the bytes counted and the events (markers among them) held.
+func (e *testEnv) viewHeldBytes() (bytes, events int) {
+	e.gw.feedMu.Lock()
+	defer e.gw.feedMu.Unlock()
+	for _, f := range e.gw.feeds {
+		if f.marker == "" {
+			continue
+		}
+		f.mu.Lock()
+		for _, s := range f.scan {
+			if s.snapshot {
+				bytes += s.heldBytes
+				events += len(s.heldEv)
+			}
+		}
+		f.mu.Unlock()
+	}
+	return bytes, events
+}
+
+// TestBatchViewHeldMarkersBounded: a batched view catching up holds the
+// database's transaction markers among its live events. Transactions of
+// the database's other tables bring markers and nothing else, and those
+// held must be bounded like the view's held events are (the send queue's
+// bytes, beyond which the client is closed with 4008 and reads the view
+// again), never growing with the database's transactions while the
+// view's history is replayed.
+func TestBatchViewHeldMarkersBounded(t *testing.T) {
+	const queue = 16 << 10
+	e := startGateway(t, func(c *Config) { c.TxMarkers, c.SendQueueBytes = true, queue })
+	e.putShape(itemsShape())
+	ctx := testCtx(t)
+	e.rowStateBehind(t, ctx, txRow{"orders", "create", order(1, "paid")})
+	// History after the rows: the view replays it.
+	t2 := e.beginTx()
+	e.events(t2, txRow{"orders", "create", order(2, "paid")})
+	e.commit(t2)
+
+	// Keeps the batched feed while the view is closed.
+	live := e.dial("/ws")
+	live.subscribe(map[string]any{"id": "live", "table": "public.orders", "batch": "transaction"})
+	reached, release := make(chan struct{}), make(chan struct{})
+	testHookReplayConsumer = func() {
+		close(reached)
+		<-release
+	}
+	t.Cleanup(func() { testHookReplayConsumer = nil })
+	v := e.dial("/ws")
+	v.subscribe(map[string]any{"id": "v", "table": "public.orders", "batch": "transaction", "snapshot": true})
+	v.expect("rows", "v")
+	<-reached
+	// Transactions of items only: the view's feed sees their markers.
+	var last uint64
+	for i := range 400 {
+		tx := e.beginTx()
+		e.events(tx, txRow{"items", "create", order(i, "x")})
+		e.commit(tx)
+		last = tx.mark
+	}
+	e.waitFor("the feed to handle the markers", func() bool { return e.feedLast() == last })
+	held, n := e.viewHeldBytes()
+	close(release)
+	if held > queue {
+		t.Fatalf("the view catching up holds %d markers, %d bytes, over the send queue's %d", n, held, queue)
+	}
+	v.expectClose(CloseSlowConsumer)
+}

@@ -34,6 +34,12 @@ type sub struct {
 	tm     atomic.Pointer[match.TableMatch]
 	policy atomic.Pointer[query.Filter] // the row policy of its grants; nil for none (setPolicy)
 	proj   atomic.Pointer[query.Projection]
+	// projBefore are the projections that selects replaced while the
+	// subscription caught up, newest first: its history, sent after a
+	// select's answer, still shows the events up to that answer's seq
+	// with the projection they had then (projectionAt). Nil once the
+	// history is over.
+	projBefore atomic.Pointer[projStep]
 	// The columns its grants let it see: every one, or granted (sorted),
 	// and the client's select list (nil: every column), kept to project
 	// again under a refreshed credential's grants. Handled with the
@@ -500,7 +506,9 @@ func (s *sub) decide(ev *query.Event) (view query.View, proj *query.Projection, 
 		return view, nil, ok, err
 	}
 	if s.change != nil {
-		ok, _ = s.change.Fires(ev)
+		// What the rule cannot evaluate of the new row is told as a
+		// where's is (filter_failed), never skipped in silence.
+		ok, _, err = s.change.Judge(ev)
 	}
 	if tm := s.tm.Load(); tm != nil {
 		d := tm.Decide(ev)
@@ -735,10 +743,32 @@ func (f *feed) setProjection(s *sub, p *query.Projection) uint64 {
 	if s.gone {
 		return f.last
 	}
+	if s.catching {
+		// Stored before the new projection, so that whoever sees that
+		// sees this too.
+		s.projBefore.Store(&projStep{upTo: f.last, proj: s.proj.Load(), older: s.projBefore.Load()})
+	}
 	s.proj.Store(p)
 	f.dropGroup(s.grp)
 	s.grp = f.groupFor(s.id, p)
 	return f.last
+}
+
+// projStep is a projection that was s's up to the event upTo.
+type projStep struct {
+	upTo  uint64
+	proj  *query.Projection
+	older *projStep
+}
+
+// projectionAt is the projection of s's event seq: the one in force when
+// the select answers said it (see setProjection).
+func (s *sub) projectionAt(seq uint64) *query.Projection {
+	p := s.proj.Load()
+	for st := s.projBefore.Load(); st != nil && seq <= st.upTo; st = st.older {
+		p = st.proj
+	}
+	return p
 }
 
 // setGrants replaces s's row policy and projection (a refreshed

@@ -257,6 +257,7 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 		if s.snapshot {
 			if len(s.heldEv) == 0 {
 				s.heldEv, s.heldBytes, s.catching = nil, 0, false
+				s.projBefore.Store(nil)
 				f.mu.Unlock()
 				return
 			}
@@ -280,6 +281,7 @@ func (g *Gateway) catchUp(s *sub, from uint64) {
 		}
 		if len(s.held) == 0 {
 			s.held, s.heldBytes, s.heldBig, s.catching = nil, 0, 0, false
+			s.projBefore.Store(nil)
 			f.mu.Unlock()
 			return
 		}
@@ -708,7 +710,7 @@ func (s *sub) historyDecide(seq uint64, subject string, data []byte, ev *query.E
 	}
 	row, _ = ev.Row()
 	if proj == nil {
-		proj = s.proj.Load()
+		proj = s.projectionAt(seq)
 	}
 	return view, proj, row, nil, true
 }

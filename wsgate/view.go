@@ -55,7 +55,7 @@ type heldEvent struct {
 // updates the view, and returns the frames to send in order; with obj, the
 // objects of a transaction frame instead (batch.go).
 func (s *sub) viewFrames(seq uint64, op schema.OpSet, data []byte, obj bool) [][]byte {
-	proj := s.proj.Load()
+	proj := s.projectionAt(seq)
 	var out [][]byte
 	s.viewDecide(op, data, func(view string, env []byte) {
 		if f := encodeView(s.id, proj, seq, view, env, obj); f != nil {
@@ -292,6 +292,20 @@ func withoutMembers(env []byte, names ...string) []byte {
 	return append(out, '}')
 }
 
+// holdForView holds e for s, a view catching up, under the feed's mu.
+// What a view holds is bounded as the send queue is: beyond it the client
+// is closed with 4008 and reads the view again. Markers count too: a
+// database busy with other tables sends a batched view little but them.
+func (f *feed) holdForView(s *sub, e heldEvent) {
+	s.heldEv = append(s.heldEv, e)
+	s.heldBytes += len(e.data) + 64
+	if s.heldBytes > f.g.cfg.SendQueueBytes {
+		s.heldEv, s.heldBytes = nil, 0
+		f.g.met.slowCloses.Inc()
+		s.c.closeWith(CloseSlowConsumer, "slow consumer: too many live events while catching up; subscribe again")
+	}
+}
+
 // offerView handles the event being delivered for a view: decided now when
 // the view is live, held raw while it catches up (decided in order after
 // its history, catchUp).
@@ -302,13 +316,7 @@ func (f *feed) offerView(s *sub, seq uint64, data []byte) {
 	case f.last <= s.boundary, s.catching && s.waiting:
 		return // the history will send it
 	case s.catching:
-		s.heldEv = append(s.heldEv, heldEvent{seq: seq, op: f.ev.Op(), data: append([]byte(nil), data...)})
-		s.heldBytes += len(data) + 64
-		if s.heldBytes > f.g.cfg.SendQueueBytes {
-			s.heldEv, s.heldBytes = nil, 0
-			f.g.met.slowCloses.Inc()
-			s.c.closeWith(CloseSlowConsumer, "slow consumer: too many live events while catching up; subscribe again")
-		}
+		f.holdForView(s, heldEvent{seq: seq, op: f.ev.Op(), data: append([]byte(nil), data...)})
 		return
 	}
 	if s.batched {

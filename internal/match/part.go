@@ -2,6 +2,7 @@ package match
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -59,21 +60,42 @@ func (c *Change) ReadsOld() bool { return c != nil && c.needsOld }
 // cannot tell, because ev lacks the old row (or a column of it) that the
 // conditions read: fired is then false.
 func (c *Change) Fires(ev *query.Event) (fired, unjudged bool) {
+	fired, unjudged, err := c.judge(ev, false)
+	if err != nil {
+		return false, isMissing(err)
+	}
+	return fired, unjudged
+}
+
+// Judge is Fires that also returns the *query.EvalError of a value of
+// the new row its conditions cannot evaluate (a column dropped since the
+// rule was compiled, an unchanged TOASTed value, a value not of the
+// column's type), so that a subscriber can be told, as it is of its own
+// where; fired is then false. An old row that lacks what the conditions
+// read is no error: PostgreSQL sends only the identity's columns of it
+// unless the replica identity is FULL, and the rule does not fire
+// (unjudged), as the contract says. A changed column absent from the new
+// row that the event does not list as unchanged (TOAST) is an error too.
+func (c *Change) Judge(ev *query.Event) (fired, unjudged bool, err error) {
+	return c.judge(ev, true)
+}
+
+func (c *Change) judge(ev *query.Event, strict bool) (fired, unjudged bool, err error) {
 	if c == nil {
-		return true, false
+		return true, false, nil
 	}
 	op := ev.Op()
 	row, hasRow := ev.Row()
 	if c.New != nil {
 		if !hasRow || op == schema.BitDelete {
-			return false, false
+			return false, false, nil
 		}
 		ok, err := c.New.Match(row)
 		if err != nil {
-			return false, isMissing(err)
+			return false, false, err
 		}
 		if !ok {
-			return false, false
+			return false, false, nil
 		}
 	}
 	old, hasOld := ev.Old()
@@ -82,35 +104,45 @@ func (c *Change) Fires(ev *query.Event) (fired, unjudged bool) {
 	}
 	if c.Old != nil {
 		if !hasOld {
-			return false, true
+			return false, true, nil
 		}
 		ok, err := c.Old.Match(old)
 		if err != nil {
-			return false, isMissing(err)
+			return false, isMissing(err), nil
 		}
 		if !ok {
-			return false, false
+			return false, false, nil
 		}
 	}
 	if len(c.Changed) > 0 {
 		if op != schema.BitUpdate {
-			return false, false
+			return false, false, nil
 		}
-		return c.changed(row, hasRow, old, hasOld)
+		fired, unjudged, lost := c.changed(row, hasRow, old, hasOld, ev)
+		if strict && !fired && lost != "" {
+			return false, false, &query.EvalError{Column: lost, Missing: true}
+		}
+		return fired, unjudged, nil
 	}
-	return true, false
+	return true, false, nil
 }
 
 // changed reports whether one of c.Changed differs between the old and
-// the new row of an update.
-func (c *Change) changed(row *query.Row, hasRow bool, old *query.Row, hasOld bool) (fired, unjudged bool) {
+// the new row of an update; lost is the first of them the new row lacks
+// that ev does not list as unchanged (a column the table lost).
+func (c *Change) changed(row *query.Row, hasRow bool, old *query.Row, hasOld bool, ev *query.Event) (fired, unjudged bool, lost string) {
 	if !hasRow {
-		return false, false
+		return false, false, ""
 	}
 	for _, col := range c.Changed {
 		nv, ok := row.Get(col)
 		if !ok {
-			continue // an unchanged TOASTed value (or a column the table lost)
+			// An unchanged TOASTed value, which did not change, or a
+			// column the table lost.
+			if lost == "" && !listsUnchanged(ev, col) {
+				lost = col
+			}
+			continue
 		}
 		if !hasOld {
 			if c.identity[col] {
@@ -127,10 +159,23 @@ func (c *Change) changed(row *query.Row, hasRow bool, old *query.Row, hasOld boo
 			continue
 		}
 		if !bytes.Equal(ov, nv) {
-			return true, false
+			return true, false, ""
 		}
 	}
-	return false, unjudged
+	return false, unjudged, lost
+}
+
+// listsUnchanged reports whether ev's "unchanged" names col.
+func listsUnchanged(ev *query.Event, col string) bool {
+	raw, ok := ev.Member("unchanged")
+	if !ok {
+		return false
+	}
+	var cols []string
+	if json.Unmarshal(raw, &cols) != nil {
+		return false
+	}
+	return slices.Contains(cols, col)
 }
 
 func isMissing(err error) bool {

@@ -339,6 +339,11 @@ func parseLiteral(col string, typ ColumnType, raw []byte, lit *scalar) error {
 			return bad()
 		}
 		lit.s = buf.Bytes()
+		canon, ok := canonicalJSON(nil, raw)
+		if !ok {
+			return bad()
+		}
+		lit.canon = canon
 	default: // TypeText, TypeOther
 		if !isString {
 			return bad()

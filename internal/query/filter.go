@@ -23,7 +23,8 @@
 //   - text bytewise after JSON unescaping (the C collation, not the
 //     database's);
 //   - booleans with false before true;
-//   - json and jsonb only for equality of their compact text.
+//   - json and jsonb for equality only, by value as jsonb compares
+//     (jsonvalue.go): members in any order, numbers by value.
 //
 // NULL follows SQL: every comparison with a NULL value is false, so a NULL
 // matches neither {"eq": x} nor {"neq": x}; only {"is": "null"} matches it.
@@ -99,6 +100,7 @@ type scalar struct {
 	b     bool
 	t     instant // timestamp, date
 	s     []byte  // text and other: decoded text if plain, else a raw JSON string body; json: compact JSON
+	canon []byte  // json: canonicalJSON of it
 	plain bool
 }
 
@@ -196,7 +198,11 @@ func (k *cond) match(row *Row) (bool, error) {
 		return false, k.evalError(raw)
 	}
 	if k.typ == TypeJSON {
-		return jsonx.EqualCompact(raw, k.lit.s) == (k.op == opEq), nil
+		equal, ok := equalJSON(raw, &k.lit)
+		if !ok {
+			return false, k.evalError(raw)
+		}
+		return equal == (k.op == opEq), nil
 	}
 	var scratch [moneyDigits]byte
 	v, ok := k.parseValue(raw, &scratch)

@@ -236,6 +236,21 @@ func TestMatch(t *testing.T) {
 		{"json neq", `{"meta":{"neq":{"a":2}}}`, "", true},
 		{"json eq string with spaces", `{"meta":{"eq":"a b"}}`, withValue("meta", `"a b"`), true},
 		{"json is not_null", `{"meta":{"is":"not_null"}}`, "", true},
+		// As jsonb compares: PostgreSQL prints a jsonb's members shorter
+		// names first and its numbers as written; a client writes them
+		// in its own order and spelling.
+		{"jsonb eq, members in another order", `{"meta":{"eq":{"status":"x","id":1}}}`, withValue("meta", `{"id": 1, "status": "x"}`), true},
+		{"jsonb neq, members in another order", `{"meta":{"neq":{"status":"x","id":1}}}`, withValue("meta", `{"id": 1, "status": "x"}`), false},
+		{"jsonb eq, nested members in another order", `{"meta":{"eq":[{"b":2,"a":1}]}}`, withValue("meta", `[{"a": 1, "b": 2}]`), true},
+		{"jsonb eq, a number spelled otherwise", `{"meta":{"eq":{"total":19.9}}}`, withValue("meta", `{"total": 19.90}`), true},
+		{"jsonb eq, a number in exponent form", `{"meta":{"eq":100}}`, withValue("meta", `1e2`), true},
+		{"jsonb eq, a string escaped otherwise", `{"meta":{"eq":"caf\u00e9"}}`, withValue("meta", `"café"`), true},
+		{"jsonb eq, arrays keep their order", `{"meta":{"eq":[2,1]}}`, withValue("meta", `[1, 2]`), false},
+		{"jsonb eq, another number", `{"meta":{"eq":{"total":19.91}}}`, withValue("meta", `{"total": 19.90}`), false},
+		{"jsonb eq, zeros", `{"meta":{"eq":[0,-0.0,0e5]}}`, withValue("meta", `[0, 0, 0.00]`), true},
+		{"jsonb eq, small numbers", `{"meta":{"eq":0.0012}}`, withValue("meta", `12e-4`), true},
+		{"jsonb eq, a huge exponent in the literal", `{"meta":{"eq":1e999999999}}`, withValue("meta", `1`), false},
+		{"jsonb eq, a number is not its string", `{"meta":{"eq":"1"}}`, withValue("meta", `1`), false},
 
 		// NULL.
 		{"null eq", `{"note":{"eq":"x"}}`, "", false},

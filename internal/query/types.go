@@ -19,7 +19,7 @@ const (
 	TypeBool                        // bool
 	TypeTimestamp                   // timestamptz, timestamp: instants
 	TypeDate                        // date: calendar days
-	TypeJSON                        // json, jsonb: eq, neq and is only, on compact JSON text
+	TypeJSON                        // json, jsonb: eq, neq and is only, by value (jsonvalue.go)
 	TypeOther                       // every other type: its text form, compared as text
 
 	// typeAny is a column of a type not known (Check): any literal.

@@ -9,6 +9,7 @@ import (
 	"math"
 	"math/big"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -280,7 +281,105 @@ func (r Row) Time(column string) (time.Time, error) {
 			return t, nil
 		}
 	}
+	if t, ok := parsePGTime(s); ok {
+		return t, nil
+	}
 	return time.Time{}, fmt.Errorf("column %q: %q is not a date or timestamp", column, s)
+}
+
+// parsePGTime reads what the reader sends as PostgreSQL printed it because
+// RFC 3339 cannot say it: BC dates ("0044-03-15 BC", year -43 here, as
+// time.Time counts), years past 9999 ("10000-01-01 00:00:00+00"), and
+// offsets with seconds ("1850-01-01 00:00:00+00:19:32"). The form is
+// PostgreSQL's ISO one: YYYY[Y…]-MM-DD[ HH:MM:SS[.fraction][±HH[:MM[:SS]]]][ BC].
+func parsePGTime(s string) (time.Time, bool) {
+	s, bc := strings.CutSuffix(s, " BC")
+	i := strings.IndexByte(s, '-')
+	if i < 4 {
+		return time.Time{}, false
+	}
+	year, ok := digits(s[:i])
+	if !ok || len(s) < i+6 || s[i+3] != '-' {
+		return time.Time{}, false
+	}
+	month, ok1 := digits(s[i+1 : i+3])
+	day, ok2 := digits(s[i+4 : i+6])
+	if !ok1 || !ok2 {
+		return time.Time{}, false
+	}
+	if bc {
+		year = 1 - year
+	}
+	rest := s[i+6:]
+	var hour, minute, sec, nsec, offset int
+	if rest != "" {
+		if len(rest) < 9 || rest[0] != ' ' || rest[3] != ':' || rest[6] != ':' {
+			return time.Time{}, false
+		}
+		var ok3, ok4, ok5 bool
+		hour, ok3 = digits(rest[1:3])
+		minute, ok4 = digits(rest[4:6])
+		sec, ok5 = digits(rest[7:9])
+		if !ok3 || !ok4 || !ok5 {
+			return time.Time{}, false
+		}
+		rest = rest[9:]
+		if strings.HasPrefix(rest, ".") {
+			j := 1
+			for j < len(rest) && rest[j] >= '0' && rest[j] <= '9' {
+				j++
+			}
+			frac := rest[1:j]
+			if frac == "" || len(frac) > 9 {
+				return time.Time{}, false
+			}
+			nsec, _ = digits(frac + strings.Repeat("0", 9-len(frac)))
+			rest = rest[j:]
+		}
+		if rest != "" {
+			if rest[0] != '+' && rest[0] != '-' {
+				return time.Time{}, false
+			}
+			sign := 1
+			if rest[0] == '-' {
+				sign = -1
+			}
+			parts := strings.Split(rest[1:], ":")
+			if len(parts) > 3 {
+				return time.Time{}, false
+			}
+			unit := 3600
+			for _, p := range parts {
+				n, ok := digits(p)
+				if !ok || len(p) != 2 {
+					return time.Time{}, false
+				}
+				offset += n * unit
+				unit /= 60
+			}
+			offset *= sign
+		}
+	}
+	t := time.Date(year, time.Month(month), day, hour, minute, sec, nsec, time.UTC)
+	if t.Month() != time.Month(month) || t.Day() != day || t.Hour() != hour || t.Minute() != minute || t.Second() != sec {
+		return time.Time{}, false // out of range, not normalized into another day
+	}
+	return t.Add(-time.Duration(offset) * time.Second), true
+}
+
+// digits reads a non-empty run of ASCII digits as a number.
+func digits(s string) (int, bool) {
+	if s == "" || len(s) > 9 {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int(s[i]-'0')
+	}
+	return n, true
 }
 
 // Bytes returns a bytea column (base64 in the event).

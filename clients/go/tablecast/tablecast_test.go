@@ -14,10 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/nats-io/nats.go"
 
 	"github.com/tablecast/tablecast/clients/go/tablecast"
 	"github.com/tablecast/tablecast/internal/natstest"
+	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -112,6 +114,43 @@ func TestEnvelopeFromTheReader(t *testing.T) {
 	}
 	if tr := c.next(t); tr.Op != tablecast.OpTruncate || len(tr.Key) != 0 {
 		t.Errorf("truncate: op %s key %v", tr.Op, tr.Key)
+	}
+}
+
+// TestTimeBeyondRFC3339: the timestamps and dates RFC 3339 cannot write,
+// which the reader sends as PostgreSQL printed them (BC, years past 9999),
+// are read by Time as the instants they are.
+func TestTimeBeyondRFC3339(t *testing.T) {
+	n := natstest.Start(t)
+	p := startPipeline(t, n, `CREATE TABLE times (id int PRIMARY KEY, tz timestamptz, ts timestamp, d date)`)
+	c := consume(t, n, tablecast.ConsumerConfig{Durable: "times"}, nil)
+	p.exec(t, `INSERT INTO times VALUES
+		(1, '0044-03-15 12:00:00.5+00 BC', '0044-03-15 12:00:00 BC', '0044-03-15 BC'),
+		(2, '10000-01-01 00:00:00+00', '10000-01-01 00:00:00.25', '10000-02-29')`)
+	want := map[int64][3]time.Time{
+		1: {time.Date(-43, 3, 15, 12, 0, 0, 5e8, time.UTC), time.Date(-43, 3, 15, 12, 0, 0, 0, time.UTC), time.Date(-43, 3, 15, 0, 0, 0, 0, time.UTC)},
+		2: {time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(10000, 1, 1, 0, 0, 0, 25e7, time.UTC), time.Date(10000, 2, 29, 0, 0, 0, 0, time.UTC)},
+	}
+	for range want {
+		ev := c.next(t)
+		id, _ := ev.Key.Int64("id")
+		for i, col := range []string{"tz", "ts", "d"} {
+			got, err := ev.Data.Time(col)
+			if err != nil || !got.Equal(want[id][i]) {
+				raw := ev.Data[col]
+				t.Errorf("row %d column %s (%s): %v, %v; want %v", id, col, raw, got, err, want[id][i])
+			}
+		}
+	}
+	// An offset with seconds (local mean time, under a reader whose
+	// session has such a time zone), encoded as the reader encodes it.
+	ev, err := tablecast.ParseEvent([]byte(`{"id":"1","op":"create","data":{"tz":` +
+		string(schema.AppendValue(nil, pgtype.TimestamptzOID, []byte("1850-01-01 00:00:00+00:19:32"))) + `}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ev.Data.Time("tz"); err != nil || !got.Equal(time.Date(1849, 12, 31, 23, 40, 28, 0, time.UTC)) {
+		t.Errorf("offset with seconds (%s): %v, %v", ev.Data["tz"], got, err)
 	}
 }
 
