@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -85,6 +86,17 @@ func (s *Server) listDeadLetters(w http.ResponseWriter, r *http.Request, _ []byt
 	var after uint64
 	limit := defaultDeadLetterLimit
 	var fields []endpoint.FieldError
+	// As in every listing, a misspelt or repeated parameter is an error:
+	// ignored, it would list from the first dead letter, or from another
+	// one than the caller meant.
+	for _, k := range slices.Sorted(mapKeys(q)) {
+		switch {
+		case k != "after" && k != "limit":
+			fields = append(fields, endpoint.FieldError{Field: k, Problem: "unknown query parameter (want after, limit)"})
+		case len(q[k]) > 1:
+			fields = append(fields, endpoint.FieldError{Field: k, Problem: "given more than once"})
+		}
+	}
 	if v := q.Get("after"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {

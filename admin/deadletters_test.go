@@ -62,6 +62,13 @@ func TestDeadLetters(t *testing.T) {
 	if len(p2.Items) != 1 || p2.Items[0].EventID != "E3" || p2.Next != "" {
 		t.Fatalf("second page: %+v", p2)
 	}
+	// A misspelt or repeated parameter is refused, never ignored (which
+	// would list from the first dead letter).
+	for _, q := range []url.Values{{"afetr": {p1.Next}}, {"cursor": {"99999999999999999999"}}, {"after": {p1.Next, "0"}}, {"limit": {"1", "1000"}}} {
+		if ae := h.fail(ctx, "GET", "/v1/endpoints/"+id+"/dead-letters", q, nil, 0); ae.Status != 400 || !strings.Contains(ae.Error(), "parameter") && !strings.Contains(ae.Error(), "more than once") {
+			t.Errorf("dead letters listed with %v: %+v, want 400 naming the parameter", q, ae)
+		}
+	}
 	if ae := h.fail(ctx, "POST", "/v1/endpoints/"+id+"/dead-letters/replay", nil, map[string]any{"seqs": []uint64{seqs[1]}}, 0); ae.Status != 400 {
 		t.Fatalf("replay another endpoint's dead letter: %+v", ae)
 	}

@@ -5,14 +5,18 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
 
 // tableCount returns the counter of the events published for a table since
 // the reader started, creating it on first use. Callers keep the counter:
-// the publishing path only adds to it.
+// the publishing path only adds to it. The table is named as the contract
+// writes table names, a part with a dot or a quote double-quoted: joined
+// as written, schema "a.b" with table "c" and schema "a" with table "b.c"
+// would share a counter.
 func (r *Reader) tableCount(schemaName, table string) *atomic.Int64 {
-	name := schemaName + "." + table
+	name := schema.FormatTableName(schemaName, table)
 	r.countsMu.Lock()
 	defer r.countsMu.Unlock()
 	c := r.counts[name]

@@ -100,3 +100,40 @@ func TestStatusRecord(t *testing.T) {
 		t.Errorf("orders counted %d events, want 206", got)
 	}
 }
+
+// TestStatusRecordDottedNames: the record counts each table under its own
+// name even when a schema or table name holds a dot: schema "a.b" with
+// table "c" and schema "a" with table "b.c" read alike once joined with a
+// dot, so a part with a dot is double-quoted as the contract writes table
+// names.
+func TestStatusRecordDottedNames(t *testing.T) {
+	db := newTestDB(t, `CREATE SCHEMA "a.b"; CREATE SCHEMA a;
+CREATE TABLE "a.b".c (id int PRIMARY KEY); CREATE TABLE a."b.c" (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	r := startReader(t, db.config(), n)
+	waitFor(t, 10*time.Second, "streaming", func() bool { return r.Health().Streaming })
+	db.exec(t, `INSERT INTO "a.b".c SELECT generate_series(1, 2)`)
+	db.exec(t, `INSERT INTO a."b.c" SELECT generate_series(1, 3)`)
+	n.readAll(t, 5, 15*time.Second)
+	var st stream.ReaderStatus
+	waitFor(t, 15*time.Second, "a status record with every event counted", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		all, found, err := stream.ReadReaderStatuses(ctx, n.JS)
+		if err != nil || !found || len(all) != 1 {
+			return false
+		}
+		st = all[0]
+		total := int64(0)
+		for _, c := range st.Tables {
+			total += c.Events
+		}
+		return total == 5
+	})
+	if got := st.Tables[`"a.b".c`].Events; got != 2 {
+		t.Errorf(`"a.b".c counted %d events, want 2; record's tables %v`, got, st.Tables)
+	}
+	if got := st.Tables[`a."b.c"`].Events; got != 3 {
+		t.Errorf(`a."b.c" counted %d events, want 3; record's tables %v`, got, st.Tables)
+	}
+}

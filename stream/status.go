@@ -44,8 +44,9 @@ type ReaderStatus struct {
 	RetainedWALBytes int64  `json:"retained_wal_bytes"`
 	SafeWALSizeBytes int64  `json:"safe_wal_size_bytes"`
 	WALStatus        string `json:"wal_status"`
-	// Tables are the events published per table ("schema.table") since the
-	// reader started, and their rate over the last interval.
+	// Tables are the events published per table since the reader started,
+	// and their rate over the last interval, by "schema.table" with a part
+	// that holds a dot or a quote double-quoted (schema.FormatTableName).
 	Tables map[string]TableCount `json:"tables"`
 	// Leader is the reader that wrote the record, the slot's leader among
 	// the readers sharing it (see cdc's lease); nil from a reader without

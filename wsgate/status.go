@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tablecast/tablecast/internal/auth"
+	"github.com/tablecast/tablecast/schema"
 	"github.com/tablecast/tablecast/stream"
 )
 
@@ -224,7 +225,8 @@ func (g *Gateway) status(ctx context.Context, id *auth.Identity) *Status {
 			ts.Subscribers = f.n
 			f.mu.Unlock()
 		}
-		name := t.Shape.Schema + "." + t.Shape.Table
+		// The record's name of the table, as the reader writes it.
+		name := schema.FormatTableName(t.Shape.Schema, t.Shape.Table)
 		for _, rec := range records {
 			if rec.Database != t.DB {
 				continue

@@ -237,3 +237,43 @@ func TestStatusAnonymous(t *testing.T) {
 		t.Errorf("without authentication: %d %s, want every table", code, body)
 	}
 }
+
+// TestStatusDottedNames: tables whose schema or name holds a dot each get
+// their own events. Schema "a.b" with table "c" and schema "a" with table
+// "b.c" both read "a.b.c" when the parts are joined with a dot as written,
+// so the reader's status record names them as the contract writes table
+// names (a part with a dot or a quote double-quoted), and the gateway
+// looks each up by that name: neither shows the other's events.
+func TestStatusDottedNames(t *testing.T) {
+	t.Parallel()
+	e := startGateway(t, nil)
+	first := ordersShape()
+	first.Schema, first.Table = "a.b", "c"
+	e.putShape(first)
+	second := ordersShape()
+	second.Schema, second.Table = "a", "b.c"
+	e.putShape(second)
+	e.putReaderStatus(stream.ReaderStatus{Database: testDB, Slot: "shop_slot", Streaming: true, Healthy: true,
+		Tables:  map[string]stream.TableCount{`"a.b".c`: {Events: 5, Rate: 0.5}, `a."b.c"`: {Events: 9, Rate: 0.9}},
+		Updated: time.Now(), Interval: 5 * time.Second})
+	time.Sleep(statusCacheFor) // the records are read anew
+	code, body, st := e.getStatus("GET", "")
+	if code != 200 {
+		t.Fatalf("status: %d %s", code, body)
+	}
+	want := map[string]int64{`"a.b".c`: 5, `a."b.c"`: 9}
+	seen := 0
+	for _, ts := range st.Tables {
+		n, ok := want[ts.Name]
+		if !ok {
+			continue
+		}
+		seen++
+		if ts.Events == nil || *ts.Events != n {
+			t.Errorf("table %s: events %s, want %d", ts.Name, strings.TrimSpace(body), n)
+		}
+	}
+	if seen != 2 {
+		t.Errorf("tables %v, want both dotted tables listed", tableNames(st))
+	}
+}
