@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -864,16 +865,26 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 		s.r.log.Warn("ignoring a message with an empty topic name", "lsn", m.LSN.String())
 		return nil
 	}
+	if len(topic) > schema.MaxTopicLen {
+		// Its subject could outgrow the line NATS reads it on (4 KiB by
+		// default), and the server would close the reader's connection
+		// at every replay of it: one statement would stop the stream.
+		s.r.log.Warn(fmt.Sprintf("ignoring a message whose topic name is longer than %d bytes", schema.MaxTopicLen),
+			"topic", topic[:schema.MaxTopicLen]+"…", "bytes", len(topic), "lsn", m.LSN.String())
+		return nil
+	}
 	s.ordinal++
 	s.tx.addTopic(topic)
 	if s.alreadyStored(s.txn.CommitLSN, s.ordinal) {
 		return nil
 	}
 	s.buf = s.buf[:0]
-	if json.Valid(m.Content) {
+	if json.Valid(m.Content) && utf8.Valid(m.Content) {
 		s.buf = append(s.buf, m.Content...)
 	} else {
-		// Not JSON: carried as a JSON string rather than lost.
+		// Not JSON: carried as a JSON string rather than lost. Bytes that
+		// are not UTF-8 are not JSON either (RFC 8259), even where they
+		// parse: strict decoders and WebSocket text frames refuse them.
 		s.buf = jsonx.AppendStringBytes(s.buf, m.Content)
 	}
 	s.ids = s.txn.AppendID(s.ids[:0], s.ordinal)
