@@ -396,6 +396,26 @@ func (q *snapshots) enqueue(req snapshotRequest) (id string, ahead int, err erro
 	return req.id, len(q.queue) - 1, nil
 }
 
+// requeue puts back, first in the queue, a request the worker was running
+// when it was stopped, unless its table is queued again already.
+func (q *snapshots) requeue(req snapshotRequest) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, queued := range q.queue {
+		if queued.schema == req.schema && queued.name == req.name {
+			if req.catchUp && !queued.catchUp { // a catch-up keeps its record
+				q.queue[i].catchUp, q.queue[i].stateKey = true, req.stateKey
+			}
+			return
+		}
+	}
+	q.queue = append([]snapshotRequest{req}, q.queue...)
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
 // next waits for the first queued request.
 func (q *snapshots) next(ctx context.Context) (snapshotRequest, bool) {
 	for {
@@ -426,6 +446,17 @@ func (r *Reader) snapshotWorker(ctx context.Context) {
 		var ref *refusal
 		switch {
 		case ctx.Err() != nil:
+			// The leadership ended (NATS away longer than the lease, say)
+			// or the process stops. The snapshots still queued wait for
+			// the next leadership; this one, accepted as they were, waits
+			// with them rather than vanish, and starts over: its chunks
+			// not yet stored are gone with the session.
+			r.snaps.requeue(req)
+			what := "on-demand snapshot"
+			if req.catchUp {
+				what = "catch-up snapshot"
+			}
+			r.log.Warn(what+" interrupted: the reader stopped leading; it is taken again from its start when it leads again", "table", req.table, "id", req.id)
 			return
 		case err == nil && req.catchUp:
 			r.forgetCatchUp(ctx, req)
