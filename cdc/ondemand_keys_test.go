@@ -47,7 +47,17 @@ func replayRows(t *testing.T, evs []event, table string, keyOf func(map[string]a
 // multi-row transactions), leaves a consumer that applies the stream in
 // order with exactly the table's rows.
 func TestOnDemandSnapshotUnderKeyChanges(t *testing.T) {
-	const rows = 6000 // three chunks
+	snapshotUnderKeyChanges(t, 6000, 0) // three chunks
+}
+
+// TestOnDemandSnapshotThroughNATSRestarts: the same, NATS restarting
+// several times while the snapshot runs: chunks published and not yet
+// acknowledged go out again, and the snapshot still ends.
+func TestOnDemandSnapshotThroughNATSRestarts(t *testing.T) {
+	snapshotUnderKeyChanges(t, 10000, 3) // five chunks
+}
+
+func snapshotUnderKeyChanges(t *testing.T, rows, restarts int) {
 	ctx := context.Background()
 	db := newTestDB(t, `CREATE TABLE items (g text, n int, id int UNIQUE NOT NULL, v int NOT NULL, PRIMARY KEY (g, n))`,
 		fmt.Sprintf(`INSERT INTO items SELECT chr(97 + g %% 3), g, g, 0 FROM generate_series(1, %d) g`, rows))
@@ -63,7 +73,7 @@ func TestOnDemandSnapshotUnderKeyChanges(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer writer.Close(ctx)
+		t.Cleanup(func() { writer.Close(ctx) })
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
@@ -74,6 +84,11 @@ func TestOnDemandSnapshotUnderKeyChanges(t *testing.T) {
 				case <-stop:
 					return
 				default:
+				}
+				if restarts > 0 {
+					// Fewer changes, for the reader to catch up with after
+					// each restart.
+					time.Sleep(2 * time.Millisecond)
 				}
 				id := 1 + rng.IntN(rows)
 				var sql string
@@ -102,13 +117,25 @@ func TestOnDemandSnapshotUnderKeyChanges(t *testing.T) {
 		}(w)
 	}
 
+	// Stopped before their connections close, on failure too.
+	stopWriters := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	t.Cleanup(stopWriters)
 	time.Sleep(200 * time.Millisecond)
 	if _, err := RequestSnapshot(ctx, n.NC, testPrefix, cfg.Slot, "public.items"); err != nil {
 		t.Fatalf("request snapshot: %v", err)
 	}
+	for i := 0; i < restarts; i++ {
+		time.Sleep(time.Duration(300+rand.IntN(700)) * time.Millisecond)
+		if r.log.contains("on-demand snapshot done") {
+			t.Logf("the snapshot ended after %d restarts", i)
+			break
+		}
+		n.Stop()
+		time.Sleep(200 * time.Millisecond)
+		n.Restart()
+	}
 	waitFor(t, 90*time.Second, "the on-demand snapshot to finish", func() bool { return r.log.contains("on-demand snapshot done") })
-	close(stop)
-	wg.Wait()
+	stopWriters()
 	db.exec(t, `INSERT INTO items VALUES ('z', -1, -1, -1)`) // the last event
 	waitFor(t, 60*time.Second, "the last row", func() bool {
 		e, ok := n.lastEvent(t)
@@ -155,4 +182,49 @@ func TestOnDemandSnapshotUnderKeyChanges(t *testing.T) {
 		t.Fatalf("the consumer's copy (%d rows) differs from the table (%d rows):\n%v", len(copyRows), len(table), diffs)
 	}
 	t.Logf("%d rows, copy matches", len(table))
+}
+
+// TestOnDemandSnapshotOutlivesALostLease: a snapshot that was running when
+// its reader lost the slot's lease (NATS away longer than the lease) is
+// taken again from its start once the reader leads again, as the ones
+// still queued are; it was dropped without a word, though the request had
+// been accepted and the process never stopped.
+func TestOnDemandSnapshotOutlivesALostLease(t *testing.T) {
+	const rows = 3000 // two chunks
+	ctx := context.Background()
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)`,
+		fmt.Sprintf(`INSERT INTO items SELECT g, g FROM generate_series(1, %d) g`, rows))
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	cfg.LeaderLease = time.Second
+	r := startReader(t, cfg, n)
+
+	inChunk, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	testHookChunkRead = func(string) {
+		once.Do(func() {
+			close(inChunk)
+			<-resume
+		})
+	}
+	t.Cleanup(func() { testHookChunkRead = nil })
+	if _, err := RequestSnapshot(ctx, n.NC, testPrefix, cfg.Slot, "public.items"); err != nil {
+		t.Fatalf("request snapshot: %v", err)
+	}
+	<-inChunk
+	n.Stop()
+	waitFor(t, 30*time.Second, "the reader to lose its lease", func() bool { return r.log.contains("no longer the slot's leader") })
+	n.Restart()
+	close(resume)
+	waitFor(t, 60*time.Second, "the on-demand snapshot to finish", func() bool { return r.log.contains("on-demand snapshot done") })
+	read := map[float64]bool{}
+	for _, e := range n.fetch(t) {
+		if e.Op == "read" {
+			read[e.Key["id"].(float64)] = true
+		}
+	}
+	if len(read) != rows {
+		t.Fatalf("%d rows read, want %d", len(read), rows)
+	}
 }
