@@ -740,6 +740,10 @@ type window struct {
 type pendingChunk struct {
 	id  string
 	seq uint64
+	// lowLSN is its window's low watermark: until the chunk is stored,
+	// the reader confirms nothing past it, so that a session restarted
+	// meanwhile opens the window again and publishes the chunk again.
+	lowLSN uint64
 }
 
 // onDemandMessage handles watermarks seen in the stream, and ignores
@@ -786,7 +790,7 @@ func (s *session) onDemandMessage(ctx context.Context, prefix string, content []
 		if err := s.publishChunk(ctx, c, w, lsn); err != nil {
 			return err
 		}
-		s.pendingChunks = append(s.pendingChunks, pendingChunk{id: id, seq: s.lastSeq})
+		s.pendingChunks = append(s.pendingChunks, pendingChunk{id: id, seq: s.lastSeq, lowLSN: w.lowLSN})
 		return nil
 	}
 	return nil
@@ -809,12 +813,19 @@ func (s *session) releaseChunks(acked uint64) {
 }
 
 // confirmLimit is the highest LSN the reader may confirm: the low
-// watermark of the oldest open window, so that a replay always sees it.
-// A window whose chunk the worker gave up (its query failed: the table was
-// dropped, say) is closed: no high watermark will come for it, and it
-// would hold the slot's position for the rest of the session.
+// watermark of the oldest open window, or of a chunk published and not yet
+// stored, so that a replay always sees it. (Transactions committed inside
+// the window are acknowledged before the chunk's rows, which follow them:
+// confirming them meanwhile made a session restarted in between start
+// past the low watermark, skip the chunk, and leave the worker waiting for
+// it for good.) A window whose chunk the worker gave up (its query failed:
+// the table was dropped, say) is closed: no high watermark will come for
+// it, and it would hold the slot's position for the rest of the session.
 func (s *session) confirmLimit() uint64 {
 	limit := uint64(math.MaxUint64)
+	for _, p := range s.pendingChunks {
+		limit = min(limit, p.lowLSN)
+	}
 	if len(s.windows) == 0 {
 		return limit
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sort"
 	"sync"
@@ -226,5 +227,46 @@ func TestOnDemandSnapshotOutlivesALostLease(t *testing.T) {
 	}
 	if len(read) != rows {
 		t.Fatalf("%d rows read, want %d", len(read), rows)
+	}
+}
+
+// TestUnstoredChunkHoldsTheSlot: once a chunk's high watermark is handled
+// and its rows published, the reader confirms nothing past the chunk's low
+// watermark until JetStream has stored them. The transactions committed
+// inside the window are acknowledged first (they come first), and
+// confirming them let a session restarted in between start past the low
+// watermark: it met the high one alone, skipped the chunk ("without its
+// low watermark"), and the snapshot worker waited for it for good.
+func TestUnstoredChunkHoldsTheSlot(t *testing.T) {
+	ctx := context.Background()
+	n := startNATS(t)
+	r, err := New(Config{DatabaseURL: "postgres://unused", Slot: "s", Publication: "p"}, n.NC, n.JS, testPrefix, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &session{r: r, windows: map[string]*window{}}
+	c := &chunk{schema: "public", name: "items", table: "public.items", relid: 1, keys: []string{"id"}, filled: true, consumed: make(chan struct{})}
+	r.snaps.chunks["wm"] = c
+	if err := s.onDemandMessage(ctx, watermarkPrefix, []byte("wm:low"), 100); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.confirmLimit(); got != 100 {
+		t.Fatalf("limit %d with the window open, want its low watermark 100", got)
+	}
+	s.lastSeq = 7 // as if the chunk's last row were message 7
+	if err := s.onDemandMessage(ctx, watermarkPrefix, []byte("wm:high"), 200); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.confirmLimit(); got != 100 {
+		t.Fatalf("limit %d with the chunk published and not stored, want its low watermark 100", got)
+	}
+	s.releaseChunks(7)
+	if got := s.confirmLimit(); got != math.MaxUint64 {
+		t.Fatalf("limit %d once the chunk is stored, want none", got)
+	}
+	select {
+	case <-c.consumed:
+	default:
+		t.Fatal("the stored chunk was not handed back to the worker")
 	}
 }

@@ -1005,6 +1005,10 @@ func (s *session) advance() {
 		s.wm = s.pub.Watermark()
 	}
 	wm := s.wm
+	if len(s.pendingChunks) > 0 {
+		// Stored chunks hold the position no longer.
+		s.releaseChunks(wm.N)
+	}
 	limit := s.confirmLimit()
 	// Latency runs to when JetStream's acknowledgement was handled, not to
 	// now: the loop may have been waiting in a receive meanwhile.
@@ -1031,9 +1035,6 @@ func (s *session) advance() {
 				s.setFloor(wm) // every message published so far is at or below it
 			}
 		}
-	}
-	if len(s.pendingChunks) > 0 {
-		s.releaseChunks(wm.N)
 	}
 	if s.r.ackedLSN.Load() != s.confirmed {
 		s.r.ackedLSN.Store(s.confirmed)
