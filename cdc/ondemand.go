@@ -777,8 +777,9 @@ func (s *session) onDemandMessage(ctx context.Context, prefix string, content []
 	case "high":
 		w := s.windows[id]
 		if w == nil {
-			// Cannot happen while confirming stops at open windows: a
-			// replay always starts at or before the low watermark.
+			// Cannot happen while confirming stops at open windows and
+			// at chunks not yet stored (confirmLimit): a replay always
+			// starts at or before the low watermark.
 			s.r.log.Error("snapshot chunk without its low watermark; skipped", "table", c.table)
 			return nil
 		}
