@@ -375,7 +375,7 @@ func (q *snapshots) enqueue(req snapshotRequest) (id string, ahead int, err erro
 	defer q.mu.Unlock()
 	requested := 0
 	for i, queued := range q.queue {
-		if queued.schema == req.schema && queued.name == req.name {
+		if sameTable(queued, req) {
 			if req.catchUp && !queued.catchUp { // a catch-up keeps its record
 				q.queue[i].catchUp, q.queue[i].stateKey = true, req.stateKey
 			}
@@ -396,13 +396,21 @@ func (q *snapshots) enqueue(req snapshotRequest) (id string, ahead int, err erro
 	return req.id, len(q.queue) - 1, nil
 }
 
+// sameTable says whether two requests are for the same table: the same
+// name and, when both know it, the same OID. A table dropped and created
+// again under its name is another table: the request queued for the first
+// ends when it finds its table gone, and must not stand for the second.
+func sameTable(a, b snapshotRequest) bool {
+	return a.schema == b.schema && a.name == b.name && (a.oid == 0 || b.oid == 0 || a.oid == b.oid)
+}
+
 // requeue puts back, first in the queue, a request the worker was running
 // when it was stopped, unless its table is queued again already.
 func (q *snapshots) requeue(req snapshotRequest) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for i, queued := range q.queue {
-		if queued.schema == req.schema && queued.name == req.name {
+		if sameTable(queued, req) {
 			if req.catchUp && !queued.catchUp { // a catch-up keeps its record
 				q.queue[i].catchUp, q.queue[i].stateKey = true, req.stateKey
 			}
@@ -456,7 +464,7 @@ func (r *Reader) snapshotWorker(ctx context.Context) {
 			if req.catchUp {
 				what = "catch-up snapshot"
 			}
-			r.log.Warn(what+" interrupted: the reader stopped leading; it is taken again from its start when it leads again", "table", req.table, "id", req.id)
+			r.log.Warn(what+" interrupted: the reader stopped, or stopped leading; it is taken again from its start if it leads again", "table", req.table, "id", req.id)
 			return
 		case err == nil && req.catchUp:
 			r.forgetCatchUp(ctx, req)
