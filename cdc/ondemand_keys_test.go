@@ -51,6 +51,16 @@ func TestOnDemandSnapshotUnderKeyChanges(t *testing.T) {
 	snapshotUnderKeyChanges(t, 6000, 0) // three chunks
 }
 
+// TestOnDemandSnapshotOfPartitionedTable: the same on a partitioned table
+// (published under its root), key changes moving rows between partitions.
+func TestOnDemandSnapshotOfPartitionedTable(t *testing.T) {
+	snapshotUnderKeyChanges(t, 6000, 0,
+		`CREATE TABLE items (g text, n int, id int NOT NULL, v int NOT NULL, PRIMARY KEY (g, n)) PARTITION BY LIST (g)`,
+		`CREATE TABLE items_a PARTITION OF items FOR VALUES IN ('a')`,
+		`CREATE TABLE items_b PARTITION OF items FOR VALUES IN ('b')`,
+		`CREATE TABLE items_rest PARTITION OF items DEFAULT`)
+}
+
 // TestOnDemandSnapshotThroughNATSRestarts: the same, NATS restarting
 // several times while the snapshot runs: chunks published and not yet
 // acknowledged go out again, and the snapshot still ends.
@@ -58,10 +68,13 @@ func TestOnDemandSnapshotThroughNATSRestarts(t *testing.T) {
 	snapshotUnderKeyChanges(t, 10000, 3) // five chunks
 }
 
-func snapshotUnderKeyChanges(t *testing.T, rows, restarts int) {
+func snapshotUnderKeyChanges(t *testing.T, rows, restarts int, ddl ...string) {
 	ctx := context.Background()
-	db := newTestDB(t, `CREATE TABLE items (g text, n int, id int UNIQUE NOT NULL, v int NOT NULL, PRIMARY KEY (g, n))`,
-		fmt.Sprintf(`INSERT INTO items SELECT chr(97 + g %% 3), g, g, 0 FROM generate_series(1, %d) g`, rows))
+	if ddl == nil {
+		ddl = []string{`CREATE TABLE items (g text, n int, id int UNIQUE NOT NULL, v int NOT NULL, PRIMARY KEY (g, n))`}
+	}
+	db := newTestDB(t, append(ddl,
+		fmt.Sprintf(`INSERT INTO items SELECT chr(97 + g %% 3), g, g, 0 FROM generate_series(1, %d) g`, rows))...)
 	n := startNATS(t)
 	cfg := db.config()
 	cfg.Snapshot = SnapshotNever
