@@ -14,7 +14,7 @@ import (
 // first, queued already; that one found its table dropped and was given
 // up, and the new table's rows were never sent.
 func TestCatchUpOfATableDroppedAndCreatedAgain(t *testing.T) {
-	t.Parallel() // see parallelTests
+	// Not parallel: it sets testHookChunkRead, which every reader reads.
 	ctx := context.Background()
 	db := newTestDB(t, `CREATE TABLE big (id int PRIMARY KEY)`, `INSERT INTO big SELECT generate_series(1, 10)`)
 	n := startNATS(t)
