@@ -1,7 +1,6 @@
 package cdc
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -71,5 +70,4 @@ func TestTopicContentNotUTF8(t *testing.T) {
 	if string(evs[1].Raw) != `{"b":"é"}` {
 		t.Errorf("second message %q: want it as written", evs[1].Raw)
 	}
-	_ = context.Background()
 }
