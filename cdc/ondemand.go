@@ -375,7 +375,7 @@ func (q *snapshots) enqueue(req snapshotRequest) (id string, ahead int, err erro
 	defer q.mu.Unlock()
 	requested := 0
 	for i, queued := range q.queue {
-		if queued.schema == req.schema && queued.name == req.name {
+		if sameTable(queued, req) {
 			if req.catchUp && !queued.catchUp { // a catch-up keeps its record
 				q.queue[i].catchUp, q.queue[i].stateKey = true, req.stateKey
 			}
@@ -394,6 +394,34 @@ func (q *snapshots) enqueue(req snapshotRequest) (id string, ahead int, err erro
 	default:
 	}
 	return req.id, len(q.queue) - 1, nil
+}
+
+// sameTable says whether two requests are for the same table: the same
+// name and, when both know it, the same OID. A table dropped and created
+// again under its name is another table: the request queued for the first
+// ends when it finds its table gone, and must not stand for the second.
+func sameTable(a, b snapshotRequest) bool {
+	return a.schema == b.schema && a.name == b.name && (a.oid == 0 || b.oid == 0 || a.oid == b.oid)
+}
+
+// requeue puts back, first in the queue, a request the worker was running
+// when it was stopped, unless its table is queued again already.
+func (q *snapshots) requeue(req snapshotRequest) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, queued := range q.queue {
+		if sameTable(queued, req) {
+			if req.catchUp && !queued.catchUp { // a catch-up keeps its record
+				q.queue[i].catchUp, q.queue[i].stateKey = true, req.stateKey
+			}
+			return
+		}
+	}
+	q.queue = append([]snapshotRequest{req}, q.queue...)
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
 }
 
 // next waits for the first queued request.
@@ -426,6 +454,17 @@ func (r *Reader) snapshotWorker(ctx context.Context) {
 		var ref *refusal
 		switch {
 		case ctx.Err() != nil:
+			// The leadership ended (NATS away longer than the lease, say)
+			// or the process stops. The snapshots still queued wait for
+			// the next leadership; this one, accepted as they were, waits
+			// with them rather than vanish, and starts over: its chunks
+			// not yet stored are gone with the session.
+			r.snaps.requeue(req)
+			what := "on-demand snapshot"
+			if req.catchUp {
+				what = "catch-up snapshot"
+			}
+			r.log.Warn(what+" interrupted: the reader stopped, or stopped leading; it is taken again from its start if it leads again", "table", req.table, "id", req.id)
 			return
 		case err == nil && req.catchUp:
 			r.forgetCatchUp(ctx, req)
@@ -709,6 +748,10 @@ type window struct {
 type pendingChunk struct {
 	id  string
 	seq uint64
+	// lowLSN is its window's low watermark: until the chunk is stored,
+	// the reader confirms nothing past it, so that a session restarted
+	// meanwhile opens the window again and publishes the chunk again.
+	lowLSN uint64
 }
 
 // onDemandMessage handles watermarks seen in the stream, and ignores
@@ -742,8 +785,9 @@ func (s *session) onDemandMessage(ctx context.Context, prefix string, content []
 	case "high":
 		w := s.windows[id]
 		if w == nil {
-			// Cannot happen while confirming stops at open windows: a
-			// replay always starts at or before the low watermark.
+			// Cannot happen while confirming stops at open windows and
+			// at chunks not yet stored (confirmLimit): a replay always
+			// starts at or before the low watermark.
 			s.r.log.Error("snapshot chunk without its low watermark; skipped", "table", c.table)
 			return nil
 		}
@@ -755,7 +799,7 @@ func (s *session) onDemandMessage(ctx context.Context, prefix string, content []
 		if err := s.publishChunk(ctx, c, w, lsn); err != nil {
 			return err
 		}
-		s.pendingChunks = append(s.pendingChunks, pendingChunk{id: id, seq: s.lastSeq})
+		s.pendingChunks = append(s.pendingChunks, pendingChunk{id: id, seq: s.lastSeq, lowLSN: w.lowLSN})
 		return nil
 	}
 	return nil
@@ -778,12 +822,19 @@ func (s *session) releaseChunks(acked uint64) {
 }
 
 // confirmLimit is the highest LSN the reader may confirm: the low
-// watermark of the oldest open window, so that a replay always sees it.
-// A window whose chunk the worker gave up (its query failed: the table was
-// dropped, say) is closed: no high watermark will come for it, and it
-// would hold the slot's position for the rest of the session.
+// watermark of the oldest open window, or of a chunk published and not yet
+// stored, so that a replay always sees it. (Transactions committed inside
+// the window are acknowledged before the chunk's rows, which follow them:
+// confirming them meanwhile made a session restarted in between start
+// past the low watermark, skip the chunk, and leave the worker waiting for
+// it for good.) A window whose chunk the worker gave up (its query failed:
+// the table was dropped, say) is closed: no high watermark will come for
+// it, and it would hold the slot's position for the rest of the session.
 func (s *session) confirmLimit() uint64 {
 	limit := uint64(math.MaxUint64)
+	for _, p := range s.pendingChunks {
+		limit = min(limit, p.lowLSN)
+	}
 	if len(s.windows) == 0 {
 		return limit
 	}

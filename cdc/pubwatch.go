@@ -286,12 +286,22 @@ func (r *Reader) recordCatchUp(ctx context.Context, req snapshotRequest) (string
 	return key, nil
 }
 
-// forgetCatchUp deletes a catch-up's record once it is done or moot.
+// forgetCatchUp deletes a catch-up's record once it is done or moot,
+// unless the record is now another table's: one created under the same
+// name after the first was dropped, whose catch-up is still to come.
 func (r *Reader) forgetCatchUp(ctx context.Context, req snapshotRequest) {
 	if req.stateKey == "" {
 		return
 	}
-	if err := r.state.Delete(ctx, req.stateKey); err != nil && ctx.Err() == nil {
+	var opts []jetstream.KVDeleteOpt
+	if e, err := r.state.Get(ctx, req.stateKey); err == nil {
+		var rec catchUpRecord
+		if json.Unmarshal(e.Value(), &rec) == nil && rec.OID != 0 && req.oid != 0 && rec.OID != req.oid {
+			return
+		}
+		opts = append(opts, jetstream.LastRevision(e.Revision()))
+	}
+	if err := r.state.Delete(ctx, req.stateKey, opts...); err != nil && ctx.Err() == nil {
 		r.log.Warn("cannot clear the record of a catch-up snapshot; it will be taken again at the next start", "table", req.table, "err", err)
 	}
 }

@@ -864,6 +864,14 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 		s.r.log.Warn("ignoring a message with an empty topic name", "lsn", m.LSN.String())
 		return nil
 	}
+	if len(topic) > schema.MaxTopicLen {
+		// Its subject could outgrow the line NATS reads it on (4 KiB by
+		// default), and the server would close the reader's connection
+		// at every replay of it: one statement would stop the stream.
+		s.r.log.Warn(fmt.Sprintf("ignoring a message whose topic name is longer than %d bytes", schema.MaxTopicLen),
+			"topic", topic[:schema.MaxTopicLen]+"…", "bytes", len(topic), "lsn", m.LSN.String())
+		return nil
+	}
 	s.ordinal++
 	s.tx.addTopic(topic)
 	if s.alreadyStored(s.txn.CommitLSN, s.ordinal) {
@@ -998,6 +1006,10 @@ func (s *session) advance() {
 		s.wm = s.pub.Watermark()
 	}
 	wm := s.wm
+	if len(s.pendingChunks) > 0 {
+		// Stored chunks hold the position no longer.
+		s.releaseChunks(wm.N)
+	}
 	limit := s.confirmLimit()
 	// Latency runs to when JetStream's acknowledgement was handled, not to
 	// now: the loop may have been waiting in a receive meanwhile.
@@ -1024,9 +1036,6 @@ func (s *session) advance() {
 				s.setFloor(wm) // every message published so far is at or below it
 			}
 		}
-	}
-	if len(s.pendingChunks) > 0 {
-		s.releaseChunks(wm.N)
 	}
 	if s.r.ackedLSN.Load() != s.confirmed {
 		s.r.ackedLSN.Store(s.confirmed)
