@@ -388,7 +388,10 @@ func (d *DeadLetters) requeue(ctx context.Context, str jetstream.Stream, endpoin
 // ctx ends (false then: nothing may be acknowledged).
 func (w *worker) deadLetter(ctx context.Context, e *match.Entry, items []item, reason string, attempts int, first time.Time) bool {
 	d := w.m.dl
-	for _, it := range items {
+	for i, it := range items {
+		if h := w.m.beforeDeadLetter.Load(); h != nil {
+			(*h)(ctx, w.ctx, w.id, i)
+		}
 		msg := &nats.Msg{Subject: d.Subject(w.id), Data: it.body, Header: nats.Header{}}
 		msg.Header.Set(HeaderEndpointID, w.id)
 		msg.Header.Set(HeaderEndpoint, e.Endpoint.Name)
