@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
@@ -85,5 +84,5 @@ func TestDeadLetteringFinishedAsWorkerStops(t *testing.T) {
 	if got := len(dead) + len(accepted); got != 4 {
 		t.Errorf("%d events dead-lettered or accepted (%v, %v), want the 4", got, dead, accepted)
 	}
-	t.Log(fmt.Sprintf("dead-lettered %d, accepted %d", len(dead), len(accepted)))
+	t.Logf("dead-lettered %d, accepted %d", len(dead), len(accepted))
 }
