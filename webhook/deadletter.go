@@ -388,7 +388,10 @@ func (d *DeadLetters) requeue(ctx context.Context, str jetstream.Stream, endpoin
 // ctx ends (false then: nothing may be acknowledged).
 func (w *worker) deadLetter(ctx context.Context, e *match.Entry, items []item, reason string, attempts int, first time.Time) bool {
 	d := w.m.dl
-	for _, it := range items {
+	for i, it := range items {
+		if h := w.m.beforeDeadLetter.Load(); h != nil {
+			(*h)(ctx, w.ctx, w.id, i)
+		}
 		msg := &nats.Msg{Subject: d.Subject(w.id), Data: it.body, Header: nats.Header{}}
 		msg.Header.Set(HeaderEndpointID, w.id)
 		msg.Header.Set(HeaderEndpoint, e.Endpoint.Name)
@@ -520,17 +523,26 @@ func (w *worker) replays(ctx context.Context) {
 				cancel()
 				return
 			}
+			if h := w.m.afterReplay.Load(); h != nil {
+				(*h)(w.ctx, w.id)
+			}
+			// Settled even if the worker stops meanwhile: a replay
+			// acknowledged and not removed is never given again nor
+			// removed, and, always found queued, kept the endpoint from
+			// going dormant.
+			sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
 			if err := msg.Ack(); err != nil {
 				w.log().Warn("cannot acknowledge a replayed event; it may be delivered again", "err", err)
-			} else if err := d.str.DeleteMsg(ctx, meta.Sequence.Stream); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			} else if err := d.str.DeleteMsg(sctx, meta.Sequence.Stream); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 				w.log().Warn("cannot remove a replayed event from the dead-letter stream", "err", err)
 			} else if object != "" {
 				// Delivered, or dead-lettered again with an object of its
 				// own: nothing names this one any more.
-				if err := d.deleteBody(ctx, object); err != nil {
+				if err := d.deleteBody(sctx, object); err != nil {
 					w.log().Warn("cannot delete the object of a replayed dead letter's body", "object", object, "err", err)
 				}
 			}
+			scancel()
 			w.heldMu.Lock()
 			delete(w.held, ^meta.Sequence.Stream)
 			w.heldMu.Unlock()

@@ -116,5 +116,23 @@ func newTransport(allow []netip.Prefix, resolver *net.Resolver) *http.Transport 
 		ExpectContinueTimeout:  time.Second,
 		ResponseHeaderTimeout:  0, // the request's timeout bounds it
 		MaxResponseHeaderBytes: maxAnswerHead,
+		// An HTTP/2 connection gone silent (forgotten by a load balancer
+		// or a NAT on the way, the receiver itself well) is closed once it
+		// does not answer a ping: net/http keeps using one whose requests
+		// timed out while it has room for streams (hundreds of attempts,
+		// hours of backoff), and every endpoint to that receiver shares it,
+		// so their events were dead-lettered without a request reaching
+		// the receiver. A receiver slow to answer a request still answers
+		// pings: its connection stays.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: h2PingAfter, PingTimeout: h2PingTimeout},
 	}
 }
+
+// h2PingAfter is how long an HTTP/2 connection to a receiver may go with
+// nothing read before it is pinged; h2PingTimeout, how long the ping's
+// answer is waited for before the connection is closed (and the next
+// attempt dials a new one).
+const (
+	h2PingAfter   = 10 * time.Second
+	h2PingTimeout = 10 * time.Second
+)

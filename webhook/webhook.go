@@ -139,6 +139,14 @@ type Manager struct {
 	// beforeCreate, for tests only, runs in a worker's goroutine as it is
 	// about to create its endpoint's consumer, which it found missing.
 	beforeCreate atomic.Pointer[func(endpointID string)]
+	// beforeDeadLetter, for tests only, runs in a lane as it is about to
+	// store the n-th (from 0) dead letter of a request given up, with the
+	// context it stores it under and the worker's.
+	beforeDeadLetter atomic.Pointer[func(ctx, worker context.Context, endpointID string, n int)]
+	// afterReplay, for tests only, runs in a worker as a replayed dead
+	// letter has been delivered (or dead-lettered again), before it is
+	// acknowledged and removed.
+	afterReplay atomic.Pointer[func(worker context.Context, endpointID string)]
 
 	// events is the event stream's handle, for reading its first sequence
 	// (see retention.go); set at its first use.

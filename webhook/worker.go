@@ -1299,7 +1299,17 @@ func (w *worker) deliver(ctx context.Context, e *match.Entry, items []item) resu
 		// the sum of a long wait and the time spent could.
 		if wait > wh.Retry.MaxAge.D()-time.Since(first) {
 			w.log().Warn("webhook delivery given up after its retry max_age; dead-lettered", "webhook_id", id, "attempts", attempt, "reason", reason)
-			if !w.deadLetter(ctx, e, items, reason, attempt, first) {
+			// Once begun, dead-lettering is finished (within
+			// deadLetterGrace) even if the worker stops meanwhile, and the
+			// events are then acknowledged: a stop between two of a
+			// batch's dead letters, or between a dead letter stored and
+			// its answer, left events dead-lettered and not acknowledged,
+			// sent again after the restart, and accepted with their dead
+			// letters still listed (a replay sent them once more).
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deadLetterGrace)
+			stored := w.deadLetter(dctx, e, items, reason, attempt, first)
+			cancel()
+			if !stored {
 				return resultStopped
 			}
 			w.m.met.deadLettered.WithLabelValues(name).Add(float64(len(items)))
@@ -1315,6 +1325,11 @@ func (w *worker) deliver(ctx context.Context, e *match.Entry, items []item) resu
 		}
 	}
 }
+
+// deadLetterGrace bounds how long a worker that stops goes on storing
+// the dead letters of a request it gave up on (see deliver): NATS away
+// longer than that leaves them to the next run, which retries the events.
+const deadLetterGrace = 30 * time.Second
 
 // maxReason bounds the failure reason logged and kept in a dead letter's
 // Tablecast-Reason header.
