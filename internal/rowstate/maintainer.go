@@ -27,6 +27,7 @@ type Maintainer struct {
 	log    *slog.Logger
 	m      *metrics
 	tables Patterns
+	claims *stream.Resolver // reads the objects of claimed updates
 
 	applied atomic.Uint64
 	ready   atomic.Bool
@@ -62,7 +63,7 @@ func New(cfg Config, nc *nats.Conn) (*Maintainer, error) {
 	}
 	tables, _ := ParsePatterns(cfg.Tables)
 	return &Maintainer{cfg: cfg, nc: nc, js: js, log: cfg.Logger.With("component", "rowstate", "database", cfg.DB),
-		m: newMetrics(cfg.Registerer), tables: tables}, nil
+		m: newMetrics(cfg.Registerer), tables: tables, claims: stream.NewResolver(js)}, nil
 }
 
 // Ready reports whether the state exists: readers may scan it (they get
@@ -405,6 +406,13 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	if err != nil {
 		return fmt.Errorf("key: %w", err)
 	}
+	if c.claimed && op == schema.OpUpdate {
+		// The claim's message carries the old key and no row: the new
+		// key, when the update changed it, is only in the object.
+		if key, err = s.claimedKey(ctx, c); err != nil {
+			return err
+		}
+	}
 	v := version{seq: seq, data: c.data}
 	if c.truncated || c.data == nil {
 		v.data = nil
@@ -449,7 +457,44 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	} else if prev, ok := s.batch[oldSubj]; ok && prev.exists() {
 		v.displaced = prev.displaced // a row updated while others share its key
 	}
+	if v.data == nil && len(key)+rowMessageRoom > int(m.nc.MaxPayload()) {
+		// A row kept without its data whose key alone does not fit in a
+		// message (a table whose key is every column): the server would
+		// refuse it, and the state could never pass this event.
+		return nil
+	}
 	return s.put(ctx, newSubj, key, v)
+}
+
+// rowMessageRoom is what a row message needs beside its key: its other
+// members and its headers.
+const rowMessageRoom = 1024
+
+// claimedKey returns the key of the row after claimed update c, read from
+// the event in the claim's object; c's key when the object is gone (it
+// expired with the stream's max age), logged.
+func (s *session) claimedKey(ctx context.Context, c change) ([]byte, error) {
+	full, err := s.m.claims.Resolve(ctx, c.env)
+	switch {
+	case errors.Is(err, stream.ErrClaimGone):
+		s.m.log.Warn("row state: the object of a claimed update is gone; its row stays under the key the claim names",
+			"seq", c.seq, "schema", c.schema, "table", c.table, "err", err)
+		return c.key, nil
+	case err != nil:
+		return nil, fmt.Errorf("read the claim of event %d: %w", c.seq, err)
+	}
+	fc, err := parseChange(c.seq, c.op, full)
+	if err != nil {
+		return nil, fmt.Errorf("the claim of event %d: %w", c.seq, err)
+	}
+	if !fc.keyed() {
+		return c.key, nil
+	}
+	key, err := fc.newKey()
+	if err != nil {
+		return nil, fmt.Errorf("key: %w", err)
+	}
+	return key, nil
 }
 
 // current returns the row the state holds at subj: written by this batch,

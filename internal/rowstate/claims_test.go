@@ -1,0 +1,87 @@
+package rowstate_test
+
+import (
+	"context"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tablecast/tablecast/internal/rowstate"
+)
+
+// hugeText is a value larger than the embedded NATS server's maximum
+// payload (8 MiB), so that an event carrying it is stored as a claim.
+const hugeText = `(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 300000) g)`
+
+// TestClaimedUpdateMovesTheKey: an update whose event is stored as a claim
+// (the row larger than NATS's maximum payload) and that changes the row's
+// key leaves nothing under the old key: the state holds the table's keys,
+// the moved row under its new key (as a row too large to keep) where that
+// key fits in a message. A primary key changed by the update, and a table
+// whose key is every column (REPLICA IDENTITY FULL, no primary key), whose
+// key changes with any column.
+func TestClaimedUpdateMovesTheKey(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE big (id int PRIMARY KEY, body text);
+CREATE TABLE whole (v text, n int);
+ALTER TABLE whole REPLICA IDENTITY FULL;
+INSERT INTO big VALUES (1, 'small'), (5, 'small');
+INSERT INTO whole VALUES ('a', 1), ('b', 2);`)
+	_, _ = e.maintainer()
+	e.exec(`UPDATE big SET id = 2, body = ` + hugeText + ` WHERE id = 1`)
+	e.exec(`UPDATE whole SET v = ` + hugeText + ` WHERE v = 'a'`)
+	e.exec(`UPDATE whole SET n = 3 WHERE v = 'b'`)
+	keysSettle(t, e, "big", `{"id":2} {"id":5}`)
+	// The moved row's new key (the whole row) is too large for a row
+	// message: it is left out, and nothing stays under its old key.
+	keysSettle(t, e, "whole", `{"n":3,"v":"b"}`)
+
+	e.exec(`DELETE FROM big WHERE id = 2`)
+	e.exec(`DELETE FROM whole WHERE n = 1`)
+	keysSettle(t, e, "big", `{"id":5}`)
+	keysSettle(t, e, "whole", `{"n":3,"v":"b"}`)
+}
+
+// keysSettle waits until the state holds exactly the keys want of table
+// (stateKeys), and fails naming those it holds when it never does.
+func keysSettle(t *testing.T, e *env, table, want string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		got := stateKeys(t, e, table)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the state holds keys %s, want %s", table, got, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stateKeys lists the keys of the rows (data or too large to keep, not
+// tombstones) the state holds for table, sorted, space-separated.
+func stateKeys(t *testing.T, e *env, table string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rows, err := e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]bool{}
+	if _, err := rowstate.Scan(ctx, rows, prefix, e.db, "public", table, func(r rowstate.Row) error {
+		keys[canon(t, r.Key)] = !r.Deleted
+		return nil
+	}); err != nil {
+		t.Fatalf("scan %s: %v", table, err)
+	}
+	var out []string
+	for k, live := range keys {
+		if live {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, " ")
+}
