@@ -457,10 +457,11 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	} else if prev, ok := s.batch[oldSubj]; ok && prev.exists() {
 		v.displaced = prev.displaced // a row updated while others share its key
 	}
-	if v.data == nil && len(key)+rowMessageRoom > int(m.nc.MaxPayload()) {
-		// A row kept without its data whose key alone does not fit in a
-		// message (a table whose key is every column): the server would
-		// refuse it, and the state could never pass this event.
+	if c.claimed && newSubj != oldSubj && len(key)+rowMessageRoom > int(m.nc.MaxPayload()) {
+		// A new key read from a claim's object that alone does not fit
+		// in a message (a table whose key is every column): the server
+		// would refuse the row, and the state could never pass this
+		// event. A key the event's message carried fits.
 		return nil
 	}
 	return s.put(ctx, newSubj, key, v)
