@@ -2,6 +2,7 @@ package rowstate_test
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"strings"
 	"testing"
@@ -48,12 +49,12 @@ func keysSettle(t *testing.T, e *env, table, want string) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
-		got := stateKeys(t, e, table)
-		if got == want {
+		got, err := stateKeys(t, e, table)
+		if err == nil && got == want {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: the state holds keys %s, want %s", table, got, want)
+			t.Fatalf("%s: the state holds keys %s (%v), want %s", table, got, err, want)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -61,20 +62,21 @@ func keysSettle(t *testing.T, e *env, table, want string) {
 
 // stateKeys lists the keys of the rows (data or too large to keep, not
 // tombstones) the state holds for table, sorted, space-separated.
-func stateKeys(t *testing.T, e *env, table string) string {
+// The state may not exist yet: an error then.
+func stateKeys(t *testing.T, e *env, table string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	rows, err := e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	keys := map[string]bool{}
 	if _, err := rowstate.Scan(ctx, rows, prefix, e.db, "public", table, func(r rowstate.Row) error {
 		keys[canon(t, r.Key)] = !r.Deleted
 		return nil
 	}); err != nil {
-		t.Fatalf("scan %s: %v", table, err)
+		return "", fmt.Errorf("scan %s: %w", table, err)
 	}
 	var out []string
 	for k, live := range keys {
@@ -83,5 +85,5 @@ func stateKeys(t *testing.T, e *env, table string) string {
 		}
 	}
 	sort.Strings(out)
-	return strings.Join(out, " ")
+	return strings.Join(out, " "), nil
 }
