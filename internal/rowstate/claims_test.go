@@ -87,3 +87,78 @@ func stateKeys(t *testing.T, e *env, table string) (string, error) {
 	sort.Strings(out)
 	return strings.Join(out, " "), nil
 }
+
+// fiveMiB is a value of 5 MiB: an event carrying one fits in the embedded
+// server's 8 MiB, one carrying two does not.
+const fiveMiB = `(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 160000) g)`
+
+// TestFilledRowLargerThanAMessage: an update that sets one large value
+// and leaves another out as unchanged TOAST has an event that fits in a
+// message, but the row with the value filled in does not. The state keeps
+// it as a row too large to keep (as it keeps a claimed row) and goes on
+// applying: the server refused the row at every attempt, and the state
+// applied nothing after it. A later update that leaves those values out
+// keeps it so (the row without them is not the table's); one that sets
+// them all brings its data back.
+func TestFilledRowLargerThanAMessage(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE two (id int PRIMARY KEY, a text, b text, n int);
+ALTER TABLE two ALTER COLUMN a SET STORAGE EXTERNAL, ALTER COLUMN b SET STORAGE EXTERNAL;`)
+	_, _ = e.maintainer()
+	e.exec(`INSERT INTO two VALUES (1, ` + fiveMiB + `, NULL, 0)`)
+	e.exec(`UPDATE two SET b = ` + fiveMiB + ` WHERE id = 1`)
+	e.exec(`INSERT INTO two VALUES (2, 'x', 'y', 0)`)
+	rowsSettle(t, e, "two", `{"id":1}=truncated {"id":2}={"a":"x","b":"y","id":2,"n":0}`)
+	e.exec(`UPDATE two SET n = 1 WHERE id = 1`)
+	e.exec(`UPDATE two SET n = 1 WHERE id = 2`)
+	rowsSettle(t, e, "two", `{"id":1}=truncated {"id":2}={"a":"x","b":"y","id":2,"n":1}`)
+	e.exec(`UPDATE two SET a = 's', b = 't', n = 2 WHERE id = 1`)
+	rowsSettle(t, e, "two", `{"id":1}={"a":"s","b":"t","id":1,"n":2} {"id":2}={"a":"x","b":"y","id":2,"n":1}`)
+}
+
+// rowsSettle waits until the state holds exactly the rows want of table:
+// key=data (or key=truncated for a row kept without its data), sorted by
+// key, space-separated.
+func rowsSettle(t *testing.T, e *env, table, want string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		got, err := stateRows(t, e, table)
+		if err == nil && got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the state holds %.300s (%v), want %s", table, got, err, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func stateRows(t *testing.T, e *env, table string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rows, err := e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
+	if err != nil {
+		return "", err
+	}
+	got := map[string]string{}
+	if _, err := rowstate.Scan(ctx, rows, prefix, e.db, "public", table, func(r rowstate.Row) error {
+		switch {
+		case r.Deleted:
+			delete(got, canon(t, r.Key))
+		case r.Data == nil:
+			got[canon(t, r.Key)] = "truncated"
+		default:
+			got[canon(t, r.Key)] = canon(t, r.Data)
+		}
+		return nil
+	}); err != nil {
+		return "", fmt.Errorf("scan %s: %w", table, err)
+	}
+	var out []string
+	for k, v := range got {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return strings.Join(out, " "), nil
+}

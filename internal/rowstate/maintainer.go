@@ -1,6 +1,7 @@
 package rowstate
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -426,9 +427,21 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 			// row PostgreSQL sent (REPLICA IDENTITY FULL) is this one's.
 			prev.data = c.old
 		}
-		if v.data, err = fillUnchanged(c.data, c.unchanged, prev.data); err != nil {
+		if prev.exists() && prev.data == nil && len(bytes.TrimSpace(c.unchanged)) > 2 {
+			// The row is kept without its data (too large): the values
+			// left out are not known, and the row without them is not
+			// the table's. It stays a row too large to keep.
+			v.data = nil
+		} else if v.data, err = fillUnchanged(c.data, c.unchanged, prev.data); err != nil {
 			return err
 		}
+	}
+	if v.data != nil && len(key)+len(v.data)+rowMessageRoom > int(m.nc.MaxPayload()) {
+		// The row, its unchanged values filled in, is larger than a
+		// message, though its event was not: the server would refuse it
+		// at every attempt, and the state would never pass this event.
+		// It is kept as a row too large to keep, as a claimed one is.
+		v.data = nil
 	}
 	newSubj := oldSubj
 	if string(key) != string(c.key) {
