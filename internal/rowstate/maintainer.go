@@ -132,6 +132,9 @@ type session struct {
 	batch map[string]version   // rows written by the batch being applied, by subject
 	w     rowWriter            // writes the rows of a batch
 	bases map[[2]string]string // tableRowsBase + ".r." of each table met, by schema and table
+	// truncates holds, by schema and table, the last truncate applied
+	// (truncatedAt), for the events a session may apply again.
+	truncates map[[2]string]uint64
 }
 
 // version is a row as the state holds it.
@@ -399,6 +402,18 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	if !c.keyed() {
 		return nil // a table without a key has no row state
 	}
+	if seq <= s.careful {
+		// Applied again after an interrupted batch: a truncate after this
+		// event, already applied, purged what it wrote, and a row it
+		// finds missing is not one to write back.
+		at, err := s.truncatedAt(ctx, c.schema, c.table)
+		if err != nil {
+			return err
+		}
+		if at > seq {
+			return nil
+		}
+	}
 	oldSubj := s.rowSubject(c.schema, c.table, c.key)
 	if op == schema.OpDelete {
 		return s.put(ctx, oldSubj, c.key, version{seq: seq, deleted: true})
@@ -586,11 +601,11 @@ func (s *session) truncate(ctx context.Context, c change) error {
 		return err
 	}
 	if c.seq <= s.careful {
-		st, err := ReadTableStatus(ctx, s.rows, m.cfg.Prefix, m.cfg.DB, c.schema, c.table)
+		at, err := s.truncatedAt(ctx, c.schema, c.table)
 		if err != nil {
 			return err
 		}
-		if st.Truncated >= c.seq {
+		if at >= c.seq {
 			return nil
 		}
 	}
@@ -608,7 +623,27 @@ func (s *session) truncate(ctx context.Context, c change) error {
 	if _, err := m.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(RowsStreamName(m.cfg.Events))); err != nil {
 		return fmt.Errorf("record the truncate of %s.%s: %w", c.schema, c.table, err)
 	}
+	if s.truncates != nil {
+		s.truncates[[2]string{c.schema, c.table}] = c.seq
+	}
 	return nil
+}
+
+// truncatedAt returns the event sequence of the last truncate of a table
+// the state has applied (0: none), read from its marker once a session.
+func (s *session) truncatedAt(ctx context.Context, schemaName, table string) (uint64, error) {
+	if at, ok := s.truncates[[2]string{schemaName, table}]; ok {
+		return at, nil
+	}
+	st, err := ReadTableStatus(ctx, s.rows, s.m.cfg.Prefix, s.m.cfg.DB, schemaName, table)
+	if err != nil {
+		return 0, err
+	}
+	if s.truncates == nil {
+		s.truncates = map[[2]string]uint64{}
+	}
+	s.truncates[[2]string{schemaName, table}] = st.Truncated
+	return st.Truncated, nil
 }
 
 // writeDBMarker records the state's position.
