@@ -20,6 +20,7 @@ type change struct {
 	old       []byte // "old" as PostgreSQL sent it, or nil
 	unchanged []byte // "unchanged", or nil
 	truncated bool   // "truncated": the reader kept no row
+	claimed   bool   // "claim": the event is in an object
 }
 
 // parseChange reads what applying needs of an envelope.
@@ -43,6 +44,7 @@ func parseChange(seq uint64, op string, env []byte) (change, error) {
 			c.truncated = c.truncated || string(r.value) == "true"
 		case r.is("claim"):
 			c.truncated = true // the row is in an object, too large for a row message
+			c.claimed = true
 		case r.is("schema"):
 			c.schema = decodeJSONString(r.value)
 		case r.is("table"):

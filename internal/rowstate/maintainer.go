@@ -1,6 +1,7 @@
 package rowstate
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,6 +28,7 @@ type Maintainer struct {
 	log    *slog.Logger
 	m      *metrics
 	tables Patterns
+	claims *stream.Resolver // reads the objects of claimed updates
 
 	applied atomic.Uint64
 	ready   atomic.Bool
@@ -62,7 +64,7 @@ func New(cfg Config, nc *nats.Conn) (*Maintainer, error) {
 	}
 	tables, _ := ParsePatterns(cfg.Tables)
 	return &Maintainer{cfg: cfg, nc: nc, js: js, log: cfg.Logger.With("component", "rowstate", "database", cfg.DB),
-		m: newMetrics(cfg.Registerer), tables: tables}, nil
+		m: newMetrics(cfg.Registerer), tables: tables, claims: stream.NewResolver(js)}, nil
 }
 
 // Ready reports whether the state exists: readers may scan it (they get
@@ -130,6 +132,9 @@ type session struct {
 	batch map[string]version   // rows written by the batch being applied, by subject
 	w     rowWriter            // writes the rows of a batch
 	bases map[[2]string]string // tableRowsBase + ".r." of each table met, by schema and table
+	// truncates holds, by schema and table, the last truncate applied
+	// (truncatedAt), for the events a session may apply again.
+	truncates map[[2]string]uint64
 }
 
 // version is a row as the state holds it.
@@ -397,6 +402,18 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	if !c.keyed() {
 		return nil // a table without a key has no row state
 	}
+	if seq <= s.careful {
+		// Applied again after an interrupted batch: a truncate after this
+		// event, already applied, purged what it wrote, and a row it
+		// finds missing is not one to write back.
+		at, err := s.truncatedAt(ctx, c.schema, c.table)
+		if err != nil {
+			return err
+		}
+		if at > seq {
+			return nil
+		}
+	}
 	oldSubj := s.rowSubject(c.schema, c.table, c.key)
 	if op == schema.OpDelete {
 		return s.put(ctx, oldSubj, c.key, version{seq: seq, deleted: true})
@@ -404,6 +421,13 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	key, err := c.newKey()
 	if err != nil {
 		return fmt.Errorf("key: %w", err)
+	}
+	if c.claimed && op == schema.OpUpdate {
+		// The claim's message carries the old key and no row: the new
+		// key, when the update changed it, is only in the object.
+		if key, err = s.claimedKey(ctx, c); err != nil {
+			return err
+		}
 	}
 	v := version{seq: seq, data: c.data}
 	if c.truncated || c.data == nil {
@@ -418,9 +442,21 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 			// row PostgreSQL sent (REPLICA IDENTITY FULL) is this one's.
 			prev.data = c.old
 		}
-		if v.data, err = fillUnchanged(c.data, c.unchanged, prev.data); err != nil {
+		if prev.exists() && prev.data == nil && len(bytes.TrimSpace(c.unchanged)) > 2 {
+			// The row is kept without its data (too large): the values
+			// left out are not known, and the row without them is not
+			// the table's. It stays a row too large to keep.
+			v.data = nil
+		} else if v.data, err = fillUnchanged(c.data, c.unchanged, prev.data); err != nil {
 			return err
 		}
+	}
+	if v.data != nil && len(key)+len(v.data)+rowMessageRoom > int(m.nc.MaxPayload()) {
+		// The row, its unchanged values filled in, is larger than a
+		// message, though its event was not: the server would refuse it
+		// at every attempt, and the state would never pass this event.
+		// It is kept as a row too large to keep, as a claimed one is.
+		v.data = nil
 	}
 	newSubj := oldSubj
 	if string(key) != string(c.key) {
@@ -449,7 +485,45 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	} else if prev, ok := s.batch[oldSubj]; ok && prev.exists() {
 		v.displaced = prev.displaced // a row updated while others share its key
 	}
+	if c.claimed && newSubj != oldSubj && len(key)+rowMessageRoom > int(m.nc.MaxPayload()) {
+		// A new key read from a claim's object that alone does not fit
+		// in a message (a table whose key is every column): the server
+		// would refuse the row, and the state could never pass this
+		// event. A key the event's message carried fits.
+		return nil
+	}
 	return s.put(ctx, newSubj, key, v)
+}
+
+// rowMessageRoom is what a row message needs beside its key: its other
+// members and its headers.
+const rowMessageRoom = 1024
+
+// claimedKey returns the key of the row after claimed update c, read from
+// the event in the claim's object; c's key when the object is gone (it
+// expired with the stream's max age), logged.
+func (s *session) claimedKey(ctx context.Context, c change) ([]byte, error) {
+	full, err := s.m.claims.Resolve(ctx, c.env)
+	switch {
+	case errors.Is(err, stream.ErrClaimGone):
+		s.m.log.Warn("row state: the object of a claimed update is gone; its row stays under the key the claim names",
+			"seq", c.seq, "schema", c.schema, "table", c.table, "err", err)
+		return c.key, nil
+	case err != nil:
+		return nil, fmt.Errorf("read the claim of event %d: %w", c.seq, err)
+	}
+	fc, err := parseChange(c.seq, c.op, full)
+	if err != nil {
+		return nil, fmt.Errorf("the claim of event %d: %w", c.seq, err)
+	}
+	if !fc.keyed() {
+		return c.key, nil
+	}
+	key, err := fc.newKey()
+	if err != nil {
+		return nil, fmt.Errorf("key: %w", err)
+	}
+	return key, nil
 }
 
 // current returns the row the state holds at subj: written by this batch,
@@ -527,11 +601,11 @@ func (s *session) truncate(ctx context.Context, c change) error {
 		return err
 	}
 	if c.seq <= s.careful {
-		st, err := ReadTableStatus(ctx, s.rows, m.cfg.Prefix, m.cfg.DB, c.schema, c.table)
+		at, err := s.truncatedAt(ctx, c.schema, c.table)
 		if err != nil {
 			return err
 		}
-		if st.Truncated >= c.seq {
+		if at >= c.seq {
 			return nil
 		}
 	}
@@ -549,7 +623,27 @@ func (s *session) truncate(ctx context.Context, c change) error {
 	if _, err := m.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(RowsStreamName(m.cfg.Events))); err != nil {
 		return fmt.Errorf("record the truncate of %s.%s: %w", c.schema, c.table, err)
 	}
+	if s.truncates != nil {
+		s.truncates[[2]string{c.schema, c.table}] = c.seq
+	}
 	return nil
+}
+
+// truncatedAt returns the event sequence of the last truncate of a table
+// the state has applied (0: none), read from its marker once a session.
+func (s *session) truncatedAt(ctx context.Context, schemaName, table string) (uint64, error) {
+	if at, ok := s.truncates[[2]string{schemaName, table}]; ok {
+		return at, nil
+	}
+	st, err := ReadTableStatus(ctx, s.rows, s.m.cfg.Prefix, s.m.cfg.DB, schemaName, table)
+	if err != nil {
+		return 0, err
+	}
+	if s.truncates == nil {
+		s.truncates = map[[2]string]uint64{}
+	}
+	s.truncates[[2]string{schemaName, table}] = st.Truncated
+	return st.Truncated, nil
 }
 
 // writeDBMarker records the state's position.

@@ -1,0 +1,67 @@
+package rowstate_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tablecast/tablecast/internal/rowstate"
+)
+
+// TestTruncateHoldsWhenABatchIsAppliedAgain: a batch that fails after it
+// applied a truncate (a row after it refused by the stream) is applied
+// again from the state's marker; the rows its events before the truncate
+// wrote, which the truncate purged, stay purged. They were written back
+// (the state held no later version of them), and the truncate, recorded
+// already, was not applied again: rows the table no longer had stayed in
+// the state for good.
+func TestTruncateHoldsWhenABatchIsAppliedAgain(t *testing.T) {
+	e := newEnv(t, items)
+	m, stop := e.maintainer()
+	e.caughtUp(m)
+	stop()
+	ctx := context.Background()
+	rows, err := e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := rows.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := info.Config
+	cfg.MaxMsgSize = 2048
+	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(`BEGIN;
+UPDATE items SET name = 'pre' WHERE id <= 5;
+TRUNCATE items;
+INSERT INTO items SELECT g, 'n' || g, NULL FROM generate_series(1001, 1010) g;
+INSERT INTO items VALUES (1051, 'big', ` + bigText + `);
+COMMIT`)
+	waitFor(t, 30*time.Second, "the transaction's events", func() bool { return e.eventOf(1051) > 0 })
+	// A maintainer that waits long before it tries again: the stream
+	// takes every row again before its second attempt.
+	m2, err := rowstate.New(rowstate.Config{DB: e.db, Prefix: prefix, RetryMin: 5 * time.Second, RetryMax: 5 * time.Second}, e.nats.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = m2.Run(mctx) }()
+	defer func() { cancel(); wg.Wait() }()
+	subj := rowstate.RowSubject(prefix, e.db, "public", "items", rowstate.KeyToken([]byte(`{"id":1010}`)))
+	waitFor(t, 30*time.Second, "the first attempt to store rows after the truncate", func() bool {
+		_, err := rows.GetLastMsgForSubject(ctx, subj)
+		return err == nil
+	})
+	time.Sleep(time.Second) // its batch fails on the row refused
+	cfg.MaxMsgSize = -1
+	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	e.settled("once the stream takes the row", "items")
+}
