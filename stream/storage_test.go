@@ -126,11 +126,15 @@ func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
 			for p.Err() == nil && p.InFlight() > 0 {
 				time.Sleep(5 * time.Millisecond)
 			}
+			next = first + int(p.Acked())
+			// The acknowledged count first: a failure seen by the test
+			// must find this publisher's acknowledgements counted, or
+			// those received before the disk filled look like some
+			// received after it.
+			acked.Store(int64(next - 1))
 			if p.Err() != nil {
 				failures.Add(1)
 			}
-			next = first + int(p.Acked())
-			acked.Store(int64(next - 1))
 			p.Close()
 		}
 		done <- nil
