@@ -63,6 +63,7 @@ soak:
 	TABLECAST_SOAK=1 $(GO) test -count=1 -timeout 20m -run 'TestLiveViews$$' -v ./cmd/tablecast
 	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 60m -run 'Soak' -v ./wsgate
 	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 20m -run 'TestWithoutBatches|Soak' -v ./internal/rowstate
+	TABLECAST_SOAK=1 $(GO) test -race -count=1 -timeout 20m -run 'Soak' -v ./cdc
 	@$(MAKE) --no-print-directory fuzz
 
 pg-start:
