@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -103,6 +104,10 @@ func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
 
 	const total = 6000 // 24 MiB
 	var acked, failures atomic.Int64
+	// What each publisher ended with, for the failure message: a writer too
+	// slow to finish is otherwise a count and nothing more.
+	var histMu sync.Mutex
+	var hist []string
 	done := make(chan error, 1)
 	go func() {
 		next := 1
@@ -135,6 +140,9 @@ func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
 			if p.Err() != nil {
 				failures.Add(1)
 			}
+			histMu.Lock()
+			hist = append(hist, fmt.Sprintf("%s publisher from %d: %d acked, err %v", time.Now().Format("15:04:05.000"), first, p.Acked(), p.Err()))
+			histMu.Unlock()
 			p.Close()
 		}
 		done <- nil
@@ -172,7 +180,13 @@ func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
 			t.Fatal(err)
 		}
 	case <-time.After(6 * time.Minute): // paced at 1 ms a message: slow on a loaded machine (2,807 of 6,000 in 4 minutes once)
-		t.Fatalf("the writer did not finish; %d of %d acknowledged", acked.Load(), total)
+		histMu.Lock()
+		last := hist[max(0, len(hist)-20):]
+		histMu.Unlock()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		t.Fatalf("the writer did not finish; %d of %d acknowledged, %d publishers failed; status %+v; process: %d goroutines, %d GCs, %s heap; the last publishers:\n%s",
+			acked.Load(), total, failures.Load(), e.Status(), runtime.NumGoroutine(), ms.NumGC, FormatBytes(int64(ms.HeapAlloc)), strings.Join(last, "\n"))
 	}
 
 	ids := func(msgs []storedMsg) []string {
@@ -270,8 +284,9 @@ func TestEmbeddedKeepsMaxStoreOnNearlyFullDisk(t *testing.T) {
 		t.Helper()
 		for range count {
 			n++
+			began := time.Now()
 			if _, err := js.Publish(ctx, testSubject, payload, jetstream.WithMsgID(msgID(n))); err != nil {
-				t.Fatalf("publish %d: %v", n, err)
+				t.Fatalf("publish %d: %v after %s; process: %d goroutines", n, err, time.Since(began), runtime.NumGoroutine())
 			}
 		}
 	}
