@@ -99,7 +99,9 @@ func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
 	}
 	reader := collect(t, js)
 	filler := tmpfs.Fill(t, dir, 4<<20)
-	ctx := testContext(t)
+	// The test's own context, not testContext's minute: the whole test
+	// takes longer than a minute on a loaded machine.
+	ctx := t.Context()
 	payload := []byte(strings.Repeat("x", 4096))
 
 	const total = 6000 // 24 MiB
@@ -124,6 +126,11 @@ func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
 			first := next
 			for i := first; i <= total && p.Err() == nil; i++ {
 				if _, err := p.Publish(ctx, testSubject, msgID(i), payload); err != nil {
+					if p.Err() == nil { // the test ended: ctx is done
+						p.Close()
+						done <- err
+						return
+					}
 					break
 				}
 				time.Sleep(time.Millisecond) // still sending when the ack timeout strikes
@@ -274,7 +281,10 @@ func TestEmbeddedKeepsMaxStoreOnNearlyFullDisk(t *testing.T) {
 	const maxStore = 1 << 30
 	e := startStorageServer(t, "127.0.0.1:-1", store, maxStore, -1)
 	_, js := connectTest(t, e.ClientURL())
-	ctx := testContext(t)
+	// Each publish is bounded by jetstream's default timeout; the 6,000 of
+	// them are not bounded together (testContext's minute), which a loaded
+	// machine can exceed.
+	ctx := t.Context()
 	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}

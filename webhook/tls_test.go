@@ -33,7 +33,9 @@ func TestTLSUntrustedCertificate(t *testing.T) {
 	e := newEnv(t, envOptions{}) // the system's roots
 	r := newTLSReceiver(t, testcert.New(t, "127.0.0.1"))
 	ep := e.endpoint("untrusted", r.URL(), func(w *endpoint.Webhook) {
-		w.Retry = endpoint.Retry{Initial: endpoint.Duration(100 * time.Millisecond), Max: endpoint.Duration(200 * time.Millisecond), MaxAge: endpoint.Duration(1500 * time.Millisecond)}
+		// max_age runs from the first attempt, whose handshake took 2.6 s
+		// once in CI: 5 s leaves room for several attempts.
+		w.Retry = endpoint.Retry{Initial: endpoint.Duration(100 * time.Millisecond), Max: endpoint.Duration(200 * time.Millisecond), MaxAge: endpoint.Duration(5 * time.Second)}
 	})
 	e.waitConsumer(ep)
 	e.insertOrders(1, 2)
