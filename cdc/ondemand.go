@@ -733,8 +733,19 @@ type window struct {
 	table   string   // schema.table, for logs
 	relid   uint32   // the table's OID: a rename does not change it
 	keys    []string // primary key column names
-	lowLSN  uint64   // the reader confirms nothing past it while the window is open
 	changed map[string]struct{}
+	// holdLSN is the highest position the reader may confirm while the
+	// window is open: what it could confirm before the low watermark
+	// came (session.walBefore). Not the watermark's own LSN: PostgreSQL
+	// gives a logical message the LSN where its record ends, and on a
+	// replay skips a record that starts before the confirmed position, so
+	// confirming that LSN made a session restarted inside the window miss
+	// the low watermark, meet the high one alone and skip the chunk, and
+	// the snapshot waited for it for good. Every message before the low
+	// watermark was sent as its record, or an earlier one, was decoded: its
+	// LSN, and every keepalive's, is at most where the watermark's record
+	// starts.
+	holdLSN uint64
 	// truncated: the table was truncated inside the window, so every row
 	// the chunk read is either gone or written again by a change the
 	// stream holds.
@@ -748,10 +759,10 @@ type window struct {
 type pendingChunk struct {
 	id  string
 	seq uint64
-	// lowLSN is its window's low watermark: until the chunk is stored,
-	// the reader confirms nothing past it, so that a session restarted
-	// meanwhile opens the window again and publishes the chunk again.
-	lowLSN uint64
+	// holdLSN is its window's: until the chunk is stored, the reader
+	// confirms nothing past it, so that a session restarted meanwhile
+	// opens the window again and publishes the chunk again.
+	holdLSN uint64
 }
 
 // onDemandMessage handles watermarks seen in the stream, and ignores
@@ -781,7 +792,7 @@ func (s *session) onDemandMessage(ctx context.Context, prefix string, content []
 			s.r.log.Warn("ignoring a repeated low watermark", "table", c.table, "lsn", pglogrepl.LSN(lsn).String())
 			return nil
 		}
-		s.windows[id] = &window{table: c.table, relid: c.relid, keys: c.keys, lowLSN: lsn, changed: map[string]struct{}{}}
+		s.windows[id] = &window{table: c.table, relid: c.relid, keys: c.keys, holdLSN: s.walBefore, changed: map[string]struct{}{}}
 	case "high":
 		w := s.windows[id]
 		if w == nil {
@@ -799,7 +810,7 @@ func (s *session) onDemandMessage(ctx context.Context, prefix string, content []
 		if err := s.publishChunk(ctx, c, w, lsn); err != nil {
 			return err
 		}
-		s.pendingChunks = append(s.pendingChunks, pendingChunk{id: id, seq: s.lastSeq, lowLSN: w.lowLSN})
+		s.pendingChunks = append(s.pendingChunks, pendingChunk{id: id, seq: s.lastSeq, holdLSN: w.holdLSN})
 		return nil
 	}
 	return nil
@@ -821,19 +832,20 @@ func (s *session) releaseChunks(acked uint64) {
 	}
 }
 
-// confirmLimit is the highest LSN the reader may confirm: the low
-// watermark of the oldest open window, or of a chunk published and not yet
-// stored, so that a replay always sees it. (Transactions committed inside
-// the window are acknowledged before the chunk's rows, which follow them:
-// confirming them meanwhile made a session restarted in between start
-// past the low watermark, skip the chunk, and leave the worker waiting for
-// it for good.) A window whose chunk the worker gave up (its query failed:
-// the table was dropped, say) is closed: no high watermark will come for
-// it, and it would hold the slot's position for the rest of the session.
+// confirmLimit is the highest LSN the reader may confirm: the holdLSN of
+// the oldest open window, or of a chunk published and not yet stored, just
+// before its low watermark, so that a replay always sees it.
+// (Transactions committed inside the window are acknowledged before the
+// chunk's rows, which follow them: confirming them meanwhile made a
+// session restarted in between start past the low watermark, skip the
+// chunk, and leave the worker waiting for it for good.) A window whose
+// chunk the worker gave up (its query failed: the table was dropped, say)
+// is closed: no high watermark will come for it, and it would hold the
+// slot's position for the rest of the session.
 func (s *session) confirmLimit() uint64 {
 	limit := uint64(math.MaxUint64)
 	for _, p := range s.pendingChunks {
-		limit = min(limit, p.lowLSN)
+		limit = min(limit, p.holdLSN)
 	}
 	if len(s.windows) == 0 {
 		return limit
@@ -845,7 +857,7 @@ func (s *session) confirmLimit() uint64 {
 			delete(s.windows, id)
 			continue
 		}
-		limit = min(limit, w.lowLSN)
+		limit = min(limit, w.holdLSN)
 	}
 	return limit
 }

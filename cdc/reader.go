@@ -585,10 +585,14 @@ type session struct {
 	commits       commitTracker
 	wm            stream.Watermark // the publisher's, as last read by advance
 	walEnd        uint64           // latest server WAL end seen
-	row           rowMessage
-	buf, ids      []byte   // a topic message and its id
-	ev            eventBuf // row change events
-	old           *oldRows // complete old rows (oldrows.go); nil when no table is opted in
+	// walBefore is walEnd before the XLogData being handled: a position
+	// the reader may confirm without skipping that message on a replay
+	// (see window.holdLSN).
+	walBefore uint64
+	row       rowMessage
+	buf, ids  []byte   // a topic message and its id
+	ev        eventBuf // row change events
+	old       *oldRows // complete old rows (oldrows.go); nil when no table is opted in
 
 	confirmed  uint64 // highest LSN safe to confirm
 	sent       uint64 // last LSN sent in a status update
@@ -719,6 +723,7 @@ func (s *session) handleCopyData(ctx context.Context, data []byte, now time.Time
 		if len(data) < 25 {
 			return fmt.Errorf("XLogData of %d bytes", len(data))
 		}
+		s.walBefore = s.walEnd
 		s.walEnd = max(s.walEnd, binary.BigEndian.Uint64(data[9:17]))
 		return s.handleWAL(ctx, data[25:], now)
 	}
