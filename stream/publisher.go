@@ -19,11 +19,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// DefaultAckTimeout is how long the Publisher waits for JetStream to
-// acknowledge a message before it gives up. A local JetStream acknowledges in
-// well under a millisecond and a clustered one in a few; five seconds is far
-// beyond a healthy server yet short enough that a lost ack (a dropped
-// connection, a server that died before answering) stops the reader quickly.
+// DefaultAckTimeout is how long the Publisher waits, with messages in
+// flight, for JetStream's acknowledgements to move on before it gives up
+// (see WithAckTimeout). A local JetStream acknowledges in well under a
+// millisecond and a clustered one in a few; five seconds is far beyond a
+// healthy server yet short enough that a lost ack (a dropped connection, a
+// server that died before answering) stops the reader quickly.
 const DefaultAckTimeout = 5 * time.Second
 
 // MaxInFlightLimit is the largest maxInFlight NewPublisher accepts. 65,536
@@ -41,7 +42,8 @@ var (
 	// ErrNoStream: no JetStream stream stores the subject (NATS answered
 	// "no responders").
 	ErrNoStream = errors.New("no JetStream stream stores this subject, or none answered (in a cluster: its replicas may be electing a leader)")
-	// ErrAckTimeout: JetStream did not acknowledge a message in time.
+	// ErrAckTimeout: JetStream's acknowledgements stopped, with messages
+	// awaiting theirs, for longer than the ack timeout.
 	ErrAckTimeout = errors.New("no acknowledgement from JetStream in time")
 	// ErrConnectionLost: the connection to NATS dropped while messages were
 	// awaiting their acknowledgements, which are therefore lost.
@@ -79,8 +81,12 @@ var seqField = []byte(`"seq":`)
 // PublisherOption adjusts a Publisher; see NewPublisher.
 type PublisherOption func(*Publisher)
 
-// WithAckTimeout sets how long a message may wait for its acknowledgement
-// before the Publisher fails with ErrAckTimeout. Default: DefaultAckTimeout.
+// WithAckTimeout sets how long the oldest message awaiting its
+// acknowledgement may wait, counted from when it was sent or from the last
+// acknowledgement that moved the watermark (Acked), whichever is later,
+// before the Publisher fails with ErrAckTimeout: a JetStream that is slow
+// but storing is waited for, one that stopped answering is not. Default:
+// DefaultAckTimeout.
 func WithAckTimeout(d time.Duration) PublisherOption {
 	return func(p *Publisher) {
 		if d > 0 {
@@ -831,17 +837,26 @@ func (p *Publisher) watch() {
 			p.mu.Lock()
 			var (
 				n       uint64
-				age     time.Duration
+				waited  time.Duration
 				subject string
 			)
 			if p.sent > p.acked {
 				n = p.acked + 1
 				s := &p.ring[n&p.mask]
-				age, subject = time.Since(p.start)-time.Duration(s.sentAt), s.subject
+				// Since the watermark last moved, or since message n was
+				// sent if that came later (after an idle spell); not since n
+				// was sent. A JetStream that stores slower than messages come
+				// keeps the oldest of a deep window waiting longer than the
+				// timeout while acknowledgements keep coming: failing then
+				// made the reader start over from its confirmed position and
+				// send the whole window again into the JetStream that could
+				// not keep up (four sessions in a minute under load, each
+				// failing with 8,192 in flight).
+				waited, subject = time.Since(p.start)-time.Duration(max(s.sentAt, p.ackedAt)), s.subject
 			}
 			p.mu.Unlock()
-			if n > 0 && age > p.ackTimeout {
-				p.fail(fmt.Errorf("message %d to %q: %w (waited %s)", n, subject, ErrAckTimeout, age.Round(time.Millisecond)))
+			if n > 0 && waited > p.ackTimeout {
+				p.fail(fmt.Errorf("message %d to %q: %w (the acknowledgements stopped %s ago)", n, subject, ErrAckTimeout, waited.Round(time.Millisecond)))
 			}
 		}
 	}

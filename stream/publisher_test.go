@@ -837,3 +837,76 @@ func TestAckSeqAllocatesNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestPublisherWaitsForASlowJetStream: a JetStream that stores slower than
+// messages come, but stores, is waited for: the oldest message waits far
+// longer than the ack timeout, behind the others, while the
+// acknowledgements keep coming, and the Publisher does not fail. It failed
+// when the timeout ran from each message's sending: under load the reader
+// then started over, four times a minute, sending its whole window again
+// into the JetStream that could not keep up.
+func TestPublisherWaitsForASlowJetStream(t *testing.T) {
+	e := startTestServer(t, "")
+	nc, js := connectTest(t, e.ClientURL())
+	fake := newFakeJetStream(t, nc)
+	const timeout, n = 300 * time.Millisecond, 20
+	p := newTestPublisher(t, nc, js, 64, WithAckTimeout(timeout))
+	for i := 1; i <= n; i++ {
+		if _, err := p.Publish(testContext(t), "fake.x", msgID(i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "the messages to arrive", func() bool { return fake.count() == n })
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		time.Sleep(timeout / 3)
+		fake.reply(t, i, okAck(i+1))
+	}
+	waitFor(t, 5*time.Second, "every acknowledgement", func() bool { return p.Acked() == n || p.Err() != nil })
+	if err := p.Err(); err != nil {
+		t.Fatalf("failed while the acknowledgements kept coming: %v", err)
+	}
+	if d := time.Since(start); d < 2*timeout {
+		t.Fatalf("the last message waited %s, not beyond the %s timeout: the test proves nothing", d, timeout)
+	}
+}
+
+// TestPublisherAckTimeoutOnceAcknowledgementsStop: a message whose
+// acknowledgement never comes fails the Publisher, within about the ack
+// timeout of the last acknowledgement that moved the watermark, even
+// though the messages after it are acknowledged (out of order).
+func TestPublisherAckTimeoutOnceAcknowledgementsStop(t *testing.T) {
+	e := startTestServer(t, "")
+	nc, js := connectTest(t, e.ClientURL())
+	fake := newFakeJetStream(t, nc)
+	const timeout = 300 * time.Millisecond
+	p := newTestPublisher(t, nc, js, 64, WithAckTimeout(timeout))
+	for i := 1; i <= 6; i++ {
+		if _, err := p.Publish(testContext(t), "fake.x", msgID(i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "the messages to arrive", func() bool { return fake.count() == 6 })
+	answered := time.Now() // the watermark moves after it
+	fake.reply(t, 0, okAck(1))
+	fake.reply(t, 1, okAck(2))
+	waitFor(t, 5*time.Second, "the watermark at 2", func() bool { return p.Acked() == 2 })
+	// The third is never answered; the later ones keep coming.
+	for i := 3; i < 6; i++ {
+		fake.reply(t, i, okAck(i+1))
+	}
+	select {
+	case <-p.Failed():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no failure with message 3 never acknowledged")
+	}
+	if !errors.Is(p.Err(), ErrAckTimeout) || !strings.Contains(p.Err().Error(), "message 3 ") {
+		t.Fatalf("Err() = %v, want ErrAckTimeout for message 3", p.Err())
+	}
+	if d := time.Since(answered); d < timeout {
+		t.Fatalf("failed %s after the watermark moved, before the %s timeout", d, timeout)
+	}
+	if p.Acked() != 2 {
+		t.Fatalf("Acked() = %d, want 2", p.Acked())
+	}
+}
