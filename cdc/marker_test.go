@@ -224,6 +224,43 @@ func TestTransactionMarkers(t *testing.T) {
 	}
 }
 
+// TestMarkerLeavesOutDeadLetteredMessages: a custom-topic message too large
+// to publish is dead-lettered, and its transaction's marker counts what the
+// stream holds of the transaction, without it: it counted the message, so
+// a consumer checking the transaction's messages against the marker waited
+// for one that never comes, and a transaction whose only message was
+// dead-lettered had a marker of one message and nothing before it.
+func TestMarkerLeavesOutDeadLetteredMessages(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t, `CREATE TABLE a (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.TxMarkers = true
+	cfg.MaxEventBytes = 4096
+	startReader(t, cfg, n)
+	const big = `'{"pad":"' || repeat('x', 8192) || '"}'` // over MaxEventBytes
+	db.exec(t, `BEGIN; INSERT INTO a VALUES (1);
+		SELECT pg_logical_emit_message(true, 'tablecast:big', `+big+`);
+		SELECT pg_logical_emit_message(true, 'tablecast:small', '{"n":1}'); COMMIT`)
+	db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast:big', `+big+`)`)
+	db.exec(t, `INSERT INTO a VALUES (2)`)
+	n.waitCount(t, 5, 30*time.Second) // a, small, marker; a, marker
+	time.Sleep(300 * time.Millisecond) // a marker for the second would be stored by now
+	msgs := n.ReadAll(t, "TABLECAST")
+	txs := splitTransactions(t, msgs, stream.TransactionSubject(testPrefix, db.name))
+	if len(txs) != 2 {
+		t.Fatalf("the stream holds %d transactions, want 2 (the one whose only message was dead-lettered has nothing)", len(txs))
+	}
+	first := checkMarker(t, txs[0])
+	if first.Events != 2 || len(first.Topics) != 1 || first.Topics[0].Topic != "small" {
+		t.Errorf("first marker %s: want 2 events (the row and the small message), the topic small alone", txs[0].marker.Data)
+	}
+	checkMarker(t, txs[1])
+	if len(msgs) != 5 {
+		t.Errorf("the stream holds %d messages, want 5", len(msgs))
+	}
+}
+
 // TestNoTransactionMarkersByDefault: without TxMarkers, nothing but the
 // events is published.
 func TestNoTransactionMarkersByDefault(t *testing.T) {

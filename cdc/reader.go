@@ -878,10 +878,6 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 		return nil
 	}
 	s.ordinal++
-	s.tx.addTopic(topic)
-	if s.alreadyStored(s.txn.CommitLSN, s.ordinal) {
-		return nil
-	}
 	s.buf = s.buf[:0]
 	// JSON text is UTF-8 (the bytea form of pg_logical_emit_message takes
 	// any bytes, which json.Valid does not check), and the gateway holds
@@ -894,7 +890,21 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 		s.buf = jsonx.AppendStringBytes(s.buf, m.Content)
 	}
 	s.ids = s.txn.AppendID(s.ids[:0], s.ordinal)
-	if len(s.buf) > s.r.cfg.MaxEventBytes || !s.pub.Fits(string(s.ids), len(s.buf)) {
+	deadLetter := len(s.buf) > s.r.cfg.MaxEventBytes || !s.pub.Fits(string(s.ids), len(s.buf))
+	if !deadLetter {
+		// The marker counts what the stream holds of the transaction: a
+		// message dead-lettered is not there, and a consumer counting the
+		// transaction's messages against the marker would wait for it for
+		// good (decided from the message alone, the same on a replay).
+		s.tx.addTopic(topic)
+	}
+	if s.alreadyStored(s.txn.CommitLSN, s.ordinal) {
+		if cap(s.buf) > keptBufferBytes {
+			s.buf = nil
+		}
+		return nil
+	}
+	if deadLetter {
 		err := s.r.deadLetterTopicMessage(ctx, topic, string(s.ids), s.txn.CommitLSN, s.buf)
 		if cap(s.buf) > keptBufferBytes {
 			s.buf = nil
