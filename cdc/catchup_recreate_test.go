@@ -2,7 +2,6 @@ package cdc
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 )
@@ -24,17 +23,7 @@ func TestCatchUpOfATableDroppedAndCreatedAgain(t *testing.T) {
 	r := startReader(t, cfg, n)
 
 	// The worker is kept busy inside a snapshot of big meanwhile.
-	busy, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	testHookChunkRead = func(table string) {
-		if table == "public.big" {
-			once.Do(func() {
-				close(busy)
-				<-release
-			})
-		}
-	}
-	t.Cleanup(func() { testHookChunkRead = nil })
+	busy, release := holdFirstChunk(t, "public.big")
 	if _, err := RequestSnapshot(ctx, n.NC, testPrefix, cfg.Slot, "public.big"); err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +39,7 @@ func TestCatchUpOfATableDroppedAndCreatedAgain(t *testing.T) {
 		_ = db.conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_publication_tables WHERE pubname = 'tc_pub' AND tablename = 'orders')`).Scan(&in)
 		return in
 	})
-	close(release)
+	release()
 	waitFor(t, 20*time.Second, "the rows of the new orders as op read", func() bool {
 		got := map[any]bool{}
 		for _, e := range eventsOf(t, n, "public.orders") {

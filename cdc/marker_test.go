@@ -244,7 +244,7 @@ func TestMarkerLeavesOutDeadLetteredMessages(t *testing.T) {
 		SELECT pg_logical_emit_message(true, 'tablecast:small', '{"n":1}'); COMMIT`)
 	db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast:big', `+big+`)`)
 	db.exec(t, `INSERT INTO a VALUES (2)`)
-	n.waitCount(t, 5, 30*time.Second) // a, small, marker; a, marker
+	n.waitCount(t, 5, 30*time.Second)  // a, small, marker; a, marker
 	time.Sleep(300 * time.Millisecond) // a marker for the second would be stored by now
 	msgs := n.ReadAll(t, "TABLECAST")
 	txs := splitTransactions(t, msgs, stream.TransactionSubject(testPrefix, db.name))

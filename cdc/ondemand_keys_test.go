@@ -229,6 +229,29 @@ func snapshotUnderKeyChanges(t *testing.T, rows, restarts int, ddl ...string) {
 	t.Logf("%d rows, copy matches", len(table))
 }
 
+// holdFirstChunk makes the snapshot worker wait, once the first chunk of
+// table ("" for any) is read and before its high watermark is written,
+// until release is called (at the end of the test at the latest). held is
+// closed when the worker waits. Tests that use it cannot run in parallel:
+// testHookChunkRead is read by every reader.
+func holdFirstChunk(t *testing.T, table string) (held <-chan struct{}, release func()) {
+	t.Helper()
+	inChunk, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	testHookChunkRead = func(read string) {
+		if table != "" && read != table {
+			return
+		}
+		once.Do(func() {
+			close(inChunk)
+			<-resume
+		})
+	}
+	release = sync.OnceFunc(func() { close(resume) })
+	t.Cleanup(func() { release(); testHookChunkRead = nil })
+	return inChunk, release
+}
+
 // TestOnDemandSnapshotOutlivesALostLease: a snapshot that was running when
 // its reader lost the slot's lease (NATS away longer than the lease) is
 // taken again from its start once the reader leads again, as the ones
@@ -245,15 +268,7 @@ func TestOnDemandSnapshotOutlivesALostLease(t *testing.T) {
 	cfg.LeaderLease = time.Second
 	r := startReader(t, cfg, n)
 
-	inChunk, resume := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	testHookChunkRead = func(string) {
-		once.Do(func() {
-			close(inChunk)
-			<-resume
-		})
-	}
-	t.Cleanup(func() { testHookChunkRead = nil })
+	inChunk, release := holdFirstChunk(t, "")
 	if _, err := RequestSnapshot(ctx, n.NC, testPrefix, cfg.Slot, "public.items"); err != nil {
 		t.Fatalf("request snapshot: %v", err)
 	}
@@ -261,7 +276,7 @@ func TestOnDemandSnapshotOutlivesALostLease(t *testing.T) {
 	n.Stop()
 	waitFor(t, 30*time.Second, "the reader to lose its lease", func() bool { return r.log.contains("no longer the slot's leader") })
 	n.Restart()
-	close(resume)
+	release()
 	waitFor(t, 60*time.Second, "the on-demand snapshot to finish", func() bool { return r.log.contains("on-demand snapshot done") })
 	read := map[float64]bool{}
 	for _, e := range n.fetch(t) {
@@ -295,16 +310,7 @@ func TestSessionRestartInsideAWindow(t *testing.T) {
 	cfg.Snapshot = SnapshotNever
 	r := startReader(t, cfg, n)
 
-	inChunk, resume := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	testHookChunkRead = func(string) {
-		once.Do(func() {
-			close(inChunk)
-			<-resume
-		})
-	}
-	release := sync.OnceFunc(func() { close(resume) })
-	t.Cleanup(func() { release(); testHookChunkRead = nil })
+	inChunk, release := holdFirstChunk(t, "")
 	if _, err := RequestSnapshot(ctx, n.NC, testPrefix, cfg.Slot, "public.items"); err != nil {
 		t.Fatalf("request snapshot: %v", err)
 	}
