@@ -309,6 +309,9 @@ func (r *Reader) acquireLease(ctx context.Context) (acquired, error) {
 	var (
 		w      holderWatch
 		warned bool
+		// lastUpdateErr is the last failed take-over logged: a standby
+		// that keeps failing to write the lease says why, once a reason.
+		lastUpdateErr string
 		// own is the revision this reader last wrote as leader: finding it
 		// still there, nobody took the lease meanwhile, and the reader
 		// takes it back at once, with no fence against itself.
@@ -361,6 +364,10 @@ func (r *Reader) acquireLease(ctx context.Context) (acquired, error) {
 						return acquired{l: l}, nil
 					}
 					return acquired{l: l, takeover: true, prev: cur}, nil
+				}
+				if ctx.Err() == nil && err.Error() != lastUpdateErr {
+					r.log.Warn("cannot take the lease; retrying", "revision", e.Revision(), "holder", cur.Holder, "err", err)
+					lastUpdateErr = err.Error()
 				}
 			}
 		}
