@@ -366,7 +366,8 @@ func (r *Reader) acquireLease(ctx context.Context) (acquired, error) {
 					return acquired{l: l, takeover: true, prev: cur}, nil
 				}
 				if ctx.Err() == nil && err.Error() != lastUpdateErr {
-					r.log.Warn("cannot take the lease; retrying", "revision", e.Revision(), "holder", cur.Holder, "err", err)
+					// Info: another standby taking it first is the usual reason.
+					r.log.Info("cannot take the lease yet; retrying", "revision", e.Revision(), "holder", cur.Holder, "err", err)
 					lastUpdateErr = err.Error()
 				}
 			}
