@@ -87,7 +87,12 @@ func checkIDs(t *testing.T, what string, ids []string, n int) {
 func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
 	t.Parallel() // see parallelTests
 	dir := tmpfs.Mount(t, 48<<20)
-	e := startStorageServer(t, "127.0.0.1:-1", filepath.Join(dir, "nats"), 0, 1<<20)
+	// The minimum free space (8 MiB) is above what the filler below leaves
+	// (4 MiB), so that the server cannot be restarted before the filler is
+	// removed: with 1 MiB, space freed after the failed write (a block
+	// JetStream could not fill) was enough for a restart, and the disk
+	// "full" stored 753 and 843 more messages in two runs.
+	e := startStorageServer(t, "127.0.0.1:-1", filepath.Join(dir, "nats"), 0, 8<<20)
 	nc, js := connectTest(t, e.ClientURL())
 	// The writer below sends again what was in flight when its publisher
 	// failed, and counts on the duplicate window to drop what had been
