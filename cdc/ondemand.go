@@ -342,15 +342,19 @@ func (p *tablePlan) follow(ctx context.Context, conn *pgx.Conn) (found bool, err
 // watermark (columns, rows, filled); the session reads it under
 // snapshots.mu.
 type chunk struct {
-	schema   string
-	name     string
-	table    string   // schema.table, as QualifiedName writes it
-	relid    uint32   // the table's OID, which its changes in the stream carry
-	keys     []string // primary key column names
-	columns  []schema.Column
-	keyIdx   []int      // positions of the key columns in columns
-	rows     [][][]byte // text values; nil is NULL
-	filled   bool       // rows are read: its high watermark may come
+	schema  string
+	name    string
+	table   string   // schema.table, as QualifiedName writes it
+	relid   uint32   // the table's OID, which its changes in the stream carry
+	keys    []string // primary key column names
+	columns []schema.Column
+	keyIdx  []int      // positions of the key columns in columns
+	rows    [][][]byte // text values; nil is NULL
+	// shape is the table's as the rows were read, for the schema registry:
+	// a table created again, or altered with no change streamed since, is
+	// registered with it before its rows are published.
+	shape    schema.Shape
+	filled   bool // rows are read: its high watermark may come
 	consumed chan struct{}
 }
 
@@ -562,6 +566,13 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 		if after != nil {
 			sql, args = next, after
 		}
+		// The rows and the table's shape are read in one transaction: the
+		// SELECT's lock on the table keeps any ALTER from committing
+		// before the shape is read, so the shape is the rows'.
+		if _, err := conn.Exec(ctx, `BEGIN`); err != nil {
+			drop()
+			return fmt.Errorf("begin reading chunk %d of %s: %w", n, req.table, err)
+		}
 		rr := conn.PgConn().ExecParams(ctx, sql, args, nil, nil, nil)
 		var (
 			columns []schema.Column
@@ -595,18 +606,32 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 			var pgErr *pgconn.PgError
 			if errors.As(err, &pgErr) && pgErr.Code == "42P01" && renamed < 3 { // undefined_table
 				// Renamed (or dropped) after it was looked up: again.
+				if _, err := conn.Exec(ctx, `ROLLBACK`); err != nil {
+					return fmt.Errorf("end reading chunk %d of %s: %w", n, req.table, err)
+				}
 				renamed++
 				continue
 			}
 			return fmt.Errorf("read chunk %d of %s: %w", n, req.table, err)
 		}
 		renamed = 0
+		st := plan.table
+		st.schema, st.name = plan.schema, plan.name
+		shape, err := r.catalogShape(ctx, conn, &types, st)
+		if err != nil {
+			drop()
+			return fmt.Errorf("read chunk %d of %s: %w", n, req.table, err)
+		}
+		if _, err := conn.Exec(ctx, `COMMIT`); err != nil {
+			drop()
+			return fmt.Errorf("end reading chunk %d of %s: %w", n, req.table, err)
+		}
 		if err := applyTypes(ctx, conn, &types, columns); err != nil {
 			drop()
 			return fmt.Errorf("look up the column types of %s: %w", req.table, err)
 		}
 		r.snaps.mu.Lock()
-		c.columns, c.keyIdx, c.rows, c.filled = columns, keyIdx, rows, true
+		c.columns, c.keyIdx, c.rows, c.shape, c.filled = columns, keyIdx, rows, shape, true
 		r.snaps.mu.Unlock()
 		if hook := testHookChunkRead; hook != nil {
 			hook(plan.schema + "." + plan.name)
@@ -918,6 +943,12 @@ func (s *session) publishChunk(ctx context.Context, c *chunk, w *window, lsn uin
 	tbl := &schema.Table{Schema: schemaName, Name: name, Columns: c.columns}
 	var txn schema.Txn
 	txn.ResetSnapshot(lsn, time.Now())
+	if !s.alreadyStoredQuietly(eventID{txn.CommitLSN - 1, 1}) {
+		// Before its rows, as a Relation message comes before its changes.
+		if err := s.r.putShape(ctx, c.shape, lsn); err != nil {
+			return fmt.Errorf("register the shape of %s: %w", c.table, err)
+		}
+	}
 	subject := stream.ChangeSubject(s.r.prefix, s.r.db, schemaName, name, schema.OpRead)
 	count := s.r.tableCount(schemaName, name)
 	row := make([]schema.Value, len(c.columns))

@@ -403,6 +403,12 @@ func (s *session) replaying() bool {
 	return s.skipping && !(eventID{s.txn.CommitLSN, uint64(s.ordinal) + 1}).after(s.skipThrough)
 }
 
+// alreadyStoredQuietly reports whether the stream holds id already,
+// without counting it or ending the skip.
+func (s *session) alreadyStoredQuietly(id eventID) bool {
+	return s.skipping && !id.after(s.skipThrough)
+}
+
 // alreadyStoredID is alreadyStored of any id, a transaction marker's
 // (schema.MarkerOrdinal) included.
 func (s *session) alreadyStoredID(id eventID) bool {

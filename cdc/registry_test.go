@@ -177,3 +177,103 @@ func TestReplayKeepsTheLatestShape(t *testing.T) {
 		t.Fatalf("registry history %v, want %v", got, want)
 	}
 }
+
+// shapeHistory is the registry's history of a table, one "version:columns"
+// per entry, each column as name:type.
+func shapeHistory(t testing.TB, reg *stream.Registry, db, table string) []string {
+	t.Helper()
+	hist, err := reg.History(context.Background(), stream.SchemaKey(db, "public", table))
+	if err != nil {
+		t.Fatalf("registry history of %s: %v", table, err)
+	}
+	var got []string
+	for _, h := range hist {
+		var s schema.Shape
+		if err := json.Unmarshal(h, &s); err != nil {
+			t.Fatalf("registry value %s: %v", h, err)
+		}
+		var cols []string
+		for _, c := range s.Columns {
+			cols = append(cols, c.Name+":"+c.Type)
+		}
+		got = append(got, fmt.Sprintf("%d:%s", s.Version, strings.Join(cols, ",")))
+	}
+	return got
+}
+
+// TestSnapshotRegistersTheShapeOfItsRows: rows sent as op read carry the
+// table's columns as they are when read; the registry describes them
+// before any change of the table is streamed. A table dropped and created
+// again under its name (its rows sent by a catch-up) used to keep the
+// dropped table's shape in the registry, and an altered table whose rows
+// an on-demand snapshot sent its shape before the ALTER, until the next
+// change. A table with a domain and an enum column gets no new version
+// when its next change comes: the shape read from the catalog is the one
+// pgoutput describes.
+func TestSnapshotRegistersTheShapeOfItsRows(t *testing.T) {
+	t.Parallel() // see parallelTests
+	ctx := context.Background()
+	db := newTestDB(t,
+		`CREATE DOMAIN price AS numeric(10,2) CHECK (VALUE >= 0)`,
+		`CREATE TYPE mood AS ENUM ('ok', 'sad')`,
+		`CREATE TABLE orders (id int PRIMARY KEY, v text)`,
+		`CREATE TABLE items (id int PRIMARY KEY, p price, m mood)`,
+		`INSERT INTO items VALUES (1, 2.50, 'ok')`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	cfg.CatalogInterval = 200 * time.Millisecond
+	r := startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO orders VALUES (1, 'old')`)
+	db.exec(t, `INSERT INTO items VALUES (2, 3, 'sad')`)
+	n.waitCount(t, 2, 20*time.Second)
+
+	// Created again: its rows come by a catch-up, no change is streamed.
+	db.exec(t, `DROP TABLE orders`)
+	db.exec(t, `BEGIN; CREATE TABLE orders (id text PRIMARY KEY, w int, t timestamptz); INSERT INTO orders VALUES ('a', 1, now()); COMMIT`)
+	waitFor(t, 30*time.Second, "the catch-up of the new orders to end", func() bool {
+		return r.log.contains(`msg="catch-up snapshot done" component=cdc slot=` + db.slot + ` table=public.orders`)
+	})
+	reads := 0
+	for _, e := range eventsOf(t, n, "public.orders") {
+		if e.Op == "read" {
+			reads++
+			if _, ok := e.Data["w"]; !ok {
+				t.Errorf("read event %s without the new table's column w: %v", e.ID, e.Data)
+			}
+		}
+	}
+	if reads != 1 {
+		t.Fatalf("%d read events of the new orders, want 1", reads)
+	}
+	want := []string{"1:id:int4,v:text", "2:id:text,w:int4,t:timestamptz"}
+	if got := shapeHistory(t, r.registry, db.name, "orders"); !slices.Equal(got, want) {
+		t.Fatalf("registry history of the new orders before any change\n%v\nwant\n%v", got, want)
+	}
+
+	// Altered, then snapshotted on demand with no change streamed since.
+	db.exec(t, `ALTER TABLE items ADD COLUMN note text DEFAULT 'n'`)
+	if _, err := RequestSnapshot(ctx, n.NC, testPrefix, cfg.Slot, "public.items"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the on-demand snapshot of items to end", func() bool {
+		return r.log.contains(`msg="on-demand snapshot done" component=cdc slot=` + db.slot + ` table=public.items`)
+	})
+	want = []string{"1:id:int4,p:public.price,m:public.mood", "2:id:int4,p:public.price,m:public.mood,note:text"}
+	if got := shapeHistory(t, r.registry, db.name, "items"); !slices.Equal(got, want) {
+		t.Fatalf("registry history of items after its on-demand snapshot\n%v\nwant\n%v", got, want)
+	}
+	// The next changes find the shape registered: no new version.
+	db.exec(t, `INSERT INTO items VALUES (3, 4, 'ok', 'x')`)
+	db.exec(t, `INSERT INTO orders VALUES ('b', 2, now())`)
+	waitFor(t, 20*time.Second, "the two changes", func() bool {
+		return len(eventsOf(t, n, "public.items")) == 4 && len(eventsOf(t, n, "public.orders")) == 3
+	})
+	if got := shapeHistory(t, r.registry, db.name, "items"); !slices.Equal(got, want) {
+		t.Errorf("registry history of items after a change\n%v\nwant\n%v", got, want)
+	}
+	want = []string{"1:id:int4,v:text", "2:id:text,w:int4,t:timestamptz"}
+	if got := shapeHistory(t, r.registry, db.name, "orders"); !slices.Equal(got, want) {
+		t.Errorf("registry history of orders after a change\n%v\nwant\n%v", got, want)
+	}
+}
