@@ -100,7 +100,11 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 	sel := query.Selector{Ops: schema.BitRead, Where: s.filter, Policy: s.policy.Load()}
 	sent := map[uint64]struct{}{}
 	var ev query.Event
-	var env []byte // the row as an envelope, to decide and project
+	var raw, env []byte // the row as an envelope, to decide and project
+	// The row state keeps each row as its last event wrote it: a row not
+	// changed since a column was dropped (or renamed) still holds it. Rows
+	// are sent with the table's columns as the schema registry has them.
+	current := shapeColumns(t.Shape)
 	w := rowsWriter{s: s}
 	seq, err := rowstate.Scan(ctx, rows, g.cfg.Prefix, t.DB, t.Shape.Schema, t.Shape.Table, func(r rowstate.Row) error {
 		if s.done.Load() || s.c.isClosing() {
@@ -112,11 +116,15 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 		if r.Data == nil {
 			return nil // a row too large to keep: nothing to judge
 		}
-		env = append(env[:0], `{"key":`...)
-		env = append(env, r.Key...)
-		env = append(env, `,"data":`...)
-		env = append(env, r.Data...)
-		env = append(env, '}')
+		raw = append(raw[:0], `{"key":`...)
+		raw = append(raw, r.Key...)
+		raw = append(raw, `,"data":`...)
+		raw = append(raw, r.Data...)
+		raw = append(raw, '}')
+		var err error
+		if env, err = current.AppendEvent(env[:0], raw); err != nil {
+			return nil
+		}
 		if ev.Reset(schema.BitRead, env) != nil {
 			return nil
 		}
@@ -137,6 +145,16 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 	// batched view's end inside a transaction (syncedAt).
 	s.view, s.displaced = sent, nil
 	return seq, nil
+}
+
+// shapeColumns is the projection onto the columns of sh (every column of
+// a shape without any).
+func shapeColumns(sh schema.Shape) *query.Projection {
+	cols := make([]string, len(sh.Columns))
+	for i, c := range sh.Columns {
+		cols[i] = c.Name
+	}
+	return query.NewProjection(cols)
 }
 
 // testHookSnapshotRow, when set, is called for each row a snapshot reads.
