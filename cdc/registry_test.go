@@ -157,23 +157,8 @@ func TestReplayKeepsTheLatestShape(t *testing.T) {
 	if v, _ := r2.metric("tablecast_cdc_events_skipped_total", ""); v != 2 {
 		t.Fatalf("the second reader skipped %v events, want the 2 it replayed", v)
 	}
-	hist, err := r2.registry.History(context.Background(), stream.SchemaKey(db.name, "public", "t"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, h := range hist {
-		var s schema.Shape
-		if err := json.Unmarshal(h, &s); err != nil {
-			t.Fatalf("registry value %s: %v", h, err)
-		}
-		var cols []string
-		for _, c := range s.Columns {
-			cols = append(cols, c.Name)
-		}
-		got = append(got, fmt.Sprintf("%d:%s", s.Version, strings.Join(cols, ",")))
-	}
-	if want := []string{"1:id", "2:id,c"}; fmt.Sprint(got) != fmt.Sprint(want) {
+	got := shapeHistory(t, r2.registry, db.name, "t")
+	if want := []string{"1:id:int4", "2:id:int4,c:text"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("registry history %v, want %v", got, want)
 	}
 }
