@@ -84,6 +84,21 @@ func positionKey(db, slot string) string {
 	return "position." + strings.TrimSuffix(stream.SchemaKey(db, slot, ""), ".")
 }
 
+// gapKey is the key in the state bucket of the slot's gapRecord.
+func gapKey(db, slot string) string {
+	return "gap." + strings.TrimSuffix(stream.SchemaKey(db, slot, ""), ".")
+}
+
+// gapRecord is a refusedRange kept in the state bucket until it is
+// published over, so that a process stopped (or a standby taking over)
+// before then does not skip the refused event: the last message of the
+// origin the stream holds says nothing of what lies before it.
+type gapRecord struct {
+	Origin  string `json:"origin"`
+	From    string `json:"from"`
+	Through string `json:"through"`
+}
+
 // identifyOrigin asks PostgreSQL, over a replication connection, for the
 // origin the reader's messages carry, and the position its WAL has reached:
 // no change the reader published from it can carry a later LSN.
@@ -187,7 +202,11 @@ type resumePoint struct {
 // of the first kind would stop every session, one of the second would
 // skip every change until the WAL got there.
 func (r *Reader) resume(ctx context.Context, origin string, walEnd, start uint64) (rp resumePoint, err error) {
-	defer func() { r.limitSkip(&rp, start) }()
+	defer func() {
+		if err == nil {
+			err = r.limitSkip(ctx, &rp, origin, start)
+		}
+	}()
 	info, err := r.streamInfo(ctx)
 	if err != nil {
 		return resumePoint{}, err
@@ -321,6 +340,53 @@ func (s *session) noteRefusal() {
 		from, through = min(from, u.from), max(through, u.through)
 	}
 	s.r.unsure = refusedRange{from: from, through: through}
+	// Kept beyond this process: the session ended, ctx may have too.
+	ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
+	defer cancel()
+	if err := s.r.writeGap(ctx, s.origin, s.r.unsure); err != nil {
+		s.r.log.Error("cannot record where the stream may hold a gap; a restart before the next session publishes over it would skip the refused event",
+			"from", pglogrepl.LSN(from).String(), "through", pglogrepl.LSN(through).String(), "err", err)
+	}
+}
+
+// writeGap stores u as the slot's gapRecord.
+func (r *Reader) writeGap(ctx context.Context, origin string, u refusedRange) error {
+	b, err := json.Marshal(gapRecord{Origin: origin, From: pglogrepl.LSN(u.from).String(), Through: pglogrepl.LSN(u.through).String()})
+	if err != nil {
+		return fmt.Errorf("encode gap record: %w", err)
+	}
+	if _, err := r.state.Put(ctx, gapKey(r.db, r.cfg.Slot), b); err != nil {
+		return fmt.Errorf("write gap record: %w", err)
+	}
+	return nil
+}
+
+// readGap merges into r.unsure the slot's gapRecord of origin, if any: an
+// earlier process's, or another reader's that held the slot.
+func (r *Reader) readGap(ctx context.Context, origin string) error {
+	e, err := r.state.Get(ctx, gapKey(r.db, r.cfg.Slot))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("read gap record: %w", err)
+	}
+	var rec gapRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		r.log.Warn("ignoring an unreadable gap record", "key", e.Key(), "err", err)
+		return nil
+	}
+	from, err1 := pglogrepl.ParseLSN(rec.From)
+	through, err2 := pglogrepl.ParseLSN(rec.Through)
+	if err1 != nil || err2 != nil || rec.Origin != origin {
+		return nil // another origin's (a PostgreSQL that failed over), or unreadable
+	}
+	u := refusedRange{from: uint64(from), through: uint64(through)}
+	if r.unsure.through != 0 {
+		u.from, u.through = min(u.from, r.unsure.from), max(u.through, r.unsure.through)
+	}
+	r.unsure = u
+	return nil
 }
 
 // limitSkip keeps a session from skipping events beyond a possible gap
@@ -328,14 +394,20 @@ func (s *session) noteRefusal() {
 // messages JetStream stored after it are published again, and dropped as
 // repeats within the duplicate window (they are published again at once).
 // Once the slot has been confirmed past the gap, it is filled.
-func (r *Reader) limitSkip(rp *resumePoint, start uint64) {
+func (r *Reader) limitSkip(ctx context.Context, rp *resumePoint, origin string, start uint64) error {
+	if err := r.readGap(ctx, origin); err != nil {
+		return err
+	}
 	u := r.unsure
 	switch {
 	case u.through == 0:
-		return
+		return nil
 	case start > u.through:
 		r.unsure = refusedRange{}
-		return
+		if err := r.state.Delete(ctx, gapKey(r.db, r.cfg.Slot)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("delete gap record: %w", err)
+		}
+		return nil
 	}
 	limit := eventID{u.from - 1, math.MaxUint64}
 	if rp.skip && rp.skipThrough.after(limit) {
@@ -343,6 +415,7 @@ func (r *Reader) limitSkip(rp *resumePoint, start uint64) {
 			"stored_through", rp.skipThrough.String(), "published_again_from", pglogrepl.LSN(u.from).String())
 		rp.skipThrough = limit
 	}
+	return nil
 }
 
 // settle returns once nothing the reader published before, in an earlier

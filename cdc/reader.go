@@ -492,6 +492,9 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 	began := time.Now()
 	err = s.loop(ctx)
 	s.noteRefusal()
+	if hook := testHookRefusalNoted; hook != nil && r.unsure.through != 0 {
+		hook(ctx, r.cfg.Slot)
+	}
 	// Progress is what PostgreSQL was told: the position a session reached
 	// without telling it (a keepalive's, before decoding failed) is where
 	// the next session starts again.
@@ -1074,6 +1077,10 @@ func (s *session) observe(d time.Duration) {
 	// message was read waited for nothing.
 	s.r.m.publishLatency.Observe(max(d, 0).Seconds())
 }
+
+// testHookRefusalNoted, when set (tests), runs when a session ends that
+// left the stream with a possible gap (noteRefusal), before the next one.
+var testHookRefusalNoted func(ctx context.Context, slot string)
 
 // testHookConfirmAtMost, when not 0 (tests), is the highest LSN a session
 // confirms to PostgreSQL, so that a restart replays what the stream holds
