@@ -350,11 +350,11 @@ func firstNonEmpty(v any, s string) any {
 }
 
 // TestGapSurvivesARestart: as TestStreamMaxMessageSize, an event refused by
-// the stream with the next one stored after it, but the process stops
-// before its next session publishes over the gap (a deploy, a crash, a
-// standby taking over). Its successor knew nothing of the gap, took the
-// next event, stored, for proof that the refused one was, and skipped it:
-// lost. The gap is now kept in the state bucket until published over.
+// the stream with later ones stored after it, but the process stops before
+// its next session publishes over the gap (a deploy, a crash, a standby
+// taking over). Its successor knew nothing of the gap, took the later
+// events, stored, for proof that the refused one was, and skipped it: lost.
+// The gap is now kept in the state bucket until published over.
 func TestGapSurvivesARestart(t *testing.T) {
 	// Not parallel: it sets testHookRefusalNoted, which every reader reads.
 	db := newTestDB(t, `CREATE TABLE docs (id int PRIMARY KEY, body text)`)
@@ -373,23 +373,6 @@ func TestGapSurvivesARestart(t *testing.T) {
 	r := startReader(t, cfg, n)
 	db.exec(t, `INSERT INTO docs VALUES (1, 'small')`)
 	n.readAll(t, 1, 15*time.Second)
-
-	ctx := context.Background()
-	st, err := n.JS.Stream(ctx, "TABLECAST")
-	if err != nil {
-		t.Fatal(err)
-	}
-	scfg := st.CachedInfo().Config
-	scfg.MaxMsgSize = 4096
-	if _, err := n.JS.UpdateStream(ctx, scfg); err != nil {
-		t.Fatal(err)
-	}
-	db.exec(t, `BEGIN; INSERT INTO docs VALUES (2, repeat('b', 20000)); COMMIT; BEGIN; INSERT INTO docs VALUES (3, 'small'); COMMIT`)
-	select {
-	case <-noted:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the stream refused no event")
-	}
 	ids := func() map[float64]int {
 		got := map[float64]int{}
 		for _, e := range n.fetch(t) {
@@ -397,39 +380,82 @@ func TestGapSurvivesARestart(t *testing.T) {
 		}
 		return got
 	}
-	if got := ids(); got[2] != 0 || got[3] != 1 {
-		t.Fatalf("before the restart the stream holds rows %v (row: count), want row 3 without row 2", got)
+
+	// A row the reader takes to fit, which the stream refuses, and 300 rows
+	// of the same transaction after it. The first message after a pause
+	// goes alone and the next ones in a batch, which JetStream stores
+	// whatever became of the first. Only when one of those was sent before
+	// the refusal came back can the stream hold a gap; if none was (a
+	// loaded machine), the session starts again knowing the limit, and a
+	// lower limit and a smaller row try again.
+	ctx := context.Background()
+	refused := 0
+	for attempt, sz := range []struct{ limit, body int }{{4096, 20000}, {2048, 3000}, {1024, 1500}} {
+		st, err := n.JS.Stream(ctx, "TABLECAST")
+		if err != nil {
+			t.Fatal(err)
+		}
+		scfg := st.CachedInfo().Config
+		scfg.MaxMsgSize = int32(sz.limit)
+		if _, err := n.JS.UpdateStream(ctx, scfg); err != nil {
+			t.Fatal(err)
+		}
+		first := 1000 * (attempt + 1)
+		db.exec(t, `INSERT INTO docs SELECT $1::int + g, CASE WHEN g = 0 THEN repeat('b', $2) ELSE 'small' END FROM generate_series(0, 300) g ORDER BY g`, first, sz.body)
+		gap := false
+		waitFor(t, 30*time.Second, "a gap, or every row of the attempt", func() bool {
+			select {
+			case <-noted:
+				gap = true
+				return true
+			default:
+			}
+			got := ids()
+			return got[float64(first)] > 0 && got[float64(first+300)] > 0
+		})
+		if gap {
+			refused = first
+			break
+		}
+		t.Logf("attempt %d: the refusal came back before a later row was sent; no gap", attempt+1)
 	}
+	if refused == 0 {
+		t.Fatal("no attempt left a gap in the stream")
+	}
+	got := ids()
+	later := 0 // rows after the refused one that the stream holds
+	for id := refused + 1; id <= refused+300; id++ {
+		later += got[float64(id)]
+	}
+	if got[float64(refused)] != 0 || later == 0 {
+		t.Fatalf("before the restart the stream holds row %d %d times and %d of the rows after it; want it refused, and some after it stored",
+			refused, got[float64(refused)], later)
+	}
+	t.Logf("row %d refused, %d rows after it stored", refused, later)
 	r.stop(t)
 	db.waitSlotInactive(t)
 
 	r2 := startReader(t, cfg, n)
-	waitFor(t, 20*time.Second, "row 2 in the stream", func() bool { return ids()[2] > 0 })
-	got := ids()
-	if got[1] != 1 || got[2] != 1 || got[3] < 1 {
-		t.Fatalf("stream holds rows %v (row: count), want rows 1 and 2 once and row 3 at least once", got)
+	waitFor(t, 20*time.Second, "the refused row in the stream", func() bool { return ids()[float64(refused)] > 0 })
+	waitFor(t, 20*time.Second, "the last row in the stream", func() bool { return ids()[float64(refused+300)] > 0 })
+	got = ids()
+	for id := refused; id <= refused+300; id++ {
+		if got[float64(id)] < 1 {
+			t.Fatalf("row %d is not in the stream", id)
+		}
 	}
-	for _, e := range n.fetch(t) {
-		if e.Key["id"] != 2.0 {
-			continue
-		}
-		var full event
-		if err := json.Unmarshal(resolve(t, n, e.Raw), &full); err != nil {
-			t.Fatal(err)
-		}
-		if full.Data["body"] != strings.Repeat("b", 20000) {
-			t.Fatalf("row 2 resolves to %.200s, want its body", resolve(t, n, e.Raw))
-		}
+	if got[float64(refused)] != 1 {
+		t.Fatalf("the refused row %d is in the stream %d times, want once", refused, got[float64(refused)])
 	}
 	if !r2.log.contains("published again") {
 		t.Error("the second reader did not say it publishes again the events after the gap")
 	}
 	// Published over: the record is gone once a session starts past it.
 	var after string
-	if err := db.conn.QueryRow(ctx, `WITH i AS (INSERT INTO docs VALUES (4, 'after')) SELECT pg_current_wal_lsn()::text`).Scan(&after); err != nil {
+	if err := db.conn.QueryRow(ctx, `WITH i AS (INSERT INTO docs VALUES (1, 'again') ON CONFLICT (id) DO UPDATE SET body = 'again') SELECT pg_current_wal_lsn()::text`).Scan(&after); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the slot confirmed past row 4", func() bool {
+	waitFor(t, 20*time.Second, "the slot confirmed past the last row", func() bool {
 		var past bool
 		_ = db.conn.QueryRow(ctx, `SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = $2`, after, db.slot).Scan(&past)
 		return past
