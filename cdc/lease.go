@@ -274,23 +274,32 @@ type acquired struct {
 // fences out whoever held it before (a leader that lost the bucket has
 // stopped streaming already, as it could not renew its lease).
 func (r *Reader) recreateLeaseBucket(ctx context.Context, err error) bool {
+	kv, ok := r.recreateBucket(ctx, err, r.leaseBucket, "lease")
+	if ok {
+		r.leases = kv
+	}
+	return ok
+}
+
+// recreateBucket creates the bucket of cfg again when an operation on it
+// failed with err because it no longer exists, and returns it.
+func (r *Reader) recreateBucket(ctx context.Context, err error, cfg jetstream.KeyValueConfig, what string) (jetstream.KeyValue, bool) {
 	if !errors.Is(err, jetstream.ErrBucketNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) &&
 		!errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, jetstream.ErrNoStreamResponse) {
-		return false
+		return nil, false
 	}
 	// Only a bucket JetStream says is gone: one without a leader for a
 	// moment (a cluster electing) fails reads too.
-	if _, err := r.js.KeyValue(ctx, LeaseBucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
-		return false
+	if _, err := r.js.KeyValue(ctx, cfg.Bucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, false
 	}
-	kv, err := r.js.CreateOrUpdateKeyValue(ctx, r.leaseBucket)
+	kv, err := r.js.CreateOrUpdateKeyValue(ctx, cfg)
 	if err != nil {
-		r.log.Warn("the lease bucket is gone and cannot be created again; retrying", "bucket", LeaseBucket, "err", err)
-		return false
+		r.log.Warn("the "+what+" bucket is gone and cannot be created again; retrying", "bucket", cfg.Bucket, "err", err)
+		return nil, false
 	}
-	r.log.Warn("the lease bucket was deleted while the reader ran; created it again", "bucket", LeaseBucket)
-	r.leases = kv
-	return true
+	r.log.Warn("the "+what+" bucket was deleted while the reader ran; created it again", "bucket", cfg.Bucket)
+	return kv, true
 }
 
 // acquireLease waits as a standby until the reader holds the slot's lease.

@@ -270,3 +270,40 @@ func TestLeaseBucketDeleted(t *testing.T) {
 		t.Error("no warning that the lease bucket was created again")
 	}
 }
+
+// TestStateBucketDeleted: an operator deletes the reader's state bucket
+// while it streams. The position record, the catch-ups of tables added
+// and the gaps refused events leave had nowhere to go: a table created
+// then was never added to the publication (its catch-up could not be
+// recorded), and every restart replayed what the stream held. The reader
+// must create the bucket again and carry on.
+func TestStateBucketDeleted(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	cfg := db.config()
+	// A status write's deadline is the interval; a write into a bucket
+	// gone is retried for half a second before JetStream is found absent.
+	cfg.WatchInterval = time.Second
+	cfg.CatalogInterval = 200 * time.Millisecond
+	r := startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO items SELECT generate_series(1, 10)`)
+	n.readAll(t, 10, 15*time.Second)
+	ctx := context.Background()
+	if err := n.JS.DeleteKeyValue(ctx, stateBucket); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "the state bucket to be created again", func() bool {
+		return r.log.contains("the state bucket was deleted while the reader ran; created it again")
+	})
+	db.exec(t, `BEGIN; CREATE TABLE later (id int PRIMARY KEY); INSERT INTO later VALUES (1), (2); COMMIT`)
+	db.exec(t, `INSERT INTO items SELECT generate_series(11, 20)`)
+	waitFor(t, 30*time.Second, "the rows of the table created after the deletion", func() bool { return len(eventsOf(t, n, "public.later")) == 2 })
+	waitFor(t, 15*time.Second, "the position record written again", func() bool {
+		_, err := r.state.Get(ctx, positionKey(r.db, cfg.Slot))
+		return err == nil
+	})
+	if got := len(eventsOf(t, n, "public.items")); got != 20 {
+		t.Fatalf("%d events of items, want 20", got)
+	}
+}

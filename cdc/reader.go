@@ -60,6 +60,8 @@ type Reader struct {
 	unsure refusedRange
 	// leaseBucket is the configuration the lease bucket is created with.
 	leaseBucket jetstream.KeyValueConfig
+	// stateBucket is the configuration the state bucket is created with.
+	stateBucket jetstream.KeyValueConfig
 	leader      atomic.Bool
 	// keepLease makes the reader stop without giving up its lease, as a
 	// crash would: for tests.
@@ -146,9 +148,10 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.registry = reg
+	r.stateBucket = jetstream.KeyValueConfig{Bucket: stateBucket, History: 1,
+		Replicas: max(replicas, 1), Description: "tablecast reader bookkeeping"}
 	err = stream.RetryTransient(ctx, func(ctx context.Context) (err error) {
-		r.state, err = r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stateBucket, History: 1,
-			Replicas: max(replicas, 1), Description: "tablecast reader bookkeeping"})
+		r.state, err = r.js.CreateOrUpdateKeyValue(ctx, r.stateBucket)
 		return err
 	})
 	if err != nil {

@@ -83,7 +83,17 @@ func (w *statusWriter) write(ctx context.Context, h Health, f slotFigures, read 
 	w.last, w.lastAt = counts, now
 	wctx, cancel := context.WithTimeout(ctx, r.cfg.WatchInterval)
 	defer cancel()
-	if err := stream.WriteReaderStatus(wctx, r.state, st); err != nil {
+	err := stream.WriteReaderStatus(wctx, r.state, st)
+	if err != nil {
+		// The state bucket deleted (by an operator) leaves the position
+		// record, catch-ups and gaps with nowhere to go: every reader,
+		// standby or not, creates it again here, within an interval. The
+		// reader's handle names the bucket, and works again with it.
+		if _, ok := r.recreateBucket(wctx, err, r.stateBucket, "state"); ok {
+			err = stream.WriteReaderStatus(wctx, r.state, st)
+		}
+	}
+	if err != nil {
 		if !w.failed && ctx.Err() == nil {
 			r.log.Warn("cannot write the reader's status record; gateways apart from this reader do not see its slot", "err", oneLine(err))
 		}
