@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -299,10 +300,27 @@ func TestStateBucketDeleted(t *testing.T) {
 	db.exec(t, `BEGIN; CREATE TABLE later (id int PRIMARY KEY); INSERT INTO later VALUES (1), (2); COMMIT`)
 	db.exec(t, `INSERT INTO items SELECT generate_series(11, 20)`)
 	waitFor(t, 30*time.Second, "the rows of the table created after the deletion", func() bool { return len(eventsOf(t, n, "public.later")) == 2 })
-	waitFor(t, 15*time.Second, "the position record written again", func() bool {
-		_, err := r.state.Get(ctx, positionKey(r.db, cfg.Slot))
-		return err == nil
-	})
+	kv, err := n.JS.KeyValue(ctx, stateBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := kv.Get(ctx, positionKey(r.db, cfg.Slot))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			var warnings []string
+			for _, line := range strings.Split(r.log.String(), "\n") {
+				if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+					warnings = append(warnings, line)
+				}
+			}
+			t.Fatalf("no position record 30s after the bucket was created again (%v); the reader's warnings:\n%s", err, strings.Join(warnings, "\n"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if got := len(eventsOf(t, n, "public.items")); got != 20 {
 		t.Fatalf("%d events of items, want 20", got)
 	}
