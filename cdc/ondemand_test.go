@@ -290,7 +290,7 @@ func TestFailedChunkReleasesTheSlot(t *testing.T) {
 	// to end, past its low watermark.
 	waitFor(t, 15*time.Second, "the chunk to wait for the locker", func() bool {
 		var waiting int
-		_ = db.conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tablecast-snapshot' AND query LIKE '%pg_visible_in_snapshot%'`).Scan(&waiting)
+		_ = db.conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'tablecast-snapshot' AND query LIKE '%pg_visible_in_snapshot%'`).Scan(&waiting)
 		return waiting > 0
 	})
 	db.exec(t, `INSERT INTO other VALUES (1)`) // streamed after the low watermark

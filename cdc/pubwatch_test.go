@@ -567,7 +567,7 @@ func TestCatchUpFollowsARename(t *testing.T) {
 		INSERT INTO orders_new SELECT g, 'v' || g FROM generate_series(1, 10) g; COMMIT`)
 	waitFor(t, 20*time.Second, "the catch-up to wait for the renamer", func() bool {
 		var waiting int
-		_ = db.conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tablecast-snapshot' AND query LIKE '%pg_visible_in_snapshot%'`).Scan(&waiting)
+		_ = db.conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'tablecast-snapshot' AND query LIKE '%pg_visible_in_snapshot%'`).Scan(&waiting)
 		return waiting > 0
 	})
 	if _, err := renamer.Exec(ctx, `ALTER TABLE orders_new RENAME TO orders; COMMIT`); err != nil {
