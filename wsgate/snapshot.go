@@ -132,7 +132,7 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 			return nil
 		}
 		sent[viewKey(r.Key)] = struct{}{}
-		return w.set(env)
+		return w.setChecked(env)
 	})
 	if err != nil {
 		return 0, err
@@ -175,6 +175,18 @@ func (w *rowsWriter) set(entry []byte) error {
 	if w.frame, err = w.s.proj.Load().AppendView(w.frame, entry, query.ViewWhole, nil); err != nil {
 		return err
 	}
+	return w.added()
+}
+
+// setChecked is set for an entry that is valid JSON, projected onto the
+// table's columns already: without a projection of the subscription's, it
+// goes into the frame as it is, rather than through a second pass.
+func (w *rowsWriter) setChecked(entry []byte) error {
+	if w.s.proj.Load() != nil {
+		return w.set(entry)
+	}
+	w.begin()
+	w.frame = append(w.frame, entry...)
 	return w.added()
 }
 
