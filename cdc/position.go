@@ -473,7 +473,7 @@ func (s *session) alreadyStored(lsn uint64, ordinal uint32) bool {
 // one the stream holds already, without counting it: what comes before it
 // (a Relation message) was handled when the transaction was first streamed.
 func (s *session) replaying() bool {
-	return s.skipping && !(eventID{s.txn.CommitLSN, uint64(s.ordinal) + 1}).after(s.skipThrough)
+	return s.alreadyStoredQuietly(eventID{s.txn.CommitLSN, uint64(s.ordinal) + 1})
 }
 
 // alreadyStoredQuietly reports whether the stream holds id already,
