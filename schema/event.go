@@ -138,6 +138,9 @@ type Change struct {
 	// columns being placeholders that are not written.
 	Old        []Value
 	OldKeyOnly bool
+	// Cause, on a truncate tablecast sends itself rather than PostgreSQL,
+	// says why (CauseTableAdded); "" otherwise.
+	Cause string
 }
 
 // AppendEvent appends the JSON envelope of one change of table tbl in
@@ -206,6 +209,10 @@ func appendEvent(dst []byte, db string, tbl *Table, txn *Txn, c *Change, end int
 	start := len(dst)
 	dst = AppendEventHead(dst, db, tbl, txn, c)
 	var over int // bytes measured beyond end and not kept
+	if c.Cause != "" {
+		dst = append(dst, `,"cause":`...)
+		dst = jsonx.AppendString(dst, c.Cause)
+	}
 	if c.New != nil {
 		dst = append(dst, `,"data":{`...)
 		dst, over = appendRow(dst, tbl, c.New, rowAll, end, over)

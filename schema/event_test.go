@@ -42,6 +42,7 @@ func TestAppendEvent(t *testing.T) {
 		{"delete by key", Change{Op: OpDelete, Ordinal: 3, Old: []Value{text("42"), {Kind: KindNull}, {Kind: KindNull}, {Kind: KindNull}}, OldKeyOnly: true},
 			`,"key":{"id":42},"old":{"id":42}}`},
 		{"truncate", Change{Op: OpTruncate, Ordinal: 3}, `,"key":{}}`},
+		{"truncate of a table added", Change{Op: OpTruncate, Ordinal: 3, Cause: CauseTableAdded}, `,"key":{},"cause":"table_added"}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

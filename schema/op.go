@@ -10,6 +10,13 @@ const (
 	OpRead     = "read" // a row sent by a snapshot
 )
 
+// CauseTableAdded is the "cause" of a truncate tablecast sends when it adds
+// to its publication a table whose name it has streamed before (one
+// dropped and created again, or left out for a while): the rows consumers
+// hold under that name are not the table's, whose rows its catch-up
+// snapshot sends next.
+const CauseTableAdded = "table_added"
+
 // OpSet is a set of operations: bit i is the i-th of create, update,
 // delete, truncate, read. It is what a subscription asks for, what grants
 // allow, and, one bit at a time, the kind of an event being matched.

@@ -589,7 +589,8 @@ export class TablecastClient {
    * onSynced(seq) once the rows are there (again after each reconnect),
    * onChange({op, key, data, seq, view}) for each change after (op
    * "upsert", "delete" or "truncate"; view "enter" or "leave" when the row
-   * moved into or out of the filter or the row policy), onError(err).
+   * moved into or out of the filter or the row policy; a truncate tablecast
+   * sent itself has its cause, "table_added"), onError(err).
    * After a reconnect the view is read again from the gateway (from NATS,
    * not PostgreSQL), and what differs from the rows held is reported as
    * changes: the view stays exact. With batch "transaction", the changes
@@ -729,6 +730,7 @@ export class TablecastClient {
       rows.clear();
       change.op = "truncate";
       change.key = undefined;
+      if (typeof ev.cause === "string") change.cause = ev.cause;
     } else if (ev.op === "delete" || f.view === "leave") {
       change.op = "delete";
       change.data = rows.get(k);

@@ -26,6 +26,12 @@ const (
 	OpRead     Op = "read"
 )
 
+// CauseTableAdded is the Cause of a truncate tablecast sends when it adds
+// to its publication a table whose name it streamed before (one dropped
+// and created again, or left out for a while): the rows held under that
+// name are not the table's, whose rows follow as OpRead.
+const CauseTableAdded = "table_added"
+
 // Claim names the object that holds an event too large for one NATS
 // message: the object Object of the JetStream object store Bucket, Size
 // bytes long.
@@ -70,6 +76,9 @@ type Event struct {
 	// TABLECAST_MAX_EVENT_BYTES: it carries Key and no rows, and its
 	// record is in the dead-letter stream.
 	Truncated bool
+	// Cause says why tablecast sent a truncate that PostgreSQL did not:
+	// CauseTableAdded. Empty for every other event.
+	Cause string
 
 	// Subject, Sequence and Delivered are set by Consume: the message's
 	// subject, its stream sequence, and how many times JetStream has
@@ -98,6 +107,7 @@ type envelope struct {
 	Unchanged  []string  `json:"unchanged"`
 	Claim      *Claim    `json:"claim"`
 	Truncated  bool      `json:"truncated"`
+	Cause      string    `json:"cause"`
 }
 
 // ErrNotEvent means a message is not a row-change event: not a JSON
@@ -116,7 +126,7 @@ func ParseEvent(data []byte) (*Event, error) {
 	}
 	return &Event{ID: e.ID, Op: e.Op, DB: e.DB, Schema: e.Schema, Table: e.Table, LSN: e.LSN, XID: e.XID, CommitTime: e.CommitTime,
 		Key: e.Key, Data: e.Data, Old: e.Old, Unchanged: e.Unchanged, Claim: e.Claim, Truncated: e.Truncated,
-		Raw: append(json.RawMessage(nil), data...)}, nil
+		Cause: e.Cause, Raw: append(json.RawMessage(nil), data...)}, nil
 }
 
 // IsUnchanged reports whether PostgreSQL left column out of an update

@@ -355,3 +355,19 @@ func TestExampleService(t *testing.T) {
 		}
 	}
 }
+
+// TestParseEventCause: the truncate that starts a table added again keeps
+// its cause; any other event has none.
+func TestParseEventCause(t *testing.T) {
+	ev, err := tablecast.ParseEvent([]byte(`{"id":"00000000016B3748-0001","op":"truncate","schema":"public","table":"orders","key":{},"cause":"table_added"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Op != tablecast.OpTruncate || ev.Cause != tablecast.CauseTableAdded || len(ev.Key) != 0 {
+		t.Errorf("truncate of a table added: op %s cause %q key %v", ev.Op, ev.Cause, ev.Key)
+	}
+	ev, err = tablecast.ParseEvent([]byte(`{"id":"00000000016B3748-0002","op":"truncate","schema":"public","table":"orders","key":{}}`))
+	if err != nil || ev.Cause != "" {
+		t.Errorf("a truncate PostgreSQL sent: cause %q, %v", ev.Cause, err)
+	}
+}
