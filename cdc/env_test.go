@@ -87,6 +87,7 @@ type event struct {
 	Data       map[string]any    `json:"data"`
 	Old        map[string]any    `json:"old"`
 	Unchanged  []string          `json:"unchanged"`
+	Cause      string            `json:"cause"`
 	Raw        json.RawMessage   `json:"-"`
 	Header     map[string]string `json:"-"`
 }

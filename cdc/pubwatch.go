@@ -125,7 +125,7 @@ func (w *pubWatch) round(ctx context.Context) error {
 		}
 		quotedPub := pgx.Identifier{name}.Sanitize()
 		for _, t := range p.drop {
-			if err := w.alter(ctx, c, t, "ALTER PUBLICATION "+quotedPub+" DROP TABLE "+t.quoted()); errors.Is(err, errSkipped) {
+			if err := w.alter(ctx, c, t, "ALTER PUBLICATION "+quotedPub+" DROP TABLE "+t.quoted(), nil); errors.Is(err, errSkipped) {
 				continue
 			} else if err != nil {
 				return err
@@ -158,9 +158,32 @@ func (w *pubWatch) round(ctx context.Context) error {
 
 // alter runs one ALTER PUBLICATION for table t. A refusal (not the owner,
 // a lock timeout, a table dropped meanwhile) is logged once and tried
-// again next round; a lost connection is returned.
-func (w *pubWatch) alter(ctx context.Context, c *pgx.Conn, t tableState, sql string) error {
-	_, err := c.Exec(ctx, sql)
+// again next round; a lost connection is returned. With announce, it
+// writes in the same transaction the message announcing the table's
+// addition (tableadded.go), with that content.
+func (w *pubWatch) alter(ctx context.Context, c *pgx.Conn, t tableState, sql string, announce []byte) error {
+	var err error
+	if announce == nil {
+		_, err = c.Exec(ctx, sql)
+	} else {
+		denied := false
+		err = pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, sql); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, tableAddedPrefix, string(announce))
+			denied = isPrivilegeError(err)
+			return err
+		})
+		if denied && !c.IsClosed() && ctx.Err() == nil {
+			// Added all the same: its rows matter more than the ones
+			// left under its name (on-demand snapshots need the function
+			// too, which tablecast doctor checks).
+			w.r.log.Warn("table added without the truncate that clears the rows of the table of that name before (the role may not execute pg_logical_emit_message): the row state and views may keep rows the table does not have",
+				"table", t.qualified())
+			_, err = c.Exec(ctx, sql)
+		}
+	}
 	if err == nil {
 		delete(w.failures, t.key())
 		return nil
@@ -181,7 +204,8 @@ var errSkipped = errors.New("skipped")
 
 // add adds t to the publication, with a catch-up snapshot of the rows it
 // already has, recorded before the table is added so that a crash in
-// between does not lose it.
+// between does not lose it. A table whose name the stream has carried
+// before starts with a truncate, before its catch-up (tableadded.go).
 func (w *pubWatch) add(ctx context.Context, c *pgx.Conn, quotedPub string, t tableState) error {
 	req := snapshotRequest{id: randomID(), schema: t.schema, name: t.name, table: t.qualified(), catchUp: true, oid: t.oid}
 	if t.hasPK {
@@ -190,7 +214,10 @@ func (w *pubWatch) add(ctx context.Context, c *pgx.Conn, quotedPub string, t tab
 			return err
 		}
 	}
-	err := w.alter(ctx, c, t, "ALTER PUBLICATION "+quotedPub+" ADD TABLE "+t.quoted())
+	announce, err := w.announcement(ctx, t)
+	if err == nil {
+		err = w.alter(ctx, c, t, "ALTER PUBLICATION "+quotedPub+" ADD TABLE "+t.quoted(), announce)
+	}
 	if err != nil {
 		if req.stateKey != "" {
 			w.r.forgetCatchUp(ctx, req)
@@ -336,4 +363,19 @@ func (r *Reader) resumeCatchUps(ctx context.Context) error {
 		_, _, _ = r.snaps.enqueue(req)
 	}
 	return nil
+}
+
+// announcement returns the content of the message announcing t's addition
+// (its nonce recorded), or nil when the stream never carried its name or
+// the table has no catch-up (no primary key): its rows before are not
+// sent, and a copy emptied by a truncate would stay empty.
+func (w *pubWatch) announcement(ctx context.Context, t tableState) ([]byte, error) {
+	if !t.hasPK {
+		return nil, nil
+	}
+	before, err := w.r.streamedBefore(ctx, t.schema, t.name)
+	if err != nil || !before {
+		return nil, err
+	}
+	return w.r.recordTableAdded(ctx, t)
 }

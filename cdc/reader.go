@@ -840,7 +840,7 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 // function may publish on any topic, which the DBA decides with its EXECUTE
 // privilege (Doctor reports who may). The reader acts on nothing else a
 // message says, except heartbeats and watermarks carrying its own random
-// ids.
+// ids and table additions carrying a nonce it recorded.
 const topicMessagePrefix = "tablecast:"
 
 // handleMessage publishes a transactional logical decoding message whose
@@ -861,6 +861,9 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 	}
 	if m.Prefix == snapshotRequestPrefix || m.Prefix == watermarkPrefix {
 		return s.onDemandMessage(ctx, m.Prefix, m.Content, uint64(m.LSN))
+	}
+	if m.Prefix == tableAddedPrefix {
+		return s.handleTableAdded(ctx, m)
 	}
 	topic, ok := strings.CutPrefix(m.Prefix, topicMessagePrefix)
 	if !ok {
@@ -943,11 +946,16 @@ func (s *session) newRelation(ctx context.Context, rm *pglogrepl.RelationMessage
 	if err := s.lookUpKey(ctx, rm.RelationID, t); err != nil {
 		return nil, err
 	}
+	return s.namedRelation(t), nil
+}
+
+// namedRelation returns the relation of t, with its subjects and counts.
+func (s *session) namedRelation(t *schema.Table) *relation {
 	rel := &relation{table: t, subjects: map[string]string{}, count: s.r.tableCount(t.Schema, t.Name), txKey: t.Schema + "\x00" + t.Name}
 	for _, op := range schema.AllOps.Names() {
 		rel.subjects[op] = stream.ChangeSubject(s.r.prefix, s.r.db, t.Schema, t.Name, op)
 	}
-	return rel, nil
+	return rel
 }
 
 func (s *session) handleRow(ctx context.Context, wal []byte) error {

@@ -632,6 +632,95 @@ func TestLiveViewEdges(t *testing.T) {
 	if seen < 2000 {
 		t.Fatalf("the view after the drop had %d rows, want the table's", seen)
 	}
+
+	// A table dropped and created again under its name: the row state kept
+	// the dropped table's rows whose keys the new one lacks, and every view
+	// was sent them. Its addition to the publication now starts with a
+	// truncate: a view open across it is emptied and filled with the new
+	// table's rows, and a view taken after holds those alone.
+	ov := wsDial(t, "ws://"+httpAddr+"/ws/tables/public.things?snapshot=true&token="+all)
+	ov.SetReadLimit(1 << 24)
+	ovc := &viewClient{spec: viewSpec{sql: "true"}, ws: ov, rows: map[int]viewRow{}}
+	octx, ostop := context.WithCancel(ctx)
+	defer ostop()
+	odone := make(chan struct{})
+	go func() { defer close(odone); ovc.run(octx) }()
+	waitFor(t, time.Minute, "the view open across the drop to sync", func() bool {
+		ovc.mu.Lock()
+		defer ovc.mu.Unlock()
+		return ovc.isSynced || ovc.err != nil
+	})
+	if _, err := conn.Exec(ctx, `DROP TABLE things;
+		CREATE TABLE things (id int PRIMARY KEY, grp int NOT NULL, val int NOT NULL);
+		INSERT INTO things VALUES (1, 1, 1), (2, 2, 2), (5000, 3, 3)`); err != nil {
+		t.Fatal(err)
+	}
+	want, err := wantView(ctx, conn, "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		ovc.mu.Lock()
+		same, verr, n := sameView(ovc.rows, want), ovc.err, len(ovc.rows)
+		ovc.mu.Unlock()
+		if verr != nil {
+			t.Fatal(verr)
+		}
+		if same {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the view open across the drop holds %d rows, never the %d of the new table", n, len(want))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ostop()
+	<-odone
+	nctx, ncancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer ncancel()
+	got := map[int]viewRow{}
+	for i := 0; ; i++ {
+		clear(got)
+		wsSend(t, ws, fmt.Sprintf(`{"type":"subscribe","id":"n%d","table":"public.things","snapshot":true}`, i))
+		for synced := false; !synced; {
+			_, b, err := ws.Read(nctx)
+			if err != nil {
+				t.Fatalf("read the view of the new table: %v", err)
+			}
+			var f struct {
+				Type string `json:"type"`
+				ID   string `json:"id"`
+				Rows []struct {
+					Data viewRow `json:"data"`
+				} `json:"rows"`
+			}
+			if err := json.Unmarshal(b, &f); err != nil {
+				t.Fatalf("frame %s: %v", b, err)
+			}
+			if f.ID != fmt.Sprintf("n%d", i) {
+				continue // an event of an earlier subscription
+			}
+			switch f.Type {
+			case "rows":
+				for _, r := range f.Rows {
+					got[r.Data.ID] = r.Data
+				}
+			case "synced":
+				synced = true
+			case "error":
+				t.Fatalf("the view of the new table: %s", b)
+			}
+		}
+		wsSend(t, ws, fmt.Sprintf(`{"type":"unsubscribe","id":"n%d"}`, i))
+		if sameView(got, want) {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("a view of the new table holds %d rows, want its %d", len(got), len(want))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // TestLiveViewSlowClient (TABLECAST_SOAK=1): a client that asks for the

@@ -1,0 +1,184 @@
+package cdc
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// TestTableAddedAgainStartsWithATruncate: a table added to the publication
+// under a name the stream carried before starts with a truncate, cause
+// "table_added", placed after every event of the table of that name before
+// and before the added table's first: a table dropped and created again,
+// and one left out (it lost its key) while a row was deleted, then added
+// back. Without it the row state and views kept the old rows the new table
+// lacks. A table never streamed gets none, and a message with the prefix
+// that tablecast did not write (its nonce not the recorded one) is ignored.
+func TestTableAddedAgainStartsWithATruncate(t *testing.T) {
+	t.Parallel() // see parallelTests
+	ctx := context.Background()
+	db := newTestDB(t,
+		`CREATE TABLE orders (id int PRIMARY KEY, v text)`,
+		`CREATE TABLE kept (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	cfg.CatalogInterval = 200 * time.Millisecond
+	r := startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO orders VALUES (1, 'a'), (2, 'b')`)
+	db.exec(t, `UPDATE orders SET v = 'c' WHERE id = 2`)
+	db.exec(t, `INSERT INTO kept VALUES (1), (2), (3)`)
+	n.waitCount(t, 6, 20*time.Second)
+
+	catchUpDone := func(table string) func() bool {
+		return func() bool {
+			return r.log.contains(`msg="catch-up snapshot done" component=cdc slot=` + db.slot + ` table=` + table)
+		}
+	}
+	db.exec(t, `BEGIN; CREATE TABLE fresh (id int PRIMARY KEY); INSERT INTO fresh VALUES (1); COMMIT`)
+	waitFor(t, 30*time.Second, "the catch-up of fresh", catchUpDone("public.fresh"))
+
+	db.exec(t, `DROP TABLE orders`)
+	db.exec(t, `BEGIN; CREATE TABLE orders (id text PRIMARY KEY); INSERT INTO orders VALUES ('x'); COMMIT`)
+	waitFor(t, 30*time.Second, "the catch-up of the new orders", catchUpDone("public.orders"))
+	db.exec(t, `INSERT INTO orders VALUES ('y')`)
+
+	// kept loses its key, so tablecast takes it out of the publication;
+	// a row deleted meanwhile is not streamed.
+	db.exec(t, `ALTER TABLE kept DROP CONSTRAINT kept_pkey`)
+	waitFor(t, 20*time.Second, "kept to leave the publication", func() bool { return !slices.Contains(db.published(t, "tc_pub"), "public.kept") })
+	db.exec(t, `DELETE FROM kept WHERE id = 2`)
+	db.exec(t, `ALTER TABLE kept ADD PRIMARY KEY (id)`)
+	waitFor(t, 30*time.Second, "the catch-up of kept", catchUpDone("public.kept"))
+
+	checkTruncates := func() {
+		t.Helper()
+		for table, want := range map[string][]string{
+			"public.fresh":  {"read 1"},
+			"public.orders": {"create 1", "create 2", "update 2", "truncate table_added", "read x", "create y"},
+			"public.kept":   {"create 1", "create 2", "create 3", "truncate table_added", "read 1", "read 3"},
+		} {
+			var got []string
+			for _, e := range eventsOf(t, n, table) {
+				s := e.Op + " " + e.Cause
+				if e.Op != schema.OpTruncate {
+					s = e.Op + " " + fmt.Sprint(e.Key["id"])
+					if e.Cause != "" {
+						t.Errorf("%s event %s with cause %q", e.Op, e.ID, e.Cause)
+					}
+				} else {
+					schemaName, name, _ := schema.ParseTableName(table)
+					if want := stream.ChangeSubject(testPrefix, db.name, schemaName, name, schema.OpTruncate); e.Subject != want {
+						t.Errorf("truncate on %s, want %s", e.Subject, want)
+					}
+					if e.Header["Nats-Msg-Id"] != e.ID || len(e.Key) != 0 || e.Data != nil {
+						t.Errorf("truncate %s: msg id %s, key %v, data %v", e.ID, e.Header["Nats-Msg-Id"], e.Key, e.Data)
+					}
+				}
+				got = append(got, s)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("%s: events\n%q\nwant\n%q", table, got, want)
+			}
+		}
+	}
+	checkTruncates()
+
+	// A message with the prefix that tablecast did not write: the right
+	// table and OID, another nonce.
+	var oid uint32
+	if err := db.conn.QueryRow(ctx, `SELECT 'orders'::regclass::oid`).Scan(&oid); err != nil {
+		t.Fatal(err)
+	}
+	forged := fmt.Sprintf(`{"schema":"public","name":"orders","oid":%d,"nonce":"%s"}`, oid, randomID())
+	tx, err := db.conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, 'tablecast-table-added', $1::text)`, forged); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO orders VALUES ('z')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast-table-added', 'not json')`)
+	db.exec(t, `INSERT INTO orders VALUES ('end')`)
+	waitFor(t, 20*time.Second, "the row inserted after the forged messages", func() bool {
+		evs := eventsOf(t, n, "public.orders")
+		return len(evs) > 0 && evs[len(evs)-1].Key["id"] == "end"
+	})
+	var truncates int
+	for _, e := range eventsOf(t, n, "public.orders") {
+		if e.Op == schema.OpTruncate {
+			truncates++
+		}
+	}
+	if truncates != 1 {
+		t.Errorf("%d truncates of orders after the forged messages, want 1", truncates)
+	}
+	if !r.log.contains(`ignoring a table-added message tablecast did not write: its nonce is not the one recorded`) ||
+		!r.log.contains(`msg="ignoring a table-added message tablecast did not write" component=cdc`) {
+		t.Error("the forged messages were not logged as ignored")
+	}
+}
+
+// TestTableAddedAgainForgetsOldVersions: under old rows, the versions the
+// reader keeps of a table dropped (to complete its updates' old rows) are
+// not the new table's: an update of a row of the table created again,
+// before its catch-up reads it, carries what PostgreSQL sent, not the
+// dropped table's row under the same key.
+func TestTableAddedAgainForgetsOldVersions(t *testing.T) {
+	// Not parallel: it sets testHookChunkRead, which every reader reads.
+	db := newTestDB(t, `CREATE TABLE orders (id int PRIMARY KEY, v text)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	cfg.CatalogInterval = 200 * time.Millisecond
+	cfg.OldRows = []string{"public.orders"}
+	cfg.RowState = &fakeRowState{ready: true} // applies nothing: versions come from the cache alone
+	r := startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO orders VALUES (1, 'old1'), (2, 'old2')`)
+	db.exec(t, `UPDATE orders SET v = 'old1b' WHERE id = 1`)
+	evs := n.readAll(t, 3, 20*time.Second)
+	if got := evs[2].Old["v"]; got != "old1" {
+		t.Fatalf("update of the first orders: old v %v, want old1 (from the cache)", got)
+	}
+
+	held, release := holdFirstChunk(t, "public.orders")
+	db.exec(t, `DROP TABLE orders`)
+	db.exec(t, `BEGIN; CREATE TABLE orders (id int PRIMARY KEY, v text); INSERT INTO orders VALUES (2, 'new2'); COMMIT`)
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the catch-up of the new orders did not start")
+	}
+	db.exec(t, `UPDATE orders SET v = 'upd2' WHERE id = 2`)
+	waitFor(t, 20*time.Second, "the update of the new orders", func() bool {
+		evs := eventsOf(t, n, "public.orders")
+		return evs[len(evs)-1].Op == "update"
+	})
+	release()
+	waitFor(t, 30*time.Second, "the catch-up of the new orders", func() bool {
+		return r.log.contains(`msg="catch-up snapshot done" component=cdc slot=` + db.slot + ` table=public.orders`)
+	})
+	var upd event
+	for _, e := range eventsOf(t, n, "public.orders") {
+		if e.Op == "update" {
+			upd = e // the last
+		}
+	}
+	if upd.Old != nil {
+		t.Errorf("update of the new orders carries old %v, want none (PostgreSQL sent none, and the row had no version before in the new table)", upd.Old)
+	}
+	if upd.Data["v"] != "upd2" {
+		t.Errorf("update of the new orders: data %v", upd.Data)
+	}
+}
