@@ -830,3 +830,19 @@ test("tablecast.d.ts declares exactly what tablecast.js exports", { timeout: 20_
     assert.match(dts, new RegExp("^  " + name + ": " + value + ";$", "m"), "CloseCode." + name);
   }
 });
+
+test("a view emptied by the truncate that starts a table added again reports its cause", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const changes = [];
+  const v = tc.view({ table: "public.t" }, { onChange: (c) => changes.push(c) });
+  const ws = await connected(1);
+  ws.frame({ type: "subscribed", id: v.id, seq: 5 });
+  ws.frame({ type: "rows", id: v.id, rows: [{ key: { id: 1 }, data: { id: 1 } }, { key: { id: 2 }, data: { id: 2 } }] });
+  ws.frame({ type: "synced", id: v.id, seq: 9 });
+  ws.frame({ type: "event", id: v.id, seq: 10, event: { op: "truncate", key: {}, cause: "table_added" } });
+  assert.equal(v.rows.size, 0);
+  ws.frame({ type: "event", id: v.id, seq: 11, event: { op: "read", key: { id: 3 }, data: { id: 3 } } });
+  ws.frame({ type: "event", id: v.id, seq: 12, event: { op: "truncate", key: {} } });
+  assert.deepEqual(changes.map((c) => [c.op, c.cause]), [["truncate", "table_added"], ["upsert", undefined], ["truncate", undefined]]);
+  assert.equal(v.rows.size, 0);
+});
