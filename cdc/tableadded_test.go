@@ -3,6 +3,7 @@ package cdc
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -189,5 +190,49 @@ func TestTableAddedAgainForgetsOldVersions(t *testing.T) {
 	}
 	if upd.Data["v"] != "upd2" {
 		t.Errorf("update of the new orders: data %v", upd.Data)
+	}
+}
+
+// TestTableAddedWithoutEmitPrivilege: a reader whose role may not execute
+// pg_logical_emit_message adds a table created again all the same, with a
+// warning, and streams its changes: the message that starts it with a
+// truncate is left out, not the table.
+func TestTableAddedWithoutEmitPrivilege(t *testing.T) {
+	t.Parallel() // see parallelTests
+	ctx := context.Background()
+	role := fmt.Sprintf("tc_noemit_%d", os.Getpid())
+	db := newTestDB(t)
+	newRole(t, db, role).Close(ctx)
+	t.Cleanup(func() { _, _ = db.conn.Exec(context.Background(), `DROP OWNED BY `+role) })
+	for _, sql := range []string{
+		`ALTER ROLE ` + role + ` REPLICATION`,
+		`REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) FROM PUBLIC`,
+		`REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, bytea) FROM PUBLIC`,
+		`GRANT CREATE ON DATABASE ` + db.name + ` TO ` + role,
+		`CREATE TABLE orders (id int PRIMARY KEY, v text)`,
+		`ALTER TABLE orders OWNER TO ` + role,
+	} {
+		db.exec(t, sql)
+	}
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.DatabaseURL = strings.Replace(db.url, "postgres://postgres@", "postgres://"+role+"@", 1)
+	cfg.Snapshot = SnapshotNever
+	cfg.CatalogInterval = 200 * time.Millisecond
+	r := startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO orders VALUES (1, 'a')`)
+	n.waitCount(t, 1, 20*time.Second)
+
+	db.exec(t, `DROP TABLE orders`)
+	db.exec(t, `CREATE TABLE orders (id int PRIMARY KEY, v text)`)
+	db.exec(t, `ALTER TABLE orders OWNER TO `+role)
+	waitFor(t, 30*time.Second, "the new orders in the publication", func() bool { return slices.Contains(db.published(t, "tc_pub"), "public.orders") })
+	db.exec(t, `INSERT INTO orders VALUES (2, 'b')`)
+	waitFor(t, 20*time.Second, "the insert into the new orders", func() bool {
+		evs := eventsOf(t, n, "public.orders")
+		return len(evs) == 2 && evs[1].Op == "create" && evs[1].Data["v"] == "b"
+	})
+	if !r.log.contains(`msg="table added without the truncate that clears the rows of the table of that name before (the role may not execute pg_logical_emit_message): the row state and views may keep rows the table does not have" component=cdc slot=` + db.slot + ` table=public.orders`) {
+		t.Error("no warning that the table was added without its truncate")
 	}
 }
