@@ -99,7 +99,9 @@ func (r *Reader) tableAddedRecorded(ctx context.Context, msg tableAdded) (bool, 
 // PUBLICATION's transaction has no other).
 func (s *session) handleTableAdded(ctx context.Context, m *pglogrepl.LogicalDecodingMessage) error {
 	var msg tableAdded
-	if !m.Transactional || !s.inTxn || json.Unmarshal(m.Content, &msg) != nil || msg.Schema == "" || msg.Name == "" || msg.Nonce == "" {
+	// Names are at most 63 bytes (at most 6 characters each in JSON): a
+	// longer message is not one of ours, and is not parsed.
+	if !m.Transactional || !s.inTxn || len(m.Content) > 2048 || json.Unmarshal(m.Content, &msg) != nil || msg.Schema == "" || msg.Name == "" || msg.Nonce == "" {
 		s.r.log.Warn("ignoring a table-added message tablecast did not write", "lsn", m.LSN.String())
 		return nil
 	}

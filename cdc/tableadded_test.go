@@ -120,6 +120,7 @@ func TestTableAddedAgainStartsWithATruncate(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast-table-added', 'not json')`)
+	db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast-table-added', $1::text)`, `{"schema":"public","name":"orders","pad":"`+strings.Repeat("x", 1<<20)+`"}`)
 	db.exec(t, `INSERT INTO orders VALUES ('end')`)
 	waitFor(t, 20*time.Second, "the row inserted after the forged messages", func() bool {
 		evs := eventsOf(t, n, "public.orders")
