@@ -204,7 +204,7 @@ type resumePoint struct {
 func (r *Reader) resume(ctx context.Context, origin string, walEnd, start uint64) (rp resumePoint, err error) {
 	defer func() {
 		if err == nil {
-			err = r.limitSkip(ctx, &rp, origin, start)
+			err = r.limitSkip(ctx, &rp, origin, start, walEnd)
 		}
 	}()
 	info, err := r.streamInfo(ctx)
@@ -362,8 +362,11 @@ func (r *Reader) writeGap(ctx context.Context, origin string, u refusedRange) er
 }
 
 // readGap merges into r.unsure the slot's gapRecord of origin, if any: an
-// earlier process's, or another reader's that held the slot.
-func (r *Reader) readGap(ctx context.Context, origin string) error {
+// earlier process's, or another reader's that held the slot. A record it
+// cannot read says a gap may lie anywhere from start, the session's
+// starting point, to walEnd, which is what it merges then, and writes
+// back in place of the record.
+func (r *Reader) readGap(ctx context.Context, origin string, start, walEnd uint64) error {
 	e, err := r.state.Get(ctx, gapKey(r.db, r.cfg.Slot))
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
@@ -371,17 +374,30 @@ func (r *Reader) readGap(ctx context.Context, origin string) error {
 	case err != nil:
 		return fmt.Errorf("read gap record: %w", err)
 	}
+	var u refusedRange
 	var rec gapRecord
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		r.log.Warn("ignoring an unreadable gap record", "key", e.Key(), "err", err)
-		return nil
+	err = json.Unmarshal(e.Value(), &rec)
+	if err == nil && rec.Origin != origin {
+		return nil // another origin's (a PostgreSQL that failed over)
 	}
-	from, err1 := pglogrepl.ParseLSN(rec.From)
-	through, err2 := pglogrepl.ParseLSN(rec.Through)
-	if err1 != nil || err2 != nil || rec.Origin != origin {
-		return nil // another origin's (a PostgreSQL that failed over), or unreadable
+	if err == nil {
+		from, err1 := pglogrepl.ParseLSN(rec.From)
+		through, err2 := pglogrepl.ParseLSN(rec.Through)
+		u, err = refusedRange{from: uint64(from), through: uint64(through)}, errors.Join(err1, err2)
+		if err == nil && (from == 0 || through < from) {
+			err = fmt.Errorf("range %s to %s", rec.From, rec.Through)
+		}
 	}
-	u := refusedRange{from: uint64(from), through: uint64(through)}
+	if err != nil {
+		// Taken as no gap, it would let the session skip the refused
+		// event it stands for: the whole range the session might skip
+		// is taken instead, which publishes it all again.
+		r.log.Warn("unreadable gap record: publishing again everything this session would have skipped", "key", e.Key(), "err", err)
+		u = refusedRange{from: max(start, 1), through: max(walEnd, start, 1)}
+		if err := r.writeGap(ctx, origin, u); err != nil {
+			return err
+		}
+	}
 	if r.unsure.through != 0 {
 		u.from, u.through = min(u.from, r.unsure.from), max(u.through, r.unsure.through)
 	}
@@ -394,8 +410,8 @@ func (r *Reader) readGap(ctx context.Context, origin string) error {
 // messages JetStream stored after it are published again, and dropped as
 // repeats within the duplicate window (they are published again at once).
 // Once the slot has been confirmed past the gap, it is filled.
-func (r *Reader) limitSkip(ctx context.Context, rp *resumePoint, origin string, start uint64) error {
-	if err := r.readGap(ctx, origin); err != nil {
+func (r *Reader) limitSkip(ctx context.Context, rp *resumePoint, origin string, start, walEnd uint64) error {
+	if err := r.readGap(ctx, origin, start, walEnd); err != nil {
 		return err
 	}
 	u := r.unsure

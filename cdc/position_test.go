@@ -212,3 +212,82 @@ func TestOthersMessagesWithOurOrigin(t *testing.T) {
 		t.Error("no warning about the message with an id beyond the WAL")
 	}
 }
+
+// TestUnreadableGapRecordSkipsNothing: a gap record the reader cannot read
+// (written by something else, or damaged) says a refused event may lie
+// somewhere it does not say. Ignored, it let the next session skip what
+// the stream seemed to hold, the refused event among it; now that session
+// skips nothing (the duplicate window drops what it publishes again), and
+// the record is replaced by one the next sessions read.
+func TestUnreadableGapRecordSkipsNothing(t *testing.T) {
+	// Not parallel: it sets testHookConfirmAtMost, which every reader reads.
+	ctx := context.Background()
+	db := newTestDB(t, `CREATE TABLE t (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	r := startReader(t, cfg, n)
+	var now string
+	if err := db.conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&now); err != nil {
+		t.Fatal(err)
+	}
+	held, _ := pglogrepl.ParseLSN(now)
+	// Nothing after this is confirmed: every start replays it all.
+	testHookConfirmAtMost.Store(uint64(held))
+	t.Cleanup(func() { testHookConfirmAtMost.Store(0) })
+	db.exec(t, `INSERT INTO t VALUES (1)`)
+	db.exec(t, `INSERT INTO t VALUES (2)`)
+	n.waitCount(t, 2, 15*time.Second)
+	kv, err := n.JS.KeyValue(ctx, stateBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// With a position record, a start knows what the stream holds and
+	// would skip it.
+	waitFor(t, 15*time.Second, "the position record", func() bool {
+		_, err := kv.Get(ctx, positionKey(db.name, db.slot))
+		return err == nil
+	})
+	r.stop(t)
+	db.waitSlotInactive(t)
+
+	var sysid string
+	var timeline int
+	if err := db.conn.QueryRow(ctx, `SELECT system_identifier::text, (SELECT timeline_id FROM pg_control_checkpoint()) FROM pg_control_system()`).Scan(&sysid, &timeline); err != nil {
+		t.Fatal(err)
+	}
+	origin := fmt.Sprintf("%s/%d/%s/%s", sysid, timeline, stream.Token(db.name), db.slot)
+	key := gapKey(db.name, db.slot)
+	for i, bad := range []string{`not json`, `{"origin":"` + origin + `","from":"x","through":"0/1"}`} {
+		if _, err := kv.Put(ctx, key, []byte(bad)); err != nil {
+			t.Fatal(err)
+		}
+		r := startReader(t, cfg, n)
+		db.exec(t, `INSERT INTO t VALUES ($1)`, 3+i)
+		n.waitCount(t, 3+i, 15*time.Second)
+		if v, _ := r.metric("tablecast_cdc_events_skipped_total", ""); v != 0 {
+			t.Errorf("record %q: the session skipped %v events, want none", bad, v)
+		}
+		if !r.log.contains(`unreadable gap record: publishing again everything this session would have skipped`) {
+			t.Errorf("record %q: no warning", bad)
+		}
+		e, err := kv.Get(ctx, key)
+		if err != nil {
+			t.Fatalf("record %q: the gap record: %v", bad, err)
+		}
+		var rec gapRecord
+		_ = json.Unmarshal(e.Value(), &rec)
+		from, err1 := pglogrepl.ParseLSN(rec.From)
+		through, err2 := pglogrepl.ParseLSN(rec.Through)
+		if rec.Origin != origin || err1 != nil || err2 != nil || from == 0 || from > held || through < from {
+			t.Errorf("record %q replaced by %s, want this origin's range from at most %s", bad, e.Value(), held)
+		}
+		r.stop(t)
+		db.waitSlotInactive(t)
+	}
+	// Nothing was stored twice: what the sessions published again, the
+	// duplicate window dropped.
+	if evs := n.fetch(t); len(evs) != 4 {
+		t.Errorf("the stream holds %d events, want the 4 inserts", len(evs))
+	}
+}
