@@ -40,11 +40,11 @@ type Node struct {
 // node), stopped when t ends. It returns once every node routes to every
 // other and the client is connected.
 //
-// A cluster whose nodes elect no JetStream meta leader within a minute is
-// stopped, with the end of each node's log in t's log, and started once
-// more on fresh ports and stores: the ports are picked free and then given
-// to nats-server, and another process of a busy machine may take one in
-// between.
+// A cluster with a node that does not start, or whose nodes elect no
+// JetStream meta leader within a minute, is stopped, with the end of each
+// node's log in t's log, and started once more on fresh ports and stores:
+// the ports are picked free and then given to nats-server, and another
+// process of a busy machine may take one in between.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
 	bin := buildServer(t)
@@ -62,14 +62,15 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			c.NC.Close()
 		}
 		if attempt == attempts {
-			t.Fatalf("the NATS cluster has no JetStream quorum within a minute, %d times: %v", attempts, err)
+			t.Fatalf("the NATS cluster did not start, %d times: %v", attempts, err)
 		}
-		t.Logf("the NATS cluster has no JetStream quorum within a minute (%v): starting it again on other ports", err)
+		t.Logf("the NATS cluster did not start (%v): starting it again on other ports", err)
 	}
 }
 
 // startCluster starts one cluster of n nodes and waits a minute at most for
-// its JetStream meta leader; on error the nodes started are in c.Nodes.
+// its JetStream meta leader; on error (that, or a node that does not
+// start) the nodes started are in c.Nodes.
 func startCluster(t testing.TB, bin string, n int) (*Cluster, error) {
 	t.Helper()
 	c := &Cluster{}
@@ -80,17 +81,19 @@ func startCluster(t testing.TB, bin string, n int) (*Cluster, error) {
 		c.Nodes = append(c.Nodes, node)
 		routes = append(routes, "nats://"+node.Route)
 	}
-	var urls []string
-	for _, node := range c.Nodes {
-		node.routes = strings.Join(routes, ",")
-		node.start(bin)
-		urls = append(urls, "nats://"+node.Client)
-	}
 	t.Cleanup(func() {
 		for _, node := range c.Nodes {
 			node.Stop()
 		}
 	})
+	var urls []string
+	for _, node := range c.Nodes {
+		node.routes = strings.Join(routes, ",")
+		if err := node.start(bin); err != nil {
+			return c, err // a port taken meanwhile, most likely
+		}
+		urls = append(urls, "nats://"+node.Client)
+	}
 	c.Server = start(t, &Server{t: t, urls: strings.Join(urls, ",")})
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -99,7 +102,7 @@ func startCluster(t testing.TB, bin string, n int) (*Cluster, error) {
 			return c, nil
 		}
 		if time.Now().After(deadline) {
-			return c, err
+			return c, fmt.Errorf("no JetStream meta leader within a minute: %w", err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -124,7 +127,10 @@ func freeAddr(t testing.TB) string {
 	return ln.Addr().String()
 }
 
-func (n *Node) start(bin string) {
+// start starts the node's process and waits until it accepts connections;
+// an error when it does not within 30 s, or its log says a port of its
+// was taken (another process may take a port between freeAddr and here).
+func (n *Node) start(bin string) error {
 	n.t.Helper()
 	host, port, _ := strings.Cut(n.Client, ":")
 	cmd := exec.Command(bin, "-js", "-sd", n.dir, "-a", host, "-p", port, "-n", n.Name,
@@ -139,18 +145,21 @@ func (n *Node) start(bin string) {
 		cmd.Stdout, cmd.Stderr = f, f
 	}
 	if err := cmd.Start(); err != nil {
-		n.t.Fatalf("start nats-server %s: %v", n.Name, err)
+		return fmt.Errorf("start nats-server %s: %w", n.Name, err)
 	}
 	n.cmd = cmd
 	deadline := time.Now().Add(30 * time.Second)
-	for {
+	for i := 0; ; i++ {
 		conn, err := net.DialTimeout("tcp", n.Client, time.Second)
 		if err == nil {
 			conn.Close()
-			return
+			return nil
 		}
 		if time.Now().After(deadline) {
-			n.t.Fatalf("nats-server %s does not accept connections on %s: %v", n.Name, n.Client, err)
+			return fmt.Errorf("nats-server %s does not accept connections on %s: %w", n.Name, n.Client, err)
+		}
+		if i%25 == 0 && strings.Contains(n.logTail(4096), "address already in use") {
+			return fmt.Errorf("nats-server %s: a port of its (client %s, route %s) is taken", n.Name, n.Client, n.Route)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -198,7 +207,9 @@ func (n *Node) Stop() {
 // Start starts a stopped or killed node again, on its ports and store.
 func (n *Node) Start() {
 	n.t.Helper()
-	n.start(buildServer(n.t))
+	if err := n.start(buildServer(n.t)); err != nil {
+		n.t.Fatal(err)
+	}
 }
 
 // PID is the node's process id, 0 when it does not run.
