@@ -34,6 +34,7 @@ type Node struct {
 	routes string
 	t      testing.TB
 	cmd    *exec.Cmd
+	exited chan struct{} // closed once cmd has exited (and been waited for)
 }
 
 // StartCluster starts n nodes (n ≥ 3 for a JetStream quorum to survive one
@@ -99,6 +100,14 @@ func startCluster(t testing.TB, bin string, n int) (*Cluster, error) {
 	for {
 		err := c.waitJetStream()
 		if err == nil {
+			// A node whose route port was taken may have accepted clients
+			// for a moment and exited since; the others elect a leader
+			// without it.
+			for _, node := range c.Nodes {
+				if !node.alive() {
+					return c, fmt.Errorf("nats-server %s (client %s, route %s) exited: a port of its taken, most likely", node.Name, node.Client, node.Route)
+				}
+			}
 			return c, nil
 		}
 		if time.Now().After(deadline) {
@@ -128,8 +137,8 @@ func freeAddr(t testing.TB) string {
 }
 
 // start starts the node's process and waits until it accepts connections;
-// an error when it does not within 30 s, or its log says a port of its
-// was taken (another process may take a port between freeAddr and here).
+// an error when it does not within 30 s, or exits first (a port of its
+// taken: another process may take one between freeAddr and here).
 func (n *Node) start(bin string) error {
 	n.t.Helper()
 	host, port, _ := strings.Cut(n.Client, ":")
@@ -148,8 +157,17 @@ func (n *Node) start(bin string) error {
 		return fmt.Errorf("start nats-server %s: %w", n.Name, err)
 	}
 	n.cmd = cmd
+	exited := make(chan struct{})
+	n.exited = exited
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
 	deadline := time.Now().Add(30 * time.Second)
-	for i := 0; ; i++ {
+	for {
+		if !n.alive() {
+			return fmt.Errorf("nats-server %s (client %s, route %s) exited as it started: a port of its taken, most likely", n.Name, n.Client, n.Route)
+		}
 		conn, err := net.DialTimeout("tcp", n.Client, time.Second)
 		if err == nil {
 			conn.Close()
@@ -158,10 +176,20 @@ func (n *Node) start(bin string) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("nats-server %s does not accept connections on %s: %w", n.Name, n.Client, err)
 		}
-		if i%25 == 0 && strings.Contains(n.logTail(4096), "address already in use") {
-			return fmt.Errorf("nats-server %s: a port of its (client %s, route %s) is taken", n.Name, n.Client, n.Route)
-		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// alive reports whether the node's process runs.
+func (n *Node) alive() bool {
+	if n.cmd == nil {
+		return false
+	}
+	select {
+	case <-n.exited:
+		return false
+	default:
+		return true
 	}
 }
 
@@ -188,9 +216,13 @@ func (n *Node) Kill() {
 		return
 	}
 	if err := n.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		n.t.Fatalf("kill nats-server %s: %v", n.Name, err)
+		select {
+		case <-n.exited: // it had exited on its own
+		case <-time.After(5 * time.Second):
+			n.t.Fatalf("kill nats-server %s: %v", n.Name, err)
+		}
 	}
-	_ = n.cmd.Wait()
+	<-n.exited
 	n.cmd = nil
 }
 
@@ -200,7 +232,7 @@ func (n *Node) Stop() {
 		return
 	}
 	_ = n.cmd.Process.Signal(syscall.SIGTERM)
-	_ = n.cmd.Wait()
+	<-n.exited
 	n.cmd = nil
 }
 
