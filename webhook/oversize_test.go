@@ -160,6 +160,17 @@ func TestBatchBytes(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, envOptions{})
 			r := newReceiver(t)
+			// The first request is answered after 2 s, so that the rest
+			// are waiting by then and batched: events sent as they come,
+			// one per request, say nothing of the bound (a loaded machine
+			// delivered them so once).
+			var answered atomic.Int32
+			r.setAnswer(func(*delivery, int) (int, map[string]string, time.Duration) {
+				if answered.Add(1) == 1 {
+					return 204, nil, 2 * time.Second
+				}
+				return 204, nil, 0
+			})
 			ep := e.endpoint("batches-"+c.name, r.URL(), func(w *endpoint.Webhook) { w.Batch = 10; w.BatchBytes = c.set })
 			e.waitConsumer(ep)
 			const rows = 7
