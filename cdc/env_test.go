@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -320,6 +321,26 @@ func (d *testDB) exec(t testing.TB, sql string, args ...any) {
 
 func (d *testDB) config() Config {
 	return Config{DatabaseURL: d.url, Slot: d.slot, Publication: "tc_pub", StallAfter: time.Hour, WatchInterval: 200 * time.Millisecond}
+}
+
+// holdConfirmation keeps every reader from confirming to PostgreSQL any
+// position past the WAL's current end, until t ends, and returns that
+// position: every later start replays what follows, over what the stream
+// holds. Tests using it cannot run in parallel (testHookConfirmAtMost is
+// every reader's).
+func holdConfirmation(t testing.TB, db *testDB) pglogrepl.LSN {
+	t.Helper()
+	var now string
+	if err := db.conn.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&now); err != nil {
+		t.Fatal(err)
+	}
+	held, err := pglogrepl.ParseLSN(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testHookConfirmAtMost.Store(uint64(held))
+	t.Cleanup(func() { testHookConfirmAtMost.Store(0) })
+	return held
 }
 
 // slotLSN returns the slot's confirmed_flush_lsn as text.

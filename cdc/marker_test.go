@@ -158,13 +158,7 @@ func TestTransactionMarkers(t *testing.T) {
 	r := startReader(t, cfg, n)
 	// Nothing of what follows is confirmed to PostgreSQL: the second
 	// reader replays it all, over what the stream holds.
-	var now string
-	if err := db.conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&now); err != nil {
-		t.Fatal(err)
-	}
-	held, _ := pglogrepl.ParseLSN(now)
-	testHookConfirmAtMost.Store(uint64(held))
-	t.Cleanup(func() { testHookConfirmAtMost.Store(0) })
+	holdConfirmation(t, db)
 
 	db.exec(t, `BEGIN; INSERT INTO a VALUES (1), (2), (3); INSERT INTO b VALUES (1), (2); INSERT INTO a VALUES (4);
 		SELECT pg_logical_emit_message(true, 'tablecast:order.events', '{"n":1}'); COMMIT`)

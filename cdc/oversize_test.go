@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tablecast/tablecast/internal/natstest"
@@ -182,13 +181,7 @@ func TestHealthReportsUndecodableChanges(t *testing.T) {
 	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`)
 	n := startNATS(t)
 	r := startReader(t, db.config(), n)
-	var now string
-	if err := db.conn.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&now); err != nil {
-		t.Fatal(err)
-	}
-	held, _ := pglogrepl.ParseLSN(now)
-	testHookConfirmAtMost.Store(uint64(held))
-	t.Cleanup(func() { testHookConfirmAtMost.Store(0) })
+	holdConfirmation(t, db)
 	db.exec(t, `INSERT INTO items VALUES (1)`)
 	n.waitCount(t, 1, 15*time.Second)
 	db.exec(t, `DROP PUBLICATION tc_pub`)

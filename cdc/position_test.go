@@ -227,14 +227,8 @@ func TestUnreadableGapRecordSkipsNothing(t *testing.T) {
 	cfg := db.config()
 	cfg.Snapshot = SnapshotNever
 	r := startReader(t, cfg, n)
-	var now string
-	if err := db.conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&now); err != nil {
-		t.Fatal(err)
-	}
-	held, _ := pglogrepl.ParseLSN(now)
 	// Nothing after this is confirmed: every start replays it all.
-	testHookConfirmAtMost.Store(uint64(held))
-	t.Cleanup(func() { testHookConfirmAtMost.Store(0) })
+	held := holdConfirmation(t, db)
 	db.exec(t, `INSERT INTO t VALUES (1)`)
 	db.exec(t, `INSERT INTO t VALUES (2)`)
 	n.waitCount(t, 2, 15*time.Second)

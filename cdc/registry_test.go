@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tablecast/tablecast/schema"
@@ -137,13 +136,7 @@ func TestReplayKeepsTheLatestShape(t *testing.T) {
 	r := startReader(t, cfg, n)
 	// Nothing of what follows is confirmed to PostgreSQL: the second
 	// reader replays it.
-	var now string
-	if err := db.conn.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&now); err != nil {
-		t.Fatal(err)
-	}
-	held, _ := pglogrepl.ParseLSN(now)
-	testHookConfirmAtMost.Store(uint64(held))
-	t.Cleanup(func() { testHookConfirmAtMost.Store(0) })
+	holdConfirmation(t, db)
 	db.exec(t, `INSERT INTO t VALUES (1)`)
 	db.exec(t, `ALTER TABLE t ADD COLUMN c text`)
 	db.exec(t, `INSERT INTO t VALUES (2, 'x')`)
