@@ -251,6 +251,29 @@ func wantView(ctx context.Context, conn *pgx.Conn, sql string) (map[int]viewRow,
 	return out, rs.Err()
 }
 
+// waitEqual waits 30 s at most for the view to hold exactly the rows want
+// returns (asked again at each look), failing on an error of the view's.
+func (vc *viewClient) waitEqual(t *testing.T, what string, want func() map[int]viewRow) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		w := want()
+		vc.mu.Lock()
+		same, verr, n := sameView(vc.rows, w), vc.err, len(vc.rows)
+		vc.mu.Unlock()
+		if verr != nil {
+			t.Fatal(verr)
+		}
+		if same {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s holds %d rows, never the %d of the table", what, n, len(w))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func sameView(a, b map[int]viewRow) bool {
 	if len(a) != len(b) {
 		return false
@@ -539,26 +562,13 @@ func TestLiveViewEdges(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	vc.waitEqual(t, "the URL view", func() map[int]viewRow {
 		want, err := wantView(ctx, conn, vc.spec.sql)
 		if err != nil {
 			t.Fatal(err)
 		}
-		vc.mu.Lock()
-		same, verr, n := sameView(vc.rows, want), vc.err, len(vc.rows)
-		vc.mu.Unlock()
-		if verr != nil {
-			t.Fatal(verr)
-		}
-		if same {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("URL view holds %d rows, never the %d of the table", n, len(want))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return want
+	})
 	stop()
 	<-done
 
@@ -659,22 +669,7 @@ func TestLiveViewEdges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		ovc.mu.Lock()
-		same, verr, n := sameView(ovc.rows, want), ovc.err, len(ovc.rows)
-		ovc.mu.Unlock()
-		if verr != nil {
-			t.Fatal(verr)
-		}
-		if same {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the view open across the drop holds %d rows, never the %d of the new table", n, len(want))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	ovc.waitEqual(t, "the view open across the drop", func() map[int]viewRow { return want })
 	ostop()
 	<-odone
 	nctx, ncancel := context.WithTimeout(ctx, 2*time.Minute)
