@@ -237,3 +237,63 @@ func TestTableAddedWithoutEmitPrivilege(t *testing.T) {
 		t.Error("no warning that the table was added without its truncate")
 	}
 }
+
+// TestTableAddedTruncateReplayedOnce: a reader that starts again before it
+// confirmed the addition replays its message; the truncate the stream
+// holds is not stored twice, and is not checked again against the record,
+// which a later addition of the name may have written anew (here: another
+// nonce), so the replay neither warns of a forgery nor loses its place.
+func TestTableAddedTruncateReplayedOnce(t *testing.T) {
+	// Not parallel: it holds every reader's confirmation.
+	ctx := context.Background()
+	db := newTestDB(t, `CREATE TABLE orders (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	cfg.CatalogInterval = 200 * time.Millisecond
+	r := startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO orders VALUES (1)`)
+	n.waitCount(t, 1, 20*time.Second)
+	holdConfirmation(t, db)
+	db.exec(t, `DROP TABLE orders`)
+	db.exec(t, `BEGIN; CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders VALUES (2); COMMIT`)
+	waitFor(t, 30*time.Second, "the catch-up of the new orders", func() bool {
+		return r.log.contains(`msg="catch-up snapshot done" component=cdc slot=` + db.slot + ` table=public.orders`)
+	})
+	db.exec(t, `INSERT INTO orders VALUES (3)`)
+	n.waitCount(t, 4, 20*time.Second) // create 1, truncate, read 2, create 3
+	r.stop(t)
+	db.waitSlotInactive(t)
+	kv, err := n.JS.KeyValue(ctx, stateBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := r.tableAddedKey("public", "orders")
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		t.Fatalf("the record of the addition: %v", err)
+	}
+	if _, err := kv.Put(ctx, key, []byte(strings.Replace(string(e.Value()), `"nonce":"`, `"nonce":"later`, 1))); err != nil {
+		t.Fatal(err)
+	}
+
+	r2 := startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO orders VALUES (4)`)
+	waitFor(t, 20*time.Second, "the insert after the replay", func() bool {
+		evs := eventsOf(t, n, "public.orders")
+		return len(evs) > 0 && evs[len(evs)-1].Key["id"] == float64(4)
+	})
+	var got []string
+	for _, e := range eventsOf(t, n, "public.orders") {
+		got = append(got, e.Op+" "+fmt.Sprint(e.Key["id"]))
+	}
+	if want := []string{"create 1", "truncate <nil>", "read 2", "create 3", "create 4"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("events of orders after the replay\n%q\nwant\n%q", got, want)
+	}
+	if v, _ := r2.metric("tablecast_cdc_events_skipped_total", ""); v < 2 {
+		t.Errorf("the second reader skipped %v events: it did not replay the truncate and the insert the stream held", v)
+	}
+	if r2.log.contains("ignoring a table-added message") {
+		t.Error("the replayed message, whose truncate the stream holds, was checked against the record written since")
+	}
+}
