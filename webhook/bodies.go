@@ -100,11 +100,21 @@ func (d *DeadLetters) purgeEndpoint(ctx context.Context, endpointID string) erro
 // namedBodies returns the objects the webhooks' dead letters, and the
 // replays queued, name: their headers only, read in one pass of a
 // consumer of their own. Records published after the pass began are of
-// objects stored since, younger than any OrphanBodyAge.
+// objects stored since, younger than any OrphanBodyAge, or a record moved
+// (requeue publishes the replay's record before it deletes the dead
+// letter's), which the pass follows to the end of the stream.
+//
+// The pass ends on the stream's own word that it holds no record after
+// the last one read, never on the consumer's count of what it has
+// pending: the server keeps that count as records come and go, and it
+// can fall short when a record is deleted as the consumer starts (a
+// requeue, a replay delivered). Ending on it missed the moved record and
+// deleted the object under it.
 func (d *DeadLetters) namedBodies(ctx context.Context) (map[string]bool, error) {
+	filters := []string{d.Subject("*"), d.ReplaySubject("*")}
 	cons, err := d.str.CreateConsumer(ctx, jetstream.ConsumerConfig{
 		Description:       "tablecast: the objects webhook dead letters name",
-		FilterSubjects:    []string{d.Subject("*"), d.ReplaySubject("*")},
+		FilterSubjects:    filters,
 		DeliverPolicy:     jetstream.DeliverAllPolicy,
 		AckPolicy:         jetstream.AckNonePolicy,
 		HeadersOnly:       true,
@@ -120,18 +130,8 @@ func (d *DeadLetters) namedBodies(ctx context.Context) (map[string]bool, error) 
 		_ = d.str.DeleteConsumer(dctx, cons.CachedInfo().Name)
 	}()
 	named := map[string]bool{}
-	if cons.CachedInfo().NumPending == 0 {
-		return named, nil
-	}
-	// The pass ends on the server's word that no record is left: a record
-	// delivered with none pending after it, or the consumer saying so. A
-	// pull that ends empty (nothing arrived in time) proves nothing, and a
-	// record missed would have its object deleted.
-	for {
-		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return nil, fmt.Errorf("read the dead letters of %s: %w", d.name, err)
-		}
+	var last uint64 // the stream sequence of the last record read
+	read := func(batch jetstream.MessageBatch) (int, error) {
 		n := 0
 		for msg := range batch.Messages() {
 			n++
@@ -140,29 +140,65 @@ func (d *DeadLetters) namedBodies(ctx context.Context) (map[string]bool, error) 
 			}
 			meta, err := msg.Metadata()
 			if err != nil {
-				return nil, fmt.Errorf("read the dead letters of %s: %w", d.name, err)
+				return n, err
 			}
-			if meta.NumPending == 0 {
-				return named, nil
-			}
+			last = meta.Sequence.Stream
 		}
-		if err := batch.Error(); err != nil {
-			return nil, fmt.Errorf("read the dead letters of %s: %w", d.name, err)
-		}
-		if n == 0 {
-			// Those left may have been deleted (replayed, purged).
-			info, err := cons.Info(ctx)
-			if err != nil {
-				return nil, fmt.Errorf("read the dead letters of %s: %w", d.name, err)
-			}
-			if info.NumPending == 0 {
-				return named, nil
-			}
-		}
+		return n, batch.Error()
+	}
+	const pull = 1000
+	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		// A pull that does not wait ends where the stream does (or at
+		// once, when the consumer counts nothing pending).
+		batch, err := cons.FetchNoWait(pull)
+		if err != nil {
+			return nil, fmt.Errorf("read the dead letters of %s: %w", d.name, err)
+		}
+		n, err := read(batch)
+		if err != nil {
+			return nil, fmt.Errorf("read the dead letters of %s: %w", d.name, err)
+		}
+		if n == pull {
+			continue
+		}
+		more, err := d.recordAfter(ctx, filters, last)
+		if err != nil || !more {
+			return named, err
+		}
+		if n > 0 {
+			continue
+		}
+		// The stream holds a record the consumer counts no more: a pull
+		// that waits gets it (and every one after it, read to its end:
+		// a pull left behind would take records from the next).
+		batch, err = cons.Fetch(pull, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("read the dead letters of %s: %w", d.name, err)
+		}
+		if _, err := read(batch); err != nil {
+			return nil, fmt.Errorf("read the dead letters of %s: %w", d.name, err)
+		}
 	}
+}
+
+// recordAfter reports whether the dead-letter stream holds a record on
+// one of subjects after the sequence seq, asking the stream's store
+// itself.
+func (d *DeadLetters) recordAfter(ctx context.Context, subjects []string, seq uint64) (bool, error) {
+	for _, subj := range subjects {
+		_, err := d.str.GetMsg(ctx, seq+1, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("look for dead letters on %s after %d in %s: %w", subj, seq, d.name, err)
+		}
+		return true, nil
+	}
+	return false, nil
 }
 
 // deleteOrphanBodies deletes the objects of BodyBucket stored at least

@@ -268,3 +268,82 @@ func BenchmarkNamedBodies(b *testing.B) {
 		}
 	}
 }
+
+// TestNamedBodiesAcrossRequeues: a pass that runs while a record naming
+// an object is moved (a replay queued: the new record published, then the
+// old one deleted; a replay dead-lettered again likewise) still finds the
+// object. The server's count of what a consumer has pending can fall
+// short of what is left when a record is deleted as the consumer starts,
+// so a pass that ended on that count missed the moved record, and the
+// object was deleted under it.
+func TestNamedBodiesAcrossRequeues(t *testing.T) {
+	t.Parallel()
+	n := natstest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	d, err := OpenDeadLetters(ctx, n.JS, "TABLECAST", testPrefix, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(subj, object string) uint64 {
+		msg := &nats.Msg{Subject: subj, Data: []byte(`{"claim":{}}`), Header: nats.Header{}}
+		msg.Header.Set(HeaderBodyObject, object)
+		ack, err := n.JS.PublishMsg(ctx, msg)
+		if err != nil {
+			t.Error(err)
+			return 0
+		}
+		return ack.Sequence
+	}
+	// Records that stay, before and after the moving one.
+	publish(d.Subject("01J000000000000000000000AA"), "still-1")
+	seq := publish(d.Subject("01J000000000000000000000AA"), "moving")
+	publish(d.ReplaySubject("01J000000000000000000000AB"), "still-2")
+
+	stop := make(chan struct{})
+	moved := make(chan int, 1)
+	go func() {
+		moves := 0
+		defer func() { moved <- moves }()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			subj := d.ReplaySubject("01J000000000000000000000AA")
+			if i%2 == 1 {
+				subj = d.Subject("01J000000000000000000000AA")
+			}
+			next := publish(subj, "moving")
+			if next == 0 {
+				return
+			}
+			if err := d.str.DeleteMsg(ctx, seq); err != nil {
+				t.Error(err)
+				return
+			}
+			seq = next
+			moves++
+		}
+	}()
+	const passes = 300
+	missed := 0
+	for range passes {
+		named, err := d.namedBodies(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !named["moving"] {
+			missed++
+		}
+		if !named["still-1"] || !named["still-2"] {
+			t.Fatalf("a pass missed a record that stays: %v", named)
+		}
+	}
+	close(stop)
+	t.Logf("%d moves during %d passes", <-moved, passes)
+	if missed > 0 {
+		t.Fatalf("%d of %d passes missed the record naming the moved object", missed, passes)
+	}
+}
