@@ -336,13 +336,9 @@ func (r *Reader) forgetCatchUp(ctx context.Context, req snapshotRequest) {
 // resumeCatchUps queues the catch-ups a previous run recorded and did not
 // finish.
 func (r *Reader) resumeCatchUps(ctx context.Context) error {
-	lister, err := r.state.ListKeysFiltered(ctx, r.catchUpKeyPrefix()+">")
+	keys, err := stream.ListKVKeys(ctx, r.js, r.state, r.catchUpKeyPrefix()+">")
 	if err != nil {
 		return fmt.Errorf("list recorded catch-up snapshots: %w", err)
-	}
-	var keys []string
-	for k := range lister.Keys() {
-		keys = append(keys, k)
 	}
 	for _, k := range keys {
 		e, err := r.state.Get(ctx, k)

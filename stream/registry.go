@@ -22,6 +22,7 @@ const schemaHistory = 64
 // reader writes and consumers read or watch. The values are opaque here;
 // package schema defines them.
 type Registry struct {
+	js jetstream.JetStream
 	kv jetstream.KeyValue
 }
 
@@ -43,7 +44,7 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream, bucket string, re
 	if err != nil {
 		return nil, fmt.Errorf("open schema registry bucket %s: %w", bucket, err)
 	}
-	return &Registry{kv: kv}, nil
+	return &Registry{js: js, kv: kv}, nil
 }
 
 // SchemaKey is the registry key of a table: "<db>.<schema>.<table>", each
@@ -78,12 +79,12 @@ type TableName struct{ DB, Schema, Table string }
 
 // Tables lists every table with a shape in the registry.
 func (r *Registry) Tables(ctx context.Context) ([]TableName, error) {
-	lister, err := r.kv.ListKeys(ctx)
+	keys, err := ListKVKeys(ctx, r.js, r.kv, ">")
 	if err != nil {
 		return nil, fmt.Errorf("list schema registry: %w", err)
 	}
 	var out []TableName
-	for key := range lister.Keys() {
+	for _, key := range keys {
 		parts, err := parseKVKey(key)
 		if err != nil || len(parts) != 3 {
 			continue // not a table's key
@@ -140,7 +141,7 @@ func kvKey(parts ...string) string {
 // a nil entry marking that the stored ones have all been sent, then every
 // change as it happens (a deleted table arrives as a delete operation).
 func (r *Registry) Watch(ctx context.Context) (jetstream.KeyWatcher, error) {
-	w, err := r.kv.WatchAll(ctx)
+	w, err := WatchKV(ctx, r.js, r.kv, ">", false)
 	if err != nil {
 		return nil, fmt.Errorf("watch schema registry: %w", err)
 	}

@@ -97,7 +97,7 @@ func ReadReaderStatuses(ctx context.Context, js jetstream.JetStream) (statuses [
 	case err != nil:
 		return nil, false, fmt.Errorf("open bucket %s: %w", StateBucket, err)
 	}
-	w, err := kv.Watch(ctx, statusKeyPrefix+">", jetstream.IgnoreDeletes())
+	w, err := WatchKV(ctx, js, kv, statusKeyPrefix+">", true)
 	if err != nil {
 		return nil, true, fmt.Errorf("read reader statuses: %w", err)
 	}

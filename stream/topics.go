@@ -24,6 +24,7 @@ var ErrNoTopic = errors.New("no such topic")
 // the event stream on TopicSubject(prefix, name), so that they have stream
 // sequences like row changes do.
 type Topics struct {
+	js     jetstream.JetStream
 	kv     jetstream.KeyValue
 	stream jetstream.Stream
 	prefix string
@@ -53,7 +54,7 @@ func OpenTopics(ctx context.Context, js jetstream.JetStream, str jetstream.Strea
 	if err != nil {
 		return nil, fmt.Errorf("open topic bucket %s: %w", bucket, err)
 	}
-	return &Topics{kv: kv, stream: str, prefix: prefix}, nil
+	return &Topics{js: js, kv: kv, stream: str, prefix: prefix}, nil
 }
 
 // TopicKey is the bucket key of a topic name (escaped as SchemaKey does).
@@ -111,7 +112,7 @@ func (t *Topics) DestroyTopic(ctx context.Context, name string) error {
 // all been sent, then every creation (put) and destruction (delete or
 // purge).
 func (t *Topics) Watch(ctx context.Context) (jetstream.KeyWatcher, error) {
-	w, err := t.kv.WatchAll(ctx)
+	w, err := WatchKV(ctx, t.js, t.kv, ">", false)
 	if err != nil {
 		return nil, fmt.Errorf("watch topics: %w", err)
 	}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/stream"
 )
 
 // cache is this process's view of one bucket, kept by watching it: what
@@ -17,6 +19,7 @@ import (
 // (sync), so that a listing in any process shows every change made before
 // it.
 type cache struct {
+	js     jetstream.JetStream
 	kv     jetstream.KeyValue
 	what   string
 	item   func(key string) (string, bool) // the item's id or name of a key; false: not an item
@@ -29,8 +32,8 @@ type cache struct {
 	loaded  bool
 }
 
-func newCache(kv jetstream.KeyValue, what string, item func(string) (string, bool), decode func([]byte, uint64) (any, error)) *cache {
-	return &cache{kv: kv, what: what, item: item, decode: decode, items: map[string]any{}, changed: make(chan struct{})}
+func newCache(js jetstream.JetStream, kv jetstream.KeyValue, what string, item func(string) (string, bool), decode func([]byte, uint64) (any, error)) *cache {
+	return &cache{js: js, kv: kv, what: what, item: item, decode: decode, items: map[string]any{}, changed: make(chan struct{})}
 }
 
 // run watches the bucket until ctx ends. A watch that ends is started
@@ -39,7 +42,7 @@ func newCache(kv jetstream.KeyValue, what string, item func(string) (string, boo
 func (c *cache) run(ctx context.Context, log *slog.Logger) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		w, err := c.kv.WatchAll(ctx)
+		w, err := stream.WatchKV(ctx, c.js, c.kv, ">", false)
 		if err != nil {
 			log.Warn("cannot watch the "+c.what+" bucket; retrying", "err", err, "retry_in", backoff)
 			select {

@@ -105,12 +105,12 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	}
 	s := &Store{cfg: cfg, log: cfg.Logger}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.eps = newCache(eps, "endpoints", func(key string) (string, bool) {
+	s.eps = newCache(js, eps, "endpoints", func(key string) (string, bool) {
 		id, ok := cutPrefix(key, endpointKeyPrefix)
 		return id, ok
 	}, decodeStoredEndpoint)
-	s.filters = newCache(filters, "filters", unescapeName, decodeStoredFilter)
-	s.rules = newCache(rules, "rules", unescapeName, decodeStoredRule)
+	s.filters = newCache(js, filters, "filters", unescapeName, decodeStoredFilter)
+	s.rules = newCache(js, rules, "rules", unescapeName, decodeStoredRule)
 	for _, c := range []*cache{s.eps, s.filters, s.rules} {
 		s.wg.Add(1)
 		go func() {
@@ -791,7 +791,7 @@ func (s *Store) linked(ctx context.Context, match func(*Endpoint) bool) []*Endpo
 // scanLinked reads every endpoint from the bucket itself (not the view)
 // and returns those linked by match, sorted by name.
 func (s *Store) scanLinked(ctx context.Context, match func(*Endpoint) bool) ([]*Endpoint, error) {
-	w, err := s.eps.kv.Watch(ctx, endpointKeyPrefix+">", jetstream.IgnoreDeletes())
+	w, err := stream.WatchKV(ctx, s.eps.js, s.eps.kv, endpointKeyPrefix+">", true)
 	if err != nil {
 		return nil, fmt.Errorf("read endpoints: %w", err)
 	}

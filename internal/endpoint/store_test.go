@@ -334,3 +334,74 @@ func TestRecordRetentionGapAtStart(t *testing.T) {
 		t.Fatalf("gaps recorded: %+v", g)
 	}
 }
+
+// TestWatchLoadedAfterEveryEndpoint: a watch started while endpoints are
+// being changed says it has loaded only once it has sent every stored
+// endpoint. (Before, the end of the first pass came from the server's
+// count of what the watch had pending, which fell short while keys were
+// written again: an endpoint then seemed deleted to whoever applied the
+// load, and a webhook Manager removed its consumers and dead letters.)
+func TestWatchLoadedAfterEveryEndpoint(t *testing.T) {
+	srv := natstest.Start(t)
+	s1 := openStore(t, srv.JS, Config{})
+	s2 := openStore(t, secondConn(t, srv), Config{})
+	ctx := testCtx(t)
+	const n = 20
+	var ids []string
+	for i := range n {
+		e, err := s1.CreateEndpoint(ctx, webhook(fmt.Sprintf("hook-%02d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, e.ID)
+	}
+	// Half the endpoints' stored values written again, as fast as the
+	// bucket takes them (what an update does, without the checks around
+	// it), while the others stay: each write removes the oldest revision
+	// of its key, which lies after the stay-put endpoints' own.
+	var keys []string
+	var values [][]byte
+	for _, id := range ids {
+		e, err := s1.eps.kv.Get(ctx, endpointKeyPrefix+id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys, values = append(keys, e.Key()), append(values, e.Value())
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			k := n/2 + i%(n/2)
+			if _, err := s1.eps.kv.Put(ctx, keys[k], values[k]); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	for round := range 200 {
+		wctx, cancel := context.WithCancel(ctx)
+		seen := map[string]bool{}
+		for ev := range s2.WatchEndpoints(wctx) {
+			if ev.Kind == EventLoaded {
+				break
+			}
+			if ev.Kind == EventPut {
+				seen[ev.Key] = true
+			}
+		}
+		cancel()
+		for _, id := range ids {
+			if !seen[id] {
+				t.Fatalf("round %d: loaded with %d of the %d endpoints, %s not among them", round, len(seen), n, id)
+			}
+		}
+	}
+}

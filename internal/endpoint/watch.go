@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/stream"
 )
 
 // EventKind is what a watch event says.
@@ -88,7 +90,7 @@ func watch[T any](ctx context.Context, s *Store, c *cache, keys string) <-chan E
 		}
 		backoff := 100 * time.Millisecond
 		for started := false; ctx.Err() == nil; started = true {
-			w, err := c.kv.Watch(ctx, keys)
+			w, err := stream.WatchKV(ctx, c.js, c.kv, keys, false)
 			if err != nil {
 				s.log.Warn("cannot watch the "+c.what+" bucket; retrying", "err", err, "retry_in", backoff)
 				select {
