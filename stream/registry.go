@@ -71,7 +71,7 @@ func LookupRegistry(ctx context.Context, js jetstream.JetStream, bucket string) 
 	case err != nil:
 		return nil, fmt.Errorf("open schema registry bucket %s: %w", bucket, err)
 	}
-	return &Registry{kv: kv}, nil
+	return &Registry{js: js, kv: kv}, nil
 }
 
 // TableName is a table as the registry names it.
