@@ -30,11 +30,12 @@ type pubWatch struct {
 	quoted []string        // the configured tables, quoted
 
 	first    bool
-	leftOut  map[string]leftOut // as last logged
-	broken   map[string]leftOut // a DBA publication's tables whose writes PostgreSQL refuses, as last logged
-	failures map[string]string  // by table: the last error altering the publication for it, as logged
-	gone     bool               // the publication was missing at the last round
-	kind     string             // "managed" or "unmanaged", as last logged
+	leftOut  map[string]leftOut       // as last logged
+	broken   map[string]leftOut       // a DBA publication's tables whose writes PostgreSQL refuses, as last logged
+	failures map[string]string        // by table: the last error altering the publication for it, as logged
+	gone     bool                     // the publication was missing at the last round
+	kind     string                   // "managed" or "unmanaged", as last logged
+	names    map[uint32]publishedName // the published tables' names by OID, as kept (tablerenamed.go); nil until read
 }
 
 func newPubWatch(r *Reader) (*pubWatch, error) {
@@ -124,12 +125,14 @@ func (w *pubWatch) round(ctx context.Context) error {
 			}
 		}
 		quotedPub := pgx.Identifier{name}.Sanitize()
+		dropped := map[uint32]bool{}
 		for _, t := range p.drop {
 			if err := w.alter(ctx, c, t, "ALTER PUBLICATION "+quotedPub+" DROP TABLE "+t.quoted(), nil); errors.Is(err, errSkipped) {
 				continue
 			} else if err != nil {
 				return err
 			}
+			dropped[t.oid] = true
 			if lo, ok := p.leftOut[t.key()]; ok {
 				w.r.log.Warn("table dropped from the publication: PostgreSQL refuses its UPDATE and DELETE while a publication publishes them; it is added again once it has a replica identity",
 					"table", t.qualified(), "reason", lo.reason, "fix", lo.fix)
@@ -138,12 +141,27 @@ func (w *pubWatch) round(ctx context.Context) error {
 				w.r.log.Info("table dropped from the publication: not among the configured tables", "table", t.qualified())
 			}
 		}
+		// Renames before additions: a table added under a renamed table's
+		// old name starts after the old name's truncate.
+		published := map[uint32]tableState{}
+		for _, t := range tables {
+			if t.inPub {
+				published[t.oid] = t
+			}
+		}
+		if err := w.followRenames(ctx, c, published, dropped); err != nil {
+			return err
+		}
 		for _, t := range p.add {
-			if err := w.add(ctx, c, quotedPub, t); err != nil {
+			ok, err := w.add(ctx, c, quotedPub, t)
+			if err != nil {
 				return err
 			}
-			added = append(added, t)
+			if ok {
+				added = append(added, t)
+			}
 		}
+		w.keepNames(ctx, published, dropped, added)
 		w.logLeftOut(p.leftOut)
 		return nil
 	})
@@ -205,13 +223,15 @@ var errSkipped = errors.New("skipped")
 // add adds t to the publication, with a catch-up snapshot of the rows it
 // already has, recorded before the table is added so that a crash in
 // between does not lose it. A table whose name the stream has carried
-// before starts with a truncate, before its catch-up (tableadded.go).
-func (w *pubWatch) add(ctx context.Context, c *pgx.Conn, quotedPub string, t tableState) error {
+// before starts with a truncate, before its catch-up (tableadded.go). It
+// reports whether the table was added (not when the ALTER was refused, to
+// be tried again next round).
+func (w *pubWatch) add(ctx context.Context, c *pgx.Conn, quotedPub string, t tableState) (bool, error) {
 	req := snapshotRequest{id: randomID(), schema: t.schema, name: t.name, table: t.qualified(), catchUp: true, oid: t.oid}
 	if t.hasPK {
 		var err error
 		if req.stateKey, err = w.r.recordCatchUp(ctx, req); err != nil {
-			return err
+			return false, err
 		}
 	}
 	announce, err := w.announcement(ctx, t)
@@ -223,9 +243,9 @@ func (w *pubWatch) add(ctx context.Context, c *pgx.Conn, quotedPub string, t tab
 			w.r.forgetCatchUp(ctx, req)
 		}
 		if errors.Is(err, errSkipped) {
-			return nil
+			return false, nil
 		}
-		return err
+		return false, err
 	}
 	delete(w.leftOut, t.key())
 	switch {
@@ -237,7 +257,7 @@ func (w *pubWatch) add(ctx context.Context, c *pgx.Conn, quotedPub string, t tab
 	if req.stateKey != "" {
 		_, _, _ = w.r.snaps.enqueue(req)
 	}
-	return nil
+	return true, nil
 }
 
 // logLeftOut logs the tables newly left out, or left out for a new reason.
@@ -373,5 +393,5 @@ func (w *pubWatch) announcement(ctx context.Context, t tableState) ([]byte, erro
 	if err != nil || !before {
 		return nil, err
 	}
-	return w.r.recordTableAdded(ctx, t)
+	return w.r.recordTableAdded(ctx, t.schema, t.name, t.oid, "")
 }

@@ -30,6 +30,9 @@ import (
 // message carries a random nonce that pubWatch records in the state bucket
 // first, out of the database's reach, and the reader acts only on a message
 // whose nonce is the recorded one.
+//
+// A table renamed is announced the same way (tablerenamed.go), with cause
+// "table_renamed" in the message.
 
 // tableAddedPrefix is the prefix of the message.
 const tableAddedPrefix = "tablecast-table-added"
@@ -41,6 +44,9 @@ type tableAdded struct {
 	Name   string `json:"name,omitempty"`
 	OID    uint32 `json:"oid"`
 	Nonce  string `json:"nonce"`
+	// Cause is the truncate's: "" for schema.CauseTableAdded, or
+	// schema.CauseTableRenamed.
+	Cause string `json:"cause,omitempty"`
 }
 
 // tableAddedKey is the state key of the record for a table name, one per
@@ -64,15 +70,16 @@ func (r *Reader) streamedBefore(ctx context.Context, schemaName, name string) (b
 	return found, nil
 }
 
-// recordTableAdded records the nonce of the message announcing t's
-// addition, and returns the message's content.
-func (r *Reader) recordTableAdded(ctx context.Context, t tableState) ([]byte, error) {
-	rec := tableAdded{OID: t.oid, Nonce: randomID()}
+// recordTableAdded records the nonce of the message announcing a truncate
+// of the table name schemaName.name (cause "" for an addition), and returns
+// the message's content.
+func (r *Reader) recordTableAdded(ctx context.Context, schemaName, name string, oid uint32, cause string) ([]byte, error) {
+	rec := tableAdded{OID: oid, Nonce: randomID()}
 	b, _ := json.Marshal(rec)
-	if _, err := r.state.Put(ctx, r.tableAddedKey(t.schema, t.name), b); err != nil {
-		return nil, fmt.Errorf("record the addition of %s: %w", t.qualified(), err)
+	if _, err := r.state.Put(ctx, r.tableAddedKey(schemaName, name), b); err != nil {
+		return nil, fmt.Errorf("record the truncate of %s.%s ahead of its message: %w", schemaName, name, err)
 	}
-	rec.Schema, rec.Name = t.schema, t.name
+	rec.Schema, rec.Name, rec.Cause = schemaName, name, cause
 	msg, _ := json.Marshal(rec)
 	return msg, nil
 }
@@ -105,6 +112,15 @@ func (s *session) handleTableAdded(ctx context.Context, m *pglogrepl.LogicalDeco
 		s.r.log.Warn("ignoring a table-added message tablecast did not write", "lsn", m.LSN.String())
 		return nil
 	}
+	cause := schema.CauseTableAdded
+	switch msg.Cause {
+	case "":
+	case schema.CauseTableRenamed:
+		cause = msg.Cause
+	default:
+		s.r.log.Warn("ignoring a table-added message tablecast did not write: its cause is not one of ours", "lsn", m.LSN.String())
+		return nil
+	}
 	s.ordinal++
 	rel := s.namedRelation(&schema.Table{RelationID: msg.OID, Schema: msg.Schema, Name: msg.Name})
 	if s.old != nil && s.old.tables.Match(msg.Schema, msg.Name) {
@@ -128,5 +144,5 @@ func (s *session) handleTableAdded(ctx context.Context, m *pglogrepl.LogicalDeco
 	if len(s.windows) > 0 {
 		s.noteTruncate(rel)
 	}
-	return s.publish(ctx, rel, &schema.Change{Op: schema.OpTruncate, Ordinal: s.ordinal, Cause: schema.CauseTableAdded})
+	return s.publish(ctx, rel, &schema.Change{Op: schema.OpTruncate, Ordinal: s.ordinal, Cause: cause})
 }

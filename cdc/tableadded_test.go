@@ -236,6 +236,20 @@ func TestTableAddedWithoutEmitPrivilege(t *testing.T) {
 	if !r.log.contains(`msg="table added without the truncate that clears the rows of the table of that name before (the role may not execute pg_logical_emit_message): the row state and views may keep rows the table does not have" component=cdc slot=` + db.slot + ` table=public.orders`) {
 		t.Error("no warning that the table was added without its truncate")
 	}
+	// Renamed: streamed under its new name, without the truncates, said once.
+	db.exec(t, `ALTER TABLE orders RENAME TO orders2`)
+	waitFor(t, 20*time.Second, "the warning of the rename without truncates", func() bool {
+		return r.log.contains(`msg="tables renamed without the truncates that clear the rows held under their old names (the role may not execute pg_logical_emit_message): the row state and views keep them"`)
+	})
+	db.exec(t, `INSERT INTO orders2 VALUES (3, 'c')`)
+	waitFor(t, 20*time.Second, "the insert into orders2", func() bool {
+		evs := eventsOf(t, n, "public.orders2")
+		return len(evs) == 1 && evs[0].Op == "create" && evs[0].Data["v"] == "c"
+	})
+	time.Sleep(3 * cfg.CatalogInterval)
+	if c := strings.Count(r.log.String(), `msg="tables renamed without the truncates`); c != 1 {
+		t.Errorf("the rename without truncates warned %d times, want once", c)
+	}
 }
 
 // TestTableAddedTruncateReplayedOnce: a reader that starts again before it

@@ -139,7 +139,7 @@ type Change struct {
 	Old        []Value
 	OldKeyOnly bool
 	// Cause, on a truncate tablecast sends itself rather than PostgreSQL,
-	// says why (CauseTableAdded); "" otherwise.
+	// says why (CauseTableAdded, CauseTableRenamed); "" otherwise.
 	Cause string
 }
 

@@ -17,6 +17,12 @@ const (
 // snapshot sends next.
 const CauseTableAdded = "table_added"
 
+// CauseTableRenamed is the "cause" of the truncates tablecast sends when a
+// table of its publication is renamed: one of the old name, whose rows
+// are no table's now, and one of the new name when the table has a
+// primary key, whose rows its catch-up snapshot sends next.
+const CauseTableRenamed = "table_renamed"
+
 // OpSet is a set of operations: bit i is the i-th of create, update,
 // delete, truncate, read. It is what a subscription asks for, what grants
 // allow, and, one bit at a time, the kind of an event being matched.

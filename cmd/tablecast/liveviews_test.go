@@ -236,7 +236,12 @@ func (vc *viewClient) resubscribe(ctx context.Context) {
 
 // wantView reads what a view must hold from PostgreSQL.
 func wantView(ctx context.Context, conn *pgx.Conn, sql string) (map[int]viewRow, error) {
-	rs, err := conn.Query(ctx, "SELECT id, grp, val FROM things WHERE "+sql)
+	return wantViewOf(ctx, conn, "things", sql)
+}
+
+// wantViewOf is wantView of another table of the same columns.
+func wantViewOf(ctx context.Context, conn *pgx.Conn, table, sql string) (map[int]viewRow, error) {
+	rs, err := conn.Query(ctx, "SELECT id, grp, val FROM "+table+" WHERE "+sql)
 	if err != nil {
 		return nil, err
 	}
@@ -672,50 +677,90 @@ func TestLiveViewEdges(t *testing.T) {
 	ovc.waitEqual(t, "the view open across the drop", func() map[int]viewRow { return want })
 	ostop()
 	<-odone
-	nctx, ncancel := context.WithTimeout(ctx, 2*time.Minute)
+	nctx, ncancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer ncancel()
-	got := map[int]viewRow{}
-	for i := 0; ; i++ {
-		clear(got)
-		wsSend(t, ws, fmt.Sprintf(`{"type":"subscribe","id":"n%d","table":"public.things","snapshot":true}`, i))
-		for synced := false; !synced; {
-			_, b, err := ws.Read(nctx)
-			if err != nil {
-				t.Fatalf("read the view of the new table: %v", err)
-			}
-			var f struct {
-				Type string `json:"type"`
-				ID   string `json:"id"`
-				Rows []struct {
-					Data viewRow `json:"data"`
-				} `json:"rows"`
-			}
-			if err := json.Unmarshal(b, &f); err != nil {
-				t.Fatalf("frame %s: %v", b, err)
-			}
-			if f.ID != fmt.Sprintf("n%d", i) {
-				continue // an event of an earlier subscription
-			}
-			switch f.Type {
-			case "rows":
-				for _, r := range f.Rows {
-					got[r.Data.ID] = r.Data
+	// freshViewEquals takes views of table until one equals want.
+	views := 0
+	freshViewEquals := func(table string, want map[int]viewRow) {
+		t.Helper()
+		got := map[int]viewRow{}
+		for i := 0; ; i++ {
+			clear(got)
+			views++
+			id := fmt.Sprintf("n%d", views)
+			wsSend(t, ws, fmt.Sprintf(`{"type":"subscribe","id":"%s","table":"%s","snapshot":true}`, id, table))
+			for synced := false; !synced; {
+				_, b, err := ws.Read(nctx)
+				if err != nil {
+					t.Fatalf("read the view of %s: %v", table, err)
 				}
-			case "synced":
-				synced = true
-			case "error":
-				t.Fatalf("the view of the new table: %s", b)
+				var f struct {
+					Type string `json:"type"`
+					ID   string `json:"id"`
+					Rows []struct {
+						Data viewRow `json:"data"`
+					} `json:"rows"`
+				}
+				if err := json.Unmarshal(b, &f); err != nil {
+					t.Fatalf("frame %s: %v", b, err)
+				}
+				if f.ID != id {
+					continue // an event of an earlier subscription
+				}
+				switch f.Type {
+				case "rows":
+					for _, r := range f.Rows {
+						got[r.Data.ID] = r.Data
+					}
+				case "synced":
+					synced = true
+				case "error":
+					t.Fatalf("the view of %s: %s", table, b)
+				}
 			}
+			wsSend(t, ws, fmt.Sprintf(`{"type":"unsubscribe","id":"%s"}`, id))
+			if sameView(got, want) {
+				return
+			}
+			if i == 50 {
+				t.Fatalf("a view of %s holds %d rows, want its %d", table, len(got), len(want))
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
-		wsSend(t, ws, fmt.Sprintf(`{"type":"unsubscribe","id":"n%d"}`, i))
-		if sameView(got, want) {
-			break
-		}
-		if i == 50 {
-			t.Fatalf("a view of the new table holds %d rows, want its %d", len(got), len(want))
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
+	freshViewEquals("public.things", want)
+
+	// The table renamed, and another created under its old name, in one
+	// transaction: the rows held under the old name are truncated before
+	// the new table's come, and the renamed table's rows come under its
+	// new name. A view open across it holds the new table's rows alone.
+	ov = wsDial(t, "ws://"+httpAddr+"/ws/tables/public.things?snapshot=true&token="+all)
+	ov.SetReadLimit(1 << 24)
+	ovc = &viewClient{spec: viewSpec{sql: "true"}, ws: ov, rows: map[int]viewRow{}}
+	octx, ostop = context.WithCancel(ctx)
+	defer ostop()
+	odone = make(chan struct{})
+	go func() { defer close(odone); ovc.run(octx) }()
+	ovc.waitEqual(t, "the view open across the rename, before it", func() map[int]viewRow { return want })
+	if _, err := conn.Exec(ctx, `ALTER TABLE things RENAME TO parts;
+		CREATE TABLE things (id int PRIMARY KEY, grp int NOT NULL, val int NOT NULL);
+		INSERT INTO things VALUES (7, 7, 7);
+		INSERT INTO parts VALUES (6000, 6, 6)`); err != nil {
+		t.Fatal(err)
+	}
+	wantThings, err := wantView(ctx, conn, "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantParts, err := wantViewOf(ctx, conn, "parts", "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ovc.waitEqual(t, "the view open across the rename", func() map[int]viewRow { return wantThings })
+	ostop()
+	<-odone
+	freshViewEquals("public.parts", wantParts)
+	freshViewEquals("public.things", wantThings)
 }
 
 // TestLiveViewSlowClient (TABLECAST_SOAK=1): a client that asks for the

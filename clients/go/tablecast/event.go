@@ -32,6 +32,12 @@ const (
 // name are not the table's, whose rows follow as OpRead.
 const CauseTableAdded = "table_added"
 
+// CauseTableRenamed is the Cause of the truncates tablecast sends when a
+// table is renamed: one of its old name, whose rows are no table's now,
+// and one of its new name when it has a primary key, whose rows follow as
+// OpRead.
+const CauseTableRenamed = "table_renamed"
+
 // Claim names the object that holds an event too large for one NATS
 // message: the object Object of the JetStream object store Bucket, Size
 // bytes long.
@@ -77,7 +83,7 @@ type Event struct {
 	// record is in the dead-letter stream.
 	Truncated bool
 	// Cause says why tablecast sent a truncate that PostgreSQL did not:
-	// CauseTableAdded. Empty for every other event.
+	// CauseTableAdded or CauseTableRenamed. Empty for every other event.
 	Cause string
 
 	// Subject, Sequence and Delivered are set by Consume: the message's

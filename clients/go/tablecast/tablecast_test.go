@@ -366,6 +366,10 @@ func TestParseEventCause(t *testing.T) {
 	if ev.Op != tablecast.OpTruncate || ev.Cause != tablecast.CauseTableAdded || len(ev.Key) != 0 {
 		t.Errorf("truncate of a table added: op %s cause %q key %v", ev.Op, ev.Cause, ev.Key)
 	}
+	ev, err = tablecast.ParseEvent([]byte(`{"id":"00000000016B3748-0003","op":"truncate","schema":"public","table":"invoices","key":{},"cause":"table_renamed"}`))
+	if err != nil || ev.Cause != tablecast.CauseTableRenamed {
+		t.Errorf("truncate of a table renamed: cause %q, %v", ev.Cause, err)
+	}
 	ev, err = tablecast.ParseEvent([]byte(`{"id":"00000000016B3748-0002","op":"truncate","schema":"public","table":"orders","key":{}}`))
 	if err != nil || ev.Cause != "" {
 		t.Errorf("a truncate PostgreSQL sent: cause %q, %v", ev.Cause, err)

@@ -1,0 +1,243 @@
+package cdc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/schema"
+	"github.com/tablecast/tablecast/stream"
+)
+
+// A table of a managed publication that is renamed stays in it (a
+// publication holds tables by OID), and pgoutput streams its changes under
+// the new name from then on. But what the row state, the views and any
+// other copy hold under the old name stays there, the rows of no table;
+// and the new name holds only the rows changed since the rename, or worse,
+// those of a table of that name before (two tables swapping names).
+//
+// So pubWatch follows the name of every published table by OID, and keeps
+// the names in the state bucket, so that a rename made while no reader ran
+// is seen too. On a rename it announces, as for a table added
+// (tableadded.go) and in one transaction, a truncate, cause
+// "table_renamed", of each old name and each new name; then it takes the
+// catch-up snapshot of the new name, which sends the table's rows as op
+// read. Unlike an addition's, the truncates do not wait for the schema
+// registry to know the name: changes written under the new name before
+// pubWatch saw the rename (in the rename's own transaction, say) may not
+// be registered yet, and the truncate must follow them. A table without a
+// primary key has no catch-up: its new name gets no truncate (a copy
+// emptied would stay empty), its old name does.
+
+// publishedName is a published table's name, as kept by OID.
+type publishedName struct {
+	Schema string `json:"schema"`
+	Name   string `json:"name"`
+}
+
+// publishedNamesKey is the state key of the names this reader's pubWatch
+// last saw published.
+func (r *Reader) publishedNamesKey() string {
+	return "names." + stream.SchemaKey(r.db, r.cfg.Slot, "published")
+}
+
+// loadPublishedNames reads the names kept, by OID: none when there are
+// none, or they cannot be read (logged: renames made while no reader ran
+// then go unseen).
+func (r *Reader) loadPublishedNames(ctx context.Context) (map[uint32]publishedName, error) {
+	out := map[uint32]publishedName{}
+	e, err := r.state.Get(ctx, r.publishedNamesKey())
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the names of the published tables: %w", err)
+	}
+	var stored map[string]publishedName
+	if err := json.Unmarshal(e.Value(), &stored); err != nil {
+		r.log.Warn("the kept names of the published tables are unreadable: renames made while no reader ran are not followed", "key", r.publishedNamesKey(), "err", err)
+		return out, nil
+	}
+	for k, n := range stored {
+		oid, err := strconv.ParseUint(k, 10, 32)
+		if err != nil || n.Schema == "" || n.Name == "" {
+			continue
+		}
+		out[uint32(oid)] = n
+	}
+	return out, nil
+}
+
+// storePublishedNames keeps names for the next round, and the next reader.
+func (r *Reader) storePublishedNames(ctx context.Context, names map[uint32]publishedName) error {
+	stored := make(map[string]publishedName, len(names))
+	for oid, n := range names {
+		stored[strconv.FormatUint(uint64(oid), 10)] = n
+	}
+	b, _ := json.Marshal(stored)
+	if _, err := r.state.Put(ctx, r.publishedNamesKey(), b); err != nil {
+		return fmt.Errorf("keep the names of the published tables: %w", err)
+	}
+	return nil
+}
+
+// rename is one table's, seen by pubWatch.
+type rename struct {
+	from    publishedName
+	to      tableState
+	dropped bool // from the publication, at this round
+}
+
+// followRenames compares the names of the tables published at this round
+// (by OID) with those kept, and announces the renames. A table this round
+// dropped from the publication (renamed to a name not configured, say)
+// has only its old name truncated. A rename whose announcement fails is
+// announced again at the next round (keepNames is not reached).
+func (w *pubWatch) followRenames(ctx context.Context, c *pgx.Conn, published map[uint32]tableState, dropped map[uint32]bool) error {
+	if w.names == nil {
+		names, err := w.r.loadPublishedNames(ctx)
+		if err != nil {
+			return err
+		}
+		w.names = names
+	}
+	var renamed []rename
+	for _, oid := range slices.Sorted(maps.Keys(published)) {
+		t := published[oid]
+		if was, ok := w.names[oid]; ok && (was.Schema != t.schema || was.Name != t.name) {
+			renamed = append(renamed, rename{from: was, to: t, dropped: dropped[oid]})
+		}
+	}
+	if len(renamed) == 0 {
+		return nil
+	}
+	return w.announceRenames(ctx, c, renamed)
+}
+
+// keepNames keeps the names of the tables published once the round is
+// done: those published at its start but the ones it dropped, and the
+// ones it added. A table added and renamed before the next round is
+// followed so.
+func (w *pubWatch) keepNames(ctx context.Context, published map[uint32]tableState, dropped map[uint32]bool, added []tableState) {
+	names := make(map[uint32]publishedName, len(published)+len(added))
+	for oid, t := range published {
+		if !dropped[oid] {
+			names[oid] = publishedName{Schema: t.schema, Name: t.name}
+		}
+	}
+	for _, t := range added {
+		names[t.oid] = publishedName{Schema: t.schema, Name: t.name}
+	}
+	if maps.Equal(names, w.names) {
+		return
+	}
+	if err := w.r.storePublishedNames(ctx, names); err != nil {
+		// Renames are followed within this run all the same.
+		w.r.log.Warn("cannot keep the names of the published tables: a rename made while no reader runs may go unseen", "err", err)
+	}
+	w.names = names
+}
+
+// announceRenames writes, in one transaction, the messages of the
+// truncates of the renamed tables' old and new names, then takes the
+// catch-up snapshots of the new names. Each name is truncated once: in a
+// swap, one table's old name is the other's new one.
+func (w *pubWatch) announceRenames(ctx context.Context, c *pgx.Conn, renamed []rename) error {
+	type truncate struct {
+		schema, name string
+		oid          uint32
+	}
+	var truncates []truncate
+	seen := map[string]bool{}
+	addTruncate := func(schemaName, name string, oid uint32) {
+		if k := tableKey(schemaName, name); !seen[k] {
+			seen[k] = true
+			truncates = append(truncates, truncate{schemaName, name, oid})
+		}
+	}
+	var catchUps []snapshotRequest
+	forget := func() {
+		for _, req := range catchUps {
+			w.r.forgetCatchUp(ctx, req)
+		}
+	}
+	for _, rn := range renamed {
+		addTruncate(rn.from.Schema, rn.from.Name, rn.to.oid)
+		if !rn.to.hasPK || rn.dropped {
+			continue
+		}
+		addTruncate(rn.to.schema, rn.to.name, rn.to.oid)
+		// Recorded before the announcement, as add does: a crash in
+		// between does not lose it.
+		req := snapshotRequest{id: randomID(), schema: rn.to.schema, name: rn.to.name, table: rn.to.qualified(), catchUp: true, oid: rn.to.oid}
+		var err error
+		if req.stateKey, err = w.r.recordCatchUp(ctx, req); err != nil {
+			forget()
+			return err
+		}
+		catchUps = append(catchUps, req)
+	}
+	var msgs [][]byte
+	for _, t := range truncates {
+		m, err := w.r.recordTableAdded(ctx, t.schema, t.name, t.oid, schema.CauseTableRenamed)
+		if err != nil {
+			forget()
+			return err
+		}
+		msgs = append(msgs, m)
+	}
+	denied := false
+	if len(msgs) > 0 {
+		err := pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
+			for _, m := range msgs {
+				if _, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, tableAddedPrefix, string(m)); err != nil {
+					denied = isPrivilegeError(err)
+					return err
+				}
+			}
+			return nil
+		})
+		switch {
+		case denied && !c.IsClosed() && ctx.Err() == nil:
+			// The catch-ups still send the tables' rows under their new
+			// names.
+			w.r.log.Warn("tables renamed without the truncates that clear the rows held under their old names (the role may not execute pg_logical_emit_message): the row state and views keep them",
+				"tables", renamedList(renamed))
+		case err != nil:
+			forget()
+			return fmt.Errorf("announce the renaming of %s: %w", renamedList(renamed), err)
+		}
+	}
+	for _, rn := range renamed {
+		switch {
+		case rn.dropped:
+			w.r.log.Info("table renamed, and dropped from the publication: the rows held under its old name are truncated",
+				"from", rn.from.Schema+"."+rn.from.Name, "to", rn.to.qualified())
+		case rn.to.hasPK:
+			w.r.log.Info("table renamed: the rows held under its old name are truncated, and its rows are sent again under its new name as op read",
+				"from", rn.from.Schema+"."+rn.from.Name, "to", rn.to.qualified())
+		default:
+			w.r.log.Warn("table renamed, without a primary key: the rows held under its old name are truncated; its new name holds only the rows changed since (a table without a key has no catch-up)",
+				"from", rn.from.Schema+"."+rn.from.Name, "to", rn.to.qualified())
+		}
+	}
+	for _, req := range catchUps {
+		_, _, _ = w.r.snaps.enqueue(req)
+	}
+	return nil
+}
+
+func renamedList(renamed []rename) []string {
+	var out []string
+	for _, rn := range renamed {
+		out = append(out, rn.from.Schema+"."+rn.from.Name+" → "+rn.to.qualified())
+	}
+	return out
+}

@@ -1,0 +1,132 @@
+package cdc
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/tablecast/tablecast/schema"
+)
+
+// TestTableRenamedMovesItsRows: a published table renamed gets a truncate,
+// cause "table_renamed", of its old name, whose rows are no table's now,
+// and of its new name (after the rows written under it in the rename's own
+// transaction), then its rows again under the new name as op read. Two tables swapping names get one
+// truncate each and each other's rows. A table without a key has its old
+// name truncated and no catch-up. A rename made while no reader ran is
+// seen by the next one. Without it the row state and views kept the old
+// name's rows for good, and the new name held only the rows changed since.
+func TestTableRenamedMovesItsRows(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t,
+		`CREATE TABLE orders (id int PRIMARY KEY)`,
+		`CREATE TABLE swap_a (id int PRIMARY KEY)`,
+		`CREATE TABLE swap_b (id int PRIMARY KEY)`,
+		`CREATE TABLE nokey (id int)`,
+		`ALTER TABLE nokey REPLICA IDENTITY FULL`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	cfg.CatalogInterval = 200 * time.Millisecond
+	r := startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO orders VALUES (1), (2)`)
+	db.exec(t, `INSERT INTO swap_a VALUES (1)`)
+	db.exec(t, `INSERT INTO swap_b VALUES (2)`)
+	db.exec(t, `INSERT INTO nokey VALUES (1)`)
+	n.waitCount(t, 5, 20*time.Second)
+	catchUpDone := func(r *runningReader, table string) func() bool {
+		return func() bool {
+			return r.log.contains(`msg="catch-up snapshot done" component=cdc slot=` + db.slot + ` table=` + table)
+		}
+	}
+	// The names are kept once a round has seen the tables.
+	waitFor(t, 20*time.Second, "the names of the published tables to be kept", func() bool {
+		_, err := r.state.Get(t.Context(), r.publishedNamesKey())
+		return err == nil
+	})
+
+	// A row written under the new name in the rename's transaction: the
+	// new name is streamed before its truncate.
+	db.exec(t, `BEGIN; ALTER TABLE orders RENAME TO invoices; INSERT INTO invoices VALUES (3); COMMIT`)
+	waitFor(t, 30*time.Second, "the catch-up of invoices", catchUpDone(r, "public.invoices"))
+	db.exec(t, `BEGIN;
+		ALTER TABLE swap_a RENAME TO swap_tmp; ALTER TABLE swap_b RENAME TO swap_a; ALTER TABLE swap_tmp RENAME TO swap_b;
+		COMMIT`)
+	waitFor(t, 30*time.Second, "the catch-ups of the swapped tables", func() bool {
+		return catchUpDone(r, "public.swap_a")() && catchUpDone(r, "public.swap_b")()
+	})
+	db.exec(t, `BEGIN; ALTER TABLE nokey RENAME TO nokey2; INSERT INTO nokey2 VALUES (2); COMMIT`)
+	waitFor(t, 30*time.Second, "the truncate of nokey", func() bool {
+		evs := eventsOf(t, n, "public.nokey")
+		return len(evs) > 0 && evs[len(evs)-1].Op == schema.OpTruncate
+	})
+	// Kept: the next reader starts from these names.
+	waitFor(t, 20*time.Second, "the new names to be kept", func() bool {
+		names, err := r.loadPublishedNames(t.Context())
+		if err != nil {
+			return false
+		}
+		found := map[string]bool{}
+		for _, nm := range names {
+			found[nm.Schema+"."+nm.Name] = true
+		}
+		return found["public.invoices"] && found["public.nokey2"] && !found["public.orders"]
+	})
+	r.stop(t)
+	db.exec(t, `ALTER TABLE invoices RENAME TO bills`)
+	r2 := startReader(t, cfg, n)
+	waitFor(t, 30*time.Second, "the catch-up of bills", catchUpDone(r2, "public.bills"))
+
+	for table, want := range map[string][]string{
+		"public.orders":   {"create 1", "create 2", "truncate table_renamed"},
+		"public.invoices": {"create 3", "truncate table_renamed", "read 1", "read 2", "read 3", "truncate table_renamed"},
+		"public.bills":    {"truncate table_renamed", "read 1", "read 2", "read 3"},
+		"public.swap_a":   {"create 1", "truncate table_renamed", "read 2"},
+		"public.swap_b":   {"create 2", "truncate table_renamed", "read 1"},
+		"public.nokey":    {"create 1", "truncate table_renamed"},
+		"public.nokey2":   {"create 2"},
+	} {
+		var got []string
+		for _, e := range eventsOf(t, n, table) {
+			s := e.Op + " " + e.Cause
+			if e.Op != schema.OpTruncate {
+				s = e.Op + " " + fmt.Sprint(e.Key["id"])
+				if len(e.Key) == 0 {
+					s = e.Op + " " + fmt.Sprint(e.Data["id"])
+				}
+			}
+			got = append(got, s)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: events\n%q\nwant\n%q", table, got, want)
+		}
+	}
+	if !r.log.contains(`msg="table renamed: the rows held under its old name are truncated`) || !r.log.contains(`from=public.orders to=public.invoices`) {
+		t.Error("the rename was not logged")
+	}
+
+	// Messages tablecast did not write, saying bills was renamed: one with
+	// another nonce, one with a cause not of ours. Neither truncates.
+	var oid uint32
+	if err := db.conn.QueryRow(t.Context(), `SELECT 'bills'::regclass::oid`).Scan(&oid); err != nil {
+		t.Fatal(err)
+	}
+	for _, forged := range []string{
+		fmt.Sprintf(`{"schema":"public","name":"bills","oid":%d,"nonce":"%s","cause":"table_renamed"}`, oid, randomID()),
+		fmt.Sprintf(`{"schema":"public","name":"bills","oid":%d,"nonce":"%s","cause":"table_dropped"}`, oid, randomID()),
+	} {
+		db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast-table-added', $1::text)`, forged)
+	}
+	db.exec(t, `INSERT INTO bills VALUES (4)`)
+	waitFor(t, 20*time.Second, "the row inserted after the forged messages", func() bool {
+		evs := eventsOf(t, n, "public.bills")
+		return len(evs) > 0 && fmt.Sprint(evs[len(evs)-1].Key["id"]) == "4"
+	})
+	if got := len(eventsOf(t, n, "public.bills")); got != 5 {
+		t.Errorf("bills has %d events after the forged messages, want 5 (no truncate more)", got)
+	}
+	if !r2.log.contains(`ignoring a table-added message tablecast did not write: its nonce is not the one recorded`) ||
+		!r2.log.contains(`ignoring a table-added message tablecast did not write: its cause is not one of ours`) {
+		t.Error("the forged messages were not logged as ignored")
+	}
+}
