@@ -118,7 +118,15 @@ func (w *pubWatch) followRenames(ctx context.Context, c *pgx.Conn, published map
 	if len(renamed) == 0 {
 		return nil
 	}
-	return w.announceRenames(ctx, c, renamed)
+	if err := w.announceRenames(ctx, c, renamed); err != nil {
+		return err
+	}
+	// Announced: not again, should the rest of the round fail before
+	// keepNames.
+	for _, rn := range renamed {
+		w.names[rn.to.oid] = publishedName{Schema: rn.to.schema, Name: rn.to.name}
+	}
+	return nil
 }
 
 // keepNames keeps the names of the tables published once the round is

@@ -149,7 +149,7 @@ func (w *kvWatcher) run(ctx context.Context) {
 				return
 			}
 			if e == nil {
-				if seen == nil || missing != nil {
+				if seen == nil || ticks != nil {
 					continue // complete already, or being completed
 				}
 				tick = time.NewTicker(kvRecheck)
