@@ -35,7 +35,9 @@ type pubWatch struct {
 	failures map[string]string        // by table: the last error altering the publication for it, as logged
 	gone     bool                     // the publication was missing at the last round
 	kind     string                   // "managed" or "unmanaged", as last logged
-	names    map[uint32]publishedName // the published tables' names by OID, as kept (tablerenamed.go); nil until read
+	names    map[uint32]publishedName // the published tables' names by OID, as last seen (tablerenamed.go); nil until read
+	kept     map[uint32]publishedName // as last kept in the state bucket
+	keepErr  bool                     // keeping them failed at the last round (logged)
 }
 
 func newPubWatch(r *Reader) (*pubWatch, error) {

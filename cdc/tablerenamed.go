@@ -106,7 +106,7 @@ func (w *pubWatch) followRenames(ctx context.Context, c *pgx.Conn, published map
 		if err != nil {
 			return err
 		}
-		w.names = names
+		w.names, w.kept = names, maps.Clone(names)
 	}
 	var renamed []rename
 	for _, oid := range slices.Sorted(maps.Keys(published)) {
@@ -143,14 +143,20 @@ func (w *pubWatch) keepNames(ctx context.Context, published map[uint32]tableStat
 	for _, t := range added {
 		names[t.oid] = publishedName{Schema: t.schema, Name: t.name}
 	}
-	if maps.Equal(names, w.names) {
+	w.names = names
+	if maps.Equal(names, w.kept) {
 		return
 	}
 	if err := w.r.storePublishedNames(ctx, names); err != nil {
-		// Renames are followed within this run all the same.
-		w.r.log.Warn("cannot keep the names of the published tables: a rename made while no reader runs may go unseen", "err", err)
+		// Renames are followed within this run all the same; kept at a
+		// later round.
+		if !w.keepErr {
+			w.r.log.Warn("cannot keep the names of the published tables: a rename made while no reader runs may go unseen", "err", err)
+			w.keepErr = true
+		}
+		return
 	}
-	w.names = names
+	w.kept, w.keepErr = names, false
 }
 
 // announceRenames writes, in one transaction, the messages of the
