@@ -20,8 +20,9 @@ import (
 // publish their updates and deletes, each with a catch-up snapshot of the
 // rows it already had, and drops at once a table that lost its key, since
 // PostgreSQL refuses its writes while it is published. A DBA's publication
-// it only reads, and logs the tables whose writes it breaks. Every round
-// logs only what changed since the last one. Only its goroutine uses it.
+// it only reads, and logs the tables whose writes it breaks. Under either,
+// it follows renamed tables (tablerenamed.go). Every round logs only what
+// changed since the last one. Only its goroutine uses it.
 type pubWatch struct {
 	r      *Reader
 	conn   lazyConn
@@ -284,17 +285,26 @@ func (w *pubWatch) watchUnmanaged(ctx context.Context, c *pgx.Conn, pub pubInfo)
 		w.leftOut = map[string]leftOut{}
 	}
 	now := map[string]leftOut{}
-	if pub.update || pub.delete {
-		tables, err := readTables(ctx, c, name, scopePublished, nil)
-		if err != nil {
-			return err
+	tables, err := readTables(ctx, c, name, scopePublished, nil)
+	if err != nil {
+		return err
+	}
+	published := map[uint32]tableState{}
+	for _, t := range tables {
+		published[t.oid] = t
+		if !pub.update && !pub.delete {
+			continue
 		}
-		for _, t := range tables {
-			if what, fix := writeGap(t); what != "" {
-				now[t.key()] = leftOut{table: t.qualified(), reason: what, fix: fix}
-			}
+		if what, fix := writeGap(t); what != "" {
+			now[t.key()] = leftOut{table: t.qualified(), reason: what, fix: fix}
 		}
 	}
+	// Renames are followed here too: tablecast alters nothing of the
+	// publication for them, it writes messages and takes snapshots.
+	if err := w.followRenames(ctx, c, published, nil); err != nil {
+		return err
+	}
+	w.keepNames(ctx, published, nil, nil)
 	for _, k := range sortedKeys(now) {
 		b := now[k]
 		if prev, ok := w.broken[k]; ok && prev == b {

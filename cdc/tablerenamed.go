@@ -16,14 +16,15 @@ import (
 	"github.com/tablecast/tablecast/stream"
 )
 
-// A table of a managed publication that is renamed stays in it (a
-// publication holds tables by OID), and pgoutput streams its changes under
+// A published table that is renamed stays in the publication (which holds
+// tables by OID, or all of them), and pgoutput streams its changes under
 // the new name from then on. But what the row state, the views and any
 // other copy hold under the old name stays there, the rows of no table;
 // and the new name holds only the rows changed since the rename, or worse,
 // those of a table of that name before (two tables swapping names).
 //
-// So pubWatch follows the name of every published table by OID, and keeps
+// So pubWatch follows the name of every published table by OID (under a
+// publication it manages or not: it alters nothing for this), and keeps
 // the names in the state bucket, so that a rename made while no reader ran
 // is seen too. On a rename it announces, as for a table added
 // (tableadded.go) and in one transaction, a truncate, cause

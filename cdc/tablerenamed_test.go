@@ -130,3 +130,50 @@ func TestTableRenamedMovesItsRows(t *testing.T) {
 		t.Error("the forged messages were not logged as ignored")
 	}
 }
+
+// TestTableRenamedUnderADBAPublication: under a publication tablecast did
+// not create (FOR ALL TABLES), a table renamed gets the same truncates and
+// catch-up, and the publication is left as it is.
+func TestTableRenamedUnderADBAPublication(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t, `CREATE TABLE orders (id int PRIMARY KEY)`, `CREATE PUBLICATION tc_pub FOR ALL TABLES`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	cfg.CatalogInterval = 200 * time.Millisecond
+	r := startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO orders VALUES (1), (2)`)
+	n.waitCount(t, 2, 20*time.Second)
+	waitFor(t, 20*time.Second, "the names of the published tables to be kept", func() bool {
+		_, err := r.state.Get(t.Context(), r.publishedNamesKey())
+		return err == nil
+	})
+	db.exec(t, `ALTER TABLE orders RENAME TO invoices`)
+	waitFor(t, 30*time.Second, "the catch-up of invoices", func() bool {
+		return r.log.contains(`msg="catch-up snapshot done" component=cdc slot=` + db.slot + ` table=public.invoices`)
+	})
+	for table, want := range map[string][]string{
+		"public.orders":   {"create 1", "create 2", "truncate table_renamed"},
+		"public.invoices": {"truncate table_renamed", "read 1", "read 2"},
+	} {
+		var got []string
+		for _, e := range eventsOf(t, n, table) {
+			s := e.Op + " " + e.Cause
+			if e.Op != schema.OpTruncate {
+				s = e.Op + " " + fmt.Sprint(e.Key["id"])
+			}
+			got = append(got, s)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: events\n%q\nwant\n%q", table, got, want)
+		}
+	}
+	var all bool
+	var comment *string
+	if err := db.conn.QueryRow(t.Context(), `SELECT puballtables, obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = 'tc_pub'`).Scan(&all, &comment); err != nil {
+		t.Fatal(err)
+	}
+	if !all || comment != nil {
+		t.Errorf("the DBA's publication was altered: FOR ALL TABLES %v, comment %v", all, comment)
+	}
+}

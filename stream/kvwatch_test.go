@@ -184,3 +184,44 @@ func TestWatchKVAfterItsFirstPass(t *testing.T) {
 		t.Logf("second Stop: %v", err)
 	}
 }
+
+// BenchmarkListKVKeys: a listing of 1,000 keys, through ListKVKeys and
+// through nats.go's ListKeys, which it replaces (its cost is a stream info
+// with the subjects, after nats.go's own pass).
+func BenchmarkListKVKeys(b *testing.B) {
+	e := startTestServer(b, "")
+	_, js := connectTest(b, e.ClientURL())
+	ctx := context.Background()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "LISTED", History: 5})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range 1000 {
+		if _, err := kv.Put(ctx, fmt.Sprintf("k.%04d", i), []byte(`{"a":1}`)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("ListKVKeys", func(b *testing.B) {
+		for b.Loop() {
+			keys, err := ListKVKeys(ctx, js, kv, ">")
+			if err != nil || len(keys) != 1000 {
+				b.Fatal(len(keys), err)
+			}
+		}
+	})
+	b.Run("nats.go", func(b *testing.B) {
+		for b.Loop() {
+			l, err := kv.ListKeys(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n := 0
+			for range l.Keys() {
+				n++
+			}
+			if n != 1000 {
+				b.Fatal(n)
+			}
+		}
+	})
+}
