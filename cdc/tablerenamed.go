@@ -232,6 +232,8 @@ func (w *pubWatch) announceRenames(ctx context.Context, c *pgx.Conn, renamed []r
 	}
 	for _, rn := range renamed {
 		switch {
+		case denied:
+			// Said above.
 		case rn.dropped:
 			w.r.log.Info("table renamed, and dropped from the publication: the rows held under its old name are truncated",
 				"from", rn.from.Schema+"."+rn.from.Name, "to", rn.to.qualified())
