@@ -86,20 +86,7 @@ func TestTableRenamedMovesItsRows(t *testing.T) {
 		"public.nokey":    {"create 1", "truncate table_renamed"},
 		"public.nokey2":   {"create 2"},
 	} {
-		var got []string
-		for _, e := range eventsOf(t, n, table) {
-			s := e.Op + " " + e.Cause
-			if e.Op != schema.OpTruncate {
-				s = e.Op + " " + fmt.Sprint(e.Key["id"])
-				if len(e.Key) == 0 {
-					s = e.Op + " " + fmt.Sprint(e.Data["id"])
-				}
-			}
-			got = append(got, s)
-		}
-		if fmt.Sprint(got) != fmt.Sprint(want) {
-			t.Errorf("%s: events\n%q\nwant\n%q", table, got, want)
-		}
+		checkSequence(t, n, table, want)
 	}
 	if !r.log.contains(`msg="table renamed: the rows held under its old name are truncated`) || !r.log.contains(`from=public.orders to=public.invoices`) {
 		t.Error("the rename was not logged")
@@ -156,17 +143,7 @@ func TestTableRenamedUnderADBAPublication(t *testing.T) {
 		"public.orders":   {"create 1", "create 2", "truncate table_renamed"},
 		"public.invoices": {"truncate table_renamed", "read 1", "read 2"},
 	} {
-		var got []string
-		for _, e := range eventsOf(t, n, table) {
-			s := e.Op + " " + e.Cause
-			if e.Op != schema.OpTruncate {
-				s = e.Op + " " + fmt.Sprint(e.Key["id"])
-			}
-			got = append(got, s)
-		}
-		if fmt.Sprint(got) != fmt.Sprint(want) {
-			t.Errorf("%s: events\n%q\nwant\n%q", table, got, want)
-		}
+		checkSequence(t, n, table, want)
 	}
 	var all bool
 	var comment *string
@@ -176,4 +153,63 @@ func TestTableRenamedUnderADBAPublication(t *testing.T) {
 	if !all || comment != nil {
 		t.Errorf("the DBA's publication was altered: FOR ALL TABLES %v, comment %v", all, comment)
 	}
+}
+
+// checkSequence checks the events of table, each as "op id" ("op cause"
+// for a truncate; the id from data for a table without a key).
+func checkSequence(t *testing.T, n *natsEnv, table string, want []string) {
+	t.Helper()
+	var got []string
+	for _, e := range eventsOf(t, n, table) {
+		s := e.Op + " " + e.Cause
+		if e.Op != schema.OpTruncate {
+			s = e.Op + " " + fmt.Sprint(e.Key["id"])
+			if len(e.Key) == 0 {
+				s = e.Op + " " + fmt.Sprint(e.Data["id"])
+			}
+		}
+		got = append(got, s)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("%s: events\n%q\nwant\n%q", table, got, want)
+	}
+}
+
+// TestUnreadableKeptNames: a record of the kept names that does not parse
+// (written by another hand) is warned of and replaced at the first round;
+// the reader streams as before, and renames after it are followed.
+func TestUnreadableKeptNames(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t, `CREATE TABLE orders (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	cfg.CatalogInterval = 200 * time.Millisecond
+	r := startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO orders VALUES (1)`)
+	n.waitCount(t, 1, 20*time.Second)
+	waitFor(t, 20*time.Second, "the names of the published tables to be kept", func() bool {
+		_, err := r.state.Get(t.Context(), r.publishedNamesKey())
+		return err == nil
+	})
+	r.stop(t)
+	if _, err := r.state.Put(t.Context(), r.publishedNamesKey(), []byte(`{"not":`)); err != nil {
+		t.Fatal(err)
+	}
+	r2 := startReader(t, cfg, n)
+	waitFor(t, 20*time.Second, "the warning of the unreadable names", func() bool {
+		return r2.log.contains(`msg="the kept names of the published tables are unreadable: renames made while no reader ran are not followed"`)
+	})
+	waitFor(t, 20*time.Second, "the names to be kept again", func() bool {
+		names, err := r2.loadPublishedNames(t.Context())
+		return err == nil && len(names) == 1
+	})
+	db.exec(t, `ALTER TABLE orders RENAME TO invoices`)
+	waitFor(t, 30*time.Second, "the catch-up of invoices", func() bool {
+		return r2.log.contains(`msg="catch-up snapshot done" component=cdc slot=` + db.slot + ` table=public.invoices`)
+	})
+	db.exec(t, `INSERT INTO invoices VALUES (2)`)
+	waitFor(t, 20*time.Second, "the insert into invoices", func() bool { return len(eventsOf(t, n, "public.invoices")) == 3 })
+	checkSequence(t, n, "public.orders", []string{"create 1", "truncate table_renamed"})
+	checkSequence(t, n, "public.invoices", []string{"truncate table_renamed", "read 1", "create 2"})
 }
