@@ -1,14 +1,17 @@
 package cdc
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/tablecast/tablecast/schema"
 )
@@ -251,11 +254,26 @@ func connectReplication(ctx context.Context, url string) (*pgconn.PgConn, error)
 	pc.RuntimeParams["extra_float_digits"] = "3"
 	pc.RuntimeParams["TimeZone"] = "UTC"
 	pc.RuntimeParams["application_name"] = "tablecast"
+	pc.BuildFrontend = replicationFrontend
 	conn, err := pgconn.ConnectConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("open replication connection: %w", err)
 	}
 	return conn, nil
+}
+
+// replicationReadBuffer is how much of the replication stream one read
+// system call may take. pgproto3 reads 8 KiB at a time, a few wide rows;
+// when the reader is behind, the socket holds far more, and reading it in
+// larger pieces saves a system call every few changes. A read returns what
+// is there without waiting for the buffer to fill, and a read deadline's
+// error passes through unchanged (the session's loop relies on both).
+const replicationReadBuffer = 128 << 10
+
+// replicationFrontend is the replication connection's pgproto3.Frontend:
+// pgconn reads r, and writes w, through it.
+func replicationFrontend(r io.Reader, w io.Writer) *pgproto3.Frontend {
+	return pgproto3.NewFrontend(bufio.NewReaderSize(r, replicationReadBuffer), w)
 }
 
 func oneLine(err error) string {
