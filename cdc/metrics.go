@@ -9,6 +9,7 @@ import (
 type metrics struct {
 	published      map[string]prometheus.Counter // by op
 	publishLatency prometheus.Histogram
+	commitReceipt  prometheus.Histogram
 	ackedLSN       prometheus.Gauge
 	lagBytes       prometheus.Gauge
 	streaming      prometheus.Gauge
@@ -47,6 +48,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		publishLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "tablecast_cdc_publish_latency_seconds",
 			Help:    "Time from a transaction's commit message to JetStream's acknowledgement of all its events.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16), // 0.5ms .. 16s
+		}),
+		commitReceipt: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tablecast_cdc_commit_receipt_seconds",
+			Help:    "Time from a transaction's commit, by PostgreSQL's clock, to the reader's receipt of its commit message, for transactions with events published: how late the walsender delivers. A difference between the two hosts' clocks adds to it (0 when PostgreSQL's is ahead).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16), // 0.5ms .. 16s
 		}),
 		ackedLSN: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -150,7 +156,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.published[op] = published.WithLabelValues(op)
 	}
 	if reg != nil {
-		reg.MustRegister(published, m.publishLatency, m.ackedLSN, m.lagBytes, m.streaming, m.sessions,
+		reg.MustRegister(published, m.publishLatency, m.commitReceipt, m.ackedLSN, m.lagBytes, m.streaming, m.sessions,
 			m.messages, m.markers, m.skipped, m.slotsLost, m.heartbeatLag, m.retainedWAL, m.safeWALSize, m.walStatus, m.oversize,
 			m.leader, m.takeovers, m.fenced, m.oldRowsCache, m.oldRowsLookups, m.oldRowsBatches, m.oldRowsStale, m.oldRowsUnknown, m.oldRowsWaits,
 			m.oldRowsWaitSeconds, m.oldRowsCacheBytes)

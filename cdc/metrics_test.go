@@ -101,3 +101,60 @@ func TestHeartbeatLagIsTrue(t *testing.T) {
 		last = lag
 	}
 }
+
+// TestCommitReceiptIsTrue: each transaction with events is observed once,
+// between 0 and what the test saw from just before its COMMIT to the
+// observation; and a transaction committed while no reader ran is
+// observed as late as it was: at least the time the reader was away. The
+// test and PostgreSQL read one clock.
+func TestCommitReceiptIsTrue(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`)
+	cfg := db.config()
+	cfg.HeartbeatInterval = -1
+	n := startNATS(t)
+	r := startReader(t, cfg, n)
+	rng := rand.New(rand.NewPCG(11, 12))
+	const name = "tablecast_cdc_commit_receipt_seconds"
+	for i := 1; i <= 20; i++ {
+		time.Sleep(time.Duration(rng.IntN(200)) * time.Millisecond)
+		count, sum := r.histogram(name)
+		committing := time.Now()
+		db.exec(t, `INSERT INTO items VALUES ($1)`, i)
+		waitFor(t, 10*time.Second, "the receipt of the commit to be observed", func() bool {
+			c, _ := r.histogram(name)
+			return c > count
+		})
+		seen := time.Since(committing)
+		c, s := r.histogram(name)
+		if c != count+1 {
+			t.Fatalf("transaction %d: %d observations, want 1", i, c-count)
+		}
+		// A millisecond of slack: the test's interval runs on the
+		// monotonic clock, the observation on the wall clock.
+		if observed := time.Duration((s - sum) * float64(time.Second)); observed < 0 || observed > seen+time.Millisecond {
+			t.Fatalf("transaction %d: commit received %s after it, but the test saw it observed %s after it began to commit", i, observed, seen)
+		}
+	}
+
+	// Away: the reader stops, a transaction commits, and a new reader
+	// starts only after a pause.
+	r.stop(t)
+	committed := time.Now()
+	db.exec(t, `INSERT INTO items VALUES (1000)`)
+	const away = 1500 * time.Millisecond
+	time.Sleep(away)
+	r2 := startReader(t, cfg, n)
+	waitFor(t, 20*time.Second, "the late commit to be observed", func() bool {
+		c, _ := r2.histogram(name)
+		return c > 0
+	})
+	seen := time.Since(committed)
+	c, s := r2.histogram(name)
+	if c != 1 {
+		t.Fatalf("after the pause: %d observations, want 1", c)
+	}
+	if observed := time.Duration(s * float64(time.Second)); observed < away || observed > seen+time.Millisecond {
+		t.Fatalf("the transaction committed while no reader ran: received %s after its commit, want between %s and %s", observed, away, seen)
+	}
+}

@@ -778,6 +778,8 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 		seen := now
 		if !s.txnPublished {
 			seen = time.Time{} // nothing published: no latency to observe
+		} else {
+			s.r.m.commitReceipt.Observe(max(now.Sub(c.CommitTime), 0).Seconds())
 		}
 		s.commits.add(s.lastSeq, uint64(c.TransactionEndLSN), seen)
 	case 'R':

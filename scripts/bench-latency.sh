@@ -23,7 +23,10 @@
 # shows as a run of slow transactions. LOG_DIR keeps tablecast's log of each
 # run. WS=0 runs `tablecast cdc` (the reader alone) and no WebSocket client.
 # Each walsender's CPU, and how far behind the WAL it was (written, not yet
-# sent, sampled every 100 ms), tell a stall of PostgreSQL from one of tablecast.
+# sent, sampled every 100 ms), tell a stall of PostgreSQL from one of tablecast;
+# so does tablecast's own histogram of how late its reader received each
+# commit (tablecast_cdc_commit_receipt_seconds, read before and after the
+# window: the bucket bounds of its p50 and p99).
 #
 # Usage: [CONFIGS="1000x1 1000x10"] [DURATION=30] [WARM=5] [REPEAT=1]
 #        [BINS="bin/tablecast other/tablecast"] [NATS=embedded|external]
@@ -148,6 +151,31 @@ pos_report() {
   done
 }
 
+# receipt_buckets: tablecast's histogram of how late its reader received
+# each commit (commit time by PostgreSQL's clock → commit message read), as
+# "le count" lines; empty when the binary has no such histogram.
+receipt_buckets() {
+  curl -sf "http://$HTTP/metrics" 2>/dev/null |
+    awk -F'[{}" ]+' '/^tablecast_cdc_commit_receipt_seconds_bucket/ { for (i = 2; i < NF; i++) if ($i == "le=") print $(i + 1), $NF }'
+}
+# receipt_report before after: from two receipt_buckets snapshots, the
+# bucket bounds that hold tablecast's p50 and p99 over the window, and how
+# many commits it received more than 10 ms late: the walsender's delay as
+# tablecast's own reader saw it.
+receipt_report() {
+  [ -s "$1" ] && [ -s "$2" ] || return 0
+  awk 'NR == FNR { c0[$1] = $2; next } { le[++n] = $1; c[n] = $2 - c0[$1] } END {
+    total = c[n]; if (total <= 0) exit
+    for (i = 1; i <= n; i++) {
+      if (p50 == "" && c[i] >= total * 0.5) p50 = le[i]
+      if (p99 == "" && c[i] >= total * 0.99) p99 = le[i]
+      if (le[i] + 0 == 0.016) upto16 = c[i]
+    }
+    printf "   tablecast received commits (its histogram): p50 ≤ %s ms, p99 ≤ %s ms; %d of %d over 16 ms late\n",
+      (p50 == "+Inf" ? "inf" : p50 * 1000), (p99 == "+Inf" ? "inf" : p99 * 1000), total - upto16, total
+  }' "$1" "$2"
+}
+
 # run_one rate rows bin rep: one measured run; prints its report.
 run_one() {
   local rate=$1 rows=$2 bin=$3 rep=$4
@@ -239,6 +267,7 @@ SQL
   pb0=$(proc_ticks "$pgb_pid")
   if [ -n "$nats_pid" ]; then n0=$(proc_ticks "$nats_pid"); fi
   c0=$(date +%s.%N)
+  receipt_buckets >"$work/receipt0.txt"
   # pgbench's own CPU is read just before it ends.
   local pb1=0
   while kill -0 "$pgb_pid" 2>/dev/null; do
@@ -253,6 +282,7 @@ SQL
   ws1=0; [ -z "$ws_pid" ] || ws1=$(proc_ticks "$ws_pid")
   if [ -n "$nats_pid" ]; then n1=$(proc_ticks "$nats_pid"); fi
   c1=$(date +%s.%N)
+  receipt_buckets >"$work/receipt1.txt"
   secs=$(echo "$c1 - $c0" | bc -l)
   # Let the last transactions arrive everywhere.
   sleep 3
@@ -273,6 +303,7 @@ SQL
   local wsfile=
   [ -z "$ws_pid" ] || wsfile="$work/ws.txt"
   bin/cdclat report -floor "$work/floor.txt" -js "$work/js.txt" ${wsfile:+-ws "$wsfile"} -from "$from" -to "$to" -worst "${WORST:-0}" | sed 's/^/   /'
+  receipt_report "$work/receipt0.txt" "$work/receipt1.txt"
   local cpu
   cpu="tablecast $(pct $((tc1 - tc0)) "$secs")%"
   if [ -n "$nats_pid" ]; then cpu+=" nats-server $(pct $((n1 - n0)) "$secs")%"; fi
