@@ -157,7 +157,10 @@ func (w *pubWatch) keepNames(ctx context.Context, published map[uint32]tableStat
 		}
 		return
 	}
-	w.kept, w.keepErr = names, false
+	// A copy: followRenames changes w.names in place, and what is kept
+	// must not change with it (a rename would then look kept already, and
+	// never be).
+	w.kept, w.keepErr = maps.Clone(names), false
 }
 
 // announceRenames writes, in one transaction, the messages of the

@@ -213,3 +213,48 @@ func TestUnreadableKeptNames(t *testing.T) {
 	checkSequence(t, n, "public.orders", []string{"create 1", "truncate table_renamed"})
 	checkSequence(t, n, "public.invoices", []string{"truncate table_renamed", "read 1", "create 2"})
 }
+
+// TestKeptNamesAfterAChangeInPlace: the names kept follow a change noted
+// in place (as followRenames does for a rename) in the round right after
+// one that kept names. The kept copy once shared its map with
+// the names being changed, so such a change looked kept already and never
+// was: a restart then announced a rename again, and a dropped table's name
+// stayed kept.
+func TestKeptNamesAfterAChangeInPlace(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t, `CREATE TABLE orders (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.CatalogInterval = time.Hour // no round of the reader's own
+	r := startReader(t, cfg, n)
+	ctx := t.Context()
+	w := &pubWatch{r: r.Reader}
+	a := tableState{schema: "public", name: "a", oid: 1}
+	b := tableState{schema: "public", name: "b", oid: 2}
+	kept := func() map[uint32]publishedName {
+		t.Helper()
+		names, err := r.loadPublishedNames(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return names
+	}
+
+	w.names = map[uint32]publishedName{}
+	w.keepNames(ctx, map[uint32]tableState{1: a, 2: b}, nil, nil)
+	if got := kept(); len(got) != 2 {
+		t.Fatalf("kept %v, want a and b", got)
+	}
+	// A drop noted in place, then the round's keepNames.
+	delete(w.names, 2)
+	w.keepNames(ctx, map[uint32]tableState{1: a}, nil, nil)
+	if got := kept(); len(got) != 1 || got[1].Name != "a" {
+		t.Fatalf("after b's drop, kept %v, want a alone", got)
+	}
+	// A rename noted in place, right after a round that kept names.
+	w.names[1] = publishedName{Schema: "public", Name: "a2"}
+	w.keepNames(ctx, map[uint32]tableState{1: {schema: "public", name: "a2", oid: 1}}, nil, nil)
+	if got := kept(); len(got) != 1 || got[1].Name != "a2" {
+		t.Fatalf("after a's rename, kept %v, want a2", got)
+	}
+}
