@@ -32,8 +32,7 @@ func TestCatchUpOfATableDroppedAndCreatedAgain(t *testing.T) {
 	waitFor(t, 20*time.Second, "orders to be added", func() bool {
 		return r.log.contains(`table added to the publication; its rows are sent as op read" component=cdc slot=` + db.slot + ` table=public.orders`)
 	})
-	db.exec(t, `DROP TABLE orders`)
-	db.exec(t, `BEGIN; CREATE TABLE orders (id text PRIMARY KEY); INSERT INTO orders VALUES ('a'), ('b'); COMMIT`)
+	db.exec(t, `BEGIN; DROP TABLE orders; CREATE TABLE orders (id text PRIMARY KEY); INSERT INTO orders VALUES ('a'), ('b'); COMMIT`)
 	waitFor(t, 20*time.Second, "orders to be added again", func() bool {
 		var in bool
 		_ = db.conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_publication_tables WHERE pubname = 'tc_pub' AND tablename = 'orders')`).Scan(&in)

@@ -478,6 +478,7 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 		conn:      conn,
 		pub:       pub,
 		relations: map[uint32]*relation{},
+		nameOIDs:  map[string]uint32{},
 		typeNames: map[uint32]string{},
 		windows:   map[string]*window{},
 		confirmed: start,
@@ -574,6 +575,9 @@ type session struct {
 	conn      *pgconn.PgConn
 	pub       *stream.Publisher
 	relations map[uint32]*relation
+	// nameOIDs is, by tableKey, the OID of the table last described under
+	// each name in this session.
+	nameOIDs  map[string]uint32
 	typeNames map[uint32]string  // user types, from pgoutput's Type messages
 	windows   map[string]*window // open on-demand snapshot chunks, by watermark id
 	// published chunks awaiting acknowledgement
@@ -792,6 +796,7 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 			return err
 		}
 		s.relations[rm.RelationID] = rel
+		s.nameOIDs[tableKey(rm.Namespace, rm.RelationName)] = rm.RelationID
 		if s.replaying() {
 			// Described when it was first streamed: the registry holds
 			// this shape, or a later one that writing it would take back.

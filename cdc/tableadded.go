@@ -115,13 +115,20 @@ func (s *session) handleTableAdded(ctx context.Context, m *pglogrepl.LogicalDeco
 	cause := schema.CauseTableAdded
 	switch msg.Cause {
 	case "":
-	case schema.CauseTableRenamed:
+	case schema.CauseTableRenamed, schema.CauseTableDropped:
 		cause = msg.Cause
 	default:
 		s.r.log.Warn("ignoring a table-added message tablecast did not write: its cause is not one of ours", "lsn", m.LSN.String())
 		return nil
 	}
 	s.ordinal++
+	if cause == schema.CauseTableDropped && s.nameHeldByAnother(msg.Schema, msg.Name, msg.OID) {
+		// A table created under the name streamed before the message:
+		// its rows are the name's now. (The ordinal is taken all the
+		// same, so that a replay numbers the events alike.)
+		s.r.log.Info("a dropped table's truncate not sent: a table created since holds its name", "table", msg.Schema+"."+msg.Name)
+		return nil
+	}
 	rel := s.namedRelation(&schema.Table{RelationID: msg.OID, Schema: msg.Schema, Name: msg.Name})
 	if s.old != nil && s.old.tables.Match(msg.Schema, msg.Name) {
 		// The versions kept of the name before are not the table's: the
@@ -145,4 +152,11 @@ func (s *session) handleTableAdded(ctx context.Context, m *pglogrepl.LogicalDeco
 		s.noteTruncate(rel)
 	}
 	return s.publish(ctx, rel, &schema.Change{Op: schema.OpTruncate, Ordinal: s.ordinal, Cause: cause})
+}
+
+// nameHeldByAnother reports whether the table last described under the
+// name schemaName.name in this session is not the one of OID oid.
+func (s *session) nameHeldByAnother(schemaName, name string, oid uint32) bool {
+	last, ok := s.nameOIDs[tableKey(schemaName, name)]
+	return ok && last != oid
 }

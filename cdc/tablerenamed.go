@@ -109,6 +109,9 @@ func (w *pubWatch) followRenames(ctx context.Context, c *pgx.Conn, published map
 		}
 		w.names, w.kept = names, maps.Clone(names)
 	}
+	if err := w.followDrops(ctx, c, published); err != nil {
+		return err
+	}
 	var renamed []rename
 	for _, oid := range slices.Sorted(maps.Keys(published)) {
 		t := published[oid]
@@ -157,9 +160,9 @@ func (w *pubWatch) keepNames(ctx context.Context, published map[uint32]tableStat
 		}
 		return
 	}
-	// A copy: followRenames changes w.names in place, and what is kept
-	// must not change with it (a rename would then look kept already, and
-	// never be).
+	// A copy: followRenames and followDrops change w.names in place, and
+	// what is kept must not change with it (a rename or a drop would then
+	// look kept already, and never be).
 	w.kept, w.keepErr = maps.Clone(names), false
 }
 

@@ -100,7 +100,7 @@ func TestTableRenamedMovesItsRows(t *testing.T) {
 	}
 	for _, forged := range []string{
 		fmt.Sprintf(`{"schema":"public","name":"bills","oid":%d,"nonce":"%s","cause":"table_renamed"}`, oid, randomID()),
-		fmt.Sprintf(`{"schema":"public","name":"bills","oid":%d,"nonce":"%s","cause":"table_dropped"}`, oid, randomID()),
+		fmt.Sprintf(`{"schema":"public","name":"bills","oid":%d,"nonce":"%s","cause":"table_vanished"}`, oid, randomID()),
 	} {
 		db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast-table-added', $1::text)`, forged)
 	}
@@ -214,9 +214,9 @@ func TestUnreadableKeptNames(t *testing.T) {
 	checkSequence(t, n, "public.invoices", []string{"truncate table_renamed", "read 1", "create 2"})
 }
 
-// TestKeptNamesAfterAChangeInPlace: the names kept follow a change noted
-// in place (as followRenames does for a rename) in the round right after
-// one that kept names. The kept copy once shared its map with
+// TestKeptNamesAfterAChangeInPlace: the names kept follow a drop or a
+// rename noted in place (as followDrops and followRenames do) in the round
+// right after one that kept names. The kept copy once shared its map with
 // the names being changed, so such a change looked kept already and never
 // was: a restart then announced a rename again, and a dropped table's name
 // stayed kept.

@@ -23,6 +23,11 @@ const CauseTableAdded = "table_added"
 // primary key, whose rows its catch-up snapshot sends next.
 const CauseTableRenamed = "table_renamed"
 
+// CauseTableDropped is the "cause" of the truncate tablecast sends when a
+// table of its publication is dropped, and no table holds its name: the
+// rows consumers hold under that name are no table's now.
+const CauseTableDropped = "table_dropped"
+
 // OpSet is a set of operations: bit i is the i-th of create, update,
 // delete, truncate, read. It is what a subscription asks for, what grants
 // allow, and, one bit at a time, the kind of an event being matched.

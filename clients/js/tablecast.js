@@ -590,7 +590,7 @@ export class TablecastClient {
    * onChange({op, key, data, seq, view}) for each change after (op
    * "upsert", "delete" or "truncate"; view "enter" or "leave" when the row
    * moved into or out of the filter or the row policy; a truncate tablecast
-   * sent itself has its cause, "table_added" or "table_renamed"), onError(err).
+   * sent itself has its cause, "table_added", "table_renamed" or "table_dropped"), onError(err).
    * After a reconnect the view is read again from the gateway (from NATS,
    * not PostgreSQL), and what differs from the rows held is reported as
    * changes: the view stays exact. With batch "transaction", the changes

@@ -761,6 +761,23 @@ func TestLiveViewEdges(t *testing.T) {
 	<-odone
 	freshViewEquals("public.parts", wantParts)
 	freshViewEquals("public.things", wantThings)
+
+	// parts dropped: a view open across the drop is emptied by its
+	// truncate; before, the row state and every view kept its rows.
+	ov = wsDial(t, "ws://"+httpAddr+"/ws/tables/public.parts?snapshot=true&token="+all)
+	ov.SetReadLimit(1 << 24)
+	ovc = &viewClient{spec: viewSpec{sql: "true"}, ws: ov, rows: map[int]viewRow{}}
+	octx, ostop = context.WithCancel(ctx)
+	defer ostop()
+	odone = make(chan struct{})
+	go func() { defer close(odone); ovc.run(octx) }()
+	ovc.waitEqual(t, "the view of parts open across its drop, before it", func() map[int]viewRow { return wantParts })
+	if _, err := conn.Exec(ctx, `DROP TABLE parts`); err != nil {
+		t.Fatal(err)
+	}
+	ovc.waitEqual(t, "the view of parts open across its drop", func() map[int]viewRow { return map[int]viewRow{} })
+	ostop()
+	<-odone
 }
 
 // TestLiveViewSlowClient (TABLECAST_SOAK=1): a client that asks for the

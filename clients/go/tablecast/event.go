@@ -38,6 +38,11 @@ const CauseTableAdded = "table_added"
 // OpRead.
 const CauseTableRenamed = "table_renamed"
 
+// CauseTableDropped is the Cause of the truncate tablecast sends when a
+// table is dropped and no table holds its name: the rows held under that
+// name are no table's now.
+const CauseTableDropped = "table_dropped"
+
 // Claim names the object that holds an event too large for one NATS
 // message: the object Object of the JetStream object store Bucket, Size
 // bytes long.
@@ -83,7 +88,8 @@ type Event struct {
 	// record is in the dead-letter stream.
 	Truncated bool
 	// Cause says why tablecast sent a truncate that PostgreSQL did not:
-	// CauseTableAdded or CauseTableRenamed. Empty for every other event.
+	// CauseTableAdded, CauseTableRenamed or CauseTableDropped. Empty for
+	// every other event.
 	Cause string
 
 	// Subject, Sequence and Delivered are set by Consume: the message's

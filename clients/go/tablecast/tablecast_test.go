@@ -370,6 +370,10 @@ func TestParseEventCause(t *testing.T) {
 	if err != nil || ev.Cause != tablecast.CauseTableRenamed {
 		t.Errorf("truncate of a table renamed: cause %q, %v", ev.Cause, err)
 	}
+	ev, err = tablecast.ParseEvent([]byte(`{"id":"00000000016B3748-0004","op":"truncate","schema":"public","table":"invoices","key":{},"cause":"table_dropped"}`))
+	if err != nil || ev.Cause != tablecast.CauseTableDropped {
+		t.Errorf("truncate of a table dropped: cause %q, %v", ev.Cause, err)
+	}
 	ev, err = tablecast.ParseEvent([]byte(`{"id":"00000000016B3748-0002","op":"truncate","schema":"public","table":"orders","key":{}}`))
 	if err != nil || ev.Cause != "" {
 		t.Errorf("a truncate PostgreSQL sent: cause %q, %v", ev.Cause, err)
