@@ -39,6 +39,12 @@ func TestTableDroppedTruncatesItsRows(t *testing.T) {
 		names, err := r.loadPublishedNames(t.Context())
 		return err == nil && len(names) == 5
 	})
+	lastIs := func(table, id string) func() bool {
+		return func() bool {
+			evs := eventsOf(t, n, table)
+			return len(evs) > 0 && fmt.Sprint(evs[len(evs)-1].Key["id"]) == id
+		}
+	}
 	truncated := func(table string) func() bool {
 		return func() bool {
 			evs := eventsOf(t, n, table)
@@ -94,19 +100,13 @@ func TestTableDroppedTruncatesItsRows(t *testing.T) {
 		return r2.log.contains(`msg="catch-up snapshot done" component=cdc slot=` + db.slot + ` table=public.phoenix`)
 	})
 	db.exec(t, `INSERT INTO phoenix VALUES (8)`)
-	waitFor(t, 20*time.Second, "the insert into the new phoenix", func() bool {
-		evs := eventsOf(t, n, "public.phoenix")
-		return len(evs) > 0 && fmt.Sprint(evs[len(evs)-1].Key["id"]) == "8"
-	})
+	waitFor(t, 20*time.Second, "the insert into the new phoenix", lastIs("public.phoenix", "8"))
 	db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast-table-added', $1::text)`, string(msg))
 	waitFor(t, 20*time.Second, "the guarded truncate to be passed over", func() bool {
 		return r2.log.contains(`msg="a dropped table's truncate not sent: a table created since holds its name" component=cdc slot=` + db.slot + ` table=public.phoenix`)
 	})
 	db.exec(t, `INSERT INTO phoenix VALUES (9)`)
-	waitFor(t, 20*time.Second, "the insert after the guarded truncate", func() bool {
-		evs := eventsOf(t, n, "public.phoenix")
-		return len(evs) > 0 && fmt.Sprint(evs[len(evs)-1].Key["id"]) == "9"
-	})
+	waitFor(t, 20*time.Second, "the insert after the guarded truncate", lastIs("public.phoenix", "9"))
 
 	for table, want := range map[string][]string{
 		"public.gone":    {"create 1", "create 2", "create 3", "truncate table_dropped"},

@@ -653,13 +653,21 @@ func TestLiveViewEdges(t *testing.T) {
 	// was sent them. Its addition to the publication now starts with a
 	// truncate: a view open across it is emptied and filled with the new
 	// table's rows, and a view taken after holds those alone.
-	ov := wsDial(t, "ws://"+httpAddr+"/ws/tables/public.things?snapshot=true&token="+all)
-	ov.SetReadLimit(1 << 24)
-	ovc := &viewClient{spec: viewSpec{sql: "true"}, ws: ov, rows: map[int]viewRow{}}
-	octx, ostop := context.WithCancel(ctx)
-	defer ostop()
-	odone := make(chan struct{})
-	go func() { defer close(odone); ovc.run(octx) }()
+	// openView opens a view of table kept up by a client of its own until
+	// the returned stop.
+	openView := func(table string) (*viewClient, func()) {
+		t.Helper()
+		ov := wsDial(t, "ws://"+httpAddr+"/ws/tables/"+table+"?snapshot=true&token="+all)
+		ov.SetReadLimit(1 << 24)
+		vc := &viewClient{spec: viewSpec{sql: "true"}, ws: ov, rows: map[int]viewRow{}}
+		vctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); vc.run(vctx) }()
+		stop := sync.OnceFunc(func() { cancel(); <-done })
+		t.Cleanup(stop)
+		return vc, stop
+	}
+	ovc, ostop := openView("public.things")
 	waitFor(t, time.Minute, "the view open across the drop to sync", func() bool {
 		ovc.mu.Lock()
 		defer ovc.mu.Unlock()
@@ -676,7 +684,6 @@ func TestLiveViewEdges(t *testing.T) {
 	}
 	ovc.waitEqual(t, "the view open across the drop", func() map[int]viewRow { return want })
 	ostop()
-	<-odone
 	nctx, ncancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer ncancel()
 	// freshViewEquals takes views of table until one equals want.
@@ -734,13 +741,7 @@ func TestLiveViewEdges(t *testing.T) {
 	// transaction: the rows held under the old name are truncated before
 	// the new table's come, and the renamed table's rows come under its
 	// new name. A view open across it holds the new table's rows alone.
-	ov = wsDial(t, "ws://"+httpAddr+"/ws/tables/public.things?snapshot=true&token="+all)
-	ov.SetReadLimit(1 << 24)
-	ovc = &viewClient{spec: viewSpec{sql: "true"}, ws: ov, rows: map[int]viewRow{}}
-	octx, ostop = context.WithCancel(ctx)
-	defer ostop()
-	odone = make(chan struct{})
-	go func() { defer close(odone); ovc.run(octx) }()
+	ovc, ostop = openView("public.things")
 	ovc.waitEqual(t, "the view open across the rename, before it", func() map[int]viewRow { return want })
 	if _, err := conn.Exec(ctx, `ALTER TABLE things RENAME TO parts;
 		CREATE TABLE things (id int PRIMARY KEY, grp int NOT NULL, val int NOT NULL);
@@ -758,26 +759,18 @@ func TestLiveViewEdges(t *testing.T) {
 	}
 	ovc.waitEqual(t, "the view open across the rename", func() map[int]viewRow { return wantThings })
 	ostop()
-	<-odone
 	freshViewEquals("public.parts", wantParts)
 	freshViewEquals("public.things", wantThings)
 
 	// parts dropped: a view open across the drop is emptied by its
 	// truncate; before, the row state and every view kept its rows.
-	ov = wsDial(t, "ws://"+httpAddr+"/ws/tables/public.parts?snapshot=true&token="+all)
-	ov.SetReadLimit(1 << 24)
-	ovc = &viewClient{spec: viewSpec{sql: "true"}, ws: ov, rows: map[int]viewRow{}}
-	octx, ostop = context.WithCancel(ctx)
-	defer ostop()
-	odone = make(chan struct{})
-	go func() { defer close(odone); ovc.run(octx) }()
+	ovc, ostop = openView("public.parts")
 	ovc.waitEqual(t, "the view of parts open across its drop, before it", func() map[int]viewRow { return wantParts })
 	if _, err := conn.Exec(ctx, `DROP TABLE parts`); err != nil {
 		t.Fatal(err)
 	}
 	ovc.waitEqual(t, "the view of parts open across its drop", func() map[int]viewRow { return map[int]viewRow{} })
 	ostop()
-	<-odone
 }
 
 // TestLiveViewSlowClient (TABLECAST_SOAK=1): a client that asks for the
