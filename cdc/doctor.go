@@ -214,12 +214,12 @@ func (d *doctor) checkMessages(ctx context.Context) error {
 	}
 	switch {
 	case textSig == "":
-		d.add("emit message", StatusFail, "pg_logical_emit_message(boolean, text, text) is missing: the reader writes its heartbeats, snapshot watermarks, table additions and renames with it", "use PostgreSQL 14 or later")
+		d.add("emit message", StatusFail, "pg_logical_emit_message(boolean, text, text) is missing: the reader writes its heartbeats, snapshot watermarks, table additions, renames and drops with it", "use PostgreSQL 14 or later")
 	case !mine:
-		d.add("emit message", StatusFail, fmt.Sprintf("role %s may not execute %s: the reader writes its heartbeats, snapshot watermarks, table additions and renames with it", d.user, textSig),
+		d.add("emit message", StatusFail, fmt.Sprintf("role %s may not execute %s: the reader writes its heartbeats, snapshot watermarks, table additions, renames and drops with it", d.user, textSig),
 			fmt.Sprintf("GRANT EXECUTE ON FUNCTION pg_catalog.%s TO %s;", textSig, role))
 	default:
-		d.add("emit message", StatusOK, fmt.Sprintf("role %s may execute %s (heartbeats, snapshot watermarks, table additions and renames)", d.user, textSig), "")
+		d.add("emit message", StatusOK, fmt.Sprintf("role %s may execute %s (heartbeats, snapshot watermarks, table additions, renames and drops)", d.user, textSig), "")
 	}
 
 	// Who else may write custom-topic messages.

@@ -118,7 +118,7 @@ func TestDoctorTopicWriters(t *testing.T) {
 	rcfg := cfg
 	rcfg.DatabaseURL = strings.Replace(db.url, "postgres://postgres@", "postgres://tc_doctor_reader@", 1)
 	fs = doctorFindings(t, rcfg)
-	own := expect(t, fs, "emit message", StatusFail, "role tc_doctor_reader may not execute pg_logical_emit_message(boolean,text,text): the reader writes its heartbeats, snapshot watermarks, table additions and renames with it",
+	own := expect(t, fs, "emit message", StatusFail, "role tc_doctor_reader may not execute pg_logical_emit_message(boolean,text,text): the reader writes its heartbeats, snapshot watermarks, table additions, renames and drops with it",
 		`GRANT EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean,text,text) TO "tc_doctor_reader";`)
 	db.exec(t, own.Fix)
 	fs = doctorFindings(t, rcfg)

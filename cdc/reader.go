@@ -847,7 +847,7 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 // function may publish on any topic, which the DBA decides with its EXECUTE
 // privilege (Doctor reports who may). The reader acts on nothing else a
 // message says, except heartbeats and watermarks carrying its own random
-// ids, and table additions and renames carrying a nonce it recorded.
+// ids, and table additions, renames and drops carrying a nonce it recorded.
 const topicMessagePrefix = "tablecast:"
 
 // handleMessage publishes a transactional logical decoding message whose
