@@ -39,9 +39,12 @@ func TestSoakOldRowsOnCluster(t *testing.T) {
 	dropSlotAtCleanup(t, url, slot)
 	cl := natstest.StartCluster(t, 3)
 	httpAddr := freeAddr(t)
+	// Logged at info: this test has failed twice in ~18 soak runs, the
+	// events stopping after the rows stream's leader was killed, and the
+	// warnings alone ("disconnected from NATS") do not say where.
 	p := startKeep(t, append(baseEnv(), "TABLECAST_ROW_STATE=true", "TABLECAST_OLD_ROWS_TABLES=public.docs", "TABLECAST_OLD_ROWS_CACHE_BYTES=16384",
 		"TABLECAST_STREAM_REPLICAS=3", "TABLECAST_NATS_URL="+cl.URL(), "TABLECAST_DATABASE_URL="+url, "TABLECAST_SLOT="+slot,
-		"TABLECAST_PUBLICATION=tc_oldcluster", "TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_LOG_LEVEL=warn"), "cdc")
+		"TABLECAST_PUBLICATION=tc_oldcluster", "TABLECAST_HTTP_ADDR="+httpAddr, "TABLECAST_LOG_LEVEL=info"), "cdc")
 	waitFor(t, 2*time.Minute, "/readyz of tablecast cdc", func() bool {
 		code, _, err := httpGet("http://" + httpAddr + "/readyz")
 		return err == nil && code == 200
