@@ -160,7 +160,7 @@ receipt_buckets() {
 }
 # receipt_report before after: from two receipt_buckets snapshots, the
 # bucket bounds that hold tablecast's p50 and p99 over the window, and how
-# many commits it received more than 10 ms late: the walsender's delay as
+# many commits it received more than 16 ms late: the walsender's delay as
 # tablecast's own reader saw it.
 receipt_report() {
   [ -s "$1" ] && [ -s "$2" ] || return 0
