@@ -102,22 +102,15 @@ func (w *pubWatch) announceDrops(ctx context.Context, c *pgx.Conn, gone []droppe
 	for _, d := range gone {
 		names = append(names, d.name.Schema+"."+d.name.Name)
 	}
-	denied := false
-	err := pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
-		for i, m := range msgs {
-			_, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)
-				WHERE NOT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-				                  WHERE n.nspname = $3 AND c.relname = $4 AND c.relkind IN ('r', 'p'))`,
-				tableAddedPrefix, string(m), gone[i].name.Schema, gone[i].name.Name)
-			if err != nil {
-				denied = isPrivilegeError(err)
-				return err
-			}
-		}
-		return nil
-	})
+	args := make([][]any, len(msgs))
+	for i, m := range msgs {
+		args[i] = []any{tableAddedPrefix, string(m), gone[i].name.Schema, gone[i].name.Name}
+	}
+	denied, err := emitTableMessages(ctx, c, `SELECT pg_logical_emit_message(true, $1, $2)
+		WHERE NOT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		                  WHERE n.nspname = $3 AND c.relname = $4 AND c.relkind IN ('r', 'p'))`, args)
 	switch {
-	case denied && !c.IsClosed() && ctx.Err() == nil:
+	case denied:
 		w.r.log.Warn("tables dropped without the truncates that clear the rows held under their names (the role may not execute pg_logical_emit_message): the row state and views keep them",
 			"tables", names)
 		return nil
@@ -126,4 +119,21 @@ func (w *pubWatch) announceDrops(ctx context.Context, c *pgx.Conn, gone []droppe
 	}
 	w.r.log.Info("tables dropped: the rows held under their names are truncated", "tables", names)
 	return nil
+}
+
+// emitTableMessages writes pubWatch's messages of a round (renames' or
+// drops') in one transaction, running stmt once with each of args.
+// denied reports that the role may not execute pg_logical_emit_message
+// (the connection still up): the caller warns and goes on without them.
+func emitTableMessages(ctx context.Context, c *pgx.Conn, stmt string, args [][]any) (denied bool, err error) {
+	err = pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
+		for _, a := range args {
+			if _, err := tx.Exec(ctx, stmt, a...); err != nil {
+				denied = isPrivilegeError(err)
+				return err
+			}
+		}
+		return nil
+	})
+	return denied && !c.IsClosed() && ctx.Err() == nil, err
 }

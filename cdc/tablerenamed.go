@@ -216,17 +216,14 @@ func (w *pubWatch) announceRenames(ctx context.Context, c *pgx.Conn, renamed []r
 	}
 	denied := false
 	if len(msgs) > 0 {
-		err := pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
-			for _, m := range msgs {
-				if _, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, tableAddedPrefix, string(m)); err != nil {
-					denied = isPrivilegeError(err)
-					return err
-				}
-			}
-			return nil
-		})
+		args := make([][]any, len(msgs))
+		for i, m := range msgs {
+			args[i] = []any{tableAddedPrefix, string(m)}
+		}
+		var err error
+		denied, err = emitTableMessages(ctx, c, `SELECT pg_logical_emit_message(true, $1, $2)`, args)
 		switch {
-		case denied && !c.IsClosed() && ctx.Err() == nil:
+		case denied:
 			// The catch-ups still send the tables' rows under their new
 			// names.
 			w.r.log.Warn("tables renamed without the truncates that clear the rows held under their old names (the role may not execute pg_logical_emit_message): the row state and views keep them",
