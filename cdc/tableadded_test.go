@@ -196,7 +196,8 @@ func TestTableAddedAgainForgetsOldVersions(t *testing.T) {
 // TestTableAddedWithoutEmitPrivilege: a reader whose role may not execute
 // pg_logical_emit_message adds a table created again all the same, with a
 // warning, and streams its changes: the message that starts it with a
-// truncate is left out, not the table.
+// truncate is left out, not the table. A rename and a drop are warned of
+// once each, without their truncates, and streaming goes on.
 func TestTableAddedWithoutEmitPrivilege(t *testing.T) {
 	t.Parallel() // see parallelTests
 	ctx := context.Background()
@@ -246,6 +247,22 @@ func TestTableAddedWithoutEmitPrivilege(t *testing.T) {
 	time.Sleep(3 * cfg.CatalogInterval)
 	if c := strings.Count(r.log.String(), `msg="tables renamed without the truncates`); c != 1 {
 		t.Errorf("the rename without truncates warned %d times, want once", c)
+	}
+	// Dropped: no truncate, said once, and the reader streams on.
+	db.exec(t, `DROP TABLE orders2`)
+	waitFor(t, 20*time.Second, "the warning of the drop without its truncate", func() bool {
+		return r.log.contains(`msg="tables dropped without the truncates that clear the rows held under their names (the role may not execute pg_logical_emit_message): the row state and views keep them" component=cdc slot=` + db.slot + ` tables=[public.orders2]`)
+	})
+	db.exec(t, `CREATE TABLE later (id int PRIMARY KEY); ALTER TABLE later OWNER TO `+role)
+	waitFor(t, 30*time.Second, "later in the publication", func() bool { return slices.Contains(db.published(t, "tc_pub"), "public.later") })
+	db.exec(t, `INSERT INTO later VALUES (1)`)
+	waitFor(t, 20*time.Second, "the insert into later", func() bool { return len(eventsOf(t, n, "public.later")) == 1 })
+	time.Sleep(3 * cfg.CatalogInterval)
+	if c := strings.Count(r.log.String(), `msg="tables dropped without the truncates`); c != 1 {
+		t.Errorf("the drop without its truncate warned %d times, want once", c)
+	}
+	if evs := eventsOf(t, n, "public.orders2"); len(evs) != 1 {
+		t.Errorf("orders2 has %d events after its drop, want its one insert (no truncate)", len(evs))
 	}
 }
 

@@ -16,7 +16,8 @@ import (
 // for a table dropped and created again in one transaction (its addition's
 // truncate and catch-up follow), for a table only left out of the
 // publication (it still exists), or, by the reader, when a table created
-// since under the name streamed before the message. Before, the rows of a
+// since under the name streamed before the message, nor for a forged
+// message (another nonce). Before, the rows of a
 // dropped table stayed in every copy for good.
 func TestTableDroppedTruncatesItsRows(t *testing.T) {
 	t.Parallel() // see parallelTests
@@ -102,6 +103,14 @@ func TestTableDroppedTruncatesItsRows(t *testing.T) {
 	db.exec(t, `INSERT INTO phoenix VALUES (8)`)
 	waitFor(t, 20*time.Second, "the insert into the new phoenix", lastIs("public.phoenix", "8"))
 	db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast-table-added', $1::text)`, string(msg))
+	// And one any role could write: the new phoenix's name and OID, cause
+	// table_dropped, a nonce of its own. Nothing is truncated.
+	var newOID uint32
+	if err := db.conn.QueryRow(t.Context(), `SELECT 'phoenix'::regclass::oid`).Scan(&newOID); err != nil {
+		t.Fatal(err)
+	}
+	db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast-table-added', $1::text)`,
+		fmt.Sprintf(`{"schema":"public","name":"phoenix","oid":%d,"nonce":"%s","cause":"table_dropped"}`, newOID, randomID()))
 	waitFor(t, 20*time.Second, "the guarded truncate to be passed over", func() bool {
 		return r2.log.contains(`msg="a dropped table's truncate not sent: a table created since holds its name" component=cdc slot=` + db.slot + ` table=public.phoenix`)
 	})
@@ -119,5 +128,8 @@ func TestTableDroppedTruncatesItsRows(t *testing.T) {
 	}
 	if !r.log.contains(`msg="tables dropped: the rows held under their names are truncated" component=cdc slot=` + db.slot + ` tables=[public.gone]`) {
 		t.Error("the drop was not logged")
+	}
+	if !r2.log.contains(`ignoring a table-added message tablecast did not write: its nonce is not the one recorded" component=cdc slot=` + db.slot + ` table=public.phoenix`) {
+		t.Error("the forged drop of phoenix was not logged as ignored")
 	}
 }
