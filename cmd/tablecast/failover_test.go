@@ -88,6 +88,18 @@ func startFailoverReader(t *testing.T, name string, env []string) *failoverReade
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			// What each reader said, for a failure that only its log
+			// explains (the warnings and errors, and its last lines).
+			lines := strings.Split(strings.TrimSpace(r.logs.String()), "\n")
+			var kept []string
+			for i, l := range lines {
+				if i >= len(lines)-15 || strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+					kept = append(kept, l)
+				}
+			}
+			t.Logf("%s (%s):\n%s", r.name, r.addr, strings.Join(kept, "\n"))
+		}
 		if r.cmd.ProcessState == nil {
 			_ = r.cmd.Process.Signal(syscall.SIGCONT)
 			_ = r.cmd.Process.Kill()
