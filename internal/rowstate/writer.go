@@ -130,11 +130,18 @@ type batchWriter struct {
 // server queues), so fewer would only mean more replies.
 const batchFlowAcks = stream.MaxFastBatchFlow
 
-// batchAckTimeout bounds the wait for a batch's final acknowledgement
-// while the connection stays up. The stream drops a batch it has heard
-// nothing of for 10 s (a lost end message); storing a few thousand rows
-// takes well under a second.
-const batchAckTimeout = 30 * time.Second
+// batchAckTimeout bounds the silence while a batch's final
+// acknowledgement is awaited with the connection up: the time since its
+// end was sent or since the stream's last reply to it, whichever is later
+// (the stream sends a flow acknowledgement every batchFlowAcks rows it
+// stores, so a long batch being stored is never silent for long). As the
+// reader's publisher does, it is measured from the last sign of progress,
+// not from the batch's start: a batch whose stream leader died with it
+// gets no reply at all (its new leader never heard of it), and the rows
+// wait for the maintainer to write them again. Storing a few thousand
+// rows takes well under a second; a false timeout only writes the batch
+// again.
+const batchAckTimeout = 5 * time.Second
 
 func newBatchWriter(nc *nats.Conn, stream, eob string) (*batchWriter, error) {
 	inbox := nc.NewInbox() + "."
@@ -222,16 +229,18 @@ func (w *batchWriter) flush(ctx context.Context) error {
 	w.sent = 0
 	// The batch ends with a message the stream does not store.
 	w.msg = nats.Msg{Subject: w.eob, Reply: w.replySubject(sent+1, stream.FastBatchEnd)}
-	if err := w.nc.PublishMsg(&w.msg); err != nil {
+	if f := dropEnd.Load(); f != nil && (*f)() {
+		// lost on the way: the stream will send nothing more for the batch
+	} else if err := w.nc.PublishMsg(&w.msg); err != nil {
 		return fmt.Errorf("end the batch of %d rows: %w", sent, err)
 	}
 	prefix := w.inbox + w.id + "."
 	var refused error
-	deadline := time.Now().Add(batchAckTimeout)
+	heard := time.Now() // the end was sent, or the last reply to the batch came
 	for {
-		wait := min(time.Until(deadline), 250*time.Millisecond)
+		wait := min(time.Until(heard.Add(batchAckTimeout)), 250*time.Millisecond)
 		if wait <= 0 {
-			return fmt.Errorf("write %d rows: no acknowledgement within %s", sent, batchAckTimeout)
+			return fmt.Errorf("write %d rows: the stream sent nothing for %s after the batch's end or its last reply", sent, batchAckTimeout)
 		}
 		wctx, cancel := context.WithTimeout(ctx, wait)
 		m, err := w.sub.NextMsgWithContext(wctx)
@@ -252,6 +261,7 @@ func (w *batchWriter) flush(ctx context.Context) error {
 		if !strings.HasPrefix(m.Subject, prefix) {
 			continue // a reply to an earlier batch
 		}
+		heard = time.Now()
 		if len(m.Data) == 0 {
 			return fmt.Errorf("write %d rows: %w: status %s %s", sent, ErrRowsRefused, m.Header.Get("Status"), m.Header.Get("Description"))
 		}
@@ -297,3 +307,7 @@ var noBatches atomic.Bool
 // dropRow, set by tests only, makes the batch writer lose the messages of
 // a batch for which it returns true (given their number in the batch).
 var dropRow atomic.Pointer[func(bseq uint64) bool]
+
+// dropEnd, set by tests only, makes the batch writer lose the message that
+// ends a batch when it returns true.
+var dropEnd atomic.Pointer[func() bool]

@@ -136,6 +136,37 @@ func TestLostRowFailsTheBatch(t *testing.T) {
 	e.consistent("after lost rows")
 }
 
+// TestLostBatchEndCostsSeconds: a batch whose end never reaches the
+// stream gets no reply at all, as when the stream's leader dies with the
+// batch (its new leader never heard of it) while the connection stays up.
+// The maintainer holds its marker while it waits, gives up after a few
+// seconds of silence, not half a minute, writes the rows again, and the
+// state equals the table.
+func TestLostBatchEndCostsSeconds(t *testing.T) {
+	e := newEnv(t, items)
+	m, _ := e.maintainer()
+	e.caughtUp(m)
+	var lost atomic.Int32
+	restore := rowstate.LoseBatchEndsForTest(func() bool { return lost.Add(1) == 1 })
+	defer restore()
+	before := m.Applied()
+	e.exec(`UPDATE items SET name = 'end lost' WHERE id <= 100`)
+	waitFor(t, 30*time.Second, "a batch's end to be lost", func() bool { return lost.Load() >= 1 })
+	lostAt := time.Now()
+	time.Sleep(time.Second)
+	if got := m.Applied(); got != before {
+		t.Fatalf("applied moved from %d to %d while the batch's acknowledgement was awaited", before, got)
+	}
+	e.caughtUp(m)
+	// The silence allowed is 5 s; 20 s leaves room for a loaded machine
+	// and fails the 30 s wait this replaced.
+	if d := time.Since(lostAt); d > 20*time.Second {
+		t.Fatalf("caught up %s after the batch's end was lost: the silence is not bounded by a few seconds", d.Round(time.Millisecond))
+	}
+	e.settled("after a lost batch end", "items")
+	e.consistent("after a lost batch end")
+}
+
 // TestNATSRestartsUnderWrites: NATS restarted twice while rows change
 // (batches cut short by the restart, rows and replies lost with the
 // connection): every scan is the table as of its marker, and at rest the
