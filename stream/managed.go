@@ -2,7 +2,9 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -21,19 +23,49 @@ const (
 // `nats kv history` what an endpoint was before a change.
 const managedHistory = 5
 
+// ManagedMarkerTTL is how long a managed bucket keeps the marker a purge
+// leaves where a deleted item was. Without a limit every item ever deleted
+// stays in the bucket as a marker, and every watch's first pass reads them
+// all: a bucket whose endpoints come and go (one per deployment, say)
+// would grow for good. A watch that is connected sees a purge at once; one
+// cut off from NATS must read the bucket afresh after it reconnects (the
+// endpoint package's watches do), since a marker may expire meanwhile.
+const ManagedMarkerTTL = 24 * time.Hour
+
 // OpenManagedBucket creates the key-value bucket if missing (with replicas,
-// at least 1) and returns it. The values are opaque here.
-func OpenManagedBucket(ctx context.Context, js jetstream.JetStream, bucket, description string, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      bucket,
-		Description: description,
-		History:     managedHistory,
-		Replicas:    max(replicas, 1),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open bucket %s: %w", bucket, err)
+// at least 1) and returns it, with the time a purge's marker is kept
+// (PurgeOptions). The values are opaque here.
+//
+// The bucket keeps markers for ManagedMarkerTTL where the server has
+// per-message TTLs (nats-server 2.11 and later); an older server keeps
+// them for good, and markerTTL is 0. Markers written before the limit was
+// set stay.
+func OpenManagedBucket(ctx context.Context, js jetstream.JetStream, bucket, description string, replicas int) (kv jetstream.KeyValue, markerTTL time.Duration, err error) {
+	cfg := jetstream.KeyValueConfig{
+		Bucket:         bucket,
+		Description:    description,
+		History:        managedHistory,
+		Replicas:       max(replicas, 1),
+		LimitMarkerTTL: ManagedMarkerTTL,
 	}
-	return kv, nil
+	kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
+	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
+		cfg.LimitMarkerTTL = 0
+		kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("open bucket %s: %w", bucket, err)
+	}
+	return kv, cfg.LimitMarkerTTL, nil
+}
+
+// PurgeOptions are the options of a purge of key revision rev in a managed
+// bucket whose markers are kept for markerTTL (0: for good).
+func PurgeOptions(rev uint64, markerTTL time.Duration) []jetstream.KVDeleteOpt {
+	if markerTTL > 0 {
+		return []jetstream.KVDeleteOpt{jetstream.LastRevision(rev), jetstream.PurgeTTL(markerTTL)}
+	}
+	return []jetstream.KVDeleteOpt{jetstream.LastRevision(rev)}
 }
 
 // EscapeKey joins parts into one key-value key, '.'-separated, each part

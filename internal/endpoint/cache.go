@@ -19,11 +19,12 @@ import (
 // (sync), so that a listing in any process shows every change made before
 // it.
 type cache struct {
-	js     jetstream.JetStream
-	kv     jetstream.KeyValue
-	what   string
-	item   func(key string) (string, bool) // the item's id or name of a key; false: not an item
-	decode func(data []byte, rev uint64) (any, error)
+	js        jetstream.JetStream
+	kv        jetstream.KeyValue
+	markerTTL time.Duration // how long a purge's marker is kept; 0: for good
+	what      string
+	item      func(key string) (string, bool) // the item's id or name of a key; false: not an item
+	decode    func(data []byte, rev uint64) (any, error)
 
 	mu      sync.RWMutex
 	items   map[string]any // by id or name
@@ -32,13 +33,14 @@ type cache struct {
 	loaded  bool
 }
 
-func newCache(js jetstream.JetStream, kv jetstream.KeyValue, what string, item func(string) (string, bool), decode func([]byte, uint64) (any, error)) *cache {
-	return &cache{js: js, kv: kv, what: what, item: item, decode: decode, items: map[string]any{}, changed: make(chan struct{})}
+func newCache(js jetstream.JetStream, kv jetstream.KeyValue, markerTTL time.Duration, what string, item func(string) (string, bool), decode func([]byte, uint64) (any, error)) *cache {
+	return &cache{js: js, kv: kv, markerTTL: markerTTL, what: what, item: item, decode: decode, items: map[string]any{}, changed: make(chan struct{})}
 }
 
-// run watches the bucket until ctx ends. A watch that ends is started
-// again; its first pass then replaces the whole view, so that what was
-// deleted meanwhile goes.
+// run watches the bucket until ctx ends. A watch that ends, or whose
+// connection reconnected (stopReconnected), is started again; its first
+// pass then replaces the whole view, so that what was deleted meanwhile
+// goes.
 func (c *cache) run(ctx context.Context, log *slog.Logger) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
@@ -54,6 +56,7 @@ func (c *cache) run(ctx context.Context, log *slog.Logger) {
 			continue
 		}
 		backoff = 100 * time.Millisecond
+		checked := stopReconnected(ctx, c.js.Conn(), w)
 		fresh := map[string]any{} // the first pass, until its end
 		for e := range w.Updates() {
 			if e == nil {
@@ -66,11 +69,18 @@ func (c *cache) run(ctx context.Context, log *slog.Logger) {
 			}
 			c.apply(e, fresh, log)
 		}
+		checked()
 		_ = w.Stop()
 		if ctx.Err() == nil {
 			log.Warn("watch of the " + c.what + " bucket ended; restarting")
 		}
 	}
+}
+
+// purge removes revision rev of key and the key's history, leaving a
+// marker the bucket keeps for markerTTL.
+func (c *cache) purge(ctx context.Context, key string, rev uint64) error {
+	return c.kv.Purge(ctx, key, stream.PurgeOptions(rev, c.markerTTL)...)
 }
 
 // apply records one entry, in fresh during a first pass.

@@ -93,8 +93,11 @@
 // in list.go for what it guarantees while items come and go.
 //
 // WatchEndpoints, WatchFilters and WatchRules send each current item,
-// EventLoaded, then every change as it happens; a watch that fails starts
-// again with EventReset.
+// EventLoaded, then every change as it happens; a watch that fails, or
+// whose connection to NATS was lost and came back, starts again with
+// EventReset. (A deleted item's marker is kept for
+// stream.ManagedMarkerTTL only: one that expired while the connection was
+// down would never come as a delete.)
 //
 // # Concurrency
 //

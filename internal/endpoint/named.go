@@ -182,7 +182,7 @@ func (s *Store) deleteNamed(ctx context.Context, c *cache, name string, expected
 			}
 		}
 		wctx, cancel := writeCtx(ctx)
-		err = c.kv.Purge(wctx, nameKey(name), jetstream.LastRevision(rev))
+		err = c.purge(wctx, nameKey(name), rev)
 		cancel()
 		if err != nil {
 			if !isConflict(err) {

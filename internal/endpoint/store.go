@@ -91,26 +91,26 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	eps, err := stream.OpenManagedBucket(ctx, js, cfg.EndpointBucket, "tablecast managed endpoints (e.<id>) and their name index (n.<name>)", cfg.Replicas)
+	eps, epsTTL, err := stream.OpenManagedBucket(ctx, js, cfg.EndpointBucket, "tablecast managed endpoints (e.<id>) and their name index (n.<name>)", cfg.Replicas)
 	if err != nil {
 		return nil, err
 	}
-	filters, err := stream.OpenManagedBucket(ctx, js, cfg.FilterBucket, "tablecast event filters, by name", cfg.Replicas)
+	filters, filtersTTL, err := stream.OpenManagedBucket(ctx, js, cfg.FilterBucket, "tablecast event filters, by name", cfg.Replicas)
 	if err != nil {
 		return nil, err
 	}
-	rules, err := stream.OpenManagedBucket(ctx, js, cfg.RuleBucket, "tablecast rules, by name", cfg.Replicas)
+	rules, rulesTTL, err := stream.OpenManagedBucket(ctx, js, cfg.RuleBucket, "tablecast rules, by name", cfg.Replicas)
 	if err != nil {
 		return nil, err
 	}
 	s := &Store{cfg: cfg, log: cfg.Logger}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.eps = newCache(js, eps, "endpoints", func(key string) (string, bool) {
+	s.eps = newCache(js, eps, epsTTL, "endpoints", func(key string) (string, bool) {
 		id, ok := cutPrefix(key, endpointKeyPrefix)
 		return id, ok
 	}, decodeStoredEndpoint)
-	s.filters = newCache(js, filters, "filters", unescapeName, decodeStoredFilter)
-	s.rules = newCache(js, rules, "rules", unescapeName, decodeStoredRule)
+	s.filters = newCache(js, filters, filtersTTL, "filters", unescapeName, decodeStoredFilter)
+	s.rules = newCache(js, rules, rulesTTL, "rules", unescapeName, decodeStoredRule)
 	for _, c := range []*cache{s.eps, s.filters, s.rules} {
 		s.wg.Add(1)
 		go func() {
@@ -300,7 +300,7 @@ func (s *Store) CreateEndpoint(ctx context.Context, in *Endpoint) (*Endpoint, er
 func (s *Store) purgeEndpoint(id string, rev uint64) error {
 	ctx, cancel := writeCtx(context.Background())
 	defer cancel()
-	return s.eps.kv.Purge(ctx, endpointKey(id), jetstream.LastRevision(rev))
+	return s.eps.purge(ctx, endpointKey(id), rev)
 }
 
 // UpdateEndpoint replaces an endpoint's settings with in's: its name,
@@ -655,7 +655,7 @@ func (s *Store) releaseName(name, id string) {
 	if err != nil || string(ie.Value()) != id {
 		return
 	}
-	if err := s.eps.kv.Purge(ctx, key, jetstream.LastRevision(ie.Revision())); err != nil && !isConflict(err) {
+	if err := s.eps.purge(ctx, key, ie.Revision()); err != nil && !isConflict(err) {
 		s.log.Warn("endpoint name not released; it is taken over once stale", "name", name, "err", err)
 	}
 }
@@ -673,7 +673,7 @@ func (s *Store) DeleteEndpoint(ctx context.Context, id string, expected uint64) 
 			return fmt.Errorf("endpoint %s is at revision %d, not %d: %w", id, cur.Revision, expected, ErrConflict)
 		}
 		wctx, cancel := writeCtx(ctx)
-		err = s.eps.kv.Purge(wctx, endpointKey(id), jetstream.LastRevision(cur.Revision))
+		err = s.eps.purge(wctx, endpointKey(id), cur.Revision)
 		cancel()
 		if err != nil {
 			if !isConflict(err) {

@@ -3,8 +3,10 @@ package endpoint
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tablecast/tablecast/stream"
@@ -23,9 +25,9 @@ const (
 	// EventLoaded: every item that existed when the watch (re)started
 	// has been sent; changes follow.
 	EventLoaded
-	// EventReset: the watch started again after a failure: forget every
-	// item, the current ones follow, then EventLoaded. (Items deleted
-	// meanwhile are not sent as deletes.)
+	// EventReset: the watch started again after a failure or a
+	// reconnection to NATS: forget every item, the current ones follow,
+	// then EventLoaded. (Items deleted meanwhile are not sent as deletes.)
 	EventReset
 )
 
@@ -102,6 +104,7 @@ func watch[T any](ctx context.Context, s *Store, c *cache, keys string) <-chan E
 				continue
 			}
 			backoff = 100 * time.Millisecond
+			checked := stopReconnected(ctx, c.js.Conn(), w)
 			if started && !send(Event[T]{Kind: EventReset}) {
 				_ = w.Stop()
 				return
@@ -123,6 +126,7 @@ func watch[T any](ctx context.Context, s *Store, c *cache, keys string) <-chan E
 					break
 				}
 			}
+			checked()
 			_ = w.Stop()
 			if ctx.Err() == nil {
 				s.log.Warn("watch of the " + c.what + " bucket ended; restarting")
@@ -146,4 +150,38 @@ func watchEvent[T any](c *cache, e jetstream.KeyValueEntry) (Event[T], bool) {
 	}
 	t, ok := v.(*T)
 	return Event[T]{Kind: EventPut, Key: key, Value: t, Revision: e.Revision()}, ok
+}
+
+// reconnectCheck is how often a watch checks whether its connection to
+// NATS was lost and came back.
+const reconnectCheck = time.Second
+
+// stopReconnected stops w once nc has reconnected, so that its owner
+// starts a watch afresh, whose first pass replaces what it knew. The
+// watch's consumer would resume after its last entry and miss a delete
+// whose marker expired while the connection was down
+// (stream.ManagedMarkerTTL): a deleted endpoint would live on in this
+// process. The check runs until done is called or ctx ends.
+func stopReconnected(ctx context.Context, nc *nats.Conn, w jetstream.KeyWatcher) (done func()) {
+	start := nc.Stats().Reconnects
+	quit := make(chan struct{})
+	go func() {
+		t := time.NewTicker(reconnectCheck)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-quit:
+				return
+			case <-t.C:
+			}
+			if nc.Stats().Reconnects != start {
+				_ = w.Stop()
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(quit) }) }
 }
