@@ -5,10 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
+
+// leaderGetTimeout bounds the wait for a leader's answer to lastFromLeader,
+// as jetstream bounds its own API requests by default.
+const leaderGetTimeout = 5 * time.Second
 
 // lastFromLeader returns the last message of subject in stream name as the
 // stream's leader holds it (ErrMsgNotFound when there is none). A direct
@@ -17,6 +22,12 @@ import (
 // earlier batch (a TOASTed value to carry over, a version not to write
 // back over), must see that write, so on a replicated rows stream it asks
 // the leader.
+//
+// The wait for the answer is bounded by leaderGetTimeout: a request that
+// reaches no leader (its node just died, the replicas are electing the
+// next) gets no answer at all, and nats.go waits for one as long as ctx
+// lasts. A maintainer waiting for good applies nothing more, and the
+// reader, waiting for the state to look up old rows, stands still.
 func lastFromLeader(ctx context.Context, nc *nats.Conn, name, subject string) (nats.Header, []byte, error) {
 	req, err := json.Marshal(struct {
 		LastBySubject string `json:"last_by_subj"`
@@ -24,7 +35,9 @@ func lastFromLeader(ctx context.Context, nc *nats.Conn, name, subject string) (n
 	if err != nil {
 		return nil, nil, err
 	}
-	msg, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+name, req)
+	rctx, cancel := context.WithTimeout(ctx, leaderGetTimeout)
+	defer cancel()
+	msg, err := nc.RequestWithContext(rctx, "$JS.API.STREAM.MSG.GET."+name, req)
 	if err != nil {
 		return nil, nil, fmt.Errorf("get the last message of %s from stream %s's leader: %w", subject, name, err)
 	}

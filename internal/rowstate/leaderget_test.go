@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -38,5 +40,53 @@ func TestLastFromLeader(t *testing.T) {
 	}
 	if _, _, err := lastFromLeader(ctx, n.NC, "NOSUCH", "lg.row"); err == nil || errors.Is(err, jetstream.ErrMsgNotFound) {
 		t.Errorf("a stream that does not exist: %v, want an error other than not found", err)
+	}
+}
+
+// TestLastFromLeaderUnanswered: a request no leader answers (its node died,
+// the next is being elected; here a subscriber that never replies) fails
+// after leaderGetTimeout, even with a context without a deadline, instead
+// of waiting for good.
+func TestLastFromLeaderUnanswered(t *testing.T) {
+	// A server without JetStream: nothing but the test's subscriber takes
+	// the request.
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	defer srv.Shutdown()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS not ready")
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	sub, err := nc.SubscribeSync("$JS.API.STREAM.MSG.GET.SILENT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	done := make(chan error, 1)
+	began := time.Now()
+	go func() {
+		_, _, err := lastFromLeader(context.Background(), nc, "SILENT", "lg.row")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("got %v, want the request's deadline", err)
+		}
+		if d := time.Since(began); d < leaderGetTimeout {
+			t.Fatalf("gave up after %s, before the %s allowed", d, leaderGetTimeout)
+		}
+	case <-time.After(leaderGetTimeout + 10*time.Second):
+		t.Fatal("no answer and no error long after the timeout: the request waits for good")
+	}
+	if _, err := sub.NextMsg(time.Second); err != nil {
+		t.Fatalf("the request never reached the subscriber: %v", err)
 	}
 }
