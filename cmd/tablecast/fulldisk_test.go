@@ -36,7 +36,7 @@ type process struct {
 func startKeep(t *testing.T, env []string, args ...string) *process {
 	t.Helper()
 	p := &process{cmd: exec.Command(binary(t), args...), exited: make(chan struct{})}
-	p.cmd.Env = env
+	p.cmd.Env = append(env[:len(env):len(env)], "GOTRACEBACK=all")
 	p.cmd.Stderr = os.Stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -45,8 +45,28 @@ func startKeep(t *testing.T, env []string, args ...string) *process {
 		p.err = p.cmd.Wait()
 		close(p.exited)
 	}()
-	t.Cleanup(func() { p.stop(t) })
+	t.Cleanup(func() {
+		if t.Failed() {
+			p.dump()
+		}
+		p.stop(t)
+	})
 	return p
+}
+
+// dump makes a process still running print every goroutine's stack (to
+// the test's stderr) and exit: a failed test shows where it waited.
+func (p *process) dump() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+	}
 }
 
 // stop sends SIGTERM and checks that the process exits cleanly.
