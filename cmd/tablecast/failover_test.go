@@ -60,20 +60,32 @@ func startFailoverReaders(t *testing.T, n int, env []string) []*failoverReader {
 	for i := range n {
 		rs = append(rs, startFailoverReader(t, fmt.Sprintf("reader%d", i+1), env))
 	}
-	waitFor(t, time.Minute, "one reader to lead and the others to stand by", func() bool {
+	var states []string // each reader's, at the last look
+	deadline := time.Now().Add(time.Minute)
+	for {
 		leaders, standbys := 0, 0
+		states = states[:0]
 		for _, r := range rs {
-			switch h := r.health(); {
+			h := r.health()
+			switch {
 			case h == nil:
+				states = append(states, r.name+": no health")
+				continue
 			case h.Role == "leader" && h.Streaming:
 				leaders++
 			case h.Role == "standby":
 				standbys++
 			}
+			states = append(states, fmt.Sprintf("%s: %s, streaming %v", r.name, h.Role, h.Streaming))
 		}
-		return leaders == 1 && standbys == n-1
-	})
-	return rs
+		if leaders == 1 && standbys == n-1 {
+			return rs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("one reader to lead and the others to stand by: not within a minute (%s)", strings.Join(states, "; "))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // startFailoverReader starts one `tablecast cdc` process; it is killed at
@@ -82,7 +94,7 @@ func startFailoverReader(t *testing.T, name string, env []string) *failoverReade
 	t.Helper()
 	r := &failoverReader{name: name, addr: freeAddr(t), logs: &lockedBuffer{}}
 	r.cmd = exec.Command(binary(t), "cdc")
-	r.cmd.Env = append(append(baseEnv(), env...), "TABLECAST_HTTP_ADDR="+r.addr)
+	r.cmd.Env = append(append(baseEnv(), env...), "TABLECAST_HTTP_ADDR="+r.addr, "GOTRACEBACK=all")
 	r.cmd.Stderr = r.logs
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -90,15 +102,33 @@ func startFailoverReader(t *testing.T, name string, env []string) *failoverReade
 	t.Cleanup(func() {
 		if t.Failed() {
 			// What each reader said, for a failure that only its log
-			// explains (the warnings and errors, and its last lines).
-			lines := strings.Split(strings.TrimSpace(r.logs.String()), "\n")
+			// explains (the warnings and errors, and its last lines),
+			// and where each goroutine of a reader still running waits.
+			all, dump := r.logs.String(), ""
+			if r.cmd.ProcessState == nil {
+				_ = r.cmd.Process.Signal(syscall.SIGCONT)
+				_ = r.cmd.Process.Signal(syscall.SIGQUIT)
+				exited := make(chan struct{})
+				go func() { _ = r.cmd.Wait(); close(exited) }()
+				select {
+				case <-exited:
+				case <-time.After(10 * time.Second):
+					_ = r.cmd.Process.Kill()
+					<-exited
+				}
+				all = r.logs.String()
+				if i := strings.Index(all, "SIGQUIT: quit"); i >= 0 {
+					all, dump = all[:i], all[i:]
+				}
+			}
+			lines := strings.Split(strings.TrimSpace(all), "\n")
 			var kept []string
 			for i, l := range lines {
 				if i >= len(lines)-15 || strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
 					kept = append(kept, l)
 				}
 			}
-			t.Logf("%s (%s):\n%s", r.name, r.addr, strings.Join(kept, "\n"))
+			t.Logf("%s (%s):\n%s\n%s", r.name, r.addr, strings.Join(kept, "\n"), dump)
 		}
 		if r.cmd.ProcessState == nil {
 			_ = r.cmd.Process.Signal(syscall.SIGCONT)
