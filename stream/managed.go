@@ -39,7 +39,7 @@ const ManagedMarkerTTL = 24 * time.Hour
 // The bucket keeps markers for ManagedMarkerTTL where the server has
 // per-message TTLs (nats-server 2.11 and later); an older server keeps
 // them for good, and markerTTL is 0. Markers written before the limit was
-// set stay.
+// set have no TTL of their own (package endpoint drops them once older).
 func OpenManagedBucket(ctx context.Context, js jetstream.JetStream, bucket, description string, replicas int) (kv jetstream.KeyValue, markerTTL time.Duration, err error) {
 	cfg := jetstream.KeyValueConfig{
 		Bucket:         bucket,

@@ -40,8 +40,9 @@ func newCache(js jetstream.JetStream, kv jetstream.KeyValue, markerTTL time.Dura
 // run watches the bucket until ctx ends. A watch that ends, or whose
 // connection reconnected (stopReconnected), is started again; its first
 // pass then replaces the whole view, so that what was deleted meanwhile
-// goes.
-func (c *cache) run(ctx context.Context, log *slog.Logger) {
+// goes. Markers its first pass finds older than markerTTL (by now), left
+// by versions that purged for good, are dropped (dropOldMarkers).
+func (c *cache) run(ctx context.Context, log *slog.Logger, now func() time.Time) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		w, err := stream.WatchKV(ctx, c.js, c.kv, ">", false)
@@ -58,6 +59,7 @@ func (c *cache) run(ctx context.Context, log *slog.Logger) {
 		backoff = 100 * time.Millisecond
 		checked := stopReconnected(ctx, c.js.Conn(), w)
 		fresh := map[string]any{} // the first pass, until its end
+		var old []jetstream.KeyValueEntry
 		for e := range w.Updates() {
 			if e == nil {
 				c.mu.Lock()
@@ -65,7 +67,14 @@ func (c *cache) run(ctx context.Context, log *slog.Logger) {
 				c.loaded = true
 				c.notify()
 				c.mu.Unlock()
+				if len(old) > 0 {
+					go c.dropOldMarkers(ctx, old, log)
+					old = nil
+				}
 				continue
+			}
+			if fresh != nil && c.markerTTL > 0 && e.Operation() != jetstream.KeyValuePut && now().Sub(e.Created()) > c.markerTTL {
+				old = append(old, e)
 			}
 			c.apply(e, fresh, log)
 		}
@@ -81,6 +90,31 @@ func (c *cache) run(ctx context.Context, log *slog.Logger) {
 // marker the bucket keeps for markerTTL.
 func (c *cache) purge(ctx context.Context, key string, rev uint64) error {
 	return c.kv.Purge(ctx, key, stream.PurgeOptions(rev, c.markerTTL)...)
+}
+
+// dropOldMarkers removes markers of deleted items older than markerTTL,
+// which versions that purged without a TTL left for good, with what came
+// before each on its key. Each removal stops at the marker's own sequence,
+// so a value written to the key since stays.
+func (c *cache) dropOldMarkers(ctx context.Context, markers []jetstream.KeyValueEntry, log *slog.Logger) {
+	name := "KV_" + c.kv.Bucket()
+	str, err := c.js.Stream(ctx, name)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("cannot drop the old markers of deleted "+c.what+"; they stay", "count", len(markers), "err", err)
+		}
+		return
+	}
+	for i, e := range markers {
+		err := str.Purge(ctx, jetstream.WithPurgeSubject("$KV."+c.kv.Bucket()+"."+e.Key()), jetstream.WithPurgeSequence(e.Revision()+1))
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn("cannot drop the old markers of deleted "+c.what+"; the rest stay", "dropped", i, "left", len(markers)-i, "err", err)
+			}
+			return
+		}
+	}
+	log.Info("dropped the markers of deleted "+c.what+" older than their limit, left by an earlier version", "count", len(markers), "limit", c.markerTTL)
 }
 
 // apply records one entry, in fresh during a first pass.

@@ -1,7 +1,9 @@
 package endpoint
 
 import (
+	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"testing"
@@ -261,4 +263,54 @@ func (p *cutProxy) restore() {
 	p.mu.Lock()
 	p.down = false
 	p.mu.Unlock()
+}
+
+// TestOldMarkersDropped: markers an earlier version left for good (purges
+// without a TTL) are dropped once older than stream.ManagedMarkerTTL, with
+// what came before them on their key; a key written again after its
+// marker keeps its value, even when its marker is dropped.
+func TestOldMarkersDropped(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx := testCtx(t)
+	bucket := stream.DefaultFilterBucket
+	kv, err := srv.JS.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"gone", "back"} {
+		if _, err := kv.Put(ctx, k, []byte(`"v1"`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := kv.Purge(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := kv.Put(ctx, "back", []byte(`"v2"`)); err != nil {
+		t.Fatal(err)
+	}
+	// A day and more later, by the store's clock.
+	s := openStore(t, srv.JS, Config{Now: func() time.Time { return time.Now().Add(stream.ManagedMarkerTTL + time.Hour) }})
+	str, err := srv.JS.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "the old marker to be dropped", func() bool {
+		_, err := str.GetLastMsgForSubject(ctx, "$KV."+bucket+".gone")
+		return errors.Is(err, jetstream.ErrMsgNotFound)
+	})
+	if e, err := kv.Get(ctx, "back"); err != nil || string(e.Value()) != `"v2"` {
+		t.Fatalf("the key written again: %v, %v; want its value", e, err)
+	}
+
+	// The drop of a marker stops at the marker: a value written after it
+	// (as a key created again while the drop runs) stays.
+	h, err := kv.History(ctx, "back")
+	if err != nil || len(h) != 2 || h[0].Operation() != jetstream.KeyValuePurge {
+		t.Fatalf("history of the key written again: %v, %v; want its marker and its value", h, err)
+	}
+	s.filters.dropOldMarkers(ctx, h[:1], slog.New(slog.DiscardHandler))
+	h, err = kv.History(ctx, "back")
+	if err != nil || len(h) != 1 || string(h[0].Value()) != `"v2"` {
+		t.Fatalf("after its marker was dropped: %v, %v; want its value alone", h, err)
+	}
 }

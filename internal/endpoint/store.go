@@ -115,7 +115,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			c.run(s.ctx, s.log)
+			c.run(s.ctx, s.log, cfg.Now)
 		}()
 	}
 	return s, nil
