@@ -69,8 +69,13 @@
 # other work on a shared database server would; the workloads' readers
 # decode its WAL too.
 #
+# With NATS=external or cluster, each line also gives the nats-server
+# processes' peak resident memory (summed), and NATS_GOGC=n runs them with
+# GOGC=n (Go's collector; their default is 100): the server's collector is
+# its operator's to tune.
+#
 # Usage: [NATS=embedded|external|cluster] [WORKLOADS="many one update wide single"] [REPEAT=1]
-#        [BINS="bin/tablecast other/tablecast"] [PROFILE=1] [LOAD_TPS=n]
+#        [BINS="bin/tablecast other/tablecast"] [PROFILE=1] [LOAD_TPS=n] [NATS_GOGC=n]
 #        scripts/bench-cdc.sh [rows]
 # BINS compares tablecast binaries in the same run, each on the same WAL (the
 # order rotates from one repetition to the next); the default builds
@@ -85,9 +90,11 @@ REPEAT=${REPEAT:-1}
 LOAD_TPS=${LOAD_TPS:-}
 PROFILE=${PROFILE:-}
 PROFILE_DIR=${PROFILE_DIR:-.tmp/profiles}
+NATS_GOGC=${NATS_GOGC:-}
 case "$ROWS" in '' | *[!0-9]* | 0*) echo "bench-cdc.sh: rows must be a positive integer, not '$ROWS'" >&2; exit 2 ;; esac
 case "$REPEAT" in '' | *[!0-9]* | 0*) echo "bench-cdc.sh: REPEAT must be a positive integer, not '$REPEAT'" >&2; exit 2 ;; esac
 case "$LOAD_TPS" in *[!0-9]*) echo "bench-cdc.sh: LOAD_TPS must be a whole number, not '$LOAD_TPS'" >&2; exit 2 ;; esac
+case "$NATS_GOGC" in *[!0-9]*) echo "bench-cdc.sh: NATS_GOGC must be a whole number, not '$NATS_GOGC'" >&2; exit 2 ;; esac
 case "$NATS" in embedded | external | cluster) ;; *) echo "bench-cdc.sh: NATS must be embedded, external or cluster, not '$NATS'" >&2; exit 2 ;; esac
 read -r -a workloads <<<"$WORKLOADS"
 [ "${#workloads[@]}" -gt 0 ] || { echo "bench-cdc.sh: WORKLOADS is empty" >&2; exit 2; }
@@ -145,7 +152,7 @@ stop_nats() { # end the nats-server processes of the run
 start_cluster() {
   local i routes=nats://127.0.0.1:16222,nats://127.0.0.1:16223,nats://127.0.0.1:16224
   for i in 0 1 2; do
-    bin/nats-server -a 127.0.0.1 -p $((14222 + i)) -m $((18222 + i)) -js -sd "$work/nats/n$i" -n "bench-n$i" \
+    env ${NATS_GOGC:+GOGC=$NATS_GOGC} bin/nats-server -a 127.0.0.1 -p $((14222 + i)) -m $((18222 + i)) -js -sd "$work/nats/n$i" -n "bench-n$i" \
       --cluster_name tcbench --cluster "nats://127.0.0.1:$((16222 + i))" --routes "$routes" >/dev/null 2>&1 &
     nats_pids+=" $!"
   done
@@ -302,7 +309,7 @@ run_tablecast() {
   local replicas=1
   case "$NATS" in
   external)
-    bin/nats-server -a 127.0.0.1 -p 14222 -js -sd "$work/nats" >/dev/null 2>&1 &
+    env ${NATS_GOGC:+GOGC=$NATS_GOGC} bin/nats-server -a 127.0.0.1 -p 14222 -js -sd "$work/nats" >/dev/null 2>&1 &
     nats_pids=$!
     nats_url=nats://127.0.0.1:14222
     sleep 0.5
@@ -363,7 +370,11 @@ run_tablecast() {
   tc_ticks=$(proc_ticks "$reader_pid")
   stop_pid "$reader_pid"; reader_pid=
   local p
-  for p in $nats_pids; do nats_ticks=$((nats_ticks + $(proc_ticks "$p"))); done
+  local nats_hwm=0
+  for p in $nats_pids; do
+    nats_ticks=$((nats_ticks + $(proc_ticks "$p")))
+    nats_hwm=$((nats_hwm + $(awk '/VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+  done
   stop_nats
   wait_walsenders_gone
   local pg_ticks=$(($(reaped_ticks) - pg0))
@@ -379,6 +390,7 @@ run_tablecast() {
     "$name" "$changes" "$(basename "$(dirname "$bin")")/$(basename "$bin")" "$recv_s" "$(echo "$changes / $recv_s" | bc -l)" "$tc_s" "$(echo "$changes / $tc_s" | bc -l)" \
     "$(echo "($changes / $tc_s) / ($changes / $recv_s)" | bc -l)" "$cpu" $((peak / 1024)) "$load"
   printf ' | stream %.0f B/change' "$(echo "$bytes / $changes" | bc -l)"
+  if [ "$NATS" != embedded ]; then printf ' | nats peak RSS %d MiB' $((nats_hwm / 1024)); fi
   printf '%s' "$rows_note"
   if [ -n "$prof" ] && [ -s "$prof" ]; then printf ' | %s' "$(profile_split "$prof")"; fi
   printf '\n'
