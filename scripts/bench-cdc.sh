@@ -54,7 +54,11 @@
 # nats-client (the connection's reader and flusher), nats-server (JetStream),
 # gc/other (the garbage collector's workers and unlabelled goroutines). The
 # profiles, and a heap profile taken as the CPU profile ends, are kept in
-# PROFILE_DIR (default .tmp/profiles).
+# PROFILE_DIR (default .tmp/profiles). With TRACE=1 too, an execution trace
+# of one second, two seconds into the run, is kept beside them (.trace):
+# `go tool trace` on it, page "Goroutines", gives each goroutine's execution
+# and scheduler-wait time, which shows the step that runs alone and bounds
+# the rate (in tablecast, JetStream's ingest loop of the stream).
 # Each line also gives the reader's peak resident memory (VmHWM, embedded
 # NATS included), and the machine's one-minute load average when the line's
 # readers started.
@@ -75,7 +79,7 @@
 # its operator's to tune.
 #
 # Usage: [NATS=embedded|external|cluster] [WORKLOADS="many one update wide single"] [REPEAT=1]
-#        [BINS="bin/tablecast other/tablecast"] [PROFILE=1] [LOAD_TPS=n] [NATS_GOGC=n]
+#        [BINS="bin/tablecast other/tablecast"] [PROFILE=1 [TRACE=1]] [LOAD_TPS=n] [NATS_GOGC=n]
 #        scripts/bench-cdc.sh [rows]
 # BINS compares tablecast binaries in the same run, each on the same WAL (the
 # order rotates from one repetition to the next); the default builds
@@ -339,6 +343,9 @@ run_tablecast() {
     (sleep 1; curl -s -o "$prof" "http://127.0.0.1:18080/debug/pprof/profile?seconds=$secs"
       curl -s -o "${prof%.prof}.heap" "http://127.0.0.1:18080/debug/pprof/heap") &
     prof_pid=$!
+    if [ -n "${TRACE:-}" ]; then
+      (sleep 2; curl -s -o "${prof%.prof}.trace" "http://127.0.0.1:18080/debug/pprof/trace?seconds=1") &
+    fi
   fi
   while :; do
     sleep 0.2
