@@ -328,9 +328,22 @@ func (e *Embedded) ClientURL() string { return e.Server().ClientURL() }
 // InProcessConn connects to the current server through memory instead of
 // a socket (see nats.InProcessServer): the process's own clients then cost
 // no system calls and no poller wake-ups per read and write. After a restart
-// it connects to the new server.
+// it connects to the new server. The server's goroutines for the
+// connection (reading what the client sends, writing what it receives)
+// start from a goroutine of their own, labelled ProfileNATSServer, rather
+// than inherit the connecting client's label; the caller's labels stay as
+// they are (pprof.Do would reset them to those of its context).
 func (e *Embedded) InProcessConn() (net.Conn, error) {
-	c, err := e.Server().InProcessConn()
+	var (
+		c    net.Conn
+		err  error
+		done = make(chan struct{})
+	)
+	go pprof.Do(context.Background(), pprof.Labels(ProfileLabel, ProfileNATSServer), func(context.Context) {
+		defer close(done)
+		c, err = e.Server().InProcessConn()
+	})
+	<-done
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: connect in process: %w", err)
 	}

@@ -4,8 +4,9 @@ package stream
 // so that a CPU profile of one process (TABLECAST_PPROF) splits its time
 // among them: `go tool pprof -tags profile` lists the share of each value.
 // Goroutines inherit the label of the goroutine that starts them, so the
-// embedded server's goroutines all carry ProfileNATSServer and a
-// connection's reader and flusher carry ProfileNATSClient; a subscription's
+// embedded server's goroutines all carry ProfileNATSServer (those serving
+// an in-process connection too: Embedded.InProcessConn) and a connection's
+// reader and flusher carry ProfileNATSClient; a subscription's
 // goroutine carries the label of whoever subscribed. Time spent in the
 // garbage collector's workers carries none.
 const ProfileLabel = "tablecast"

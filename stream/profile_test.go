@@ -1,0 +1,72 @@
+package stream
+
+import (
+	"bytes"
+	"context"
+	"runtime/pprof"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// TestInProcessConnLabels: the goroutines of an in-process connection to
+// the embedded server carry the label of the side they serve. The server's
+// (reading what the client sends, writing what it receives) carry
+// ProfileNATSServer, the client's (nats.go's reader and flusher)
+// ProfileNATSClient; started from the connecting goroutine, the server's
+// took the client's label, and a CPU profile counted JetStream's parsing
+// of the reader's messages as the client's.
+func TestInProcessConnLabels(t *testing.T) {
+	e := startTestServer(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := Connect(ctx, e.ClientURL(), "labels-test", quietLogger(), nats.InProcessServer(e))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	// debug=1 groups goroutines by stack and prints each group's labels.
+	var b bytes.Buffer
+	if err := pprof.Lookup("goroutine").WriteTo(&b, 1); err != nil {
+		t.Fatal(err)
+	}
+	label := func(frame string) []string {
+		var labels []string
+		for _, group := range strings.Split(b.String(), "\n\n") {
+			if !strings.Contains(group, frame) {
+				continue
+			}
+			l := "none"
+			for _, line := range strings.Split(group, "\n") {
+				if rest, ok := strings.CutPrefix(line, "# labels: "); ok {
+					l = rest
+				}
+			}
+			labels = append(labels, l)
+		}
+		return labels
+	}
+	for _, c := range []struct{ frame, want string }{
+		{"server.(*client).readLoop", ProfileNATSServer},
+		{"server.(*client).writeLoop", ProfileNATSServer},
+		{"nats%2ego.(*Conn).readLoop", ProfileNATSClient},
+		{"nats%2ego.(*Conn).flusher", ProfileNATSClient},
+	} {
+		got := label(c.frame)
+		if len(got) == 0 {
+			t.Errorf("no goroutine in %s", c.frame)
+			continue
+		}
+		for _, l := range got {
+			if !strings.Contains(l, `"`+ProfileLabel+`":"`+c.want+`"`) {
+				t.Errorf("a goroutine in %s is labelled %s, want %s=%s", c.frame, l, ProfileLabel, c.want)
+			}
+		}
+	}
+}
