@@ -1,22 +1,20 @@
 package rowstate_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"runtime/pprof"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tablecast/tablecast/internal/auth/authtest"
 	"github.com/tablecast/tablecast/internal/rowstate"
 )
 
@@ -150,9 +148,9 @@ func TestLostRowFailsTheBatch(t *testing.T) {
 // maintainer's log, not from a clock.
 func TestLostBatchEndCostsSeconds(t *testing.T) {
 	e := newEnv(t, items)
-	var logs lockedLog
+	logger, logs := authtest.NewLogger()
 	m, err := rowstate.New(rowstate.Config{DB: e.db, Prefix: prefix, RetryMin: 50 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(&logs, nil))}, e.nats.NC)
+		Logger: logger}, e.nats.NC)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,24 +176,6 @@ func TestLostBatchEndCostsSeconds(t *testing.T) {
 	if !strings.Contains(logs.String(), reason) {
 		t.Fatalf("the maintainer did not give the batch up for the stream's silence (%q); it logged:\n%s", reason, logs.String())
 	}
-}
-
-// lockedLog is a log destination safe for the maintainer's goroutines.
-type lockedLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }
 
 // TestNATSRestartsUnderWrites: NATS restarted twice while rows change
