@@ -45,6 +45,7 @@ test: vet
 	@scripts/pg.sh install
 	@scripts/test-tools.sh install
 	$(GO) test -race -count=1 -p $(TESTP) -timeout 12m ./...
+	cd scripts/tracescan && $(GO) vet . && $(GO) test -race -count=1 .
 
 fuzz:
 	FUZZTIME=$(FUZZTIME) GO=$(GO) scripts/fuzz.sh

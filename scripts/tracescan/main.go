@@ -41,13 +41,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: tracescan [-match func] [-min duration] trace-file")
 		os.Exit(2)
 	}
-	if err := scan(flag.Arg(0), *match, *min); err != nil {
+	if err := scan(os.Stdout, flag.Arg(0), *match, *min); err != nil {
 		fmt.Fprintln(os.Stderr, "tracescan:", err)
 		os.Exit(1)
 	}
 }
 
-func scan(path, match string, min time.Duration) error {
+// scan writes to w what main prints.
+func scan(w io.Writer, path, match string, min time.Duration) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -114,7 +115,7 @@ func scan(path, match string, min time.Duration) error {
 					count[g.reason]++
 					total["runnable, waiting for a core"] += queued
 					if stopped >= min || queued >= min/4 {
-						fmt.Printf("%10.3f ms  g%-6d stopped %8.3f ms (runnable %7.3f ms)  %-22s %s\n",
+						fmt.Fprintf(w, "%10.3f ms  g%-6d stopped %8.3f ms (runnable %7.3f ms)  %-22s %s\n",
 							float64(g.off.Sub(start))/1e6, id, float64(stopped)/1e6, float64(queued)/1e6, g.reason, g.stack)
 					}
 				}
@@ -134,20 +135,20 @@ func scan(path, match string, min time.Duration) error {
 			}
 		}
 	}
-	fmt.Printf("\n%.3f s of trace; time stopped, by reason, of the goroutines naming %s:\n", float64(end.Sub(start))/1e9, match)
+	fmt.Fprintf(w, "\n%.3f s of trace; time stopped, by reason, of the goroutines naming %s:\n", float64(end.Sub(start))/1e9, match)
 	reasons := make([]string, 0, len(total))
 	for k := range total {
 		reasons = append(reasons, k)
 	}
 	sort.Slice(reasons, func(i, j int) bool { return total[reasons[i]] > total[reasons[j]] })
 	for _, k := range reasons {
-		fmt.Printf("  %-32s %10.1f ms", k, float64(total[k])/1e6)
+		fmt.Fprintf(w, "  %-32s %10.1f ms", k, float64(total[k])/1e6)
 		if n := count[k]; n > 0 {
-			fmt.Printf(" in %d stops", n)
+			fmt.Fprintf(w, " in %d stops", n)
 		}
-		fmt.Println()
+		fmt.Fprintln(w)
 	}
-	fmt.Printf("the collector marked %d times, %.1f ms in all\n", marks, float64(markTotal)/1e6)
+	fmt.Fprintf(w, "the collector marked %d times, %.1f ms in all\n", marks, float64(markTotal)/1e6)
 	return nil
 }
 
