@@ -21,6 +21,7 @@ type change struct {
 	unchanged []byte // "unchanged", or nil
 	truncated bool   // "truncated": the reader kept no row
 	claimed   bool   // "claim": the event is in an object
+	lsn       []byte // "lsn": the transaction's commit LSN, raw
 }
 
 // parseChange reads what applying needs of an envelope.
@@ -45,6 +46,8 @@ func parseChange(seq uint64, op string, env []byte) (change, error) {
 		case r.is("claim"):
 			c.truncated = true // the row is in an object, too large for a row message
 			c.claimed = true
+		case r.is("lsn"):
+			c.lsn = r.value
 		case r.is("schema"):
 			c.schema = decodeJSONString(r.value)
 		case r.is("table"):
@@ -110,6 +113,33 @@ func NewKey(key, data []byte) ([]byte, error) {
 		return key, nil
 	}
 	return appendObject(nil, keys), nil
+}
+
+// sameRow reports whether rows a and b (JSON objects) are one row's
+// values: every column both have holds the same value in each. Columns one
+// of them lacks (added or dropped since, left out as unchanged TOAST) are
+// not compared; rows with no column in common are not the same.
+func sameRow(a, b []byte) bool {
+	am, err := members(nil, a)
+	if err != nil {
+		return false
+	}
+	bm, err := members(nil, b)
+	if err != nil {
+		return false
+	}
+	common := 0
+	for i := range am {
+		v, ok := find(bm, am[i].name, am[i].plain)
+		if !ok {
+			continue
+		}
+		if !bytes.Equal(v, am[i].value) {
+			return false
+		}
+		common++
+	}
+	return common > 0
 }
 
 // fillUnchanged returns data with the values PostgreSQL left out as

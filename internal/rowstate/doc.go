@@ -8,7 +8,9 @@
 // subject): a create, read or update writes the row (values PostgreSQL left
 // out as unchanged TOAST filled in from the previous version), a key change
 // writes a tombstone under the old key and the row under the new one, a
-// delete writes a tombstone (it expires after TombstoneTTL), and a truncate
+// delete writes a tombstone (it expires after TombstoneTTL; under a
+// deferrable key, not when another row came onto the key: heldByAnother),
+// and a truncate
 // purges the table's rows and records itself on the table's marker
 // ("….t"). Every message carries Tablecast-Seq, the event sequence it
 // reflects. A batch's rows go to the stream as one JetStream fast batch

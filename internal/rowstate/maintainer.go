@@ -135,7 +135,23 @@ type session struct {
 	// truncates holds, by schema and table, the last truncate applied
 	// (truncatedAt), for the events a session may apply again.
 	truncates map[[2]string]uint64
+	// tx holds, by subject, the rows the transaction being applied (its
+	// commit LSN txLSN) has written so far, across batches, up to
+	// maxTxRows rows and maxTxBytes of their data (txBytes): whether a row
+	// came onto a key in the same transaction (heldByAnother) is known
+	// without a lookup.
+	tx      map[string]version
+	txLSN   []byte
+	txBytes int
 }
+
+// maxTxRows and maxTxBytes bound session.tx: past them, a larger
+// transaction's rows are not remembered (a deferrable key's rows are then
+// told apart only where HeaderDisplaced marks a key shared).
+const (
+	maxTxRows  = 4096
+	maxTxBytes = 16 << 20
+)
 
 // version is a row as the state holds it.
 type version struct {
@@ -143,10 +159,54 @@ type version struct {
 	data      []byte // nil for a tombstone or a truncated row
 	deleted   bool
 	displaced int // HeaderDisplaced
+	// lsn is the commit LSN of the create or update that wrote the
+	// version, when this session wrote it (the batch's); nil otherwise.
+	lsn []byte
 }
+
+// sameTx reports whether v was written by a create or update of the
+// transaction of c.
+func (v version) sameTx(c *change) bool { return v.lsn != nil && bytes.Equal(v.lsn, c.lsn) }
 
 // exists reports whether v is a row (not a tombstone, nor nothing).
 func (v version) exists() bool { return v.seq != 0 && !v.deleted }
+
+// heldByAnother reports whether the row of update or delete c, whose key
+// the state holds at version v, is not the row v is. Under a deferrable key
+// a row may come onto a key another row still holds (inserted, or moved
+// onto it) and the other row leave later in the transaction; PostgreSQL
+// sends such tables' old rows whole (REPLICA IDENTITY FULL: a deferrable
+// key is no replica identity), so the rows are told apart by their values,
+// on a key known to be shared (HeaderDisplaced) or one whose row a change
+// of the same transaction wrote. Without an old row it is v's row.
+func heldByAnother(v version, c *change) bool {
+	if !v.exists() || v.displaced == 0 && !v.sameTx(c) {
+		return false
+	}
+	return c.old != nil && v.data != nil && !sameRow(c.old, v.data)
+}
+
+// afterLeave returns the version of the key the state holds at cur after
+// the row of c (a delete, or an update moving it off the key) leaves it: a
+// tombstone, unless other rows hold the key too (above); the key then
+// keeps cur's row. The version carries c's seq either way, so that a reader
+// applying the events after a scan does not apply c to the row kept.
+func (s *session) afterLeave(cur version, c *change) version {
+	switch {
+	case heldByAnother(cur, c):
+		// A row the key displaced leaves.
+		return version{seq: c.seq, data: cur.data, displaced: max(cur.displaced-1, 0), lsn: cur.lsn}
+	case cur.exists() && cur.displaced > 0:
+		if c.old != nil && cur.data != nil {
+			// The row that came onto the key leaves before the one it
+			// displaced, whose values the state no longer has.
+			s.m.log.Warn("row state: under a deferrable key, a row that moved onto a key another row held left it first; the key keeps the values of the row that left until its own row changes",
+				"seq", c.seq, "schema", c.schema, "table", c.table)
+		}
+		return version{seq: c.seq, data: cur.data, displaced: cur.displaced - 1, lsn: cur.lsn}
+	}
+	return version{seq: c.seq, deleted: true}
+}
 
 func (m *Maintainer) runOnce(ctx context.Context) error {
 	if err := m.waitActive(ctx); err != nil {
@@ -165,7 +225,7 @@ func (m *Maintainer) runOnce(ctx context.Context) error {
 		return err
 	}
 	defer w.close()
-	s := &session{m: m, rows: rows, events: events, w: w, bases: map[[2]string]string{}}
+	s := &session{m: m, rows: rows, events: events, w: w, bases: map[[2]string]string{}, tx: map[string]version{}}
 	if err := s.open(ctx); err != nil {
 		return err
 	}
@@ -402,6 +462,14 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	if !c.keyed() {
 		return nil // a table without a key has no row state
 	}
+	if !bytes.Equal(c.lsn, s.txLSN) {
+		if len(s.tx) > 64 {
+			s.tx = map[string]version{} // clearing a map costs its largest size
+		} else {
+			clear(s.tx)
+		}
+		s.txLSN, s.txBytes = append(s.txLSN[:0], c.lsn...), 0
+	}
 	if seq <= s.careful {
 		// Applied again after an interrupted batch: a truncate after this
 		// event, already applied, purged what it wrote, and a row it
@@ -416,7 +484,11 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	}
 	oldSubj := s.rowSubject(c.schema, c.table, c.key)
 	if op == schema.OpDelete {
-		return s.put(ctx, oldSubj, c.key, version{seq: seq, deleted: true})
+		// Only the rows written lately are looked at (no lookup per
+		// delete): a row that came onto a key held did so earlier in the
+		// same transaction.
+		cur, _ := s.recent(oldSubj)
+		return s.put(ctx, oldSubj, c.key, s.afterLeave(cur, &c))
 	}
 	key, err := c.newKey()
 	if err != nil {
@@ -430,6 +502,9 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 		}
 	}
 	v := version{seq: seq, data: c.data}
+	if op != schema.OpRead {
+		v.lsn = c.lsn
+	}
 	if c.truncated || c.data == nil {
 		v.data = nil
 	} else if c.unchanged != nil {
@@ -468,11 +543,7 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 		if err != nil {
 			return err
 		}
-		leave := version{seq: seq, deleted: true}
-		if old.exists() && old.displaced > 0 {
-			leave = version{seq: seq, data: old.data, displaced: old.displaced - 1}
-		}
-		if err := s.put(ctx, oldSubj, c.key, leave); err != nil {
+		if err := s.put(ctx, oldSubj, c.key, s.afterLeave(old, &c)); err != nil {
 			return err
 		}
 		onto, err := s.current(ctx, newSubj)
@@ -482,7 +553,11 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 		if onto.exists() {
 			v.displaced = onto.displaced + 1
 		}
-	} else if prev, ok := s.batch[oldSubj]; ok && prev.exists() {
+	} else if prev, ok := s.recent(oldSubj); ok && prev.exists() {
+		if op == schema.OpUpdate && heldByAnother(prev, &c) {
+			// A row the key displaced changed: the key keeps its row.
+			return s.put(ctx, oldSubj, c.key, version{seq: seq, data: prev.data, displaced: prev.displaced, lsn: prev.lsn})
+		}
 		v.displaced = prev.displaced // a row updated while others share its key
 	}
 	if c.claimed && newSubj != oldSubj && len(key)+rowMessageRoom > int(m.nc.MaxPayload()) {
@@ -526,10 +601,20 @@ func (s *session) claimedKey(ctx context.Context, c change) ([]byte, error) {
 	return key, nil
 }
 
-// current returns the row the state holds at subj: written by this batch,
-// or in the rows stream.
-func (s *session) current(ctx context.Context, subj string) (version, error) {
+// recent returns the row at subj written by this batch or, earlier, by the
+// transaction being applied.
+func (s *session) recent(subj string) (version, bool) {
 	if v, ok := s.batch[subj]; ok {
+		return v, true
+	}
+	v, ok := s.tx[subj]
+	return v, ok
+}
+
+// current returns the row the state holds at subj: written lately
+// (recent), or in the rows stream.
+func (s *session) current(ctx context.Context, subj string) (version, error) {
+	if v, ok := s.recent(subj); ok {
 		return v, nil
 	}
 	var h nats.Header
@@ -573,6 +658,10 @@ func (s *session) put(ctx context.Context, subj string, key []byte, v version) e
 		return err
 	}
 	s.batch[subj] = v
+	if _, ok := s.tx[subj]; ok || len(s.tx) < maxTxRows && s.txBytes+len(v.data) <= maxTxBytes {
+		s.tx[subj] = v
+		s.txBytes += len(v.data)
+	}
 	s.m.m.rows.Inc()
 	return nil
 }
@@ -612,9 +701,12 @@ func (s *session) truncate(ctx context.Context, c change) error {
 	if err := s.rows.Purge(ctx, jetstream.WithPurgeSubject(TableRowFilter(m.cfg.Prefix, m.cfg.DB, c.schema, c.table))); err != nil {
 		return fmt.Errorf("truncate %s.%s: %w", c.schema, c.table, err)
 	}
-	for subj := range s.batch {
-		if strings.HasPrefix(subj, strings.TrimSuffix(TableRowFilter(m.cfg.Prefix, m.cfg.DB, c.schema, c.table), ">")) {
-			delete(s.batch, subj)
+	prefix := strings.TrimSuffix(TableRowFilter(m.cfg.Prefix, m.cfg.DB, c.schema, c.table), ">")
+	for _, rows := range []map[string]version{s.batch, s.tx} {
+		for subj := range rows {
+			if strings.HasPrefix(subj, prefix) {
+				delete(rows, subj)
+			}
 		}
 	}
 	data, _ := json.Marshal(TableStatus{Truncated: c.seq})
