@@ -70,10 +70,11 @@ type sub struct {
 	// viewKey hashes. Used by its resume until it has caught up, then by
 	// the feed.
 	view map[uint64]struct{}
-	// displaced counts, by key held, the rows that moved onto it while
-	// another still held it (a deferrable key), whose moves off are not
-	// the row the client holds (view.go); nil when none.
-	displaced map[uint64]int
+	// displaced holds, by key held, the rows that came onto it (inserted,
+	// or moved onto it) while another still held it (a deferrable key):
+	// the other rows' deletes, moves off and changes are not the row the
+	// client holds (view.go); nil when none.
+	displaced map[uint64]shared
 	// heldEv are a view's live events held while it catches up, decided
 	// when they are released, after the history (view.go).
 	heldEv []heldEvent

@@ -91,7 +91,7 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 	}
 	_, held := s.view[viewKey(key)]
 	if op == schema.BitDelete {
-		if held {
+		if held && !s.otherRowLeaves(key, &env) {
 			delete(s.view, viewKey(key))
 			delete(s.displaced, viewKey(key))
 			emit("", data)
@@ -122,8 +122,11 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 		}
 	}
 	moved := string(newKey) != string(key)
+	if held && !moved && op == schema.BitUpdate && s.otherRowChanges(key, &env) {
+		return // a row the key displaced changed: the client holds another
+	}
 	if moved || !match {
-		if held && moved && s.notHeldMovesOff(key, &env) {
+		if held && moved && s.otherRowLeaves(key, &env) {
 			// Another row holds the key now: the client keeps it.
 		} else if held {
 			delete(s.view, viewKey(key))
@@ -139,11 +142,18 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 			// still holds, which moves off later in the transaction (a
 			// swap, a renumbering): the client's row of the key becomes
 			// this one, and the other's move off leaves it.
-			if s.displaced == nil {
-				s.displaced = map[uint64]int{}
-			}
-			s.displaced[viewKey(newKey)]++
+			s.displace(newKey)
 		}
+	}
+	if held && op == schema.BitCreate {
+		// Under a deferrable key a row is inserted onto a key another row
+		// still holds, which is deleted or moves off later (a row replaced
+		// by inserting its new version first): likewise.
+		s.displace(newKey)
+	}
+	if d, ok := s.displaced[viewKey(newKey)]; ok {
+		d.shown = maphash.Bytes(viewSeed, rowData)
+		s.displaced[viewKey(newKey)] = d
 	}
 	s.view[viewKey(newKey)] = struct{}{}
 	if held || op != schema.BitUpdate {
@@ -164,18 +174,39 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 	emit("enter", enter)
 }
 
-// notHeldMovesOff reports whether the row whose update moves it off key,
-// which the view holds, is not the row the client holds there: another
-// row moved onto the key while this one held it (displaced), or the old
-// row PostgreSQL sent whole (REPLICA IDENTITY FULL, which a deferrable key
-// needs) does not match the where, so the client never held it. It counts the first
-// case off.
-func (s *sub) notHeldMovesOff(key []byte, env *query.Row) bool {
-	if n := s.displaced[viewKey(key)]; n > 0 {
-		if n == 1 {
+// shared is a key of a view that other rows hold too (sub.displaced):
+// under a deferrable key, rows came onto it (inserted, or moved onto it)
+// while n others still held it, which leave it later in the transaction.
+type shared struct {
+	n     int    // the rows displaced that have not left yet
+	shown uint64 // a hash of the row the client holds there (its data)
+}
+
+// displace records that a row came onto key, held by another row.
+func (s *sub) displace(key []byte) {
+	if s.displaced == nil {
+		s.displaced = map[uint64]shared{}
+	}
+	d := s.displaced[viewKey(key)]
+	d.n++
+	s.displaced[viewKey(key)] = d
+}
+
+// otherRowLeaves reports whether the row whose delete or update moves it
+// off key, which the view holds, is not the row the client holds there:
+// another row came onto the key while this one held it (displaced), or
+// the old row PostgreSQL sent whole (REPLICA IDENTITY FULL, which a
+// deferrable key needs) does not match the where, so the client never held
+// it. It counts the first case off. (When the row that came onto the key
+// leaves first, the client keeps its values: the row it displaced is not
+// known to the view, and the row state keeps them too.)
+func (s *sub) otherRowLeaves(key []byte, env *query.Row) bool {
+	if d, ok := s.displaced[viewKey(key)]; ok {
+		if d.n <= 1 {
 			delete(s.displaced, viewKey(key))
 		} else {
-			s.displaced[viewKey(key)] = n - 1
+			d.n--
+			s.displaced[viewKey(key)] = d
 		}
 		return true
 	}
@@ -196,6 +227,20 @@ func (s *sub) notHeldMovesOff(key []byte, env *query.Row) bool {
 		}
 	}
 	return false
+}
+
+// otherRowChanges reports whether an update that keeps the row on key,
+// which the view holds and other rows hold too (displaced), changes one of
+// those rather than the client's: its old row, sent whole, is not the row
+// the client holds (compared by hash). Without an old row it is the
+// client's.
+func (s *sub) otherRowChanges(key []byte, env *query.Row) bool {
+	d, ok := s.displaced[viewKey(key)]
+	if !ok || d.shown == 0 {
+		return false
+	}
+	old, ok := env.Get("old")
+	return ok && old[0] == '{' && maphash.Bytes(viewSeed, old) != d.shown
 }
 
 func frames(f []byte) [][]byte {
