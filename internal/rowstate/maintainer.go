@@ -643,7 +643,9 @@ func (s *session) current(ctx context.Context, subj string) (version, error) {
 
 // put writes a row version (or tombstone) to the rows stream, without
 // waiting for it to be stored (flush). An event the state may already
-// hold (careful) is not written over a later version.
+// hold (careful) is not written over a later version; the version the
+// state holds is then the one remembered (recent), so that the rest of the
+// transaction, applied again, is decided on what the state holds.
 func (s *session) put(ctx context.Context, subj string, key []byte, v version) error {
 	if v.seq <= s.careful {
 		have, err := s.current(ctx, subj)
@@ -651,19 +653,29 @@ func (s *session) put(ctx context.Context, subj string, key []byte, v version) e
 			return err
 		}
 		if have.seq >= v.seq {
+			if have.seq == v.seq {
+				have.lsn = v.lsn // written by this event, before
+			}
+			s.remember(subj, have)
 			return nil
 		}
 	}
 	if err := s.w.write(subj, v.seq, v.deleted, v.displaced, key, v.data, !v.deleted && v.data == nil); err != nil {
 		return err
 	}
+	s.remember(subj, v)
+	s.m.m.rows.Inc()
+	return nil
+}
+
+// remember records v as the version at subj the batch and the transaction
+// have written (recent).
+func (s *session) remember(subj string, v version) {
 	s.batch[subj] = v
 	if _, ok := s.tx[subj]; ok || len(s.tx) < maxTxRows && s.txBytes+len(v.data) <= maxTxBytes {
 		s.tx[subj] = v
 		s.txBytes += len(v.data)
 	}
-	s.m.m.rows.Inc()
-	return nil
 }
 
 // flush waits until every row written is stored. A refused write is not

@@ -2,6 +2,7 @@ package rowstate_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -64,4 +65,58 @@ COMMIT`)
 		t.Fatal(err)
 	}
 	e.settled("once the stream takes the row", "items")
+}
+
+// TestSharedKeyHoldsWhenABatchIsAppliedAgain: under a deferred key, a
+// transaction inserts a row onto a key another row holds, then a row the
+// stream refuses (its batch fails), then deletes the other row. Applied
+// again, the insert is not written back (the state holds it already); the
+// delete must still find that the key's row is the inserted one, not
+// tombstone it.
+func TestSharedKeyHoldsWhenABatchIsAppliedAgain(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE slots (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, name text NOT NULL, big text);
+ALTER TABLE slots REPLICA IDENTITY FULL;
+INSERT INTO slots SELECT g, 'n' || g, NULL FROM generate_series(1, 10) g;`)
+	m, stop := e.maintainer()
+	e.caughtUp(m)
+	stop()
+	ctx := context.Background()
+	rows, err := e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := rows.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := info.Config
+	cfg.MaxMsgSize = 2048
+	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(`BEGIN;
+INSERT INTO slots VALUES (3, 'new3', NULL);
+INSERT INTO slots VALUES (51, 'big', ` + bigText + `);
+DELETE FROM slots WHERE name = 'n3';
+COMMIT`)
+	subj := rowstate.RowSubject(prefix, e.db, "public", "slots", rowstate.KeyToken([]byte(`{"id":3}`)))
+	m2, err := rowstate.New(rowstate.Config{DB: e.db, Prefix: prefix, RetryMin: 5 * time.Second, RetryMax: 5 * time.Second}, e.nats.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = m2.Run(mctx) }()
+	defer func() { cancel(); wg.Wait() }()
+	waitFor(t, 30*time.Second, "the first attempt to store the inserted row", func() bool {
+		msg, err := rows.GetLastMsgForSubject(ctx, subj)
+		return err == nil && strings.Contains(string(msg.Data), "new3")
+	})
+	time.Sleep(time.Second) // its batch fails on the row refused
+	cfg.MaxMsgSize = -1
+	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	e.settled("once the stream takes the row", "slots")
 }
