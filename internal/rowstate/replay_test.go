@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/tablecast/tablecast/internal/rowstate"
 )
 
@@ -19,23 +21,7 @@ import (
 // the state for good.
 func TestTruncateHoldsWhenABatchIsAppliedAgain(t *testing.T) {
 	e := newEnv(t, items)
-	m, stop := e.maintainer()
-	e.caughtUp(m)
-	stop()
-	ctx := context.Background()
-	rows, err := e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := rows.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := info.Config
-	cfg.MaxMsgSize = 2048
-	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	rows, takeLargeRows := refuseLargeRows(e)
 	e.exec(`BEGIN;
 UPDATE items SET name = 'pre' WHERE id <= 5;
 TRUNCATE items;
@@ -43,28 +29,62 @@ INSERT INTO items SELECT g, 'n' || g, NULL FROM generate_series(1001, 1010) g;
 INSERT INTO items VALUES (1051, 'big', ` + bigText + `);
 COMMIT`)
 	waitFor(t, 30*time.Second, "the transaction's events", func() bool { return e.eventOf(1051) > 0 })
-	// A maintainer that waits long before it tries again: the stream
-	// takes every row again before its second attempt.
-	m2, err := rowstate.New(rowstate.Config{DB: e.db, Prefix: prefix, RetryMin: 5 * time.Second, RetryMax: 5 * time.Second}, e.nats.NC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = m2.Run(mctx) }()
-	defer func() { cancel(); wg.Wait() }()
+	slowRetryMaintainer(e)
 	subj := rowstate.RowSubject(prefix, e.db, "public", "items", rowstate.KeyToken([]byte(`{"id":1010}`)))
 	waitFor(t, 30*time.Second, "the first attempt to store rows after the truncate", func() bool {
-		_, err := rows.GetLastMsgForSubject(ctx, subj)
+		_, err := rows.GetLastMsgForSubject(context.Background(), subj)
 		return err == nil
 	})
 	time.Sleep(time.Second) // its batch fails on the row refused
-	cfg.MaxMsgSize = -1
-	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	takeLargeRows()
 	e.settled("once the stream takes the row", "items")
+}
+
+// refuseLargeRows builds e's row state, stops its maintainer, and has the
+// rows stream refuse rows larger than 2 KiB until takeLargeRows: a batch
+// with such a row fails after the rows before it were stored, and is
+// applied again.
+func refuseLargeRows(e *env) (rows jetstream.Stream, takeLargeRows func()) {
+	e.t.Helper()
+	m, stop := e.maintainer()
+	e.caughtUp(m)
+	stop()
+	ctx := context.Background()
+	rows, err := e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := rows.Info(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg := info.Config
+	cfg.MaxMsgSize = 2048
+	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
+		e.t.Fatal(err)
+	}
+	return rows, func() {
+		cfg.MaxMsgSize = -1
+		if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+// slowRetryMaintainer starts a maintainer that waits 5 s before it tries
+// a failed batch again (the test lets the stream take every row before the
+// second attempt), until the test ends.
+func slowRetryMaintainer(e *env) {
+	e.t.Helper()
+	m, err := rowstate.New(rowstate.Config{DB: e.db, Prefix: prefix, RetryMin: 5 * time.Second, RetryMax: 5 * time.Second}, e.nats.NC)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = m.Run(ctx) }()
+	e.t.Cleanup(func() { cancel(); wg.Wait() })
 }
 
 // TestSharedKeyHoldsWhenABatchIsAppliedAgain: under a deferred key, a
@@ -77,46 +97,19 @@ func TestSharedKeyHoldsWhenABatchIsAppliedAgain(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE slots (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, name text NOT NULL, big text);
 ALTER TABLE slots REPLICA IDENTITY FULL;
 INSERT INTO slots SELECT g, 'n' || g, NULL FROM generate_series(1, 10) g;`)
-	m, stop := e.maintainer()
-	e.caughtUp(m)
-	stop()
-	ctx := context.Background()
-	rows, err := e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := rows.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := info.Config
-	cfg.MaxMsgSize = 2048
-	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	rows, takeLargeRows := refuseLargeRows(e)
 	e.exec(`BEGIN;
 INSERT INTO slots VALUES (3, 'new3', NULL);
 INSERT INTO slots VALUES (51, 'big', ` + bigText + `);
 DELETE FROM slots WHERE name = 'n3';
 COMMIT`)
+	slowRetryMaintainer(e)
 	subj := rowstate.RowSubject(prefix, e.db, "public", "slots", rowstate.KeyToken([]byte(`{"id":3}`)))
-	m2, err := rowstate.New(rowstate.Config{DB: e.db, Prefix: prefix, RetryMin: 5 * time.Second, RetryMax: 5 * time.Second}, e.nats.NC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = m2.Run(mctx) }()
-	defer func() { cancel(); wg.Wait() }()
 	waitFor(t, 30*time.Second, "the first attempt to store the inserted row", func() bool {
-		msg, err := rows.GetLastMsgForSubject(ctx, subj)
+		msg, err := rows.GetLastMsgForSubject(context.Background(), subj)
 		return err == nil && strings.Contains(string(msg.Data), "new3")
 	})
 	time.Sleep(time.Second) // its batch fails on the row refused
-	cfg.MaxMsgSize = -1
-	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	takeLargeRows()
 	e.settled("once the stream takes the row", "slots")
 }
