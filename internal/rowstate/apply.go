@@ -21,7 +21,7 @@ type change struct {
 	unchanged []byte // "unchanged", or nil
 	truncated bool   // "truncated": the reader kept no row
 	claimed   bool   // "claim": the event is in an object
-	lsn       []byte // "lsn": the transaction's commit LSN, raw
+	lsn       []byte // "lsn": the transaction's commit LSN, unquoted
 }
 
 // parseChange reads what applying needs of an envelope.
@@ -47,7 +47,9 @@ func parseChange(seq uint64, op string, env []byte) (change, error) {
 			c.truncated = true // the row is in an object, too large for a row message
 			c.claimed = true
 		case r.is("lsn"):
-			c.lsn = r.value
+			if v := r.value; len(v) > 2 && v[0] == '"' {
+				c.lsn = v[1 : len(v)-1] // an LSN ("0/16B3748") needs no escapes
+			}
 		case r.is("schema"):
 			c.schema = decodeJSONString(r.value)
 		case r.is("table"):

@@ -24,6 +24,11 @@ const (
 	// renumbering), and the key's uniqueness holds again at commit. The
 	// move off of such a key leaves the row that moved on.
 	HeaderDisplaced = "Tablecast-Displaced"
+	// HeaderLSN is, on a row written by a create or an update, the commit
+	// LSN of its transaction (the event's lsn): a later change of the same
+	// transaction knows the row was written by it (under a deferrable key,
+	// a row inserted onto a key another row still held).
+	HeaderLSN = "Tablecast-Lsn"
 	// HeaderStart is the event sequence the state was built from (0: the
 	// stream's start), on the database's marker.
 	HeaderStart = "Tablecast-Start"

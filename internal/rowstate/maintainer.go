@@ -143,6 +143,12 @@ type session struct {
 	tx      map[string]version
 	txLSN   []byte
 	txBytes int
+	// firstLSN is the commit LSN of the first change the session applied:
+	// the session may have begun inside that transaction, whose rows
+	// written before are in the stream alone (HeaderLSN), read from there
+	// up to maxTxRows times (firstReads).
+	firstLSN   []byte
+	firstReads int
 }
 
 // maxTxRows and maxTxBytes bound session.tx: past them, a larger
@@ -159,8 +165,9 @@ type version struct {
 	data      []byte // nil for a tombstone or a truncated row
 	deleted   bool
 	displaced int // HeaderDisplaced
-	// lsn is the commit LSN of the create or update that wrote the
-	// version, when this session wrote it (the batch's); nil otherwise.
+	// lsn is the commit LSN of the transaction whose create or update
+	// wrote the version (HeaderLSN); nil for others (reads, tombstones,
+	// versions written before the header was).
 	lsn []byte
 }
 
@@ -170,6 +177,9 @@ func (v version) sameTx(c *change) bool { return v.lsn != nil && bytes.Equal(v.l
 
 // exists reports whether v is a row (not a tombstone, nor nothing).
 func (v version) exists() bool { return v.seq != 0 && !v.deleted }
+
+// truncated reports whether v is a row kept without its data (too large).
+func (v version) truncated() bool { return !v.deleted && v.data == nil }
 
 // heldByAnother reports whether the row of update or delete c, whose key
 // the state holds at version v, is not the row v is. Under a deferrable key
@@ -469,6 +479,9 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 			clear(s.tx)
 		}
 		s.txLSN, s.txBytes = append(s.txLSN[:0], c.lsn...), 0
+		if s.firstLSN == nil {
+			s.firstLSN = append([]byte{}, c.lsn...)
+		}
 	}
 	if seq <= s.careful {
 		// Applied again after an interrupted batch: a truncate after this
@@ -487,7 +500,10 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 		// Only the rows written lately are looked at (no lookup per
 		// delete): a row that came onto a key held did so earlier in the
 		// same transaction.
-		cur, _ := s.recent(oldSubj)
+		cur, err := s.lately(ctx, oldSubj, &c)
+		if err != nil {
+			return err
+		}
 		return s.put(ctx, oldSubj, c.key, s.afterLeave(cur, &c))
 	}
 	key, err := c.newKey()
@@ -553,7 +569,9 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 		if onto.exists() {
 			v.displaced = onto.displaced + 1
 		}
-	} else if prev, ok := s.recent(oldSubj); ok && prev.exists() {
+	} else if prev, err := s.sharedWith(ctx, oldSubj, &c); err != nil {
+		return err
+	} else if prev.exists() {
 		if op == schema.OpUpdate && heldByAnother(prev, &c) {
 			// A row the key displaced changed: the key keeps its row.
 			return s.put(ctx, oldSubj, c.key, version{seq: seq, data: prev.data, displaced: prev.displaced, lsn: prev.lsn})
@@ -611,6 +629,36 @@ func (s *session) recent(subj string) (version, bool) {
 	return v, ok
 }
 
+// lately returns the row at subj when this batch or the transaction of c
+// wrote it (recent), or nothing: then no change of c's transaction wrote it,
+// unless the session began inside the transaction, whose rows it looks up
+// in the stream.
+func (s *session) lately(ctx context.Context, subj string, c *change) (version, error) {
+	if v, ok := s.recent(subj); ok {
+		return v, nil
+	}
+	if c.lsn == nil || !bytes.Equal(c.lsn, s.firstLSN) || s.firstReads >= maxTxRows {
+		return version{}, nil
+	}
+	s.firstReads++
+	v, err := s.current(ctx, subj)
+	if err != nil || !v.sameTx(c) {
+		return version{}, err
+	}
+	return v, nil
+}
+
+// sharedWith returns, for a change c that keeps its row's key, the row the
+// state holds there when written lately: an update's, as lately; a
+// create's or read's only when recent (their rows are not looked up).
+func (s *session) sharedWith(ctx context.Context, subj string, c *change) (version, error) {
+	if c.op != schema.OpUpdate {
+		v, _ := s.recent(subj)
+		return v, nil
+	}
+	return s.lately(ctx, subj, c)
+}
+
 // current returns the row the state holds at subj: written lately
 // (recent), or in the rows stream.
 func (s *session) current(ctx context.Context, subj string) (version, error) {
@@ -638,7 +686,11 @@ func (s *session) current(ctx context.Context, subj string) (version, error) {
 	if err != nil {
 		return version{}, fmt.Errorf("row %s: %w", subj, err)
 	}
-	return version{seq: r.Seq, data: r.Data, deleted: r.Deleted, displaced: int(parseUint(h.Get(HeaderDisplaced)))}, nil
+	v := version{seq: r.Seq, data: r.Data, deleted: r.Deleted, displaced: int(parseUint(h.Get(HeaderDisplaced)))}
+	if lsn := h.Get(HeaderLSN); lsn != "" {
+		v.lsn = []byte(lsn)
+	}
+	return v, nil
 }
 
 // put writes a row version (or tombstone) to the rows stream, without
@@ -660,7 +712,7 @@ func (s *session) put(ctx context.Context, subj string, key []byte, v version) e
 			return nil
 		}
 	}
-	if err := s.w.write(subj, v.seq, v.deleted, v.displaced, key, v.data, !v.deleted && v.data == nil); err != nil {
+	if err := s.w.write(subj, key, v); err != nil {
 		return err
 	}
 	s.remember(subj, v)

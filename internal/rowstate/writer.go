@@ -1,6 +1,7 @@
 package rowstate
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,11 +20,10 @@ import (
 // rowWriter sends the row messages of a batch to the rows stream and says
 // when the stream has stored all of them.
 type rowWriter interface {
-	// write sends one row message (appendRowMessage's data) with the
-	// headers of a row at event seq (displaced: HeaderDisplaced), or of a
-	// tombstone. It may return before the stream stores it, and keeps no
-	// reference to key or data.
-	write(subject string, seq uint64, deleted bool, displaced int, key, data []byte, truncated bool) error
+	// write sends one row message: version v of the row of key (its
+	// data, its headers: rowHeaders). It may return before the stream
+	// stores it, and keeps no reference to key or v's data.
+	write(subject string, key []byte, v version) error
 	// flush waits until every message written since the last flush is
 	// stored; an error means some may not be, and the writer is no longer
 	// usable (the session ends, and the next applies the batch again).
@@ -42,18 +42,34 @@ func newRowWriter(nc *nats.Conn, js jetstream.JetStream, rows jetstream.Stream, 
 	return &asyncWriter{js: js, stream: name}, nil
 }
 
-// rowHeaders sets a row message's headers in h: its event sequence, the
-// rows its key displaced (when any), and for a tombstone the mark and time
-// to live.
-func rowHeaders(h nats.Header, seq uint64, deleted bool, displaced int) {
-	h[HeaderSeq] = []string{strconv.FormatUint(seq, 10)}
-	if displaced > 0 {
-		h[HeaderDisplaced] = []string{strconv.Itoa(displaced)}
+// rowHeaders sets the headers of the message of version v in h: its event
+// sequence, the rows its key displaced (when any), its transaction's commit
+// LSN (when known), and for a tombstone the mark and time to live.
+// lsn is the value of HeaderLSN for v.lsn, kept by a writer for the
+// transaction's next rows (rowHeaders makes and keeps it when nil, or
+// another transaction's).
+func rowHeaders(h nats.Header, v version, lsn *lsnHeader) {
+	h[HeaderSeq] = []string{strconv.FormatUint(v.seq, 10)}
+	if v.displaced > 0 {
+		h[HeaderDisplaced] = []string{strconv.Itoa(v.displaced)}
 	}
-	if deleted {
+	if v.lsn != nil {
+		if !bytes.Equal(lsn.raw, v.lsn) {
+			lsn.raw, lsn.val = append(lsn.raw[:0], v.lsn...), []string{string(v.lsn)}
+		}
+		h[HeaderLSN] = lsn.val // nats.go copies the headers as it sends
+	}
+	if v.deleted {
 		h[HeaderDeleted] = []string{"1"}
 		h[jetstream.MsgTTLHeader] = []string{tombstoneTTL}
 	}
+}
+
+// lsnHeader is HeaderLSN's value for one commit LSN, made once for the
+// rows of a transaction.
+type lsnHeader struct {
+	raw []byte
+	val []string
 }
 
 // tombstoneTTL is TombstoneTTL as the Nats-TTL header writes it.
@@ -65,11 +81,12 @@ type asyncWriter struct {
 	js      jetstream.JetStream
 	stream  string
 	pending []jetstream.PubAckFuture
+	lsn     lsnHeader
 }
 
-func (w *asyncWriter) write(subject string, seq uint64, deleted bool, displaced int, key, data []byte, truncated bool) error {
-	msg := &nats.Msg{Subject: subject, Header: nats.Header{}, Data: appendRowMessage(nil, key, data, truncated)}
-	rowHeaders(msg.Header, seq, deleted, displaced)
+func (w *asyncWriter) write(subject string, key []byte, v version) error {
+	msg := &nats.Msg{Subject: subject, Header: nats.Header{}, Data: appendRowMessage(nil, key, v.data, v.truncated())}
+	rowHeaders(msg.Header, v, &w.lsn)
 	f, err := w.js.PublishMsgAsync(msg, jetstream.WithExpectStream(w.stream))
 	if err != nil {
 		return fmt.Errorf("write row %s: %w", subject, err)
@@ -120,6 +137,7 @@ type batchWriter struct {
 
 	msg   nats.Msg
 	hdr   nats.Header
+	lsn   lsnHeader
 	data  []byte
 	reply []byte
 }
@@ -156,7 +174,7 @@ func newBatchWriter(nc *nats.Conn, stream, eob string) (*batchWriter, error) {
 	return &batchWriter{nc: nc, stream: stream, eob: eob, sub: sub, inbox: inbox, idBase: tok + "-", hdr: nats.Header{}}, nil
 }
 
-func (w *batchWriter) write(subject string, seq uint64, deleted bool, displaced int, key, data []byte, truncated bool) error {
+func (w *batchWriter) write(subject string, key []byte, v version) error {
 	op := stream.FastBatchAppend
 	if w.sent == 0 {
 		op = stream.FastBatchStart
@@ -176,8 +194,8 @@ func (w *batchWriter) write(subject string, seq uint64, deleted bool, displaced 
 		return nil // lost on the way, as a dropped connection would lose it
 	}
 	clear(w.hdr)
-	rowHeaders(w.hdr, seq, deleted, displaced)
-	w.data = appendRowMessage(w.data[:0], key, data, truncated)
+	rowHeaders(w.hdr, v, &w.lsn)
+	w.data = appendRowMessage(w.data[:0], key, v.data, v.truncated())
 	w.msg = nats.Msg{Subject: subject, Reply: w.replySubject(w.sent, op), Header: w.hdr, Data: w.data}
 	// nats.go copies the message into its write buffer before PublishMsg
 	// returns: msg, hdr and data are free again.
