@@ -1,6 +1,15 @@
 package rowstate_test
 
-import "testing"
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
 
 // TestKeysSwappedInOneStatement: under a deferrable key, one UPDATE can
 // move a row onto a key another row still holds, which moves off it later
@@ -61,4 +70,103 @@ BEGIN; UPDATE slots SET id = 15 WHERE name = 'n16'; DELETE FROM slots WHERE name
 	e.exec(`BEGIN; INSERT INTO slots SELECT g, 'v2-' || g FROM generate_series(100, 1599) g;
 DELETE FROM slots WHERE id BETWEEN 100 AND 1599 AND name NOT LIKE 'v2-%'; COMMIT`)
 	e.settled("after a long transaction replacing rows", "slots")
+}
+
+// TestKeysSharedAtRandom: random transactions under a deferred key, each
+// replacing rows the ways applications do (the new version inserted or
+// moved onto the key first; the old one changed, then deleted or moved to
+// a free key; the new one changed too), interleaved with plain changes of
+// other rows, in batches of several transactions. After each batch the
+// row state holds the table. The seed is logged: TABLECAST_SEED=n repeats
+// a run.
+func TestKeysSharedAtRandom(t *testing.T) {
+	seed := time.Now().UnixNano()
+	if v, err := strconv.ParseInt(os.Getenv("TABLECAST_SEED"), 10, 64); err == nil {
+		seed = v
+	}
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	const rows = 200
+	e := newEnv(t, fmt.Sprintf(`CREATE TABLE slots (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, name text NOT NULL, n int NOT NULL DEFAULT 0);
+ALTER TABLE slots REPLICA IDENTITY FULL;
+INSERT INTO slots (id, name) SELECT g, 'r' || g FROM generate_series(1, %d) g;`, rows))
+	_, _ = e.maintainer()
+	e.settled("initial snapshot", "slots")
+	// The table as the test knows it: id → name. Names are unique.
+	table := map[int]string{}
+	for i := 1; i <= rows; i++ {
+		table[i] = fmt.Sprintf("r%d", i)
+	}
+	names := 0
+	newName := func() string { names++; return fmt.Sprintf("s%d-%d", seed%1000, names) }
+	freeKey := func(taken map[int]bool) int {
+		for {
+			k := 1000 + rng.IntN(100000)
+			if _, ok := table[k]; !ok && !taken[k] {
+				return k
+			}
+		}
+	}
+	for round := 0; round < 12; round++ {
+		var sql strings.Builder
+		for tx := 0; tx < 1+rng.IntN(4); tx++ {
+			sql.WriteString("BEGIN;\n")
+			taken := map[int]bool{} // keys this transaction uses
+			keys := make([]int, 0, len(table))
+			for k := range table {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			rng.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+			for _, k := range keys[:1+rng.IntN(6)] {
+				taken[k] = true
+				old := table[k]
+				nw := newName()
+				var steps []string
+				// The new version comes onto the key: inserted, or moved
+				// from another row's key (which is freed).
+				if other := keys[len(keys)-1-rng.IntN(len(keys)/2)]; rng.IntN(3) == 0 && !taken[other] {
+					taken[other] = true
+					steps = append(steps, fmt.Sprintf("UPDATE slots SET id = %d, name = '%s' WHERE name = '%s';", k, nw, table[other]))
+					delete(table, other)
+				} else {
+					steps = append(steps, fmt.Sprintf("INSERT INTO slots (id, name) VALUES (%d, '%s');", k, nw))
+				}
+				// Changes of either version in place, then the old one goes.
+				oldName := old
+				var tail []string
+				for c := rng.IntN(3); c > 0; c-- {
+					if rng.IntN(2) == 0 {
+						renamed := newName()
+						tail = append(tail, fmt.Sprintf("UPDATE slots SET name = '%s', n = n + 1 WHERE name = '%s';", renamed, oldName))
+						oldName = renamed
+					} else {
+						tail = append(tail, fmt.Sprintf("UPDATE slots SET n = n + 1 WHERE name = '%s';", nw))
+					}
+				}
+				if rng.IntN(2) == 0 {
+					tail = append(tail, fmt.Sprintf("DELETE FROM slots WHERE name = '%s';", oldName))
+				} else {
+					to := freeKey(taken)
+					taken[to] = true
+					tail = append(tail, fmt.Sprintf("UPDATE slots SET id = %d WHERE name = '%s';", to, oldName))
+					table[to] = oldName
+				}
+				table[k] = nw
+				for _, s := range append(steps, tail...) {
+					sql.WriteString(s + "\n")
+				}
+			}
+			// A plain change of a row not replaced.
+			for _, k := range keys[6:] {
+				if !taken[k] {
+					fmt.Fprintf(&sql, "UPDATE slots SET n = n + 1 WHERE id = %d;\n", k)
+					break
+				}
+			}
+			sql.WriteString("COMMIT;\n")
+		}
+		e.exec(sql.String())
+		e.settled(fmt.Sprintf("round %d (seed %d)", round, seed), "slots")
+	}
 }
