@@ -70,11 +70,18 @@ type sub struct {
 	// viewKey hashes. Used by its resume until it has caught up, then by
 	// the feed.
 	view map[uint64]struct{}
-	// displaced holds, by key held, the rows that came onto it (inserted,
-	// or moved onto it) while another still held it (a deferrable key):
-	// the other rows' deletes, moves off and changes are not the row the
-	// client holds (view.go); nil when none.
-	displaced map[uint64]shared
+	// displaced counts, by key held, the rows that came onto it (moved
+	// onto it, or inserted) while another still held it (a deferrable
+	// key), whose deletes and moves off are not the row the client holds
+	// (view.go); nil when none.
+	displaced map[uint64]int
+	// txShown holds, for a view whose table's old rows come whole
+	// (trackShown), the keys rows came onto (inserted, or moved onto) in
+	// the transaction being sent (txLSN), each with a hash of its row's
+	// values: an update or delete of such a key whose old row is another
+	// is of a row the key displaced (view.go). Bounded by maxTxShown.
+	txShown map[uint64]uint64
+	txLSN   []byte
 	// heldEv are a view's live events held while it catches up, decided
 	// when they are released, after the history (view.go).
 	heldEv []heldEvent

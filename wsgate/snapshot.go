@@ -143,7 +143,7 @@ func (g *Gateway) sendSnapshot(ctx context.Context, s *sub) (uint64, error) {
 	// Synced is sent by the history, which first brings the rows up to
 	// where the stream stood once they were read, and shows whether a
 	// batched view's end inside a transaction (syncedAt).
-	s.view, s.displaced = sent, nil
+	s.view, s.displaced, s.txShown = sent, nil, nil
 	return seq, nil
 }
 

@@ -81,7 +81,7 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 	}
 	if op == schema.BitTruncate {
 		clear(s.view)
-		s.displaced = nil
+		s.displaced, s.txShown = nil, nil
 		emit("", data)
 		return
 	}
@@ -89,8 +89,14 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 	if !ok || key[0] != '{' {
 		return
 	}
+	tracked := s.trackShown(&env)
 	_, held := s.view[viewKey(key)]
 	if op == schema.BitDelete {
+		if tracked && s.anotherRow(key, &env) {
+			s.countOff(key) // a row the key displaced is deleted
+			return
+		}
+		delete(s.txShown, viewKey(key))
 		if held && !s.otherRowLeaves(key, &env) {
 			delete(s.view, viewKey(key))
 			delete(s.displaced, viewKey(key))
@@ -122,11 +128,17 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 		}
 	}
 	moved := string(newKey) != string(key)
-	if held && !moved && op == schema.BitUpdate && s.otherRowChanges(key, &env) {
-		return // a row the key displaced changed: the client holds another
+	another := tracked && op == schema.BitUpdate && s.anotherRow(key, &env)
+	if another && !moved {
+		return // a row the key displaced changed: the key's row is another
+	}
+	if tracked {
+		s.noteShown(op, key, newKey, moved, another, rowData, &env)
 	}
 	if moved || !match {
-		if held && moved && s.otherRowLeaves(key, &env) {
+		if another {
+			s.countOff(key) // a row the key displaced moves off: the key keeps its row
+		} else if held && moved && s.otherRowLeaves(key, &env) {
 			// Another row holds the key now: the client keeps it.
 		} else if held {
 			delete(s.view, viewKey(key))
@@ -134,6 +146,14 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 			emit("leave", leaveEnvelope(data, key))
 		}
 		if !match {
+			if _, onto := s.view[viewKey(newKey)]; moved && onto {
+				// A row out of the view moved onto a key the client
+				// holds, whose row moves off later (a deferrable key):
+				// the key's row leaves the view.
+				delete(s.view, viewKey(newKey))
+				delete(s.displaced, viewKey(newKey))
+				emit("leave", leaveEnvelope(data, newKey))
+			}
 			return
 		}
 		_, held = s.view[viewKey(newKey)]
@@ -150,10 +170,6 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 		// still holds, which is deleted or moves off later (a row replaced
 		// by inserting its new version first): likewise.
 		s.displace(newKey)
-	}
-	if d, ok := s.displaced[viewKey(newKey)]; ok {
-		d.shown = maphash.Bytes(viewSeed, rowData)
-		s.displaced[viewKey(newKey)] = d
 	}
 	s.view[viewKey(newKey)] = struct{}{}
 	if held || op != schema.BitUpdate {
@@ -174,22 +190,81 @@ func (s *sub) viewDecide(op schema.OpSet, data []byte, emit func(view string, en
 	emit("enter", enter)
 }
 
-// shared is a key of a view that other rows hold too (sub.displaced):
-// under a deferrable key, rows came onto it (inserted, or moved onto it)
-// while n others still held it, which leave it later in the transaction.
-type shared struct {
-	n     int    // the rows displaced that have not left yet
-	shown uint64 // a hash of the row the client holds there (its data)
-}
-
-// displace records that a row came onto key, held by another row.
+// displace records that a row came onto key, held by another row (a
+// deferrable key): sub.displaced.
 func (s *sub) displace(key []byte) {
 	if s.displaced == nil {
-		s.displaced = map[uint64]shared{}
+		s.displaced = map[uint64]int{}
 	}
-	d := s.displaced[viewKey(key)]
-	d.n++
-	s.displaced[viewKey(key)] = d
+	s.displaced[viewKey(key)]++
+}
+
+// countOff records that a row key displaced has left it.
+func (s *sub) countOff(key []byte) {
+	switch n := s.displaced[viewKey(key)]; {
+	case n > 1:
+		s.displaced[viewKey(key)] = n - 1
+	case n == 1:
+		delete(s.displaced, viewKey(key))
+	}
+}
+
+// maxTxShown bounds sub.txShown: past it, the rest of a transaction's rows
+// are not tracked (their keys are told apart only as sub.displaced counts).
+const maxTxShown = 4096
+
+// trackShown reports whether s tells the rows sharing a key apart by their
+// values (txShown): the table's updates and deletes carry whole old rows
+// (REPLICA IDENTITY FULL, which a deferrable key needs, or old rows the
+// reader completes). It starts txShown afresh at each transaction (the
+// event's lsn).
+func (s *sub) trackShown(env *query.Row) bool {
+	if s.table == nil || s.table.Shape.ReplicaIdentity != "full" && !s.table.Shape.OldRows {
+		return false
+	}
+	lsn, _ := env.Get("lsn")
+	if string(lsn) != string(s.txLSN) {
+		clear(s.txShown)
+		s.txLSN = append(s.txLSN[:0], lsn...)
+	}
+	return true
+}
+
+// anotherRow reports whether the old row of an update or delete of key is
+// not the row that came onto key in this transaction (txShown): it is a row
+// that key displaced, whose change or removal the client is not told of.
+func (s *sub) anotherRow(key []byte, env *query.Row) bool {
+	h, ok := s.txShown[viewKey(key)]
+	if !ok {
+		return false
+	}
+	old, ok := env.Get("old")
+	return ok && old[0] == '{' && maphash.Bytes(viewSeed, old) != h
+}
+
+// noteShown records in txShown the row an event leaves on its key: a row
+// inserted or moved onto newKey, or changed there after it came; a row that
+// moved off key (another is false: it was key's row) is no longer there.
+// Values left out as unchanged TOAST would not hash as the whole old row
+// does: such a row is not tracked.
+func (s *sub) noteShown(op schema.OpSet, key, newKey []byte, moved, another bool, rowData []byte, env *query.Row) {
+	if moved && !another {
+		delete(s.txShown, viewKey(key))
+	}
+	_, had := s.txShown[viewKey(newKey)]
+	if op != schema.BitCreate && !moved && !had {
+		return // a change of a row that did not come onto its key in this transaction
+	}
+	if u, ok := env.Get("unchanged"); ok && len(u) > 2 {
+		delete(s.txShown, viewKey(newKey))
+		return
+	}
+	if s.txShown == nil {
+		s.txShown = map[uint64]uint64{}
+	}
+	if had || len(s.txShown) < maxTxShown {
+		s.txShown[viewKey(newKey)] = maphash.Bytes(viewSeed, rowData)
+	}
 }
 
 // otherRowLeaves reports whether the row whose delete or update moves it
@@ -201,13 +276,8 @@ func (s *sub) displace(key []byte) {
 // leaves first, the client keeps its values: the row it displaced is not
 // known to the view, and the row state keeps them too.)
 func (s *sub) otherRowLeaves(key []byte, env *query.Row) bool {
-	if d, ok := s.displaced[viewKey(key)]; ok {
-		if d.n <= 1 {
-			delete(s.displaced, viewKey(key))
-		} else {
-			d.n--
-			s.displaced[viewKey(key)] = d
-		}
+	if s.displaced[viewKey(key)] > 0 {
+		s.countOff(key)
 		return true
 	}
 	old, ok := env.Get("old")
@@ -227,20 +297,6 @@ func (s *sub) otherRowLeaves(key []byte, env *query.Row) bool {
 		}
 	}
 	return false
-}
-
-// otherRowChanges reports whether an update that keeps the row on key,
-// which the view holds and other rows hold too (displaced), changes one of
-// those rather than the client's: its old row, sent whole, is not the row
-// the client holds (compared by hash). Without an old row it is the
-// client's.
-func (s *sub) otherRowChanges(key []byte, env *query.Row) bool {
-	d, ok := s.displaced[viewKey(key)]
-	if !ok || d.shown == 0 {
-		return false
-	}
-	old, ok := env.Get("old")
-	return ok && old[0] == '{' && maphash.Bytes(viewSeed, old) != d.shown
 }
 
 func frames(f []byte) [][]byte {
