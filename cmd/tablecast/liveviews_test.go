@@ -814,6 +814,10 @@ func TestLiveViewEdges(t *testing.T) {
 		`BEGIN; INSERT INTO slots VALUES (4, 40, 40); UPDATE slots SET id = 400 WHERE id = 4 AND val = 4; COMMIT`,
 		`BEGIN; INSERT INTO slots VALUES (5, 50, 50); UPDATE slots SET grp = 55 WHERE id = 5 AND val = 5; DELETE FROM slots WHERE grp = 55; COMMIT`,
 		`BEGIN; UPDATE slots SET id = 6 WHERE id = 7; DELETE FROM slots WHERE id = 6 AND val = 6; COMMIT`,
+		// The new version changed in place: its old row (sent whole) is
+		// the row the view took the key's to be.
+		`BEGIN; INSERT INTO slots VALUES (8, 80, 80); UPDATE slots SET val = 81 WHERE id = 8 AND grp = 80; DELETE FROM slots WHERE id = 8 AND val = 8; COMMIT`,
+		`BEGIN; UPDATE slots SET id = 9, grp = 90 WHERE id = 10; UPDATE slots SET val = 91 WHERE id = 9 AND grp = 90; UPDATE slots SET id = 1000 WHERE id = 9 AND val = 9; COMMIT`,
 	} {
 		if _, err := conn.Exec(ctx, tx); err != nil {
 			t.Fatalf("%s: %v", tx, err)
