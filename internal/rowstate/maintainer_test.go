@@ -92,7 +92,13 @@ func (e *env) exec(sql string) {
 // maintainer runs a maintainer until the returned stop is called.
 func (e *env) maintainer() (m *rowstate.Maintainer, stop func()) {
 	e.t.Helper()
-	m, err := rowstate.New(rowstate.Config{DB: e.db, Prefix: prefix, RetryMin: 50 * time.Millisecond}, e.nats.NC)
+	return e.maintainerOf(rowstate.Config{})
+}
+
+// maintainerOf is maintainer with cfg's batch bounds.
+func (e *env) maintainerOf(cfg rowstate.Config) (m *rowstate.Maintainer, stop func()) {
+	e.t.Helper()
+	m, err := rowstate.New(rowstate.Config{DB: e.db, Prefix: prefix, RetryMin: 50 * time.Millisecond, BatchEvents: cfg.BatchEvents, BatchWait: cfg.BatchWait}, e.nats.NC)
 	if err != nil {
 		e.t.Fatal(err)
 	}
