@@ -10,10 +10,9 @@
 // writes a tombstone under the old key and the row under the new one, a
 // delete writes a tombstone (it expires after TombstoneTTL; under a
 // deferrable key, not when another row came onto the key: heldByAnother),
-// and a truncate
-// purges the table's rows and records itself on the table's marker
-// ("….t"). Every message carries Tablecast-Seq, the event sequence it
-// reflects. A batch's rows go to the stream as one JetStream fast batch
+// and a truncate purges the table's rows and records itself on the
+// table's marker ("….t"). Every message carries Tablecast-Seq, the event
+// sequence it reflects; a row a create or update wrote, Tablecast-Lsn. A batch's rows go to the stream as one JetStream fast batch
 // (where the server takes them: nats-server 2.14 and later; otherwise one
 // acknowledged publish each), with gaps failing it, ended on
 // "<prefix>_rows.<db>._batch", which the stream never stores: a row refused
