@@ -4,15 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/tablecast/tablecast/internal/catalog"
 	"github.com/tablecast/tablecast/internal/query"
+	"github.com/tablecast/tablecast/internal/testrun"
 	"github.com/tablecast/tablecast/schema"
 )
 
@@ -166,11 +164,7 @@ func TestViewRowsInsertedOntoKeysHeld(t *testing.T) {
 // table's rows that match. The seed is logged: TABLECAST_SEED=n repeats a
 // run.
 func TestViewKeysSharedAtRandom(t *testing.T) {
-	seed := time.Now().UnixNano()
-	if v, err := strconv.ParseInt(os.Getenv("TABLECAST_SEED"), 10, 64); err == nil {
-		seed = v
-	}
-	t.Logf("seed %d", seed)
+	seed := testrun.Seed(t)
 	rng := rand.New(rand.NewPCG(uint64(seed), 0))
 	m := newViewModel(t, `{"n":{"lt":3}}`, func(r viewModelRow) bool { return r.N < 3 })
 	for i := 1; i <= 100; i++ {

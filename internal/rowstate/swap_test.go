@@ -3,14 +3,12 @@ package rowstate_test
 import (
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/tablecast/tablecast/internal/rowstate"
+	"github.com/tablecast/tablecast/internal/testrun"
 )
 
 // TestKeysSwappedInOneStatement: under a deferrable key, one UPDATE can
@@ -82,11 +80,7 @@ DELETE FROM slots WHERE id BETWEEN 100 AND 1599 AND name NOT LIKE 'v2-%'; COMMIT
 // row state holds the table. The maintainer's batches are cut at 7 events,
 // inside transactions. The seed is logged: TABLECAST_SEED=n repeats a run.
 func TestKeysSharedAtRandom(t *testing.T) {
-	seed := time.Now().UnixNano()
-	if v, err := strconv.ParseInt(os.Getenv("TABLECAST_SEED"), 10, 64); err == nil {
-		seed = v
-	}
-	t.Logf("seed %d", seed)
+	seed := testrun.Seed(t)
 	rng := rand.New(rand.NewPCG(uint64(seed), 0))
 	const rows = 200
 	e := newEnv(t, fmt.Sprintf(`CREATE TABLE slots (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, name text NOT NULL, n int NOT NULL DEFAULT 0);

@@ -3,7 +3,10 @@ package testrun
 
 import (
 	"flag"
+	"os"
 	"strconv"
+	"testing"
+	"time"
 )
 
 // Parallel makes go test run n of the package's parallel tests at once,
@@ -18,4 +21,16 @@ func Parallel(n int) {
 	if !set {
 		_ = flag.Set("test.parallel", strconv.Itoa(n))
 	}
+}
+
+// Seed returns the seed of a random test: TABLECAST_SEED when set, else
+// the time. It logs it, so that a failing run can be repeated.
+func Seed(t testing.TB) int64 {
+	t.Helper()
+	seed := time.Now().UnixNano()
+	if v, err := strconv.ParseInt(os.Getenv("TABLECAST_SEED"), 10, 64); err == nil {
+		seed = v
+	}
+	t.Logf("seed %d (TABLECAST_SEED=%d repeats this run)", seed, seed)
+	return seed
 }
