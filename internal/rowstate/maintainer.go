@@ -498,8 +498,9 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	oldSubj := s.rowSubject(c.schema, c.table, c.key)
 	if op == schema.OpDelete {
 		// Only the rows written lately are looked at (no lookup per
-		// delete): a row that came onto a key held did so earlier in the
-		// same transaction.
+		// delete, but in the transaction a session began inside): a row
+		// that came onto a key held did so earlier in the same
+		// transaction.
 		cur, err := s.lately(ctx, oldSubj, &c)
 		if err != nil {
 			return err
