@@ -75,7 +75,7 @@ type sub struct {
 	// key), whose deletes and moves off are not the row the client holds
 	// (view.go); nil when none.
 	displaced map[uint64]int
-	// txShown holds, for a view whose table's old rows come whole
+	// txShown holds, for a view of a table under REPLICA IDENTITY FULL
 	// (trackShown), the keys rows came onto (inserted, or moved onto) in
 	// the transaction being sent (txLSN), each with a hash of its row's
 	// values: an update or delete of such a key whose old row is another

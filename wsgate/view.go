@@ -214,12 +214,13 @@ func (s *sub) countOff(key []byte) {
 const maxTxShown = 4096
 
 // trackShown reports whether s tells the rows sharing a key apart by their
-// values (txShown): the table's updates and deletes carry whole old rows
-// (REPLICA IDENTITY FULL, which a deferrable key needs, or old rows the
-// reader completes). It starts txShown afresh at each transaction (the
-// event's lsn).
+// values (txShown): the table is published under REPLICA IDENTITY FULL,
+// which a deferrable key needs (no other replica identity can be one), so
+// its updates and deletes carry whole old rows, written as its data. (Old
+// rows the reader completes are not: a key shared is never theirs.) It
+// starts txShown afresh at each transaction (the event's lsn).
 func (s *sub) trackShown(env *query.Row) bool {
-	if s.table == nil || s.table.Shape.ReplicaIdentity != "full" && !s.table.Shape.OldRows {
+	if s.table == nil || s.table.Shape.ReplicaIdentity != "full" {
 		return false
 	}
 	lsn, _ := env.Get("lsn")
