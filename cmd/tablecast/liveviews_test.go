@@ -583,18 +583,27 @@ func TestLiveViewEdges(t *testing.T) {
 	// A column dropped is not served: the row state keeps each row as its
 	// last event wrote it, and rows not changed since the DROP COLUMN
 	// still held the column's values (here row 1's), which views sent.
-	// knows reports whether the gateway takes things to have secret.
-	knows := func() bool {
-		wsSend(t, ws, `{"type":"subscribe","id":"s","table":"public.things","select":["secret"]}`)
+	// subscribes reports whether the gateway answers subscribe message msg
+	// (its id "s") with subscribed, and then unsubscribes.
+	subscribes := func(msg string) bool {
+		wsSend(t, ws, msg)
 		f := wsRead(t, ws)
+		for f.ID != "s" {
+			f = wsRead(t, ws) // an event of an earlier subscription
+		}
 		if f.Type != "subscribed" {
-			return false // invalid_select: no such column
+			return false
 		}
 		wsSend(t, ws, `{"type":"unsubscribe","id":"s"}`)
 		for f.Type != "unsubscribed" {
 			f = wsRead(t, ws)
 		}
 		return true
+	}
+	// knows reports whether the gateway takes things to have secret (else
+	// invalid_select: no such column).
+	knows := func() bool {
+		return subscribes(`{"type":"subscribe","id":"s","table":"public.things","select":["secret"]}`)
 	}
 	for _, sql := range []string{
 		`ALTER TABLE things ADD COLUMN secret text`,
@@ -792,20 +801,8 @@ func TestLiveViewEdges(t *testing.T) {
 		}
 		return w
 	}
-	waitFor(t, 30*time.Second, "a view of slots to hold its rows", func() bool {
-		wsSend(t, ws, `{"type":"subscribe","id":"s","table":"public.slots"}`)
-		f := wsRead(t, ws)
-		for f.ID != "s" {
-			f = wsRead(t, ws)
-		}
-		if f.Type != "subscribed" {
-			return false // unknown_table: not streamed yet
-		}
-		wsSend(t, ws, `{"type":"unsubscribe","id":"s"}`)
-		for f.Type != "unsubscribed" {
-			f = wsRead(t, ws)
-		}
-		return true
+	waitFor(t, 30*time.Second, "the gateway to know slots (else unknown_table)", func() bool {
+		return subscribes(`{"type":"subscribe","id":"s","table":"public.slots"}`)
 	})
 	svc, sstop := openView("public.slots")
 	svc.waitEqual(t, "the view of slots, before", wantSlots)
