@@ -110,6 +110,14 @@ func TestSystemdUnit(t *testing.T) {
 			t.Errorf("[Service] %s=%q", key, v)
 		}
 	}
+	// A reader puts its threads under SCHED_BATCH unless they start under
+	// it; a filter refusing @resources would end the process at the
+	// system call, so the unit must start it under the policy.
+	for _, f := range svc["SystemCallFilter"] {
+		if strings.HasPrefix(f, "~") && slices.Contains(strings.Fields(strings.TrimPrefix(f, "~")), "@resources") && u.get("Service", "CPUSchedulingPolicy") != "batch" {
+			t.Errorf("SystemCallFilter=%s refuses sched_setscheduler, and CPUSchedulingPolicy=%q is not batch: the reader would be killed setting it", f, u.get("Service", "CPUSchedulingPolicy"))
+		}
+	}
 	if u.get("Service", "DynamicUser") != "yes" && (u.get("Service", "User") == "" || u.get("Service", "User") == "root") {
 		t.Error("the service runs as root: set DynamicUser=yes or a dedicated User=")
 	}
