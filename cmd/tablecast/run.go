@@ -45,8 +45,8 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 	if withReader && cfg.DatabaseURL == "" {
 		return errors.New("TABLECAST_DATABASE_URL is empty: set it to a PostgreSQL connection string (make run supplies a local one)")
 	}
-	if withReader && cfg.SchedBatch && sched.Supported {
-		schedBatch(log)
+	if withReader && cfg.SchedBatch {
+		sched.Apply(log) // TABLECAST_SCHED_BATCH
 	}
 	var authn *auth.Authenticator
 	if withGateway {
@@ -519,26 +519,4 @@ func runRowState(ctx context.Context, cfg Config, reader *cdc.Reader, nc *nats.C
 	}
 	running.Store(m)
 	_ = m.Run(ctx)
-}
-
-// schedBatch puts the process's threads under SCHED_BATCH
-// (TABLECAST_SCHED_BATCH, internal/sched). Failing is not fatal: the
-// reader works under any policy, only slower to drain a backlog when it
-// shares a CPU with its walsender.
-func schedBatch(log *slog.Logger) {
-	const hint = "start tablecast under SCHED_BATCH (systemd: CPUSchedulingPolicy=batch; chrt -b 0), or set TABLECAST_SCHED_BATCH=false"
-	n, err := sched.UnderDefault()
-	if err != nil || n == 0 {
-		return // nothing to change (started under it), or nothing known
-	}
-	// A systemd service's SystemCallFilter kills the process at a system
-	// call it refuses unless told to return an error (the unit in
-	// deploy/systemd refuses @resources, and sets the policy instead).
-	if sched.Filtered() && os.Getenv("INVOCATION_ID") != "" {
-		log.Info("not changing the scheduling policy under systemd's system call filter", "hint", hint)
-		return
-	}
-	if _, err := sched.Batch(); err != nil {
-		log.Warn("could not put the threads under SCHED_BATCH; running under the policy started with", "err", err, "hint", hint)
-	}
 }

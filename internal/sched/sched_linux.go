@@ -5,6 +5,7 @@ package sched
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -177,4 +178,32 @@ func Filtered() bool {
 		}
 	}
 	return false
+}
+
+// Apply puts the threads under SCHED_BATCH, as Batch does, and logs what
+// it could not do: failing is not fatal, as the reader works under any
+// policy, only slower to drain a backlog when it shares a CPU with its
+// walsender. It does nothing when no thread is under the default policy
+// (started under SCHED_BATCH or another), and does not make the system
+// call in a systemd service under a system call filter: systemd's
+// SystemCallFilter ends the process at a call it refuses, unless the unit
+// sets SystemCallErrorNumber (the unit in deploy/systemd refuses
+// @resources, and sets the policy with CPUSchedulingPolicy instead).
+func Apply(log *slog.Logger) {
+	const hint = "start tablecast under SCHED_BATCH (systemd: CPUSchedulingPolicy=batch; chrt -b 0), or set TABLECAST_SCHED_BATCH=false"
+	n, err := UnderDefault()
+	if err != nil {
+		log.Warn("could not read the threads' scheduling policy; leaving it", "err", err, "hint", hint)
+		return
+	}
+	if n == 0 {
+		return
+	}
+	if Filtered() && os.Getenv("INVOCATION_ID") != "" {
+		log.Info("not changing the scheduling policy under systemd's system call filter", "hint", hint)
+		return
+	}
+	if _, err := Batch(); err != nil {
+		log.Warn("could not put the threads under SCHED_BATCH; running under the policy started with", "err", err, "hint", hint)
+	}
 }

@@ -2,6 +2,8 @@
 
 package sched
 
+import "log/slog"
+
 // Supported reports whether Batch can apply a policy on this system.
 const Supported = false
 
@@ -16,3 +18,6 @@ func UnderDefault() (int, error) { return 0, nil }
 
 // Filtered reports false where there is no SCHED_BATCH.
 func Filtered() bool { return false }
+
+// Apply does nothing where there is no SCHED_BATCH.
+func Apply(log *slog.Logger) {}
