@@ -21,9 +21,6 @@ const (
 	policyBatch  = 3 // SCHED_BATCH
 )
 
-// Supported reports whether Batch can apply a policy on this system.
-const Supported = true
-
 // Batch sets every thread of the process that runs under the default
 // policy (SCHED_OTHER) to SCHED_BATCH, and returns how many it changed.
 // Threads the Go runtime starts later inherit the policy of the thread

@@ -4,9 +4,6 @@ package sched
 
 import "log/slog"
 
-// Supported reports whether Batch can apply a policy on this system.
-const Supported = false
-
 // Batch does nothing where there is no SCHED_BATCH.
 func Batch() (int, error) { return 0, nil }
 
