@@ -143,6 +143,14 @@ type session struct {
 	tx      map[string]version
 	txLSN   []byte
 	txBytes int
+	// beneath holds, by subject, the rows a row that came onto the key
+	// in the transaction being applied displaced there (the last one
+	// displaced last), as the state held them: when the row that came
+	// leaves first, the key takes the last of them back. Up to maxTxRows
+	// rows (beneathRows) and maxTxBytes of their data (beneathBytes).
+	beneath      map[string][]version
+	beneathRows  int
+	beneathBytes int
 	// firstLSN is the commit LSN of the first change the session applied:
 	// the session may have begun inside that transaction, whose rows
 	// written before are in the stream alone (HeaderLSN), read from there
@@ -196,20 +204,32 @@ func heldByAnother(v version, c *change) bool {
 	return c.old != nil && v.data != nil && !sameRow(c.old, v.data)
 }
 
-// afterLeave returns the version of the key the state holds at cur after
-// the row of c (a delete, or an update moving it off the key) leaves it: a
-// tombstone, unless other rows hold the key too (above); the key then
-// keeps cur's row. The version carries c's seq either way, so that a reader
-// applying the events after a scan does not apply c to the row kept.
-func (s *session) afterLeave(cur version, c *change) version {
+// afterLeave returns the version of the key at subj, where the state holds
+// cur, after the row of c (a delete, or an update moving it off the key)
+// leaves it: a tombstone, unless other rows hold the key too (above); the
+// key then keeps cur's row, or, when cur's row is the one leaving, the row
+// it displaced (beneath). The version carries c's seq either way, so that
+// a reader applying the events after a scan does not apply c to the row
+// kept.
+func (s *session) afterLeave(subj string, cur version, c *change) version {
 	switch {
 	case heldByAnother(cur, c):
 		// A row the key displaced leaves.
+		s.dropBeneath(subj, c.old)
 		return version{seq: c.seq, data: cur.data, displaced: max(cur.displaced-1, 0), lsn: cur.lsn}
 	case cur.exists() && cur.displaced > 0:
+		if under, ok := s.popBeneath(subj); ok {
+			// The row that came onto the key leaves before the one it
+			// displaced: the key holds that one again.
+			// Marked as this transaction's, so that its later changes in
+			// it are told apart from a row inserted onto it (sameTx).
+			return version{seq: c.seq, data: under.data, displaced: cur.displaced - 1, lsn: c.lsn}
+		}
 		if c.old != nil && cur.data != nil {
 			// The row that came onto the key leaves before the one it
-			// displaced, whose values the state no longer has.
+			// displaced, whose values the state no longer has (it was
+			// displaced in a batch applied again, or in a transaction
+			// past beneath's bounds).
 			s.m.log.Warn("row state: under a deferrable key, a row that moved onto a key another row held left it first; the key keeps the values of the row that left until its own row changes",
 				"seq", c.seq, "schema", c.schema, "table", c.table)
 		}
@@ -479,6 +499,9 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 			clear(s.tx)
 		}
 		s.txLSN, s.txBytes = append(s.txLSN[:0], c.lsn...), 0
+		if s.beneathRows > 0 {
+			s.beneath, s.beneathRows, s.beneathBytes = nil, 0, 0
+		}
 		if s.firstLSN == nil {
 			s.firstLSN = append([]byte{}, c.lsn...)
 		}
@@ -505,7 +528,7 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 		if err != nil {
 			return err
 		}
-		return s.put(ctx, oldSubj, c.key, s.afterLeave(cur, &c))
+		return s.put(ctx, oldSubj, c.key, s.afterLeave(oldSubj, cur, &c))
 	}
 	key, err := c.newKey()
 	if err != nil {
@@ -560,7 +583,7 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 		if err != nil {
 			return err
 		}
-		if err := s.put(ctx, oldSubj, c.key, s.afterLeave(old, &c)); err != nil {
+		if err := s.put(ctx, oldSubj, c.key, s.afterLeave(oldSubj, old, &c)); err != nil {
 			return err
 		}
 		onto, err := s.current(ctx, newSubj)
@@ -569,15 +592,23 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 		}
 		if onto.exists() {
 			v.displaced = onto.displaced + 1
+			s.pushBeneath(newSubj, onto, seq)
 		}
 	} else if prev, err := s.sharedWith(ctx, oldSubj, &c); err != nil {
 		return err
 	} else if prev.exists() {
 		if op == schema.OpUpdate && heldByAnother(prev, &c) {
 			// A row the key displaced changed: the key keeps its row.
+			s.changeBeneath(oldSubj, c.old, v)
 			return s.put(ctx, oldSubj, c.key, version{seq: seq, data: prev.data, displaced: prev.displaced, lsn: prev.lsn})
 		}
 		v.displaced = prev.displaced // a row updated while others share its key
+		if op == schema.OpCreate && prev.sameTx(&c) {
+			// Inserted onto a key a row of the same transaction holds:
+			// the key holds both until one leaves.
+			v.displaced++
+			s.pushBeneath(oldSubj, prev, seq)
+		}
 	}
 	if c.claimed && newSubj != oldSubj && len(key)+rowMessageRoom > int(m.nc.MaxPayload()) {
 		// A new key read from a claim's object that alone does not fit
@@ -815,4 +846,71 @@ func (s *session) writeDBMarker(ctx context.Context) error {
 		return fmt.Errorf("record the row state's position %d: %w", s.position, err)
 	}
 	return nil
+}
+
+// pushBeneath records v, the row the state held at subj, as displaced by
+// the row event seq brings onto the key (beneath). An event applied again
+// (careful) records nothing: the state it reads v from may be later than
+// the event, and a row restored from it could be the wrong one; the key
+// then keeps the values of a row that leaves first, as without beneath.
+func (s *session) pushBeneath(subj string, v version, seq uint64) {
+	if seq <= s.careful || v.data == nil || s.beneathRows >= maxTxRows || s.beneathBytes+len(v.data) > maxTxBytes {
+		return
+	}
+	if s.beneath == nil {
+		s.beneath = map[string][]version{}
+	}
+	s.beneath[subj] = append(s.beneath[subj], v)
+	s.beneathRows++
+	s.beneathBytes += len(v.data)
+}
+
+// popBeneath takes the row displaced last at subj (beneath).
+func (s *session) popBeneath(subj string) (version, bool) {
+	under := s.beneath[subj]
+	if len(under) == 0 {
+		return version{}, false
+	}
+	v := under[len(under)-1]
+	if len(under) == 1 {
+		delete(s.beneath, subj)
+	} else {
+		s.beneath[subj] = under[:len(under)-1]
+	}
+	return v, true
+}
+
+// dropBeneath forgets the displaced row at subj whose values are old: it
+// left the key.
+func (s *session) dropBeneath(subj string, old []byte) {
+	under := s.beneath[subj]
+	for i := len(under) - 1; i >= 0 && old != nil; i-- {
+		if sameRow(old, under[i].data) {
+			s.beneath[subj] = append(under[:i], under[i+1:]...)
+			if len(s.beneath[subj]) == 0 {
+				delete(s.beneath, subj)
+			}
+			return
+		}
+	}
+}
+
+// changeBeneath replaces the displaced row at subj whose values are old
+// with its new version v: it changed in place.
+func (s *session) changeBeneath(subj string, old []byte, v version) {
+	under := s.beneath[subj]
+	for i := len(under) - 1; i >= 0 && old != nil; i-- {
+		if sameRow(old, under[i].data) {
+			if v.data == nil {
+				// Kept without its data: it cannot be restored.
+				s.beneath[subj] = append(under[:i], under[i+1:]...)
+				if len(s.beneath[subj]) == 0 {
+					delete(s.beneath, subj)
+				}
+				return
+			}
+			under[i] = v
+			return
+		}
+	}
 }

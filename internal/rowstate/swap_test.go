@@ -72,6 +72,43 @@ DELETE FROM slots WHERE id BETWEEN 100 AND 1599 AND name NOT LIKE 'v2-%'; COMMIT
 	e.settled("after a long transaction replacing rows", "slots")
 }
 
+// TestRowsLeavingKeysTheyCameOnto: under a deferrable key, the row that
+// came onto a key another row held leaves it first (deleted, or moved on),
+// and the key keeps the row it had displaced, with its values as they are
+// then. The state held the values of the row that left.
+func TestRowsLeavingKeysTheyCameOnto(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE slots (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, name text NOT NULL);
+ALTER TABLE slots REPLICA IDENTITY FULL;
+INSERT INTO slots SELECT g, 'n' || g FROM generate_series(1, 100) g;`)
+	_, _ = e.maintainer()
+	e.settled("initial snapshot", "slots")
+	steps := []string{
+		// Moved onto a key held, then deleted.
+		`BEGIN; UPDATE slots SET id = 21 WHERE name = 'n22'; DELETE FROM slots WHERE name = 'n22'; COMMIT`,
+		// Moved onto a key held, then moved on to a free key.
+		`BEGIN; UPDATE slots SET id = 23 WHERE name = 'n24'; UPDATE slots SET id = 1024 WHERE name = 'n24'; COMMIT`,
+		// Moved onto a key held and back where it came from.
+		`BEGIN; UPDATE slots SET id = 25 WHERE name = 'n26'; UPDATE slots SET id = 26 WHERE name = 'n26'; COMMIT`,
+		// Inserted onto a key whose row the transaction changed, then
+		// deleted.
+		`BEGIN; UPDATE slots SET name = 'n27x' WHERE id = 27; INSERT INTO slots VALUES (27, 'new27'); DELETE FROM slots WHERE name = 'new27'; COMMIT`,
+		// The row displaced changes while displaced, then the one that
+		// came leaves: the key holds the changed row.
+		`BEGIN; UPDATE slots SET id = 28 WHERE name = 'n29'; UPDATE slots SET name = 'n28x' WHERE name = 'n28'; DELETE FROM slots WHERE name = 'n29'; COMMIT`,
+		// Two rows onto one key, leaving in the order they came.
+		`BEGIN; UPDATE slots SET id = 30 WHERE name = 'n31'; UPDATE slots SET id = 30 WHERE name = 'n32'; DELETE FROM slots WHERE name = 'n31'; DELETE FROM slots WHERE name = 'n32'; COMMIT`,
+		// Two rows onto one key, leaving in the other order.
+		`BEGIN; UPDATE slots SET id = 33 WHERE name = 'n34'; UPDATE slots SET id = 33 WHERE name = 'n35'; DELETE FROM slots WHERE name = 'n35'; DELETE FROM slots WHERE name = 'n34'; COMMIT`,
+		// The row restored is then deleted in the same transaction, and
+		// the key taken by a row inserted: nothing of the first is left.
+		`BEGIN; UPDATE slots SET id = 36 WHERE name = 'n37'; DELETE FROM slots WHERE name = 'n37'; DELETE FROM slots WHERE name = 'n36'; INSERT INTO slots VALUES (36, 'new36'); COMMIT`,
+	}
+	for _, step := range steps {
+		e.exec(step)
+		e.settled(step, "slots")
+	}
+}
+
 // TestKeysSharedAtRandom: random transactions under a deferred key, each
 // replacing rows the ways applications do (the new version inserted or
 // moved onto the key first; the old one changed, then deleted or moved to
@@ -116,20 +153,30 @@ INSERT INTO slots (id, name) SELECT g, 'r' || g FROM generate_series(1, %d) g;`,
 			rng.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
 			for _, k := range keys[:1+rng.IntN(6)] {
 				taken[k] = true
-				old := table[k]
+				oldName := table[k]
 				nw := newName()
 				var steps []string
-				// The new version comes onto the key: inserted, or moved
-				// from another row's key (which is freed).
+				// The new version comes onto the key: inserted (after the
+				// old one changed in the same transaction, or not), or
+				// moved from another row's key (which is freed).
+				sameTx := false
 				if other := keys[len(keys)-1-rng.IntN(len(keys)/2)]; rng.IntN(3) == 0 && !taken[other] {
 					taken[other] = true
 					steps = append(steps, fmt.Sprintf("UPDATE slots SET id = %d, name = '%s' WHERE name = '%s';", k, nw, table[other]))
 					delete(table, other)
+					sameTx = true
 				} else {
+					if rng.IntN(2) == 0 {
+						renamed := newName()
+						steps = append(steps, fmt.Sprintf("UPDATE slots SET name = '%s', n = n + 1 WHERE name = '%s';", renamed, oldName))
+						oldName = renamed
+						sameTx = true
+					}
 					steps = append(steps, fmt.Sprintf("INSERT INTO slots (id, name) VALUES (%d, '%s');", k, nw))
 				}
-				// Changes of either version in place, then the old one goes.
-				oldName := old
+				// Changes of either version in place, then one goes: the
+				// old one, or the new one first (the limit: not after an
+				// insert onto a row no change of the transaction wrote).
 				var tail []string
 				for c := rng.IntN(3); c > 0; c-- {
 					if rng.IntN(2) == 0 {
@@ -140,15 +187,19 @@ INSERT INTO slots (id, name) SELECT g, 'r' || g FROM generate_series(1, %d) g;`,
 						tail = append(tail, fmt.Sprintf("UPDATE slots SET n = n + 1 WHERE name = '%s';", nw))
 					}
 				}
+				leaving, staying := oldName, nw
+				if sameTx && rng.IntN(3) == 0 {
+					leaving, staying = nw, oldName
+				}
 				if rng.IntN(2) == 0 {
-					tail = append(tail, fmt.Sprintf("DELETE FROM slots WHERE name = '%s';", oldName))
+					tail = append(tail, fmt.Sprintf("DELETE FROM slots WHERE name = '%s';", leaving))
 				} else {
 					to := freeKey(taken)
 					taken[to] = true
-					tail = append(tail, fmt.Sprintf("UPDATE slots SET id = %d WHERE name = '%s';", to, oldName))
-					table[to] = oldName
+					tail = append(tail, fmt.Sprintf("UPDATE slots SET id = %d WHERE name = '%s';", to, leaving))
+					table[to] = leaving
 				}
-				table[k] = nw
+				table[k] = staying
 				for _, s := range append(steps, tail...) {
 					sql.WriteString(s + "\n")
 				}
