@@ -122,14 +122,22 @@ proc_ticks() {
 # One awk reads every process's stat file: a process per child (as this
 # once forked) is a burst of CPU at the window's start, which delayed the
 # transactions measured first.
+# (getline, because a process gone before its file is read must not end
+# the reading, as a missing input file ends mawk's.)
 pg_ticks() {
-  awk -v pm="$PM_PID" '
-    { s = $0; sub(/^.*\) /, "", s); split(s, f, " ")
-      # f[1] is field 3 (state): ppid f[2], utime f[12], stime f[13],
-      # reaped children f[14] and f[15].
-      if (FILENAME == "/proc/" pm "/stat") t += f[12] + f[13] + f[14] + f[15]
-      else if (f[2] == pm) t += f[12] + f[13] }
-    END { print t + 0 }' /proc/[0-9]*/stat 2>/dev/null
+  awk -v pm="$PM_PID" 'BEGIN {
+    for (i = 1; i < ARGC; i++) {
+      if ((getline line < ARGV[i]) > 0) {
+        sub(/^.*\) /, "", line); split(line, f, " ")
+        # f[1] is field 3 (state): ppid f[2], utime f[12], stime f[13],
+        # reaped children f[14] and f[15].
+        if (ARGV[i] == "/proc/" pm "/stat") t += f[12] + f[13] + f[14] + f[15]
+        else if (f[2] == pm) t += f[12] + f[13]
+      }
+      close(ARGV[i])
+    }
+    print t + 0
+  }' /proc/[0-9]*/stat
 }
 # machine_ticks: "busy total" of all CPUs, in clock ticks.
 machine_ticks() {
