@@ -57,6 +57,7 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		{map[string]string{"TABLECAST_ROW_STATE": "true", "TABLECAST_OLD_ROWS_TABLES": "a.b.c"}, []string{"TABLECAST_OLD_ROWS_TABLES"}},
 		{map[string]string{"TABLECAST_OLD_ROWS_CACHE_BYTES": "0"}, []string{"TABLECAST_OLD_ROWS_CACHE_BYTES 0: must be positive"}},
 		{map[string]string{"TABLECAST_TX_MARKERS": "sometimes"}, []string{"TABLECAST_TX_MARKERS"}},
+		{map[string]string{"TABLECAST_SCHED_BATCH": "maybe"}, []string{`TABLECAST_SCHED_BATCH "maybe": want true or false`}},
 		{map[string]string{"TABLECAST_WS_BATCH_EVENTS": "0", "TABLECAST_WS_BATCH_BYTES": "-1"}, []string{"TABLECAST_WS_BATCH_EVENTS 0: must be positive", "TABLECAST_WS_BATCH_BYTES -1: must be positive"}},
 		// The reader's own settings, with the rest, each named once.
 		{map[string]string{"TABLECAST_SLOT": "Bad-Slot", "TABLECAST_SNAPSHOT": "sometimes", "TABLECAST_TABLES": "public.", "TABLECAST_STALL_AFTER": "0s"},
