@@ -29,6 +29,19 @@ INSERT INTO slots SELECT g, 'n' || g FROM generate_series(1, 10) g;`)
 	e.settled("after keys moved onto keys held", "slots")
 }
 
+// deferredSlots is the table of the deferred-key tests, slots (id under a
+// deferrable primary key, name), REPLICA IDENTITY FULL as such a key needs,
+// rows 1 to n named "n<id>", with a maintainer keeping its state, settled.
+func deferredSlots(t *testing.T, n int) *env {
+	t.Helper()
+	e := newEnv(t, fmt.Sprintf(`CREATE TABLE slots (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, name text NOT NULL);
+ALTER TABLE slots REPLICA IDENTITY FULL;
+INSERT INTO slots SELECT g, 'n' || g FROM generate_series(1, %d) g;`, n))
+	_, _ = e.maintainer()
+	e.settled("initial snapshot", "slots")
+	return e
+}
+
 // TestRowsInsertedOntoKeysHeld: under a deferred key, a transaction may
 // insert a row onto a key another row still holds and then delete, move or
 // change that other row (a row replaced by inserting its new version
@@ -37,11 +50,7 @@ INSERT INTO slots SELECT g, 'n' || g FROM generate_series(1, 10) g;`)
 // row leaving. Each transaction runs alone and with its neighbours in one
 // batch, and a long one spans batches.
 func TestRowsInsertedOntoKeysHeld(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE slots (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, name text NOT NULL);
-ALTER TABLE slots REPLICA IDENTITY FULL;
-INSERT INTO slots SELECT g, 'n' || g FROM generate_series(1, 2000) g;`)
-	_, _ = e.maintainer()
-	e.settled("initial snapshot", "slots")
+	e := deferredSlots(t, 2000)
 	steps := []string{
 		// The new version inserted first, the old one deleted.
 		`BEGIN; INSERT INTO slots VALUES (3, 'new3'); DELETE FROM slots WHERE id = 3 AND name = 'n3'; COMMIT`,
@@ -77,11 +86,7 @@ DELETE FROM slots WHERE id BETWEEN 100 AND 1599 AND name NOT LIKE 'v2-%'; COMMIT
 // and the key keeps the row it had displaced, with its values as they are
 // then. The state held the values of the row that left.
 func TestRowsLeavingKeysTheyCameOnto(t *testing.T) {
-	e := newEnv(t, `CREATE TABLE slots (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, name text NOT NULL);
-ALTER TABLE slots REPLICA IDENTITY FULL;
-INSERT INTO slots SELECT g, 'n' || g FROM generate_series(1, 100) g;`)
-	_, _ = e.maintainer()
-	e.settled("initial snapshot", "slots")
+	e := deferredSlots(t, 100)
 	steps := []string{
 		// Moved onto a key held, then deleted.
 		`BEGIN; UPDATE slots SET id = 21 WHERE name = 'n22'; DELETE FROM slots WHERE name = 'n22'; COMMIT`,

@@ -25,9 +25,8 @@ func underKillingFilter() {
 	if err != nil {
 		panic(err)
 	}
-	param := struct{ priority int32 }{0}
 	for tid := range all {
-		unix.RawSyscall(unix.SYS_SCHED_SETSCHEDULER, uintptr(tid), policyNormal, uintptr(unsafe.Pointer(&param)))
+		_ = setPolicy(tid, policyNormal)
 	}
 	prog := []unix.SockFilter{
 		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 0}, // seccomp_data.nr

@@ -47,7 +47,7 @@ func Batch() (int, error) {
 			if p != policyNormal {
 				continue
 			}
-			if err := setBatch(tid); err != nil {
+			if err := setPolicy(tid, policyBatch); err != nil {
 				if errors.Is(err, unix.ESRCH) {
 					continue
 				}
@@ -127,9 +127,11 @@ func parsePolicy(stat string) (int, error) {
 	return p, nil
 }
 
-func setBatch(tid int) error {
+// setPolicy puts thread tid under policy p (one without priorities:
+// default, batch or idle).
+func setPolicy(tid, p int) error {
 	param := struct{ priority int32 }{0} // struct sched_param
-	_, _, errno := unix.RawSyscall(unix.SYS_SCHED_SETSCHEDULER, uintptr(tid), policyBatch, uintptr(unsafe.Pointer(&param)))
+	_, _, errno := unix.RawSyscall(unix.SYS_SCHED_SETSCHEDULER, uintptr(tid), uintptr(p), uintptr(unsafe.Pointer(&param)))
 	if errno != 0 {
 		return errno
 	}

@@ -6,18 +6,16 @@ import (
 	"runtime"
 	"sync"
 	"testing"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 const policyIdle = 5 // SCHED_IDLE
 
-func setPolicy(t *testing.T, tid, p int) {
+func mustSetPolicy(t *testing.T, tid, p int) {
 	t.Helper()
-	param := struct{ priority int32 }{0}
-	if _, _, errno := unix.RawSyscall(unix.SYS_SCHED_SETSCHEDULER, uintptr(tid), uintptr(p), uintptr(unsafe.Pointer(&param))); errno != 0 {
-		t.Fatalf("set thread %d to policy %d: %v", tid, p, errno)
+	if err := setPolicy(tid, p); err != nil {
+		t.Fatalf("set thread %d to policy %d: %v", tid, p, err)
 	}
 }
 
@@ -58,10 +56,10 @@ func TestBatchSetsEveryThreadAndThoseStartedLater(t *testing.T) {
 		t.Fatal(err)
 	}
 	for tid := range all {
-		setPolicy(t, tid, policyNormal)
+		mustSetPolicy(t, tid, policyNormal)
 	}
 	idle := before[0]
-	setPolicy(t, idle, policyIdle)
+	mustSetPolicy(t, idle, policyIdle)
 
 	changed, err := Batch()
 	if err != nil {
