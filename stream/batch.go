@@ -105,7 +105,7 @@ type batchRef struct {
 // without batches; a batch starts with the second. A lone transaction of
 // one row, the usual case at low rates, then costs one message and one
 // acknowledgement, where a batch of one would cost two of each.
-func (p *Publisher) publishInBatch(subject, msgID string, data []byte) (uint64, error) {
+func (p *Publisher) publishInBatch(subject, msgID string, data []byte, marked bool) (uint64, error) {
 	op := batchAppend
 	alone := p.burst == 0
 	p.mu.Lock()
@@ -139,11 +139,7 @@ func (p *Publisher) publishInBatch(subject, msgID string, data []byte) (uint64, 
 		p.msg.Reply = p.batchReply(num, p.bseq, op)
 	}
 	p.msg.Data = data
-	p.msg.Header = p.headerNoID
-	if msgID != "" {
-		p.msgID[0] = msgID
-		p.msg.Header = p.header
-	}
+	p.setHeader(msgID, marked)
 	// nats.go copies subject, reply, header and data into its write buffer
 	// before PublishMsg returns, and keeps no reference to msg: the reply
 	// may alias replyBuf.

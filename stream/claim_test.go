@@ -136,16 +136,21 @@ func TestPublisherFits(t *testing.T) {
 		origin = "7312345678901234567/1/shop/tablecast_shop"
 	)
 	originLine := len(stream.OriginHeader + ": " + origin + "\r\n")
+	markLine := len(stream.KeyDeferrableHeader + ": true\r\n")
 	for _, tc := range []struct {
 		name   string
 		opts   []stream.PublisherOption
 		header nats.Header // what the Publisher sends beside Nats-Msg-Id
 		extra  int         // its size
+		marked bool        // published with PublishMarked, measured with FitsMarked
 	}{
-		{"bare", nil, nats.Header{}, 0},
-		{"origin", []stream.PublisherOption{stream.WithHeader(stream.OriginHeader, origin)}, nats.Header{stream.OriginHeader: {origin}}, originLine},
+		{"bare", nil, nats.Header{}, 0, false},
+		{"origin", []stream.PublisherOption{stream.WithHeader(stream.OriginHeader, origin)}, nats.Header{stream.OriginHeader: {origin}}, originLine, false},
 		{"origin in batches", []stream.PublisherOption{stream.WithHeader(stream.OriginHeader, origin), stream.WithBatches(stream.ControlSubject(""))},
-			nats.Header{stream.OriginHeader: {origin}}, originLine},
+			nats.Header{stream.OriginHeader: {origin}}, originLine, false},
+		{"origin and a mark, in batches", []stream.PublisherOption{stream.WithHeader(stream.OriginHeader, origin), stream.WithMark(stream.KeyDeferrableHeader, "true"),
+			stream.WithBatches(stream.ControlSubject(""))},
+			nats.Header{stream.OriginHeader: {origin}, stream.KeyDeferrableHeader: {"true"}}, originLine + markLine, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := stream.NewPublisher(n.NC, n.JS, 8, nil, tc.opts...)
@@ -154,8 +159,12 @@ func TestPublisherFits(t *testing.T) {
 			}
 			defer p.Close()
 			limit := int(n.NC.MaxPayload()) - stream.MessageHeaderSize(id) - tc.extra
-			if !p.Fits(id, limit) || p.Fits(id, limit+1) {
-				t.Fatalf("Fits(%d) = %v, Fits(%d) = %v; want true, false", limit, p.Fits(id, limit), limit+1, p.Fits(id, limit+1))
+			fits, publish := p.Fits, p.Publish
+			if tc.marked {
+				fits, publish = p.FitsMarked, p.PublishMarked
+			}
+			if !fits(id, limit) || fits(id, limit+1) {
+				t.Fatalf("Fits(%d) = %v, Fits(%d) = %v; want true, false", limit, fits(id, limit), limit+1, fits(id, limit+1))
 			}
 			// nats.go refuses what does not fit before sending it.
 			h := nats.Header{jetstream.MsgIDHeader: []string{id}}
@@ -166,7 +175,7 @@ func TestPublisherFits(t *testing.T) {
 			if err := n.NC.PublishMsg(over); !errors.Is(err, nats.ErrMaxPayload) {
 				t.Fatalf("publishing one byte more: %v, want ErrMaxPayload", err)
 			}
-			if _, err := p.Publish(ctx, "tablecast.x.y.z.create", id, make([]byte, limit)); err != nil {
+			if _, err := publish(ctx, "tablecast.x.y.z.create", id, make([]byte, limit)); err != nil {
 				t.Fatal(err)
 			}
 			if err := p.Flush(ctx); err != nil {

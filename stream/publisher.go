@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/bits"
 	"slices"
 	"strconv"
@@ -133,6 +134,16 @@ func WithHeader(name, value string) PublisherOption {
 	}
 }
 
+// WithMark declares a header that PublishMarked adds to a message, beside
+// the others: a mark some messages carry and others do not (the CDC reader
+// marks the events of tables whose primary key is deferrable). Name and
+// value follow WithHeader's rules. Default: none.
+func WithMark(name, value string) PublisherOption {
+	return func(p *Publisher) {
+		p.mark, p.hasMark = [2]string{name, value}, true
+	}
+}
+
 // WithFence makes every message expect that the last message stored on
 // subject is at stream sequence seq (0: that none is), with JetStream's
 // Nats-Expected-Last-Subject-Sequence(-Subject) headers, which JetStream
@@ -245,8 +256,11 @@ type Publisher struct {
 	stream                   string      // see WithStream; learnt from the first ack if empty
 	extra                    [][2]string // see WithHeader
 	extraSize                int         // what the WithHeader and WithFence headers add to a message's headers
-	maxMsgSize               int64       // see WithMaxMessageSize; 0 without a limit of the stream
-	fenceSubjects, fenceSeqs []string    // see WithFence, WithFenceRing
+	mark                     [2]string   // see WithMark, when hasMark
+	hasMark                  bool
+	markSize                 int      // what the mark adds to a message's headers
+	maxMsgSize               int64    // see WithMaxMessageSize; 0 without a limit of the stream
+	fenceSubjects, fenceSeqs []string // see WithFence, WithFenceRing
 	// The values of the fence headers in header and headerNoID: each
 	// message's fence of the ring is written into them before it is sent.
 	fenceSeqVal, fenceSubjectVal []string
@@ -275,13 +289,16 @@ type Publisher struct {
 	msg        nats.Msg
 	header     nats.Header // {msgIDHeader: msgID} and the WithHeader headers, reused
 	headerNoID nats.Header // the WithHeader headers alone; nil without any
-	msgID      []string
-	reconnects uint64      // nc's reconnect count as last seen by Publish
-	open       bool        // a batch is open: its last message is not its end
-	bseq       uint64      // messages sent in the open batch
-	burst      uint64      // messages sent since the last Flush
-	unflushed  atomic.Bool // burst > 0, readable without sendLock
-	replyBuf   []byte      // the reply subject of a batch message
+	// The same with the WithMark header too, for PublishMarked; nil
+	// without a mark.
+	headerMarked, headerNoIDMarked nats.Header
+	msgID                          []string
+	reconnects                     uint64      // nc's reconnect count as last seen by Publish
+	open                           bool        // a batch is open: its last message is not its end
+	bseq                           uint64      // messages sent in the open batch
+	burst                          uint64      // messages sent since the last Flush
+	unflushed                      atomic.Bool // burst > 0, readable without sendLock
+	replyBuf                       []byte      // the reply subject of a batch message
 
 	// The window, shared by the send side and the ack handler.
 	mu          sync.Mutex
@@ -376,11 +393,8 @@ func NewPublisher(nc *nats.Conn, js jetstream.JetStream, maxInFlight int, log *s
 	p.header = nats.Header{msgIDHeader: p.msgID}
 	for _, h := range p.extra {
 		name, value := h[0], h[1]
-		if !validHeaderName(name) || strings.EqualFold(name, msgIDHeader) || strings.HasPrefix(strings.ToLower(name), "nats-") {
-			return nil, fmt.Errorf("new publisher: header name %q: not a valid name of a header of our own", name)
-		}
-		if strings.ContainsAny(value, "\r\n") {
-			return nil, fmt.Errorf("new publisher: value of header %s holds a line break", name)
+		if err := checkOwnHeader(name, value); err != nil {
+			return nil, err
 		}
 		if p.headerNoID == nil {
 			p.headerNoID = nats.Header{}
@@ -404,6 +418,25 @@ func NewPublisher(nc *nats.Conn, js jetstream.JetStream, maxInFlight int, log *s
 			longest = max(longest, len(p.fenceSubjects[i])+len(p.fenceSeqs[i]))
 		}
 		p.extraSize += len(fenceSeqHeader) + len(fenceSubjectHeader) + 2*len(": \r\n") + longest
+	}
+	if name, value := p.mark[0], p.mark[1]; p.hasMark {
+		if err := checkOwnHeader(name, value); err != nil {
+			return nil, err
+		}
+		for h := range p.header {
+			if strings.EqualFold(h, name) {
+				return nil, fmt.Errorf("new publisher: mark %s is also a header of every message", name)
+			}
+		}
+		// The marked maps share the value slices of the others (the
+		// message id, the fence).
+		p.headerMarked, p.headerNoIDMarked = maps.Clone(p.header), maps.Clone(p.headerNoID)
+		if p.headerNoIDMarked == nil {
+			p.headerNoIDMarked = nats.Header{}
+		}
+		p.headerMarked.Set(name, value)
+		p.headerNoIDMarked.Set(name, value)
+		p.markSize = len(name) + len(": ") + len(value) + len("\r\n")
 	}
 	p.reconnects = nc.Stats().Reconnects
 	if p.batching {
@@ -452,6 +485,17 @@ func NewPublisher(nc *nats.Conn, js jetstream.JetStream, maxInFlight int, log *s
 // the stream, then follows whichever call got there first; the CDC reader
 // calls it from one goroutine.
 func (p *Publisher) Publish(ctx context.Context, subject string, msgID string, data []byte) (uint64, error) {
+	return p.publish(ctx, subject, msgID, data, false)
+}
+
+// PublishMarked is Publish for a message that carries the WithMark header
+// too (without a mark declared, the same as Publish). FitsMarked tells
+// whether such a message fits.
+func (p *Publisher) PublishMarked(ctx context.Context, subject string, msgID string, data []byte) (uint64, error) {
+	return p.publish(ctx, subject, msgID, data, true)
+}
+
+func (p *Publisher) publish(ctx context.Context, subject string, msgID string, data []byte, marked bool) (uint64, error) {
 	select {
 	case p.sendLock <- struct{}{}:
 	default:
@@ -471,7 +515,7 @@ func (p *Publisher) Publish(ctx context.Context, subject string, msgID string, d
 		return 0, err
 	}
 	if p.batching {
-		return p.publishInBatch(subject, msgID, data)
+		return p.publishInBatch(subject, msgID, data, marked)
 	}
 
 	p.mu.Lock()
@@ -494,11 +538,7 @@ func (p *Publisher) Publish(ctx context.Context, subject string, msgID string, d
 	p.msg.Subject = subject
 	p.msg.Reply = reply
 	p.msg.Data = data
-	p.msg.Header = p.headerNoID
-	if msgID != "" {
-		p.msgID[0] = msgID
-		p.msg.Header = p.header
-	}
+	p.setHeader(msgID, marked)
 	// nats.go copies subject, reply, header and data into its write buffer
 	// before PublishMsg returns, and keeps no reference to msg.
 	err := p.nc.PublishMsg(&p.msg)
@@ -516,6 +556,24 @@ func (p *Publisher) Publish(ctx context.Context, subject string, msgID string, d
 	return n, nil
 }
 
+// setHeader sets the headers of the message to send: with Nats-Msg-Id
+// msgID unless "", and the mark when marked and declared; sendLock is held.
+func (p *Publisher) setHeader(msgID string, marked bool) {
+	marked = marked && p.headerMarked != nil
+	switch {
+	case msgID != "" && marked:
+		p.msgID[0] = msgID
+		p.msg.Header = p.headerMarked
+	case msgID != "":
+		p.msgID[0] = msgID
+		p.msg.Header = p.header
+	case marked:
+		p.msg.Header = p.headerNoIDMarked
+	default:
+		p.msg.Header = p.headerNoID
+	}
+}
+
 // setFence makes the fence headers those message n expects (WithFenceRing);
 // sendLock is held.
 func (p *Publisher) setFence(n uint64) {
@@ -531,13 +589,20 @@ func (p *Publisher) setFence(n uint64) {
 // follows reconnects to other servers), and within the stream's largest
 // message (WithMaxMessageSize). A message that does not fit would fail the
 // Publisher.
-func (p *Publisher) Fits(msgID string, n int) bool {
+func (p *Publisher) Fits(msgID string, n int) bool { return p.fits(msgID, n, p.extraSize) }
+
+// FitsMarked is Fits for a message of PublishMarked.
+func (p *Publisher) FitsMarked(msgID string, n int) bool {
+	return p.fits(msgID, n, p.extraSize+p.markSize)
+}
+
+func (p *Publisher) fits(msgID string, n, extra int) bool {
 	h := MessageHeaderSize(msgID)
-	if p.extraSize > 0 {
+	if extra > 0 {
 		if h == 0 {
 			h = len("NATS/1.0\r\n") + len("\r\n")
 		}
-		h += p.extraSize
+		h += extra
 	}
 	limit := p.nc.MaxPayload()
 	if p.maxMsgSize > 0 {
@@ -770,6 +835,19 @@ func parseDigits(b []byte) (uint64, bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// checkOwnHeader checks a header of WithHeader or WithMark: a valid name,
+// neither Nats-Msg-Id nor a NATS or JetStream header, and a value without
+// line breaks.
+func checkOwnHeader(name, value string) error {
+	if !validHeaderName(name) || strings.EqualFold(name, msgIDHeader) || strings.HasPrefix(strings.ToLower(name), "nats-") {
+		return fmt.Errorf("new publisher: header name %q: not a valid name of a header of our own", name)
+	}
+	if strings.ContainsAny(value, "\r\n") {
+		return fmt.Errorf("new publisher: value of header %s holds a line break", name)
+	}
+	return nil
 }
 
 // validHeaderName reports whether name is a header name nats.go sends: 1 or

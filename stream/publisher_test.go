@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -804,6 +805,59 @@ func TestPublisherHeaders(t *testing.T) {
 			p.Close()
 			t.Errorf("NewPublisher accepted header %q: %q", h[0], h[1])
 		}
+		if p, err := NewPublisher(nc, js, 4, quietLogger(), WithMark(h[0], h[1])); err == nil {
+			p.Close()
+			t.Errorf("NewPublisher accepted mark %q: %q", h[0], h[1])
+		}
+	}
+}
+
+// TestPublisherMark: the mark goes only on the messages of PublishMarked,
+// with or without an id, beside every other header; a publisher without a
+// mark sends PublishMarked's messages as Publish does; a mark that is also
+// a header of every message is refused.
+func TestPublisherMark(t *testing.T) {
+	e := startTestServer(t, "")
+	nc, js := connectTest(t, e.ClientURL())
+	fake := newFakeJetStream(t, nc)
+	const origin = "7/1/shop/tablecast"
+	p := newTestPublisher(t, nc, js, 4, WithStream("FAKE"), WithHeader(OriginHeader, origin), WithMark(KeyDeferrableHeader, "true"))
+	bare := newTestPublisher(t, nc, js, 4, WithStream("FAKE"))
+	ctx := testContext(t)
+	sends := []struct {
+		p      *Publisher
+		id     string
+		marked bool
+	}{{p, "a", true}, {p, "b", false}, {p, "", true}, {p, "", false}, {bare, "c", true}}
+	for _, s := range sends {
+		publish := s.p.Publish
+		if s.marked {
+			publish = s.p.PublishMarked
+		}
+		if _, err := publish(ctx, "fake.x", s.id, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "the fake to receive every message", func() bool { return fake.count() == len(sends) })
+	fake.mu.Lock()
+	msgs := slices.Clone(fake.msgs)
+	fake.mu.Unlock()
+	for i, s := range sends {
+		h := msgs[i].Header
+		wantMark, wantOrigin := "", origin
+		if s.marked && s.p == p {
+			wantMark = "true"
+		}
+		if s.p == bare {
+			wantOrigin = ""
+		}
+		if h.Get(KeyDeferrableHeader) != wantMark || h.Get(OriginHeader) != wantOrigin || h.Get(msgIDHeader) != s.id {
+			t.Errorf("message %d (id %q, marked %v): headers %v", i, s.id, s.marked, h)
+		}
+	}
+	if p, err := NewPublisher(nc, js, 4, quietLogger(), WithHeader(OriginHeader, origin), WithMark("tablecast-origin", "x")); err == nil {
+		p.Close()
+		t.Error("NewPublisher accepted a mark that every message carries already")
 	}
 }
 

@@ -245,3 +245,11 @@ func ValidatePrefix(prefix string) error {
 	}
 	return nil
 }
+
+// KeyDeferrableHeader marks the events of a table whose key is a primary key
+// declared DEFERRABLE ("true"): inside a transaction, more than one row may
+// hold such a key at once, so that a consumer keeping rows by key (the row
+// state) must look at what the key holds before an insert or a delete, not
+// only at what the transaction wrote. The reader sets it on change events
+// (and their claims), not on snapshot rows.
+const KeyDeferrableHeader = "Tablecast-Key-Deferrable"
