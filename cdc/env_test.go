@@ -132,6 +132,9 @@ func (n *natsEnv) fetch(t testing.TB) []event {
 		}
 		e.Subject, e.Seq, e.Raw = m.Subject, m.Seq, m.Data
 		e.Header = map[string]string{"Nats-Msg-Id": m.MsgID}
+		for k := range m.Header {
+			e.Header[k] = m.Header.Get(k)
+		}
 		out = append(out, e)
 	}
 	return out

@@ -29,9 +29,14 @@ import (
 type keyColumns struct {
 	primaryKey    []string
 	identityIndex []string
+	// deferrable: the primary key is DEFERRABLE (its index is not
+	// immediate), so that PostgreSQL checks it at commit, or later in the
+	// transaction than each statement.
+	deferrable bool
 }
 
-// keyArrays selects keyColumns of the table pg_class c.
+// keyArrays selects the primary key and the replica identity index of
+// keyColumns, of the table pg_class c.
 const keyArrays = `
 	ARRAY(SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
 		WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)),
@@ -39,7 +44,9 @@ const keyArrays = `
 		WHERE i.indrelid = c.oid AND i.indisreplident ORDER BY array_position(i.indkey::int2[], a.attnum))`
 
 // keyQuery reads keyColumns of a table by OID.
-const keyQuery = `SELECT ` + keyArrays + ` FROM pg_class c WHERE c.oid = $1`
+const keyQuery = `SELECT ` + keyArrays + `,
+	EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary AND NOT i.indimmediate)
+	FROM pg_class c WHERE c.oid = $1`
 
 // eventKey returns the columns of a table's event key, or every=true when
 // it is every column:
@@ -71,12 +78,14 @@ func eventKey(replident byte, k keyColumns) (key []string, every bool) {
 // says of its keys. A key column the publication leaves out (a column list)
 // cannot be in the events: the replica identity's columns, which PostgreSQL
 // sends whenever it publishes updates or deletes, are the key then.
+// A key that is a deferrable primary key marks t KeyDeferrable.
 func setKey(t *schema.Table, k keyColumns) {
 	key, every := eventKey(t.ReplicaIdentity, k)
 	published := true
 	for _, name := range key {
 		published = published && slices.ContainsFunc(t.Columns, func(c schema.Column) bool { return c.Name == name })
 	}
+	t.KeyDeferrable = k.deferrable && published && len(key) > 0 && slices.Equal(key, k.primaryKey)
 	for i := range t.Columns {
 		c := &t.Columns[i]
 		switch {
@@ -99,6 +108,7 @@ func setKey(t *schema.Table, k keyColumns) {
 // key would key them by columns their deletes do not carry), so it is not
 // asked.
 func (s *session) lookUpKey(ctx context.Context, relid uint32, t *schema.Table) error {
+	t.KeyDeferrable = false
 	if t.ReplicaIdentity == 'd' {
 		for i := range t.Columns {
 			t.Columns[i].Key = t.Columns[i].Identity
@@ -112,7 +122,7 @@ func (s *session) lookUpKey(ctx context.Context, relid uint32, t *schema.Table) 
 		return fmt.Errorf("connect to look up the key of %s: %w", t.QualifiedName(), err)
 	}
 	var k keyColumns
-	err = conn.QueryRow(ctx, keyQuery, relid).Scan(&k.primaryKey, &k.identityIndex)
+	err = conn.QueryRow(ctx, keyQuery, relid).Scan(&k.primaryKey, &k.identityIndex, &k.deferrable)
 	switch {
 	case err == pgx.ErrNoRows:
 		s.r.log.Warn("table no longer in the catalog: its events' key is its replica identity", "table", t.QualifiedName())

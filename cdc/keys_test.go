@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -181,5 +182,66 @@ func TestKeyOfChangesBeforeAKeyChange(t *testing.T) {
 		}
 		assertJSON(t, fmt.Sprintf("event %d (%s) key", i, w.op), evs[i].Key, w.key)
 		assertJSON(t, fmt.Sprintf("event %d (%s) old", i, w.op), evs[i].Old, w.old)
+	}
+}
+
+// TestDeferrableKeyMarked: the creates, updates and deletes of a table whose
+// key is a deferrable primary key carry stream.KeyDeferrableHeader (their
+// truncated form too, published apart from the others); snapshot rows, the
+// events of a table with an immediate primary key, and those of a table
+// whose key is another index do not.
+func TestDeferrableKeyMarked(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t,
+		`CREATE TABLE slots (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, name text NOT NULL)`,
+		`ALTER TABLE slots REPLICA IDENTITY FULL`,
+		`INSERT INTO slots VALUES (1, 'n1')`,
+		`CREATE TABLE plain (id int PRIMARY KEY, name text)`,
+		`ALTER TABLE plain REPLICA IDENTITY FULL`,
+		`CREATE TABLE coded (id int PRIMARY KEY DEFERRABLE, code text NOT NULL)`,
+		`CREATE UNIQUE INDEX coded_code ON coded (code)`,
+		`ALTER TABLE coded REPLICA IDENTITY USING INDEX coded_code`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.MaxEventBytes = 4096
+	startReader(t, cfg, n)
+	n.readAll(t, 1, 15*time.Second)
+
+	db.exec(t, `BEGIN; INSERT INTO slots VALUES (1, 'new1'); DELETE FROM slots WHERE name = 'n1'; COMMIT`)
+	db.exec(t, `UPDATE slots SET name = 'new1x' WHERE id = 1`)
+	db.exec(t, `INSERT INTO slots VALUES (2, repeat('x', 8000))`) // past MaxEventBytes: truncated
+	db.exec(t, `INSERT INTO plain VALUES (1, 'p')`)
+	db.exec(t, `DELETE FROM plain WHERE id = 1`)
+	db.exec(t, `INSERT INTO coded VALUES (1, 'k1')`)
+	db.exec(t, `DELETE FROM coded WHERE id = 1`)
+	evs := n.readAll(t, 9, 30*time.Second)
+	wants := []struct {
+		table, op string
+		marked    bool
+	}{
+		{"slots", "read", false},
+		{"slots", "create", true},
+		{"slots", "delete", true},
+		{"slots", "update", true},
+		{"slots", "create", true},
+		{"plain", "create", false},
+		{"plain", "delete", false},
+		{"coded", "create", false},
+		{"coded", "delete", false},
+	}
+	if len(evs) != len(wants) {
+		t.Fatalf("%d events, want %d", len(evs), len(wants))
+	}
+	for i, w := range wants {
+		e := evs[i]
+		if e.Table != w.table || e.Op != w.op {
+			t.Fatalf("event %d: %s %s, want %s %s (%s)", i, e.Op, e.Table, w.op, w.table, e.Raw)
+		}
+		if got := e.Header[stream.KeyDeferrableHeader]; got != map[bool]string{true: "true"}[w.marked] {
+			t.Errorf("event %d (%s %s): %s %q, want marked %v", i, w.op, w.table, stream.KeyDeferrableHeader, got, w.marked)
+		}
+	}
+	if !strings.Contains(string(evs[4].Raw), `"truncated":true`) {
+		t.Errorf("event 4 is not truncated: %.300s", evs[4].Raw)
 	}
 }

@@ -83,8 +83,9 @@ func (r *Reader) publishChange(ctx context.Context, pub *stream.Publisher, subje
 	var size int
 	e.whole = false
 	e.buf, size = schema.AppendEventLimited(e.buf[:0], r.db, tbl, txn, c, r.cfg.MaxEventBytes)
-	if size <= r.cfg.MaxEventBytes && pub.Fits(id, size) {
-		seq, err := pub.Publish(ctx, subject, id, e.buf)
+	marked := markEvent(tbl, c)
+	if size <= r.cfg.MaxEventBytes && fitsEvent(pub, marked, id, size) {
+		seq, err := publishEvent(ctx, pub, marked, subject, id, e.buf)
 		e.whole = err == nil
 		if !e.hold {
 			e.release()
@@ -94,7 +95,7 @@ func (r *Reader) publishChange(ctx context.Context, pub *stream.Publisher, subje
 		}
 		return seq, nil
 	}
-	seq, err := r.publishOversize(ctx, pub, subject, id, tbl, txn, c, e, size)
+	seq, err := r.publishOversize(ctx, pub, marked, subject, id, tbl, txn, c, e, size)
 	if !e.hold {
 		e.release()
 	}
@@ -107,7 +108,7 @@ func (r *Reader) publishChange(ctx context.Context, pub *stream.Publisher, subje
 // publishOversize publishes an event that does not fit in one message: as
 // a claim when it is within MaxEventBytes (e.buf holds it then), else
 // truncated, with a dead-letter record.
-func (r *Reader) publishOversize(ctx context.Context, pub *stream.Publisher, subject, id string, tbl *schema.Table, txn *schema.Txn, c *schema.Change, e *eventBuf, size int) (uint64, error) {
+func (r *Reader) publishOversize(ctx context.Context, pub *stream.Publisher, marked bool, subject, id string, tbl *schema.Table, txn *schema.Txn, c *schema.Change, e *eventBuf, size int) (uint64, error) {
 	// The key is most often a few bytes, but a table whose key is every
 	// column (REPLICA IDENTITY FULL without a primary key or unique index)
 	// has the whole row as its key: then the envelope may not fit in a
@@ -134,7 +135,7 @@ func (r *Reader) publishOversize(ctx context.Context, pub *stream.Publisher, sub
 			e.head = append(e.head, '}')
 		}
 		claimed()
-		if !pub.Fits(id, len(e.head)) {
+		if !fitsEvent(pub, marked, id, len(e.head)) {
 			// The object holds the event, key included.
 			withoutKey()
 			claimed()
@@ -144,7 +145,7 @@ func (r *Reader) publishOversize(ctx context.Context, pub *stream.Publisher, sub
 		r.m.oversize.WithLabelValues("claim").Inc()
 		r.log.Debug("event larger than NATS's maximum payload stored as an object; the stream carries its claim",
 			"table", tbl.QualifiedName(), "id", id, "size", size, "max_payload", r.nc.MaxPayload())
-		return pub.Publish(ctx, subject, id, e.head)
+		return publishEvent(ctx, pub, marked, subject, id, e.head)
 	}
 
 	reason := "event of " + strconv.Itoa(size) + " bytes is larger than the reader's limit of " + strconv.Itoa(r.cfg.MaxEventBytes) +
@@ -158,7 +159,7 @@ func (r *Reader) publishOversize(ctx context.Context, pub *stream.Publisher, sub
 	// The dead-letter record goes to the same server, under the same
 	// maximum payload, so the larger of the two decides.
 	keyLogged := "(left out: " + strconv.Itoa(keyLen) + " bytes)"
-	if pub.Fits(id, len(e.head)+max(len(recordTail), len(truncated))) {
+	if fitsEvent(pub, marked, id, len(e.head)+max(len(recordTail), len(truncated))) {
 		keyLogged = string(e.head[len(e.head)-keyLen:])
 	} else {
 		withoutKey()
@@ -171,7 +172,7 @@ func (r *Reader) publishOversize(ctx context.Context, pub *stream.Publisher, sub
 		"table", tbl.QualifiedName(), "key", keyLogged, "id", id, "size", size, "limit", r.cfg.MaxEventBytes)
 	e.head = append(e.head, truncated...)
 	r.m.oversize.WithLabelValues("truncated").Inc()
-	return pub.Publish(ctx, subject, id, e.head)
+	return publishEvent(ctx, pub, marked, subject, id, e.head)
 }
 
 // keyLeftOutMember is the envelope member that says a claim or a truncated
@@ -287,4 +288,27 @@ func (r *Reader) publishDeadLetter(ctx context.Context, subject, id string, reco
 		return fmt.Errorf("store dead-letter record on %s: %w", subject, err)
 	}
 	return nil
+}
+
+// markEvent reports whether the event of change c of tbl carries
+// stream.KeyDeferrableHeader: a create, update or delete of a table whose
+// key is a deferrable primary key.
+func markEvent(tbl *schema.Table, c *schema.Change) bool {
+	return tbl.KeyDeferrable && c.Op != schema.OpRead
+}
+
+// fitsEvent is pub's Fits for an event, marked or not (markEvent).
+func fitsEvent(pub *stream.Publisher, marked bool, id string, n int) bool {
+	if marked {
+		return pub.FitsMarked(id, n)
+	}
+	return pub.Fits(id, n)
+}
+
+// publishEvent publishes an event with pub, marked or not (markEvent).
+func publishEvent(ctx context.Context, pub *stream.Publisher, marked bool, subject, id string, data []byte) (uint64, error) {
+	if marked {
+		return pub.PublishMarked(ctx, subject, id, data)
+	}
+	return pub.Publish(ctx, subject, id, data)
 }

@@ -129,7 +129,8 @@ func (r *Reader) streamInfo(ctx context.Context) (*jetstream.StreamInfo, error) 
 // their batches end on (stream.EnsureStream makes it so; a NATS server
 // before 2.14 knows no batches).
 func (r *Reader) publisherOptions(cfg jetstream.StreamConfig, origin string) []stream.PublisherOption {
-	opts := []stream.PublisherOption{stream.WithStream(r.cfg.Stream), stream.WithHeader(stream.OriginHeader, origin)}
+	opts := []stream.PublisherOption{stream.WithStream(r.cfg.Stream), stream.WithHeader(stream.OriginHeader, origin),
+		stream.WithMark(stream.KeyDeferrableHeader, "true")}
 	switch {
 	case r.fences.ring != nil:
 		opts = append(opts, stream.WithFenceRing(stream.FenceRingSubjects(r.prefix, r.cfg.Slot), r.fences.ring))

@@ -35,6 +35,9 @@ type Table struct {
 	// 'n' nothing.
 	ReplicaIdentity byte
 	Columns         []Column
+	// KeyDeferrable is true when the event key is a primary key declared
+	// DEFERRABLE: inside a transaction more than one row may hold it.
+	KeyDeferrable bool
 
 	cache tableCache
 }
