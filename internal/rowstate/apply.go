@@ -22,6 +22,10 @@ type change struct {
 	truncated bool   // "truncated": the reader kept no row
 	claimed   bool   // "claim": the event is in an object
 	lsn       []byte // "lsn": the transaction's commit LSN, unquoted
+	// deferrable: the table's key is a deferrable primary key
+	// (stream.KeyDeferrableHeader), which more than one row may hold
+	// inside a transaction.
+	deferrable bool
 }
 
 // parseChange reads what applying needs of an envelope.

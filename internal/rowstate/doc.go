@@ -9,8 +9,11 @@
 // out as unchanged TOAST filled in from the previous version), a key change
 // writes a tombstone under the old key and the row under the new one, a
 // delete writes a tombstone (it expires after TombstoneTTL; under a
-// deferrable key, not when another row came onto the key: heldByAnother),
-// and a truncate purges the table's rows and records itself on the
+// deferrable key, not when another row came onto the key: heldByAnother;
+// for the events of such a table, marked by the reader with
+// stream.KeyDeferrableHeader, the key's row is looked up before each
+// create, update and delete, since a row may come onto a key a row of an
+// earlier transaction holds), and a truncate purges the table's rows and records itself on the
 // table's marker ("….t"). Every message carries Tablecast-Seq, the event
 // sequence it reflects; a row a create or update wrote, Tablecast-Lsn. A batch's rows go to the stream as one JetStream fast batch
 // (where the server takes them: nats-server 2.14 and later; otherwise one

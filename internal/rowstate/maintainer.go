@@ -428,7 +428,7 @@ func (s *session) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
 			return err
 		}
 		s.delivered = seq
-		if err := s.apply(ctx, seq, msg.Subject(), msg.Data()); err != nil {
+		if err := s.apply(ctx, seq, msg.Subject(), msg.Data(), msg.Headers().Get(stream.KeyDeferrableHeader) == "true"); err != nil {
 			return fmt.Errorf("apply event %d: %w", seq, err)
 		}
 		last, lastID = seq, msg.Headers().Get(nats.MsgIdHdr)
@@ -469,7 +469,7 @@ func (s *session) checkGap(ctx context.Context, seq uint64) error {
 }
 
 // apply writes what one event changes.
-func (s *session) apply(ctx context.Context, seq uint64, subject string, env []byte) error {
+func (s *session) apply(ctx context.Context, seq uint64, subject string, env []byte, deferrable bool) error {
 	m := s.m
 	op := subject[strings.LastIndexByte(subject, '.')+1:]
 	switch op {
@@ -483,6 +483,7 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 		m.log.Warn("row state: skipping a message that is not a row change", "seq", seq, "subject", subject, "err", err)
 		return nil
 	}
+	c.deferrable = deferrable
 	if !m.tables.Match(c.schema, c.table) {
 		return nil
 	}
@@ -521,9 +522,9 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 	oldSubj := s.rowSubject(c.schema, c.table, c.key)
 	if op == schema.OpDelete {
 		// Only the rows written lately are looked at (no lookup per
-		// delete, but in the transaction a session began inside): a row
-		// that came onto a key held did so earlier in the same
-		// transaction.
+		// delete, but in the transaction a session began inside, and
+		// under a deferrable key): a row that came onto a key held did so
+		// earlier in the same transaction.
 		cur, err := s.lately(ctx, oldSubj, &c)
 		if err != nil {
 			return err
@@ -579,14 +580,14 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 		// Under a deferrable key a row may move onto a key another row
 		// still holds, or off a key another row has moved onto since
 		// (HeaderDisplaced): the key then keeps the other row.
-		old, err := s.current(ctx, oldSubj)
+		old, err := s.lookUp(ctx, oldSubj, &c)
 		if err != nil {
 			return err
 		}
 		if err := s.put(ctx, oldSubj, c.key, s.afterLeave(oldSubj, old, &c)); err != nil {
 			return err
 		}
-		onto, err := s.current(ctx, newSubj)
+		onto, err := s.lookUp(ctx, newSubj, &c)
 		if err != nil {
 			return err
 		}
@@ -603,9 +604,10 @@ func (s *session) apply(ctx context.Context, seq uint64, subject string, env []b
 			return s.put(ctx, oldSubj, c.key, version{seq: seq, data: prev.data, displaced: prev.displaced, lsn: prev.lsn})
 		}
 		v.displaced = prev.displaced // a row updated while others share its key
-		if op == schema.OpCreate && prev.sameTx(&c) {
-			// Inserted onto a key a row of the same transaction holds:
-			// the key holds both until one leaves.
+		if op == schema.OpCreate && (prev.sameTx(&c) || c.deferrable) {
+			// Inserted onto a key a row holds (of the same transaction,
+			// or any under a deferrable key): the key holds both until
+			// one leaves.
 			v.displaced++
 			s.pushBeneath(oldSubj, prev, seq)
 		}
@@ -664,8 +666,12 @@ func (s *session) recent(subj string) (version, bool) {
 // lately returns the row at subj when this batch or the transaction of c
 // wrote it (recent), or nothing: then no change of c's transaction wrote it,
 // unless the session began inside the transaction, whose rows it looks up
-// in the stream.
+// in the stream. Under a deferrable key it is the row the key holds
+// (heldNow).
 func (s *session) lately(ctx context.Context, subj string, c *change) (version, error) {
+	if c.deferrable {
+		return s.heldNow(ctx, subj, c)
+	}
 	if v, ok := s.recent(subj); ok {
 		return v, nil
 	}
@@ -682,13 +688,37 @@ func (s *session) lately(ctx context.Context, subj string, c *change) (version, 
 
 // sharedWith returns, for a change c that keeps its row's key, the row the
 // state holds there when written lately: an update's, as lately; a
-// create's or read's only when recent (their rows are not looked up).
+// create's or read's only when recent (their rows are not looked up),
+// but under a deferrable key, whose row a create may come onto: the row
+// the key holds (heldNow).
 func (s *session) sharedWith(ctx context.Context, subj string, c *change) (version, error) {
-	if c.op != schema.OpUpdate {
+	if c.op != schema.OpUpdate && !c.deferrable {
 		v, _ := s.recent(subj)
 		return v, nil
 	}
 	return s.lately(ctx, subj, c)
+}
+
+// heldNow returns the row the state holds at subj for c, a change of a
+// table whose key is deferrable: looked up, since a row of an earlier
+// transaction may be the one a row c inserts displaces. Rows share such a
+// key only inside a transaction (PostgreSQL checks it at its end), so a
+// count of rows displaced there (HeaderDisplaced) left on a row of an
+// earlier one is not taken.
+func (s *session) heldNow(ctx context.Context, subj string, c *change) (version, error) {
+	v, err := s.current(ctx, subj)
+	if err == nil && !v.sameTx(c) {
+		v.displaced = 0
+	}
+	return v, err
+}
+
+// lookUp is current, or heldNow for a change under a deferrable key.
+func (s *session) lookUp(ctx context.Context, subj string, c *change) (version, error) {
+	if c.deferrable {
+		return s.heldNow(ctx, subj, c)
+	}
+	return s.current(ctx, subj)
 }
 
 // current returns the row the state holds at subj: written lately

@@ -107,6 +107,14 @@ func TestRowsLeavingKeysTheyCameOnto(t *testing.T) {
 		// The row restored is then deleted in the same transaction, and
 		// the key taken by a row inserted: nothing of the first is left.
 		`BEGIN; UPDATE slots SET id = 36 WHERE name = 'n37'; DELETE FROM slots WHERE name = 'n37'; DELETE FROM slots WHERE name = 'n36'; INSERT INTO slots VALUES (36, 'new36'); COMMIT`,
+		// Inserted onto a key whose row no change of the transaction wrote,
+		// then deleted: the key holds its row again.
+		`BEGIN; INSERT INTO slots VALUES (40, 'new40'); DELETE FROM slots WHERE name = 'new40'; COMMIT`,
+		// The same, the row displaced changed meanwhile, and the one
+		// inserted moved on to a free key.
+		`BEGIN; INSERT INTO slots VALUES (41, 'new41'); UPDATE slots SET name = 'n41x' WHERE name = 'n41'; UPDATE slots SET id = 4141 WHERE name = 'new41'; COMMIT`,
+		// Inserted, changed in place, then deleted.
+		`BEGIN; INSERT INTO slots VALUES (42, 'new42'); UPDATE slots SET name = 'new42x' WHERE name = 'new42'; DELETE FROM slots WHERE name = 'new42x'; COMMIT`,
 	}
 	for _, step := range steps {
 		e.exec(step)
@@ -164,24 +172,20 @@ INSERT INTO slots (id, name) SELECT g, 'r' || g FROM generate_series(1, %d) g;`,
 				// The new version comes onto the key: inserted (after the
 				// old one changed in the same transaction, or not), or
 				// moved from another row's key (which is freed).
-				sameTx := false
 				if other := keys[len(keys)-1-rng.IntN(len(keys)/2)]; rng.IntN(3) == 0 && !taken[other] {
 					taken[other] = true
 					steps = append(steps, fmt.Sprintf("UPDATE slots SET id = %d, name = '%s' WHERE name = '%s';", k, nw, table[other]))
 					delete(table, other)
-					sameTx = true
 				} else {
 					if rng.IntN(2) == 0 {
 						renamed := newName()
 						steps = append(steps, fmt.Sprintf("UPDATE slots SET name = '%s', n = n + 1 WHERE name = '%s';", renamed, oldName))
 						oldName = renamed
-						sameTx = true
 					}
 					steps = append(steps, fmt.Sprintf("INSERT INTO slots (id, name) VALUES (%d, '%s');", k, nw))
 				}
 				// Changes of either version in place, then one goes: the
-				// old one, or the new one first (the limit: not after an
-				// insert onto a row no change of the transaction wrote).
+				// old one, or the new one first.
 				var tail []string
 				for c := rng.IntN(3); c > 0; c-- {
 					if rng.IntN(2) == 0 {
@@ -193,7 +197,7 @@ INSERT INTO slots (id, name) SELECT g, 'r' || g FROM generate_series(1, %d) g;`,
 					}
 				}
 				leaving, staying := oldName, nw
-				if sameTx && rng.IntN(3) == 0 {
+				if rng.IntN(3) == 0 {
 					leaving, staying = nw, oldName
 				}
 				if rng.IntN(2) == 0 {
