@@ -274,8 +274,9 @@ func (s *sub) noteShown(op schema.OpSet, key, newKey []byte, moved, another bool
 // the old row PostgreSQL sent whole (REPLICA IDENTITY FULL, which a
 // deferrable key needs) does not match the where, so the client never held
 // it. It counts the first case off. (When the row that came onto the key
-// leaves first, the client keeps its values: the row it displaced is not
-// known to the view, and the row state keeps them too.)
+// leaves first, the client keeps its values: the values of the row it
+// displaced are not known to the view, though the row state holds that
+// row again.)
 func (s *sub) otherRowLeaves(key []byte, env *query.Row) bool {
 	if s.displaced[viewKey(key)] > 0 {
 		s.countOff(key)
