@@ -294,7 +294,11 @@ func (r *Reader) publishDeadLetter(ctx context.Context, subject, id string, reco
 // stream.KeyDeferrableHeader: a create, update or delete of a table whose
 // key is a deferrable primary key.
 func markEvent(tbl *schema.Table, c *schema.Change) bool {
-	return tbl.KeyDeferrable && c.Op != schema.OpRead
+	switch c.Op {
+	case schema.OpCreate, schema.OpUpdate, schema.OpDelete:
+		return tbl.KeyDeferrable
+	}
+	return false
 }
 
 // fitsEvent is pub's Fits for an event, marked or not (markEvent).
