@@ -1,5 +1,7 @@
 package rowstate
 
+import "github.com/prometheus/client_golang/prometheus/testutil"
+
 // LoseRowsForTest makes the maintainers' batch writers lose, as a dropped
 // connection would, the messages of a batch for which lose returns true
 // (given their number in the batch), until the returned restore is called.
@@ -22,4 +24,10 @@ func LoseBatchEndsForTest(lose func() bool) (restore func()) {
 func WithoutBatchesForTest() (restore func()) {
 	noBatches.Store(true)
 	return func() { noBatches.Store(false) }
+}
+
+// LookupsForTest returns how many rows m read back from the rows stream one
+// a request, and read ahead for batches.
+func (m *Maintainer) LookupsForTest() (one, ahead float64) {
+	return testutil.ToFloat64(m.m.lookupsOne), testutil.ToFloat64(m.m.lookupsAhead)
 }

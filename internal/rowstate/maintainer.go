@@ -151,6 +151,9 @@ type session struct {
 	beneath      map[string][]version
 	beneathRows  int
 	beneathBytes int
+	// pre holds the rows read ahead for the batch being applied, by
+	// subject (prefetch.go): what the rows stream held when it began.
+	pre map[string]version
 	// firstLSN is the commit LSN of the first change the session applied:
 	// the session may have begun inside that transaction, whose rows
 	// written before are in the stream alone (HeaderLSN), read from there
@@ -413,6 +416,7 @@ func (s *session) take(it jetstream.MessagesContext) ([]jetstream.Msg, error) {
 // marker.
 func (s *session) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
 	s.batch = make(map[string]version, len(msgs))
+	s.prefetch(ctx, msgs)
 	var last uint64
 	var lastID string
 	for _, msg := range msgs {
@@ -722,11 +726,15 @@ func (s *session) lookUp(ctx context.Context, subj string, c *change) (version, 
 }
 
 // current returns the row the state holds at subj: written lately
-// (recent), or in the rows stream.
+// (recent), read ahead for the batch (prefetch.go), or in the rows stream.
 func (s *session) current(ctx context.Context, subj string) (version, error) {
 	if v, ok := s.recent(subj); ok {
 		return v, nil
 	}
+	if v, ok := s.pre[subj]; ok {
+		return v, nil
+	}
+	s.m.m.lookupsOne.Inc()
 	var h nats.Header
 	var data []byte
 	var err error
@@ -744,13 +752,9 @@ func (s *session) current(ctx context.Context, subj string) (version, error) {
 	case err != nil:
 		return version{}, fmt.Errorf("look up row %s: %w", subj, err)
 	}
-	r, err := DecodeRow(h, data)
+	v, err := versionOf(h, data)
 	if err != nil {
 		return version{}, fmt.Errorf("row %s: %w", subj, err)
-	}
-	v := version{seq: r.Seq, data: r.Data, deleted: r.Deleted, displaced: int(parseUint(h.Get(HeaderDisplaced)))}
-	if lsn := h.Get(HeaderLSN); lsn != "" {
-		v.lsn = []byte(lsn)
 	}
 	return v, nil
 }
@@ -828,7 +832,7 @@ func (s *session) truncate(ctx context.Context, c change) error {
 		return fmt.Errorf("truncate %s.%s: %w", c.schema, c.table, err)
 	}
 	prefix := strings.TrimSuffix(TableRowFilter(m.cfg.Prefix, m.cfg.DB, c.schema, c.table), ">")
-	for _, rows := range []map[string]version{s.batch, s.tx} {
+	for _, rows := range []map[string]version{s.batch, s.tx, s.pre} {
 		for subj := range rows {
 			if strings.HasPrefix(subj, prefix) {
 				delete(rows, subj)

@@ -8,6 +8,10 @@ type metrics struct {
 	events   prometheus.Counter
 	rows     prometheus.Counter
 	restarts prometheus.Counter
+	// lookups counts the rows read back from the rows stream: one a
+	// request ("one"), or read ahead for a batch ("ahead", prefetch.go).
+	lookups                  *prometheus.CounterVec
+	lookupsOne, lookupsAhead prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -20,9 +24,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Row versions and tombstones written to the rows stream."}),
 		restarts: prometheus.NewCounter(prometheus.CounterOpts{Name: "tablecast_rowstate_restarts_total",
 			Help: "Times the maintainer started again from its last position after a failure."}),
+		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tablecast_rowstate_lookups_total",
+			Help: "Rows read back from the rows stream, by how: one a request (one), or read ahead for a batch of changes under deferrable keys (ahead)."}, []string{"how"}),
 	}
+	m.lookupsOne, m.lookupsAhead = m.lookups.WithLabelValues("one"), m.lookups.WithLabelValues("ahead")
 	if reg != nil {
-		reg.MustRegister(m.applied, m.events, m.rows, m.restarts)
+		reg.MustRegister(m.applied, m.events, m.rows, m.restarts, m.lookups)
 	}
 	return m
 }
