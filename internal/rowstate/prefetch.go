@@ -43,8 +43,9 @@ func (s *session) prefetch(ctx context.Context, msgs []jetstream.Msg) {
 	var subjects []string
 	seen := map[string]struct{}{}
 	want := func(subj string) {
-		// Rows the transaction wrote are in recent, which current asks
-		// first, but only while it lasts: the batch may begin another.
+		// Rows the transaction being applied wrote are read too: recent,
+		// which current asks first, holds them only while it lasts, and
+		// the batch may begin another.
 		if _, ok := seen[subj]; !ok {
 			seen[subj] = struct{}{}
 			subjects = append(subjects, subj)
