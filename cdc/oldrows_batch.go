@@ -18,11 +18,12 @@ package cdc
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/tablecast/tablecast/internal/rowstate"
 	"github.com/tablecast/tablecast/schema"
@@ -148,16 +149,10 @@ func (s *session) flushRows(ctx context.Context) error {
 func (s *session) readRows(ctx context.Context, subjects []string) error {
 	need, _, _ := s.old.state.LastApplied()
 	marker := rowstate.DBMarkerSubject(s.r.prefix, s.r.db)
-	req, err := json.Marshal(struct {
-		MultiLast []string `json:"multi_last"`
-		Batch     int      `json:"batch"`
-	}{append(subjects[:len(subjects):len(subjects)], marker), len(subjects) + 1})
-	if err != nil {
-		return fmt.Errorf("encode a batch read of the row state: %w", err)
-	}
+	withMarker := append(subjects[:len(subjects):len(subjects)], marker)
 	wait := 5 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		current, err := s.readRowsOnce(ctx, subjects, marker, need, req)
+		current, err := s.readRowsOnce(ctx, subjects, withMarker, marker, need)
 		if err != nil || current {
 			return err
 		}
@@ -178,57 +173,39 @@ func (s *session) readRows(ctx context.Context, subjects []string) error {
 // the session gives up (and starts again): about 5 s of them.
 const staleReadAttempts = 30
 
-// readRowsOnce sends one read (readRows) and takes its answer, unless the
-// marker in it is behind need; current says whether it was taken.
-func (s *session) readRowsOnce(ctx context.Context, subjects []string, marker string, need uint64, req []byte) (current bool, err error) {
-	o := s.old
-	nc := s.r.nc
-	inbox := nc.NewRespInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		return false, fmt.Errorf("read rows from the row state: %w", err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
+// readRowsOnce sends one read (readRows) of withMarker (subjects and the
+// marker) and takes its answer, unless the marker in it is behind need;
+// current says whether it was taken.
+func (s *session) readRowsOnce(ctx context.Context, subjects, withMarker []string, marker string, need uint64) (current bool, err error) {
 	s.r.m.oldRowsBatches.Inc()
-	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+rowstate.RowsStreamName(s.r.cfg.Stream), inbox, req); err != nil {
-		return false, fmt.Errorf("read rows from the row state: %w", err)
-	}
 	rctx, cancel := context.WithTimeout(ctx, batchGetTimeout)
 	defer cancel()
 	got := map[string][]byte{}
 	var applied uint64
-	for {
-		msg, err := sub.NextMsgWithContext(rctx)
-		if err != nil {
-			return false, fmt.Errorf("read %d rows from the row state: %w", len(subjects), err)
-		}
-		switch status := msg.Header.Get("Status"); status {
-		case "":
-		case "404": // none of them, not even the marker: a replica behind
-			return false, nil
-		case "204": // the end
-			if applied < need {
-				return false, nil
-			}
-			pending, _ := strconv.ParseUint(msg.Header.Get("Nats-Num-Pending"), 10, 64)
-			return true, o.tookRows(subjects, got, pending == 0)
-		default:
-			return false, fmt.Errorf("read %d rows from the row state: status %s %s", len(subjects), status, msg.Header.Get("Description"))
-		}
-		subj := msg.Header.Get("Nats-Subject")
+	none, cutShort, err := rowstate.ReadLast(rctx, s.r.nc, rowstate.RowsStreamName(s.r.cfg.Stream), withMarker, func(subj string, h nats.Header, data []byte) error {
 		if subj == marker {
-			applied, _ = strconv.ParseUint(msg.Header.Get(rowstate.HeaderSeq), 10, 64)
-			continue
+			applied, _ = strconv.ParseUint(h.Get(rowstate.HeaderSeq), 10, 64)
+			return nil
 		}
-		row, err := rowstate.DecodeRow(msg.Header, msg.Data)
+		row, err := rowstate.DecodeRow(h, data)
 		if err != nil {
-			return false, fmt.Errorf("row %s of the row state: %w", subj, err)
+			return err
 		}
 		if row.Deleted {
 			row.Data = nil
 		}
 		got[subj] = row.Data
+		return nil
+	})
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("read %d rows from the row state: %w", len(subjects), err)
+	case none, applied < need:
+		// None of them, not even the marker, or a marker behind what the
+		// state had applied: a replica behind.
+		return false, nil
 	}
+	return true, s.old.tookRows(subjects, got, !cutShort)
 }
 
 // tookRows records the rows read; with all, a subject without a message

@@ -250,6 +250,7 @@ func ValidatePrefix(prefix string) error {
 // declared DEFERRABLE ("true"): inside a transaction, more than one row may
 // hold such a key at once, so that a consumer keeping rows by key (the row
 // state) must look at what the key holds before an insert or a delete, not
-// only at what the transaction wrote. The reader sets it on change events
-// (and their claims), not on snapshot rows.
+// only at what the transaction wrote. The reader sets it on creates, updates
+// and deletes (their claims and truncated forms too), not on snapshot rows
+// or truncates.
 const KeyDeferrableHeader = "Tablecast-Key-Deferrable"

@@ -83,59 +83,72 @@ func (s *session) prefetch(ctx context.Context, msgs []jetstream.Msg) {
 	}
 }
 
-// readLast reads the last message of each of subjects in one multi-last
-// direct get into s.pre: a subject with no message has no row, unless the
-// answer was cut short (then it is left out).
+// readLast reads the last message of each of subjects into s.pre (ReadLast):
+// a subject with no message has no row, unless the answer was cut short
+// (then it is left out).
 func (s *session) readLast(ctx context.Context, subjects []string) error {
+	s.m.m.lookupsAhead.Add(float64(len(subjects)))
+	rctx, cancel := context.WithTimeout(ctx, leaderGetTimeout)
+	defer cancel()
+	got := make(map[string]version, len(subjects))
+	none, cutShort, err := ReadLast(rctx, s.m.nc, s.rows.CachedInfo().Config.Name, subjects, func(subj string, h nats.Header, data []byte) error {
+		v, err := versionOf(h, data)
+		got[subj] = v
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for _, subj := range subjects {
+		if v, ok := got[subj]; ok || none || !cutShort {
+			s.pre[subj] = v
+		}
+	}
+	return nil
+}
+
+// ReadLast reads the last message of each of subjects in the stream name
+// with one multi-last direct get (the stream allows direct gets), handing
+// each to fn, in the order the server sends them. none says that no subject
+// holds a message; cutShort, that the server left some out (it answers at
+// most 1,024): their subjects are not known to have none. Any replica of the
+// stream may answer; ctx bounds the wait.
+func ReadLast(ctx context.Context, nc *nats.Conn, name string, subjects []string, fn func(subject string, h nats.Header, data []byte) error) (none, cutShort bool, err error) {
 	req, err := json.Marshal(struct {
 		MultiLast []string `json:"multi_last"`
 		Batch     int      `json:"batch"`
 	}{subjects, len(subjects)})
 	if err != nil {
-		return err
+		return false, false, fmt.Errorf("encode a read of %d subjects of %s: %w", len(subjects), name, err)
 	}
-	nc := s.m.nc
 	inbox := nc.NewRespInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
-		return err
+		return false, false, fmt.Errorf("read %d subjects of %s: %w", len(subjects), name, err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+s.rows.CachedInfo().Config.Name, inbox, req); err != nil {
-		return err
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+name, inbox, req); err != nil {
+		return false, false, fmt.Errorf("read %d subjects of %s: %w", len(subjects), name, err)
 	}
-	s.m.m.lookupsAhead.Add(float64(len(subjects)))
-	rctx, cancel := context.WithTimeout(ctx, leaderGetTimeout)
-	defer cancel()
-	got := make(map[string]version, len(subjects))
 	for {
-		msg, err := sub.NextMsgWithContext(rctx)
+		msg, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
-			return err
+			return false, false, fmt.Errorf("read %d subjects of %s: %w", len(subjects), name, err)
 		}
 		switch status := msg.Header.Get("Status"); status {
 		case "":
 		case "404": // none of them holds a message
-			for _, subj := range subjects {
-				s.pre[subj] = version{}
-			}
-			return nil
+			return true, false, nil
 		case "204": // the end
 			pending, _ := strconv.ParseUint(msg.Header.Get("Nats-Num-Pending"), 10, 64)
-			for _, subj := range subjects {
-				if v, ok := got[subj]; ok || pending == 0 {
-					s.pre[subj] = v
-				}
-			}
-			return nil
+			return false, pending > 0, nil
 		default:
-			return fmt.Errorf("direct get: status %s %s", status, msg.Header.Get("Description"))
+			return false, false, fmt.Errorf("read %d subjects of %s: status %s %s", len(subjects), name, status, msg.Header.Get("Description"))
 		}
-		v, err := versionOf(msg.Header, msg.Data)
-		if err != nil {
-			return err
+		subj := msg.Header.Get("Nats-Subject")
+		if err := fn(subj, msg.Header, msg.Data); err != nil {
+			return false, false, fmt.Errorf("message of %s in %s: %w", subj, name, err)
 		}
-		got[msg.Header.Get("Nats-Subject")] = v
 	}
 }
 
