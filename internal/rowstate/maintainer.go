@@ -305,17 +305,12 @@ func (s *session) open(ctx context.Context) error {
 		return err
 	default:
 		s.start, s.position, s.lastID = marker.Start, marker.Applied, marker.AppliedID
-	}
-	// A batch whose rows were written but not its marker is applied again;
-	// rows the state holds at a later version than an event are not
-	// written back (careful).
-	last, err := s.rows.GetLastMsgForSubject(ctx, DBFilter(m.cfg.Prefix, m.cfg.DB))
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-	case err != nil:
-		return fmt.Errorf("read the row state's last message: %w", err)
-	default:
-		s.careful = parseUint(last.Header.Get(HeaderSeq))
+		// A batch whose rows were written but not its marker is applied
+		// again; rows the state holds at a later version than an event
+		// are not written back (careful).
+		if s.careful, err = s.unmarked(ctx, marker.At); err != nil {
+			return err
+		}
 	}
 	s.delivered = s.position
 	m.last.Store(&AppliedEvent{Seq: s.position, ID: s.lastID})
@@ -323,6 +318,60 @@ func (s *session) open(ctx context.Context) error {
 	m.applied.Store(s.position)
 	m.m.applied.Set(float64(s.position))
 	return nil
+}
+
+// unmarked returns the largest event sequence of the messages the rows
+// stream holds for the database after its marker (at, the marker's
+// position), 0 when there are none: the rows (and truncates) of batches
+// an earlier session wrote without writing their marker. Not only the last
+// one counts: on a stream without fast batches a row refused in the middle
+// of a batch is followed by stored rows of later events, and the session
+// after it may rewrite rows of earlier events after those. A marker may
+// not be written below the largest (applyBatch).
+func (s *session) unmarked(ctx context.Context, at uint64) (uint64, error) {
+	filter := DBFilter(s.m.cfg.Prefix, s.m.cfg.DB)
+	last, err := s.rows.GetLastMsgForSubject(ctx, filter)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("read the row state's last message: %w", err)
+	case last.Sequence <= at:
+		return 0, nil // the marker is the last message: the common case
+	}
+	largest := parseUint(last.Header.Get(HeaderSeq))
+	what := fmt.Sprintf("read the rows written after the row state's position (%d to %d)", at+1, last.Sequence)
+	cons, err := s.rows.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{filter},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    at + 1,
+		HeadersOnly:    true,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
+	}
+	defer it.Stop()
+	for {
+		msg, err := it.Next(jetstream.NextMaxWait(scanWait))
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", what, err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", what, err)
+		}
+		largest = max(largest, parseUint(msg.Headers().Get(HeaderSeq)))
+		// Nothing else writes the database's rows now; the count is
+		// the end should the last message have gone (a tombstone's
+		// time to live).
+		if meta.Sequence.Stream >= last.Sequence || meta.NumPending == 0 {
+			return largest, nil
+		}
+	}
 }
 
 // follow applies the event stream from the state's position on.
@@ -443,6 +492,16 @@ func (s *session) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
 	}
 	if err := s.flush(ctx); err != nil {
 		return err
+	}
+	if last < s.careful {
+		// An earlier session stored rows of events up to careful, and
+		// maybe not every row before them: on a stream without fast
+		// batches a refused row's successors are stored all the same. A
+		// marker now would sit after those rows, and a scan would count
+		// them in its N, past an event whose row is missing. The
+		// position is recorded once this session has written the rows
+		// of every event up to careful.
+		return nil
 	}
 	s.position, s.lastID = last, lastID
 	if err := s.writeDBMarker(ctx); err != nil {

@@ -78,10 +78,10 @@ const scanAttempts = 5
 // comes without those columns, as any enter does. 1. and 3. lean on a
 // maintainer's writes being stored in the order it makes them, which one
 // connection's publishes are. A write refused in the middle of a batch
-// while later ones are stored (a store full, then freed) ends the session
-// and the next one writes the row again, after P: a scan between the two
-// whose N counts the later rows would leave that row out with no event
-// after N to bring it. The marker,
+// while later ones are stored (a stream without fast batches stores them)
+// leaves a row missing below rows of later events: no marker is written
+// after those rows until the row is written too (the maintainer's
+// careful position), so N never counts them. The marker,
 // read from a replica that lags, is an older one: an earlier P, for which
 // all of the above holds as well.
 //

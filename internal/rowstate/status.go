@@ -44,6 +44,8 @@ type DBMarker struct {
 	// AppliedID is the event id of the event at Applied; "" when not
 	// recorded.
 	AppliedID string
+	// At is the marker's own position in the rows stream.
+	At uint64
 }
 
 // ErrNoState: no maintainer has written the state of the database.
@@ -60,5 +62,5 @@ func ReadDBMarker(ctx context.Context, rows jetstream.Stream, prefix, db string)
 		return DBMarker{}, fmt.Errorf("read the row state's position of database %s: %w", db, err)
 	}
 	return DBMarker{Applied: parseUint(msg.Header.Get(HeaderSeq)), Start: parseUint(msg.Header.Get(HeaderStart)),
-		AppliedID: msg.Header.Get(HeaderAppliedID)}, nil
+		AppliedID: msg.Header.Get(HeaderAppliedID), At: msg.Sequence}, nil
 }
