@@ -26,7 +26,10 @@
 # sent, sampled every 100 ms), tell a stall of PostgreSQL from one of tablecast;
 # so does tablecast's own histogram of how late its reader received each
 # commit (tablecast_cdc_commit_receipt_seconds, read before and after the
-# window: the bucket bounds of its p50 and p99).
+# window: the bucket bounds of its p50 and p99). The gateway's histograms,
+# read the same way, split the WebSocket leg: how old each event was when
+# the gateway's feed received it from NATS (JetStream's own delivery), and
+# how long the feed took to queue its frames for the client.
 #
 # Usage: [CONFIGS="1000x1 1000x10"] [DURATION=30] [WARM=5] [REPEAT=1]
 #        [BINS="bin/tablecast other/tablecast"] [NATS=embedded|external]
@@ -76,6 +79,7 @@ if [ "$NATS" = external ]; then go build -o bin/nats-server github.com/nats-io/n
 PM_PID=$(head -1 "$PGDATA_DIR/postmaster.pid")
 TICKS=$(getconf CLK_TCK)
 HTTP=127.0.0.1:18081
+hists="tablecast_cdc_commit_receipt_seconds tablecast_gateway_event_age_seconds tablecast_gateway_fanout_seconds"
 NATS_ADDR=127.0.0.1:14223
 
 work=$(mktemp -d)
@@ -161,29 +165,36 @@ pos_report() {
   done
 }
 
-# receipt_buckets: tablecast's histogram of how late its reader received
-# each commit (commit time by PostgreSQL's clock → commit message read), as
-# "le count" lines; empty when the binary has no such histogram.
-receipt_buckets() {
+# hist_buckets metric: one of tablecast's histograms as "le count" lines;
+# empty when the binary has no such histogram. The reader's
+# tablecast_cdc_commit_receipt_seconds: how late it received each commit
+# (commit time by PostgreSQL's clock → commit message read); the gateway's
+# tablecast_gateway_event_age_seconds: how old each event was when its feed
+# received it (stored by JetStream → arrived from NATS), and
+# tablecast_gateway_fanout_seconds: arrived → its frames queued for the
+# client.
+hist_buckets() {
   curl -sf "http://$HTTP/metrics" 2>/dev/null |
-    awk -F'[{}" ]+' '/^tablecast_cdc_commit_receipt_seconds_bucket/ { for (i = 2; i < NF; i++) if ($i == "le=") print $(i + 1), $NF }'
+    awk -F'[{}" ]+' -v m="$1_bucket" '$1 == m { for (i = 2; i < NF; i++) if ($i == "le=") print $(i + 1), $NF }'
 }
-# receipt_report before after: from two receipt_buckets snapshots, the
-# bucket bounds that hold tablecast's p50 and p99 over the window, and how
-# many commits it received more than 16 ms late: the walsender's delay as
-# tablecast's own reader saw it.
-receipt_report() {
-  [ -s "$1" ] && [ -s "$2" ] || return 0
-  awk 'NR == FNR { c0[$1] = $2; next } { le[++n] = $1; c[n] = $2 - c0[$1] } END {
+# hist_report what before after: from two hist_buckets snapshots, the
+# bucket bounds that hold the p50 and p99 over the window, and how many
+# observations were over 16 ms (when 16 ms is a bound).
+hist_report() {
+  [ -s "$2" ] && [ -s "$3" ] || return 0
+  awk -v what="$1" 'NR == FNR { c0[$1] = $2; next } { le[++n] = $1; c[n] = $2 - c0[$1] } END {
     total = c[n]; if (total <= 0) exit
+    upto16 = -1
     for (i = 1; i <= n; i++) {
       if (p50 == "" && c[i] >= total * 0.5) p50 = le[i]
       if (p99 == "" && c[i] >= total * 0.99) p99 = le[i]
       if (le[i] + 0 == 0.016) upto16 = c[i]
     }
-    printf "   tablecast received commits (its histogram): p50 ≤ %s ms, p99 ≤ %s ms; %d of %d over 16 ms late\n",
-      (p50 == "+Inf" ? "inf" : p50 * 1000), (p99 == "+Inf" ? "inf" : p99 * 1000), total - upto16, total
-  }' "$1" "$2"
+    printf "   %s (its histogram): p50 ≤ %s ms, p99 ≤ %s ms", what,
+      (p50 == "+Inf" ? "inf" : p50 * 1000), (p99 == "+Inf" ? "inf" : p99 * 1000)
+    if (upto16 >= 0) printf "; %d of %d over 16 ms", total - upto16, total
+    printf "\n"
+  }' "$2" "$3"
 }
 
 # run_one rate rows bin rep: one measured run; prints its report.
@@ -277,7 +288,7 @@ SQL
   pb0=$(proc_ticks "$pgb_pid")
   if [ -n "$nats_pid" ]; then n0=$(proc_ticks "$nats_pid"); fi
   c0=$(date +%s.%N)
-  receipt_buckets >"$work/receipt0.txt"
+  for h in $hists; do hist_buckets "$h" >"$work/$h.0"; done
   # pgbench's own CPU is read just before it ends.
   local pb1=0
   while kill -0 "$pgb_pid" 2>/dev/null; do
@@ -292,7 +303,7 @@ SQL
   ws1=0; [ -z "$ws_pid" ] || ws1=$(proc_ticks "$ws_pid")
   if [ -n "$nats_pid" ]; then n1=$(proc_ticks "$nats_pid"); fi
   c1=$(date +%s.%N)
-  receipt_buckets >"$work/receipt1.txt"
+  for h in $hists; do hist_buckets "$h" >"$work/$h.1"; done
   secs=$(echo "$c1 - $c0" | bc -l)
   # Let the last transactions arrive everywhere.
   sleep 3
@@ -313,7 +324,9 @@ SQL
   local wsfile=
   [ -z "$ws_pid" ] || wsfile="$work/ws.txt"
   bin/cdclat report -floor "$work/floor.txt" -js "$work/js.txt" ${wsfile:+-ws "$wsfile"} -from "$from" -to "$to" -worst "${WORST:-0}" | sed 's/^/   /'
-  receipt_report "$work/receipt0.txt" "$work/receipt1.txt"
+  hist_report "tablecast received commits" "$work/tablecast_cdc_commit_receipt_seconds.0" "$work/tablecast_cdc_commit_receipt_seconds.1"
+  hist_report "the gateway received events, age since stored" "$work/tablecast_gateway_event_age_seconds.0" "$work/tablecast_gateway_event_age_seconds.1"
+  hist_report "the gateway queued them for the client" "$work/tablecast_gateway_fanout_seconds.0" "$work/tablecast_gateway_fanout_seconds.1"
   local cpu
   cpu="tablecast $(pct $((tc1 - tc0)) "$secs")%"
   if [ -n "$nats_pid" ]; then cpu+=" nats-server $(pct $((n1 - n0)) "$secs")%"; fi

@@ -3,6 +3,8 @@ package wsgate
 import (
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 )
 
 func TestSubscribeReceivesEvents(t *testing.T) {
@@ -25,4 +27,33 @@ func TestSubscribeReceivesEvents(t *testing.T) {
 	c.expect("unsubscribed", "s1")
 	e.publish("create", map[string]any{"id": 2, "status": "open"})
 	c.expectQuiet(300 * time.Millisecond)
+}
+
+// TestEventAgeMetric: each message a live feed receives is counted in
+// tablecast_gateway_event_age_seconds once, with its age from JetStream
+// storing it: never negative, and never more than the time from before it
+// was published to after its frame was read.
+func TestEventAgeMetric(t *testing.T) {
+	e := startGateway(t, nil)
+	c := e.dial("/ws")
+	c.subscribe(map[string]any{"id": "s1", "table": "public.orders"})
+	before := time.Now()
+	for i := range 3 {
+		e.publish("create", map[string]any{"id": i + 1, "status": "open"})
+	}
+	for range 3 {
+		c.expect("event", "s1")
+	}
+	bound := time.Since(before).Seconds()
+	var m dto.Metric
+	if err := e.gw.met.eventAge.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	n, sum := m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
+	if n != 3 {
+		t.Fatalf("%d ages observed for 3 events", n)
+	}
+	if sum < 0 || sum > 3*bound {
+		t.Fatalf("the 3 events' ages add up to %gs: not within 0 and 3 × the %gs from before publishing to after reading", sum, bound)
+	}
 }

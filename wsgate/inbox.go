@@ -72,6 +72,8 @@ func (f *feed) receive(msg jetstream.Msg) {
 	if err != nil {
 		return
 	}
+	now := time.Now()
+	f.g.met.eventAge.Observe(max(0, now.Sub(meta.Timestamp)).Seconds())
 	in := &f.in
 	size := len(msg.Subject()) + len(msg.Data()) + 64
 	stalled := false
@@ -92,7 +94,10 @@ func (f *feed) receive(msg jetstream.Msg) {
 		in.mu.Unlock()
 		return
 	}
-	in.q = append(in.q, received{msg: msg, meta: meta, at: time.Now()})
+	if stalled {
+		now = time.Now() // it arrives in the inbox now
+	}
+	in.q = append(in.q, received{msg: msg, meta: meta, at: now})
 	in.bytes += size
 	in.mu.Unlock()
 	select {

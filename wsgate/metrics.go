@@ -18,6 +18,7 @@ type metrics struct {
 	events        prometheus.Counter
 	errorFrames   *prometheus.CounterVec
 	fanout        prometheus.Histogram
+	eventAge      prometheus.Histogram
 	claims        *prometheus.CounterVec
 	refused       *prometheus.CounterVec
 
@@ -58,6 +59,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time from an event's arrival from NATS to its frames queued for every matching subscriber.",
 			Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10),
 		}),
+		eventAge: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tablecast_gateway_event_age_seconds",
+			Help: "Age of each message a live feed receives from NATS (events, topic messages, transaction markers): from JetStream storing it (its stored timestamp) to its arrival. " +
+				"How far the gateway's consumers run behind the stream; on another machine than the stream's leader it includes the difference of their clocks.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16), // 50µs .. 1.6s
+		}),
 		claims: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tablecast_gateway_claims_total",
 			Help: "Claims of events too large for one NATS message, by result: resolved (the object read), gone (expired: the event sent as received), failed (unreadable in time, or malformed: sent as received).",
@@ -81,7 +88,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.subscriptions, m.feeds, m.framesSent, m.bytesSent,
-			m.slowCloses, m.events, m.errorFrames, m.fanout, m.claims, m.refused,
+			m.slowCloses, m.events, m.errorFrames, m.fanout, m.eventAge, m.claims, m.refused,
 			m.replaysRunning, m.replaysWaiting, m.replayed, m.historyLost)
 	}
 	return m

@@ -182,7 +182,7 @@ func TestGatewayEndToEnd(t *testing.T) {
 		}
 	}
 	_, metrics, _ := httpGet("http://" + httpAddr + "/metrics")
-	for _, m := range []string{"tablecast_gateway_connections", "tablecast_gateway_frames_sent_total", "tablecast_gateway_fanout_seconds", "tablecast_cdc_events_published_total"} {
+	for _, m := range []string{"tablecast_gateway_connections", "tablecast_gateway_frames_sent_total", "tablecast_gateway_fanout_seconds", "tablecast_gateway_event_age_seconds", "tablecast_cdc_events_published_total"} {
 		if !strings.Contains(metrics, m) {
 			t.Errorf("/metrics lacks %s", m)
 		}
