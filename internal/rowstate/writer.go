@@ -97,16 +97,26 @@ func (w *asyncWriter) write(subject string, key []byte, v version) error {
 
 func (w *asyncWriter) flush(ctx context.Context) error {
 	defer func() { w.pending = w.pending[:0] }()
+	var first error
+	var settle <-chan time.Time
 	for _, f := range w.pending {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
-			return fmt.Errorf("write row %s: %w", f.Msg().Subject, err)
+			if first == nil {
+				first = fmt.Errorf("write row %s: %w", f.Msg().Subject, err)
+				// The rows after it are stored all the same: wait for
+				// them too (a while), so that the next session's look
+				// at what is stored after the marker sees them.
+				settle = time.After(batchAckTimeout)
+			}
+		case <-settle:
+			return first
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	return nil
+	return first
 }
 
 func (w *asyncWriter) close() {}
