@@ -29,20 +29,28 @@ const leaderGetTimeout = 5 * time.Second
 // lasts. A maintainer waiting for good applies nothing more, and the
 // reader, waiting for the state to look up old rows, stands still.
 func lastFromLeader(ctx context.Context, nc *nats.Conn, name, subject string) (nats.Header, []byte, error) {
+	_, h, data, err := lastSeqFromLeader(ctx, nc, name, subject)
+	return h, data, err
+}
+
+// lastSeqFromLeader is lastFromLeader, with the message's stream sequence.
+// subject may hold wildcards: the last message of any subject it matches.
+func lastSeqFromLeader(ctx context.Context, nc *nats.Conn, name, subject string) (uint64, nats.Header, []byte, error) {
 	req, err := json.Marshal(struct {
 		LastBySubject string `json:"last_by_subj"`
 	}{subject})
 	if err != nil {
-		return nil, nil, err
+		return 0, nil, nil, err
 	}
 	rctx, cancel := context.WithTimeout(ctx, leaderGetTimeout)
 	defer cancel()
 	msg, err := nc.RequestWithContext(rctx, "$JS.API.STREAM.MSG.GET."+name, req)
 	if err != nil {
-		return nil, nil, fmt.Errorf("get the last message of %s from stream %s's leader: %w", subject, name, err)
+		return 0, nil, nil, fmt.Errorf("get the last message of %s from stream %s's leader: %w", subject, name, err)
 	}
 	var resp struct {
 		Message *struct {
+			Seq    uint64 `json:"seq"`
 			Header []byte `json:"hdrs"`
 			Data   []byte `json:"data"`
 		} `json:"message"`
@@ -53,21 +61,21 @@ func lastFromLeader(ctx context.Context, nc *nats.Conn, name, subject string) (n
 		} `json:"error"`
 	}
 	if err := json.Unmarshal(msg.Data, &resp); err != nil {
-		return nil, nil, fmt.Errorf("get the last message of %s from stream %s's leader: %w", subject, name, err)
+		return 0, nil, nil, fmt.Errorf("get the last message of %s from stream %s's leader: %w", subject, name, err)
 	}
 	switch {
 	case resp.Error != nil && resp.Error.ErrCode == 10037: // no message (JSNoMessageFoundErr)
-		return nil, nil, jetstream.ErrMsgNotFound
+		return 0, nil, nil, jetstream.ErrMsgNotFound
 	case resp.Error != nil:
-		return nil, nil, fmt.Errorf("get the last message of %s from stream %s's leader: %s (%d)", subject, name, resp.Error.Description, resp.Error.ErrCode)
+		return 0, nil, nil, fmt.Errorf("get the last message of %s from stream %s's leader: %s (%d)", subject, name, resp.Error.Description, resp.Error.ErrCode)
 	case resp.Message == nil:
-		return nil, nil, errors.New("get the last message of " + subject + " from stream " + name + "'s leader: an answer without a message")
+		return 0, nil, nil, errors.New("get the last message of " + subject + " from stream " + name + "'s leader: an answer without a message")
 	}
 	var h nats.Header
 	if len(resp.Message.Header) > 0 {
 		if h, err = nats.DecodeHeadersMsg(resp.Message.Header); err != nil {
-			return nil, nil, fmt.Errorf("get the last message of %s from stream %s's leader: %w", subject, name, err)
+			return 0, nil, nil, fmt.Errorf("get the last message of %s from stream %s's leader: %w", subject, name, err)
 		}
 	}
-	return h, resp.Message.Data, nil
+	return resp.Message.Seq, h, resp.Message.Data, nil
 }

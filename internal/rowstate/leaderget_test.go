@@ -41,6 +41,18 @@ func TestLastFromLeader(t *testing.T) {
 	if _, _, err := lastFromLeader(ctx, n.NC, "NOSUCH", "lg.row"); err == nil || errors.Is(err, jetstream.ErrMsgNotFound) {
 		t.Errorf("a stream that does not exist: %v, want an error other than not found", err)
 	}
+	// A wildcard: the last message of any subject it matches, with its
+	// stream sequence.
+	if _, err := n.JS.Publish(ctx, "lg.other", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	seq, h, _, err := lastSeqFromLeader(ctx, n.NC, "LEADERGET", "lg.row")
+	if err != nil || seq != 2 || h.Get(HeaderSeq) != "2" {
+		t.Errorf("last of lg.row: sequence %d, headers %v, %v; want 2", seq, h, err)
+	}
+	if seq, _, data, err := lastSeqFromLeader(ctx, n.NC, "LEADERGET", "lg.>"); err != nil || seq != 3 || string(data) != `{}` {
+		t.Errorf("last of lg.>: sequence %d, %s, %v; want 3, the last message of any subject", seq, data, err)
+	}
 }
 
 // TestLastFromLeaderUnanswered: a request no leader answers (its node died,

@@ -330,17 +330,29 @@ func (s *session) open(ctx context.Context) error {
 // not be written below the largest (applyBatch).
 func (s *session) unmarked(ctx context.Context, at uint64) (uint64, error) {
 	filter := DBFilter(s.m.cfg.Prefix, s.m.cfg.DB)
-	last, err := s.rows.GetLastMsgForSubject(ctx, filter)
+	var lastSeq uint64
+	var h nats.Header
+	var err error
+	if s.rows.CachedInfo().Config.Replicas > 1 {
+		// A direct get may be answered by a replica behind the earlier
+		// session's writes (lastFromLeader).
+		lastSeq, h, _, err = lastSeqFromLeader(ctx, s.m.nc, s.rows.CachedInfo().Config.Name, filter)
+	} else {
+		var last *jetstream.RawStreamMsg
+		if last, err = s.rows.GetLastMsgForSubject(ctx, filter); err == nil {
+			lastSeq, h = last.Sequence, last.Header
+		}
+	}
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return 0, nil
 	case err != nil:
 		return 0, fmt.Errorf("read the row state's last message: %w", err)
-	case last.Sequence <= at:
+	case lastSeq <= at:
 		return 0, nil // the marker is the last message: the common case
 	}
-	largest := parseUint(last.Header.Get(HeaderSeq))
-	what := fmt.Sprintf("read the rows written after the row state's position (%d to %d)", at+1, last.Sequence)
+	largest := parseUint(h.Get(HeaderSeq))
+	what := fmt.Sprintf("read the rows written after the row state's position (%d to %d)", at+1, lastSeq)
 	cons, err := s.rows.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{filter},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
@@ -368,7 +380,7 @@ func (s *session) unmarked(ctx context.Context, at uint64) (uint64, error) {
 		// Nothing else writes the database's rows now; the count is
 		// the end should the last message have gone (a tombstone's
 		// time to live).
-		if meta.Sequence.Stream >= last.Sequence || meta.NumPending == 0 {
+		if meta.Sequence.Stream >= lastSeq || meta.NumPending == 0 {
 			return largest, nil
 		}
 	}
