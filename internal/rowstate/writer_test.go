@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tablecast/tablecast/internal/auth/authtest"
 	"github.com/tablecast/tablecast/internal/rowstate"
@@ -58,38 +59,68 @@ func refusedRowHoldsTheMarker(t *testing.T) {
 	e := newEnv(t, items)
 	m, _ := e.maintainer()
 	e.caughtUp(m)
+	r := refuseBigRows(e)
+	if !r.cfg.AllowBatchPublish {
+		t.Fatal("the rows stream does not take fast batches: the maintainer writes rows one acknowledged publish each")
+	}
+	r.commit("UPDATE items SET name = 'after' WHERE id = 1;")
+	// The maintainer tries the batch again and again meanwhile.
+	time.Sleep(2 * time.Second)
+	r.check(m)
+	r.lift(m)
+}
+
+// refusal is a rows stream that refuses row messages over 2 KiB, and a
+// transaction with one such row (1051) among small ones.
+type refusal struct {
+	e    *env
+	rows jetstream.Stream
+	cfg  jetstream.StreamConfig // the rows stream's, with the limit
+	big  uint64                 // the event of the refused row
+}
+
+func refuseBigRows(e *env) *refusal {
+	e.t.Helper()
 	ctx := context.Background()
 	rows, err := e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	info, err := rows.Info(ctx)
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
-	if !info.Config.AllowBatchPublish {
-		t.Fatal("the rows stream does not take fast batches: the maintainer writes rows one acknowledged publish each")
+	r := &refusal{e: e, rows: rows, cfg: info.Config}
+	r.cfg.MaxMsgSize = 2048
+	if _, err := e.nats.JS.UpdateStream(ctx, r.cfg); err != nil {
+		e.t.Fatal(err)
 	}
-	cfg := info.Config
-	cfg.MaxMsgSize = 2048
-	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	return r
+}
 
-	// One transaction: small rows, one too large for the stream, small rows.
+// commit commits the transaction (small rows, one too large for the
+// stream, small rows, then extra) and waits for its events.
+func (r *refusal) commit(extra string) {
+	e := r.e
+	e.t.Helper()
 	e.exec(`BEGIN;
 INSERT INTO items SELECT g, 'n' || g, NULL FROM generate_series(1001, 1050) g;
 INSERT INTO items VALUES (1051, 'big', ` + bigText + `);
 INSERT INTO items SELECT g, 'n' || g, NULL FROM generate_series(1052, 1100) g;
-UPDATE items SET name = 'after' WHERE id = 1;
+` + extra + `
 COMMIT`)
-	var big uint64
-	waitFor(t, 30*time.Second, "the transaction's events", func() bool {
-		big = e.eventOf(1051)
-		return big > 0 && e.eventOf(1100) > 0
+	waitFor(e.t, 30*time.Second, "the transaction's events", func() bool {
+		r.big = e.eventOf(1051)
+		return r.big > 0 && e.eventOf(1100) > 0
 	})
-	// The maintainer tries the batch again and again meanwhile.
-	time.Sleep(2 * time.Second)
+}
+
+// check checks the state while the row is refused: applied before its
+// event, and a scan as of before it that, with the events after it, is
+// the table.
+func (r *refusal) check(m *rowstate.Maintainer) {
+	e, t, big := r.e, r.e.t, r.big
+	t.Helper()
 	if a := m.Applied(); a >= big {
 		t.Fatalf("the row state is recorded as applied up to event %d, past event %d whose row the stream refused", a, big)
 	}
@@ -101,10 +132,16 @@ COMMIT`)
 	}
 	applyEvents(t, e, got, n)
 	sameRows(t, fmt.Sprintf("while a row is refused (scan as of event %d, the refused row's event %d)", n, big), got, e.want("items"))
+}
 
-	cfg.MaxMsgSize = -1
-	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
+// lift lets the stream take the row, and waits for the state to catch up
+// with the table.
+func (r *refusal) lift(m *rowstate.Maintainer) {
+	e := r.e
+	e.t.Helper()
+	r.cfg.MaxMsgSize = -1
+	if _, err := e.nats.JS.UpdateStream(context.Background(), r.cfg); err != nil {
+		e.t.Fatal(err)
 	}
 	e.settled("once the stream takes the row", "items")
 	e.caughtUp(m)
@@ -303,32 +340,11 @@ func TestRefusedRowLeavesNoMarkerAboveIt(t *testing.T) {
 	e := newEnv(t, items)
 	m, stop := e.maintainerOf(rowstate.Config{BatchWait: 500 * time.Millisecond})
 	e.caughtUp(m)
+	r := refuseBigRows(e)
+	r.commit("")
 	ctx := context.Background()
-	rows, err := e.nats.JS.Stream(ctx, rowstate.RowsStreamName("TABLECAST"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := rows.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := info.Config
-	cfg.MaxMsgSize = 2048
-	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	e.exec(`BEGIN;
-INSERT INTO items SELECT g, 'n' || g, NULL FROM generate_series(1001, 1050) g;
-INSERT INTO items VALUES (1051, 'big', ` + bigText + `);
-INSERT INTO items SELECT g, 'n' || g, NULL FROM generate_series(1052, 1100) g;
-COMMIT`)
-	var big uint64
-	waitFor(t, 30*time.Second, "the transaction's events", func() bool {
-		big = e.eventOf(1051)
-		return big > 0 && e.eventOf(1100) > 0
-	})
 	rowAt := func(id int) uint64 {
-		msg, err := rows.GetLastMsgForSubject(ctx, rowstate.RowSubject(prefix, e.db, "public", "items",
+		msg, err := r.rows.GetLastMsgForSubject(ctx, rowstate.RowSubject(prefix, e.db, "public", "items",
 			rowstate.KeyToken([]byte(fmt.Sprintf(`{"id":%d}`, id)))))
 		if err != nil {
 			return 0
@@ -346,21 +362,6 @@ COMMIT`)
 	if rowAt(1100) != after {
 		t.Fatalf("the row after the refused one was written again: the test no longer sets up rows stored above a hole")
 	}
-	if a := m.Applied(); a >= big {
-		t.Fatalf("the row state is recorded as applied up to event %d, past event %d whose row the stream refused", a, big)
-	}
-	got, n := e.boundedRows("items")
-	if n >= big {
-		t.Fatalf("a scan is as of event %d, past event %d whose row the stream refused (the state has applied up to %d)", n, big, m.Applied())
-	}
-	applyEvents(t, e, got, n)
-	sameRows(t, fmt.Sprintf("while a row is refused (scan as of event %d, the refused row's event %d)", n, big), got, e.want("items"))
-
-	cfg.MaxMsgSize = -1
-	if _, err := e.nats.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	e.settled("once the stream takes the row", "items")
-	e.caughtUp(m)
-	e.consistent("caught up")
+	r.check(m)
+	r.lift(m)
 }
