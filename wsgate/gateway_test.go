@@ -30,9 +30,10 @@ func TestSubscribeReceivesEvents(t *testing.T) {
 }
 
 // TestEventAgeMetric: each message a live feed receives is counted in
-// tablecast_gateway_event_age_seconds once, with its age from JetStream
-// storing it: never negative, and never more than the time from before it
-// was published to after its frame was read.
+// tablecast_gateway_event_age_seconds, with its age from JetStream storing
+// it: never negative, and never more than the time from before it was
+// published to the histogram's reading. (A message the ordered consumer
+// delivers again after a reset is counted again.)
 func TestEventAgeMetric(t *testing.T) {
 	e := startGateway(t, nil)
 	c := e.dial("/ws")
@@ -44,16 +45,16 @@ func TestEventAgeMetric(t *testing.T) {
 	for range 3 {
 		c.expect("event", "s1")
 	}
-	bound := time.Since(before).Seconds()
 	var m dto.Metric
+	bound := time.Since(before).Seconds()
 	if err := e.gw.met.eventAge.Write(&m); err != nil {
 		t.Fatal(err)
 	}
 	n, sum := m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
-	if n != 3 {
-		t.Fatalf("%d ages observed for 3 events", n)
+	if n < 3 {
+		t.Fatalf("%d ages observed for 3 events received", n)
 	}
-	if sum < 0 || sum > 3*bound {
-		t.Fatalf("the 3 events' ages add up to %gs: not within 0 and 3 × the %gs from before publishing to after reading", sum, bound)
+	if sum < 0 || sum > float64(n)*bound {
+		t.Fatalf("%d ages add up to %gs: not within 0 and %d × the %gs from before publishing to reading them", n, sum, n, bound)
 	}
 }
