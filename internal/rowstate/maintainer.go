@@ -333,7 +333,8 @@ func (s *session) unmarked(ctx context.Context, at uint64) (uint64, error) {
 	var lastSeq uint64
 	var h nats.Header
 	var err error
-	if s.rows.CachedInfo().Config.Replicas > 1 {
+	replicated := s.rows.CachedInfo().Config.Replicas > 1
+	if replicated {
 		// A direct get may be answered by a replica behind the earlier
 		// session's writes (lastFromLeader).
 		lastSeq, h, _, err = lastSeqFromLeader(ctx, s.m.nc, s.rows.CachedInfo().Config.Name, filter)
@@ -379,8 +380,11 @@ func (s *session) unmarked(ctx context.Context, at uint64) (uint64, error) {
 		largest = max(largest, parseUint(msg.Headers().Get(HeaderSeq)))
 		// Nothing else writes the database's rows now; the count is
 		// the end should the last message have gone (a tombstone's
-		// time to live).
-		if meta.Sequence.Stream >= lastSeq || meta.NumPending == 0 {
+		// time to live). Not on a replicated stream: the consumer may
+		// run on a replica behind the leader, whose count would end the
+		// read before the leader's last message (a last message gone
+		// there fails the read, and the next session reads again).
+		if meta.Sequence.Stream >= lastSeq || !replicated && meta.NumPending == 0 {
 			return largest, nil
 		}
 	}
