@@ -16,7 +16,9 @@ import (
 const leaderGetTimeout = 5 * time.Second
 
 // lastFromLeader returns the last message of subject in stream name as the
-// stream's leader holds it (ErrMsgNotFound when there is none). A direct
+// stream's leader holds it, with its stream sequence (ErrMsgNotFound when
+// there is none); subject may hold wildcards (the last message of any
+// subject it matches). A direct
 // get may be answered by any replica, one of which can lag behind writes
 // already acknowledged; the maintainer, reading back a row it wrote in an
 // earlier batch (a TOASTed value to carry over, a version not to write
@@ -28,14 +30,7 @@ const leaderGetTimeout = 5 * time.Second
 // next) gets no answer at all, and nats.go waits for one as long as ctx
 // lasts. A maintainer waiting for good applies nothing more, and the
 // reader, waiting for the state to look up old rows, stands still.
-func lastFromLeader(ctx context.Context, nc *nats.Conn, name, subject string) (nats.Header, []byte, error) {
-	_, h, data, err := lastSeqFromLeader(ctx, nc, name, subject)
-	return h, data, err
-}
-
-// lastSeqFromLeader is lastFromLeader, with the message's stream sequence.
-// subject may hold wildcards: the last message of any subject it matches.
-func lastSeqFromLeader(ctx context.Context, nc *nats.Conn, name, subject string) (uint64, nats.Header, []byte, error) {
+func lastFromLeader(ctx context.Context, nc *nats.Conn, name, subject string) (uint64, nats.Header, []byte, error) {
 	req, err := json.Marshal(struct {
 		LastBySubject string `json:"last_by_subj"`
 	}{subject})

@@ -28,17 +28,17 @@ func TestLastFromLeader(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	h, data, err := lastFromLeader(ctx, n.NC, "LEADERGET", "lg.row")
+	_, h, data, err := lastFromLeader(ctx, n.NC, "LEADERGET", "lg.row")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if h.Get(HeaderSeq) != "2" || string(data) != `{"key":{"id":2}}` {
 		t.Errorf("got %v %s, want the last message", h, data)
 	}
-	if _, _, err := lastFromLeader(ctx, n.NC, "LEADERGET", "lg.none"); !errors.Is(err, jetstream.ErrMsgNotFound) {
+	if _, _, _, err := lastFromLeader(ctx, n.NC, "LEADERGET", "lg.none"); !errors.Is(err, jetstream.ErrMsgNotFound) {
 		t.Errorf("a subject without messages: %v, want ErrMsgNotFound", err)
 	}
-	if _, _, err := lastFromLeader(ctx, n.NC, "NOSUCH", "lg.row"); err == nil || errors.Is(err, jetstream.ErrMsgNotFound) {
+	if _, _, _, err := lastFromLeader(ctx, n.NC, "NOSUCH", "lg.row"); err == nil || errors.Is(err, jetstream.ErrMsgNotFound) {
 		t.Errorf("a stream that does not exist: %v, want an error other than not found", err)
 	}
 	// A wildcard: the last message of any subject it matches, with its
@@ -46,11 +46,11 @@ func TestLastFromLeader(t *testing.T) {
 	if _, err := n.JS.Publish(ctx, "lg.other", []byte(`{}`)); err != nil {
 		t.Fatal(err)
 	}
-	seq, h, _, err := lastSeqFromLeader(ctx, n.NC, "LEADERGET", "lg.row")
+	seq, h, _, err := lastFromLeader(ctx, n.NC, "LEADERGET", "lg.row")
 	if err != nil || seq != 2 || h.Get(HeaderSeq) != "2" {
 		t.Errorf("last of lg.row: sequence %d, headers %v, %v; want 2", seq, h, err)
 	}
-	if seq, _, data, err := lastSeqFromLeader(ctx, n.NC, "LEADERGET", "lg.>"); err != nil || seq != 3 || string(data) != `{}` {
+	if seq, _, data, err := lastFromLeader(ctx, n.NC, "LEADERGET", "lg.>"); err != nil || seq != 3 || string(data) != `{}` {
 		t.Errorf("last of lg.>: sequence %d, %s, %v; want 3, the last message of any subject", seq, data, err)
 	}
 }
@@ -84,7 +84,7 @@ func TestLastFromLeaderUnanswered(t *testing.T) {
 	done := make(chan error, 1)
 	began := time.Now()
 	go func() {
-		_, _, err := lastFromLeader(context.Background(), nc, "SILENT", "lg.row")
+		_, _, _, err := lastFromLeader(context.Background(), nc, "SILENT", "lg.row")
 		done <- err
 	}()
 	select {

@@ -320,6 +320,21 @@ func (s *session) open(ctx context.Context) error {
 	return nil
 }
 
+// lastMsg reads the last message of subject (wildcards allowed) from the
+// rows stream, with its stream sequence: on a replicated stream from its
+// leader, since a direct get may be answered by a replica behind writes
+// the maintainer was acknowledged for (lastFromLeader).
+func (s *session) lastMsg(ctx context.Context, subject string) (uint64, nats.Header, []byte, error) {
+	if s.rows.CachedInfo().Config.Replicas > 1 {
+		return lastFromLeader(ctx, s.m.nc, s.rows.CachedInfo().Config.Name, subject)
+	}
+	msg, err := s.rows.GetLastMsgForSubject(ctx, subject)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	return msg.Sequence, msg.Header, msg.Data, nil
+}
+
 // unmarked returns the largest event sequence of the messages the rows
 // stream holds for the database after its marker (at, the marker's
 // position), 0 when there are none: the rows (and truncates) of batches
@@ -330,20 +345,8 @@ func (s *session) open(ctx context.Context) error {
 // not be written below the largest (applyBatch).
 func (s *session) unmarked(ctx context.Context, at uint64) (uint64, error) {
 	filter := DBFilter(s.m.cfg.Prefix, s.m.cfg.DB)
-	var lastSeq uint64
-	var h nats.Header
-	var err error
 	replicated := s.rows.CachedInfo().Config.Replicas > 1
-	if replicated {
-		// A direct get may be answered by a replica behind the earlier
-		// session's writes (lastFromLeader).
-		lastSeq, h, _, err = lastSeqFromLeader(ctx, s.m.nc, s.rows.CachedInfo().Config.Name, filter)
-	} else {
-		var last *jetstream.RawStreamMsg
-		if last, err = s.rows.GetLastMsgForSubject(ctx, filter); err == nil {
-			lastSeq, h = last.Sequence, last.Header
-		}
-	}
+	lastSeq, h, _, err := s.lastMsg(ctx, filter)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return 0, nil
@@ -810,17 +813,7 @@ func (s *session) current(ctx context.Context, subj string) (version, error) {
 		return v, nil
 	}
 	s.m.m.lookupsOne.Inc()
-	var h nats.Header
-	var data []byte
-	var err error
-	if s.rows.CachedInfo().Config.Replicas > 1 {
-		h, data, err = lastFromLeader(ctx, s.m.nc, s.rows.CachedInfo().Config.Name, subj)
-	} else {
-		var msg *jetstream.RawStreamMsg
-		if msg, err = s.rows.GetLastMsgForSubject(ctx, subj); err == nil {
-			h, data = msg.Header, msg.Data
-		}
-	}
+	_, h, data, err := s.lastMsg(ctx, subj)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return version{}, nil
