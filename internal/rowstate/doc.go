@@ -20,11 +20,16 @@
 // acknowledged publish each), with gaps failing it, ended on
 // "<prefix>_rows.<db>._batch", which the stream never stores: a row refused
 // or lost on the way leaves every later row of the batch unstored and the
-// batch unacknowledged in full. After each batch whose rows are all stored
-// the maintainer records how far it has applied the database on
-// "<prefix>_rows.<db>._applied" (the last event's sequence, and its id:
-// LastApplied, AppliedID; a reader that completes old rows compares the ids
-// of its own events with it, see cdc's oldrows.go); it starts again from there
+// batch unacknowledged in full. Each batch records how far the maintainer
+// has applied the database on "<prefix>_rows.<db>._applied" (the last
+// event's sequence, and its id: LastApplied, AppliedID; a reader that
+// completes old rows compares the ids of its own events with it, see cdc's
+// oldrows.go): as the fast batch's last message, so that the stream stores
+// it only after every row of the batch, and only once the batch before is
+// known to be stored (the maintainer applies a batch while the stream
+// stores the one before it, and a refused row's successors of a later
+// batch are stored all the same); without fast batches, once every row of
+// the batch is acknowledged. It starts again from there
 // after a restart (a batch cut short is applied again, without writing a
 // row back over a later version), and a state deleted whole is rebuilt
 // from the event stream. Tables without a key have no state.

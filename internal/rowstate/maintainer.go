@@ -129,7 +129,14 @@ type session struct {
 	careful   uint64 // events up to it may be in the state already (an interrupted batch)
 	delivered uint64 // stream sequence of the last event received
 
-	batch map[string]version   // rows written by the batch being applied, by subject
+	batch map[string]version // rows written by the batch being applied, by subject
+	// inflight holds the rows of the batch ended last, by subject, until
+	// the stream is known to have stored them (settle): the next batch is
+	// applied meanwhile, and reads them here rather than from the stream.
+	inflight map[string]version
+	// ended is that batch's last event, recorded as the state's position
+	// once it is stored when marked (its marker was written with it).
+	ended endedBatch
 	w     rowWriter            // writes the rows of a batch
 	bases map[[2]string]string // tableRowsBase + ".r." of each table met, by schema and table
 	// truncates holds, by schema and table, the last truncate applied
@@ -160,6 +167,14 @@ type session struct {
 	// up to maxTxRows times (firstReads).
 	firstLSN   []byte
 	firstReads int
+}
+
+// endedBatch is a batch of rows ended and not yet known to be stored.
+type endedBatch struct {
+	pending bool
+	marked  bool   // its marker went with it
+	last    uint64 // its last event
+	lastID  string // that event's id
 }
 
 // maxTxRows and maxTxBytes bound session.tx: past them, a larger
@@ -339,8 +354,9 @@ func (s *session) lastMsg(ctx context.Context, subject string) (uint64, nats.Hea
 // stream holds for the database after its marker (at, the marker's
 // position), 0 when there are none: the rows (and truncates) of batches
 // an earlier session wrote without writing their marker. Not only the last
-// one counts: on a stream without fast batches a row refused in the middle
-// of a batch is followed by stored rows of later events, and the session
+// one counts: a row refused is followed by stored rows of later events
+// (those of the next batch, which was sent while its batch was being
+// stored; on a stream without fast batches, those of its own), and the session
 // after it may rewrite rows of earlier events after those. A marker may
 // not be written below the largest (applyBatch).
 func (s *session) unmarked(ctx context.Context, at uint64) (uint64, error) {
@@ -417,6 +433,11 @@ func (s *session) follow(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if s.ended.pending && m.cfg.Active != nil && !m.cfg.Active() {
+			if err := s.settle(ctx); err != nil {
+				return err
+			}
+		}
 		if err := m.waitActive(ctx); err != nil {
 			return err
 		}
@@ -430,6 +451,11 @@ func (s *session) follow(ctx context.Context) error {
 				return err
 			}
 			continue
+		}
+		// Nothing more within BatchWait: the batch ended last is waited
+		// for now, so that the position recorded keeps up.
+		if err := s.settle(ctx); err != nil {
+			return err
 		}
 		// A consumer can stall for good: when the node holding it dies
 		// (the event stream's leader, on a cluster), its open pull request
@@ -460,11 +486,15 @@ func (s *session) follow(ctx context.Context) error {
 // consumer is found within twice this.
 const stallCheck = 5 * time.Second
 
-// take waits up to a second for the first event, then takes what arrives
-// within BatchWait of the last, up to BatchEvents.
+// take waits up to a second for the first event (BatchWait while a batch
+// ended is still being stored), then takes what arrives within BatchWait
+// of the last, up to BatchEvents.
 func (s *session) take(it jetstream.MessagesContext) ([]jetstream.Msg, error) {
 	var out []jetstream.Msg
 	wait := time.Second
+	if s.ended.pending {
+		wait = s.m.cfg.BatchWait
+	}
 	for len(out) < s.m.cfg.BatchEvents {
 		msg, err := it.Next(jetstream.NextMaxWait(wait))
 		if errors.Is(err, nats.ErrTimeout) {
@@ -509,26 +539,52 @@ func (s *session) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
 	if last == 0 {
 		return nil
 	}
-	if err := s.flush(ctx); err != nil {
+	// The batch before this one was being stored while this one was
+	// applied; this one's marker may only follow it once it is.
+	if err := s.settle(ctx); err != nil {
 		return err
 	}
-	if last < s.careful {
-		// An earlier session stored rows of events up to careful, and
-		// maybe not every row before them: on a stream without fast
-		// batches a refused row's successors are stored all the same. A
-		// marker now would sit after those rows, and a scan would count
-		// them in its N, past an event whose row is missing. The
-		// position is recorded once this session has written the rows
-		// of every event up to careful.
+	// An earlier session stored rows of events up to careful, and maybe
+	// not every row before them: a refused row's successors of another
+	// batch (or on a stream without fast batches, of the same) are stored
+	// all the same. A marker now would sit after those rows, and a scan
+	// would count them in its N, past an event whose row is missing. The
+	// position is recorded once this session has written the rows of
+	// every event up to careful.
+	marked := last >= s.careful
+	var marker *nats.Msg
+	if marked {
+		marker = s.dbMarker(last, lastID)
+	}
+	if err := s.w.end(ctx, marker); err != nil {
+		return err
+	}
+	s.inflight, s.batch = s.batch, nil
+	s.ended = endedBatch{pending: true, marked: marked, last: last, lastID: lastID}
+	if !s.w.pipelined() {
+		return s.settle(ctx)
+	}
+	return nil
+}
+
+// settle waits until the batch ended last is stored, and records its
+// position when its marker went with it.
+func (s *session) settle(ctx context.Context) error {
+	if !s.ended.pending {
 		return nil
 	}
-	s.position, s.lastID = last, lastID
-	if err := s.writeDBMarker(ctx); err != nil {
+	if err := s.w.wait(ctx); err != nil {
 		return err
 	}
-	s.m.last.Store(&AppliedEvent{Seq: last, ID: lastID})
-	s.m.applied.Store(last)
-	s.m.m.applied.Set(float64(last))
+	b := s.ended
+	s.ended, s.inflight = endedBatch{}, nil
+	if !b.marked {
+		return nil
+	}
+	s.position, s.lastID = b.last, b.lastID
+	s.m.last.Store(&AppliedEvent{Seq: b.last, ID: b.lastID})
+	s.m.applied.Store(b.last)
+	s.m.m.applied.Set(float64(b.last))
 	return nil
 }
 
@@ -735,10 +791,14 @@ func (s *session) claimedKey(ctx context.Context, c change) ([]byte, error) {
 	return key, nil
 }
 
-// recent returns the row at subj written by this batch or, earlier, by the
-// transaction being applied.
+// recent returns the row at subj written by this batch, by the batch before
+// it while it is being stored, or, earlier, by the transaction being
+// applied.
 func (s *session) recent(subj string) (version, bool) {
 	if v, ok := s.batch[subj]; ok {
+		return v, true
+	}
+	if v, ok := s.inflight[subj]; ok {
 		return v, true
 	}
 	v, ok := s.tx[subj]
@@ -867,7 +927,15 @@ func (s *session) remember(subj string, v version) {
 // flush waits until every row written is stored. A refused write is not
 // retried here: the session ends and the next one applies the batch again
 // from the marker.
-func (s *session) flush(ctx context.Context) error { return s.w.flush(ctx) }
+func (s *session) flush(ctx context.Context) error {
+	if err := s.settle(ctx); err != nil {
+		return err
+	}
+	if err := s.w.end(ctx, nil); err != nil {
+		return err
+	}
+	return s.w.wait(ctx)
+}
 
 // rowSubject is RowSubject, with the table's part of it made once per
 // session.
@@ -900,7 +968,7 @@ func (s *session) truncate(ctx context.Context, c change) error {
 		return fmt.Errorf("truncate %s.%s: %w", c.schema, c.table, err)
 	}
 	prefix := strings.TrimSuffix(TableRowFilter(m.cfg.Prefix, m.cfg.DB, c.schema, c.table), ">")
-	for _, rows := range []map[string]version{s.batch, s.tx, s.pre} {
+	for _, rows := range []map[string]version{s.batch, s.inflight, s.tx, s.pre} {
 		for subj := range rows {
 			if strings.HasPrefix(subj, prefix) {
 				delete(rows, subj)
@@ -936,14 +1004,21 @@ func (s *session) truncatedAt(ctx context.Context, schemaName, table string) (ui
 	return st.Truncated, nil
 }
 
+// dbMarker is the database's marker for the position applied (the event
+// id lastID, "" when not known).
+func (s *session) dbMarker(applied uint64, lastID string) *nats.Msg {
+	msg := &nats.Msg{Subject: DBMarkerSubject(s.m.cfg.Prefix, s.m.cfg.DB), Header: nats.Header{}}
+	msg.Header.Set(HeaderSeq, strconv.FormatUint(applied, 10))
+	msg.Header.Set(HeaderStart, strconv.FormatUint(s.start, 10))
+	if lastID != "" {
+		msg.Header.Set(HeaderAppliedID, lastID)
+	}
+	return msg
+}
+
 // writeDBMarker records the state's position.
 func (s *session) writeDBMarker(ctx context.Context) error {
-	msg := &nats.Msg{Subject: DBMarkerSubject(s.m.cfg.Prefix, s.m.cfg.DB), Header: nats.Header{}}
-	msg.Header.Set(HeaderSeq, strconv.FormatUint(s.position, 10))
-	msg.Header.Set(HeaderStart, strconv.FormatUint(s.start, 10))
-	if s.lastID != "" {
-		msg.Header.Set(HeaderAppliedID, s.lastID)
-	}
+	msg := s.dbMarker(s.position, s.lastID)
 	if _, err := s.m.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(RowsStreamName(s.m.cfg.Events))); err != nil {
 		return fmt.Errorf("record the row state's position %d: %w", s.position, err)
 	}

@@ -77,9 +77,10 @@ const scanAttempts = 5
 // event after N has "unchanged" (TOASTed columns PostgreSQL did not send)
 // comes without those columns, as any enter does. 1. and 3. lean on a
 // maintainer's writes being stored in the order it makes them, which one
-// connection's publishes are. A write refused in the middle of a batch
-// while later ones are stored (a stream without fast batches stores them)
-// leaves a row missing below rows of later events: no marker is written
+// connection's publishes are. A write refused while later ones are stored
+// (the next batch's, sent while its own was being stored; on a stream
+// without fast batches, its own batch's) leaves a row missing below rows
+// of later events: no marker is written
 // after those rows until the row is written too (the maintainer's
 // careful position), so N never counts them. The marker,
 // read from a replica that lags, is an older one: an earlier P, for which

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -24,10 +25,19 @@ type rowWriter interface {
 	// data, its headers: rowHeaders). It may return before the stream
 	// stores it, and keeps no reference to key or v's data.
 	write(subject string, key []byte, v version) error
-	// flush waits until every message written since the last flush is
-	// stored; an error means some may not be, and the writer is no longer
-	// usable (the session ends, and the next applies the batch again).
-	flush(ctx context.Context) error
+	// end ends the rows written since the last end, followed by marker
+	// (nil: none), which the stream stores only if it has stored every
+	// row before it. An end before it must have been waited for. It may
+	// return before the stream stores them (then pipelined is true):
+	// wait says when.
+	end(ctx context.Context, marker *nats.Msg) error
+	// wait waits until the stream has stored what the last end ended (at
+	// once when nothing is pending). An error means some of it may not
+	// be stored, and the writer is no longer usable (the session ends,
+	// and the next applies the batch again).
+	wait(ctx context.Context) error
+	// pipelined reports whether end returns before the rows are stored.
+	pipelined() bool
 	close()
 }
 
@@ -95,6 +105,25 @@ func (w *asyncWriter) write(subject string, key []byte, v version) error {
 	return nil
 }
 
+// end waits for every row written since the last end, then writes marker
+// when every one of them was stored.
+func (w *asyncWriter) end(ctx context.Context, marker *nats.Msg) error {
+	if err := w.flush(ctx); err != nil {
+		return err
+	}
+	if marker == nil {
+		return nil
+	}
+	if _, err := w.js.PublishMsg(ctx, marker, jetstream.WithExpectStream(w.stream)); err != nil {
+		return fmt.Errorf("write %s: %w", marker.Subject, err)
+	}
+	return nil
+}
+
+func (w *asyncWriter) wait(context.Context) error { return nil }
+
+func (w *asyncWriter) pipelined() bool { return false }
+
 func (w *asyncWriter) flush(ctx context.Context) error {
 	defer func() { w.pending = w.pending[:0] }()
 	var first error
@@ -145,11 +174,24 @@ type batchWriter struct {
 	sent       uint64 // messages of the open batch sent
 	reconnects uint64 // nc's reconnect count when the open batch began
 
+	// pend is the batch ended last, until its final acknowledgement is
+	// waited for (id "" when none); early holds the replies to the open
+	// batch that came while it was awaited.
+	pend  pendingBatch
+	early []*nats.Msg
+
 	msg   nats.Msg
 	hdr   nats.Header
 	lsn   lsnHeader
 	data  []byte
 	reply []byte
+}
+
+// pendingBatch is a batch ended and not yet known to be stored.
+type pendingBatch struct {
+	id         string
+	sent       uint64 // its messages
+	reconnects uint64 // nc's reconnect count when it began
 }
 
 // batchFlowAcks is how many rows the stream stores between two of its flow
@@ -185,6 +227,15 @@ func newBatchWriter(nc *nats.Conn, stream, eob string) (*batchWriter, error) {
 }
 
 func (w *batchWriter) write(subject string, key []byte, v version) error {
+	clear(w.hdr)
+	rowHeaders(w.hdr, v, &w.lsn)
+	w.data = appendRowMessage(w.data[:0], key, v.data, v.truncated())
+	return w.send(subject, w.hdr, w.data, true)
+}
+
+// send sends one message of the open batch (row: a row's, which dropRow
+// may lose), beginning a batch when none is open.
+func (w *batchWriter) send(subject string, hdr nats.Header, data []byte, row bool) error {
 	op := stream.FastBatchAppend
 	if w.sent == 0 {
 		op = stream.FastBatchStart
@@ -192,25 +243,24 @@ func (w *batchWriter) write(subject string, key []byte, v version) error {
 		w.id = w.idBase + strconv.FormatUint(w.num, 10)
 		w.reconnects = w.nc.Stats().Reconnects
 		// Replies of an earlier batch still queued (flow acknowledgements
-		// that crossed its end) are of no use now.
-		for {
+		// that crossed its end) are of no use now, unless one is still
+		// awaited: then those kept for it (early) are too.
+		for w.pend.id == "" {
+			w.early = w.early[:0]
 			if _, err := w.sub.NextMsg(0); err != nil {
 				break
 			}
 		}
 	}
 	w.sent++
-	if f := dropRow.Load(); f != nil && (*f)(w.sent) {
+	if f := dropRow.Load(); row && f != nil && (*f)(w.sent) {
 		return nil // lost on the way, as a dropped connection would lose it
 	}
-	clear(w.hdr)
-	rowHeaders(w.hdr, v, &w.lsn)
-	w.data = appendRowMessage(w.data[:0], key, v.data, v.truncated())
-	w.msg = nats.Msg{Subject: subject, Reply: w.replySubject(w.sent, op), Header: w.hdr, Data: w.data}
+	w.msg = nats.Msg{Subject: subject, Reply: w.replySubject(w.sent, op), Header: hdr, Data: data}
 	// nats.go copies the message into its write buffer before PublishMsg
 	// returns: msg, hdr and data are free again.
 	if err := w.nc.PublishMsg(&w.msg); err != nil {
-		return fmt.Errorf("write row %s: %w", subject, err)
+		return fmt.Errorf("write %s: %w", subject, err)
 	}
 	return nil
 }
@@ -249,7 +299,19 @@ func (e *apiError) Error() string {
 // every row of a batch.
 var ErrRowsRefused = errors.New("the rows stream did not store every row of the batch")
 
-func (w *batchWriter) flush(ctx context.Context) error {
+// end sends marker as the open batch's last message, and the message that
+// ends the batch; the batch is then pending until wait. With gaps failing
+// the batch, the stream stores the marker only if it stored every row
+// before it, so the marker never stands above a row that is missing.
+func (w *batchWriter) end(_ context.Context, marker *nats.Msg) error {
+	if w.pend.id != "" {
+		return fmt.Errorf("end a batch of rows while batch %s is not known to be stored", w.pend.id)
+	}
+	if marker != nil {
+		if err := w.send(marker.Subject, marker.Header, marker.Data, false); err != nil {
+			return err
+		}
+	}
 	if w.sent == 0 {
 		return nil
 	}
@@ -262,31 +324,62 @@ func (w *batchWriter) flush(ctx context.Context) error {
 	} else if err := w.nc.PublishMsg(&w.msg); err != nil {
 		return fmt.Errorf("end the batch of %d rows: %w", sent, err)
 	}
-	prefix := w.inbox + w.id + "."
+	w.pend = pendingBatch{id: w.id, sent: sent, reconnects: w.reconnects}
+	return nil
+}
+
+func (w *batchWriter) pipelined() bool { return true }
+
+// wait waits for the final acknowledgement of the pending batch. Replies to
+// the open batch that come meanwhile are kept for its own wait.
+func (w *batchWriter) wait(ctx context.Context) error {
+	p := w.pend
+	if p.id == "" {
+		return nil
+	}
+	w.pend = pendingBatch{}
+	prefix := w.inbox + p.id + "."
+	open := ""
+	if w.sent > 0 {
+		open = w.inbox + w.id + "."
+	}
+	sent := p.sent
 	var refused error
-	heard := time.Now() // the end was sent, or the last reply to the batch came
+	// Replies that came while the next batch was applied are queued: the
+	// silence is counted from now, or the last reply to the batch.
+	heard := time.Now()
 	for {
-		wait := min(time.Until(heard.Add(batchAckTimeout)), 250*time.Millisecond)
-		if wait <= 0 {
-			return fmt.Errorf("write %d rows: the stream sent nothing for %s after the batch's end or its last reply", sent, batchAckTimeout)
-		}
-		wctx, cancel := context.WithTimeout(ctx, wait)
-		m, err := w.sub.NextMsgWithContext(wctx)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return ctx.Err()
-		case errors.Is(err, context.DeadlineExceeded):
-			if w.nc.Stats().Reconnects != w.reconnects {
-				// Rows sent before the connection dropped may be lost, and
-				// with them the stream's replies.
-				return fmt.Errorf("write %d rows: the connection to NATS was lost during the batch", sent)
+		var m *nats.Msg
+		if i := slices.IndexFunc(w.early, func(m *nats.Msg) bool { return strings.HasPrefix(m.Subject, prefix) }); i >= 0 {
+			m = w.early[i]
+			w.early = slices.Delete(w.early, i, i+1)
+		} else {
+			wait := min(time.Until(heard.Add(batchAckTimeout)), 250*time.Millisecond)
+			if wait <= 0 {
+				return fmt.Errorf("write %d rows: the stream sent nothing for %s after the batch's end or its last reply", sent, batchAckTimeout)
 			}
-			continue
-		case err != nil:
-			return fmt.Errorf("write %d rows: %w", sent, err)
+			wctx, cancel := context.WithTimeout(ctx, wait)
+			var err error
+			m, err = w.sub.NextMsgWithContext(wctx)
+			cancel()
+			switch {
+			case ctx.Err() != nil:
+				return ctx.Err()
+			case errors.Is(err, context.DeadlineExceeded):
+				if w.nc.Stats().Reconnects != p.reconnects {
+					// Rows sent before the connection dropped may be lost, and
+					// with them the stream's replies.
+					return fmt.Errorf("write %d rows: the connection to NATS was lost during the batch", sent)
+				}
+				continue
+			case err != nil:
+				return fmt.Errorf("write %d rows: %w", sent, err)
+			}
 		}
 		if !strings.HasPrefix(m.Subject, prefix) {
+			if open != "" && strings.HasPrefix(m.Subject, open) {
+				w.early = append(w.early, m) // the open batch's, for its wait
+			}
 			continue // a reply to an earlier batch
 		}
 		heard = time.Now()

@@ -70,6 +70,32 @@ func refusedRowHoldsTheMarker(t *testing.T) {
 	r.lift(m)
 }
 
+// TestRefusedRowHoldsTheMarkerAcrossBatches: the maintainer applies a
+// batch while the stream stores the one before it. When that one has a
+// refused row, the rows of the batch after it are stored all the same;
+// that batch's marker must not be, since a scan as of it would lack the
+// refused row. Ten events a batch put the refused row's batch among
+// others of the transaction.
+func TestRefusedRowHoldsTheMarkerAcrossBatches(t *testing.T) {
+	e := newEnv(t, items)
+	m, _ := e.maintainerOf(rowstate.Config{BatchEvents: 10})
+	e.caughtUp(m)
+	r := refuseBigRows(e)
+	r.commit("")
+	time.Sleep(2 * time.Second)
+	stored := 0
+	for id := 1052; id <= 1100; id++ {
+		if r.rowAt(id) > 0 {
+			stored++
+		}
+	}
+	if stored == 0 {
+		t.Fatal("no row after the refused one was stored: the test no longer sets up a batch stored after a refused one")
+	}
+	r.check(m)
+	r.lift(m)
+}
+
 // refusal is a rows stream that refuses row messages over 2 KiB, and a
 // transaction with one such row (1051) among small ones.
 type refusal struct {
@@ -134,6 +160,17 @@ func (r *refusal) check(m *rowstate.Maintainer) {
 	sameRows(t, fmt.Sprintf("while a row is refused (scan as of event %d, the refused row's event %d)", n, big), got, e.want("items"))
 }
 
+// rowAt returns the stream sequence of the row of items whose id is id in
+// the rows stream (0: none).
+func (r *refusal) rowAt(id int) uint64 {
+	msg, err := r.rows.GetLastMsgForSubject(context.Background(), rowstate.RowSubject(prefix, r.e.db, "public", "items",
+		rowstate.KeyToken([]byte(fmt.Sprintf(`{"id":%d}`, id)))))
+	if err != nil {
+		return 0
+	}
+	return msg.Sequence
+}
+
 // lift lets the stream take the row, and waits for the state to catch up
 // with the table.
 func (r *refusal) lift(m *rowstate.Maintainer) {
@@ -162,10 +199,17 @@ func (e *env) lastEvent() uint64 {
 
 // TestLostRowFailsTheBatch: a row message lost on its way to the stream
 // (as with a connection that drops mid-batch) fails its batch; the
-// maintainer applies the batch again, and the state equals the table.
+// maintainer applies the batch again, and the state equals the table. With
+// ten events a batch, the batch after the one with the lost row is applied
+// and sent while that one is being stored.
 func TestLostRowFailsTheBatch(t *testing.T) {
+	t.Run("one batch", func(t *testing.T) { lostRowFailsTheBatch(t, rowstate.Config{}) })
+	t.Run("ten events a batch", func(t *testing.T) { lostRowFailsTheBatch(t, rowstate.Config{BatchEvents: 10}) })
+}
+
+func lostRowFailsTheBatch(t *testing.T, cfg rowstate.Config) {
 	e := newEnv(t, items)
-	m, _ := e.maintainer()
+	m, _ := e.maintainerOf(cfg)
 	e.caughtUp(m)
 	// Lose the third row of the next batches of at least three rows, twice.
 	var lost atomic.Int32
@@ -187,12 +231,19 @@ func TestLostRowFailsTheBatch(t *testing.T) {
 // the stream's silence since the batch's end (5 s), not for a wait from
 // the batch's start (the 30 s this replaced), writes the rows again, and
 // the state equals the table. The reason is asserted from the
-// maintainer's log, not from a clock.
+// maintainer's log, not from a clock. With ten events a batch, the batches
+// after the lost end are applied while it is awaited, and none of their
+// markers may be written before it.
 func TestLostBatchEndCostsSeconds(t *testing.T) {
+	t.Run("one batch", func(t *testing.T) { lostBatchEndCostsSeconds(t, 0) })
+	t.Run("ten events a batch", func(t *testing.T) { lostBatchEndCostsSeconds(t, 10) })
+}
+
+func lostBatchEndCostsSeconds(t *testing.T, batchEvents int) {
 	e := newEnv(t, items)
 	logger, logs := authtest.NewLogger()
 	m, err := rowstate.New(rowstate.Config{DB: e.db, Prefix: prefix, RetryMin: 50 * time.Millisecond,
-		Logger: logger}, e.nats.NC)
+		Logger: logger, BatchEvents: batchEvents}, e.nats.NC)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,24 +393,15 @@ func TestRefusedRowLeavesNoMarkerAboveIt(t *testing.T) {
 	e.caughtUp(m)
 	r := refuseBigRows(e)
 	r.commit("")
-	ctx := context.Background()
-	rowAt := func(id int) uint64 {
-		msg, err := r.rows.GetLastMsgForSubject(ctx, rowstate.RowSubject(prefix, e.db, "public", "items",
-			rowstate.KeyToken([]byte(fmt.Sprintf(`{"id":%d}`, id)))))
-		if err != nil {
-			return 0
-		}
-		return msg.Sequence
-	}
-	waitFor(t, 30*time.Second, "the rows after the refused one to be stored", func() bool { return rowAt(1100) > 0 })
+	waitFor(t, 30*time.Second, "the rows after the refused one to be stored", func() bool { return r.rowAt(1100) > 0 })
 	stop()
-	after := rowAt(1100)
+	after := r.rowAt(1100)
 
 	m, _ = e.maintainerOf(rowstate.Config{BatchEvents: 10})
 	// Its batches before the refused row rewrite nothing (the rows hold
 	// those versions), and it tries the refused row again and again.
 	time.Sleep(2 * time.Second)
-	if rowAt(1100) != after {
+	if r.rowAt(1100) != after {
 		t.Fatalf("the row after the refused one was written again: the test no longer sets up rows stored above a hole")
 	}
 	r.check(m)
