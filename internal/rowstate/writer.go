@@ -150,7 +150,7 @@ func (w *asyncWriter) flush(ctx context.Context) error {
 
 func (w *asyncWriter) close() {}
 
-// batchWriter sends the rows between two flushes as one JetStream fast
+// batchWriter sends the rows between two ends as one JetStream fast
 // batch (the protocol is described in stream/batch.go): the stream answers
 // every few hundred messages and once when the batch ends, instead of once
 // per row, which spares the server a reply per row and the maintainer an
@@ -158,8 +158,8 @@ func (w *asyncWriter) close() {}
 // are sent with gaps failing it: when the stream refuses a row (a full
 // store, a message too large) or a row is lost with the connection, it
 // stores no later row of the batch and its final acknowledgement counts
-// fewer rows than were sent, so flush fails and the batch's marker is not
-// written.
+// fewer rows than were sent, so wait fails; the batch's marker, its last
+// message, is not stored.
 type batchWriter struct {
 	nc     *nats.Conn
 	stream string // the rows stream: the name every acknowledgement must carry
