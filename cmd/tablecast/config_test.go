@@ -67,6 +67,9 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 			[]string{`TABLECAST_TABLES: "*" cannot be combined`, "TABLECAST_PUBLICATION: \"ppp"}},
 		{map[string]string{"TABLECAST_NATS_URL": `"nats://app:s3cret@nats.example:4222"`}, []string{`TABLECAST_NATS_URL: server 1 "…@nats.example:4222\"": want nats://host:port`}},
 		{map[string]string{"TABLECAST_NATS_URL": "nats://a.example:4222, http://b.example:80"}, []string{`TABLECAST_NATS_URL: server 2 "http://b.example:80"`}},
+		// Servers the client could never dial, which it would retry as if down.
+		{map[string]string{"TABLECAST_NATS_URL": "nats://127.0.0.1:99999,nats://:::,-1,nats://a..b:4222,nats://h:0"},
+			[]string{`server 1 "nats://127.0.0.1:99999": want nats://host:port`, `server 2 "nats://:::"`, `server 3 "-1"`, `server 4 "nats://a..b:4222"`, `server 5 "nats://h:0"`}},
 		{map[string]string{"TABLECAST_NATS_LISTEN": "127.0.0.1:8080"}, []string{"TABLECAST_NATS_LISTEN 127.0.0.1:8080 and TABLECAST_HTTP_ADDR 127.0.0.1:8080 take the same port"}},
 		{map[string]string{"TABLECAST_NATS_LISTEN": "0.0.0.0:8091", "TABLECAST_NATS_TOKEN": "t"}, []string{"TABLECAST_NATS_LISTEN 0.0.0.0:8091 and TABLECAST_ADMIN_ADDR 127.0.0.1:8091 take the same port"}},
 		{map[string]string{"TABLECAST_STREAM": "A.B"}, []string{`TABLECAST_STREAM "A.B": want a JetStream stream name`}},
@@ -108,7 +111,7 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		}
 	})
 	t.Run("NATS URLs as the client reads them", func(t *testing.T) {
-		t.Setenv("TABLECAST_NATS_URL", "nats://app:pw@a.example:4222, tls://b.example,c.example:4222,ws://d.example:8080")
+		t.Setenv("TABLECAST_NATS_URL", "nats://app:pw@a.example:4222, tls://b.example,c.example:4222,ws://d.example:8080,nats://[::1]:4222,nats-1,tls://nats_2.example.com.:4443")
 		if _, err := loadConfig(); err != nil {
 			t.Fatal(err)
 		}

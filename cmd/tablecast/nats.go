@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -139,7 +140,7 @@ func checkNATSURLs(urls string) []error {
 			s = "nats://" + s
 		}
 		u, err := url.Parse(s)
-		if err == nil && (u.Scheme == "nats" || u.Scheme == "tls" || u.Scheme == "ws" || u.Scheme == "wss") && u.Hostname() != "" {
+		if err == nil && (u.Scheme == "nats" || u.Scheme == "tls" || u.Scheme == "ws" || u.Scheme == "wss") && validServer(u) {
 			continue
 		}
 		// Whatever precedes an @ may be a password: it is not shown.
@@ -150,6 +151,39 @@ func checkNATSURLs(urls string) []error {
 		errs = append(errs, fmt.Errorf("TABLECAST_NATS_URL: server %d %q: want nats://host:port (or tls://, ws://, wss://), servers comma-separated, without quotes", i+1, shown))
 	}
 	return errs
+}
+
+// validServer reports whether u names a server the client can dial: an IP
+// address (IPv6 in brackets) or a host name of well-formed labels, and a
+// port from 1 to 65535 when there is one. The client would otherwise try
+// such a server again and again, as if it were only down.
+func validServer(u *url.URL) bool {
+	host, port := u.Hostname(), u.Port()
+	if host == "" || strings.Count(u.Host, ":") > 1 && !strings.HasPrefix(u.Host, "[") {
+		return false // no host, or IPv6 without its brackets
+	}
+	if port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return false
+		}
+	}
+	if net.ParseIP(host) != nil {
+		return true
+	}
+	if len(host) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(host, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // embeddedConfig is the embedded server's configuration.
