@@ -262,8 +262,8 @@ func loadConfig() (Config, error) {
 			errs = append(errs, errors.New("TABLECAST_TOPIC_ROLES: an empty role name (a doubled or trailing comma?)"))
 		}
 	}
-	if c.Stream == "" || strings.ContainsAny(c.Stream, " \t\r\n.*>/\\") {
-		errs = append(errs, fmt.Errorf("TABLECAST_STREAM %q: want a JetStream stream name, without white space, '.', '*', '>' or path separators (TABLECAST)", c.Stream))
+	if !validStreamName(c.Stream) {
+		errs = append(errs, fmt.Errorf("TABLECAST_STREAM %q: want a JetStream stream name of letters, digits, '_' and '-' (TABLECAST): the buckets named after it (<STREAM>_DEADLETTER_BODIES) take no other characters", c.Stream))
 	}
 	// What the reader refuses, said here with the rest rather than by
 	// `run` and `cdc` once the embedded NATS has started and the stream
@@ -662,4 +662,21 @@ func (c Config) checkOldRows() []error {
 		}
 	}
 	return errs
+}
+
+// validStreamName reports whether name may name the stream: JetStream's own
+// rules are looser, but the object store bucket of the webhooks' dead
+// letters is named after the stream, and bucket names are letters, digits,
+// '_' and '-' only. The stream's name and its dead letters' must not stop
+// working only once the first webhook fails.
+func validStreamName(name string) bool {
+	if name == "" || len(name) > 200 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
 }

@@ -74,6 +74,7 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		{map[string]string{"TABLECAST_NATS_LISTEN": "0.0.0.0:8091", "TABLECAST_NATS_TOKEN": "t"}, []string{"TABLECAST_NATS_LISTEN 0.0.0.0:8091 and TABLECAST_ADMIN_ADDR 127.0.0.1:8091 take the same port"}},
 		{map[string]string{"TABLECAST_STREAM": "A.B"}, []string{`TABLECAST_STREAM "A.B": want a JetStream stream name`}},
 		{map[string]string{"TABLECAST_STREAM": ""}, []string{`TABLECAST_STREAM "": want a JetStream stream name`}},
+		{map[string]string{"TABLECAST_STREAM": "x%zz"}, []string{`TABLECAST_STREAM "x%zz": want a JetStream stream name of letters, digits, '_' and '-'`}},
 	}
 	for _, tt := range tests {
 		var name []string
