@@ -214,6 +214,13 @@ func TestBadInput(t *testing.T) {
 	cases = append(cases,
 		badCase{method: "POST", path: "/v1/filters", body: with(flt, "name", "taken"), status: 409, field: "name", says: "taken"},
 		badCase{method: "PATCH", path: "/v1/filters/taken", body: map[string]any{"name": "renamed"}, status: 400, field: "name"},
+		// A member given twice inside a where: shown as one, it would be
+		// applied as both (a filter that matches nothing).
+		badCase{method: "POST", path: "/v1/filters", body: []byte(`{"name": "dup", "tables": ["public.orders"], "where": {"status": {"eq": "paid", "eq": "new"}}}`), status: 400, field: "where.status", says: `member "eq" is given twice`},
+		badCase{method: "POST", path: "/v1/filters", body: []byte(`{"name": "dup", "tables": ["public.orders"], "where": {"status": {"eq": "paid"}, "st\u0061tus": {"eq": "new"}}}`), status: 400, field: "where", says: `member "status" is given twice`},
+		badCase{method: "POST", path: "/v1/filters", body: []byte(`{"name": "dup", "tables": ["public.orders"], "where": {"or": [{"status": {"eq": "paid"}}, {"id": {"gt": 1, "gt": 2}}]}}`), status: 400, field: "where.or", says: `member "gt" is given twice`},
+		badCase{method: "POST", path: "/v1/rules", body: []byte(`{"name": "dup", "table": "public.audit", "new": {"status": {"eq": "paid", "eq": "x"}}}`), status: 400, field: "new.status", says: "given twice"},
+		badCase{method: "POST", path: "/v1/rules", body: []byte(`{"name": "dup", "table": "public.audit", "changed": ["status"], "old": {"status": {"eq": "new"}, "status": {"eq": "x"}}}`), status: 400, field: "old", says: "given twice"},
 	)
 
 	rl := func(field, says string, body map[string]any) {

@@ -69,110 +69,23 @@ const maxClaimsDepth = 64
 
 // checkRepeated refuses claims that name a member twice in any object, at
 // any depth. It reads the bytes once, without decoding them (a token's
-// claims are checked on every connection): names are compared as slices of
-// the payload, decoded only when they hold escapes or non-ASCII. What is
-// not valid JSON is left for the decoder to report.
+// claims are checked on every connection; jsonx.FindRepeated). What is not
+// valid JSON is left for the decoder to report.
 func checkRepeated(payload []byte) error {
-	d := repeatScan{b: payload, names: make([]repeatName, 0, 32)}
 	i := jsonx.SkipSpace(payload, 0)
 	if i >= len(payload) || payload[i] != '{' {
 		return nil
 	}
-	_, err := d.value(i, 0)
+	rep, err := jsonx.FindRepeated(payload, i, maxClaimsDepth)
 	switch {
-	case err == errRepeated && d.claim == nil:
-		return authErr(ReasonDuplicateClaim, fmt.Errorf("claim %q is repeated", d.name))
-	case err == errRepeated && jsonx.DecodeString(d.claim) == GrantsClaim:
-		return authErr(cutUTF8(ReasonMalformedGrants+": "+repeatedMemberError(d.name).Error(), maxReasonLen), nil)
-	case err == errRepeated:
-		return authErr(ReasonDuplicateClaim, fmt.Errorf("claim %q: %w", jsonx.DecodeString(d.claim), repeatedMemberError(d.name)))
+	case err == jsonx.ErrRepeated && rep.Top == nil:
+		return authErr(ReasonDuplicateClaim, fmt.Errorf("claim %q is repeated", rep.Name))
+	case err == jsonx.ErrRepeated && jsonx.DecodeString(rep.Top) == GrantsClaim:
+		return authErr(cutUTF8(ReasonMalformedGrants+": "+repeatedMemberError(rep.Name).Error(), maxReasonLen), nil)
+	case err == jsonx.ErrRepeated:
+		return authErr(ReasonDuplicateClaim, fmt.Errorf("claim %q: %w", jsonx.DecodeString(rep.Top), repeatedMemberError(rep.Name)))
 	case err == jsonx.ErrTooDeep:
 		return fmt.Errorf("claims nested deeper than %d", maxClaimsDepth)
 	}
 	return nil // valid, or for the decoder to refuse
-}
-
-var errRepeated = errors.New("repeated member")
-
-// repeatScan is checkRepeated's scanner.
-type repeatScan struct {
-	b     []byte
-	names []repeatName  // the names of the objects open, outermost first
-	claim []byte        // the top-level member being read; nil when a claim itself is repeated
-	name  string        // the repeated name, once found
-	skip  jsonx.Scanner // skips scalars
-}
-
-// repeatName is a member name as it is in the payload.
-type repeatName struct {
-	raw   []byte
-	plain bool // no escapes, ASCII: its bytes are its value
-}
-
-func (n repeatName) equal(o repeatName) bool {
-	if n.plain && o.plain {
-		return bytes.Equal(n.raw, o.raw)
-	}
-	return jsonx.DecodeString(n.raw) == jsonx.DecodeString(o.raw)
-}
-
-// value reads the value at b[i] and returns the index after it:
-// errRepeated when an object in it repeats a name, jsonx.ErrTooDeep, or jsonx.ErrSyntax.
-func (d *repeatScan) value(i, depth int) (int, error) {
-	b := d.b
-	if i >= len(b) {
-		return i, jsonx.ErrSyntax
-	}
-	if b[i] != '{' && b[i] != '[' {
-		return d.skip.SkipValue(b, i)
-	}
-	if depth > maxClaimsDepth {
-		return i, jsonx.ErrTooDeep
-	}
-	open, end := b[i], byte('}')
-	if open == '[' {
-		end = ']'
-	}
-	start := len(d.names)
-	defer func() { d.names = d.names[:start] }()
-	if i = jsonx.SkipSpace(b, i+1); i < len(b) && b[i] == end {
-		return i + 1, nil
-	}
-	for {
-		if open == '{' {
-			if i >= len(b) || b[i] != '"' {
-				return i, jsonx.ErrSyntax
-			}
-			after, plain, ok := jsonx.ScanString(b, i)
-			if !ok {
-				return i, jsonx.ErrSyntax
-			}
-			n := repeatName{raw: b[i+1 : after-1], plain: plain}
-			for _, o := range d.names[start:] {
-				if o.equal(n) {
-					d.name = jsonx.DecodeString(n.raw)
-					if depth == 0 {
-						d.claim = nil // a claim itself is repeated
-					}
-					return i, errRepeated
-				}
-			}
-			d.names = append(d.names, n)
-			if depth == 0 {
-				d.claim = n.raw
-			}
-			if i = jsonx.SkipSpace(b, after); i >= len(b) || b[i] != ':' {
-				return i, jsonx.ErrSyntax
-			}
-			i = jsonx.SkipSpace(b, i+1)
-		}
-		var err error
-		if i, err = d.value(i, depth+1); err != nil {
-			return i, err
-		}
-		var more bool
-		if i, more, err = jsonx.Next(b, i, end); err != nil || !more {
-			return i, err
-		}
-	}
 }

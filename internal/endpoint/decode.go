@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tablecast/tablecast/internal/jsonx"
 )
 
 // Decoding: the JSON of an endpoint, filter or rule as a client writes it,
@@ -287,6 +289,16 @@ func (d decoder) where(path string, v json.RawMessage) json.RawMessage {
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, v); err != nil {
 		d.errs.add(path, "not valid JSON")
+		return nil
+	}
+	// A member given twice would be shown as one (the last, as most JSON
+	// readers keep) and applied as both, ANDed: refused, as everywhere.
+	if rep, err := jsonx.FindRepeated(buf.Bytes(), 0, jsonx.MaxDepth); err == jsonx.ErrRepeated {
+		p := path
+		if rep.Top != nil {
+			p = join(path, jsonx.DecodeString(rep.Top))
+		}
+		d.errs.add(p, "member %q is given twice", rep.Name)
 		return nil
 	}
 	return buf.Bytes()

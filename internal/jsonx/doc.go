@@ -17,7 +17,9 @@
 //     them) is compared with CompareString, decoded with DecodeString, and
 //     IsPlain tells whether it needs decoding at all;
 //   - EqualCompact compares a JSON text with a compact one, ignoring
-//     insignificant white space.
+//     insignificant white space;
+//   - FindRepeated finds an object, at any depth, that gives a member name
+//     twice.
 //
 // The grammar is encoding/json's, and so are its choices where RFC 8259
 // leaves one: invalid UTF-8 in strings is not refused (it reads as U+FFFD),
