@@ -112,7 +112,7 @@ func (s *Server) listDeadLetters(w http.ResponseWriter, r *http.Request, _ []byt
 		limit = n
 	}
 	if len(fields) > 0 {
-		writeError(w, http.StatusBadRequest, codeInvalid, "bad query parameters", fields)
+		writeError(w, http.StatusBadRequest, codeBadRequest, "bad query parameters", fields)
 		return
 	}
 	id := s.deadLetterEndpoint(w, r)
