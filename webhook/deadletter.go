@@ -330,10 +330,13 @@ func (d *DeadLetters) Replay(ctx context.Context, endpointID string, seqs ...uin
 			case raw.Sequence > last:
 				return n, nil
 			}
-			if err := d.requeue(ctx, str, endpointID, raw); err != nil {
+			mine, err := d.requeue(ctx, str, endpointID, raw)
+			if err != nil {
 				return n, err
 			}
-			n++
+			if mine {
+				n++
+			}
 			seq = raw.Sequence + 1
 		}
 		return n, nil
@@ -349,23 +352,28 @@ func (d *DeadLetters) Replay(ctx context.Context, endpointID string, seqs ...uin
 		if raw.Subject != subj {
 			return n, fmt.Errorf("dead letter %d is not one of endpoint %s: %w", seq, endpointID, ErrOtherEndpoint)
 		}
-		if err := d.requeue(ctx, str, endpointID, raw); err != nil {
+		mine, err := d.requeue(ctx, str, endpointID, raw)
+		if err != nil {
 			return n, err
 		}
-		n++
+		if mine {
+			n++
+		}
 	}
 	return n, nil
 }
 
 // requeue queues the dead letter raw for its endpoint's replay and removes
-// it from the dead letters.
+// it from the dead letters. mine is false when another call removed it
+// first: replays at once queue each dead letter once (its replay's
+// Nats-Msg-Id), and it counts in one call's answer, not in each.
 //
 // Once begun, it is finished (within requestTimeout) even if ctx ends
 // meanwhile: a dead letter queued but not removed would be replayed again
 // by the next call, once the duplicate window is past.
-func (d *DeadLetters) requeue(ctx context.Context, str jetstream.Stream, endpointID string, raw *jetstream.RawStreamMsg) error {
+func (d *DeadLetters) requeue(ctx context.Context, str jetstream.Stream, endpointID string, raw *jetstream.RawStreamMsg) (mine bool, err error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return false, err
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
 	defer cancel()
@@ -376,12 +384,28 @@ func (d *DeadLetters) requeue(ctx context.Context, str jetstream.Stream, endpoin
 	msg.Header.Del(nats.MsgIdHdr)
 	seq := raw.Sequence
 	if _, err := d.js.PublishMsg(ctx, msg, jetstream.WithMsgID("replay-"+strconv.FormatUint(seq, 10))); err != nil {
-		return fmt.Errorf("queue dead letter %d for replay: %w", seq, err)
+		return false, fmt.Errorf("queue dead letter %d for replay: %w", seq, err)
 	}
-	if err := str.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("remove replayed dead letter %d: %w", seq, err)
+	if err := str.DeleteMsg(ctx, seq); err != nil {
+		if msgGone(ctx, str, seq, err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("remove replayed dead letter %d: %w", seq, err)
 	}
-	return nil
+	return true, nil
+}
+
+// msgGone reports whether deleting message seq of str failed with err
+// because the message was gone already: deleted by another call, even
+// while this one was deleting it. JetStream says so in more than one way
+// (ErrMsgNotFound, "sequence not found", or a failed delete saying "no
+// message found"), so a failure is checked by reading the message.
+func msgGone(ctx context.Context, str jetstream.Stream, seq uint64, err error) bool {
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return true
+	}
+	_, err = str.GetMsg(ctx, seq)
+	return errors.Is(err, jetstream.ErrMsgNotFound)
 }
 
 // deadLetter stores items as dead letters of the endpoint, retrying until
@@ -533,7 +557,7 @@ func (w *worker) replays(ctx context.Context) {
 			sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
 			if err := msg.Ack(); err != nil {
 				w.log().Warn("cannot acknowledge a replayed event; it may be delivered again", "err", err)
-			} else if err := d.str.DeleteMsg(sctx, meta.Sequence.Stream); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			} else if err := d.str.DeleteMsg(sctx, meta.Sequence.Stream); err != nil && !msgGone(sctx, d.str, meta.Sequence.Stream, err) {
 				w.log().Warn("cannot remove a replayed event from the dead-letter stream", "err", err)
 			} else if object != "" {
 				// Delivered, or dead-lettered again with an object of its

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -357,6 +358,67 @@ func TestDeadLetterAndReplay(t *testing.T) {
 	}
 	if dls, _ := e.mgr.DeadLetters().List(ctx, ep.ID, 0, 10); len(dls) != 0 {
 		t.Fatalf("%d dead letters left after the replay", len(dls))
+	}
+}
+
+// TestConcurrentReplays: calls replaying every dead letter of an endpoint
+// at once (an operator's retried request, two operators) each succeed,
+// together count each dead letter once, and each arrives once.
+func TestConcurrentReplays(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	var failing atomic.Bool
+	failing.Store(true)
+	r.setAnswer(func(*delivery, int) (int, map[string]string, time.Duration) {
+		if failing.Load() {
+			return 503, nil, 0
+		}
+		return 200, nil, 0
+	})
+	ep := e.endpoint("replays", r.URL(), func(w *endpoint.Webhook) {
+		w.Retry = endpoint.Retry{Initial: endpoint.Duration(100 * time.Millisecond), Max: endpoint.Duration(200 * time.Millisecond), MaxAge: endpoint.Duration(time.Second)}
+	})
+	e.waitConsumer(ep)
+	const rows = 8
+	e.insertOrders(1, rows)
+	ctx := context.Background()
+	dl := e.mgr.DeadLetters()
+	waitFor(t, time.Minute, "every row dead-lettered", func() bool {
+		dls, err := dl.List(ctx, ep.ID, 0, 100)
+		return err == nil && len(dls) == rows
+	})
+	failing.Store(false)
+	var (
+		wg    sync.WaitGroup
+		total atomic.Int64
+	)
+	for range 4 {
+		wg.Go(func() {
+			n, err := dl.Replay(ctx, ep.ID)
+			if err != nil {
+				t.Errorf("Replay: %v", err)
+			}
+			total.Add(int64(n))
+		})
+	}
+	wg.Wait()
+	if n := total.Load(); n != rows {
+		t.Errorf("the replays counted %d dead letters together, want %d", n, rows)
+	}
+	got := r.waitAccepted(t, rows, time.Minute)
+	time.Sleep(time.Second) // room for a second delivery of any of them
+	seen := map[float64]int{}
+	for _, ev := range r.accepted(t) {
+		seen[ev.Data["id"].(float64)]++
+	}
+	for id := 1; id <= rows; id++ {
+		if seen[float64(id)] != 1 {
+			t.Errorf("row %d arrived %d times (%d events accepted)", id, seen[float64(id)], len(got))
+		}
+	}
+	if dls, _ := dl.List(ctx, ep.ID, 0, 100); len(dls) != 0 {
+		t.Fatalf("%d dead letters left after the replays", len(dls))
 	}
 }
 
