@@ -383,7 +383,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, js jetstream.JetStream)
 	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()
-		g.cat.Run(g.ctx, schemas, topics, g.topicDestroyed, catalog.Start{After: cfg.StartAfter, Hold: cfg.holdCatalog})
+		g.cat.Run(g.ctx, schemas, topics, g.topicDestroyed, catalog.Start{After: cfg.StartAfter, Hold: cfg.holdCatalog, OnShape: g.shapeChanged})
 	}()
 	if cfg.Auth.Enabled() {
 		// Closes the connections of API keys the keys file no longer holds.

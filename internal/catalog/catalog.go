@@ -85,6 +85,10 @@ type Start struct {
 	After <-chan struct{}
 	// Hold (tests) holds back its very load until closed.
 	Hold <-chan struct{}
+	// OnShape, when set, is called (without locks held, on the watch's
+	// goroutine) each time a table already known gets a new shape: prev
+	// is what it replaced, t the table now.
+	OnShape func(prev, t *Table)
 }
 
 type tableKey struct{ db, schema, table string }
@@ -177,7 +181,10 @@ func (c *Catalog) Run(ctx context.Context, schemas *stream.Registry, topics *str
 			return
 		}
 		c.watch(ctx, "schema registry", schemas.Watch, func(e jetstream.KeyValueEntry) {
-			c.applyShape(e)
+			prev, t := c.applyShape(e)
+			if prev != nil && start.OnShape != nil {
+				start.OnShape(prev, t)
+			}
 			c.noteApplied(e.Revision())
 		}, func() { schemasOnce.Do(func() { close(schemasLoaded) }) })
 	}()
@@ -304,19 +311,22 @@ func (c *Catalog) watch(ctx context.Context, what string, open func(context.Cont
 	}
 }
 
-func (c *Catalog) applyShape(e jetstream.KeyValueEntry) {
+// applyShape records the shape of entry e: the table it makes (nil for
+// none) and the one it replaces (nil for a table not known before).
+func (c *Catalog) applyShape(e jetstream.KeyValueEntry) (prev, t *Table) {
 	if e.Operation() != jetstream.KeyValuePut {
-		return // the reader never deletes shapes; an operator may: keep what we know
+		return nil, nil // the reader never deletes shapes; an operator may: keep what we know
 	}
 	var s schema.Shape
 	if err := json.Unmarshal(e.Value(), &s); err != nil || s.Schema == "" || s.Table == "" {
 		c.log.Warn("gateway ignores a malformed schema registry entry", "key", e.Key(), "err", err)
-		return
+		return nil, nil
 	}
-	t := NewTable(c.prefix, s)
+	t = NewTable(c.prefix, s)
 	k := tableKey{s.DB, s.Schema, s.Table}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	prev = c.tables[k]
 	// Copy on write, so that tablesSnapshot can hand out the map.
 	next := maps.Clone(c.tables)
 	next[k] = t
@@ -328,6 +338,7 @@ func (c *Catalog) applyShape(e jetstream.KeyValueEntry) {
 	byName := maps.Clone(c.byName)
 	byName[nk] = slices.Insert(list, i, t)
 	c.byName = byName
+	return prev, t
 }
 
 // applyTopic records a topic's creation or destruction and returns the name
