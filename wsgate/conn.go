@@ -169,6 +169,13 @@ func (g *Gateway) handshake(nc net.Conn, slot *connlimit.Slot, httpLn *chanListe
 // ServeHTTP upgrades a WebSocket request that came through net/http (a
 // kept-alive connection, or TLS).
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		// Said here, not by the WebSocket library (a bare 405 without the
+		// methods that are allowed).
+		w.Header().Set("Allow", http.MethodGet)
+		http.Error(w, "a WebSocket handshake is a GET", http.StatusMethodNotAllowed)
+		return
+	}
 	req := &upgradeRequest{path: r.URL.EscapedPath(), rawQuery: r.URL.RawQuery, host: r.Host, origin: r.Header.Get("Origin"),
 		authorization: r.Header.Get("Authorization"), cookie: strings.Join(r.Header.Values("Cookie"), "; "),
 		protocols: strings.Join(r.Header.Values("Sec-WebSocket-Protocol"), ", ")}

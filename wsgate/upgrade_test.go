@@ -102,6 +102,20 @@ func TestUpgradeRequestLimits(t *testing.T) {
 			t.Fatalf("answered %s, want 431", resp.Status)
 		}
 	})
+	t.Run("other methods", func(t *testing.T) {
+		// Answered by the gateway as the contract says, with the method
+		// that is allowed, not by the WebSocket library.
+		for _, m := range []string{"POST", "PUT", "DELETE", "HEAD", "OPTIONS"} {
+			for _, path := range []string{"/ws", "/ws/tables/public.orders"} {
+				c := rawDialFrom(t, e.addr, "")
+				resp := c.roundTrip(m + " " + path + " HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 0\r\n\r\n")
+				if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET" {
+					t.Errorf("%s %s answered %s, Allow %q; want 405 with Allow: GET", m, path, resp.Status, resp.Header.Get("Allow"))
+				}
+				_ = c.nc.Close()
+			}
+		}
+	})
 	e2eExpectPong(e.dial("/ws"))
 }
 
