@@ -34,14 +34,11 @@ func (s *chanSource) putFilter(name string, tables ...string) {
 	s.filters <- endpoint.Event[endpoint.Filter]{Kind: endpoint.EventPut, Key: name, Value: &endpoint.Filter{Name: name, Tables: tables}}
 }
 
-// TestEndpointIDsKeptForTheEndpoint: on a WebSocket endpoint's connection,
-// a client's own subscribe may not take an id of the form
-// database.schema.table, which the endpoint's subscription of that table
-// takes when the endpoint comes to cover it. Two subscriptions of one id
-// could not be told apart, and one of them would go on sending events after
-// the client was told unsubscribed.
-func TestEndpointIDsKeptForTheEndpoint(t *testing.T) {
-	t.Parallel()
+// liveEndpoint returns a registry holding one active WebSocket endpoint,
+// "live", linked to filter f (named "f"), and the source that feeds it, for
+// the test to change the filter.
+func liveEndpoint(t *testing.T, f *endpoint.Filter) (*match.Registry, *chanSource) {
+	t.Helper()
 	src := &chanSource{make(chan endpoint.Event[endpoint.Endpoint], 4), make(chan endpoint.Event[endpoint.Filter], 4), make(chan endpoint.Event[endpoint.Rule], 4)}
 	reg := match.NewRegistry(nil)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -51,11 +48,22 @@ func TestEndpointIDsKeptForTheEndpoint(t *testing.T) {
 		Filters: []string{"f"}, WebSocket: &endpoint.WebSocket{}}
 	src.endpoints <- endpoint.Event[endpoint.Endpoint]{Kind: endpoint.EventPut, Key: ep.ID, Value: ep}
 	src.endpoints <- endpoint.Event[endpoint.Endpoint]{Kind: endpoint.EventLoaded}
-	src.putFilter("f", "public.orders")
+	src.filters <- endpoint.Event[endpoint.Filter]{Kind: endpoint.EventPut, Key: f.Name, Value: f}
 	src.filters <- endpoint.Event[endpoint.Filter]{Kind: endpoint.EventLoaded}
 	src.rules <- endpoint.Event[endpoint.Rule]{Kind: endpoint.EventLoaded}
 	<-reg.Ready()
+	return reg, src
+}
 
+// TestEndpointIDsKeptForTheEndpoint: on a WebSocket endpoint's connection,
+// a client's own subscribe may not take an id of the form
+// database.schema.table, which the endpoint's subscription of that table
+// takes when the endpoint comes to cover it. Two subscriptions of one id
+// could not be told apart, and one of them would go on sending events after
+// the client was told unsubscribed.
+func TestEndpointIDsKeptForTheEndpoint(t *testing.T) {
+	t.Parallel()
+	reg, src := liveEndpoint(t, &endpoint.Filter{Name: "f", Tables: []string{"public.orders"}})
 	e := startGateway(t, func(c *Config) { c.Managed = reg })
 	e.putShape(itemsShape())
 	c := e.dial("/ws/endpoints/live")

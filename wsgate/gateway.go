@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -663,13 +665,7 @@ func (g *Gateway) pingLoop() {
 			return
 		case now := <-t.C:
 			dead := now.Add(-2 * g.cfg.PingInterval).UnixNano()
-			g.connMu.Lock()
-			conns := make([]*conn, 0, len(g.conns))
-			for c := range g.conns {
-				conns = append(conns, c)
-			}
-			g.connMu.Unlock()
-			for _, c := range conns {
+			for _, c := range g.openConns() {
 				if c.lastRead.Load() < dead {
 					c.abort() // no answer to pings: the peer is gone
 					continue
@@ -678,6 +674,13 @@ func (g *Gateway) pingLoop() {
 			}
 		}
 	}
+}
+
+// openConns returns the connections open now.
+func (g *Gateway) openConns() []*conn {
+	g.connMu.Lock()
+	defer g.connMu.Unlock()
+	return slices.Collect(maps.Keys(g.conns))
 }
 
 func (g *Gateway) addConn(c *conn) {

@@ -37,13 +37,7 @@ func (g *Gateway) shapeChanged(prev, t *catalog.Table) {
 	if len(retypedColumns(prev, t)) == 0 {
 		return
 	}
-	g.connMu.Lock()
-	conns := make([]*conn, 0, len(g.conns))
-	for c := range g.conns {
-		conns = append(conns, c)
-	}
-	g.connMu.Unlock()
-	for _, c := range conns {
+	for _, c := range g.openConns() {
 		c.reshape(t)
 	}
 }

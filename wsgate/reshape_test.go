@@ -1,14 +1,12 @@
 package wsgate
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tablecast/tablecast/internal/endpoint"
-	"github.com/tablecast/tablecast/internal/match"
 	"github.com/tablecast/tablecast/schema"
 )
 
@@ -103,20 +101,7 @@ func TestRetypedColumnUnderSubscriptions(t *testing.T) {
 // events by the new type.
 func TestRetypedColumnUnderEndpoint(t *testing.T) {
 	t.Parallel()
-	src := &chanSource{make(chan endpoint.Event[endpoint.Endpoint], 4), make(chan endpoint.Event[endpoint.Filter], 4), make(chan endpoint.Event[endpoint.Rule], 4)}
-	reg := match.NewRegistry(nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go reg.Run(ctx, src)
-	ep := &endpoint.Endpoint{ID: "01JTESTENDPOINT0000000000", Name: "live", Type: endpoint.TypeWebSocket, State: endpoint.StateActive,
-		Filters: []string{"f"}, WebSocket: &endpoint.WebSocket{}}
-	src.endpoints <- endpoint.Event[endpoint.Endpoint]{Kind: endpoint.EventPut, Key: ep.ID, Value: ep}
-	src.endpoints <- endpoint.Event[endpoint.Endpoint]{Kind: endpoint.EventLoaded}
-	src.filters <- endpoint.Event[endpoint.Filter]{Kind: endpoint.EventPut, Key: "f", Value: &endpoint.Filter{Name: "f", Tables: []string{"public.orders"},
-		Where: json.RawMessage(`{"status":{"lt":"5"}}`)}}
-	src.filters <- endpoint.Event[endpoint.Filter]{Kind: endpoint.EventLoaded}
-	src.rules <- endpoint.Event[endpoint.Rule]{Kind: endpoint.EventLoaded}
-	<-reg.Ready()
+	reg, _ := liveEndpoint(t, &endpoint.Filter{Name: "f", Tables: []string{"public.orders"}, Where: json.RawMessage(`{"status":{"lt":"5"}}`)})
 
 	e := startGateway(t, func(c *Config) { c.Managed = reg })
 	s := ordersShape()
@@ -148,13 +133,7 @@ func TestRetypedColumnUnderEndpoint(t *testing.T) {
 // serverSub returns the gateway's subscription of id on any connection
 // (nil for none).
 func (e *testEnv) serverSub(id string) *sub {
-	e.gw.connMu.Lock()
-	conns := make([]*conn, 0, len(e.gw.conns))
-	for c := range e.gw.conns {
-		conns = append(conns, c)
-	}
-	e.gw.connMu.Unlock()
-	for _, c := range conns {
+	for _, c := range e.gw.openConns() {
 		if s := c.lookupSub(id); s != nil {
 			return s
 		}
