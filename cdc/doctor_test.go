@@ -161,7 +161,7 @@ func TestDoctorNoPublicationNoSlot(t *testing.T) {
 		// Never FOR ALL TABLES: FOR TABLE those that can publish their
 		// updates and deletes, and marked as tablecast's.
 		expect(t, fs, "publication", StatusWarn, `will be created on first run, FOR TABLE "public"."orders" (1 left out, below), managed by tablecast`,
-			`CREATE PUBLICATION "tc_pub" FOR TABLE "public"."orders" WITH (publish_via_partition_root = true); COMMENT ON PUBLICATION "tc_pub" IS 'managed by tablecast`)
+			`CREATE PUBLICATION "tc_pub" FOR TABLE ONLY "public"."orders" WITH (publish_via_partition_root = true); COMMENT ON PUBLICATION "tc_pub" IS 'managed by tablecast`)
 		expect(t, fs, "slot", StatusWarn, "does not exist",
 			fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput');", db.slot))
 		// The tables it would cover are judged already.
@@ -173,7 +173,7 @@ func TestDoctorNoPublicationNoSlot(t *testing.T) {
 		cfg.Tables = []string{"public.orders"}
 		fs := doctorFindings(t, cfg)
 		expect(t, fs, "publication", StatusWarn, `will be created on first run, FOR TABLE "public"."orders"`,
-			`CREATE PUBLICATION "tc_pub" FOR TABLE "public"."orders" WITH (publish_via_partition_root = true);`)
+			`CREATE PUBLICATION "tc_pub" FOR TABLE ONLY "public"."orders" WITH (publish_via_partition_root = true);`)
 		for _, f := range fs {
 			if f.Check == "table public.log" {
 				t.Errorf("public.log is not in TABLECAST_TABLES, yet judged: %+v", f)

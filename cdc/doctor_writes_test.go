@@ -26,7 +26,7 @@ func TestDoctorAllTablesBreaksWrites(t *testing.T) {
 		t.Error("not Failed")
 	}
 	pub := expect(t, fs, "publication", StatusFail, "tc_pub: FOR ALL TABLES (3 tables), publishes insert, update, delete, truncate, publish_via_partition_root = true: PostgreSQL refuses UPDATE and DELETE on 2 of its tables",
-		`BEGIN; DROP PUBLICATION "tc_pub"; CREATE PUBLICATION "tc_pub" FOR TABLE "public"."orders" WITH (publish_via_partition_root = true); COMMENT ON PUBLICATION "tc_pub" IS 'managed by tablecast`)
+		`BEGIN; DROP PUBLICATION "tc_pub"; CREATE PUBLICATION "tc_pub" FOR TABLE ONLY "public"."orders" WITH (publish_via_partition_root = true); COMMENT ON PUBLICATION "tc_pub" IS 'managed by tablecast`)
 	expect(t, fs, "table public.log", StatusFail, "no primary key and REPLICA IDENTITY DEFAULT: PostgreSQL refuses UPDATE and DELETE on it", `ALTER TABLE "public"."log" REPLICA IDENTITY FULL;`)
 	expect(t, fs, "table public.m", StatusFail, "partition public.m2025: no primary key and REPLICA IDENTITY DEFAULT: PostgreSQL refuses UPDATE and DELETE on those partitions",
 		`ALTER TABLE "public"."m2025" REPLICA IDENTITY FULL;`)

@@ -509,7 +509,7 @@ func (r *Reader) runOnDemand(ctx context.Context, req snapshotRequest) error {
 	}
 	var first, next string
 	queries := func() {
-		from := " FROM " + pgx.Identifier{plan.schema, plan.name}.Sanitize()
+		from := fromTable(plan.schema, plan.name, plan.table.partitioned)
 		order := fmt.Sprintf(" ORDER BY %s LIMIT %d", strings.Join(keyList, ", "), chunkRows)
 		first = "SELECT " + strings.Join(quoted, ", ") + from + rowFilterClause(plan.rowFilter, "WHERE") + order
 		next = "SELECT " + strings.Join(quoted, ", ") + from + " WHERE (" + strings.Join(keyList, ", ") + ") > (" + strings.Join(params, ", ") + ")" +

@@ -237,11 +237,15 @@ func writeGap(t tableState) (what, fix string) {
 // createPublicationSQL is the statement that creates the publication, FOR
 // TABLE tables (quoted; none makes an empty publication). With
 // publish_via_partition_root, changes to partitions are published under
-// the partitioned table's name, which is what subscribers ask for.
+// the partitioned table's name, which is what subscribers ask for. Each
+// table is named ONLY: without it, a table's inheritance children are
+// published too, and one that cannot publish its updates and deletes (no
+// replica identity) would have them refused (a partitioned table's
+// partitions are published either way).
 func createPublicationSQL(name string, tables []string) string {
 	target := ""
 	if len(tables) > 0 {
-		target = " FOR TABLE " + strings.Join(tables, ", ")
+		target = " FOR TABLE ONLY " + strings.Join(tables, ", ONLY ")
 	}
 	return fmt.Sprintf("CREATE PUBLICATION %s%s WITH (publish_via_partition_root = true)", pgx.Identifier{name}.Sanitize(), target)
 }
@@ -289,7 +293,7 @@ func planSync(publication, role string, tables []tableState, listed map[string]b
 			p.leftOut[t.key()] = leftOut{
 				table:  t.qualified(),
 				reason: fmt.Sprintf("owned by %s, and role %s may not add another role's table to a publication", t.owner, role),
-				fix: fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s; -- as a superuser; or let the role add it: GRANT %s TO %s;",
+				fix: fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE ONLY %s; -- as a superuser; or let the role add it: GRANT %s TO %s;",
 					pub, t.quoted(), pgx.Identifier{t.owner}.Sanitize(), pgx.Identifier{role}.Sanitize()),
 			}
 		default:

@@ -130,7 +130,7 @@ func (w *pubWatch) round(ctx context.Context) error {
 		quotedPub := pgx.Identifier{name}.Sanitize()
 		dropped := map[uint32]bool{}
 		for _, t := range p.drop {
-			if err := w.alter(ctx, c, t, "ALTER PUBLICATION "+quotedPub+" DROP TABLE "+t.quoted(), nil); errors.Is(err, errSkipped) {
+			if err := w.alter(ctx, c, t, "ALTER PUBLICATION "+quotedPub+" DROP TABLE ONLY "+t.quoted(), nil); errors.Is(err, errSkipped) {
 				continue
 			} else if err != nil {
 				return err
@@ -239,7 +239,7 @@ func (w *pubWatch) add(ctx context.Context, c *pgx.Conn, quotedPub string, t tab
 	}
 	announce, err := w.announcement(ctx, t)
 	if err == nil {
-		err = w.alter(ctx, c, t, "ALTER PUBLICATION "+quotedPub+" ADD TABLE "+t.quoted(), announce)
+		err = w.alter(ctx, c, t, "ALTER PUBLICATION "+quotedPub+" ADD TABLE ONLY "+t.quoted(), announce)
 	}
 	if err != nil {
 		if req.stateKey != "" {

@@ -165,6 +165,18 @@ type snapshotTable struct {
 	keys         keyColumns
 	identityCols map[string]bool // the replica identity's columns
 	identity     byte
+	partitioned  bool // a partitioned table, whose rows are its partitions'
+}
+
+// fromTable is the FROM clause that reads the rows of table schemaName.name
+// that its changes are published under: ONLY the table itself, not the
+// rows of its inheritance children (each streamed under its own name, or
+// not at all); a partitioned table's rows are its partitions'.
+func fromTable(schemaName, name string, partitioned bool) string {
+	if partitioned {
+		return " FROM " + pgx.Identifier{schemaName, name}.Sanitize()
+	}
+	return " FROM ONLY " + pgx.Identifier{schemaName, name}.Sanitize()
 }
 
 // table is st's shape with the given columns (in the order a query
@@ -226,7 +238,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		}
 		// The publication's row filter applies to the snapshot as to the
 		// stream: a row it keeps out must not leave by this path either.
-		query := "SELECT " + strings.Join(quoted, ", ") + " FROM " + pgx.Identifier{st.schema, st.name}.Sanitize() + rowFilterClause(st.rowFilter, "WHERE")
+		query := "SELECT " + strings.Join(quoted, ", ") + fromTable(st.schema, st.name, st.partitioned) + rowFilterClause(st.rowFilter, "WHERE")
 		// The columns' types first (LIMIT 0), resolved while the
 		// connection is idle, then the rows.
 		shape := conn.PgConn().ExecParams(ctx, query+" LIMIT 0", nil, nil, nil, nil)
@@ -348,7 +360,8 @@ func publishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([
 				WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND (
 					c.relreplident = 'f'
 					OR a.attnum = ANY((SELECT i.indkey FROM pg_index i WHERE i.indrelid = c.oid AND
-						((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))::int2[]))),`+keyArrays+`
+						((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))::int2[]))),`+keyArrays+`,
+			c.relkind = 'p'
 		FROM pg_publication_tables pt
 		JOIN pg_namespace n ON n.nspname = pt.schemaname
 		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
@@ -364,7 +377,7 @@ func publishedTables(ctx context.Context, conn *pgx.Conn, publication string) ([
 		var identity string
 		var identityCols []string
 		if err := rows.Scan(&st.schema, &st.name, &identity, &st.rowFilter, &st.columns, &identityCols,
-			&st.keys.primaryKey, &st.keys.identityIndex); err != nil {
+			&st.keys.primaryKey, &st.keys.identityIndex, &st.partitioned); err != nil {
 			return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
 		}
 		st.identity = identity[0]
