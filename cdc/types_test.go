@@ -85,7 +85,7 @@ func TestColumnTypes(t *testing.T) {
 		{"varbit", "varbit", `B'101'`, `"101"`},
 		// arrays: JSON arrays of converted elements
 		{"int4_array", "int4[]", `'{{1,NULL},{3,4}}'`, `[[1,null],[3,4]]`},
-		{"int4_array_bounds", "int4[]", `'[0:1]={5,6}'`, `[5,6]`},
+		{"int4_array_bounds", "int4[]", `'[0:1]={5,6}'`, `"[0:1]={5,6}"`}, // a JSON array cannot say where it starts
 		{"text_array", "text[]", `ARRAY['a"b', 'c,d', NULL, 'NULL', '', 'x\y', ' sp ']`, `["a\"b","c,d",null,"NULL","","x\\y"," sp "]`},
 		{"float8_array", "float8[]", `'{1.5,NaN,-Infinity}'`, `[1.5,"NaN","-Infinity"]`},
 		{"empty_array", "int4[]", `'{}'`, `[]`},

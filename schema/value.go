@@ -498,8 +498,12 @@ const (
 )
 
 func appendArrayLiteral(dst []byte, elemOID uint32, delim byte, s []byte, scratch **[]byte) ([]byte, bool) {
-	i := skipArrayBounds(s)
-	if i < 0 {
+	// PostgreSQL writes the dimensions ("[0:2]=") only when a lower bound
+	// is not 1, and a JSON array has no place for them: such an array
+	// keeps its text form, as a date JSON cannot hold does, rather than
+	// arrive as one that starts at 1.
+	i := skipArraySpace(s, 0)
+	if i >= len(s) || s[i] != '{' {
 		return dst, false
 	}
 	dst = append(dst, '[')
@@ -635,32 +639,6 @@ func unescapeArrayElement(e []byte, scratch **[]byte) []byte {
 		*buf = append(*buf, e[i])
 	}
 	return (*buf)[from:len(*buf):len(*buf)]
-}
-
-// skipArrayBounds skips a dimension prefix ("[0:1][1:2]=") and white space
-// and returns the index of the opening '{', or -1.
-func skipArrayBounds(s []byte) int {
-	i := skipArraySpace(s, 0)
-	if i < len(s) && s[i] == '[' {
-		for i < len(s) && s[i] == '[' {
-			j := i + 1
-			for j < len(s) && (s[j] >= '0' && s[j] <= '9' || s[j] == '-' || s[j] == '+' || s[j] == ':') {
-				j++
-			}
-			if j == i+1 || j >= len(s) || s[j] != ']' {
-				return -1
-			}
-			i = j + 1
-		}
-		if i >= len(s) || s[i] != '=' {
-			return -1
-		}
-		i = skipArraySpace(s, i+1)
-	}
-	if i >= len(s) || s[i] != '{' {
-		return -1
-	}
-	return i
 }
 
 // skipArraySpace skips the white space array_in allows between tokens.
