@@ -34,11 +34,9 @@ import (
 
 // shapeChanged is the catalog's OnShape: the table prev is now t.
 func (g *Gateway) shapeChanged(prev, t *catalog.Table) {
-	if len(retypedColumns(prev, t)) == 0 {
-		return
-	}
+	retyped := len(retypedColumns(prev, t)) > 0
 	for _, c := range g.openConns() {
-		c.reshape(t)
+		c.reshape(t, retyped)
 	}
 }
 
@@ -56,8 +54,10 @@ func retypedColumns(prev, t *catalog.Table) []string {
 }
 
 // reshape applies the shape t of one of its tables to c's subscriptions
-// (see above).
-func (c *conn) reshape(t *catalog.Table) {
+// (see above): a WebSocket endpoint's at every shape (as webhooks compile
+// theirs for every shape, a column dropped leaving a filter out), the
+// others' where and row policy when a column was retyped.
+func (c *conn) reshape(t *catalog.Table, retyped bool) {
 	c.authMu.Lock()
 	defer c.authMu.Unlock()
 	if c.isClosing() || c.id == nil {
@@ -72,8 +72,8 @@ func (c *conn) reshape(t *catalog.Table) {
 			continue
 		}
 		touched = true
-		if s.tm.Load() != nil {
-			continue // a WebSocket endpoint's: syncEndpoint, below
+		if s.tm.Load() != nil || !retyped {
+			continue // an endpoint's (syncEndpoint, below), or nothing retyped
 		}
 		if col, was := s.retypedRead(t); col != "" {
 			c.dropSub(s)
@@ -85,7 +85,9 @@ func (c *conn) reshape(t *catalog.Table) {
 	if !touched {
 		return
 	}
-	c.reauthorize(c.id)
+	if retyped {
+		c.reauthorize(c.id)
+	}
 	if c.endpointSubs == nil {
 		return
 	}
