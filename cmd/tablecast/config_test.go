@@ -112,7 +112,7 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		}
 	})
 	t.Run("NATS URLs as the client reads them", func(t *testing.T) {
-		t.Setenv("TABLECAST_NATS_URL", "nats://app:pw@a.example:4222, tls://b.example,c.example:4222,ws://d.example:8080,nats://[::1]:4222,nats-1,tls://nats_2.example.com.:4443")
+		t.Setenv("TABLECAST_NATS_URL", "nats://app:pw@a.example:4222, tls://b.example,c.example:4222,ws://d.example:8080,nats://[::1]:4222,nats://[fe80::1%25eth0]:4222,nats-1,tls://nats_2.example.com.:4443")
 		if _, err := loadConfig(); err != nil {
 			t.Fatal(err)
 		}

@@ -167,8 +167,8 @@ func validServer(u *url.URL) bool {
 			return false
 		}
 	}
-	if net.ParseIP(host) != nil {
-		return true
+	if ip, _, _ := strings.Cut(host, "%"); net.ParseIP(ip) != nil {
+		return true // an IP address, an IPv6 one maybe with its zone
 	}
 	if len(host) > 253 {
 		return false
