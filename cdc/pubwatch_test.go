@@ -346,10 +346,15 @@ func TestInheritanceParents(t *testing.T) {
 		`CREATE TABLE animals (id int PRIMARY KEY, name text)`,
 		`CREATE TABLE dogs (breed text) INHERITS (animals)`,
 		`INSERT INTO animals VALUES (1, 'generic')`,
-		`INSERT INTO dogs VALUES (2, 'rex', 'lab')`)
+		`INSERT INTO dogs VALUES (2, 'rex', 'lab')`,
+		// A partitioned table's rows are its partitions': read FROM it, not
+		// FROM ONLY it (which holds none).
+		`CREATE TABLE parts (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)`,
+		`CREATE TABLE parts2026 PARTITION OF parts FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')`,
+		`INSERT INTO parts VALUES (7, '2026-03-01'), (8, '2026-04-01')`)
 	n := startNATS(t)
 	r := startReader(t, db.config(), n)
-	if got, want := db.published(t, "tc_pub"), []string{"public.animals"}; !slices.Equal(got, want) {
+	if got, want := db.published(t, "tc_pub"), []string{"public.animals", "public.parts"}; !slices.Equal(got, want) {
 		t.Fatalf("publication covers %v, want %v", got, want)
 	}
 	if !db.accepts(t, "dogs") {
@@ -399,6 +404,9 @@ func TestInheritanceParents(t *testing.T) {
 	}
 	if got, want := ids("public.animals"), []string{"read 1"}; !slices.Equal(got, want) {
 		t.Errorf("animals: %v, want %v (row 2 is the child dogs', which is not streamed)", got, want)
+	}
+	if got, want := ids("public.parts"), []string{"read 7", "read 8"}; !slices.Equal(got, want) {
+		t.Errorf("parts: %v, want %v (the rows of its partition)", got, want)
 	}
 	if r.log.contains("cannot alter the publication") {
 		t.Error("an ALTER PUBLICATION was refused")
