@@ -34,23 +34,21 @@ import (
 
 // shapeChanged is the catalog's OnShape: the table prev is now t.
 func (g *Gateway) shapeChanged(prev, t *catalog.Table) {
-	retyped := len(retypedColumns(prev, t)) > 0
+	retyped := anyRetyped(prev, t)
 	for _, c := range g.openConns() {
 		c.reshape(t, retyped)
 	}
 }
 
-// retypedColumns returns the columns of both prev and t whose values
+// anyRetyped reports whether a column of both prev and t has values that
 // compare otherwise in t.
-func retypedColumns(prev, t *catalog.Table) []string {
-	var out []string
+func anyRetyped(prev, t *catalog.Table) bool {
 	for col, typ := range t.Types {
 		if was, ok := prev.Types[col]; ok && was != typ {
-			out = append(out, col)
+			return true
 		}
 	}
-	slices.Sort(out)
-	return out
+	return false
 }
 
 // reshape applies the shape t of one of its tables to c's subscriptions
