@@ -60,7 +60,7 @@ type Config struct {
 	NATSTLSKey       string   `envconfig:"NATS_TLS_KEY" desc:"private key file (PEM) of TABLECAST_NATS_TLS_CERT"`
 	NATSTLSCA        string   `envconfig:"NATS_TLS_CA" desc:"CA certificates (PEM) that sign an external NATS's certificate, when the system does not trust it"`
 
-	Stream          string        `envconfig:"STREAM" default:"TABLECAST" desc:"JetStream stream that holds every event"`
+	Stream          string        `envconfig:"STREAM" default:"TABLECAST" desc:"JetStream stream that holds every event: letters, digits, _ and - (the dead letters' bucket <STREAM>_DEADLETTER_BODIES is named after it)"`
 	DuplicateWindow time.Duration `envconfig:"DUPLICATE_WINDOW" default:"1s" desc:"JetStream duplicate window: a message whose Nats-Msg-Id was stored within it is dropped (the reader skips older repeats itself)"`
 	StreamMaxAge    time.Duration `envconfig:"STREAM_MAX_AGE" default:"168h" desc:"how long the stream keeps events (7 days); 0 keeps them until STREAM_MAX_BYTES"`
 	StreamMaxBytes  int64         `envconfig:"STREAM_MAX_BYTES" desc:"size limit of the stream in bytes, oldest events dropped first; unset: three quarters of TABLECAST_NATS_MAX_STORE (6 GiB); -1: none (external NATS only)"`
