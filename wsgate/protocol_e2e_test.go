@@ -1083,6 +1083,7 @@ func TestE2EBadMessages(t *testing.T) {
 		{"unknown operator", sub(`,"where":{"status":{"like":"p%"}}`), CodeInvalidFilter, "e1", `"like"`},
 		{"condition not an object", sub(`,"where":{"status":"paid"}`), CodeInvalidFilter, "e1", "status"},
 		{"no operator", sub(`,"where":{"status":{}}`), CodeInvalidFilter, "e1", "status"},
+		{"operator twice", sub(`,"where":{"status":{"eq":"paid","eq":"open"}}`), CodeInvalidFilter, "e1", `two "eq"`},
 		{"text for integer", sub(`,"where":{"id":{"eq":"abc"}}`), CodeInvalidFilter, "e1", "abc"},
 		{"bool for integer", sub(`,"where":{"id":{"eq":true}}`), CodeInvalidFilter, "e1", "id"},
 		{"text for numeric", sub(`,"where":{"total":{"gte":"abc"}}`), CodeInvalidFilter, "e1", "abc"},

@@ -158,7 +158,14 @@ func (c *compiler) group(w *Where, depth int) (group, error) {
 			return group{}, filterErrorf("no operator for column %q", name)
 		}
 		c.used[name] = true
-		for _, o := range t.Ops {
+		for j, o := range t.Ops {
+			// One operator twice on a column (`{"eq":1,"eq":2}`) would be
+			// read by most JSON readers as its last, and here as both:
+			// refused, as the URL form refuses it. A column given twice
+			// ANDs its conditions, in both forms.
+			if slices.ContainsFunc(t.Ops[:j], func(p Operator) bool { return p.Name == o.Name }) {
+				return group{}, filterErrorf("column %q has two %q conditions", name, o.Name)
+			}
 			k, err := c.cond(name, typ, o.Name, o.Value)
 			if err != nil {
 				return group{}, err

@@ -384,6 +384,8 @@ func TestCompileWhereError(t *testing.T) {
 		{"unknown column in or", `{"or":[{"totl":{"gte":"10"}}]}`, `column "totl" does not exist in public.orders`},
 		{"condition not an object", `{"status":"paid"}`, `condition on column "status" must be an object of operators, like {"eq": …}`},
 		{"no operator", `{"status":{}}`, `no operator for column "status"`},
+		{"operator twice", `{"id":{"gt":1,"lt":9,"gt":5}}`, `column "id" has two "gt" conditions`},
+		{"operator twice, escaped", `{"or":[{"status":{"eq":"a","\u0065q":"b"}}]}`, `column "status" has two "eq" conditions`},
 		{"unknown operator", `{"status":{"like":"p%"}}`, `unknown operator "like" for column "status"`},
 		{"not a number", `{"total":{"gte":"abc"}}`, `value "abc" is not a number for column "total" (numeric)`},
 		{"bool for number", `{"id":{"eq":true}}`, `value true is not a number for column "id" (integer)`},
