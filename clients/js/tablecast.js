@@ -440,6 +440,7 @@ export class TablecastClient {
   #url; // URL without credentials
   #WS;
   #getToken;
+  #fixedToken;
   #state = "connecting";
   #stopped = false;
   #closed;
@@ -511,6 +512,9 @@ export class TablecastClient {
     if (o.getToken !== undefined && typeof o.getToken !== "function") throw new TypeError("options.getToken must be a function");
     if (o.token !== undefined && typeof o.token !== "string") throw new TypeError("options.token must be a string");
     this.#getToken = o.getToken ?? (o.token !== undefined ? () => o.token : null);
+    // A fixed token is never refreshed, and one refused would be refused
+    // again: its 4001 stops the client at once.
+    this.#fixedToken = o.getToken === undefined && o.token !== undefined;
     for (const k of ["initialDelay", "maxDelay", "connectTimeout", "requestTimeout", "pingInterval", "pongTimeout", "refreshBefore", "messagesPerSecond", "maxMessageBytes"]) {
       if (typeof o[k] !== "number" || !(o[k] >= 0)) throw new TypeError("options." + k + " must be a number ≥ 0");
     }
@@ -898,7 +902,7 @@ export class TablecastClient {
     let final = false;
     if (err.code === 4001) {
       this.#authFailures++;
-      final = !this.#getToken || this.#authFailures >= 2;
+      final = !this.#getToken || this.#fixedToken || this.#authFailures >= 2;
     } else if (err.code === 4400 && this.#urlSub && wasFrom && this.#urlValidated && !this.#urlSub.ended) {
       // The URL was accepted before: what is refused now is its from.
       this.#historyUnavailable(this.#urlSub, new TablecastError("history_unavailable", err.reason || err.message, { subscriptionId: "url" }));
@@ -1395,7 +1399,7 @@ export class TablecastClient {
 
   #scheduleRefresh() {
     clearTimeout(this.#refreshTimer);
-    if (!this.#open || !this.#getToken || this.#o.refresh === false || this.#tokenExp === null) return;
+    if (!this.#open || !this.#getToken || this.#fixedToken || this.#o.refresh === false || this.#tokenExp === null) return;
     const expMs = this.#tokenExp * 1000;
     const now = Date.now();
     // Shortly before exp: refreshBefore ahead, or half the token's life when that is shorter.

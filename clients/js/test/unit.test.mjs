@@ -237,6 +237,18 @@ test("4001: one more try with a fresh token, then stop when that one is refused 
   assert.equal(FakeSocket.all.length, 2);
 });
 
+test("4001 with a fixed token: no second try with the token refused", { timeout: 20_000 }, async () => {
+  const { tc, seen } = fakeClient({ getToken: undefined, token: "fixed" });
+  const ws = await connected(1);
+  assert.deepEqual(ws.protocols, ["tablecast.v1", "token.fixed"]);
+  ws.frame({ type: "pong" }); // a working connection…
+  ws.serverClose(4001, "token expired"); // …until its token expired
+  assert.equal((await tc.closed).code, 4001);
+  assert.equal(seen.disconnects.at(-1).retryIn, null);
+  await sleep(20);
+  assert.equal(FakeSocket.all.length, 1, "the same token is not tried again");
+});
+
 test("tokens travel as a subprotocol or as the query parameter", { timeout: 20_000 }, async () => {
   const { tc } = fakeClient({ token: "abc.def.ghi", tokenTransport: "query" });
   const ws = await waitFor(() => FakeSocket.all[0], 1000, "socket");
