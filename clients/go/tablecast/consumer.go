@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -21,9 +22,11 @@ type ConsumerConfig struct {
 	Durable string
 	// Subjects filter the events, e.g. "tablecast.shop.public.orders.>"
 	// (see docs/contract.md for subjects). Default (none): every row
-	// change, "tablecast.*.*.*.*" (custom topics' messages are not events).
-	// Changing them on an existing consumer changes what it delivers from
-	// its current position on.
+	// change, "tablecast.*.*.*.*". Messages that are not events, which a
+	// wider filter such as "tablecast.shop.>" also takes (transaction
+	// markers, custom topics' messages), are acknowledged without calling
+	// the handler. Changing them on an existing consumer changes what it
+	// delivers from its current position on.
 	Subjects []string
 	// AckWait is how long JetStream waits for an acknowledgement before it
 	// delivers a message again. The handler may take longer: Consume tells
@@ -47,7 +50,9 @@ type ConsumerConfig struct {
 	Batch int
 	// DedupWindow is how long an event id is remembered once handled: a
 	// second delivery of it within the window is acknowledged without
-	// calling the handler. It is memory of this process only (about 100
+	// calling the handler. An id is told apart by the PostgreSQL cluster
+	// (system identifier, from the Tablecast-Origin header) and database
+	// that sent it, since another cluster's events may have the same ids. It is memory of this process only (about 100
 	// bytes per event of the window). Default (0): 10 minutes; negative:
 	// no de-duplication.
 	DedupWindow time.Duration
@@ -142,7 +147,9 @@ func (c ConsumerConfig) backoff(delivered uint64) time.Duration {
 
 // Consume creates (or updates) the durable pull consumer cfg.Durable on
 // the stream and calls h for each event, one at a time, until ctx ends
-// (it then returns nil) or JetStream refuses the consumer. See the
+// (it then returns nil) or JetStream refuses the consumer: it returns an
+// error wrapping jetstream.ErrConsumerNotFound (or ErrStreamNotFound)
+// once the consumer (or stream) is deleted under it. See the
 // package documentation for acknowledgement, redelivery, de-duplication
 // and claims.
 func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, h Handler) error {
@@ -189,8 +196,28 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, h 
 			c.handle(ctx, m)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			c.log.Warn("fetch ended with an error", "err", err)
+			// A pull nobody answers (the consumer deleted, its leader
+			// moving) ends at once: find out which before the next one.
+			if gone := c.gone(ctx, cons); gone != nil {
+				return gone
+			}
+			c.log.Warn("fetch ended with an error; retrying", "err", err)
+			if !sleep(ctx, time.Second) {
+				return nil
+			}
 		}
+	}
+	return nil
+}
+
+// gone returns an error when the consumer or its stream no longer exists
+// (deleted by an operator): fetching again would never deliver anything.
+func (c *consumer) gone(ctx context.Context, cons jetstream.Consumer) error {
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := cons.Info(ictx)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("consumer %s on stream %s: %w", c.cfg.Durable, c.cfg.Stream, err)
 	}
 	return nil
 }
@@ -224,11 +251,20 @@ func (c *consumer) handle(ctx context.Context, m jetstream.Msg) {
 	}
 	ev, err := ParseEvent(m.Data())
 	if err != nil {
+		if notEventSubject(m.Subject()) {
+			// A transaction marker or a custom topic's message, taken by a
+			// wide filter: not for the handler, and never an event on a
+			// later delivery either.
+			c.log.Debug("not an event; acknowledged", "subject", m.Subject(), "seq", md.Sequence.Stream)
+			c.ack(ctx, m, &Event{Sequence: md.Sequence.Stream})
+			return
+		}
 		retry("malformed event", err)
 		return
 	}
 	ev.Subject, ev.Sequence, ev.Delivered = m.Subject(), md.Sequence.Stream, md.NumDelivered
-	if c.seen != nil && c.seen.seen(ev.ID, time.Now()) {
+	key := seenKey(m.Headers().Get(originHeader), ev)
+	if c.seen != nil && c.seen.seen(key, time.Now()) {
 		c.log.Info("event handled before; acknowledged again", "id", ev.ID, "seq", ev.Sequence, "delivered", ev.Delivered)
 		c.ack(ctx, m, ev)
 		return
@@ -253,7 +289,7 @@ func (c *consumer) handle(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	if c.seen != nil {
-		c.seen.add(ev.ID, time.Now())
+		c.seen.add(key, time.Now())
 	}
 	c.ack(ctx, m, ev)
 }
@@ -298,4 +334,28 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// originHeader names the PostgreSQL a message came from:
+// "<system identifier>/<timeline>/<database>/<slot>" (docs/contract.md).
+const originHeader = "Tablecast-Origin"
+
+// seenKey is what the id window remembers of an event: its id, with the
+// cluster (system identifier) and database it came from. Ids are commit
+// positions in one cluster's WAL, so readers of two clusters publishing
+// into one stream may give two events one id. The timeline and slot are
+// left out: a failover slot replays what it sent before on the promoted
+// server's timeline, under the same ids.
+func seenKey(origin string, ev *Event) string {
+	cluster, _, _ := strings.Cut(origin, "/")
+	return cluster + "/" + ev.DB + "/" + ev.ID
+}
+
+// notEventSubject reports whether subject is one where tablecast
+// publishes messages that are not events: a transaction marker
+// (<prefix>.<database>.%tx) or a custom topic (<prefix>.topic.<name>).
+func notEventSubject(subject string) bool {
+	toks := strings.Split(subject, ".")
+	n := len(toks)
+	return n >= 2 && (toks[n-1] == "%tx" || toks[n-2] == "topic")
 }

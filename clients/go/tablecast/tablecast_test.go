@@ -5,17 +5,20 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"math/big"
 	"os/exec"
 	"regexp"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tablecast/tablecast/clients/go/tablecast"
 	"github.com/tablecast/tablecast/internal/natstest"
@@ -280,21 +283,50 @@ func TestConsumerSlowHandlerAndDuplicates(t *testing.T) {
 		t.Errorf("the slow handler ran %d times", calls.Load())
 	}
 
-	// The same event again, under another message id.
+	// The same event again, under another message id, as a replay would
+	// store it (with its origin).
 	stored := n.ReadAll(t, "TABLECAST")
-	msg := nats.NewMsg(stored[0].Subject)
-	msg.Data = stored[0].Data
-	msg.Header.Set("Nats-Msg-Id", "copy-of-"+first.ID)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if _, err := n.JS.PublishMsg(ctx, msg); err != nil {
-		t.Fatal(err)
+	if stored[0].Header.Get("Tablecast-Origin") == "" {
+		t.Fatalf("the event has no Tablecast-Origin: %v", stored[0].Header)
 	}
+	copyOf := func(id string, edit func(nats.Header)) {
+		t.Helper()
+		msg := nats.NewMsg(stored[0].Subject)
+		msg.Data = stored[0].Data
+		for k, v := range stored[0].Header {
+			msg.Header[k] = slices.Clone(v)
+		}
+		msg.Header.Set("Nats-Msg-Id", id)
+		if edit != nil {
+			edit(msg.Header)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := n.JS.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyOf("copy-of-"+first.ID, nil)
 	dedup := consume(t, n, tablecast.ConsumerConfig{Durable: "dedup"}, nil)
 	if ev := dedup.next(t); ev.ID != first.ID {
 		t.Fatalf("first event %s, want %s", ev.ID, first.ID)
 	}
 	dedup.none(t, 3*time.Second, "a copy of a handled event")
+	// The same id from another PostgreSQL cluster (another system
+	// identifier) is another event, and reaches the handler. From the same
+	// cluster on another timeline it is a copy: a failover slot replays on
+	// the promoted server what it sent before, under the same ids.
+	origin := strings.Split(stored[0].Header.Get("Tablecast-Origin"), "/")
+	copyOf("other-cluster", func(h nats.Header) {
+		h.Set("Tablecast-Origin", "1"+origin[0]+"/"+strings.Join(origin[1:], "/"))
+	})
+	if ev := dedup.next(t); ev.ID != first.ID || ev.Sequence != stored[0].Seq+2 {
+		t.Fatalf("after another cluster's event: %s at %d, want %s at %d", ev.ID, ev.Sequence, first.ID, stored[0].Seq+2)
+	}
+	copyOf("other-timeline", func(h nats.Header) {
+		h.Set("Tablecast-Origin", origin[0]+"/9/"+strings.Join(origin[2:], "/"))
+	})
+	dedup.none(t, 3*time.Second, "a copy of a handled event on another timeline")
 	off := consume(t, n, tablecast.ConsumerConfig{Durable: "nodedup", DedupWindow: -1}, nil)
 	if a, b := off.next(t), off.next(t); a.ID != first.ID || b.ID != first.ID {
 		t.Errorf("without de-duplication: %s then %s, want %s twice", a.ID, b.ID, first.ID)
@@ -377,5 +409,54 @@ func TestParseEventCause(t *testing.T) {
 	ev, err = tablecast.ParseEvent([]byte(`{"id":"00000000016B3748-0002","op":"truncate","schema":"public","table":"orders","key":{}}`))
 	if err != nil || ev.Cause != "" {
 		t.Errorf("a truncate PostgreSQL sent: cause %q, %v", ev.Cause, err)
+	}
+}
+
+// TestConsumerWideFilterAndDeletedConsumer: a filter that also takes
+// transaction markers and custom topics' messages hands the handler the
+// events alone, even one event at a time (MaxAckPending 1), where a
+// message that is not an event, sent back again and again, would hold up
+// every later one; and a consumer deleted under Consume ends it with an
+// error instead of pulls that nobody answers, over and over.
+func TestConsumerWideFilterAndDeletedConsumer(t *testing.T) {
+	n := natstest.Start(t)
+	p := startPipeline(t, n, `CREATE TABLE jobs (id int PRIMARY KEY)`, "TABLECAST_TX_MARKERS=true")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := consume(t, n, tablecast.ConsumerConfig{Durable: "wide", Subjects: []string{"tablecast.>"}, MaxAckPending: 1}, nil)
+	for i := 1; i <= 3; i++ {
+		p.exec(t, fmt.Sprintf(`INSERT INTO jobs VALUES (%d)`, i))
+		if _, err := n.JS.Publish(ctx, "tablecast.topic.chat", []byte(`{"hello":"world"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := int64(1); i <= 3; i++ {
+		ev := c.next(t)
+		if id, _ := ev.Key.Int64("id"); id != i || ev.Op != "create" {
+			t.Fatalf("event %d: %s of %s", i, ev.Op, ev.Key)
+		}
+	}
+	c.none(t, 2*time.Second, "after the three events")
+	var markers int
+	for _, m := range n.ReadAll(t, "TABLECAST") {
+		if strings.HasSuffix(m.Subject, ".%tx") {
+			markers++
+		}
+	}
+	if markers < 3 {
+		t.Fatalf("the stream holds %d transaction markers, want 3: the filter took none", markers)
+	}
+
+	if err := n.JS.DeleteConsumer(ctx, "TABLECAST", "wide"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-c.done:
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			t.Fatalf("Consume returned %v, want an error wrapping ErrConsumerNotFound", err)
+		}
+		c.cancel = nil
+	case <-time.After(time.Minute):
+		t.Fatal("Consume went on for a minute after its consumer was deleted")
 	}
 }
