@@ -117,6 +117,7 @@ type tableState struct {
 	mayAdd       bool // the role owns it (or is a member of its owner, or a superuser)
 	inPub        bool // it is in the publication itself (pg_publication_rel)
 	gaps         []leafGap
+	evKey        *keySig // its event key (keys.go)
 }
 
 func (t tableState) qualified() string { return t.schema + "." + t.name }
@@ -167,7 +168,7 @@ func readTables(ctx context.Context, conn *pgx.Conn, publication string, sc scop
 			EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
 			pg_get_userbyid(c.relowner)::text, pg_has_role(c.relowner, 'USAGE'),
 			EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1 AND pr.prrelid = c.oid),
-			`+badLeavesSQL+`
+			`+badLeavesSQL+`, c.relreplident::text, `+keyArrays+`
 		FROM cand JOIN pg_class c ON c.oid = cand.oid JOIN pg_namespace n ON n.oid = c.relnamespace
 		ORDER BY 1, 2`, args...)
 	if err != nil {
@@ -175,10 +176,13 @@ func readTables(ctx context.Context, conn *pgx.Conn, publication string, sc scop
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (tableState, error) {
 		var t tableState
-		var gaps string
-		if err := row.Scan(&t.schema, &t.name, &t.oid, &t.partitioned, &t.hasPK, &t.owner, &t.mayAdd, &t.inPub, &gaps); err != nil {
+		var gaps, replident string
+		var k keyColumns
+		if err := row.Scan(&t.schema, &t.name, &t.oid, &t.partitioned, &t.hasPK, &t.owner, &t.mayAdd, &t.inPub, &gaps,
+			&replident, &k.primaryKey, &k.identityIndex); err != nil {
 			return t, err
 		}
+		t.evKey = newKeySig(replident[0], k)
 		if err := json.Unmarshal([]byte(gaps), &t.gaps); err != nil {
 			return t, fmt.Errorf("decode the replica identities of %s.%s: %w", t.schema, t.name, err)
 		}

@@ -45,7 +45,7 @@ type tableAdded struct {
 	OID    uint32 `json:"oid"`
 	Nonce  string `json:"nonce"`
 	// Cause is the truncate's: "" for schema.CauseTableAdded, or
-	// schema.CauseTableRenamed.
+	// schema.CauseTableRenamed, CauseTableDropped or CauseKeyChanged.
 	Cause string `json:"cause,omitempty"`
 }
 
@@ -115,7 +115,7 @@ func (s *session) handleTableAdded(ctx context.Context, m *pglogrepl.LogicalDeco
 	cause := schema.CauseTableAdded
 	switch msg.Cause {
 	case "":
-	case schema.CauseTableRenamed, schema.CauseTableDropped:
+	case schema.CauseTableRenamed, schema.CauseTableDropped, schema.CauseKeyChanged:
 		cause = msg.Cause
 	default:
 		s.r.log.Warn("ignoring a table-added message tablecast did not write: its cause is not one of ours", "lsn", m.LSN.String())

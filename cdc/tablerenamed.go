@@ -37,10 +37,17 @@ import (
 // primary key has no catch-up: its new name gets no truncate (a copy
 // emptied would stay empty), its old name does.
 
-// publishedName is a published table's name, as kept by OID.
+// publishedName is a published table's name, as kept by OID, with its
+// event key (keychanged.go; nil in what a version before kept).
 type publishedName struct {
-	Schema string `json:"schema"`
-	Name   string `json:"name"`
+	Schema string  `json:"schema"`
+	Name   string  `json:"name"`
+	Key    *keySig `json:"key,omitempty"`
+}
+
+// samePublished reports whether a and b are kept alike.
+func samePublished(a, b publishedName) bool {
+	return a.Schema == b.Schema && a.Name == b.Name && (a.Key == nil) == (b.Key == nil) && sameKey(a.Key, b.Key)
 }
 
 // publishedNamesKey is the state key of the names this reader's pubWatch
@@ -119,18 +126,23 @@ func (w *pubWatch) followRenames(ctx context.Context, c *pgx.Conn, published map
 			renamed = append(renamed, rename{from: was, to: t, dropped: dropped[oid]})
 		}
 	}
-	if len(renamed) == 0 {
-		return nil
-	}
-	if err := w.announceRenames(ctx, c, renamed); err != nil {
-		return err
+	if len(renamed) > 0 {
+		if err := w.announceRenames(ctx, c, renamed); err != nil {
+			return err
+		}
 	}
 	// Announced: not again, should the rest of the round fail before
-	// keepNames.
-	for _, rn := range renamed {
-		w.names[rn.to.oid] = publishedName{Schema: rn.to.schema, Name: rn.to.name}
+	// keepNames. A table renamed has its rows sent again under its new
+	// name already: its key, changed or not, is followed from here on.
+	skip := maps.Clone(dropped)
+	if skip == nil {
+		skip = map[uint32]bool{}
 	}
-	return nil
+	for _, rn := range renamed {
+		w.names[rn.to.oid] = publishedName{Schema: rn.to.schema, Name: rn.to.name, Key: rn.to.evKey}
+		skip[rn.to.oid] = true
+	}
+	return w.followKeys(ctx, c, published, skip)
 }
 
 // keepNames keeps the names of the tables published once the round is
@@ -141,14 +153,14 @@ func (w *pubWatch) keepNames(ctx context.Context, published map[uint32]tableStat
 	names := make(map[uint32]publishedName, len(published)+len(added))
 	for oid, t := range published {
 		if !dropped[oid] {
-			names[oid] = publishedName{Schema: t.schema, Name: t.name}
+			names[oid] = publishedName{Schema: t.schema, Name: t.name, Key: t.evKey}
 		}
 	}
 	for _, t := range added {
-		names[t.oid] = publishedName{Schema: t.schema, Name: t.name}
+		names[t.oid] = publishedName{Schema: t.schema, Name: t.name, Key: t.evKey}
 	}
 	w.names = names
-	if maps.Equal(names, w.kept) {
+	if maps.EqualFunc(names, w.kept, samePublished) {
 		return
 	}
 	if err := w.r.storePublishedNames(ctx, names); err != nil {
@@ -171,67 +183,32 @@ func (w *pubWatch) keepNames(ctx context.Context, published map[uint32]tableStat
 // catch-up snapshots of the new names. Each name is truncated once: in a
 // swap, one table's old name is the other's new one.
 func (w *pubWatch) announceRenames(ctx context.Context, c *pgx.Conn, renamed []rename) error {
-	type truncate struct {
-		schema, name string
-		oid          uint32
-	}
-	var truncates []truncate
+	var truncates []truncateOf
 	seen := map[string]bool{}
 	addTruncate := func(schemaName, name string, oid uint32) {
 		if k := tableKey(schemaName, name); !seen[k] {
 			seen[k] = true
-			truncates = append(truncates, truncate{schemaName, name, oid})
+			truncates = append(truncates, truncateOf{schemaName, name, oid})
 		}
 	}
-	var catchUps []snapshotRequest
-	forget := func() {
-		for _, req := range catchUps {
-			w.r.forgetCatchUp(ctx, req)
-		}
-	}
+	var catchUps []tableState
 	for _, rn := range renamed {
 		addTruncate(rn.from.Schema, rn.from.Name, rn.to.oid)
 		if !rn.to.hasPK || rn.dropped {
 			continue
 		}
 		addTruncate(rn.to.schema, rn.to.name, rn.to.oid)
-		// Recorded before the announcement, as add does: a crash in
-		// between does not lose it.
-		req := snapshotRequest{id: randomID(), schema: rn.to.schema, name: rn.to.name, table: rn.to.qualified(), catchUp: true, oid: rn.to.oid}
-		var err error
-		if req.stateKey, err = w.r.recordCatchUp(ctx, req); err != nil {
-			forget()
-			return err
-		}
-		catchUps = append(catchUps, req)
+		catchUps = append(catchUps, rn.to)
 	}
-	var msgs [][]byte
-	for _, t := range truncates {
-		m, err := w.r.recordTableAdded(ctx, t.schema, t.name, t.oid, schema.CauseTableRenamed)
-		if err != nil {
-			forget()
-			return err
-		}
-		msgs = append(msgs, m)
-	}
-	denied := false
-	if len(msgs) > 0 {
-		args := make([][]any, len(msgs))
-		for i, m := range msgs {
-			args[i] = []any{tableAddedPrefix, string(m)}
-		}
-		var err error
-		denied, err = emitTableMessages(ctx, c, `SELECT pg_logical_emit_message(true, $1, $2)`, args)
-		switch {
-		case denied:
-			// The catch-ups still send the tables' rows under their new
-			// names.
-			w.r.log.Warn("tables renamed without the truncates that clear the rows held under their old names (the role may not execute pg_logical_emit_message): the row state and views keep them",
-				"tables", renamedList(renamed))
-		case err != nil:
-			forget()
-			return fmt.Errorf("announce the renaming of %s: %w", renamedList(renamed), err)
-		}
+	denied, err := w.announceTruncates(ctx, c, schema.CauseTableRenamed, truncates, catchUps)
+	switch {
+	case denied:
+		// The catch-ups still send the tables' rows under their new
+		// names.
+		w.r.log.Warn("tables renamed without the truncates that clear the rows held under their old names (the role may not execute pg_logical_emit_message): the row state and views keep them",
+			"tables", renamedList(renamed))
+	case err != nil:
+		return fmt.Errorf("announce the renaming of %s: %w", renamedList(renamed), err)
 	}
 	for _, rn := range renamed {
 		switch {
@@ -248,10 +225,62 @@ func (w *pubWatch) announceRenames(ctx context.Context, c *pgx.Conn, renamed []r
 				"from", rn.from.Schema+"."+rn.from.Name, "to", rn.to.qualified())
 		}
 	}
-	for _, req := range catchUps {
+	return nil
+}
+
+// truncateOf is a truncate pubWatch announces: of the name schema.name,
+// on behalf of the table of OID oid.
+type truncateOf struct {
+	schema, name string
+	oid          uint32
+}
+
+// announceTruncates records the catch-up snapshots of tables catchUps,
+// writes in one transaction the messages of truncates (with cause), and
+// then queues the catch-ups. The catch-ups are recorded before the
+// messages, so that a crash in between does not lose them; a failure
+// forgets them. When the role may not write the messages (denied), the
+// catch-ups are queued all the same, and the caller says what that
+// leaves.
+func (w *pubWatch) announceTruncates(ctx context.Context, c *pgx.Conn, cause string, truncates []truncateOf, catchUps []tableState) (denied bool, err error) {
+	var reqs []snapshotRequest
+	forget := func() {
+		for _, req := range reqs {
+			w.r.forgetCatchUp(ctx, req)
+		}
+	}
+	for _, t := range catchUps {
+		req := snapshotRequest{id: randomID(), schema: t.schema, name: t.name, table: t.qualified(), catchUp: true, oid: t.oid}
+		if req.stateKey, err = w.r.recordCatchUp(ctx, req); err != nil {
+			forget()
+			return false, err
+		}
+		reqs = append(reqs, req)
+	}
+	var msgs [][]byte
+	for _, t := range truncates {
+		m, err := w.r.recordTableAdded(ctx, t.schema, t.name, t.oid, cause)
+		if err != nil {
+			forget()
+			return false, err
+		}
+		msgs = append(msgs, m)
+	}
+	if len(msgs) > 0 {
+		args := make([][]any, len(msgs))
+		for i, m := range msgs {
+			args[i] = []any{tableAddedPrefix, string(m)}
+		}
+		denied, err = emitTableMessages(ctx, c, `SELECT pg_logical_emit_message(true, $1, $2)`, args)
+		if err != nil && !denied {
+			forget()
+			return false, err
+		}
+	}
+	for _, req := range reqs {
 		_, _, _ = w.r.snaps.enqueue(req)
 	}
-	return nil
+	return denied, nil
 }
 
 func renamedList(renamed []rename) []string {

@@ -139,7 +139,8 @@ type Change struct {
 	Old        []Value
 	OldKeyOnly bool
 	// Cause, on a truncate tablecast sends itself rather than PostgreSQL,
-	// says why (CauseTableAdded, CauseTableRenamed, CauseTableDropped); ""
+	// says why (CauseTableAdded, CauseTableRenamed, CauseTableDropped,
+	// CauseKeyChanged); ""
 	// otherwise.
 	Cause string
 }

@@ -28,6 +28,13 @@ const CauseTableRenamed = "table_renamed"
 // rows consumers hold under that name are no table's now.
 const CauseTableDropped = "table_dropped"
 
+// CauseKeyChanged is the "cause" of the truncate tablecast sends when the
+// key of a table of its publication changes (its primary key replaced, or
+// one added to a table keyed by its replica identity): the rows consumers
+// hold are keyed by the old columns, and its catch-up snapshot sends them
+// next under the new key.
+const CauseKeyChanged = "key_changed"
+
 // OpSet is a set of operations: bit i is the i-th of create, update,
 // delete, truncate, read. It is what a subscription asks for, what grants
 // allow, and, one bit at a time, the kind of an event being matched.

@@ -43,6 +43,12 @@ const CauseTableRenamed = "table_renamed"
 // name are no table's now.
 const CauseTableDropped = "table_dropped"
 
+// CauseKeyChanged is the Cause of the truncate tablecast sends when a
+// table's key changes (its primary key replaced, or one added): the rows
+// held are keyed by the old columns, and its rows follow as OpRead under
+// the new key.
+const CauseKeyChanged = "key_changed"
+
 // Claim names the object that holds an event too large for one NATS
 // message: the object Object of the JetStream object store Bucket, Size
 // bytes long.
