@@ -63,6 +63,11 @@ type StreamConfig struct {
 	// Storage is where the stream lives. Default (zero value):
 	// jetstream.FileStorage. It cannot be changed once the stream exists.
 	Storage jetstream.StorageType
+	// UseExisting leaves a stream that exists as it is: only a missing
+	// one is created (with the settings above). For processes that read
+	// the stream but do not own its settings (the gateway alone), which
+	// must not undo the retention the reader was given.
+	UseExisting bool
 }
 
 // withDefaults returns c with its zero values replaced, and every problem
@@ -121,7 +126,8 @@ func (c StreamConfig) Subjects() string {
 }
 
 // EnsureStream makes the stream described by cfg exist and returns it. A
-// missing stream is created. An existing one is updated when it differs in
+// missing stream is created. An existing one is left as it is with
+// UseExisting, and otherwise updated when it differs in
 // the fields of StreamConfig (its subjects become exactly "<Prefix>.>",
 // ControlSubject(Prefix) and FenceSubjects(Prefix), and it allows batch
 // publishing); its
@@ -190,6 +196,9 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		return nil, fmt.Errorf("look up stream %s: %w", cfg.Name, err)
 	}
 
+	if cfg.UseExisting {
+		return s, nil
+	}
 	have := s.CachedInfo().Config
 	if have.Storage != cfg.Storage {
 		return nil, fmt.Errorf("stream %s uses %s storage but %s is configured; storage cannot be changed in place (back up, delete and recreate the stream by hand)",

@@ -112,3 +112,37 @@ func TestEnsureStreamStorageMismatch(t *testing.T) {
 		t.Fatalf("got %v, want a storage mismatch error", err)
 	}
 }
+
+// TestEnsureStreamUseExisting: a process that does not own the stream's
+// settings (the gateway alone) creates a missing stream with its own, and
+// leaves an existing one as the reader made it: a gateway started without
+// the reader's TABLECAST_STREAM_MAX_AGE=0 set the stream's age limit to its
+// default of 7 days, and JetStream then deleted the older events.
+func TestEnsureStreamUseExisting(t *testing.T) {
+	e := startTestServer(t, "")
+	_, js := connectTest(t, e.ClientURL())
+	ctx := testContext(t)
+
+	created, err := EnsureStream(ctx, js, StreamConfig{Name: "GW", MaxAge: time.Hour, UseExisting: true})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if got := created.CachedInfo().Config.MaxAge; got != time.Hour {
+		t.Fatalf("a missing stream was created with max age %s, want 1h", got)
+	}
+	// The reader's settings: kept forever, at most 1 MiB.
+	if _, err := EnsureStream(ctx, js, StreamConfig{Name: "GW", MaxBytes: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := EnsureStream(ctx, js, StreamConfig{Name: "GW", MaxAge: 168 * time.Hour, MaxBytes: 1 << 30, Replicas: 1, UseExisting: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := info.Config; c.MaxAge != 0 || c.MaxBytes != 1<<20 {
+		t.Errorf("the existing stream has max age %s and max bytes %d after a use, want the reader's 0 and %d", c.MaxAge, c.MaxBytes, 1<<20)
+	}
+}

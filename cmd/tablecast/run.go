@@ -77,7 +77,7 @@ func runServer(ctx context.Context, cfg Config, withReader, withGateway bool) er
 		}
 	}
 
-	nc, js, emb, closeNATS, err := connectNATS(ctx, cfg, log)
+	nc, js, emb, closeNATS, err := connectNATS(ctx, cfg, withReader, log)
 	if err != nil {
 		return err
 	}
@@ -321,7 +321,13 @@ func writeJSON(w http.ResponseWriter, ok bool, v any) {
 // connectNATS starts the embedded server when no URL is configured, connects
 // to it (or to the configured servers) with tablecast's credentials, and
 // provisions the stream. emb is nil with an external NATS.
-func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Conn, js jetstream.JetStream, emb *stream.Embedded, closeNATS func(), err error) {
+//
+// The stream's settings (retention, replicas) are the reader's: with
+// ownsStream (run, cdc) it is created or brought to them; without (the
+// gateway alone) it is only created when missing, so that a gateway
+// started without the reader's TABLECAST_STREAM_* variables does not undo
+// them.
+func connectNATS(ctx context.Context, cfg Config, ownsStream bool, log *slog.Logger) (nc *nats.Conn, js jetstream.JetStream, emb *stream.Embedded, closeNATS func(), err error) {
 	opts, err := cfg.natsOptions()
 	if err != nil {
 		return nil, nil, nil, nil, err
@@ -362,12 +368,19 @@ func connectNATS(ctx context.Context, cfg Config, log *slog.Logger) (nc *nats.Co
 		return nil, nil, nil, nil, err
 	}
 	scfg := cfg.streamConfig()
-	if _, err := stream.EnsureStream(ctx, js, scfg); err != nil {
+	scfg.UseExisting = !ownsStream
+	str, err := stream.EnsureStream(ctx, js, scfg)
+	if err != nil {
 		nc.Close()
 		closeAll()
 		return nil, nil, nil, nil, fmt.Errorf("%w (retention: TABLECAST_STREAM_MAX_AGE %s, TABLECAST_STREAM_MAX_BYTES %d)", err, scfg.MaxAge, scfg.MaxBytes)
 	}
-	log.Info("stream ready", "stream", cfg.Stream, "max_age", scfg.MaxAge, "max_bytes", scfg.MaxBytes)
+	have := str.CachedInfo().Config
+	if ownsStream {
+		log.Info("stream ready", "stream", cfg.Stream, "max_age", have.MaxAge, "max_bytes", have.MaxBytes)
+	} else {
+		log.Info("stream ready, with the settings the reader gave it", "stream", cfg.Stream, "max_age", have.MaxAge, "max_bytes", have.MaxBytes)
+	}
 	return nc, js, emb, func() { nc.Close(); closeAll() }, nil
 }
 
