@@ -190,7 +190,11 @@ func (r *Reader) Run(ctx context.Context) error {
 		if IsConfigError(err) {
 			return err
 		}
-		r.log.Warn("no longer the slot's leader; standing by", "reason", err)
+		if errors.Is(err, errSlotMissing) {
+			r.log.Error("the replication slot is gone while streaming: creating it again", "slot", r.cfg.Slot, "err", err)
+		} else {
+			r.log.Warn("no longer the slot's leader; standing by", "reason", err)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -270,11 +274,11 @@ func (r *Reader) lead(ctx context.Context, a acquired, slotExists *bool) error {
 		return ended(err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	if !*slotExists {
-		// Another reader may have created it while this one stood by.
-		if *slotExists, err = r.checkSlotExists(lctx); err != nil {
-			return ended(err)
-		}
+	// Asked at every leadership: another reader may have created it while
+	// this one stood by, or it may have been dropped under the leader this
+	// one takes over from.
+	if *slotExists, err = r.checkSlotExists(lctx); err != nil {
+		return ended(err)
 	}
 	if err := r.prepareSlot(lctx, *slotExists); err != nil {
 		return ended(err)
@@ -339,6 +343,9 @@ func (r *Reader) lead(ctx context.Context, a acquired, slotExists *bool) error {
 		switch {
 		case errors.As(err, &inUse):
 			r.log.Warn("replication slot is in use by another process; retrying", "pid", inUse.pid, "retry_in", backoff)
+		case errors.Is(err, errSlotMissing):
+			*slotExists = false
+			return err
 		case IsConfigError(err):
 			return err
 		default:
@@ -457,6 +464,9 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 		if errors.As(err, &pgErr) && pgErr.Code == "55006" { // object_in_use
 			return res, &slotInUseError{slot: r.cfg.Slot, pid: strings.TrimPrefix(pgErr.Message, fmt.Sprintf("replication slot \"%s\" is active for PID ", r.cfg.Slot))}
 		}
+		if errors.As(err, &pgErr) && pgErr.Code == "42704" { // undefined_object: dropped since slotPosition
+			return res, fmt.Errorf("%w: %q: %s", errSlotMissing, r.cfg.Slot, pgErr.Message)
+		}
 		return res, fmt.Errorf("start replication from %s: %w", pglogrepl.LSN(start), err)
 	}
 
@@ -506,6 +516,12 @@ func (r *Reader) session(ctx context.Context) (res sessionResult, err error) {
 	return res, err
 }
 
+// errSlotMissing ends a session whose slot is gone while the reader ran
+// (dropped, invalidated, or left behind by a failover): the leadership
+// ends, and the next one creates the slot again and reports the loss
+// (prepareSlot), as a start without the slot does.
+var errSlotMissing = errors.New("the replication slot no longer exists")
+
 // slotPosition reads the slot's confirmed_flush_lsn: the one position from
 // which replaying loses nothing and repeats the least. It also tells
 // whether another process holds the slot.
@@ -516,7 +532,7 @@ func slotPosition(ctx context.Context, conn *pgconn.PgConn, slot string) (uint64
 		return 0, fmt.Errorf("read position of slot %s: %w", slot, err)
 	}
 	if len(res) == 0 || len(res[0].Rows) == 0 {
-		return 0, configErrorf("replication slot %q does not exist (dropped while running?)", slot)
+		return 0, fmt.Errorf("%w: %q", errSlotMissing, slot)
 	}
 	row := res[0].Rows[0]
 	if pid := string(row[1]); pid != "" {

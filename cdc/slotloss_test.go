@@ -67,6 +67,45 @@ func TestSlotLostIsReported(t *testing.T) {
 	}
 }
 
+// TestSlotDroppedWhileStreaming: a slot dropped under a running reader
+// (its walsender ended first, as `tablecast slot drop --force` does) is
+// created again by that reader, which reports the loss and streams on; it
+// ended the process, and every standby in turn, as a configuration error.
+func TestSlotDroppedWhileStreaming(t *testing.T) {
+	n := startNATS(t)
+	db := newTestDB(t, `CREATE TABLE t (id int PRIMARY KEY)`)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	r := startReader(t, cfg, n)
+	db.exec(t, `INSERT INTO t VALUES (1), (2)`)
+	n.readAll(t, 2, 20*time.Second)
+
+	waitFor(t, 20*time.Second, "the slot to be dropped", func() bool {
+		_, _ = db.conn.Exec(t.Context(), `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, db.slot)
+		_, err := db.conn.Exec(t.Context(), `SELECT pg_drop_replication_slot($1)`, db.slot)
+		return err == nil
+	})
+	waitFor(t, 30*time.Second, "the reader to report the lost slot", func() bool { return r.Health().SlotLost != nil })
+	waitFor(t, 20*time.Second, "the reader to stream again", func() bool { return r.Health().Streaming })
+	db.exec(t, `INSERT INTO t VALUES (3)`)
+	evs := n.readAll(t, 3, 20*time.Second)
+	if id := evs[2].Data["id"]; id != float64(3) {
+		t.Fatalf("the row written after the slot was created again: id %v, want 3", id)
+	}
+	select {
+	case err := <-r.done:
+		t.Fatalf("the reader stopped: %v", err)
+	default:
+	}
+	if loss := r.Health().SlotLost; !strings.Contains(loss.Cause, "dropped") || loss.LastConfirmed == "" || loss.NewSlotFrom == "" {
+		t.Errorf("slot_lost = %+v, want a drop on the same PostgreSQL with both positions", loss)
+	}
+	if !r.log.contains("the replication slot is gone while streaming: creating it again") ||
+		!r.log.contains("the replication slot was lost and has been created again") {
+		t.Error("the log does not report the slot dropped while streaming")
+	}
+}
+
 // TestFailoverLosesTheSlot: PostgreSQL fails over to a physical standby
 // (pg_basebackup, then pg_ctl promote). Before PostgreSQL 17 the standby has
 // no copy of the slot: the reader, pointed at the new primary, says the
