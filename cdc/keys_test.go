@@ -167,11 +167,14 @@ func TestKeyOfChangesBeforeAKeyChange(t *testing.T) {
 	db.exec(t, `ALTER TABLE t DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (tenant, id)`)
 	db.exec(t, `DELETE FROM t WHERE id = 1`)
 	startReader(t, cfg, n)
-	evs := n.readAll(t, 3, 30*time.Second)
+	// Then the key change is seen in the catalog: a truncate, and no rows
+	// to send again.
+	evs := n.readAll(t, 4, 30*time.Second)
 	wants := []struct{ op, key, old string }{
 		{"delete", `{"id":2}`, `{"id":2}`},
 		{"update", `{"id":1}`, ``},
 		{"delete", `{"tenant":7,"id":1}`, `{"tenant":7,"id":1}`}, // written under the new key
+		{"truncate", `{}`, ``},
 	}
 	if len(evs) != len(wants) {
 		t.Fatalf("%d events, want %d", len(evs), len(wants))
@@ -182,6 +185,9 @@ func TestKeyOfChangesBeforeAKeyChange(t *testing.T) {
 		}
 		assertJSON(t, fmt.Sprintf("event %d (%s) key", i, w.op), evs[i].Key, w.key)
 		assertJSON(t, fmt.Sprintf("event %d (%s) old", i, w.op), evs[i].Old, w.old)
+	}
+	if evs[3].Cause != "key_changed" {
+		t.Errorf("the truncate's cause is %q, want key_changed", evs[3].Cause)
 	}
 }
 

@@ -79,6 +79,10 @@ type Reader struct {
 	health      Health
 	streamSince time.Time
 	failing     failingSessions // guarded by healthMu
+	// prepSince is when leaderships began failing before they streamed
+	// (a bucket, the slot, the initial snapshot), zero while they do not;
+	// only Run's goroutine touches it.
+	prepSince time.Time
 
 	started  time.Time
 	countsMu sync.Mutex
@@ -176,6 +180,7 @@ func (r *Reader) Run(ctx context.Context) error {
 	// Nothing touches the slot, the publication or the snapshot records
 	// before the reader holds the slot's lease (lease.go).
 	slotExists := src.slotExists
+	wait := r.cfg.RetryMin
 	for {
 		a, err := r.acquireLease(ctx)
 		if err != nil {
@@ -190,17 +195,69 @@ func (r *Reader) Run(ctx context.Context) error {
 		if IsConfigError(err) {
 			return err
 		}
-		if errors.Is(err, errSlotMissing) {
+		var pe *prepareError
+		switch {
+		case errors.As(err, &pe):
+			// Failing again and again the same way (a published table it
+			// may not read for the initial snapshot, say): backing off,
+			// and unhealthy once that has lasted TABLECAST_STALL_AFTER.
+			if r.prepSince.IsZero() {
+				r.prepSince = time.Now()
+			}
+			r.notePrepareFailure(pe)
+			r.log.Error("cannot start streaming; retrying", "err", oneLine(pe.err), "retry_in", wait)
+		case errors.Is(err, errSlotMissing):
 			r.log.Error("the replication slot is gone while streaming: creating it again", "slot", r.cfg.Slot, "err", err)
-		} else {
+		default:
 			r.log.Warn("no longer the slot's leader; standing by", "reason", err)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(r.cfg.RetryMin):
+		case <-time.After(wait):
+		}
+		if pe != nil {
+			wait = min(wait*2, r.cfg.RetryMax)
+		} else {
+			wait = r.cfg.RetryMin
 		}
 	}
+}
+
+// ensureStateBucket creates the state bucket again when it is gone.
+func (r *Reader) ensureStateBucket(ctx context.Context) error {
+	_, err := r.state.Status(ctx)
+	if err == nil {
+		return nil
+	}
+	if _, ok := r.recreateBucket(ctx, err, r.stateBucket, "state"); ok {
+		return nil
+	}
+	return fmt.Errorf("read the state bucket %s: %w", r.stateBucket.Bucket, err)
+}
+
+// prepareError ends a leadership that failed before it streamed: the
+// state bucket, the slot, or its initial snapshot.
+type prepareError struct{ err error }
+
+func (e *prepareError) Error() string { return "prepare to stream: " + e.err.Error() }
+func (e *prepareError) Unwrap() error { return e.err }
+
+// notePrepareFailure makes the reader unhealthy once leaderships have
+// failed before streaming for TABLECAST_STALL_AFTER (the health check
+// runs only while one streams).
+func (r *Reader) notePrepareFailure(pe *prepareError) {
+	since := time.Since(r.prepSince)
+	if since < r.cfg.StallAfter {
+		return
+	}
+	reason := fmt.Sprintf("not streaming for %s: cannot start streaming: %s", since.Round(time.Second), oneLine(pe.err))
+	r.healthMu.Lock()
+	if r.health.Healthy {
+		r.log.Warn("reader unhealthy", "reasons", []string{reason})
+	}
+	r.health = Health{Healthy: false, Reasons: []string{reason}}
+	r.healthMu.Unlock()
 }
 
 // errLeaseLost ends a leadership whose lease was taken or not renewed in
@@ -262,10 +319,13 @@ func (r *Reader) lead(ctx context.Context, a acquired, slotExists *bool) error {
 	r.fences, r.endStale = f, a.takeover
 	r.setRole(true, a.l.value())
 	// Health is judged afresh: the time spent standing by is not time
-	// spent failing to stream.
-	r.healthMu.Lock()
-	r.health, r.streamSince, r.failing = Health{Healthy: true}, time.Now(), failingSessions{}
-	r.healthMu.Unlock()
+	// spent failing to stream. Leaderships failing before they stream
+	// keep the judgement of the ones before (notePrepareFailure).
+	if r.prepSince.IsZero() {
+		r.healthMu.Lock()
+		r.health, r.streamSince, r.failing = Health{Healthy: true}, time.Now(), failingSessions{}
+		r.healthMu.Unlock()
+	}
 
 	// Listening before the slot exists: a request sent once it does is
 	// answered (after a short wait, while the reader is not streaming yet).
@@ -274,16 +334,22 @@ func (r *Reader) lead(ctx context.Context, a acquired, slotExists *bool) error {
 		return ended(err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	// The state bucket deleted (by an operator) is created again here:
+	// preparing the slot reads it.
+	if err := r.ensureStateBucket(lctx); err != nil {
+		return ended(&prepareError{err})
+	}
 	// Asked at every leadership: another reader may have created it while
 	// this one stood by, or it may have been dropped under the leader this
 	// one takes over from.
 	if *slotExists, err = r.checkSlotExists(lctx); err != nil {
-		return ended(err)
+		return ended(&prepareError{err})
 	}
 	if err := r.prepareSlot(lctx, *slotExists); err != nil {
-		return ended(err)
+		return ended(&prepareError{err})
 	}
 	*slotExists = true
+	r.prepSince = time.Time{}
 	if err := r.registerNewTables(lctx); err != nil {
 		if lctx.Err() != nil {
 			return ended(err)
