@@ -89,6 +89,27 @@ type doctor struct {
 	superuser  bool
 	canCreate  bool // CREATE on the database: the role may create a publication
 	slotExists bool
+	coverage   []coverage // the publication's column lists and row filters, read once (coverGap)
+	covered    bool
+}
+
+// coverGap judges t's column list and row filter from the catalog, as
+// PostgreSQL does (coverage), for a role that may not ask PostgreSQL by
+// planning an UPDATE (probe).
+func (d *doctor) coverGap(ctx context.Context, t pubTable) (what, fix string, err error) {
+	if !d.covered {
+		if d.coverage, err = readCoverage(ctx, d.conn, d.cfg.Publication); err != nil {
+			return "", "", err
+		}
+		d.covered = true
+	}
+	for _, c := range d.coverage {
+		if c.schema == t.schema && c.name == t.name {
+			what, fix = c.gap(d.cfg.Publication)
+			return what, fix, nil
+		}
+	}
+	return "", "", nil
 }
 
 func (d *doctor) add(check, status, detail, fix string) {
@@ -675,7 +696,16 @@ func (d *doctor) judgeTable(ctx context.Context, p publication, t pubTable) erro
 		d.add(check, StatusOK, detail+" (the publication publishes no updates or deletes)", "")
 		return nil
 	}
-	if p.exists && changesOld && (t.published != nil || t.rowFilter != "") {
+	var coverWhat, coverFix string
+	if p.exists && changesOld {
+		// What the catalog says of its column list and row filter (a list
+		// of every column is one too, which REPLICA IDENTITY FULL refuses).
+		var err error
+		if coverWhat, coverFix, err = d.coverGap(ctx, t); err != nil {
+			return err
+		}
+	}
+	if p.exists && changesOld && (t.published != nil || t.rowFilter != "" || coverWhat != "") {
 		// Column lists and row filters must cover the replica identity, or
 		// PostgreSQL refuses UPDATE and DELETE. Ask it rather than second-guess.
 		refusal, note, err := d.probe(ctx, p, t)
@@ -688,7 +718,12 @@ func (d *doctor) judgeTable(ctx context.Context, p publication, t pubTable) erro
 			return nil
 		}
 		if note != "" {
-			detail += " (" + note + ")"
+			// PostgreSQL could not be asked: the catalog tells as much.
+			if coverWhat != "" {
+				d.add(check, StatusFail, fmt.Sprintf("%s: PostgreSQL refuses UPDATE and DELETE on it: %s", detail, coverWhat), coverFix)
+				return nil
+			}
+			detail += " (" + note + "; the catalog shows them covering it)"
 		}
 	}
 	d.add(check, StatusOK, detail, "")

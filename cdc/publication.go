@@ -339,3 +339,109 @@ func sortedKeys[V any](m map[string]V) []string {
 	slices.Sort(keys)
 	return keys
 }
+
+// coverage is what PostgreSQL checks of a table's column list and row
+// filter in a publication that publishes updates or deletes: the list must
+// hold every column of the replica identity (PostgreSQL 15 refuses any
+// list under REPLICA IDENTITY FULL), and the filter may read only those
+// (any column under FULL). Otherwise it refuses UPDATE and DELETE on the
+// table, with "does not cover the replica identity".
+type coverage struct {
+	schema, name string
+	replident    string // relreplident
+	keys         keyColumns
+	hasList      bool     // the publication names columns of it
+	listed       []string // those columns
+	filterReads  []string // the columns its row filter reads; nil without one
+	filter       string   // the row filter, as SQL; "" without one
+}
+
+// readCoverage reads the coverage of the plain tables publication lists
+// with a column list or a row filter (PostgreSQL 15 and later: only a FOR
+// TABLE entry has either). The columns a row filter reads are the
+// attribute numbers of the Var nodes of its stored expression.
+func readCoverage(ctx context.Context, conn *pgx.Conn, publication string) ([]coverage, error) {
+	var version int
+	if err := conn.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		return nil, fmt.Errorf("read the server version: %w", err)
+	}
+	if version < 150000 {
+		return nil, nil
+	}
+	rows, err := conn.Query(ctx, `SELECT n.nspname::text, c.relname::text, c.relreplident::text, `+keyArrays+`,
+			pr.prattrs IS NOT NULL,
+			ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = ANY (pr.prattrs::int2[]) ORDER BY a.attnum),
+			ARRAY(SELECT DISTINCT a.attname::text FROM regexp_matches(coalesce(pr.prqual::text, ''), ':varattno ([0-9]+)', 'g') m
+				JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = m[1]::int2 ORDER BY 1),
+			coalesce(pg_get_expr(pr.prqual, pr.prrelid), '')
+		FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+		JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.pubname = $1 AND c.relkind = 'r' AND (pr.prattrs IS NOT NULL OR pr.prqual IS NOT NULL)
+		ORDER BY 1, 2`, publication)
+	if err != nil {
+		return nil, fmt.Errorf("read the column lists and row filters of publication %s: %w", publication, err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (coverage, error) {
+		var c coverage
+		err := row.Scan(&c.schema, &c.name, &c.replident, &c.keys.primaryKey, &c.keys.identityIndex, &c.hasList, &c.listed, &c.filterReads, &c.filter)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the column lists and row filters of publication %s: %w", publication, err)
+	}
+	return out, nil
+}
+
+// gap says why PostgreSQL refuses UPDATE and DELETE on the table while
+// publication publishes them, and the SQL that fixes it; "" when it does
+// not (or when the table has no replica identity at all, which writeGap
+// says).
+func (c coverage) gap(publication string) (what, fix string) {
+	table := pgx.Identifier{c.schema, c.name}.Sanitize()
+	pub := pgx.Identifier{publication}.Sanitize()
+	var ident []string
+	switch c.replident {
+	case "d":
+		ident = c.keys.primaryKey
+	case "i":
+		ident = c.keys.identityIndex
+	case "f":
+	default:
+		return "", ""
+	}
+	if c.replident != "f" && len(ident) == 0 {
+		return "", "" // no identity: writeGap's
+	}
+	// The table again, in one transaction, with what it keeps of its
+	// entry (ALTER PUBLICATION … SET TABLE would drop every other table).
+	readd := func(cols string) string {
+		where := ""
+		if c.filter != "" {
+			where = " WHERE (" + c.filter + ")"
+		}
+		return fmt.Sprintf("BEGIN; ALTER PUBLICATION %s DROP TABLE %s; ALTER PUBLICATION %s ADD TABLE %s%s%s; COMMIT;", pub, table, pub, table, cols, where)
+	}
+	if c.hasList {
+		missing := slices.DeleteFunc(slices.Clone(ident), func(col string) bool { return slices.Contains(c.listed, col) })
+		switch {
+		case c.replident == "f":
+			return "its column list in the publication does not cover the replica identity (REPLICA IDENTITY FULL admits no column list)",
+				readd("") + " -- publish every column, or give it a replica identity of some columns (REPLICA IDENTITY DEFAULT with a primary key)"
+		case len(missing) > 0:
+			cols := make([]string, 0, len(c.listed)+len(missing))
+			for _, col := range append(slices.Clone(c.listed), missing...) {
+				cols = append(cols, pgx.Identifier{col}.Sanitize())
+			}
+			return fmt.Sprintf("its column list in the publication leaves out replica identity column(s) %s", strings.Join(missing, ", ")),
+				readd(" ("+strings.Join(cols, ", ")+")") + " -- or publish every column"
+		}
+	}
+	if c.replident != "f" && c.filterReads != nil {
+		outside := slices.DeleteFunc(slices.Clone(c.filterReads), func(col string) bool { return slices.Contains(ident, col) })
+		if len(outside) > 0 {
+			return fmt.Sprintf("its row filter in the publication reads column(s) %s, not part of the replica identity", strings.Join(outside, ", ")),
+				fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL; -- or filter on replica identity columns only", table)
+		}
+	}
+	return "", ""
+}

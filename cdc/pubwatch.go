@@ -299,6 +299,23 @@ func (w *pubWatch) watchUnmanaged(ctx context.Context, c *pgx.Conn, pub pubInfo)
 			now[t.key()] = leftOut{table: t.qualified(), reason: what, fix: fix}
 		}
 	}
+	if pub.update || pub.delete {
+		// A column list or row filter that does not cover the replica
+		// identity breaks the writes just the same.
+		covs, err := readCoverage(ctx, c, name)
+		if err != nil {
+			return err
+		}
+		for _, cv := range covs {
+			k := tableKey(cv.schema, cv.name)
+			if _, ok := now[k]; ok {
+				continue
+			}
+			if what, fix := cv.gap(name); what != "" {
+				now[k] = leftOut{table: cv.schema + "." + cv.name, reason: what, fix: fix}
+			}
+		}
+	}
 	// Renames are followed here too: tablecast alters nothing of the
 	// publication for them, it writes messages and takes snapshots.
 	if err := w.followRenames(ctx, c, published, nil); err != nil {
