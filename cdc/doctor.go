@@ -677,6 +677,20 @@ func (d *doctor) judgeTable(ctx context.Context, p publication, t pubTable) erro
 		problem, fix = what+": PostgreSQL refuses UPDATE and DELETE on it while the publication publishes them, and updates and deletes would carry no key and no old row", f
 	}
 	detail := strings.Join(parts, ", ")
+	// Snapshots (the initial one, catch-ups, on demand) read the table;
+	// streaming its changes does not.
+	var readable bool
+	if err := d.conn.QueryRow(ctx, `SELECT has_table_privilege($1::regclass, 'SELECT')`, table).Scan(&readable); err != nil {
+		return fmt.Errorf("check %s: %w", check, err)
+	}
+	if !readable {
+		status, why := StatusWarn, "catch-up and on-demand snapshots of it fail"
+		if d.cfg.Snapshot != SnapshotNever && !d.slotExists {
+			status, why = StatusFail, "the initial snapshot fails, and the reader cannot start"
+		}
+		d.add(check+" (read)", status, fmt.Sprintf("the role %s may not SELECT it: %s", d.user, why),
+			fmt.Sprintf("GRANT SELECT ON %s TO %s;", table, pgx.Identifier{d.user}.Sanitize()))
+	}
 	if problem == "" && t.replident != "f" && p.delete {
 		// The gateway judges a delete by its row policy on the old row;
 		// without REPLICA IDENTITY FULL that row is only the key.

@@ -192,8 +192,9 @@ func TestDoctorNoPublicationNoSlot(t *testing.T) {
 // and the fix is the ALTER ROLE that grants it.
 func TestDoctorRoleWithoutReplication(t *testing.T) {
 	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`, `CREATE PUBLICATION tc_pub FOR TABLE items`,
-		`DROP ROLE IF EXISTS tc_doctor_norepl`, `CREATE ROLE tc_doctor_norepl LOGIN`)
+		`DROP ROLE IF EXISTS tc_doctor_norepl`, `CREATE ROLE tc_doctor_norepl LOGIN`, `GRANT SELECT ON items TO tc_doctor_norepl`)
 	t.Cleanup(func() {
+		_, _ = db.conn.Exec(context.Background(), `REVOKE ALL ON items FROM tc_doctor_norepl`)
 		c, err := pgx.Connect(context.Background(), pgtestCluster(t).URL("postgres"))
 		if err == nil {
 			_, _ = c.Exec(context.Background(), `DROP ROLE IF EXISTS tc_doctor_norepl`)

@@ -191,3 +191,41 @@ func TestDoctorCoverWithoutUpdatePrivilege(t *testing.T) {
 		db.exec(t, sql)
 	}
 }
+
+// TestDoctorTableNotReadable: a published table the reader's role may not
+// SELECT fails before the first run (its initial snapshot would fail, and
+// the reader could not start), with the GRANT that fixes it; doctor passed
+// it, and the reader then retried without end.
+func TestDoctorTableNotReadable(t *testing.T) {
+	db := newTestDB(t,
+		`CREATE TABLE open (id int PRIMARY KEY)`,
+		`CREATE TABLE closed (id int PRIMARY KEY)`,
+		`CREATE PUBLICATION tc_pub FOR TABLE open, closed`)
+	role := "tc_doc_nr_" + strings.TrimPrefix(db.slot, "tc_slot_")
+	db.exec(t, fmt.Sprintf(`CREATE ROLE %s LOGIN REPLICATION`, role))
+	t.Cleanup(func() {
+		_, _ = db.conn.Exec(context.Background(), fmt.Sprintf(`DROP OWNED BY %s`, role))
+		_, _ = db.conn.Exec(context.Background(), fmt.Sprintf(`DROP ROLE %s`, role))
+	})
+	db.exec(t, fmt.Sprintf(`GRANT SELECT ON open TO %s`, role))
+	u, err := url.Parse(db.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(role)
+	cfg := db.config()
+	cfg.DatabaseURL = u.String()
+	fs := doctorFindings(t, cfg)
+	f := expect(t, fs, "table public.closed (read)", StatusFail, "may not SELECT it: the initial snapshot fails", `GRANT SELECT ON "public"."closed" TO "`+role+`";`)
+	for _, f := range fs {
+		if f.Check == "table public.open (read)" {
+			t.Errorf("a readable table is reported: %+v", f)
+		}
+	}
+	db.exec(t, f.Fix)
+	for _, f := range doctorFindings(t, cfg) {
+		if strings.HasSuffix(f.Check, "(read)") {
+			t.Errorf("after the GRANT: %+v", f)
+		}
+	}
+}
