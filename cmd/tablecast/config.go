@@ -129,8 +129,14 @@ type Config struct {
 // naming its variable.
 func loadConfig() (Config, error) {
 	var c Config
-	if errs := checkSyntax(os.LookupEnv); len(errs) > 0 {
-		return c, errors.Join(errs...)
+	syntaxErrs, bad := checkSyntax(os.LookupEnv)
+	// A variable that does not parse is read as unset (its default), so
+	// that the checks of the others still run and every problem is said at
+	// once; the environment is left as it was.
+	for _, key := range bad {
+		v, _ := os.LookupEnv(key)
+		_ = os.Unsetenv(key)
+		defer os.Setenv(key, v)
 	}
 	if err := envconfig.Process(envPrefix, &c); err != nil {
 		// checkSyntax parses what envconfig parses, so this is not expected.
@@ -139,7 +145,7 @@ func loadConfig() (Config, error) {
 	if _, set := os.LookupEnv(envPrefix + "_STREAM_MAX_BYTES"); !set {
 		c.StreamMaxBytes = stream.StreamBytesFor(c.NATSMaxStore)
 	}
-	var errs []error
+	errs := syntaxErrs
 	if c.DatabaseURL != "" {
 		if err := checkDatabaseURL(c.DatabaseURL); err != nil {
 			errs = append(errs, err)
@@ -354,8 +360,7 @@ func editDistance(a, b string) int {
 // checkSyntax parses every TABLECAST_ variable that is set with the rules of
 // its field's type, and says what is wrong in the user's words, every
 // problem at once: envconfig stops at the first and names Go types.
-func checkSyntax(lookup func(string) (string, bool)) []error {
-	var errs []error
+func checkSyntax(lookup func(string) (string, bool)) (errs []error, bad []string) {
 	t := reflect.TypeFor[Config]()
 	for i := range t.NumField() {
 		f := t.Field(i)
@@ -384,9 +389,10 @@ func checkSyntax(lookup func(string) (string, bool)) []error {
 		}
 		if problem != "" {
 			errs = append(errs, fmt.Errorf("%s %q: %s", key, v, problem))
+			bad = append(bad, key)
 		}
 	}
-	return errs
+	return errs, bad
 }
 
 // checkDatabaseURL rejects a connection string PostgreSQL's driver would

@@ -30,6 +30,10 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 		// Every syntax problem at once, not only the first.
 		{map[string]string{"TABLECAST_STALL_AFTER": "soon", "TABLECAST_WS_READ_TIMEOUT": "1 minute", "TABLECAST_STREAM_REPLICAS": "three"},
 			[]string{"TABLECAST_STALL_AFTER", "TABLECAST_WS_READ_TIMEOUT", "TABLECAST_STREAM_REPLICAS"}},
+		// A value that does not parse hides none of the other checks.
+		{map[string]string{"TABLECAST_STALL_AFTER": "10", "TABLECAST_LEADER_LEASE": "500ms", "TABLECAST_NATS_URL": "foo://x", "TABLECAST_MAX_IN_FLIGHT": "-1"},
+			[]string{`TABLECAST_STALL_AFTER "10": not a duration`, "TABLECAST_LEADER_LEASE 500ms: must be at least 1s", `TABLECAST_NATS_URL: server 1 "foo://x"`,
+				"TABLECAST_MAX_IN_FLIGHT -1: must be between 1 and 65536"}},
 		{map[string]string{"TABLECAST_STALL_AFTER": "0s"}, []string{"TABLECAST_STALL_AFTER 0s: must be positive"}},
 		{map[string]string{"TABLECAST_STALL_LAG_BYTES": "-1"}, []string{"TABLECAST_STALL_LAG_BYTES -1: must be positive"}},
 		{map[string]string{"TABLECAST_HEARTBEAT_INTERVAL": "-10s"}, []string{"TABLECAST_HEARTBEAT_INTERVAL -10s: must be positive, or 0"}},
