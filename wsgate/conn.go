@@ -135,7 +135,7 @@ func (g *Gateway) handshake(nc net.Conn, slot *connlimit.Slot, httpLn *chanListe
 		return
 	}
 	req, he := parseUpgradeRequest(buf[:n])
-	if he == nil && !g.hosts.Allowed(req.host) {
+	if req != nil && !g.hosts.Allowed(req.host) {
 		he = errStatus(http.StatusMisdirectedRequest, "host "+schema.QuoteName(req.host)+" is not served here")
 	}
 	if he == nil {

@@ -161,6 +161,27 @@ func TestDNSRebinding(t *testing.T) {
 		})
 	}
 
+	t.Run("not a handshake", func(t *testing.T) {
+		// A request to /ws that is no WebSocket handshake (no Upgrade),
+		// or a broken one, for a Host not served: 421 first, as on every
+		// path, not the 400 that says what the handshake lacks.
+		evil := "evil.example:" + port(def)
+		for _, head := range []string{
+			"GET /ws HTTP/1.1\r\nHost: " + evil + "\r\n\r\n",
+			"GET /ws/public.orders HTTP/1.1\r\nHost: " + evil + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+			"GET /ws/nothing/here HTTP/1.1\r\nHost: " + evil + "\r\n\r\n",
+		} {
+			c := rawDialFrom(t, def.addr, "")
+			if resp := c.roundTrip(head); resp.StatusCode != http.StatusMisdirectedRequest {
+				t.Errorf("%q answered %s, want 421", head, resp.Status)
+			}
+		}
+		c := rawDialFrom(t, def.addr, "")
+		if resp := c.roundTrip("GET /ws HTTP/1.1\r\nHost: " + def.addr + "\r\n\r\n"); resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("no handshake, with the Host served, answered %s, want 400", resp.Status)
+		}
+	})
+
 	t.Run("kept-alive connection", func(t *testing.T) {
 		// The first request is the gateway's own; the next ones on the
 		// same connection are read by net/http, and checked all the same.

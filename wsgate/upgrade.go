@@ -173,7 +173,9 @@ func isUpgradePath(method, target string) bool {
 // parseUpgradeRequest parses and checks a WebSocket opening handshake (RFC
 // 6455 §4.2.1) from a complete request head. The path has been routed here
 // (isUpgradePath). It does not check the Host (see hostPolicy) nor the
-// Origin, which is answered after the upgrade with a close code.
+// Origin, which is answered after the upgrade with a close code. A request
+// refused once its headers are read comes back with them too, so that a
+// Host the gateway does not serve is answered 421 before anything else.
 func parseUpgradeRequest(head []byte) (*upgradeRequest, *httpError) {
 	method, target, version, ok := requestLine(head)
 	if !ok {
@@ -249,28 +251,28 @@ func parseUpgradeRequest(head []byte) (*upgradeRequest, *httpError) {
 	case hosts != 1:
 		return nil, errStatus(400, "want exactly one Host header")
 	case origins > 1 || auths > 1 || keys > 1:
-		return nil, errStatus(400, "repeated Origin, Authorization or Sec-WebSocket-Key header")
+		return req, errStatus(400, "repeated Origin, Authorization or Sec-WebSocket-Key header")
 	case !upgrade:
-		return nil, errStatus(400, "not a WebSocket handshake: Upgrade: websocket missing")
+		return req, errStatus(400, "not a WebSocket handshake: Upgrade: websocket missing")
 	case !connection:
-		return nil, errStatus(400, "not a WebSocket handshake: Connection: Upgrade missing")
+		return req, errStatus(400, "not a WebSocket handshake: Connection: Upgrade missing")
 	case !wsVersion:
-		return nil, errStatus(400, "Sec-WebSocket-Version missing")
+		return req, errStatus(400, "Sec-WebSocket-Version missing")
 	case string(versionValue) != "13":
-		return nil, &httpError{status: 426, msg: "WebSocket version 13 only", header: "Sec-WebSocket-Version: 13\r\n"}
+		return req, &httpError{status: 426, msg: "WebSocket version 13 only", header: "Sec-WebSocket-Version: 13\r\n"}
 	case !key:
-		return nil, errStatus(400, "Sec-WebSocket-Key missing")
+		return req, errStatus(400, "Sec-WebSocket-Key missing")
 	}
 	var nonce [18]byte // DecodedLen(24): Decode panics on a shorter destination
 	if len(keyValue) != 24 {
-		return nil, errStatus(400, "Sec-WebSocket-Key is not 16 bytes in base64")
+		return req, errStatus(400, "Sec-WebSocket-Key is not 16 bytes in base64")
 	}
 	if n, err := base64.StdEncoding.Decode(nonce[:], keyValue); err != nil || n != 16 {
-		return nil, errStatus(400, "Sec-WebSocket-Key is not 16 bytes in base64")
+		return req, errStatus(400, "Sec-WebSocket-Key is not 16 bytes in base64")
 	}
 	req.key = string(keyValue)
 	if req.path != "/ws" && !strings.HasPrefix(req.path, URLSubscriptionPrefix) && !strings.HasPrefix(req.path, EndpointPrefix) {
-		return nil, errStatus(404, "no such WebSocket endpoint")
+		return req, errStatus(404, "no such WebSocket endpoint")
 	}
 	return req, nil
 }
