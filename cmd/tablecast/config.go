@@ -143,7 +143,12 @@ func loadConfig() (Config, error) {
 		return c, fmt.Errorf("read environment: %w", err)
 	}
 	if _, set := os.LookupEnv(envPrefix + "_STREAM_MAX_BYTES"); !set {
+		// Three quarters of the store, and in a small store what it has
+		// beyond what the buckets need.
 		c.StreamMaxBytes = stream.StreamBytesFor(c.NATSMaxStore)
+		if c.NATSMaxStore >= minMaxStore { // else the store is refused
+			c.StreamMaxBytes = min(c.StreamMaxBytes, c.NATSMaxStore-storeReserve)
+		}
 	}
 	errs := syntaxErrs
 	if c.DatabaseURL != "" {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -146,4 +147,33 @@ func TestLoadConfigNamesEveryProblem(t *testing.T) {
 			t.Fatalf("got old rows %q, cache %d bytes", cc.OldRows, cc.OldRowsCacheBytes)
 		}
 	})
+}
+
+// TestSmallStoreDefaultStreamSize: a store under 256 MiB with the stream's
+// size left unset starts: the stream gets what the store has beyond the
+// buckets' 64 MiB. Three quarters of 150 MB did not fit beside them, and
+// the start failed on a variable nobody had set.
+func TestSmallStoreDefaultStreamSize(t *testing.T) {
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, envPrefix+"_") {
+			t.Setenv(k, "")
+			os.Unsetenv(k)
+		}
+	}
+	for store, want := range map[int64]int64{
+		150_000_000: 150_000_000 - storeReserve,
+		minMaxStore: minMaxStore - storeReserve,
+		1 << 30:     3 << 28,
+		8 << 30:     6 << 30,
+	} {
+		t.Setenv("TABLECAST_NATS_MAX_STORE", strconv.FormatInt(store, 10))
+		c, err := loadConfig()
+		if err != nil {
+			t.Errorf("store %d: %v", store, err)
+			continue
+		}
+		if c.StreamMaxBytes != want {
+			t.Errorf("store %d: stream size %d, want %d", store, c.StreamMaxBytes, want)
+		}
+	}
 }

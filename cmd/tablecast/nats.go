@@ -17,9 +17,9 @@ import (
 )
 
 // minMaxStore is the smallest TABLECAST_NATS_MAX_STORE accepted: JetStream
-// writes the stream in blocks of up to 8 MiB, and a store of a few blocks
-// could hold next to nothing.
-const minMaxStore = 64 << 20
+// writes the stream in blocks of up to 8 MiB, and the stream gets what the
+// store has beyond storeReserve, at least 64 MiB here.
+const minMaxStore = 128 << 20
 
 // storeReserve is what the stream must leave of the store when its size is
 // set by hand: room for the key-value buckets and the stream's last,
@@ -112,7 +112,7 @@ func (c Config) checkNATS() []error {
 		}
 	}
 	if c.NATSMaxStore < minMaxStore {
-		errs = append(errs, fmt.Errorf("TABLECAST_NATS_MAX_STORE %d: must be at least %d (64 MiB)", c.NATSMaxStore, minMaxStore))
+		errs = append(errs, fmt.Errorf("TABLECAST_NATS_MAX_STORE %d: must be at least %d (128 MiB)", c.NATSMaxStore, minMaxStore))
 	}
 	if c.NATSMinFree < 0 {
 		errs = append(errs, fmt.Errorf("TABLECAST_NATS_MIN_FREE %d: must be 0 or more", c.NATSMinFree))
