@@ -115,6 +115,7 @@ func (r *Reader) watch(ctx context.Context) {
 		walStatus, lastStatus string
 		warnedNear            bool
 		status                = statusWriter{r: r}
+		others                = clusterCheck{r: r, logged: map[string]bool{}}
 	)
 	tick := time.NewTicker(r.cfg.WatchInterval)
 	defer tick.Stop()
@@ -214,6 +215,9 @@ func (r *Reader) watch(ctx context.Context) {
 			if !since.IsZero() && now.Sub(since) >= r.cfg.StallAfter {
 				reasons = append(reasons, fmt.Sprintf("not streaming for %s", now.Sub(since).Round(time.Second)))
 			}
+		}
+		if reason := others.check(ctx, now); reason != "" {
+			reasons = append(reasons, reason)
 		}
 		healthy := len(reasons) == 0 || (err != nil && now.Sub(downSince) < r.cfg.StallAfter && len(reasons) == 1)
 		r.healthMu.Lock()

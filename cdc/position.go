@@ -107,6 +107,7 @@ func (r *Reader) identifyOrigin(ctx context.Context, conn *pgconn.PgConn) (origi
 	if err != nil {
 		return "", 0, fmt.Errorf("identify system: %w", err)
 	}
+	r.clusterID.Store(&sys.SystemID)
 	return sys.SystemID + "/" + strconv.Itoa(int(sys.Timeline)) + "/" + stream.Token(r.db) + "/" + r.cfg.Slot, uint64(sys.XLogPos), nil
 }
 

@@ -75,6 +75,7 @@ type Reader struct {
 	streaming   atomic.Bool
 	ackedLSN    atomic.Uint64
 	slotLoss    atomic.Pointer[SlotLoss]
+	clusterID   atomic.Pointer[string] // the PostgreSQL's system identifier, once known (identifyOrigin)
 	healthMu    sync.Mutex
 	health      Health
 	streamSince time.Time

@@ -57,7 +57,7 @@ func (w *statusWriter) write(ctx context.Context, h Health, f slotFigures, read 
 	}
 	f = w.slot
 	st := &stream.ReaderStatus{
-		Database: r.db, Slot: r.cfg.Slot,
+		Database: r.db, Slot: r.cfg.Slot, Stream: r.cfg.Stream, Cluster: r.cluster(),
 		Streaming: r.streaming.Load(), Healthy: h.Healthy, Reasons: h.Reasons, AckedLSN: r.Health().AckedLSN,
 		LagBytes: f.lag, RetainedWALBytes: f.retained, SafeWALSizeBytes: f.safe, WALStatus: f.walStatus,
 		Tables:  map[string]stream.TableCount{},

@@ -29,6 +29,11 @@ func ReaderStatusKey(db, slot string) string {
 type ReaderStatus struct {
 	Database string `json:"database"`
 	Slot     string `json:"slot"`
+	// Stream is the stream the reader publishes into, Cluster the system
+	// identifier of the PostgreSQL it reads ("" until it has connected;
+	// both absent from records of versions before them).
+	Stream  string `json:"stream,omitempty"`
+	Cluster string `json:"cluster,omitempty"`
 	// Streaming: a replication session is streaming. Healthy and Reasons
 	// are those of the reader's /healthz.
 	Streaming bool     `json:"streaming"`
