@@ -743,13 +743,16 @@ func (g *Gateway) detach(s *sub) {
 	}
 }
 
-// setProjection changes s's projection and returns the sequence of the last
-// event sent with the old one.
-func (f *feed) setProjection(s *sub, p *query.Projection) uint64 {
+// setProjection changes s's projection and calls answer, under the feed's
+// lock, with the sequence of the last event sent with the old one.
+func (f *feed) setProjection(s *sub, p *query.Projection, answer func(seq uint64)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// Answered under the lock: no event frame with the new projection is
+	// queued for the client before the answer that says where it starts.
+	defer func() { answer(f.last) }()
 	if s.gone {
-		return f.last
+		return
 	}
 	if s.catching {
 		// Stored before the new projection, so that whoever sees that
@@ -759,7 +762,6 @@ func (f *feed) setProjection(s *sub, p *query.Projection) uint64 {
 	s.proj.Store(p)
 	f.dropGroup(s.grp)
 	s.grp = f.groupFor(s.id, p)
-	return f.last
 }
 
 // projStep is a projection that was s's up to the event upTo.

@@ -744,9 +744,16 @@ func (c *conn) selectFields(id string, fields []string) {
 		}
 	}
 	s.selected = slices.Clone(fields)
-	seq := s.f.Load().setProjection(s, s.projection(fields))
-	c.send(AppendSubscribed(nil, id, seq))
+	f := s.f.Load()
+	f.setProjection(s, s.projection(fields), func(seq uint64) { c.send(AppendSubscribed(nil, id, seq)) })
+	if testHookProjectionSet != nil {
+		testHookProjectionSet(id, f)
+	}
 }
+
+// testHookProjectionSet, when set (by tests), is called once a select has
+// set the projection of subscription id of feed f.
+var testHookProjectionSet func(id string, f *feed)
 
 // createTopic creates a custom topic, answered with the topics list.
 func (c *conn) createTopic(name string) {
