@@ -141,21 +141,8 @@ func TestDoctorCoverWithoutUpdatePrivilege(t *testing.T) {
 		`ALTER TABLE fullrow REPLICA IDENTITY FULL`,
 		`CREATE TABLE covered (id int PRIMARY KEY, v int, secret text)`,
 		`CREATE PUBLICATION tc_pub FOR TABLE listed (v, w), filtered WHERE (v > 0), fullrow (id, v), covered (id, v) WHERE (id > 0)`)
-	role := "tc_doc_ro_" + strings.TrimPrefix(db.slot, "tc_slot_")
-	db.exec(t, fmt.Sprintf(`CREATE ROLE %s LOGIN REPLICATION`, role))
-	t.Cleanup(func() {
-		_, _ = db.conn.Exec(context.Background(), fmt.Sprintf(`DROP OWNED BY %s`, role))
-		_, _ = db.conn.Exec(context.Background(), fmt.Sprintf(`DROP ROLE %s`, role))
-	})
-	db.exec(t, fmt.Sprintf(`GRANT SELECT ON ALL TABLES IN SCHEMA public TO %s`, role))
+	_, cfg := replicationRole(t, db, "tc_doc_ro_", `GRANT SELECT ON ALL TABLES IN SCHEMA public TO %s`)
 	createSlot(t, db)
-	u, err := url.Parse(db.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.User = url.User(role)
-	cfg := db.config()
-	cfg.DatabaseURL = u.String()
 	fs := doctorFindings(t, cfg)
 	if !Failed(fs) {
 		t.Error("writes refused, yet not Failed")
@@ -201,20 +188,7 @@ func TestDoctorTableNotReadable(t *testing.T) {
 		`CREATE TABLE open (id int PRIMARY KEY)`,
 		`CREATE TABLE closed (id int PRIMARY KEY)`,
 		`CREATE PUBLICATION tc_pub FOR TABLE open, closed`)
-	role := "tc_doc_nr_" + strings.TrimPrefix(db.slot, "tc_slot_")
-	db.exec(t, fmt.Sprintf(`CREATE ROLE %s LOGIN REPLICATION`, role))
-	t.Cleanup(func() {
-		_, _ = db.conn.Exec(context.Background(), fmt.Sprintf(`DROP OWNED BY %s`, role))
-		_, _ = db.conn.Exec(context.Background(), fmt.Sprintf(`DROP ROLE %s`, role))
-	})
-	db.exec(t, fmt.Sprintf(`GRANT SELECT ON open TO %s`, role))
-	u, err := url.Parse(db.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.User = url.User(role)
-	cfg := db.config()
-	cfg.DatabaseURL = u.String()
+	role, cfg := replicationRole(t, db, "tc_doc_nr_", `GRANT SELECT ON open TO %s`)
 	fs := doctorFindings(t, cfg)
 	f := expect(t, fs, "table public.closed (read)", StatusFail, "may not SELECT it: the initial snapshot fails", `GRANT SELECT ON "public"."closed" TO "`+role+`";`)
 	for _, f := range fs {
@@ -228,4 +202,29 @@ func TestDoctorTableNotReadable(t *testing.T) {
 			t.Errorf("after the GRANT: %+v", f)
 		}
 	}
+}
+
+// replicationRole creates a login role with REPLICATION, named after the
+// test database's slot with prefix, granted the statements' privileges
+// (each with %s for the role), and dropped when the test ends; it returns
+// the role and a config of db that connects as it.
+func replicationRole(t *testing.T, db *testDB, prefix string, grants ...string) (string, Config) {
+	t.Helper()
+	role := prefix + strings.TrimPrefix(db.slot, "tc_slot_")
+	db.exec(t, fmt.Sprintf(`CREATE ROLE %s LOGIN REPLICATION`, role))
+	t.Cleanup(func() {
+		_, _ = db.conn.Exec(context.Background(), fmt.Sprintf(`DROP OWNED BY %s`, role))
+		_, _ = db.conn.Exec(context.Background(), fmt.Sprintf(`DROP ROLE %s`, role))
+	})
+	for _, g := range grants {
+		db.exec(t, fmt.Sprintf(g, role))
+	}
+	u, err := url.Parse(db.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(role)
+	cfg := db.config()
+	cfg.DatabaseURL = u.String()
+	return role, cfg
 }

@@ -2,8 +2,6 @@ package cdc
 
 import (
 	"context"
-	"fmt"
-	"net/url"
 	"regexp"
 	"strings"
 	"testing"
@@ -63,20 +61,7 @@ func TestPrepareFailureBacksOffAndIsUnhealthy(t *testing.T) {
 		`CREATE TABLE open (id int PRIMARY KEY)`,
 		`CREATE TABLE closed (id int PRIMARY KEY)`,
 		`CREATE PUBLICATION tc_pub FOR TABLE open, closed`)
-	role := "tc_noread_" + strings.TrimPrefix(db.slot, "tc_slot_")
-	db.exec(t, fmt.Sprintf(`CREATE ROLE %s LOGIN REPLICATION`, role))
-	t.Cleanup(func() {
-		_, _ = db.conn.Exec(context.Background(), fmt.Sprintf(`DROP OWNED BY %s`, role))
-		_, _ = db.conn.Exec(context.Background(), fmt.Sprintf(`DROP ROLE %s`, role))
-	})
-	db.exec(t, fmt.Sprintf(`GRANT SELECT ON open TO %s`, role))
-	u, err := url.Parse(db.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.User = url.User(role)
-	cfg := db.config()
-	cfg.DatabaseURL = u.String()
+	_, cfg := replicationRole(t, db, "tc_noread_", `GRANT SELECT ON open TO %s`)
 	cfg.Snapshot = SnapshotInitial
 	cfg.StallAfter = 2 * time.Second
 	cfg.RetryMin, cfg.RetryMax = 100*time.Millisecond, 800*time.Millisecond
