@@ -29,9 +29,12 @@ type clusterCheck struct {
 	logged map[string]bool
 }
 
-// clusterCheckEvery bounds how often the records are read: every look at
-// the slot, but not more than once a second.
-const clusterCheckEvery = time.Second
+// every is how often the records are read: every tenth look at the slot
+// (50 s by default), at most once a second. Each read follows the bucket's
+// records with a consumer of its own, which the server creates and deletes.
+func (c *clusterCheck) every() time.Duration {
+	return max(10*c.r.cfg.WatchInterval, time.Second)
+}
 
 // cluster returns the system identifier of the PostgreSQL the reader
 // reads, "" until it has connected.
@@ -47,11 +50,11 @@ func (r *Reader) cluster() string {
 func (c *clusterCheck) check(ctx context.Context, now time.Time) string {
 	r := c.r
 	mine := r.cluster()
-	if mine == "" || (!c.at.IsZero() && now.Sub(c.at) < clusterCheckEvery) {
+	if mine == "" || (!c.at.IsZero() && now.Sub(c.at) < c.every()) {
 		return c.reason
 	}
 	c.at = now
-	rctx, cancel := context.WithTimeout(ctx, max(r.cfg.WatchInterval, clusterCheckEvery))
+	rctx, cancel := context.WithTimeout(ctx, max(r.cfg.WatchInterval, time.Second))
 	defer cancel()
 	sts, _, err := stream.ReadReaderStatuses(rctx, r.js)
 	if err != nil {

@@ -36,7 +36,7 @@ func TestOtherClusterInTheStream(t *testing.T) {
 		}
 		return err == nil && named == 2
 	})
-	time.Sleep(3 * clusterCheckEvery)
+	time.Sleep(3 * (&clusterCheck{r: r1.Reader}).every())
 	for _, r := range []*runningReader{r1, r2} {
 		if h := r.Health(); !h.Healthy {
 			t.Fatalf("readers of one cluster sharing a stream: unhealthy: %v", h.Reasons)
