@@ -56,14 +56,32 @@ func TestSlowConsumerGetsCloseFrame(t *testing.T) {
 			// queue is too large to overflow: its writes time out). The
 			// gateway then waits another write timeout for the client to
 			// read before dropping it: the client reads as soon as the
-			// close is decided, not once the connection is released
-			// (which, on a loaded machine, took longer than that).
-			for i := 1; e.metric(e.gw.met.slowCloses) == 0; i++ {
-				if i > 20000 {
-					t.Fatalf("%d events of 8 KiB published and the client is still connected", i-1)
+			// close is decided, not once the connection is released nor
+			// once the publish under way returns (on a loaded machine,
+			// either took longer than that). So events are published from
+			// a goroutine of their own, and this one watches the decision.
+			stop, published := make(chan struct{}), make(chan int, 1)
+			go func() {
+				i := 1
+				defer func() { published <- i - 1 }()
+				for ; i <= 20000; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					e.publish(schema.OpCreate, map[string]any{"id": i, "status": "open", "notes": notes})
 				}
-				e.publish(schema.OpCreate, map[string]any{"id": i, "status": "open", "notes": notes})
+			}()
+			for e.metric(e.gw.met.slowCloses) == 0 {
+				select {
+				case n := <-published:
+					t.Fatalf("%d events of 8 KiB published and the client is still connected", n)
+				case <-time.After(5 * time.Millisecond):
+				}
 			}
+			close(stop)
+			t.Cleanup(func() { <-published })
 
 			// Now it reads everything.
 			seq := sub.Seq
