@@ -165,11 +165,12 @@ func readTables(ctx context.Context, conn *pgx.Conn, publication string, sc scop
 	}
 	rows, err := conn.Query(ctx, `WITH cand AS (`+cand+`)
 		SELECT n.nspname::text, c.relname::text, c.oid, c.relkind = 'p',
-			EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+			k.pk IS NOT NULL,
 			pg_get_userbyid(c.relowner)::text, pg_has_role(c.relowner, 'USAGE'),
 			EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1 AND pr.prrelid = c.oid),
-			`+badLeavesSQL+`, c.relreplident::text, `+keyArrays+`
+			`+badLeavesSQL+`, c.relreplident::text, coalesce(k.pk, '{}'), coalesce(k.ri, '{}')
 		FROM cand JOIN pg_class c ON c.oid = cand.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+		LEFT JOIN LATERAL (`+keyLateral+`) k ON true
 		ORDER BY 1, 2`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read the tables of publication %s: %w", publication, err)

@@ -44,7 +44,7 @@ type Config struct {
 	NATSURL       string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty runs an embedded NATS with JetStream"`
 	NATSListen    string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"where the embedded NATS listens, so backend services can connect; off loopback it needs credentials"`
 	DataDir       string `envconfig:"DATA_DIR" default:"./data" desc:"where the embedded NATS keeps its JetStream files; one process at a time (a second is refused, naming the first)"`
-	NATSMaxStore  int64  `envconfig:"NATS_MAX_STORE" default:"8589934592" desc:"bytes the embedded NATS's JetStream may store (8 GiB), the same on every start, never sized from the free disk"`
+	NATSMaxStore  int64  `envconfig:"NATS_MAX_STORE" default:"8589934592" desc:"bytes the embedded NATS's JetStream may store (8 GiB; at least 128 MiB), the same on every start, never sized from the free disk"`
 	NATSMinFree   int64  `envconfig:"NATS_MIN_FREE" default:"268435456" desc:"free bytes on TABLECAST_DATA_DIR's disk below which /healthz is unhealthy (256 MiB); a JetStream stopped by a full disk restarts once more is free; 0: no minimum"`
 	SubjectPrefix string `envconfig:"SUBJECT_PREFIX" default:"tablecast" desc:"first token of every subject"`
 
@@ -63,7 +63,7 @@ type Config struct {
 	Stream          string        `envconfig:"STREAM" default:"TABLECAST" desc:"JetStream stream that holds every event: letters, digits, _ and - (the dead letters' bucket <STREAM>_DEADLETTER_BODIES is named after it)"`
 	DuplicateWindow time.Duration `envconfig:"DUPLICATE_WINDOW" default:"1s" desc:"JetStream duplicate window: a message whose Nats-Msg-Id was stored within it is dropped (the reader skips older repeats itself)"`
 	StreamMaxAge    time.Duration `envconfig:"STREAM_MAX_AGE" default:"168h" desc:"how long the stream keeps events (7 days); 0 keeps them until STREAM_MAX_BYTES"`
-	StreamMaxBytes  int64         `envconfig:"STREAM_MAX_BYTES" desc:"size limit of the stream in bytes, oldest events dropped first; unset: three quarters of TABLECAST_NATS_MAX_STORE (6 GiB); -1: none (external NATS only)"`
+	StreamMaxBytes  int64         `envconfig:"STREAM_MAX_BYTES" desc:"size limit of the stream in bytes, oldest events dropped first; unset: three quarters of TABLECAST_NATS_MAX_STORE (6 GiB), at most the store less the 64 MiB the buckets need; -1: none (external NATS only)"`
 	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"copies of the stream and of every bucket, in a NATS cluster"`
 	MaxInFlight     int           `envconfig:"MAX_IN_FLIGHT" default:"8192" desc:"events published but not yet acknowledged by JetStream, at most"`
 	MaxEventBytes   int           `envconfig:"MAX_EVENT_BYTES" default:"67108864" desc:"largest event published whole; one larger than NATS's max payload goes to the TABLECAST_PAYLOADS object store with a claim in the stream, one larger than this is published without its rows and dead-lettered"`
