@@ -52,9 +52,9 @@ type ConsumerConfig struct {
 	// second delivery of it within the window is acknowledged without
 	// calling the handler. An id is told apart by the PostgreSQL cluster
 	// (system identifier, from the Tablecast-Origin header) and database
-	// that sent it, since another cluster's events may have the same ids. It is memory of this process only (about 100
-	// bytes per event of the window). Default (0): 10 minutes; negative:
-	// no de-duplication.
+	// that sent it, since another cluster's events may have the same ids.
+	// It is memory of this process only (about 130 bytes per event of the
+	// window). Default (0): 10 minutes; negative: no de-duplication.
 	DedupWindow time.Duration
 	// Logger receives a line for each failed handler, malformed message
 	// and skipped duplicate. Default (nil): slog.Default().
