@@ -274,6 +274,15 @@ func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) 
 	}
 }
 
+// clockStep is how far the wall clock has been stepped or slewed since
+// start, against the monotonic clock: what a test comparing wall-clock
+// stamps (PostgreSQL's, or a record's) with monotonic intervals must
+// allow. It is zero, to the nanosecond, unless the clock was adjusted.
+func clockStep(start time.Time) time.Duration {
+	now := time.Now()
+	return (now.Round(0).Sub(start.Round(0)) - now.Sub(start)).Abs()
+}
+
 // testDB is a fresh database with a slot name of its own.
 type testDB struct {
 	name, url string
