@@ -122,8 +122,8 @@ export interface RowEvent<R extends object = Row> {
   truncated?: true;
   /** A claim or truncated event whose key alone is too large for one NATS message: it has no key. */
   key_left_out?: true;
-  /** On a truncate tablecast sent itself: "table_added", a table added to the publication under a name streamed before (its rows follow as read); "table_renamed", a table renamed (its old name's rows are no table's; under its new name its rows follow as read); "table_dropped", a table dropped (its rows are no table's). */
-  cause?: "table_added" | "table_renamed" | "table_dropped";
+  /** On a truncate tablecast sent itself: "table_added", a table added to the publication under a name streamed before (its rows follow as read); "table_renamed", a table renamed (its old name's rows are no table's; under its new name its rows follow as read); "table_dropped", a table dropped (its rows are no table's); "key_changed", the table's key changed (its rows follow under the new key). */
+  cause?: "table_added" | "table_renamed" | "table_dropped" | "key_changed";
 }
 
 /** A table subscription's event: `{"type":"event","id":"s1","seq":1235,"event":{…}}`. */
@@ -305,8 +305,8 @@ export interface ViewChange<R extends object = Row> {
   seq: number;
   /** "enter" or "leave": the row moved into or out of the filter or the row policy. */
   view?: "enter" | "leave";
-  /** On a truncate tablecast sent itself: "table_added" (the table was dropped and created again, or added back) or "table_renamed" (a table was renamed from or to this name) or "table_dropped" (the table was dropped). */
-  cause?: "table_added" | "table_renamed" | "table_dropped";
+  /** On a truncate tablecast sent itself: "table_added" (the table was dropped and created again, or added back) or "table_renamed" (a table was renamed from or to this name) or "table_dropped" (the table was dropped) or "key_changed" (the table's key changed; its rows follow under the new key). */
+  cause?: "table_added" | "table_renamed" | "table_dropped" | "key_changed";
 }
 
 /** The changes of one transaction frame of a batched view, applied to its rows together. */
@@ -324,7 +324,7 @@ export interface ViewTransaction<R extends object = Row> {
 export interface ViewHandlers<R extends object = Row> {
   /** The rows are there, as of seq (again after each reconnect); of a batched view, whole transactions. */
   onSynced?(seq: number): void;
-  /** A change after the rows were there (of a batched view: once its whole frame is applied). */
+  /** A change of the rows after they were there (of a batched view: once its whole frame is applied). An event that changes nothing the view holds (a row updated to the values held, a delete of a row not held) is not one. */
   onChange?(change: ViewChange<R>): void;
   /** A batched view's transaction frame, once its changes are applied and told. */
   onTransaction?(tx: ViewTransaction<R>): void;

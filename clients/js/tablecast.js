@@ -307,6 +307,17 @@ function withUnchanged(data, unchanged, prev) {
   return out;
 }
 
+// sameRow tells whether two rows hold the same columns with the same
+// values, whatever the order of their columns (a row completed with its
+// unchanged TOASTed values has them last).
+function sameRow(a, b) {
+  if (a === b) return true;
+  if (!isObject(a) || !isObject(b)) return JSON.stringify(a) === JSON.stringify(b);
+  const keys = Object.keys(a);
+  if (keys.length !== Object.keys(b).length) return false;
+  return keys.every((k) => Object.hasOwn(b, k) && JSON.stringify(a[k]) === JSON.stringify(b[k]));
+}
+
 function closeError(e) {
   const code = typeof e?.code === "number" ? e.code : 1006;
   const reason = typeof e?.reason === "string" ? e.reason : "";
@@ -594,7 +605,9 @@ export class TablecastClient {
    * onChange({op, key, data, seq, view}) for each change after (op
    * "upsert", "delete" or "truncate"; view "enter" or "leave" when the row
    * moved into or out of the filter or the row policy; a truncate tablecast
-   * sent itself has its cause, "table_added", "table_renamed" or "table_dropped"), onError(err).
+   * sent itself has its cause, "table_added", "table_renamed", "table_dropped" or
+   * "key_changed"), onError(err). An event that changes nothing the view holds (a row
+   * updated to the values held, a delete of a row not held) is not a change.
    * After a reconnect the view is read again from the gateway (from NATS,
    * not PostgreSQL), and what differs from the rows held is reported as
    * changes: the view stays exact. With batch "transaction", the changes
@@ -657,7 +670,7 @@ export class TablecastClient {
       if (!next.has(k)) changes.push({ op: "delete", key: JSON.parse(k), data, seq });
     }
     for (const [k, data] of next) {
-      if (!v.rows.has(k) || JSON.stringify(v.rows.get(k)) !== JSON.stringify(data)) changes.push({ op: "upsert", key: JSON.parse(k), data, seq });
+      if (!v.rows.has(k) || !sameRow(v.rows.get(k), data)) changes.push({ op: "upsert", key: JSON.parse(k), data, seq });
     }
     v.rows.clear();
     for (const [k, data] of next) v.rows.set(k, data);
@@ -723,7 +736,12 @@ export class TablecastClient {
 
   // #viewApply applies one event of a view (an event frame, or an object of
   // a transaction frame) to rows (the view's, or those being read), and
-  // returns the change (null for an event that names no row).
+  // returns the change: null for an event that names no row or changes
+  // nothing the rows hold (a row updated to the values held, as when it is
+  // updated only in columns the view leaves out, or updated to its own
+  // values; a delete of a row not held). So a view reports the same
+  // changes whether an event comes live or after a reconnect read the rows
+  // again.
   #viewApply(rows, f) {
     const ev = f.event;
     if (!isObject(ev) || ev.op !== "truncate" && !isObject(ev.key)) return null;
@@ -736,12 +754,16 @@ export class TablecastClient {
       change.key = undefined;
       if (typeof ev.cause === "string") change.cause = ev.cause;
     } else if (ev.op === "delete" || f.view === "leave") {
+      if (!rows.has(k)) return null;
       change.op = "delete";
       change.data = rows.get(k);
       rows.delete(k);
     } else {
-      change.data = withUnchanged(ev.data, ev.unchanged, rows.get(k));
+      const held = rows.has(k);
+      const prev = rows.get(k);
+      change.data = withUnchanged(ev.data, ev.unchanged, prev);
       rows.set(k, change.data);
+      if (held && sameRow(prev, change.data)) return null;
     }
     return change;
   }

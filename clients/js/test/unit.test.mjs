@@ -586,6 +586,65 @@ test("a view holds the rows, applies changes, enters and leaves, and after a rec
   tc.close();
 });
 
+test("a view reports only what changes its rows: an update to the values held, or a delete of a row not held, is no change, live, batched or after a reconnect", { timeout: 20_000 }, async () => {
+  const { tc } = fakeClient();
+  const changes = [];
+  const v = tc.view({ table: "public.t", select: ["id", "n"] }, { onChange: (c) => changes.push(c) });
+  const ws = await connected(1);
+  ws.frame({ type: "subscribed", id: v.id, seq: 5 });
+  ws.frame({ type: "rows", id: v.id, rows: [{ key: { id: 1 }, data: { id: 1, n: 10 } }, { key: { id: 2 }, data: { id: 2, n: 20 } }] });
+  ws.frame({ type: "synced", id: v.id, seq: 9 });
+  // An update of a column the view leaves out, one to the row's own
+  // values (columns in another order), a delete and a leave of rows never
+  // held, an enter of a row held as it is: none changes the rows.
+  ws.frame({ type: "event", id: v.id, seq: 10, event: { op: "update", key: { id: 1 }, data: { id: 1, n: 10 } } });
+  ws.frame({ type: "event", id: v.id, seq: 11, event: { op: "update", key: { id: 2 }, data: { n: 20, id: 2 } } });
+  ws.frame({ type: "event", id: v.id, seq: 12, event: { op: "delete", key: { id: 7 } } });
+  ws.frame({ type: "event", id: v.id, seq: 13, view: "leave", event: { op: "update", key: { id: 8 } } });
+  ws.frame({ type: "event", id: v.id, seq: 14, view: "enter", event: { op: "update", key: { id: 2 }, data: { id: 2, n: 20 } } });
+  assert.deepEqual(changes, [], "no change reported");
+  assert.equal(v.seq, 14, "each was taken");
+  ws.frame({ type: "event", id: v.id, seq: 15, event: { op: "update", key: { id: 2 }, data: { id: 2, n: 21 } } });
+  ws.frame({ type: "event", id: v.id, seq: 16, event: { op: "delete", key: { id: 1 } } });
+  assert.deepEqual(changes.map((c) => [c.op, c.key.id, c.data]), [["upsert", 2, { id: 2, n: 21 }], ["delete", 1, { id: 1, n: 10 }]]);
+
+  // Reconnected, the rows read again older than what the view shows (the
+  // row state behind): going back to them is reported, and the events
+  // after them again, each as a change only where it changes the rows.
+  changes.length = 0;
+  ws.serverClose(1001, "restart");
+  const ws2 = await connected(2);
+  ws2.frame({ type: "subscribed", id: v.id, seq: 20 });
+  ws2.frame({ type: "rows", id: v.id, rows: [{ key: { id: 1 }, data: { id: 1, n: 10 } }, { key: { id: 2 }, data: { id: 2, n: 21 } }] });
+  ws2.frame({ type: "synced", id: v.id, seq: 15 });
+  ws2.frame({ type: "event", id: v.id, seq: 16, event: { op: "delete", key: { id: 1 } } });
+  ws2.frame({ type: "event", id: v.id, seq: 17, event: { op: "update", key: { id: 2 }, data: { id: 2, n: 21 } } });
+  assert.deepEqual(changes.map((c) => [c.op, c.key.id]), [["upsert", 1], ["delete", 1]]);
+  assert.deepEqual([...v.rows.entries()], [['{"id":2}', { id: 2, n: 21 }]]);
+  tc.close();
+
+  // Batched: a transaction that changes nothing held calls neither
+  // onChange nor onTransaction; one that does reports only its changes.
+  const b = fakeClient().tc;
+  const bchanges = [];
+  const txs = [];
+  const bv = b.view({ table: "public.t", batch: "transaction" }, { onChange: (c) => bchanges.push(c), onTransaction: (t) => txs.push(t) });
+  const ws3 = await connected(3);
+  ws3.frame({ type: "subscribed", id: bv.id, seq: 5 });
+  ws3.frame({ type: "rows", id: bv.id, rows: [{ key: { id: 1 }, data: { id: 1, n: 1 } }] });
+  ws3.frame({ type: "synced", id: bv.id, seq: 9 });
+  ws3.frame({ type: "transaction", id: bv.id, seq: 12, xid: 3, lsn: "0/1", commit_time: "2026-01-01T00:00:00Z", events: [
+    { seq: 10, event: { op: "update", key: { id: 1 }, data: { id: 1, n: 1 } } },
+    { seq: 11, event: { op: "delete", key: { id: 9 } } }] });
+  assert.deepEqual([bchanges, txs], [[], []]);
+  ws3.frame({ type: "transaction", id: bv.id, seq: 15, xid: 4, lsn: "0/2", commit_time: "2026-01-01T00:00:01Z", events: [
+    { seq: 13, event: { op: "update", key: { id: 1 }, data: { id: 1, n: 1 } } },
+    { seq: 14, event: { op: "create", key: { id: 2 }, data: { id: 2, n: 2 } } }] });
+  assert.deepEqual(bchanges.map((c) => [c.op, c.key.id]), [["upsert", 2]]);
+  assert.deepEqual(txs.map((t) => [t.seq, t.changes.length]), [[15, 1]]);
+  b.close();
+});
+
 test("a view tells apart keys that differ beyond 2^53 (bigint ids): one row each, in rows, events and transactions", { timeout: 20_000 }, async () => {
   const { tc } = fakeClient();
   const changes = [];
