@@ -178,7 +178,9 @@ func Refuse(nc net.Conn, status int, msg string, timeout time.Duration) {
 		return
 	}
 	defer refusing.Add(-1)
-	_ = nc.SetWriteDeadline(time.Now().Add(timeout))
+	// A read deadline too: on a TLS connection the write first runs the
+	// server's handshake, which reads the client's hello.
+	_ = nc.SetDeadline(time.Now().Add(timeout))
 	extra := ""
 	if status == 429 || status == 503 {
 		extra = "Retry-After: 1\r\n"

@@ -2,10 +2,15 @@ package connlimit
 
 import (
 	"bytes"
+	"crypto/tls"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
+
+	"github.com/tablecast/tablecast/internal/testcert"
 )
 
 func TestKey(t *testing.T) {
@@ -100,5 +105,47 @@ func TestLingerCloseNoReset(t *testing.T) {
 		if err != nil || !bytes.Equal(got, answer) {
 			t.Fatalf("connection %d: read %d of %d bytes, then %v", i, len(got), len(answer), err)
 		}
+	}
+}
+
+// TestRefuseOverTLSEnds: refusing a TLS connection whose client sends
+// nothing (not even its hello) ends within the time allowed: the write of
+// the answer runs the server's handshake, which reads, and a refusal that
+// waited for the hello forever held its goroutine and one of the refusals
+// in progress for as long as the client liked.
+func TestRefuseOverTLSEnds(t *testing.T) {
+	c := testcert.New(t, "127.0.0.1")
+	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := tls.NewListener(tcp, &tls.Config{Certificates: []tls.Certificate{cert}})
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String()) // and silent
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	nc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		Refuse(nc, 429, "too many", 200*time.Millisecond)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second): // far beyond the 2×200 ms allowed
+		t.Fatal("the refusal of a silent TLS client did not end")
+	}
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, client); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the refused connection is still open")
 	}
 }
