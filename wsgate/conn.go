@@ -176,6 +176,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "a WebSocket handshake is a GET", http.StatusMethodNotAllowed)
 		return
 	}
+	if p := r.URL.EscapedPath(); p != "/ws" && !strings.HasPrefix(p, URLSubscriptionPrefix) && !strings.HasPrefix(p, EndpointPrefix) {
+		http.Error(w, "404 Not Found: no such WebSocket endpoint", http.StatusNotFound)
+		return
+	}
 	req := &upgradeRequest{path: r.URL.EscapedPath(), rawQuery: r.URL.RawQuery, host: r.Host, origin: r.Header.Get("Origin"),
 		authorization: r.Header.Get("Authorization"), cookie: strings.Join(r.Header.Values("Cookie"), "; "),
 		protocols: strings.Join(r.Header.Values("Sec-WebSocket-Protocol"), ", ")}

@@ -543,11 +543,18 @@ func (g *Gateway) Serve(ln net.Listener, h http.Handler) error {
 	}
 	httpLn := newChanListener(ln.Addr())
 	httpSrv := &http.Server{
-		Handler:           g.checkHost(mux),
+		Handler:           g.checkHead(g.checkHost(mux)),
 		ReadHeaderTimeout: g.cfg.HeaderTimeout,
-		IdleTimeout:       g.cfg.IdleTimeout,
-		MaxHeaderBytes:    g.cfg.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+		// A whole request, body included, and its answer are bounded
+		// too: net/http reads a body the handler left unread before it
+		// answers, and a client that sends a Content-Length and no body,
+		// or never reads the answer, would hold the connection forever.
+		// An upgraded connection clears both (ServeHTTP).
+		ReadTimeout:    2 * g.cfg.HeaderTimeout,
+		WriteTimeout:   g.cfg.HeaderTimeout + g.cfg.WriteTimeout,
+		IdleTimeout:    g.cfg.IdleTimeout,
+		MaxHeaderBytes: g.cfg.MaxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 	}
 	g.connMu.Lock()
 	if g.closing.Load() {
@@ -667,7 +674,12 @@ func (g *Gateway) pingLoop() {
 			dead := now.Add(-2 * g.cfg.PingInterval).UnixNano()
 			for _, c := range g.openConns() {
 				if c.lastRead.Load() < dead {
-					c.abort() // no answer to pings: the peer is gone
+					// No answer to pings: the peer is likely gone, but one
+					// that only stopped reading is told why, as the
+					// contract says (1001, reconnect and resume). What was
+					// queued for it is dropped; the close frame gets one
+					// write timeout, then the socket is closed anyway.
+					c.shut(closeFrame(CloseGoingAway, "peer silent: no answer to pings for "+(2*g.cfg.PingInterval).String()), true)
 					continue
 				}
 				c.enqueue(ping, false)

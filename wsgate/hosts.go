@@ -3,6 +3,7 @@ package wsgate
 import (
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/tablecast/tablecast/internal/hosts"
@@ -43,6 +44,21 @@ func (g *Gateway) originAllowed(origin, host string) bool {
 	}
 	h := hosts.SplitHost(u.Host)
 	return h != "" && g.hosts.Served(h)
+}
+
+// checkHead answers a request whose head is beyond the bounds of the
+// first request of a connection (upgrade.go) as that one would be: net/http
+// parses every later request of a kept-alive connection, with bounds of
+// its own.
+func (g *Gateway) checkHead(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if he := checkHead(r, g.cfg.MaxHeaderBytes); he != nil {
+			w.Header().Set("Connection", "close")
+			http.Error(w, strconv.Itoa(he.status)+" "+http.StatusText(he.status)+": "+he.msg, he.status)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // checkHost wraps the gateway's HTTP handler: a request for a Host the

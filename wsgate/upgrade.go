@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"io"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -275,6 +276,46 @@ func parseUpgradeRequest(head []byte) (*upgradeRequest, *httpError) {
 		return req, errStatus(404, "no such WebSocket endpoint")
 	}
 	return req, nil
+}
+
+// checkHead applies readHead's bounds to a request net/http parsed: a
+// later request of a kept-alive connection. Its lines are measured as
+// sent less any space after the colons (never more than readHead counts),
+// the Host line included.
+func checkHead(r *http.Request, maxHead int) *httpError {
+	line := len(r.Method) + len(r.RequestURI) + len(r.Proto) + 4 // two spaces, CRLF
+	if line > maxRequestLine+2 {
+		return errStatus(414, "request line longer than "+formatSize(maxRequestLine))
+	}
+	total, count := line, 0
+	field := func(name, value string) *httpError {
+		n := len(name) + len(value) + 3 // ":", CRLF
+		if n > maxHeaderLine+2 {
+			return errStatus(431, "header field longer than "+formatSize(maxHeaderLine))
+		}
+		total += n
+		count++
+		return nil
+	}
+	if r.Host != "" {
+		if he := field("Host", r.Host); he != nil {
+			return he
+		}
+	}
+	for name, values := range r.Header {
+		for _, v := range values {
+			if he := field(name, v); he != nil {
+				return he
+			}
+		}
+	}
+	switch {
+	case count > maxHeaderCount:
+		return errStatus(431, "more than "+strconv.Itoa(maxHeaderCount)+" header fields")
+	case total+2 > maxHead:
+		return errStatus(431, "request header fields too large")
+	}
+	return nil
 }
 
 // acceptResponse is the 101 answer to a WebSocket handshake.

@@ -107,7 +107,7 @@ type Config struct {
 	MaxTopics             int           `envconfig:"MAX_TOPICS" default:"1000" desc:"custom topics at most; create-topic beyond is answered too_many_topics"`
 	TLSCert               string        `envconfig:"TLS_CERT" desc:"certificate file (PEM, with its chain) for https and wss on TABLECAST_HTTP_ADDR; with TABLECAST_TLS_KEY"`
 	TLSKey                string        `envconfig:"TLS_KEY" desc:"private key file (PEM) of TABLECAST_TLS_CERT"`
-	WSPingInterval        time.Duration `envconfig:"WS_PING_INTERVAL" default:"30s" desc:"how often idle WebSocket clients are pinged; one silent for two intervals is dropped"`
+	WSPingInterval        time.Duration `envconfig:"WS_PING_INTERVAL" default:"30s" desc:"how often idle WebSocket clients are pinged; one silent for two intervals is closed with 1001"`
 	WSReadTimeout         time.Duration `envconfig:"WS_READ_TIMEOUT" default:"10s" desc:"time for a client message to arrive whole once begun"`
 	WSWriteTimeout        time.Duration `envconfig:"WS_WRITE_TIMEOUT" default:"10s" desc:"time one write to a client may take before the client is dropped"`
 	WSMaxReplays          int           `envconfig:"WS_MAX_REPLAYS" default:"8" desc:"resumes (subscriptions with from) reading history at once on the gateway; more wait their turn, losing nothing"`

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"testing"
 	"time"
@@ -105,6 +106,14 @@ func TestPlainHTTPServerLimits(t *testing.T) {
 	for i, h := range hs {
 		closedWithin(h.nc, h.br, 10*time.Second, []string{"idle kept-alive connection", "idle kept-alive connection", "silent connection", "silent connection"}[i])
 	}
+	// A request that announces a body and sends none is closed too (it
+	// was held forever: net/http reads the unread body before answering,
+	// and without a ReadTimeout it waited for it).
+	stalled, sbr := dial("127.0.0.3")
+	if _, err := io.WriteString(stalled, "POST /healthz HTTP/1.1\r\nHost: "+addr+"\r\nContent-Length: 10\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	closedWithin(stalled, sbr, 10*time.Second, "a request whose body never came")
 	// Their slots are free again.
 	var resp *http.Response
 	for deadline := time.Now().Add(10 * time.Second); ; {
@@ -118,5 +127,38 @@ func TestPlainHTTPServerLimits(t *testing.T) {
 	}
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("after the others closed, 127.0.0.1: %v %v", resp, err)
+	}
+}
+
+// TestProfileBeyondWriteTimeout: with TABLECAST_PPROF, a CPU profile (and
+// a trace) longer than the HTTP server's write timeout, which bounds every
+// other answer, is still answered (the profiler moves the deadline).
+func TestProfileBeyondWriteTimeout(t *testing.T) {
+	t.Setenv("TABLECAST_HTTP_HEADER_TIMEOUT", "200ms")
+	t.Setenv("TABLECAST_WS_WRITE_TIMEOUT", "200ms")
+	cfg, err := loadConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := cfg.httpServer(mux)
+	go func() { _ = serveHTTP(srv, ln, cfg) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	for _, path := range []string{"/debug/pprof/profile?seconds=1", "/debug/pprof/trace?seconds=1"} {
+		resp, err := http.Get("http://" + ln.Addr().String() + path)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || len(body) == 0 {
+			t.Fatalf("%s: %s, %d bytes, %v: %.200s", path, resp.Status, len(body), err, body)
+		}
 	}
 }

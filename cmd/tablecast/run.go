@@ -282,8 +282,13 @@ func (c Config) httpServer(h http.Handler) *http.Server {
 	return &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: c.HTTPHeaderTimeout,
-		IdleTimeout:       c.HTTPIdleTimeout,
-		MaxHeaderBytes:    c.HTTPMaxHeaderBytes,
+		// A whole request, body included, and its answer are bounded too,
+		// as the gateway's are: a client that announces a body and sends
+		// none, or never reads the answer, is closed.
+		ReadTimeout:    2 * c.HTTPHeaderTimeout,
+		WriteTimeout:   c.HTTPHeaderTimeout + c.WSWriteTimeout,
+		IdleTimeout:    c.HTTPIdleTimeout,
+		MaxHeaderBytes: c.HTTPMaxHeaderBytes,
 	}
 }
 
