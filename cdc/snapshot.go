@@ -77,8 +77,13 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 	// taking the snapshot again, which died before creating the new one
 	// (or lost before any change of it counted): the snapshot taken now
 	// brings every row, and nothing is reported lost.
+	//
+	// An initial snapshot taken again sends a truncate of each table
+	// before its rows: rows the attempt before sent may have been deleted
+	// since, and those deletes went with the slot dropped to start over.
+	retake := r.cfg.Snapshot == SnapshotInitial && r.snapshotPending(ctx, key)
 	var lost *positionRecord
-	if !exists && !(r.cfg.Snapshot == SnapshotInitial && r.snapshotPending(ctx, key)) {
+	if !exists && !retake {
 		lost = r.lostSlotRecord(ctx)
 	}
 	// Nothing of this origin is after the stream's end as it is now.
@@ -118,7 +123,7 @@ func (r *Reader) prepareSlot(ctx context.Context, exists bool) error {
 		return nil
 	}
 	// The exported snapshot lives as long as rc stays open and idle.
-	wm, err := r.snapshot(ctx, res.SnapshotName, uint64(point), r.publisherOptions(info.Config, origin))
+	wm, err := r.snapshot(ctx, res.SnapshotName, uint64(point), r.publisherOptions(info.Config, origin), retake)
 	if err != nil {
 		return fmt.Errorf("initial snapshot: %w", err)
 	}
@@ -192,12 +197,14 @@ func (st snapshotTable) table(columns []schema.Column) *schema.Table {
 }
 
 // snapshot publishes every row of every published table, as seen by the
-// exported snapshot, as a "read" event. Every event has the slot's
-// consistent point P as its LSN, and ids are "<P-1>-<n>" with n counting
-// across the whole snapshot (schema.Txn.ResetSnapshot). It returns, once
-// JetStream has acknowledged them all, the publisher's final watermark,
-// whose StreamSeq every later message of the reader follows.
-func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64, pubOpts []stream.PublisherOption) (stream.Watermark, error) {
+// exported snapshot, as a "read" event; when it is taken again after an
+// interrupted attempt (retake), each table's rows come after a truncate
+// of cause "snapshot_restarted". Every event has the slot's consistent
+// point P as its LSN, and ids are "<P-1>-<n>" with n counting across the
+// whole snapshot (schema.Txn.ResetSnapshot). It returns, once JetStream
+// has acknowledged them all, the publisher's final watermark, whose
+// StreamSeq every later message of the reader follows.
+func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64, pubOpts []stream.PublisherOption, retake bool) (stream.Watermark, error) {
 	var none stream.Watermark
 	conn, err := connectSnapshot(ctx, r.cfg.DatabaseURL)
 	if err != nil {
@@ -223,6 +230,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 	var (
 		txn     schema.Txn
 		ordinal uint32
+		total   int // rows
 		lastSeq uint64
 		ev      eventBuf
 		row     []schema.Value
@@ -254,9 +262,19 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		if err := applyTypes(ctx, conn, &types, tbl.Columns); err != nil {
 			return none, fmt.Errorf("look up the column types of %s.%s: %w", st.schema, st.name, err)
 		}
+		count := r.tableCount(st.schema, st.name)
+		if retake {
+			ordinal++
+			truncate := &schema.Change{Op: schema.OpTruncate, Ordinal: ordinal, Cause: schema.CauseSnapshotRestarted}
+			subject := stream.ChangeSubject(r.prefix, r.db, st.schema, st.name, schema.OpTruncate)
+			if lastSeq, err = r.publishChange(ctx, pub, subject, tbl, &txn, truncate, &ev); err != nil {
+				return none, fmt.Errorf("publish the truncate before the snapshot of %s.%s taken again: %w", st.schema, st.name, err)
+			}
+			r.m.published[schema.OpTruncate].Inc()
+			count.Add(1)
+		}
 		rr := conn.PgConn().ExecParams(ctx, query, nil, nil, nil, nil)
 		subject := stream.ChangeSubject(r.prefix, r.db, st.schema, st.name, schema.OpRead)
-		count := r.tableCount(st.schema, st.name)
 		for rr.NextRow() {
 			row = row[:0]
 			for _, v := range rr.Values() {
@@ -281,6 +299,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 		if _, err := rr.Close(); err != nil {
 			return none, fmt.Errorf("read %s.%s: %w", st.schema, st.name, err)
 		}
+		total += rows
 		r.log.Info("snapshot of table done", "table", st.schema+"."+st.name, "rows", rows, "took", time.Since(began).Round(time.Millisecond))
 	}
 	if err := pub.Flush(ctx); err != nil {
@@ -298,7 +317,7 @@ func (r *Reader) snapshot(ctx context.Context, snapshotName string, point uint64
 	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
 		return none, fmt.Errorf("end snapshot transaction: %w", err)
 	}
-	r.log.Info("initial snapshot done", "rows", ordinal)
+	r.log.Info("initial snapshot done", "rows", total)
 	return pub.Watermark(), nil
 }
 

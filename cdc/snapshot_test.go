@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tablecast/tablecast/schema"
 )
 
 // TestInitialSnapshot: rows already in the tables go out as "read" events
@@ -164,28 +167,26 @@ func TestSnapshotNever(t *testing.T) {
 
 // TestInterruptedSnapshotIsRedone: a reader that finds its slot with a
 // snapshot still marked pending (it died midway) drops the slot and takes
-// the snapshot again instead of streaming on top of a partial copy.
+// the snapshot again instead of streaming on top of a partial copy. Rows
+// deleted in between were sent by the first attempt, and their deletes
+// went with the slot dropped: each table's rows taken again come after a
+// truncate (cause "snapshot_restarted"), so that what the stream says the
+// table holds is what it holds.
 func TestInterruptedSnapshotIsRedone(t *testing.T) {
 	t.Parallel() // see parallelTests
-	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`, `INSERT INTO items SELECT generate_series(1, 100)`)
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`, `INSERT INTO items SELECT generate_series(1, 100)`,
+		`CREATE TABLE other (id int PRIMARY KEY)`, `INSERT INTO other VALUES (1)`)
 	n := startNATS(t)
 	r := startReader(t, db.config(), n)
-	n.readAll(t, 100, 30*time.Second)
+	n.readAll(t, 101, 30*time.Second)
 	r.stop(t)
 
 	kv, err := n.JS.KeyValue(context.Background(), stateBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := kv.ListKeys(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
 	marked := 0
-	for k := range keys.Keys() {
-		if !strings.HasPrefix(k, "snapshot.") {
-			continue // the slot's position record
-		}
+	for k := range markers(t, kv) {
 		if _, err := kv.Put(context.Background(), k, []byte(snapshotPending)); err != nil {
 			t.Fatal(err)
 		}
@@ -194,13 +195,64 @@ func TestInterruptedSnapshotIsRedone(t *testing.T) {
 	if marked != 1 {
 		t.Fatalf("%d snapshot markers, want 1", marked)
 	}
+	// Deleted and changed while the snapshot is pending: in the WAL of
+	// the slot about to be dropped.
+	db.exec(t, `DELETE FROM items WHERE id <= 10`)
+	db.exec(t, `UPDATE items SET id = 1000 WHERE id = 50`)
+	db.exec(t, `DELETE FROM other`)
 	r2 := startReader(t, db.config(), n)
-	evs := n.readAll(t, 200, 30*time.Second)
+	evs := n.readAll(t, 101+2+90, 30*time.Second)
 	if !r2.log.contains("initial snapshot of this slot was interrupted") {
 		t.Error("no log line about the interrupted snapshot")
 	}
-	if evs[100].Op != "read" || evs[100].LSN == evs[0].LSN {
-		t.Errorf("second snapshot: op %s lsn %s (first at %s); want reads from a new slot", evs[100].Op, evs[100].LSN, evs[0].LSN)
+	second := evs[101:]
+	if second[0].Op != "truncate" || second[0].Cause != schema.CauseSnapshotRestarted || second[0].LSN == evs[0].LSN {
+		t.Fatalf("second snapshot begins %s; want a truncate, cause %s, from a new slot", second[0].Raw, schema.CauseSnapshotRestarted)
+	}
+	// Applied in order, the whole stream holds each table's rows as
+	// PostgreSQL does.
+	applied := func(evs []event) map[string]map[float64]bool {
+		rows := map[string]map[float64]bool{"items": {}, "other": {}}
+		for _, e := range evs {
+			switch e.Op {
+			case "truncate":
+				rows[e.Table] = map[float64]bool{}
+			case "read", "create", "update":
+				rows[e.Table][e.Key["id"].(float64)] = true
+			case "delete":
+				delete(rows[e.Table], e.Key["id"].(float64))
+			}
+		}
+		return rows
+	}
+	want := func() map[string]map[float64]bool {
+		rows := map[string]map[float64]bool{"items": {}, "other": {}}
+		for _, table := range []string{"items", "other"} {
+			q, err := db.conn.Query(context.Background(), `SELECT id FROM `+table)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids, err := pgx.CollectRows(q, pgx.RowTo[int32])
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range ids {
+				rows[table][float64(id)] = true
+			}
+		}
+		return rows
+	}
+	if got, want := applied(evs), want(); !reflect.DeepEqual(got, want) {
+		t.Errorf("the stream applied holds %v; the tables hold %v", got, want)
+	}
+	truncates := 0
+	for _, e := range second {
+		if e.Op == "truncate" {
+			truncates++
+		}
+	}
+	if truncates != 2 {
+		t.Errorf("%d truncates in the snapshot taken again, want one a table", truncates)
 	}
 
 	// A reader that dropped the slot to take the snapshot again and died
@@ -214,10 +266,15 @@ func TestInterruptedSnapshotIsRedone(t *testing.T) {
 	}
 	db.waitSlotInactive(t)
 	db.exec(t, `SELECT pg_drop_replication_slot($1)`, db.slot)
+	db.exec(t, `DELETE FROM items WHERE id <= 20`)
 	r3 := startReader(t, db.config(), n)
-	evs = n.readAll(t, 300, 30*time.Second)
-	if evs[200].Op != "read" || evs[200].LSN == evs[100].LSN {
-		t.Errorf("third snapshot: op %s lsn %s (second at %s); want reads from a new slot", evs[200].Op, evs[200].LSN, evs[100].LSN)
+	before := len(evs)
+	evs = n.readAll(t, before+1+80+1, 30*time.Second)
+	if evs[before].Op != "truncate" || evs[before].Cause != schema.CauseSnapshotRestarted || evs[before].LSN == second[0].LSN {
+		t.Errorf("third snapshot begins %s; want a truncate from a new slot", evs[before].Raw)
+	}
+	if got, want := applied(evs), want(); !reflect.DeepEqual(got, want) {
+		t.Errorf("after the third snapshot, the stream applied holds %v; the tables hold %v", got, want)
 	}
 	if loss := r3.Health().SlotLost; loss != nil || r3.log.contains("replication slot was lost") {
 		t.Errorf("the slot dropped to take its snapshot again was reported lost: %+v", loss)

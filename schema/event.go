@@ -140,8 +140,7 @@ type Change struct {
 	OldKeyOnly bool
 	// Cause, on a truncate tablecast sends itself rather than PostgreSQL,
 	// says why (CauseTableAdded, CauseTableRenamed, CauseTableDropped,
-	// CauseKeyChanged); ""
-	// otherwise.
+	// CauseKeyChanged, CauseSnapshotRestarted); "" otherwise.
 	Cause string
 }
 

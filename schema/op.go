@@ -35,6 +35,13 @@ const CauseTableDropped = "table_dropped"
 // next under the new key.
 const CauseKeyChanged = "key_changed"
 
+// CauseSnapshotRestarted is the "cause" of the truncate tablecast sends
+// before each table's rows when it takes an interrupted initial snapshot
+// again: the rows consumers hold from the attempt before may include rows
+// deleted since, whose deletes went with the slot dropped to start over;
+// the table's rows follow.
+const CauseSnapshotRestarted = "snapshot_restarted"
+
 // OpSet is a set of operations: bit i is the i-th of create, update,
 // delete, truncate, read. It is what a subscription asks for, what grants
 // allow, and, one bit at a time, the kind of an event being matched.

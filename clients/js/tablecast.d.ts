@@ -122,8 +122,8 @@ export interface RowEvent<R extends object = Row> {
   truncated?: true;
   /** A claim or truncated event whose key alone is too large for one NATS message: it has no key. */
   key_left_out?: true;
-  /** On a truncate tablecast sent itself: "table_added", a table added to the publication under a name streamed before (its rows follow as read); "table_renamed", a table renamed (its old name's rows are no table's; under its new name its rows follow as read); "table_dropped", a table dropped (its rows are no table's); "key_changed", the table's key changed (its rows follow under the new key). */
-  cause?: "table_added" | "table_renamed" | "table_dropped" | "key_changed";
+  /** On a truncate tablecast sent itself: "table_added", a table added to the publication under a name streamed before (its rows follow as read); "table_renamed", a table renamed (its old name's rows are no table's; under its new name its rows follow as read); "table_dropped", a table dropped (its rows are no table's); "key_changed", the table's key changed (its rows follow under the new key); "snapshot_restarted", an interrupted initial snapshot taken again (rows held from it may be gone; its rows follow as read). */
+  cause?: "table_added" | "table_renamed" | "table_dropped" | "key_changed" | "snapshot_restarted";
 }
 
 /** A table subscription's event: `{"type":"event","id":"s1","seq":1235,"event":{…}}`. */
@@ -305,8 +305,8 @@ export interface ViewChange<R extends object = Row> {
   seq: number;
   /** "enter" or "leave": the row moved into or out of the filter or the row policy. */
   view?: "enter" | "leave";
-  /** On a truncate tablecast sent itself: "table_added" (the table was dropped and created again, or added back) or "table_renamed" (a table was renamed from or to this name) or "table_dropped" (the table was dropped) or "key_changed" (the table's key changed; its rows follow under the new key). */
-  cause?: "table_added" | "table_renamed" | "table_dropped" | "key_changed";
+  /** On a truncate tablecast sent itself: "table_added" (the table was dropped and created again, or added back) or "table_renamed" (a table was renamed from or to this name) or "table_dropped" (the table was dropped) or "key_changed" (the table's key changed; its rows follow under the new key) or "snapshot_restarted" (an interrupted initial snapshot is taken again; its rows follow). */
+  cause?: "table_added" | "table_renamed" | "table_dropped" | "key_changed" | "snapshot_restarted";
 }
 
 /** The changes of one transaction frame of a batched view, applied to its rows together. */

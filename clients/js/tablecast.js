@@ -605,8 +605,8 @@ export class TablecastClient {
    * onChange({op, key, data, seq, view}) for each change after (op
    * "upsert", "delete" or "truncate"; view "enter" or "leave" when the row
    * moved into or out of the filter or the row policy; a truncate tablecast
-   * sent itself has its cause, "table_added", "table_renamed", "table_dropped" or
-   * "key_changed"), onError(err). An event that changes nothing the view holds (a row
+   * sent itself has its cause, "table_added", "table_renamed", "table_dropped",
+   * "key_changed" or "snapshot_restarted"), onError(err). An event that changes nothing the view holds (a row
    * updated to the values held, a delete of a row not held) is not a change.
    * After a reconnect the view is read again from the gateway (from NATS,
    * not PostgreSQL), and what differs from the rows held is reported as

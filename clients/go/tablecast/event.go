@@ -49,6 +49,12 @@ const CauseTableDropped = "table_dropped"
 // the new key.
 const CauseKeyChanged = "key_changed"
 
+// CauseSnapshotRestarted is the Cause of the truncate tablecast sends
+// before each table's rows when it takes an interrupted initial snapshot
+// again: rows held from the attempt before may have been deleted since,
+// and the table's rows follow as OpRead.
+const CauseSnapshotRestarted = "snapshot_restarted"
+
 // Claim names the object that holds an event too large for one NATS
 // message: the object Object of the JetStream object store Bucket, Size
 // bytes long.
@@ -94,7 +100,8 @@ type Event struct {
 	// record is in the dead-letter stream.
 	Truncated bool
 	// Cause says why tablecast sent a truncate that PostgreSQL did not:
-	// CauseTableAdded, CauseTableRenamed or CauseTableDropped. Empty for
+	// CauseTableAdded, CauseTableRenamed, CauseTableDropped,
+	// CauseKeyChanged or CauseSnapshotRestarted. Empty for
 	// every other event.
 	Cause string
 
