@@ -71,3 +71,39 @@ func TestTopicContentNotUTF8(t *testing.T) {
 		t.Errorf("second message %q: want it as written", evs[1].Raw)
 	}
 }
+
+// TestTopicNameWebSocketCannotServe: a message on a topic name the
+// WebSocket gateway refuses (white space, a wildcard, a dot at either end)
+// is published for NATS subscribers, and the reader warns once per name
+// that WebSocket clients cannot subscribe to it, rather than leave the
+// writer to find out from a client's error.
+func TestTopicNameWebSocketCannotServe(t *testing.T) {
+	t.Parallel() // see parallelTests
+	db := newTestDB(t, `CREATE TABLE items (id int PRIMARY KEY)`)
+	n := startNATS(t)
+	cfg := db.config()
+	cfg.Snapshot = SnapshotNever
+	r := startReader(t, cfg, n)
+	for _, topic := range []string{"order events", "a*", ".x", "order events", "fine.name"} {
+		db.exec(t, `SELECT pg_logical_emit_message(true, 'tablecast:'||$1::text, '{}')`, topic)
+	}
+	evs := n.readAll(t, 5, 20*time.Second)
+	var got []string
+	for _, e := range evs {
+		got = append(got, strings.TrimPrefix(e.Subject, testPrefix+".topic."))
+	}
+	if want := "order%20events a%2A %2Ex order%20events fine%2Ename"; strings.Join(got, " ") != want {
+		t.Fatalf("subjects %v, want %s", got, want)
+	}
+	waitFor(t, 10*time.Second, "the warnings", func() bool {
+		return r.log.count("WebSocket clients cannot subscribe to") == 3
+	})
+	for _, problem := range []string{"holds white space", "holds a NATS wildcard", "starts or ends with"} {
+		if !r.log.contains(problem) {
+			t.Errorf("no warning saying the name %s", problem)
+		}
+	}
+	if r.log.contains(`topic.fine%2Ename`) {
+		t.Error("a name the gateway serves was warned of")
+	}
+}

@@ -661,7 +661,10 @@ type session struct {
 	// nameOIDs is, by tableKey, the OID of the table last described under
 	// each name in this session.
 	nameOIDs  map[string]uint32
-	typeNames map[uint32]string  // user types, from pgoutput's Type messages
+	typeNames map[uint32]string // user types, from pgoutput's Type messages
+	// oddTopics holds the topic names this session warned of as names
+	// WebSocket clients cannot subscribe to (at most maxOddTopics).
+	oddTopics map[string]bool
 	windows   map[string]*window // open on-demand snapshot chunks, by watermark id
 	// published chunks awaiting acknowledgement
 	pendingChunks []pendingChunk
@@ -933,6 +936,9 @@ func (s *session) handleWAL(ctx context.Context, wal []byte, now time.Time) erro
 // ids, and table additions, renames and drops carrying a nonce it recorded.
 const topicMessagePrefix = "tablecast:"
 
+// maxOddTopics bounds the topic names a session warns of once each.
+const maxOddTopics = 1024
+
 // handleMessage publishes a transactional logical decoding message whose
 // prefix names a custom topic on that topic's subject, in its place among
 // the transaction's changes: PostgreSQL sends it only if the transaction
@@ -975,6 +981,16 @@ func (s *session) handleMessage(ctx context.Context, m *pglogrepl.LogicalDecodin
 		s.r.log.Warn(fmt.Sprintf("ignoring a message whose topic name is longer than %d bytes", schema.MaxTopicLen),
 			"topic", topic[:schema.MaxTopicLen]+"…", "bytes", len(topic), "lsn", m.LSN.String())
 		return nil
+	}
+	if problem := schema.TopicNameProblem(topic); problem != "" && !s.oddTopics[topic] && len(s.oddTopics) < maxOddTopics {
+		// Published all the same: NATS subscribers read it (the subject's
+		// tokens are encoded); the gateway refuses such a name.
+		if s.oddTopics == nil {
+			s.oddTopics = map[string]bool{}
+		}
+		s.oddTopics[topic] = true
+		s.r.log.Warn("publishing a custom-topic message that WebSocket clients cannot subscribe to (NATS subscribers can)",
+			"problem", problem, "subject", stream.TopicSubject(s.r.prefix, topic), "lsn", m.LSN.String())
 	}
 	s.ordinal++
 	s.buf = s.buf[:0]

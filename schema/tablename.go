@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -156,4 +157,34 @@ func quoteIdentPart(s string) string {
 		return s
 	}
 	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+// TopicNameProblem returns what is wrong with a topic name for the
+// WebSocket gateway, or "". Its subject encodes any name (<prefix>.topic.
+// <name>, one token), but grants name topics by patterns in which dots
+// make a hierarchy and '*' is a wildcard ("room.*"): a name must not start
+// or end with a dot or hold two in a row (an empty level), nor hold white
+// space, control characters or the wildcards '*' and '>'. The outbox
+// publishes other names too, for NATS subscribers.
+func TopicNameProblem(name string) string {
+	var problem string
+	switch {
+	case name == "":
+		return "topic name is empty"
+	case len(name) > MaxTopicLen:
+		problem = " is longer than " + strconv.Itoa(MaxTopicLen) + " bytes"
+	case !utf8.ValidString(name):
+		problem = " is not valid UTF-8"
+	case strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+		problem = " holds white space or a control character"
+	case strings.ContainsAny(name, "*>"):
+		problem = ` holds a NATS wildcard ('*' or '>')`
+	case name[0] == '.' || name[len(name)-1] == '.':
+		problem = " starts or ends with '.'"
+	case strings.Contains(name, ".."):
+		problem = ` holds ".." (an empty token)`
+	default:
+		return ""
+	}
+	return "topic " + QuoteName(name) + problem
 }

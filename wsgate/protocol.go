@@ -485,7 +485,7 @@ func (d *decoder) subscribe(m *ClientMessage) *ProtocolError {
 	}
 
 	if hasTopic {
-		if msg := checkTopicName(topic); msg != "" {
+		if msg := schema.TopicNameProblem(topic); msg != "" {
 			return d.fail(CodeInvalidSubscription, msg)
 		}
 		if hasEvents || hasWhere || hasSelect {
@@ -610,7 +610,7 @@ func (d *decoder) topicField() (string, *ProtocolError) {
 	if !ok {
 		return "", d.fail(CodeInvalidMessage, `field "topic" is required`)
 	}
-	if msg := checkTopicName(topic); msg != "" {
+	if msg := schema.TopicNameProblem(topic); msg != "" {
 		return "", d.fail(CodeInvalidMessage, msg)
 	}
 	return topic, nil
@@ -677,32 +677,6 @@ func checkTableName(name string) string {
 		return q + ": want schema.table or database.schema.table (double-quote a part that holds a dot)"
 	case len(db) > schema.MaxIdentLen || len(schemaName) > schema.MaxIdentLen || len(table) > schema.MaxIdentLen:
 		return q + ": a name is longer than 63 bytes"
-	}
-	return ""
-}
-
-// checkTopicName returns what is wrong with a topic name, or "". A topic is
-// the last token(s) of the subject <prefix>.topic.<name>: dots make a
-// hierarchy, but a name must not start or end with one or hold two in a row
-// (an empty subject token), nor hold white space, control characters or the
-// NATS wildcards '*' and '>'.
-func checkTopicName(name string) string {
-	q := "topic " + schema.QuoteName(name)
-	switch {
-	case name == "":
-		return "topic name is empty"
-	case len(name) > schema.MaxTopicLen:
-		return q + " is longer than " + strconv.Itoa(schema.MaxTopicLen) + " bytes"
-	case !utf8.ValidString(name):
-		return q + " is not valid UTF-8"
-	case strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
-		return q + " holds white space or a control character"
-	case strings.ContainsAny(name, "*>"):
-		return q + ` holds a NATS wildcard ('*' or '>')`
-	case name[0] == '.' || name[len(name)-1] == '.':
-		return q + " starts or ends with '.'"
-	case strings.Contains(name, ".."):
-		return q + ` holds ".." (an empty token)`
 	}
 	return ""
 }
