@@ -455,6 +455,11 @@ func TestAddressAllowed(t *testing.T) {
 		{"169.254.169.254", false}, {"fe80::1", false}, {"0.0.0.0", false}, {"::", false}, {"224.0.0.1", false},
 		{"ff02::1", false}, {"fd00::1", false}, {"::ffff:127.0.0.1", false}, {"::ffff:10.0.0.1", false},
 		{"100.64.0.1", false}, {"64:ff9b::a00:1", false}, {"255.255.255.255", false},
+		// IPv4-compatible (::a.b.c.d) and Teredo addresses embed IPv4
+		// ones: a host with a route for them reaches the IPv4 address.
+		{"::169.254.169.254", false}, {"::127.0.0.1", false}, {"::10.0.0.1", false},
+		{"2001:0:4136:e378:8000:63bf:3fff:fdd2", false}, {"2001:20::1", false}, {"3fff::1", false},
+		{"2001:4860:4860::8888", true},
 	} {
 		ip := mustAddr(t, c.addr)
 		if got := addressAllowed(ip, nil); got != c.ok {
@@ -622,4 +627,26 @@ func TestLongerThanAckWait(t *testing.T) {
 		t.Fatal("no failed attempt: the failures did not happen")
 	}
 	check(10)
+}
+
+// TestEndpointHeadersSent: an endpoint's extra headers reach the receiver,
+// those that replace a default (Content-Type, User-Agent) included; the
+// signature's are tablecast's.
+func TestEndpointHeadersSent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	r := newReceiver(t)
+	ep := e.endpoint("headers", r.URL(), func(w *endpoint.Webhook) {
+		w.Headers = map[string]string{"Content-Type": "application/vnd.shop+json", "User-Agent": "shop-hooks/2", "X-Api-Key": "k1"}
+	})
+	e.waitConsumer(ep)
+	e.insertOrders(1, 1)
+	r.waitAccepted(t, 1, time.Minute)
+	h := r.requests()[0].Header
+	for k, want := range map[string]string{"Content-Type": "application/vnd.shop+json", "User-Agent": "shop-hooks/2", "X-Api-Key": "k1"} {
+		if got := h.Get(k); got != want {
+			t.Errorf("%s: %q, want %q", k, got, want)
+		}
+	}
+	checkSigned(t, ep, r.requests())
 }

@@ -265,6 +265,7 @@ func (e *env) metric(c *prometheus.CounterVec, name string) float64 {
 
 // delivery is one request a receiver got.
 type delivery struct {
+	Header                   http.Header
 	ID, Timestamp, Signature string
 	Body                     []byte
 	At                       time.Time
@@ -364,7 +365,7 @@ func (r *receiver) up(t *testing.T) {
 
 func (r *receiver) handle(w http.ResponseWriter, req *http.Request) {
 	body, _ := io.ReadAll(req.Body)
-	d := delivery{ID: req.Header.Get("webhook-id"), Timestamp: req.Header.Get("webhook-timestamp"),
+	d := delivery{Header: req.Header.Clone(), ID: req.Header.Get("webhook-id"), Timestamp: req.Header.Get("webhook-timestamp"),
 		Signature: req.Header.Get("webhook-signature"), Body: body, At: time.Now(), Status: 204, ProtoMajor: req.ProtoMajor}
 	r.mu.Lock()
 	r.attempts[d.ID]++

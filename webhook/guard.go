@@ -26,6 +26,9 @@ var blocked = []netip.Prefix{
 	netip.MustParsePrefix("64:ff9b::/96"),   // NAT64: may embed any IPv4 address
 	netip.MustParsePrefix("64:ff9b:1::/48"), // local-use NAT64
 	netip.MustParsePrefix("2002::/16"),      // 6to4: may embed any IPv4 address
+	netip.MustParsePrefix("::/96"),          // IPv4-compatible (deprecated): ::a.b.c.d embeds any IPv4 address
+	netip.MustParsePrefix("2001::/23"),      // IETF protocol assignments: Teredo (2001::/32, embeds IPv4 addresses), ORCHID, …
+	netip.MustParsePrefix("3fff::/20"),      // documentation
 	netip.MustParsePrefix("fec0::/10"),      // site-local (deprecated)
 	netip.MustParsePrefix("100::/64"),       // discard-only
 	netip.MustParsePrefix("2001:db8::/32"),  // documentation

@@ -134,6 +134,14 @@ type worker struct {
 	// is parked as after a missing delivery. The dispatcher's.
 	awaiting bool
 
+	// retrying holds the requests that failed and are being retried, by
+	// the stream sequence of their first event: handed to the worker that
+	// replaces this one on an edit of the endpoint, which sends the same
+	// events under the same webhook-id and goes on counting max_age and
+	// attempts from the first attempt.
+	retryingMu sync.Mutex
+	retrying   map[uint64]retrying
+
 	heldMu sync.Mutex
 	held   map[uint64]jetstream.Msg // by stream sequence: read, not yet acknowledged
 	// delivered is signalled when messages held are acknowledged (let go);
@@ -201,6 +209,12 @@ func (w *worker) run() {
 		<-w.prev.done
 		if slices.Equal(w.prev.subjects, w.subjects) {
 			w.gaps.inherit(&w.prev.gaps, w.handover)
+		}
+		if w.handover {
+			// An edit, not a pause: the requests being retried go on.
+			w.prev.retryingMu.Lock()
+			w.retrying = w.prev.retrying
+			w.prev.retryingMu.Unlock()
 		}
 		w.prev = nil
 		if w.ctx.Err() != nil {
@@ -1055,6 +1069,7 @@ func (w *worker) lane(ctx context.Context, l *lane) {
 		items := make([]item, 0, len(msgs))
 		bodies, sent := 0, 0 // bytes of items; msgs[:sent] are acknowledged
 		limit := w.batchBytes()
+		var last uint64 // of a request retried from the worker before: its last event
 		for i, msg := range msgs {
 			it, ok, err := w.prepare(ctx, e, &ev, msg)
 			if err != nil {
@@ -1063,9 +1078,13 @@ func (w *worker) lane(ctx context.Context, l *lane) {
 			if !ok {
 				continue
 			}
+			if len(items) == 0 {
+				last = w.retriedLast(it.seq)
+			}
 			// The array of len(items)+1 envelopes: theirs, a comma
-			// between each two, and the brackets.
-			if len(items) > 0 && bodies+len(it.body)+len(items)+2 > limit {
+			// between each two, and the brackets. A request retried from
+			// the worker before goes as it went, with no later event.
+			if len(items) > 0 && (bodies+len(it.body)+len(items)+2 > limit || last > 0 && it.seq > last) {
 				// Large rows: what is prepared goes now, and this event
 				// starts the next request.
 				if !w.deliverAndAck(ctx, e, items, msgs[sent:i]) {
@@ -1073,6 +1092,7 @@ func (w *worker) lane(ctx context.Context, l *lane) {
 				}
 				clear(items)
 				items, bodies, sent = items[:0], 0, i
+				last = w.retriedLast(it.seq)
 			}
 			items = append(items, it)
 			bodies += len(it.body)
@@ -1261,12 +1281,22 @@ func (w *worker) deliver(ctx context.Context, e *match.Entry, items []item) resu
 	name := e.Endpoint.Name
 	body, id := payload(items, wh.Batch > 1)
 	key := endpoint.SecretKey(wh.Secret)
-	first := time.Now()
+	first, attempt := time.Now(), 1
+	if r, ok := w.retried(items); ok {
+		// Retried from the worker before this one: the same request,
+		// counted from its first attempt.
+		body, id, first, attempt = r.body, r.id, r.first, r.attempts+1
+	}
 	var reason string
-	for attempt := 1; ; attempt++ {
+	for ; ; attempt++ {
 		status, retryAfter, err := w.post(ctx, &wh, key, id, body)
 		if ctx.Err() != nil {
 			return resultStopped
+		}
+		if !(err == nil && status >= 200 && status < 300 || err == nil && status == http.StatusGone) {
+			w.noteRetrying(items, retrying{body: body, id: id, first: first, attempts: attempt})
+		} else {
+			w.doneRetrying(items)
 		}
 		switch {
 		case err == nil && status >= 200 && status < 300:
@@ -1312,6 +1342,7 @@ func (w *worker) deliver(ctx context.Context, e *match.Entry, items []item) resu
 			if !stored {
 				return resultStopped
 			}
+			w.doneRetrying(items)
 			w.m.met.deadLettered.WithLabelValues(name).Add(float64(len(items)))
 			return resultDeadLettered
 		}
@@ -1324,6 +1355,58 @@ func (w *worker) deliver(ctx context.Context, e *match.Entry, items []item) resu
 			return resultStopped
 		}
 	}
+}
+
+// retrying is a request that failed and is retried: its body and
+// webhook-id as first sent, when, and how many attempts it has had.
+type retrying struct {
+	body     []byte
+	id       string
+	last     uint64 // the stream sequence of its last event
+	first    time.Time
+	attempts int
+}
+
+// noteRetrying records that the request of items failed and will be
+// retried (items from the stream only: a replay's are retried by the
+// replay).
+func (w *worker) noteRetrying(items []item, r retrying) {
+	if items[0].seq == 0 {
+		return
+	}
+	r.last = items[len(items)-1].seq
+	w.retryingMu.Lock()
+	defer w.retryingMu.Unlock()
+	if w.retrying == nil {
+		w.retrying = map[uint64]retrying{}
+	}
+	w.retrying[items[0].seq] = r
+}
+
+func (w *worker) doneRetrying(items []item) {
+	w.retryingMu.Lock()
+	defer w.retryingMu.Unlock()
+	delete(w.retrying, items[0].seq)
+}
+
+// retried returns the request the worker before this one was retrying
+// for exactly these events.
+func (w *worker) retried(items []item) (retrying, bool) {
+	w.retryingMu.Lock()
+	defer w.retryingMu.Unlock()
+	r, ok := w.retrying[items[0].seq]
+	return r, ok && items[0].seq != 0 && r.last == items[len(items)-1].seq
+}
+
+// retriedLast is the stream sequence of the last event of the request
+// being retried that begins with the event at seq, or 0.
+func (w *worker) retriedLast(seq uint64) uint64 {
+	if seq == 0 {
+		return 0
+	}
+	w.retryingMu.Lock()
+	defer w.retryingMu.Unlock()
+	return w.retrying[seq].last
 }
 
 // deadLetterGrace bounds how long a worker that stops goes on storing
@@ -1396,12 +1479,15 @@ func (w *worker) post(ctx context.Context, wh *endpoint.Webhook, key []byte, id 
 	if err != nil {
 		return 0, 0, fmt.Errorf("make request: %w", err)
 	}
+	// The endpoint's headers may replace the defaults (a vendor's JSON
+	// media type, a User-Agent a receiver's firewall expects); the
+	// signature's cannot be given (endpoint validation).
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "tablecast-webhook")
 	for k, v := range wh.Headers {
 		req.Header.Set(k, v)
 	}
 	now := time.Now().Unix()
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "tablecast-webhook")
 	req.Header.Set("webhook-id", id)
 	req.Header.Set("webhook-timestamp", strconv.FormatInt(now, 10))
 	req.Header.Set("webhook-signature", Sign(key, id, now, body))
