@@ -42,6 +42,7 @@ type badCase struct {
 	status       int
 	field        string
 	says         string
+	code         string // the error's code, when it matters
 }
 
 // with returns a copy of base with path (dot-separated members) set to v.
@@ -177,13 +178,19 @@ func TestBadInput(t *testing.T) {
 	ep("id", "", with(hook, "id", ex.ID))
 	cases = append(cases,
 		badCase{method: "POST", path: "/v1/endpoints", body: with(hook, "name", "taken"), status: 409, field: "name", says: "taken"},
-		badCase{method: "POST", path: "/v1/endpoints", body: []byte(`{"name": "x", "type": `), status: 400, says: "not valid JSON"},
+		// A body that is not JSON is bad_request, not invalid (a value),
+		// as the contract's codes say; so is one nested deeper than a
+		// JSON decoder follows.
+		badCase{method: "POST", path: "/v1/endpoints", body: []byte(`{"name": "x", "type": `), status: 400, says: "not JSON", code: "bad_request"},
+		badCase{method: "POST", path: "/v1/filters", body: []byte(`{"name":`), status: 400, says: "not JSON", code: "bad_request"},
+		badCase{method: "POST", path: "/v1/rules", body: []byte(`{"name": "r"} x`), status: 400, says: "not JSON", code: "bad_request"},
+		badCase{method: "PUT", path: "/v1/filters/taken", body: []byte(`nope`), status: 400, says: "not JSON", code: "bad_request"},
 		badCase{method: "POST", path: "/v1/endpoints", body: []byte(`[1, 2]`), status: 400},
 		// Duplicate members, at the top and deeper, and nesting deeper than
 		// any decoder should follow.
 		badCase{method: "POST", path: "/v1/endpoints", body: []byte(`{"name": "a", "name": "b", "type": "websocket"}`), status: 400, says: "twice"},
 		badCase{method: "POST", path: "/v1/endpoints", body: []byte(`{"name": "a", "type": "webhook", "webhook": {"url": "https://example.com/", "url": "http://127.0.0.1/"}}`), status: 400, says: "twice"},
-		badCase{method: "POST", path: "/v1/endpoints", body: []byte(`{"name": "a", "type": "websocket", "description": ` + strings.Repeat("[", 200000) + strings.Repeat("]", 200000) + `}`), status: 400},
+		badCase{method: "POST", path: "/v1/endpoints", body: []byte(`{"name": "a", "type": "websocket", "description": ` + strings.Repeat("[", 200000) + strings.Repeat("]", 200000) + `}`), status: 400, code: "bad_request"},
 		badCase{method: "PATCH", path: "/v1/endpoints/" + ex.ID, body: map[string]any{"type": "webhook"}, status: 400, field: "type"},
 		badCase{method: "PATCH", path: "/v1/endpoints/" + ex.ID, body: map[string]any{"name": nil}, status: 400, field: "name"},
 		badCase{method: "PATCH", path: "/v1/endpoints/" + ex.ID, body: map[string]any{"name": "new"}, ifMatch: `"abc"`, status: 400, says: "If-Match"},
@@ -288,6 +295,9 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("%s: the error does not name %s: %s", what, c.field, ae)
 				continue
 			}
+		}
+		if c.code != "" && ae.Code != c.code {
+			t.Errorf("%s: code %s, want %s: %s", what, ae.Code, c.code, ae)
 		}
 		if !strings.Contains(text, c.says) {
 			t.Errorf("%s: the error does not say %q: %s", what, c.says, ae)

@@ -198,6 +198,9 @@ func (s *Server) listEndpoints(w http.ResponseWriter, r *http.Request, _ []byte)
 // decodeEndpoint reads an endpoint body, answering 400 with every problem
 // of form and of value it can find at once.
 func decodeEndpoint(w http.ResponseWriter, body []byte) (*endpoint.Endpoint, bool) {
+	if notJSON(w, body) {
+		return nil, false
+	}
 	e, err := endpoint.DecodeEndpoint(body)
 	if err == nil {
 		return e, true
@@ -620,7 +623,21 @@ func (s *Server) listNamed(k kind) func(http.ResponseWriter, *http.Request, []by
 	}
 }
 
+// notJSON answers 400 bad_request to a body that is not JSON (nor nested
+// within what a JSON decoder reads), as the contract's codes say: invalid
+// is for a value.
+func notJSON(w http.ResponseWriter, body []byte) bool {
+	if json.Valid(body) {
+		return false
+	}
+	writeError(w, http.StatusBadRequest, codeBadRequest, "the body is not JSON", nil)
+	return true
+}
+
 func (s *Server) decodeNamed(w http.ResponseWriter, k kind, body []byte) (any, bool) {
+	if notJSON(w, body) {
+		return nil, false
+	}
 	v, err := k.decode(body)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, codeInvalid, "invalid "+k.name, endpoint.Fields(err))
