@@ -367,15 +367,7 @@ func TestDeadLetterAndReplay(t *testing.T) {
 func TestConcurrentReplays(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
-	r := newReceiver(t)
-	var failing atomic.Bool
-	failing.Store(true)
-	r.setAnswer(func(*delivery, int) (int, map[string]string, time.Duration) {
-		if failing.Load() {
-			return 503, nil, 0
-		}
-		return 200, nil, 0
-	})
+	r, failing := newFailingReceiver(t)
 	ep := e.endpoint("replays", r.URL(), func(w *endpoint.Webhook) {
 		w.Retry = endpoint.Retry{Initial: endpoint.Duration(100 * time.Millisecond), Max: endpoint.Duration(200 * time.Millisecond), MaxAge: endpoint.Duration(time.Second)}
 	})

@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,15 +18,7 @@ import (
 func TestEditKeepsRequestBeingRetried(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
-	r := newReceiver(t)
-	var failing atomic.Bool
-	failing.Store(true)
-	r.setAnswer(func(*delivery, int) (int, map[string]string, time.Duration) {
-		if failing.Load() {
-			return 503, nil, 0
-		}
-		return 200, nil, 0
-	})
+	r, failing := newFailingReceiver(t)
 	// Each edit comes before the worker it makes has been given max_age.
 	const maxAge, editEvery = 4 * time.Second, 2500 * time.Millisecond
 	ep := e.endpoint("edited", r.URL(), func(w *endpoint.Webhook) {

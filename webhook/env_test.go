@@ -398,6 +398,21 @@ func (r *receiver) handle(w http.ResponseWriter, req *http.Request) {
 	w.WriteHeader(d.Status)
 }
 
+// newFailingReceiver is a receiver that answers 503 while failing is
+// set (as it is at first), and 200 after.
+func newFailingReceiver(t testing.TB) (*receiver, *atomic.Bool) {
+	r := newReceiver(t)
+	failing := new(atomic.Bool)
+	failing.Store(true)
+	r.setAnswer(func(*delivery, int) (int, map[string]string, time.Duration) {
+		if failing.Load() {
+			return 503, nil, 0
+		}
+		return 200, nil, 0
+	})
+	return r, failing
+}
+
 func (r *receiver) setAnswer(f func(d *delivery, n int) (int, map[string]string, time.Duration)) {
 	r.mu.Lock()
 	r.answer = f
