@@ -31,7 +31,8 @@ func TestEditKeepsRequestBeingRetried(t *testing.T) {
 	e.insertOrders(2, 6) // queued behind it
 	ctx := context.Background()
 	var dead []DeadLetter
-	for edits := 0; len(dead) == 0; edits++ {
+	edits := 0
+	for ; len(dead) == 0; edits++ {
 		if edits > 12 { // 30 s of edits, over seven times max_age
 			t.Fatalf("no dead letter after %d edits of the endpoint, one every %s, %s after its first attempt; its max_age is %s", edits, editEvery, time.Since(r.requests()[0].At).Round(time.Second), maxAge)
 		}
@@ -68,8 +69,10 @@ func TestEditKeepsRequestBeingRetried(t *testing.T) {
 			}
 		}
 	}
-	if len(dead) != 1 || dead[0].Attempts != attempts || dead[0].FirstTry.Sub(first.At).Abs() > time.Second {
-		t.Fatalf("dead letters %+v; want one for event 1, after the %d attempts sent, the first at %s", dead, attempts, first.At)
+	// Each attempt the receiver answered is counted, but for one an edit
+	// may have stopped as it was answered (at most one an edit).
+	if len(dead) != 1 || dead[0].Attempts > attempts || dead[0].Attempts < attempts-edits || dead[0].FirstTry.Sub(first.At).Abs() > time.Second {
+		t.Fatalf("dead letters %+v; want one for event 1, after the %d attempts received (%d edits), the first at %s", dead, attempts, edits, first.At)
 	}
 	got := r.waitAccepted(t, 5, time.Minute)
 	for i, ev := range got {
